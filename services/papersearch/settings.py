@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,6 +39,11 @@ class ModelSettings(BaseModel):
     query_prefix: str = ""
     document_prefix: str = ""
     reranker_name: str = "minilm-l6-reranker"
+    reranker_source: str | None = Field(
+        None,
+        description="A cross-encoder to export (HF id, directory or pypi: spec). None: train the "
+        "default with `papersearch models train-reranker`.",
+    )
     reranker_max_length: int = Field(256, ge=8, le=8192)
     precision: Literal["fp32", "int8"] = "int8"
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0: auto).")
@@ -52,17 +57,48 @@ class TrainingSettings(BaseModel):
         default_factory=lambda: [Path("../shared/corpus/daily-papers"), Path("../shared/eval/cacm")]
     )
     seed: int = 13
-    negatives_per_query: int = Field(4, ge=1)
+    negatives_per_query: int = Field(3, ge=1)
     mining_depth: int = Field(30, ge=2, description="Candidates mined per query for negatives.")
     duplicate_cosine: float = Field(
         0.92, description="Mined negatives at least this close to the positive are skipped."
     )
     epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = 4e-5
-    max_length: int = Field(192, ge=16)
+    batch_size: int = Field(16, ge=2, description="Pairs per step (groups of 1 + negatives).")
+    learning_rate: float = 5e-5
+    head_learning_rate_factor: float = Field(20.0, gt=0, description="Fresh head's LR multiple.")
+    max_length: int = Field(160, ge=16)
     max_pairs: int | None = Field(None, description="Cap on queries used (for quick trials).")
     torch_threads: int = Field(2, ge=1)
+
+
+class IndexSettings(BaseModel):
+    """The Qdrant index: embedded on-disk shard (qdrant-edge) or a Qdrant server over gRPC."""
+
+    backend: Literal["embedded", "server"] = "embedded"
+    data_dir: Path = Field(Path("data/index"), description="Embedded backend: shard root.")
+    collection: str = Field("papers", pattern=r"^[A-Za-z0-9_-]+$")
+    url: str | None = Field(None, description="Server backend: e.g. http://qdrant:6333.")
+    api_key: SecretStr | None = None
+    grpc_port: int = Field(6334, ge=1, le=65535)
+    timeout_s: int = Field(10, ge=1, description="Server backend: per-request timeout.")
+    hnsw_m: int = Field(16, ge=4)
+    hnsw_ef_construct: int = Field(100, ge=4)
+    hnsw_ef: int = Field(128, ge=1, description="Default search-time HNSW ef.")
+    quantization: Literal["none", "int8"] = "none"
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    rrf_k: int = Field(
+        60, ge=1, description="Qdrant's RRF k: score = sum 1/(k + rank), rank from 0 (Qdrant: 2)."
+    )
+    prefetch_limit: int = Field(100, ge=1, description="Candidates per hybrid prefetch.")
+    upsert_batch_size: int = Field(256, ge=1, description="Points per engine write operation.")
+    shard_number: int = Field(1, ge=1, description="Server backend: shards at creation.")
+    replication_factor: int = Field(1, ge=1, description="Server backend: replicas at creation.")
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> IndexSettings:
+        if self.backend == "server" and not self.url:
+            raise ValueError("index.backend=server needs index.url")
+        return self
 
 
 class Settings(BaseSettings):
@@ -77,6 +113,7 @@ class Settings(BaseSettings):
     corpus_dir: Path = Path("../shared/corpus/daily-papers")
     models: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
 
     @classmethod
     def settings_customise_sources(

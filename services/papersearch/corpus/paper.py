@@ -1,4 +1,4 @@
-"""The paper record every corpus reader yields and the index stores."""
+"""The paper record corpus readers yield and the index stores, plus skip and duplicate notes."""
 
 from __future__ import annotations
 
@@ -51,3 +51,29 @@ def normalise_title(title: str) -> str:
     """Case-, accent- and punctuation-insensitive form of a title, used for ids and dedup."""
     text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalise, drop control and zero-width characters, collapse whitespace."""
+    text = unicodedata.normalize("NFC", text)
+    kept = "".join(c for c in text if c.isspace() or unicodedata.category(c) not in {"Cc", "Cf"})
+    return " ".join(kept.split())
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An input record a reader could not turn into a paper."""
+
+    source: str  # "file:line"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A further occurrence of a paper already yielded in this read."""
+
+    source: str  # "file:line"
+    paper_id: str
+
+
+ReadResult = Paper | Skipped | Duplicate

@@ -1,0 +1,41 @@
+"""Reader for a BEIR ``corpus.jsonl``: ``_id``, ``title``, ``text`` and optional ``metadata``.
+
+Ids are kept verbatim so qrels still match. ``text`` becomes the abstract; either it or the title
+may be empty, not both. Scalar metadata goes to :attr:`Paper.extra`, except ``url``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from papersearch.corpus.jsonl import (
+    RecordError,
+    read_json_lines,
+    record_id,
+    scalar_extras,
+    text_field,
+)
+from papersearch.corpus.paper import Paper, Skipped
+
+CORPUS_FILE = "corpus.jsonl"
+
+
+def read_beir(path: Path) -> Iterator[Paper | Skipped]:
+    """Read a BEIR dataset directory (its ``corpus.jsonl``) or the corpus file itself."""
+    return read_json_lines(path / CORPUS_FILE if path.is_dir() else path, paper_from_beir)
+
+
+def paper_from_beir(record: Mapping[str, Any]) -> Paper:
+    """Map one BEIR corpus object to a paper; raises ValueError when it cannot be one."""
+    metadata = record.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise RecordError("'metadata' must be an object")
+    return Paper(
+        id=record_id(record, "_id"),
+        title=text_field(record, "title"),
+        abstract=text_field(record, "text"),
+        url=text_field(metadata, "url") or None,
+        extra=scalar_extras(metadata, frozenset({"url"})),
+    )

@@ -1,0 +1,154 @@
+"""Reader for scraped Hugging Face "Daily Papers" pages: a title line, then its abstract line.
+
+Pages come in two layouts, with or without blank lines between paragraphs, so the unit is one
+non-blank line. Page chrome (the header, a date like "Aug 6") and listing metadata (upvote counts,
+"Submitted by ...") are dropped. A title with no abstract after it, or an abstract with no title
+before it, is reported as skipped. A paper listed more than once is yielded once, with the longest
+abstract seen, at its first position; its other listings come out as :class:`Duplicate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from papersearch.corpus.paper import (
+    Duplicate,
+    Paper,
+    ReadResult,
+    Skipped,
+    clean_text,
+    normalise_title,
+)
+
+ID_PREFIX = "dp-"
+
+CHROME = frozenset(
+    {
+        "new",
+        "subscribe",
+        "daily papers",
+        "byak and the research community",
+        "get trending papers in your email inbox!",
+        "get trending papers in your email inbox once a day!",
+    }
+)
+_MONTH = (
+    r"(?P<month>Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
+    r"|Sep(?:t|tember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+)
+_DATE = re.compile(_MONTH + r" (?P<day>\d{1,2})(?:, (?P<year>\d{4}))?")
+# Listing metadata: upvote counts, author counts, "Submitted by user", "Published on Aug 6".
+_METADATA = re.compile(
+    rf"\d+|·|upvotes?(?: \d+)?|(?:· )?\d+ authors?|submitted by \S+"
+    rf"|(?:published )?on {_DATE.pattern}",
+    re.IGNORECASE,
+)
+# "Subscribe" glued to the first title, as in "SubscribeHierarchical multi-class ...".
+_GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?=[A-Z0-9])")
+# A full stop after a lowercase word, then a capital: prose, not a title ("U.S. Census" is not).
+_SENTENCE_BREAK = re.compile(r"[a-z0-9)]{2}\.\s+[A-Z(]")
+_MAX_TITLE_CHARS = 250
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One listing on one page, before deduplication."""
+
+    source: str  # "file:line" of the title
+    title: str
+    abstract: str
+    published: date | None  # the page's date, when it names a year
+
+    @property
+    def paper_id(self) -> str:
+        return paper_id(self.title)
+
+
+def paper_id(title: str) -> str:
+    """Stable id from the normalised title ("dp-" and 16 hex digits)."""
+    key = normalise_title(title) or title.casefold()
+    return ID_PREFIX + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def read_daily_papers(path: Path) -> Iterator[ReadResult]:
+    """Read a directory of ``*.txt`` pages (in name order) or a single page."""
+    pages = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    items = [item for page in pages for item in parse_page(page)]
+    best: dict[str, Entry] = {}
+    for item in items:
+        if isinstance(item, Entry):
+            kept = best.setdefault(item.paper_id, item)
+            if len(item.abstract) > len(kept.abstract):
+                best[item.paper_id] = item
+    yielded: set[str] = set()
+    for item in items:
+        if isinstance(item, Skipped):
+            yield item
+        elif item.paper_id in yielded:
+            yield Duplicate(item.source, item.paper_id)
+        else:
+            yielded.add(item.paper_id)
+            yield _to_paper(best[item.paper_id])
+
+
+def parse_page(path: Path) -> Iterator[Entry | Skipped]:
+    """Pair each title line with the abstract line that follows it."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    published: date | None = None
+    pending: tuple[int, str] | None = None  # (line number, title) waiting for its abstract
+    for lineno, line in _content_lines(text.split("\n")):
+        if (header := _DATE.fullmatch(line)) is not None:
+            published = _page_date(header)
+        elif _looks_like_title(line):
+            if pending is not None:
+                yield Skipped(f"{path}:{pending[0]}", "title without an abstract")
+            pending = (lineno, line)
+        elif pending is None:
+            yield Skipped(f"{path}:{lineno}", "abstract without a title")
+        else:
+            yield Entry(f"{path}:{pending[0]}", pending[1], line, published)
+            pending = None
+    if pending is not None:
+        yield Skipped(f"{path}:{pending[0]}", "title without an abstract")
+
+
+def _content_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """Numbered, cleaned lines that are neither blank, page chrome nor listing metadata."""
+    in_header = True
+    for lineno, raw in enumerate(lines, start=1):
+        line = clean_text(raw)
+        if in_header:
+            line = _GLUED_SUBSCRIBE.sub("", line)
+        if not line or line.casefold() in CHROME or _METADATA.fullmatch(line):
+            continue
+        in_header = False
+        yield lineno, line
+
+
+def _page_date(header: re.Match[str]) -> date | None:
+    """The date a header like "Aug 6, 2025" names; None without a year."""
+    if header["year"] is None:
+        return None
+    stamp = f"{header['month'][:3]} {header['day']} {header['year']}"
+    try:
+        return datetime.strptime(stamp, "%b %d %Y").date()
+    except ValueError:
+        return None
+
+
+def _looks_like_title(line: str) -> bool:
+    return len(line) <= _MAX_TITLE_CHARS and _SENTENCE_BREAK.search(line) is None
+
+
+def _to_paper(entry: Entry) -> Paper:
+    return Paper(
+        id=entry.paper_id,
+        title=entry.title,
+        abstract=entry.abstract,
+        published=entry.published,
+    )

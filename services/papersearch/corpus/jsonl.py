@@ -1,0 +1,117 @@
+"""Reader for JSON Lines papers, and the line-by-line machinery the BEIR reader shares.
+
+One object a line: ``id`` and ``title`` or ``abstract`` are required; ``authors`` is a list or a
+"a, b" string, ``published`` an ISO date, ``categories`` a list (or a comma- or space-separated
+string), ``url`` a string. Other scalar fields are kept in :attr:`Paper.extra`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from papersearch.corpus.paper import Paper, Skipped, clean_text
+
+_KNOWN = frozenset({"id", "title", "abstract", "authors", "published", "categories", "url"})
+
+
+class RecordError(ValueError):
+    """A JSON object that cannot become a paper; the message says why."""
+
+
+def read_jsonl(path: Path) -> Iterator[Paper | Skipped]:
+    """Read a JSON Lines file of papers."""
+    return read_json_lines(path, paper_from_json)
+
+
+def read_json_lines(
+    path: Path, to_paper: Callable[[Mapping[str, Any]], Paper]
+) -> Iterator[Paper | Skipped]:
+    """Turn each non-blank line into a paper; a line that fails comes out as Skipped."""
+    with path.open("rb") as lines:
+        for lineno, line in enumerate(lines, start=1):
+            if line.strip():
+                yield _parse_line(f"{path}:{lineno}", line, to_paper)
+
+
+def _parse_line(
+    source: str, line: bytes, to_paper: Callable[[Mapping[str, Any]], Paper]
+) -> Paper | Skipped:
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            raise RecordError(f"expected a JSON object, got {type(record).__name__}")
+        return to_paper(record)
+    except json.JSONDecodeError as exc:
+        return Skipped(source, f"invalid JSON: {exc.msg}")
+    except ValueError as exc:  # RecordError, bad UTF-8, Paper's own checks
+        return Skipped(source, str(exc))
+
+
+def paper_from_json(record: Mapping[str, Any]) -> Paper:
+    """Map one JSON object to a paper; raises ValueError when it cannot be one."""
+    return Paper(
+        id=record_id(record, "id"),
+        title=text_field(record, "title"),
+        abstract=text_field(record, "abstract"),
+        authors=_names(record, "authors", r","),
+        published=_published(record.get("published")),
+        categories=_names(record, "categories", r"[,\s]"),
+        url=text_field(record, "url") or None,
+        extra=scalar_extras(record, _KNOWN),
+    )
+
+
+def record_id(record: Mapping[str, Any], key: str) -> str:
+    """A required id: a non-empty string or an integer."""
+    value = record.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(f"missing or empty {key!r}")
+    return value.strip()
+
+
+def text_field(record: Mapping[str, Any], key: str) -> str:
+    """An optional string field, cleaned; absent or null gives ""."""
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(f"{key!r} must be a string, got {type(value).__name__}")
+    return clean_text(value)
+
+
+def scalar_extras(record: Mapping[str, Any], known: frozenset[str]) -> dict[str, str]:
+    """Other non-empty scalar fields, as strings."""
+    return {
+        key: clean_text(str(value))
+        for key, value in record.items()
+        if key not in known and isinstance(value, str | int | float) and str(value).strip()
+    }
+
+
+def _names(record: Mapping[str, Any], key: str, separator: str) -> tuple[str, ...]:
+    value = record.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = re.split(separator, value)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise RecordError(f"{key!r} must be a list of strings or a string")
+    return tuple(name for item in value if (name := clean_text(item)))
+
+
+def _published(value: Any) -> date | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RecordError(f"'published' must be an ISO date string, got {type(value).__name__}")
+    try:
+        return datetime.fromisoformat(value).date()
+    except ValueError:
+        raise RecordError(f"'published' is not an ISO date: {value!r}") from None

@@ -1,0 +1,138 @@
+"""One entry point for every corpus format: detect it, read papers once each, tally problems.
+
+    corpus = read_corpus(Path("../shared/corpus/daily-papers"))
+    for paper in corpus:
+        ...
+    corpus.stats     # ReadStats(read=..., skipped=..., duplicates=...)
+    corpus.skipped   # [Skipped(source="file:line", reason=...), ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from papersearch.corpus.beir import CORPUS_FILE, read_beir
+from papersearch.corpus.daily_papers import read_daily_papers
+from papersearch.corpus.jsonl import read_jsonl
+from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped
+
+__all__ = [
+    "CorpusFormat",
+    "CorpusReader",
+    "Duplicate",
+    "ReadStats",
+    "Skipped",
+    "detect_format",
+    "read_corpus",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class CorpusFormat(StrEnum):
+    """The formats :func:`read_corpus` reads."""
+
+    DAILY_PAPERS = "daily-papers"
+    BEIR = "beir"
+    JSONL = "jsonl"
+
+
+_READERS: dict[CorpusFormat, Callable[[Path], Iterator[ReadResult]]] = {
+    CorpusFormat.DAILY_PAPERS: read_daily_papers,
+    CorpusFormat.BEIR: read_beir,
+    CorpusFormat.JSONL: read_jsonl,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStats:
+    """Outcome of one pass: papers yielded, records skipped, repeated papers dropped."""
+
+    read: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+
+
+class CorpusReader:
+    """Iterating yields each paper once; ``stats`` and ``skipped`` are complete once it ends.
+
+    Each iteration starts afresh, so a second pass re-reads the files and recounts.
+    """
+
+    def __init__(self, path: Path, corpus_format: CorpusFormat) -> None:
+        self.path = path
+        self.format = corpus_format
+        self.skipped: list[Skipped] = []
+        self.duplicates = 0
+        self._seen: set[str] = set()
+
+    @property
+    def stats(self) -> ReadStats:
+        return ReadStats(len(self._seen), len(self.skipped), self.duplicates)
+
+    def __iter__(self) -> Iterator[Paper]:
+        self.skipped, self.duplicates, self._seen = [], 0, set()
+        for result in _READERS[self.format](self.path):
+            if isinstance(result, Skipped):
+                self._skip(result)
+            elif isinstance(result, Duplicate) or result.id in self._seen:
+                self._duplicate(result)
+            else:
+                self._seen.add(result.id)
+                yield result
+        logger.info(
+            "corpus read",
+            extra={"path": str(self.path), "corpus_format": str(self.format)}
+            | {f"papers_{key}": value for key, value in asdict(self.stats).items()},
+        )
+
+    def _skip(self, skipped: Skipped) -> None:
+        self.skipped.append(skipped)
+        logger.warning(
+            "skipped corpus record", extra={"source": skipped.source, "reason": skipped.reason}
+        )
+
+    def _duplicate(self, result: Paper | Duplicate) -> None:
+        self.duplicates += 1
+        paper_id = result.paper_id if isinstance(result, Duplicate) else result.id
+        logger.debug("duplicate paper", extra={"paper_id": paper_id, "path": str(self.path)})
+
+
+def read_corpus(path: Path, corpus_format: CorpusFormat | None = None) -> CorpusReader:
+    """Open a corpus for reading; its format is detected from the path unless given."""
+    return CorpusReader(path, corpus_format or detect_format(path))
+
+
+def detect_format(path: Path) -> CorpusFormat:
+    """Which reader suits the path.
+
+    A directory holding ``corpus.jsonl`` is BEIR, one of ``.txt`` pages Daily Papers; a ``.jsonl``
+    file is BEIR when its records have ``_id``, JSON Lines papers otherwise.
+    """
+    if not path.exists():
+        raise FileNotFoundError(path)
+    if path.is_dir() and (path / CORPUS_FILE).is_file():
+        return CorpusFormat.BEIR
+    if (path.is_dir() and any(path.glob("*.txt"))) or path.suffix == ".txt":
+        return CorpusFormat.DAILY_PAPERS
+    if path.suffix == ".jsonl":
+        return CorpusFormat.BEIR if "_id" in _first_object(path) else CorpusFormat.JSONL
+    raise ValueError(f"cannot tell the corpus format of {path}")
+
+
+def _first_object(path: Path) -> dict[str, object]:
+    """The first line of a JSON Lines file that parses as an object; {} when there is none."""
+    with path.open("rb") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                return record
+    return {}

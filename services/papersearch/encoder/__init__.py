@@ -1,0 +1,1 @@
+"""Query/document encoder: the runtime class and its Serve deployment."""

@@ -1,0 +1,287 @@
+"""Embedded backend: Qdrant's engine in-process (qdrant-edge), one on-disk shard per collection.
+
+Layout: ``<data_dir>/<collection>/`` is the EdgeShard directory; ``papersearch.json`` inside it
+records the embedder identity. A sidecar file, because a shard has no metadata of its own; inside
+the shard directory, so copying the directory copies the identity with the vectors. It is
+written atomically (temp file, fsync, rename) after the shard and its payload indexes exist, so
+a crash mid-creation leaves an empty shard without identity, which the next open adopts.
+
+Durability: the shard's write-ahead log is on (qdrant-edge's default), so an update is logged
+before ``update`` returns and a killed process replays it on the next load; ``close`` flushes
+segments. Atomicity: the engine applies a batch point by point, so inputs are validated before
+it sees them; a mid-batch I/O failure can leave a prefix written (retries are idempotent).
+Optimizers do not run in the background here: call ``optimize()`` after bulk ingestion to
+build the HNSW graph (until then search is exact brute force, correct but slower).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import qdrant_edge as qe
+
+from papersearch.index.errors import CollectionMissing, EmbedderMismatch, StoreError
+from papersearch.index.errors import StoreUnavailable
+from papersearch.index.plan import Nearest, Plan, PointData, Record, Scored
+from papersearch.index.schema import DENSE, PAYLOAD_INDEXES, SPARSE, CollectionSpec
+from papersearch.index.schema import EmbedderIdentity
+from papersearch.index.sparse import SparseVector
+from papersearch.index.store import Store
+from papersearch.settings import IndexSettings
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "papersearch.json"
+_SHARD_CONFIG = "edge_config.json"  # written by EdgeShard.create
+_INDEX_TYPES = {
+    "datetime": qe.PayloadSchemaType.Datetime,
+    "keyword": qe.PayloadSchemaType.Keyword,
+}
+
+
+class EdgeStore(Store):
+    """A collection stored as a qdrant-edge shard under ``settings.data_dir``."""
+
+    backend = "embedded"
+
+    def __init__(self, settings: IndexSettings) -> None:
+        super().__init__(settings)
+        self.path = settings.data_dir / settings.collection
+        self._shard: qe.EdgeShard | None = None
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def optimize(self) -> None:
+        with _engine("optimize"):
+            changed = self._live().optimize()
+            self._live().flush()
+        logger.info("index optimized", extra={"collection": str(self.path), "changed": changed})
+
+    # -- engine primitives -------------------------------------------------------------------
+
+    def _open(self, identity: EmbedderIdentity, create: bool) -> None:
+        manifest = self.path / MANIFEST
+        stored = read_manifest(manifest)
+        if stored is not None:
+            identity.require(stored, f"index {self.path}")
+        if (self.path / _SHARD_CONFIG).is_file():
+            shard = self._load(identity.dim)
+        elif not create:
+            raise CollectionMissing(f"no index at {self.path}")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with _engine("create"):
+                shard = qe.EdgeShard.create(str(self.path), _config(self.settings, identity.dim))
+            logger.info("index created", extra={"collection": str(self.path), "dim": identity.dim})
+        self._shard = shard
+        try:
+            self._ensure_payload_indexes()
+            if stored is None:
+                if self._count():
+                    raise EmbedderMismatch(f"index {self.path} has points but no {MANIFEST}")
+                write_manifest(manifest, identity)
+        except BaseException:
+            self._close()
+            raise
+
+    def _write(self, points: Sequence[PointData]) -> None:
+        batch = [qe.Point(p.point_id, _vectors(p), p.payload) for p in points]
+        with _engine("upsert"):
+            self._live().update(qe.UpdateOperation.upsert_points(batch))
+
+    def _retrieve(self, point_ids: Sequence[str], *, payload: bool, dense: bool) -> list[Record]:
+        with _engine("retrieve"):
+            records = self._live().retrieve(list(point_ids), payload, [DENSE] if dense else False)
+        return [
+            Record(str(r.id), r.payload, (r.vector or {}).get(DENSE) if dense else None)
+            for r in records
+        ]
+
+    def _delete(self, point_ids: Sequence[str]) -> None:
+        with _engine("delete"):
+            self._live().update(qe.UpdateOperation.delete_points(list(point_ids)))
+
+    def _count(self) -> int:
+        with _engine("count"):
+            return self._live().count(qe.CountRequest(exact=True))
+
+    def _run(self, plans: Sequence[Plan]) -> list[list[Scored]]:
+        with _engine("query"):
+            results = self._live().query_batch(qe.QueryBatchRequest([_request(p) for p in plans]))
+        return [[Scored(str(p.id), p.score, p.payload) for p in points] for points in results]
+
+    def _close(self) -> None:
+        shard, self._shard = self._shard, None
+        if shard is not None:
+            with _engine("close"):
+                shard.flush()
+                shard.close()
+            logger.info("index closed", extra={"collection": str(self.path)})
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _live(self) -> qe.EdgeShard:
+        if self._shard is None:
+            raise StoreError(f"index {self.path} is closed")
+        return self._shard
+
+    def _load(self, dim: int) -> qe.EdgeShard:
+        # Giving only the vector layout makes the engine check it against the segments (the
+        # dense dim is ground truth, whatever the manifest says) and keep all other settings.
+        layout = qe.EdgeConfig(vectors=_dense_params(dim), sparse_vectors=_sparse_params())
+        try:
+            with _engine("load"):
+                return qe.EdgeShard.load(str(self.path), layout)
+        except StoreError as exc:
+            if "incompatible" not in str(exc):
+                raise
+            raise EmbedderMismatch(f"index {self.path} does not hold dim {dim} vectors: {exc}")
+
+    def _ensure_payload_indexes(self) -> None:
+        with _engine("payload index"):
+            present = set(self._live().info().payload_schema)
+            for name, kind in PAYLOAD_INDEXES.items():
+                if name not in present:
+                    self._live().update(
+                        qe.UpdateOperation.create_field_index(name, _INDEX_TYPES[kind])
+                    )
+
+
+def read_manifest(path: Path) -> EmbedderIdentity | None:
+    if not path.is_file():
+        return None
+    try:
+        return EmbedderIdentity.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"unreadable index manifest {path}: {exc}") from exc
+
+
+def write_manifest(path: Path, identity: EmbedderIdentity) -> None:
+    """Write atomically: a reader sees the old file or the new one, never a torn one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(identity.to_json(), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextmanager
+def _engine(operation: str) -> Iterator[None]:
+    """qdrant-edge raises bare Exceptions: name them StoreError / StoreUnavailable."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        if "WouldBlock" in str(exc):
+            raise StoreUnavailable(
+                f"qdrant-edge {operation}: index is open in another process ({exc})"
+            ) from exc
+        raise StoreError(f"qdrant-edge {operation} failed: {exc}") from exc
+
+
+def _config(settings: IndexSettings, dim: int) -> qe.EdgeConfig:
+    spec = CollectionSpec.of(settings, dim)
+    quantization = (
+        qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+        if spec.quantization == "int8"
+        else None
+    )
+    return qe.EdgeConfig(
+        vectors=_dense_params(dim),
+        sparse_vectors=_sparse_params(),
+        hnsw_config=qe.HnswIndexConfig(
+            m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct, full_scan_threshold=10_000
+        ),
+        quantization_config=quantization,
+    )
+
+
+def _dense_params(dim: int) -> dict[str, qe.EdgeVectorParams]:
+    return {DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)}
+
+
+def _sparse_params() -> dict[str, qe.EdgeSparseVectorParams]:
+    return {SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+
+
+def _vectors(point: PointData) -> dict[str, list[float] | qe.SparseVector]:
+    vectors: dict[str, list[float] | qe.SparseVector] = {DENSE: point.dense}
+    if len(point.sparse):
+        vectors[SPARSE] = _sparse(point.sparse)
+    return vectors
+
+
+def _sparse(vector: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(list(vector.indices), list(vector.values))
+
+
+def _nearest(nearest: Nearest) -> qe.Query:
+    v = nearest.vector
+    return qe.Query.Nearest(_sparse(v) if isinstance(v, SparseVector) else list(v), nearest.using)
+
+
+def _filter(plan: Plan) -> qe.Filter | None:
+    f = plan.filter
+    must: list[qe.FieldCondition | qe.HasIdCondition] = []
+    bounds = f.published_range()
+    if bounds is not None:
+        gte, lt = bounds
+        must.append(qe.FieldCondition("published", range=qe.RangeDateTime(gte=gte, lt=lt)))
+    for key, values in (("categories", f.categories), ("authors", f.authors)):
+        if values:
+            must.append(qe.FieldCondition(key, match=qe.MatchAny(list(values))))
+    if plan.only_ids is not None:
+        must.append(qe.HasIdCondition(set(plan.only_ids)))
+    must_not = [qe.HasIdCondition(set(plan.exclude_ids))] if plan.exclude_ids else None
+    if not must and not must_not:
+        return None
+    return qe.Filter(must=must or None, must_not=must_not)
+
+
+def _params(plan: Plan) -> qe.SearchParams:
+    ignore = qe.QuantizationSearchParams(ignore=True) if plan.exact else None
+    return qe.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=ignore)
+
+
+def _request(plan: Plan) -> qe.QueryRequest:
+    flt, params = _filter(plan), _params(plan)
+    query = plan.query
+    if isinstance(query, Nearest):
+        return qe.QueryRequest(
+            limit=query.limit,
+            query=_nearest(query),
+            filter=flt,
+            params=params,
+            with_payload=plan.with_payload,
+        )
+    fusion: qe.Fusion.Rrf | qe.Fusion.Dbsf = (
+        qe.Fusion.Rrf(k=query.rrf_k) if query.method == "rrf" else qe.Fusion.Dbsf()
+    )
+    return qe.QueryRequest(
+        limit=query.limit,
+        prefetches=[
+            qe.Prefetch(limit=p.limit, query=_nearest(p), filter=flt, params=params)
+            for p in query.prefetch
+        ],
+        query=fusion,
+        filter=flt,
+        with_payload=plan.with_payload,
+    )

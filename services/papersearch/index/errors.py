@@ -1,0 +1,30 @@
+"""Errors the index layer raises, whatever the backend."""
+
+from __future__ import annotations
+
+
+class StoreError(RuntimeError):
+    """The index could not do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """The engine cannot be reached (server down, shard locked by another process)."""
+
+
+class CollectionMissing(StoreError):
+    """The collection does not exist and was not to be created."""
+
+
+class EmbedderMismatch(StoreError):
+    """The collection was built by a different embedder than the one in use."""
+
+
+class PaperNotFound(StoreError, KeyError):
+    """No stored paper has this id."""
+
+    def __init__(self, paper_id: str) -> None:
+        super().__init__(f"paper {paper_id!r} is not in the index")
+        self.paper_id = paper_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -1,0 +1,107 @@
+"""What callers ask the index (SearchRequest, SearchFilter) and what they get back (Hit)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Literal
+
+import numpy as np
+
+from papersearch.corpus.paper import Paper
+from papersearch.index.sparse import SparseLike, SparseVector
+
+Mode = Literal["dense", "sparse", "hybrid"]
+FusionMethod = Literal["rrf", "dbsf"]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Conditions AND-ed together; within categories or authors any one value matches.
+
+    The date range is inclusive at both ends; papers without a date never match a range.
+    """
+
+    published_from: date | None = None
+    published_to: date | None = None
+    categories: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "categories", tuple(self.categories))
+        object.__setattr__(self, "authors", tuple(self.authors))
+        if self.published_from and self.published_to and self.published_from > self.published_to:
+            raise ValueError("published_from is after published_to")
+
+    def published_range(self) -> tuple[str | None, str | None] | None:
+        """(gte, lt) ISO dates for the engine's datetime range, or None without a date bound."""
+        if self.published_from is None and self.published_to is None:
+            return None
+        start = self.published_from.isoformat() if self.published_from else None
+        end = (self.published_to + timedelta(days=1)).isoformat() if self.published_to else None
+        return start, end
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """One search. Settings supply prefetch_limit, fusion, rrf_k and hnsw_ef when left None.
+
+    ``rrf_k`` is Qdrant's: a point's RRF score is the sum over prefetches of 1 / (k + rank)
+    with rank counted from 0, so k=61 here equals the RRF paper's k=60 (ranks from 1).
+    ``exact`` bypasses HNSW and quantization (ground truth, slow on large collections).
+    """
+
+    mode: Mode = "hybrid"
+    dense: Sequence[float] | np.ndarray | None = None
+    sparse: SparseLike | None = None
+    limit: int = 10
+    filter: SearchFilter = field(default_factory=SearchFilter)
+    prefetch_limit: int | None = None
+    fusion: FusionMethod | None = None
+    rrf_k: int | None = None
+    hnsw_ef: int | None = None
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dense is not None:
+            dense = tuple(float(x) for x in np.asarray(self.dense, dtype=np.float32).ravel())
+            if not dense or not all(math.isfinite(x) for x in dense):
+                raise ValueError("dense query vector must be non-empty and finite")
+            object.__setattr__(self, "dense", dense)
+        if self.sparse is not None:
+            object.__setattr__(self, "sparse", SparseVector.of(self.sparse))
+        if self.mode in ("dense", "hybrid") and self.dense is None:
+            raise ValueError(f"mode {self.mode!r} needs a dense query vector")
+        if self.mode in ("sparse", "hybrid") and self.sparse is None:
+            raise ValueError(f"mode {self.mode!r} needs a sparse query vector")
+        for name in ("limit", "prefetch_limit", "rrf_k", "hnsw_ef"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+    def dense_vector(self) -> tuple[float, ...]:
+        if self.dense is None:
+            raise ValueError("request has no dense query vector")
+        return tuple(self.dense)
+
+    def sparse_vector(self) -> SparseVector:
+        if self.sparse is None:
+            raise ValueError("request has no sparse query vector")
+        return SparseVector.of(self.sparse)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A ranked paper. ``score`` is the final (fused in hybrid mode) score.
+
+    ``dense_score`` is the cosine similarity and ``sparse_score`` the BM25 score (with IDF)
+    of the paper for the query, or None where that stage was not run or found no match
+    (no query term in the paper).
+    """
+
+    paper: Paper
+    score: float
+    dense_score: float | None = None
+    sparse_score: float | None = None

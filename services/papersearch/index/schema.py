@@ -1,0 +1,95 @@
+"""The collection layout both backends build: vectors, payload, payload indexes, identity."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+from papersearch.corpus.paper import Paper
+from papersearch.index.errors import EmbedderMismatch
+from papersearch.settings import IndexSettings
+
+DENSE = "dense"  # cosine, HNSW, optional int8 scalar quantization
+SPARSE = "bm25"  # BM25 term weights, IDF modifier applied by the engine
+SCHEMA_VERSION = 1
+
+PayloadIndexKind = Literal["datetime", "keyword"]
+PAYLOAD_INDEXES: Mapping[str, PayloadIndexKind] = {
+    "published": "datetime",
+    "categories": "keyword",
+    "authors": "keyword",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSpec:
+    """How to build a new collection."""
+
+    dim: int
+    hnsw_m: int
+    hnsw_ef_construct: int
+    quantization: Literal["none", "int8"]
+
+    @classmethod
+    def of(cls, settings: IndexSettings, dim: int) -> CollectionSpec:
+        return cls(dim, settings.hnsw_m, settings.hnsw_ef_construct, settings.quantization)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedderIdentity:
+    """Which embedder built the dense vectors: its manifest sha256 and output dimension."""
+
+    sha256: str
+    dim: int
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            raise ValueError("embedder sha256 must be non-empty")
+        if self.dim < 1:
+            raise ValueError(f"embedder dim must be positive, got {self.dim}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "embedder_sha256": self.sha256, "dim": self.dim}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EmbedderIdentity:
+        return cls(str(data["embedder_sha256"]), int(data["dim"]))
+
+    def require(self, stored: EmbedderIdentity, where: str) -> None:
+        """Raise EmbedderMismatch unless ``stored`` (the collection's) is this identity."""
+        if stored != self:
+            raise EmbedderMismatch(
+                f"{where} was built by embedder {stored.sha256[:12]} (dim {stored.dim}) but "
+                f"embedder {self.sha256[:12]} (dim {self.dim}) is in use: re-index or switch "
+                "the embedder back"
+            )
+
+
+def to_payload(paper: Paper) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "paper_id": paper.id,
+        "title": paper.title,
+        "abstract": paper.abstract,
+        "authors": list(paper.authors),
+        "categories": list(paper.categories),
+    }
+    if paper.published is not None:
+        payload["published"] = paper.published.isoformat()
+    if paper.url is not None:
+        payload["url"] = paper.url
+    return payload
+
+
+def from_payload(payload: Mapping[str, Any]) -> Paper:
+    published = payload.get("published")
+    return Paper(
+        id=payload["paper_id"],
+        title=payload.get("title", ""),
+        abstract=payload.get("abstract", ""),
+        authors=tuple(payload.get("authors") or ()),
+        published=date.fromisoformat(published[:10]) if published else None,
+        categories=tuple(payload.get("categories") or ()),
+        url=payload.get("url"),
+    )

@@ -1,0 +1,288 @@
+"""Server backend: a Qdrant server or cluster over gRPC (qdrant-client, ``prefer_grpc=True``).
+
+Embedder identity lives in the collection's own metadata (``create_collection(metadata=...)``,
+read back from ``get_collection().config.metadata``; qdrant-client 1.20 carries it over gRPC
+and in local mode). Unlike a reserved point it cannot show up in searches, scrolls or counts;
+unlike a sidecar it needs no shared filesystem and travels with snapshots and replicas. A
+server that drops the field is detected on create and refused.
+
+Writes are sent with ``wait=True``: acknowledged means applied and in the server's WAL. One
+batch is one request; in a multi-shard collection each shard applies its part on its own.
+The server optimizes in the background, so ``optimize()`` is a no-op. Vectors come from our
+own BM25 encoder (index/sparse.py), never from server-side inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from papersearch.index.errors import CollectionMissing, EmbedderMismatch, StoreError
+from papersearch.index.errors import StoreUnavailable
+from papersearch.index.plan import Nearest, Plan, PointData, Record, Scored
+from papersearch.index.schema import DENSE, PAYLOAD_INDEXES, SPARSE, CollectionSpec
+from papersearch.index.schema import EmbedderIdentity
+from papersearch.index.sparse import SparseVector
+from papersearch.index.store import Store
+from papersearch.settings import IndexSettings
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "papersearch"
+_INDEX_TYPES = {
+    "datetime": models.PayloadSchemaType.DATETIME,
+    "keyword": models.PayloadSchemaType.KEYWORD,
+}
+_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def connect(settings: IndexSettings) -> QdrantClient:
+    """A gRPC client for ``settings.url``; connects lazily, on the first request."""
+    return QdrantClient(
+        url=settings.url,
+        grpc_port=settings.grpc_port,
+        prefer_grpc=True,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        timeout=settings.timeout_s,
+        check_compatibility=False,
+    )
+
+
+class ServerStore(Store):
+    """A collection on a Qdrant server; pass ``client`` to use another (e.g. local-mode) client."""
+
+    backend = "server"
+
+    def __init__(self, settings: IndexSettings, client: QdrantClient | None = None) -> None:
+        super().__init__(settings)
+        self.client = client if client is not None else connect(settings)
+        self.name = settings.collection
+
+    def describe(self) -> str:
+        return f"{self.settings.url or 'qdrant'}/{self.name}"
+
+    # -- engine primitives -------------------------------------------------------------------
+
+    def _open(self, identity: EmbedderIdentity, create: bool) -> None:
+        where = f"collection {self.describe()}"
+        with _errors("open"):
+            if not self.client.collection_exists(self.name):
+                if not create:
+                    raise CollectionMissing(f"{where} does not exist")
+                self._create(CollectionSpec.of(self.settings, identity.dim), identity)
+            info = self.client.get_collection(self.name)
+            stored = _identity(info.config.metadata)
+            if stored is None:
+                if self._count():
+                    raise EmbedderMismatch(f"{where} has points but no embedder identity")
+                self._set_identity(identity)
+            else:
+                identity.require(stored, where)
+            vectors = info.config.params.vectors
+            dense = vectors.get(DENSE) if isinstance(vectors, Mapping) else None
+            size = dense.size if dense is not None else None
+            if size != identity.dim:
+                raise EmbedderMismatch(f"{where} holds dim {size} vectors, embedder {identity.dim}")
+            for name, kind in PAYLOAD_INDEXES.items():
+                if name not in info.payload_schema:
+                    self.client.create_payload_index(
+                        self.name, name, field_schema=_INDEX_TYPES[kind], wait=True
+                    )
+
+    def _write(self, points: Sequence[PointData]) -> None:
+        batch = [
+            models.PointStruct(id=p.point_id, vector=_vectors(p), payload=p.payload)
+            for p in points
+        ]
+        with _errors("upsert"):
+            self.client.upsert(self.name, points=batch, wait=True)
+
+    def _retrieve(self, point_ids: Sequence[str], *, payload: bool, dense: bool) -> list[Record]:
+        with _errors("retrieve"):
+            records = self.client.retrieve(
+                self.name,
+                ids=list(point_ids),
+                with_payload=payload,
+                with_vectors=[DENSE] if dense else False,
+            )
+        return [
+            Record(str(r.id), r.payload, _dense_of(r.vector) if dense else None) for r in records
+        ]
+
+    def _delete(self, point_ids: Sequence[str]) -> None:
+        with _errors("delete"):
+            self.client.delete(
+                self.name, points_selector=models.PointIdsList(points=list(point_ids)), wait=True
+            )
+
+    def _count(self) -> int:
+        with _errors("count"):
+            return self.client.count(self.name, exact=True).count
+
+    def _run(self, plans: Sequence[Plan]) -> list[list[Scored]]:
+        with _errors("query"):
+            responses = self.client.query_batch_points(
+                self.name, requests=[_request(p) for p in plans]
+            )
+        return [[Scored(str(p.id), p.score, p.payload) for p in r.points] for r in responses]
+
+    def _close(self) -> None:
+        self.client.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _create(self, spec: CollectionSpec, identity: EmbedderIdentity) -> None:
+        quantization = (
+            models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(
+                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                )
+            )
+            if spec.quantization == "int8"
+            else None
+        )
+        try:
+            self.client.create_collection(
+                self.name,
+                vectors_config={
+                    DENSE: models.VectorParams(
+                        size=spec.dim,
+                        distance=models.Distance.COSINE,
+                        hnsw_config=models.HnswConfigDiff(
+                            m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct
+                        ),
+                        quantization_config=quantization,
+                    )
+                },
+                sparse_vectors_config={
+                    SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
+                shard_number=self.settings.shard_number,
+                replication_factor=self.settings.replication_factor,
+                metadata={METADATA_KEY: identity.to_json()},
+            )
+        except (grpc.RpcError, UnexpectedResponse, ValueError):
+            # Another replica may have created it first; then verify that one instead.
+            if not self.client.collection_exists(self.name):
+                raise
+            logger.info("collection created concurrently", extra={"collection": self.name})
+            return
+        logger.info(
+            "collection created",
+            extra={"collection": self.name, "dim": spec.dim, "shards": self.settings.shard_number},
+        )
+
+    def _set_identity(self, identity: EmbedderIdentity) -> None:
+        self.client.update_collection(self.name, metadata={METADATA_KEY: identity.to_json()})
+        if _identity(self.client.get_collection(self.name).config.metadata) != identity:
+            raise StoreError(
+                f"Qdrant at {self.describe()} does not keep collection metadata; "
+                "a server version with collection metadata support is needed"
+            )
+
+
+def _identity(metadata: Mapping[str, Any] | None) -> EmbedderIdentity | None:
+    entry = (metadata or {}).get(METADATA_KEY)
+    return EmbedderIdentity.from_json(entry) if entry else None
+
+
+@contextmanager
+def _errors(operation: str) -> Iterator[None]:
+    """Unreachable server: StoreUnavailable; anything else the server refuses: StoreError."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code in _UNAVAILABLE:
+            raise StoreUnavailable(f"qdrant {operation}: {code}: {exc.details()}") from exc
+        raise StoreError(f"qdrant {operation} failed: {exc}") from exc
+    except ResponseHandlingException as exc:
+        raise StoreUnavailable(f"qdrant {operation}: {exc}") from exc
+    except UnexpectedResponse as exc:
+        raise StoreError(f"qdrant {operation} failed: {exc}") from exc
+
+
+def _vectors(point: PointData) -> dict[str, Any]:
+    vectors: dict[str, Any] = {DENSE: point.dense}
+    if len(point.sparse):
+        vectors[SPARSE] = _sparse(point.sparse)
+    return vectors
+
+
+def _dense_of(vector: Any) -> list[float] | None:
+    return vector.get(DENSE) if isinstance(vector, Mapping) else None
+
+
+def _sparse(vector: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
+def _query(nearest: Nearest) -> list[float] | models.SparseVector:
+    v = nearest.vector
+    return _sparse(v) if isinstance(v, SparseVector) else list(v)
+
+
+def _filter(plan: Plan) -> models.Filter | None:
+    f = plan.filter
+    must: list[models.Condition] = []
+    bounds = f.published_range()
+    if bounds is not None:
+        gte, lt = bounds
+        must.append(
+            models.FieldCondition(key="published", range=models.DatetimeRange(gte=gte, lt=lt))
+        )
+    for key, values in (("categories", f.categories), ("authors", f.authors)):
+        if values:
+            must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(values))))
+    if plan.only_ids is not None:
+        must.append(models.HasIdCondition(has_id=sorted(plan.only_ids)))
+    must_not: list[models.Condition] | None = (
+        [models.HasIdCondition(has_id=sorted(plan.exclude_ids))] if plan.exclude_ids else None
+    )
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not)
+
+
+def _params(plan: Plan) -> models.SearchParams:
+    ignore = models.QuantizationSearchParams(ignore=True) if plan.exact else None
+    return models.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=ignore)
+
+
+def _request(plan: Plan) -> models.QueryRequest:
+    flt, params = _filter(plan), _params(plan)
+    query = plan.query
+    if isinstance(query, Nearest):
+        return models.QueryRequest(
+            query=_query(query),
+            using=query.using,
+            limit=query.limit,
+            filter=flt,
+            params=params,
+            with_payload=plan.with_payload,
+        )
+    fusion: models.Query = (
+        models.RrfQuery(rrf=models.Rrf(k=query.rrf_k))
+        if query.method == "rrf"
+        else models.FusionQuery(fusion=models.Fusion.DBSF)
+    )
+    return models.QueryRequest(
+        prefetch=[
+            models.Prefetch(
+                query=_query(p), using=p.using, limit=p.limit, filter=flt, params=params
+            )
+            for p in query.prefetch
+        ],
+        query=fusion,
+        limit=query.limit,
+        filter=flt,
+        with_payload=plan.with_payload,
+    )

@@ -1,0 +1,1 @@
+"""Model sources, the versioned ONNX model repository, export and the shared ONNX runtime."""

@@ -1,0 +1,281 @@
+"""Export a Hugging Face checkpoint to the ONNX model repository (torch + transformers).
+
+The graph takes ``input_ids``/``attention_mask``/``token_type_ids`` with dynamic batch and
+sequence axes. Embedders get pooling and L2 normalisation inside the graph; cross-encoders
+output one relevance logit per pair. fp32 and per-channel dynamic int8 graphs are written,
+checked for parity, and only then is the manifest written: a failed check is an error and
+leaves no finished version behind.
+
+Only the ``models`` CLI commands import this module: serving never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from papersearch.models.manifest import (
+    FP32_FILE,
+    INT8_FILE,
+    TOKENIZER_FILE,
+    Manifest,
+    ModelKind,
+    find_by_fingerprint,
+    next_version_dir,
+    sha256_file,
+    write_manifest,
+)
+from papersearch.models.runtime import RuntimeOptions
+from papersearch.models.sources import ResolvedSource
+
+log = logging.getLogger(__name__)
+
+FP32_MAX_ABS_DIFF = 1e-4
+INT8_MIN_AGREEMENT = 0.98
+OPSET = 18
+EXPORT_FORMAT = 1  # bump when the graph layout changes: invalidates cached exports
+_WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
+
+
+class ParityError(RuntimeError):
+    """An exported graph disagrees with the torch model beyond tolerance."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSpec:
+    name: str
+    kind: ModelKind
+    source: ResolvedSource
+    max_length: int
+    query_prefix: str = ""
+    document_prefix: str = ""
+
+
+def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> Path:
+    """Export ``spec`` unless an identical export exists; return its version directory."""
+    fingerprint = _fingerprint(spec)
+    existing = find_by_fingerprint(repository, spec.name, fingerprint)
+    if existing is not None:
+        log.info("export cached", extra={"model": spec.name, "path": str(existing)})
+        return existing
+    if len(parity_texts) < 4:
+        raise ValueError("parity check needs at least 4 real texts")
+    target = next_version_dir(repository, spec.name)
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    try:
+        manifest = _export_into(spec, target, fingerprint, parity_texts)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    write_manifest(target, manifest)
+    log.info("exported", extra={"model": spec.name, "path": str(target), **manifest.parity})
+    return target
+
+
+def _fingerprint(spec: ExportSpec) -> str:
+    digest = hashlib.sha256()
+    options = [spec.kind, spec.max_length, spec.query_prefix, spec.document_prefix, EXPORT_FORMAT]
+    digest.update(json.dumps([spec.source.spec, *options]).encode())
+    if spec.source.is_local:
+        root = Path(spec.source.location)
+        for name in _WEIGHT_FILES:
+            if (root / name).is_file():
+                digest.update(sha256_file(root / name).encode())
+    return digest.hexdigest()
+
+
+def _pooling(location: str) -> tuple[str, bool]:
+    """Pooling mode and normalisation from a sentence-transformers folder (mean + L2 default)."""
+    root = Path(location)
+    pooling = "mean"
+    config = root / "1_Pooling" / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("pooling_mode_cls_token"):
+        pooling = "cls"
+    modules = root / "modules.json"
+    normalize = True
+    if modules.is_file():
+        types = [m.get("type", "") for m in json.loads(modules.read_text())]
+        normalize = any(t.endswith("Normalize") for t in types)
+    return pooling, normalize
+
+
+def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": spec.source.is_local}
+    tokenizer = AutoTokenizer.from_pretrained(spec.source.location, **kwargs)
+    if spec.kind == "embedder":
+        backbone = AutoModel.from_pretrained(spec.source.location, **kwargs)
+        model: torch.nn.Module = EmbedderGraph(backbone, *_pooling(spec.source.location))
+    else:
+        classifier = AutoModelForSequenceClassification.from_pretrained(
+            spec.source.location, **kwargs
+        )
+        model = CrossEncoderGraph(classifier)
+    return model.eval(), tokenizer
+
+
+class EmbedderGraph(torch.nn.Module):
+    """Backbone + pooling + optional L2 normalisation, exported as one graph."""
+
+    def __init__(self, backbone: torch.nn.Module, pooling: str, normalize: bool) -> None:
+        super().__init__()
+        self.backbone, self.pooling, self.normalize = backbone, pooling, normalize
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        return pooled
+
+
+class CrossEncoderGraph(torch.nn.Module):
+    """Sequence classifier reduced to one relevance logit per (query, passage) pair."""
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        logits = self.classifier(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+        return logits[:, 0]
+
+
+def _parity_inputs(spec: ExportSpec, texts: Sequence[str]) -> list[Any]:
+    """Single texts for embedders; (query, passage) pairs, matching and not, for rerankers."""
+    if spec.kind == "embedder":
+        return [spec.document_prefix + t for t in texts]
+    queries = [" ".join(t.split()[:10]) for t in texts]
+    shifted = list(texts[1:]) + list(texts[:1])
+    return list(zip(queries, texts, strict=True)) + list(zip(queries, shifted, strict=True))
+
+
+def _export_into(
+    spec: ExportSpec, target: Path, fingerprint: str, texts: Sequence[str]
+) -> Manifest:
+    started = time.perf_counter()
+    model, tokenizer = _load_torch(spec)
+    tokenizer.backend_tokenizer.save(str(target / TOKENIZER_FILE))
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    example = tokenizer(["a short example", "a somewhat longer example text"], padding=True,
+                        return_tensors="pt", return_token_type_ids=True)
+    batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=1)
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            tuple(example[n] for n in names),
+            str(target / FP32_FILE),
+            input_names=names,
+            output_names=["embeddings" if spec.kind == "embedder" else "scores"],
+            dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    _quantize(target / FP32_FILE, target / INT8_FILE)
+    pooling, normalize = _pooling(spec.source.location) if spec.kind == "embedder" else (None, False)
+    dim = int(model(**{n: example[n] for n in names}).shape[-1]) if spec.kind == "embedder" else None
+    draft = Manifest(
+        name=spec.name, version=int(target.name), kind=spec.kind, source=spec.source.spec,
+        fingerprint=fingerprint, max_length=spec.max_length, pooling=pooling, normalize=normalize,
+        query_prefix=spec.query_prefix, document_prefix=spec.document_prefix, dim=dim,
+        files={f: sha256_file(target / f) for f in (FP32_FILE, INT8_FILE, TOKENIZER_FILE)},
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    write_manifest(target, draft)  # the runtime reads it; replaced below with parity figures
+    parity = _check_parity(spec, model, tokenizer, target, _parity_inputs(spec, texts))
+    parity["export_seconds"] = round(time.perf_counter() - started, 1)
+    return Manifest(**{**_as_dict(draft), "parity": parity})
+
+
+def _as_dict(manifest: Manifest) -> dict[str, Any]:
+    return {f: getattr(manifest, f) for f in manifest.__dataclass_fields__}
+
+
+def _quantize(fp32: Path, int8: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs every node at INFO on root
+    try:
+        quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def _torch_outputs(model: Any, tokenizer: Any, inputs: list[Any], max_length: int) -> np.ndarray:
+    outputs = []
+    for start in range(0, len(inputs), 16):
+        chunk = inputs[start : start + 16]
+        if isinstance(chunk[0], tuple):
+            first, second = [q for q, _ in chunk], [p for _, p in chunk]
+            enc = tokenizer(first, second, padding=True, truncation="only_second",
+                            max_length=max_length, return_tensors="pt", return_token_type_ids=True)
+        else:
+            enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt", return_token_type_ids=True)
+        with torch.no_grad():
+            outputs.append(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]))
+    return torch.cat(outputs).numpy().astype(np.float32).reshape(len(inputs), -1)
+
+
+def _onnx_outputs(target: Path, kind: ModelKind, inputs: list[Any], precision: str) -> np.ndarray:
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.reranker.runtime import Reranker
+
+    options = RuntimeOptions(precision=precision, intra_op_threads=0)  # type: ignore[arg-type]
+    if kind == "embedder":
+        return Encoder(target, options).encode(inputs, "document")
+    # prefixes were applied by _parity_inputs already, so use the raw pairs
+    return Reranker(target, options).score_pairs(inputs).reshape(-1, 1)
+
+
+def _check_parity(
+    spec: ExportSpec, model: Any, tokenizer: Any, target: Path, inputs: list[Any]
+) -> dict[str, float]:
+    reference = _torch_outputs(model, tokenizer, inputs, spec.max_length)
+    fp32 = _onnx_outputs(target, spec.kind, inputs, "fp32")
+    int8 = _onnx_outputs(target, spec.kind, inputs, "int8")
+    max_diff = float(np.abs(fp32 - reference).max())
+    if spec.kind == "embedder":
+        cosines = np.sum(fp32 * int8, axis=1) / (
+            np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1)
+        )
+        agreement = float(cosines.min())
+        parity = {"fp32_max_abs_diff": max_diff, "int8_cosine_mean": float(cosines.mean()),
+                  "int8_cosine_min": agreement}
+    else:
+        agreement = float(np.corrcoef(fp32.ravel(), int8.ravel())[0, 1])
+        parity = {"fp32_max_abs_diff": max_diff, "int8_score_pearson": agreement,
+                  "int8_score_max_abs_diff": float(np.abs(fp32 - int8).max())}
+    parity["parity_inputs"] = float(len(inputs))
+    if max_diff > FP32_MAX_ABS_DIFF:
+        raise ParityError(f"{spec.name}: fp32 ONNX vs torch max |diff| {max_diff:.2e} > 1e-4")
+    if agreement < INT8_MIN_AGREEMENT:
+        raise ParityError(f"{spec.name}: int8 agreement with fp32 {agreement:.4f} < 0.98")
+    return parity

@@ -1,0 +1,108 @@
+"""The manifest that describes one exported model version in the model repository.
+
+Layout: ``<repository>/<name>/<version>/`` holding ``model.onnx`` (fp32), ``model.int8.onnx``,
+``tokenizer.json`` and ``manifest.json``. Versions are positive integers; the manifest is written
+last, so a directory without one is an unfinished export and is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MANIFEST = "manifest.json"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+ModelKind = Literal["embedder", "reranker"]
+
+
+class ModelNotFound(FileNotFoundError):
+    """No finished export of a model exists in the repository."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    name: str
+    version: int
+    kind: ModelKind
+    source: str
+    fingerprint: str  # hash of source weights + export options: same fingerprint, same export
+    max_length: int
+    pooling: str | None = None  # "mean" for embedders
+    normalize: bool = False
+    query_prefix: str = ""
+    document_prefix: str = ""
+    dim: int | None = None
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    parity: dict[str, float] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def sha256(self) -> str:
+        """Identity of this model: the fp32 graph's digest."""
+        return self.files[FP32_FILE]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        return cls(**data)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    return Manifest.from_dict(json.loads((version_dir / MANIFEST).read_text()))
+
+
+def write_manifest(version_dir: Path, manifest: Manifest) -> None:
+    tmp = version_dir / (MANIFEST + ".tmp")
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, version_dir / MANIFEST)
+
+
+def versions(repository: Path, name: str) -> list[int]:
+    root = repository / name
+    if not root.is_dir():
+        return []
+    found = (p for p in root.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file())
+    return sorted(int(p.name) for p in found)
+
+
+def model_dir(repository: Path, name: str, version: int | None = None) -> Path:
+    """The directory of ``version`` (default: the latest finished one)."""
+    available = versions(repository, name)
+    if not available:
+        raise ModelNotFound(
+            f"no exported model {name!r} in {repository}: run `papersearch models export`"
+        )
+    chosen = available[-1] if version is None else version
+    if chosen not in available:
+        raise ModelNotFound(f"model {name!r} has no version {chosen} (have {available})")
+    return repository / name / str(chosen)
+
+
+def find_by_fingerprint(repository: Path, name: str, fingerprint: str) -> Path | None:
+    for version in reversed(versions(repository, name)):
+        path = repository / name / str(version)
+        if read_manifest(path).fingerprint == fingerprint:
+            return path
+    return None
+
+
+def next_version_dir(repository: Path, name: str) -> Path:
+    existing = [int(p.name) for p in (repository / name).glob("*") if p.name.isdigit()]
+    return repository / name / str(max(existing, default=0) + 1)

@@ -1,0 +1,93 @@
+"""Build the model repository from settings: export the embedder, export or train the reranker.
+
+Imports torch (through export/training): only the ``models`` CLI commands use this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from papersearch.corpus.paper import Paper
+from papersearch.corpus.readers import read_corpus
+from papersearch.encoder.runtime import Encoder
+from papersearch.models.export import ExportSpec, export
+from papersearch.models.runtime import RuntimeOptions
+from papersearch.models.sources import resolve_source
+from papersearch.reranker.mining import mine
+from papersearch.reranker.training import train
+from papersearch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PARITY_TEXTS = 64
+
+
+def parity_texts(settings: Settings) -> list[str]:
+    """Real abstracts from the sample corpus for the parity checks."""
+    papers = itertools.islice(read_corpus(settings.corpus_dir), PARITY_TEXTS)
+    texts = [p.text for p in papers]
+    if len(texts) < 4:
+        raise ValueError(f"{settings.corpus_dir}: too few papers for the parity check")
+    return texts
+
+
+def export_embedder(settings: Settings) -> Path:
+    models = settings.models
+    spec = ExportSpec(
+        name=models.embedder_name,
+        kind="embedder",
+        source=resolve_source(models.embedder_source, models.cache_dir),
+        max_length=models.embedder_max_length,
+        query_prefix=models.query_prefix,
+        document_prefix=models.document_prefix,
+    )
+    return export(spec, models.repository, parity_texts(settings))
+
+
+def export_reranker(settings: Settings, source: str) -> Path:
+    models = settings.models
+    spec = ExportSpec(
+        name=models.reranker_name,
+        kind="reranker",
+        source=resolve_source(source, models.cache_dir),
+        max_length=models.reranker_max_length,
+    )
+    return export(spec, models.repository, parity_texts(settings))
+
+
+def training_papers(settings: Settings) -> list[Paper]:
+    papers: list[Paper] = []
+    for corpus in settings.training.corpora:
+        reader = read_corpus(corpus)
+        papers.extend(reader)
+        log.info("training corpus read", extra={"path": str(corpus), **asdict(reader.stats)})
+    return papers
+
+
+def train_reranker(settings: Settings) -> Path:
+    """Mine examples, fine-tune from the embedder's base weights (cached), export the result."""
+    cfg = settings.training
+    encoder = Encoder(export_embedder(settings), RuntimeOptions("fp32", 0, cfg.batch_size))
+    examples = mine(
+        training_papers(settings)[: cfg.max_pairs],
+        encoder,
+        negatives=cfg.negatives_per_query,
+        depth=cfg.mining_depth,
+        duplicate_cosine=cfg.duplicate_cosine,
+        seed=cfg.seed,
+    )
+    log.info("training examples mined", extra={"examples": len(examples)})
+    base = Path(resolve_source(settings.models.embedder_source, settings.models.cache_dir).location)
+    checkpoint = train(base, examples, cfg, settings.models.cache_dir)
+    return export_reranker(settings, str(checkpoint))
+
+
+def prepare(settings: Settings) -> dict[str, Path]:
+    """Everything `make run` needs: the embedder and a reranker in the model repository."""
+    embedder = export_embedder(settings)
+    source = settings.models.reranker_source
+    reranker = export_reranker(settings, source) if source else train_reranker(settings)
+    return {"embedder": embedder, "reranker": reranker}

@@ -1,0 +1,91 @@
+"""Shared onnxruntime + tokenizers machinery. Never imports torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from papersearch.models.manifest import (
+    FP32_FILE,
+    INT8_FILE,
+    TOKENIZER_FILE,
+    Manifest,
+    read_manifest,
+)
+
+Precision = Literal["fp32", "int8"]
+
+
+class InvalidInput(ValueError):
+    """Input texts a model cannot process (empty, not a string)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    precision: Precision = "int8"
+    intra_op_threads: int = 1
+    batch_size: int = 32
+
+
+def check_texts(texts: Sequence[str], what: str) -> None:
+    if isinstance(texts, str):
+        raise InvalidInput(f"{what}: expected a sequence of strings, got a single string")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInput(f"{what}[{i}]: expected str, got {type(text).__name__}")
+        if not text.strip():
+            raise InvalidInput(f"{what}[{i}] is empty")
+
+
+class OnnxModel:
+    """An exported model version: ONNX session, tokenizer and manifest."""
+
+    def __init__(self, version_dir: Path, options: RuntimeOptions) -> None:
+        self.manifest: Manifest = read_manifest(version_dir)
+        self.options = options
+        graph = version_dir / (INT8_FILE if options.precision == "int8" else FP32_FILE)
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = 1
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(graph), sess_options=session_options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
+        self.tokenizer.no_padding()
+        strategy = "only_second" if self.manifest.kind == "reranker" else "longest_first"
+        self.tokenizer.enable_truncation(self.manifest.max_length, strategy=strategy)
+
+    def _feeds(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+        width = max(len(e.ids) for e in encodings)
+        shape = (len(encodings), width)
+        ids = np.zeros(shape, dtype=np.int64)
+        mask = np.zeros(shape, dtype=np.int64)
+        types = np.zeros(shape, dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: v for k, v in feeds.items() if k in self._input_names}
+
+    def run_sorted(
+        self, encodings: Sequence[Encoding], width: int, post: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """Run encodings in length-sorted batches; rows come back in input order."""
+        out = np.empty((len(encodings), width), dtype=np.float32)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        step = self.options.batch_size
+        for start in range(0, len(order), step):
+            rows = order[start : start + step]
+            (result,) = self.session.run(None, self._feeds([encodings[i] for i in rows]))
+            out[rows] = post(np.asarray(result, dtype=np.float32)).reshape(len(rows), width)
+        return out

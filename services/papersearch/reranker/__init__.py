@@ -1,0 +1,1 @@
+"""Cross-encoder reranker: runtime, weakly supervised training, and its Serve deployment."""

@@ -1,0 +1,258 @@
+"""Corpus readers: Daily Papers pages, JSON Lines, BEIR, and the detecting facade."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from papersearch.corpus.beir import read_beir
+from papersearch.corpus.daily_papers import CHROME, paper_id, read_daily_papers
+from papersearch.corpus.jsonl import read_jsonl
+from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped
+from papersearch.corpus.readers import CorpusFormat, ReadStats, detect_format, read_corpus
+
+SHARED = Path(__file__).parents[1] / ".." / "shared"
+
+HEADER = """new
+
+Get trending papers in your email inbox!
+
+Subscribe
+
+Daily Papers
+
+byAK and the research community
+
+Aug 6
+
+"""
+ABSTRACT_A = "We propose Alpha. It beats every baseline on five benchmarks by a wide margin."
+ABSTRACT_B = "Beta is a dataset of things. We describe how it was collected and cleaned."
+
+
+def papers(results: list[ReadResult]) -> list[Paper]:
+    return [r for r in results if isinstance(r, Paper)]
+
+
+def skipped(results: list[ReadResult]) -> list[Skipped]:
+    return [r for r in results if isinstance(r, Skipped)]
+
+
+def page(*entries: tuple[str, str]) -> str:
+    """A page in the blank-line layout: header, then title and abstract paragraphs."""
+    return HEADER + "\n\n".join(f"{title}\n\n{abstract}" for title, abstract in entries)
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# Daily Papers
+
+
+def test_daily_page_drops_chrome_and_pairs_titles(tmp_path: Path) -> None:
+    write(tmp_path, "000.txt", page(("Alpha: A Model", ABSTRACT_A), ("Beta Set", ABSTRACT_B)))
+    found = papers(list(read_daily_papers(tmp_path)))
+    assert [(p.title, p.abstract) for p in found] == [
+        ("Alpha: A Model", ABSTRACT_A),
+        ("Beta Set", ABSTRACT_B),
+    ]
+    assert found[0].id == paper_id("Alpha: A Model") and found[0].id.startswith("dp-")
+    assert found[0].published is None  # "Aug 6" names no year
+
+
+def test_daily_page_without_blank_lines_and_glued_subscribe(tmp_path: Path) -> None:
+    text = (
+        "Get trending papers in your email inbox once a day!\n"
+        "Get trending papers in your email inbox!\n"
+        f"SubscribeAlpha: A Model\n{ABSTRACT_A}\nBeta Set\n{ABSTRACT_B}\n"
+    )
+    write(tmp_path, "000.txt", text)
+    assert [p.title for p in papers(list(read_daily_papers(tmp_path)))] == [
+        "Alpha: A Model",
+        "Beta Set",
+    ]
+
+
+def test_daily_duplicates_across_and_within_pages_yield_once(tmp_path: Path) -> None:
+    truncated = ABSTRACT_A[:30] + "..."
+    write(tmp_path, "000.txt", page(("Alpha: A Model", truncated), ("Beta Set", ABSTRACT_B)))
+    second = write(
+        tmp_path,
+        "001.txt",
+        page(("ALPHA - a model", ABSTRACT_A), ("Beta Set", ABSTRACT_B), ("Beta set", ABSTRACT_B)),
+    )
+    results = list(read_daily_papers(tmp_path))
+    found = papers(results)
+    assert [p.title for p in found] == ["ALPHA - a model", "Beta Set"]
+    assert found[0].abstract == ABSTRACT_A  # the fuller copy wins, at the first position
+    duplicates = [r for r in results if isinstance(r, Duplicate)]
+    assert [d.source for d in duplicates] == [f"{second}:{line}" for line in (13, 17, 21)]
+    assert {d.paper_id for d in duplicates} == {p.id for p in found}
+
+
+def test_daily_glitches_are_reported_with_file_and_line(tmp_path: Path) -> None:
+    text = HEADER + (
+        "Lost Abstract Paper\n\n"  # line 13: the next line is another title
+        "Alpha: A Model\n\n\u200bUpvote\n\n42\n\nSubmitted by akhaliq\n\n"
+        f"{ABSTRACT_A}\n\n"
+        f"{ABSTRACT_B}\n\n"  # line 25: an abstract with no title
+        "Poincar\u00e9 \u00a0ResNet\n\nWe work in hyperbolic space. Results are good.\n\n"
+        "Load more"  # line 31: trailing chrome we do not know, as a title with no abstract
+    )
+    page_path = write(tmp_path, "000.txt", text)
+    results = list(read_daily_papers(tmp_path))
+    assert [p.title for p in papers(results)] == ["Alpha: A Model", "Poincaré ResNet"]
+    assert skipped(results) == [
+        Skipped(f"{page_path}:13", "title without an abstract"),
+        Skipped(f"{page_path}:25", "abstract without a title"),
+        Skipped(f"{page_path}:31", "title without an abstract"),
+    ]
+
+
+def test_daily_page_date_with_year_sets_published(tmp_path: Path) -> None:
+    write(tmp_path, "000.txt", page(("Alpha", ABSTRACT_A)).replace("Aug 6", "Aug 6, 2025"))
+    assert papers(list(read_daily_papers(tmp_path)))[0].published == date(2025, 8, 6)
+
+
+def test_daily_titles_that_look_like_dates_or_prose_stay_titles(tmp_path: Path) -> None:
+    write(tmp_path, "000.txt", f"Llama 2\n\n{ABSTRACT_A}\n\nOn U.S. Census Data\n\n{ABSTRACT_B}")
+    assert [p.title for p in papers(list(read_daily_papers(tmp_path)))] == [
+        "Llama 2",
+        "On U.S. Census Data",
+    ]
+
+
+def test_real_daily_papers_corpus() -> None:
+    corpus = read_corpus(SHARED / "corpus" / "daily-papers")
+    found = list(corpus)
+    assert corpus.format is CorpusFormat.DAILY_PAPERS
+    assert 550 <= len(found) <= 620  # 591 unique papers in 663 listings when written
+    assert corpus.stats.skipped == 0 and corpus.stats.duplicates > 0
+    assert len({p.id for p in found}) == len(found)
+    chrome_titles = [p.title for p in found if p.title.casefold() in CHROME]
+    assert not chrome_titles
+    assert not [p.title for p in found if p.title.startswith("Subscribe")]
+    assert all(p.abstract for p in found)
+
+
+# JSON Lines
+
+GOOD = {
+    "id": "2401.00001",
+    "title": "  Alpha:\tA Model ",
+    "abstract": ABSTRACT_A,
+    "authors": "Ada Lovelace, Alan Turing",
+    "published": "2024-01-02",
+    "categories": ["cs.CL", "cs.IR"],
+    "url": "https://arxiv.org/abs/2401.00001",
+    "venue": "ACL",
+}
+
+
+def test_jsonl_maps_every_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "papers.jsonl", json.dumps(GOOD) + "\n")
+    (paper,) = list(read_jsonl(path))
+    assert paper == Paper(
+        id="2401.00001",
+        title="Alpha: A Model",
+        abstract=ABSTRACT_A,
+        authors=("Ada Lovelace", "Alan Turing"),
+        published=date(2024, 1, 2),
+        categories=("cs.CL", "cs.IR"),
+        url="https://arxiv.org/abs/2401.00001",
+    )
+    assert paper.extra == {"venue": "ACL"}
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({**GOOD, "id": ""}), "missing or empty 'id'"),
+        (json.dumps({**GOOD, "title": "", "abstract": " "}), "neither title nor abstract"),
+        (json.dumps({**GOOD, "published": "02/01/2024"}), "not an ISO date"),
+        (json.dumps({**GOOD, "authors": [1, 2]}), "'authors' must be"),
+    ],
+)
+def test_jsonl_malformed_line_is_skipped_with_file_and_line(
+    tmp_path: Path, line: str, reason: str
+) -> None:
+    path = write(tmp_path, "papers.jsonl", f"{json.dumps(GOOD)}\n\n{line}\n")
+    results = list(read_jsonl(path))
+    assert [type(r) for r in results] == [Paper, Skipped]
+    assert results[1].source == f"{path}:3"
+    assert reason in results[1].reason
+
+
+def test_jsonl_bad_utf8_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "papers.jsonl"
+    path.write_bytes(b'{"id": "1", "title": "\xff"}\n' + json.dumps(GOOD).encode() + b"\n")
+    results = list(read_jsonl(path))
+    assert isinstance(results[0], Skipped) and results[0].source == f"{path}:1"
+    assert isinstance(results[1], Paper)
+
+
+# BEIR
+
+
+def test_beir_reads_ids_verbatim_and_metadata(tmp_path: Path) -> None:
+    records = [
+        {"_id": "7", "title": "", "text": "correlation between maternal glucose levels ."},
+        {"_id": "8", "title": "A Title Only", "text": "", "metadata": {"authors": "Perlis, A. J."}},
+        {"_id": "9", "title": "", "text": ""},
+    ]
+    path = write(tmp_path, "corpus.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    results = list(read_beir(tmp_path))
+    assert [p.id for p in papers(results)] == ["7", "8"]
+    assert papers(results)[1].extra == {"authors": "Perlis, A. J."}
+    assert skipped(results) == [Skipped(f"{path}:3", "paper '9' has neither title nor abstract")]
+
+
+@pytest.mark.parametrize(("dataset", "count"), [("cacm", 3204), ("med", 1033)])
+def test_real_beir_corpora(dataset: str, count: int) -> None:
+    corpus = read_corpus(SHARED / "eval" / dataset)
+    assert sum(1 for _ in corpus) == count
+    assert corpus.stats == ReadStats(read=count, skipped=0, duplicates=0)
+
+
+# Facade
+
+
+def test_detect_format(tmp_path: Path) -> None:
+    write(tmp_path / "pages", "000.txt", HEADER)
+    write(tmp_path / "beir", "corpus.jsonl", json.dumps({"_id": "1", "title": "T"}) + "\n")
+    write(tmp_path, "beir.jsonl", "oops\n" + json.dumps({"_id": "1", "title": "T"}) + "\n")
+    write(tmp_path, "papers.jsonl", json.dumps(GOOD) + "\n")
+    write(tmp_path / "empty", "notes.md", "")
+    assert detect_format(tmp_path / "pages") is CorpusFormat.DAILY_PAPERS
+    assert detect_format(tmp_path / "beir") is CorpusFormat.BEIR
+    assert detect_format(tmp_path / "beir.jsonl") is CorpusFormat.BEIR
+    assert detect_format(tmp_path / "papers.jsonl") is CorpusFormat.JSONL
+    with pytest.raises(ValueError, match="cannot tell"):
+        detect_format(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        detect_format(tmp_path / "missing")
+
+
+def test_read_corpus_counts_duplicates_and_logs_skips(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = [json.dumps(GOOD), json.dumps({**GOOD, "title": "Alpha v2"}), "{bad", json.dumps({})]
+    path = write(tmp_path, "papers.jsonl", "\n".join(lines) + "\n")
+    corpus = read_corpus(path)
+    with caplog.at_level(logging.WARNING, logger="papersearch.corpus.readers"):
+        found = list(corpus)
+    assert [p.title for p in found] == ["Alpha: A Model"]
+    assert corpus.stats == ReadStats(read=1, skipped=2, duplicates=1)
+    assert [s.source for s in corpus.skipped] == [f"{path}:3", f"{path}:4"]
+    assert [r.__dict__["source"] for r in caplog.records] == [f"{path}:3", f"{path}:4"]
+    assert list(corpus) == found and corpus.stats.duplicates == 1  # a second pass recounts

@@ -1,0 +1,440 @@
+"""The index layer against the real engines: qdrant-edge on disk and qdrant-client local mode."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from papersearch.corpus.paper import Paper
+from papersearch.index import (
+    Bm25Encoder,
+    CollectionMissing,
+    EmbedderMismatch,
+    Hit,
+    PaperNotFound,
+    SearchFilter,
+    SearchRequest,
+    Store,
+    StoreUnavailable,
+    open_store,
+)
+from papersearch.index.edge import MANIFEST, EdgeStore
+from papersearch.index.server import ServerStore
+from papersearch.settings import IndexSettings, Settings
+
+pytestmark = [  # qdrant-client local mode: no payload indexes, always exact search
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning"),
+]
+
+DIM = 16
+SHA = "a" * 64
+RARE = "zymurgy"
+RARE_AT = 7
+WORDS = (
+    "graph neural network protein folding quantum lattice language model vision robot policy "
+    "market auction compiler kernel sensor battery galaxy climate genome"
+).split()
+CATEGORIES = ("cs.CL", "cs.CV", "cs.LG", "q-bio.BM")
+AUTHORS = ("Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov")
+
+Factory = Callable[..., Store]
+
+
+def make_papers(n: int = 30, seed: int = 3) -> list[Paper]:
+    rng = np.random.default_rng(seed)
+    papers = []
+    for i in range(n):
+        # Distinct lengths: BM25 scores of different papers never tie.
+        abstract = " ".join(str(w) for w in rng.choice(WORDS, 6 + i))
+        if i == RARE_AT:
+            abstract += f" {RARE}"
+        papers.append(
+            Paper(
+                id=f"2401.{i:05d}",
+                title=" ".join(str(w) for w in rng.choice(WORDS, 3)),
+                abstract=abstract,
+                authors=tuple(str(a) for a in rng.choice(AUTHORS, 1 + i % 3, replace=False)),
+                published=None if i % 10 == 9 else date(2023, 1, 1) + timedelta(days=20 * i),
+                categories=tuple(str(c) for c in rng.choice(CATEGORIES, 1 + i % 2, replace=False)),
+                url=f"https://arxiv.org/abs/2401.{i:05d}",
+            )
+        )
+    return papers
+
+
+def unit_vectors(n: int, seed: int = 5) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+PAPERS = make_papers()
+DENSE = unit_vectors(len(PAPERS))
+BM25 = Bm25Encoder()
+SPARSE = BM25.documents(p.text for p in PAPERS)
+
+
+@pytest.fixture(params=["edge", "local"])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """Builds stores of one backend over the same storage; closes them all at the end.
+
+    Local mode locks its directory per client, so there a new store closes the previous one.
+    """
+    stores: list[Store] = []
+
+    def build(**overrides: object) -> Store:
+        settings = IndexSettings(data_dir=tmp_path / "index", **overrides)  # type: ignore[arg-type]
+        store: Store
+        if request.param == "edge":
+            store = EdgeStore(settings)
+        else:
+            for previous in stores:
+                previous.close()
+            store = ServerStore(settings, client=QdrantClient(path=str(tmp_path / "local")))
+        stores.append(store)
+        return store
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(factory: Factory) -> Store:
+    s = factory()
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS, DENSE, SPARSE)
+    return s
+
+
+@pytest.fixture(scope="module", params=["edge", "local"])
+def loaded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    """One filled store per backend, shared by the tests that only read."""
+    settings = IndexSettings(data_dir=tmp_path_factory.mktemp("index"))
+    s: Store
+    if request.param == "edge":
+        s = EdgeStore(settings)
+    else:
+        s = ServerStore(settings, client=QdrantClient(":memory:"))
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS, DENSE, SPARSE)
+    yield s
+    s.close()
+
+
+def ids(hits: list[Hit]) -> list[str]:
+    return [h.paper.id for h in hits]
+
+
+def request(mode: str, i: int = 0, text: str = RARE, **kw: object) -> SearchRequest:
+    dense = DENSE[i] if mode != "sparse" else None
+    sparse = BM25.query(text) if mode != "dense" else None
+    return SearchRequest(mode=mode, dense=dense, sparse=sparse, **kw)  # type: ignore[arg-type]
+
+
+# -- writes and reads ---------------------------------------------------------------------------
+
+
+def test_upsert_is_idempotent(store: Store) -> None:
+    assert store.count() == len(PAPERS)
+    store.upsert(PAPERS, DENSE, SPARSE)
+    assert store.count() == len(PAPERS)
+
+
+def test_existing_ids_get_delete(factory: Factory) -> None:
+    s = factory()
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS[:10], DENSE[:10], SPARSE[:10])
+    wanted = [p.point_id for p in PAPERS[5:15]]
+    assert s.existing_ids(wanted) == {p.point_id for p in PAPERS[5:10]}
+
+    got = s.get([PAPERS[3].id, "no-such-paper", PAPERS[1].id])
+    assert got == [PAPERS[3], PAPERS[1]]
+    assert got[0].published == PAPERS[3].published and got[0].authors == PAPERS[3].authors
+
+    s.delete([PAPERS[3].id, "no-such-paper"])
+    assert s.count() == 9
+    assert s.get([PAPERS[3].id]) == []
+    assert PAPERS[3].point_id not in s.existing_ids([PAPERS[3].point_id])
+
+
+def test_upsert_rejects_bad_input_without_writing(factory: Factory) -> None:
+    s = factory()
+    s.ensure_collection(DIM, SHA)
+    with pytest.raises(ValueError, match="n x 16"):
+        s.upsert(PAPERS[:2], np.ones((2, DIM + 1), np.float32), SPARSE[:2])
+    with pytest.raises(ValueError, match="sparse"):
+        s.upsert(PAPERS[:2], DENSE[:2], SPARSE[:1])
+    with pytest.raises(ValueError, match="duplicate"):
+        s.upsert([PAPERS[0], PAPERS[0]], DENSE[:2], SPARSE[:2])
+    assert s.count() == 0
+
+
+def test_paper_without_bm25_terms_is_stored(factory: Factory) -> None:
+    s = factory()
+    s.ensure_collection(DIM, SHA)
+    paper = Paper(id="stop", title="The", abstract="of a an the")
+    sparse = BM25.documents([paper.text])
+    assert len(sparse[0]) == 0
+    s.upsert([paper], DENSE[:1], sparse)
+    assert s.get(["stop"]) == [paper]
+
+
+# -- search modes -------------------------------------------------------------------------------
+
+
+def test_dense_nearest_neighbour_is_itself(loaded: Store) -> None:
+    for i in (0, 12, 29):
+        hits = loaded.query(request("dense", i, exact=True, limit=3))
+        assert hits[0].paper == PAPERS[i]
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert hits[0].dense_score == hits[0].score and hits[0].sparse_score is None
+        assert hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_sparse_finds_the_rare_word(loaded: Store) -> None:
+    hits = loaded.query(request("sparse", text=f"{RARE} graph"))
+    assert hits[0].paper.id == PAPERS[RARE_AT].id
+    assert hits[0].sparse_score == hits[0].score > 0 and hits[0].dense_score is None
+    assert loaded.query(request("sparse", text="the of and")) == []
+
+
+def test_hybrid_fuses_with_configured_rrf_k(loaded: Store) -> None:
+    i = 0  # query: paper 0's vector plus the rare word (only in paper RARE_AT)
+    dense_rank = ids(loaded.query(request("dense", i, limit=30, exact=True)))
+    hits = loaded.query(request("hybrid", i, rrf_k=60, exact=True, limit=5))
+    rare = PAPERS[RARE_AT].id
+    assert hits[0].paper.id == rare
+    # Qdrant's RRF: sum of 1/(k + rank), ranks from 0.
+    assert hits[0].score == pytest.approx(1 / 60 + 1 / (60 + dense_rank.index(rare)), rel=1e-5)
+    assert hits[1].paper.id == PAPERS[i].id and hits[1].score == pytest.approx(1 / 60, rel=1e-5)
+    assert hits[1].sparse_score is None and hits[1].dense_score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].sparse_score is not None and hits[0].sparse_score > 0
+    dense_only = {h.paper.id: h.score for h in loaded.query(request("dense", i, exact=True))}
+    for h in hits:
+        assert h.dense_score is not None
+        if h.paper.id in dense_only:
+            assert h.dense_score == pytest.approx(dense_only[h.paper.id], abs=1e-5)
+
+
+def test_hybrid_default_k_comes_from_settings(factory: Factory) -> None:
+    s = factory(rrf_k=2, fusion="rrf")
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS, DENSE, SPARSE)
+    hits = s.query(request("hybrid", 0, exact=True))
+    assert hits[1].paper.id == PAPERS[0].id and hits[1].score == pytest.approx(1 / 2, rel=1e-5)
+
+
+def test_hybrid_dbsf(loaded: Store) -> None:
+    hits = loaded.query(request("hybrid", 0, fusion="dbsf", exact=True))
+    assert {PAPERS[0].id, PAPERS[RARE_AT].id} <= set(ids(hits[:3]))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+ALL_WORDS = " ".join(WORDS)
+FILTERS = {
+    "dates": (
+        SearchFilter(published_from=date(2023, 3, 2), published_to=date(2023, 7, 20)),
+        lambda p: p.published is not None and date(2023, 3, 2) <= p.published <= date(2023, 7, 20),
+    ),
+    "categories": (
+        SearchFilter(categories=("cs.CV", "q-bio.BM")),
+        lambda p: bool({"cs.CV", "q-bio.BM"} & set(p.categories)),
+    ),
+    "authors": (SearchFilter(authors=("Grace Hopper",)), lambda p: "Grace Hopper" in p.authors),
+    "combined": (
+        SearchFilter(
+            published_to=date(2023, 12, 31), categories=CATEGORIES[2:], authors=AUTHORS[:3:2]
+        ),
+        lambda p: p.published is not None
+        and p.published <= date(2023, 12, 31)
+        and bool(set(CATEGORIES[2:]) & set(p.categories))
+        and bool(set(AUTHORS[:3:2]) & set(p.authors)),
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+@pytest.mark.parametrize("name", list(FILTERS))
+def test_filters_in_every_mode(loaded: Store, mode: str, name: str) -> None:
+    flt, keep = FILTERS[name]
+    expected = {p.id for p in PAPERS if keep(p)}
+    assert 0 < len(expected) < len(PAPERS)
+    hits = loaded.query(request(mode, 3, text=ALL_WORDS, filter=flt, limit=len(PAPERS)))
+    assert set(ids(hits)) == expected  # every paper has a dense vector and a vocabulary word
+
+
+def test_date_range_is_inclusive(loaded: Store) -> None:
+    day = PAPERS[4].published
+    assert day is not None
+    hits = loaded.query(request("dense", 0, filter=SearchFilter(day, day), limit=30))
+    assert ids(hits) == [PAPERS[4].id]
+
+
+def test_similar_excludes_itself(loaded: Store) -> None:
+    hits = loaded.similar(PAPERS[2].id, limit=5)
+    assert len(hits) == 5 and PAPERS[2].id not in ids(hits)
+    nearest = loaded.query(request("dense", 2, exact=True, limit=6))
+    assert ids(hits) == ids(nearest)[1:]
+    only_cv = loaded.similar(PAPERS[2].id, limit=30, filter=SearchFilter(categories=("cs.CV",)))
+    assert only_cv and all("cs.CV" in h.paper.categories for h in only_cv)
+    with pytest.raises(PaperNotFound, match="nope"):
+        loaded.similar("nope")
+
+
+def test_int8_quantization(factory: Factory) -> None:
+    s = factory(quantization="int8")
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS, DENSE, SPARSE)
+    assert ids(s.query(request("dense", 11, limit=1))) == [PAPERS[11].id]
+
+
+# -- collection identity and lifecycle ----------------------------------------------------------
+
+
+def test_embedder_mismatch(factory: Factory) -> None:
+    first = factory()
+    first.ensure_collection(DIM, SHA)
+    first.upsert(PAPERS[:3], DENSE[:3], SPARSE[:3])
+    first.ensure_collection(DIM, SHA)  # same identity again: fine
+    with pytest.raises(EmbedderMismatch, match="bbbbbbbbbbbb"):
+        first.ensure_collection(DIM, "b" * 64)
+    first.close()
+    with pytest.raises(EmbedderMismatch, match="dim 16"):
+        factory().ensure_collection(DIM + 1, SHA)
+    with pytest.raises(EmbedderMismatch):
+        factory().ensure_collection(DIM, "b" * 64, create=False)
+    reopened = factory()
+    reopened.ensure_collection(DIM, SHA, create=False)
+    assert reopened.count() == 3
+
+
+def test_missing_collection(factory: Factory) -> None:
+    with pytest.raises(CollectionMissing):
+        factory().ensure_collection(DIM, SHA, create=False)
+
+
+def test_edge_reopen_keeps_data(tmp_path: Path) -> None:
+    settings = IndexSettings(data_dir=tmp_path)
+    with EdgeStore(settings) as s:
+        s.ensure_collection(DIM, SHA)
+        s.upsert(PAPERS, DENSE, SPARSE)
+        s.optimize()
+    assert (tmp_path / "papers" / MANIFEST).is_file()
+    with EdgeStore(settings) as s:
+        s.ensure_collection(DIM, SHA, create=False)
+        assert s.count() == len(PAPERS)
+        assert ids(s.query(request("hybrid", 5, limit=2)))[:2] == [PAPERS[RARE_AT].id, PAPERS[5].id]
+
+
+def test_edge_killed_process_keeps_acknowledged_writes(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os
+        from pathlib import Path
+        from papersearch.index.edge import EdgeStore
+        from papersearch.settings import IndexSettings
+        from tests.test_index import PAPERS, DENSE, SPARSE
+        s = EdgeStore(IndexSettings(data_dir=Path({str(tmp_path)!r})))
+        s.ensure_collection({DIM}, {SHA!r})
+        s.upsert(PAPERS, DENSE, SPARSE)
+        os._exit(0)  # no close, no flush
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=root)
+    with EdgeStore(IndexSettings(data_dir=tmp_path)) as s:
+        s.ensure_collection(DIM, SHA, create=False)
+        assert s.count() == len(PAPERS)
+
+
+def test_edge_open_elsewhere_is_unavailable(tmp_path: Path) -> None:
+    with EdgeStore(IndexSettings(data_dir=tmp_path)) as s:
+        s.ensure_collection(DIM, SHA)
+        with pytest.raises(StoreUnavailable, match="another process"):
+            EdgeStore(IndexSettings(data_dir=tmp_path)).ensure_collection(DIM, SHA)
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = IndexSettings(
+        backend="server", url=f"http://127.0.0.1:{port}", grpc_port=port, timeout_s=2
+    )
+    store = open_store(settings)
+    assert isinstance(store, ServerStore)
+    with pytest.raises(StoreUnavailable):
+        store.ensure_collection(DIM, SHA)
+    store.close()
+
+
+def test_open_store_default_is_embedded(tmp_path: Path) -> None:
+    store = open_store(Settings(index=IndexSettings(data_dir=tmp_path)))
+    assert isinstance(store, EdgeStore) and store.path == tmp_path / "papers"
+
+
+def test_settings_need_url_for_server() -> None:
+    with pytest.raises(ValueError, match="index.url"):
+        IndexSettings(backend="server")
+
+
+# -- the two engines agree ------------------------------------------------------------------------
+
+
+def groups(hits: list[Hit]) -> list[tuple[float, frozenset[str]]]:
+    """Ranked groups of equal-score ids: engines may order ties differently."""
+    out: list[tuple[float, set[str]]] = []
+    for h in hits:
+        if out and math.isclose(out[-1][0], h.score, rel_tol=1e-5):
+            out[-1][1].add(h.paper.id)
+        else:
+            out.append((h.score, {h.paper.id}))
+    return [(score, frozenset(members)) for score, members in out]
+
+
+CONGRUENCE = [
+    ("dense", {}),
+    ("sparse", {}),
+    ("hybrid", {"fusion": "rrf"}),
+    ("hybrid", {"fusion": "dbsf"}),
+    ("hybrid", {"fusion": "rrf", "filter": SearchFilter(categories=("cs.CL", "cs.LG"))}),
+]
+
+
+@pytest.mark.parametrize(("mode", "extra"), CONGRUENCE)
+def test_edge_and_qdrant_client_agree(tmp_path: Path, mode: str, extra: dict) -> None:
+    settings = IndexSettings(data_dir=tmp_path, prefetch_limit=8)
+    edge = EdgeStore(settings)
+    local = ServerStore(settings, client=QdrantClient(":memory:"))
+    try:
+        for s in (edge, local):
+            s.ensure_collection(DIM, SHA)
+            s.upsert(PAPERS, DENSE, SPARSE)
+        for i, text in [(0, RARE), (4, "graph protein kernel"), (17, "climate galaxy market")]:
+            # Every candidate is returned, so no tie group is cut by the limit.
+            req = request(mode, i, text=text, exact=True, limit=len(PAPERS), **extra)
+            a, b = edge.query(req), local.query(req)
+            ga, gb = groups(a), groups(b)
+            assert [m for _, m in ga] == [m for _, m in gb]
+            assert [s for s, _ in ga] == pytest.approx([s for s, _ in gb], rel=1e-4)
+            stages_b = {h.paper.id: (h.dense_score, h.sparse_score) for h in b}
+            for h in a:
+                for mine, theirs in zip((h.dense_score, h.sparse_score), stages_b[h.paper.id]):
+                    assert (mine is None) == (theirs is None)
+                    assert mine is None or mine == pytest.approx(theirs, rel=1e-4, abs=1e-5)
+    finally:
+        edge.close()
+        local.close()

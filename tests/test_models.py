@@ -1,0 +1,188 @@
+"""The model pipeline: export parity, golden outputs, runtime edge cases, training end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.models.manifest import INT8_FILE, read_manifest
+from papersearch.models.runtime import InvalidInput, RuntimeOptions
+from papersearch.reranker.runtime import Reranker
+from papersearch.settings import Settings
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The new movie is awesome.",
+]
+
+
+@pytest.fixture(scope="module")
+def fp32(embedder_dir: Path) -> Encoder:
+    return Encoder(embedder_dir, RuntimeOptions("fp32"))
+
+
+@pytest.fixture(scope="module")
+def int8(embedder_dir: Path) -> Encoder:
+    return Encoder(embedder_dir, RuntimeOptions("int8"))
+
+
+def test_manifest_records_parity_and_identity(embedder_dir: Path) -> None:
+    manifest = read_manifest(embedder_dir)
+    assert manifest.kind == "embedder" and manifest.dim == 384 and manifest.max_length == 256
+    assert manifest.pooling == "mean" and manifest.normalize
+    assert manifest.parity["fp32_max_abs_diff"] <= 1e-4
+    assert manifest.parity["int8_cosine_min"] >= 0.98
+    assert len(manifest.sha256) == 64
+
+
+def test_fp32_matches_torch_on_fresh_texts(embedder_dir: Path, fp32: Encoder) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from papersearch.models.sources import resolve_source
+
+    source = resolve_source(read_manifest(embedder_dir).source, ROOT / ".cache" / "papersearch")
+    tokenizer = AutoTokenizer.from_pretrained(source.location)
+    model = AutoModel.from_pretrained(source.location).eval()
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    reference = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    assert np.abs(fp32.encode(SENTENCES) - reference.numpy()).max() <= 1e-4
+
+
+def test_golden_outputs(fp32: Encoder, int8: Encoder) -> None:
+    vectors = fp32.encode(SENTENCES)
+    # all-MiniLM-L6-v2's published similarity for this pair is 0.7553
+    assert vectors[0] @ vectors[1] == pytest.approx(0.7553, abs=1e-4)
+    assert vectors[0] @ vectors[2] == pytest.approx(-0.0461, abs=1e-4)
+    np.testing.assert_allclose(vectors[0][:4], [0.03324, 0.00441, -0.00628, 0.04838], atol=1e-4)
+    quantized = int8.encode(SENTENCES)
+    assert np.all(np.sum(vectors * quantized, axis=1) >= 0.98)
+
+
+def test_vectors_are_normalised_and_order_preserved(fp32: Encoder, int8: Encoder) -> None:
+    texts = ["short", "a much longer text " * 30, "medium length text here"]
+    together = fp32.encode(texts)
+    one_by_one = np.vstack([fp32.encode([t]) for t in texts])
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    # int8 quantizes activations with one dynamic range per batch, so a vector depends slightly
+    # on its batch-mates; it must stay the same vector for retrieval purposes.
+    quantized = int8.encode(texts)
+    alone = np.vstack([int8.encode([t]) for t in texts])
+    assert np.all(np.sum(quantized * alone, axis=1) >= 0.98)
+
+
+def test_tokenizer_edge_cases(int8: Encoder) -> None:
+    for bad in ([""], ["   \n"], ["ok", ""]):
+        with pytest.raises(InvalidInput):
+            int8.encode(bad)
+    with pytest.raises(InvalidInput):
+        int8.encode("not a list")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        int8.encode([None])  # type: ignore[list-item]
+    assert int8.encode([]).shape == (0, 384)
+    unicode = int8.encode(["Ünïcödé façade", "深度学习的注意力机制", "emoji 🚀 rocket", "Ωμέγα"])
+    assert np.isfinite(unicode).all()
+    abstract = "Transformers attend to tokens. " * 700  # ~21,000 characters
+    assert len(abstract) > 20_000
+    long_vec = int8.encode([abstract])
+    truncated = int8.encode([" ".join(abstract.split()[:400])])
+    np.testing.assert_allclose(long_vec, truncated, atol=1e-5)  # both cut at 256 tokens
+
+
+def test_query_and_document_modes_use_manifest_prefixes(int8: Encoder) -> None:
+    # MiniLM has no prefixes: both modes give the same vector.
+    np.testing.assert_allclose(int8.encode_queries(["x y"]), int8.encode_documents(["x y"]))
+
+
+def test_runtime_works_without_torch(embedder_dir: Path, reranker_dir: Path) -> None:
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+sys.modules["transformers"] = None
+from papersearch.encoder.runtime import Encoder
+from papersearch.reranker.runtime import Reranker
+vec = Encoder(__import__("pathlib").Path({str(embedder_dir)!r})).encode(["graph neural networks"])
+scores = Reranker(__import__("pathlib").Path({str(reranker_dir)!r})).score("q", ["a", "b"])
+assert vec.shape == (1, 384) and scores.shape == (2,)
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy()
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_trained_reranker_end_to_end(model_settings: Settings, reranker_dir: Path) -> None:
+    from papersearch.models.prepare import training_papers
+
+    manifest = read_manifest(reranker_dir)
+    assert manifest.kind == "reranker"
+    assert manifest.parity["fp32_max_abs_diff"] <= 1e-4
+    assert manifest.parity["int8_score_pearson"] >= 0.98
+    assert (reranker_dir / INT8_FILE).is_file()
+    reranker = Reranker(reranker_dir, RuntimeOptions("fp32"))
+    papers = [p for p in training_papers(model_settings) if p.title and p.abstract][:40]
+    wins = 0
+    for i, paper in enumerate(papers):
+        other = papers[(i + 7) % len(papers)]
+        own, foreign = reranker.score(paper.title, [paper.abstract, other.abstract])
+        wins += int(own > foreign)
+    assert wins / len(papers) >= 0.8  # learned that a title matches its own abstract
+
+
+def test_reranker_input_errors(reranker_dir: Path) -> None:
+    reranker = Reranker(reranker_dir)
+    with pytest.raises(InvalidInput):
+        reranker.score("  ", ["passage"])
+    with pytest.raises(InvalidInput):
+        reranker.score("query", ["fine", ""])
+    assert reranker.score("query", []).shape == (0,)
+    long = reranker.score("attention", ["attention is all you need " * 2000])
+    assert long.shape == (1,) and np.isfinite(long).all()
+
+
+def test_training_and_export_are_cached(model_settings: Settings, reranker_dir: Path) -> None:
+    from papersearch.models.prepare import train_reranker
+
+    assert train_reranker(model_settings) == reranker_dir  # no second version
+    summary = json.loads(next(Path(model_settings.models.cache_dir).glob(
+        "reranker-checkpoints/*/training.json")).read_text())
+    assert summary["steps"] > 0
+
+
+def test_any_hf_cross_encoder_exports_through_the_same_path(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path
+) -> None:
+    """A Hugging Face format cross-encoder directory (here a tiny random BERT) exports and serves."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from papersearch.models.prepare import export_reranker
+    from papersearch.models.sources import resolve_source
+
+    base = resolve_source(model_settings.models.embedder_source, model_settings.models.cache_dir)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "tiny-ce")
+    AutoTokenizer.from_pretrained(base.location).save_pretrained(tmp_path / "tiny-ce")
+    settings = model_settings.model_copy(
+        update={"models": model_settings.models.model_copy(update={"reranker_name": "tiny-ce"})}
+    )
+    exported = export_reranker(settings, str(tmp_path / "tiny-ce"))
+    scores = Reranker(exported).score("query", ["one passage", "another passage"])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
