@@ -170,6 +170,7 @@ def test_any_hf_cross_encoder_exports_through_the_same_path(
     model_settings: Settings, embedder_dir: Path, tmp_path: Path
 ) -> None:
     """A Hugging Face format cross-encoder directory (here a tiny random BERT) exports and serves."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from papersearch.models.prepare import export_reranker
@@ -177,7 +178,9 @@ def test_any_hf_cross_encoder_exports_through_the_same_path(
 
     base = resolve_source(model_settings.models.embedder_source, model_settings.models.cache_dir)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, num_labels=1)
+                        num_attention_heads=2, intermediate_size=64, num_labels=1,
+                        initializer_range=0.2)  # untrained but not degenerate scores
+    torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(tmp_path / "tiny-ce")
     AutoTokenizer.from_pretrained(base.location).save_pretrained(tmp_path / "tiny-ce")
     settings = model_settings.model_copy(

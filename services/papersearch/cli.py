@@ -6,12 +6,53 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from papersearch.index.errors import StoreError
 from papersearch.logs import configure_logging
+from papersearch.models.sources import ModelSourceError
 from papersearch.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from papersearch.index.query import SearchFilter
+    from papersearch.pipeline.query import SearchResult
+
 Command = Callable[[Settings, argparse.Namespace], int]
+
+# A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, StoreError, ModelSourceError)
+
+
+def _filter(args: argparse.Namespace) -> SearchFilter:
+    from papersearch.index.query import SearchFilter
+
+    return SearchFilter(args.published_from, args.published_to, tuple(args.category),
+                        tuple(args.author))
+
+
+def result_to_dict(result: SearchResult) -> dict[str, Any]:
+    return {
+        "reranked": result.reranked,
+        "timings_ms": result.timings_ms,
+        "hits": [
+            {
+                "paper_id": h.paper.id, "title": h.paper.title, "score": h.score,
+                "published": h.paper.published.isoformat() if h.paper.published else None,
+                "stages": {k: getattr(h.stages, k) for k in ("dense", "sparse", "fused", "rerank")},
+            }
+            for h in result.hits
+        ],
+    }
+
+
+def format_result(result: SearchResult) -> str:
+    lines = [f"{i:>3}. {h.score:8.4f}  {h.paper.title or h.paper.abstract[:80]}  [{h.paper.id}]"
+             for i, h in enumerate(result.hits, 1)]
+    total = result.timings_ms.get("total", 0.0)
+    lines.append(f"{len(result.hits)} hits, reranked={result.reranked}, {total:.1f} ms")
+    return "\n".join(lines)
 
 
 def _models_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -33,6 +74,62 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.ingest.pipeline import ingest_paths
+    from papersearch.pipeline.factory import open_index
+
+    encoder = Encoder.from_settings(settings.models)
+    with open_index(settings, encoder, create=True) as store:
+        summary = ingest_paths(
+            args.paths or [settings.corpus_dir], store, encoder,
+            batch_size=settings.models.batch_size, update=args.update, progress=not args.quiet,
+        )
+    print(json.dumps(summary.to_dict(), indent=2))
+    return 0
+
+
+def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.pipeline.factory import build_pipeline
+    from papersearch.pipeline.query import SearchQuery
+
+    query = SearchQuery(
+        text=args.query, top_k=args.top_k, mode=args.mode, rerank=not args.no_rerank,
+        filter=_filter(args),
+    )
+    pipeline, store = build_pipeline(settings)
+    with store:
+        result = pipeline.search(query)
+    if args.json:
+        print(json.dumps(result_to_dict(result), indent=2))
+    else:
+        print(format_result(result))
+    return 0
+
+
+def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.evaluation.datasets import load_dataset
+    from papersearch.evaluation.harness import run_eval
+    from papersearch.pipeline.factory import load_reranker
+
+    modes = args.mode or ["sparse", "dense", "hybrid", "hybrid+rerank"]
+    reranker = load_reranker(settings) if any(m.endswith("+rerank") for m in modes) else None
+    dataset = load_dataset(args.dataset)
+    reports = run_eval(dataset, modes, settings, Encoder.from_settings(settings.models), reranker)
+    out = {"dataset": dataset.name, "queries": len(dataset.queries),
+           "modes": {m: r.to_dict() for m, r in reports.items()}}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{dataset.name}: {len(dataset.queries)} queries")
+        print(f"{'mode':<16}{'nDCG@10':>10}{'R@100':>10}{'MRR@10':>10}")
+        for mode, report in reports.items():
+            print(f"{mode:<16}{report.ndcg_at_10:>10.4f}{report.recall_at_100:>10.4f}"
+                  f"{report.mrr_at_10:>10.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="papersearch", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML settings file (also PAPERSEARCH_CONFIG)")
@@ -50,6 +147,37 @@ def build_parser() -> argparse.ArgumentParser:
         "train-reranker", help="fine-tune and export the default cross-encoder (cached)"
     )
     trainer.set_defaults(handler=_models_train_reranker)
+
+    ingest = commands.add_parser("ingest", help="embed papers and upsert them into the index")
+    ingest.add_argument("paths", nargs="*", type=Path,
+                        help="corpus files/folders (default: corpus_dir, the sample corpus)")
+    ingest.add_argument("--update", action="store_true",
+                        help="re-embed papers already stored (default: skip them, i.e. resume)")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.set_defaults(handler=_ingest)
+
+    search = commands.add_parser("search", help="search the index in-process")
+    search.add_argument("query")
+    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "sparse"])
+    search.add_argument("--no-rerank", action="store_true")
+    search.add_argument("--from", dest="published_from", type=date.fromisoformat,
+                        help="published on or after (YYYY-MM-DD)")
+    search.add_argument("--to", dest="published_to", type=date.fromisoformat,
+                        help="published on or before (YYYY-MM-DD)")
+    search.add_argument("--category", action="append", default=[])
+    search.add_argument("--author", action="append", default=[])
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=_search)
+
+    evaluation = commands.add_parser("eval", help="ranking quality on a judged dataset")
+    evaluation.add_argument("--dataset", type=Path, required=True,
+                            help="BEIR folder, or any corpus (then its known-item set)")
+    evaluation.add_argument("--mode", action="append",
+                            choices=["sparse", "dense", "hybrid", "hybrid+rerank"],
+                            help="repeatable; default: all four")
+    evaluation.add_argument("--json", action="store_true")
+    evaluation.set_defaults(handler=_eval)
     return parser
 
 
@@ -58,7 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.log_level, settings.log_format)
     handler: Command = args.handler
-    return handler(settings, args)
+    try:
+        return handler(settings, args)
+    except USER_ERRORS as error:
+        print(f"papersearch: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -101,6 +101,20 @@ class IndexSettings(BaseModel):
         return self
 
 
+class SearchSettings(BaseModel):
+    """Request limits and the rerank stage."""
+
+    default_top_k: int = Field(10, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    max_query_chars: int = Field(2048, ge=1)
+    rerank_enabled: bool = True
+    rerank_top_n: int = Field(30, ge=1, le=200, description="First-stage candidates reranked.")
+    rerank_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="Reranker's share in the rank fusion (1: reranker only)."
+    )
+    rerank_rrf_k: float = Field(60.0, gt=0, description="k of the rerank rank fusion.")
+
+
 class Settings(BaseSettings):
     """papersearch configuration."""
 
@@ -111,8 +125,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
     corpus_dir: Path = Path("../shared/corpus/daily-papers")
+    eval_dir: Path = Field(Path("data/eval"), description="Evaluation collections (one each).")
     models: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
 
     @classmethod

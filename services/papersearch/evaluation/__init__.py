@@ -1,0 +1,1 @@
+"""Retrieval evaluation: ranking-quality metrics and BEIR topic (queries, qrels) loading."""

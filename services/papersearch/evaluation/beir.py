@@ -1,0 +1,87 @@
+"""Loaders for a BEIR dataset's topics: ``queries.jsonl`` and ``qrels/<split>.tsv``.
+
+The corpus itself is read by :func:`papersearch.corpus.beir.read_beir`. Malformed lines raise
+ValueError naming ``file:line``; a missing file raises FileNotFoundError naming its path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from papersearch.corpus.jsonl import record_id
+
+QUERIES_FILE = "queries.jsonl"
+QRELS_DIR = "qrels"
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+def load_queries(dataset_dir: Path) -> dict[str, str]:
+    """Query id → query text, from ``queries.jsonl`` (``_id`` and ``text`` per line)."""
+    path = dataset_dir / QUERIES_FILE
+    queries: dict[str, str] = {}
+    for source, line in _lines(path):
+        query_id, text = _parse_query(source, line)
+        if query_id in queries:
+            raise ValueError(f"{source}: duplicate query id {query_id!r}")
+        queries[query_id] = text
+    return queries
+
+
+def load_qrels(dataset_dir: Path, split: str = "test") -> dict[str, dict[str, int]]:
+    """Query id → corpus id → graded score, from ``qrels/<split>.tsv`` (tab separated, header
+    ``query-id corpus-id score``)."""
+    path = dataset_dir / QRELS_DIR / f"{split}.tsv"
+    qrels: dict[str, dict[str, int]] = {}
+    for index, (source, line) in enumerate(_lines(path)):
+        fields = tuple(field.strip() for field in line.split("\t"))
+        if index == 0 and fields == QRELS_HEADER:
+            continue
+        query_id, doc_id, score = _parse_judgment(source, fields)
+        judgments = qrels.setdefault(query_id, {})
+        if judgments.get(doc_id, score) != score:
+            raise ValueError(f"{source}: conflicting score for {query_id!r}, {doc_id!r}")
+        judgments[doc_id] = score
+    return qrels
+
+
+def _lines(path: Path) -> Iterator[tuple[str, str]]:
+    """Non-blank lines (without the line ending) with their ``file:line``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    with path.open("rb") as lines:
+        for lineno, raw in enumerate(lines, start=1):
+            source = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{source}: invalid UTF-8: {exc.reason}") from None
+            if line.strip():
+                yield source, line
+
+
+def _parse_query(source: str, line: str) -> tuple[str, str]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: invalid JSON: {exc.msg}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(record).__name__}")
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{source}: missing or empty 'text'")
+    try:
+        return record_id(record, "_id"), text.strip()
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def _parse_judgment(source: str, fields: tuple[str, ...]) -> tuple[str, str, int]:
+    if len(fields) != 3 or not all(fields):
+        raise ValueError(f"{source}: expected 'query-id<TAB>corpus-id<TAB>score', got {fields}")
+    query_id, doc_id, score = fields
+    try:
+        return query_id, doc_id, int(score)
+    except ValueError:
+        raise ValueError(f"{source}: score must be an integer, got {score!r}") from None

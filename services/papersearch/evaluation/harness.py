@@ -1,0 +1,124 @@
+"""`papersearch eval`: index a dataset, run its queries in each mode, score the rankings.
+
+The dataset's index lives in its own embedded (or server) collection named after the dataset
+and the embedder, so it is built once and reused. Ranking uses the same functions as serving:
+Retriever.search for the first stage, Reranker.score and rerank_hits for the rerank stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+from tqdm import tqdm
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.evaluation.datasets import EvalDataset
+from papersearch.evaluation.metrics import Report, evaluate
+from papersearch.index.factory import open_store
+from papersearch.index.query import Hit, Mode
+from papersearch.index.store import Store
+from papersearch.ingest.pipeline import Ingester
+from papersearch.pipeline.search import rerank_hits
+from papersearch.reranker.runtime import Reranker
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import SearchSettings, Settings
+
+log = logging.getLogger(__name__)
+
+EvalMode = Literal["sparse", "dense", "hybrid", "hybrid+rerank"]
+EVAL_MODES: tuple[EvalMode, ...] = get_args(EvalMode)
+DEPTH = 100  # candidates per query: enough for Recall@100
+
+
+@dataclass(frozen=True, slots=True)
+class FirstStage:
+    """Per query: the first-stage candidates, and reranker scores for its top window."""
+
+    mode: Mode
+    candidates: Mapping[str, Sequence[Hit]]
+    rerank_scores: Mapping[str, np.ndarray] | None = None
+
+
+def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> Store:
+    """The dataset's collection, ingested if needed (resumable, idempotent)."""
+    name = f"{dataset.name}-{encoder.sha256[:12]}"
+    index = settings.index.model_copy(
+        update={"data_dir": settings.eval_dir / name, "collection": "papers"}
+        if settings.index.backend == "embedded"
+        else {"collection": f"eval-{name}"}
+    )
+    store = open_store(index)
+    written, present = Ingester(store, encoder, settings.models.batch_size).ingest(
+        dataset.papers(), progress=True
+    )
+    log.info("eval index ready", extra={"dataset": dataset.name, "upserted": written,
+                                        "present": present, "points": store.count()})
+    return store
+
+
+def first_stage(
+    dataset: EvalDataset, retriever: Retriever, encoder: Encoder, mode: Mode
+) -> dict[str, list[Hit]]:
+    ids = list(dataset.queries)
+    texts = [dataset.queries[q] for q in ids]
+    vectors = encoder.encode_queries(texts) if mode != "sparse" else [None] * len(ids)
+    return {
+        qid: retriever.search(text, vector, mode=mode, limit=DEPTH)
+        for qid, text, vector in tqdm(zip(ids, texts, vectors, strict=True), total=len(ids),
+                                      desc=f"{dataset.name} {mode}", unit="query")
+    }
+
+
+def score_windows(
+    dataset: EvalDataset, candidates: Mapping[str, Sequence[Hit]], reranker: Reranker, top_n: int
+) -> dict[str, np.ndarray]:
+    return {
+        qid: reranker.score(dataset.queries[qid], [h.paper.text for h in hits[:top_n]])
+        if hits else np.zeros(0, dtype=np.float32)
+        for qid, hits in tqdm(candidates.items(), desc=f"{dataset.name} rerank", unit="query")
+    }
+
+
+def ranking(stage: FirstStage, search: SearchSettings) -> dict[str, list[str]]:
+    """Ranked paper ids per query: reranked and fused when scores are present."""
+    if stage.rerank_scores is None:
+        return {q: [h.paper.id for h in hits] for q, hits in stage.candidates.items()}
+    return {
+        q: [h.paper.id for h in rerank_hits(
+            hits, stage.rerank_scores[q], stage.mode, DEPTH, search
+        )]
+        for q, hits in stage.candidates.items()
+    }
+
+
+def run_eval(
+    dataset: EvalDataset,
+    modes: Sequence[EvalMode],
+    settings: Settings,
+    encoder: Encoder,
+    reranker: Reranker | None,
+) -> dict[str, Report]:
+    store = open_dataset_index(dataset, settings, encoder)
+    try:
+        retriever = Retriever(store)
+        reports: dict[str, Report] = {}
+        stages: dict[str, dict[str, list[Hit]]] = {}
+        for mode in modes:
+            base = mode.removesuffix("+rerank")
+            if base not in stages:
+                stages[base] = first_stage(dataset, retriever, encoder, base)
+            stage = FirstStage(base, stages[base])  # type: ignore[arg-type]
+            if mode.endswith("+rerank"):
+                if reranker is None:
+                    raise ValueError(f"mode {mode} needs a reranker")
+                windows = score_windows(dataset, stage.candidates, reranker,
+                                        settings.search.rerank_top_n)
+                stage = FirstStage(stage.mode, stage.candidates, windows)
+            reports[mode] = evaluate(ranking(stage, settings.search), dataset.qrels)
+        return reports
+    finally:
+        store.close()

@@ -1,0 +1,1 @@
+"""Ingestion: corpus files -> embedded papers upserted idempotently into the index."""

@@ -1,0 +1,1 @@
+"""The search pipeline: validate -> encode -> retrieve (hybrid) -> rerank, with timings."""

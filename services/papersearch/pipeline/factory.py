@@ -1,0 +1,30 @@
+"""Build the in-process pipeline from settings (the Serve app builds its deployments alike)."""
+
+from __future__ import annotations
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.index.factory import open_store
+from papersearch.index.store import Store
+from papersearch.pipeline.search import SearchPipeline
+from papersearch.reranker.runtime import Reranker
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import Settings
+
+
+def open_index(settings: Settings, encoder: Encoder, *, create: bool = False) -> Store:
+    """The configured collection, checked against the encoder that will query or fill it."""
+    store = open_store(settings)
+    store.ensure_collection(encoder.dim, encoder.sha256, create=create)
+    return store
+
+
+def load_reranker(settings: Settings) -> Reranker | None:
+    return Reranker.from_settings(settings.models) if settings.search.rerank_enabled else None
+
+
+def build_pipeline(settings: Settings) -> tuple[SearchPipeline, Store]:
+    """The pipeline and the store it holds open (close it when done)."""
+    encoder = Encoder.from_settings(settings.models)
+    store = open_index(settings, encoder)
+    pipeline = SearchPipeline(encoder, Retriever(store), load_reranker(settings), settings.search)
+    return pipeline, store

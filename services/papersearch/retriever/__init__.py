@@ -1,0 +1,1 @@
+"""Retrieval: a query (text + dense vector) -> ranked papers from the index."""

@@ -1,0 +1,55 @@
+"""Dense, sparse (BM25) and hybrid search over the index for an already-encoded query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from papersearch.corpus.paper import Paper
+from papersearch.index.errors import PaperNotFound
+from papersearch.index.query import Hit, Mode, SearchFilter, SearchRequest
+from papersearch.index.sparse import Bm25Encoder
+from papersearch.index.store import Store
+
+
+class Retriever:
+    """Turns (query text, query vector) into a Qdrant request: BM25 terms are computed here."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.bm25 = Bm25Encoder()
+
+    def search(
+        self,
+        text: str,
+        vector: np.ndarray | Sequence[float] | None,
+        *,
+        mode: Mode = "hybrid",
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+    ) -> list[Hit]:
+        sparse = self.bm25.query(text) if mode in ("sparse", "hybrid") else None
+        if sparse is not None and len(sparse) == 0 and mode == "sparse":
+            return []  # only stopwords or punctuation: nothing can match lexically
+        if sparse is not None and len(sparse) == 0:
+            mode, sparse = "dense", None
+        request = SearchRequest(
+            mode=mode,
+            dense=vector if mode != "sparse" else None,
+            sparse=sparse,
+            limit=limit,
+            filter=filter or SearchFilter(),
+        )
+        return self.store.query(request)
+
+    def similar(self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None) -> (
+        list[Hit]
+    ):
+        return self.store.similar(paper_id, limit, filter)
+
+    def get(self, paper_id: str) -> Paper:
+        papers = self.store.get([paper_id])
+        if not papers:
+            raise PaperNotFound(paper_id)
+        return papers[0]

@@ -1,0 +1,223 @@
+"""Ranking metrics (nDCG, recall, MRR), evaluate() and the BEIR topic loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from papersearch.evaluation.beir import load_qrels, load_queries
+from papersearch.evaluation.metrics import (
+    Report,
+    evaluate,
+    mrr_at_k,
+    ndcg_at_k,
+    recall_at_k,
+    top_k,
+)
+
+EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
+
+RANKED = ["d3", "d1", "d7", "d2"]
+QRELS = {"d1": 2, "d2": 1, "d9": 1}
+
+
+def test_ndcg_hand_computed() -> None:
+    # Gains by rank: d3 → 0, d1 → 2, d7 → 0, d2 → 1; discount log2(rank + 1).
+    # log2(2) = 1, log2(3) = 1.5849625, log2(4) = 2, log2(5) = 2.3219281.
+    # DCG  = 0/1 + 2/1.5849625 + 0/2 + 1/2.3219281 = 1.2618595 + 0.4306766 = 1.6925361
+    # IDCG = ideal gains 2, 1, 1: 2/1 + 1/1.5849625 + 1/2 = 2 + 0.6309298 + 0.5 = 3.1309298
+    # nDCG@10 = 1.6925361 / 3.1309298 = 0.5405858
+    assert ndcg_at_k(RANKED, QRELS) == pytest.approx(0.5405858, abs=1e-6)
+    # k = 3 drops d2: DCG = 1.2618595, IDCG unchanged (3 relevant) → 0.4030303
+    assert ndcg_at_k(RANKED, QRELS, k=3) == pytest.approx(0.4030303, abs=1e-6)
+    # k = 2: DCG = 1.2618595, IDCG = 2 + 0.6309298 = 2.6309298 → 0.4796249
+    assert ndcg_at_k(RANKED, QRELS, k=2) == pytest.approx(0.4796249, abs=1e-6)
+
+
+def test_recall_and_mrr_hand_computed() -> None:
+    assert recall_at_k(RANKED, QRELS) == pytest.approx(2 / 3)  # d1, d2 of d1, d2, d9
+    assert recall_at_k(RANKED, QRELS, k=2) == pytest.approx(1 / 3)
+    assert mrr_at_k(RANKED, QRELS) == pytest.approx(1 / 2)  # d1 at rank 2
+    assert mrr_at_k(RANKED, QRELS, k=1) == 0.0
+
+
+def test_nothing_relevant_retrieved_scores_zero() -> None:
+    ranked = ["x", "y", "z"]
+    assert ndcg_at_k(ranked, QRELS) == 0.0
+    assert recall_at_k(ranked, QRELS) == 0.0
+    assert mrr_at_k(ranked, QRELS) == 0.0
+    assert ndcg_at_k([], QRELS) == 0.0
+
+
+def test_no_relevant_judgments_scores_zero() -> None:
+    qrels = {"d1": 0, "d2": -1}
+    assert ndcg_at_k(["d1", "d2"], qrels) == 0.0
+    assert recall_at_k(["d1", "d2"], qrels) == 0.0
+    assert mrr_at_k(["d1", "d2"], qrels) == 0.0
+
+
+def test_perfect_ranking_scores_one() -> None:
+    ranked = ["d1", "d2", "d9", "x"]
+    assert ndcg_at_k(ranked, QRELS) == pytest.approx(1.0)
+    assert recall_at_k(ranked, QRELS) == pytest.approx(1.0)
+    assert mrr_at_k(ranked, QRELS) == 1.0
+    # Ties among equal grades do not matter.
+    assert ndcg_at_k(["d1", "d9", "d2"], QRELS) == pytest.approx(1.0)
+
+
+def test_ideal_dcg_is_cut_at_k() -> None:
+    qrels = {f"d{i}": 1 for i in range(20)}
+    assert ndcg_at_k([f"d{i}" for i in range(10)], qrels) == pytest.approx(1.0)
+    assert recall_at_k([f"d{i}" for i in range(10)], qrels) == pytest.approx(0.5)
+
+
+def test_negative_and_zero_grades_give_no_gain() -> None:
+    qrels = {"bad": -2, "zero": 0, "good": 1}
+    assert ndcg_at_k(["bad", "zero", "good"], qrels) == pytest.approx(0.5)  # 1 / log2(4)
+    assert mrr_at_k(["bad", "zero", "good"], qrels) == pytest.approx(1 / 3)
+
+
+def test_duplicates_count_once() -> None:
+    # Deduplicated to [d1, d3, d2]: the repeat neither adds gain nor takes a slot in the top k.
+    ranked = ["d1", "d1", "d3", "d1", "d2"]
+    assert ndcg_at_k(ranked, QRELS, k=3) == pytest.approx(ndcg_at_k(["d1", "d3", "d2"], QRELS, k=3))
+    assert recall_at_k(ranked, QRELS, k=3) == pytest.approx(2 / 3)
+    assert ndcg_at_k(["d1"] * 5, {"d1": 1}) == pytest.approx(1.0)
+    assert top_k(ranked, 2) == ["d1", "d3"]
+
+
+def test_k_must_be_positive() -> None:
+    for metric in (ndcg_at_k, recall_at_k, mrr_at_k):
+        with pytest.raises(ValueError, match="k must be at least 1"):
+            metric(RANKED, QRELS, k=0)
+
+
+def test_evaluate_averages_and_skips() -> None:
+    run = {"q1": RANKED, "q2": ["d1", "d2", "d9"], "q3": ["a"], "extra": ["d1"]}
+    qrels = {
+        "q1": QRELS,
+        "q2": QRELS,
+        "q3": {"a": 0},  # no relevant judgment: skipped
+        "q4": {"b": 1},  # missing from the run: scores 0
+    }
+    report = evaluate(run, qrels)
+    assert report.queries == 3
+    assert report.skipped_queries == 1
+    assert report.per_query_ndcg_at_10 == pytest.approx({"q1": 0.5405858, "q2": 1.0, "q4": 0.0})
+    assert report.ndcg_at_10 == pytest.approx((0.5405858 + 1.0 + 0.0) / 3, abs=1e-6)
+    assert report.recall_at_100 == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
+    assert report.mrr_at_10 == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+
+
+def test_evaluate_nothing_to_evaluate() -> None:
+    report = evaluate({}, {"q": {"d": 0}})
+    assert report == Report(0.0, 0.0, 0.0, queries=0, skipped_queries=1, per_query_ndcg_at_10={})
+
+
+def test_report_to_dict_is_json_ready() -> None:
+    data = evaluate({"q1": RANKED}, {"q1": QRELS}).to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert set(data) == {
+        "ndcg@10",
+        "recall@100",
+        "mrr@10",
+        "queries",
+        "skipped_queries",
+        "per_query_ndcg@10",
+    }
+    assert data["per_query_ndcg@10"] == {"q1": pytest.approx(0.5405858)}
+
+
+def write_dataset(root: Path, queries: str, qrels: str, split: str = "test") -> Path:
+    (root / "qrels").mkdir(parents=True)
+    (root / "queries.jsonl").write_text(queries, encoding="utf-8")
+    (root / "qrels" / f"{split}.tsv").write_text(qrels, encoding="utf-8")
+    return root
+
+
+def test_loaders_read_beir_files(tmp_path: Path) -> None:
+    queries = (
+        '{"_id": "1", "text": " first query "}\n\n{"_id": 2, "text": "second", "metadata": {}}'
+    )
+    # The last line has no newline; blank lines and CRLF are tolerated.
+    qrels = "query-id\tcorpus-id\tscore\n1\td1\t2\n1\td2\t0\r\n\n2\td1\t1\n"
+    root = write_dataset(tmp_path, queries, qrels, split="dev")
+    assert load_queries(root) == {"1": "first query", "2": "second"}
+    assert load_qrels(root, split="dev") == {"1": {"d1": 2, "d2": 0}, "2": {"d1": 1}}
+
+
+def test_qrels_header_is_optional(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path, "", "1\td1\t1\n")
+    assert load_qrels(root) == {"1": {"d1": 1}}
+
+
+@pytest.mark.parametrize(
+    ("qrels", "message"),
+    [
+        ("query-id\tcorpus-id\tscore\n1\td1\n", r"test\.tsv:2: expected"),
+        ("1\td1\t1\textra\n", r"test\.tsv:1: expected"),
+        ("1 d1 1\n", r"test\.tsv:1: expected"),
+        ("1\t\t1\n", r"test\.tsv:1: expected"),
+        ("\n1\td1\thigh\n", r"test\.tsv:2: score must be an integer"),
+        ("1\td1\t1\nquery-id\tcorpus-id\tscore\n", r"test\.tsv:2: score must be an integer"),
+        ("1\td1\t1\n1\td1\t2\n", r"test\.tsv:2: conflicting score"),
+    ],
+)
+def test_malformed_qrels(tmp_path: Path, qrels: str, message: str) -> None:
+    root = write_dataset(tmp_path, "", qrels)
+    with pytest.raises(ValueError, match=message):
+        load_qrels(root)
+
+
+@pytest.mark.parametrize(
+    ("queries", "message"),
+    [
+        ('{"_id": "1", "text": "a"}\n{"_id": "2", "text": \n', r"queries\.jsonl:2: invalid JSON"),
+        ('["1", "a"]\n', r"queries\.jsonl:1: expected a JSON object"),
+        ('{"text": "a"}\n', r"queries\.jsonl:1: missing or empty '_id'"),
+        ('{"_id": "1", "text": "  "}\n', r"queries\.jsonl:1: missing or empty 'text'"),
+        ('{"_id": "1", "text": "a"}\n{"_id": "1", "text": "b"}\n', r"queries\.jsonl:2: duplicate"),
+    ],
+)
+def test_malformed_queries(tmp_path: Path, queries: str, message: str) -> None:
+    root = write_dataset(tmp_path, queries, "")
+    with pytest.raises(ValueError, match=message):
+        load_queries(root)
+
+
+def test_invalid_utf8_names_the_line(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path, "", "")
+    (root / "qrels" / "test.tsv").write_bytes(b"1\td1\t1\n1\td\xff\t1\n")
+    with pytest.raises(ValueError, match=r"test\.tsv:2: invalid UTF-8"):
+        load_qrels(root)
+
+
+def test_missing_files_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="queries.jsonl"):
+        load_queries(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"qrels/train\.tsv"):
+        load_qrels(tmp_path, split="train")
+
+
+@pytest.mark.parametrize(
+    ("name", "queries", "judged", "judgments"),
+    [("med", 30, 30, 696), ("cacm", 64, 52, 796)],
+)
+def test_real_datasets(name: str, queries: int, judged: int, judgments: int) -> None:
+    dataset = EVAL / name
+    if not dataset.is_dir():
+        pytest.skip(f"{dataset} is not available")
+    topics = load_queries(dataset)
+    qrels = load_qrels(dataset)
+    assert len(topics) == queries
+    assert len(qrels) == judged
+    assert sum(map(len, qrels.values())) == judgments
+    assert qrels.keys() <= topics.keys()
+    # Judging the qrels against themselves is a perfect run.
+    run = {query: sorted(docs, key=docs.__getitem__, reverse=True) for query, docs in qrels.items()}
+    report = evaluate(run, qrels)
+    assert (report.queries, report.skipped_queries) == (judged, 0)
+    assert report.ndcg_at_10 == pytest.approx(1.0)
+    assert report.mrr_at_10 == pytest.approx(1.0)
