@@ -47,3 +47,25 @@ def reranker_dir(model_settings: Settings, embedder_dir: Path) -> Path:
     from papersearch.models.prepare import train_reranker
 
     return train_reranker(model_settings)
+
+
+@pytest.fixture(scope="session")
+def sample_settings(model_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Model settings plus a private embedded index of the sample corpus."""
+    data_dir = tmp_path_factory.mktemp("index")
+    return model_settings.model_copy(
+        update={"index": model_settings.index.model_copy(update={"data_dir": data_dir})}
+    )
+
+
+@pytest.fixture(scope="session")
+def sample_index(sample_settings: Settings, embedder_dir: Path) -> Path:
+    """The sample corpus ingested once per session; returns the index data directory."""
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.ingest.pipeline import ingest_paths
+    from papersearch.pipeline.factory import open_index
+
+    encoder = Encoder(embedder_dir)
+    with open_index(sample_settings, encoder, create=True) as store:
+        ingest_paths([SAMPLE_CORPUS], store, encoder, progress=False)
+    return sample_settings.index.data_dir

@@ -79,10 +79,14 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.ingest.pipeline import ingest_paths
     from papersearch.pipeline.factory import open_index
 
+    paths = args.paths or [settings.corpus_dir]
+    for path in paths:  # before the index is created: a typo must not leave an empty one
+        if not path.exists():
+            raise FileNotFoundError(f"no such corpus file or folder: {path}")
     encoder = Encoder.from_settings(settings.models)
     with open_index(settings, encoder, create=True) as store:
         summary = ingest_paths(
-            args.paths or [settings.corpus_dir], store, encoder,
+            paths, store, encoder,
             batch_size=settings.models.batch_size, update=args.update, progress=not args.quiet,
         )
     print(json.dumps(summary.to_dict(), indent=2))
@@ -96,7 +100,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     query = SearchQuery(
         text=args.query, top_k=args.top_k, mode=args.mode, rerank=not args.no_rerank,
         filter=_filter(args),
-    )
+    ).validate(settings.search)  # a bad query is reported before any model or index is loaded
     pipeline, store = build_pipeline(settings)
     with store:
         result = pipeline.search(query)

@@ -1,0 +1,86 @@
+"""Ingest throughput vs the encoder's own throughput, same papers, same run.
+
+    python benchmarks/ingest.py [--papers N] [--repeat 3] > ingest.json
+
+The encoder figure is ``Encoder.encode_documents`` alone over the papers in ingest-sized
+batches; the ingest figure is the whole ``Ingester.ingest`` path (batching, BM25 terms,
+encoding, upsert into a fresh embedded qdrant-edge shard, final optimize). Their ratio is the
+share of encoder throughput that ingestion keeps (target >= 0.85). Runs alternate and the best
+of ``--repeat`` is kept for each, so the shared machine's noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from itertools import islice
+from pathlib import Path
+
+from papersearch.corpus.paper import Paper
+from papersearch.corpus.readers import read_corpus
+from papersearch.encoder.runtime import Encoder
+from papersearch.index.factory import open_store
+from papersearch.ingest.pipeline import Ingester
+from papersearch.settings import Settings
+
+
+def encode_only(encoder: Encoder, papers: Sequence[Paper], batch_size: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(papers), batch_size):
+        encoder.encode_documents([p.text for p in papers[start : start + batch_size]])
+    return time.perf_counter() - started
+
+
+def ingest_once(settings: Settings, encoder: Encoder, papers: Sequence[Paper]) -> float:
+    with tempfile.TemporaryDirectory() as data_dir:
+        index = settings.index.model_copy(update={"data_dir": Path(data_dir)})
+        with open_store(index) as store:
+            ingester = Ingester(store, encoder, settings.models.batch_size)
+            started = time.perf_counter()
+            written, _ = ingester.ingest(papers, progress=False)
+            elapsed = time.perf_counter() - started
+            if written != len(papers) or store.count() != len(papers):
+                raise RuntimeError(f"ingested {written}, stored {store.count()} of {len(papers)}")
+    return elapsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--papers", type=int, default=591, help="papers from the corpus")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--corpus", type=Path, default=None, help="default: settings corpus_dir")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    papers = list(islice(read_corpus(args.corpus or settings.corpus_dir), args.papers))
+    encoder = Encoder.from_settings(settings.models)
+    batch = settings.models.batch_size
+    encode_only(encoder, papers[:batch], batch)  # warm-up
+    encode_s, ingest_s = [], []
+    for _ in range(args.repeat):
+        encode_s.append(encode_only(encoder, papers, batch))
+        ingest_s.append(ingest_once(settings, encoder, papers))
+        print(f"encode {encode_s[-1]:.2f}s ingest {ingest_s[-1]:.2f}s", file=sys.stderr)
+    encoder_rate = len(papers) / min(encode_s)
+    ingest_rate = len(papers) / min(ingest_s)
+    result = {
+        "papers": len(papers),
+        "batch_size": batch,
+        "precision": settings.models.precision,
+        "intra_op_threads": settings.models.intra_op_threads,
+        "backend": settings.index.backend,
+        "encoder_papers_per_s": round(encoder_rate, 2),
+        "ingest_papers_per_s": round(ingest_rate, 2),
+        "ingest_over_encoder": round(ingest_rate / encoder_rate, 3),
+        "runs_s": {"encode": [round(x, 3) for x in encode_s],
+                   "ingest": [round(x, 3) for x in ingest_s]},
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Rerank fusion and query validation (fast, no models)."""
+
+from __future__ import annotations
+
+import pytest
+
+from papersearch.corpus.paper import Paper
+from papersearch.index.query import Hit
+from papersearch.pipeline.query import InvalidQuery, SearchQuery
+from papersearch.pipeline.search import rerank_hits
+from papersearch.reranker.fusion import fuse
+from papersearch.settings import SearchSettings
+
+
+def test_weight_one_is_reranker_order_and_zero_first_stage_order() -> None:
+    scores = [0.1, 3.0, 2.0, -1.0]
+    assert [i for i, _ in fuse(scores, 1.0, 60)] == [1, 2, 0, 3]
+    assert [i for i, _ in fuse(scores, 0.0, 60)] == [0, 1, 2, 3]
+
+
+def test_fused_scores_by_hand() -> None:
+    # ranks (first, rerank): item0 (1, 2), item1 (2, 1); w = 0.25, k = 1
+    # item0: 0.25/(1+2) + 0.75/(1+1) = 0.0833 + 0.375 = 0.4583
+    # item1: 0.25/(1+1) + 0.75/(1+2) = 0.125 + 0.25 = 0.375
+    fused = fuse([0.0, 1.0], 0.25, 1)
+    assert [i for i, _ in fused] == [0, 1]
+    assert fused[0][1] == pytest.approx(0.25 / 3 + 0.75 / 2)
+    assert fused[1][1] == pytest.approx(0.25 / 2 + 0.75 / 3)
+
+
+def test_bad_weight() -> None:
+    with pytest.raises(ValueError, match="weight"):
+        fuse([1.0], 1.5, 60)
+
+
+def _hit(i: int) -> Hit:
+    return Hit(Paper(id=f"p{i}", title=f"t{i}", abstract="a"), score=1.0 / (i + 1))
+
+
+def test_rerank_hits_window_then_tail_cut_at_top_k() -> None:
+    candidates = [_hit(i) for i in range(6)]
+    settings = SearchSettings(rerank_weight=1.0)
+    hits = rerank_hits(candidates, [0.0, 0.0, 5.0], "hybrid", 5, settings)
+    assert [h.paper.id for h in hits] == ["p2", "p0", "p1", "p3", "p4"]
+    assert hits[0].stages.rerank == 5.0 and hits[0].stages.fused == pytest.approx(1 / 3)
+    assert hits[3].stages.rerank is None  # tail below the window was not reranked
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (SearchQuery(text=""), "empty"),
+        (SearchQuery(text=" \t\n"), "empty"),
+        (SearchQuery(text="x" * 2049), "2049 characters"),
+        (SearchQuery(text="ok", top_k=0), "top_k"),
+        (SearchQuery(text="ok", top_k=101), "top_k"),
+        (SearchQuery(text="ok", mode="fuzzy"), "unknown mode"),  # type: ignore[arg-type]
+    ],
+)
+def test_invalid_queries(query: SearchQuery, message: str) -> None:
+    with pytest.raises(InvalidQuery, match=message):
+        query.validate(SearchSettings())
+
+
+def test_valid_query_passes() -> None:
+    query = SearchQuery(text="x" * 2048, top_k=100, mode="sparse")
+    assert query.validate(SearchSettings()) is query

@@ -1,0 +1,406 @@
+"""`papersearch ingest` and `search` end to end: real ONNX embedder, real qdrant-edge shard.
+
+Every command runs as a subprocess (``python -m papersearch.cli``), configured only through
+``PAPERSEARCH_*`` environment variables, exactly as a user would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from papersearch.index.edge import MANIFEST, EdgeStore
+from papersearch.index.schema import EmbedderIdentity
+from papersearch.models.manifest import read_manifest
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import IndexSettings, Settings
+
+pytestmark = pytest.mark.slow
+
+BATCH_SIZE = 8
+CLI_TIMEOUT_S = 300
+UPSERT_WAIT_S = 120
+
+# One paper the generator below never comes near, for the search test to find by paraphrase.
+TARGET = {
+    "id": "bees-0001",
+    "title": "Detecting Honeybee Colony Collapse from Acoustic Recordings of the Hive",
+    "abstract": (
+        "Beekeepers lose many colonies each winter without warning. We place low-cost "
+        "microphones inside hives and classify spectrograms of the buzzing with a small "
+        "convolutional network, flagging queen loss and impending collapse days before "
+        "visual inspection would notice it."
+    ),
+    "authors": ["Maria Apis", "Karl von Frisch"],
+    "published": "2023-05-20",
+    "categories": ["eess.AS", "q-bio.PE"],
+}
+TARGET_QUERY = "using sound recorded inside beehives to spot failing bee colonies early"
+
+METHODS = (
+    "Graph Neural Networks", "Sparse Transformers", "Contrastive Pretraining",
+    "Diffusion Models", "Bayesian Optimization", "Reinforcement Learning", "Mixture of Experts",
+    "Knowledge Distillation", "Variational Autoencoders", "Gradient Boosted Trees",
+    "Retrieval-Augmented Generation", "Federated Learning",
+)
+TASKS = (
+    "Protein Structure Prediction", "Machine Translation", "Traffic Forecasting",
+    "Code Completion", "Medical Image Segmentation", "Robot Grasping", "Fraud Detection",
+    "Weather Nowcasting", "Chip Placement", "Speech Recognition",
+)
+SETTINGS = (
+    "under Distribution Shift", "with Limited Labels", "at Scale", "on Edge Devices",
+    "with Noisy Supervision", "in Low-Resource Languages",
+)
+FINDINGS = (
+    "improves accuracy by {n} points over strong baselines",
+    "reduces training cost by {n} percent",
+    "matches the state of the art with {n} times fewer parameters",
+    "closes {n} percent of the gap to an oracle",
+)
+CATEGORIES = ("cs.LG", "cs.CL", "cs.CV", "cs.RO", "q-bio.BM", "stat.ML", "cs.AR", "physics.ao-ph")
+NAMES = (
+    "Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov",
+    "Donald Knuth", "Frances Allen", "John McCarthy", "Leslie Lamport", "Radia Perlman",
+)
+
+
+def make_records(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``n`` varied JSON Lines records (the search target among them), optional fields mixed."""
+    rng = random.Random(seed)
+    combos = [(m, t, s) for m in METHODS for t in TASKS for s in SETTINGS]
+    rng.shuffle(combos)
+    records: list[dict[str, Any]] = [dict(TARGET)]
+    for i, (method, task, setting) in enumerate(combos[: n - 1]):
+        finding = rng.choice(FINDINGS).format(n=rng.randint(2, 40))
+        record: dict[str, Any] = {
+            "id": f"2405.{i:05d}",
+            "title": f"{method} for {task} {setting}",
+            "abstract": (
+                f"We study {task.lower()} {setting.lower()}. Our approach builds on "
+                f"{method.lower()} and adds a {rng.choice(['curriculum', 'memory', 'routing'])} "
+                f"component tuned on {rng.randint(3, 90)} datasets. Experiments show it "
+                f"{finding}. Code and data release number {i}."
+            ),
+        }
+        if i % 3 != 0:
+            record["published"] = (date(2021, 1, 1) + timedelta(days=7 * i)).isoformat()
+        if i % 4 != 1:
+            cats = rng.sample(CATEGORIES, 1 + i % 3)
+            record["categories"] = cats if i % 2 else " ".join(cats)  # list or string form
+        if i % 5 != 2:
+            names = rng.sample(NAMES, 1 + i % 4)
+            record["authors"] = names if i % 2 else ", ".join(names)
+        if i % 7 == 0:
+            record["url"] = f"https://arxiv.org/abs/2405.{i:05d}"
+        records.append(record)
+    return records
+
+
+def write_jsonl(path: Path, lines: Sequence[dict[str, Any] | str]) -> Path:
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+    )
+    return path
+
+
+# -- running the CLI --------------------------------------------------------------------------
+
+
+def cli_env(model_settings: Settings, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERSEARCH_")}
+    env.update(
+        PAPERSEARCH_MODELS__REPOSITORY=str(model_settings.models.repository),
+        PAPERSEARCH_MODELS__CACHE_DIR=str(model_settings.models.cache_dir),
+        PAPERSEARCH_MODELS__BATCH_SIZE=str(BATCH_SIZE),
+        PAPERSEARCH_INDEX__DATA_DIR=str(data_dir),
+        PAPERSEARCH_SEARCH__RERANK_ENABLED="false",
+        PAPERSEARCH_LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "papersearch.cli", *map(str, args)]
+
+
+def run_cli(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(*args), env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+    )
+
+
+def ingest(env: dict[str, str], *args: str | Path) -> dict[str, Any]:
+    done = run_cli(env, "ingest", *args, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout)
+
+
+@contextmanager
+def opened(data_dir: Path, identity: EmbedderIdentity) -> Iterator[EdgeStore]:
+    store = EdgeStore(IndexSettings(data_dir=data_dir))
+    store.ensure_collection(identity.dim, identity.sha256, create=False)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def identity(embedder_dir: Path) -> EmbedderIdentity:
+    manifest = read_manifest(embedder_dir)
+    assert manifest.dim
+    return EmbedderIdentity(manifest.sha256, manifest.dim)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "index"
+
+
+def assert_stored_exactly(store: EdgeStore, records: Sequence[dict[str, Any]]) -> None:
+    """The index holds these papers and nothing else, each complete (title and full abstract)."""
+    assert store.count() == len(records)
+    ids = [r["id"] for r in records]
+    stored = store.get(ids)
+    assert [p.id for p in stored] == ids
+    for paper, record in zip(stored, records, strict=True):
+        assert paper.title == record["title"]
+        assert paper.abstract == record["abstract"]
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_killed_ingest_resumes_without_duplicates(
+    model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path
+) -> None:
+    records = make_records(120)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", records)
+    env = cli_env(model_settings, data_dir)
+
+    # First run: SIGKILL it as soon as the store reports a written batch.
+    debug_env = env | {"PAPERSEARCH_LOG_LEVEL": "DEBUG"}
+    proc = subprocess.Popen(
+        command("ingest", corpus, "--quiet"), env=debug_env, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    upserted = False
+    try:
+        deadline = time.monotonic() + UPSERT_WAIT_S
+        while not upserted:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no upserted batch within {UPSERT_WAIT_S} s:\n{''.join(seen)}")
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"ingest ended before upserting anything:\n{''.join(seen)}")
+            seen.append(line)
+            upserted = bool(re.search(r"papersearch\.index\.store: upserted\b", line))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "ingest finished before it could be killed"
+
+    # Second run resumes: the papers written before the kill are recognised, the rest written.
+    resumed = ingest(env, corpus)
+    assert resumed["read"] == len(records)
+    assert resumed["skipped"] == 0 and resumed["duplicates"] == 0
+    assert resumed["already_present"] > 0
+    assert resumed["upserted"] > 0, "the killed run had already written everything"
+    assert resumed["upserted"] + resumed["already_present"] == len(records)
+    assert resumed["collection_size"] == len(records)
+
+    # Third run: nothing left to do, nothing duplicated.
+    again = ingest(env, corpus)
+    assert again["upserted"] == 0
+    assert again["already_present"] == len(records)
+    assert again["collection_size"] == len(records)
+
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, records)
+        by_id = {p.id: p for p in store.get(["2405.00000", "2405.00004", TARGET["id"]])}
+        assert by_id[TARGET["id"]].published == date(2023, 5, 20)
+        assert by_id[TARGET["id"]].authors == tuple(TARGET["authors"])
+        assert by_id["2405.00000"].published is None  # i % 3 == 0: no date given
+        spaced = records[5]  # i == 4: categories and authors given as strings
+        assert by_id["2405.00004"].categories == tuple(spaced["categories"].split())
+        assert by_id["2405.00004"].authors == tuple(spaced["authors"].split(", "))
+        assert store.get(["no-such-paper"]) == []
+
+
+def test_malformed_records_are_skipped_with_their_line(
+    model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path
+) -> None:
+    good = make_records(4)
+    corpus = write_jsonl(
+        tmp_path / "messy.jsonl",
+        [
+            good[0],                                                          # 1
+            '{"id": "broken", "title": "Half a record",',                      # 2: bad JSON
+            {"title": "No identifier", "abstract": "This record has no id."},  # 3: missing id
+            {"id": "bad-date", "title": "Dated badly", "published": "2024-13-45"},  # 4
+            good[1],                                                          # 5
+            "",                                                               # 6: blank, ignored
+            '["not", "an", "object"]',                                        # 7: not an object
+            good[2],                                                          # 8
+            good[0] | {"title": "Same id again"},                             # 9: duplicate
+            {"id": "empty", "title": " ", "abstract": ""},                    # 10: no text
+            good[3],                                                          # 11
+        ],
+    )
+    summary = ingest(cli_env(model_settings, data_dir), corpus)
+
+    assert summary["read"] == 4
+    assert summary["upserted"] == 4
+    assert summary["duplicates"] == 1
+    assert summary["skipped"] == 5
+    assert summary["collection_size"] == 4
+    skipped = summary["skipped_records"]
+    assert len(skipped) == 5
+    expected = {2: "invalid JSON", 3: "'id'", 4: "not an ISO date", 7: "JSON object",
+                10: "neither title nor abstract"}
+    for (line, reason), note in zip(expected.items(), skipped, strict=True):
+        assert note.startswith(f"{corpus}:{line}: "), note
+        assert reason in note
+
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, good)  # the first occurrence of the duplicate wins
+        assert store.get(["broken", "bad-date", "empty"]) == []
+
+
+def test_update_reembeds_changed_papers(
+    model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path
+) -> None:
+    records = make_records(6)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", records)
+    env = cli_env(model_settings, data_dir)
+    first = ingest(env, corpus)
+    assert first["upserted"] == 6 and first["already_present"] == 0
+
+    changed = [dict(r) for r in records]
+    changed[2]["abstract"] = "A rewritten abstract about zymurgy, the chemistry of fermentation."
+    write_jsonl(corpus, changed)
+
+    plain = ingest(env, corpus)
+    assert plain["upserted"] == 0 and plain["already_present"] == 6
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, records)  # old text kept
+        assert Retriever(store).search("zymurgy", None, mode="sparse") == []
+
+    updated = ingest(env, corpus, "--update")
+    assert updated["upserted"] == 6 and updated["already_present"] == 0
+    assert updated["collection_size"] == 6
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, changed)
+        hits = Retriever(store).search("zymurgy", None, mode="sparse")  # BM25 re-encoded too
+        assert [h.paper.id for h in hits] == [changed[2]["id"]]
+
+
+def test_ingest_refuses_an_index_built_by_another_embedder(
+    model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path
+) -> None:
+    other_sha = "f" * 64
+    assert other_sha != identity.sha256
+    store = EdgeStore(IndexSettings(data_dir=data_dir))
+    store.ensure_collection(identity.dim, other_sha)  # same dim, different embedder
+    store.close()
+    manifest = (data_dir / "papers" / MANIFEST).read_text()
+
+    corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(3))
+    done = run_cli(cli_env(model_settings, data_dir), "ingest", corpus, "--quiet")
+
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("papersearch: error:")]
+    assert len(errors) == 1, done.stderr
+    assert "embedder" in errors[0] and other_sha[:12] in errors[0]
+    assert identity.sha256[:12] in errors[0]
+    # Untouched: same identity, no points.
+    assert (data_dir / "papers" / MANIFEST).read_text() == manifest
+    store = EdgeStore(IndexSettings(data_dir=data_dir))
+    store.ensure_collection(identity.dim, other_sha, create=False)
+    try:
+        assert store.count() == 0
+    finally:
+        store.close()
+
+
+def test_search_cli_finds_a_paraphrased_title(
+    model_settings: Settings, data_dir: Path, tmp_path: Path
+) -> None:
+    records = make_records(40)
+    env = cli_env(model_settings, data_dir)
+    assert ingest(env, write_jsonl(tmp_path / "papers.jsonl", records))["upserted"] == 40
+
+    done = run_cli(env, "search", TARGET_QUERY, "--no-rerank", "--json", "--top-k", "5")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["reranked"] is False
+    hits = result["hits"]
+    assert len(hits) == 5
+    assert hits[0]["paper_id"] == TARGET["id"], [h["title"] for h in hits]
+    assert hits[0]["title"] == TARGET["title"]
+    assert hits[0]["published"] == TARGET["published"]
+    assert hits[0]["stages"]["dense"] is not None and hits[0]["stages"]["rerank"] is None
+    assert len({h["paper_id"] for h in hits}) == 5
+
+    for empty in ("", "   "):
+        done = run_cli(env, "search", empty, "--no-rerank", "--json")
+        assert done.returncode == 2
+        assert done.stdout == ""
+        assert "Traceback" not in done.stderr
+        assert "query must not be empty" in done.stderr
+
+
+
+def test_user_errors_are_reported_before_any_work(
+    model_settings: Settings, data_dir: Path, tmp_path: Path
+) -> None:
+    """A mistyped corpus path or an empty query: one clear line, exit 2, no index created."""
+    env = cli_env(model_settings, data_dir, PAPERSEARCH_LOG_LEVEL="INFO")
+    missing = tmp_path / "no-such-corpus.jsonl"
+    done = run_cli(env, "ingest", missing, "--quiet")
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"papersearch: error: no such corpus file or folder: {missing}"
+    assert not data_dir.exists()
+
+    # Validated before the reranker (enabled here, never exported) or the index is needed.
+    rerank_env = env | {"PAPERSEARCH_SEARCH__RERANK_ENABLED": "true"}
+    done = run_cli(rerank_env, "search", " ")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "papersearch: error: query must not be empty"
+    assert not data_dir.exists()
