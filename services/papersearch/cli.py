@@ -134,6 +134,26 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.evaluation.datasets import load_dataset
+    from papersearch.evaluation.tuning import tune_rerank
+    from papersearch.reranker.runtime import Reranker
+
+    dataset = load_dataset(args.dataset)
+    grid = tune_rerank(dataset, settings, Encoder.from_settings(settings.models),
+                       Reranker.from_settings(settings.models))
+    baseline = next(p for p in grid if p.weight == 0.0)
+    print(json.dumps({
+        "dataset": dataset.name,
+        "rerank_top_n": settings.search.rerank_top_n,
+        "first_stage_ndcg@10": baseline.ndcg_at_10,
+        "best": {"weight": grid[0].weight, "k": grid[0].k, "ndcg@10": grid[0].ndcg_at_10},
+        "grid": [{"weight": p.weight, "k": p.k, "ndcg@10": round(p.ndcg_at_10, 4)} for p in grid],
+    }, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="papersearch", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML settings file (also PAPERSEARCH_CONFIG)")
@@ -182,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="repeatable; default: all four")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(handler=_eval)
+
+    tune = commands.add_parser(
+        "tune-rerank", help="grid-search the rerank fusion weight and k (use a training set)"
+    )
+    tune.add_argument("--dataset", type=Path, required=True)
+    tune.set_defaults(handler=_tune_rerank)
     return parser
 
 

@@ -1,0 +1,276 @@
+"""Pure conversions between the papersearch.v1 protobuf messages and the pipeline's types.
+
+Everything a client can get wrong raises :class:`InvalidQuery` (a ValueError) whose message
+names the field; servers map it to INVALID_ARGUMENT. Nothing here does I/O or needs a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.corpus.paper import Paper, clean_text
+from papersearch.index.query import Mode, SearchFilter
+from papersearch.pipeline.query import (
+    InvalidQuery,
+    SearchHit,
+    SearchQuery,
+    SearchResult,
+    StageScores,
+)
+from papersearch.settings import SearchSettings
+
+# Limits the proto documents and servers enforce.
+MAX_DELETE_IDS = 10_000
+MAX_UPSERT_ERRORS = 100
+
+_MODES: dict[int, Mode] = {
+    pb.MODE_UNSPECIFIED: "hybrid",
+    pb.MODE_HYBRID: "hybrid",
+    pb.MODE_DENSE: "dense",
+    pb.MODE_SPARSE: "sparse",
+}
+_MODE_NAMES = ", ".join(pb.Mode.Name(v) for v in sorted(_MODES))
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarQuery:
+    """A validated SimilarPapersRequest."""
+
+    paper_id: str
+    top_k: int = 10
+    filter: SearchFilter = field(default_factory=SearchFilter)
+
+
+# --- dates, ids, top_k ---------------------------------------------------------------------
+
+
+def date_from_proto(value: str, field_name: str) -> date | None:
+    """Parse a "YYYY-MM-DD" field: "" (or blank) -> None; anything else raises InvalidQuery."""
+    text = value.strip()
+    if not text:
+        return None
+    if not _ISO_DATE.fullmatch(text):
+        raise InvalidQuery(f"{field_name} must be a date as YYYY-MM-DD, got {value!r}")
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidQuery(f"{field_name} is not a valid date: {value!r} ({exc})") from None
+
+
+def date_to_proto(value: date | None) -> str:
+    return value.isoformat() if value is not None else ""
+
+
+def top_k_from_proto(value: int, settings: SearchSettings) -> int:
+    """0 -> settings.default_top_k; 1..settings.max_top_k as is; otherwise InvalidQuery."""
+    if value == 0:
+        return settings.default_top_k
+    if not 1 <= value <= settings.max_top_k:
+        raise InvalidQuery(
+            f"top_k must be between 1 and {settings.max_top_k} "
+            f"(0 means the default, {settings.default_top_k}), got {value}"
+        )
+    return value
+
+
+def mode_from_proto(value: int) -> Mode:
+    """A Mode enum number -> the pipeline's mode; MODE_UNSPECIFIED means hybrid."""
+    try:
+        return _MODES[value]
+    except KeyError:
+        raise InvalidQuery(f"unknown mode {value}; use one of {_MODE_NAMES}") from None
+
+
+def paper_id_from_proto(value: str, field_name: str = "paper_id") -> str:
+    """A required id, stripped; blank raises InvalidQuery."""
+    text = value.strip()
+    if not text:
+        raise InvalidQuery(f"{field_name} must not be empty")
+    return text
+
+
+def paper_ids_from_proto(values: Iterable[str]) -> tuple[str, ...]:
+    """DeletePapersRequest.paper_ids: non-empty, no blank id, at most MAX_DELETE_IDS, deduplicated
+    (first occurrence order kept)."""
+    ids = list(values)
+    if not ids:
+        raise InvalidQuery("paper_ids must not be empty")
+    if len(ids) > MAX_DELETE_IDS:
+        raise InvalidQuery(f"at most {MAX_DELETE_IDS} paper_ids per request, got {len(ids)}")
+    cleaned = (paper_id_from_proto(value, f"paper_ids[{i}]") for i, value in enumerate(ids))
+    return tuple(dict.fromkeys(cleaned))
+
+
+def _names(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for v in values if v.strip())
+
+
+# --- filter and queries --------------------------------------------------------------------
+
+
+def filter_from_proto(message: pb.Filter) -> SearchFilter:
+    """Filter -> SearchFilter; malformed dates or from > to raise InvalidQuery."""
+    published_from = date_from_proto(message.published_from, "filter.published_from")
+    published_to = date_from_proto(message.published_to, "filter.published_to")
+    if published_from and published_to and published_from > published_to:
+        raise InvalidQuery(
+            f"filter.published_from ({published_from.isoformat()}) is after "
+            f"filter.published_to ({published_to.isoformat()})"
+        )
+    return SearchFilter(
+        published_from=published_from,
+        published_to=published_to,
+        categories=_names(message.categories),
+        authors=_names(message.authors),
+    )
+
+
+def filter_to_proto(search_filter: SearchFilter) -> pb.Filter:
+    return pb.Filter(
+        published_from=date_to_proto(search_filter.published_from),
+        published_to=date_to_proto(search_filter.published_to),
+        categories=list(search_filter.categories),
+        authors=list(search_filter.authors),
+    )
+
+
+def search_query_from_proto(request: pb.SearchRequest, settings: SearchSettings) -> SearchQuery:
+    """SearchRequest -> a validated SearchQuery.
+
+    top_k 0 means settings.default_top_k, an unset rerank means True (the pipeline still
+    honours settings.rerank_enabled), MODE_UNSPECIFIED means hybrid. Raises InvalidQuery.
+    """
+    query = SearchQuery(
+        text=request.query,
+        top_k=top_k_from_proto(request.top_k, settings),
+        mode=mode_from_proto(request.mode),
+        rerank=request.rerank if request.HasField("rerank") else True,
+        filter=filter_from_proto(request.filter),
+    )
+    return query.validate(settings)
+
+
+def search_query_to_proto(query: SearchQuery) -> pb.SearchRequest:
+    """SearchQuery -> SearchRequest (for clients); rerank is always set explicitly."""
+    modes = {"hybrid": pb.MODE_HYBRID, "dense": pb.MODE_DENSE, "sparse": pb.MODE_SPARSE}
+    return pb.SearchRequest(
+        query=query.text,
+        top_k=query.top_k,
+        mode=modes[query.mode],
+        rerank=query.rerank,
+        filter=filter_to_proto(query.filter),
+    )
+
+
+def similar_query_from_proto(
+    request: pb.SimilarPapersRequest, settings: SearchSettings
+) -> SimilarQuery:
+    """SimilarPapersRequest -> SimilarQuery; raises InvalidQuery."""
+    return SimilarQuery(
+        paper_id=paper_id_from_proto(request.paper_id),
+        top_k=top_k_from_proto(request.top_k, settings),
+        filter=filter_from_proto(request.filter),
+    )
+
+
+# --- papers and results --------------------------------------------------------------------
+
+
+def paper_to_proto(paper: Paper) -> pb.Paper:
+    """Paper -> pb.Paper. Paper.extra has no field in the API and is dropped."""
+    return pb.Paper(
+        paper_id=paper.id,
+        title=paper.title,
+        abstract=paper.abstract,
+        authors=list(paper.authors),
+        published=date_to_proto(paper.published),
+        categories=list(paper.categories),
+        url=paper.url or "",
+    )
+
+
+def paper_from_proto(message: pb.Paper) -> Paper:
+    """pb.Paper -> Paper, cleaned as the corpus readers do (id stripped, text NFC-normalised
+    with whitespace collapsed, blank authors/categories dropped, "" url -> None).
+
+    Raises InvalidQuery for an empty paper_id, neither title nor abstract, or a bad date.
+    """
+    paper_id = paper_id_from_proto(message.paper_id)
+    title, abstract = clean_text(message.title), clean_text(message.abstract)
+    if not title and not abstract:
+        raise InvalidQuery(f"paper {paper_id!r} has neither title nor abstract")
+    return Paper(
+        id=paper_id,
+        title=title,
+        abstract=abstract,
+        authors=_names(message.authors),
+        published=date_from_proto(message.published, f"paper {paper_id!r}: published"),
+        categories=_names(message.categories),
+        url=message.url.strip() or None,
+    )
+
+
+def stage_scores_to_proto(stages: StageScores) -> pb.StageScores:
+    """StageScores -> pb.StageScores; None (stage not run) stays unset."""
+    message = pb.StageScores()
+    for name in ("dense", "sparse", "fused", "rerank"):
+        value = getattr(stages, name)
+        if value is not None:
+            setattr(message, name, float(value))
+    return message
+
+
+def stage_scores_from_proto(message: pb.StageScores) -> StageScores:
+    values = {
+        name: getattr(message, name) if message.HasField(name) else None
+        for name in ("dense", "sparse", "fused", "rerank")
+    }
+    return StageScores(**values)
+
+
+def hit_to_proto(hit: SearchHit) -> pb.Hit:
+    return pb.Hit(
+        paper=paper_to_proto(hit.paper),
+        score=float(hit.score),
+        stages=stage_scores_to_proto(hit.stages),
+    )
+
+
+def search_response_to_proto(result: SearchResult) -> pb.SearchResponse:
+    """SearchResult -> SearchResponse (hits in order, reranked flag, timings)."""
+    return pb.SearchResponse(
+        hits=[hit_to_proto(hit) for hit in result.hits],
+        reranked=result.reranked,
+        timings_ms={key: float(value) for key, value in result.timings_ms.items()},
+    )
+
+
+def search_result_from_proto(response: pb.SearchResponse) -> SearchResult:
+    """SearchResponse -> SearchResult (for clients and tests)."""
+    hits = tuple(
+        SearchHit(
+            paper=paper_from_proto(hit.paper),
+            score=hit.score,
+            stages=stage_scores_from_proto(hit.stages),
+        )
+        for hit in response.hits
+    )
+    return SearchResult(hits, response.reranked, dict(response.timings_ms))
+
+
+def upsert_summary_to_proto(
+    received: int, upserted: int, errors: Iterable[str], skipped: int | None = None
+) -> pb.UpsertSummary:
+    """UpsertSummary with errors capped at MAX_UPSERT_ERRORS; skipped defaults to len(errors)."""
+    error_list = list(errors)
+    return pb.UpsertSummary(
+        received=received,
+        upserted=upserted,
+        skipped=len(error_list) if skipped is None else skipped,
+        errors=error_list[:MAX_UPSERT_ERRORS],
+    )

@@ -1,0 +1,430 @@
+"""The gRPC API layer without a model: stub generation, and proto <-> pipeline conversions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent import futures
+from datetime import date
+from pathlib import Path
+
+import grpc
+import pytest
+
+from papersearch.api import convert
+from papersearch.api import generate as gen
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+from papersearch.corpus.paper import Paper
+from papersearch.index.query import SearchFilter
+from papersearch.pipeline.query import InvalidQuery, SearchHit, SearchResult, StageScores
+from papersearch.settings import SearchSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTO_ROOT = ROOT / "proto"
+LIMITS = SearchSettings()
+
+PAPER = Paper(
+    id="2401.00001",
+    title="Efficient attention for long sequences",
+    abstract="We study linear-time attention.",
+    authors=("Ada Lovelace", "Alan Turing"),
+    published=date(2024, 1, 2),
+    categories=("cs.CL", "cs.LG"),
+    url="https://arxiv.org/abs/2401.00001",
+)
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stubs")
+    gen.generate(PROTO_ROOT, root)
+    return root
+
+
+def _run_python(code: str, pythonpath: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_generator_writes_importable_package(generated: Path, tmp_path: Path) -> None:
+    v1 = generated / "papersearch" / "api" / "v1"
+    names = {p.name for p in v1.iterdir()}
+    assert {
+        "__init__.py",
+        "papersearch_pb2.py",
+        "papersearch_pb2_grpc.py",
+        "papersearch_pb2.pyi",
+        "papersearch.proto",
+    } <= names
+    grpc_text = (v1 / "papersearch_pb2_grpc.py").read_text()
+    assert "from papersearch.api.v1 import papersearch_pb2" in grpc_text
+    assert "from papersearch.v1 import" not in grpc_text
+    out = tmp_path / "descriptor.bin"
+    code = (
+        "from papersearch.api.v1 import papersearch_pb2 as pb, papersearch_pb2_grpc as g\n"
+        f"assert pb.__file__.startswith({str(generated)!r}), pb.__file__\n"
+        "assert pb.DESCRIPTOR.name == 'papersearch/v1/papersearch.proto'\n"
+        "assert pb.DESCRIPTOR.package == 'papersearch.v1'\n"
+        "assert g.SearchServiceStub and g.add_IndexServiceServicer_to_server\n"
+        f"open({str(out)!r}, 'wb').write(pb.DESCRIPTOR.serialized_pb)\n"
+    )
+    proc = _run_python(code, generated)
+    assert proc.returncode == 0, proc.stderr
+    # The stubs this process imports (generated at install time) match the .proto on disk.
+    assert pb.DESCRIPTOR.serialized_pb == out.read_bytes(), (
+        "services/papersearch/api/v1 stubs are stale: run `make proto`"
+    )
+
+
+def test_generator_is_idempotent(generated: Path) -> None:
+    files = sorted((generated / "papersearch" / "api" / "v1").iterdir())
+    before = {p: p.stat().st_mtime_ns for p in files}
+    gen.generate(PROTO_ROOT, generated)
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+
+
+def test_generator_rejects_misplaced_proto(tmp_path: Path) -> None:
+    (tmp_path / "proto" / "other").mkdir(parents=True)
+    (tmp_path / "proto" / "other" / "x.proto").write_text('syntax = "proto3";\npackage other;\n')
+    with pytest.raises(gen.GenerationError, match="papersearch/<version>"):
+        gen.generate(tmp_path / "proto", tmp_path / "out")
+    with pytest.raises(gen.GenerationError, match="no .proto files"):
+        gen.generate(tmp_path / "out", tmp_path / "out")
+
+
+def test_generator_reports_protoc_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "proto" / "papersearch" / "v9"
+    bad.mkdir(parents=True)
+    (bad / "broken.proto").write_text('syntax = "proto3";\nmessage {\n')
+    with pytest.raises(gen.GenerationError, match="protoc failed"):
+        gen.generate(tmp_path / "proto", tmp_path / "out")
+
+
+def test_generator_cli(tmp_path: Path) -> None:
+    assert gen.main(["--proto-root", str(PROTO_ROOT), "--package-root", str(tmp_path)]) == 0
+    assert (tmp_path / "papersearch" / "api" / "v1" / "papersearch_pb2.py").is_file()
+
+
+# --- search requests -----------------------------------------------------------------------
+
+
+def test_search_defaults() -> None:
+    query = convert.search_query_from_proto(pb.SearchRequest(query="attention"), LIMITS)
+    assert query.text == "attention"
+    assert query.top_k == 10
+    assert query.mode == "hybrid"
+    assert query.rerank is True
+    assert query.filter == SearchFilter()
+
+
+def test_default_top_k_follows_settings() -> None:
+    limits = SearchSettings(default_top_k=5, max_top_k=20)
+    assert convert.search_query_from_proto(pb.SearchRequest(query="q"), limits).top_k == 5
+    assert (
+        convert.search_query_from_proto(pb.SearchRequest(query="q", top_k=20), limits).top_k == 20
+    )
+    with pytest.raises(InvalidQuery, match=r"between 1 and 20 \(0 means the default, 5\), got 21"):
+        convert.search_query_from_proto(pb.SearchRequest(query="q", top_k=21), limits)
+
+
+@pytest.mark.parametrize("rerank", [True, False])
+def test_explicit_rerank(rerank: bool) -> None:
+    request = pb.SearchRequest(query="q", rerank=rerank)
+    assert request.HasField("rerank")
+    assert convert.search_query_from_proto(request, LIMITS).rerank is rerank
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (pb.MODE_UNSPECIFIED, "hybrid"),
+        (pb.MODE_HYBRID, "hybrid"),
+        (pb.MODE_DENSE, "dense"),
+        (pb.MODE_SPARSE, "sparse"),
+    ],
+)
+def test_modes(mode: int, expected: str) -> None:
+    request = pb.SearchRequest(query="q", mode=mode)
+    assert convert.search_query_from_proto(request, LIMITS).mode == expected
+
+
+def test_full_request_and_round_trip() -> None:
+    request = pb.SearchRequest(
+        query="  sparse retrieval ",
+        top_k=100,
+        mode=pb.MODE_SPARSE,
+        rerank=False,
+        filter=pb.Filter(
+            published_from="2023-01-01",
+            published_to=" 2023-12-31 ",
+            categories=["cs.IR", " ", "cs.CL "],
+            authors=["Ada Lovelace", ""],
+        ),
+    )
+    wire = pb.SearchRequest.FromString(request.SerializeToString())
+    query = convert.search_query_from_proto(wire, LIMITS)
+    assert query.top_k == 100 and query.mode == "sparse" and query.rerank is False
+    assert query.filter == SearchFilter(
+        published_from=date(2023, 1, 1),
+        published_to=date(2023, 12, 31),
+        categories=("cs.IR", "cs.CL"),
+        authors=("Ada Lovelace",),
+    )
+    again = convert.search_query_from_proto(convert.search_query_to_proto(query), LIMITS)
+    assert again == query
+
+
+def _search(**fields: object) -> pb.SearchRequest:
+    return pb.SearchRequest(**{"query": "q", **fields})
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (pb.SearchRequest(), "query must not be empty"),
+        (_search(query=" \n\t"), "query must not be empty"),
+        (_search(query="x" * 2049), "query is 2049 characters; the limit is 2048"),
+        (_search(top_k=-1), r"top_k must be between 1 and 100 \(0 means the default, 10\), got -1"),
+        (_search(top_k=101), r"top_k must be between 1 and 100 .*got 101"),
+        (
+            _search(mode=7),
+            "unknown mode 7; use one of MODE_UNSPECIFIED, MODE_HYBRID, MODE_DENSE, MODE_SPARSE",
+        ),
+        (
+            _search(filter=pb.Filter(published_from="2024/01/01")),
+            "filter.published_from must be a date as YYYY-MM-DD, got '2024/01/01'",
+        ),
+        (
+            _search(filter=pb.Filter(published_from="20240101")),
+            "filter.published_from must be a date as YYYY-MM-DD, got '20240101'",
+        ),
+        (
+            _search(filter=pb.Filter(published_to="2024-01-01T00:00:00")),
+            "filter.published_to must be a date as YYYY-MM-DD",
+        ),
+        (
+            _search(filter=pb.Filter(published_to="2023-02-29")),
+            "filter.published_to is not a valid date: '2023-02-29'",
+        ),
+        (
+            _search(filter=pb.Filter(published_from="2024-03-01", published_to="2024-02-01")),
+            r"filter.published_from \(2024-03-01\) is after filter.published_to \(2024-02-01\)",
+        ),
+    ],
+)
+def test_invalid_search_requests(request_: pb.SearchRequest, message: str) -> None:
+    with pytest.raises(InvalidQuery, match=message):
+        convert.search_query_from_proto(request_, LIMITS)
+
+
+def test_invalid_query_is_a_value_error() -> None:
+    assert issubclass(InvalidQuery, ValueError)
+
+
+def test_open_ended_date_ranges() -> None:
+    only_from = convert.filter_from_proto(pb.Filter(published_from="2024-01-01"))
+    assert only_from.published_from == date(2024, 1, 1) and only_from.published_to is None
+    same_day = convert.filter_from_proto(
+        pb.Filter(published_from="2024-01-01", published_to="2024-01-01")
+    )
+    assert same_day.published_range() == ("2024-01-01", "2024-01-02")
+    assert convert.filter_to_proto(same_day) == pb.Filter(
+        published_from="2024-01-01", published_to="2024-01-01"
+    )
+
+
+def test_similar_papers_request() -> None:
+    similar = convert.similar_query_from_proto(
+        pb.SimilarPapersRequest(paper_id=" 2401.00001 ", filter=pb.Filter(categories=["cs.CL"])),
+        LIMITS,
+    )
+    assert similar == convert.SimilarQuery("2401.00001", 10, SearchFilter(categories=("cs.CL",)))
+    with pytest.raises(InvalidQuery, match="paper_id must not be empty"):
+        convert.similar_query_from_proto(pb.SimilarPapersRequest(), LIMITS)
+    with pytest.raises(InvalidQuery, match="top_k must be between 1 and 100"):
+        convert.similar_query_from_proto(pb.SimilarPapersRequest(paper_id="a", top_k=500), LIMITS)
+    with pytest.raises(InvalidQuery, match="filter.published_to must be a date"):
+        convert.similar_query_from_proto(
+            pb.SimilarPapersRequest(paper_id="a", filter=pb.Filter(published_to="yesterday")),
+            LIMITS,
+        )
+
+
+def test_delete_ids() -> None:
+    assert convert.paper_ids_from_proto(["b", " a ", "b"]) == ("b", "a")
+    with pytest.raises(InvalidQuery, match="paper_ids must not be empty"):
+        convert.paper_ids_from_proto([])
+    with pytest.raises(InvalidQuery, match=r"paper_ids\[1\] must not be empty"):
+        convert.paper_ids_from_proto(["a", "  "])
+    with pytest.raises(InvalidQuery, match="at most 10000 paper_ids per request, got 10001"):
+        convert.paper_ids_from_proto(["x"] * 10_001)
+
+
+# --- papers and responses ------------------------------------------------------------------
+
+
+def test_paper_round_trip() -> None:
+    message = convert.paper_to_proto(PAPER)
+    assert message.paper_id == "2401.00001" and message.published == "2024-01-02"
+    wire = pb.Paper.FromString(message.SerializeToString())
+    assert convert.paper_from_proto(wire) == PAPER
+
+
+def test_minimal_paper_round_trip() -> None:
+    paper = Paper(id="p1", title="", abstract="Only an abstract.", extra={"source": "x"})
+    message = convert.paper_to_proto(paper)
+    assert message.published == "" and message.url == "" and not message.title
+    back = convert.paper_from_proto(message)
+    assert back == paper and back.published is None and back.url is None and back.extra == {}
+
+
+def test_paper_from_proto_cleans_like_the_readers() -> None:
+    paper = convert.paper_from_proto(
+        pb.Paper(
+            paper_id="  p2 ",
+            title="  A\u200b  title\n",
+            abstract="",
+            authors=[" Ada ", ""],
+            categories=["", "cs.CL"],
+            published=" 2020-02-29 ",
+            url="  ",
+        )
+    )
+    assert paper == Paper(
+        id="p2",
+        title="A title",
+        abstract="",
+        authors=("Ada",),
+        categories=("cs.CL",),
+        published=date(2020, 2, 29),
+    )
+    assert paper.url is None
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (pb.Paper(title="t"), "paper_id must not be empty"),
+        (pb.Paper(paper_id="   ", title="t"), "paper_id must not be empty"),
+        (pb.Paper(paper_id="p"), "paper 'p' has neither title nor abstract"),
+        (
+            pb.Paper(paper_id="p", title=" ", abstract="\n"),
+            "paper 'p' has neither title nor abstract",
+        ),
+        (
+            pb.Paper(paper_id="p", title="t", published="2024-13-01"),
+            r"paper 'p': published is not a valid date: '2024-13-01'",
+        ),
+        (
+            pb.Paper(paper_id="p", title="t", published="Jan 2024"),
+            "paper 'p': published must be a date as YYYY-MM-DD, got 'Jan 2024'",
+        ),
+    ],
+)
+def test_invalid_papers(message: pb.Paper, error: str) -> None:
+    with pytest.raises(InvalidQuery, match=error):
+        convert.paper_from_proto(message)
+
+
+def _result() -> SearchResult:
+    other = Paper(id="p2", title="Second", abstract="")
+    return SearchResult(
+        hits=(
+            SearchHit(PAPER, 0.9, StageScores(dense=0.8, sparse=12.5, fused=0.03, rerank=4.2)),
+            SearchHit(other, 0.5, StageScores(dense=-0.1)),
+        ),
+        reranked=True,
+        timings_ms={"encode": 1.5, "retrieve": 2.0, "rerank": 10.0, "total": 13.5},
+    )
+
+
+def test_search_response() -> None:
+    response = convert.search_response_to_proto(_result())
+    assert [h.paper.paper_id for h in response.hits] == ["2401.00001", "p2"]
+    assert response.reranked is True
+    assert dict(response.timings_ms) == {
+        "encode": 1.5,
+        "retrieve": 2.0,
+        "rerank": 10.0,
+        "total": 13.5,
+    }
+    first, second = response.hits
+    assert first.score == pytest.approx(0.9)
+    assert first.stages.rerank == pytest.approx(4.2)
+    assert second.stages.HasField("dense") and second.stages.dense == pytest.approx(-0.1)
+    for name in ("sparse", "fused", "rerank"):
+        assert not second.stages.HasField(name)
+
+
+def test_search_response_round_trip() -> None:
+    result = _result()
+    wire = pb.SearchResponse.FromString(
+        convert.search_response_to_proto(result).SerializeToString()
+    )
+    assert convert.search_result_from_proto(wire) == result
+
+
+def test_empty_search_response() -> None:
+    response = convert.search_response_to_proto(SearchResult((), False, {}))
+    assert list(response.hits) == [] and response.reranked is False
+
+
+def test_upsert_summary_caps_errors() -> None:
+    errors = [f"#{i}: paper_id must not be empty" for i in range(1, 151)]
+    summary = convert.upsert_summary_to_proto(received=200, upserted=50, errors=errors)
+    assert (summary.received, summary.upserted, summary.skipped) == (200, 50, 150)
+    assert len(summary.errors) == convert.MAX_UPSERT_ERRORS
+
+
+# --- the generated gRPC module over a real (loopback) channel --------------------------------
+
+
+class _Search(pb_grpc.SearchServiceServicer):
+    def Search(self, request, context):  # noqa: N802 - gRPC method name
+        try:
+            query = convert.search_query_from_proto(request, LIMITS)
+        except InvalidQuery as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        hit = SearchHit(PAPER, float(query.top_k), StageScores(dense=0.5))
+        return convert.search_response_to_proto(SearchResult((hit,), query.rerank, {"total": 1.0}))
+
+
+class _Index(pb_grpc.IndexServiceServicer):
+    def UpsertPapers(self, request_iterator, context):  # noqa: N802
+        received, errors = 0, []
+        for received, message in enumerate(request_iterator, start=1):
+            try:
+                convert.paper_from_proto(message)
+            except InvalidQuery as exc:
+                errors.append(f"#{received}: {exc}")
+        return convert.upsert_summary_to_proto(received, received - len(errors), errors)
+
+
+def test_stubs_over_loopback() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_SearchServiceServicer_to_server(_Search(), server)
+    pb_grpc.add_IndexServiceServicer_to_server(_Index(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            search = pb_grpc.SearchServiceStub(channel)
+            response = search.Search(pb.SearchRequest(query="q"), timeout=10)
+            assert response.hits[0].score == 10.0 and response.reranked is True
+            with pytest.raises(grpc.RpcError) as failure:
+                search.Search(pb.SearchRequest(query="q", top_k=1000), timeout=10)
+            assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "top_k must be between 1 and 100" in failure.value.details()
+            papers = [convert.paper_to_proto(PAPER), pb.Paper(paper_id="bad")]
+            summary = pb_grpc.IndexServiceStub(channel).UpsertPapers(iter(papers), timeout=10)
+            assert (summary.received, summary.upserted, summary.skipped) == (2, 1, 1)
+            assert summary.errors == ["#2: paper 'bad' has neither title nor abstract"]
+    finally:
+        server.stop(grace=None)
