@@ -57,6 +57,10 @@ class TrainingSettings(BaseModel):
         default_factory=lambda: [Path("../shared/corpus/daily-papers"), Path("../shared/eval/cacm")]
     )
     seed: int = 13
+    query_kinds: list[Literal["title", "first_sentence"]] = Field(
+        default_factory=lambda: ["title", "first_sentence"],
+        description="Pseudo-queries per paper: its title, its abstract's first sentence.",
+    )
     negatives_per_query: int = Field(3, ge=1)
     mining_depth: int = Field(30, ge=2, description="Candidates mined per query for negatives.")
     duplicate_cosine: float = Field(

@@ -1,7 +1,7 @@
 """Export a Hugging Face checkpoint to the ONNX model repository (torch + transformers).
 
 The graph takes ``input_ids``/``attention_mask``/``token_type_ids`` with dynamic batch and
-sequence axes. Embedders get pooling and L2 normalisation inside the graph; cross-encoders
+sequence axes, and is rewritten with onnxruntime's transformer fusions before quantization. Embedders get pooling and L2 normalisation inside the graph; cross-encoders
 output one relevance logit per pair. fp32 and per-channel dynamic int8 graphs are written,
 checked for parity, and only then is the manifest written: a failed check is an error and
 leaves no finished version behind.
@@ -16,12 +16,14 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -43,8 +45,8 @@ log = logging.getLogger(__name__)
 
 FP32_MAX_ABS_DIFF = 1e-4
 INT8_MIN_AGREEMENT = 0.98
-OPSET = 18
-EXPORT_FORMAT = 1  # bump when the graph layout changes: invalidates cached exports
+OPSET = 17
+EXPORT_FORMAT = 2  # bump when the graph layout changes: invalidates cached exports
 _WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
 
 
@@ -114,6 +116,7 @@ def _pooling(location: str) -> tuple[str, bool]:
 def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
     kwargs: dict[str, Any] = {"local_files_only": spec.source.is_local}
     tokenizer = AutoTokenizer.from_pretrained(spec.source.location, **kwargs)
+    kwargs["attn_implementation"] = "eager"  # the attention pattern onnxruntime's fusion knows
     if spec.kind == "embedder":
         backbone = AutoModel.from_pretrained(spec.source.location, **kwargs)
         model: torch.nn.Module = EmbedderGraph(backbone, *_pooling(spec.source.location))
@@ -182,20 +185,24 @@ def _export_into(
     names = ["input_ids", "attention_mask", "token_type_ids"]
     example = tokenizer(["a short example", "a somewhat longer example text"], padding=True,
                         return_tensors="pt", return_token_type_ids=True)
-    batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=1)
-    with torch.no_grad():
+    output = "embeddings" if spec.kind == "embedder" else "scores"
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {output: {0: "batch"}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter; the parity check below is the judge
+        # The TorchScript exporter: its graph matches onnxruntime's transformer fusions
+        # (Attention, SkipLayerNorm, EmbedLayerNorm), which the dynamo exporter's does not;
+        # measured here that is ~2x the int8 throughput.
         torch.onnx.export(
             model,
             tuple(example[n] for n in names),
             str(target / FP32_FILE),
             input_names=names,
-            output_names=["embeddings" if spec.kind == "embedder" else "scores"],
-            dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
+            output_names=[output],
+            dynamic_axes=axes,
             opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
+            dynamo=False,
         )
+    _fuse(target / FP32_FILE, model)
     _quantize(target / FP32_FILE, target / INT8_FILE)
     pooling, normalize = _pooling(spec.source.location) if spec.kind == "embedder" else (None, False)
     dim = int(model(**{n: example[n] for n in names}).shape[-1]) if spec.kind == "embedder" else None
@@ -216,14 +223,33 @@ def _as_dict(manifest: Manifest) -> dict[str, Any]:
     return {f: getattr(manifest, f) for f in manifest.__dataclass_fields__}
 
 
+def _fuse(graph: Path, model: torch.nn.Module) -> None:
+    """Rewrite the fp32 graph in place with onnxruntime's transformer fusions."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = next(m.config for m in model.modules() if hasattr(m, "config"))
+    optimized = optimize_model(
+        str(graph), model_type="bert", num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size, opt_level=1,
+    )
+    log.info("fused graph", extra={
+        k: v for k, v in optimized.get_fused_operator_statistics().items() if v
+    })
+    optimized.save_model_to_file(str(graph))
+
+
 def _quantize(fp32: Path, int8: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantizer logs every node at INFO on root
+    root.setLevel(max(level, logging.ERROR))  # the quantizer logs every node on root
     try:
-        quantize_dynamic(str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8,
+            # fused contrib ops have no ONNX type inference: their outputs are float
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)
 

@@ -78,6 +78,7 @@ def train_reranker(settings: Settings) -> Path:
         depth=cfg.mining_depth,
         duplicate_cosine=cfg.duplicate_cosine,
         seed=cfg.seed,
+        query_kinds=cfg.query_kinds,
     )
     log.info("training examples mined", extra={"examples": len(examples)})
     base = Path(resolve_source(settings.models.embedder_source, settings.models.cache_dir).location)

@@ -1,7 +1,7 @@
 """Hard-negative mining for weakly supervised reranker training.
 
-Each paper with a title and an abstract gives a query (the title) and a positive (its own
-abstract). Negatives are other abstracts that BM25 or the dense encoder rank high for that
+Each paper with a title and an abstract gives queries (its title; its abstract's first
+sentence) and a positive (its own abstract). Negatives are other abstracts that BM25 or the dense encoder rank high for that
 title, minus likely false negatives: near-duplicate papers (dense cosine to the positive at or
 above a threshold, or the same normalised title).
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.index.sparse import Bm25Encoder
 
 MIN_ABSTRACT_WORDS = 20
+_FIRST_SENTENCE = re.compile(r"(.{30,400}?[.!?])\s+(.+)", re.DOTALL)
+
+QueryKind = Literal["title", "first_sentence"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,14 @@ def bm25_rankings(queries: Sequence[str], docs: Sequence[str], depth: int) -> li
     return rankings
 
 
+def split_first_sentence(text: str) -> tuple[str, str] | None:
+    """(first sentence, rest) when both are substantial, else None."""
+    match = _FIRST_SENTENCE.match(text)
+    if match is None or len(match.group(2).split()) < MIN_ABSTRACT_WORDS:
+        return None
+    return match.group(1), match.group(2)
+
+
 def mine(
     papers: Sequence[Paper],
     encoder: Encoder,
@@ -70,19 +83,33 @@ def mine(
     depth: int,
     duplicate_cosine: float,
     seed: int,
+    query_kinds: Sequence[QueryKind] = ("title",),
 ) -> list[TrainingExample]:
-    """Build (title, own abstract, mined negatives) examples, deterministically for ``seed``."""
+    """Build (query, own passage, mined negatives) examples, deterministically for ``seed``.
+
+    Query kinds: a paper's ``title`` against full abstracts, and an abstract's
+    ``first_sentence`` (a natural-language description, like a user's request) against
+    abstracts with their first sentence removed, so the answer is never a verbatim copy.
+    """
     papers = usable(papers)
-    titles = [p.title for p in papers]
     abstracts = [p.abstract for p in papers]
+    splits = [split_first_sentence(a) for a in abstracts]
+    rests = [s[1] if s else a for s, a in zip(splits, abstracts, strict=True)]
+    queries: list[tuple[str, int, QueryKind]] = []
+    for i, paper in enumerate(papers):
+        if "title" in query_kinds:
+            queries.append((paper.title, i, "title"))
+        if "first_sentence" in query_kinds and (split := splits[i]) is not None:
+            queries.append((split[0], i, "first_sentence"))
+    texts = [q for q, _, _ in queries]
     docs = encoder.encode_documents(abstracts)
-    dense_scores = encoder.encode_queries(titles) @ docs.T
+    dense_scores = encoder.encode_queries(texts) @ docs.T
     dense = np.argsort(-dense_scores, axis=1, kind="stable")[:, :depth]
-    lexical = bm25_rankings(titles, abstracts, depth)
-    keys = [normalise_title(t) for t in titles]
+    lexical = bm25_rankings(texts, abstracts, depth)
+    keys = [normalise_title(p.title) for p in papers]
     rng = random.Random(seed)
     examples = []
-    for i in range(len(papers)):
+    for q, (text, i, kind) in enumerate(queries):
 
         def clean(ranked: Sequence[int], i: int = i) -> list[int]:
             return [
@@ -90,13 +117,14 @@ def mine(
                 if j != i and keys[j] != keys[i] and float(docs[i] @ docs[j]) < duplicate_cosine
             ]
 
-        from_bm25, from_dense = clean(lexical[i]), clean(dense[i])
+        from_bm25, from_dense = clean(lexical[q]), clean(dense[q])
         chosen = rng.sample(from_bm25, min(len(from_bm25), negatives // 2))
         rest = [j for j in from_dense if j not in chosen]
         chosen += rng.sample(rest, min(len(rest), negatives - len(chosen)))
+        passages = abstracts if kind == "title" else rests
         if len(chosen) == negatives:
             examples.append(
-                TrainingExample(titles[i], abstracts[i], tuple(abstracts[j] for j in chosen))
+                TrainingExample(text, passages[i], tuple(passages[j] for j in chosen))
             )
     rng.shuffle(examples)
     return examples
