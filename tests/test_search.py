@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import date
 from pathlib import Path
@@ -15,11 +16,11 @@ from papersearch.evaluation.harness import EVAL_MODES, run_eval
 from papersearch.index.errors import PaperNotFound
 from papersearch.index.query import SearchFilter
 from papersearch.ingest.pipeline import Ingester
+from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
-from papersearch.pipeline.query import InvalidQuery, SearchQuery
+from papersearch.pipeline.query import InvalidQuery, SearchQuery, SearchResult
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.reranker.runtime import Reranker
-from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
 from tests.conftest import SHARED
 
@@ -27,16 +28,31 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pipeline(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
-             reranker_dir: Path):  # type: ignore[no-untyped-def]
+def backend(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
+            reranker_dir: Path):  # type: ignore[no-untyped-def]
     encoder = Encoder(embedder_dir)
     store = open_index(sample_settings, encoder)
-    yield SearchPipeline(encoder, Retriever(store), Reranker(reranker_dir), sample_settings.search)
+    yield LocalBackend(encoder, store, Reranker(reranker_dir))
     store.close()
 
 
+class Sync:
+    """Runs the async pipeline to completion for tests."""
+
+    def __init__(self, pipeline: SearchPipeline) -> None:
+        self.inner = pipeline
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        return asyncio.run(self.inner.search(query))
+
+
+@pytest.fixture(scope="module")
+def pipeline(backend: LocalBackend, sample_settings: Settings) -> Sync:
+    return Sync(SearchPipeline(backend, sample_settings.search))
+
+
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "sparse"])
-def test_real_queries_find_the_paper(pipeline: SearchPipeline, mode: str) -> None:
+def test_real_queries_find_the_paper(pipeline: Sync, mode: str) -> None:
     result = pipeline.search(
         SearchQuery("federated learning across domains without batch normalization",
                     top_k=5, mode=mode, rerank=False)  # type: ignore[arg-type]
@@ -46,7 +62,7 @@ def test_real_queries_find_the_paper(pipeline: SearchPipeline, mode: str) -> Non
     assert any(t.startswith("FedWon") for t in titles[:3]), titles
 
 
-def test_rerank_stage_reports_scores_and_timings(pipeline: SearchPipeline) -> None:
+def test_rerank_stage_reports_scores_and_timings(pipeline: Sync) -> None:
     result = pipeline.search(SearchQuery("vision language model technical report", top_k=10))
     assert result.reranked and len(result.hits) == 10
     assert {"encode", "retrieve", "rerank", "total"} <= set(result.timings_ms)
@@ -55,23 +71,44 @@ def test_rerank_stage_reports_scores_and_timings(pipeline: SearchPipeline) -> No
     assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
 
 
-def test_stopword_query_falls_back_to_dense(pipeline: SearchPipeline) -> None:
+def test_stopword_query_falls_back_to_dense(pipeline: Sync) -> None:
     assert len(pipeline.search(SearchQuery("the of and", rerank=False)).hits) == 10
     assert pipeline.search(SearchQuery("the of and", mode="sparse", rerank=False)).hits == ()
 
 
-def test_invalid_query_is_rejected_before_any_work(pipeline: SearchPipeline) -> None:
+def test_invalid_query_is_rejected_before_any_work(pipeline: Sync) -> None:
     with pytest.raises(InvalidQuery):
         pipeline.search(SearchQuery("   "))
 
 
-def test_similar_and_get(pipeline: SearchPipeline) -> None:
+def test_similar_and_get(pipeline: Sync, backend: LocalBackend) -> None:
     first = pipeline.search(SearchQuery("layer normalization", top_k=1, rerank=False)).hits[0]
-    similar = pipeline.retriever.similar(first.paper.id, limit=5)
+    similar = backend.retriever.similar(first.paper.id, limit=5)
     assert len(similar) == 5 and first.paper.id not in {h.paper.id for h in similar}
-    assert pipeline.retriever.get(first.paper.id).title == first.paper.title
+    assert backend.retriever.get(first.paper.id).title == first.paper.title
     with pytest.raises(PaperNotFound):
-        pipeline.retriever.get("no-such-paper")
+        backend.retriever.get("no-such-paper")
+
+
+def test_failing_reranker_degrades_to_fused_results(backend: LocalBackend,
+                                                   sample_settings: Settings) -> None:
+    class Broken(LocalBackend):
+        async def rerank(self, query: str, passages: object) -> object:
+            raise RuntimeError("replica died")
+
+    broken = Broken(backend.encoder, backend.store, backend.reranker)
+    result = Sync(SearchPipeline(broken, sample_settings.search)).search(SearchQuery("diffusion"))
+    assert not result.reranked and len(result.hits) == 10
+
+    class Slow(LocalBackend):
+        async def rerank(self, query: str, passages: object) -> object:
+            await asyncio.sleep(5)
+            raise AssertionError("not reached")
+
+    slow = Slow(backend.encoder, backend.store, backend.reranker)
+    pipeline = Sync(SearchPipeline(slow, sample_settings.search, rerank_timeout_s=0.2))
+    result = pipeline.search(SearchQuery("diffusion"))
+    assert not result.reranked and result.timings_ms["rerank"] < 2000
 
 
 def test_filters_through_the_pipeline(sample_settings: Settings, embedder_dir: Path,
@@ -89,7 +126,7 @@ def test_filters_through_the_pipeline(sample_settings: Settings, embedder_dir: P
     ]
     with open_index(settings, encoder, create=True) as store:
         Ingester(store, encoder).ingest(papers, progress=False)
-        pipeline = SearchPipeline(encoder, Retriever(store), None, settings.search)
+        pipeline = Sync(SearchPipeline(LocalBackend(encoder, store, None), settings.search))
         for mode in ("hybrid", "dense", "sparse"):
             def ids(flt: SearchFilter, mode: str = mode) -> set[str]:
                 query = SearchQuery("graph networks molecules", mode=mode, filter=flt)  # type: ignore[arg-type]

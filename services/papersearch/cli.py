@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -17,12 +19,16 @@ from papersearch.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from papersearch.index.query import SearchFilter
-    from papersearch.pipeline.query import SearchResult
+    from papersearch.pipeline.query import SearchQuery, SearchResult
+
+
+class RemoteError(RuntimeError):
+    """The gateway answered with an error status."""
 
 Command = Callable[[Settings, argparse.Namespace], int]
 
 # A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, StoreError, ModelSourceError)
+USER_ERRORS = (ValueError, FileNotFoundError, StoreError, ModelSourceError, RemoteError)
 
 
 def _filter(args: argparse.Namespace) -> SearchFilter:
@@ -94,20 +100,40 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
-    from papersearch.pipeline.factory import build_pipeline
     from papersearch.pipeline.query import SearchQuery
 
     query = SearchQuery(
         text=args.query, top_k=args.top_k, mode=args.mode, rerank=not args.no_rerank,
         filter=_filter(args),
     ).validate(settings.search)  # a bad query is reported before any model or index is loaded
-    pipeline, store = build_pipeline(settings)
-    with store:
-        result = pipeline.search(query)
-    if args.json:
-        print(json.dumps(result_to_dict(result), indent=2))
+    if args.target:
+        result = _search_remote(args, query)
     else:
-        print(format_result(result))
+        from papersearch.pipeline.factory import build_pipeline
+
+        pipeline, store = build_pipeline(settings)
+        with store:
+            result = asyncio.run(pipeline.search(query))
+    print(json.dumps(result_to_dict(result), indent=2) if args.json else format_result(result))
+    return 0
+
+
+def _search_remote(args: argparse.Namespace, query: SearchQuery) -> SearchResult:
+    import grpc
+
+    from papersearch.client import SearchClient
+
+    with SearchClient(args.target, api_key=args.api_key) as client:
+        try:
+            return client.search(query)
+        except grpc.RpcError as error:
+            raise RemoteError(f"{error.code().name}: {error.details()}") from None
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.serving.launcher import serve_forever
+
+    serve_forever(settings)
     return 0
 
 
@@ -192,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--category", action="append", default=[])
     search.add_argument("--author", action="append", default=[])
     search.add_argument("--json", action="store_true")
+    search.add_argument("--target", metavar="HOST:PORT",
+                        help="query a running gateway over gRPC instead of in-process")
+    search.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
+                        help="x-api-key for --target (default: $PAPERSEARCH_API_KEY)")
     search.set_defaults(handler=_search)
 
     evaluation = commands.add_parser("eval", help="ranking quality on a judged dataset")
@@ -202,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="repeatable; default: all four")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(handler=_eval)
+
+    serve = commands.add_parser(
+        "serve", help="start Ray + the Serve app + the gRPC gateway (Ctrl-C stops)"
+    )
+    serve.set_defaults(handler=_serve)
 
     tune = commands.add_parser(
         "tune-rerank", help="grid-search the rerank fusion weight and k (use a training set)"

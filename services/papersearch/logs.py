@@ -11,7 +11,10 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+    return {
+        k: v for k, v in record.__dict__.items()
+        if k not in _RESERVED and not k.startswith("_")  # Ray adds private record fields
+    }
 
 
 class JsonFormatter(logging.Formatter):

@@ -119,6 +119,30 @@ class SearchSettings(BaseModel):
     rerank_rrf_k: float = Field(60.0, gt=0, description="k of the rerank rank fusion.")
 
 
+class ServeSettings(BaseModel):
+    """The gRPC gateway and the Ray Serve deployments behind it."""
+
+    grpc_host: str = Field("127.0.0.1", description="Gateway bind address (0.0.0.0 in a pod).")
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Accepted x-api-key values; empty: no auth."
+    )
+    serve_config: Path = Field(
+        Path("deploy/serve/papersearch.yaml"), description="The Serve config YAML (one source)."
+    )
+    app_name: str = "papersearch"
+    encoder_batch_size: int = Field(32, ge=1, description="Queries per dynamic batch.")
+    encoder_batch_wait_s: float = Field(0.004, ge=0)
+    reranker_batch_size: int = Field(4, ge=1, description="Search requests per rerank batch.")
+    reranker_batch_wait_s: float = Field(0.004, ge=0)
+    rerank_timeout_s: float = Field(
+        2.0, gt=0, description="Reranker budget; past it Search returns fused results."
+    )
+    default_deadline_s: float = Field(30.0, gt=0, description="When the client sets none.")
+    upsert_batch_size: int = Field(64, ge=1, description="Streamed papers per encode+upsert.")
+    health_poll_s: float = Field(5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """papersearch configuration."""
 
@@ -134,6 +158,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.factory import open_store
 from papersearch.index.store import Store
+from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.reranker.runtime import Reranker
-from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
 
 
@@ -23,8 +23,8 @@ def load_reranker(settings: Settings) -> Reranker | None:
 
 
 def build_pipeline(settings: Settings) -> tuple[SearchPipeline, Store]:
-    """The pipeline and the store it holds open (close it when done)."""
+    """The in-process pipeline and the store it holds open (close it when done)."""
     encoder = Encoder.from_settings(settings.models)
     store = open_index(settings, encoder)
-    pipeline = SearchPipeline(encoder, Retriever(store), load_reranker(settings), settings.search)
-    return pipeline, store
+    backend = LocalBackend(encoder, store, load_reranker(settings))
+    return SearchPipeline(backend, settings.search, settings.serve.rerank_timeout_s), store

@@ -1,63 +1,74 @@
-"""The in-process search pipeline. The Serve ingress runs the same steps through handles."""
+"""The search pipeline: validate -> encode -> retrieve -> rerank (optional, never fatal).
+
+One implementation for every transport: the gateway runs it over deployment handles, the CLI
+and tests over the in-process backend. The rerank stage has its own time budget; if the
+reranker is overloaded, slow or failing, the fused first-stage results are returned with
+``reranked=False`` instead of an error.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
 
-from papersearch.encoder.runtime import Encoder
 from papersearch.index.query import Hit, Mode
+from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.query import SearchHit, SearchQuery, SearchResult, StageScores
 from papersearch.reranker.fusion import fuse
-from papersearch.reranker.runtime import Reranker
-from papersearch.retriever.retriever import Retriever
 from papersearch.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
 
 class SearchPipeline:
-    """encode the query -> retrieve candidates -> rerank the top window (optional)."""
-
     def __init__(
-        self,
-        encoder: Encoder,
-        retriever: Retriever,
-        reranker: Reranker | None,
-        settings: SearchSettings,
+        self, backend: Backend, settings: SearchSettings, rerank_timeout_s: float = 2.0
     ) -> None:
-        self.encoder = encoder
-        self.retriever = retriever
-        self.reranker = reranker
+        self.backend = backend
         self.settings = settings
+        self.rerank_timeout_s = rerank_timeout_s
 
-    def search(self, query: SearchQuery) -> SearchResult:
+    async def search(self, query: SearchQuery) -> SearchResult:
         query.validate(self.settings)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         vector = None
         if query.mode != "sparse":
-            vector = self.encoder.encode_queries([query.text])[0]
+            vector = await self.backend.encode_query(query.text)
         timings["encode"] = _ms_since(started)
-        reranker = self.reranker if query.rerank and self.settings.rerank_enabled else None
-        depth = max(query.top_k, self.settings.rerank_top_n) if reranker else query.top_k
+        rerank = query.rerank and self.settings.rerank_enabled and self.backend.has_reranker
+        depth = max(query.top_k, self.settings.rerank_top_n) if rerank else query.top_k
         mark = time.perf_counter()
-        candidates = self.retriever.search(
-            query.text, vector, mode=query.mode, limit=depth, filter=query.filter
+        candidates = await self.backend.retrieve(
+            query.text, vector, query.mode, depth, query.filter
         )
         timings["retrieve"] = _ms_since(mark)
-        if reranker is None or not candidates:
-            hits = [_first_stage_hit(h, query.mode) for h in candidates[: query.top_k]]
-            timings["total"] = _ms_since(started)
-            return SearchResult(tuple(hits), False, timings)
-        mark = time.perf_counter()
-        window = candidates[: self.settings.rerank_top_n]
-        scores = reranker.score(query.text, [h.paper.text for h in window])
-        timings["rerank"] = _ms_since(mark)
-        hits = rerank_hits(candidates, scores, query.mode, query.top_k, self.settings)
+        reranked = None
+        if rerank and candidates:
+            mark = time.perf_counter()
+            reranked = await self._rerank(query, candidates)
+            timings["rerank"] = _ms_since(mark)
+        hits = reranked or [_first_stage_hit(h, query.mode) for h in candidates[: query.top_k]]
         timings["total"] = _ms_since(started)
-        return SearchResult(tuple(hits), True, timings)
+        return SearchResult(tuple(hits), reranked is not None, timings)
+
+    async def _rerank(self, query: SearchQuery, candidates: Sequence[Hit]) -> (
+        list[SearchHit] | None
+    ):
+        window = candidates[: self.settings.rerank_top_n]
+        try:
+            scores = await asyncio.wait_for(
+                self.backend.rerank(query.text, [h.paper.text for h in window]),
+                self.rerank_timeout_s,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # overload, timeout, replica failure: degrade, don't fail
+            log.warning("rerank skipped", extra={"reason": type(error).__name__})
+            return None
+        return rerank_hits(candidates, scores, query.mode, query.top_k, self.settings)
 
 
 def rerank_hits(
@@ -70,11 +81,7 @@ def rerank_hits(
     """Final ranking: the fused window first, then the first-stage tail, cut at top_k."""
     window = len(scores)
     ordered = [
-        SearchHit(
-            candidates[i].paper,
-            fused,
-            _stages(candidates[i], mode, rerank=float(scores[i])),
-        )
+        SearchHit(candidates[i].paper, fused, _stages(candidates[i], mode, float(scores[i])))
         for i, fused in fuse(scores, settings.rerank_weight, settings.rerank_rrf_k)
     ]
     tail = [_first_stage_hit(h, mode) for h in candidates[window:]]

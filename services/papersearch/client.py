@@ -1,0 +1,75 @@
+"""A small synchronous Python client for the papersearch gRPC API (CLI, load test, tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from papersearch.api import convert
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+from papersearch.corpus.paper import Paper
+from papersearch.gateway.auth import API_KEY_HEADER
+from papersearch.index.query import SearchFilter
+from papersearch.pipeline.query import SearchQuery, SearchResult
+
+
+class SearchClient:
+    def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.search_stub = pb_grpc.SearchServiceStub(self.channel)
+        self.index_stub = pb_grpc.IndexServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
+        self.timeout_s = timeout_s
+
+    def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
+        response = self.search_stub.Search(
+            convert.search_query_to_proto(query), metadata=self.metadata,
+            timeout=timeout_s or self.timeout_s,
+        )
+        return convert.search_result_from_proto(response)
+
+    def similar(self, paper_id: str, top_k: int = 10,
+                flt: SearchFilter | None = None) -> SearchResult:
+        request = pb.SimilarPapersRequest(
+            paper_id=paper_id, top_k=top_k, filter=convert.filter_to_proto(flt or SearchFilter())
+        )
+        response = self.search_stub.SimilarPapers(request, metadata=self.metadata,
+                                                  timeout=self.timeout_s)
+        return convert.search_result_from_proto(response)
+
+    def get(self, paper_id: str) -> Paper:
+        message = self.search_stub.GetPaper(pb.GetPaperRequest(paper_id=paper_id),
+                                            metadata=self.metadata, timeout=self.timeout_s)
+        return convert.paper_from_proto(message)
+
+    def upsert(self, papers: Iterable[Paper]) -> pb.UpsertSummary:
+        stream = (convert.paper_to_proto(p) for p in papers)
+        return self.index_stub.UpsertPapers(stream, metadata=self.metadata,
+                                            timeout=self.timeout_s)
+
+    def delete(self, paper_ids: Sequence[str]) -> int:
+        response = self.index_stub.DeletePapers(
+            pb.DeletePapersRequest(paper_ids=list(paper_ids)), metadata=self.metadata,
+            timeout=self.timeout_s,
+        )
+        return response.deleted
+
+    def health(self, service: str = "") -> str:
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                          timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

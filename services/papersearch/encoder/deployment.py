@@ -1,0 +1,31 @@
+"""QueryEncoder: the Encoder as an autoscaled Serve deployment with dynamic batching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+from ray import serve
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.settings import Settings
+
+
+@serve.deployment(name="QueryEncoder")
+class QueryEncoderDeployment:
+    def __init__(self, settings: Settings) -> None:
+        self.encoder = Encoder.from_settings(settings.models)
+        self.encode.set_max_batch_size(settings.serve.encoder_batch_size)
+        self.encode.set_batch_wait_timeout_s(settings.serve.encoder_batch_wait_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
+    async def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """One query per call; Serve gathers concurrent calls into one ONNX batch."""
+        return list(await asyncio.to_thread(self.encoder.encode_queries, texts))
+
+    async def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.encoder.encode_documents, texts)
+
+    def identity(self) -> tuple[int, str]:
+        return self.encoder.dim, self.encoder.sha256

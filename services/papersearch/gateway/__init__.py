@@ -1,0 +1,1 @@
+"""The gRPC gateway: grpc.aio servicers, auth, health and reflection in front of the pipeline."""

@@ -1,0 +1,36 @@
+"""The gateway as a Serve deployment: its replica runs the grpc.aio server on the replica's
+event loop and reaches the other deployments through handles. One replica per node (the port)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from papersearch.gateway.handles import HandleBackend
+from papersearch.gateway.server import Gateway
+from papersearch.logs import configure_logging
+from papersearch.settings import Settings
+
+
+@serve.deployment(name="Gateway")
+class GatewayDeployment:
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: DeploymentHandle,
+        retriever: DeploymentHandle,
+        reranker: DeploymentHandle,
+    ) -> None:
+        configure_logging(settings.log_level, settings.log_format)
+        self.gateway = Gateway(HandleBackend(encoder, retriever, reranker), settings)
+        self._started = asyncio.get_running_loop().create_task(self.gateway.start())
+
+    async def check_health(self) -> None:
+        """Serve restarts the replica if the server failed to start (e.g. port taken)."""
+        if self._started.done() and self._started.exception() is not None:
+            raise RuntimeError(f"gRPC gateway failed: {self._started.exception()}")
+
+    async def __del__(self) -> None:
+        await self.gateway.stop()

@@ -1,0 +1,80 @@
+"""Assemble and run the grpc.aio server: services, health (Check + Watch), reflection, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+from papersearch.gateway.auth import ApiKeyInterceptor
+from papersearch.gateway.servicers import IndexServicer, SearchServicer
+from papersearch.pipeline.backend import Backend
+from papersearch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name
+                 for name in ("SearchService", "IndexService"))
+
+
+class Gateway:
+    """The gRPC front end. Health is NOT_SERVING until the backend answers (models loaded,
+    index reachable), and follows it afterwards."""
+
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        keys = [k.get_secret_value() for k in settings.serve.api_keys]
+        self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)] if keys else [])
+        pb_grpc.add_SearchServiceServicer_to_server(SearchServicer(backend, settings), self.server)
+        pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.address = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.server.add_insecure_port(self.address) == 0:
+            raise OSError(f"cannot bind the gRPC gateway to {self.address}")
+        await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_backend())
+        log.info("gateway listening", extra={"address": self.address})
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+    async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for service in ("", *SERVICES):
+            await self.health.set(service, status)
+
+    async def _watch_backend(self) -> None:
+        serving: bool | None = None
+        while True:
+            try:
+                ok = await asyncio.wait_for(self.backend.ready(), self.settings.serve.health_poll_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 (any failure means not ready)
+                log.warning("backend not ready", extra={"reason": repr(error)[:200]})
+                ok = False
+            if ok != serving:
+                serving = ok
+                await self._set(health_pb2.HealthCheckResponse.SERVING if ok
+                                else health_pb2.HealthCheckResponse.NOT_SERVING)
+                log.info("health", extra={"serving": ok})
+            await asyncio.sleep(self.settings.serve.health_poll_s)

@@ -1,0 +1,99 @@
+"""What the pipeline needs from the encoder, index and reranker, as awaitables.
+
+Serving implements it with Ray Serve deployment handles (gateway/handles.py); in-process use
+(CLI, tests, benchmarks) with the plain runtime classes, here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from papersearch.corpus.paper import Paper
+from papersearch.encoder.runtime import Encoder
+from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.index.sparse import Bm25Encoder
+from papersearch.index.store import Store
+from papersearch.reranker.runtime import Reranker
+from papersearch.retriever.retriever import Retriever
+
+
+class Backend(Protocol):
+    has_reranker: bool
+
+    async def encode_query(self, text: str) -> np.ndarray: ...
+
+    async def encode_documents(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    async def retrieve(
+        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
+    ) -> list[Hit]: ...
+
+    async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray: ...
+
+    async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]: ...
+
+    async def get(self, paper_id: str) -> Paper: ...
+
+    async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int: ...
+
+    async def delete(self, paper_ids: Sequence[str]) -> int: ...
+
+    async def ready(self) -> bool: ...
+
+
+class LocalBackend:
+    """The runtime classes in this process; blocking work runs in worker threads."""
+
+    def __init__(self, encoder: Encoder, store: Store, reranker: Reranker | None) -> None:
+        self.encoder = encoder
+        self.store = store
+        self.retriever = Retriever(store)
+        self.reranker = reranker
+        self.has_reranker = reranker is not None
+        self.bm25 = Bm25Encoder()
+        self._store_lock = asyncio.Lock()  # one engine call at a time
+
+    async def encode_query(self, text: str) -> np.ndarray:
+        return (await asyncio.to_thread(self.encoder.encode_queries, [text]))[0]
+
+    async def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.encoder.encode_documents, texts)
+
+    async def retrieve(
+        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
+    ) -> list[Hit]:
+        async with self._store_lock:
+            return self.retriever.search(text, vector, mode=mode, limit=limit, filter=flt)
+
+    async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        if self.reranker is None:
+            raise RuntimeError("no reranker loaded")
+        return await asyncio.to_thread(self.reranker.score, query, passages)
+
+    async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
+        async with self._store_lock:
+            return self.retriever.similar(paper_id, limit, flt)
+
+    async def get(self, paper_id: str) -> Paper:
+        async with self._store_lock:
+            return self.retriever.get(paper_id)
+
+    async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
+        sparse = self.bm25.documents(p.text for p in papers)
+        async with self._store_lock:
+            return self.store.upsert(papers, dense, sparse)
+
+    async def delete(self, paper_ids: Sequence[str]) -> int:
+        async with self._store_lock:
+            present = self.store.get(paper_ids)
+            self.store.delete(paper_ids)
+        return len(present)
+
+    async def ready(self) -> bool:
+        async with self._store_lock:
+            self.store.count()
+        return True

@@ -1,0 +1,1 @@
+"""The Ray Serve application: built from settings, described by one Serve config YAML."""

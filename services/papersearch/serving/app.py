@@ -1,0 +1,50 @@
+"""The one place that builds the Serve application from settings.
+
+The Serve config (deploy/serve/papersearch.yaml) names ``papersearch.serving.app:build_app``;
+``serve run``/``serve deploy``, ``papersearch serve`` and the KubeRay RayService all use it.
+Deployment options (replicas, autoscaling, queue limits, CPUs) come from that YAML; settings come
+from PAPERSEARCH_* variables / PAPERSEARCH_CONFIG where the app is built, and from ``args``:
+``args.settings`` (a nested mapping of overrides) and ``args.base_dir`` (resolves relative paths).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from papersearch.encoder.deployment import QueryEncoderDeployment
+from papersearch.gateway.deployment import GatewayDeployment
+from papersearch.reranker.deployment import RerankerDeployment
+from papersearch.retriever.deployment import RetrieverDeployment
+from papersearch.settings import Settings
+
+
+def settings_from_args(args: dict[str, Any]) -> Settings:
+    settings = Settings(**args.get("settings", {}))
+    base = args.get("base_dir")
+    return absolute_paths(settings, Path(base)) if base else settings
+
+
+def absolute_paths(settings: Settings, base: Path) -> Settings:
+    """Replicas may start in another working directory: pin every relative path to ``base``."""
+
+    def fix(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    models = settings.models.model_copy(
+        update={"repository": fix(settings.models.repository),
+                "cache_dir": fix(settings.models.cache_dir)}
+    )
+    index = settings.index.model_copy(update={"data_dir": fix(settings.index.data_dir)})
+    return settings.model_copy(update={"models": models, "index": index,
+                                       "corpus_dir": fix(settings.corpus_dir)})
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    settings = settings_from_args(args)
+    encoder = QueryEncoderDeployment.bind(settings)
+    retriever = RetrieverDeployment.bind(settings)
+    reranker = RerankerDeployment.bind(settings)
+    return GatewayDeployment.bind(settings, encoder, retriever, reranker)

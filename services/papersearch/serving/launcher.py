@@ -1,0 +1,100 @@
+"""`papersearch serve`: a local Ray instance, the Serve config deployed on it, until stopped.
+
+Deploys the same Serve config YAML that `serve run`/`serve deploy` and the RayService use (via
+the deploy path `serve run` itself takes), with ``args.base_dir`` set so replicas resolve the
+model repository and index paths the same way as this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from papersearch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Local single-machine defaults (see DEVELOPERS notes): bind 127.0.0.1, no token auth, and no
+# stray cluster started by a driver after shutdown. An operator's own values win.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_AUTO_CONNECT": "0",
+}
+
+
+def load_config(path: Path, base_dir: Path) -> Any:
+    from ray.serve.schema import ServeDeploySchema
+
+    if not path.is_file():
+        raise FileNotFoundError(f"Serve config {path} does not exist")
+    config = yaml.safe_load(path.read_text())
+    for app in config.get("applications", []):
+        app.setdefault("args", {})["base_dir"] = str(base_dir.resolve())
+    return ServeDeploySchema.model_validate(config)
+
+
+def start(
+    settings: Settings, *, num_cpus: int | None = None, temp_dir: Path | None = None,
+    timeout_s: float = 300.0,
+) -> None:
+    """Start Ray (if needed) and deploy the app; return once it is RUNNING."""
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    config = load_config(settings.serve.serve_config, Path.cwd())
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve",
+                 _temp_dir=str(temp_dir) if temp_dir else None)
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        proxy_location=config.proxy_location,
+        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+    )
+    client.deploy_apps(config)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(settings.serve.app_name)
+        if status is not None and status.status == "RUNNING":
+            log.info("serve app running", extra={"app": settings.serve.app_name})
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"Serve app failed to deploy: {status.message}")
+        time.sleep(1.0)
+    raise TimeoutError(f"Serve app not RUNNING after {timeout_s:.0f} s")
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
+
+
+def serve_forever(settings: Settings) -> None:
+    """Start everything, print how to query it, and shut down cleanly on Ctrl-C/SIGTERM."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        start(settings)
+        target = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
+        print(f"papersearch is serving gRPC on {target} (Ctrl-C stops it). Try:\n"
+              f'  papersearch search "graph neural networks" --target {target}', flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("shutting down")
+    finally:
+        stop()
