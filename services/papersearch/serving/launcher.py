@@ -28,22 +28,32 @@ LOCAL_RAY_ENV = {
 }
 
 
-def load_config(path: Path, base_dir: Path) -> Any:
+def load_config(
+    path: Path, base_dir: Path, overrides: dict[str, Any] | None = None
+) -> Any:
+    """The Serve config with ``args.base_dir`` (and optional settings overrides) filled in."""
     from ray.serve.schema import ServeDeploySchema
 
     if not path.is_file():
         raise FileNotFoundError(f"Serve config {path} does not exist")
     config = yaml.safe_load(path.read_text())
     for app in config.get("applications", []):
-        app.setdefault("args", {})["base_dir"] = str(base_dir.resolve())
+        args = app.setdefault("args", {})
+        args["base_dir"] = str(base_dir.resolve())
+        if overrides:
+            args["settings"] = {**args.get("settings", {}), **overrides}
     return ServeDeploySchema.model_validate(config)
 
 
 def start(
     settings: Settings, *, num_cpus: int | None = None, temp_dir: Path | None = None,
-    timeout_s: float = 300.0,
+    overrides: dict[str, Any] | None = None, timeout_s: float = 300.0,
 ) -> None:
-    """Start Ray (if needed) and deploy the app; return once it is RUNNING."""
+    """Start Ray (if needed) and deploy the app; return once it is RUNNING.
+
+    ``overrides`` (a JSON-able nested mapping of settings) reach every replica through the
+    config's ``args.settings``; otherwise replicas read the same PAPERSEARCH_* environment.
+    """
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
@@ -51,7 +61,7 @@ def start(
 
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-    config = load_config(settings.serve.serve_config, Path.cwd())
+    config = load_config(settings.serve.serve_config, Path.cwd(), overrides)
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve",
                  _temp_dir=str(temp_dir) if temp_dir else None)

@@ -1,0 +1,97 @@
+"""The whole service for real: a local Ray instance, the Serve app from the Serve config YAML,
+the gRPC gateway, the embedded index of the sample corpus; every call over a gRPC channel."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from papersearch.client import SearchClient
+from papersearch.corpus.paper import Paper
+from papersearch.pipeline.query import SearchQuery
+from papersearch.settings import Settings
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def target(sample_settings: Settings, sample_index: Path, reranker_dir: Path) -> Iterator[str]:
+    from papersearch.serving import launcher
+
+    port = _free_port()
+    overrides = {
+        "models": {"repository": str(sample_settings.models.repository),
+                   "cache_dir": str(sample_settings.models.cache_dir)},
+        "index": {"data_dir": str(sample_index)},
+        "serve": {"grpc_port": port, "health_poll_s": 0.5},
+    }
+    settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
+        update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml"})})
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        launcher.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def client(target: str) -> Iterator[SearchClient]:
+    with SearchClient(target, timeout_s=60) as client:
+        deadline = time.monotonic() + 120
+        while client.health() != "SERVING":
+            assert time.monotonic() < deadline, "gateway never became SERVING"
+            time.sleep(0.5)
+        yield client
+
+
+def test_search_through_ray_serve(client: SearchClient) -> None:
+    result = client.search(SearchQuery(
+        "federated learning across domains without batch normalization", top_k=5))
+    assert any(h.paper.title.startswith("FedWon") for h in result.hits[:3])
+    assert {"encode", "retrieve", "total"} <= set(result.timings_ms)
+    dense_only = client.search(SearchQuery("layer normalization", mode="dense", rerank=False))
+    assert not dense_only.reranked and len(dense_only.hits) == 10
+
+
+def test_status_codes_through_ray_serve(client: SearchClient) -> None:
+    with pytest.raises(grpc.RpcError) as invalid:
+        client.search(SearchQuery("   "))
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as missing:
+        client.get("no-such-paper")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-paper" in (missing.value.details() or "")
+    assert "Traceback" not in (missing.value.details() or "")
+    with pytest.raises(grpc.RpcError) as late:
+        client.search(SearchQuery("graph neural networks"), timeout_s=0.001)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_streaming_upsert_then_search(client: SearchClient) -> None:
+    paper = Paper(
+        id="serve-test-bees",
+        title="Acoustic monitoring of honeybee colonies with contrastive audio embeddings",
+        abstract="We record the buzzing inside beehives and learn audio embeddings that detect "
+                 "swarming and queen loss days in advance, using contrastive pretraining.",
+    )
+    summary = client.upsert([paper])
+    assert (summary.received, summary.upserted, summary.skipped) == (1, 1, 0)
+    found = client.search(SearchQuery("detect swarming from beehive sounds", top_k=3))
+    assert found.hits[0].paper.id == "serve-test-bees"
+    assert client.delete(["serve-test-bees"]) == 1
