@@ -28,12 +28,12 @@ proto: $(STAMP)
 	$(PY) -m papersearch.api.generate
 
 # Prepare the models (export; train the default reranker once, cached), ingest the sample
-# corpus into the embedded index, and show a search. Serving (gRPC) comes with issue 4.
+# corpus into the embedded index (resumable; skips papers already there), then serve it:
+# local Ray + the Serve app + the gRPC gateway on 127.0.0.1:50051 until Ctrl-C.
 run: install
 	$(VENV)/bin/papersearch models export --all
 	$(VENV)/bin/papersearch ingest $(CORPUS)
-	$(VENV)/bin/papersearch search "efficient attention for long sequences" --top-k 5
-	@echo 'Search it yourself: $(VENV)/bin/papersearch search "your query" [--json] [--no-rerank]'
+	$(VENV)/bin/papersearch serve
 
 test: install
 	$(PY) -m pytest $(ARGS)

@@ -363,8 +363,9 @@ def test_store_unavailable_is_unavailable(fault: tuple[Faulty, SearchClient]) ->
     assert "unavailable" in details_of(info)
 
 
-def test_unreachable_qdrant_server_maps_to_unavailable(sample_settings: Settings,
-                                                       parts: tuple[Encoder, Any, Reranker]) -> None:
+def test_unreachable_qdrant_server_maps_to_unavailable(
+    sample_settings: Settings, parts: tuple[Encoder, Any, Reranker]
+) -> None:
     index = sample_settings.index.model_copy(update={
         "backend": "server", "url": f"http://127.0.0.1:{free_port()}",
         "grpc_port": free_port(), "timeout_s": 1,
@@ -413,7 +414,9 @@ def test_api_key_required(targets: dict[str, str], key: str | None) -> None:
         assert code_of(info) == grpc.StatusCode.UNAUTHENTICATED
         assert "x-api-key" in details_of(info)
         with pytest.raises(grpc.RpcError) as info:
-            client.upsert([Paper(id="never-written", title="Should not be indexed")])
+            # invalid only: even if auth let it through, nothing would be written
+            client.index_stub.UpsertPapers(iter([pb.Paper(paper_id="x")]),
+                                           metadata=client.metadata, timeout=10)
         assert code_of(info) == grpc.StatusCode.UNAUTHENTICATED
         assert wait_for_status(client, "SERVING") == "SERVING"  # health needs no key
 

@@ -432,7 +432,8 @@ def test_edge_and_qdrant_client_agree(tmp_path: Path, mode: str, extra: dict) ->
             assert [s for s, _ in ga] == pytest.approx([s for s, _ in gb], rel=1e-4)
             stages_b = {h.paper.id: (h.dense_score, h.sparse_score) for h in b}
             for h in a:
-                for mine, theirs in zip((h.dense_score, h.sparse_score), stages_b[h.paper.id]):
+                ours = (h.dense_score, h.sparse_score)
+                for mine, theirs in zip(ours, stages_b[h.paper.id], strict=True):
                     assert (mine is None) == (theirs is None)
                     assert mine is None or mine == pytest.approx(theirs, rel=1e-4, abs=1e-5)
     finally:

@@ -169,7 +169,7 @@ def test_training_and_export_are_cached(model_settings: Settings, reranker_dir: 
 def test_any_hf_cross_encoder_exports_through_the_same_path(
     model_settings: Settings, embedder_dir: Path, tmp_path: Path
 ) -> None:
-    """A Hugging Face format cross-encoder directory (here a tiny random BERT) exports and serves."""
+    """A Hugging Face format cross-encoder directory (a tiny random BERT) exports and serves."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 

@@ -8,8 +8,13 @@ from dataclasses import dataclass
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
-from papersearch.evaluation.harness import FirstStage, first_stage, open_dataset_index, ranking
-from papersearch.evaluation.harness import score_windows
+from papersearch.evaluation.harness import (
+    FirstStage,
+    first_stage,
+    open_dataset_index,
+    ranking,
+    score_windows,
+)
 from papersearch.evaluation.metrics import evaluate
 from papersearch.index.query import Mode
 from papersearch.reranker.runtime import Reranker

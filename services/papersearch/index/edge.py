@@ -26,11 +26,20 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
-from papersearch.index.errors import CollectionMissing, EmbedderMismatch, StoreError
-from papersearch.index.errors import StoreUnavailable
+from papersearch.index.errors import (
+    CollectionMissing,
+    EmbedderMismatch,
+    StoreError,
+    StoreUnavailable,
+)
 from papersearch.index.plan import Nearest, Plan, PointData, Record, Scored
-from papersearch.index.schema import DENSE, PAYLOAD_INDEXES, SPARSE, CollectionSpec
-from papersearch.index.schema import EmbedderIdentity
+from papersearch.index.schema import (
+    DENSE,
+    PAYLOAD_INDEXES,
+    SPARSE,
+    CollectionSpec,
+    EmbedderIdentity,
+)
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
 from papersearch.settings import IndexSettings
@@ -142,7 +151,9 @@ class EdgeStore(Store):
         except StoreError as exc:
             if "incompatible" not in str(exc):
                 raise
-            raise EmbedderMismatch(f"index {self.path} does not hold dim {dim} vectors: {exc}")
+            raise EmbedderMismatch(
+                f"index {self.path} does not hold dim {dim} vectors: {exc}"
+            ) from exc
 
     def _ensure_payload_indexes(self) -> None:
         with _engine("payload index"):

@@ -23,11 +23,20 @@ import grpc
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from papersearch.index.errors import CollectionMissing, EmbedderMismatch, StoreError
-from papersearch.index.errors import StoreUnavailable
+from papersearch.index.errors import (
+    CollectionMissing,
+    EmbedderMismatch,
+    StoreError,
+    StoreUnavailable,
+)
 from papersearch.index.plan import Nearest, Plan, PointData, Record, Scored
-from papersearch.index.schema import DENSE, PAYLOAD_INDEXES, SPARSE, CollectionSpec
-from papersearch.index.schema import EmbedderIdentity
+from papersearch.index.schema import (
+    DENSE,
+    PAYLOAD_INDEXES,
+    SPARSE,
+    CollectionSpec,
+    EmbedderIdentity,
+)
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
 from papersearch.settings import IndexSettings

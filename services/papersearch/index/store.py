@@ -17,7 +17,7 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper, point_id
 from papersearch.index.errors import PaperNotFound, StoreError
-from papersearch.index.plan import Fused, Nearest, PointData, Plan, Record, Scored
+from papersearch.index.plan import Fused, Nearest, Plan, PointData, Record, Scored
 from papersearch.index.query import Hit, SearchFilter, SearchRequest
 from papersearch.index.schema import DENSE, SPARSE, EmbedderIdentity, from_payload, to_payload
 from papersearch.index.sparse import SparseLike, SparseVector
@@ -61,7 +61,7 @@ class Store(ABC):
     def identity(self) -> EmbedderIdentity:
         return self._require_open()
 
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # noqa: B027 (a default, not an abstract hook)
         """Bring indexes up to date after bulk writes (a no-op where the engine does it itself)."""
 
     def close(self) -> None:

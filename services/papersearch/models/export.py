@@ -1,8 +1,9 @@
 """Export a Hugging Face checkpoint to the ONNX model repository (torch + transformers).
 
 The graph takes ``input_ids``/``attention_mask``/``token_type_ids`` with dynamic batch and
-sequence axes, and is rewritten with onnxruntime's transformer fusions before quantization. Embedders get pooling and L2 normalisation inside the graph; cross-encoders
-output one relevance logit per pair. fp32 and per-channel dynamic int8 graphs are written,
+sequence axes, and is rewritten with onnxruntime's transformer fusions before quantization.
+Embedders get pooling and L2 normalisation inside the graph; cross-encoders output one
+relevance logit per pair. fp32 and per-channel dynamic int8 graphs are written,
 checked for parity, and only then is the manifest written: a failed check is an error and
 leaves no finished version behind.
 
@@ -204,8 +205,9 @@ def _export_into(
         )
     _fuse(target / FP32_FILE, model)
     _quantize(target / FP32_FILE, target / INT8_FILE)
-    pooling, normalize = _pooling(spec.source.location) if spec.kind == "embedder" else (None, False)
-    dim = int(model(**{n: example[n] for n in names}).shape[-1]) if spec.kind == "embedder" else None
+    embedder = spec.kind == "embedder"
+    pooling, normalize = _pooling(spec.source.location) if embedder else (None, False)
+    dim = int(model(**{n: example[n] for n in names}).shape[-1]) if embedder else None
     draft = Manifest(
         name=spec.name, version=int(target.name), kind=spec.kind, source=spec.source.spec,
         fingerprint=fingerprint, max_length=spec.max_length, pooling=pooling, normalize=normalize,

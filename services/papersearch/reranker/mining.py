@@ -1,9 +1,9 @@
 """Hard-negative mining for weakly supervised reranker training.
 
 Each paper with a title and an abstract gives queries (its title; its abstract's first
-sentence) and a positive (its own abstract). Negatives are other abstracts that BM25 or the dense encoder rank high for that
-title, minus likely false negatives: near-duplicate papers (dense cosine to the positive at or
-above a threshold, or the same normalised title).
+sentence) and a positive (its own abstract). Negatives are other abstracts that BM25 or the
+dense encoder rank high for that query, minus likely false negatives: near-duplicate papers
+(dense cosine to the positive at or above a threshold, or the same normalised title).
 """
 
 from __future__ import annotations

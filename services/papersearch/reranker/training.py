@@ -31,7 +31,9 @@ DONE_MARKER = "training.json"
 HEAD_PREFIXES = ("classifier", "bert.pooler")
 
 
-def checkpoint_key(base_dir: Path, examples: Sequence[TrainingExample], cfg: TrainingSettings) -> str:
+def checkpoint_key(
+    base_dir: Path, examples: Sequence[TrainingExample], cfg: TrainingSettings
+) -> str:
     digest = hashlib.sha256()
     digest.update((base_dir / "config.json").read_bytes())
     digest.update(cfg.model_dump_json(exclude={"corpora", "torch_threads"}).encode())

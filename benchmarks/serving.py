@@ -1,0 +1,239 @@
+"""Search latency through the gRPC gateway (Ray Serve app) vs the same pipeline in-process.
+
+    python benchmarks/serving.py [--requests 200] [--warmup 10] [--seed 7] > serving.json
+
+Both paths answer the same list of real queries (the first words of corpus titles, shuffled
+with ``--seed``), each with rerank and without, sequentially (one request in flight, so the
+figures are latency, not queueing), after warm-up requests. Latency is wall-clock as the caller
+sees it: ``await pipeline.search(...)`` in this process for the in-process path, a blocking
+``SearchClient.search`` over a gRPC channel for the gateway path. Serving overhead is gateway
+p50 - in-process p50 per mode (target: <= 5 ms). Per-stage medians come from each response's
+``timings_ms``.
+
+The in-process run goes first against the embedded index; its store is closed (the embedded
+shard allows one process) before Ray and the Serve app are started (private Ray temp dir, a
+free gRPC port), measured, and stopped. Settings are the usual PAPERSEARCH_* ones; run it from
+the repository root like the other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from papersearch.corpus.readers import read_corpus
+from papersearch.index.errors import CollectionMissing, StoreError
+from papersearch.models.manifest import model_dir
+from papersearch.pipeline.query import SearchQuery, SearchResult
+from papersearch.settings import Settings
+
+MODES = {"rerank": True, "no_rerank": False}
+STAGES = ("encode", "retrieve", "rerank", "total")
+TITLE_WORDS = 6
+
+
+class Unavailable(RuntimeError):
+    """A missing prerequisite (index, models, corpus): reported in one line, exit 2."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_queries(corpus_dir: Path, count: int, seed: int) -> list[str]:
+    """``count`` queries: the first words of each title, shuffled, cycled if needed
+    (the measured ones first, the warm-up ones after them)."""
+    if not corpus_dir.exists():
+        raise Unavailable(f"corpus {corpus_dir} does not exist (set PAPERSEARCH_CORPUS_DIR)")
+    titles = {" ".join(p.title.split()[:TITLE_WORDS]) for p in read_corpus(corpus_dir)}
+    queries = sorted(t for t in titles if t.strip())
+    if not queries:
+        raise Unavailable(f"no paper titles in {corpus_dir}")
+    random.Random(seed).shuffle(queries)
+    return [queries[i % len(queries)] for i in range(count)]
+
+
+def check_prerequisites(settings: Settings) -> None:
+    models = settings.models
+    names = [models.embedder_name] + ([models.reranker_name]
+                                      if settings.search.rerank_enabled else [])
+    for name in names:
+        try:
+            model_dir(models.repository, name)
+        except Exception as error:
+            raise Unavailable(f"{error} (or `make run`)") from None
+    if settings.index.backend == "embedded":
+        shard = settings.index.data_dir / settings.index.collection
+        if not shard.is_dir():
+            raise Unavailable(f"no index at {shard}: run `papersearch ingest` (or `make run`)")
+
+
+def summarise(latencies_ms: Sequence[float], results: Sequence[SearchResult]) -> dict[str, Any]:
+    values = np.asarray(latencies_ms, dtype=float)
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {
+        "n": len(values),
+        "p50_ms": round(float(p50), 3),
+        "p95_ms": round(float(p95), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(values.mean()), 3),
+        "max_ms": round(float(values.max()), 3),
+        "reranked_fraction": round(sum(r.reranked for r in results) / len(results), 3),
+    }
+
+
+def stage_medians(results: Sequence[SearchResult]) -> dict[str, float | None]:
+    """Median of each stage over the responses that report it (rerank: reranked ones only)."""
+    medians: dict[str, float | None] = {}
+    for stage in STAGES:
+        values = [r.timings_ms[stage] for r in results if stage in r.timings_ms]
+        medians[stage] = round(statistics.median(values), 3) if values else None
+    return medians
+
+
+def measure(
+    call: Callable[[SearchQuery], SearchResult], queries: Sequence[str],
+    warmup: Sequence[str], label: str,
+) -> dict[str, tuple[list[float], list[SearchResult]]]:
+    """Warm up, then every query in both modes, one at a time (mode order alternates)."""
+    for text in warmup:
+        for rerank in MODES.values():
+            call(SearchQuery(text, rerank=rerank))
+    log(f"{label}: warmed up with {len(warmup)} queries per mode")
+    runs: dict[str, tuple[list[float], list[SearchResult]]] = {m: ([], []) for m in MODES}
+    order = list(MODES)
+    for i, text in enumerate(queries):
+        for mode in order if i % 2 == 0 else order[::-1]:
+            query = SearchQuery(text, rerank=MODES[mode])
+            started = time.perf_counter()
+            result = call(query)
+            runs[mode][0].append((time.perf_counter() - started) * 1000.0)
+            runs[mode][1].append(result)
+        if (i + 1) % max(1, len(queries) // 10) == 0:
+            log(f"{label}: {i + 1}/{len(queries)}")
+    return runs
+
+
+def run_inprocess(
+    settings: Settings, queries: Sequence[str], warmup: Sequence[str]
+) -> dict[str, Any]:
+    from papersearch.pipeline.factory import build_pipeline
+
+    try:
+        pipeline, store = build_pipeline(settings)
+    except CollectionMissing as error:
+        raise Unavailable(f"{error}: run `papersearch ingest` (or `make run`)") from None
+    loop = asyncio.new_event_loop()
+    search = pipeline.search
+    try:
+        with store:
+            return measure(lambda q: loop.run_until_complete(search(q)),
+                           queries, warmup, "in-process")
+    finally:
+        loop.close()
+        del pipeline, store
+        gc.collect()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def replica_overrides(settings: Settings, port: int) -> dict[str, Any]:
+    """What the replicas must agree on with the in-process run (env reaches them as well)."""
+    return {
+        "models": settings.models.model_dump(mode="json"),
+        "search": settings.search.model_dump(mode="json"),
+        "index": settings.index.model_dump(mode="json", exclude={"api_key"}),
+        "serve": {"grpc_port": port},
+    }
+
+
+def run_gateway(
+    settings: Settings, queries: Sequence[str], warmup: Sequence[str], num_cpus: int
+) -> dict[str, Any]:
+    from papersearch.client import SearchClient
+    from papersearch.serving import launcher
+
+    port = free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    log(f"gateway: starting Ray ({num_cpus} CPUs) and the Serve app on 127.0.0.1:{port}")
+    try:
+        launcher.start(settings, num_cpus=num_cpus, temp_dir=temp_dir,
+                       overrides=replica_overrides(settings, port))
+        with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if client.health() == "SERVING":
+                        break
+                except Exception:  # noqa: BLE001 - the port may not be bound yet
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the gateway never reported SERVING")
+                time.sleep(0.5)
+            return measure(client.search, queries, warmup, "gateway")
+    finally:
+        launcher.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200, help="measured queries per mode")
+    parser.add_argument("--warmup", type=int, default=10, help="warm-up queries per mode")
+    parser.add_argument("--seed", type=int, default=7, help="query shuffle seed")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs given to local Ray")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.warmup < 0:
+        parser.error("--requests must be >= 1 and --warmup >= 0")
+    settings = Settings()
+    try:
+        check_prerequisites(settings)
+        listed = load_queries(settings.corpus_dir, args.requests + args.warmup, args.seed)
+        queries, warmup = listed[: args.requests], listed[args.requests :]
+        inprocess = run_inprocess(settings, queries, warmup)
+    except (Unavailable, StoreError, FileNotFoundError) as error:
+        print(f"serving benchmark: {error}", file=sys.stderr)
+        return 2
+    gateway = run_gateway(settings, queries, warmup, args.num_cpus)
+    paths = {"inprocess": inprocess, "gateway": gateway}
+    summary = {p: {m: summarise(*runs[m]) for m in MODES} for p, runs in paths.items()}
+    result = {
+        "requests": len(queries),
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "queries_source": f"first {TITLE_WORDS} title words, {settings.corpus_dir}",
+        "rerank_enabled": settings.search.rerank_enabled,
+        "num_cpus": args.num_cpus,
+        **summary,
+        "overhead_p50_ms": {
+            m: round(summary["gateway"][m]["p50_ms"] - summary["inprocess"][m]["p50_ms"], 3)
+            for m in MODES
+        },
+        "overhead_target_ms": 5.0,
+        "stages_ms": {p: {m: stage_medians(runs[m][1]) for m in MODES}
+                      for p, runs in paths.items()},
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
