@@ -114,8 +114,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             return 0
         unique = list({p.id: p for p in papers}.values())  # last copy of a repeated id wins
         dense = await self.backend.encode_documents([p.text for p in unique])
-        await self.backend.upsert(unique, dense)
-        return len(papers)
+        return await self.backend.upsert(unique, dense)
 
     async def DeletePapers(  # noqa: N802
         self, request: pb.DeletePapersRequest, context: grpc.aio.ServicerContext

@@ -46,7 +46,8 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """The runtime classes in this process; blocking work runs in worker threads."""
+    """The runtime classes in this process. Model inference runs in worker threads; store
+    calls are short and run on the event loop, one at a time (the engine is not shared)."""
 
     def __init__(self, encoder: Encoder, store: Store, reranker: Reranker | None) -> None:
         self.encoder = encoder
