@@ -21,6 +21,7 @@ def model_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     settings = Settings(
         corpus_dir=SAMPLE_CORPUS,
         models={"repository": repository, "cache_dir": ROOT / ".cache" / "papersearch"},
+        search={"rerank_enabled": True},  # the tests exercise the rerank stage
         training={
             "corpora": [SAMPLE_CORPUS],
             "max_pairs": 48,

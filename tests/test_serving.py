@@ -37,7 +37,8 @@ def target(sample_settings: Settings, sample_index: Path, reranker_dir: Path) ->
         "models": {"repository": str(sample_settings.models.repository),
                    "cache_dir": str(sample_settings.models.cache_dir)},
         "index": {"data_dir": str(sample_index)},
-        "serve": {"grpc_port": port, "health_poll_s": 0.5},
+        "serve": {"grpc_port": port, "health_poll_s": 0.5, "rerank_timeout_s": 60},
+        "search": {"rerank_enabled": True},
     }
     settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
         update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml"})})
@@ -64,7 +65,8 @@ def test_search_through_ray_serve(client: SearchClient) -> None:
     result = client.search(SearchQuery(
         "federated learning across domains without batch normalization", top_k=5))
     assert any(h.paper.title.startswith("FedWon") for h in result.hits[:3])
-    assert {"encode", "retrieve", "total"} <= set(result.timings_ms)
+    assert result.reranked and result.hits[0].stages.rerank is not None
+    assert {"encode", "retrieve", "rerank", "total"} <= set(result.timings_ms)
     dense_only = client.search(SearchQuery("layer normalization", mode="dense", rerank=False))
     assert not dense_only.reranked and len(dense_only.hits) == 10
 

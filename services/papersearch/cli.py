@@ -141,10 +141,12 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
     from papersearch.evaluation.datasets import load_dataset
     from papersearch.evaluation.harness import run_eval
-    from papersearch.pipeline.factory import load_reranker
+    from papersearch.reranker.runtime import Reranker
 
     modes = args.mode or ["sparse", "dense", "hybrid", "hybrid+rerank"]
-    reranker = load_reranker(settings) if any(m.endswith("+rerank") for m in modes) else None
+    # asked for explicitly, so measured even where serving has the stage switched off
+    wants_reranker = any(m.endswith("+rerank") for m in modes)
+    reranker = Reranker.from_settings(settings.models) if wants_reranker else None
     dataset = load_dataset(args.dataset)
     reports = run_eval(dataset, modes, settings, Encoder.from_settings(settings.models), reranker)
     out = {"dataset": dataset.name, "queries": len(dataset.queries),
