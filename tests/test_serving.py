@@ -43,7 +43,11 @@ def target(sample_settings: Settings, sample_index: Path, reranker_dir: Path) ->
     settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
         update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml"})})
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides)
+    # A deliberately small encoder queue, fixed at one replica, so overload can be provoked.
+    small_queue = {"QueryEncoder": {"max_ongoing_requests": 2, "max_queued_requests": 2,
+                                    "autoscaling_config": None, "num_replicas": 1}}
+    launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides,
+                   deployment_options=small_queue)
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -97,3 +101,21 @@ def test_streaming_upsert_then_search(client: SearchClient) -> None:
     found = client.search(SearchQuery("detect swarming from beehive sounds", top_k=3))
     assert found.hits[0].paper.id == "serve-test-bees"
     assert client.delete(["serve-test-bees"]) == 1
+
+
+def test_full_queues_give_resource_exhausted(target: str, client: SearchClient) -> None:
+    """Concurrent searches overflow the encoder's real Serve queue (max_queued_requests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> grpc.StatusCode:
+        try:
+            client.search(SearchQuery(f"graph neural network number {i}", rerank=False))
+            return grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            return error.code()
+
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        codes = list(pool.map(one, range(96)))
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert client.search(SearchQuery("graph neural networks", rerank=False)).hits  # recovers

@@ -134,9 +134,11 @@ class ServeSettings(BaseModel):
     )
     app_name: str = "papersearch"
     encoder_batch_size: int = Field(32, ge=1, description="Queries per dynamic batch.")
-    encoder_batch_wait_s: float = Field(0.004, ge=0)
+    # Short waits: a lone query should not idle waiting for batch-mates (4 ms cost 5 ms of p50
+    # here); under load batches fill from the queue while the previous one runs.
+    encoder_batch_wait_s: float = Field(0.0005, ge=0)
     reranker_batch_size: int = Field(4, ge=1, description="Search requests per rerank batch.")
-    reranker_batch_wait_s: float = Field(0.004, ge=0)
+    reranker_batch_wait_s: float = Field(0.001, ge=0)
     rerank_timeout_s: float = Field(
         2.0, gt=0, description="Reranker budget; past it Search returns fused results."
     )

@@ -29,9 +29,13 @@ LOCAL_RAY_ENV = {
 
 
 def load_config(
-    path: Path, base_dir: Path, overrides: dict[str, Any] | None = None
+    path: Path,
+    base_dir: Path,
+    overrides: dict[str, Any] | None = None,
+    deployment_options: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    """The Serve config with ``args.base_dir`` (and optional settings overrides) filled in."""
+    """The Serve config with ``args.base_dir`` (and optional settings overrides) filled in, and
+    per-deployment options (by deployment name) laid over the file's."""
     from ray.serve.schema import ServeDeploySchema
 
     if not path.is_file():
@@ -42,12 +46,15 @@ def load_config(
         args["base_dir"] = str(base_dir.resolve())
         if overrides:
             args["settings"] = {**args.get("settings", {}), **overrides}
+        for deployment in app.get("deployments", []):
+            deployment.update((deployment_options or {}).get(deployment["name"], {}))
     return ServeDeploySchema.model_validate(config)
 
 
 def start(
     settings: Settings, *, num_cpus: int | None = None, temp_dir: Path | None = None,
-    overrides: dict[str, Any] | None = None, timeout_s: float = 300.0,
+    overrides: dict[str, Any] | None = None,
+    deployment_options: dict[str, dict[str, Any]] | None = None, timeout_s: float = 300.0,
 ) -> None:
     """Start Ray (if needed) and deploy the app; return once it is RUNNING.
 
@@ -61,7 +68,7 @@ def start(
 
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-    config = load_config(settings.serve.serve_config, Path.cwd(), overrides)
+    config = load_config(settings.serve.serve_config, Path.cwd(), overrides, deployment_options)
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve",
                  _temp_dir=str(temp_dir) if temp_dir else None)
