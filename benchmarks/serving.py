@@ -165,19 +165,38 @@ def replica_overrides(settings: Settings, port: int) -> dict[str, Any]:
     }
 
 
+def throughput(client: Any, queries: Sequence[str], workers: int = 8) -> float:
+    """Searches/s (no rerank) with ``workers`` requests in flight, over the query list."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda q: client.search(SearchQuery(q, rerank=False)), queries))
+    return round(len(queries) / (time.perf_counter() - started), 2)
+
+
 def run_gateway(
     settings: Settings, queries: Sequence[str], warmup: Sequence[str], num_cpus: int
 ) -> dict[str, Any]:
     from papersearch.client import SearchClient
     from papersearch.serving import launcher
 
-    port = free_port()
+    port, proxy_port, http_port = free_port(), free_port(), free_port()
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     log(f"gateway: starting Ray ({num_cpus} CPUs) and the Serve app on 127.0.0.1:{port}")
+    # The same app also behind Serve's built-in gRPC proxy (GatewayDeployment.Search), so both
+    # front ends are measured against the same replicas in the same run.
+    proxy = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "grpc_options": {"port": proxy_port, "grpc_servicer_functions": [
+            "papersearch.api.v1.papersearch_pb2_grpc.add_SearchServiceServicer_to_server"]},
+    }
     try:
         launcher.start(settings, num_cpus=num_cpus, temp_dir=temp_dir,
-                       overrides=replica_overrides(settings, port))
-        with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client:
+                       overrides=replica_overrides(settings, port), config_overrides=proxy)
+        with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client, \
+                SearchClient(f"127.0.0.1:{proxy_port}", timeout_s=60) as via_proxy:
             deadline = time.monotonic() + 120
             while True:
                 try:
@@ -188,7 +207,14 @@ def run_gateway(
                 if time.monotonic() > deadline:
                     raise RuntimeError("the gateway never reported SERVING")
                 time.sleep(0.5)
-            return measure(client.search, queries, warmup, "gateway")
+            return {
+                "gateway": measure(client.search, queries, warmup, "gateway"),
+                "serve_grpc_proxy": measure(via_proxy.search, queries, warmup, "proxy"),
+                "throughput_qps": {
+                    "gateway": throughput(client, queries),
+                    "serve_grpc_proxy": throughput(via_proxy, queries),
+                },
+            }
     finally:
         launcher.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -212,8 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Unavailable, StoreError, FileNotFoundError) as error:
         print(f"serving benchmark: {error}", file=sys.stderr)
         return 2
-    gateway = run_gateway(settings, queries, warmup, args.num_cpus)
-    paths = {"inprocess": inprocess, "gateway": gateway}
+    served = run_gateway(settings, queries, warmup, args.num_cpus)
+    paths = {"inprocess": inprocess, "gateway": served["gateway"],
+             "serve_grpc_proxy": served["serve_grpc_proxy"]}
     summary = {p: {m: summarise(*runs[m]) for m in MODES} for p, runs in paths.items()}
     result = {
         "requests": len(queries),
@@ -228,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for m in MODES
         },
         "overhead_target_ms": 5.0,
+        "proxy_p50_overhead_ms": {
+            m: round(summary["serve_grpc_proxy"][m]["p50_ms"] - summary["inprocess"][m]["p50_ms"],
+                     3)
+            for m in MODES
+        },
+        "throughput_qps_no_rerank": served["throughput_qps"],
         "stages_ms": {p: {m: stage_medians(runs[m][1]) for m in MODES}
                       for p, runs in paths.items()},
     }

@@ -428,3 +428,12 @@ def test_stubs_over_loopback() -> None:
             assert summary.errors == ["#2: paper 'bad' has neither title nor abstract"]
     finally:
         server.stop(grace=None)
+
+
+def test_messages_pickle_by_their_real_module() -> None:
+    """Ray pickles messages by reference: their __module__ must be importable."""
+    import pickle
+
+    request = pb.SearchRequest(query="graph neural networks", top_k=3)
+    assert type(request).__module__ == "papersearch.api.v1.papersearch_pb2"
+    assert pickle.loads(pickle.dumps(request)) == request

@@ -55,7 +55,12 @@ def python_package_dir(proto_path: Path) -> Path:
     return Path("papersearch", "api", match.group(1))
 
 
+# The module name protoc bakes into the messages (their __module__): pickling needs the real one.
+_MODULE_NAME = re.compile(r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')papersearch\.(v\d+\.)")
+
+
 def _rewrite_imports(text: str) -> str:
+    text = _MODULE_NAME.sub(lambda m: f"{m.group(1)}papersearch.api.{m.group(2)}", text)
     return _IMPORT.sub(lambda m: f"{m.group(1)} papersearch.api.{m.group(2)}", text)
 
 

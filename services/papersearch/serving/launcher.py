@@ -33,14 +33,15 @@ def load_config(
     base_dir: Path,
     overrides: dict[str, Any] | None = None,
     deployment_options: dict[str, dict[str, Any]] | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """The Serve config with ``args.base_dir`` (and optional settings overrides) filled in, and
-    per-deployment options (by deployment name) laid over the file's."""
+    """The Serve config with ``args.base_dir`` (and optional settings overrides) filled in,
+    per-deployment options (by deployment name) and top-level keys laid over the file's."""
     from ray.serve.schema import ServeDeploySchema
 
     if not path.is_file():
         raise FileNotFoundError(f"Serve config {path} does not exist")
-    config = yaml.safe_load(path.read_text())
+    config = yaml.safe_load(path.read_text()) | (config_overrides or {})
     for app in config.get("applications", []):
         args = app.setdefault("args", {})
         args["base_dir"] = str(base_dir.resolve())
@@ -54,7 +55,8 @@ def load_config(
 def start(
     settings: Settings, *, num_cpus: int | None = None, temp_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
-    deployment_options: dict[str, dict[str, Any]] | None = None, timeout_s: float = 300.0,
+    deployment_options: dict[str, dict[str, Any]] | None = None,
+    config_overrides: dict[str, Any] | None = None, timeout_s: float = 300.0,
 ) -> None:
     """Start Ray (if needed) and deploy the app; return once it is RUNNING.
 
@@ -68,7 +70,8 @@ def start(
 
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-    config = load_config(settings.serve.serve_config, Path.cwd(), overrides, deployment_options)
+    config = load_config(settings.serve.serve_config, Path.cwd(), overrides, deployment_options,
+                         config_overrides)
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve",
                  _temp_dir=str(temp_dir) if temp_dir else None)
