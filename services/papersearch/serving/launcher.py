@@ -106,6 +106,8 @@ def serve_forever(settings: Settings) -> None:
     """Start everything, print how to query it, and shut down cleanly on Ctrl-C/SIGTERM."""
     import signal
 
+    # Both stop cleanly, also when started in the background (where SIGINT starts ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         start(settings)
