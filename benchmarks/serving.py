@@ -182,7 +182,7 @@ def run_gateway(
     from papersearch.serving import launcher
 
     port, proxy_port, http_port = free_port(), free_port(), free_port()
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
     log(f"gateway: starting Ray ({num_cpus} CPUs) and the Serve app on 127.0.0.1:{port}")
     # The same app also behind Serve's built-in gRPC proxy (GatewayDeployment.Search), so both
     # front ends are measured against the same replicas in the same run.

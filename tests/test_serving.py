@@ -42,7 +42,7 @@ def target(sample_settings: Settings, sample_index: Path, reranker_dir: Path) ->
     }
     settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
         update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml"})})
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
     # A deliberately small encoder queue, fixed at one replica, so overload can be provoked.
     small_queue = {"QueryEncoder": {"max_ongoing_requests": 2, "max_queued_requests": 2,
                                     "autoscaling_config": None, "num_replicas": 1}}
