@@ -13,7 +13,6 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.gateway.handles import HandleBackend
 from papersearch.gateway.server import Gateway
 from papersearch.logs import configure_logging
-from papersearch.pipeline.search import SearchPipeline
 from papersearch.settings import Settings
 
 
@@ -27,17 +26,15 @@ class GatewayDeployment:
         reranker: DeploymentHandle,
     ) -> None:
         configure_logging(settings.log_level, settings.log_format)
-        backend = HandleBackend(encoder, retriever, reranker)
-        self.gateway = Gateway(backend, settings)
-        self.settings = settings
-        self.pipeline = SearchPipeline(backend, settings.search, settings.serve.rerank_timeout_s)
+        self.gateway = Gateway(HandleBackend(encoder, retriever, reranker), settings)
         self._started = asyncio.get_running_loop().create_task(self.gateway.start())
 
     async def Search(self, request: pb.SearchRequest) -> pb.SearchResponse:  # noqa: N802
         """The same search for Serve's built-in gRPC proxy, when a config enables it: only
         benchmarks/serving.py does, to compare the two front ends (README, Architecture)."""
-        query = convert.search_query_from_proto(request, self.settings.search)
-        return convert.search_response_to_proto(await self.pipeline.search(query))
+        servicer = self.gateway.search
+        query = convert.search_query_from_proto(request, servicer.settings.search)
+        return convert.search_response_to_proto(await servicer.pipeline.search(query))
 
     async def check_health(self) -> None:
         """Serve restarts the replica if the server failed to start (e.g. port taken)."""

@@ -31,7 +31,8 @@ class Gateway:
         self.settings = settings
         keys = [k.get_secret_value() for k in settings.serve.api_keys]
         self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)] if keys else [])
-        pb_grpc.add_SearchServiceServicer_to_server(SearchServicer(backend, settings), self.server)
+        self.search = SearchServicer(backend, settings)
+        pb_grpc.add_SearchServiceServicer_to_server(self.search, self.server)
         pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import Skipped, read_corpus
 from papersearch.encoder.runtime import Encoder
-from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
+from papersearch.retriever.retriever import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Ingester:
     def __init__(self, store: Store, encoder: Encoder, batch_size: int = 64) -> None:
         self.store = store
         self.encoder = encoder
-        self.bm25 = Bm25Encoder()
+        self.retriever = Retriever(store)
         self.batch_size = batch_size
         store.ensure_collection(encoder.dim, encoder.sha256)
 
@@ -54,9 +54,8 @@ class Ingester:
         """Embed and write ``papers`` (dense + BM25); the batch is encoded before any write."""
         if not papers:
             return 0
-        texts = [p.text for p in papers]
-        dense = self.encoder.encode_documents(texts)
-        return self.store.upsert(papers, dense, self.bm25.documents(texts))
+        dense = self.encoder.encode_documents([p.text for p in papers])
+        return self.retriever.upsert(papers, dense)
 
     def ingest(
         self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True

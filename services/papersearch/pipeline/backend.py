@@ -15,7 +15,6 @@ import numpy as np
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.query import Hit, Mode, SearchFilter
-from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
@@ -55,7 +54,6 @@ class LocalBackend:
         self.retriever = Retriever(store)
         self.reranker = reranker
         self.has_reranker = reranker is not None
-        self.bm25 = Bm25Encoder()
         self._store_lock = asyncio.Lock()  # one engine call at a time
 
     async def encode_query(self, text: str) -> np.ndarray:
@@ -84,15 +82,12 @@ class LocalBackend:
             return self.retriever.get(paper_id)
 
     async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
-        sparse = self.bm25.documents(p.text for p in papers)
         async with self._store_lock:
-            return self.store.upsert(papers, dense, sparse)
+            return self.retriever.upsert(papers, dense)
 
     async def delete(self, paper_ids: Sequence[str]) -> int:
         async with self._store_lock:
-            present = self.store.get(paper_ids)
-            self.store.delete(paper_ids)
-        return len(present)
+            return self.retriever.delete(paper_ids)
 
     async def ready(self) -> bool:
         async with self._store_lock:

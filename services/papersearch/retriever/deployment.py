@@ -11,7 +11,6 @@ from ray import serve
 from papersearch.corpus.paper import Paper
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode, SearchFilter
-from papersearch.index.sparse import Bm25Encoder
 from papersearch.models.manifest import model_dir, read_manifest
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
@@ -26,7 +25,6 @@ class RetrieverDeployment:
         self.store = open_store(settings)
         self.store.ensure_collection(manifest.dim or 0, manifest.sha256, create=True)
         self.retriever = Retriever(self.store)
-        self.bm25 = Bm25Encoder()
 
     def search(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
@@ -40,12 +38,10 @@ class RetrieverDeployment:
         return self.retriever.get(paper_id)
 
     def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
-        return self.store.upsert(papers, dense, self.bm25.documents(p.text for p in papers))
+        return self.retriever.upsert(papers, dense)
 
     def delete(self, paper_ids: Sequence[str]) -> int:
-        present = self.store.get(paper_ids)
-        self.store.delete(paper_ids)
-        return len(present)
+        return self.retriever.delete(paper_ids)
 
     def count(self) -> int:
         return self.store.count()

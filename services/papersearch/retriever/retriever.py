@@ -14,7 +14,8 @@ from papersearch.index.store import Store
 
 
 class Retriever:
-    """Turns (query text, query vector) into a Qdrant request: BM25 terms are computed here."""
+    """Turns (query text, query vector) into a Qdrant request, and papers into points: BM25
+    terms are computed here, for queries and documents alike."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -47,6 +48,16 @@ class Retriever:
         list[Hit]
     ):
         return self.store.similar(paper_id, limit, filter)
+
+    def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
+        """Write papers with their dense vectors; the BM25 vectors come from their text."""
+        return self.store.upsert(papers, dense, self.bm25.documents(p.text for p in papers))
+
+    def delete(self, paper_ids: Sequence[str]) -> int:
+        """Delete papers; returns how many of them were stored."""
+        present = self.store.get(paper_ids)
+        self.store.delete(paper_ids)
+        return len(present)
 
     def get(self, paper_id: str) -> Paper:
         papers = self.store.get([paper_id])
