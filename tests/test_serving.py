@@ -6,12 +6,16 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
@@ -28,8 +32,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class Target(NamedTuple):
+    address: str
+    metrics_port: int
+
+
 @pytest.fixture(scope="module")
-def target(sample_settings: Settings, sample_index: Path, reranker_dir: Path) -> Iterator[str]:
+def target(sample_settings: Settings, sample_index: Path,
+           reranker_dir: Path) -> Iterator[Target]:
     from papersearch.serving import launcher
 
     port = _free_port()
@@ -41,7 +51,8 @@ def target(sample_settings: Settings, sample_index: Path, reranker_dir: Path) ->
         "search": {"rerank_enabled": True},
     }
     settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
-        update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml"})})
+        update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml",
+                "metrics_port": _free_port(), "dashboard_port": _free_port()})})
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
     # A deliberately small encoder queue, fixed at one replica, so overload can be provoked.
     small_queue = {"QueryEncoder": {"max_ongoing_requests": 2, "max_queued_requests": 2,
@@ -49,15 +60,15 @@ def target(sample_settings: Settings, sample_index: Path, reranker_dir: Path) ->
     launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides,
                    deployment_options=small_queue)
     try:
-        yield f"127.0.0.1:{port}"
+        yield Target(f"127.0.0.1:{port}", settings.serve.metrics_port)
     finally:
         launcher.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def client(target: str) -> Iterator[SearchClient]:
-    with SearchClient(target, timeout_s=60) as client:
+def client(target: Target) -> Iterator[SearchClient]:
+    with SearchClient(target.address, timeout_s=60) as client:
         deadline = time.monotonic() + 120
         while client.health() != "SERVING":
             assert time.monotonic() < deadline, "gateway never became SERVING"
@@ -103,7 +114,7 @@ def test_streaming_upsert_then_search(client: SearchClient) -> None:
     assert client.delete(["serve-test-bees"]) == 1
 
 
-def test_full_queues_give_resource_exhausted(target: str, client: SearchClient) -> None:
+def test_full_queues_give_resource_exhausted(client: SearchClient) -> None:
     """Concurrent searches overflow the encoder's real Serve queue (max_queued_requests)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -119,3 +130,80 @@ def test_full_queues_give_resource_exhausted(target: str, client: SearchClient) 
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert client.search(SearchQuery("graph neural networks", rerank=False)).hits  # recovers
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples over Ray's per-process labels."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
+def test_metrics_on_the_metrics_port(target: Target, client: SearchClient) -> None:
+    """Requests show up in Prometheus metrics (Ray exports them every few seconds)."""
+    client.search(SearchQuery("contrastive learning", rerank=True))
+    client.search(SearchQuery("contrastive learning", rerank=False))
+    for bad in (lambda: client.search(SearchQuery(" ")), lambda: client.get("no-such-paper")):
+        with pytest.raises(grpc.RpcError):
+            bad()
+    wanted = [
+        ("ray_papersearch_requests_total", {"method": "Search", "code": "OK"}),
+        ("ray_papersearch_requests_total", {"method": "Search", "code": "INVALID_ARGUMENT"}),
+        ("ray_papersearch_requests_total", {"method": "GetPaper", "code": "NOT_FOUND"}),
+        ("ray_papersearch_request_latency_ms_count", {"method": "Search", "code": "OK"}),
+        ("ray_papersearch_searches_total", {"reranked": "true"}),
+        ("ray_papersearch_searches_total", {"reranked": "false"}),
+        ("ray_papersearch_batch_size_count", {"deployment": "QueryEncoder"}),
+        ("ray_papersearch_batch_size_count", {"deployment": "Reranker"}),
+        ("ray_serve_num_router_requests_total", {}),
+    ]
+    deadline = time.monotonic() + 60
+    while True:
+        text = _scrape(target.metrics_port)
+        missing = [(n, lab) for n, lab in wanted if _sample(text, n, **lab) <= 0]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"metrics never exported: {missing}"
+        time.sleep(2)
+    assert _sample(text, "ray_papersearch_in_flight", deployment="Reranker") >= 0
+
+
+def test_reranker_scales_up_under_load(client: SearchClient) -> None:
+    """Autoscaling smoke test with the Serve config's own autoscaling_config: sustained rerank
+    load on the single Reranker replica makes Serve add one. (Sparse mode: no query encoding,
+    so this module's deliberately tiny encoder queue stays out of it.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    def replicas() -> int:
+        app = serve.status().applications["papersearch"]
+        return int(app.deployments["Reranker"].replica_states.get("RUNNING", 0))
+
+    assert replicas() == 1
+    stop = time.monotonic() + 90
+    scaled = threading.Event()
+
+    def load(i: int) -> None:
+        while not scaled.is_set() and time.monotonic() < stop:
+            client.search(SearchQuery(f"graph neural networks for molecules {i}", mode="sparse",
+                                      rerank=True))
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        workers = [pool.submit(load, i) for i in range(12)]
+        while time.monotonic() < stop and not scaled.is_set():
+            if replicas() >= 2:
+                scaled.set()
+            time.sleep(1)
+        scaled.set()
+        for worker in workers:
+            worker.result()  # no failed request while scaling
+    assert replicas() >= 2, "no Reranker replica added under sustained load"

@@ -145,6 +145,12 @@ class ServeSettings(BaseModel):
     default_deadline_s: float = Field(30.0, gt=0, description="When the client sets none.")
     upsert_batch_size: int = Field(64, ge=1, description="Streamed papers per encode+upsert.")
     health_poll_s: float = Field(5.0, gt=0)
+    metrics_port: int = Field(
+        8080, ge=1, le=65535,
+        description="Ray's metrics export port: Prometheus /metrics of every process on a node.",
+    )
+    dashboard_host: str = Field("127.0.0.1", description="Ray dashboard (Serve's status API).")
+    dashboard_port: int = Field(8265, ge=1, le=65535)
 
 
 class Settings(BaseSettings):

@@ -10,18 +10,24 @@ from ray import serve
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.settings import Settings
+from papersearch.telemetry import metrics
 
 
 @serve.deployment(name="QueryEncoder")
 class QueryEncoderDeployment:
     def __init__(self, settings: Settings) -> None:
         self.encoder = Encoder.from_settings(settings.models)
-        self.encode.set_max_batch_size(settings.serve.encoder_batch_size)
-        self.encode.set_batch_wait_timeout_s(settings.serve.encoder_batch_wait_s)
+        self._encode_batch.set_max_batch_size(settings.serve.encoder_batch_size)
+        self._encode_batch.set_batch_wait_timeout_s(settings.serve.encoder_batch_wait_s)
+
+    async def encode(self, text: str) -> np.ndarray:
+        """One query per call; Serve gathers concurrent calls into one ONNX batch."""
+        with metrics().inside("QueryEncoder"):
+            return await self._encode_batch(text)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
-    async def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """One query per call; Serve gathers concurrent calls into one ONNX batch."""
+    async def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        metrics().batch("QueryEncoder", len(texts))
         return list(await asyncio.to_thread(self.encoder.encode_queries, texts))
 
     async def encode_documents(self, texts: Sequence[str]) -> np.ndarray:

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.gateway.auth import ApiKeyInterceptor
+from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.pipeline.backend import Backend
 from papersearch.settings import Settings
@@ -30,7 +31,8 @@ class Gateway:
         self.backend = backend
         self.settings = settings
         keys = [k.get_secret_value() for k in settings.serve.api_keys]
-        self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)] if keys else [])
+        auth = [ApiKeyInterceptor(keys)] if keys else []
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), *auth])
         self.search = SearchServicer(backend, settings)
         pb_grpc.add_SearchServiceServicer_to_server(self.search, self.server)
         pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings), self.server)

@@ -17,6 +17,7 @@ from papersearch.gateway.errors import to_status
 from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.settings import Settings
+from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +52,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             )
         except Exception as error:
             await _fail(context, error)
+        metrics().search(result.reranked)
         return convert.search_response_to_proto(result)
 
     async def SimilarPapers(  # noqa: N802

@@ -73,7 +73,12 @@ def start(
     config = load_config(settings.serve.serve_config, Path.cwd(), overrides, deployment_options,
                          config_overrides)
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve",
+        # The dashboard serves Serve's status API (replica counts for the load test); the
+        # metrics port exports Prometheus metrics (papersearch.telemetry).
+        ray.init(num_cpus=num_cpus, namespace="serve", include_dashboard=True,
+                 dashboard_host=settings.serve.dashboard_host,
+                 dashboard_port=settings.serve.dashboard_port,
+                 _metrics_export_port=settings.serve.metrics_port,
                  _temp_dir=str(temp_dir) if temp_dir else None)
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),
@@ -112,8 +117,13 @@ def serve_forever(settings: Settings) -> None:
     try:
         start(settings)
         target = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
+        serve = settings.serve
         print(f"papersearch is serving gRPC on {target} (Ctrl-C stops it). Try:\n"
-              f'  papersearch search "graph neural networks" --target {target}', flush=True)
+              f'  papersearch search "graph neural networks" --target {target}\n'
+              f"  papersearch loadtest --target {target} --rate 5 --duration 30\n"
+              f"Metrics: http://127.0.0.1:{serve.metrics_port}/metrics  Serve status: "
+              f"http://{serve.dashboard_host}:{serve.dashboard_port}/api/serve/applications/",
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

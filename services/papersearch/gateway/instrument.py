@@ -1,0 +1,69 @@
+"""Request count and latency by method and status code for the papersearch services."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from papersearch.telemetry import metrics
+
+MEASURED_PREFIX = "/papersearch."
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Outermost interceptor: it also sees calls that authentication turned away."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(MEASURED_PREFIX):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _measured(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _measured(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _measured(
+    method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            response = await behavior(request, context)
+            code = context.code() or grpc.StatusCode.OK
+            return response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            metrics().request(method, _name(code), time.perf_counter() - start)
+
+    return call
+
+
+def _name(code: grpc.StatusCode | int) -> str:
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")

@@ -1,0 +1,83 @@
+"""Prometheus metrics of the gateway and the deployments, through Ray's metrics API.
+
+Every Ray node exports them, with Ray Serve's own ``ray_serve_*`` metrics, on its metrics export
+port (``serve.metrics_port``, 8080 by default; KubeRay's default too) at ``/metrics``. Ray prefixes
+the names below with ``ray_``. Outside a Ray worker (in-process gateway, tests) recording is a
+no-op, so the same code runs everywhere.
+
+- ``papersearch_requests_total{method,code}``: gRPC requests by method and status code;
+- ``papersearch_request_latency_ms{method,code}``: their latency (histogram);
+- ``papersearch_searches_total{reranked}``: Search results with reranked true/false, whose
+  ratio is the share of searches the reranker served;
+- ``papersearch_batch_size{deployment}``: items per dynamic batch (queries or rerank pairs);
+- ``papersearch_in_flight{deployment}``: requests inside a replica, waiting for or in a batch
+  (its queue depth), per replica.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+LATENCY_MS_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
+BATCH_SIZE_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+class Metrics:
+    """The project's metrics; one instance per process (``metrics()``)."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "papersearch_requests", description="gRPC requests by method and status code.",
+            tag_keys=("method", "code"),
+        )
+        self.latency = Histogram(
+            "papersearch_request_latency_ms", description="gRPC request latency (ms).",
+            boundaries=LATENCY_MS_BOUNDS, tag_keys=("method", "code"),
+        )
+        self.searches = Counter(
+            "papersearch_searches", description="Search responses by whether they were reranked.",
+            tag_keys=("reranked",),
+        )
+        self.batch_size = Histogram(
+            "papersearch_batch_size", description="Items per dynamic batch.",
+            boundaries=BATCH_SIZE_BOUNDS, tag_keys=("deployment",),
+        )
+        self.in_flight = Gauge(
+            "papersearch_in_flight", description="Requests inside a replica (queued or running).",
+            tag_keys=("deployment",),
+        )
+        self._in_flight: dict[str, int] = {}
+
+    def request(self, method: str, code: str, latency_s: float) -> None:
+        tags = {"method": method, "code": code}
+        self.requests.inc(1.0, tags=tags)
+        self.latency.observe(latency_s * 1000.0, tags=tags)
+
+    def search(self, reranked: bool) -> None:
+        self.searches.inc(1.0, tags={"reranked": "true" if reranked else "false"})
+
+    def batch(self, deployment: str, size: int) -> None:
+        self.batch_size.observe(float(size), tags={"deployment": deployment})
+
+    @contextmanager
+    def inside(self, deployment: str) -> Iterator[None]:
+        """Count a request as in flight in this replica while the block runs."""
+        self._set_in_flight(deployment, +1)
+        try:
+            yield
+        finally:
+            self._set_in_flight(deployment, -1)
+
+    def _set_in_flight(self, deployment: str, delta: int) -> None:
+        value = self._in_flight.get(deployment, 0) + delta
+        self._in_flight[deployment] = value
+        self.in_flight.set(float(value), tags={"deployment": deployment})
+
+
+@functools.cache
+def metrics() -> Metrics:
+    return Metrics()
