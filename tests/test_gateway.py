@@ -4,12 +4,11 @@ embedded Qdrant shard of the sample corpus), spoken to over real channels. No Ra
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -25,26 +24,19 @@ from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.gateway.errors import Overloaded, to_status
-from papersearch.gateway.server import Gateway
 from papersearch.index.errors import StoreUnavailable
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode, SearchFilter
-from papersearch.pipeline.backend import Backend, LocalBackend
+from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
+from tests.gateway_helpers import LoopThread, Servers, free_port
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
 FEDWON_QUERY = "federated learning across domains without batch normalization"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def code_of(info: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
@@ -53,52 +45,6 @@ def code_of(info: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
 
 def details_of(info: pytest.ExceptionInfo[grpc.RpcError]) -> str:
     return info.value.details() or ""  # type: ignore[attr-defined,no-any-return]
-
-
-class LoopThread:
-    """An asyncio loop in a daemon thread: the gateways live there, the tests call in."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-class Servers:
-    """Starts gateways on free 127.0.0.1 ports; stops them all at teardown."""
-
-    def __init__(self, loop: LoopThread, base: Settings) -> None:
-        self.loop = loop
-        self.base = base
-        self.gateways: list[Gateway] = []
-
-    def start(self, backend: Backend, **serve: Any) -> str:
-        options = {"grpc_host": "127.0.0.1", "grpc_port": free_port(), "health_poll_s": 0.2,
-                   "rerank_timeout_s": 30.0, **serve}
-        settings = self.base.model_copy(
-            update={"serve": self.base.serve.model_copy(update=options)}
-        )
-
-        async def make() -> Gateway:
-            gateway = Gateway(backend, settings)  # the grpc.aio server belongs to this loop
-            await gateway.start()
-            return gateway
-
-        gateway = self.loop.run(make())
-        self.gateways.append(gateway)
-        return gateway.address
-
-    def stop(self) -> None:
-        for gateway in self.gateways:
-            self.loop.run(gateway.stop(0.5))
 
 
 class Faulty(LocalBackend):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from papersearch.index.errors import StoreError
+from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.logs import configure_logging
 from papersearch.models.sources import ModelSourceError
 from papersearch.settings import Settings, load_settings
@@ -137,6 +138,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.loadtest.command import run
+
+    return run(settings, args)
+
+
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
     from papersearch.evaluation.datasets import load_dataset
@@ -239,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="start Ray + the Serve app + the gRPC gateway (Ctrl-C stops)"
     )
     serve.set_defaults(handler=_serve)
+
+    loadtest = commands.add_parser(
+        "loadtest", help="drive a running gateway at a rate or in steps; JSON + PNG + summary"
+    )
+    add_loadtest_arguments(loadtest)
+    loadtest.set_defaults(handler=_loadtest)
 
     tune = commands.add_parser(
         "tune-rerank", help="grid-search the rerank fusion weight and k (use a training set)"

@@ -1,4 +1,5 @@
-"""A small synchronous Python client for the papersearch gRPC API (CLI, load test, tests)."""
+"""Small Python clients for the papersearch gRPC API: synchronous (CLI, tests) and asyncio
+(load test)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,36 @@ class SearchClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class AsyncSearchClient:
+    """asyncio client over one grpc.aio channel; create it inside the event loop that uses it."""
+
+    def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        self.channel = grpc.aio.insecure_channel(target)
+        self.search_stub = pb_grpc.SearchServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
+        self.timeout_s = timeout_s
+
+    async def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
+        response = await self.search_stub.Search(
+            convert.search_query_to_proto(query), metadata=self.metadata,
+            timeout=timeout_s or self.timeout_s,
+        )
+        return convert.search_result_from_proto(response)
+
+    async def health(self, service: str = "") -> str:
+        response = await self.health_stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                                timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncSearchClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()

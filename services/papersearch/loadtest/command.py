@@ -1,0 +1,238 @@
+"""``papersearch loadtest``: options, the loopback guard, and one run from start to files.
+
+Only argparse and the standard library are imported at module level, so ``papersearch --help``
+stays fast; the run's modules load when it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from papersearch.loadtest.profile import LoadProfile, Schedule
+    from papersearch.loadtest.report import LoadTestReport
+    from papersearch.loadtest.runner import SearchOptions
+    from papersearch.settings import Settings
+
+DEFAULT_STATUS_URL = "http://127.0.0.1:8265"  # the Ray dashboard: Serve's REST API
+DEFAULT_METRICS_URL = "http://127.0.0.1:8080/metrics"  # Ray's metrics export port
+DEFAULT_MAX_REQUESTS = 100_000
+DEFAULT_RATE_DURATION_S = 30.0
+HEALTH_TIMEOUT_S = 5.0
+
+
+class TargetUnreachable(ValueError):
+    """The target did not answer a health check before the run."""
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port)."""
+    host, sep, port = target.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--target must be HOST:PORT, got {target!r}")
+    return host, int(port)
+
+
+def is_loopback(target: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1."""
+    host, _ = split_target(target)
+    if host.casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost
+        return False
+
+
+def check_target(target: str, allow_remote: bool) -> None:
+    if not allow_remote and not is_loopback(target):
+        raise ValueError(f"refusing to load-test {target}: not a loopback address "
+                         "(localhost, 127.0.0.0/8, ::1); pass --allow-remote if you mean it")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", metavar="HOST:PORT", required=True, help="the gRPC gateway")
+    load = parser.add_mutually_exclusive_group(required=True)
+    load.add_argument("--rate", type=float, metavar="QPS", help="a constant rate")
+    load.add_argument("--steps", metavar="SPEC",
+                      help='rate:seconds steps, e.g. "2:30,8:60,2:90" (low, high, low)')
+    parser.add_argument("--duration", type=float, metavar="S",
+                        help=f"stop after S seconds (default: the steps' length; with --rate "
+                             f"{DEFAULT_RATE_DURATION_S:g})")
+    parser.add_argument("--requests", type=int, default=DEFAULT_MAX_REQUESTS, metavar="N",
+                        help="stop after N requests (default %(default)s)")
+    parser.add_argument("--poisson", action="store_true",
+                        help="Poisson arrivals (seeded) instead of evenly spaced ones")
+    parser.add_argument("--queries", type=Path, metavar="FILE",
+                        help="one query a line (default: titles and abstract phrases of "
+                             "corpus_dir)")
+    parser.add_argument("--seed", type=int, default=0, help="query order and arrivals")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "sparse"])
+    parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
+                        help="ask for the rerank stage (the server may have it off)")
+    parser.add_argument("--deadline-s", type=float, default=10.0,
+                        help="per-request gRPC deadline (default %(default)s)")
+    parser.add_argument("--max-in-flight", type=int, default=256,
+                        help="requests due past this many in flight are not sent, and counted")
+    parser.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
+                        help="x-api-key (default: $PAPERSEARCH_API_KEY)")
+    parser.add_argument("--status-url", default=DEFAULT_STATUS_URL,
+                        help="Ray dashboard, for Serve's replica counts (default %(default)s)")
+    parser.add_argument("--metrics-url", default=DEFAULT_METRICS_URL,
+                        help="Prometheus text metrics (default %(default)s)")
+    parser.add_argument("--metrics-settle-s", type=float, default=10.0,
+                        help="wait before the final metrics read: Ray exports custom metrics "
+                             "every 10 s by default (default %(default)s)")
+    parser.add_argument("--app", help="Serve application name (default: serve.app_name)")
+    parser.add_argument("--sample-s", type=float, default=1.0,
+                        help="replica sampling period (default %(default)s)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="results folder (default: loadtest-results/<UTC timestamp>)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a target that is not a loopback address")
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadTest:
+    """Everything one run needs, validated."""
+
+    target: str
+    api_key: str | None
+    profile: LoadProfile
+    schedule: Schedule
+    queries: list[str]
+    options: SearchOptions
+    deadline_s: float
+    max_in_flight: int
+    status_url: str
+    metrics_url: str
+    metrics_settle_s: float
+    app: str
+    sample_s: float
+
+    def describe(self) -> dict[str, Any]:
+        """The run's settings, for the report."""
+        return {
+            "target": self.target, "profile": self.profile.describe(),
+            "duration_s": self.schedule.duration_s, "requests": len(self.schedule.offsets),
+            "queries": len(self.queries), "top_k": self.options.top_k, "mode": self.options.mode,
+            "rerank": self.options.rerank, "deadline_s": self.deadline_s,
+            "max_in_flight": self.max_in_flight, "status_url": self.status_url,
+            "metrics_url": self.metrics_url, "app": self.app, "sample_s": self.sample_s,
+            "api_key": self.api_key is not None,
+        }
+
+
+async def execute(test: LoadTest) -> LoadTestReport:
+    """Health check, metrics before, the run with the replica monitor beside it, metrics after
+    (once they had time to be exported), and the numbers."""
+    import grpc
+
+    from papersearch.client import AsyncSearchClient
+    from papersearch.loadtest.monitor import ReplicaMonitor, metric_deltas, read_metrics
+    from papersearch.loadtest.report import LoadTestReport
+    from papersearch.loadtest.runner import Runner
+    from papersearch.loadtest.stats import per_second, per_step, summarize
+
+    run = test.describe() | {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    try:
+        before = await asyncio.to_thread(read_metrics, test.metrics_url)
+        metrics_error = None
+    except OSError as error:
+        before, metrics_error = None, str(error)
+    loop = asyncio.get_running_loop()
+    async with AsyncSearchClient(test.target, test.api_key, HEALTH_TIMEOUT_S) as client:
+        try:
+            run["health_before"] = await client.health()
+        except grpc.aio.AioRpcError as error:
+            raise TargetUnreachable(f"{test.target} did not answer a health check: "
+                                    f"{error.code().name}: {error.details()}") from None
+        start = loop.time()
+
+        def clock() -> float:
+            return loop.time() - start
+
+        monitor = ReplicaMonitor(test.status_url, test.app, test.sample_s, clock)
+        watcher = asyncio.create_task(monitor.run())
+        try:
+            runner = Runner(client, test.queries, test.options, test.deadline_s,
+                            test.max_in_flight, clock)
+            records = await runner.run(test.schedule.offsets)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+    deltas = None
+    if before is not None:
+        await asyncio.sleep(test.metrics_settle_s)
+        try:
+            deltas = metric_deltas(before, await asyncio.to_thread(read_metrics, test.metrics_url))
+        except OSError as error:
+            metrics_error = str(error)
+    duration_s = test.schedule.duration_s
+    return LoadTestReport(
+        run=run, summary=summarize(records, duration_s), steps=per_step(records, test.profile),
+        seconds=per_second(records, monitor.samples, duration_s), samples=monitor.samples,
+        metric_deltas=deltas, metrics_error=metrics_error,
+    )
+
+
+def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
+    """Validate the options (raising ValueError / FileNotFoundError) before anything runs."""
+    from papersearch.loadtest.profile import LoadProfile, schedule
+    from papersearch.loadtest.queries import load_queries
+    from papersearch.loadtest.runner import SearchOptions
+    from papersearch.pipeline.query import SearchQuery
+
+    check_target(args.target, args.allow_remote)
+    if args.rate is not None:
+        profile = LoadProfile.constant(args.rate, args.duration or DEFAULT_RATE_DURATION_S)
+    else:
+        profile = LoadProfile.parse_steps(args.steps)
+    for name in ("deadline_s", "sample_s"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+    if args.metrics_settle_s < 0:
+        raise ValueError("--metrics-settle-s must be >= 0")
+    if args.max_in_flight < 1:
+        raise ValueError(f"--max-in-flight must be >= 1, got {args.max_in_flight}")
+    queries = load_queries(args.queries, settings.corpus_dir, args.seed)
+    options = SearchOptions(args.top_k, args.mode, args.rerank)
+    SearchQuery(queries[0], options.top_k, options.mode).validate(settings.search)
+    return LoadTest(
+        target=args.target, api_key=args.api_key, profile=profile,
+        schedule=schedule(profile, args.requests, args.duration, args.poisson, args.seed),
+        queries=queries, options=options, deadline_s=args.deadline_s,
+        max_in_flight=args.max_in_flight, status_url=args.status_url,
+        metrics_url=args.metrics_url, metrics_settle_s=args.metrics_settle_s,
+        app=args.app or settings.serve.app_name, sample_s=args.sample_s,
+    )
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.loadtest.plot import plot_run
+    from papersearch.loadtest.report import format_summary
+
+    test = build(settings, args)
+    out = args.out or Path("loadtest-results") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    report = asyncio.run(execute(test))
+    json_path = report.write(out)
+    png_path = out / "loadtest.png"
+    title = f"papersearch loadtest {test.target}: {test.profile.describe()} (QPS:s)"
+    plot_run(png_path, title, report.seconds, report.samples, test.profile.boundaries_s)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_summary(report, [json_path, png_path]))
+    return 0

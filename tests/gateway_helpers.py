@@ -1,0 +1,68 @@
+"""Running real grpc.aio gateways inside tests: an event loop in a thread, servers on free
+127.0.0.1 ports (shared by test_gateway.py and test_loadtest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from papersearch.gateway.server import Gateway
+from papersearch.pipeline.backend import Backend
+from papersearch.settings import Settings
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread: the gateways live there, the tests call in."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Servers:
+    """Starts gateways on free 127.0.0.1 ports; stops them all at teardown."""
+
+    def __init__(self, loop: LoopThread, base: Settings) -> None:
+        self.loop = loop
+        self.base = base
+        self.gateways: list[Gateway] = []
+
+    def start(self, backend: Backend, **serve: Any) -> str:
+        options = {"grpc_host": "127.0.0.1", "grpc_port": free_port(), "health_poll_s": 0.2,
+                   "rerank_timeout_s": 30.0, **serve}
+        settings = self.base.model_copy(
+            update={"serve": self.base.serve.model_copy(update=options)}
+        )
+
+        async def make() -> Gateway:
+            gateway = Gateway(backend, settings)  # the grpc.aio server belongs to this loop
+            await gateway.start()
+            return gateway
+
+        gateway = self.loop.run(make())
+        self.gateways.append(gateway)
+        return gateway.address
+
+    def stop(self) -> None:
+        for gateway in self.gateways:
+            self.loop.run(gateway.stop(0.5))

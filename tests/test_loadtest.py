@@ -1,0 +1,488 @@
+"""The load generator: percentiles, profiles, accounting, Serve status and Prometheus parsing
+(fast), and tiny real runs against an in-process gateway over the real models (slow)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from papersearch.cli import main
+from papersearch.encoder.runtime import Encoder
+from papersearch.loadtest.command import check_target, is_loopback
+from papersearch.loadtest.monitor import (
+    DeploymentState,
+    ReplicaMonitor,
+    ReplicaSample,
+    deployment_states,
+    metric_deltas,
+    metric_name,
+    parse_metrics,
+)
+from papersearch.loadtest.profile import LoadProfile, Step, schedule
+from papersearch.loadtest.queries import load_queries, queries_from_file
+from papersearch.loadtest.report import server_side
+from papersearch.loadtest.runner import Outcome, RequestRecord, Runner, SearchOptions
+from papersearch.loadtest.stats import per_second, percentile, summarize
+from papersearch.pipeline.backend import LocalBackend
+from papersearch.pipeline.factory import open_index
+from papersearch.pipeline.query import SearchQuery, SearchResult
+from papersearch.reranker.runtime import Reranker
+from papersearch.settings import Settings
+from tests.conftest import SAMPLE_CORPUS
+from tests.gateway_helpers import LoopThread, Servers, free_port
+
+# --- percentiles -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("q", "expected"), [
+    (0, 15.0),
+    (40, 29.0),  # h = 4 * 0.40 = 1.6: 20 + 0.6 * (35 - 20)
+    (50, 35.0),  # h = 2: the middle value
+    (95, 48.0),  # h = 3.8: 40 + 0.8 * (50 - 40)
+    (99, 49.6),  # h = 3.96: 40 + 0.96 * 10
+    (100, 50.0),
+])
+def test_percentile_hand_computed(q: float, expected: float) -> None:
+    assert percentile([50, 15, 40, 20, 35], q) == pytest.approx(expected)
+
+
+def test_percentile_matches_numpy_and_edge_cases() -> None:
+    rng = random.Random(7)
+    values = [rng.expovariate(1.0) for _ in range(101)]
+    for q in (1, 50, 90, 99, 99.9):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="within 0..100"):
+        percentile([1.0], 101)
+
+
+# --- profiles and schedules ------------------------------------------------------------------
+
+
+def test_parse_steps() -> None:
+    profile = LoadProfile.parse_steps("2:30, 8:60,2:90")
+    assert profile.steps == (Step(2, 30), Step(8, 60), Step(2, 90))
+    assert profile.duration_s == 180 and profile.boundaries_s == [30, 90]
+    assert profile.describe() == "2:30,8:60,2:90"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("", "item 1 '': expected RATE:SECONDS"),
+    ("2", "item 1 '2': expected RATE:SECONDS"),
+    ("2:30,,", "item 2 '': expected RATE:SECONDS"),
+    ("fast:30", "item 1 'fast:30': could not convert"),
+    ("2:0", "item 1 '2:0': a step's duration must be > 0 seconds"),
+    ("-1:5", "a step's rate must be a number >= 0"),
+    ("inf:5", "a step's rate must be a number >= 0"),
+])
+def test_parse_steps_errors(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        LoadProfile.parse_steps(spec)
+
+
+def test_evenly_spaced_offsets() -> None:
+    assert list(LoadProfile.constant(4, 2).offsets()) == [i / 4 for i in range(8)]
+    assert len(list(LoadProfile.constant(3, 1).offsets())) == 3  # not 4 from 1/3 rounding
+    # a pause step sends nothing; every step starts at its own start
+    assert list(LoadProfile.parse_steps("2:1,0:1,1:2").offsets()) == [0, 0.5, 2, 3]
+
+
+def test_poisson_offsets_are_seeded_and_stay_in_their_steps() -> None:
+    profile = LoadProfile.parse_steps("50:10,0:5,100:10")
+    offsets = list(profile.offsets(poisson=True, seed=3))
+    assert offsets == list(profile.offsets(poisson=True, seed=3))
+    assert offsets != list(profile.offsets(poisson=True, seed=4))
+    assert offsets == sorted(offsets)
+    assert not [t for t in offsets if 10 <= t < 15 or t >= 25]
+    assert 400 < sum(1 for t in offsets if t < 10) < 600  # about 500
+    assert 850 < sum(1 for t in offsets if t >= 15) < 1150  # about 1000
+
+
+def test_schedule_is_cut_by_count_or_duration() -> None:
+    profile = LoadProfile.constant(10, 60)
+    by_count = schedule(profile, max_requests=25)
+    assert len(by_count.offsets) == 25 and by_count.duration_s == pytest.approx(2.5)
+    by_time = schedule(profile, max_requests=1000, max_duration_s=2)
+    assert len(by_time.offsets) == 20 and by_time.duration_s == 2
+    whole = schedule(LoadProfile.parse_steps("2:3,4:2"), max_requests=1000)
+    assert len(whole.offsets) == 14 and whole.duration_s == 5
+    with pytest.raises(ValueError, match="--requests must be >= 1"):
+        schedule(profile, 0)
+    with pytest.raises(ValueError, match="at most the profile's 60 s"):
+        schedule(profile, 10, max_duration_s=61)
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+
+def test_queries_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "q.txt"
+    path.write_text("graph neural networks\n\n  diffusion  \n\ngraph neural networks\n")
+    lines = ["graph neural networks", "diffusion", "graph neural networks"]
+    assert queries_from_file(path) == lines
+    assert sorted(load_queries(path, SAMPLE_CORPUS, seed=1)) == sorted(lines)  # repeats kept
+    path.write_text("\n  \n")
+    with pytest.raises(ValueError, match="no non-blank line"):
+        queries_from_file(path)
+    with pytest.raises(FileNotFoundError, match="no such queries file"):
+        queries_from_file(tmp_path / "missing.txt")
+
+
+def test_default_queries_are_titles_and_phrases_shuffled_by_seed() -> None:
+    queries = load_queries(None, SAMPLE_CORPUS, seed=5)
+    assert queries == load_queries(None, SAMPLE_CORPUS, seed=5)
+    assert queries != load_queries(None, SAMPLE_CORPUS, seed=6)
+    assert len(queries) == len(set(queries)) > 1000  # 591 papers: a title and a phrase each
+    assert any(q.startswith("FedWon") for q in queries)
+    assert min(len(q.split()) for q in queries) >= 1
+    assert sum(1 for q in queries if 3 <= len(q.split()) <= 8) > 500
+
+
+# --- loopback guard --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["localhost:50051", "LOCALHOST:1", "127.0.0.1:50051",
+                                    "127.8.9.10:80", "[::1]:50051", "::1:50051"])
+def test_loopback_targets(target: str) -> None:
+    assert is_loopback(target)
+    check_target(target, allow_remote=False)
+
+
+@pytest.mark.parametrize("target", ["10.0.0.5:50051", "0.0.0.0:50051", "example.com:443",
+                                    "[2001:db8::1]:50051"])
+def test_remote_targets_need_allow_remote(target: str) -> None:
+    assert not is_loopback(target)
+    with pytest.raises(ValueError, match="pass --allow-remote"):
+        check_target(target, allow_remote=False)
+    check_target(target, allow_remote=True)
+
+
+@pytest.mark.parametrize("target", ["localhost", ":50051", "host:http", "127.0.0.1:0",
+                                    "127.0.0.1:70000"])
+def test_malformed_targets(target: str) -> None:
+    with pytest.raises(ValueError, match="--target must be HOST:PORT"):
+        is_loopback(target)
+
+
+def test_cli_refuses_a_remote_target(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["loadtest", "--target", "192.0.2.1:50051", "--rate", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("papersearch: error: refusing to load-test 192.0.2.1:50051")
+    assert len(err.splitlines()) == 1
+
+
+def test_cli_reports_bad_options_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["loadtest", "--target", "127.0.0.1:1", "--steps", "2:1,x"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "papersearch: error: --steps item 2 'x': expected RATE:SECONDS")
+
+
+def test_cli_needs_a_reachable_target(capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    args = ["loadtest", "--target", f"127.0.0.1:{free_port()}", "--rate", "1", "--duration",
+            "1", "--queries", str(_queries_file(tmp_path)), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert "did not answer a health check: UNAVAILABLE" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# --- the runner's accounting, with a fake client ---------------------------------------------
+
+
+class FakeSearcher:
+    """Answers by query text: "ok" quickly, "busy" with RESOURCE_EXHAUSTED, "hang" never."""
+
+    async def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
+        if query.text == "hang":
+            await asyncio.sleep(3600)
+        await asyncio.sleep(0.01)
+        if query.text == "busy":
+            raise grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, details="full")
+        return SearchResult((), reranked=query.rerank, timings_ms={})
+
+
+def _run_fake(queries: list[str], offsets: list[float], max_in_flight: int,
+              deadline_s: float = 0.2) -> list[RequestRecord]:
+    async def go() -> list[RequestRecord]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        runner = Runner(FakeSearcher(), queries, SearchOptions(rerank=True), deadline_s,
+                        max_in_flight, lambda: loop.time() - start)
+        return await runner.run(offsets)
+
+    return asyncio.run(go())
+
+
+def test_runner_accounting_adds_up() -> None:
+    # queries cycle: ok, busy, hang, ok, busy, hang, ...; two "hang"s hold the cap of 2
+    offsets = [i * 0.05 for i in range(12)]
+    started = time.monotonic()
+    records = _run_fake(["ok", "busy", "hang"], offsets, max_in_flight=2)
+    assert time.monotonic() - started < 0.6 + 0.2 + 1.0 + 0.5  # last send + deadline + grace
+    assert [r.scheduled_s for r in records] == offsets
+    summary = summarize(records, duration_s=0.6)
+    assert (summary.scheduled, summary.ok, summary.errors) == (12, 2, {"RESOURCE_EXHAUSTED": 2})
+    assert summary.cancelled == 2 and summary.not_sent == 6 and summary.sent == 6
+    assert summary.reranked_ratio == 1.0
+    assert [r.outcome for r in records[:6]] == [Outcome.COMPLETED, Outcome.COMPLETED,
+                                               Outcome.CANCELLED, Outcome.COMPLETED,
+                                               Outcome.COMPLETED, Outcome.CANCELLED]
+    assert all(r.outcome is Outcome.NOT_SENT and r.started_s is None for r in records[6:])
+
+    rows = per_second(records, [], duration_s=0.6)
+    assert len(rows) == 2  # the cancellations land in second 1
+    assert sum(r.offered for r in rows) == 12 and sum(r.sent for r in rows) == 6
+    assert sum(r.ok for r in rows) == 2 and sum(r.not_sent for r in rows) == 6
+    assert sum(r.cancelled for r in rows) == 2 and rows[-1].in_flight == 0
+    assert sum(sum(r.errors.values()) for r in rows) == 2
+    assert rows[0].in_flight == 2  # the two hanging requests
+
+
+def test_summary_refuses_records_that_do_not_add_up() -> None:
+    broken = [RequestRecord(0.0, Outcome.COMPLETED, 0.0, 0.1, code=None)]
+    with pytest.raises(AssertionError, match="1 scheduled != 0 ok"):
+        summarize(broken, duration_s=1)
+
+
+def test_per_second_buckets_by_schedule_and_by_completion() -> None:
+    records = [
+        RequestRecord(0.2, Outcome.COMPLETED, 0.2, 1.3, "OK", True),  # offered 0, done 1
+        RequestRecord(0.5, Outcome.COMPLETED, 0.5, 0.6, "OK", False),
+        RequestRecord(0.9, Outcome.COMPLETED, 0.9, 0.95, "UNAVAILABLE"),
+        RequestRecord(1.1, Outcome.NOT_SENT),
+        RequestRecord(1.5, Outcome.CANCELLED, 1.5, 2.7),
+    ]
+    samples = [
+        ReplicaSample(0.1, {"QueryEncoder": DeploymentState(1, 1, "HEALTHY")}),
+        ReplicaSample(0.9, {"QueryEncoder": DeploymentState(2, 2, "UPSCALING")}),
+        ReplicaSample(1.5, {}, "connection refused"),
+    ]
+    rows = per_second(records, samples, duration_s=2)
+    assert [r.t_s for r in rows] == [0, 1, 2]  # the cancellation at 2.7 adds a third second
+    assert [r.offered for r in rows] == [3, 2, 0]
+    assert [r.ok for r in rows] == [1, 1, 0]
+    assert rows[0].errors == {"UNAVAILABLE": 1} and rows[1].errors == {}
+    assert [r.not_sent for r in rows] == [0, 1, 0]
+    assert [r.cancelled for r in rows] == [0, 0, 1]
+    assert [r.in_flight for r in rows] == [1, 1, 0]
+    assert rows[0].latency_ms["p50"] == pytest.approx(100.0)
+    assert rows[1].latency_ms["p99"] == pytest.approx(1100.0)
+    assert rows[2].latency_ms == {"p50": None, "p95": None, "p99": None}
+    assert rows[0].replicas == {"QueryEncoder": 2} and rows[1].replicas is None
+    summary = summarize(records, duration_s=2)
+    assert summary.reranked_ratio == 0.5 and summary.elapsed_s == pytest.approx(2.7)
+    assert summary.latency_ms["max"] == pytest.approx(1100.0)
+    assert summary.latency_ms["p50"] == pytest.approx(600.0)  # halfway between 100 and 1100
+    assert summary.offered_qps == 2.5 and summary.achieved_qps == 1.0
+
+
+# --- Serve status and Prometheus metrics -----------------------------------------------------
+
+SERVE_STATUS: dict[str, Any] = {  # GET /api/serve/applications/ (Ray 2.60), trimmed
+    "controller_info": {"node_id": "n1", "actor_id": "a1"},
+    "proxy_location": "Disabled",
+    "proxies": {},
+    "target_capacity": None,
+    "applications": {
+        "papersearch": {
+            "name": "papersearch", "route_prefix": None, "docs_path": None, "status": "RUNNING",
+            "message": "", "last_deployed_time_s": 1754000000.0, "source": "declarative",
+            "external_scaler_enabled": False,
+            "deployments": {
+                "QueryEncoder": {
+                    "name": "QueryEncoder", "status": "UPSCALING",
+                    "status_trigger": "AUTOSCALING", "message": "",
+                    "deployment_config": {"name": "QueryEncoder"}, "target_num_replicas": 3,
+                    "required_resources": {"CPU": 0.5},
+                    "replicas": [
+                        {"replica_id": "e1", "state": "RUNNING", "start_time_s": 1754000001.0},
+                        {"replica_id": "e2", "state": "RUNNING", "start_time_s": 1754000040.0},
+                        {"replica_id": "e3", "state": "STARTING", "start_time_s": 1754000060.0},
+                    ],
+                },
+                "Reranker": {
+                    "name": "Reranker", "status": "DOWNSCALING",
+                    "status_trigger": "AUTOSCALING", "message": "",
+                    "deployment_config": {"name": "Reranker"}, "target_num_replicas": 1,
+                    "required_resources": {"CPU": 1},
+                    "replicas": [
+                        {"replica_id": "r1", "state": "RUNNING", "start_time_s": 1754000001.0},
+                        {"replica_id": "r2", "state": "STOPPING", "start_time_s": 1754000030.0},
+                    ],
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydantic v1 idioms inside Ray
+def test_the_serve_status_literal_has_ray_s_schema() -> None:
+    from ray.serve.schema import ServeInstanceDetails
+
+    ServeInstanceDetails.model_validate(SERVE_STATUS)
+
+
+def test_deployment_states_from_serve_status() -> None:
+    states = deployment_states(SERVE_STATUS, "papersearch")
+    assert states == {
+        "QueryEncoder": DeploymentState(running=2, target=3, status="UPSCALING"),
+        "Reranker": DeploymentState(running=1, target=1, status="DOWNSCALING"),
+    }
+    with pytest.raises(LookupError, match="no Serve application 'other' .running: papersearch"):
+        deployment_states(SERVE_STATUS, "other")
+    with pytest.raises(LookupError, match="running: none"):
+        deployment_states({"applications": {}}, "papersearch")
+
+
+def test_monitor_records_an_unreachable_status_api() -> None:
+    monitor = ReplicaMonitor(f"http://127.0.0.1:{free_port()}", "papersearch", 1.0, lambda: 0.0)
+    sample = asyncio.run(monitor.sample())
+    assert sample.deployments == {} and sample.error is not None
+    assert "/api/serve/applications/" in sample.error and "refused" in sample.error.lower()
+
+
+def _ray_labels(worker: str) -> str:
+    return (f'Component="core_worker",NodeAddress="127.0.0.1",SessionName="session_1",'
+            f'Version="2.60.0",WorkerId="{worker}",otel_scope_name="ray"')
+
+
+def _metrics_text(ok_w1: float, ok_w2: float, reranked: float, batch_count: float,
+                  in_flight: float) -> str:
+    return f"""\
+# HELP ray_papersearch_requests_total Requests by method and status code.
+# TYPE ray_papersearch_requests_total counter
+ray_papersearch_requests_total{{{_ray_labels("w1")},code="OK",method="Search"}} {ok_w1}
+ray_papersearch_requests_total{{{_ray_labels("w2")},code="OK",method="Search"}} {ok_w2}
+ray_papersearch_requests_total{{{_ray_labels("w1")},code="DEADLINE_EXCEEDED",method="Search"}} 1
+# HELP ray_papersearch_searches_total Searches by whether the rerank stage ran.
+# TYPE ray_papersearch_searches_total counter
+ray_papersearch_searches_total{{{_ray_labels("w1")},reranked="true"}} {reranked}
+ray_papersearch_searches_total{{{_ray_labels("w1")},reranked="false"}} 10
+# HELP ray_papersearch_batch_size Items per batch.
+# TYPE ray_papersearch_batch_size histogram
+ray_papersearch_batch_size_bucket{{{_ray_labels("w3")},deployment="QueryEncoder",le="4.0"}} 5
+ray_papersearch_batch_size_bucket{{{_ray_labels("w3")},deployment="QueryEncoder",le="+Inf"}} \
+{batch_count}
+ray_papersearch_batch_size_count{{{_ray_labels("w3")},deployment="QueryEncoder"}} {batch_count}
+ray_papersearch_batch_size_sum{{{_ray_labels("w3")},deployment="QueryEncoder"}} 40
+# HELP ray_papersearch_in_flight Requests in flight.
+# TYPE ray_papersearch_in_flight gauge
+ray_papersearch_in_flight{{{_ray_labels("w3")},deployment="QueryEncoder",replica="a"}} {in_flight}
+ray_papersearch_in_flight{{{_ray_labels("w4")},deployment="QueryEncoder",replica="b"}} 1
+# HELP ray_tasks Ray's own metric, not ours.
+# TYPE ray_tasks gauge
+ray_tasks{{{_ray_labels("w1")},State="RUNNING"}} 7
+"""
+
+
+def test_metrics_are_summed_over_ray_labels_and_differenced() -> None:
+    start = parse_metrics(_metrics_text(10, 5, 0, 8, 3))
+    end = parse_metrics(_metrics_text(30, 20, 25, 12, 2))
+    assert start.values[("ray_papersearch_requests_total",
+                         (("code", "OK"), ("method", "Search")))] == 15
+    assert not [k for k in start.values if not k[0].startswith("ray_papersearch_")]
+    deltas = {metric_name(k): v for k, v in metric_deltas(start, end).items()}
+    assert deltas == {
+        'ray_papersearch_requests_total{code="OK",method="Search"}': 35.0,
+        'ray_papersearch_requests_total{code="DEADLINE_EXCEEDED",method="Search"}': 0.0,
+        'ray_papersearch_searches_total{reranked="true"}': 25.0,
+        'ray_papersearch_searches_total{reranked="false"}': 0.0,
+        'ray_papersearch_batch_size_bucket{deployment="QueryEncoder",le="4.0"}': 0.0,
+        'ray_papersearch_batch_size_bucket{deployment="QueryEncoder",le="+Inf"}': 4.0,
+        'ray_papersearch_batch_size_count{deployment="QueryEncoder"}': 4.0,
+        'ray_papersearch_batch_size_sum{deployment="QueryEncoder"}': 0.0,
+        'ray_papersearch_in_flight{deployment="QueryEncoder"}': 3.0,  # a gauge: its end value
+    }
+    requests, reranked_ratio = server_side(metric_deltas(start, end))
+    assert requests == {"Search DEADLINE_EXCEEDED": 0.0, "Search OK": 35.0}
+    assert reranked_ratio == 1.0
+
+
+# --- tiny real runs (slow: real models, a real grpc.aio gateway, no Ray) ----------------------
+
+
+def _queries_file(tmp_path: Path) -> Path:
+    path = tmp_path / "queries.txt"
+    path.write_text("federated learning without normalization\ndiffusion models\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gateway(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
+            reranker_dir: Path) -> Iterator[str]:
+    encoder = Encoder(embedder_dir)
+    store = open_index(sample_settings, encoder)
+    loop = LoopThread()
+    servers = Servers(loop, sample_settings)
+    try:
+        yield servers.start(LocalBackend(encoder, store, Reranker(reranker_dir)))
+    finally:
+        servers.stop()
+        loop.close()
+        store.close()
+
+
+def _loadtest(target: str, out: Path, *options: str) -> dict[str, Any]:
+    closed = f"127.0.0.1:{free_port()}"  # neither Ray's dashboard nor its metrics here
+    argv = ["loadtest", "--target", target, "--out", str(out), "--status-url",
+            f"http://{closed}", "--metrics-url", f"http://{closed}/metrics", *options]
+    assert main(argv) == 0
+    report: dict[str, Any] = json.loads((out / "loadtest.json").read_text())
+    return report
+
+
+@pytest.mark.slow
+def test_a_tiny_run_against_a_real_gateway(gateway: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PAPERSEARCH_CORPUS_DIR", str(SAMPLE_CORPUS))  # default queries
+    started = time.monotonic()
+    report = _loadtest(gateway, tmp_path, "--steps", "2:1,4:1.5", "--seed", "3", "--no-rerank")
+    assert time.monotonic() - started < 30
+    out = capsys.readouterr().out
+    assert "scheduled 8  sent 8  ok 8  errors 0" in out
+    assert "samples unreadable" in out and "metrics unreadable" in out
+
+    summary = report["summary"]
+    assert (summary["scheduled"], summary["sent"], summary["ok"]) == (8, 8, 8)
+    assert summary["errors"] == {} and summary["not_sent"] == summary["cancelled"] == 0
+    assert summary["reranked_ratio"] == 0.0 and summary["duration_s"] == 2.5
+    lat = summary["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    seconds = report["seconds"]
+    assert [row["offered"] for row in seconds[:3]] == [2, 4, 2]
+    assert sum(row["ok"] for row in seconds) == 8 and seconds[-1]["in_flight"] == 0
+    assert [(s["rate_qps"], s["offered"], s["ok"]) for s in report["steps"]] == [
+        (2, 2, 2), (4, 6, 6)]
+
+    replicas = report["replicas"]
+    assert replicas["samples"] and replicas["failed"] == len(replicas["samples"])
+    assert replicas["range"] == {} and "/api/serve/applications/" in replicas["first_error"]
+    assert report["metrics"]["deltas"] is None and report["metrics"]["error"]
+    assert report["run"]["target"] == gateway and report["run"]["health_before"] == "SERVING"
+    assert set(report) == {"run", "summary", "steps", "seconds", "replicas", "metrics"}
+    assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_deadline_too_short_counts_deadline_exceeded(gateway: str, tmp_path: Path) -> None:
+    report = _loadtest(gateway, tmp_path, "--rate", "4", "--duration", "1", "--deadline-s",
+                       "0.002", "--queries", str(_queries_file(tmp_path)), "--json")
+    summary = report["summary"]
+    assert summary["scheduled"] == summary["sent"] == 4
+    assert summary["ok"] == 0 and summary["errors"] == {"DEADLINE_EXCEEDED": 4}
+    assert summary["latency_ms"]["p50"] is None
+    assert sum(row["errors"].get("DEADLINE_EXCEEDED", 0) for row in report["seconds"]) == 4
+    assert (tmp_path / "loadtest.png").is_file()
