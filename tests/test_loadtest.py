@@ -15,9 +15,9 @@ import grpc
 import numpy as np
 import pytest
 
-from papersearch.cli import main
+from papersearch.cli import build_parser, main
 from papersearch.encoder.runtime import Encoder
-from papersearch.loadtest.command import check_target, is_loopback
+from papersearch.loadtest.command import build, check_target, is_loopback
 from papersearch.loadtest.monitor import (
     DeploymentState,
     ReplicaMonitor,
@@ -197,6 +197,23 @@ def test_cli_needs_a_reachable_target(capsys: pytest.CaptureFixture[str],
     assert not (tmp_path / "out").exists()
 
 
+def test_options_default_from_settings(tmp_path: Path) -> None:
+    settings = Settings(serve={"dashboard_host": "127.0.0.2", "dashboard_port": 18265,
+                               "metrics_port": 18080, "app_name": "ps"})
+    queries = str(_queries_file(tmp_path))
+    test = build(settings, build_parser().parse_args(
+        ["loadtest", "--target", "localhost:50051", "--rate", "2", "--queries", queries]))
+    assert test.status_url == "http://127.0.0.2:18265" and test.app == "ps"
+    assert test.metrics_url == "http://127.0.0.1:18080/metrics"
+    assert test.schedule.duration_s == 30 and len(test.schedule.offsets) == 60
+    assert test.options == SearchOptions(top_k=10, mode="hybrid", rerank=True)
+    test = build(settings, build_parser().parse_args(
+        ["loadtest", "--target", "localhost:50051", "--steps", "4:10,1:10", "--duration", "5",
+         "--requests", "15", "--no-rerank", "--mode", "sparse", "--queries", queries]))
+    assert len(test.schedule.offsets) == 15 and test.schedule.duration_s == 3.75
+    assert test.options == SearchOptions(top_k=10, mode="sparse", rerank=False)
+
+
 # --- the runner's accounting, with a fake client ---------------------------------------------
 
 
@@ -235,6 +252,7 @@ def test_runner_accounting_adds_up() -> None:
     assert (summary.scheduled, summary.ok, summary.errors) == (12, 2, {"RESOURCE_EXHAUSTED": 2})
     assert summary.cancelled == 2 and summary.not_sent == 6 and summary.sent == 6
     assert summary.reranked_ratio == 1.0
+    assert 0 <= summary.send_lag_ms["p50"] < 50  # the loop kept to the schedule
     assert [r.outcome for r in records[:6]] == [Outcome.COMPLETED, Outcome.COMPLETED,
                                                Outcome.CANCELLED, Outcome.COMPLETED,
                                                Outcome.COMPLETED, Outcome.CANCELLED]
@@ -284,6 +302,7 @@ def test_per_second_buckets_by_schedule_and_by_completion() -> None:
     assert summary.reranked_ratio == 0.5 and summary.elapsed_s == pytest.approx(2.7)
     assert summary.latency_ms["max"] == pytest.approx(1100.0)
     assert summary.latency_ms["p50"] == pytest.approx(600.0)  # halfway between 100 and 1100
+    assert summary.send_lag_ms == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
     assert summary.offered_qps == 2.5 and summary.achieved_qps == 1.0
 
 

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from papersearch.loadtest.runner import SearchOptions
     from papersearch.settings import Settings
 
-DEFAULT_STATUS_URL = "http://127.0.0.1:8265"  # the Ray dashboard: Serve's REST API
-DEFAULT_METRICS_URL = "http://127.0.0.1:8080/metrics"  # Ray's metrics export port
 DEFAULT_MAX_REQUESTS = 100_000
 DEFAULT_RATE_DURATION_S = 30.0
 HEALTH_TIMEOUT_S = 5.0
@@ -87,10 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests due past this many in flight are not sent, and counted")
     parser.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
                         help="x-api-key (default: $PAPERSEARCH_API_KEY)")
-    parser.add_argument("--status-url", default=DEFAULT_STATUS_URL,
-                        help="Ray dashboard, for Serve's replica counts (default %(default)s)")
-    parser.add_argument("--metrics-url", default=DEFAULT_METRICS_URL,
-                        help="Prometheus text metrics (default %(default)s)")
+    parser.add_argument("--status-url",
+                        help="Ray dashboard, for Serve's replica counts (default: "
+                             "http://serve.dashboard_host:serve.dashboard_port)")
+    parser.add_argument("--metrics-url",
+                        help="Prometheus text metrics (default: "
+                             "http://127.0.0.1:serve.metrics_port/metrics, Ray's export port)")
     parser.add_argument("--metrics-settle-s", type=float, default=10.0,
                         help="wait before the final metrics read: Ray exports custom metrics "
                              "every 10 s by default (default %(default)s)")
@@ -197,7 +197,8 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
 
     check_target(args.target, args.allow_remote)
     if args.rate is not None:
-        profile = LoadProfile.constant(args.rate, args.duration or DEFAULT_RATE_DURATION_S)
+        duration = DEFAULT_RATE_DURATION_S if args.duration is None else args.duration
+        profile = LoadProfile.constant(args.rate, duration)
     else:
         profile = LoadProfile.parse_steps(args.steps)
     for name in ("deadline_s", "sample_s"):
@@ -209,14 +210,18 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
         raise ValueError(f"--max-in-flight must be >= 1, got {args.max_in_flight}")
     queries = load_queries(args.queries, settings.corpus_dir, args.seed)
     options = SearchOptions(args.top_k, args.mode, args.rerank)
-    SearchQuery(queries[0], options.top_k, options.mode).validate(settings.search)
+    for text in queries:  # what the gateway would refuse is a mistake in the options or file
+        SearchQuery(text, options.top_k, options.mode).validate(settings.search)
+    serve = settings.serve
     return LoadTest(
         target=args.target, api_key=args.api_key, profile=profile,
         schedule=schedule(profile, args.requests, args.duration, args.poisson, args.seed),
         queries=queries, options=options, deadline_s=args.deadline_s,
-        max_in_flight=args.max_in_flight, status_url=args.status_url,
-        metrics_url=args.metrics_url, metrics_settle_s=args.metrics_settle_s,
-        app=args.app or settings.serve.app_name, sample_s=args.sample_s,
+        max_in_flight=args.max_in_flight,
+        status_url=args.status_url or f"http://{serve.dashboard_host}:{serve.dashboard_port}",
+        metrics_url=args.metrics_url or f"http://127.0.0.1:{serve.metrics_port}/metrics",
+        metrics_settle_s=args.metrics_settle_s,
+        app=args.app or serve.app_name, sample_s=args.sample_s,
     )
 
 

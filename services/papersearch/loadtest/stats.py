@@ -1,8 +1,10 @@
 """Numbers from a run's records: per second, per profile step and overall.
 
 Buckets are whole seconds from the start. A request counts as offered in the second it was
-scheduled for; its answer (achieved QPS, latency, error) in the second it came back. Latency
-percentiles are over OK answers only: an error's latency says how fast it failed.
+scheduled for; its answer (achieved QPS, latency, error) in the second it came back. Latency runs
+from the actual send to the answer, and its percentiles are over OK answers only (an error's
+latency says how fast it failed); the send lag (actual - scheduled send time) shows whether the
+generator itself kept up.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class Summary:
     offered_qps: float  # scheduled / duration
     achieved_qps: float  # OK answers / duration
     latency_ms: dict[str, float | None]  # p50, p95, p99, max of OK answers
+    send_lag_ms: dict[str, float | None]  # p50, p95, p99, max of sent - scheduled time
     reranked_ratio: float | None  # of OK answers
 
 
@@ -152,6 +155,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
             f" errors + {not_sent} not sent + {cancelled} cancelled (sent {sent})"
         )
     latencies = _ok_latencies(records)
+    lags = [r.started_s - r.scheduled_s for r in records if r.started_s is not None]
     reranked = [r.reranked for r in records if r.code == OK]
     return Summary(
         scheduled=len(records), sent=sent, ok=ok, errors=errors, not_sent=not_sent,
@@ -159,5 +163,6 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
         elapsed_s=max([duration_s, *(r.ended_s for r in records if r.ended_s is not None)]),
         offered_qps=len(records) / duration_s, achieved_qps=ok / duration_s,
         latency_ms={**latency_ms(latencies), "max": max(latencies) * 1000 if latencies else None},
+        send_lag_ms={**latency_ms(lags), "max": max(lags) * 1000 if lags else None},
         reranked_ratio=sum(1 for r in reranked if r) / len(reranked) if reranked else None,
     )
