@@ -1,0 +1,364 @@
+"""Checks across the objects of one rendered overlay: what no schema can see.
+
+Each check returns a list of error strings (empty when it holds).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from papersearch.deployment.pods import (
+    PodTemplate,
+    cpu_quantity,
+    matches,
+    ray_resources,
+    templates,
+)
+from papersearch.deployment.render import Rendered
+from papersearch.deployment.serve_config import expected_serve_config
+
+GATEWAY_DEPLOYMENT = "Gateway"
+PLACEHOLDER = "CHANGE-ME"
+# Secrets an overlay may leave out (created out of band, deploy/README.md): name -> keys.
+EXTERNAL_SECRETS = {"papersearch-qdrant": {"api-key"}, "papersearch-gateway": {"api-keys"}}
+# Stand-ins for their values when checking settings (the real ones never reach the repo).
+SAMPLE_SECRET_VALUES = {"api-key": "sample-key", "api-keys": '["sample-key"]'}
+SERVE_DEFAULT_CPUS = 1.0  # a replica without ray_actor_options.num_cpus reserves one CPU
+
+
+def serve_config(rendered: Rendered) -> dict[str, Any]:
+    return yaml.safe_load(rendered.one("RayService")["spec"]["serveConfigV2"])
+
+
+def deployments(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    config = serve_config(rendered)
+    return {d["name"]: d for app in config["applications"] for d in app.get("deployments", [])}
+
+
+def check_serve_config_derived(rendered: Rendered, root: Path) -> list[str]:
+    """serveConfigV2 is exactly what deploy/serve/papersearch.yaml + overrides derive to."""
+    actual = rendered.one("RayService")["spec"].get("serveConfigV2")
+    expected = expected_serve_config(root, rendered.overlay)
+    if actual != expected:
+        return ["RayService serveConfigV2 differs from deploy/serve/papersearch.yaml + "
+                "serve-overrides.yaml: run `make k8s-serve-config`"]
+    return []
+
+
+def _max_replicas(deployment: Mapping[str, Any]) -> int:
+    autoscaling = deployment.get("autoscaling_config")
+    if autoscaling:
+        return int(autoscaling["max_replicas"])
+    return int(deployment.get("num_replicas", 1))
+
+
+def _needs(deployment: Mapping[str, Any]) -> dict[str, float]:
+    options = deployment.get("ray_actor_options", {})
+    needs = {"CPU": float(options.get("num_cpus", SERVE_DEFAULT_CPUS))}
+    needs.update({k: float(v) for k, v in options.get("resources", {}).items()})
+    return needs
+
+
+def _ray_groups(rendered: Rendered) -> list[PodTemplate]:
+    return [t for t in templates(rendered.objects) if t.group is not None]
+
+
+def check_gateway_placement(rendered: Rendered) -> list[str]:
+    """Each Gateway replica has a gateway pod of its own, and those pods serve and probe gRPC."""
+    errors: list[str] = []
+    gateway = deployments(rendered)[GATEWAY_DEPLOYMENT]
+    wanted = {k for k in _needs(gateway) if k != "CPU"}
+    if len(wanted) != 1:
+        return ["Gateway must ask for exactly one custom resource (its own worker group)"]
+    resource = wanted.pop()
+    hosts = [t for t in _ray_groups(rendered)
+             if resource in ray_resources(t.group or {}, t.containers[0])]
+    if len(hosts) != 1:
+        return [f"exactly one Ray group must offer {resource}, found {len(hosts)}"]
+    host = hosts[0]
+    group = host.group or {}
+    replicas = {group.get(k) for k in ("replicas", "minReplicas", "maxReplicas")}
+    if replicas != {gateway.get("num_replicas")}:
+        errors.append(f"Gateway num_replicas {gateway.get('num_replicas')} must equal the "
+                      f"{group.get('groupName')} group's replicas/min/max "
+                      f"{sorted(map(str, replicas))}")
+    if gateway.get("max_replicas_per_node") != 1:
+        errors.append("Gateway needs max_replicas_per_node: 1 (it binds the port)")
+    if ray_resources(group, host.containers[0]).get(resource) != 1:
+        errors.append(f"each gateway pod must offer exactly 1 {resource}")
+    port = int(_env(rendered, host.containers[0]).get("PAPERSEARCH_SERVE__GRPC_PORT", "50051"))
+    ray = host.containers[0]
+    if not any(p.get("name") == "grpc" and p["containerPort"] == port
+               for p in ray.get("ports", [])):
+        errors.append(f"gateway pods must declare container port `grpc` {port}")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if ray.get(probe, {}).get("grpc", {}).get("port") != port:
+            errors.append(f"gateway pods need a gRPC {probe} on {port} (grpc.health.v1)")
+    for other in _ray_groups(rendered):
+        component = other.labels.get("app.kubernetes.io/component")
+        if other.owner != host.owner and component == "gateway":
+            errors.append(f"{other.owner} is labelled gateway but hosts no Gateway")
+    return errors
+
+
+def check_replicas_fit(rendered: Rendered) -> list[str]:
+    """Every replica fits on some Ray group, and the autoscaling maxima fit the groups' maxima."""
+    groups = [(t, ray_resources(t.group or {}, t.containers[0])) for t in _ray_groups(rendered)]
+    errors: list[str] = []
+    demand: dict[str, float] = {}
+    for name, deployment in deployments(rendered).items():
+        needs = _needs(deployment)
+        fits = [t for t, offer in groups if all(offer.get(k, 0.0) >= v for k, v in needs.items())]
+        if not fits:
+            errors.append(f"no Ray group can host a {name} replica (needs {needs})")
+        for key, value in needs.items():
+            demand[key] = demand.get(key, 0.0) + value * _max_replicas(deployment)
+    for key, total in demand.items():
+        capacity = sum(offer.get(key, 0.0) * int((t.group or {}).get("maxReplicas", 1))
+                       for t, offer in groups)
+        if total > capacity + 1e-9:
+            errors.append(f"autoscaling maxima need {total:g} {key}, the Ray groups at their "
+                          f"maxReplicas offer {capacity:g}")
+    return errors
+
+
+def check_selectors(rendered: Rendered) -> list[str]:
+    """Services, budgets, policies and monitors select pods, and name ports those pods have."""
+    pods = list(templates(rendered.objects))
+    errors: list[str] = []
+    for obj in rendered.objects:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        spec = obj.get("spec", {})
+        selector = {"Service": lambda s: s.get("selector"),
+                    "PodDisruptionBudget": lambda s: s.get("selector"),
+                    "NetworkPolicy": lambda s: s.get("podSelector"),
+                    "PodMonitor": lambda s: s.get("selector")}.get(kind)
+        if selector is None:
+            continue
+        chosen = [p for p in pods if matches(selector(spec), p.labels)]
+        if not chosen:
+            errors.append(f"{kind}/{name} selects no pod")
+        if kind == "Service":
+            for port in spec.get("ports", []):
+                target = port.get("targetPort", port["port"])
+                for pod in chosen:
+                    known = pod.port_names() if isinstance(target, str) else pod.ports()
+                    if target not in known:
+                        errors.append(f"Service/{name} port {target} is not a port of {pod.owner}")
+        if kind == "PodMonitor":
+            for endpoint in spec.get("podMetricsEndpoints", []):
+                for pod in chosen:
+                    if endpoint["port"] not in pod.port_names():
+                        errors.append(f"PodMonitor/{name}: {pod.owner} has no port "
+                                      f"{endpoint['port']}")
+    ray_pods = [p for p in pods if p.group is not None]
+    monitors = [o for o in rendered.objects if o["kind"] == "PodMonitor"]
+    for pod in ray_pods:
+        if not any(matches(m["spec"]["selector"], pod.labels) for m in monitors):
+            errors.append(f"{pod.owner}: its metrics port is scraped by no PodMonitor")
+    return errors
+
+
+def check_pod_hardening(rendered: Rendered) -> list[str]:
+    """Requests and limits everywhere; non-root, no privilege escalation, read-only root fs."""
+    errors: list[str] = []
+    for pod in templates(rendered.objects):
+        context = pod.spec.get("securityContext", {})
+        if context.get("runAsNonRoot") is not True:
+            errors.append(f"{pod.owner}: pod securityContext needs runAsNonRoot: true")
+        if context.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            errors.append(f"{pod.owner}: pod needs seccompProfile RuntimeDefault")
+        for container in [*pod.containers, *pod.spec.get("initContainers", [])]:
+            where = f"{pod.owner} container {container['name']}"
+            resources = container.get("resources", {})
+            for section in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in resources.get(section, {}):
+                        errors.append(f"{where}: no {resource} {section[:-1]}")
+            security = container.get("securityContext", {})
+            if security.get("allowPrivilegeEscalation") is not False:
+                errors.append(f"{where}: allowPrivilegeEscalation must be false")
+            if security.get("readOnlyRootFilesystem") is not True:
+                errors.append(f"{where}: readOnlyRootFilesystem must be true")
+            if "ALL" not in security.get("capabilities", {}).get("drop", []):
+                errors.append(f"{where}: capabilities must drop ALL")
+            limits = resources.get("limits", {})
+            requests = resources.get("requests", {})
+            if "cpu" in limits and "cpu" in requests and (
+                    cpu_quantity(requests["cpu"]) > cpu_quantity(limits["cpu"])):
+                errors.append(f"{where}: cpu request above its limit")
+    return errors
+
+
+def check_secrets(rendered: Rendered) -> list[str]:
+    """Secrets in the repository hold placeholders only; references name existing keys."""
+    errors: list[str] = []
+    present: dict[str, set[str]] = {}
+    for secret in rendered.find("Secret"):
+        name = secret["metadata"]["name"]
+        values = {**secret.get("stringData", {}), **secret.get("data", {})}
+        present[name] = set(values)
+        for key, value in values.items():
+            if PLACEHOLDER not in str(value):
+                errors.append(f"Secret/{name} key {key}: not a {PLACEHOLDER} placeholder")
+    for pod in templates(rendered.objects):
+        for container in pod.containers:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if not ref:
+                    continue
+                keys = present.get(ref["name"], EXTERNAL_SECRETS.get(ref["name"]))
+                if keys is None or ref["key"] not in keys:
+                    errors.append(f"{pod.owner}: {env['name']} refers to a missing secret key "
+                                  f"{ref['name']}/{ref['key']}")
+    return errors
+
+
+def _env(rendered: Rendered, container: Mapping[str, Any]) -> dict[str, str]:
+    """A container's environment as the kubelet builds it (secrets: placeholders/samples)."""
+    out: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef", {}).get("name")
+        if ref:
+            out.update({str(k): str(v) for k, v in rendered.one("ConfigMap", ref)["data"].items()})
+    secrets = {s["metadata"]["name"]: {**s.get("stringData", {})} for s in rendered.find("Secret")}
+    for env in container.get("env", []):
+        if "value" in env:
+            out[env["name"]] = str(env["value"])
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            value = secrets.get(ref["name"], {}).get(ref["key"])
+            out[env["name"]] = value if value is not None else SAMPLE_SECRET_VALUES[ref["key"]]
+    return out
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {k: v for k, v in os.environ.items() if k.startswith("PAPERSEARCH_")}
+    for key in saved:
+        del os.environ[key]
+    os.environ.update({k: v for k, v in values.items() if k.startswith("PAPERSEARCH_")})
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("PAPERSEARCH_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+def unknown_setting(name: str) -> bool:
+    """True if PAPERSEARCH_<A>__<B> names no field of Settings (a typo pydantic would ignore)."""
+    from pydantic import BaseModel
+
+    from papersearch.settings import Settings
+
+    model: type[BaseModel] = Settings
+    parts = name.removeprefix("PAPERSEARCH_").lower().split("__")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return True
+        annotation = field.annotation
+        if i < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return True
+            model = annotation
+    return False
+
+
+def check_settings(rendered: Rendered) -> list[str]:
+    """Every papersearch container's environment builds the Settings the deployment needs."""
+    from papersearch.settings import Settings
+
+    errors: list[str] = []
+    qdrant = {s["metadata"]["name"]: s for s in rendered.find("Service")}
+    peers = sum(s["spec"]["replicas"] for s in rendered.find("StatefulSet", "qdrant"))
+    for pod in templates(rendered.objects):
+        for container in pod.containers:
+            env = _env(rendered, container)
+            if not any(k.startswith("PAPERSEARCH_") for k in env):
+                continue
+            where = f"{pod.owner} container {container['name']}"
+            errors += [f"{where}: {k} is no setting" for k in env
+                       if k.startswith("PAPERSEARCH_") and unknown_setting(k)]
+            try:
+                with _environment(env):
+                    settings = Settings()
+            except Exception as error:  # noqa: BLE001 (pydantic's ValidationError and friends)
+                errors.append(f"{where}: settings do not load: {error}")
+                continue
+            index = settings.index
+            url = urlparse(index.url or "")
+            service = qdrant.get(url.hostname or "")
+            ports = {p["port"] for p in service["spec"]["ports"]} if service else set()
+            checks: list[tuple[bool, str]] = [
+                (index.backend == "server", "index.backend must be server"),
+                (service is not None, f"index.url host {url.hostname} is no Service here"),
+                (url.port in ports and index.grpc_port in ports,
+                 f"Qdrant ports {url.port}/{index.grpc_port} not on the Service"),
+                (index.api_key is not None, "index.api_key must come from the Secret"),
+                (index.shard_number >= 2, "index.shard_number must be >= 2"),
+                (index.replication_factor == 2, "index.replication_factor must be 2"),
+                (index.replication_factor <= peers, "more replicas than Qdrant peers"),
+                (settings.models.repository.is_absolute(), "models.repository must be absolute"),
+            ]
+            if pod.group is not None:
+                checks += [
+                    (settings.serve.grpc_host == "0.0.0.0", "serve.grpc_host must be 0.0.0.0"),
+                    (bool(settings.serve.api_keys), "serve.api_keys must come from the Secret"),
+                ]
+            errors += [f"{where}: {message}" for ok, message in checks if not ok]
+            if pod.labels.get("papersearch.io/qdrant-client") != "true":
+                errors.append(f"{where}: talks to Qdrant but lacks the label the Qdrant "
+                              "NetworkPolicy admits (papersearch.io/qdrant-client)")
+    return errors
+
+
+def check_qdrant(rendered: Rendered) -> list[str]:
+    """Distributed Qdrant: 3+ peers on PVCs, the headless Service, the key from the Secret."""
+    errors: list[str] = []
+    sts = rendered.one("StatefulSet", "qdrant")
+    spec = sts["spec"]
+    if spec["replicas"] < 3:
+        errors.append("Qdrant needs 3 peers at least")
+    claims = {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])}
+    if not {"qdrant-storage", "qdrant-snapshots"} <= claims:
+        errors.append("Qdrant needs storage and snapshot PVCs")
+    headless = rendered.one("Service", spec["serviceName"])
+    if headless["spec"].get("clusterIP") != "None":
+        errors.append("Qdrant's serviceName must be a headless Service")
+    script = next(iter(c["data"]["initialize.sh"] for c in rendered.find("ConfigMap")
+                       if "initialize.sh" in c.get("data", {})), "")
+    if f"{sts['metadata']['name']}-0.{spec['serviceName']}:6335" not in script:
+        errors.append("initialize.sh must bootstrap from peer 0 through the headless Service")
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0].get("env", [])}
+    key = env.get("QDRANT__SERVICE__API_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
+    if key != {"name": "papersearch-qdrant", "key": "api-key"}:
+        errors.append("Qdrant's API key must come from Secret papersearch-qdrant/api-key")
+    return errors
+
+
+CHECKS: dict[str, Callable[[Rendered], list[str]]] = {
+    "gateway placement": check_gateway_placement,
+    "replicas fit": check_replicas_fit,
+    "selectors and ports": check_selectors,
+    "pod hardening": check_pod_hardening,
+    "secrets": check_secrets,
+    "settings from env": check_settings,
+    "qdrant cluster": check_qdrant,
+}
+
+
+def all_errors(rendered: Rendered, root: Path) -> list[str]:
+    errors = [f"serve config: {e}" for e in check_serve_config_derived(rendered, root)]
+    for name, check in CHECKS.items():
+        errors += [f"{name}: {e}" for e in check(rendered)]
+    return errors
+

@@ -1,0 +1,244 @@
+"""The RayService's serveConfigV2, derived mechanically from the one Serve config.
+
+deploy/serve/papersearch.yaml is what ``papersearch serve``, ``serve run`` and ``serve deploy``
+use. Kubernetes needs a few deployment options of its own (the Gateway pinned to the gateway
+worker group, the Retriever scaled out against the Qdrant server), kept per kustomization in
+``serve-overrides.yaml``: deployment name -> options laid over the file's (mappings merge,
+anything else replaces, ``null`` removes the key). The source is edited as a round trip, so
+every byte the overrides do not touch, comments included, stays as it is; without overrides the
+result is the file itself, byte for byte.
+
+Each kustomization with overrides carries the result as ``serve-config.generated.yaml``, a patch
+that sets the RayService's ``spec.serveConfigV2``; overlays chain onto the base's overrides.
+``python -m papersearch.deployment.serve_config`` rewrites them, ``--check`` fails on drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import io
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SOURCE = Path("deploy/serve/papersearch.yaml")
+K8S = Path("deploy/k8s")
+OVERRIDES = "serve-overrides.yaml"
+GENERATED = "serve-config.generated.yaml"
+RAYSERVICE_NAME = "papersearch"
+
+Overrides = dict[str, dict[str, Any]]
+
+
+class ServeConfigError(ValueError):
+    """An override names no deployment, or the derived text does not say what it should."""
+
+
+def repo_root() -> Path:
+    """The repository checkout this module lives in (services/papersearch/deployment/)."""
+    return Path(__file__).resolve().parents[3]
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: mappings merge recursively, None deletes, the rest replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_overrides(paths: Sequence[Path]) -> Overrides:
+    """The chain of override files (base first), merged into one mapping by deployment name."""
+    chained: dict[str, Any] = {}
+    for path in paths:
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, Mapping) or not all(
+            isinstance(v, Mapping) for v in data.values()
+        ):
+            raise ServeConfigError(f"{path}: expected deployment name -> options")
+        for name, options in data.items():
+            chained[name] = _merge_keeping_nulls(chained.get(name, {}), options)
+    return chained
+
+
+def _merge_keeping_nulls(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    # Chaining files must keep a later file's null: it deletes a key of the Serve config.
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge_keeping_nulls(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """The parsed Serve config with ``overrides`` applied (what the derived text must parse to)."""
+    result = copy.deepcopy(data)
+    found: set[str] = set()
+    for app in result.get("applications", []):
+        deployments = app.get("deployments", [])
+        for i, deployment in enumerate(deployments):
+            name = deployment.get("name")
+            if name in overrides:
+                deployments[i] = merge(deployment, overrides[name])
+                found.add(name)
+    _require_known(overrides, found)
+    return result
+
+
+def _require_known(overrides: Overrides, found: set[str]) -> None:
+    unknown = sorted(set(overrides) - found)
+    if unknown:
+        raise ServeConfigError(f"overrides name no deployment of the Serve config: {unknown}")
+
+
+def derive(source_text: str, overrides: Overrides) -> str:
+    """The Serve config text with ``overrides`` applied; ``source_text`` itself if none."""
+    if not overrides:
+        return source_text
+    from ruamel.yaml import YAML  # dev extra: only this tooling needs a round-trip YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 100
+    rt.indent(mapping=2, sequence=4, offset=2)  # the source's own layout
+    document = rt.load(source_text)
+    found: set[str] = set()
+    for app in document.get("applications", []):
+        for deployment in app.get("deployments", []):
+            name = deployment.get("name")
+            if name in overrides:
+                _merge_in_place(deployment, overrides[name])
+                found.add(name)
+    _require_known(overrides, found)
+    out = io.StringIO()
+    rt.dump(document, out)
+    text = out.getvalue()
+    expected = apply_overrides(yaml.safe_load(source_text), overrides)
+    if yaml.safe_load(text) != expected:
+        raise ServeConfigError("the derived Serve config does not parse to the merged options")
+    return text
+
+
+def _merge_in_place(target: Any, over: Mapping[str, Any]) -> None:
+    for key, value in over.items():
+        if value is None:
+            if key in target:
+                del target[key]
+        elif isinstance(value, Mapping) and isinstance(target.get(key), Mapping):
+            _merge_in_place(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def render_patch(serve_config: str, provenance: Sequence[str]) -> str:
+    """A kustomize patch setting the RayService's serveConfigV2 to exactly ``serve_config``."""
+    if not serve_config.endswith("\n") or serve_config.endswith("\n\n"):
+        raise ServeConfigError("the Serve config must end with exactly one newline")
+    if any(line != line.rstrip() for line in serve_config.splitlines()):
+        raise ServeConfigError("the Serve config has trailing whitespace (a YAML block drops it)")
+    header = [
+        "# GENERATED by `make k8s-serve-config` (python -m papersearch.deployment.serve_config)",
+        *(f"# {'from' if i == 0 else '   +'} {source}" for i, source in enumerate(provenance)),
+        "# Do not edit: tests/test_deploy.py fails when this drifts from its sources.",
+    ]
+    body = "".join(f"    {line}\n" if line else "\n" for line in serve_config.splitlines())
+    patch = "\n".join([
+        *header,
+        "apiVersion: ray.io/v1",
+        "kind: RayService",
+        "metadata:",
+        f"  name: {RAYSERVICE_NAME}",
+        "spec:",
+        "  serveConfigV2: |",
+    ]) + "\n" + body
+    if yaml.safe_load(patch)["spec"]["serveConfigV2"] != serve_config:
+        raise ServeConfigError("the patch does not carry the Serve config byte for byte")
+    return patch
+
+
+@dataclass(frozen=True)
+class Target:
+    """A kustomization that carries a generated serveConfigV2 patch."""
+
+    directory: Path  # relative to the repository root
+    chain: tuple[Path, ...]  # override files, base first (relative to the repository root)
+
+    @property
+    def output(self) -> Path:
+        return self.directory / GENERATED
+
+
+def chain_for(root: Path, kustomization: Path) -> tuple[Path, ...]:
+    """Override files that apply to a kustomization directory: the base's, then its own."""
+    base = K8S / "base"
+    chain = [base / OVERRIDES] if (root / base / OVERRIDES).is_file() else []
+    own = kustomization / OVERRIDES
+    if kustomization != base and (root / own).is_file():
+        chain.append(own)
+    return tuple(chain)
+
+
+def targets(root: Path) -> list[Target]:
+    """The base and every overlay that has overrides of its own (the others inherit the base's)."""
+    found = [Target(K8S / "base", chain_for(root, K8S / "base"))]
+    overlays = root / K8S / "overlays"
+    for overlay in sorted(p for p in overlays.iterdir() if p.is_dir()) if overlays.is_dir() else []:
+        relative = overlay.relative_to(root)
+        if (overlay / OVERRIDES).is_file():
+            found.append(Target(relative, chain_for(root, relative)))
+    return found
+
+
+def expected_serve_config(root: Path, kustomization: Path) -> str:
+    """The serveConfigV2 a rendered kustomization must carry."""
+    chain = chain_for(root, kustomization)
+    return derive((root / SOURCE).read_text(), load_overrides([root / p for p in chain]))
+
+
+def generate(root: Path, target: Target) -> str:
+    text = derive((root / SOURCE).read_text(), load_overrides([root / p for p in target.chain]))
+    return render_patch(text, [str(SOURCE), *(str(p) for p in target.chain)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a generated patch is missing or stale")
+    parser.add_argument("--root", type=Path, default=repo_root())
+    args = parser.parse_args(argv)
+    stale = 0
+    for target in targets(args.root):
+        wanted = generate(args.root, target)
+        path = args.root / target.output
+        current = path.read_text() if path.is_file() else ""
+        if current == wanted:
+            print(f"up to date: {target.output}")
+        elif args.check:
+            stale += 1
+            sys.stdout.writelines(difflib.unified_diff(
+                current.splitlines(keepends=True), wanted.splitlines(keepends=True),
+                str(target.output), f"{target.output} (regenerated)"))
+        else:
+            path.write_text(wanted)
+            print(f"wrote {target.output}")
+    if stale:
+        print(f"{stale} stale serveConfigV2 patch(es): run `make k8s-serve-config`",
+              file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
