@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import gc
 import json
-import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,52 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import (
+    TITLE_WORDS,
+    Unavailable,
+    check_prerequisites,
+    free_port,
+    load_queries,
+    log,
+    replica_overrides,
+    wait_serving,
+)
 
-from papersearch.corpus.readers import read_corpus
 from papersearch.index.errors import CollectionMissing, StoreError
-from papersearch.models.manifest import model_dir
 from papersearch.pipeline.query import SearchQuery, SearchResult
 from papersearch.settings import Settings
 
 MODES = {"rerank": True, "no_rerank": False}
 STAGES = ("encode", "retrieve", "rerank", "total")
-TITLE_WORDS = 6
-
-
-class Unavailable(RuntimeError):
-    """A missing prerequisite (index, models, corpus): reported in one line, exit 2."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def load_queries(corpus_dir: Path, count: int, seed: int) -> list[str]:
-    """``count`` queries: the first words of each title, shuffled, cycled if needed
-    (the measured ones first, the warm-up ones after them)."""
-    if not corpus_dir.exists():
-        raise Unavailable(f"corpus {corpus_dir} does not exist (set PAPERSEARCH_CORPUS_DIR)")
-    titles = {" ".join(p.title.split()[:TITLE_WORDS]) for p in read_corpus(corpus_dir)}
-    queries = sorted(t for t in titles if t.strip())
-    if not queries:
-        raise Unavailable(f"no paper titles in {corpus_dir}")
-    random.Random(seed).shuffle(queries)
-    return [queries[i % len(queries)] for i in range(count)]
-
-
-def check_prerequisites(settings: Settings) -> None:
-    models = settings.models
-    names = [models.embedder_name] + ([models.reranker_name]
-                                      if settings.search.rerank_enabled else [])
-    for name in names:
-        try:
-            model_dir(models.repository, name)
-        except Exception as error:
-            raise Unavailable(f"{error} (or `make run`)") from None
-    if settings.index.backend == "embedded":
-        shard = settings.index.data_dir / settings.index.collection
-        if not shard.is_dir():
-            raise Unavailable(f"no index at {shard}: run `papersearch ingest` (or `make run`)")
 
 
 def summarise(latencies_ms: Sequence[float], results: Sequence[SearchResult]) -> dict[str, Any]:
@@ -149,22 +118,6 @@ def run_inprocess(
         gc.collect()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def replica_overrides(settings: Settings, port: int) -> dict[str, Any]:
-    """What the replicas must agree on with the in-process run (env reaches them as well)."""
-    return {
-        "models": settings.models.model_dump(mode="json"),
-        "search": settings.search.model_dump(mode="json"),
-        "index": settings.index.model_dump(mode="json", exclude={"api_key"}),
-        "serve": {"grpc_port": port},
-    }
-
-
 def throughput(client: Any, queries: Sequence[str], workers: int = 8) -> float:
     """Searches/s (no rerank) with ``workers`` requests in flight, over the query list."""
     from concurrent.futures import ThreadPoolExecutor
@@ -197,16 +150,7 @@ def run_gateway(
                        overrides=replica_overrides(settings, port), config_overrides=proxy)
         with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client, \
                 SearchClient(f"127.0.0.1:{proxy_port}", timeout_s=60) as via_proxy:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if client.health() == "SERVING":
-                        break
-                except Exception:  # noqa: BLE001 - the port may not be bound yet
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the gateway never reported SERVING")
-                time.sleep(0.5)
+            wait_serving(client)
             return {
                 "gateway": measure(client.search, queries, warmup, "gateway"),
                 "serve_grpc_proxy": measure(via_proxy.search, queries, warmup, "proxy"),

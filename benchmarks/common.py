@@ -1,0 +1,82 @@
+"""What the serving benchmarks share: the query list, prerequisites, and starting the app."""
+
+from __future__ import annotations
+
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from papersearch.client import SearchClient
+from papersearch.corpus.readers import read_corpus
+from papersearch.models.manifest import model_dir
+from papersearch.settings import Settings
+
+TITLE_WORDS = 6
+
+
+class Unavailable(RuntimeError):
+    """A missing prerequisite (index, models, corpus): reported in one line, exit 2."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_queries(corpus_dir: Path, count: int, seed: int) -> list[str]:
+    """``count`` queries: the first words of each title, shuffled, cycled if needed
+    (the measured ones first, the warm-up ones after them)."""
+    if not corpus_dir.exists():
+        raise Unavailable(f"corpus {corpus_dir} does not exist (set PAPERSEARCH_CORPUS_DIR)")
+    titles = {" ".join(p.title.split()[:TITLE_WORDS]) for p in read_corpus(corpus_dir)}
+    queries = sorted(t for t in titles if t.strip())
+    if not queries:
+        raise Unavailable(f"no paper titles in {corpus_dir}")
+    random.Random(seed).shuffle(queries)
+    return [queries[i % len(queries)] for i in range(count)]
+
+
+def check_prerequisites(settings: Settings) -> None:
+    models = settings.models
+    names = [models.embedder_name] + ([models.reranker_name]
+                                      if settings.search.rerank_enabled else [])
+    for name in names:
+        try:
+            model_dir(models.repository, name)
+        except Exception as error:
+            raise Unavailable(f"{error} (or `make run`)") from None
+    if settings.index.backend == "embedded":
+        shard = settings.index.data_dir / settings.index.collection
+        if not shard.is_dir():
+            raise Unavailable(f"no index at {shard}: run `papersearch ingest` (or `make run`)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def replica_overrides(settings: Settings, port: int) -> dict[str, Any]:
+    """What the replicas must agree on with the in-process run (env reaches them as well)."""
+    return {
+        "models": settings.models.model_dump(mode="json"),
+        "search": settings.search.model_dump(mode="json"),
+        "index": settings.index.model_dump(mode="json", exclude={"api_key"}),
+        "serve": {"grpc_port": port},
+    }
+
+
+def wait_serving(client: SearchClient, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.health() == "SERVING":
+                return
+        except Exception:  # noqa: BLE001 - the port may not be bound yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateway never reported SERVING")
+        time.sleep(0.5)

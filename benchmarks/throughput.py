@@ -1,0 +1,228 @@
+"""Saturation throughput of the served pipeline vs its compute floor, same run.
+
+    python benchmarks/throughput.py [--replicas 1 2] [--seconds 30] > throughput.json
+
+For each path, the bottleneck deployment is fixed at 1, 2, ... replicas (autoscaling off) and
+the gRPC gateway is driven closed-loop (``--concurrency`` requests in flight per replica) for
+``--seconds`` after a warm-up; saturation QPS = completed searches / wall time.
+
+- ``rerank``: Search with rerank (the stage switched on for the run, its budget raised so no
+  search falls back): the Reranker (30 cross-encoder pairs per search) is the bottleneck.
+- ``no_rerank``: Search without rerank: the QueryEncoder is the model stage.
+
+The compute floor is the same work done in this process with ideal batching and no serving at
+all: ``k`` threads (one per replica, each with its own single-threaded onnxruntime sessions as a
+replica has) take batches of 32 queries: encode them in one call, retrieve each (hybrid, the
+rerank depth), and score all their (query, passage) pairs in one call. Ratio = served QPS /
+floor QPS with the same ``k`` (target >= 0.8). The floor runs first (the embedded shard admits
+one process), then Ray and the app start once and are redeployed per replica count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import (
+    Unavailable,
+    check_prerequisites,
+    free_port,
+    load_queries,
+    log,
+    replica_overrides,
+    wait_serving,
+)
+
+from papersearch.client import SearchClient
+from papersearch.encoder.runtime import Encoder
+from papersearch.pipeline.factory import open_index
+from papersearch.pipeline.query import SearchQuery
+from papersearch.reranker.runtime import Reranker
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import Settings
+
+PATHS = {"rerank": ("Reranker", True), "no_rerank": ("QueryEncoder", False)}
+FLOOR_BATCH = 32
+RERANK_BUDGET_S = 120.0  # the benchmark measures reranked searches: no fallback to fused
+
+
+def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: bool) -> float:
+    """Queries/s of encode + retrieve (+ rerank) in-process, ``workers`` threads, big batches."""
+    encoders = [Encoder.from_settings(settings.models) for _ in range(workers)]
+    rerankers = [Reranker.from_settings(settings.models) if rerank else None
+                 for _ in range(workers)]
+    store = open_index(settings, encoders[0])
+    retriever = Retriever(store)
+    lock = threading.Lock()  # one embedded shard handle; retrieval is ~1 ms of the work
+    depth = settings.search.rerank_top_n if rerank else settings.search.default_top_k
+    chunks = [list(queries[i:i + FLOOR_BATCH]) for i in range(0, len(queries), FLOOR_BATCH)]
+
+    def run(chunk: list[str], worker: int) -> None:
+        vectors = encoders[worker].encode_queries(chunk)
+        with lock:
+            found = [retriever.search(q, v, mode="hybrid", limit=depth)
+                     for q, v in zip(chunk, vectors, strict=True)]
+        reranker = rerankers[worker]
+        if reranker is not None:
+            reranker.score_pairs([(q, h.paper.text)
+                                  for q, hits in zip(chunk, found, strict=True) for h in hits])
+
+    def work(worker: int) -> None:
+        for chunk in chunks[worker::workers]:
+            run(chunk, worker)
+
+    try:
+        for worker in range(workers):  # warm-up: first-call allocations out of the measurement
+            run(chunks[0][:4], worker)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, range(workers)))
+        return len(queries) / (time.perf_counter() - started)
+    finally:
+        store.close()
+
+
+def saturate(client: SearchClient, queries: Sequence[str], rerank: bool, concurrency: int,
+             seconds: float, warmup_s: float) -> dict[str, Any]:
+    """Closed loop: ``concurrency`` callers search back to back; count what completes in the
+    measured window (after the warm-up), and every error."""
+    stop_at = time.monotonic() + warmup_s + seconds
+    window = [0.0, 0.0]
+    counts = {"ok": 0, "reranked": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def caller(offset: int) -> None:
+        i = offset
+        while time.monotonic() < stop_at:
+            try:
+                result = client.search(SearchQuery(queries[i % len(queries)], rerank=rerank))
+                ok, reranked = True, result.reranked
+            except Exception:  # noqa: BLE001 - counted, reported
+                ok, reranked = False, False
+            now = time.monotonic()
+            with lock:
+                if window[0] <= now <= window[1]:
+                    counts["ok" if ok else "errors"] += 1
+                    counts["reranked"] += int(reranked)
+            i += concurrency
+
+    window[0] = time.monotonic() + warmup_s
+    window[1] = window[0] + seconds
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(caller, range(concurrency)))
+    return {"qps": round(counts["ok"] / seconds, 3), "completed": counts["ok"],
+            "reranked": counts["reranked"], "errors": counts["errors"],
+            "concurrency": concurrency, "seconds": seconds}
+
+
+def wait_replicas(app: str, deployment: str, count: int, timeout_s: float = 180.0) -> None:
+    """Until a redeploy has settled: ``count`` RUNNING replicas and nothing else."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications[app]
+        states = status.deployments[deployment].replica_states
+        if status.status == "RUNNING" and dict(states) == {"RUNNING": count}:
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"{deployment} never settled at {count} replicas")
+
+
+def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[int],
+               args: argparse.Namespace) -> dict[str, dict[int, dict[str, Any]]]:
+    from papersearch.serving import launcher
+
+    port = free_port()
+    serve = settings.serve.model_copy(update={"metrics_port": free_port(),
+                                              "dashboard_port": free_port()})
+    settings = settings.model_copy(update={"serve": serve})
+    overrides = replica_overrides(settings, port)
+    overrides["search"]["rerank_enabled"] = True
+    overrides["serve"]["rerank_timeout_s"] = RERANK_BUDGET_S
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
+    results: dict[str, dict[int, dict[str, Any]]] = {path: {} for path in PATHS}
+    try:
+        for path, (deployment, rerank) in PATHS.items():
+            for k in replicas:
+                # Autoscaling off: the bottleneck at k replicas, the other model stage at 1.
+                fixed = {name: {"num_replicas": k if name == deployment else 1,
+                                "autoscaling_config": None, "max_queued_requests": -1}
+                         for name, _ in PATHS.values()}
+                log(f"served: {path}, {deployment} x{k}")
+                launcher.start(settings, num_cpus=args.num_cpus, temp_dir=temp_dir,
+                               overrides=overrides, deployment_options=fixed)
+                wait_replicas(settings.serve.app_name, deployment, k)
+                with SearchClient(f"127.0.0.1:{port}", timeout_s=RERANK_BUDGET_S) as client:
+                    wait_serving(client)
+                    concurrency = args.concurrency * k
+                    results[path][k] = saturate(client, queries, rerank, concurrency,
+                                                args.seconds, args.warmup_s)
+                log(f"served: {path} x{k}: {results[path][k]}")
+    finally:
+        launcher.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window per run")
+    parser.add_argument("--warmup-s", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=8, help="in flight per replica")
+    parser.add_argument("--floor-queries", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--num-cpus", type=int, default=4, help="CPUs given to local Ray")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    try:
+        check_prerequisites(settings.model_copy(update={"search": settings.search.model_copy(
+            update={"rerank_enabled": True})}))
+        queries = load_queries(settings.corpus_dir, max(args.floor_queries, 512), args.seed)
+    except (Unavailable, FileNotFoundError) as error:
+        print(f"throughput benchmark: {error}", file=sys.stderr)
+        return 2
+    floor: dict[str, dict[int, float]] = {path: {} for path in PATHS}
+    for path, (_, rerank) in PATHS.items():
+        count = args.floor_queries if rerank else 4 * args.floor_queries
+        for k in args.replicas:
+            floor[path][k] = round(floor_qps(settings, queries[:count], k, rerank), 3)
+            log(f"floor: {path} with {k} thread(s): {floor[path][k]} q/s")
+    served = run_served(settings, queries, args.replicas, args)
+    result = {
+        "cpus": os.cpu_count(),
+        "replicas": args.replicas,
+        "paths": {
+            path: {
+                "bottleneck": deployment,
+                "runs": [
+                    {"replicas": k, "served_qps": served[path][k]["qps"],
+                     "floor_qps": floor[path][k],
+                     "ratio": round(served[path][k]["qps"] / floor[path][k], 3),
+                     **{key: served[path][k][key]
+                        for key in ("completed", "reranked", "errors", "concurrency")}}
+                    for k in args.replicas
+                ],
+            }
+            for path, (deployment, _) in PATHS.items()
+        },
+        "target_ratio": 0.8,
+        "seconds": args.seconds,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
