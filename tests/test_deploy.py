@@ -1,0 +1,226 @@
+"""Deployment artefacts, validated offline: every kustomize overlay rendered with kubectl and
+every object checked (Kubernetes schemas, KubeRay's CRD, Ray's Serve schema, cross-object
+rules), the serveConfigV2 derived from the Serve config byte for byte, and the policy scan.
+Each validator is also shown a broken object, so a check that cannot fail does not pass."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from papersearch.deployment import check, consistency, policy, serve_config
+from papersearch.deployment.render import Rendered, load_objects, overlays, render
+from papersearch.deployment.serve_schema import serve_config_errors
+from tests.conftest import ROOT
+
+SOURCE = ROOT / serve_config.SOURCE
+KUSTOMIZATIONS = [serve_config.K8S / "base", *overlays(ROOT)]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, Rendered]:
+    return {k.name: render(ROOT, k) for k in KUSTOMIZATIONS}
+
+
+# -- serveConfigV2: derived from deploy/serve/papersearch.yaml -------------------------------
+
+def test_no_overrides_leaves_the_serve_config_byte_for_byte() -> None:
+    source = SOURCE.read_text()
+    assert serve_config.derive(source, {}) == source
+    patch = serve_config.render_patch(source, [str(serve_config.SOURCE)])
+    assert yaml.safe_load(patch)["spec"]["serveConfigV2"] == source
+
+
+def test_overrides_change_only_what_they_name() -> None:
+    source = SOURCE.read_text()
+    base = ROOT / serve_config.K8S / "base"
+    overrides = serve_config.load_overrides([base / serve_config.OVERRIDES])
+    derived = serve_config.derive(source, overrides)
+    before, after = yaml.safe_load(source), yaml.safe_load(derived)
+    assert after == serve_config.apply_overrides(before, overrides)
+    unchanged = [line for line in source.splitlines() if line in derived.splitlines()]
+    assert len(unchanged) >= len(source.splitlines()) - 6  # comments and layout survive
+    with pytest.raises(serve_config.ServeConfigError, match="no deployment"):
+        serve_config.derive(source, {"Gatewya": {"num_replicas": 2}})
+
+
+def test_generated_patches_are_up_to_date() -> None:
+    assert serve_config.main(["--check", "--root", str(ROOT)]) == 0, (
+        "a serveConfigV2 patch drifted from deploy/serve/papersearch.yaml: "
+        "run `make k8s-serve-config`")
+
+
+def test_drift_is_detected(tmp_path: Path) -> None:
+    for part in ("deploy/serve", "deploy/k8s"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    assert serve_config.main(["--check", "--root", str(tmp_path)]) == 0
+    source = tmp_path / serve_config.SOURCE
+    source.write_text(source.read_text().replace("max_ongoing_requests: 64",
+                                                 "max_ongoing_requests: 65", 1))
+    assert serve_config.main(["--check", "--root", str(tmp_path)]) == 1
+    assert serve_config.main(["--root", str(tmp_path)]) == 0  # regenerate
+    assert serve_config.main(["--check", "--root", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("name", [k.name for k in KUSTOMIZATIONS])
+def test_rendered_serve_config_is_the_derived_text(rendered: dict[str, Rendered],
+                                                   name: str) -> None:
+    item = rendered[name]
+    actual = item.one("RayService")["spec"]["serveConfigV2"]
+    assert actual == serve_config.expected_serve_config(ROOT, item.overlay)
+    if not serve_config.chain_for(ROOT, item.overlay):
+        assert actual == SOURCE.read_text()
+
+
+# -- every rendered object validates ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", [k.name for k in KUSTOMIZATIONS])
+def test_every_object_validates(rendered: dict[str, Rendered], name: str) -> None:
+    result = check.validate(rendered[name], ROOT)
+    assert result.errors == []
+    assert sum(result.kinds.values()) >= 17
+    for kind in ("RayService", "StatefulSet", "Service", "Job", "NetworkPolicy",
+                 "PodDisruptionBudget", "PodMonitor", "ConfigMap"):
+        assert result.kinds[kind] >= 1, kind
+
+
+def test_prod_carries_no_secret_and_dev_only_placeholders(rendered: dict[str, Rendered]) -> None:
+    assert rendered["prod"].find("Secret") == []
+    for secret in rendered["dev"].find("Secret"):
+        assert all(consistency.PLACEHOLDER in v for v in secret["stringData"].values())
+
+
+def test_ray_version_matches_the_package_pin(rendered: dict[str, Rendered]) -> None:
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray = next(d for d in deps if d.startswith("ray[serve]"))
+    pin = SpecifierSet(ray.removeprefix("ray[serve]"))
+    for item in rendered.values():
+        assert item.one("RayService")["spec"]["rayClusterConfig"]["rayVersion"] in pin
+
+
+# -- the validators fail on broken objects --------------------------------------------------
+
+def _broken(item: Rendered, edit: Callable[[list[dict[str, Any]]], None]) -> Rendered:
+    objects = copy.deepcopy(item.objects)
+    edit(objects)
+    return Rendered(item.overlay, "", objects)
+
+
+def _first(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == kind)
+
+
+def _set_serve(objects: list[dict[str, Any]], text: str) -> None:
+    _first(objects, "RayService")["spec"]["serveConfigV2"] = text
+
+
+def _edit_serve(objects: list[dict[str, Any]], old: str, new: str) -> None:
+    text = _first(objects, "RayService")["spec"]["serveConfigV2"]
+    assert old in text
+    _set_serve(objects, text.replace(old, new, 1))
+
+
+def _gateway_group(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return _first(objects, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+
+
+BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
+    "core schema": (lambda o: _first(o, "StatefulSet")["spec"].update(replica=3),
+                    "'replica' was unexpected"),
+    "core type": (lambda o: _first(o, "Service")["spec"]["ports"][0].update(port="grpc"),
+                  "is not of type 'integer'"),
+    "CRD field": (lambda o: _gateway_group(o).update(maxReplica=3), "'maxReplica' was unexpected"),
+    "CRD pod template": (lambda o: _gateway_group(o)["template"]["spec"]["containers"][0]
+                         .update(imagePullpolicy="Always"), "'imagePullpolicy' was unexpected"),
+    "serve unknown key": (lambda o: _edit_serve(o, "max_queued_requests: 512",
+                                                "max_queue_requests: 512"),
+                          "max_queue_requests: unknown key"),
+    "serve autoscaling key": (lambda o: _edit_serve(o, "upscale_delay_s", "upscale_delays"),
+                              "upscale_delays: unknown key"),
+    "serve drift": (lambda o: _edit_serve(o, "max_ongoing_requests: 64",
+                                          "max_ongoing_requests: 32"),
+                    "serveConfigV2 differs"),
+    "gateway replicas": (lambda o: _gateway_group(o).update(replicas=5, maxReplicas=5),
+                         "must equal the gateway group"),
+    "gateway probe": (lambda o: _gateway_group(o)["template"]["spec"]["containers"][0]
+                      .pop("readinessProbe"), "gRPC readinessProbe"),
+    "real secret": (lambda o: _first(o, "Secret")["stringData"].update({"api-key": "hunter2"}),
+                    "not a CHANGE-ME placeholder"),
+    "setting typo": (lambda o: _first(o, "ConfigMap")["data"].update(
+        PAPERSEARCH_INDEX__SHARDS="2"), "PAPERSEARCH_INDEX__SHARDS is no setting"),
+    "setting value": (lambda o: _first(o, "ConfigMap")["data"].update(
+        PAPERSEARCH_INDEX__REPLICATION_FACTOR="1"), "replication_factor must be 2"),
+    "no limits": (lambda o: _first(o, "Job")["spec"]["template"]["spec"]["containers"][0]
+                  ["resources"].pop("limits"), "no cpu limit"),
+    "root fs": (lambda o: _first(o, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+                ["securityContext"].update(readOnlyRootFilesystem=False),
+                "readOnlyRootFilesystem must be true"),
+    "dangling selector": (lambda o: _first(o, "PodMonitor")["spec"]["selector"].update(
+        matchLabels={"app": "nothing"}), "selects no pod"),
+    "unknown kind": (lambda o: o.append({"apiVersion": "example.com/v1", "kind": "Widget",
+                                         "metadata": {"name": "w"}}), "no schema"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_validation_catches(rendered: dict[str, Rendered], breakage: str) -> None:
+    edit, expected = BREAKAGES[breakage]
+    result = check.validate(_broken(rendered["dev"], edit), ROOT)
+    assert any(expected in error for error in result.errors), result.errors
+
+
+def test_serve_schema_rejects_invalid_values() -> None:
+    text = SOURCE.read_text().replace("max_replicas_per_node: 1", "max_replicas_per_node: -1")
+    assert serve_config_errors(text)
+    assert serve_config_errors("applications: 3")
+
+
+def test_load_objects_skips_empty_documents() -> None:
+    assert load_objects("---\n---\nkind: A\n") == [{"kind": "A"}]
+
+
+# -- the policy scan -----------------------------------------------------------------------
+
+def test_exceptions_reconcile() -> None:
+    accepted = policy.Exception_("CKV_1", ("dev: Pod.*.a",), "because")
+    stale = policy.Exception_("CKV_2", ("*",), "no longer true")
+    findings = [policy.Finding("CKV_1", "dev: Pod.ns.a", "x"),
+                policy.Finding("CKV_3", "dev: Pod.ns.a", "y")]
+    report = policy.reconcile(findings, [accepted, stale])
+    assert [f.check for f, _ in report.accepted] == ["CKV_1"]
+    assert [f.check for f in report.unexplained] == ["CKV_3"]
+    assert report.stale == [stale] and not report.ok
+
+
+def test_every_exception_has_a_reason() -> None:
+    exceptions = policy.load_exceptions(ROOT / policy.EXCEPTIONS)
+    assert exceptions and all(len(e.reason) > 40 for e in exceptions)
+
+
+@pytest.mark.slow
+def test_policy_scan_has_no_unexplained_failure(rendered: dict[str, Rendered]) -> None:
+    report = policy.scan(ROOT, [r for n, r in rendered.items() if n != "base"])
+    print(report.summary())
+    assert report.passed > 500
+    assert report.ok, report.summary()
+
+
+@pytest.mark.slow
+def test_policy_scan_reports_a_new_failure(rendered: dict[str, Rendered]) -> None:
+    def privileged(objects: list[dict[str, Any]]) -> None:
+        container = _first(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
+        container["securityContext"]["privileged"] = True
+
+    report = policy.scan(ROOT, [_broken(rendered["dev"], privileged)])
+    assert any(f.check == "CKV_K8S_16" and "papersearch-ingest" in f.resource
+               for f in report.unexplained), report.summary()
