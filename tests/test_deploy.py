@@ -180,7 +180,8 @@ def test_validation_catches(rendered: dict[str, Rendered], breakage: str) -> Non
 
 
 def test_serve_schema_rejects_invalid_values() -> None:
-    text = SOURCE.read_text().replace("max_replicas_per_node: 1", "max_replicas_per_node: -1")
+    text = SOURCE.read_text().replace("num_replicas: 1 ", "num_replicas: -1 ", 1)
+    assert text != SOURCE.read_text()
     assert serve_config_errors(text)
     assert serve_config_errors("applications: 3")
 
