@@ -6,6 +6,7 @@ Each validator is also shown a broken object, so a check that cannot fail does n
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -184,6 +185,20 @@ def test_serve_schema_rejects_invalid_values() -> None:
     assert text != SOURCE.read_text()
     assert serve_config_errors(text)
     assert serve_config_errors("applications: 3")
+
+
+def test_compose_environment_builds_server_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    samples = {"QDRANT_API_KEY": "k", "PAPERSEARCH_API_KEYS": '["a", "b"]'}
+    for name in ("papersearch", "ingest"):
+        env = {k: re.sub(r"\$\{(\w+)[^}]*\}", lambda m: samples[m.group(1)], str(v))
+               for k, v in compose["services"][name]["environment"].items()}
+        assert not [k for k in env if consistency.unknown_setting(k)]
+        settings = consistency.settings_from_env(env)
+        assert settings.index.backend == "server" and settings.index.api_key is not None
+        if name == "papersearch":
+            assert settings.serve.grpc_host == "0.0.0.0"
+            assert [k.get_secret_value() for k in settings.serve.api_keys] == ["a", "b"]
 
 
 def test_load_objects_skips_empty_documents() -> None:

@@ -253,6 +253,14 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def settings_from_env(env: Mapping[str, str]) -> Any:
+    """The Settings a process with exactly these PAPERSEARCH_* variables would load."""
+    from papersearch.settings import Settings
+
+    with _environment(env):
+        return Settings()
+
+
 def unknown_setting(name: str) -> bool:
     """True if PAPERSEARCH_<A>__<B> names no field of Settings (a typo pydantic would ignore)."""
     from pydantic import BaseModel
@@ -275,8 +283,6 @@ def unknown_setting(name: str) -> bool:
 
 def check_settings(rendered: Rendered) -> list[str]:
     """Every papersearch container's environment builds the Settings the deployment needs."""
-    from papersearch.settings import Settings
-
     errors: list[str] = []
     qdrant = {s["metadata"]["name"]: s for s in rendered.find("Service")}
     peers = sum(s["spec"]["replicas"] for s in rendered.find("StatefulSet", "qdrant"))
@@ -289,8 +295,7 @@ def check_settings(rendered: Rendered) -> list[str]:
             errors += [f"{where}: {k} is no setting" for k in env
                        if k.startswith("PAPERSEARCH_") and unknown_setting(k)]
             try:
-                with _environment(env):
-                    settings = Settings()
+                settings = settings_from_env(env)
             except Exception as error:  # noqa: BLE001 (pydantic's ValidationError and friends)
                 errors.append(f"{where}: settings do not load: {error}")
                 continue
