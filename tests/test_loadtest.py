@@ -31,6 +31,7 @@ from papersearch.loadtest.profile import LoadProfile, Step, schedule
 from papersearch.loadtest.queries import load_queries, queries_from_file
 from papersearch.loadtest.report import server_side
 from papersearch.loadtest.runner import Outcome, RequestRecord, Runner, SearchOptions
+from papersearch.loadtest.scaling import direction_changes, scale_events
 from papersearch.loadtest.stats import per_second, percentile, summarize
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
@@ -505,3 +506,26 @@ def test_a_deadline_too_short_counts_deadline_exceeded(gateway: str, tmp_path: P
     assert summary["latency_ms"]["p50"] is None
     assert sum(row["errors"].get("DEADLINE_EXCEEDED", 0) for row in report["seconds"]) == 4
     assert (tmp_path / "loadtest.png").is_file()
+
+
+# --- scale events ----------------------------------------------------------------------------
+
+
+def _samples(counts: list[int], error_at: int | None = None) -> list[ReplicaSample]:
+    return [ReplicaSample(float(t), {} if t == error_at else
+                          {"Reranker": DeploymentState(running=n, target=n, status="HEALTHY")},
+                          "unreachable" if t == error_at else None)
+            for t, n in enumerate(counts)]
+
+
+def test_scale_events_are_placed_on_the_steps() -> None:
+    events = scale_events(_samples([1, 1, 1, 2, 2, 2, 1, 1], error_at=4), [0.0, 2.0, 5.0])
+    assert [(e.t_s, e.before, e.after, e.step, e.since_step_s) for e in events] == [
+        (3.0, 1, 2, 2, 1.0), (6.0, 2, 1, 3, 1.0)]
+    assert direction_changes(events) == {"Reranker": 0}
+
+
+def test_flapping_counts_turns_within_a_step() -> None:
+    events = scale_events(_samples([1, 2, 1, 2, 1]), [0.0])
+    assert direction_changes(events) == {"Reranker": 3}
+    assert direction_changes(scale_events(_samples([1, 2, 2, 1]), [0.0, 2.0])) == {"Reranker": 0}

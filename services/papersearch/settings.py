@@ -137,7 +137,9 @@ class ServeSettings(BaseModel):
     # Short waits: a lone query should not idle waiting for batch-mates (4 ms cost 5 ms of p50
     # here); under load batches fill from the queue while the previous one runs.
     encoder_batch_wait_s: float = Field(0.0005, ge=0)
-    reranker_batch_size: int = Field(4, ge=1, description="Search requests per rerank batch.")
+    # Two searches (60 pairs, ~1.3 s on one core here) per batch: bigger batches gain little
+    # on a CPU and push the batch past the rerank budget, so searches fall back to fused.
+    reranker_batch_size: int = Field(2, ge=1, description="Search requests per rerank batch.")
     reranker_batch_wait_s: float = Field(0.001, ge=0)
     rerank_timeout_s: float = Field(
         2.0, gt=0, description="Reranker budget; past it Search returns fused results."
@@ -145,6 +147,11 @@ class ServeSettings(BaseModel):
     default_deadline_s: float = Field(30.0, gt=0, description="When the client sets none.")
     upsert_batch_size: int = Field(64, ge=1, description="Streamed papers per encode+upsert.")
     health_poll_s: float = Field(5.0, gt=0)
+    num_cpus: int | None = Field(
+        None, ge=1,
+        description="Logical CPUs of the local Ray instance `papersearch serve` starts "
+                    "(default: the machine's count); replicas reserve them (Serve config).",
+    )
     metrics_port: int = Field(
         8080, ge=1, le=65535,
         description="Ray's metrics export port: Prometheus /metrics of every process on a node.",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from papersearch.loadtest.monitor import MetricKey, ReplicaSample, metric_name
+from papersearch.loadtest.scaling import ScaleEvent, direction_changes, scale_events
 from papersearch.loadtest.stats import SecondRow, StepRow, Summary
 
 REQUESTS_METRIC = "ray_papersearch_requests_total"
@@ -24,8 +25,13 @@ class LoadTestReport:
     metric_deltas: dict[MetricKey, float] | None  # None: metrics unreachable
     metrics_error: str | None
 
+    @property
+    def scale_events(self) -> list[ScaleEvent]:
+        return scale_events(self.samples, [row.start_s for row in self.steps])
+
     def to_json(self) -> dict[str, Any]:
         failed = [s for s in self.samples if s.error is not None]
+        events = self.scale_events
         return {
             "run": self.run,
             "summary": asdict(self.summary),
@@ -36,6 +42,8 @@ class LoadTestReport:
                 "failed": len(failed),
                 "first_error": failed[0].error if failed else None,
                 "range": replica_ranges(self.samples),
+                "events": [asdict(event) for event in events],
+                "max_turns_within_a_step": direction_changes(events),
             },
             "metrics": {
                 "error": self.metrics_error,
@@ -114,6 +122,9 @@ def format_summary(report: LoadTestReport, files: list[Path]) -> str:
     if ranges:
         lines.append("replicas  " + "  ".join(
             f"{name} {low}-{high} (last {last})" for name, (low, high, last) in ranges.items()))
+    for event in report.scale_events:
+        lines.append(f"scaled    {event.deployment} {event.before}->{event.after} at "
+                     f"{event.t_s:.0f} s (step {event.step} + {event.since_step_s:.0f} s)")
     if failed or not ranges:
         reason = failed[0].error if failed else "no sample"
         lines.append(f"replicas  {len(failed)}/{len(report.samples)} samples unreadable: {reason}")

@@ -63,19 +63,20 @@ def start(
     ``overrides`` (a JSON-able nested mapping of settings) reach every replica through the
     config's ``args.settings``; otherwise replicas read the same PAPERSEARCH_* environment.
     """
+    for key, value in LOCAL_RAY_ENV.items():  # read when Ray is imported: set them first
+        os.environ.setdefault(key, value)
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
     from ray.serve.config import gRPCOptions
 
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
     config = load_config(settings.serve.serve_config, Path.cwd(), overrides, deployment_options,
                          config_overrides)
     if not ray.is_initialized():
         # The dashboard serves Serve's status API (replica counts for the load test); the
         # metrics port exports Prometheus metrics (papersearch.telemetry).
-        ray.init(num_cpus=num_cpus, namespace="serve", include_dashboard=True,
+        ray.init(num_cpus=num_cpus, namespace="serve", _node_ip_address="127.0.0.1",
+                 include_dashboard=True,
                  dashboard_host=settings.serve.dashboard_host,
                  dashboard_port=settings.serve.dashboard_port,
                  _metrics_export_port=settings.serve.metrics_port,
@@ -115,7 +116,7 @@ def serve_forever(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        start(settings)
+        start(settings, num_cpus=settings.serve.num_cpus)
         target = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
         serve = settings.serve
         print(f"papersearch is serving gRPC on {target} (Ctrl-C stops it). Try:\n"
