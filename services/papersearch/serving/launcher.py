@@ -100,11 +100,12 @@ def start(
 
 
 def stop() -> None:
+    """Take the local Ray instance down with everything on it. Serve's own graceful shutdown is
+    skipped: with the Serve config's request-path settings its controller waited 30-60 s for
+    the replicas here, and the instance goes away whole anyway."""
     import ray
-    from ray import serve
 
     if ray.is_initialized():
-        serve.shutdown()
         ray.shutdown()
 
 
@@ -112,11 +113,15 @@ def serve_forever(settings: Settings) -> None:
     """Start everything, print how to query it, and shut down cleanly on Ctrl-C/SIGTERM."""
     import signal
 
-    # Both stop cleanly, also when started in the background (where SIGINT starts ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    def stop_on_signals() -> None:
+        # Both stop cleanly, also when started in the background (where SIGINT starts ignored).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    stop_on_signals()
     try:
         start(settings, num_cpus=settings.serve.num_cpus)
+        stop_on_signals()  # again: ray.init installs its own SIGTERM handler, which just dies
         target = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
         serve = settings.serve
         print(f"papersearch is serving gRPC on {target} (Ctrl-C stops it). Try:\n"
@@ -130,4 +135,6 @@ def serve_forever(settings: Settings) -> None:
     except KeyboardInterrupt:
         log.info("shutting down")
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut it short
+            signal.signal(signum, signal.SIG_IGN)
         stop()
