@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from papersearch.gateway.method_handlers import with_behavior
+
 API_KEY_HEADER = "x-api-key"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -36,14 +38,4 @@ async def _abort(_: Any, context: grpc.aio.ServicerContext) -> None:
 
 
 def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    if handler is None:
-        return handler
-    kind = (handler.request_streaming, handler.response_streaming)
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[kind]
-    return make(_abort, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return handler if handler is None else with_behavior(handler, _abort)

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from papersearch.gateway.method_handlers import with_behavior
 from papersearch.telemetry import metrics
 
 MEASURED_PREFIX = "/papersearch."
@@ -26,19 +27,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(MEASURED_PREFIX):
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _measured(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _measured(method, handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        behavior = handler.unary_unary or handler.stream_unary
+        if behavior is None:  # response streaming: the API has none
+            return handler
+        return with_behavior(handler, _measured(method, behavior))
 
 
 def _measured(

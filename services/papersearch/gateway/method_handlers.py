@@ -1,0 +1,24 @@
+"""What the interceptors share: the same RPC method handler with its behaviour replaced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+_FACTORIES = {  # (request streaming, response streaming) -> handler factory
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def with_behavior(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> (
+    grpc.RpcMethodHandler
+):
+    """A handler of the same kind and (de)serializers as ``handler`` that runs ``behavior``."""
+    make = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    return make(behavior, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
