@@ -8,17 +8,16 @@ import socket
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
+from papersearch.loadtest.monitor import MetricsSnapshot, fetch, parse_metrics
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import Settings
 from tests.conftest import ROOT
@@ -132,19 +131,10 @@ def test_full_queues_give_resource_exhausted(client: SearchClient) -> None:
     assert client.search(SearchQuery("graph neural networks", rerank=False)).hits  # recovers
 
 
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    """Sum of a metric's samples over Ray's per-process labels."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
-                total += sample.value
-    return total
+def _series(snapshot: MetricsSnapshot, name: str, **labels: str) -> list[float]:
+    """Values of a metric's series (summed over Ray's per-process labels) carrying ``labels``."""
+    return [value for (metric, tags), value in snapshot.values.items()
+            if metric == name and labels.items() <= dict(tags).items()]
 
 
 def test_metrics_on_the_metrics_port(target: Target, client: SearchClient) -> None:
@@ -167,13 +157,16 @@ def test_metrics_on_the_metrics_port(target: Target, client: SearchClient) -> No
     ]
     deadline = time.monotonic() + 60
     while True:
-        text = _scrape(target.metrics_port)
-        missing = [(n, lab) for n, lab in wanted if _sample(text, n, **lab) <= 0]
+        # The load test's own reader, with Serve's metrics kept too.
+        url = f"http://127.0.0.1:{target.metrics_port}/metrics"
+        snapshot = parse_metrics(fetch(url, timeout_s=10), prefix="ray_")
+        missing = [(n, lab) for n, lab in wanted if sum(_series(snapshot, n, **lab)) <= 0]
         if not missing:
             break
         assert time.monotonic() < deadline, f"metrics never exported: {missing}"
         time.sleep(2)
-    assert _sample(text, "ray_papersearch_in_flight", deployment="Reranker") >= 0
+    in_flight = _series(snapshot, "ray_papersearch_in_flight", deployment="Reranker")
+    assert in_flight and all(value >= 0 for value in in_flight)  # exported, and balanced
 
 
 def test_reranker_scales_up_under_load(client: SearchClient) -> None:
