@@ -285,6 +285,15 @@ def test_minimal_paper_round_trip() -> None:
     assert back == paper and back.published is None and back.url is None and back.extra == {}
 
 
+@pytest.mark.parametrize("paper", [PAPER, Paper(id="p1", title="", abstract="Only an abstract.")])
+def test_stored_paper_from_proto_takes_a_response_as_sent(paper: Paper) -> None:
+    wire = pb.Paper.FromString(convert.paper_to_proto(paper).SerializeToString())
+    assert convert.stored_paper_from_proto(wire) == paper
+    # no second cleaning on the client: what the service stored comes back unchanged
+    raw = pb.Paper(paper_id="p2", title="Caf\u0065\u0301  x", abstract="a")
+    assert convert.stored_paper_from_proto(raw).title == "Caf\u0065\u0301  x"
+
+
 def test_paper_from_proto_cleans_like_the_readers() -> None:
     paper = convert.paper_from_proto(
         pb.Paper(

@@ -46,7 +46,7 @@ class SearchClient:
     def get(self, paper_id: str) -> Paper:
         message = self.search_stub.GetPaper(pb.GetPaperRequest(paper_id=paper_id),
                                             metadata=self.metadata, timeout=self.timeout_s)
-        return convert.paper_from_proto(message)
+        return convert.stored_paper_from_proto(message)
 
     def upsert(self, papers: Iterable[Paper]) -> pb.UpsertSummary:
         stream = (convert.paper_to_proto(p) for p in papers)
