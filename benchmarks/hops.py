@@ -24,13 +24,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from common import log
 
-from papersearch.serving.launcher import LOCAL_RAY_ENV
+from papersearch.serving.launcher import LOCAL_RAY_ENV, load_config
 from papersearch.settings import Settings
 
 TRANSPORTS = {"grpc": "1", "actor": "0"}
@@ -39,9 +39,9 @@ METHODS = ("async", "sync")
 
 def serve_config_env(settings: Settings) -> dict[str, str]:
     """The request-path environment the Serve config gives the papersearch application."""
-    config = yaml.safe_load(settings.serve.serve_config.read_text())
-    app = next(a for a in config["applications"] if a["name"] == settings.serve.app_name)
-    return dict(app.get("runtime_env", {}).get("env_vars", {}))
+    config = load_config(settings.serve.serve_config, Path.cwd())
+    app = next(a for a in config.applications if a.name == settings.serve.app_name)
+    return dict(app.runtime_env.get("env_vars", {}))
 
 
 def build(env: dict[str, str], requests: int, warmup: int) -> Any:

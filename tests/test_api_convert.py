@@ -289,6 +289,9 @@ def test_minimal_paper_round_trip() -> None:
 def test_stored_paper_from_proto_takes_a_response_as_sent(paper: Paper) -> None:
     wire = pb.Paper.FromString(convert.paper_to_proto(paper).SerializeToString())
     assert convert.stored_paper_from_proto(wire) == paper
+
+
+def test_stored_paper_from_proto_does_not_clean_again() -> None:
     # no second cleaning on the client: what the service stored comes back unchanged
     raw = pb.Paper(paper_id="p2", title="Caf\u0065\u0301  x", abstract="a")
     assert convert.stored_paper_from_proto(raw).title == "Caf\u0065\u0301  x"
