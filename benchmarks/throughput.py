@@ -3,8 +3,10 @@
     python benchmarks/throughput.py [--replicas 1 2] [--seconds 30] > throughput.json
 
 For each path, the bottleneck deployment is fixed at 1, 2, ... replicas (autoscaling off) and
-the gRPC gateway is driven closed-loop (``--concurrency`` requests in flight per replica) for
-``--seconds`` after a warm-up; saturation QPS = completed searches / wall time.
+the gRPC gateway is driven closed-loop at each of the path's concurrency levels (requests in
+flight per replica) for ``--seconds`` after a warm-up; saturation QPS = the best level's
+completed searches / wall time (too few in flight leaves the pipeline's stages idle: QPS still
+grows with concurrency there; every level is in the JSON).
 
 - ``rerank``: Search with rerank (the stage switched on for the run, its budget raised so no
   search falls back): the Reranker (30 cross-encoder pairs per search) is the bottleneck.
@@ -51,7 +53,8 @@ from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
 
-PATHS = {"rerank": ("Reranker", True), "no_rerank": ("QueryEncoder", False)}
+# path: (bottleneck deployment, rerank, requests in flight per replica to try)
+PATHS = {"rerank": ("Reranker", True, (8,)), "no_rerank": ("QueryEncoder", False, (8, 32, 64))}
 FLOOR_BATCH = 32
 RERANK_BUDGET_S = 120.0  # the benchmark measures reranked searches: no fallback to fused
 
@@ -151,24 +154,30 @@ def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[in
     overrides["search"]["rerank_enabled"] = True
     overrides["serve"]["rerank_timeout_s"] = RERANK_BUDGET_S
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
-    results: dict[str, dict[int, dict[str, Any]]] = {path: {} for path in PATHS}
+    results: dict[str, dict[int, dict[str, Any]]] = {path: {} for path in args.paths}
     try:
-        for path, (deployment, rerank) in PATHS.items():
+        for path in args.paths:
+            deployment, rerank, levels = PATHS[path]
             for k in replicas:
                 # Autoscaling off: the bottleneck at k replicas, the other model stage at 1.
                 fixed = {name: {"num_replicas": k if name == deployment else 1,
                                 "autoscaling_config": None, "max_queued_requests": -1}
-                         for name, _ in PATHS.values()}
+                         for name, _, _ in PATHS.values()}
                 log(f"served: {path}, {deployment} x{k}")
                 launcher.start(settings, num_cpus=args.num_cpus, temp_dir=temp_dir,
                                overrides=overrides, deployment_options=fixed)
                 wait_replicas(settings.serve.app_name, deployment, k)
                 with SearchClient(f"127.0.0.1:{port}", timeout_s=RERANK_BUDGET_S) as client:
                     wait_serving(client)
-                    concurrency = args.concurrency * k
-                    results[path][k] = saturate(client, queries, rerank, concurrency,
-                                                args.seconds, args.warmup_s)
-                log(f"served: {path} x{k}: {results[path][k]}")
+                    tried = []
+                    for level in levels:
+                        tried.append(saturate(client, queries, rerank, level * k,
+                                              args.seconds, args.warmup_s))
+                        log(f"served: {path} x{k}: {tried[-1]}")
+                best = max(tried, key=lambda run: run["qps"])
+                results[path][k] = {**best, "levels": [
+                    {key: run[key] for key in ("concurrency", "qps", "errors")} for run in tried
+                ]}
     finally:
         launcher.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -178,9 +187,9 @@ def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[in
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=sorted(PATHS))
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window per run")
     parser.add_argument("--warmup-s", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, default=8, help="in flight per replica")
     parser.add_argument("--floor-queries", type=int, default=128)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--num-cpus", type=int, default=4, help="CPUs given to local Ray")
@@ -193,8 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Unavailable, FileNotFoundError) as error:
         print(f"throughput benchmark: {error}", file=sys.stderr)
         return 2
-    floor: dict[str, dict[int, float]] = {path: {} for path in PATHS}
-    for path, (_, rerank) in PATHS.items():
+    floor: dict[str, dict[int, float]] = {path: {} for path in args.paths}
+    for path in args.paths:
+        rerank = PATHS[path][1]
         count = args.floor_queries if rerank else 4 * args.floor_queries
         for k in args.replicas:
             floor[path][k] = round(floor_qps(settings, queries[:count], k, rerank), 3)
@@ -211,11 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "floor_qps": floor[path][k],
                      "ratio": round(served[path][k]["qps"] / floor[path][k], 3),
                      **{key: served[path][k][key]
-                        for key in ("completed", "reranked", "errors", "concurrency")}}
+                        for key in ("completed", "reranked", "errors", "concurrency", "levels")}}
                     for k in args.replicas
                 ],
             }
-            for path, (deployment, _) in PATHS.items()
+            for path, (deployment, _, _) in PATHS.items() if path in args.paths
         },
         "target_ratio": 0.8,
         "seconds": args.seconds,

@@ -46,7 +46,9 @@ def target(sample_settings: Settings, sample_index: Path,
         "models": {"repository": str(sample_settings.models.repository),
                    "cache_dir": str(sample_settings.models.cache_dir)},
         "index": {"data_dir": str(sample_index)},
-        "serve": {"grpc_port": port, "health_poll_s": 0.5, "rerank_timeout_s": 60},
+        # More coalesced calls in flight than the small encoder queue below admits (2 + 2).
+        "serve": {"grpc_port": port, "health_poll_s": 0.5, "rerank_timeout_s": 60,
+                  "coalesce_in_flight": 8},
         "search": {"rerank_enabled": True},
     }
     settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(

@@ -136,7 +136,21 @@ class ServeSettings(BaseModel):
         Path("deploy/serve/papersearch.yaml"), description="The Serve config YAML (one source)."
     )
     app_name: str = "papersearch"
-    encoder_batch_size: int = Field(32, ge=1, description="Queries per dynamic batch.")
+    # The gateway sends concurrent searches' queries (and retrievals) to a deployment together:
+    # one call per free slot, a lone query at once (gateway/coalesce.py).
+    coalesce_max_batch: int = Field(32, ge=1, description="Requests per coalesced call.")
+    coalesce_in_flight: int = Field(
+        4, ge=1, description="Coalesced calls out at once per deployment and gateway; at least "
+                             "the deployment's replica count, or some replicas idle.",
+    )
+    coalesce_max_pending: int = Field(
+        512, ge=1, description="Requests waiting in a gateway for a call slot; past it: "
+                               "RESOURCE_EXHAUSTED.",
+    )
+    encoder_batch_size: int = Field(
+        32, ge=1, description="Gateway calls (each up to coalesce_max_batch queries) per "
+                              "dynamic batch in a QueryEncoder replica.",
+    )
     # No wait: a lone query should not idle waiting for batch-mates (4 ms cost 5 ms of p50 here,
     # 0.5 ms about 1.5 ms); under load batches fill from the queue while the previous one runs.
     encoder_batch_wait_s: float = Field(0.0, ge=0)

@@ -20,15 +20,18 @@ class QueryEncoderDeployment:
         self._encode_batch.set_max_batch_size(settings.serve.encoder_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(settings.serve.encoder_batch_wait_s)
 
-    async def encode(self, text: str) -> np.ndarray:
-        """One query per call; Serve gathers concurrent calls into one ONNX batch."""
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        """The queries a gateway coalesced into one call; Serve gathers concurrent calls (from
+        several gateways, or while a batch runs) into one ONNX batch."""
         with metrics().inside("QueryEncoder"):
-            return await self._encode_batch(text)
+            return await self._encode_batch(texts)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
-    async def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    async def _encode_batch(self, calls: list[list[str]]) -> list[np.ndarray]:
+        texts = [text for call in calls for text in call]
         metrics().batch("QueryEncoder", len(texts))
-        return list(await asyncio.to_thread(self.encoder.encode_queries, texts))
+        vectors = await asyncio.to_thread(self.encoder.encode_queries, texts)
+        return np.split(vectors, np.cumsum([len(call) for call in calls[:-1]]))
 
     async def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         return await asyncio.to_thread(self.encoder.encode_documents, texts)

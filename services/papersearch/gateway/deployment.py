@@ -26,7 +26,8 @@ class GatewayDeployment:
         reranker: DeploymentHandle,
     ) -> None:
         configure_logging(settings.log_level, settings.log_format)
-        self.gateway = Gateway(HandleBackend(encoder, retriever, reranker), settings)
+        self.gateway = Gateway(
+            HandleBackend(encoder, retriever, reranker, settings), settings)
         self._started = asyncio.get_running_loop().create_task(self.gateway.start())
 
     async def Search(self, request: pb.SearchRequest) -> pb.SearchResponse:  # noqa: N802

@@ -1,7 +1,8 @@
 """The pipeline's Backend over Ray Serve deployment handles.
 
-A cancelled await (client deadline) cancels the downstream request; Serve's back-pressure and
-"no replica" errors become the gateway's Overloaded and NotReady.
+Query encoding and retrieval, two calls per search, go through Coalescers: concurrent searches
+share calls. A cancelled await (client deadline) cancels the downstream request; Serve's
+back-pressure and "no replica" errors become the gateway's Overloaded and NotReady.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from papersearch.corpus.paper import Paper
+from papersearch.gateway.coalesce import Coalescer
 from papersearch.gateway.errors import NotReady, Overloaded
 from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.retriever.retriever import Retrieval
+from papersearch.settings import Settings
 
 
 async def call(response: DeploymentResponse) -> Any:
@@ -35,14 +39,35 @@ class HandleBackend:
     has_reranker = True
 
     def __init__(
-        self, encoder: DeploymentHandle, retriever: DeploymentHandle, reranker: DeploymentHandle
+        self,
+        encoder: DeploymentHandle,
+        retriever: DeploymentHandle,
+        reranker: DeploymentHandle,
+        settings: Settings,
     ) -> None:
         self.encoder = encoder
         self.retriever = retriever
         self.reranker = reranker
+        serve = settings.serve
+        self._encode: Coalescer[str, np.ndarray] = Coalescer(
+            "QueryEncoder", self._encode_many, max_batch=serve.coalesce_max_batch,
+            max_in_flight=serve.coalesce_in_flight, max_pending=serve.coalesce_max_pending)
+        # The embedded engine answers one call at a time on its replica's loop: a second call
+        # out would only wait there, so one goes out and the rest gather for the next.
+        embedded = settings.index.backend == "embedded"
+        self._retrieve: Coalescer[Retrieval, list[Hit]] = Coalescer(
+            "Retriever", self._retrieve_many, max_batch=serve.coalesce_max_batch,
+            max_in_flight=1 if embedded else serve.coalesce_in_flight,
+            max_pending=serve.coalesce_max_pending)
+
+    async def _encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        return list(await call(self.encoder.encode.remote(texts)))
+
+    async def _retrieve_many(self, requests: list[Retrieval]) -> list[list[Hit] | Exception]:
+        return await call(self.retriever.search.remote(requests))  # type: ignore[no-any-return]
 
     async def encode_query(self, text: str) -> np.ndarray:
-        return await call(self.encoder.encode.remote(text))
+        return await self._encode.submit(text)
 
     async def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         return await call(self.encoder.encode_documents.remote(list(texts)))
@@ -50,7 +75,7 @@ class HandleBackend:
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
     ) -> list[Hit]:
-        return await call(self.retriever.search.remote(text, vector, mode, limit, flt))
+        return await self._retrieve.submit(Retrieval(text, vector, mode, limit, flt))
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         return await call(self.reranker.score.remote((query, list(passages))))

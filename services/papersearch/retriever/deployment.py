@@ -12,9 +12,9 @@ from ray import serve
 
 from papersearch.corpus.paper import Paper
 from papersearch.index.factory import open_store
-from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.index.query import Hit, SearchFilter
 from papersearch.models.manifest import model_dir, read_manifest
-from papersearch.retriever.retriever import Retriever
+from papersearch.retriever.retriever import Retrieval, Retriever
 from papersearch.settings import Settings
 
 T = TypeVar("T")
@@ -39,11 +39,9 @@ class RetrieverDeployment:
         # so they run in threads and overlap.
         self._run = _inline if settings.index.backend == "embedded" else asyncio.to_thread
 
-    async def search(
-        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
-    ) -> list[Hit]:
-        return await self._run(self.retriever.search, text, vector, mode=mode, limit=limit,
-                               filter=flt)
+    async def search(self, requests: list[Retrieval]) -> list[list[Hit] | Exception]:
+        """The concurrent searches a gateway coalesced into this call, each with its result."""
+        return await self._run(self.retriever.search_each, requests)
 
     async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
         return await self._run(self.retriever.similar, paper_id, limit, flt)

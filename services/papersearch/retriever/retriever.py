@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -11,6 +12,17 @@ from papersearch.index.errors import PaperNotFound
 from papersearch.index.query import Hit, Mode, SearchFilter, SearchRequest
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieval:
+    """One first-stage search: the query's text (for BM25) and vector (for dense)."""
+
+    text: str
+    vector: np.ndarray | None
+    mode: Mode = "hybrid"
+    limit: int = 10
+    filter: SearchFilter = field(default_factory=SearchFilter)
 
 
 class Retriever:
@@ -43,6 +55,18 @@ class Retriever:
             filter=filter or SearchFilter(),
         )
         return self.store.query(request)
+
+    def search_each(self, requests: Sequence[Retrieval]) -> list[list[Hit] | Exception]:
+        """Several searches, one after another; a failing one fails alone (its exception is
+        its result), so a batch of other callers' searches is not lost with it."""
+        results: list[list[Hit] | Exception] = []
+        for r in requests:
+            try:
+                results.append(self.search(r.text, r.vector, mode=r.mode, limit=r.limit,
+                                           filter=r.filter))
+            except Exception as error:  # noqa: BLE001 (returned to its own caller)
+                results.append(error)
+        return results
 
     def similar(self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None) -> (
         list[Hit]
