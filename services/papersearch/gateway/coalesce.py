@@ -2,7 +2,7 @@
 
 Every Serve handle call costs CPU on both sides (router, serialisation, the replica's request
 bookkeeping) whatever it carries; under load that, not the model, limited the gateway
-(README, Results). A request that finds a call slot free leaves at once, alone: a lone query
+(README, Throughput). A request that finds a call slot free leaves at once, alone: a lone query
 never waits for batch-mates. Requests arriving while all ``max_in_flight`` calls are out queue,
 and the next slot to free sends them together (at most ``max_batch`` per call).
 """
