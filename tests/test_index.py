@@ -30,6 +30,7 @@ from papersearch.index import (
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
 from papersearch.index.server import ServerStore
+from papersearch.retriever.retriever import Retrieval, Retriever
 from papersearch.settings import IndexSettings, Settings
 
 pytestmark = [  # qdrant-client local mode: no payload indexes, always exact search
@@ -299,6 +300,18 @@ def test_int8_quantization(factory: Factory) -> None:
     s.ensure_collection(DIM, SHA)
     s.upsert(PAPERS, DENSE, SPARSE)
     assert ids(s.query(request("dense", 11, limit=1))) == [PAPERS[11].id]
+
+
+def test_a_batch_of_searches_fails_only_where_a_search_fails(loaded: Store) -> None:
+    """What the Retriever deployment runs for a gateway's coalesced call: each search's own
+    result, in order, and a bad one's exception in its place, not instead of the batch."""
+    retriever = Retriever(loaded)
+    good = [Retrieval(RARE, DENSE[RARE_AT], "hybrid", 5), Retrieval(RARE, None, "sparse", 3)]
+    results = retriever.search_each([good[0], Retrieval(RARE, None, "dense"), good[1]])
+    alone = [retriever.search(r.text, r.vector, mode=r.mode, limit=r.limit) for r in good]
+    assert [ids(results[0]), ids(results[2])] == [ids(h) for h in alone]  # type: ignore[arg-type]
+    assert ids(alone[0])[0] == PAPERS[RARE_AT].id
+    assert isinstance(results[1], ValueError) and "needs a dense query vector" in str(results[1])
 
 
 # -- collection identity and lifecycle ----------------------------------------------------------
