@@ -36,9 +36,11 @@ class Downstream:
         return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
 
 
-def coalescer(down: Downstream, *, max_batch: int = 8, max_in_flight: int = 1,
-              max_pending: int = 100) -> Coalescer[int, int]:
-    return Coalescer("test", down.send, max_batch=max_batch, max_in_flight=max_in_flight,
+def coalescer(send: Callable[[list[int]], Awaitable[Sequence[int | BaseException]]], *,
+              max_batch: int = 8, max_in_flight: int = 1, max_pending: int = 100) -> (
+    Coalescer[int, int]
+):
+    return Coalescer("test", send, max_batch=max_batch, max_in_flight=max_in_flight,
                      max_pending=max_pending)
 
 
@@ -47,15 +49,23 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def queue_behind(batcher: Coalescer[int, int], first: int, *queued: int) -> (
+    list[asyncio.Task[int]]
+):
+    """``first`` takes the only call slot; ``queued`` wait behind it. Tasks in that order."""
+    tasks = [asyncio.create_task(batcher.submit(first))]
+    await settle()
+    tasks += [asyncio.create_task(batcher.submit(item)) for item in queued]
+    await settle()
+    return tasks
+
+
 def test_a_lone_request_leaves_at_once_and_later_ones_share_a_call() -> None:
     async def main() -> tuple[list[list[int]], list[int]]:
         down = Downstream()
-        batcher = coalescer(down)
-        first = asyncio.create_task(batcher.submit(1))
-        await settle()
+        batcher = coalescer(down.send)
+        first, *rest = await queue_behind(batcher, 1, 2, 3, 4)
         assert down.calls == [[1]]  # sent alone, without waiting for company
-        rest = [asyncio.create_task(batcher.submit(i)) for i in (2, 3, 4)]
-        await settle()
         assert batcher.pending == 3 and batcher.in_flight == 1
         down.release.set()
         results = await asyncio.gather(first, *rest)
@@ -69,7 +79,7 @@ def test_a_lone_request_leaves_at_once_and_later_ones_share_a_call() -> None:
 def test_batches_are_capped_and_calls_run_side_by_side() -> None:
     async def main() -> tuple[list[list[int]], list[int]]:
         down = Downstream()
-        batcher = coalescer(down, max_batch=2, max_in_flight=2)
+        batcher = coalescer(down.send, max_batch=2, max_in_flight=2)
         tasks = [asyncio.create_task(batcher.submit(i)) for i in range(7)]
         await settle()
         assert batcher.in_flight == 2
@@ -86,7 +96,7 @@ def test_batches_are_capped_and_calls_run_side_by_side() -> None:
 def test_a_failing_item_fails_alone() -> None:
     async def main() -> list[int | BaseException]:
         down = Downstream()
-        batcher = coalescer(down)
+        batcher = coalescer(down.send)
         blocker = asyncio.create_task(batcher.submit(0))
         await settle()
         tasks = [asyncio.create_task(batcher.submit(i)) for i in (5, -1, 6)]
@@ -103,8 +113,7 @@ def test_a_failing_call_fails_every_request_in_it() -> None:
         raise Overloaded("queue full")
 
     async def main() -> list[int | BaseException]:
-        batcher: Coalescer[int, int] = Coalescer("test", broken, max_batch=8, max_in_flight=1,
-                                                 max_pending=10)
+        batcher = coalescer(broken, max_pending=10)
         return list(await asyncio.gather(*(batcher.submit(i) for i in range(3)),
                                          return_exceptions=True))
 
@@ -116,8 +125,7 @@ def test_a_wrong_number_of_results_is_an_error_not_a_hang() -> None:
         return items[:-1]
 
     async def main() -> list[int | BaseException]:
-        batcher: Coalescer[int, int] = Coalescer("test", short, max_batch=8, max_in_flight=1,
-                                                 max_pending=10)
+        batcher = coalescer(short, max_pending=10)
         return list(await asyncio.wait_for(asyncio.gather(
             *(batcher.submit(i) for i in range(3)), return_exceptions=True), 5))
 
@@ -127,12 +135,8 @@ def test_a_wrong_number_of_results_is_an_error_not_a_hang() -> None:
 def test_a_cancelled_queued_request_is_dropped() -> None:
     async def main() -> list[list[int]]:
         down = Downstream()
-        batcher = coalescer(down)
-        first = asyncio.create_task(batcher.submit(1))
-        await settle()
-        doomed = asyncio.create_task(batcher.submit(2))
-        kept = asyncio.create_task(batcher.submit(3))
-        await settle()
+        batcher = coalescer(down.send)
+        first, doomed, kept = await queue_behind(batcher, 1, 2, 3)
         doomed.cancel()
         await settle()
         assert batcher.pending == 1
@@ -146,7 +150,7 @@ def test_a_cancelled_queued_request_is_dropped() -> None:
 def test_a_call_whose_requests_are_all_cancelled_is_cancelled_downstream() -> None:
     async def main() -> tuple[int, int]:
         down = Downstream()
-        batcher = coalescer(down)
+        batcher = coalescer(down.send)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(batcher.submit(1), 0.05)  # a client's deadline
         await settle()
@@ -158,12 +162,8 @@ def test_a_call_whose_requests_are_all_cancelled_is_cancelled_downstream() -> No
 def test_a_call_still_wanted_by_one_request_goes_on() -> None:
     async def shared() -> tuple[int, int]:
         down = Downstream()
-        batcher = coalescer(down)
-        blocker = asyncio.create_task(batcher.submit(0))
-        await settle()
-        leaving = asyncio.create_task(batcher.submit(1))
-        staying = asyncio.create_task(batcher.submit(2))
-        await settle()
+        batcher = coalescer(down.send)
+        blocker, leaving, staying = await queue_behind(batcher, 0, 1, 2)
         blocker.cancel()  # the blocker's call goes; [1, 2] leaves together
         await settle()
         assert down.calls[-1] == [1, 2]
@@ -179,7 +179,7 @@ def test_a_call_still_wanted_by_one_request_goes_on() -> None:
 def test_too_many_waiting_requests_are_refused() -> None:
     async def main() -> None:
         down = Downstream()
-        batcher = coalescer(down, max_pending=2)
+        batcher = coalescer(down.send, max_pending=2)
         tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]  # 1 out, 2 queued
         await settle()
         with pytest.raises(Overloaded, match="2 requests queued"):
