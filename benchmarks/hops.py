@@ -11,7 +11,9 @@ query-sized vector (384 float32), one call in flight, and reports the p50 round 
   Ray actor calls (=0), each its own application with the Serve config's other request-path
   settings, in the same Ray instance and run;
 * the callee's method: ``async def`` (runs on the replica's event loop) and plain ``def`` (Serve
-  hands it to a worker thread).
+  hands it to a worker thread);
+* and, under Serve, a plain Ray actor's ``async def`` method called from the same caller
+  replica (``ray_actor``): what the process and thread wake-ups of a Ray call cost here.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def serve_config_env(settings: Settings) -> dict[str, str]:
 
 
 def build(env: dict[str, str], requests: int, warmup: int) -> Any:
-    """Caller -> Echo, both replicas started with ``env``."""
+    """Caller -> Echo (and Caller -> a plain Ray actor), replicas started with ``env``."""
+    import ray
     from ray import serve
 
     options = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
@@ -59,13 +62,19 @@ def build(env: dict[str, str], requests: int, warmup: int) -> Any:
         def echo_sync(self, text: str) -> np.ndarray:
             return np.zeros(384, dtype=np.float32)
 
+    @ray.remote(num_cpus=0)
+    class RawEcho:
+        async def echo_async(self, text: str) -> np.ndarray:
+            return np.zeros(384, dtype=np.float32)
+
     @serve.deployment(num_replicas=1, ray_actor_options=options, logging_config=quiet)
     class Caller:
         def __init__(self, echo: Any) -> None:
             self.echo = echo
+            self.raw = RawEcho.remote()
 
         async def measure(self, method: str) -> list[float]:
-            call = getattr(self.echo, f"echo_{method}")
+            call = self.raw.echo_async if method == "raw" else getattr(self.echo, f"echo_{method}")
             latencies = []
             for i in range(warmup + requests):
                 start = time.perf_counter()
@@ -107,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[transport] = {m: summarise(handle.measure.remote(m).result())
                                   for m in METHODS}
             log(f"{transport}: {results[transport]}")
+        raw = summarise(handle.measure.remote("raw").result())
+        log(f"ray_actor: {raw}")
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -115,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "requests": args.requests,
         "serve_config_env": env,
         "hop": results,
+        "ray_actor": raw,
         "two_hops_p50_ms": round(2 * best, 3),
         "note": "a Search makes two hops in sequence; serving overhead >= two hops + gRPC front",
     }, indent=2))
