@@ -251,10 +251,12 @@ def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[in
     return results
 
 
-def cpu_bound(cpu_ms: float, floor: float) -> dict[str, float]:
-    """The QPS all cores busy at ``cpu_ms`` per search would give, and its ratio to the floor."""
-    cores = psutil.cpu_count() or 1
-    qps = cores * 1000.0 / cpu_ms if cpu_ms > 0 else float("inf")
+def cpu_bound(cpu_ms: float, floor: float) -> dict[str, float | None]:
+    """The QPS all cores busy at ``cpu_ms`` per search would give, and its ratio to the floor
+    (None when nothing was measured)."""
+    if cpu_ms <= 0:
+        return {"cpu_bound_qps": None, "cpu_bound_ratio": None}
+    qps = (os.cpu_count() or 1) * 1000.0 / cpu_ms
     return {"cpu_bound_qps": round(qps, 3), "cpu_bound_ratio": round(qps / floor, 3)}
 
 
