@@ -50,11 +50,12 @@ install: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m papersearch.api.generate
 
-# Prepare the models (export; train the default reranker once, cached), ingest the sample
-# corpus into the embedded index (resumable; skips papers already there), then serve it:
-# local Ray + the Serve app + the gRPC gateway on 127.0.0.1:50051 until Ctrl-C.
+# Export the models the configuration serves (the embedder; nothing for the rerank stage, off
+# by default), ingest the sample corpus into the embedded index (resumable; skips papers
+# already there), then serve it: local Ray + the Serve app + the gRPC gateway on
+# 127.0.0.1:50051 until Ctrl-C.
 run: install
-	$(VENV)/bin/papersearch models export --all
+	$(VENV)/bin/papersearch models export
 	$(VENV)/bin/papersearch ingest $(CORPUS)
 	$(VENV)/bin/papersearch serve
 

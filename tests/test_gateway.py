@@ -283,12 +283,11 @@ def test_upsert_stream_search_and_delete(targets: dict[str, str]) -> None:
 def test_deadline_cancels_the_server_side_work(fault: tuple[Faulty, SearchClient]) -> None:
     backend, client = fault
     backend.fault = "slow"
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         client.search(SearchQuery("graph neural networks"), timeout_s=0.5)
     assert code_of(info) == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.monotonic() - started < 2.0
-    assert backend.cancelled.wait(2.0), "the server kept encoding after the deadline"
+    # the slow encode runs for minutes unless cancelled: the wait only guards against a hang
+    assert backend.cancelled.wait(60), "the server kept encoding after the deadline"
 
 
 def test_overload_is_resource_exhausted(fault: tuple[Faulty, SearchClient]) -> None:
@@ -323,7 +322,7 @@ def test_unreachable_qdrant_server_maps_to_unavailable(
             store.ensure_collection(parts[0].dim, parts[0].sha256, create=False)
     finally:
         store.close()
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # a hang guard: without timeout_s it retries on
     code, message = to_status(info.value)
     assert code == grpc.StatusCode.UNAVAILABLE and message.startswith("service unavailable")
 

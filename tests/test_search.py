@@ -48,7 +48,9 @@ class Sync:
 
 @pytest.fixture(scope="module")
 def pipeline(backend: LocalBackend, sample_settings: Settings) -> Sync:
-    return Sync(SearchPipeline(backend, sample_settings.search))
+    # A budget no CPU here misses (2 s was missed on a slow one): these tests are about what
+    # the stages return; the budget's own behaviour is tested with a slow reranker below.
+    return Sync(SearchPipeline(backend, sample_settings.search, rerank_timeout_s=600))
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "sparse"])
@@ -100,15 +102,21 @@ def test_failing_reranker_degrades_to_fused_results(backend: LocalBackend,
     result = Sync(SearchPipeline(broken, sample_settings.search)).search(SearchQuery("diffusion"))
     assert not result.reranked and len(result.hits) == 10
 
+    cancelled: list[bool] = []
+
     class Slow(LocalBackend):
         async def rerank(self, query: str, passages: object) -> object:
-            await asyncio.sleep(5)
-            raise AssertionError("not reached")
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.append(True)  # the budget cut it off
+                raise
+            raise AssertionError("the rerank budget never expired")
 
     slow = Slow(backend.encoder, backend.store, backend.reranker)
     pipeline = Sync(SearchPipeline(slow, sample_settings.search, rerank_timeout_s=0.2))
     result = pipeline.search(SearchQuery("diffusion"))
-    assert not result.reranked and result.timings_ms["rerank"] < 2000
+    assert not result.reranked and len(result.hits) == 10 and cancelled == [True]
 
 
 def test_filters_through_the_pipeline(sample_settings: Settings, embedder_dir: Path,

@@ -34,16 +34,19 @@ def _free_port() -> int:
 class Target(NamedTuple):
     address: str
     metrics_port: int
+    repository: Path  # the service's model repository: the embedder only, at first
 
 
 @pytest.fixture(scope="module")
-def target(sample_settings: Settings, sample_index: Path,
-           reranker_dir: Path) -> Iterator[Target]:
+def target(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     from papersearch.serving import launcher
 
+    repository = tmp_path_factory.mktemp("served-models")
+    shutil.copytree(embedder_dir, repository / embedder_dir.parent.name / embedder_dir.name)
     port = _free_port()
     overrides = {
-        "models": {"repository": str(sample_settings.models.repository),
+        "models": {"repository": str(repository), "reload_poll_s": 1,
                    "cache_dir": str(sample_settings.models.cache_dir)},
         "index": {"data_dir": str(sample_index)},
         # More coalesced calls in flight than the small encoder queue below admits (2 + 2).
@@ -61,7 +64,7 @@ def target(sample_settings: Settings, sample_index: Path,
     launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides,
                    deployment_options=small_queue)
     try:
-        yield Target(f"127.0.0.1:{port}", settings.serve.metrics_port)
+        yield Target(f"127.0.0.1:{port}", settings.serve.metrics_port, repository)
     finally:
         launcher.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -75,6 +78,23 @@ def client(target: Target) -> Iterator[SearchClient]:
             assert time.monotonic() < deadline, "gateway never became SERVING"
             time.sleep(0.5)
         yield client
+
+
+def test_reranker_model_arriving_later_is_picked_up(target: Target, client: SearchClient,
+                                                    reranker_dir: Path) -> None:
+    """Started without a reranker model (none trained yet): SERVING, first-stage results; the
+    model then appears in the repository and is served without a restart."""
+    assert client.health() == "SERVING"
+    before = client.search(SearchQuery("vision language model", rerank=True))
+    assert not before.reranked and len(before.hits) == 10
+    staging = target.repository / "staging"  # a version appears whole, as an export writes it
+    shutil.copytree(reranker_dir, staging)
+    (target.repository / reranker_dir.parent.name).mkdir()
+    staging.rename(target.repository / reranker_dir.parent.name / reranker_dir.name)
+    deadline = time.monotonic() + 120
+    while not client.search(SearchQuery("vision language model", rerank=True)).reranked:
+        assert time.monotonic() < deadline, "the reranker model was never picked up"
+        time.sleep(0.5)
 
 
 def test_search_through_ray_serve(client: SearchClient) -> None:
@@ -156,6 +176,8 @@ def test_metrics_on_the_metrics_port(target: Target, client: SearchClient) -> No
         ("ray_papersearch_batch_size_count", {"deployment": "QueryEncoder"}),
         ("ray_papersearch_batch_size_count", {"deployment": "Reranker"}),
         ("ray_serve_num_router_requests_total", {}),
+        ("ray_papersearch_model_precision", {"deployment": "QueryEncoder"}),
+        ("ray_papersearch_model_precision", {"deployment": "Reranker"}),
     ]
     deadline = time.monotonic() + 60
     while True:

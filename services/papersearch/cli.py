@@ -65,12 +65,17 @@ def format_result(result: SearchResult) -> str:
 def _models_export(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.models import prepare
 
-    paths = {"embedder": prepare.export_embedder(settings)}
+    paths = prepare.prepare(settings, everything=args.all)
     if args.reranker:
         paths["reranker"] = prepare.export_reranker(settings, args.reranker)
-    elif args.all:
-        paths = prepare.prepare(settings)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def _models_info(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.models.info import describe
+
+    print(json.dumps(describe(settings), indent=2))
     return 0
 
 
@@ -196,12 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="build the ONNX model repository")
     models_commands = models.add_subparsers(dest="models_command", required=True)
-    export = models_commands.add_parser("export", help="export the embedder (and a reranker)")
+    export = models_commands.add_parser(
+        "export", help="export the models the configuration serves: the embedder, and the "
+                       "reranker_source if the rerank stage is on")
     export.add_argument("--reranker", metavar="SOURCE",
                         help="also export this cross-encoder (HF id, directory, pypi: spec)")
     export.add_argument("--all", action="store_true",
-                        help="also the reranker: reranker_source if set, else train the default")
+                        help="also the reranker when the stage is off: reranker_source if set, "
+                             "else train the default (slow)")
     export.set_defaults(handler=_models_export)
+    info = models_commands.add_parser(
+        "info", help="the models in the repository and the precision each runs on this CPU")
+    info.set_defaults(handler=_models_info)
     trainer = models_commands.add_parser(
         "train-reranker", help="fine-tune and export the default cross-encoder (cached)"
     )

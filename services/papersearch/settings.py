@@ -45,9 +45,15 @@ class ModelSettings(BaseModel):
         "default with `papersearch models train-reranker`.",
     )
     reranker_max_length: int = Field(256, ge=8, le=8192)
-    precision: Literal["fp32", "int8"] = "int8"
+    precision: Literal["fp32", "int8"] = Field(
+        "int8", description="int8 runs only where its self-check against the export's fp32 "
+                            "outputs passes on this CPU; elsewhere fp32 (logged, in metrics).",
+    )
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0: auto).")
     batch_size: int = Field(32, ge=1, le=4096)
+    reload_poll_s: float = Field(
+        10.0, gt=0, description="Serving without a reranker model: how often to look for one.",
+    )
 
 
 class TrainingSettings(BaseModel):

@@ -11,7 +11,10 @@ no-op, so the same code runs everywhere.
   ratio is the share of searches the reranker served;
 - ``papersearch_batch_size{deployment}``: items per dynamic batch (queries or rerank pairs);
 - ``papersearch_in_flight{deployment}``: requests inside a replica, waiting for or in a batch
-  (its queue depth), per replica.
+  (its queue depth), per replica;
+- ``papersearch_model_precision{deployment,model,precision}``: 1 for the precision a replica's
+  model actually runs (int8 falls back to fp32 where its self-check fails on that CPU);
+- ``papersearch_int8_agreement{deployment,model}``: that self-check's agreement with fp32.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ray.util.metrics import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from papersearch.models.runtime import OnnxModel
 
 LATENCY_MS_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 BATCH_SIZE_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -50,6 +57,16 @@ class Metrics:
             "papersearch_in_flight", description="Requests inside a replica (queued or running).",
             tag_keys=("deployment",),
         )
+        self.precision = Gauge(
+            "papersearch_model_precision",
+            description="1 for the precision a replica's model runs (int8 or its fp32 fallback).",
+            tag_keys=("deployment", "model", "precision"),
+        )
+        self.int8_agreement = Gauge(
+            "papersearch_int8_agreement",
+            description="The int8 self-check's agreement with fp32 on this replica's CPU.",
+            tag_keys=("deployment", "model"),
+        )
         self._in_flight: dict[str, int] = {}
 
     def request(self, method: str, code: str, latency_s: float) -> None:
@@ -62,6 +79,15 @@ class Metrics:
 
     def batch(self, deployment: str, size: int) -> None:
         self.batch_size.observe(float(size), tags={"deployment": deployment})
+
+    def model_loaded(self, deployment: str, model: OnnxModel) -> None:
+        name = model.manifest.name
+        for precision in ("fp32", "int8"):
+            self.precision.set(float(precision == model.precision), tags={
+                "deployment": deployment, "model": name, "precision": precision})
+        if model.int8_agreement is not None:
+            self.int8_agreement.set(model.int8_agreement,
+                                    tags={"deployment": deployment, "model": name})
 
     @contextmanager
     def inside(self, deployment: str) -> Iterator[None]:

@@ -17,6 +17,7 @@ from papersearch.telemetry import metrics
 class QueryEncoderDeployment:
     def __init__(self, settings: Settings) -> None:
         self.encoder = Encoder.from_settings(settings.models)
+        metrics().model_loaded("QueryEncoder", self.encoder)
         self._encode_batch.set_max_batch_size(settings.serve.encoder_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(settings.serve.encoder_batch_wait_s)
 

@@ -39,15 +39,26 @@ from papersearch.models.manifest import (
     sha256_file,
     write_manifest,
 )
-from papersearch.models.runtime import RuntimeOptions
+from papersearch.models.parity import INT8_MIN_AGREEMENT, SelfCheck, agreement, self_check_inputs
+from papersearch.models.runtime import OnnxModel, Precision, RuntimeOptions
 from papersearch.models.sources import ResolvedSource
 
 log = logging.getLogger(__name__)
 
 FP32_MAX_ABS_DIFF = 1e-4
-INT8_MIN_AGREEMENT = 0.98
 OPSET = 17
-EXPORT_FORMAT = 2  # bump when the graph layout changes: invalidates cached exports
+EXPORT_FORMAT = 3  # bump when the graph layout or manifest changes: invalidates cached exports
+# Dynamic int8 schemes (activations quantized per batch at run time, weights per channel).
+# On x86 CPUs without VNNI onnxruntime multiplies u8 x s8 with VPMADDUBSW, whose int16 pair
+# sums saturate at full 8-bit range (agreement with fp32 fell to 0.97 / 0.87 on such a CPU);
+# 7-bit weights (reduce_range) cannot saturate, u8 x u8 uses another kernel. Measured side by
+# side by benchmarks/quantization.py (README, Models): reduce_range keeps u8s8's speed.
+INT8_SCHEMES: dict[str, dict[str, Any]] = {
+    "u8s8": {"weight_type": "QInt8", "reduce_range": False},
+    "u8s8-reduce-range": {"weight_type": "QInt8", "reduce_range": True},
+    "u8u8": {"weight_type": "QUInt8", "reduce_range": False},
+}
+INT8_SCHEME = "u8s8-reduce-range"
 _WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
 
 
@@ -204,7 +215,7 @@ def _export_into(
             dynamo=False,
         )
     _fuse(target / FP32_FILE, model)
-    _quantize(target / FP32_FILE, target / INT8_FILE)
+    quantize(target / FP32_FILE, target / INT8_FILE)
     embedder = spec.kind == "embedder"
     pooling, normalize = _pooling(spec.source.location) if embedder else (None, False)
     dim = int(model(**{n: example[n] for n in names}).shape[-1]) if embedder else None
@@ -216,9 +227,11 @@ def _export_into(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     write_manifest(target, draft)  # the runtime reads it; replaced below with parity figures
-    parity = _check_parity(spec, model, tokenizer, target, _parity_inputs(spec, texts))
+    parity, check = _check_parity(spec, model, tokenizer, target, _parity_inputs(spec, texts))
     parity["export_seconds"] = round(time.perf_counter() - started, 1)
-    return Manifest(**{**_as_dict(draft), "parity": parity})
+    quantization = {"scheme": INT8_SCHEME, **INT8_SCHEMES[INT8_SCHEME]}
+    return Manifest(**{**_as_dict(draft), "parity": parity, "quantization": quantization,
+                       "selfcheck": check.to_dict()})
 
 
 def _as_dict(manifest: Manifest) -> dict[str, Any]:
@@ -240,15 +253,18 @@ def _fuse(graph: Path, model: torch.nn.Module) -> None:
     optimized.save_model_to_file(str(graph))
 
 
-def _quantize(fp32: Path, int8: Path) -> None:
+def quantize(fp32: Path, int8: Path, scheme: str = INT8_SCHEME) -> None:
+    """Write the dynamic int8 graph of ``fp32`` with one of INT8_SCHEMES."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    options = INT8_SCHEMES[scheme]
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # the quantizer logs every node on root
     try:
         quantize_dynamic(
-            str(fp32), str(int8), per_channel=True, weight_type=QuantType.QInt8,
+            str(fp32), str(int8), per_channel=True,
+            weight_type=QuantType[options["weight_type"]], reduce_range=options["reduce_range"],
             # fused contrib ops have no ONNX type inference: their outputs are float
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -272,38 +288,37 @@ def _torch_outputs(model: Any, tokenizer: Any, inputs: list[Any], max_length: in
     return torch.cat(outputs).numpy().astype(np.float32).reshape(len(inputs), -1)
 
 
-def _onnx_outputs(target: Path, kind: ModelKind, inputs: list[Any], precision: str) -> np.ndarray:
-    from papersearch.encoder.runtime import Encoder
-    from papersearch.reranker.runtime import Reranker
-
-    options = RuntimeOptions(precision=precision, intra_op_threads=0)  # type: ignore[arg-type]
-    if kind == "embedder":
-        return Encoder(target, options).encode(inputs, "document")
-    # prefixes were applied by _parity_inputs already, so use the raw pairs
-    return Reranker(target, options).score_pairs(inputs).reshape(-1, 1)
+def _onnx_outputs(target: Path, inputs: list[Any], precision: Precision) -> np.ndarray:
+    # unverified: this export is what writes the self-check the runtime would verify against
+    model = OnnxModel(target, RuntimeOptions(precision, intra_op_threads=0), verify_int8=False)
+    return model.outputs(inputs)
 
 
 def _check_parity(
     spec: ExportSpec, model: Any, tokenizer: Any, target: Path, inputs: list[Any]
-) -> dict[str, float]:
+) -> tuple[dict[str, float], SelfCheck]:
+    """fp32 ONNX must match torch (else ParityError). int8 is measured against fp32 and
+    recorded; where it falls short, runtimes on this CPU serve fp32 (models/parity.py)."""
     reference = _torch_outputs(model, tokenizer, inputs, spec.max_length)
-    fp32 = _onnx_outputs(target, spec.kind, inputs, "fp32")
-    int8 = _onnx_outputs(target, spec.kind, inputs, "int8")
+    fp32 = _onnx_outputs(target, inputs, "fp32")
+    int8 = _onnx_outputs(target, inputs, "int8")
     max_diff = float(np.abs(fp32 - reference).max())
+    if max_diff > FP32_MAX_ABS_DIFF:
+        raise ParityError(f"{spec.name}: fp32 ONNX vs torch max |diff| {max_diff:.2e} > 1e-4")
+    agreed = agreement(spec.kind, fp32, int8)
     if spec.kind == "embedder":
         cosines = np.sum(fp32 * int8, axis=1) / (
             np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1)
         )
-        agreement = float(cosines.min())
         parity = {"fp32_max_abs_diff": max_diff, "int8_cosine_mean": float(cosines.mean()),
-                  "int8_cosine_min": agreement}
+                  "int8_cosine_min": agreed}
     else:
-        agreement = float(np.corrcoef(fp32.ravel(), int8.ravel())[0, 1])
-        parity = {"fp32_max_abs_diff": max_diff, "int8_score_pearson": agreement,
+        parity = {"fp32_max_abs_diff": max_diff, "int8_score_pearson": agreed,
                   "int8_score_max_abs_diff": float(np.abs(fp32 - int8).max())}
     parity["parity_inputs"] = float(len(inputs))
-    if max_diff > FP32_MAX_ABS_DIFF:
-        raise ParityError(f"{spec.name}: fp32 ONNX vs torch max |diff| {max_diff:.2e} > 1e-4")
-    if agreement < INT8_MIN_AGREEMENT:
-        raise ParityError(f"{spec.name}: int8 agreement with fp32 {agreement:.4f} < 0.98")
-    return parity
+    if agreed < INT8_MIN_AGREEMENT:
+        log.warning("int8 disagrees with fp32 on this CPU: runtimes here will serve fp32",
+                    extra={"model": spec.name, "agreement": round(agreed, 4),
+                           "threshold": INT8_MIN_AGREEMENT})
+    fixed = self_check_inputs(spec.kind, inputs)
+    return parity, SelfCheck(tuple(fixed), _onnx_outputs(target, fixed, "fp32"))

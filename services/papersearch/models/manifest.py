@@ -41,6 +41,9 @@ class Manifest:
     dim: int | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     parity: dict[str, float] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)  # how the int8 graph was made
+    # fixed inputs + fp32 outputs an int8 runtime checks itself against (models/parity.py)
+    selfcheck: dict[str, Any] = field(default_factory=dict)
     created: str = ""
 
     @property
@@ -87,7 +90,8 @@ def model_dir(repository: Path, name: str, version: int | None = None) -> Path:
     available = versions(repository, name)
     if not available:
         raise ModelNotFound(
-            f"no exported model {name!r} in {repository}: run `papersearch models export`"
+            f"no exported model {name!r} in {repository}: run `papersearch models export` (the "
+            "default reranker: `papersearch models train-reranker`)"
         )
     chosen = available[-1] if version is None else version
     if chosen not in available:

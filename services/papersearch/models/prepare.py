@@ -86,9 +86,19 @@ def train_reranker(settings: Settings) -> Path:
     return export_reranker(settings, str(checkpoint))
 
 
-def prepare(settings: Settings) -> dict[str, Path]:
-    """Everything `make run` needs: the embedder and a reranker in the model repository."""
-    embedder = export_embedder(settings)
+def prepare(settings: Settings, *, everything: bool = False) -> dict[str, Path]:
+    """The models the configuration serves (what `make run` builds): the embedder, and a
+    reranker from ``reranker_source`` if the rerank stage is on. ``everything`` also makes the
+    reranker when the stage is off, training the default if no source is set (slow: the
+    service starts without it, see reranker/deployment.py)."""
+    paths = {"embedder": export_embedder(settings)}
     source = settings.models.reranker_source
-    reranker = export_reranker(settings, source) if source else train_reranker(settings)
-    return {"embedder": embedder, "reranker": reranker}
+    if source and (everything or settings.search.rerank_enabled):
+        paths["reranker"] = export_reranker(settings, source)
+    elif everything:
+        paths["reranker"] = train_reranker(settings)
+    elif settings.search.rerank_enabled:
+        log.warning("rerank stage on but no reranker_source: searches are not reranked until "
+                    "`papersearch models train-reranker` makes the default (the running service "
+                    "picks it up)")
+    return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from papersearch.models.manifest import (
     Manifest,
     read_manifest,
 )
+from papersearch.models.parity import ModelInput, SelfCheck, agreement, cpu_int8_flags
+
+log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8"]
 
@@ -44,24 +48,65 @@ def check_texts(texts: Sequence[str], what: str) -> None:
 
 
 class OnnxModel:
-    """An exported model version: ONNX session, tokenizer and manifest."""
+    """An exported model version: ONNX session, tokenizer and manifest.
 
-    def __init__(self, version_dir: Path, options: RuntimeOptions) -> None:
+    Asked for int8, it first checks the int8 graph against the manifest's fp32 reference
+    outputs on this CPU and serves fp32 if they disagree (``precision`` says which runs).
+    """
+
+    def __init__(
+        self, version_dir: Path, options: RuntimeOptions, *, verify_int8: bool = True
+    ) -> None:
         self.manifest: Manifest = read_manifest(version_dir)
         self.options = options
-        graph = version_dir / (INT8_FILE if options.precision == "int8" else FP32_FILE)
+        self.version_dir = version_dir
+        self.tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
+        self.tokenizer.no_padding()
+        strategy = "only_second" if self.manifest.kind == "reranker" else "longest_first"
+        self.tokenizer.enable_truncation(self.manifest.max_length, strategy=strategy)
+        self.precision: Precision = options.precision
+        self.int8_agreement: float | None = None  # the self-check's result on this CPU
+        self._open(options.precision)
+        if options.precision == "int8" and verify_int8:
+            self._verify_int8()
+
+    def _open(self, precision: Precision) -> None:
+        graph = self.version_dir / (INT8_FILE if precision == "int8" else FP32_FILE)
         session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.intra_op_num_threads = self.options.intra_op_threads
         session_options.inter_op_num_threads = 1
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
             str(graph), sess_options=session_options, providers=["CPUExecutionProvider"]
         )
         self._input_names = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
-        self.tokenizer.no_padding()
-        strategy = "only_second" if self.manifest.kind == "reranker" else "longest_first"
-        self.tokenizer.enable_truncation(self.manifest.max_length, strategy=strategy)
+        self.precision = precision
+
+    def _verify_int8(self) -> None:
+        """Serve int8 only if it agrees with the stored fp32 outputs on this CPU."""
+        about = {"model": self.manifest.name, "version": self.manifest.version,
+                 "cpu_flags": ",".join(cpu_int8_flags()) or "none"}
+        if not self.manifest.selfcheck:
+            log.warning("int8 not verifiable (the export has no self-check): serving fp32",
+                        extra=about)
+            self._open("fp32")
+            return
+        check = SelfCheck.from_dict(self.manifest.selfcheck)
+        self.int8_agreement = round(
+            agreement(self.manifest.kind, check.reference, self.outputs(check.inputs)), 5)
+        about |= {"agreement": self.int8_agreement, "threshold": check.threshold}
+        if self.int8_agreement < check.threshold:
+            log.warning("int8 disagrees with fp32 on this CPU: serving fp32", extra=about)
+            self._open("fp32")
+        else:
+            log.info("int8 self-check passed", extra=about)
+
+    def outputs(self, inputs: Sequence[ModelInput]) -> np.ndarray:
+        """Raw graph outputs, one row per input (texts, or (query, passage) pairs), as given:
+        no prefixes added. What the parity checks and the self-check compare."""
+        width = self.manifest.dim or 1
+        encodings = self.tokenizer.encode_batch(list(inputs))
+        return self.run_sorted(encodings, width, lambda x: x.reshape(len(x), width))
 
     def _feeds(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
         width = max(len(e.ids) for e in encodings)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.factory import open_store
 from papersearch.index.store import Store
+from papersearch.models.manifest import ModelNotFound
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def open_index(settings: Settings, encoder: Encoder, *, create: bool = False) -> Store:
@@ -19,7 +24,16 @@ def open_index(settings: Settings, encoder: Encoder, *, create: bool = False) ->
 
 
 def load_reranker(settings: Settings) -> Reranker | None:
-    return Reranker.from_settings(settings.models) if settings.search.rerank_enabled else None
+    """The reranker if the rerank stage is on and its model exists; without one searches
+    return first-stage results (reranked=false), as in serving."""
+    if not settings.search.rerank_enabled:
+        return None
+    try:
+        return Reranker.from_settings(settings.models)
+    except ModelNotFound as error:
+        log.warning("rerank stage on but no reranker model: first-stage results only",
+                    extra={"reason": str(error)})
+        return None
 
 
 def build_pipeline(settings: Settings) -> tuple[SearchPipeline, Store]:
