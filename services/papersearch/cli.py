@@ -12,6 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from papersearch import interrupts
 from papersearch.index.errors import StoreError
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.logs import configure_logging
@@ -277,11 +278,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.log_level, settings.log_format)
     handler: Command = args.handler
+    interrupts.catch_sigint()
     try:
         return handler(settings, args)
     except USER_ERRORS as error:
         print(f"papersearch: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, what was committed stays
+        print(interrupts.message(interrupt), file=sys.stderr, flush=True)
+        return interrupts.EXIT_STATUS
 
 
 if __name__ == "__main__":
