@@ -79,6 +79,9 @@ class TrainingSettings(BaseModel):
     max_length: int = Field(160, ge=16)
     max_pairs: int | None = Field(None, description="Cap on queries used (for quick trials).")
     torch_threads: int = Field(2, ge=1)
+    checkpoint_every_s: float = Field(
+        300.0, ge=0, description="Save a resumable checkpoint this often (0: after every step)."
+    )
 
 
 class IndexSettings(BaseModel):

@@ -16,7 +16,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.models.export import ExportSpec, export
 from papersearch.models.runtime import RuntimeOptions
 from papersearch.models.sources import resolve_source
-from papersearch.reranker.mining import mine
+from papersearch.reranker.mining import TrainingExample, mine
 from papersearch.reranker.training import train
 from papersearch.settings import Settings
 
@@ -67,8 +67,8 @@ def training_papers(settings: Settings) -> list[Paper]:
     return papers
 
 
-def train_reranker(settings: Settings) -> Path:
-    """Mine examples, fine-tune from the embedder's base weights (cached), export the result."""
+def training_examples(settings: Settings) -> list[TrainingExample]:
+    """Mine the weakly supervised examples (with the exported embedder) the reranker learns."""
     cfg = settings.training
     encoder = Encoder(export_embedder(settings), RuntimeOptions("fp32", 0, cfg.batch_size))
     examples = mine(
@@ -81,8 +81,15 @@ def train_reranker(settings: Settings) -> Path:
         query_kinds=cfg.query_kinds,
     )
     log.info("training examples mined", extra={"examples": len(examples)})
+    return examples
+
+
+def train_reranker(settings: Settings) -> Path:
+    """Mine examples, fine-tune from the embedder's base weights (cached, resumable), export
+    the result."""
+    examples = training_examples(settings)
     base = Path(resolve_source(settings.models.embedder_source, settings.models.cache_dir).location)
-    checkpoint = train(base, examples, cfg, settings.models.cache_dir)
+    checkpoint = train(base, examples, settings.training, settings.models.cache_dir)
     return export_reranker(settings, str(checkpoint))
 
 

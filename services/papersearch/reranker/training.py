@@ -4,6 +4,11 @@ Initialised from the bundled MiniLM weights with a fresh one-logit head. Each st
 of (title, own abstract, k mined negatives) and applies a listwise softmax cross-entropy over
 the k+1 logits, so the positive must outscore its hard negatives. Seeded and deterministic; the
 checkpoint is cached under the model cache keyed by everything that affects it.
+
+Resumable: every ``checkpoint_every_s`` the whole training state (weights, optimizer, schedule,
+RNG states, step, the epoch's order) replaces ``<key>.resume/checkpoint.pt`` atomically, and a
+run with the same key continues from it to the same weights as an uninterrupted run. Ctrl-C
+stops within a fraction of a step; what was checkpointed stays.
 """
 
 from __future__ import annotations
@@ -11,24 +16,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from papersearch.interrupts import Interrupted
 from papersearch.reranker.mining import TrainingExample
 from papersearch.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
 DONE_MARKER = "training.json"
+RESUME_SUFFIX = ".resume"  # <key>.resume/ holds the latest checkpoint of an unfinished run
+CHECKPOINT_FILE = "checkpoint.pt"
 HEAD_PREFIXES = ("classifier", "bert.pooler")
+LOSS_WINDOW = 50  # steps in the running loss shown and recorded
+PROBE_PASSES = 3  # throw-away passes timed before training (fewer once PROBE_BUDGET_S is spent)
+PROBE_BUDGET_S = 3.0
+BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
+              "[{elapsed}<{remaining}, {rate_inv_fmt}{postfix}]")
 
 
 def checkpoint_key(
@@ -36,20 +53,28 @@ def checkpoint_key(
 ) -> str:
     digest = hashlib.sha256()
     digest.update((base_dir / "config.json").read_bytes())
-    digest.update(cfg.model_dump_json(exclude={"corpora", "torch_threads"}).encode())
+    ignored = {"corpora", "torch_threads", "checkpoint_every_s"}  # no effect on the weights
+    digest.update(cfg.model_dump_json(exclude=ignored).encode())
     for example in examples:
         digest.update(json.dumps(asdict(example)).encode())
     return digest.hexdigest()[:16]
 
 
 def train(
-    base_dir: Path, examples: Sequence[TrainingExample], cfg: TrainingSettings, cache_dir: Path
+    base_dir: Path, examples: Sequence[TrainingExample], cfg: TrainingSettings, cache_dir: Path,
+    *, probe: bool = True,
 ) -> Path:
-    """Train (or reuse) a checkpoint; return its Hugging Face format directory."""
+    """Train (or reuse) a checkpoint; return its Hugging Face format directory.
+
+    Resumes from the last checkpoint of the same key and ends with the same weights as an
+    uninterrupted run. ``probe`` times a throw-away step first and prints the estimate.
+    """
     if not examples:
         raise ValueError("no training examples: the training corpora gave no usable pairs")
     target = cache_dir / "reranker-checkpoints" / checkpoint_key(base_dir, examples, cfg)
+    resume_dir = target.with_name(target.name + RESUME_SUFFIX)
     if (target / DONE_MARKER).is_file():
+        shutil.rmtree(resume_dir, ignore_errors=True)
         log.info("reranker checkpoint cached", extra={"path": str(target)})
         return target
     _seed_everything(cfg.seed, cfg.torch_threads)
@@ -59,7 +84,8 @@ def train(
     )
     model.train()
     groups_per_step = max(1, cfg.batch_size // (cfg.negatives_per_query + 1))
-    steps = cfg.epochs * ((len(examples) + groups_per_step - 1) // groups_per_step)
+    steps_per_epoch = (len(examples) + groups_per_step - 1) // groups_per_step
+    steps = cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=0.01)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -68,10 +94,28 @@ def train(
     order = list(range(len(examples)))
     rng = random.Random(cfg.seed)
     losses: list[float] = []
-    with tqdm(total=steps, desc="train reranker", unit="step") as bar:
-        for _ in range(cfg.epochs):
-            rng.shuffle(order)
-            for start in range(0, len(order), groups_per_step):
+    first = 0  # the step this run starts at
+    saved = _load_checkpoint(resume_dir, model, optimizer, schedule, steps)
+    if saved is not None:
+        first, order, losses = saved["step"], saved["order"], saved["losses"]
+        rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("reranker training resumed", extra={"path": str(resume_dir), "step": first})
+    # Hooks on the parameters: Python runs during backward, so Ctrl-C interrupts it there
+    # instead of after the whole backward pass (seconds on a slow CPU).
+    hooks = [p.register_hook(_interruptible) for p in model.parameters() if p.requires_grad]
+    checkpointed = first
+    try:
+        if probe:
+            per_step = _probe(model, tokenizer, examples[:groups_per_step], cfg.max_length)
+            print(_estimate(first, steps, per_step), file=sys.stderr, flush=True)
+        last_save = time.monotonic()
+        with tqdm(total=steps, initial=first, desc="train reranker", unit="step",
+                  bar_format=BAR_FORMAT) as bar:
+            for step in range(first, steps):
+                if step % steps_per_epoch == 0:
+                    rng.shuffle(order)
+                start = (step % steps_per_epoch) * groups_per_step
                 group = [examples[i] for i in order[start : start + groups_per_step]]
                 loss = _step(model, tokenizer, group, cfg.max_length)
                 loss.backward()
@@ -79,21 +123,120 @@ def train(
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad()
-                losses.append(float(loss))
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+                losses.append(loss.item())
+                del losses[:-LOSS_WINDOW]
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}")
                 bar.update()
+                done = step + 1
+                if done < steps and time.monotonic() - last_save >= cfg.checkpoint_every_s:
+                    _save_checkpoint(resume_dir, {
+                        "step": done, "steps": steps, "order": order, "rng": rng.getstate(),
+                        "torch_rng": torch.get_rng_state(), "losses": losses,
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                    })
+                    checkpointed, last_save = done, time.monotonic()
+    except KeyboardInterrupt:
+        kept = (f"{checkpointed:,} of {steps:,} steps checkpointed; run again to resume"
+                if checkpointed else "no checkpoint yet; run again to start over")
+        raise Interrupted(f"train-reranker: {kept}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    summary = {"examples": len(examples), "steps": steps, "final_loss": np.mean(losses[-50:]),
-               **cfg.model_dump(mode="json")}
-    (partial / DONE_MARKER).write_text(json.dumps(summary, indent=2, default=str))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        summary = {"examples": len(examples), "steps": steps, "final_loss": np.mean(losses),
+                   **cfg.model_dump(mode="json")}
+        (partial / DONE_MARKER).write_text(json.dumps(summary, indent=2, default=str))
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(resume_dir, ignore_errors=True)
     log.info("reranker trained", extra={"path": str(target), "steps": steps,
                                         "final_loss": round(float(summary["final_loss"]), 4)})
     return target
+
+
+def _interruptible(grad: torch.Tensor) -> None:
+    """A parameter hook that does nothing: calling it lets Python handle a pending Ctrl-C."""
+
+
+def _probe(
+    model: torch.nn.Module, tokenizer: object, group: Sequence[TrainingExample], max_length: int
+) -> float:
+    """Seconds per step, from throw-away forward + backward passes on one group. The torch RNG
+    (dropout) is restored and the gradients dropped, so the trained weights do not change."""
+    rng_state = torch.get_rng_state()
+    timings: list[float] = []
+    try:
+        while len(timings) < PROBE_PASSES and sum(timings) < PROBE_BUDGET_S:
+            started = time.perf_counter()
+            _step(model, tokenizer, group, max_length).backward()
+            timings.append(time.perf_counter() - started)
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng_state)
+    return min(timings[1:] or timings)  # the first pass also warms up
+
+
+def _estimate(step: int, steps: int, per_step: float) -> str:
+    left = steps - step
+    where = f"resuming at step {step:,}: {left:,} of {steps:,} steps left" if step else \
+        f"{steps:,} steps"
+    return (f"train-reranker: {where}, ~{per_step:.1f} s/step here, about "
+            f"{_duration(left * per_step)} (resumes from checkpoints; Ctrl-C is safe)")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def _save_checkpoint(resume_dir: Path, state: dict[str, Any]) -> None:
+    """Replace the resume checkpoint atomically: a temp file, fsync, rename."""
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    tmp = resume_dir / (CHECKPOINT_FILE + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, resume_dir / CHECKPOINT_FILE)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error.__context__, KeyboardInterrupt):  # torch.save's writer, closing
+            raise error.__context__ from None  # after Ctrl-C, raises a RuntimeError instead
+        raise
+    log.debug("reranker checkpoint saved", extra={"path": str(resume_dir), "step": state["step"]})
+
+
+def _load_checkpoint(
+    resume_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler, steps: int,
+) -> dict[str, Any] | None:
+    """Restore model, optimizer and schedule from the resume checkpoint, if any; the rest of
+    its state (step, order, RNG states, recent losses) is returned."""
+    path = resume_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu")
+    if state["steps"] != steps:  # cannot happen with the same key; refuse rather than guess
+        raise ValueError(f"{path}: a checkpoint of a {state['steps']}-step run, not {steps}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    return state
 
 
 def _param_groups(model: torch.nn.Module, cfg: TrainingSettings) -> list[dict[str, object]]:
