@@ -22,6 +22,7 @@ from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import Ingester
+from papersearch.interrupts import Interrupted
 from papersearch.pipeline.search import rerank_hits
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
@@ -52,9 +53,15 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
         else {"collection": f"eval-{name}"}
     )
     store = open_store(index)
-    written, present = Ingester(store, encoder, settings.models.batch_size).ingest(
-        dataset.papers(), progress=True
-    )
+    ingester = Ingester(store, encoder, settings.models.batch_size)
+    try:
+        written, present = ingester.ingest(dataset.papers(), progress=True)
+    except BaseException as error:
+        store.close()
+        if isinstance(error, KeyboardInterrupt):
+            raise Interrupted(f"eval: {ingester.written:,} papers written to the {dataset.name} "
+                              "index by this run; run again to resume") from None
+        raise
     log.info("eval index ready", extra={"dataset": dataset.name, "upserted": written,
                                         "present": present, "points": store.count()})
     return store

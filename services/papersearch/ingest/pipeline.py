@@ -3,6 +3,7 @@
 Point ids are UUIDv5 of the paper id, so a repeated run overwrites rather than duplicates. A run
 killed half-way resumes: papers already stored are skipped (unless ``update`` asks to re-embed
 them), and each batch is written only after it is fully encoded, so no paper is half-written.
+Ctrl-C stops between engine calls: the batches written stay, a rerun does the rest.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import Skipped, read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.store import Store
+from papersearch.interrupts import Interrupted
 from papersearch.retriever.retriever import Retriever
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class Ingester:
         self.encoder = encoder
         self.retriever = Retriever(store)
         self.batch_size = batch_size
+        self.written = 0  # papers written by this Ingester, all calls together
         store.ensure_collection(encoder.dim, encoder.sha256)
 
     def upsert(self, papers: Sequence[Paper]) -> int:
@@ -55,7 +58,9 @@ class Ingester:
         if not papers:
             return 0
         dense = self.encoder.encode_documents([p.text for p in papers])
-        return self.retriever.upsert(papers, dense)
+        written = self.retriever.upsert(papers, dense)
+        self.written += written
+        return written
 
     def ingest(
         self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True
@@ -79,9 +84,25 @@ def ingest_paths(
     paths: Sequence[Path], store: Store, encoder: Encoder, *, batch_size: int = 64,
     update: bool = False, progress: bool = True,
 ) -> IngestSummary:
-    """Ingest each corpus path (any supported format) and summarise the run."""
+    """Ingest each corpus path (any supported format) and summarise the run.
+
+    Ctrl-C raises ``Interrupted``, saying how many papers this run wrote (they stay).
+    """
     ingester = Ingester(store, encoder, batch_size)
     summary = IngestSummary()
+    try:
+        _ingest_each(paths, ingester, summary, update=update, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"ingest: {ingester.written:,} papers written by this run; run again "
+                          "to resume") from None
+    summary.collection_size = store.count()
+    return summary
+
+
+def _ingest_each(
+    paths: Sequence[Path], ingester: Ingester, summary: IngestSummary, *, update: bool,
+    progress: bool,
+) -> None:
     for path in paths:
         reader = read_corpus(path)
         written, present = ingester.ingest(reader, update=update, progress=progress)
@@ -94,8 +115,6 @@ def ingest_paths(
         summary.already_present += present
         log.info("ingested", extra={"path": str(path), "upserted": written, "present": present,
                                     "skipped": stats.skipped, "duplicates": stats.duplicates})
-    summary.collection_size = store.count()
-    return summary
 
 
 def _batches(papers: Iterable[Paper], size: int) -> Iterator[list[Paper]]:
