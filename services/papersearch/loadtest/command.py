@@ -226,16 +226,26 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.interrupts import Interrupted
     from papersearch.loadtest.plot import plot_run
     from papersearch.loadtest.report import format_summary
 
     test = build(settings, args)
     out = args.out or Path("loadtest-results") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    report = asyncio.run(execute(test))
-    json_path = report.write(out)
+    try:  # Ctrl-C: asyncio.run cancels the run, in-flight requests included
+        report = asyncio.run(execute(test))
+    except KeyboardInterrupt:
+        raise Interrupted("loadtest: stopped sending; no report written") from None
+    json_path = out / "loadtest.json"
     png_path = out / "loadtest.png"
     title = f"papersearch loadtest {test.target}: {test.profile.describe()} (QPS:s)"
-    plot_run(png_path, title, report.seconds, report.samples, test.profile.boundaries_s)
+    try:
+        report.write(out)
+        plot_run(png_path, title, report.seconds, report.samples, test.profile.boundaries_s)
+    except KeyboardInterrupt:
+        json_path.unlink(missing_ok=True)
+        png_path.unlink(missing_ok=True)
+        raise Interrupted("loadtest: stopped while writing; no report written") from None
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from papersearch.interrupts import Interrupted
 from papersearch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ def stop() -> None:
 
 
 def serve_forever(settings: Settings) -> None:
-    """Start everything, print how to query it, and shut down cleanly on Ctrl-C/SIGTERM."""
+    """Start everything, print how to query it, and shut down cleanly on Ctrl-C/SIGTERM
+    (raising ``Interrupted`` once everything is down)."""
     import signal
 
     def stop_on_signals() -> None:
@@ -134,6 +136,7 @@ def serve_forever(settings: Settings) -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         log.info("shutting down")
+        raise Interrupted("serve: stopped; Ray and the Serve app are down") from None
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut it short
             signal.signal(signum, signal.SIG_IGN)
