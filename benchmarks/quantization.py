@@ -7,7 +7,8 @@ Each scheme of papersearch.models.export.INT8_SCHEMES quantizes the latest expor
 embedder graph (once, into --work). On the same real abstracts every scheme reports the lowest
 and mean cosine to the fp32 vectors (batches of 16), the lowest cosine between a text's vector
 in its batch and encoded alone (activations are quantized per batch), and with --speed the
-texts/s at batch 1 and 32 on one thread. int8 kernels depend on the CPU: the second command
+texts/s at batch 1 and 32 on one thread. The STRESS batch is the one that failed on an AVX2
+CPU without VNNI. int8 kernels depend on the CPU: the second command
 runs the agreement part on an emulated AVX2 CPU without VNNI or AVX-512 (qemu-user; speed
 figures under emulation mean nothing, hence --no-speed). Prints one JSON document.
 """
@@ -33,6 +34,9 @@ from papersearch.models.runtime import OnnxModel, RuntimeOptions
 from papersearch.settings import Settings
 
 SCHEMES = ("u8s8", "u8s8-reduce-range", "u8u8")  # export.INT8_SCHEMES (which imports torch)
+# The batch that failed on an AVX2 CPU without VNNI (issue 13): a long repetitive text drives
+# activations to the range where full 8-bit u8 x s8 pair sums saturate.
+STRESS = ["short", "a much longer text " * 30, "medium length text here"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -81,6 +85,12 @@ def texts_per_s(model: OnnxModel, texts: Sequence[str], batch: int, seconds: flo
     return round(passes * len(texts) / (time.perf_counter() - started), 1)
 
 
+def _batch_vs_alone(model: OnnxModel, texts: Sequence[str]) -> float:
+    together = model.outputs(texts)
+    alone = np.vstack([model.outputs([t]) for t in texts])
+    return round(float(np.sum(together * alone, axis=1).min()), 4)
+
+
 def measure(folder: Path, texts: list[str], args: argparse.Namespace,
             reference: np.ndarray) -> dict[str, Any]:
     model = OnnxModel(folder, RuntimeOptions("int8", 1), verify_int8=False)
@@ -91,6 +101,7 @@ def measure(folder: Path, texts: list[str], args: argparse.Namespace,
         "cosine_to_fp32_min": round(float(cosines.min()), 4),
         "cosine_to_fp32_mean": round(float(cosines.mean()), 4),
         "batch_vs_alone_min": round(float(np.sum(vectors[: args.alone] * alone, 1).min()), 4),
+        "stress_batch_vs_alone_min": _batch_vs_alone(model, STRESS),
     }
     if args.speed:
         result |= {f"texts_per_s_batch_{b}": texts_per_s(model, texts, b, args.seconds)

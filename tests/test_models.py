@@ -278,3 +278,18 @@ def test_any_hf_cross_encoder_exports_through_the_same_path(
     assert reranker.int8_agreement is not None
     scores = reranker.score("query", ["one passage", "another passage"])
     assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+def test_export_builds_only_what_the_configuration_serves(
+    model_settings: Settings, embedder_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`models export` (what `make run` calls) never trains: with the rerank stage off it makes
+    the embedder only; on but without a reranker_source it says how to make one."""
+    from papersearch.models.prepare import prepare
+
+    off = model_settings.model_copy(update={"search": model_settings.search.model_copy(
+        update={"rerank_enabled": False})})
+    assert prepare(off) == {"embedder": embedder_dir}
+    with caplog.at_level(logging.WARNING, logger="papersearch.models.prepare"):
+        assert prepare(model_settings) == {"embedder": embedder_dir}  # rerank stage on
+    assert "papersearch models train-reranker" in caplog.text
