@@ -9,6 +9,7 @@ import numpy as np
 from ray import serve
 
 from papersearch.encoder.runtime import Encoder
+from papersearch.logs import configure_logging
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics
 
@@ -16,6 +17,7 @@ from papersearch.telemetry import metrics
 @serve.deployment(name="QueryEncoder")
 class QueryEncoderDeployment:
     def __init__(self, settings: Settings) -> None:
+        configure_logging(settings.log_level, settings.log_format)  # the precision line shows
         self.encoder = Encoder.from_settings(settings.models)
         metrics().model_loaded("QueryEncoder", self.encoder)
         self._encode_batch.set_max_batch_size(settings.serve.encoder_batch_size)

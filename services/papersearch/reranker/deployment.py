@@ -16,6 +16,7 @@ import time
 import numpy as np
 from ray import serve
 
+from papersearch.logs import configure_logging
 from papersearch.models.manifest import ModelNotFound
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 @serve.deployment(name="Reranker")
 class RerankerDeployment:
     def __init__(self, settings: Settings) -> None:
+        configure_logging(settings.log_level, settings.log_format)
         self.models = settings.models
         self.reranker: Reranker | None = None
         self._missing: ModelNotFound | None = None
