@@ -42,8 +42,7 @@ RESUME_SUFFIX = ".resume"  # <key>.resume/ holds the latest checkpoint of an unf
 CHECKPOINT_FILE = "checkpoint.pt"
 HEAD_PREFIXES = ("classifier", "bert.pooler")
 LOSS_WINDOW = 50  # steps in the running loss shown and recorded
-PROBE_PASSES = 3  # throw-away passes timed before training (fewer once PROBE_BUDGET_S is spent)
-PROBE_BUDGET_S = 3.0
+PROBE_PASSES = 2  # throw-away passes timed before training; the first also warms up
 BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
               "[{elapsed}<{remaining}, {rate_inv_fmt}{postfix}]")
 
@@ -169,20 +168,20 @@ def _interruptible(grad: torch.Tensor) -> None:
 def _probe(
     model: torch.nn.Module, tokenizer: object, group: Sequence[TrainingExample], max_length: int
 ) -> float:
-    """Seconds per step, from throw-away forward + backward passes on one group. The torch RNG
-    (dropout) is restored and the gradients dropped, so the trained weights do not change."""
+    """Seconds per step, from throw-away forward + backward passes on one group (the last one
+    counts: the first also warms up). The torch RNG (dropout) is restored and the gradients
+    dropped, so the trained weights do not change."""
     rng_state = torch.get_rng_state()
-    timings: list[float] = []
     try:
-        while len(timings) < PROBE_PASSES and sum(timings) < PROBE_BUDGET_S:
+        for _ in range(PROBE_PASSES):
             started = time.perf_counter()
             _step(model, tokenizer, group, max_length).backward()
-            timings.append(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
             model.zero_grad(set_to_none=True)
     finally:
         model.zero_grad(set_to_none=True)
         torch.set_rng_state(rng_state)
-    return min(timings[1:] or timings)  # the first pass also warms up
+    return seconds
 
 
 def _estimate(step: int, steps: int, per_step: float) -> str:
