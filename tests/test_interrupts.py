@@ -1,0 +1,420 @@
+"""Ctrl-C on every long command, for real (the slow tests): each runs as a subprocess in its own
+process group (as a terminal runs it), gets SIGINT on the whole group mid-run, and must exit 130
+with one line on stderr and no traceback, keeping what it committed; a rerun finishes the work.
+
+SIGINT reaches the commands with SIGINT ignored, as a background job of a non-interactive shell
+inherits it: the case where Ctrl-C used to do nothing. No test asserts speed: the generous
+timeout only catches a hang. Each test prints its SIGINT-to-exit time (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from papersearch.index.schema import EmbedderIdentity
+from papersearch.models.manifest import read_manifest
+from papersearch.settings import Settings, TrainingSettings
+from tests.conftest import ROOT, SAMPLE_CORPUS
+from tests.test_ingest import (
+    assert_stored_exactly,
+    cli_env,
+    command,
+    make_records,
+    opened,
+    run_cli,
+    write_jsonl,
+)
+
+READY_TIMEOUT_S = 600  # for the command to reach the point where it is interrupted
+EXIT_TIMEOUT_S = 60  # from SIGINT to exit: a hang guard, not a speed requirement
+MESSAGE = re.compile(r"^papersearch: interrupted(?: \((.+)\))?$")
+TRAINING = {  # even tinier than conftest's: a few dozen short steps (one thread: two oversubscribe
+    # a 2-core machine that runs anything else, 10x slower)
+    "corpora": [str(SAMPLE_CORPUS)], "max_pairs": 8, "negatives_per_query": 1, "batch_size": 4,
+    "max_length": 64, "epochs": 3, "torch_threads": 1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    returncode: int
+    stderr: str
+    seconds: float  # SIGINT to exit
+
+    @property
+    def last_line(self) -> str:
+        lines = [line for line in re.split(r"[\r\n]", self.stderr) if line.strip()]
+        return lines[-1] if lines else ""
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """The command in a process group (and session) of its own, SIGINT ignored as it starts;
+    its stderr collected as it comes."""
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_ignore_sigint)
+    chunks: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        while data := proc.stderr.read1(65536):
+            chunks.append(data.decode(errors="replace"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, chunks
+
+
+def wait_until(proc: subprocess.Popen[bytes], chunks: list[str],
+               ready: Callable[[str], bool], what: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not ready("".join(chunks)):
+        if proc.poll() is not None:
+            pytest.fail(f"exited ({proc.returncode}) before {what}:\n{''.join(chunks)[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"not {what} within {READY_TIMEOUT_S} s:\n{''.join(chunks)[-3000:]}")
+        time.sleep(0.05)
+
+
+def interrupt(proc: subprocess.Popen[bytes], chunks: list[str], name: str) -> Stopped:
+    """SIGINT to the command's whole process group, as Ctrl-C in a terminal sends it."""
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"{name} still running {EXIT_TIMEOUT_S} s after SIGINT:\n"
+                    f"{''.join(chunks)[-3000:]}")
+    seconds = time.monotonic() - started
+    time.sleep(0.2)  # the pump's last read
+    print(f"\n{name}: SIGINT -> exit {seconds:.2f} s")
+    return Stopped(proc.returncode, "".join(chunks), seconds)
+
+
+def run_and_interrupt(name: str, args: list[str], env: dict[str, str],
+                      ready: Callable[[str], bool], what: str, delay_s: float = 0.0) -> Stopped:
+    """Start the command, SIGINT its group once ``ready(stderr so far)`` (and ``delay_s``)."""
+    proc, chunks = start(args, env)
+    try:
+        wait_until(proc, chunks, ready, what)
+        time.sleep(delay_s)
+        return interrupt(proc, chunks, name)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def assert_interrupted(stopped: Stopped, detail: str | None = None) -> re.Match[str]:
+    """Exit status 130, no traceback, one line saying so, last on stderr."""
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert stopped.stderr.count("papersearch: interrupted") == 1, stopped.stderr[-3000:]
+    match = MESSAGE.match(stopped.last_line)
+    assert match, stopped.stderr[-3000:]
+    if detail is not None:
+        found = re.fullmatch(detail, match.group(1) or "")
+        assert found, f"{stopped.last_line!r} does not match {detail!r}"
+        return found
+    return match
+
+
+def upserted(text: str) -> bool:
+    return bool(re.search(r"papersearch\.index\.store: upserted\b", text))
+
+
+@pytest.fixture(scope="module")
+def identity(embedder_dir: Path) -> EmbedderIdentity:
+    manifest = read_manifest(embedder_dir)
+    assert manifest.dim
+    return EmbedderIdentity(manifest.sha256, manifest.dim)
+
+
+# -- fast: the message, the estimate, the checkpoint key -------------------------------------
+
+
+def test_the_message_says_what_was_kept() -> None:
+    from papersearch.interrupts import Interrupted, message
+
+    assert message(KeyboardInterrupt()) == "papersearch: interrupted"
+    assert message(Interrupted("ingest: 320 papers written by this run; run again to resume")) \
+        == "papersearch: interrupted (ingest: 320 papers written by this run; run again to resume)"
+
+
+def test_the_training_estimate_line() -> None:
+    from papersearch.reranker.training import _estimate
+
+    assert _estimate(0, 1036, 12.6) == (
+        "train-reranker: 1,036 steps, ~12.6 s/step here, about 3 h 38 min "
+        "(resumes from checkpoints; Ctrl-C is safe)")
+    assert _estimate(120, 1036, 1.5) == (
+        "train-reranker: resuming at step 120: 916 of 1,036 steps left, ~1.5 s/step here, "
+        "about 23 min (resumes from checkpoints; Ctrl-C is safe)")
+    assert "about 40 s" in _estimate(0, 8, 5.0)
+
+
+def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) -> None:
+    """How often a run checkpoints has no effect on its weights, so it keeps the key: a run
+    resumes under another interval, and keys from before the setting existed stay valid."""
+    from papersearch.reranker.mining import TrainingExample
+    from papersearch.reranker.training import checkpoint_key
+
+    (tmp_path / "config.json").write_text("{}")
+    examples = [TrainingExample("q", "positive", ("negative",))]
+    often, rarely = TrainingSettings(checkpoint_every_s=0), TrainingSettings(checkpoint_every_s=1e6)
+    assert checkpoint_key(tmp_path, examples, often) == checkpoint_key(tmp_path, examples, rarely)
+    assert checkpoint_key(tmp_path, examples, often) != checkpoint_key(
+        tmp_path, examples, TrainingSettings(checkpoint_every_s=0, epochs=2))
+
+
+# -- ingest and eval: whole batches only, a rerun completes ------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_ingest_and_a_rerun_completes(
+    model_settings: Settings, identity: EmbedderIdentity, tmp_path: Path
+) -> None:
+    records = make_records(600)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", records)
+    data_dir = tmp_path / "index"
+    env = cli_env(model_settings, data_dir)
+
+    stopped = run_and_interrupt("ingest", command("ingest", corpus),
+                                env | {"PAPERSEARCH_LOG_LEVEL": "DEBUG"}, upserted,
+                                "a batch was written")
+    found = assert_interrupted(
+        stopped, r"ingest: ([\d,]+) papers written by this run; run again to resume")
+    written = int(found.group(1).replace(",", ""))
+
+    resumed = json.loads(run_cli(env, "ingest", corpus, "--quiet").stdout)
+    # What the message counted is there (a batch written just as Ctrl-C came may add one).
+    assert written <= resumed["already_present"] <= written + 8
+    assert resumed["already_present"] + resumed["upserted"] == len(records)
+    assert resumed["collection_size"] == len(records)
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, records)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_eval_and_a_rerun_completes(
+    model_settings: Settings, identity: EmbedderIdentity, tmp_path: Path
+) -> None:
+    records = make_records(600)
+    corpus = write_jsonl(tmp_path / "known-items.jsonl", records)
+    eval_dir = tmp_path / "eval"
+    env = cli_env(model_settings, tmp_path / "index", PAPERSEARCH_EVAL_DIR=str(eval_dir))
+    args = ("eval", "--dataset", corpus, "--mode", "dense", "--json")
+
+    stopped = run_and_interrupt("eval", command(*args), env | {"PAPERSEARCH_LOG_LEVEL": "DEBUG"},
+                                upserted, "a batch was written")
+    assert_interrupted(stopped, r"eval: [\d,]+ papers written to the \S+ index by this run; "
+                                r"run again to resume")
+
+    done = run_cli(env, *args)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["queries"] == len(records)
+    (collection,) = eval_dir.glob("*/papers")
+    with opened(collection.parent, identity) as store:  # known items: documents without titles
+        assert store.count() == len(records)
+        assert sorted(p.id for p in store.get([r["id"] for r in records])) == \
+            sorted(r["id"] for r in records)
+
+
+# -- models export: no version left behind -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_models_export_leaving_no_version(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "models"
+    env = cli_env(model_settings, tmp_path / "index", PAPERSEARCH_LOG_LEVEL="INFO",
+                  PAPERSEARCH_MODELS__REPOSITORY=str(repository))
+    stopped = run_and_interrupt(  # a second on: inside torch's ONNX export on this machine
+        "models export", command("models", "export"), env,
+        lambda text: "Loading weights: 100%" in text, "the checkpoint was loaded", delay_s=1.0)
+    assert_interrupted(stopped)
+    leftovers = list(repository.glob("*/*"))
+    assert leftovers == [], leftovers
+
+
+# -- models train-reranker: resumes from its checkpoint, to the uninterrupted weights ----------
+
+
+def _private_cache(model_settings: Settings, root: Path) -> Path:
+    """A model cache of the test's own (its reranker checkpoints) sharing the fetched bundles."""
+    cache = root / "cache"
+    cache.mkdir()
+    for name in ("wheels", "bundles"):
+        (cache / name).symlink_to(model_settings.models.cache_dir / name)
+    return cache
+
+
+def _private_repository(model_settings: Settings, embedder_dir: Path, root: Path) -> Path:
+    """A model repository holding the session's embedder: the tiny reranker stays out of the
+    session's repository, where other tests load the latest reranker."""
+    repository = root / "models"
+    (repository / embedder_dir.parent.name).mkdir(parents=True)
+    (repository / embedder_dir.parent.name / embedder_dir.name).symlink_to(embedder_dir)
+    return repository
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_train_reranker_and_a_rerun_resumes_to_the_same_weights(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path
+) -> None:
+    from papersearch.models.prepare import training_examples
+    from papersearch.models.sources import resolve_source
+    from papersearch.reranker.training import CHECKPOINT_FILE, DONE_MARKER, train
+
+    cache = _private_cache(model_settings, tmp_path)
+    repository = _private_repository(model_settings, embedder_dir, tmp_path)
+    checkpoints = cache / "reranker-checkpoints"
+    training = {f"PAPERSEARCH_TRAINING__{k.upper()}": json.dumps(v) for k, v in TRAINING.items()}
+    env = cli_env(model_settings, tmp_path / "index", **training,
+                  PAPERSEARCH_MODELS__REPOSITORY=str(repository),
+                  PAPERSEARCH_MODELS__CACHE_DIR=str(cache),
+                  PAPERSEARCH_CORPUS_DIR=str(SAMPLE_CORPUS),
+                  PAPERSEARCH_TRAINING__CHECKPOINT_EVERY_S="0")  # after every step
+
+    stopped = run_and_interrupt(
+        "models train-reranker", command("models", "train-reranker"), env,
+        lambda _: any(checkpoints.glob(f"*.resume/{CHECKPOINT_FILE}")), "a checkpoint was saved")
+    found = assert_interrupted(stopped, r"train-reranker: (\d+) of (\d+) steps checkpointed; "
+                                        r"run again to resume")
+    kept, steps = int(found.group(1)), int(found.group(2))
+    assert 0 < kept < steps
+    probe = re.search(r"train-reranker: [\d,]+ steps, ~([\d.]+) s/step here, about .+ "
+                      r"\(resumes from checkpoints; Ctrl-C is safe\)", stopped.stderr)
+    assert probe, stopped.stderr[-3000:]
+    print(probe.group(0))
+    (resume,) = checkpoints.glob("*.resume")
+    assert [p.name for p in resume.iterdir()] == [CHECKPOINT_FILE]  # no temp file left
+    assert not (checkpoints / resume.name.removesuffix(".resume")).exists()
+
+    rerun_env = env | {"PAPERSEARCH_TRAINING__CHECKPOINT_EVERY_S": "3600"}
+    done = run_cli(rerun_env, "models", "train-reranker")
+    assert done.returncode == 0, done.stderr
+    assert f"train-reranker: resuming at step {kept:,}: {steps - kept:,} of {steps:,} steps left" \
+        in done.stderr
+    assert json.loads(done.stdout)["reranker"].startswith(str(repository))
+    (resumed,) = (p for p in checkpoints.iterdir() if (p / DONE_MARKER).is_file())
+    assert not resume.exists()  # removed once the run finished
+
+    # The same training uninterrupted, in this process and without the probe step.
+    settings = model_settings.model_copy(update={
+        "models": model_settings.models.model_copy(update={"repository": repository}),
+        "training": TrainingSettings.model_validate(TRAINING),
+    })
+    base = Path(resolve_source(settings.models.embedder_source, settings.models.cache_dir)
+                .location)
+    threads = torch.get_num_threads()
+    try:
+        reference = train(base, training_examples(settings), settings.training,
+                          tmp_path / "reference", probe=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert reference.name == resumed.name  # the same checkpoint key: same examples and config
+    ours, theirs = (load_file(p / "model.safetensors") for p in (resumed, reference))
+    assert ours.keys() == theirs.keys()
+    differing = [k for k in ours if not torch.equal(ours[k], theirs[k])]
+    assert differing == []
+
+
+# -- serve and loadtest: one real Ray instance ------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Processes still in the session the command led (Ray's included): pid and name."""
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name_end = text.rindex(")")
+        fields = text[name_end + 2 :].split()
+        if int(fields[3]) == sid:  # state ppid pgrp session ...
+            left.append(f"{stat.parent.name} {text[text.index('(') + 1 : name_end]}")
+    return left
+
+
+@pytest.fixture
+def ray_temp_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_loadtest_then_serve_leaving_nothing_running(
+    sample_settings: Settings, sample_index: Path, reranker_dir: Path, ray_temp_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from papersearch.client import SearchClient
+
+    port, closed = _free_port(), f"127.0.0.1:{_free_port()}"
+    env = cli_env(sample_settings, sample_index, PAPERSEARCH_LOG_LEVEL="INFO",
+                  PAPERSEARCH_SERVE__GRPC_PORT=str(port),
+                  PAPERSEARCH_SERVE__DASHBOARD_PORT=str(_free_port()),
+                  PAPERSEARCH_SERVE__METRICS_PORT=str(_free_port()),
+                  PAPERSEARCH_SERVE__NUM_CPUS="4", RAY_TMPDIR=str(ray_temp_dir))
+    serve, serve_err = start(command("serve"), env)
+    try:
+        wait_until(serve, serve_err, lambda text: "serve app running" in text, "RUNNING")
+        with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client:
+            deadline = time.monotonic() + 120
+            while client.health() != "SERVING":
+                assert time.monotonic() < deadline, "gateway never became SERVING"
+                time.sleep(0.5)
+
+        out = tmp_path / "loadtest"
+        loadtest = command("loadtest", "--target", f"127.0.0.1:{port}", "--rate", "10",
+                           "--duration", "120", "--no-rerank", "--out", out,
+                           "--status-url", f"http://{closed}",
+                           "--metrics-url", f"http://{closed}/metrics")
+        stopped = run_and_interrupt("loadtest", loadtest, env, lambda _: True, "started",
+                                    delay_s=8.0)
+        assert_interrupted(stopped, "loadtest: stopped sending; no report written")
+        assert not out.exists() or not any(out.iterdir())
+
+        stopped = interrupt(serve, serve_err, "serve")
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+    assert_interrupted(stopped, "serve: stopped; Ray and the Serve app are down")
+    deadline = time.monotonic() + 10  # a process exiting as we look is not left running
+    while (left := _session_processes(serve.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [], left
+
