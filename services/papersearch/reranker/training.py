@@ -29,7 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from papersearch.interrupts import Interrupted
 from papersearch.reranker.mining import TrainingExample
@@ -142,23 +147,31 @@ def train(
     finally:
         for hook in hooks:
             hook.remove()
+    summary = {"examples": len(examples), "steps": steps, "final_loss": float(np.mean(losses)),
+               **cfg.model_dump(mode="json")}
+    _publish(target, model, tokenizer, summary)
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    log.info("reranker trained", extra={"path": str(target), "steps": steps,
+                                        "final_loss": round(summary["final_loss"], 4)})
+    return target
+
+
+def _publish(
+    target: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    summary: dict[str, Any],
+) -> None:
+    """Write the trained model beside ``target`` and rename it into place: all or nothing."""
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        summary = {"examples": len(examples), "steps": steps, "final_loss": np.mean(losses),
-                   **cfg.model_dump(mode="json")}
         (partial / DONE_MARKER).write_text(json.dumps(summary, indent=2, default=str))
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    log.info("reranker trained", extra={"path": str(target), "steps": steps,
-                                        "final_loss": round(float(summary["final_loss"]), 4)})
-    return target
 
 
 def _interruptible(grad: torch.Tensor) -> None:
