@@ -90,10 +90,10 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
     target.mkdir(parents=True)
     try:
         manifest = _export_into(spec, target, fingerprint, parity_texts)
+        write_manifest(target, manifest)  # last: a version without it is unfinished
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    write_manifest(target, manifest)
     log.info("exported", extra={"model": spec.name, "path": str(target), **manifest.parity})
     return target
 
