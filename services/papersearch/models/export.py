@@ -86,13 +86,17 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
     if len(parity_texts) < 4:
         raise ValueError("parity check needs at least 4 real texts")
     target = next_version_dir(repository, spec.name)
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+    # Built beside the repository's versions and renamed into place whole: a running service
+    # looking for a new model (reranker/deployment.py) never sees a half-made version.
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     try:
-        manifest = _export_into(spec, target, fingerprint, parity_texts)
-        write_manifest(target, manifest)  # last: a version without it is unfinished
+        manifest = _export_into(spec, staging, int(target.name), fingerprint, parity_texts)
+        write_manifest(staging, manifest)
+        staging.rename(target)
     except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("exported", extra={"model": spec.name, "path": str(target), **manifest.parity})
     return target
@@ -189,7 +193,7 @@ def _parity_inputs(spec: ExportSpec, texts: Sequence[str]) -> list[Any]:
 
 
 def _export_into(
-    spec: ExportSpec, target: Path, fingerprint: str, texts: Sequence[str]
+    spec: ExportSpec, target: Path, version: int, fingerprint: str, texts: Sequence[str]
 ) -> Manifest:
     started = time.perf_counter()
     model, tokenizer = _load_torch(spec)
@@ -220,7 +224,7 @@ def _export_into(
     pooling, normalize = _pooling(spec.source.location) if embedder else (None, False)
     dim = int(model(**{n: example[n] for n in names}).shape[-1]) if embedder else None
     draft = Manifest(
-        name=spec.name, version=int(target.name), kind=spec.kind, source=spec.source.spec,
+        name=spec.name, version=version, kind=spec.kind, source=spec.source.spec,
         fingerprint=fingerprint, max_length=spec.max_length, pooling=pooling, normalize=normalize,
         query_prefix=spec.query_prefix, document_prefix=spec.document_prefix, dim=dim,
         files={f: sha256_file(target / f) for f in (FP32_FILE, INT8_FILE, TOKENIZER_FILE)},
