@@ -1,23 +1,23 @@
 """Reranker: the cross-encoder as an autoscaled Serve deployment; concurrent searches' pairs
 are scored in one ONNX batch.
 
-The replica starts without a model too (none trained or exported yet): every call then fails
-with ModelNotFound, which the search pipeline turns into first-stage results
-(``reranked=false``), and the replica looks for the model again at most every
-``models.reload_poll_s``, serving it from the first call after it appears. No restart needed.
+The model comes from a RerankerLoader: a replica starts without one (none trained or exported
+yet) and serves it from the first call after it appears, without a restart. With the rerank
+stage off (the default) nothing is loaded until something calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 
 import numpy as np
 from ray import serve
 
 from papersearch.logs import configure_logging
 from papersearch.models.manifest import ModelNotFound
+from papersearch.reranker.loader import RerankerLoader
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics
@@ -29,42 +29,22 @@ log = logging.getLogger(__name__)
 class RerankerDeployment:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_format)
-        self.models = settings.models
-        self.reranker: Reranker | None = None
-        self._missing: ModelNotFound | None = None
-        self._next_look = 0.0
-        self._loading = asyncio.Lock()
-        self._load()
+        self.loader = RerankerLoader(settings.models)
         self._score_batch.set_max_batch_size(settings.serve.reranker_batch_size)
         self._score_batch.set_batch_wait_timeout_s(settings.serve.reranker_batch_wait_s)
-
-    def _load(self) -> None:
-        try:
-            self.reranker = Reranker.from_settings(self.models)
-        except ModelNotFound as error:
-            if self._missing is None:  # said once, not at every look
-                log.warning("no reranker model yet: searches return first-stage results "
-                            "(reranked=false) until `papersearch models train-reranker` or "
-                            "`models export --reranker SOURCE` makes one; looking again every "
-                            f"{self.models.reload_poll_s:g} s", extra={"reason": str(error)})
-            self._missing = error
-            self._next_look = time.monotonic() + self.models.reload_poll_s
+        if not settings.search.rerank_enabled:
+            log.info("rerank stage off (search.rerank_enabled=false): no reranker loaded")
             return
-        if self._missing is not None:
-            log.info("reranker model found and loaded",
-                     extra={"model": self.reranker.manifest.name,
-                            "version": self.reranker.manifest.version})
-        self._missing = None
-        metrics().model_loaded("Reranker", self.reranker)
+        with contextlib.suppress(ModelNotFound):  # the loader said so; the replica starts
+            metrics().model_loaded("Reranker", self.loader.get())
 
     async def _model(self) -> Reranker:
-        if self.reranker is None and time.monotonic() >= self._next_look:
-            async with self._loading:
-                if self.reranker is None and time.monotonic() >= self._next_look:
-                    await asyncio.to_thread(self._load)
-        if self.reranker is None:
-            raise ModelNotFound(str(self._missing))
-        return self.reranker
+        """The model, loaded if it has appeared (in a thread: ~1 s); else ModelNotFound."""
+        loaded = self.loader.reranker
+        reranker = loaded or await asyncio.to_thread(self.loader.get)
+        if loaded is None:
+            metrics().model_loaded("Reranker", reranker)
+        return reranker
 
     async def score(self, request: tuple[str, list[str]]) -> np.ndarray:
         """One search's (query, passages) per call; concurrent calls share one ONNX batch."""

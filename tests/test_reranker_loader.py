@@ -1,0 +1,64 @@
+"""RerankerLoader: a service starts without a reranker model and picks one up later."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from papersearch.models.manifest import ModelNotFound
+from papersearch.reranker.loader import RerankerLoader
+from papersearch.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _loader(model_settings: Settings, repository: Path, clock: Clock) -> RerankerLoader:
+    models = model_settings.models.model_copy(
+        update={"repository": repository, "reload_poll_s": 10.0})
+    return RerankerLoader(models, clock)
+
+
+def _publish(reranker_dir: Path, repository: Path) -> None:
+    """Put the version in place whole, as an export does."""
+    staging = repository / reranker_dir.parent.name / f"{reranker_dir.name}.partial"
+    shutil.copytree(reranker_dir, staging)
+    staging.rename(staging.with_name(reranker_dir.name))
+
+
+def test_missing_model_is_picked_up_at_the_next_look(
+    model_settings: Settings, reranker_dir: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    loader = _loader(model_settings, tmp_path, clock)
+    with caplog.at_level(logging.INFO, logger="papersearch.reranker.loader"):
+        for _ in range(3):
+            with pytest.raises(ModelNotFound, match="train-reranker"):
+                loader.get()
+        _publish(reranker_dir, tmp_path)
+        with pytest.raises(ModelNotFound):  # not looked for again before reload_poll_s
+            loader.get()
+        clock.now += 10.0
+        reranker = loader.get()
+    scores = reranker.score("graph neural networks", ["message passing", "a bread recipe"])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert loader.get() is reranker  # loaded once
+    assert caplog.text.count("no reranker model yet") == 1  # said once, not at every look
+    assert "reranker model found and loaded" in caplog.text
+
+
+def test_present_model_loads_at_once(model_settings: Settings, reranker_dir: Path) -> None:
+    loader = _loader(model_settings, reranker_dir.parents[1], Clock())
+    assert loader.get().manifest.version == int(reranker_dir.name)
