@@ -284,6 +284,19 @@ def test_date_range_is_inclusive(loaded: Store) -> None:
     assert ids(hits) == [PAPERS[4].id]
 
 
+@pytest.mark.parametrize(("start", "end"), [
+    (date.min, date.max), (None, date.max), (date.min, None), (date.max, date.max),
+    (date.min, date.min),
+], ids=["whole-calendar", "to-9999-12-31", "from-0001-01-01", "last-day", "first-day"])
+def test_dates_at_the_ends_of_the_calendar(loaded: Store, start: date | None,
+                                           end: date | None) -> None:
+    flt = SearchFilter(start, end)
+    hits = loaded.query(request("dense", 0, filter=flt, limit=len(PAPERS)))
+    expected = {p.id for p in PAPERS if p.published is not None
+                and (start or date.min) <= p.published <= (end or date.max)}
+    assert set(ids(hits)) == expected
+
+
 def test_similar_excludes_itself(loaded: Store) -> None:
     hits = loaded.similar(PAPERS[2].id, limit=5)
     assert len(hits) == 5 and PAPERS[2].id not in ids(hits)

@@ -36,12 +36,19 @@ class SearchFilter:
             raise ValueError("published_from is after published_to")
 
     def published_range(self) -> tuple[str | None, str | None] | None:
-        """(gte, lt) ISO dates for the engine's datetime range, or None without a date bound."""
+        """(gte, lt) ISO dates for the engine's datetime range, or None without a date bound.
+
+        A range up to date.max (9999-12-31) has no day after it: it is open at the end and
+        starts at date.min at the latest, so that papers without a date still never match.
+        """
         if self.published_from is None and self.published_to is None:
             return None
         start = self.published_from.isoformat() if self.published_from else None
-        end = (self.published_to + timedelta(days=1)).isoformat() if self.published_to else None
-        return start, end
+        if self.published_to is None:
+            return start, None
+        if self.published_to == date.max:
+            return start or date.min.isoformat(), None
+        return start, (self.published_to + timedelta(days=1)).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
