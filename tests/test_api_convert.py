@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from concurrent import futures
@@ -18,7 +19,13 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.corpus.paper import Paper
 from papersearch.index.query import SearchFilter
-from papersearch.pipeline.query import InvalidQuery, SearchHit, SearchResult, StageScores
+from papersearch.pipeline.query import (
+    InvalidQuery,
+    SearchHit,
+    SearchResult,
+    StageScores,
+    quoted,
+)
 from papersearch.settings import SearchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,6 +350,102 @@ def test_paper_from_proto_cleans_like_the_readers() -> None:
 def test_invalid_papers(message: pb.Paper, error: str) -> None:
     with pytest.raises(InvalidQuery, match=error):
         convert.paper_from_proto(message)
+
+
+# --- limits: at and just past every boundary -----------------------------------------------
+
+
+def _paper(**fields: object) -> pb.Paper:
+    return pb.Paper(**{"paper_id": "p", "title": "t", **fields})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("fields", "error"), [
+    ({"paper_id": "x" * 257}, "paper_id is 257 bytes in UTF-8; the limit is 256"),
+    ({"paper_id": "\u00e9" * 129}, "paper_id is 258 bytes in UTF-8; the limit is 256"),
+    ({"title": "x" * 1001}, "title is 1001 characters; the limit is 1000"),
+    ({"abstract": "x" * 20_001}, "abstract is 20001 characters; the limit is 20000"),
+    ({"authors": ["a"] * 101}, "authors has 101 entries; the limit is 100"),
+    ({"categories": ["c"] * 101}, "categories has 101 entries; the limit is 100"),
+    ({"authors": ["a", "x" * 257]}, r"authors\[1\] is 257 characters; the limit is 256"),
+    ({"categories": ["x" * 257]}, r"categories\[0\] is 257 characters; the limit is 256"),
+    ({"url": "h" * 2049}, "url is 2049 characters; the limit is 2048"),
+], ids=["id-257", "id-258-bytes-129-chars", "title-1001", "abstract-20001", "authors-101",
+        "categories-101", "author-257", "category-257", "url-2049"])
+def test_paper_fields_just_past_their_limits(fields: dict[str, object], error: str) -> None:
+    with pytest.raises(InvalidQuery, match=error):
+        convert.paper_from_proto(_paper(**fields))
+
+
+def test_paper_fields_at_their_limits() -> None:
+    paper = convert.paper_from_proto(_paper(
+        paper_id="\u00e9" * 128, title="x" * 1000, abstract="y" * 20_000,
+        authors=[f"author {i}" for i in range(99)] + ["a" * 256],
+        categories=[f"cat.{i}" for i in range(99)] + ["c" * 256], url="h" * 2048,
+    ))
+    assert len(paper.id.encode()) == 256 and len(paper.title) == 1000
+    assert len(paper.abstract) == 20_000 and paper.url == "h" * 2048
+    assert len(paper.authors) == len(paper.categories) == 100
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\u202e", "\u200b", "\t", "\x7f"],
+                         ids=["nul", "esc", "rtl-override", "zero-width-space", "tab", "del"])
+@pytest.mark.parametrize("field", ["paper_id", "authors", "categories", "url"])
+def test_control_characters_in_identifiers_are_rejected(field: str, char: str) -> None:
+    value = f"a{char}b"
+    message = _paper(**{field: [value] if field in ("authors", "categories") else value})
+    name = f"{field}[0]" if field in ("authors", "categories") else field
+    with pytest.raises(InvalidQuery, match=rf"{re.escape(name)} contains the control character "
+                                           rf"U\+{ord(char):04X}") as info:
+        convert.paper_from_proto(message)
+    assert char not in str(info.value)  # escaped, as repr does
+
+
+def test_ids_are_nfc_normalised_everywhere() -> None:
+    composed, decomposed = "caf\u00e9-2024", "cafe\u0301-2024"
+    assert convert.paper_from_proto(_paper(paper_id=decomposed)).id == composed
+    assert convert.paper_id_from_proto(decomposed) == composed
+    assert convert.paper_ids_from_proto([composed, decomposed]) == (composed,)
+    similar = convert.similar_query_from_proto(pb.SimilarPapersRequest(paper_id=decomposed),
+                                               LIMITS)
+    assert similar.paper_id == composed
+    names = convert.filter_from_proto(pb.Filter(authors=["Jose\u0301"]))
+    assert names.authors == ("Jos\u00e9",)
+
+
+@pytest.mark.parametrize("field", ["categories", "authors"])
+def test_filter_lists_at_and_past_the_limit(field: str) -> None:
+    assert len(getattr(convert.filter_from_proto(pb.Filter(**{field: ["v"] * 100})), field)) == 100
+    with pytest.raises(InvalidQuery, match=f"filter.{field} has 101 entries; the limit is 100"):
+        convert.filter_from_proto(pb.Filter(**{field: ["v"] * 101}))
+    with pytest.raises(InvalidQuery, match=rf"filter.{field}\[0\] contains the control"):
+        convert.filter_from_proto(pb.Filter(**{field: ["\x00"]}))
+
+
+def test_query_at_and_past_its_limit() -> None:
+    assert convert.search_query_from_proto(_search(query="q" * 2048), LIMITS).text == "q" * 2048
+    with pytest.raises(InvalidQuery, match="query is 2049 characters; the limit is 2048"):
+        convert.search_query_from_proto(_search(query="q" * 2049), LIMITS)
+
+
+def test_dates_at_the_ends_of_the_calendar() -> None:
+    flt = convert.filter_from_proto(pb.Filter(published_from="0001-01-01",
+                                              published_to="9999-12-31"))
+    assert (flt.published_from, flt.published_to) == (date.min, date.max)
+    assert flt.published_range() == ("0001-01-01", None)
+    assert SearchFilter(published_to=date.max).published_range() == ("0001-01-01", None)
+    assert SearchFilter(date.max, date.max).published_range() == ("9999-12-31", None)
+    with pytest.raises(InvalidQuery, match="filter.published_from is not a valid date"):
+        convert.filter_from_proto(pb.Filter(published_from="0000-12-31"))
+
+
+def test_error_messages_quote_a_short_escaped_prefix() -> None:
+    hostile = "\u202e" + "x" * 10_000
+    with pytest.raises(InvalidQuery) as info:
+        convert.filter_from_proto(pb.Filter(published_to=hostile))
+    message = str(info.value)
+    assert len(message) < 200 and "\u202e" not in message and "\\u202e" in message
+    assert "(10001 characters)" in message
+    assert quoted("ab") == "'ab'" and quoted("a" * 65) == f"{'a' * 64!r}... (65 characters)"
 
 
 def _result() -> SearchResult:

@@ -257,7 +257,7 @@ def test_upsert_stream_search_and_delete(targets: dict[str, str]) -> None:
         summary = client.index_stub.UpsertPapers(iter(stream), timeout=60)
         assert (summary.received, summary.upserted, summary.skipped) == (3, 2, 1)
         assert len(summary.errors) == 1
-        assert "paper 3 (bad-1)" in summary.errors[0]
+        assert "paper 3 ('bad-1')" in summary.errors[0]
         assert "neither title nor abstract" in summary.errors[0]
 
         hits = client.search(SearchQuery("protein folding with a quantum annealer", top_k=2)).hits

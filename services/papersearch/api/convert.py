@@ -7,6 +7,7 @@ names the field; servers map it to INVALID_ARGUMENT. Nothing here does I/O or ne
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,12 +21,20 @@ from papersearch.pipeline.query import (
     SearchQuery,
     SearchResult,
     StageScores,
+    quoted,
 )
 from papersearch.settings import SearchSettings
 
-# Limits the proto documents and servers enforce.
+# Limits the proto documents and servers enforce (the query's is search.max_query_chars).
 MAX_DELETE_IDS = 10_000
 MAX_UPSERT_ERRORS = 100
+MAX_PAPER_ID_BYTES = 256  # UTF-8, after NFC normalisation
+MAX_TITLE_CHARS = 1_000
+MAX_ABSTRACT_CHARS = 20_000
+MAX_NAMES = 100  # authors or categories, of a paper or of a search filter
+MAX_NAME_CHARS = 256  # one author or category
+MAX_URL_CHARS = 2_048
+_CONTROL = frozenset({"Cc", "Cf"})  # NUL, other control characters, bidi overrides, ZW*
 
 _MODES: dict[int, Mode] = {
     pb.MODE_UNSPECIFIED: "hybrid",
@@ -55,11 +64,11 @@ def date_from_proto(value: str, field_name: str) -> date | None:
     if not text:
         return None
     if not _ISO_DATE.fullmatch(text):
-        raise InvalidQuery(f"{field_name} must be a date as YYYY-MM-DD, got {value!r}")
+        raise InvalidQuery(f"{field_name} must be a date as YYYY-MM-DD, got {quoted(value)}")
     try:
         return date.fromisoformat(text)
     except ValueError as exc:
-        raise InvalidQuery(f"{field_name} is not a valid date: {value!r} ({exc})") from None
+        raise InvalidQuery(f"{field_name} is not a valid date: {quoted(value)} ({exc})") from None
 
 
 def date_to_proto(value: date | None) -> str:
@@ -86,12 +95,30 @@ def mode_from_proto(value: int) -> Mode:
         raise InvalidQuery(f"unknown mode {value}; use one of {_MODE_NAMES}") from None
 
 
+def identifier(value: str, field_name: str, max_chars: int) -> str:
+    """An identifier (author, category, url): stripped and NFC-normalised; more than
+    ``max_chars`` characters or a control character (Cc/Cf) raises InvalidQuery."""
+    text = unicodedata.normalize("NFC", value.strip())
+    if len(text) > max_chars:
+        raise InvalidQuery(f"{field_name} is {len(text)} characters; the limit is {max_chars}")
+    bad = next((c for c in text if unicodedata.category(c) in _CONTROL), None)
+    if bad is not None:
+        raise InvalidQuery(
+            f"{field_name} contains the control character U+{ord(bad):04X}: {quoted(text)}")
+    return text
+
+
 def paper_id_from_proto(value: str, field_name: str = "paper_id") -> str:
-    """A required id, stripped; blank raises InvalidQuery."""
-    text = value.strip()
+    """A required id, stripped and NFC-normalised (two encodings of one id are one paper); blank,
+    over MAX_PAPER_ID_BYTES in UTF-8, or holding a control character raises InvalidQuery."""
+    text = unicodedata.normalize("NFC", value.strip())
     if not text:
         raise InvalidQuery(f"{field_name} must not be empty")
-    return text
+    size = len(text.encode("utf-8"))
+    if size > MAX_PAPER_ID_BYTES:
+        raise InvalidQuery(
+            f"{field_name} is {size} bytes in UTF-8; the limit is {MAX_PAPER_ID_BYTES}")
+    return identifier(text, field_name, MAX_PAPER_ID_BYTES)
 
 
 def paper_ids_from_proto(values: Iterable[str]) -> tuple[str, ...]:
@@ -106,8 +133,22 @@ def paper_ids_from_proto(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(cleaned))
 
 
-def _names(values: Iterable[str]) -> tuple[str, ...]:
-    return tuple(v.strip() for v in values if v.strip())
+def names_from_proto(values: Iterable[str], field_name: str) -> tuple[str, ...]:
+    """Authors or categories: at most MAX_NAMES, each an identifier of at most MAX_NAME_CHARS;
+    blank ones dropped."""
+    items = list(values)
+    if len(items) > MAX_NAMES:
+        raise InvalidQuery(f"{field_name} has {len(items)} entries; the limit is {MAX_NAMES}")
+    cleaned = (identifier(v, f"{field_name}[{i}]", MAX_NAME_CHARS) for i, v in enumerate(items))
+    return tuple(name for name in cleaned if name)
+
+
+def text_from_proto(value: str, field_name: str, max_chars: int) -> str:
+    """Title or abstract, cleaned (clean_text); over ``max_chars`` raises InvalidQuery."""
+    text = clean_text(value)
+    if len(text) > max_chars:
+        raise InvalidQuery(f"{field_name} is {len(text)} characters; the limit is {max_chars}")
+    return text
 
 
 # --- filter and queries --------------------------------------------------------------------
@@ -125,8 +166,8 @@ def filter_from_proto(message: pb.Filter) -> SearchFilter:
     return SearchFilter(
         published_from=published_from,
         published_to=published_to,
-        categories=_names(message.categories),
-        authors=_names(message.authors),
+        categories=names_from_proto(message.categories, "filter.categories"),
+        authors=names_from_proto(message.authors, "filter.authors"),
     )
 
 
@@ -198,20 +239,22 @@ def paper_from_proto(message: pb.Paper) -> Paper:
     """pb.Paper -> Paper, cleaned as the corpus readers do (id stripped, text NFC-normalised
     with whitespace collapsed, blank authors/categories dropped, "" url -> None).
 
-    Raises InvalidQuery for an empty paper_id, neither title nor abstract, or a bad date.
+    Raises InvalidQuery for an empty or invalid paper_id, neither title nor abstract, a bad
+    date, or a field over its limit (MAX_*) or with control characters in an identifier.
     """
     paper_id = paper_id_from_proto(message.paper_id)
-    title, abstract = clean_text(message.title), clean_text(message.abstract)
+    title = text_from_proto(message.title, "title", MAX_TITLE_CHARS)
+    abstract = text_from_proto(message.abstract, "abstract", MAX_ABSTRACT_CHARS)
     if not title and not abstract:
-        raise InvalidQuery(f"paper {paper_id!r} has neither title nor abstract")
+        raise InvalidQuery(f"paper {quoted(paper_id)} has neither title nor abstract")
     return Paper(
         id=paper_id,
         title=title,
         abstract=abstract,
-        authors=_names(message.authors),
-        published=date_from_proto(message.published, f"paper {paper_id!r}: published"),
-        categories=_names(message.categories),
-        url=message.url.strip() or None,
+        authors=names_from_proto(message.authors, "authors"),
+        published=date_from_proto(message.published, f"paper {quoted(paper_id)}: published"),
+        categories=names_from_proto(message.categories, "categories"),
+        url=identifier(message.url, "url", MAX_URL_CHARS) or None,
     )
 
 

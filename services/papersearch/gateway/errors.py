@@ -15,7 +15,7 @@ from papersearch.index.errors import (
     StoreUnavailable,
 )
 from papersearch.models.runtime import InvalidInput
-from papersearch.pipeline.query import InvalidQuery
+from papersearch.pipeline.query import InvalidQuery, quoted
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, InvalidQuery | InvalidInput):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, PaperNotFound):
-        return grpc.StatusCode.NOT_FOUND, f"paper {error.paper_id!r} is not in the index"
+        return grpc.StatusCode.NOT_FOUND, f"paper {quoted(error.paper_id)} is not in the index"
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the search finished"
     if isinstance(error, Overloaded):

@@ -104,7 +104,8 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                 try:
                     batch.append(convert.paper_from_proto(message))
                 except ValueError as error:
-                    errors.append(f"paper {received} ({message.paper_id or 'no id'}): {error}")
+                    given = convert.quoted(message.paper_id) if message.paper_id else "no id"
+                    errors.append(f"paper {received} ({given}): {error}")
                 if len(batch) >= self.batch_size:
                     upserted += await self._write(batch)
                     batch = []
