@@ -24,6 +24,7 @@ from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.gateway.errors import Overloaded, to_status
+from papersearch.gateway.server import server_options
 from papersearch.index.errors import StoreUnavailable
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode, SearchFilter
@@ -31,12 +32,13 @@ from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker
-from papersearch.settings import Settings
+from papersearch.settings import ServeSettings, Settings
 from tests.gateway_helpers import LoopThread, Servers, free_port
 
 pytestmark = pytest.mark.slow
 
 FEDWON_QUERY = "federated learning across domains without batch normalization"
+SMALL_RECEIVE_BYTES = 64 * 1024
 
 
 def code_of(info: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
@@ -119,12 +121,17 @@ def targets(sample_settings: Settings, parts: tuple[Encoder, Any, Reranker], fau
     loop = LoopThread()
     servers = Servers(loop, sample_settings)
     main = LocalBackend(encoder, store, reranker)
+    scratch = LocalBackend(encoder, scratch_store, reranker)
     try:
         yield {
             "main": servers.start(main),
             "auth": servers.start(main, api_keys=[SecretStr("k1")]),
             "faulty": servers.start(faulty),
-            "scratch": servers.start(LocalBackend(encoder, scratch_store, reranker)),
+            "scratch": servers.start(scratch),
+            # small server limits, so the tests reach them quickly (same scratch index)
+            "small": servers.start(scratch, max_receive_bytes=SMALL_RECEIVE_BYTES,
+                                   max_index_calls=1, upsert_max_errors=5),
+            "short": servers.start(scratch, index_call_timeout_s=2.0, upsert_batch_size=1),
         }
     finally:
         servers.stop()
@@ -275,6 +282,111 @@ def test_upsert_stream_search_and_delete(targets: dict[str, str]) -> None:
             client.delete([])
         assert code_of(info) == grpc.StatusCode.INVALID_ARGUMENT
         assert "paper_ids must not be empty" in details_of(info)
+
+
+# --- server limits ---------------------------------------------------------------------------
+
+
+def test_server_options_name_grpc_core_channel_args() -> None:
+    options = dict(server_options(ServeSettings()))
+    assert options["grpc.max_receive_message_length"] == 4 * 1024 * 1024
+    assert options["grpc.max_send_message_length"] == 16 * 1024 * 1024
+    assert options["grpc.max_concurrent_streams"] == 100
+    assert options["grpc.keepalive_time_ms"] == 60_000
+    assert options["grpc.keepalive_timeout_ms"] == 20_000
+    assert options["grpc.max_connection_idle_ms"] == 300_000
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == 10_000
+
+
+def search_request_of(size: int) -> pb.SearchRequest:
+    """A SearchRequest whose encoding is exactly ``size`` bytes."""
+    request = pb.SearchRequest(query="q" * size)
+    request.query = "q" * (size - (request.ByteSize() - size))
+    assert request.ByteSize() == size
+    return request
+
+
+def test_message_at_the_receive_limit_is_read_one_byte_more_is_resource_exhausted(
+    targets: dict[str, str],
+) -> None:
+    with grpc.insecure_channel(targets["small"]) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Search(search_request_of(SMALL_RECEIVE_BYTES), timeout=30)
+        assert code_of(info) == grpc.StatusCode.INVALID_ARGUMENT  # read, then validated
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Search(search_request_of(SMALL_RECEIVE_BYTES + 1), timeout=30)
+        assert code_of(info) == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own limit
+        assert str(SMALL_RECEIVE_BYTES) in details_of(info)
+
+
+def test_index_writes_past_the_cap_are_resource_exhausted(targets: dict[str, str]) -> None:
+    release = threading.Event()
+
+    def held_stream() -> Iterator[pb.Paper]:
+        yield pb.Paper(paper_id="held-1")  # invalid: nothing is written
+        release.wait(60)
+
+    refused: grpc.RpcError | None = None
+    with grpc.insecure_channel(targets["small"]) as channel:
+        stub = pb_grpc.IndexServiceStub(channel)
+        held = stub.UpsertPapers.future(held_stream(), timeout=60)
+        try:
+            # the first delete may come before the held stream is admitted: try until refused
+            give_up = time.monotonic() + 30  # a hang guard
+            while refused is None and time.monotonic() < give_up:
+                try:
+                    stub.DeletePapers(pb.DeletePapersRequest(paper_ids=["never"]), timeout=10)
+                except grpc.RpcError as error:
+                    refused = error
+                time.sleep(0.05)
+        finally:
+            release.set()
+        assert refused is not None, "a write past serve.max_index_calls was let through"
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        details = refused.details()  # type: ignore[attr-defined]
+        assert "serve.max_index_calls" in details and "retry DeletePapers later" in details
+        summary = held.result(timeout=60)
+        assert (summary.received, summary.upserted, summary.skipped) == (1, 0, 1)
+        # the slot is free again
+        stub.DeletePapers(pb.DeletePapersRequest(paper_ids=["never"]), timeout=10)
+
+
+def test_idle_upsert_stream_hits_the_server_deadline_and_keeps_what_it_wrote(
+    targets: dict[str, str],
+) -> None:
+    paper = Paper(id="deadline-1", title="Tidal stream turbines in narrow straits",
+                  abstract="We model the power a row of tidal turbines extracts from a strait.")
+    stop = threading.Event()
+
+    def idle_stream() -> Iterator[pb.Paper]:
+        yield convert.paper_to_proto(paper)  # written at once (upsert_batch_size=1)
+        stop.wait(60)  # then idle: the server's deadline (2 s) ends the call
+
+    try:
+        with grpc.insecure_channel(targets["short"]) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                # the client's deadline is only a hang guard
+                pb_grpc.IndexServiceStub(channel).UpsertPapers(idle_stream(), timeout=60)
+    finally:
+        stop.set()
+    assert code_of(info) == grpc.StatusCode.DEADLINE_EXCEEDED
+    details = details_of(info)
+    assert "UpsertPapers ran past its deadline (2 s, serve.index_call_timeout_s" in details
+    assert "papers received 1, written 1 (kept)" in details
+    with SearchClient(targets["scratch"], timeout_s=60.0) as client:
+        assert client.get("deadline-1").title == paper.title
+        assert client.delete(["deadline-1"]) == 1
+
+
+def test_upsert_error_summary_lists_the_first_n(targets: dict[str, str]) -> None:
+    stream = [pb.Paper(paper_id=f"bad-{i}") for i in range(1, 13)]
+    with grpc.insecure_channel(targets["small"]) as channel:
+        summary = pb_grpc.IndexServiceStub(channel).UpsertPapers(iter(stream), timeout=60)
+    assert (summary.received, summary.upserted, summary.skipped) == (12, 0, 12)
+    assert len(summary.errors) == 5  # serve.upsert_max_errors
+    assert all(e.startswith(f"paper {i} (") for i, e in enumerate(summary.errors, 1))
+    assert summary.skipped - len(summary.errors) == 7  # the rest: counted, not listed
 
 
 # --- failures ----------------------------------------------------------------------------------

@@ -172,6 +172,50 @@ class ServeSettings(BaseModel):
     )
     default_deadline_s: float = Field(30.0, gt=0, description="When the client sets none.")
     upsert_batch_size: int = Field(64, ge=1, description="Streamed papers per encode+upsert.")
+    # Server limits (README, Server limits): what one client can hold of a gateway.
+    max_receive_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024,
+        description="Largest request message accepted (grpc.max_receive_message_length); "
+                    "larger: RESOURCE_EXHAUSTED from gRPC.",
+    )
+    max_send_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024,
+        description="Largest response message sent (grpc.max_send_message_length).",
+    )
+    max_concurrent_streams: int = Field(
+        100, ge=1, description="Calls at once on one client connection (HTTP/2 streams, "
+                               "grpc.max_concurrent_streams); more wait in the client.",
+    )
+    max_index_calls: int = Field(
+        4, ge=1, description="UpsertPapers and DeletePapers calls at once in a gateway; past "
+                             "it a new one fails at once with RESOURCE_EXHAUSTED.",
+    )
+    index_call_timeout_s: float = Field(
+        600.0, gt=0,
+        description="Server-side deadline of an IndexService call, an UpsertPapers stream idle "
+                    "or not (the client's, if sooner); past it: DEADLINE_EXCEEDED.",
+    )
+    upsert_max_errors: int = Field(
+        100, ge=1, le=100, description="Invalid papers listed in UpsertSummary.errors; "
+                                       "skipped still counts them all.",
+    )
+    keepalive_time_s: float = Field(
+        60.0, gt=0, description="Ping a client whose connection has been silent this long "
+                                "(grpc.keepalive_time_ms).",
+    )
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, description="Close the connection if the ping is not answered within "
+                                "this (grpc.keepalive_timeout_ms).",
+    )
+    max_connection_idle_s: float = Field(
+        300.0, gt=0, description="Close (GOAWAY) a connection without calls for this long "
+                                 "(grpc.max_connection_idle_ms); clients reconnect.",
+    )
+    min_client_ping_interval_s: float = Field(
+        10.0, gt=0,
+        description="Clients' keepalive pings closer than this count as abuse; a few and the "
+                    "connection is closed (grpc.http2.min_ping_interval_without_data_ms).",
+    )
     health_poll_s: float = Field(5.0, gt=0)
     num_cpus: int | None = Field(
         None, ge=1,

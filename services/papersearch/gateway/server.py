@@ -15,12 +15,29 @@ from papersearch.gateway.auth import ApiKeyInterceptor
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.pipeline.backend import Backend
-from papersearch.settings import Settings
+from papersearch.settings import ServeSettings, Settings
 
 log = logging.getLogger(__name__)
 
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name
                  for name in ("SearchService", "IndexService"))
+
+
+def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
+    """gRPC core channel arguments for the gateway's limits (README, Server limits)."""
+
+    def ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
+    return [
+        ("grpc.max_receive_message_length", serve.max_receive_bytes),
+        ("grpc.max_send_message_length", serve.max_send_bytes),
+        ("grpc.max_concurrent_streams", serve.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", ms(serve.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(serve.keepalive_timeout_s)),
+        ("grpc.max_connection_idle_ms", ms(serve.max_connection_idle_s)),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(serve.min_client_ping_interval_s)),
+    ]
 
 
 class Gateway:
@@ -32,7 +49,8 @@ class Gateway:
         self.settings = settings
         keys = [k.get_secret_value() for k in settings.serve.api_keys]
         auth = [ApiKeyInterceptor(keys)] if keys else []
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), *auth])
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), *auth],
+                                      options=server_options(settings.serve))
         self.search = SearchServicer(backend, settings)
         pb_grpc.add_SearchServiceServicer_to_server(self.search, self.server)
         pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings), self.server)

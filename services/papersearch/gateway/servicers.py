@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -87,18 +88,73 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return convert.paper_to_proto(paper)
 
 
+class ErrorLines:
+    """UpsertSummary.errors: the first ``limit`` lines are kept, the rest only counted, so a
+    stream of invalid papers cannot grow the gateway's memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lines: list[str] = []
+        self.count = 0
+
+    def append(self, line: str) -> None:
+        self.count += 1
+        if len(self.lines) < self.limit:
+            self.lines.append(line)
+
+
 class IndexServicer(pb_grpc.IndexServiceServicer):
+    """Writes, within the gateway's limits: at most ``serve.max_index_calls`` at once (past it
+    RESOURCE_EXHAUSTED at once, not queued) and ``serve.index_call_timeout_s`` each."""
+
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.backend = backend
         self.batch_size = settings.serve.upsert_batch_size
+        self.serve = settings.serve
+        self.calls = 0
+
+    @contextlib.asynccontextmanager
+    async def _limited(
+        self, context: grpc.aio.ServicerContext, method: str,
+        progress: Callable[[], str] = lambda: "",
+    ) -> AsyncIterator[None]:
+        """One IndexService call: a slot, the server-side deadline, errors -> status codes."""
+        if self.calls >= self.serve.max_index_calls:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.calls} index writes are in progress on this gateway, its limit "
+                f"(serve.max_index_calls); retry {method} later",
+            )
+        self.calls += 1
+        remaining = context.time_remaining()
+        limit_s = self.serve.index_call_timeout_s
+        scope = asyncio.timeout(limit_s if remaining is None else min(limit_s, remaining))
+        try:
+            async with scope:
+                yield
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            if isinstance(error, TimeoutError) and scope.expired():
+                message = f"{method} ran past its deadline ({limit_s:g} s, serve." \
+                          f"index_call_timeout_s, or the client's if sooner){progress()}"
+                log.warning("index call deadline", extra={"detail": message})
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+            await _fail(context, error)
+        finally:
+            self.calls -= 1
 
     async def UpsertPapers(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.Paper], context: grpc.aio.ServicerContext
     ) -> pb.UpsertSummary:
         received = upserted = 0
-        errors: list[str] = []
+        errors = ErrorLines(self.serve.upsert_max_errors)
         batch: list[Paper] = []
-        try:
+
+        def progress() -> str:  # what the stream had done when its deadline passed
+            return f": papers received {received}, written {upserted} (kept), the rest not"
+
+        async with self._limited(context, "UpsertPapers", progress):
             async for message in request_iterator:
                 received += 1
                 try:
@@ -110,9 +166,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                     upserted += await self._write(batch)
                     batch = []
             upserted += await self._write(batch)
-        except Exception as error:
-            await _fail(context, error)
-        return convert.upsert_summary_to_proto(received, upserted, errors)
+        return convert.upsert_summary_to_proto(received, upserted, errors.lines, errors.count)
 
     async def _write(self, papers: list[Paper]) -> int:
         if not papers:
@@ -124,9 +178,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     async def DeletePapers(  # noqa: N802
         self, request: pb.DeletePapersRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeletePapersResponse:
-        try:
+        async with self._limited(context, "DeletePapers"):
             ids = convert.paper_ids_from_proto(request.paper_ids)
             deleted = await self.backend.delete(ids)
-        except Exception as error:
-            await _fail(context, error)
         return pb.DeletePapersResponse(deleted=deleted)
