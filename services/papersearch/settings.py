@@ -8,6 +8,7 @@ Relative paths are resolved against the current working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -139,7 +140,17 @@ class ServeSettings(BaseModel):
     grpc_host: str = Field("127.0.0.1", description="Gateway bind address (0.0.0.0 in a pod).")
     grpc_port: int = Field(50051, ge=1, le=65535)
     api_keys: list[SecretStr] = Field(
-        default_factory=list, description="Accepted x-api-key values; empty: no auth."
+        default_factory=list,
+        description="x-api-key values with write scope: every method, IndexService included.",
+    )
+    read_api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="x-api-key values with read scope: SearchService only (IndexService: "
+                    "PERMISSION_DENIED).",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Serve with no keys on a non-loopback grpc_host. Off: such a "
+                           "configuration is refused (fail closed).",
     )
     serve_config: Path = Field(
         Path("deploy/serve/papersearch.yaml"), description="The Serve config YAML (one source)."
@@ -228,6 +239,25 @@ class ServeSettings(BaseModel):
     )
     dashboard_host: str = Field("127.0.0.1", description="Ray dashboard (Serve's status API).")
     dashboard_port: int = Field(8265, ge=1, le=65535)
+
+    def check_access(self) -> None:
+        """Fail closed: what serves the gateway refuses a non-loopback address without keys
+        (unless allow_unauthenticated). Not a validator: other commands share these settings."""
+        keys = self.api_keys or self.read_api_keys
+        if not keys and not self.allow_unauthenticated and not is_loopback(self.grpc_host):
+            raise ValueError(
+                f"serve.grpc_host={self.grpc_host} is not a loopback address and no "
+                "serve.api_keys / serve.read_api_keys are set: set keys, or "
+                "serve.allow_unauthenticated=true to serve without authentication on purpose")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 class Settings(BaseSettings):

@@ -1,4 +1,7 @@
-"""API keys: every call but health checks and reflection needs a configured ``x-api-key``."""
+"""API keys with scopes: every call but health checks and reflection needs a configured
+``x-api-key``. Read keys may call SearchService; write keys every method. A wrong or missing
+key is UNAUTHENTICATED, a read key on IndexService PERMISSION_DENIED. Keys are compared in
+constant time and never logged."""
 
 from __future__ import annotations
 
@@ -12,15 +15,18 @@ from papersearch.gateway.method_handlers import with_behavior
 
 API_KEY_HEADER = "x-api-key"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+WRITE_PREFIXES = ("/papersearch.v1.IndexService/",)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, keys: Sequence[str]) -> None:
-        self._keys = [k.encode() for k in keys]
+    def __init__(self, write_keys: Sequence[str], read_keys: Sequence[str] = ()) -> None:
+        self._write = [k.encode() for k in write_keys]
+        self._read = [k.encode() for k in read_keys]
 
-    def _allowed(self, metadata: Sequence[tuple[str, Any]]) -> bool:
+    @staticmethod
+    def _matches(metadata: Sequence[tuple[str, Any]], keys: Sequence[bytes]) -> bool:
         given = [str(v).encode() for k, v in metadata if k == API_KEY_HEADER]
-        return any(hmac.compare_digest(g, k) for g in given for k in self._keys)
+        return any(hmac.compare_digest(g, k) for g in given for k in keys)
 
     async def intercept_service(
         self,
@@ -28,14 +34,24 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if details.method.startswith(OPEN_PREFIXES) or self._allowed(details.invocation_metadata):
+        if details.method.startswith(OPEN_PREFIXES):
             return handler
-        return _deny(handler)
+        metadata = details.invocation_metadata or ()
+        if self._matches(metadata, self._write):
+            return handler
+        if not self._matches(metadata, self._read):
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+                         f"missing or invalid {API_KEY_HEADER}")
+        if details.method.startswith(WRITE_PREFIXES):
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
+                         f"this {API_KEY_HEADER} has read scope; IndexService needs a write key")
+        return handler
 
 
-async def _abort(_: Any, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing or invalid {API_KEY_HEADER}")
+def _deny(
+    handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler | None:
+    async def abort(_: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
 
-
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    return handler if handler is None else with_behavior(handler, _abort)
+    return handler if handler is None else with_behavior(handler, abort)

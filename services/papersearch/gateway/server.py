@@ -15,7 +15,7 @@ from papersearch.gateway.auth import ApiKeyInterceptor
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.pipeline.backend import Backend
-from papersearch.settings import ServeSettings, Settings
+from papersearch.settings import ServeSettings, Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,13 @@ class Gateway:
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.backend = backend
         self.settings = settings
-        keys = [k.get_secret_value() for k in settings.serve.api_keys]
-        auth = [ApiKeyInterceptor(keys)] if keys else []
+        settings.serve.check_access()
+        write = [k.get_secret_value() for k in settings.serve.api_keys]
+        read = [k.get_secret_value() for k in settings.serve.read_api_keys]
+        auth = [ApiKeyInterceptor(write, read)] if write or read else []
+        if not auth and not is_loopback(settings.serve.grpc_host):  # allow_unauthenticated
+            log.warning("serving without authentication on a non-loopback address",
+                        extra={"host": settings.serve.grpc_host})
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), *auth],
                                       options=server_options(settings.serve))
         self.search = SearchServicer(backend, settings)

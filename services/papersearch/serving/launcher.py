@@ -64,6 +64,7 @@ def start(
     ``overrides`` (a JSON-able nested mapping of settings) reach every replica through the
     config's ``args.settings``; otherwise replicas read the same PAPERSEARCH_* environment.
     """
+    settings.serve.check_access()  # before Ray starts: the gateway replica would refuse too
     for key, value in LOCAL_RAY_ENV.items():  # read when Ray is imported: set them first
         os.environ.setdefault(key, value)
     import ray
