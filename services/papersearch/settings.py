@@ -193,8 +193,9 @@ class ServeSettings(BaseModel):
         16 * 1024 * 1024, ge=1024,
         description="Largest response message sent (grpc.max_send_message_length).",
     )
+    # Above the 128 searches benchmarks/throughput.py keeps in flight over one channel.
     max_concurrent_streams: int = Field(
-        100, ge=1, description="Calls at once on one client connection (HTTP/2 streams, "
+        256, ge=1, description="Calls at once on one client connection (HTTP/2 streams, "
                                "grpc.max_concurrent_streams); more wait in the client.",
     )
     max_index_calls: int = Field(
