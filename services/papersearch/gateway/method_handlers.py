@@ -15,10 +15,17 @@ _FACTORIES = {  # (request streaming, response streaming) -> handler factory
 }
 
 
-def with_behavior(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> (
-    grpc.RpcMethodHandler
-):
-    """A handler of the same kind and (de)serializers as ``handler`` that runs ``behavior``."""
+_SAME: Any = object()
+
+
+def with_behavior(
+    handler: grpc.RpcMethodHandler, behavior: Callable[..., Any],
+    request_deserializer: Callable[[bytes], Any] | None = _SAME,
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and (de)serializers as ``handler`` that runs ``behavior``;
+    ``request_deserializer`` replaces the request's (None: the behaviour gets raw bytes)."""
     make = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
-    return make(behavior, request_deserializer=handler.request_deserializer,
+    if request_deserializer is _SAME:
+        request_deserializer = handler.request_deserializer
+    return make(behavior, request_deserializer=request_deserializer,
                 response_serializer=handler.response_serializer)

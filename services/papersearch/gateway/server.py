@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.gateway.auth import ApiKeyInterceptor
+from papersearch.gateway.decode import DecodeInterceptor
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.pipeline.backend import Backend
@@ -54,7 +55,10 @@ class Gateway:
         if not auth and not is_loopback(settings.serve.grpc_host):  # allow_unauthenticated
             log.warning("serving without authentication on a non-loopback address",
                         extra={"host": settings.serve.grpc_host})
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), *auth],
+        # Outermost first: metrics see every call, auth turns callers away before their bytes
+        # are read, decoding (INVALID_ARGUMENT for a message protobuf cannot parse) is last.
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), *auth,
+                                                    DecodeInterceptor()],
                                       options=server_options(settings.serve))
         self.search = SearchServicer(backend, settings)
         pb_grpc.add_SearchServiceServicer_to_server(self.search, self.server)

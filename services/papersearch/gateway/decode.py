@@ -1,0 +1,161 @@
+"""Request decoding in one place: a message protobuf cannot parse is INVALID_ARGUMENT.
+
+gRPC's own deserializer raises before any handler runs, so the client would see UNKNOWN and the
+log a traceback. Here the papersearch handlers receive raw bytes and decode them inside the
+call; a failure names the string field that holds invalid UTF-8 where one does, else the type.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from papersearch.gateway.method_handlers import with_behavior
+from papersearch.pipeline.query import InvalidQuery
+
+DECODED_PREFIX = "/papersearch."
+_MAX_DEPTH = 32  # nesting the walker follows; the API's requests nest two levels
+
+
+class DecodeInterceptor(grpc.aio.ServerInterceptor):
+    """Innermost interceptor: authentication turns callers away before their bytes are read."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if (handler is None or handler.request_deserializer is None
+                or not details.method.startswith(DECODED_PREFIX)):
+            return handler
+        descriptor = _input_type(details.method)
+        decode = handler.request_deserializer
+        if handler.unary_unary is not None:
+            behavior = _unary(handler.unary_unary, decode, descriptor)
+        elif handler.stream_unary is not None:
+            behavior = _stream(handler.stream_unary, decode, descriptor)
+        else:  # response streaming: the API has none
+            return handler
+        return with_behavior(handler, behavior, request_deserializer=None)
+
+
+@functools.cache
+def _input_type(method: str) -> Descriptor:
+    """"/papersearch.v1.SearchService/Search" -> the SearchRequest descriptor."""
+    name = method.lstrip("/").replace("/", ".")
+    return descriptor_pool.Default().FindMethodByName(name).input_type
+
+
+def _unary(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    decode: Callable[[bytes], Any], descriptor: Descriptor,
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = decode(raw)
+        except Exception:  # noqa: BLE001 (DecodeError, or anything else the parser raises)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, describe(raw, descriptor))
+        return await behavior(request, context)
+
+    return call
+
+
+def _stream(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    decode: Callable[[bytes], Any], descriptor: Descriptor,
+) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def messages(raw: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        number = 0
+        async for chunk in raw:
+            number += 1
+            try:
+                message = decode(chunk)
+            except Exception:  # noqa: BLE001
+                # The servicer maps InvalidQuery to INVALID_ARGUMENT like its own validation.
+                raise InvalidQuery(
+                    f"message {number} of the stream: {describe(chunk, descriptor)}"
+                ) from None
+            yield message
+
+    async def call(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(messages(raw), context)
+
+    return call
+
+
+def describe(data: bytes, descriptor: Descriptor) -> str:
+    """Why ``data`` is not a ``descriptor`` message, for the client."""
+    field = invalid_utf8_field(data, descriptor)
+    if field is not None:
+        return f"{field}: not valid UTF-8"
+    return f"request is not a valid {descriptor.full_name}"
+
+
+def invalid_utf8_field(data: bytes, descriptor: Descriptor) -> str | None:
+    """The first string field of ``data`` (a serialized ``descriptor`` message) that holds
+    invalid UTF-8, as "SearchRequest.filter.authors[1]"; None if there is none or the wire
+    format breaks before one is found."""
+    try:
+        return _walk(data, descriptor, descriptor.name, 0)
+    except (IndexError, ValueError):
+        return None
+
+
+def _walk(data: bytes, descriptor: Descriptor, path: str, depth: int) -> str | None:
+    pos, seen = 0, dict[int, int]()
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            chunk, pos = data[pos:pos + length], pos + length
+            if len(chunk) < length:
+                return None
+            found = _check(chunk, descriptor.fields_by_number.get(number), path, seen, depth)
+            if found is not None:
+                return found
+        else:  # groups and invalid wire types: nothing the API sends
+            return None
+    return None
+
+
+def _check(chunk: bytes, field: FieldDescriptor | None, path: str, seen: dict[int, int],
+           depth: int) -> str | None:
+    if field is None:  # an unknown field: not ours to judge
+        return None
+    name = f"{path}.{field.name}"
+    if field.is_repeated:
+        index = seen.get(field.number, 0)
+        seen[field.number] = index + 1
+        name = f"{name}[{index}]"
+    if field.type == FieldDescriptor.TYPE_STRING:
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            return name
+    elif field.type == FieldDescriptor.TYPE_MESSAGE and depth < _MAX_DEPTH:
+        return _walk(chunk, field.message_type, name, depth + 1)
+    return None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]  # IndexError when truncated
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift >= 70:
+            raise ValueError("varint too long")
