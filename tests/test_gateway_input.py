@@ -46,6 +46,7 @@ def targets(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
             "main": servers.start(LocalBackend(encoder, store, None)),
             "auth": servers.start(LocalBackend(encoder, store, None), api_keys=[SecretStr("k")]),
             "scratch": servers.start(LocalBackend(encoder, scratch, None)),
+            "batch1": servers.start(LocalBackend(encoder, scratch, None), upsert_batch_size=1),
         }
     finally:
         servers.stop()
@@ -214,3 +215,21 @@ def test_two_encodings_of_one_id_are_one_paper(targets: dict[str, str]) -> None:
             pb.DeletePapersRequest(paper_ids=[decomposed, composed]).SerializeToString(),
             timeout=60))
         assert deleted.deleted == 1
+
+
+@pytest.mark.parametrize("target", ["scratch", "batch1"])
+def test_a_bad_stream_message_keeps_the_batches_already_written(
+    targets: dict[str, str], target: str
+) -> None:
+    """What happens now (an all-or-nothing stream is issue 15's): batches written before the
+    bad message stay written, the unfinished batch is dropped."""
+    good = [pb.Paper(paper_id=f"{target}-{i}", title="Tidal energy in straits")
+            for i in range(2)]
+    stream = [p.SerializeToString() for p in good] + [b"\xff\xff"]
+    with grpc.insecure_channel(targets[target]) as channel:
+        details = invalid_argument(call_raw(channel, INDEX + "UpsertPapers", stream))
+        assert details == "message 3 of the stream: request is not a valid papersearch.v1.Paper"
+        deleted = pb.DeletePapersResponse.FromString(channel.unary_unary(INDEX + "DeletePapers")(
+            pb.DeletePapersRequest(paper_ids=[p.paper_id for p in good]).SerializeToString(),
+            timeout=60))
+    assert deleted.deleted == (2 if target == "batch1" else 0)  # batch sizes 1 and 64
