@@ -148,6 +148,11 @@ class ServeSettings(BaseModel):
         description="x-api-key values with read scope: SearchService only (IndexService: "
                     "PERMISSION_DENIED).",
     )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain): serve TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates it signed (mutual TLS).",
+    )
     allow_unauthenticated: bool = Field(
         False, description="Serve with no keys on a non-loopback grpc_host. Off: such a "
                            "configuration is refused (fail closed).",
@@ -240,6 +245,14 @@ class ServeSettings(BaseModel):
     )
     dashboard_host: str = Field("127.0.0.1", description="Ray dashboard (Serve's status API).")
     dashboard_port: int = Field(8265, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> ServeSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("serve.tls_cert_file and serve.tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("serve.tls_client_ca_file (mutual TLS) needs serve.tls_cert_file")
+        return self
 
     def check_access(self) -> None:
         """Fail closed: what serves the gateway refuses a non-loopback address without keys

@@ -15,6 +15,7 @@ from papersearch.gateway.auth import ApiKeyInterceptor
 from papersearch.gateway.decode import DecodeInterceptor
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
+from papersearch.gateway.tls import server_credentials
 from papersearch.pipeline.backend import Backend
 from papersearch.settings import ServeSettings, Settings, is_loopback
 
@@ -72,12 +73,16 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self.server.add_insecure_port(self.address) == 0:
+        credentials = server_credentials(self.settings.serve)
+        port = (self.server.add_insecure_port(self.address) if credentials is None
+                else self.server.add_secure_port(self.address, credentials))
+        if port == 0:
             raise OSError(f"cannot bind the gRPC gateway to {self.address}")
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_backend())
-        log.info("gateway listening", extra={"address": self.address})
+        log.info("gateway listening", extra={"address": self.address,
+                                             "tls": credentials is not None})
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._watcher is not None:

@@ -1,7 +1,7 @@
 """``papersearch loadtest``: options, the loopback guard, and one run from start to files.
 
-Only argparse and the standard library are imported at module level, so ``papersearch --help``
-stays fast; the run's modules load when it starts.
+Only argparse, the standard library and the light client_tls are imported at module level, so
+``papersearch --help`` stays fast; the run's modules load when it starts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from papersearch.client_tls import Tls, add_tls_arguments, tls_from_args
 
 if TYPE_CHECKING:
     from papersearch.loadtest.profile import LoadProfile, Schedule
@@ -60,6 +62,7 @@ def check_target(target: str, allow_remote: bool) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", metavar="HOST:PORT", required=True, help="the gRPC gateway")
+    add_tls_arguments(parser)
     load = parser.add_mutually_exclusive_group(required=True)
     load.add_argument("--rate", type=float, metavar="QPS", help="a constant rate")
     load.add_argument("--steps", metavar="SPEC",
@@ -110,6 +113,7 @@ class LoadTest:
 
     target: str
     api_key: str | None
+    tls: Tls | None
     profile: LoadProfile
     schedule: Schedule
     queries: list[str]
@@ -131,7 +135,7 @@ class LoadTest:
             "rerank": self.options.rerank, "deadline_s": self.deadline_s,
             "max_in_flight": self.max_in_flight, "status_url": self.status_url,
             "metrics_url": self.metrics_url, "app": self.app, "sample_s": self.sample_s,
-            "api_key": self.api_key is not None,
+            "api_key": self.api_key is not None, "tls": self.tls is not None,
         }
 
 
@@ -153,7 +157,8 @@ async def execute(test: LoadTest) -> LoadTestReport:
     except OSError as error:
         before, metrics_error = None, str(error)
     loop = asyncio.get_running_loop()
-    async with AsyncSearchClient(test.target, test.api_key, HEALTH_TIMEOUT_S) as client:
+    async with AsyncSearchClient(test.target, test.api_key, HEALTH_TIMEOUT_S,
+                                 test.tls) as client:
         try:
             run["health_before"] = await client.health()
         except grpc.aio.AioRpcError as error:
@@ -214,7 +219,7 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
         SearchQuery(text, options.top_k, options.mode).validate(settings.search)
     serve = settings.serve
     return LoadTest(
-        target=args.target, api_key=args.api_key, profile=profile,
+        target=args.target, api_key=args.api_key, tls=tls_from_args(args), profile=profile,
         schedule=schedule(profile, args.requests, args.duration, args.poisson, args.seed),
         queries=queries, options=options, deadline_s=args.deadline_s,
         max_in_flight=args.max_in_flight,

@@ -1,0 +1,20 @@
+"""The gateway's TLS: server credentials from PEM files; mutual TLS when a client CA is set.
+Plaintext stays the default for the loopback address `make run` binds."""
+
+from __future__ import annotations
+
+import grpc
+
+from papersearch.settings import ServeSettings
+
+
+def server_credentials(serve: ServeSettings) -> grpc.ServerCredentials | None:
+    """None for plaintext; else the cert/key pair, requiring client certificates signed by
+    ``tls_client_ca_file`` when it is set."""
+    if serve.tls_cert_file is None or serve.tls_key_file is None:
+        return None
+    client_ca = serve.tls_client_ca_file.read_bytes() if serve.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(serve.tls_key_file.read_bytes(), serve.tls_cert_file.read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None,
+    )

@@ -1,0 +1,126 @@
+"""TLS and mutual TLS on the real gateway, with certificates the test makes (cryptography)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from pydantic import ValidationError
+
+from papersearch.cli import main
+from papersearch.client import SearchClient
+from papersearch.client_tls import Tls
+from papersearch.encoder.runtime import Encoder
+from papersearch.pipeline.backend import LocalBackend
+from papersearch.pipeline.factory import open_index
+from papersearch.pipeline.query import SearchQuery
+from papersearch.settings import ServeSettings, Settings
+from tests.gateway_helpers import LoopThread, Servers
+
+pytestmark = pytest.mark.slow
+
+
+def _issue(path: Path, name: str, issuer: tuple | None, *, server: bool = False,
+           ca: bool = False) -> tuple:
+    """Write <name>.pem and <name>.key; signed by ``issuer`` (its cert, key) or self-signed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = issuer or (None, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(issuer_cert.subject if issuer_cert else subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    (path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (path / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pki")
+    ca = _issue(root, "ca", None, ca=True)
+    _issue(root, "server", ca, server=True)
+    _issue(root, "client", ca)
+    _issue(root, "other-ca", None, ca=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def targets(sample_settings: Settings, embedder_dir: Path, pki: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
+        update={"data_dir": tmp_path_factory.mktemp("tls-index")})})
+    encoder = Encoder(embedder_dir)
+    store = open_index(settings, encoder, create=True)
+    loop = LoopThread()
+    servers = Servers(loop, settings)
+    backend = LocalBackend(encoder, store, None)
+    tls = {"tls_cert_file": pki / "server.pem", "tls_key_file": pki / "server.key"}
+    try:
+        yield {"tls": servers.start(backend, **tls),
+               "mtls": servers.start(backend, **tls, tls_client_ca_file=pki / "ca.pem")}
+    finally:
+        servers.stop()
+        loop.close()
+        store.close()
+
+
+def _search(target: str, tls: Tls | None) -> grpc.StatusCode:
+    with SearchClient(target, timeout_s=20.0, tls=tls) as client:
+        try:
+            client.search(SearchQuery("transport security", rerank=False))
+        except grpc.RpcError as error:
+            return error.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_tls_with_the_right_ca(targets: dict[str, str], pki: Path) -> None:
+    assert _search(targets["tls"], Tls(pki / "ca.pem")) == grpc.StatusCode.OK
+
+
+def test_plaintext_or_an_unknown_ca_cannot_talk_to_a_tls_gateway(
+    targets: dict[str, str], pki: Path
+) -> None:
+    assert _search(targets["tls"], None) == grpc.StatusCode.UNAVAILABLE
+    assert _search(targets["tls"], Tls(pki / "other-ca.pem")) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_needs_a_client_certificate(targets: dict[str, str], pki: Path) -> None:
+    assert _search(targets["mtls"], Tls(pki / "ca.pem")) == grpc.StatusCode.UNAVAILABLE
+    signed = Tls(pki / "ca.pem", pki / "client.pem", pki / "client.key")
+    assert _search(targets["mtls"], signed) == grpc.StatusCode.OK
+
+
+def test_cli_search_over_tls(targets: dict[str, str], pki: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "transport security", "--no-rerank", "--json",
+                 "--target", targets["tls"], "--ca", str(pki / "ca.pem")]) == 0
+    assert '"reranked": false' in capsys.readouterr().out
+    assert main(["search", "q", "--target", targets["tls"], "--cert", str(pki / "client.pem")]) == 2
+    assert "--cert and --key go together" in capsys.readouterr().err
+
+
+def test_tls_settings_go_together(pki: Path) -> None:
+    with pytest.raises(ValidationError, match="go together"):
+        ServeSettings(tls_cert_file=pki / "server.pem")
+    with pytest.raises(ValidationError, match="needs serve.tls_cert_file"):
+        ServeSettings(tls_client_ca_file=pki / "ca.pem")
