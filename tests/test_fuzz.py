@@ -1,0 +1,68 @@
+"""Hostile requests for every method through a real gRPC channel against the real gateway (over
+the in-process backend and a real embedded index): never INTERNAL/UNKNOWN, still SERVING,
+nothing written (tests/fuzzing.py; benchmarks/fuzz.py runs the same at scale)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from papersearch.client import SearchClient
+from papersearch.corpus.paper import Paper
+from papersearch.encoder.runtime import Encoder
+from papersearch.pipeline.backend import LocalBackend
+from papersearch.pipeline.factory import open_index
+from papersearch.pipeline.query import SearchQuery
+from papersearch.settings import Settings
+from tests.fuzzing import KINDS, METHODS, fuzz
+from tests.gateway_helpers import LoopThread, Servers
+
+pytestmark = pytest.mark.slow
+
+KEPT = [Paper(id=f"kept-{i}", title=f"Kept paper {i} on graph neural networks",
+              abstract="Message passing networks for molecules and proteins.") for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def gateway(sample_settings: Settings, embedder_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
+        update={"data_dir": tmp_path_factory.mktemp("fuzz-index")})})
+    encoder = Encoder(embedder_dir)
+    store = open_index(settings, encoder, create=True)
+    backend = LocalBackend(encoder, store, None)
+    backend.retriever.upsert(KEPT, encoder.encode_documents([p.text for p in KEPT]))
+    loop = LoopThread()
+    servers = Servers(loop, settings)
+    try:
+        yield servers.start(backend), store
+    finally:
+        servers.stop()
+        loop.close()
+        store.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fuzzed_requests_get_no_internal_or_unknown(gateway: tuple[str, Any], seed: int) -> None:
+    target, store = gateway
+    before = store.count()
+    report = fuzz(target, seed=seed, count=400)
+    assert report.sent == 400
+    assert set(report.by_method) == set(METHODS)
+    assert report.bad == [], report.bad[:5]
+    assert report.codes.get("INVALID_ARGUMENT", 0) > 100  # the hostile inputs were refused
+    with SearchClient(target, timeout_s=60) as client:
+        assert client.health() == "SERVING"
+        hits = client.search(SearchQuery("graph neural networks", rerank=False)).hits
+        assert {h.paper.id for h in hits} == {p.id for p in KEPT}
+    assert store.count() == before  # every fuzzed paper broke a rule: nothing was written
+
+
+def test_every_kind_reaches_every_method() -> None:
+    from tests.fuzzing import requests
+
+    seen = {(method, kind) for method, kind, _ in requests(seed=0, count=40)}
+    assert seen == {(m, k) for m in METHODS for k in KINDS}
