@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from papersearch.cli import main
@@ -19,7 +21,7 @@ from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import LoopThread, Servers
+from tests.gateway_helpers import LoopThread, Servers, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +67,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def targets(sample_settings: Settings, embedder_dir: Path, pki: Path,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def running(sample_settings: Settings, embedder_dir: Path, pki: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servers, dict[str, str]]]:
     settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
         update={"data_dir": tmp_path_factory.mktemp("tls-index")})})
     encoder = Encoder(embedder_dir)
@@ -75,13 +77,22 @@ def targets(sample_settings: Settings, embedder_dir: Path, pki: Path,
     servers = Servers(loop, settings)
     backend = LocalBackend(encoder, store, None)
     tls = {"tls_cert_file": pki / "server.pem", "tls_key_file": pki / "server.key"}
+    health_port = free_port()
     try:
-        yield {"tls": servers.start(backend, **tls),
-               "mtls": servers.start(backend, **tls, tls_client_ca_file=pki / "ca.pem")}
+        yield servers, {
+            "tls": servers.start(backend, **tls),
+            "mtls": servers.start(backend, **tls, tls_client_ca_file=pki / "ca.pem"),
+            "probed": servers.start(backend, **tls, health_port=health_port),
+            "health": f"127.0.0.1:{health_port}"}
     finally:
         servers.stop()
         loop.close()
         store.close()
+
+
+@pytest.fixture(scope="module")
+def targets(running: tuple[Servers, dict[str, str]]) -> dict[str, str]:
+    return running[1]
 
 
 def _search(target: str, tls: Tls | None) -> grpc.StatusCode:
@@ -117,6 +128,35 @@ def test_cli_search_over_tls(targets: dict[str, str], pki: Path,
     assert '"reranked": false' in capsys.readouterr().out
     assert main(["search", "q", "--target", targets["tls"], "--cert", str(pki / "client.pem")]) == 2
     assert "--cert and --key go together" in capsys.readouterr().err
+
+
+def _health(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status  # type: ignore[no-any-return]
+
+
+def test_plaintext_health_port_for_probes(running: tuple[Servers, dict[str, str]],
+                                          pki: Path) -> None:
+    servers, targets = running
+    serving = health_pb2.HealthCheckResponse.SERVING
+    deadline = time.monotonic() + 30
+    while _health(targets["health"]) != serving and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _health(targets["health"]) == serving
+    # Only health there: the papersearch services are not on that port.
+    assert _search(targets["health"], None) == grpc.StatusCode.UNIMPLEMENTED
+    # The main port stays TLS only.
+    assert _search(targets["probed"], None) == grpc.StatusCode.UNAVAILABLE
+    assert _search(targets["probed"], Tls(pki / "ca.pem")) == grpc.StatusCode.OK
+    # One HealthServicer behind both ports: a status set once shows on the health port.
+    gateway = next(g for g in servers.gateways if g.address == targets["probed"])
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    servers.loop.run(gateway.health.set("", not_serving))
+    try:
+        assert _health(targets["health"]) == not_serving
+    finally:
+        servers.loop.run(gateway.health.set("", serving))
 
 
 def test_tls_settings_go_together(pki: Path) -> None:

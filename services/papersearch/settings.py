@@ -153,6 +153,11 @@ class ServeSettings(BaseModel):
     tls_client_ca_file: Path | None = Field(
         None, description="PEM CA bundle: require client certificates it signed (mutual TLS).",
     )
+    health_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Plaintext grpc.health.v1 only, for probes when the main port serves TLS "
+                    "(Kubernetes' gRPC probes speak plaintext); on grpc_host.",
+    )
     allow_unauthenticated: bool = Field(
         False, description="Serve with no keys on a non-loopback grpc_host. Off: such a "
                            "configuration is refused (fail closed).",

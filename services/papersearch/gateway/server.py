@@ -70,6 +70,14 @@ class Gateway:
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.address = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
+        # Plaintext health only (no reflection, no papersearch services) for probes that cannot
+        # speak TLS; the same HealthServicer, so both ports report the same statuses.
+        self.health_server: grpc.aio.Server | None = None
+        self.health_address: str | None = None
+        if settings.serve.health_port is not None:
+            self.health_server = grpc.aio.server(options=server_options(settings.serve))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_address = f"{settings.serve.grpc_host}:{settings.serve.health_port}"
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -78,17 +86,25 @@ class Gateway:
                 else self.server.add_secure_port(self.address, credentials))
         if port == 0:
             raise OSError(f"cannot bind the gRPC gateway to {self.address}")
+        if self.health_server is not None and self.health_address is not None and (
+                self.health_server.add_insecure_port(self.health_address) == 0):
+            raise OSError(f"cannot bind the gateway's health port to {self.health_address}")
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_backend())
         log.info("gateway listening", extra={"address": self.address,
-                                             "tls": credentials is not None})
+                                             "tls": credentials is not None,
+                                             "health_address": self.health_address})
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        servers = [self.server] if self.health_server is None else [self.server,
+                                                                     self.health_server]
+        await asyncio.gather(*(server.stop(grace_s) for server in servers))
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
