@@ -180,6 +180,57 @@ def test_validation_catches(rendered: dict[str, Rendered], breakage: str) -> Non
     assert any(expected in error for error in result.errors), result.errors
 
 
+def _gateway_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return _gateway_group(objects)["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_prod_gateways_serve_tls_with_plaintext_probes(rendered: dict[str, Rendered]) -> None:
+    env = consistency.settings_from_env(rendered["prod"].one("ConfigMap", _env_name(
+        rendered["prod"]))["data"])
+    assert env.serve.tls_cert_file is not None and env.serve.health_port == 50052
+    ray = _gateway_container(rendered["prod"].objects)
+    assert {p["name"]: p["containerPort"] for p in ray["ports"]}["grpc-health"] == 50052
+    assert {"name": "gateway-tls", "mountPath": "/etc/papersearch/tls",
+            "readOnly": True} in ray["volumeMounts"]
+    for name in ("dev", "base"):
+        data = rendered[name].one("ConfigMap", _env_name(rendered[name]))["data"]
+        assert not any("TLS" in k or "HEALTH_PORT" in k for k in data)
+    assert not check.validate(rendered["prod"], ROOT).errors
+
+
+def _env_name(item: Rendered) -> str:
+    return next(c["metadata"]["name"] for c in item.find("ConfigMap")
+                if c["metadata"]["name"].startswith("papersearch-env"))
+
+
+def _prod_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    return next(o for o in objects if o["kind"] == "ConfigMap"  # type: ignore[no-any-return]
+                and o["metadata"]["name"].startswith("papersearch-env"))["data"]
+
+
+TLS_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
+    "probe on the TLS port": (lambda o: _gateway_container(o)["readinessProbe"]["grpc"].update(
+        port=50051), "gRPC readinessProbe on 50052"),
+    "no health port": (lambda o: _prod_env(o).pop("PAPERSEARCH_SERVE__HEALTH_PORT"),
+                       "needs PAPERSEARCH_SERVE__HEALTH_PORT"),
+    "health port undeclared": (lambda o: _gateway_container(o).update(ports=[
+        p for p in _gateway_container(o)["ports"] if p["name"] != "grpc-health"]),
+        "container port `grpc-health` 50052"),
+    "cert not mounted": (lambda o: _gateway_container(o).update(volumeMounts=[
+        m for m in _gateway_container(o)["volumeMounts"] if m["name"] != "gateway-tls"]),
+        "no Secret volume mounted at /etc/papersearch/tls"),
+    "cert key name": (lambda o: _prod_env(o).update(
+        PAPERSEARCH_SERVE__TLS_CERT_FILE="/etc/papersearch/tls/cert.pem"), "has no key cert.pem"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(TLS_BREAKAGES))
+def test_validation_catches_tls_breakage(rendered: dict[str, Rendered], breakage: str) -> None:
+    edit, expected = TLS_BREAKAGES[breakage]
+    result = check.validate(_broken(rendered["prod"], edit), ROOT)
+    assert any(expected in error for error in result.errors), result.errors
+
+
 def test_serve_schema_rejects_invalid_values() -> None:
     text = SOURCE.read_text().replace("num_replicas: 1 ", "num_replicas: -1 ", 1)
     assert text != SOURCE.read_text()

@@ -27,7 +27,8 @@ from papersearch.deployment.serve_config import expected_serve_config
 GATEWAY_DEPLOYMENT = "Gateway"
 PLACEHOLDER = "CHANGE-ME"
 # Secrets an overlay may leave out (created out of band, deploy/README.md): name -> keys.
-EXTERNAL_SECRETS = {"papersearch-qdrant": {"api-key"}, "papersearch-gateway": {"api-keys"}}
+EXTERNAL_SECRETS = {"papersearch-qdrant": {"api-key"}, "papersearch-gateway": {"api-keys"},
+                    "papersearch-gateway-tls": {"tls.crt", "tls.key"}}
 # Stand-ins for their values when checking settings (the real ones never reach the repo).
 SAMPLE_SECRET_VALUES = {"api-key": "sample-key", "api-keys": '["sample-key"]'}
 SERVE_DEFAULT_CPUS = 1.0  # a replica without ray_actor_options.num_cpus reserves one CPU
@@ -93,18 +94,55 @@ def check_gateway_placement(rendered: Rendered) -> list[str]:
         errors.append("Gateway needs max_replicas_per_node: 1 (it binds the port)")
     if ray_resources(group, host.containers[0]).get(resource) != 1:
         errors.append(f"each gateway pod must offer exactly 1 {resource}")
-    port = int(_env(rendered, host.containers[0]).get("PAPERSEARCH_SERVE__GRPC_PORT", "50051"))
     ray = host.containers[0]
+    env = _env(rendered, ray)
+    port = int(env.get("PAPERSEARCH_SERVE__GRPC_PORT", "50051"))
     if not any(p.get("name") == "grpc" and p["containerPort"] == port
                for p in ray.get("ports", [])):
         errors.append(f"gateway pods must declare container port `grpc` {port}")
+    errors += _gateway_tls_errors(rendered, host, env)
+    # Kubernetes' gRPC probes speak plaintext: on a TLS port they go to the health-only port.
+    health = env.get("PAPERSEARCH_SERVE__HEALTH_PORT")
+    probed = int(health) if health else port
+    if health and not any(p.get("name") == "grpc-health" and p["containerPort"] == probed
+                          for p in ray.get("ports", [])):
+        errors.append(f"gateway pods must declare container port `grpc-health` {probed}")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        if ray.get(probe, {}).get("grpc", {}).get("port") != port:
-            errors.append(f"gateway pods need a gRPC {probe} on {port} (grpc.health.v1)")
+        if ray.get(probe, {}).get("grpc", {}).get("port") != probed:
+            errors.append(f"gateway pods need a gRPC {probe} on {probed} (grpc.health.v1)")
     for other in _ray_groups(rendered):
         component = other.labels.get("app.kubernetes.io/component")
         if other.owner != host.owner and component == "gateway":
             errors.append(f"{other.owner} is labelled gateway but hosts no Gateway")
+    return errors
+
+
+def _gateway_tls_errors(rendered: Rendered, host: PodTemplate,
+                        env: Mapping[str, str]) -> list[str]:
+    """A TLS gateway: plaintext probes need serve.health_port, and the cert and key files lie
+    in a Secret volume mounted into the gateway container, under keys that Secret has."""
+    files = [env.get(f"PAPERSEARCH_SERVE__TLS_{k}_FILE") for k in ("CERT", "KEY")]
+    if not any(files):
+        return []
+    errors = [] if env.get("PAPERSEARCH_SERVE__HEALTH_PORT") else [
+        "a TLS gateway needs PAPERSEARCH_SERVE__HEALTH_PORT: gRPC probes speak plaintext"]
+    volumes = {v["name"]: v for v in host.spec.get("volumes", [])}
+    mounts = host.containers[0].get("volumeMounts", [])
+    for file in filter(None, files):
+        path = Path(file)
+        mount = next((m for m in mounts if path.parent == Path(m["mountPath"])), None)
+        secret = volumes.get(mount["name"], {}).get("secret") if mount else None
+        if secret is None:
+            errors.append(f"{file}: no Secret volume mounted at {path.parent} in gateway pods")
+            continue
+        name = secret.get("secretName", "")
+        present = {s["metadata"]["name"]: {*s.get("stringData", {}), *s.get("data", {})}
+                   for s in rendered.find("Secret")}
+        keys = present.get(name, EXTERNAL_SECRETS.get(name, set()))
+        if "items" in secret:
+            keys = {i["path"] for i in secret["items"] if i["key"] in keys}
+        if path.name not in keys:
+            errors.append(f"{file}: Secret {secret.get('secretName')} has no key {path.name}")
     return errors
 
 
