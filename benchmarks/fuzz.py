@@ -24,14 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/fuzzing.py
 
 from papersearch.client import SearchClient  # noqa: E402
-from papersearch.corpus.paper import Paper  # noqa: E402
 from papersearch.loadtest.command import check_target  # noqa: E402
 from papersearch.pipeline.query import SearchQuery  # noqa: E402
 from papersearch.settings import Settings  # noqa: E402
-from tests.fuzzing import fuzz  # noqa: E402
-
-KEPT = [Paper(id=f"kept-{i}", title=f"Kept paper {i} on graph neural networks",
-              abstract="Message passing networks for molecules and proteins.") for i in range(3)]
+from tests.fuzzing import KEPT, fuzz  # noqa: E402
 
 
 def after(target: str) -> dict[str, Any]:
@@ -42,33 +38,19 @@ def after(target: str) -> dict[str, Any]:
 
 def run_in_process(seed: int, count: int) -> dict[str, Any]:
     from papersearch.encoder.runtime import Encoder
-    from papersearch.pipeline.backend import LocalBackend
-    from papersearch.pipeline.factory import open_index
-    from tests.gateway_helpers import LoopThread, Servers
+    from tests.gateway_helpers import scratch_gateways
 
-    base = Settings()
-    with tempfile.TemporaryDirectory() as scratch:
-        settings = base.model_copy(update={"index": base.index.model_copy(
-            update={"data_dir": Path(scratch)})})
-        encoder = Encoder.from_settings(settings.models)
-        store = open_index(settings, encoder, create=True)
-        backend = LocalBackend(encoder, store, None)
-        backend.retriever.upsert(KEPT, encoder.encode_documents([p.text for p in KEPT]))
-        loop = LoopThread()
-        servers = Servers(loop, settings)
-        try:
-            target = servers.start(backend)
-            before = store.count()
-            started = time.perf_counter()
-            report = fuzz(target, seed, count).to_dict()
-            report["seconds"] = round(time.perf_counter() - started, 1)
-            report |= after(target) | {"index_count_before": before,
-                                       "index_count_after": store.count()}
-        finally:
-            servers.stop()
-            loop.close()
-            store.close()
-    return report
+    settings = Settings()
+    encoder = Encoder.from_settings(settings.models)
+    with tempfile.TemporaryDirectory() as scratch, scratch_gateways(
+            settings, encoder, Path(scratch), KEPT) as (servers, backend, store):
+        target = servers.start(backend)
+        before = store.count()
+        started = time.perf_counter()
+        report = fuzz(target, seed, count).to_dict()
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        return report | after(target) | {"index_count_before": before,
+                                         "index_count_after": store.count()}
 
 
 def main() -> None:

@@ -19,10 +19,14 @@ from typing import Any
 import grpc
 
 from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.corpus.paper import Paper
 
 SEARCH, INDEX = "/papersearch.v1.SearchService/", "/papersearch.v1.IndexService/"
 METHODS = ("Search", "SimilarPapers", "GetPaper", "UpsertPapers", "DeletePapers")
 KINDS = ("structured", "bad_utf8", "truncated", "random")
+# Papers a fuzzed index holds: a normal search must still find them, unchanged, afterwards.
+KEPT = [Paper(id=f"kept-{i}", title=f"Kept paper {i} on graph neural networks",
+              abstract="Message passing networks for molecules and proteins.") for i in range(3)]
 BAD_STATUS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 MARK = "\u2603"  # replaced by invalid UTF-8 bytes after serialisation
 HOSTILE_TEXT = [

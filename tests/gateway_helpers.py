@@ -1,16 +1,23 @@
 """Running real grpc.aio gateways inside tests: an event loop in a thread, servers on free
-127.0.0.1 ports (shared by test_gateway.py and test_loadtest.py)."""
+127.0.0.1 ports (shared by test_gateway.py, test_loadtest.py and the gateway tests over a scratch
+index: test_auth.py, test_tls.py, test_fuzz.py and benchmarks/fuzz.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
+from papersearch.corpus.paper import Paper
+from papersearch.encoder.runtime import Encoder
 from papersearch.gateway.server import Gateway
-from papersearch.pipeline.backend import Backend
+from papersearch.index.store import Store
+from papersearch.pipeline.backend import Backend, LocalBackend
+from papersearch.pipeline.factory import open_index
 from papersearch.settings import Settings
 
 T = TypeVar("T")
@@ -66,3 +73,25 @@ class Servers:
     def stop(self) -> None:
         for gateway in self.gateways:
             self.loop.run(gateway.stop(0.5))
+
+
+@contextmanager
+def scratch_gateways(
+    settings: Settings, encoder: Encoder, data_dir: Path, papers: Sequence[Paper] = ()
+) -> Iterator[tuple[Servers, LocalBackend, Store]]:
+    """A new embedded index in ``data_dir`` holding ``papers``, its in-process backend (no
+    reranker) and Servers to start gateways on it; everything is stopped and closed at exit."""
+    settings = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"data_dir": data_dir})})
+    store = open_index(settings, encoder, create=True)
+    backend = LocalBackend(encoder, store, None)
+    if papers:
+        backend.retriever.upsert(papers, encoder.encode_documents([p.text for p in papers]))
+    loop = LoopThread()
+    servers = Servers(loop, settings)
+    try:
+        yield servers, backend, store
+    finally:
+        servers.stop()
+        loop.close()
+        store.close()

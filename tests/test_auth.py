@@ -13,11 +13,9 @@ from pydantic import SecretStr
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
-from papersearch.pipeline.backend import LocalBackend
-from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import LoopThread, Servers
+from tests.gateway_helpers import scratch_gateways
 
 WRITE, READ = "write-key", "read-key"
 PAPER = Paper(id="auth-1", title="Scoped keys", abstract="A paper written with a write key.")
@@ -37,19 +35,10 @@ WRITES: dict[str, Call] = {
 @pytest.fixture(scope="module")
 def target(sample_settings: Settings, embedder_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
-        update={"data_dir": tmp_path_factory.mktemp("auth-index")})})
+    data_dir = tmp_path_factory.mktemp("auth-index")
     encoder = Encoder(embedder_dir)
-    store = open_index(settings, encoder, create=True)
-    loop = LoopThread()
-    servers = Servers(loop, settings)
-    try:
-        yield servers.start(LocalBackend(encoder, store, None),
-                            api_keys=[SecretStr(WRITE)], read_api_keys=[SecretStr(READ)])
-    finally:
-        servers.stop()
-        loop.close()
-        store.close()
+    with scratch_gateways(sample_settings, encoder, data_dir) as (servers, backend, _):
+        yield servers.start(backend, api_keys=[SecretStr(WRITE)], read_api_keys=[SecretStr(READ)])
 
 
 def _code(target: str, key: str | None, call: Call) -> grpc.StatusCode:

@@ -11,38 +11,21 @@ from typing import Any
 import pytest
 
 from papersearch.client import SearchClient
-from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
-from papersearch.pipeline.backend import LocalBackend
-from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import Settings
-from tests.fuzzing import KINDS, METHODS, fuzz
-from tests.gateway_helpers import LoopThread, Servers
+from tests.fuzzing import KEPT, KINDS, METHODS, fuzz
+from tests.gateway_helpers import scratch_gateways
 
 pytestmark = pytest.mark.slow
-
-KEPT = [Paper(id=f"kept-{i}", title=f"Kept paper {i} on graph neural networks",
-              abstract="Message passing networks for molecules and proteins.") for i in range(3)]
-
 
 @pytest.fixture(scope="module")
 def gateway(sample_settings: Settings, embedder_dir: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
-        update={"data_dir": tmp_path_factory.mktemp("fuzz-index")})})
-    encoder = Encoder(embedder_dir)
-    store = open_index(settings, encoder, create=True)
-    backend = LocalBackend(encoder, store, None)
-    backend.retriever.upsert(KEPT, encoder.encode_documents([p.text for p in KEPT]))
-    loop = LoopThread()
-    servers = Servers(loop, settings)
-    try:
+    data_dir = tmp_path_factory.mktemp("fuzz-index")
+    with scratch_gateways(sample_settings, Encoder(embedder_dir), data_dir, KEPT) as (
+            servers, backend, store):
         yield servers.start(backend), store
-    finally:
-        servers.stop()
-        loop.close()
-        store.close()
 
 
 @pytest.mark.parametrize("seed", [1, 2])

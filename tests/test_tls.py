@@ -17,11 +17,9 @@ from papersearch.cli import main
 from papersearch.client import SearchClient
 from papersearch.client_tls import Tls
 from papersearch.encoder.runtime import Encoder
-from papersearch.pipeline.backend import LocalBackend
-from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import LoopThread, Servers, free_port
+from tests.gateway_helpers import Servers, free_port, scratch_gateways
 
 pytestmark = pytest.mark.slow
 
@@ -69,25 +67,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def running(sample_settings: Settings, embedder_dir: Path, pki: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servers, dict[str, str]]]:
-    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
-        update={"data_dir": tmp_path_factory.mktemp("tls-index")})})
-    encoder = Encoder(embedder_dir)
-    store = open_index(settings, encoder, create=True)
-    loop = LoopThread()
-    servers = Servers(loop, settings)
-    backend = LocalBackend(encoder, store, None)
+    data_dir = tmp_path_factory.mktemp("tls-index")
     tls = {"tls_cert_file": pki / "server.pem", "tls_key_file": pki / "server.key"}
     health_port = free_port()
-    try:
+    encoder = Encoder(embedder_dir)
+    with scratch_gateways(sample_settings, encoder, data_dir) as (servers, backend, _):
         yield servers, {
             "tls": servers.start(backend, **tls),
             "mtls": servers.start(backend, **tls, tls_client_ca_file=pki / "ca.pem"),
             "probed": servers.start(backend, **tls, health_port=health_port),
             "health": f"127.0.0.1:{health_port}"}
-    finally:
-        servers.stop()
-        loop.close()
-        store.close()
 
 
 @pytest.fixture(scope="module")

@@ -271,7 +271,8 @@ class ServeSettings(BaseModel):
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """localhost, 127.0.0.0/8 or ::1 (the gateway's bind check and the load test's guard)."""
+    if host.casefold() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

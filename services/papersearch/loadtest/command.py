@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import os
 from dataclasses import dataclass
@@ -45,13 +44,10 @@ def split_target(target: str) -> tuple[str, int]:
 
 def is_loopback(target: str) -> bool:
     """localhost, 127.0.0.0/8 or ::1."""
+    from papersearch.settings import is_loopback as host_is_loopback
+
     host, _ = split_target(target)
-    if host.casefold() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost
-        return False
+    return host_is_loopback(host)
 
 
 def check_target(target: str, allow_remote: bool) -> None:
