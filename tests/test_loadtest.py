@@ -215,6 +215,11 @@ def test_options_default_from_settings(tmp_path: Path) -> None:
          "--requests", "15", "--no-rerank", "--mode", "sparse", "--queries", queries]))
     assert len(test.schedule.offsets) == 15 and test.schedule.duration_s == 3.75
     assert test.options == SearchOptions(top_k=10, mode="sparse", rerank=False)
+    assert test.retry is True
+    test = build(settings, build_parser().parse_args(
+        ["loadtest", "--target", "localhost:50051", "--rate", "2", "--queries", queries,
+         "--no-retry"]))
+    assert test.retry is False and test.describe()["retry"] is False
 
 
 # --- the runner's accounting, with a fake client ---------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from papersearch import interrupts
+from papersearch.client_retry import add_retry_argument
 from papersearch.client_tls import add_tls_arguments
 from papersearch.index.errors import StoreError
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
@@ -132,7 +133,8 @@ def _search_remote(args: argparse.Namespace, query: SearchQuery) -> SearchResult
     from papersearch.client import SearchClient
     from papersearch.client_tls import tls_from_args
 
-    with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args)) as client:
+    with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args),
+                      retry=args.retry) as client:
         try:
             return client.search(query)
         except grpc.RpcError as error:
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
                         help="x-api-key for --target (default: $PAPERSEARCH_API_KEY)")
     add_tls_arguments(search)
+    add_retry_argument(search)
     search.set_defaults(handler=_search)
 
     evaluation = commands.add_parser("eval", help="ranking quality on a judged dataset")

@@ -1,5 +1,5 @@
 """Small Python clients for the papersearch gRPC API: synchronous (CLI, tests) and asyncio
-(load test)."""
+(load test). Both retry reads that fail UNAVAILABLE unless ``retry=False`` (client_retry.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from papersearch.api import convert
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+from papersearch.client_retry import channel_options
 from papersearch.client_tls import Tls
 from papersearch.corpus.paper import Paper
 from papersearch.gateway.auth import API_KEY_HEADER
@@ -21,9 +22,10 @@ from papersearch.pipeline.query import SearchQuery, SearchResult
 
 class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
-                 tls: Tls | None = None) -> None:
-        self.channel = (grpc.insecure_channel(target) if tls is None
-                        else grpc.secure_channel(target, tls.credentials()))
+                 tls: Tls | None = None, retry: bool = True) -> None:
+        options = channel_options(retry)
+        self.channel = (grpc.insecure_channel(target, options) if tls is None
+                        else grpc.secure_channel(target, tls.credentials(), options))
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.index_stub = pb_grpc.IndexServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
@@ -83,9 +85,10 @@ class AsyncSearchClient:
     """asyncio client over one grpc.aio channel; create it inside the event loop that uses it."""
 
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
-                 tls: Tls | None = None) -> None:
-        self.channel = (grpc.aio.insecure_channel(target) if tls is None
-                        else grpc.aio.secure_channel(target, tls.credentials()))
+                 tls: Tls | None = None, retry: bool = True) -> None:
+        options = channel_options(retry)
+        self.channel = (grpc.aio.insecure_channel(target, options) if tls is None
+                        else grpc.aio.secure_channel(target, tls.credentials(), options))
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.metadata = ((API_KEY_HEADER, api_key),) if api_key else ()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from papersearch.client_retry import add_retry_argument
 from papersearch.client_tls import Tls, add_tls_arguments, tls_from_args
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def check_target(target: str, allow_remote: bool) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", metavar="HOST:PORT", required=True, help="the gRPC gateway")
     add_tls_arguments(parser)
+    add_retry_argument(parser)
     load = parser.add_mutually_exclusive_group(required=True)
     load.add_argument("--rate", type=float, metavar="QPS", help="a constant rate")
     load.add_argument("--steps", metavar="SPEC",
@@ -121,6 +123,7 @@ class LoadTest:
     metrics_settle_s: float
     app: str
     sample_s: float
+    retry: bool = True
 
     def describe(self) -> dict[str, Any]:
         """The run's settings, for the report."""
@@ -132,6 +135,7 @@ class LoadTest:
             "max_in_flight": self.max_in_flight, "status_url": self.status_url,
             "metrics_url": self.metrics_url, "app": self.app, "sample_s": self.sample_s,
             "api_key": self.api_key is not None, "tls": self.tls is not None,
+            "retry": self.retry,
         }
 
 
@@ -153,8 +157,8 @@ async def execute(test: LoadTest) -> LoadTestReport:
     except OSError as error:
         before, metrics_error = None, str(error)
     loop = asyncio.get_running_loop()
-    async with AsyncSearchClient(test.target, test.api_key, HEALTH_TIMEOUT_S,
-                                 test.tls) as client:
+    async with AsyncSearchClient(test.target, test.api_key, HEALTH_TIMEOUT_S, test.tls,
+                                 test.retry) as client:
         try:
             run["health_before"] = await client.health()
         except grpc.aio.AioRpcError as error:
@@ -222,7 +226,7 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
         status_url=args.status_url or f"http://{serve.dashboard_host}:{serve.dashboard_port}",
         metrics_url=args.metrics_url or f"http://127.0.0.1:{serve.metrics_port}/metrics",
         metrics_settle_s=args.metrics_settle_s,
-        app=args.app or serve.app_name, sample_s=args.sample_s,
+        app=args.app or serve.app_name, sample_s=args.sample_s, retry=args.retry,
     )
 
 

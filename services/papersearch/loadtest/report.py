@@ -98,7 +98,8 @@ def format_summary(report: LoadTestReport, files: list[Path]) -> str:
     errors = sum(s.errors.values())
     lines = [
         f"loadtest {run['target']}  profile {run['profile']} (rate:seconds)  "
-        f"{s.duration_s:g} s window, {s.elapsed_s:.1f} s elapsed",
+        f"{s.duration_s:g} s window, {s.elapsed_s:.1f} s elapsed  "
+        f"client retries {'on' if run.get('retry', True) else 'off'}",
         f"requests  scheduled {s.scheduled}  sent {s.sent}  ok {s.ok}  errors {errors}  "
         f"not sent (in-flight cap) {s.not_sent}  cancelled {s.cancelled}",
     ]

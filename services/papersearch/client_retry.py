@@ -1,0 +1,59 @@
+"""The clients' gRPC retry policy (Python client, CLI, load test): channel options and the
+command-line flag. No grpc import, so the CLI's parser stays light.
+
+gRPC itself retries, per call, the idempotent reads (Search, SimilarPapers, GetPaper, health
+Check) that end UNAVAILABLE: up to 3 attempts in all, waiting a random 0-0.1 s, then 0-0.2 s
+(capped at 1 s), within the call's own deadline. UNAVAILABLE is what the gateway answers for a
+replica that died, no replica running, or Qdrant unreachable: nothing was done, so sending the
+read again is safe. Writes are not retried by the channel: UpsertPapers is a client stream
+gRPC cannot replay, and DeletePapers is left to the caller like it; both are idempotent, so
+the caller may resend them whole. No retryThrottling: 3 attempts bound the extra load at 3x,
+and throttling would turn retries off exactly when a replica's death fails a coalesced batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+MAX_ATTEMPTS = 3
+RETRYABLE_CODES = ("UNAVAILABLE",)
+RETRIED_METHODS = (
+    ("papersearch.v1.SearchService", "Search"),
+    ("papersearch.v1.SearchService", "SimilarPapers"),
+    ("papersearch.v1.SearchService", "GetPaper"),
+    ("grpc.health.v1.Health", "Check"),
+)
+
+
+def service_config() -> dict[str, Any]:
+    """The gRPC service config (JSON) with the retry policy: the same for any client."""
+    return {
+        "methodConfig": [{
+            "name": [{"service": service, "method": method}
+                     for service, method in RETRIED_METHODS],
+            "retryPolicy": {
+                "maxAttempts": MAX_ATTEMPTS,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": list(RETRYABLE_CODES),
+            },
+        }],
+    }
+
+
+def channel_options(retry: bool = True) -> list[tuple[str, str | int]]:
+    """Options for ``grpc.*_channel``; without ``retry``, none: gRPC's defaults, as a client
+    that configured no policy gets (only gRPC's transparent retries of calls that never left
+    the client)."""
+    if not retry:
+        return []
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(service_config()))]
+
+
+def add_retry_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retry", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"retry reads that fail UNAVAILABLE ({MAX_ATTEMPTS} attempts in all, "
+                             "gRPC's service-config retry policy; default on)")

@@ -1,0 +1,126 @@
+"""The clients' retry policy: the service config they ship, and gRPC applying it against a tiny
+server that answers UNAVAILABLE before it answers OK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+from papersearch.cli import main
+from papersearch.client import AsyncSearchClient, SearchClient
+from papersearch.client_retry import channel_options, service_config
+from papersearch.pipeline.query import SearchQuery
+
+
+def test_options_hold_the_policy_for_the_reads_only() -> None:
+    options = dict(channel_options())
+    assert options["grpc.enable_retries"] == 1
+    config = json.loads(str(options["grpc.service_config"]))
+    assert config == service_config()
+    (method_config,) = config["methodConfig"]
+    names = {(n["service"], n["method"]) for n in method_config["name"]}
+    assert names == {
+        ("papersearch.v1.SearchService", "Search"),
+        ("papersearch.v1.SearchService", "SimilarPapers"),
+        ("papersearch.v1.SearchService", "GetPaper"),
+        ("grpc.health.v1.Health", "Check"),
+    }
+    assert not any(service == "papersearch.v1.IndexService" for service, _ in names)
+    policy = method_config["retryPolicy"]
+    assert policy["maxAttempts"] == 3 and policy["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert (policy["initialBackoff"], policy["maxBackoff"]) == ("0.1s", "1s")
+    assert policy["backoffMultiplier"] == 2
+    assert channel_options(retry=False) == []
+
+
+class FlakySearch(pb_grpc.SearchServiceServicer):
+    """Answers UNAVAILABLE to the first ``failures`` Search calls, then OK."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> (  # noqa: N802
+        pb.SearchResponse
+    ):
+        with self.lock:
+            self.calls += 1
+            fail = self.calls <= self.failures
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "replica died")
+        return pb.SearchResponse()
+
+    def arm(self, failures: int) -> None:
+        with self.lock:
+            self.failures, self.calls = failures, 0
+
+
+@pytest.fixture(scope="module")
+def flaky() -> Iterator[tuple[str, FlakySearch]]:
+    servicer = FlakySearch()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_SearchServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        server.stop(None)
+
+
+QUERY = SearchQuery("graph neural networks")
+
+
+def test_sync_client_retries_unavailable(flaky: tuple[str, FlakySearch]) -> None:
+    target, servicer = flaky
+    with SearchClient(target, timeout_s=10) as client:
+        servicer.arm(failures=1)
+        assert client.search(QUERY).hits == ()
+        assert servicer.calls == 2
+        servicer.arm(failures=3)  # more than the 3 attempts allow
+        with pytest.raises(grpc.RpcError) as raised:
+            client.search(QUERY)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and servicer.calls == 3
+    with SearchClient(target, timeout_s=10, retry=False) as client:
+        servicer.arm(failures=1)
+        with pytest.raises(grpc.RpcError) as raised:
+            client.search(QUERY)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and servicer.calls == 1
+
+
+def test_async_client_retries_unavailable(flaky: tuple[str, FlakySearch]) -> None:
+    target, servicer = flaky
+
+    async def search(retry: bool) -> grpc.StatusCode:
+        async with AsyncSearchClient(target, timeout_s=10, retry=retry) as client:
+            try:
+                await client.search(QUERY)
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+    servicer.arm(failures=1)
+    assert asyncio.run(search(retry=True)) == grpc.StatusCode.OK and servicer.calls == 2
+    servicer.arm(failures=1)
+    assert asyncio.run(search(retry=False)) == grpc.StatusCode.UNAVAILABLE
+    assert servicer.calls == 1
+
+
+def test_cli_search_retry_flag(flaky: tuple[str, FlakySearch],
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    target, servicer = flaky
+    servicer.arm(failures=1)
+    assert main(["search", "graph neural networks", "--target", target, "--json"]) == 0
+    assert servicer.calls == 2
+    servicer.arm(failures=1)
+    assert main(["search", "graph neural networks", "--target", target, "--no-retry"]) == 2
+    assert "UNAVAILABLE" in capsys.readouterr().err
