@@ -7,13 +7,16 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
+from qdrant_client.http.exceptions import ResponseHandlingException
 
 from papersearch.corpus.paper import Paper
 from papersearch.index import (
@@ -29,7 +32,7 @@ from papersearch.index import (
     open_store,
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
-from papersearch.index.server import ServerStore
+from papersearch.index.server import ServerStore, connect
 from papersearch.retriever.retriever import Retrieval, Retriever
 from papersearch.settings import IndexSettings, Settings
 
@@ -405,6 +408,107 @@ def test_unreachable_server_is_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         store.ensure_collection(DIM, SHA)
     store.close()
+
+
+class FlakyClient:
+    """A local-mode client whose ``methods`` fail like an unreachable server, ``failures`` times
+    in all, each failure after ``delay_s``; every call is counted."""
+
+    def __init__(self, methods: set[str], failures: int, delay_s: float = 0.0) -> None:
+        self.client = QdrantClient(":memory:")
+        self.methods, self.failures, self.delay_s = methods, failures, delay_s
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if name not in self.methods:
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if self.failures > 0:
+                self.failures -= 1
+                time.sleep(self.delay_s)
+                raise ResponseHandlingException(ConnectionRefusedError("connection refused"))
+            return method(*args, **kwargs)
+
+        return call
+
+
+def flaky_store(timeout_s: int = 10) -> tuple[ServerStore, FlakyClient]:
+    flaky = FlakyClient(set(), 0)
+    store = ServerStore(IndexSettings(timeout_s=timeout_s), client=flaky)  # type: ignore[arg-type]
+    store.ensure_collection(DIM, SHA)
+    store.upsert(PAPERS[:5], DENSE[:5], SPARSE[:5])
+    return store, flaky
+
+
+@pytest.mark.parametrize("method", ["count", "query_batch_points", "retrieve", "upsert", "delete"])
+def test_server_requests_are_retried_once(method: str) -> None:
+    store, flaky = flaky_store()
+    calls = {
+        "count": store.count,
+        "query_batch_points": lambda: store.query(request("dense", limit=3)),
+        "retrieve": lambda: store.get([PAPERS[0].id]),
+        "upsert": lambda: store.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2]),
+        "delete": lambda: store.delete([PAPERS[4].id]),
+    }
+    flaky.methods, flaky.failures = {method}, 1
+    calls[method]()  # the retry answers
+    assert flaky.calls == [method, method]
+    flaky.calls, flaky.failures = [], 2
+    with pytest.raises(StoreUnavailable, match="connection refused"):
+        calls[method]()  # once, not twice
+    assert flaky.calls == [method, method]
+    store.close()
+
+
+def test_server_retry_stays_within_the_timeout() -> None:
+    """A first try that used most of ``timeout_s`` is not followed by a second."""
+    store, flaky = flaky_store(timeout_s=1)
+    flaky.methods, flaky.failures, flaky.delay_s = {"count"}, 1, 0.5
+    with pytest.raises(StoreUnavailable):
+        store.count()
+    assert flaky.calls == ["count"]
+    store.close()
+
+
+def test_concurrent_searches_against_a_silent_server_cost_one_timeout() -> None:
+    """Qdrant accepts the connection and never answers: a coalesced batch of N searches fails
+    in about one timeout (not N), each search with StoreUnavailable, and in order."""
+    timeout_s, n = 1, 8
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts connections; nothing ever reads or answers
+        port = silent.getsockname()[1]
+        settings = IndexSettings(
+            backend="server", url=f"http://127.0.0.1:{port}", grpc_port=port, timeout_s=timeout_s
+        )
+        store = ServerStore(settings, client=QdrantClient(":memory:"))
+        store.ensure_collection(DIM, SHA)  # opened; then the server stops answering
+        store.client.close()
+        store.client = connect(settings)
+        retriever = Retriever(store)
+        requests = [Retrieval(RARE, DENSE[i], "dense", 5) for i in range(n)]
+        started = time.monotonic()
+        results = retriever.search_concurrently(requests, timeout_s, workers=n)
+        elapsed = time.monotonic() - started
+        store.close()
+    assert len(results) == n and all(isinstance(r, StoreUnavailable) for r in results)
+    assert elapsed < n / 2 * timeout_s  # one after another: n x timeout_s
+
+
+def test_search_concurrently_matches_search_each(loaded: Store) -> None:
+    if loaded.backend == "embedded":
+        pytest.skip("the embedded engine's searches stay on one thread (search_each)")
+    retriever = Retriever(loaded)
+    batch = [Retrieval(RARE, DENSE[RARE_AT], "hybrid", 5), Retrieval(RARE, None, "dense"),
+             Retrieval(RARE, None, "sparse", 3), Retrieval(RARE, DENSE[1], "dense", 4)]
+    expected = retriever.search_each(batch)
+    results = retriever.search_concurrently(batch, timeout_s=30, workers=2)
+    assert isinstance(results[1], ValueError) and isinstance(expected[1], ValueError)
+    assert [ids(r) for r in results if isinstance(r, list)] == [
+        ids(r) for r in expected if isinstance(r, list)]
 
 
 def test_open_store_default_is_embedded(tmp_path: Path) -> None:

@@ -10,14 +10,26 @@ Writes are sent with ``wait=True``: acknowledged means applied and in the server
 batch is one request; in a multi-shard collection each shard applies its part on its own.
 The server optimizes in the background, so ``optimize()`` is a no-op. Vectors come from our
 own BM25 encoder (index/sparse.py), never from server-side inference.
+
+Retries: each request (query, retrieve, count, upsert, delete) that fails StoreUnavailable
+(connection refused or reset, UNAVAILABLE, DEADLINE_EXCEEDED) is sent once more, after
+``RETRY_PAUSE_S``, if at least a second (the smallest deadline Qdrant takes) of its
+``index.timeout_s`` budget is left; the retry gets what is left, so one operation never takes
+longer than ``timeout_s``: a server that stops answering costs one timeout, not two. Writes are
+retried too: an upsert (``wait=True``) of fixed point ids and a delete by ids are idempotent,
+so applying one twice leaves what applying it once does. (A write retried after a concurrent
+write of the same paper could put the older version back: the window is the retry pause, and
+resending by a client has the same race.) Opening the collection is not retried here: whoever
+opens it opens again later (the next request, the next readiness check).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from qdrant_client import QdrantClient, models
@@ -49,6 +61,8 @@ _INDEX_TYPES = {
     "keyword": models.PayloadSchemaType.KEYWORD,
 }
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+RETRY_PAUSE_S = 0.1
+T = TypeVar("T")
 
 
 def connect(settings: IndexSettings) -> QdrantClient:
@@ -109,42 +123,57 @@ class ServerStore(Store):
             models.PointStruct(id=p.point_id, vector=_vectors(p), payload=p.payload)
             for p in points
         ]
-        with _errors("upsert"):
-            self.client.upsert(self.name, points=batch, wait=True)
+        self._send("upsert", lambda timeout: self.client.upsert(
+            self.name, points=batch, wait=True, timeout=timeout))
 
     def _retrieve(self, point_ids: Sequence[str], *, payload: bool, dense: bool) -> list[Record]:
-        with _errors("retrieve"):
-            records = self.client.retrieve(
-                self.name,
-                ids=list(point_ids),
-                with_payload=payload,
-                with_vectors=[DENSE] if dense else False,
-            )
+        records = self._send("retrieve", lambda timeout: self.client.retrieve(
+            self.name,
+            ids=list(point_ids),
+            with_payload=payload,
+            with_vectors=[DENSE] if dense else False,
+            timeout=timeout,
+        ))
         return [
             Record(str(r.id), r.payload, _dense_of(r.vector) if dense else None) for r in records
         ]
 
     def _delete(self, point_ids: Sequence[str]) -> None:
-        with _errors("delete"):
-            self.client.delete(
-                self.name, points_selector=models.PointIdsList(points=list(point_ids)), wait=True
-            )
+        selector = models.PointIdsList(points=list(point_ids))
+        self._send("delete", lambda timeout: self.client.delete(
+            self.name, points_selector=selector, wait=True, timeout=timeout))
 
     def _count(self) -> int:
-        with _errors("count"):
-            return self.client.count(self.name, exact=True).count
+        return self._send("count", lambda timeout: self.client.count(
+            self.name, exact=True, timeout=timeout)).count
 
     def _run(self, plans: Sequence[Plan]) -> list[list[Scored]]:
-        with _errors("query"):
-            responses = self.client.query_batch_points(
-                self.name, requests=[_request(p) for p in plans]
-            )
+        requests = [_request(p) for p in plans]
+        responses = self._send("query", lambda timeout: self.client.query_batch_points(
+            self.name, requests=requests, timeout=timeout))
         return [[Scored(str(p.id), p.score, p.payload) for p in r.points] for r in responses]
 
     def _close(self) -> None:
         self.client.close()
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _send(self, operation: str, send: Callable[[int | None], T]) -> T:
+        """``send(timeout)`` (None: the client's, ``index.timeout_s``), sent once more on
+        StoreUnavailable while a whole second of the ``timeout_s`` budget is left."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        try:
+            with _errors(operation):
+                return send(None)
+        except StoreUnavailable as error:
+            left = int(deadline - time.monotonic() - RETRY_PAUSE_S)
+            if left < 1:
+                raise
+            logger.warning("qdrant %s unavailable, retrying once: %s", operation, error,
+                           extra={"collection": self.name, "timeout_s": left})
+            time.sleep(RETRY_PAUSE_S)
+            with _errors(operation):
+                return send(left)
 
     def _create(self, spec: CollectionSpec, identity: EmbedderIdentity) -> None:
         quantization = (

@@ -40,8 +40,17 @@ class RetrieverDeployment:
         self._run = _inline if settings.index.backend == "embedded" else asyncio.to_thread
 
     async def search(self, requests: list[Retrieval]) -> list[list[Hit] | Exception]:
-        """The concurrent searches a gateway coalesced into this call, each with its result."""
-        return await self._run(self.retriever.search_each, requests)
+        """The concurrent searches a gateway coalesced into this call, each with its result.
+        Against a Qdrant server they go out at once, all answered within ``index.timeout_s``."""
+
+        def search() -> list[list[Hit] | Exception]:
+            retriever = self.retriever
+            store = retriever.store
+            if store.backend == "embedded":
+                return retriever.search_each(requests)
+            return retriever.search_concurrently(requests, store.settings.timeout_s)
+
+        return await self._run(search)
 
     async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
         return await self._run(self.retriever.similar, paper_id, limit, flt)
