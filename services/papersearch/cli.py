@@ -32,7 +32,8 @@ class RemoteError(RuntimeError):
 Command = Callable[[Settings, argparse.Namespace], int]
 
 # A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, StoreError, ModelSourceError, RemoteError)
+USER_ERRORS = (ValueError, FileNotFoundError, TimeoutError, StoreError, ModelSourceError,
+               RemoteError)
 
 
 def _filter(args: argparse.Namespace) -> SearchFilter:
@@ -145,6 +146,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.serving.launcher import serve_forever
 
     serve_forever(settings)
+    return 0
+
+
+def _drain(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.serving.drain import request_drain
+
+    seconds = request_drain(settings.serve)
+    print(f"papersearch: gateway drained in {seconds:.1f} s")
     return 0
 
 
@@ -264,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="start Ray + the Serve app + the gRPC gateway (Ctrl-C stops)"
     )
     serve.set_defaults(handler=_serve)
+
+    drain = commands.add_parser(
+        "drain", help="make the local gateway drain (creates serve.drain_file) and wait until "
+                      "its calls in flight have finished (Kubernetes preStop)")
+    drain.set_defaults(handler=_drain)
 
     loadtest = commands.add_parser(
         "loadtest", help="drive a running gateway at a rate or in steps; JSON + PNG + summary"

@@ -192,6 +192,18 @@ class ServeSettings(BaseModel):
         2.0, gt=0, description="Reranker budget; past it Search returns fused results."
     )
     default_deadline_s: float = Field(30.0, gt=0, description="When the client sets none.")
+    max_deadline_s: float = Field(
+        30.0, gt=0, description="Longest a SearchService call may run, whatever the client "
+                                "asks (its deadline is cut to this); drain_grace_s exceeds it.",
+    )
+    drain_grace_s: float = Field(
+        35.0, gt=0, description="On drain (SIGTERM, drain_file), calls in flight get this long "
+                                "to finish; longer than max_deadline_s, so every search can.",
+    )
+    drain_file: Path | None = Field(
+        None, description="Drain when this file appears (Kubernetes: the preStop hook's "
+                          "`papersearch drain` creates it); polled twice a second.",
+    )
     upsert_batch_size: int = Field(64, ge=1, description="Streamed papers per encode+upsert.")
     # Server limits (README, Server limits): what one client can hold of a gateway.
     max_receive_bytes: int = Field(
@@ -250,6 +262,17 @@ class ServeSettings(BaseModel):
     )
     dashboard_host: str = Field("127.0.0.1", description="Ray dashboard (Serve's status API).")
     dashboard_port: int = Field(8265, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _deadlines_fit_the_drain(self) -> ServeSettings:
+        if self.default_deadline_s > self.max_deadline_s:
+            raise ValueError(f"serve.default_deadline_s={self.default_deadline_s:g} exceeds "
+                             f"serve.max_deadline_s={self.max_deadline_s:g}")
+        if self.drain_grace_s <= self.max_deadline_s:
+            raise ValueError(f"serve.drain_grace_s={self.drain_grace_s:g} must exceed "
+                             f"serve.max_deadline_s={self.max_deadline_s:g}: a drain has to "
+                             "let the longest search finish")
+        return self
 
     @model_validator(mode="after")
     def _tls_files_together(self) -> ServeSettings:

@@ -14,7 +14,11 @@ no-op, so the same code runs everywhere.
   (its queue depth), per replica;
 - ``papersearch_model_precision{deployment,model,precision}``: 1 for the precision a replica's
   model actually runs (int8 falls back to fp32 where its self-check fails on that CPU);
-- ``papersearch_int8_agreement{deployment,model}``: that self-check's agreement with fp32.
+- ``papersearch_int8_agreement{deployment,model}``: that self-check's agreement with fp32;
+- ``papersearch_reads_retried_total{deployment}``: gateway reads sent a second time because no
+  replica answered the first (one died mid-call, or none was running);
+- ``papersearch_ready{check}``: 1 while the gateway is ready (``readiness``) and draining
+  (``draining``), per gateway.
 """
 
 from __future__ import annotations
@@ -67,6 +71,15 @@ class Metrics:
             description="The int8 self-check's agreement with fp32 on this replica's CPU.",
             tag_keys=("deployment", "model"),
         )
+        self.reads_retried = Counter(
+            "papersearch_reads_retried",
+            description="Gateway reads sent again after no replica answered the first try.",
+            tag_keys=("deployment",),
+        )
+        self.ready = Gauge(
+            "papersearch_ready", description="1 while the gateway is ready / draining.",
+            tag_keys=("check",),
+        )
         self._in_flight: dict[str, int] = {}
 
     def request(self, method: str, code: str, latency_s: float) -> None:
@@ -76,6 +89,13 @@ class Metrics:
 
     def search(self, reranked: bool) -> None:
         self.searches.inc(1.0, tags={"reranked": "true" if reranked else "false"})
+
+    def read_retried(self, deployment: str) -> None:
+        self.reads_retried.inc(1.0, tags={"deployment": deployment})
+
+    def gateway_state(self, ready: bool, draining: bool) -> None:
+        self.ready.set(float(ready), tags={"check": "readiness"})
+        self.ready.set(float(draining), tags={"check": "draining"})
 
     def batch(self, deployment: str, size: int) -> None:
         self.batch_size.observe(float(size), tags={"deployment": deployment})

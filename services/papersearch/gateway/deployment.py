@@ -37,6 +37,11 @@ class GatewayDeployment:
         query = convert.search_query_from_proto(request, servicer.settings.search)
         return convert.search_response_to_proto(await servicer.pipeline.search(query))
 
+    async def drain(self) -> None:
+        """Drain this replica's gateway (gateway/server.py): `papersearch serve` calls it on
+        SIGTERM before taking Ray down; returns when the calls in flight have finished."""
+        await self.gateway.drain()
+
     async def check_health(self) -> None:
         """Serve restarts the replica if the server failed to start (e.g. port taken)."""
         if self._started.done() and self._started.exception() is not None:

@@ -25,7 +25,8 @@ class Overloaded(Exception):
 
 
 class NotReady(Exception):
-    """A deployment has no running replica yet."""
+    """A deployment has no running replica, or the replica serving a call died or became
+    unreachable mid-call: the call can be sent again (UNAVAILABLE)."""
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -2,17 +2,27 @@
 
 Query encoding and retrieval, two calls per search, go through Coalescers: concurrent searches
 share calls. A cancelled await (client deadline) cancels the downstream request; Serve's
-back-pressure and "no replica" errors become the gateway's Overloaded and NotReady.
+back-pressure becomes the gateway's Overloaded, and "no replica" or a replica lost mid-call
+(killed, crashed, its node gone) NotReady: UNAVAILABLE, never INTERNAL. Reads are idempotent,
+so a read whose replica was lost is sent once more, within the caller's deadline (Serve routes
+it to a live replica, or holds it until one is back); writes are not repeated here: the
+client resends them (UpsertPapers reports what was committed).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.exceptions import LocalRayletDiedError, NodeDiedError, RayActorError, WorkerCrashedError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from papersearch.corpus.paper import Paper
@@ -21,6 +31,14 @@ from papersearch.gateway.errors import NotReady, Overloaded
 from papersearch.index.query import Hit, Mode, SearchFilter
 from papersearch.retriever.retriever import Retrieval
 from papersearch.settings import Settings
+from papersearch.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+# A replica (actor) died or cannot be reached, mid-call or before it: ActorDiedError and
+# ActorUnavailableError are RayActorErrors.
+LOST = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, NodeDiedError,
+        LocalRayletDiedError)
 
 
 async def call(response: DeploymentResponse) -> Any:
@@ -33,6 +51,19 @@ async def call(response: DeploymentResponse) -> Any:
         raise Overloaded(str(error)) from None
     except DeploymentUnavailableError as error:
         raise NotReady(str(error)) from None
+    except LOST as error:
+        raise NotReady(f"replica lost mid-call ({type(error).__name__})") from None
+
+
+async def read(deployment: str, send: Callable[[], DeploymentResponse]) -> Any:
+    """An idempotent read: sent once more if no replica answered it (see the module's note).
+    The caller's deadline bounds both tries (a cancellation cancels the one in flight)."""
+    try:
+        return await call(send())
+    except NotReady as error:
+        log.warning("read retried", extra={"deployment": deployment, "reason": str(error)})
+        metrics().read_retried(deployment)
+        return await call(send())
 
 
 class HandleBackend:
@@ -61,10 +92,11 @@ class HandleBackend:
             max_pending=serve.coalesce_max_pending)
 
     async def _encode_many(self, texts: list[str]) -> list[np.ndarray]:
-        return list(await call(self.encoder.encode.remote(texts)))
+        return list(await read("QueryEncoder", lambda: self.encoder.encode.remote(texts)))
 
     async def _retrieve_many(self, requests: list[Retrieval]) -> list[list[Hit] | Exception]:
-        return await call(self.retriever.search.remote(requests))  # type: ignore[no-any-return]
+        return await read(  # type: ignore[no-any-return]
+            "Retriever", lambda: self.retriever.search.remote(requests))
 
     async def encode_query(self, text: str) -> np.ndarray:
         return await self._encode.submit(text)
@@ -81,10 +113,10 @@ class HandleBackend:
         return await call(self.reranker.score.remote((query, list(passages))))
 
     async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
-        return await call(self.retriever.similar.remote(paper_id, limit, flt))
+        return await read("Retriever", lambda: self.retriever.similar.remote(paper_id, limit, flt))
 
     async def get(self, paper_id: str) -> Paper:
-        return await call(self.retriever.get.remote(paper_id))
+        return await read("Retriever", lambda: self.retriever.get.remote(paper_id))
 
     async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
         return await call(self.retriever.upsert.remote(list(papers), dense))
@@ -93,6 +125,8 @@ class HandleBackend:
         return await call(self.retriever.delete.remote(list(paper_ids)))
 
     async def ready(self) -> bool:
+        """Models loaded, index reachable, the collection there and built by this embedder
+        (the Retriever raises CollectionMissing, StoreUnavailable or EmbedderMismatch)."""
         await call(self.encoder.identity.remote())
-        await call(self.retriever.count.remote())
+        await call(self.retriever.ready.remote())
         return True

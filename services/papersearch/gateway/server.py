@@ -1,4 +1,20 @@
-"""Assemble and run the grpc.aio server: services, health (Check + Watch), reflection, auth."""
+"""Assemble and run the grpc.aio server: services, health (Check + Watch), reflection, auth.
+
+Health has two meanings, as separate grpc.health.v1 service names:
+
+- ``liveness``: SERVING from start to the end of a drain. It is answered on the gateway's event
+  loop, so an answer proves the process and its loop are alive; nothing downstream (Qdrant,
+  model replicas) can fail it, so an outage never gets gateways restarted.
+- ``readiness`` (and ``""``, ``papersearch.v1.SearchService``, ``papersearch.v1.IndexService``):
+  SERVING while the backend is ready (models loaded, index reachable, the collection there and
+  built by this embedder), rechecked every ``serve.health_poll_s``, so it recovers on its own
+  after an outage; NOT_SERVING from the start of a drain.
+
+Draining (``drain``, on SIGTERM of ``papersearch serve`` or when ``serve.drain_file`` appears):
+readiness NOT_SERVING, new calls refused (the listening port closes: UNAVAILABLE, which clients
+retry elsewhere), calls in flight finish within ``serve.drain_grace_s`` (longer than the
+largest deadline a call can have, ``serve.max_deadline_s``), then the server stops.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +34,15 @@ from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.gateway.tls import server_credentials
 from papersearch.pipeline.backend import Backend
 from papersearch.settings import ServeSettings, Settings, is_loopback
+from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name
                  for name in ("SearchService", "IndexService"))
+LIVENESS = "liveness"
+READINESS = ("", "readiness", *SERVICES)
+DRAIN_FILE_POLL_S = 0.5
 
 
 def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
@@ -43,8 +63,7 @@ def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
 
 
 class Gateway:
-    """The gRPC front end. Health is NOT_SERVING until the backend answers (models loaded,
-    index reachable), and follows it afterwards."""
+    """The gRPC front end; health and draining as in the module's note."""
 
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.backend = backend
@@ -69,6 +88,8 @@ class Gateway:
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
+        self.draining = False
+        self._drained: asyncio.Task[None] | None = None
         self.address = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
         # Plaintext health only (no reflection, no papersearch services) for probes that cannot
         # speak TLS; the same HealthServicer, so both ports report the same statuses.
@@ -78,7 +99,7 @@ class Gateway:
             self.health_server = grpc.aio.server(options=server_options(settings.serve))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_address = f"{settings.serve.grpc_host}:{settings.serve.health_port}"
-        self._watcher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         credentials = server_credentials(self.settings.serve)
@@ -89,29 +110,65 @@ class Gateway:
         if self.health_server is not None and self.health_address is not None and (
                 self.health_server.add_insecure_port(self.health_address) == 0):
             raise OSError(f"cannot bind the gateway's health port to {self.health_address}")
-        await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        drain_file = self.settings.serve.drain_file
+        if drain_file is not None and drain_file.exists():  # left by a drained predecessor
+            drain_file.unlink()
+            log.info("stale drain file removed", extra={"path": str(drain_file)})
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_ready(False)
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_backend())
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch_backend()))
+        if self.settings.serve.drain_file is not None:
+            self._tasks.append(loop.create_task(self._watch_drain_file()))
         log.info("gateway listening", extra={"address": self.address,
                                              "tls": credentials is not None,
                                              "health_address": self.health_address})
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Readiness NOT_SERVING, refuse new calls, let those in flight finish (``grace_s``,
+        default ``serve.drain_grace_s``), stop. Concurrent calls share one drain."""
+        if self._drained is None:
+            grace = self.settings.serve.drain_grace_s if grace_s is None else grace_s
+            self._drained = asyncio.get_running_loop().create_task(self._drain(grace))
+        await asyncio.shield(self._drained)
+
+    async def _drain(self, grace_s: float) -> None:
+        self.draining = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._set_ready(False)
+        log.info("draining", extra={"grace_s": grace_s})
+        started = asyncio.get_running_loop().time()
+        await self.server.stop(grace_s)  # new calls refused at once, in-flight ones finish
+        log.info("drained", extra={"seconds": round(asyncio.get_running_loop().time() - started,
+                                                    3)})
         await self.health.enter_graceful_shutdown()
-        servers = [self.server] if self.health_server is None else [self.server,
-                                                                     self.health_server]
-        await asyncio.gather(*(server.stop(grace_s) for server in servers))
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.drain(grace_s)
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
-    async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
-        for service in ("", *SERVICES):
+    async def _set_ready(self, ready: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service in READINESS:
             await self.health.set(service, status)
+        metrics().gateway_state(ready, self.draining)
+
+    async def _watch_drain_file(self) -> None:
+        path = self.settings.serve.drain_file
+        while path is not None and not path.exists():
+            await asyncio.sleep(DRAIN_FILE_POLL_S)
+        log.info("drain file found", extra={"path": str(path)})
+        asyncio.get_running_loop().create_task(self.drain())
 
     async def _watch_backend(self) -> None:
         serving: bool | None = None
@@ -125,7 +182,6 @@ class Gateway:
                 ok = False
             if ok != serving:
                 serving = ok
-                await self._set(health_pb2.HealthCheckResponse.SERVING if ok
-                                else health_pb2.HealthCheckResponse.NOT_SERVING)
-                log.info("health", extra={"serving": ok})
+                await self._set_ready(ok)
+                log.info("readiness", extra={"serving": ok})
             await asyncio.sleep(self.settings.serve.health_poll_s)

@@ -17,7 +17,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.gateway.errors import to_status
 from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.search import SearchPipeline
-from papersearch.settings import Settings
+from papersearch.settings import ServeSettings, Settings
 from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,15 @@ T = TypeVar("T")
 
 
 async def within_deadline(
-    work: Awaitable[T], context: grpc.aio.ServicerContext, default_s: float
+    work: Awaitable[T], context: grpc.aio.ServicerContext, serve: ServeSettings
 ) -> T:
-    """Await ``work`` until the client's deadline; on expiry it is cancelled downstream.
-    (In this task: ``asyncio.wait_for`` would start another one, a loop turn more per call.)"""
+    """Await ``work`` until the client's deadline (``serve.default_deadline_s`` if it set none,
+    at most ``serve.max_deadline_s``); on expiry it is cancelled downstream. (In this task:
+    ``asyncio.wait_for`` would start another one, a loop turn more per call.)"""
     remaining = context.time_remaining()
-    async with asyncio.timeout(remaining if remaining is not None else default_s):
+    limit = serve.default_deadline_s if remaining is None else min(remaining,
+                                                                   serve.max_deadline_s)
+    async with asyncio.timeout(limit):
         return await work
 
 
@@ -51,7 +54,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         try:
             query = convert.search_query_from_proto(request, self.settings.search)
             result = await within_deadline(
-                self.pipeline.search(query), context, self.settings.serve.default_deadline_s
+                self.pipeline.search(query), context, self.settings.serve
             )
         except Exception as error:
             await _fail(context, error)
@@ -65,7 +68,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             query = convert.similar_query_from_proto(request, self.settings.search)
             hits = await within_deadline(
                 self.backend.similar(query.paper_id, query.top_k, query.filter), context,
-                self.settings.serve.default_deadline_s,
+                self.settings.serve,
             )
         except Exception as error:
             await _fail(context, error)
@@ -81,7 +84,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         try:
             paper_id = convert.paper_id_from_proto(request.paper_id)
             paper = await within_deadline(
-                self.backend.get(paper_id), context, self.settings.serve.default_deadline_s
+                self.backend.get(paper_id), context, self.settings.serve
             )
         except Exception as error:
             await _fail(context, error)

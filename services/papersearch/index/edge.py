@@ -67,6 +67,12 @@ class EdgeStore(Store):
     def describe(self) -> str:
         return str(self.path)
 
+    def probe(self) -> int:
+        if not (self.path / _SHARD_CONFIG).is_file():
+            self._check_access()
+            raise CollectionMissing(f"index {self.path} is gone (deleted since it was opened)")
+        return super().probe()
+
     def optimize(self) -> None:
         with _engine("optimize"):
             changed = self._live().optimize()
@@ -76,6 +82,7 @@ class EdgeStore(Store):
     # -- engine primitives -------------------------------------------------------------------
 
     def _open(self, identity: EmbedderIdentity, create: bool) -> None:
+        self._check_access()
         manifest = self.path / MANIFEST
         stored = read_manifest(manifest)
         if stored is not None:
@@ -139,7 +146,26 @@ class EdgeStore(Store):
     def _live(self) -> qe.EdgeShard:
         if self._shard is None:
             raise StoreError(f"index {self.path} is closed")
+        self._check_access()
         return self._shard
+
+    def _check_access(self) -> None:
+        """StoreUnavailable if the index directory (or the data directory above it) exists but
+        this process may not use it: a volume gone read-only or unreadable, permissions changed
+        under a running server. The open shard could still answer from memory, but what it
+        wrote would not persist; so nothing is served until access is back (about a
+        microsecond a call). Root passes permission checks whatever the mode bits say."""
+        for directory in (self.settings.data_dir, self.path):
+            try:
+                directory.stat()
+            except FileNotFoundError:
+                return  # missing: _open creates it or says CollectionMissing
+            except OSError as exc:
+                raise StoreUnavailable(f"index directory {directory} is not reachable: {exc}"
+                                       ) from exc
+            if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+                raise StoreUnavailable(
+                    f"index directory {directory} is not readable and writable by this process")
 
     def _load(self, dim: int) -> qe.EdgeShard:
         # Giving only the vector layout makes the engine check it against the segments (the
@@ -200,6 +226,8 @@ def _engine(operation: str) -> Iterator[None]:
         yield
     except StoreError:
         raise
+    except PermissionError as exc:
+        raise StoreUnavailable(f"qdrant-edge {operation}: {exc}") from exc
     except Exception as exc:
         if "WouldBlock" in str(exc):
             raise StoreUnavailable(

@@ -114,6 +114,11 @@ class Store(ABC):
         self._require_open()
         return self._count()
 
+    def probe(self) -> int:
+        """Readiness: the open collection still there and answering; its point count. Raises
+        StoreUnavailable (unreachable) or CollectionMissing (gone since it was opened)."""
+        return self.count()
+
     def existing_ids(self, point_ids: Iterable[str]) -> set[str]:
         """The subset of ``point_ids`` (``Paper.point_id`` values) already stored."""
         self._require_open()

@@ -91,5 +91,5 @@ class LocalBackend:
 
     async def ready(self) -> bool:
         async with self._store_lock:
-            self.store.count()
+            self.store.probe()
         return True

@@ -101,6 +101,21 @@ def start(
     raise TimeoutError(f"Serve app not RUNNING after {timeout_s:.0f} s")
 
 
+def drain(settings: Settings) -> None:
+    """Drain the gateway (readiness NOT_SERVING, new calls refused, calls in flight finish
+    within serve.drain_grace_s; gateway/server.py); returns when it has, or gave up."""
+    from ray import serve
+
+    started = time.monotonic()
+    handle = serve.get_deployment_handle("Gateway", settings.serve.app_name)
+    try:
+        handle.drain.remote().result(timeout_s=settings.serve.drain_grace_s + 5.0)
+    except Exception as error:  # noqa: BLE001 (shutting down regardless)
+        log.warning("drain did not finish cleanly", extra={"reason": repr(error)[:300]})
+    else:
+        log.info("gateway drained", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
 def stop() -> None:
     """Take the local Ray instance down with everything on it. Serve's own graceful shutdown is
     skipped: with the Serve config's request-path settings its controller waited 30-60 s for
@@ -112,8 +127,9 @@ def stop() -> None:
 
 
 def serve_forever(settings: Settings) -> None:
-    """Start everything, print how to query it, and shut down cleanly on Ctrl-C/SIGTERM
-    (raising ``Interrupted`` once everything is down)."""
+    """Start everything, print how to query it, and shut down cleanly on Ctrl-C/SIGTERM: the
+    gateway drains first (calls in flight finish), then Ray goes down; ``Interrupted`` is
+    raised once everything is."""
     import signal
 
     def stop_on_signals() -> None:
@@ -122,8 +138,10 @@ def serve_forever(settings: Settings) -> None:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     stop_on_signals()
+    running = False
     try:
         start(settings, num_cpus=settings.serve.num_cpus)
+        running = True
         stop_on_signals()  # again: ray.init installs its own SIGTERM handler, which just dies
         target = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
         serve = settings.serve
@@ -136,9 +154,13 @@ def serve_forever(settings: Settings) -> None:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut it short
+            signal.signal(signum, signal.SIG_IGN)
         log.info("shutting down")
+        if running:
+            drain(settings)
         raise Interrupted("serve: stopped; Ray and the Serve app are down") from None
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut it short
+        for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
         stop()

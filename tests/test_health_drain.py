@@ -1,0 +1,240 @@
+"""Liveness vs readiness, readiness recovering after an outage, the collection never created by
+serving, replica loss as UNAVAILABLE with one retry, and draining: through real gateways over
+a real embedded index."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from ray.exceptions import ActorDiedError
+from ray.serve.exceptions import ReplicaUnavailableError
+
+from papersearch.client import SearchClient
+from papersearch.corpus.paper import Paper
+from papersearch.encoder.runtime import Encoder
+from papersearch.gateway.errors import NotReady, to_status
+from papersearch.gateway.handles import call, read
+from papersearch.index.edge import EdgeStore
+from papersearch.index.errors import CollectionMissing, StoreUnavailable
+from papersearch.pipeline.backend import LocalBackend
+from papersearch.pipeline.query import SearchQuery
+from papersearch.retriever.opener import CollectionOpener
+from papersearch.serving.drain import accepting, request_drain
+from papersearch.settings import ServeSettings, Settings
+from tests.gateway_helpers import free_port, scratch_gateways
+
+PAPERS = [Paper(id=f"drain-{i}", title=f"Draining gateways {i}",
+                abstract="Calls in flight finish while new ones are refused.") for i in range(3)]
+
+
+class Switchable(LocalBackend):
+    """The real in-process backend; ``down`` makes readiness fail, ``delay_s`` slows queries."""
+
+    def __init__(self, backend: LocalBackend) -> None:
+        super().__init__(backend.encoder, backend.store, None)
+        self.down = False
+        self.delay_s = 0.0
+
+    async def encode_query(self, text: str) -> np.ndarray:
+        await asyncio.sleep(self.delay_s)
+        return await super().encode_query(text)
+
+    async def ready(self) -> bool:
+        if self.down:
+            raise StoreUnavailable("index not reachable")
+        return await super().ready()
+
+
+@pytest.fixture(scope="module")
+def scratch(sample_settings: Settings, embedder_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, LocalBackend]]:
+    with scratch_gateways(sample_settings, Encoder(embedder_dir),
+                          tmp_path_factory.mktemp("drain-index"), PAPERS) as (servers, backend, _):
+        yield servers, backend
+
+
+def wait_for(client: SearchClient, service: str, wanted: str, within_s: float = 15.0) -> str:
+    deadline = time.monotonic() + within_s
+    while (status := client.health(service)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return status
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+def test_liveness_holds_through_an_outage_and_readiness_recovers(
+    scratch: tuple[Any, LocalBackend],
+) -> None:
+    servers, backend = scratch
+    switchable = Switchable(backend)
+    with SearchClient(servers.start(switchable), timeout_s=30.0) as client:
+        assert wait_for(client, "readiness", "SERVING") == "SERVING"
+        switchable.down = True
+        for service in ("", "readiness", "papersearch.v1.SearchService"):
+            assert wait_for(client, service, "NOT_SERVING") == "NOT_SERVING", service
+        assert client.health("liveness") == "SERVING"  # an outage never restarts gateways
+        switchable.down = False  # the index is back: no restart needed
+        assert wait_for(client, "", "SERVING") == "SERVING"
+        assert client.search(SearchQuery("draining gateways", rerank=False)).hits
+
+
+def test_serving_never_creates_the_collection(
+    sample_settings: Settings, embedder_dir: Path, tmp_path: Path,
+) -> None:
+    encoder = Encoder(embedder_dir)
+    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
+        update={"data_dir": tmp_path / "index"})})
+    now = [0.0]
+    opener = CollectionOpener(settings, encoder.dim, encoder.sha256, retry_s=1.0,
+                              clock=lambda: now[0])
+    with pytest.raises(CollectionMissing):
+        opener.open()
+    assert not (tmp_path / "index").exists()  # a read created nothing
+    # Within retry_s the last error is repeated without asking the engine again.
+    another = EdgeStore(settings.index)
+    another.ensure_collection(encoder.dim, encoder.sha256, create=True)  # ingestion creates
+    with pytest.raises(CollectionMissing):
+        opener.open()
+    another.close()
+    now[0] = 1.5
+    store = opener.open()  # found once it exists
+    assert store.probe() == 0
+    opener.close()
+
+
+def test_a_collection_deleted_while_open_is_missing(
+    sample_settings: Settings, embedder_dir: Path, tmp_path: Path,
+) -> None:
+    encoder = Encoder(embedder_dir)
+    index = sample_settings.index.model_copy(update={"data_dir": tmp_path})
+    store = EdgeStore(index)
+    store.ensure_collection(encoder.dim, encoder.sha256, create=True)
+    try:
+        (store.path / "edge_config.json").unlink()  # a wiped volume, as seen from the shard
+        with pytest.raises(CollectionMissing):
+            store.probe()
+    finally:
+        store.close()
+
+
+# --- replica loss ----------------------------------------------------------------------------
+
+
+class Response:
+    """Stands in for a DeploymentResponse: what awaiting it raises or returns."""
+
+    def __init__(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.cancelled = False
+
+    def __await__(self) -> Any:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+        yield  # a generator: awaitable
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@pytest.mark.parametrize("lost", [ActorDiedError(), ReplicaUnavailableError("r1")],
+                         ids=["actor-died", "replica-unavailable"])
+def test_a_lost_replica_is_unavailable_never_internal(lost: Exception) -> None:
+    with pytest.raises(NotReady) as info:
+        asyncio.run(call(Response(lost)))  # type: ignore[arg-type]
+    code, message = to_status(info.value)
+    assert code == grpc.StatusCode.UNAVAILABLE and "replica lost" in message
+
+
+def test_a_read_is_sent_once_more_after_a_lost_replica() -> None:
+    sent: list[Response] = []
+
+    def send(*outcomes: Any) -> Any:
+        def next_response() -> Response:
+            sent.append(Response(outcomes[len(sent)]))
+            return sent[-1]
+        return next_response
+
+    assert asyncio.run(read("QueryEncoder", send(ActorDiedError(), "answer"))) == "answer"
+    sent.clear()
+    with pytest.raises(NotReady):  # once only: a second loss is the caller's UNAVAILABLE
+        asyncio.run(read("QueryEncoder", send(ActorDiedError(), ActorDiedError(), "late")))
+    assert len(sent) == 2
+
+
+# --- deadlines and draining ------------------------------------------------------------------
+
+
+def test_drain_must_outlast_the_longest_deadline() -> None:
+    with pytest.raises(ValueError, match="drain_grace_s"):
+        ServeSettings(max_deadline_s=30, drain_grace_s=30)
+    with pytest.raises(ValueError, match="max_deadline_s"):
+        ServeSettings(default_deadline_s=60, max_deadline_s=30)
+
+
+def test_a_client_deadline_is_cut_to_max_deadline(scratch: tuple[Any, LocalBackend]) -> None:
+    servers, backend = scratch
+    slow = Switchable(backend)
+    slow.delay_s = 5.0
+    with SearchClient(servers.start(slow, max_deadline_s=0.3), timeout_s=60.0) as client:
+        with pytest.raises(grpc.RpcError) as info:
+            client.search(SearchQuery("draining gateways", rerank=False))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+
+
+def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
+    scratch: tuple[Any, LocalBackend], tmp_path: Path,
+) -> None:
+    servers, backend = scratch
+    slow = Switchable(backend)
+    health_port, drain_file = free_port(), tmp_path / "drain"
+    drain_file.touch()  # stale, from an earlier drain: removed at start, not obeyed
+    target = servers.start(slow, health_port=health_port, drain_file=drain_file,
+                           drain_grace_s=20.0)
+    serve = servers.gateways[-1].settings.serve
+    with SearchClient(target, timeout_s=30.0) as client, \
+            SearchClient(f"127.0.0.1:{health_port}", timeout_s=5.0) as probe:
+        assert wait_for(probe, "readiness", "SERVING") == "SERVING"
+        assert not drain_file.exists()
+        slow.delay_s = 1.5
+        with ThreadPoolExecutor(4) as pool:
+            in_flight = [pool.submit(client.search, SearchQuery("draining gateways",
+                                                                rerank=False))
+                         for _ in range(3)]
+            time.sleep(0.5)  # the three are in the gateway now
+            drained = pool.submit(request_drain, serve)  # what Kubernetes' preStop runs
+            assert wait_for(probe, "readiness", "NOT_SERVING", 5.0) == "NOT_SERVING"
+            assert probe.health("liveness") == "SERVING"
+            with pytest.raises(grpc.RpcError) as refused:
+                client.search(SearchQuery("draining gateways", rerank=False), timeout_s=5.0)
+            assert [f.result(30).hits for f in in_flight]  # every one answered OK
+            assert drained.result(30) < serve.drain_grace_s
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert not accepting("127.0.0.1", int(target.rsplit(":", 1)[1]))
+
+
+def test_drain_without_a_drain_file_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="drain_file"):
+        request_drain(ServeSettings())
+
+
+def test_drain_is_shared_by_concurrent_callers(scratch: tuple[Any, LocalBackend]) -> None:
+    servers, backend = scratch
+    target = servers.start(Switchable(backend))
+    gateway = servers.gateways[-1]
+
+    async def twice() -> None:
+        await asyncio.gather(gateway.drain(1.0), gateway.drain(1.0))
+
+    servers.loop.run(twice(), timeout=10.0)  # the second waits on the first, no error
+    assert gateway.draining
+    assert not accepting("127.0.0.1", int(target.rsplit(":", 1)[1]))
