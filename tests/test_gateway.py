@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from papersearch.api import convert
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.client import SearchClient
+from papersearch.client import SearchClient, committed_messages_of, committed_of
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.gateway.errors import Overloaded, to_status
@@ -33,7 +33,7 @@ from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import LoopThread, Servers, free_port
+from tests.gateway_helpers import LoopThread, Servers, free_port, scratch_gateways
 
 pytestmark = pytest.mark.slow
 
@@ -373,7 +373,8 @@ def test_idle_upsert_stream_hits_the_server_deadline_and_keeps_what_it_wrote(
     assert code_of(info) == grpc.StatusCode.DEADLINE_EXCEEDED
     details = details_of(info)
     assert "UpsertPapers ran past its deadline (2 s, serve.index_call_timeout_s" in details
-    assert "papers received 1, written 1 (kept)" in details
+    assert "committed before the failure: 1 papers, the stream's first 1 messages" in details
+    assert committed_of(info.value) == 1 and committed_messages_of(info.value) == 1
     with SearchClient(targets["scratch"], timeout_s=60.0) as client:
         assert client.get("deadline-1").title == paper.title
         assert client.delete(["deadline-1"]) == 1
@@ -387,6 +388,63 @@ def test_upsert_error_summary_lists_the_first_n(targets: dict[str, str]) -> None
     assert len(summary.errors) == 5  # serve.upsert_max_errors
     assert all(e.startswith(f"paper {i} (") for i, e in enumerate(summary.errors, 1))
     assert summary.skipped - len(summary.errors) == 7  # the rest: counted, not listed
+
+
+class FailsOnBatch(LocalBackend):
+    """The real backend over the real embedded index, whose ``fail_on``-th write raises as an
+    index going away would (once; later writes go through)."""
+
+    def __init__(self, backend: LocalBackend, fail_on: int) -> None:
+        super().__init__(backend.encoder, backend.store, None)
+        self.fail_on = fail_on
+        self.writes = 0
+
+    async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
+        self.writes += 1
+        if self.writes == self.fail_on:
+            raise StoreUnavailable("qdrant-edge upsert failed: No space left on device")
+        return await super().upsert(papers, dense)
+
+
+def test_upsert_failing_midway_reports_what_it_committed_and_the_rest_can_be_resent(
+    sample_settings: Settings, embedder_dir: Path, tmp_path: Path,
+) -> None:
+    papers = [Paper(id=f"mid-{i}", title=f"Tidal energy in strait number {i}",
+                    abstract=f"Paper {i} of a stream whose third batch fails.")
+              for i in range(1, 11)]
+    stream = [convert.paper_to_proto(p) for p in papers]
+    stream.insert(1, pb.Paper(paper_id="bad-2"))  # invalid: skipped, not a failure
+    with scratch_gateways(sample_settings, Encoder(embedder_dir), tmp_path) as (
+        servers, backend, store,
+    ):
+        # batches of 3 papers: messages 1-4 (one invalid), 5-7, then 8-10 fails
+        target = servers.start(FailsOnBatch(backend, fail_on=3), upsert_batch_size=3)
+        with SearchClient(target, timeout_s=60.0) as client:
+            with pytest.raises(grpc.RpcError) as info:
+                client.index_stub.UpsertPapers(iter(stream), timeout=60)
+            assert code_of(info) == grpc.StatusCode.UNAVAILABLE
+            assert committed_of(info.value) == 6 == store.count()
+            assert committed_messages_of(info.value) == 7
+            assert "committed before the failure: 6 papers, the stream's first 7 messages; " \
+                   "resend from message 8" in details_of(info)
+            assert store.existing_ids(p.point_id for p in papers) == {
+                p.point_id for p in papers[:6]}
+
+            summary = client.index_stub.UpsertPapers(iter(stream[7:]), timeout=60)
+            assert (summary.received, summary.upserted) == (4, 4)
+            assert store.count() == 10
+            summary = client.index_stub.UpsertPapers(iter(stream), timeout=60)  # all again
+            assert (summary.received, summary.upserted, summary.skipped) == (11, 10, 1)
+            assert store.count() == 10
+
+
+def test_committed_is_unknown_without_the_gateways_trailer() -> None:
+    class Failed(grpc.RpcError):
+        def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+            return (("other", "1"), ("papersearch-committed", "x"))
+
+    assert committed_of(grpc.RpcError()) is None
+    assert committed_of(Failed()) is None and committed_messages_of(Failed()) is None
 
 
 # --- failures ----------------------------------------------------------------------------------

@@ -159,7 +159,9 @@ def test_bytes_that_are_no_message_are_invalid_argument(
         details = invalid_argument(
             call_raw(channel, prefix + method, [data] if method == "UpsertPapers" else data))
     name = sample.DESCRIPTOR.full_name
-    assert details.endswith(f"request is not a valid {name}")
+    head, _, committed = details.partition("; committed before the failure: ")
+    assert head.endswith(f"request is not a valid {name}")
+    assert committed.startswith("0 papers") if method == "UpsertPapers" else committed == ""
 
 
 def test_authentication_comes_before_decoding(targets: dict[str, str]) -> None:

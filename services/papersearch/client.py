@@ -20,6 +20,27 @@ from papersearch.index.query import SearchFilter
 from papersearch.pipeline.query import SearchQuery, SearchResult
 
 
+def committed_of(error: grpc.RpcError) -> int | None:
+    """Papers a failed UpsertPapers committed before failing (its ``papersearch-committed``
+    trailing metadata); None if unknown (the call failed in gRPC or before the gateway ran it).
+    Resending the whole stream is always safe: writes are idempotent."""
+    return _trailing_int(error, convert.COMMITTED_KEY)
+
+
+def committed_messages_of(error: grpc.RpcError) -> int | None:
+    """N such that the first N messages of a failed UpsertPapers stream are done (committed or
+    skipped as invalid): resend from message N+1. None if unknown."""
+    return _trailing_int(error, convert.COMMITTED_MESSAGES_KEY)
+
+
+def _trailing_int(error: grpc.RpcError, key: str) -> int | None:
+    trailing = getattr(error, "trailing_metadata", None)  # grpc.Call and grpc.aio errors have it
+    for name, value in (trailing() if callable(trailing) else None) or ():
+        if name == key:
+            return int(value) if str(value).isdigit() else None
+    return None
+
+
 class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True) -> None:
@@ -54,6 +75,8 @@ class SearchClient:
         return convert.stored_paper_from_proto(message)
 
     def upsert(self, papers: Iterable[Paper]) -> pb.UpsertSummary:
+        """Stream ``papers``; a failure raises grpc.RpcError, and ``committed_of(error)`` says
+        how many were committed before it (``committed_messages_of``: where to resend from)."""
         stream = (convert.paper_to_proto(p) for p in papers)
         return self.index_stub.UpsertPapers(stream, metadata=self.metadata,
                                             timeout=self.timeout_s)

@@ -34,6 +34,10 @@ MAX_ABSTRACT_CHARS = 20_000
 MAX_NAMES = 100  # authors or categories, of a paper or of a search filter
 MAX_NAME_CHARS = 256  # one author or category
 MAX_URL_CHARS = 2_048
+# Trailing metadata of a failed UpsertPapers (the proto documents them): papers committed, and
+# how many of the stream's first messages are done (written or skipped as invalid).
+COMMITTED_KEY = "papersearch-committed"
+COMMITTED_MESSAGES_KEY = "papersearch-committed-messages"
 _CONTROL = frozenset({"Cc", "Cf"})  # NUL, other control characters, bidi overrides, ZW*
 
 _MODES: dict[int, Mode] = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -106,9 +107,29 @@ class ErrorLines:
             self.lines.append(line)
 
 
+@dataclass(slots=True)
+class UpsertProgress:
+    """How far an UpsertPapers stream got. Batches are written in stream order, so what is
+    committed is always a prefix of the stream; a failure reports it to the client."""
+
+    received: int = 0  # messages read from the stream
+    committed: int = 0  # papers written in batches the index acknowledged
+    settled: int = 0  # the stream's first ``settled`` messages are done: written or skipped
+
+    def trailer(self) -> tuple[tuple[str, str], ...]:
+        return ((convert.COMMITTED_KEY, str(self.committed)),
+                (convert.COMMITTED_MESSAGES_KEY, str(self.settled)))
+
+    def describe(self) -> str:
+        return (f"; committed before the failure: {self.committed} papers, the stream's first "
+                f"{self.settled} messages; resend from message {self.settled + 1} (resending "
+                f"is idempotent)")
+
+
 class IndexServicer(pb_grpc.IndexServiceServicer):
     """Writes, within the gateway's limits: at most ``serve.max_index_calls`` at once (past it
-    RESOURCE_EXHAUSTED at once, not queued) and ``serve.index_call_timeout_s`` each."""
+    RESOURCE_EXHAUSTED at once, not queued) and ``serve.index_call_timeout_s`` each. A failed
+    UpsertPapers says what it committed: trailing metadata and status message (the proto)."""
 
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.backend = backend
@@ -119,14 +140,14 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     @contextlib.asynccontextmanager
     async def _limited(
         self, context: grpc.aio.ServicerContext, method: str,
-        progress: Callable[[], str] = lambda: "",
+        progress: UpsertProgress | None = None,
     ) -> AsyncIterator[None]:
         """One IndexService call: a slot, the server-side deadline, errors -> status codes."""
         if self.calls >= self.serve.max_index_calls:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            await self._abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.calls} index writes are in progress on this gateway, its limit "
-                f"(serve.max_index_calls); retry {method} later",
+                f"(serve.max_index_calls); retry {method} later", progress,
             )
         self.calls += 1
         remaining = context.time_remaining()
@@ -139,37 +160,48 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             raise
         except Exception as error:
             if isinstance(error, TimeoutError) and scope.expired():
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
                 message = f"{method} ran past its deadline ({limit_s:g} s, serve." \
-                          f"index_call_timeout_s, or the client's if sooner){progress()}"
-                log.warning("index call deadline", extra={"detail": message})
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
-            await _fail(context, error)
+                          f"index_call_timeout_s, or the client's if sooner)"
+                log.warning("index call deadline", extra={
+                    "detail": message + (progress.describe() if progress else "")})
+            else:
+                code, message = to_status(error)
+            await self._abort(context, code, message, progress)
         finally:
             self.calls -= 1
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
+                     progress: UpsertProgress | None) -> None:
+        """End the call (raises); an UpsertPapers stream's also says what it committed."""
+        if progress is None:
+            await context.abort(code, message)
+        await context.abort(code, message + progress.describe(),
+                            trailing_metadata=progress.trailer())
 
     async def UpsertPapers(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.Paper], context: grpc.aio.ServicerContext
     ) -> pb.UpsertSummary:
-        received = upserted = 0
+        progress = UpsertProgress()
         errors = ErrorLines(self.serve.upsert_max_errors)
         batch: list[Paper] = []
-
-        def progress() -> str:  # what the stream had done when its deadline passed
-            return f": papers received {received}, written {upserted} (kept), the rest not"
-
         async with self._limited(context, "UpsertPapers", progress):
             async for message in request_iterator:
-                received += 1
+                progress.received += 1
                 try:
                     batch.append(convert.paper_from_proto(message))
                 except ValueError as error:
                     given = convert.quoted(message.paper_id) if message.paper_id else "no id"
-                    errors.append(f"paper {received} ({given}): {error}")
+                    errors.append(f"paper {progress.received} ({given}): {error}")
                 if len(batch) >= self.batch_size:
-                    upserted += await self._write(batch)
+                    progress.committed += await self._write(batch)
+                    progress.settled = progress.received
                     batch = []
-            upserted += await self._write(batch)
-        return convert.upsert_summary_to_proto(received, upserted, errors.lines, errors.count)
+            progress.committed += await self._write(batch)
+            progress.settled = progress.received
+        return convert.upsert_summary_to_proto(
+            progress.received, progress.committed, errors.lines, errors.count)
 
     async def _write(self, papers: list[Paper]) -> int:
         if not papers:
