@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
@@ -18,7 +18,7 @@ import pytest
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 
-from papersearch.corpus.paper import Paper
+from papersearch.corpus.paper import Paper, point_id
 from papersearch.index import (
     Bm25Encoder,
     CollectionMissing,
@@ -172,6 +172,23 @@ def test_existing_ids_get_delete(factory: Factory) -> None:
     assert s.count() == 9
     assert s.get([PAPERS[3].id]) == []
     assert PAPERS[3].point_id not in s.existing_ids([PAPERS[3].point_id])
+
+
+def test_retriever_delete_counts_stored_papers_without_reading_payloads(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = factory()
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS[:10], DENSE[:10], SPARSE[:10])
+
+    def no_payloads(*args: object, **kwargs: object) -> None:
+        raise AssertionError("delete read payloads")
+
+    monkeypatch.setattr(s, "get", no_payloads)
+    asked = [PAPERS[2].id, "no-such-paper", PAPERS[2].id, PAPERS[4].id, PAPERS[20].id]
+    assert Retriever(s).delete(asked) == 2  # each stored paper once
+    assert s.count() == 8
+    assert Retriever(s).delete(asked) == 0
 
 
 def test_upsert_rejects_bad_input_without_writing(factory: Factory) -> None:
@@ -368,25 +385,56 @@ def test_edge_reopen_keeps_data(tmp_path: Path) -> None:
         assert ids(s.query(request("hybrid", 5, limit=2)))[:2] == [PAPERS[RARE_AT].id, PAPERS[5].id]
 
 
-def test_edge_killed_process_keeps_acknowledged_writes(tmp_path: Path) -> None:
-    script = textwrap.dedent(
-        f"""
-        import os
-        from pathlib import Path
-        from papersearch.index.edge import EdgeStore
-        from papersearch.settings import IndexSettings
-        from tests.test_index import PAPERS, DENSE, SPARSE
-        s = EdgeStore(IndexSettings(data_dir=Path({str(tmp_path)!r})))
-        s.ensure_collection({DIM}, {SHA!r})
-        s.upsert(PAPERS, DENSE, SPARSE)
-        os._exit(0)  # no close, no flush
-        """
-    )
+KILLED_WRITER = """
+import sys
+from pathlib import Path
+from papersearch.corpus.paper import Paper, point_id
+from papersearch.index.edge import EdgeStore
+from papersearch.settings import IndexSettings
+from tests.test_index import BM25, DIM, SHA, unit_vectors
+
+data_dir, size = Path(sys.argv[1]), int(sys.argv[2])
+store = EdgeStore(IndexSettings(data_dir=data_dir))  # never closed, never flushed
+store.ensure_collection(DIM, SHA)
+for batch in range(1_000_000):  # until killed
+    papers = [Paper(id=f"k{batch}-{i}", title=f"paper {i} of batch {batch}",
+                    abstract="tidal turbines in a narrow strait") for i in range(size)]
+    store.upsert(papers, unit_vectors(size, seed=batch), BM25.documents(p.text for p in papers))
+    print(" ".join(p.id for p in papers), flush=True)  # acknowledged: upsert returned
+"""
+
+
+@pytest.mark.slow
+def test_edge_sigkill_mid_run_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    """The flush policy in edge.py: an upsert that returned is in the write-ahead log, which
+    a process killed with SIGKILL (no close, no flush) replays on the next load."""
+    size, wanted = 50, 20  # papers per upsert; acknowledgements seen before the kill
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=root)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(tmp_path), str(size)],
+        cwd=root, stdout=subprocess.PIPE, text=True,
+    )
+    assert writer.stdout is not None
+    lines: list[str] = []
+    try:
+        while len(lines) < wanted:
+            line = writer.stdout.readline()
+            assert line, f"the writer ended early (exit {writer.wait(10)})"
+            lines.append(line)
+    finally:
+        writer.kill()  # SIGKILL, while it writes the next batches
+        rest = writer.stdout.read()
+        writer.wait(30)
+    assert writer.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    lines += rest.splitlines(keepends=True)
+    acknowledged = [i for line in lines if line.endswith("\n") for i in line.split()]
+    assert len(acknowledged) >= wanted * size
     with EdgeStore(IndexSettings(data_dir=tmp_path)) as s:
         s.ensure_collection(DIM, SHA, create=False)
-        assert s.count() == len(PAPERS)
+        wanted_ids = {point_id(i) for i in acknowledged}
+        assert s.existing_ids(wanted_ids) == wanted_ids
+        # and nothing else but, at most, the batch that was being written when killed
+        assert len(acknowledged) <= s.count() <= len(acknowledged) + size
 
 
 def test_edge_open_elsewhere_is_unavailable(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from papersearch.corpus.paper import Paper
+from papersearch.corpus.paper import Paper, point_id
 from papersearch.index.errors import PaperNotFound, StoreUnavailable
 from papersearch.index.query import Hit, Mode, SearchFilter, SearchRequest
 from papersearch.index.sparse import Bm25Encoder
@@ -99,8 +99,9 @@ class Retriever:
         return self.store.upsert(papers, dense, self.bm25.documents(p.text for p in papers))
 
     def delete(self, paper_ids: Sequence[str]) -> int:
-        """Delete papers; returns how many of them were stored."""
-        present = self.store.get(paper_ids)
+        """Delete papers; returns how many of them were stored (each id once). Counted by point
+        id alone, without reading payloads."""
+        present = self.store.existing_ids(point_id(pid) for pid in paper_ids)
         self.store.delete(paper_ids)
         return len(present)
 
