@@ -231,6 +231,28 @@ def test_validation_catches_tls_breakage(rendered: dict[str, Rendered], breakage
     assert any(expected in error for error in result.errors), result.errors
 
 
+DRAIN_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
+    "liveness asks readiness": (lambda o: _gateway_container(o)["livenessProbe"]["grpc"].update(
+        service="readiness"), "livenessProbe must ask grpc.health.v1 service 'liveness'"),
+    "readiness asks nothing": (lambda o: _gateway_container(o)["readinessProbe"]["grpc"].pop(
+        "service"), "readinessProbe must ask grpc.health.v1 service 'readiness'"),
+    "no preStop drain": (lambda o: _gateway_container(o).pop("lifecycle"),
+                         "preStop `papersearch drain`"),
+    "no drain file": (lambda o: _prod_env(o).pop("PAPERSEARCH_SERVE__DRAIN_FILE"),
+                      "PAPERSEARCH_SERVE__DRAIN_FILE"),
+    "grace shorter than the drain": (lambda o: _prod_env(o).update(
+        PAPERSEARCH_SERVE__DRAIN_GRACE_S="58", PAPERSEARCH_SERVE__MAX_DEADLINE_S="50"),
+        "terminationGracePeriodSeconds 60 < 78"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(DRAIN_BREAKAGES))
+def test_validation_catches_drain_breakage(rendered: dict[str, Rendered], breakage: str) -> None:
+    edit, expected = DRAIN_BREAKAGES[breakage]
+    result = check.validate(_broken(rendered["prod"], edit), ROOT)
+    assert any(expected in error for error in result.errors), result.errors
+
+
 def test_serve_schema_rejects_invalid_values() -> None:
     text = SOURCE.read_text().replace("num_replicas: 1 ", "num_replicas: -1 ", 1)
     assert text != SOURCE.read_text()

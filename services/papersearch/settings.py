@@ -200,6 +200,11 @@ class ServeSettings(BaseModel):
         35.0, gt=0, description="On drain (SIGTERM, drain_file), calls in flight get this long "
                                 "to finish; longer than max_deadline_s, so every search can.",
     )
+    drain_notice_s: float = Field(
+        0.0, ge=0, description="On drain, keep taking calls this long after readiness turns "
+                               "NOT_SERVING, while load balancers (Kubernetes endpoints) "
+                               "stop sending new ones; then refuse new calls.",
+    )
     drain_file: Path | None = Field(
         None, description="Drain when this file appears (Kubernetes: the preStop hook's "
                           "`papersearch drain` creates it); polled twice a second.",

@@ -110,10 +110,41 @@ def check_gateway_placement(rendered: Rendered) -> list[str]:
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         if ray.get(probe, {}).get("grpc", {}).get("port") != probed:
             errors.append(f"gateway pods need a gRPC {probe} on {probed} (grpc.health.v1)")
+    errors += _gateway_drain_errors(host, env)
     for other in _ray_groups(rendered):
         component = other.labels.get("app.kubernetes.io/component")
         if other.owner != host.owner and component == "gateway":
             errors.append(f"{other.owner} is labelled gateway but hosts no Gateway")
+    return errors
+
+
+# What a probe must ask (gateway/server.py): liveness never depends on Qdrant or the models.
+PROBE_SERVICES = {"startupProbe": "liveness", "livenessProbe": "liveness",
+                  "readinessProbe": "readiness"}
+RAY_STOP_S = 10.0  # after preStop, SIGTERM: `ray start --block` stops the node
+
+
+def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str]) -> list[str]:
+    """Probes ask liveness and readiness apart; preStop drains (serving/drain.py) and the pod's
+    termination grace covers the drain and Ray's stop."""
+    from papersearch.serving.drain import MARGIN_S
+
+    ray = host.containers[0]
+    errors = [f"gateway {probe} must ask grpc.health.v1 service {service!r}"
+              for probe, service in PROBE_SERVICES.items()
+              if ray.get(probe, {}).get("grpc", {}).get("service") != service]
+    serve = settings_from_env(env).serve
+    if serve.drain_file is None:
+        errors.append("gateway pods need PAPERSEARCH_SERVE__DRAIN_FILE (preStop drains through it)")
+    command = ray.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    if command != ["papersearch", "drain"]:
+        errors.append("gateway pods need preStop `papersearch drain` (finish calls in flight)")
+    needed = serve.drain_notice_s + serve.drain_grace_s + MARGIN_S + RAY_STOP_S
+    grace = float(host.spec.get("terminationGracePeriodSeconds", 30))
+    if grace < needed:
+        errors.append(f"gateway terminationGracePeriodSeconds {grace:g} < {needed:g}: drain "
+                      f"notice {serve.drain_notice_s:g} + grace {serve.drain_grace_s:g} + "
+                      f"{MARGIN_S:g} + Ray's stop {RAY_STOP_S:g}")
     return errors
 
 

@@ -11,9 +11,13 @@ Health has two meanings, as separate grpc.health.v1 service names:
   after an outage; NOT_SERVING from the start of a drain.
 
 Draining (``drain``, on SIGTERM of ``papersearch serve`` or when ``serve.drain_file`` appears):
-readiness NOT_SERVING, new calls refused (the listening port closes: UNAVAILABLE, which clients
-retry elsewhere), calls in flight finish within ``serve.drain_grace_s`` (longer than the
-largest deadline a call can have, ``serve.max_deadline_s``), then the server stops.
+readiness NOT_SERVING, ``serve.drain_notice_s`` more of taking calls (while load balancers
+notice; 0 locally, 5 s in Kubernetes), then new calls refused (the listening port closes:
+UNAVAILABLE, which clients retry elsewhere), calls in flight finish within
+``serve.drain_grace_s`` (longer than the largest deadline a call can have,
+``serve.max_deadline_s``), then the server stops. IndexService calls may run longer
+(``serve.index_call_timeout_s``): one still running at the end of the grace is cancelled, and
+its client resends (UpsertPapers is idempotent; what was committed stays).
 """
 
 from __future__ import annotations
@@ -141,8 +145,10 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._set_ready(False)
-        log.info("draining", extra={"grace_s": grace_s})
+        log.info("draining", extra={"grace_s": grace_s,
+                                    "notice_s": self.settings.serve.drain_notice_s})
         started = asyncio.get_running_loop().time()
+        await asyncio.sleep(self.settings.serve.drain_notice_s)
         await self.server.stop(grace_s)  # new calls refused at once, in-flight ones finish
         log.info("drained", extra={"seconds": round(asyncio.get_running_loop().time() - started,
                                                     3)})

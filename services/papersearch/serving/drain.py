@@ -2,7 +2,8 @@
 
 Kubernetes' preStop hook runs it: it creates ``serve.drain_file``, which the gateway polls
 (gateway/server.py), and returns once the gateway's port stops accepting connections, that is
-once the calls in flight have finished, or after ``serve.drain_grace_s`` plus a margin. Then the
+once the calls in flight have finished, or after ``serve.drain_notice_s`` +
+``serve.drain_grace_s`` plus a margin. Then the
 kubelet sends SIGTERM and Ray stops. terminationGracePeriodSeconds covers both (make k8s-check).
 """
 
@@ -39,7 +40,7 @@ def request_drain(serve: ServeSettings) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     started = time.monotonic()
-    limit = serve.drain_grace_s + MARGIN_S
+    limit = serve.drain_notice_s + serve.drain_grace_s + MARGIN_S
     while accepting(serve.grpc_host, serve.grpc_port):
         if time.monotonic() - started > limit:
             raise TimeoutError(f"the gateway on port {serve.grpc_port} still accepts calls "

@@ -109,7 +109,8 @@ def drain(settings: Settings) -> None:
     started = time.monotonic()
     handle = serve.get_deployment_handle("Gateway", settings.serve.app_name)
     try:
-        handle.drain.remote().result(timeout_s=settings.serve.drain_grace_s + 5.0)
+        handle.drain.remote().result(
+            timeout_s=settings.serve.drain_notice_s + settings.serve.drain_grace_s + 5.0)
     except Exception as error:  # noqa: BLE001 (shutting down regardless)
         log.warning("drain did not finish cleanly", extra={"reason": repr(error)[:300]})
     else:
