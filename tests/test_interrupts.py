@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -418,3 +419,74 @@ def test_ctrl_c_stops_loadtest_then_serve_leaving_nothing_running(
         time.sleep(0.2)
     assert left == [], left
 
+
+
+@pytest.mark.slow
+def test_serve_waits_for_its_collection_then_sigterm_drains(
+    sample_settings: Settings, embedder_dir: Path, ray_temp_dir: Path, tmp_path: Path,
+) -> None:
+    """Real Ray Serve on an empty data directory: NOT_SERVING (liveness SERVING) and nothing
+    created until an UpsertPapers creates the collection; then SIGTERM to the serve process
+    alone (as Kubernetes and Docker send it) drains: searches in flight finish OK, the process
+    exits 130 after logging the drain."""
+    import grpc
+
+    from papersearch.client import SearchClient
+    from papersearch.corpus.paper import Paper
+    from papersearch.pipeline.query import SearchQuery
+
+    port = _free_port()
+    data_dir = tmp_path / "index"
+    env = cli_env(sample_settings, data_dir, PAPERSEARCH_LOG_LEVEL="INFO",
+                  PAPERSEARCH_SERVE__GRPC_PORT=str(port),
+                  PAPERSEARCH_SERVE__HEALTH_POLL_S="0.5",
+                  PAPERSEARCH_SERVE__DASHBOARD_PORT=str(_free_port()),
+                  PAPERSEARCH_SERVE__METRICS_PORT=str(_free_port()),
+                  PAPERSEARCH_SERVE__NUM_CPUS="4", RAY_TMPDIR=str(ray_temp_dir))
+    serve, serve_err = start(command("serve"), env)
+    papers = [Paper(id=f"sigterm-{i}", title=f"Graceful shutdown of search servers {i}",
+                    abstract="Draining finishes the requests in flight.") for i in range(8)]
+    try:
+        wait_until(serve, serve_err, lambda text: "serve app running" in text, "RUNNING")
+        with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client:
+            deadline = time.monotonic() + 120
+            while client.health("liveness") != "SERVING":
+                assert time.monotonic() < deadline, "gateway never answered liveness"
+                time.sleep(0.5)
+            time.sleep(2.0)  # several readiness polls
+            assert client.health() == "NOT_SERVING"
+            assert "index not open" in "".join(serve_err)
+            assert not (data_dir / sample_settings.index.collection).exists()
+            with pytest.raises(grpc.RpcError) as missing:
+                client.search(SearchQuery("graceful shutdown", rerank=False))
+            assert missing.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+
+            assert client.upsert(papers).upserted == len(papers)  # writes create it
+            while client.health() != "SERVING":
+                assert time.monotonic() < deadline + 60, "readiness never recovered"
+                time.sleep(0.2)
+
+            def search(_: int) -> tuple[str, float]:
+                try:
+                    client.search(SearchQuery("graceful shutdown", top_k=5, rerank=False))
+                    return "OK", time.monotonic()
+                except grpc.RpcError as error:
+                    return error.code().name, time.monotonic()  # type: ignore[attr-defined]
+
+            with ThreadPoolExecutor(32) as pool:
+                results = pool.map(search, range(64))
+                time.sleep(0.2)  # every call is out, most still in the gateway
+                terminated_at = time.monotonic()
+                os.kill(serve.pid, signal.SIGTERM)
+                outcomes = list(results)
+        serve.wait(timeout=EXIT_TIMEOUT_S)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+    codes = [code for code, _ in outcomes]
+    late = sum(1 for _, at in outcomes if at > terminated_at)
+    print(f"\nSIGTERM drain: {late} of {len(outcomes)} searches answered after SIGTERM")
+    assert codes == ["OK"] * len(outcomes), codes
+    stderr = "".join(serve_err)
+    assert serve.returncode == 130 and "gateway drained" in stderr, stderr[-3000:]
