@@ -72,7 +72,7 @@ class Servers:
 
     def stop(self) -> None:
         for gateway in self.gateways:
-            self.loop.run(gateway.stop(0.5))
+            self.loop.run(gateway.drain(0.5))
 
 
 @contextmanager

@@ -231,6 +231,10 @@ def test_validation_catches_tls_breakage(rendered: dict[str, Rendered], breakage
     assert any(expected in error for error in result.errors), result.errors
 
 
+def _ray_service(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "RayService")
+
+
 DRAIN_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
     "liveness asks readiness": (lambda o: _gateway_container(o)["livenessProbe"]["grpc"].update(
         service="readiness"), "livenessProbe must ask grpc.health.v1 service 'liveness'"),
@@ -240,6 +244,10 @@ DRAIN_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] =
                          "preStop `papersearch drain`"),
     "no drain file": (lambda o: _prod_env(o).pop("PAPERSEARCH_SERVE__DRAIN_FILE"),
                       "PAPERSEARCH_SERVE__DRAIN_FILE"),
+    "serve kills a draining gateway": (lambda o: _ray_service(o)["spec"].update(
+        serveConfigV2=_ray_service(o)["spec"]["serveConfigV2"].replace(
+            "graceful_shutdown_timeout_s: 45", "graceful_shutdown_timeout_s: 20")),
+        "Gateway graceful_shutdown_timeout_s 20 < 45"),
     "grace shorter than the drain": (lambda o: _prod_env(o).update(
         PAPERSEARCH_SERVE__DRAIN_GRACE_S="58", PAPERSEARCH_SERVE__MAX_DEADLINE_S="50"),
         "terminationGracePeriodSeconds 60 < 78"),

@@ -110,7 +110,7 @@ def check_gateway_placement(rendered: Rendered) -> list[str]:
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         if ray.get(probe, {}).get("grpc", {}).get("port") != probed:
             errors.append(f"gateway pods need a gRPC {probe} on {probed} (grpc.health.v1)")
-    errors += _gateway_drain_errors(host, env)
+    errors += _gateway_drain_errors(host, env, gateway)
     for other in _ray_groups(rendered):
         component = other.labels.get("app.kubernetes.io/component")
         if other.owner != host.owner and component == "gateway":
@@ -124,9 +124,10 @@ PROBE_SERVICES = {"startupProbe": "liveness", "livenessProbe": "liveness",
 RAY_STOP_S = 10.0  # after preStop, SIGTERM: `ray start --block` stops the node
 
 
-def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str]) -> list[str]:
-    """Probes ask liveness and readiness apart; preStop drains (serving/drain.py) and the pod's
-    termination grace covers the drain and Ray's stop."""
+def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str],
+                          gateway: Mapping[str, Any]) -> list[str]:
+    """Probes ask liveness and readiness apart; preStop drains (serving/drain.py), the pod's
+    termination grace covers the drain and Ray's stop, and Serve waits for a drain too."""
     from papersearch.serving.drain import MARGIN_S
 
     ray = host.containers[0]
@@ -139,7 +140,12 @@ def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str]) -> list[str
     command = ray.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
     if command != ["papersearch", "drain"]:
         errors.append("gateway pods need preStop `papersearch drain` (finish calls in flight)")
-    needed = serve.drain_notice_s + serve.drain_grace_s + MARGIN_S + RAY_STOP_S
+    drain = serve.drain_notice_s + serve.drain_grace_s
+    serve_wait = float(gateway.get("graceful_shutdown_timeout_s", 20))
+    if serve_wait < drain + MARGIN_S:
+        errors.append(f"Gateway graceful_shutdown_timeout_s {serve_wait:g} < {drain + MARGIN_S:g}:"
+                      " Serve would kill a draining replica")
+    needed = drain + MARGIN_S + RAY_STOP_S
     grace = float(host.spec.get("terminationGracePeriodSeconds", 30))
     if grace < needed:
         errors.append(f"gateway terminationGracePeriodSeconds {grace:g} < {needed:g}: drain "

@@ -48,4 +48,5 @@ class GatewayDeployment:
             raise RuntimeError(f"gRPC gateway failed: {self._started.exception()}")
 
     async def __del__(self) -> None:
-        await self.gateway.stop()
+        """Serve stopping this replica: drain (within graceful_shutdown_timeout_s)."""
+        await self.gateway.drain()

@@ -156,9 +156,6 @@ class Gateway:
         if self.health_server is not None:
             await self.health_server.stop(0)
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        await self.drain(grace_s)
-
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
