@@ -214,11 +214,13 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
             drained = pool.submit(request_drain, serve)  # what Kubernetes' preStop runs
             assert wait_for(probe, "readiness", "NOT_SERVING", 5.0) == "NOT_SERVING"
             assert probe.health("liveness") == "SERVING"
+            assert client.health("liveness") == "SERVING"  # the main port answers probes too
             with pytest.raises(grpc.RpcError) as refused:
                 client.search(SearchQuery("draining gateways", rerank=False), timeout_s=5.0)
             assert [f.result(30).hits for f in in_flight]  # every one answered OK
             assert drained.result(30) < serve.drain_grace_s
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert "draining" in refused.value.details()  # type: ignore[attr-defined]
     assert not accepting("127.0.0.1", int(target.rsplit(":", 1)[1]))
 
 

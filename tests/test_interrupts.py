@@ -427,8 +427,9 @@ def test_serve_waits_for_its_collection_then_sigterm_drains(
 ) -> None:
     """Real Ray Serve on an empty data directory: NOT_SERVING (liveness SERVING) and nothing
     created until an UpsertPapers creates the collection; then SIGTERM to the serve process
-    alone (as Kubernetes and Docker send it) drains: searches in flight finish OK, the process
-    exits 130 after logging the drain."""
+    alone (as Kubernetes and Docker send it) drains: every search is answered OK or, if it
+    reached the gateway after the drain began, refused with UNAVAILABLE before anything was done
+    (never CANCELLED or cut off); the process exits 130 after logging the drain."""
     import grpc
 
     from papersearch.client import SearchClient
@@ -471,9 +472,10 @@ def test_serve_waits_for_its_collection_then_sigterm_drains(
                     client.search(SearchQuery("graceful shutdown", top_k=5, rerank=False))
                     return "OK", time.monotonic()
                 except grpc.RpcError as error:
-                    return error.code().name, time.monotonic()  # type: ignore[attr-defined]
+                    code = error.code().name  # type: ignore[attr-defined]
+                    return f"{code}: {error.details()}", time.monotonic()  # type: ignore[attr-defined]
 
-            with ThreadPoolExecutor(32) as pool:
+            with ThreadPoolExecutor(64) as pool:
                 results = pool.map(search, range(64))
                 time.sleep(0.2)  # every call is out, most still in the gateway
                 terminated_at = time.monotonic()
@@ -485,8 +487,11 @@ def test_serve_waits_for_its_collection_then_sigterm_drains(
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait()
     codes = [code for code, _ in outcomes]
-    late = sum(1 for _, at in outcomes if at > terminated_at)
-    print(f"\nSIGTERM drain: {late} of {len(outcomes)} searches answered after SIGTERM")
-    assert codes == ["OK"] * len(outcomes), codes
+    late = sum(1 for code, at in outcomes if at > terminated_at and code == "OK")
+    print(f"\nSIGTERM drain: {late} of {len(outcomes)} searches answered OK after SIGTERM, "
+          f"{len(outcomes) - codes.count('OK')} refused")
+    assert all(code == "OK" or (code.startswith("UNAVAILABLE") and "draining" in code)
+               for code in codes), codes
+    assert "OK" in codes
     stderr = "".join(serve_err)
     assert serve.returncode == 130 and "gateway drained" in stderr, stderr[-3000:]

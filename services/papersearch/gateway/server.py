@@ -12,12 +12,13 @@ Health has two meanings, as separate grpc.health.v1 service names:
 
 Draining (``drain``, on SIGTERM of ``papersearch serve`` or when ``serve.drain_file`` appears):
 readiness NOT_SERVING, ``serve.drain_notice_s`` more of taking calls (while load balancers
-notice; 0 locally, 5 s in Kubernetes), then new calls refused (the listening port closes:
-UNAVAILABLE, which clients retry elsewhere), calls in flight finish within
+notice; 0 locally, 5 s in Kubernetes), then new calls refused with UNAVAILABLE before anything
+is done (gateway/gate.py; health still answers), calls in flight finish within
 ``serve.drain_grace_s`` (longer than the largest deadline a call can have,
-``serve.max_deadline_s``), then the server stops. IndexService calls may run longer
-(``serve.index_call_timeout_s``): one still running at the end of the grace is cancelled, and
-its client resends (UpsertPapers is idempotent; what was committed stays).
+``serve.max_deadline_s``), then the server stops (GOAWAY: clients reconnect elsewhere).
+IndexService calls may run longer (``serve.index_call_timeout_s``): one still running at the end
+of the grace is cancelled, and its client resends (UpsertPapers is idempotent; what was
+committed stays).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.gateway.auth import ApiKeyInterceptor
 from papersearch.gateway.decode import DecodeInterceptor
+from papersearch.gateway.gate import DrainGate
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.gateway.tls import server_credentials
@@ -47,6 +49,7 @@ SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name
 LIVENESS = "liveness"
 READINESS = ("", "readiness", *SERVICES)
 DRAIN_FILE_POLL_S = 0.5
+STOP_GRACE_S = 1.0  # once idle: for a call that slipped in as the gate closed
 
 
 def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
@@ -81,7 +84,8 @@ class Gateway:
                         extra={"host": settings.serve.grpc_host})
         # Outermost first: metrics see every call, auth turns callers away before their bytes
         # are read, decoding (INVALID_ARGUMENT for a message protobuf cannot parse) is last.
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), *auth,
+        self.gate = DrainGate()
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), self.gate, *auth,
                                                     DecodeInterceptor()],
                                       options=server_options(settings.serve))
         self.search = SearchServicer(backend, settings)
@@ -149,9 +153,14 @@ class Gateway:
                                     "notice_s": self.settings.serve.drain_notice_s})
         started = asyncio.get_running_loop().time()
         await asyncio.sleep(self.settings.serve.drain_notice_s)
-        await self.server.stop(grace_s)  # new calls refused at once, in-flight ones finish
+        self.gate.close()
+        finished = await self.gate.wait_idle(grace_s)
+        if not finished:
+            log.warning("drain grace over: cancelling the calls still running",
+                        extra={"running": self.gate.running})
+        await self.server.stop(STOP_GRACE_S if finished else 0)
         log.info("drained", extra={"seconds": round(asyncio.get_running_loop().time() - started,
-                                                    3)})
+                                                    3), "complete": finished})
         await self.health.enter_graceful_shutdown()
         if self.health_server is not None:
             await self.health_server.stop(0)

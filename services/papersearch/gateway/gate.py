@@ -1,0 +1,69 @@
+"""The drain gate: counts the papersearch calls a gateway is running and, once closed, refuses
+new ones with UNAVAILABLE, so that during a drain every call that reached the gateway is either
+answered in full or refused before anything was done (safe to send again). Stopping the gRPC
+server outright would instead cancel calls that had arrived but not yet started (CANCELLED, seen
+under load), and refuse health checks that Kubernetes still asks during the drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from papersearch.gateway.instrument import MEASURED_PREFIX
+from papersearch.gateway.method_handlers import with_behavior
+
+REFUSED = "this gateway is draining (shutting down): nothing was done, send the call again"
+
+
+class DrainGate(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self.running = 0
+        self.closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(MEASURED_PREFIX):
+            return handler  # health and reflection stay open while draining
+        behavior = handler.unary_unary or handler.stream_unary
+        if behavior is None:  # response streaming: the API has none
+            return handler
+        return with_behavior(handler, self._gated(behavior))
+
+    def close(self) -> None:
+        """Refuse every call from now on; those running go on."""
+        self.closed = True
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Whether the running calls all finished within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _gated(
+        self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.closed:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSED)
+            self.running += 1
+            self._idle.clear()
+            try:
+                return await behavior(request, context)
+            finally:
+                self.running -= 1
+                if self.running == 0:
+                    self._idle.set()
+
+        return call
