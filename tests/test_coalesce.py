@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import pytest
 
-from papersearch.gateway.coalesce import Coalescer
-from papersearch.gateway.errors import Overloaded
+from papersearch.pipeline.coalesce import Coalescer
+from papersearch.pipeline.errors import Overloaded
 
 T = TypeVar("T")
 

@@ -20,12 +20,13 @@ from ray.serve.exceptions import ReplicaUnavailableError
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
-from papersearch.gateway.errors import NotReady, to_status
-from papersearch.gateway.handles import call, read
+from papersearch.gateway.errors import to_status
 from papersearch.index.edge import EdgeStore
 from papersearch.index.errors import CollectionMissing, StoreUnavailable
 from papersearch.pipeline.backend import LocalBackend
+from papersearch.pipeline.errors import NotReady
 from papersearch.pipeline.query import SearchQuery
+from papersearch.pipeline.serve_backend import call, read
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.serving.drain import accepting, request_drain
 from papersearch.settings import ServeSettings, Settings

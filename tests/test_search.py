@@ -12,7 +12,8 @@ import pytest
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import load_dataset
-from papersearch.evaluation.harness import EVAL_MODES, run_eval
+from papersearch.evaluation.harness import run_eval
+from papersearch.evaluation.modes import EVAL_MODES
 from papersearch.index.errors import PaperNotFound
 from papersearch.index.query import SearchFilter
 from papersearch.ingest.pipeline import Ingester

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 from papersearch import interrupts
 from papersearch.client_retry import add_retry_argument
 from papersearch.client_tls import add_tls_arguments
+from papersearch.evaluation.modes import EVAL_MODES
 from papersearch.index.errors import StoreError
+from papersearch.index.query import MODES
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.logs import configure_logging
 from papersearch.models.sources import ModelSourceError
@@ -169,7 +171,7 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.evaluation.harness import run_eval
     from papersearch.reranker.runtime import Reranker
 
-    modes = args.mode or ["sparse", "dense", "hybrid", "hybrid+rerank"]
+    modes = args.mode or list(EVAL_MODES)
     # asked for explicitly, so measured even where serving has the stage switched off
     wants_reranker = any(m.endswith("+rerank") for m in modes)
     reranker = Reranker.from_settings(settings.models) if wants_reranker else None
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="search the index in-process")
     search.add_argument("query")
     search.add_argument("--top-k", type=int, default=10)
-    search.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "sparse"])
+    search.add_argument("--mode", default="hybrid", choices=MODES)
     search.add_argument("--no-rerank", action="store_true")
     search.add_argument("--from", dest="published_from", type=date.fromisoformat,
                         help="published on or after (YYYY-MM-DD)")
@@ -264,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--dataset", type=Path, required=True,
                             help="BEIR folder, or any corpus (then its known-item set)")
     evaluation.add_argument("--mode", action="append",
-                            choices=["sparse", "dense", "hybrid", "hybrid+rerank"],
+                            choices=EVAL_MODES,
                             help="repeatable; default: all four")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(handler=_eval)

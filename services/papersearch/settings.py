@@ -167,7 +167,7 @@ class ServeSettings(BaseModel):
     )
     app_name: str = "papersearch"
     # The gateway sends concurrent searches' queries (and retrievals) to a deployment together:
-    # one call per free slot, a lone query at once (gateway/coalesce.py).
+    # one call per free slot, a lone query at once (pipeline/coalesce.py).
     coalesce_max_batch: int = Field(32, ge=1, description="Requests per coalesced call.")
     coalesce_in_flight: int = Field(
         4, ge=1, description="Coalesced calls out at once per deployment and gateway; at least "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
 from papersearch.evaluation.metrics import Report, evaluate
+from papersearch.evaluation.modes import EvalMode
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode
 from papersearch.index.store import Store
@@ -30,8 +30,6 @@ from papersearch.settings import SearchSettings, Settings
 
 log = logging.getLogger(__name__)
 
-EvalMode = Literal["sparse", "dense", "hybrid", "hybrid+rerank"]
-EVAL_MODES: tuple[EvalMode, ...] = get_args(EvalMode)
 DEPTH = 100  # candidates per query: enough for Recall@100
 
 

@@ -10,9 +10,9 @@ from ray.serve.handle import DeploymentHandle
 
 from papersearch.api import convert
 from papersearch.api.v1 import papersearch_pb2 as pb
-from papersearch.gateway.handles import HandleBackend
 from papersearch.gateway.server import Gateway
 from papersearch.logs import configure_logging
+from papersearch.pipeline.serve_backend import HandleBackend
 from papersearch.settings import Settings
 
 

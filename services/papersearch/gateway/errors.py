@@ -15,18 +15,10 @@ from papersearch.index.errors import (
     StoreUnavailable,
 )
 from papersearch.models.runtime import InvalidInput
+from papersearch.pipeline.errors import NotReady, Overloaded
 from papersearch.pipeline.query import InvalidQuery, quoted
 
 log = logging.getLogger(__name__)
-
-
-class Overloaded(Exception):
-    """A deployment's queue is full (Serve's max_queued_requests)."""
-
-
-class NotReady(Exception):
-    """A deployment has no running replica, or the replica serving a call died or became
-    unreachable mid-call: the call can be sent again (UNAVAILABLE)."""
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.index.sparse import SparseLike, SparseVector
 
 Mode = Literal["dense", "sparse", "hybrid"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 FusionMethod = Literal["rrf", "dbsf"]
 
 

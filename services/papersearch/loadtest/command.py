@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from papersearch.client_retry import add_retry_argument
 from papersearch.client_tls import Tls, add_tls_arguments, tls_from_args
+from papersearch.index.query import MODES
 
 if TYPE_CHECKING:
     from papersearch.loadtest.profile import LoadProfile, Schedule
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "corpus_dir)")
     parser.add_argument("--seed", type=int, default=0, help="query order and arrivals")
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "sparse"])
+    parser.add_argument("--mode", default="hybrid", choices=MODES)
     parser.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
                         help="ask for the rerank stage (the server may have it off)")
     parser.add_argument("--deadline-s", type=float, default=10.0,

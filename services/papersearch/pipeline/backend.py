@@ -1,6 +1,6 @@
 """What the pipeline needs from the encoder, index and reranker, as awaitables.
 
-Serving implements it with Ray Serve deployment handles (gateway/handles.py); in-process use
+Serving implements it with Ray Serve deployment handles (pipeline/serve_backend.py); in-process use
 (CLI, tests, benchmarks) with the plain runtime classes, here.
 """
 

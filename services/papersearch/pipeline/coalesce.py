@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from papersearch.gateway.errors import Overloaded
+from papersearch.pipeline.errors import Overloaded
 
 I = TypeVar("I")  # noqa: E741 (item)
 O = TypeVar("O")  # noqa: E741 (its result)

@@ -26,9 +26,9 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from papersearch.corpus.paper import Paper
-from papersearch.gateway.coalesce import Coalescer
-from papersearch.gateway.errors import NotReady, Overloaded
 from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.pipeline.coalesce import Coalescer
+from papersearch.pipeline.errors import NotReady, Overloaded
 from papersearch.retriever.retriever import Retrieval
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics
