@@ -31,10 +31,10 @@ from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.logs import configure_logging
-from papersearch.models.export import CrossEncoderGraph, EmbedderGraph
+from papersearch.modelbuild.export import CrossEncoderGraph, EmbedderGraph
+from papersearch.modelbuild.sources import resolve_source
 from papersearch.models.manifest import Manifest, ModelKind, ModelNotFound, model_dir, read_manifest
 from papersearch.models.runtime import OnnxModel, Precision, RuntimeOptions
-from papersearch.models.sources import resolve_source
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
 

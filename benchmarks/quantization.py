@@ -3,7 +3,7 @@
     python benchmarks/quantization.py > quantization.json              # quantize, measure
     qemu-x86_64 -cpu Haswell-v4 .venv/bin/python benchmarks/quantization.py --no-speed
 
-Each scheme of papersearch.models.export.INT8_SCHEMES quantizes the latest exported fp32
+Each scheme of papersearch.modelbuild.export.INT8_SCHEMES quantizes the latest exported fp32
 embedder graph (once, into --work). On the same real abstracts every scheme reports the lowest
 and mean cosine to the fp32 vectors (batches of 16), the lowest cosine between a text's vector
 in its batch and encoded alone (activations are quantized per batch), and with --speed the
@@ -60,7 +60,7 @@ def prepare(work: Path, settings: Settings) -> dict[str, Path]:
     for scheme in SCHEMES:
         folder = work / source.name / scheme
         if not (folder / INT8_FILE).is_file():
-            from papersearch.models.export import quantize
+            from papersearch.modelbuild.export import quantize
 
             folder.mkdir(parents=True, exist_ok=True)
             for name in (FP32_FILE, TOKENIZER_FILE, MANIFEST):

@@ -37,7 +37,7 @@ def model_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 
 @pytest.fixture(scope="session")
 def embedder_dir(model_settings: Settings) -> Path:
-    from papersearch.models.prepare import export_embedder
+    from papersearch.modelbuild.prepare import export_embedder
 
     return export_embedder(model_settings)
 
@@ -45,7 +45,7 @@ def embedder_dir(model_settings: Settings) -> Path:
 @pytest.fixture(scope="session")
 def reranker_dir(model_settings: Settings, embedder_dir: Path) -> Path:
     """A reranker trained end to end on a slice of the sample corpus (tiny, seconds)."""
-    from papersearch.models.prepare import train_reranker
+    from papersearch.modelbuild.prepare import train_reranker
 
     return train_reranker(model_settings)
 

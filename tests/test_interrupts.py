@@ -164,7 +164,7 @@ def test_the_message_says_what_was_kept() -> None:
 
 
 def test_the_training_estimate_line() -> None:
-    from papersearch.reranker.training import _estimate
+    from papersearch.modelbuild.training import _estimate
 
     assert _estimate(0, 1036, 12.6) == (
         "train-reranker: 1,036 steps, ~12.6 s/step here, about 3 h 38 min "
@@ -178,8 +178,8 @@ def test_the_training_estimate_line() -> None:
 def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) -> None:
     """How often a run checkpoints has no effect on its weights, so it keeps the key: a run
     resumes under another interval, and keys from before the setting existed stay valid."""
-    from papersearch.reranker.mining import TrainingExample
-    from papersearch.reranker.training import checkpoint_key
+    from papersearch.modelbuild.mining import TrainingExample
+    from papersearch.modelbuild.training import checkpoint_key
 
     (tmp_path / "config.json").write_text("{}")
     examples = [TrainingExample("q", "positive", ("negative",))]
@@ -285,9 +285,9 @@ def _private_repository(model_settings: Settings, embedder_dir: Path, root: Path
 def test_ctrl_c_stops_train_reranker_and_a_rerun_resumes_to_the_same_weights(
     model_settings: Settings, embedder_dir: Path, tmp_path: Path
 ) -> None:
-    from papersearch.models.prepare import training_examples
-    from papersearch.models.sources import resolve_source
-    from papersearch.reranker.training import CHECKPOINT_FILE, DONE_MARKER, train
+    from papersearch.modelbuild.prepare import training_examples
+    from papersearch.modelbuild.sources import resolve_source
+    from papersearch.modelbuild.training import CHECKPOINT_FILE, DONE_MARKER, train
 
     cache = _private_cache(model_settings, tmp_path)
     repository = _private_repository(model_settings, embedder_dir, tmp_path)

@@ -135,7 +135,7 @@ def test_fp32_matches_torch_on_fresh_texts(embedder_dir: Path, fp32: Encoder) ->
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from papersearch.models.sources import resolve_source
+    from papersearch.modelbuild.sources import resolve_source
 
     source = resolve_source(read_manifest(embedder_dir).source, ROOT / ".cache" / "papersearch")
     tokenizer = AutoTokenizer.from_pretrained(source.location)
@@ -214,7 +214,7 @@ print("ok")
 
 
 def test_trained_reranker_end_to_end(model_settings: Settings, reranker_dir: Path) -> None:
-    from papersearch.models.prepare import training_papers
+    from papersearch.modelbuild.prepare import training_papers
 
     manifest = read_manifest(reranker_dir)
     assert manifest.kind == "reranker"
@@ -243,7 +243,7 @@ def test_reranker_input_errors(reranker_dir: Path) -> None:
 
 
 def test_training_and_export_are_cached(model_settings: Settings, reranker_dir: Path) -> None:
-    from papersearch.models.prepare import train_reranker
+    from papersearch.modelbuild.prepare import train_reranker
 
     assert train_reranker(model_settings) == reranker_dir  # no second version
     summary = json.loads(next(Path(model_settings.models.cache_dir).glob(
@@ -258,8 +258,8 @@ def test_any_hf_cross_encoder_exports_through_the_same_path(
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from papersearch.models.prepare import export_reranker
-    from papersearch.models.sources import resolve_source
+    from papersearch.modelbuild.prepare import export_reranker
+    from papersearch.modelbuild.sources import resolve_source
 
     base = resolve_source(model_settings.models.embedder_source, model_settings.models.cache_dir)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
@@ -285,11 +285,11 @@ def test_export_builds_only_what_the_configuration_serves(
 ) -> None:
     """`models export` (what `make run` calls) never trains: with the rerank stage off it makes
     the embedder only; on but without a reranker_source it says how to make one."""
-    from papersearch.models.prepare import prepare
+    from papersearch.modelbuild.prepare import prepare
 
     off = model_settings.model_copy(update={"search": model_settings.search.model_copy(
         update={"rerank_enabled": False})})
     assert prepare(off) == {"embedder": embedder_dir}
-    with caplog.at_level(logging.WARNING, logger="papersearch.models.prepare"):
+    with caplog.at_level(logging.WARNING, logger="papersearch.modelbuild.prepare"):
         assert prepare(model_settings) == {"embedder": embedder_dir}  # rerank stage on
     assert "papersearch models train-reranker" in caplog.text

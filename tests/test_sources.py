@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from papersearch.modelbuild.sources import ModelSourceError, resolve_source
 from papersearch.models.manifest import (
     Manifest,
     ModelNotFound,
@@ -14,7 +15,6 @@ from papersearch.models.manifest import (
     next_version_dir,
     write_manifest,
 )
-from papersearch.models.sources import ModelSourceError, resolve_source
 
 
 def _manifest(version: int, fingerprint: str) -> Manifest:

@@ -20,7 +20,7 @@ from papersearch.index.errors import StoreError
 from papersearch.index.query import MODES
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.logs import configure_logging
-from papersearch.models.sources import ModelSourceError
+from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def format_result(result: SearchResult) -> str:
 
 
 def _models_export(settings: Settings, args: argparse.Namespace) -> int:
-    from papersearch.models import prepare
+    from papersearch.modelbuild import prepare
 
     paths = prepare.prepare(settings, everything=args.all)
     if args.reranker:
@@ -79,14 +79,14 @@ def _models_export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _models_info(settings: Settings, args: argparse.Namespace) -> int:
-    from papersearch.models.info import describe
+    from papersearch.modelbuild.info import describe
 
     print(json.dumps(describe(settings), indent=2))
     return 0
 
 
 def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
-    from papersearch.models import prepare
+    from papersearch.modelbuild import prepare
 
     print(json.dumps({"reranker": str(prepare.train_reranker(settings))}))
     return 0

@@ -1,1 +1,2 @@
-"""Model sources, the versioned ONNX model repository, export and the shared ONNX runtime."""
+"""The versioned ONNX model repository (manifest), the shared ONNX runtime and its int8 parity
+self-check. Imports nothing from encoder/, reranker/ or modelbuild/ (tests/test_layout.py)."""

@@ -1,1 +1,2 @@
-"""Cross-encoder reranker: runtime, weakly supervised training, and its Serve deployment."""
+"""Cross-encoder reranker: runtime, its loader, rank fusion and its Serve deployment (training:
+modelbuild/)."""

@@ -13,11 +13,11 @@ from pathlib import Path
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import read_corpus
 from papersearch.encoder.runtime import Encoder
-from papersearch.models.export import ExportSpec, export
+from papersearch.modelbuild.export import ExportSpec, export
+from papersearch.modelbuild.mining import TrainingExample, mine
+from papersearch.modelbuild.sources import resolve_source
+from papersearch.modelbuild.training import train
 from papersearch.models.runtime import RuntimeOptions
-from papersearch.models.sources import resolve_source
-from papersearch.reranker.mining import TrainingExample, mine
-from papersearch.reranker.training import train
 from papersearch.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ import onnx
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from papersearch.modelbuild.sources import ResolvedSource
 from papersearch.models.manifest import (
     FP32_FILE,
     INT8_FILE,
@@ -41,7 +42,6 @@ from papersearch.models.manifest import (
 )
 from papersearch.models.parity import INT8_MIN_AGREEMENT, SelfCheck, agreement, self_check_inputs
 from papersearch.models.runtime import OnnxModel, Precision, RuntimeOptions
-from papersearch.models.sources import ResolvedSource
 
 log = logging.getLogger(__name__)
 

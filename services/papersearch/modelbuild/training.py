@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from papersearch.interrupts import Interrupted
-from papersearch.reranker.mining import TrainingExample
+from papersearch.modelbuild.mining import TrainingExample
 from papersearch.settings import TrainingSettings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,108 @@
+"""Import directions between the rooms of services/papersearch, read statically (ast).
+
+models/ is the bottom room (manifest, ONNX runtime, int8 parity). encoder/ and reranker/ build on
+it. modelbuild/ (sources, export, mining, training, `models info`) builds on all three and
+imports torch and transformers; only the CLI imports it. Nothing that serves a query imports
+modelbuild/ or the export extra, directly or through another papersearch module.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+SOURCE = ROOT / "services"
+PACKAGE = SOURCE / "papersearch"
+SERVING = ("encoder", "reranker", "models", "serving", "gateway", "pipeline", "retriever",
+           "index")
+EXPORT_EXTRA = {"torch", "transformers", "onnx", "onnxscript"}  # pyproject's `export` extra
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SOURCE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _in(module: str, room: str) -> bool:
+    name = f"papersearch.{room}"
+    return module == name or module.startswith(name + ".")
+
+
+@cache
+def _imports(module: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(papersearch modules, other top-level names) that `module` imports anywhere in its body:
+    module level, inside functions, under TYPE_CHECKING."""
+    path = MODULES[module]
+    ours: set[str] = set()
+    others: set[str] = set()
+
+    def add(name: str) -> None:
+        if name.split(".")[0] != "papersearch":
+            others.add(name.split(".")[0])
+            return
+        parts = name.split(".")  # importing a.b.c runs a/__init__, a/b/__init__ too
+        ours.update(".".join(parts[:i]) for i in range(2, len(parts) + 1)
+                    if ".".join(parts[:i]) in MODULES)
+
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and node.module, f"{path}: relative import"
+            add(node.module)
+            for alias in node.names:  # `from papersearch.x import y` where y is a module
+                if f"{node.module}.{alias.name}" in MODULES:
+                    add(f"{node.module}.{alias.name}")
+    return frozenset(ours), frozenset(others)
+
+
+def _closure(roots: list[str]) -> dict[str, str]:
+    """Every papersearch module reachable from roots, with the module that first imports it."""
+    seen = {root: root for root in roots}
+    todo = list(roots)
+    while todo:
+        module = todo.pop()
+        for imported in _imports(module)[0]:
+            if imported not in seen:
+                seen[imported] = module
+                todo.append(imported)
+    return seen
+
+
+def _serving_modules() -> list[str]:
+    return [m for m in MODULES if any(_in(m, room) for room in SERVING)]
+
+
+def test_the_tree_is_read() -> None:
+    assert "papersearch.models.runtime" in MODULES
+    assert "papersearch.modelbuild.export" in MODULES
+    assert "papersearch.encoder.runtime" in _serving_modules()
+    assert "torch" in _imports("papersearch.modelbuild.export")[1]
+
+
+def test_models_imports_nothing_above_it() -> None:
+    upward = {f"{m} imports {i}" for m in MODULES if _in(m, "models")
+              for i in _imports(m)[0]
+              if not (_in(i, "models") or i in ("papersearch", "papersearch.settings"))}
+    assert not upward
+
+
+def test_serving_never_reaches_modelbuild_or_the_export_extra() -> None:
+    reached = _closure(_serving_modules())
+    modelbuild = {f"{m} (imported by {by})" for m, by in reached.items() if _in(m, "modelbuild")}
+    assert not modelbuild
+    extra = {f"{m} imports {name}" for m in reached for name in _imports(m)[1] & EXPORT_EXTRA}
+    assert not extra
+
+
+def test_only_the_cli_imports_modelbuild() -> None:
+    importers = {m for m in MODULES if not _in(m, "modelbuild")
+                 and any(_in(i, "modelbuild") for i in _imports(m)[0])}
+    assert importers <= {"papersearch.cli"}
