@@ -15,18 +15,19 @@ the fault and the last failure; per scenario: recovery times, RSS of every proce
 service (driver, Gateway and each replica, Serve controller, raylet, GCS) at start and end, and
 acknowledged writes lost. Scenarios:
 
-- kill_encoder, kill_reranker, kill_retriever: SIGKILL one replica (kill_reranker: rerank load,
-  needs a reranker model in models.repository; kill_retriever: the process owning the index);
+- kill_encoder, kill_reranker, kill_index_owner: SIGKILL one replica (kill_reranker: rerank
+  load, needs a reranker model in models.repository; kill_index_owner: the Gateway replica, which
+  owns the embedded index and is the gRPC front too);
   recovery = the Serve status API shows the deployment's replicas RUNNING again.
 - drain_restart: SIGTERM to `papersearch serve` (rerank load beside the searches so requests are
   in flight): every request in flight at the signal must finish OK; then a new serve on the same
   data, timed to health SERVING and to its first OK search.
 - index_outage_embedded: the index data directory chmod 000, then back; the service runs as an
-  unprivileged user (root ignores permission bits). Health and the Retriever's pid are polled.
+  unprivileged user (root ignores permission bits). Health and the Gateway's pid are polled.
 - index_outage_server: a Qdrant server that stops answering; reported as skipped when no
   ``qdrant`` binary is on PATH.
-- upsert_kill: an acknowledged stream, then SIGKILL of the Retriever, and then of the Gateway
-  replica, each in the middle of a second stream (what a failed stream reports as committed is
+- upsert_kill: an acknowledged stream, then SIGKILL of the Gateway replica (the index owner) in
+  the middle of a second stream (what a failed stream reports as committed is
   checked with GetPaper), resend after recovery, again (idempotent), SIGKILL of the whole
   service right after that acknowledgement; count and ids are then read from the shard itself.
 - soak: ``--soak-s`` (600) at ``--soak-rate``, RSS sampled every 10 s; growth over the last 5
@@ -58,7 +59,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERSEARCH = [sys.executable, "-m", "papersearch.cli"]
-SCENARIOS = ("kill_encoder", "kill_reranker", "kill_retriever", "drain_restart",
+SCENARIOS = ("kill_encoder", "kill_reranker", "kill_index_owner", "drain_restart",
              "index_outage_embedded", "index_outage_server", "upsert_kill", "soak")
 QUICK = tuple(s for s in SCENARIOS if s != "soak")
 REPLICA_TITLE = "ServeReplica:{app}:{deployment}"
@@ -806,7 +807,7 @@ def scenario_index_outage_embedded(ctx: Context) -> dict[str, Any]:
     try:
         with running(service):
             rss_start = service.rss()
-            pids_before = {d: service.replicas(d) for d in ("Gateway", "Retriever")}
+            pids_before = {d: service.replicas(d) for d in ("Gateway",)}
             duration = a.before_s + a.outage_s + a.after_s
             load = ctx.load(service, "load", duration)
             stop, timeline = threading.Event(), []
@@ -829,7 +830,7 @@ def scenario_index_outage_embedded(ctx: Context) -> dict[str, Any]:
                 service.data_dir.chmod(mode)
                 stop.set()
                 load.stop()
-            pids_after = {d: service.replicas(d) for d in ("Gateway", "Retriever")}
+            pids_after = {d: service.replicas(d) for d in ("Gateway",)}
             not_serving = next((t for t, ready, _ in timeline
                                 if t >= fault and ready != "SERVING"), None)
             serving_again = next((t for t, ready, _ in timeline
@@ -955,8 +956,8 @@ def wait_get_ok(client: Any, paper_id: str, since: float, timeout_s: float) -> f
 
 
 def scenario_upsert_kill(ctx: Context) -> dict[str, Any]:
-    """Acked stream A; stream B cut by SIGKILL of the Retriever (the index owner), then again
-    by SIGKILL of the Gateway replica (the stream's server); B resent after recovery under load,
+    """Acked stream A; stream B cut by SIGKILL of the Gateway replica (the stream's server and
+    the index owner); B resent after recovery under load,
     then again (idempotent) and the whole service SIGKILLed right after that acknowledgement;
     count and ids are then read from the shard itself."""
     from papersearch.client import SearchClient
@@ -972,8 +973,8 @@ def scenario_upsert_kill(ctx: Context) -> dict[str, Any]:
         service.start()
         service.wait_serving()
         rss_start = service.rss()
-        # two kills, each with its recovery (~15 s here), then the resend and "after"
-        duration = a.before_s + 2 * a.window_s + UPSERT_RECOVERY_ALLOWANCE_S + a.after_s
+        # the kill with its recovery (~15 s here), then the resend and "after"
+        duration = a.before_s + a.window_s + UPSERT_RECOVERY_ALLOWANCE_S + a.after_s
         load = ctx.load(service, "load", duration)
         client = SearchClient(service.target, timeout_s=300)
         try:
@@ -983,7 +984,7 @@ def scenario_upsert_kill(ctx: Context) -> dict[str, Any]:
                 acked |= {p.id for p in batch_a}
             sleep_until(start + a.before_s)
             cuts, fault, recovered = [], None, 0.0
-            for deployment in ("Retriever", "Gateway"):
+            for deployment in ("Gateway",):
                 victim = service.replicas(deployment)[0]
                 sent, half, outcome = [0], threading.Event(), {}
                 sender = threading.Thread(target=send_into, args=(
@@ -1080,7 +1081,7 @@ def scenario_soak(ctx: Context) -> dict[str, Any]:
 RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "kill_encoder": lambda ctx: scenario_kill(ctx, "QueryEncoder"),
     "kill_reranker": lambda ctx: scenario_kill(ctx, "Reranker"),
-    "kill_retriever": lambda ctx: scenario_kill(ctx, "Retriever"),
+    "kill_index_owner": lambda ctx: scenario_kill(ctx, "Gateway"),
     "drain_restart": scenario_drain_restart,
     "index_outage_embedded": scenario_index_outage_embedded,
     "index_outage_server": scenario_index_outage_server,

@@ -2,9 +2,9 @@
 
     python benchmarks/hops.py [--requests 300] [--warmup 30] > hops.json
 
-A Search through the gateway makes two hops in sequence (gateway -> QueryEncoder, gateway ->
-Retriever), so its serving overhead (benchmarks/serving.py) cannot go below two hops plus the
-gRPC front. Here a caller replica awaits a no-op method of another replica that returns a
+A Search through the gateway makes one hop (gateway -> QueryEncoder; it queries the index
+itself), so its serving overhead (benchmarks/serving.py) cannot go below one hop plus the gRPC
+front. Here a caller replica awaits a no-op method of another replica that returns a
 query-sized vector (384 float32), one call in flight, and reports the p50 round trip for:
 
 * transport: handles over gRPC (the Serve config's RAY_SERVE_USE_GRPC_BY_DEFAULT=1) and over

@@ -262,7 +262,7 @@ def test_validation_catches_drain_breakage(rendered: dict[str, Rendered], breaka
 
 
 def test_serve_schema_rejects_invalid_values() -> None:
-    text = SOURCE.read_text().replace("num_replicas: 1 ", "num_replicas: -1 ", 1)
+    text = SOURCE.read_text().replace("num_replicas: 1\n", "num_replicas: -1\n", 1)
     assert text != SOURCE.read_text()
     assert serve_config_errors(text)
     assert serve_config_errors("applications: 3")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import signal
 import socket
@@ -33,7 +34,9 @@ from papersearch.index import (
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
 from papersearch.index.server import ServerStore, connect
-from papersearch.retriever.retriever import Retrieval, Retriever
+from papersearch.pipeline.index_access import IndexAccess
+from papersearch.retriever.opener import CollectionOpener
+from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
 
 pytestmark = [  # qdrant-client local mode: no payload indexes, always exact search
@@ -335,18 +338,6 @@ def test_int8_quantization(factory: Factory) -> None:
     assert ids(s.query(request("dense", 11, limit=1))) == [PAPERS[11].id]
 
 
-def test_a_batch_of_searches_fails_only_where_a_search_fails(loaded: Store) -> None:
-    """What the Retriever deployment runs for a gateway's coalesced call: each search's own
-    result, in order, and a bad one's exception in its place, not instead of the batch."""
-    retriever = Retriever(loaded)
-    good = [Retrieval(RARE, DENSE[RARE_AT], "hybrid", 5), Retrieval(RARE, None, "sparse", 3)]
-    results = retriever.search_each([good[0], Retrieval(RARE, None, "dense"), good[1]])
-    alone = [retriever.search(r.text, r.vector, mode=r.mode, limit=r.limit) for r in good]
-    assert [ids(results[0]), ids(results[2])] == [ids(h) for h in alone]  # type: ignore[arg-type]
-    assert ids(alone[0])[0] == PAPERS[RARE_AT].id
-    assert isinstance(results[1], ValueError) and "needs a dense query vector" in str(results[1])
-
-
 # -- collection identity and lifecycle ----------------------------------------------------------
 
 
@@ -522,41 +513,57 @@ def test_server_retry_stays_within_the_timeout() -> None:
 
 
 def test_concurrent_searches_against_a_silent_server_cost_one_timeout() -> None:
-    """Qdrant accepts the connection and never answers: a coalesced batch of N searches fails
-    in about one timeout (not N), each search with StoreUnavailable, and in order."""
+    """Qdrant accepts the connection and never answers: N searches the gateway runs at once
+    fail in about one timeout (not N), each with StoreUnavailable."""
     timeout_s, n = 1, 8
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)  # the kernel accepts connections; nothing ever reads or answers
         port = silent.getsockname()[1]
-        settings = IndexSettings(
+        settings = Settings(index=IndexSettings(
             backend="server", url=f"http://127.0.0.1:{port}", grpc_port=port, timeout_s=timeout_s
-        )
-        store = ServerStore(settings, client=QdrantClient(":memory:"))
-        store.ensure_collection(DIM, SHA)  # opened; then the server stops answering
-        store.client.close()
-        store.client = connect(settings)
-        retriever = Retriever(store)
-        requests = [Retrieval(RARE, DENSE[i], "dense", 5) for i in range(n)]
+        ))
+
+        def opened_then_silent(s: Settings) -> ServerStore:
+            store = ServerStore(s.index, client=QdrantClient(":memory:"))
+            store.ensure_collection(DIM, SHA)  # opened; then the server stops answering
+            store.client.close()
+            store.client = connect(s.index)
+            return store  # the opener's ensure_collection: already open, no call
+
+        access = IndexAccess(CollectionOpener(settings, DIM, SHA, make_store=opened_then_silent))
+
+        async def searches() -> list[Any]:
+            return await asyncio.gather(
+                *(access.search(RARE, DENSE[i], "dense", 5, SearchFilter()) for i in range(n)),
+                return_exceptions=True)
+
         started = time.monotonic()
-        results = retriever.search_concurrently(requests, timeout_s, workers=n)
+        results = asyncio.run(searches())
         elapsed = time.monotonic() - started
-        store.close()
-    assert len(results) == n and all(isinstance(r, StoreUnavailable) for r in results)
+        access.close()
+    assert len(results) == n and all(isinstance(r, StoreUnavailable) for r in results), results
     assert elapsed < n / 2 * timeout_s  # one after another: n x timeout_s
 
 
-def test_search_concurrently_matches_search_each(loaded: Store) -> None:
-    if loaded.backend == "embedded":
-        pytest.skip("the embedded engine's searches stay on one thread (search_each)")
+def test_index_access_answers_like_the_store(loaded: Store) -> None:
+    """The gateway's index access (worker threads) gives the Retriever's answers."""
+    settings = Settings(index=loaded.settings)
+    access = IndexAccess(CollectionOpener(settings, DIM, SHA, make_store=lambda _: loaded))
     retriever = Retriever(loaded)
-    batch = [Retrieval(RARE, DENSE[RARE_AT], "hybrid", 5), Retrieval(RARE, None, "dense"),
-             Retrieval(RARE, None, "sparse", 3), Retrieval(RARE, DENSE[1], "dense", 4)]
-    expected = retriever.search_each(batch)
-    results = retriever.search_concurrently(batch, timeout_s=30, workers=2)
-    assert isinstance(results[1], ValueError) and isinstance(expected[1], ValueError)
-    assert [ids(r) for r in results if isinstance(r, list)] == [
-        ids(r) for r in expected if isinstance(r, list)]
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            access.search(RARE, DENSE[RARE_AT], "hybrid", 5, SearchFilter()),
+            access.search(RARE, None, "sparse", 3, SearchFilter()),
+            access.search(RARE, None, "dense", 5, SearchFilter()), return_exceptions=True)
+
+    hybrid, sparse, no_vector = asyncio.run(both())
+    assert ids(hybrid) == ids(retriever.search(RARE, DENSE[RARE_AT], mode="hybrid", limit=5))
+    assert ids(sparse) == ids(retriever.search(RARE, None, mode="sparse", limit=3))
+    assert ids(hybrid)[0] == PAPERS[RARE_AT].id
+    assert isinstance(no_vector, ValueError) and "needs a dense query vector" in str(no_vector)
+    access._pool.shutdown()  # the fixture closes the store itself
 
 
 def test_open_store_default_is_embedded(tmp_path: Path) -> None:

@@ -1,14 +1,17 @@
-"""The clients' gRPC retry policy (Python client, CLI, load test): channel options and the
-command-line flag. No grpc import, so the CLI's parser stays light.
+"""The clients' gRPC retry policy (Python client, CLI, load test): channel options and the command-
+line flag. No grpc import, so the CLI's parser stays light.
 
 gRPC itself retries, per call, the idempotent reads (Search, SimilarPapers, GetPaper, health
 Check) that end UNAVAILABLE: up to 3 attempts in all, waiting a random 0-0.1 s, then 0-0.2 s
-(capped at 1 s), within the call's own deadline. UNAVAILABLE is what the gateway answers for a
-replica that died, no replica running, or Qdrant unreachable: nothing was done, so sending the
-read again is safe. Writes are not retried by the channel: UpsertPapers is a client stream
-gRPC cannot replay, and DeletePapers is left to the caller like it; both are idempotent, so
-the caller may resend them whole. No retryThrottling: 3 attempts bound the extra load at 3x,
-and throttling would turn retries off exactly when a replica's death fails a coalesced batch.
+(capped at 1 s), within the call's own deadline. They also wait for the connection
+(``waitForReady``): while the gateway is unreachable (restarting after a crash, say) a read
+waits, up to its deadline, for it to accept connections again instead of failing at once.
+UNAVAILABLE is what the gateway answers for a replica that died, no replica running, or Qdrant
+unreachable: nothing was done, so sending the read again is safe. Writes are not retried by the
+channel: UpsertPapers is a client stream gRPC cannot replay, and DeletePapers is left to the
+caller like it; both are idempotent, so the caller may resend them whole. No retryThrottling: 3
+attempts bound the extra load at 3x, and throttling would turn retries off exactly when a
+replica's death fails a coalesced batch.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def service_config() -> dict[str, Any]:
         "methodConfig": [{
             "name": [{"service": service, "method": method}
                      for service, method in RETRIED_METHODS],
+            "waitForReady": True,
             "retryPolicy": {
                 "maxAttempts": MAX_ATTEMPTS,
                 "initialBackoff": "0.1s",

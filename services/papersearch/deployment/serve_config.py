@@ -2,7 +2,7 @@
 
 deploy/serve/papersearch.yaml is what ``papersearch serve``, ``serve run`` and ``serve deploy``
 use. Kubernetes needs a few deployment options of its own (the Gateway pinned to the gateway
-worker group, the Retriever scaled out against the Qdrant server), kept per kustomization in
+worker group, autoscaling bounds per overlay), kept per kustomization in
 ``serve-overrides.yaml``: deployment name -> options laid over the file's (mappings merge,
 anything else replaces, ``null`` removes the key). The source is edited as a round trip, so
 every byte the overrides do not touch, comments included, stays as it is; without overrides the

@@ -1,5 +1,7 @@
 """The gateway as a Serve deployment: its replica runs the grpc.aio server on the replica's
-event loop and reaches the other deployments through handles. One replica per node (the port)."""
+event loop, reaches the model deployments through handles and queries the index itself
+(pipeline/index_access.py). One replica per node (the port); with the embedded engine, the one
+replica owns the shard."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from papersearch.api import convert
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.gateway.server import Gateway
 from papersearch.logs import configure_logging
+from papersearch.models.manifest import model_dir, read_manifest
+from papersearch.pipeline.index_access import IndexAccess
 from papersearch.pipeline.serve_backend import HandleBackend
+from papersearch.retriever.opener import CollectionOpener
 from papersearch.settings import Settings
 
 
@@ -22,12 +27,13 @@ class GatewayDeployment:
         self,
         settings: Settings,
         encoder: DeploymentHandle,
-        retriever: DeploymentHandle,
         reranker: DeploymentHandle,
     ) -> None:
         configure_logging(settings.log_level, settings.log_format)
-        self.gateway = Gateway(
-            HandleBackend(encoder, retriever, reranker, settings), settings)
+        embedder = read_manifest(model_dir(settings.models.repository,
+                                           settings.models.embedder_name))
+        self.index = IndexAccess(CollectionOpener(settings, embedder.dim or 0, embedder.sha256))
+        self.gateway = Gateway(HandleBackend(encoder, reranker, self.index, settings), settings)
         self._started = asyncio.get_running_loop().create_task(self.gateway.start())
 
     async def Search(self, request: pb.SearchRequest) -> pb.SearchResponse:  # noqa: N802
@@ -48,5 +54,7 @@ class GatewayDeployment:
             raise RuntimeError(f"gRPC gateway failed: {self._started.exception()}")
 
     async def __del__(self) -> None:
-        """Serve stopping this replica: drain (within graceful_shutdown_timeout_s)."""
+        """Serve stopping this replica: drain (within graceful_shutdown_timeout_s), then close
+        the index (the embedded shard is flushed)."""
         await self.gateway.drain()
+        await asyncio.to_thread(self.index.close)

@@ -1,12 +1,13 @@
-"""The pipeline's Backend over Ray Serve deployment handles.
+"""The serving pipeline's Backend: the models over Ray Serve deployment handles, the index in
+the gateway's own process (pipeline/index_access.py).
 
-Query encoding and retrieval, two calls per search, go through Coalescers: concurrent searches
-share calls. A cancelled await (client deadline) cancels the downstream request; Serve's
-back-pressure becomes the gateway's Overloaded, and "no replica" or a replica lost mid-call
-(killed, crashed, its node gone) NotReady: UNAVAILABLE, never INTERNAL. Reads are idempotent,
-so a read whose replica was lost is sent once more, within the caller's deadline (Serve routes
-it to a live replica, or holds it until one is back); writes are not repeated here: the
-client resends them (UpsertPapers reports what was committed).
+Query encoding goes through a Coalescer: concurrent searches share calls. A cancelled await
+(client deadline) cancels the downstream request; Serve's back-pressure becomes the gateway's
+Overloaded, and "no replica" or a replica lost mid-call (killed, crashed, its node gone)
+NotReady: UNAVAILABLE, never INTERNAL. Reads are idempotent, so a read whose replica was lost
+is sent once more, within the caller's deadline (Serve routes it to a live replica, or holds it
+until one is back); writes are not repeated here: the client resends them (UpsertPapers reports
+what was committed).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.index.query import Hit, Mode, SearchFilter
 from papersearch.pipeline.coalesce import Coalescer
 from papersearch.pipeline.errors import NotReady, Overloaded
-from papersearch.retriever.retriever import Retrieval
+from papersearch.pipeline.index_access import IndexAccess
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics
 
@@ -67,36 +68,27 @@ async def read(deployment: str, send: Callable[[], DeploymentResponse]) -> Any:
 
 
 class HandleBackend:
+    """Models through Serve handles (QueryEncoder, Reranker); the index in this process."""
+
     has_reranker = True
 
     def __init__(
         self,
         encoder: DeploymentHandle,
-        retriever: DeploymentHandle,
         reranker: DeploymentHandle,
+        index: IndexAccess,
         settings: Settings,
     ) -> None:
         self.encoder = encoder
-        self.retriever = retriever
         self.reranker = reranker
+        self.index = index
         serve = settings.serve
         self._encode: Coalescer[str, np.ndarray] = Coalescer(
             "QueryEncoder", self._encode_many, max_batch=serve.coalesce_max_batch,
             max_in_flight=serve.coalesce_in_flight, max_pending=serve.coalesce_max_pending)
-        # The embedded engine answers one call at a time on its replica's loop: a second call
-        # out would only wait there, so one goes out and the rest gather for the next.
-        embedded = settings.index.backend == "embedded"
-        self._retrieve: Coalescer[Retrieval, list[Hit]] = Coalescer(
-            "Retriever", self._retrieve_many, max_batch=serve.coalesce_max_batch,
-            max_in_flight=1 if embedded else serve.coalesce_in_flight,
-            max_pending=serve.coalesce_max_pending)
 
     async def _encode_many(self, texts: list[str]) -> list[np.ndarray]:
         return list(await read("QueryEncoder", lambda: self.encoder.encode.remote(texts)))
-
-    async def _retrieve_many(self, requests: list[Retrieval]) -> list[list[Hit] | Exception]:
-        return await read(  # type: ignore[no-any-return]
-            "Retriever", lambda: self.retriever.search.remote(requests))
 
     async def encode_query(self, text: str) -> np.ndarray:
         return await self._encode.submit(text)
@@ -107,26 +99,26 @@ class HandleBackend:
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
     ) -> list[Hit]:
-        return await self._retrieve.submit(Retrieval(text, vector, mode, limit, flt))
+        return await self.index.search(text, vector, mode, limit, flt)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         return await call(self.reranker.score.remote((query, list(passages))))
 
     async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
-        return await read("Retriever", lambda: self.retriever.similar.remote(paper_id, limit, flt))
+        return await self.index.similar(paper_id, limit, flt)
 
     async def get(self, paper_id: str) -> Paper:
-        return await read("Retriever", lambda: self.retriever.get.remote(paper_id))
+        return await self.index.get(paper_id)
 
     async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
-        return await call(self.retriever.upsert.remote(list(papers), dense))
+        return await self.index.upsert(papers, dense)
 
     async def delete(self, paper_ids: Sequence[str]) -> int:
-        return await call(self.retriever.delete.remote(list(paper_ids)))
+        return await self.index.delete(paper_ids)
 
     async def ready(self) -> bool:
         """Models loaded, index reachable, the collection there and built by this embedder
-        (the Retriever raises CollectionMissing, StoreUnavailable or EmbedderMismatch)."""
+        (CollectionMissing, StoreUnavailable or EmbedderMismatch otherwise)."""
         await call(self.encoder.identity.remote())
-        await call(self.retriever.ready.remote())
+        await self.index.ready()
         return True

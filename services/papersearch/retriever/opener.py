@@ -25,8 +25,10 @@ class CollectionOpener:
     def __init__(
         self, settings: Settings, dim: int, embedder_sha: str, *, retry_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        make_store: Callable[[Settings], Store] = open_store,
     ) -> None:
         self.settings = settings
+        self.make_store = make_store
         self.dim = dim
         self.embedder_sha = embedder_sha
         self.retry_s = retry_s
@@ -46,7 +48,7 @@ class CollectionOpener:
         if (not create and self._failure is not None
                 and self.clock() - self._failed_at < self.retry_s):
             raise self._failure
-        store = open_store(self.settings)
+        store = self.make_store(self.settings)
         try:
             store.ensure_collection(self.dim, self.embedder_sha, create=create)
         except StoreError as error:

@@ -17,7 +17,6 @@ from ray.serve import Application
 from papersearch.encoder.deployment import QueryEncoderDeployment
 from papersearch.gateway.deployment import GatewayDeployment
 from papersearch.reranker.deployment import RerankerDeployment
-from papersearch.retriever.deployment import RetrieverDeployment
 from papersearch.settings import Settings
 
 
@@ -45,6 +44,5 @@ def absolute_paths(settings: Settings, base: Path) -> Settings:
 def build_app(args: dict[str, Any]) -> Application:
     settings = settings_from_args(args)
     encoder = QueryEncoderDeployment.bind(settings)
-    retriever = RetrieverDeployment.bind(settings)
     reranker = RerankerDeployment.bind(settings)
-    return GatewayDeployment.bind(settings, encoder, retriever, reranker)
+    return GatewayDeployment.bind(settings, encoder, reranker)
