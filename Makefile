@@ -38,7 +38,7 @@ MODELS ?= build
 $(STAMP): pyproject.toml Makefile setup.py $(LOCK) $(PROTOS) $(PROTO_GEN)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c $(LOCK) pip setuptools
-	$(PY) -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK) -e '.[export,dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK) -e '.[export,dev,loadtest]'
 	@$(call check_lock,$(PY),$(LOCK))
 	# gRPC stubs (pip's build_py made them too; this uses .venv's grpcio-tools, matching its grpcio).
 	$(PY) -m papersearch.api.generate
@@ -85,7 +85,7 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
 	# torch 2.13.0 first: the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
 	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[export,dev]' $(KUBECTL_PKG)
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[export,dev,loadtest]' $(KUBECTL_PKG)
 	mkdir -p requirements && $(call write_lock,$(LOCK_VENV)/bin/python,$(LOCK))
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
@@ -96,11 +96,11 @@ lock:
 # Regenerate the RayService serveConfigV2 patches after changing deploy/serve/papersearch.yaml
 # or a deploy/k8s/**/serve-overrides.yaml (tests fail until they match).
 k8s-serve-config: install
-	$(PY) -m papersearch.deployment.serve_config
+	$(PY) -m papersearch.k8s.serve_config
 
 # Render every overlay, validate every object, run the policy scan (tests/test_deploy.py too).
 k8s-check: install checkov kubectl
-	$(PY) -m papersearch.deployment.check
+	$(PY) -m papersearch.k8s.check
 
 # The container image (needs Docker with BuildKit; see deploy/docker/Dockerfile). MODELS=prepared
 # copies ./models (made by `papersearch models export --all`) instead of building the models.

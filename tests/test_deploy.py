@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from papersearch.deployment import check, consistency, policy, serve_config
-from papersearch.deployment.render import Rendered, load_objects, overlays, render
-from papersearch.deployment.serve_schema import serve_config_errors
+from papersearch.k8s import check, consistency, policy, serve_config
+from papersearch.k8s.render import Rendered, load_objects, overlays, render
+from papersearch.k8s.serve_schema import serve_config_errors
 from tests.conftest import ROOT
 
 SOURCE = ROOT / serve_config.SOURCE

@@ -3,7 +3,8 @@
 models/ is the bottom room (manifest, ONNX runtime, int8 parity). encoder/ and reranker/ build on
 it. modelbuild/ (sources, export, mining, training, `models info`) builds on all three and
 imports torch and transformers; only the CLI imports it. Nothing that serves a query imports
-modelbuild/ or the export extra, directly or through another papersearch module.
+modelbuild/ or the export extra, directly or through another papersearch module; nor k8s/ (the
+Kubernetes tooling) or the tooling extras (load test plotting and metrics, manifest checks).
 """
 
 from __future__ import annotations
@@ -106,3 +107,15 @@ def test_only_the_cli_imports_modelbuild() -> None:
     importers = {m for m in MODULES if not _in(m, "modelbuild")
                  and any(_in(i, "modelbuild") for i in _imports(m)[0])}
     assert importers <= {"papersearch.cli"}
+
+
+# pyproject's `loadtest` and `dev` extras: tooling the serving image does not install
+TOOLING_EXTRAS = {"matplotlib", "prometheus_client", "kubernetes_validate", "jsonschema",
+                  "ruamel", "psutil"}
+
+
+def test_serving_never_reaches_the_k8s_tooling_or_the_tooling_extras() -> None:
+    reached = _closure(_serving_modules())
+    assert not {f"{m} (imported by {by})" for m, by in reached.items() if _in(m, "k8s")}
+    assert not {f"{m} imports {name}" for m in reached
+                for name in _imports(m)[1] & TOOLING_EXTRAS}

@@ -34,6 +34,7 @@ class RemoteError(RuntimeError):
 Command = Callable[[Settings, argparse.Namespace], int]
 
 # A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
+LOADTEST_MODULES = ("prometheus_client", "matplotlib")  # the loadtest extra's
 USER_ERRORS = (ValueError, FileNotFoundError, TimeoutError, StoreError, ModelSourceError,
                RemoteError)
 
@@ -162,7 +163,14 @@ def _drain(settings: Settings, args: argparse.Namespace) -> int:
 def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.loadtest.command import run
 
-    return run(settings, args)
+    try:
+        return run(settings, args)
+    except ModuleNotFoundError as error:
+        if error.name not in LOADTEST_MODULES:
+            raise
+        print(f"papersearch: error: loadtest needs {error.name}: install the loadtest extra "
+              "(pip install 'papersearch[loadtest]'; make install has it)", file=sys.stderr)
+        return 2
 
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:

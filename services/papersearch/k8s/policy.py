@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from papersearch.deployment.pods import templates
-from papersearch.deployment.render import Rendered
+from papersearch.k8s.pods import templates
+from papersearch.k8s.render import Rendered
 
 CHECKOV = Path(".venv-checkov") / "bin" / "checkov"
 EXCEPTIONS = Path("deploy/k8s/policy-exceptions.yaml")

@@ -14,15 +14,15 @@ from urllib.parse import urlparse
 
 import yaml
 
-from papersearch.deployment.pods import (
+from papersearch.k8s.pods import (
     PodTemplate,
     cpu_quantity,
     matches,
     ray_resources,
     templates,
 )
-from papersearch.deployment.render import Rendered
-from papersearch.deployment.serve_config import expected_serve_config
+from papersearch.k8s.render import Rendered
+from papersearch.k8s.serve_config import expected_serve_config
 
 GATEWAY_DEPLOYMENT = "Gateway"
 PLACEHOLDER = "CHANGE-ME"

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from papersearch.deployment import consistency, policy
-from papersearch.deployment.render import Manifest, Rendered, overlays, render
-from papersearch.deployment.schemas import core_schema_errors, custom_schema_errors
-from papersearch.deployment.serve_config import K8S, repo_root
-from papersearch.deployment.serve_schema import serve_config_errors
+from papersearch.k8s import consistency, policy
+from papersearch.k8s.render import Manifest, Rendered, overlays, render
+from papersearch.k8s.schemas import core_schema_errors, custom_schema_errors
+from papersearch.k8s.serve_config import K8S, repo_root
+from papersearch.k8s.serve_schema import serve_config_errors
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from papersearch.deployment.serve_config import K8S
+from papersearch.k8s.serve_config import K8S
 
 Manifest = dict[str, Any]
 

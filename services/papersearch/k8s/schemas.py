@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from papersearch.deployment.render import Manifest
+from papersearch.k8s.render import Manifest
 
 # Oldest Kubernetes the manifests are meant for (gRPC probes, PDB unhealthyPodEvictionPolicy GA)
 # and the newest kubernetes-validate knows.
