@@ -7,7 +7,8 @@
 Each scenario starts its own `papersearch serve` (own process group, private Ray temp dir, free
 gRPC/dashboard/metrics ports on loopback, a scratch copy of an index that `papersearch ingest`
 fills once from corpus_dir) and drives it with two `papersearch loadtest` processes at once, one
-with client retries (``--retry``) and one without (``--no-retry``), each at ``--rate`` searches/s.
+with client retries (``--retry --wait-for-ready``) and one without (``--no-retry``), each at
+``--rate`` searches/s.
 The fault comes ``--before-s`` seconds into the load; "during" is the ``--window-s`` seconds after
 it (longer if recovery takes longer), "after" the rest. Per client: requests sent, failures by
 status code, p99 of OK answers before/during/after (by send time), the first OK answer sent after
@@ -500,7 +501,9 @@ class Load:
                     "--metrics-url", f"http://127.0.0.1:{service.metrics_port}/metrics",
                     "--metrics-settle-s", "0", "--app", service.app]
             if retry_flags:
-                argv.append("--retry" if name == "retry" else "--no-retry")
+                # the retry client: the policy and waitForReady (reads wait for a restarting
+                # gateway within their deadline); the other: a client that configured nothing
+                argv += ["--retry", "--wait-for-ready"] if name == "retry" else ["--no-retry"]
             records = out / "records.json"
             logfile = (out / "loadgen.log").open("wb")
             process = subprocess.Popen(
@@ -1188,7 +1191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deadline_s": args.deadline_s, "papers_indexed": papers,
             "model_repository": repository, "reranker_model": has_reranker,
             "loadtest_retry_flags": retry_flags,
-            "clients": "retry: `papersearch loadtest --retry`; no_retry: `--no-retry`" if
+            "clients": "retry: `papersearch loadtest --retry --wait-for-ready`; no_retry: "
+                       "`--no-retry`" if
             retry_flags else "the loadtest has no --retry/--no-retry yet: both clients alike",
             "num_cpus": args.num_cpus,
         }

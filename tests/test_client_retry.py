@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -38,7 +40,38 @@ def test_options_hold_the_policy_for_the_reads_only() -> None:
     assert policy["maxAttempts"] == 3 and policy["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert (policy["initialBackoff"], policy["maxBackoff"]) == ("0.1s", "1s")
     assert policy["backoffMultiplier"] == 2
+    assert "waitForReady" not in method_config  # by default a read fails fast when unreachable
     assert channel_options(retry=False) == []
+    (waiting,) = service_config(wait_for_ready=True)["methodConfig"]
+    assert waiting["waitForReady"] is True and waiting["retryPolicy"] == policy
+
+
+def test_wait_for_ready_rides_through_a_gateway_restart() -> None:
+    """Nothing listens on the port for a second (a gateway restarting): a client that waits for
+    ready gets its answer once a server is there; one that does not fails at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    target = f"127.0.0.1:{port}"
+    with SearchClient(target, timeout_s=10) as client, pytest.raises(grpc.RpcError) as refused:
+        client.search(QUERY)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_SearchServiceServicer_to_server(FlakySearch(), server)
+
+    def start_later() -> None:
+        time.sleep(1.0)
+        server.add_insecure_port(target)
+        server.start()
+
+    starter = threading.Thread(target=start_later)
+    starter.start()
+    try:
+        with SearchClient(target, timeout_s=20, wait_for_ready=True) as client:
+            assert client.search(QUERY).hits == ()
+    finally:
+        starter.join()
+        server.stop(None)
 
 
 class FlakySearch(pb_grpc.SearchServiceServicer):
@@ -64,6 +97,9 @@ class FlakySearch(pb_grpc.SearchServiceServicer):
             self.failures, self.calls = failures, 0
 
 
+QUERY = SearchQuery("graph neural networks")
+
+
 @pytest.fixture(scope="module")
 def flaky() -> Iterator[tuple[str, FlakySearch]]:
     servicer = FlakySearch()
@@ -75,9 +111,6 @@ def flaky() -> Iterator[tuple[str, FlakySearch]]:
         yield f"127.0.0.1:{port}", servicer
     finally:
         server.stop(None)
-
-
-QUERY = SearchQuery("graph neural networks")
 
 
 def test_sync_client_retries_unavailable(flaky: tuple[str, FlakySearch]) -> None:

@@ -138,7 +138,7 @@ def _search_remote(args: argparse.Namespace, query: SearchQuery) -> SearchResult
     from papersearch.client_tls import tls_from_args
 
     with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args),
-                      retry=args.retry) as client:
+                      retry=args.retry, wait_for_ready=args.wait_for_ready) as client:
         try:
             return client.search(query)
         except grpc.RpcError as error:

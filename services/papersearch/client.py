@@ -43,8 +43,9 @@ def _trailing_int(error: grpc.RpcError, key: str) -> int | None:
 
 class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
-                 tls: Tls | None = None, retry: bool = True) -> None:
-        options = channel_options(retry)
+                 tls: Tls | None = None, retry: bool = True,
+                 wait_for_ready: bool = False) -> None:
+        options = channel_options(retry, wait_for_ready)
         self.channel = (grpc.insecure_channel(target, options) if tls is None
                         else grpc.secure_channel(target, tls.credentials(), options))
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
@@ -108,8 +109,9 @@ class AsyncSearchClient:
     """asyncio client over one grpc.aio channel; create it inside the event loop that uses it."""
 
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
-                 tls: Tls | None = None, retry: bool = True) -> None:
-        options = channel_options(retry)
+                 tls: Tls | None = None, retry: bool = True,
+                 wait_for_ready: bool = False) -> None:
+        options = channel_options(retry, wait_for_ready)
         self.channel = (grpc.aio.insecure_channel(target, options) if tls is None
                         else grpc.aio.secure_channel(target, tls.credentials(), options))
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)

@@ -3,9 +3,11 @@ line flag. No grpc import, so the CLI's parser stays light.
 
 gRPC itself retries, per call, the idempotent reads (Search, SimilarPapers, GetPaper, health
 Check) that end UNAVAILABLE: up to 3 attempts in all, waiting a random 0-0.1 s, then 0-0.2 s
-(capped at 1 s), within the call's own deadline. They also wait for the connection
-(``waitForReady``): while the gateway is unreachable (restarting after a crash, say) a read
-waits, up to its deadline, for it to accept connections again instead of failing at once.
+(capped at 1 s), within the call's own deadline. On request (``wait_for_ready``,
+``--wait-for-ready``) they also wait for the connection: while the gateway is unreachable
+(restarting after a crash, say) a read waits, up to its deadline, for it to accept connections
+again instead of failing at once. Not by default: a wrong address or TLS setting would then
+show as a DEADLINE_EXCEEDED after the whole deadline instead of an UNAVAILABLE at once.
 UNAVAILABLE is what the gateway answers for a replica that died, no replica running, or Qdrant
 unreachable: nothing was done, so sending the read again is safe. Writes are not retried by the
 channel: UpsertPapers is a client stream gRPC cannot replay, and DeletePapers is left to the
@@ -30,34 +32,38 @@ RETRIED_METHODS = (
 )
 
 
-def service_config() -> dict[str, Any]:
-    """The gRPC service config (JSON) with the retry policy: the same for any client."""
-    return {
-        "methodConfig": [{
-            "name": [{"service": service, "method": method}
-                     for service, method in RETRIED_METHODS],
-            "waitForReady": True,
-            "retryPolicy": {
-                "maxAttempts": MAX_ATTEMPTS,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": list(RETRYABLE_CODES),
-            },
-        }],
-    }
+def service_config(retry: bool = True, wait_for_ready: bool = False) -> dict[str, Any]:
+    """The gRPC service config (JSON) for the reads: the same for any client."""
+    config: dict[str, Any] = {"name": [{"service": service, "method": method}
+                                       for service, method in RETRIED_METHODS]}
+    if wait_for_ready:
+        config["waitForReady"] = True
+    if retry:
+        config["retryPolicy"] = {
+            "maxAttempts": MAX_ATTEMPTS,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": list(RETRYABLE_CODES),
+        }
+    return {"methodConfig": [config]}
 
 
-def channel_options(retry: bool = True) -> list[tuple[str, str | int]]:
-    """Options for ``grpc.*_channel``; without ``retry``, none: gRPC's defaults, as a client
-    that configured no policy gets (only gRPC's transparent retries of calls that never left
-    the client)."""
-    if not retry:
+def channel_options(retry: bool = True,
+                    wait_for_ready: bool = False) -> list[tuple[str, str | int]]:
+    """Options for ``grpc.*_channel``; with neither, none: gRPC's defaults, as a client that
+    configured no policy gets (only gRPC's transparent retries of calls that never left the
+    client)."""
+    if not retry and not wait_for_ready:
         return []
-    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(service_config()))]
+    return [("grpc.enable_retries", int(retry)),
+            ("grpc.service_config", json.dumps(service_config(retry, wait_for_ready)))]
 
 
 def add_retry_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry", action=argparse.BooleanOptionalAction, default=True,
                         help=f"retry reads that fail UNAVAILABLE ({MAX_ATTEMPTS} attempts in all, "
                              "gRPC's service-config retry policy; default on)")
+    parser.add_argument("--wait-for-ready", action="store_true",
+                        help="reads wait, within their deadline, for an unreachable gateway "
+                             "(restarting, say) instead of failing at once with UNAVAILABLE")

@@ -125,6 +125,7 @@ class LoadTest:
     app: str
     sample_s: float
     retry: bool = True
+    wait_for_ready: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The run's settings, for the report."""
@@ -136,7 +137,7 @@ class LoadTest:
             "max_in_flight": self.max_in_flight, "status_url": self.status_url,
             "metrics_url": self.metrics_url, "app": self.app, "sample_s": self.sample_s,
             "api_key": self.api_key is not None, "tls": self.tls is not None,
-            "retry": self.retry,
+            "retry": self.retry, "wait_for_ready": self.wait_for_ready,
         }
 
 
@@ -159,7 +160,7 @@ async def execute(test: LoadTest) -> LoadTestReport:
         before, metrics_error = None, str(error)
     loop = asyncio.get_running_loop()
     async with AsyncSearchClient(test.target, test.api_key, HEALTH_TIMEOUT_S, test.tls,
-                                 test.retry) as client:
+                                 test.retry, test.wait_for_ready) as client:
         try:
             run["health_before"] = await client.health()
         except grpc.aio.AioRpcError as error:
@@ -228,6 +229,7 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
         metrics_url=args.metrics_url or f"http://127.0.0.1:{serve.metrics_port}/metrics",
         metrics_settle_s=args.metrics_settle_s,
         app=args.app or serve.app_name, sample_s=args.sample_s, retry=args.retry,
+        wait_for_ready=args.wait_for_ready,
     )
 
 
