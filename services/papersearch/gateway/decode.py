@@ -15,10 +15,9 @@ import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from papersearch.gateway.method_handlers import with_behavior
+from papersearch.gateway.method_handlers import API_PREFIX, with_behavior
 from papersearch.pipeline.query import InvalidQuery
 
-DECODED_PREFIX = "/papersearch."
 _MAX_DEPTH = 32  # nesting the walker follows; the API's requests nest two levels
 
 
@@ -32,7 +31,7 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if (handler is None or handler.request_deserializer is None
-                or not details.method.startswith(DECODED_PREFIX)):
+                or not details.method.startswith(API_PREFIX)):
             return handler
         descriptor = _input_type(details.method)
         decode = handler.request_deserializer

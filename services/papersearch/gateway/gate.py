@@ -12,8 +12,7 @@ from typing import Any
 
 import grpc
 
-from papersearch.gateway.instrument import MEASURED_PREFIX
-from papersearch.gateway.method_handlers import with_behavior
+from papersearch.gateway.method_handlers import Behavior, api_behavior, with_behavior
 
 REFUSED = "this gateway is draining (shutting down): nothing was done, send the call again"
 
@@ -31,10 +30,8 @@ class DrainGate(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(MEASURED_PREFIX):
-            return handler  # health and reflection stay open while draining
-        behavior = handler.unary_unary or handler.stream_unary
-        if behavior is None:  # response streaming: the API has none
+        behavior = api_behavior(handler, details.method)
+        if behavior is None:  # health and reflection stay open while draining
             return handler
         return with_behavior(handler, self._gated(behavior))
 
@@ -51,9 +48,7 @@ class DrainGate(grpc.aio.ServerInterceptor):
             return False
         return True
 
-    def _gated(
-        self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _gated(self, behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self.closed:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSED)

@@ -9,10 +9,8 @@ from typing import Any
 
 import grpc
 
-from papersearch.gateway.method_handlers import with_behavior
+from papersearch.gateway.method_handlers import Behavior, api_behavior, with_behavior
 from papersearch.telemetry import metrics
-
-MEASURED_PREFIX = "/papersearch."
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -24,18 +22,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(MEASURED_PREFIX):
+        behavior = api_behavior(handler, details.method)
+        if behavior is None:
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        behavior = handler.unary_unary or handler.stream_unary
-        if behavior is None:  # response streaming: the API has none
-            return handler
         return with_behavior(handler, _measured(method, behavior))
 
 
-def _measured(
-    method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+def _measured(method: str, behavior: Behavior) -> Behavior:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN

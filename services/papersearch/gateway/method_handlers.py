@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
+API_PREFIX = "/papersearch."  # the API's methods; health and reflection are not among them
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 _FACTORIES = {  # (request streaming, response streaming) -> handler factory
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -16,6 +19,14 @@ _FACTORIES = {  # (request streaming, response streaming) -> handler factory
 
 
 _SAME: Any = object()
+
+
+def api_behavior(handler: grpc.RpcMethodHandler | None, method: str) -> Behavior | None:
+    """The behaviour of an API method's handler (unary or client-streamed requests, a unary
+    response: every method the API has), or None for any other handler."""
+    if handler is None or not method.startswith(API_PREFIX):
+        return None
+    return handler.unary_unary or handler.stream_unary
 
 
 def with_behavior(
