@@ -138,10 +138,13 @@ class Gateway:
     async def drain(self, grace_s: float | None = None) -> None:
         """Readiness NOT_SERVING, refuse new calls, let those in flight finish (``grace_s``,
         default ``serve.drain_grace_s``), stop. Concurrent calls share one drain."""
+        await asyncio.shield(self._start_drain(grace_s))
+
+    def _start_drain(self, grace_s: float | None = None) -> asyncio.Task[None]:
         if self._drained is None:
             grace = self.settings.serve.drain_grace_s if grace_s is None else grace_s
             self._drained = asyncio.get_running_loop().create_task(self._drain(grace))
-        await asyncio.shield(self._drained)
+        return self._drained
 
     async def _drain(self, grace_s: float) -> None:
         self.draining = True
@@ -180,7 +183,7 @@ class Gateway:
         while path is not None and not path.exists():
             await asyncio.sleep(DRAIN_FILE_POLL_S)
         log.info("drain file found", extra={"path": str(path)})
-        asyncio.get_running_loop().create_task(self.drain())
+        self._start_drain()  # not awaited: the drain cancels this watcher
 
     async def _watch_backend(self) -> None:
         serving: bool | None = None

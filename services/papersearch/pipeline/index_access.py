@@ -75,8 +75,8 @@ class IndexAccess:
 
     def _open(self, *, create: bool = False) -> Retriever:
         with self._opening:
-            store = self.opener.open(create=create)
-            if self._retriever is None or self._retriever.store is not store:
+            store = self.opener.open(create=create)  # once open, always the same store
+            if self._retriever is None:
                 self._retriever = Retriever(store)
             return self._retriever
 

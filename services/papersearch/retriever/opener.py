@@ -37,10 +37,6 @@ class CollectionOpener:
         self._failure: StoreError | None = None
         self._failed_at = float("-inf")
 
-    @property
-    def is_open(self) -> bool:
-        return self._store is not None
-
     def open(self, *, create: bool = False) -> Store:
         """The open store; raises CollectionMissing, StoreUnavailable or EmbedderMismatch."""
         if self._store is not None:
