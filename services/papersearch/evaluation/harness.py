@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from tqdm import tqdm
@@ -113,10 +114,10 @@ def run_eval(
         reports: dict[str, Report] = {}
         stages: dict[str, dict[str, list[Hit]]] = {}
         for mode in modes:
-            base = mode.removesuffix("+rerank")
+            base = cast(Mode, mode.removesuffix("+rerank"))  # an EvalMode is a Mode [+rerank]
             if base not in stages:
                 stages[base] = first_stage(dataset, retriever, encoder, base)
-            stage = FirstStage(base, stages[base])  # type: ignore[arg-type]
+            stage = FirstStage(base, stages[base])
             if mode.endswith("+rerank"):
                 if reranker is None:
                     raise ValueError(f"mode {mode} needs a reranker")

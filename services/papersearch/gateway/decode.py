@@ -35,6 +35,8 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
             return handler
         descriptor = _input_type(details.method)
         decode = handler.request_deserializer
+        # The request argument: a message (unary) or an iterator of them (client stream).
+        behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
         if handler.unary_unary is not None:
             behavior = _unary(handler.unary_unary, decode, descriptor)
         elif handler.stream_unary is not None:

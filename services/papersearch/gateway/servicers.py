@@ -177,8 +177,9 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         """End the call (raises); an UpsertPapers stream's also says what it committed."""
         if progress is None:
             await context.abort(code, message)
-        await context.abort(code, message + progress.describe(),
-                            trailing_metadata=progress.trailer())
+        else:
+            await context.abort(code, message + progress.describe(),
+                                trailing_metadata=progress.trailer())
 
     async def UpsertPapers(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.Paper], context: grpc.aio.ServicerContext

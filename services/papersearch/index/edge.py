@@ -33,6 +33,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import qdrant_edge as qe
 
@@ -126,7 +127,7 @@ class EdgeStore(Store):
         with _engine("retrieve"):
             records = self._live().retrieve(list(point_ids), payload, [DENSE] if dense else False)
         return [
-            Record(str(r.id), r.payload, (r.vector or {}).get(DENSE) if dense else None)
+            Record(str(r.id), r.payload, _dense(r.vector) if dense else None)
             for r in records
         ]
 
@@ -271,11 +272,19 @@ def _sparse_params() -> dict[str, qe.EdgeSparseVectorParams]:
     return {SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
 
 
-def _vectors(point: PointData) -> dict[str, list[float] | qe.SparseVector]:
-    vectors: dict[str, list[float] | qe.SparseVector] = {DENSE: point.dense}
+def _vectors(point: PointData) -> dict[str, qe.NamedVector]:
+    vectors: dict[str, qe.NamedVector] = {DENSE: point.dense}
     if len(point.sparse):
         vectors[SPARSE] = _sparse(point.sparse)
     return vectors
+
+
+def _dense(vectors: qe.Vector | None) -> list[float] | None:
+    """A retrieved record's dense vector: retrieve() asked for it by name, so the record's
+    vectors are a {name: vector} dict (or None) and DENSE's is a plain list of floats."""
+    if not isinstance(vectors, dict):
+        return None
+    return cast("list[float] | None", vectors.get(DENSE))
 
 
 def _sparse(vector: SparseVector) -> qe.SparseVector:
@@ -289,7 +298,7 @@ def _nearest(nearest: Nearest) -> qe.Query:
 
 def _filter(plan: Plan) -> qe.Filter | None:
     f = plan.filter
-    must: list[qe.FieldCondition | qe.HasIdCondition] = []
+    must: list[qe.ConditionType] = []
     bounds = f.published_range()
     if bounds is not None:
         gte, lt = bounds
@@ -299,7 +308,9 @@ def _filter(plan: Plan) -> qe.Filter | None:
             must.append(qe.FieldCondition(key, match=qe.MatchAny(list(values))))
     if plan.only_ids is not None:
         must.append(qe.HasIdCondition(set(plan.only_ids)))
-    must_not = [qe.HasIdCondition(set(plan.exclude_ids))] if plan.exclude_ids else None
+    must_not: list[qe.ConditionType] | None = (
+        [qe.HasIdCondition(set(plan.exclude_ids))] if plan.exclude_ids else None
+    )
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not)
@@ -321,8 +332,9 @@ def _request(plan: Plan) -> qe.QueryRequest:
             params=params,
             with_payload=plan.with_payload,
         )
-    fusion: qe.Fusion.Rrf | qe.Fusion.Dbsf = (
-        qe.Fusion.Rrf(k=query.rrf_k) if query.method == "rrf" else qe.Fusion.Dbsf()
+    # Fusion.Rrf and Fusion.Dbsf subclass Fusion at run time; qdrant-edge's stub only nests them.
+    fusion = cast(
+        qe.Fusion, qe.Fusion.Rrf(k=query.rrf_k) if query.method == "rrf" else qe.Fusion.Dbsf()
     )
     return qe.QueryRequest(
         limit=query.limit,

@@ -246,7 +246,8 @@ def _fuse(graph: Path, model: torch.nn.Module) -> None:
     """Rewrite the fp32 graph in place with onnxruntime's transformer fusions."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    config = next(m.config for m in model.modules() if hasattr(m, "config"))
+    # A transformers config (found by duck typing): its fields are dynamic attributes.
+    config: Any = next(m.config for m in model.modules() if hasattr(m, "config"))
     optimized = optimize_model(
         str(graph), model_type="bert", num_heads=config.num_attention_heads,
         hidden_size=config.hidden_size, opt_level=1,

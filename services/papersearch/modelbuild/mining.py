@@ -14,18 +14,16 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from papersearch.corpus.paper import Paper, normalise_title
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.sparse import Bm25Encoder
+from papersearch.settings import QueryKind
 
 MIN_ABSTRACT_WORDS = 20
 _FIRST_SENTENCE = re.compile(r"(.{30,400}?[.!?])\s+(.+)", re.DOTALL)
-
-QueryKind = Literal["title", "first_sentence"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,7 +253,8 @@ def _load_checkpoint(
 
 def _param_groups(model: torch.nn.Module, cfg: TrainingSettings) -> list[dict[str, object]]:
     """The fresh head (pooler + classifier) learns faster than the pretrained encoder body."""
-    head, body = [], []
+    head: list[torch.nn.Parameter] = []
+    body: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         (head if name.startswith(HEAD_PREFIXES) else body).append(parameter)
     return [

@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from papersearch.index.query import Hit, Mode
 from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.query import SearchHit, SearchQuery, SearchResult, StageScores
@@ -73,7 +75,7 @@ class SearchPipeline:
 
 def rerank_hits(
     candidates: Sequence[Hit],
-    scores: Sequence[float],
+    scores: Sequence[float] | np.ndarray,
     mode: Mode,
     top_k: int,
     settings: SearchSettings,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ray.exceptions import LocalRayletDiedError, NodeDiedError, RayActorError, WorkerCrashedError
@@ -24,7 +24,7 @@ from ray.serve.exceptions import (
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from papersearch.corpus.paper import Paper
 from papersearch.index.query import Hit, Mode, SearchFilter
@@ -42,7 +42,13 @@ LOST = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, NodeDiedErro
         LocalRayletDiedError)
 
 
-async def call(response: DeploymentResponse) -> Any:
+# What a handle method's .remote() returns: Ray types it as either; the generator only comes
+# from a handle with options(stream=True), which none here is.
+Sent = DeploymentResponse | DeploymentResponseGenerator
+
+
+async def call(sent: Sent) -> Any:
+    response = cast(DeploymentResponse, sent)  # no stream=True handle: see Sent
     try:
         return await response
     except asyncio.CancelledError:
@@ -56,7 +62,7 @@ async def call(response: DeploymentResponse) -> Any:
         raise NotReady(f"replica lost mid-call ({type(error).__name__})") from None
 
 
-async def read(deployment: str, send: Callable[[], DeploymentResponse]) -> Any:
+async def read(deployment: str, send: Callable[[], Sent]) -> Any:
     """An idempotent read: sent once more if no replica answered it (see the module's note).
     The caller's deadline bounds both tries (a cancellation cancels the one in flight)."""
     try:
