@@ -23,7 +23,9 @@ redeployed per replica count in between): on a shared machine whose speed drifts
 the two counts.
 
 Over each measured window the CPU time of every process of the run (this one: the load
-generator; the replicas by deployment; Ray's own) is read: ``cpu_ms_per_search`` by role, and
+generator; the replicas by deployment; Ray's own) is read: ``cpu_ms_per_search`` by role;
+``cpu_ratio`` = the served path's (all but the load generator) / the floor's best pass's CPU per
+query (target <= 1.5); and
 ``cpu_bound_qps`` = cores x 1000 / total, what the machine's cores could serve if every core
 were busy all the time at that cost. Where ``cpu_bound_qps / floor`` (``cpu_bound_ratio``) is
 under the target, the cores, not the bottleneck deployment, bound the ratio.
@@ -70,9 +72,10 @@ RERANK_BUDGET_S = 120.0  # the benchmark measures reranked searches: no fallback
 
 
 def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: bool,
-              min_seconds: float) -> float:
+              min_seconds: float) -> tuple[float, float]:
     """Queries/s of encode + retrieve (+ rerank) in-process, ``workers`` threads, big batches:
-    the best pass over ``queries``, passes repeated for at least ``min_seconds``."""
+    the best pass over ``queries``, passes repeated for at least ``min_seconds``; and that
+    pass's CPU time per query (ms, this process)."""
     encoders = [Encoder.from_settings(settings.models) for _ in range(workers)]
     rerankers = [Reranker.from_settings(settings.models) if rerank else None
                  for _ in range(workers)]
@@ -99,13 +102,17 @@ def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: 
     try:
         for worker in range(workers):  # warm-up: first-call allocations out of the measurement
             run(chunks[0][:4], worker)
-        passes: list[float] = []
+        passes: list[tuple[float, float]] = []  # (wall s, CPU s)
+        me = psutil.Process()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            while sum(passes) < min_seconds:
-                started = time.perf_counter()
+            while sum(wall for wall, _ in passes) < min_seconds:
+                started, cpu = time.perf_counter(), me.cpu_times()
                 list(pool.map(work, range(workers)))
-                passes.append(time.perf_counter() - started)
-        return len(queries) / min(passes)
+                used = me.cpu_times()
+                passes.append((time.perf_counter() - started,
+                               used.user + used.system - cpu.user - cpu.system))
+        wall, cpu_s = min(passes)
+        return len(queries) / wall, cpu_s * 1000 / len(queries)
     finally:
         store.close()
 
@@ -260,6 +267,14 @@ def cpu_bound(cpu_ms: float, floor: float) -> dict[str, float | None]:
     return {"cpu_bound_qps": round(qps, 3), "cpu_bound_ratio": round(qps / floor, 3)}
 
 
+def cpu_ratio(served_ms: dict[str, float], floor_ms: float) -> dict[str, float | None]:
+    """CPU per search in the served path (every process but the load generator) against the
+    floor's CPU per query."""
+    path_ms = served_ms["total"] - served_ms.get("load_generator", 0.0)
+    return {"floor_cpu_ms_per_search": floor_ms, "served_path_cpu_ms_per_search":
+            round(path_ms, 3), "cpu_ratio": round(path_ms / floor_ms, 3) if floor_ms > 0 else None}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
@@ -282,15 +297,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     floor: dict[str, dict[int, list[float]]] = {p: {k: [] for k in args.replicas}
                                                  for p in args.paths}
+    floor_cpu: dict[str, dict[int, list[float]]] = {p: {k: [] for k in args.replicas}
+                                                     for p in args.paths}
 
     def measure_floor() -> None:
         for path in args.paths:
             rerank = PATHS[path][1]
             count = args.floor_queries if rerank else 4 * args.floor_queries
             for k in args.replicas:
-                floor[path][k].append(round(floor_qps(settings, queries[:count], k, rerank,
-                                                      args.floor_seconds), 3))
-                log(f"floor: {path} with {k} thread(s): {floor[path][k][-1]} q/s")
+                qps, cpu_ms = floor_qps(settings, queries[:count], k, rerank, args.floor_seconds)
+                floor[path][k].append(round(qps, 3))
+                floor_cpu[path][k].append(round(cpu_ms, 3))
+                log(f"floor: {path} with {k} thread(s): {qps:.1f} q/s, {cpu_ms:.2f} CPU ms/q")
 
     measure_floor()
     served = run_served(settings, queries, args.replicas, args)
@@ -308,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "ratio": round(served[path][k]["qps"] / max(floor[path][k]), 3),
                      **cpu_bound(served[path][k]["cpu_ms_per_search"]["total"],
                                  max(floor[path][k])),
+                     **cpu_ratio(served[path][k]["cpu_ms_per_search"],
+                                 min(floor_cpu[path][k])),
                      **{key: served[path][k][key]
                         for key in ("completed", "reranked", "errors", "concurrency",
                                     "cpu_ms_per_search", "levels")}}
@@ -317,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path, (deployment, _, _) in PATHS.items() if path in args.paths
         },
         "target_ratio": 0.8,
+        "target_cpu_ratio": 1.5,
         "seconds": args.seconds,
     }
     print(json.dumps(result, indent=2))

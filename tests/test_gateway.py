@@ -292,7 +292,7 @@ def test_server_options_name_grpc_core_channel_args() -> None:
     options = dict(server_options(ServeSettings()))
     assert options["grpc.max_receive_message_length"] == 4 * 1024 * 1024
     assert options["grpc.max_send_message_length"] == 16 * 1024 * 1024
-    assert options["grpc.max_concurrent_streams"] == 256
+    assert options["grpc.max_concurrent_streams"] == 1024
     assert options["grpc.keepalive_time_ms"] == 60_000
     assert options["grpc.keepalive_timeout_ms"] == 20_000
     assert options["grpc.max_connection_idle_ms"] == 300_000

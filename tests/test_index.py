@@ -624,3 +624,36 @@ def test_edge_and_qdrant_client_agree(tmp_path: Path, mode: str, extra: dict) ->
     finally:
         edge.close()
         local.close()
+
+
+def test_edge_access_check_holds_briefly_and_repeats_while_failing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A passed check of the index directory holds ACCESS_CHECK_S; a failed one is repeated
+    on every call until access is back (os.access stands in for a chmod: root ignores modes)."""
+    from papersearch.index import edge
+
+    store = edge.EdgeStore(IndexSettings(data_dir=tmp_path, collection="c"))
+    store.path.mkdir()
+    allowed = {"ok": True}
+    calls: list[str] = []
+
+    def access(path: object, mode: int) -> bool:
+        calls.append(str(path))
+        return allowed["ok"]
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(edge.os, "access", access)
+    monkeypatch.setattr(edge.time, "monotonic", lambda: clock["now"])
+    store._check_access()
+    assert len(calls) == 2  # the data directory and the index directory
+    allowed["ok"] = False
+    store._check_access()  # within ACCESS_CHECK_S: not looked at again
+    assert len(calls) == 2
+    clock["now"] += edge.ACCESS_CHECK_S
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable, match="not readable and writable"):
+            store._check_access()
+    assert len(calls) == 4
+    allowed["ok"] = True
+    store._check_access()
+    assert len(calls) == 6

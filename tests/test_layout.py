@@ -119,3 +119,10 @@ def test_serving_never_reaches_the_k8s_tooling_or_the_tooling_extras() -> None:
     assert not {f"{m} (imported by {by})" for m, by in reached.items() if _in(m, "k8s")}
     assert not {f"{m} imports {name}" for m in reached
                 for name in _imports(m)[1] & TOOLING_EXTRAS}
+
+
+def test_the_autoscaling_policy_stands_alone() -> None:
+    """Serve's controller unpickles the policy by value: it must not pull the package in."""
+    ours, others = _imports("papersearch.autoscaling")
+    assert not ours and others <= {"__future__", "logging", "math", "time", "collections",
+                                   "contextlib", "dataclasses", "typing"}

@@ -17,6 +17,7 @@ import pytest
 
 from papersearch.cli import build_parser, main
 from papersearch.encoder.runtime import Encoder
+from papersearch.loadtest.calibrate import CalibrationOptions, burst, scaled, settle
 from papersearch.loadtest.command import build, check_target, is_loopback
 from papersearch.loadtest.monitor import (
     DeploymentState,
@@ -220,6 +221,53 @@ def test_options_default_from_settings(tmp_path: Path) -> None:
         ["loadtest", "--target", "localhost:50051", "--rate", "2", "--queries", queries,
          "--no-retry"]))
     assert test.retry is False and test.describe()["retry"] is False
+
+
+def test_calibrate_reads_rates_as_fractions(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    queries = str(_queries_file(tmp_path))
+    args = ["loadtest", "--target", "localhost:50051", "--queries", queries, "--calibrate"]
+    test = build(Settings(), build_parser().parse_args(
+        [*args, "--steps", "0.15:30,0.8:60,0.15:90", "--calibrate-in-flight", "8"]))
+    assert test.calibration == CalibrationOptions(in_flight=8, burst_s=6.0, settle_s=20.0)
+    rated = test.with_rates(220.0)
+    assert rated.profile.describe() == "33:30,176:60,33:90" and rated.calibration is None
+    assert len(rated.schedule.offsets) == 33 * 30 + 176 * 60 + 33 * 90
+    assert scaled(LoadProfile.parse_steps("0.5:1"), 3.333).describe() == "1.67:1"
+    assert main([*args, "--steps", "20:30,200:60"]) == 2
+    assert "with --calibrate a step's rate is a fraction of the measured saturation QPS " \
+        "(at most 1.5); step 1 asks for 20" in capsys.readouterr().err
+    assert main([*args, "--rate", "0.5", "--calibrate-s", "1"]) == 2
+    assert "--calibrate-s must be > the 1 s warm-up" in capsys.readouterr().err
+
+
+def test_a_calibration_burst_counts_answers_in_its_window() -> None:
+    async def go(queries: list[str]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await burst(FakeSearcher(), queries, SearchOptions(), 1.0,
+                           CalibrationOptions(in_flight=4, burst_s=1.5), loop.time)
+
+    measured = asyncio.run(go(["ok"]))
+    assert measured.window_s == 0.5 and measured.errors == {}
+    assert measured.ok > 0 and measured.qps == measured.ok / 0.5
+    measured = asyncio.run(go(["ok", "busy"]))
+    assert measured.errors["RESOURCE_EXHAUSTED"] > 0 and measured.ok > 0
+
+
+def test_settling_waits_for_the_counts_before_the_burst() -> None:
+    before = {"QueryEncoder": 1, "Reranker": 1}
+
+    def reader(counts: list[dict[str, int] | str]) -> Any:
+        async def read() -> dict[str, int] | str:
+            return counts.pop(0) if len(counts) > 1 else counts[0]
+        return read
+
+    scaled_up = {"QueryEncoder": 1, "Reranker": 2}
+    assert asyncio.run(settle(reader([scaled_up, scaled_up, before]), before, 0, 5, 0)) == before
+    # a limit: the counts as they are then
+    assert asyncio.run(settle(reader([scaled_up]), before, 0, 0.05, 0.01)) == scaled_up
+    # unreadable before the burst: nothing to wait for
+    assert asyncio.run(settle(reader([scaled_up]), "unreachable", 0, 5, 0)) == scaled_up
 
 
 # --- the runner's accounting, with a fake client ---------------------------------------------
@@ -499,6 +547,20 @@ def test_a_tiny_run_against_a_real_gateway(gateway: str, tmp_path: Path,
     assert report["run"]["target"] == gateway and report["run"]["health_before"] == "SERVING"
     assert set(report) == {"run", "summary", "steps", "seconds", "replicas", "metrics"}
     assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_calibrated_run_against_a_real_gateway(gateway: str, tmp_path: Path) -> None:
+    report = _loadtest(gateway, tmp_path, "--calibrate", "--steps", "0.02:1,0.05:1",
+                       "--calibrate-s", "2", "--calibrate-in-flight", "4",
+                       "--calibrate-settle-s", "0", "--queries", str(_queries_file(tmp_path)),
+                       "--no-rerank", "--json")
+    calibration = report["run"]["calibration"]
+    qps = calibration["saturation_qps"]
+    assert qps > 0 and calibration["ok"] == round(qps * calibration["window_s"])
+    assert calibration["fractions"] == "0.02:1,0.05:1"
+    assert report["run"]["profile"] == f"{round(0.02 * qps, 2):g}:1,{round(0.05 * qps, 2):g}:1"
+    assert report["summary"]["errors"] == {} and report["summary"]["ok"] > 0
 
 
 @pytest.mark.slow

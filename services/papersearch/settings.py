@@ -185,11 +185,11 @@ class ServeSettings(BaseModel):
         32, ge=1, description="Gateway calls (each up to coalesce_max_batch queries) per "
                               "dynamic batch in a QueryEncoder replica.",
     )
-    # No wait: a lone query should not idle waiting for batch-mates (4 ms cost 5 ms of p50 here,
-    # 0.5 ms about 1.5 ms); under load batches fill from the queue while the previous one runs.
+    # No wait: a lone query should not idle waiting for batch-mates (README, Results: Serving);
+    # under load batches fill from the queue while the previous one runs.
     encoder_batch_wait_s: float = Field(0.0, ge=0)
-    # Two searches (60 pairs, ~1.3 s on one core here) per batch: bigger batches gain little
-    # on a CPU and push the batch past the rerank budget, so searches fall back to fused.
+    # Two searches (60 pairs) per batch: bigger batches gain little on a CPU and push the batch
+    # past the rerank budget, so searches fall back to fused (README, Autoscaling).
     reranker_batch_size: int = Field(2, ge=1, description="Search requests per rerank batch.")
     reranker_batch_wait_s: float = Field(0.001, ge=0)
     rerank_timeout_s: float = Field(
@@ -224,10 +224,13 @@ class ServeSettings(BaseModel):
         16 * 1024 * 1024, ge=1024,
         description="Largest response message sent (grpc.max_send_message_length).",
     )
-    # Above the 128 searches benchmarks/throughput.py keeps in flight over one channel.
+    # Well above what one client keeps in flight (the load test's cap is 256): at the limit
+    # gRPC's client does not always wait; the server refuses the stream (REFUSED_STREAM) and
+    # the call fails UNAVAILABLE. Overload is bounded by coalesce_max_pending instead, which
+    # answers RESOURCE_EXHAUSTED.
     max_concurrent_streams: int = Field(
-        256, ge=1, description="Calls at once on one client connection (HTTP/2 streams, "
-                               "grpc.max_concurrent_streams); more wait in the client.",
+        1024, ge=1, description="Calls at once on one client connection (HTTP/2 streams, "
+                                "grpc.max_concurrent_streams).",
     )
     max_index_calls: int = Field(
         4, ge=1, description="UpsertPapers and DeletePapers calls at once in a gateway; past "

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,7 @@ from papersearch.settings import IndexSettings
 logger = logging.getLogger(__name__)
 
 MANIFEST = "papersearch.json"
+ACCESS_CHECK_S = 0.5  # how long a passed access check of the index directory holds
 _SHARD_CONFIG = "edge_config.json"  # written by EdgeShard.create
 _INDEX_TYPES = {
     "datetime": qe.PayloadSchemaType.Datetime,
@@ -74,6 +77,7 @@ class EdgeStore(Store):
         super().__init__(settings)
         self.path = settings.data_dir / settings.collection
         self._shard: qe.EdgeShard | None = None
+        self._access_checked = -math.inf  # monotonic time of the last check that passed
 
     def describe(self) -> str:
         return str(self.path)
@@ -164,8 +168,13 @@ class EdgeStore(Store):
         """StoreUnavailable if the index directory (or the data directory above it) exists but
         this process may not use it: a volume gone read-only or unreadable, permissions changed
         under a running server. The open shard could still answer from memory, but what it
-        wrote would not persist; so nothing is served until access is back (about a
-        microsecond a call). Root passes permission checks whatever the mode bits say."""
+        wrote would not persist; so nothing is served until access is back. A check that
+        passed holds for ACCESS_CHECK_S (four system calls per engine call were a tenth of the
+        gateway's CPU under load); a failing one is repeated on every call. Root passes
+        permission checks whatever the mode bits say."""
+        now = time.monotonic()
+        if now - self._access_checked < ACCESS_CHECK_S:
+            return
         for directory in (self.settings.data_dir, self.path):
             try:
                 directory.stat()
@@ -177,6 +186,7 @@ class EdgeStore(Store):
             if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
                 raise StoreUnavailable(
                     f"index directory {directory} is not readable and writable by this process")
+        self._access_checked = now
 
     def _load(self, dim: int) -> qe.EdgeShard:
         # Giving only the vector layout makes the engine check it against the segments (the

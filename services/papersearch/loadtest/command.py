@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,8 @@ from papersearch.client_tls import Tls, add_tls_arguments, tls_from_args
 from papersearch.index.query import MODES
 
 if TYPE_CHECKING:
+    from papersearch.client import AsyncSearchClient
+    from papersearch.loadtest.calibrate import CalibrationOptions
     from papersearch.loadtest.profile import LoadProfile, Schedule
     from papersearch.loadtest.report import LoadTestReport
     from papersearch.loadtest.runner import SearchOptions
@@ -28,10 +30,15 @@ if TYPE_CHECKING:
 DEFAULT_MAX_REQUESTS = 100_000
 DEFAULT_RATE_DURATION_S = 30.0
 HEALTH_TIMEOUT_S = 5.0
+SETTLE_LIMIT_S = 120.0  # past --calibrate-settle-s, waiting for the pre-burst replica counts
 
 
 class TargetUnreachable(ValueError):
     """The target did not answer a health check before the run."""
+
+
+class CalibrationFailed(ValueError):
+    """The calibration burst got errors: no saturation QPS to scale the profile by."""
 
 
 def split_target(target: str) -> tuple[str, int]:
@@ -66,6 +73,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--rate", type=float, metavar="QPS", help="a constant rate")
     load.add_argument("--steps", metavar="SPEC",
                       help='rate:seconds steps, e.g. "2:30,8:60,2:90" (low, high, low)')
+    parser.add_argument("--calibrate", action="store_true",
+                        help="first measure the service's saturation QPS (a closed-loop burst), "
+                             "then read the rates as fractions of it, e.g. --calibrate --steps "
+                             "0.15:30,0.8:60,0.15:90")
+    parser.add_argument("--calibrate-in-flight", type=int, default=64, metavar="N",
+                        help="requests kept in flight during the burst (default %(default)s)")
+    parser.add_argument("--calibrate-s", type=float, default=6.0, metavar="S",
+                        help="the burst's length, 1 s warm-up included; short, so the "
+                             "replicas running before it are what it measures (default "
+                             "%(default)s)")
+    parser.add_argument("--calibrate-settle-s", type=float, default=20.0, metavar="S",
+                        help="idle after the burst, so it leaves the autoscaler's look-back "
+                             "window before the profile starts; longer if the replica counts "
+                             f"are not back to the burst's (at most {SETTLE_LIMIT_S:g} s "
+                             "more; default %(default)s)")
     parser.add_argument("--duration", type=float, metavar="S",
                         help=f"stop after S seconds (default: the steps' length; with --rate "
                              f"{DEFAULT_RATE_DURATION_S:g})")
@@ -126,6 +148,20 @@ class LoadTest:
     sample_s: float
     retry: bool = True
     wait_for_ready: bool = False
+    calibration: CalibrationOptions | None = None  # rates are fractions of a measured QPS
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    max_duration_s: float | None = None
+    poisson: bool = False
+    seed: int = 0
+
+    def with_rates(self, qps: float) -> LoadTest:
+        """The test with its fractions turned into rates of ``qps``."""
+        from papersearch.loadtest.calibrate import scaled
+        from papersearch.loadtest.profile import schedule
+
+        profile = scaled(self.profile, qps)
+        return replace(self, profile=profile, calibration=None, schedule=schedule(
+            profile, self.max_requests, self.max_duration_s, self.poisson, self.seed))
 
     def describe(self) -> dict[str, Any]:
         """The run's settings, for the report."""
@@ -142,8 +178,8 @@ class LoadTest:
 
 
 async def execute(test: LoadTest) -> LoadTestReport:
-    """Health check, metrics before, the run with the replica monitor beside it, metrics after
-    (once they had time to be exported), and the numbers."""
+    """Health check, the calibration burst if asked, metrics before, the run with the replica
+    monitor beside it, metrics after (once they had time to be exported), and the numbers."""
     import grpc
 
     from papersearch.client import AsyncSearchClient
@@ -152,20 +188,26 @@ async def execute(test: LoadTest) -> LoadTestReport:
     from papersearch.loadtest.runner import Runner
     from papersearch.loadtest.stats import per_second, per_step, summarize
 
-    run = test.describe() | {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    try:
-        before = await asyncio.to_thread(read_metrics, test.metrics_url)
-        metrics_error = None
-    except OSError as error:
-        before, metrics_error = None, str(error)
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     loop = asyncio.get_running_loop()
     async with AsyncSearchClient(test.target, test.api_key, HEALTH_TIMEOUT_S, test.tls,
                                  test.retry, test.wait_for_ready) as client:
         try:
-            run["health_before"] = await client.health()
+            health = await client.health()
         except grpc.aio.AioRpcError as error:
             raise TargetUnreachable(f"{test.target} did not answer a health check: "
                                     f"{error.code().name}: {error.details()}") from None
+        calibrated = None
+        if test.calibration is not None:
+            test, calibrated = await calibrate(test, client)
+        run = test.describe() | {"started_at": started_at, "health_before": health}
+        if calibrated is not None:
+            run["calibration"] = calibrated
+        try:
+            before = await asyncio.to_thread(read_metrics, test.metrics_url)
+            metrics_error = None
+        except OSError as error:
+            before, metrics_error = None, str(error)
         start = loop.time()
 
         def clock() -> float:
@@ -195,8 +237,47 @@ async def execute(test: LoadTest) -> LoadTestReport:
     )
 
 
+async def calibrate(test: LoadTest, client: AsyncSearchClient) -> tuple[LoadTest, dict[str, Any]]:
+    """The burst (replica counts read before and after), the pause (until the counts are
+    those before the burst again), and the test with its rates; raises CalibrationFailed when
+    the burst got errors or no answer."""
+    from papersearch.loadtest.calibrate import burst, settle
+    from papersearch.loadtest.monitor import ReplicaMonitor
+
+    assert test.calibration is not None
+    loop = asyncio.get_running_loop()
+    monitor = ReplicaMonitor(test.status_url, test.app, test.sample_s, loop.time)
+
+    async def replicas() -> dict[str, int] | str:
+        sample = await monitor.sample()
+        if sample.error is not None:
+            return sample.error
+        return {name: state.running for name, state in sorted(sample.deployments.items())}
+
+    before = await replicas()
+    measured = await burst(client, test.queries, test.options, test.deadline_s,
+                           test.calibration, loop.time)
+    after = await replicas()
+    if measured.errors or measured.ok == 0:
+        raise CalibrationFailed(
+            f"calibration burst ({test.calibration.in_flight} in flight): {measured.ok} OK, "
+            f"errors {measured.errors or 'none'}; the saturation QPS would mean nothing "
+            "(a smaller --calibrate-in-flight or a longer --deadline-s may help)")
+    settle_start = loop.time()
+    settled = await settle(replicas, before, test.calibration.settle_s, SETTLE_LIMIT_S,
+                           test.sample_s)
+    report = {
+        "saturation_qps": round(measured.qps, 2), "ok": measured.ok,
+        "window_s": measured.window_s, "in_flight": test.calibration.in_flight,
+        "replicas_before": before, "replicas_after": after, "replicas_at_start": settled,
+        "settle_s": round(loop.time() - settle_start, 1), "fractions": test.profile.describe(),
+    }
+    return test.with_rates(measured.qps), report
+
+
 def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
     """Validate the options (raising ValueError / FileNotFoundError) before anything runs."""
+    from papersearch.loadtest.calibrate import CalibrationOptions, fractions
     from papersearch.loadtest.profile import LoadProfile, schedule
     from papersearch.loadtest.queries import load_queries
     from papersearch.loadtest.runner import SearchOptions
@@ -208,6 +289,11 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
         profile = LoadProfile.constant(args.rate, duration)
     else:
         profile = LoadProfile.parse_steps(args.steps)
+    calibration = None
+    if args.calibrate:
+        profile = fractions(profile)
+        calibration = CalibrationOptions(args.calibrate_in_flight, args.calibrate_s,
+                                         args.calibrate_settle_s)
     for name in ("deadline_s", "sample_s"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0")
@@ -229,7 +315,9 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
         metrics_url=args.metrics_url or f"http://127.0.0.1:{serve.metrics_port}/metrics",
         metrics_settle_s=args.metrics_settle_s,
         app=args.app or serve.app_name, sample_s=args.sample_s, retry=args.retry,
-        wait_for_ready=args.wait_for_ready,
+        wait_for_ready=args.wait_for_ready, calibration=calibration,
+        max_requests=args.requests, max_duration_s=args.duration, poisson=args.poisson,
+        seed=args.seed,
     )
 
 
@@ -246,7 +334,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise Interrupted("loadtest: stopped sending; no report written") from None
     json_path = out / "loadtest.json"
     png_path = out / "loadtest.png"
-    title = f"papersearch loadtest {test.target}: {test.profile.describe()} (QPS:s)"
+    title = f"papersearch loadtest {test.target}: {report.run['profile']} (QPS:s)"
     try:
         report.write(out)
         plot_run(png_path, title, report.seconds, report.samples, test.profile.boundaries_s)

@@ -103,6 +103,15 @@ def format_summary(report: LoadTestReport, files: list[Path]) -> str:
         f"requests  scheduled {s.scheduled}  sent {s.sent}  ok {s.ok}  errors {errors}  "
         f"not sent (in-flight cap) {s.not_sent}  cancelled {s.cancelled}",
     ]
+    calibration = run.get("calibration")
+    if calibration:
+        lines.append(
+            f"calibrated saturation {calibration['saturation_qps']:g} QPS "
+            f"({calibration['in_flight']} in flight, {calibration['ok']} OK in "
+            f"{calibration['window_s']:g} s; replicas before {calibration['replicas_before']}, "
+            f"after {calibration['replicas_after']}, at the start "
+            f"{calibration['replicas_at_start']}, {calibration['settle_s']:g} s later): "
+            f"fractions {calibration['fractions']}")
     if s.errors:
         lines.append("errors    " + "  ".join(f"{code} {n}" for code, n in s.errors.items()))
     lat, lag = s.latency_ms, s.send_lag_ms

@@ -15,6 +15,7 @@ import logging
 import numpy as np
 from ray import serve
 
+from papersearch.autoscaling import UTILIZATION, BusyMeter
 from papersearch.logs import configure_logging
 from papersearch.models.manifest import ModelNotFound
 from papersearch.reranker.loader import RerankerLoader
@@ -30,8 +31,12 @@ class RerankerDeployment:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_format)
         self.loader = RerankerLoader(settings.models)
-        self._score_batch.set_max_batch_size(settings.serve.reranker_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(settings.serve.reranker_batch_wait_s)
+        self.meter = BusyMeter()
+        # serve.batch adds these setters to the method; its type hints do not show them
+        self._score_batch.set_max_batch_size(  # type: ignore[attr-defined]
+            settings.serve.reranker_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
+            settings.serve.reranker_batch_wait_s)
         if not settings.search.rerank_enabled:
             log.info("rerank stage off (search.rerank_enabled=false): no reranker loaded")
             return
@@ -41,9 +46,10 @@ class RerankerDeployment:
     async def _model(self) -> Reranker:
         """The model, loaded if it has appeared (in a thread: ~1 s); else ModelNotFound."""
         loaded = self.loader.reranker
-        reranker = loaded or await asyncio.to_thread(self.loader.get)
-        if loaded is None:
-            metrics().model_loaded("Reranker", reranker)
+        if loaded is not None:
+            return loaded
+        reranker = await asyncio.to_thread(self.loader.get)
+        metrics().model_loaded("Reranker", reranker)
         return reranker
 
     async def score(self, request: tuple[str, list[str]]) -> np.ndarray:
@@ -57,6 +63,14 @@ class RerankerDeployment:
         pairs = [(query, passage) for query, passages in requests for passage in passages]
         metrics().batch("Reranker", len(pairs))
         reranker = await self._model()
-        scores = await asyncio.to_thread(reranker.score_pairs, pairs)
+        with self.meter.busy():
+            scores = await asyncio.to_thread(reranker.score_pairs, pairs)
         bounds = np.cumsum([0] + [len(passages) for _, passages in requests])
         return [scores[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve asks every few hundred ms: the autoscaling policy's input."""
+        counted = self.meter.total_busy_s
+        share = self.meter.read()
+        metrics().busy("Reranker", self.meter.total_busy_s - counted)
+        return {UTILIZATION: share}

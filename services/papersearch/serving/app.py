@@ -43,6 +43,7 @@ def absolute_paths(settings: Settings, base: Path) -> Settings:
 
 def build_app(args: dict[str, Any]) -> Application:
     settings = settings_from_args(args)
-    encoder = QueryEncoderDeployment.bind(settings)
-    reranker = RerankerDeployment.bind(settings)
-    return GatewayDeployment.bind(settings, encoder, reranker)
+    # serve.deployment turns each class into a Deployment; its type hints keep the class
+    encoder = QueryEncoderDeployment.bind(settings)  # type: ignore[attr-defined]
+    reranker = RerankerDeployment.bind(settings)  # type: ignore[attr-defined]
+    return GatewayDeployment.bind(settings, encoder, reranker)  # type: ignore[attr-defined]

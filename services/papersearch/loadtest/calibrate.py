@@ -1,0 +1,118 @@
+"""``--calibrate``: the service's saturation QPS, measured closed-loop through the gateway just
+before the run, so that a profile's rates can be fractions of it and the same command means the
+same load on a slow VM, a laptop or a 16-core node.
+
+A fixed number of requests is kept in flight for a short burst (each answer sends the next);
+answers in the window after a warm-up second count. The burst is kept short (6 s by default),
+so it measures the replicas running before it: the autoscaler needs its look-back average above
+the band for ``upscale_delay_s`` and a replica's start-up before a new one serves (the counts
+before and after the burst are in the report). A pause follows, until the burst has left the
+look-back window and the counts are those before it (a burst long enough to move the
+autoscaler is waited out), so the profile starts where it would have without calibration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from itertools import count
+
+import grpc
+
+from papersearch.loadtest.profile import LoadProfile, Step
+from papersearch.loadtest.runner import CLIENT_ERROR, OK, Searcher, SearchOptions
+from papersearch.pipeline.query import SearchQuery
+
+WARMUP_S = 1.0
+MAX_FRACTION = 1.5  # a calibrated step above this is a typo, not a load test
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationOptions:
+    in_flight: int = 64
+    burst_s: float = 6.0  # warm-up included
+    settle_s: float = 20.0  # idle after the burst, before the profile
+
+    def __post_init__(self) -> None:
+        if self.in_flight < 1:
+            raise ValueError(f"--calibrate-in-flight must be >= 1, got {self.in_flight}")
+        if not self.burst_s > WARMUP_S:
+            raise ValueError(f"--calibrate-s must be > the {WARMUP_S:g} s warm-up, "
+                             f"got {self.burst_s}")
+        if self.settle_s < 0:
+            raise ValueError(f"--calibrate-settle-s must be >= 0, got {self.settle_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class Burst:
+    """What a closed-loop burst measured."""
+
+    window_s: float  # the measured window (the burst minus the warm-up)
+    ok: int  # OK answers that arrived inside the window
+    errors: dict[str, int]  # error answers by status, whole burst
+
+    @property
+    def qps(self) -> float:
+        return self.ok / self.window_s
+
+
+def fractions(profile: LoadProfile) -> LoadProfile:
+    """Check that ``profile``'s rates read as fractions of the saturation QPS."""
+    for i, step in enumerate(profile.steps, start=1):
+        if step.rate_qps > MAX_FRACTION:
+            raise ValueError(f"with --calibrate a step's rate is a fraction of the measured "
+                             f"saturation QPS (at most {MAX_FRACTION:g}); step {i} asks for "
+                             f"{step.rate_qps:g}")
+    return profile
+
+
+def scaled(profile: LoadProfile, qps: float) -> LoadProfile:
+    """``profile`` with each fraction turned into a rate (QPS, 0.01 resolution)."""
+    return LoadProfile(tuple(Step(round(step.rate_qps * qps, 2), step.duration_s)
+                             for step in profile.steps))
+
+
+async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptions,
+                deadline_s: float, calibration: CalibrationOptions,
+                clock: Callable[[], float]) -> Burst:
+    """Keep ``calibration.in_flight`` searches in flight for ``calibration.burst_s`` seconds."""
+    start = clock()
+    window_start, end = start + WARMUP_S, start + calibration.burst_s
+    serial = count()
+    ok = 0
+    errors: dict[str, int] = {}
+
+    async def worker() -> None:
+        nonlocal ok
+        while clock() < end:
+            text = queries[next(serial) % len(queries)]
+            query = SearchQuery(text, options.top_k, options.mode, options.rerank)
+            try:
+                await searcher.search(query, timeout_s=deadline_s)
+                code = OK
+            except grpc.aio.AioRpcError as error:
+                code = error.code().name
+            except Exception:  # noqa: BLE001 (counted like the runner does)
+                code = CLIENT_ERROR
+            if code != OK:
+                errors[code] = errors.get(code, 0) + 1
+            elif window_start <= clock() <= end:
+                ok += 1
+
+    await asyncio.gather(*(worker() for _ in range(calibration.in_flight)))
+    return Burst(end - window_start, ok, dict(sorted(errors.items())))
+
+
+async def settle(read: Callable[[], Awaitable[dict[str, int] | str]], before: dict[str, int] | str,
+                 pause_s: float, limit_s: float, poll_s: float) -> dict[str, int] | str:
+    """Wait ``pause_s``, then until ``read()`` gives the counts ``before`` the burst again (at
+    most ``limit_s`` more; not at all when they were unreadable); the last counts read."""
+    await asyncio.sleep(pause_s)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + limit_s
+    counts = await read()
+    while isinstance(before, dict) and counts != before and loop.time() < give_up:
+        await asyncio.sleep(poll_s)
+        counts = await read()
+    return counts

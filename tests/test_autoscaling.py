@@ -1,0 +1,150 @@
+"""The utilisation meter and the autoscaling band (papersearch.autoscaling), with Serve's own
+AutoscalingContext. The real policy in a real Serve app: test_serving's scale-up test."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import pytest
+from ray.serve._private.common import DeploymentID, ReplicaID
+from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+from papersearch.autoscaling import UTILIZATION, Band, BusyMeter, UtilizationPolicy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_meter_reports_the_busy_share_between_reads() -> None:
+    clock = Clock()
+    meter = BusyMeter(clock)
+    clock.now += 1.0
+    with meter.busy():
+        clock.now += 0.25
+    clock.now += 0.75
+    assert meter.read() == pytest.approx(0.25 / 2.0)
+    clock.now += 1.0
+    assert meter.read() == 0.0  # nothing ran since
+    assert meter.total_busy_s == pytest.approx(0.25)
+
+
+def test_meter_counts_overlapping_blocks_once_and_open_spans_up_to_now() -> None:
+    clock = Clock()
+    meter = BusyMeter(clock)
+    with meter.busy():
+        clock.now += 0.5
+        with meter.busy():  # a document call beside a batch
+            clock.now += 0.5
+        clock.now += 0.5
+        assert meter.read() == 1.0  # 1.5 s busy of 1.5 s, the span still open
+        clock.now += 0.5
+    clock.now += 0.5
+    assert meter.read() == pytest.approx(0.5)  # the open span's rest: 0.5 of 1.0 s
+
+
+@pytest.mark.parametrize("values", [(0.6, 0.5, 0.55), (0.1, 0.4, 0.3), (0.3, 0.3, 0.9)])
+def test_band_refuses_values_that_would_undo_each_other(values: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="scale_down_below <= target < scale_up_above"):
+        Band(*values)
+
+
+def test_band_has_hysteresis() -> None:
+    band = Band(scale_up_above=0.5, target=0.4, scale_down_below=0.3)
+    assert band.replicas(0.45, 1) == 1  # inside the band: stay
+    assert band.replicas(0.55, 1) == 2
+    assert band.replicas(1.0, 1) == 3  # saturated: enough for 0.4 each
+    assert band.replicas(0.55, 2) == 2  # 0.275 each after the step up: no step back
+    assert band.replicas(0.35, 2) == 2  # one replica would run 0.35 > 0.3: stay
+    assert band.replicas(0.25, 2) == 1
+    assert band.replicas(0.5, 4) == 2  # several at once: two replicas at 0.25
+    assert band.replicas(0.0, 1) == 1
+
+
+STEPS = (0.15, 0.15, 0.8, 0.8, 0.8, 0.15, 0.15, 0.15)  # fractions of one replica's capacity
+BATCH_WAIT_S = 0.004  # time a query waits in a replica beside its compute (serve.batch)
+
+
+def decisions(capacity_qps: float, decide: Any) -> list[tuple[float, int, int]]:
+    """A model replica pool at the calibrated steps: each query holds a replica for
+    1/capacity of compute plus the batch wait; ``decide(busy, in_flight, replicas)``."""
+    replicas, changes = 1, []
+    for fraction in STEPS:
+        rate = fraction * capacity_qps
+        busy = min(float(replicas), rate / capacity_qps)  # compute share, summed
+        in_flight = rate * (1 / capacity_qps + BATCH_WAIT_S)  # Little's law, summed
+        decided = min(2, decide(busy, in_flight, replicas))
+        if decided != replicas:
+            changes.append((fraction, replicas, decided))
+        replicas = decided
+    return changes
+
+
+@pytest.mark.parametrize("capacity_qps", [40.0, 220.0, 3000.0])
+def test_a_calibrated_step_load_scales_once_each_way_at_any_machine_speed(
+        capacity_qps: float) -> None:
+    band = Band()
+    assert decisions(capacity_qps, lambda busy, _, n: band.replicas(busy, n)) == [
+        (0.8, 1, 2), (0.15, 2, 1)]
+
+
+def test_an_in_flight_target_depends_on_machine_speed() -> None:
+    """Serve's default policy (in flight / target, here the 0.3 this project used) at the same
+    fractions: right on one machine, a scale-up in the low step on a faster one."""
+    def default(_: float, in_flight: float, __: int) -> int:
+        return max(1, math.ceil(in_flight / 0.3))
+
+    assert decisions(220.0, default) == [(0.8, 1, 2), (0.15, 2, 1)]
+    assert decisions(3000.0, default)[0] == (0.15, 1, 2)
+
+
+def context(current: int, utilization: dict[int, float] | None,
+            target: int | None = None) -> AutoscalingContext:
+    deployment = DeploymentID(name="QueryEncoder", app_name="papersearch")
+    replicas = [ReplicaID(unique_id=f"r{i}", deployment_id=deployment) for i in range(current)]
+    metrics: dict[str, dict[Any, float]] | None = None
+    if utilization is not None:
+        metrics = {UTILIZATION: {replicas[i]: value for i, value in utilization.items()}}
+    return AutoscalingContext(
+        deployment_id=deployment, deployment_name="QueryEncoder", app_name="papersearch",
+        current_num_replicas=current, target_num_replicas=current if target is None else target,
+        running_replicas=replicas, total_num_requests=0.0, total_queued_requests=0.0,
+        aggregated_metrics=metrics, raw_metrics=None, capacity_adjusted_min_replicas=1,
+        capacity_adjusted_max_replicas=4, policy_state={}, last_scale_up_time=None,
+        last_scale_down_time=None, current_time=None,
+        config=AutoscalingConfig(min_replicas=1, max_replicas=4),
+    )
+
+
+def test_policy_sums_the_replicas_reports() -> None:
+    policy = UtilizationPolicy(scale_up_above=0.5, target=0.4, scale_down_below=0.3)
+    assert policy(context(1, {0: 0.7})) == (2, {UTILIZATION: 0.7})
+    assert policy(context(2, {0: 0.1, 1: 0.05}))[0] == 1
+    assert policy(context(2, {0: 0.45, 1: 0.45}))[0] == 2
+    # a replica that has not reported yet counts as idle
+    assert policy(context(2, {0: 0.2}))[0] == 1
+
+
+def test_policy_logs_each_new_wish_once(caplog: pytest.LogCaptureFixture) -> None:
+    policy = UtilizationPolicy()
+    with caplog.at_level(logging.INFO, logger="ray.serve"):
+        for _ in range(3):
+            policy(context(1, {0: 0.7}))
+        policy(context(1, {0: 0.2}))
+    assert [r.getMessage() for r in caplog.records] == [
+        "QueryEncoder: utilisation 0.70 over 1 replicas asks for 2 (band: up above 0.50, "
+        "target 0.40, down below 0.30)",
+        "QueryEncoder: utilisation 0.20 over 1 replicas asks for 1 (band: up above 0.50, "
+        "target 0.40, down below 0.30)"]
+
+
+def test_policy_holds_without_reports() -> None:
+    policy = UtilizationPolicy()
+    assert policy(context(2, None, target=2))[0] == 2
+    assert policy(context(1, {}, target=1))[0] == 1

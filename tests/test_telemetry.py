@@ -1,0 +1,47 @@
+"""The metrics facade: counter increments are summed in the process and handed to Ray in one
+record per series (real Prometheus export: test_serving's metrics test)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from ray.util.metrics import Counter
+
+from papersearch.telemetry import Metrics
+
+
+class RecordingCounter:
+    def __init__(self) -> None:
+        self.records: list[tuple[float, dict[str, str]]] = []
+
+    def inc(self, value: float, tags: dict[str, str]) -> None:
+        self.records.append((value, tags))
+
+
+def test_counter_increments_are_summed_per_series_until_flushed() -> None:
+    metrics = Metrics()
+    counter = RecordingCounter()
+    as_counter = cast(Counter, counter)
+    for tags in ({"code": "OK"}, {"code": "OK"}, {"code": "INTERNAL"}):
+        metrics._count(as_counter, 1.0, tags)
+    metrics._count(as_counter, 0.5, {"code": "OK"})
+    assert counter.records == []  # nothing handed over yet
+    metrics.flush()
+    assert sorted(counter.records, key=lambda r: r[1]["code"]) == [
+        (1.0, {"code": "INTERNAL"}), (2.5, {"code": "OK"})]
+    metrics.flush()
+    assert len(counter.records) == 2  # nothing new: no record
+
+
+def test_the_flusher_hands_counts_over_by_itself(monkeypatch: Any) -> None:
+    import papersearch.telemetry as telemetry
+
+    monkeypatch.setattr(telemetry, "COUNTER_FLUSH_S", 0.01)
+    metrics = Metrics()
+    counter = RecordingCounter()
+    metrics._count(cast(Counter, counter), 3.0, {"deployment": "Reranker"})
+    deadline = time.monotonic() + 5
+    while not counter.records and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert counter.records == [(3.0, {"deployment": "Reranker"})]
