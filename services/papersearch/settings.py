@@ -108,6 +108,18 @@ class IndexSettings(BaseModel):
         60, ge=1, description="Qdrant's RRF k: score = sum 1/(k + rank), rank from 0 (Qdrant: 2)."
     )
     prefetch_limit: int = Field(100, ge=1, description="Candidates per hybrid prefetch.")
+    # BM25 (index/sparse.py, README: Indexing and search). Both change how papers written from
+    # then on are weighted: re-ingest into a new collection to apply them to all.
+    bm25_avg_len: float = Field(
+        200.0, gt=0, description="BM25 length normalisation: the corpus's mean words per paper "
+                                 "(title + abstract; the sample corpus: 197). papersearch eval "
+                                 "uses each dataset's own mean.",
+    )
+    bm25_query_k3: float = Field(
+        0.0, ge=0, description="BM25 query-term saturation: a term said f times in the query "
+                               "weighs (k3 + 1) f / (k3 + f); 0 counts each term once, large "
+                               "values count every repeat (for long, paragraph-like queries).",
+    )
     upsert_batch_size: int = Field(256, ge=1, description="Points per engine write operation.")
     shard_number: int = Field(1, ge=1, description="Server backend: shards at creation.")
     replication_factor: int = Field(1, ge=1, description="Server backend: replicas at creation.")

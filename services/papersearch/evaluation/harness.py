@@ -8,13 +8,14 @@ Retriever.search for the first stage, Reranker.score and rerank_hits for the rer
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 from tqdm import tqdm
 
+from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
 from papersearch.evaluation.metrics import Report, evaluate
@@ -44,13 +45,14 @@ class FirstStage:
 
 
 def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> Store:
-    """The dataset's collection, ingested if needed (resumable, idempotent)."""
-    name = f"{dataset.name}-{encoder.sha256[:12]}"
-    index = settings.index.model_copy(
-        update={"data_dir": settings.eval_dir / name, "collection": "papers"}
-        if settings.index.backend == "embedded"
-        else {"collection": f"eval-{name}"}
-    )
+    """The dataset's collection, ingested if needed (resumable, idempotent). BM25 normalises
+    by the dataset's own mean words per paper, as a user sets ``index.bm25_avg_len`` for theirs;
+    the collection's name carries it, since its documents' weights depend on it."""
+    avg_len = round(mean_words(dataset.papers()), 1)
+    name = f"{dataset.name}-{encoder.sha256[:12]}-bm25len{avg_len:g}"
+    place = ({"data_dir": settings.eval_dir / name, "collection": "papers"}
+             if settings.index.backend == "embedded" else {"collection": f"eval-{name}"})
+    index = settings.index.model_copy(update={**place, "bm25_avg_len": avg_len})
     store = open_store(index)
     ingester = Ingester(store, encoder, settings.models.batch_size)
     try:
@@ -64,6 +66,17 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     log.info("eval index ready", extra={"dataset": dataset.name, "upserted": written,
                                         "present": present, "points": store.count()})
     return store
+
+
+def mean_words(papers: Iterable[Paper]) -> float:
+    """Mean whitespace-separated words per paper text (title + abstract)."""
+    words = count = 0
+    for paper in papers:
+        words += len(paper.text.split())
+        count += 1
+    if count == 0:
+        raise ValueError("an empty corpus has no mean length")
+    return words / count
 
 
 def first_stage(

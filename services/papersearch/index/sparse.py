@@ -1,14 +1,17 @@
 """BM25 sparse vectors from Qdrant's own model, the same for every backend.
 
-``qdrant_edge.Bm25`` with its default ``Bm25Config`` (k=1.2, b=0.75, avg_len=256, English
-word tokenizer, stopwords and Snowball stemmer) is the model the Qdrant server runs for
-``Document(model="qdrant/bm25")``. Documents get BM25 term-frequency weights; a query gets
-weight 1.0 per unique term. IDF is not in the vectors: the collection's sparse vector has
-Qdrant's IDF modifier, so the engine applies it at search time from live statistics.
+``qdrant_edge.Bm25`` (k=1.2, b=0.75, English word tokenizer, stopwords and Snowball stemmer) is
+the model the Qdrant server runs for ``Document(model="qdrant/bm25")``, with two of its fixed
+choices made settings: the mean document length its length normalisation assumes (Qdrant's 256
+words; ``index.bm25_avg_len``, the corpus's own mean) and how a query term said several times
+counts (Qdrant: once; ``index.bm25_query_k3``). Documents get BM25 term-frequency weights.
+IDF is not in the vectors: the collection's sparse vector has Qdrant's IDF modifier, so the
+engine applies it at search time from live statistics.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,11 +50,18 @@ class SparseVector:
         return len(self.indices)
 
 
+DEFAULT_AVG_LEN = 200.0
+
+
 class Bm25Encoder:
     """Turns paper texts and queries into BM25 sparse vectors."""
 
-    def __init__(self, config: qdrant_edge.Bm25Config | None = None) -> None:
-        self._model = qdrant_edge.Bm25(config)
+    def __init__(self, avg_len: float = DEFAULT_AVG_LEN, query_k3: float = 0.0) -> None:
+        if not avg_len > 0 or query_k3 < 0:
+            raise ValueError(f"BM25 needs avg_len > 0 and query_k3 >= 0, got {avg_len}, "
+                             f"{query_k3}")
+        self._model = qdrant_edge.Bm25(qdrant_edge.Bm25Config(avg_len=avg_len))
+        self.query_k3 = query_k3
 
     def document(self, text: str) -> SparseVector:
         return SparseVector.of(self._model.embed_document(text))
@@ -60,4 +70,14 @@ class Bm25Encoder:
         return [self.document(text) for text in texts]
 
     def query(self, text: str) -> SparseVector:
-        return SparseVector.of(self._model.embed_query(text))
+        """Each term once (weight 1), or with query_k3 > 0 its count f in the query saturated
+        as (k3 + 1) f / (k3 + f): words are tokenized one by one and their terms counted."""
+        if self.query_k3 == 0:
+            return SparseVector.of(self._model.embed_query(text))
+        counts: Counter[int] = Counter()
+        for word in text.split():
+            counts.update(int(i) for i in self._model.embed_query(word).indices)
+        k3 = self.query_k3
+        terms = sorted(counts.items())
+        return SparseVector(tuple(t for t, _ in terms),
+                            tuple((k3 + 1) * f / (k3 + f) for _, f in terms))

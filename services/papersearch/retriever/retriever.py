@@ -19,7 +19,7 @@ class Retriever:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.bm25 = Bm25Encoder()
+        self.bm25 = Bm25Encoder(store.settings.bm25_avg_len, store.settings.bm25_query_k3)
 
     def search(
         self,
