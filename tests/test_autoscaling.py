@@ -29,10 +29,9 @@ def test_meter_reports_the_busy_share_between_reads() -> None:
     with meter.busy():
         clock.now += 0.25
     clock.now += 0.75
-    assert meter.read() == pytest.approx(0.25 / 2.0)
+    assert meter.read() == pytest.approx((0.25 / 2.0, 0.25))
     clock.now += 1.0
-    assert meter.read() == 0.0  # nothing ran since
-    assert meter.total_busy_s == pytest.approx(0.25)
+    assert meter.read() == (0.0, 0.0)  # nothing ran since
 
 
 def test_meter_counts_overlapping_blocks_once_and_open_spans_up_to_now() -> None:
@@ -43,10 +42,10 @@ def test_meter_counts_overlapping_blocks_once_and_open_spans_up_to_now() -> None
         with meter.busy():  # a document call beside a batch
             clock.now += 0.5
         clock.now += 0.5
-        assert meter.read() == 1.0  # 1.5 s busy of 1.5 s, the span still open
+        assert meter.read() == (1.0, 1.5)  # 1.5 s busy of 1.5 s, the span still open
         clock.now += 0.5
     clock.now += 0.5
-    assert meter.read() == pytest.approx(0.5)  # the open span's rest: 0.5 of 1.0 s
+    assert meter.read() == pytest.approx((0.5, 0.5))  # the open span's rest: 0.5 of 1.0 s
 
 
 @pytest.mark.parametrize("values", [(0.6, 0.5, 0.55), (0.1, 0.4, 0.3), (0.3, 0.3, 0.9)])

@@ -20,11 +20,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 UTILIZATION = "utilization"  # the custom metric a replica reports (record_autoscaling_stats)
 
 log = logging.getLogger("ray.serve")  # the controller's log (logs/serve/controller_*.log)
+
+
+class Reading(NamedTuple):
+    share: float  # busy share of the wall time since the previous read, at most 1
+    busy_s: float  # the busy seconds behind it (a Prometheus counter's increment)
 
 
 class BusyMeter:
@@ -39,7 +44,6 @@ class BusyMeter:
         self._span_start = 0.0  # when _active went from 0 to 1
         self._busy_s = 0.0  # closed spans since the last read
         self._last_read = clock()
-        self.total_busy_s = 0.0  # counted by reads so far (a Prometheus counter's source)
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -53,18 +57,18 @@ class BusyMeter:
             if self._active == 0:
                 self._busy_s += self._clock() - self._span_start
 
-    def read(self) -> float:
-        """The busy share since the previous read (an open span counts up to now)."""
+    def read(self) -> Reading:
+        """The busy share and seconds since the previous read (an open span counts up to
+        now)."""
         now = self._clock()
         busy = self._busy_s
         if self._active:
             busy += now - self._span_start
             self._span_start = now
         elapsed = now - self._last_read
-        self.total_busy_s += busy
         self._busy_s = 0.0
         self._last_read = now
-        return min(1.0, busy / elapsed) if elapsed > 0 else 0.0
+        return Reading(min(1.0, busy / elapsed) if elapsed > 0 else 0.0, busy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,10 +48,9 @@ class QueryEncoderDeployment:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve asks every few hundred ms: the autoscaling policy's input."""
-        counted = self.meter.total_busy_s
-        share = self.meter.read()
-        metrics().busy("QueryEncoder", self.meter.total_busy_s - counted)
-        return {UTILIZATION: share}
+        reading = self.meter.read()
+        metrics().busy("QueryEncoder", reading.busy_s)
+        return {UTILIZATION: reading.share}
 
     def identity(self) -> tuple[int, str]:
         return self.encoder.dim, self.encoder.sha256

@@ -70,7 +70,6 @@ class RerankerDeployment:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve asks every few hundred ms: the autoscaling policy's input."""
-        counted = self.meter.total_busy_s
-        share = self.meter.read()
-        metrics().busy("Reranker", self.meter.total_busy_s - counted)
-        return {UTILIZATION: share}
+        reading = self.meter.read()
+        metrics().busy("Reranker", reading.busy_s)
+        return {UTILIZATION: reading.share}
