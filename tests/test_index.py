@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import signal
 import socket
@@ -33,9 +32,7 @@ from papersearch.index import (
     open_store,
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
-from papersearch.index.server import ServerStore, connect
-from papersearch.pipeline.index_access import IndexAccess
-from papersearch.retriever.opener import CollectionOpener
+from papersearch.index.server import ServerStore
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
 
@@ -510,60 +507,6 @@ def test_server_retry_stays_within_the_timeout() -> None:
         store.count()
     assert flaky.calls == ["count"]
     store.close()
-
-
-def test_concurrent_searches_against_a_silent_server_cost_one_timeout() -> None:
-    """Qdrant accepts the connection and never answers: N searches the gateway runs at once
-    fail in about one timeout (not N), each with StoreUnavailable."""
-    timeout_s, n = 1, 8
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)  # the kernel accepts connections; nothing ever reads or answers
-        port = silent.getsockname()[1]
-        settings = Settings(index=IndexSettings(
-            backend="server", url=f"http://127.0.0.1:{port}", grpc_port=port, timeout_s=timeout_s
-        ))
-
-        def opened_then_silent(s: Settings) -> ServerStore:
-            store = ServerStore(s.index, client=QdrantClient(":memory:"))
-            store.ensure_collection(DIM, SHA)  # opened; then the server stops answering
-            store.client.close()
-            store.client = connect(s.index)
-            return store  # the opener's ensure_collection: already open, no call
-
-        access = IndexAccess(CollectionOpener(settings, DIM, SHA, make_store=opened_then_silent))
-
-        async def searches() -> list[Any]:
-            return await asyncio.gather(
-                *(access.search(RARE, DENSE[i], "dense", 5, SearchFilter()) for i in range(n)),
-                return_exceptions=True)
-
-        started = time.monotonic()
-        results = asyncio.run(searches())
-        elapsed = time.monotonic() - started
-        access.close()
-    assert len(results) == n and all(isinstance(r, StoreUnavailable) for r in results), results
-    assert elapsed < n / 2 * timeout_s  # one after another: n x timeout_s
-
-
-def test_index_access_answers_like_the_store(loaded: Store) -> None:
-    """The gateway's index access (worker threads) gives the Retriever's answers."""
-    settings = Settings(index=loaded.settings)
-    access = IndexAccess(CollectionOpener(settings, DIM, SHA, make_store=lambda _: loaded))
-    retriever = Retriever(loaded)
-
-    async def both() -> list[Any]:
-        return await asyncio.gather(
-            access.search(RARE, DENSE[RARE_AT], "hybrid", 5, SearchFilter()),
-            access.search(RARE, None, "sparse", 3, SearchFilter()),
-            access.search(RARE, None, "dense", 5, SearchFilter()), return_exceptions=True)
-
-    hybrid, sparse, no_vector = asyncio.run(both())
-    assert ids(hybrid) == ids(retriever.search(RARE, DENSE[RARE_AT], mode="hybrid", limit=5))
-    assert ids(sparse) == ids(retriever.search(RARE, None, mode="sparse", limit=3))
-    assert ids(hybrid)[0] == PAPERS[RARE_AT].id
-    assert isinstance(no_vector, ValueError) and "needs a dense query vector" in str(no_vector)
-    access._pool.shutdown()  # the fixture closes the store itself
 
 
 def test_open_store_default_is_embedded(tmp_path: Path) -> None:

@@ -57,4 +57,4 @@ class GatewayDeployment:
         """Serve stopping this replica: drain (within graceful_shutdown_timeout_s), then close
         the index (the embedded shard is flushed)."""
         await self.gateway.drain()
-        await asyncio.to_thread(self.index.close)
+        await self.index.close()

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import qdrant_edge as qe
 
@@ -45,7 +45,20 @@ from papersearch.index.errors import (
     StoreError,
     StoreUnavailable,
 )
-from papersearch.index.plan import Nearest, Plan, PointData, Record, Scored
+from papersearch.index.plan import (
+    Batch,
+    Count,
+    Fetch,
+    Nearest,
+    Plan,
+    PointData,
+    Program,
+    Record,
+    Remove,
+    Scored,
+    Step,
+    Write,
+)
 from papersearch.index.schema import (
     DENSE,
     PAYLOAD_INDEXES,
@@ -82,11 +95,11 @@ class EdgeStore(Store):
     def describe(self) -> str:
         return str(self.path)
 
-    def probe(self) -> int:
+    def probe_program(self) -> Program[int]:
         if not (self.path / _SHARD_CONFIG).is_file():
             self._check_access()
             raise CollectionMissing(f"index {self.path} is gone (deleted since it was opened)")
-        return super().probe()
+        return (yield from super().probe_program())
 
     def optimize(self) -> None:
         with _engine("optimize"):
@@ -121,6 +134,19 @@ class EdgeStore(Store):
         except BaseException:
             self._close()
             raise
+
+    def _do(self, step: Step) -> Any:
+        match step:
+            case Batch(plans):
+                return self._run(plans)
+            case Fetch(point_ids, payload, dense):
+                return self._retrieve(point_ids, payload=payload, dense=dense)
+            case Write(points):
+                return self._write(points)
+            case Remove(point_ids):
+                return self._delete(point_ids)
+            case Count():
+                return self._count()
 
     def _write(self, points: Sequence[PointData]) -> None:
         batch = [qe.Point(p.point_id, _vectors(p), p.payload) for p in points]

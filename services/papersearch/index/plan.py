@@ -1,10 +1,16 @@
-"""Engine-neutral operations: the Store builds these, each backend translates them 1:1."""
+"""Engine-neutral operations: the Store builds these, each backend translates them 1:1.
+
+A Store operation is a *program*: a generator that yields engine steps (``Batch``, ``Fetch``,
+``Write``, ``Remove``, ``Count``), is sent each step's result and returns the operation's.
+The same program runs on a backend's own synchronous primitives (``Store.execute``) or on an
+asyncio client (index/server_async.py), so both read the same request the same way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from papersearch.index.query import FusionMethod, SearchFilter
 from papersearch.index.sparse import SparseVector
@@ -64,3 +70,43 @@ class Record:
     point_id: str
     payload: Mapping[str, Any] | None
     dense: list[float] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Run plans as one batch; the result: one ranked ``list[Scored]`` per plan."""
+
+    plans: tuple[Plan, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Read points by id (unknown ids skipped); the result: ``list[Record]``."""
+
+    point_ids: tuple[str, ...]
+    payload: bool
+    dense: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Upsert points, acknowledged once applied; the result: None."""
+
+    points: tuple[PointData, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """Delete points by id (unknown ids ignored); the result: None."""
+
+    point_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Exact number of points; the result: int."""
+
+
+Step = Batch | Fetch | Write | Remove | Count
+T = TypeVar("T")
+Program = Generator[Step, Any, T]

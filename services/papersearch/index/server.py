@@ -29,9 +29,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from grpc.aio import AioRpcError
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -41,7 +43,19 @@ from papersearch.index.errors import (
     StoreError,
     StoreUnavailable,
 )
-from papersearch.index.plan import Nearest, Plan, PointData, Record, Scored
+from papersearch.index.plan import (
+    Batch,
+    Count,
+    Fetch,
+    Nearest,
+    Plan,
+    PointData,
+    Record,
+    Remove,
+    Scored,
+    Step,
+    Write,
+)
 from papersearch.index.schema import (
     DENSE,
     PAYLOAD_INDEXES,
@@ -62,19 +76,23 @@ _INDEX_TYPES = {
 }
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 RETRY_PAUSE_S = 0.1
-T = TypeVar("T")
 
 
 def connect(settings: IndexSettings) -> QdrantClient:
     """A gRPC client for ``settings.url``; connects lazily, on the first request."""
-    return QdrantClient(
-        url=settings.url,
-        grpc_port=settings.grpc_port,
-        prefer_grpc=True,
-        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-        timeout=settings.timeout_s,
-        check_compatibility=False,
-    )
+    return QdrantClient(**client_options(settings))
+
+
+def client_options(settings: IndexSettings) -> dict[str, Any]:
+    """Keyword arguments of both qdrant-client clients (blocking and asyncio) for ``settings``."""
+    return {
+        "url": settings.url,
+        "grpc_port": settings.grpc_port,
+        "prefer_grpc": True,
+        "api_key": settings.api_key.get_secret_value() if settings.api_key else None,
+        "timeout": settings.timeout_s,
+        "check_compatibility": False,
+    }
 
 
 class ServerStore(Store):
@@ -94,7 +112,7 @@ class ServerStore(Store):
 
     def _open(self, identity: EmbedderIdentity, create: bool) -> None:
         where = f"collection {self.describe()}"
-        with _errors("open"):
+        with errors("open"):
             if not self.client.collection_exists(self.name):
                 if not create:
                     raise CollectionMissing(f"{where} does not exist")
@@ -118,62 +136,28 @@ class ServerStore(Store):
                         self.name, name, field_schema=_INDEX_TYPES[kind], wait=True
                     )
 
-    def _write(self, points: Sequence[PointData]) -> None:
-        batch = [
-            models.PointStruct(id=p.point_id, vector=_vectors(p), payload=p.payload)
-            for p in points
-        ]
-        self._send("upsert", lambda timeout: self.client.upsert(
-            self.name, points=batch, wait=True, timeout=timeout))
-
-    def _retrieve(self, point_ids: Sequence[str], *, payload: bool, dense: bool) -> list[Record]:
-        records = self._send("retrieve", lambda timeout: self.client.retrieve(
-            self.name,
-            ids=list(point_ids),
-            with_payload=payload,
-            with_vectors=[DENSE] if dense else False,
-            timeout=timeout,
-        ))
-        return [
-            Record(str(r.id), r.payload, _dense_of(r.vector) if dense else None) for r in records
-        ]
-
-    def _delete(self, point_ids: Sequence[str]) -> None:
-        selector = models.PointIdsList(points=list(point_ids))
-        self._send("delete", lambda timeout: self.client.delete(
-            self.name, points_selector=selector, wait=True, timeout=timeout))
+    def _do(self, step: Step) -> Any:
+        """Sent once more on StoreUnavailable while a whole second of the ``timeout_s`` budget
+        is left (the retry gets what is left)."""
+        call = call_for(step, self.name)
+        deadline = time.monotonic() + self.settings.timeout_s
+        try:
+            with errors(call.operation):
+                return call.result(call.send(self.client, None))
+        except StoreUnavailable as error:
+            left = retry_budget(deadline, call.operation, self.name, error)
+            time.sleep(RETRY_PAUSE_S)
+            with errors(call.operation):
+                return call.result(call.send(self.client, left))
 
     def _count(self) -> int:
-        return self._send("count", lambda timeout: self.client.count(
-            self.name, exact=True, timeout=timeout)).count
-
-    def _run(self, plans: Sequence[Plan]) -> list[list[Scored]]:
-        requests = [_request(p) for p in plans]
-        responses = self._send("query", lambda timeout: self.client.query_batch_points(
-            self.name, requests=requests, timeout=timeout))
-        return [[Scored(str(p.id), p.score, p.payload) for p in r.points] for r in responses]
+        count: int = self._do(Count())
+        return count
 
     def _close(self) -> None:
         self.client.close()
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _send(self, operation: str, send: Callable[[int | None], T]) -> T:
-        """``send(timeout)`` (None: the client's, ``index.timeout_s``), sent once more on
-        StoreUnavailable while a whole second of the ``timeout_s`` budget is left."""
-        deadline = time.monotonic() + self.settings.timeout_s
-        try:
-            with _errors(operation):
-                return send(None)
-        except StoreUnavailable as error:
-            left = int(deadline - time.monotonic() - RETRY_PAUSE_S)
-            if left < 1:
-                raise
-            logger.warning("qdrant %s unavailable, retrying once: %s", operation, error,
-                           extra={"collection": self.name, "timeout_s": left})
-            time.sleep(RETRY_PAUSE_S)
-            with _errors(operation):
-                return send(left)
 
     def _create(self, spec: CollectionSpec, identity: EmbedderIdentity) -> None:
         quantization = (
@@ -225,20 +209,68 @@ class ServerStore(Store):
             )
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One engine step as a qdrant-client request: ``send(client, timeout)`` works with the
+    blocking client and the asyncio one alike (same methods; the latter's returns an awaitable),
+    ``result`` turns the response into the step's result."""
+
+    operation: str
+    send: Callable[[Any, int | None], Any]
+    result: Callable[[Any], Any] = lambda response: response
+
+
+def call_for(step: Step, collection: str) -> Call:
+    """The request that carries out ``step`` on ``collection`` (writes wait until applied)."""
+    match step:
+        case Batch(plans):
+            requests = [_request(p) for p in plans]
+            return Call("query", lambda c, t: c.query_batch_points(
+                collection, requests=requests, timeout=t), _ranked)
+        case Fetch(point_ids, payload, dense):
+            return Call("retrieve", lambda c, t: c.retrieve(
+                collection, ids=list(point_ids), with_payload=payload,
+                with_vectors=[DENSE] if dense else False, timeout=t),
+                lambda records: _records(records, dense))
+        case Write(points):
+            batch = [models.PointStruct(id=p.point_id, vector=_vectors(p), payload=p.payload)
+                     for p in points]
+            return Call("upsert", lambda c, t: c.upsert(
+                collection, points=batch, wait=True, timeout=t), _nothing)
+        case Remove(point_ids):
+            selector = models.PointIdsList(points=list(point_ids))
+            return Call("delete", lambda c, t: c.delete(
+                collection, points_selector=selector, wait=True, timeout=t), _nothing)
+        case Count():
+            return Call("count", lambda c, t: c.count(collection, exact=True, timeout=t),
+                        lambda counted: counted.count)
+
+
+def retry_budget(deadline: float, operation: str, collection: str, error: StoreUnavailable) -> int:
+    """Whole seconds the one retry of ``operation`` gets; re-raises ``error`` if less than one
+    would be left after the pause."""
+    left = int(deadline - time.monotonic() - RETRY_PAUSE_S)
+    if left < 1:
+        raise error
+    logger.warning("qdrant %s unavailable, retrying once: %s", operation, error,
+                   extra={"collection": collection, "timeout_s": left})
+    return left
+
+
 def _identity(metadata: Mapping[str, Any] | None) -> EmbedderIdentity | None:
     entry = (metadata or {}).get(METADATA_KEY)
     return EmbedderIdentity.from_json(entry) if entry else None
 
 
 @contextmanager
-def _errors(operation: str) -> Iterator[None]:
+def errors(operation: str) -> Iterator[None]:
     """Unreachable server: StoreUnavailable; anything else the server refuses: StoreError."""
     try:
         yield
     except StoreError:
         raise
     except grpc.RpcError as exc:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
+        code = exc.code() if isinstance(exc, grpc.Call | AioRpcError) else None
         if code in _UNAVAILABLE:
             raise StoreUnavailable(f"qdrant {operation}: {code}: {exc.details()}") from exc
         raise StoreError(f"qdrant {operation} failed: {exc}") from exc
@@ -246,6 +278,20 @@ def _errors(operation: str) -> Iterator[None]:
         raise StoreUnavailable(f"qdrant {operation}: {exc}") from exc
     except UnexpectedResponse as exc:
         raise StoreError(f"qdrant {operation} failed: {exc}") from exc
+
+
+def _records(records: Sequence[models.Record], dense: bool) -> list[Record]:
+    return [
+        Record(str(r.id), r.payload, _dense_of(r.vector) if dense else None) for r in records
+    ]
+
+
+def _nothing(_: Any) -> None:
+    return None
+
+
+def _ranked(responses: Sequence[models.QueryResponse]) -> list[list[Scored]]:
+    return [[Scored(str(p.id), p.score, p.payload) for p in r.points] for r in responses]
 
 
 def _vectors(point: PointData) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """The Store interface: one collection of papers with dense and BM25 vectors.
 
-Backends implement a few engine primitives (``_open``, ``_write``, ``_retrieve``, ``_delete``,
-``_count``, ``_run``, ``_close``); validation, batching, query planning and hit assembly live
-here, so both backends answer the same request with the same engine operations.
+Backends implement three engine primitives (``_open``, ``_do`` one step, ``_close``);
+validation, batching, query planning and hit assembly live here, so both backends answer the
+same request with the same engine operations. Each operation is written once, as a program of
+engine steps (index/plan.py): ``query`` runs ``query_program`` on the backend's own primitives,
+and the gateway's asyncio Qdrant client runs the very same program (index/server_async.py).
 """
 
 from __future__ import annotations
@@ -11,13 +13,27 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from papersearch.corpus.paper import Paper, point_id
 from papersearch.index.errors import PaperNotFound, StoreError
-from papersearch.index.plan import Fused, Nearest, Plan, PointData, Record, Scored
+from papersearch.index.plan import (
+    Batch,
+    Count,
+    Fetch,
+    Fused,
+    Nearest,
+    Plan,
+    PointData,
+    Program,
+    Record,
+    Remove,
+    Scored,
+    Step,
+    Write,
+)
 from papersearch.index.query import Hit, SearchFilter, SearchRequest
 from papersearch.index.schema import DENSE, SPARSE, EmbedderIdentity, from_payload, to_payload
 from papersearch.index.sparse import SparseLike, SparseVector
@@ -91,69 +107,98 @@ class Store(ABC):
         one engine operation; should one fail, earlier chunks stay written, and a retry of the
         whole call is safe because point ids are deterministic.
         """
+        return self.execute(self.upsert_program(papers, dense, sparse))
+
+    def upsert_program(
+        self, papers: Sequence[Paper], dense: np.ndarray, sparse: Sequence[SparseLike]
+    ) -> Program[int]:
         vectors = self._check_vectors(papers, dense, sparse)
         points = [
             PointData(paper.point_id, vector.tolist(), SparseVector.of(terms), to_payload(paper))
             for paper, vector, terms in zip(papers, vectors, sparse, strict=True)
         ]
         for chunk in _chunks(points, self.settings.upsert_batch_size):
-            self._write(chunk)
+            yield Write(tuple(chunk))
         logger.debug("upserted", extra={"collection": self.describe(), "papers": len(points)})
         return len(points)
 
     def delete(self, paper_ids: Iterable[str]) -> None:
         """Delete papers by paper id; unknown ids are ignored."""
+        self.execute(self.delete_program(paper_ids))
+
+    def delete_program(self, paper_ids: Iterable[str]) -> Program[None]:
         self._require_open()
         ids = [point_id(pid) for pid in dict.fromkeys(paper_ids)]
         for chunk in _chunks(ids, _RETRIEVE_CHUNK):
-            self._delete(chunk)
+            yield Remove(tuple(chunk))
 
     # -- reads -------------------------------------------------------------------------------
 
     def count(self) -> int:
-        self._require_open()
-        return self._count()
+        return self.execute(self.probe_program())
 
     def probe(self) -> int:
         """Readiness: the open collection still there and answering; its point count. Raises
         StoreUnavailable (unreachable) or CollectionMissing (gone since it was opened)."""
-        return self.count()
+        return self.execute(self.probe_program())
+
+    def probe_program(self) -> Program[int]:
+        self._require_open()
+        count: int = yield Count()
+        return count
 
     def existing_ids(self, point_ids: Iterable[str]) -> set[str]:
         """The subset of ``point_ids`` (``Paper.point_id`` values) already stored."""
+        return self.execute(self.existing_ids_program(point_ids))
+
+    def existing_ids_program(self, point_ids: Iterable[str]) -> Program[set[str]]:
         self._require_open()
         ids = list(dict.fromkeys(point_ids))
         found: set[str] = set()
         for chunk in _chunks(ids, _RETRIEVE_CHUNK):
-            found.update(r.point_id for r in self._retrieve(chunk, payload=False, dense=False))
+            records: list[Record] = yield Fetch(tuple(chunk), payload=False, dense=False)
+            found.update(r.point_id for r in records)
         return found
 
     def get(self, paper_ids: Sequence[str]) -> list[Paper]:
         """Stored papers in the order asked; unknown ids are skipped."""
+        return self.execute(self.get_program(paper_ids))
+
+    def get_program(self, paper_ids: Sequence[str]) -> Program[list[Paper]]:
         self._require_open()
         wanted = [point_id(pid) for pid in paper_ids]
         by_id: dict[str, Record] = {}
         for chunk in _chunks(list(dict.fromkeys(wanted)), _RETRIEVE_CHUNK):
-            by_id.update((r.point_id, r) for r in self._retrieve(chunk, payload=True, dense=False))
+            records: list[Record] = yield Fetch(tuple(chunk), payload=True, dense=False)
+            by_id.update((r.point_id, r) for r in records)
         return [from_payload(by_id[p].payload or {}) for p in wanted if p in by_id]
 
     def query(self, request: SearchRequest) -> list[Hit]:
         """Run a dense, sparse or hybrid (prefetch both, fuse) search."""
+        return self.execute(self.query_program(request))
+
+    def query_program(self, request: SearchRequest) -> Program[list[Hit]]:
         plan = self._plan(request)
-        (results,) = self._run([plan])
+        ranked: list[list[Scored]] = yield Batch((plan,))
+        (results,) = ranked
         if request.mode == "dense":
             return [_hit(s, dense=s.score) for s in results]
         if request.mode == "sparse":
             return [_hit(s, sparse=s.score) for s in results]
-        return self._with_components(request, results)
+        return (yield from self._with_components(request, results))
 
     def similar(
         self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None
     ) -> list[Hit]:
         """Papers nearest to a stored paper's own dense vector, the paper itself excluded."""
+        return self.execute(self.similar_program(paper_id, limit, filter))
+
+    def similar_program(
+        self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None
+    ) -> Program[list[Hit]]:
         self._require_open()
         pid = point_id(paper_id)
-        records = self._retrieve([pid], payload=False, dense=True)
+        records: list[Record] = yield Fetch((pid,), payload=False, dense=True)
         if not records or records[0].dense is None:
             raise PaperNotFound(paper_id)
         plan = Plan(
@@ -162,8 +207,19 @@ class Store(ABC):
             exclude_ids=frozenset({pid}),
             hnsw_ef=self.settings.hnsw_ef,
         )
-        (results,) = self._run([plan])
+        ranked: list[list[Scored]] = yield Batch((plan,))
+        (results,) = ranked
         return [_hit(s, dense=s.score) for s in results]
+
+    def execute(self, program: Program[T]) -> T:
+        """Run an operation's program on this backend's own (blocking) primitives."""
+        try:
+            step = next(program)
+            while True:
+                step = program.send(self._do(step))
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     def describe(self) -> str:
         return f"{self.backend}:{self.settings.collection}"
@@ -219,7 +275,9 @@ class Store(ABC):
             exact=request.exact,
         )
 
-    def _with_components(self, request: SearchRequest, fused: list[Scored]) -> list[Hit]:
+    def _with_components(
+        self, request: SearchRequest, fused: list[Scored]
+    ) -> Program[list[Hit]]:
         """Fused results carry only the fused score: score the hits again, per stage, exactly.
 
         Both stage queries are restricted to the fused hits' ids, so they are small and the
@@ -233,7 +291,8 @@ class Store(ABC):
             Plan(Nearest(using, vector, len(ids)), only_ids=ids, exact=True, with_payload=False)
             for using, vector in vectors
         ]
-        dense_scores, sparse_scores = ({s.point_id: s.score for s in r} for r in self._run(stages))
+        by_stage: list[list[Scored]] = yield Batch(tuple(stages))
+        dense_scores, sparse_scores = ({s.point_id: s.score for s in r} for r in by_stage)
         return [
             _hit(s, dense=dense_scores.get(s.point_id), sparse=sparse_scores.get(s.point_id))
             for s in fused
@@ -246,22 +305,8 @@ class Store(ABC):
         """Open or create the collection; raise EmbedderMismatch if built by another one."""
 
     @abstractmethod
-    def _write(self, points: Sequence[PointData]) -> None: ...
-
-    @abstractmethod
-    def _retrieve(
-        self, point_ids: Sequence[str], *, payload: bool, dense: bool
-    ) -> list[Record]: ...
-
-    @abstractmethod
-    def _delete(self, point_ids: Sequence[str]) -> None: ...
-
-    @abstractmethod
-    def _count(self) -> int: ...
-
-    @abstractmethod
-    def _run(self, plans: Sequence[Plan]) -> list[list[Scored]]:
-        """Run plans as one batch; one ranked result list per plan."""
+    def _do(self, step: Step) -> Any:
+        """Carry out one engine step (index/plan.py) and return its result."""
 
     @abstractmethod
     def _close(self) -> None: ...

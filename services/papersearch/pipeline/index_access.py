@@ -2,15 +2,17 @@
 
 Qdrant is the scaled, replicated service: a deployment in front of it only added a handle hop and
 a serialization each way per search (benchmarks/hops.py). The gateway opens the collection
-(retriever/opener.py: never created by a read; ``upsert`` creates it) and runs every engine call
-in worker threads, so the gRPC front's event loop never waits on the index:
+(retriever/opener.py: never created by a read; ``upsert`` creates it) and runs each operation's
+program (index/plan.py) without ever blocking the gRPC front's event loop:
 
-- embedded (qdrant-edge, the local default): one thread. The shard is not shared between
-  threads, so its calls run one at a time, as on the in-process backend; the single gateway
-  replica of the local Serve config owns it.
-- Qdrant server: up to ``SEARCH_WORKERS`` threads, so concurrent searches go out at once; each
-  operation is bounded by ``index.timeout_s`` (one retry included, index/server.py), so a
-  server that stops answering costs the searches waiting on it one timeout, not one each.
+- embedded (qdrant-edge, the local default): in one worker thread. The shard is not shared
+  between threads, so its calls run one at a time, as on the in-process backend; the single
+  gateway replica of the local Serve config owns it.
+- Qdrant server: on the event loop itself, through one asyncio client (index/server_async.py):
+  connections reused, concurrent searches sent at once, each request bounded by
+  ``index.timeout_s`` (one retry included), so a server that stops answering costs the searches
+  waiting on it one timeout, not one each. Only opening the collection, once, takes the worker
+  thread (the blocking client).
 
 Query-side BM25 terms are computed here too (Retriever), where the store is queried.
 """
@@ -18,30 +20,35 @@ Query-side BM25 terms are computed here too (Retriever), where the store is quer
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
+from qdrant_client import AsyncQdrantClient
 
 from papersearch.corpus.paper import Paper
 from papersearch.index.errors import StoreError
+from papersearch.index.plan import Program
 from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.index.server_async import AsyncServerEngine, connect_async
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retriever
+from papersearch.settings import IndexSettings
 
 T = TypeVar("T")
-SEARCH_WORKERS = 16  # server backend: engine calls at once per gateway
 
 
 class IndexAccess:
-    def __init__(self, opener: CollectionOpener) -> None:
+    def __init__(
+        self, opener: CollectionOpener,
+        make_client: Callable[[IndexSettings], AsyncQdrantClient] = connect_async,
+    ) -> None:
         self.opener = opener
-        workers = 1 if opener.settings.index.backend == "embedded" else SEARCH_WORKERS
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="index")
+        self.make_client = make_client
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="index")
         self._retriever: Retriever | None = None
-        self._opening = threading.Lock()  # server backend: several threads may ask at once
+        self._engine: AsyncServerEngine | None = None
         try:
             self.opener.open()
         except StoreError:  # logged by the opener; reads retry, readiness reports it
@@ -49,36 +56,52 @@ class IndexAccess:
 
     async def search(self, text: str, vector: np.ndarray | None, mode: Mode, limit: int,
                      flt: SearchFilter) -> list[Hit]:
-        return await self._run(lambda: self._open().search(text, vector, mode=mode,
-                                                           limit=limit, filter=flt))
+        return await self._execute(lambda r: r.search_program(text, vector, mode, limit, flt))
 
     async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
-        return await self._run(lambda: self._open().similar(paper_id, limit, flt))
+        return await self._execute(lambda r: r.store.similar_program(paper_id, limit, flt))
 
     async def get(self, paper_id: str) -> Paper:
-        return await self._run(lambda: self._open().get(paper_id))
+        return await self._execute(lambda r: r.get_program(paper_id))
 
     async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
-        return await self._run(lambda: self._open(create=True).upsert(papers, dense))
+        return await self._execute(lambda r: r.upsert_program(papers, dense), create=True)
 
     async def delete(self, paper_ids: Sequence[str]) -> int:
-        return await self._run(lambda: self._open().delete(paper_ids))
+        return await self._execute(lambda r: r.delete_program(paper_ids))
 
     async def ready(self) -> int:
         """Readiness: the collection open, reachable and ours; its point count."""
-        return await self._run(lambda: self._open().store.probe())
+        return await self._execute(lambda r: r.store.probe_program())
 
-    def close(self) -> None:
-        """Wait for the engine calls in progress, then close (flush) the store."""
+    async def close(self) -> None:
+        """Wait for the engine calls in progress, then close the clients (and flush the
+        embedded store)."""
+        if self._engine is not None:
+            await self._engine.close()
+        await asyncio.to_thread(self._close_store)
+
+    def _close_store(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.opener.close()
 
-    def _open(self, *, create: bool = False) -> Retriever:
-        with self._opening:
-            store = self.opener.open(create=create)  # once open, always the same store
-            if self._retriever is None:
-                self._retriever = Retriever(store)
-            return self._retriever
+    async def _execute(self, program: Callable[[Retriever], Program[T]], *,
+                       create: bool = False) -> T:
+        retriever = self._retriever or await self._open(create)
+        if retriever.store.backend == "embedded":
+            return await self._in_thread(lambda: retriever.store.execute(program(retriever)))
+        if self._engine is None:  # made here: its channels belong to this event loop
+            settings = retriever.store.settings
+            self._engine = AsyncServerEngine(settings, self.make_client(settings))
+        return await self._engine.execute(program(retriever))
 
-    async def _run(self, call: Callable[[], T]) -> T:
+    async def _open(self, create: bool) -> Retriever:
+        """The store opened in the worker thread: one attempt at a time (the opener spaces
+        failed ones), then the same store for good."""
+        store = await self._in_thread(lambda: self.opener.open(create=create))
+        if self._retriever is None:
+            self._retriever = Retriever(store)
+        return self._retriever
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)

@@ -8,6 +8,7 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper, point_id
 from papersearch.index.errors import PaperNotFound
+from papersearch.index.plan import Program
 from papersearch.index.query import Hit, Mode, SearchFilter, SearchRequest
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
@@ -15,7 +16,8 @@ from papersearch.index.store import Store
 
 class Retriever:
     """Turns (query text, query vector) into a Qdrant request, and papers into points: BM25
-    terms are computed here, for queries and documents alike."""
+    terms are computed here, for queries and documents alike. Each method has a ``*_program``
+    twin (index/plan.py) for callers that run the engine steps themselves (the gateway)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -30,6 +32,16 @@ class Retriever:
         limit: int = 10,
         filter: SearchFilter | None = None,
     ) -> list[Hit]:
+        return self.store.execute(self.search_program(text, vector, mode, limit, filter))
+
+    def search_program(
+        self,
+        text: str,
+        vector: np.ndarray | Sequence[float] | None,
+        mode: Mode = "hybrid",
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+    ) -> Program[list[Hit]]:
         sparse = self.bm25.query(text) if mode in ("sparse", "hybrid") else None
         if sparse is not None and len(sparse) == 0 and mode == "sparse":
             return []  # only stopwords or punctuation: nothing can match lexically
@@ -42,7 +54,7 @@ class Retriever:
             limit=limit,
             filter=filter or SearchFilter(),
         )
-        return self.store.query(request)
+        return (yield from self.store.query_program(request))
 
     def similar(self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None) -> (
         list[Hit]
@@ -50,19 +62,28 @@ class Retriever:
         return self.store.similar(paper_id, limit, filter)
 
     def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
+        return self.store.execute(self.upsert_program(papers, dense))
+
+    def upsert_program(self, papers: Sequence[Paper], dense: np.ndarray) -> Program[int]:
         """Write papers with their dense vectors; the BM25 vectors come from their text."""
-        return self.store.upsert(papers, dense, self.bm25.documents(p.text for p in papers))
+        sparse = self.bm25.documents(p.text for p in papers)
+        return (yield from self.store.upsert_program(papers, dense, sparse))
 
     def delete(self, paper_ids: Sequence[str]) -> int:
+        return self.store.execute(self.delete_program(paper_ids))
+
+    def delete_program(self, paper_ids: Sequence[str]) -> Program[int]:
         """Delete papers; returns how many of them were stored (each id once). Counted by point
         id alone, without reading payloads."""
-        present = self.store.existing_ids(point_id(pid) for pid in paper_ids)
-        self.store.delete(paper_ids)
+        present = yield from self.store.existing_ids_program(point_id(pid) for pid in paper_ids)
+        yield from self.store.delete_program(paper_ids)
         return len(present)
 
     def get(self, paper_id: str) -> Paper:
-        papers = self.store.get([paper_id])
+        return self.store.execute(self.get_program(paper_id))
+
+    def get_program(self, paper_id: str) -> Program[Paper]:
+        papers = yield from self.store.get_program([paper_id])
         if not papers:
             raise PaperNotFound(paper_id)
         return papers[0]
-

@@ -1,0 +1,239 @@
+"""The gateway's index access (pipeline/index_access.py): the embedded shard in a worker thread,
+a Qdrant server through the asyncio client (index/server_async.py), the same answers as the
+blocking Store either way.
+
+No Qdrant server runs here. The asyncio path is tested with qdrant-client's own asyncio local
+mode, linked to the blocking local-mode client's collections (``async_twin``): the gateway's two
+clients then see one collection, as both would on one server. Deadlines and errors are tested
+against real sockets: one nobody listens on, one that accepts and never answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qdrant_client import AsyncQdrantClient, QdrantClient
+from qdrant_client.http.exceptions import ResponseHandlingException
+
+from papersearch.index import PaperNotFound, SearchFilter, Store, StoreUnavailable
+from papersearch.index.edge import EdgeStore
+from papersearch.index.server import ServerStore, connect
+from papersearch.index.server_async import AsyncServerEngine
+from papersearch.pipeline.index_access import IndexAccess
+from papersearch.retriever.opener import CollectionOpener
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import IndexSettings, Settings
+from tests.test_index import DENSE, DIM, PAPERS, RARE, RARE_AT, SHA, SPARSE, ids, request
+
+pytestmark = [  # qdrant-client local mode: no payload indexes, always exact search
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning"),
+]
+
+
+def async_twin(client: QdrantClient) -> AsyncQdrantClient:
+    """An asyncio local-mode client over ``client``'s collections (same engine objects)."""
+    twin = AsyncQdrantClient(":memory:")
+    twin._client.collections = client._client.collections  # type: ignore[union-attr]
+    return twin
+
+
+@pytest.fixture(params=["edge", "server"])
+def access(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[IndexAccess, Store]]:
+    """Index access over a filled store of each backend, and that store."""
+    settings = IndexSettings(data_dir=tmp_path)
+    store: Store
+    if request.param == "edge":
+        store = EdgeStore(settings)
+    else:
+        store = ServerStore(settings, client=QdrantClient(":memory:"))
+    store.ensure_collection(DIM, SHA)
+    store.upsert(PAPERS, DENSE, SPARSE)
+    client = store.client if isinstance(store, ServerStore) else None
+    yield IndexAccess(
+        CollectionOpener(Settings(index=settings), DIM, SHA, make_store=lambda _: store),
+        make_client=lambda _: async_twin(client),  # type: ignore[arg-type]
+    ), store
+
+
+def run(access: IndexAccess, calls: Callable[[], Awaitable[Any]]) -> Any:
+    """``calls`` on one event loop, then ``access`` closed on it (as the gateway does)."""
+    async def main() -> Any:
+        try:
+            return await calls()
+        finally:
+            await access.close()
+
+    return asyncio.run(main())
+
+
+def test_answers_like_the_store(access: tuple[IndexAccess, Store]) -> None:
+    index, store = access
+    retriever = Retriever(store)
+    flt = SearchFilter(categories=("cs.CL",))
+    expected = (
+        retriever.search(RARE, DENSE[RARE_AT], mode="hybrid", limit=5),
+        retriever.search(RARE, None, mode="sparse", limit=3),
+        store.query(request("dense", 2, limit=4, filter=flt)),
+        store.similar(PAPERS[3].id, 4),
+    )
+    hybrid, sparse, dense, no_vector, similar, paper, missing, ready = run(
+        index, lambda: asyncio.gather(
+            index.search(RARE, DENSE[RARE_AT], "hybrid", 5, SearchFilter()),
+            index.search(RARE, None, "sparse", 3, SearchFilter()),
+            index.search(RARE, DENSE[2], "dense", 4, flt),
+            index.search(RARE, None, "dense", 5, SearchFilter()),
+            index.similar(PAPERS[3].id, 4, SearchFilter()),
+            index.get(PAPERS[5].id),
+            index.get("2401.99999"),
+            index.ready(),
+            return_exceptions=True))
+    for got, want in zip((hybrid, sparse, dense, similar), expected, strict=True):
+        assert [(h.paper, h.score, h.dense_score, h.sparse_score) for h in got] == [
+            (h.paper, h.score, h.dense_score, h.sparse_score) for h in want]
+    assert ids(hybrid)[0] == PAPERS[RARE_AT].id and hybrid[0].sparse_score
+    assert PAPERS[3].id not in ids(similar) and len(dense) == 4
+    assert isinstance(no_vector, ValueError) and "needs a dense query vector" in str(no_vector)
+    assert paper == PAPERS[5]
+    assert isinstance(missing, PaperNotFound)
+    assert ready == len(PAPERS)
+
+
+def test_writes_reach_the_store(access: tuple[IndexAccess, Store]) -> None:
+    index, store = access
+    extra = replace(PAPERS[0], id="2401.77777", title="an added paper")
+
+    async def calls() -> list[Any]:
+        written = await index.upsert([extra, PAPERS[1]], DENSE[:2])
+        deleted = await index.delete([PAPERS[2].id, PAPERS[2].id, "2401.99999"])
+        # The blocking client (server: the other client of the gateway) sees the writes.
+        seen = await asyncio.to_thread(store.count) if isinstance(store, ServerStore) else None
+        return [written, deleted, await index.ready(), seen, *await asyncio.gather(
+            index.get(extra.id), index.get(PAPERS[2].id), return_exceptions=True)]
+
+    written, deleted, ready, seen, added, gone = run(index, calls)
+    assert (written, deleted, ready) == (2, 1, len(PAPERS))  # one added, one deleted
+    assert seen == (len(PAPERS) if isinstance(store, ServerStore) else None)
+    assert added == extra and isinstance(gone, PaperNotFound)
+
+
+class AsyncFlaky:
+    """An asyncio local-mode client whose ``methods`` fail like an unreachable server,
+    ``failures`` times in all; every call to them is counted."""
+
+    def __init__(self, client: AsyncQdrantClient) -> None:
+        self.client, self.methods, self.failures = client, set[str](), 0
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if name not in self.methods:
+            return method
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if self.failures > 0:
+                self.failures -= 1
+                raise ResponseHandlingException(ConnectionRefusedError("connection refused"))
+            return await method(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("method", ["count", "query_batch_points", "retrieve", "upsert", "delete"])
+def test_async_requests_are_retried_once(method: str) -> None:
+    store = ServerStore(IndexSettings(), client=QdrantClient(":memory:"))
+    store.ensure_collection(DIM, SHA)
+    store.upsert(PAPERS[:5], DENSE[:5], SPARSE[:5])
+    flaky = AsyncFlaky(async_twin(store.client))
+    engine = AsyncServerEngine(store.settings, flaky)  # type: ignore[arg-type]
+    programs = {
+        "count": store.probe_program,
+        "query_batch_points": lambda: store.query_program(request("dense", limit=3)),
+        "retrieve": lambda: store.get_program([PAPERS[0].id]),
+        "upsert": lambda: store.upsert_program(PAPERS[:2], DENSE[:2], SPARSE[:2]),
+        "delete": lambda: store.delete_program([PAPERS[4].id]),
+    }
+
+    async def twice() -> None:
+        flaky.methods, flaky.failures = {method}, 1
+        await engine.execute(programs[method]())  # the retry answers
+        assert flaky.calls == [method, method]
+        flaky.calls, flaky.failures = [], 2
+        with pytest.raises(StoreUnavailable, match="connection refused"):
+            await engine.execute(programs[method]())  # once, not twice
+        assert flaky.calls == [method, method]
+
+    asyncio.run(twice())
+    store.close()
+
+
+def silent_server_access(port: int, timeout_s: int) -> IndexAccess:
+    """Access to a collection opened on a server that then stops answering (the blocking
+    client's open goes to local mode; the asyncio client's requests go to ``port``)."""
+    settings = Settings(index=IndexSettings(
+        backend="server", url=f"http://127.0.0.1:{port}", grpc_port=port, timeout_s=timeout_s))
+
+    def opened_then_silent(s: Settings) -> ServerStore:
+        store = ServerStore(s.index, client=QdrantClient(":memory:"))
+        store.ensure_collection(DIM, SHA)  # opened; the opener's call then finds it open
+        store.client.close()
+        store.client = connect(s.index)
+        return store
+
+    return IndexAccess(CollectionOpener(settings, DIM, SHA, make_store=opened_then_silent))
+
+
+def test_concurrent_searches_against_a_silent_server_cost_one_timeout() -> None:
+    """Qdrant accepts the connections and never answers: 96 searches at once all fail
+    StoreUnavailable in about one ``timeout_s``: not one each, nor one per 16 (the worker
+    threads this path had before the asyncio client)."""
+    timeout_s, n = 1, 96
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(128)  # the kernel accepts connections; nothing ever reads or answers
+        index = silent_server_access(silent.getsockname()[1], timeout_s)
+        started = time.monotonic()
+        results = run(index, lambda: asyncio.gather(
+            *(index.search(RARE, DENSE[i % len(DENSE)], "dense", 5, SearchFilter())
+              for i in range(n)), return_exceptions=True))
+        elapsed = time.monotonic() - started
+    assert len(results) == n and all(isinstance(r, StoreUnavailable) for r in results), results
+    assert elapsed < 3 * timeout_s  # 16 at a time: 6 x timeout_s
+
+
+def test_refused_connection_is_unavailable_and_the_loop_keeps_running() -> None:
+    """Nobody listens: the search fails StoreUnavailable within the timeout, and the event
+    loop stays free meanwhile (a ticker on it keeps ticking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    index = silent_server_access(port, timeout_s=2)
+    ticks = 0
+
+    async def search_while_ticking() -> Any:
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticking = asyncio.create_task(ticker())
+        try:
+            return await asyncio.gather(index.search(RARE, DENSE[0], "dense", 5, SearchFilter()),
+                                        return_exceptions=True)
+        finally:
+            ticking.cancel()
+
+    started = time.monotonic()
+    (result,) = run(index, search_while_ticking)
+    assert isinstance(result, StoreUnavailable), result
+    assert time.monotonic() - started < 2 + 1
+    assert ticks >= 1
