@@ -49,6 +49,7 @@ def _filter(args: argparse.Namespace) -> SearchFilter:
 def result_to_dict(result: SearchResult) -> dict[str, Any]:
     return {
         "reranked": result.reranked,
+        "below_min_relevance": result.below_min_relevance,
         "timings_ms": result.timings_ms,
         "hits": [
             {
@@ -65,7 +66,9 @@ def format_result(result: SearchResult) -> str:
     lines = [f"{i:>3}. {h.score:8.4f}  {h.paper.title or h.paper.abstract[:80]}  [{h.paper.id}]"
              for i, h in enumerate(result.hits, 1)]
     total = result.timings_ms.get("total", 0.0)
-    lines.append(f"{len(result.hits)} hits, reranked={result.reranked}, {total:.1f} ms")
+    dropped = result.below_min_relevance
+    cut = f", {dropped} below --min-relevance" if dropped else ""
+    lines.append(f"{len(result.hits)} hits{cut}, reranked={result.reranked}, {total:.1f} ms")
     return "\n".join(lines)
 
 
@@ -117,7 +120,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
 
     query = SearchQuery(
         text=args.query, top_k=args.top_k, mode=args.mode, rerank=not args.no_rerank,
-        filter=_filter(args),
+        filter=_filter(args), min_relevance=args.min_relevance,
     ).validate(settings.search)  # a bad query is reported before any model or index is loaded
     if args.target:
         result = _search_remote(args, query)
@@ -261,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="published on or before (YYYY-MM-DD)")
     search.add_argument("--category", action="append", default=[])
     search.add_argument("--author", action="append", default=[])
+    search.add_argument("--min-relevance", type=float, metavar="COSINE",
+                        help="drop hits whose dense cosine to the query is below this (-1 to 1; "
+                             "modes dense and hybrid; README, Relevance cut-off)")
     search.add_argument("--json", action="store_true")
     search.add_argument("--target", metavar="HOST:PORT",
                         help="query a running gateway over gRPC instead of in-process")

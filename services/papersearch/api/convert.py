@@ -188,7 +188,8 @@ def search_query_from_proto(request: pb.SearchRequest, settings: SearchSettings)
     """SearchRequest -> a validated SearchQuery.
 
     top_k 0 means settings.default_top_k, an unset rerank means True (the pipeline still
-    honours settings.rerank_enabled), MODE_UNSPECIFIED means hybrid. Raises InvalidQuery.
+    honours settings.rerank_enabled), MODE_UNSPECIFIED means hybrid, an unset min_relevance
+    means no cut-off. Raises InvalidQuery.
     """
     query = SearchQuery(
         text=request.query,
@@ -196,12 +197,14 @@ def search_query_from_proto(request: pb.SearchRequest, settings: SearchSettings)
         mode=mode_from_proto(request.mode),
         rerank=request.rerank if request.HasField("rerank") else True,
         filter=filter_from_proto(request.filter),
+        min_relevance=request.min_relevance if request.HasField("min_relevance") else None,
     )
     return query.validate(settings)
 
 
 def search_query_to_proto(query: SearchQuery) -> pb.SearchRequest:
-    """SearchQuery -> SearchRequest (for clients); rerank is always set explicitly."""
+    """SearchQuery -> SearchRequest (for clients); rerank is always set explicitly,
+    min_relevance only when the query has one."""
     modes = {"hybrid": pb.MODE_HYBRID, "dense": pb.MODE_DENSE, "sparse": pb.MODE_SPARSE}
     return pb.SearchRequest(
         query=query.text,
@@ -209,6 +212,7 @@ def search_query_to_proto(query: SearchQuery) -> pb.SearchRequest:
         mode=modes[query.mode],
         rerank=query.rerank,
         filter=filter_to_proto(query.filter),
+        min_relevance=query.min_relevance,
     )
 
 
@@ -304,11 +308,12 @@ def hit_to_proto(hit: SearchHit) -> pb.Hit:
 
 
 def search_response_to_proto(result: SearchResult) -> pb.SearchResponse:
-    """SearchResult -> SearchResponse (hits in order, reranked flag, timings)."""
+    """SearchResult -> SearchResponse (hits in order, reranked flag, timings, hits cut)."""
     return pb.SearchResponse(
         hits=[hit_to_proto(hit) for hit in result.hits],
         reranked=result.reranked,
         timings_ms={key: float(value) for key, value in result.timings_ms.items()},
+        below_min_relevance=result.below_min_relevance,
     )
 
 
@@ -322,7 +327,9 @@ def search_result_from_proto(response: pb.SearchResponse) -> SearchResult:
         )
         for hit in response.hits
     )
-    return SearchResult(hits, response.reranked, dict(response.timings_ms))
+    return SearchResult(
+        hits, response.reranked, dict(response.timings_ms), response.below_min_relevance
+    )
 
 
 def upsert_summary_to_proto(

@@ -25,11 +25,15 @@ def quoted(value: str, limit: int = QUOTE_CHARS) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
+    """One search. ``min_relevance`` (None: off) drops the final hits whose dense cosine
+    similarity to the query is below it, order kept; it needs mode dense or hybrid."""
+
     text: str
     top_k: int = 10
     mode: Mode = "hybrid"
     rerank: bool = True
     filter: SearchFilter = field(default_factory=SearchFilter)
+    min_relevance: float | None = None
 
     def validate(self, limits: SearchSettings) -> SearchQuery:
         """Return self if acceptable, else raise InvalidQuery saying what is wrong."""
@@ -43,7 +47,18 @@ class SearchQuery:
             raise InvalidQuery(f"top_k must be between 1 and {limits.max_top_k}, got {self.top_k}")
         if self.mode not in get_args(Mode):
             raise InvalidQuery(f"unknown mode {self.mode!r}; use one of {get_args(Mode)}")
+        if self.min_relevance is not None:
+            self._validate_min_relevance(self.min_relevance)
         return self
+
+    def _validate_min_relevance(self, value: float) -> None:
+        if not -1.0 <= value <= 1.0:  # NaN fails every comparison
+            raise InvalidQuery(f"min_relevance must be between -1 and 1 (a cosine), got {value}")
+        if self.mode == "sparse":
+            raise InvalidQuery(
+                "min_relevance needs mode dense or hybrid: it is a cosine similarity to the "
+                "query embedding, which sparse mode does not compute"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,23 @@ class SearchHit:
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
+    """``below_min_relevance``: hits of the requested top_k that the query's min_relevance
+    dropped (0 without one)."""
+
     hits: tuple[SearchHit, ...]
     reranked: bool
     timings_ms: dict[str, float]
+    below_min_relevance: int = 0
+
+
+def cut_below(
+    hits: tuple[SearchHit, ...], min_relevance: float | None
+) -> tuple[tuple[SearchHit, ...], int]:
+    """The hits whose dense cosine is at least ``min_relevance`` (all of them for None), in
+    order, and how many were dropped. A hit without a dense score cannot meet it: dropped."""
+    if min_relevance is None:
+        return hits, 0
+    kept = tuple(
+        h for h in hits if h.stages.dense is not None and h.stages.dense >= min_relevance
+    )
+    return kept, len(hits) - len(kept)

@@ -1,4 +1,5 @@
-"""The search pipeline: validate -> encode -> retrieve -> rerank (optional, never fatal).
+"""The search pipeline: validate -> encode -> retrieve -> rerank (optional, never fatal) ->
+relevance cut-off (optional).
 
 One implementation for every transport: the gateway runs it over deployment handles, the CLI
 and tests over the in-process backend. The rerank stage has its own time budget; if the
@@ -17,7 +18,13 @@ import numpy as np
 
 from papersearch.index.query import Hit, Mode
 from papersearch.pipeline.backend import Backend
-from papersearch.pipeline.query import SearchHit, SearchQuery, SearchResult, StageScores
+from papersearch.pipeline.query import (
+    SearchHit,
+    SearchQuery,
+    SearchResult,
+    StageScores,
+    cut_below,
+)
 from papersearch.reranker.fusion import fuse
 from papersearch.settings import SearchSettings
 
@@ -52,9 +59,10 @@ class SearchPipeline:
             mark = time.perf_counter()
             reranked = await self._rerank(query, candidates)
             timings["rerank"] = _ms_since(mark)
-        hits = reranked or [_first_stage_hit(h, query.mode) for h in candidates[: query.top_k]]
+        ranked = reranked or [_first_stage_hit(h, query.mode) for h in candidates[: query.top_k]]
+        hits, dropped = cut_below(tuple(ranked), query.min_relevance)
         timings["total"] = _ms_since(started)
-        return SearchResult(tuple(hits), reranked is not None, timings)
+        return SearchResult(hits, reranked is not None, timings, dropped)
 
     async def _rerank(self, query: SearchQuery, candidates: Sequence[Hit]) -> (
         list[SearchHit] | None
