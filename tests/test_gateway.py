@@ -221,14 +221,31 @@ def test_query_at_the_length_limit_is_accepted(stub: pb_grpc.SearchServiceStub) 
                                              published_to="2024-01-31")},
      "filter.published_from (2024-02-01) is after filter.published_to (2024-01-31)"),
     ({"query": "graphs", "mode": 99}, "unknown mode 99"),
+    ({"query": "graphs", "min_relevance": 1.5}, "min_relevance must be between -1 and 1"),
+    ({"query": "graphs", "mode": pb.MODE_SPARSE, "min_relevance": 0.2},
+     "min_relevance needs mode dense or hybrid"),
 ], ids=["empty", "blank", "too-long", "top-k-101", "top-k-negative", "bad-month",
-        "not-a-date", "from-after-to", "unknown-mode"])
+        "not-a-date", "from-after-to", "unknown-mode", "min-relevance-2", "min-relevance-sparse"])
 def test_invalid_search_requests(stub: pb_grpc.SearchServiceStub,
                                  request_kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Search(pb.SearchRequest(**request_kwargs), timeout=10)
     assert code_of(info) == grpc.StatusCode.INVALID_ARGUMENT
     assert message in details_of(info)
+
+
+def test_min_relevance_drops_the_hits_below_it_and_says_how_many(client: SearchClient) -> None:
+    uncut = client.search(SearchQuery(FEDWON_QUERY, top_k=10, rerank=False))
+    cosines = sorted(h.stages.dense for h in uncut.hits if h.stages.dense is not None)
+    assert len(cosines) == 10 and uncut.below_min_relevance == 0  # every hybrid hit has one
+    threshold = cosines[4]  # the 6th best: 6 stay, 4 go
+    cut = client.search(SearchQuery(FEDWON_QUERY, top_k=10, rerank=False,
+                                    min_relevance=threshold))
+    assert [h.paper.id for h in cut.hits] == [
+        h.paper.id for h in uncut.hits if h.stages.dense is not None
+        and h.stages.dense >= threshold]
+    assert len(cut.hits) == 6 and cut.below_min_relevance == 4
+    assert all(h.stages.dense is not None and h.stages.dense >= threshold for h in cut.hits)
 
 
 def test_similar_and_get(client: SearchClient) -> None:
