@@ -1,10 +1,12 @@
-"""Rerank fusion and query validation (fast, no models)."""
+"""Rerank fusion, first-stage list fusion and query validation (fast, no models)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from papersearch.corpus.paper import Paper
+from papersearch.index.fusion import convex, normalise, rrf
 from papersearch.index.query import Hit
 from papersearch.pipeline.query import InvalidQuery, SearchQuery
 from papersearch.pipeline.search import rerank_hits
@@ -65,3 +67,36 @@ def test_invalid_queries(query: SearchQuery, message: str) -> None:
 def test_valid_query_passes() -> None:
     query = SearchQuery(text="x" * 2048, top_k=100, mode="sparse")
     assert query.validate(SearchSettings()) is query
+
+
+def test_normalisations_by_hand() -> None:
+    scores = np.array([4.0, 2.0, 1.0])
+    assert normalise(scores, "max").tolist() == [1.0, 0.5, 0.25]
+    assert normalise(scores, "minmax").tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+    low, high = scores.mean() - 3 * scores.std(), scores.mean() + 3 * scores.std()
+    assert normalise(scores, "dbsf").tolist() == pytest.approx(list((scores - low) / (high - low)))
+    assert normalise(np.array([-0.2, -0.5]), "max").tolist() == [-0.2, -0.5]  # no positive top
+    assert normalise(np.array([3.0, 3.0]), "minmax").tolist() == [1.0, 1.0]
+
+
+def test_convex_fills_a_missing_paper_with_a_full_windows_lowest_score() -> None:
+    dense = [("a", 0.8), ("b", 0.4)]
+    sparse = [("c", 10.0), ("a", 5.0), ("d", 2.5)]
+    fused = dict(convex([dense, sparse], [0.6, 0.4], depth=2))
+    # dense /0.8: a 1, b 0.5 (window full: floor 0.5); sparse /10: c 1, a 0.5, d 0.25
+    assert fused == pytest.approx({"a": 0.6 + 0.2, "b": 0.3 + 0.1, "c": 0.3 + 0.4,
+                                   "d": 0.3 + 0.1})
+    assert [i for i, _ in convex([dense, sparse], [1.0, 0.0], depth=2)][:2] == ["a", "b"]
+
+
+def test_convex_counts_a_paper_missing_from_a_short_list_as_zero() -> None:
+    """A list shorter than the window holds every match: the others scored nothing there."""
+    dense = [("a", 0.8), ("b", 0.4)]
+    sparse = [("b", 7.0)]
+    fused = dict(convex([dense, sparse], [0.6, 0.4], depth=5))
+    assert fused == pytest.approx({"a": 0.6, "b": 0.3 + 0.4})
+
+
+def test_weighted_rrf_by_hand() -> None:
+    fused = dict(rrf([[("a", 9.0), ("b", 1.0)], [("b", 3.0)]], [0.5, 1.5], k=10))
+    assert fused == pytest.approx({"a": 0.5 / 11, "b": 0.5 / 12 + 1.5 / 11})

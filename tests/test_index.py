@@ -235,7 +235,7 @@ def test_sparse_finds_the_rare_word(loaded: Store) -> None:
 def test_hybrid_fuses_with_configured_rrf_k(loaded: Store) -> None:
     i = 0  # query: paper 0's vector plus the rare word (only in paper RARE_AT)
     dense_rank = ids(loaded.query(request("dense", i, limit=30, exact=True)))
-    hits = loaded.query(request("hybrid", i, rrf_k=60, exact=True, limit=5))
+    hits = loaded.query(request("hybrid", i, fusion="rrf", rrf_k=60, exact=True, limit=5))
     rare = PAPERS[RARE_AT].id
     assert hits[0].paper.id == rare
     # Qdrant's RRF: sum of 1/(k + rank), ranks from 0.
@@ -262,6 +262,35 @@ def test_hybrid_dbsf(loaded: Store) -> None:
     hits = loaded.query(request("hybrid", 0, fusion="dbsf", exact=True))
     assert {PAPERS[0].id, PAPERS[RARE_AT].id} <= set(ids(hits[:3]))
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.6, 1.0])
+def test_hybrid_convex_is_the_weighted_sum_of_max_normalised_lists(
+    loaded: Store, weight: float
+) -> None:
+    """The Store's convex fusion, rebuilt by hand from the dense and sparse searches alone: a
+    paper missing from one full list counts that list's lowest normalised score."""
+    depth, limit = 8, 6
+    dense = loaded.query(request("dense", 0, limit=depth, exact=True))
+    sparse = loaded.query(request("sparse", 0, text="graph protein zymurgy", limit=depth,
+                                  exact=True))
+    hits = loaded.query(request("hybrid", 0, text="graph protein zymurgy", fusion="convex",
+                                dense_weight=weight, prefetch_limit=depth, limit=limit,
+                                exact=True))
+    d_top, s_top = dense[0].score, sparse[0].score
+    d = {h.paper.id: h.score / d_top for h in dense}
+    s = {h.paper.id: h.score / s_top for h in sparse}
+    assert len(d) == len(s) == depth  # both windows full: the missing get the lowest score
+    expected = {i: weight * d.get(i, min(d.values())) + (1 - weight) * s.get(i, min(s.values()))
+                for i in {*d, *s}}
+    assert [h.score for h in hits] == pytest.approx(sorted(expected.values(), reverse=True)[:limit])
+    assert all(h.score == pytest.approx(expected[h.paper.id]) for h in hits)
+    assert all(h.dense_score is not None for h in hits)  # scored in or out of its window
+    assert all(h.dense_score == pytest.approx(d[h.paper.id] * d_top) for h in hits
+               if h.paper.id in d)
+    assert all(h.sparse_score == pytest.approx(s[h.paper.id] * s_top) for h in hits
+               if h.paper.id in s)
+    assert all(h.paper == PAPERS[int(h.paper.id[-5:])] for h in hits)  # payloads fetched
 
 
 ALL_WORDS = " ".join(WORDS)
@@ -538,6 +567,8 @@ CONGRUENCE = [
     ("sparse", {}),
     ("hybrid", {"fusion": "rrf"}),
     ("hybrid", {"fusion": "dbsf"}),
+    ("hybrid", {"fusion": "convex"}),
+    ("hybrid", {"fusion": "convex", "dense_weight": 0.3, "prefetch_limit": 5}),
     ("hybrid", {"fusion": "rrf", "filter": SearchFilter(categories=("cs.CL", "cs.LG"))}),
 ]
 

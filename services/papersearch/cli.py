@@ -221,6 +221,39 @@ def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.evaluation.datasets import load_dataset
+    from papersearch.evaluation.fusion_tuning import tune_fusion
+
+    tuning = [load_dataset(p) for p in args.tune or settings.tune_sets]
+    held_out = [load_dataset(p) for p in args.held_out or settings.held_out_sets]
+    out = tune_fusion(tuning, held_out, settings, Encoder.from_settings(settings.models))
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    names = [*out["tuning_sets"], *out["held_out_sets"]]
+    print(f"{'nDCG@10':<30}" + "".join(f"{n[:10]:>11}" for n in names)
+          + f"{'tuning':>9}{'held-out':>9}")
+    for label, row in [("baseline (configured, Qdrant)", out["baseline"]),
+                       *((c["name"] + ("" if c["runs_in_store"] else " *"), c)
+                         for c in out["candidates"])]:
+        print(f"{label:<30}" + "".join(f"{row['ndcg@10'][n]:>11.4f}" for n in names)
+              + f"{row['tuning_mean']:>9.4f}{row['held_out_mean']:>9.4f}")
+    print("* shown for reference: the Store does not run it")
+    chosen = out["chosen"]
+    if chosen is None:
+        print("no candidate the Store runs beats the baseline on every tuning set: keep it")
+        return 0
+    print(f"chosen on the tuning sets: {chosen['name']} ({chosen['settings']})")
+    for name, verdict in chosen["against_baseline"].items():
+        print(f"  {name}: {verdict['mean_difference']:+.4f}, {verdict['wins']} wins, "
+              f"{verdict['losses']} losses, {verdict['ties']} ties, p={verdict['p_value']:.3f}")
+    print("held-out sets agree: adopt it" if chosen["adopt"]
+          else "held-out sets do not all agree: keep the baseline")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="papersearch", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML settings file (also PAPERSEARCH_CONFIG)")
@@ -300,6 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_loadtest_arguments(loadtest)
     loadtest.set_defaults(handler=_loadtest)
+
+    fusion = commands.add_parser(
+        "tune", help="compare hybrid fusions on judged sets: choose on tuning sets, judge on "
+                     "held-out ones")
+    fusion.add_argument("--tune", type=Path, action="append", metavar="BEIR_DIR",
+                        help="repeatable; default: settings tune_sets (CACM, Cranfield)")
+    fusion.add_argument("--held-out", type=Path, action="append", metavar="BEIR_DIR",
+                        help="repeatable; default: settings held_out_sets (MED, CISI)")
+    fusion.add_argument("--json", action="store_true")
+    fusion.set_defaults(handler=_tune)
 
     tune = commands.add_parser(
         "tune-rerank", help="grid-search the rerank fusion weight and k (use a training set)"

@@ -103,9 +103,17 @@ class IndexSettings(BaseModel):
     hnsw_ef_construct: int = Field(100, ge=4)
     hnsw_ef: int = Field(128, ge=1, description="Default search-time HNSW ef.")
     quantization: Literal["none", "int8"] = "none"
-    fusion: Literal["rrf", "dbsf"] = "rrf"
+    # convex, dense 0.6: `papersearch tune`'s choice on CACM + Cranfield, and MED, CISI and
+    # the known-item set agree (README, Results: Hybrid fusion).
+    fusion: Literal["rrf", "dbsf", "convex"] = Field(
+        "convex", description="Hybrid fusion: rrf or dbsf in Qdrant; convex in the Store "
+                              "(index/fusion.py: each list divided by its top score, weighted).",
+    )
     rrf_k: int = Field(
         60, ge=1, description="Qdrant's RRF k: score = sum 1/(k + rank), rank from 0 (Qdrant: 2)."
+    )
+    fusion_dense_weight: float = Field(
+        0.6, ge=0.0, le=1.0, description="convex fusion: the dense list's weight (1 - it: BM25's).",
     )
     prefetch_limit: int = Field(100, ge=1, description="Candidates per hybrid prefetch.")
     # BM25 (index/sparse.py, README: Indexing and search). Both change how papers written from
@@ -338,6 +346,14 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "text"
     corpus_dir: Path = Path("../shared/corpus/daily-papers")
     eval_dir: Path = Field(Path("data/eval"), description="Evaluation collections (one each).")
+    tune_sets: list[Path] = Field(
+        default_factory=lambda: [Path("../shared/eval/cacm"), Path("../shared/eval/cranfield")],
+        description="papersearch tune: judged sets that choose (BEIR folders).",
+    )
+    held_out_sets: list[Path] = Field(
+        default_factory=lambda: [Path("../shared/eval/med"), Path("../shared/eval/cisi")],
+        description="papersearch tune: judged sets that only judge the choice.",
+    )
     models: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)

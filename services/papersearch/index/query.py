@@ -15,7 +15,7 @@ from papersearch.index.sparse import SparseLike, SparseVector
 
 Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
-FusionMethod = Literal["rrf", "dbsf"]
+FusionMethod = Literal["rrf", "dbsf", "convex"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,8 @@ class SearchFilter:
 
 @dataclass(frozen=True, slots=True)
 class SearchRequest:
-    """One search. Settings supply prefetch_limit, fusion, rrf_k and hnsw_ef when left None.
+    """One search. Settings supply prefetch_limit, fusion, rrf_k, dense_weight and hnsw_ef when
+    left None.
 
     ``rrf_k`` is Qdrant's: a point's RRF score is the sum over prefetches of 1 / (k + rank)
     with rank counted from 0, so k=61 here equals the RRF paper's k=60 (ranks from 1).
@@ -69,6 +70,7 @@ class SearchRequest:
     prefetch_limit: int | None = None
     fusion: FusionMethod | None = None
     rrf_k: int | None = None
+    dense_weight: float | None = None
     hnsw_ef: int | None = None
     exact: bool = False
 
@@ -84,6 +86,8 @@ class SearchRequest:
             raise ValueError(f"mode {self.mode!r} needs a dense query vector")
         if self.mode in ("sparse", "hybrid") and self.sparse is None:
             raise ValueError(f"mode {self.mode!r} needs a sparse query vector")
+        if self.dense_weight is not None and not 0.0 <= self.dense_weight <= 1.0:
+            raise ValueError(f"dense_weight must be in [0, 1], got {self.dense_weight}")
         for name in ("limit", "prefetch_limit", "rrf_k", "hnsw_ef"):
             value = getattr(self, name)
             if value is not None and value < 1:

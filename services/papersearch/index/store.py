@@ -19,6 +19,7 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper, point_id
 from papersearch.index.errors import PaperNotFound, StoreError
+from papersearch.index.fusion import convex
 from papersearch.index.plan import (
     Batch,
     Count,
@@ -178,6 +179,9 @@ class Store(ABC):
         return self.execute(self.query_program(request))
 
     def query_program(self, request: SearchRequest) -> Program[list[Hit]]:
+        if request.mode == "hybrid" and (request.fusion or self.settings.fusion) == "convex":
+            self._check_dim(request)
+            return (yield from self._convex_program(request))
         plan = self._plan(request)
         ranked: list[list[Scored]] = yield Batch((plan,))
         (results,) = ranked
@@ -186,6 +190,24 @@ class Store(ABC):
         if request.mode == "sparse":
             return [_hit(s, sparse=s.score) for s in results]
         return (yield from self._with_components(request, results))
+
+    def _convex_program(self, request: SearchRequest) -> Program[list[Hit]]:
+        """Hybrid search fused here (index/fusion.py): both prefetch lists without payloads,
+        then the top ``limit`` scored per stage with their payloads."""
+        depth = max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
+        hnsw_ef = request.hnsw_ef or self.settings.hnsw_ef
+        lists: list[list[Scored]] = yield Batch(tuple(
+            Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
+                 exact=request.exact, with_payload=False)
+            for using, vector in ((DENSE, request.dense_vector()),
+                                  (SPARSE, request.sparse_vector()))
+        ))
+        weight = (self.settings.fusion_dense_weight if request.dense_weight is None
+                  else request.dense_weight)
+        fused = convex([[(s.point_id, s.score) for s in ranked] for ranked in lists],
+                       (weight, 1.0 - weight), depth)
+        top = [Scored(pid, score, None) for pid, score in fused[: request.limit]]
+        return (yield from self._with_components(request, top))
 
     def similar(
         self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None
@@ -248,10 +270,13 @@ class Store(ABC):
             raise ValueError("duplicate paper ids in one upsert")
         return vectors
 
-    def _plan(self, request: SearchRequest) -> Plan:
+    def _check_dim(self, request: SearchRequest) -> None:
         dim = self._require_open().dim
         if request.dense is not None and len(request.dense) != dim:
             raise ValueError(f"dense query has dim {len(request.dense)}, collection {dim}")
+
+    def _plan(self, request: SearchRequest) -> Plan:
+        self._check_dim(request)
         query: Nearest | Fused
         if request.mode == "dense":
             query = Nearest(DENSE, request.dense_vector(), request.limit)
@@ -282,20 +307,26 @@ class Store(ABC):
 
         Both stage queries are restricted to the fused hits' ids, so they are small and the
         scores are those of the whole query, not only of points inside a prefetch window.
+        Fused results without payloads get them from the dense stage (every point has a
+        dense vector).
         """
         if not fused:
             return []
         ids = frozenset(s.point_id for s in fused)
+        payloads = any(s.payload is None for s in fused)
         vectors = ((DENSE, request.dense_vector()), (SPARSE, request.sparse_vector()))
         stages = [
-            Plan(Nearest(using, vector, len(ids)), only_ids=ids, exact=True, with_payload=False)
+            Plan(Nearest(using, vector, len(ids)), only_ids=ids, exact=True,
+                 with_payload=payloads and using == DENSE)
             for using, vector in vectors
         ]
-        by_stage: list[list[Scored]] = yield Batch(tuple(stages))
-        dense_scores, sparse_scores = ({s.point_id: s.score for s in r} for r in by_stage)
+        dense, sparse = yield Batch(tuple(stages))
+        by_id = {s.point_id: s for s in dense}
+        sparse_scores = {s.point_id: s.score for s in sparse}
         return [
-            _hit(s, dense=dense_scores.get(s.point_id), sparse=sparse_scores.get(s.point_id))
-            for s in fused
+            _hit(Scored(s.point_id, s.score, s.payload or by_id[s.point_id].payload),
+                 dense=by_id[s.point_id].score, sparse=sparse_scores.get(s.point_id))
+            for s in fused if s.point_id in by_id
         ]
 
     # -- engine primitives -------------------------------------------------------------------

@@ -1,0 +1,173 @@
+"""``papersearch tune``: which hybrid fusion suits your judged queries.
+
+Per dataset, the dense and BM25 lists (``index.prefetch_limit`` deep) are fetched once per query
+from the dataset's own collection, and so is the configured hybrid search (the baseline). Every
+candidate then fuses those same lists in this process (index/fusion.py), so the table compares
+fusions, not engines or runs.
+
+The choice is made on the tuning sets alone. Only candidates the Store can run count
+(RRF with its k, the convex fusion with its dense weight; the others are shown for reference):
+the one with the best mean nDCG@10 over the tuning sets, provided that it is no worse than the
+baseline on any of them. The held-out sets then judge it: per-query wins, losses and a paired
+permutation test against the baseline. Adopt it only if every held-out set improves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.evaluation.datasets import EvalDataset
+from papersearch.evaluation.harness import open_dataset_index
+from papersearch.evaluation.metrics import Report, evaluate
+from papersearch.evaluation.paired import paired
+from papersearch.index.fusion import Normalisation, Ranked, convex, rrf
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import IndexSettings, Settings
+
+RRF_KS = (10, 30, 60, 100)
+DENSE_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+RESULTS = 100  # ranked ids per query: enough for Recall@100
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    name: str
+    fuse: Callable[[Ranked, Ranked], list[tuple[str, float]]]
+    settings: Mapping[str, Any] | None  # index settings that make the Store run it; None: none
+
+
+@dataclass(frozen=True, slots=True)
+class Lists:
+    """One dataset's first-stage lists per query."""
+
+    dense: Mapping[str, Ranked]
+    sparse: Mapping[str, Ranked]
+    baseline: Mapping[str, list[str]]  # the configured hybrid search
+
+
+def candidates(depth: int) -> list[Candidate]:
+    """The fusions compared, over lists at most ``depth`` long."""
+    def rrf_of(k: int, dense_weight: float) -> Callable[[Ranked, Ranked], list[tuple[str, float]]]:
+        # Qdrant's rrf_k counts ranks from 0: k - 1 here, ranks from 1, is the same fusion.
+        return lambda d, s: rrf([d, s], [2 * dense_weight, 2 * (1 - dense_weight)], k - 1)
+
+    def convex_of(how: Normalisation, weight: float) -> Callable[
+        [Ranked, Ranked], list[tuple[str, float]]
+    ]:
+        return lambda d, s: convex([d, s], [weight, 1 - weight], depth, how)
+
+    found = [Candidate(f"rrf k={k}", rrf_of(k, 0.5), {"fusion": "rrf", "rrf_k": k})
+             for k in RRF_KS]
+    found += [Candidate(f"weighted rrf k=60 dense={w}", rrf_of(60, w), None)
+              for w in DENSE_WEIGHTS if w != 0.5]
+    for how in ("max", "minmax", "dbsf"):
+        found += [
+            Candidate(f"convex {how} dense={w}", convex_of(how, w),
+                      {"fusion": "convex", "fusion_dense_weight": w} if how == "max" else None)
+            for w in DENSE_WEIGHTS
+        ]
+    return found
+
+
+def fetch_lists(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> Lists:
+    store = open_dataset_index(dataset, settings, encoder)
+    try:
+        retriever = Retriever(store)
+        depth = settings.index.prefetch_limit
+        ids = list(dataset.queries)
+        vectors = encoder.encode_queries([dataset.queries[q] for q in ids])
+        dense: dict[str, Ranked] = {}
+        sparse: dict[str, Ranked] = {}
+        baseline: dict[str, list[str]] = {}
+        for qid, vector in tqdm(zip(ids, vectors, strict=True), total=len(ids),
+                                desc=f"{dataset.name} lists", unit="query"):
+            text = dataset.queries[qid]
+            dense[qid] = _ranked(retriever.search(text, vector, mode="dense", limit=depth))
+            sparse[qid] = _ranked(retriever.search(text, vector, mode="sparse", limit=depth))
+            baseline[qid] = [h.paper.id for h in retriever.search(text, vector, limit=RESULTS)]
+        return Lists(dense, sparse, baseline)
+    finally:
+        store.close()
+
+
+def tune_fusion(
+    tuning: Sequence[EvalDataset], held_out: Sequence[EvalDataset], settings: Settings,
+    encoder: Encoder,
+) -> dict[str, Any]:
+    """Every candidate on every set, the choice and its held-out verdict (JSON-ready)."""
+    sets = [*tuning, *held_out]
+    names = [d.name for d in sets]
+    tuning_names, held_names = names[: len(tuning)], names[len(tuning):]
+    lists = {d.name: fetch_lists(d, settings, encoder) for d in sets}
+    qrels = {d.name: d.qrels for d in sets}
+    baseline = {name: evaluate(runs.baseline, qrels[name]) for name, runs in lists.items()}
+    pool = candidates(settings.index.prefetch_limit)
+    reports = {
+        c.name: {
+            name: evaluate({q: [i for i, _ in c.fuse(runs.dense[q], runs.sparse[q])][:RESULTS]
+                            for q in runs.dense}, qrels[name])
+            for name, runs in lists.items()
+        }
+        for c in pool
+    }
+
+    def row(by_set: Mapping[str, Report]) -> dict[str, Any]:
+        return {"ndcg@10": {n: round(r.ndcg_at_10, 4) for n, r in by_set.items()},
+                "recall@100": {n: round(r.recall_at_100, 4) for n, r in by_set.items()},
+                "tuning_mean": round(_mean(by_set, tuning_names), 4),
+                "held_out_mean": round(_mean(by_set, held_names), 4)}
+
+    chosen = choose(pool, reports, baseline, tuning_names)
+    verdict = None
+    if chosen is not None:
+        judged = {n: paired(baseline[n].per_query_ndcg_at_10,
+                            reports[chosen.name][n].per_query_ndcg_at_10) for n in names}
+        verdict = {
+            "name": chosen.name,
+            "settings": {f"index.{k}": v for k, v in (chosen.settings or {}).items()},
+            "against_baseline": {n: p.to_dict() for n, p in judged.items()},
+            "adopt": all(judged[n].mean_difference > 0 for n in held_names),
+        }
+    return {
+        "tuning_sets": tuning_names,
+        "held_out_sets": held_names,
+        "prefetch_limit": settings.index.prefetch_limit,
+        "baseline": {"settings": _fusion_settings(settings.index), **row(baseline)},
+        "candidates": sorted(
+            ({"name": c.name, "runs_in_store": c.settings is not None, **row(reports[c.name])}
+             for c in pool), key=lambda r: -float(r["tuning_mean"])),
+        "chosen": verdict,
+    }
+
+
+def choose(pool: Sequence[Candidate], reports: Mapping[str, Mapping[str, Report]],
+           baseline: Mapping[str, Report], tuning: Sequence[str]) -> Candidate | None:
+    """The candidate the Store runs with the best mean nDCG@10 over the ``tuning`` sets, among
+    those no worse than the baseline on any of them; None if there is none."""
+    eligible = [
+        c for c in pool
+        if c.settings is not None
+        and all(reports[c.name][n].ndcg_at_10 >= baseline[n].ndcg_at_10 for n in tuning)
+    ]
+    return max(eligible, key=lambda c: _mean(reports[c.name], tuning), default=None)
+
+
+def _mean(by_set: Mapping[str, Report], among: Sequence[str]) -> float:
+    return sum(by_set[n].ndcg_at_10 for n in among) / len(among)
+
+
+def _ranked(hits: Sequence[Any]) -> Ranked:
+    return [(h.paper.id, h.score) for h in hits]
+
+
+def _fusion_settings(index: IndexSettings) -> dict[str, Any]:
+    if index.fusion == "rrf":
+        return {"index.fusion": "rrf", "index.rrf_k": index.rrf_k}
+    if index.fusion == "convex":
+        return {"index.fusion": "convex", "index.fusion_dense_weight": index.fusion_dense_weight}
+    return {"index.fusion": index.fusion}

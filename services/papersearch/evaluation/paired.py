@@ -1,0 +1,48 @@
+"""Per-query comparison of two runs on one judged set: wins, losses and a paired test.
+
+Small judged sets (30 to 225 queries) make means noisy; the paired sign-flip permutation test
+asks how often randomly swapping the two systems' scores per query gives a mean difference at
+least as large as the one seen (two-sided).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+TIE = 1e-9
+PERMUTATIONS = 20_000
+SEED = 17
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    mean_difference: float  # b - a
+    wins: int  # queries where b scores higher
+    losses: int
+    ties: int
+    p_value: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"mean_difference": round(self.mean_difference, 4), "wins": self.wins,
+                "losses": self.losses, "ties": self.ties, "p_value": round(self.p_value, 4)}
+
+
+def paired(a: Mapping[str, float], b: Mapping[str, float]) -> Paired:
+    """``b`` against ``a``, per query (the queries both have)."""
+    queries = sorted(a.keys() & b.keys())
+    diff = np.array([b[q] - a[q] for q in queries], dtype=np.float64)
+    if len(diff) == 0:
+        return Paired(0.0, 0, 0, 0, 1.0)
+    observed = abs(diff.mean())
+    signs = np.random.default_rng(SEED).choice((-1.0, 1.0), size=(PERMUTATIONS, len(diff)))
+    extreme = int((np.abs((signs * diff).mean(axis=1)) >= observed - TIE).sum())
+    return Paired(
+        mean_difference=float(diff.mean()),
+        wins=int((diff > TIE).sum()),
+        losses=int((diff < -TIE).sum()),
+        ties=int((np.abs(diff) <= TIE).sum()),
+        p_value=(extreme + 1) / (PERMUTATIONS + 1),
+    )

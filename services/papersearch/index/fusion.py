@@ -1,0 +1,62 @@
+"""Fusing ranked lists in this process: the ``convex`` hybrid fusion, and the candidates
+``papersearch tune`` compares (evaluation/fusion_tuning.py).
+
+RRF and DBSF also run inside Qdrant (``index.fusion`` rrf, dbsf); a convex combination does not,
+so the Store fetches both lists and fuses them here (index/store.py). A convex combination
+weighs each list's normalised scores: ``w * dense + (1 - w) * sparse``. A paper missing from a
+list that filled its window (``depth``) gets that list's lowest normalised score, an upper bound
+of its own; missing from a shorter list, which holds every match, it gets 0 (BM25: no query
+term in the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+Ranked = Sequence[tuple[str, float]]  # (id, score), best first
+Normalisation = Literal["max", "minmax", "dbsf"]
+
+
+def normalise(scores: np.ndarray, how: Normalisation) -> np.ndarray:
+    """``max``: divided by the top score (kept as is when it is not positive); ``minmax``: onto
+    [0, 1]; ``dbsf``: Qdrant's distribution-based scaling, mean +- 3 std onto [0, 1]."""
+    if len(scores) == 0:
+        return scores
+    if how == "max":
+        top = scores.max()
+        return scores / top if top > 0 else scores
+    low, high = (
+        (scores.min(), scores.max()) if how == "minmax"
+        else (scores.mean() - 3 * scores.std(), scores.mean() + 3 * scores.std())
+    )
+    return (scores - low) / (high - low) if high > low else np.ones_like(scores)
+
+
+def convex(lists: Sequence[Ranked], weights: Sequence[float], depth: int,
+           how: Normalisation = "max") -> list[tuple[str, float]]:
+    """Every id of ``lists`` (each at most ``depth`` long), by the weighted sum of its
+    normalised scores, best first (ties: the order ids were first met in)."""
+    scored: list[tuple[dict[str, float], float]] = []
+    for ranked in lists:
+        scores = normalise(np.array([s for _, s in ranked], dtype=np.float64), how)
+        floor = float(scores.min()) if len(scores) >= depth else 0.0
+        scored.append((dict(zip((i for i, _ in ranked), scores.tolist(), strict=True)), floor))
+    ids = dict.fromkeys(i for ranked in lists for i, _ in ranked)
+    fused = {
+        i: sum(w * found.get(i, floor) for (found, floor), w in zip(scored, weights, strict=True))
+        for i in ids
+    }
+    return sorted(fused.items(), key=lambda item: -item[1])
+
+
+def rrf(lists: Sequence[Ranked], weights: Sequence[float], k: float) -> list[tuple[str, float]]:
+    """Weighted reciprocal rank fusion, ranks from 1: ``sum w / (k + rank)``; equal weights
+    of 1 are the RRF paper's (Qdrant's ``rrf_k`` counts ranks from 0: its k is this k + 1)."""
+    fused: dict[str, float] = {}
+    for ranked, weight in zip(lists, weights, strict=True):
+        for rank, (i, _) in enumerate(ranked, start=1):
+            fused[i] = fused.get(i, 0.0) + weight / (k + rank)
+    return sorted(fused.items(), key=lambda item: -item[1])

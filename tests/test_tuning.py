@@ -1,0 +1,101 @@
+"""`papersearch tune`: the choice rule (fast) and the harness against the real Store (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.evaluation.datasets import load_dataset
+from papersearch.evaluation.fusion_tuning import Candidate, candidates, choose, tune_fusion
+from papersearch.evaluation.harness import run_eval
+from papersearch.evaluation.metrics import Report
+from papersearch.evaluation.paired import paired
+from papersearch.settings import Settings
+
+
+def report(ndcg: float) -> Report:
+    return Report(ndcg, 0.0, 0.0, 1, 0, {"q": ndcg})
+
+
+def pool(*names: str, runs_in_store: bool = True) -> list[Candidate]:
+    return [Candidate(n, lambda d, s: [], {"fusion": "rrf"} if runs_in_store else None)
+            for n in names]
+
+
+def test_choose_the_best_tuning_mean_that_loses_no_tuning_set() -> None:
+    baseline = {"a": report(0.5), "b": report(0.4)}
+    reports = {
+        "higher mean, loses b": {"a": report(0.7), "b": report(0.39)},
+        "wins both": {"a": report(0.55), "b": report(0.42)},
+        "ties both": {"a": report(0.5), "b": report(0.4)},
+        "reference only": {"a": report(0.9), "b": report(0.9)},
+    }
+    stored = pool("higher mean, loses b", "wins both", "ties both")
+    chosen = choose([*stored, *pool("reference only", runs_in_store=False)], reports,
+                    baseline, ["a", "b"])
+    assert chosen is not None and chosen.name == "wins both"
+    assert choose(pool("higher mean, loses b"), reports, baseline, ["a", "b"]) is None
+
+
+def test_candidates_cover_rrf_and_the_convex_fusion_the_store_runs() -> None:
+    found = {c.name: c for c in candidates(100)}
+    assert found["rrf k=60"].settings == {"fusion": "rrf", "rrf_k": 60}
+    assert found["convex max dense=0.6"].settings == {"fusion": "convex",
+                                                       "fusion_dense_weight": 0.6}
+    assert found["convex dbsf dense=0.5"].settings is None
+    # Qdrant's k=60 counts ranks from 0: the first of one list scores 1/60 per unit weight.
+    assert found["rrf k=60"].fuse([("x", 1.0)], []) == [("x", pytest.approx(1 / 60))]
+
+
+def test_paired_counts_and_a_clear_difference_is_significant() -> None:
+    a = {f"q{i}": 0.2 for i in range(30)}
+    b = {f"q{i}": 0.5 if i < 25 else 0.2 for i in range(30)}
+    result = paired(a, b)
+    assert (result.wins, result.losses, result.ties) == (25, 0, 5)
+    assert result.mean_difference == pytest.approx(0.25) and result.p_value < 0.001
+    assert paired(a, a).p_value == 1.0
+
+
+@pytest.mark.slow
+def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_dir: Path,
+                                           tmp_path: Path) -> None:
+    """Every candidate on every set; the baseline and the convex row are what the Store's own
+    hybrid search scores with those settings."""
+    folder = tmp_path / "mini"
+    (folder / "qrels").mkdir(parents=True)
+    docs = {
+        "d1": "Photosynthesis converts light energy into chemical energy in plant chloroplasts.",
+        "d2": "Volcanic eruptions eject ash and lava; magma chambers drive the activity.",
+        "d3": "Neural machine translation uses encoder-decoder transformers with attention.",
+        "d4": "Interest rates set by central banks influence inflation and employment.",
+        "d5": "Black holes bend spacetime so strongly that light cannot escape them.",
+        "d6": "Chlorophyll absorbs red and blue light; plants reflect green.",
+    }
+    (folder / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in docs.items()))
+    queries = {"q1": "how do plants turn sunlight into energy", "q2": "inflation and banks",
+               "q3": "attention in translation models", "q4": "light and gravity"}
+    (folder / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td6\t1\nq2\td4\t1\nq3\td3\t1\nq4\td5\t1\n")
+    settings = sample_settings.model_copy(update={"eval_dir": tmp_path / "eval"})
+    dataset, encoder = load_dataset(folder), Encoder(embedder_dir)
+
+    out = tune_fusion([dataset], [dataset], settings, encoder)
+
+    names = {c.name for c in candidates(settings.index.prefetch_limit)}
+    assert {c["name"] for c in out["candidates"]} == names
+    assert all(set(c["ndcg@10"]) == {"mini"} for c in out["candidates"])
+    configured = run_eval(dataset, ("hybrid",), settings, encoder, None)["hybrid"]
+    assert out["baseline"]["ndcg@10"]["mini"] == round(configured.ndcg_at_10, 4)
+    convex = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"fusion": "convex", "fusion_dense_weight": 0.3})})
+    stored = run_eval(dataset, ("hybrid",), convex, encoder, None)["hybrid"]
+    row = next(c for c in out["candidates"] if c["name"] == "convex max dense=0.3")
+    assert row["ndcg@10"]["mini"] == round(stored.ndcg_at_10, 4)
+    chosen = out["chosen"]
+    assert chosen is None or set(chosen["against_baseline"]) == {"mini"}
