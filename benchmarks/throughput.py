@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     try:
         check_prerequisites(settings.model_copy(update={"search": settings.search.model_copy(
-            update={"rerank_enabled": True})}))
+            update={"rerank_enabled": "rerank" in args.paths})}))
         queries = load_queries(settings.corpus_dir, max(args.floor_queries, 512), args.seed)
     except (Unavailable, FileNotFoundError) as error:
         print(f"throughput benchmark: {error}", file=sys.stderr)

@@ -175,6 +175,9 @@ def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
     for mode in ("dense", "hybrid"):
         assert reports[mode].ndcg_at_10 == pytest.approx(1.0), mode
     assert all(r.queries == 3 and r.recall_at_100 == pytest.approx(1.0) for r in reports.values())
+    assert all(r.ms_per_query is not None and r.ms_per_query > 0 for r in reports.values())
+    # the +rerank modes pay for the first stage and the reranker
+    assert reports["hybrid+rerank"].ms_per_query > reports["hybrid"].ms_per_query  # type: ignore[operator]
     again = run_eval(dataset, ("hybrid",), settings, Encoder(embedder_dir), None)  # index reused
     assert again["hybrid"].ndcg_at_10 == reports["hybrid"].ndcg_at_10
 

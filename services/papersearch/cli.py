@@ -194,10 +194,10 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(f"{dataset.name}: {len(dataset.queries)} queries")
-        print(f"{'mode':<16}{'nDCG@10':>10}{'R@100':>10}{'MRR@10':>10}")
+        print(f"{'mode':<16}{'nDCG@10':>10}{'R@100':>10}{'MRR@10':>10}{'ms/query':>10}")
         for mode, report in reports.items():
             print(f"{mode:<16}{report.ndcg_at_10:>10.4f}{report.recall_at_100:>10.4f}"
-                  f"{report.mrr_at_10:>10.4f}")
+                  f"{report.mrr_at_10:>10.4f}{report.ms_per_query or 0:>10.1f}")
     return 0
 
 

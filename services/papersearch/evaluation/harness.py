@@ -3,13 +3,16 @@
 The dataset's index lives in its own embedded (or server) collection named after the dataset
 and the embedder, so it is built once and reused. Ranking uses the same functions as serving:
 Retriever.search for the first stage, Reranker.score and rerank_hits for the rerank stage.
+Each mode's report carries its wall time per query: query encoding (in batches) and searches,
+and the reranker's scoring for the +rerank modes.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
@@ -126,18 +129,26 @@ def run_eval(
         retriever = Retriever(store)
         reports: dict[str, Report] = {}
         stages: dict[str, dict[str, list[Hit]]] = {}
+        seconds: dict[str, float] = {}  # per base mode: encoding (in batches) and searches
         for mode in modes:
             base = cast(Mode, mode.removesuffix("+rerank"))  # an EvalMode is a Mode [+rerank]
             if base not in stages:
+                started = time.perf_counter()
                 stages[base] = first_stage(dataset, retriever, encoder, base)
+                seconds[base] = time.perf_counter() - started
             stage = FirstStage(base, stages[base])
+            spent = seconds[base]
             if mode.endswith("+rerank"):
                 if reranker is None:
                     raise ValueError(f"mode {mode} needs a reranker")
+                started = time.perf_counter()
                 windows = score_windows(dataset, stage.candidates, reranker,
                                         settings.search.rerank_top_n)
+                spent += time.perf_counter() - started
                 stage = FirstStage(stage.mode, stage.candidates, windows)
-            reports[mode] = evaluate(ranking(stage, settings.search), dataset.qrels)
+            report = evaluate(ranking(stage, settings.search), dataset.qrels)
+            per_query = 1000 * spent / max(len(dataset.queries), 1)
+            reports[mode] = replace(report, ms_per_query=round(per_query, 2))
         return reports
     finally:
         store.close()

@@ -15,7 +15,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Report:
-    """Mean metrics over the evaluated queries, and nDCG@10 per query."""
+    """Mean metrics over the evaluated queries, and nDCG@10 per query; ``ms_per_query``: what
+    producing the run cost per query, where the caller measured it."""
 
     ndcg_at_10: float
     recall_at_100: float
@@ -23,6 +24,7 @@ class Report:
     queries: int
     skipped_queries: int
     per_query_ndcg_at_10: Mapping[str, float]
+    ms_per_query: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
@@ -32,6 +34,7 @@ class Report:
             "mrr@10": self.mrr_at_10,
             "queries": self.queries,
             "skipped_queries": self.skipped_queries,
+            "ms_per_query": self.ms_per_query,
             "per_query_ndcg@10": dict(self.per_query_ndcg_at_10),
         }
 

@@ -39,17 +39,16 @@ def convex(lists: Sequence[Ranked], weights: Sequence[float], depth: int,
            how: Normalisation = "max") -> list[tuple[str, float]]:
     """Every id of ``lists`` (each at most ``depth`` long), by the weighted sum of its
     normalised scores, best first (ties: the order ids were first met in)."""
-    scored: list[tuple[dict[str, float], float]] = []
-    for ranked in lists:
+    ids = list(dict.fromkeys(i for ranked in lists for i, _ in ranked))
+    position = {i: n for n, i in enumerate(ids)}
+    fused = np.zeros(len(ids))
+    for ranked, weight in zip(lists, weights, strict=True):
         scores = normalise(np.array([s for _, s in ranked], dtype=np.float64), how)
-        floor = float(scores.min()) if len(scores) >= depth else 0.0
-        scored.append((dict(zip((i for i, _ in ranked), scores.tolist(), strict=True)), floor))
-    ids = dict.fromkeys(i for ranked in lists for i, _ in ranked)
-    fused = {
-        i: sum(w * found.get(i, floor) for (found, floor), w in zip(scored, weights, strict=True))
-        for i in ids
-    }
-    return sorted(fused.items(), key=lambda item: -item[1])
+        column = np.full(len(ids), scores.min() if len(scores) >= depth else 0.0)
+        column[[position[i] for i, _ in ranked]] = scores
+        fused += weight * column
+    order = np.argsort(-fused, kind="stable")
+    return [(ids[n], float(fused[n])) for n in order]
 
 
 def rrf(lists: Sequence[Ranked], weights: Sequence[float], k: float) -> list[tuple[str, float]]:
