@@ -128,6 +128,16 @@ class IndexSettings(BaseModel):
                                "weighs (k3 + 1) f / (k3 + f); 0 counts each term once, large "
                                "values count every repeat (for long, paragraph-like queries).",
     )
+    # Pseudo-relevance feedback (retriever/feedback.py; README, Results: Query feedback): the
+    # hybrid search runs twice, the second time with the query expanded from the first's top.
+    prf_dense_docs: int = Field(3, ge=0, description="Top papers whose vectors join the query "
+                                                     "vector (0: no dense feedback).")
+    prf_dense_weight: float = Field(0.6, ge=0, description="Their mean vector's weight.")
+    prf_sparse_docs: int = Field(10, ge=0, description="Top papers whose BM25 terms expand the "
+                                                       "query (0: no BM25 feedback).")
+    prf_sparse_terms: int = Field(20, ge=1, description="Expansion terms taken from them.")
+    prf_sparse_weight: float = Field(0.5, ge=0, description="The heaviest expansion term's "
+                                                            "weight (a query term weighs 1).")
     upsert_batch_size: int = Field(256, ge=1, description="Points per engine write operation.")
     shard_number: int = Field(1, ge=1, description="Server backend: shards at creation.")
     replication_factor: int = Field(1, ge=1, description="Server backend: replicas at creation.")

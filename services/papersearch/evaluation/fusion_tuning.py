@@ -1,7 +1,8 @@
 """``papersearch tune``: which hybrid fusion suits your judged queries.
 
 Per dataset, the dense and BM25 lists (``index.prefetch_limit`` deep) are fetched once per query
-from the dataset's own collection, and so is the configured hybrid search (the baseline). Every
+from the dataset's own collection, and so is the configured hybrid search (the baseline), all
+without query feedback (retriever/feedback.py): fusions are compared on one pass. Every
 candidate then fuses those same lists in this process (index/fusion.py), so the table compares
 fusions, not engines or runs.
 
@@ -100,6 +101,8 @@ def tune_fusion(
     encoder: Encoder,
 ) -> dict[str, Any]:
     """Every candidate on every set, the choice and its held-out verdict (JSON-ready)."""
+    settings = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"prf_dense_docs": 0, "prf_sparse_docs": 0})})  # fusions of one pass
     sets = [*tuning, *held_out]
     names = [d.name for d in sets]
     tuning_names, held_names = names[: len(tuning)], names[len(tuning):]

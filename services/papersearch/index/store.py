@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -191,9 +192,29 @@ class Store(ABC):
             return [_hit(s, sparse=s.score) for s in results]
         return (yield from self._with_components(request, results))
 
+    def feedback_program(self, request: SearchRequest) -> Program[list[Record]]:
+        """The top ``limit`` papers of a hybrid search, with payloads and dense vectors, in
+        rank order: what pseudo-relevance feedback reads (retriever/feedback.py). No stage
+        scores are computed for them."""
+        if (request.fusion or self.settings.fusion) == "convex":
+            self._check_dim(request)
+            ranked: list[Scored] = yield from self._convex_ranked(request)
+        else:
+            results: list[list[Scored]] = yield Batch((replace(self._plan(request),
+                                                               with_payload=False),))
+            ranked = results[0]
+        ids = [s.point_id for s in ranked]
+        records: list[Record] = yield Fetch(tuple(ids), payload=True, dense=True)
+        by_id = {r.point_id: r for r in records}
+        return [by_id[i] for i in ids if i in by_id]
+
     def _convex_program(self, request: SearchRequest) -> Program[list[Hit]]:
         """Hybrid search fused here (index/fusion.py): both prefetch lists without payloads,
         then the top ``limit`` scored per stage with their payloads."""
+        top = yield from self._convex_ranked(request)
+        return (yield from self._with_components(request, top))
+
+    def _convex_ranked(self, request: SearchRequest) -> Program[list[Scored]]:
         depth = max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
         hnsw_ef = request.hnsw_ef or self.settings.hnsw_ef
         lists: list[list[Scored]] = yield Batch(tuple(
@@ -206,8 +227,7 @@ class Store(ABC):
                   else request.dense_weight)
         fused = convex([[(s.point_id, s.score) for s in ranked] for ranked in lists],
                        (weight, 1.0 - weight), depth)
-        top = [Scored(pid, score, None) for pid, score in fused[: request.limit]]
-        return (yield from self._with_components(request, top))
+        return [Scored(pid, score, None) for pid, score in fused[: request.limit]]
 
     def similar(
         self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -12,16 +13,19 @@ from papersearch.index.plan import Program
 from papersearch.index.query import Hit, Mode, SearchFilter, SearchRequest
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
+from papersearch.retriever.feedback import Feedback
 
 
 class Retriever:
     """Turns (query text, query vector) into a Qdrant request, and papers into points: BM25
-    terms are computed here, for queries and documents alike. Each method has a ``*_program``
+    terms are computed here, for queries and documents alike, and hybrid queries expanded by
+    pseudo-relevance feedback (retriever/feedback.py) when it is on. Each method has a ``*_program``
     twin (index/plan.py) for callers that run the engine steps themselves (the gateway)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.bm25 = Bm25Encoder(store.settings.bm25_avg_len, store.settings.bm25_query_k3)
+        self.feedback = Feedback.from_settings(store.settings)
 
     def search(
         self,
@@ -54,6 +58,10 @@ class Retriever:
             limit=limit,
             filter=filter or SearchFilter(),
         )
+        if mode == "hybrid" and self.feedback.docs:
+            top = yield from self.store.feedback_program(replace(request,
+                                                                 limit=self.feedback.docs))
+            request = self.feedback.expand(request, top, self.bm25)
         return (yield from self.store.query_program(request))
 
     def similar(self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None) -> (

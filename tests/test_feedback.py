@@ -1,0 +1,94 @@
+"""Pseudo-relevance feedback (retriever/feedback.py): the expansions by hand, and the Retriever's
+second pass against the real engines (qdrant-edge and qdrant-client local mode)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from papersearch.index import SearchFilter, Store
+from papersearch.index.query import SearchRequest
+from papersearch.index.sparse import SparseVector
+from papersearch.retriever.feedback import Feedback, expand_dense, expand_sparse
+from papersearch.retriever.retriever import Retriever
+from tests.test_index import BM25, DENSE, PAPERS, RARE, RARE_AT, ids, loaded  # noqa: F401
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning"),
+]
+
+
+def test_expand_dense_by_hand() -> None:
+    query, docs = (1.0, 0.0), [(0.0, 1.0), (0.0, 0.5)]
+    # (1, 0) + 0.5 * (0, 0.75) = (1, 0.375), renormalised
+    expected = np.array([1.0, 0.375]) / np.hypot(1.0, 0.375)
+    assert expand_dense(query, docs, 0.5) == pytest.approx(tuple(expected))
+    assert expand_dense(query, docs, 0.0) == pytest.approx(query)
+
+
+def test_expand_sparse_by_hand() -> None:
+    query = SparseVector((1, 2), (1.0, 1.0))
+    docs = [SparseVector((2, 3), (1.0, 3.0)), SparseVector((3, 4), (1.0, 1.0))]
+    # per doc distributions: {2: .25, 3: .75}, {3: .5, 4: .5}; mean: 2 .125, 3 .625, 4 .25
+    expanded = expand_sparse(query, docs, terms=2, weight=0.5)
+    got = dict(zip(expanded.indices, expanded.values, strict=True))
+    assert got == pytest.approx({1: 1.0, 2: 1.0, 3: 0.5, 4: 0.5 * 0.25 / 0.625})
+    assert expand_sparse(query, docs, terms=2, weight=0.0) == query
+    assert expand_sparse(query, [], terms=2, weight=0.5) == query
+
+
+FEEDBACK = {"prf_dense_docs": 2, "prf_dense_weight": 0.6, "prf_sparse_docs": 3,
+            "prf_sparse_terms": 5, "prf_sparse_weight": 0.5}
+
+
+@pytest.mark.parametrize("fusion", ["convex", "rrf"])
+def test_second_pass_is_the_hybrid_search_of_the_expanded_query(loaded: Store,  # noqa: F811
+                                                                 fusion: str) -> None:
+    """The Retriever's hybrid search with feedback = the plain search of the query expanded
+    by hand from the plain search's own top papers."""
+    text, vector = f"graph protein {RARE}", DENSE[RARE_AT]
+    saved = loaded.settings
+    try:
+        loaded.settings = saved.model_copy(update={"fusion": fusion, "prf_dense_docs": 0,
+                                                   "prf_sparse_docs": 0})
+        plain = Retriever(loaded)
+        first = plain.search(text, vector, limit=3)
+        loaded.settings = saved.model_copy(update={"fusion": fusion, **FEEDBACK})
+        with_feedback = Retriever(loaded)
+        top = loaded.get([h.paper.id for h in first])
+        records = loaded.execute(loaded.feedback_program(SearchRequest(
+            dense=vector, sparse=BM25.query(text), limit=3)))
+        assert [r.payload["paper_id"] for r in records if r.payload] == ids(first)
+        assert all(r.dense is not None for r in records)
+        dense = expand_dense(tuple(vector.tolist()), [r.dense for r in records[:2]
+                                                      if r.dense is not None], 0.6)
+        sparse = expand_sparse(BM25.query(text), BM25.documents(p.text for p in top), 5, 0.5)
+        by_hand = loaded.query(SearchRequest(dense=dense, sparse=sparse, limit=5))
+        got = with_feedback.search(text, vector, limit=5)
+        assert ids(got) == ids(by_hand)
+        assert [h.score for h in got] == pytest.approx([h.score for h in by_hand])
+        assert with_feedback.search(text, vector, mode="dense", limit=5) == plain.search(
+            text, vector, mode="dense", limit=5)  # dense and sparse modes: one pass
+    finally:
+        loaded.settings = saved
+
+
+def test_feedback_respects_the_filter(loaded: Store) -> None:  # noqa: F811
+    saved = loaded.settings
+    try:
+        loaded.settings = saved.model_copy(update=FEEDBACK)
+        flt = SearchFilter(categories=("cs.CV",))
+        hits = Retriever(loaded).search(RARE, DENSE[0], limit=10, filter=flt)
+        assert hits and all("cs.CV" in h.paper.categories for h in hits)
+    finally:
+        loaded.settings = saved
+
+
+def test_feedback_settings() -> None:
+    feedback = Feedback(3, 0.6, 10, 20, 0.5)
+    assert feedback.docs == 10
+    assert replace(feedback, dense_docs=0, sparse_docs=0).docs == 0
+    assert PAPERS  # the shared fixtures' corpus
