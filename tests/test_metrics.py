@@ -125,9 +125,11 @@ def test_report_to_dict_is_json_ready() -> None:
         "mrr@10",
         "queries",
         "skipped_queries",
+        "ms_per_query",
         "per_query_ndcg@10",
     }
     assert data["per_query_ndcg@10"] == {"q1": pytest.approx(0.5405858)}
+    assert data["ms_per_query"] is None  # evaluate() times nothing; run_eval fills it in
 
 
 def write_dataset(root: Path, queries: str, qrels: str, split: str = "test") -> Path:
