@@ -92,7 +92,7 @@ def _query_lists(store: Store, retriever: Retriever, text: str, vector: Any,
 def main() -> int:
     settings = Settings()
     settings = settings.model_copy(update={"index": settings.index.model_copy(
-        update={"prf_dense_docs": 0, "prf_sparse_docs": 0})})
+        update={"prf_enabled": False})})
     encoder = Encoder.from_settings(settings.models)
     tuning = [load_dataset(p) for p in settings.tune_sets]
     held_out = [load_dataset(p) for p in settings.held_out_sets]

@@ -13,7 +13,8 @@ from papersearch.index.query import SearchRequest
 from papersearch.index.sparse import SparseVector
 from papersearch.retriever.feedback import Feedback, expand_dense, expand_sparse
 from papersearch.retriever.retriever import Retriever
-from tests.test_index import BM25, DENSE, PAPERS, RARE, RARE_AT, ids, loaded  # noqa: F401
+from papersearch.settings import IndexSettings
+from tests.test_index import BM25, DENSE, RARE, RARE_AT, ids, loaded  # noqa: F401
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
@@ -40,7 +41,7 @@ def test_expand_sparse_by_hand() -> None:
     assert expand_sparse(query, [], terms=2, weight=0.5) == query
 
 
-FEEDBACK = {"prf_dense_docs": 2, "prf_dense_weight": 0.6, "prf_sparse_docs": 3,
+FEEDBACK = {"prf_enabled": True, "prf_dense_docs": 2, "prf_dense_weight": 0.6, "prf_sparse_docs": 3,
             "prf_sparse_terms": 5, "prf_sparse_weight": 0.5}
 
 
@@ -52,8 +53,7 @@ def test_second_pass_is_the_hybrid_search_of_the_expanded_query(loaded: Store,  
     text, vector = f"graph protein {RARE}", DENSE[RARE_AT]
     saved = loaded.settings
     try:
-        loaded.settings = saved.model_copy(update={"fusion": fusion, "prf_dense_docs": 0,
-                                                   "prf_sparse_docs": 0})
+        loaded.settings = saved.model_copy(update={"fusion": fusion, "prf_enabled": False})
         plain = Retriever(loaded)
         first = plain.search(text, vector, limit=3)
         loaded.settings = saved.model_copy(update={"fusion": fusion, **FEEDBACK})
@@ -88,7 +88,9 @@ def test_feedback_respects_the_filter(loaded: Store) -> None:  # noqa: F811
 
 
 def test_feedback_settings() -> None:
-    feedback = Feedback(3, 0.6, 10, 20, 0.5)
+    feedback = Feedback(True, 3, 0.6, 10, 20, 0.5)
     assert feedback.docs == 10
     assert replace(feedback, dense_docs=0, sparse_docs=0).docs == 0
-    assert PAPERS  # the shared fixtures' corpus
+    assert replace(feedback, enabled=False).docs == 0
+    assert Feedback.from_settings(IndexSettings()).docs == 0  # off by default
+    assert Feedback.from_settings(IndexSettings(prf_enabled=True)).docs == 10

@@ -102,7 +102,7 @@ def tune_fusion(
 ) -> dict[str, Any]:
     """Every candidate on every set, the choice and its held-out verdict (JSON-ready)."""
     settings = settings.model_copy(update={"index": settings.index.model_copy(
-        update={"prf_dense_docs": 0, "prf_sparse_docs": 0})})  # fusions of one pass
+        update={"prf_enabled": False})})  # fusions of one pass
     sets = [*tuning, *held_out]
     names = [d.name for d in sets]
     tuning_names, held_names = names[: len(tuning)], names[len(tuning):]

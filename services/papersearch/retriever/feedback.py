@@ -28,6 +28,7 @@ from papersearch.settings import IndexSettings
 
 @dataclass(frozen=True, slots=True)
 class Feedback:
+    enabled: bool
     dense_docs: int
     dense_weight: float
     sparse_docs: int
@@ -36,13 +37,13 @@ class Feedback:
 
     @classmethod
     def from_settings(cls, settings: IndexSettings) -> Feedback:
-        return cls(settings.prf_dense_docs, settings.prf_dense_weight, settings.prf_sparse_docs,
-                   settings.prf_sparse_terms, settings.prf_sparse_weight)
+        return cls(settings.prf_enabled, settings.prf_dense_docs, settings.prf_dense_weight,
+                   settings.prf_sparse_docs, settings.prf_sparse_terms, settings.prf_sparse_weight)
 
     @property
     def docs(self) -> int:
         """Papers the first pass must return; 0: feedback off."""
-        return max(self.dense_docs, self.sparse_docs)
+        return max(self.dense_docs, self.sparse_docs) if self.enabled else 0
 
     def expand(self, request: SearchRequest, top: Sequence[Record], bm25: Bm25Encoder) -> (
         SearchRequest
