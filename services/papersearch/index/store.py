@@ -142,7 +142,7 @@ class Store(ABC):
     def probe(self) -> int:
         """Readiness: the open collection still there and answering; its point count. Raises
         StoreUnavailable (unreachable) or CollectionMissing (gone since it was opened)."""
-        return self.execute(self.probe_program())
+        return self.count()
 
     def probe_program(self) -> Program[int]:
         self._require_open()
@@ -181,7 +181,6 @@ class Store(ABC):
 
     def query_program(self, request: SearchRequest) -> Program[list[Hit]]:
         if request.mode == "hybrid" and (request.fusion or self.settings.fusion) == "convex":
-            self._check_dim(request)
             return (yield from self._convex_program(request))
         plan = self._plan(request)
         ranked: list[list[Scored]] = yield Batch((plan,))
@@ -197,7 +196,6 @@ class Store(ABC):
         rank order: what pseudo-relevance feedback reads (retriever/feedback.py). No stage
         scores are computed for them."""
         if (request.fusion or self.settings.fusion) == "convex":
-            self._check_dim(request)
             ranked: list[Scored] = yield from self._convex_ranked(request)
         else:
             results: list[list[Scored]] = yield Batch((replace(self._plan(request),
@@ -215,6 +213,7 @@ class Store(ABC):
         return (yield from self._with_components(request, top))
 
     def _convex_ranked(self, request: SearchRequest) -> Program[list[Scored]]:
+        self._check_dim(request)
         depth = max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
         hnsw_ef = request.hnsw_ef or self.settings.hnsw_ef
         lists: list[list[Scored]] = yield Batch(tuple(

@@ -75,8 +75,8 @@ class IndexAccess:
         return await self._execute(lambda r: r.store.probe_program())
 
     async def close(self) -> None:
-        """Wait for the engine calls in progress, then close the clients (and flush the
-        embedded store)."""
+        """Close the clients (the embedded store flushed, after its thread's calls in progress).
+        Calls in flight on the asyncio client are not waited for: the gateway drains first."""
         if self._engine is not None:
             await self._engine.close()
         await asyncio.to_thread(self._close_store)
