@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import date
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from papersearch.pipeline.query import InvalidQuery, SearchQuery, SearchResult
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
+from tests.beir_helpers import write_beir
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.slow
@@ -150,8 +150,6 @@ def test_filters_through_the_pipeline(sample_settings: Settings, embedder_dir: P
 def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
                                                    embedder_dir: Path, reranker_dir: Path,
                                                    tmp_path: Path) -> None:
-    dataset_dir = tmp_path / "mini"
-    (dataset_dir / "qrels").mkdir(parents=True)
     topics = {
         "d1": "Photosynthesis converts light energy into chemical energy in plant chloroplasts.",
         "d2": "Volcanic eruptions eject ash and lava; magma chambers drive the activity.",
@@ -159,14 +157,10 @@ def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
         "d4": "Interest rates set by central banks influence inflation and employment.",
         "d5": "Black holes bend spacetime so strongly that light cannot escape them.",
     }
-    (dataset_dir / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in topics.items()))
     queries = {"q1": "how do plants turn sunlight into chemical energy",
                "q2": "monetary policy and inflation", "q3": "translation with transformers"}
-    (dataset_dir / "queries.jsonl").write_text("".join(
-        json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
-    (dataset_dir / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td4\t1\nq3\td3\t1\n")
+    dataset_dir = write_beir(tmp_path / "mini", topics, queries,
+                             [("q1", "d1", 1), ("q2", "d4", 1), ("q3", "d3", 1)])
     settings = sample_settings.model_copy(update={"eval_dir": tmp_path / "eval"})
     dataset = load_dataset(dataset_dir)
     reports = run_eval(dataset, EVAL_MODES, settings, Encoder(embedder_dir),

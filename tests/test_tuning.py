@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from papersearch.evaluation.harness import run_eval
 from papersearch.evaluation.metrics import Report
 from papersearch.evaluation.paired import paired
 from papersearch.settings import Settings
+from tests.beir_helpers import write_beir
 
 
 def report(ndcg: float) -> Report:
@@ -64,8 +64,6 @@ def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_d
                                            tmp_path: Path) -> None:
     """Every candidate on every set; the baseline and the convex row are what the Store's own
     hybrid search scores with those settings."""
-    folder = tmp_path / "mini"
-    (folder / "qrels").mkdir(parents=True)
     docs = {
         "d1": "Photosynthesis converts light energy into chemical energy in plant chloroplasts.",
         "d2": "Volcanic eruptions eject ash and lava; magma chambers drive the activity.",
@@ -74,14 +72,10 @@ def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_d
         "d5": "Black holes bend spacetime so strongly that light cannot escape them.",
         "d6": "Chlorophyll absorbs red and blue light; plants reflect green.",
     }
-    (folder / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in docs.items()))
     queries = {"q1": "how do plants turn sunlight into energy", "q2": "inflation and banks",
                "q3": "attention in translation models", "q4": "light and gravity"}
-    (folder / "queries.jsonl").write_text("".join(
-        json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
-    (folder / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td6\t1\nq2\td4\t1\nq3\td3\t1\nq4\td5\t1\n")
+    folder = write_beir(tmp_path / "mini", docs, queries, [
+        ("q1", "d1", 2), ("q1", "d6", 1), ("q2", "d4", 1), ("q3", "d3", 1), ("q4", "d5", 1)])
     settings = sample_settings.model_copy(update={"eval_dir": tmp_path / "eval"})
     dataset, encoder = load_dataset(folder), Encoder(embedder_dir)
 
