@@ -21,6 +21,7 @@ from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.gateway.errors import to_status
+from papersearch.gateway.server import Gateway
 from papersearch.index.edge import EdgeStore
 from papersearch.index.errors import CollectionMissing, StoreUnavailable
 from papersearch.pipeline.backend import LocalBackend
@@ -223,6 +224,34 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     assert "draining" in refused.value.details()  # type: ignore[attr-defined]
     assert not accepting("127.0.0.1", int(target.rsplit(":", 1)[1]))
+
+
+def test_drain_stops_the_readiness_watcher_whenever_it_lands(
+    scratch: tuple[Any, LocalBackend],
+) -> None:
+    """The drain cancels the readiness watcher, here at each loop step of its first check in
+    turn: asyncio.wait_for (Python 3.11) dropped a cancel that landed as the check finished, and
+    the drain then waited for the watcher forever."""
+    servers, backend = scratch
+    serve = servers.base.serve.model_copy(update={"grpc_host": "127.0.0.1"})
+
+    async def drain_after(steps: int) -> bool:
+        settings = servers.base.model_copy(update={"serve": serve.model_copy(
+            update={"grpc_port": free_port()})})
+        gateway = Gateway(Switchable(backend), settings)
+        await gateway.start()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        drained = asyncio.ensure_future(gateway.drain(0.05))
+        finished, _ = await asyncio.wait([drained], timeout=5.0)
+        if not finished:  # the watcher ignored its cancel: stop it for good, report the hang
+            for task in gateway._tasks:
+                task.cancel()
+            await asyncio.wait([drained], timeout=5.0)
+        return bool(finished)
+
+    hung = [steps for steps in range(8) if not servers.loop.run(drain_after(steps))]
+    assert hung == []
 
 
 def test_drain_without_a_drain_file_is_a_clear_error() -> None:

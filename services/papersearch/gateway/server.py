@@ -189,7 +189,10 @@ class Gateway:
         serving: bool | None = None
         while True:
             try:
-                ok = await asyncio.wait_for(self.backend.ready(), self.settings.serve.health_poll_s)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+                # arrives as ready() finishes, and a drain would wait on this loop forever.
+                async with asyncio.timeout(self.settings.serve.health_poll_s):
+                    ok = await self.backend.ready()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 (any failure means not ready)

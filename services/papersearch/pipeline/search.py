@@ -69,10 +69,9 @@ class SearchPipeline:
     ):
         window = candidates[: self.settings.rerank_top_n]
         try:
-            scores = await asyncio.wait_for(
-                self.backend.rerank(query.text, [h.paper.text for h in window]),
-                self.rerank_timeout_s,
-            )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can drop the caller's cancel.
+            async with asyncio.timeout(self.rerank_timeout_s):
+                scores = await self.backend.rerank(query.text, [h.paper.text for h in window])
         except asyncio.CancelledError:
             raise
         except Exception as error:  # overload, timeout, replica failure: degrade, don't fail
