@@ -65,7 +65,7 @@ def replica_overrides(settings: Settings, port: int) -> dict[str, Any]:
         "models": settings.models.model_dump(mode="json"),
         "search": settings.search.model_dump(mode="json"),
         "index": settings.index.model_dump(mode="json", exclude={"api_key"}),
-        "serve": {"grpc_port": port},
+        "serve": {"grpc_port": port, "http_port": None},
     }
 
 

@@ -323,6 +323,7 @@ class Service:
                 os.chown(path, self.user, self.user)
         env = os.environ | {
             "PAPERSEARCH_SERVE__GRPC_PORT": str(self.grpc_port),
+            "PAPERSEARCH_SERVE__HTTP_PORT": str(free_port()),
             "PAPERSEARCH_SERVE__DASHBOARD_PORT": str(self.dashboard_port),
             "PAPERSEARCH_SERVE__METRICS_PORT": str(self.metrics_port),
             "PAPERSEARCH_SERVE__NUM_CPUS": str(self.num_cpus),

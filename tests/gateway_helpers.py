@@ -55,7 +55,8 @@ class Servers:
         self.gateways: list[Gateway] = []
 
     def start(self, backend: Backend, **serve: Any) -> str:
-        options = {"grpc_host": "127.0.0.1", "grpc_port": free_port(), "health_poll_s": 0.2,
+        options = {"grpc_host": "127.0.0.1", "grpc_port": free_port(), "http_port": None,
+                   "health_poll_s": 0.2,
                    "rerank_timeout_s": 30.0, **serve}
         settings = self.base.model_copy(
             update={"serve": self.base.serve.model_copy(update=options)}

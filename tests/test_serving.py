@@ -3,14 +3,17 @@ the gRPC gateway, the embedded index of the sample corpus; every call over a gRP
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -33,6 +36,7 @@ def _free_port() -> int:
 
 class Target(NamedTuple):
     address: str
+    http: str  # the HTTP/JSON API's base URL
     metrics_port: int
     repository: Path  # the service's model repository: the embedder only, at first
 
@@ -44,13 +48,14 @@ def target(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
 
     repository = tmp_path_factory.mktemp("served-models")
     shutil.copytree(embedder_dir, repository / embedder_dir.parent.name / embedder_dir.name)
-    port = _free_port()
+    port, http_port = _free_port(), _free_port()
     overrides = {
         "models": {"repository": str(repository), "reload_poll_s": 1,
                    "cache_dir": str(sample_settings.models.cache_dir)},
         "index": {"data_dir": str(sample_index)},
         # More coalesced calls in flight than the small encoder queue below admits (2 + 2).
-        "serve": {"grpc_port": port, "health_poll_s": 0.5, "rerank_timeout_s": 60,
+        "serve": {"grpc_port": port, "http_port": http_port, "health_poll_s": 0.5,
+                  "rerank_timeout_s": 60,
                   "coalesce_in_flight": 8},
         "search": {"rerank_enabled": True},
     }
@@ -64,7 +69,8 @@ def target(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
     launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides,
                    deployment_options=small_queue)
     try:
-        yield Target(f"127.0.0.1:{port}", settings.serve.metrics_port, repository)
+        yield Target(f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}",
+                     settings.serve.metrics_port, repository)
     finally:
         launcher.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -119,6 +125,32 @@ def test_status_codes_through_ray_serve(client: SearchClient) -> None:
     with pytest.raises(grpc.RpcError) as late:
         client.search(SearchQuery("graph neural networks"), timeout_s=0.001)
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_http_json_answers_as_grpc_does(target: Target, client: SearchClient) -> None:
+    """The same search over HTTP/JSON and gRPC: the same hits in the same order; errors carry
+    the gRPC status with its HTTP code."""
+    query = SearchQuery("federated learning without batch normalization", top_k=5, rerank=False)
+    over_grpc = [h.paper.id for h in client.search(query).hits]
+    status, body = post_json(f"{target.http}/papersearch.v1.SearchService/Search",
+                             {"query": query.text, "top_k": 5, "rerank": False})
+    assert status == 200 and [h["paper"]["paper_id"] for h in body["hits"]] == over_grpc
+    assert body["reranked"] is False and "dense" in body["hits"][0]["stages"]
+    status, body = post_json(f"{target.http}/papersearch.v1.SearchService/GetPaper",
+                             {"paper_id": "no-such-paper"})
+    assert status == 404 and body["error"]["status"] == "NOT_FOUND"
+    with urllib.request.urlopen(f"{target.http}/readyz", timeout=10) as ready:
+        assert json.load(ready) == {"status": "SERVING"}
+
+
+def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(url, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
 
 
 def test_streaming_upsert_then_search(client: SearchClient) -> None:

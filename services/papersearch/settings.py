@@ -194,6 +194,11 @@ class ServeSettings(BaseModel):
         description="Plaintext grpc.health.v1 only, for probes when the main port serves TLS "
                     "(Kubernetes' gRPC probes speak plaintext); on grpc_host.",
     )
+    http_port: int | None = Field(
+        8000, ge=1, le=65535,
+        description="The HTTP/JSON API, search page and OpenAPI document, on grpc_host with the "
+                    "gRPC port's keys, limits and TLS; None: no HTTP.",
+    )
     allow_unauthenticated: bool = Field(
         False, description="Serve with no keys on a non-loopback grpc_host. Off: such a "
                            "configuration is refused (fail closed).",

@@ -60,6 +60,16 @@ class Metrics:
             "papersearch_request_latency_ms", description="gRPC request latency (ms).",
             boundaries=LATENCY_MS_BOUNDS, tag_keys=("method", "code"),
         )
+        self.http_requests = Counter(
+            "papersearch_http_requests",
+            description="HTTP/JSON API calls by method and HTTP status (each also counts in "
+                        "papersearch_requests: it is made on the gateway's gRPC server).",
+            tag_keys=("method", "status"),
+        )
+        self.http_latency = Histogram(
+            "papersearch_http_request_latency_ms", description="HTTP/JSON API latency (ms).",
+            boundaries=LATENCY_MS_BOUNDS, tag_keys=("method", "status"),
+        )
         self.searches = Counter(
             "papersearch_searches", description="Search responses by whether they were reranked.",
             tag_keys=("reranked",),
@@ -126,6 +136,11 @@ class Metrics:
         tags = {"method": method, "code": code}
         self._count(self.requests, 1.0, tags)
         self.latency.observe(latency_s * 1000.0, tags=tags)
+
+    def http_request(self, method: str, status: int, latency_s: float) -> None:
+        tags = {"method": method, "status": str(status)}
+        self._count(self.http_requests, 1.0, tags)
+        self.http_latency.observe(latency_s * 1000.0, tags=tags)
 
     def search(self, reranked: bool) -> None:
         self._count(self.searches, 1.0, {"reranked": "true" if reranked else "false"})

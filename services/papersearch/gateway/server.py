@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +38,7 @@ from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.gateway.auth import ApiKeyInterceptor
 from papersearch.gateway.decode import DecodeInterceptor
 from papersearch.gateway.gate import DrainGate
+from papersearch.gateway.http_api import HttpFront, socket_target
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.gateway.tls import server_credentials
@@ -108,6 +112,8 @@ class Gateway:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_address = f"{settings.serve.grpc_host}:{settings.serve.health_port}"
         self._tasks: list[asyncio.Task[None]] = []
+        self.http: HttpFront | None = None
+        self._socket_dir: Path | None = None
 
     async def start(self) -> None:
         credentials = server_credentials(self.settings.serve)
@@ -118,6 +124,12 @@ class Gateway:
         if self.health_server is not None and self.health_address is not None and (
                 self.health_server.add_insecure_port(self.health_address) == 0):
             raise OSError(f"cannot bind the gateway's health port to {self.health_address}")
+        if self.settings.serve.http_port is not None:  # HTTP calls reach gRPC on a unix socket
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="papersearch-gateway-"))
+            target = socket_target(self._socket_dir)
+            if self.server.add_insecure_port(target) == 0:
+                raise OSError(f"cannot bind the gateway's HTTP hop to {target}")
+            self.http = HttpFront(self.settings.serve, target)
         drain_file = self.settings.serve.drain_file
         if drain_file is not None and drain_file.exists():  # left by a drained predecessor
             drain_file.unlink()
@@ -127,13 +139,16 @@ class Gateway:
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
+        if self.http is not None:
+            await self.http.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_backend()))
         if self.settings.serve.drain_file is not None:
             self._tasks.append(loop.create_task(self._watch_drain_file()))
         log.info("gateway listening", extra={"address": self.address,
                                              "tls": credentials is not None,
-                                             "health_address": self.health_address})
+                                             "health_address": self.health_address,
+                                             "http_address": self.http and self.http.address})
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Readiness NOT_SERVING, refuse new calls, let those in flight finish (``grace_s``,
@@ -167,6 +182,10 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.http is not None:
+            await self.http.stop()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

@@ -1,0 +1,212 @@
+"""The HTTP/JSON API's OpenAPI 3.1 document, generated from the proto (never written by hand).
+
+Paths, schemas and descriptions all come from the compiled descriptors of
+``papersearch.api.v1`` and the comments of the .proto copy beside them (api/generate.py puts it
+there), so the document changes only when the proto does. The JSON mapping is protobuf's own
+(``google.protobuf.json_format``): proto field names, enum values by name, 64-bit integers as
+decimal strings; the gateway writes every field, set or not (gateway/http_api.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
+
+from papersearch.api.v1 import papersearch_pb2 as pb
+
+PROTO = Path(pb.__file__).with_name("papersearch.proto")
+NDJSON = "application/x-ndjson"
+API_KEY_HEADER = "x-api-key"
+TIMEOUT_HEADER = "x-timeout-ms"
+# gRPC status -> HTTP status (google.rpc.Code's documented HTTP mapping).
+HTTP_STATUS = {
+    "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
+    "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
+    "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+}
+
+_INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32,
+          FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32}
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64,
+          FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64}
+_DECLARATION = re.compile(
+    r"^\s*(?:(?P<block>service|message|enum)\s+(?P<name>\w+)\s*\{"
+    r"|rpc\s+(?P<rpc>\w+)\s*\("
+    r"|(?:optional\s+|repeated\s+)?(?:map<[^>]+>|[\w.]+)\s+(?P<field>\w+)\s*=\s*\d+"
+    r"|(?P<value>[A-Z][A-Z0-9_]*)\s*=\s*-?\d+)"
+)
+
+
+def http_path(method: MethodDescriptor) -> str:
+    """The method's HTTP path: its gRPC path, /papersearch.v1.SearchService/Search."""
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+@cache
+def comments() -> dict[str, str]:
+    """Leading ``//`` comments of the proto's declarations, by full name (papersearch.v1.Filter,
+    papersearch.v1.Filter.published_from, papersearch.v1.SearchService.Search)."""
+    found: dict[str, str] = {}
+    package = pb.DESCRIPTOR.package
+    scope: list[str] = []
+    pending: list[str] = []
+    for line in PROTO.read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if text.startswith("//"):
+            pending.append(text[2:].strip())
+            continue
+        match = _DECLARATION.match(line)
+        if match:
+            name = next(n for n in match.group("name", "rpc", "field", "value") if n)
+            if pending:
+                found[".".join([package, *scope, name])] = " ".join(pending)
+            if match.group("block"):
+                scope.append(name)
+        elif text.startswith("}") and scope:
+            scope.pop()
+        pending = []
+    return found
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every papersearch service method."""
+    notes = comments()
+    paths: dict[str, Any] = {}
+    for service in pb.DESCRIPTOR.services_by_name.values():
+        for method in service.methods:
+            paths[http_path(method)] = {"post": _operation(method, notes)}
+    schemas: dict[str, Any] = {"Error": _ERROR}
+    for message in _messages(pb.DESCRIPTOR.message_types_by_name.values()):
+        schemas[message.name] = _message_schema(message, notes)
+    for enum in pb.DESCRIPTOR.enum_types_by_name.values():
+        schemas[enum.name] = _enum_schema(enum, notes)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "papersearch HTTP/JSON API",
+            "version": pb.DESCRIPTOR.package.rsplit(".", 1)[-1],
+            "description": (
+                "The gRPC API of proto/papersearch/v1/papersearch.proto over HTTP: POST the "
+                "request message as protobuf JSON to the method's gRPC path. Errors carry the "
+                "gRPC status name and message; streams are newline-delimited JSON. Generated "
+                "from the proto."),
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header",
+                                           "name": API_KEY_HEADER}},
+            "parameters": {"timeout": {
+                "name": TIMEOUT_HEADER, "in": "header", "required": False,
+                "description": "The call's deadline in milliseconds (the server caps it at "
+                               "serve.max_deadline_s; default serve.default_deadline_s).",
+                "schema": {"type": "integer", "minimum": 1}}},
+        },
+        "security": [{}, {"apiKey": []}],
+    }
+
+
+_ERROR = {
+    "type": "object",
+    "description": "A failed call: the HTTP status follows the gRPC status (google.rpc.Code).",
+    "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["code", "status", "message"],
+                             "properties": {
+                                 "code": {"type": "integer", "description": "HTTP status."},
+                                 "status": {"type": "string", "enum": sorted(HTTP_STATUS)},
+                                 "message": {"type": "string"},
+                                 "metadata": {"type": "object",
+                                              "additionalProperties": {"type": "string"},
+                                              "description": "The call's trailing metadata "
+                                                             "(e.g. papersearch-committed)."}}}},
+}
+
+
+def _operation(method: MethodDescriptor, notes: dict[str, str]) -> dict[str, Any]:
+    request = _body(method.input_type, method.client_streaming, "request")
+    response = _body(method.output_type, method.server_streaming, "response")
+    errors = {str(code): {"description": status, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}}
+        for status, code in sorted(HTTP_STATUS.items(), key=lambda item: item[1])
+        if code != 200}
+    return {
+        "operationId": f"{method.containing_service.name}.{method.name}",
+        "tags": [method.containing_service.name],
+        "summary": method.name,
+        "description": notes.get(method.full_name, ""),
+        "parameters": [{"$ref": "#/components/parameters/timeout"}],
+        "requestBody": {"required": True, "content": request},
+        "responses": {"200": {"description": method.output_type.name, "content": response},
+                      **errors},
+    }
+
+
+def _body(message: Descriptor, streaming: bool, what: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{message.name}"}
+    if not streaming:
+        return {"application/json": {"schema": ref}}
+    return {NDJSON: {"schema": {**ref, "description": f"A stream: one {message.name} JSON "
+                                                      f"object per line of the {what}."}}}
+
+
+def _messages(messages: Any) -> Iterator[Descriptor]:
+    for message in messages:
+        if message.GetOptions().map_entry:
+            continue
+        yield message
+        yield from _messages(message.nested_types)
+
+
+def _message_schema(message: Descriptor, notes: dict[str, str]) -> dict[str, Any]:
+    properties = {}
+    for field in message.fields:
+        schema = _field_schema(field)
+        if field.full_name in notes:
+            schema = {**schema, "description": notes[field.full_name]}
+        properties[field.name] = schema
+    return {"type": "object", "description": notes.get(message.full_name, ""),
+            "properties": properties, "additionalProperties": False}
+
+
+def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value = field.message_type.fields_by_name["value"]
+        return {"type": "object", "additionalProperties": _scalar_schema(value)}
+    item = _scalar_schema(field)
+    if field.is_repeated:
+        return {"type": "array", "items": item}
+    return item
+
+
+def _scalar_schema(field: FieldDescriptor) -> dict[str, Any]:
+    kind = field.type
+    if field.message_type is not None:
+        return {"$ref": f"#/components/schemas/{field.message_type.name}"}
+    if field.enum_type is not None:
+        return {"$ref": f"#/components/schemas/{field.enum_type.name}"}
+    if kind in _INT32:
+        return {"type": "integer", "format": "int32"}
+    if kind in _INT64:  # protobuf JSON writes them as strings and reads either
+        return {"type": ["string", "integer"], "format": "int64", "pattern": r"^-?\d+$"}
+    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return {"type": "number"}
+    if kind == FieldDescriptor.TYPE_BOOL:
+        return {"type": "boolean"}
+    if kind == FieldDescriptor.TYPE_BYTES:
+        return {"type": "string", "contentEncoding": "base64"}
+    return {"type": "string"}
+
+
+def _enum_schema(enum: EnumDescriptor, notes: dict[str, str]) -> dict[str, Any]:
+    values = [v.name for v in enum.values]
+    described = "; ".join(f"{v.name}: {notes[key].rstrip('.')}" for v in enum.values
+                          if (key := f"{enum.full_name}.{v.name}") in notes)
+    return {"type": "string", "enum": values,
+            "description": " ".join(filter(None, [notes.get(enum.full_name, ""), described]))}

@@ -1,0 +1,304 @@
+"""HTTP/JSON beside gRPC, in the gateway process, on ``serve.http_port``.
+
+Every method of the gRPC API is ``POST <its gRPC path>`` with the request message as protobuf
+JSON (``/papersearch.v1.SearchService/Search``); client streams (UpsertPapers) are
+newline-delimited JSON, one message per line. The call is then made on this gateway's own gRPC
+server, over a unix socket only this process knows (``Gateway`` adds it), with the caller's
+``x-api-key`` and deadline (``x-timeout-ms``): authentication, scopes, limits, the drain gate and
+the request metrics are the gRPC ones, and so are the error statuses, whose HTTP codes follow
+google.rpc.Code (api/openapi.py). ``GET /openapi.json`` is the OpenAPI document generated from
+the proto; ``GET /healthz`` and ``/readyz`` are liveness and readiness (200 or 503).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from papersearch.api import openapi
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.gateway.tls import http_ssl_context
+from papersearch.settings import ServeSettings
+from papersearch.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CHUNK_BYTES = 64 * 1024
+FORWARDED_METADATA = ("papersearch-",)  # trailing metadata an error body carries
+
+
+class HttpError(Exception):
+    """A call refused before or after the gRPC hop: its status name and message."""
+
+    def __init__(self, status: str, message: str,
+                 metadata: dict[str, str] | None = None, http: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.metadata = metadata or {}
+        self.http = http if http is not None else openapi.HTTP_STATUS[status]
+
+    def response(self) -> web.Response:
+        error: dict[str, Any] = {"code": self.http, "status": self.status,
+                                 "message": self.message}
+        if self.metadata:
+            error["metadata"] = self.metadata
+        return web.json_response({"error": error}, status=self.http)
+
+
+class HttpFront:
+    """The HTTP server and its channel to the gateway's gRPC server (``unix_target``)."""
+
+    def __init__(self, serve: ServeSettings, unix_target: str) -> None:
+        if serve.http_port is None:
+            raise ValueError("serve.http_port is not set")
+        self.serve = serve
+        self.address = f"{serve.grpc_host}:{serve.http_port}"
+        self.channel = grpc.aio.insecure_channel(unix_target, options=[
+            ("grpc.max_send_message_length", serve.max_receive_bytes),
+            ("grpc.max_receive_message_length", serve.max_send_bytes),
+        ])
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+        app = web.Application(client_max_size=serve.max_receive_bytes,
+                              middlewares=[_errors_as_json(serve.max_receive_bytes)])
+        for service in pb.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                app.router.add_post(openapi.http_path(method), self._route(method))
+        app.router.add_get("/openapi.json", _openapi)
+        app.router.add_get("/healthz", self._health("liveness"))
+        app.router.add_get("/readyz", self._health("readiness"))
+        self.runner = web.AppRunner(app, access_log=None)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.serve.grpc_host, self.serve.http_port,
+                           ssl_context=http_ssl_context(self.serve), shutdown_timeout=5.0)
+        await site.start()
+        log.info("http listening", extra={"address": self.address})
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.channel.close()
+
+    def _route(self, method: MethodDescriptor) -> Handler:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        path = openapi.http_path(method)
+        if method.server_streaming:
+            raise NotImplementedError(f"{path}: server streams are not mapped to HTTP yet")
+        if method.client_streaming:
+            stream = self.channel.stream_unary(
+                path, request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString)
+
+            async def streamed(request: web.Request) -> web.StreamResponse:
+                _require_type(request, openapi.NDJSON)
+                messages = _Lines(request, request_type, self.serve.max_receive_bytes)
+                call = stream(messages.messages(), **_call_options(request))
+                return _json(await _answer(call, messages))
+
+            return _measured(path, streamed)
+        unary = self.channel.unary_unary(path, request_serializer=request_type.SerializeToString,
+                                         response_deserializer=response_type.FromString)
+
+        async def single(request: web.Request) -> web.StreamResponse:
+            _require_type(request, JSON)
+            message = _parse(await _json_body(request), request_type, "request")
+            return _json(await _answer(unary(message, **_call_options(request))))
+
+        return _measured(path, single)
+
+    def _health(self, service: str) -> Handler:
+        async def check(_: web.Request) -> web.StreamResponse:
+            try:
+                answer = await self.health.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=5.0)
+            except grpc.aio.AioRpcError as error:
+                raise _from_rpc(error) from None
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            return web.json_response({"status": status},
+                                     status=200 if status == "SERVING" else 503)
+
+        return check
+
+
+class _Lines:
+    """An NDJSON body as request messages, read as it arrives; a line that is not a valid
+    message ends the stream there (what came before is sent and committed) and is reported."""
+
+    def __init__(self, request: web.Request, message_type: type[Message], max_bytes: int) -> None:
+        self.request = request
+        self.message_type = message_type
+        self.max_bytes = max_bytes
+        self.sent = 0
+        self.error: HttpError | None = None
+
+    async def messages(self) -> AsyncIterator[Message]:
+        try:
+            async for line in self._lines():
+                if line.strip():
+                    message = _parse(_loads(line, f"line {self.sent + 1}"), self.message_type,
+                                     f"line {self.sent + 1}")
+                    self.sent += 1
+                    yield message
+        except HttpError as error:
+            self.error = error
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        pending = b""
+        async for chunk in self.request.content.iter_chunked(CHUNK_BYTES):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line
+            if len(pending) > self.max_bytes:
+                raise HttpError("RESOURCE_EXHAUSTED", f"line {self.sent + 1} is longer than "
+                                f"the server's limit of {self.max_bytes} bytes", http=413)
+        yield pending
+
+
+async def _answer(call: Awaitable[Message], lines: _Lines | None = None) -> Message:
+    """The call's response; its error status as an HttpError. A stream cut short by a bad line
+    still ends normally on the gRPC side (what came before is committed): the caller gets the
+    line's error with the gRPC method's progress metadata."""
+    try:
+        response = await call
+    except grpc.aio.AioRpcError as error:
+        raise _from_rpc(error) from None
+    if lines is not None and lines.error is not None:
+        committed = getattr(response, "upserted", None)
+        progress = {"papersearch-committed-messages": str(lines.sent)}
+        if committed is not None:
+            progress["papersearch-committed"] = str(committed)
+        raise HttpError(lines.error.status, f"{lines.error.message}; the first {lines.sent} "
+                        f"messages were sent and committed; resend from line {lines.sent + 1}",
+                        progress, lines.error.http)
+    return response
+
+
+def _from_rpc(error: grpc.aio.AioRpcError) -> HttpError:
+    code = error.code()
+    metadata = {key: str(value) for key, value in (error.trailing_metadata() or ())
+                if key.startswith(FORWARDED_METADATA)}
+    return HttpError(code.name, error.details() or code.name, metadata)
+
+
+def _call_options(request: web.Request) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "metadata": tuple((openapi.API_KEY_HEADER, key)
+                          for key in request.headers.getall(openapi.API_KEY_HEADER, [])),
+    }
+    timeout = request.headers.get(openapi.TIMEOUT_HEADER)
+    if timeout is not None:
+        if not timeout.isdigit() or int(timeout) == 0:
+            raise HttpError("INVALID_ARGUMENT", f"{openapi.TIMEOUT_HEADER}: expected a whole "
+                            f"number of milliseconds above 0, got {timeout[:64]!r}")
+        options["timeout"] = int(timeout) / 1000.0
+    return options
+
+
+def _require_type(request: web.Request, content_type: str) -> None:
+    if request.content_type != content_type:
+        raise HttpError("INVALID_ARGUMENT", f"Content-Type must be {content_type}, got "
+                        f"{request.content_type!r}", http=415)
+
+
+async def _json_body(request: web.Request) -> Any:
+    return _loads(await request.read(), "request body")
+
+
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HttpError("INVALID_ARGUMENT", f"{what} is not valid JSON: {error}") from None
+
+
+def _parse(value: Any, message_type: type[Message], what: str) -> Message:
+    name = message_type.DESCRIPTOR.full_name
+    if not isinstance(value, dict):
+        raise HttpError("INVALID_ARGUMENT", f"{what}: expected a JSON object ({name})")
+    try:
+        return json_format.ParseDict(value, message_type())
+    except json_format.ParseError as error:
+        raise HttpError("INVALID_ARGUMENT", f"{what}: not a valid {name}: "
+                        f"{str(error)[:300]}") from None
+
+
+def _json(message: Message) -> web.Response:
+    return web.json_response(json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+
+
+async def _openapi(_: web.Request) -> web.StreamResponse:
+    return web.json_response(openapi.document())
+
+
+def _measured(path: str, handler: Handler) -> Handler:
+    method = path.rsplit("/", 1)[-1]
+
+    async def measured(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except HttpError as error:
+            status = error.http
+            raise
+        except web.HTTPException as error:
+            status = error.status
+            raise
+        finally:
+            metrics().http_request(method, status, time.perf_counter() - started)
+
+    return measured
+
+
+def _errors_as_json(max_bytes: int) -> Any:
+    """Errors as the API's JSON error object, also aiohttp's own (404, 405, 413)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except HttpError as error:
+            return error.response()
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            return _from_http(error, request, max_bytes).response()
+
+    return middleware
+
+
+def _from_http(error: web.HTTPException, request: web.Request, max_bytes: int) -> HttpError:
+    if error.status == 404:
+        return HttpError("NOT_FOUND", f"no such path: {request.path[:64]!r}", http=404)
+    if error.status == 405:
+        return HttpError("UNIMPLEMENTED", f"{request.method} is not allowed on "
+                         f"{request.path[:64]!r}", http=405)
+    if error.status == 413:
+        return HttpError("RESOURCE_EXHAUSTED", f"request body over the server's limit of "
+                         f"{max_bytes} bytes", http=413)
+    status = "INVALID_ARGUMENT" if error.status < 500 else "INTERNAL"
+    return HttpError(status, error.reason, http=error.status)
+
+
+def socket_target(directory: Path) -> str:
+    """The gRPC target of the gateway's private unix socket in ``directory``."""
+    return f"unix:{directory / 'grpc.sock'}"

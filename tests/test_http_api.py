@@ -1,0 +1,185 @@
+"""The HTTP/JSON API through real gateways over a real embedded index: the gRPC answers and
+statuses as JSON, keys and scopes, malformed bodies, NDJSON upserts, deadlines, draining, and the
+OpenAPI document generated from the proto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from openapi_spec_validator import validate
+from pydantic import SecretStr
+
+from papersearch.api import openapi
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.client import SearchClient
+from papersearch.corpus.paper import Paper
+from papersearch.encoder.runtime import Encoder
+from papersearch.pipeline.backend import LocalBackend
+from papersearch.pipeline.query import SearchQuery
+from papersearch.settings import Settings
+from tests.gateway_helpers import Servers, free_port, scratch_gateways
+
+WRITE, READ = "http-write", "http-read"
+PAPERS = [
+    Paper(id="http-1", title="Transcoding gRPC to JSON", abstract="A gateway speaks HTTP too.",
+          published=date(2024, 3, 1), categories=("cs.NI",)),
+    Paper(id="http-2", title="Honeybee acoustics", abstract="Hives buzz before they swarm.",
+          published=date(2023, 5, 2), categories=("q-bio.PE",)),
+]
+SEARCH = "/papersearch.v1.SearchService/Search"
+UPSERT = "/papersearch.v1.IndexService/UpsertPapers"
+
+
+class Slow(LocalBackend):
+    def __init__(self, backend: LocalBackend, delay_s: float) -> None:
+        super().__init__(backend.encoder, backend.store, None)
+        self.delay_s = delay_s
+
+    async def encode_query(self, text: str) -> np.ndarray:
+        await asyncio.sleep(self.delay_s)
+        return await super().encode_query(text)
+
+
+@pytest.fixture(scope="module")
+def scratch(sample_settings: Settings, embedder_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servers, LocalBackend]]:
+    with scratch_gateways(sample_settings, Encoder(embedder_dir),
+                          tmp_path_factory.mktemp("http-index"), PAPERS) as (servers, backend, _):
+        yield servers, backend
+
+
+@pytest.fixture(scope="module")
+def gateway(scratch: tuple[Servers, LocalBackend]) -> tuple[str, str]:
+    """(gRPC target, HTTP base URL) of a gateway with a write and a read key."""
+    servers, backend = scratch
+    port = free_port()
+    target = servers.start(backend, http_port=port, api_keys=[SecretStr(WRITE)],
+                           read_api_keys=[SecretStr(READ)])
+    return target, f"http://127.0.0.1:{port}"
+
+
+def call(url: str, body: bytes | dict[str, Any] | None = None, *, key: str | None = READ,
+         content_type: str = "application/json", method: str = "POST",
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data, method=method, headers={
+        "Content-Type": content_type, **({"x-api-key": key} if key else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_search_over_http_matches_grpc(gateway: tuple[str, str]) -> None:
+    target, http = gateway
+    with SearchClient(target, api_key=READ, timeout_s=60) as client:
+        expected = client.search(SearchQuery("gateway speaking json", top_k=2, rerank=False))
+    status, body = call(http + SEARCH, {"query": "gateway speaking json", "top_k": 2,
+                                        "rerank": False})
+    assert status == 200
+    assert [h["paper"]["paper_id"] for h in body["hits"]] == [h.paper.id for h in expected.hits]
+    first = body["hits"][0]
+    assert first["paper"]["paper_id"] == "http-1" and first["paper"]["categories"] == ["cs.NI"]
+    assert first["score"] == pytest.approx(expected.hits[0].score, rel=1e-6)
+    assert body["reranked"] is False and body["below_min_relevance"] == 0  # defaults written
+    # lowerCamelCase names and enum numbers parse too (protobuf JSON); filters apply
+    status, body = call(http + SEARCH, {"query": "gateway", "topK": 5, "mode": 2, "filter": {
+        "published_from": "2024-01-01"}})
+    assert status == 200 and [h["paper"]["paper_id"] for h in body["hits"]] == ["http-1"]
+
+
+def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
+    _, http = gateway
+    cases = [
+        (SEARCH, {"query": "   "}, 400, "INVALID_ARGUMENT", "query"),
+        (SEARCH, {"query": "x", "top_k": 100000}, 400, "INVALID_ARGUMENT", "top_k"),
+        (SEARCH, {"query": "x", "colour": "red"}, 400, "INVALID_ARGUMENT", "colour"),
+        (SEARCH, {"query": "x", "mode": "MODE_FAST"}, 400, "INVALID_ARGUMENT", "MODE_FAST"),
+        ("/papersearch.v1.SearchService/GetPaper", {"paper_id": "nope"}, 404, "NOT_FOUND",
+         "nope"),
+    ]
+    for path, body, code, status, mentioned in cases:
+        answer = call(http + path, body)
+        assert answer[0] == code and answer[1]["error"]["status"] == status, (body, answer)
+        assert mentioned in answer[1]["error"]["message"] and answer[1]["error"]["code"] == code
+    assert call(http + SEARCH, b"{not json")[0] == 400
+    assert call(http + SEARCH, b"[1, 2]")[1]["error"]["message"].startswith("request: expected")
+    assert call(http + SEARCH, {"query": "x"}, content_type="text/plain")[0] == 415
+    assert call(http + "/papersearch.v1.SearchService/Nope", {})[1]["error"]["status"] == (
+        "NOT_FOUND")
+    assert call(http + SEARCH, method="GET")[0] == 405
+    too_big = call(http + SEARCH, {"query": "x" * (5 * 1024 * 1024)})
+    assert too_big[0] == 413 and too_big[1]["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": "soon"})[0] == 400
+
+
+def test_keys_and_scopes_are_the_grpc_ones(gateway: tuple[str, str]) -> None:
+    _, http = gateway
+    delete = http + "/papersearch.v1.IndexService/DeletePapers"
+    assert call(http + SEARCH, {"query": "x"}, key=None)[0] == 401
+    assert call(http + SEARCH, {"query": "x"}, key="wrong")[0] == 401
+    assert call(delete, {"paper_ids": ["none"]}, key=READ)[0] == 403
+    assert call(delete, {"paper_ids": ["none"]}, key=WRITE) == (200, {"deleted": "0"})
+    # health and the document need no key
+    assert call(http + "/healthz", method="GET", key=None) == (200, {"status": "SERVING"})
+    assert call(http + "/readyz", method="GET", key=None) == (200, {"status": "SERVING"})
+    assert call(http + "/openapi.json", method="GET", key=None)[1]["openapi"] == "3.1.0"
+
+
+def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) -> None:
+    target, http = gateway
+    lines = [json.dumps({"paper_id": f"nd-{i}", "title": f"Streamed paper {i}"})
+             for i in range(3)]
+    status, body = call(http + UPSERT, "\n".join(lines).encode(), key=WRITE,
+                        content_type=openapi.NDJSON)
+    assert status == 200 and body["received"] == "3" and body["upserted"] == "3"
+    bad = [lines[0], '{"paper_id": "nd-9", "title": 7}', lines[2]]
+    status, body = call(http + UPSERT, "\n".join(bad).encode(), key=WRITE,
+                        content_type=openapi.NDJSON)
+    assert status == 400 and "line 2" in body["error"]["message"]
+    assert body["error"]["metadata"] == {"papersearch-committed-messages": "1",
+                                         "papersearch-committed": "1"}
+    with SearchClient(target, api_key=READ, timeout_s=60) as client:
+        assert client.get("nd-2").title == "Streamed paper 2"
+    invalid = json.dumps({"paper_id": "", "title": "no id"})
+    status, body = call(http + UPSERT, invalid.encode(), key=WRITE, content_type=openapi.NDJSON)
+    assert status == 200 and body["skipped"] == "1" and len(body["errors"]) == 1
+
+
+def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
+    servers, backend = scratch
+    port = free_port()
+    servers.start(Slow(backend, 1.0), http_port=port)
+    http = f"http://127.0.0.1:{port}"
+    late = call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": "100"})
+    assert late[0] == 504 and late[1]["error"]["status"] == "DEADLINE_EXCEEDED"
+    gateway = servers.gateways[-1]
+    servers.loop.run(gateway.drain(0.5))
+    with pytest.raises(urllib.error.URLError):  # stopped: nothing listens any more
+        call(http + "/healthz", method="GET")
+
+
+def test_openapi_document_is_valid_and_covers_the_proto() -> None:
+    document = openapi.document()
+    validate(document)
+    methods = {f"/{s.full_name}/{m.name}" for s in pb.DESCRIPTOR.services_by_name.values()
+               for m in s.methods}
+    assert set(document["paths"]) == methods
+    search = document["paths"][SEARCH]["post"]
+    assert "Ranks papers for a free-text query" in search["description"]  # proto comments
+    query = document["components"]["schemas"]["SearchRequest"]["properties"]["query"]
+    assert query["type"] == "string" and "Required" in query["description"]
+    upsert = document["paths"][UPSERT]["post"]["requestBody"]["content"]
+    assert list(upsert) == [openapi.NDJSON]
+    assert document["components"]["schemas"]["UpsertSummary"]["properties"]["received"][
+        "format"] == "int64"
