@@ -216,6 +216,9 @@ TLS_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
     "health port undeclared": (lambda o: _gateway_container(o).update(ports=[
         p for p in _gateway_container(o)["ports"] if p["name"] != "grpc-health"]),
         "container port `grpc-health` 50052"),
+    "http port undeclared": (lambda o: _gateway_container(o).update(ports=[
+        p for p in _gateway_container(o)["ports"] if p["name"] != "http"]),
+        "container port `http` 8000"),
     "cert not mounted": (lambda o: _gateway_container(o).update(volumeMounts=[
         m for m in _gateway_container(o)["volumeMounts"] if m["name"] != "gateway-tls"]),
         "no Secret volume mounted at /etc/papersearch/tls"),

@@ -356,7 +356,8 @@ class Settings(BaseSettings):
     """papersearch configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PAPERSEARCH_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="PAPERSEARCH_", env_nested_delimiter="__", extra="forbid",
+        env_parse_none_str="null",  # PAPERSEARCH_SERVE__HTTP_PORT=null: no HTTP port
     )
 
     log_level: str = "INFO"

@@ -100,6 +100,10 @@ def check_gateway_placement(rendered: Rendered) -> list[str]:
     if not any(p.get("name") == "grpc" and p["containerPort"] == port
                for p in ray.get("ports", [])):
         errors.append(f"gateway pods must declare container port `grpc` {port}")
+    http = env.get("PAPERSEARCH_SERVE__HTTP_PORT", "8000")  # "" or "null": no HTTP
+    if http.isdigit() and not any(p.get("name") == "http" and p["containerPort"] == int(http)
+                                  for p in ray.get("ports", [])):
+        errors.append(f"gateway pods must declare container port `http` {http} (HTTP/JSON)")
     errors += _gateway_tls_errors(rendered, host, env)
     # Kubernetes' gRPC probes speak plaintext: on a TLS port they go to the health-only port.
     health = env.get("PAPERSEARCH_SERVE__HEALTH_PORT")
