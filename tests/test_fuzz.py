@@ -49,3 +49,23 @@ def test_every_kind_reaches_every_method() -> None:
 
     seen = {(method, kind) for method, kind, _ in requests(seed=0, count=40)}
     assert seen == {(m, k) for m in METHODS for k in KINDS}
+
+
+def test_fuzzed_http_requests_get_json_errors_never_5xx(
+    sample_settings: Settings, embedder_dir: Path, tmp_path: Path,
+) -> None:
+    """The same hostile messages as JSON, and what only JSON gets wrong, over HTTP."""
+    from tests.gateway_helpers import free_port
+    from tests.http_fuzzing import fuzz as fuzz_http
+
+    with scratch_gateways(sample_settings, Encoder(embedder_dir), tmp_path, KEPT) as (
+            servers, backend, store):
+        port = free_port()
+        target = servers.start(backend, http_port=port)
+        report = fuzz_http(f"http://127.0.0.1:{port}", seed=3, count=300)
+        assert report.sent == 300 and report.bad == [], report.bad[:5]
+        assert report.statuses["400"] > 100  # the hostile inputs were refused
+        assert len(report.by_method) == 5
+        with SearchClient(target, timeout_s=60) as client:
+            assert client.health() == "SERVING"
+        assert store.count() == len(KEPT)  # every fuzzed paper broke a rule
