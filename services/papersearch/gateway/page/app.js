@@ -1,0 +1,294 @@
+// The search page's script: calls the HTTP/JSON API of this origin (POST <gRPC path> with
+// protobuf JSON; GET /readyz) and renders with DOM methods only (text, never HTML).
+"use strict";
+
+const SEARCH = "/papersearch.v1.SearchService/Search";
+const SIMILAR = "/papersearch.v1.SearchService/SimilarPapers";
+const TIMEOUT_MS = 30000;
+const HEALTH_EVERY_MS = 15000;
+const KEY_STORAGE = "papersearch-api-key";
+const STAGES = [
+  ["dense", "Dense"],
+  ["sparse", "Sparse"],
+  ["fused", "Fused"],
+  ["rerank", "Rerank"],
+];
+
+const $ = (id) => document.getElementById(id);
+let searchSerial = 0;
+let similarSerial = 0;
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+async function call(path, body) {
+  const headers = {"Content-Type": "application/json", "x-timeout-ms": String(TIMEOUT_MS)};
+  const key = $("api-key").value.trim();
+  if (key) headers["x-api-key"] = key;
+  let response;
+  try {
+    response = await fetch(path, {method: "POST", headers, body: JSON.stringify(body)});
+  } catch (error) {
+    throw new ApiError("UNAVAILABLE", "the service could not be reached");
+  }
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch (error) {
+    answer = null;
+  }
+  if (!response.ok) {
+    const failure = answer && answer.error ? answer.error : {};
+    throw new ApiError(failure.status || String(response.status),
+                       failure.message || response.statusText || "request failed");
+  }
+  return answer;
+}
+
+function filterFromForm() {
+  const filter = {};
+  const from = $("published-from").value;
+  const to = $("published-to").value;
+  const categories = $("categories").value.split(",").map((c) => c.trim()).filter(Boolean);
+  if (from) filter.published_from = from;
+  if (to) filter.published_to = to;
+  if (categories.length) filter.categories = categories;
+  return filter;
+}
+
+function topK() {
+  const value = parseInt($("top-k").value, 10);
+  return Number.isFinite(value) ? value : 10;
+}
+
+function showError(error) {
+  const box = $("error");
+  box.textContent = `${error.status}: ${error.message}`;
+  box.hidden = false;
+  if (error.status === "UNAUTHENTICATED" || error.status === "PERMISSION_DENIED") {
+    $("key-box").open = true;
+    box.append(" (enter an API key below the search box)");
+  }
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function formatScore(value) {
+  if (value === undefined || value === null) return "\u2014";
+  return Number(value).toFixed(3);
+}
+
+function safeUrl(url) {
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "https:" || parsed.protocol === "http:" ? parsed.href : null;
+  } catch (error) {
+    return null;
+  }
+}
+
+function renderScores(hit) {
+  const stages = hit.stages || {};
+  const list = element("dl", {class: "scores"});
+  list.append(element("div", {class: "score total"},
+                      element("dt", {}, "Score"), element("dd", {}, formatScore(hit.score))));
+  for (const [field, label] of STAGES) {
+    const value = stages[field];
+    list.append(element("div", {class: value === undefined ? "score unset" : "score",
+                                "data-stage": field},
+                        element("dt", {}, label), element("dd", {}, formatScore(value))));
+  }
+  return list;
+}
+
+function renderHit(hit, rank, level, prefix) {
+  const paper = hit.paper || {};
+  const id = `${prefix}-${rank}`;
+  const headingTag = `h${Math.min(level, 6)}`;
+  const link = safeUrl(paper.url || "");
+  const title = paper.title || paper.paper_id;
+  const heading = element(headingTag, {class: "title", id: `${id}-title`},
+                          link ? element("a", {href: link, rel: "noopener noreferrer"}, title)
+                               : title);
+  const meta = element("p", {class: "meta"});
+  const authors = (paper.authors || []).join(", ");
+  meta.append(element("span", {class: "authors"}, authors || "Unknown authors"));
+  if (paper.published) {
+    meta.append(" \u00b7 ", element("time", {class: "published", datetime: paper.published},
+                                     paper.published));
+  }
+  meta.append(" \u00b7 ", element("span", {class: "paper-id"}, paper.paper_id));
+  const categories = element("ul", {class: "categories", "aria-label": "Categories"});
+  for (const category of paper.categories || []) {
+    categories.append(element("li", {}, category));
+  }
+  const similarId = `${id}-similar`;
+  const button = element("button", {type: "button", class: "similar-button",
+                                    "aria-expanded": "false", "aria-controls": similarId},
+                         "Similar papers",
+                         element("span", {class: "visually-hidden"}, ` to \u201c${title}\u201d`));
+  const similar = element("section", {class: "similar", id: similarId, hidden: true,
+                                      "aria-labelledby": `${similarId}-heading`});
+  button.addEventListener("click", () => toggleSimilar(paper, button, similar, level + 1));
+  const article = element("article", {class: "hit", "aria-labelledby": `${id}-title`},
+                          element("span", {class: "rank", "aria-hidden": "true"}, rank),
+                          heading, meta,
+                          paper.categories && paper.categories.length ? categories : null,
+                          paper.abstract ? element("p", {class: "abstract"}, paper.abstract)
+                                         : null,
+                          renderScores(hit), button, similar);
+  return element("li", {"data-paper-id": paper.paper_id}, article);
+}
+
+async function toggleSimilar(paper, button, section, level) {
+  if (button.getAttribute("aria-expanded") === "true") {
+    button.setAttribute("aria-expanded", "false");
+    section.hidden = true;
+    section.replaceChildren();
+    return;
+  }
+  button.setAttribute("aria-expanded", "true");
+  button.disabled = true;
+  const serial = ++similarSerial;
+  clearError();
+  $("status").textContent = `Finding papers similar to \u201c${paper.title || paper.paper_id}\u201d\u2026`;
+  try {
+    const answer = await call(SIMILAR, {paper_id: paper.paper_id, top_k: Math.min(topK(), 5),
+                                        filter: filterFromForm()});
+    const hits = answer.hits || [];
+    const headingId = `${section.id}-heading`;
+    const heading = element(`h${Math.min(level, 6)}`, {id: headingId, tabindex: "-1"},
+                            `Similar to \u201c${paper.title || paper.paper_id}\u201d`);
+    const list = element("ol", {class: "hits nested"});
+    hits.forEach((hit, index) => list.append(renderHit(hit, index + 1, level + 1,
+                                                       `${section.id}-${serial}`)));
+    section.replaceChildren(heading, hits.length ? list
+                                                 : element("p", {}, "No similar papers found."));
+    section.hidden = false;
+    $("status").textContent = `${hits.length} similar paper${hits.length === 1 ? "" : "s"}.`;
+    heading.focus();
+  } catch (error) {
+    button.setAttribute("aria-expanded", "false");
+    $("status").textContent = "";
+    showError(error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function search(event) {
+  if (event) event.preventDefault();
+  const query = $("query").value.trim();
+  if (!query) {
+    $("query").focus();
+    return;
+  }
+  const request = {query, top_k: topK(), mode: $("mode").value, rerank: $("rerank").checked,
+                   filter: filterFromForm()};
+  const serial = ++searchSerial;
+  remember();
+  clearError();
+  $("status").textContent = "Searching\u2026";
+  $("search-form").setAttribute("aria-busy", "true");
+  try {
+    const answer = await call(SEARCH, request);
+    if (serial !== searchSerial) return;  // a newer search is under way
+    const hits = answer.hits || [];
+    const list = $("results");
+    list.replaceChildren(...hits.map((hit, index) => renderHit(hit, index + 1, 3, "hit")));
+    const total = (answer.timings_ms || {}).total;
+    const details = [
+      $("mode").selectedOptions[0].textContent,
+      answer.reranked ? "reranked" : "not reranked",
+    ];
+    if (total !== undefined) details.push(`${Math.round(total)} ms`);
+    if (answer.below_min_relevance) details.push(`${answer.below_min_relevance} below cut-off`);
+    $("status").textContent = hits.length
+      ? `${hits.length} result${hits.length === 1 ? "" : "s"} for \u201c${query}\u201d (${details.join(", ")}).`
+      : `No results for \u201c${query}\u201d with these filters.`;
+  } catch (error) {
+    if (serial !== searchSerial) return;
+    $("results").replaceChildren();
+    $("status").textContent = "";
+    showError(error);
+  } finally {
+    if (serial === searchSerial) $("search-form").removeAttribute("aria-busy");
+  }
+}
+
+// The form's state in the address (shareable, back/forward), restored on load.
+const FIELDS = [["q", "query"], ["mode", "mode"], ["from", "published-from"],
+                ["to", "published-to"], ["cat", "categories"], ["k", "top-k"]];
+
+function remember() {
+  const params = new URLSearchParams();
+  for (const [name, id] of FIELDS) {
+    if ($(id).value) params.set(name, $(id).value);
+  }
+  if (!$("rerank").checked) params.set("rerank", "0");
+  history.replaceState(null, "", `${location.pathname}?${params}`);
+}
+
+function restore() {
+  const params = new URLSearchParams(location.search);
+  for (const [name, id] of FIELDS) {
+    if (params.has(name)) $(id).value = params.get(name);
+  }
+  if (params.get("rerank") === "0") $("rerank").checked = false;
+  return params.has("q");
+}
+
+async function health() {
+  const badge = $("health");
+  let state = "down";
+  let text = "Service: unreachable";
+  try {
+    const response = await fetch("/readyz", {cache: "no-store"});
+    const answer = await response.json();
+    state = answer.status === "SERVING" ? "ready" : "not-ready";
+    text = state === "ready" ? "Service: ready" : `Service: not ready (${answer.status})`;
+  } catch (error) {
+    // unreachable, as set above
+  }
+  if (badge.dataset.state !== state) {
+    badge.dataset.state = state;
+    badge.textContent = text;
+  }
+}
+
+function start() {
+  const keyField = $("api-key");
+  keyField.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  keyField.addEventListener("input", () => {
+    if (keyField.value) sessionStorage.setItem(KEY_STORAGE, keyField.value);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  });
+  $("search-form").addEventListener("submit", search);
+  health();
+  setInterval(health, HEALTH_EVERY_MS);
+  if (restore()) search();
+  else $("query").focus();
+}
+
+start();

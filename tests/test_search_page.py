@@ -1,0 +1,245 @@
+"""The search page (GET /) in a real headless Chromium over a real gateway and embedded index:
+type a query and see the expected paper first with its stage scores, apply a date filter that
+excludes it, open "Similar papers" from the keyboard, and supply an API key when the server
+wants one. Chromium and chromedriver are Debian's (`make chromium`, a prerequisite of
+`make test`); without them the browser tests skip, or fail where PAPERSEARCH_REQUIRE_BROWSER is
+set (.ci/run). PAPERSEARCH_PAGE_SCREENSHOT=docs/search-page.png also writes the README's
+screenshot there (otherwise it goes to the test's tmp_path only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from papersearch.corpus.paper import Paper
+from papersearch.encoder.runtime import Encoder
+from papersearch.pipeline.backend import LocalBackend
+from papersearch.settings import Settings
+from tests.gateway_helpers import Servers, free_port, scratch_gateways
+
+pytestmark = pytest.mark.slow
+
+KEY = "page-key"
+SIMILAR = "#results > li:first-child .similar ol.hits > li"
+PAPERS = [
+    Paper(id="page-bees", title="Honeybee swarms announce themselves acoustically",
+          abstract="Microphones inside beehives pick up a rising buzz in the days before a "
+                   "honeybee colony swarms.",
+          authors=("Ada Apis", "Bo Drone"), published=date(2023, 5, 2),
+          categories=("q-bio.PE",), url="https://example.org/papers/page-bees"),
+    Paper(id="page-pollinators", title="Bee colony collapse and wild pollinator decline",
+          abstract="Honeybee colonies lose foragers to pesticides and parasites; hives weaken "
+                   "for weeks before the colony collapses.",
+          authors=("Cy Bombus",), published=date(2024, 2, 10), categories=("q-bio.PE",)),
+    Paper(id="page-grpc", title="Transcoding gRPC to JSON for browsers",
+          abstract="A gateway maps protobuf services onto HTTP paths with JSON bodies.",
+          authors=("Dee Proto",), published=date(2024, 3, 1), categories=("cs.NI",)),
+    Paper(id="page-dense", title="Dense passage retrieval with contrastive pretraining",
+          abstract="Dual encoders trained contrastively retrieve passages for open-domain "
+                   "question answering.",
+          authors=("Eve Vector", "Fay Index"), published=date(2022, 9, 12),
+          categories=("cs.IR", "cs.CL")),
+    Paper(id="page-bm25", title="BM25 remains a strong baseline for keyword search",
+          abstract="Term-frequency ranking with document length normalisation is hard to beat.",
+          authors=("Gus Okapi",), published=date(2021, 1, 5), categories=("cs.IR",)),
+    Paper(id="page-proteins", title="Protein structure prediction with attention",
+          abstract="Attention over residue pairs predicts how proteins fold.",
+          authors=("Hal Fold",), published=date(2024, 6, 20), categories=("q-bio.BM",)),
+]
+
+
+@pytest.fixture(scope="module")
+def scratch(sample_settings: Settings, embedder_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servers, LocalBackend]]:
+    with scratch_gateways(sample_settings, Encoder(embedder_dir),
+                          tmp_path_factory.mktemp("page-index"), PAPERS) as (servers, backend, _):
+        yield servers, backend
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        reason = ("no chromium/chromedriver on PATH: `make chromium` installs Debian's "
+                  "chromium and chromium-driver")
+        if os.environ.get("PAPERSEARCH_REQUIRE_BROWSER"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--lang=en-US", "--window-size=1100,1000", "--hide-scrollbars",
+                     "--no-first-run",
+                     "--disable-extensions", "--disable-background-networking"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    chrome.set_page_load_timeout(60)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def wait_for(chrome: webdriver.Chrome, condition: Callable[[], Any], what: str,
+             timeout: float = 60.0) -> Any:
+    return WebDriverWait(chrome, timeout, poll_frequency=0.1).until(
+        lambda _: condition(), message=what)
+
+
+def result_ids(chrome: webdriver.Chrome, scope: str = "#results > li") -> list[str]:
+    return [item.get_attribute("data-paper-id") or ""
+            for item in chrome.find_elements(By.CSS_SELECTOR, scope)]
+
+
+def submit(chrome: webdriver.Chrome) -> str:
+    """Presses Enter in the query box; returns once a new status line is shown."""
+    chrome.execute_script("document.getElementById('status').textContent = '';")
+    chrome.find_element(By.ID, "query").send_keys(Keys.ENTER)
+    status = wait_for(chrome, lambda: (text := chrome.find_element(By.ID, "status").text)
+                      and not text.endswith("\u2026") and text, "a search answered")
+    return str(status)
+
+
+def stage(hit: WebElement, name: str) -> str:
+    return hit.find_element(By.CSS_SELECTOR, f'[data-stage="{name}"] dd').text
+
+
+def get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_page_is_served_with_its_security_headers(scratch: tuple[Servers, LocalBackend]) -> None:
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    base = f"http://127.0.0.1:{port}"
+    status, headers, body = get(base + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert b'<script src="/page/app.js" defer></script>' in body and b"<script>" not in body
+    for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css"),
+                       ("icon.svg", "image/svg+xml")]:
+        status, headers, _ = get(f"{base}/page/{name}")
+        assert status == 200 and headers["Content-Type"].startswith(kind), name
+    assert get(base + "/page/nope.js")[0] == 404
+    assert get(base + "/page/..%2fpage.py")[0] == 404
+
+
+def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
+                                                scratch: tuple[Servers, LocalBackend],
+                                                tmp_path: Path) -> None:
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    chrome = browser
+    chrome.get(f"http://127.0.0.1:{port}/")
+    badge = chrome.find_element(By.ID, "health")
+    wait_for(chrome, lambda: badge.get_attribute("data-state") == "ready", "health badge ready")
+    assert badge.text == "Service: ready"
+    query = chrome.find_element(By.ID, "query")
+    assert chrome.switch_to.active_element == query  # the page starts in the search box
+
+    # type a query: the bee paper comes first, with its metadata and stage scores
+    query.send_keys("why do honeybee hives buzz before swarming")
+    status = submit(chrome)
+    assert status.startswith(f"{len(PAPERS)} results for"), status
+    assert result_ids(chrome)[0] == "page-bees"
+    first = chrome.find_element(By.CSS_SELECTOR, "#results > li")
+    link = first.find_element(By.CSS_SELECTOR, "h3 a")
+    assert link.text == PAPERS[0].title
+    assert link.get_attribute("href") == "https://example.org/papers/page-bees"
+    assert first.find_element(By.CLASS_NAME, "authors").text == "Ada Apis, Bo Drone"
+    assert first.find_element(By.TAG_NAME, "time").text == "2023-05-02"
+    assert first.find_element(By.CSS_SELECTOR, ".categories li").text == "q-bio.PE"
+    for name in ("dense", "sparse", "fused"):  # hybrid: both stages and their fusion scored it
+        assert float(stage(first, name)) != 0.0, name
+    assert stage(first, "rerank") == "\u2014"  # no reranker in this backend
+    assert "not reranked" in status
+
+    # a date filter that excludes it
+    published_from = chrome.find_element(By.ID, "published-from")
+    published_from.send_keys("01012024")  # en-US: month, day, year
+    assert published_from.get_attribute("value") == "2024-01-01"
+    status = submit(chrome)
+    ids = result_ids(chrome)
+    assert ids and "page-bees" not in ids, ids
+    assert {paper.id for paper in PAPERS if paper.published and
+            paper.published >= date(2024, 1, 1)} == set(ids)
+    assert all(day.text >= "2024-01-01"
+               for day in chrome.find_elements(By.CSS_SELECTOR, "#results time"))
+    assert "from=2024-01-01" in chrome.current_url  # the search is in the address
+
+    # clear it, search again, open "Similar papers" on the first hit from the keyboard
+    published_from.clear()
+    assert published_from.get_attribute("value") == ""
+    submit(chrome)
+    assert result_ids(chrome)[0] == "page-bees"
+    first = chrome.find_element(By.CSS_SELECTOR, "#results > li")
+    button = first.find_element(By.CLASS_NAME, "similar-button")
+    assert button.get_attribute("aria-expanded") == "false"
+    button.send_keys(Keys.ENTER)
+    panel = first.find_element(By.CLASS_NAME, "similar")
+    wait_for(chrome, lambda: panel.is_displayed()
+             and result_ids(chrome, SIMILAR), "similar papers shown")
+    similar = result_ids(chrome, SIMILAR)
+    assert similar[0] == "page-pollinators" and "page-bees" not in similar, similar
+    assert button.get_attribute("aria-expanded") == "true"
+    heading = panel.find_element(By.CSS_SELECTOR, "h4")
+    assert heading.text == f"Similar to \u201c{PAPERS[0].title}\u201d"
+    assert chrome.switch_to.active_element == heading  # focus moves to what was opened
+    assert chrome.find_element(By.ID, "status").text.endswith("similar papers.")
+
+    errors = [entry for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []  # no CSP violation, no failed request, no script error
+
+    chrome.execute_script("window.scrollTo(0, 0); document.activeElement.blur();")
+    chrome.set_window_size(1000, 1250)
+    shot = tmp_path / "search-page.png"
+    assert chrome.save_screenshot(str(shot))
+    target = os.environ.get("PAPERSEARCH_PAGE_SCREENSHOT")
+    if target:
+        shutil.copyfile(shot, target)
+
+
+def test_page_asks_for_the_api_key_the_server_wants(browser: webdriver.Chrome,
+                                                    scratch: tuple[Servers, LocalBackend]) -> None:
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port, api_keys=[SecretStr(KEY)])
+    chrome = browser
+    chrome.get(f"http://127.0.0.1:{port}/?q=bm25+keyword+search")  # a search from the address
+    error = chrome.find_element(By.ID, "error")
+    wait_for(chrome, error.is_displayed, "the error shown")
+    assert error.text.startswith("UNAUTHENTICATED: ")
+    assert chrome.find_element(By.ID, "key-box").get_attribute("open") is not None
+    chrome.find_element(By.ID, "api-key").send_keys(KEY)
+    chrome.find_element(By.ID, "search-button").click()
+    wait_for(chrome, lambda: not error.is_displayed() and result_ids(chrome), "results")
+    assert result_ids(chrome)[0] == "page-bm25"
+    # kept for this tab only, and never in the address
+    assert chrome.execute_script(
+        "return sessionStorage.getItem('papersearch-api-key')") == KEY
+    assert KEY not in chrome.current_url
