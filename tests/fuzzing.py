@@ -22,7 +22,8 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import Paper
 
 SEARCH, INDEX = "/papersearch.v1.SearchService/", "/papersearch.v1.IndexService/"
-METHODS = ("Search", "SimilarPapers", "GetPaper", "UpsertPapers", "DeletePapers")
+METHODS = ("Search", "SimilarPapers", "GetPaper", "UpsertPapers", "DeletePapers",
+           "WatchSearch")
 KINDS = ("structured", "bad_utf8", "truncated", "random")
 # Papers a fuzzed index holds: a normal search must still find them, unchanged, afterwards.
 KEPT = [Paper(id=f"kept-{i}", title=f"Kept paper {i} on graph neural networks",
@@ -37,6 +38,8 @@ HOSTILE_TEXT = [
 HOSTILE_DATES = ["", "0001-01-01", "9999-12-31", "0000-00-00", "2024-02-30", "10000-01-01",
                  "-1", "2024-1-1", "yesterday", "9999-12-31T23:59:59", "\x00"]
 HOSTILE_INTS = [0, -1, 1, 100, 101, 2**31 - 1, -(2**31)]
+HOSTILE_FLOATS = [float("nan"), float("inf"), -float("inf"), -1.0, 1.0, 1.0000001, 0.25, 1e308]
+WATCH_S = 0.3  # a valid watch stays open: the fuzzer reads it this long (DEADLINE_EXCEEDED)
 # Rules a fuzzed paper breaks, so that none of them can be written. The id comes first on the
 # wire: a truncated encoding can lose any later field, so truncated papers break the id.
 ID_BREAKERS: list[Callable[[pb.Paper, random.Random], None]] = [
@@ -104,6 +107,14 @@ def _structured(method: str, rng: random.Random, truncated: bool = False) -> lis
                                         filter=_filter(rng))]
     if method == "GetPaper":
         return [pb.GetPaperRequest(paper_id=_text(rng))]
+    if method == "WatchSearch":
+        watch = pb.WatchSearchRequest(query=_text(rng), replay_since=rng.choice(HOSTILE_DATES),
+                                      replay_limit=rng.choice(HOSTILE_INTS))
+        if rng.random() < 0.5:
+            watch.min_relevance = rng.choice(HOSTILE_FLOATS)
+        if rng.random() < 0.5:
+            watch.filter.CopyFrom(_filter(rng))
+        return [watch]
     if method == "DeletePapers":
         ids = [f"fuzz-absent-{rng.random()}" for _ in range(rng.choice([0, 1, 3]))]
         return [pb.DeletePapersRequest(paper_ids=ids + [_text(rng)] * rng.choice([0, 1]))]
@@ -164,6 +175,8 @@ def send(channel: grpc.Channel, method: str, payloads: list[bytes],
     try:
         if method == "UpsertPapers":
             channel.stream_unary(path)(iter(payloads), timeout=timeout_s)
+        elif method == "WatchSearch":
+            list(channel.unary_stream(path)(payloads[0], timeout=min(timeout_s, WATCH_S)))
         else:
             channel.unary_unary(path)(payloads[0], timeout=timeout_s)
     except grpc.RpcError as error:

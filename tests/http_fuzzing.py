@@ -21,7 +21,9 @@ from papersearch.api.openapi import NDJSON
 from tests.fuzzing import INDEX, SEARCH
 from tests.fuzzing import _structured as structured  # the gRPC fuzzer's hostile messages
 
-METHODS = ("Search", "SimilarPapers", "GetPaper", "UpsertPapers", "DeletePapers")
+METHODS = ("Search", "SimilarPapers", "GetPaper", "UpsertPapers", "DeletePapers",
+           "WatchSearch")
+WATCH_MS = "1000"  # a valid watch stays open: read this long, its end a DEADLINE_EXCEEDED line
 KINDS = ("structured", "wrong_type", "truncated", "random")
 WRONG_VALUES: list[Any] = [None, True, -1, 10**40, 1.5e308, "x", [], [[[[[]]]]], {}, {"a": 1},
                            "\u202e", ["\x00"] * 3]
@@ -60,12 +62,27 @@ def requests(seed: int, count: int) -> Iterator[tuple[str, str, bytes]]:
 def _send(base_url: str, method: str, body: bytes, key: str | None) -> tuple[int, Any]:
     content_type = NDJSON if method == "UpsertPapers" else "application/json"
     headers = {"Content-Type": content_type, **({"x-api-key": key} if key else {})}
+    if method == "WatchSearch":
+        headers["x-timeout-ms"] = WATCH_MS
     request = urllib.request.Request(base_url + _path(method), body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
+            if method != "WatchSearch":
+                return response.status, json.load(response)
+            return _watch_answer(response.status, [json.loads(line) for line in response])
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+def _watch_answer(status: int, lines: list[Any]) -> tuple[int, Any]:
+    """An NDJSON watch: every line an object; the last one's error, if not its deadline, is
+    the answer (its code), else the stream's 200."""
+    if not lines or not all(isinstance(line, dict) for line in lines):
+        return status, lines
+    error = lines[-1].get("error")
+    if isinstance(error, dict) and error.get("status") != "DEADLINE_EXCEEDED":
+        return int(error.get("code", 500)), lines[-1]
+    return status, lines[-1]
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from pydantic import SecretStr
 
+from papersearch.api.convert import WatchQuery
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
@@ -25,6 +26,8 @@ READS: dict[str, Call] = {
     "Search": lambda c: c.search(SearchQuery("scoped keys", rerank=False)),
     "SimilarPapers": lambda c: c.similar("no-such-paper"),
     "GetPaper": lambda c: c.get("no-such-paper"),
+    # the first event (caught_up) is the answer: the watch was let in
+    "WatchSearch": lambda c: next(iter(c.watch(WatchQuery("scoped keys"), timeout_s=30.0))),
 }
 WRITES: dict[str, Call] = {
     "UpsertPapers": lambda c: c.upsert([PAPER]),

@@ -148,6 +148,45 @@ def _search_remote(args: argparse.Namespace, query: SearchQuery) -> SearchResult
             raise RemoteError(f"{error.code().name}: {error.details()}") from None
 
 
+def _watch(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a saved search's matches as the gateway indexes them, until Ctrl-C."""
+    import grpc
+
+    from papersearch.api.convert import WatchQuery
+    from papersearch.client import SearchClient
+    from papersearch.client_tls import tls_from_args
+
+    query = WatchQuery(args.query, _filter(args), args.min_relevance, args.since,
+                       args.replay_limit)
+    with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args)) as client:
+        watching = client.watch(query, timeout_s=args.timeout_s)
+        try:
+            for event in watching:
+                if event.caught_up:
+                    print(f"watching {args.target} for new matches (Ctrl-C stops)",
+                          file=sys.stderr, flush=True)
+                elif event.hit is not None:
+                    print(_format_watch_hit(event.hit, event.replayed, args.json), flush=True)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and args.timeout_s:
+                return 0  # --timeout-s: the watch ran its course
+            raise RemoteError(f"{error.code().name}: {error.details()}") from None
+        finally:
+            watching.cancel()
+    return 0
+
+
+def _format_watch_hit(hit: Any, replayed: bool, as_json: bool) -> str:
+    paper = hit.paper
+    published = paper.published.isoformat() if paper.published else None
+    if as_json:
+        return json.dumps({"paper_id": paper.id, "title": paper.title, "score": hit.score,
+                           "published": published, "replayed": replayed})
+    mark = "replay" if replayed else "new"
+    return (f"{mark:>6}  {hit.score:6.3f}  {published or '-':10}  "
+            f"{paper.title or paper.abstract[:80]}  [{paper.id}]")
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.serving.launcher import serve_forever
 
@@ -308,6 +347,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_arguments(search)
     add_retry_argument(search)
     search.set_defaults(handler=_search)
+
+    watch = commands.add_parser(
+        "watch", help="a saved search: print new matching papers as a gateway indexes them")
+    watch.add_argument("query")
+    watch.add_argument("--target", metavar="HOST:PORT", required=True, help="the gateway")
+    watch.add_argument("--min-relevance", type=float, metavar="COSINE",
+                       help="least dense cosine to the query (-1 to 1; default: the server's "
+                            "serve.watch_min_relevance, 0.25)")
+    watch.add_argument("--since", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                       help="first replay the best matches published since this date")
+    watch.add_argument("--replay-limit", type=int, default=0,
+                       help="most papers replayed (default: the server's, 10)")
+    watch.add_argument("--from", dest="published_from", type=date.fromisoformat,
+                       help="only papers published on or after (YYYY-MM-DD)")
+    watch.add_argument("--to", dest="published_to", type=date.fromisoformat,
+                       help="only papers published on or before (YYYY-MM-DD)")
+    watch.add_argument("--category", action="append", default=[])
+    watch.add_argument("--author", action="append", default=[])
+    watch.add_argument("--timeout-s", type=float, help="stop after this long (default: never)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
+                       help="x-api-key (default: $PAPERSEARCH_API_KEY)")
+    add_tls_arguments(watch)
+    watch.set_defaults(handler=_watch)
 
     evaluation = commands.add_parser("eval", help="ranking quality on a judged dataset")
     evaluation.add_argument("--dataset", type=Path, required=True,

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,7 +19,37 @@ from papersearch.client_tls import Tls
 from papersearch.corpus.paper import Paper
 from papersearch.gateway.auth import API_KEY_HEADER
 from papersearch.index.query import SearchFilter
-from papersearch.pipeline.query import SearchQuery, SearchResult
+from papersearch.pipeline.query import SearchHit, SearchQuery, SearchResult
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One event of a saved search: a matching paper (``replayed``: indexed before the watch
+    began), or the one ``caught_up`` event (no hit) after the replay."""
+
+    hit: SearchHit | None
+    replayed: bool = False
+    caught_up: bool = False
+
+
+class Watching:
+    """A WatchSearch stream: iterate it for its events (blocking); ``cancel`` ends it (from
+    any thread; the iteration then raises grpc.RpcError CANCELLED)."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        for message in self.call:
+            hit = None
+            if message.HasField("hit"):
+                hit = SearchHit(convert.stored_paper_from_proto(message.hit.paper),
+                                message.hit.score,
+                                convert.stage_scores_from_proto(message.hit.stages))
+            yield WatchEvent(hit, message.replayed, message.caught_up)
+
+    def cancel(self) -> None:
+        self.call.cancel()
 
 
 def committed_of(error: grpc.RpcError) -> int | None:
@@ -74,6 +106,13 @@ class SearchClient:
         message = self.search_stub.GetPaper(pb.GetPaperRequest(paper_id=paper_id),
                                             metadata=self.metadata, timeout=self.timeout_s)
         return convert.stored_paper_from_proto(message)
+
+    def watch(self, query: convert.WatchQuery, timeout_s: float | None = None) -> Watching:
+        """A saved search: matches as papers are indexed, after any replay (WatchSearch).
+        No deadline unless ``timeout_s`` (the stream is meant to stay open)."""
+        call = self.search_stub.WatchSearch(convert.watch_query_to_proto(query),
+                                            metadata=self.metadata, timeout=timeout_s)
+        return Watching(call)
 
     def upsert(self, papers: Iterable[Paper]) -> pb.UpsertSummary:
         """Stream ``papers``; a failure raises grpc.RpcError, and ``committed_of(error)`` says

@@ -282,6 +282,21 @@ class ServeSettings(BaseModel):
         100, ge=1, le=100, description="Invalid papers listed in UpsertSummary.errors; "
                                        "skipped still counts them all.",
     )
+    # Saved searches (WatchSearch, gateway/watch.py): long-lived streams, not cut by
+    # max_deadline_s; a drain ends them with UNAVAILABLE.
+    watch_max_watches: int = Field(
+        1000, ge=1, description="WatchSearch streams open at once in a gateway; past it a new "
+                                "one fails at once with RESOURCE_EXHAUSTED.",
+    )
+    watch_queue: int = Field(
+        1000, ge=1, description="Matches waiting to be sent to one watcher; past it (a watcher "
+                                "reading too slowly) its stream ends with RESOURCE_EXHAUSTED, "
+                                "so upserts never wait for watchers.",
+    )
+    watch_min_relevance: float = Field(
+        0.25, ge=-1.0, le=1.0, description="A watch's min_relevance (dense cosine) when the "
+                                           "request sets none.",
+    )
     keepalive_time_s: float = Field(
         60.0, gt=0, description="Ping a client whose connection has been silent this long "
                                 "(grpc.keepalive_time_ms).",

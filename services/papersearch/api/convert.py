@@ -59,6 +59,18 @@ class SimilarQuery:
     filter: SearchFilter = field(default_factory=SearchFilter)
 
 
+@dataclass(frozen=True, slots=True)
+class WatchQuery:
+    """A WatchSearch: ``min_relevance`` None means the server's default (validated requests
+    always have one), ``replay_since`` None no replay."""
+
+    text: str
+    filter: SearchFilter = field(default_factory=SearchFilter)
+    min_relevance: float | None = None
+    replay_since: date | None = None
+    replay_limit: int = 0  # 0: the server default (search.default_top_k)
+
+
 # --- dates, ids, top_k ---------------------------------------------------------------------
 
 
@@ -224,6 +236,34 @@ def similar_query_from_proto(
         paper_id=paper_id_from_proto(request.paper_id),
         top_k=top_k_from_proto(request.top_k, settings),
         filter=filter_from_proto(request.filter),
+    )
+
+
+def watch_query_from_proto(request: pb.WatchSearchRequest, settings: SearchSettings,
+                           default_min_relevance: float) -> WatchQuery:
+    """WatchSearchRequest -> WatchQuery: the query, filter and min_relevance checked as
+    Search's (an unset min_relevance: ``default_min_relevance``); replay_limit 0 means
+    settings.default_top_k. Raises InvalidQuery."""
+    min_relevance = (request.min_relevance if request.HasField("min_relevance")
+                     else default_min_relevance)
+    query = SearchQuery(text=request.query, mode="dense", filter=filter_from_proto(
+        request.filter), min_relevance=min_relevance).validate(settings)
+    limit = request.replay_limit or settings.default_top_k
+    if not 1 <= limit <= settings.max_top_k:
+        raise InvalidQuery(
+            f"replay_limit must be between 1 and {settings.max_top_k} "
+            f"(0 means the default, {settings.default_top_k}), got {request.replay_limit}"
+        )
+    return WatchQuery(query.text, query.filter, min_relevance,
+                      date_from_proto(request.replay_since, "replay_since"), limit)
+
+
+def watch_query_to_proto(query: WatchQuery) -> pb.WatchSearchRequest:
+    """WatchQuery -> WatchSearchRequest (for clients); min_relevance set only if given."""
+    return pb.WatchSearchRequest(
+        query=query.text, filter=filter_to_proto(query.filter),
+        min_relevance=query.min_relevance, replay_since=date_to_proto(query.replay_since),
+        replay_limit=query.replay_limit,
     )
 
 

@@ -41,7 +41,9 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
             behavior = _unary(handler.unary_unary, decode, descriptor)
         elif handler.stream_unary is not None:
             behavior = _stream(handler.stream_unary, decode, descriptor)
-        else:  # response streaming: the API has none
+        elif handler.unary_stream is not None:  # WatchSearch: written with context.write
+            behavior = _unary(handler.unary_stream, decode, descriptor)
+        else:  # bidirectional streams: the API has none
             return handler
         return with_behavior(handler, behavior, request_deserializer=None)
 

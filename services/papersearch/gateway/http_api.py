@@ -2,12 +2,14 @@
 
 Every method of the gRPC API is ``POST <its gRPC path>`` with the request message as protobuf
 JSON (``/papersearch.v1.SearchService/Search``); client streams (UpsertPapers) are
-newline-delimited JSON, one message per line. The call is then made on this gateway's own gRPC
-server, over a unix socket only this process knows (``Gateway`` adds it), with the caller's
-``x-api-key`` and deadline (``x-timeout-ms``): authentication, scopes, limits, the drain gate and
-the request metrics are the gRPC ones, and so are the error statuses, whose HTTP codes follow
-google.rpc.Code (api/openapi.py). ``GET /openapi.json`` is the OpenAPI document generated from
-the proto; ``GET /healthz`` and ``/readyz`` are liveness and readiness (200 or 503).
+newline-delimited JSON, one message per line, and so are server streams' responses
+(WatchSearch: a failure after the first line ends the body with a line {"error": ...}). The
+call is then made on this gateway's own gRPC server, over a unix socket only this process
+knows (``Gateway`` adds it), with the caller's ``x-api-key`` and deadline (``x-timeout-ms``):
+authentication, scopes, limits, the drain gate and the request metrics are the gRPC ones, and so
+are the error statuses, whose HTTP codes follow google.rpc.Code (api/openapi.py).
+``GET /openapi.json`` is the OpenAPI document generated from the proto; ``GET /healthz`` and
+``/readyz`` are liveness and readiness (200 or 503).
 """
 
 from __future__ import annotations
@@ -99,8 +101,17 @@ class HttpFront:
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
         path = openapi.http_path(method)
-        if method.server_streaming:
-            raise NotImplementedError(f"{path}: server streams are not mapped to HTTP yet")
+        if method.server_streaming:  # WatchSearch: the responses as NDJSON lines
+            responses = self.channel.unary_stream(
+                path, request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString)
+
+            async def streaming(request: web.Request) -> web.StreamResponse:
+                _require_type(request, JSON)
+                message = _parse(await _json_body(request), request_type, "request")
+                return await _lines_out(request, responses(message, **_call_options(request)))
+
+            return _measured(path, streaming)
         if method.client_streaming:
             stream = self.channel.stream_unary(
                 path, request_serializer=request_type.SerializeToString,
@@ -241,8 +252,40 @@ def _parse(value: Any, message_type: type[Message], what: str) -> Message:
 
 
 def _json(message: Message) -> web.Response:
-    return web.json_response(json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+    return web.json_response(_dict(message))
+
+
+def _dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+async def _lines_out(request: web.Request, call: Any) -> web.StreamResponse:
+    """A server stream as NDJSON, each message on its line as it comes. An error before the
+    first message is a plain HTTP error (its status code); one after it, once the 200 is sent,
+    ends the body with a last line {"error": {...}} (code, status, message). The gRPC call is
+    cancelled when the HTTP client goes away."""
+    try:
+        try:
+            message = await call.read()
+        except grpc.aio.AioRpcError as error:
+            raise _from_rpc(error) from None
+        response = web.StreamResponse()
+        response.content_type = openapi.NDJSON
+        await response.prepare(request)
+        while message is not grpc.aio.EOF:
+            await response.write(json.dumps(_dict(message)).encode() + b"\n")
+            try:
+                message = await call.read()
+            except grpc.aio.AioRpcError as error:
+                failed = _from_rpc(error)
+                body = {"code": failed.http, "status": failed.status, "message": failed.message}
+                await response.write(json.dumps({"error": body}).encode() + b"\n")
+                break
+        await response.write_eof()
+        return response
+    finally:
+        call.cancel()
 
 
 async def _openapi(_: web.Request) -> web.StreamResponse:

@@ -16,6 +16,8 @@ notice; 0 locally, 5 s in Kubernetes), then new calls refused with UNAVAILABLE b
 is done (gateway/gate.py; health still answers), calls in flight finish within
 ``serve.drain_grace_s`` (longer than the largest deadline a call can have,
 ``serve.max_deadline_s``), then the server stops (GOAWAY: clients reconnect elsewhere).
+WatchSearch streams never finish by themselves: they end with UNAVAILABLE as the gate closes
+(gateway/watch.py), and their clients reconnect with a replay.
 IndexService calls may run longer (``serve.index_call_timeout_s``): one still running at the end
 of the grace is cancelled, and its client resends (UpsertPapers is idempotent; what was
 committed stays).
@@ -42,6 +44,7 @@ from papersearch.gateway.http_api import HttpFront, socket_target
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.gateway.tls import server_credentials
+from papersearch.gateway.watch import WatchHub
 from papersearch.pipeline.backend import Backend
 from papersearch.settings import ServeSettings, Settings, is_loopback
 from papersearch.telemetry import metrics
@@ -92,9 +95,11 @@ class Gateway:
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), self.gate, *auth,
                                                     DecodeInterceptor()],
                                       options=server_options(settings.serve))
-        self.search = SearchServicer(backend, settings)
+        self.watches = WatchHub(settings.serve.watch_max_watches, settings.serve.watch_queue)
+        self.search = SearchServicer(backend, settings, self.watches)
         pb_grpc.add_SearchServiceServicer_to_server(self.search, self.server)
-        pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings), self.server)
+        pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings, self.watches),
+                                                   self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -172,6 +177,7 @@ class Gateway:
         started = asyncio.get_running_loop().time()
         await asyncio.sleep(self.settings.serve.drain_notice_s)
         self.gate.close()
+        self.watches.close()  # watches never finish by themselves: UNAVAILABLE, reconnect
         finished = await self.gate.wait_idle(grace_s)
         if not finished:
             log.warning("drain grace over: cancelling the calls still running",

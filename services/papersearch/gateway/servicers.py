@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+import numpy as np
 
 from papersearch.api import convert
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.corpus.paper import Paper
 from papersearch.gateway.errors import to_status
+from papersearch.gateway.watch import DRAINING, Match, WatchHub
+from papersearch.index.query import Hit
 from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.settings import ServeSettings, Settings
@@ -44,10 +48,13 @@ async def _fail(context: grpc.aio.ServicerContext, error: BaseException) -> None
 
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings,
+                 watches: WatchHub | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.pipeline = SearchPipeline(backend, settings.search, settings.serve.rerank_timeout_s)
+        self.watches = watches or WatchHub(settings.serve.watch_max_watches,
+                                           settings.serve.watch_queue)
 
     async def Search(  # noqa: N802 (gRPC method name)
         self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
@@ -91,6 +98,88 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             await _fail(context, error)
         return convert.paper_to_proto(paper)
 
+    async def WatchSearch(  # noqa: N802
+        self, request: pb.WatchSearchRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """A saved search (gateway/watch.py): the replay, the caught_up event, then each match
+        as this gateway indexes it, until the client leaves, its deadline, a drain or
+        overflow. Written with ``context.write`` (a coroutine, not a generator), so the
+        interceptors wrap it like the unary methods."""
+        serve = self.settings.serve
+        try:
+            query = convert.watch_query_from_proto(request, self.settings.search,
+                                                   serve.watch_min_relevance)
+            await self._admit(context)
+            vector = await within_deadline(self.backend.encode_query(query.text), context, serve)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _fail(context, error)
+        threshold = serve.watch_min_relevance if query.min_relevance is None \
+            else query.min_relevance
+        watch = self.watches.add(vector, threshold, query.filter)
+        if watch is None:  # the limit or a drain was reached while the query was encoded
+            await self._admit(context)
+            return
+        try:
+            replayed: set[str] = set()
+            if query.replay_since is not None:
+                try:
+                    hits = await within_deadline(self._replay(query, vector, threshold),
+                                                 context, serve)
+                except Exception as error:
+                    await _fail(context, error)
+                for hit in hits:
+                    replayed.add(hit.paper.id)
+                    await context.write(pb.WatchEvent(hit=_watch_hit(hit.paper, hit.dense_score),
+                                                      replayed=True))
+            await context.write(pb.WatchEvent(caught_up=True))
+            during_replay = len(watch.pending)  # may repeat a replayed paper: skipped once
+            while True:
+                while watch.pending and watch.ended is None:
+                    match: Match = watch.pending.popleft()
+                    if during_replay > 0:
+                        during_replay -= 1
+                        if match.paper.id in replayed:
+                            continue
+                    await context.write(pb.WatchEvent(hit=_watch_hit(match.paper,
+                                                                     match.cosine)))
+                if watch.ended is not None:
+                    await context.abort(*watch.ended)
+                watch.wake.clear()
+                await watch.wake.wait()
+        finally:
+            self.watches.remove(watch)
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Refuse a new watch past the gateway's limit, or while it drains."""
+        if self.watches.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+        if len(self.watches.watches) >= self.watches.max_watches:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(self.watches.watches)} watches are open on this gateway, its limit "
+                f"(serve.watch_max_watches); retry WatchSearch later or elsewhere")
+
+    async def _replay(self, query: convert.WatchQuery, vector: np.ndarray,
+                      threshold: float) -> list[Hit]:
+        """The best matches already indexed, published on or after replay_since (and within
+        the filter): one dense search, cut at the threshold."""
+        since = query.replay_since
+        assert since is not None
+        flt = query.filter
+        start = max(since, flt.published_from) if flt.published_from else since
+        if flt.published_to is not None and start > flt.published_to:
+            return []
+        hits = await self.backend.retrieve(query.text, vector, "dense", query.replay_limit,
+                                           dataclasses.replace(flt, published_from=start))
+        return [h for h in hits if h.dense_score is not None and h.dense_score >= threshold]
+
+
+def _watch_hit(paper: Paper, cosine: float | None) -> pb.Hit:
+    return pb.Hit(paper=convert.paper_to_proto(paper), score=cosine or 0.0,
+                  stages=pb.StageScores(dense=cosine))
+
 
 class ErrorLines:
     """UpsertSummary.errors: the first ``limit`` lines are kept, the rest only counted, so a
@@ -131,11 +220,13 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     RESOURCE_EXHAUSTED at once, not queued) and ``serve.index_call_timeout_s`` each. A failed
     UpsertPapers says what it committed: trailing metadata and status message (the proto)."""
 
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings,
+                 watches: WatchHub | None = None) -> None:
         self.backend = backend
         self.batch_size = settings.serve.upsert_batch_size
         self.serve = settings.serve
         self.calls = 0
+        self.watches = watches  # told of every batch written (WatchSearch)
 
     @contextlib.asynccontextmanager
     async def _limited(
@@ -209,7 +300,10 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             return 0
         unique = list({p.id: p for p in papers}.values())  # last copy of a repeated id wins
         dense = await self.backend.encode_documents([p.text for p in unique])
-        return await self.backend.upsert(unique, dense)
+        written = await self.backend.upsert(unique, dense)
+        if self.watches is not None:
+            self.watches.publish(unique, dense)
+        return written
 
     async def DeletePapers(  # noqa: N802
         self, request: pb.DeletePapersRequest, context: grpc.aio.ServicerContext

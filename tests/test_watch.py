@@ -1,0 +1,342 @@
+"""Saved searches (WatchSearch) through real gateways over a real embedded index: matches arrive
+as papers are upserted (within 1 s, nothing else), replay since a date, filters, invalid
+requests, the watch limit, draining, a slow watcher, and the HTTP NDJSON mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from papersearch.api.convert import WatchQuery
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.client import SearchClient, WatchEvent, Watching
+from papersearch.corpus.paper import Paper
+from papersearch.encoder.runtime import Encoder
+from papersearch.gateway.watch import WatchHub, matches_filter
+from papersearch.index.query import SearchFilter
+from papersearch.pipeline.backend import LocalBackend
+from papersearch.settings import Settings
+from tests.gateway_helpers import Servers, free_port, scratch_gateways
+
+QUERY = "graph neural networks for predicting molecular properties"
+OLD = [  # indexed before any watch starts
+    Paper(id="old-gnn-2021", title="Message passing neural networks for molecules",
+          abstract="Graph neural networks predict quantum chemical properties of molecules.",
+          published=date(2021, 3, 1), categories=("cs.LG",)),
+    Paper(id="old-gnn-2024", title="Equivariant graph networks for molecular property "
+          "prediction", abstract="Graph neural networks on 3D molecular graphs.",
+          published=date(2024, 6, 1), categories=("cs.LG",)),
+    Paper(id="old-bread", title="Sourdough fermentation", abstract="Wild yeast and bread.",
+          published=date(2024, 7, 1), categories=("food",)),
+]
+MATCHING = [
+    Paper(id="new-gnn-1", title="Graph neural networks for molecular property prediction",
+          abstract="We predict solubility and toxicity of molecules with message passing graph "
+                   "neural networks.", published=date(2025, 1, 2), categories=("cs.LG",)),
+    Paper(id="new-gnn-2", title="Learning molecular properties with graph networks",
+          abstract="A graph neural network over atoms and bonds predicts molecular energies.",
+          published=date(2025, 1, 3), categories=("q-bio.BM",)),
+]
+TOPICS = ["sourdough bread baking", "the offside rule in football", "medieval castle "
+          "architecture", "tax law for small businesses", "growing tomatoes in a greenhouse",
+          "repairing a car's brake pads", "jazz saxophone improvisation", "travel tips for "
+          "Lisbon", "knitting wool sweaters", "volcanic eruptions in Iceland"]
+
+
+def unrelated(i: int) -> Paper:
+    topic = TOPICS[i % len(TOPICS)]
+    return Paper(id=f"noise-{i}", title=f"A practical guide to {topic}, part {i}",
+                 abstract=f"This article is about {topic}: history, practice and advice.",
+                 published=date(2025, 1, 1), categories=("misc",))
+
+
+class Collector:
+    """Reads a watch in a thread, timestamping each event."""
+
+    def __init__(self, watching: Watching) -> None:
+        self.watching = watching
+        self.events: list[tuple[float, WatchEvent]] = []
+        self.error: grpc.RpcError | None = None
+        self.caught_up = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.watching:
+                self.events.append((time.monotonic(), event))
+                if event.caught_up:
+                    self.caught_up.set()
+        except grpc.RpcError as error:
+            self.error = error
+        finally:
+            self.caught_up.set()
+
+    def ids(self, replayed: bool | None = None) -> list[str]:
+        return [e.hit.paper.id for _, e in self.events if e.hit is not None
+                and (replayed is None or e.replayed == replayed)]
+
+    def stop(self) -> None:
+        self.watching.cancel()
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def scratch(sample_settings: Settings, embedder_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servers, LocalBackend]]:
+    with scratch_gateways(sample_settings, Encoder(embedder_dir),
+                          tmp_path_factory.mktemp("watch-index"), OLD) as (servers, backend, _):
+        yield servers, backend
+
+
+@pytest.fixture(scope="module")
+def target(scratch: tuple[Servers, LocalBackend]) -> str:
+    servers, backend = scratch
+    return servers.start(backend)
+
+
+def watching(target: str, query: WatchQuery, **client: Any) -> Collector:
+    collector = Collector(SearchClient(target, timeout_s=60, **client).watch(query))
+    assert collector.caught_up.wait(30), "the watch never caught up"
+    assert collector.error is None, collector.error
+    return collector
+
+
+@pytest.mark.slow
+def test_matching_upserts_arrive_within_a_second_and_nothing_else(target: str) -> None:
+    collector = watching(target, WatchQuery(QUERY, min_relevance=0.5))
+    upserted: dict[str, tuple[float, float]] = {}  # id -> (call started, call returned)
+    stream = [unrelated(i) for i in range(40)]
+    stream.insert(7, MATCHING[0])
+    stream.insert(29, MATCHING[1])
+    with SearchClient(target, timeout_s=60) as client:
+        for i in range(0, len(stream), 3):  # many small UpsertPapers calls, as they come
+            batch = stream[i:i + 3]
+            started = time.monotonic()
+            assert client.upsert(batch).upserted == len(batch)
+            for paper in batch:
+                upserted[paper.id] = (started, time.monotonic())
+    deadline = time.monotonic() + 5
+    while len(collector.ids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # anything else would have arrived by now
+    collector.stop()
+    assert collector.ids() == [p.id for p in MATCHING]  # both, in order, and no others
+    for arrived, event in collector.events:
+        if event.hit is None:
+            continue
+        started, returned = upserted[event.hit.paper.id]
+        latency = arrived - started
+        print(f"{event.hit.paper.id}: {latency * 1000:.1f} ms after its UpsertPapers call "
+              f"began, {(arrived - returned) * 1000:+.1f} ms after it returned")
+        assert latency < 1.0
+        assert not event.replayed and event.hit.stages.dense == event.hit.score >= 0.5
+    assert [e.caught_up for _, e in collector.events].count(True) == 1
+
+
+@pytest.mark.slow
+def test_replay_since_a_date_then_live(target: str) -> None:
+    collector = watching(target, WatchQuery(QUERY, min_relevance=0.3,
+                                            replay_since=date(2024, 1, 1)))
+    # replayed: matching papers published since then (the earlier test's too), best first;
+    # not the 2021 one, nor the bread or other unrelated papers
+    replayed = [e.hit for _, e in collector.events if e.hit is not None and e.replayed]
+    assert "old-gnn-2024" in [h.paper.id for h in replayed]
+    assert all(h.paper.published and h.paper.published >= date(2024, 1, 1)
+               and h.score >= 0.3 and h.paper.id.startswith(("old-gnn", "new-gnn"))
+               for h in replayed)
+    assert [h.score for h in replayed] == sorted((h.score for h in replayed), reverse=True)
+    assert "old-gnn-2021" not in collector.ids()
+    first_live = next(i for i, (_, e) in enumerate(collector.events) if e.caught_up)
+    assert all(e.replayed for _, e in collector.events[:first_live])
+    with SearchClient(target, timeout_s=60) as client:
+        client.upsert([Paper(id="live-gnn", title="Graph neural networks for molecules",
+                             abstract="Predicting molecular properties with message passing.",
+                             published=date(2020, 1, 1))])  # live: any date matches
+    deadline = time.monotonic() + 5
+    while "live-gnn" not in collector.ids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    collector.stop()
+    assert collector.ids(replayed=False) == ["live-gnn"]
+
+
+@pytest.mark.slow
+def test_filters_apply_to_replay_and_live(target: str) -> None:
+    flt = SearchFilter(categories=("q-bio.BM",))
+    collector = watching(target, WatchQuery(QUERY, flt, min_relevance=0.3,
+                                            replay_since=date(2000, 1, 1)))
+    with SearchClient(target, timeout_s=60) as client:
+        client.upsert([
+            Paper(id="filtered-out", title="Graph neural networks for molecular properties",
+                  abstract="Message passing on molecules.", categories=("cs.LG",)),
+            Paper(id="filtered-in", title="Graph neural networks for molecular properties",
+                  abstract="Message passing on molecules.", categories=("q-bio.BM",)),
+        ])
+    deadline = time.monotonic() + 5
+    while "filtered-in" not in collector.ids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    collector.stop()
+    assert "filtered-out" not in collector.ids() and "filtered-in" in collector.ids()
+    assert all("q-bio.BM" in e.hit.paper.categories for _, e in collector.events if e.hit)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("message", "field"), [
+    (pb.WatchSearchRequest(query="  "), "query"),
+    (pb.WatchSearchRequest(query="x" * 5000), "query"),
+    (pb.WatchSearchRequest(query="x", min_relevance=1.5), "min_relevance"),
+    (pb.WatchSearchRequest(query="x", min_relevance=float("nan")), "min_relevance"),
+    (pb.WatchSearchRequest(query="x", replay_since="yesterday"), "replay_since"),
+    (pb.WatchSearchRequest(query="x", replay_limit=101), "replay_limit"),
+    (pb.WatchSearchRequest(query="x", replay_limit=-1), "replay_limit"),
+    (pb.WatchSearchRequest(query="x", filter=pb.Filter(published_from="2024-02-30")),
+     "filter.published_from"),
+    (pb.WatchSearchRequest(query="x", filter=pb.Filter(authors=["a\x00b"])),
+     "filter.authors[0]"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_invalid_requests_name_the_field(target: str, message: pb.WatchSearchRequest,
+                                         field: str) -> None:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_stream("/papersearch.v1.SearchService/WatchSearch",
+                                    request_serializer=pb.WatchSearchRequest.SerializeToString,
+                                    response_deserializer=pb.WatchEvent.FromString)
+        with pytest.raises(grpc.RpcError) as error:
+            next(iter(call(message, timeout=30)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in error.value.details()
+
+
+@pytest.mark.slow
+def test_watch_limit_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
+    servers, backend = scratch
+    address = servers.start(backend, watch_max_watches=1)
+    first = watching(address, WatchQuery(QUERY))
+    with SearchClient(address, timeout_s=60) as client, pytest.raises(grpc.RpcError) as error:
+        list(client.watch(WatchQuery("another query"), timeout_s=30))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "serve.watch_max_watches" in error.value.details()
+    started = time.monotonic()
+    servers.loop.run(servers.gateways[-1].drain(5.0))
+    assert time.monotonic() - started < 3  # the watch did not hold the drain for its grace
+    first.thread.join(10)
+    assert first.error is not None and first.error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "replay_since" in first.error.details()
+
+
+def test_hub_matches_many_watches_at_once_and_ends_a_slow_watcher() -> None:
+    rng = np.random.default_rng(0)
+    hub = WatchHub(max_watches=500, queue=2)
+    vectors = rng.normal(size=(500, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    watches = [hub.add(v, 0.99, SearchFilter()) for v in vectors]
+    assert hub.add(vectors[0], 0.0, SearchFilter()) is None  # the limit
+    papers = [Paper(id=f"p{i}", title=f"paper {i}", abstract="") for i in range(3)]
+    # paper i has watch i's vector: it matches watch i only
+    assert hub.publish(papers, vectors[:3]) == 3
+    assert [len(w.pending) for w in watches[:4] if w] == [1, 1, 1, 0]
+    slow = watches[0]
+    assert slow is not None
+    hub.publish(papers[:1], vectors[:1])
+    hub.publish(papers[:1], vectors[:1])  # a third match waiting: over the queue of 2
+    assert slow.ended is not None and slow.ended[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not slow.pending and watches[1] is not None and watches[1].ended is None
+    hub.close()
+    assert all(w is not None and w.ended is not None for w in watches)
+    assert hub.add(vectors[0], 0.0, SearchFilter()) is None
+
+
+def test_filter_matching_agrees_with_the_index_rules() -> None:
+    paper = Paper(id="p", title="t", abstract="", authors=("A. Author",),
+                  categories=("cs.LG", "stat.ML"), published=date(2024, 5, 1))
+    undated = Paper(id="u", title="t", abstract="")
+    assert matches_filter(SearchFilter(), paper) and matches_filter(SearchFilter(), undated)
+    assert matches_filter(SearchFilter(date(2024, 5, 1), date(2024, 5, 1)), paper)
+    assert not matches_filter(SearchFilter(date(2024, 5, 2)), paper)
+    assert not matches_filter(SearchFilter(None, date(2024, 4, 30)), paper)
+    assert not matches_filter(SearchFilter(date(2000, 1, 1)), undated)
+    assert matches_filter(SearchFilter(categories=("x", "stat.ML")), paper)
+    assert not matches_filter(SearchFilter(categories=("cs.lg",)), paper)  # case-sensitive
+    assert matches_filter(SearchFilter(authors=("A. Author",)), paper)
+    assert not matches_filter(SearchFilter(categories=("cs.LG",), authors=("B",)), paper)
+
+
+@pytest.mark.slow
+def test_http_streams_ndjson(scratch: tuple[Servers, LocalBackend]) -> None:
+    servers, backend = scratch
+    port = free_port()
+    address = servers.start(backend, http_port=port)
+    url = f"http://127.0.0.1:{port}/papersearch.v1.SearchService/WatchSearch"
+    body = json.dumps({"query": QUERY, "min_relevance": 0.3, "replay_since": "2024-01-01",
+                       "filter": {"published_to": "2024-12-31"}}).encode()
+    request = urllib.request.Request(url, body, headers={"Content-Type": "application/json",
+                                                         "x-timeout-ms": "3000"})
+    lines: list[dict[str, Any]] = []
+
+    def upsert_when_caught_up() -> None:
+        while not any(line.get("caught_up") for line in lines):
+            time.sleep(0.01)
+        with SearchClient(address, timeout_s=60) as client:
+            client.upsert([Paper(id="http-gnn", title="Graph networks for molecules",
+                                 abstract="Molecular property prediction with GNNs.",
+                                 published=date(2024, 8, 1))])
+
+    writer = threading.Thread(target=upsert_when_caught_up, daemon=True)
+    writer.start()
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/x-ndjson")
+        for raw in response:
+            lines.append(json.loads(raw))
+    writer.join(10)
+    replayed = [line["hit"]["paper"]["paper_id"] for line in lines if line.get("replayed")]
+    assert replayed == ["old-gnn-2024"] and lines[1]["caught_up"] is True
+    live = [line for line in lines if "hit" in line and not line["replayed"]]
+    assert [line["hit"]["paper"]["paper_id"] for line in live] == ["http-gnn"]
+    assert lines[-1]["error"]["status"] == "DEADLINE_EXCEEDED"  # the stream's end, as a line
+    # an error before the stream starts is a plain HTTP error
+    bad = urllib.request.Request(url, b'{"query": " "}',
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(bad, timeout=30)
+    assert error.value.code == 400 and "query" in json.load(error.value)["error"]["message"]
+
+
+@pytest.mark.slow
+def test_cli_prints_matches_as_they_arrive(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from papersearch.cli import main
+
+    def upsert_soon() -> None:
+        time.sleep(1.5)
+        with SearchClient(target, timeout_s=60) as client:
+            client.upsert([Paper(id="cli-gnn", title="Graph neural networks for molecules",
+                                 abstract="Molecular property prediction.",
+                                 published=date(2024, 9, 1), categories=("cs.LG",))])
+
+    writer = threading.Thread(target=upsert_soon, daemon=True)
+    writer.start()
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:  # main configures logging on capsys' stream, which closes after this test
+        assert main(["watch", QUERY, "--target", target, "--since", "2024-01-01", "--to",
+                     "2024-12-31", "--category", "cs.LG", "--min-relevance", "0.3",
+                     "--timeout-s", "4", "--json"]) == 0
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
+    writer.join(10)
+    out, err = capsys.readouterr()
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert [(p["paper_id"], p["replayed"]) for p in printed] == [
+        ("old-gnn-2024", True), ("cli-gnn", False)]
+    assert "watching" in err
