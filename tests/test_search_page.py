@@ -71,16 +71,21 @@ def scratch(sample_settings: Settings, embedder_dir: Path,
         yield servers, backend
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+NO_BROWSER = ("no chromium/chromedriver on PATH: `make chromium` installs Debian's chromium and "
+              "chromium-driver")
+# Skipped before any fixture (the index) is built; where a browser is required, the fixture fails.
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("PAPERSEARCH_REQUIRE_BROWSER"),
+    reason=NO_BROWSER)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
+    chromium, driver = CHROMIUM, CHROMEDRIVER
     if not (chromium and driver):
-        reason = ("no chromium/chromedriver on PATH: `make chromium` installs Debian's "
-                  "chromium and chromium-driver")
-        if os.environ.get("PAPERSEARCH_REQUIRE_BROWSER"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        pytest.fail(NO_BROWSER)
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download anything
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -148,6 +153,7 @@ def test_page_is_served_with_its_security_headers(scratch: tuple[Servers, LocalB
     assert get(base + "/page/..%2fpage.py")[0] == 404
 
 
+@needs_browser
 def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
                                                 scratch: tuple[Servers, LocalBackend],
                                                 tmp_path: Path) -> None:
@@ -224,6 +230,7 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
         shutil.copyfile(shot, target)
 
 
+@needs_browser
 def test_page_asks_for_the_api_key_the_server_wants(browser: webdriver.Chrome,
                                                     scratch: tuple[Servers, LocalBackend]) -> None:
     servers, backend = scratch
