@@ -84,12 +84,12 @@ class HttpFront:
         app.router.add_get("/healthz", self._health("liveness"))
         app.router.add_get("/readyz", self._health("readiness"))
         page.add_routes(app)  # the search page: GET / and /page/<file>
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
 
     async def start(self) -> None:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.serve.grpc_host, self.serve.http_port,
-                           ssl_context=http_ssl_context(self.serve), shutdown_timeout=5.0)
+                           ssl_context=http_ssl_context(self.serve))
         await site.start()
         log.info("http listening", extra={"address": self.address})
 
