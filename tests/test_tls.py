@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,14 +73,17 @@ def running(sample_settings: Settings, embedder_dir: Path, pki: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servers, dict[str, str]]]:
     data_dir = tmp_path_factory.mktemp("tls-index")
     tls = {"tls_cert_file": pki / "server.pem", "tls_key_file": pki / "server.key"}
-    health_port = free_port()
+    health_port, http_port, mtls_http_port = free_port(), free_port(), free_port()
     encoder = Encoder(embedder_dir)
     with scratch_gateways(sample_settings, encoder, data_dir) as (servers, backend, _):
         yield servers, {
-            "tls": servers.start(backend, **tls),
-            "mtls": servers.start(backend, **tls, tls_client_ca_file=pki / "ca.pem"),
+            "tls": servers.start(backend, **tls, http_port=http_port),
+            "mtls": servers.start(backend, **tls, tls_client_ca_file=pki / "ca.pem",
+                                  http_port=mtls_http_port),
             "probed": servers.start(backend, **tls, health_port=health_port),
-            "health": f"127.0.0.1:{health_port}"}
+            "health": f"127.0.0.1:{health_port}",
+            "https": f"https://127.0.0.1:{http_port}",
+            "mtls-https": f"https://127.0.0.1:{mtls_http_port}"}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +115,27 @@ def test_mutual_tls_needs_a_client_certificate(targets: dict[str, str], pki: Pat
     assert _search(targets["mtls"], Tls(pki / "ca.pem")) == grpc.StatusCode.UNAVAILABLE
     signed = Tls(pki / "ca.pem", pki / "client.pem", pki / "client.key")
     assert _search(targets["mtls"], signed) == grpc.StatusCode.OK
+
+
+def _https_search(url: str, context: ssl.SSLContext | None) -> int:
+    request = urllib.request.Request(
+        url + "/papersearch.v1.SearchService/Search", b'{"query": "transport security"}',
+        {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=20, context=context) as response:
+        return response.status  # type: ignore[no-any-return]
+
+
+def test_the_http_port_serves_the_same_tls(targets: dict[str, str], pki: Path) -> None:
+    trusting = ssl.create_default_context(cafile=pki / "ca.pem")
+    assert _https_search(targets["https"], trusting) == 200
+    with pytest.raises(urllib.error.URLError):  # a CA it does not know
+        _https_search(targets["https"], ssl.create_default_context(cafile=pki / "other-ca.pem"))
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        _https_search(targets["https"].replace("https:", "http:"), None)  # plaintext
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        _https_search(targets["mtls-https"], trusting)  # mutual TLS: no client certificate
+    trusting.load_cert_chain(pki / "client.pem", pki / "client.key")
+    assert _https_search(targets["mtls-https"], trusting) == 200
 
 
 def test_cli_search_over_tls(targets: dict[str, str], pki: Path,
