@@ -29,6 +29,7 @@ from papersearch.settings import Settings
 from tests.gateway_helpers import Servers, free_port, scratch_gateways
 
 WRITE, READ = "http-write", "http-read"
+APP = "https://app.example.org"  # a web origin allowed to call the API (CORS)
 PAPERS = [
     Paper(id="http-1", title="Transcoding gRPC to JSON", abstract="A gateway speaks HTTP too.",
           published=date(2024, 3, 1), categories=("cs.NI",)),
@@ -63,7 +64,7 @@ def gateway(scratch: tuple[Servers, LocalBackend]) -> tuple[str, str]:
     servers, backend = scratch
     port = free_port()
     target = servers.start(backend, http_port=port, api_keys=[SecretStr(WRITE)],
-                           read_api_keys=[SecretStr(READ)])
+                           read_api_keys=[SecretStr(READ)], http_cors_origins=[APP])
     return target, f"http://127.0.0.1:{port}"
 
 
@@ -183,3 +184,28 @@ def test_openapi_document_is_valid_and_covers_the_proto() -> None:
     assert list(upsert) == [openapi.NDJSON]
     assert document["components"]["schemas"]["UpsertSummary"]["properties"]["received"][
         "format"] == "int64"
+
+
+def test_cors_only_for_the_configured_origins(gateway: tuple[str, str]) -> None:
+    _, http = gateway
+
+    def answer(method: str, origin: str) -> tuple[int, dict[str, str]]:
+        request = urllib.request.Request(
+            http + SEARCH, b'{"query": "json"}' if method == "POST" else None, method=method,
+            headers={"Origin": origin, "Content-Type": "application/json", "x-api-key": READ,
+                     "Access-Control-Request-Method": "POST"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers)
+
+    status, headers = answer("OPTIONS", APP)  # the browser's preflight
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == APP
+    assert "x-api-key" in headers["Access-Control-Allow-Headers"]
+    status, headers = answer("POST", APP)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == APP
+    for method in ("OPTIONS", "POST"):  # another site's page gets no CORS headers
+        status, headers = answer(method, "https://elsewhere.example.com")
+        assert "Access-Control-Allow-Origin" not in headers
+    assert status == 200  # (a browser would withhold it from that page)

@@ -199,6 +199,11 @@ class ServeSettings(BaseModel):
         description="The HTTP/JSON API, search page and OpenAPI document, on grpc_host with the "
                     "gRPC port's keys, limits and TLS; None: no HTTP.",
     )
+    http_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (https://app.example.org, or *) whose pages may call the "
+                    "HTTP/JSON API from a browser (CORS); empty: only this server's own page.",
+    )
     allow_unauthenticated: bool = Field(
         False, description="Serve with no keys on a non-loopback grpc_host. Off: such a "
                            "configuration is refused (fail closed).",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +75,9 @@ class HttpFront:
             ("grpc.max_receive_message_length", serve.max_send_bytes),
         ])
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        app = web.Application(client_max_size=serve.max_receive_bytes,
-                              middlewares=[_errors_as_json(serve.max_receive_bytes)])
+        app = web.Application(client_max_size=serve.max_receive_bytes)
+        app.middlewares.extend([_cors(app, serve.http_cors_origins),
+                                _errors_as_json(serve.max_receive_bytes)])
         for service in pb.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 app.router.add_post(openapi.http_path(method), self._route(method))
@@ -312,6 +313,35 @@ def _measured(path: str, handler: Handler) -> Handler:
             metrics().http_request(method, status, time.perf_counter() - started)
 
     return measured
+
+
+def _cors(app: web.Application, origins: Sequence[str]) -> Any:
+    """CORS for ``serve.http_cors_origins``: a listed origin's preflight (OPTIONS) is answered
+    by the returned middleware, and every response to it (streams and errors too) carries
+    Access-Control-Allow-Origin; other origins get no CORS headers, so browsers keep their
+    pages out."""
+    allowed = frozenset(origins)
+
+    def allowed_origin(request: web.Request) -> str | None:
+        origin = request.headers.get("Origin")
+        return origin if origin and (origin in allowed or "*" in allowed) else None
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if origin := allowed_origin(request):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+
+    @web.middleware
+    async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "OPTIONS" or allowed_origin(request) is None:
+            return await handler(request)
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET, POST", "Access-Control-Max-Age": "600",
+            "Access-Control-Allow-Headers": ", ".join(
+                ("Content-Type", openapi.API_KEY_HEADER, openapi.TIMEOUT_HEADER))})
+
+    app.on_response_prepare.append(on_prepare)
+    return preflight
 
 
 def _errors_as_json(max_bytes: int) -> Any:
