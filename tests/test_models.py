@@ -240,6 +240,9 @@ def test_reranker_input_errors(reranker_dir: Path) -> None:
     assert reranker.score("query", []).shape == (0,)
     long = reranker.score("attention", ["attention is all you need " * 2000])
     assert long.shape == (1,) and np.isfinite(long).all()
+    # A query longer than the model's max_length (CISI's paragraph queries): cut, not an error.
+    paragraph = reranker.score("information retrieval systems " * 200, ["a passage", "another"])
+    assert paragraph.shape == (2,) and np.isfinite(paragraph).all()
 
 
 def test_training_and_export_are_cached(model_settings: Settings, reranker_dir: Path) -> None:

@@ -62,8 +62,9 @@ class OnnxModel:
         self.version_dir = version_dir
         self.tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
         self.tokenizer.no_padding()
-        strategy = "only_second" if self.manifest.kind == "reranker" else "longest_first"
-        self.tokenizer.enable_truncation(self.manifest.max_length, strategy=strategy)
+        # longest_first: a reranker's passage is cut first, as with only_second, but a query
+        # longer than max_length (CISI's paragraphs) is cut too instead of failing the batch.
+        self.tokenizer.enable_truncation(self.manifest.max_length, strategy="longest_first")
         self.precision: Precision = options.precision
         self.int8_agreement: float | None = None  # the self-check's result on this CPU
         self._open(options.precision)
