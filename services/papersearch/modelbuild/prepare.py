@@ -14,7 +14,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.modelbuild.export import ExportSpec, export
-from papersearch.modelbuild.mining import TrainingExample, mine
+from papersearch.modelbuild.mining import TrainingExample, mine, sample
 from papersearch.modelbuild.sources import resolve_source
 from papersearch.modelbuild.training import train
 from papersearch.models.runtime import RuntimeOptions
@@ -58,30 +58,37 @@ def export_reranker(settings: Settings, source: str) -> Path:
     return export(spec, models.repository, parity_texts(settings))
 
 
-def training_papers(settings: Settings) -> list[Paper]:
-    papers: list[Paper] = []
+def training_corpora(settings: Settings) -> list[list[Paper]]:
+    """Each training corpus's papers (the first ``max_pairs`` of each)."""
+    corpora = []
     for corpus in settings.training.corpora:
         reader = read_corpus(corpus)
-        papers.extend(reader)
+        corpora.append(list(itertools.islice(reader, settings.training.max_pairs)))
         log.info("training corpus read", extra={"path": str(corpus), **asdict(reader.stats)})
-    return papers
+    return corpora
 
 
 def training_examples(settings: Settings) -> list[TrainingExample]:
-    """Mine the weakly supervised examples (with the exported embedder) the reranker learns."""
+    """Mine the weakly supervised examples (with the exported embedder) the reranker learns:
+    each corpus searched on its own, then a seeded choice of ``max_examples`` of them all."""
     cfg = settings.training
     encoder = Encoder(export_embedder(settings), RuntimeOptions("fp32", 0, cfg.batch_size))
-    examples = mine(
-        training_papers(settings)[: cfg.max_pairs],
-        encoder,
-        negatives=cfg.negatives_per_query,
-        depth=cfg.mining_depth,
-        duplicate_cosine=cfg.duplicate_cosine,
-        seed=cfg.seed,
-        query_kinds=cfg.query_kinds,
-    )
-    log.info("training examples mined", extra={"examples": len(examples)})
-    return examples
+    examples: list[TrainingExample] = []
+    for n, papers in enumerate(training_corpora(settings)):
+        examples += mine(
+            papers,
+            encoder,
+            negatives=cfg.negatives_per_query,
+            depth=cfg.mining_depth,
+            duplicate_cosine=cfg.duplicate_cosine,
+            seed=cfg.seed + n,
+            query_kinds=cfg.query_kinds,
+            dense_weight=settings.index.fusion_dense_weight,
+            roundtrip_top_n=cfg.roundtrip_top_n,
+        )
+    chosen = sample(examples, cfg.max_examples, cfg.seed)
+    log.info("training examples mined", extra={"mined": len(examples), "chosen": len(chosen)})
+    return chosen
 
 
 def train_reranker(settings: Settings) -> Path:

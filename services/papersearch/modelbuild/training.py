@@ -1,8 +1,11 @@
 """Fine-tune the default cross-encoder reranker with weak supervision (torch; export side only).
 
-Initialised from the bundled MiniLM weights with a fresh one-logit head. Each step takes a group
-of (title, own abstract, k mined negatives) and applies a listwise softmax cross-entropy over
-the k+1 logits, so the positive must outscore its hard negatives. Seeded and deterministic; the
+Initialised from the bundled MiniLM weights with a fresh one-logit head. Each step takes groups
+of (pseudo-query, own passage, k mined negatives) and applies a listwise softmax cross-entropy
+over each group's k+1 logits, so the positive must outscore its hard negatives, plus
+(``distill_weight``) the KL divergence from the softmax of the group's fused first-stage scores
+(at ``distill_temperature``) to the softmax of its logits: score distillation from the first
+stage, which also orders the negatives among themselves. Seeded and deterministic; the
 checkpoint is cached under the model cache keyed by everything that affects it.
 
 Resumable: every ``checkpoint_every_s`` the whole training state (weights, optimizer, schedule,
@@ -111,7 +114,7 @@ def train(
     checkpointed = first
     try:
         if probe:
-            per_step = _probe(model, tokenizer, examples[:groups_per_step], cfg.max_length)
+            per_step = _probe(model, tokenizer, examples[:groups_per_step], cfg)
             print(_estimate(first, steps, per_step), file=sys.stderr, flush=True)
         last_save = time.monotonic()
         with tqdm(total=steps, initial=first, desc="train reranker", unit="step",
@@ -121,7 +124,7 @@ def train(
                     rng.shuffle(order)
                 start = (step % steps_per_epoch) * groups_per_step
                 group = [examples[i] for i in order[start : start + groups_per_step]]
-                loss = _step(model, tokenizer, group, cfg.max_length)
+                loss = _step(model, tokenizer, group, cfg)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -179,7 +182,8 @@ def _interruptible(grad: torch.Tensor) -> None:
 
 
 def _probe(
-    model: torch.nn.Module, tokenizer: object, group: Sequence[TrainingExample], max_length: int
+    model: torch.nn.Module, tokenizer: object, group: Sequence[TrainingExample],
+    cfg: TrainingSettings,
 ) -> float:
     """Seconds per step, from throw-away forward + backward passes on one group (the last one
     counts: the first also warms up). The torch RNG (dropout) is restored and the gradients
@@ -188,7 +192,7 @@ def _probe(
     try:
         for _ in range(PROBE_PASSES):
             started = time.perf_counter()
-            _step(model, tokenizer, group, max_length).backward()
+            _step(model, tokenizer, group, cfg).backward()
             seconds = time.perf_counter() - started
             model.zero_grad(set_to_none=True)
     finally:
@@ -264,20 +268,46 @@ def _param_groups(model: torch.nn.Module, cfg: TrainingSettings) -> list[dict[st
 
 
 def _step(
-    model: torch.nn.Module, tokenizer: object, group: Sequence[TrainingExample], max_length: int
+    model: torch.nn.Module, tokenizer: object, group: Sequence[TrainingExample],
+    cfg: TrainingSettings,
 ) -> torch.Tensor:
     queries, passages = [], []
     for example in group:
+        query = _fit(tokenizer, example.query, max(cfg.max_length // 2, cfg.max_length - 32))
         for passage in (example.positive, *example.negatives):
-            queries.append(example.query)
+            queries.append(query)
             passages.append(passage)
     batch = tokenizer(  # type: ignore[operator]
-        queries, passages, padding=True, truncation="only_second", max_length=max_length,
+        queries, passages, padding=True, truncation="only_second", max_length=cfg.max_length,
         return_tensors="pt",
     )
     logits = model(**batch).logits.view(len(group), -1)
     target = torch.zeros(len(group), dtype=torch.long)  # the positive is always first
-    return torch.nn.functional.cross_entropy(logits, target)
+    loss = torch.nn.functional.cross_entropy(logits, target)
+    if cfg.distill_weight > 0 and all(example.teacher for example in group):
+        loss = loss + cfg.distill_weight * _distillation(logits, group, cfg.distill_temperature)
+    return loss
+
+
+def _fit(tokenizer: object, query: str, tokens: int) -> str:
+    """``query`` cut at a word boundary to at most ``tokens`` tokens, so that the passage keeps
+    room (truncation cuts only the passage; a claim can be long for a small ``max_length``)."""
+    words = query.split()
+    while len(words) > 1 and len(tokenizer.tokenize(" ".join(words))) > tokens:  # type: ignore[attr-defined]
+        words.pop()
+    return " ".join(words) if len(words) < len(query.split()) else query
+
+
+def _distillation(
+    logits: torch.Tensor, group: Sequence[TrainingExample], temperature: float
+) -> torch.Tensor:
+    """KL(teacher || reranker) per group, averaged: the teacher is the softmax of the fused
+    first-stage scores divided by ``temperature``."""
+    teacher = torch.tensor([example.teacher for example in group], dtype=logits.dtype)
+    return torch.nn.functional.kl_div(
+        torch.log_softmax(logits, dim=1), torch.log_softmax(teacher / temperature, dim=1),
+        log_target=True, reduction="batchmean",
+    )
 
 
 def _seed_everything(seed: int, threads: int) -> None:

@@ -1,0 +1,145 @@
+"""The reranker's training data (modelbuild/mining.py): pseudo-queries, the first stage that
+filters them and picks their negatives, and the distillation term (fast: no model)."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from papersearch.corpus.paper import Paper
+from papersearch.modelbuild.mining import (
+    TrainingExample,
+    bm25_scores,
+    body,
+    claim_sentence,
+    fused_scores,
+    keyword_queries,
+    mine,
+    pseudo_queries,
+    sample,
+)
+
+TOPICS = ["boundary layer flow", "compiler register allocation", "protein folding kinetics",
+          "graph neural networks", "supersonic nozzle noise", "sorting networks"]
+FILLER = "the study considers several aspects of this problem in some detail here"
+
+
+def paper(n: int) -> Paper:
+    topic = TOPICS[n % len(TOPICS)]
+    return Paper(
+        id=str(n), title=f"{topic} study number {n}",
+        abstract=f"We consider {topic} in setting {n}. {FILLER} with {topic} variants. "
+                 f"Our results show that {topic} improves by {n} percent over baselines.",
+    )
+
+
+class WordEncoder:
+    """A stand-in for the embedder: hashed bag of words, unit length."""
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                out[row, sum(map(ord, word)) % 64] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+    encode_documents = encode_queries = _encode
+
+
+def test_claim_is_the_last_findings_sentence_never_the_first() -> None:
+    abstract = ("We show that nothing is first. Then a method is described in a few words. "
+                "Experiments indicate that it is twice as fast as before. "
+                "Code is available at https://github.com/x/y for everyone to use.")
+    assert claim_sentence(abstract) == "Experiments indicate that it is twice as fast as before."
+    plain = "A first sentence of the abstract. A second sentence without any cue words in it."
+    assert claim_sentence(plain) == "A second sentence without any cue words in it."
+    assert claim_sentence("Only one sentence here, and it is long enough.") is None
+
+
+def test_body_drops_a_leading_copy_of_the_title() -> None:
+    cranfield = Paper("1", "flutter of panels .", "flutter of panels . panels flutter at mach 3 .")
+    assert body(cranfield) == "panels flutter at mach 3 ."
+    assert body(paper(1)) == paper(1).abstract
+
+
+def test_keyword_queries_are_salient_shared_words_in_text_order() -> None:
+    texts = [p.text for p in map(paper, range(12))]
+    queries = keyword_queries(texts, random.Random(3))
+    assert queries == keyword_queries(texts, random.Random(3))  # seeded
+    for text, query in zip(texts, queries, strict=True):
+        assert query is not None
+        words = query.split()
+        assert 2 <= len(words) <= 4
+        order = [text.lower().index(w) for w in words]
+        assert order == sorted(order)
+    assert keyword_queries(["one lonely text"], random.Random(0)) == [None]
+
+
+def test_passages_leave_out_the_query_text() -> None:
+    papers = [paper(n) for n in range(6)]
+    queries, passages = pseudo_queries(papers, ["title", "claim", "first_sentence"],
+                                       random.Random(0))
+    assert {q.kind for q in queries} == {"title", "claim", "first_sentence"}
+    for query in queries:
+        assert query.text not in passages[query.kind][query.source]
+    assert all(len(v) == len(papers) for v in passages.values())
+
+
+def test_bm25_and_fusion_rank_the_matching_document_first() -> None:
+    docs = ["protein folding kinetics in water", "compiler register allocation", "sorting"]
+    scores = bm25_scores(["register allocation", "unknownword"], docs)
+    assert scores.shape == (2, 3)
+    assert scores[0].argmax() == 1 and scores[0, [0, 2]].max() == 0
+    assert not scores[1].any()
+    dense = np.array([[0.5, 0.25, 0.0]], dtype=np.float32)
+    lexical = np.array([[0.0, 4.0, 2.0]], dtype=np.float32)
+    fused = fused_scores(dense, lexical, 0.6)
+    assert fused == pytest.approx(np.array([[0.6, 0.3 + 0.4, 0.2]]))
+
+
+def test_mine_round_trip_filter_negatives_and_teacher_scores() -> None:
+    papers = [paper(n) for n in range(24)]
+    kwargs = dict(negatives=2, depth=10, duplicate_cosine=0.999, seed=5,
+                  query_kinds=["title", "claim", "keywords"])
+    everything = mine(papers, WordEncoder(), roundtrip_top_n=0, **kwargs)  # type: ignore[arg-type]
+    kept = mine(papers, WordEncoder(), roundtrip_top_n=1, **kwargs)  # type: ignore[arg-type]
+    assert kept == mine(papers, WordEncoder(), roundtrip_top_n=1, **kwargs)  # type: ignore[arg-type]
+    assert 0 < len(kept) < len(everything)
+    for example in kept:
+        assert len(example.negatives) == 2 and example.positive not in example.negatives
+        assert len(example.teacher) == 3
+        assert example.teacher[0] == max(example.teacher)  # round trip: its paper came first
+
+
+def test_sample_is_a_seeded_prefix_of_a_shuffle() -> None:
+    examples = [TrainingExample(str(n), "p", ("n",)) for n in range(10)]
+    chosen = sample(examples, 4, seed=1)
+    assert chosen == sample(examples, 4, seed=1) and len(chosen) == 4
+    assert sorted(e.query for e in sample(examples, None, seed=1)) == sorted(
+        e.query for e in examples)
+
+
+def test_distillation_is_zero_when_the_reranker_agrees_with_the_first_stage() -> None:
+    torch = pytest.importorskip("torch")
+    from papersearch.modelbuild.training import _distillation
+
+    group = [TrainingExample("q", "p", ("a", "b"), (1.0, 0.5, 0.25))]
+    agree = torch.tensor([[1.0, 0.5, 0.25]]) / 0.05
+    assert float(_distillation(agree, group, 0.05)) == pytest.approx(0.0, abs=1e-6)
+    assert float(_distillation(agree.flip(1), group, 0.05)) > 1.0
+
+
+def test_a_long_query_is_cut_at_a_word_boundary_to_leave_the_passage_room() -> None:
+    pytest.importorskip("torch")
+    from papersearch.modelbuild.training import _fit
+
+    class Words:
+        def tokenize(self, text: str) -> list[str]:
+            return text.split()
+
+    assert _fit(Words(), "a short query", 8) == "a short query"
+    assert _fit(Words(), "one two three four five six", 4) == "one two three four"
