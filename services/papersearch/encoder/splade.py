@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
-from papersearch.models.runtime import check_texts
+from papersearch.models.runtime import check_texts, padded_feeds
 
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -72,7 +72,7 @@ class SpladeEncoder:
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            (result,) = self.session.run(None, _feeds([encodings[i] for i in rows]))
+            (result,) = self.session.run(None, padded_feeds([encodings[i] for i in rows]))
             out[rows] = np.asarray(result, dtype=np.float32)
         return out
 
@@ -82,16 +82,3 @@ class SpladeEncoder:
         for start in range(0, len(texts), 256):  # bounds the dense rows held at once
             vectors += to_sparse(self.weights(texts[start : start + 256]))
         return vectors
-
-
-def _feeds(encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-    shape = (len(encodings), max(len(e.ids) for e in encodings))
-    ids = np.zeros(shape, dtype=np.int64)
-    mask = np.zeros(shape, dtype=np.int64)
-    types = np.zeros(shape, dtype=np.int64)
-    for row, encoding in enumerate(encodings):
-        n = len(encoding.ids)
-        ids[row, :n] = encoding.ids
-        mask[row, :n] = 1
-        types[row, :n] = encoding.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

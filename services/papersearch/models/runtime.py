@@ -110,18 +110,7 @@ class OnnxModel:
         return self.run_sorted(encodings, width, lambda x: x.reshape(len(x), width))
 
     def _feeds(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-        width = max(len(e.ids) for e in encodings)
-        shape = (len(encodings), width)
-        ids = np.zeros(shape, dtype=np.int64)
-        mask = np.zeros(shape, dtype=np.int64)
-        types = np.zeros(shape, dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
-            ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-            types[row, :n] = enc.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return {k: v for k, v in feeds.items() if k in self._input_names}
+        return {k: v for k, v in padded_feeds(encodings).items() if k in self._input_names}
 
     def run_sorted(
         self, encodings: Sequence[Encoding], width: int, post: Callable[[np.ndarray], np.ndarray]
@@ -135,3 +124,18 @@ class OnnxModel:
             (result,) = self.session.run(None, self._feeds([encodings[i] for i in rows]))
             out[rows] = post(np.asarray(result, dtype=np.float32)).reshape(len(rows), width)
         return out
+
+
+def padded_feeds(encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+    """A BERT-style graph's inputs for a batch: ids, attention mask and token types, padded
+    with zeros to the longest encoding."""
+    shape = (len(encodings), max(len(e.ids) for e in encodings))
+    ids = np.zeros(shape, dtype=np.int64)
+    mask = np.zeros(shape, dtype=np.int64)
+    types = np.zeros(shape, dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        n = len(encoding.ids)
+        ids[row, :n] = encoding.ids
+        mask[row, :n] = 1
+        types[row, :n] = encoding.type_ids
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
