@@ -213,6 +213,36 @@ def test_paper_without_bm25_terms_is_stored(factory: Factory) -> None:
     assert s.get(["stop"]) == [paper]
 
 
+def test_indexed_since_finds_every_write_and_fetches_only_new_ones(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What saved searches read (gateway/watch.py): writes stamped with indexed_at (each
+    batch's own clock reading), scanned in pages, new ones fetched with their vectors."""
+    import papersearch.index.store as store_module
+
+    clock = iter(range(1_000, 10**6, 1_000))  # each upsert batch: one tick later
+    monkeypatch.setattr(store_module, "now_ms", lambda: next(clock))
+    monkeypatch.setattr(store_module, "_SCAN_PAGE", 4)  # several pages
+    s = factory(upsert_batch_size=5)
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS[:10], DENSE[:10], SPARSE[:10])  # stamped 1000 and 2000
+    first = s.indexed_since(0, None)  # the window only
+    assert len(first.window) == 10 and first.papers == [] and first.dense.shape == (0, DIM)
+    assert sorted(set(first.window.values())) == [1_000, 2_000]
+    assert s.indexed_since(1_500, None).window == {
+        p.point_id: 2_000 for p in PAPERS[5:10]}
+    s.upsert(PAPERS[10:13], DENSE[10:13], SPARSE[10:13])  # 3000
+    s.upsert(PAPERS[2:3], DENSE[2:3], SPARSE[2:3])  # written again: 4000
+    found = s.indexed_since(0, first.window)
+    assert found.papers == [*PAPERS[10:13], PAPERS[2]]  # oldest write first, full papers
+    np.testing.assert_allclose(found.dense, np.vstack([DENSE[10:13], DENSE[2:3]]), atol=1e-6)
+    assert len(found.window) == 13
+    assert s.indexed_since(0, found.window).papers == []  # nothing new since
+    assert s.indexed_since(3_500, {}).papers == [PAPERS[2]]  # an older write left the window
+    s.delete([PAPERS[11].id])
+    assert PAPERS[11].point_id not in s.indexed_since(0, None).window
+
+
 # -- search modes -------------------------------------------------------------------------------
 
 

@@ -124,6 +124,23 @@ def test_writes_reach_the_store(access: tuple[IndexAccess, Store]) -> None:
     assert added == extra and isinstance(gone, PaperNotFound)
 
 
+def test_indexed_since_through_the_gateway_clients(access: tuple[IndexAccess, Store]) -> None:
+    """Saved searches' poll (gateway/watch.py) through each backend's gateway client: what the
+    blocking store wrote is scanned, and only what is new is fetched."""
+    index, store = access
+    extra = replace(PAPERS[0], id="2401.88888", title="written later")
+
+    async def calls() -> list[Any]:
+        first = await index.indexed_since(0, None)
+        await asyncio.to_thread(store.upsert, [extra], DENSE[:1], SPARSE[:1])
+        return [first, await index.indexed_since(0, first.window)]
+
+    first, second = run(index, calls)
+    assert len(first.window) == len(PAPERS) and first.papers == []
+    assert second.papers == [extra] and second.dense.shape == (1, DIM)
+    assert len(second.window) == len(PAPERS) + 1
+
+
 class AsyncFlaky:
     """An asyncio local-mode client whose ``methods`` fail like an unreachable server,
     ``failures`` times in all; every call to them is counted."""

@@ -146,6 +146,57 @@ def test_matching_upserts_arrive_within_a_second_and_nothing_else(target: str) -
     assert [e.caught_up for _, e in collector.events].count(True) == 1
 
 
+peer = Paper(id="peer-gnn", title="Graph neural networks predict molecular properties",
+             abstract="Message passing over molecular graphs predicts their properties.")
+lagging = Paper(id="peer-gnn-lagging", title="Molecular property prediction with graph neural "
+                "networks", abstract="Atoms and bonds as a graph for a GNN.")
+
+
+def _write_through(writer: str, collector: Collector, poll_s: float,
+                   monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """``peer`` (and two unrelated papers), then ``lagging`` stamped 3 s in the past, written
+    through the gateway at ``writer``; seconds from the first call to each arrival."""
+    import papersearch.index.store as store_module
+
+    real_clock = store_module.now_ms
+    with SearchClient(writer, timeout_s=60) as client:
+        started = time.monotonic()
+        assert client.upsert([unrelated(100), peer, unrelated(101)]).upserted == 3
+        monkeypatch.setattr(store_module, "now_ms", lambda: real_clock() - 3_000)
+        assert client.upsert([lagging]).upserted == 1
+    deadline = time.monotonic() + 15
+    while len(collector.ids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(2 * poll_s)  # anything else would have arrived by now
+    collector.stop()
+    assert sorted(collector.ids()) == [peer.id, lagging.id]
+    arrived = {e.hit.paper.id: at - started for at, e in collector.events if e.hit is not None}
+    print(", ".join(f"{pid}: {s * 1000:.0f} ms" for pid, s in arrived.items()),
+          "after the first UpsertPapers call on the other gateway began")
+    return arrived
+
+
+@pytest.mark.slow
+def test_papers_written_through_another_gateway_arrive(
+    sample_settings: Settings, embedder_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two gateways on one index, as replicas on a Qdrant server are: a watch on one gets what
+    is written through the other (found by its poll of the index, not told by the writer):
+    within a poll or so, and a write stamped by a clock 3 s slow (within half of
+    watch_lookback_s, 8 s) at the next sweep of the window, every 4 s."""
+
+    poll_s, lookback_s = 0.2, 8.0
+    with scratch_gateways(sample_settings, Encoder(embedder_dir), tmp_path, OLD) as (
+            servers, backend, _):  # its own index: the lagging write reaches no other test
+        watched = servers.start(backend, watch_poll_s=poll_s, watch_lookback_s=lookback_s)
+        writer = servers.start(backend)
+        collector = watching(watched, WatchQuery(QUERY, min_relevance=0.5))
+        arrived = _write_through(writer, collector, poll_s, monkeypatch)
+    assert arrived[peer.id] < poll_s + 2.0
+    assert arrived[lagging.id] < lookback_s / 2 + poll_s + 2.0
+
+
 @pytest.mark.slow
 def test_replay_since_a_date_then_live(target: str) -> None:
     collector = watching(target, WatchQuery(QUERY, min_relevance=0.3,

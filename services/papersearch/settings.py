@@ -330,6 +330,18 @@ class ServeSettings(BaseModel):
         0.25, ge=-1.0, le=1.0, description="A watch's min_relevance (dense cosine) when the "
                                            "request sets none.",
     )
+    watch_poll_s: float = Field(
+        0.5, gt=0, le=60, description="While watches are open, how often a gateway asks the "
+                                      "index for papers written since (by any gateway or "
+                                      "ingest job); its own upserts are looked up at once.",
+    )
+    watch_lookback_s: float = Field(
+        10.0, gt=0, le=600,
+        description="How far back (indexed_at, on the writers' clocks) a gateway's polls look "
+                    "for papers it has not seen; every half of it one poll reads the whole "
+                    "window, so a write that becomes visible late, or a writer whose clock "
+                    "lags the gateway's, by up to half of this is still delivered.",
+    )
     keepalive_time_s: float = Field(
         60.0, gt=0, description="Ping a client whose connection has been silent this long "
                                 "(grpc.keepalive_time_ms).",

@@ -44,7 +44,7 @@ from papersearch.gateway.http_api import HttpFront, socket_target
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.gateway.tls import server_credentials
-from papersearch.gateway.watch import WatchHub
+from papersearch.gateway.watch import WatchFeed, WatchHub
 from papersearch.pipeline.backend import Backend
 from papersearch.settings import ServeSettings, Settings, is_loopback
 from papersearch.telemetry import metrics
@@ -96,6 +96,7 @@ class Gateway:
                                                     DecodeInterceptor()],
                                       options=server_options(settings.serve))
         self.watches = WatchHub(settings.serve.watch_max_watches, settings.serve.watch_queue)
+        self.feed = WatchFeed(self.watches, backend, settings.serve)
         self.search = SearchServicer(backend, settings, self.watches)
         pb_grpc.add_SearchServiceServicer_to_server(self.search, self.server)
         pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings, self.watches),
@@ -148,6 +149,7 @@ class Gateway:
             await self.http.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_backend()))
+        self._tasks.append(loop.create_task(self.feed.run()))
         if self.settings.serve.drain_file is not None:
             self._tasks.append(loop.create_task(self._watch_drain_file()))
         log.info("gateway listening", extra={"address": self.address,

@@ -226,7 +226,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         self.batch_size = settings.serve.upsert_batch_size
         self.serve = settings.serve
         self.calls = 0
-        self.watches = watches  # told of every batch written (WatchSearch)
+        self.watches = watches  # nudged after every batch written (WatchSearch)
 
     @contextlib.asynccontextmanager
     async def _limited(
@@ -302,7 +302,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         dense = await self.backend.encode_documents([p.text for p in unique])
         written = await self.backend.upsert(unique, dense)
         if self.watches is not None:
-            self.watches.publish(unique, dense)
+            self.watches.nudge()
         return written
 
     async def DeletePapers(  # noqa: N802

@@ -55,6 +55,8 @@ from papersearch.index.plan import (
     Program,
     Record,
     Remove,
+    Scan,
+    ScanPage,
     Scored,
     Step,
     Write,
@@ -78,6 +80,7 @@ _SHARD_CONFIG = "edge_config.json"  # written by EdgeShard.create
 _INDEX_TYPES = {
     "datetime": qe.PayloadSchemaType.Datetime,
     "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
 }
 
 
@@ -141,6 +144,8 @@ class EdgeStore(Store):
                 return self._run(plans)
             case Fetch(point_ids, payload, dense):
                 return self._retrieve(point_ids, payload=payload, dense=dense)
+            case Scan(key, since, limit, offset):
+                return self._scan(key, since, limit, offset)
             case Write(points):
                 return self._write(points)
             case Remove(point_ids):
@@ -160,6 +165,15 @@ class EdgeStore(Store):
             Record(str(r.id), r.payload, _dense(r.vector) if dense else None)
             for r in records
         ]
+
+    def _scan(self, key: str, since: int, limit: int, offset: str | None) -> ScanPage:
+        request = qe.ScrollRequest(
+            offset=offset, limit=limit, with_payload=[key], with_vector=False,
+            filter=qe.Filter(must=[qe.FieldCondition(key, range=qe.RangeFloat(gte=since))]))
+        with _engine("scroll"):
+            records, next_offset = self._live().scroll(request)
+        return ScanPage([Record(str(r.id), r.payload, None) for r in records],
+                        None if next_offset is None else str(next_offset))
 
     def _delete(self, point_ids: Sequence[str]) -> None:
         with _engine("delete"):

@@ -1,7 +1,8 @@
 """Engine-neutral operations: the Store builds these, each backend translates them 1:1.
 
 A Store operation is a *program*: a generator that yields engine steps (``Batch``, ``Fetch``,
-``Write``, ``Remove``, ``Count``), is sent each step's result and returns the operation's.
+``Scan``, ``Write``, ``Remove``, ``Count``), is sent each step's result and returns the
+operation's.
 The same program runs on a backend's own synchronous primitives (``Store.execute``) or on an
 asyncio client (index/server_async.py), so both read the same request the same way.
 """
@@ -89,6 +90,24 @@ class Fetch:
 
 
 @dataclass(frozen=True, slots=True)
+class Scan:
+    """One page of the points whose integer payload ``key`` (range-indexed) is at least
+    ``since``, in the engine's id order, starting at point id ``offset`` (None: the first);
+    each record carries only that payload field, no vectors. The result: ``ScanPage``."""
+
+    key: str
+    since: int
+    limit: int
+    offset: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    records: list[Record]
+    next_offset: str | None  # None: the last page
+
+
+@dataclass(frozen=True, slots=True)
 class Write:
     """Upsert points, acknowledged once applied; the result: None."""
 
@@ -107,6 +126,6 @@ class Count:
     """Exact number of points; the result: int."""
 
 
-Step = Batch | Fetch | Write | Remove | Count
+Step = Batch | Fetch | Scan | Write | Remove | Count
 T = TypeVar("T")
 Program = Generator[Step, Any, T]

@@ -15,11 +15,16 @@ DENSE = "dense"  # cosine, HNSW, optional int8 scalar quantization
 SPARSE = "bm25"  # BM25 term weights, IDF modifier applied by the engine
 SCHEMA_VERSION = 1
 
-PayloadIndexKind = Literal["datetime", "keyword"]
+# When a point was last written: milliseconds since the epoch on the writer's clock, stamped
+# by Store.upsert. Saved searches find what was indexed lately with it (Store.indexed_since).
+INDEXED_AT = "indexed_at"
+
+PayloadIndexKind = Literal["datetime", "keyword", "integer"]
 PAYLOAD_INDEXES: Mapping[str, PayloadIndexKind] = {
     "published": "datetime",
     "categories": "keyword",
     "authors": "keyword",
+    INDEXED_AT: "integer",
 }
 
 

@@ -52,6 +52,8 @@ from papersearch.index.plan import (
     PointData,
     Record,
     Remove,
+    Scan,
+    ScanPage,
     Scored,
     Step,
     Write,
@@ -73,6 +75,7 @@ METADATA_KEY = "papersearch"
 _INDEX_TYPES = {
     "datetime": models.PayloadSchemaType.DATETIME,
     "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
 }
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 RETRY_PAUSE_S = 0.1
@@ -232,6 +235,11 @@ def call_for(step: Step, collection: str) -> Call:
                 collection, ids=list(point_ids), with_payload=payload,
                 with_vectors=[DENSE] if dense else False, timeout=t),
                 lambda records: _records(records, dense))
+        case Scan(key, since, limit, offset):
+            condition = models.FieldCondition(key=key, range=models.Range(gte=since))
+            return Call("scroll", lambda c, t: c.scroll(
+                collection, scroll_filter=models.Filter(must=[condition]), limit=limit,
+                offset=offset, with_payload=[key], with_vectors=False, timeout=t), _page)
         case Write(points):
             batch = [models.PointStruct(id=p.point_id, vector=_vectors(p), payload=p.payload)
                      for p in points]
@@ -284,6 +292,12 @@ def _records(records: Sequence[models.Record], dense: bool) -> list[Record]:
     return [
         Record(str(r.id), r.payload, _dense_of(r.vector) if dense else None) for r in records
     ]
+
+
+def _page(response: tuple[Sequence[models.Record], Any]) -> ScanPage:
+    records, next_offset = response
+    return ScanPage(_records(records, dense=False),
+                    None if next_offset is None else str(next_offset))
 
 
 def _nothing(_: Any) -> None:

@@ -10,9 +10,10 @@ and the gateway's asyncio Qdrant client runs the very same program (index/server
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -32,19 +33,45 @@ from papersearch.index.plan import (
     Program,
     Record,
     Remove,
+    Scan,
+    ScanPage,
     Scored,
     Step,
     Write,
 )
 from papersearch.index.query import Hit, SearchFilter, SearchRequest
-from papersearch.index.schema import DENSE, SPARSE, EmbedderIdentity, from_payload, to_payload
+from papersearch.index.schema import (
+    DENSE,
+    INDEXED_AT,
+    SPARSE,
+    EmbedderIdentity,
+    from_payload,
+    to_payload,
+)
 from papersearch.index.sparse import SparseLike, SparseVector
 from papersearch.settings import IndexSettings
 
 logger = logging.getLogger(__name__)
 
 _RETRIEVE_CHUNK = 1024
+_SCAN_PAGE = 1024
 T = TypeVar("T")
+
+
+def now_ms() -> int:
+    """The ``indexed_at`` stamp: this process's wall clock, milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """What ``Store.indexed_since`` found: every point written since the time asked, by
+    point id with its ``indexed_at``, and the papers among them that were not ``known``
+    (with their dense vectors, rows in the order of ``papers``: oldest write first)."""
+
+    window: dict[str, int]
+    papers: list[Paper]
+    dense: np.ndarray
 
 
 class Store(ABC):
@@ -107,7 +134,8 @@ class Store(ABC):
 
         Inputs are validated before anything is written. Each ``upsert_batch_size`` chunk is
         one engine operation; should one fail, earlier chunks stay written, and a retry of the
-        whole call is safe because point ids are deterministic.
+        whole call is safe because point ids are deterministic. Every point is stamped with
+        ``indexed_at`` (this process's clock, ``now_ms``) as it is sent.
         """
         return self.execute(self.upsert_program(papers, dense, sparse))
 
@@ -120,7 +148,9 @@ class Store(ABC):
             for paper, vector, terms in zip(papers, vectors, sparse, strict=True)
         ]
         for chunk in _chunks(points, self.settings.upsert_batch_size):
-            yield Write(tuple(chunk))
+            stamp = now_ms()
+            yield Write(tuple(replace(p, payload={**p.payload, INDEXED_AT: stamp})
+                              for p in chunk))
         logger.debug("upserted", extra={"collection": self.describe(), "papers": len(points)})
         return len(points)
 
@@ -174,6 +204,33 @@ class Store(ABC):
             records: list[Record] = yield Fetch(tuple(chunk), payload=True, dense=False)
             by_id.update((r.point_id, r) for r in records)
         return [from_payload(by_id[p].payload or {}) for p in wanted if p in by_id]
+
+    def indexed_since(self, since_ms: int, known: Mapping[str, int] | None) -> Indexed:
+        """Points written at or after ``since_ms`` (their ``indexed_at``), whoever wrote them.
+        The papers written since and not in ``known`` (point id -> indexed_at, e.g. the last
+        call's window) are fetched too; with ``known`` None only the window is read."""
+        return self.execute(self.indexed_since_program(since_ms, known))
+
+    def indexed_since_program(self, since_ms: int, known: Mapping[str, int] | None
+                              ) -> Program[Indexed]:
+        dim = self._require_open().dim
+        window: dict[str, int] = {}
+        offset: str | None = None
+        while True:
+            page: ScanPage = yield Scan(INDEXED_AT, since_ms, _SCAN_PAGE, offset)
+            window.update((r.point_id, int((r.payload or {})[INDEXED_AT])) for r in page.records)
+            if page.next_offset is None:
+                break
+            offset = page.next_offset
+        new = [] if known is None else sorted(
+            (stamp, pid) for pid, stamp in window.items() if known.get(pid) != stamp)
+        records: list[Record] = []
+        for chunk in _chunks([pid for _, pid in new], _RETRIEVE_CHUNK):
+            records += yield Fetch(tuple(chunk), payload=True, dense=True)
+        by_id = {r.point_id: r for r in records if r.dense is not None and r.payload}
+        fresh = [by_id[pid] for _, pid in new if pid in by_id]  # deleted since: skipped
+        return Indexed(window, [from_payload(r.payload or {}) for r in fresh],
+                       np.array([r.dense for r in fresh], dtype=np.float32).reshape(-1, dim))
 
     def query(self, request: SearchRequest) -> list[Hit]:
         """Run a dense, sparse or hybrid (prefetch both, fuse) search."""

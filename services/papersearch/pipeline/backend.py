@@ -7,7 +7,7 @@ Serving implements it with Ray Serve deployment handles (pipeline/serve_backend.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.query import Hit, Mode, SearchFilter
-from papersearch.index.store import Store
+from papersearch.index.store import Indexed, Store
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
 
@@ -40,6 +40,9 @@ class Backend(Protocol):
     async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int: ...
 
     async def delete(self, paper_ids: Sequence[str]) -> int: ...
+
+    async def indexed_since(self, since_ms: int, known: Mapping[str, int] | None
+                            ) -> Indexed: ...
 
     async def ready(self) -> bool: ...
 
@@ -88,6 +91,11 @@ class LocalBackend:
     async def delete(self, paper_ids: Sequence[str]) -> int:
         async with self._store_lock:
             return self.retriever.delete(paper_ids)
+
+    async def indexed_since(self, since_ms: int, known: Mapping[str, int] | None
+                            ) -> Indexed:
+        async with self._store_lock:
+            return self.store.indexed_since(since_ms, known)
 
     async def ready(self) -> bool:
         async with self._store_lock:

@@ -20,7 +20,7 @@ Query-side BM25 terms are computed here too (Retriever), where the store is quer
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ from papersearch.index.errors import StoreError
 from papersearch.index.plan import Program
 from papersearch.index.query import Hit, Mode, SearchFilter
 from papersearch.index.server_async import AsyncServerEngine, connect_async
+from papersearch.index.store import Indexed
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings
@@ -69,6 +70,10 @@ class IndexAccess:
 
     async def delete(self, paper_ids: Sequence[str]) -> int:
         return await self._execute(lambda r: r.delete_program(paper_ids))
+
+    async def indexed_since(self, since_ms: int, known: Mapping[str, int] | None
+                            ) -> Indexed:
+        return await self._execute(lambda r: r.store.indexed_since_program(since_ms, known))
 
     async def ready(self) -> int:
         """Readiness: the collection open, reachable and ours; its point count."""

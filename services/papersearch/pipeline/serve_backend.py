@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 
 from papersearch.corpus.paper import Paper
 from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.index.store import Indexed
 from papersearch.pipeline.coalesce import Coalescer
 from papersearch.pipeline.errors import NotReady, Overloaded
 from papersearch.pipeline.index_access import IndexAccess
@@ -121,6 +122,10 @@ class HandleBackend:
 
     async def delete(self, paper_ids: Sequence[str]) -> int:
         return await self.index.delete(paper_ids)
+
+    async def indexed_since(self, since_ms: int, known: Mapping[str, int] | None
+                            ) -> Indexed:
+        return await self.index.indexed_since(since_ms, known)
 
     async def ready(self) -> bool:
         """Models loaded, index reachable, the collection there and built by this embedder
