@@ -391,3 +391,47 @@ def test_cli_prints_matches_as_they_arrive(target: str, capsys: pytest.CaptureFi
     assert [(p["paper_id"], p["replayed"]) for p in printed] == [
         ("old-gnn-2024", True), ("cli-gnn", False)]
     assert "watching" in err
+
+
+@pytest.mark.slow
+def test_cli_reconnects_after_a_drain(sample_settings: Settings, embedder_dir: Path,
+                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`papersearch watch` outlives its gateway: drained, it opens the watch again on the
+    gateway that takes its place (same address), catching up on what was written meanwhile
+    with a replay from that day; nothing is printed twice."""
+    from papersearch.cli import main
+
+    today = date.today()
+    gap = Paper(id="gap-gnn", title="Graph neural networks for molecular properties",
+                abstract="Written while no watch was open.", published=today)
+    live = Paper(id="live-gnn-2", title="Molecular graphs and neural message passing",
+                 abstract="Predicting properties of molecules with graph neural networks.",
+                 published=today)
+    with scratch_gateways(sample_settings, Encoder(embedder_dir), tmp_path, OLD) as (
+            servers, backend, _):
+        port = free_port()
+        target = servers.start(backend, grpc_port=port)
+
+        def restart_and_write() -> None:
+            time.sleep(2.0)  # the CLI's watch is live
+            servers.loop.run(servers.gateways[-1].drain(0.5))
+            successor = servers.start(backend, grpc_port=port)
+            with SearchClient(successor, timeout_s=60) as client:
+                client.upsert([gap])
+                time.sleep(2.0)  # the CLI is back
+                client.upsert([live])
+
+        writer = threading.Thread(target=restart_and_write, daemon=True)
+        writer.start()
+        handlers, level = logging.root.handlers[:], logging.root.level
+        try:
+            assert main(["watch", QUERY, "--target", target, "--min-relevance", "0.3",
+                         "--since", "2024-01-01", "--timeout-s", "8", "--json"]) == 0
+        finally:
+            logging.root.handlers[:], logging.root.level = handlers, level
+        writer.join(10)
+    out, err = capsys.readouterr()
+    printed = [json.loads(line)["paper_id"] for line in out.splitlines()]
+    assert printed[0] == "old-gnn-2024"  # the first replay; not printed again after reconnecting
+    assert sorted(printed[1:]) == sorted([gap.id, live.id])
+    assert "reconnecting" in err and err.count("watching") == 2

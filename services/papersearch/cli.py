@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,8 +150,17 @@ def _search_remote(args: argparse.Namespace, query: SearchQuery) -> SearchResult
             raise RemoteError(f"{error.code().name}: {error.details()}") from None
 
 
+# A watch that ended with one of these after it was live is opened again (--reconnect): the
+# gateway drained or restarted (UNAVAILABLE), or this watcher fell behind (RESOURCE_EXHAUSTED).
+_RECONNECT_ON = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+_RECONNECT_PAUSE_S = (0.5, 10.0)  # first pause, then doubled up to this
+
+
 def _watch(settings: Settings, args: argparse.Namespace) -> int:
-    """Print a saved search's matches as the gateway indexes them, until Ctrl-C."""
+    """Print a saved search's matches as the gateway indexes them, until Ctrl-C or
+    --timeout-s. A live watch that the gateway ends (drain, restart, this watcher too slow) is
+    opened again, with a replay from the day it ended (or --since) so that matches written
+    meanwhile are not lost; papers already printed are not printed again."""
     import grpc
 
     from papersearch.api.convert import WatchQuery
@@ -158,22 +169,42 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
 
     query = WatchQuery(args.query, _filter(args), args.min_relevance, args.since,
                        args.replay_limit)
+    ends = None if args.timeout_s is None else time.monotonic() + args.timeout_s
+    printed: set[str] = set()
+    pause = _RECONNECT_PAUSE_S[0]
     with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args)) as client:
-        watching = client.watch(query, timeout_s=args.timeout_s)
-        try:
-            for event in watching:
-                if event.caught_up:
-                    print(f"watching {args.target} for new matches (Ctrl-C stops)",
-                          file=sys.stderr, flush=True)
-                elif event.hit is not None:
-                    print(_format_watch_hit(event.hit, event.replayed, args.json), flush=True)
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and args.timeout_s:
-                return 0  # --timeout-s: the watch ran its course
-            raise RemoteError(f"{error.code().name}: {error.details()}") from None
-        finally:
-            watching.cancel()
-    return 0
+        while True:
+            left = None if ends is None else ends - time.monotonic()
+            if left is not None and left <= 0:
+                return 0
+            watching = client.watch(query, timeout_s=left)
+            live = False
+            try:
+                for event in watching:
+                    if event.caught_up:
+                        live, pause = True, _RECONNECT_PAUSE_S[0]
+                        print(f"watching {args.target} for new matches (Ctrl-C stops)",
+                              file=sys.stderr, flush=True)
+                    elif event.hit is not None and event.hit.paper.id not in printed:
+                        printed.add(event.hit.paper.id)
+                        print(_format_watch_hit(event.hit, event.replayed, args.json),
+                              flush=True)
+            except grpc.RpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and ends is not None:
+                    return 0  # --timeout-s: the watch ran its course
+                if not (args.reconnect and live and code.name in _RECONNECT_ON):
+                    raise RemoteError(f"{code.name}: {error.details()}") from None
+                print(f"the watch ended ({code.name}: {error.details()}); reconnecting in "
+                      f"{pause:g} s", file=sys.stderr, flush=True)
+            finally:
+                watching.cancel()
+            time.sleep(pause)
+            pause = min(2 * pause, _RECONNECT_PAUSE_S[1])
+            ended_on = datetime.now(UTC).date()
+            since = ended_on if query.replay_since is None else min(query.replay_since,
+                                                                   ended_on)
+            query = dataclasses.replace(query, replay_since=since)
 
 
 def _format_watch_hit(hit: Any, replayed: bool, as_json: bool) -> str:
@@ -367,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--author", action="append", default=[])
     watch.add_argument("--timeout-s", type=float, help="stop after this long (default: never)")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=True,
+                       help="open the watch again when the gateway ends a live one (drain, "
+                            "restart, too slow a reader), replaying from that day (default)")
     watch.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
                        help="x-api-key (default: $PAPERSEARCH_API_KEY)")
     add_tls_arguments(watch)
