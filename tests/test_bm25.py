@@ -1,13 +1,21 @@
-"""BM25 vectors (index/sparse.py): Qdrant's model with the corpus's mean length and an
-optional query-term saturation, and the eval harness's per-dataset mean."""
+"""BM25 vectors (index/sparse.py): Qdrant's model with the corpus's mean length, an optional
+query-term saturation and title weight, and the eval harness's per-dataset mean and index name."""
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
+from types import SimpleNamespace
+from typing import Any, cast
+
+import numpy as np
 import pytest
 
 from papersearch.corpus.paper import Paper
-from papersearch.evaluation.harness import mean_words
-from papersearch.index.sparse import Bm25Encoder
+from papersearch.evaluation.harness import index_name, mean_words
+from papersearch.index.sparse import Bm25Encoder, SparseVector, document_text
+from papersearch.index.store import Store
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import IndexSettings
 
 TEXT = "retrieval of retrieval systems for information retrieval"
 
@@ -38,8 +46,10 @@ def test_the_mean_length_normalises_documents() -> None:
 
 @pytest.mark.parametrize(("avg_len", "k3"), [(0.0, 0.0), (-1.0, 0.0), (100.0, -0.5)])
 def test_bad_parameters_are_refused(avg_len: float, k3: float) -> None:
-    with pytest.raises(ValueError, match="BM25 needs avg_len > 0 and query_k3 >= 0"):
+    with pytest.raises(ValueError, match="BM25 needs avg_len > 0, query_k3 >= 0"):
         Bm25Encoder(avg_len, k3)
+    with pytest.raises(ValueError, match="title_weight >= 1"):
+        Bm25Encoder(title_weight=0)
 
 
 def test_mean_words_of_a_corpus() -> None:
@@ -48,3 +58,75 @@ def test_mean_words_of_a_corpus() -> None:
     assert mean_words(papers) == pytest.approx(((2 + 3) + 1) / 2)
     with pytest.raises(ValueError, match="empty corpus"):
         mean_words([])
+
+
+PAPER = Paper(id="p", title="Register allocation",
+              abstract="Graph colouring assigns variables to machine registers in compilers.")
+
+
+def _weights(vector: SparseVector, words: str) -> list[float]:
+    by_term = dict(zip(vector.indices, vector.values, strict=True))
+    return [by_term[t] for t in Bm25Encoder().query(words).indices]
+
+
+def test_title_weight_1_is_the_papers_text_as_before() -> None:
+    assert document_text(PAPER) == document_text(PAPER, 1) == PAPER.text
+    for encoder in (Bm25Encoder(avg_len=12.0), Bm25Encoder(avg_len=12.0, title_weight=1)):
+        assert encoder.papers([PAPER]) == [Bm25Encoder(avg_len=12.0).document(PAPER.text)]
+
+
+def test_title_weight_repeats_the_title_for_bm25() -> None:
+    assert document_text(PAPER, 3) == ("Register allocation. Register allocation. "
+                                       "Register allocation. " + PAPER.abstract)
+    once = Bm25Encoder(avg_len=12.0).papers([PAPER])[0]
+    thrice = Bm25Encoder(avg_len=12.0, title_weight=3).papers([PAPER])[0]
+    assert set(thrice.indices) == set(once.indices)  # the same terms, weighed differently
+    title, body = "allocation", "colouring compilers"  # "register" is in both
+    assert all(a > b for a, b in zip(_weights(thrice, title), _weights(once, title), strict=True))
+    assert all(a < b for a, b in zip(_weights(thrice, body), _weights(once, body), strict=True))
+    assert max(_weights(thrice, title)) > max(_weights(thrice, body))
+    # the title said three times, once as the abstract: the BM25 text the mean length counts
+    no_title = Paper(id="q", title="", abstract=PAPER.abstract)
+    assert document_text(no_title, 3) == no_title.text  # nothing to repeat
+    title_only = Paper(id="t", title="Register allocation", abstract="")
+    assert document_text(title_only, 2) == "Register allocation. Register allocation"
+    with pytest.raises(ValueError, match="title weight must be >= 1"):
+        document_text(PAPER, 0)
+
+
+def test_the_retriever_stores_title_weighted_vectors() -> None:
+    """Ingestion and the gateway write through Retriever.upsert_program: its BM25 vectors
+    follow index.bm25_title_weight (queries do not)."""
+    written: list[Sequence[SparseVector]] = []
+
+    def upsert_program(papers: Sequence[Paper], dense: np.ndarray,
+                       sparse: Sequence[SparseVector]) -> Generator[Any, Any, int]:
+        written.append(sparse)
+        return len(papers)
+        yield  # a program that runs no engine step
+
+    for weight in (1, 3):
+        settings = IndexSettings(bm25_avg_len=12.0, bm25_title_weight=weight)
+        store = cast(Store, SimpleNamespace(settings=settings, upsert_program=upsert_program))
+        retriever = Retriever(store)
+        program = retriever.upsert_program([PAPER], np.zeros((1, 4), dtype=np.float32))
+        with pytest.raises(StopIteration):
+            next(program)
+        assert written[-1] == Bm25Encoder(12.0, title_weight=weight).papers([PAPER])
+        assert retriever.bm25.query(PAPER.title) == Bm25Encoder(12.0).query(PAPER.title)
+    assert written[0] != written[1]
+
+
+def test_mean_words_counts_the_repeated_title() -> None:
+    papers = [Paper(id="a", title="Two words", abstract="and three more"),
+              Paper(id="b", title="", abstract="four words right here")]
+    assert mean_words(papers, 1) == mean_words(papers) == pytest.approx((5 + 4) / 2)
+    assert mean_words(papers, 3) == pytest.approx((2 * 3 + 3 + 4) / 2)
+
+
+def test_eval_index_name_carries_the_title_weight_only_when_not_1() -> None:
+    sha = "c0a025ec412e" + "0" * 52
+    assert index_name("cacm", sha, 53.3) == "cacm-c0a025ec412e-bm25len53.3"  # as built before
+    assert index_name("cacm", sha, 53.3, 1) == "cacm-c0a025ec412e-bm25len53.3"
+    assert index_name("cacm", sha, 53.3, 2) == "cacm-c0a025ec412e-bm25len53.3-title2"
+    assert len({index_name("cacm", sha, 53.3, w) for w in (1, 2, 3)}) == 3

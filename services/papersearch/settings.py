@@ -143,8 +143,8 @@ class IndexSettings(BaseModel):
         0.6, ge=0.0, le=1.0, description="convex fusion: the dense list's weight (1 - it: BM25's).",
     )
     prefetch_limit: int = Field(100, ge=1, description="Candidates per hybrid prefetch.")
-    # BM25 (index/sparse.py, README: Indexing and search). Both change how papers written from
-    # then on are weighted: re-ingest into a new collection to apply them to all.
+    # BM25 (index/sparse.py, README: Indexing and search). avg_len and title_weight change how
+    # papers written from then on are weighted: re-ingest into a new collection to apply them.
     bm25_avg_len: float = Field(
         200.0, gt=0, description="BM25 length normalisation: the corpus's mean words per paper "
                                  "(title + abstract; the sample corpus: 197). papersearch eval "
@@ -154,6 +154,11 @@ class IndexSettings(BaseModel):
         0.0, ge=0, description="BM25 query-term saturation: a term said f times in the query "
                                "weighs (k3 + 1) f / (k3 + f); 0 counts each term once, large "
                                "values count every repeat (for long, paragraph-like queries).",
+    )
+    bm25_title_weight: int = Field(
+        1, ge=1, le=10, description="BM25 documents: the title is said this many times before "
+                                    "the abstract (1: title + abstract once, as the dense encoder "
+                                    "sees it); bm25_avg_len counts the repeats. Queries unchanged.",
     )
     # Pseudo-relevance feedback (retriever/feedback.py; README, Results: Query feedback): the
     # hybrid search runs twice, the second time with the query expanded from the first's top.

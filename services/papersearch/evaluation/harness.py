@@ -25,6 +25,7 @@ from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.modes import EvalMode
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode
+from papersearch.index.sparse import document_text
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import Ingester
 from papersearch.interrupts import Interrupted
@@ -51,8 +52,9 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     """The dataset's collection, ingested if needed (resumable, idempotent). BM25 normalises
     by the dataset's own mean words per paper, as a user sets ``index.bm25_avg_len`` for theirs;
     the collection's name carries it, since its documents' weights depend on it."""
-    avg_len = round(mean_words(dataset.papers()), 1)
-    name = f"{dataset.name}-{encoder.sha256[:12]}-bm25len{avg_len:g}"
+    title_weight = settings.index.bm25_title_weight
+    avg_len = round(mean_words(dataset.papers(), title_weight), 1)
+    name = index_name(dataset.name, encoder.sha256, avg_len, title_weight)
     place = ({"data_dir": settings.eval_dir / name, "collection": "papers"}
              if settings.index.backend == "embedded" else {"collection": f"eval-{name}"})
     index = settings.index.model_copy(update={**place, "bm25_avg_len": avg_len})
@@ -71,11 +73,19 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     return store
 
 
-def mean_words(papers: Iterable[Paper]) -> float:
-    """Mean whitespace-separated words per paper text (title + abstract)."""
+def index_name(dataset: str, encoder_sha256: str, avg_len: float, title_weight: int = 1) -> str:
+    """A dataset's eval collection: one per encoder and set of document BM25 weights. The title
+    weight is named only when it is not 1, so the collections built before it stay valid."""
+    name = f"{dataset}-{encoder_sha256[:12]}-bm25len{avg_len:g}"
+    return name if title_weight == 1 else f"{name}-title{title_weight}"
+
+
+def mean_words(papers: Iterable[Paper], title_weight: int = 1) -> float:
+    """Mean whitespace-separated words per paper in the text BM25 weighs (title + abstract,
+    the title ``title_weight`` times: index/sparse.document_text)."""
     words = count = 0
     for paper in papers:
-        words += len(paper.text.split())
+        words += len(document_text(paper, title_weight).split())
         count += 1
     if count == 0:
         raise ValueError("an empty corpus has no mean length")

@@ -4,7 +4,9 @@
 the model the Qdrant server runs for ``Document(model="qdrant/bm25")``, with two of its fixed
 choices made settings: the mean document length its length normalisation assumes (Qdrant's 256
 words; ``index.bm25_avg_len``, the corpus's own mean) and how a query term said several times
-counts (Qdrant: once; ``index.bm25_query_k3``). Documents get BM25 term-frequency weights.
+counts (Qdrant: once; ``index.bm25_query_k3``). Documents get BM25 term-frequency weights,
+computed from ``document_text``: the paper's text with its title said ``index.bm25_title_weight``
+times (1: ``Paper.text`` as is); queries and the dense encoder's text are unaffected.
 IDF is not in the vectors: the collection's sparse vector has Qdrant's IDF modifier, so the
 engine applies it at search time from live statistics.
 """
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import qdrant_edge
+
+from papersearch.corpus.paper import Paper
 
 
 class SparseLike(Protocol):
@@ -53,21 +57,40 @@ class SparseVector:
 DEFAULT_AVG_LEN = 200.0
 
 
-class Bm25Encoder:
-    """Turns paper texts and queries into BM25 sparse vectors."""
+def document_text(paper: Paper, title_weight: int = 1) -> str:
+    """The text BM25 weighs for a paper: its title ``title_weight`` times, then its abstract.
+    Weight 1 is ``Paper.text`` exactly; a paper without a title is its abstract at any weight.
+    Its words are what ``index.bm25_avg_len`` should average (evaluation/harness.mean_words)."""
+    if title_weight < 1:
+        raise ValueError(f"BM25 title weight must be >= 1, got {title_weight}")
+    if title_weight == 1 or not paper.title:
+        return paper.text
+    titles = ". ".join([paper.title] * title_weight)
+    return f"{titles}. {paper.abstract}" if paper.abstract else titles
 
-    def __init__(self, avg_len: float = DEFAULT_AVG_LEN, query_k3: float = 0.0) -> None:
-        if not avg_len > 0 or query_k3 < 0:
-            raise ValueError(f"BM25 needs avg_len > 0 and query_k3 >= 0, got {avg_len}, "
-                             f"{query_k3}")
+
+class Bm25Encoder:
+    """Turns papers, texts and queries into BM25 sparse vectors."""
+
+    def __init__(self, avg_len: float = DEFAULT_AVG_LEN, query_k3: float = 0.0,
+                 title_weight: int = 1) -> None:
+        if not avg_len > 0 or query_k3 < 0 or title_weight < 1:
+            raise ValueError(f"BM25 needs avg_len > 0, query_k3 >= 0 and title_weight >= 1, "
+                             f"got {avg_len}, {query_k3}, {title_weight}")
         self._model = qdrant_edge.Bm25(qdrant_edge.Bm25Config(avg_len=avg_len))
         self.query_k3 = query_k3
+        self.title_weight = title_weight
 
     def document(self, text: str) -> SparseVector:
         return SparseVector.of(self._model.embed_document(text))
 
     def documents(self, texts: Iterable[str]) -> list[SparseVector]:
         return [self.document(text) for text in texts]
+
+    def papers(self, papers: Iterable[Paper]) -> list[SparseVector]:
+        """Papers' document vectors, from ``document_text`` with this encoder's title weight:
+        what the index stores for them."""
+        return [self.document(document_text(p, self.title_weight)) for p in papers]
 
     def query(self, text: str) -> SparseVector:
         """Each term once (weight 1), or with query_k3 > 0 its count f in the query saturated

@@ -53,10 +53,10 @@ class Feedback:
         dense = request.dense_vector()
         if vectors:
             dense = expand_dense(dense, vectors, self.dense_weight)
-        texts = [from_payload(r.payload).text for r in top[: self.sparse_docs] if r.payload]
+        papers = [from_payload(r.payload) for r in top[: self.sparse_docs] if r.payload]
         sparse = request.sparse_vector()
-        if texts:
-            sparse = expand_sparse(sparse, bm25.documents(texts), self.sparse_terms,
+        if papers:  # their BM25 vectors as stored (title weight included)
+            sparse = expand_sparse(sparse, bm25.papers(papers), self.sparse_terms,
                                    self.sparse_weight)
         return replace(request, dense=dense, sparse=sparse)
 

@@ -24,7 +24,8 @@ class Retriever:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.bm25 = Bm25Encoder(store.settings.bm25_avg_len, store.settings.bm25_query_k3)
+        index = store.settings
+        self.bm25 = Bm25Encoder(index.bm25_avg_len, index.bm25_query_k3, index.bm25_title_weight)
         self.feedback = Feedback.from_settings(store.settings)
 
     def search(
@@ -73,8 +74,9 @@ class Retriever:
         return self.store.execute(self.upsert_program(papers, dense))
 
     def upsert_program(self, papers: Sequence[Paper], dense: np.ndarray) -> Program[int]:
-        """Write papers with their dense vectors; the BM25 vectors come from their text."""
-        sparse = self.bm25.documents(p.text for p in papers)
+        """Write papers with their dense vectors; the BM25 vectors come from their text
+        (index/sparse.document_text: the title repeated ``index.bm25_title_weight`` times)."""
+        sparse = self.bm25.papers(papers)
         return (yield from self.store.upsert_program(papers, dense, sparse))
 
     def delete(self, paper_ids: Sequence[str]) -> int:
