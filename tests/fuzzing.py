@@ -103,8 +103,13 @@ def _structured(method: str, rng: random.Random, truncated: bool = False) -> lis
             request.filter.CopyFrom(_filter(rng))
         return [request]
     if method == "SimilarPapers":
-        return [pb.SimilarPapersRequest(paper_id=_text(rng), top_k=rng.choice(HOSTILE_INTS),
-                                        filter=_filter(rng))]
+        similar = pb.SimilarPapersRequest(paper_id=_text(rng), top_k=rng.choice(HOSTILE_INTS),
+                                          filter=_filter(rng),
+                                          strategy=rng.choice([0, 1, 2, 3, 4, -1, 99]))
+        if rng.random() < 0.5:  # recommendations: lists of ids, some repeated, some hostile
+            similar.positive_ids.extend(_text(rng) for _ in range(rng.choice([1, 3, 20])))
+            similar.negative_ids.extend(_text(rng) for _ in range(rng.choice([0, 2, 17])))
+        return [similar]
     if method == "GetPaper":
         return [pb.GetPaperRequest(paper_id=_text(rng))]
     if method == "WatchSearch":

@@ -18,7 +18,7 @@ from papersearch.api import generate as gen
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.corpus.paper import Paper
-from papersearch.index.query import SearchFilter
+from papersearch.index.query import Examples, SearchFilter
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,
@@ -247,14 +247,38 @@ def test_open_ended_date_ranges() -> None:
     )
 
 
+def test_recommendation_requests() -> None:
+    request = pb.SimilarPapersRequest(
+        paper_id="a", positive_ids=["b", "a", " b "], negative_ids=["c"],
+        strategy=pb.RECOMMEND_STRATEGY_BEST_SCORE, top_k=3)
+    query = convert.similar_query_from_proto(request, LIMITS)
+    assert query.examples == Examples(("a", "b"), ("c",), "best_score") and query.top_k == 3
+    assert convert.similar_query_from_proto(convert.similar_query_to_proto(query),
+                                            LIMITS) == query  # the client's side round-trips
+    only_positive_ids = convert.similar_query_from_proto(
+        pb.SimilarPapersRequest(positive_ids=["x", "y"]), LIMITS)
+    assert only_positive_ids.examples == Examples(("x", "y"))  # strategy: the index's
+    assert convert.similar_query_to_proto(only_positive_ids).strategy == 0
+    for bad, match in [
+        (pb.SimilarPapersRequest(paper_id="a", negative_ids=["a"]), "both a positive and"),
+        (pb.SimilarPapersRequest(paper_id="a", strategy=9), "unknown strategy 9"),
+        (pb.SimilarPapersRequest(paper_id="a", positive_ids=[" "]), r"positive_ids\[0\]"),
+        (pb.SimilarPapersRequest(paper_id="a", negative_ids=[f"n{i}" for i in range(16)]),
+         "17 example papers .* limit is 16"),
+    ]:
+        with pytest.raises(InvalidQuery, match=match):
+            convert.similar_query_from_proto(bad, LIMITS)
+
+
 def test_similar_papers_request() -> None:
     similar = convert.similar_query_from_proto(
         pb.SimilarPapersRequest(paper_id=" 2401.00001 ", filter=pb.Filter(categories=["cs.CL"])),
         LIMITS,
     )
-    assert similar == convert.SimilarQuery("2401.00001", 10, SearchFilter(categories=("cs.CL",)))
+    assert similar == convert.SimilarQuery(Examples(("2401.00001",)), 10,
+                                           SearchFilter(categories=("cs.CL",)))
     with pytest.raises(InvalidQuery, match="paper_id must not be empty"):
-        convert.similar_query_from_proto(pb.SimilarPapersRequest(), LIMITS)
+        convert.similar_query_from_proto(pb.SimilarPapersRequest(negative_ids=["b"]), LIMITS)
     with pytest.raises(InvalidQuery, match="top_k must be between 1 and 100"):
         convert.similar_query_from_proto(pb.SimilarPapersRequest(paper_id="a", top_k=500), LIMITS)
     with pytest.raises(InvalidQuery, match="filter.published_to must be a date"):
@@ -407,7 +431,7 @@ def test_ids_are_nfc_normalised_everywhere() -> None:
     assert convert.paper_ids_from_proto([composed, decomposed]) == (composed,)
     similar = convert.similar_query_from_proto(pb.SimilarPapersRequest(paper_id=decomposed),
                                                LIMITS)
-    assert similar.paper_id == composed
+    assert similar.examples.positive == (composed,)
     names = convert.filter_from_proto(pb.Filter(authors=["Jose\u0301"]))
     assert names.authors == ("Jos\u00e9",)
 

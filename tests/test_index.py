@@ -32,6 +32,7 @@ from papersearch.index import (
     open_store,
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
+from papersearch.index.query import Examples
 from papersearch.index.server import ServerStore
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
@@ -377,14 +378,43 @@ def test_dates_at_the_ends_of_the_calendar(loaded: Store, start: date | None,
 
 
 def test_similar_excludes_itself(loaded: Store) -> None:
-    hits = loaded.similar(PAPERS[2].id, limit=5)
+    hits = loaded.similar(Examples((PAPERS[2].id,)), limit=5)
     assert len(hits) == 5 and PAPERS[2].id not in ids(hits)
     nearest = loaded.query(request("dense", 2, exact=True, limit=6))
     assert ids(hits) == ids(nearest)[1:]
-    only_cv = loaded.similar(PAPERS[2].id, limit=30, filter=SearchFilter(categories=("cs.CV",)))
+    assert [h.dense_score for h in hits] == pytest.approx([h.score for h in nearest[1:]],
+                                                          abs=1e-5)  # cosines
+    only_cv = loaded.similar(Examples((PAPERS[2].id,)), limit=30,
+                             filter=SearchFilter(categories=("cs.CV",)))
     assert only_cv and all("cs.CV" in h.paper.categories for h in only_cv)
     with pytest.raises(PaperNotFound, match="nope"):
-        loaded.similar("nope")
+        loaded.similar(Examples((PAPERS[1].id, "nope")))
+
+
+@pytest.mark.parametrize("strategy", ["average_vector", "best_score", "sum_scores"])
+def test_recommendations_follow_each_strategy(loaded: Store, strategy: str) -> None:
+    """More like two papers, unlike a third: each strategy's ranking, as computed here from the
+    stored vectors, and none of the examples among the hits."""
+    positive, negative = (PAPERS[2].id, PAPERS[5].id), (PAPERS[8].id,)
+    examples = Examples(positive, negative, strategy)  # type: ignore[arg-type]
+    hits = loaded.similar(examples, limit=len(PAPERS))
+    given = {positive[0], positive[1], negative[0]}
+    assert not given & set(ids(hits)) and len(hits) == len(PAPERS) - 3
+    pos, neg = DENSE[[2, 5]], DENSE[[8]]
+    rest = [i for i in range(len(PAPERS)) if PAPERS[i].id not in given]
+    if strategy == "average_vector":
+        target = 2 * pos.mean(axis=0) - neg.mean(axis=0)
+        scores = DENSE[rest] @ (target / np.linalg.norm(target))
+    elif strategy == "sum_scores":
+        scores = (DENSE[rest] @ pos.T).sum(axis=1) - (DENSE[rest] @ neg.T).sum(axis=1)
+    else:  # best_score: the best positive cosine, unless a negative is closer
+        best_pos, best_neg = (DENSE[rest] @ pos.T).max(axis=1), (DENSE[rest] @ neg.T).max(axis=1)
+        scores = np.where(best_pos >= best_neg, best_pos, -(best_neg ** 2))
+    expected = [PAPERS[rest[i]].id for i in np.argsort(-scores, kind="stable")]
+    assert ids(hits)[:10] == expected[:10]
+    assert (hits[0].dense_score is not None) == (strategy == "average_vector")
+    filtered = loaded.similar(examples, limit=5, filter=SearchFilter(categories=("cs.CV",)))
+    assert filtered and all("cs.CV" in h.paper.categories for h in filtered)
 
 
 def test_int8_quantization(factory: Factory) -> None:

@@ -24,6 +24,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException
 
 from papersearch.index import PaperNotFound, SearchFilter, Store, StoreUnavailable
 from papersearch.index.edge import EdgeStore
+from papersearch.index.query import Examples
 from papersearch.index.server import ServerStore, connect
 from papersearch.index.server_async import AsyncServerEngine
 from papersearch.pipeline.index_access import IndexAccess
@@ -82,7 +83,7 @@ def test_answers_like_the_store(access: tuple[IndexAccess, Store]) -> None:
         retriever.search(RARE, DENSE[RARE_AT], mode="hybrid", limit=5),
         retriever.search(RARE, None, mode="sparse", limit=3),
         store.query(request("dense", 2, limit=4, filter=flt)),
-        store.similar(PAPERS[3].id, 4),
+        store.similar(Examples((PAPERS[3].id,)), 4),
     )
     hybrid, sparse, dense, no_vector, similar, paper, missing, ready = run(
         index, lambda: asyncio.gather(
@@ -90,7 +91,7 @@ def test_answers_like_the_store(access: tuple[IndexAccess, Store]) -> None:
             index.search(RARE, None, "sparse", 3, SearchFilter()),
             index.search(RARE, DENSE[2], "dense", 4, flt),
             index.search(RARE, None, "dense", 5, SearchFilter()),
-            index.similar(PAPERS[3].id, 4, SearchFilter()),
+            index.similar(Examples((PAPERS[3].id,)), 4, SearchFilter()),
             index.get(PAPERS[5].id),
             index.get("2401.99999"),
             index.ready(),

@@ -14,7 +14,7 @@ from papersearch.evaluation.datasets import load_dataset
 from papersearch.evaluation.harness import run_eval
 from papersearch.evaluation.modes import EVAL_MODES
 from papersearch.index.errors import PaperNotFound
-from papersearch.index.query import SearchFilter
+from papersearch.index.query import Examples, SearchFilter
 from papersearch.ingest.pipeline import Ingester
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
@@ -86,7 +86,7 @@ def test_invalid_query_is_rejected_before_any_work(pipeline: Sync) -> None:
 
 def test_similar_and_get(pipeline: Sync, backend: LocalBackend) -> None:
     first = pipeline.search(SearchQuery("layer normalization", top_k=1, rerank=False)).hits[0]
-    similar = backend.retriever.similar(first.paper.id, limit=5)
+    similar = backend.retriever.similar(Examples((first.paper.id,)), limit=5)
     assert len(similar) == 5 and first.paper.id not in {h.paper.id for h in similar}
     assert backend.retriever.get(first.paper.id).title == first.paper.title
     with pytest.raises(PaperNotFound):

@@ -1,6 +1,7 @@
 """The search page (GET /) in a real headless Chromium over a real gateway and embedded index:
 type a query and see the expected paper first with its stage scores, apply a date filter that
-excludes it, open "Similar papers" from the keyboard, and supply an API key when the server
+excludes it, open "Similar papers" from the keyboard, ask for recommendations (more like one
+paper, less like another), and supply an API key when the server
 wants one. Chromium and chromedriver are Debian's (`make chromium`, a prerequisite of
 `make test`); without them the browser tests skip, or fail where PAPERSEARCH_REQUIRE_BROWSER is
 set (.ci/run). PAPERSEARCH_PAGE_SCREENSHOT=docs/search-page.png also writes the README's
@@ -26,8 +27,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
+from papersearch.index.query import Examples
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.settings import Settings
 from tests.gateway_helpers import Servers, free_port, scratch_gateways
@@ -159,7 +162,7 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
                                                 tmp_path: Path) -> None:
     servers, backend = scratch
     port = free_port()
-    servers.start(backend, http_port=port)
+    address = servers.start(backend, http_port=port)
     chrome = browser
     chrome.get(f"http://127.0.0.1:{port}/")
     badge = chrome.find_element(By.ID, "health")
@@ -217,6 +220,36 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
     assert heading.text == f"Similar to \u201c{PAPERS[0].title}\u201d"
     assert chrome.switch_to.active_element == heading  # focus moves to what was opened
     assert chrome.find_element(By.ID, "status").text.endswith("similar papers.")
+
+    # recommendations: more like the bee paper, less like the pollinator one
+    def example(paper_id: str, kind: str) -> WebElement:
+        return chrome.find_element(
+            By.CSS_SELECTOR, f'#results .example-button[data-kind="{kind}"]'
+                             f'[data-paper-id="{paper_id}"]')
+
+    panel = chrome.find_element(By.ID, "recommend")
+    assert not panel.is_displayed()
+    example("page-pollinators", "negative").click()
+    assert panel.is_displayed() and example("page-pollinators", "negative").get_attribute(
+        "aria-pressed") == "true"
+    recommend = chrome.find_element(By.ID, "recommend-button")
+    assert not recommend.is_enabled()  # a negative alone is not enough
+    example("page-bees", "positive").send_keys(Keys.ENTER)
+    assert recommend.is_enabled()
+    assert [li.text for li in chrome.find_elements(By.CSS_SELECTOR, "#positive-examples li")] \
+        == [PAPERS[0].title]
+    chrome.execute_script("document.getElementById('status').textContent = '';")
+    recommend.click()
+    wait_for(chrome, lambda: result_ids(chrome, "#recommendations > li"), "recommendations")
+    recommended = result_ids(chrome, "#recommendations > li")
+    with SearchClient(address, timeout_s=30) as client:
+        expected = client.similar(Examples(("page-bees",), ("page-pollinators",)))
+    assert recommended == [hit.paper.id for hit in expected.hits]  # the API's answer, in order
+    assert set(recommended) == {p.id for p in PAPERS} - {"page-bees", "page-pollinators"}
+    assert chrome.find_element(By.ID, "status").text == f"{len(recommended)} recommendations."
+    chrome.find_element(By.ID, "clear-examples").click()
+    assert not panel.is_displayed()
+    assert example("page-bees", "positive").get_attribute("aria-pressed") == "false"
 
     errors = [entry for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []  # no CSP violation, no failed request, no script error

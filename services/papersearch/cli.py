@@ -19,7 +19,7 @@ from papersearch.client_retry import add_retry_argument
 from papersearch.client_tls import add_tls_arguments
 from papersearch.evaluation.modes import EVAL_MODES
 from papersearch.index.errors import StoreError
-from papersearch.index.query import MODES
+from papersearch.index.query import MODES, RECOMMEND_STRATEGIES
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
@@ -39,6 +39,17 @@ Command = Callable[[Settings, argparse.Namespace], int]
 LOADTEST_MODULES = ("prometheus_client", "matplotlib")  # the loadtest extra's
 USER_ERRORS = (ValueError, FileNotFoundError, TimeoutError, StoreError, ModelSourceError,
                RemoteError)
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="published_from", type=date.fromisoformat,
+                        help="only papers published on or after (YYYY-MM-DD)")
+    parser.add_argument("--to", dest="published_to", type=date.fromisoformat,
+                        help="only papers published on or before (YYYY-MM-DD)")
+    parser.add_argument("--category", action="append", default=[],
+                        help="only papers in this category (repeatable: any of them)")
+    parser.add_argument("--author", action="append", default=[],
+                        help="only papers by this author (repeatable: any of them)")
 
 
 def _filter(args: argparse.Namespace) -> SearchFilter:
@@ -132,6 +143,43 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         pipeline, store = build_pipeline(settings)
         with store:
             result = asyncio.run(pipeline.search(query))
+    print(json.dumps(result_to_dict(result), indent=2) if args.json else format_result(result))
+    return 0
+
+
+def _similar(settings: Settings, args: argparse.Namespace) -> int:
+    """Recommendations: SimilarPapers with the given positive and negative example papers."""
+    from papersearch.api import convert
+    from papersearch.index.query import Examples
+
+    query = convert.SimilarQuery(Examples(tuple(args.paper_ids), tuple(args.unlike),
+                                          args.strategy), args.top_k, _filter(args))
+    # checked as the gateway checks it, before any model or index is loaded
+    query = convert.similar_query_from_proto(convert.similar_query_to_proto(query),
+                                             settings.search)
+    started = time.perf_counter()
+    if args.target:
+        import grpc
+
+        from papersearch.client import SearchClient
+        from papersearch.client_tls import tls_from_args
+
+        with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args),
+                          retry=args.retry) as client:
+            try:
+                result = client.similar(query.examples, query.top_k, query.filter)
+            except grpc.RpcError as error:
+                raise RemoteError(f"{error.code().name}: {error.details()}") from None
+    else:
+        from papersearch.encoder.runtime import Encoder
+        from papersearch.pipeline.factory import open_index
+        from papersearch.pipeline.query import SearchHit, SearchResult, StageScores
+
+        with open_index(settings, Encoder.from_settings(settings.models)) as store:
+            hits = store.similar(query.examples, query.top_k, query.filter)
+        result = SearchResult(tuple(SearchHit(h.paper, h.score, StageScores(dense=h.dense_score))
+                                    for h in hits), False,
+                              {"total": (time.perf_counter() - started) * 1000})
     print(json.dumps(result_to_dict(result), indent=2) if args.json else format_result(result))
     return 0
 
@@ -361,12 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-k", type=int, default=10)
     search.add_argument("--mode", default="hybrid", choices=MODES)
     search.add_argument("--no-rerank", action="store_true")
-    search.add_argument("--from", dest="published_from", type=date.fromisoformat,
-                        help="published on or after (YYYY-MM-DD)")
-    search.add_argument("--to", dest="published_to", type=date.fromisoformat,
-                        help="published on or before (YYYY-MM-DD)")
-    search.add_argument("--category", action="append", default=[])
-    search.add_argument("--author", action="append", default=[])
+    _add_filter_arguments(search)
     search.add_argument("--min-relevance", type=float, metavar="COSINE",
                         help="drop hits whose dense cosine to the query is below this (-1 to 1; "
                              "modes dense and hybrid; README, Relevance cut-off)")
@@ -379,6 +422,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_retry_argument(search)
     search.set_defaults(handler=_search)
 
+    similar = commands.add_parser(
+        "similar", help="papers like the given ones (and unlike --unlike ones): recommendations")
+    similar.add_argument("paper_ids", nargs="+", metavar="PAPER_ID",
+                         help="indexed papers to find more like")
+    similar.add_argument("--unlike", action="append", default=[], metavar="PAPER_ID",
+                         help="an indexed paper the hits should be unlike (repeatable)")
+    similar.add_argument("--strategy", choices=RECOMMEND_STRATEGIES,
+                         help="how several examples combine (default: index.recommend_strategy)")
+    similar.add_argument("--top-k", type=int, default=10)
+    _add_filter_arguments(similar)
+    similar.add_argument("--json", action="store_true")
+    similar.add_argument("--target", metavar="HOST:PORT",
+                         help="ask a running gateway over gRPC instead of in-process")
+    similar.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
+                         help="x-api-key for --target (default: $PAPERSEARCH_API_KEY)")
+    add_tls_arguments(similar)
+    add_retry_argument(similar)
+    similar.set_defaults(handler=_similar)
+
     watch = commands.add_parser(
         "watch", help="a saved search: print new matching papers as a gateway indexes them")
     watch.add_argument("query")
@@ -390,12 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="first replay the best matches published since this date")
     watch.add_argument("--replay-limit", type=int, default=0,
                        help="most papers replayed (default: the server's, 10)")
-    watch.add_argument("--from", dest="published_from", type=date.fromisoformat,
-                       help="only papers published on or after (YYYY-MM-DD)")
-    watch.add_argument("--to", dest="published_to", type=date.fromisoformat,
-                       help="only papers published on or before (YYYY-MM-DD)")
-    watch.add_argument("--category", action="append", default=[])
-    watch.add_argument("--author", action="append", default=[])
+    _add_filter_arguments(watch)
     watch.add_argument("--timeout-s", type=float, help="stop after this long (default: never)")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
     watch.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=True,

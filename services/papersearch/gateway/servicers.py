@@ -75,14 +75,14 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         try:
             query = convert.similar_query_from_proto(request, self.settings.search)
             hits = await within_deadline(
-                self.backend.similar(query.paper_id, query.top_k, query.filter), context,
+                self.backend.similar(query.examples, query.top_k, query.filter), context,
                 self.settings.serve,
             )
         except Exception as error:
             await _fail(context, error)
         return pb.SearchResponse(
             hits=[pb.Hit(paper=convert.paper_to_proto(h.paper), score=h.score,
-                         stages=pb.StageScores(dense=h.score)) for h in hits],
+                         stages=pb.StageScores(dense=h.dense_score)) for h in hits],
             reranked=False,
         )
 

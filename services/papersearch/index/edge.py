@@ -53,6 +53,7 @@ from papersearch.index.plan import (
     Plan,
     PointData,
     Program,
+    Recommend,
     Record,
     Remove,
     Scan,
@@ -374,6 +375,13 @@ def _params(plan: Plan) -> qe.SearchParams:
 def _request(plan: Plan) -> qe.QueryRequest:
     flt, params = _filter(plan), _params(plan)
     query = plan.query
+    if isinstance(query, Recommend):
+        examples = qe.RecommendQuery([list(v) for v in query.positives],
+                                     [list(v) for v in query.negatives])
+        recommend = (qe.Query.RecommendBestScore if query.strategy == "best_score"
+                     else qe.Query.RecommendSumScores)
+        return qe.QueryRequest(limit=query.limit, query=recommend(examples, query.using),
+                               filter=flt, params=params, with_payload=plan.with_payload)
     if isinstance(query, Nearest):
         return qe.QueryRequest(
             limit=query.limit,

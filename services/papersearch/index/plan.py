@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from papersearch.index.query import FusionMethod, SearchFilter
 from papersearch.index.sparse import SparseVector
@@ -37,10 +37,22 @@ class Fused:
 
 
 @dataclass(frozen=True, slots=True)
+class Recommend:
+    """Qdrant's recommend query in the vector space ``using``, scoring each candidate against
+    every example (strategy best_score or sum_scores)."""
+
+    using: str
+    positives: tuple[tuple[float, ...], ...]
+    negatives: tuple[tuple[float, ...], ...]
+    strategy: Literal["best_score", "sum_scores"]
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """One query: the filter (and id restrictions) apply to every prefetch and the result."""
 
-    query: Nearest | Fused
+    query: Nearest | Fused | Recommend
     filter: SearchFilter = field(default_factory=SearchFilter)
     only_ids: frozenset[str] | None = None
     exclude_ids: frozenset[str] = frozenset()

@@ -12,10 +12,41 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper
 from papersearch.index.sparse import SparseLike, SparseVector
+from papersearch.settings import RecommendStrategy
 
 Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 FusionMethod = Literal["rrf", "dbsf", "convex"]
+RECOMMEND_STRATEGIES: tuple[RecommendStrategy, ...] = get_args(RecommendStrategy)
+
+
+@dataclass(frozen=True, slots=True)
+class Examples:
+    """Papers to find more like (``positive``, at least one) and unlike (``negative``), by
+    their stored dense vectors; ``strategy`` says how they are combined (None: the index's
+    setting) (Qdrant's recommend
+    strategies: average_vector searches for 2 x mean(positives) - mean(negatives); best_score
+    and sum_scores score each candidate against every example)."""
+
+    positive: tuple[str, ...]
+    negative: tuple[str, ...] = ()
+    strategy: RecommendStrategy | None = None  # None: index.recommend_strategy
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positive", tuple(dict.fromkeys(self.positive)))
+        object.__setattr__(self, "negative", tuple(dict.fromkeys(self.negative)))
+        if not self.positive:
+            raise ValueError("at least one positive example paper is needed")
+        both = set(self.positive) & set(self.negative)
+        if both:
+            raise ValueError(f"paper {sorted(both)[0]!r} is both a positive and a negative "
+                             "example")
+        if self.strategy is not None and self.strategy not in RECOMMEND_STRATEGIES:
+            raise ValueError(f"unknown recommend strategy {self.strategy!r}")
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self.positive + self.negative
 
 
 @dataclass(frozen=True, slots=True)

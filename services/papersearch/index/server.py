@@ -50,6 +50,7 @@ from papersearch.index.plan import (
     Nearest,
     Plan,
     PointData,
+    Recommend,
     Record,
     Remove,
     Scan,
@@ -355,9 +356,20 @@ def _params(plan: Plan) -> models.SearchParams:
     return models.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=ignore)
 
 
+_STRATEGIES = {"best_score": models.RecommendStrategy.BEST_SCORE,
+               "sum_scores": models.RecommendStrategy.SUM_SCORES}
+
+
 def _request(plan: Plan) -> models.QueryRequest:
     flt, params = _filter(plan), _params(plan)
     query = plan.query
+    if isinstance(query, Recommend):
+        examples = models.RecommendInput(
+            positive=[list(v) for v in query.positives],
+            negative=[list(v) for v in query.negatives], strategy=_STRATEGIES[query.strategy])
+        return models.QueryRequest(query=models.RecommendQuery(recommend=examples),
+                                   using=query.using, limit=query.limit, filter=flt,
+                                   params=params, with_payload=plan.with_payload)
     if isinstance(query, Nearest):
         return models.QueryRequest(
             query=_query(query),

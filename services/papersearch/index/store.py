@@ -31,6 +31,7 @@ from papersearch.index.plan import (
     Plan,
     PointData,
     Program,
+    Recommend,
     Record,
     Remove,
     Scan,
@@ -39,7 +40,7 @@ from papersearch.index.plan import (
     Step,
     Write,
 )
-from papersearch.index.query import Hit, SearchFilter, SearchRequest
+from papersearch.index.query import Examples, Hit, SearchFilter, SearchRequest
 from papersearch.index.schema import (
     DENSE,
     INDEXED_AT,
@@ -286,28 +287,44 @@ class Store(ABC):
         return [Scored(pid, score, None) for pid, score in fused[: request.limit]]
 
     def similar(
-        self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None
+        self, examples: Examples, limit: int = 10, filter: SearchFilter | None = None
     ) -> list[Hit]:
-        """Papers nearest to a stored paper's own dense vector, the paper itself excluded."""
-        return self.execute(self.similar_program(paper_id, limit, filter))
+        """Papers like ``examples.positive`` and unlike ``examples.negative`` by their stored
+        dense vectors; the examples themselves are never hits. One positive and no negative:
+        its nearest neighbours (score: cosine). PaperNotFound names an example not indexed."""
+        return self.execute(self.similar_program(examples, limit, filter))
 
     def similar_program(
-        self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None
+        self, examples: Examples, limit: int = 10, filter: SearchFilter | None = None
     ) -> Program[list[Hit]]:
         self._require_open()
-        pid = point_id(paper_id)
-        records: list[Record] = yield Fetch((pid,), payload=False, dense=True)
-        if not records or records[0].dense is None:
-            raise PaperNotFound(paper_id)
-        plan = Plan(
-            Nearest(DENSE, tuple(records[0].dense), limit),
-            filter or SearchFilter(),
-            exclude_ids=frozenset({pid}),
-            hnsw_ef=self.settings.hnsw_ef,
-        )
+        wanted = [point_id(pid) for pid in examples.ids]
+        records: list[Record] = yield Fetch(tuple(wanted), payload=False, dense=True)
+        vectors = {r.point_id: r.dense for r in records if r.dense is not None}
+        for paper_id, pid in zip(examples.ids, wanted, strict=True):
+            if pid not in vectors:
+                raise PaperNotFound(paper_id)
+        positives = [vectors[point_id(p)] for p in examples.positive]
+        negatives = [vectors[point_id(p)] for p in examples.negative]
+        strategy = examples.strategy or self.settings.recommend_strategy
+        query: Nearest | Recommend
+        if strategy == "average_vector":
+            mean = np.mean(np.asarray(positives, dtype=np.float64), axis=0)
+            combined = 2 * mean - (np.mean(np.asarray(negatives, dtype=np.float64), axis=0)
+                                   if negatives else 0)
+            if not np.linalg.norm(combined) > 1e-9:
+                raise ValueError("the negative examples cancel the positive ones out: no "
+                                 "direction is left to search (try strategy best_score)")
+            query = Nearest(DENSE, tuple(float(x) for x in combined), limit)
+        else:
+            query = Recommend(DENSE, tuple(map(tuple, positives)), tuple(map(tuple, negatives)),
+                              strategy, limit)
+        plan = Plan(query, filter or SearchFilter(), exclude_ids=frozenset(wanted),
+                    hnsw_ef=self.settings.hnsw_ef)
         ranked: list[list[Scored]] = yield Batch((plan,))
         (results,) = ranked
-        return [_hit(s, dense=s.score) for s in results]
+        cosine = strategy == "average_vector"  # a cosine to one vector
+        return [_hit(s, dense=s.score if cosine else None) for s in results]
 
     def execute(self, program: Program[T]) -> T:
         """Run an operation's program on this backend's own (blocking) primitives."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
-from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.store import Indexed, Store
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
@@ -33,7 +33,7 @@ class Backend(Protocol):
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray: ...
 
-    async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]: ...
+    async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]: ...
 
     async def get(self, paper_id: str) -> Paper: ...
 
@@ -76,9 +76,9 @@ class LocalBackend:
             raise RuntimeError("no reranker loaded")
         return await asyncio.to_thread(self.reranker.score, query, passages)
 
-    async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
+    async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
         async with self._store_lock:
-            return self.retriever.similar(paper_id, limit, flt)
+            return self.retriever.similar(examples, limit, flt)
 
     async def get(self, paper_id: str) -> Paper:
         async with self._store_lock:

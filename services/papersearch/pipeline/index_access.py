@@ -30,7 +30,7 @@ from qdrant_client import AsyncQdrantClient
 from papersearch.corpus.paper import Paper
 from papersearch.index.errors import StoreError
 from papersearch.index.plan import Program
-from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.server_async import AsyncServerEngine, connect_async
 from papersearch.index.store import Indexed
 from papersearch.retriever.opener import CollectionOpener
@@ -59,8 +59,8 @@ class IndexAccess:
                      flt: SearchFilter) -> list[Hit]:
         return await self._execute(lambda r: r.search_program(text, vector, mode, limit, flt))
 
-    async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
-        return await self._execute(lambda r: r.store.similar_program(paper_id, limit, flt))
+    async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
+        return await self._execute(lambda r: r.store.similar_program(examples, limit, flt))
 
     async def get(self, paper_id: str) -> Paper:
         return await self._execute(lambda r: r.get_program(paper_id))

@@ -27,7 +27,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from papersearch.corpus.paper import Paper
-from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.store import Indexed
 from papersearch.pipeline.coalesce import Coalescer
 from papersearch.pipeline.errors import NotReady, Overloaded
@@ -111,8 +111,8 @@ class HandleBackend:
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         return await call(self.reranker.score.remote((query, list(passages))))
 
-    async def similar(self, paper_id: str, limit: int, flt: SearchFilter) -> list[Hit]:
-        return await self.index.similar(paper_id, limit, flt)
+    async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
+        return await self.index.similar(examples, limit, flt)
 
     async def get(self, paper_id: str) -> Paper:
         return await self.index.get(paper_id)

@@ -10,7 +10,7 @@ import numpy as np
 from papersearch.corpus.paper import Paper, point_id
 from papersearch.index.errors import PaperNotFound
 from papersearch.index.plan import Program
-from papersearch.index.query import Hit, Mode, SearchFilter, SearchRequest
+from papersearch.index.query import Examples, Hit, Mode, SearchFilter, SearchRequest
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
 from papersearch.retriever.feedback import Feedback
@@ -65,10 +65,9 @@ class Retriever:
             request = self.feedback.expand(request, top, self.bm25)
         return (yield from self.store.query_program(request))
 
-    def similar(self, paper_id: str, limit: int = 10, filter: SearchFilter | None = None) -> (
-        list[Hit]
-    ):
-        return self.store.similar(paper_id, limit, filter)
+    def similar(self, examples: Examples, limit: int = 10,
+                filter: SearchFilter | None = None) -> list[Hit]:
+        return self.store.similar(examples, limit, filter)
 
     def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
         return self.store.execute(self.upsert_program(papers, dense))

@@ -17,6 +17,9 @@ const STAGES = [
 const $ = (id) => document.getElementById(id);
 let searchSerial = 0;
 let similarSerial = 0;
+let recommendSerial = 0;
+// Examples for recommendations: paper id -> title, chosen with "More like this" / "Less like this".
+const examples = {positive: new Map(), negative: new Map()};
 
 class ApiError extends Error {
   constructor(status, message) {
@@ -151,14 +154,78 @@ function renderHit(hit, rank, level, prefix) {
   const similar = element("section", {class: "similar", id: similarId, hidden: true,
                                       "aria-labelledby": `${similarId}-heading`});
   button.addEventListener("click", () => toggleSimilar(paper, button, similar, level + 1));
+  const actions = element("div", {class: "actions"}, button,
+                          exampleButton(paper, title, "positive", "More like this"),
+                          exampleButton(paper, title, "negative", "Less like this"));
   const article = element("article", {class: "hit", "aria-labelledby": `${id}-title`},
                           element("span", {class: "rank", "aria-hidden": "true"}, rank),
                           heading, meta,
                           paper.categories && paper.categories.length ? categories : null,
                           paper.abstract ? element("p", {class: "abstract"}, paper.abstract)
                                          : null,
-                          renderScores(hit), button, similar);
+                          renderScores(hit), actions, similar);
   return element("li", {"data-paper-id": paper.paper_id}, article);
+}
+
+// A toggle that adds the paper to (or removes it from) the positive or negative examples.
+function exampleButton(paper, title, kind, label) {
+  const button = element("button", {type: "button", class: `example-button ${kind}`,
+                                    "data-kind": kind, "data-paper-id": paper.paper_id,
+                                    "aria-pressed": String(examples[kind].has(paper.paper_id))},
+                         label,
+                         element("span", {class: "visually-hidden"}, `: “${title}”`));
+  button.addEventListener("click", () => {
+    const other = kind === "positive" ? "negative" : "positive";
+    if (examples[kind].has(paper.paper_id)) examples[kind].delete(paper.paper_id);
+    else {
+      examples[kind].set(paper.paper_id, title);
+      examples[other].delete(paper.paper_id);
+    }
+    renderExamples();
+  });
+  return button;
+}
+
+function renderExamples() {
+  for (const button of document.querySelectorAll(".example-button")) {
+    const chosen = examples[button.dataset.kind].has(button.dataset.paperId);
+    button.setAttribute("aria-pressed", String(chosen));
+  }
+  for (const kind of ["positive", "negative"]) {
+    $(`${kind}-examples`).replaceChildren(
+      ...[...examples[kind].values()].map((title) => element("li", {}, title)));
+  }
+  const any = examples.positive.size + examples.negative.size > 0;
+  $("recommend").hidden = !any;
+  $("recommend-button").disabled = examples.positive.size === 0;
+}
+
+async function recommend() {
+  const serial = ++recommendSerial;
+  clearError();
+  $("status").textContent = "Finding recommendations…";
+  try {
+    const answer = await call(SIMILAR, {positive_ids: [...examples.positive.keys()],
+                                        negative_ids: [...examples.negative.keys()],
+                                        top_k: topK(), filter: filterFromForm()});
+    if (serial !== recommendSerial) return;
+    const hits = answer.hits || [];
+    $("recommendations").replaceChildren(
+      ...hits.map((hit, index) => renderHit(hit, index + 1, 3, `recommended-${serial}`)));
+    $("status").textContent = `${hits.length} recommendation${hits.length === 1 ? "" : "s"}.`;
+    $("recommendations-heading").focus();
+  } catch (error) {
+    if (serial !== recommendSerial) return;
+    $("status").textContent = "";
+    showError(error);
+  }
+}
+
+function clearExamples() {
+  examples.positive.clear();
+  examples.negative.clear();
+  $("recommendations").replaceChildren();
+  renderExamples();
 }
 
 async function toggleSimilar(paper, button, section, level) {
@@ -285,6 +352,8 @@ function start() {
     else sessionStorage.removeItem(KEY_STORAGE);
   });
   $("search-form").addEventListener("submit", search);
+  $("recommend-button").addEventListener("click", recommend);
+  $("clear-examples").addEventListener("click", clearExamples);
   health();
   setInterval(health, HEALTH_EVERY_MS);
   if (restore()) search();
