@@ -417,6 +417,18 @@ def test_recommendations_follow_each_strategy(loaded: Store, strategy: str) -> N
     assert filtered and all("cs.CV" in h.paper.categories for h in filtered)
 
 
+def test_recommend_strategy_auto_follows_the_negatives(loaded: Store) -> None:
+    """index.recommend_strategy auto (the default): average_vector for positives alone,
+    best_score once there is a negative (README, Results: Recommendations)."""
+    assert loaded.settings.recommend_strategy == "auto"
+    positive, negative = (PAPERS[2].id, PAPERS[5].id), (PAPERS[8].id,)
+    for negatives, strategy in (((), "average_vector"), (negative, "best_score")):
+        auto = loaded.similar(Examples(positive, negatives), limit=10)
+        chosen = loaded.similar(Examples(positive, negatives, strategy), limit=10)  # type: ignore[arg-type]
+        assert [(h.paper.id, h.score, h.dense_score) for h in auto] == [
+            (h.paper.id, h.score, h.dense_score) for h in chosen]
+
+
 def test_int8_quantization(factory: Factory) -> None:
     s = factory(quantization="int8")
     s.ensure_collection(DIM, SHA)

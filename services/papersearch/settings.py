@@ -132,9 +132,11 @@ class IndexSettings(BaseModel):
     hnsw_ef_construct: int = Field(100, ge=4)
     hnsw_ef: int = Field(128, ge=1, description="Default search-time HNSW ef.")
     quantization: Literal["none", "int8"] = "none"
-    recommend_strategy: RecommendStrategy = Field(
-        "average_vector", description="How SimilarPapers combines several example papers when "
-                                      "the request does not say (README, Recommendations).")
+    # auto: average_vector for positives only, best_score with negatives, as measured on the
+    # judged sets (README, Results: Recommendations; benchmarks/recommend_eval.py).
+    recommend_strategy: Literal["auto"] | RecommendStrategy = Field(
+        "auto", description="How SimilarPapers combines several example papers when the request "
+                            "does not say.")
     # convex, dense 0.6: `papersearch tune`'s choice on CACM + Cranfield, and MED, CISI and
     # the known-item set agree (README, Results: Hybrid fusion).
     fusion: Literal["rrf", "dbsf", "convex"] = Field(

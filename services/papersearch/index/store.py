@@ -307,6 +307,8 @@ class Store(ABC):
         positives = [vectors[point_id(p)] for p in examples.positive]
         negatives = [vectors[point_id(p)] for p in examples.negative]
         strategy = examples.strategy or self.settings.recommend_strategy
+        if strategy == "auto":
+            strategy = "best_score" if negatives else "average_vector"
         query: Nearest | Recommend
         if strategy == "average_vector":
             mean = np.mean(np.asarray(positives, dtype=np.float64), axis=0)
