@@ -18,7 +18,7 @@ from papersearch.api import generate as gen
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.corpus.paper import Paper
-from papersearch.index.query import Examples, SearchFilter
+from papersearch.index.query import Examples, Explanation, SearchFilter, StageRank
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,
@@ -245,6 +245,16 @@ def test_open_ended_date_ranges() -> None:
     assert convert.filter_to_proto(same_day) == pb.Filter(
         published_from="2024-01-01", published_to="2024-01-01"
     )
+
+
+def test_explanation_round_trips() -> None:
+    why = Explanation(StageRank(3, 0.61), StageRank(None, None), StageRank(1, 0.95),
+                      "convex: ...", {"dense_weight": 0.6, "bm25_rank": 2.0},
+                      (("attention", 3.5), ("long", 1.25)), StageRank(2, 3.9))
+    assert convert.explanation_from_proto(convert.explanation_to_proto(why)) == why
+    query = convert.search_query_from_proto(pb.SearchRequest(query="q", explain=True), LIMITS)
+    assert query.explain and convert.search_query_to_proto(query).explain
+    assert not convert.search_query_from_proto(pb.SearchRequest(query="q"), LIMITS).explain
 
 
 def test_recommendation_requests() -> None:

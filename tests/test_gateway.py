@@ -248,6 +248,26 @@ def test_min_relevance_drops_the_hits_below_it_and_says_how_many(client: SearchC
     assert all(h.stages.dense is not None and h.stages.dense >= threshold for h in cut.hits)
 
 
+def test_explain_over_grpc(client: SearchClient) -> None:
+    """SearchRequest.explain: every hit's Explanation crosses the wire (reranked ones with the
+    rerank stage and its fusion); without it none is sent."""
+    plain = client.search(SearchQuery(FEDWON_QUERY, top_k=5))
+    assert all(h.explanation is None for h in plain.hits)
+    result = client.search(SearchQuery(FEDWON_QUERY, top_k=5, explain=True))
+    assert result.reranked and [h.paper.id for h in result.hits] == [
+        h.paper.id for h in plain.hits]
+    for hit in result.hits:
+        why = hit.explanation
+        assert why is not None and why.fused and why.dense and why.sparse and why.rerank
+        assert why.dense.score == pytest.approx(hit.stages.dense)
+        assert why.rerank.score == pytest.approx(hit.stages.rerank)
+        assert why.rerank.rank is not None and 1 <= why.rerank.rank
+        assert "convex:" in why.fusion and "rerank:" in why.fusion
+        assert why.fusion_inputs["first_stage_rank"] == why.fused.rank
+        assert sum(s for _, s in why.terms) == pytest.approx(hit.stages.sparse or 0.0,
+                                                             rel=1e-4)
+
+
 def test_similar_and_get(client: SearchClient) -> None:
     first = client.search(SearchQuery(FEDWON_QUERY, top_k=1, rerank=False)).hits[0].paper
     assert client.get(first.id) == first

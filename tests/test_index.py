@@ -32,7 +32,7 @@ from papersearch.index import (
     open_store,
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
-from papersearch.index.query import Examples
+from papersearch.index.query import Examples, StageRank
 from papersearch.index.server import ServerStore
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
@@ -427,6 +427,47 @@ def test_recommend_strategy_auto_follows_the_negatives(loaded: Store) -> None:
         chosen = loaded.similar(Examples(positive, negatives, strategy), limit=10)  # type: ignore[arg-type]
         assert [(h.paper.id, h.score, h.dense_score) for h in auto] == [
             (h.paper.id, h.score, h.dense_score) for h in chosen]
+
+
+@pytest.mark.parametrize("fusion", ["convex", "rrf"])
+def test_explain_gives_each_stage_the_fusion_and_the_matched_terms(
+        loaded: Store, fusion: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loaded.settings, "fusion", fusion)  # the store's configured fusion
+    store, settings, retriever = loaded, loaded.settings, Retriever(loaded)
+    text = f"{RARE} graph protein"
+    plain = retriever.search(text, DENSE[RARE_AT], mode="hybrid", limit=8)
+    explained = retriever.search(text, DENSE[RARE_AT], mode="hybrid", limit=8, explain=True)
+    assert [h.paper.id for h in explained] == [h.paper.id for h in plain]
+    assert all(h.explanation is None for h in plain)  # nothing unless asked
+    dense_ids = ids(store.query(request("dense", RARE_AT, limit=100)))
+    sparse_ids = ids(store.query(SearchRequest(mode="sparse", sparse=BM25.query(text),
+                                               limit=100)))
+    for rank, hit in enumerate(explained, start=1):
+        why = hit.explanation
+        assert why is not None and why.fused is not None and why.dense and why.sparse
+        assert why.fused.rank == rank and why.fused.score == hit.score
+        assert why.dense.score == hit.dense_score and why.sparse.score == hit.sparse_score
+        assert why.dense.rank == dense_ids.index(hit.paper.id) + 1
+        assert why.sparse.rank == (sparse_ids.index(hit.paper.id) + 1
+                                   if hit.paper.id in sparse_ids else None)
+        # the matched terms are the query's words, and their parts add up to the BM25 score
+        assert {t for t, _ in why.terms} <= {RARE, "graph", "protein"}
+        assert sum(s for _, s in why.terms) == pytest.approx(hit.sparse_score or 0.0, rel=1e-4)
+        assert [s for _, s in why.terms] == sorted((s for _, s in why.terms), reverse=True)
+        inputs = why.fusion_inputs
+        if fusion == "convex":  # the formula's inputs give the fused score back
+            w = inputs["dense_weight"]
+            assert w * inputs["dense_normalised"] + (1 - w) * inputs["bm25_normalised"] \
+                == pytest.approx(hit.score, abs=1e-6)
+            assert why.fusion.startswith("convex: 0.6 x dense")
+        else:
+            assert why.fusion.startswith("rrf:") and inputs["rrf_k"] == settings.rrf_k
+    assert explained[0].paper.id == PAPERS[RARE_AT].id
+    assert explained[0].explanation and explained[0].explanation.terms[0][0] == RARE
+    dense_only = retriever.search(text, DENSE[RARE_AT], mode="dense", limit=3, explain=True)
+    why = dense_only[0].explanation
+    assert why is not None and why.fused is None and why.sparse is None and not why.terms
+    assert why.dense == StageRank(1, dense_only[0].score)
 
 
 def test_int8_quantization(factory: Factory) -> None:

@@ -187,6 +187,19 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
         assert float(stage(first, name)) != 0.0, name
     assert stage(first, "rerank") == "\u2014"  # no reranker in this backend
     assert "not reranked" in status
+    assert not first.find_elements(By.CLASS_NAME, "explanation")  # only when asked
+
+    # "Explain each rank": why the bee paper is first
+    chrome.find_element(By.ID, "explain").click()
+    submit(chrome)
+    first = chrome.find_element(By.CSS_SELECTOR, "#results > li")
+    why = first.find_element(By.CLASS_NAME, "explanation")
+    why.find_element(By.TAG_NAME, "summary").click()
+    assert why.find_element(By.CSS_SELECTOR, '[data-stage="fused"]').text.startswith("Fused: #1,")
+    assert why.find_element(By.CLASS_NAME, "fusion").text.startswith("convex: 0.6 x dense")
+    terms = why.find_element(By.CLASS_NAME, "terms").text
+    assert terms.startswith("BM25 terms: ") and "honeybee" in terms, terms
+    chrome.find_element(By.ID, "explain").click()  # off again for the rest
 
     # a date filter that excludes it
     published_from = chrome.find_element(By.ID, "published-from")

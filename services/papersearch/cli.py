@@ -26,7 +26,7 @@ from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from papersearch.index.query import SearchFilter
+    from papersearch.index.query import Explanation, SearchFilter
     from papersearch.pipeline.query import SearchQuery, SearchResult
 
 
@@ -69,6 +69,7 @@ def result_to_dict(result: SearchResult) -> dict[str, Any]:
                 "paper_id": h.paper.id, "title": h.paper.title, "score": h.score,
                 "published": h.paper.published.isoformat() if h.paper.published else None,
                 "stages": {k: getattr(h.stages, k) for k in ("dense", "sparse", "fused", "rerank")},
+                **({"explanation": dataclasses.asdict(h.explanation)} if h.explanation else {}),
             }
             for h in result.hits
         ],
@@ -76,13 +77,30 @@ def result_to_dict(result: SearchResult) -> dict[str, Any]:
 
 
 def format_result(result: SearchResult) -> str:
-    lines = [f"{i:>3}. {h.score:8.4f}  {h.paper.title or h.paper.abstract[:80]}  [{h.paper.id}]"
-             for i, h in enumerate(result.hits, 1)]
+    lines = []
+    for i, h in enumerate(result.hits, 1):
+        lines.append(f"{i:>3}. {h.score:8.4f}  {h.paper.title or h.paper.abstract[:80]}  "
+                     f"[{h.paper.id}]")
+        if h.explanation is not None:
+            lines += ["       " + line for line in _format_explanation(h.explanation)]
     total = result.timings_ms.get("total", 0.0)
     dropped = result.below_min_relevance
     cut = f", {dropped} below --min-relevance" if dropped else ""
     lines.append(f"{len(result.hits)} hits{cut}, reranked={result.reranked}, {total:.1f} ms")
     return "\n".join(lines)
+
+
+def _format_explanation(explanation: Explanation) -> list[str]:
+    stages = ", ".join(
+        f"{name} #{stage.rank or '-'} ({'-' if stage.score is None else f'{stage.score:.4f}'})"
+        for name in ("dense", "sparse", "fused", "rerank")
+        if (stage := getattr(explanation, name)) is not None)
+    lines = [stages]
+    if explanation.fusion:
+        lines.append(explanation.fusion)
+    if explanation.terms:
+        lines.append("BM25 terms: " + ", ".join(f"{t} {s:.3f}" for t, s in explanation.terms))
+    return lines
 
 
 def _models_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -133,7 +151,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
 
     query = SearchQuery(
         text=args.query, top_k=args.top_k, mode=args.mode, rerank=not args.no_rerank,
-        filter=_filter(args), min_relevance=args.min_relevance,
+        filter=_filter(args), min_relevance=args.min_relevance, explain=args.explain,
     ).validate(settings.search)  # a bad query is reported before any model or index is loaded
     if args.target:
         result = _search_remote(args, query)
@@ -413,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--min-relevance", type=float, metavar="COSINE",
                         help="drop hits whose dense cosine to the query is below this (-1 to 1; "
                              "modes dense and hybrid; README, Relevance cut-off)")
+    search.add_argument("--explain", action="store_true",
+                        help="per hit: its rank and score in each stage, the fusion formula "
+                             "with its inputs, the BM25 terms it matched")
     search.add_argument("--json", action="store_true")
     search.add_argument("--target", metavar="HOST:PORT",
                         help="query a running gateway over gRPC instead of in-process")

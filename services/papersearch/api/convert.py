@@ -14,7 +14,7 @@ from datetime import date
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import Paper, clean_text
-from papersearch.index.query import Examples, Mode, SearchFilter
+from papersearch.index.query import Examples, Explanation, Mode, SearchFilter, StageRank
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,
@@ -210,6 +210,7 @@ def search_query_from_proto(request: pb.SearchRequest, settings: SearchSettings)
         rerank=request.rerank if request.HasField("rerank") else True,
         filter=filter_from_proto(request.filter),
         min_relevance=request.min_relevance if request.HasField("min_relevance") else None,
+        explain=request.explain,
     )
     return query.validate(settings)
 
@@ -225,6 +226,7 @@ def search_query_to_proto(query: SearchQuery) -> pb.SearchRequest:
         rerank=query.rerank,
         filter=filter_to_proto(query.filter),
         min_relevance=query.min_relevance,
+        explain=query.explain,
     )
 
 
@@ -380,11 +382,40 @@ def stage_scores_from_proto(message: pb.StageScores) -> StageScores:
 
 
 def hit_to_proto(hit: SearchHit) -> pb.Hit:
-    return pb.Hit(
+    message = pb.Hit(
         paper=paper_to_proto(hit.paper),
         score=float(hit.score),
         stages=stage_scores_to_proto(hit.stages),
     )
+    if hit.explanation is not None:
+        message.explanation.CopyFrom(explanation_to_proto(hit.explanation))
+    return message
+
+
+_EXPLAINED_STAGES = ("dense", "sparse", "fused", "rerank")
+
+
+def explanation_to_proto(explanation: Explanation) -> pb.Explanation:
+    message = pb.Explanation(
+        fusion=explanation.fusion,
+        fusion_inputs={k: float(v) for k, v in explanation.fusion_inputs.items()},
+        matched_terms=[pb.MatchedTerm(term=t, score=s) for t, s in explanation.terms])
+    for name in _EXPLAINED_STAGES:
+        stage: StageRank | None = getattr(explanation, name)
+        if stage is not None:
+            getattr(message, name).CopyFrom(pb.StageRank(rank=stage.rank or 0,
+                                                         score=stage.score))
+    return message
+
+
+def explanation_from_proto(message: pb.Explanation) -> Explanation:
+    stages = {name: StageRank(getattr(message, name).rank or None,
+                              getattr(message, name).score
+                              if getattr(message, name).HasField("score") else None)
+              for name in _EXPLAINED_STAGES if message.HasField(name)}
+    return Explanation(**stages, fusion=message.fusion,
+                       fusion_inputs=dict(message.fusion_inputs),
+                       terms=tuple((t.term, t.score) for t in message.matched_terms))
 
 
 def search_response_to_proto(result: SearchResult) -> pb.SearchResponse:
@@ -404,6 +435,8 @@ def search_result_from_proto(response: pb.SearchResponse) -> SearchResult:
             paper=stored_paper_from_proto(hit.paper),
             score=hit.score,
             stages=stage_scores_from_proto(hit.stages),
+            explanation=(explanation_from_proto(hit.explanation)
+                         if hit.HasField("explanation") else None),
         )
         for hit in response.hits
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal, get_args
@@ -136,6 +136,30 @@ class SearchRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StageRank:
+    """A hit's place in one stage's list: its rank from 1 (None: not within the list's depth)
+    and that stage's score for it (None: the stage found no match)."""
+
+    rank: int | None
+    score: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why a hit ranks where it does (``explain``): its rank and score in each stage that ran,
+    the fusion formula with this hit's inputs, and the BM25 query terms it matched with each
+    one's part of its BM25 score (largest first; their sum is the BM25 score)."""
+
+    dense: StageRank | None = None
+    sparse: StageRank | None = None
+    fused: StageRank | None = None
+    fusion: str = ""
+    fusion_inputs: Mapping[str, float] = field(default_factory=dict)
+    terms: tuple[tuple[str, float], ...] = ()
+    rerank: StageRank | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     """A ranked paper. ``score`` is the final (fused in hybrid mode) score.
 
@@ -148,3 +172,4 @@ class Hit:
     score: float
     dense_score: float | None = None
     sparse_score: float | None = None
+    explanation: Explanation | None = None

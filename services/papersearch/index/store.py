@@ -21,6 +21,7 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper, point_id
 from papersearch.index.errors import PaperNotFound, StoreError
+from papersearch.index.explain import explain_hit
 from papersearch.index.fusion import convex
 from papersearch.index.plan import (
     Batch,
@@ -248,6 +249,37 @@ class Store(ABC):
         if request.mode == "sparse":
             return [_hit(s, sparse=s.score) for s in results]
         return (yield from self._with_components(request, results))
+
+    def explain_program(self, request: SearchRequest, hits: Sequence[Hit],
+                        labels: Mapping[int, str]) -> Program[list[Hit]]:
+        """``hits`` (``request``'s answer) with their Explanation: one batch holding each
+        stage's list as the search saw it (ranks, the normalisation inputs) and, per BM25
+        query term, its score for every hit (``labels``: term index -> the query word)."""
+        if not hits:
+            return []
+        ids = frozenset(h.paper.point_id for h in hits)
+        depth = max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
+        hnsw_ef = request.hnsw_ef or self.settings.hnsw_ef
+        stages: list[tuple[str, tuple[float, ...] | SparseVector]] = []
+        if request.dense is not None:
+            stages.append((DENSE, request.dense_vector()))
+        terms: list[tuple[int, float]] = []
+        if request.sparse is not None:
+            sparse = request.sparse_vector()
+            stages.append((SPARSE, sparse))
+            terms = list(zip(sparse.indices, sparse.values, strict=True))
+        plans = [Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
+                      exact=request.exact, with_payload=False) for using, vector in stages]
+        plans += [Plan(Nearest(SPARSE, SparseVector((index,), (weight,)), len(ids)),
+                       only_ids=ids, exact=True, with_payload=False) for index, weight in terms]
+        results: list[list[Scored]] = yield Batch(tuple(plans))
+        lists = dict(zip((using for using, _ in stages), results, strict=False))
+        per_term = results[len(stages):]
+        return [replace(hit, explanation=explain_hit(
+            hit, rank, request, self.settings, lists,
+            [(labels.get(index, f"#{index}"), {s.point_id: s.score for s in scored})
+             for (index, _), scored in zip(terms, per_term, strict=True)], depth))
+            for rank, hit in enumerate(hits, start=1)]
 
     def feedback_program(self, request: SearchRequest) -> Program[list[Record]]:
         """The top ``limit`` papers of a hybrid search, with payloads and dense vectors, in

@@ -28,7 +28,8 @@ class Backend(Protocol):
     async def encode_documents(self, texts: Sequence[str]) -> np.ndarray: ...
 
     async def retrieve(
-        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
+        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
+        explain: bool = False,
     ) -> list[Hit]: ...
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray: ...
@@ -66,10 +67,12 @@ class LocalBackend:
         return await asyncio.to_thread(self.encoder.encode_documents, texts)
 
     async def retrieve(
-        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
+        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
+        explain: bool = False,
     ) -> list[Hit]:
         async with self._store_lock:
-            return self.retriever.search(text, vector, mode=mode, limit=limit, filter=flt)
+            return self.retriever.search(text, vector, mode=mode, limit=limit, filter=flt,
+                                         explain=explain)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         if self.reranker is None:

@@ -56,8 +56,9 @@ class IndexAccess:
             pass
 
     async def search(self, text: str, vector: np.ndarray | None, mode: Mode, limit: int,
-                     flt: SearchFilter) -> list[Hit]:
-        return await self._execute(lambda r: r.search_program(text, vector, mode, limit, flt))
+                     flt: SearchFilter, explain: bool = False) -> list[Hit]:
+        return await self._execute(lambda r: r.search_program(text, vector, mode, limit, flt,
+                                                              explain))
 
     async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
         return await self._execute(lambda r: r.store.similar_program(examples, limit, flt))

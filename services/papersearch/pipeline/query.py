@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import get_args
 
 from papersearch.corpus.paper import Paper
-from papersearch.index.query import Mode, SearchFilter
+from papersearch.index.query import Explanation, Mode, SearchFilter
 from papersearch.settings import SearchSettings
 
 QUOTE_CHARS = 64  # the most of a client's value an error message repeats
@@ -34,6 +34,7 @@ class SearchQuery:
     rerank: bool = True
     filter: SearchFilter = field(default_factory=SearchFilter)
     min_relevance: float | None = None
+    explain: bool = False
 
     def validate(self, limits: SearchSettings) -> SearchQuery:
         """Return self if acceptable, else raise InvalidQuery saying what is wrong."""
@@ -74,6 +75,7 @@ class SearchHit:
     paper: Paper
     score: float
     stages: StageScores
+    explanation: Explanation | None = None  # with SearchQuery.explain
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from papersearch.index.query import Hit, Mode
+from papersearch.index.query import Explanation, Hit, Mode, StageRank
 from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.query import (
     SearchHit,
@@ -51,7 +52,7 @@ class SearchPipeline:
         depth = max(query.top_k, self.settings.rerank_top_n) if rerank else query.top_k
         mark = time.perf_counter()
         candidates = await self.backend.retrieve(
-            query.text, vector, query.mode, depth, query.filter
+            query.text, vector, query.mode, depth, query.filter, query.explain
         )
         timings["retrieve"] = _ms_since(mark)
         reranked = None
@@ -89,12 +90,32 @@ def rerank_hits(
 ) -> list[SearchHit]:
     """Final ranking: the fused window first, then the first-stage tail, cut at top_k."""
     window = len(scores)
+    rerank_rank = {int(i): r for r, i in enumerate(np.argsort(-np.asarray(scores),
+                                                               kind="stable"), start=1)}
     ordered = [
-        SearchHit(candidates[i].paper, fused, _stages(candidates[i], mode, float(scores[i])))
+        SearchHit(candidates[i].paper, fused, _stages(candidates[i], mode, float(scores[i])),
+                  _with_rerank(candidates[i].explanation, i, rerank_rank[i], float(scores[i]),
+                               fused, settings))
         for i, fused in fuse(scores, settings.rerank_weight, settings.rerank_rrf_k)
     ]
     tail = [_first_stage_hit(h, mode) for h in candidates[window:]]
     return (ordered + tail)[:top_k]
+
+
+def _with_rerank(explanation: Explanation | None, position: int, rank: int, score: float,
+                 fused: float, settings: SearchSettings) -> Explanation | None:
+    """A reranked hit's explanation: the reranker's rank and score, and the rank fusion that
+    placed it (reranker/fusion.py) after the first stage's."""
+    if explanation is None:
+        return None
+    weight, k = settings.rerank_weight, settings.rerank_rrf_k
+    formula = (f"rerank: {weight:g} / ({k:g} + rerank rank) + {1 - weight:g} / ({k:g} + "
+               f"first-stage rank) = {weight:g} / ({k:g} + {rank}) + {1 - weight:g} / "
+               f"({k:g} + {position + 1}) = {fused:.4f}")
+    inputs = {**explanation.fusion_inputs, "rerank_weight": weight, "rerank_rrf_k": k,
+              "first_stage_rank": position + 1}
+    return replace(explanation, rerank=StageRank(rank, score), fusion_inputs=inputs,
+                   fusion="; ".join(f for f in (explanation.fusion, formula) if f))
 
 
 def _stages(hit: Hit, mode: str, rerank: float | None = None) -> StageScores:
@@ -107,7 +128,7 @@ def _stages(hit: Hit, mode: str, rerank: float | None = None) -> StageScores:
 
 
 def _first_stage_hit(hit: Hit, mode: str) -> SearchHit:
-    return SearchHit(hit.paper, hit.score, _stages(hit, mode))
+    return SearchHit(hit.paper, hit.score, _stages(hit, mode), hit.explanation)
 
 
 def _ms_since(start: float) -> float:

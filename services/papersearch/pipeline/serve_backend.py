@@ -104,9 +104,10 @@ class HandleBackend:
         return await call(self.encoder.encode_documents.remote(list(texts)))
 
     async def retrieve(
-        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
+        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
+        explain: bool = False,
     ) -> list[Hit]:
-        return await self.index.search(text, vector, mode, limit, flt)
+        return await self.index.search(text, vector, mode, limit, flt, explain)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         return await call(self.reranker.score.remote((query, list(passages))))

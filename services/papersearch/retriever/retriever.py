@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -36,8 +37,10 @@ class Retriever:
         mode: Mode = "hybrid",
         limit: int = 10,
         filter: SearchFilter | None = None,
+        explain: bool = False,
     ) -> list[Hit]:
-        return self.store.execute(self.search_program(text, vector, mode, limit, filter))
+        return self.store.execute(self.search_program(text, vector, mode, limit, filter,
+                                                      explain))
 
     def search_program(
         self,
@@ -46,7 +49,9 @@ class Retriever:
         mode: Mode = "hybrid",
         limit: int = 10,
         filter: SearchFilter | None = None,
+        explain: bool = False,
     ) -> Program[list[Hit]]:
+        """The hits; with ``explain``, each with its Explanation (index/explain.py)."""
         sparse = self.bm25.query(text) if mode in ("sparse", "hybrid") else None
         if sparse is not None and len(sparse) == 0 and mode == "sparse":
             return []  # only stopwords or punctuation: nothing can match lexically
@@ -63,7 +68,19 @@ class Retriever:
             top = yield from self.store.feedback_program(replace(request,
                                                                  limit=self.feedback.docs))
             request = self.feedback.expand(request, top, self.bm25)
-        return (yield from self.store.query_program(request))
+        hits = yield from self.store.query_program(request)
+        if not explain:
+            return hits
+        return (yield from self.store.explain_program(request, hits, self.term_labels(text)))
+
+    def term_labels(self, text: str) -> dict[int, str]:
+        """BM25 term index -> the query word it came from (the first, if several do); terms
+        that feedback added have none."""
+        labels: dict[int, str] = {}
+        for word in text.split():
+            for index in self.bm25.query(word).indices:
+                labels.setdefault(int(index), word.strip(string.punctuation) or word)
+        return labels
 
     def similar(self, examples: Examples, limit: int = 10,
                 filter: SearchFilter | None = None) -> list[Hit]:

@@ -125,6 +125,26 @@ function renderScores(hit) {
   return list;
 }
 
+// SearchRequest.explain: each stage's rank and score, the fusion formula, the BM25 terms.
+function renderExplanation(explanation) {
+  if (!explanation) return null;
+  const stages = element("ul", {class: "explain-stages"});
+  for (const [field, label] of STAGES) {
+    const stage = explanation[field];
+    if (!stage) continue;
+    const rank = stage.rank ? `#${stage.rank}` : "not in its list";
+    stages.append(element("li", {"data-stage": field},
+                          `${label}: ${rank}, score ${formatScore(stage.score)}`));
+  }
+  const terms = (explanation.matched_terms || []).map((t) => `${t.term} ${formatScore(t.score)}`);
+  return element("details", {class: "explanation"},
+                 element("summary", {}, "Why this rank"), stages,
+                 explanation.fusion ? element("p", {class: "fusion"}, explanation.fusion) : null,
+                 element("p", {class: "terms"},
+                         terms.length ? `BM25 terms: ${terms.join(", ")}`
+                                      : "No query word in this paper (BM25)."));
+}
+
 function renderHit(hit, rank, level, prefix) {
   const paper = hit.paper || {};
   const id = `${prefix}-${rank}`;
@@ -163,7 +183,8 @@ function renderHit(hit, rank, level, prefix) {
                           paper.categories && paper.categories.length ? categories : null,
                           paper.abstract ? element("p", {class: "abstract"}, paper.abstract)
                                          : null,
-                          renderScores(hit), actions, similar);
+                          renderScores(hit), renderExplanation(hit.explanation), actions,
+                          similar);
   return element("li", {"data-paper-id": paper.paper_id}, article);
 }
 
@@ -272,7 +293,7 @@ async function search(event) {
     return;
   }
   const request = {query, top_k: topK(), mode: $("mode").value, rerank: $("rerank").checked,
-                   filter: filterFromForm()};
+                   explain: $("explain").checked, filter: filterFromForm()};
   const serial = ++searchSerial;
   remember();
   clearError();
