@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from papersearch.corpus.paper import Paper
@@ -118,6 +120,26 @@ def test_failing_reranker_degrades_to_fused_results(backend: LocalBackend,
     pipeline = Sync(SearchPipeline(slow, sample_settings.search, rerank_timeout_s=0.2))
     result = pipeline.search(SearchQuery("diffusion"))
     assert not result.reranked and len(result.hits) == 10 and cancelled == [True]
+
+
+def test_rerank_window_shrinks_when_the_reranker_is_slow(backend: LocalBackend,
+                                                         sample_settings: Settings) -> None:
+    """A reranker taking 20 ms a pair (asleep, not computing: the same on every CPU): the
+    first search reranks all 30 candidates in 0.6 s, over the 0.5 s target, so the next ones
+    rerank 20; the fixed policy keeps 30. Every response says its depth."""
+    class Paced(LocalBackend):
+        async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
+            await asyncio.sleep(0.02 * len(passages))
+            return np.arange(len(passages), 0, -1, dtype=np.float32)
+
+    paced = Paced(backend.encoder, backend.store, backend.reranker)
+    for adaptive, depths in ((True, [30, 20, 20]), (False, [30, 30, 30])):
+        settings = sample_settings.search.model_copy(update={
+            "rerank_top_n": 30, "rerank_adaptive": adaptive, "rerank_target_s": 0.5})
+        pipeline = Sync(SearchPipeline(paced, settings, rerank_timeout_s=5.0))
+        results = [pipeline.search(SearchQuery("diffusion")) for _ in depths]
+        assert [r.rerank_depth for r in results] == depths
+        assert all(r.reranked and len(r.hits) == 10 for r in results)
 
 
 def test_filters_through_the_pipeline(sample_settings: Settings, embedder_dir: Path,

@@ -62,6 +62,7 @@ def _filter(args: argparse.Namespace) -> SearchFilter:
 def result_to_dict(result: SearchResult) -> dict[str, Any]:
     return {
         "reranked": result.reranked,
+        "rerank_depth": result.rerank_depth,
         "below_min_relevance": result.below_min_relevance,
         "timings_ms": result.timings_ms,
         "hits": [
@@ -86,7 +87,9 @@ def format_result(result: SearchResult) -> str:
     total = result.timings_ms.get("total", 0.0)
     dropped = result.below_min_relevance
     cut = f", {dropped} below --min-relevance" if dropped else ""
-    lines.append(f"{len(result.hits)} hits{cut}, reranked={result.reranked}, {total:.1f} ms")
+    depth = f" (top {result.rerank_depth})" if result.reranked else ""
+    lines.append(f"{len(result.hits)} hits{cut}, reranked={result.reranked}{depth}, "
+                 f"{total:.1f} ms")
     return "\n".join(lines)
 
 

@@ -205,6 +205,17 @@ class SearchSettings(BaseModel):
     # setting, turns it on.
     rerank_enabled: bool = False
     rerank_top_n: int = Field(30, ge=1, le=200, description="First-stage candidates reranked.")
+    # Adaptive rerank depth (pipeline/rerank_depth.py; README, Adaptive rerank depth).
+    rerank_adaptive: bool = Field(
+        True, description="Shrink the rerank window (rerank_top_n, then rerank_depth_steps, "
+                          "then 0) while the reranker answers too slowly for rerank_target_s; "
+                          "false: always rerank_top_n, all or nothing within the budget.")
+    rerank_depth_steps: list[int] = Field(
+        default_factory=lambda: [20, 10],
+        description="Smaller rerank windows to fall back to, below rerank_top_n.")
+    rerank_target_s: float | None = Field(
+        None, gt=0, description="Time a search's rerank call should take; unset: half of "
+                                "serve.rerank_timeout_s.")
     # A small share: the reranker breaks ties in the first-stage order more than it reorders
     # it (README, Results: why CACM-tuned larger weights are not used).
     rerank_weight: float = Field(

@@ -425,6 +425,7 @@ def search_response_to_proto(result: SearchResult) -> pb.SearchResponse:
         reranked=result.reranked,
         timings_ms={key: float(value) for key, value in result.timings_ms.items()},
         below_min_relevance=result.below_min_relevance,
+        rerank_depth=result.rerank_depth,
     )
 
 
@@ -441,7 +442,8 @@ def search_result_from_proto(response: pb.SearchResponse) -> SearchResult:
         for hit in response.hits
     )
     return SearchResult(
-        hits, response.reranked, dict(response.timings_ms), response.below_min_relevance
+        hits, response.reranked, dict(response.timings_ms), response.below_min_relevance,
+        response.rerank_depth,
     )
 
 

@@ -66,7 +66,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             )
         except Exception as error:
             await _fail(context, error)
-        metrics().search(result.reranked)
+        metrics().search(result.reranked, result.rerank_depth)
         return convert.search_response_to_proto(result)
 
     async def SimilarPapers(  # noqa: N802

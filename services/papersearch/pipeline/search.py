@@ -26,6 +26,7 @@ from papersearch.pipeline.query import (
     StageScores,
     cut_below,
 )
+from papersearch.pipeline.rerank_depth import RerankDepth
 from papersearch.reranker.fusion import fuse
 from papersearch.settings import SearchSettings
 
@@ -39,6 +40,7 @@ class SearchPipeline:
         self.backend = backend
         self.settings = settings
         self.rerank_timeout_s = rerank_timeout_s
+        self.rerank_depth = RerankDepth(settings, rerank_timeout_s)
 
     async def search(self, query: SearchQuery) -> SearchResult:
         query.validate(self.settings)
@@ -49,6 +51,7 @@ class SearchPipeline:
             vector = await self.backend.encode_query(query.text)
         timings["encode"] = _ms_since(started)
         rerank = query.rerank and self.settings.rerank_enabled and self.backend.has_reranker
+        window = self.rerank_depth.choose() if rerank else 0
         depth = max(query.top_k, self.settings.rerank_top_n) if rerank else query.top_k
         mark = time.perf_counter()
         candidates = await self.backend.retrieve(
@@ -56,19 +59,19 @@ class SearchPipeline:
         )
         timings["retrieve"] = _ms_since(mark)
         reranked = None
-        if rerank and candidates:
+        if window and candidates:
             mark = time.perf_counter()
-            reranked = await self._rerank(query, candidates)
+            reranked = await self._rerank(query, candidates[:window], candidates)
             timings["rerank"] = _ms_since(mark)
         ranked = reranked or [_first_stage_hit(h, query.mode) for h in candidates[: query.top_k]]
         hits, dropped = cut_below(tuple(ranked), query.min_relevance)
         timings["total"] = _ms_since(started)
-        return SearchResult(hits, reranked is not None, timings, dropped)
+        return SearchResult(hits, reranked is not None, timings, dropped,
+                            min(window, len(candidates)) if reranked else 0)
 
-    async def _rerank(self, query: SearchQuery, candidates: Sequence[Hit]) -> (
-        list[SearchHit] | None
-    ):
-        window = candidates[: self.settings.rerank_top_n]
+    async def _rerank(self, query: SearchQuery, window: Sequence[Hit],
+                      candidates: Sequence[Hit]) -> list[SearchHit] | None:
+        started = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can drop the caller's cancel.
             async with asyncio.timeout(self.rerank_timeout_s):
@@ -76,8 +79,10 @@ class SearchPipeline:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # overload, timeout, replica failure: degrade, don't fail
+            self.rerank_depth.observe(len(window), time.perf_counter() - started)
             log.warning("rerank skipped", extra={"reason": type(error).__name__})
             return None
+        self.rerank_depth.observe(len(window), time.perf_counter() - started)
         return rerank_hits(candidates, scores, query.mode, query.top_k, self.settings)
 
 

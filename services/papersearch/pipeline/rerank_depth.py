@@ -1,0 +1,57 @@
+"""Adaptive rerank depth: how many first-stage candidates one search sends to the reranker.
+
+Under load the reranker's queue grows and a fixed window of ``search.rerank_top_n`` pairs
+runs past the rerank budget, so whole searches fall back to unreranked results (all or
+nothing). Instead, each search takes the deepest window of a ladder (``rerank_top_n``, then
+``search.rerank_depth_steps``, then 0) whose predicted time fits ``search.rerank_target_s``
+(unset: half the budget). The prediction is the window times the seconds per reranked pair,
+an exponentially weighted mean over this gateway's recent rerank calls of their wall time
+(queue wait included: a backed-up reranker looks slow) per pair; a call cut by the budget
+counts as taking it all. At depth 0 no call measures the reranker any more, so one search per
+``PROBE_S`` takes the smallest window to look again. ``search.rerank_adaptive=false`` keeps the
+fixed window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from papersearch.settings import SearchSettings
+
+PROBE_S = 1.0  # at depth 0: one search this often reranks the smallest window, to look again
+ALPHA = 0.3  # weight of the newest call in the per-pair mean
+
+
+class RerankDepth:
+    def __init__(self, settings: SearchSettings, budget_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        top = settings.rerank_top_n
+        steps = {d for d in settings.rerank_depth_steps if 0 < d < top}
+        self.ladder = (top, *sorted(steps, reverse=True))  # deepest first
+        self.adaptive = settings.rerank_adaptive
+        self.target_s = settings.rerank_target_s or budget_s / 2
+        self.clock = clock
+        self.pair_s: float | None = None  # None: nothing measured yet
+        self._last_seen = -float("inf")
+
+    def choose(self) -> int:
+        """The window for the next search (0: do not rerank it)."""
+        if not self.adaptive or self.pair_s is None:
+            return self.ladder[0]
+        for depth in self.ladder:
+            if depth * self.pair_s <= self.target_s:
+                return depth
+        if self.clock() - self._last_seen >= PROBE_S:
+            self._last_seen = self.clock()  # this search is the probe; no other for PROBE_S
+            return self.ladder[-1]
+        return 0
+
+    def observe(self, depth: int, seconds: float) -> None:
+        """A rerank call of ``depth`` pairs took ``seconds`` (the budget, if it was cut)."""
+        if depth <= 0:
+            return
+        per_pair = seconds / depth
+        self.pair_s = per_pair if self.pair_s is None else (
+            ALPHA * per_pair + (1 - ALPHA) * self.pair_s)
+        self._last_seen = self.clock()

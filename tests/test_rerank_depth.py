@@ -1,0 +1,70 @@
+"""Adaptive rerank depth (pipeline/rerank_depth.py): the ladder, the estimate, the probe."""
+
+from __future__ import annotations
+
+import pytest
+
+from papersearch.pipeline.rerank_depth import ALPHA, PROBE_S, RerankDepth
+from papersearch.settings import SearchSettings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def policy(clock: Clock, **settings: object) -> RerankDepth:
+    return RerankDepth(SearchSettings(rerank_top_n=30, rerank_depth_steps=[20, 10, 45, 0],
+                                      **settings), budget_s=2.0, clock=clock)  # type: ignore[arg-type]
+
+
+def test_ladder_and_target() -> None:
+    depth = policy(Clock())
+    assert depth.ladder == (30, 20, 10)  # steps above rerank_top_n or not positive dropped
+    assert depth.target_s == 1.0  # half the budget
+    assert policy(Clock(), rerank_target_s=0.3).target_s == 0.3
+
+
+def test_window_shrinks_as_the_reranker_slows_and_grows_back() -> None:
+    clock = Clock()
+    depth = policy(clock)
+    assert depth.choose() == 30  # nothing measured yet
+    depth.observe(30, 0.6)  # 20 ms a pair: 30 pairs fit in 1 s
+    assert depth.choose() == 30
+    depth.observe(30, 1.8)  # 60 ms a pair now (queue wait included)
+    assert depth.pair_s == pytest.approx(ALPHA * 0.06 + (1 - ALPHA) * 0.02)
+    assert depth.choose() == 30  # 30 x 32 ms = 0.96 s still fits
+    for _ in range(2):
+        depth.observe(30, 1.8)
+    assert depth.choose() == 20  # 30 x 46 ms > 1 s >= 20 x it
+    for _ in range(10):
+        depth.observe(10, 2.0)  # cut by the budget: 200 ms a pair
+    assert depth.choose() == 0
+    for _ in range(10):
+        depth.observe(10, 0.1)  # 10 ms a pair: room again
+    assert depth.choose() == 30
+
+
+def test_at_depth_zero_one_search_per_interval_probes() -> None:
+    clock = Clock()
+    depth = policy(clock)
+    depth.observe(10, 5.0)  # 0.5 s a pair: nothing fits
+    assert depth.choose() == 0  # just measured: no probe yet
+    clock.now += PROBE_S
+    assert depth.choose() == 10  # the probe: the smallest window
+    assert depth.choose() == 0  # only one per interval
+    clock.now += PROBE_S / 2
+    assert depth.choose() == 0
+    depth.observe(10, 0.05)  # the probe found the reranker fast again
+    for _ in range(10):
+        depth.observe(10, 0.05)
+    assert depth.choose() == 30
+
+
+def test_fixed_policy_always_takes_the_whole_window() -> None:
+    depth = policy(Clock(), rerank_adaptive=False)
+    depth.observe(30, 60.0)
+    assert depth.choose() == 30
