@@ -68,3 +68,19 @@ def test_fixed_policy_always_takes_the_whole_window() -> None:
     depth = policy(Clock(), rerank_adaptive=False)
     depth.observe(30, 60.0)
     assert depth.choose() == 30
+
+
+def test_pairs_in_flight_shrink_the_window_before_any_answer() -> None:
+    """A burst: calls already sent (and not answered) are queued ahead of the next one."""
+    depth = policy(Clock())
+    depth.observe(30, 0.6)  # 20 ms a pair
+    assert depth.choose() == 30
+    ahead = [depth.sent(30)]  # 30 pairs in flight: 30 more would wait 1.2 s
+    assert depth.choose() == 20  # (30 + 20) x 20 ms = 1 s
+    ahead.append(depth.sent(20))
+    assert ahead == [0, 30] and depth.choose() == 0  # 50 pairs ahead: not even 10 fit
+    depth.observe(30, 0.6, ahead[0])
+    depth.dropped(20)  # cancelled: no measure, no longer in flight
+    assert depth.in_flight == 0 and depth.choose() == 30
+    depth.observe(20, 1.0, 30)  # waited behind 30: 1 s for 50 pairs is still 20 ms a pair
+    assert depth.pair_s == pytest.approx(0.02)

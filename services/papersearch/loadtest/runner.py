@@ -42,6 +42,7 @@ class RequestRecord:
     ended_s: float | None = None  # answered or cancelled
     code: str | None = None  # gRPC status name, when completed
     reranked: bool | None = None  # from an OK response
+    rerank_depth: int | None = None  # from an OK response: candidates reranked (0: none)
 
     @property
     def latency_s(self) -> float | None:
@@ -115,4 +116,4 @@ class Runner:
                 log.exception("client-side error (further ones counted, not logged)")
         else:
             records[i] = RequestRecord(offset, Outcome.COMPLETED, started, self.clock(), OK,
-                                       result.reranked)
+                                       result.reranked, result.rerank_depth)

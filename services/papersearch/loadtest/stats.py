@@ -58,6 +58,7 @@ class SecondRow:
     offered: int  # scheduled in this second: the offered QPS
     sent: int
     ok: int  # OK answers that came back in this second: the achieved QPS
+    reranked: int  # of them, reranked
     errors: dict[str, int]  # error answers that came back in this second, by status
     not_sent: int  # offered in this second but over the in-flight cap
     cancelled: int
@@ -91,7 +92,8 @@ def per_second(records: Sequence[RequestRecord], samples: Sequence[ReplicaSample
         in_flight += sent[t] - len(done)
         rows.append(SecondRow(
             t_s=t, offered=offered[t], sent=sent[t],
-            ok=sum(1 for r in done if r.code == OK), errors=_errors(done),
+            ok=sum(1 for r in done if r.code == OK),
+            reranked=sum(1 for r in done if r.code == OK and r.reranked), errors=_errors(done),
             not_sent=not_sent[t],
             cancelled=sum(1 for r in done if r.outcome is Outcome.CANCELLED),
             in_flight=in_flight, latency_ms=latency_ms(_ok_latencies(done)),
@@ -139,6 +141,7 @@ class Summary:
     latency_ms: dict[str, float | None]  # p50, p95, p99, max of OK answers
     send_lag_ms: dict[str, float | None]  # p50, p95, p99, max of sent - scheduled time
     reranked_ratio: float | None  # of OK answers
+    rerank_depths: dict[str, int]  # OK answers by the rerank window they used (0: not reranked)
 
 
 def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
@@ -165,4 +168,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
         latency_ms={**latency_ms(latencies), "max": max(latencies) * 1000 if latencies else None},
         send_lag_ms={**latency_ms(lags), "max": max(lags) * 1000 if lags else None},
         reranked_ratio=sum(1 for r in reranked if r) / len(reranked) if reranked else None,
+        rerank_depths={str(d): n for d, n in sorted(Counter(
+            r.rerank_depth for r in records if r.code == OK and r.rerank_depth is not None
+        ).items())},
     )

@@ -4,11 +4,14 @@ Under load the reranker's queue grows and a fixed window of ``search.rerank_top_
 runs past the rerank budget, so whole searches fall back to unreranked results (all or
 nothing). Instead, each search takes the deepest window of a ladder (``rerank_top_n``, then
 ``search.rerank_depth_steps``, then 0) whose predicted time fits ``search.rerank_target_s``
-(unset: half the budget). The prediction is the window times the seconds per reranked pair,
-an exponentially weighted mean over this gateway's recent rerank calls of their wall time
-(queue wait included: a backed-up reranker looks slow) per pair; a call cut by the budget
-counts as taking it all. At depth 0 no call measures the reranker any more, so one search per
-``PROBE_S`` takes the smallest window to look again. ``search.rerank_adaptive=false`` keeps the
+(unset: half the budget). The reranker is taken for a queue that works through pairs at some
+rate: a call of d pairs sent while this gateway has q pairs in flight waits for about
+(q + d) pairs' time. The time per pair is an exponentially weighted mean over this gateway's
+recent calls of their wall time / (q + d) at their sending (a call cut by the budget counts as
+taking all of it), and the prediction for a new call is that time x (pairs now in flight + d).
+So a burst shrinks the windows at once, before slow answers come back. At depth 0 no call
+measures the reranker any more, so one search per ``PROBE_S`` takes the smallest window to
+look again. ``search.rerank_adaptive=false`` keeps the
 fixed window.
 """
 
@@ -33,6 +36,7 @@ class RerankDepth:
         self.target_s = settings.rerank_target_s or budget_s / 2
         self.clock = clock
         self.pair_s: float | None = None  # None: nothing measured yet
+        self.in_flight = 0  # pairs this gateway has sent and not heard back about
         self._last_seen = -float("inf")
 
     def choose(self) -> int:
@@ -40,18 +44,30 @@ class RerankDepth:
         if not self.adaptive or self.pair_s is None:
             return self.ladder[0]
         for depth in self.ladder:
-            if depth * self.pair_s <= self.target_s:
+            if (self.in_flight + depth) * self.pair_s <= self.target_s:
                 return depth
         if self.clock() - self._last_seen >= PROBE_S:
             self._last_seen = self.clock()  # this search is the probe; no other for PROBE_S
             return self.ladder[-1]
         return 0
 
-    def observe(self, depth: int, seconds: float) -> None:
-        """A rerank call of ``depth`` pairs took ``seconds`` (the budget, if it was cut)."""
+    def sent(self, depth: int) -> int:
+        """A call of ``depth`` pairs goes out; returns the pairs in flight ahead of it."""
+        ahead = self.in_flight
+        self.in_flight += depth
+        return ahead
+
+    def dropped(self, depth: int) -> None:
+        """A call of ``depth`` pairs was given up (the search was cancelled): no measure."""
+        self.in_flight = max(0, self.in_flight - depth)
+
+    def observe(self, depth: int, seconds: float, ahead: int = 0) -> None:
+        """A call of ``depth`` pairs, sent with ``ahead`` in flight, took ``seconds`` (the
+        budget, if it was cut)."""
         if depth <= 0:
             return
-        per_pair = seconds / depth
+        self.in_flight = max(0, self.in_flight - depth)
+        per_pair = seconds / (ahead + depth)
         self.pair_s = per_pair if self.pair_s is None else (
             ALPHA * per_pair + (1 - ALPHA) * self.pair_s)
         self._last_seen = self.clock()

@@ -72,17 +72,19 @@ class SearchPipeline:
     async def _rerank(self, query: SearchQuery, window: Sequence[Hit],
                       candidates: Sequence[Hit]) -> list[SearchHit] | None:
         started = time.perf_counter()
+        ahead = self.rerank_depth.sent(len(window))
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can drop the caller's cancel.
             async with asyncio.timeout(self.rerank_timeout_s):
                 scores = await self.backend.rerank(query.text, [h.paper.text for h in window])
         except asyncio.CancelledError:
+            self.rerank_depth.dropped(len(window))
             raise
         except Exception as error:  # overload, timeout, replica failure: degrade, don't fail
-            self.rerank_depth.observe(len(window), time.perf_counter() - started)
+            self.rerank_depth.observe(len(window), time.perf_counter() - started, ahead)
             log.warning("rerank skipped", extra={"reason": type(error).__name__})
             return None
-        self.rerank_depth.observe(len(window), time.perf_counter() - started)
+        self.rerank_depth.observe(len(window), time.perf_counter() - started, ahead)
         return rerank_hits(candidates, scores, query.mode, query.top_k, self.settings)
 
 
