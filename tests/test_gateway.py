@@ -72,11 +72,12 @@ class Faulty(LocalBackend):
         return await super().encode_query(text)
 
     async def retrieve(
-        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter
+        self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
+        explain: bool = False,
     ) -> list[Hit]:
         if self.fault == "store_down":
             raise StoreUnavailable("qdrant query: StatusCode.UNAVAILABLE: connection refused")
-        return await super().retrieve(text, vector, mode, limit, flt)
+        return await super().retrieve(text, vector, mode, limit, flt, explain)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         if self.fault == "rerank":
