@@ -244,6 +244,19 @@ def test_indexed_since_finds_every_write_and_fetches_only_new_ones(
     assert PAPERS[11].point_id not in s.indexed_since(0, None).window
 
 
+def test_feedback_reads_the_stored_bm25_vectors(loaded: Store) -> None:
+    """Store.feedback_program returns each top paper's BM25 vector as stored, so feedback does
+    not tokenise the papers again."""
+    records = loaded.execute(loaded.feedback_program(request("hybrid", RARE_AT, limit=5)))
+    by_id = {p.point_id: (p, terms) for p, terms in zip(PAPERS, SPARSE, strict=True)}
+    assert len(records) == 5
+    for record in records:
+        paper, terms = by_id[record.point_id]
+        assert record.sparse is not None and record.dense is not None
+        stored = dict(zip(record.sparse.indices, record.sparse.values, strict=True))
+        assert stored == pytest.approx(dict(zip(terms.indices, terms.values, strict=True)))
+
+
 # -- search modes -------------------------------------------------------------------------------
 
 

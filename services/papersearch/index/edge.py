@@ -143,8 +143,8 @@ class EdgeStore(Store):
         match step:
             case Batch(plans):
                 return self._run(plans)
-            case Fetch(point_ids, payload, dense):
-                return self._retrieve(point_ids, payload=payload, dense=dense)
+            case Fetch(point_ids, payload, dense, sparse):
+                return self._retrieve(point_ids, payload=payload, dense=dense, sparse=sparse)
             case Scan(key, since, limit, offset):
                 return self._scan(key, since, limit, offset)
             case Write(points):
@@ -159,11 +159,14 @@ class EdgeStore(Store):
         with _engine("upsert"):
             self._live().update(qe.UpdateOperation.upsert_points(batch))
 
-    def _retrieve(self, point_ids: Sequence[str], *, payload: bool, dense: bool) -> list[Record]:
+    def _retrieve(self, point_ids: Sequence[str], *, payload: bool, dense: bool,
+                  sparse: bool = False) -> list[Record]:
+        names = [name for name, wanted in ((DENSE, dense), (SPARSE, sparse)) if wanted]
         with _engine("retrieve"):
-            records = self._live().retrieve(list(point_ids), payload, [DENSE] if dense else False)
+            records = self._live().retrieve(list(point_ids), payload, names or False)
         return [
-            Record(str(r.id), r.payload, _dense(r.vector) if dense else None)
+            Record(str(r.id), r.payload, _dense(r.vector) if dense else None,
+                   _stored_sparse(r.vector) if sparse else None)
             for r in records
         ]
 
@@ -336,6 +339,12 @@ def _dense(vectors: qe.Vector | None) -> list[float] | None:
     if not isinstance(vectors, dict):
         return None
     return cast("list[float] | None", vectors.get(DENSE))
+
+
+def _stored_sparse(vectors: qe.Vector | None) -> SparseVector | None:
+    """A retrieved record's BM25 vector (absent for a paper with no BM25 term)."""
+    stored = vectors.get(SPARSE) if isinstance(vectors, dict) else None
+    return SparseVector.of(stored) if isinstance(stored, qe.SparseVector) else None
 
 
 def _sparse(vector: SparseVector) -> qe.SparseVector:

@@ -83,6 +83,7 @@ class Record:
     point_id: str
     payload: Mapping[str, Any] | None
     dense: list[float] | None
+    sparse: SparseVector | None = None  # asked for and stored (a paper with no BM25 term: None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class Fetch:
     point_ids: tuple[str, ...]
     payload: bool
     dense: bool
+    sparse: bool = False
 
 
 @dataclass(frozen=True, slots=True)

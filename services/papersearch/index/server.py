@@ -231,11 +231,12 @@ def call_for(step: Step, collection: str) -> Call:
             requests = [_request(p) for p in plans]
             return Call("query", lambda c, t: c.query_batch_points(
                 collection, requests=requests, timeout=t), _ranked)
-        case Fetch(point_ids, payload, dense):
+        case Fetch(point_ids, payload, dense, sparse):
+            names = [name for name, wanted in ((DENSE, dense), (SPARSE, sparse)) if wanted]
             return Call("retrieve", lambda c, t: c.retrieve(
                 collection, ids=list(point_ids), with_payload=payload,
-                with_vectors=[DENSE] if dense else False, timeout=t),
-                lambda records: _records(records, dense))
+                with_vectors=names or False, timeout=t),
+                lambda records: _records(records, dense, sparse))
         case Scan(key, since, limit, offset):
             condition = models.FieldCondition(key=key, range=models.Range(gte=since))
             return Call("scroll", lambda c, t: c.scroll(
@@ -289,10 +290,17 @@ def errors(operation: str) -> Iterator[None]:
         raise StoreError(f"qdrant {operation} failed: {exc}") from exc
 
 
-def _records(records: Sequence[models.Record], dense: bool) -> list[Record]:
+def _records(records: Sequence[models.Record], dense: bool, sparse: bool = False
+             ) -> list[Record]:
     return [
-        Record(str(r.id), r.payload, _dense_of(r.vector) if dense else None) for r in records
+        Record(str(r.id), r.payload, _dense_of(r.vector) if dense else None,
+               _sparse_of(r.vector) if sparse else None) for r in records
     ]
+
+
+def _sparse_of(vector: Any) -> SparseVector | None:
+    stored = vector.get(SPARSE) if isinstance(vector, Mapping) else None
+    return None if stored is None else SparseVector.of(stored)
 
 
 def _page(response: tuple[Sequence[models.Record], Any]) -> ScanPage:

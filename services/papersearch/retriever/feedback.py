@@ -8,7 +8,8 @@ search runs again with it (README, Results: Query feedback).
   scaled so that the heaviest weighs ``sparse_weight``, are added to the query's own terms.
 
 The first pass is the same hybrid search, filters included, without per-stage scores: one
-batch for its lists and one fetch of its top papers' text and vectors (Store.feedback_program).
+batch for its lists and one fetch of its top papers' payloads and vectors, the BM25 ones as
+stored (Store.feedback_program), so no paper is tokenised again.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import numpy as np
 
 from papersearch.index.plan import Record
 from papersearch.index.query import SearchRequest
-from papersearch.index.schema import from_payload
-from papersearch.index.sparse import Bm25Encoder, SparseVector
+from papersearch.index.sparse import SparseVector
 from papersearch.settings import IndexSettings
 
 
@@ -45,19 +45,16 @@ class Feedback:
         """Papers the first pass must return; 0: feedback off."""
         return max(self.dense_docs, self.sparse_docs) if self.enabled else 0
 
-    def expand(self, request: SearchRequest, top: Sequence[Record], bm25: Bm25Encoder) -> (
-        SearchRequest
-    ):
+    def expand(self, request: SearchRequest, top: Sequence[Record]) -> SearchRequest:
         """``request`` with its vectors expanded from the first pass's ``top`` papers."""
         vectors = [r.dense for r in top[: self.dense_docs] if r.dense is not None]
         dense = request.dense_vector()
         if vectors:
             dense = expand_dense(dense, vectors, self.dense_weight)
-        papers = [from_payload(r.payload) for r in top[: self.sparse_docs] if r.payload]
+        docs = [r.sparse or SparseVector((), ()) for r in top[: self.sparse_docs]]
         sparse = request.sparse_vector()
-        if papers:  # their BM25 vectors as stored (title weight included)
-            sparse = expand_sparse(sparse, bm25.papers(papers), self.sparse_terms,
-                                   self.sparse_weight)
+        if docs:  # their BM25 vectors as stored (a paper with no BM25 term: empty)
+            sparse = expand_sparse(sparse, docs, self.sparse_terms, self.sparse_weight)
         return replace(request, dense=dense, sparse=sparse)
 
 

@@ -67,7 +67,7 @@ class Retriever:
         if mode == "hybrid" and self.feedback.docs:
             top = yield from self.store.feedback_program(replace(request,
                                                                  limit=self.feedback.docs))
-            request = self.feedback.expand(request, top, self.bm25)
+            request = self.feedback.expand(request, top)
         hits = yield from self.store.query_program(request)
         if not explain:
             return hits
