@@ -12,9 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.gateway.server import Gateway
+from papersearch.index.errors import StoreUnavailable
 from papersearch.index.store import Store
 from papersearch.pipeline.backend import Backend, LocalBackend
 from papersearch.pipeline.factory import open_index
@@ -96,3 +99,22 @@ def scratch_gateways(
         servers.stop()
         loop.close()
         store.close()
+
+
+class Switchable(LocalBackend):
+    """The real in-process backend (no reranker); ``down`` makes readiness fail, ``delay_s``
+    slows every query's encoding."""
+
+    def __init__(self, backend: LocalBackend, delay_s: float = 0.0) -> None:
+        super().__init__(backend.encoder, backend.store, None)
+        self.down = False
+        self.delay_s = delay_s
+
+    async def encode_query(self, text: str) -> np.ndarray:
+        await asyncio.sleep(self.delay_s)
+        return await super().encode_query(text)
+
+    async def ready(self) -> bool:
+        if self.down:
+            raise StoreUnavailable("index not reachable")
+        return await super().ready()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import ReplicaUnavailableError
@@ -23,7 +22,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import Gateway
 from papersearch.index.edge import EdgeStore
-from papersearch.index.errors import CollectionMissing, StoreUnavailable
+from papersearch.index.errors import CollectionMissing
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.errors import NotReady
 from papersearch.pipeline.query import SearchQuery
@@ -31,28 +30,10 @@ from papersearch.pipeline.serve_backend import call, read
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.serving.drain import accepting, request_drain
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import free_port, scratch_gateways
+from tests.gateway_helpers import Switchable, free_port, scratch_gateways
 
 PAPERS = [Paper(id=f"drain-{i}", title=f"Draining gateways {i}",
                 abstract="Calls in flight finish while new ones are refused.") for i in range(3)]
-
-
-class Switchable(LocalBackend):
-    """The real in-process backend; ``down`` makes readiness fail, ``delay_s`` slows queries."""
-
-    def __init__(self, backend: LocalBackend) -> None:
-        super().__init__(backend.encoder, backend.store, None)
-        self.down = False
-        self.delay_s = 0.0
-
-    async def encode_query(self, text: str) -> np.ndarray:
-        await asyncio.sleep(self.delay_s)
-        return await super().encode_query(text)
-
-    async def ready(self) -> bool:
-        if self.down:
-            raise StoreUnavailable("index not reachable")
-        return await super().ready()
 
 
 @pytest.fixture(scope="module")

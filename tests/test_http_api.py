@@ -4,7 +4,6 @@ OpenAPI document generated from the proto."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -13,7 +12,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from openapi_spec_validator import validate
 from pydantic import SecretStr
@@ -26,7 +24,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import Settings
-from tests.gateway_helpers import Servers, free_port, scratch_gateways
+from tests.gateway_helpers import Servers, Switchable, free_port, scratch_gateways
 
 WRITE, READ = "http-write", "http-read"
 APP = "https://app.example.org"  # a web origin allowed to call the API (CORS)
@@ -38,16 +36,6 @@ PAPERS = [
 ]
 SEARCH = "/papersearch.v1.SearchService/Search"
 UPSERT = "/papersearch.v1.IndexService/UpsertPapers"
-
-
-class Slow(LocalBackend):
-    def __init__(self, backend: LocalBackend, delay_s: float) -> None:
-        super().__init__(backend.encoder, backend.store, None)
-        self.delay_s = delay_s
-
-    async def encode_query(self, text: str) -> np.ndarray:
-        await asyncio.sleep(self.delay_s)
-        return await super().encode_query(text)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +148,7 @@ def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) 
 def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
     servers, backend = scratch
     port = free_port()
-    servers.start(Slow(backend, 1.0), http_port=port)
+    servers.start(Switchable(backend, delay_s=1.0), http_port=port)
     http = f"http://127.0.0.1:{port}"
     late = call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": "100"})
     assert late[0] == 504 and late[1]["error"]["status"] == "DEADLINE_EXCEEDED"
