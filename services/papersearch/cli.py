@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from papersearch import interrupts
 from papersearch.client_retry import add_retry_argument
@@ -26,8 +26,11 @@ from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from papersearch.client import SearchClient
     from papersearch.index.query import Explanation, SearchFilter
-    from papersearch.pipeline.query import SearchQuery, SearchResult
+    from papersearch.pipeline.query import SearchResult
+
+T = TypeVar("T")
 
 
 class RemoteError(RuntimeError):
@@ -50,6 +53,16 @@ def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only papers in this category (repeatable: any of them)")
     parser.add_argument("--author", action="append", default=[],
                         help="only papers by this author (repeatable: any of them)")
+
+
+def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    """--target and how to reach it (_ask_gateway): key, TLS, retries."""
+    parser.add_argument("--target", metavar="HOST:PORT",
+                        help="ask a running gateway over gRPC instead of in-process")
+    parser.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
+                        help="x-api-key for --target (default: $PAPERSEARCH_API_KEY)")
+    add_tls_arguments(parser)
+    add_retry_argument(parser)
 
 
 def _filter(args: argparse.Namespace) -> SearchFilter:
@@ -157,7 +170,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         filter=_filter(args), min_relevance=args.min_relevance, explain=args.explain,
     ).validate(settings.search)  # a bad query is reported before any model or index is loaded
     if args.target:
-        result = _search_remote(args, query)
+        result = _ask_gateway(args, lambda client: client.search(query))
     else:
         from papersearch.pipeline.factory import build_pipeline
 
@@ -180,17 +193,8 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
                                              settings.search)
     started = time.perf_counter()
     if args.target:
-        import grpc
-
-        from papersearch.client import SearchClient
-        from papersearch.client_tls import tls_from_args
-
-        with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args),
-                          retry=args.retry) as client:
-            try:
-                result = client.similar(query.examples, query.top_k, query.filter)
-            except grpc.RpcError as error:
-                raise RemoteError(f"{error.code().name}: {error.details()}") from None
+        result = _ask_gateway(args, lambda client: client.similar(
+            query.examples, query.top_k, query.filter))
     else:
         from papersearch.encoder.runtime import Encoder
         from papersearch.pipeline.factory import open_index
@@ -205,7 +209,9 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_remote(args: argparse.Namespace, query: SearchQuery) -> SearchResult:
+def _ask_gateway(args: argparse.Namespace, call: Callable[[SearchClient], T]) -> T:
+    """``call`` on a client for ``--target`` (with its key, TLS and retry options); an error
+    status becomes RemoteError."""
     import grpc
 
     from papersearch.client import SearchClient
@@ -214,7 +220,7 @@ def _search_remote(args: argparse.Namespace, query: SearchQuery) -> SearchResult
     with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args),
                       retry=args.retry, wait_for_ready=args.wait_for_ready) as client:
         try:
-            return client.search(query)
+            return call(client)
         except grpc.RpcError as error:
             raise RemoteError(f"{error.code().name}: {error.details()}") from None
 
@@ -438,12 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="per hit: its rank and score in each stage, the fusion formula "
                              "with its inputs, the BM25 terms it matched")
     search.add_argument("--json", action="store_true")
-    search.add_argument("--target", metavar="HOST:PORT",
-                        help="query a running gateway over gRPC instead of in-process")
-    search.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
-                        help="x-api-key for --target (default: $PAPERSEARCH_API_KEY)")
-    add_tls_arguments(search)
-    add_retry_argument(search)
+    _add_gateway_arguments(search)
     search.set_defaults(handler=_search)
 
     similar = commands.add_parser(
@@ -457,12 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--top-k", type=int, default=10)
     _add_filter_arguments(similar)
     similar.add_argument("--json", action="store_true")
-    similar.add_argument("--target", metavar="HOST:PORT",
-                         help="ask a running gateway over gRPC instead of in-process")
-    similar.add_argument("--api-key", default=os.environ.get("PAPERSEARCH_API_KEY"),
-                         help="x-api-key for --target (default: $PAPERSEARCH_API_KEY)")
-    add_tls_arguments(similar)
-    add_retry_argument(similar)
+    _add_gateway_arguments(similar)
     similar.set_defaults(handler=_similar)
 
     watch = commands.add_parser(
