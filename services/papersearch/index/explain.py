@@ -8,24 +8,43 @@ without ``explain`` costs nothing more.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-import numpy as np
-
-from papersearch.index.fusion import normalise
+from papersearch.index.fusion import normalised
 from papersearch.index.plan import Scored
 from papersearch.index.query import Explanation, Hit, SearchRequest, StageRank
 from papersearch.index.schema import DENSE, SPARSE
 from papersearch.settings import IndexSettings
 
 
+@dataclass(frozen=True, slots=True)
+class StageList:
+    """One stage's list as the fusion saw it, read once for every hit: each paper's rank
+    (from 1) and normalised score, the list's top score, and what a paper missing from it gets
+    (index/fusion.py, ``normalised``)."""
+
+    ranks: dict[str, int]
+    normalised: dict[str, float]
+    top: float
+    fill: float
+
+    @classmethod
+    def of(cls, ranked: Sequence[Scored], depth: int) -> StageList:
+        pairs = [(s.point_id, s.score) for s in ranked]
+        scores, fill = normalised(pairs, depth)
+        ids = [pid for pid, _ in pairs]
+        return cls({pid: n for n, pid in enumerate(ids, start=1)},
+                   dict(zip(ids, scores.tolist(), strict=True)),
+                   max((score for _, score in pairs), default=0.0), fill)
+
+
 def explain_hit(hit: Hit, rank: int, request: SearchRequest, settings: IndexSettings,
-                lists: Mapping[str, list[Scored]],
-                terms: Sequence[tuple[str, Mapping[str, float]]], depth: int) -> Explanation:
+                lists: Mapping[str, StageList],
+                terms: Sequence[tuple[str, Mapping[str, float]]]) -> Explanation:
     """``hit``, ranked ``rank`` (from 1) in ``request``'s answer: ``lists`` are the stages'
     lists by vector name, ``terms`` each BM25 query term's label and scores by point id."""
     pid = hit.paper.point_id
-    positions = {using: next((n for n, s in enumerate(ranked, start=1) if s.point_id == pid),
-                             None) for using, ranked in lists.items()}
+    positions = {using: stage.ranks.get(pid) for using, stage in lists.items()}
     dense = StageRank(positions[DENSE], hit.dense_score) if DENSE in lists else None
     sparse = StageRank(positions[SPARSE], hit.sparse_score) if SPARSE in lists else None
     matched = tuple(sorted(((label, round(score, 6)) for label, scores in terms
@@ -40,7 +59,9 @@ def explain_hit(hit: Hit, rank: int, request: SearchRequest, settings: IndexSett
                   else request.dense_weight)
         inputs["dense_weight"] = weight
         for name, using in (("dense", DENSE), ("bm25", SPARSE)):
-            inputs.update(_normalised(name, lists[using], pid, depth))
+            stage = lists[using]
+            inputs[f"{name}_max"] = stage.top
+            inputs[f"{name}_normalised"] = stage.normalised.get(pid, stage.fill)
         formula = (f"convex: {weight:g} x dense / dense_max + {1 - weight:g} x bm25 / bm25_max"
                    f" = {weight:g} x {inputs['dense_normalised']:.4f} + {1 - weight:g} x "
                    f"{inputs['bm25_normalised']:.4f}")
@@ -51,21 +72,7 @@ def explain_hit(hit: Hit, rank: int, request: SearchRequest, settings: IndexSett
     else:
         formula = "dbsf: each list's scores scaled from mean - 3 std .. mean + 3 std, summed"
     for name, using in (("dense", DENSE), ("bm25", SPARSE)):
-        if positions[using] is not None:
-            inputs[f"{name}_rank"] = positions[using] or 0
+        position = positions[using]
+        if position is not None:
+            inputs[f"{name}_rank"] = position
     return Explanation(dense, sparse, StageRank(rank, hit.score), formula, inputs, matched)
-
-
-def _normalised(name: str, ranked: list[Scored], pid: str, depth: int) -> dict[str, float]:
-    """The convex fusion's inputs from one list (index/fusion.py, ``max`` normalisation): its
-    top score and this hit's normalised score; a hit missing from a full list gets the list's
-    lowest, from a shorter one 0."""
-    scores = np.array([s.score for s in ranked], dtype=np.float64)
-    normalised = normalise(scores, "max")
-    position = next((n for n, s in enumerate(ranked) if s.point_id == pid), None)
-    if position is not None:
-        value = float(normalised[position])
-    else:
-        value = float(normalised.min()) if len(ranked) >= depth else 0.0
-    return {f"{name}_max": float(scores.max()) if len(scores) else 0.0,
-            f"{name}_normalised": value}

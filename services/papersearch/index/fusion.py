@@ -35,6 +35,15 @@ def normalise(scores: np.ndarray, how: Normalisation) -> np.ndarray:
     return (scores - low) / (high - low) if high > low else np.ones_like(scores)
 
 
+def normalised(ranked: Ranked, depth: int, how: Normalisation = "max") -> (
+    tuple[np.ndarray, float]
+):
+    """One list's normalised scores (in its order), and what an id missing from it gets in a
+    convex combination: the list's lowest when it filled its window (``depth``), else 0."""
+    scores = normalise(np.array([s for _, s in ranked], dtype=np.float64), how)
+    return scores, float(scores.min()) if len(scores) >= depth else 0.0
+
+
 def convex(lists: Sequence[Ranked], weights: Sequence[float], depth: int,
            how: Normalisation = "max") -> list[tuple[str, float]]:
     """Every id of ``lists`` (each at most ``depth`` long), by the weighted sum of its
@@ -43,8 +52,8 @@ def convex(lists: Sequence[Ranked], weights: Sequence[float], depth: int,
     position = {i: n for n, i in enumerate(ids)}
     fused = np.zeros(len(ids))
     for ranked, weight in zip(lists, weights, strict=True):
-        scores = normalise(np.array([s for _, s in ranked], dtype=np.float64), how)
-        column = np.full(len(ids), scores.min() if len(scores) >= depth else 0.0)
+        scores, fill = normalised(ranked, depth, how)
+        column = np.full(len(ids), fill)
         column[[position[i] for i, _ in ranked]] = scores
         fused += weight * column
     order = np.argsort(-fused, kind="stable")

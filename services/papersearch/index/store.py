@@ -21,7 +21,7 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper, point_id
 from papersearch.index.errors import PaperNotFound, StoreError
-from papersearch.index.explain import explain_hit
+from papersearch.index.explain import StageList, explain_hit
 from papersearch.index.fusion import convex
 from papersearch.index.plan import (
     Batch,
@@ -231,7 +231,7 @@ class Store(ABC):
             records += yield Fetch(tuple(chunk), payload=True, dense=True)
         by_id = {r.point_id: r for r in records if r.dense is not None and r.payload}
         fresh = [by_id[pid] for _, pid in new if pid in by_id]  # deleted since: skipped
-        return Indexed(window, [from_payload(r.payload or {}) for r in fresh],
+        return Indexed(window, [from_payload(r.payload) for r in fresh if r.payload],
                        np.array([r.dense for r in fresh], dtype=np.float32).reshape(-1, dim))
 
     def query(self, request: SearchRequest) -> list[Hit]:
@@ -273,13 +273,13 @@ class Store(ABC):
         plans += [Plan(Nearest(SPARSE, SparseVector((index,), (weight,)), len(ids)),
                        only_ids=ids, exact=True, with_payload=False) for index, weight in terms]
         results: list[list[Scored]] = yield Batch(tuple(plans))
-        lists = dict(zip((using for using, _ in stages), results, strict=False))
-        per_term = results[len(stages):]
-        return [replace(hit, explanation=explain_hit(
-            hit, rank, request, self.settings, lists,
-            [(labels.get(index, f"#{index}"), {s.point_id: s.score for s in scored})
-             for (index, _), scored in zip(terms, per_term, strict=True)], depth))
-            for rank, hit in enumerate(hits, start=1)]
+        lists = {using: StageList.of(ranked, depth)
+                 for (using, _), ranked in zip(stages, results, strict=False)}
+        per_term = [(labels.get(index, f"#{index}"), {s.point_id: s.score for s in scored})
+                    for (index, _), scored in zip(terms, results[len(stages):], strict=True)]
+        return [replace(hit, explanation=explain_hit(hit, rank, request, self.settings, lists,
+                                                     per_term))
+                for rank, hit in enumerate(hits, start=1)]
 
     def feedback_program(self, request: SearchRequest) -> Program[list[Record]]:
         """The top ``limit`` papers of a hybrid search, with payloads, dense and stored BM25
@@ -336,8 +336,9 @@ class Store(ABC):
         for paper_id, pid in zip(examples.ids, wanted, strict=True):
             if pid not in vectors:
                 raise PaperNotFound(paper_id)
-        positives = [vectors[point_id(p)] for p in examples.positive]
-        negatives = [vectors[point_id(p)] for p in examples.negative]
+        split = len(examples.positive)  # examples.ids: the positives, then the negatives
+        positives = [vectors[pid] for pid in wanted[:split]]
+        negatives = [vectors[pid] for pid in wanted[split:]]
         strategy = examples.strategy or self.settings.recommend_strategy
         if strategy == "auto":
             strategy = "best_score" if negatives else "average_vector"
