@@ -5,13 +5,16 @@
 A Search through the gateway makes one hop (gateway -> QueryEncoder; it queries the index
 itself), so its serving overhead (benchmarks/serving.py) cannot go below one hop plus the gRPC
 front. Here a caller replica awaits a no-op method of another replica that returns a
-query-sized vector (384 float32), one call in flight, and reports the p50 round trip for:
+query-sized vector (384 float32), one call in flight, every variant once per round (the
+machine's drift hits them alike), and reports the p50 round trip for:
 
 * transport: handles over gRPC (the Serve config's RAY_SERVE_USE_GRPC_BY_DEFAULT=1) and over
   Ray actor calls (=0), each its own application with the Serve config's other request-path
   settings, in the same Ray instance and run;
-* the callee's method: ``async def`` (runs on the replica's event loop) and plain ``def`` (Serve
-  hands it to a worker thread);
+* the callee's method: ``async def`` (runs on the replica's event loop), plain ``def`` (Serve
+  hands it to a worker thread), ``async def`` awaiting a worker thread (``thread``), and an
+  ``async def`` behind a batcher with no batch wait: ``serve.batch`` (``serve_batch``) or the
+  gateway's Coalescer (``coalesced``), a lone call each time;
 * and, under Serve, a plain Ray actor's ``async def`` method called from the same caller
   replica (``ray_actor``): what the process and thread wake-ups of a Ray call cost here.
 """
@@ -19,6 +22,7 @@ query-sized vector (384 float32), one call in flight, and reports the p50 round 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -32,11 +36,12 @@ from typing import Any
 import numpy as np
 from common import log
 
+from papersearch.coalesce import Coalescer
 from papersearch.serving.launcher import LOCAL_RAY_ENV, load_config
 from papersearch.settings import Settings
 
 TRANSPORTS = {"grpc": "1", "actor": "0"}
-METHODS = ("async", "sync")
+METHODS = ("async", "sync", "thread", "serve_batch", "coalesced")
 
 
 def serve_config_env(settings: Settings) -> dict[str, str]:
@@ -44,6 +49,10 @@ def serve_config_env(settings: Settings) -> dict[str, str]:
     config = load_config(settings.serve.serve_config, Path.cwd())
     app = next(a for a in config.applications if a.name == settings.serve.app_name)
     return dict(app.runtime_env.get("env_vars", {}))
+
+
+def vector() -> np.ndarray:
+    return np.zeros(384, dtype=np.float32)  # a query embedding's size
 
 
 def build(env: dict[str, str], requests: int, warmup: int) -> Any:
@@ -56,16 +65,36 @@ def build(env: dict[str, str], requests: int, warmup: int) -> Any:
 
     @serve.deployment(num_replicas=1, ray_actor_options=options, logging_config=quiet)
     class Echo:
+        def __init__(self) -> None:
+            self.coalescer: Coalescer[str, np.ndarray] = Coalescer(
+                "Echo", self._many, max_batch=32, max_in_flight=1, max_pending=512)
+
         async def echo_async(self, text: str) -> np.ndarray:
-            return np.zeros(384, dtype=np.float32)
+            return vector()
 
         def echo_sync(self, text: str) -> np.ndarray:
-            return np.zeros(384, dtype=np.float32)
+            return vector()
+
+        async def echo_thread(self, text: str) -> np.ndarray:
+            return await asyncio.to_thread(vector)
+
+        async def echo_serve_batch(self, text: str) -> np.ndarray:
+            return await self._serve_batch(text)
+
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+        async def _serve_batch(self, texts: list[str]) -> list[np.ndarray]:
+            return [vector() for _ in texts]
+
+        async def echo_coalesced(self, text: str) -> np.ndarray:
+            return await self.coalescer.submit(text)
+
+        async def _many(self, texts: list[str]) -> list[np.ndarray]:
+            return [vector() for _ in texts]
 
     @ray.remote(num_cpus=0)
     class RawEcho:
         async def echo_async(self, text: str) -> np.ndarray:
-            return np.zeros(384, dtype=np.float32)
+            return vector()
 
     @serve.deployment(num_replicas=1, ray_actor_options=options, logging_config=quiet)
     class Caller:
@@ -73,14 +102,17 @@ def build(env: dict[str, str], requests: int, warmup: int) -> Any:
             self.echo = echo
             self.raw = RawEcho.remote()
 
-        async def measure(self, method: str) -> list[float]:
-            call = self.raw.echo_async if method == "raw" else getattr(self.echo, f"echo_{method}")
-            latencies = []
+        async def measure(self, methods: Sequence[str]) -> dict[str, list[float]]:
+            """Every method once per round (drift on a noisy machine hits them alike)."""
+            calls = {m: self.raw.echo_async if m == "raw" else getattr(self.echo, f"echo_{m}")
+                     for m in methods}
+            latencies: dict[str, list[float]] = {m: [] for m in methods}
             for i in range(warmup + requests):
-                start = time.perf_counter()
-                await call.remote("a query")
-                if i >= warmup:
-                    latencies.append((time.perf_counter() - start) * 1000.0)
+                for method, call in calls.items():
+                    start = time.perf_counter()
+                    await call.remote("a query")
+                    if i >= warmup:
+                        latencies[method].append((time.perf_counter() - start) * 1000.0)
             return latencies
 
     return Caller.bind(Echo.bind())
@@ -106,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = serve_config_env(settings)
     temp_dir = tempfile.mkdtemp(prefix="ps-hops-")
     results: dict[str, dict[str, Any]] = {}
+    raw: dict[str, float] = {}
     try:
         ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
                  _temp_dir=temp_dir)
@@ -113,11 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             app = build(env | {"RAY_SERVE_USE_GRPC_BY_DEFAULT": flag}, args.requests,
                         args.warmup)
             handle = serve.run(app, name=f"hops-{transport}", route_prefix=None)
-            results[transport] = {m: summarise(handle.measure.remote(m).result())
-                                  for m in METHODS}
+            methods = [*METHODS, "raw"] if transport == "grpc" else list(METHODS)
+            measured = handle.measure.remote(methods).result()
+            if "raw" in measured:
+                raw = summarise(measured.pop("raw"))
+                log(f"ray_actor: {raw}")
+            results[transport] = {m: summarise(values) for m, values in measured.items()}
             log(f"{transport}: {results[transport]}")
-        raw = summarise(handle.measure.remote("raw").result())
-        log(f"ray_actor: {raw}")
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""The gateway's Coalescer: batching, per-item results, failures, cancellation, the queue bound."""
+"""The Coalescer (gateway calls, QueryEncoder batches): batching, per-item results, failures,
+cancellation, the queue bound."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import TypeVar
 
 import pytest
 
-from papersearch.pipeline.coalesce import Coalescer
-from papersearch.pipeline.errors import Overloaded
+from papersearch.coalesce import Coalescer
+from papersearch.errors import Overloaded
 
 T = TypeVar("T")
 
@@ -74,6 +75,22 @@ def test_a_lone_request_leaves_at_once_and_later_ones_share_a_call() -> None:
     calls, results = run(main)
     assert calls == [[1], [2, 3, 4]]
     assert results == [10, 20, 30, 40]
+
+
+def test_a_lone_request_makes_its_call_from_its_own_task() -> None:
+    """No task of the Coalescer's own to schedule first: the lone caller's task sends."""
+    async def main() -> tuple[bool, int]:
+        senders: list[asyncio.Task[object] | None] = []
+
+        async def send(items: list[int]) -> Sequence[int]:
+            senders.append(asyncio.current_task())
+            return [i * 10 for i in items]
+
+        batcher = coalescer(send)
+        result = await batcher.submit(4)
+        return senders == [asyncio.current_task()], result
+
+    assert run(main) == (True, 40)
 
 
 def test_batches_are_capped_and_calls_run_side_by_side() -> None:

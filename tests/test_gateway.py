@@ -23,13 +23,13 @@ from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.client import SearchClient, committed_messages_of, committed_of
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
+from papersearch.errors import Overloaded
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import server_options
 from papersearch.index.errors import StoreUnavailable
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode, SearchFilter
 from papersearch.pipeline.backend import LocalBackend
-from papersearch.pipeline.errors import Overloaded
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker

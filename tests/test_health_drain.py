@@ -19,12 +19,12 @@ from ray.serve.exceptions import ReplicaUnavailableError
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
+from papersearch.errors import NotReady
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import Gateway
 from papersearch.index.edge import EdgeStore
 from papersearch.index.errors import CollectionMissing
 from papersearch.pipeline.backend import LocalBackend
-from papersearch.pipeline.errors import NotReady
 from papersearch.pipeline.query import SearchQuery
 from papersearch.pipeline.serve_backend import call, read
 from papersearch.retriever.opener import CollectionOpener

@@ -267,7 +267,7 @@ class ServeSettings(BaseModel):
     )
     app_name: str = "papersearch"
     # The gateway sends concurrent searches' queries (and retrievals) to a deployment together:
-    # one call per free slot, a lone query at once (pipeline/coalesce.py).
+    # one call per free slot, a lone query at once (coalesce.py).
     coalesce_max_batch: int = Field(32, ge=1, description="Requests per coalesced call.")
     coalesce_in_flight: int = Field(
         4, ge=1, description="Coalesced calls out at once per deployment and gateway; at least "
@@ -277,13 +277,12 @@ class ServeSettings(BaseModel):
         512, ge=1, description="Requests waiting in a gateway for a call slot; past it: "
                                "RESOURCE_EXHAUSTED.",
     )
+    # No batch wait (a lone query should not idle waiting for batch-mates): under load batches
+    # fill from the calls that arrive while the previous one runs (encoder/deployment.py).
     encoder_batch_size: int = Field(
         32, ge=1, description="Gateway calls (each up to coalesce_max_batch queries) per "
                               "dynamic batch in a QueryEncoder replica.",
     )
-    # No wait: a lone query should not idle waiting for batch-mates (README, Results: Serving);
-    # under load batches fill from the queue while the previous one runs.
-    encoder_batch_wait_s: float = Field(0.0, ge=0)
     # Two searches (60 pairs) per batch: bigger batches gain little on a CPU and push the batch
     # past the rerank budget, so searches fall back to fused (README, Autoscaling).
     reranker_batch_size: int = Field(2, ge=1, description="Search requests per rerank batch.")

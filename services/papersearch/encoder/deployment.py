@@ -1,4 +1,10 @@
-"""QueryEncoder: the Encoder as an autoscaled Serve deployment with dynamic batching."""
+"""QueryEncoder: the Encoder as an autoscaled Serve deployment with dynamic batching.
+
+Batching is the gateway's Coalescer again, one ONNX call at a time: a call that finds the model
+idle runs at once from its own coroutine (no batch task to wake: serve.batch cost 0.2-0.4 ms
+per lone call here, benchmarks/hops.py), and calls arriving while a batch runs (from several
+gateways, or one gateway's other call slots) make the next batch together.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import numpy as np
 from ray import serve
 
 from papersearch.autoscaling import UTILIZATION, BusyMeter
+from papersearch.coalesce import Coalescer
 from papersearch.encoder.runtime import Encoder
 from papersearch.logs import configure_logging
 from papersearch.settings import Settings
@@ -22,19 +29,16 @@ class QueryEncoderDeployment:
         self.encoder = Encoder.from_settings(settings.models)
         self.meter = BusyMeter()
         metrics().model_loaded("QueryEncoder", self.encoder)
-        # serve.batch adds these setters to the method; its type hints do not show them
-        self._encode_batch.set_max_batch_size(  # type: ignore[attr-defined]
-            settings.serve.encoder_batch_size)
-        self._encode_batch.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
-            settings.serve.encoder_batch_wait_s)
+        # Serve's max_ongoing_requests bounds the calls waiting here; the bound below is a backstop
+        self._batches: Coalescer[list[str], np.ndarray] = Coalescer(
+            "QueryEncoder", self._encode_batch, max_batch=settings.serve.encoder_batch_size,
+            max_in_flight=1, max_pending=settings.serve.coalesce_max_pending)
 
     async def encode(self, texts: list[str]) -> np.ndarray:
-        """The queries a gateway coalesced into one call; Serve gathers concurrent calls (from
-        several gateways, or while a batch runs) into one ONNX batch."""
+        """The queries a gateway coalesced into one call."""
         with metrics().inside("QueryEncoder"):
-            return await self._encode_batch(texts)
+            return await self._batches.submit(texts)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
     async def _encode_batch(self, calls: list[list[str]]) -> list[np.ndarray]:
         texts = [text for call in calls for text in call]
         metrics().batch("QueryEncoder", len(texts))

@@ -8,6 +8,7 @@ import uuid
 
 import grpc
 
+from papersearch.errors import NotReady, Overloaded
 from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
@@ -15,7 +16,6 @@ from papersearch.index.errors import (
     StoreUnavailable,
 )
 from papersearch.models.runtime import InvalidInput
-from papersearch.pipeline.errors import NotReady, Overloaded
 from papersearch.pipeline.query import InvalidQuery, quoted
 
 log = logging.getLogger(__name__)

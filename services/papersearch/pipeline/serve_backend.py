@@ -26,11 +26,11 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
+from papersearch.coalesce import Coalescer
 from papersearch.corpus.paper import Paper
+from papersearch.errors import NotReady, Overloaded
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.store import Indexed
-from papersearch.pipeline.coalesce import Coalescer
-from papersearch.pipeline.errors import NotReady, Overloaded
 from papersearch.pipeline.index_access import IndexAccess
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics

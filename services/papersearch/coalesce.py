@@ -1,10 +1,12 @@
-"""Concurrent one-item requests to a deployment, sent as few batch calls.
+"""Concurrent one-item requests sent as few batch calls: the gateway's calls to a deployment,
+and a QueryEncoder replica's ONNX batches.
 
 Every Serve handle call costs CPU on both sides (router, serialisation, the replica's request
 bookkeeping) whatever it carries; under load that, not the model, limited the gateway
-(README, Throughput). A request that finds a call slot free leaves at once, alone: a lone query
-never waits for batch-mates. Requests arriving while all ``max_in_flight`` calls are out queue,
-and the next slot to free sends them together (at most ``max_batch`` per call).
+(README, Throughput). A request that finds a call slot free and nobody queued makes its call
+itself, alone, from its own coroutine: a lone query never waits for batch-mates, nor for a task
+to be scheduled on the event loop first. Requests arriving while all ``max_in_flight`` calls
+are out queue, and the next slot to free sends them together (at most ``max_batch`` per call).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from papersearch.pipeline.errors import Overloaded
+from papersearch.errors import Overloaded
 
 I = TypeVar("I")  # noqa: E741 (item)
 O = TypeVar("O")  # noqa: E741 (its result)
@@ -44,16 +46,19 @@ class Coalescer(Generic[I, O]):
         self.max_pending = max_pending
         self._queue: list[tuple[I, asyncio.Future[O]]] = []
         self._calls: dict[asyncio.Task[None], list[asyncio.Future[O]]] = {}
+        self._alone = 0  # calls made by a lone request from its own coroutine
 
     @property
     def in_flight(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + self._alone
 
     @property
     def pending(self) -> int:
         return len(self._queue)
 
     async def submit(self, item: I) -> O:
+        if not self._queue and self.in_flight < self.max_in_flight:
+            return await self._call_alone(item)
         if len(self._queue) >= self.max_pending:
             raise Overloaded(f"{self.name}: {len(self._queue)} requests queued in the gateway")
         future: asyncio.Future[O] = asyncio.get_running_loop().create_future()
@@ -65,9 +70,24 @@ class Coalescer(Generic[I, O]):
             self._abandon(future)
             raise
 
+    async def _call_alone(self, item: I) -> O:
+        """Its cancellation cancels the downstream call: nobody else waits on it."""
+        self._alone += 1
+        try:
+            results = await self.send([item])
+        finally:
+            self._alone -= 1
+            self._dispatch()
+        if len(results) != 1:
+            raise ValueError(f"{self.name}: {len(results)} results for 1 request")
+        result = results[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue and len(self._calls) < self.max_in_flight:
+        while self._queue and self.in_flight < self.max_in_flight:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             task = loop.create_task(self._call(batch))
             self._calls[task] = [future for _, future in batch]
