@@ -38,7 +38,7 @@ MODELS ?= build
 $(STAMP): pyproject.toml Makefile setup.py $(LOCK) $(PROTOS) $(PROTO_GEN)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c $(LOCK) pip setuptools
-	$(PY) -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK) -e '.[export,dev,loadtest]'
+	$(PY) -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK) -e '.[export,dev,loadtest,distributed]'
 	@$(call check_lock,$(PY),$(LOCK))
 	# gRPC stubs (pip's build_py made them too; this uses .venv's grpcio-tools, matching its grpcio).
 	$(PY) -m papersearch.api.generate
@@ -98,7 +98,7 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
 	# torch 2.13.0 first: the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
 	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[export,dev,loadtest]' $(KUBECTL_PKG)
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[export,dev,loadtest,distributed]' $(KUBECTL_PKG)
 	mkdir -p requirements && $(call write_lock,$(LOCK_VENV)/bin/python,$(LOCK))
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools

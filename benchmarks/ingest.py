@@ -7,16 +7,23 @@ batches; the ingest figure is the whole ``Ingester.ingest`` path (batching, BM25
 encoding, upsert into a fresh embedded qdrant-edge shard, final optimize). Their ratio is the
 share of encoder throughput that ingestion keeps (target >= 0.85). Runs alternate and the best
 of ``--repeat`` is kept for each, so the shared machine's noise hits both alike.
+
+With ``--ray 1,2``, each round also runs ``papersearch ingest --ray``'s path (ingest/
+distributed.py) with 1 and then 2 encoder actors on one local Ray instance (started once, all
+this machine's CPUs), actor start-up and model loading included: ``ray_over_single`` is its
+rate over the one-process ingest's (target on one machine: >= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from itertools import islice
 from pathlib import Path
 
@@ -48,24 +55,56 @@ def ingest_once(settings: Settings, encoder: Encoder, papers: Sequence[Paper]) -
     return elapsed
 
 
+def ray_ingest_once(settings: Settings, encoder: Encoder, papers: Sequence[Paper],
+                    encoders: int) -> float:
+    from papersearch.ingest.distributed import RayIngester
+
+    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(
+        update={"ray_encoders": encoders})})
+    with tempfile.TemporaryDirectory() as data_dir:
+        index = settings.index.model_copy(update={"data_dir": Path(data_dir)})
+        with open_store(index) as store:
+            ingester = RayIngester(store, encoder, settings)
+            started = time.perf_counter()
+            written, _ = ingester.ingest(papers, progress=False)
+            elapsed = time.perf_counter() - started
+            if written != len(papers) or store.count() != len(papers):
+                raise RuntimeError(f"ingested {written}, stored {store.count()} of {len(papers)}")
+    return elapsed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--papers", type=int, default=591, help="papers from the corpus")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--corpus", type=Path, default=None, help="default: settings corpus_dir")
+    parser.add_argument("--ray", default="", help="also through Ray with these encoder counts, "
+                                                  "e.g. 1,2")
     args = parser.parse_args(argv)
+    counts = [int(n) for n in args.ray.split(",") if n]
     settings = Settings()
     papers = list(islice(read_corpus(args.corpus or settings.corpus_dir), args.papers))
     encoder = Encoder.from_settings(settings.models)
     batch = settings.models.batch_size
     encode_only(encoder, papers[:batch], batch)  # warm-up
-    encode_s, ingest_s = [], []
-    for _ in range(args.repeat):
-        encode_s.append(encode_only(encoder, papers, batch))
-        ingest_s.append(ingest_once(settings, encoder, papers))
-        print(f"encode {encode_s[-1]:.2f}s ingest {ingest_s[-1]:.2f}s", file=sys.stderr)
+    encode_s: list[float] = []
+    ingest_s: list[float] = []
+    ray_s: dict[int, list[float]] = {n: [] for n in counts}
+    with ExitStack() as stack:
+        if counts:
+            from papersearch.ingest.distributed import ray_cluster
+
+            stack.enter_context(ray_cluster(None))
+        for _ in range(args.repeat):
+            encode_s.append(encode_only(encoder, papers, batch))
+            ingest_s.append(ingest_once(settings, encoder, papers))
+            for n in counts:
+                ray_s[n].append(ray_ingest_once(settings, encoder, papers, n))
+            print(f"encode {encode_s[-1]:.2f}s ingest {ingest_s[-1]:.2f}s ray "
+                  f"{ {n: round(v[-1], 2) for n, v in ray_s.items()} }", file=sys.stderr)
     encoder_rate = len(papers) / min(encode_s)
     ingest_rate = len(papers) / min(ingest_s)
+    ray_rates = {n: len(papers) / min(v) for n, v in ray_s.items()}
     result = {
         "papers": len(papers),
         "batch_size": batch,
@@ -76,8 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ingest_papers_per_s": round(ingest_rate, 2),
         "ingest_over_encoder": round(ingest_rate / encoder_rate, 3),
         "runs_s": {"encode": [round(x, 3) for x in encode_s],
-                   "ingest": [round(x, 3) for x in ingest_s]},
+                   "ingest": [round(x, 3) for x in ingest_s],
+                   **{f"ray_{n}": [round(x, 3) for x in v] for n, v in ray_s.items()}},
     }
+    if counts:
+        result["cpus"] = os.cpu_count()
+        result["ray_papers_per_s"] = {n: round(r, 2) for n, r in ray_rates.items()}
+        result["ray_over_single"] = {n: round(r / ingest_rate, 3) for n, r in ray_rates.items()}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -63,10 +63,10 @@ def sample_settings(model_settings: Settings, tmp_path_factory: pytest.TempPathF
 def sample_index(sample_settings: Settings, embedder_dir: Path) -> Path:
     """The sample corpus ingested once per session; returns the index data directory."""
     from papersearch.encoder.runtime import Encoder
-    from papersearch.ingest.pipeline import ingest_paths
+    from papersearch.ingest.pipeline import Ingester, ingest_paths
     from papersearch.pipeline.factory import open_index
 
     encoder = Encoder(embedder_dir)
     with open_index(sample_settings, encoder, create=True) as store:
-        ingest_paths([SAMPLE_CORPUS], store, encoder, progress=False)
+        ingest_paths([SAMPLE_CORPUS], store, Ingester(store, encoder), progress=False)
     return sample_settings.index.data_dir

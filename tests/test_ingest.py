@@ -22,6 +22,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from papersearch.index.edge import MANIFEST, EdgeStore
@@ -385,6 +386,34 @@ def test_search_cli_finds_a_paraphrased_title(
         assert "Traceback" not in done.stderr
         assert "query must not be empty" in done.stderr
 
+
+
+def test_ray_ingest_writes_what_one_process_writes_and_resumes(
+    model_settings: Settings, identity: EmbedderIdentity, tmp_path: Path
+) -> None:
+    """`ingest --ray` on a local Ray instance (two encoder actors, real model): the same
+    points, payloads and vectors as the one-process path; a rerun writes nothing."""
+    records = make_records(150)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", records)
+    single = ingest(cli_env(model_settings, tmp_path / "single"), corpus)
+    ray_env = cli_env(model_settings, tmp_path / "ray", PAPERSEARCH_INGEST__RAY_ENCODERS="2")
+    first = ingest(ray_env, corpus, "--ray")
+    assert first["upserted"] == single["upserted"] == len(records)
+    with opened(tmp_path / "single", identity) as one, opened(tmp_path / "ray", identity) as ray:
+        assert_stored_exactly(ray, records)
+        expected, got = one.indexed_since(0, {}), ray.indexed_since(0, {})
+        order = {p.id: i for i, p in enumerate(expected.papers)}
+        rows = [order[p.id] for p in got.papers]
+        assert sorted(rows) == list(range(len(records)))
+        assert [expected.papers[r] for r in rows] == got.papers
+        np.testing.assert_allclose(got.dense, expected.dense[rows], atol=1e-6)
+    again = ingest(ray_env, corpus, "--ray")
+    assert (again["upserted"], again["already_present"]) == (0, len(records))
+
+    # A corpus path after --ray would be taken for an address: refused, nothing written.
+    done = run_cli(ray_env, "ingest", "--ray", corpus, "--quiet")
+    assert done.returncode == 2
+    assert "that is a corpus path, not a Ray address" in done.stderr
 
 
 def test_user_errors_are_reported_before_any_work(

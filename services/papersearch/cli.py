@@ -145,19 +145,28 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
-    from papersearch.ingest.pipeline import ingest_paths
+    from papersearch.ingest.pipeline import Ingester, Ingests, ingest_paths
     from papersearch.pipeline.factory import open_index
 
     paths = args.paths or [settings.corpus_dir]
+    if args.ray and Path(args.ray).exists():
+        raise ValueError(f"--ray {args.ray}: that is a corpus path, not a Ray address; write "
+                         "corpus paths before --ray, or --ray=ADDRESS")
     for path in paths:  # before the index is created: a typo must not leave an empty one
         if not path.exists():
             raise FileNotFoundError(f"no such corpus file or folder: {path}")
     encoder = Encoder.from_settings(settings.models)
     with open_index(settings, encoder, create=True) as store:
-        summary = ingest_paths(
-            paths, store, encoder,
-            batch_size=settings.models.batch_size, update=args.update, progress=not args.quiet,
-        )
+        if args.ray is None:
+            ingester: Ingests = Ingester(store, encoder, settings.models.batch_size)
+            summary = ingest_paths(paths, store, ingester, update=args.update,
+                                   progress=not args.quiet)
+        else:
+            from papersearch.ingest.distributed import RayIngester, ray_cluster
+
+            with ray_cluster(args.ray or None):
+                summary = ingest_paths(paths, store, RayIngester(store, encoder, settings),
+                                       update=args.update, progress=not args.quiet)
     print(json.dumps(summary.to_dict(), indent=2))
     return 0
 
@@ -429,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--update", action="store_true",
                         help="re-embed papers already stored (default: skip them, i.e. resume)")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help="encode on Ray (Ray Data actor pool, ingest.ray_encoders): a local instance of "
+             "this machine's CPUs, or the cluster at ADDRESS (auto, ray://head:10001)")
     ingest.set_defaults(handler=_ingest)
 
     search = commands.add_parser("search", help="search the index in-process")

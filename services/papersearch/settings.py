@@ -131,7 +131,20 @@ class IndexSettings(BaseModel):
     hnsw_m: int = Field(16, ge=4)
     hnsw_ef_construct: int = Field(100, ge=4)
     hnsw_ef: int = Field(128, ge=1, description="Default search-time HNSW ef.")
-    quantization: Literal["none", "int8"] = "none"
+    # Layout at scale (README, Results: Scale; benchmarks/scale.py). These three apply to
+    # collections created from then on; oversampling to every search.
+    quantization: Literal["none", "int8"] = Field(
+        "none", description="Dense vectors: none (float32) or int8 scalar quantization (an int8 "
+                            "copy in RAM searched first, candidates rescored with the originals).")
+    quantization_oversampling: float = Field(
+        1.0, ge=1.0, le=8.0, description="int8: candidates read from the quantized index per "
+                                         "result wanted, before rescoring.")
+    on_disk_vectors: bool = Field(
+        False, description="Original dense vectors memory-mapped from disk instead of held in "
+                           "RAM (the OS page cache keeps the hot ones).")
+    on_disk_payload: bool = Field(
+        False, description="Payloads (titles, abstracts) read from disk; indexed fields stay "
+                           "in RAM.")
     # auto: average_vector for positives only, best_score with negatives, as measured on the
     # judged sets (README, Results: Recommendations; benchmarks/recommend_eval.py).
     recommend_strategy: Literal["auto"] | RecommendStrategy = Field(
@@ -188,6 +201,17 @@ class IndexSettings(BaseModel):
         if self.backend == "server" and not self.url:
             raise ValueError("index.backend=server needs index.url")
         return self
+
+
+class IngestSettings(BaseModel):
+    """`papersearch ingest --ray`: document encoding as Ray Data batch inference."""
+
+    ray_encoders: int = Field(
+        0, ge=0, description="Encoder actors (one ONNX session each); 0: one per CPU the Ray "
+                             "cluster offers (GPUs, if any: one per GPU).")
+    ray_cpus_per_encoder: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves per encoder actor (models.intra_op_threads "
+                               "is what the session uses).")
 
 
 class SearchSettings(BaseModel):
@@ -461,6 +485,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @classmethod

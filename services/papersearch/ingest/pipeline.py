@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -80,15 +81,23 @@ class Ingester:
         return written, present
 
 
+class Ingests(Protocol):
+    """What ingest_paths drives: this module's Ingester, or ingest/distributed.RayIngester."""
+
+    written: int
+
+    def ingest(self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True
+               ) -> tuple[int, int]: ...
+
+
 def ingest_paths(
-    paths: Sequence[Path], store: Store, encoder: Encoder, *, batch_size: int = 64,
-    update: bool = False, progress: bool = True,
+    paths: Sequence[Path], store: Store, ingester: Ingests, *, update: bool = False,
+    progress: bool = True,
 ) -> IngestSummary:
     """Ingest each corpus path (any supported format) and summarise the run.
 
     Ctrl-C raises ``Interrupted``, saying how many papers this run wrote (they stay).
     """
-    ingester = Ingester(store, encoder, batch_size)
     summary = IngestSummary()
     try:
         _ingest_each(paths, ingester, summary, update=update, progress=progress)
@@ -100,7 +109,7 @@ def ingest_paths(
 
 
 def _ingest_each(
-    paths: Sequence[Path], ingester: Ingester, summary: IngestSummary, *, update: bool,
+    paths: Sequence[Path], ingester: Ingests, summary: IngestSummary, *, update: bool,
     progress: bool,
 ) -> None:
     for path in paths:
