@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import socket
@@ -33,6 +34,7 @@ from papersearch.index import (
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
 from papersearch.index.query import Examples, StageRank
+from papersearch.index.schema import DENSE as DENSE_NAME
 from papersearch.index.server import ServerStore
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
@@ -488,6 +490,37 @@ def test_int8_quantization(factory: Factory) -> None:
     s.ensure_collection(DIM, SHA)
     s.upsert(PAPERS, DENSE, SPARSE)
     assert ids(s.query(request("dense", 11, limit=1))) == [PAPERS[11].id]
+
+
+def test_the_scale_layout_is_built_and_searched(factory: Factory, tmp_path: Path) -> None:
+    """int8 with oversampled rescoring, vectors and payloads on disk: the layout reaches the
+    engine, and a reopened store answers as before."""
+    layout = {"quantization": "int8", "quantization_oversampling": 3.0,
+              "on_disk_vectors": True, "on_disk_payload": True}
+    s = factory(**layout)
+    created: list[dict[str, Any]] = []
+    if isinstance(s, ServerStore):  # local mode keeps no on_disk flags: read the request
+        create = s.client.create_collection
+
+        def recorded(*args: Any, **kwargs: Any) -> bool:
+            created.append(kwargs)
+            return create(*args, **kwargs)
+
+        s.client.create_collection = recorded  # type: ignore[method-assign]
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS, DENSE, SPARSE)
+    if isinstance(s, EdgeStore):
+        config = json.loads((s.path / "edge_config.json").read_text())
+        assert config["on_disk_payload"] and config["vectors"]["dense"]["on_disk"]
+    else:
+        (request_,) = created
+        assert request_["on_disk_payload"] and request_["vectors_config"][DENSE_NAME].on_disk
+    s.close()
+    again = factory(**layout)
+    again.ensure_collection(DIM, SHA, create=False)
+    for i in (0, 11, 29):
+        assert ids(again.query(request("dense", i, limit=1))) == [PAPERS[i].id]
+    assert again.get([PAPERS[5].id]) == [PAPERS[5]]
 
 
 # -- collection identity and lifecycle ----------------------------------------------------------

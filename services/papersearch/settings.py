@@ -207,8 +207,8 @@ class IngestSettings(BaseModel):
     """`papersearch ingest --ray`: document encoding as Ray Data batch inference."""
 
     ray_encoders: int = Field(
-        0, ge=0, description="Encoder actors (one ONNX session each); 0: one per CPU the Ray "
-                             "cluster offers (GPUs, if any: one per GPU).")
+        0, ge=0, description="Encoder actors (one ONNX session each, on CPU); 0: as many as "
+                             "the Ray cluster's CPUs hold at ray_cpus_per_encoder each.")
     ray_cpus_per_encoder: float = Field(
         1.0, gt=0, description="CPUs Ray reserves per encoder actor (models.intra_op_threads "
                                "is what the session uses).")

@@ -235,7 +235,8 @@ class EdgeStore(Store):
     def _load(self, dim: int) -> qe.EdgeShard:
         # Giving only the vector layout makes the engine check it against the segments (the
         # dense dim is ground truth, whatever the manifest says) and keep all other settings.
-        layout = qe.EdgeConfig(vectors=_dense_params(dim), sparse_vectors=_sparse_params())
+        layout = qe.EdgeConfig(vectors=_dense_params(dim, self.settings.on_disk_vectors),
+                               sparse_vectors=_sparse_params())
         try:
             with _engine("load"):
                 return qe.EdgeShard.load(str(self.path), layout)
@@ -309,8 +310,9 @@ def _config(settings: IndexSettings, dim: int) -> qe.EdgeConfig:
         else None
     )
     return qe.EdgeConfig(
-        vectors=_dense_params(dim),
+        vectors=_dense_params(dim, spec.on_disk_vectors),
         sparse_vectors=_sparse_params(),
+        on_disk_payload=spec.on_disk_payload,
         hnsw_config=qe.HnswIndexConfig(
             m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct, full_scan_threshold=10_000
         ),
@@ -318,8 +320,8 @@ def _config(settings: IndexSettings, dim: int) -> qe.EdgeConfig:
     )
 
 
-def _dense_params(dim: int) -> dict[str, qe.EdgeVectorParams]:
-    return {DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)}
+def _dense_params(dim: int, on_disk: bool) -> dict[str, qe.EdgeVectorParams]:
+    return {DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, on_disk=on_disk)}
 
 
 def _sparse_params() -> dict[str, qe.EdgeSparseVectorParams]:
@@ -377,8 +379,10 @@ def _filter(plan: Plan) -> qe.Filter | None:
 
 
 def _params(plan: Plan) -> qe.SearchParams:
-    ignore = qe.QuantizationSearchParams(ignore=True) if plan.exact else None
-    return qe.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=ignore)
+    quantization = (qe.QuantizationSearchParams(ignore=True) if plan.exact
+                    else qe.QuantizationSearchParams(rescore=True, oversampling=plan.oversampling)
+                    if plan.oversampling else None)
+    return qe.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=quantization)
 
 
 def _request(plan: Plan) -> qe.QueryRequest:

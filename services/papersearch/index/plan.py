@@ -58,6 +58,7 @@ class Plan:
     exclude_ids: frozenset[str] = frozenset()
     hnsw_ef: int | None = None
     exact: bool = False
+    oversampling: float | None = None  # int8 collections: candidates per result, rescored
     with_payload: bool = True
 
 

@@ -36,10 +36,13 @@ class CollectionSpec:
     hnsw_m: int
     hnsw_ef_construct: int
     quantization: Literal["none", "int8"]
+    on_disk_vectors: bool = False
+    on_disk_payload: bool = False
 
     @classmethod
     def of(cls, settings: IndexSettings, dim: int) -> CollectionSpec:
-        return cls(dim, settings.hnsw_m, settings.hnsw_ef_construct, settings.quantization)
+        return cls(dim, settings.hnsw_m, settings.hnsw_ef_construct, settings.quantization,
+                   settings.on_disk_vectors, settings.on_disk_payload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,6 +180,7 @@ class ServerStore(Store):
                     DENSE: models.VectorParams(
                         size=spec.dim,
                         distance=models.Distance.COSINE,
+                        on_disk=spec.on_disk_vectors,
                         hnsw_config=models.HnswConfigDiff(
                             m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct
                         ),
@@ -189,6 +190,7 @@ class ServerStore(Store):
                 sparse_vectors_config={
                     SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
                 },
+                on_disk_payload=spec.on_disk_payload,
                 shard_number=self.settings.shard_number,
                 replication_factor=self.settings.replication_factor,
                 metadata={METADATA_KEY: identity.to_json()},
@@ -360,8 +362,11 @@ def _filter(plan: Plan) -> models.Filter | None:
 
 
 def _params(plan: Plan) -> models.SearchParams:
-    ignore = models.QuantizationSearchParams(ignore=True) if plan.exact else None
-    return models.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=ignore)
+    quantization = (models.QuantizationSearchParams(ignore=True) if plan.exact
+                    else models.QuantizationSearchParams(rescore=True,
+                                                         oversampling=plan.oversampling)
+                    if plan.oversampling else None)
+    return models.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=quantization)
 
 
 _STRATEGIES = {"best_score": models.RecommendStrategy.BEST_SCORE,

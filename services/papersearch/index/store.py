@@ -105,6 +105,12 @@ class Store(ABC):
         )
 
     @property
+    def _oversampling(self) -> float | None:
+        """Search-time int8 oversampling (None: the engine's default, no oversampling)."""
+        factor = self.settings.quantization_oversampling
+        return factor if factor > 1.0 else None
+
+    @property
     def identity(self) -> EmbedderIdentity:
         return self._require_open()
 
@@ -269,7 +275,8 @@ class Store(ABC):
             stages.append((SPARSE, sparse))
             terms = list(zip(sparse.indices, sparse.values, strict=True))
         plans = [Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
-                      exact=request.exact, with_payload=False) for using, vector in stages]
+                      exact=request.exact, oversampling=self._oversampling, with_payload=False)
+                 for using, vector in stages]
         plans += [Plan(Nearest(SPARSE, SparseVector((index,), (weight,)), len(ids)),
                        only_ids=ids, exact=True, with_payload=False) for index, weight in terms]
         results: list[list[Scored]] = yield Batch(tuple(plans))
@@ -308,7 +315,7 @@ class Store(ABC):
         hnsw_ef = request.hnsw_ef or self.settings.hnsw_ef
         lists: list[list[Scored]] = yield Batch(tuple(
             Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
-                 exact=request.exact, with_payload=False)
+                 exact=request.exact, oversampling=self._oversampling, with_payload=False)
             for using, vector in ((DENSE, request.dense_vector()),
                                   (SPARSE, request.sparse_vector()))
         ))
@@ -355,7 +362,7 @@ class Store(ABC):
             query = Recommend(DENSE, tuple(map(tuple, positives)), tuple(map(tuple, negatives)),
                               strategy, limit)
         plan = Plan(query, filter or SearchFilter(), exclude_ids=frozenset(wanted),
-                    hnsw_ef=self.settings.hnsw_ef)
+                    hnsw_ef=self.settings.hnsw_ef, oversampling=self._oversampling)
         ranked: list[list[Scored]] = yield Batch((plan,))
         (results,) = ranked
         cosine = strategy == "average_vector"  # a cosine to one vector
@@ -426,6 +433,7 @@ class Store(ABC):
             request.filter,
             hnsw_ef=request.hnsw_ef or self.settings.hnsw_ef,
             exact=request.exact,
+            oversampling=self._oversampling,
         )
 
     def _with_components(
