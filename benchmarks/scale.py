@@ -20,7 +20,9 @@ Retriever as in-process serving runs it (with and without a publication-date fil
 of the ANN answer against the exact one (dense alone, and hybrid), RSS growth of this process
 (the engine is in-process) and disk, per paper. Queries: real query texts of the four judged
 collections, encoded by the real embedder. Settings are the usual PAPERSEARCH_* ones
-(index.hnsw_m, hnsw_ef_construct, hnsw_ef...).
+(index.hnsw_m, hnsw_ef_construct, hnsw_ef...). With ``PAPERSEARCH_INDEX__BACKEND=server`` the
+same runs go to that Qdrant server, into new collections ``scale-none`` / ``scale-int8``
+(left there; memory and disk are then the server's, not measured here).
 
 Ingestion through Ray (issue 20, item 1) is not built yet: the ingest rate here is one
 process's write rate for already-encoded papers; the real encoder's own rate is reported
@@ -53,7 +55,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.factory import open_store
-from papersearch.index.query import SearchFilter, SearchRequest
+from papersearch.index.query import Mode, SearchFilter, SearchRequest
 from papersearch.index.store import Store
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
@@ -150,6 +152,12 @@ def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
+def per_paper(total: str, each: str, mb: float | None, papers: int) -> dict[str, float | None]:
+    if mb is None:
+        return {total: None, each: None}
+    return {total: round(mb, 1), each: round(mb * 2**20 / papers)}
+
+
 def percentiles(values: Sequence[float]) -> dict[str, float]:
     p50, p99 = np.percentile(np.asarray(values), [50, 99])
     return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
@@ -165,14 +173,17 @@ def measure_search(store: Store, queries: Sequence[str], vectors: np.ndarray) ->
     retriever = Retriever(store)
     for text, vector in zip(queries[:5], vectors, strict=False):  # warm-up
         retriever.search(text, vector)
-    plain, filtered, dense_recall, hybrid_recall, exact_ms = [], [], [], [], []
+    plain: list[float] = []
+    filtered: list[float] = []
+    exact_ms: list[float] = []
+    recall: dict[Mode, list[float]] = {"dense": [], "hybrid": []}
     for text, vector in zip(queries, vectors, strict=True):
         ms, _ = timed(lambda t=text, v=vector: retriever.search(t, v))
         plain.append(ms)
         ms, _ = timed(lambda t=text, v=vector: retriever.search(t, v, filter=FILTER))
         filtered.append(ms)
         sparse = retriever.bm25.query(text)
-        for mode, recalls in (("dense", dense_recall), ("hybrid", hybrid_recall)):
+        for mode, recalls in recall.items():
             if mode == "hybrid" and not len(sparse):
                 continue
             request = SearchRequest(mode=mode, dense=vector,
@@ -185,17 +196,25 @@ def measure_search(store: Store, queries: Sequence[str], vectors: np.ndarray) ->
     return {
         "hybrid": percentiles(plain),
         "hybrid_date_filter": percentiles(filtered),
-        "recall_at_10": {"dense": round(float(np.mean(dense_recall)), 4),
-                         "hybrid": round(float(np.mean(hybrid_recall)), 4),
-                         "dense_min": round(float(np.min(dense_recall)), 2)},
+        "recall_at_10": {"dense": round(float(np.mean(recall["dense"])), 4),
+                         "hybrid": round(float(np.mean(recall["hybrid"])), 4),
+                         "dense_min": round(float(np.min(recall["dense"])), 2)},
         "exact_search": percentiles(exact_ms),
     }
 
 
-def build(settings: Settings, data_dir: Path, dim: int, sha: str) -> Store:
-    index = settings.index.model_copy(update={"data_dir": data_dir, "backend": "embedded"})
+def build(settings: Settings, data_dir: Path, quantization: str, dim: int, sha: str) -> Store:
+    """A new collection for one variant: in ``data_dir`` (embedded), or ``scale-<quantization>``
+    on the Qdrant server the settings name (it must not exist yet; left there afterwards)."""
+    update: dict[str, Any] = {"quantization": quantization, "data_dir": data_dir}
+    if settings.index.backend == "server":
+        update["collection"] = f"scale-{quantization}"
+    index = settings.index.model_copy(update=update)
     store = open_store(settings.model_copy(update={"index": index}))
     store.ensure_collection(dim, sha)
+    if store.count():
+        store.close()
+        raise RuntimeError(f"{store.describe()} already holds papers: delete it first")
     return store
 
 
@@ -222,12 +241,11 @@ def grow(store: Store, generator: Generator, real: Sequence[Paper], real_vectors
 def run_variant(settings: Settings, quantization: str, sizes: Sequence[int],
                 real: Sequence[Paper], real_vectors: np.ndarray, queries: Sequence[str],
                 query_vectors: np.ndarray, encoder: Encoder, seed: int) -> list[dict[str, Any]]:
-    settings = settings.model_copy(update={"index": settings.index.model_copy(
-        update={"quantization": quantization})})
+    embedded = settings.index.backend == "embedded"
     data_dir = Path(tempfile.mkdtemp(prefix="ps-scale-", dir=os.environ.get("SCALE_TMP")))
     rows: list[dict[str, Any]] = []
     baseline = rss_mb()
-    store = build(settings, data_dir, encoder.dim, encoder.sha256)
+    store = build(settings, data_dir, quantization, encoder.dim, encoder.sha256)
     generator = Generator(real, real_vectors, seed)
     try:
         have = 0
@@ -237,16 +255,18 @@ def run_variant(settings: Settings, quantization: str, sizes: Sequence[int],
             written = size - have
             have = size
             search = measure_search(store, queries, query_vectors)
-            rss = rss_mb() - baseline
-            disk = disk_mb(data_dir)
+            # The engine's memory and disk are this process's only with the embedded engine
+            rss = rss_mb() - baseline if embedded else None
+            disk = disk_mb(data_dir) if embedded else None
             rows.append({
                 "quantization": quantization, "papers": size, "count": store.count(),
                 "real_papers": min(size, len(real)), "generated_papers": max(0, size - len(real)),
                 "build_s": round(seconds, 1),
                 "write_papers_per_s": round(written / seconds, 1),
                 **search,
-                "rss_growth_mb": round(rss, 1), "rss_bytes_per_paper": round(rss * 2**20 / size),
-                "disk_mb": round(disk, 1), "disk_bytes_per_paper": round(disk * 2**20 / size),
+                "backend": store.backend,
+                **per_paper("rss_growth_mb", "rss_bytes_per_paper", rss, size),
+                **per_paper("disk_mb", "disk_bytes_per_paper", disk, size),
             })
             log(json.dumps(rows[-1]))
     finally:
@@ -273,9 +293,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
                      label=f"{quantization} dense")
         axes[1].plot(sizes, [r["recall_at_10"]["hybrid"] for r in mine], "o--",
                      label=f"{quantization} hybrid")
-        axes[2].plot(sizes, [r["rss_bytes_per_paper"] for r in mine], "o-",
+        axes[2].plot(sizes, [r["rss_bytes_per_paper"] or 0 for r in mine], "o-",
                      label=f"{quantization} RSS")
-        axes[2].plot(sizes, [r["disk_bytes_per_paper"] for r in mine], "o--",
+        axes[2].plot(sizes, [r["disk_bytes_per_paper"] or 0 for r in mine], "o--",
                      label=f"{quantization} disk")
     titles = ("hybrid search latency (ms)", "recall@10 of ANN vs exact", "bytes per paper")
     for axis, title in zip(axes, titles, strict=True):
