@@ -22,16 +22,18 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.factory import open_store
-from papersearch.ingest.pipeline import Ingester
+from papersearch.index.store import Store
+from papersearch.ingest.pipeline import Ingester, Ingests
 from papersearch.settings import Settings
 
 
@@ -42,11 +44,13 @@ def encode_only(encoder: Encoder, papers: Sequence[Paper], batch_size: int) -> f
     return time.perf_counter() - started
 
 
-def ingest_once(settings: Settings, encoder: Encoder, papers: Sequence[Paper]) -> float:
+def ingest_once(settings: Settings, papers: Sequence[Paper],
+                make: Callable[[Store], Ingests]) -> float:
+    """Seconds for ``make(store)`` to ingest ``papers`` into a fresh embedded shard."""
     with tempfile.TemporaryDirectory() as data_dir:
         index = settings.index.model_copy(update={"data_dir": Path(data_dir)})
         with open_store(index) as store:
-            ingester = Ingester(store, encoder, settings.models.batch_size)
+            ingester = make(store)
             started = time.perf_counter()
             written, _ = ingester.ingest(papers, progress=False)
             elapsed = time.perf_counter() - started
@@ -55,22 +59,16 @@ def ingest_once(settings: Settings, encoder: Encoder, papers: Sequence[Paper]) -
     return elapsed
 
 
-def ray_ingest_once(settings: Settings, encoder: Encoder, papers: Sequence[Paper],
-                    encoders: int) -> float:
+def one_process(settings: Settings, encoder: Encoder) -> Callable[[Store], Ingests]:
+    return lambda store: Ingester(store, encoder, settings.models.batch_size)
+
+
+def on_ray(settings: Settings, encoder: Encoder, encoders: int) -> Callable[[Store], Ingests]:
     from papersearch.ingest.distributed import RayIngester
 
     settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(
         update={"ray_encoders": encoders})})
-    with tempfile.TemporaryDirectory() as data_dir:
-        index = settings.index.model_copy(update={"data_dir": Path(data_dir)})
-        with open_store(index) as store:
-            ingester = RayIngester(store, encoder, settings)
-            started = time.perf_counter()
-            written, _ = ingester.ingest(papers, progress=False)
-            elapsed = time.perf_counter() - started
-            if written != len(papers) or store.count() != len(papers):
-                raise RuntimeError(f"ingested {written}, stored {store.count()} of {len(papers)}")
-    return elapsed
+    return lambda store: RayIngester(store, encoder, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,15 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.enter_context(ray_cluster(None))
         for _ in range(args.repeat):
             encode_s.append(encode_only(encoder, papers, batch))
-            ingest_s.append(ingest_once(settings, encoder, papers))
+            ingest_s.append(ingest_once(settings, papers, one_process(settings, encoder)))
             for n in counts:
-                ray_s[n].append(ray_ingest_once(settings, encoder, papers, n))
+                ray_s[n].append(ingest_once(settings, papers, on_ray(settings, encoder, n)))
             print(f"encode {encode_s[-1]:.2f}s ingest {ingest_s[-1]:.2f}s ray "
                   f"{ {n: round(v[-1], 2) for n, v in ray_s.items()} }", file=sys.stderr)
     encoder_rate = len(papers) / min(encode_s)
     ingest_rate = len(papers) / min(ingest_s)
     ray_rates = {n: len(papers) / min(v) for n, v in ray_s.items()}
-    result = {
+    result: dict[str, Any] = {
         "papers": len(papers),
         "batch_size": batch,
         "precision": settings.models.precision,

@@ -26,13 +26,12 @@ from tqdm import tqdm
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.store import Store
+from papersearch.ingest.pipeline import unstored
 from papersearch.retriever.retriever import Retriever
 from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.settings import IngestSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
-
-_EXISTING_CHUNK = 1024
 
 
 class EncodeActor:
@@ -102,7 +101,7 @@ class RayIngester:
                ) -> tuple[int, int]:
         """Write every paper not yet stored (all of them with ``update``); (written, present)."""
         listed = list(papers)
-        fresh = listed if update else self._not_stored(listed)
+        fresh = listed if update else unstored(self.store, listed)
         written = 0
         if fresh:
             with tqdm(desc="ingest (ray)", unit="paper", total=len(fresh),
@@ -114,14 +113,6 @@ class RayIngester:
                     bar.update(len(batch))
         self.store.optimize()
         return written, len(listed) - len(fresh)
-
-    def _not_stored(self, papers: list[Paper]) -> list[Paper]:
-        fresh: list[Paper] = []
-        for start in range(0, len(papers), _EXISTING_CHUNK):
-            chunk = papers[start : start + _EXISTING_CHUNK]
-            stored = self.store.existing_ids(p.point_id for p in chunk)
-            fresh += [p for p in chunk if p.point_id not in stored]
-        return fresh
 
     def _encoded(self, papers: list[Paper]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(row numbers, their vectors) per written batch, in the order Ray finishes them."""

@@ -72,13 +72,19 @@ class Ingester:
             for batch in _batches(papers, self.batch_size):
                 bar.update(len(batch))
                 if not update:
-                    stored = self.store.existing_ids(p.point_id for p in batch)
-                    fresh = [p for p in batch if p.point_id not in stored]
+                    fresh = unstored(self.store, batch)
                     present += len(batch) - len(fresh)
                     batch = fresh
                 written += self.upsert(batch)
         self.store.optimize()
         return written, present
+
+
+def unstored(store: Store, papers: Sequence[Paper]) -> list[Paper]:
+    """The papers not in the index yet (by point id), in their order: what a resumed run
+    still has to write."""
+    stored = store.existing_ids(p.point_id for p in papers)
+    return [p for p in papers if p.point_id not in stored]
 
 
 class Ingests(Protocol):
