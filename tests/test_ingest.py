@@ -11,9 +11,11 @@ import os
 import queue
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 import pytest
 
+from papersearch.encoder.runtime import Encoder
 from papersearch.index.edge import MANIFEST, EdgeStore
 from papersearch.index.schema import EmbedderIdentity
-from papersearch.models.manifest import read_manifest
+from papersearch.models.manifest import ProviderUnavailable, read_manifest
+from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER, RuntimeOptions
 from papersearch.retriever.retriever import Retriever
+from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.settings import IndexSettings, Settings
 
 pytestmark = pytest.mark.slow
@@ -414,6 +420,46 @@ def test_ray_ingest_writes_what_one_process_writes_and_resumes(
     done = run_cli(ray_env, "ingest", "--ray", corpus, "--quiet")
     assert done.returncode == 2
     assert "that is a corpus path, not a Ray address" in done.stderr
+
+
+def test_gpu_encoders_need_the_cuda_provider_and_fail_before_any_write(
+    model_settings: Settings, identity: EmbedderIdentity, tmp_path: Path
+) -> None:
+    """`ingest --ray=ADDRESS` against a Ray cluster that offers a GPU (started here, the GPU
+    declared: this machine has none) whose workers have the CPU build of onnxruntime: by
+    default the encoders go to the GPU, a probe finds no CUDA provider there, and the command
+    stops with one line naming onnxruntime-gpu, exit 2, nothing written."""
+    for key, value in LOCAL_RAY_ENV.items():  # read when Ray is imported
+        os.environ.setdefault(key, value)
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ps-gpu-")  # short: Ray's socket paths are limited
+    context = ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
+                       _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
+    try:
+        corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(20))
+        env = cli_env(model_settings, tmp_path / "gpu")
+        done = run_cli(env, "ingest", corpus, f"--ray={context.address_info['gcs_address']}",
+                       "--quiet")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert "has no CUDAExecutionProvider" in done.stderr
+    assert "install onnxruntime-gpu" in done.stderr
+    with opened(tmp_path / "gpu", identity) as store:
+        assert store.count() == 0
+
+
+def test_a_provider_this_onnxruntime_lacks_is_refused_by_name(embedder_dir: Path) -> None:
+    """The session itself checks too (a GPU actor whose CUDA libraries are missing would
+    otherwise run on the CPU without a word): asked for CUDA, the CPU build says what to
+    install."""
+    if CUDA_PROVIDER in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(ProviderUnavailable, match="no CUDAExecutionProvider .*onnxruntime-gpu"):
+        Encoder(embedder_dir, RuntimeOptions("fp32", providers=(CUDA_PROVIDER, CPU_PROVIDER)))
 
 
 def test_user_errors_are_reported_before_any_work(

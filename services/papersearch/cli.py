@@ -23,6 +23,7 @@ from papersearch.index.query import MODES, RECOMMEND_STRATEGIES
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
+from papersearch.models.manifest import ProviderUnavailable
 from papersearch.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ Command = Callable[[Settings, argparse.Namespace], int]
 # A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
 LOADTEST_MODULES = ("prometheus_client", "matplotlib")  # the loadtest extra's
 USER_ERRORS = (ValueError, FileNotFoundError, TimeoutError, StoreError, ModelSourceError,
-               RemoteError)
+               RemoteError, ProviderUnavailable)
 
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:

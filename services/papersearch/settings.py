@@ -207,11 +207,16 @@ class IngestSettings(BaseModel):
     """`papersearch ingest --ray`: document encoding as Ray Data batch inference."""
 
     ray_encoders: int = Field(
-        0, ge=0, description="Encoder actors (one ONNX session each, on CPU); 0: as many as "
-                             "the Ray cluster's CPUs hold at ray_cpus_per_encoder each.")
+        0, ge=0, description="Encoder actors (one ONNX session each); 0: as many as the Ray "
+                             "cluster's GPUs hold at ray_gpus_per_encoder each, or (GPU-less) "
+                             "its CPUs at ray_cpus_per_encoder each.")
     ray_cpus_per_encoder: float = Field(
         1.0, gt=0, description="CPUs Ray reserves per encoder actor (models.intra_op_threads "
                                "is what the session uses).")
+    ray_gpus_per_encoder: float | None = Field(
+        None, ge=0, description="GPU share per encoder actor, which then runs the fp32 graph "
+                                "on onnxruntime's CUDA provider (onnxruntime-gpu on the "
+                                "workers); unset: 1 where the cluster has GPUs, else 0 (CPU).")
 
 
 class SearchSettings(BaseModel):

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from papersearch.models.manifest import model_dir
-from papersearch.models.runtime import OnnxModel, RuntimeOptions, check_texts
+from papersearch.models.runtime import CPU_PROVIDER, OnnxModel, RuntimeOptions, check_texts
 from papersearch.settings import ModelSettings
 
 Mode = Literal["query", "document"]
@@ -29,9 +29,11 @@ class Encoder(OnnxModel):
         self.dim: int = self.manifest.dim
 
     @classmethod
-    def from_settings(cls, models: ModelSettings) -> Encoder:
+    def from_settings(cls, models: ModelSettings, providers: tuple[str, ...] = (CPU_PROVIDER,)
+                      ) -> Encoder:
         path = model_dir(models.repository, models.embedder_name)
-        options = RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size)
+        options = RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
+                                 providers)
         return cls(path, options)
 
     @property

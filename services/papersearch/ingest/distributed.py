@@ -2,8 +2,10 @@
 
 The driver (this process) reads each corpus with the same readers, skip and duplicate rules as
 the one-process path, and leaves out the papers already stored (unless ``update``). Ray Data
-encodes the rest: ``map_batches`` over an actor pool of ONNX encoders (``ingest.ray_encoders``,
-by default one per CPU the cluster offers), each actor loading the model once. Vectors stream
+encodes the rest: ``map_batches`` over an actor pool of ONNX encoders, each actor loading the
+model once (``encoder_pool``): on CPUs, by default one actor per CPU the cluster offers; where
+the cluster has GPUs, by default one actor per GPU, each running the fp32 graph on
+onnxruntime's CUDA provider (the workers then need the onnxruntime-gpu build). Vectors stream
 back as they are ready, and this process alone writes them, with their BM25 terms, to the
 index in batches: one writer, as the embedded engine requires (its shard lives in this
 process), and bounded for a Qdrant server. Point ids, resume and update work as in
@@ -16,8 +18,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,8 @@ from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import unstored
+from papersearch.models.manifest import ProviderUnavailable
+from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER
 from papersearch.retriever.retriever import Retriever
 from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.settings import IngestSettings, ModelSettings, Settings
@@ -39,8 +44,8 @@ class EncodeActor:
     texts), cut by the driver as the one-process path cuts them: int8 activations are scaled
     per batch, so the same batches give the same vectors. Output: a row per paper."""
 
-    def __init__(self, models: ModelSettings) -> None:
-        self.encoder = Encoder.from_settings(models)
+    def __init__(self, models: ModelSettings, providers: tuple[str, ...]) -> None:
+        self.encoder = Encoder.from_settings(models, providers)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [np.asarray(r, dtype=np.int64) for r in batch["rows"]]
@@ -76,14 +81,63 @@ def ray_cluster(address: str | None) -> Iterator[None]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def encoder_count(ingest: IngestSettings) -> int:
-    """ingest.ray_encoders, or as many actors as the cluster's CPUs hold."""
-    if ingest.ray_encoders:
-        return ingest.ray_encoders
+class NoGpu(ValueError):
+    """GPU encoders asked for on a Ray cluster that has no GPU."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderPool:
+    """The encoder actors: how many, the Ray resources each reserves, and how each runs."""
+
+    actors: int
+    cpus: float
+    gpus: float
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return (CUDA_PROVIDER, CPU_PROVIDER) if self.gpus else (CPU_PROVIDER,)
+
+    def models(self, models: ModelSettings) -> ModelSettings:
+        """What each actor loads: on a GPU the fp32 graph (int8's dynamic quantization is a
+        CPU optimisation)."""
+        return models.model_copy(update={"precision": "fp32"}) if self.gpus else models
+
+
+def encoder_pool(ingest: IngestSettings, resources: Mapping[str, float]) -> EncoderPool:
+    """Actors for a cluster offering ``resources`` (ray.cluster_resources()): GPU actors if
+    ``ingest.ray_gpus_per_encoder`` says so, or (unset) if the cluster has GPUs; then as many as
+    the GPUs hold, else as many as the CPUs hold (``ingest.ray_encoders`` overrides either)."""
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
+    share = ingest.ray_gpus_per_encoder
+    if share is None:
+        share = 1.0 if gpus else 0.0
+    if share and not gpus:
+        raise NoGpu(f"ingest.ray_gpus_per_encoder is {share} but the Ray cluster has no GPU "
+                    "(set it to 0 to encode on CPUs)")
+    held = gpus // share if share else cpus // ingest.ray_cpus_per_encoder
+    return EncoderPool(ingest.ray_encoders or max(1, int(held)), ingest.ray_cpus_per_encoder,
+                       share)
+
+
+def available_providers() -> list[str]:
+    """This worker's onnxruntime execution providers."""
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def check_gpu_workers(pool: EncoderPool) -> None:
+    """Before any actor starts: a task placed as a GPU actor finds the CUDA provider in its
+    onnxruntime (the CPU build lacks it), else ProviderUnavailable says what to install."""
     import ray
 
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    return max(1, int(cpus // ingest.ray_cpus_per_encoder))
+    probe = ray.remote(num_cpus=pool.cpus, num_gpus=pool.gpus)(available_providers)
+    offered = ray.get(probe.remote())
+    if CUDA_PROVIDER not in offered:
+        raise ProviderUnavailable(
+            f"the Ray workers' onnxruntime has no {CUDA_PROVIDER} (it offers "
+            f"{', '.join(offered)}): install onnxruntime-gpu in place of onnxruntime on the GPU "
+            "workers, or set ingest.ray_gpus_per_encoder=0 to encode on CPUs")
 
 
 class RayIngester:
@@ -120,10 +174,15 @@ class RayIngester:
 
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours shows the ETA
-        ingest, models = self.settings.ingest, self.settings.models
-        actors = encoder_count(ingest)
+        import ray
+
+        models = self.settings.models
+        pool = encoder_pool(self.settings.ingest, ray.cluster_resources())
+        actors = pool.actors
+        if pool.gpus:
+            check_gpu_workers(pool)
         log.info("ray ingest", extra={"papers": len(papers), "encoders": actors,
-                                      "batch": models.batch_size})
+                                      "gpus_per_encoder": pool.gpus, "batch": models.batch_size})
         size = models.batch_size
         items: list[dict[str, Any]] = [
             {"rows": list(range(start, min(start + size, len(papers)))),
@@ -131,9 +190,9 @@ class RayIngester:
             for start in range(0, len(papers), size)]
         dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors))
         encoded = dataset.map_batches(
-            EncodeActor, fn_constructor_args=(models,), batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=ingest.ray_cpus_per_encoder)
+            EncodeActor, fn_constructor_args=(pool.models(models), pool.providers), batch_size=1,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=pool.cpus, num_gpus=pool.gpus or None)
         for out in encoded.iter_batches(batch_size=self.settings.index.upsert_batch_size,
                                         batch_format="numpy"):
             yield out["row"], np.asarray(out["dense"], dtype=np.float32)

@@ -6,6 +6,7 @@ says what a replica on this machine would actually serve, not what was exported 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from papersearch.encoder.runtime import Encoder
@@ -13,13 +14,14 @@ from papersearch.models.manifest import ModelNotFound
 from papersearch.models.parity import SelfCheck, cpu_int8_flags
 from papersearch.models.runtime import OnnxModel
 from papersearch.reranker.runtime import Reranker
-from papersearch.settings import Settings
+from papersearch.settings import ModelSettings, Settings
 
 
 def describe(settings: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {"cpu_int8_flags": list(cpu_int8_flags()),
                               "requested_precision": settings.models.precision}
-    loaders = {"embedder": Encoder.from_settings, "reranker": Reranker.from_settings}
+    loaders: dict[str, Callable[[ModelSettings], OnnxModel]] = {
+        "embedder": Encoder.from_settings, "reranker": Reranker.from_settings}
     for kind, load in loaders.items():
         try:
             model: OnnxModel = load(settings.models)

@@ -26,6 +26,11 @@ class ModelNotFound(FileNotFoundError):
     """No finished export of a model exists in the repository."""
 
 
+class ProviderUnavailable(RuntimeError):
+    """The onnxruntime execution provider asked for (CUDA) is not in the installed onnxruntime
+    or cannot start (models/runtime.py)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     name: str

@@ -17,6 +17,7 @@ from papersearch.models.manifest import (
     INT8_FILE,
     TOKENIZER_FILE,
     Manifest,
+    ProviderUnavailable,
     read_manifest,
 )
 from papersearch.models.parity import ModelInput, SelfCheck, agreement, cpu_int8_flags
@@ -24,6 +25,8 @@ from papersearch.models.parity import ModelInput, SelfCheck, agreement, cpu_int8
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "int8"]
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 class InvalidInput(ValueError):
@@ -35,6 +38,7 @@ class RuntimeOptions:
     precision: Precision = "int8"
     intra_op_threads: int = 1
     batch_size: int = 32
+    providers: tuple[str, ...] = (CPU_PROVIDER,)  # onnxruntime execution providers, in order
 
 
 def check_texts(texts: Sequence[str], what: str) -> None:
@@ -77,9 +81,19 @@ class OnnxModel:
         session_options.intra_op_num_threads = self.options.intra_op_threads
         session_options.inter_op_num_threads = 1
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        wanted = self.options.providers[0]
+        if wanted not in ort.get_available_providers():
+            raise ProviderUnavailable(
+                f"onnxruntime {ort.__version__} here has no {wanted} (it offers "
+                f"{', '.join(ort.get_available_providers())}): install the onnxruntime build "
+                f"that has it (onnxruntime-gpu for CUDA) in place of onnxruntime")
         self.session = ort.InferenceSession(
-            str(graph), sess_options=session_options, providers=["CPUExecutionProvider"]
+            str(graph), sess_options=session_options, providers=list(self.options.providers)
         )
+        if wanted not in self.session.get_providers():  # e.g. CUDA libraries not found
+            raise ProviderUnavailable(
+                f"onnxruntime could not start {wanted} for {graph.name} (the session got "
+                f"{', '.join(self.session.get_providers())}); its log above says why")
         self._input_names = {i.name for i in self.session.get_inputs()}
         self.precision = precision
 

@@ -1,0 +1,39 @@
+"""How `papersearch ingest --ray` places its encoder actors (ingest/distributed.encoder_pool):
+CPU actors on a GPU-less cluster, GPU actors running the fp32 graph on onnxruntime's CUDA
+provider where the cluster has GPUs, and a clear refusal of GPUs the cluster does not have."""
+
+from __future__ import annotations
+
+import pytest
+
+from papersearch.ingest.distributed import EncoderPool, NoGpu, encoder_pool
+from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER
+from papersearch.settings import IngestSettings, ModelSettings
+
+
+@pytest.mark.parametrize(("ingest", "resources", "expected"), [
+    ({}, {"CPU": 16.0}, EncoderPool(16, 1.0, 0.0)),
+    ({"ray_cpus_per_encoder": 2.0}, {"CPU": 7.0}, EncoderPool(3, 2.0, 0.0)),
+    ({"ray_cpus_per_encoder": 4.0}, {"CPU": 2.0}, EncoderPool(1, 4.0, 0.0)),  # at least one
+    ({}, {"CPU": 16.0, "GPU": 2.0}, EncoderPool(2, 1.0, 1.0)),  # GPUs there: used
+    ({"ray_gpus_per_encoder": 0.25}, {"CPU": 16.0, "GPU": 2.0}, EncoderPool(8, 1.0, 0.25)),
+    ({"ray_gpus_per_encoder": 0}, {"CPU": 16.0, "GPU": 2.0}, EncoderPool(16, 1.0, 0.0)),
+    ({"ray_encoders": 3}, {"CPU": 16.0, "GPU": 2.0}, EncoderPool(3, 1.0, 1.0)),
+    ({"ray_encoders": 5}, {"CPU": 2.0}, EncoderPool(5, 1.0, 0.0)),
+])
+def test_actors_follow_the_cluster(ingest: dict[str, float], resources: dict[str, float],
+                                   expected: EncoderPool) -> None:
+    assert encoder_pool(IngestSettings(**ingest), resources) == expected
+
+
+def test_gpu_actors_run_fp32_on_cuda_and_cpu_actors_keep_the_settings() -> None:
+    models = ModelSettings(precision="int8")
+    gpu, cpu = EncoderPool(2, 1.0, 1.0), EncoderPool(2, 1.0, 0.0)
+    assert gpu.providers == (CUDA_PROVIDER, CPU_PROVIDER)
+    assert gpu.models(models).precision == "fp32" and models.precision == "int8"
+    assert cpu.providers == (CPU_PROVIDER,) and cpu.models(models) == models
+
+
+def test_gpus_asked_of_a_cluster_without_any_are_refused() -> None:
+    with pytest.raises(NoGpu, match=r"is 1.0 but the Ray cluster has no GPU \(set it to 0"):
+        encoder_pool(IngestSettings(ray_gpus_per_encoder=1.0), {"CPU": 16.0})
