@@ -1,7 +1,7 @@
 """How the index's costs grow with its size: 10k, 100k, 1M papers (issue 20).
 
     python benchmarks/scale.py [--sizes 10000,100000] [--quantization none,int8]
-        [--queries 100] [--plot docs/scale/scale.png] > scale.json
+        [--ef 64,128,256] [--queries 100] [--plot docs/scale/scale.png] > scale.json
 
 Encoding a million abstracts is out of reach on 2 cores, so the collection is built like this,
 and the JSON says so (``data``):
@@ -20,13 +20,15 @@ Retriever as in-process serving runs it (with and without a publication-date fil
 of the ANN answer against the exact one (dense alone, and hybrid), RSS growth of this process
 (the engine is in-process) and disk, per paper. Queries: real query texts of the four judged
 collections, encoded by the real embedder. Settings are the usual PAPERSEARCH_* ones
-(index.hnsw_m, hnsw_ef_construct, hnsw_ef...). With ``PAPERSEARCH_INDEX__BACKEND=server`` the
-same runs go to that Qdrant server, into new collections ``scale-none`` / ``scale-int8``
-(left there; memory and disk are then the server's, not measured here).
+(index.hnsw_m, hnsw_ef_construct, hnsw_ef...); ``--ef`` measures the searches at each of
+several search-time ``index.hnsw_ef`` values against the same build. With
+``PAPERSEARCH_INDEX__BACKEND=server`` the same runs go to that Qdrant server, into new
+collections ``scale-none`` / ``scale-int8`` (left there; memory and disk are then the server's,
+not measured here).
 
-Ingestion through Ray (issue 20, item 1) is not built yet: the ingest rate here is one
-process's write rate for already-encoded papers; the real encoder's own rate is reported
-beside it (``encode_papers_per_s``).
+The write rate here is one process's, for already-encoded papers; the real encoder's own rate
+is reported beside it (``encode_papers_per_s``), and benchmarks/ingest.py compares the
+one-process and Ray ingest paths.
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ def grow(store: Store, generator: Generator, real: Sequence[Paper], real_vectors
     return time.perf_counter() - started
 
 
-def run_variant(settings: Settings, quantization: str, sizes: Sequence[int],
+def run_variant(settings: Settings, quantization: str, sizes: Sequence[int], efs: Sequence[int],
                 real: Sequence[Paper], real_vectors: np.ndarray, queries: Sequence[str],
                 query_vectors: np.ndarray, encoder: Encoder, seed: int) -> list[dict[str, Any]]:
     embedded = settings.index.backend == "embedded"
@@ -254,21 +256,24 @@ def run_variant(settings: Settings, quantization: str, sizes: Sequence[int],
             seconds = grow(store, generator, real, real_vectors, have, size)
             written = size - have
             have = size
-            search = measure_search(store, queries, query_vectors)
             # The engine's memory and disk are this process's only with the embedded engine
             rss = rss_mb() - baseline if embedded else None
             disk = disk_mb(data_dir) if embedded else None
-            rows.append({
-                "quantization": quantization, "papers": size, "count": store.count(),
-                "real_papers": min(size, len(real)), "generated_papers": max(0, size - len(real)),
-                "build_s": round(seconds, 1),
-                "write_papers_per_s": round(written / seconds, 1),
-                **search,
-                "backend": store.backend,
-                **per_paper("rss_growth_mb", "rss_bytes_per_paper", rss, size),
-                **per_paper("disk_mb", "disk_bytes_per_paper", disk, size),
-            })
-            log(json.dumps(rows[-1]))
+            for ef in efs:  # a search-time setting: the same build serves each
+                store.settings = store.settings.model_copy(update={"hnsw_ef": ef})
+                rows.append({
+                    "quantization": quantization, "papers": size, "count": store.count(),
+                    "real_papers": min(size, len(real)),
+                    "generated_papers": max(0, size - len(real)),
+                    "build_s": round(seconds, 1),
+                    "write_papers_per_s": round(written / seconds, 1),
+                    "hnsw_ef": ef,
+                    **measure_search(store, queries, query_vectors),
+                    "backend": store.backend,
+                    **per_paper("rss_growth_mb", "rss_bytes_per_paper", rss, size),
+                    **per_paper("disk_mb", "disk_bytes_per_paper", disk, size),
+                })
+                log(json.dumps(rows[-1]))
     finally:
         store.close()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -282,21 +287,22 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for quantization in dict.fromkeys(r["quantization"] for r in rows):
-        mine = [r for r in rows if r["quantization"] == quantization]
+    variants = dict.fromkeys((r["quantization"], r["hnsw_ef"]) for r in rows)
+    several_efs = len({ef for _, ef in variants}) > 1
+    for quantization, ef in variants:
+        mine = [r for r in rows if (r["quantization"], r["hnsw_ef"]) == (quantization, ef)]
+        name = f"{quantization} ef {ef}" if several_efs else quantization
         sizes = [r["papers"] for r in mine]
-        axes[0].plot(sizes, [r["hybrid"]["p50_ms"] for r in mine], "o-",
-                     label=f"{quantization} p50")
-        axes[0].plot(sizes, [r["hybrid"]["p99_ms"] for r in mine], "o--",
-                     label=f"{quantization} p99")
+        axes[0].plot(sizes, [r["hybrid"]["p50_ms"] for r in mine], "o-", label=f"{name} p50")
+        axes[0].plot(sizes, [r["hybrid"]["p99_ms"] for r in mine], "o--", label=f"{name} p99")
         axes[1].plot(sizes, [r["recall_at_10"]["dense"] for r in mine], "o-",
-                     label=f"{quantization} dense")
+                     label=f"{name} dense")
         axes[1].plot(sizes, [r["recall_at_10"]["hybrid"] for r in mine], "o--",
-                     label=f"{quantization} hybrid")
+                     label=f"{name} hybrid")
         axes[2].plot(sizes, [r["rss_bytes_per_paper"] or 0 for r in mine], "o-",
-                     label=f"{quantization} RSS")
+                     label=f"{name} RSS")
         axes[2].plot(sizes, [r["disk_bytes_per_paper"] or 0 for r in mine], "o--",
-                     label=f"{quantization} disk")
+                     label=f"{name} disk")
     titles = ("hybrid search latency (ms)", "recall@10 of ANN vs exact", "bytes per paper")
     for axis, title in zip(axes, titles, strict=True):
         axis.set_xscale("log")
@@ -313,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000",
                         help="collection sizes, ascending (e.g. 10000,100000,1000000)")
     parser.add_argument("--quantization", default="none,int8", help="dense vector storage")
+    parser.add_argument("--ef", help="search-time index.hnsw_ef values, comma-listed "
+                                     "(default: the setting's)")
     parser.add_argument("--queries", type=int, default=100, help="real queries per size")
     parser.add_argument("--eval-dir", type=Path, default=Path("../shared/eval"))
     parser.add_argument("--cache-dir", type=Path, default=Path("build/scale-cache"))
@@ -324,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sizes != sorted(sizes) or min(sizes) < 1 or not set(variants) <= {"none", "int8"}:
         parser.error("--sizes: ascending positive; --quantization: none and/or int8")
     settings = Settings()
+    efs = [int(e) for e in args.ef.split(",")] if args.ef else [settings.index.hnsw_ef]
+    if min(efs) < 1:
+        parser.error("--ef: positive values")
     try:
         encoder = Encoder.from_settings(settings.models)
         real = dated(real_papers(settings, args.eval_dir), args.seed)
@@ -335,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     real_vectors, encode_rate = encode_cached(encoder, real, args.cache_dir)
     query_vectors = encoder.encode_queries(queries)
     rows = [row for q in variants for row in run_variant(
-        settings, q, sizes, real, real_vectors, queries, query_vectors, encoder, args.seed)]
+        settings, q, sizes, efs, real, real_vectors, queries, query_vectors, encoder, args.seed)]
     if args.plot:
         plot(rows, args.plot)
     print(json.dumps({
