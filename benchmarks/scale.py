@@ -259,10 +259,11 @@ def run_variant(settings: Settings, quantization: str, sizes: Sequence[int], efs
             # The engine's memory and disk are this process's only with the embedded engine
             rss = rss_mb() - baseline if embedded else None
             disk = disk_mb(data_dir) if embedded else None
+            count = store.count()
             for ef in efs:  # a search-time setting: the same build serves each
                 store.settings = store.settings.model_copy(update={"hnsw_ef": ef})
                 rows.append({
-                    "quantization": quantization, "papers": size, "count": store.count(),
+                    "quantization": quantization, "papers": size, "count": count,
                     "real_papers": min(size, len(real)),
                     "generated_papers": max(0, size - len(real)),
                     "build_s": round(seconds, 1),

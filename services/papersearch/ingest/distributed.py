@@ -174,24 +174,21 @@ class RayIngester:
 
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours shows the ETA
-        import ray
-
         models = self.settings.models
         pool = encoder_pool(self.settings.ingest, ray.cluster_resources())
-        actors = pool.actors
         if pool.gpus:
             check_gpu_workers(pool)
-        log.info("ray ingest", extra={"papers": len(papers), "encoders": actors,
+        log.info("ray ingest", extra={"papers": len(papers), "encoders": pool.actors,
                                       "gpus_per_encoder": pool.gpus, "batch": models.batch_size})
         size = models.batch_size
         items: list[dict[str, Any]] = [
             {"rows": list(range(start, min(start + size, len(papers)))),
              "texts": [p.text for p in papers[start : start + size]]}
             for start in range(0, len(papers), size)]
-        dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors))
+        dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * pool.actors))
         encoded = dataset.map_batches(
             EncodeActor, fn_constructor_args=(pool.models(models), pool.providers), batch_size=1,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool.actors),
             num_cpus=pool.cpus, num_gpus=pool.gpus or None)
         for out in encoded.iter_batches(batch_size=self.settings.index.upsert_batch_size,
                                         batch_format="numpy"):
