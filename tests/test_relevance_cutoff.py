@@ -40,6 +40,9 @@ class Scripted:
     def __init__(self, rerank_scores: Sequence[float] = ()) -> None:
         self.rerank_scores = np.asarray(rerank_scores, dtype=np.float32)
 
+    def pinned(self) -> Scripted:
+        return self
+
     async def encode_query(self, text: str) -> np.ndarray:
         return np.ones(4, dtype=np.float32) / 2.0
 

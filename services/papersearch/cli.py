@@ -145,9 +145,8 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from papersearch.encoder.runtime import Encoder
     from papersearch.ingest.pipeline import Ingester, Ingests, ingest_paths
-    from papersearch.pipeline.factory import open_index
+    from papersearch.pipeline.factory import live_encoder, open_index
 
     paths = args.paths or [settings.corpus_dir]
     if args.ray and Path(args.ray).exists():
@@ -156,7 +155,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     for path in paths:  # before the index is created: a typo must not leave an empty one
         if not path.exists():
             raise FileNotFoundError(f"no such corpus file or folder: {path}")
-    encoder = Encoder.from_settings(settings.models)
+    encoder = live_encoder(settings)
     with open_index(settings, encoder, create=True) as store:
         if args.ray is None:
             ingester: Ingests = Ingester(store, encoder, settings.models.batch_size)
@@ -206,16 +205,26 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
         result = _ask_gateway(args, lambda client: client.similar(
             query.examples, query.top_k, query.filter))
     else:
-        from papersearch.encoder.runtime import Encoder
-        from papersearch.pipeline.factory import open_index
+        from papersearch.pipeline.factory import live_encoder, open_index
         from papersearch.pipeline.query import SearchHit, SearchResult, StageScores
 
-        with open_index(settings, Encoder.from_settings(settings.models)) as store:
+        with open_index(settings, live_encoder(settings)) as store:
             hits = store.similar(query.examples, query.top_k, query.filter)
         result = SearchResult(tuple(SearchHit(h.paper, h.score, StageScores(dense=h.dense_score))
                                     for h in hits), False,
                               {"total": (time.perf_counter() - started) * 1000})
     print(json.dumps(result_to_dict(result), indent=2) if args.json else format_result(result))
+    return 0
+
+
+def _index_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.ingest.distributed import ray_cluster
+    from papersearch.serving import launcher
+
+    action = "rollback" if args.rollback else "finish" if args.finish else "start"
+    with ray_cluster(args.ray):
+        report = launcher.migrate(settings, action, args.embedder, args.timeout_s)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -444,6 +453,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="encode on Ray (Ray Data actor pool, ingest.ray_encoders): a local instance of "
              "this machine's CPUs, or the cluster at ADDRESS (auto, ray://head:10001)")
     ingest.set_defaults(handler=_ingest)
+
+    index = commands.add_parser("index", help="manage the served index")
+    index_commands = index.add_subparsers(dest="index_command", required=True)
+    migrate = index_commands.add_parser(
+        "migrate", help="re-embed the served index with another embedder without downtime: "
+                        "build beside it, mirror writes, swap (README, Embedder migration)")
+    step = migrate.add_mutually_exclusive_group(required=True)
+    step.add_argument("--embedder", metavar="NAME[@VERSION]",
+                      help="build, check and swap to this exported embedder (default version: "
+                           "the latest); the old collection is kept in step")
+    step.add_argument("--rollback", action="store_true",
+                      help="swap back to the previous collection (nothing is lost)")
+    step.add_argument("--finish", action="store_true",
+                      help="stop keeping the previous collection in step and delete it")
+    migrate.add_argument("--ray", default="auto", metavar="ADDRESS",
+                         help="the Ray cluster the service runs on (default: auto, this "
+                              "machine's)")
+    migrate.add_argument("--timeout-s", type=float, default=3600.0,
+                         help="give up waiting after this long (the gateway goes on)")
+    migrate.set_defaults(handler=_index_migrate)
 
     search = commands.add_parser("search", help="search the index in-process")
     search.add_argument("query")

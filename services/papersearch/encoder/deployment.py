@@ -18,37 +18,38 @@ from papersearch.autoscaling import UTILIZATION, BusyMeter
 from papersearch.coalesce import Coalescer
 from papersearch.encoder.runtime import Encoder
 from papersearch.logs import configure_logging
+from papersearch.models.manifest import ModelRef
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics
 
 
 @serve.deployment(name="QueryEncoder")
 class QueryEncoderDeployment:
+    """Runs the configured embedder, and any other exported one a call names (``name@version``
+    in the model repository, loaded on first use: an embedder migration's new model), each
+    with its own batches."""
+
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_format)  # the precision line shows
-        self.encoder = Encoder.from_settings(settings.models)
+        self.settings = settings
         self.meter = BusyMeter()
-        metrics().model_loaded("QueryEncoder", self.encoder)
-        # Serve's max_ongoing_requests bounds the calls waiting here; the bound below is a backstop
-        self._batches: Coalescer[list[str], np.ndarray] = Coalescer(
-            "QueryEncoder", self._encode_batch, max_batch=settings.serve.encoder_batch_size,
-            max_in_flight=1, max_pending=settings.serve.coalesce_max_pending)
+        default = Encoder.from_settings(settings.models)
+        self.default = str(ModelRef(default.manifest.name, default.manifest.version))
+        self._encoders: dict[str, Encoder] = {self.default: default}
+        self._batches: dict[str, Coalescer[list[str], np.ndarray]] = {}
+        self._loading = asyncio.Lock()
+        metrics().model_loaded("QueryEncoder", default)
 
-    async def encode(self, texts: list[str]) -> np.ndarray:
+    async def encode(self, texts: list[str], embedder: str | None = None) -> np.ndarray:
         """The queries a gateway coalesced into one call."""
         with metrics().inside("QueryEncoder"):
-            return await self._batches.submit(texts)
+            return await (await self._coalescer(embedder)).submit(texts)
 
-    async def _encode_batch(self, calls: list[list[str]]) -> list[np.ndarray]:
-        texts = [text for call in calls for text in call]
-        metrics().batch("QueryEncoder", len(texts))
+    async def encode_documents(self, texts: Sequence[str], embedder: str | None = None
+                               ) -> np.ndarray:
+        encoder = await self._encoder(embedder)
         with self.meter.busy():
-            vectors = await asyncio.to_thread(self.encoder.encode_queries, texts)
-        return np.split(vectors, np.cumsum([len(call) for call in calls[:-1]]))
-
-    async def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        with self.meter.busy():
-            return await asyncio.to_thread(self.encoder.encode_documents, texts)
+            return await asyncio.to_thread(encoder.encode_documents, texts)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve asks every few hundred ms: the autoscaling policy's input."""
@@ -56,5 +57,36 @@ class QueryEncoderDeployment:
         metrics().busy("QueryEncoder", reading.busy_s)
         return {UTILIZATION: reading.share}
 
-    def identity(self) -> tuple[int, str]:
-        return self.encoder.dim, self.encoder.sha256
+    async def identity(self, embedder: str | None = None) -> tuple[int, str]:
+        encoder = await self._encoder(embedder)
+        return encoder.dim, encoder.sha256
+
+    async def _encoder(self, embedder: str | None) -> Encoder:
+        key = embedder or self.default
+        if key not in self._encoders:
+            async with self._loading:  # one load at a time: concurrent first calls share it
+                if key not in self._encoders:
+                    models = self.settings.models
+                    path = ModelRef.parse(key, models.repository).path(models.repository)
+                    self._encoders[key] = await asyncio.to_thread(
+                        Encoder, path, Encoder.runtime_options(models))
+                    metrics().model_loaded("QueryEncoder", self._encoders[key])
+        return self._encoders[key]
+
+    async def _coalescer(self, embedder: str | None) -> Coalescer[list[str], np.ndarray]:
+        key = embedder or self.default
+        if key not in self._batches:
+            encoder = await self._encoder(key)
+            serve = self.settings.serve
+
+            async def run(calls: list[list[str]]) -> list[np.ndarray]:
+                texts = [text for call in calls for text in call]
+                metrics().batch("QueryEncoder", len(texts))
+                with self.meter.busy():
+                    vectors = await asyncio.to_thread(encoder.encode_queries, texts)
+                return np.split(vectors, np.cumsum([len(call) for call in calls[:-1]]))
+
+            # Serve's max_ongoing_requests bounds the calls waiting; this bound is a backstop.
+            self._batches[key] = Coalescer("QueryEncoder", run, max_batch=serve.encoder_batch_size,
+                                           max_in_flight=1, max_pending=serve.coalesce_max_pending)
+        return self._batches[key]

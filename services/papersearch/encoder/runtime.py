@@ -32,9 +32,13 @@ class Encoder(OnnxModel):
     def from_settings(cls, models: ModelSettings, providers: tuple[str, ...] = (CPU_PROVIDER,)
                       ) -> Encoder:
         path = model_dir(models.repository, models.embedder_name)
-        options = RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
-                                 providers)
-        return cls(path, options)
+        return cls(path, cls.runtime_options(models, providers))
+
+    @staticmethod
+    def runtime_options(models: ModelSettings, providers: tuple[str, ...] = (CPU_PROVIDER,)
+                ) -> RuntimeOptions:
+        return RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
+                              providers)
 
     @property
     def sha256(self) -> str:

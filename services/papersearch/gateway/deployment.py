@@ -12,12 +12,14 @@ from ray.serve.handle import DeploymentHandle
 
 from papersearch.api import convert
 from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.errors import NotReady, Overloaded
 from papersearch.gateway.server import Gateway
+from papersearch.index.errors import StoreError
 from papersearch.logs import configure_logging
-from papersearch.models.manifest import model_dir, read_manifest
-from papersearch.pipeline.index_access import IndexAccess
+from papersearch.models.manifest import ModelNotFound, ModelRef
+from papersearch.pipeline.collections import Collections
+from papersearch.pipeline.migration import MigrationRefused
 from papersearch.pipeline.serve_backend import HandleBackend
-from papersearch.retriever.opener import CollectionOpener
 from papersearch.settings import Settings
 
 
@@ -30,10 +32,9 @@ class GatewayDeployment:
         reranker: DeploymentHandle,
     ) -> None:
         configure_logging(settings.log_level, settings.log_format)
-        embedder = read_manifest(model_dir(settings.models.repository,
-                                           settings.models.embedder_name))
-        self.index = IndexAccess(CollectionOpener(settings, embedder.dim or 0, embedder.sha256))
-        self.gateway = Gateway(HandleBackend(encoder, reranker, self.index, settings), settings)
+        self.collections = Collections(settings)
+        self.backend = HandleBackend(encoder, reranker, self.collections, settings)
+        self.gateway = Gateway(self.backend, settings)
         self._started = asyncio.get_running_loop().create_task(self.gateway.start())
 
     async def Search(self, request: pb.SearchRequest) -> pb.SearchResponse:  # noqa: N802
@@ -42,6 +43,27 @@ class GatewayDeployment:
         servicer = self.gateway.search
         query = convert.search_query_from_proto(request, servicer.settings.search)
         return convert.search_response_to_proto(await servicer.pipeline.search(query))
+
+    async def migrate(self, action: str, embedder: str | None = None) -> dict[str, object]:
+        """``papersearch index migrate`` (pipeline/migration.py): ``start`` (to ``embedder``,
+        ``name`` or ``name@version``), ``rollback`` or ``finish``. Returns the step's report,
+        or ``{"error": ...}`` when it was refused or failed (nothing changed then)."""
+        migrator = self.backend.migrator
+        try:
+            if action == "start":
+                if not embedder:
+                    raise MigrationRefused("start needs the embedder to migrate to")
+                models = self.collections.settings.models
+                report = await migrator.start(ModelRef.parse(embedder, models.repository))
+            elif action == "rollback":
+                report = await migrator.rollback()
+            elif action == "finish":
+                report = await migrator.finish()
+            else:
+                raise MigrationRefused(f"unknown migration action {action!r}")
+        except (MigrationRefused, ModelNotFound, StoreError, NotReady, Overloaded) as error:
+            return {"error": str(error)}
+        return report.to_json()
 
     async def drain(self) -> None:
         """Drain this replica's gateway (gateway/server.py): `papersearch serve` calls it on
@@ -57,4 +79,4 @@ class GatewayDeployment:
         """Serve stopping this replica: drain (within graceful_shutdown_timeout_s), then close
         the index (the embedded shard is flushed)."""
         await self.gateway.drain()
-        await self.index.close()
+        await self.collections.close()

@@ -110,14 +110,16 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             query = convert.watch_query_from_proto(request, self.settings.search,
                                                    serve.watch_min_relevance)
             await self._admit(context)
-            vector = await within_deadline(self.backend.encode_query(query.text), context, serve)
+            backend = self.backend.pinned()
+            vector = await within_deadline(backend.encode_query(query.text), context, serve)
+            embedder = await within_deadline(backend.embedder_sha(), context, serve)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
             await _fail(context, error)
         threshold = serve.watch_min_relevance if query.min_relevance is None \
             else query.min_relevance
-        watch = self.watches.add(vector, threshold, query.filter)
+        watch = self.watches.add(vector, threshold, query.filter, embedder)
         if watch is None:  # the limit or a drain was reached while the query was encoded
             await self._admit(context)
             return
@@ -125,8 +127,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             replayed: set[str] = set()
             if query.replay_since is not None:
                 try:
-                    hits = await within_deadline(self._replay(query, vector, threshold),
-                                                 context, serve)
+                    hits = await within_deadline(
+                        self._replay(backend, query, vector, threshold), context, serve)
                 except Exception as error:
                     await _fail(context, error)
                 for hit in hits:
@@ -161,7 +163,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 f"{len(self.watches.watches)} watches are open on this gateway, its limit "
                 f"(serve.watch_max_watches); retry WatchSearch later or elsewhere")
 
-    async def _replay(self, query: convert.WatchQuery, vector: np.ndarray,
+    async def _replay(self, backend: Backend, query: convert.WatchQuery, vector: np.ndarray,
                       threshold: float) -> list[Hit]:
         """The best matches already indexed, published on or after replay_since (and within
         the filter): one dense search, cut at the threshold."""
@@ -171,7 +173,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         start = max(since, flt.published_from) if flt.published_from else since
         if flt.published_to is not None and start > flt.published_to:
             return []
-        hits = await self.backend.retrieve(query.text, vector, "dense", query.replay_limit,
+        hits = await backend.retrieve(query.text, vector, "dense", query.replay_limit,
                                            dataclasses.replace(flt, published_from=start))
         return [h for h in hits if h.dense_score is not None and h.dense_score >= threshold]
 
@@ -299,8 +301,9 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         if not papers:
             return 0
         unique = list({p.id: p for p in papers}.values())  # last copy of a repeated id wins
-        dense = await self.backend.encode_documents([p.text for p in unique])
-        written = await self.backend.upsert(unique, dense)
+        backend = self.backend.pinned()  # one embedder for the vectors and the collection
+        dense = await backend.encode_documents([p.text for p in unique])
+        written = await backend.upsert(unique, dense)
         if self.watches is not None:
             self.watches.nudge()
         return written

@@ -44,6 +44,8 @@ from papersearch.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
+MOVED = ("the index moved to another embedder (an embedder migration): the watch ended; "
+         "reconnect, with replay_since to catch up")
 DRAINING = ("this gateway is draining (shutting down): the watch ended; reconnect, with "
             "replay_since to catch up")
 
@@ -78,6 +80,7 @@ class Watch:
     min_relevance: float
     filter: SearchFilter
     capacity: int
+    embedder: str | None = None  # sha of the embedder that made ``vector`` (None: unknown)
     pending: deque[Match] = field(default_factory=deque)
     ended: tuple[grpc.StatusCode, str] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -116,12 +119,13 @@ class WatchHub:
         """Papers were just written through this gateway: have the feed look now."""
         self.written.set()
 
-    def add(self, vector: np.ndarray, min_relevance: float, flt: SearchFilter) -> Watch | None:
+    def add(self, vector: np.ndarray, min_relevance: float, flt: SearchFilter,
+            embedder: str | None = None) -> Watch | None:
         """A new watch, or None at the limit (or once closed: the caller refuses the call)."""
         if self.closed or len(self.watches) >= self.max_watches:
             return None
         watch = Watch(np.asarray(vector, dtype=np.float32).ravel(), min_relevance, flt,
-                      self.queue)
+                      self.queue, embedder)
         self.watches.append(watch)
         self._matrix = None
         return watch
@@ -154,6 +158,13 @@ class WatchHub:
                 count += 1
         return count
 
+    def retarget(self, embedder: str) -> None:
+        """End the watches whose query vector another embedder made: new papers are encoded
+        by ``embedder`` now (a migration swapped the index)."""
+        for watch in self.watches:
+            if watch.embedder is not None and watch.embedder != embedder:
+                watch.end(grpc.StatusCode.UNAVAILABLE, MOVED)
+
     def close(self) -> None:
         """End every watch with UNAVAILABLE and refuse new ones (a drain)."""
         self.closed = True
@@ -180,6 +191,7 @@ class WatchFeed:
         self._known: dict[str, int] | None = None  # the window: point id -> indexed_at
         self._sweep_at = 0  # now_ms() from which the next poll reads the whole window
         self._failing = False
+        self._embedder: str | None = None  # whose vectors the last poll read
 
     async def run(self) -> None:
         """Poll until cancelled (the gateway's drain)."""
@@ -195,6 +207,17 @@ class WatchFeed:
         only ids are read. A failing index is logged (once until it answers again) and asked
         again at the next poll; what it missed is delivered then if the look-back window still
         covers it."""
+        index = self.index.pinned()
+        try:
+            embedder = await index.embedder_sha()
+        except Exception:  # noqa: BLE001 (as a failing read below: asked again next poll)
+            return 0
+        if embedder != self._embedder:
+            if self._embedder is not None:  # another collection: learn its window afresh
+                log.info("watch feed: the index moved to another embedder")
+                self._known = None
+            self._embedder = embedder
+        self.hub.retarget(embedder)
         now = now_ms()
         window_start = now - self.lookback_ms
         known = self._known
@@ -202,7 +225,7 @@ class WatchFeed:
         if known and now < self._sweep_at:
             since = max(window_start, min(max(known.values()), now) - self.RECENT_MS)
         try:
-            found = await self.index.indexed_since(
+            found = await index.indexed_since(
                 since, known if known is not None and self.hub.watches else None)
         except Exception as error:  # noqa: BLE001 (the index may be down or not created yet)
             if not self._failing and not isinstance(error, CollectionMissing):

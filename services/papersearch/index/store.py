@@ -205,13 +205,17 @@ class Store(ABC):
         return self.execute(self.get_program(paper_ids))
 
     def get_program(self, paper_ids: Sequence[str]) -> Program[list[Paper]]:
+        return (yield from self.papers_program([point_id(pid) for pid in paper_ids]))
+
+    def papers_program(self, point_ids: Sequence[str]) -> Program[list[Paper]]:
+        """Stored papers by point id (``Paper.point_id``), in the order asked; absent ids are
+        skipped."""
         self._require_open()
-        wanted = [point_id(pid) for pid in paper_ids]
         by_id: dict[str, Record] = {}
-        for chunk in _chunks(list(dict.fromkeys(wanted)), _RETRIEVE_CHUNK):
+        for chunk in _chunks(list(dict.fromkeys(point_ids)), _RETRIEVE_CHUNK):
             records: list[Record] = yield Fetch(tuple(chunk), payload=True, dense=False)
             by_id.update((r.point_id, r) for r in records)
-        return [from_payload(by_id[p].payload or {}) for p in wanted if p in by_id]
+        return [from_payload(by_id[p].payload or {}) for p in point_ids if p in by_id]
 
     def indexed_since(self, since_ms: int, known: Mapping[str, int] | None) -> Indexed:
         """Points written at or after ``since_ms`` (their ``indexed_at``), whoever wrote them.

@@ -104,6 +104,30 @@ def model_dir(repository: Path, name: str, version: int | None = None) -> Path:
     return repository / name / str(chosen)
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """One exported version of a named model, written ``name@version``."""
+
+    name: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def parse(cls, text: str, repository: Path) -> ModelRef:
+        """``name@version``, or ``name`` for its latest finished version; ModelNotFound if the
+        repository has no such export, ValueError if malformed."""
+        name, at, version = text.strip().partition("@")
+        if not name or (at and not version.isdigit()):
+            raise ValueError(f"model reference {text!r}: expected NAME or NAME@VERSION")
+        path = model_dir(repository, name, int(version) if at else None)
+        return cls(name, int(path.name))
+
+    def path(self, repository: Path) -> Path:
+        return model_dir(repository, self.name, self.version)
+
+
 def find_by_fingerprint(repository: Path, name: str, fingerprint: str) -> Path | None:
     for version in reversed(versions(repository, name)):
         path = repository / name / str(version)

@@ -23,6 +23,15 @@ from papersearch.retriever.retriever import Retriever
 class Backend(Protocol):
     has_reranker: bool
 
+    def pinned(self) -> Backend:
+        """This backend for one request's steps: they all use the collection view (embedder
+        and collection) its first step found (pipeline/collections.py)."""
+        ...
+
+    async def embedder_sha(self) -> str:
+        """The identity of the embedder whose vectors the (pinned) collection holds."""
+        ...
+
     async def encode_query(self, text: str) -> np.ndarray: ...
 
     async def encode_documents(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -59,6 +68,12 @@ class LocalBackend:
         self.reranker = reranker
         self.has_reranker = reranker is not None
         self._store_lock = asyncio.Lock()  # one engine call at a time
+
+    def pinned(self) -> LocalBackend:
+        return self  # one collection and one embedder for its lifetime
+
+    async def embedder_sha(self) -> str:
+        return self.encoder.sha256
 
     async def encode_query(self, text: str) -> np.ndarray:
         return (await asyncio.to_thread(self.encoder.encode_queries, [text]))[0]

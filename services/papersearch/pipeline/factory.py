@@ -6,9 +6,11 @@ import logging
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.factory import open_store
+from papersearch.index.pointer import Pointer, pointers_for
 from papersearch.index.store import Store
 from papersearch.models.manifest import ModelNotFound
 from papersearch.pipeline.backend import LocalBackend
+from papersearch.pipeline.collections import live_view, settings_for
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
@@ -16,9 +18,27 @@ from papersearch.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _pointer(settings: Settings) -> Pointer | None:
+    pointers = pointers_for(settings.index)
+    try:
+        return pointers.read()
+    finally:
+        pointers.close()
+
+
+def live_encoder(settings: Settings) -> Encoder:
+    """The encoder of the embedder that built the collection ``index.collection`` means now:
+    after an embedder migration the pointer's (index/pointer.py), else ``models.embedder_name``."""
+    view = live_view(settings, _pointer(settings))
+    return Encoder(view.embedder.path(settings.models.repository),
+                   Encoder.runtime_options(settings.models))
+
+
 def open_index(settings: Settings, encoder: Encoder, *, create: bool = False) -> Store:
-    """The configured collection, checked against the encoder that will query or fill it."""
-    store = open_store(settings)
+    """The collection ``index.collection`` means now (its pointer's after a migration),
+    checked against the encoder that will query or fill it."""
+    pointer = _pointer(settings)
+    store = open_store(settings if pointer is None else settings_for(settings, pointer.live))
     store.ensure_collection(encoder.dim, encoder.sha256, create=create)
     return store
 
@@ -38,7 +58,7 @@ def load_reranker(settings: Settings) -> Reranker | None:
 
 def build_pipeline(settings: Settings) -> tuple[SearchPipeline, Store]:
     """The in-process pipeline and the store it holds open (close it when done)."""
-    encoder = Encoder.from_settings(settings.models)
+    encoder = live_encoder(settings)
     store = open_index(settings, encoder)
     backend = LocalBackend(encoder, store, load_reranker(settings))
     return SearchPipeline(backend, settings.search, settings.serve.rerank_timeout_s), store

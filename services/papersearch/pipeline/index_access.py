@@ -28,6 +28,7 @@ import numpy as np
 from qdrant_client import AsyncQdrantClient
 
 from papersearch.corpus.paper import Paper
+from papersearch.errors import NotReady
 from papersearch.index.errors import StoreError
 from papersearch.index.plan import Program
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
@@ -50,6 +51,7 @@ class IndexAccess:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="index")
         self._retriever: Retriever | None = None
         self._engine: AsyncServerEngine | None = None
+        self._closed = False
         try:
             self.opener.open()
         except StoreError:  # logged by the opener; reads retry, readiness reports it
@@ -72,6 +74,13 @@ class IndexAccess:
     async def delete(self, paper_ids: Sequence[str]) -> int:
         return await self._execute(lambda r: r.delete_program(paper_ids))
 
+    async def papers(self, point_ids: Sequence[str]) -> list[Paper]:
+        return await self._execute(lambda r: r.store.papers_program(point_ids))
+
+    async def create(self) -> int:
+        """Open the collection, creating it if absent; its point count."""
+        return await self._execute(lambda r: r.store.probe_program(), create=True)
+
     async def indexed_since(self, since_ms: int, known: Mapping[str, int] | None
                             ) -> Indexed:
         return await self._execute(lambda r: r.store.indexed_since_program(since_ms, known))
@@ -82,7 +91,9 @@ class IndexAccess:
 
     async def close(self) -> None:
         """Close the clients (the embedded store flushed, after its thread's calls in progress).
-        Calls in flight on the asyncio client are not waited for: the gateway drains first."""
+        Calls in flight on the asyncio client are not waited for: the gateway drains first.
+        Calls made later get NotReady (UNAVAILABLE: their client sends them again)."""
+        self._closed = True
         if self._engine is not None:
             await self._engine.close()
         await asyncio.to_thread(self._close_store)
@@ -93,6 +104,10 @@ class IndexAccess:
 
     async def _execute(self, program: Callable[[Retriever], Program[T]], *,
                        create: bool = False) -> T:
+        if self._closed:
+            raise NotReady(f"collection {self.opener.settings.index.collection} was closed (an "
+                           "embedder migration finished, or the gateway is stopping): send the "
+                           "call again")
         retriever = self._retriever or await self._open(create)
         if retriever.store.backend == "embedded":
             return await self._in_thread(lambda: retriever.store.execute(program(retriever)))

@@ -46,15 +46,16 @@ class SearchPipeline:
         query.validate(self.settings)
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        backend = self.backend.pinned()  # one embedder for the query and the collection
         vector = None
         if query.mode != "sparse":
-            vector = await self.backend.encode_query(query.text)
+            vector = await backend.encode_query(query.text)
         timings["encode"] = _ms_since(started)
         rerank = query.rerank and self.settings.rerank_enabled and self.backend.has_reranker
         window = self.rerank_depth.choose() if rerank else 0
         depth = max(query.top_k, self.settings.rerank_top_n) if rerank else query.top_k
         mark = time.perf_counter()
-        candidates = await self.backend.retrieve(
+        candidates = await backend.retrieve(
             query.text, vector, query.mode, depth, query.filter, query.explain
         )
         timings["retrieve"] = _ms_since(mark)

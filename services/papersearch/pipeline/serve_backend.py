@@ -1,5 +1,5 @@
 """The serving pipeline's Backend: the models over Ray Serve deployment handles, the index in
-the gateway's own process (pipeline/index_access.py).
+the gateway's own process (pipeline/index_access.py, one per collection: pipeline/collections.py).
 
 Query encoding goes through a Coalescer: concurrent searches share calls. A cancelled await
 (client deadline) cancels the downstream request; Serve's back-pressure becomes the gateway's
@@ -13,6 +13,7 @@ what was committed).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -29,9 +30,12 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 from papersearch.coalesce import Coalescer
 from papersearch.corpus.paper import Paper
 from papersearch.errors import NotReady, Overloaded
+from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.store import Indexed
-from papersearch.pipeline.index_access import IndexAccess
+from papersearch.models.manifest import ModelRef
+from papersearch.pipeline.collections import Bound, Collections
+from papersearch.pipeline.migration import Migrator
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics
 
@@ -75,7 +79,8 @@ async def read(deployment: str, send: Callable[[], Sent]) -> Any:
 
 
 class HandleBackend:
-    """Models through Serve handles (QueryEncoder, Reranker); the index in this process."""
+    """Models through Serve handles (QueryEncoder, Reranker); the index in this process. Each
+    request works on one view of the collections (``pinned``): see pipeline/collections.py."""
 
     has_reranker = True
 
@@ -83,54 +88,102 @@ class HandleBackend:
         self,
         encoder: DeploymentHandle,
         reranker: DeploymentHandle,
-        index: IndexAccess,
+        collections: Collections,
         settings: Settings,
     ) -> None:
         self.encoder = encoder
         self.reranker = reranker
-        self.index = index
-        serve = settings.serve
-        self._encode: Coalescer[str, np.ndarray] = Coalescer(
-            "QueryEncoder", self._encode_many, max_batch=serve.coalesce_max_batch,
-            max_in_flight=serve.coalesce_in_flight, max_pending=serve.coalesce_max_pending)
+        self.collections = collections
+        self.settings = settings
+        self.migrator = Migrator(collections, self.encode_documents_by,
+                                 settings.serve.upsert_batch_size)
+        self._coalescers: dict[ModelRef, Coalescer[str, np.ndarray]] = {}
+        self._pin = False
+        self._bound: Bound | None = None
 
-    async def _encode_many(self, texts: list[str]) -> list[np.ndarray]:
-        return list(await read("QueryEncoder", lambda: self.encoder.encode.remote(texts)))
+    def pinned(self) -> HandleBackend:
+        """This backend for one request: the live view it takes at its first step is the one
+        all its steps use (a shallow copy: models, coalescers and collections are shared)."""
+        pinned = copy.copy(self)
+        pinned._pin, pinned._bound = True, None
+        return pinned
+
+    async def bound(self) -> Bound:
+        """The pinned view, or (unpinned: single-step calls) the live view now."""
+        if self._bound is not None:
+            return self._bound
+        bound = await self.collections.live()
+        await self.migrator.resume()
+        if self._pin:
+            self._bound = bound
+        return bound
+
+    async def encode_query_by(self, embedder: ModelRef, text: str) -> np.ndarray:
+        coalescer = self._coalescers.get(embedder)
+        if coalescer is None:
+            serve = self.settings.serve
+
+            async def send(texts: list[str]) -> list[np.ndarray]:
+                return list(await read("QueryEncoder",
+                                       lambda: self.encoder.encode.remote(texts, str(embedder))))
+
+            coalescer = self._coalescers[embedder] = Coalescer(
+                "QueryEncoder", send, max_batch=serve.coalesce_max_batch,
+                max_in_flight=serve.coalesce_in_flight, max_pending=serve.coalesce_max_pending)
+        return await coalescer.submit(text)
+
+    async def encode_documents_by(self, embedder: ModelRef, texts: Sequence[str]) -> np.ndarray:
+        return await call(self.encoder.encode_documents.remote(list(texts), str(embedder)))
+
+    async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        return await call(self.reranker.score.remote((query, list(passages))))
+
+    async def embedder_sha(self) -> str:
+        return (await self.bound()).view.sha256
 
     async def encode_query(self, text: str) -> np.ndarray:
-        return await self._encode.submit(text)
+        return await self.encode_query_by((await self.bound()).view.embedder, text)
 
     async def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        return await call(self.encoder.encode_documents.remote(list(texts)))
+        return await self.encode_documents_by((await self.bound()).view.embedder, texts)
 
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
         explain: bool = False,
     ) -> list[Hit]:
-        return await self.index.search(text, vector, mode, limit, flt, explain)
-
-    async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
-        return await call(self.reranker.score.remote((query, list(passages))))
+        return await (await self.bound()).index.search(text, vector, mode, limit, flt, explain)
 
     async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
-        return await self.index.similar(examples, limit, flt)
+        return await (await self.bound()).index.similar(examples, limit, flt)
 
     async def get(self, paper_id: str) -> Paper:
-        return await self.index.get(paper_id)
+        return await (await self.bound()).index.get(paper_id)
 
     async def upsert(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
-        return await self.index.upsert(papers, dense)
+        bound, mirror = await self.bound(), self.migrator.mirror
+        if mirror is None:
+            return await bound.index.upsert(papers, dense)
+        return await mirror.upsert(bound, papers, dense)
 
     async def delete(self, paper_ids: Sequence[str]) -> int:
-        return await self.index.delete(paper_ids)
+        bound, mirror = await self.bound(), self.migrator.mirror
+        if mirror is None:
+            return await bound.index.delete(paper_ids)
+        return await mirror.delete(bound, paper_ids)
 
     async def indexed_since(self, since_ms: int, known: Mapping[str, int] | None
                             ) -> Indexed:
-        return await self.index.indexed_since(since_ms, known)
+        return await (await self.bound()).index.indexed_since(since_ms, known)
 
     async def ready(self) -> bool:
-        """Models loaded, index reachable, the collection there and built by this embedder
-        (CollectionMissing, StoreUnavailable or EmbedderMismatch otherwise)."""
-        await call(self.encoder.identity.remote())
-        await self.index.ready()
+        """Models loaded, index reachable, the collection there and built by the live
+        embedder, which the QueryEncoder runs (CollectionMissing, StoreUnavailable or
+        EmbedderMismatch otherwise)."""
+        bound = await self.bound()
+        dim, sha = await call(self.encoder.identity.remote(str(bound.view.embedder)))
+        if (dim, sha) != (bound.view.dim, bound.view.sha256):
+            raise EmbedderMismatch(
+                f"the QueryEncoder's {bound.view.embedder} is {sha[:12]} (dim {dim}), the model "
+                f"repository's {bound.view.sha256[:12]} (dim {bound.view.dim})")
+        await bound.index.ready()
         return True

@@ -117,6 +117,30 @@ def drain(settings: Settings) -> None:
         log.info("gateway drained", extra={"seconds": round(time.monotonic() - started, 3)})
 
 
+def migrate(settings: Settings, action: str, embedder: str | None,
+            timeout_s: float) -> dict[str, Any]:
+    """One embedder migration step in the running app's gateway (pipeline/migration.py), on
+    the Ray cluster this process is connected to. The migration mirrors writes inside one
+    gateway, so it runs only while the Gateway deployment has exactly one replica."""
+    from ray import serve
+
+    app = serve.status().applications.get(settings.serve.app_name)
+    if app is None or "Gateway" not in app.deployments:
+        raise ValueError(f"no Serve app {settings.serve.app_name!r} with a Gateway on this Ray "
+                         "cluster: start the service (`papersearch serve`) first")
+    from ray.serve.schema import ReplicaState
+
+    running = app.deployments["Gateway"].replica_states.get(ReplicaState.RUNNING, 0)
+    if running != 1:
+        raise ValueError(f"the Gateway deployment has {running} running replicas: a migration "
+                         "mirrors writes inside one gateway, so run it with one replica")
+    handle = serve.get_deployment_handle("Gateway", settings.serve.app_name)
+    report: dict[str, Any] = handle.migrate.remote(action, embedder).result(timeout_s=timeout_s)
+    if "error" in report:
+        raise ValueError(f"migration {action}: {report['error']}")
+    return report
+
+
 def stop() -> None:
     """Take the local Ray instance down with everything on it. Serve's own graceful shutdown is
     skipped: with the Serve config's request-path settings its controller waited 30-60 s for

@@ -1,0 +1,132 @@
+"""The gateway's collections: the live one, which searches and writes use, and, while an
+embedder migration keeps two in step (pipeline/migration.py), the other one.
+
+A search or a write takes the live view once, at its start (``HandleBackend.pinned``), and
+uses that view's embedder and collection for every step: a swap in between never gives a query
+vector of one embedder to a collection of another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from papersearch.index.pointer import Pointer, Pointers, pointers_for
+from papersearch.models.manifest import ModelRef, read_manifest
+from papersearch.pipeline.index_access import IndexAccess
+from papersearch.retriever.opener import CollectionOpener
+from papersearch.settings import Settings
+
+# Documents encoded by one embedder: (embedder, texts) -> vectors.
+EncodeDocuments = Callable[[ModelRef, Sequence[str]], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A physical collection and the embedder whose vectors it holds (with its identity)."""
+
+    collection: str
+    embedder: ModelRef
+    sha256: str
+    dim: int
+
+    @classmethod
+    def of(cls, collection: str, embedder: ModelRef, settings: Settings) -> View:
+        manifest = read_manifest(embedder.path(settings.models.repository))
+        return cls(collection, embedder, manifest.sha256, manifest.dim or 0)
+
+
+def live_view(settings: Settings, pointer: Pointer | None) -> View:
+    """The collection ``index.collection`` means now and its embedder: the pointer's after a
+    migration, else the collection itself with ``models.embedder_name`` (latest version)."""
+    repository = settings.models.repository
+    if pointer is None:
+        return View.of(settings.index.collection,
+                       ModelRef.parse(settings.models.embedder_name, repository), settings)
+    return View.of(pointer.live, ModelRef.parse(pointer.embedder, repository), settings)
+
+
+def previous_view(settings: Settings, pointer: Pointer) -> View | None:
+    if pointer.previous is None or pointer.previous_embedder is None:
+        return None
+    return View.of(pointer.previous,
+                   ModelRef.parse(pointer.previous_embedder, settings.models.repository),
+                   settings)
+
+
+def settings_for(settings: Settings, collection: str) -> Settings:
+    """``settings`` with ``index.collection`` set to one physical collection."""
+    return settings.model_copy(update={"index": settings.index.model_copy(
+        update={"collection": collection})})
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """A view with the gateway's access to its collection."""
+
+    view: View
+    index: IndexAccess
+
+
+def open_access(settings: Settings, view: View) -> IndexAccess:
+    """Blocking (it tries to open the collection once): call it off the event loop."""
+    return IndexAccess(CollectionOpener(settings_for(settings, view.collection), view.dim,
+                                        view.sha256))
+
+
+class Collections:
+    """The live view (resolved from the pointer when first needed, again after a failure such
+    as an unreachable server) and the migration state, owned by the gateway's event loop."""
+
+    def __init__(
+        self, settings: Settings,
+        make_access: Callable[[Settings, View], IndexAccess] = open_access,
+        make_pointers: Callable[[Settings], Pointers] = lambda s: pointers_for(s.index),
+    ) -> None:
+        self.settings = settings
+        self.make_access = make_access
+        self.make_pointers = make_pointers
+        self.pointer: Pointer | None = None
+        self.other: Bound | None = None  # the migration's other collection, if one runs
+        self._live: Bound | None = None
+        self._pointers: Pointers | None = None
+        self._resolving = asyncio.Lock()
+
+    async def live(self) -> Bound:
+        if self._live is None:
+            async with self._resolving:
+                if self._live is None:
+                    await self._resolve()
+        assert self._live is not None
+        return self._live
+
+    def switch(self, live: Bound, other: Bound | None, pointer: Pointer | None) -> None:
+        """Make ``live`` the view new searches and writes take (one step on the loop)."""
+        self._live, self.other, self.pointer = live, other, pointer
+
+    async def bind(self, view: View) -> Bound:
+        return Bound(view, await asyncio.to_thread(self.make_access, self.settings, view))
+
+    async def pointers(self) -> Pointers:
+        if self._pointers is None:
+            self._pointers = await asyncio.to_thread(self.make_pointers, self.settings)
+        return self._pointers
+
+    async def close(self) -> None:
+        for bound in (self._live, self.other):
+            if bound is not None:
+                await bound.index.close()
+        if self._pointers is not None:
+            await asyncio.to_thread(self._pointers.close)
+
+    async def _resolve(self) -> None:
+        """Read the pointer (StoreError if the store cannot say: the call fails and the next one
+        tries again); a migration swapped but not finished resumes mirroring writes."""
+        pointers = await self.pointers()
+        pointer = await asyncio.to_thread(pointers.read)
+        live = await self.bind(live_view(self.settings, pointer))
+        previous = None if pointer is None else previous_view(self.settings, pointer)
+        self.switch(live, None if previous is None else await self.bind(previous), pointer)

@@ -1,0 +1,321 @@
+"""Zero-downtime embedder migration, run by the gateway that serves the index (its only writer).
+
+``papersearch index migrate --embedder NEW`` asks the gateway (through its Serve handle) to:
+
+1. create ``<collection>-<sha>`` for the new embedder beside the live collection and, from that
+   moment, *mirror* every write: an upsert or delete is applied to the collection of the view it
+   was pinned to and then, encoded by the other embedder, to the other collection;
+2. copy the live collection into the new one (papers re-encoded by the QueryEncoder deployment
+   with the new embedder, in ``serve.upsert_batch_size`` batches). A paper written through the
+   gateway since the start (a *dirty* id) is never copied: its mirror write carries it. The copy
+   checks the dirty set and writes under the mirror lock, which mirror writes take too, so a
+   stale copy can only land before the mirror write of the same paper, never after it;
+3. reconcile under the lock: papers whose mirror write failed, papers written since the start
+   by another writer (an ingest job: their ``indexed_at`` stamps), and any id only one side
+   holds; then compare the two counts;
+4. swap: write the pointer (index/pointer.py), then switch the gateway's live view. Searches
+   that started before the swap finish on the old collection with the old embedder;
+5. keep the old collection in step (mirroring goes on) until ``--finish`` drops it; until then
+   ``--rollback`` swaps back, losing nothing.
+
+A mirror write that fails (the other embedder's encoder unavailable) leaves its papers in the
+*pending* set: the client got its acknowledgement from the primary write, and the pending ids
+are copied again before a swap. Several gateway replicas would each need to mirror: the command
+refuses to run unless the Gateway deployment has exactly one replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from papersearch.corpus.paper import Paper, point_id
+from papersearch.index.pointer import Pointer, physical_name
+from papersearch.index.store import now_ms
+from papersearch.models.manifest import ModelRef, read_manifest
+from papersearch.pipeline.collections import Bound, Collections, EncodeDocuments, View
+from papersearch.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+
+class MigrationRefused(ValueError):
+    """The migration asked for cannot run now (the message says why)."""
+
+
+class Mirror:
+    """Two collections kept in step: every write lands in both, each with its own embedder."""
+
+    def __init__(self, pair: tuple[Bound, Bound], encode: EncodeDocuments) -> None:
+        self.pair = pair
+        self.encode = encode
+        self.copying = True  # until the swap: dirty ids are tracked for the copy
+        self.dirty: set[str] = set()  # point ids written through the gateway since the start
+        self.pending: set[str] = set()  # point ids whose mirror write failed
+        self.lock = asyncio.Lock()  # the mirror side's writes: copies and mirror writes
+        self._writes = 0  # writes in progress (primary and mirror)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open = asyncio.Event()  # cleared while a swap holds writes back
+        self._open.set()
+
+    def other(self, bound: Bound) -> Bound | None:
+        first, second = self.pair
+        if bound.view == first.view:
+            return second
+        return first if bound.view == second.view else None
+
+    async def upsert(self, bound: Bound, papers: Sequence[Paper], dense: np.ndarray) -> int:
+        async with self._writing():
+            ids = [p.point_id for p in papers]
+            self._touch(ids)
+            written = await bound.index.upsert(papers, dense)
+            other = self.other(bound)
+            if other is not None:
+                await self._mirrored(ids, other, self._upsert(other, papers))
+            return written
+
+    async def delete(self, bound: Bound, paper_ids: Sequence[str]) -> int:
+        async with self._writing():
+            ids = [point_id(pid) for pid in paper_ids]
+            self._touch(ids)
+            deleted = await bound.index.delete(paper_ids)
+            other = self.other(bound)
+            if other is not None:
+                await self._mirrored(ids, other, other.index.delete(paper_ids))
+            return deleted
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Both collections still: new writes wait, those in progress finish (primary and
+        mirror), then the block runs holding the mirror lock. Searches go on."""
+        self._open.clear()
+        try:
+            await self._idle.wait()
+            async with self.lock:
+                yield
+        finally:
+            self._open.set()
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        await self._open.wait()
+        self._writes += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._writes -= 1
+            if not self._writes:
+                self._idle.set()
+
+    def _touch(self, ids: list[str]) -> None:
+        if self.copying:
+            self.dirty.update(ids)
+
+    async def _upsert(self, other: Bound, papers: Sequence[Paper]) -> int:
+        vectors = await self.encode(other.view.embedder, [p.text for p in papers])
+        return await other.index.upsert(papers, vectors)
+
+    async def _mirrored(self, ids: list[str], other: Bound, write: Awaitable[int]) -> None:
+        """Run the mirror write under the lock; on failure (or cancellation: the primary write
+        is done) the ids become pending. Only a cancellation propagates."""
+        done = False
+        try:
+            async with self.lock:
+                await write
+            done = True
+        except Exception as error:  # noqa: BLE001 (the primary write succeeded: re-synced later)
+            log.warning("mirror write failed: re-synced before the swap",
+                        extra={"collection": other.view.collection, "papers": len(ids),
+                               "reason": repr(error)[:300]})
+        finally:
+            if not done:
+                self.pending.update(ids)
+                metrics().mirror_pending(len(ids))
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a migration step did, for the CLI's JSON."""
+
+    action: str
+    live_collection: str
+    live_embedder: str
+    previous_collection: str | None
+    previous_embedder: str | None
+    live_count: int
+    previous_count: int | None
+    copied: int = 0
+    skipped_dirty: int = 0
+    reconciled: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Migrator:
+    """``start``, ``rollback`` and ``finish`` on one gateway's collections (one at a time)."""
+
+    def __init__(self, collections: Collections, encode: EncodeDocuments, batch: int) -> None:
+        self.collections = collections
+        self.encode = encode
+        self.batch = batch
+        self.mirror: Mirror | None = None
+        self._running = asyncio.Lock()
+
+    async def resume(self) -> None:
+        """After a restart in the middle of a swapped migration, mirror writes again."""
+        live = await self.collections.live()
+        other = self.collections.other
+        if other is not None and self.mirror is None:
+            self.mirror = Mirror((live, other), self.encode)
+
+    async def start(self, embedder: ModelRef) -> Report:
+        async with self._exclusive("start"):
+            started, since = time.monotonic(), now_ms()
+            source = await self.collections.live()
+            if self.collections.other is not None:
+                raise MigrationRefused(
+                    f"a migration to {source.view.embedder} is swapped but not finished: run "
+                    "`papersearch index migrate --finish` (or --rollback) first")
+            settings = self.collections.settings
+            manifest = read_manifest(embedder.path(settings.models.repository))
+            view = View(physical_name(settings.index.collection, manifest.sha256), embedder,
+                        manifest.sha256, manifest.dim or 0)
+            if view.sha256 == source.view.sha256:
+                raise MigrationRefused(f"{source.view.collection} is already built by "
+                                       f"{source.view.embedder} (the same model as {embedder})")
+            pointers = await self.collections.pointers()
+            await asyncio.to_thread(pointers.drop, view.collection)  # a run that was cut short
+            target = await self.collections.bind(view)
+            await target.index.create()
+            mirror = self.mirror = Mirror((source, target), self.encode)
+            log.info("migration started: writes mirrored",
+                     extra={"source": source.view.collection, "target": view.collection,
+                            "embedder": str(embedder)})
+            try:
+                copied, skipped = await self._copy(mirror, source, target)
+                async with mirror.paused():
+                    reconciled = await self._reconcile(mirror, source, target, since)
+                    counts = await source.index.ready(), await target.index.ready()
+                    if counts[0] != counts[1]:
+                        raise RuntimeError(f"counts differ after the copy: {source.view.collection}"
+                                           f" {counts[0]}, {view.collection} {counts[1]}")
+                    pointer = Pointer(view.collection, str(embedder), source.view.collection,
+                                      str(source.view.embedder))
+                    await asyncio.to_thread(pointers.write, pointer)
+                    self.collections.switch(target, source, pointer)
+                    mirror.copying, mirror.dirty = False, set()
+            except BaseException:
+                self.mirror = None  # the live collection is untouched: drop the partial copy
+                await target.index.close()
+                await asyncio.to_thread(pointers.drop, view.collection)
+                raise
+            log.info("migration swapped", extra={"live": view.collection, "copied": copied})
+            return Report("start", view.collection, str(embedder), source.view.collection,
+                          str(source.view.embedder), counts[1], counts[0], copied, skipped,
+                          reconciled, round(time.monotonic() - started, 3))
+
+    async def rollback(self) -> Report:
+        async with self._exclusive("rollback"):
+            pointer, live, other = await self._swapped("rollback")
+            back = pointer.swapped()
+            mirror = self._current()
+            async with mirror.paused():
+                await self._resync(sorted(mirror.pending), live, other)  # the shadow complete
+                mirror.pending.clear()
+                await asyncio.to_thread((await self.collections.pointers()).write, back)
+                self.collections.switch(other, live, back)
+            log.info("migration rolled back", extra={"live": back.live})
+            return Report("rollback", back.live, back.embedder, back.previous,
+                          back.previous_embedder, await other.index.ready(),
+                          await live.index.ready())
+
+    async def finish(self) -> Report:
+        """Stop mirroring and drop the previous collection. A call still pinned to it gets
+        UNAVAILABLE and is sent again by its client."""
+        async with self._exclusive("finish"):
+            pointer, live, other = await self._swapped("finish")
+            done = pointer.finished()
+            async with self._current().paused():
+                pointers = await self.collections.pointers()
+                await asyncio.to_thread(pointers.write, done)
+                self.collections.switch(live, None, done)
+                self.mirror = None
+            await other.index.close()
+            await asyncio.to_thread(pointers.drop, other.view.collection)
+            log.info("migration finished", extra={"live": done.live,
+                                                  "dropped": other.view.collection})
+            return Report("finish", done.live, done.embedder, None, None,
+                          await live.index.ready(), None)
+
+    async def _copy(self, mirror: Mirror, source: Bound, target: Bound) -> tuple[int, int]:
+        """Every paper of ``source`` not written since the start, re-encoded into ``target``."""
+        window = await source.index.indexed_since(0, None)
+        copied = skipped = 0
+        for chunk in _chunks(sorted(window.window), self.batch):
+            fresh = [pid for pid in chunk if pid not in mirror.dirty]
+            papers = await source.index.papers(fresh)
+            vectors = await self.encode(target.view.embedder, [p.text for p in papers])
+            async with mirror.lock:
+                keep = [i for i, p in enumerate(papers) if p.point_id not in mirror.dirty]
+                if keep:
+                    await target.index.upsert([papers[i] for i in keep], vectors[keep])
+            copied += len(keep)
+            skipped += len(chunk) - len(keep)
+        return copied, skipped
+
+    async def _reconcile(self, mirror: Mirror, source: Bound, target: Bound,
+                         since: int) -> int:
+        """Under the mirror lock: make ``target`` hold exactly ``source``'s ids, re-copying the
+        pending ones and those another writer wrote since ``since``; how many it touched."""
+        ours = set((await source.index.indexed_since(0, None)).window)
+        theirs = set((await target.index.indexed_since(0, None)).window)
+        external = set((await source.index.indexed_since(since, None)).window) - mirror.dirty
+        again = sorted((mirror.pending | external | (ours - theirs)) & ours)
+        await self._resync(again, source, target)
+        extra = await target.index.papers(sorted(theirs - ours))
+        if extra:
+            await target.index.delete([p.id for p in extra])
+        mirror.pending.clear()
+        return len(again) + len(extra)
+
+    async def _resync(self, point_ids: Sequence[str], source: Bound, target: Bound) -> None:
+        """Copy these papers from ``source`` into ``target`` as they are now (the caller holds
+        the mirror lock); ids ``source`` no longer holds are skipped."""
+        for chunk in _chunks(point_ids, self.batch):
+            papers = await source.index.papers(chunk)
+            if papers:
+                await target.index.upsert(papers, await self.encode(target.view.embedder,
+                                                                    [p.text for p in papers]))
+
+    async def _swapped(self, action: str) -> tuple[Pointer, Bound, Bound]:
+        await self.resume()
+        pointer, live, other = (self.collections.pointer, await self.collections.live(),
+                                self.collections.other)
+        if pointer is None or other is None:
+            raise MigrationRefused(f"--{action}: no migration is waiting to be finished or "
+                                   "rolled back")
+        return pointer, live, other
+
+    def _current(self) -> Mirror:
+        assert self.mirror is not None  # _swapped resumed it
+        return self.mirror
+
+    def _exclusive(self, action: str) -> asyncio.Lock:
+        if self._running.locked():
+            raise MigrationRefused(f"{action}: another migration step is running")
+        return self._running
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

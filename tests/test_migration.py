@@ -1,0 +1,487 @@
+"""Zero-downtime embedder migration (pipeline/migration.py) under a concurrent search and write
+loop: with both index backends in-process, and through the real service (Ray Serve + gRPC).
+
+The second embedder is the same MiniLM weights exported with CLS pooling instead of mean
+pooling: another graph (another sha) and other rankings. Probe searches are dense, so the
+concurrent writes cannot change their answers: the loop writes papers about bread (far from
+every probe) and re-writes sample papers unchanged. Every probe answer must then equal the
+old embedder's list or the new one's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from papersearch.corpus.paper import Paper, point_id
+from papersearch.corpus.readers import read_corpus
+from papersearch.encoder.runtime import Encoder
+from papersearch.index.edge import EdgeStore
+from papersearch.index.pointer import EdgePointers, Pointers, ServerPointers, physical_name
+from papersearch.index.server import ServerStore
+from papersearch.index.store import Store
+from papersearch.models.manifest import ModelRef
+from papersearch.pipeline.collections import Collections, View, settings_for
+from papersearch.pipeline.index_access import IndexAccess
+from papersearch.pipeline.migration import MigrationRefused
+from papersearch.pipeline.query import SearchQuery
+from papersearch.pipeline.search import SearchPipeline
+from papersearch.pipeline.serve_backend import HandleBackend
+from papersearch.retriever.opener import CollectionOpener
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import Settings
+from tests.conftest import ROOT, SAMPLE_CORPUS
+from tests.test_index_access import async_twin
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning"),
+]
+
+OLD, NEW = "minilm-l6", "minilm-cls"
+PROBES = 8
+
+
+@pytest.fixture(scope="module")
+def cls_embedder(model_settings: Settings, embedder_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM exported again with CLS pooling, as ``minilm-cls`` in the same repository."""
+    from papersearch.modelbuild.prepare import export_embedder
+    from papersearch.modelbuild.sources import resolve_source
+
+    source = tmp_path_factory.mktemp("cls-source") / "model"
+    minilm = resolve_source(model_settings.models.embedder_source, model_settings.models.cache_dir)
+    shutil.copytree(minilm.location, source)
+    (source / "1_Pooling").mkdir(exist_ok=True)
+    (source / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    models = model_settings.models.model_copy(update={
+        "embedder_name": NEW, "embedder_source": str(source)})
+    return export_embedder(model_settings.model_copy(update={"models": models}))
+
+
+@pytest.fixture(scope="module")
+def papers() -> list[Paper]:
+    return list(read_corpus(SAMPLE_CORPUS))[:160]
+
+
+def quiet(papers: list[Paper], probes: list[str], encoders: list[Encoder]) -> list[Paper]:
+    """Papers far from every probe's top 10 under each encoder: re-writing them (their vectors
+    come out slightly different, int8 quantises per batch) cannot change a probe's answer."""
+    far = np.ones(len(papers), dtype=bool)
+    for encoder in encoders:
+        cosines = encoder.encode_queries(probes) @ encoder.encode_documents(
+            [p.text for p in papers]).T
+        ranked = np.sort(cosines, axis=1)
+        far &= (cosines < np.minimum(ranked[:, -10] - 0.01, ranked[:, -30])[:, None]).all(axis=0)
+    return [p for p, keep in zip(papers, far, strict=True) if keep]
+
+
+def bread(n: int) -> Paper:
+    return Paper(id=f"bread-{n}", title=f"Sourdough bread, bake number {n}",
+                 abstract="Flour, water and salt rested overnight, then baked in a hot oven.")
+
+
+# -- the migration in-process, both backends -------------------------------------------------
+
+
+class _Remote:
+    """A deployment method stand-in: ``remote`` returns an awaitable task, as a handle does."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
+        self.call = call
+
+    def remote(self, *args: Any) -> asyncio.Task[Any]:
+        return asyncio.ensure_future(self.call(*args))
+
+
+class LocalModels:
+    """The QueryEncoder deployment's methods run in this process with the real ONNX encoders
+    (the served path is tested below, through Ray Serve). Documents whose text holds
+    ``fail_for`` fail with ``NEW``'s encoder, as an unavailable replica would: each text once
+    with ``once``, else always."""
+
+    def __init__(self, repository: Path, fail_for: str | None = None, once: bool = True,
+                 delay_s: float = 0.0) -> None:
+        self.repository = repository
+        self.delay_s = delay_s  # per call, as a remote replica's round trip
+        self.fail_for = fail_for
+        self.once = once
+        self.failed: set[str] = set()
+        self.encoders: dict[str, Encoder] = {}
+        self.encode = _Remote(self._queries)
+        self.encode_documents = _Remote(self._documents)
+
+    def encoder(self, key: str) -> Encoder:
+        if key not in self.encoders:
+            self.encoders[key] = Encoder(ModelRef.parse(key, self.repository).path(
+                self.repository))
+        return self.encoders[key]
+
+    async def _queries(self, texts: list[str], key: str) -> np.ndarray:
+        await asyncio.sleep(self.delay_s)  # searches are mid-encode when the swap comes
+        return self.encoder(key).encode_queries(texts)
+
+    async def _documents(self, texts: list[str], key: str) -> np.ndarray:
+        await asyncio.sleep(self.delay_s)  # the copy's chunks interleave with the writes
+        failing = {t for t in texts if self.fail_for and self.fail_for in t} - (
+            self.failed if self.once else set())
+        if failing and key.startswith(NEW):
+            self.failed |= failing
+            raise RuntimeError("encoder replica unavailable")
+        return self.encoder(key).encode_documents(texts)
+
+
+class SharedServerStore(ServerStore):
+    def _close(self) -> None:  # the test's shared local-mode client outlives each store
+        pass
+
+
+class SharedServerPointers(ServerPointers):
+    def close(self) -> None:
+        pass
+
+
+def _collections(settings: Settings, client: QdrantClient | None
+                 ) -> tuple[Collections, Callable[[str], Store]]:
+    """Collections of the embedded backend, or (with a local-mode ``client``) of the server
+    one, and a way to open any physical collection to inspect it."""
+    if client is None:
+        def inspect_edge(collection: str) -> Store:
+            return EdgeStore(settings_for(settings, collection).index)
+        return Collections(settings), inspect_edge
+
+    def access(s: Settings, view: View) -> IndexAccess:
+        return IndexAccess(CollectionOpener(
+            settings_for(s, view.collection), view.dim, view.sha256,
+            make_store=lambda st: SharedServerStore(st.index, client=client)),
+            make_client=lambda _: async_twin(client))
+
+    def pointers(s: Settings) -> Pointers:
+        return SharedServerPointers(s.index, client=client)
+
+    def inspect_server(collection: str) -> Store:
+        return SharedServerStore(settings_for(settings, collection).index, client=client)
+    return Collections(settings, access, pointers), inspect_server
+
+
+def _fill(store: Store, encoder: Encoder, papers: list[Paper]) -> None:
+    store.ensure_collection(encoder.dim, encoder.sha256, create=True)
+    Retriever(store).upsert(papers, encoder.encode_documents([p.text for p in papers]))
+
+
+def _ids(store: Store, encoder: Encoder) -> set[str]:
+    store.ensure_collection(encoder.dim, encoder.sha256)
+    return set(store.indexed_since(0, None).window)
+
+
+class Loop:
+    """Searches (dense probes) and writes (bread papers upserted and some deleted, sample
+    papers re-written unchanged) until stopped; what was acknowledged is recorded."""
+
+    def __init__(self, pipeline: SearchPipeline, backend: HandleBackend,
+                 probes: list[str], papers: list[Paper]) -> None:
+        self.pipeline, self.backend, self.probes, self.papers = pipeline, backend, probes, papers
+        self.answers: list[tuple[int, tuple[str, ...]]] = []
+        self.failures: list[str] = []
+        self.kept: set[str] = set()
+        self.deleted: set[str] = set()
+        self.refused = 0  # writes not acknowledged (a marked paper's first encode failed)
+        self.stop = asyncio.Event()
+
+    async def search(self, probe: int) -> tuple[str, ...]:
+        result = await self.pipeline.search(SearchQuery(self.probes[probe], mode="dense",
+                                                        rerank=False))
+        return tuple(h.paper.id for h in result.hits)
+
+    async def searching(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            try:
+                self.answers.append((n % PROBES, await self.search(n % PROBES)))
+            except Exception as error:  # noqa: BLE001 (counted: the test wants none)
+                self.failures.append(repr(error))
+            n += 1
+            await asyncio.sleep(0)
+
+    async def writing(self, marker: str = "") -> None:
+        n = 0
+        while not self.stop.is_set():
+            batch = [bread(n + i) for i in range(3)]
+            mirror = self.backend.migrator.mirror
+            if marker and n % 9 == 0 and mirror is not None and mirror.copying:
+                batch[0] = Paper(id=batch[0].id, title=batch[0].title + marker,
+                                 abstract=batch[0].abstract)
+            again = [self.papers[(n + i) % len(self.papers)] for i in range(3)]
+            backend = self.backend.pinned()
+            try:
+                await backend.upsert(batch + again, await backend.encode_documents(
+                    [p.text for p in batch + again]))
+            except RuntimeError:  # its primary encode was the failing one (after the swap)
+                assert marker in batch[0].title
+                self.refused += 1
+            else:
+                self.kept.update(p.id for p in batch)
+            if n % 6 == 0:
+                gone = [bread(n).id]
+                await self.backend.delete(gone)
+                self.kept.difference_update(gone)
+                self.deleted.update(gone)
+            n += 3
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_migration_under_searches_and_writes(backend: str, sample_settings: Settings,
+                                             embedder_dir: Path, cls_embedder: Path,
+                                             papers: list[Paper], tmp_path: Path) -> None:
+    settings = settings_for(sample_settings.model_copy(update={"index": sample_settings.index
+                                                               .model_copy(update={
+                                                                   "data_dir": tmp_path})}),
+                            "papers")
+    repository = settings.models.repository
+    old, new = Encoder(embedder_dir), Encoder(cls_embedder)
+    client = QdrantClient(":memory:") if backend == "server" else None
+    collections, inspect = _collections(settings, client)
+    with inspect("papers") as source:
+        _fill(source, old, papers)
+    settings = settings.model_copy(update={"serve": settings.serve.model_copy(
+        update={"upsert_batch_size": 8})})  # the copy in 20 chunks
+    models = LocalModels(repository, fail_for=" [mirror fails]", delay_s=0.02)
+    handles = HandleBackend(models, None, collections, settings)  # type: ignore[arg-type]
+    pipeline = SearchPipeline(handles, settings.search)
+    probes = [p.title for p in papers[:PROBES * 5:5]]
+    rewritten = quiet(papers, probes, [old, new])
+    assert len(rewritten) >= 20
+    loop = Loop(pipeline, handles, probes, rewritten)
+    target = physical_name("papers", new.sha256)
+
+    async def scenario() -> dict[str, Any]:
+        before = [await loop.search(i) for i in range(PROBES)]
+        tasks = [asyncio.create_task(loop.searching()) for _ in range(4)]
+        tasks.append(asyncio.create_task(loop.writing(" [mirror fails]")))
+        await asyncio.sleep(0.3)
+        report = (await handles.migrator.start(ModelRef.parse(NEW, repository))).to_json()
+        await asyncio.sleep(0.5)
+        loop.stop.set()
+        await asyncio.gather(*tasks)
+        after = [await loop.search(i) for i in range(PROBES)]
+        return {"before": before, "after": after, "report": report}
+
+    outcome = asyncio.run(scenario())
+    before, after, report = outcome["before"], outcome["after"], outcome["report"]
+    assert loop.failures == []
+    assert sum(b != a for b, a in zip(before, after, strict=True)) >= PROBES // 2, \
+        "the two embedders should rank most probes differently"
+    seen = {"old": 0, "new": 0}
+    for probe, answer in loop.answers:
+        assert answer in (before[probe], after[probe]), f"probe {probe}: a mixed answer"
+        seen["old" if answer == before[probe] else "new"] += 1
+    assert seen["old"] > 0 and seen["new"] > 0, seen
+    assert report["live_collection"] == target and report["previous_collection"] == "papers"
+    assert report["live_count"] == report["previous_count"] > len(papers)  # at the swap
+    assert report["skipped_dirty"] > 0 and report["reconciled"] > 0  # a failed mirror write
+
+    # No write lost, on either side: the previous collection is kept in step.
+    asyncio.run(collections.close())
+    expected = {point_id(p.id) for p in papers} | {point_id(i) for i in loop.kept}
+    with inspect(target) as live, inspect("papers") as previous:
+        assert _ids(live, new) == expected == _ids(previous, old)
+        assert not {point_id(i) for i in loop.deleted} & _ids(live, new)
+
+    # A gateway restarted now finds the swapped state in the pointer; rollback, then finish.
+    restarted, _ = _collections(settings, client)
+    handles = HandleBackend(models, None, restarted, settings)  # type: ignore[arg-type]
+    loop.pipeline = SearchPipeline(handles, settings.search)
+
+    async def back_and_finish() -> tuple[list[tuple[str, ...]], dict[str, Any]]:
+        assert (await restarted.live()).view.collection == target
+        with pytest.raises(MigrationRefused, match="swapped but not finished"):
+            await handles.migrator.start(ModelRef.parse(OLD, repository))
+        await handles.migrator.rollback()
+        backend_now = handles.pinned()
+        await backend_now.upsert([bread(9999)], await backend_now.encode_documents(
+            [bread(9999).text]))
+        rolled = [await loop.search(i) for i in range(PROBES)]
+        finished = (await handles.migrator.finish()).to_json()
+        await restarted.close()
+        return rolled, finished
+
+    rolled, finished = asyncio.run(back_and_finish())
+    assert rolled == before
+    assert finished["live_collection"] == "papers" and finished["previous_collection"] is None
+    assert finished["live_count"] == len(expected) + 1
+    with inspect("papers") as live:
+        assert point_id("bread-9999") in _ids(live, old)
+    if backend == "edge":
+        assert not (tmp_path / target).exists()
+        assert EdgePointers(settings.index).read() is not None
+
+
+def test_refusals_leave_the_live_collection_alone(sample_settings: Settings, embedder_dir: Path,
+                                                  cls_embedder: Path, papers: list[Paper],
+                                                  tmp_path: Path) -> None:
+    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
+        update={"data_dir": tmp_path})})
+    repository = settings.models.repository
+    old = Encoder(embedder_dir)
+    collections, inspect = _collections(settings, None)
+    with inspect("papers") as source:
+        _fill(source, old, papers[:20])
+    handles = HandleBackend(LocalModels(repository, fail_for="Sourdough", once=False), None,
+                            collections, settings)  # type: ignore[arg-type]
+
+    async def attempts() -> None:
+        with pytest.raises(MigrationRefused, match="already built by"):
+            await handles.migrator.start(ModelRef.parse(OLD, repository))
+        for step in (handles.migrator.rollback, handles.migrator.finish):
+            with pytest.raises(MigrationRefused, match="no migration is waiting"):
+                await step()
+        # The copy itself fails (the new encoder refuses a paper): the partial copy is dropped.
+        backend = handles.pinned()
+        await backend.upsert([bread(1)], await backend.encode_documents([bread(1).text]))
+        with pytest.raises(RuntimeError, match="unavailable"):
+            await handles.migrator.start(ModelRef.parse(NEW, repository))
+        assert (await collections.live()).view.collection == "papers"
+        await collections.close()
+
+    asyncio.run(attempts())
+    assert not any(p.name.startswith("papers-") for p in tmp_path.iterdir())
+    assert EdgePointers(settings.index).read() is None
+
+
+# -- through the service: Ray Serve, gRPC, the CLI ---------------------------------------------
+
+
+def _cli(*args: str, settings_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "papersearch.cli", "index", "migrate", *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env=settings_env)
+
+
+def test_migration_through_the_service(sample_settings: Settings, sample_index: Path,
+                                       embedder_dir: Path, cls_embedder: Path,
+                                       tmp_path: Path) -> None:
+    import os
+    import socket
+    import tempfile
+
+    import ray
+
+    from papersearch.client import SearchClient
+    from papersearch.serving import launcher
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    data_dir = tmp_path / "index"
+    shutil.copytree(sample_index, data_dir)
+    repository = tmp_path / "models"
+    for model in (embedder_dir, cls_embedder):
+        shutil.copytree(model, repository / model.parent.name / model.name)
+    port = free_port()
+    overrides = {
+        "models": {"repository": str(repository),
+                   "cache_dir": str(sample_settings.models.cache_dir)},
+        "index": {"data_dir": str(data_dir)},
+        "serve": {"grpc_port": port, "http_port": free_port(), "health_poll_s": 0.5},
+    }
+    settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
+        update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml",
+                "metrics_port": free_port(), "dashboard_port": free_port()})})
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))
+    fixed = {name: {"autoscaling_config": None, "num_replicas": 1}
+             for name in ("QueryEncoder", "Reranker")}
+    launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides,
+                   deployment_options=fixed)
+    env = {**os.environ, "PAPERSEARCH_MODELS__REPOSITORY": str(repository),
+           "PAPERSEARCH_INDEX__DATA_DIR": str(data_dir)}
+    address = ray.get_runtime_context().gcs_address
+    stop = threading.Event()
+    answers: list[tuple[int, tuple[str, ...]]] = []
+    failures: list[str] = []
+    kept: set[str] = set()
+    try:
+        with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client:
+            deadline = time.monotonic() + 120
+            while client.health() != "SERVING":
+                assert time.monotonic() < deadline, "gateway never became SERVING"
+                time.sleep(0.5)
+            probes = [h.paper.title for h in client.search(SearchQuery(
+                "retrieval augmented generation", mode="dense", rerank=False, top_k=PROBES)).hits]
+
+            def ask(i: int) -> tuple[str, ...]:
+                query = SearchQuery(probes[i], mode="dense", rerank=False)
+                return tuple(h.paper.id for h in client.search(query).hits)
+
+            def searching() -> None:
+                n = 0
+                while not stop.is_set():
+                    try:
+                        answers.append((n % PROBES, ask(n % PROBES)))
+                    except grpc.RpcError as error:
+                        failures.append(f"{error.code().name}: {error.details()}")
+                    n += 1
+
+            def writing() -> None:
+                n = 0
+                while not stop.is_set():
+                    batch = [bread(n), bread(n + 1)]
+                    client.upsert(batch)
+                    kept.update(p.id for p in batch)
+                    if n % 8 == 0:
+                        client.delete([batch[0].id])
+                        kept.discard(batch[0].id)
+                    n += 2
+
+            before = [ask(i) for i in range(PROBES)]
+            threads = [threading.Thread(target=f) for f in (searching, searching, writing)]
+            for thread in threads:
+                thread.start()
+            started = _cli("--embedder", NEW, "--ray", address, settings_env=env)
+            time.sleep(1.0)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=120)
+            assert started.returncode == 0, started.stderr
+            report = json.loads(started.stdout)
+            after = [ask(i) for i in range(PROBES)]
+            again = _cli("--embedder", NEW, "--ray", address, settings_env=env)
+            assert again.returncode == 2 and "swapped but not finished" in again.stderr
+            rolled = launcher.migrate(settings, "rollback", None, 600)
+            assert [ask(i) for i in range(PROBES)] == before
+            finished = _cli("--finish", "--ray", address, settings_env=env)
+            assert finished.returncode == 0, finished.stderr
+            missing = []
+            for pid in sorted(kept):
+                try:
+                    client.get(pid)
+                except grpc.RpcError as error:
+                    missing.append(f"{pid}: {error.code().name}")
+    finally:
+        stop.set()
+        launcher.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert failures == []
+    assert sum(b != a for b, a in zip(before, after, strict=True)) >= PROBES // 2
+    assert {answer in (before[p], after[p]) for p, answer in answers} == {True}
+    assert {answer == after[p] for p, answer in answers} == {True, False}  # both seen
+    assert report["live_count"] == report["previous_count"]
+    assert rolled["live_collection"] == "papers"
+    assert missing == []
