@@ -26,6 +26,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.gateway.watch import WatchHub, matches_filter
 from papersearch.index.query import SearchFilter
+from papersearch.index.store import Indexed
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.settings import Settings
 from tests.gateway_helpers import Servers, free_port, scratch_gateways
@@ -307,6 +308,58 @@ def test_hub_matches_many_watches_at_once_and_ends_a_slow_watcher() -> None:
     hub.close()
     assert all(w is not None and w.ended is not None for w in watches)
     assert hub.add(vectors[0], 0.0, SearchFilter()) is None
+
+
+class Moving:
+    """A feed's backend whose collection moves to another embedder (a migration's swap): the
+    new collection's window holds every paper, freshly stamped by the copy."""
+
+    def __init__(self) -> None:
+        self.embedder = "old-sha"
+        self.window: dict[str, tuple[int, Paper]] = {}
+
+    def pinned(self) -> Moving:
+        return self
+
+    async def embedder_sha(self) -> str:
+        return self.embedder
+
+    async def indexed_since(self, since_ms: int, known: dict[str, int] | None) -> Indexed:
+        window = {pid: stamp for pid, (stamp, _) in self.window.items() if stamp >= since_ms}
+        new = [] if known is None else [
+            paper for pid, (stamp, paper) in self.window.items() if known.get(pid) != stamp]
+        return Indexed(window, new, np.ones((len(new), 2), dtype=np.float32) / np.sqrt(2))
+
+
+def test_the_feed_ends_watches_when_the_index_moves_to_another_embedder() -> None:
+    import asyncio
+
+    from papersearch.gateway.watch import MOVED, WatchFeed
+    from papersearch.index.store import now_ms
+
+    backend = Moving()
+    hub = WatchHub(max_watches=4, queue=100)
+    feed = WatchFeed(hub, backend, Settings().serve)  # type: ignore[arg-type]
+    vector = np.ones(2, dtype=np.float32) / np.sqrt(2)
+    papers = [Paper(id=f"p{i}", title=f"paper {i}", abstract="") for i in range(5)]
+
+    async def scenario() -> None:
+        backend.window = {p.point_id: (now_ms(), p) for p in papers[:3]}
+        await feed.poll()  # learns the window
+        old = hub.add(vector, 0.0, SearchFilter(), "old-sha")
+        assert old is not None
+        backend.embedder = "new-sha"  # swapped: every paper stamped again by the copy
+        backend.window = {p.point_id: (now_ms() + 1, p) for p in papers[:3]}
+        assert await feed.poll() == 0  # the new collection's window learnt, not published
+        assert old.ended == (grpc.StatusCode.UNAVAILABLE, MOVED) and not old.pending
+        new = hub.add(vector, 0.0, SearchFilter(), "new-sha")
+        assert new is not None
+        backend.window[papers[4].point_id] = (now_ms() + 2, papers[4])
+        await feed.poll()
+        assert [m.paper.id for m in new.pending] == ["p4"] and new.ended is None
+        assert not old.pending  # ended: offered nothing more
+
+    asyncio.run(scenario())
 
 
 def test_filter_matching_agrees_with_the_index_rules() -> None:
