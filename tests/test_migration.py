@@ -30,8 +30,11 @@ from papersearch.corpus.paper import Paper, point_id
 from papersearch.corpus.readers import read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.edge import EdgeStore
+from papersearch.index.plan import PointData, Program, Write
 from papersearch.index.pointer import EdgePointers, Pointers, ServerPointers, physical_name
+from papersearch.index.schema import to_payload
 from papersearch.index.server import ServerStore
+from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
 from papersearch.models.manifest import ModelRef
 from papersearch.pipeline.collections import Collections, View, settings_for
@@ -57,21 +60,11 @@ PROBES = 8
 
 
 @pytest.fixture(scope="module")
-def cls_embedder(model_settings: Settings, embedder_dir: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cls_embedder(model_settings: Settings, embedder_dir: Path) -> Path:
     """MiniLM exported again with CLS pooling, as ``minilm-cls`` in the same repository."""
-    from papersearch.modelbuild.prepare import export_embedder
-    from papersearch.modelbuild.sources import resolve_source
+    from papersearch.modelbuild.prepare import export_cls_variant
 
-    source = tmp_path_factory.mktemp("cls-source") / "model"
-    minilm = resolve_source(model_settings.models.embedder_source, model_settings.models.cache_dir)
-    shutil.copytree(minilm.location, source)
-    (source / "1_Pooling").mkdir(exist_ok=True)
-    (source / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    models = model_settings.models.model_copy(update={
-        "embedder_name": NEW, "embedder_source": str(source)})
-    return export_embedder(model_settings.model_copy(update={"models": models}))
+    return export_cls_variant(model_settings, NEW)
 
 
 @pytest.fixture(scope="module")
@@ -179,14 +172,26 @@ def _collections(settings: Settings, client: QdrantClient | None
     return Collections(settings, access, pointers), inspect_server
 
 
-def _fill(store: Store, encoder: Encoder, papers: list[Paper]) -> None:
+def _fill(store: Store, encoder: Encoder, papers: list[Paper], legacy: int = 10) -> None:
+    """``papers`` indexed; the first ``legacy`` as points written before the ``indexed_at``
+    stamp existed (no such payload field)."""
     store.ensure_collection(encoder.dim, encoder.sha256, create=True)
-    Retriever(store).upsert(papers, encoder.encode_documents([p.text for p in papers]))
+    retriever = Retriever(store)
+    dense = encoder.encode_documents([p.text for p in papers])
+    retriever.upsert(papers[legacy:], dense[legacy:])
+    old = [PointData(p.point_id, vector.tolist(), SparseVector.of(terms), to_payload(p))
+           for p, vector, terms in zip(papers[:legacy], dense[:legacy], retriever.bm25.papers(
+               papers[:legacy]), strict=True)]
+
+    def unstamped() -> Program[None]:
+        yield Write(tuple(old))
+
+    store.execute(unstamped())
 
 
 def _ids(store: Store, encoder: Encoder) -> set[str]:
     store.ensure_collection(encoder.dim, encoder.sha256)
-    return set(store.indexed_since(0, None).window)
+    return set(store.execute(store.point_ids_program()))
 
 
 class Loop:

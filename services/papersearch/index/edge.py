@@ -170,10 +170,11 @@ class EdgeStore(Store):
             for r in records
         ]
 
-    def _scan(self, key: str, since: int, limit: int, offset: str | None) -> ScanPage:
-        request = qe.ScrollRequest(
-            offset=offset, limit=limit, with_payload=[key], with_vector=False,
-            filter=qe.Filter(must=[qe.FieldCondition(key, range=qe.RangeFloat(gte=since))]))
+    def _scan(self, key: str, since: int | None, limit: int, offset: str | None) -> ScanPage:
+        scan = None if since is None else qe.Filter(
+            must=[qe.FieldCondition(key, range=qe.RangeFloat(gte=since))])
+        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=[key],
+                                   with_vector=False, filter=scan)
         with _engine("scroll"):
             records, next_offset = self._live().scroll(request)
         return ScanPage([Record(str(r.id), r.payload, None) for r in records],

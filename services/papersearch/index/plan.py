@@ -107,11 +107,12 @@ class Fetch:
 @dataclass(frozen=True, slots=True)
 class Scan:
     """One page of the points whose integer payload ``key`` (range-indexed) is at least
-    ``since``, in the engine's id order, starting at point id ``offset`` (None: the first);
-    each record carries only that payload field, no vectors. The result: ``ScanPage``."""
+    ``since`` (None: every point, with the field or without), in the engine's id order,
+    starting at point id ``offset`` (None: the first); each record carries only that payload
+    field, no vectors. The result: ``ScanPage``."""
 
     key: str
-    since: int
+    since: int | None
     limit: int
     offset: str | None = None
 

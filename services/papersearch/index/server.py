@@ -241,8 +241,9 @@ def call_for(step: Step, collection: str) -> Call:
                 lambda records: _records(records, dense, sparse))
         case Scan(key, since, limit, offset):
             condition = models.FieldCondition(key=key, range=models.Range(gte=since))
+            scan = None if since is None else models.Filter(must=[condition])
             return Call("scroll", lambda c, t: c.scroll(
-                collection, scroll_filter=models.Filter(must=[condition]), limit=limit,
+                collection, scroll_filter=scan, limit=limit,
                 offset=offset, with_payload=[key], with_vectors=False, timeout=t), _page)
         case Write(points):
             batch = [models.PointStruct(id=p.point_id, vector=_vectors(p), payload=p.payload)

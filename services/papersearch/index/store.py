@@ -217,6 +217,19 @@ class Store(ABC):
             by_id.update((r.point_id, r) for r in records)
         return [from_payload(by_id[p].payload or {}) for p in point_ids if p in by_id]
 
+    def point_ids_program(self) -> Program[list[str]]:
+        """Every point id in the collection, stamped with ``indexed_at`` or not (points
+        written before the stamp existed)."""
+        self._require_open()
+        ids: list[str] = []
+        offset: str | None = None
+        while True:
+            page: ScanPage = yield Scan(INDEXED_AT, None, _SCAN_PAGE, offset)
+            ids += [r.point_id for r in page.records]
+            if page.next_offset is None:
+                return ids
+            offset = page.next_offset
+
     def indexed_since(self, since_ms: int, known: Mapping[str, int] | None) -> Indexed:
         """Points written at or after ``since_ms`` (their ``indexed_at``), whoever wrote them.
         The papers written since and not in ``known`` (point id -> indexed_at, e.g. the last

@@ -6,7 +6,9 @@ Imports torch (through export/training): only the ``models`` CLI commands use th
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,6 +47,25 @@ def export_embedder(settings: Settings) -> Path:
         document_prefix=models.document_prefix,
     )
     return export(spec, models.repository, parity_texts(settings))
+
+
+def export_cls_variant(settings: Settings, name: str) -> Path:
+    """The configured embedder's weights exported again as ``name`` with CLS pooling instead of
+    mean pooling: another graph (another sha) with other rankings, for rehearsing an embedder
+    migration (tests/test_migration.py, benchmarks/migration.py)."""
+    models = settings.models
+    source = resolve_source(models.embedder_source, models.cache_dir)
+    folder = models.cache_dir / "variants" / f"{name}-cls"
+    if not folder.is_dir():
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(source.location, partial)
+        (partial / "1_Pooling").mkdir(exist_ok=True)
+        (partial / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+        partial.rename(folder)
+    variant = models.model_copy(update={"embedder_name": name, "embedder_source": str(folder)})
+    return export_embedder(settings.model_copy(update={"models": variant}))
 
 
 def export_reranker(settings: Settings, source: str) -> Path:

@@ -77,6 +77,9 @@ class IndexAccess:
     async def papers(self, point_ids: Sequence[str]) -> list[Paper]:
         return await self._execute(lambda r: r.store.papers_program(point_ids))
 
+    async def point_ids(self) -> list[str]:
+        return await self._execute(lambda r: r.store.point_ids_program())
+
     async def create(self) -> int:
         """Open the collection, creating it if absent; its point count."""
         return await self._execute(lambda r: r.store.probe_program(), create=True)

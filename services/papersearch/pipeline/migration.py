@@ -259,9 +259,8 @@ class Migrator:
 
     async def _copy(self, mirror: Mirror, source: Bound, target: Bound) -> tuple[int, int]:
         """Every paper of ``source`` not written since the start, re-encoded into ``target``."""
-        window = await source.index.indexed_since(0, None)
         copied = skipped = 0
-        for chunk in _chunks(sorted(window.window), self.batch):
+        for chunk in _chunks(sorted(await source.index.point_ids()), self.batch):
             fresh = [pid for pid in chunk if pid not in mirror.dirty]
             papers = await source.index.papers(fresh)
             vectors = await self.encode(target.view.embedder, [p.text for p in papers])
@@ -277,8 +276,8 @@ class Migrator:
                          since: int) -> int:
         """Under the mirror lock: make ``target`` hold exactly ``source``'s ids, re-copying the
         pending ones and those another writer wrote since ``since``; how many it touched."""
-        ours = set((await source.index.indexed_since(0, None)).window)
-        theirs = set((await target.index.indexed_since(0, None)).window)
+        ours = set(await source.index.point_ids())
+        theirs = set(await target.index.point_ids())
         external = set((await source.index.indexed_since(since, None)).window) - mirror.dirty
         again = sorted((mirror.pending | external | (ours - theirs)) & ours)
         await self._resync(again, source, target)
