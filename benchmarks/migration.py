@@ -186,7 +186,8 @@ def plot(load: Load, marks: dict[str, tuple[float, float]], before: list[tuple[s
     axis.set_xlabel("seconds")
     axis.set_ylabel("latency (ms)")
     axis.set_title("papersearch index migrate under load: searches never fail or mix embedders")
-    axis.legend(loc="upper left", fontsize=7, markerscale=3)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=7,
+                markerscale=3)
     figure.tight_layout()
     figure.savefig(target, dpi=120)
 
