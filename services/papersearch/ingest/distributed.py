@@ -72,13 +72,21 @@ def ray_cluster(address: str | None) -> Iterator[None]:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
     else:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as error:
+            raise NoRayCluster(f"no Ray cluster at {address!r} to join ({error}): start the "
+                               "service or cluster first, or pass its address") from None
     try:
         yield
     finally:
         ray.shutdown()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class NoRayCluster(ValueError):
+    """The Ray cluster named to join is not running or not reachable."""
 
 
 class NoGpu(ValueError):

@@ -9,11 +9,13 @@ vector of one embedder to a collection of another.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from papersearch.index.errors import StoreError
 from papersearch.index.pointer import Pointer, Pointers, pointers_for
 from papersearch.models.manifest import ModelRef, read_manifest
 from papersearch.pipeline.index_access import IndexAccess
@@ -85,6 +87,7 @@ class Collections:
         self, settings: Settings,
         make_access: Callable[[Settings, View], IndexAccess] = open_access,
         make_pointers: Callable[[Settings], Pointers] = lambda s: pointers_for(s.index),
+        *, retry_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.make_access = make_access
@@ -94,6 +97,9 @@ class Collections:
         self._live: Bound | None = None
         self._pointers: Pointers | None = None
         self._resolving = asyncio.Lock()
+        self.retry_s, self.clock = retry_s, clock
+        self._failure: StoreError | None = None  # the last failed resolution, and when
+        self._failed_at = float("-inf")
 
     async def live(self) -> Bound:
         if self._live is None:
@@ -123,10 +129,18 @@ class Collections:
             await asyncio.to_thread(self._pointers.close)
 
     async def _resolve(self) -> None:
-        """Read the pointer (StoreError if the store cannot say: the call fails and the next one
-        tries again); a migration swapped but not finished resumes mirroring writes."""
+        """Read the pointer (StoreError if the store cannot say: calls within ``retry_s`` get
+        the same error, the first one after tries again, as the opener does); a migration
+        swapped but not finished resumes mirroring writes."""
+        if self._failure is not None and self.clock() - self._failed_at < self.retry_s:
+            raise self._failure
         pointers = await self.pointers()
-        pointer = await asyncio.to_thread(pointers.read)
+        try:
+            pointer = await asyncio.to_thread(pointers.read)
+        except StoreError as error:
+            self._failure, self._failed_at = error, self.clock()
+            raise
+        self._failure = None
         live = await self.bind(live_view(self.settings, pointer))
         previous = None if pointer is None else previous_view(self.settings, pointer)
         self.switch(live, None if previous is None else await self.bind(previous), pointer)
