@@ -44,6 +44,10 @@ from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
+# Another writer's clock may run this far behind the gateway's: its writes stamped up to this
+# long before the start are copied again at the reconcile (NTP keeps clocks far closer).
+WRITER_SKEW_MS = 5_000
+
 
 class MigrationRefused(ValueError):
     """The migration asked for cannot run now (the message says why)."""
@@ -275,10 +279,12 @@ class Migrator:
     async def _reconcile(self, mirror: Mirror, source: Bound, target: Bound,
                          since: int) -> int:
         """Under the mirror lock: make ``target`` hold exactly ``source``'s ids, re-copying the
-        pending ones and those another writer wrote since ``since``; how many it touched."""
+        pending ones and those another writer wrote since ``since`` (less WRITER_SKEW_MS); how
+        many it touched."""
         ours = set(await source.index.point_ids())
         theirs = set(await target.index.point_ids())
-        external = set((await source.index.indexed_since(since, None)).window) - mirror.dirty
+        stamped = await source.index.indexed_since(since - WRITER_SKEW_MS, None)
+        external = set(stamped.window) - mirror.dirty
         again = sorted((mirror.pending | external | (ours - theirs)) & ours)
         await self._resync(again, source, target)
         extra = await target.index.papers(sorted(theirs - ours))
