@@ -105,14 +105,15 @@ class _Remote:
 class LocalModels:
     """The QueryEncoder deployment's methods run in this process with the real ONNX encoders
     (the served path is tested below, through Ray Serve). Documents whose text holds
-    ``fail_for`` fail with ``NEW``'s encoder, as an unavailable replica would: each text once
-    with ``once``, else always."""
+    ``fail_for`` fail with ``fail_key``'s encoder, as an unavailable replica would: each text
+    once with ``once``, else always."""
 
     def __init__(self, repository: Path, fail_for: str | None = None, once: bool = True,
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, fail_key: str = NEW) -> None:
         self.repository = repository
         self.delay_s = delay_s  # per call, as a remote replica's round trip
         self.fail_for = fail_for
+        self.fail_key = fail_key
         self.once = once
         self.failed: set[str] = set()
         self.encoders: dict[str, Encoder] = {}
@@ -133,7 +134,7 @@ class LocalModels:
         await asyncio.sleep(self.delay_s)  # the copy's chunks interleave with the writes
         failing = {t for t in texts if self.fail_for and self.fail_for in t} - (
             self.failed if self.once else set())
-        if failing and key.startswith(NEW):
+        if failing and key.startswith(self.fail_key):
             self.failed |= failing
             raise RuntimeError("encoder replica unavailable")
         return self.encoder(key).encode_documents(texts)
@@ -309,15 +310,25 @@ def test_migration_under_searches_and_writes(backend: str, sample_settings: Sett
         assert not {point_id(i) for i in loop.deleted} & _ids(live, new)
 
     # A gateway restarted now finds the swapped state in the pointer; rollback, then finish.
+    # Its first write rewrites a paper, and that write's mirror into the old collection fails.
     restarted, _ = _collections(settings, client)
+    models = LocalModels(repository, fail_for=" [shadow fails]", fail_key=OLD)
     handles = HandleBackend(models, None, restarted, settings)  # type: ignore[arg-type]
+    rewritten_paper = Paper(id=papers[-1].id, title=papers[-1].title + " [shadow fails]",
+                            abstract=papers[-1].abstract)
     loop.pipeline = SearchPipeline(handles, settings.search)
 
     async def back_and_finish() -> tuple[list[tuple[str, ...]], dict[str, Any]]:
         assert (await restarted.live()).view.collection == target
         with pytest.raises(MigrationRefused, match="swapped but not finished"):
             await handles.migrator.start(ModelRef.parse(OLD, repository))
+        pinned = handles.pinned()
+        await pinned.upsert([rewritten_paper], await pinned.encode_documents(
+            [rewritten_paper.text]))
+        assert handles.migrator.mirror is not None
+        assert handles.migrator.mirror.missed_by("papers") == [rewritten_paper.point_id]
         await handles.migrator.rollback()
+        assert (await handles.pinned().get(rewritten_paper.id)).title == rewritten_paper.title
         backend_now = handles.pinned()
         await backend_now.upsert([bread(9999)], await backend_now.encode_documents(
             [bread(9999).text]))

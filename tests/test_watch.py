@@ -362,6 +362,17 @@ def test_the_feed_ends_watches_when_the_index_moves_to_another_embedder() -> Non
     asyncio.run(scenario())
 
 
+def test_papers_are_matched_only_against_watches_of_their_embedder() -> None:
+    hub = WatchHub(max_watches=4, queue=10)
+    flat = hub.add(np.ones(2, dtype=np.float32) / np.sqrt(2), 0.0, SearchFilter(), "a")
+    other = hub.add(np.ones(3, dtype=np.float32) / np.sqrt(3), 0.0, SearchFilter(), "b")
+    assert flat is not None and other is not None
+    paper = Paper(id="p", title="t", abstract="")
+    # a poll that read embedder a's collection while a watch of b was added: b's is skipped
+    assert hub.publish([paper], np.ones((1, 2), dtype=np.float32) / np.sqrt(2), "a") == 1
+    assert len(flat.pending) == 1 and not other.pending
+
+
 def test_filter_matching_agrees_with_the_index_rules() -> None:
     paper = Paper(id="p", title="t", abstract="", authors=("A. Author",),
                   categories=("cs.LG", "stat.ML"), published=date(2024, 5, 1))

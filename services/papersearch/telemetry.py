@@ -20,7 +20,7 @@ no-op, so the same code runs everywhere.
 - ``papersearch_int8_agreement{deployment,model}``: that self-check's agreement with fp32;
 - ``papersearch_reads_retried_total{deployment}``: gateway reads sent a second time because no
   replica answered the first (one died mid-call, or none was running);
-- ``papersearch_mirror_pending_total``: papers whose mirror write failed during an embedder
+- ``papersearch_mirror_failed_total``: papers whose mirror write failed during an embedder
   migration (pipeline/migration.py: copied again before the swap or a rollback);
 - ``papersearch_ready{check}``: 1 while the gateway is ready (``readiness``) and draining
   (``draining``), per gateway.
@@ -105,8 +105,8 @@ class Metrics:
             description="Gateway reads sent again after no replica answered the first try.",
             tag_keys=("deployment",),
         )
-        self.mirror_failed = Counter(
-            "papersearch_mirror_pending",
+        self.mirror_failures = Counter(
+            "papersearch_mirror_failed",
             description="Papers whose mirror write failed during an embedder migration.",
         )
         self.ready = Gauge(
@@ -157,8 +157,8 @@ class Metrics:
     def read_retried(self, deployment: str) -> None:
         self._count(self.reads_retried, 1.0, {"deployment": deployment})
 
-    def mirror_pending(self, papers: int) -> None:
-        self._count(self.mirror_failed, float(papers), {})
+    def mirror_failed(self, papers: int) -> None:
+        self._count(self.mirror_failures, float(papers), {})
 
     def gateway_state(self, ready: bool, draining: bool) -> None:
         self.ready.set(float(ready), tags={"check": "readiness"})

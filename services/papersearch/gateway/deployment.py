@@ -6,6 +6,7 @@ replica owns the shard."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -18,9 +19,11 @@ from papersearch.index.errors import StoreError
 from papersearch.logs import configure_logging
 from papersearch.models.manifest import ModelNotFound, ModelRef
 from papersearch.pipeline.collections import Collections
-from papersearch.pipeline.migration import MigrationRefused
+from papersearch.pipeline.migration import MigrationFailed, MigrationRefused
 from papersearch.pipeline.serve_backend import HandleBackend
 from papersearch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @serve.deployment(name="Gateway")
@@ -61,8 +64,12 @@ class GatewayDeployment:
                 report = await migrator.finish()
             else:
                 raise MigrationRefused(f"unknown migration action {action!r}")
-        except (MigrationRefused, ModelNotFound, StoreError, NotReady, Overloaded) as error:
+        except (MigrationRefused, MigrationFailed, ModelNotFound, StoreError, NotReady,
+                Overloaded) as error:
             return {"error": str(error)}
+        except Exception as error:  # e.g. an encoder replica lost mid-copy: reported, not raised
+            log.exception("migration step failed", extra={"action": action})
+            return {"error": f"{type(error).__name__}: {error}"}
         return report.to_json()
 
     async def drain(self) -> None:

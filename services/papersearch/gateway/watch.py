@@ -111,8 +111,10 @@ class WatchHub:
         self.queue = queue
         self.watches: list[Watch] = []
         self.closed = False
-        self._matrix: np.ndarray | None = None  # rows: self.watches' vectors; None: rebuild
+        self._matrix: np.ndarray | None = None  # rows: self._rows' vectors; None: rebuild
         self._thresholds: np.ndarray | None = None
+        self._rows: list[Watch] = []  # the open watches of ``_embedder`` the matrix holds
+        self._embedder: str | None = None
         self.written = asyncio.Event()  # set by this gateway's upserts: the feed looks at once
 
     def nudge(self) -> None:
@@ -135,15 +137,20 @@ class WatchHub:
             self.watches.remove(watch)
             self._matrix = None
 
-    def publish(self, papers: Sequence[Paper], dense: np.ndarray) -> int:
-        """Match newly indexed ``papers`` (rows of ``dense``) against every watch; queue each
-        match to its watcher. Returns the number of matches; never waits."""
-        if not self.watches or not len(papers):
-            return 0
-        if self._matrix is None or self._thresholds is None:
-            self._matrix = np.stack([w.vector for w in self.watches])
-            self._thresholds = np.array([w.min_relevance for w in self.watches],
+    def publish(self, papers: Sequence[Paper], dense: np.ndarray,
+                embedder: str | None = None) -> int:
+        """Match newly indexed ``papers`` (rows of ``dense``, made by ``embedder``) against
+        every open watch whose query vector that embedder made (or whose maker is unknown);
+        queue each match to its watcher. Returns the number of matches; never waits."""
+        if self._matrix is None or self._thresholds is None or embedder != self._embedder:
+            self._rows = [w for w in self.watches if w.ended is None
+                          and (w.embedder is None or embedder is None or w.embedder == embedder)]
+            self._embedder = embedder
+            self._matrix = np.stack([w.vector for w in self._rows]) if self._rows else None
+            self._thresholds = np.array([w.min_relevance for w in self._rows],
                                         dtype=np.float32)
+        if self._matrix is None or not len(papers):
+            return 0
         vectors = np.asarray(dense, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self._matrix.shape[1]:
             log.warning("watch vectors and papers differ in dimension: not matched",
@@ -152,7 +159,7 @@ class WatchHub:
         cosines = self._matrix @ vectors.T  # watches x papers
         count = 0
         for row, column in zip(*np.nonzero(cosines >= self._thresholds[:, None]), strict=True):
-            watch, paper = self.watches[row], papers[column]
+            watch, paper = self._rows[row], papers[column]
             if matches_filter(watch.filter, paper):
                 watch.offer(Match(paper, float(cosines[row, column])))
                 count += 1
@@ -164,6 +171,7 @@ class WatchHub:
         for watch in self.watches:
             if watch.embedder is not None and watch.embedder != embedder:
                 watch.end(grpc.StatusCode.UNAVAILABLE, MOVED)
+                self._matrix = None
 
     def close(self) -> None:
         """End every watch with UNAVAILABLE and refuse new ones (a drain)."""
@@ -197,7 +205,10 @@ class WatchFeed:
         """Poll until cancelled (the gateway's drain)."""
         while True:
             self.hub.written.clear()
-            await self.poll()
+            try:
+                await self.poll()
+            except Exception:  # noqa: BLE001 (a bug must not end the feed for every watch)
+                log.exception("watch feed: a poll failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_s):
                     await self.hub.written.wait()
@@ -244,4 +255,4 @@ class WatchFeed:
         else:
             self._known = {pid: stamp for pid, stamp in (known or {}).items()
                            if stamp >= window_start} | found.window
-        return self.hub.publish(found.papers, found.dense) if found.papers else 0
+        return self.hub.publish(found.papers, found.dense, embedder) if found.papers else 0

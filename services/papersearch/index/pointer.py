@@ -11,8 +11,9 @@ until ``--finish`` drops it (so ``--rollback`` is a swap back that loses nothing
 - Qdrant server: the alias ``papers.live`` (moved with one ``update_collection_aliases`` call,
   which Qdrant applies atomically), the rest of the record in the live collection's metadata.
 
-Every reader resolves the pointer when it opens the index (``resolve``); a process holding a
-collection open keeps that collection (the gateway switches its own view at the swap).
+Every reader follows the pointer when it opens the index (pipeline/factory.py, and the
+gateway's pipeline/collections.py); a process holding a collection open keeps that collection
+(the gateway switches its own view at the swap).
 """
 
 from __future__ import annotations
@@ -83,11 +84,6 @@ class Pointers(ABC):
     @abstractmethod
     def drop(self, collection: str) -> None:
         """Delete a physical collection and its data (a missing one is no error)."""
-
-    def resolve(self) -> str:
-        """The physical collection the name means now."""
-        pointer = self.read()
-        return self.settings.collection if pointer is None else pointer.live
 
     def close(self) -> None:  # noqa: B027 (a default, not an abstract hook)
         """Release the backend's client, if any."""

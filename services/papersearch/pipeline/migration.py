@@ -30,13 +30,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from papersearch.corpus.paper import Paper, point_id
-from papersearch.index.pointer import Pointer, physical_name
+from papersearch.index.pointer import Pointer, Pointers, physical_name
 from papersearch.index.store import now_ms
 from papersearch.models.manifest import ModelRef, read_manifest
 from papersearch.pipeline.collections import Bound, Collections, EncodeDocuments, View
@@ -53,15 +53,21 @@ class MigrationRefused(ValueError):
     """The migration asked for cannot run now (the message says why)."""
 
 
+class MigrationFailed(RuntimeError):
+    """A migration step found the two collections disagreeing; nothing was swapped."""
+
+
 class Mirror:
     """Two collections kept in step: every write lands in both, each with its own embedder."""
 
-    def __init__(self, pair: tuple[Bound, Bound], encode: EncodeDocuments) -> None:
+    def __init__(self, pair: tuple[Bound, Bound], encode: EncodeDocuments, *,
+                 copying: bool) -> None:
         self.pair = pair
         self.encode = encode
-        self.copying = True  # until the swap: dirty ids are tracked for the copy
+        self.copying = copying  # until the swap: dirty ids are tracked for the copy
         self.dirty: set[str] = set()  # point ids written through the gateway since the start
-        self.pending: set[str] = set()  # point ids whose mirror write failed
+        # point id -> the collection its mirror write failed to reach (which then lacks it)
+        self.pending: dict[str, str] = {}
         self.lock = asyncio.Lock()  # the mirror side's writes: copies and mirror writes
         self._writes = 0  # writes in progress (primary and mirror)
         self._idle = asyncio.Event()
@@ -82,7 +88,7 @@ class Mirror:
             written = await bound.index.upsert(papers, dense)
             other = self.other(bound)
             if other is not None:
-                await self._mirrored(ids, other, self._upsert(other, papers))
+                await self._mirrored(ids, other, lambda: self._upsert(other, papers))
             return written
 
     async def delete(self, bound: Bound, paper_ids: Sequence[str]) -> int:
@@ -92,7 +98,7 @@ class Mirror:
             deleted = await bound.index.delete(paper_ids)
             other = self.other(bound)
             if other is not None:
-                await self._mirrored(ids, other, other.index.delete(paper_ids))
+                await self._mirrored(ids, other, lambda: other.index.delete(paper_ids))
             return deleted
 
     @contextlib.asynccontextmanager
@@ -107,9 +113,14 @@ class Mirror:
         finally:
             self._open.set()
 
+    def missed_by(self, collection: str) -> list[str]:
+        """The pending ids ``collection`` lacks the last write of."""
+        return sorted(pid for pid, where in self.pending.items() if where == collection)
+
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
-        await self._open.wait()
+        while not self._open.is_set():  # another pause may begin before this writer runs
+            await self._open.wait()
         self._writes += 1
         self._idle.clear()
         try:
@@ -127,22 +138,23 @@ class Mirror:
         vectors = await self.encode(other.view.embedder, [p.text for p in papers])
         return await other.index.upsert(papers, vectors)
 
-    async def _mirrored(self, ids: list[str], other: Bound, write: Awaitable[int]) -> None:
+    async def _mirrored(self, ids: list[str], other: Bound,
+                        write: Callable[[], Awaitable[int]]) -> None:
         """Run the mirror write under the lock; on failure (or cancellation: the primary write
-        is done) the ids become pending. Only a cancellation propagates."""
+        is done) the ids become pending for ``other``. Only a cancellation propagates."""
         done = False
         try:
             async with self.lock:
-                await write
+                await write()
             done = True
         except Exception as error:  # noqa: BLE001 (the primary write succeeded: re-synced later)
-            log.warning("mirror write failed: re-synced before the swap",
+            log.warning("mirror write failed: re-synced before the next swap",
                         extra={"collection": other.view.collection, "papers": len(ids),
                                "reason": repr(error)[:300]})
         finally:
             if not done:
-                self.pending.update(ids)
-                metrics().mirror_pending(len(ids))
+                self.pending.update(dict.fromkeys(ids, other.view.collection))
+                metrics().mirror_failed(len(ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +172,7 @@ class Report:
     skipped_dirty: int = 0
     reconciled: int = 0
     seconds: float = 0.0
+    warning: str | None = None  # a failure after the step took effect (e.g. a drop)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -180,7 +193,10 @@ class Migrator:
         live = await self.collections.live()
         other = self.collections.other
         if other is not None and self.mirror is None:
-            self.mirror = Mirror((live, other), self.encode)
+            self.mirror = Mirror((live, other), self.encode, copying=False)
+            log.warning("migration resumed after a restart: mirror writes that failed before "
+                        "it are not known; --rollback and --finish reconcile ids, not updates",
+                        extra={"live": live.view.collection, "other": other.view.collection})
 
     async def start(self, embedder: ModelRef) -> Report:
         async with self._exclusive("start"):
@@ -201,7 +217,7 @@ class Migrator:
             await asyncio.to_thread(pointers.drop, view.collection)  # a run that was cut short
             target = await self.collections.bind(view)
             await target.index.create()
-            mirror = self.mirror = Mirror((source, target), self.encode)
+            mirror = self.mirror = Mirror((source, target), self.encode, copying=True)
             log.info("migration started: writes mirrored",
                      extra={"source": source.view.collection, "target": view.collection,
                             "embedder": str(embedder)})
@@ -211,22 +227,42 @@ class Migrator:
                     reconciled = await self._reconcile(mirror, source, target, since)
                     counts = await source.index.ready(), await target.index.ready()
                     if counts[0] != counts[1]:
-                        raise RuntimeError(f"counts differ after the copy: {source.view.collection}"
-                                           f" {counts[0]}, {view.collection} {counts[1]}")
+                        raise MigrationFailed(
+                            f"counts differ after the copy: {source.view.collection} "
+                            f"{counts[0]}, {view.collection} {counts[1]} (another writer?)")
                     pointer = Pointer(view.collection, str(embedder), source.view.collection,
                                       str(source.view.embedder))
-                    await asyncio.to_thread(pointers.write, pointer)
+                    await asyncio.shield(asyncio.to_thread(pointers.write, pointer))
                     self.collections.switch(target, source, pointer)
                     mirror.copying, mirror.dirty = False, set()
             except BaseException:
-                self.mirror = None  # the live collection is untouched: drop the partial copy
-                await target.index.close()
-                await asyncio.to_thread(pointers.drop, view.collection)
+                await self._abandon(pointers, source, target, mirror)
                 raise
             log.info("migration swapped", extra={"live": view.collection, "copied": copied})
             return Report("start", view.collection, str(embedder), source.view.collection,
                           str(source.view.embedder), counts[1], counts[0], copied, skipped,
                           reconciled, round(time.monotonic() - started, 3))
+
+    async def _abandon(self, pointers: Pointers, source: Bound, target: Bound,
+                       mirror: Mirror) -> None:
+        """A start that failed or was cancelled: unless its pointer write got through (then
+        the swap stands), drop the partial copy; the live collection was never touched."""
+        try:
+            current = await asyncio.to_thread(pointers.read)
+        except Exception as error:  # noqa: BLE001 (cannot tell: keep the copy, say so)
+            log.error("migration failed and the pointer cannot be read: the new collection "
+                      "is kept", extra={"collection": target.view.collection,
+                                        "reason": repr(error)[:300]})
+            self.mirror = None
+            return
+        if current is not None and current.live == target.view.collection:
+            self.collections.switch(target, source, current)
+            mirror.copying, mirror.dirty = False, set()
+            return
+        self.mirror = None
+        with contextlib.suppress(Exception):  # the error being raised says more
+            await target.index.close()
+            await asyncio.to_thread(pointers.drop, target.view.collection)
 
     async def rollback(self) -> Report:
         async with self._exclusive("rollback"):
@@ -234,9 +270,13 @@ class Migrator:
             back = pointer.swapped()
             mirror = self._current()
             async with mirror.paused():
-                await self._resync(sorted(mirror.pending), live, other)  # the shadow complete
+                # the current live collection is the truth: writes pinned to the other one
+                # whose mirror failed first, then the other made equal to it, deletes included
+                await self._resync(mirror.missed_by(live.view.collection), other, live)
+                await self._match(live, other, mirror.missed_by(other.view.collection))
                 mirror.pending.clear()
-                await asyncio.to_thread((await self.collections.pointers()).write, back)
+                await asyncio.shield(asyncio.to_thread(
+                    (await self.collections.pointers()).write, back))
                 self.collections.switch(other, live, back)
             log.info("migration rolled back", extra={"live": back.live})
             return Report("rollback", back.live, back.embedder, back.previous,
@@ -249,17 +289,27 @@ class Migrator:
         async with self._exclusive("finish"):
             pointer, live, other = await self._swapped("finish")
             done = pointer.finished()
-            async with self._current().paused():
+            mirror = self._current()
+            async with mirror.paused():
+                # writes pinned to the other collection whose mirror into the live one failed
+                await self._resync(mirror.missed_by(live.view.collection), other, live)
                 pointers = await self.collections.pointers()
-                await asyncio.to_thread(pointers.write, done)
+                await asyncio.shield(asyncio.to_thread(pointers.write, done))
                 self.collections.switch(live, None, done)
                 self.mirror = None
-            await other.index.close()
-            await asyncio.to_thread(pointers.drop, other.view.collection)
+            warning = None
+            try:
+                await other.index.close()
+                await asyncio.to_thread(pointers.drop, other.view.collection)
+            except Exception as error:  # noqa: BLE001 (finished; only the drop is left)
+                warning = (f"finished, but {other.view.collection} could not be deleted "
+                           f"({error}): delete it by hand")
+                log.warning("migration finished, old collection not dropped",
+                            extra={"collection": other.view.collection, "reason": str(error)})
             log.info("migration finished", extra={"live": done.live,
                                                   "dropped": other.view.collection})
             return Report("finish", done.live, done.embedder, None, None,
-                          await live.index.ready(), None)
+                          await live.index.ready(), None, warning=warning)
 
     async def _copy(self, mirror: Mirror, source: Bound, target: Bound) -> tuple[int, int]:
         """Every paper of ``source`` not written since the start, re-encoded into ``target``."""
@@ -281,26 +331,37 @@ class Migrator:
         """Under the mirror lock: make ``target`` hold exactly ``source``'s ids, re-copying the
         pending ones and those another writer wrote since ``since`` (less WRITER_SKEW_MS); how
         many it touched."""
-        ours = set(await source.index.point_ids())
-        theirs = set(await target.index.point_ids())
         stamped = await source.index.indexed_since(since - WRITER_SKEW_MS, None)
         external = set(stamped.window) - mirror.dirty
-        again = sorted((mirror.pending | external | (ours - theirs)) & ours)
-        await self._resync(again, source, target)
+        touched = await self._match(source, target,
+                                    mirror.missed_by(target.view.collection) + sorted(external))
+        mirror.pending.clear()
+        return touched
+
+    async def _match(self, source: Bound, target: Bound, again: Sequence[str]) -> int:
+        """Make ``target`` hold exactly ``source``'s ids, copying ``again`` and the ids only
+        ``source`` holds, deleting those only ``target`` holds; how many it touched."""
+        ours = set(await source.index.point_ids())
+        theirs = set(await target.index.point_ids())
+        copy = sorted((set(again) | (ours - theirs)) & ours)
+        await self._resync(copy, source, target)
         extra = await target.index.papers(sorted(theirs - ours))
         if extra:
             await target.index.delete([p.id for p in extra])
-        mirror.pending.clear()
-        return len(again) + len(extra)
+        return len(copy) + len(extra)
 
     async def _resync(self, point_ids: Sequence[str], source: Bound, target: Bound) -> None:
-        """Copy these papers from ``source`` into ``target`` as they are now (the caller holds
-        the mirror lock); ids ``source`` no longer holds are skipped."""
+        """Make these papers in ``target`` what they are in ``source`` now: copied, or deleted
+        where ``source`` no longer holds them (the caller holds the mirror lock)."""
         for chunk in _chunks(point_ids, self.batch):
             papers = await source.index.papers(chunk)
             if papers:
                 await target.index.upsert(papers, await self.encode(target.view.embedder,
                                                                     [p.text for p in papers]))
+            held = {p.point_id for p in papers}
+            gone = await target.index.papers([pid for pid in chunk if pid not in held])
+            if gone:
+                await target.index.delete([p.id for p in gone])
 
     async def _swapped(self, action: str) -> tuple[Pointer, Bound, Bound]:
         await self.resume()
