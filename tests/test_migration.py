@@ -206,7 +206,7 @@ class Loop:
         self.failures: list[str] = []
         self.kept: set[str] = set()
         self.deleted: set[str] = set()
-        self.refused = 0  # writes not acknowledged (a marked paper's first encode failed)
+        self.refused: set[str] = set()  # papers of writes not acknowledged (see ``writing``)
         self.stop = asyncio.Event()
 
     async def search(self, probe: int) -> tuple[str, ...]:
@@ -237,9 +237,9 @@ class Loop:
             try:
                 await backend.upsert(batch + again, await backend.encode_documents(
                     [p.text for p in batch + again]))
-            except RuntimeError:  # its primary encode was the failing one (after the swap)
+            except RuntimeError:  # the marked paper's first encode by the live embedder failed
                 assert marker in batch[0].title
-                self.refused += 1
+                self.refused.update(p.point_id for p in batch)
             else:
                 self.kept.update(p.id for p in batch)
             if n % 6 == 0:
@@ -306,8 +306,9 @@ def test_migration_under_searches_and_writes(backend: str, sample_settings: Sett
     asyncio.run(collections.close())
     expected = {point_id(p.id) for p in papers} | {point_id(i) for i in loop.kept}
     with inspect(target) as live, inspect("papers") as previous:
-        assert _ids(live, new) == expected == _ids(previous, old)
-        assert not {point_id(i) for i in loop.deleted} & _ids(live, new)
+        for ids in (_ids(live, new), _ids(previous, old)):  # a refused write may have landed
+            assert expected <= ids <= expected | loop.refused
+            assert not {point_id(i) for i in loop.deleted} & ids
 
     # A gateway restarted now finds the swapped state in the pointer; rollback, then finish.
     # Its first write rewrites a paper, and that write's mirror into the old collection fails.

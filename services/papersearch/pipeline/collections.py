@@ -109,6 +109,11 @@ class Collections:
         assert self._live is not None
         return self._live
 
+    @property
+    def current(self) -> Bound | None:
+        """The live view now (None until first resolved)."""
+        return self._live
+
     def switch(self, live: Bound, other: Bound | None, pointer: Pointer | None) -> None:
         """Make ``live`` the view new searches and writes take (one step on the loop)."""
         self._live, self.other, self.pointer = live, other, pointer

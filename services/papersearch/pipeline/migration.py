@@ -60,10 +60,11 @@ class MigrationFailed(RuntimeError):
 class Mirror:
     """Two collections kept in step: every write lands in both, each with its own embedder."""
 
-    def __init__(self, pair: tuple[Bound, Bound], encode: EncodeDocuments, *,
-                 copying: bool) -> None:
+    def __init__(self, pair: tuple[Bound, Bound], encode: EncodeDocuments,
+                 collections: Collections, *, copying: bool) -> None:
         self.pair = pair
         self.encode = encode
+        self.collections = collections
         self.copying = copying  # until the swap: dirty ids are tracked for the copy
         self.dirty: set[str] = set()  # point ids written through the gateway since the start
         # point id -> the collection its mirror write failed to reach (which then lacks it)
@@ -141,16 +142,22 @@ class Mirror:
     async def _mirrored(self, ids: list[str], other: Bound,
                         write: Callable[[], Awaitable[int]]) -> None:
         """Run the mirror write under the lock; on failure (or cancellation: the primary write
-        is done) the ids become pending for ``other``. Only a cancellation propagates."""
+        is done) the ids become pending for ``other``. The failure propagates (the call is not
+        acknowledged; its client sends it again) when ``other`` is the live collection: a
+        write pinned to the old view that waited through the swap. Otherwise only a
+        cancellation does: the ids are re-synced before the next swap."""
         done = False
+        live = self.collections.current
         try:
             async with self.lock:
                 await write()
             done = True
-        except Exception as error:  # noqa: BLE001 (the primary write succeeded: re-synced later)
-            log.warning("mirror write failed: re-synced before the next swap",
-                        extra={"collection": other.view.collection, "papers": len(ids),
-                               "reason": repr(error)[:300]})
+        except Exception as error:
+            log.warning("mirror write failed", extra={
+                "collection": other.view.collection, "papers": len(ids),
+                "reason": repr(error)[:300]})
+            if live is not None and live.view == other.view:
+                raise
         finally:
             if not done:
                 self.pending.update(dict.fromkeys(ids, other.view.collection))
@@ -193,7 +200,7 @@ class Migrator:
         live = await self.collections.live()
         other = self.collections.other
         if other is not None and self.mirror is None:
-            self.mirror = Mirror((live, other), self.encode, copying=False)
+            self.mirror = Mirror((live, other), self.encode, self.collections, copying=False)
             log.warning("migration resumed after a restart: mirror writes that failed before "
                         "it are not known; --rollback and --finish reconcile ids, not updates",
                         extra={"live": live.view.collection, "other": other.view.collection})
@@ -217,7 +224,8 @@ class Migrator:
             await asyncio.to_thread(pointers.drop, view.collection)  # a run that was cut short
             target = await self.collections.bind(view)
             await target.index.create()
-            mirror = self.mirror = Mirror((source, target), self.encode, copying=True)
+            mirror = self.mirror = Mirror((source, target), self.encode, self.collections,
+                                          copying=True)
             log.info("migration started: writes mirrored",
                      extra={"source": source.view.collection, "target": view.collection,
                             "embedder": str(embedder)})
