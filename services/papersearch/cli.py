@@ -146,7 +146,7 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.ingest.pipeline import Ingester, Ingests, ingest_paths
-    from papersearch.pipeline.factory import live_encoder, open_index
+    from papersearch.pipeline.factory import open_live
 
     paths = args.paths or [settings.corpus_dir]
     if args.ray and Path(args.ray).exists():
@@ -155,8 +155,8 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     for path in paths:  # before the index is created: a typo must not leave an empty one
         if not path.exists():
             raise FileNotFoundError(f"no such corpus file or folder: {path}")
-    encoder = live_encoder(settings)
-    with open_index(settings, encoder, create=True) as store:
+    encoder, store = open_live(settings, create=True)
+    with store:
         if args.ray is None:
             ingester: Ingests = Ingester(store, encoder, settings.models.batch_size)
             summary = ingest_paths(paths, store, ingester, update=args.update,
@@ -205,10 +205,11 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
         result = _ask_gateway(args, lambda client: client.similar(
             query.examples, query.top_k, query.filter))
     else:
-        from papersearch.pipeline.factory import live_encoder, open_index
+        from papersearch.pipeline.factory import open_live
         from papersearch.pipeline.query import SearchHit, SearchResult, StageScores
 
-        with open_index(settings, live_encoder(settings)) as store:
+        _, store = open_live(settings)
+        with store:
             hits = store.similar(query.examples, query.top_k, query.filter)
         result = SearchResult(tuple(SearchHit(h.paper, h.score, StageScores(dense=h.dense_score))
                                     for h in hits), False,

@@ -36,7 +36,7 @@ class Encoder(OnnxModel):
 
     @staticmethod
     def runtime_options(models: ModelSettings, providers: tuple[str, ...] = (CPU_PROVIDER,)
-                ) -> RuntimeOptions:
+                        ) -> RuntimeOptions:
         return RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
                               providers)
 

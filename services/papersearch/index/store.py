@@ -221,13 +221,17 @@ class Store(ABC):
         """Every point id in the collection, stamped with ``indexed_at`` or not (points
         written before the stamp existed)."""
         self._require_open()
-        ids: list[str] = []
+        return [r.point_id for r in (yield from self._scan_program(None))]
+
+    def _scan_program(self, since_ms: int | None) -> Program[list[Record]]:
+        """Every page of ``Scan(INDEXED_AT, since_ms)``: the records, ``indexed_at`` only."""
+        records: list[Record] = []
         offset: str | None = None
         while True:
-            page: ScanPage = yield Scan(INDEXED_AT, None, _SCAN_PAGE, offset)
-            ids += [r.point_id for r in page.records]
+            page: ScanPage = yield Scan(INDEXED_AT, since_ms, _SCAN_PAGE, offset)
+            records += page.records
             if page.next_offset is None:
-                return ids
+                return records
             offset = page.next_offset
 
     def indexed_since(self, since_ms: int, known: Mapping[str, int] | None) -> Indexed:
@@ -239,14 +243,8 @@ class Store(ABC):
     def indexed_since_program(self, since_ms: int, known: Mapping[str, int] | None
                               ) -> Program[Indexed]:
         dim = self._require_open().dim
-        window: dict[str, int] = {}
-        offset: str | None = None
-        while True:
-            page: ScanPage = yield Scan(INDEXED_AT, since_ms, _SCAN_PAGE, offset)
-            window.update((r.point_id, int((r.payload or {})[INDEXED_AT])) for r in page.records)
-            if page.next_offset is None:
-                break
-            offset = page.next_offset
+        window = {r.point_id: int((r.payload or {})[INDEXED_AT])
+                  for r in (yield from self._scan_program(since_ms))}
         new = [] if known is None else sorted(
             (stamp, pid) for pid, stamp in window.items() if known.get(pid) != stamp)
         records: list[Record] = []

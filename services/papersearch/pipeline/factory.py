@@ -26,19 +26,26 @@ def _pointer(settings: Settings) -> Pointer | None:
         pointers.close()
 
 
-def live_encoder(settings: Settings) -> Encoder:
-    """The encoder of the embedder that built the collection ``index.collection`` means now:
-    after an embedder migration the pointer's (index/pointer.py), else ``models.embedder_name``."""
+def open_live(settings: Settings, *, create: bool = False) -> tuple[Encoder, Store]:
+    """The collection ``index.collection`` means now and the encoder of the embedder that
+    built it, from one read of the pointer: after an embedder migration the pointer's
+    (index/pointer.py), else the collection itself and ``models.embedder_name``."""
     view = live_view(settings, _pointer(settings))
-    return Encoder(view.embedder.path(settings.models.repository),
-                   Encoder.runtime_options(settings.models))
+    encoder = Encoder(view.embedder.path(settings.models.repository),
+                      Encoder.runtime_options(settings.models))
+    return encoder, _checked(settings_for(settings, view.collection), encoder, create)
 
 
 def open_index(settings: Settings, encoder: Encoder, *, create: bool = False) -> Store:
     """The collection ``index.collection`` means now (its pointer's after a migration),
     checked against the encoder that will query or fill it."""
     pointer = _pointer(settings)
-    store = open_store(settings if pointer is None else settings_for(settings, pointer.live))
+    return _checked(settings if pointer is None else settings_for(settings, pointer.live),
+                    encoder, create)
+
+
+def _checked(settings: Settings, encoder: Encoder, create: bool) -> Store:
+    store = open_store(settings)
     store.ensure_collection(encoder.dim, encoder.sha256, create=create)
     return store
 
@@ -58,7 +65,6 @@ def load_reranker(settings: Settings) -> Reranker | None:
 
 def build_pipeline(settings: Settings) -> tuple[SearchPipeline, Store]:
     """The in-process pipeline and the store it holds open (close it when done)."""
-    encoder = live_encoder(settings)
-    store = open_index(settings, encoder)
+    encoder, store = open_live(settings)
     backend = LocalBackend(encoder, store, load_reranker(settings))
     return SearchPipeline(backend, settings.search, settings.serve.rerank_timeout_s), store

@@ -240,7 +240,7 @@ class Migrator:
                             f"{counts[0]}, {view.collection} {counts[1]} (another writer?)")
                     pointer = Pointer(view.collection, str(embedder), source.view.collection,
                                       str(source.view.embedder))
-                    await asyncio.shield(asyncio.to_thread(pointers.write, pointer))
+                    await self._write_pointer(pointer)
                     self.collections.switch(target, source, pointer)
                     mirror.copying, mirror.dirty = False, set()
             except BaseException:
@@ -283,8 +283,7 @@ class Migrator:
                 await self._resync(mirror.missed_by(live.view.collection), other, live)
                 await self._match(live, other, mirror.missed_by(other.view.collection))
                 mirror.pending.clear()
-                await asyncio.shield(asyncio.to_thread(
-                    (await self.collections.pointers()).write, back))
+                await self._write_pointer(back)
                 self.collections.switch(other, live, back)
             log.info("migration rolled back", extra={"live": back.live})
             return Report("rollback", back.live, back.embedder, back.previous,
@@ -301,14 +300,14 @@ class Migrator:
             async with mirror.paused():
                 # writes pinned to the other collection whose mirror into the live one failed
                 await self._resync(mirror.missed_by(live.view.collection), other, live)
-                pointers = await self.collections.pointers()
-                await asyncio.shield(asyncio.to_thread(pointers.write, done))
+                await self._write_pointer(done)
                 self.collections.switch(live, None, done)
                 self.mirror = None
             warning = None
             try:
                 await other.index.close()
-                await asyncio.to_thread(pointers.drop, other.view.collection)
+                await asyncio.to_thread((await self.collections.pointers()).drop,
+                                        other.view.collection)
             except Exception as error:  # noqa: BLE001 (finished; only the drop is left)
                 warning = (f"finished, but {other.view.collection} could not be deleted "
                            f"({error}): delete it by hand")
@@ -318,6 +317,11 @@ class Migrator:
                                                   "dropped": other.view.collection})
             return Report("finish", done.live, done.embedder, None, None,
                           await live.index.ready(), None, warning=warning)
+
+    async def _write_pointer(self, pointer: Pointer) -> None:
+        """The swap's commit point: finished even if the step is cancelled meanwhile."""
+        pointers = await self.collections.pointers()
+        await asyncio.shield(asyncio.to_thread(pointers.write, pointer))
 
     async def _copy(self, mirror: Mirror, source: Bound, target: Bound) -> tuple[int, int]:
         """Every paper of ``source`` not written since the start, re-encoded into ``target``."""
