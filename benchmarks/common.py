@@ -6,6 +6,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,28 @@ def check_prerequisites(settings: Settings) -> None:
         shard = settings.index.data_dir / settings.index.collection
         if not shard.is_dir():
             raise Unavailable(f"no index at {shard}: run `papersearch ingest` (or `make run`)")
+
+
+def cpu_steal() -> Callable[[], float | None]:
+    """A clock of the hypervisor's steal: the returned function gives the share of this
+    machine's CPU time given to other guests since ``cpu_steal()`` was called (/proc/stat),
+    None where the kernel does not say."""
+    def read() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        return (fields[7], sum(fields)) if len(fields) == 8 else None
+
+    start = read()
+
+    def share() -> float | None:
+        now = read()
+        if start is None or now is None or now[1] == start[1]:
+            return None
+        return round((now[0] - start[0]) / (now[1] - start[1]), 4)
+
+    return share
 
 
 def free_port() -> int:
