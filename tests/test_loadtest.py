@@ -229,7 +229,12 @@ def test_calibrate_reads_rates_as_fractions(tmp_path: Path,
     args = ["loadtest", "--target", "localhost:50051", "--queries", queries, "--calibrate"]
     test = build(Settings(), build_parser().parse_args(
         [*args, "--steps", "0.15:30,0.8:60,0.15:90", "--calibrate-in-flight", "8"]))
-    assert test.calibration == CalibrationOptions(in_flight=8, burst_s=6.0, settle_s=20.0)
+    # --rerank (the default): the burst counts reranked pairs, the configured window to a search
+    assert test.calibration == CalibrationOptions(in_flight=8, burst_s=6.0, settle_s=20.0,
+                                                  rerank_window=30)
+    unreranked = build(Settings(), build_parser().parse_args(
+        [*args, "--steps", "0.15:30", "--no-rerank"]))
+    assert unreranked.calibration is not None and unreranked.calibration.rerank_window == 0
     rated = test.with_rates(220.0)
     assert rated.profile.describe() == "33:30,176:60,33:90" and rated.calibration is None
     assert len(rated.schedule.offsets) == 33 * 30 + 176 * 60 + 33 * 90
@@ -252,6 +257,34 @@ def test_a_calibration_burst_counts_answers_in_its_window() -> None:
     assert measured.ok > 0 and measured.qps == measured.ok / 0.5
     measured = asyncio.run(go(["ok", "busy"]))
     assert measured.errors["RESOURCE_EXHAUSTED"] > 0 and measured.ok > 0
+
+
+def test_a_rerank_burst_counts_full_window_searches() -> None:
+    class Reranking:
+        """Reranks 10 candidates for "half", none for "skipped" (the adaptive depth's 0)."""
+
+        async def search(self, query: SearchQuery, timeout_s: float | None = None
+                         ) -> SearchResult:
+            await asyncio.sleep(0.01)
+            depth = 10 if query.text == "half" else 0
+            return SearchResult((), depth > 0, {}, rerank_depth=depth)
+
+    def go(queries: list[str]) -> Any:
+        async def measure() -> Any:
+            loop = asyncio.get_running_loop()
+            return await burst(Reranking(), queries, SearchOptions(rerank=True), 1.0,
+                               CalibrationOptions(in_flight=4, burst_s=1.5, rerank_window=20),
+                               loop.time)
+        return asyncio.run(measure())
+
+    measured = go(["half"])
+    assert measured.ok > 0 and measured.pairs == 10 * measured.ok
+    assert measured.qps == pytest.approx(measured.ok / 2 / 0.5)  # two answers: one search
+    measured = go(["half", "skipped"])  # unreranked answers are not the reranker's capacity
+    assert 0 < measured.pairs < 10 * measured.ok
+    assert measured.qps == pytest.approx(measured.pairs / 20 / 0.5)
+    with pytest.raises(ValueError, match="rerank window must be >= 0"):
+        CalibrationOptions(rerank_window=-1)
 
 
 def test_settling_waits_for_the_counts_before_the_burst() -> None:
@@ -561,6 +594,19 @@ def test_a_calibrated_run_against_a_real_gateway(gateway: str, tmp_path: Path) -
     assert calibration["fractions"] == "0.02:1,0.05:1"
     assert report["run"]["profile"] == f"{round(0.02 * qps, 2):g}:1,{round(0.05 * qps, 2):g}:1"
     assert report["summary"]["errors"] == {} and report["summary"]["ok"] > 0
+
+
+@pytest.mark.slow
+def test_a_calibrated_rerank_run_measures_the_reranker(gateway: str, tmp_path: Path) -> None:
+    report = _loadtest(gateway, tmp_path, "--calibrate", "--steps", "0.5:2",
+                       "--calibrate-s", "8", "--calibrate-in-flight", "2",
+                       "--calibrate-settle-s", "0", "--queries", str(_queries_file(tmp_path)),
+                       "--rerank", "--deadline-s", "30", "--json")
+    calibration = report["run"]["calibration"]
+    window, pairs = calibration["rerank_window"], calibration["reranked_pairs"]
+    assert window == Settings().search.rerank_top_n and 0 < pairs <= window * calibration["ok"]
+    assert calibration["saturation_qps"] == round(pairs / window / calibration["window_s"], 2)
+    assert report["summary"]["errors"] == {}
 
 
 @pytest.mark.slow

@@ -9,6 +9,12 @@ the band for ``upscale_delay_s`` and a replica's start-up before a new one serve
 before and after the burst are in the report). A pause follows, until the burst has left the
 look-back window and the counts are those before it (a burst long enough to move the
 autoscaler is waited out), so the profile starts where it would have without calibration.
+
+With ``--rerank`` the Reranker is the bottleneck, and the gateway's adaptive rerank depth
+answers a burst that overloads it with smaller windows or none (pipeline/rerank_depth.py): the
+answers per second would then count unreranked searches at the encoder's speed. So a rerank
+burst measures the pairs the reranker scored per second (each answer's ``rerank_depth``) and
+reads them as searches with a full window (``search.rerank_top_n``) per second.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from itertools import count
 import grpc
 
 from papersearch.loadtest.profile import LoadProfile, Step
-from papersearch.loadtest.runner import CLIENT_ERROR, OK, Searcher, SearchOptions
+from papersearch.loadtest.runner import CLIENT_ERROR, Searcher, SearchOptions
 from papersearch.pipeline.query import SearchQuery
 
 WARMUP_S = 1.0
@@ -33,6 +39,7 @@ class CalibrationOptions:
     in_flight: int = 64
     burst_s: float = 6.0  # warm-up included
     settle_s: float = 20.0  # idle after the burst, before the profile
+    rerank_window: int = 0  # > 0: count reranked pairs, this many to a search (see above)
 
     def __post_init__(self) -> None:
         if self.in_flight < 1:
@@ -42,6 +49,8 @@ class CalibrationOptions:
                              f"got {self.burst_s}")
         if self.settle_s < 0:
             raise ValueError(f"--calibrate-settle-s must be >= 0, got {self.settle_s}")
+        if self.rerank_window < 0:
+            raise ValueError(f"the rerank window must be >= 0, got {self.rerank_window}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +60,13 @@ class Burst:
     window_s: float  # the measured window (the burst minus the warm-up)
     ok: int  # OK answers that arrived inside the window
     errors: dict[str, int]  # error answers by status, whole burst
+    pairs: int = 0  # candidates those answers had reranked
+    rerank_window: int = 0  # > 0: qps counts full-window reranked searches
 
     @property
     def qps(self) -> float:
+        if self.rerank_window:
+            return self.pairs / self.rerank_window / self.window_s
         return self.ok / self.window_s
 
 
@@ -80,28 +93,30 @@ async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptio
     start = clock()
     window_start, end = start + WARMUP_S, start + calibration.burst_s
     serial = count()
-    ok = 0
+    ok = pairs = 0
     errors: dict[str, int] = {}
 
     async def worker() -> None:
-        nonlocal ok
+        nonlocal ok, pairs
         while clock() < end:
             text = queries[next(serial) % len(queries)]
             query = SearchQuery(text, options.top_k, options.mode, options.rerank)
             try:
-                await searcher.search(query, timeout_s=deadline_s)
-                code = OK
+                result = await searcher.search(query, timeout_s=deadline_s)
             except grpc.aio.AioRpcError as error:
                 code = error.code().name
             except Exception:  # noqa: BLE001 (counted like the runner does)
                 code = CLIENT_ERROR
-            if code != OK:
-                errors[code] = errors.get(code, 0) + 1
-            elif window_start <= clock() <= end:
-                ok += 1
+            else:
+                if window_start <= clock() <= end:
+                    ok += 1
+                    pairs += result.rerank_depth
+                continue
+            errors[code] = errors.get(code, 0) + 1
 
     await asyncio.gather(*(worker() for _ in range(calibration.in_flight)))
-    return Burst(end - window_start, ok, dict(sorted(errors.items())))
+    return Burst(end - window_start, ok, dict(sorted(errors.items())), pairs,
+                 calibration.rerank_window)
 
 
 async def settle(read: Callable[[], Awaitable[dict[str, int] | str]], before: dict[str, int] | str,

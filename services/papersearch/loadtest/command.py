@@ -263,11 +263,18 @@ async def calibrate(test: LoadTest, client: AsyncSearchClient) -> tuple[LoadTest
             f"calibration burst ({test.calibration.in_flight} in flight): {measured.ok} OK, "
             f"errors {measured.errors or 'none'}; the saturation QPS would mean nothing "
             "(a smaller --calibrate-in-flight or a longer --deadline-s may help)")
+    if measured.rerank_window and measured.pairs == 0:
+        raise CalibrationFailed(
+            f"calibration burst ({test.calibration.in_flight} in flight): {measured.ok} OK, "
+            "none reranked; the reranker's capacity would mean nothing (is the rerank stage "
+            "on in the service, search.rerank_enabled?)")
     settle_start = loop.time()
     settled = await settle(replicas, before, test.calibration.settle_s, SETTLE_LIMIT_S,
                            test.sample_s)
     report = {
         "saturation_qps": round(measured.qps, 2), "ok": measured.ok,
+        **({"reranked_pairs": measured.pairs, "rerank_window": measured.rerank_window}
+           if measured.rerank_window else {}),
         "window_s": measured.window_s, "in_flight": test.calibration.in_flight,
         "replicas_before": before, "replicas_after": after, "replicas_at_start": settled,
         "settle_s": round(loop.time() - settle_start, 1), "fractions": test.profile.describe(),
@@ -292,8 +299,9 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
     calibration = None
     if args.calibrate:
         profile = fractions(profile)
+        window = settings.search.rerank_top_n if args.rerank else 0
         calibration = CalibrationOptions(args.calibrate_in_flight, args.calibrate_s,
-                                         args.calibrate_settle_s)
+                                         args.calibrate_settle_s, window)
     for name in ("deadline_s", "sample_s"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0")

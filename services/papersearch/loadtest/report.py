@@ -105,9 +105,15 @@ def format_summary(report: LoadTestReport, files: list[Path]) -> str:
     ]
     calibration = run.get("calibration")
     if calibration:
+        pairs = ""
+        if "rerank_window" in calibration:
+            window, reranked = calibration["rerank_window"], calibration["reranked_pairs"]
+            pairs = f"{reranked} pairs reranked = searches of {window} pairs, "
+            if reranked < window * calibration["ok"]:  # the gateway shrank the windows
+                pairs += "some windows shrank: fewer in flight measures the reranker better, "
         lines.append(
             f"calibrated saturation {calibration['saturation_qps']:g} QPS "
-            f"({calibration['in_flight']} in flight, {calibration['ok']} OK in "
+            f"({calibration['in_flight']} in flight, {pairs}{calibration['ok']} OK in "
             f"{calibration['window_s']:g} s; replicas before {calibration['replicas_before']}, "
             f"after {calibration['replicas_after']}, at the start "
             f"{calibration['replicas_at_start']}, {calibration['settle_s']:g} s later): "
