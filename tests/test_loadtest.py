@@ -234,7 +234,10 @@ def test_calibrate_reads_rates_as_fractions(tmp_path: Path,
                                                   rerank_window=30)
     unreranked = build(Settings(), build_parser().parse_args(
         [*args, "--steps", "0.15:30", "--no-rerank"]))
-    assert unreranked.calibration is not None and unreranked.calibration.rerank_window == 0
+    assert unreranked.calibration == CalibrationOptions(in_flight=64, rerank_window=0)
+    # by default one search in flight with --rerank (more shrink the gateway's rerank windows)
+    reranked = build(Settings(), build_parser().parse_args([*args, "--steps", "0.15:30"]))
+    assert reranked.calibration == CalibrationOptions(in_flight=1, rerank_window=30)
     rated = test.with_rates(220.0)
     assert rated.profile.describe() == "33:30,176:60,33:90" and rated.calibration is None
     assert len(rated.schedule.offsets) == 33 * 30 + 176 * 60 + 33 * 90

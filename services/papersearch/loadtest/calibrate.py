@@ -14,7 +14,9 @@ With ``--rerank`` the Reranker is the bottleneck, and the gateway's adaptive rer
 answers a burst that overloads it with smaller windows or none (pipeline/rerank_depth.py): the
 answers per second would then count unreranked searches at the encoder's speed. So a rerank
 burst measures the pairs the reranker scored per second (each answer's ``rerank_depth``) and
-reads them as searches with a full window (``search.rerank_top_n``) per second.
+reads them as searches with a full window (``search.rerank_top_n``) per second. By default it
+keeps one search in flight: that keeps the reranker busy at full windows, where more in flight
+made the gateway shrink them.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from papersearch.pipeline.query import SearchQuery
 
 WARMUP_S = 1.0
 MAX_FRACTION = 1.5  # a calibrated step above this is a typo, not a load test
+IN_FLIGHT = 64  # a burst's searches in flight, unless told (one with --rerank: see above)
 
 
 @dataclass(frozen=True, slots=True)
 class CalibrationOptions:
-    in_flight: int = 64
+    in_flight: int = IN_FLIGHT
     burst_s: float = 6.0  # warm-up included
     settle_s: float = 20.0  # idle after the burst, before the profile
     rerank_window: int = 0  # > 0: count reranked pairs, this many to a search (see above)

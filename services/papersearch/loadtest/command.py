@@ -74,11 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--steps", metavar="SPEC",
                       help='rate:seconds steps, e.g. "2:30,8:60,2:90" (low, high, low)')
     parser.add_argument("--calibrate", action="store_true",
-                        help="first measure the service's saturation QPS (a closed-loop burst), "
-                             "then read the rates as fractions of it, e.g. --calibrate --steps "
-                             "0.15:30,0.8:60,0.15:90")
-    parser.add_argument("--calibrate-in-flight", type=int, default=64, metavar="N",
-                        help="requests kept in flight during the burst (default %(default)s)")
+                        help="first measure the service's saturation QPS (a closed-loop burst; "
+                             "with --rerank, reranked pairs per second as full-window "
+                             "searches), then read the rates as fractions of it, e.g. "
+                             "--calibrate --steps 0.15:30,0.8:60,0.15:90")
+    parser.add_argument("--calibrate-in-flight", type=int, metavar="N",
+                        help="requests kept in flight during the burst (default 64; 1 with "
+                             "--rerank: more make the gateway shrink the rerank windows)")
     parser.add_argument("--calibrate-s", type=float, default=6.0, metavar="S",
                         help="the burst's length, 1 s warm-up included; short, so the "
                              "replicas running before it are what it measures (default "
@@ -284,7 +286,7 @@ async def calibrate(test: LoadTest, client: AsyncSearchClient) -> tuple[LoadTest
 
 def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
     """Validate the options (raising ValueError / FileNotFoundError) before anything runs."""
-    from papersearch.loadtest.calibrate import CalibrationOptions, fractions
+    from papersearch.loadtest.calibrate import IN_FLIGHT, CalibrationOptions, fractions
     from papersearch.loadtest.profile import LoadProfile, schedule
     from papersearch.loadtest.queries import load_queries
     from papersearch.loadtest.runner import SearchOptions
@@ -300,8 +302,11 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
     if args.calibrate:
         profile = fractions(profile)
         window = settings.search.rerank_top_n if args.rerank else 0
-        calibration = CalibrationOptions(args.calibrate_in_flight, args.calibrate_s,
-                                         args.calibrate_settle_s, window)
+        in_flight = args.calibrate_in_flight
+        if in_flight is None:
+            in_flight = 1 if args.rerank else IN_FLIGHT
+        calibration = CalibrationOptions(in_flight, args.calibrate_s, args.calibrate_settle_s,
+                                         window)
     for name in ("deadline_s", "sample_s"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0")
