@@ -34,7 +34,8 @@ from papersearch.pipeline.query import SearchQuery
 
 WARMUP_S = 1.0
 MAX_FRACTION = 1.5  # a calibrated step above this is a typo, not a load test
-IN_FLIGHT = 64  # a burst's searches in flight, unless told (one with --rerank: see above)
+IN_FLIGHT = 64  # a burst's searches in flight, unless told
+RERANK_IN_FLIGHT = 1  # the same with --rerank (see above)
 
 
 @dataclass(frozen=True, slots=True)

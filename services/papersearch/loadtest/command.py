@@ -286,7 +286,12 @@ async def calibrate(test: LoadTest, client: AsyncSearchClient) -> tuple[LoadTest
 
 def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
     """Validate the options (raising ValueError / FileNotFoundError) before anything runs."""
-    from papersearch.loadtest.calibrate import IN_FLIGHT, CalibrationOptions, fractions
+    from papersearch.loadtest.calibrate import (
+        IN_FLIGHT,
+        RERANK_IN_FLIGHT,
+        CalibrationOptions,
+        fractions,
+    )
     from papersearch.loadtest.profile import LoadProfile, schedule
     from papersearch.loadtest.queries import load_queries
     from papersearch.loadtest.runner import SearchOptions
@@ -304,7 +309,7 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
         window = settings.search.rerank_top_n if args.rerank else 0
         in_flight = args.calibrate_in_flight
         if in_flight is None:
-            in_flight = 1 if args.rerank else IN_FLIGHT
+            in_flight = RERANK_IN_FLIGHT if args.rerank else IN_FLIGHT
         calibration = CalibrationOptions(in_flight, args.calibrate_s, args.calibrate_settle_s,
                                          window)
     for name in ("deadline_s", "sample_s"):
