@@ -381,6 +381,39 @@ def test_refusals_leave_the_live_collection_alone(sample_settings: Settings, emb
     assert EdgePointers(settings.index).read() is None
 
 
+def test_a_failed_close_still_drops_the_partial_copy(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
+        update={"data_dir": tmp_path})})
+    repository = settings.models.repository
+    collections, inspect = _collections(settings, None)
+    with inspect("papers") as source:
+        _fill(source, Encoder(embedder_dir), papers[:20])
+    handles = HandleBackend(LocalModels(repository, fail_for="Sourdough", once=False), None,
+                            collections, settings)  # type: ignore[arg-type]
+    close = IndexAccess.close
+
+    async def failing_close(self: IndexAccess) -> None:
+        await close(self)
+        if self.opener.settings.index.collection != "papers":
+            raise OSError("flush failed")
+    monkeypatch.setattr(IndexAccess, "close", failing_close)
+
+    async def attempt() -> None:
+        backend = handles.pinned()
+        await backend.upsert([bread(1)], await backend.encode_documents([bread(1).text]))
+        with pytest.raises(RuntimeError, match="unavailable"):
+            await handles.migrator.start(ModelRef.parse(NEW, repository))
+        assert (await collections.live()).view.collection == "papers"
+        await collections.close()
+
+    asyncio.run(attempt())
+    assert not any(p.name.startswith("papers-") for p in tmp_path.iterdir())
+    assert "closing the partial collection failed" in caplog.text
+
+
 # -- through the service: Ray Serve, gRPC, the CLI ---------------------------------------------
 
 

@@ -268,9 +268,19 @@ class Migrator:
             mirror.copying, mirror.dirty = False, set()
             return
         self.mirror = None
-        with contextlib.suppress(Exception):  # the error being raised says more
+        # each step on its own: a close that fails must not keep the partial copy on disk;
+        # the error being raised says more, these are logged beside it
+        collection = target.view.collection
+        try:
             await target.index.close()
-            await asyncio.to_thread(pointers.drop, target.view.collection)
+        except Exception as error:  # noqa: BLE001
+            log.warning("migration cleanup: closing the partial collection failed",
+                        extra={"collection": collection, "reason": repr(error)[:300]})
+        try:
+            await asyncio.to_thread(pointers.drop, collection)
+        except Exception as error:  # noqa: BLE001
+            log.error("migration cleanup: the partial collection could not be dropped",
+                      extra={"collection": collection, "reason": repr(error)[:300]})
 
     async def rollback(self) -> Report:
         async with self._exclusive("rollback"):
