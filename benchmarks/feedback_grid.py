@@ -6,10 +6,13 @@ Per judged set and query: one plain hybrid pass (feedback off, the configured fu
 the top papers (Store.feedback_program); then the dense list for every dense-feedback variant
 (papers 3, 5, 10 x weight 0.3, 0.6, 1.0) and the BM25 list for every BM25-feedback variant
 (papers 3, 5, 10 x terms 10, 20 x weight 0.2, 0.5), plus the plain lists. Every pairing of a
-dense list with a BM25 list (plain ones included) is fused as the Store fuses (index/fusion.py,
-index.fusion_dense_weight) and scored. The choice: the best mean nDCG@10 over the tuning sets
-(settings tune_sets) among pairings no worse than no feedback on any of them; the held-out sets
-(held_out_sets) judge it with per-query wins, losses and a paired permutation test.
+dense list with a BM25 list (plain ones included) is fused as the Store fuses (index/fusion.py)
+and scored, with the dense list weighted as configured (index.fusion_dense_weight) and at each
+of ``SECOND_PASS_WEIGHTS`` (index.prf_fusion_dense_weight: the expanded lists may deserve other
+weights than the plain ones; the plain pairing keeps the configured weight). The choice: the
+best mean nDCG@10 over the tuning sets (settings tune_sets) among pairings no worse than no
+feedback on any of them; the held-out sets (held_out_sets) judge it with per-query wins,
+losses and a paired permutation test.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from papersearch.settings import Settings
 DENSE = [(docs, weight) for docs in (3, 5, 10) for weight in (0.3, 0.6, 1.0)]
 SPARSE = [(docs, terms, weight) for docs in (3, 5, 10) for terms in (10, 20)
           for weight in (0.2, 0.5)]
+SECOND_PASS_WEIGHTS = (0.4, 0.5, 0.6, 0.7, 0.8)
 FIRST_PASS = max(d for d, _ in DENSE)
 RESULTS = 100
 
@@ -102,23 +106,27 @@ def main() -> int:
     dense_names = ["dense plain", *(f"dense docs={d} weight={w}" for d, w in DENSE)]
     sparse_names = ["bm25 plain", *(f"bm25 docs={d} terms={t} weight={w}" for d, t, w in SPARSE)]
 
-    def score(dense: str, sparse: str) -> dict[str, Report]:
+    def score(dense: str, sparse: str, second: float) -> dict[str, Report]:
         return {
             d.name: evaluate({
-                q: [i for i, _ in (convex([found[dense], found[sparse]], [weight, 1 - weight],
+                q: [i for i, _ in (convex([found[dense], found[sparse]], [second, 1 - second],
                                           depth) if sparse in found else found[dense])][:RESULTS]
                 for q, found in runs[d.name].items()}, d.qrels)
             for d in sets
         }
 
-    reports = {(a, b): score(a, b) for a, b in itertools.product(dense_names, sparse_names)}
+    plain_key = ("dense plain", "bm25 plain", weight)
+    reports = {(a, b, w): score(a, b, w)
+               for a, b in itertools.product(dense_names, sparse_names)
+               for w in sorted({weight, *SECOND_PASS_WEIGHTS})
+               if (a, b) != plain_key[:2] or w == weight}
     names = [d.name for d in sets]
     tuning_names, held_names = names[: len(tuning)], names[len(tuning):]
 
     def mean(by_set: Mapping[str, Report], among: list[str]) -> float:
         return sum(by_set[n].ndcg_at_10 for n in among) / len(among)
 
-    plain = reports[("dense plain", "bm25 plain")]
+    plain = reports[plain_key]
     eligible = [k for k, r in reports.items()
                 if all(r[n].ndcg_at_10 >= plain[n].ndcg_at_10 for n in tuning_names)]
     chosen = max(eligible, key=lambda k: mean(reports[k], tuning_names))
@@ -127,14 +135,14 @@ def main() -> int:
     print(json.dumps({
         "fusion": settings.index.fusion, "fusion_dense_weight": weight, "prefetch_limit": depth,
         "tuning_sets": tuning_names, "held_out_sets": held_names,
-        "chosen": {"dense": chosen[0], "bm25": chosen[1],
+        "chosen": {"dense": chosen[0], "bm25": chosen[1], "fusion_dense_weight": chosen[2],
                    "against_no_feedback": {n: p.to_dict() for n, p in judged.items()},
                    "held_out_agree": all(judged[n].mean_difference > 0 for n in held_names)},
-        "pairings": sorted(({"dense": a, "bm25": b,
+        "pairings": sorted(({"dense": a, "bm25": b, "fusion_dense_weight": w,
                              "ndcg@10": {n: round(r.ndcg_at_10, 4) for n, r in by.items()},
                              "tuning_mean": round(mean(by, tuning_names), 4),
                              "held_out_mean": round(mean(by, held_names), 4)}
-                            for (a, b), by in reports.items()),
+                            for (a, b, w), by in reports.items()),
                            key=lambda row: -float(row["tuning_mean"])),
     }, indent=2))
     return 0

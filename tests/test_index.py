@@ -790,3 +790,16 @@ def test_edge_access_check_holds_briefly_and_repeats_while_failing(
     allowed["ok"] = True
     store._check_access()
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize("dense", [[], [0.1, float("nan")], [float("inf"), 0.2], [1e39, 0.0]])
+def test_search_request_refuses_empty_or_non_finite_vectors(dense: list[float]) -> None:
+    """1e39 overflows float32, the precision the engine searches in."""
+    with pytest.raises(ValueError, match="non-empty and finite"):
+        SearchRequest(mode="dense", dense=dense)
+
+
+def test_search_request_holds_its_vector_as_float32_values() -> None:
+    request = SearchRequest(mode="dense", dense=np.array([[0.1, 0.2]], dtype=np.float64))
+    assert request.dense == (float(np.float32(0.1)), float(np.float32(0.2)))
+    assert all(type(x) is float for x in request.dense_vector())

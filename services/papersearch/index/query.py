@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -107,10 +106,10 @@ class SearchRequest:
 
     def __post_init__(self) -> None:
         if self.dense is not None:
-            dense = tuple(float(x) for x in np.asarray(self.dense, dtype=np.float32).ravel())
-            if not dense or not all(math.isfinite(x) for x in dense):
+            values = np.asarray(self.dense, dtype=np.float32).ravel()
+            if not values.size or not np.isfinite(values).all():
                 raise ValueError("dense query vector must be non-empty and finite")
-            object.__setattr__(self, "dense", dense)
+            object.__setattr__(self, "dense", tuple(values.tolist()))
         if self.sparse is not None:
             object.__setattr__(self, "sparse", SparseVector.of(self.sparse))
         if self.mode in ("dense", "hybrid") and self.dense is None:

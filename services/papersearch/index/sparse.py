@@ -48,7 +48,7 @@ class SparseVector:
     def of(cls, vector: SparseLike) -> SparseVector:
         if isinstance(vector, SparseVector):
             return vector
-        return cls(tuple(int(i) for i in vector.indices), tuple(float(v) for v in vector.values))
+        return cls(tuple(map(int, vector.indices)), tuple(map(float, vector.values)))
 
     def __len__(self) -> int:
         return len(self.indices)

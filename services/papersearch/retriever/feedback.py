@@ -14,9 +14,11 @@ stored (Store.feedback_program), so no paper is tokenised again.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from operator import itemgetter
 
 import numpy as np
 
@@ -74,7 +76,7 @@ def expand_sparse(query: SparseVector, docs: Sequence[SparseVector], terms: int,
         total = sum(doc.values) or 1.0
         for term, value in zip(doc.indices, doc.values, strict=True):
             mass[term] += value / total / len(docs)
-    heaviest = sorted(mass.items(), key=lambda item: -item[1])[:terms]
+    heaviest = heapq.nlargest(terms, mass.items(), key=itemgetter(1))  # ties: first seen
     if not heaviest or weight == 0:
         return query
     top = heaviest[0][1]
