@@ -8,9 +8,9 @@ the top papers (Store.feedback_program); then the dense list for every dense-fee
 (papers 3, 5, 10 x terms 10, 20 x weight 0.2, 0.5), plus the plain lists. Every pairing of a
 dense list with a BM25 list (plain ones included) is fused as the Store fuses (index/fusion.py)
 and scored, with the dense list weighted as configured (index.fusion_dense_weight) and at each
-of ``SECOND_PASS_WEIGHTS`` (index.prf_fusion_dense_weight: the expanded lists may deserve other
-weights than the plain ones; the plain pairing keeps the configured weight). The choice: the
-best mean nDCG@10 over the tuning sets (settings tune_sets) among pairings no worse than no
+of ``SECOND_PASS_WEIGHTS``: do the expanded lists deserve another weight than the plain ones?
+(The Store has no second-pass weight; the plain pairing keeps the configured one.) The choice:
+the best mean nDCG@10 over the tuning sets (settings tune_sets) among pairings no worse than no
 feedback on any of them; the held-out sets (held_out_sets) judge it with per-query wins,
 losses and a paired permutation test.
 """
