@@ -324,3 +324,13 @@ def test_policy_scan_reports_a_new_failure(rendered: dict[str, Rendered]) -> Non
     report = policy.scan(ROOT, [_broken(rendered["dev"], privileged)])
     assert any(f.check == "CKV_K8S_16" and "papersearch-ingest" in f.resource
                for f in report.unexplained), report.summary()
+
+
+def test_every_overlay_sets_the_controller_loop_interval_of_the_settings(
+        rendered: dict[str, Rendered]) -> None:
+    from papersearch.serving.launcher import CONTROL_LOOP_ENV
+    from papersearch.settings import ServeSettings
+
+    for item in rendered.values():
+        data = item.one("ConfigMap", _env_name(item))["data"]
+        assert float(data[CONTROL_LOOP_ENV]) == ServeSettings().control_loop_interval_s

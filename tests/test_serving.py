@@ -103,6 +103,19 @@ def test_reranker_model_arriving_later_is_picked_up(target: Target, client: Sear
         time.sleep(0.5)
 
 
+def test_the_serve_controller_runs_at_the_configured_interval(target: Target) -> None:
+    import psutil
+
+    from papersearch.serving.launcher import CONTROL_LOOP_ENV
+
+    # the local Ray instance's processes are this one's descendants (ray.init started them)
+    controllers = [p for p in psutil.Process().children(recursive=True)
+                   if "ray::ServeController" in " ".join(p.cmdline())]
+    assert len(controllers) == 1
+    expected = str(Settings().serve.control_loop_interval_s)
+    assert all(p.environ().get(CONTROL_LOOP_ENV) == expected for p in controllers)
+
+
 def test_search_through_ray_serve(client: SearchClient) -> None:
     result = client.search(SearchQuery(
         "federated learning across domains without batch normalization", top_k=5))

@@ -425,6 +425,13 @@ class ServeSettings(BaseModel):
     )
     dashboard_host: str = Field("127.0.0.1", description="Ray dashboard (Serve's status API).")
     dashboard_port: int = Field(8265, ge=1, le=65535)
+    control_loop_interval_s: float = Field(
+        0.5, gt=0, le=10,
+        description="Serve controller's pause between control loop passes (Ray's "
+                    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S, 0.1 by default): set for the Ray "
+                    "instance `papersearch serve` starts; Kubernetes sets it in papersearch.env. "
+                    "Autoscaling delays are in seconds either way (README, Autoscaling).",
+    )
 
     @model_validator(mode="after")
     def _deadlines_fit_the_drain(self) -> ServeSettings:

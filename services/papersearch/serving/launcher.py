@@ -27,6 +27,7 @@ LOCAL_RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_ENABLE_AUTO_CONNECT": "0",
 }
+CONTROL_LOOP_ENV = "RAY_SERVE_CONTROL_LOOP_INTERVAL_S"  # serve.control_loop_interval_s
 
 
 def load_config(
@@ -67,6 +68,8 @@ def start(
     settings.serve.check_access()  # before Ray starts: the gateway replica would refuse too
     for key, value in LOCAL_RAY_ENV.items():  # read when Ray is imported: set them first
         os.environ.setdefault(key, value)
+    # the Serve controller (a process of the Ray instance started below) reads it at import
+    os.environ[CONTROL_LOOP_ENV] = str(settings.serve.control_loop_interval_s)
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api
