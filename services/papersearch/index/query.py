@@ -106,7 +106,8 @@ class SearchRequest:
 
     def __post_init__(self) -> None:
         if self.dense is not None:
-            values = np.asarray(self.dense, dtype=np.float32).ravel()
+            with np.errstate(over="ignore"):  # too large for float32: inf, refused below
+                values = np.asarray(self.dense, dtype=np.float32).ravel()
             if not values.size or not np.isfinite(values).all():
                 raise ValueError("dense query vector must be non-empty and finite")
             object.__setattr__(self, "dense", tuple(values.tolist()))
