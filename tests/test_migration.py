@@ -349,18 +349,39 @@ def test_migration_under_searches_and_writes(backend: str, sample_settings: Sett
         assert EdgePointers(settings.index).read() is not None
 
 
+def _refusing_copy(sample_settings: Settings, embedder_dir: Path, papers: list[Paper],
+                   data_dir: Path) -> tuple[Settings, Collections, HandleBackend]:
+    """A live collection of 20 papers in ``data_dir``, behind a backend whose new encoder
+    refuses any paper about sourdough."""
+    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
+        update={"data_dir": data_dir})})
+    collections, inspect = _collections(settings, None)
+    with inspect("papers") as source:
+        _fill(source, Encoder(embedder_dir), papers[:20])
+    handles = HandleBackend(LocalModels(settings.models.repository, fail_for="Sourdough",
+                                        once=False), None,
+                            collections, settings)  # type: ignore[arg-type]
+    return settings, collections, handles
+
+
+async def _copy_fails(handles: HandleBackend, collections: Collections,
+                      repository: Path) -> None:
+    """A sourdough paper written, then a start to the new encoder, whose copy fails on it:
+    the live collection stays where it was."""
+    backend = handles.pinned()
+    await backend.upsert([bread(1)], await backend.encode_documents([bread(1).text]))
+    with pytest.raises(RuntimeError, match="unavailable"):
+        await handles.migrator.start(ModelRef.parse(NEW, repository))
+    assert (await collections.live()).view.collection == "papers"
+    await collections.close()
+
+
 def test_refusals_leave_the_live_collection_alone(sample_settings: Settings, embedder_dir: Path,
                                                   cls_embedder: Path, papers: list[Paper],
                                                   tmp_path: Path) -> None:
-    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
-        update={"data_dir": tmp_path})})
+    settings, collections, handles = _refusing_copy(sample_settings, embedder_dir, papers,
+                                                    tmp_path)
     repository = settings.models.repository
-    old = Encoder(embedder_dir)
-    collections, inspect = _collections(settings, None)
-    with inspect("papers") as source:
-        _fill(source, old, papers[:20])
-    handles = HandleBackend(LocalModels(repository, fail_for="Sourdough", once=False), None,
-                            collections, settings)  # type: ignore[arg-type]
 
     async def attempts() -> None:
         with pytest.raises(MigrationRefused, match="already built by"):
@@ -369,12 +390,7 @@ def test_refusals_leave_the_live_collection_alone(sample_settings: Settings, emb
             with pytest.raises(MigrationRefused, match="no migration is waiting"):
                 await step()
         # The copy itself fails (the new encoder refuses a paper): the partial copy is dropped.
-        backend = handles.pinned()
-        await backend.upsert([bread(1)], await backend.encode_documents([bread(1).text]))
-        with pytest.raises(RuntimeError, match="unavailable"):
-            await handles.migrator.start(ModelRef.parse(NEW, repository))
-        assert (await collections.live()).view.collection == "papers"
-        await collections.close()
+        await _copy_fails(handles, collections, repository)
 
     asyncio.run(attempts())
     assert not any(p.name.startswith("papers-") for p in tmp_path.iterdir())
@@ -385,14 +401,8 @@ def test_a_failed_close_still_drops_the_partial_copy(
         sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
-        update={"data_dir": tmp_path})})
-    repository = settings.models.repository
-    collections, inspect = _collections(settings, None)
-    with inspect("papers") as source:
-        _fill(source, Encoder(embedder_dir), papers[:20])
-    handles = HandleBackend(LocalModels(repository, fail_for="Sourdough", once=False), None,
-                            collections, settings)  # type: ignore[arg-type]
+    settings, collections, handles = _refusing_copy(sample_settings, embedder_dir, papers,
+                                                    tmp_path)
     close = IndexAccess.close
 
     async def failing_close(self: IndexAccess) -> None:
@@ -401,15 +411,7 @@ def test_a_failed_close_still_drops_the_partial_copy(
             raise OSError("flush failed")
     monkeypatch.setattr(IndexAccess, "close", failing_close)
 
-    async def attempt() -> None:
-        backend = handles.pinned()
-        await backend.upsert([bread(1)], await backend.encode_documents([bread(1).text]))
-        with pytest.raises(RuntimeError, match="unavailable"):
-            await handles.migrator.start(ModelRef.parse(NEW, repository))
-        assert (await collections.live()).view.collection == "papers"
-        await collections.close()
-
-    asyncio.run(attempt())
+    asyncio.run(_copy_fails(handles, collections, settings.models.repository))
     assert not any(p.name.startswith("papers-") for p in tmp_path.iterdir())
     assert "closing the partial collection failed" in caplog.text
 
