@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 from common import Unavailable, check_prerequisites, free_port, log, wait_serving
+from throughput import CpuMeter
 
 from papersearch.client import SearchClient
 from papersearch.serving import launcher
@@ -33,23 +34,17 @@ from papersearch.settings import Settings
 CONTROLLER = "ray::ServeController"
 
 
-def role(process: psutil.Process, app: str) -> str:
-    try:
-        name = " ".join(process.cmdline())
-    except psutil.Error:
-        return "ray"
-    replica = f"ray::ServeReplica:{app}:"
-    if name.startswith(replica):
-        return name[len(replica):].split()[0]
-    return "controller" if name.startswith(CONTROLLER) else "ray"
+class IdleMeter(CpuMeter):
+    """throughput.py's meter with the Serve controller apart from the rest of Ray."""
 
-
-def cpu_seconds(process: psutil.Process) -> float | None:
-    try:
-        times = process.cpu_times()
-    except psutil.Error:  # gone since it was listed
-        return None
-    return float(times.user + times.system)
+    def role(self, process: psutil.Process) -> str:
+        name = super().role(process)
+        if name != "ray":
+            return name
+        try:
+            return "controller" if " ".join(process.cmdline()).startswith(CONTROLLER) else name
+        except psutil.Error:
+            return name
 
 
 def idle_share(settings: Settings, interval: float, seconds: float, settle_s: float
@@ -67,18 +62,14 @@ def idle_share(settings: Settings, interval: float, seconds: float, settle_s: fl
         with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client:
             wait_serving(client)
         time.sleep(settle_s)
-        processes = psutil.Process().children(recursive=True)
-        before = {p: cpu for p in processes if (cpu := cpu_seconds(p)) is not None}
+        meter = IdleMeter(serve.app_name)
+        meter.start()
         time.sleep(seconds)
-        used: dict[str, float] = {}
-        for process, start in before.items():
-            end = cpu_seconds(process)
-            if end is not None:
-                name = role(process, serve.app_name)
-                used[name] = used.get(name, 0.0) + end - start
+        meter.stop()
     finally:
         launcher.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
+    used = {name: s for name, s in meter.used.items() if name != "load_generator"}  # this one
     shares = {name: round(s / seconds, 4) for name, s in sorted(used.items())}
     return {**shares, "total": round(sum(used.values()) / seconds, 4)}
 
