@@ -1,0 +1,194 @@
+"""Would other BM25 constants rank better? k1 and b (issue 17)
+
+    python benchmarks/bm25_params.py > docs/tune/bm25_params.json
+
+Qdrant's BM25 model (index/sparse.py) weighs a document term with k1 = 1.2 and b = 0.75, the
+textbook values, never tuned here. Re-ingesting every judged set per (k1, b) would re-encode
+every paper; the dense side does not change with them, so this script fetches each set's dense
+list from its eval collection once (evaluation/fusion_tuning.fetch_lists) and scores BM25
+itself for every pair: the documents' weights from ``qdrant_edge.Bm25`` with that k1 and b
+(the model the index runs), the query's terms once each, IDF as Qdrant's modifier computes it,
+the top ``index.prefetch_limit``. Then it fuses as the Store does (convex, the configured dense
+weight). At 1.2 / 0.75 this must reproduce the engine's own BM25 list and hybrid ranking:
+``reproduces_engine`` in the output says how closely, and the script refuses to go on if
+nDCG@10 differs by more than 0.002 on any set.
+
+The choice is made on the tuning sets alone (settings tune_sets): the pair with the best mean
+hybrid nDCG@10, among those no worse than 1.2 / 0.75 on any of them. The held-out sets and the
+known-item set then judge it: per query wins, losses, ties and a paired permutation test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.evaluation.datasets import EvalDataset, load_dataset
+from papersearch.evaluation.fusion_tuning import Lists, fetch_lists
+from papersearch.evaluation.harness import mean_words
+from papersearch.evaluation.metrics import Report, evaluate
+from papersearch.evaluation.paired import paired
+from papersearch.index.fusion import Ranked, convex
+from papersearch.index.sparse import document_text
+from papersearch.settings import Settings
+
+K1 = (0.6, 0.9, 1.2, 1.5, 2.0)
+B = (0.3, 0.5, 0.75, 0.9, 1.0)
+DEFAULT = (1.2, 0.75)
+RESULTS = 100
+REPRODUCTION_TOLERANCE = 0.002
+
+
+@dataclass(frozen=True)
+class Postings:
+    """An inverted index of one set's BM25 document weights for one (k1, b)."""
+
+    ids: list[str]
+    terms: Mapping[int, tuple[np.ndarray, np.ndarray]]  # term -> (doc positions, weights)
+
+    @classmethod
+    def build(cls, dataset: EvalDataset, k1: float, b: float, avg_len: float) -> Postings:
+        model = qe.Bm25(qe.Bm25Config(k=k1, b=b, avg_len=avg_len))
+        ids: list[str] = []
+        collected: dict[int, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+        for position, paper in enumerate(dataset.papers()):
+            ids.append(paper.id)
+            vector = model.embed_document(document_text(paper))
+            for term, weight in zip(vector.indices, vector.values, strict=True):
+                docs, weights = collected[int(term)]
+                docs.append(position)
+                weights.append(float(weight))
+        return cls(ids, {t: (np.array(d), np.array(w)) for t, (d, w) in collected.items()})
+
+    def search(self, terms: Sequence[int], depth: int) -> Ranked:
+        """Qdrant's IDF modifier times the document weights, each query term once."""
+        scores = np.zeros(len(self.ids))
+        total = len(self.ids)
+        for term in set(terms):
+            if term not in self.terms:
+                continue
+            docs, weights = self.terms[term]
+            idf = math.log(1.0 + (total - len(docs) + 0.5) / (len(docs) + 0.5))
+            scores[docs] += idf * weights
+        hits = np.flatnonzero(scores > 0)
+        top = hits[np.argsort(-scores[hits], kind="stable")][:depth]
+        return [(self.ids[n], float(scores[n])) for n in top]
+
+
+def sparse_lists(dataset: EvalDataset, k1: float, b: float, depth: int) -> dict[str, Ranked]:
+    postings = Postings.build(dataset, k1, b, round(mean_words(dataset.papers()), 1))
+    query_model = qe.Bm25(qe.Bm25Config())
+    return {q: postings.search([int(t) for t in query_model.embed_query(text).indices], depth)
+            for q, text in dataset.queries.items()}
+
+
+def hybrid(lists: Lists, sparse: Mapping[str, Ranked], weight: float, depth: int) -> (
+    dict[str, list[str]]
+):
+    return {q: [i for i, _ in convex([lists.dense[q], sparse[q]], (weight, 1.0 - weight),
+                                     depth)][:RESULTS]
+            for q in lists.dense}
+
+
+def reports(dataset: EvalDataset, lists: Lists, k1: float, b: float, weight: float,
+            depth: int) -> dict[str, Report]:
+    sparse = sparse_lists(dataset, k1, b, depth)
+    return {"sparse": evaluate({q: [i for i, _ in r][:RESULTS] for q, r in sparse.items()},
+                               dataset.qrels),
+            "hybrid": evaluate(hybrid(lists, sparse, weight, depth), dataset.qrels)}
+
+
+def overlap(a: Mapping[str, Ranked], b: Mapping[str, Ranked]) -> float:
+    """Mean share of the engine's list that the reproduction also has (top 10)."""
+    shares = [len({i for i, _ in a[q][:10]} & {i for i, _ in b[q][:10]})
+              / max(1, min(10, len(a[q]))) for q in a]
+    return sum(shares) / len(shares)
+
+
+def main() -> int:
+    settings = Settings()
+    settings = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"prf_enabled": False})})
+    if settings.index.fusion != "convex":
+        print("bm25_params: the configured fusion is not convex; set index.fusion=convex",
+              file=sys.stderr)
+        return 2
+    encoder = Encoder.from_settings(settings.models)
+    depth = settings.index.prefetch_limit
+    weight = settings.index.fusion_dense_weight
+    tuning = [load_dataset(p) for p in settings.tune_sets]
+    judging = [load_dataset(p) for p in [*settings.held_out_sets, settings.corpus_dir]]
+    sets = {d.name: d for d in [*tuning, *judging]}
+    tuning_names = [d.name for d in tuning]
+    held_names = [d.name for d in judging[:-1]]
+    lists = {name: fetch_lists(d, settings, encoder) for name, d in sets.items()}
+
+    reproduction: dict[str, dict[str, float]] = {}
+    for name, d in sets.items():
+        mine = sparse_lists(d, *DEFAULT, depth)
+        engine_hybrid = evaluate(lists[name].baseline, d.qrels).ndcg_at_10
+        mine_hybrid = evaluate(hybrid(lists[name], mine, weight, depth), d.qrels).ndcg_at_10
+        reproduction[name] = {"top10_overlap_sparse": round(overlap(lists[name].sparse, mine), 4),
+                              "engine_hybrid": round(engine_hybrid, 4),
+                              "reproduced_hybrid": round(mine_hybrid, 4)}
+        if abs(engine_hybrid - mine_hybrid) > REPRODUCTION_TOLERANCE:
+            print(json.dumps({"reproduces_engine": reproduction}, indent=2))
+            print(f"bm25_params: {name}: the reproduction is {mine_hybrid:.4f} where the engine "
+                  f"gives {engine_hybrid:.4f}", file=sys.stderr)
+            return 1
+
+    grid = [(k1, b) for k1 in K1 for b in B]
+    by_pair = {pair: {n: reports(sets[n], lists[n], *pair, weight, depth) for n in tuning_names}
+               for pair in grid}
+
+    def mean(pair: tuple[float, float]) -> float:
+        return sum(by_pair[pair][n]["hybrid"].ndcg_at_10 for n in tuning_names) / len(tuning_names)
+
+    eligible = [p for p in grid if p != DEFAULT and mean(p) > mean(DEFAULT)
+                and all(by_pair[p][n]["hybrid"].ndcg_at_10
+                        >= by_pair[DEFAULT][n]["hybrid"].ndcg_at_10 for n in tuning_names)]
+    chosen = max(eligible, key=mean, default=None)
+    judged = chosen if chosen is not None else max((p for p in grid if p != DEFAULT), key=mean)
+    for pair in (DEFAULT, judged):
+        by_pair[pair].update({n: reports(sets[n], lists[n], *pair, weight, depth)
+                              for n in sets if n not in tuning_names})
+
+    against: dict[str, dict[str, Any]] = {}
+    for name in sets:
+        against[name] = {}
+        for mode in ("sparse", "hybrid"):
+            before, after = by_pair[DEFAULT][name][mode], by_pair[judged][name][mode]
+            against[name][mode] = {
+                "default": round(before.ndcg_at_10, 4), "judged": round(after.ndcg_at_10, 4),
+                **paired(before.per_query_ndcg_at_10, after.per_query_ndcg_at_10).to_dict()}
+    held_out_agree = all(against[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
+    print(json.dumps({
+        "fusion_dense_weight": weight, "prefetch_limit": depth,
+        "tuning_sets": tuning_names, "held_out_sets": held_names,
+        "known_item_set": judging[-1].name,
+        "reproduces_engine": reproduction,
+        "grid": [{"k1": k1, "b": b,
+                  "sparse ndcg@10": {n: round(by_pair[(k1, b)][n]["sparse"].ndcg_at_10, 4)
+                                     for n in tuning_names},
+                  "hybrid ndcg@10": {n: round(by_pair[(k1, b)][n]["hybrid"].ndcg_at_10, 4)
+                                     for n in tuning_names},
+                  "tuning_mean_hybrid": round(mean((k1, b)), 4),
+                  "eligible": (k1, b) == DEFAULT or (k1, b) in eligible} for k1, b in grid],
+        "judged": {"k1": judged[0], "b": judged[1], "chosen_on_tuning_sets": chosen is not None,
+                   "against_default": against, "held_out_agree": held_out_agree,
+                   "adopt": chosen is not None and held_out_agree},
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
