@@ -331,12 +331,56 @@ def test_hybrid_convex_is_the_weighted_sum_of_max_normalised_lists(
                 for i in {*d, *s}}
     assert [h.score for h in hits] == pytest.approx(sorted(expected.values(), reverse=True)[:limit])
     assert all(h.score == pytest.approx(expected[h.paper.id]) for h in hits)
-    assert all(h.dense_score is not None for h in hits)  # scored in or out of its window
-    assert all(h.dense_score == pytest.approx(d[h.paper.id] * d_top) for h in hits
-               if h.paper.id in d)
-    assert all(h.sparse_score == pytest.approx(s[h.paper.id] * s_top) for h in hits
-               if h.paper.id in s)
+    # Every hit's stage scores are the whole query's, in its window or out of it.
+    every_dense = exact_scores(loaded, request("dense", 0, limit=len(PAPERS), exact=True))
+    every_sparse = exact_scores(loaded, request("sparse", 0, text="graph protein zymurgy",
+                                                limit=len(PAPERS), exact=True))
+    assert any(h.paper.id not in d for h in hits) or any(h.paper.id not in s for h in hits)
+    assert all(h.dense_score == pytest.approx(every_dense[h.paper.id]) for h in hits)
+    assert [h.sparse_score for h in hits] == pytest.approx(  # None: no query term in it
+        [every_sparse.get(h.paper.id) for h in hits])
     assert all(h.paper == PAPERS[int(h.paper.id[-5:])] for h in hits)  # payloads fetched
+
+
+def exact_scores(store: Store, req: SearchRequest) -> dict[str, float]:
+    return {h.paper.id: h.score for h in store.query(req)}
+
+
+def test_hybrid_convex_hit_outside_a_short_list_has_no_score_there(loaded: Store) -> None:
+    """A BM25 list shorter than its window holds every paper with a query term: the fused
+    hits absent from it get no BM25 score, and the others keep their exact scores."""
+    hits = loaded.query(request("hybrid", 0, text=RARE, fusion="convex", limit=5, exact=True))
+    assert PAPERS[RARE_AT].id in {h.paper.id for h in hits}
+    every_dense = exact_scores(loaded, request("dense", 0, limit=len(PAPERS), exact=True))
+    for h in hits:
+        assert (h.sparse_score is not None) == (h.paper.id == PAPERS[RARE_AT].id)
+        assert h.dense_score == pytest.approx(every_dense[h.paper.id])
+
+
+@pytest.mark.slow
+def test_hybrid_convex_stage_scores_with_int8_vectors(tmp_path: Path) -> None:
+    """An int8 collection searched without rescoring (the engine's default) ranks by
+    approximate cosines (off by ~0.003 here); the hits' dense scores are still the exact
+    ones. The engine quantizes only segments past its indexing threshold: 20,000 points."""
+    n, dim = 20_000, 384
+    vectors = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    papers = [Paper(id=f"p{i}", title=WORDS[i % len(WORDS)],
+                    abstract=" ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + i % 5)))
+              for i in range(n)]
+    s = EdgeStore(IndexSettings(data_dir=tmp_path, quantization="int8"))
+    try:
+        s.ensure_collection(dim, SHA)
+        s.upsert(papers, vectors, BM25.papers(papers))
+        s.optimize()
+        hits = s.query(SearchRequest(mode="hybrid", dense=vectors[3],
+                                     sparse=BM25.query("graph protein"), fusion="convex"))
+    finally:
+        s.close()
+    cosines = vectors @ vectors[3]
+    assert len(hits) == 10
+    assert [h.dense_score for h in hits] == pytest.approx(
+        [float(cosines[int(h.paper.id[1:])]) for h in hits], abs=1e-5)
 
 
 ALL_WORDS = " ".join(WORDS)

@@ -320,25 +320,75 @@ class Store(ABC):
 
     def _convex_program(self, request: SearchRequest) -> Program[list[Hit]]:
         """Hybrid search fused here (index/fusion.py): both prefetch lists without payloads,
-        then the top ``limit`` scored per stage with their payloads."""
-        top = yield from self._convex_ranked(request)
-        return (yield from self._with_components(request, top))
+        then the top ``limit`` with their payloads and per-stage scores (``_stage_scored``)."""
+        lists = yield from self._convex_lists(request)
+        return (yield from self._stage_scored(request, self._fused(request, lists), lists))
 
     def _convex_ranked(self, request: SearchRequest) -> Program[list[Scored]]:
+        return self._fused(request, (yield from self._convex_lists(request)))
+
+    def _convex_lists(self, request: SearchRequest) -> Program[list[list[Scored]]]:
         self._check_dim(request)
-        depth = max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
         hnsw_ef = request.hnsw_ef or self.settings.hnsw_ef
         lists: list[list[Scored]] = yield Batch(tuple(
-            Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
+            Plan(Nearest(using, vector, self._depth(request)), request.filter, hnsw_ef=hnsw_ef,
                  exact=request.exact, oversampling=self._oversampling, with_payload=False)
             for using, vector in ((DENSE, request.dense_vector()),
                                   (SPARSE, request.sparse_vector()))
         ))
+        return lists
+
+    def _fused(self, request: SearchRequest, lists: Sequence[Sequence[Scored]]) -> list[Scored]:
         weight = (self.settings.fusion_dense_weight if request.dense_weight is None
                   else request.dense_weight)
         fused = convex([[(s.point_id, s.score) for s in ranked] for ranked in lists],
-                       (weight, 1.0 - weight), depth)
+                       (weight, 1.0 - weight), self._depth(request))
         return [Scored(pid, score, None) for pid, score in fused[: request.limit]]
+
+    def _depth(self, request: SearchRequest) -> int:
+        return max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
+
+    def _stage_scored(self, request: SearchRequest, top: list[Scored],
+                      lists: Sequence[Sequence[Scored]]) -> Program[list[Hit]]:
+        """``top`` as hits, each with its payload (one fetch) and its score per stage.
+
+        A stage's score is taken from its prefetch list where that list holds it exactly: BM25
+        scores always; dense ones unless int8 vectors scored them without rescoring (the
+        engine's default for a quantized collection: ``index.quantization`` int8 and no
+        ``quantization_oversampling``). A list shorter than its window holds every match, so
+        a hit absent from it has none (BM25: no query term in the paper). Only hits whose
+        score a list could not give are scored again, by a query restricted to their ids, as
+        ``_with_components`` scores every hit of an engine-fused search.
+        """
+        if not top:
+            return []
+        ids = [s.point_id for s in top]
+        exact_dense = (request.exact or self.settings.quantization == "none"
+                       or self._oversampling is not None)
+        scores: list[dict[str, float]] = []
+        stages: list[tuple[dict[str, float], Plan]] = []
+        vectors: tuple[tuple[str, tuple[float, ...] | SparseVector], ...] = (
+            (DENSE, request.dense_vector()), (SPARSE, request.sparse_vector()))
+        for (using, vector), ranked, exact in zip(vectors, lists, (exact_dense, True),
+                                                  strict=True):
+            known = {s.point_id: s.score for s in ranked} if exact else {}
+            scores.append(known)
+            if exact and len(ranked) < self._depth(request):
+                continue
+            lacking = frozenset(i for i in ids if i not in known)
+            if lacking:
+                stages.append((known, Plan(Nearest(using, vector, len(lacking)),
+                                           only_ids=lacking, exact=True, with_payload=False)))
+        records: list[Record] = yield Fetch(tuple(ids), payload=True, dense=False)
+        if stages:
+            rescored: list[list[Scored]] = yield Batch(tuple(plan for _, plan in stages))
+            for (known, _), found in zip(stages, rescored, strict=True):
+                known.update((s.point_id, s.score) for s in found)
+        payloads = {r.point_id: r.payload for r in records if r.payload is not None}
+        dense, sparse = scores
+        return [_hit(Scored(s.point_id, s.score, payloads[s.point_id]),
+                     dense=dense.get(s.point_id), sparse=sparse.get(s.point_id))
+                for s in top if s.point_id in payloads]
 
     def similar(
         self, examples: Examples, limit: int = 10, filter: SearchFilter | None = None
