@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 
@@ -95,6 +97,18 @@ def test_convex_counts_a_paper_missing_from_a_short_list_as_zero() -> None:
     sparse = [("b", 7.0)]
     fused = dict(convex([dense, sparse], [0.6, 0.4], depth=5))
     assert fused == pytest.approx({"a": 0.6, "b": 0.3 + 0.4})
+
+
+def test_convex_top_is_the_head_of_the_whole_order_with_any_hashable_ids() -> None:
+    """``top`` cuts the fused order (ties kept in first-met order); ids need only hash: the
+    Store fuses qdrant-edge's UUID objects and formats only the top ones."""
+    keys = [uuid.UUID(int=n) for n in range(6)]
+    dense = [(keys[0], 0.9), (keys[1], 0.5), (keys[2], 0.5), (keys[3], 0.1)]
+    sparse = [(keys[4], 3.0), (keys[2], 3.0), (keys[5], 1.0), (keys[0], 1.0)]
+    whole = convex([dense, sparse], [0.5, 0.5], depth=4)
+    assert [k for k, _ in whole] == [keys[2], keys[0], keys[4], keys[1], keys[3], keys[5]]
+    for top in range(len(whole) + 2):
+        assert convex([dense, sparse], [0.5, 0.5], depth=4, top=top) == whole[:top]
 
 
 def test_weighted_rrf_by_hand() -> None:

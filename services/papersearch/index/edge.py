@@ -49,6 +49,7 @@ from papersearch.index.plan import (
     Batch,
     Count,
     Fetch,
+    Keyed,
     Nearest,
     Plan,
     PointData,
@@ -141,8 +142,8 @@ class EdgeStore(Store):
 
     def _do(self, step: Step) -> Any:
         match step:
-            case Batch(plans):
-                return self._run(plans)
+            case Batch(plans, keyed):
+                return self._run(plans, keyed)
             case Fetch(point_ids, payload, dense, sparse):
                 return self._retrieve(point_ids, payload=payload, dense=dense, sparse=sparse)
             case Scan(key, since, limit, offset):
@@ -188,9 +189,11 @@ class EdgeStore(Store):
         with _engine("count"):
             return self._live().count(qe.CountRequest(exact=True))
 
-    def _run(self, plans: Sequence[Plan]) -> list[list[Scored]]:
+    def _run(self, plans: Sequence[Plan], keyed: bool) -> list[list[Scored]] | list[list[Keyed]]:
         with _engine("query"):
             results = self._live().query_batch(qe.QueryBatchRequest([_request(p) for p in plans]))
+        if keyed:
+            return [[Keyed(p.id, p.score) for p in points] for points in results]
         return [[Scored(str(p.id), p.score, p.payload) for p in points] for points in results]
 
     def _close(self) -> None:

@@ -11,11 +11,12 @@ term in the paper).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Hashable, Sequence
+from typing import Literal, TypeVar
 
 import numpy as np
 
+K = TypeVar("K", bound=Hashable)
 Ranked = Sequence[tuple[str, float]]  # (id, score), best first
 Normalisation = Literal["max", "minmax", "dbsf"]
 
@@ -35,7 +36,7 @@ def normalise(scores: np.ndarray, how: Normalisation) -> np.ndarray:
     return (scores - low) / (high - low) if high > low else np.ones_like(scores)
 
 
-def normalised(ranked: Ranked, depth: int, how: Normalisation = "max") -> (
+def normalised(ranked: Sequence[tuple[K, float]], depth: int, how: Normalisation = "max") -> (
     tuple[np.ndarray, float]
 ):
     """One list's normalised scores (in its order), and what an id missing from it gets in a
@@ -44,10 +45,11 @@ def normalised(ranked: Ranked, depth: int, how: Normalisation = "max") -> (
     return scores, float(scores.min()) if len(scores) >= depth else 0.0
 
 
-def convex(lists: Sequence[Ranked], weights: Sequence[float], depth: int,
-           how: Normalisation = "max") -> list[tuple[str, float]]:
-    """Every id of ``lists`` (each at most ``depth`` long), by the weighted sum of its
-    normalised scores, best first (ties: the order ids were first met in)."""
+def convex(lists: Sequence[Sequence[tuple[K, float]]], weights: Sequence[float], depth: int,
+           how: Normalisation = "max", top: int | None = None) -> list[tuple[K, float]]:
+    """Every id of ``lists`` (each at most ``depth`` long; any hashable ids), by the weighted
+    sum of its normalised scores, best first (ties: the order ids were first met in); with
+    ``top``, only the first ``top`` of them."""
     ids = list(dict.fromkeys(i for ranked in lists for i, _ in ranked))
     position = {i: n for n, i in enumerate(ids)}
     fused = np.zeros(len(ids))
@@ -56,7 +58,7 @@ def convex(lists: Sequence[Ranked], weights: Sequence[float], depth: int,
         column = np.full(len(ids), fill)
         column[[position[i] for i, _ in ranked]] = scores
         fused += weight * column
-    order = np.argsort(-fused, kind="stable")
+    order = np.argsort(-fused, kind="stable")[:top]
     return [(ids[n], float(fused[n])) for n in order]
 
 

@@ -47,6 +47,7 @@ from papersearch.index.plan import (
     Batch,
     Count,
     Fetch,
+    Keyed,
     Nearest,
     Plan,
     PointData,
@@ -229,10 +230,10 @@ class Call:
 def call_for(step: Step, collection: str) -> Call:
     """The request that carries out ``step`` on ``collection`` (writes wait until applied)."""
     match step:
-        case Batch(plans):
+        case Batch(plans, keyed):
             requests = [_request(p) for p in plans]
             return Call("query", lambda c, t: c.query_batch_points(
-                collection, requests=requests, timeout=t), _ranked)
+                collection, requests=requests, timeout=t), _keyed if keyed else _ranked)
         case Fetch(point_ids, payload, dense, sparse):
             names = [name for name, wanted in ((DENSE, dense), (SPARSE, sparse)) if wanted]
             return Call("retrieve", lambda c, t: c.retrieve(
@@ -318,6 +319,10 @@ def _nothing(_: Any) -> None:
 
 def _ranked(responses: Sequence[models.QueryResponse]) -> list[list[Scored]]:
     return [[Scored(str(p.id), p.score, p.payload) for p in r.points] for r in responses]
+
+
+def _keyed(responses: Sequence[models.QueryResponse]) -> list[list[Keyed]]:
+    return [[Keyed(p.id, p.score) for p in r.points] for r in responses]
 
 
 def _vectors(point: PointData) -> dict[str, Any]:

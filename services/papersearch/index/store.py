@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
@@ -28,6 +28,7 @@ from papersearch.index.plan import (
     Count,
     Fetch,
     Fused,
+    Keyed,
     Nearest,
     Plan,
     PointData,
@@ -325,32 +326,36 @@ class Store(ABC):
         return (yield from self._stage_scored(request, self._fused(request, lists), lists))
 
     def _convex_ranked(self, request: SearchRequest) -> Program[list[Scored]]:
-        return self._fused(request, (yield from self._convex_lists(request)))
+        top = self._fused(request, (yield from self._convex_lists(request)))
+        return [Scored(str(key), score, None) for key, score in top]
 
-    def _convex_lists(self, request: SearchRequest) -> Program[list[list[Scored]]]:
+    def _convex_lists(self, request: SearchRequest) -> Program[list[list[Keyed]]]:
         self._check_dim(request)
         hnsw_ef = request.hnsw_ef or self.settings.hnsw_ef
-        lists: list[list[Scored]] = yield Batch(tuple(
+        lists: list[list[Keyed]] = yield Batch(tuple(
             Plan(Nearest(using, vector, self._depth(request)), request.filter, hnsw_ef=hnsw_ef,
                  exact=request.exact, oversampling=self._oversampling, with_payload=False)
             for using, vector in ((DENSE, request.dense_vector()),
                                   (SPARSE, request.sparse_vector()))
-        ))
+        ), keyed=True)
         return lists
 
-    def _fused(self, request: SearchRequest, lists: Sequence[Sequence[Scored]]) -> list[Scored]:
+    def _fused(self, request: SearchRequest, lists: Sequence[Sequence[Keyed]]) -> (
+        list[tuple[Hashable, float]]
+    ):
+        """The top ``limit`` of the convex fusion of ``lists``, by engine id keys."""
         weight = (self.settings.fusion_dense_weight if request.dense_weight is None
                   else request.dense_weight)
-        fused = convex([[(s.point_id, s.score) for s in ranked] for ranked in lists],
-                       (weight, 1.0 - weight), self._depth(request))
-        return [Scored(pid, score, None) for pid, score in fused[: request.limit]]
+        return convex([[(k.key, k.score) for k in ranked] for ranked in lists],
+                      (weight, 1.0 - weight), self._depth(request), top=request.limit)
 
     def _depth(self, request: SearchRequest) -> int:
         return max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
 
-    def _stage_scored(self, request: SearchRequest, top: list[Scored],
-                      lists: Sequence[Sequence[Scored]]) -> Program[list[Hit]]:
-        """``top`` as hits, each with its payload (one fetch) and its score per stage.
+    def _stage_scored(self, request: SearchRequest, top: Sequence[tuple[Hashable, float]],
+                      lists: Sequence[Sequence[Keyed]]) -> Program[list[Hit]]:
+        """``top`` (engine id key, fused score) as hits, each with its payload (one fetch) and
+        its score per stage.
 
         A stage's score is taken from its prefetch list where that list holds it exactly: BM25
         scores always; dense ones unless int8 vectors scored them without rescoring (the
@@ -362,7 +367,7 @@ class Store(ABC):
         """
         if not top:
             return []
-        ids = [s.point_id for s in top]
+        ids = [str(key) for key, _ in top]
         exact_dense = (request.exact or self.settings.quantization == "none"
                        or self._oversampling is not None)
         scores: list[dict[str, float]] = []
@@ -371,7 +376,9 @@ class Store(ABC):
             (DENSE, request.dense_vector()), (SPARSE, request.sparse_vector()))
         for (using, vector), ranked, exact in zip(vectors, lists, (exact_dense, True),
                                                   strict=True):
-            known = {s.point_id: s.score for s in ranked} if exact else {}
+            listed = {k.key: k.score for k in ranked} if exact else {}
+            known = {i: listed[key] for i, (key, _) in zip(ids, top, strict=True)
+                     if key in listed}
             scores.append(known)
             if exact and len(ranked) < self._depth(request):
                 continue
@@ -386,9 +393,8 @@ class Store(ABC):
                 known.update((s.point_id, s.score) for s in found)
         payloads = {r.point_id: r.payload for r in records if r.payload is not None}
         dense, sparse = scores
-        return [_hit(Scored(s.point_id, s.score, payloads[s.point_id]),
-                     dense=dense.get(s.point_id), sparse=sparse.get(s.point_id))
-                for s in top if s.point_id in payloads]
+        return [_hit(Scored(i, score, payloads[i]), dense=dense.get(i), sparse=sparse.get(i))
+                for i, (_, score) in zip(ids, top, strict=True) if i in payloads]
 
     def similar(
         self, examples: Examples, limit: int = 10, filter: SearchFilter | None = None
