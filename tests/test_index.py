@@ -360,7 +360,8 @@ def test_hybrid_convex_hit_outside_a_short_list_has_no_score_there(loaded: Store
 @pytest.mark.slow
 def test_hybrid_convex_stage_scores_with_int8_vectors(tmp_path: Path) -> None:
     """An int8 collection searched without rescoring (the engine's default) ranks by
-    approximate cosines; the hits' dense scores are still the exact ones. The engine quantizes only segments past its indexing threshold: 20,000 points."""
+    approximate cosines; the hits' dense scores are still the exact ones. The engine
+    quantizes only segments past its indexing threshold: 20,000 points."""
     n, dim = 20_000, 384
     vectors = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

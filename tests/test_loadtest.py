@@ -262,30 +262,42 @@ def test_a_calibration_burst_counts_answers_in_its_window() -> None:
     assert measured.errors["RESOURCE_EXHAUSTED"] > 0 and measured.ok > 0
 
 
-def test_a_rerank_burst_counts_full_window_searches() -> None:
+def test_a_rerank_burst_reads_the_rerankers_time() -> None:
     class Reranking:
-        """Reranks 10 candidates for "half", none for "skipped" (the adaptive depth's 0)."""
+        """"half": 10 candidates reranked in 10 ms; "skipped": none (the adaptive depth's 0);
+        "cold": a first call that takes 1.2 s (sent in the warm-up, answered in the window)."""
+
+        def __init__(self) -> None:
+            self.calls = 0
 
         async def search(self, query: SearchQuery, timeout_s: float | None = None
                          ) -> SearchResult:
-            await asyncio.sleep(0.01)
-            depth = 10 if query.text == "half" else 0
-            return SearchResult((), depth > 0, {}, rerank_depth=depth)
+            self.calls += 1
+            seconds = 1.2 if query.text == "cold" and self.calls == 1 else 0.01
+            await asyncio.sleep(seconds)
+            depth = 0 if query.text == "skipped" else 10
+            return SearchResult((), depth > 0, {"rerank": seconds * 1000} if depth else {},
+                                rerank_depth=depth)
 
-    def go(queries: list[str]) -> Any:
+    def go(queries: list[str], in_flight: int = 4) -> Any:
         async def measure() -> Any:
             loop = asyncio.get_running_loop()
-            return await burst(Reranking(), queries, SearchOptions(rerank=True), 1.0,
-                               CalibrationOptions(in_flight=4, burst_s=1.5, rerank_window=20),
-                               loop.time)
+            return await burst(Reranking(), queries, SearchOptions(rerank=True), 5.0,
+                               CalibrationOptions(in_flight=in_flight, burst_s=1.5,
+                                                  rerank_window=20), loop.time)
         return asyncio.run(measure())
 
     measured = go(["half"])
-    assert measured.ok > 0 and measured.pairs == 10 * measured.ok
-    assert measured.qps == pytest.approx(measured.ok / 2 / 0.5)  # two answers: one search
+    assert 0 < measured.reranked <= measured.ok and measured.pairs == 10 * measured.reranked
+    assert measured.qps == pytest.approx(measured.reranked / measured.rerank_s)
+    assert measured.qps == pytest.approx(100, rel=0.2)  # one search per 10 ms of rerank time
     measured = go(["half", "skipped"])  # unreranked answers are not the reranker's capacity
-    assert 0 < measured.pairs < 10 * measured.ok
-    assert measured.qps == pytest.approx(measured.pairs / 20 / 0.5)
+    assert 0 < measured.reranked < measured.ok
+    assert measured.qps == pytest.approx(100, rel=0.2)
+    measured = go(["cold", "half"], in_flight=1)  # the cold call's 1.2 s is not counted
+    assert measured.ok > measured.reranked > 0
+    assert measured.qps == pytest.approx(100, rel=0.2)
+    assert go(["skipped"]).qps == 0  # nothing reranked: nothing measured
     with pytest.raises(ValueError, match="rerank window must be >= 0"):
         CalibrationOptions(rerank_window=-1)
 
@@ -607,8 +619,10 @@ def test_a_calibrated_rerank_run_measures_the_reranker(gateway: str, tmp_path: P
                        "--rerank", "--deadline-s", "30", "--json")
     calibration = report["run"]["calibration"]
     window, pairs = calibration["rerank_window"], calibration["reranked_pairs"]
-    assert window == Settings().search.rerank_top_n and 0 < pairs <= window * calibration["ok"]
-    assert calibration["saturation_qps"] == round(pairs / window / calibration["window_s"], 2)
+    reranked, rerank_s = calibration["reranked"], calibration["rerank_s"]
+    assert window == Settings().search.rerank_top_n and 0 < reranked <= calibration["ok"]
+    assert 0 < pairs <= window * reranked and 0 < rerank_s < calibration["window_s"] * 2
+    assert calibration["saturation_qps"] == pytest.approx(reranked / rerank_s, abs=0.01)
     assert report["summary"]["errors"] == {}
 
 

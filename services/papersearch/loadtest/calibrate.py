@@ -12,11 +12,16 @@ autoscaler is waited out), so the profile starts where it would have without cal
 
 With ``--rerank`` the Reranker is the bottleneck, and the gateway's adaptive rerank depth
 answers a burst that overloads it with smaller windows or none (pipeline/rerank_depth.py): the
-answers per second would then count unreranked searches at the encoder's speed. So a rerank
-burst measures the pairs the reranker scored per second (each answer's ``rerank_depth``) and
-reads them as searches with a full window (``search.rerank_top_n``) per second. By default it
-keeps one search in flight: that keeps the reranker busy at full windows, where more in flight
-made the gateway shrink them.
+answers per second would then count unreranked searches at the encoder's speed. Counting the
+pairs reranked per second and reading them as full windows (``search.rerank_top_n``) was not
+enough either: where the reranker is slower than the window's time target, the gateway keeps
+smaller windows even at one search in flight, and a cold first call shrinks the next ones, so
+the burst read half the real capacity and the calibrated high step never reached the
+scale-up band. So a rerank burst reads the reranker's own time: its saturation QPS is the
+reranked searches per second of rerank time (each answer's ``timings_ms["rerank"]``), over the
+answers sent after the warm-up, at the windows the gateway chose for them (their mean is in the
+report). That needs rerank calls that do not wait on each other: one search in flight, the
+default with ``--rerank``.
 """
 
 from __future__ import annotations
@@ -64,13 +69,15 @@ class Burst:
     window_s: float  # the measured window (the burst minus the warm-up)
     ok: int  # OK answers that arrived inside the window
     errors: dict[str, int]  # error answers by status, whole burst
+    rerank_window: int = 0  # > 0: a rerank burst (qps: reranked searches per rerank second)
+    reranked: int = 0  # reranked answers sent after the warm-up that arrived inside the window
     pairs: int = 0  # candidates those answers had reranked
-    rerank_window: int = 0  # > 0: qps counts full-window reranked searches
+    rerank_s: float = 0.0  # the rerank time of those answers
 
     @property
     def qps(self) -> float:
         if self.rerank_window:
-            return self.pairs / self.rerank_window / self.window_s
+            return self.reranked / self.rerank_s if self.rerank_s > 0 else 0.0
         return self.ok / self.window_s
 
 
@@ -97,14 +104,16 @@ async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptio
     start = clock()
     window_start, end = start + WARMUP_S, start + calibration.burst_s
     serial = count()
-    ok = pairs = 0
+    ok = reranked = pairs = 0
+    rerank_s = 0.0
     errors: dict[str, int] = {}
 
     async def worker() -> None:
-        nonlocal ok, pairs
+        nonlocal ok, reranked, pairs, rerank_s
         while clock() < end:
             text = queries[next(serial) % len(queries)]
             query = SearchQuery(text, options.top_k, options.mode, options.rerank)
+            sent = clock()
             try:
                 result = await searcher.search(query, timeout_s=deadline_s)
             except grpc.aio.AioRpcError as error:
@@ -114,13 +123,16 @@ async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptio
             else:
                 if window_start <= clock() <= end:
                     ok += 1
-                    pairs += result.rerank_depth
+                    if result.rerank_depth > 0 and sent >= window_start:
+                        reranked += 1
+                        pairs += result.rerank_depth
+                        rerank_s += result.timings_ms.get("rerank", 0.0) / 1000
                 continue
             errors[code] = errors.get(code, 0) + 1
 
     await asyncio.gather(*(worker() for _ in range(calibration.in_flight)))
-    return Burst(end - window_start, ok, dict(sorted(errors.items())), pairs,
-                 calibration.rerank_window)
+    return Burst(end - window_start, ok, dict(sorted(errors.items())),
+                 calibration.rerank_window, reranked, pairs, rerank_s)
 
 
 async def settle(read: Callable[[], Awaitable[dict[str, int] | str]], before: dict[str, int] | str,

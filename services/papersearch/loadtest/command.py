@@ -75,12 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help='rate:seconds steps, e.g. "2:30,8:60,2:90" (low, high, low)')
     parser.add_argument("--calibrate", action="store_true",
                         help="first measure the service's saturation QPS (a closed-loop burst; "
-                             "with --rerank, reranked pairs per second as full-window "
-                             "searches), then read the rates as fractions of it, e.g. "
+                             "with --rerank, reranked searches per second of the reranker's "
+                             "time), then read the rates as fractions of it, e.g. "
                              "--calibrate --steps 0.15:30,0.8:60,0.15:90")
     parser.add_argument("--calibrate-in-flight", type=int, metavar="N",
                         help="requests kept in flight during the burst (default 64; 1 with "
-                             "--rerank: more make the gateway shrink the rerank windows)")
+                             "--rerank: its reading needs rerank calls that do not queue)")
     parser.add_argument("--calibrate-s", type=float, default=6.0, metavar="S",
                         help="the burst's length, 1 s warm-up included; short, so the "
                              "replicas running before it are what it measures (default "
@@ -265,17 +265,19 @@ async def calibrate(test: LoadTest, client: AsyncSearchClient) -> tuple[LoadTest
             f"calibration burst ({test.calibration.in_flight} in flight): {measured.ok} OK, "
             f"errors {measured.errors or 'none'}; the saturation QPS would mean nothing "
             "(a smaller --calibrate-in-flight or a longer --deadline-s may help)")
-    if measured.rerank_window and measured.pairs == 0:
+    if measured.rerank_window and measured.qps == 0:
         raise CalibrationFailed(
             f"calibration burst ({test.calibration.in_flight} in flight): {measured.ok} OK, "
-            "none reranked; the reranker's capacity would mean nothing (is the rerank stage "
-            "on in the service, search.rerank_enabled?)")
+            "none reranked after the warm-up; the reranker's capacity would mean nothing (is "
+            "the rerank stage on in the service, search.rerank_enabled? a longer --calibrate-s "
+            "may help)")
     settle_start = loop.time()
     settled = await settle(replicas, before, test.calibration.settle_s, SETTLE_LIMIT_S,
                            test.sample_s)
     report = {
         "saturation_qps": round(measured.qps, 2), "ok": measured.ok,
-        **({"reranked_pairs": measured.pairs, "rerank_window": measured.rerank_window}
+        **({"reranked": measured.reranked, "rerank_s": round(measured.rerank_s, 3),
+            "reranked_pairs": measured.pairs, "rerank_window": measured.rerank_window}
            if measured.rerank_window else {}),
         "window_s": measured.window_s, "in_flight": test.calibration.in_flight,
         "replicas_before": before, "replicas_after": after, "replicas_at_start": settled,

@@ -107,10 +107,11 @@ def format_summary(report: LoadTestReport, files: list[Path]) -> str:
     if calibration:
         pairs = ""
         if "rerank_window" in calibration:
-            window, reranked = calibration["rerank_window"], calibration["reranked_pairs"]
-            pairs = f"{reranked} pairs reranked = searches of {window} pairs, "
-            if reranked < window * calibration["ok"]:  # the gateway shrank the windows
-                pairs += "some windows shrank: fewer in flight measures the reranker better, "
+            searches = calibration["reranked"]
+            mean = calibration["reranked_pairs"] / searches if searches else 0.0
+            pairs = (f"{searches} searches reranked in {calibration['rerank_s']:g} s of rerank "
+                     f"time, windows of {mean:.3g} pairs on average (configured "
+                     f"{calibration['rerank_window']}), ")
         lines.append(
             f"calibrated saturation {calibration['saturation_qps']:g} QPS "
             f"({calibration['in_flight']} in flight, {pairs}{calibration['ok']} OK in "
