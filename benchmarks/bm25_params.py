@@ -26,7 +26,6 @@ import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
@@ -36,7 +35,7 @@ from papersearch.evaluation.datasets import EvalDataset, load_dataset
 from papersearch.evaluation.fusion_tuning import Lists, fetch_lists
 from papersearch.evaluation.harness import mean_words
 from papersearch.evaluation.metrics import Report, evaluate
-from papersearch.evaluation.paired import paired
+from papersearch.evaluation.paired import against
 from papersearch.index.fusion import Ranked, convex
 from papersearch.index.sparse import document_text
 from papersearch.settings import Settings
@@ -162,15 +161,9 @@ def main() -> int:
         by_pair[pair].update({n: reports(sets[n], lists[n], *pair, weight, depth)
                               for n in sets if n not in tuning_names})
 
-    against: dict[str, dict[str, Any]] = {}
-    for name in sets:
-        against[name] = {}
-        for mode in ("sparse", "hybrid"):
-            before, after = by_pair[DEFAULT][name][mode], by_pair[judged][name][mode]
-            against[name][mode] = {
-                "default": round(before.ndcg_at_10, 4), "judged": round(after.ndcg_at_10, 4),
-                **paired(before.per_query_ndcg_at_10, after.per_query_ndcg_at_10).to_dict()}
-    held_out_agree = all(against[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
+    versus = against(by_pair[DEFAULT], by_pair[judged], list(sets), ("sparse", "hybrid"),
+                     ("default", "judged"))
+    held_out_agree = all(versus[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
     print(json.dumps({
         "fusion_dense_weight": weight, "prefetch_limit": depth,
         "tuning_sets": tuning_names, "held_out_sets": held_names,
@@ -184,7 +177,7 @@ def main() -> int:
                   "tuning_mean_hybrid": round(mean((k1, b)), 4),
                   "eligible": (k1, b) == DEFAULT or (k1, b) in eligible} for k1, b in grid],
         "judged": {"k1": judged[0], "b": judged[1], "chosen_on_tuning_sets": chosen is not None,
-                   "against_default": against, "held_out_agree": held_out_agree,
+                   "against_default": versus, "held_out_agree": held_out_agree,
                    "adopt": chosen is not None and held_out_agree},
     }, indent=2))
     return 0

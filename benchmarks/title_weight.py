@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset, load_dataset
 from papersearch.evaluation.fusion_tuning import fetch_lists
 from papersearch.evaluation.metrics import Report, evaluate
-from papersearch.evaluation.paired import paired
+from papersearch.evaluation.paired import against
 from papersearch.settings import Settings
 
 WEIGHTS = (1, 2, 3, 4)
@@ -82,15 +81,9 @@ def main() -> int:
     for w in (1, judged):
         reports[w].update({d.name: run(d, settings, encoder, w) for d in judging})
 
-    against: dict[str, dict[str, Any]] = {}
-    for name in [*tuning_names, *held_names, judging[-1].name]:
-        against[name] = {}
-        for mode in MODES:
-            before, after = reports[1][name][mode], reports[judged][name][mode]
-            against[name][mode] = {
-                "weight_1": round(before.ndcg_at_10, 4), "chosen": round(after.ndcg_at_10, 4),
-                **paired(before.per_query_ndcg_at_10, after.per_query_ndcg_at_10).to_dict()}
-    held_out_agree = all(against[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
+    versus = against(reports[1], reports[judged], [*tuning_names, *held_names, judging[-1].name],
+                     MODES, ("weight_1", "chosen"))
+    held_out_agree = all(versus[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
     print(json.dumps({
         "fusion": settings.index.fusion,
         "fusion_dense_weight": settings.index.fusion_dense_weight,
@@ -102,7 +95,7 @@ def main() -> int:
                      "tuning_mean_hybrid": round(hybrid_mean(reports[w], tuning_names), 4),
                      "eligible": w == 1 or w in eligible} for w in WEIGHTS],
         "judged": {"title_weight": judged, "chosen_on_tuning_sets": chosen is not None,
-                   "against_weight_1": against, "held_out_agree": held_out_agree,
+                   "against_weight_1": versus, "held_out_agree": held_out_agree,
                    "adopt": chosen is not None and held_out_agree},
     }, indent=2))
     return 0

@@ -11,7 +11,7 @@ from papersearch.evaluation.datasets import load_dataset
 from papersearch.evaluation.fusion_tuning import Candidate, candidates, choose, tune_fusion
 from papersearch.evaluation.harness import run_eval
 from papersearch.evaluation.metrics import Report
-from papersearch.evaluation.paired import paired
+from papersearch.evaluation.paired import against, paired
 from papersearch.settings import Settings
 from tests.beir_helpers import write_beir
 
@@ -57,6 +57,18 @@ def test_paired_counts_and_a_clear_difference_is_significant() -> None:
     assert (result.wins, result.losses, result.ties) == (25, 0, 5)
     assert result.mean_difference == pytest.approx(0.25) and result.p_value < 0.001
     assert paired(a, a).p_value == 1.0
+
+
+
+def test_against_tables_both_runs_and_their_comparison_per_set_and_mode() -> None:
+    before = {"a": {"sparse": report(0.3), "hybrid": report(0.5)}, "b": {"hybrid": report(0.4)}}
+    after = {"a": {"sparse": report(0.3), "hybrid": report(0.6)}, "b": {"hybrid": report(0.35)}}
+    table = against(before, after, ["a", "b"], ["hybrid"], ("default", "judged"))
+    assert set(table) == {"a", "b"} and set(table["a"]) == {"hybrid"}
+    assert table["a"]["hybrid"] == {"default": 0.5, "judged": 0.6,
+                                    **paired({"q": 0.5}, {"q": 0.6}).to_dict()}
+    assert table["b"]["hybrid"]["mean_difference"] == pytest.approx(-0.05)
+    assert (table["b"]["hybrid"]["wins"], table["b"]["hybrid"]["losses"]) == (0, 1)
 
 
 @pytest.mark.slow

@@ -7,10 +7,13 @@ least as large as the one seen (two-sided).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from papersearch.evaluation.metrics import Report
 
 TIE = 1e-9
 PERMUTATIONS = 20_000
@@ -46,3 +49,19 @@ def paired(a: Mapping[str, float], b: Mapping[str, float]) -> Paired:
         ties=int((np.abs(diff) <= TIE).sum()),
         p_value=(extreme + 1) / (PERMUTATIONS + 1),
     )
+
+
+def against(before: Mapping[str, Mapping[str, Report]], after: Mapping[str, Mapping[str, Report]],
+            names: Sequence[str], modes: Sequence[str], labels: tuple[str, str]
+            ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per set of ``names`` and per mode of ``modes``: both runs' nDCG@10 (keyed by
+    ``labels``, before and after) and ``after``'s per-query comparison against ``before``."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        table[name] = {}
+        for mode in modes:
+            a, b = before[name][mode], after[name][mode]
+            table[name][mode] = {
+                labels[0]: round(a.ndcg_at_10, 4), labels[1]: round(b.ndcg_at_10, 4),
+                **paired(a.per_query_ndcg_at_10, b.per_query_ndcg_at_10).to_dict()}
+    return table
