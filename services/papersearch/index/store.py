@@ -331,9 +331,9 @@ class Store(ABC):
 
     def _convex_lists(self, request: SearchRequest) -> Program[list[list[Keyed]]]:
         self._check_dim(request)
-        hnsw_ef = request.hnsw_ef or self.settings.hnsw_ef
+        depth, hnsw_ef = self._depth(request), request.hnsw_ef or self.settings.hnsw_ef
         lists: list[list[Keyed]] = yield Batch(tuple(
-            Plan(Nearest(using, vector, self._depth(request)), request.filter, hnsw_ef=hnsw_ef,
+            Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
                  exact=request.exact, oversampling=self._oversampling, with_payload=False)
             for using, vector in ((DENSE, request.dense_vector()),
                                   (SPARSE, request.sparse_vector()))
@@ -368,6 +368,7 @@ class Store(ABC):
         if not top:
             return []
         ids = [str(key) for key, _ in top]
+        depth = self._depth(request)
         exact_dense = (request.exact or self.settings.quantization == "none"
                        or self._oversampling is not None)
         scores: list[dict[str, float]] = []
@@ -380,7 +381,7 @@ class Store(ABC):
             known = {i: listed[key] for i, (key, _) in zip(ids, top, strict=True)
                      if key in listed}
             scores.append(known)
-            if exact and len(ranked) < self._depth(request):
+            if exact and len(ranked) < depth:
                 continue
             lacking = frozenset(i for i in ids if i not in known)
             if lacking:
