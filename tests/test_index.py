@@ -145,6 +145,10 @@ def ids(hits: list[Hit]) -> list[str]:
     return [h.paper.id for h in hits]
 
 
+def exact_scores(store: Store, req: SearchRequest) -> dict[str, float]:
+    return {h.paper.id: h.score for h in store.query(req)}
+
+
 def request(mode: str, i: int = 0, text: str = RARE, **kw: object) -> SearchRequest:
     dense = DENSE[i] if mode != "sparse" else None
     sparse = BM25.query(text) if mode != "dense" else None
@@ -289,7 +293,7 @@ def test_hybrid_fuses_with_configured_rrf_k(loaded: Store) -> None:
     assert hits[1].paper.id == PAPERS[i].id and hits[1].score == pytest.approx(1 / 60, rel=1e-5)
     assert hits[1].sparse_score is None and hits[1].dense_score == pytest.approx(1.0, abs=1e-5)
     assert hits[0].sparse_score is not None and hits[0].sparse_score > 0
-    dense_only = {h.paper.id: h.score for h in loaded.query(request("dense", i, exact=True))}
+    dense_only = exact_scores(loaded, request("dense", i, exact=True))
     for h in hits:
         assert h.dense_score is not None
         if h.paper.id in dense_only:
@@ -340,10 +344,6 @@ def test_hybrid_convex_is_the_weighted_sum_of_max_normalised_lists(
     assert [h.sparse_score for h in hits] == pytest.approx(  # None: no query term in it
         [every_sparse.get(h.paper.id) for h in hits])
     assert all(h.paper == PAPERS[int(h.paper.id[-5:])] for h in hits)  # payloads fetched
-
-
-def exact_scores(store: Store, req: SearchRequest) -> dict[str, float]:
-    return {h.paper.id: h.score for h in store.query(req)}
 
 
 def test_hybrid_convex_hit_outside_a_short_list_has_no_score_there(loaded: Store) -> None:
