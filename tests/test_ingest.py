@@ -11,11 +11,9 @@ import os
 import queue
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -42,6 +40,20 @@ pytestmark = pytest.mark.slow
 BATCH_SIZE = 8
 CLI_TIMEOUT_S = 300
 UPSERT_WAIT_S = 120
+# Holds a one-CPU, one-GPU local Ray instance until its stdin closes; prints its address.
+GPU_CLUSTER = """
+import shutil, sys, tempfile
+import ray
+temp_dir = tempfile.mkdtemp(prefix="ps-gpu-")  # short: Ray's socket paths are limited
+try:
+    context = ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
+                       _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
+    print(context.address_info["gcs_address"], flush=True)
+    sys.stdin.read()
+    ray.shutdown(wait_for_processes=True)
+finally:
+    shutil.rmtree(temp_dir, ignore_errors=True)
+"""
 
 # One paper the generator below never comes near, for the search test to find by paraphrase.
 TARGET = {
@@ -159,6 +171,30 @@ def ingest(env: dict[str, str], *args: str | Path) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     return json.loads(done.stdout)
+
+
+@contextmanager
+def gpu_cluster(env: dict[str, str]) -> Iterator[str]:
+    """A local Ray instance that declares one GPU, held by a process of its own for the block;
+    its GCS address. Started in pytest's own process, ``ray.init`` twice timed out in CI with
+    the raylet never started (not a line of its log): Ray forks its daemons with a
+    ``preexec_fn``, which can hang in the child of a process with many threads."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", GPU_CLUSTER], env=LOCAL_RAY_ENV | env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    try:
+        address = holder.stdout.readline().strip()
+        if not address:
+            pytest.fail(f"the GPU Ray instance did not start: {holder.communicate(timeout=60)[1]}")
+        yield address
+    finally:
+        try:
+            holder.communicate(timeout=120)  # closes its stdin: it shuts Ray down and exits
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
 
 
 @contextmanager
@@ -425,25 +461,14 @@ def test_ray_ingest_writes_what_one_process_writes_and_resumes(
 def test_gpu_encoders_need_the_cuda_provider_and_fail_before_any_write(
     model_settings: Settings, identity: EmbedderIdentity, tmp_path: Path
 ) -> None:
-    """`ingest --ray=ADDRESS` against a Ray cluster that offers a GPU (started here, the GPU
-    declared: this machine has none) whose workers have the CPU build of onnxruntime: by
-    default the encoders go to the GPU, a probe finds no CUDA provider there, and the command
-    stops with one line naming onnxruntime-gpu, exit 2, nothing written."""
-    for key, value in LOCAL_RAY_ENV.items():  # read when Ray is imported
-        os.environ.setdefault(key, value)
-    import ray
-
-    temp_dir = tempfile.mkdtemp(prefix="ps-gpu-")  # short: Ray's socket paths are limited
-    context = ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
-                       _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
-    try:
-        corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(20))
-        env = cli_env(model_settings, tmp_path / "gpu")
-        done = run_cli(env, "ingest", corpus, f"--ray={context.address_info['gcs_address']}",
-                       "--quiet")
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    """`ingest --ray=ADDRESS` against a Ray cluster that offers a GPU (declared: this machine
+    has none) whose workers have the CPU build of onnxruntime: by default the encoders go to
+    the GPU, a probe finds no CUDA provider there, and the command stops with one line naming
+    onnxruntime-gpu, exit 2, nothing written."""
+    corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(20))
+    env = cli_env(model_settings, tmp_path / "gpu")
+    with gpu_cluster(env) as address:
+        done = run_cli(env, "ingest", corpus, f"--ray={address}", "--quiet")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert "has no CUDAExecutionProvider" in done.stderr
