@@ -20,12 +20,15 @@ set repeat for at least ``--floor-seconds`` and the best pass counts. Ratio = se
 floor QPS with the same ``k`` (target >= 0.8). The floor runs before the served runs and again
 after them (the embedded shard admits one process; Ray and the app start once and are
 redeployed per replica count in between): on a shared machine whose speed drifts, the better of
-the two counts.
+the two counts. ``floor_stage_cpu_ms_per_search``: per floor run, its CPU ms per query by
+stage (encode, retrieve, rerank; averaged over all its passes), what each served stage would
+cost without serving.
 
 Over each measured window the CPU time of every process of the run (this one: the load
-generator; the replicas by deployment; Ray's own) is read: ``cpu_ms_per_search`` by role;
-``cpu_ratio`` = the served path's (all but the load generator) / the floor's best pass's CPU per
-query (target <= 1.5); and
+generator; the replicas by deployment; Ray's own) is read: ``cpu_ms_per_search`` by role
+(``ray_cpu_ms_per_search``: Ray's own by process, e.g. the dashboard, its agent, the Serve
+controller); ``cpu_ratio`` = the served path's (all but the load generator) / the floor's
+best pass's CPU per query (target <= 1.5); and
 ``cpu_bound_qps`` = cores x 1000 / total, what the machine's cores could serve if every core
 were busy all the time at that cost. Where ``cpu_bound_qps / floor`` (``cpu_bound_ratio``) is
 under the target, the cores, not the bottleneck deployment, bound the ratio.
@@ -43,6 +46,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +75,22 @@ FLOOR_BATCH = 32
 RERANK_BUDGET_S = 120.0  # the benchmark measures reranked searches: no fallback to fused
 
 
+@dataclass
+class Floor:
+    """One floor measurement: the best pass's queries/s and CPU ms per query, and the CPU ms
+    per query by stage, averaged over every pass: encoding and reranking as their threads'
+    CPU time (onnxruntime runs on the calling thread, one intra-op thread), retrieval as the
+    rest of the process's (the embedded engine works on threads of its own too)."""
+
+    qps: float
+    cpu_ms: float
+    stage_cpu_ms: dict[str, float]
+
+
 def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: bool,
-              min_seconds: float) -> tuple[float, float]:
-    """Queries/s of encode + retrieve (+ rerank) in-process, ``workers`` threads, big batches:
-    the best pass over ``queries``, passes repeated for at least ``min_seconds``; and that
-    pass's CPU time per query (ms, this process)."""
+              min_seconds: float) -> Floor:
+    """Encode + retrieve (+ rerank) in-process, ``workers`` threads, big batches, passes over
+    ``queries`` repeated for at least ``min_seconds``."""
     encoders = [Encoder.from_settings(settings.models) for _ in range(workers)]
     rerankers = [Reranker.from_settings(settings.models) if rerank else None
                  for _ in range(workers)]
@@ -84,20 +99,30 @@ def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: 
     lock = threading.Lock()  # one embedded shard handle; retrieval is ~1 ms of the work
     depth = settings.search.rerank_top_n if rerank else settings.search.default_top_k
     chunks = [list(queries[i:i + FLOOR_BATCH]) for i in range(0, len(queries), FLOOR_BATCH)]
+    stage_s = dict.fromkeys(("encode", "rerank"), 0.0)  # their threads' CPU, all passes
+    tally = threading.Lock()
 
-    def run(chunk: list[str], worker: int) -> None:
+    def run(chunk: list[str], worker: int) -> dict[str, float]:
+        started = time.thread_time()
         vectors = encoders[worker].encode_queries(chunk)
+        encoded = time.thread_time()
         with lock:
             found = [retriever.search(q, v, mode="hybrid", limit=depth)
                      for q, v in zip(chunk, vectors, strict=True)]
         reranker = rerankers[worker]
-        if reranker is not None:
-            reranker.score_pairs([(q, h.paper.text)
-                                  for q, hits in zip(chunk, found, strict=True) for h in hits])
+        if reranker is None:
+            return {"encode": encoded - started, "rerank": 0.0}
+        retrieved = time.thread_time()
+        reranker.score_pairs([(q, h.paper.text)
+                              for q, hits in zip(chunk, found, strict=True) for h in hits])
+        return {"encode": encoded - started, "rerank": time.thread_time() - retrieved}
 
     def work(worker: int) -> None:
         for chunk in chunks[worker::workers]:
-            run(chunk, worker)
+            spent = run(chunk, worker)
+            with tally:
+                for stage, seconds in spent.items():
+                    stage_s[stage] += seconds
 
     try:
         for worker in range(workers):  # warm-up: first-call allocations out of the measurement
@@ -112,7 +137,13 @@ def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: 
                 passes.append((time.perf_counter() - started,
                                used.user + used.system - cpu.user - cpu.system))
         wall, cpu_s = min(passes)
-        return len(queries) / wall, cpu_s * 1000 / len(queries)
+        done = len(queries) * len(passes)
+        stages = {"encode": stage_s["encode"],
+                  "retrieve": sum(cpu for _, cpu in passes) - sum(stage_s.values())}
+        if rerank:
+            stages["rerank"] = stage_s["rerank"]
+        return Floor(len(queries) / wall, cpu_s * 1000 / len(queries),
+                     {stage: round(s * 1000 / done, 3) for stage, s in stages.items()})
     finally:
         store.close()
 
@@ -125,15 +156,22 @@ class CpuMeter:
         self.prefix = f"ray::ServeReplica:{app}:"
         self.before: dict[psutil.Process, float] = {}
         self.used: dict[str, float] = {}
+        self.ray_used: dict[str, float] = {}
 
-    def role(self, process: psutil.Process) -> str:
+    def role(self, process: psutil.Process) -> tuple[str, str]:
+        """(role, process name): a replica's deployment, ``load_generator`` (this process) or
+        ``ray`` (Ray's own: GCS, raylet, agents, dashboard, controller, idle workers)."""
         if process.pid == os.getpid():
-            return "load_generator"
+            return "load_generator", "load_generator"
         try:
-            name = " ".join(process.cmdline())
+            argv = process.cmdline()
         except psutil.Error:
-            return "ray"
-        return name[len(self.prefix):].split()[0] if name.startswith(self.prefix) else "ray"
+            return "ray", "gone"
+        name = " ".join(argv)
+        if name.startswith(self.prefix):
+            deployment = name[len(self.prefix):].split()[0]
+            return deployment, deployment
+        return "ray", process_name(argv)
 
     @staticmethod
     def _cpu(process: psutil.Process) -> float | None:
@@ -149,16 +187,37 @@ class CpuMeter:
                        if (cpu := self._cpu(p)) is not None}
 
     def stop(self) -> None:
-        self.used = {}
+        self.used, self.ray_used = {}, {}
         for process, before in self.before.items():
             after = self._cpu(process)
             if after is not None:
-                role = self.role(process)
+                role, name = self.role(process)
                 self.used[role] = self.used.get(role, 0.0) + after - before
+                if role == "ray":
+                    self.ray_used[name] = self.ray_used.get(name, 0.0) + after - before
 
     def per_search_ms(self, searches: int) -> dict[str, float]:
         per = {role: round(s * 1000 / max(searches, 1), 3) for role, s in sorted(self.used.items())}
         return {**per, "total": round(sum(self.used.values()) * 1000 / max(searches, 1), 3)}
+
+    def ray_per_search_ms(self, searches: int) -> dict[str, float]:
+        """The ``ray`` role by process name, the costliest first."""
+        return {name: round(s * 1000 / max(searches, 1), 3)
+                for name, s in sorted(self.ray_used.items(), key=lambda item: -item[1])}
+
+
+def process_name(argv: Sequence[str]) -> str:
+    """A Ray process's name: its actor or task title (``ray::ServeController``), else the
+    script a Python runs (``dashboard.py``), else the program (``raylet``)."""
+    if not argv:
+        return "unknown"
+    if argv[0].startswith("ray::"):
+        return argv[0].split()[0]
+    program = Path(argv[0]).name
+    if program.startswith("python"):
+        script = next((a for a in argv[1:] if not a.startswith("-")), program)
+        return Path(script).name
+    return program
 
 
 def saturate(client: SearchClient, queries: Sequence[str], rerank: bool, concurrency: int,
@@ -198,7 +257,8 @@ def saturate(client: SearchClient, queries: Sequence[str], rerank: bool, concurr
     return {"qps": round(counts["ok"] / seconds, 3), "completed": counts["ok"],
             "reranked": counts["reranked"], "errors": counts["errors"],
             "concurrency": concurrency, "seconds": seconds,
-            "cpu_ms_per_search": meter.per_search_ms(counts["ok"])}
+            "cpu_ms_per_search": meter.per_search_ms(counts["ok"]),
+            "ray_cpu_ms_per_search": meter.ray_per_search_ms(counts["ok"])}
 
 
 def wait_replicas(app: str, deployment: str, count: int, timeout_s: float = 180.0) -> None:
@@ -299,16 +359,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  for p in args.paths}
     floor_cpu: dict[str, dict[int, list[float]]] = {p: {k: [] for k in args.replicas}
                                                      for p in args.paths}
+    floor_stages: dict[str, dict[int, list[dict[str, float]]]] = {
+        p: {k: [] for k in args.replicas} for p in args.paths}
 
     def measure_floor() -> None:
         for path in args.paths:
             rerank = PATHS[path][1]
             count = args.floor_queries if rerank else 4 * args.floor_queries
             for k in args.replicas:
-                qps, cpu_ms = floor_qps(settings, queries[:count], k, rerank, args.floor_seconds)
-                floor[path][k].append(round(qps, 3))
-                floor_cpu[path][k].append(round(cpu_ms, 3))
-                log(f"floor: {path} with {k} thread(s): {qps:.1f} q/s, {cpu_ms:.2f} CPU ms/q")
+                measured = floor_qps(settings, queries[:count], k, rerank, args.floor_seconds)
+                floor[path][k].append(round(measured.qps, 3))
+                floor_cpu[path][k].append(round(measured.cpu_ms, 3))
+                floor_stages[path][k].append(measured.stage_cpu_ms)
+                log(f"floor: {path} with {k} thread(s): {measured.qps:.1f} q/s, "
+                    f"{measured.cpu_ms:.2f} CPU ms/q")
 
     measure_floor()
     served = run_served(settings, queries, args.replicas, args)
@@ -323,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     {"replicas": k, "served_qps": served[path][k]["qps"],
                      "floor_qps": max(floor[path][k]),
                      "floor_runs_qps": floor[path][k],
+                     "floor_stage_cpu_ms_per_search": floor_stages[path][k],
                      "ratio": round(served[path][k]["qps"] / max(floor[path][k]), 3),
                      **cpu_bound(served[path][k]["cpu_ms_per_search"]["total"],
                                  max(floor[path][k])),
@@ -330,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  min(floor_cpu[path][k])),
                      **{key: served[path][k][key]
                         for key in ("completed", "reranked", "errors", "concurrency",
-                                    "cpu_ms_per_search", "levels")}}
+                                    "cpu_ms_per_search", "ray_cpu_ms_per_search", "levels")}}
                     for k in args.replicas
                 ],
             }
