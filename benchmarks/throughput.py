@@ -87,6 +87,11 @@ class Floor:
     stage_cpu_ms: dict[str, float]
 
 
+def best_qps(floors: Sequence[Floor]) -> float:
+    """The better of a replica count's floor runs (before and after the served runs)."""
+    return max(f.qps for f in floors)
+
+
 def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: bool,
               min_seconds: float) -> Floor:
     """Encode + retrieve (+ rerank) in-process, ``workers`` threads, big batches, passes over
@@ -109,12 +114,11 @@ def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: 
         with lock:
             found = [retriever.search(q, v, mode="hybrid", limit=depth)
                      for q, v in zip(chunk, vectors, strict=True)]
-        reranker = rerankers[worker]
-        if reranker is None:
-            return {"encode": encoded - started, "rerank": 0.0}
         retrieved = time.thread_time()
-        reranker.score_pairs([(q, h.paper.text)
-                              for q, hits in zip(chunk, found, strict=True) for h in hits])
+        reranker = rerankers[worker]
+        if reranker is not None:
+            reranker.score_pairs([(q, h.paper.text)
+                                  for q, hits in zip(chunk, found, strict=True) for h in hits])
         return {"encode": encoded - started, "rerank": time.thread_time() - retrieved}
 
     def work(worker: int) -> None:
@@ -142,7 +146,7 @@ def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: 
                   "retrieve": sum(cpu for _, cpu in passes) - sum(stage_s.values())}
         if rerank:
             stages["rerank"] = stage_s["rerank"]
-        return Floor(len(queries) / wall, cpu_s * 1000 / len(queries),
+        return Floor(round(len(queries) / wall, 3), round(cpu_s * 1000 / len(queries), 3),
                      {stage: round(s * 1000 / done, 3) for stage, s in stages.items()})
     finally:
         store.close()
@@ -155,8 +159,7 @@ class CpuMeter:
     def __init__(self, app: str) -> None:
         self.prefix = f"ray::ServeReplica:{app}:"
         self.before: dict[psutil.Process, float] = {}
-        self.used: dict[str, float] = {}
-        self.ray_used: dict[str, float] = {}
+        self.used: dict[tuple[str, str], float] = {}  # (role, process name): CPU seconds
 
     def role(self, process: psutil.Process) -> tuple[str, str]:
         """(role, process name): a replica's deployment, ``load_generator`` (this process) or
@@ -187,36 +190,42 @@ class CpuMeter:
                        if (cpu := self._cpu(p)) is not None}
 
     def stop(self) -> None:
-        self.used, self.ray_used = {}, {}
+        self.used = {}
         for process, before in self.before.items():
             after = self._cpu(process)
             if after is not None:
-                role, name = self.role(process)
-                self.used[role] = self.used.get(role, 0.0) + after - before
-                if role == "ray":
-                    self.ray_used[name] = self.ray_used.get(name, 0.0) + after - before
+                key = self.role(process)
+                self.used[key] = self.used.get(key, 0.0) + after - before
 
     def per_search_ms(self, searches: int) -> dict[str, float]:
-        per = {role: round(s * 1000 / max(searches, 1), 3) for role, s in sorted(self.used.items())}
+        by_role: dict[str, float] = {}
+        for (role, _), seconds in self.used.items():
+            by_role[role] = by_role.get(role, 0.0) + seconds
+        per = {role: round(s * 1000 / max(searches, 1), 3) for role, s in sorted(by_role.items())}
         return {**per, "total": round(sum(self.used.values()) * 1000 / max(searches, 1), 3)}
 
     def ray_per_search_ms(self, searches: int) -> dict[str, float]:
         """The ``ray`` role by process name, the costliest first."""
-        return {name: round(s * 1000 / max(searches, 1), 3)
-                for name, s in sorted(self.ray_used.items(), key=lambda item: -item[1])}
+        ray = sorted(((name, s) for (role, name), s in self.used.items() if role == "ray"),
+                     key=lambda item: -item[1])
+        return {name: round(s * 1000 / max(searches, 1), 3) for name, s in ray}
 
 
 def process_name(argv: Sequence[str]) -> str:
     """A Ray process's name: its actor or task title (``ray::ServeController``), else the
-    script a Python runs (``dashboard.py``), else the program (``raylet``)."""
+    script a Python runs (``dashboard.py``; ``python -c`` for inline code), else the program
+    (``raylet``)."""
     if not argv:
         return "unknown"
     if argv[0].startswith("ray::"):
         return argv[0].split()[0]
     program = Path(argv[0]).name
     if program.startswith("python"):
-        script = next((a for a in argv[1:] if not a.startswith("-")), program)
-        return Path(script).name
+        for arg in argv[1:]:
+            if arg == "-c":  # the code itself is no name
+                return f"{program} -c"
+            if not arg.startswith("-"):
+                return Path(arg).name
     return program
 
 
@@ -355,12 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Unavailable, FileNotFoundError) as error:
         print(f"throughput benchmark: {error}", file=sys.stderr)
         return 2
-    floor: dict[str, dict[int, list[float]]] = {p: {k: [] for k in args.replicas}
-                                                 for p in args.paths}
-    floor_cpu: dict[str, dict[int, list[float]]] = {p: {k: [] for k in args.replicas}
-                                                     for p in args.paths}
-    floor_stages: dict[str, dict[int, list[dict[str, float]]]] = {
-        p: {k: [] for k in args.replicas} for p in args.paths}
+    floors: dict[str, dict[int, list[Floor]]] = {p: {k: [] for k in args.replicas}
+                                                  for p in args.paths}
 
     def measure_floor() -> None:
         for path in args.paths:
@@ -368,9 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             count = args.floor_queries if rerank else 4 * args.floor_queries
             for k in args.replicas:
                 measured = floor_qps(settings, queries[:count], k, rerank, args.floor_seconds)
-                floor[path][k].append(round(measured.qps, 3))
-                floor_cpu[path][k].append(round(measured.cpu_ms, 3))
-                floor_stages[path][k].append(measured.stage_cpu_ms)
+                floors[path][k].append(measured)
                 log(f"floor: {path} with {k} thread(s): {measured.qps:.1f} q/s, "
                     f"{measured.cpu_ms:.2f} CPU ms/q")
 
@@ -385,14 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bottleneck": deployment,
                 "runs": [
                     {"replicas": k, "served_qps": served[path][k]["qps"],
-                     "floor_qps": max(floor[path][k]),
-                     "floor_runs_qps": floor[path][k],
-                     "floor_stage_cpu_ms_per_search": floor_stages[path][k],
-                     "ratio": round(served[path][k]["qps"] / max(floor[path][k]), 3),
+                     "floor_qps": best_qps(floors[path][k]),
+                     "floor_runs_qps": [f.qps for f in floors[path][k]],
+                     "floor_stage_cpu_ms_per_search": [f.stage_cpu_ms for f in floors[path][k]],
+                     "ratio": round(served[path][k]["qps"] / best_qps(floors[path][k]), 3),
                      **cpu_bound(served[path][k]["cpu_ms_per_search"]["total"],
-                                 max(floor[path][k])),
+                                 best_qps(floors[path][k])),
                      **cpu_ratio(served[path][k]["cpu_ms_per_search"],
-                                 min(floor_cpu[path][k])),
+                                 min(f.cpu_ms for f in floors[path][k])),
                      **{key: served[path][k][key]
                         for key in ("completed", "reranked", "errors", "concurrency",
                                     "cpu_ms_per_search", "ray_cpu_ms_per_search", "levels")}}

@@ -59,7 +59,6 @@ def test_paired_counts_and_a_clear_difference_is_significant() -> None:
     assert paired(a, a).p_value == 1.0
 
 
-
 def test_against_tables_both_runs_and_their_comparison_per_set_and_mode() -> None:
     before = {"a": {"sparse": report(0.3), "hybrid": report(0.5)}, "b": {"hybrid": report(0.4)}}
     after = {"a": {"sparse": report(0.3), "hybrid": report(0.6)}, "b": {"hybrid": report(0.35)}}
