@@ -31,6 +31,7 @@ from papersearch.index.schema import EmbedderIdentity
 from papersearch.models.manifest import read_manifest
 from papersearch.settings import Settings, TrainingSettings
 from tests.conftest import ROOT, SAMPLE_CORPUS
+from tests.gateway_helpers import free_port
 from tests.test_ingest import (
     assert_stored_exactly,
     cli_env,
@@ -346,14 +347,6 @@ def test_ctrl_c_stops_train_reranker_and_a_rerun_resumes_to_the_same_weights(
 # -- serve and loadtest: one real Ray instance ------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _session_processes(sid: int) -> list[str]:
     """Processes still in the session the command led (Ray's included): pid and name."""
     left = []
@@ -383,11 +376,11 @@ def test_ctrl_c_stops_loadtest_then_serve_leaving_nothing_running(
 ) -> None:
     from papersearch.client import SearchClient
 
-    port, closed = _free_port(), f"127.0.0.1:{_free_port()}"
+    port, closed = free_port(), f"127.0.0.1:{free_port()}"
     env = cli_env(sample_settings, sample_index, PAPERSEARCH_LOG_LEVEL="INFO",
                   PAPERSEARCH_SERVE__GRPC_PORT=str(port),
-                  PAPERSEARCH_SERVE__DASHBOARD_PORT=str(_free_port()),
-                  PAPERSEARCH_SERVE__METRICS_PORT=str(_free_port()),
+                  PAPERSEARCH_SERVE__DASHBOARD_PORT=str(free_port()),
+                  PAPERSEARCH_SERVE__METRICS_PORT=str(free_port()),
                   PAPERSEARCH_SERVE__NUM_CPUS="4", RAY_TMPDIR=str(ray_temp_dir))
     serve, serve_err = start(command("serve"), env)
     try:
@@ -436,13 +429,13 @@ def test_serve_waits_for_its_collection_then_sigterm_drains(
     from papersearch.corpus.paper import Paper
     from papersearch.pipeline.query import SearchQuery
 
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "index"
     env = cli_env(sample_settings, data_dir, PAPERSEARCH_LOG_LEVEL="INFO",
                   PAPERSEARCH_SERVE__GRPC_PORT=str(port),
                   PAPERSEARCH_SERVE__HEALTH_POLL_S="0.5",
-                  PAPERSEARCH_SERVE__DASHBOARD_PORT=str(_free_port()),
-                  PAPERSEARCH_SERVE__METRICS_PORT=str(_free_port()),
+                  PAPERSEARCH_SERVE__DASHBOARD_PORT=str(free_port()),
+                  PAPERSEARCH_SERVE__METRICS_PORT=str(free_port()),
                   PAPERSEARCH_SERVE__NUM_CPUS="4", RAY_TMPDIR=str(ray_temp_dir))
     serve, serve_err = start(command("serve"), env)
     papers = [Paper(id=f"sigterm-{i}", title=f"Graceful shutdown of search servers {i}",

@@ -47,6 +47,7 @@ from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
 from tests.conftest import ROOT, SAMPLE_CORPUS
+from tests.gateway_helpers import free_port
 from tests.test_index_access import async_twin
 
 pytestmark = [
@@ -429,18 +430,12 @@ def test_migration_through_the_service(sample_settings: Settings, sample_index: 
                                        embedder_dir: Path, cls_embedder: Path,
                                        tmp_path: Path) -> None:
     import os
-    import socket
     import tempfile
 
     import ray
 
     from papersearch.client import SearchClient
     from papersearch.serving import launcher
-
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
 
     data_dir = tmp_path / "index"
     shutil.copytree(sample_index, data_dir)

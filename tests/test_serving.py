@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -24,14 +23,9 @@ from papersearch.loadtest.monitor import MetricsSnapshot, fetch, parse_metrics
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import Settings
 from tests.conftest import ROOT
+from tests.gateway_helpers import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Target(NamedTuple):
@@ -48,7 +42,7 @@ def target(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
 
     repository = tmp_path_factory.mktemp("served-models")
     shutil.copytree(embedder_dir, repository / embedder_dir.parent.name / embedder_dir.name)
-    port, http_port = _free_port(), _free_port()
+    port, http_port = free_port(), free_port()
     overrides = {
         "models": {"repository": str(repository), "reload_poll_s": 1,
                    "cache_dir": str(sample_settings.models.cache_dir)},
@@ -61,7 +55,7 @@ def target(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
     }
     settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
         update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml",
-                "metrics_port": _free_port(), "dashboard_port": _free_port()})})
+                "metrics_port": free_port(), "dashboard_port": free_port()})})
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
     # A deliberately small encoder queue, fixed at one replica, so overload can be provoked.
     small_queue = {"QueryEncoder": {"max_ongoing_requests": 2, "max_queued_requests": 2,
