@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import random
-import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from papersearch.client import SearchClient
-from papersearch.corpus.readers import read_corpus
-from papersearch.models.manifest import model_dir
-from papersearch.settings import Settings
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ports.py
+
+from papersearch.client import SearchClient  # noqa: E402
+from papersearch.corpus.readers import read_corpus  # noqa: E402
+from papersearch.models.manifest import model_dir  # noqa: E402
+from papersearch.settings import Settings  # noqa: E402
+from tests.ports import free_port  # noqa: E402, F401 (the benchmarks' ports: see there)
 
 TITLE_WORDS = 6
 
@@ -74,12 +76,6 @@ def cpu_steal() -> Callable[[], float | None]:
         return round((now[0] - start[0]) / (now[1] - start[1]), 4)
 
     return share
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def replica_overrides(settings: Settings, port: int) -> dict[str, Any]:

@@ -59,6 +59,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests/ports.py
+
+from tests.ports import free_port  # noqa: E402 (ports below the kernel's ephemeral range)
+
 PAPERSEARCH = [sys.executable, "-m", "papersearch.cli"]
 SCENARIOS = ("kill_encoder", "kill_reranker", "kill_index_owner", "drain_restart",
              "index_outage_embedded", "index_outage_server", "upsert_kill", "soak")
@@ -275,14 +279,6 @@ def replica_pids(sid: int, app: str, deployment: str) -> list[int]:
 
 
 # --- one `papersearch serve` ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -5,8 +5,6 @@ index: test_auth.py, test_tls.py, test_fuzz.py and benchmarks/fuzz.py)."""
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 import threading
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,33 +21,9 @@ from papersearch.index.store import Store
 from papersearch.pipeline.backend import Backend, LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.settings import Settings
+from tests.ports import free_port
 
 T = TypeVar("T")
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free 127.0.0.1 port below the kernel's ephemeral range, never the same one twice in
-    a test run. A port the kernel picked for ``bind(("127.0.0.1", 0))`` is free only until
-    the next such bind: a Ray instance starting next binds dozens (GCS, raylet, workers), and
-    once one took the metrics port handed to its dashboard agent, whose failure stopped the
-    raylet ("The current node timed out during startup")."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12_000), low)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise RuntimeError(f"no free port found below the ephemeral range (from {low})")
 
 
 class LoopThread:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from papersearch.cli import main
 from papersearch.client import AsyncSearchClient, SearchClient
 from papersearch.client_retry import channel_options, service_config
 from papersearch.pipeline.query import SearchQuery
+from tests.ports import free_port
 
 
 def test_options_hold_the_policy_for_the_reads_only() -> None:
@@ -49,9 +49,7 @@ def test_options_hold_the_policy_for_the_reads_only() -> None:
 def test_wait_for_ready_rides_through_a_gateway_restart() -> None:
     """Nothing listens on the port for a second (a gateway restarting): a client that waits for
     ready gets its answer once a server is there; one that does not fails at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     target = f"127.0.0.1:{port}"
     with SearchClient(target, timeout_s=10) as client, pytest.raises(grpc.RpcError) as refused:
         client.search(QUERY)

@@ -55,8 +55,8 @@ def test_fuzzed_http_requests_get_json_errors_never_5xx(
     sample_settings: Settings, embedder_dir: Path, tmp_path: Path,
 ) -> None:
     """The same hostile messages as JSON, and what only JSON gets wrong, over HTTP."""
-    from tests.gateway_helpers import free_port
     from tests.http_fuzzing import fuzz as fuzz_http
+    from tests.ports import free_port
 
     with scratch_gateways(sample_settings, Encoder(embedder_dir), tmp_path, KEPT) as (
             servers, backend, store):

@@ -34,7 +34,8 @@ from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import LoopThread, Servers, free_port, scratch_gateways
+from tests.gateway_helpers import LoopThread, Servers, scratch_gateways
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

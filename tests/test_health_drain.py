@@ -30,7 +30,8 @@ from papersearch.pipeline.serve_backend import call, read
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.serving.drain import accepting, request_drain
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import Switchable, free_port, scratch_gateways
+from tests.gateway_helpers import Switchable, scratch_gateways
+from tests.ports import free_port
 
 PAPERS = [Paper(id=f"drain-{i}", title=f"Draining gateways {i}",
                 abstract="Calls in flight finish while new ones are refused.") for i in range(3)]

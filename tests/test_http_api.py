@@ -24,7 +24,8 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import Settings
-from tests.gateway_helpers import Servers, Switchable, free_port, scratch_gateways
+from tests.gateway_helpers import Servers, Switchable, scratch_gateways
+from tests.ports import free_port
 
 WRITE, READ = "http-write", "http-read"
 APP = "https://app.example.org"  # a web origin allowed to call the API (CORS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from papersearch.index.schema import DENSE as DENSE_NAME
 from papersearch.index.server import ServerStore
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
+from tests.ports import free_port
 
 pytestmark = [  # qdrant-client local mode: no payload indexes, always exact search
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
@@ -665,9 +665,7 @@ def test_edge_open_elsewhere_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_unreachable_server_is_unavailable() -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens on it
     settings = IndexSettings(
         backend="server", url=f"http://127.0.0.1:{port}", grpc_port=port, timeout_s=2
     )

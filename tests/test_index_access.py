@@ -31,6 +31,7 @@ from papersearch.pipeline.index_access import IndexAccess
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
+from tests.ports import free_port
 from tests.test_index import DENSE, DIM, PAPERS, RARE, RARE_AT, SHA, SPARSE, ids, request
 
 pytestmark = [  # qdrant-client local mode: no payload indexes, always exact search
@@ -230,9 +231,7 @@ def test_concurrent_searches_against_a_silent_server_cost_one_timeout() -> None:
 def test_refused_connection_is_unavailable_and_the_loop_keeps_running() -> None:
     """Nobody listens: the search fails StoreUnavailable within the timeout, and the event
     loop stays free meanwhile (a ticker on it keeps ticking)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     index = silent_server_access(port, timeout_s=2)
     ticks = 0
 

@@ -31,7 +31,7 @@ from papersearch.index.schema import EmbedderIdentity
 from papersearch.models.manifest import read_manifest
 from papersearch.settings import Settings, TrainingSettings
 from tests.conftest import ROOT, SAMPLE_CORPUS
-from tests.gateway_helpers import free_port
+from tests.ports import free_port
 from tests.test_ingest import (
     assert_stored_exactly,
     cli_env,

@@ -40,7 +40,8 @@ from papersearch.pipeline.query import SearchQuery, SearchResult
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
 from tests.conftest import SAMPLE_CORPUS
-from tests.gateway_helpers import LoopThread, Servers, free_port
+from tests.gateway_helpers import LoopThread, Servers
+from tests.ports import free_port
 
 # --- percentiles -----------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
 from tests.conftest import ROOT, SAMPLE_CORPUS
-from tests.gateway_helpers import free_port
+from tests.ports import free_port
 from tests.test_index_access import async_twin
 
 pytestmark = [

@@ -33,7 +33,8 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.index.query import Examples
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.settings import Settings
-from tests.gateway_helpers import Servers, free_port, scratch_gateways
+from tests.gateway_helpers import Servers, scratch_gateways
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from papersearch.loadtest.monitor import MetricsSnapshot, fetch, parse_metrics
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import Settings
 from tests.conftest import ROOT
-from tests.gateway_helpers import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,8 @@ from papersearch.client_tls import Tls
 from papersearch.encoder.runtime import Encoder
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import Servers, free_port, scratch_gateways
+from tests.gateway_helpers import Servers, scratch_gateways
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,8 @@ from papersearch.index.query import SearchFilter
 from papersearch.index.store import Indexed
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.settings import Settings
-from tests.gateway_helpers import Servers, free_port, scratch_gateways
+from tests.gateway_helpers import Servers, scratch_gateways
+from tests.ports import free_port
 
 QUERY = "graph neural networks for predicting molecular properties"
 OLD = [  # indexed before any watch starts
