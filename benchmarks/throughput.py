@@ -34,11 +34,14 @@ best pass's CPU per query (target <= 1.5); and
 ``cpu_bound_qps`` = cores x 1000 / total, what the machine's cores could serve if every core
 were busy all the time at that cost. Where ``cpu_bound_qps / floor`` (``cpu_bound_ratio``) is
 under the target, the cores, not the bottleneck deployment, bound the ratio.
+``cpu_steal_share``: the share of the machine's CPU time the hypervisor gave other guests over
+the whole run (floors included), to tell a run on a busy host from one on a quiet one.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -56,6 +59,7 @@ import psutil
 from common import (
     Unavailable,
     check_prerequisites,
+    cpu_steal,
     free_port,
     load_queries,
     log,
@@ -63,7 +67,7 @@ from common import (
     wait_serving,
 )
 
-from papersearch.client import SearchClient
+from papersearch.client import AsyncSearchClient, SearchClient
 from papersearch.encoder.runtime import Encoder
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
@@ -231,40 +235,40 @@ def process_name(argv: Sequence[str]) -> str:
     return program
 
 
-def saturate(client: SearchClient, queries: Sequence[str], rerank: bool, concurrency: int,
+def saturate(target: str, queries: Sequence[str], rerank: bool, concurrency: int,
              seconds: float, warmup_s: float, meter: CpuMeter) -> dict[str, Any]:
     """Closed loop: ``concurrency`` callers search back to back; count what completes in the
-    measured window (after the warm-up), and every error; ``meter`` reads CPU over the window."""
-    stop_at = time.monotonic() + warmup_s + seconds
-    window = [0.0, 0.0]
-    counts = {"ok": 0, "reranked": 0, "errors": 0}
-    lock = threading.Lock()
+    measured window (after the warm-up), and every error; ``meter`` reads CPU over the window.
+    The callers are coroutines on one asyncio channel: the load generator shares the cores with
+    the served path, and a thread per caller (hundreds at the top levels) cost it more CPU."""
+    return asyncio.run(_saturate(target, queries, rerank, concurrency, seconds, warmup_s, meter))
 
-    def caller(offset: int) -> None:
+
+async def _saturate(target: str, queries: Sequence[str], rerank: bool, concurrency: int,
+                    seconds: float, warmup_s: float, meter: CpuMeter) -> dict[str, Any]:
+    counts = {"ok": 0, "reranked": 0, "errors": 0}
+    start = time.monotonic() + warmup_s
+    window = (start, start + seconds)
+
+    async def caller(client: AsyncSearchClient, offset: int) -> None:
         i = offset
-        while time.monotonic() < stop_at:
+        while time.monotonic() < window[1]:
             try:
-                result = client.search(SearchQuery(queries[i % len(queries)], rerank=rerank))
+                result = await client.search(SearchQuery(queries[i % len(queries)],
+                                                         rerank=rerank))
                 ok, reranked = True, result.reranked
             except Exception:  # noqa: BLE001 - counted, reported
                 ok, reranked = False, False
-            now = time.monotonic()
-            with lock:
-                if window[0] <= now <= window[1]:
-                    counts["ok" if ok else "errors"] += 1
-                    counts["reranked"] += int(reranked)
+            if window[0] <= time.monotonic() <= window[1]:
+                counts["ok" if ok else "errors"] += 1
+                counts["reranked"] += int(reranked)
             i += concurrency
 
-    window[0] = time.monotonic() + warmup_s
-    window[1] = window[0] + seconds
-    timers = [threading.Timer(warmup_s, meter.start), threading.Timer(warmup_s + seconds,
-                                                                        meter.stop)]
-    for timer in timers:
-        timer.start()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(caller, range(concurrency)))
-    for timer in timers:
-        timer.join()
+    loop = asyncio.get_running_loop()
+    loop.call_at(loop.time() + warmup_s, meter.start)
+    loop.call_at(loop.time() + warmup_s + seconds, meter.stop)
+    async with AsyncSearchClient(target, timeout_s=RERANK_BUDGET_S) as client:
+        await asyncio.gather(*(caller(client, n) for n in range(concurrency)))
     return {"qps": round(counts["ok"] / seconds, 3), "completed": counts["ok"],
             "reranked": counts["reranked"], "errors": counts["errors"],
             "concurrency": concurrency, "seconds": seconds,
@@ -313,11 +317,12 @@ def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[in
                 wait_replicas(settings.serve.app_name, deployment, k)
                 with SearchClient(f"127.0.0.1:{port}", timeout_s=RERANK_BUDGET_S) as client:
                     wait_serving(client)
-                    tried = []
-                    for level in levels:
-                        tried.append(saturate(client, queries, rerank, level * k, args.seconds,
-                                              args.warmup_s, CpuMeter(settings.serve.app_name)))
-                        log(f"served: {path} x{k}: {tried[-1]}")
+                tried = []
+                for level in levels:
+                    tried.append(saturate(f"127.0.0.1:{port}", queries, rerank, level * k,
+                                          args.seconds, args.warmup_s,
+                                          CpuMeter(settings.serve.app_name)))
+                    log(f"served: {path} x{k}: {tried[-1]}")
                 best = max(tried, key=lambda run: run["qps"])
                 results[path][k] = {**best, "levels": [
                     {**{key: run[key] for key in ("concurrency", "qps", "errors")},
@@ -379,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"floor: {path} with {k} thread(s): {measured.qps:.1f} q/s, "
                     f"{measured.cpu_ms:.2f} CPU ms/q")
 
+    steal = cpu_steal()
     measure_floor()
     served = run_served(settings, queries, args.replicas, args)
     measure_floor()
@@ -409,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target_ratio": 0.8,
         "target_cpu_ratio": 1.5,
         "seconds": args.seconds,
+        "cpu_steal_share": steal(),  # CPU time the hypervisor gave other guests over the run
     }
     print(json.dumps(result, indent=2))
     return 0
