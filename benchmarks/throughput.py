@@ -34,6 +34,10 @@ best pass's CPU per query (target <= 1.5); and
 ``cpu_bound_qps`` = cores x 1000 / total, what the machine's cores could serve if every core
 were busy all the time at that cost. Where ``cpu_bound_qps / floor`` (``cpu_bound_ratio``) is
 under the target, the cores, not the bottleneck deployment, bound the ratio.
+``cores_busy``: at the best level, each role's CPU per search x QPS, the cores it kept busy
+(the gateway runs its Python, gRPC front and index calls, one thread at a time: its GIL).
+``mean_batch`` per level: queries per QueryEncoder ONNX call (pairs per Reranker call) in the
+window, from the replicas' ``papersearch_batch_size`` histograms at the metrics port.
 ``cpu_steal_share``: the share of the machine's CPU time the hypervisor gave other guests over
 the whole run (floors included), to tell a run on a busy host from one on a quiet one.
 """
@@ -49,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +73,7 @@ from common import (
 
 from papersearch.client import AsyncSearchClient, SearchClient
 from papersearch.encoder.runtime import Encoder
+from papersearch.loadtest.monitor import MetricKey, MetricsSnapshot, metric_deltas, read_metrics
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker
@@ -235,17 +240,22 @@ def process_name(argv: Sequence[str]) -> str:
     return program
 
 
-def saturate(target: str, queries: Sequence[str], rerank: bool, concurrency: int,
-             seconds: float, warmup_s: float, meter: CpuMeter) -> dict[str, Any]:
+def saturate(target: str, metrics_url: str, queries: Sequence[str], rerank: bool,
+             concurrency: int, seconds: float, warmup_s: float, meter: CpuMeter) -> (
+    dict[str, Any]
+):
     """Closed loop: ``concurrency`` callers search back to back; count what completes in the
     measured window (after the warm-up), and every error; ``meter`` reads CPU over the window.
     The callers are coroutines on one asyncio channel: the load generator shares the cores with
     the served path, and a thread per caller (hundreds at the top levels) cost it more CPU."""
-    return asyncio.run(_saturate(target, queries, rerank, concurrency, seconds, warmup_s, meter))
+    return asyncio.run(_saturate(target, metrics_url, queries, rerank, concurrency, seconds,
+                                 warmup_s, meter))
 
 
-async def _saturate(target: str, queries: Sequence[str], rerank: bool, concurrency: int,
-                    seconds: float, warmup_s: float, meter: CpuMeter) -> dict[str, Any]:
+async def _saturate(target: str, metrics_url: str, queries: Sequence[str], rerank: bool,
+                    concurrency: int, seconds: float, warmup_s: float, meter: CpuMeter) -> (
+    dict[str, Any]
+):
     counts = {"ok": 0, "reranked": 0, "errors": 0}
     start = time.monotonic() + warmup_s
     window = (start, start + seconds)
@@ -264,16 +274,36 @@ async def _saturate(target: str, queries: Sequence[str], rerank: bool, concurren
                 counts["reranked"] += int(reranked)
             i += concurrency
 
+    snapshots: list[MetricsSnapshot] = []
+
+    def read(meter_step: Callable[[], None]) -> None:
+        meter_step()
+        snapshots.append(read_metrics(metrics_url))
+
     loop = asyncio.get_running_loop()
-    loop.call_at(loop.time() + warmup_s, meter.start)
-    loop.call_at(loop.time() + warmup_s + seconds, meter.stop)
+    loop.call_at(loop.time() + warmup_s, read, meter.start)
+    loop.call_at(loop.time() + warmup_s + seconds, read, meter.stop)
     async with AsyncSearchClient(target, timeout_s=RERANK_BUDGET_S) as client:
         await asyncio.gather(*(caller(client, n) for n in range(concurrency)))
     return {"qps": round(counts["ok"] / seconds, 3), "completed": counts["ok"],
             "reranked": counts["reranked"], "errors": counts["errors"],
             "concurrency": concurrency, "seconds": seconds,
+            "mean_batch": mean_batches(metric_deltas(*snapshots)),
             "cpu_ms_per_search": meter.per_search_ms(counts["ok"]),
             "ray_cpu_ms_per_search": meter.ray_per_search_ms(counts["ok"])}
+
+
+def mean_batches(deltas: dict[MetricKey, float]) -> dict[str, float | None]:
+    """Items per model batch in the window, by deployment (papersearch_batch_size: queries per
+    QueryEncoder ONNX call, pairs per Reranker call)."""
+    sums: dict[str, list[float]] = {}
+    for (name, labels), value in deltas.items():
+        for suffix, slot in (("_sum", 0), ("_count", 1)):
+            if name == f"ray_papersearch_batch_size{suffix}":
+                deployment = dict(labels).get("deployment", "?")
+                sums.setdefault(deployment, [0.0, 0.0])[slot] += value
+    return {d: round(total / count, 2) if count > 0 else None
+            for d, (total, count) in sorted(sums.items())}
 
 
 def wait_replicas(app: str, deployment: str, count: int, timeout_s: float = 180.0) -> None:
@@ -319,13 +349,14 @@ def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[in
                     wait_serving(client)
                 tried = []
                 for level in levels:
-                    tried.append(saturate(f"127.0.0.1:{port}", queries, rerank, level * k,
-                                          args.seconds, args.warmup_s,
-                                          CpuMeter(settings.serve.app_name)))
+                    tried.append(saturate(
+                        f"127.0.0.1:{port}", f"http://127.0.0.1:{serve.metrics_port}/metrics",
+                        queries, rerank, level * k, args.seconds, args.warmup_s,
+                        CpuMeter(settings.serve.app_name)))
                     log(f"served: {path} x{k}: {tried[-1]}")
                 best = max(tried, key=lambda run: run["qps"])
                 results[path][k] = {**best, "levels": [
-                    {**{key: run[key] for key in ("concurrency", "qps", "errors")},
+                    {**{key: run[key] for key in ("concurrency", "qps", "errors", "mean_batch")},
                      "cpu_ms_per_search": run["cpu_ms_per_search"]["total"]} for run in tried
                 ]}
     finally:
@@ -341,6 +372,11 @@ def cpu_bound(cpu_ms: float, floor: float) -> dict[str, float | None]:
         return {"cpu_bound_qps": None, "cpu_bound_ratio": None}
     qps = (os.cpu_count() or 1) * 1000.0 / cpu_ms
     return {"cpu_bound_qps": round(qps, 3), "cpu_bound_ratio": round(qps / floor, 3)}
+
+
+def busy_cores(run: dict[str, Any]) -> dict[str, float]:
+    return {role: round(ms * run["qps"] / 1000.0, 3)
+            for role, ms in run["cpu_ms_per_search"].items()}
 
 
 def cpu_ratio(served_ms: dict[str, float], floor_ms: float) -> dict[str, float | None]:
@@ -404,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  best_qps(floors[path][k])),
                      **cpu_ratio(served[path][k]["cpu_ms_per_search"],
                                  min(f.cpu_ms for f in floors[path][k])),
+                     "cores_busy": busy_cores(served[path][k]),
                      **{key: served[path][k][key]
                         for key in ("completed", "reranked", "errors", "concurrency",
                                     "cpu_ms_per_search", "ray_cpu_ms_per_search", "levels")}}
