@@ -278,7 +278,10 @@ async def _saturate(target: str, metrics_url: str, queries: Sequence[str], reran
 
     def read(meter_step: Callable[[], None]) -> None:
         meter_step()
-        snapshots.append(read_metrics(metrics_url))
+        try:
+            snapshots.append(read_metrics(metrics_url))
+        except OSError as error:  # the batch sizes are missing then, not the run
+            log(f"served: metrics unreadable: {error}")
 
     loop = asyncio.get_running_loop()
     loop.call_at(loop.time() + warmup_s, read, meter.start)
@@ -288,7 +291,7 @@ async def _saturate(target: str, metrics_url: str, queries: Sequence[str], reran
     return {"qps": round(counts["ok"] / seconds, 3), "completed": counts["ok"],
             "reranked": counts["reranked"], "errors": counts["errors"],
             "concurrency": concurrency, "seconds": seconds,
-            "mean_batch": mean_batches(metric_deltas(*snapshots)),
+            "mean_batch": mean_batches(metric_deltas(*snapshots)) if len(snapshots) == 2 else None,
             "cpu_ms_per_search": meter.per_search_ms(counts["ok"]),
             "ray_cpu_ms_per_search": meter.ray_per_search_ms(counts["ok"])}
 
