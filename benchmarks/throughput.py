@@ -40,6 +40,14 @@ under the target, the cores, not the bottleneck deployment, bound the ratio.
 window, from the replicas' ``papersearch_batch_size`` histograms at the metrics port.
 ``cpu_steal_share``: the share of the machine's CPU time the hypervisor gave other guests over
 the whole run (floors included), to tell a run on a busy host from one on a quiet one.
+
+``like_for_like``: the ratios above set one measured window (30 s, the best level) against the
+floor's best pass (one of ~12 passes of ~2 s): on a host whose speed moves by a third within
+seconds (a pure-Python loop: 104-172 ms between windows of one run), a best-of-many against a
+single sample. Here each window is also read in ``--intervals`` parts (5 s by default), and the
+best level's parts are set against the floor's passes, median against median and best against
+best: ``ratio_median`` and ``cpu_ratio_median``, ``ratio_best`` and ``cpu_ratio_best``, with
+every part and pass listed.
 """
 
 from __future__ import annotations
@@ -56,7 +64,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import psutil
@@ -86,6 +96,16 @@ FLOOR_BATCH = 32
 RERANK_BUDGET_S = 120.0  # the benchmark measures reranked searches: no fallback to fused
 
 
+@dataclass(frozen=True)
+class Window:
+    """A level's measurement: ``warmup_s`` unmeasured, then ``seconds`` measured in
+    ``intervals`` equal parts (CPU and completed searches per part as well as in all)."""
+
+    warmup_s: float
+    seconds: float
+    intervals: int
+
+
 @dataclass
 class Floor:
     """One floor measurement: the best pass's queries/s and CPU ms per query, and the CPU ms
@@ -96,6 +116,7 @@ class Floor:
     qps: float
     cpu_ms: float
     stage_cpu_ms: dict[str, float]
+    passes: list[dict[str, float]]  # every pass: its queries/s and CPU ms per query
 
 
 def best_qps(floors: Sequence[Floor]) -> float:
@@ -158,19 +179,23 @@ def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: 
         if rerank:
             stages["rerank"] = stage_s["rerank"]
         return Floor(round(len(queries) / wall, 3), round(cpu_s * 1000 / len(queries), 3),
-                     {stage: round(s * 1000 / done, 3) for stage, s in stages.items()})
+                     {stage: round(s * 1000 / done, 3) for stage, s in stages.items()},
+                     [{"qps": round(len(queries) / w, 3),
+                       "cpu_ms": round(c * 1000 / len(queries), 3)} for w, c in passes])
     finally:
         store.close()
 
 
 class CpuMeter:
     """CPU seconds of this process and every process under it (Ray's, the replicas') between
-    ``start`` and ``stop``, summed by role."""
+    ``start`` and ``stop``, summed by role; ``mark`` in between adds up the served path's (all
+    but this process) since ``start``, for the window's intervals."""
 
     def __init__(self, app: str) -> None:
         self.prefix = f"ray::ServeReplica:{app}:"
         self.before: dict[psutil.Process, float] = {}
         self.used: dict[tuple[str, str], float] = {}  # (role, process name): CPU seconds
+        self.marks: list[float] = []  # the served path's CPU seconds since start, at each mark
 
     def role(self, process: psutil.Process) -> tuple[str, str]:
         """(role, process name): a replica's deployment, ``load_generator`` (this process) or
@@ -182,8 +207,8 @@ class CpuMeter:
         except psutil.Error:
             return "ray", "gone"
         name = " ".join(argv)
-        if name.startswith(self.prefix):
-            deployment = name[len(self.prefix):].split()[0]
+        if name.startswith(self.prefix):  # the title may name the call: "Gateway.check_health"
+            deployment = name[len(self.prefix):].split()[0].split(".")[0]
             return deployment, deployment
         return "ray", process_name(argv)
 
@@ -199,8 +224,15 @@ class CpuMeter:
         me = psutil.Process()
         self.before = {p: cpu for p in (me, *me.children(recursive=True))
                        if (cpu := self._cpu(p)) is not None}
+        self.marks = [0.0]
+
+    def mark(self) -> None:
+        me = os.getpid()
+        self.marks.append(sum(after - before for process, before in self.before.items()
+                              if process.pid != me and (after := self._cpu(process)) is not None))
 
     def stop(self) -> None:
+        self.mark()
         self.used = {}
         for process, before in self.before.items():
             after = self._cpu(process)
@@ -241,37 +273,38 @@ def process_name(argv: Sequence[str]) -> str:
 
 
 def saturate(target: str, metrics_url: str, queries: Sequence[str], rerank: bool,
-             concurrency: int, seconds: float, warmup_s: float, meter: CpuMeter) -> (
-    dict[str, Any]
-):
+             concurrency: int, window: Window, meter: CpuMeter) -> dict[str, Any]:
     """Closed loop: ``concurrency`` callers search back to back; count what completes in the
-    measured window (after the warm-up), and every error; ``meter`` reads CPU over the window.
-    The callers are coroutines on one asyncio channel: the load generator shares the cores with
-    the served path, and a thread per caller (hundreds at the top levels) cost it more CPU."""
-    return asyncio.run(_saturate(target, metrics_url, queries, rerank, concurrency, seconds,
-                                 warmup_s, meter))
+    measured window (after the warm-up), and every error; ``meter`` reads CPU over the window
+    and at each of its intervals' ends. The callers are coroutines on one asyncio channel: the
+    load generator shares the cores with the served path, and a thread per caller (hundreds at
+    the top levels) cost it more CPU."""
+    return asyncio.run(_saturate(target, metrics_url, queries, rerank, concurrency, window,
+                                 meter))
 
 
 async def _saturate(target: str, metrics_url: str, queries: Sequence[str], rerank: bool,
-                    concurrency: int, seconds: float, warmup_s: float, meter: CpuMeter) -> (
-    dict[str, Any]
-):
+                    concurrency: int, window: Window, meter: CpuMeter) -> dict[str, Any]:
     counts = {"ok": 0, "reranked": 0, "errors": 0}
-    start = time.monotonic() + warmup_s
-    window = (start, start + seconds)
+    seconds, parts = window.seconds, window.intervals
+    begin = time.monotonic() + window.warmup_s
+    end = begin + seconds
+    completed = [0] * parts  # searches completed in each interval of the window
 
     async def caller(client: AsyncSearchClient, offset: int) -> None:
         i = offset
-        while time.monotonic() < window[1]:
+        while time.monotonic() < end:
             try:
                 result = await client.search(SearchQuery(queries[i % len(queries)],
                                                          rerank=rerank))
                 ok, reranked = True, result.reranked
             except Exception:  # noqa: BLE001 - counted, reported
                 ok, reranked = False, False
-            if window[0] <= time.monotonic() <= window[1]:
+            now = time.monotonic()
+            if begin <= now <= end:
                 counts["ok" if ok else "errors"] += 1
                 counts["reranked"] += int(reranked)
+                completed[min(int((now - begin) * parts / seconds), parts - 1)] += int(ok)
             i += concurrency
 
     snapshots: list[MetricsSnapshot] = []
@@ -283,9 +316,11 @@ async def _saturate(target: str, metrics_url: str, queries: Sequence[str], reran
         except OSError as error:  # the batch sizes are missing then, not the run
             log(f"served: metrics unreadable: {error}")
 
-    loop = asyncio.get_running_loop()
-    loop.call_at(loop.time() + warmup_s, read, meter.start)
-    loop.call_at(loop.time() + warmup_s + seconds, read, meter.stop)
+    loop = asyncio.get_running_loop()  # its clock is time.monotonic()
+    loop.call_at(begin, read, meter.start)
+    for part in range(1, parts):
+        loop.call_at(begin + part * seconds / parts, meter.mark)
+    loop.call_at(end, read, meter.stop)
     async with AsyncSearchClient(target, timeout_s=RERANK_BUDGET_S) as client:
         await asyncio.gather(*(caller(client, n) for n in range(concurrency)))
     return {"qps": round(counts["ok"] / seconds, 3), "completed": counts["ok"],
@@ -293,7 +328,10 @@ async def _saturate(target: str, metrics_url: str, queries: Sequence[str], reran
             "concurrency": concurrency, "seconds": seconds,
             "mean_batch": mean_batches(metric_deltas(*snapshots)) if len(snapshots) == 2 else None,
             "cpu_ms_per_search": meter.per_search_ms(counts["ok"]),
-            "ray_cpu_ms_per_search": meter.ray_per_search_ms(counts["ok"])}
+            "ray_cpu_ms_per_search": meter.ray_per_search_ms(counts["ok"]),
+            "intervals": [{"qps": round(n * parts / seconds, 3),
+                           "served_path_cpu_ms": round((b - a) * 1000 / max(n, 1), 3)}
+                          for n, (a, b) in zip(completed, pairwise(meter.marks), strict=True)]}
 
 
 def mean_batches(deltas: dict[MetricKey, float]) -> dict[str, float | None]:
@@ -354,7 +392,8 @@ def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[in
                 for level in levels:
                     tried.append(saturate(
                         f"127.0.0.1:{port}", f"http://127.0.0.1:{serve.metrics_port}/metrics",
-                        queries, rerank, level * k, args.seconds, args.warmup_s,
+                        queries, rerank, level * k,
+                        Window(args.warmup_s, args.seconds, args.intervals),
                         CpuMeter(settings.serve.app_name)))
                     log(f"served: {path} x{k}: {tried[-1]}")
                 best = max(tried, key=lambda run: run["qps"])
@@ -390,12 +429,32 @@ def cpu_ratio(served_ms: dict[str, float], floor_ms: float) -> dict[str, float |
             round(path_ms, 3), "cpu_ratio": round(path_ms / floor_ms, 3) if floor_ms > 0 else None}
 
 
+def like_for_like(intervals: Sequence[dict[str, float]], passes: Sequence[dict[str, float]]) -> (
+    dict[str, Any]
+):
+    """The best level's window intervals against the floor's passes, each side's median and
+    each side's best: the same statistic of samples of about the same length on both sides."""
+    served_qps = [i["qps"] for i in intervals]
+    served_cpu = [i["served_path_cpu_ms"] for i in intervals if i["qps"] > 0]
+    floor_qps = [p["qps"] for p in passes]
+    floor_cpu = [p["cpu_ms"] for p in passes]
+    if not served_cpu or not floor_cpu:
+        return {"intervals": list(intervals), "floor_passes": list(passes)}
+    return {"ratio_median": round(median(served_qps) / median(floor_qps), 3),
+            "cpu_ratio_median": round(median(served_cpu) / median(floor_cpu), 3),
+            "ratio_best": round(max(served_qps) / max(floor_qps), 3),
+            "cpu_ratio_best": round(min(served_cpu) / min(floor_cpu), 3),
+            "intervals": list(intervals), "floor_passes": list(passes)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=sorted(PATHS))
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window per run")
     parser.add_argument("--warmup-s", type=float, default=8.0)
+    parser.add_argument("--intervals", type=int, default=6,
+                        help="equal parts of each window, measured apart too (like_for_like)")
     parser.add_argument("--floor-queries", type=int, default=128)
     parser.add_argument("--floor-seconds", type=float, default=10.0,
                         help="repeat floor passes for at least this long; the best pass counts")
@@ -444,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      **cpu_ratio(served[path][k]["cpu_ms_per_search"],
                                  min(f.cpu_ms for f in floors[path][k])),
                      "cores_busy": busy_cores(served[path][k]),
+                     "like_for_like": like_for_like(served[path][k]["intervals"],
+                                                    [p for f in floors[path][k] for p in f.passes]),
                      **{key: served[path][k][key]
                         for key in ("completed", "reranked", "errors", "concurrency",
                                     "cpu_ms_per_search", "ray_cpu_ms_per_search", "levels")}}
