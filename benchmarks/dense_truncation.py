@@ -1,0 +1,139 @@
+"""Would the dense encoder rank better reading fewer or more tokens? (issue 17)
+
+    python benchmarks/dense_truncation.py > docs/tune/dense_truncation.json
+
+The embedder's manifest cuts every text at 256 tokens (``models.embedder_max_length``, fixed at
+export). MiniLM was trained on 128-token inputs and its graph takes up to 512, while MED's and
+Cranfield's abstracts often run past 256. For each length in ``LENGTHS`` this script encodes
+every judged set's papers and queries with the tokenizer cut there (the same ONNX graph and
+precision), ranks each set's papers by exact cosine (every paper scored, no index), and fuses
+that list with the BM25 list of the set's eval collection (evaluation/fusion_tuning.fetch_lists)
+as the Store does (convex, the configured dense weight). Every length, 256 included, is scored
+this same way, so the comparison is between lengths, not against the engine (whose documents
+were encoded in ingest-order batches: with int8's dynamic quantization the batch a text shares
+moves its vector a little, and the ``engine_hybrid`` row shows by how much that moves nDCG@10).
+
+The choice is made on the tuning sets alone (settings tune_sets): the length with the best mean
+hybrid nDCG@10 among those no worse than 256 on any of them. The held-out sets and the
+known-item set judge it: per query wins, losses, ties and a paired permutation test.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.evaluation.datasets import EvalDataset, load_dataset
+from papersearch.evaluation.fusion_tuning import Lists, fetch_lists
+from papersearch.evaluation.metrics import Report, evaluate
+from papersearch.evaluation.paired import against
+from papersearch.index.fusion import Ranked, convex
+from papersearch.settings import Settings
+
+LENGTHS = (128, 256, 384, 512)
+RESULTS = 100
+
+
+def dense_lists(dataset: EvalDataset, encoder: Encoder, depth: int) -> tuple[
+    dict[str, Ranked], float
+]:
+    """Per query, the ``depth`` papers of highest cosine; and the seconds spent encoding the
+    papers."""
+    papers = list(dataset.papers())
+    started = time.perf_counter()
+    documents = encoder.encode_documents([p.text for p in papers])
+    spent = time.perf_counter() - started
+    ids = list(dataset.queries)
+    scores = encoder.encode_queries([dataset.queries[q] for q in ids]) @ documents.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+    return {q: [(papers[i].id, float(scores[n, i])) for i in top[n]]
+            for n, q in enumerate(ids)}, spent
+
+
+def reports(dataset: EvalDataset, lists: Lists, dense: Mapping[str, Ranked], weight: float,
+            depth: int) -> dict[str, Report]:
+    fused = {q: [i for i, _ in convex([dense[q], lists.sparse[q]], (weight, 1.0 - weight),
+                                      depth)][:RESULTS] for q in dense}
+    return {"dense": evaluate({q: [i for i, _ in r][:RESULTS] for q, r in dense.items()},
+                              dataset.qrels),
+            "hybrid": evaluate(fused, dataset.qrels)}
+
+
+def main() -> int:
+    settings = Settings()
+    settings = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"prf_enabled": False})})
+    if settings.index.fusion != "convex":
+        print("dense_truncation: the configured fusion is not convex; set index.fusion=convex",
+              file=sys.stderr)
+        return 2
+    encoder = Encoder.from_settings(settings.models)
+    configured = encoder.manifest.max_length
+    if configured not in LENGTHS:
+        print(f"dense_truncation: the embedder cuts at {configured}, not one of {LENGTHS}",
+              file=sys.stderr)
+        return 2
+    depth = settings.index.prefetch_limit
+    weight = settings.index.fusion_dense_weight
+    tuning = [load_dataset(p) for p in settings.tune_sets]
+    judging = [load_dataset(p) for p in [*settings.held_out_sets, settings.corpus_dir]]
+    sets = {d.name: d for d in [*tuning, *judging]}
+    tuning_names = [d.name for d in tuning]
+    held_names = [d.name for d in judging[:-1]]
+    lists = {name: fetch_lists(d, settings, encoder) for name, d in sets.items()}
+
+    by_length: dict[int, dict[str, dict[str, Report]]] = {}
+    encode_s: dict[int, dict[str, float]] = {}
+    try:
+        for length in LENGTHS:
+            encoder.tokenizer.enable_truncation(length, strategy="longest_first")
+            by_length[length], encode_s[length] = {}, {}
+            for name, dataset in sets.items():
+                dense, spent = dense_lists(dataset, encoder, depth)
+                by_length[length][name] = reports(dataset, lists[name], dense, weight, depth)
+                encode_s[length][name] = round(spent, 1)
+                print(f"dense_truncation: {name} at {length} tokens: hybrid nDCG@10 "
+                      f"{by_length[length][name]['hybrid'].ndcg_at_10:.4f}", file=sys.stderr)
+    finally:
+        encoder.tokenizer.enable_truncation(configured, strategy="longest_first")
+
+    def mean(length: int) -> float:
+        return (sum(by_length[length][n]["hybrid"].ndcg_at_10 for n in tuning_names)
+                / len(tuning_names))
+
+    eligible = [n for n in LENGTHS if n != configured and mean(n) > mean(configured)
+                and all(by_length[n][s]["hybrid"].ndcg_at_10
+                        >= by_length[configured][s]["hybrid"].ndcg_at_10 for s in tuning_names)]
+    chosen = max(eligible, key=mean, default=None)
+    judged = chosen if chosen is not None else max((n for n in LENGTHS if n != configured),
+                                                   key=mean)
+    versus = against(by_length[configured], by_length[judged], list(sets), ("dense", "hybrid"),
+                     (str(configured), str(judged)))
+    held_out_agree = all(versus[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
+    print(json.dumps({
+        "configured_max_length": configured, "fusion_dense_weight": weight,
+        "precision": encoder.precision, "tuning_sets": tuning_names, "held_out_sets": held_names,
+        "known_item_set": judging[-1].name,
+        "engine_hybrid": {n: round(evaluate(lists[n].baseline, sets[n].qrels).ndcg_at_10, 4)
+                          for n in sets},
+        "lengths": [{"max_length": n,
+                     "dense ndcg@10": {s: round(by_length[n][s]["dense"].ndcg_at_10, 4)
+                                       for s in sets},
+                     "hybrid ndcg@10": {s: round(by_length[n][s]["hybrid"].ndcg_at_10, 4)
+                                        for s in sets},
+                     "tuning_mean_hybrid": round(mean(n), 4),
+                     "papers_encode_s": encode_s[n]} for n in LENGTHS],
+        "judged": {"max_length": judged, "chosen_on_tuning_sets": chosen is not None,
+                   "against_configured": versus, "held_out_agree": held_out_agree,
+                   "adopt": chosen is not None and held_out_agree},
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
