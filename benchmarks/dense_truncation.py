@@ -9,9 +9,10 @@ every judged set's papers and queries with the tokenizer cut there (the same ONN
 precision), ranks each set's papers by exact cosine (every paper scored, no index), and fuses
 that list with the BM25 list of the set's eval collection (evaluation/fusion_tuning.fetch_lists)
 as the Store does (convex, the configured dense weight). Every length, 256 included, is scored
-this same way, so the comparison is between lengths, not against the engine (whose documents
-were encoded in ingest-order batches: with int8's dynamic quantization the batch a text shares
-moves its vector a little, and the ``engine_hybrid`` row shows by how much that moves nDCG@10).
+this same way, so the comparison is between lengths, not against the engine (the
+``engine_hybrid`` row): when this was first run (docs/tune/dense_truncation.json), int8 still
+encoded texts in batches, whose dynamic quantization moved a vector with its batch-mates, and
+the engine's papers had been batched differently from this script's.
 
 The choice is made on the tuning sets alone (settings tune_sets): the length with the best mean
 hybrid nDCG@10 among those no worse than 256 on any of them. The held-out sets and the

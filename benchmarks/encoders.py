@@ -6,7 +6,8 @@ Prints one JSON document on stdout; progress goes to stderr. Every variant of a 
 same inputs (real abstracts from the sample corpus; (title, abstract) pairs for the reranker) in
 the same batches, runs on the same number of threads, and is timed including tokenisation.
 Batches are formed the way the runtime forms them: the timed texts sorted by token count, then
-cut into consecutive batches, each padded to its longest member.
+cut into consecutive batches, each padded to its longest member; the int8 graph, as served
+(``models.int8_alone``), then runs each text of a batch in its own call.
 """
 
 from __future__ import annotations

@@ -57,7 +57,12 @@ class ModelSettings(BaseModel):
                             "outputs passes on this CPU; elsewhere fp32 (logged, in metrics).",
     )
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0: auto).")
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(32, ge=1, le=4096, description="Texts per onnxruntime call for fp32 "
+                            "graphs, and papers per encode + upsert at ingest.")
+    int8_alone: bool = Field(
+        True, description="int8 graphs run one text (or rerank pair) per call: their dynamic "
+        "quantization would otherwise make a vector depend on the texts batched with it. No "
+        "slower on CPU (benchmarks/batch_independence.py); false: batch_size per call.")
     reload_poll_s: float = Field(
         10.0, gt=0, description="Serving without a reranker model: how often to look for one.",
     )

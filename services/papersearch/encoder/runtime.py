@@ -38,7 +38,7 @@ class Encoder(OnnxModel):
     def runtime_options(models: ModelSettings, providers: tuple[str, ...] = (CPU_PROVIDER,)
                         ) -> RuntimeOptions:
         return RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
-                              providers)
+                              providers, models.int8_alone)
 
     @property
     def sha256(self) -> str:

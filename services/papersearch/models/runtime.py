@@ -39,6 +39,7 @@ class RuntimeOptions:
     intra_op_threads: int = 1
     batch_size: int = 32
     providers: tuple[str, ...] = (CPU_PROVIDER,)  # onnxruntime execution providers, in order
+    int8_alone: bool = True  # an int8 graph runs one text per call (see OnnxModel.run_sorted)
 
 
 def check_texts(texts: Sequence[str], what: str) -> None:
@@ -129,10 +130,17 @@ class OnnxModel:
     def run_sorted(
         self, encodings: Sequence[Encoding], width: int, post: Callable[[np.ndarray], np.ndarray]
     ) -> np.ndarray:
-        """Run encodings in length-sorted batches; rows come back in input order."""
+        """Run encodings in length-sorted batches; rows come back in input order.
+
+        An int8 graph quantizes its activations with one dynamic range per call, padding
+        included, so a row's output would move with the rows it shares a call with (a served
+        query's vector with other users' queries). With ``int8_alone`` each row runs alone and
+        its output depends on its own text only; fp32 rows do not interact and run batched.
+        """
         out = np.empty((len(encodings), width), dtype=np.float32)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        step = self.options.batch_size
+        alone = self.precision == "int8" and self.options.int8_alone
+        step = 1 if alone else self.options.batch_size
         for start in range(0, len(order), step):
             rows = order[start : start + step]
             (result,) = self.session.run(None, self._feeds([encodings[i] for i in rows]))

@@ -23,7 +23,8 @@ class Reranker(OnnxModel):
     @classmethod
     def from_settings(cls, models: ModelSettings) -> Reranker:
         path = model_dir(models.repository, models.reranker_name)
-        options = RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size)
+        options = RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
+                                 int8_alone=models.int8_alone)
         return cls(path, options)
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
