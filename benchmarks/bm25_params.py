@@ -30,9 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import qdrant_edge as qe
 
-from papersearch.encoder.runtime import Encoder
-from papersearch.evaluation.datasets import EvalDataset, load_dataset
-from papersearch.evaluation.fusion_tuning import Lists, fetch_lists
+from papersearch.evaluation.datasets import EvalDataset
+from papersearch.evaluation.fusion_tuning import Lists, judged_sets
 from papersearch.evaluation.harness import mean_words
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import against
@@ -114,22 +113,15 @@ def overlap(a: Mapping[str, Ranked], b: Mapping[str, Ranked]) -> float:
 
 
 def main() -> int:
-    settings = Settings()
-    settings = settings.model_copy(update={"index": settings.index.model_copy(
-        update={"prf_enabled": False})})
-    if settings.index.fusion != "convex":
-        print("bm25_params: the configured fusion is not convex; set index.fusion=convex",
-              file=sys.stderr)
+    try:
+        judged_data = judged_sets(Settings())
+    except ValueError as error:
+        print(f"bm25_params: {error}", file=sys.stderr)
         return 2
-    encoder = Encoder.from_settings(settings.models)
-    depth = settings.index.prefetch_limit
-    weight = settings.index.fusion_dense_weight
-    tuning = [load_dataset(p) for p in settings.tune_sets]
-    judging = [load_dataset(p) for p in [*settings.held_out_sets, settings.corpus_dir]]
-    sets = {d.name: d for d in [*tuning, *judging]}
-    tuning_names = [d.name for d in tuning]
-    held_names = [d.name for d in judging[:-1]]
-    lists = {name: fetch_lists(d, settings, encoder) for name, d in sets.items()}
+    sets, lists = judged_data.sets, judged_data.lists
+    tuning_names, held_names = judged_data.tuning, judged_data.held_out
+    depth = judged_data.settings.index.prefetch_limit
+    weight = judged_data.settings.index.fusion_dense_weight
 
     reproduction: dict[str, dict[str, float]] = {}
     for name, d in sets.items():
@@ -167,7 +159,7 @@ def main() -> int:
     print(json.dumps({
         "fusion_dense_weight": weight, "prefetch_limit": depth,
         "tuning_sets": tuning_names, "held_out_sets": held_names,
-        "known_item_set": judging[-1].name,
+        "known_item_set": judged_data.known_item,
         "reproduces_engine": reproduction,
         "grid": [{"k1": k1, "b": b,
                   "sparse ndcg@10": {n: round(by_pair[(k1, b)][n]["sparse"].ndcg_at_10, 4)

@@ -29,11 +29,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from papersearch.encoder.runtime import Encoder
-from papersearch.evaluation.datasets import EvalDataset, load_dataset
-from papersearch.evaluation.fusion_tuning import Lists, fetch_lists
+from papersearch.evaluation.datasets import EvalDataset
+from papersearch.evaluation.fusion_tuning import Lists, judged_sets
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import against
 from papersearch.index.fusion import Ranked, convex
+from papersearch.models.manifest import model_dir, read_manifest
 from papersearch.settings import Settings
 
 LENGTHS = (128, 256, 384, 512)
@@ -67,26 +68,21 @@ def reports(dataset: EvalDataset, lists: Lists, dense: Mapping[str, Ranked], wei
 
 def main() -> int:
     settings = Settings()
-    settings = settings.model_copy(update={"index": settings.index.model_copy(
-        update={"prf_enabled": False})})
-    if settings.index.fusion != "convex":
-        print("dense_truncation: the configured fusion is not convex; set index.fusion=convex",
-              file=sys.stderr)
-        return 2
-    encoder = Encoder.from_settings(settings.models)
-    configured = encoder.manifest.max_length
+    models = settings.models
+    configured = read_manifest(model_dir(models.repository, models.embedder_name)).max_length
     if configured not in LENGTHS:
         print(f"dense_truncation: the embedder cuts at {configured}, not one of {LENGTHS}",
               file=sys.stderr)
         return 2
-    depth = settings.index.prefetch_limit
-    weight = settings.index.fusion_dense_weight
-    tuning = [load_dataset(p) for p in settings.tune_sets]
-    judging = [load_dataset(p) for p in [*settings.held_out_sets, settings.corpus_dir]]
-    sets = {d.name: d for d in [*tuning, *judging]}
-    tuning_names = [d.name for d in tuning]
-    held_names = [d.name for d in judging[:-1]]
-    lists = {name: fetch_lists(d, settings, encoder) for name, d in sets.items()}
+    try:
+        judged_data = judged_sets(settings)
+    except ValueError as error:
+        print(f"dense_truncation: {error}", file=sys.stderr)
+        return 2
+    encoder, sets, lists = judged_data.encoder, judged_data.sets, judged_data.lists
+    tuning_names, held_names = judged_data.tuning, judged_data.held_out
+    depth = judged_data.settings.index.prefetch_limit
+    weight = judged_data.settings.index.fusion_dense_weight
 
     by_length: dict[int, dict[str, dict[str, Report]]] = {}
     encode_s: dict[int, dict[str, float]] = {}
@@ -119,7 +115,7 @@ def main() -> int:
     print(json.dumps({
         "configured_max_length": configured, "fusion_dense_weight": weight,
         "precision": encoder.precision, "tuning_sets": tuning_names, "held_out_sets": held_names,
-        "known_item_set": judging[-1].name,
+        "known_item_set": judged_data.known_item,
         "engine_hybrid": {n: round(evaluate(lists[n].baseline, sets[n].qrels).ndcg_at_10, 4)
                           for n in sets},
         "lengths": [{"max_length": n,

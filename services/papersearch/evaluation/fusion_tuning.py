@@ -22,7 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from papersearch.encoder.runtime import Encoder
-from papersearch.evaluation.datasets import EvalDataset
+from papersearch.evaluation.datasets import EvalDataset, load_dataset
 from papersearch.evaluation.harness import open_dataset_index
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import paired
@@ -49,6 +49,36 @@ class Lists:
     dense: Mapping[str, Ranked]
     sparse: Mapping[str, Ranked]
     baseline: Mapping[str, list[str]]  # the configured hybrid search
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedSets:
+    """Every judged set with its first-stage lists, for the scripts that rescore one side of the
+    configured convex hybrid (benchmarks/bm25_params.py, dense_truncation.py)."""
+
+    settings: Settings  # as configured, query feedback off (its second pass is not varied)
+    encoder: Encoder
+    sets: Mapping[str, EvalDataset]  # tuning sets, then held-out sets, then the known-item set
+    tuning: list[str]
+    held_out: list[str]
+    known_item: str
+    lists: Mapping[str, Lists]
+
+
+def judged_sets(settings: Settings) -> JudgedSets:
+    """The tuning, held-out and known-item sets of ``settings``, each set's lists fetched once
+    (ValueError where the configured fusion is not convex)."""
+    if settings.index.fusion != "convex":
+        raise ValueError("the configured fusion is not convex; set index.fusion=convex")
+    settings = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"prf_enabled": False})})
+    encoder = Encoder.from_settings(settings.models)
+    tuning = [load_dataset(p) for p in settings.tune_sets]
+    judging = [load_dataset(p) for p in [*settings.held_out_sets, settings.corpus_dir]]
+    sets = {d.name: d for d in [*tuning, *judging]}
+    return JudgedSets(settings, encoder, sets, [d.name for d in tuning],
+                      [d.name for d in judging[:-1]], judging[-1].name,
+                      {name: fetch_lists(d, settings, encoder) for name, d in sets.items()})
 
 
 def candidates(depth: int) -> list[Candidate]:
