@@ -34,12 +34,6 @@ class Encoder(OnnxModel):
         path = model_dir(models.repository, models.embedder_name)
         return cls(path, cls.runtime_options(models, providers))
 
-    @staticmethod
-    def runtime_options(models: ModelSettings, providers: tuple[str, ...] = (CPU_PROVIDER,)
-                        ) -> RuntimeOptions:
-        return RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
-                              providers, models.int8_alone)
-
     @property
     def sha256(self) -> str:
         return self.manifest.sha256

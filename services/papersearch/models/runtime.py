@@ -21,6 +21,7 @@ from papersearch.models.manifest import (
     read_manifest,
 )
 from papersearch.models.parity import ModelInput, SelfCheck, agreement, cpu_int8_flags
+from papersearch.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,13 @@ class OnnxModel:
         self._open(options.precision)
         if options.precision == "int8" and verify_int8:
             self._verify_int8()
+
+    @staticmethod
+    def runtime_options(models: ModelSettings, providers: tuple[str, ...] = (CPU_PROVIDER,)
+                        ) -> RuntimeOptions:
+        """The runtime options the model settings ask for."""
+        return RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
+                              providers, models.int8_alone)
 
     def _open(self, precision: Precision) -> None:
         graph = self.version_dir / (INT8_FILE if precision == "int8" else FP32_FILE)

@@ -23,9 +23,7 @@ class Reranker(OnnxModel):
     @classmethod
     def from_settings(cls, models: ModelSettings) -> Reranker:
         path = model_dir(models.repository, models.reranker_name)
-        options = RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
-                                 int8_alone=models.int8_alone)
-        return cls(path, options)
+        return cls(path, cls.runtime_options(models))
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         if not isinstance(query, str) or not query.strip():
