@@ -39,6 +39,15 @@ def test_expand_sparse_by_hand() -> None:
     assert got == pytest.approx({1: 1.0, 2: 1.0, 3: 0.5, 4: 0.5 * 0.25 / 0.625})
     assert expand_sparse(query, docs, terms=2, weight=0.0) == query
     assert expand_sparse(query, [], terms=2, weight=0.5) == query
+    assert expand_sparse(query, [SparseVector((), ())], terms=2, weight=0.5) == query
+
+
+def test_expand_sparse_ties_go_to_the_term_met_first() -> None:
+    query = SparseVector((), ())
+    docs = [SparseVector((9, 5), (1.0, 1.0)), SparseVector((5, 7), (1.0, 1.0))]
+    # mean distribution: 9 .25, 5 .5, 7 .25: 5 first, then 9 (met before 7)
+    expanded = expand_sparse(query, docs, terms=2, weight=1.0)
+    assert expanded == SparseVector((5, 9), (1.0, 0.5))
 
 
 FEEDBACK = {"prf_enabled": True, "prf_dense_docs": 2, "prf_dense_weight": 0.6, "prf_sparse_docs": 3,
@@ -61,7 +70,8 @@ def test_second_pass_is_the_hybrid_search_of_the_expanded_query(loaded: Store,  
         top = loaded.get([h.paper.id for h in first])
         records = loaded.execute(loaded.feedback_program(SearchRequest(
             dense=vector, sparse=BM25.query(text), limit=3)))
-        assert [r.payload["paper_id"] for r in records if r.payload] == ids(first)
+        assert [r.point_id for r in records] == [h.paper.point_id for h in first]
+        assert all(r.payload is None for r in records)  # vectors only
         assert all(r.dense is not None for r in records)
         dense = expand_dense(tuple(vector.tolist()), [r.dense for r in records[:2]
                                                       if r.dense is not None], 0.6)

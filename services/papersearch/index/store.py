@@ -305,9 +305,9 @@ class Store(ABC):
                 for rank, hit in enumerate(hits, start=1)]
 
     def feedback_program(self, request: SearchRequest) -> Program[list[Record]]:
-        """The top ``limit`` papers of a hybrid search, with payloads, dense and stored BM25
-        vectors, in rank order: what pseudo-relevance feedback reads (retriever/feedback.py).
-        No stage scores are computed for them."""
+        """The top ``limit`` papers of a hybrid search, with their dense and stored BM25
+        vectors (no payloads), in rank order: what pseudo-relevance feedback reads
+        (retriever/feedback.py). No stage scores are computed for them."""
         if (request.fusion or self.settings.fusion) == "convex":
             ranked: list[Scored] = yield from self._convex_ranked(request)
         else:
@@ -315,7 +315,7 @@ class Store(ABC):
                                                                with_payload=False),))
             ranked = results[0]
         ids = [s.point_id for s in ranked]
-        records: list[Record] = yield Fetch(tuple(ids), payload=True, dense=True, sparse=True)
+        records: list[Record] = yield Fetch(tuple(ids), payload=False, dense=True, sparse=True)
         by_id = {r.point_id: r for r in records}
         return [by_id[i] for i in ids if i in by_id]
 

@@ -8,17 +8,15 @@ search runs again with it (README, Results: Query feedback).
   scaled so that the heaviest weighs ``sparse_weight``, are added to the query's own terms.
 
 The first pass is the same hybrid search, filters included, without per-stage scores: one
-batch for its lists and one fetch of its top papers' payloads and vectors, the BM25 ones as
+batch for its lists and one fetch of its top papers' vectors (no payloads), the BM25 ones as
 stored (Store.feedback_program), so no paper is tokenised again.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from operator import itemgetter
 
 import numpy as np
 
@@ -71,18 +69,20 @@ def expand_dense(query: Sequence[float], docs: Sequence[Sequence[float]], weight
 
 def expand_sparse(query: SparseVector, docs: Sequence[SparseVector], terms: int,
                   weight: float) -> SparseVector:
-    mass: defaultdict[int, float] = defaultdict(float)
-    for doc in docs:
-        total = sum(doc.values) or 1.0
-        for term, value in zip(doc.indices, doc.values, strict=True):
-            mass[term] += value / total / len(docs)
-    heaviest = heapq.nlargest(terms, mass.items(), key=itemgetter(1))  # ties: first seen
-    if not heaviest or weight == 0:
+    if not docs or weight == 0:
         return query
-    top = heaviest[0][1]
+    indices = np.fromiter((t for doc in docs for t in doc.indices), dtype=np.int64)
+    if len(indices) == 0:
+        return query
+    shares = np.concatenate([np.asarray(doc.values, dtype=np.float64) / (sum(doc.values) or 1.0)
+                             / len(docs) for doc in docs])
+    found, first, slot = np.unique(indices, return_index=True, return_inverse=True)
+    mass = np.bincount(slot, weights=shares, minlength=len(found))  # summed in input order
+    heaviest = np.lexsort((first, -mass))[:terms]  # the most mass first; ties: first seen
     weights: defaultdict[int, float] = defaultdict(float)
     for term, value in zip(query.indices, query.values, strict=True):
         weights[term] += value
-    for term, value in heaviest:
+    top = float(mass[heaviest[0]])
+    for term, value in zip(found[heaviest].tolist(), mass[heaviest].tolist(), strict=True):
         weights[term] += weight * value / top
     return SparseVector(tuple(weights), tuple(weights.values()))

@@ -1,0 +1,78 @@
+"""What the hybrid search's options cost an in-process search on the sample index: ``explain``
+(index/explain.py) and query feedback (retriever/feedback.py, ``index.prf_*``).
+
+    python benchmarks/search_cost.py
+
+The same queries (the first words of sample titles) searched plain, with explain and with
+feedback, the three alternating query by query so that the machine's drift hits them alike;
+query encoding is done once beforehand and not counted. Prints JSON: p50/p90 ms of each, each
+option's p50 over the plain search's, and the CPU time per search of each (this process only:
+the embedded index runs in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from common import load_queries
+
+from papersearch.encoder.runtime import Encoder
+from papersearch.pipeline.factory import open_index
+from papersearch.retriever.feedback import Feedback
+from papersearch.retriever.retriever import Retriever
+from papersearch.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2, help="Passes over the queries.")
+    parser.add_argument("--top-k", type=int, default=10)
+    args = parser.parse_args()
+    settings = Settings()
+    encoder = Encoder.from_settings(settings.models)
+    queries = load_queries(settings.corpus_dir, args.queries, seed=11)
+    vectors = encoder.encode_queries(queries)
+    with open_index(settings, encoder) as store:
+        plain = Retriever(store)
+        plain.feedback = replace(plain.feedback, enabled=False)
+        fed = Retriever(store)  # the configured index.prf_* values, switched on
+        fed.feedback = replace(Feedback.from_settings(settings.index), enabled=True)
+        variants: dict[str, Callable[[str, object], object]] = {
+            "plain": lambda t, v: plain.search(t, v, limit=args.top_k),
+            "explain": lambda t, v: plain.search(t, v, limit=args.top_k, explain=True),
+            "feedback": lambda t, v: fed.search(t, v, limit=args.top_k),
+        }
+        wall: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, float] = dict.fromkeys(variants, 0.0)
+        for _ in range(args.rounds):
+            for text, vector in zip(queries, vectors, strict=True):
+                for name, search in variants.items():
+                    started, started_cpu = time.perf_counter(), time.process_time()
+                    search(text, vector)
+                    cpu[name] += time.process_time() - started_cpu
+                    wall[name].append((time.perf_counter() - started) * 1000)
+
+    def summary(name: str) -> dict[str, float]:
+        ordered = sorted(wall[name])
+        return {"p50_ms": round(statistics.median(ordered), 3),
+                "p90_ms": round(ordered[int(0.9 * (len(ordered) - 1))], 3),
+                "cpu_ms_per_search": round(cpu[name] * 1000 / len(ordered), 3)}
+
+    results = {name: summary(name) for name in variants}
+    base = results["plain"]["p50_ms"]
+    print(json.dumps({
+        "queries": len(queries), "rounds": args.rounds, "top_k": args.top_k,
+        "fusion": settings.index.fusion, **results,
+        "p50_ratio": {name: round(r["p50_ms"] / base, 2) for name, r in results.items()
+                      if name != "plain"},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
