@@ -100,6 +100,8 @@ def _structured(method: str, rng: random.Random, truncated: bool = False) -> lis
         request = pb.SearchRequest(query=_text(rng), top_k=rng.choice(HOSTILE_INTS),
                                    mode=rng.choice([0, 1, 2, 3, 4, -1, 99]),
                                    explain=rng.random() < 0.3)
+        if rng.random() < 0.3:
+            request.feedback = rng.random() < 0.5
         if rng.random() < 0.5:
             request.filter.CopyFrom(_filter(rng))
         return [request]

@@ -22,6 +22,7 @@ from papersearch.index.query import Examples, Explanation, SearchFilter, StageRa
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,
+    SearchQuery,
     SearchResult,
     StageScores,
     quoted,
@@ -129,6 +130,17 @@ def test_search_defaults() -> None:
     assert query.mode == "hybrid"
     assert query.rerank is True
     assert query.filter == SearchFilter()
+
+
+def test_feedback_unset_true_false() -> None:
+    """Unset: the server's index.prf_enabled (None); set either way: kept, both directions."""
+    assert convert.search_query_from_proto(pb.SearchRequest(query="q"), LIMITS).feedback is None
+    assert not convert.search_query_to_proto(SearchQuery("q")).HasField("feedback")
+    for wanted in (True, False):
+        query = convert.search_query_from_proto(pb.SearchRequest(query="q", feedback=wanted),
+                                                LIMITS)
+        assert query.feedback is wanted
+        assert convert.search_query_to_proto(query).feedback is wanted
 
 
 def test_default_top_k_follows_settings() -> None:

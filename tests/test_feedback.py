@@ -14,7 +14,7 @@ from papersearch.index.sparse import SparseVector
 from papersearch.retriever.feedback import Feedback, expand_dense, expand_sparse
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings
-from tests.test_index import BM25, DENSE, RARE, RARE_AT, ids, loaded  # noqa: F401
+from tests.test_index import BM25, DENSE, PAPERS, RARE, RARE_AT, ids, loaded  # noqa: F401
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
@@ -82,6 +82,48 @@ def test_second_pass_is_the_hybrid_search_of_the_expanded_query(loaded: Store,  
         assert [h.score for h in got] == pytest.approx([h.score for h in by_hand])
         assert with_feedback.search(text, vector, mode="dense", limit=5) == plain.search(
             text, vector, mode="dense", limit=5)  # dense and sparse modes: one pass
+    finally:
+        loaded.settings = saved
+
+
+def test_hits_keep_their_cosine_to_the_query_as_asked(loaded: Store) -> None:  # noqa: F811
+    """Feedback searches with an expanded vector, but a hit's dense score (what min_relevance
+    cuts on) is its cosine to the query vector as asked; the explanation keeps the searched
+    stage's score (the expanded vector's, which the fusion used)."""
+    saved = loaded.settings
+    try:
+        loaded.settings = saved.model_copy(update=FEEDBACK)
+        vector = DENSE[RARE_AT]
+        hits = Retriever(loaded).search(f"graph protein {RARE}", vector, limit=5, explain=True)
+        by_id = {p.point_id: v for p, v in zip(PAPERS, DENSE, strict=True)}
+        assert len(hits) == 5
+        for hit in hits:
+            cosine = float(np.dot(by_id[hit.paper.point_id], vector))
+            assert hit.dense_score == pytest.approx(cosine, abs=1e-5)
+        searched = [(h.explanation.dense.score, h.dense_score) for h in hits
+                    if h.explanation and h.explanation.dense
+                    and h.explanation.dense.score is not None]
+        assert searched and any(abs(e - asked) > 1e-3 for e, asked in searched)
+    finally:
+        loaded.settings = saved
+
+
+def test_feedback_asked_per_search(loaded: Store) -> None:  # noqa: F811
+    """``feedback`` per search overrides index.prf_enabled either way (the prf_* values stay
+    the configured ones); None follows the setting."""
+    text, vector = f"graph protein {RARE}", DENSE[RARE_AT]
+    saved = loaded.settings
+    try:
+        loaded.settings = saved.model_copy(update=FEEDBACK)
+        on = Retriever(loaded).search(text, vector, limit=5)
+        loaded.settings = saved.model_copy(update={**FEEDBACK, "prf_enabled": False})
+        off_setting = Retriever(loaded)
+        plain = off_setting.search(text, vector, limit=5)
+        assert ids(on) != ids(plain)
+        assert off_setting.search(text, vector, limit=5, feedback=True) == on
+        assert off_setting.search(text, vector, limit=5, feedback=None) == plain
+        loaded.settings = saved.model_copy(update=FEEDBACK)
+        assert Retriever(loaded).search(text, vector, limit=5, feedback=False) == plain
     finally:
         loaded.settings = saved
 

@@ -4,6 +4,7 @@ embedded Qdrant shard of the sample corpus), spoken to over real channels. No Ra
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,7 @@ from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker
+from papersearch.retriever.retriever import Retriever
 from papersearch.settings import ServeSettings, Settings
 from tests.gateway_helpers import LoopThread, Servers, scratch_gateways
 from tests.ports import free_port
@@ -74,11 +76,11 @@ class Faulty(LocalBackend):
 
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
-        explain: bool = False,
+        explain: bool = False, feedback: bool | None = None,
     ) -> list[Hit]:
         if self.fault == "store_down":
             raise StoreUnavailable("qdrant query: StatusCode.UNAVAILABLE: connection refused")
-        return await super().retrieve(text, vector, mode, limit, flt, explain)
+        return await super().retrieve(text, vector, mode, limit, flt, explain, feedback)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         if self.fault == "rerank":
@@ -268,6 +270,28 @@ def test_explain_over_grpc(client: SearchClient) -> None:
         assert why.fusion_inputs["first_stage_rank"] == why.fused.rank
         assert sum(s for _, s in why.terms) == pytest.approx(hit.stages.sparse or 0.0,
                                                              rel=1e-4)
+
+
+def test_feedback_over_grpc(client: SearchClient, parts: tuple[Encoder, Any, Reranker]) -> None:
+    """SearchRequest.feedback asks one search for query feedback (the server's default here:
+    off): the hits are the in-process Retriever's with feedback, their dense scores the
+    cosines to the query as asked; feedback=false is the plain search."""
+    encoder, store, _ = parts
+    query = SearchQuery(FEDWON_QUERY, top_k=10, rerank=False)
+    plain = client.search(query)
+    fed = client.search(dataclasses.replace(query, feedback=True))
+    assert not store.settings.prf_enabled
+    vector = encoder.encode_queries([FEDWON_QUERY])[0]
+    expected = Retriever(store).search(FEDWON_QUERY, vector, limit=10, feedback=True)
+    assert [h.paper.id for h in fed.hits] == [h.paper.id for h in expected]
+    assert [h.paper.id for h in fed.hits] != [h.paper.id for h in plain.hits]
+    cosines = {h.paper.id: h.stages.dense for h in client.search(
+        SearchQuery(FEDWON_QUERY, top_k=100, mode="dense", rerank=False)).hits}
+    shared = [h for h in fed.hits if h.paper.id in cosines]
+    assert shared and all(h.stages.dense == pytest.approx(cosines[h.paper.id], abs=1e-4)
+                          for h in shared)
+    off = client.search(dataclasses.replace(query, feedback=False))
+    assert [h.paper.id for h in off.hits] == [h.paper.id for h in plain.hits]
 
 
 def test_similar_and_get(client: SearchClient) -> None:

@@ -47,7 +47,8 @@ class Scripted:
         return np.ones(4, dtype=np.float32) / 2.0
 
     async def retrieve(self, text: str, vector: np.ndarray | None, mode: Mode, limit: int,
-                       flt: SearchFilter, explain: bool = False) -> list[Hit]:
+                       flt: SearchFilter, explain: bool = False,
+                       feedback: bool | None = None) -> list[Hit]:
         hits = [Hit(Paper(id=f"p{i}", title=f"t{i}", abstract="a"), 1.0 / (i + 1), dense)
                 for i, dense in enumerate(DENSE)]
         return hits[:limit]

@@ -202,6 +202,16 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
     assert terms.startswith("BM25 terms: ") and "honeybee" in terms, terms
     chrome.find_element(By.ID, "explain").click()  # off again for the rest
 
+    # "Query feedback": sent with the search, kept in the address, restored from it
+    chrome.find_element(By.ID, "feedback").click()
+    submit(chrome)
+    assert result_ids(chrome)[0] == "page-bees"
+    assert "fb=1" in chrome.current_url
+    chrome.get(chrome.current_url)
+    wait_for(chrome, lambda: bool(result_ids(chrome)), "results after reload")
+    assert chrome.find_element(By.ID, "feedback").is_selected()
+    chrome.find_element(By.ID, "feedback").click()  # off again for the rest
+
     # a date filter that excludes it
     published_from = chrome.find_element(By.ID, "published-from")
     published_from.send_keys("01012024")  # en-US: month, day, year

@@ -177,6 +177,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     query = SearchQuery(
         text=args.query, top_k=args.top_k, mode=args.mode, rerank=not args.no_rerank,
         filter=_filter(args), min_relevance=args.min_relevance, explain=args.explain,
+        feedback=args.feedback,
     ).validate(settings.search)  # a bad query is reported before any model or index is loaded
     if args.target:
         result = _ask_gateway(args, lambda client: client.search(query))
@@ -487,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--explain", action="store_true",
                         help="per hit: its rank and score in each stage, the fusion formula "
                              "with its inputs, the BM25 terms it matched")
+    search.add_argument("--feedback", action=argparse.BooleanOptionalAction, default=None,
+                        help="query feedback on a hybrid search: a second pass with the query "
+                             "expanded from the first pass's top papers (default: the server's "
+                             "index.prf_enabled; README, Results: Query feedback)")
     search.add_argument("--json", action="store_true")
     _add_gateway_arguments(search)
     search.set_defaults(handler=_search)

@@ -188,7 +188,8 @@ class IndexSettings(BaseModel):
     # Pseudo-relevance feedback (retriever/feedback.py; README, Results: Query feedback): the
     # hybrid search runs twice, the second time with the query expanded from the first's top.
     # Off by default: +0.008 nDCG@10 on the held-out sets for ~3x the CPU per hybrid search.
-    prf_enabled: bool = Field(False, description="Pseudo-relevance feedback on hybrid searches.")
+    prf_enabled: bool = Field(False, description="Pseudo-relevance feedback on every hybrid "
+                              "search; a request's own feedback field overrides it.")
     prf_dense_docs: int = Field(3, ge=0, description="Top papers whose vectors join the query "
                                                      "vector (0: no dense feedback).")
     prf_dense_weight: float = Field(0.6, ge=0, description="Their mean vector's weight.")

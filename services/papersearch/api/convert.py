@@ -201,7 +201,7 @@ def search_query_from_proto(request: pb.SearchRequest, settings: SearchSettings)
 
     top_k 0 means settings.default_top_k, an unset rerank means True (the pipeline still
     honours settings.rerank_enabled), MODE_UNSPECIFIED means hybrid, an unset min_relevance
-    means no cut-off. Raises InvalidQuery.
+    means no cut-off, an unset feedback the server's index.prf_enabled. Raises InvalidQuery.
     """
     query = SearchQuery(
         text=request.query,
@@ -211,13 +211,14 @@ def search_query_from_proto(request: pb.SearchRequest, settings: SearchSettings)
         filter=filter_from_proto(request.filter),
         min_relevance=request.min_relevance if request.HasField("min_relevance") else None,
         explain=request.explain,
+        feedback=request.feedback if request.HasField("feedback") else None,
     )
     return query.validate(settings)
 
 
 def search_query_to_proto(query: SearchQuery) -> pb.SearchRequest:
     """SearchQuery -> SearchRequest (for clients); rerank is always set explicitly,
-    min_relevance only when the query has one."""
+    min_relevance and feedback only when the query has them."""
     modes = {"hybrid": pb.MODE_HYBRID, "dense": pb.MODE_DENSE, "sparse": pb.MODE_SPARSE}
     return pb.SearchRequest(
         query=query.text,
@@ -227,6 +228,7 @@ def search_query_to_proto(query: SearchQuery) -> pb.SearchRequest:
         filter=filter_to_proto(query.filter),
         min_relevance=query.min_relevance,
         explain=query.explain,
+        feedback=query.feedback,
     )
 
 

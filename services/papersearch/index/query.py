@@ -148,7 +148,9 @@ class StageRank:
 class Explanation:
     """Why a hit ranks where it does (``explain``): its rank and score in each stage that ran,
     the fusion formula with this hit's inputs, and the BM25 query terms it matched with each
-    one's part of its BM25 score (largest first; their sum is the BM25 score)."""
+    one's part of its BM25 score (largest first; their sum is the BM25 score). With query
+    feedback the stages are those of the expanded query (what the fusion used), so the dense
+    score here may differ from the hit's own (its cosine to the query as asked)."""
 
     dense: StageRank | None = None
     sparse: StageRank | None = None
@@ -165,7 +167,8 @@ class Hit:
 
     ``dense_score`` is the cosine similarity and ``sparse_score`` the BM25 score (with IDF)
     of the paper for the query, or None where that stage was not run or found no match
-    (no query term in the paper).
+    (no query term in the paper). With query feedback, ``dense_score`` is still the cosine to
+    the query as asked, ``sparse_score`` the expanded query's BM25 score.
     """
 
     paper: Paper

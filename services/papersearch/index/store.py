@@ -319,6 +319,21 @@ class Store(ABC):
         by_id = {r.point_id: r for r in records}
         return [by_id[i] for i in ids if i in by_id]
 
+    def cosines_program(self, vector: Sequence[float], hits: Sequence[Hit]) -> (
+        Program[list[Hit]]
+    ):
+        """``hits`` with ``dense_score`` the exact cosine of each to ``vector``: query feedback
+        searches with an expanded vector, and a hit's dense score (what ``min_relevance``
+        cuts on) stays the cosine to the query as asked. One query restricted to their ids."""
+        if not hits:
+            return []
+        ids = frozenset(h.paper.point_id for h in hits)
+        found: list[list[Scored]] = yield Batch((Plan(
+            Nearest(DENSE, tuple(vector), len(ids)), only_ids=ids, exact=True,
+            with_payload=False),))
+        cosines = {s.point_id: s.score for s in found[0]}
+        return [replace(h, dense_score=cosines.get(h.paper.point_id)) for h in hits]
+
     def _convex_program(self, request: SearchRequest) -> Program[list[Hit]]:
         """Hybrid search fused here (index/fusion.py): both prefetch lists without payloads,
         then the top ``limit`` with their payloads and per-stage scores (``_stage_scored``)."""

@@ -38,7 +38,7 @@ class Backend(Protocol):
 
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
-        explain: bool = False,
+        explain: bool = False, feedback: bool | None = None,
     ) -> list[Hit]: ...
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray: ...
@@ -83,11 +83,11 @@ class LocalBackend:
 
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
-        explain: bool = False,
+        explain: bool = False, feedback: bool | None = None,
     ) -> list[Hit]:
         async with self._store_lock:
             return self.retriever.search(text, vector, mode=mode, limit=limit, filter=flt,
-                                         explain=explain)
+                                         explain=explain, feedback=feedback)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         if self.reranker is None:

@@ -58,9 +58,10 @@ class IndexAccess:
             pass
 
     async def search(self, text: str, vector: np.ndarray | None, mode: Mode, limit: int,
-                     flt: SearchFilter, explain: bool = False) -> list[Hit]:
+                     flt: SearchFilter, explain: bool = False,
+                     feedback: bool | None = None) -> list[Hit]:
         return await self._execute(lambda r: r.search_program(text, vector, mode, limit, flt,
-                                                              explain))
+                                                              explain, feedback))
 
     async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
         return await self._execute(lambda r: r.store.similar_program(examples, limit, flt))

@@ -26,7 +26,9 @@ def quoted(value: str, limit: int = QUOTE_CHARS) -> str:
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
     """One search. ``min_relevance`` (None: off) drops the final hits whose dense cosine
-    similarity to the query is below it, order kept; it needs mode dense or hybrid."""
+    similarity to the query is below it, order kept; it needs mode dense or hybrid.
+    ``feedback`` (None: the server's ``index.prf_enabled``) runs query feedback on a hybrid
+    search (retriever/feedback.py); dense and sparse searches have none."""
 
     text: str
     top_k: int = 10
@@ -35,6 +37,7 @@ class SearchQuery:
     filter: SearchFilter = field(default_factory=SearchFilter)
     min_relevance: float | None = None
     explain: bool = False
+    feedback: bool | None = None
 
     def validate(self, limits: SearchSettings) -> SearchQuery:
         """Return self if acceptable, else raise InvalidQuery saying what is wrong."""

@@ -56,7 +56,7 @@ class SearchPipeline:
         depth = max(query.top_k, self.settings.rerank_top_n) if rerank else query.top_k
         mark = time.perf_counter()
         candidates = await backend.retrieve(
-            query.text, vector, query.mode, depth, query.filter, query.explain
+            query.text, vector, query.mode, depth, query.filter, query.explain, query.feedback
         )
         timings["retrieve"] = _ms_since(mark)
         reranked = None

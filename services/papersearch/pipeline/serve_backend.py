@@ -149,9 +149,10 @@ class HandleBackend:
 
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
-        explain: bool = False,
+        explain: bool = False, feedback: bool | None = None,
     ) -> list[Hit]:
-        return await (await self.bound()).index.search(text, vector, mode, limit, flt, explain)
+        return await (await self.bound()).index.search(text, vector, mode, limit, flt, explain,
+                                                       feedback)
 
     async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
         return await (await self.bound()).index.similar(examples, limit, flt)

@@ -38,9 +38,10 @@ class Retriever:
         limit: int = 10,
         filter: SearchFilter | None = None,
         explain: bool = False,
+        feedback: bool | None = None,
     ) -> list[Hit]:
         return self.store.execute(self.search_program(text, vector, mode, limit, filter,
-                                                      explain))
+                                                      explain, feedback))
 
     def search_program(
         self,
@@ -50,8 +51,11 @@ class Retriever:
         limit: int = 10,
         filter: SearchFilter | None = None,
         explain: bool = False,
+        feedback: bool | None = None,
     ) -> Program[list[Hit]]:
-        """The hits; with ``explain``, each with its Explanation (index/explain.py)."""
+        """The hits; with ``explain``, each with its Explanation (index/explain.py). Query
+        feedback runs on hybrid searches where ``feedback`` says so (None: ``index.prf_enabled``),
+        with the ``index.prf_*`` values."""
         sparse = self.bm25.query(text) if mode in ("sparse", "hybrid") else None
         if sparse is not None and len(sparse) == 0 and mode == "sparse":
             return []  # only stopwords or punctuation: nothing can match lexically
@@ -64,14 +68,18 @@ class Retriever:
             limit=limit,
             filter=filter or SearchFilter(),
         )
-        if mode == "hybrid" and self.feedback.docs:
-            top = yield from self.store.feedback_program(replace(request,
-                                                                 limit=self.feedback.docs))
-            request = self.feedback.expand(request, top)
+        asked = request
+        expansion = self.feedback if feedback is None else replace(self.feedback,
+                                                                   enabled=feedback)
+        if mode == "hybrid" and expansion.docs:
+            top = yield from self.store.feedback_program(replace(request, limit=expansion.docs))
+            request = expansion.expand(request, top)
         hits = yield from self.store.query_program(request)
-        if not explain:
-            return hits
-        return (yield from self.store.explain_program(request, hits, self.term_labels(text)))
+        if explain:  # the stages as searched: the expanded query's, with feedback
+            hits = yield from self.store.explain_program(request, hits, self.term_labels(text))
+        if request is not asked:  # each hit's dense score: its cosine to the query as asked
+            hits = yield from self.store.cosines_program(asked.dense_vector(), hits)
+        return hits
 
     def term_labels(self, text: str) -> dict[int, str]:
         """BM25 term index -> the query word it came from (the first, if several do); terms

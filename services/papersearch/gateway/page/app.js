@@ -294,6 +294,7 @@ async function search(event) {
   }
   const request = {query, top_k: topK(), mode: $("mode").value, rerank: $("rerank").checked,
                    explain: $("explain").checked, filter: filterFromForm()};
+  if ($("feedback").checked) request.feedback = true;  // unchecked: the server's default
   const serial = ++searchSerial;
   remember();
   clearError();
@@ -335,6 +336,7 @@ function remember() {
     if ($(id).value) params.set(name, $(id).value);
   }
   if (!$("rerank").checked) params.set("rerank", "0");
+  if ($("feedback").checked) params.set("fb", "1");
   history.replaceState(null, "", `${location.pathname}?${params}`);
 }
 
@@ -344,6 +346,7 @@ function restore() {
     if (params.has(name)) $(id).value = params.get(name);
   }
   if (params.get("rerank") === "0") $("rerank").checked = false;
+  if (params.get("fb") === "1") $("feedback").checked = true;
   return params.has("q");
 }
 
