@@ -124,9 +124,12 @@ def test_mean_words_counts_the_repeated_title() -> None:
     assert mean_words(papers, 3) == pytest.approx((2 * 3 + 3 + 4) / 2)
 
 
-def test_eval_index_name_carries_the_title_weight_only_when_not_1() -> None:
+def test_eval_index_name_carries_numerics_and_title_weight() -> None:
+    """One eval collection per encoder numerics (vectors made with fp32, int8 alone or int8 in
+    batches differ) and BM25 document weights; the title weight named only when not 1."""
     sha = "c0a025ec412e" + "0" * 52
-    assert index_name("cacm", sha, 53.3) == "cacm-c0a025ec412e-bm25len53.3"  # as built before
-    assert index_name("cacm", sha, 53.3, 1) == "cacm-c0a025ec412e-bm25len53.3"
-    assert index_name("cacm", sha, 53.3, 2) == "cacm-c0a025ec412e-bm25len53.3-title2"
-    assert len({index_name("cacm", sha, 53.3, w) for w in (1, 2, 3)}) == 3
+    assert index_name("cacm", sha, "int8", 53.3) == "cacm-c0a025ec412e-int8-bm25len53.3"
+    assert index_name("cacm", sha, "int8", 53.3, 1) == "cacm-c0a025ec412e-int8-bm25len53.3"
+    assert index_name("cacm", sha, "fp32", 53.3, 2) == "cacm-c0a025ec412e-fp32-bm25len53.3-title2"
+    assert len({index_name("cacm", sha, "int8", 53.3, w) for w in (1, 2, 3)}) == 3
+    assert len({index_name("cacm", sha, n, 53.3) for n in ("fp32", "int8", "int8-batched")}) == 3

@@ -57,13 +57,14 @@ def test_manifest_records_parity_and_identity(embedder_dir: Path) -> None:
 def test_self_check_reference_is_the_fp32_graph(embedder_dir: Path, fp32: Encoder) -> None:
     check = SelfCheck.from_dict(read_manifest(embedder_dir).selfcheck)
     np.testing.assert_allclose(fp32.outputs(check.inputs), check.reference, atol=1e-5)
-    assert fp32.precision == "fp32" and fp32.int8_agreement is None
+    assert fp32.precision == "fp32" and fp32.int8_agreement is None and fp32.numerics == "fp32"
 
 
 def test_int8_is_served_only_where_its_self_check_passes(int8: Encoder) -> None:
     assert int8.int8_agreement is not None
     passed = int8.int8_agreement >= INT8_MIN_AGREEMENT
     assert int8.precision == ("int8" if passed else "fp32")
+    assert int8.numerics == ("int8" if passed else "fp32")  # what eval collections are keyed by
 
 
 def _damaged_copy(embedder_dir: Path, target: Path) -> Path:
@@ -180,6 +181,7 @@ def test_int8_batched_calls_stay_close_to_alone(embedder_dir: Path, int8: Encode
     batched = Encoder(embedder_dir, RuntimeOptions("int8", int8_alone=False))
     if batched.precision != "int8":
         pytest.skip("int8 failed its self-check on this CPU: both run fp32")
+    assert batched.numerics == "int8-batched" != int8.numerics
     texts = ["short", "a much longer text " * 30, "medium length text here"]
     alone = np.vstack([int8.encode([t]) for t in texts])
     assert np.all(np.sum(batched.encode(texts) * alone, axis=1) >= INT8_MIN_AGREEMENT)

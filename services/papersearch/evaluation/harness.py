@@ -51,10 +51,11 @@ class FirstStage:
 def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> Store:
     """The dataset's collection, ingested if needed (resumable, idempotent). BM25 normalises
     by the dataset's own mean words per paper, as a user sets ``index.bm25_avg_len`` for theirs;
-    the collection's name carries it, since its documents' weights depend on it."""
+    the collection's name carries it, since its documents' weights depend on it, and the
+    encoder's numerics (fp32, int8 one text per call or in batches), since its vectors do."""
     title_weight = settings.index.bm25_title_weight
     avg_len = round(mean_words(dataset.papers(), title_weight), 1)
-    name = index_name(dataset.name, encoder.sha256, avg_len, title_weight)
+    name = index_name(dataset.name, encoder.sha256, encoder.numerics, avg_len, title_weight)
     place = ({"data_dir": settings.eval_dir / name, "collection": "papers"}
              if settings.index.backend == "embedded" else {"collection": f"eval-{name}"})
     index = settings.index.model_copy(update={**place, "bm25_avg_len": avg_len})
@@ -73,10 +74,11 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     return store
 
 
-def index_name(dataset: str, encoder_sha256: str, avg_len: float, title_weight: int = 1) -> str:
-    """A dataset's eval collection: one per encoder and set of document BM25 weights. The title
-    weight is named only when it is not 1, so the collections built before it stay valid."""
-    name = f"{dataset}-{encoder_sha256[:12]}-bm25len{avg_len:g}"
+def index_name(dataset: str, encoder_sha256: str, numerics: str, avg_len: float,
+               title_weight: int = 1) -> str:
+    """A dataset's eval collection: one per encoder, its numerics (OnnxModel.numerics) and set
+    of document BM25 weights. The title weight is named only when it is not 1."""
+    name = f"{dataset}-{encoder_sha256[:12]}-{numerics}-bm25len{avg_len:g}"
     return name if title_weight == 1 else f"{name}-title{title_weight}"
 
 

@@ -84,6 +84,15 @@ class OnnxModel:
         return RuntimeOptions(models.precision, models.intra_op_threads, models.batch_size,
                               providers, models.int8_alone)
 
+    @property
+    def numerics(self) -> str:
+        """How this runtime computes outputs beyond the graph's identity (the manifest's digest):
+        ``fp32``, ``int8`` (one row per call) or ``int8-batched`` (a row's output moves with its
+        batch-mates: run_sorted). Stored vectors made one way are not the other ways'."""
+        if self.precision == "fp32":
+            return "fp32"
+        return "int8" if self.options.int8_alone else "int8-batched"
+
     def _open(self, precision: Precision) -> None:
         graph = self.version_dir / (INT8_FILE if precision == "int8" else FP32_FILE)
         session_options = ort.SessionOptions()
