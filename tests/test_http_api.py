@@ -86,6 +86,17 @@ def test_search_over_http_matches_grpc(gateway: tuple[str, str]) -> None:
     status, body = call(http + SEARCH, {"query": "gateway", "topK": 5, "mode": 2, "filter": {
         "published_from": "2024-01-01"}})
     assert status == 200 and [h["paper"]["paper_id"] for h in body["hits"]] == ["http-1"]
+    # an optional bool: "feedback": true asks for query feedback, as over gRPC
+    with SearchClient(target, api_key=READ, timeout_s=60) as client:
+        fed = client.search(SearchQuery("gateway speaking json", top_k=3, rerank=False,
+                                        feedback=True))
+    status, body = call(http + SEARCH, {"query": "gateway speaking json", "top_k": 3,
+                                        "rerank": False, "feedback": True})
+    assert status == 200
+    assert [h["paper"]["paper_id"] for h in body["hits"]] == [h.paper.id for h in fed.hits]
+    assert [h["score"] for h in body["hits"]] == pytest.approx([h.score for h in fed.hits])
+    status, body = call(http + SEARCH, {"query": "q", "feedback": "yes"})
+    assert status == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
 
 
 def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
