@@ -13,7 +13,7 @@ import pytest
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import load_dataset
-from papersearch.evaluation.harness import run_eval
+from papersearch.evaluation.harness import first_stage, open_dataset_index, run_eval
 from papersearch.evaluation.modes import EVAL_MODES
 from papersearch.index.errors import PaperNotFound
 from papersearch.index.query import Examples, SearchFilter
@@ -23,6 +23,7 @@ from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import InvalidQuery, SearchQuery, SearchResult
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.reranker.runtime import Reranker
+from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
 from tests.beir_helpers import write_beir
 from tests.conftest import SHARED
@@ -196,6 +197,20 @@ def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
     assert reports["hybrid+rerank"].ms_per_query > reports["hybrid"].ms_per_query  # type: ignore[operator]
     again = run_eval(dataset, ("hybrid",), settings, Encoder(embedder_dir), None)  # index reused
     assert again["hybrid"].ndcg_at_10 == reports["hybrid"].ndcg_at_10
+    # hybrid+feedback: each query's hybrid search with feedback asked for (prf_enabled is off)
+    assert not settings.index.prf_enabled
+    encoder = Encoder(embedder_dir)
+    store = open_dataset_index(dataset, settings, encoder)
+    try:
+        retriever = Retriever(store)
+        fed = first_stage(dataset, retriever, encoder, "hybrid+feedback")
+        vectors = encoder.encode_queries([dataset.queries[q] for q in fed])
+        for (qid, hits), vector in zip(fed.items(), vectors, strict=True):
+            asked = retriever.search(dataset.queries[qid], vector, limit=len(hits) or 1,
+                                     feedback=True)
+            assert [h.paper.id for h in hits] == [h.paper.id for h in asked]
+    finally:
+        store.close()
 
 
 def test_known_item_dataset_from_the_sample_corpus() -> None:

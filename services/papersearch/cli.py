@@ -537,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="BEIR folder, or any corpus (then its known-item set)")
     evaluation.add_argument("--mode", action="append",
                             choices=EVAL_MODES,
-                            help="repeatable; default: all four")
+                            help="repeatable; default: all of them (hybrid+feedback: hybrid with "
+                                 "query feedback whatever index.prf_enabled says)")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(handler=_eval)
 

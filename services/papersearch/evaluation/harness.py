@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import cast
 
 import numpy as np
 from tqdm import tqdm
@@ -22,7 +21,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
 from papersearch.evaluation.metrics import Report, evaluate
-from papersearch.evaluation.modes import EvalMode
+from papersearch.evaluation.modes import EvalMode, FirstStageMode, first_stage_of, search_of
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode
 from papersearch.index.sparse import document_text
@@ -95,15 +94,16 @@ def mean_words(papers: Iterable[Paper], title_weight: int = 1) -> float:
 
 
 def first_stage(
-    dataset: EvalDataset, retriever: Retriever, encoder: Encoder, mode: Mode
+    dataset: EvalDataset, retriever: Retriever, encoder: Encoder, stage: FirstStageMode
 ) -> dict[str, list[Hit]]:
+    mode, feedback = search_of(stage)
     ids = list(dataset.queries)
     texts = [dataset.queries[q] for q in ids]
     vectors = encoder.encode_queries(texts) if mode != "sparse" else [None] * len(ids)
     return {
-        qid: retriever.search(text, vector, mode=mode, limit=DEPTH)
+        qid: retriever.search(text, vector, mode=mode, limit=DEPTH, feedback=feedback)
         for qid, text, vector in tqdm(zip(ids, texts, vectors, strict=True), total=len(ids),
-                                      desc=f"{dataset.name} {mode}", unit="query")
+                                      desc=f"{dataset.name} {stage}", unit="query")
     }
 
 
@@ -141,14 +141,14 @@ def run_eval(
         retriever = Retriever(store)
         reports: dict[str, Report] = {}
         stages: dict[str, dict[str, list[Hit]]] = {}
-        seconds: dict[str, float] = {}  # per base mode: encoding (in batches) and searches
+        seconds: dict[str, float] = {}  # per first stage: encoding (in batches) and searches
         for mode in modes:
-            base = cast(Mode, mode.removesuffix("+rerank"))  # an EvalMode is a Mode [+rerank]
+            base = first_stage_of(mode)
             if base not in stages:
                 started = time.perf_counter()
                 stages[base] = first_stage(dataset, retriever, encoder, base)
                 seconds[base] = time.perf_counter() - started
-            stage = FirstStage(base, stages[base])
+            stage = FirstStage(search_of(base)[0], stages[base])
             spent = seconds[base]
             if mode.endswith("+rerank"):
                 if reranker is None:
