@@ -293,8 +293,8 @@ class Store(ABC):
         plans = [Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
                       exact=request.exact, oversampling=self._oversampling, with_payload=False)
                  for using, vector in stages]
-        plans += [Plan(Nearest(SPARSE, SparseVector((index,), (weight,)), len(ids)),
-                       only_ids=ids, exact=True, with_payload=False) for index, weight in terms]
+        plans += [_scoring(SPARSE, SparseVector((index,), (weight,)), ids)
+                  for index, weight in terms]
         results: list[list[Scored]] = yield Batch(tuple(plans))
         lists = {using: StageList.of(ranked, depth)
                  for (using, _), ranked in zip(stages, results, strict=False)}
@@ -328,9 +328,7 @@ class Store(ABC):
         if not hits:
             return []
         ids = frozenset(h.paper.point_id for h in hits)
-        found: list[list[Scored]] = yield Batch((Plan(
-            Nearest(DENSE, tuple(vector), len(ids)), only_ids=ids, exact=True,
-            with_payload=False),))
+        found: list[list[Scored]] = yield Batch((_scoring(DENSE, tuple(vector), ids),))
         cosines = {s.point_id: s.score for s in found[0]}
         return [replace(h, dense_score=cosines.get(h.paper.point_id)) for h in hits]
 
@@ -400,8 +398,7 @@ class Store(ABC):
                 continue
             lacking = frozenset(i for i in ids if i not in known)
             if lacking:
-                stages.append((known, Plan(Nearest(using, vector, len(lacking)),
-                                           only_ids=lacking, exact=True, with_payload=False)))
+                stages.append((known, _scoring(using, vector, lacking)))
         records: list[Record] = yield Fetch(tuple(ids), payload=True, dense=False)
         if stages:
             rescored: list[list[Scored]] = yield Batch(tuple(plan for _, plan in stages))
@@ -539,8 +536,7 @@ class Store(ABC):
         payloads = any(s.payload is None for s in fused)
         vectors = ((DENSE, request.dense_vector()), (SPARSE, request.sparse_vector()))
         stages = [
-            Plan(Nearest(using, vector, len(ids)), only_ids=ids, exact=True,
-                 with_payload=payloads and using == DENSE)
+            _scoring(using, vector, ids, with_payload=payloads and using == DENSE)
             for using, vector in vectors
         ]
         dense, sparse = yield Batch(tuple(stages))
@@ -564,6 +560,14 @@ class Store(ABC):
 
     @abstractmethod
     def _close(self) -> None: ...
+
+
+def _scoring(using: str, vector: tuple[float, ...] | SparseVector, ids: frozenset[str],
+             with_payload: bool = False) -> Plan:
+    """A query that scores exactly the points ``ids`` (every one that matches) for ``vector``
+    on the named vector: a stage's scores for known hits, not a search."""
+    return Plan(Nearest(using, vector, len(ids)), only_ids=ids, exact=True,
+                with_payload=with_payload)
 
 
 def _hit(scored: Scored, dense: float | None = None, sparse: float | None = None) -> Hit:
