@@ -17,13 +17,11 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from common import load_queries
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.pipeline.factory import open_index
-from papersearch.retriever.feedback import Feedback
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
 
@@ -39,14 +37,12 @@ def main() -> None:
     queries = load_queries(settings.corpus_dir, args.queries, seed=11)
     vectors = encoder.encode_queries(queries)
     with open_index(settings, encoder) as store:
-        plain = Retriever(store)
-        plain.feedback = replace(plain.feedback, enabled=False)
-        fed = Retriever(store)  # the configured index.prf_* values, switched on
-        fed.feedback = replace(Feedback.from_settings(settings.index), enabled=True)
+        retriever = Retriever(store)  # feedback asked per search, with the index.prf_* values
         variants: dict[str, Callable[[str, object], object]] = {
-            "plain": lambda t, v: plain.search(t, v, limit=args.top_k),
-            "explain": lambda t, v: plain.search(t, v, limit=args.top_k, explain=True),
-            "feedback": lambda t, v: fed.search(t, v, limit=args.top_k),
+            "plain": lambda t, v: retriever.search(t, v, limit=args.top_k, feedback=False),
+            "explain": lambda t, v: retriever.search(t, v, limit=args.top_k, explain=True,
+                                                     feedback=False),
+            "feedback": lambda t, v: retriever.search(t, v, limit=args.top_k, feedback=True),
         }
         wall: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, float] = dict.fromkeys(variants, 0.0)
