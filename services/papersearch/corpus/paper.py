@@ -7,6 +7,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 
 # Fixed namespace: point ids are uuid5(namespace, paper id), so re-ingesting is idempotent.
 PAPER_NAMESPACE = uuid.UUID("6f1c3b5e-8a4f-5d2e-9b7a-3c0d1e2f4a5b")
@@ -43,7 +44,10 @@ class Paper:
         return self.title or self.abstract
 
 
+@lru_cache(maxsize=1 << 16)
 def point_id(paper_id: str) -> str:
+    """The paper's Qdrant point id (a UUID); cached: a search asks for its hits' ids again
+    (uuid5 hashes with SHA-1)."""
     return str(uuid.uuid5(PAPER_NAMESPACE, paper_id))
 
 

@@ -87,13 +87,10 @@ class Record:
     sparse: SparseVector | None = None  # asked for and stored (a paper with no BM25 term: None)
 
 
-@dataclass(frozen=True, slots=True)
-class Keyed:
-    """A point of a ``keyed`` Batch: ``key`` is the engine's own id object (hashable, equal
-    for the same point in every list of the batch; ``str(key)`` is its point id)."""
-
-    key: Hashable
-    score: float
+# A point of a ``keyed`` Batch: (key, score). The key is the cheapest hashable the engine
+# gives for the point's id, equal for the same point in every list of the batch; the backend's
+# Store.point_id_of turns it into the point id. A plain tuple: a search makes ~200 of them.
+Keyed = tuple[Hashable, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +98,7 @@ class Batch:
     """Run plans as one batch; the result: one ranked ``list[Scored]`` per plan, or with
     ``keyed`` one ``list[Keyed]`` per plan (no payloads): for long lists fused in this process,
     of which only the top few ids are ever needed as strings (qdrant-edge gives a point's id
-    as a ``uuid.UUID``, which is slow to format; README, Results: Cheaper convex searches)."""
+    as a ``uuid.UUID``, slow to format and to hash; README, Results: Cheaper convex searches)."""
 
     plans: tuple[Plan, ...]
     keyed: bool = False

@@ -322,7 +322,7 @@ def _ranked(responses: Sequence[models.QueryResponse]) -> list[list[Scored]]:
 
 
 def _keyed(responses: Sequence[models.QueryResponse]) -> list[list[Keyed]]:
-    return [[Keyed(p.id, p.score) for p in r.points] for r in responses]
+    return [[(p.id, p.score) for p in r.points] for r in responses]
 
 
 def _vectors(point: PointData) -> dict[str, Any]:

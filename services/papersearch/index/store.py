@@ -118,6 +118,11 @@ class Store(ABC):
     def optimize(self) -> None:  # noqa: B027 (a default, not an abstract hook)
         """Bring indexes up to date after bulk writes (a no-op where the engine does it itself)."""
 
+    def point_id_of(self, key: Hashable) -> str:
+        """A ``keyed`` Batch's key as its point id (index/plan.Keyed); a backend whose keys are
+        not their ids' strings says how."""
+        return str(key)
+
     def close(self) -> None:
         """Persist everything acknowledged and release the engine; safe to call twice."""
         self._close()
@@ -340,7 +345,7 @@ class Store(ABC):
 
     def _convex_ranked(self, request: SearchRequest) -> Program[list[Scored]]:
         top = self._fused(request, (yield from self._convex_lists(request)))
-        return [Scored(str(key), score, None) for key, score in top]
+        return [Scored(self.point_id_of(key), score, None) for key, score in top]
 
     def _convex_lists(self, request: SearchRequest) -> Program[list[list[Keyed]]]:
         self._check_dim(request)
@@ -359,7 +364,7 @@ class Store(ABC):
         """The top ``limit`` of the convex fusion of ``lists``, by engine id keys."""
         weight = (self.settings.fusion_dense_weight if request.dense_weight is None
                   else request.dense_weight)
-        return convex([[(k.key, k.score) for k in ranked] for ranked in lists],
+        return convex(lists,
                       (weight, 1.0 - weight), self._depth(request), top=request.limit)
 
     def _depth(self, request: SearchRequest) -> int:
@@ -380,7 +385,7 @@ class Store(ABC):
         """
         if not top:
             return []
-        ids = [str(key) for key, _ in top]
+        ids = [self.point_id_of(key) for key, _ in top]
         depth = self._depth(request)
         exact_dense = (request.exact or self.settings.quantization == "none"
                        or self._oversampling is not None)
@@ -390,7 +395,7 @@ class Store(ABC):
             (DENSE, request.dense_vector()), (SPARSE, request.sparse_vector()))
         for (using, vector), ranked, exact in zip(vectors, lists, (exact_dense, True),
                                                   strict=True):
-            listed = {k.key: k.score for k in ranked} if exact else {}
+            listed = dict(ranked) if exact else {}
             known = {i: listed[key] for i, (key, _) in zip(ids, top, strict=True)
                      if key in listed}
             scores.append(known)

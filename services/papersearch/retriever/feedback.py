@@ -71,7 +71,7 @@ def expand_sparse(query: SparseVector, docs: Sequence[SparseVector], terms: int,
                   weight: float) -> SparseVector:
     if not docs or weight == 0:
         return query
-    indices = np.fromiter((t for doc in docs for t in doc.indices), dtype=np.int64)
+    indices = np.concatenate([np.asarray(doc.indices, dtype=np.int64) for doc in docs])
     if len(indices) == 0:
         return query
     shares = np.concatenate([np.asarray(doc.values, dtype=np.float64) / (sum(doc.values) or 1.0)
