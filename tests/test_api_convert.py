@@ -503,13 +503,14 @@ def _result() -> SearchResult:
         ),
         reranked=True,
         timings_ms={"encode": 1.5, "retrieve": 2.0, "rerank": 10.0, "total": 13.5},
+        feedback=True,
     )
 
 
 def test_search_response() -> None:
     response = convert.search_response_to_proto(_result())
     assert [h.paper.paper_id for h in response.hits] == ["2401.00001", "p2"]
-    assert response.reranked is True
+    assert response.reranked is True and response.feedback is True
     assert dict(response.timings_ms) == {
         "encode": 1.5,
         "retrieve": 2.0,
@@ -535,6 +536,7 @@ def test_search_response_round_trip() -> None:
 def test_empty_search_response() -> None:
     response = convert.search_response_to_proto(SearchResult((), False, {}))
     assert list(response.hits) == [] and response.reranked is False
+    assert response.feedback is False
 
 
 def test_upsert_summary_caps_errors() -> None:

@@ -122,6 +122,10 @@ def test_feedback_asked_per_search(loaded: Store) -> None:  # noqa: F811
         assert ids(on) != ids(plain)
         assert off_setting.search(text, vector, limit=5, feedback=True) == on
         assert off_setting.search(text, vector, limit=5, feedback=None) == plain
+        ran = {asked: loaded.execute(off_setting.retrieve_program(text, vector, limit=5,
+                                                                  feedback=asked)).feedback
+               for asked in (True, False, None)}
+        assert ran == {True: True, False: False, None: False}
         loaded.settings = saved.model_copy(update=FEEDBACK)
         assert Retriever(loaded).search(text, vector, limit=5, feedback=False) == plain
     finally:

@@ -29,12 +29,12 @@ from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import server_options
 from papersearch.index.errors import StoreUnavailable
 from papersearch.index.factory import open_store
-from papersearch.index.query import Hit, Mode, SearchFilter
+from papersearch.index.query import Mode, SearchFilter
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker
-from papersearch.retriever.retriever import Retriever
+from papersearch.retriever.retriever import Retrieved, Retriever
 from papersearch.settings import ServeSettings, Settings
 from tests.gateway_helpers import LoopThread, Servers, scratch_gateways
 from tests.ports import free_port
@@ -77,7 +77,7 @@ class Faulty(LocalBackend):
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
         explain: bool = False, feedback: bool | None = None,
-    ) -> list[Hit]:
+    ) -> Retrieved:
         if self.fault == "store_down":
             raise StoreUnavailable("qdrant query: StatusCode.UNAVAILABLE: connection refused")
         return await super().retrieve(text, vector, mode, limit, flt, explain, feedback)
@@ -285,6 +285,7 @@ def test_feedback_over_grpc(client: SearchClient, parts: tuple[Encoder, Any, Rer
     expected = Retriever(store).search(FEDWON_QUERY, vector, limit=10, feedback=True)
     assert [h.paper.id for h in fed.hits] == [h.paper.id for h in expected]
     assert [h.paper.id for h in fed.hits] != [h.paper.id for h in plain.hits]
+    assert fed.feedback and not plain.feedback  # SearchResponse.feedback: it ran, or not
     cosines = {h.paper.id: h.stages.dense for h in client.search(
         SearchQuery(FEDWON_QUERY, top_k=100, mode="dense", rerank=False)).hits}
     shared = [h for h in fed.hits if h.paper.id in cosines]
@@ -292,6 +293,11 @@ def test_feedback_over_grpc(client: SearchClient, parts: tuple[Encoder, Any, Rer
                           for h in shared)
     off = client.search(dataclasses.replace(query, feedback=False))
     assert [h.paper.id for h in off.hits] == [h.paper.id for h in plain.hits]
+    assert not off.feedback
+    # asked for where it cannot run: a dense search; a hybrid one with no BM25 term
+    for asked in (dataclasses.replace(query, mode="dense"), SearchQuery("the of and a")):
+        answer = client.search(dataclasses.replace(asked, feedback=True, rerank=False))
+        assert answer.hits and not answer.feedback
 
 
 def test_similar_and_get(client: SearchClient) -> None:

@@ -88,15 +88,17 @@ def test_answers_like_the_store(access: tuple[IndexAccess, Store]) -> None:
     )
     hybrid, sparse, dense, no_vector, similar, paper, missing, ready = run(
         index, lambda: asyncio.gather(
-            index.search(RARE, DENSE[RARE_AT], "hybrid", 5, SearchFilter()),
-            index.search(RARE, None, "sparse", 3, SearchFilter()),
-            index.search(RARE, DENSE[2], "dense", 4, flt),
-            index.search(RARE, None, "dense", 5, SearchFilter()),
+            index.retrieve(RARE, DENSE[RARE_AT], "hybrid", 5, SearchFilter()),
+            index.retrieve(RARE, None, "sparse", 3, SearchFilter()),
+            index.retrieve(RARE, DENSE[2], "dense", 4, flt),
+            index.retrieve(RARE, None, "dense", 5, SearchFilter()),
             index.similar(Examples((PAPERS[3].id,)), 4, SearchFilter()),
             index.get(PAPERS[5].id),
             index.get("2401.99999"),
             index.ready(),
             return_exceptions=True))
+    assert not any(found.feedback for found in (hybrid, sparse, dense))  # index.prf_enabled off
+    hybrid, sparse, dense = hybrid.hits, sparse.hits, dense.hits
     for got, want in zip((hybrid, sparse, dense, similar), expected, strict=True):
         assert [(h.paper, h.score, h.dense_score, h.sparse_score) for h in got] == [
             (h.paper, h.score, h.dense_score, h.sparse_score) for h in want]
@@ -221,7 +223,7 @@ def test_concurrent_searches_against_a_silent_server_cost_one_timeout() -> None:
         index = silent_server_access(silent.getsockname()[1], timeout_s)
         started = time.monotonic()
         results = run(index, lambda: asyncio.gather(
-            *(index.search(RARE, DENSE[i % len(DENSE)], "dense", 5, SearchFilter())
+            *(index.retrieve(RARE, DENSE[i % len(DENSE)], "dense", 5, SearchFilter())
               for i in range(n)), return_exceptions=True))
         elapsed = time.monotonic() - started
     assert len(results) == n and all(isinstance(r, StoreUnavailable) for r in results), results
@@ -244,7 +246,7 @@ def test_refused_connection_is_unavailable_and_the_loop_keeps_running() -> None:
 
         ticking = asyncio.create_task(ticker())
         try:
-            return await asyncio.gather(index.search(RARE, DENSE[0], "dense", 5, SearchFilter()),
+            return await asyncio.gather(index.retrieve(RARE, DENSE[0], "dense", 5, SearchFilter()),
                                         return_exceptions=True)
         finally:
             ticking.cancel()

@@ -24,6 +24,7 @@ from papersearch.pipeline.query import (
     cut_below,
 )
 from papersearch.pipeline.search import SearchPipeline
+from papersearch.retriever.retriever import Retrieved
 from papersearch.settings import SearchSettings
 
 LIMITS = SearchSettings()
@@ -48,10 +49,10 @@ class Scripted:
 
     async def retrieve(self, text: str, vector: np.ndarray | None, mode: Mode, limit: int,
                        flt: SearchFilter, explain: bool = False,
-                       feedback: bool | None = None) -> list[Hit]:
+                       feedback: bool | None = None) -> Retrieved:
         hits = [Hit(Paper(id=f"p{i}", title=f"t{i}", abstract="a"), 1.0 / (i + 1), dense)
                 for i, dense in enumerate(DENSE)]
-        return hits[:limit]
+        return Retrieved(hits[:limit], False)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         return self.rerank_scores[: len(passages)]

@@ -206,6 +206,7 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
     chrome.find_element(By.ID, "feedback").click()
     submit(chrome)
     assert result_ids(chrome)[0] == "page-bees"
+    assert "query feedback" in chrome.find_element(By.ID, "status").text
     assert "fb=1" in chrome.current_url
     chrome.get(chrome.current_url)
     wait_for(chrome, lambda: bool(result_ids(chrome)), "results after reload")

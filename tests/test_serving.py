@@ -201,7 +201,7 @@ def _series(snapshot: MetricsSnapshot, name: str, **labels: str) -> list[float]:
 def test_metrics_on_the_metrics_port(target: Target, client: SearchClient) -> None:
     """Requests show up in Prometheus metrics (Ray exports them every few seconds)."""
     client.search(SearchQuery("contrastive learning", rerank=True))
-    client.search(SearchQuery("contrastive learning", rerank=False))
+    client.search(SearchQuery("contrastive learning", rerank=False, feedback=True))
     for bad in (lambda: client.search(SearchQuery(" ")), lambda: client.get("no-such-paper")):
         with pytest.raises(grpc.RpcError):
             bad()
@@ -212,6 +212,8 @@ def test_metrics_on_the_metrics_port(target: Target, client: SearchClient) -> No
         ("ray_papersearch_request_latency_ms_count", {"method": "Search", "code": "OK"}),
         ("ray_papersearch_searches_total", {"reranked": "true"}),
         ("ray_papersearch_searches_total", {"reranked": "false"}),
+        ("ray_papersearch_searches_total", {"feedback": "true"}),
+        ("ray_papersearch_searches_total", {"feedback": "false"}),
         ("ray_papersearch_batch_size_count", {"deployment": "QueryEncoder"}),
         ("ray_papersearch_batch_size_count", {"deployment": "Reranker"}),
         ("ray_serve_num_router_requests_total", {}),

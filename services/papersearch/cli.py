@@ -77,6 +77,7 @@ def result_to_dict(result: SearchResult) -> dict[str, Any]:
     return {
         "reranked": result.reranked,
         "rerank_depth": result.rerank_depth,
+        "feedback": result.feedback,
         "below_min_relevance": result.below_min_relevance,
         "timings_ms": result.timings_ms,
         "hits": [
@@ -103,7 +104,7 @@ def format_result(result: SearchResult) -> str:
     cut = f", {dropped} below --min-relevance" if dropped else ""
     depth = f" (top {result.rerank_depth})" if result.reranked else ""
     lines.append(f"{len(result.hits)} hits{cut}, reranked={result.reranked}{depth}, "
-                 f"{total:.1f} ms")
+                 f"feedback={result.feedback}, {total:.1f} ms")
     return "\n".join(lines)
 
 

@@ -7,9 +7,10 @@ no-op, so the same code runs everywhere.
 
 - ``papersearch_requests_total{method,code}``: gRPC requests by method and status code;
 - ``papersearch_request_latency_ms{method,code}``: their latency (histogram);
-- ``papersearch_searches_total{reranked,rerank_depth}``: Search results with reranked
-  true/false, whose ratio is the share of searches the reranker served, and the rerank window
-  each used (pipeline/rerank_depth.py; 0: not reranked);
+- ``papersearch_searches_total{reranked,rerank_depth,feedback}``: Search results with reranked
+  true/false, whose ratio is the share of searches the reranker served, the rerank window
+  each used (pipeline/rerank_depth.py; 0: not reranked), and whether query feedback ran (each
+  such search does the index work twice; retriever/feedback.py);
 - ``papersearch_batch_size{deployment}``: items per dynamic batch (queries or rerank pairs);
 - ``papersearch_busy_seconds_total{deployment}``: wall time a model replica spent computing;
   its rate is the utilisation the autoscaling policy acts on (papersearch.autoscaling);
@@ -75,8 +76,9 @@ class Metrics:
         )
         self.searches = Counter(
             "papersearch_searches",
-            description="Search responses by whether they were reranked, and at what depth.",
-            tag_keys=("reranked", "rerank_depth"),
+            description="Search responses by whether they were reranked, at what depth, and "
+                        "whether query feedback ran.",
+            tag_keys=("reranked", "rerank_depth", "feedback"),
         )
         self.batch_size = Histogram(
             "papersearch_batch_size", description="Items per dynamic batch.",
@@ -150,9 +152,10 @@ class Metrics:
         self._count(self.http_requests, 1.0, tags)
         self.http_latency.observe(latency_s * 1000.0, tags=tags)
 
-    def search(self, reranked: bool, rerank_depth: int) -> None:
+    def search(self, reranked: bool, rerank_depth: int, feedback: bool) -> None:
         self._count(self.searches, 1.0, {"reranked": "true" if reranked else "false",
-                                         "rerank_depth": str(rerank_depth)})
+                                         "rerank_depth": str(rerank_depth),
+                                         "feedback": "true" if feedback else "false"})
 
     def read_retried(self, deployment: str) -> None:
         self._count(self.reads_retried, 1.0, {"deployment": deployment})

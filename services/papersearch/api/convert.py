@@ -421,13 +421,15 @@ def explanation_from_proto(message: pb.Explanation) -> Explanation:
 
 
 def search_response_to_proto(result: SearchResult) -> pb.SearchResponse:
-    """SearchResult -> SearchResponse (hits in order, reranked flag, timings, hits cut)."""
+    """SearchResult -> SearchResponse (hits in order, reranked and feedback flags, timings,
+    hits cut)."""
     return pb.SearchResponse(
         hits=[hit_to_proto(hit) for hit in result.hits],
         reranked=result.reranked,
         timings_ms={key: float(value) for key, value in result.timings_ms.items()},
         below_min_relevance=result.below_min_relevance,
         rerank_depth=result.rerank_depth,
+        feedback=result.feedback,
     )
 
 
@@ -445,7 +447,7 @@ def search_result_from_proto(response: pb.SearchResponse) -> SearchResult:
     )
     return SearchResult(
         hits, response.reranked, dict(response.timings_ms), response.below_min_relevance,
-        response.rerank_depth,
+        response.rerank_depth, response.feedback,
     )
 
 

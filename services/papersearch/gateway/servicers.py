@@ -66,7 +66,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             )
         except Exception as error:
             await _fail(context, error)
-        metrics().search(result.reranked, result.rerank_depth)
+        metrics().search(result.reranked, result.rerank_depth, result.feedback)
         return convert.search_response_to_proto(result)
 
     async def SimilarPapers(  # noqa: N802
@@ -173,9 +173,9 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         start = max(since, flt.published_from) if flt.published_from else since
         if flt.published_to is not None and start > flt.published_to:
             return []
-        hits = await backend.retrieve(query.text, vector, "dense", query.replay_limit,
-                                           dataclasses.replace(flt, published_from=start))
-        return [h for h in hits if h.dense_score is not None and h.dense_score >= threshold]
+        found = await backend.retrieve(query.text, vector, "dense", query.replay_limit,
+                                       dataclasses.replace(flt, published_from=start))
+        return [h for h in found.hits if h.dense_score is not None and h.dense_score >= threshold]
 
 
 def _watch_hit(paper: Paper, cosine: float | None) -> pb.Hit:

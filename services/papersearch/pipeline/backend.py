@@ -17,7 +17,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.store import Indexed, Store
 from papersearch.reranker.runtime import Reranker
-from papersearch.retriever.retriever import Retriever
+from papersearch.retriever.retriever import Retrieved, Retriever
 
 
 class Backend(Protocol):
@@ -39,7 +39,7 @@ class Backend(Protocol):
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
         explain: bool = False, feedback: bool | None = None,
-    ) -> list[Hit]: ...
+    ) -> Retrieved: ...
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray: ...
 
@@ -84,10 +84,10 @@ class LocalBackend:
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
         explain: bool = False, feedback: bool | None = None,
-    ) -> list[Hit]:
+    ) -> Retrieved:
         async with self._store_lock:
-            return self.retriever.search(text, vector, mode=mode, limit=limit, filter=flt,
-                                         explain=explain, feedback=feedback)
+            return self.store.execute(self.retriever.retrieve_program(
+                text, vector, mode, limit, flt, explain, feedback))
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         if self.reranker is None:

@@ -35,7 +35,7 @@ from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.server_async import AsyncServerEngine, connect_async
 from papersearch.index.store import Indexed
 from papersearch.retriever.opener import CollectionOpener
-from papersearch.retriever.retriever import Retriever
+from papersearch.retriever.retriever import Retrieved, Retriever
 from papersearch.settings import IndexSettings
 
 T = TypeVar("T")
@@ -57,11 +57,11 @@ class IndexAccess:
         except StoreError:  # logged by the opener; reads retry, readiness reports it
             pass
 
-    async def search(self, text: str, vector: np.ndarray | None, mode: Mode, limit: int,
-                     flt: SearchFilter, explain: bool = False,
-                     feedback: bool | None = None) -> list[Hit]:
-        return await self._execute(lambda r: r.search_program(text, vector, mode, limit, flt,
-                                                              explain, feedback))
+    async def retrieve(self, text: str, vector: np.ndarray | None, mode: Mode, limit: int,
+                       flt: SearchFilter, explain: bool = False,
+                       feedback: bool | None = None) -> Retrieved:
+        return await self._execute(lambda r: r.retrieve_program(text, vector, mode, limit, flt,
+                                                                explain, feedback))
 
     async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
         return await self._execute(lambda r: r.store.similar_program(examples, limit, flt))

@@ -85,13 +85,15 @@ class SearchHit:
 class SearchResult:
     """``below_min_relevance``: hits of the requested top_k that the query's min_relevance
     dropped (0 without one); ``rerank_depth``: the candidates the reranker scored (0 when not
-    reranked; pipeline/rerank_depth.py)."""
+    reranked; pipeline/rerank_depth.py); ``feedback``: query feedback expanded the query
+    (retriever/feedback.py)."""
 
     hits: tuple[SearchHit, ...]
     reranked: bool
     timings_ms: dict[str, float]
     below_min_relevance: int = 0
     rerank_depth: int = 0
+    feedback: bool = False
 
 
 def cut_below(

@@ -55,9 +55,10 @@ class SearchPipeline:
         window = self.rerank_depth.choose() if rerank else 0
         depth = max(query.top_k, self.settings.rerank_top_n) if rerank else query.top_k
         mark = time.perf_counter()
-        candidates = await backend.retrieve(
+        retrieved = await backend.retrieve(
             query.text, vector, query.mode, depth, query.filter, query.explain, query.feedback
         )
+        candidates = retrieved.hits
         timings["retrieve"] = _ms_since(mark)
         reranked = None
         if window and candidates:
@@ -68,7 +69,7 @@ class SearchPipeline:
         hits, dropped = cut_below(tuple(ranked), query.min_relevance)
         timings["total"] = _ms_since(started)
         return SearchResult(hits, reranked is not None, timings, dropped,
-                            min(window, len(candidates)) if reranked else 0)
+                            min(window, len(candidates)) if reranked else 0, retrieved.feedback)
 
     async def _rerank(self, query: SearchQuery, window: Sequence[Hit],
                       candidates: Sequence[Hit]) -> list[SearchHit] | None:

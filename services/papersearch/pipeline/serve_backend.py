@@ -36,6 +36,7 @@ from papersearch.index.store import Indexed
 from papersearch.models.manifest import ModelRef
 from papersearch.pipeline.collections import Bound, Collections
 from papersearch.pipeline.migration import Migrator
+from papersearch.retriever.retriever import Retrieved
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics
 
@@ -150,9 +151,9 @@ class HandleBackend:
     async def retrieve(
         self, text: str, vector: np.ndarray | None, mode: Mode, limit: int, flt: SearchFilter,
         explain: bool = False, feedback: bool | None = None,
-    ) -> list[Hit]:
-        return await (await self.bound()).index.search(text, vector, mode, limit, flt, explain,
-                                                       feedback)
+    ) -> Retrieved:
+        return await (await self.bound()).index.retrieve(text, vector, mode, limit, flt,
+                                                         explain, feedback)
 
     async def similar(self, examples: Examples, limit: int, flt: SearchFilter) -> list[Hit]:
         return await (await self.bound()).index.similar(examples, limit, flt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -15,6 +15,15 @@ from papersearch.index.query import Examples, Hit, Mode, SearchFilter, SearchReq
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
 from papersearch.retriever.feedback import Feedback
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieved:
+    """A search's hits, and whether query feedback expanded its query (retriever/feedback.py):
+    asked for or on by default, it runs only on hybrid searches with BM25 terms."""
+
+    hits: list[Hit]
+    feedback: bool
 
 
 class Retriever:
@@ -53,12 +62,28 @@ class Retriever:
         explain: bool = False,
         feedback: bool | None = None,
     ) -> Program[list[Hit]]:
-        """The hits; with ``explain``, each with its Explanation (index/explain.py). Query
-        feedback runs on hybrid searches where ``feedback`` says so (None: ``index.prf_enabled``),
-        with the ``index.prf_*`` values."""
+        """The hits of ``retrieve_program``."""
+        found = yield from self.retrieve_program(text, vector, mode, limit, filter, explain,
+                                                 feedback)
+        return found.hits
+
+    def retrieve_program(
+        self,
+        text: str,
+        vector: np.ndarray | Sequence[float] | None,
+        mode: Mode = "hybrid",
+        limit: int = 10,
+        filter: SearchFilter | None = None,
+        explain: bool = False,
+        feedback: bool | None = None,
+    ) -> Program[Retrieved]:
+        """The hits, and whether query feedback expanded the query; with ``explain``, each hit
+        with its Explanation (index/explain.py). Query feedback runs on hybrid searches with
+        BM25 terms where ``feedback`` says so (None: ``index.prf_enabled``), with the
+        ``index.prf_*`` values."""
         sparse = self.bm25.query(text) if mode in ("sparse", "hybrid") else None
         if sparse is not None and len(sparse) == 0 and mode == "sparse":
-            return []  # only stopwords or punctuation: nothing can match lexically
+            return Retrieved([], False)  # only stopwords or punctuation: nothing matches lexically
         if sparse is not None and len(sparse) == 0:
             mode, sparse = "dense", None
         request = SearchRequest(
@@ -79,7 +104,7 @@ class Retriever:
             hits = yield from self.store.explain_program(request, hits, self.term_labels(text))
         if request is not asked:  # each hit's dense score: its cosine to the query as asked
             hits = yield from self.store.cosines_program(asked.dense_vector(), hits)
-        return hits
+        return Retrieved(hits, request is not asked)
 
     def term_labels(self, text: str) -> dict[int, str]:
         """BM25 term index -> the query word it came from (the first, if several do); terms

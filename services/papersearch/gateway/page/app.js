@@ -311,6 +311,7 @@ async function search(event) {
       $("mode").selectedOptions[0].textContent,
       answer.reranked ? "reranked" : "not reranked",
     ];
+    if (answer.feedback) details.push("query feedback");
     if (total !== undefined) details.push(`${Math.round(total)} ms`);
     if (answer.below_min_relevance) details.push(`${answer.below_min_relevance} below cut-off`);
     $("status").textContent = hits.length
