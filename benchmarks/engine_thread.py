@@ -89,7 +89,7 @@ async def run(settings: Settings, count: int, concurrency: int, rounds: int) -> 
         return retriever.search(text, vector, mode="hybrid", limit=10, filter=flt)
 
     async def on_thread(text: str, vector: np.ndarray) -> list[Hit]:
-        return await access.search(text, vector, "hybrid", 10, flt)
+        return (await access.retrieve(text, vector, "hybrid", 10, flt)).hits
 
     results: dict[str, list[dict[str, Any]]] = {"loop": [], "thread": []}
     try:
@@ -98,7 +98,7 @@ async def run(settings: Settings, count: int, concurrency: int, rounds: int) -> 
             results["loop"].append(await measure(on_loop, queries, concurrency))
             results["thread"].append(await measure(on_thread, queries, concurrency))
     finally:
-        access.close()  # and the store it was handed
+        await access.close()  # and the store it was handed
     return results
 
 
