@@ -211,7 +211,14 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
     chrome.get(chrome.current_url)
     wait_for(chrome, lambda: bool(result_ids(chrome)), "results after reload")
     assert chrome.find_element(By.ID, "feedback").is_selected()
-    chrome.find_element(By.ID, "feedback").click()  # off again for the rest
+    # unchecked after a change: asked off (the address keeps fb=0), not the server's default
+    chrome.find_element(By.ID, "feedback").click()
+    submit(chrome)
+    assert "fb=0" in chrome.current_url
+    assert "query feedback" not in chrome.find_element(By.ID, "status").text
+    chrome.get(chrome.current_url)
+    wait_for(chrome, lambda: bool(result_ids(chrome)), "results after reload")
+    assert not chrome.find_element(By.ID, "feedback").is_selected()
 
     # a date filter that excludes it
     published_from = chrome.find_element(By.ID, "published-from")

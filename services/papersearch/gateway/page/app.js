@@ -294,7 +294,8 @@ async function search(event) {
   }
   const request = {query, top_k: topK(), mode: $("mode").value, rerank: $("rerank").checked,
                    explain: $("explain").checked, filter: filterFromForm()};
-  if ($("feedback").checked) request.feedback = true;  // unchecked: the server's default
+  // Query feedback: the server's default until the box is changed (or the address says).
+  if ($("feedback").dataset.asked) request.feedback = $("feedback").checked;
   const serial = ++searchSerial;
   remember();
   clearError();
@@ -337,7 +338,7 @@ function remember() {
     if ($(id).value) params.set(name, $(id).value);
   }
   if (!$("rerank").checked) params.set("rerank", "0");
-  if ($("feedback").checked) params.set("fb", "1");
+  if ($("feedback").dataset.asked) params.set("fb", $("feedback").checked ? "1" : "0");
   history.replaceState(null, "", `${location.pathname}?${params}`);
 }
 
@@ -347,7 +348,10 @@ function restore() {
     if (params.has(name)) $(id).value = params.get(name);
   }
   if (params.get("rerank") === "0") $("rerank").checked = false;
-  if (params.get("fb") === "1") $("feedback").checked = true;
+  if (["0", "1"].includes(params.get("fb"))) {
+    $("feedback").checked = params.get("fb") === "1";
+    $("feedback").dataset.asked = "yes";
+  }
   return params.has("q");
 }
 
@@ -379,6 +383,7 @@ function start() {
   $("search-form").addEventListener("submit", search);
   $("recommend-button").addEventListener("click", recommend);
   $("clear-examples").addEventListener("click", clearExamples);
+  $("feedback").addEventListener("change", () => { $("feedback").dataset.asked = "yes"; });
   health();
   setInterval(health, HEALTH_EVERY_MS);
   if (restore()) search();
