@@ -364,8 +364,7 @@ class Store(ABC):
         """The top ``limit`` of the convex fusion of ``lists``, by engine id keys."""
         weight = (self.settings.fusion_dense_weight if request.dense_weight is None
                   else request.dense_weight)
-        return convex(lists,
-                      (weight, 1.0 - weight), self._depth(request), top=request.limit)
+        return convex(lists, (weight, 1.0 - weight), self._depth(request), top=request.limit)
 
     def _depth(self, request: SearchRequest) -> int:
         return max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
