@@ -30,7 +30,8 @@ class Retriever:
     """Turns (query text, query vector) into a Qdrant request, and papers into points: BM25
     terms are computed here, for queries and documents alike, and hybrid queries expanded by
     pseudo-relevance feedback (retriever/feedback.py) when it is on. Each method has a ``*_program``
-    twin (index/plan.py) for callers that run the engine steps themselves (the gateway)."""
+    twin (index/plan.py) for callers that run the engine steps themselves (the gateway); the
+    twin of ``search`` is ``retrieve_program``, which also says whether feedback ran."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -49,23 +50,9 @@ class Retriever:
         explain: bool = False,
         feedback: bool | None = None,
     ) -> list[Hit]:
-        return self.store.execute(self.search_program(text, vector, mode, limit, filter,
-                                                      explain, feedback))
-
-    def search_program(
-        self,
-        text: str,
-        vector: np.ndarray | Sequence[float] | None,
-        mode: Mode = "hybrid",
-        limit: int = 10,
-        filter: SearchFilter | None = None,
-        explain: bool = False,
-        feedback: bool | None = None,
-    ) -> Program[list[Hit]]:
-        """The hits of ``retrieve_program``."""
-        found = yield from self.retrieve_program(text, vector, mode, limit, filter, explain,
-                                                 feedback)
-        return found.hits
+        """The hits of ``retrieve_program``, run here."""
+        return self.store.execute(self.retrieve_program(text, vector, mode, limit, filter,
+                                                        explain, feedback)).hits
 
     def retrieve_program(
         self,
