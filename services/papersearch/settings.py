@@ -187,7 +187,7 @@ class IndexSettings(BaseModel):
     )
     # Pseudo-relevance feedback (retriever/feedback.py; README, Results: Query feedback): the
     # hybrid search runs twice, the second time with the query expanded from the first's top.
-    # Off by default: +0.008 nDCG@10 on the held-out sets for ~3x the CPU per hybrid search.
+    # Off by default for its cost (the figures: README, Results: Query feedback).
     prf_enabled: bool = Field(False, description="Pseudo-relevance feedback on every hybrid "
                               "search; a request's own feedback field overrides it.")
     prf_dense_docs: int = Field(3, ge=0, description="Top papers whose vectors join the query "
