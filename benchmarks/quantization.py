@@ -33,7 +33,8 @@ from papersearch.models.parity import cpu_int8_flags
 from papersearch.models.runtime import OnnxModel, RuntimeOptions
 from papersearch.settings import Settings
 
-SCHEMES = ("u8s8", "u8s8-reduce-range", "u8u8")  # export.INT8_SCHEMES (which imports torch)
+SCHEMES = ("u8s8", "u8s8-reduce-range", "u8u8",  # export.INT8_SCHEMES (which imports torch)
+           "u8s8-reduce-range-ffn-out-fp32")
 # The batch that failed on an AVX2 CPU without VNNI (issue 13): a long repetitive text drives
 # activations to the range where full 8-bit u8 x s8 pair sums saturate.
 STRESS = ["short", "a much longer text " * 30, "medium length text here"]
