@@ -23,7 +23,7 @@ import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -31,10 +31,9 @@ from papersearch.corpus.readers import read_corpus
 from papersearch.models.manifest import FP32_FILE, INT8_FILE, MANIFEST, TOKENIZER_FILE, model_dir
 from papersearch.models.parity import cpu_int8_flags
 from papersearch.models.runtime import OnnxModel, RuntimeOptions
-from papersearch.settings import Settings
+from papersearch.settings import Int8Scheme, Settings
 
-SCHEMES = ("u8s8", "u8s8-reduce-range", "u8u8",  # export.INT8_SCHEMES (which imports torch)
-           "u8s8-reduce-range-ffn-out-fp32")
+SCHEMES = get_args(Int8Scheme)  # export.INT8_SCHEMES' keys (export imports torch)
 # The batch that failed on an AVX2 CPU without VNNI (issue 13): a long repetitive text drives
 # activations to the range where full 8-bit u8 x s8 pair sums saturate.
 STRESS = ["short", "a much longer text " * 30, "medium length text here"]

@@ -190,11 +190,19 @@ def test_int8_batched_calls_stay_close_to_alone(embedder_dir: Path, int8: Encode
 def test_int8_scheme_can_leave_the_feed_forward_outputs_fp32(embedder_dir: Path,
                                                             tmp_path: Path) -> None:
     """The scheme that keeps each MatMul after a GELU in fp32 (all-mpnet-base-v2's int8 graph
-    agrees with fp32 only so) quantizes every other MatMul, and the graph still encodes."""
+    agrees with fp32 only so) quantizes every other MatMul, and the graph still encodes; an
+    export asked for it is another export than the default's."""
+    from dataclasses import replace
+
     import onnx
 
-    from papersearch.modelbuild.export import quantize
+    from papersearch.modelbuild.export import ExportSpec, _fingerprint, quantize
+    from papersearch.modelbuild.sources import ResolvedSource
     from papersearch.models.manifest import FP32_FILE, MANIFEST, TOKENIZER_FILE
+
+    spec = ExportSpec("e", "embedder", ResolvedSource("hub/id", "hub/id", False), 256)
+    other = replace(spec, int8_scheme="u8s8-reduce-range-ffn-out-fp32")
+    assert _fingerprint(other) != _fingerprint(spec) == _fingerprint(replace(spec))
 
     for name in (FP32_FILE, TOKENIZER_FILE, MANIFEST):
         shutil.copy(embedder_dir / name, tmp_path / name)

@@ -42,6 +42,7 @@ from papersearch.models.manifest import (
 )
 from papersearch.models.parity import INT8_MIN_AGREEMENT, SelfCheck, agreement, self_check_inputs
 from papersearch.models.runtime import OnnxModel, Precision, RuntimeOptions
+from papersearch.settings import Int8Scheme
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ EXPORT_FORMAT = 3  # bump when the graph layout or manifest changes: invalidates
 # sums saturate at full 8-bit range (agreement with fp32 fell to 0.97 / 0.87 on such a CPU);
 # 7-bit weights (reduce_range) cannot saturate, u8 x u8 uses another kernel. Measured side by
 # side by benchmarks/quantization.py (README, Models): reduce_range keeps u8s8's speed.
-INT8_SCHEMES: dict[str, dict[str, Any]] = {
+INT8_SCHEMES: dict[Int8Scheme, dict[str, Any]] = {
     "u8s8": {"weight_type": "QInt8", "reduce_range": False},
     "u8s8-reduce-range": {"weight_type": "QInt8", "reduce_range": True},
     "u8u8": {"weight_type": "QUInt8", "reduce_range": False},
@@ -62,7 +63,7 @@ INT8_SCHEMES: dict[str, dict[str, Any]] = {
     "u8s8-reduce-range-ffn-out-fp32": {"weight_type": "QInt8", "reduce_range": True,
                                        "fp32_after": ("Gelu", "BiasGelu", "FastGelu")},
 }
-INT8_SCHEME = "u8s8-reduce-range"
+INT8_SCHEME: Int8Scheme = "u8s8-reduce-range"
 _WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
 
 
@@ -78,6 +79,7 @@ class ExportSpec:
     max_length: int
     query_prefix: str = ""
     document_prefix: str = ""
+    int8_scheme: Int8Scheme = INT8_SCHEME
 
 
 def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> Path:
@@ -109,6 +111,8 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
 def _fingerprint(spec: ExportSpec) -> str:
     digest = hashlib.sha256()
     options = [spec.kind, spec.max_length, spec.query_prefix, spec.document_prefix, EXPORT_FORMAT]
+    if spec.int8_scheme != INT8_SCHEME:  # the default's exports keep their fingerprints
+        options.append(spec.int8_scheme)
     digest.update(json.dumps([spec.source.spec, *options]).encode())
     if spec.source.is_local:
         root = Path(spec.source.location)
@@ -223,7 +227,7 @@ def _export_into(
             dynamo=False,
         )
     _fuse(target / FP32_FILE, model)
-    quantize(target / FP32_FILE, target / INT8_FILE)
+    quantize(target / FP32_FILE, target / INT8_FILE, spec.int8_scheme)
     embedder = spec.kind == "embedder"
     pooling, normalize = _pooling(spec.source.location) if embedder else (None, False)
     dim = int(model(**{n: example[n] for n in names}).shape[-1]) if embedder else None
@@ -237,7 +241,7 @@ def _export_into(
     write_manifest(target, draft)  # the runtime reads it; replaced below with parity figures
     parity, check = _check_parity(spec, model, tokenizer, target, _parity_inputs(spec, texts))
     parity["export_seconds"] = round(time.perf_counter() - started, 1)
-    quantization = {"scheme": INT8_SCHEME, **INT8_SCHEMES[INT8_SCHEME]}
+    quantization = {"scheme": spec.int8_scheme, **INT8_SCHEMES[spec.int8_scheme]}
     return Manifest(**{**_as_dict(draft), "parity": parity, "quantization": quantization,
                        "selfcheck": check.to_dict()})
 
@@ -262,7 +266,7 @@ def _fuse(graph: Path, model: torch.nn.Module) -> None:
     optimized.save_model_to_file(str(graph))
 
 
-def quantize(fp32: Path, int8: Path, scheme: str = INT8_SCHEME) -> None:
+def quantize(fp32: Path, int8: Path, scheme: Int8Scheme = INT8_SCHEME) -> None:
     """Write the dynamic int8 graph of ``fp32`` with one of INT8_SCHEMES."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

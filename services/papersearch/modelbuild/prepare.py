@@ -45,6 +45,7 @@ def export_embedder(settings: Settings) -> Path:
         max_length=models.embedder_max_length,
         query_prefix=models.query_prefix,
         document_prefix=models.document_prefix,
+        int8_scheme=models.int8_scheme,
     )
     return export(spec, models.repository, parity_texts(settings))
 
@@ -75,6 +76,7 @@ def export_reranker(settings: Settings, source: str) -> Path:
         kind="reranker",
         source=resolve_source(source, models.cache_dir),
         max_length=models.reranker_max_length,
+        int8_scheme=models.int8_scheme,
     )
     return export(spec, models.repository, parity_texts(settings))
 
