@@ -26,11 +26,9 @@ import sys
 import time
 from collections.abc import Mapping
 
-import numpy as np
-
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
-from papersearch.evaluation.fusion_tuning import Lists, judged_sets
+from papersearch.evaluation.fusion_tuning import Lists, cosine_lists, judged_sets
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import against
 from papersearch.index.fusion import Ranked, convex
@@ -51,10 +49,8 @@ def dense_lists(dataset: EvalDataset, encoder: Encoder, depth: int) -> tuple[
     documents = encoder.encode_documents([p.text for p in papers])
     spent = time.perf_counter() - started
     ids = list(dataset.queries)
-    scores = encoder.encode_queries([dataset.queries[q] for q in ids]) @ documents.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-    return {q: [(papers[i].id, float(scores[n, i])) for i in top[n]]
-            for n, q in enumerate(ids)}, spent
+    queries = encoder.encode_queries([dataset.queries[q] for q in ids])
+    return cosine_lists(ids, queries, [p.id for p in papers], documents, depth), spent
 
 
 def reports(dataset: EvalDataset, lists: Lists, dense: Mapping[str, Ranked], weight: float,

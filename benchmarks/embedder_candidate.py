@@ -55,7 +55,7 @@ from common import log
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
-from papersearch.evaluation.fusion_tuning import judged_sets
+from papersearch.evaluation.fusion_tuning import cosine_lists, judged_sets
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import against
 from papersearch.index.fusion import Ranked, convex
@@ -111,9 +111,7 @@ def ranked(dataset: EvalDataset, encoder: Encoder, cache: Path, timed: Timed, de
     documents = cached(cache, encoder, [p.text for p in papers], "papers", timed)
     ids = list(dataset.queries)
     queries = cached(cache, encoder, [dataset.queries[q] for q in ids], "queries", timed)
-    scores = queries @ documents.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-    return {q: [(papers[i].id, float(scores[n, i])) for i in top[n]] for n, q in enumerate(ids)}
+    return cosine_lists(ids, queries, [p.id for p in papers], documents, depth)
 
 
 def fused(parts: Mapping[str, Sequence[Ranked]], weights: Sequence[float], depth: int) -> (

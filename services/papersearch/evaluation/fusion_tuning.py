@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from papersearch.encoder.runtime import Encoder
@@ -103,6 +104,16 @@ def candidates(depth: int) -> list[Candidate]:
             for w in DENSE_WEIGHTS
         ]
     return found
+
+
+def cosine_lists(query_ids: Sequence[str], queries: np.ndarray, paper_ids: Sequence[str],
+                 papers: np.ndarray, depth: int) -> dict[str, Ranked]:
+    """Per query (rows of ``queries``), the ``depth`` papers (rows of ``papers``) of highest
+    cosine, exactly (every paper scored; unit vectors: the dot product), ties in paper order."""
+    scores = queries @ papers.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+    return {q: [(paper_ids[i], float(scores[n, i])) for i in top[n]]
+            for n, q in enumerate(query_ids)}
 
 
 def fetch_lists(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> Lists:

@@ -63,7 +63,6 @@ INT8_SCHEMES: dict[Int8Scheme, dict[str, Any]] = {
     "u8s8-reduce-range-ffn-out-fp32": {"weight_type": "QInt8", "reduce_range": True,
                                        "fp32_after": ("Gelu", "BiasGelu", "FastGelu")},
 }
-INT8_SCHEME = DEFAULT_INT8_SCHEME
 _WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
 
 
@@ -79,7 +78,7 @@ class ExportSpec:
     max_length: int
     query_prefix: str = ""
     document_prefix: str = ""
-    int8_scheme: Int8Scheme = INT8_SCHEME
+    int8_scheme: Int8Scheme = DEFAULT_INT8_SCHEME
 
 
 def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> Path:
@@ -111,7 +110,7 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
 def _fingerprint(spec: ExportSpec) -> str:
     digest = hashlib.sha256()
     options = [spec.kind, spec.max_length, spec.query_prefix, spec.document_prefix, EXPORT_FORMAT]
-    if spec.int8_scheme != INT8_SCHEME:  # the default's exports keep their fingerprints
+    if spec.int8_scheme != DEFAULT_INT8_SCHEME:  # the default's exports keep their fingerprints
         options.append(spec.int8_scheme)
     digest.update(json.dumps([spec.source.spec, *options]).encode())
     if spec.source.is_local:
@@ -266,16 +265,12 @@ def _fuse(graph: Path, model: torch.nn.Module) -> None:
     optimized.save_model_to_file(str(graph))
 
 
-def quantize(fp32: Path, int8: Path, scheme: Int8Scheme = INT8_SCHEME) -> None:
+def quantize(fp32: Path, int8: Path, scheme: Int8Scheme = DEFAULT_INT8_SCHEME) -> None:
     """Write the dynamic int8 graph of ``fp32`` with one of INT8_SCHEMES."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     options = INT8_SCHEMES[scheme]
-    graph = onnx.load(str(fp32), load_external_data=False).graph
-    producer = {output: node.op_type for node in graph.node for output in node.output}
-    fp32_after = options.get("fp32_after", ())
-    kept = [node.name for node in graph.node if node.op_type == "MatMul"
-            and producer.get(node.input[0]) in fp32_after]
+    kept = _matmuls_after(fp32, options["fp32_after"]) if "fp32_after" in options else []
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # the quantizer logs every node on root
@@ -289,6 +284,14 @@ def quantize(fp32: Path, int8: Path, scheme: Int8Scheme = INT8_SCHEME) -> None:
         )
     finally:
         root.setLevel(level)
+
+
+def _matmuls_after(graph_file: Path, op_types: Sequence[str]) -> list[str]:
+    """The MatMul nodes of the graph whose first input is an output of one of ``op_types``."""
+    graph = onnx.load(str(graph_file), load_external_data=False).graph
+    producer = {output: node.op_type for node in graph.node for output in node.output}
+    return [node.name for node in graph.node
+            if node.op_type == "MatMul" and producer.get(node.input[0]) in op_types]
 
 
 def _torch_outputs(model: Any, tokenizer: Any, inputs: list[Any], max_length: int) -> np.ndarray:
