@@ -31,11 +31,11 @@ import numpy as np
 import qdrant_edge as qe
 
 from papersearch.evaluation.datasets import EvalDataset
-from papersearch.evaluation.fusion_tuning import Lists, judged_sets
+from papersearch.evaluation.fusion_tuning import Lists, convex_runs, judged_sets
 from papersearch.evaluation.harness import mean_words
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import against
-from papersearch.index.fusion import Ranked, convex
+from papersearch.index.fusion import Ranked
 from papersearch.index.sparse import document_text
 from papersearch.settings import Settings
 
@@ -92,9 +92,8 @@ def sparse_lists(dataset: EvalDataset, k1: float, b: float, depth: int) -> dict[
 def hybrid(lists: Lists, sparse: Mapping[str, Ranked], weight: float, depth: int) -> (
     dict[str, list[str]]
 ):
-    return {q: [i for i, _ in convex([lists.dense[q], sparse[q]], (weight, 1.0 - weight),
-                                     depth)][:RESULTS]
-            for q in lists.dense}
+    return convex_runs({q: (lists.dense[q], sparse[q]) for q in lists.dense},
+                       (weight, 1.0 - weight), depth)
 
 
 def reports(dataset: EvalDataset, lists: Lists, k1: float, b: float, weight: float,

@@ -28,10 +28,10 @@ from collections.abc import Mapping
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
-from papersearch.evaluation.fusion_tuning import Lists, cosine_lists, judged_sets
+from papersearch.evaluation.fusion_tuning import Lists, convex_runs, cosine_lists, judged_sets
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import against
-from papersearch.index.fusion import Ranked, convex
+from papersearch.index.fusion import Ranked
 from papersearch.models.manifest import model_dir, read_manifest
 from papersearch.settings import Settings
 
@@ -55,8 +55,8 @@ def dense_lists(dataset: EvalDataset, encoder: Encoder, depth: int) -> tuple[
 
 def reports(dataset: EvalDataset, lists: Lists, dense: Mapping[str, Ranked], weight: float,
             depth: int) -> dict[str, Report]:
-    fused = {q: [i for i, _ in convex([dense[q], lists.sparse[q]], (weight, 1.0 - weight),
-                                      depth)][:RESULTS] for q in dense}
+    fused = convex_runs({q: (dense[q], lists.sparse[q]) for q in dense},
+                        (weight, 1.0 - weight), depth)
     return {"dense": evaluate({q: [i for i, _ in r][:RESULTS] for q, r in dense.items()},
                               dataset.qrels),
             "hybrid": evaluate(fused, dataset.qrels)}

@@ -49,10 +49,10 @@ import numpy as np
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset, load_dataset
-from papersearch.evaluation.fusion_tuning import Lists, fetch_lists
+from papersearch.evaluation.fusion_tuning import Lists, convex_runs, cosine_lists, fetch_lists
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import paired
-from papersearch.index.fusion import Ranked, convex
+from papersearch.index.fusion import Ranked
 from papersearch.settings import Settings
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "tune" / "e5.json"
@@ -104,23 +104,16 @@ def e5_lists(dataset: EvalDataset, model: E5Model, cache: Path, depth: int) -> (
     qids = list(dataset.queries)
     queries = cached(cache / f"{dataset.name}-queries", [dataset.queries[q] for q in qids],
                      model.query)
-    scores = queries @ docs.T
-    out: dict[str, Ranked] = {}
-    for qid, row in zip(qids, scores, strict=True):
-        top = np.argsort(-row, kind="stable")[:depth]
-        out[qid] = [(ids[n], float(row[n])) for n in top]
-    return out
+    return cosine_lists(qids, queries, ids, docs, depth)
 
 
 def fused(lists: Lists, e5: Mapping[str, Ranked], weight: float, dense_weight: float,
           depth: int) -> dict[str, list[str]]:
-    run: dict[str, list[str]] = {}
-    for qid, dense in lists.dense.items():
-        sparse = lists.sparse.get(qid, [])
-        parts: list[Ranked] = [dense, sparse, e5[qid]]
-        weights = [(1 - weight) * dense_weight, (1 - weight) * (1 - dense_weight), weight]
-        run[qid] = [i for i, _ in convex(parts, weights, depth)][:RESULTS]
-    return run
+    """``(1 - weight) * (dense_weight * dense + (1 - dense_weight) * bm25) + weight * e5``."""
+    return convex_runs({q: (dense, lists.sparse.get(q, []), e5[q])
+                        for q, dense in lists.dense.items()},
+                       ((1 - weight) * dense_weight, (1 - weight) * (1 - dense_weight), weight),
+                       depth)
 
 
 def timing(encoder: Encoder, model: E5Model, texts: list[str]) -> dict[str, Any]:

@@ -55,10 +55,10 @@ from common import log
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
-from papersearch.evaluation.fusion_tuning import cosine_lists, judged_sets
+from papersearch.evaluation.fusion_tuning import convex_runs, cosine_lists, judged_sets
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import against
-from papersearch.index.fusion import Ranked, convex
+from papersearch.index.fusion import Ranked
 from papersearch.settings import Settings
 
 DENSE_WEIGHTS = (0.4, 0.5, 0.6, 0.7, 0.8)
@@ -114,13 +114,6 @@ def ranked(dataset: EvalDataset, encoder: Encoder, cache: Path, timed: Timed, de
     return cosine_lists(ids, queries, [p.id for p in papers], documents, depth)
 
 
-def fused(parts: Mapping[str, Sequence[Ranked]], weights: Sequence[float], depth: int) -> (
-    dict[str, list[str]]
-):
-    return {q: [i for i, _ in convex(list(lists), weights, depth)][:RESULTS]
-            for q, lists in parts.items()}
-
-
 def scored(dataset: EvalDataset, runs: Mapping[str, Sequence[str]]) -> Report:
     return evaluate({q: list(r[:RESULTS]) for q, r in runs.items()}, dataset.qrels)
 
@@ -149,13 +142,13 @@ def main() -> int:
             dense[who][name] = ranked(dataset, encoder, cache, timed[who], depth)
         log(f"embedder_candidate: {name} encoded")
 
-    hybrid = {n: scored(sets[n], fused({q: (dense["configured"][n][q], lists[n].sparse[q])
+    hybrid = {n: scored(sets[n], convex_runs({q: (dense["configured"][n][q], lists[n].sparse[q])
                                         for q in sets[n].queries}, (weight, 1 - weight), depth))
               for n in sets}
-    replace = {w: {n: scored(sets[n], fused({q: (dense["candidate"][n][q], lists[n].sparse[q])
+    replace = {w: {n: scored(sets[n], convex_runs({q: (dense["candidate"][n][q], lists[n].sparse[q])
                                              for q in sets[n].queries}, (w, 1 - w), depth))
                    for n in sets} for w in DENSE_WEIGHTS}
-    add = {a: {n: scored(sets[n], fused(
+    add = {a: {n: scored(sets[n], convex_runs(
         {q: (dense["configured"][n][q], lists[n].sparse[q], dense["candidate"][n][q])
          for q in sets[n].queries}, ((1 - a) * weight, (1 - a) * (1 - weight), a), depth))
         for n in sets} for a in ADD_WEIGHTS}

@@ -116,6 +116,14 @@ def cosine_lists(query_ids: Sequence[str], queries: np.ndarray, paper_ids: Seque
             for n, q in enumerate(query_ids)}
 
 
+def convex_runs(parts: Mapping[str, Sequence[Ranked]], weights: Sequence[float], depth: int
+                ) -> dict[str, list[str]]:
+    """Per query, the ids of its lists (``parts``, each at most ``depth`` long) fused by the
+    Store's convex fusion with ``weights``, the first ``RESULTS`` of them."""
+    return {q: [i for i, _ in convex(list(lists), weights, depth)][:RESULTS]
+            for q, lists in parts.items()}
+
+
 def fetch_lists(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> Lists:
     store = open_dataset_index(dataset, settings, encoder)
     try:
