@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -141,6 +142,33 @@ def test_rerank_window_shrinks_when_the_reranker_is_slow(backend: LocalBackend,
         results = [pipeline.search(SearchQuery("diffusion")) for _ in depths]
         assert [r.rerank_depth for r in results] == depths
         assert all(r.reranked and len(r.hits) == 10 for r in results)
+
+
+def test_default_feedback_is_shed_while_searches_queue(backend: LocalBackend,
+                                                       sample_settings: Settings) -> None:
+    """Query feedback on by default (as index.prf_enabled=true makes it) and
+    search.feedback_max_in_flight 2: a search alone runs it; of six sent at once, only a search
+    that finds at most two in flight (itself included) does, so at most two of them; six that
+    ask for it all get it; and the count is back to 0 after."""
+    fed = LocalBackend(backend.encoder, backend.store, None)
+    fed.retriever.feedback = replace(fed.retriever.feedback, enabled=True)
+    pipeline = SearchPipeline(fed, sample_settings.search.model_copy(
+        update={"feedback_max_in_flight": 2}))
+    texts = ["diffusion models", "graph neural networks", "reinforcement learning agents",
+             "speech recognition", "protein structure", "vision transformers"]
+
+    async def run() -> tuple[SearchResult, list[SearchResult], list[SearchResult]]:
+        alone = await pipeline.search(SearchQuery("diffusion models"))
+        burst = await asyncio.gather(*(pipeline.search(SearchQuery(t)) for t in texts))
+        asked = await asyncio.gather(*(pipeline.search(SearchQuery(t, feedback=True))
+                                       for t in texts))
+        return alone, burst, asked
+
+    alone, burst, asked = asyncio.run(run())
+    assert alone.feedback
+    assert sum(r.feedback for r in burst) <= 2 and all(len(r.hits) == 10 for r in burst)
+    assert all(r.feedback for r in asked)
+    assert pipeline.in_flight == 0
 
 
 def test_filters_through_the_pipeline(sample_settings: Settings, embedder_dir: Path,

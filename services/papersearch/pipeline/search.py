@@ -5,6 +5,12 @@ One implementation for every transport: the gateway runs it over deployment hand
 and tests over the in-process backend. The rerank stage has its own time budget; if the
 reranker is overloaded, slow or failing, the fused first-stage results are returned with
 ``reranked=False`` instead of an error.
+
+Query feedback on by default (``index.prf_enabled``) doubles the index work of a hybrid search.
+With ``search.feedback_max_in_flight``, it is shed under load: while more searches than that are
+in flight in this pipeline, a search that left ``feedback`` unset runs without it (a search that
+asks for it still gets it; ``SearchResult.feedback`` says which ran). Searches in flight is the
+queue's length, not its speed: below saturation it stays short on any machine, past it it grows.
 """
 
 from __future__ import annotations
@@ -41,9 +47,26 @@ class SearchPipeline:
         self.settings = settings
         self.rerank_timeout_s = rerank_timeout_s
         self.rerank_depth = RerankDepth(settings, rerank_timeout_s)
+        self.in_flight = 0  # searches begun and not yet answered
 
     async def search(self, query: SearchQuery) -> SearchResult:
         query.validate(self.settings)
+        self.in_flight += 1
+        try:
+            return await self._search(query)
+        finally:
+            self.in_flight -= 1
+
+    def feedback_of(self, query: SearchQuery) -> bool | None:
+        """The search's ``feedback``: as asked; unset, False while the searches in flight
+        (this one included) are more than ``search.feedback_max_in_flight``, else unset (the
+        index's default)."""
+        limit = self.settings.feedback_max_in_flight
+        if query.feedback is None and limit is not None and self.in_flight > limit:
+            return False
+        return query.feedback
+
+    async def _search(self, query: SearchQuery) -> SearchResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         backend = self.backend.pinned()  # one embedder for the query and the collection
@@ -56,7 +79,8 @@ class SearchPipeline:
         depth = max(query.top_k, self.settings.rerank_top_n) if rerank else query.top_k
         mark = time.perf_counter()
         retrieved = await backend.retrieve(
-            query.text, vector, query.mode, depth, query.filter, query.explain, query.feedback
+            query.text, vector, query.mode, depth, query.filter, query.explain,
+            self.feedback_of(query)
         )
         candidates = retrieved.hits
         timings["retrieve"] = _ms_since(mark)
