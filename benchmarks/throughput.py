@@ -14,6 +14,10 @@ coalesce_max_batch 32, with as many again retrieving; every level is in the JSON
   search falls back): the Reranker (30 cross-encoder pairs per search) is the bottleneck.
 - ``no_rerank``: Search without rerank: the QueryEncoder is the model stage.
 
+Query feedback is off in both (``index.prf_enabled`` false): the served path sheds it at
+saturation anyway (``search.feedback_max_in_flight``; benchmarks/feedback_shedding.py measures
+that), the floor would not.
+
 The compute floor is the same work done in this process with ideal batching and no serving at
 all: ``k`` threads (one per replica, each with its own single-threaded onnxruntime sessions as a
 replica has) take batches of 32 queries: encode them in one call, retrieve each (hybrid, the
@@ -462,6 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=4, help="CPUs given to local Ray")
     args = parser.parse_args(argv)
     settings = Settings()
+    # Like for like: the floor never sheds query feedback, and the served path sheds all of it
+    # at saturation (search.feedback_max_in_flight; benchmarks/feedback_shedding.py), so both
+    # search without it.
+    settings = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"prf_enabled": False})})
     try:
         check_prerequisites(settings.model_copy(update={"search": settings.search.model_copy(
             update={"rerank_enabled": "rerank" in args.paths})}))

@@ -148,5 +148,5 @@ def test_feedback_settings() -> None:
     assert feedback.docs == 10
     assert replace(feedback, dense_docs=0, sparse_docs=0).docs == 0
     assert replace(feedback, enabled=False).docs == 0
-    assert Feedback.from_settings(IndexSettings()).docs == 0  # off by default
-    assert Feedback.from_settings(IndexSettings(prf_enabled=True)).docs == 10
+    assert Feedback.from_settings(IndexSettings()).docs == 10  # on by default
+    assert Feedback.from_settings(IndexSettings(prf_enabled=False)).docs == 0

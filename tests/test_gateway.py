@@ -254,10 +254,12 @@ def test_min_relevance_drops_the_hits_below_it_and_says_how_many(client: SearchC
 
 def test_explain_over_grpc(client: SearchClient) -> None:
     """SearchRequest.explain: every hit's Explanation crosses the wire (reranked ones with the
-    rerank stage and its fusion); without it none is sent."""
-    plain = client.search(SearchQuery(FEDWON_QUERY, top_k=5))
+    rerank stage and its fusion); without it none is sent. One pass (feedback false), so the
+    explained dense stage is the hit's own dense score (with feedback it is the expanded
+    query's: test_feedback_over_grpc)."""
+    plain = client.search(SearchQuery(FEDWON_QUERY, top_k=5, feedback=False))
     assert all(h.explanation is None for h in plain.hits)
-    result = client.search(SearchQuery(FEDWON_QUERY, top_k=5, explain=True))
+    result = client.search(SearchQuery(FEDWON_QUERY, top_k=5, explain=True, feedback=False))
     assert result.reranked and [h.paper.id for h in result.hits] == [
         h.paper.id for h in plain.hits]
     for hit in result.hits:
@@ -273,27 +275,32 @@ def test_explain_over_grpc(client: SearchClient) -> None:
 
 
 def test_feedback_over_grpc(client: SearchClient, parts: tuple[Encoder, Any, Reranker]) -> None:
-    """SearchRequest.feedback asks one search for query feedback (the server's default here:
-    off): the hits are the in-process Retriever's with feedback, their dense scores the
-    cosines to the query as asked; feedback=false is the plain search."""
+    """Query feedback is the server's default (index.prf_enabled, a search at a time: nothing
+    shed): an unset SearchRequest.feedback and feedback=true give the in-process Retriever's
+    hits with feedback, their dense scores the cosines to the query as asked (an explanation's
+    dense stage is the expanded query's, the one fused); feedback=false is the single pass."""
     encoder, store, _ = parts
     query = SearchQuery(FEDWON_QUERY, top_k=10, rerank=False)
-    plain = client.search(query)
+    default = client.search(query)
     fed = client.search(dataclasses.replace(query, feedback=True))
-    assert not store.settings.prf_enabled
+    assert store.settings.prf_enabled
     vector = encoder.encode_queries([FEDWON_QUERY])[0]
     expected = Retriever(store).search(FEDWON_QUERY, vector, limit=10, feedback=True)
     assert [h.paper.id for h in fed.hits] == [h.paper.id for h in expected]
-    assert [h.paper.id for h in fed.hits] != [h.paper.id for h in plain.hits]
-    assert fed.feedback and not plain.feedback  # SearchResponse.feedback: it ran, or not
+    assert [h.paper.id for h in default.hits] == [h.paper.id for h in expected]
+    off = client.search(dataclasses.replace(query, feedback=False))
+    plain = Retriever(store).search(FEDWON_QUERY, vector, limit=10, feedback=False)
+    assert [h.paper.id for h in off.hits] == [h.paper.id for h in plain]
+    assert [h.paper.id for h in fed.hits] != [h.paper.id for h in off.hits]
+    assert default.feedback and fed.feedback and not off.feedback  # it ran, or not
     cosines = {h.paper.id: h.stages.dense for h in client.search(
         SearchQuery(FEDWON_QUERY, top_k=100, mode="dense", rerank=False)).hits}
     shared = [h for h in fed.hits if h.paper.id in cosines]
     assert shared and all(h.stages.dense == pytest.approx(cosines[h.paper.id], abs=1e-4)
                           for h in shared)
-    off = client.search(dataclasses.replace(query, feedback=False))
-    assert [h.paper.id for h in off.hits] == [h.paper.id for h in plain.hits]
-    assert not off.feedback
+    explained = client.search(dataclasses.replace(query, explain=True)).hits[0]
+    assert explained.explanation is not None and explained.explanation.dense is not None
+    assert explained.explanation.dense.score != pytest.approx(explained.stages.dense, abs=1e-4)
     # asked for where it cannot run: a dense search; a hybrid one with no BM25 term
     for asked in (dataclasses.replace(query, mode="dense"), SearchQuery("the of and a")):
         answer = client.search(dataclasses.replace(asked, feedback=True, rerank=False))

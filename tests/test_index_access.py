@@ -97,7 +97,8 @@ def test_answers_like_the_store(access: tuple[IndexAccess, Store]) -> None:
             index.get("2401.99999"),
             index.ready(),
             return_exceptions=True))
-    assert not any(found.feedback for found in (hybrid, sparse, dense))  # index.prf_enabled off
+    # index.prf_enabled (on by default) expands hybrid searches only
+    assert hybrid.feedback and not sparse.feedback and not dense.feedback
     hybrid, sparse, dense = hybrid.hits, sparse.hits, dense.hits
     for got, want in zip((hybrid, sparse, dense, similar), expected, strict=True):
         assert [(h.paper, h.score, h.dense_score, h.sparse_score) for h in got] == [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -146,12 +145,12 @@ def test_rerank_window_shrinks_when_the_reranker_is_slow(backend: LocalBackend,
 
 def test_default_feedback_is_shed_while_searches_queue(backend: LocalBackend,
                                                        sample_settings: Settings) -> None:
-    """Query feedback on by default (as index.prf_enabled=true makes it) and
-    search.feedback_max_in_flight 2: a search alone runs it; of six sent at once, only a search
-    that finds at most two in flight (itself included) does, so at most two of them; six that
-    ask for it all get it; and the count is back to 0 after."""
-    fed = LocalBackend(backend.encoder, backend.store, None)
-    fed.retriever.feedback = replace(fed.retriever.feedback, enabled=True)
+    """Query feedback on by default (index.prf_enabled) and search.feedback_max_in_flight 2: a
+    search alone runs it; of six sent at once, only a search that finds at most two in flight
+    (itself included) does, so at most two of them; six that ask for it all get it; and the
+    count is back to 0 after."""
+    fed = LocalBackend(backend.encoder, backend.store, None)  # its own lock, for this loop
+    assert fed.retriever.feedback.enabled
     pipeline = SearchPipeline(fed, sample_settings.search.model_copy(
         update={"feedback_max_in_flight": 2}))
     texts = ["diffusion models", "graph neural networks", "reinforcement learning agents",
@@ -225,10 +224,12 @@ def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
     assert reports["hybrid+rerank"].ms_per_query > reports["hybrid"].ms_per_query  # type: ignore[operator]
     again = run_eval(dataset, ("hybrid",), settings, Encoder(embedder_dir), None)  # index reused
     assert again["hybrid"].ndcg_at_10 == reports["hybrid"].ndcg_at_10
-    # hybrid+feedback: each query's hybrid search with feedback asked for (prf_enabled is off)
-    assert not settings.index.prf_enabled
+    # hybrid+feedback: each query's hybrid search with feedback asked for, even where
+    # index.prf_enabled (on by default) is off
+    off = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"prf_enabled": False})})
     encoder = Encoder(embedder_dir)
-    store = open_dataset_index(dataset, settings, encoder)
+    store = open_dataset_index(dataset, off, encoder)
     try:
         retriever = Retriever(store)
         fed = first_stage(dataset, retriever, encoder, "hybrid+feedback")

@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--feedback", action=argparse.BooleanOptionalAction, default=None,
                         help="query feedback on a hybrid search: a second pass with the query "
                              "expanded from the first pass's top papers (default: the server's "
-                             "index.prf_enabled; README, Results: Query feedback)")
+                             "index.prf_enabled, on and shed under load; README, Results: Query "
+                             "feedback)")
     search.add_argument("--json", action="store_true")
     _add_gateway_arguments(search)
     search.set_defaults(handler=_search)

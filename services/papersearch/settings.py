@@ -194,8 +194,8 @@ class IndexSettings(BaseModel):
     )
     # Pseudo-relevance feedback (retriever/feedback.py; README, Results: Query feedback): the
     # hybrid search runs twice, the second time with the query expanded from the first's top.
-    # Off by default for its cost (the figures: README, Results: Query feedback).
-    prf_enabled: bool = Field(False, description="Pseudo-relevance feedback on every hybrid "
+    # On by default, shed under load by the gateway (search.feedback_max_in_flight).
+    prf_enabled: bool = Field(True, description="Pseudo-relevance feedback on every hybrid "
                               "search; a request's own feedback field overrides it.")
     prf_dense_docs: int = Field(3, ge=0, description="Top papers whose vectors join the query "
                                                      "vector (0: no dense feedback).")
@@ -248,7 +248,7 @@ class SearchSettings(BaseModel):
     rerank_enabled: bool = False
     # Query feedback under load (pipeline/search.py; README, Query feedback under load).
     feedback_max_in_flight: int | None = Field(
-        None, ge=1, description="While more searches than this are in flight in a gateway, a "
+        8, ge=1, description="While more searches than this are in flight in a gateway, a "
                                 "search that does not ask for query feedback itself runs without "
                                 "it, whatever index.prf_enabled says (its second pass doubles "
                                 "the index work); unset: never shed.")
