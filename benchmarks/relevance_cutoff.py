@@ -1,11 +1,13 @@
 """What a min_relevance cut-off buys (off-topic queries answered empty) and what it costs
 (on-topic queries answered empty, relevant papers lost on judged sets).
 
-    python benchmarks/relevance_cutoff.py > docs/relevance_cutoff.json
+    python benchmarks/relevance_cutoff.py > docs/relevance_cutoff_feedback.json
+    PAPERSEARCH_INDEX__PRF_ENABLED=false python benchmarks/relevance_cutoff.py \
+        > docs/relevance_cutoff.json      # the single pass, the default before query feedback
 
 Every query runs once through the in-process pipeline (SearchPipeline over LocalBackend; no
-Ray) in hybrid mode, top 10, without rerank (the default configuration) and without a
-cut-off; each threshold is then applied to those hits with cut_below, the function the
+Ray) in hybrid mode, top 10, without rerank, with query feedback as ``index.prf_enabled`` says
+(on by default; one search at a time, so never shed) and without a cut-off; each threshold is then applied to those hits with cut_below, the function the
 pipeline cuts with. The cut is on a hit's dense cosine to the query.
 
 - sample corpus: its known-item set (papers indexed by abstract, titles as queries; built in
