@@ -7,8 +7,9 @@
 
 Every query runs once through the in-process pipeline (SearchPipeline over LocalBackend; no
 Ray) in hybrid mode, top 10, without rerank, with query feedback as ``index.prf_enabled`` says
-(on by default; one search at a time, so never shed) and without a cut-off; each threshold is then applied to those hits with cut_below, the function the
-pipeline cuts with. The cut is on a hit's dense cosine to the query.
+(on by default; one search at a time, so never shed) and without a cut-off; each threshold is
+then applied to those hits with cut_below, the function the pipeline cuts with. The cut is on
+a hit's dense cosine to the query.
 
 - sample corpus: its known-item set (papers indexed by abstract, titles as queries; built in
   a temporary folder with the evaluation harness's ingest) asked the off-topic queries of

@@ -246,12 +246,12 @@ class SearchSettings(BaseModel):
     # Results) for ~0.6-1.5 s more per search on a CPU; `eval --mode hybrid+rerank`, or this
     # setting, turns it on.
     rerank_enabled: bool = False
-    # Query feedback under load (pipeline/search.py; README, Query feedback under load).
+    # Query feedback shed under load (pipeline/search.py; README, Results: Query feedback).
     feedback_max_in_flight: int | None = Field(
         8, ge=1, description="While more searches than this are in flight in a gateway, a "
-                                "search that does not ask for query feedback itself runs without "
-                                "it, whatever index.prf_enabled says (its second pass doubles "
-                                "the index work); unset: never shed.")
+                             "search that does not ask for query feedback itself runs without "
+                             "it, whatever index.prf_enabled says (its second pass doubles the "
+                             "index work); unset: never shed.")
     rerank_top_n: int = Field(30, ge=1, le=200, description="First-stage candidates reranked.")
     # Adaptive rerank depth (pipeline/rerank_depth.py; README, Adaptive rerank depth).
     rerank_adaptive: bool = Field(

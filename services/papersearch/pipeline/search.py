@@ -57,7 +57,7 @@ class SearchPipeline:
         finally:
             self.in_flight -= 1
 
-    def feedback_of(self, query: SearchQuery) -> bool | None:
+    def _feedback_of(self, query: SearchQuery) -> bool | None:
         """The search's ``feedback``: as asked; unset, False while the searches in flight
         (this one included) are more than ``search.feedback_max_in_flight``, else unset (the
         index's default)."""
@@ -80,7 +80,7 @@ class SearchPipeline:
         mark = time.perf_counter()
         retrieved = await backend.retrieve(
             query.text, vector, query.mode, depth, query.filter, query.explain,
-            self.feedback_of(query)
+            self._feedback_of(query)
         )
         candidates = retrieved.hits
         timings["retrieve"] = _ms_since(mark)
