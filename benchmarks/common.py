@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ports.py
 
-from papersearch.client import SearchClient  # noqa: E402
+from papersearch.client import AsyncSearchClient, SearchClient  # noqa: E402
 from papersearch.corpus.readers import read_corpus  # noqa: E402
 from papersearch.models.manifest import model_dir  # noqa: E402
+from papersearch.pipeline.query import SearchQuery, SearchResult  # noqa: E402
 from papersearch.settings import Settings  # noqa: E402
 from tests.ports import free_port  # noqa: E402, F401 (the benchmarks' ports: see there)
 
@@ -99,3 +101,23 @@ def wait_serving(client: SearchClient, timeout_s: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the gateway never reported SERVING")
         time.sleep(0.5)
+
+
+async def closed_loop(client: AsyncSearchClient, queries: Sequence[str], concurrency: int,
+                      end: float, query: Callable[[str], SearchQuery],
+                      record: Callable[[SearchResult | None, float, float], None]) -> None:
+    """``concurrency`` callers on ``client`` search back to back until ``end``
+    (``time.monotonic()``), caller n asking ``query`` of queries n, n + concurrency, ...;
+    after each answer ``record(result, started, finished)`` (result None: the call failed)."""
+    async def caller(offset: int) -> None:
+        i = offset
+        while time.monotonic() < end:
+            started = time.monotonic()
+            try:
+                result: SearchResult | None = await client.search(query(queries[i % len(queries)]))
+            except Exception:  # noqa: BLE001 - recorded as a failure
+                result = None
+            record(result, started, time.monotonic())
+            i += concurrency
+
+    await asyncio.gather(*(caller(n) for n in range(concurrency)))

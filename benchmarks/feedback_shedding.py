@@ -39,6 +39,7 @@ from typing import Any
 from common import (
     Unavailable,
     check_prerequisites,
+    closed_loop,
     cpu_steal,
     free_port,
     load_queries,
@@ -48,15 +49,15 @@ from common import (
 )
 
 from papersearch.client import AsyncSearchClient, SearchClient
-from papersearch.pipeline.query import SearchQuery
+from papersearch.pipeline.query import SearchQuery, SearchResult
 from papersearch.settings import Settings
 
 KINDS: dict[str, bool | None] = {"off": False, "shed": None, "on": True}
 FIXED = {"num_replicas": 1, "autoscaling_config": None, "max_queued_requests": -1}
 
 
-async def closed_loop(target: str, queries: Sequence[str], feedback: bool | None,
-                      concurrency: int, warmup_s: float, seconds: float) -> dict[str, Any]:
+async def run_level(target: str, queries: Sequence[str], feedback: bool | None,
+                    concurrency: int, warmup_s: float, seconds: float) -> dict[str, Any]:
     """``concurrency`` callers search back to back; what completes in the window after the
     warm-up counts."""
     begin = time.monotonic() + warmup_s
@@ -64,25 +65,15 @@ async def closed_loop(target: str, queries: Sequence[str], feedback: bool | None
     latencies: list[float] = []
     counts = {"ok": 0, "errors": 0, "feedback": 0}
 
-    async def caller(client: AsyncSearchClient, offset: int) -> None:
-        i = offset
-        while time.monotonic() < end:
-            started = time.monotonic()
-            try:
-                result = await client.search(SearchQuery(queries[i % len(queries)],
-                                                         feedback=feedback))
-                ok, fed = True, result.feedback
-            except Exception:  # noqa: BLE001 - counted, reported
-                ok, fed = False, False
-            now = time.monotonic()
-            if begin <= now <= end:
-                counts["ok" if ok else "errors"] += 1
-                counts["feedback"] += int(fed)
-                latencies.append((now - started) * 1000)
-            i += concurrency
+    def record(result: SearchResult | None, started: float, now: float) -> None:
+        if begin <= now <= end:
+            counts["ok" if result is not None else "errors"] += 1
+            counts["feedback"] += int(result is not None and result.feedback)
+            latencies.append((now - started) * 1000)
 
     async with AsyncSearchClient(target, timeout_s=60.0) as client:
-        await asyncio.gather(*(caller(client, n) for n in range(concurrency)))
+        await closed_loop(client, queries, concurrency, end,
+                          lambda text: SearchQuery(text, feedback=feedback), record)
     return {"qps": round(counts["ok"] / seconds, 2), "errors": counts["errors"],
             "feedback_share": round(counts["feedback"] / counts["ok"], 3) if counts["ok"] else None,
             "p50_ms": round(statistics.median(latencies), 2) if latencies else None}
@@ -95,7 +86,7 @@ def measure(target: str, queries: Sequence[str], args: argparse.Namespace) -> di
         for turn in range(args.rounds):
             order = list(KINDS) if turn % 2 == 0 else list(reversed(KINDS))
             for kind in order:
-                rounds[kind].append(asyncio.run(closed_loop(
+                rounds[kind].append(asyncio.run(run_level(
                     target, queries, KINDS[kind], level, args.warmup_s, args.seconds)))
                 log(f"feedback_shedding: {level} in flight, {kind}: {rounds[kind][-1]}")
         best = {kind: max(runs, key=lambda r: r["qps"]) for kind, runs in rounds.items()}

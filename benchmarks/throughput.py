@@ -77,6 +77,7 @@ import psutil
 from common import (
     Unavailable,
     check_prerequisites,
+    closed_loop,
     cpu_steal,
     free_port,
     load_queries,
@@ -89,7 +90,7 @@ from papersearch.client import AsyncSearchClient, SearchClient
 from papersearch.encoder.runtime import Encoder
 from papersearch.loadtest.monitor import MetricKey, MetricsSnapshot, metric_deltas, read_metrics
 from papersearch.pipeline.factory import open_index
-from papersearch.pipeline.query import SearchQuery
+from papersearch.pipeline.query import SearchQuery, SearchResult
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import Settings
@@ -295,21 +296,12 @@ async def _saturate(target: str, metrics_url: str, queries: Sequence[str], reran
     end = begin + seconds
     completed = [0] * parts  # searches completed in each interval of the window
 
-    async def caller(client: AsyncSearchClient, offset: int) -> None:
-        i = offset
-        while time.monotonic() < end:
-            try:
-                result = await client.search(SearchQuery(queries[i % len(queries)],
-                                                         rerank=rerank))
-                ok, reranked = True, result.reranked
-            except Exception:  # noqa: BLE001 - counted, reported
-                ok, reranked = False, False
-            now = time.monotonic()
-            if begin <= now <= end:
-                counts["ok" if ok else "errors"] += 1
-                counts["reranked"] += int(reranked)
-                completed[min(int((now - begin) * parts / seconds), parts - 1)] += int(ok)
-            i += concurrency
+    def record(result: SearchResult | None, _: float, now: float) -> None:
+        if begin <= now <= end:
+            ok = result is not None
+            counts["ok" if ok else "errors"] += 1
+            counts["reranked"] += int(result is not None and result.reranked)
+            completed[min(int((now - begin) * parts / seconds), parts - 1)] += int(ok)
 
     snapshots: list[MetricsSnapshot] = []
 
@@ -326,7 +318,8 @@ async def _saturate(target: str, metrics_url: str, queries: Sequence[str], reran
         loop.call_at(begin + part * seconds / parts, meter.mark)
     loop.call_at(end, read, meter.stop)
     async with AsyncSearchClient(target, timeout_s=RERANK_BUDGET_S) as client:
-        await asyncio.gather(*(caller(client, n) for n in range(concurrency)))
+        await closed_loop(client, queries, concurrency, end,
+                          lambda text: SearchQuery(text, rerank=rerank), record)
     return {"qps": round(counts["ok"] / seconds, 3), "completed": counts["ok"],
             "reranked": counts["reranked"], "errors": counts["errors"],
             "concurrency": concurrency, "seconds": seconds,

@@ -202,23 +202,28 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
     assert terms.startswith("BM25 terms: ") and "honeybee" in terms, terms
     chrome.find_element(By.ID, "explain").click()  # off again for the rest
 
-    # "Query feedback": sent with the search, kept in the address, restored from it
+    # "Query feedback": untouched, the box shows what the server's default (on) did
+    assert "query feedback" in chrome.find_element(By.ID, "status").text
+    assert chrome.find_element(By.ID, "feedback").is_selected()
+    assert "fb=" not in chrome.current_url
+    # unchecked: asked off, sent with the search, kept in the address, restored from it
     chrome.find_element(By.ID, "feedback").click()
     submit(chrome)
     assert result_ids(chrome)[0] == "page-bees"
-    assert "query feedback" in chrome.find_element(By.ID, "status").text
-    assert "fb=1" in chrome.current_url
-    chrome.get(chrome.current_url)
-    wait_for(chrome, lambda: bool(result_ids(chrome)), "results after reload")
-    assert chrome.find_element(By.ID, "feedback").is_selected()
-    # unchecked after a change: asked off (the address keeps fb=0), not the server's default
-    chrome.find_element(By.ID, "feedback").click()
-    submit(chrome)
-    assert "fb=0" in chrome.current_url
     assert "query feedback" not in chrome.find_element(By.ID, "status").text
+    assert "fb=0" in chrome.current_url
     chrome.get(chrome.current_url)
     wait_for(chrome, lambda: bool(result_ids(chrome)), "results after reload")
     assert not chrome.find_element(By.ID, "feedback").is_selected()
+    # checked again: asked on (fb=1)
+    chrome.find_element(By.ID, "feedback").click()
+    submit(chrome)
+    assert "fb=1" in chrome.current_url
+    assert "query feedback" in chrome.find_element(By.ID, "status").text
+    chrome.get(chrome.current_url)
+    wait_for(chrome, lambda: bool(result_ids(chrome)), "results after reload")
+    assert chrome.find_element(By.ID, "feedback").is_selected()
+    chrome.find_element(By.ID, "feedback").click()  # off again for the rest (fb=0)
 
     # a date filter that excludes it
     published_from = chrome.find_element(By.ID, "published-from")

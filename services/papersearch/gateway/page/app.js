@@ -313,6 +313,8 @@ async function search(event) {
       answer.reranked ? "reranked" : "not reranked",
     ];
     if (answer.feedback) details.push("query feedback");
+    // untouched, the box shows what the server's default did (on, unless shed under load)
+    if (!$("feedback").dataset.asked) $("feedback").checked = Boolean(answer.feedback);
     if (total !== undefined) details.push(`${Math.round(total)} ms`);
     if (answer.below_min_relevance) details.push(`${answer.below_min_relevance} below cut-off`);
     $("status").textContent = hits.length
