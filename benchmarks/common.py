@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,21 @@ def replica_overrides(settings: Settings, port: int) -> dict[str, Any]:
         "index": settings.index.model_dump(mode="json", exclude={"api_key"}),
         "serve": {"grpc_port": port, "http_port": None},
     }
+
+
+@contextmanager
+def local_ray(prefix: str = "ray-") -> Iterator[Path]:
+    """A short scratch folder for a local Ray instance (its socket paths are length-limited)
+    and whatever else a run keeps there; on the way out, Ray (with the app started in it by
+    ``launcher.start``) goes down and the folder is removed."""
+    from papersearch.serving import launcher
+
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield scratch
+    finally:
+        launcher.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def wait_serving(client: SearchClient, timeout_s: float = 120.0) -> None:

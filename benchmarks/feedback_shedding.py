@@ -27,13 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from common import (
@@ -43,6 +40,7 @@ from common import (
     cpu_steal,
     free_port,
     load_queries,
+    local_ray,
     log,
     replica_overrides,
     wait_serving,
@@ -130,17 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from papersearch.serving import launcher
 
     port = free_port()
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
-    try:
+    with local_ray() as temp_dir:
         launcher.start(settings, num_cpus=args.num_cpus, temp_dir=temp_dir,
                        overrides=replica_overrides(settings, port),
                        deployment_options={"QueryEncoder": FIXED, "Reranker": FIXED})
         with SearchClient(f"127.0.0.1:{port}") as client:
             wait_serving(client)
         levels = measure(f"127.0.0.1:{port}", queries, args)
-    finally:
-        launcher.stop()
-        shutil.rmtree(temp_dir, ignore_errors=True)
     print(json.dumps({
         "settings": {"index.prf_enabled": True, "search.feedback_max_in_flight":
                      args.max_in_flight, "query_encoder_replicas": 1, "rerank": False},

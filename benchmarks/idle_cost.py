@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
-from common import Unavailable, check_prerequisites, free_port, log, wait_serving
+from common import (
+    Unavailable,
+    check_prerequisites,
+    free_port,
+    local_ray,
+    log,
+    wait_serving,
+)
 from throughput import CpuMeter
 
 from papersearch.client import SearchClient
@@ -37,14 +41,15 @@ CONTROLLER = "ray::ServeController"
 class IdleMeter(CpuMeter):
     """throughput.py's meter with the Serve controller apart from the rest of Ray."""
 
-    def role(self, process: psutil.Process) -> str:
-        name = super().role(process)
-        if name != "ray":
-            return name
+    def role(self, process: psutil.Process) -> tuple[str, str]:
+        role, name = super().role(process)
+        if role != "ray":
+            return role, name
         try:
-            return "controller" if " ".join(process.cmdline()).startswith(CONTROLLER) else name
+            controller = " ".join(process.cmdline()).startswith(CONTROLLER)
         except psutil.Error:
-            return name
+            return role, name
+        return ("controller", name) if controller else (role, name)
 
 
 def idle_share(settings: Settings, interval: float, seconds: float, settle_s: float
@@ -55,8 +60,7 @@ def idle_share(settings: Settings, interval: float, seconds: float, settle_s: fl
         "grpc_port": port, "http_port": None, "control_loop_interval_s": interval,
         "metrics_port": free_port(), "dashboard_port": free_port()})
     run_settings = settings.model_copy(update={"serve": serve})
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
-    try:
+    with local_ray() as temp_dir:
         launcher.start(run_settings, num_cpus=serve.num_cpus, temp_dir=temp_dir,
                        overrides={"serve": {"grpc_port": port, "http_port": None}})
         with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client:
@@ -66,11 +70,11 @@ def idle_share(settings: Settings, interval: float, seconds: float, settle_s: fl
         meter.start()
         time.sleep(seconds)
         meter.stop()
-    finally:
-        launcher.stop()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    used = {name: s for name, s in meter.used.items() if name != "load_generator"}  # this one
-    shares = {name: round(s / seconds, 4) for name, s in sorted(used.items())}
+    used: dict[str, float] = {}
+    for (role, _), cpu_s in meter.used.items():
+        if role != "load_generator":  # this process
+            used[role] = used.get(role, 0.0) + cpu_s
+    shares = {role: round(s / seconds, 4) for role, s in sorted(used.items())}
     return {**shares, "total": round(sum(used.values()) / seconds, 4)}
 
 

@@ -33,9 +33,9 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from common import (
     cpu_steal,
     free_port,
     load_queries,
+    local_ray,
     log,
     replica_overrides,
     wait_serving,
@@ -157,7 +158,6 @@ def run(
     from papersearch.serving import launcher
 
     port, proxy_port, http_port = free_port(), free_port(), free_port()
-    scratch = Path(tempfile.mkdtemp(prefix="ps-"))  # short: Ray socket paths are length-limited
     # The same app also behind Serve's built-in gRPC proxy (GatewayDeployment.Search), so both
     # front ends are measured against the same replicas in the same run.
     proxy = {
@@ -166,13 +166,12 @@ def run(
         "grpc_options": {"port": proxy_port, "grpc_servicer_functions": [
             "papersearch.api.v1.papersearch_pb2_grpc.add_SearchServiceServicer_to_server"]},
     }
-    loop = asyncio.new_event_loop()
-    try:
+    with local_ray("ps-") as scratch:
         try:
             pipeline, store = build_pipeline(index_copy(settings, scratch / "index"))
         except CollectionMissing as error:
             raise Unavailable(f"{error}: run `papersearch ingest` (or `make run`)") from None
-        with store:
+        with store, closing(asyncio.new_event_loop()) as loop:
             log(f"starting Ray ({num_cpus} CPUs) and the Serve app on 127.0.0.1:{port}")
             launcher.start(settings, num_cpus=num_cpus, temp_dir=scratch / "ray",
                            overrides=replica_overrides(settings, port),
@@ -195,10 +194,6 @@ def run(
                         "serve_grpc_proxy": throughput(via_proxy, queries),
                     },
                 }
-    finally:
-        launcher.stop()
-        loop.close()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,9 +60,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +79,7 @@ from common import (
     cpu_steal,
     free_port,
     load_queries,
+    local_ray,
     log,
     replica_overrides,
     wait_serving,
@@ -369,9 +368,8 @@ def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[in
     overrides = replica_overrides(settings, port)
     overrides["search"]["rerank_enabled"] = True
     overrides["serve"]["rerank_timeout_s"] = RERANK_BUDGET_S
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray socket paths are length-limited
     results: dict[str, dict[int, dict[str, Any]]] = {path: {} for path in args.paths}
-    try:
+    with local_ray() as temp_dir:
         for path in args.paths:
             deployment, rerank, levels = PATHS[path]
             for k in replicas:
@@ -398,9 +396,6 @@ def run_served(settings: Settings, queries: Sequence[str], replicas: Sequence[in
                     {**{key: run[key] for key in ("concurrency", "qps", "errors", "mean_batch")},
                      "cpu_ms_per_search": run["cpu_ms_per_search"]["total"]} for run in tried
                 ]}
-    finally:
-        launcher.stop()
-        shutil.rmtree(temp_dir, ignore_errors=True)
     return results
 
 

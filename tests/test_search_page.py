@@ -197,6 +197,9 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
     why = first.find_element(By.CLASS_NAME, "explanation")
     why.find_element(By.TAG_NAME, "summary").click()
     assert why.find_element(By.CSS_SELECTOR, '[data-stage="fused"]').text.startswith("Fused: #1,")
+    # the server's default ran query feedback: the stages fused were the expanded query's
+    assert why.find_element(By.CSS_SELECTOR, '[data-stage="dense"]').text.startswith(
+        "Dense (expanded query): #")
     assert why.find_element(By.CLASS_NAME, "fusion").text.startswith("convex: 0.6 x dense")
     terms = why.find_element(By.CLASS_NAME, "terms").text
     assert terms.startswith("BM25 terms: ") and "honeybee" in terms, terms

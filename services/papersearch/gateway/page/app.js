@@ -126,15 +126,19 @@ function renderScores(hit) {
 }
 
 // SearchRequest.explain: each stage's rank and score, the fusion formula, the BM25 terms.
-function renderExplanation(explanation) {
+// With query feedback the dense and sparse stages are the expanded query's (what was fused),
+// so the dense score there may differ from the hit's own (its cosine to the query as asked).
+function renderExplanation(explanation, expanded) {
   if (!explanation) return null;
   const stages = element("ul", {class: "explain-stages"});
   for (const [field, label] of STAGES) {
     const stage = explanation[field];
     if (!stage) continue;
     const rank = stage.rank ? `#${stage.rank}` : "not in its list";
+    const name = expanded && (field === "dense" || field === "sparse")
+      ? `${label} (expanded query)` : label;
     stages.append(element("li", {"data-stage": field},
-                          `${label}: ${rank}, score ${formatScore(stage.score)}`));
+                          `${name}: ${rank}, score ${formatScore(stage.score)}`));
   }
   const terms = (explanation.matched_terms || []).map((t) => `${t.term} ${formatScore(t.score)}`);
   return element("details", {class: "explanation"},
@@ -145,7 +149,8 @@ function renderExplanation(explanation) {
                                       : "No query word in this paper (BM25)."));
 }
 
-function renderHit(hit, rank, level, prefix) {
+// ``expanded``: the search ran query feedback (its explanations are the expanded query's).
+function renderHit(hit, rank, level, prefix, expanded = false) {
   const paper = hit.paper || {};
   const id = `${prefix}-${rank}`;
   const headingTag = `h${Math.min(level, 6)}`;
@@ -183,7 +188,7 @@ function renderHit(hit, rank, level, prefix) {
                           paper.categories && paper.categories.length ? categories : null,
                           paper.abstract ? element("p", {class: "abstract"}, paper.abstract)
                                          : null,
-                          renderScores(hit), renderExplanation(hit.explanation), actions,
+                          renderScores(hit), renderExplanation(hit.explanation, expanded), actions,
                           similar);
   return element("li", {"data-paper-id": paper.paper_id}, article);
 }
@@ -306,7 +311,9 @@ async function search(event) {
     if (serial !== searchSerial) return;  // a newer search is under way
     const hits = answer.hits || [];
     const list = $("results");
-    list.replaceChildren(...hits.map((hit, index) => renderHit(hit, index + 1, 3, "hit")));
+    const expanded = Boolean(answer.feedback);
+    list.replaceChildren(...hits.map((hit, index) => renderHit(hit, index + 1, 3, "hit",
+                                                               expanded)));
     const total = (answer.timings_ms || {}).total;
     const details = [
       $("mode").selectedOptions[0].textContent,
