@@ -101,9 +101,9 @@ def load_onnx(path: Path, kind: ModelKind, options: RuntimeOptions) -> tuple[Onn
     """The runtime class serving uses, and a call that embeds or scores one batch with it."""
     if kind == "embedder":
         encoder = Encoder(path, options)
-        return encoder, lambda batch: encoder.encode(batch, "document")  # type: ignore[arg-type]
+        return encoder, lambda batch: encoder.encode(batch, "document")
     reranker = Reranker(path, options)
-    return reranker, lambda batch: reranker.score_pairs(batch)  # type: ignore[arg-type]
+    return reranker, lambda batch: reranker.score_pairs(batch)
 
 
 def load_torch(manifest: Manifest, cache_dir: Path) -> tuple[torch.nn.Module, Any]:
@@ -131,7 +131,7 @@ def torch_runner(model: torch.nn.Module, tokenizer: Any, manifest: Manifest) -> 
             queries, passages = zip(*batch, strict=True)
             enc = tokenizer(list(queries), list(passages), truncation="only_second", **options)
         else:
-            enc = tokenizer([manifest.document_prefix + t for t in batch], truncation=True,
+            enc = tokenizer([manifest.document_prefix + str(t) for t in batch], truncation=True,
                             **options)
         with torch.no_grad():
             return model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])

@@ -810,7 +810,7 @@ def scenario_index_outage_embedded(ctx: Context) -> dict[str, Any]:
             pids_before = {d: service.replicas(d) for d in ("Gateway",)}
             duration = a.before_s + a.outage_s + a.after_s
             load = ctx.load(service, "load", duration)
-            stop, timeline = threading.Event(), []
+            stop, timeline = threading.Event(), list[tuple[float, str, str]]()
             watcher = threading.Thread(target=poll_health, args=(service, stop, timeline),
                                        daemon=True)
             mode = service.data_dir.stat().st_mode & 0o7777
@@ -986,7 +986,7 @@ def scenario_upsert_kill(ctx: Context) -> dict[str, Any]:
             cuts, fault, recovered = [], None, 0.0
             for deployment in ("Gateway",):
                 victim = service.replicas(deployment)[0]
-                sent, half, outcome = [0], threading.Event(), {}
+                sent, half, outcome = [0], threading.Event(), dict[str, Any]()
                 sender = threading.Thread(target=send_into, args=(
                     outcome, client, batch_b, sent, half, a.upsert_pause_s))
                 sender.start()

@@ -100,7 +100,7 @@ def build(env: dict[str, str], requests: int, warmup: int) -> Any:
     class Caller:
         def __init__(self, echo: Any) -> None:
             self.echo = echo
-            self.raw = RawEcho.remote()
+            self.raw = RawEcho.remote()  # type: ignore[attr-defined]  # @ray.remote
 
         async def measure(self, methods: Sequence[str]) -> dict[str, list[float]]:
             """Every method once per round (drift on a noisy machine hits them alike)."""
@@ -115,7 +115,7 @@ def build(env: dict[str, str], requests: int, warmup: int) -> Any:
                         latencies[method].append((time.perf_counter() - start) * 1000.0)
             return latencies
 
-    return Caller.bind(Echo.bind())
+    return Caller.bind(Echo.bind())  # type: ignore[attr-defined]  # @serve.deployment
 
 
 def summarise(latencies: Sequence[float]) -> dict[str, float]:

@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 from common import load_queries
 
 from papersearch.encoder.runtime import Encoder
@@ -38,7 +39,7 @@ def main() -> None:
     vectors = encoder.encode_queries(queries)
     with open_index(settings, encoder) as store:
         retriever = Retriever(store)  # feedback asked per search, with the index.prf_* values
-        variants: dict[str, Callable[[str, object], object]] = {
+        variants: dict[str, Callable[[str, np.ndarray], object]] = {
             "plain": lambda t, v: retriever.search(t, v, limit=args.top_k, feedback=False),
             "explain": lambda t, v: retriever.search(t, v, limit=args.top_k, explain=True,
                                                      feedback=False),

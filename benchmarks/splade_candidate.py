@@ -70,7 +70,7 @@ def splade_ranking(queries: Sequence[SparseVector], docs: Sequence[SparseVector]
     rows = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
     terms = np.concatenate([d.indices for d in docs])
     values = np.concatenate([d.values for d in docs]).astype(np.float64)
-    ranked = []
+    ranked: list[Ranked] = []
     for query in queries:
         dense_query = np.zeros(vocab_size)
         dense_query[query.indices] = query.values
@@ -120,20 +120,25 @@ def candidates(dense_weight: float, depth: int) -> dict[str, Fuse]:
     def three_way(w: float) -> list[float]:
         return [(1 - w) * dense_weight, (1 - w) * (1 - dense_weight), w]
 
+    def convex3(weights: list[float]) -> Fuse:
+        return lambda d, b, s: convex([d, b, s], weights, depth)
+
+    def rrf3(weights: list[float]) -> Fuse:
+        return lambda d, b, s: rrf([d, b, s], weights, RRF_K)
+
+    def splade_for_bm25(w: float) -> Fuse:
+        return lambda d, b, s: convex([d, s], [1 - w, w], depth)
+
     found: dict[str, Fuse] = {
         "splade alone": lambda d, b, s: list(s),
         "dense+bm25 convex (baseline, in this process)":
             lambda d, b, s: convex([d, b], [dense_weight, 1 - dense_weight], depth),
     }
     for w in SPLADE_WEIGHTS:
-        weights = three_way(w)
-        found[f"convex dense+bm25+splade splade={w}"] = (
-            lambda d, b, s, ws=weights: convex([d, b, s], ws, depth))
-        found[f"rrf k={RRF_K} dense+bm25+splade splade={w}"] = (
-            lambda d, b, s, ws=weights: rrf([d, b, s], ws, RRF_K))
+        found[f"convex dense+bm25+splade splade={w}"] = convex3(three_way(w))
+        found[f"rrf k={RRF_K} dense+bm25+splade splade={w}"] = rrf3(three_way(w))
     for w in REPLACE_WEIGHTS:
-        found[f"convex dense+splade splade={w}"] = (
-            lambda d, b, s, w=w: convex([d, s], [1 - w, w], depth))
+        found[f"convex dense+splade splade={w}"] = splade_for_bm25(w)
     return found
 
 

@@ -14,6 +14,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc
@@ -42,6 +43,11 @@ HOSTILE_FLOATS = [float("nan"), float("inf"), -float("inf"), -1.0, 1.0, 1.000000
 WATCH_S = 0.3  # a valid watch stays open: the fuzzer reads it this long (DEADLINE_EXCEEDED)
 # Rules a fuzzed paper breaks, so that none of them can be written. The id comes first on the
 # wire: a truncated encoding can lose any later field, so truncated papers break the id.
+def _blank_text(paper: pb.Paper) -> None:
+    paper.title = ""
+    paper.abstract = ""
+
+
 ID_BREAKERS: list[Callable[[pb.Paper, random.Random], None]] = [
     lambda p, r: setattr(p, "paper_id", ""),
     lambda p, r: setattr(p, "paper_id", "i" * r.randint(257, 5000)),
@@ -50,7 +56,7 @@ ID_BREAKERS: list[Callable[[pb.Paper, random.Random], None]] = [
 ]
 PAPER_BREAKERS: list[Callable[[pb.Paper, random.Random], None]] = [
     *ID_BREAKERS,
-    lambda p, r: (setattr(p, "title", ""), setattr(p, "abstract", "")),
+    lambda p, r: _blank_text(p),
     lambda p, r: setattr(p, "title", "t" * r.randint(1001, 5000)),
     lambda p, r: setattr(p, "abstract", "a" * r.randint(20_001, 60_000)),
     lambda p, r: setattr(p, "published", r.choice(HOSTILE_DATES[3:])),
@@ -98,7 +104,7 @@ def _filter(rng: random.Random) -> pb.Filter:
 def _structured(method: str, rng: random.Random, truncated: bool = False) -> list[Any]:
     if method == "Search":
         request = pb.SearchRequest(query=_text(rng), top_k=rng.choice(HOSTILE_INTS),
-                                   mode=rng.choice([0, 1, 2, 3, 4, -1, 99]),
+                                   mode=rng.choice([0, 1, 2, 3, 4, -1, 99]),  # type: ignore[arg-type]
                                    explain=rng.random() < 0.3)
         if rng.random() < 0.3:
             request.feedback = rng.random() < 0.5
@@ -108,7 +114,7 @@ def _structured(method: str, rng: random.Random, truncated: bool = False) -> lis
     if method == "SimilarPapers":
         similar = pb.SimilarPapersRequest(paper_id=_text(rng), top_k=rng.choice(HOSTILE_INTS),
                                           filter=_filter(rng),
-                                          strategy=rng.choice([0, 1, 2, 3, 4, -1, 99]))
+                                          strategy=rng.choice([0, 1, 2, 3, 4, -1, 99]))  # type: ignore[arg-type]
         if rng.random() < 0.5:  # recommendations: lists of ids, some repeated, some hostile
             similar.positive_ids.extend(_text(rng) for _ in range(rng.choice([1, 3, 20])))
             similar.negative_ids.extend(_text(rng) for _ in range(rng.choice([0, 2, 17])))
@@ -142,9 +148,9 @@ def _string_setters(message: Any) -> list[Callable[[], None]]:
     for descriptor in message.DESCRIPTOR.fields:
         if descriptor.type == descriptor.TYPE_STRING and descriptor.is_repeated:
             values = getattr(message, descriptor.name)
-            setters.append(lambda values=values: values.append(MARK))
+            setters.append(partial(values.append, MARK))
         elif descriptor.type == descriptor.TYPE_STRING:
-            setters.append(lambda name=descriptor.name: setattr(message, name, MARK))
+            setters.append(partial(setattr, message, descriptor.name, MARK))
         elif descriptor.type == descriptor.TYPE_MESSAGE and not descriptor.is_repeated:
             setters.extend(_string_setters(getattr(message, descriptor.name)))
     return setters

@@ -20,7 +20,7 @@ def test_ruff_is_clean() -> None:
 
 
 def test_mypy_is_clean() -> None:
-    # [tool.mypy]: services/papersearch, every def annotated; incremental cache in build/.
+    # [tool.mypy]: services/papersearch and benchmarks/, every def annotated; cache in build/.
     # Not a mypy on PATH: it needs the project's packages (the pydantic plugin, their types).
     mypy = shutil.which("mypy", path=str(ROOT / ".venv" / "bin"))
     command = [mypy] if mypy else [sys.executable, "-m", "mypy"]
