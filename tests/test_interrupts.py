@@ -174,6 +174,60 @@ def test_the_training_estimate_line() -> None:
         "train-reranker: resuming at step 120: 916 of 1,036 steps left, ~1.5 s/step here, "
         "about 23 min (resumes from checkpoints; Ctrl-C is safe)")
     assert "about 40 s" in _estimate(0, 8, 5.0)
+    assert _estimate(0, 140, 12.6, 250) == (
+        "train-reranker: 140 steps (of 250: what fits training.time_budget_s), ~12.6 s/step "
+        "here, about 29 min (resumes from checkpoints; Ctrl-C is safe)")
+    assert _estimate(0, 250, 1.5, 250).startswith("train-reranker: 250 steps, ~1.5 s/step")
+
+
+def test_a_time_budget_fits_the_steps_and_keeps_the_export_aside() -> None:
+    from papersearch.modelbuild.training import EXPORT_RESERVE_S, fit_steps
+
+    # issue 17's 30 minutes on a slow CPU (12.6 s/step), after 400 s of mining
+    assert fit_steps(250, 12.6, 1800 - 400) == int((1400 - EXPORT_RESERVE_S) // 12.6) < 250
+    assert fit_steps(250, 1.5, 1800 - 400) == 250  # a fast CPU trains them all
+    assert fit_steps(250, 5.0, EXPORT_RESERVE_S + 5.0) == 1
+    for left in (EXPORT_RESERVE_S + 4.9, 10.0, -30.0):  # mining spent it (train refuses)
+        assert fit_steps(250, 5.0, left) == 0
+
+
+def test_a_time_budget_trains_what_fits_for_real(model_settings: Settings, embedder_dir: Path,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline three probed steps away (the probe's seconds set, so that the count does not
+    depend on this machine) trains three steps of the real model and says so; one that
+    the probe says ten steps fit is fitted again on the pace of the first real steps (well
+    under 30 s each on any CPU): all of them fit."""
+    from papersearch.modelbuild import training
+    from papersearch.modelbuild.mining import TrainingExample
+    from papersearch.modelbuild.sources import resolve_source
+
+    examples = [TrainingExample(f"query {n}", f"passage about topic {n}", (f"other {n}",))
+                for n in range(24)]
+    cfg = TrainingSettings.model_validate({**TRAINING, "time_budget_s": 1.0})
+    monkeypatch.setattr(training, "_probe", lambda *args: 100.0)
+    base = Path(resolve_source(model_settings.models.embedder_source,
+                               model_settings.models.cache_dir).location)
+    threads = torch.get_num_threads()
+    try:
+        trained = training.train(base, examples, cfg, tmp_path, probe=False,
+                                 deadline=time.monotonic() + training.EXPORT_RESERVE_S + 350.0)
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((trained / training.DONE_MARKER).read_text())
+    assert summary["steps"] == 3  # 350 s left, 100 s per step
+    assert summary["steps_without_budget"] == 3 * 12  # 3 epochs of 24 examples, 2 per step
+    assert summary["time_budget_s"] == 1.0
+    try:
+        trained = training.train(base, examples, cfg.model_copy(update={"seed": 15}), tmp_path,
+                                 probe=False,
+                                 deadline=time.monotonic() + training.EXPORT_RESERVE_S + 1000.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((trained / training.DONE_MARKER).read_text())["steps"] == 3 * 12
+    with pytest.raises(ValueError, match=r"not enough for one training step .* raise it"):
+        training.train(base, examples, cfg.model_copy(update={"seed": 14}), tmp_path,
+                       deadline=time.monotonic() + 60.0)
 
 
 def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) -> None:
@@ -188,6 +242,10 @@ def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) ->
     assert checkpoint_key(tmp_path, examples, often) == checkpoint_key(tmp_path, examples, rarely)
     assert checkpoint_key(tmp_path, examples, often) != checkpoint_key(
         tmp_path, examples, TrainingSettings(checkpoint_every_s=0, epochs=2))
+    # a time budget changes the weights (fewer steps); none keeps the keys from before it
+    budgets = {checkpoint_key(tmp_path, examples, TrainingSettings(time_budget_s=s))
+               for s in (None, 1800, 3600)}
+    assert len(budgets) == 3
 
 
 # -- ingest and eval: whole batches only, a rerun completes ------------------------------------

@@ -125,6 +125,13 @@ class TrainingSettings(BaseModel):
         None, description="Cap on papers read per corpus (for quick trials)."
     )
     torch_threads: int = Field(2, ge=1)
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Train only as many of the steps as fit, by the timed probe, "
+                                "between the end of mining and this many seconds after the "
+                                "command started (export time kept aside); None: all steps. "
+                                "The weights then depend on the machine's speed; the steps "
+                                "trained are recorded in the model's training.json.",
+    )
     checkpoint_every_s: float = Field(
         300.0, ge=0, description="Save a resumable checkpoint this often (0: after every step)."
     )

@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -116,10 +117,13 @@ def training_examples(settings: Settings) -> list[TrainingExample]:
 
 def train_reranker(settings: Settings) -> Path:
     """Mine examples, fine-tune from the embedder's base weights (cached, resumable), export
-    the result."""
+    the result; ``training.time_budget_s`` counts from here."""
+    budget = settings.training.time_budget_s
+    deadline = time.monotonic() + budget if budget is not None else None
     examples = training_examples(settings)
     base = Path(resolve_source(settings.models.embedder_source, settings.models.cache_dir).location)
-    checkpoint = train(base, examples, settings.training, settings.models.cache_dir)
+    checkpoint = train(base, examples, settings.training, settings.models.cache_dir,
+                       deadline=deadline)
     return export_reranker(settings, str(checkpoint))
 
 

@@ -51,6 +51,13 @@ CHECKPOINT_FILE = "checkpoint.pt"
 HEAD_PREFIXES = ("classifier", "bert.pooler")
 LOSS_WINDOW = 50  # steps in the running loss shown and recorded
 PROBE_PASSES = 2  # throw-away passes timed before training; the first also warms up
+# Kept aside from training.time_budget_s for what follows training: publishing the weights, the
+# ONNX export, its int8 copy and their checks (the manifest's parity.export_seconds: 16.8 s on
+# a fast 2-core CPU; a slower one takes several times that).
+EXPORT_RESERVE_S = 90.0
+# A budget-fitted run fits its step count again on the pace of its own steps 2 to 1 + this (the
+# probe leaves the optimizer's step out: half the time of a tiny batch's step, measured).
+PACED_STEPS = 5
 BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
               "[{elapsed}<{remaining}, {rate_inv_fmt}{postfix}]")
 
@@ -61,6 +68,8 @@ def checkpoint_key(
     digest = hashlib.sha256()
     digest.update((base_dir / "config.json").read_bytes())
     ignored = {"corpora", "torch_threads", "checkpoint_every_s"}  # no effect on the weights
+    if cfg.time_budget_s is None:  # keys from before the setting existed stay valid
+        ignored.add("time_budget_s")
     digest.update(cfg.model_dump_json(exclude=ignored).encode())
     for example in examples:
         digest.update(json.dumps(asdict(example)).encode())
@@ -69,12 +78,16 @@ def checkpoint_key(
 
 def train(
     base_dir: Path, examples: Sequence[TrainingExample], cfg: TrainingSettings, cache_dir: Path,
-    *, probe: bool = True,
+    *, probe: bool = True, deadline: float | None = None,
 ) -> Path:
     """Train (or reuse) a checkpoint; return its Hugging Face format directory.
 
     Resumes from the last checkpoint of the same key and ends with the same weights as an
     uninterrupted run. ``probe`` times a throw-away step first and prints the estimate.
+    ``deadline`` (``time.monotonic()``; ``training.time_budget_s`` from the command's start):
+    a fresh run trains only the steps that fit before it, less EXPORT_RESERVE_S, by the
+    probe's pace and then again by that of its own first steps (PACED_STEPS); a resumed run
+    keeps its checkpoint's step count.
     """
     if not examples:
         raise ValueError("no training examples: the training corpora gave no usable pairs")
@@ -92,34 +105,50 @@ def train(
     model.train()
     groups_per_step = max(1, cfg.batch_size // (cfg.negatives_per_query + 1))
     steps_per_epoch = (len(examples) + groups_per_step - 1) // groups_per_step
-    steps = cfg.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=0.01)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup + 1)))
-    )
-    order = list(range(len(examples)))
-    rng = random.Random(cfg.seed)
-    losses: list[float] = []
-    first = 0  # the step this run starts at
-    saved = _load_checkpoint(resume_dir, model, optimizer, schedule, steps)
-    if saved is not None:
-        first, order, losses = saved["step"], saved["order"], saved["losses"]
-        rng.setstate(saved["rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        log.info("reranker training resumed", extra={"path": str(resume_dir), "step": first})
+    all_steps = cfg.epochs * steps_per_epoch
+    saved = _read_checkpoint(resume_dir)
     # Hooks on the parameters: Python runs during backward, so Ctrl-C interrupts it there
     # instead of after the whole backward pass (seconds on a slow CPU).
     hooks = [p.register_hook(_interruptible) for p in model.parameters() if p.requires_grad]
+    first = saved["step"] if saved is not None else 0  # the step this run starts at
     checkpointed = first
     try:
-        if probe:
+        steps = saved["steps"] if saved is not None else all_steps
+        fit_to = deadline if saved is None else None  # a resumed run keeps its step count
+        if probe or fit_to is not None:
             per_step = _probe(model, tokenizer, examples[:groups_per_step], cfg)
-            print(_estimate(first, steps, per_step), file=sys.stderr, flush=True)
-        last_save = time.monotonic()
+            if fit_to is not None:
+                steps = fit_steps(all_steps, per_step, fit_to - time.monotonic())
+                if steps < 1:
+                    raise ValueError(
+                        f"training.time_budget_s leaves {fit_to - time.monotonic():.0f} s "
+                        f"after mining, not enough for one training step (~{per_step:.1f} s "
+                        f"here) and the export ({EXPORT_RESERVE_S:.0f} s kept aside): raise "
+                        f"it, or unset it to train all {all_steps:,} steps")
+            if probe:
+                print(_estimate(first, steps, per_step, all_steps), file=sys.stderr, flush=True)
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=0.01)
+        warmup = max(1, steps // 10)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup + 1))),
+        )
+        order = list(range(len(examples)))
+        rng = random.Random(cfg.seed)
+        losses: list[float] = []
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            order, losses = saved["order"], saved["losses"]
+            rng.setstate(saved["rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            log.info("reranker training resumed", extra={"path": str(resume_dir), "step": first})
+        last_save = paced_from = time.monotonic()
         with tqdm(total=steps, initial=first, desc="train reranker", unit="step",
                   bar_format=BAR_FORMAT) as bar:
-            for step in range(first, steps):
+            step = first
+            while step < steps:
                 if step % steps_per_epoch == 0:
                     rng.shuffle(order)
                 start = (step % steps_per_epoch) * groups_per_step
@@ -135,6 +164,13 @@ def train(
                 bar.set_postfix(loss=f"{np.mean(losses):.3f}")
                 bar.update()
                 done = step + 1
+                if fit_to is not None and done == 1:
+                    paced_from = time.monotonic()
+                elif fit_to is not None and done == 1 + PACED_STEPS:
+                    per_step = (time.monotonic() - paced_from) / PACED_STEPS
+                    steps = done + fit_steps(all_steps - done, per_step, fit_to - time.monotonic())
+                    bar.total = steps
+                    bar.refresh()
                 if done < steps and time.monotonic() - last_save >= cfg.checkpoint_every_s:
                     _save_checkpoint(resume_dir, {
                         "step": done, "steps": steps, "order": order, "rng": rng.getstate(),
@@ -143,6 +179,7 @@ def train(
                         "schedule": schedule.state_dict(),
                     })
                     checkpointed, last_save = done, time.monotonic()
+                step = done
     except KeyboardInterrupt:
         kept = (f"{checkpointed:,} of {steps:,} steps checkpointed; run again to resume"
                 if checkpointed else "no checkpoint yet; run again to start over")
@@ -150,8 +187,8 @@ def train(
     finally:
         for hook in hooks:
             hook.remove()
-    summary = {"examples": len(examples), "steps": steps, "final_loss": float(np.mean(losses)),
-               **cfg.model_dump(mode="json")}
+    summary = {"examples": len(examples), "steps": steps, "steps_without_budget": all_steps,
+               "final_loss": float(np.mean(losses)), **cfg.model_dump(mode="json")}
     _publish(target, model, tokenizer, summary)
     shutil.rmtree(resume_dir, ignore_errors=True)
     log.info("reranker trained", extra={"path": str(target), "steps": steps,
@@ -201,10 +238,18 @@ def _probe(
     return seconds
 
 
-def _estimate(step: int, steps: int, per_step: float) -> str:
+def fit_steps(all_steps: int, per_step: float, seconds_left: float) -> int:
+    """How many of ``all_steps`` steps of ``per_step`` seconds fit in ``seconds_left``, less
+    EXPORT_RESERVE_S for what follows training (0 to ``all_steps``)."""
+    return min(all_steps, int(max(0.0, seconds_left - EXPORT_RESERVE_S) // per_step))
+
+
+def _estimate(step: int, steps: int, per_step: float, all_steps: int | None = None) -> str:
     left = steps - step
     where = f"resuming at step {step:,}: {left:,} of {steps:,} steps left" if step else \
         f"{steps:,} steps"
+    if all_steps is not None and steps < all_steps:
+        where += f" (of {all_steps:,}: what fits training.time_budget_s)"
     return (f"train-reranker: {where}, ~{per_step:.1f} s/step here, about "
             f"{_duration(left * per_step)} (resumes from checkpoints; Ctrl-C is safe)")
 
@@ -237,21 +282,13 @@ def _save_checkpoint(resume_dir: Path, state: dict[str, Any]) -> None:
     log.debug("reranker checkpoint saved", extra={"path": str(resume_dir), "step": state["step"]})
 
 
-def _load_checkpoint(
-    resume_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler, steps: int,
-) -> dict[str, Any] | None:
-    """Restore model, optimizer and schedule from the resume checkpoint, if any; the rest of
-    its state (step, order, RNG states, recent losses) is returned."""
+def _read_checkpoint(resume_dir: Path) -> dict[str, Any] | None:
+    """The resume checkpoint's whole training state, if there is one: its step count (fitted
+    to a time budget or not) is the run's."""
     path = resume_dir / CHECKPOINT_FILE
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu")
-    if state["steps"] != steps:  # cannot happen with the same key; refuse rather than guess
-        raise ValueError(f"{path}: a checkpoint of a {state['steps']}-step run, not {steps}")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
+    state: dict[str, Any] = torch.load(path, map_location="cpu")
     return state
 
 
