@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,27 +112,19 @@ def train(
     hooks = [p.register_hook(_interruptible) for p in model.parameters() if p.requires_grad]
     first = saved["step"] if saved is not None else 0  # the step this run starts at
     checkpointed = first
+    plan = _Plan.of(saved) if saved is not None else _Plan(all_steps)
+    # a resumed run keeps its checkpoint's plan
+    pace = _Pace(deadline, all_steps) if deadline is not None and saved is None else None
     try:
-        steps = saved["steps"] if saved is not None else all_steps
-        fit_to = deadline if saved is None else None  # a resumed run keeps its step count
-        if probe or fit_to is not None:
+        if probe or pace is not None:
             per_step = _probe(model, tokenizer, examples[:groups_per_step], cfg)
-            if fit_to is not None:
-                steps = fit_steps(all_steps, per_step, fit_to - time.monotonic())
-                if steps < 1:
-                    raise ValueError(
-                        f"training.time_budget_s leaves {fit_to - time.monotonic():.0f} s "
-                        f"after mining, not enough for one training step (~{per_step:.1f} s "
-                        f"here) and the export ({EXPORT_RESERVE_S:.0f} s kept aside): raise "
-                        f"it, or unset it to train all {all_steps:,} steps")
+            if pace is not None:
+                plan = _Plan(pace.first(per_step))
             if probe:
-                print(_estimate(first, steps, per_step, all_steps), file=sys.stderr, flush=True)
+                print(_estimate(first, plan.steps, per_step, all_steps), file=sys.stderr,
+                      flush=True)
         optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=0.01)
-        warmup = max(1, steps // 10)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup + 1))),
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: plan.factor(s))
         order = list(range(len(examples)))
         rng = random.Random(cfg.seed)
         losses: list[float] = []
@@ -144,11 +136,11 @@ def train(
             rng.setstate(saved["rng"])
             torch.set_rng_state(saved["torch_rng"])
             log.info("reranker training resumed", extra={"path": str(resume_dir), "step": first})
-        last_save = paced_from = time.monotonic()
-        with tqdm(total=steps, initial=first, desc="train reranker", unit="step",
+        last_save = time.monotonic()
+        with tqdm(total=plan.steps, initial=first, desc="train reranker", unit="step",
                   bar_format=BAR_FORMAT) as bar:
             step = first
-            while step < steps:
+            while step < plan.steps:
                 if step % steps_per_epoch == 0:
                     rng.shuffle(order)
                 start = (step % steps_per_epoch) * groups_per_step
@@ -163,35 +155,30 @@ def train(
                 del losses[:-LOSS_WINDOW]
                 bar.set_postfix(loss=f"{np.mean(losses):.3f}")
                 bar.update()
-                done = step + 1
-                if fit_to is not None and done == 1:
-                    paced_from = time.monotonic()
-                elif fit_to is not None and done == 1 + PACED_STEPS:
-                    per_step = (time.monotonic() - paced_from) / PACED_STEPS
-                    steps = done + fit_steps(all_steps - done, per_step, fit_to - time.monotonic())
-                    bar.total = steps
+                step += 1
+                if pace is not None and (refit := pace.after(step, plan.steps)) != plan.steps:
+                    plan.steps = bar.total = refit  # the warm-up stays as begun
                     bar.refresh()
-                if done < steps and time.monotonic() - last_save >= cfg.checkpoint_every_s:
+                if step < plan.steps and time.monotonic() - last_save >= cfg.checkpoint_every_s:
                     _save_checkpoint(resume_dir, {
-                        "step": done, "steps": steps, "order": order, "rng": rng.getstate(),
+                        "step": step, **asdict(plan), "order": order, "rng": rng.getstate(),
                         "torch_rng": torch.get_rng_state(), "losses": losses,
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),
                     })
-                    checkpointed, last_save = done, time.monotonic()
-                step = done
+                    checkpointed, last_save = step, time.monotonic()
     except KeyboardInterrupt:
-        kept = (f"{checkpointed:,} of {steps:,} steps checkpointed; run again to resume"
+        kept = (f"{checkpointed:,} of {plan.steps:,} steps checkpointed; run again to resume"
                 if checkpointed else "no checkpoint yet; run again to start over")
         raise Interrupted(f"train-reranker: {kept}") from None
     finally:
         for hook in hooks:
             hook.remove()
-    summary = {"examples": len(examples), "steps": steps, "steps_without_budget": all_steps,
+    summary = {"examples": len(examples), "steps": plan.steps, "steps_without_budget": all_steps,
                "final_loss": float(np.mean(losses)), **cfg.model_dump(mode="json")}
     _publish(target, model, tokenizer, summary)
     shutil.rmtree(resume_dir, ignore_errors=True)
-    log.info("reranker trained", extra={"path": str(target), "steps": steps,
+    log.info("reranker trained", extra={"path": str(target), "steps": plan.steps,
                                         "final_loss": round(summary["final_loss"], 4)})
     return target
 
@@ -242,6 +229,59 @@ def fit_steps(all_steps: int, per_step: float, seconds_left: float) -> int:
     """How many of ``all_steps`` steps of ``per_step`` seconds fit in ``seconds_left``, less
     EXPORT_RESERVE_S for what follows training (0 to ``all_steps``)."""
     return min(all_steps, int(max(0.0, seconds_left - EXPORT_RESERVE_S) // per_step))
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A run's step count and learning-rate factor: linear warm-up over the first tenth of the
+    steps planned at the start, then linear decay to zero at ``steps``."""
+
+    steps: int
+    warmup: int = 0  # 0: a tenth of steps (at least 1)
+
+    def __post_init__(self) -> None:
+        self.warmup = self.warmup or max(1, self.steps // 10)
+
+    @classmethod
+    def of(cls, saved: dict[str, Any]) -> _Plan:
+        """A checkpoint's (one from before budgets has no warm-up saved: a tenth, as then)."""
+        return cls(saved["steps"], saved.get("warmup", 0))
+
+    def factor(self, step: int) -> float:
+        return min((step + 1) / self.warmup,
+                   max(0.0, (self.steps - step) / (self.steps - self.warmup + 1)))
+
+
+@dataclass(slots=True)
+class _Pace:
+    """Fits a fresh run's step count to ``deadline`` (training.time_budget_s): first by the
+    probe's seconds per step, then again by the pace of the run's own steps 2 to
+    1 + PACED_STEPS (the probe leaves the optimizer's step out)."""
+
+    deadline: float  # time.monotonic()
+    all_steps: int
+    since: float = 0.0  # when step 1 ended
+
+    def first(self, per_step: float) -> int:
+        left = self.deadline - time.monotonic()
+        steps = fit_steps(self.all_steps, per_step, left)
+        if steps < 1:
+            raise ValueError(
+                f"training.time_budget_s leaves {max(0.0, left):.0f} s after mining, not enough "
+                f"for one training step (~{per_step:.1f} s here) and the export "
+                f"({EXPORT_RESERVE_S:.0f} s kept aside): raise it, or unset it to train all "
+                f"{self.all_steps:,} steps")
+        return steps
+
+    def after(self, done: int, steps: int) -> int:
+        """The step count once ``done`` steps are done (``steps`` so far)."""
+        now = time.monotonic()
+        if done == 1:
+            self.since = now
+        elif done == 1 + PACED_STEPS:
+            per_step = (now - self.since) / PACED_STEPS
+            return done + fit_steps(self.all_steps - done, per_step, self.deadline - now)
+        return steps
 
 
 def _estimate(step: int, steps: int, per_step: float, all_steps: int | None = None) -> str:
