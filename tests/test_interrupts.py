@@ -191,6 +191,18 @@ def test_a_time_budget_fits_the_steps_and_keeps_the_export_aside() -> None:
         assert fit_steps(250, 5.0, left) == 0
 
 
+def test_the_learning_rate_plan_warms_up_then_decays_also_when_a_refit_cut_it() -> None:
+    from papersearch.modelbuild.training import _Plan
+
+    plan = _Plan(100)
+    assert plan.warmup == 10
+    assert [plan.factor(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert plan.factor(50) == pytest.approx(50 / 91) and plan.factor(100) == 0.0
+    assert _Plan.of({"steps": 100}) == plan  # a checkpoint from before budgets
+    plan.steps = 8  # refit after 6 steps, below its warm-up of 10: still warming, no error
+    assert [plan.factor(s) for s in (6, 7)] == [0.7, 0.8]
+
+
 def test_a_time_budget_trains_what_fits_for_real(model_settings: Settings, embedder_dir: Path,
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:

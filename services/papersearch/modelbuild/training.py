@@ -248,8 +248,9 @@ class _Plan:
         return cls(saved["steps"], saved.get("warmup", 0))
 
     def factor(self, step: int) -> float:
-        return min((step + 1) / self.warmup,
-                   max(0.0, (self.steps - step) / (self.steps - self.warmup + 1)))
+        # (a budget refit may leave fewer steps than the warm-up: it then ends still warming)
+        decay = max(1, self.steps - self.warmup + 1)
+        return min((step + 1) / self.warmup, max(0.0, (self.steps - step) / decay))
 
 
 @dataclass(slots=True)
