@@ -52,11 +52,11 @@ HEAD_PREFIXES = ("classifier", "bert.pooler")
 LOSS_WINDOW = 50  # steps in the running loss shown and recorded
 PROBE_PASSES = 2  # throw-away passes timed before training; the first also warms up
 # Kept aside from training.time_budget_s for what follows training: publishing the weights, the
-# ONNX export, its int8 copy and their checks (the manifest's parity.export_seconds: 16.8 s on
-# a fast 2-core CPU; a slower one takes several times that).
+# ONNX export, its int8 copy and their checks (the manifest's parity.export_seconds; README, The
+# default reranker).
 EXPORT_RESERVE_S = 90.0
 # A budget-fitted run fits its step count again on the pace of its own steps 2 to 1 + this (the
-# probe leaves the optimizer's step out: half the time of a tiny batch's step, measured).
+# probe leaves the optimizer's step out).
 PACED_STEPS = 5
 BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
               "[{elapsed}<{remaining}, {rate_inv_fmt}{postfix}]")
