@@ -73,8 +73,8 @@ def test_against_tables_both_runs_and_their_comparison_per_set_and_mode() -> Non
 @pytest.mark.slow
 def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_dir: Path,
                                            tmp_path: Path) -> None:
-    """Every candidate on every set; the baseline and the convex row are what the Store's own
-    hybrid search scores with those settings."""
+    """Every candidate on every set; the baseline (no feedback), its feedback row and the convex
+    row are what the Store's own hybrid search scores with those settings."""
     docs = {
         "d1": "Photosynthesis converts light energy into chemical energy in plant chloroplasts.",
         "d2": "Volcanic eruptions eject ash and lava; magma chambers drive the activity.",
@@ -95,9 +95,18 @@ def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_d
     names = {c.name for c in candidates(settings.index.prefetch_limit)}
     assert {c["name"] for c in out["candidates"]} == names
     assert all(set(c["ndcg@10"]) == {"mini"} for c in out["candidates"])
-    configured = run_eval(dataset, ("hybrid",), settings, encoder, None)["hybrid"]
-    assert out["baseline"]["ndcg@10"]["mini"] == round(configured.ndcg_at_10, 4)
-    convex = settings.model_copy(update={"index": settings.index.model_copy(
+    plain = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"prf_enabled": False})})
+    configured = run_eval(dataset, ("hybrid", "hybrid+feedback"), plain, encoder, None)
+    assert out["baseline"]["ndcg@10"]["mini"] == round(configured["hybrid"].ndcg_at_10, 4)
+    feedback = out["feedback"]
+    assert feedback["ndcg@10"]["mini"] == round(configured["hybrid+feedback"].ndcg_at_10, 4)
+    assert feedback["settings"]["index.prf_dense_docs"] == settings.index.prf_dense_docs
+    assert "index.prf_enabled" not in feedback["settings"]
+    verdict = feedback["against_baseline"]["mini"]
+    assert verdict["wins"] + verdict["losses"] + verdict["ties"] == len(queries)
+    assert feedback["tuning_sets_agree"] == (verdict["mean_difference"] > 0)
+    convex = plain.model_copy(update={"index": plain.index.model_copy(
         update={"fusion": "convex", "fusion_dense_weight": 0.3})})
     stored = run_eval(dataset, ("hybrid",), convex, encoder, None)["hybrid"]
     row = next(c for c in out["candidates"] if c["name"] == "convex max dense=0.3")

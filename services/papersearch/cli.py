@@ -403,6 +403,7 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{'nDCG@10':<30}" + "".join(f"{n[:10]:>11}" for n in names)
           + f"{'tuning':>9}{'held-out':>9}")
     for label, row in [("baseline (configured, Qdrant)", out["baseline"]),
+                       ("baseline + query feedback", out["feedback"]),
                        *((c["name"] + ("" if c["runs_in_store"] else " *"), c)
                          for c in out["candidates"])]:
         print(f"{label:<30}" + "".join(f"{row['ndcg@10'][n]:>11.4f}" for n in names)
@@ -411,14 +412,29 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     chosen = out["chosen"]
     if chosen is None:
         print("no candidate the Store runs beats the baseline on every tuning set: keep it")
-        return 0
-    print(f"chosen on the tuning sets: {chosen['name']} ({chosen['settings']})")
-    for name, verdict in chosen["against_baseline"].items():
+    else:
+        print(f"chosen on the tuning sets: {chosen['name']} ({chosen['settings']})")
+        _print_verdicts(chosen["against_baseline"])
+        print("held-out sets agree: adopt it" if chosen["adopt"]
+              else "held-out sets do not all agree: keep the baseline")
+    feedback = out["feedback"]
+    print("query feedback against the baseline (its settings: "
+          f"{', '.join(f'{k}={v}' for k, v in feedback['settings'].items())}):")
+    _print_verdicts(feedback["against_baseline"])
+    if feedback["tuning_sets_agree"] and feedback["held_out_sets_agree"]:
+        print("every set gains: keep index.prf_enabled=true (the default)")
+    elif feedback["tuning_sets_agree"]:
+        print("the tuning sets gain, the held-out sets do not all agree: weigh its cost "
+              "(index.prf_enabled)")
+    else:
+        print("the tuning sets do not all gain: consider index.prf_enabled=false")
+    return 0
+
+
+def _print_verdicts(verdicts: dict[str, Any]) -> None:
+    for name, verdict in verdicts.items():
         print(f"  {name}: {verdict['mean_difference']:+.4f}, {verdict['wins']} wins, "
               f"{verdict['losses']} losses, {verdict['ties']} ties, p={verdict['p_value']:.3f}")
-    print("held-out sets agree: adopt it" if chosen["adopt"]
-          else "held-out sets do not all agree: keep the baseline")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

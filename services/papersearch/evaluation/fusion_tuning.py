@@ -4,7 +4,9 @@ Per dataset, the dense and BM25 lists (``index.prefetch_limit`` deep) are fetche
 from the dataset's own collection, and so is the configured hybrid search (the baseline), all
 without query feedback (retriever/feedback.py): fusions are compared on one pass. Every
 candidate then fuses those same lists in this process (index/fusion.py), so the table compares
-fusions, not engines or runs.
+fusions, not engines or runs. The configured hybrid search with query feedback (the
+``index.prf_*`` settings) is fetched too and judged against the baseline on every set, so that
+the table also says whether feedback, on by default, pays on these queries.
 
 The choice is made on the tuning sets alone. Only candidates the Store can run count
 (RRF with its k, the convex fusion with its dense weight; the others are shown for reference):
@@ -50,6 +52,7 @@ class Lists:
     dense: Mapping[str, Ranked]
     sparse: Mapping[str, Ranked]
     baseline: Mapping[str, list[str]]  # the configured hybrid search
+    feedback: Mapping[str, list[str]]  # the same with query feedback
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +137,17 @@ def fetch_lists(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> L
         dense: dict[str, Ranked] = {}
         sparse: dict[str, Ranked] = {}
         baseline: dict[str, list[str]] = {}
+        feedback: dict[str, list[str]] = {}
         for qid, vector in tqdm(zip(ids, vectors, strict=True), total=len(ids),
                                 desc=f"{dataset.name} lists", unit="query"):
             text = dataset.queries[qid]
             dense[qid] = _ranked(retriever.search(text, vector, mode="dense", limit=depth))
             sparse[qid] = _ranked(retriever.search(text, vector, mode="sparse", limit=depth))
-            baseline[qid] = [h.paper.id for h in retriever.search(text, vector, limit=RESULTS)]
-        return Lists(dense, sparse, baseline)
+            baseline[qid] = [h.paper.id for h in retriever.search(text, vector, limit=RESULTS,
+                                                                  feedback=False)]
+            feedback[qid] = [h.paper.id for h in retriever.search(text, vector, limit=RESULTS,
+                                                                  feedback=True)]
+        return Lists(dense, sparse, baseline, feedback)
     finally:
         store.close()
 
@@ -174,6 +181,9 @@ def tune_fusion(
                 "tuning_mean": round(_mean(by_set, tuning_names), 4),
                 "held_out_mean": round(_mean(by_set, held_names), 4)}
 
+    with_feedback = {name: evaluate(runs.feedback, qrels[name]) for name, runs in lists.items()}
+    feedback_judged = {n: paired(baseline[n].per_query_ndcg_at_10,
+                                 with_feedback[n].per_query_ndcg_at_10) for n in names}
     chosen = choose(pool, reports, baseline, tuning_names)
     verdict = None
     if chosen is not None:
@@ -190,6 +200,16 @@ def tune_fusion(
         "held_out_sets": held_names,
         "prefetch_limit": settings.index.prefetch_limit,
         "baseline": {"settings": _fusion_settings(settings.index), **row(baseline)},
+        "feedback": {
+            "settings": {f"index.{k}": v for k, v in settings.index.model_dump().items()
+                         if k.startswith("prf_") and k != "prf_enabled"},
+            **row(with_feedback),
+            "against_baseline": {n: p.to_dict() for n, p in feedback_judged.items()},
+            "tuning_sets_agree": all(feedback_judged[n].mean_difference > 0
+                                     for n in tuning_names),
+            "held_out_sets_agree": all(feedback_judged[n].mean_difference > 0
+                                       for n in held_names),
+        },
         "candidates": sorted(
             ({"name": c.name, "runs_in_store": c.settings is not None, **row(reports[c.name])}
              for c in pool), key=lambda r: -float(r["tuning_mean"])),
