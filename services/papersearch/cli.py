@@ -596,7 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = load_settings(args.config)
+    try:
+        settings = load_settings(args.config)
+    except (ValueError, FileNotFoundError) as error:  # a setting invalid, the file missing
+        print(f"papersearch: error: {error}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     handler: Command = args.handler
     interrupts.catch_sigint()

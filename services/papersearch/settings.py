@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -547,7 +548,30 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings, optionally from a YAML file given on the command line."""
+    """Build settings, optionally from a YAML file given on the command line. ValueError, in
+    one line, where a value does not validate (each invalid setting named) or the file is not
+    YAML."""
     if config_file is not None:
         os.environ[CONFIG_ENV] = str(config_file)
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ValueError(invalid_settings(error)) from None
+    except yaml.YAMLError as error:
+        where = os.environ.get(CONFIG_ENV)
+        raise ValueError(f"{CONFIG_ENV}={where}: not valid YAML: "
+                         f"{' '.join(str(error).split())}") from None
+
+
+def invalid_settings(error: ValidationError) -> str:
+    """Each invalid setting by its dotted name and environment variable, what is wrong with it
+    and the value given (where it is one value)."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    found = []
+    for problem in error.errors():
+        where = [str(part) for part in problem["loc"]]
+        given = problem.get("input")
+        value = f" (given {given!r})" if isinstance(given, str | int | float | bool) else ""
+        found.append(f"{'.'.join(where)} ({prefix}{'__'.join(where).upper()}): "
+                     f"{problem['msg']}{value}")
+    return "invalid settings: " + "; ".join(found)

@@ -1,0 +1,62 @@
+"""Settings that do not validate stop every command with one line naming them (fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from papersearch.cli import main
+from papersearch.settings import CONFIG_ENV, load_settings
+
+
+def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main([*argv, "models", "info"]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and not captured.out
+    (line,) = captured.err.splitlines()
+    return line
+
+
+def test_an_invalid_environment_value_is_named_with_its_variable(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAPERSEARCH_TRAINING__TIME_BUDGET_S", "-5")
+    assert error_line(capsys) == (
+        "papersearch: error: invalid settings: training.time_budget_s "
+        "(PAPERSEARCH_TRAINING__TIME_BUDGET_S): Input should be greater than 0 (given '-5')")
+
+
+def test_every_invalid_value_of_a_settings_file_is_named(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("index:\n  fusion: nope\n  prefetch_limit: 0\n")
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    line = error_line(capsys)
+    assert line.startswith("papersearch: error: invalid settings: ")
+    assert "index.fusion (PAPERSEARCH_INDEX__FUSION): Input should be 'rrf', 'dbsf' or " \
+           "'convex' (given 'nope')" in line
+    assert "index.prefetch_limit (PAPERSEARCH_INDEX__PREFETCH_LIMIT): Input should be greater " \
+           "than or equal to 1 (given 0)" in line
+
+
+def test_a_settings_file_that_is_not_yaml_or_not_there(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("index: [unclosed\n")
+    monkeypatch.setenv(CONFIG_ENV, str(broken))
+    assert error_line(capsys).startswith(
+        f"papersearch: error: {CONFIG_ENV}={broken}: not valid YAML: while parsing")
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
+    assert error_line(capsys) == (
+        f"papersearch: error: {CONFIG_ENV}={tmp_path / 'missing.yaml'}: no such file")
+
+
+def test_valid_settings_load_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("index:\n  prefetch_limit: 50\n")
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    monkeypatch.setenv("PAPERSEARCH_TRAINING__TIME_BUDGET_S", "null")
+    settings = load_settings()
+    assert settings.index.prefetch_limit == 50 and settings.training.time_budget_s is None
