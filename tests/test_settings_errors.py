@@ -40,6 +40,14 @@ def test_every_invalid_value_of_a_settings_file_is_named(
            "than or equal to 1 (given 0)" in line
 
 
+def test_an_unknown_key_in_a_section_is_refused_as_a_typo(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAPERSEARCH_SEARCH__TOPK", "5")
+    assert error_line(capsys) == (
+        "papersearch: error: invalid settings: search.topk (PAPERSEARCH_SEARCH__TOPK): Extra "
+        "inputs are not permitted (given '5')")
+
+
 def test_a_settings_file_that_is_not_yaml_or_not_there(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,7 +36,13 @@ Int8Scheme = Literal["u8s8", "u8s8-reduce-range", "u8u8", "u8s8-reduce-range-ffn
 DEFAULT_INT8_SCHEME: Int8Scheme = "u8s8-reduce-range"
 
 
-class ModelSettings(BaseModel):
+class Section(BaseModel):
+    """A section of the settings: an unknown key in it (a typo) is refused, as at the top."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(Section):
     """Where model weights come from and how the ONNX runtime runs them."""
 
     repository: Path = Field(Path("models"), description="Versioned ONNX model repository root.")
@@ -76,7 +82,7 @@ class ModelSettings(BaseModel):
     )
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(Section):
     """Weakly supervised fine-tuning of the default cross-encoder reranker."""
 
     # The tuning-side judged sets' documents (never the held-out sets', which judge the model).
@@ -139,7 +145,7 @@ class TrainingSettings(BaseModel):
     )
 
 
-class IndexSettings(BaseModel):
+class IndexSettings(Section):
     """The Qdrant index: embedded on-disk shard (qdrant-edge) or a Qdrant server over gRPC."""
 
     backend: Literal["embedded", "server"] = "embedded"
@@ -225,7 +231,7 @@ class IndexSettings(BaseModel):
         return self
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(Section):
     """`papersearch ingest --ray`: document encoding as Ray Data batch inference."""
 
     ray_encoders: int = Field(
@@ -241,7 +247,7 @@ class IngestSettings(BaseModel):
                                 "workers); unset: 1 where the cluster has GPUs, else 0 (CPU).")
 
 
-class SearchSettings(BaseModel):
+class SearchSettings(Section):
     """Request limits and the rerank stage."""
 
     default_top_k: int = Field(10, ge=1)
@@ -281,7 +287,7 @@ class SearchSettings(BaseModel):
     rerank_rrf_k: float = Field(5.0, gt=0, description="k of the rerank rank fusion.")
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(Section):
     """The gRPC gateway and the Ray Serve deployments behind it."""
 
     grpc_host: str = Field("127.0.0.1", description="Gateway bind address (0.0.0.0 in a pod).")

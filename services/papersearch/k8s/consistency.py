@@ -138,7 +138,10 @@ def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str],
     errors = [f"gateway {probe} must ask grpc.health.v1 service {service!r}"
               for probe, service in PROBE_SERVICES.items()
               if ray.get(probe, {}).get("grpc", {}).get("service") != service]
-    serve = settings_from_env(env).serve
+    try:
+        serve = settings_from_env(env).serve
+    except ValueError:  # pydantic's ValidationError: check_settings reports what is wrong
+        return errors
     if serve.drain_file is None:
         errors.append("gateway pods need PAPERSEARCH_SERVE__DRAIN_FILE (preStop drains through it)")
     command = ray.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
@@ -341,7 +344,8 @@ def settings_from_env(env: Mapping[str, str]) -> Any:
 
 
 def unknown_setting(name: str) -> bool:
-    """True if PAPERSEARCH_<A>__<B> names no field of Settings (a typo pydantic would ignore)."""
+    """True if PAPERSEARCH_<A>__<B> names no field of Settings: one line per typo (loading
+    refuses <A>__<B> too, among its other errors; an unknown PAPERSEARCH_<A> it ignores)."""
     from pydantic import BaseModel
 
     from papersearch.settings import Settings
