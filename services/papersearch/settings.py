@@ -1,8 +1,9 @@
 """The one settings object every command and deployment reads.
 
 Values come from, in order of precedence: explicit keyword arguments, ``PAPERSEARCH_*``
-environment variables (nested sections with ``__``, e.g. ``PAPERSEARCH_MODELS__INTRA_OP_THREADS=2``),
-a YAML file named by ``PAPERSEARCH_CONFIG`` (or ``--config`` on the CLI), then the defaults here.
+environment variables (nested sections with ``__``, e.g.
+``PAPERSEARCH_MODELS__INTRA_OP_THREADS=2``), a YAML file named by ``PAPERSEARCH_CONFIG`` (or
+``--config`` on the CLI), then the defaults here.
 Relative paths are resolved against the current working directory.
 """
 
