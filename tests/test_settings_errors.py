@@ -10,6 +10,13 @@ from papersearch.cli import main
 from papersearch.settings import CONFIG_ENV, load_settings
 
 
+def settings_file(monkeypatch: pytest.MonkeyPatch, path: Path, text: str) -> Path:
+    """``text`` written to ``path``, the settings file of the commands that follow."""
+    path.write_text(text)
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    return path
+
+
 def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     assert main([*argv, "models", "info"]) == 2
     captured = capsys.readouterr()
@@ -18,20 +25,25 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return line
 
 
-def test_an_invalid_environment_value_is_named_with_its_variable(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PAPERSEARCH_TRAINING__TIME_BUDGET_S", "-5")
-    assert error_line(capsys) == (
-        "papersearch: error: invalid settings: training.time_budget_s "
-        "(PAPERSEARCH_TRAINING__TIME_BUDGET_S): Input should be greater than 0 (given '-5')")
+@pytest.mark.parametrize(("variable", "value", "problem"), [
+    ("PAPERSEARCH_TRAINING__TIME_BUDGET_S", "-5",
+     "training.time_budget_s (PAPERSEARCH_TRAINING__TIME_BUDGET_S): Input should be greater than "
+     "0 (given '-5')"),
+    ("PAPERSEARCH_SEARCH__TOPK", "5",  # a typo in a section: refused, not ignored
+     "search.topk (PAPERSEARCH_SEARCH__TOPK): Extra inputs are not permitted (given '5')"),
+])
+def test_an_invalid_environment_variable_is_named(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, variable: str,
+        value: str, problem: str) -> None:
+    monkeypatch.setenv(variable, value)
+    assert error_line(capsys) == f"papersearch: error: invalid settings: {problem}"
 
 
 def test_every_invalid_value_of_a_settings_file_is_named(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    config = tmp_path / "settings.yaml"
-    config.write_text("index:\n  fusion: nope\n  prefetch_limit: 0\n")
-    monkeypatch.setenv(CONFIG_ENV, str(config))
+    settings_file(monkeypatch, tmp_path / "settings.yaml",
+                  "index:\n  fusion: nope\n  prefetch_limit: 0\n")
     line = error_line(capsys)
     assert line.startswith("papersearch: error: invalid settings: ")
     assert "index.fusion (PAPERSEARCH_INDEX__FUSION): Input should be 'rrf', 'dbsf' or " \
@@ -40,20 +52,10 @@ def test_every_invalid_value_of_a_settings_file_is_named(
            "than or equal to 1 (given 0)" in line
 
 
-def test_an_unknown_key_in_a_section_is_refused_as_a_typo(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PAPERSEARCH_SEARCH__TOPK", "5")
-    assert error_line(capsys) == (
-        "papersearch: error: invalid settings: search.topk (PAPERSEARCH_SEARCH__TOPK): Extra "
-        "inputs are not permitted (given '5')")
-
-
 def test_a_settings_file_that_is_not_yaml_or_not_there(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("index: [unclosed\n")
-    monkeypatch.setenv(CONFIG_ENV, str(broken))
+    broken = settings_file(monkeypatch, tmp_path / "broken.yaml", "index: [unclosed\n")
     assert error_line(capsys).startswith(
         f"papersearch: error: {CONFIG_ENV}={broken}: not valid YAML: while parsing")
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
@@ -62,9 +64,7 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
 
 
 def test_valid_settings_load_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    config = tmp_path / "settings.yaml"
-    config.write_text("index:\n  prefetch_limit: 50\n")
-    monkeypatch.setenv(CONFIG_ENV, str(config))
+    settings_file(monkeypatch, tmp_path / "settings.yaml", "index:\n  prefetch_limit: 50\n")
     monkeypatch.setenv("PAPERSEARCH_TRAINING__TIME_BUDGET_S", "null")
     settings = load_settings()
     assert settings.index.prefetch_limit == 50 and settings.training.time_budget_s is None
