@@ -28,7 +28,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset, load_dataset
 from papersearch.evaluation.harness import open_dataset_index
 from papersearch.evaluation.metrics import Report, evaluate
-from papersearch.evaluation.paired import paired
+from papersearch.evaluation.paired import Paired, paired
 from papersearch.index.fusion import Normalisation, Ranked, convex, rrf
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
@@ -181,19 +181,24 @@ def tune_fusion(
                 "tuning_mean": round(_mean(by_set, tuning_names), 4),
                 "held_out_mean": round(_mean(by_set, held_names), 4)}
 
+    def against_baseline(by_set: Mapping[str, Report]) -> dict[str, Paired]:
+        return {n: paired(baseline[n].per_query_ndcg_at_10, by_set[n].per_query_ndcg_at_10)
+                for n in names}
+
+    def gains(judged: Mapping[str, Paired], among: Sequence[str]) -> bool:
+        return all(judged[n].mean_difference > 0 for n in among)
+
     with_feedback = {name: evaluate(runs.feedback, qrels[name]) for name, runs in lists.items()}
-    feedback_judged = {n: paired(baseline[n].per_query_ndcg_at_10,
-                                 with_feedback[n].per_query_ndcg_at_10) for n in names}
+    feedback_judged = against_baseline(with_feedback)
     chosen = choose(pool, reports, baseline, tuning_names)
     verdict = None
     if chosen is not None:
-        judged = {n: paired(baseline[n].per_query_ndcg_at_10,
-                            reports[chosen.name][n].per_query_ndcg_at_10) for n in names}
+        judged = against_baseline(reports[chosen.name])
         verdict = {
             "name": chosen.name,
             "settings": {f"index.{k}": v for k, v in (chosen.settings or {}).items()},
             "against_baseline": {n: p.to_dict() for n, p in judged.items()},
-            "adopt": all(judged[n].mean_difference > 0 for n in held_names),
+            "adopt": gains(judged, held_names),
         }
     return {
         "tuning_sets": tuning_names,
@@ -205,10 +210,8 @@ def tune_fusion(
                          if k.startswith("prf_") and k != "prf_enabled"},
             **row(with_feedback),
             "against_baseline": {n: p.to_dict() for n, p in feedback_judged.items()},
-            "tuning_sets_agree": all(feedback_judged[n].mean_difference > 0
-                                     for n in tuning_names),
-            "held_out_sets_agree": all(feedback_judged[n].mean_difference > 0
-                                       for n in held_names),
+            "tuning_sets_agree": gains(feedback_judged, tuning_names),
+            "held_out_sets_agree": gains(feedback_judged, held_names),
         },
         "candidates": sorted(
             ({"name": c.name, "runs_in_store": c.settings is not None, **row(reports[c.name])}
