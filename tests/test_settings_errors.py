@@ -31,6 +31,16 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
      "0 (given '-5')"),
     ("PAPERSEARCH_SEARCH__TOPK", "5",  # a typo in a section: refused, not ignored
      "search.topk (PAPERSEARCH_SEARCH__TOPK): Extra inputs are not permitted (given '5')"),
+    # a list is JSON in its own variable; a key given as plain text is not repeated
+    ("PAPERSEARCH_SERVE__API_KEYS", "s3cret",
+     "serve.api_keys (PAPERSEARCH_SERVE__API_KEYS): a list is set as JSON, e.g. "
+     "PAPERSEARCH_SERVE__API_KEYS='[\"a\", \"b\"]'"),
+    ("PAPERSEARCH_TRAINING__CORPORA", "[5]",
+     "training.corpora.0 (PAPERSEARCH_TRAINING__CORPORA): Input is not a valid path for "
+     "<class 'pathlib.Path'> (given 5)"),
+    ("PAPERSEARCH_SERVE", "x",
+     "serve (PAPERSEARCH_SERVE): a section is set as JSON, e.g. "
+     "PAPERSEARCH_SERVE='{\"key\": \"value\"}'"),
 ])
 def test_an_invalid_environment_variable_is_named(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, variable: str,

@@ -10,9 +10,12 @@ Relative paths are resolved against the current working directory.
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -20,6 +23,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -564,6 +568,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**overrides)
     except ValidationError as error:
         raise ValueError(invalid_settings(error)) from None
+    except SettingsError as error:  # a variable that should hold JSON does not
+        unparsable = unparsable_variables(os.environ)
+        raise ValueError("invalid settings: " + "; ".join(unparsable) if unparsable
+                         else str(error)) from None
     except yaml.YAMLError as error:
         where = os.environ.get(CONFIG_ENV)
         raise ValueError(f"{CONFIG_ENV}={where}: not valid YAML: "
@@ -577,8 +585,46 @@ def invalid_settings(error: ValidationError) -> str:
     found = []
     for problem in error.errors():
         where = [str(part) for part in problem["loc"]]
+        # a list's items are set together, as JSON in the list's own variable
+        names = list(itertools.takewhile(lambda part: not isinstance(part, int), problem["loc"]))
         given = problem.get("input")
         value = f" (given {given!r})" if isinstance(given, str | int | float | bool) else ""
-        found.append(f"{'.'.join(where)} ({prefix}{'__'.join(where).upper()}): "
+        found.append(f"{'.'.join(where)} ({prefix}{'__'.join(map(str, names)).upper()}): "
                      f"{problem['msg']}{value}")
     return "invalid settings: " + "; ".join(found)
+
+
+def unparsable_variables(environ: Mapping[str, str]) -> list[str]:
+    """The list (or whole section) settings whose variable in ``environ`` is not JSON of that
+    shape, each named as invalid_settings names a setting (the value is not repeated: it may be
+    a key)."""
+    prefix = str(Settings.model_config.get("env_prefix", "")).upper()
+    found = []
+    for variable, text in sorted(environ.items()):
+        if not variable.upper().startswith(prefix):
+            continue
+        names = variable[len(prefix):].lower().split("__")
+        model: type[BaseModel] | None = Settings
+        annotation: Any = None
+        for name in names:
+            field = model.model_fields.get(name) if model is not None else None
+            if field is None:
+                break
+            annotation = field.annotation
+            model = annotation if isinstance(annotation, type) and issubclass(
+                annotation, BaseModel) else None
+        else:
+            shape = dict if model is not None else list if get_origin(annotation) is list else None
+            if shape is not None and not isinstance(_json(text), shape):
+                kind, example = ("a section", '{"key": "value"}') if shape is dict else (
+                    "a list", '["a", "b"]')
+                found.append(f"{'.'.join(names)} ({variable}): {kind} is set as JSON, e.g. "
+                             f"{variable}='{example}'")
+    return found
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
