@@ -53,8 +53,11 @@ LOSS_WINDOW = 50  # steps in the running loss shown and recorded
 PROBE_PASSES = 2  # throw-away passes timed before training; the first also warms up
 # Kept aside from training.time_budget_s for what follows training: publishing the weights, the
 # ONNX export, its int8 copy and their checks (the manifest's parity.export_seconds; README, The
-# default reranker).
+# default reranker): EXPORT_RESERVE_S, or the time of EXPORT_RESERVE_STEPS training steps where
+# that is longer. The export runs the same torch and onnxruntime work a step does, so it slows
+# down with the CPU as the steps do (16.8 s here, 11 steps' time).
 EXPORT_RESERVE_S = 90.0
+EXPORT_RESERVE_STEPS = 15
 # A budget-fitted run fits its step count again on the pace of its own steps 2 to 1 + this (the
 # probe leaves the optimizer's step out).
 PACED_STEPS = 5
@@ -85,7 +88,7 @@ def train(
     Resumes from the last checkpoint of the same key and ends with the same weights as an
     uninterrupted run. ``probe`` times a throw-away step first and prints the estimate.
     ``deadline`` (``time.monotonic()``; ``training.time_budget_s`` from the command's start):
-    a fresh run trains only the steps that fit before it, less EXPORT_RESERVE_S, by the
+    a fresh run trains only the steps that fit before it, less the export's reserve, by the
     probe's pace and then again by that of its own first steps (PACED_STEPS); a resumed run
     keeps its checkpoint's step count.
     """
@@ -225,10 +228,17 @@ def _probe(
     return seconds
 
 
+def export_reserve(per_step: float) -> float:
+    """Seconds kept aside for what follows training on a CPU that takes ``per_step`` seconds
+    per step."""
+    return max(EXPORT_RESERVE_S, EXPORT_RESERVE_STEPS * per_step)
+
+
 def fit_steps(all_steps: int, per_step: float, seconds_left: float) -> int:
     """How many of ``all_steps`` steps of ``per_step`` seconds fit in ``seconds_left``, less
-    EXPORT_RESERVE_S for what follows training (0 to ``all_steps``)."""
-    return min(all_steps, int(max(0.0, seconds_left - EXPORT_RESERVE_S) // per_step))
+    the export's reserve (0 to ``all_steps``)."""
+    left = seconds_left - export_reserve(per_step)
+    return min(all_steps, int(max(0.0, left) // per_step))
 
 
 @dataclass(slots=True)
@@ -270,8 +280,8 @@ class _Pace:
             raise ValueError(
                 f"training.time_budget_s leaves {max(0.0, left):.0f} s after mining, not enough "
                 f"for one training step (~{per_step:.1f} s here) and the export "
-                f"({EXPORT_RESERVE_S:.0f} s kept aside): raise it, or unset it to train all "
-                f"{self.all_steps:,} steps")
+                f"({export_reserve(per_step):.0f} s kept aside): raise it, or unset it to train "
+                f"all {self.all_steps:,} steps")
         return steps
 
     def after(self, done: int, steps: int) -> int:
