@@ -239,7 +239,7 @@ def test_detect_format(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "papers.jsonl") is CorpusFormat.JSONL
     with pytest.raises(ValueError, match="cannot tell"):
         detect_format(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no such corpus file or folder: .*missing$"):
         detect_format(tmp_path / "missing")
 
 

@@ -349,11 +349,11 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.evaluation.harness import run_eval
     from papersearch.reranker.runtime import Reranker
 
+    dataset = load_dataset(args.dataset)  # before the models load: a typo fails at once
     modes = args.mode or list(EVAL_MODES)
     # asked for explicitly, so measured even where serving has the stage switched off
     wants_reranker = any(m.endswith("+rerank") for m in modes)
     reranker = Reranker.from_settings(settings.models) if wants_reranker else None
-    dataset = load_dataset(args.dataset)
     reports = run_eval(dataset, modes, settings, Encoder.from_settings(settings.models), reranker)
     out = {"dataset": dataset.name, "queries": len(dataset.queries),
            "modes": {m: r.to_dict() for m, r in reports.items()}}

@@ -115,7 +115,7 @@ def detect_format(path: Path) -> CorpusFormat:
     file is BEIR when its records have ``_id``, JSON Lines papers otherwise.
     """
     if not path.exists():
-        raise FileNotFoundError(path)
+        raise FileNotFoundError(f"no such corpus file or folder: {path}")
     if path.is_dir() and (path / CORPUS_FILE).is_file():
         return CorpusFormat.BEIR
     if (path.is_dir() and any(path.glob("*.txt"))) or path.suffix == ".txt":
