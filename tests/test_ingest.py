@@ -488,7 +488,7 @@ def test_a_provider_this_onnxruntime_lacks_is_refused_by_name(embedder_dir: Path
 
 
 def test_user_errors_are_reported_before_any_work(
-    model_settings: Settings, data_dir: Path, tmp_path: Path
+    model_settings: Settings, embedder_dir: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     """A mistyped corpus path or an empty query: one clear line, exit 2, no index created."""
     env = cli_env(model_settings, data_dir, PAPERSEARCH_LOG_LEVEL="INFO")
@@ -503,4 +503,11 @@ def test_user_errors_are_reported_before_any_work(
     done = run_cli(rerank_env, "search", " ")
     assert done.returncode == 2
     assert done.stderr.strip() == "papersearch: error: query must not be empty"
+    assert not data_dir.exists()
+
+    no_rerank = env | {"PAPERSEARCH_SEARCH__RERANK_ENABLED": "false"}
+    done = run_cli(no_rerank, "search", "before any ingest")  # says what makes the index
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"papersearch: error: no index at {data_dir / 'papers'}: papersearch ingest creates it")
     assert not data_dir.exists()

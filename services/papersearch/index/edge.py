@@ -124,7 +124,7 @@ class EdgeStore(Store):
         if (self.path / _SHARD_CONFIG).is_file():
             shard = self._load(identity.dim)
         elif not create:
-            raise CollectionMissing(f"no index at {self.path}")
+            raise CollectionMissing(f"no index at {self.path}: papersearch ingest creates it")
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             with _engine("create"):
