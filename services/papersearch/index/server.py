@@ -120,7 +120,8 @@ class ServerStore(Store):
         with errors("open"):
             if not self.client.collection_exists(self.name):
                 if not create:
-                    raise CollectionMissing(f"{where} does not exist: papersearch ingest creates it")
+                    raise CollectionMissing(
+                        f"{where} does not exist: papersearch ingest creates it")
                 self._create(CollectionSpec.of(self.settings, identity.dim), identity)
             info = self.client.get_collection(self.name)
             stored = _identity(info.config.metadata)
