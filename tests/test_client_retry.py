@@ -154,4 +154,4 @@ def test_cli_search_retry_flag(flaky: tuple[str, FlakySearch],
     assert servicer.calls == 2
     servicer.arm(failures=1)
     assert main(["search", "graph neural networks", "--target", target, "--no-retry"]) == 2
-    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"papersearch: error: {target}: UNAVAILABLE: ")

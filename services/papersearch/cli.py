@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 
 class RemoteError(RuntimeError):
-    """The gateway answered with an error status."""
+    """The gateway answered with an error status (or none could be reached)."""
 
 Command = Callable[[Settings, argparse.Namespace], int]
 
@@ -244,7 +244,8 @@ def _ask_gateway(args: argparse.Namespace, call: Callable[[SearchClient], T]) ->
         try:
             return call(client)
         except grpc.RpcError as error:
-            raise RemoteError(f"{error.code().name}: {error.details()}") from None
+            raise RemoteError(f"{args.target}: {error.code().name}: {error.details()}") \
+                from None
 
 
 # A watch that ended with one of these after it was live is opened again (--reconnect): the
@@ -291,7 +292,8 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED and ends is not None:
                     return 0  # --timeout-s: the watch ran its course
                 if not (args.reconnect and live and code.name in _RECONNECT_ON):
-                    raise RemoteError(f"{code.name}: {error.details()}") from None
+                    raise RemoteError(f"{args.target}: {code.name}: {error.details()}") \
+                        from None
                 print(f"the watch ended ({code.name}: {error.details()}); reconnecting in "
                       f"{pause:g} s", file=sys.stderr, flush=True)
             finally:
