@@ -4,6 +4,7 @@ OpenAPI document generated from the proto."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -121,7 +122,30 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
     assert call(http + SEARCH, method="GET")[0] == 405
     too_big = call(http + SEARCH, {"query": "x" * (5 * 1024 * 1024)})
     assert too_big[0] == 413 and too_big[1]["error"]["status"] == "RESOURCE_EXHAUSTED"
-    assert call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": "soon"})[0] == 400
+    for timeout in ("soon", "\u00b2", "0", "10000000000000"):  # "²" passes str.isdigit()
+        answer = call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": timeout})
+        assert answer[0] == 400 and "x-timeout-ms" in answer[1]["error"]["message"], timeout
+    deep = call(http + SEARCH, b"[" * 100_000 + b"]" * 100_000)
+    assert deep == (400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                    "message": "request body is nested too deeply"}})
+    for key in ("\u00e9", "caf\u00e9-key"):  # not a gRPC metadata value: refused, as a key
+        answer = call(http + SEARCH, {"query": "x"}, key=key)
+        assert answer[0] == 401 and answer[1]["error"]["status"] == "UNAUTHENTICATED", key
+
+
+def test_a_fault_in_the_http_front_is_a_json_500_with_an_incident() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from papersearch.gateway.http_api import _errors_as_json
+
+    async def broken(_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    middleware = _errors_as_json(1024)
+    response = asyncio.run(middleware(make_mocked_request("POST", SEARCH), broken))
+    body = json.loads(response.body)
+    assert response.status == 500 and body["error"]["status"] == "INTERNAL"
+    assert body["error"]["message"].startswith("internal error (incident ")
 
 
 def test_keys_and_scopes_are_the_grpc_ones(gateway: tuple[str, str]) -> None:

@@ -430,6 +430,31 @@ def test_http_streams_ndjson(scratch: tuple[Servers, LocalBackend]) -> None:
     assert error.value.code == 400 and "query" in json.load(error.value)["error"]["message"]
 
 
+def test_an_http_watch_ends_when_its_client_goes(scratch: tuple[Servers, LocalBackend]) -> None:
+    """A watch whose HTTP client disconnects ends then, freeing its place under
+    serve.watch_max_watches, not at its next match (which may never come)."""
+    servers, backend = scratch
+    port = free_port()
+    address = servers.start(backend, http_port=port, watch_max_watches=1)
+    url = f"http://127.0.0.1:{port}/papersearch.v1.SearchService/WatchSearch"
+    request = urllib.request.Request(url, json.dumps({"query": QUERY, "min_relevance": 0.99})
+                                     .encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(next(response))["caught_up"] is True
+    # gone; a gRPC watch gets the one place (it runs until its own deadline)
+    codes = []
+    ends = time.monotonic() + 10
+    while time.monotonic() < ends:
+        with SearchClient(address, timeout_s=60) as client, pytest.raises(grpc.RpcError) as error:
+            list(client.watch(WatchQuery("another query"), timeout_s=1))
+        codes.append(error.value.code())
+        if codes[-1] != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            break
+        time.sleep(0.2)
+    assert codes[-1] == grpc.StatusCode.DEADLINE_EXCEEDED, codes
+    assert len(codes) <= 3  # at once, not after a while
+
+
 @pytest.mark.slow
 def test_cli_prints_matches_as_they_arrive(target: str, capsys: pytest.CaptureFixture[str]) -> None:
     from papersearch.cli import main

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from papersearch.api import openapi
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.gateway import page
+from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
 from papersearch.settings import ServeSettings
 from papersearch.telemetry import metrics
@@ -85,7 +87,10 @@ class HttpFront:
         app.router.add_get("/healthz", self._health("liveness"))
         app.router.add_get("/readyz", self._health("readiness"))
         page.add_routes(app)  # the search page: GET / and /page/<file>
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        # a client that goes away cancels its handler: a watch (or a search) ends with it, not
+        # at its next message or its deadline
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0,
+                                    handler_cancellation=True)
 
     async def start(self) -> None:
         await self.runner.setup()
@@ -211,15 +216,16 @@ def _from_rpc(error: grpc.aio.AioRpcError) -> HttpError:
 
 
 def _call_options(request: web.Request) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "metadata": tuple((openapi.API_KEY_HEADER, key)
-                          for key in request.headers.getall(openapi.API_KEY_HEADER, [])),
-    }
+    keys = request.headers.getall(openapi.API_KEY_HEADER, [])
+    if not all(key.isascii() and key.isprintable() for key in keys):  # gRPC metadata cannot
+        raise HttpError("UNAUTHENTICATED", f"{openapi.API_KEY_HEADER}: not a valid key "
+                        "(keys are printable ASCII)")
+    options: dict[str, Any] = {"metadata": tuple((openapi.API_KEY_HEADER, key) for key in keys)}
     timeout = request.headers.get(openapi.TIMEOUT_HEADER)
-    if timeout is not None:
-        if not timeout.isdigit() or int(timeout) == 0:
+    if timeout is not None:  # up to 9 digits (11 days; the gateway caps it lower)
+        if not re.fullmatch(r"[0-9]{1,9}", timeout) or int(timeout) == 0:
             raise HttpError("INVALID_ARGUMENT", f"{openapi.TIMEOUT_HEADER}: expected a whole "
-                            f"number of milliseconds above 0, got {timeout[:64]!r}")
+                            f"number of milliseconds from 1 to 999999999, got {timeout[:64]!r}")
         options["timeout"] = int(timeout) / 1000.0
     return options
 
@@ -239,6 +245,8 @@ def _loads(data: bytes, what: str) -> Any:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HttpError("INVALID_ARGUMENT", f"{what} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise HttpError("INVALID_ARGUMENT", f"{what} is nested too deeply") from None
 
 
 def _parse(value: Any, message_type: type[Message], what: str) -> Message:
@@ -357,6 +365,9 @@ def _errors_as_json(max_bytes: int) -> Any:
             if error.status < 400:
                 raise
             return _from_http(error, request, max_bytes).response()
+        except Exception as error:  # a fault here: logged with an incident id, as over gRPC
+            code, message = to_status(error)
+            return HttpError(code.name, message).response()
 
     return middleware
 
