@@ -243,9 +243,13 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                 f"(serve.max_index_calls); retry {method} later", progress,
             )
         self.calls += 1
-        remaining = context.time_remaining()
-        limit_s = self.serve.index_call_timeout_s
-        scope = asyncio.timeout(limit_s if remaining is None else min(limit_s, remaining))
+        limit_s, whose = self.serve.index_call_timeout_s, "serve.index_call_timeout_s"
+        client_s = context.time_remaining()
+        if client_s is not None and client_s < limit_s:
+            # ended a little before the client's deadline, so that the status and what was
+            # committed reach it before its own library ends the call without them
+            limit_s, whose = client_s - min(1.0, 0.1 * client_s), "the client's, less a margin"
+        scope = asyncio.timeout(max(0.0, limit_s))
         try:
             async with scope:
                 yield
@@ -254,8 +258,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         except Exception as error:
             if isinstance(error, TimeoutError) and scope.expired():
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
-                message = f"{method} ran past its deadline ({limit_s:g} s, serve." \
-                          f"index_call_timeout_s, or the client's if sooner)"
+                message = f"{method} ran past its deadline ({limit_s:.3g} s, {whose})"
                 log.warning("index call deadline", extra={
                     "detail": message + (progress.describe() if progress else "")})
             else:
