@@ -179,6 +179,19 @@ def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) 
     invalid = json.dumps({"paper_id": "", "title": "no id"})
     status, body = call(http + UPSERT, invalid.encode(), key=WRITE, content_type=openapi.NDJSON)
     assert status == 200 and body["skipped"] == "1" and len(body["errors"]) == 1
+    # lines count as the body has them, blank ones too; a paper skipped before the bad line is
+    # in the error's summary, not reported as committed
+    mixed = [lines[0], "", invalid, "", "not json", lines[1]]
+    status, body = call(http + UPSERT, "\n".join(mixed).encode(), key=WRITE,
+                        content_type=openapi.NDJSON)
+    assert status == 400 and body["error"]["message"].startswith("line 5 is not valid JSON")
+    assert "the 2 messages before it were sent" in body["error"]["message"]
+    assert body["error"]["message"].endswith("resend from line 5")
+    assert body["error"]["metadata"] == {"papersearch-committed-messages": "2",
+                                         "papersearch-committed": "1"}
+    summary = body["error"]["summary"]
+    assert (summary["received"], summary["upserted"], summary["skipped"]) == ("2", "1", "1")
+    assert "paper 2 (no id)" in summary["errors"][0]
 
 
 def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:

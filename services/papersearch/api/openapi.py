@@ -125,7 +125,11 @@ _ERROR = {
                                  "metadata": {"type": "object",
                                               "additionalProperties": {"type": "string"},
                                               "description": "The call's trailing metadata "
-                                                             "(e.g. papersearch-committed)."}}}},
+                                                             "(e.g. papersearch-committed)."},
+                                 "summary": {"type": "object",
+                                             "description": "UpsertPapers cut short by a bad "
+                                                            "NDJSON line: the UpsertSummary of "
+                                                            "the lines before it."}}}},
 }
 
 

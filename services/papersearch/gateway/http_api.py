@@ -49,18 +49,22 @@ class HttpError(Exception):
     """A call refused before or after the gRPC hop: its status name and message."""
 
     def __init__(self, status: str, message: str,
-                 metadata: dict[str, str] | None = None, http: int | None = None) -> None:
+                 metadata: dict[str, str] | None = None, http: int | None = None,
+                 summary: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.metadata = metadata or {}
         self.http = http if http is not None else openapi.HTTP_STATUS[status]
+        self.summary = summary  # a streamed call's response for what came before the error
 
     def response(self) -> web.Response:
         error: dict[str, Any] = {"code": self.http, "status": self.status,
                                  "message": self.message}
         if self.metadata:
             error["metadata"] = self.metadata
+        if self.summary is not None:
+            error["summary"] = self.summary
         return web.json_response({"error": error}, status=self.http)
 
 
@@ -162,15 +166,17 @@ class _Lines:
         self.request = request
         self.message_type = message_type
         self.max_bytes = max_bytes
-        self.sent = 0
+        self.sent = 0  # messages
+        self.line = 0  # the body's lines read, blank ones included: the one being read
         self.error: HttpError | None = None
 
     async def messages(self) -> AsyncIterator[Message]:
         try:
             async for line in self._lines():
+                self.line += 1
                 if line.strip():
-                    message = _parse(_loads(line, f"line {self.sent + 1}"), self.message_type,
-                                     f"line {self.sent + 1}")
+                    where = f"line {self.line}"
+                    message = _parse(_loads(line, where), self.message_type, where)
                     self.sent += 1
                     yield message
         except HttpError as error:
@@ -184,8 +190,9 @@ class _Lines:
             for line in lines:
                 yield line
             if len(pending) > self.max_bytes:
-                raise HttpError("RESOURCE_EXHAUSTED", f"line {self.sent + 1} is longer than "
-                                f"the server's limit of {self.max_bytes} bytes", http=413)
+                self.line += 1  # the one too long, after those read
+                raise HttpError("RESOURCE_EXHAUSTED", f"line {self.line} is longer than the "
+                                f"server's limit of {self.max_bytes} bytes", http=413)
         yield pending
 
 
@@ -202,9 +209,10 @@ async def _answer(call: Awaitable[Message], lines: _Lines | None = None) -> Mess
         progress = {"papersearch-committed-messages": str(lines.sent)}
         if committed is not None:
             progress["papersearch-committed"] = str(committed)
-        raise HttpError(lines.error.status, f"{lines.error.message}; the first {lines.sent} "
-                        f"messages were sent and committed; resend from line {lines.sent + 1}",
-                        progress, lines.error.http)
+        raise HttpError(lines.error.status, f"{lines.error.message}; the {lines.sent} messages "
+                        "before it were sent and are done (written, or skipped as invalid: "
+                        f"see summary); resend from line {lines.line}", progress,
+                        lines.error.http, _dict(response))
     return response
 
 
