@@ -130,6 +130,29 @@ def test_daily_titles_that_look_like_dates_or_prose_stay_titles(tmp_path: Path) 
     ]
 
 
+def test_daily_titles_with_abbreviations_or_a_lowercase_start(tmp_path: Path) -> None:
+    """ "vs." or "et al." in a title is not prose; "Subscribe" glued to a title that starts in
+    lowercase ("vLLM") is chrome, not part of it."""
+    write(tmp_path, "000.txt", "Get trending papers in your email inbox!\n"
+          f"SubscribevLLM: Paged Attention\n{ABSTRACT_A}\n"
+          f"RL vs. SFT: Which One Generalizes?\n{ABSTRACT_B}\n"
+          f"Subscribers Matter\n{ABSTRACT_A.replace('Alpha', 'Gamma')}\n")
+    results = list(read_daily_papers(tmp_path))
+    assert [p.title for p in papers(results)] == [
+        "vLLM: Paged Attention", "RL vs. SFT: Which One Generalizes?", "Subscribers Matter"]
+    assert not skipped(results)
+
+
+def test_ids_ignore_case_accents_and_punctuation_but_not_letters() -> None:
+    """Titles that differ in case, accents or punctuation are one paper; a Greek or CJK letter
+    (no ASCII form) makes another. Ids of titles with an ASCII form are those of before."""
+    assert paper_id("Café: Über Models") == paper_id("cafe - uber MODELS")
+    assert paper_id("Don\u2019t Stop") == paper_id("Dont stop")
+    assert paper_id("\u03b1-Flow: Generative Models") != paper_id("\u03b2-Flow: Generative Models")
+    assert paper_id("GPT-4 \u6280\u672f\u62a5\u544a") != paper_id("GPT-4 \u8bc4\u6d4b\u57fa\u51c6")
+    assert paper_id("Alpha: A Model") == "dp-b14a31910a4288b2"
+
+
 def test_real_daily_papers_corpus() -> None:
     corpus = read_corpus(SHARED / "corpus" / "daily-papers")
     found = list(corpus)

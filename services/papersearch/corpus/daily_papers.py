@@ -48,10 +48,12 @@ _METADATA = re.compile(
     rf"|(?:published )?on {_DATE.pattern}",
     re.IGNORECASE,
 )
-# "Subscribe" glued to the first title, as in "SubscribeHierarchical multi-class ...".
-_GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?=[A-Z0-9])")
-# A full stop after a lowercase word, then a capital: prose, not a title ("U.S. Census" is not).
-_SENTENCE_BREAK = re.compile(r"[a-z0-9)]{2}\.\s+[A-Z(]")
+# "Subscribe" glued to the first title, as in "SubscribeHierarchical multi-class ..." or
+# "SubscribevLLM: ..." (not "Subscribers ...").
+_GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?=[A-Z0-9]|[a-z]+[A-Z])")
+# A full stop after a lowercase word, then a capital: prose, not a title ("U.S. Census" is not,
+# nor "RL vs. SFT" or "et al." and the like).
+_SENTENCE_BREAK = re.compile(r"[a-z0-9)]{2}(?<!\bvs)(?<!\bal)(?<!\bcf)(?<!\betc)\.\s+[A-Z(]")
 _MAX_TITLE_CHARS = 250
 
 

@@ -52,9 +52,12 @@ def point_id(paper_id: str) -> str:
 
 
 def normalise_title(title: str) -> str:
-    """Case-, accent- and punctuation-insensitive form of a title, used for ids and dedup."""
-    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+    """Case-, accent- and punctuation-insensitive form of a title, used for ids and dedup.
+    Accents and symbols outside ASCII are dropped, letters and digits without an ASCII form
+    (Greek, CJK) kept: "α-Flow" and "β-Flow" are two papers."""
+    decomposed = unicodedata.normalize("NFKD", title)
+    text = "".join(c for c in decomposed if c.isascii() or c.isalnum())
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
 
 def clean_text(text: str) -> str:
