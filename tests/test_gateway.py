@@ -27,7 +27,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.errors import Overloaded
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import server_options
-from papersearch.index.errors import StoreUnavailable
+from papersearch.index.errors import CollectionMissing, EmbedderMismatch, StoreUnavailable
 from papersearch.index.factory import open_store
 from papersearch.index.query import Mode, SearchFilter
 from papersearch.pipeline.backend import LocalBackend
@@ -575,7 +575,28 @@ def test_unreachable_qdrant_server_maps_to_unavailable(
         store.close()
     assert time.monotonic() - started < 60  # a hang guard: without timeout_s it retries on
     code, message = to_status(info.value)
-    assert code == grpc.StatusCode.UNAVAILABLE and message.startswith("service unavailable")
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert message.startswith("service unavailable: the index is unavailable (incident ")
+    assert index.url is not None and index.url not in message  # the address stays in the log
+
+
+def test_index_refusals_tell_the_client_what_and_the_log_where(
+        caplog: pytest.LogCaptureFixture) -> None:
+    for error, code, said in [
+        (CollectionMissing("no index at /srv/secret/papers: papersearch ingest creates it"),
+         grpc.StatusCode.FAILED_PRECONDITION, "the index has not been created yet"),
+        (EmbedderMismatch("index /srv/secret/papers was built by embedder 0123abcd"),
+         grpc.StatusCode.FAILED_PRECONDITION, "the index was built by another embedder"),
+        (StoreUnavailable("qdrant-edge upsert: /srv/secret/papers: No space left on device"),
+         grpc.StatusCode.UNAVAILABLE, "service unavailable: the index is unavailable"),
+    ]:
+        caplog.clear()
+        assert to_status(error)[0] == code
+        message = to_status(error)[1]
+        assert message.startswith(said) and "/srv/secret" not in message
+        incident = message.rsplit("incident ", 1)[1].rstrip(")")
+        assert any(getattr(r, "incident", None) == incident and "/srv/secret" in r.detail
+                   for r in caplog.records)
 
 
 def test_unexpected_error_is_internal_without_details(fault: tuple[Faulty, SearchClient]) -> None:

@@ -41,10 +41,29 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the search finished"
     if isinstance(error, Overloaded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: queues are full, retry later"
-    if isinstance(error, StoreUnavailable | NotReady):
+    # The index's own words name its addresses, paths and OS errors: they go to the log under
+    # an incident id, the client gets what they mean.
+    if isinstance(error, StoreUnavailable):
+        incident = _incident(error, "index unavailable", logging.WARNING)
+        return (grpc.StatusCode.UNAVAILABLE,
+                f"service unavailable: the index is unavailable (incident {incident})")
+    if isinstance(error, NotReady):
         return grpc.StatusCode.UNAVAILABLE, f"service unavailable: {error}"
-    if isinstance(error, EmbedderMismatch | CollectionMissing):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
-    incident = uuid.uuid4().hex[:12]
-    log.error("internal error", extra={"incident": incident}, exc_info=error)
+    if isinstance(error, CollectionMissing):
+        incident = _incident(error, "index missing", logging.WARNING)
+        return (grpc.StatusCode.FAILED_PRECONDITION, "the index has not been created yet "
+                f"(papersearch ingest creates it; incident {incident})")
+    if isinstance(error, EmbedderMismatch):
+        incident = _incident(error, "embedder mismatch", logging.ERROR)
+        return (grpc.StatusCode.FAILED_PRECONDITION, "the index was built by another embedder "
+                f"than this service runs (incident {incident})")
+    incident = _incident(error, "internal error", logging.ERROR, traceback=True)
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
+
+
+def _incident(error: BaseException, what: str, level: int, *, traceback: bool = False) -> str:
+    """Log ``error`` under a new incident id, the one its client is told."""
+    incident = uuid.uuid4().hex[:12]
+    log.log(level, what, extra={"incident": incident, "detail": str(error)},
+            exc_info=error if traceback else None)
+    return incident
