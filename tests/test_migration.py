@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -250,6 +251,42 @@ class Loop:
                 self.deleted.update(gone)
             n += 3
             await asyncio.sleep(0.01)
+
+
+class _Lost:
+    """A collection whose writes fail after they may have been applied (the answer lost)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def upsert(self, papers: Any, dense: Any) -> int:
+        self.calls += 1
+        raise RuntimeError("qdrant upsert: the answer was lost")
+
+    async def delete(self, paper_ids: Any) -> int:
+        self.calls += 1
+        raise RuntimeError("qdrant delete: the answer was lost")
+
+
+def test_a_failed_write_is_pending_for_the_other_collection() -> None:
+    """A write that fails in the caller's collection may still have landed there: its ids are
+    pending for the other one, whose reconcile or re-sync then copies their state across
+    (as for a failed mirror write); the mirror is not written, the error reaches the client."""
+    from papersearch.pipeline.collections import Bound
+    from papersearch.pipeline.migration import Mirror
+
+    ref = ModelRef.parse("minilm-l6@1", Path("models"))
+    live, other = (Bound(View(name, ref, "sha", 4), cast(IndexAccess, _Lost()))
+                   for name in ("papers-a", "papers-b"))
+    mirror = Mirror((live, other), cast(Any, None), cast(Any, SimpleNamespace(current=live)),
+                    copying=True)
+    paper = Paper(id="lost-1", title="A write whose answer was lost", abstract="")
+    with pytest.raises(RuntimeError, match="answer was lost"):
+        asyncio.run(mirror.upsert(live, [paper], np.zeros((1, 4), np.float32)))
+    with pytest.raises(RuntimeError, match="answer was lost"):
+        asyncio.run(mirror.delete(live, ["lost-2"]))
+    assert mirror.missed_by("papers-b") == sorted([paper.point_id, point_id("lost-2")])
+    assert mirror.missed_by("papers-a") == [] and cast(_Lost, other.index).calls == 0
 
 
 @pytest.mark.parametrize("backend", ["edge", "server"])

@@ -86,8 +86,8 @@ class Mirror:
         async with self._writing():
             ids = [p.point_id for p in papers]
             self._touch(ids)
-            written = await bound.index.upsert(papers, dense)
             other = self.other(bound)
+            written = await self._primary(ids, other, bound.index.upsert(papers, dense))
             if other is not None:
                 await self._mirrored(ids, other, lambda: self._upsert(other, papers))
             return written
@@ -96,8 +96,8 @@ class Mirror:
         async with self._writing():
             ids = [point_id(pid) for pid in paper_ids]
             self._touch(ids)
-            deleted = await bound.index.delete(paper_ids)
             other = self.other(bound)
+            deleted = await self._primary(ids, other, bound.index.delete(paper_ids))
             if other is not None:
                 await self._mirrored(ids, other, lambda: other.index.delete(paper_ids))
             return deleted
@@ -138,6 +138,18 @@ class Mirror:
     async def _upsert(self, other: Bound, papers: Sequence[Paper]) -> int:
         vectors = await self.encode(other.view.embedder, [p.text for p in papers])
         return await other.index.upsert(papers, vectors)
+
+    async def _primary(self, ids: list[str], other: Bound | None,
+                       write: Awaitable[int]) -> int:
+        """The write to the caller's collection. If it fails it may still have been applied (a
+        chunk of it, or all of it with the answer lost): the ids become pending for ``other``,
+        so the next reconcile or re-sync makes them there what they are here."""
+        try:
+            return await write
+        except BaseException:
+            if other is not None:
+                self.pending.update(dict.fromkeys(ids, other.view.collection))
+            raise
 
     async def _mirrored(self, ids: list[str], other: Bound,
                         write: Callable[[], Awaitable[int]]) -> None:
