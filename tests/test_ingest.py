@@ -6,6 +6,7 @@ Every command runs as a subprocess (``python -m papersearch.cli``), configured o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -511,3 +512,34 @@ def test_user_errors_are_reported_before_any_work(
     assert done.stderr.splitlines()[-1] == (
         f"papersearch: error: no index at {data_dir / 'papers'}: papersearch ingest creates it")
     assert not data_dir.exists()
+
+
+def test_an_ingest_stops_when_a_migration_moves_the_index(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path
+) -> None:
+    """A pointer swap while an ingest runs (a migration's; written by hand here) stops it at
+    the next batch: what it wrote stays, the rest is for a rerun against the live collection
+    (after the swap, writes to the old one would be lost at --finish)."""
+    from papersearch.corpus.paper import Paper
+    from papersearch.index.pointer import EdgePointers, Pointer
+    from papersearch.ingest.pipeline import Ingester
+    from papersearch.pipeline.factory import IndexMoved, LiveCheck, open_live
+
+    settings = model_settings.model_copy(
+        update={"index": IndexSettings(data_dir=tmp_path / "index")})
+    encoder, store = open_live(settings, create=True)
+
+    def corpus() -> Iterator[Paper]:
+        for i in range(6):
+            if i == 2:  # the first batch of two is written: the swap
+                EdgePointers(settings.index).write(Pointer("papers-elsewhere", "minilm-l6@1"))
+            yield Paper(id=f"moved-{i}", title=f"Paper {i} on tidal power",
+                        abstract=f"Abstract {i}.")
+
+    live = LiveCheck(settings, store)
+    with store, contextlib.closing(live):
+        ingester = Ingester(store, encoder, batch_size=2, check=live)
+        with pytest.raises(IndexMoved, match="made papers-elsewhere the live collection while "
+                                             "this job wrote to papers: run it again"):
+            ingester.ingest(corpus(), progress=False)
+        assert ingester.written == 2 and store.count() == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -147,7 +148,7 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.ingest.pipeline import Ingester, Ingests, ingest_paths
-    from papersearch.pipeline.factory import open_live
+    from papersearch.pipeline.factory import LiveCheck, open_live
 
     paths = args.paths or [settings.corpus_dir]
     if args.ray and Path(args.ray).exists():
@@ -157,16 +158,17 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
         if not path.exists():
             raise FileNotFoundError(f"no such corpus file or folder: {path}")
     encoder, store = open_live(settings, create=True)
-    with store:
+    live = LiveCheck(settings, store)  # a migration's swap meanwhile stops the run
+    with store, contextlib.closing(live):
         if args.ray is None:
-            ingester: Ingests = Ingester(store, encoder, settings.models.batch_size)
+            ingester: Ingests = Ingester(store, encoder, settings.models.batch_size, live)
             summary = ingest_paths(paths, store, ingester, update=args.update,
                                    progress=not args.quiet)
         else:
             from papersearch.ingest.distributed import RayIngester, ray_cluster
 
             with ray_cluster(args.ray or None):
-                summary = ingest_paths(paths, store, RayIngester(store, encoder, settings),
+                summary = ingest_paths(paths, store, RayIngester(store, encoder, settings, live),
                                        update=args.update, progress=not args.quiet)
     print(json.dumps(summary.to_dict(), indent=2))
     return 0

@@ -18,9 +18,10 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.store import Store
-from papersearch.ingest.pipeline import unstored
+from papersearch.ingest.pipeline import checked_write, unstored
 from papersearch.models.manifest import ProviderUnavailable
 from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER
 from papersearch.retriever.retriever import Retriever
@@ -152,10 +153,12 @@ class RayIngester:
     """Ingester's contract (``ingest``, ``written``) with encoding on a Ray cluster; call it
     inside ``ray_cluster``."""
 
-    def __init__(self, store: Store, encoder: Encoder, settings: Settings) -> None:
+    def __init__(self, store: Store, encoder: Encoder, settings: Settings,
+                 check: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.settings = settings
         self.retriever = Retriever(store)
+        self.check = check  # as Ingester's
         self.written = 0
         store.ensure_collection(encoder.dim, encoder.sha256)  # the embedder the actors load
 
@@ -170,7 +173,8 @@ class RayIngester:
                       disable=not progress) as bar:
                 for rows, dense in self._encoded(fresh):
                     batch = [fresh[int(row)] for row in rows]
-                    written += self.retriever.upsert(batch, dense)
+                    written += checked_write(self.check,
+                                             partial(self.retriever.upsert, batch, dense))
                     self.written += len(batch)
                     bar.update(len(batch))
         self.store.optimize()

@@ -9,8 +9,9 @@ Ctrl-C stops between engine calls: the batches written stay, a rerun does the re
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Protocol
@@ -46,11 +47,13 @@ class IngestSummary:
 class Ingester:
     """Encodes and upserts papers into an open store, one batch at a time."""
 
-    def __init__(self, store: Store, encoder: Encoder, batch_size: int = 64) -> None:
+    def __init__(self, store: Store, encoder: Encoder, batch_size: int = 64,
+                 check: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.encoder = encoder
         self.retriever = Retriever(store)
         self.batch_size = batch_size
+        self.check = check  # before and after each write: raises to stop (LiveCheck)
         self.written = 0  # papers written by this Ingester, all calls together
         store.ensure_collection(encoder.dim, encoder.sha256)
 
@@ -59,7 +62,7 @@ class Ingester:
         if not papers:
             return 0
         dense = self.encoder.encode_documents([p.text for p in papers])
-        written = self.retriever.upsert(papers, dense)
+        written = checked_write(self.check, partial(self.retriever.upsert, papers, dense))
         self.written += written
         return written
 
@@ -78,6 +81,15 @@ class Ingester:
                 written += self.upsert(batch)
         self.store.optimize()
         return written, present
+
+
+def checked_write(check: Callable[[], None], write: Callable[[], int]) -> int:
+    """``write`` between two calls of ``check``: a batch written while the index moved (an
+    embedder migration's swap) stops the job too, and the rerun writes it again."""
+    check()
+    written = write()
+    check()
+    return written
 
 
 def unstored(store: Store, papers: Sequence[Paper]) -> list[Paper]:

@@ -36,6 +36,32 @@ def open_live(settings: Settings, *, create: bool = False) -> tuple[Encoder, Sto
     return encoder, _checked(settings_for(settings, view.collection), encoder, create)
 
 
+class IndexMoved(ValueError):
+    """An embedder migration swapped the live collection while a write job ran."""
+
+
+class LiveCheck:
+    """For a job that writes to ``store`` for a while (``papersearch ingest``): calling it
+    raises IndexMoved once the pointer names another live collection, so that no write goes
+    on into the collection a migration left behind (it would be lost at ``--finish``)."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.index = settings.index
+        self.collection = store.settings.collection
+        self.pointers = pointers_for(settings.index)
+
+    def __call__(self) -> None:
+        pointer = self.pointers.read()
+        live = self.index.collection if pointer is None else pointer.live
+        if live != self.collection:
+            raise IndexMoved(f"an embedder migration made {live} the live collection while "
+                             f"this job wrote to {self.collection}: run it again (an ingest "
+                             "then writes what the live collection lacks)")
+
+    def close(self) -> None:
+        self.pointers.close()
+
+
 def open_index(settings: Settings, encoder: Encoder, *, create: bool = False) -> Store:
     """The collection ``index.collection`` means now (its pointer's after a migration),
     checked against the encoder that will query or fill it."""
