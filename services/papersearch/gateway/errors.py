@@ -38,7 +38,7 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, PaperNotFound):
         return grpc.StatusCode.NOT_FOUND, f"paper {quoted(error.paper_id)} is not in the index"
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the search finished"
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call finished"
     if isinstance(error, Overloaded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: queues are full, retry later"
     # The index's own words name its addresses, paths and OS errors: they go to the log under
