@@ -143,6 +143,18 @@ def test_daily_titles_with_abbreviations_or_a_lowercase_start(tmp_path: Path) ->
     assert not skipped(results)
 
 
+def test_daily_a_short_one_sentence_abstract_is_an_abstract(tmp_path: Path) -> None:
+    """A line short enough for a title that ends a sentence, after a title, is its abstract;
+    a title after a title is still one (the first had none)."""
+    short = "We present vLLM, a serving engine for large language models."
+    write(tmp_path, "000.txt", page(("vLLM: Paged Attention", short), ("Orphan Title", ""),
+                                    ("Beta Set", ABSTRACT_B)).replace("\n\n\n\n", "\n\n"))
+    results = list(read_daily_papers(tmp_path))
+    assert [(p.title, p.abstract) for p in papers(results)] == [
+        ("vLLM: Paged Attention", short), ("Beta Set", ABSTRACT_B)]
+    assert [s.reason for s in skipped(results)] == ["title without an abstract"]
+
+
 def test_ids_ignore_case_accents_and_punctuation_but_not_letters() -> None:
     """Titles that differ in case, accents or punctuation are one paper; a Greek or CJK letter
     (no ASCII form) makes another. Ids of titles with an ASCII form are those of before."""

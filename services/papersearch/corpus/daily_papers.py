@@ -55,6 +55,7 @@ _GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?=[A-Z0-9]|[a-z]+[A-Z])")
 # nor "RL vs. SFT" or "et al." and the like).
 _SENTENCE_BREAK = re.compile(r"[a-z0-9)]{2}(?<!\bvs)(?<!\bal)(?<!\bcf)(?<!\betc)\.\s+[A-Z(]")
 _MAX_TITLE_CHARS = 250
+_MIN_SENTENCE_WORDS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def parse_page(path: Path) -> Iterator[Entry | Skipped]:
     for lineno, line in _content_lines(text.split("\n")):
         if (header := _DATE.fullmatch(line)) is not None:
             published = _page_date(header)
-        elif _looks_like_title(line):
+        elif _looks_like_title(line) and not (pending is not None and _short_abstract(line)):
             if pending is not None:
                 yield Skipped(f"{path}:{pending[0]}", "title without an abstract")
             pending = (lineno, line)
@@ -145,6 +146,12 @@ def _page_date(header: re.Match[str]) -> date | None:
 
 def _looks_like_title(line: str) -> bool:
     return len(line) <= _MAX_TITLE_CHARS and _SENTENCE_BREAK.search(line) is None
+
+
+def _short_abstract(line: str) -> bool:
+    """After a title: a line short enough for a title but a sentence ("We present vLLM, a
+    serving engine for large language models."), which titles do not end as."""
+    return line.endswith(".") and len(line.split()) >= _MIN_SENTENCE_WORDS
 
 
 def _to_paper(entry: Entry) -> Paper:
