@@ -281,6 +281,8 @@ def test_recommendation_requests() -> None:
         pb.SimilarPapersRequest(positive_ids=["x", "y"]), LIMITS)
     assert only_positive_ids.examples == Examples(("x", "y"))  # strategy: the index's
     assert convert.similar_query_to_proto(only_positive_ids).strategy == 0
+    repeated = pb.SimilarPapersRequest(paper_id="a", positive_ids=["a"] * 20)  # limit 16
+    assert convert.similar_query_from_proto(repeated, LIMITS).examples == Examples(("a",))
     for bad, match in [
         (pb.SimilarPapersRequest(paper_id="a", negative_ids=["a"]), "both a positive and"),
         (pb.SimilarPapersRequest(paper_id="a", strategy=9), "unknown strategy 9"),

@@ -139,6 +139,11 @@ def test_feedback_respects_the_filter(loaded: Store) -> None:  # noqa: F811
         flt = SearchFilter(categories=("cs.CV",))
         hits = Retriever(loaded).search(RARE, DENSE[0], limit=10, filter=flt)
         assert hits and all("cs.CV" in h.paper.categories for h in hits)
+        # a filter nothing passes: no papers to expand from, so no feedback said to have run
+        nothing = SearchFilter(categories=("no.SUCH",))
+        empty = loaded.execute(Retriever(loaded).retrieve_program(RARE, DENSE[0], limit=10,
+                                                                  filter=nothing))
+        assert empty.hits == [] and empty.feedback is False
     finally:
         loaded.settings = saved
 

@@ -48,6 +48,12 @@ def test_rerank_hits_window_then_tail_cut_at_top_k() -> None:
     assert [h.paper.id for h in hits] == ["p2", "p0", "p1", "p3", "p4"]
     assert hits[0].stages.rerank == 5.0 and hits[0].stages.fused == pytest.approx(1 / 3)
     assert hits[3].stages.rerank is None  # tail below the window was not reranked
+    # scored on as the fusion would (its first-stage rank for both): the order holds
+    assert hits[3].stages.fused == 1 / 4 and hits[3].score == pytest.approx(1 / (5 + 4))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    defaults = rerank_hits(candidates, [0.3, 0.2, 0.1], "hybrid", 6, SearchSettings())
+    assert [h.score for h in defaults] == sorted((h.score for h in defaults), reverse=True)
+    assert defaults[-1].score < defaults[2].score and defaults[-1].stages.fused == 1 / 6
 
 
 @pytest.mark.parametrize(

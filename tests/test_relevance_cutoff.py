@@ -52,7 +52,7 @@ class Scripted:
                        feedback: bool | None = None) -> Retrieved:
         hits = [Hit(Paper(id=f"p{i}", title=f"t{i}", abstract="a"), 1.0 / (i + 1), dense)
                 for i, dense in enumerate(DENSE)]
-        return Retrieved(hits[:limit], False)
+        return Retrieved(hits[:limit], False, mode)
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
         return self.rerank_scores[: len(passages)]

@@ -78,7 +78,11 @@ def test_rerank_stage_reports_scores_and_timings(pipeline: Sync) -> None:
 
 
 def test_stopword_query_falls_back_to_dense(pipeline: Sync) -> None:
-    assert len(pipeline.search(SearchQuery("the of and", rerank=False)).hits) == 10
+    hits = pipeline.search(SearchQuery("the of and", rerank=False)).hits
+    assert len(hits) == 10
+    assert all(h.stages.fused is None for h in hits)  # a dense search ran: nothing was fused
+    reranked = pipeline.search(SearchQuery("the of and", top_k=3)).hits
+    assert all(h.stages.fused is None and h.stages.rerank is not None for h in reranked)
     assert pipeline.search(SearchQuery("the of and", mode="sparse", rerank=False)).hits == ()
 
 

@@ -246,8 +246,8 @@ def similar_query_from_proto(
     examples (at least one), negative_ids the negative ones, at most
     settings.max_similar_ids in all; an unset strategy is the index's recommend_strategy.
     Raises InvalidQuery."""
-    given = len(request.positive_ids) + len(request.negative_ids) + bool(request.paper_id)
-    if given > settings.max_similar_ids:
+    given = len({request.paper_id, *request.positive_ids, *request.negative_ids} - {""})
+    if given > settings.max_similar_ids:  # distinct ids: a repeated one counts once
         raise InvalidQuery(f"{given} example papers (paper_id, positive_ids, negative_ids); "
                            f"the limit is {settings.max_similar_ids} (search.max_similar_ids)")
     positive = [paper_id_from_proto(request.paper_id)] if request.paper_id else []

@@ -87,16 +87,18 @@ class SearchPipeline:
         reranked = None
         if window and candidates:
             mark = time.perf_counter()
-            reranked = await self._rerank(query, candidates[:window], candidates)
+            reranked = await self._rerank(query, candidates[:window], candidates,
+                                          retrieved.mode)
             timings["rerank"] = _ms_since(mark)
-        ranked = reranked or [_first_stage_hit(h, query.mode) for h in candidates[: query.top_k]]
+        ranked = reranked or [_first_stage_hit(h, retrieved.mode)
+                              for h in candidates[: query.top_k]]
         hits, dropped = cut_below(tuple(ranked), query.min_relevance)
         timings["total"] = _ms_since(started)
         return SearchResult(hits, reranked is not None, timings, dropped,
                             min(window, len(candidates)) if reranked else 0, retrieved.feedback)
 
     async def _rerank(self, query: SearchQuery, window: Sequence[Hit],
-                      candidates: Sequence[Hit]) -> list[SearchHit] | None:
+                      candidates: Sequence[Hit], mode: Mode) -> list[SearchHit] | None:
         started = time.perf_counter()
         ahead = self.rerank_depth.sent(len(window))
         try:
@@ -111,7 +113,7 @@ class SearchPipeline:
             log.warning("rerank skipped", extra={"reason": type(error).__name__})
             return None
         self.rerank_depth.observe(len(window), time.perf_counter() - started, ahead)
-        return rerank_hits(candidates, scores, query.mode, query.top_k, self.settings)
+        return rerank_hits(candidates, scores, mode, query.top_k, self.settings)
 
 
 def rerank_hits(
@@ -121,7 +123,9 @@ def rerank_hits(
     top_k: int,
     settings: SearchSettings,
 ) -> list[SearchHit]:
-    """Final ranking: the fused window first, then the first-stage tail, cut at top_k."""
+    """Final ranking: the fused window first, then the first-stage tail, cut at top_k. A
+    tail hit scores as the fusion would with its first-stage rank as its rerank rank too,
+    1 / (k + rank), below every fused score of the window: the scores stay in order."""
     window = len(scores)
     rerank_rank = {int(i): r for r, i in enumerate(np.argsort(-np.asarray(scores),
                                                                kind="stable"), start=1)}
@@ -131,8 +135,19 @@ def rerank_hits(
                                fused, settings))
         for i, fused in fuse(scores, settings.rerank_weight, settings.rerank_rrf_k)
     ]
-    tail = [_first_stage_hit(h, mode) for h in candidates[window:]]
+    k = settings.rerank_rrf_k
+    tail = [_below_the_window(h, mode, rank, 1.0 / (k + rank), k)
+            for rank, h in enumerate(candidates[window:top_k], start=window + 1)]
     return (ordered + tail)[:top_k]
+
+
+def _below_the_window(hit: Hit, mode: str, rank: int, score: float, k: float) -> SearchHit:
+    explanation = hit.explanation
+    if explanation is not None:
+        note = f"below the rerank window: 1 / ({k:g} + first-stage rank {rank}) = {score:.4f}"
+        explanation = replace(explanation, fusion="; ".join(
+            f for f in (explanation.fusion, note) if f))
+    return SearchHit(hit.paper, score, _stages(hit, mode), explanation)
 
 
 def _with_rerank(explanation: Explanation | None, position: int, rank: int, score: float,

@@ -46,7 +46,10 @@ class Feedback:
         return max(self.dense_docs, self.sparse_docs) if self.enabled else 0
 
     def expand(self, request: SearchRequest, top: Sequence[Record]) -> SearchRequest:
-        """``request`` with its vectors expanded from the first pass's ``top`` papers."""
+        """``request`` with its vectors expanded from the first pass's ``top`` papers;
+        ``request`` itself when there are none (nothing matched: nothing to expand)."""
+        if not top:
+            return request
         vectors = [r.dense for r in top[: self.dense_docs] if r.dense is not None]
         dense = request.dense_vector()
         if vectors:

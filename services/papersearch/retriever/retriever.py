@@ -24,6 +24,7 @@ class Retrieved:
 
     hits: list[Hit]
     feedback: bool
+    mode: Mode  # the search that ran: a hybrid query without BM25 terms runs as dense
 
 
 class Retriever:
@@ -70,7 +71,7 @@ class Retriever:
         ``index.prf_*`` values."""
         sparse = self.bm25.query(text) if mode in ("sparse", "hybrid") else None
         if sparse is not None and len(sparse) == 0 and mode == "sparse":
-            return Retrieved([], False)  # only stopwords or punctuation: nothing matches lexically
+            return Retrieved([], False, mode)  # only stopwords or punctuation: no match
         if sparse is not None and len(sparse) == 0:
             mode, sparse = "dense", None
         request = SearchRequest(
@@ -91,7 +92,7 @@ class Retriever:
             hits = yield from self.store.explain_program(request, hits, self.term_labels(text))
         if request is not asked:  # each hit's dense score: its cosine to the query as asked
             hits = yield from self.store.cosines_program(asked.dense_vector(), hits)
-        return Retrieved(hits, request is not asked)
+        return Retrieved(hits, request is not asked, mode)
 
     def term_labels(self, text: str) -> dict[int, str]:
         """BM25 term index -> the query word it came from (the first, if several do); terms
