@@ -334,3 +334,16 @@ def test_every_overlay_sets_the_controller_loop_interval_of_the_settings(
     for item in rendered.values():
         data = item.one("ConfigMap", _env_name(item))["data"]
         assert float(data[CONTROL_LOOP_ENV]) == ServeSettings().control_loop_interval_s
+
+
+def test_the_image_model_build_has_the_default_training_corpora() -> None:
+    """MODELS=build trains the reranker from training.corpora's defaults (paths under
+    ../shared, from /build/app): the Dockerfile copies each of them to /build/shared."""
+    from papersearch.settings import TrainingSettings
+
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY --from=shared (\S+) /build/shared/\1$", dockerfile, re.M))
+    wanted = {path.as_posix().removeprefix("../shared/")
+              for path in TrainingSettings().corpora if path.as_posix().startswith("../shared/")}
+    missing = {w for w in wanted if not any(w == c or w.startswith(c + "/") for c in copied)}
+    assert wanted and not missing, missing
