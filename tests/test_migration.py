@@ -275,7 +275,7 @@ def test_a_failed_write_is_pending_for_the_other_collection() -> None:
     from papersearch.pipeline.collections import Bound
     from papersearch.pipeline.migration import Mirror
 
-    ref = ModelRef.parse("minilm-l6@1", Path("models"))
+    ref = ModelRef("minilm-l6", 1)  # no repository needed: nothing is encoded
     live, other = (Bound(View(name, ref, "sha", 4), cast(IndexAccess, _Lost()))
                    for name in ("papers-a", "papers-b"))
     mirror = Mirror((live, other), cast(Any, None), cast(Any, SimpleNamespace(current=live)),
