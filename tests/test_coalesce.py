@@ -193,6 +193,24 @@ def test_a_call_still_wanted_by_one_request_goes_on() -> None:
     assert run(shared) == (20, 1)
 
 
+def test_a_batch_abandoned_before_it_starts_frees_its_slot() -> None:
+    """The lone queued request is cancelled in the loop pass that hands it its batch call:
+    the call task is cancelled before its first step (its coroutine never runs), and its slot
+    must come back all the same, or every later request waits for ever."""
+    async def main() -> tuple[int, int]:
+        down = Downstream()
+        batcher = coalescer(down.send)
+        first, doomed = await queue_behind(batcher, 1, 2)
+        down.release.set()  # the first call answers in the next pass, which also sees...
+        doomed.cancel()  # ...[2] cancelled (its future at once, its task's handler later)
+        await asyncio.gather(first, doomed, return_exceptions=True)
+        await settle()
+        in_flight = batcher.in_flight
+        return in_flight, await asyncio.wait_for(batcher.submit(3), 5)
+
+    assert run(main) == (0, 30)
+
+
 def test_too_many_waiting_requests_are_refused() -> None:
     async def main() -> None:
         down = Downstream()

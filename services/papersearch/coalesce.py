@@ -87,10 +87,18 @@ class Coalescer(Generic[I, O]):
 
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
+        self._queue = [entry for entry in self._queue if not entry[1].done()]  # cancelled
         while self._queue and self.in_flight < self.max_in_flight:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             task = loop.create_task(self._call(batch))
             self._calls[task] = [future for _, future in batch]
+            # the slot is freed when the task ends, however: a task cancelled before its first
+            # step never runs its coroutine's finally
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._calls.pop(task, None)
+        self._dispatch()
 
     async def _call(self, batch: list[tuple[I, asyncio.Future[O]]]) -> None:
         try:
@@ -109,11 +117,6 @@ class Coalescer(Generic[I, O]):
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._calls.pop(task, None)
-            self._dispatch()
 
     def _abandon(self, future: asyncio.Future[O]) -> None:
         self._queue = [entry for entry in self._queue if entry[1] is not future]
