@@ -3,8 +3,10 @@ AutoscalingContext. The real policy in a real Serve app: test_serving's scale-up
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import threading
 from typing import Any
 
 import pytest
@@ -46,6 +48,33 @@ def test_meter_counts_overlapping_blocks_once_and_open_spans_up_to_now() -> None
         clock.now += 0.5
     clock.now += 0.5
     assert meter.read() == pytest.approx((0.5, 0.5))  # the open span's rest: 0.5 of 1.0 s
+
+
+def test_a_cancelled_call_stays_busy_until_its_thread_ends() -> None:
+    """A cancelled caller (its client's deadline) cannot stop the ONNX thread: it waits for it,
+    so the meter and the caller's call slot cover the work that still runs."""
+    started, go, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def work() -> int:
+        started.set()
+        go.wait(10)
+        ended.set()
+        return 1
+
+    async def main() -> None:
+        meter = BusyMeter()
+        call = asyncio.create_task(meter.in_thread(work))
+        await asyncio.to_thread(started.wait, 10)
+        call.cancel()
+        await asyncio.sleep(0.05)
+        assert not call.done() and meter.read().share > 0  # still busy: the thread runs
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert ended.is_set()
+        assert meter.read().share > 0
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("values", [(0.6, 0.5, 0.55), (0.1, 0.4, 0.3), (0.3, 0.3, 0.9)])

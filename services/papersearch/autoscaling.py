@@ -14,13 +14,16 @@ This module imports nothing from papersearch: Serve's controller loads the polic
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 UTILIZATION = "utilization"  # the custom metric a replica reports (record_autoscaling_stats)
 
@@ -56,6 +59,18 @@ class BusyMeter:
             self._active -= 1
             if self._active == 0:
                 self._busy_s += self._clock() - self._span_start
+
+    async def in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` in a worker thread, busy until the thread ends. A cancelled caller
+        still waits for it (a thread cannot be stopped), so its call slot and its busy time
+        cover the work that goes on rather than the next batch running beside it unseen."""
+        with self.busy():
+            running = asyncio.ensure_future(asyncio.to_thread(work, *args))
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                await asyncio.wait([running])
+                raise
 
     def read(self) -> Reading:
         """The busy share and seconds since the previous read (an open span counts up to

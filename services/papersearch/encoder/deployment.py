@@ -48,8 +48,7 @@ class QueryEncoderDeployment:
     async def encode_documents(self, texts: Sequence[str], embedder: str | None = None
                                ) -> np.ndarray:
         encoder = await self._encoder(embedder)
-        with self.meter.busy():
-            return await asyncio.to_thread(encoder.encode_documents, texts)
+        return await self.meter.in_thread(encoder.encode_documents, texts)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve asks every few hundred ms: the autoscaling policy's input."""
@@ -82,8 +81,7 @@ class QueryEncoderDeployment:
             async def run(calls: list[list[str]]) -> list[np.ndarray]:
                 texts = [text for call in calls for text in call]
                 metrics().batch("QueryEncoder", len(texts))
-                with self.meter.busy():
-                    vectors = await asyncio.to_thread(encoder.encode_queries, texts)
+                vectors = await self.meter.in_thread(encoder.encode_queries, texts)
                 return np.split(vectors, np.cumsum([len(call) for call in calls[:-1]]))
 
             # Serve's max_ongoing_requests bounds the calls waiting; this bound is a backstop.

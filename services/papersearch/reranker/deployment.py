@@ -63,8 +63,7 @@ class RerankerDeployment:
         pairs = [(query, passage) for query, passages in requests for passage in passages]
         metrics().batch("Reranker", len(pairs))
         reranker = await self._model()
-        with self.meter.busy():
-            scores = await asyncio.to_thread(reranker.score_pairs, pairs)
+        scores = await self.meter.in_thread(reranker.score_pairs, pairs)
         bounds = np.cumsum([0] + [len(passages) for _, passages in requests])
         return [scores[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
