@@ -33,7 +33,7 @@ from papersearch.loadtest.queries import load_queries, queries_from_file
 from papersearch.loadtest.report import server_side
 from papersearch.loadtest.runner import Outcome, RequestRecord, Runner, SearchOptions
 from papersearch.loadtest.scaling import direction_changes, scale_events
-from papersearch.loadtest.stats import per_second, percentile, summarize
+from papersearch.loadtest.stats import per_second, per_step, percentile, summarize
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery, SearchResult
@@ -374,6 +374,18 @@ def test_summary_refuses_records_that_do_not_add_up() -> None:
     broken = [RequestRecord(0.0, Outcome.COMPLETED, 0.0, 0.1, code=None)]
     with pytest.raises(AssertionError, match="1 scheduled != 0 ok"):
         summarize(broken, duration_s=1)
+
+
+def test_per_step_rates_of_a_run_cut_short() -> None:
+    """--duration 40 on 10:30,40:60,10:90: two steps reached, the second for 10 s; every
+    request answered, each step achieved its rate."""
+    profile = LoadProfile.parse_steps("10:30,40:60,10:90")
+    cut = schedule(profile, max_requests=100_000, max_duration_s=40)
+    records = [RequestRecord(t, Outcome.COMPLETED, t, t + 0.01, "OK") for t in cut.offsets]
+    rows = per_step(records, profile, cut.duration_s)
+    assert [(r.start_s, r.offered, r.ok) for r in rows] == [(0.0, 300, 300), (30.0, 400, 400)]
+    assert [r.achieved_qps for r in rows] == pytest.approx([10.0, 40.0])
+    assert len(per_step(records, profile)) == 3  # the whole profile, as without a cut
 
 
 def test_per_second_buckets_by_schedule_and_by_completion() -> None:

@@ -233,7 +233,8 @@ async def execute(test: LoadTest) -> LoadTestReport:
             metrics_error = str(error)
     duration_s = test.schedule.duration_s
     return LoadTestReport(
-        run=run, summary=summarize(records, duration_s), steps=per_step(records, test.profile),
+        run=run, summary=summarize(records, duration_s),
+        steps=per_step(records, test.profile, duration_s),
         seconds=per_second(records, monitor.samples, duration_s), samples=monitor.samples,
         metric_deltas=deltas, metrics_error=metrics_error,
     )

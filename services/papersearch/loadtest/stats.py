@@ -113,16 +113,21 @@ class StepRow:
     p95_ms: float | None
 
 
-def per_step(records: Sequence[RequestRecord], profile: LoadProfile) -> list[StepRow]:
-    """Requests grouped by the step they were scheduled in."""
+def per_step(records: Sequence[RequestRecord], profile: LoadProfile,
+             window_s: float | None = None) -> list[StepRow]:
+    """Requests grouped by the step they were scheduled in. A run cut short (``window_s``:
+    --duration, or --requests reached) has the steps it reached, the last up to the cut."""
+    window = profile.duration_s if window_s is None else window_s
     rows, start = [], 0.0
     for step in profile.steps:
-        end = start + step.duration_s
+        if start >= window:
+            break
+        end = min(start + step.duration_s, window)
         mine = [r for r in records if start <= r.scheduled_s < end]
         ok = sum(1 for r in mine if r.code == OK)
         rows.append(StepRow(start, step.rate_qps, len(mine), ok, len(mine) - ok,
-                            ok / step.duration_s, latency_ms(_ok_latencies(mine))["p95"]))
-        start = end
+                            ok / (end - start), latency_ms(_ok_latencies(mine))["p95"]))
+        start += step.duration_s
     return rows
 
 
