@@ -117,9 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-url",
                         help="Prometheus text metrics (default: "
                              "http://127.0.0.1:serve.metrics_port/metrics, Ray's export port)")
-    parser.add_argument("--metrics-settle-s", type=float, default=10.0,
+    parser.add_argument("--metrics-settle-s", type=float, default=12.0,
                         help="wait before the final metrics read: Ray exports custom metrics "
-                             "every 10 s by default (default %(default)s)")
+                             "every 10 s by default, the replicas' counters flush every second "
+                             "(default %(default)s)")
     parser.add_argument("--app", help="Serve application name (default: serve.app_name)")
     parser.add_argument("--sample-s", type=float, default=1.0,
                         help="replica sampling period (default %(default)s)")
