@@ -103,6 +103,19 @@ def test_damaged_int8_graph_falls_back_to_fp32(embedder_dir: Path, fp32: Encoder
     assert cosines.min() < INT8_MIN_AGREEMENT
 
 
+def test_agreement_is_zero_where_outputs_are_not_finite_or_constant() -> None:
+    """NaN compares false with any threshold: a NaN agreement must not pass as one."""
+    from papersearch.models.parity import agreement
+
+    good = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    assert agreement("embedder", good, good) == pytest.approx(1.0)
+    assert agreement("embedder", good, np.array([[np.nan, 0.0], [0.0, 1.0]])) == 0.0
+    scores = np.array([[0.1], [0.5], [0.9]])
+    assert agreement("reranker", scores, scores * 3) == pytest.approx(1.0)
+    assert agreement("reranker", scores, np.full_like(scores, 0.2)) == 0.0  # constant
+    assert agreement("reranker", scores, np.array([[0.1], [np.inf], [0.9]])) == 0.0
+
+
 def test_export_without_self_check_serves_fp32(embedder_dir: Path, tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     old = tmp_path / "minilm" / "1"

@@ -324,8 +324,11 @@ def _check_parity(
     reference = _torch_outputs(model, tokenizer, inputs, spec.max_length)
     fp32 = _onnx_outputs(target, inputs, "fp32")
     int8 = _onnx_outputs(target, inputs, "int8")
+    if not (np.isfinite(reference).all() and np.isfinite(fp32).all()):
+        raise ParityError(f"{spec.name}: outputs that are not finite (NaN or inf): the "
+                          "weights are broken (a training run that diverged?)")
     max_diff = float(np.abs(fp32 - reference).max())
-    if max_diff > FP32_MAX_ABS_DIFF:
+    if not max_diff <= FP32_MAX_ABS_DIFF:
         raise ParityError(f"{spec.name}: fp32 ONNX vs torch max |diff| {max_diff:.2e} > 1e-4")
     agreed = agreement(spec.kind, fp32, int8)
     if spec.kind == "embedder":

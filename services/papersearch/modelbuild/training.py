@@ -65,6 +65,10 @@ BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
               "[{elapsed}<{remaining}, {rate_inv_fmt}{postfix}]")
 
 
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: no weights worth exporting follow."""
+
+
 def checkpoint_key(
     base_dir: Path, examples: Sequence[TrainingExample], cfg: TrainingSettings
 ) -> str:
@@ -149,6 +153,10 @@ def train(
                 start = (step % steps_per_epoch) * groups_per_step
                 group = [examples[i] for i in order[start : start + groups_per_step]]
                 loss = _step(model, tokenizer, group, cfg)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"train-reranker diverged at step {step + 1:,} (loss {loss.item()}): "
+                        "lower training.learning_rate; checkpoints before it stay")
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()

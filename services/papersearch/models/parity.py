@@ -29,10 +29,15 @@ ModelInput = str | tuple[str, str]
 
 def agreement(kind: ModelKind, reference: np.ndarray, outputs: np.ndarray) -> float:
     """Embedders: the lowest cosine between matching rows. Rerankers: Pearson r of the scores
-    (a cross-encoder's ranking is what matters, not its logit scale)."""
+    (a cross-encoder's ranking is what matters, not its logit scale). 0 where nothing can
+    agree: a non-finite value (NaN, inf) on either side, or constant scores."""
+    if not (np.isfinite(reference).all() and np.isfinite(outputs).all()):
+        return 0.0
     if kind == "embedder":
         norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(outputs, axis=1)
         return float((np.sum(reference * outputs, axis=1) / np.maximum(norms, 1e-12)).min())
+    if np.ptp(reference) == 0 or np.ptp(outputs) == 0:
+        return 0.0
     return float(np.corrcoef(reference.ravel(), outputs.ravel())[0, 1])
 
 

@@ -131,7 +131,7 @@ class OnnxModel:
         self.int8_agreement = round(
             agreement(self.manifest.kind, check.reference, self.outputs(check.inputs)), 5)
         about |= {"agreement": self.int8_agreement, "threshold": check.threshold}
-        if self.int8_agreement < check.threshold:
+        if not self.int8_agreement >= check.threshold:
             log.warning("int8 disagrees with fp32 on this CPU: serving fp32", extra=about)
             self._open("fp32")
         else:
