@@ -55,10 +55,38 @@ def test_missing_model_is_picked_up_at_the_next_look(
     scores = reranker.score("graph neural networks", ["message passing", "a bread recipe"])
     assert scores.shape == (2,) and np.isfinite(scores).all()
     assert loader.get() is reranker  # loaded once
-    assert caplog.text.count("no reranker model yet") == 1  # said once, not at every look
+    assert caplog.text.count("no usable reranker model") == 1  # said once, not each look
     assert "reranker model found and loaded" in caplog.text
 
 
 def test_present_model_loads_at_once(model_settings: Settings, reranker_dir: Path) -> None:
     loader = _loader(model_settings, reranker_dir.parents[1], Clock())
     assert loader.get().manifest.version == int(reranker_dir.name)
+
+
+def test_a_model_that_will_not_load_is_looked_at_again_later_not_at_every_search(
+    model_settings: Settings, reranker_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broken latest version (here its graph unreadable) answers like a missing one: first-
+    stage results, one log line, one load attempt per reload_poll_s (each costs ~1 s)."""
+    from papersearch.reranker import loader as loader_module
+
+    _publish(reranker_dir, tmp_path)
+    version = tmp_path / reranker_dir.parent.name / reranker_dir.name
+    for graph in version.glob("*.onnx"):
+        graph.write_bytes(b"not an onnx graph")
+    attempts = []
+    load = loader_module.Reranker.from_settings
+    monkeypatch.setattr(loader_module.Reranker, "from_settings",
+                        lambda models: attempts.append(1) or load(models))
+    clock = Clock()
+    loader = _loader(model_settings, tmp_path, clock)
+    with caplog.at_level(logging.INFO, logger="papersearch.reranker.loader"):
+        for _ in range(3):
+            with pytest.raises(ModelNotFound, match="could not be loaded"):
+                loader.get()
+        clock.now += 10.0
+        with pytest.raises(ModelNotFound, match="could not be loaded"):
+            loader.get()
+    assert len(attempts) == 2 and caplog.text.count("no usable reranker model") == 1

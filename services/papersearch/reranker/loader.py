@@ -44,13 +44,15 @@ class RerankerLoader:
     def _load(self) -> None:
         try:
             self.reranker = Reranker.from_settings(self.models)
-        except ModelNotFound as error:
-            if self._missing is None:  # said once, not at every look
-                log.warning("no reranker model yet: searches return first-stage results "
+        except Exception as error:  # noqa: BLE001 (missing or unloadable: looked at again later)
+            missing = error if isinstance(error, ModelNotFound) else ModelNotFound(
+                f"the reranker model could not be loaded: {error}")
+            if str(missing) != str(self._missing):  # said once, not at every look
+                log.warning("no usable reranker model: searches return first-stage results "
                             "(reranked=false) until `papersearch models train-reranker` or "
                             "`models export --reranker SOURCE` makes one; looking again every "
-                            f"{self.models.reload_poll_s:g} s", extra={"reason": str(error)})
-            self._missing = error
+                            f"{self.models.reload_poll_s:g} s", extra={"reason": str(missing)})
+            self._missing = missing
             self._next_look = self.clock() + self.models.reload_poll_s
             return
         if self._missing is not None:
