@@ -13,7 +13,7 @@ from papersearch.modelbuild.sources import ModelSourceError, resolve_source
 from papersearch.models.manifest import (
     Manifest,
     ModelNotFound,
-    find_by_fingerprint,
+    latest_if_fingerprint,
     model_dir,
     next_version_dir,
     write_manifest,
@@ -112,7 +112,10 @@ def test_repository_versions(tmp_path: Path) -> None:
     write_manifest(second, _manifest(2, "f2"))
     assert model_dir(tmp_path, "m") == second
     assert model_dir(tmp_path, "m", 1) == first
-    assert find_by_fingerprint(tmp_path, "m", "f1") == first
-    assert find_by_fingerprint(tmp_path, "m", "zz") is None
+    assert latest_if_fingerprint(tmp_path, "m", "f2") == second
+    # an older identical export is not reused: runtimes load the latest, so it is made again
+    assert latest_if_fingerprint(tmp_path, "m", "f1") is None
+    assert latest_if_fingerprint(tmp_path, "m", "zz") is None
+    assert latest_if_fingerprint(tmp_path, "other", "f1") is None
     with pytest.raises(ModelNotFound, match="no version 7"):
         model_dir(tmp_path, "m", 7)

@@ -35,7 +35,7 @@ from papersearch.models.manifest import (
     TOKENIZER_FILE,
     Manifest,
     ModelKind,
-    find_by_fingerprint,
+    latest_if_fingerprint,
     next_version_dir,
     sha256_file,
     write_manifest,
@@ -82,9 +82,10 @@ class ExportSpec:
 
 
 def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> Path:
-    """Export ``spec`` unless an identical export exists; return its version directory."""
+    """Export ``spec`` unless the latest version is an identical export; return the version
+    directory (the latest, which runtimes load by name)."""
     fingerprint = _fingerprint(spec)
-    existing = find_by_fingerprint(repository, spec.name, fingerprint)
+    existing = latest_if_fingerprint(repository, spec.name, fingerprint)
     if existing is not None:
         log.info("export cached", extra={"model": spec.name, "path": str(existing)})
         return existing

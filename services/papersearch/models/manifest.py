@@ -128,12 +128,14 @@ class ModelRef:
         return model_dir(repository, self.name, self.version)
 
 
-def find_by_fingerprint(repository: Path, name: str, fingerprint: str) -> Path | None:
-    for version in reversed(versions(repository, name)):
-        path = repository / name / str(version)
-        if read_manifest(path).fingerprint == fingerprint:
-            return path
-    return None
+def latest_if_fingerprint(repository: Path, name: str, fingerprint: str) -> Path | None:
+    """The latest version of ``name`` if it is the export ``fingerprint`` names. Only the
+    latest: an older identical one is not what a runtime loads by name (it loads the latest)."""
+    found = versions(repository, name)
+    if not found:
+        return None
+    path = repository / name / str(found[-1])
+    return path if read_manifest(path).fingerprint == fingerprint else None
 
 
 def next_version_dir(repository: Path, name: str) -> Path:
