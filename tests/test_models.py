@@ -116,6 +116,19 @@ def test_agreement_is_zero_where_outputs_are_not_finite_or_constant() -> None:
     assert agreement("reranker", scores, np.array([[0.1], [np.inf], [0.9]])) == 0.0
 
 
+def test_a_max_length_past_the_models_positions_is_refused(model_settings: Settings,
+                                                          tmp_path: Path) -> None:
+    """The parity texts are short: without this check the export passed and the first long
+    paper failed at ingest. Nothing is left behind."""
+    from papersearch.modelbuild.prepare import export_embedder
+
+    models = model_settings.models.model_copy(
+        update={"repository": tmp_path, "embedder_max_length": 1024})
+    with pytest.raises(ValueError, match="max_length 1024 is past the 512 positions"):
+        export_embedder(model_settings.model_copy(update={"models": models}))
+    assert not any(tmp_path.rglob("*.onnx"))
+
+
 def test_export_without_self_check_serves_fp32(embedder_dir: Path, tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     old = tmp_path / "minilm" / "1"

@@ -26,7 +26,12 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from papersearch.modelbuild.sources import ResolvedSource
 from papersearch.models.manifest import (
@@ -91,6 +96,7 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
         return existing
     if len(parity_texts) < 4:
         raise ValueError("parity check needs at least 4 real texts")
+    _check_max_length(spec)
     target = next_version_dir(repository, spec.name)
     # Built beside the repository's versions and renamed into place whole: a running service
     # looking for a new model (reranker/deployment.py) never sees a half-made version.
@@ -135,6 +141,20 @@ def _pooling(location: str) -> tuple[str, bool]:
         types = [m.get("type", "") for m in json.loads(modules.read_text())]
         normalize = any(t.endswith("Normalize") for t in types)
     return pooling, normalize
+
+
+def _check_max_length(spec: ExportSpec) -> None:
+    """A max_length past the model's positions would export (the parity texts are short) and
+    fail on the first long text at ingest."""
+    config = AutoConfig.from_pretrained(spec.source.location,
+                                        local_files_only=spec.source.is_local)
+    positions = getattr(config, "max_position_embeddings", None)
+    # RoBERTa-style models (MPNet too) number positions after the padding index: 2 fewer
+    usable = None if positions is None else positions - (
+        2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "mpnet") else 0)
+    if usable is not None and spec.max_length > usable:
+        raise ValueError(f"{spec.name}: max_length {spec.max_length} is past the {usable} "
+                         "positions the model has: lower it")
 
 
 def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
