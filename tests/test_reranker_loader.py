@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -56,7 +57,36 @@ def test_missing_model_is_picked_up_at_the_next_look(
     assert scores.shape == (2,) and np.isfinite(scores).all()
     assert loader.get() is reranker  # loaded once
     assert caplog.text.count("no usable reranker model") == 1  # said once, not each look
-    assert "reranker model found and loaded" in caplog.text
+    assert "reranker model loaded" in caplog.text
+
+
+def test_a_newer_version_replaces_the_one_in_use_at_the_next_look(
+    model_settings: Settings, reranker_dir: Path, tmp_path: Path,
+) -> None:
+    """A retrained reranker is picked up by a running replica within reload_poll_s, so that
+    replicas started before and after it do not keep different models; one that does not load
+    leaves the one in use."""
+    _publish(reranker_dir, tmp_path)
+    clock = Clock()
+    loader = _loader(model_settings, tmp_path, clock)
+    first = loader.get()
+    newer = tmp_path / reranker_dir.parent.name / str(first.manifest.version + 1)
+    shutil.copytree(reranker_dir, newer.with_name(newer.name + ".partial"))
+    manifest = json.loads((newer.with_name(newer.name + ".partial") / "manifest.json")
+                          .read_text())
+    manifest["version"] = first.manifest.version + 1
+    (newer.with_name(newer.name + ".partial") / "manifest.json").write_text(json.dumps(manifest))
+    newer.with_name(newer.name + ".partial").rename(newer)
+    assert loader.get() is first and not loader.due()  # not before reload_poll_s
+    clock.now += 10.0
+    second = loader.get()
+    assert second is not first and second.manifest.version == first.manifest.version + 1
+    broken = newer.with_name(str(first.manifest.version + 2))
+    shutil.copytree(newer, broken)
+    for graph in broken.glob("*.onnx"):
+        graph.write_bytes(b"not an onnx graph")
+    clock.now += 10.0
+    assert loader.get() is second  # the broken newer one did not replace it
 
 
 def test_present_model_loads_at_once(model_settings: Settings, reranker_dir: Path) -> None:

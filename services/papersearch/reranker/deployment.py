@@ -44,12 +44,14 @@ class RerankerDeployment:
             metrics().model_loaded("Reranker", self.loader.get())
 
     async def _model(self) -> Reranker:
-        """The model, loaded if it has appeared (in a thread: ~1 s); else ModelNotFound."""
+        """The model, loaded if it (or a newer version) has appeared: in a thread, ~1 s, when
+        a look is due (models.reload_poll_s); else ModelNotFound."""
         loaded = self.loader.reranker
-        if loaded is not None:
+        if loaded is not None and not self.loader.due():
             return loaded
         reranker = await asyncio.to_thread(self.loader.get)
-        metrics().model_loaded("Reranker", reranker)
+        if reranker is not loaded:
+            metrics().model_loaded("Reranker", reranker)
         return reranker
 
     async def score(self, request: tuple[str, list[str]]) -> np.ndarray:

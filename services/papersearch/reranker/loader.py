@@ -1,9 +1,11 @@
-"""The configured reranker, loaded once it exists: a service may start before any reranker is
-trained or exported, and pick one up later without a restart.
+"""The configured reranker's latest version: a service may start before any reranker is
+trained or exported, and picks one up later, or a newer one, without a restart.
 
 Until the model is there, ``get`` raises ModelNotFound (the search pipeline turns that into
-first-stage results, ``reranked=false``) and looks in the model repository again at most every
-``models.reload_poll_s``. The absence is logged once, with how to make a model.
+first-stage results, ``reranked=false``). The model repository is looked at again at most every
+``models.reload_poll_s``: a newer version is loaded and replaces the one in use (every replica
+within that interval, so that replicas do not keep different rerankers), a newer one that does
+not load leaves the one in use. A missing or broken model is logged once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from papersearch.models.manifest import ModelNotFound
+from papersearch.models.manifest import ModelNotFound, versions
 from papersearch.reranker.runtime import Reranker
 from papersearch.settings import ModelSettings
 
@@ -32,30 +34,45 @@ class RerankerLoader:
         self._lock = threading.Lock()  # one load at a time
 
     def get(self) -> Reranker:
-        """The reranker; loads it if it has appeared since the last look (blocking: ~1 s)."""
-        if self.reranker is None:
+        """The reranker; loads it if it, or a newer version, has appeared since the last look
+        (blocking: ~1 s when it loads; a directory listing otherwise)."""
+        if self.due():
             with self._lock:
-                if self.reranker is None and self.clock() >= self._next_look:
-                    self._load()
+                if self.due():
+                    self._look()
         if self.reranker is None:
             raise ModelNotFound(str(self._missing))
         return self.reranker
 
+    def due(self) -> bool:
+        """Whether the next ``get`` looks in the model repository."""
+        return self.clock() >= self._next_look
+
+    def _look(self) -> None:
+        self._next_look = self.clock() + self.models.reload_poll_s
+        found = versions(self.models.repository, self.models.reranker_name)
+        if self.reranker is None or (found and found[-1] > self.reranker.manifest.version):
+            self._load()
+
     def _load(self) -> None:
         try:
-            self.reranker = Reranker.from_settings(self.models)
+            loaded = Reranker.from_settings(self.models)
         except Exception as error:  # noqa: BLE001 (missing or unloadable: looked at again later)
             missing = error if isinstance(error, ModelNotFound) else ModelNotFound(
                 f"the reranker model could not be loaded: {error}")
             if str(missing) != str(self._missing):  # said once, not at every look
-                log.warning("no usable reranker model: searches return first-stage results "
-                            "(reranked=false) until `papersearch models train-reranker` or "
-                            "`models export --reranker SOURCE` makes one; looking again every "
-                            f"{self.models.reload_poll_s:g} s", extra={"reason": str(missing)})
+                if self.reranker is not None:
+                    log.warning("a newer reranker model did not load: the one in use stays",
+                                extra={"version": self.reranker.manifest.version,
+                                       "reason": str(missing)})
+                else:
+                    log.warning("no usable reranker model: searches return first-stage "
+                                "results (reranked=false) until `papersearch models "
+                                "train-reranker` or `models export --reranker SOURCE` makes "
+                                f"one; looking again every {self.models.reload_poll_s:g} s",
+                                extra={"reason": str(missing)})
             self._missing = missing
-            self._next_look = self.clock() + self.models.reload_poll_s
             return
-        if self._missing is not None:
-            log.info("reranker model found and loaded", extra={
-                "model": self.reranker.manifest.name, "version": self.reranker.manifest.version})
-        self._missing = None
+        log.info("reranker model loaded", extra={
+            "model": loaded.manifest.name, "version": loaded.manifest.version})
+        self.reranker, self._missing = loaded, None
