@@ -124,5 +124,5 @@ def test_serving_never_reaches_the_k8s_tooling_or_the_tooling_extras() -> None:
 def test_the_autoscaling_policy_stands_alone() -> None:
     """Serve's controller unpickles the policy by value: it must not pull the package in."""
     ours, others = _imports("papersearch.autoscaling")
-    assert not ours and others <= {"__future__", "logging", "math", "time", "collections",
-                                   "contextlib", "dataclasses", "typing"}
+    assert not ours and others <= {"__future__", "asyncio", "logging", "math", "time",
+                                   "collections", "contextlib", "dataclasses", "typing"}
