@@ -38,6 +38,18 @@ def _publish(reranker_dir: Path, repository: Path) -> None:
     staging.rename(staging.with_name(reranker_dir.name))
 
 
+def _break(version: Path) -> None:
+    """A version whose graphs do not load."""
+    for graph in version.glob("*.onnx"):
+        graph.write_bytes(b"not an onnx graph")
+
+
+def _refused(loader: RerankerLoader, match: str, times: int = 3) -> None:
+    for _ in range(times):
+        with pytest.raises(ModelNotFound, match=match):
+            loader.get()
+
+
 def test_missing_model_is_picked_up_at_the_next_look(
     model_settings: Settings, reranker_dir: Path, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -45,9 +57,7 @@ def test_missing_model_is_picked_up_at_the_next_look(
     clock = Clock()
     loader = _loader(model_settings, tmp_path, clock)
     with caplog.at_level(logging.INFO, logger="papersearch.reranker.loader"):
-        for _ in range(3):
-            with pytest.raises(ModelNotFound, match="train-reranker"):
-                loader.get()
+        _refused(loader, "train-reranker")
         _publish(reranker_dir, tmp_path)
         with pytest.raises(ModelNotFound):  # not looked for again before reload_poll_s
             loader.get()
@@ -83,8 +93,7 @@ def test_a_newer_version_replaces_the_one_in_use_at_the_next_look(
     assert second is not first and second.manifest.version == first.manifest.version + 1
     broken = newer.with_name(str(first.manifest.version + 2))
     shutil.copytree(newer, broken)
-    for graph in broken.glob("*.onnx"):
-        graph.write_bytes(b"not an onnx graph")
+    _break(broken)
     clock.now += 10.0
     assert loader.get() is second  # the broken newer one did not replace it
 
@@ -103,9 +112,7 @@ def test_a_model_that_will_not_load_is_looked_at_again_later_not_at_every_search
     from papersearch.reranker import loader as loader_module
 
     _publish(reranker_dir, tmp_path)
-    version = tmp_path / reranker_dir.parent.name / reranker_dir.name
-    for graph in version.glob("*.onnx"):
-        graph.write_bytes(b"not an onnx graph")
+    _break(tmp_path / reranker_dir.parent.name / reranker_dir.name)
     attempts = []
     load = loader_module.Reranker.from_settings
     monkeypatch.setattr(loader_module.Reranker, "from_settings",
@@ -113,10 +120,7 @@ def test_a_model_that_will_not_load_is_looked_at_again_later_not_at_every_search
     clock = Clock()
     loader = _loader(model_settings, tmp_path, clock)
     with caplog.at_level(logging.INFO, logger="papersearch.reranker.loader"):
-        for _ in range(3):
-            with pytest.raises(ModelNotFound, match="could not be loaded"):
-                loader.get()
+        _refused(loader, "could not be loaded")
         clock.now += 10.0
-        with pytest.raises(ModelNotFound, match="could not be loaded"):
-            loader.get()
+        _refused(loader, "could not be loaded", times=1)
     assert len(attempts) == 2 and caplog.text.count("no usable reranker model") == 1
