@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -106,7 +107,9 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
     try:
         manifest = _export_into(spec, staging, int(target.name), fingerprint, parity_texts)
         write_manifest(staging, manifest)
-        staging.rename(target)
+        _sync(staging)  # on disk before the rename makes it a version: a crash leaves no
+        staging.rename(target)  # manifest beside truncated graphs
+        _sync(target.parent, files=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -141,6 +144,19 @@ def _pooling(location: str) -> tuple[str, bool]:
         types = [m.get("type", "") for m in json.loads(modules.read_text())]
         normalize = any(t.endswith("Normalize") for t in types)
     return pooling, normalize
+
+
+def _sync(directory: Path, *, files: bool = True) -> None:
+    """fsync ``directory``'s files (with ``files``) and the directory itself."""
+    for path in sorted(directory.iterdir()) if files else ():
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _check_max_length(spec: ExportSpec) -> None:
