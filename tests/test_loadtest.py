@@ -542,6 +542,11 @@ def test_metrics_are_summed_over_ray_labels_and_differenced() -> None:
     requests, reranked_ratio = server_side(metric_deltas(start, end))
     assert requests == {"Search DEADLINE_EXCEEDED": 0.0, "Search OK": 35.0}
     assert reranked_ratio == 1.0
+    # a replica gone by the end (w2: its series no longer exported) takes nothing off
+    gone = parse_metrics("\n".join(line for line in _metrics_text(30, 20, 25, 12, 2)
+                                    .splitlines() if '"w2"' not in line) + "\n")
+    ok = ("ray_papersearch_requests_total", (("code", "OK"), ("method", "Search")))
+    assert metric_deltas(start, gone)[ok] == 20.0  # w1's 10 -> 30; was 30 - 15 = 15
 
 
 # --- tiny real runs (slow: real models, a real grpc.aio gateway, no Ray) ----------------------

@@ -102,39 +102,53 @@ class ReplicaMonitor:
 MetricKey = tuple[str, tuple[tuple[str, str], ...]]  # sample name, our labels (sorted)
 
 
+Series = tuple[MetricKey, tuple[tuple[str, str], ...]]  # and Ray's labels (the process's)
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
-    values: dict[MetricKey, float]
+    series: dict[Series, float]  # each process's own
     gauges: frozenset[MetricKey]
+
+    @property
+    def values(self) -> dict[MetricKey, float]:
+        """Summed over Ray's bookkeeping labels (processes, replicas)."""
+        summed: dict[MetricKey, float] = {}
+        for (key, _), value in self.series.items():
+            summed[key] = summed.get(key, 0.0) + value
+        return summed
 
 
 def parse_metrics(text: str, prefix: str = METRIC_PREFIX) -> MetricsSnapshot:
-    """Samples whose name starts with ``prefix`` (but no ``_created`` timestamps), summed over
-    Ray's bookkeeping labels."""
-    values: dict[MetricKey, float] = {}
+    """Samples whose name starts with ``prefix`` (but no ``_created`` timestamps), each
+    process's series apart."""
+    series: dict[Series, float] = {}
     gauges: set[MetricKey] = set()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if not sample.name.startswith(prefix) or sample.name.endswith("_created"):
                 continue
-            labels = tuple(sorted(
-                (k, v) for k, v in sample.labels.items()
-                if k not in RAY_LABELS and not k.startswith(RAY_LABEL_PREFIXES)
-            ))
-            key = (sample.name, labels)
-            values[key] = values.get(key, 0.0) + sample.value
+            ours: list[tuple[str, str]] = []
+            ray: list[tuple[str, str]] = []
+            for label in sorted(sample.labels.items()):
+                bookkeeping = label[0] in RAY_LABELS or label[0].startswith(RAY_LABEL_PREFIXES)
+                (ray if bookkeeping else ours).append(label)
+            key = (sample.name, tuple(ours))
+            series[(key, tuple(ray))] = series.get((key, tuple(ray)), 0.0) + sample.value
             if family.type == "gauge":
                 gauges.add(key)
-    return MetricsSnapshot(values, frozenset(gauges))
+    return MetricsSnapshot(series, frozenset(gauges))
 
 
 def metric_deltas(start: MetricsSnapshot, end: MetricsSnapshot) -> dict[MetricKey, float]:
-    """end - start for counters and histograms (a series new at the end counts from 0);
-    gauges: their value at the end."""
-    return {
-        key: value if key in end.gauges else value - start.values.get(key, 0.0)
-        for key, value in end.values.items()
-    }
+    """Counters and histograms: end - start per process's series, summed (a series new at the
+    end counts from 0; one gone by the end, a replica stopped meanwhile, adds nothing rather
+    than its whole count taken off); gauges: their value at the end."""
+    deltas: dict[MetricKey, float] = {}
+    for (key, ray), value in end.series.items():
+        change = value if key in end.gauges else value - start.series.get((key, ray), 0.0)
+        deltas[key] = deltas.get(key, 0.0) + change
+    return deltas
 
 
 def metric_name(key: MetricKey) -> str:
