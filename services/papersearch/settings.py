@@ -19,6 +19,7 @@ from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -594,6 +595,27 @@ def invalid_settings(error: ValidationError) -> str:
     return "invalid settings: " + "; ".join(found)
 
 
+def setting_field(variable: str) -> FieldInfo | None:
+    """The field of Settings a ``PAPERSEARCH_<A>__<B>`` variable sets; None where it names
+    none (a typo, or a variable that is no setting)."""
+    prefix = str(Settings.model_config.get("env_prefix", "")).upper()
+    if not variable.upper().startswith(prefix):
+        return None
+    model: type[BaseModel] | None = Settings
+    field = None
+    for name in variable[len(prefix):].lower().split("__"):
+        field = model.model_fields.get(name) if model is not None else None
+        if field is None:
+            return None
+        model = _section(field.annotation)
+    return field
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+        else None
+
+
 def unparsable_variables(environ: Mapping[str, str]) -> list[str]:
     """The list (or whole section) settings whose variable in ``environ`` is not JSON of that
     shape, each named as invalid_settings names a setting (the value is not repeated: it may be
@@ -601,25 +623,17 @@ def unparsable_variables(environ: Mapping[str, str]) -> list[str]:
     prefix = str(Settings.model_config.get("env_prefix", "")).upper()
     found = []
     for variable, text in sorted(environ.items()):
-        if not variable.upper().startswith(prefix):
+        field = setting_field(variable)
+        if field is None:
             continue
-        names = variable[len(prefix):].lower().split("__")
-        model: type[BaseModel] | None = Settings
-        annotation: Any = None
-        for name in names:
-            field = model.model_fields.get(name) if model is not None else None
-            if field is None:
-                break
-            annotation = field.annotation
-            model = annotation if isinstance(annotation, type) and issubclass(
-                annotation, BaseModel) else None
-        else:
-            shape = dict if model is not None else list if get_origin(annotation) is list else None
-            if shape is not None and not isinstance(_json(text), shape):
-                kind, example = ("a section", '{"key": "value"}') if shape is dict else (
-                    "a list", '["a", "b"]')
-                found.append(f"{'.'.join(names)} ({variable}): {kind} is set as JSON, e.g. "
-                             f"{variable}='{example}'")
+        shape = dict if _section(field.annotation) is not None else list if get_origin(
+            field.annotation) is list else None
+        if shape is not None and not isinstance(_json(text), shape):
+            kind, example = ("a section", '{"key": "value"}') if shape is dict else (
+                "a list", '["a", "b"]')
+            dotted = ".".join(variable[len(prefix):].lower().split("__"))
+            found.append(f"{dotted} ({variable}): {kind} is set as JSON, e.g. "
+                         f"{variable}='{example}'")
     return found
 
 

@@ -346,22 +346,9 @@ def settings_from_env(env: Mapping[str, str]) -> Any:
 def unknown_setting(name: str) -> bool:
     """True if PAPERSEARCH_<A>__<B> names no field of Settings: one line per typo (loading
     refuses <A>__<B> too, among its other errors; an unknown PAPERSEARCH_<A> it ignores)."""
-    from pydantic import BaseModel
+    from papersearch.settings import setting_field
 
-    from papersearch.settings import Settings
-
-    model: type[BaseModel] = Settings
-    parts = name.removeprefix("PAPERSEARCH_").lower().split("__")
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        if field is None:
-            return True
-        annotation = field.annotation
-        if i < len(parts) - 1:
-            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-                return True
-            model = annotation
-    return False
+    return setting_field(name) is None
 
 
 def check_settings(rendered: Rendered) -> list[str]:
