@@ -135,19 +135,24 @@ def rerank_hits(
                                fused, settings))
         for i, fused in fuse(scores, settings.rerank_weight, settings.rerank_rrf_k)
     ]
-    k = settings.rerank_rrf_k
-    tail = [_below_the_window(h, mode, rank, 1.0 / (k + rank), k)
+    tail = [_below_the_window(h, mode, rank, settings.rerank_rrf_k)
             for rank, h in enumerate(candidates[window:top_k], start=window + 1)]
     return (ordered + tail)[:top_k]
 
 
-def _below_the_window(hit: Hit, mode: str, rank: int, score: float, k: float) -> SearchHit:
+def _below_the_window(hit: Hit, mode: str, rank: int, k: float) -> SearchHit:
+    score = 1.0 / (k + rank)
     explanation = hit.explanation
     if explanation is not None:
-        note = f"below the rerank window: 1 / ({k:g} + first-stage rank {rank}) = {score:.4f}"
-        explanation = replace(explanation, fusion="; ".join(
-            f for f in (explanation.fusion, note) if f))
+        explanation = replace(explanation, fusion=_then(
+            explanation.fusion,
+            f"below the rerank window: 1 / ({k:g} + first-stage rank {rank}) = {score:.4f}"))
     return SearchHit(hit.paper, score, _stages(hit, mode), explanation)
+
+
+def _then(fusion: str, formula: str) -> str:
+    """An explanation's fusion text with the rerank stage's formula after the first stage's."""
+    return "; ".join(f for f in (fusion, formula) if f)
 
 
 def _with_rerank(explanation: Explanation | None, position: int, rank: int, score: float,
@@ -163,7 +168,7 @@ def _with_rerank(explanation: Explanation | None, position: int, rank: int, scor
     inputs = {**explanation.fusion_inputs, "rerank_weight": weight, "rerank_rrf_k": k,
               "first_stage_rank": position + 1}
     return replace(explanation, rerank=StageRank(rank, score), fusion_inputs=inputs,
-                   fusion="; ".join(f for f in (explanation.fusion, formula) if f))
+                   fusion=_then(explanation.fusion, formula))
 
 
 def _stages(hit: Hit, mode: str, rerank: float | None = None) -> StageScores:
