@@ -51,8 +51,7 @@ class LiveCheck:
         self.pointers = pointers_for(settings.index)
 
     def __call__(self) -> None:
-        pointer = self.pointers.read()
-        live = self.index.collection if pointer is None else pointer.live
+        live = live_collection(self.index.collection, self.pointers.read())
         if live != self.collection:
             raise IndexMoved(f"an embedder migration made {live} the live collection while "
                              f"this job wrote to {self.collection}: run it again (an ingest "
@@ -65,9 +64,14 @@ class LiveCheck:
 def open_index(settings: Settings, encoder: Encoder, *, create: bool = False) -> Store:
     """The collection ``index.collection`` means now (its pointer's after a migration),
     checked against the encoder that will query or fill it."""
-    pointer = _pointer(settings)
-    return _checked(settings if pointer is None else settings_for(settings, pointer.live),
-                    encoder, create)
+    live = live_collection(settings.index.collection, _pointer(settings))
+    return _checked(settings_for(settings, live), encoder, create)
+
+
+def live_collection(collection: str, pointer: Pointer | None) -> str:
+    """The physical collection ``collection`` (index.collection) means now: the pointer's
+    after an embedder migration, else itself."""
+    return collection if pointer is None else pointer.live
 
 
 def _checked(settings: Settings, encoder: Encoder, create: bool) -> Store:
