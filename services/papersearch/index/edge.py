@@ -30,16 +30,16 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import uuid
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
 import qdrant_edge as qe
 
+from papersearch.durable import write_json
 from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
@@ -280,25 +280,6 @@ def read_manifest(path: Path) -> EmbedderIdentity | None:
 
 def write_manifest(path: Path, identity: EmbedderIdentity) -> None:
     write_json(path, identity.to_json())
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write atomically: a reader sees the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextmanager

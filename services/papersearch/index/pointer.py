@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from papersearch.durable import write_json
 from papersearch.index.errors import StoreError
 from papersearch.settings import IndexSettings
 
@@ -103,8 +104,6 @@ class EdgePointers(Pointers):
             raise StoreError(f"unreadable collection pointer {self.path}: {error}") from error
 
     def write(self, pointer: Pointer) -> None:
-        from papersearch.index.edge import write_json
-
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.path, pointer.to_json())
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -34,6 +32,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from papersearch.durable import exclusive, staged
 from papersearch.modelbuild.sources import ResolvedSource
 from papersearch.models.manifest import (
     FP32_FILE,
@@ -69,6 +68,7 @@ INT8_SCHEMES: dict[Int8Scheme, dict[str, Any]] = {
     "u8s8-reduce-range-ffn-out-fp32": {"weight_type": "QInt8", "reduce_range": True,
                                        "fp32_after": ("Gelu", "BiasGelu", "FastGelu")},
 }
+EXPORT_LOCK = ".export.lock"  # beside the versions of the name it guards
 _WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
 
 
@@ -91,28 +91,22 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
     """Export ``spec`` unless the latest version is an identical export; return the version
     directory (the latest, which runtimes load by name)."""
     fingerprint = _fingerprint(spec)
-    existing = latest_if_fingerprint(repository, spec.name, fingerprint)
-    if existing is not None:
-        log.info("export cached", extra={"model": spec.name, "path": str(existing)})
-        return existing
-    if len(parity_texts) < 4:
-        raise ValueError("parity check needs at least 4 real texts")
-    _check_max_length(spec)
-    target = next_version_dir(repository, spec.name)
-    # Built beside the repository's versions and renamed into place whole: a running service
-    # looking for a new model (reranker/deployment.py) never sees a half-made version.
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        manifest = _export_into(spec, staging, int(target.name), fingerprint, parity_texts)
-        write_manifest(staging, manifest)
-        _sync(staging)  # on disk before the rename makes it a version: a crash leaves no
-        staging.rename(target)  # manifest beside truncated graphs
-        _sync(target.parent, files=False)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # one export of a name at a time: a second one started meanwhile waits, then finds the
+    # first's version (the same fingerprint) instead of numbering another
+    with exclusive(repository / spec.name / EXPORT_LOCK, f"export of {spec.name}"):
+        existing = latest_if_fingerprint(repository, spec.name, fingerprint)
+        if existing is not None:
+            log.info("export cached", extra={"model": spec.name, "path": str(existing)})
+            return existing
+        if len(parity_texts) < 4:
+            raise ValueError("parity check needs at least 4 real texts")
+        _check_max_length(spec)
+        target = next_version_dir(repository, spec.name)
+        # renamed into place whole: a running service looking for a new model
+        # (reranker/loader.py) never sees a half-made version, nor after a crash
+        with staged(target) as staging:
+            manifest = _export_into(spec, staging, int(target.name), fingerprint, parity_texts)
+            write_manifest(staging, manifest)
     log.info("exported", extra={"model": spec.name, "path": str(target), **manifest.parity})
     return target
 
@@ -144,19 +138,6 @@ def _pooling(location: str) -> tuple[str, bool]:
         types = [m.get("type", "") for m in json.loads(modules.read_text())]
         normalize = any(t.endswith("Normalize") for t in types)
     return pooling, normalize
-
-
-def _sync(directory: Path, *, files: bool = True) -> None:
-    """fsync ``directory``'s files (with ``files``) and the directory itself."""
-    for path in sorted(directory.iterdir()) if files else ():
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _check_max_length(spec: ExportSpec) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import read_corpus
+from papersearch.durable import staged
 from papersearch.encoder.runtime import Encoder
 from papersearch.modelbuild.export import ExportSpec, export
 from papersearch.modelbuild.mining import TrainingExample, mine, sample
@@ -59,13 +60,11 @@ def export_cls_variant(settings: Settings, name: str) -> Path:
     source = resolve_source(models.embedder_source, models.cache_dir)
     folder = models.cache_dir / "variants" / f"{name}-cls"
     if not folder.is_dir():
-        partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(source.location, partial)
-        (partial / "1_Pooling").mkdir(exist_ok=True)
-        (partial / "1_Pooling" / "config.json").write_text(json.dumps(
-            {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-        partial.rename(folder)
+        with staged(folder) as staging:
+            shutil.copytree(source.location, staging, dirs_exist_ok=True)
+            (staging / "1_Pooling").mkdir(exist_ok=True)
+            (staging / "1_Pooling" / "config.json").write_text(json.dumps(
+                {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
     variant = models.model_copy(update={"embedder_name": name, "embedder_source": str(folder)})
     return export_embedder(settings.model_copy(update={"models": variant}))
 

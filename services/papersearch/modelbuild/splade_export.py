@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from papersearch.durable import exclusive, staged
 from papersearch.encoder.splade import GRAPH_FILE, META_FILE, TOKENIZER_FILE, SpladeEncoder
 from papersearch.modelbuild.export import FP32_MAX_ABS_DIFF, OPSET, ParityError
 from papersearch.modelbuild.sources import ResolvedSource
@@ -63,15 +63,10 @@ def export_splade(
         return target
     if len(parity_texts) < 2:
         raise ValueError("the parity check needs at least 2 texts")
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        _export_into(source, staging, max_length, fingerprint, parity_texts)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with exclusive(exports / f".{target.name}.lock", f"export of {target.name}"):
+        if not (target / META_FILE).is_file():  # not made by the lock's previous holder
+            with staged(target, replace=True) as staging:
+                _export_into(source, staging, max_length, fingerprint, parity_texts)
     return target
 
 

@@ -39,6 +39,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from papersearch.durable import staged
 from papersearch.interrupts import Interrupted
 from papersearch.modelbuild.mining import TrainingExample
 from papersearch.settings import TrainingSettings
@@ -199,17 +200,10 @@ def _publish(
     summary: dict[str, Any],
 ) -> None:
     """Write the trained model beside ``target`` and rename it into place: all or nothing."""
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        (partial / DONE_MARKER).write_text(json.dumps(summary, indent=2, default=str))
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    with staged(target, replace=True) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / DONE_MARKER).write_text(json.dumps(summary, indent=2, default=str))
 
 
 def _interruptible(grad: torch.Tensor) -> None:

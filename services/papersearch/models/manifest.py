@@ -26,6 +26,11 @@ class ModelNotFound(FileNotFoundError):
     """No finished export of a model exists in the repository."""
 
 
+class ModelCorrupt(ModelNotFound):
+    """A file of an exported version is not the one its manifest lists (changed, truncated or
+    replaced after the export): the version is not a usable export."""
+
+
 class ProviderUnavailable(RuntimeError):
     """The onnxruntime execution provider asked for (CUDA) is not in the installed onnxruntime
     or cannot start (models/runtime.py)."""
@@ -70,6 +75,21 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def checked_file(version_dir: Path, manifest: Manifest, name: str) -> Path:
+    """``version_dir / name`` once its digest is the one the manifest lists for it: a model is
+    served as exported or not at all (the index trusts the manifest's digest as the model's
+    identity)."""
+    path = version_dir / name
+    listed = manifest.files.get(name)
+    found = sha256_file(path) if path.is_file() else None
+    if listed is None or found != listed:
+        state = ("is missing" if found is None else "is not in the manifest" if listed is None
+                 else f"has sha256 {found[:12]} where the manifest lists {listed[:12]}")
+        raise ModelCorrupt(f"{manifest.name}@{manifest.version}: {name} {state} (changed "
+                           f"after the export?): export the model again")
+    return path
 
 
 def read_manifest(version_dir: Path) -> Manifest:

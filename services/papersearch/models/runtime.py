@@ -18,6 +18,7 @@ from papersearch.models.manifest import (
     TOKENIZER_FILE,
     Manifest,
     ProviderUnavailable,
+    checked_file,
     read_manifest,
 )
 from papersearch.models.parity import ModelInput, SelfCheck, agreement, cpu_int8_flags
@@ -66,7 +67,8 @@ class OnnxModel:
         self.manifest: Manifest = read_manifest(version_dir)
         self.options = options
         self.version_dir = version_dir
-        self.tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
+        self.tokenizer = Tokenizer.from_file(
+            str(checked_file(version_dir, self.manifest, TOKENIZER_FILE)))
         self.tokenizer.no_padding()
         # longest_first: a reranker's passage is cut first, as with only_second, but a query
         # longer than max_length (CISI's paragraphs) is cut too instead of failing the batch.
@@ -97,7 +99,8 @@ class OnnxModel:
         return calls if scheme == DEFAULT_INT8_SCHEME else f"{calls}-{scheme}"
 
     def _open(self, precision: Precision) -> None:
-        graph = self.version_dir / (INT8_FILE if precision == "int8" else FP32_FILE)
+        graph = checked_file(self.version_dir, self.manifest,
+                             INT8_FILE if precision == "int8" else FP32_FILE)
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = self.options.intra_op_threads
         session_options.inter_op_num_threads = 1

@@ -1,0 +1,105 @@
+"""Files other processes read while they are written: atomic JSON, whole directories, locks.
+
+A model version, an unpacked model bundle or a trained checkpoint is built in a staging
+directory of its writer's own beside its final name and renamed into place after an fsync, so
+a reader (a running service polling for versions, another command) sees all of it or none of it,
+also after a crash. Two processes making the same thing at once take an exclusive lock first;
+the second then finds the first's result instead of building it again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write atomically: a reader sees the old file or the new one, never a torn one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory: the names created, renamed or removed in it are on disk."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root``, and ``root``."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        sync_directory(Path(folder))
+
+
+@contextmanager
+def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
+    """A new directory to build ``target`` in, renamed to ``target`` when the block ends.
+
+    The staging directory's name is this call's own (two writers never share one) and hidden
+    (a leading dot: no version number, no bundle name). Its tree is fsynced before the rename
+    and the parent after it; an error in the block removes it and leaves ``target`` as it was.
+    ``replace`` swaps out an existing ``target`` (the old one is removed just before the
+    rename); otherwise an existing non-empty ``target`` fails the rename (FileExistsError).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
+                                    dir=target.parent))
+    try:
+        yield staging
+        sync_tree(staging)
+        if replace:
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError as error:
+            if target.is_dir():
+                raise FileExistsError(f"{target} was made meanwhile") from error
+            raise
+        sync_directory(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def exclusive(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (made if absent) for the block; ``what`` names
+    the work in the log line said when another process holds it and this one waits. The lock
+    goes with the process: a crashed holder does not leave it taken."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process", extra={"work": what,
+                                                           "lock": str(lock_file)})
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

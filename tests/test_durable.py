@@ -1,0 +1,69 @@
+"""Directories built whole and published by rename, and the lock two writers share (fast)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from papersearch.durable import exclusive, staged
+
+
+def test_a_staged_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "bundles" / "model"
+    with staged(target) as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "weights.bin").write_bytes(b"w")
+        assert not target.exists()  # nothing under the final name while it is built
+    assert (target / "sub" / "weights.bin").read_bytes() == b"w"
+    assert [p.name for p in target.parent.iterdir()] == ["model"]
+
+    with pytest.raises(RuntimeError), staged(tmp_path / "failed") as staging:
+        (staging / "half").write_text("x")
+        raise RuntimeError("the build failed")
+    assert not (tmp_path / "failed").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundles"]  # no staging left behind
+
+
+def test_two_writers_of_one_target_never_share_a_staging_directory(tmp_path: Path) -> None:
+    """Each build has its own staging directory: the second cannot wipe the first's files
+    (they shared ``<target>.partial`` before); the one that finishes second is told."""
+    target = tmp_path / "3"
+    with pytest.raises(FileExistsError, match="made meanwhile"):
+        with staged(target) as first:
+            with staged(target) as second:
+                assert first != second
+                (second / "manifest.json").write_text("second")
+            (first / "manifest.json").write_text("first")
+    assert (target / "manifest.json").read_text() == "second"
+    with staged(target, replace=True) as third:
+        (third / "manifest.json").write_text("third")
+    assert (target / "manifest.json").read_text() == "third"
+    assert [p.name for p in tmp_path.iterdir()] == ["3"]
+
+
+def test_a_second_holder_of_the_lock_waits_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    lock = tmp_path / "cache" / ".lock"
+    order: list[str] = []
+    held = threading.Event()
+
+    def first() -> None:
+        with exclusive(lock, "unpacking"):
+            held.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    held.wait(5)
+    with caplog.at_level(logging.INFO, logger="papersearch.durable"):
+        with exclusive(lock, "unpacking"):
+            order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"]
+    assert "waiting for another process" in caplog.text
