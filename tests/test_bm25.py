@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from papersearch.corpus.paper import Paper
-from papersearch.evaluation.harness import index_name, mean_words
+from papersearch.evaluation.harness import corpus_digest, index_name, mean_words
 from papersearch.index.sparse import Bm25Encoder, SparseVector, document_text
 from papersearch.index.store import Store
 from papersearch.retriever.retriever import Retriever
@@ -127,9 +127,23 @@ def test_mean_words_counts_the_repeated_title() -> None:
 def test_eval_index_name_carries_numerics_and_title_weight() -> None:
     """One eval collection per encoder numerics (vectors made with fp32, int8 alone or int8 in
     batches differ) and BM25 document weights; the title weight named only when not 1."""
-    sha = "c0a025ec412e" + "0" * 52
-    assert index_name("cacm", sha, "int8", 53.3) == "cacm-c0a025ec412e-int8-bm25len53.3"
-    assert index_name("cacm", sha, "int8", 53.3, 1) == "cacm-c0a025ec412e-int8-bm25len53.3"
-    assert index_name("cacm", sha, "fp32", 53.3, 2) == "cacm-c0a025ec412e-fp32-bm25len53.3-title2"
-    assert len({index_name("cacm", sha, "int8", 53.3, w) for w in (1, 2, 3)}) == 3
-    assert len({index_name("cacm", sha, n, 53.3) for n in ("fp32", "int8", "int8-batched")}) == 3
+    sha, corpus = "c0a025ec412e" + "0" * 52, "9f86d081" + "0" * 56
+    assert (index_name("cacm", corpus, sha, "int8", 53.3)
+            == "cacm-9f86d081-c0a025ec412e-int8-bm25len53.3")
+    assert index_name("cacm", corpus, sha, "int8", 53.3, 1) == index_name(
+        "cacm", corpus, sha, "int8", 53.3)
+    assert index_name("cacm", corpus, sha, "fp32", 53.3, 2).endswith("-fp32-bm25len53.3-title2")
+    assert len({index_name("cacm", corpus, sha, "int8", 53.3, w) for w in (1, 2, 3)}) == 3
+    assert len({index_name("cacm", corpus, sha, n, 53.3)
+                for n in ("fp32", "int8", "int8-batched")}) == 3
+
+
+def test_an_edited_corpus_gets_another_eval_collection() -> None:
+    """Ingest adds missing ids only: a corpus whose abstracts were edited or papers removed,
+    with the same mean length, reused the old collection (old texts, removed papers found)."""
+    papers = [Paper(id="a", title="Two words", abstract="and three more"),
+              Paper(id="b", title="", abstract="four words right here")]
+    edited = [papers[0], Paper(id="b", title="", abstract="four words right there")]
+    assert mean_words(edited) == mean_words(papers)
+    digests = {corpus_digest(p) for p in (papers, edited, papers[:1], papers[::-1])}
+    assert len(digests) == 4 and corpus_digest(list(papers)) in digests

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from papersearch.evaluation.beir import load_qrels, load_queries
+from papersearch.evaluation.datasets import judged_queries, load_dataset
 from papersearch.evaluation.metrics import (
     Report,
     evaluate,
@@ -153,6 +155,39 @@ def test_loaders_read_beir_files(tmp_path: Path) -> None:
 def test_qrels_header_is_optional(tmp_path: Path) -> None:
     root = write_dataset(tmp_path, "", "1\td1\t1\n")
     assert load_qrels(root) == {"1": {"d1": 1}}
+
+
+def test_a_byte_order_mark_and_another_header_naming_are_read(tmp_path: Path) -> None:
+    """Files saved by Excel or Notepad start with a BOM (queries failed as invalid JSON, qrels
+    with "score must be an integer, got 'score'"); a header naming the columns otherwise was
+    refused the same way."""
+    root = write_dataset(tmp_path / "bom", '\ufeff{"_id": "1", "text": "a"}\n',
+                         "\ufeffquery-id\tcorpus-id\tscore\n1\td1\t1\n")
+    assert load_queries(root) == {"1": "a"} and load_qrels(root) == {"1": {"d1": 1}}
+    root = write_dataset(tmp_path / "named", "", "query_id\tdoc_id\trelevance\n1\td1\t1\n")
+    assert load_qrels(root) == {"1": {"d1": 1}}
+
+
+def test_judgments_must_name_the_queries_they_judge(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Judgments of ids missing from queries.jsonl scored 0 each, silently: an id typo ('q1'
+    against '1') looked like a broken model."""
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "x"}\n')
+    queries = '{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "b"}\n'
+    root = write_dataset(tmp_path, queries, "1\td1\t1\n2\td1\t1\n")
+    with pytest.raises(ValueError,
+                       match=r"none of the 2 query ids judged .+ \(e.g. '1' against 'q1'\)"):
+        load_dataset(root)
+    (root / "qrels" / "test.tsv").write_text("q1\td1\t1\nq2\td1\t0\n3\td1\t1\n")
+    with caplog.at_level(logging.WARNING, logger="papersearch.evaluation.datasets"):
+        dataset = load_dataset(root)
+    assert dict(dataset.qrels) == {"q1": {"d1": 1}, "q2": {"d1": 0}}
+    assert "judgments of unknown queries left out" in caplog.text
+    assert judged_queries(dataset) == 1  # q2 has no relevant judgment: run, not scored
+    (root / "queries.jsonl").rename(root / "topics.jsonl")
+    with pytest.raises(FileNotFoundError, match="has qrels/ but no queries.jsonl"):
+        load_dataset(root)  # was read as a known-item set without a word
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,14 @@ import pytest
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import load_dataset
-from papersearch.evaluation.fusion_tuning import Candidate, candidates, choose, tune_fusion
+from papersearch.evaluation.fusion_tuning import (
+    Candidate,
+    candidates,
+    check_roles,
+    choose,
+    gains,
+    tune_fusion,
+)
 from papersearch.evaluation.harness import run_eval
 from papersearch.evaluation.metrics import Report
 from papersearch.evaluation.paired import against, paired
@@ -85,16 +92,17 @@ def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_d
     }
     queries = {"q1": "how do plants turn sunlight into energy", "q2": "inflation and banks",
                "q3": "attention in translation models", "q4": "light and gravity"}
-    folder = write_beir(tmp_path / "mini", docs, queries, [
-        ("q1", "d1", 2), ("q1", "d6", 1), ("q2", "d4", 1), ("q3", "d3", 1), ("q4", "d5", 1)])
+    qrels = [("q1", "d1", 2), ("q1", "d6", 1), ("q2", "d4", 1), ("q3", "d3", 1), ("q4", "d5", 1)]
+    folder = write_beir(tmp_path / "mini", docs, queries, qrels)
     settings = sample_settings.model_copy(update={"eval_dir": tmp_path / "eval"})
     dataset, encoder = load_dataset(folder), Encoder(embedder_dir)
+    held = load_dataset(write_beir(tmp_path / "held", docs, queries, qrels[:3]))
 
-    out = tune_fusion([dataset], [dataset], settings, encoder)
+    out = tune_fusion([dataset], [held], settings, encoder)
 
     names = {c.name for c in candidates(settings.index.prefetch_limit)}
     assert {c["name"] for c in out["candidates"]} == names
-    assert all(set(c["ndcg@10"]) == {"mini"} for c in out["candidates"])
+    assert all(set(c["ndcg@10"]) == {"mini", "held"} for c in out["candidates"])
     plain = settings.model_copy(update={"index": settings.index.model_copy(
         update={"prf_enabled": False})})
     configured = run_eval(dataset, ("hybrid", "hybrid+feedback"), plain, encoder, None)
@@ -112,4 +120,24 @@ def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_d
     row = next(c for c in out["candidates"] if c["name"] == "convex max dense=0.3")
     assert row["ndcg@10"]["mini"] == round(stored.ndcg_at_10, 4)
     chosen = out["chosen"]
-    assert chosen is None or set(chosen["against_baseline"]) == {"mini"}
+    assert chosen is None or set(chosen["against_baseline"]) == {"mini", "held"}
+
+
+def test_a_set_cannot_both_choose_and_judge(tmp_path: Path) -> None:
+    """Results are kept by a set's folder name: a held-out folder named like a tuning one made
+    the choice on the held-out judgments."""
+    docs, queries = {"d1": "a text", "d2": "another"}, {"q1": "text"}
+    mine = load_dataset(write_beir(tmp_path / "a" / "mydata", docs, queries, [("q1", "d1", 1)]))
+    other = load_dataset(write_beir(tmp_path / "b" / "mydata", docs, queries, [("q1", "d2", 1)]))
+    for tuning, held_out in (([mine], [other]), ([mine], [mine]), ([mine, mine], [other])):
+        with pytest.raises(ValueError, match="mydata is given twice"):
+            check_roles(tuning, held_out)
+    with pytest.raises(ValueError, match="at least one tuning set and one held-out set"):
+        check_roles([mine], [])
+
+
+def test_a_gain_is_more_than_round_off() -> None:
+    baseline = {"1": 0.6, "2": 0.7, "3": 0.2}
+    cancelling = paired(baseline, {"1": 0.5, "2": 0.5, "3": 0.5})  # -0.1 -0.2 +0.3
+    assert cancelling.mean_difference > 0 and not gains({"s": cancelling}, ["s"])  # 1.85e-17
+    assert gains({"s": paired(baseline, {"1": 0.7, "2": 0.7, "3": 0.2})}, ["s"])

@@ -349,7 +349,7 @@ def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
-    from papersearch.evaluation.datasets import load_dataset
+    from papersearch.evaluation.datasets import judged_queries, load_dataset
     from papersearch.evaluation.harness import run_eval
     from papersearch.reranker.runtime import Reranker
 
@@ -359,12 +359,15 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     wants_reranker = any(m.endswith("+rerank") for m in modes)
     reranker = Reranker.from_settings(settings.models) if wants_reranker else None
     reports = run_eval(dataset, modes, settings, Encoder.from_settings(settings.models), reranker)
-    out = {"dataset": dataset.name, "queries": len(dataset.queries),
+    judged = judged_queries(dataset)
+    out = {"dataset": dataset.name, "queries": len(dataset.queries), "judged_queries": judged,
            "modes": {m: r.to_dict() for m, r in reports.items()}}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{dataset.name}: {len(dataset.queries)} queries")
+        unscored = len(dataset.queries) - judged
+        print(f"{dataset.name}: {len(dataset.queries)} queries" + (
+            f", {judged} scored ({unscored} without a relevant judgment)" if unscored else ""))
         print(f"{'mode':<16}{'nDCG@10':>10}{'R@100':>10}{'MRR@10':>10}{'ms/query':>10}")
         for mode, report in reports.items():
             print(f"{mode:<16}{report.ndcg_at_10:>10.4f}{report.recall_at_100:>10.4f}"

@@ -14,7 +14,6 @@ from papersearch.corpus.jsonl import record_id
 
 QUERIES_FILE = "queries.jsonl"
 QRELS_DIR = "qrels"
-QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
 def load_queries(dataset_dir: Path) -> dict[str, str]:
@@ -30,14 +29,15 @@ def load_queries(dataset_dir: Path) -> dict[str, str]:
 
 
 def load_qrels(dataset_dir: Path, split: str = "test") -> dict[str, dict[str, int]]:
-    """Query id → corpus id → graded score, from ``qrels/<split>.tsv`` (tab separated, header
-    ``query-id corpus-id score``)."""
+    """Query id → corpus id → graded score, from ``qrels/<split>.tsv`` (tab separated; a first
+    line of the file whose score is not an integer is a header: BEIR's ``query-id corpus-id
+    score`` or another naming)."""
     path = dataset_dir / QRELS_DIR / f"{split}.tsv"
     qrels: dict[str, dict[str, int]] = {}
-    for index, (source, line) in enumerate(_lines(path)):
+    for source, line in _lines(path):
         fields = tuple(field.strip() for field in line.split("\t"))
-        if index == 0 and fields == QRELS_HEADER:
-            continue
+        if source == f"{path}:1" and len(fields) == 3 and not _integer(fields[2]):
+            continue  # BEIR's header, or another naming of its three columns
         query_id, doc_id, score = _parse_judgment(source, fields)
         judgments = qrels.setdefault(query_id, {})
         if judgments.get(doc_id, score) != score:
@@ -54,7 +54,8 @@ def _lines(path: Path) -> Iterator[tuple[str, str]]:
         for lineno, raw in enumerate(lines, start=1):
             source = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+                # a byte order mark (files saved by Excel or Notepad) is not part of line 1
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{source}: invalid UTF-8: {exc.reason}") from None
             if line.strip():
@@ -75,6 +76,14 @@ def _parse_query(source: str, line: str) -> tuple[str, str]:
         return record_id(record, "_id"), text.strip()
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
+
+
+def _integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_judgment(source: str, fields: tuple[str, ...]) -> tuple[str, str, int]:

@@ -3,13 +3,16 @@ paper corpus (query = a paper's title, target = that paper, index built from abs
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import CorpusFormat, detect_format, read_corpus
-from papersearch.evaluation.beir import load_qrels, load_queries
+from papersearch.evaluation.beir import QRELS_DIR, QUERIES_FILE, load_qrels, load_queries
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +26,39 @@ class EvalDataset:
 def load_dataset(path: Path) -> EvalDataset:
     """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) or, for any other corpus,
     its known-item set."""
-    if detect_format(path) == CorpusFormat.BEIR and (path / "queries.jsonl").is_file():
+    if detect_format(path) == CorpusFormat.BEIR and (path / QUERIES_FILE).is_file():
+        queries = load_queries(path)
         return EvalDataset(
             name=path.resolve().name,
             papers=lambda: read_corpus(path),
-            queries=load_queries(path),
-            qrels=load_qrels(path),
+            queries=queries,
+            qrels=_of_known_queries(load_qrels(path), queries, path),
         )
+    if (path / QRELS_DIR).is_dir():  # judged, but its queries are not where BEIR puts them
+        raise FileNotFoundError(f"{path} has {QRELS_DIR}/ but no {QUERIES_FILE}: a judged "
+                                "set needs its queries")
     return known_item(path)
+
+
+def judged_queries(dataset: EvalDataset) -> int:
+    """How many of the dataset's queries are scored: those with a relevant judgment (the
+    others are run, for the cost figures, but no metric can score them)."""
+    return sum(1 for q in dataset.queries if any(s > 0 for s in dataset.qrels.get(q, {}).values()))
+
+
+def _of_known_queries(qrels: dict[str, dict[str, int]], queries: Mapping[str, str], path: Path
+                      ) -> dict[str, dict[str, int]]:
+    """The judgments of queries in queries.jsonl. Judgments of other ids would score 0 each
+    (their queries never run); none known at all is an id mismatch between the two files."""
+    unknown = sorted(q for q in qrels if q not in queries)
+    if unknown and len(unknown) == len(qrels):
+        raise ValueError(f"{path}: none of the {len(qrels)} query ids judged in {QRELS_DIR}/ is "
+                         f"in {QUERIES_FILE} (e.g. {unknown[0]!r} against "
+                         f"{next(iter(queries))!r}): the two files must use the same ids")
+    if unknown:
+        log.warning("judgments of unknown queries left out", extra={
+            "dataset": str(path), "queries": len(unknown), "first": unknown[:5]})
+    return {q: judgments for q, judgments in qrels.items() if q in queries}
 
 
 def known_item(path: Path) -> EvalDataset:

@@ -28,7 +28,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset, load_dataset
 from papersearch.evaluation.harness import open_dataset_index
 from papersearch.evaluation.metrics import Report, evaluate
-from papersearch.evaluation.paired import Paired, paired
+from papersearch.evaluation.paired import TIE, Paired, paired
 from papersearch.index.fusion import Normalisation, Ranked, convex, rrf
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
@@ -79,10 +79,31 @@ def judged_sets(settings: Settings) -> JudgedSets:
     encoder = Encoder.from_settings(settings.models)
     tuning = [load_dataset(p) for p in settings.tune_sets]
     judging = [load_dataset(p) for p in [*settings.held_out_sets, settings.corpus_dir]]
+    check_roles(tuning, judging)
     sets = {d.name: d for d in [*tuning, *judging]}
     return JudgedSets(settings, encoder, sets, [d.name for d in tuning],
                       [d.name for d in judging[:-1]], judging[-1].name,
                       {name: fetch_lists(d, settings, encoder) for name, d in sets.items()})
+
+
+def check_roles(tuning: Sequence[EvalDataset], held_out: Sequence[EvalDataset]) -> None:
+    """Each role has a set, and no set (named by its folder) has two places: results are kept
+    by name, so a held-out set named like a tuning set would make the choice on its
+    judgments."""
+    if not tuning or not held_out:
+        raise ValueError("tune needs at least one tuning set and one held-out set "
+                         "(--tune / --held-out, or tune_sets / held_out_sets)")
+    names = [d.name for d in [*tuning, *held_out]]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"judged sets must have distinct folder names; {', '.join(twice)} "
+                         "is given twice (a set cannot both choose and judge)")
+
+
+def gains(judged: Mapping[str, Paired], among: Sequence[str]) -> bool:
+    """Whether every set of ``among`` gains on its mean: by more than round-off (a candidate
+    whose differences cancel out exactly is not adopted on a 1e-17)."""
+    return all(judged[n].mean_difference > TIE for n in among)
 
 
 def candidates(depth: int) -> list[Candidate]:
@@ -159,6 +180,7 @@ def tune_fusion(
     """Every candidate on every set, the choice and its held-out verdict (JSON-ready)."""
     settings = settings.model_copy(update={"index": settings.index.model_copy(
         update={"prf_enabled": False})})  # fusions of one pass
+    check_roles(tuning, held_out)
     sets = [*tuning, *held_out]
     names = [d.name for d in sets]
     tuning_names, held_names = names[: len(tuning)], names[len(tuning):]
@@ -184,9 +206,6 @@ def tune_fusion(
     def against_baseline(by_set: Mapping[str, Report]) -> dict[str, Paired]:
         return {n: paired(baseline[n].per_query_ndcg_at_10, by_set[n].per_query_ndcg_at_10)
                 for n in names}
-
-    def gains(judged: Mapping[str, Paired], among: Sequence[str]) -> bool:
-        return all(judged[n].mean_difference > 0 for n in among)
 
     with_feedback = {name: evaluate(runs.feedback, qrels[name]) for name, runs in lists.items()}
     feedback_judged = against_baseline(with_feedback)

@@ -9,6 +9,7 @@ and the reranker's scoring for the +rerank modes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,7 +55,8 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     encoder's numerics (fp32, int8 one text per call or in batches), since its vectors do."""
     title_weight = settings.index.bm25_title_weight
     avg_len = round(mean_words(dataset.papers(), title_weight), 1)
-    name = index_name(dataset.name, encoder.sha256, encoder.numerics, avg_len, title_weight)
+    name = index_name(dataset.name, corpus_digest(dataset.papers()), encoder.sha256,
+                      encoder.numerics, avg_len, title_weight)
     place = ({"data_dir": settings.eval_dir / name, "collection": "papers"}
              if settings.index.backend == "embedded" else {"collection": f"eval-{name}"})
     index = settings.index.model_copy(update={**place, "bm25_avg_len": avg_len})
@@ -73,12 +75,24 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     return store
 
 
-def index_name(dataset: str, encoder_sha256: str, numerics: str, avg_len: float,
+def index_name(dataset: str, corpus: str, encoder_sha256: str, numerics: str, avg_len: float,
                title_weight: int = 1) -> str:
-    """A dataset's eval collection: one per encoder, its numerics (OnnxModel.numerics) and set
-    of document BM25 weights. The title weight is named only when it is not 1."""
-    name = f"{dataset}-{encoder_sha256[:12]}-{numerics}-bm25len{avg_len:g}"
+    """A dataset's eval collection: one per corpus content (``corpus_digest``: ingest adds
+    missing ids only, so an edited or shortened corpus would keep its old texts and its
+    removed papers), encoder, its numerics (OnnxModel.numerics) and set of document BM25
+    weights. The title weight is named only when it is not 1."""
+    name = f"{dataset}-{corpus[:8]}-{encoder_sha256[:12]}-{numerics}-bm25len{avg_len:g}"
     return name if title_weight == 1 else f"{name}-title{title_weight}"
+
+
+def corpus_digest(papers: Iterable[Paper]) -> str:
+    """sha256 of every paper's id and indexed fields, in order."""
+    digest = hashlib.sha256()
+    for paper in papers:
+        fields = (paper.id, paper.title, paper.abstract, str(paper.published or ""),
+                  *paper.authors, "\x1e", *paper.categories, paper.url or "")
+        digest.update("\x1f".join(fields).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def mean_words(papers: Iterable[Paper], title_weight: int = 1) -> float:
