@@ -18,14 +18,13 @@ from papersearch.api import generate as gen
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.corpus.paper import Paper
-from papersearch.index.query import Examples, Explanation, SearchFilter, StageRank
+from papersearch.index.query import Examples, Explanation, SearchFilter, StageRank, quoted
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,
     SearchQuery,
     SearchResult,
     StageScores,
-    quoted,
 )
 from papersearch.settings import SearchSettings
 
@@ -602,3 +601,11 @@ def test_messages_pickle_by_their_real_module() -> None:
     request = pb.SearchRequest(query="graph neural networks", top_k=3)
     assert type(request).__module__ == "papersearch.api.v1.papersearch_pb2"
     assert pickle.loads(pickle.dumps(request)) == request
+
+
+def test_a_watch_is_checked_against_the_servers_top_k_limits() -> None:
+    """WatchSearch has no top_k: its query was built with top_k 10, refused by a server whose
+    max_top_k is below 10 ("top_k must be between 1 and 5, got 10" on every watch)."""
+    settings = SearchSettings(default_top_k=5, max_top_k=5)
+    query = convert.watch_query_from_proto(pb.WatchSearchRequest(query="x"), settings, 0.25)
+    assert query.text == "x" and query.replay_limit == 5

@@ -43,6 +43,7 @@ pytestmark = pytest.mark.slow
 
 FEDWON_QUERY = "federated learning across domains without batch normalization"
 SMALL_RECEIVE_BYTES = 64 * 1024
+SMALL_SEND_BYTES = 16 * 1024
 
 
 def code_of(info: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
@@ -137,6 +138,7 @@ def targets(sample_settings: Settings, parts: tuple[Encoder, Any, Reranker], fau
             "small": servers.start(scratch, max_receive_bytes=SMALL_RECEIVE_BYTES,
                                    max_index_calls=1, upsert_max_errors=5),
             "short": servers.start(scratch, index_call_timeout_s=2.0, upsert_batch_size=1),
+            "small_send": servers.start(main, max_send_bytes=SMALL_SEND_BYTES),
         }
     finally:
         servers.stop()
@@ -395,6 +397,25 @@ def test_message_at_the_receive_limit_is_read_one_byte_more_is_resource_exhauste
             stub.Search(search_request_of(SMALL_RECEIVE_BYTES + 1), timeout=30)
         assert code_of(info) == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own limit
         assert str(SMALL_RECEIVE_BYTES) in details_of(info)
+
+
+def test_results_past_the_send_limit_are_out_of_range_not_retried(
+    targets: dict[str, str],
+) -> None:
+    """gRPC failed them with RESOURCE_EXHAUSTED, which clients retry with backoff, and every
+    retry failed the same way; fewer results fit."""
+    with grpc.insecure_channel(targets["small_send"]) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        few = stub.Search(pb.SearchRequest(query="diffusion models", top_k=3), timeout=60)
+        assert 0 < few.ByteSize() <= SMALL_SEND_BYTES
+        for call in (lambda: stub.Search(pb.SearchRequest(query="diffusion models", top_k=100),
+                                         timeout=60),
+                     lambda: stub.SimilarPapers(pb.SimilarPapersRequest(
+                         paper_id=few.hits[0].paper.paper_id, top_k=100), timeout=60)):
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert code_of(info) == grpc.StatusCode.OUT_OF_RANGE
+            assert "serve.max_send_bytes" in details_of(info) and "top_k" in details_of(info)
 
 
 def test_index_writes_past_the_cap_are_resource_exhausted(targets: dict[str, str]) -> None:

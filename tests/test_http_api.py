@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -128,6 +129,14 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
     deep = call(http + SEARCH, b"[" * 100_000 + b"]" * 100_000)
     assert deep == (400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
                                     "message": "request body is nested too deeply"}})
+    # an error repeats at most 64 characters of a client's value (the proto's promise)
+    for body, content_type in (({"query": "x", "mode": "M" * 250}, "application/json"),
+                               ({"query": "x", "K" * 250: 1}, "application/json"),
+                               ({"query": "x"}, "text/" + "t" * 250)):
+        answer = call(http + SEARCH, body, content_type=content_type)
+        message = answer[1]["error"]["message"]
+        assert answer[0] in (400, 415) and re.search(r"\(25\d characters\)", message), message
+        assert not re.search(r"(M|K|t){65}", message), message
     for key in ("\u00e9", "caf\u00e9-key"):  # not a gRPC metadata value: refused, as a key
         answer = call(http + SEARCH, {"query": "x"}, key=key)
         assert answer[0] == 401 and answer[1]["error"]["status"] == "UNAUTHENTICATED", key

@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
@@ -32,6 +33,7 @@ from papersearch.index import (
     open_store,
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
+from papersearch.index.errors import InvalidExamples
 from papersearch.index.query import Examples, StageRank
 from papersearch.index.schema import DENSE as DENSE_NAME
 from papersearch.index.server import ServerStore
@@ -474,6 +476,21 @@ def test_recommendations_follow_each_strategy(loaded: Store, strategy: str) -> N
     assert (hits[0].dense_score is not None) == (strategy == "average_vector")
     filtered = loaded.similar(examples, limit=5, filter=SearchFilter(categories=("cs.CV",)))
     assert filtered and all("cs.CV" in h.paper.categories for h in filtered)
+
+
+def test_examples_that_cancel_out_are_the_clients_mistake(factory: Factory) -> None:
+    """Two positives with opposite vectors leave average_vector nothing to search for: a
+    client's mistake (INVALID_ARGUMENT, the message kept), not an internal error."""
+    from papersearch.gateway.errors import to_status
+
+    store = factory()
+    store.ensure_collection(DIM, SHA)
+    store.upsert(PAPERS[:3], np.vstack([DENSE[0], -DENSE[0], DENSE[2]]), SPARSE[:3])
+    with pytest.raises(InvalidExamples, match="cancel the positive ones out") as error:
+        store.similar(Examples((PAPERS[0].id, PAPERS[1].id), (), "average_vector"))
+    assert to_status(error.value) == (grpc.StatusCode.INVALID_ARGUMENT, str(error.value))
+    with pytest.raises(ValueError, match=r"paper 'xxx.+\.\.\. \(200 characters\) is both"):
+        Examples(("x" * 200,), ("x" * 200,))
 
 
 def test_recommend_strategy_auto_follows_the_negatives(loaded: Store) -> None:

@@ -38,6 +38,9 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_TRAINING__CORPORA", "[5]",
      "training.corpora.0 (PAPERSEARCH_TRAINING__CORPORA): Input is not a valid path for "
      "<class 'pathlib.Path'> (given 5)"),
+    ("PAPERSEARCH_SEARCH__MAX_TOP_K", "5",  # below default_top_k: every plain Search refused
+     "search (PAPERSEARCH_SEARCH): Value error, search.default_top_k (10) is past "
+     "search.max_top_k (5): every request leaving top_k unset would be refused"),
     ("PAPERSEARCH_SERVE", "x",
      "serve (PAPERSEARCH_SERVE): a section is set as JSON, e.g. "
      "PAPERSEARCH_SERVE='{\"key\": \"value\"}'"),

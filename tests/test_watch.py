@@ -306,6 +306,10 @@ def test_hub_matches_many_watches_at_once_and_ends_a_slow_watcher() -> None:
     hub.publish(papers[:1], vectors[:1])  # a third match waiting: over the queue of 2
     assert slow.ended is not None and slow.ended[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert not slow.pending and watches[1] is not None and watches[1].ended is None
+    # its handler may still wait for the client to take what flow control holds (a watcher
+    # that stopped reading): it stays listed until its call ends, but no longer holds a place
+    assert slow in hub.watches and hub.open == 499
+    assert hub.add(vectors[0], 0.0, SearchFilter()) is not None
     hub.close()
     assert all(w is not None and w.ended is not None for w in watches)
     assert hub.add(vectors[0], 0.0, SearchFilter()) is None

@@ -292,6 +292,14 @@ class SearchSettings(Section):
     )
     rerank_rrf_k: float = Field(5.0, gt=0, description="k of the rerank rank fusion.")
 
+    @model_validator(mode="after")
+    def _default_within_max(self) -> SearchSettings:
+        if self.default_top_k > self.max_top_k:
+            raise ValueError(f"search.default_top_k ({self.default_top_k}) is past "
+                             f"search.max_top_k ({self.max_top_k}): every request leaving "
+                             "top_k unset would be refused")
+        return self
+
 
 class ServeSettings(Section):
     """The gRPC gateway and the Ray Serve deployments behind it."""

@@ -14,14 +14,13 @@ from datetime import date
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import Paper, clean_text
-from papersearch.index.query import Examples, Explanation, Mode, SearchFilter, StageRank
+from papersearch.index.query import Examples, Explanation, Mode, SearchFilter, StageRank, quoted
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,
     SearchQuery,
     SearchResult,
     StageScores,
-    quoted,
 )
 from papersearch.settings import RecommendStrategy, SearchSettings
 
@@ -290,8 +289,9 @@ def watch_query_from_proto(request: pb.WatchSearchRequest, settings: SearchSetti
     settings.default_top_k. Raises InvalidQuery."""
     min_relevance = (request.min_relevance if request.HasField("min_relevance")
                      else default_min_relevance)
-    query = SearchQuery(text=request.query, mode="dense", filter=filter_from_proto(
-        request.filter), min_relevance=min_relevance).validate(settings)
+    query = SearchQuery(text=request.query, top_k=settings.default_top_k, mode="dense",
+                        filter=filter_from_proto(request.filter),
+                        min_relevance=min_relevance).validate(settings)
     limit = request.replay_limit or settings.default_top_k
     if not 1 <= limit <= settings.max_top_k:
         raise InvalidQuery(

@@ -12,11 +12,13 @@ from papersearch.errors import NotReady, Overloaded
 from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
+    InvalidExamples,
     PaperNotFound,
     StoreUnavailable,
 )
+from papersearch.index.query import quoted
 from papersearch.models.runtime import InvalidInput
-from papersearch.pipeline.query import InvalidQuery, quoted
+from papersearch.pipeline.query import InvalidQuery
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def root_cause(error: BaseException) -> BaseException:
 def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for ``error``."""
     error = root_cause(error)
-    if isinstance(error, InvalidQuery | InvalidInput):
+    if isinstance(error, InvalidQuery | InvalidInput | InvalidExamples):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, PaperNotFound):
         return grpc.StatusCode.NOT_FOUND, f"paper {quoted(error.paper_id)} is not in the index"

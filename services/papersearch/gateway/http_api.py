@@ -34,6 +34,7 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.gateway import page
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
+from papersearch.index.query import QUOTE_CHARS, quoted
 from papersearch.settings import ServeSettings
 from papersearch.telemetry import metrics
 
@@ -241,7 +242,7 @@ def _call_options(request: web.Request) -> dict[str, Any]:
 def _require_type(request: web.Request, content_type: str) -> None:
     if request.content_type != content_type:
         raise HttpError("INVALID_ARGUMENT", f"Content-Type must be {content_type}, got "
-                        f"{request.content_type!r}", http=415)
+                        f"{quoted(request.content_type)}", http=415)
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -265,7 +266,26 @@ def _parse(value: Any, message_type: type[Message], what: str) -> Message:
         return json_format.ParseDict(value, message_type())
     except json_format.ParseError as error:
         raise HttpError("INVALID_ARGUMENT", f"{what}: not a valid {name}: "
-                        f"{str(error)[:300]}") from None
+                        f"{_cut_values(str(error), value)[:300]}") from None
+
+
+def _cut_values(message: str, body: Any) -> str:
+    """``message`` with each string of ``body`` it repeats (protobuf's parse errors quote the
+    offending value or key whole) cut to QUOTE_CHARS, as every error message cuts them."""
+    long: set[str] = set()
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            long.update(k for k in item if isinstance(k, str) and len(k) > QUOTE_CHARS)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and len(item) > QUOTE_CHARS:
+            long.add(item)
+    for text in sorted(long, key=len, reverse=True):
+        message = message.replace(text, f"{text[:QUOTE_CHARS]}... ({len(text)} characters)")
+    return message
 
 
 def _json(message: Message) -> web.Response:

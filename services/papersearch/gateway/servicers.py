@@ -67,7 +67,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         except Exception as error:
             await _fail(context, error)
         metrics().search(result.reranked, result.rerank_depth, result.feedback)
-        return convert.search_response_to_proto(result)
+        return await self._within_send_limit(convert.search_response_to_proto(result), context)
 
     async def SimilarPapers(  # noqa: N802
         self, request: pb.SimilarPapersRequest, context: grpc.aio.ServicerContext
@@ -80,11 +80,24 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             )
         except Exception as error:
             await _fail(context, error)
-        return pb.SearchResponse(
+        return await self._within_send_limit(pb.SearchResponse(
             hits=[pb.Hit(paper=convert.paper_to_proto(h.paper), score=h.score,
                          stages=pb.StageScores(dense=h.dense_score)) for h in hits],
             reranked=False,
-        )
+        ), context)
+
+    async def _within_send_limit(self, response: pb.SearchResponse,
+                                 context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        """``response``, or OUT_OF_RANGE where it is past serve.max_send_bytes: gRPC itself
+        would fail it with RESOURCE_EXHAUSTED, which clients retry, and every retry fails the
+        same way (top_k long papers: 100 of the longest allowed are ~21 MB)."""
+        size, limit = response.ByteSize(), self.settings.serve.max_send_bytes
+        if size > limit:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"the {len(response.hits)} results are {size:,} bytes, past the server's "
+                f"response limit of {limit:,} (serve.max_send_bytes): ask for fewer (top_k)")
+        return response
 
     async def GetPaper(  # noqa: N802
         self, request: pb.GetPaperRequest, context: grpc.aio.ServicerContext
@@ -157,10 +170,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         """Refuse a new watch past the gateway's limit, or while it drains."""
         if self.watches.closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
-        if len(self.watches.watches) >= self.watches.max_watches:
+        if self.watches.open >= self.watches.max_watches:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{len(self.watches.watches)} watches are open on this gateway, its limit "
+                f"{self.watches.open} watches are open on this gateway, its limit "
                 f"(serve.watch_max_watches); retry WatchSearch later or elsewhere")
 
     async def _replay(self, backend: Backend, query: convert.WatchQuery, vector: np.ndarray,

@@ -124,13 +124,20 @@ class WatchHub:
     def add(self, vector: np.ndarray, min_relevance: float, flt: SearchFilter,
             embedder: str | None = None) -> Watch | None:
         """A new watch, or None at the limit (or once closed: the caller refuses the call)."""
-        if self.closed or len(self.watches) >= self.max_watches:
+        if self.closed or self.open >= self.max_watches:
             return None
         watch = Watch(np.asarray(vector, dtype=np.float32).ravel(), min_relevance, flt,
                       self.queue, embedder)
         self.watches.append(watch)
         self._matrix = None
         return watch
+
+    @property
+    def open(self) -> int:
+        """Watches not ended: what the limit counts. An ended watch whose handler still waits
+        for its client to take a buffered event (flow control: a watcher that stopped
+        reading) no longer holds a place; it leaves ``watches`` when its call ends."""
+        return sum(1 for w in self.watches if w.ended is None)
 
     def remove(self, watch: Watch) -> None:
         if watch in self.watches:

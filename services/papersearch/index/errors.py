@@ -28,3 +28,7 @@ class PaperNotFound(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class InvalidExamples(ValueError):
+    """Example papers that give a recommendation nothing to search for (a client's mistake)."""

@@ -17,6 +17,14 @@ Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 FusionMethod = Literal["rrf", "dbsf", "convex"]
 RECOMMEND_STRATEGIES: tuple[RecommendStrategy, ...] = get_args(RecommendStrategy)
+QUOTE_CHARS = 64  # the most of a client's value an error message repeats
+
+
+def quoted(value: str, limit: int = QUOTE_CHARS) -> str:
+    """A client's value for an error message: escaped like repr, cut to ``limit`` characters."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +46,10 @@ class Examples:
             raise ValueError("at least one positive example paper is needed")
         both = set(self.positive) & set(self.negative)
         if both:
-            raise ValueError(f"paper {sorted(both)[0]!r} is both a positive and a negative "
-                             "example")
+            raise ValueError(f"paper {quoted(sorted(both)[0])} is both a positive and a "
+                             "negative example")
         if self.strategy is not None and self.strategy not in RECOMMEND_STRATEGIES:
-            raise ValueError(f"unknown recommend strategy {self.strategy!r}")
+            raise ValueError(f"unknown recommend strategy {quoted(str(self.strategy))}")
 
     @property
     def ids(self) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from papersearch.corpus.paper import Paper, point_id
-from papersearch.index.errors import PaperNotFound, StoreError
+from papersearch.index.errors import InvalidExamples, PaperNotFound, StoreError
 from papersearch.index.explain import StageList, explain_hit
 from papersearch.index.fusion import convex
 from papersearch.index.plan import (
@@ -443,8 +443,9 @@ class Store(ABC):
             combined = 2 * mean - (np.mean(np.asarray(negatives, dtype=np.float64), axis=0)
                                    if negatives else 0)
             if not np.linalg.norm(combined) > 1e-9:
-                raise ValueError("the negative examples cancel the positive ones out: no "
-                                 "direction is left to search (try strategy best_score)")
+                raise InvalidExamples("the negative examples cancel the positive ones out: "
+                                      "no direction is left to search (try strategy "
+                                      "best_score)")
             query = Nearest(DENSE, tuple(float(x) for x in combined), limit)
         else:
             query = Recommend(DENSE, tuple(map(tuple, positives)), tuple(map(tuple, negatives)),

@@ -9,18 +9,9 @@ from papersearch.corpus.paper import Paper
 from papersearch.index.query import Explanation, Mode, SearchFilter
 from papersearch.settings import SearchSettings
 
-QUOTE_CHARS = 64  # the most of a client's value an error message repeats
-
 
 class InvalidQuery(ValueError):
     """A client's mistake in a search request (maps to INVALID_ARGUMENT)."""
-
-
-def quoted(value: str, limit: int = QUOTE_CHARS) -> str:
-    """A client's value for an error message: escaped like repr, cut to ``limit`` characters."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
