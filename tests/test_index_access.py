@@ -22,6 +22,7 @@ import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 
+from papersearch.errors import NotReady
 from papersearch.index import PaperNotFound, SearchFilter, Store, StoreUnavailable
 from papersearch.index.edge import EdgeStore
 from papersearch.index.query import Examples
@@ -257,3 +258,26 @@ def test_refused_connection_is_unavailable_and_the_loop_keeps_running() -> None:
     assert isinstance(result, StoreUnavailable), result
     assert time.monotonic() - started < 2 + 1
     assert ticks >= 1
+
+
+def test_calls_queued_when_the_collection_closes_are_not_ready(tmp_path: Path) -> None:
+    """A call still waiting for the collection's thread when it closes got CancelledError
+    (CANCELLED to its client, which does not resend it; a mirror write escaped its handler)
+    where the docstring promises NotReady (UNAVAILABLE: sent again)."""
+    settings = IndexSettings(data_dir=tmp_path)
+    store = EdgeStore(settings)
+    store.ensure_collection(DIM, SHA)
+    store.upsert(PAPERS, DENSE, SPARSE)
+    index = IndexAccess(CollectionOpener(Settings(index=settings), DIM, SHA,
+                                         make_store=lambda _: store))
+
+    async def close_while_queued() -> list[Any]:
+        await index.ready()
+        busy = asyncio.ensure_future(index._in_thread(lambda: time.sleep(0.3)))
+        queued = asyncio.ensure_future(index.get(PAPERS[0].id))
+        await asyncio.sleep(0.05)
+        await index.close()
+        return await asyncio.gather(busy, queued, return_exceptions=True)
+
+    busy, queued = asyncio.run(close_while_queued())
+    assert busy is None and isinstance(queued, NotReady), queued

@@ -564,3 +564,27 @@ def test_serve_waits_for_its_collection_then_sigterm_drains(
     assert "OK" in codes
     stderr = "".join(serve_err)
     assert serve.returncode == 130 and "gateway drained" in stderr, stderr[-3000:]
+
+
+def test_starting_ray_keeps_the_serve_commands_signal_handlers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ray.init installs a SIGTERM handler that exits at once: `serve` put its own back only
+    after the deploy (up to minutes), so a SIGTERM meanwhile skipped the drain (exit 15, no
+    "interrupted" line)."""
+    import sys
+
+    import ray
+
+    from papersearch.serving.launcher import init_keeping_signals
+
+    def ray_init(**_: object) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+    monkeypatch.setattr(ray, "init", ray_init)
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        init_keeping_signals(num_cpus=1)
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)

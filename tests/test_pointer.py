@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,83 @@ def test_migrate_without_a_ray_cluster_is_one_line(capsys: pytest.CaptureFixture
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(["index", "migrate", "--finish"]) == 2
     assert "no Ray cluster at 'auto'" in capsys.readouterr().err
+
+
+class Opened:
+    """An index access that counts its opens and closes."""
+
+    opened: list[Opened] = []
+
+    def __init__(self) -> None:
+        self.closed = False
+        Opened.opened.append(self)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> None:
+    """A pointer naming a previous embedder whose export is gone: the live collection was
+    opened, dropped unclosed, and opened again on every call (5 calls, 5 opens, 0 closes). A
+    call cancelled while the collection opens in its thread closes what the thread opened."""
+    repository = tmp_path / "models"
+    (repository / "minilm" / "1").mkdir(parents=True)
+    (repository / "minilm" / "1" / MANIFEST).write_text(json.dumps(
+        {"name": "minilm", "version": 1, "kind": "embedder", "source": "s", "fingerprint": "f",
+         "max_length": 8, "dim": 4, "files": {"model.onnx": "a" * 64}}))
+    settings = Settings(models={"repository": repository, "embedder_name": "minilm"})
+
+    class Swapped(Unreachable):
+        def read(self) -> Pointer | None:
+            return Pointer("papers-new", "minilm@1", "papers", "deleted@1")
+
+    class Unmigrated(Unreachable):
+        def read(self) -> Pointer | None:
+            return None
+
+    def slow_open(_: Settings, __: object) -> Opened:
+        time.sleep(0.2)
+        return Opened()
+
+    async def resolves() -> None:
+        collections = Collections(settings, make_access=lambda s, v: Opened(),  # type: ignore[arg-type,return-value]
+                                  make_pointers=lambda _: Swapped(settings.index), retry_s=0)
+        for _ in range(3):
+            with pytest.raises(ModelNotFound, match="deleted"):
+                await collections.live()
+        assert len(Opened.opened) == 3 and all(a.closed for a in Opened.opened)
+        Opened.opened.clear()
+        cancelled = Collections(settings, make_access=slow_open,  # type: ignore[arg-type]
+                                make_pointers=lambda _: Unmigrated(settings.index))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cancelled.live(), 0.05)
+        assert len(Opened.opened) == 1 and Opened.opened[0].closed
+
+    asyncio.run(resolves())
+
+
+def test_a_cancelled_swap_returns_only_once_its_pointer_is_written(tmp_path: Path) -> None:
+    """The write goes on in its thread when the step is cancelled; the cleanup after the
+    cancel reads the pointer, and read the old one while the new was being written: it dropped
+    the collection the finished write then named live."""
+    from papersearch.pipeline.migration import Migrator
+
+    class Slow(Unreachable):
+        written: Pointer | None = None
+
+        def write(self, pointer: Pointer) -> None:
+            time.sleep(0.3)
+            self.written = pointer
+
+    settings = Settings()
+    pointers = Slow(settings.index)
+    migrator = Migrator(Collections(settings, make_pointers=lambda _: pointers),
+                        encode=None, batch=1)  # type: ignore[arg-type]
+    swapped = Pointer("papers-new", "minilm@2", "papers", "minilm@1")
+
+    async def cancelled() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(migrator._write_pointer(swapped), 0.05)
+        assert pointers.written == swapped  # written before the cancel reached the caller
+
+    asyncio.run(cancelled())

@@ -37,7 +37,7 @@ class QueryEncoderDeployment:
         self.default = str(ModelRef(default.manifest.name, default.manifest.version))
         self._encoders: dict[str, Encoder] = {self.default: default}
         self._batches: dict[str, Coalescer[list[str], np.ndarray]] = {}
-        self._loading = asyncio.Lock()
+        self._loads: dict[str, asyncio.Future[None]] = {}  # an embedder being loaded
         metrics().model_loaded("QueryEncoder", default)
 
     async def encode(self, texts: list[str], embedder: str | None = None) -> np.ndarray:
@@ -61,16 +61,30 @@ class QueryEncoderDeployment:
         return encoder.dim, encoder.sha256
 
     async def _encoder(self, embedder: str | None) -> Encoder:
+        """The encoder ``embedder`` names, loaded on first use. Concurrent first calls share
+        one load, and a caller cancelled meanwhile (its deadline) leaves it running for the
+        others and the next: the load was lost with it and began again for the next call."""
         key = embedder or self.default
         if key not in self._encoders:
-            async with self._loading:  # one load at a time: concurrent first calls share it
-                if key not in self._encoders:
-                    models = self.settings.models
-                    path = ModelRef.parse(key, models.repository).path(models.repository)
-                    self._encoders[key] = await asyncio.to_thread(
-                        Encoder, path, Encoder.runtime_options(models))
-                    metrics().model_loaded("QueryEncoder", self._encoders[key])
+            load = self._loads.get(key)
+            if load is None:
+                load = self._loads[key] = asyncio.ensure_future(self._load(key))
+                load.add_done_callback(lambda done: self._loaded(key, done))
+            await asyncio.shield(load)
         return self._encoders[key]
+
+    async def _load(self, key: str) -> None:
+        models = self.settings.models
+        path = ModelRef.parse(key, models.repository).path(models.repository)
+        self._encoders[key] = await asyncio.to_thread(Encoder, path,
+                                                      Encoder.runtime_options(models))
+        metrics().model_loaded("QueryEncoder", self._encoders[key])
+
+    def _loaded(self, key: str, load: asyncio.Future[None]) -> None:
+        """A finished load: the next call after a failed one tries again."""
+        del self._loads[key]
+        if not load.cancelled():
+            load.exception()  # retrieved: its callers (if any still wait) were told
 
     async def _coalescer(self, embedder: str | None) -> Coalescer[list[str], np.ndarray]:
         key = embedder or self.default

@@ -9,6 +9,7 @@ vector of one embedder to a collection of another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -119,7 +120,13 @@ class Collections:
         self._live, self.other, self.pointer = live, other, pointer
 
     async def bind(self, view: View) -> Bound:
-        return Bound(view, await asyncio.to_thread(self.make_access, self.settings, view))
+        opening = asyncio.ensure_future(asyncio.to_thread(self.make_access, self.settings, view))
+        try:
+            return Bound(view, await asyncio.shield(opening))
+        except asyncio.CancelledError:  # the open goes on in its thread: close what it opens
+            with contextlib.suppress(Exception):
+                await (await opening).close()
+            raise
 
     async def pointers(self) -> Pointers:
         if self._pointers is None:
@@ -147,5 +154,10 @@ class Collections:
             raise
         self._failure = None
         live = await self.bind(live_view(self.settings, pointer))
-        previous = None if pointer is None else previous_view(self.settings, pointer)
-        self.switch(live, None if previous is None else await self.bind(previous), pointer)
+        try:  # the next call opens it again: this one must not stay open beside it
+            previous = None if pointer is None else previous_view(self.settings, pointer)
+            other = None if previous is None else await self.bind(previous)
+        except BaseException:
+            await live.index.close()
+            raise
+        self.switch(live, other, pointer)

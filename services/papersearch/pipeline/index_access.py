@@ -109,9 +109,7 @@ class IndexAccess:
     async def _execute(self, program: Callable[[Retriever], Program[T]], *,
                        create: bool = False) -> T:
         if self._closed:
-            raise NotReady(f"collection {self.opener.settings.index.collection} was closed (an "
-                           "embedder migration finished, or the gateway is stopping): send the "
-                           "call again")
+            raise self._closed_error()
         retriever = self._retriever or await self._open(create)
         if retriever.store.backend == "embedded":
             return await self._in_thread(lambda: retriever.store.execute(program(retriever)))
@@ -129,4 +127,24 @@ class IndexAccess:
         return self._retriever
 
     async def _in_thread(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        """``call`` in the collection's thread. A call still queued there when the collection
+        closes is cancelled by the close, not by its caller: NotReady, as for later calls."""
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except RuntimeError:  # the pool shut down since the check in _execute
+            if self._closed:
+                raise self._closed_error() from None
+            raise
+        try:
+            return await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and future.cancelled() and task is not None \
+                    and not task.cancelling():
+                raise self._closed_error() from None
+            raise
+
+    def _closed_error(self) -> NotReady:
+        return NotReady(f"collection {self.opener.settings.index.collection} was closed (an "
+                        "embedder migration finished, or the gateway is stopping): send the "
+                        "call again")

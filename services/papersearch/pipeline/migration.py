@@ -343,7 +343,14 @@ class Migrator:
     async def _write_pointer(self, pointer: Pointer) -> None:
         """The swap's commit point: finished even if the step is cancelled meanwhile."""
         pointers = await self.collections.pointers()
-        await asyncio.shield(asyncio.to_thread(pointers.write, pointer))
+        write = asyncio.ensure_future(asyncio.to_thread(pointers.write, pointer))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # the cleanup that follows a cancel reads the pointer: it must read this one
+            # (an abandon that read the old one dropped the collection this write then named)
+            await write
+            raise
 
     async def _copy(self, mirror: Mirror, source: Bound, target: Bound) -> tuple[int, int]:
         """Every paper of ``source`` not written since the start, re-encoded into ``target``."""

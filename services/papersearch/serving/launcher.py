@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,12 +82,12 @@ def start(
     if not ray.is_initialized():
         # The dashboard serves Serve's status API (replica counts for the load test); the
         # metrics port exports Prometheus metrics (papersearch.telemetry).
-        ray.init(num_cpus=num_cpus, namespace="serve", _node_ip_address="127.0.0.1",
-                 include_dashboard=True,
-                 dashboard_host=settings.serve.dashboard_host,
-                 dashboard_port=settings.serve.dashboard_port,
-                 _metrics_export_port=settings.serve.metrics_port,
-                 _temp_dir=str(temp_dir) if temp_dir else None)
+        init_keeping_signals(num_cpus=num_cpus, namespace="serve", _node_ip_address="127.0.0.1",
+                             include_dashboard=True,
+                             dashboard_host=settings.serve.dashboard_host,
+                             dashboard_port=settings.serve.dashboard_port,
+                             _metrics_export_port=settings.serve.metrics_port,
+                             _temp_dir=str(temp_dir) if temp_dir else None)
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),
         proxy_location=config.proxy_location,
@@ -144,6 +146,22 @@ def migrate(settings: Settings, action: str, embedder: str | None,
     return report
 
 
+def init_keeping_signals(**options: Any) -> None:
+    """``ray.init(**options)`` keeping this process's signal handlers: it installs a SIGTERM
+    handler that exits at once, so a SIGTERM during the deploy that follows (minutes) skipped
+    `serve`'s drain."""
+    import ray
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    main = threading.current_thread() is threading.main_thread()
+    kept = [signal.getsignal(signum) for signum in signals] if main else []
+    try:
+        ray.init(**options)
+    finally:
+        for signum, handler in zip(signals, kept, strict=False):
+            signal.signal(signum, handler)
+
+
 def stop() -> None:
     """Take the local Ray instance down with everything on it. Serve's own graceful shutdown is
     skipped: with the Serve config's request-path settings its controller waited 30-60 s for
@@ -158,19 +176,13 @@ def serve_forever(settings: Settings) -> None:
     """Start everything, print how to query it, and shut down cleanly on Ctrl-C/SIGTERM: the
     gateway drains first (calls in flight finish), then Ray goes down; ``Interrupted`` is
     raised once everything is."""
-    import signal
-
-    def stop_on_signals() -> None:
-        # Both stop cleanly, also when started in the background (where SIGINT starts ignored).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    stop_on_signals()
+    # Both stop cleanly, also when started in the background (where SIGINT starts ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     running = False
     try:
         start(settings, num_cpus=settings.serve.num_cpus)
         running = True
-        stop_on_signals()  # again: ray.init installs its own SIGTERM handler, which just dies
         target = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
         serve = settings.serve
         print(f"papersearch is serving gRPC on {target} (Ctrl-C stops it). Try:\n"

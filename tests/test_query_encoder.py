@@ -1,0 +1,44 @@
+"""The QueryEncoder replica's own logic, without Ray: loading the embedders calls name."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from papersearch.encoder import deployment
+from papersearch.encoder.runtime import Encoder
+from papersearch.settings import Settings
+
+
+def test_a_load_outlives_the_callers_cancelled_while_it_runs(
+    model_settings: Settings, embedder_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first calls for another embedder (a migration's) with deadlines shorter than its
+    load: each cancelled caller threw the load away and the next began it again (4 callers,
+    4 loads, none kept). Now one load serves them all and the calls after."""
+    replica = deployment.QueryEncoderDeployment.func_or_class(model_settings)
+    loads: list[float] = []
+
+    class SlowToLoad(Encoder):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            loads.append(time.monotonic())
+            time.sleep(0.4)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(deployment, "Encoder", SlowToLoad)
+    other = model_settings.models.embedder_name  # by name, not name@version: another key
+
+    async def calls() -> tuple[int, str]:
+        for _ in range(4):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(replica.identity(other), 0.05)
+        return await replica.identity(other)
+
+    dim, sha = asyncio.run(calls())
+    assert len(loads) == 1 and (dim, sha) == (replica._encoders[replica.default].dim,
+                                              replica._encoders[replica.default].sha256)
+    assert not replica._loads
