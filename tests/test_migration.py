@@ -387,6 +387,58 @@ def test_migration_under_searches_and_writes(backend: str, sample_settings: Sett
         assert EdgePointers(settings.index).read() is not None
 
 
+def test_an_update_another_writer_makes_during_the_reconcile_reaches_the_new_collection(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path,
+        papers: list[Paper], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ingest --update rewriting a paper while the reconcile scans (server backend: another
+    process writes the same collection): the reconcile had read the stamps before, the counts
+    still matched, the ingest's pointer check came before the swap, and the new live
+    collection kept the old text (the right one dropped at --finish)."""
+    settings = settings_for(sample_settings.model_copy(update={"index": sample_settings.index
+                                                               .model_copy(update={
+                                                                   "data_dir": tmp_path})}),
+                            "papers")
+    old, new = Encoder(embedder_dir), Encoder(cls_embedder)
+    client = QdrantClient(":memory:")
+    collections, inspect = _collections(settings, client)
+    with inspect("papers") as source:
+        _fill(source, old, papers[:20], legacy=1)
+    updated = Paper(id=papers[3].id, title=papers[3].title + " (revised)",
+                    abstract=papers[3].abstract)
+    scans, written = 0, False
+    point_ids, ready = IndexAccess.point_ids, IndexAccess.ready
+
+    async def counting_scans(self: IndexAccess) -> list[str]:
+        nonlocal scans
+        scans += self.opener.settings.index.collection == "papers"
+        return await point_ids(self)
+
+    async def counted_while_written(self: IndexAccess) -> int:
+        nonlocal written
+        if self.opener.settings.index.collection == "papers" and scans == 2 and not written:
+            written = True  # the reconcile has scanned and resynced: its counts come next
+            with inspect("papers") as store:
+                store.ensure_collection(old.dim, old.sha256)
+                Retriever(store).upsert([updated], old.encode_documents([updated.text]))
+        return await ready(self)
+
+    monkeypatch.setattr(IndexAccess, "point_ids", counting_scans)
+    monkeypatch.setattr(IndexAccess, "ready", counted_while_written)
+    handles = HandleBackend(LocalModels(settings.models.repository), None, collections,
+                            settings)  # type: ignore[arg-type]
+
+    async def migrate() -> dict[str, Any]:
+        report = (await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository)))
+        await collections.close()
+        return report.to_json()
+
+    report = asyncio.run(migrate())
+    assert written and report["warning"] is None
+    with inspect(report["live_collection"]) as live:
+        live.ensure_collection(new.dim, new.sha256)
+        assert Retriever(live).get(updated.id).title == updated.title
+
+
 def _refusing_copy(sample_settings: Settings, embedder_dir: Path, papers: list[Paper],
                    data_dir: Path) -> tuple[Settings, Collections, HandleBackend]:
     """A live collection of 20 papers in ``data_dir``, behind a backend whose new encoder
