@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,16 @@ def test_a_gain_is_more_than_round_off() -> None:
     cancelling = paired(baseline, {"1": 0.5, "2": 0.5, "3": 0.5})  # -0.1 -0.2 +0.3
     assert cancelling.mean_difference > 0 and not gains({"s": cancelling}, ["s"])  # 1.85e-17
     assert gains({"s": paired(baseline, {"1": 0.7, "2": 0.7, "3": 0.2})}, ["s"])
+
+
+def test_tune_rerank_warns_when_given_a_held_out_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from papersearch.cli import main
+
+    held = write_beir(tmp_path / "held", {"d1": "a text"}, {"q1": "text"}, [("q1", "d1", 1)])
+    monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps([str(held)]))
+    monkeypatch.setenv("PAPERSEARCH_MODELS__REPOSITORY", str(tmp_path / "no-models"))
+    assert main(["tune-rerank", "--dataset", str(held)]) == 2  # then: no exported model
+    err = capsys.readouterr().err
+    assert "is a held-out set (held_out_sets)" in err and "no exported model" in err

@@ -382,6 +382,9 @@ def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.reranker.runtime import Reranker
 
     dataset = load_dataset(args.dataset)
+    if args.dataset.resolve() in {p.resolve() for p in settings.held_out_sets}:
+        print(f"papersearch: warning: {args.dataset} is a held-out set (held_out_sets): a "
+              "weight chosen on it cannot be judged on it afterwards", file=sys.stderr)
     grid = tune_rerank(dataset, settings, Encoder.from_settings(settings.models),
                        Reranker.from_settings(settings.models))
     baseline = next(p for p in grid if p.weight == 0.0)
