@@ -147,11 +147,15 @@ def test_daily_a_short_one_sentence_abstract_is_an_abstract(tmp_path: Path) -> N
     """A line short enough for a title that ends a sentence, after a title, is its abstract;
     a title after a title is still one (the first had none)."""
     short = "We present vLLM, a serving engine for large language models."
+    cut = "We study how serving engines batch requests from many users at \u2026"
+    question = "Do Large Language Models Know What They Do Not Know?"
     write(tmp_path, "000.txt", page(("vLLM: Paged Attention", short), ("Orphan Title", ""),
-                                    ("Beta Set", ABSTRACT_B)).replace("\n\n\n\n", "\n\n"))
+                                    ("Beta Set", ABSTRACT_B), ("Batching", cut),
+                                    (question, ABSTRACT_B)).replace("\n\n\n\n", "\n\n"))
     results = list(read_daily_papers(tmp_path))
     assert [(p.title, p.abstract) for p in papers(results)] == [
-        ("vLLM: Paged Attention", short), ("Beta Set", ABSTRACT_B)]
+        ("vLLM: Paged Attention", short), ("Beta Set", ABSTRACT_B), ("Batching", cut),
+        (question, ABSTRACT_B)]
     assert [s.reason for s in skipped(results)] == ["title without an abstract"]
 
 

@@ -150,8 +150,9 @@ def _looks_like_title(line: str) -> bool:
 
 def _short_abstract(line: str) -> bool:
     """After a title: a line short enough for a title but a sentence ("We present vLLM, a
-    serving engine for large language models."), which titles do not end as."""
-    return line.endswith(".") and len(line.split()) >= _MIN_SENTENCE_WORDS
+    serving engine for large language models."), which titles do not end as; nor as a cut
+    sentence ("...", "…"). Not "?" or "!": titles end so ("Do LLMs Know What They Know?")."""
+    return line.endswith((".", "\u2026")) and len(line.split()) >= _MIN_SENTENCE_WORDS
 
 
 def _to_paper(entry: Entry) -> Paper:
