@@ -46,6 +46,8 @@ def split_target(target: str) -> tuple[str, int]:
     host, sep, port = target.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host:  # "::1:50051": gRPC reads it otherwise, the loopback check so
+        raise ValueError(f"--target: write an IPv6 address in brackets, [{host}]:{port}")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--target must be HOST:PORT, got {target!r}")
     return host, int(port)
