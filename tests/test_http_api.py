@@ -126,6 +126,8 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
     for timeout in ("soon", "\u00b2", "0", "10000000000000"):  # "²" passes str.isdigit()
         answer = call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": timeout})
         assert answer[0] == 400 and "x-timeout-ms" in answer[1]["error"]["message"], timeout
+    huge = call(http + SEARCH, b'{"query": "x", "top_k": ' + b"9" * 5000 + b"}")
+    assert huge[0] == 400 and "not valid JSON" in huge[1]["error"]["message"]  # was a 500
     deep = call(http + SEARCH, b"[" * 100_000 + b"]" * 100_000)
     assert deep == (400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
                                     "message": "request body is nested too deeply"}})
@@ -164,10 +166,57 @@ def test_keys_and_scopes_are_the_grpc_ones(gateway: tuple[str, str]) -> None:
     assert call(http + SEARCH, {"query": "x"}, key="wrong")[0] == 401
     assert call(delete, {"paper_ids": ["none"]}, key=READ)[0] == 403
     assert call(delete, {"paper_ids": ["none"]}, key=WRITE) == (200, {"deleted": "0"})
+    # turned away before the body is read and parsed: not a 400 about the body
+    assert call(http + SEARCH, b"{not json", key=None)[0] == 401
+    assert call(http + UPSERT, b"not json\n", key=READ, content_type=openapi.NDJSON)[0] == 403
     # health and the document need no key
     assert call(http + "/healthz", method="GET", key=None) == (200, {"status": "SERVING"})
     assert call(http + "/readyz", method="GET", key=None) == (200, {"status": "SERVING"})
     assert call(http + "/openapi.json", method="GET", key=None)[1]["openapi"] == "3.1.0"
+
+
+def test_a_body_that_stops_arriving_is_refused_in_time(
+    scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """Headers, part of the body, then nothing: the server held the connection and its
+    buffer for ever (aiohttp times out idle connections only)."""
+    import socket
+
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port, http_body_timeout_s=0.5)
+    for path, content_type in ((SEARCH, "application/json"), (UPSERT, openapi.NDJSON)):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                               f"{content_type}\r\nContent-Length: 1000\r\n\r\n".encode()
+                               + b'{"query": ')
+            answer = connection.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 408"), answer[:200]
+        assert "serve.http_body_timeout_s" in answer
+
+
+def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lines of a body that arrives in pieces, line ends at and inside piece edges."""
+    from papersearch.gateway import http_api
+
+    pieces = [b'{"a"', b': 1}\n{"b": 2', b"}\n", b"\n", b'{"c": 3}\n{"d"', b": 4}"]
+
+    class Body:
+        def __init__(self) -> None:
+            self.left = list(pieces)
+
+        async def read(self, _: int) -> bytes:
+            return self.left.pop(0) if self.left else b""
+
+    class Request:
+        content = Body()
+
+    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0)  # type: ignore[arg-type]
+
+    async def read() -> list[bytes]:
+        return [line async for line in lines._lines()]
+
+    assert asyncio.run(read()) == [b'{"a": 1}', b'{"b": 2}', b"", b'{"c": 3}', b'{"d": 4}']
 
 
 def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) -> None:

@@ -30,7 +30,14 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
      "training.time_budget_s (PAPERSEARCH_TRAINING__TIME_BUDGET_S): Input should be greater than "
      "0 (given '-5')"),
     ("PAPERSEARCH_SEARCH__TOPK", "5",  # a typo in a section: refused, not ignored
-     "search.topk (PAPERSEARCH_SEARCH__TOPK): Extra inputs are not permitted (given '5')"),
+     "search.topk (PAPERSEARCH_SEARCH__TOPK): Extra inputs are not permitted"),
+    # a misspelt key variable: its value is not repeated (it is a key)
+    ("PAPERSEARCH_SERVE__API_KEY", "sup3rs3cret",
+     "serve.api_key (PAPERSEARCH_SERVE__API_KEY): Extra inputs are not permitted"),
+    # an empty key would let in a caller sending an empty x-api-key
+    ("PAPERSEARCH_SERVE__READ_API_KEYS", '["ok-key", ""]',
+     "serve.read_api_keys (PAPERSEARCH_SERVE__READ_API_KEYS): Value error, a key must not be "
+     "empty or begin or end with a blank (its value is not repeated here)"),
     # a list is JSON in its own variable; a key given as plain text is not repeated
     ("PAPERSEARCH_SERVE__API_KEYS", "s3cret",
      "serve.api_keys (PAPERSEARCH_SERVE__API_KEYS): a list is set as JSON, e.g. "

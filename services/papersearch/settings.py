@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -330,6 +338,9 @@ class ServeSettings(Section):
         description="The HTTP/JSON API, search page and OpenAPI document, on grpc_host with the "
                     "gRPC port's keys, limits and TLS; None: no HTTP.",
     )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="HTTP/JSON: the longest a request body may take to arrive (an "
+                                "NDJSON upload: the longest pause in it); past it 408.")
     http_cors_origins: list[str] = Field(
         default_factory=list,
         description="Web origins (https://app.example.org, or *) whose pages may call the "
@@ -492,6 +503,18 @@ class ServeSettings(Section):
                              "let the longest search finish")
         return self
 
+    @field_validator("api_keys", "read_api_keys")
+    @classmethod
+    def _keys_are_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """An empty key (a secret rendered from an empty value) would let in a caller that
+        sends an empty x-api-key; a blank around one would never match what clients send."""
+        for key in keys:
+            value = key.get_secret_value()
+            if not value.strip() or value != value.strip():
+                raise ValueError("a key must not be empty or begin or end with a blank "
+                                 "(its value is not repeated here)")
+        return keys
+
     @model_validator(mode="after")
     def _tls_files_together(self) -> ServeSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -587,6 +610,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                          f"{' '.join(str(error).split())}") from None
 
 
+SECRET_WORDS = ("key", "secret", "token", "password")
+
+
 def invalid_settings(error: ValidationError) -> str:
     """Each invalid setting by its dotted name and environment variable, what is wrong with it
     and the value given (where it is one value)."""
@@ -597,7 +623,12 @@ def invalid_settings(error: ValidationError) -> str:
         # a list's items are set together, as JSON in the list's own variable
         names = list(itertools.takewhile(lambda part: not isinstance(part, int), problem["loc"]))
         given = problem.get("input")
-        value = f" (given {given!r})" if isinstance(given, str | int | float | bool) else ""
+        # not repeated where it may be a secret: an unknown name (a misspelt key variable)
+        # or a name that says so
+        secret = problem["type"] == "extra_forbidden" or any(
+            word in part.lower() for part in where for word in SECRET_WORDS)
+        value = f" (given {given!r})" if isinstance(given, str | int | float | bool) \
+            and not secret else ""
         found.append(f"{'.'.join(where)} ({prefix}{'__'.join(map(str, names)).upper()}): "
                      f"{problem['msg']}{value}")
     return "invalid settings: " + "; ".join(found)

@@ -12,21 +12,50 @@ from typing import Any
 import grpc
 
 from papersearch.gateway.method_handlers import with_behavior
+from papersearch.settings import ServeSettings
 
 API_KEY_HEADER = "x-api-key"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 WRITE_PREFIXES = ("/papersearch.v1.IndexService/",)
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+class Keys:
+    """The configured keys and what each may call."""
+
     def __init__(self, write_keys: Sequence[str], read_keys: Sequence[str] = ()) -> None:
         self._write = [k.encode() for k in write_keys]
         self._read = [k.encode() for k in read_keys]
 
-    @staticmethod
-    def _matches(metadata: Sequence[tuple[str, Any]], keys: Sequence[bytes]) -> bool:
-        given = [str(v).encode() for k, v in metadata if k == API_KEY_HEADER]
-        return any(hmac.compare_digest(g, k) for g in given for k in keys)
+    @classmethod
+    def of(cls, serve: ServeSettings) -> Keys | None:
+        """The keys ``serve`` configures; None where there are none (calls need no key)."""
+        write = [k.get_secret_value() for k in serve.api_keys]
+        read = [k.get_secret_value() for k in serve.read_api_keys]
+        return cls(write, read) if write or read else None
+
+    def refusal(self, method: str, given: Sequence[str]) -> tuple[grpc.StatusCode, str] | None:
+        """Why a call of ``method`` (its gRPC path) with the ``x-api-key`` values ``given``
+        is refused, or None."""
+        if method.startswith(OPEN_PREFIXES):
+            return None
+        offered = [g.encode() for g in given]
+        if _matches(offered, self._write):
+            return None
+        if not _matches(offered, self._read):
+            return grpc.StatusCode.UNAUTHENTICATED, f"missing or invalid {API_KEY_HEADER}"
+        if method.startswith(WRITE_PREFIXES):
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"this {API_KEY_HEADER} has read scope; IndexService needs a write key")
+        return None
+
+
+def _matches(given: Sequence[bytes], keys: Sequence[bytes]) -> bool:
+    return any(hmac.compare_digest(g, k) for g in given for k in keys)
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
 
     async def intercept_service(
         self,
@@ -34,18 +63,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if details.method.startswith(OPEN_PREFIXES):
-            return handler
-        metadata = details.invocation_metadata or ()
-        if self._matches(metadata, self._write):
-            return handler
-        if not self._matches(metadata, self._read):
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
-                         f"missing or invalid {API_KEY_HEADER}")
-        if details.method.startswith(WRITE_PREFIXES):
-            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
-                         f"this {API_KEY_HEADER} has read scope; IndexService needs a write key")
-        return handler
+        given = [str(v) for k, v in details.invocation_metadata or () if k == API_KEY_HEADER]
+        refused = self.keys.refusal(details.method, given)
+        return handler if refused is None else _deny(handler, *refused)
 
 
 def _deny(

@@ -14,6 +14,7 @@ are the error statuses, whose HTTP codes follow google.rpc.Code (api/openapi.py)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -32,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from papersearch.api import openapi
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.gateway import page
+from papersearch.gateway.auth import Keys
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
 from papersearch.index.query import QUOTE_CHARS, quoted
@@ -76,6 +78,7 @@ class HttpFront:
         if serve.http_port is None:
             raise ValueError("serve.http_port is not set")
         self.serve = serve
+        self.keys = Keys.of(serve)
         self.address = f"{serve.grpc_host}:{serve.http_port}"
         self.channel = grpc.aio.insecure_channel(unix_target, options=[
             ("grpc.max_send_message_length", serve.max_receive_bytes),
@@ -118,9 +121,9 @@ class HttpFront:
                 response_deserializer=response_type.FromString)
 
             async def streaming(request: web.Request) -> web.StreamResponse:
-                _require_type(request, JSON)
-                message = _parse(await _json_body(request), request_type, "request")
-                return await _lines_out(request, responses(message, **_call_options(request)))
+                options = self._admitted(request, path, JSON)
+                message = _parse(await self._json_body(request), request_type, "request")
+                return await _lines_out(request, responses(message, **options))
 
             return _measured(path, streaming)
         if method.client_streaming:
@@ -129,9 +132,10 @@ class HttpFront:
                 response_deserializer=response_type.FromString)
 
             async def streamed(request: web.Request) -> web.StreamResponse:
-                _require_type(request, openapi.NDJSON)
-                messages = _Lines(request, request_type, self.serve.max_receive_bytes)
-                call = stream(messages.messages(), **_call_options(request))
+                options = self._admitted(request, path, openapi.NDJSON)
+                messages = _Lines(request, request_type, self.serve.max_receive_bytes,
+                                  self.serve.http_body_timeout_s)
+                call = stream(messages.messages(), **options)
                 return _json(await _answer(call, messages))
 
             return _measured(path, streamed)
@@ -139,11 +143,36 @@ class HttpFront:
                                          response_deserializer=response_type.FromString)
 
         async def single(request: web.Request) -> web.StreamResponse:
-            _require_type(request, JSON)
-            message = _parse(await _json_body(request), request_type, "request")
-            return _json(await _answer(unary(message, **_call_options(request))))
+            options = self._admitted(request, path, JSON)
+            message = _parse(await self._json_body(request), request_type, "request")
+            return _json(await _answer(unary(message, **options)))
 
         return _measured(path, single)
+
+    def _admitted(self, request: web.Request, path: str, content_type: str) -> dict[str, Any]:
+        """The call options of a request that may send its body: of the right type, with a
+        key that may call ``path`` (checked again by the gRPC side). The key is checked before
+        the body is read: a caller without one must not get the server to read and parse up
+        to max_receive_bytes for it."""
+        _require_type(request, content_type)
+        options = _call_options(request)
+        refused = None if self.keys is None else self.keys.refusal(
+            path, [key for _, key in options["metadata"]])
+        if refused is not None:
+            raise HttpError(refused[0].name, refused[1])
+        return options
+
+    async def _json_body(self, request: web.Request) -> Any:
+        """The body as JSON, read within serve.http_body_timeout_s (a client that sends the
+        headers and stops must not hold its body buffer for ever)."""
+        try:
+            async with asyncio.timeout(self.serve.http_body_timeout_s):
+                data = await request.read()
+        except TimeoutError:
+            raise HttpError("DEADLINE_EXCEEDED", "the request body did not arrive within "
+                            f"{self.serve.http_body_timeout_s:g} s "
+                            "(serve.http_body_timeout_s)", http=408) from None
+        return _loads(data, "request body")
 
     def _health(self, service: str) -> Handler:
         async def check(_: web.Request) -> web.StreamResponse:
@@ -163,10 +192,12 @@ class _Lines:
     """An NDJSON body as request messages, read as it arrives; a line that is not a valid
     message ends the stream there (what came before is sent and committed) and is reported."""
 
-    def __init__(self, request: web.Request, message_type: type[Message], max_bytes: int) -> None:
+    def __init__(self, request: web.Request, message_type: type[Message], max_bytes: int,
+                 stall_s: float) -> None:
         self.request = request
         self.message_type = message_type
         self.max_bytes = max_bytes
+        self.stall_s = stall_s  # the longest wait for the body's next bytes
         self.sent = 0  # messages
         self.line = 0  # the body's lines read, blank ones included: the one being read
         self.error: HttpError | None = None
@@ -184,17 +215,29 @@ class _Lines:
             self.error = error
 
     async def _lines(self) -> AsyncIterator[bytes]:
-        pending = b""
-        async for chunk in self.request.content.iter_chunked(CHUNK_BYTES):
+        pending = bytearray()
+        while chunk := await self._chunk():
+            searched = len(pending)  # the bytes before hold no line end: not searched again
             pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line
+            start, end = 0, pending.find(b"\n", searched)
+            while end >= 0:
+                yield bytes(pending[start:end])
+                start, end = end + 1, pending.find(b"\n", end + 1)
+            del pending[:start]
             if len(pending) > self.max_bytes:
                 self.line += 1  # the one too long, after those read
                 raise HttpError("RESOURCE_EXHAUSTED", f"line {self.line} is longer than the "
                                 f"server's limit of {self.max_bytes} bytes", http=413)
-        yield pending
+        yield bytes(pending)
+
+    async def _chunk(self) -> bytes:
+        try:
+            async with asyncio.timeout(self.stall_s):
+                return await self.request.content.read(CHUNK_BYTES)
+        except TimeoutError:
+            self.line += 1
+            raise HttpError("DEADLINE_EXCEEDED", f"line {self.line}: the body stopped for "
+                            f"{self.stall_s:g} s (serve.http_body_timeout_s)", http=408) from None
 
 
 async def _answer(call: Awaitable[Message], lines: _Lines | None = None) -> Message:
@@ -245,10 +288,6 @@ def _require_type(request: web.Request, content_type: str) -> None:
                         f"{quoted(request.content_type)}", http=415)
 
 
-async def _json_body(request: web.Request) -> Any:
-    return _loads(await request.read(), "request body")
-
-
 def _loads(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
@@ -256,6 +295,8 @@ def _loads(data: bytes, what: str) -> Any:
         raise HttpError("INVALID_ARGUMENT", f"{what} is not valid JSON: {error}") from None
     except RecursionError:
         raise HttpError("INVALID_ARGUMENT", f"{what} is nested too deeply") from None
+    except ValueError as error:  # an integer of more than 4,300 digits, and the like
+        raise HttpError("INVALID_ARGUMENT", f"{what} is not valid JSON: {error}") from None
 
 
 def _parse(value: Any, message_type: type[Message], what: str) -> Message:

@@ -37,7 +37,7 @@ from grpc_reflection.v1alpha import reflection
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.gateway.auth import ApiKeyInterceptor
+from papersearch.gateway.auth import ApiKeyInterceptor, Keys
 from papersearch.gateway.decode import DecodeInterceptor
 from papersearch.gateway.gate import DrainGate
 from papersearch.gateway.http_api import HttpFront, socket_target
@@ -83,9 +83,8 @@ class Gateway:
         self.backend = backend
         self.settings = settings
         settings.serve.check_access()
-        write = [k.get_secret_value() for k in settings.serve.api_keys]
-        read = [k.get_secret_value() for k in settings.serve.read_api_keys]
-        auth = [ApiKeyInterceptor(write, read)] if write or read else []
+        keys = Keys.of(settings.serve)
+        auth = [] if keys is None else [ApiKeyInterceptor(keys)]
         if not auth and not is_loopback(settings.serve.grpc_host):  # allow_unauthenticated
             log.warning("serving without authentication on a non-loopback address",
                         extra={"host": settings.serve.grpc_host})
@@ -184,14 +183,14 @@ class Gateway:
         if not finished:
             log.warning("drain grace over: cancelling the calls still running",
                         extra={"running": self.gate.running})
+        if self.http is not None:  # first: an HTTP call after the gRPC server stopped got
+            await self.http.stop()  # the hop's own error, naming its socket's path
         await self.server.stop(STOP_GRACE_S if finished else 0)
         log.info("drained", extra={"seconds": round(asyncio.get_running_loop().time() - started,
                                                     3), "complete": finished})
         await self.health.enter_graceful_shutdown()
         if self.health_server is not None:
             await self.health_server.stop(0)
-        if self.http is not None:
-            await self.http.stop()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
