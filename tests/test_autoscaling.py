@@ -26,7 +26,7 @@ class Clock:
 
 def test_meter_reports_the_busy_share_between_reads() -> None:
     clock = Clock()
-    meter = BusyMeter(clock)
+    meter = BusyMeter(clock, smooth_s=0)  # each read's own interval
     clock.now += 1.0
     with meter.busy():
         clock.now += 0.25
@@ -38,7 +38,7 @@ def test_meter_reports_the_busy_share_between_reads() -> None:
 
 def test_meter_counts_overlapping_blocks_once_and_open_spans_up_to_now() -> None:
     clock = Clock()
-    meter = BusyMeter(clock)
+    meter = BusyMeter(clock, smooth_s=0)
     with meter.busy():
         clock.now += 0.5
         with meter.busy():  # a document call beside a batch
@@ -48,6 +48,24 @@ def test_meter_counts_overlapping_blocks_once_and_open_spans_up_to_now() -> None
         clock.now += 0.5
     clock.now += 0.5
     assert meter.read() == pytest.approx((0.5, 0.5))  # the open span's rest: 0.5 of 1.0 s
+
+
+def test_a_report_averages_the_last_seconds_not_the_last_interval() -> None:
+    """Serve's controller stretches a replica's last report until its next push (10 s): one
+    0.3 s interval that happened to be busy, reported alone, weighed ~40 % of the look-back
+    and scaled up a replica averaging 0.35."""
+    clock = Clock()
+    meter = BusyMeter(clock, smooth_s=3.0)
+    shares = []
+    for tick in range(20):  # 0.3 s reads; busy 0.1 s of each, the last one busy throughout
+        busy = 0.3 if tick == 19 else 0.1
+        with meter.busy():
+            clock.now += busy
+        clock.now += 0.3 - busy
+        shares.append(meter.read())
+    assert shares[10].share == pytest.approx(1 / 3)
+    assert shares[-1].share == pytest.approx(0.4, abs=0.01)  # the last ~3 s, not 1.0
+    assert shares[-1].busy_s == pytest.approx(0.3)  # the counter's increment stays the read's
 
 
 def test_a_cancelled_call_stays_busy_until_its_thread_ends() -> None:
@@ -170,6 +188,28 @@ def test_policy_logs_each_new_wish_once(caplog: pytest.LogCaptureFixture) -> Non
         "target 0.40, down below 0.30)",
         "QueryEncoder: utilisation 0.20 over 1 replicas asks for 1 (band: up above 0.50, "
         "target 0.40, down below 0.30)"]
+
+
+def test_a_replica_still_starting_is_not_dropped_while_the_others_are_in_band() -> None:
+    """A third replica asked for and still starting (a worker pod coming up), two running at
+    0.49: "stay" was answered with the running count (2), which Serve, comparing with its
+    target (3), took as a scale-down and dropped the starting replica after its delay."""
+    policy = UtilizationPolicy(scale_up_above=0.5, target=0.4, scale_down_below=0.3)
+    assert policy(context(2, {0: 0.49, 1: 0.49}, target=3))[0] == 3
+    assert policy(context(1, {0: 0.9}, target=2))[0] == 2  # not asked again, past the max
+    assert policy(context(2, {0: 0.1, 1: 0.05}, target=3))[0] == 1  # the load did go
+
+
+def test_the_replicas_report_on_their_event_loop() -> None:
+    """Serve runs a plain method in a thread pool, beside the loop's busy() blocks: the
+    meter's updates raced (busy time counted twice or lost)."""
+    import inspect
+
+    from papersearch.encoder.deployment import QueryEncoderDeployment
+    from papersearch.reranker.deployment import RerankerDeployment
+
+    for deployment in (QueryEncoderDeployment, RerankerDeployment):
+        assert inspect.iscoroutinefunction(deployment.func_or_class.record_autoscaling_stats)
 
 
 def test_policy_holds_without_reports() -> None:

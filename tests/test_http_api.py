@@ -304,3 +304,29 @@ def test_cors_only_for_the_configured_origins(gateway: tuple[str, str]) -> None:
         status, headers = answer(method, "https://elsewhere.example.com")
         assert "Access-Control-Allow-Origin" not in headers
     assert status == 200  # (a browser would withhold it from that page)
+
+
+def test_a_call_its_client_left_is_not_counted_as_a_server_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With handler cancellation a client that goes (its timeout, a watch it closes) cancels
+    the handler: the request metric recorded 500 for it, inflating the 5xx rate."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from papersearch.gateway import http_api
+    from papersearch.telemetry import Metrics
+
+    recorded: list[int] = []
+    monkeypatch.setattr(Metrics, "http_request",
+                        lambda self, method, status, latency_s: recorded.append(status))
+
+    async def left(_: Any) -> Any:
+        raise asyncio.CancelledError
+
+    async def broken(_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    for handler in (left, broken):
+        with pytest.raises((asyncio.CancelledError, RuntimeError)):
+            asyncio.run(http_api._measured(SEARCH, handler)(make_mocked_request("POST", SEARCH)))
+    assert recorded == [http_api.CLIENT_CLOSED, 500]

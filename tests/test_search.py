@@ -12,6 +12,7 @@ import pytest
 
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
+from papersearch.errors import Overloaded
 from papersearch.evaluation.datasets import load_dataset
 from papersearch.evaluation.harness import first_stage, open_dataset_index, run_eval
 from papersearch.evaluation.modes import EVAL_MODES
@@ -145,6 +146,27 @@ def test_rerank_window_shrinks_when_the_reranker_is_slow(backend: LocalBackend,
         results = [pipeline.search(SearchQuery("diffusion")) for _ in depths]
         assert [r.rerank_depth for r in results] == depths
         assert all(r.reranked and len(r.hits) == 10 for r in results)
+
+
+def test_a_refused_rerank_does_not_deepen_the_window(backend: LocalBackend,
+                                                      sample_settings: Settings) -> None:
+    """An overloaded reranker refuses a call in ~1 ms (Serve's back pressure): read as a call
+    that quick, the estimate collapsed and the next searches got the deepest window exactly
+    when the reranker had no room. A refusal counts as the whole budget spent."""
+    class Refusing(LocalBackend):
+        async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
+            raise Overloaded("reranker queue full")
+
+    refusing = Refusing(backend.encoder, backend.store, backend.reranker)
+    settings = sample_settings.search.model_copy(update={
+        "rerank_top_n": 30, "rerank_depth_steps": [20, 10], "rerank_target_s": 0.5})
+    pipeline = SearchPipeline(refusing, settings, rerank_timeout_s=2.0)
+    pipeline.rerank_depth.observe(10, 0.4)  # 40 ms a pair measured: a window of 10 fits
+    assert pipeline.rerank_depth.choose() == 10
+    for _ in range(5):
+        result = Sync(pipeline).search(SearchQuery("diffusion"))
+        assert not result.reranked and result.rerank_depth == 0
+    assert pipeline.rerank_depth.choose() in (0, 10)  # was 30: five refusals read as 0.1 ms
 
 
 def test_default_feedback_is_shed_while_searches_queue(backend: LocalBackend,

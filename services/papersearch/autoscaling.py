@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,22 +32,34 @@ log = logging.getLogger("ray.serve")  # the controller's log (logs/serve/control
 
 
 class Reading(NamedTuple):
-    share: float  # busy share of the wall time since the previous read, at most 1
-    busy_s: float  # the busy seconds behind it (a Prometheus counter's increment)
+    share: float  # busy share of the wall time over the meter's last smooth_s, at most 1
+    busy_s: float  # the busy seconds since the previous read (a Prometheus counter's increment)
+
+
+SMOOTH_S = 3.0  # what a report averages over: see BusyMeter
 
 
 class BusyMeter:
-    """Share of wall time at least one ``busy()`` block was running, between two ``read()``s.
+    """Share of wall time at least one ``busy()`` block was running, over the reads of the last
+    ``smooth_s`` seconds (at least the last read's interval).
 
     Overlapping blocks (a batch and a document call) count once, so the share is at most 1.
+    Smoothed because Serve's controller stretches a replica's last report until its next push
+    (every 10 s): a report of one 0.3 s interval that happened to be busy weighed ~40 % of the
+    window and could scale a replica averaging 0.35 up. Called from the replica's event loop
+    only (the replicas' ``record_autoscaling_stats`` are coroutines: Serve runs plain methods
+    in a thread, beside the loop's ``busy()`` blocks).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 smooth_s: float = SMOOTH_S) -> None:
         self._clock = clock
+        self._smooth_s = smooth_s
         self._active = 0
         self._span_start = 0.0  # when _active went from 0 to 1
         self._busy_s = 0.0  # closed spans since the last read
         self._last_read = clock()
+        self._recent: deque[tuple[float, float]] = deque()  # (elapsed, busy) of recent reads
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -73,8 +86,8 @@ class BusyMeter:
                 raise
 
     def read(self) -> Reading:
-        """The busy share and seconds since the previous read (an open span counts up to
-        now)."""
+        """The busy share over the last ``smooth_s`` and the busy seconds since the previous
+        read (an open span counts up to now)."""
         now = self._clock()
         busy = self._busy_s
         if self._active:
@@ -83,7 +96,13 @@ class BusyMeter:
         elapsed = now - self._last_read
         self._busy_s = 0.0
         self._last_read = now
-        return Reading(min(1.0, busy / elapsed) if elapsed > 0 else 0.0, busy)
+        self._recent.append((elapsed, busy))
+        while len(self._recent) > 1 and (
+                sum(e for e, _ in self._recent) - self._recent[0][0] >= self._smooth_s):
+            self._recent.popleft()
+        span = sum(e for e, _ in self._recent)
+        share = sum(b for _, b in self._recent) / span if span > 0 else 0.0
+        return Reading(min(1.0, share), busy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +147,9 @@ class UtilizationPolicy:
         if current == 0 or not reported:
             return ctx.target_num_replicas, {}
         total = float(sum(reported.values()))
-        asked = self.band.replicas(total, current)
+        # against the replicas asked for, started or not: Serve compares the answer with its
+        # target, so "stay" answered with the running count dropped a replica still starting
+        asked = self.band.replicas(total, max(current, ctx.target_num_replicas))
         name = str(ctx.deployment_name)
         if asked != self._asked.get(name, current):  # a new wish: worth a line
             log.info("%s: utilisation %.2f over %d replicas asks for %d (band: up above %.2f, "

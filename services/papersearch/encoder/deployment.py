@@ -50,8 +50,9 @@ class QueryEncoderDeployment:
         encoder = await self._encoder(embedder)
         return await self.meter.in_thread(encoder.encode_documents, texts)
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve asks every few hundred ms: the autoscaling policy's input."""
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve asks every few hundred ms: the autoscaling policy's input (a coroutine: on
+        the loop with the meter's other callers, not in Serve's thread pool)."""
         reading = self.meter.read()
         metrics().busy("QueryEncoder", reading.busy_s)
         return {UTILIZATION: reading.share}

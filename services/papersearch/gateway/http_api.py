@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHUNK_BYTES = 64 * 1024
+CLIENT_CLOSED = 499  # nginx's "client closed request": the status recorded, none sent
 FORWARDED_METADATA = ("papersearch-",)  # trailing metadata an error body carries
 
 
@@ -385,6 +386,9 @@ def _measured(path: str, handler: Handler) -> Handler:
             raise
         except web.HTTPException as error:
             status = error.status
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = CLIENT_CLOSED  # the client went (a timeout, a watch it closed): not a 500
             raise
         finally:
             metrics().http_request(method, status, time.perf_counter() - started)

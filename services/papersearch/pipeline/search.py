@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from papersearch.errors import NotReady, Overloaded
 from papersearch.index.query import Explanation, Hit, Mode, StageRank
 from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.query import (
@@ -109,7 +110,12 @@ class SearchPipeline:
             self.rerank_depth.dropped(len(window))
             raise
         except Exception as error:  # overload, timeout, replica failure: degrade, don't fail
-            self.rerank_depth.observe(len(window), time.perf_counter() - started, ahead)
+            taken = time.perf_counter() - started
+            if isinstance(error, Overloaded | NotReady):
+                # refused at once: the reranker has no room, it was not fast (read as a quick
+                # call, a refusal made the next windows the deepest)
+                taken = max(taken, self.rerank_timeout_s)
+            self.rerank_depth.observe(len(window), taken, ahead)
             log.warning("rerank skipped", extra={"reason": type(error).__name__})
             return None
         self.rerank_depth.observe(len(window), time.perf_counter() - started, ahead)

@@ -69,8 +69,9 @@ class RerankerDeployment:
         bounds = np.cumsum([0] + [len(passages) for _, passages in requests])
         return [scores[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve asks every few hundred ms: the autoscaling policy's input."""
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve asks every few hundred ms: the autoscaling policy's input (a coroutine: on
+        the loop with the meter's other callers, not in Serve's thread pool)."""
         reading = self.meter.read()
         metrics().busy("Reranker", reading.busy_s)
         return {UTILIZATION: reading.share}
