@@ -529,3 +529,69 @@ def test_cli_reconnects_after_a_drain(sample_settings: Settings, embedder_dir: P
     assert printed[0] == "old-gnn-2024"  # the first replay; not printed again after reconnecting
     assert sorted(printed[1:]) == sorted([gap.id, live.id])
     assert "reconnecting" in err and err.count("watching") == 2
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "connection refused" if self._code == grpc.StatusCode.UNAVAILABLE else "done"
+
+
+def test_cli_keeps_reconnecting_while_the_gateway_is_not_back(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A watch live once, then its gateway restarting: the first reconnect found nothing
+    listening yet and the command exited 2 (only a stream that had caught up counted)."""
+    from papersearch import cli, client
+
+    streams: list[list[Any]] = [
+        [WatchEvent(None, caught_up=True), FakeRpcError(grpc.StatusCode.UNAVAILABLE)],
+        [FakeRpcError(grpc.StatusCode.UNAVAILABLE)],  # not back yet
+        [FakeRpcError(grpc.StatusCode.UNAVAILABLE)],
+        [WatchEvent(None, caught_up=True), FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED)],
+    ]
+    opened: list[Any] = []
+
+    class Stream:
+        def __init__(self, events: list[Any]) -> None:
+            self.events = events
+
+        def __iter__(self) -> Iterator[Any]:
+            for event in self.events:
+                if isinstance(event, Exception):
+                    raise event
+                yield event
+
+        def cancel(self) -> None:
+            pass
+
+    class FakeClient:
+        def __init__(self, *_: Any, **__: Any) -> None:
+            pass
+
+        def __enter__(self) -> FakeClient:
+            return self
+
+        def __exit__(self, *_: Any) -> None:
+            pass
+
+        def watch(self, query: WatchQuery, timeout_s: float | None = None) -> Stream:
+            opened.append(query)
+            return Stream(streams[len(opened) - 1])
+
+    pauses: list[float] = []
+    monkeypatch.setattr(client, "SearchClient", FakeClient)
+    monkeypatch.setattr(cli.time, "sleep", pauses.append)
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        assert cli.main(["watch", QUERY, "--target", "127.0.0.1:1", "--timeout-s", "60"]) == 0
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
+    assert len(opened) == 4 and pauses == [0.5, 1.0, 2.0]
+    assert opened[1].replay_since is not None  # the reconnects replay from the day it ended
+    assert capsys.readouterr().err.count("reconnecting") == 3

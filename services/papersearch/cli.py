@@ -124,7 +124,10 @@ def _format_explanation(explanation: Explanation) -> list[str]:
 
 def _models_export(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.modelbuild import prepare
+    from papersearch.modelbuild.sources import resolve_source
 
+    if args.reranker:  # a mistyped source fails before the embedder's export, not after
+        resolve_source(args.reranker, settings.models.cache_dir)
     paths = prepare.prepare(settings, everything=args.all)
     if args.reranker:
         paths["reranker"] = prepare.export_reranker(settings, args.reranker)
@@ -178,7 +181,8 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.pipeline.query import SearchQuery
 
     query = SearchQuery(
-        text=args.query, top_k=args.top_k, mode=args.mode, rerank=not args.no_rerank,
+        text=args.query, top_k=_top_k(args, settings), mode=args.mode,
+        rerank=not args.no_rerank,
         filter=_filter(args), min_relevance=args.min_relevance, explain=args.explain,
         feedback=args.feedback,
     ).validate(settings.search)  # a bad query is reported before any model or index is loaded
@@ -194,13 +198,18 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _top_k(args: argparse.Namespace, settings: Settings) -> int:
+    return settings.search.default_top_k if args.top_k is None else args.top_k
+
+
 def _similar(settings: Settings, args: argparse.Namespace) -> int:
     """Recommendations: SimilarPapers with the given positive and negative example papers."""
     from papersearch.api import convert
     from papersearch.index.query import Examples
 
     query = convert.SimilarQuery(Examples(tuple(args.paper_ids), tuple(args.unlike),
-                                          args.strategy), args.top_k, _filter(args))
+                                          args.strategy), _top_k(args, settings),
+                                 _filter(args))
     # checked as the gateway checks it, before any model or index is loaded
     query = convert.similar_query_from_proto(convert.similar_query_to_proto(query),
                                              settings.search)
@@ -258,9 +267,11 @@ _RECONNECT_PAUSE_S = (0.5, 10.0)  # first pause, then doubled up to this
 
 def _watch(settings: Settings, args: argparse.Namespace) -> int:
     """Print a saved search's matches as the gateway indexes them, until Ctrl-C or
-    --timeout-s. A live watch that the gateway ends (drain, restart, this watcher too slow) is
-    opened again, with a replay from the day it ended (or --since) so that matches written
-    meanwhile are not lost; papers already printed are not printed again."""
+    --timeout-s. A watch that was live once and is ended by the gateway (drain, restart, this
+    watcher too slow) is opened again, and again while the gateway is not back, pausing
+    0.5 s doubled up to 10 s, with a replay of the papers published from the day it ended (or
+    --since): matches written meanwhile and published since come back; papers already
+    printed are not printed again."""
     import grpc
 
     from papersearch.api.convert import WatchQuery
@@ -272,13 +283,13 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     ends = None if args.timeout_s is None else time.monotonic() + args.timeout_s
     printed: set[str] = set()
     pause = _RECONNECT_PAUSE_S[0]
+    live = False  # caught up once: a failure after that (the gateway restarting) reconnects
     with SearchClient(args.target, api_key=args.api_key, tls=tls_from_args(args)) as client:
         while True:
             left = None if ends is None else ends - time.monotonic()
             if left is not None and left <= 0:
                 return 0
             watching = client.watch(query, timeout_s=left)
-            live = False
             try:
                 for event in watching:
                     if event.caught_up:
@@ -505,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="search the index in-process")
     search.add_argument("query")
-    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument("--top-k", type=int, help="default: search.default_top_k (10)")
     search.add_argument("--mode", default="hybrid", choices=MODES)
     search.add_argument("--no-rerank", action="store_true")
     _add_filter_arguments(search)
@@ -532,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an indexed paper the hits should be unlike (repeatable)")
     similar.add_argument("--strategy", choices=RECOMMEND_STRATEGIES,
                          help="how several examples combine (default: index.recommend_strategy)")
-    similar.add_argument("--top-k", type=int, default=10)
+    similar.add_argument("--top-k", type=int, help="default: search.default_top_k (10)")
     _add_filter_arguments(similar)
     similar.add_argument("--json", action="store_true")
     _add_gateway_arguments(similar)
@@ -622,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, what was committed stays
         print(interrupts.message(interrupt), file=sys.stderr, flush=True)
         return interrupts.EXIT_STATUS
+    except BrokenPipeError:  # `... --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
 
 
 if __name__ == "__main__":

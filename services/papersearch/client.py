@@ -77,6 +77,11 @@ class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
+        if api_key is not None:  # a key read from a file ends in a newline
+            api_key = api_key.strip()
+            if not (api_key.isascii() and api_key.isprintable()):
+                raise ValueError("the API key is not printable ASCII (gRPC metadata cannot "
+                                 "carry it): check the key you were given")
         options = channel_options(retry, wait_for_ready)
         self.channel = (grpc.insecure_channel(target, options) if tls is None
                         else grpc.secure_channel(target, tls.credentials(), options))
@@ -89,7 +94,7 @@ class SearchClient:
     def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         response = self.search_stub.Search(
             convert.search_query_to_proto(query), metadata=self.metadata,
-            timeout=timeout_s or self.timeout_s,
+            timeout=self.timeout_s if timeout_s is None else timeout_s,
         )
         return convert.search_result_from_proto(response)
 
@@ -119,9 +124,23 @@ class SearchClient:
     def upsert(self, papers: Iterable[Paper]) -> pb.UpsertSummary:
         """Stream ``papers``; a failure raises grpc.RpcError, and ``committed_of(error)`` says
         how many were committed before it (``committed_messages_of``: where to resend from)."""
-        stream = (convert.paper_to_proto(p) for p in papers)
-        return self.index_stub.UpsertPapers(stream, metadata=self.metadata,
-                                            timeout=self.timeout_s)
+        failed: list[Exception] = []
+
+        def stream() -> Iterator[pb.Paper]:
+            try:
+                for paper in papers:
+                    yield convert.paper_to_proto(paper)
+            except Exception as error:  # gRPC would report it as UNKNOWN "Exception iterating
+                failed.append(error)  # requests!": the caller's own error is raised instead
+                raise
+
+        try:
+            return self.index_stub.UpsertPapers(stream(), metadata=self.metadata,
+                                                timeout=self.timeout_s)
+        except grpc.RpcError:
+            if failed:
+                raise failed[0] from None
+            raise
 
     def delete(self, paper_ids: Sequence[str]) -> int:
         response = self.index_stub.DeletePapers(
@@ -152,6 +171,11 @@ class AsyncSearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
+        if api_key is not None:  # a key read from a file ends in a newline
+            api_key = api_key.strip()
+            if not (api_key.isascii() and api_key.isprintable()):
+                raise ValueError("the API key is not printable ASCII (gRPC metadata cannot "
+                                 "carry it): check the key you were given")
         options = channel_options(retry, wait_for_ready)
         self.channel = (grpc.aio.insecure_channel(target, options) if tls is None
                         else grpc.aio.secure_channel(target, tls.credentials(), options))
@@ -163,7 +187,7 @@ class AsyncSearchClient:
     async def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         response = await self.search_stub.Search(
             convert.search_query_to_proto(query), metadata=self.metadata,
-            timeout=timeout_s or self.timeout_s,
+            timeout=self.timeout_s if timeout_s is None else timeout_s,
         )
         return convert.search_result_from_proto(response)
 

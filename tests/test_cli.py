@@ -1,0 +1,104 @@
+"""The command line and the client library as a user meets them: defaults, pipes, mistakes
+reported before slow work (fast; a local gRPC server where a call is needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+from papersearch.cli import build_parser, main
+from papersearch.client import SearchClient
+from papersearch.corpus.paper import Paper
+from papersearch.settings import SearchSettings, Settings
+from tests.ports import free_port
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    """`papersearch watch ... --json | head -1`: the reader went, and the command printed a
+    BrokenPipeError traceback (exit 1)."""
+    flood = ("import sys\nimport papersearch.cli as cli\n"
+             "def flood(settings, args):\n"
+             "    for _ in range(200_000):\n"
+             "        print('x' * 80, flush=True)\n"
+             "    return 0\n"
+             "cli._search = flood\n"
+             "sys.exit(cli.main(['search', 'q']))\n")
+    process = subprocess.Popen([sys.executable, "-c", flood], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.read(100)
+    process.stdout.close()  # as head does
+    err = process.stderr.read().decode()
+    assert process.wait(60) == 0 and "Traceback" not in err, err
+
+
+def test_top_k_defaults_to_the_settings_default() -> None:
+    """--top-k defaulted to 10 whatever search.default_top_k said: with max_top_k 5 the plain
+    command failed ("top_k must be between 1 and 5, got 10")."""
+    from papersearch.cli import _top_k
+
+    settings = Settings(search=SearchSettings(default_top_k=5, max_top_k=5))
+    for command in (["search", "q"], ["similar", "p1"]):
+        args = build_parser().parse_args(command)
+        assert _top_k(args, settings) == 5
+    assert _top_k(build_parser().parse_args(["search", "q", "--top-k", "3"]), settings) == 3
+
+
+def test_a_mistyped_reranker_source_fails_before_the_embedders_export(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from papersearch.modelbuild import prepare
+
+    def exported(*_: Any, **__: Any) -> dict[str, Any]:
+        raise AssertionError("the embedder was exported first (~20 s) before the typo showed")
+
+    monkeypatch.setattr(prepare, "prepare", exported)
+    assert main(["models", "export", "--reranker", "./no/such/model"]) == 2
+    assert "not a model directory" in capsys.readouterr().err
+
+
+class Upserts(pb_grpc.IndexServiceServicer):
+    def UpsertPapers(self, request_iterator: Iterator[pb.Paper],  # noqa: N802
+                     context: grpc.ServicerContext) -> pb.UpsertSummary:
+        return pb.UpsertSummary(received=sum(1 for _ in request_iterator))
+
+
+@pytest.fixture
+def index_server() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_IndexServiceServicer_to_server(Upserts(), server)
+    target = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(target)
+    server.start()
+    yield target
+    server.stop(0)
+
+
+def test_an_error_of_the_callers_papers_is_raised_as_itself(index_server: str) -> None:
+    """A paper iterable that fails (a bad line of the caller's corpus) came back as gRPC's
+    UNKNOWN "Exception iterating requests!", the caller's error lost."""
+    def papers() -> Iterator[Paper]:
+        yield Paper(id="p1", title="A paper", abstract="")
+        raise ValueError("corpus.jsonl:2: not JSON")
+
+    with SearchClient(index_server, timeout_s=10) as client:
+        assert client.upsert([Paper(id="p0", title="Fine", abstract="")]).received == 1
+        with pytest.raises(ValueError, match="corpus.jsonl:2"):
+            client.upsert(papers())
+
+
+def test_an_api_key_read_from_a_file_loses_its_newline() -> None:
+    """A key from a mounted secret file ends in a newline: the call failed with the gateway's
+    'INTERNAL: Invalid metadata', as if the server were at fault."""
+    with SearchClient("127.0.0.1:1", api_key="s3cret-key\n") as client:
+        assert client.metadata == (("x-api-key", "s3cret-key"),)
+    with pytest.raises(ValueError, match="not printable ASCII"):
+        SearchClient("127.0.0.1:1", api_key="k\u00e9y")
