@@ -102,3 +102,19 @@ def test_an_api_key_read_from_a_file_loses_its_newline() -> None:
         assert client.metadata == (("x-api-key", "s3cret-key"),)
     with pytest.raises(ValueError, match="not printable ASCII"):
         SearchClient("127.0.0.1:1", api_key="k\u00e9y")
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (["search", "q", "--tls"], "--tls only with --target"),
+    (["similar", "p1", "--ca", "ca.pem", "--wait-for-ready"],
+     "--ca, --wait-for-ready only with --target"),
+    (["search", "q", "--target", " "], "--target is empty"),
+    (["watch", "q", "--target", "127.0.0.1:1", "--timeout-s", "0"],
+     "--timeout-s must be a positive number of seconds, got 0"),
+])
+def test_gateway_options_without_a_gateway_are_refused(
+    command: list[str], message: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """They were ignored: the search ran in-process, on whatever index was local."""
+    assert main(command) == 2
+    assert message in capsys.readouterr().err

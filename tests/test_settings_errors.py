@@ -75,12 +75,18 @@ def test_every_invalid_value_of_a_settings_file_is_named(
 def test_a_settings_file_that_is_not_yaml_or_not_there(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
+    where = f"(--config or {CONFIG_ENV})"
     broken = settings_file(monkeypatch, tmp_path / "broken.yaml", "index: [unclosed\n")
     assert error_line(capsys).startswith(
-        f"papersearch: error: {CONFIG_ENV}={broken}: not valid YAML: while parsing")
+        f"papersearch: error: settings file {broken} {where}: not valid YAML: while parsing")
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
     assert error_line(capsys) == (
-        f"papersearch: error: {CONFIG_ENV}={tmp_path / 'missing.yaml'}: no such file")
+        f"papersearch: error: settings file {tmp_path / 'missing.yaml'} {where}: no such file")
+    # a YAML scalar (the wrong file given): was "dictionary update sequence element #0 ..."
+    scalar = settings_file(monkeypatch, tmp_path / "hostname", "buildhost\n")
+    assert error_line(capsys) == (
+        f"papersearch: error: settings file {scalar} {where}: expected sections (serve:, "
+        "index:, ...), got a YAML str")
 
 
 def test_valid_settings_load_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -67,6 +67,21 @@ def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     add_retry_argument(parser)
 
 
+def _remote(args: argparse.Namespace) -> bool:
+    """Whether to ask a gateway (--target) rather than run in-process; how to reach one given
+    without one is a mistake, not something to ignore."""
+    if args.target is not None and not args.target.strip():
+        raise ValueError("--target is empty: give HOST:PORT, or leave it out to run in-process")
+    if args.target is None:
+        given = [flag for flag, value in (("--tls", args.tls), ("--ca", args.ca),
+                                          ("--cert", args.cert), ("--key", args.key),
+                                          ("--wait-for-ready", args.wait_for_ready)) if value]
+        if given:
+            raise ValueError(f"{', '.join(given)} only with --target (without it the search "
+                             "runs in-process)")
+    return args.target is not None
+
+
 def _filter(args: argparse.Namespace) -> SearchFilter:
     from papersearch.index.query import SearchFilter
 
@@ -186,7 +201,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         filter=_filter(args), min_relevance=args.min_relevance, explain=args.explain,
         feedback=args.feedback,
     ).validate(settings.search)  # a bad query is reported before any model or index is loaded
-    if args.target:
+    if _remote(args):
         result = _ask_gateway(args, lambda client: client.search(query))
     else:
         from papersearch.pipeline.factory import build_pipeline
@@ -214,7 +229,7 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
     query = convert.similar_query_from_proto(convert.similar_query_to_proto(query),
                                              settings.search)
     started = time.perf_counter()
-    if args.target:
+    if _remote(args):
         result = _ask_gateway(args, lambda client: client.similar(
             query.examples, query.top_k, query.filter))
     else:
@@ -278,6 +293,9 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.client import SearchClient
     from papersearch.client_tls import tls_from_args
 
+    if args.timeout_s is not None and not args.timeout_s > 0:
+        raise ValueError(f"--timeout-s must be a positive number of seconds, got "
+                         f"{args.timeout_s:g}")
     query = WatchQuery(args.query, _filter(args), args.min_relevance, args.since,
                        args.replay_limit)
     ends = None if args.timeout_s is None else time.monotonic() + args.timeout_s
@@ -559,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--since", type=date.fromisoformat, metavar="YYYY-MM-DD",
                        help="first replay the best matches published since this date")
     watch.add_argument("--replay-limit", type=int, default=0,
-                       help="most papers replayed (default: the server's, 10)")
+                       help="most papers replayed, with --since and after a reconnect "
+                            "(default: the server's, 10)")
     _add_filter_arguments(watch)
     watch.add_argument("--timeout-s", type=float, help="stop after this long (default: never)")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")

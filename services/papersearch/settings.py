@@ -584,8 +584,13 @@ class Settings(BaseSettings):
         config_file = os.environ.get(CONFIG_ENV)
         if config_file:
             path = Path(config_file)
+            where = f"settings file {config_file} (--config or {CONFIG_ENV})"
             if not path.is_file():
-                raise FileNotFoundError(f"{CONFIG_ENV}={config_file}: no such file")
+                raise FileNotFoundError(f"{where}: no such file")
+            content = yaml.safe_load(path.read_text())
+            if content is not None and not isinstance(content, dict):
+                raise ValueError(f"{where}: expected sections (serve:, index:, ...), got a "
+                                 f"YAML {type(content).__name__}")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
@@ -606,7 +611,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                          else str(error)) from None
     except yaml.YAMLError as error:
         where = os.environ.get(CONFIG_ENV)
-        raise ValueError(f"{CONFIG_ENV}={where}: not valid YAML: "
+        raise ValueError(f"settings file {where} (--config or {CONFIG_ENV}): not valid YAML: "
                          f"{' '.join(str(error).split())}") from None
 
 
