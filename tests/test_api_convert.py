@@ -17,8 +17,8 @@ from papersearch.api import convert
 from papersearch.api import generate as gen
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.corpus.paper import Paper
-from papersearch.index.query import Examples, Explanation, SearchFilter, StageRank, quoted
+from papersearch.corpus.paper import Paper, quoted
+from papersearch.index.query import Examples, Explanation, SearchFilter, StageRank
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,

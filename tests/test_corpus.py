@@ -240,6 +240,42 @@ def test_jsonl_bad_utf8_is_skipped(tmp_path: Path) -> None:
     assert isinstance(results[1], Paper)
 
 
+def test_jsonl_ids_are_the_ids_the_api_takes(tmp_path: Path) -> None:
+    """Ids normalised and checked as UpsertPapers checks them: an NFD "café" and an NFC one
+    were two papers, the NFD one never reachable through GetPaper or DeletePapers (which
+    normalise); ids the gateway refuses (300 bytes, a zero-width space) were stored. A date
+    with a stray blank parses; a line nested 200,000 deep is skipped, not a traceback."""
+    from papersearch.api.convert import paper_id_from_proto
+
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    lines = [{"id": nfd, "title": "One"}, {"id": nfc, "title": "Two"},
+             {"id": "x" * 300, "title": "Long id"}, {"id": "a\u200bb", "title": "Hidden"},
+             {"id": "dated", "title": "Dated", "published": " 2024-01-05\n"}]
+    path = write(tmp_path, "papers.jsonl", "".join(json.dumps(r) + "\n" for r in lines)
+                 + "[" * 200_000 + "\n")
+    reader = read_corpus(path)
+    found = list(reader)
+    assert [p.id for p in found] == [nfc, "dated"] and reader.duplicates == 1
+    assert found[0].id == paper_id_from_proto(nfd) and found[0].title == "One"
+    assert found[1].published == date(2024, 1, 5)
+    reasons = [s.reason for s in reader.skipped]
+    assert "'id' is 300 bytes in UTF-8; the limit is 256" in reasons[0]
+    assert "'id' contains the control character U+200B" in reasons[1]
+    assert reasons[2] == "invalid JSON: nested too deeply"
+
+
+def test_a_paper_in_two_corpora_of_one_run_is_a_duplicate(tmp_path: Path) -> None:
+    """Each corpus had its own ids: the repeat was 'already present' (or, with --update, the
+    later copy replaced the first), where within one corpus the first copy is kept."""
+    first = write(tmp_path, "a.jsonl", json.dumps({"id": "A", "title": "First"}) + "\n")
+    second = write(tmp_path, "b.jsonl", json.dumps({"id": "A", "title": "Second"}) + "\n"
+                   + json.dumps({"id": "B", "title": "Other"}) + "\n")
+    reader = read_corpus(first)
+    assert [p.title for p in reader] == ["First"]
+    then = read_corpus(second, earlier=reader.ids)
+    assert [p.id for p in then] == ["B"] and then.stats == ReadStats(1, 0, 1)
+
+
 # BEIR
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from papersearch.api.v1 import papersearch_pb2 as pb
-from papersearch.corpus.paper import Paper, clean_text
-from papersearch.index.query import Examples, Explanation, Mode, SearchFilter, StageRank, quoted
+from papersearch.corpus.paper import CONTROL_CATEGORIES, Paper, checked_id, clean_text, quoted
+from papersearch.index.query import Examples, Explanation, Mode, SearchFilter, StageRank
 from papersearch.pipeline.query import (
     InvalidQuery,
     SearchHit,
@@ -27,7 +27,6 @@ from papersearch.settings import RecommendStrategy, SearchSettings
 # Limits the proto documents and servers enforce (the query's is search.max_query_chars).
 MAX_DELETE_IDS = 10_000
 MAX_UPSERT_ERRORS = 100
-MAX_PAPER_ID_BYTES = 256  # UTF-8, after NFC normalisation
 MAX_TITLE_CHARS = 1_000
 MAX_ABSTRACT_CHARS = 20_000
 MAX_NAMES = 100  # authors or categories, of a paper or of a search filter
@@ -37,7 +36,6 @@ MAX_URL_CHARS = 2_048
 # how many of the stream's first messages are done (written or skipped as invalid).
 COMMITTED_KEY = "papersearch-committed"
 COMMITTED_MESSAGES_KEY = "papersearch-committed-messages"
-_CONTROL = frozenset({"Cc", "Cf"})  # NUL, other control characters, bidi overrides, ZW*
 
 _MODES: dict[int, Mode] = {
     pb.MODE_UNSPECIFIED: "hybrid",
@@ -116,7 +114,7 @@ def identifier(value: str, field_name: str, max_chars: int) -> str:
     text = unicodedata.normalize("NFC", value.strip())
     if len(text) > max_chars:
         raise InvalidQuery(f"{field_name} is {len(text)} characters; the limit is {max_chars}")
-    bad = next((c for c in text if unicodedata.category(c) in _CONTROL), None)
+    bad = next((c for c in text if unicodedata.category(c) in CONTROL_CATEGORIES), None)
     if bad is not None:
         raise InvalidQuery(
             f"{field_name} contains the control character U+{ord(bad):04X}: {quoted(text)}")
@@ -126,14 +124,10 @@ def identifier(value: str, field_name: str, max_chars: int) -> str:
 def paper_id_from_proto(value: str, field_name: str = "paper_id") -> str:
     """A required id, stripped and NFC-normalised (two encodings of one id are one paper); blank,
     over MAX_PAPER_ID_BYTES in UTF-8, or holding a control character raises InvalidQuery."""
-    text = unicodedata.normalize("NFC", value.strip())
-    if not text:
-        raise InvalidQuery(f"{field_name} must not be empty")
-    size = len(text.encode("utf-8"))
-    if size > MAX_PAPER_ID_BYTES:
-        raise InvalidQuery(
-            f"{field_name} is {size} bytes in UTF-8; the limit is {MAX_PAPER_ID_BYTES}")
-    return identifier(text, field_name, MAX_PAPER_ID_BYTES)
+    try:
+        return checked_id(value, field_name)
+    except ValueError as error:
+        raise InvalidQuery(str(error)) from None
 
 
 def paper_ids_from_proto(values: Iterable[str]) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from papersearch.corpus.paper import Paper, Skipped, clean_text
+from papersearch.corpus.paper import Paper, Skipped, checked_id, clean_text
 
 _KNOWN = frozenset({"id", "title", "abstract", "authors", "published", "categories", "url"})
 
@@ -48,6 +48,8 @@ def _parse_line(
         return to_paper(record)
     except json.JSONDecodeError as exc:
         return Skipped(source, f"invalid JSON: {exc.msg}")
+    except RecursionError:
+        return Skipped(source, "invalid JSON: nested too deeply")
     except ValueError as exc:  # RecordError, bad UTF-8, Paper's own checks
         return Skipped(source, str(exc))
 
@@ -67,13 +69,18 @@ def paper_from_json(record: Mapping[str, Any]) -> Paper:
 
 
 def record_id(record: Mapping[str, Any], key: str) -> str:
-    """A required id: a non-empty string or an integer."""
+    """A required id: a non-empty string or an integer, normalised and checked as the gateway
+    does (corpus/paper.checked_id: an id ingested and the same id given to the API are one
+    paper)."""
     value = record.get(key)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str) or not value.strip():
         raise RecordError(f"missing or empty {key!r}")
-    return value.strip()
+    try:
+        return checked_id(value, repr(key))
+    except ValueError as error:
+        raise RecordError(str(error)) from None
 
 
 def text_field(record: Mapping[str, Any], key: str) -> str:
@@ -112,6 +119,6 @@ def _published(value: Any) -> date | None:
     if not isinstance(value, str):
         raise RecordError(f"'published' must be an ISO date string, got {type(value).__name__}")
     try:
-        return datetime.fromisoformat(value).date()
+        return datetime.fromisoformat(value.strip()).date()
     except ValueError:
         raise RecordError(f"'published' is not an ISO date: {value!r}") from None

@@ -44,6 +44,37 @@ class Paper:
         return self.title or self.abstract
 
 
+QUOTE_CHARS = 64  # the most of a client's value an error message repeats
+MAX_PAPER_ID_BYTES = 256  # UTF-8, after NFC normalisation
+CONTROL_CATEGORIES = frozenset({"Cc", "Cf"})  # NUL, control characters, bidi overrides, ZW*
+
+
+def quoted(value: str, limit: int = QUOTE_CHARS) -> str:
+    """A client's value for an error message: escaped like repr, cut to ``limit`` characters."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def checked_id(value: str, field_name: str = "paper id") -> str:
+    """A paper id as every way in stores it: stripped and NFC-normalised (two encodings of one
+    id are one paper); blank, over MAX_PAPER_ID_BYTES in UTF-8 or holding a control or format
+    character (Cc/Cf) raises ValueError. The gateway's UpsertPapers and DeletePapers and the
+    corpus readers of `papersearch ingest` share it."""
+    text = unicodedata.normalize("NFC", value.strip())
+    if not text:
+        raise ValueError(f"{field_name} must not be empty")
+    size = len(text.encode("utf-8"))
+    if size > MAX_PAPER_ID_BYTES:
+        raise ValueError(f"{field_name} is {size} bytes in UTF-8; the limit is "
+                         f"{MAX_PAPER_ID_BYTES}")
+    bad = next((c for c in text if unicodedata.category(c) in CONTROL_CATEGORIES), None)
+    if bad is not None:
+        raise ValueError(f"{field_name} contains the control character U+{ord(bad):04X}: "
+                         f"{quoted(text)}")
+    return text
+
+
 @lru_cache(maxsize=1 << 16)
 def point_id(paper_id: str) -> str:
     """The paper's Qdrant point id (a UUID); cached: a search asks for its hits' ids again

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -64,12 +65,19 @@ class CorpusReader:
     Each iteration starts afresh, so a second pass re-reads the files and recounts.
     """
 
-    def __init__(self, path: Path, corpus_format: CorpusFormat) -> None:
+    def __init__(self, path: Path, corpus_format: CorpusFormat,
+                 earlier: AbstractSet[str] = frozenset()) -> None:
         self.path = path
         self.format = corpus_format
+        self.earlier = earlier  # ids read before, from other corpora of the same run
         self.skipped: list[Skipped] = []
         self.duplicates = 0
         self._seen: set[str] = set()
+
+    @property
+    def ids(self) -> AbstractSet[str]:
+        """The ids this reader yielded (complete once it ends)."""
+        return self._seen
 
     @property
     def stats(self) -> ReadStats:
@@ -80,7 +88,8 @@ class CorpusReader:
         for result in _READERS[self.format](self.path):
             if isinstance(result, Skipped):
                 self._skip(result)
-            elif isinstance(result, Duplicate) or result.id in self._seen:
+            elif isinstance(result, Duplicate) or result.id in self._seen \
+                    or result.id in self.earlier:
                 self._duplicate(result)
             else:
                 self._seen.add(result.id)
@@ -103,9 +112,12 @@ class CorpusReader:
         logger.debug("duplicate paper", extra={"paper_id": paper_id, "path": str(self.path)})
 
 
-def read_corpus(path: Path, corpus_format: CorpusFormat | None = None) -> CorpusReader:
-    """Open a corpus for reading; its format is detected from the path unless given."""
-    return CorpusReader(path, corpus_format or detect_format(path))
+def read_corpus(path: Path, corpus_format: CorpusFormat | None = None,
+                earlier: AbstractSet[str] = frozenset()) -> CorpusReader:
+    """Open a corpus for reading; its format is detected from the path unless given. A paper
+    whose id is in ``earlier`` (read from another corpus before) is a duplicate: the first
+    copy is kept, across corpora as within one."""
+    return CorpusReader(path, corpus_format or detect_format(path), earlier)
 
 
 def detect_format(path: Path) -> CorpusFormat:
@@ -131,7 +143,7 @@ def _first_object(path: Path) -> dict[str, object]:
         for line in lines:
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(record, dict):
                 return record

@@ -8,6 +8,7 @@ import uuid
 
 import grpc
 
+from papersearch.corpus.paper import quoted
 from papersearch.errors import NotReady, Overloaded
 from papersearch.index.errors import (
     CollectionMissing,
@@ -16,7 +17,6 @@ from papersearch.index.errors import (
     PaperNotFound,
     StoreUnavailable,
 )
-from papersearch.index.query import quoted
 from papersearch.models.runtime import InvalidInput
 from papersearch.pipeline.query import InvalidQuery
 

@@ -32,11 +32,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from papersearch.api import openapi
 from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.corpus.paper import QUOTE_CHARS, quoted
 from papersearch.gateway import page
 from papersearch.gateway.auth import Keys
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
-from papersearch.index.query import QUOTE_CHARS, quoted
 from papersearch.settings import ServeSettings
 from papersearch.telemetry import metrics
 

@@ -9,7 +9,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from papersearch.corpus.paper import Paper
+from papersearch.corpus.paper import Paper, quoted
 from papersearch.index.sparse import SparseLike, SparseVector
 from papersearch.settings import RecommendStrategy
 
@@ -17,14 +17,6 @@ Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 FusionMethod = Literal["rrf", "dbsf", "convex"]
 RECOMMEND_STRATEGIES: tuple[RecommendStrategy, ...] = get_args(RecommendStrategy)
-QUOTE_CHARS = 64  # the most of a client's value an error message repeats
-
-
-def quoted(value: str, limit: int = QUOTE_CHARS) -> str:
-    """A client's value for an error message: escaped like repr, cut to ``limit`` characters."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,9 +130,11 @@ def _ingest_each(
     paths: Sequence[Path], ingester: Ingests, summary: IngestSummary, *, update: bool,
     progress: bool,
 ) -> None:
+    earlier: set[str] = set()  # a paper in two of the corpora is one paper: its first copy
     for path in paths:
-        reader = read_corpus(path)
+        reader = read_corpus(path, earlier=earlier)
         written, present = ingester.ingest(reader, update=update, progress=progress)
+        earlier |= reader.ids
         stats = reader.stats
         summary.read += stats.read
         summary.skipped += stats.skipped
