@@ -147,3 +147,16 @@ def test_an_edited_corpus_gets_another_eval_collection() -> None:
     assert mean_words(edited) == mean_words(papers)
     digests = {corpus_digest(p) for p in (papers, edited, papers[:1], papers[::-1])}
     assert len(digests) == 4 and corpus_digest(list(papers)) in digests
+
+
+def test_a_decomposed_accent_in_a_query_matches_the_stored_text() -> None:
+    """Stored texts are NFC (clean_text); a query typed or pasted with decomposed accents made
+    other BM25 terms and matched none of them."""
+    import unicodedata
+
+    encoder = Bm25Encoder(avg_len=10.0)
+    text = "na\u00efve caf\u00e9 r\u00e9sum\u00e9"
+    stored = set(encoder.document(text).indices)
+    for k3 in (0.0, 1.5):
+        query = Bm25Encoder(avg_len=10.0, query_k3=k3).query(unicodedata.normalize("NFD", text))
+        assert set(query.indices) == stored

@@ -23,7 +23,9 @@ Normalisation = Literal["max", "minmax", "dbsf"]
 
 def normalise(scores: np.ndarray, how: Normalisation) -> np.ndarray:
     """``max``: divided by the top score (kept as is when it is not positive); ``minmax``: onto
-    [0, 1]; ``dbsf``: Qdrant's distribution-based scaling, mean +- 3 std onto [0, 1]."""
+    [0, 1]; ``dbsf``: distribution-based scaling, mean +- 3 std onto [0, 1], as Qdrant's but
+    with the population std and 1 for a constant list (Qdrant: the sample std and 0.5; only
+    `papersearch tune` compares it, the Store runs Qdrant's own)."""
     if len(scores) == 0:
         return scores
     if how == "max":

@@ -13,6 +13,7 @@ engine applies it at search time from live statistics.
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -94,7 +95,10 @@ class Bm25Encoder:
 
     def query(self, text: str) -> SparseVector:
         """Each term once (weight 1), or with query_k3 > 0 its count f in the query saturated
-        as (k3 + 1) f / (k3 + f): words are tokenized one by one and their terms counted."""
+        as (k3 + 1) f / (k3 + f): words are tokenized one by one and their terms counted.
+        NFC-normalised first, as stored texts are (corpus/paper.clean_text): a decomposed
+        accent (text pasted from macOS) made other terms than the papers' and matched none."""
+        text = unicodedata.normalize("NFC", text)
         if self.query_k3 == 0:
             return SparseVector.of(self._model.embed_query(text))
         counts: Counter[int] = Counter()
