@@ -331,3 +331,23 @@ def test_read_corpus_counts_duplicates_and_logs_skips(
     assert [s.source for s in corpus.skipped] == [f"{path}:3", f"{path}:4"]
     assert [r.__dict__["source"] for r in caplog.records] == [f"{path}:3", f"{path}:4"]
     assert list(corpus) == found and corpus.stats.duplicates == 1  # a second pass recounts
+
+
+def test_a_record_past_the_apis_limits_is_skipped(tmp_path: Path) -> None:
+    """ingest stored a 5,000-character title, 150 authors, a 3,000-character url: papers the
+    API refuses (UpsertPapers), so a paper ingested and one sent could never be the same."""
+    records = [{"id": "t", "title": "x" * 1001},
+               {"id": "a", "title": "A", "abstract": "y" * 20_001},
+               {"id": "n", "title": "N", "authors": [f"Author {i}" for i in range(101)]},
+               {"id": "l", "title": "L", "authors": ["z" * 257]},
+               {"id": "u", "title": "U", "url": "https://e.org/" + "u" * 2048},
+               {"id": "ok", "title": "x" * 1000, "authors": ["z" * 256]}]
+    path = write(tmp_path, "papers.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    reader = read_corpus(path)
+    assert [p.id for p in reader] == ["ok"]
+    assert [s.reason for s in reader.skipped] == [
+        "title is 1001 characters; the limit is 1000",
+        "abstract is 20001 characters; the limit is 20000",
+        "101 authors; the limit is 100",
+        "one of the authors is 257 characters; the limit is 256",
+        "url is 2062 characters; the limit is 2048"]

@@ -13,7 +13,18 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from papersearch.api.v1 import papersearch_pb2 as pb
-from papersearch.corpus.paper import CONTROL_CATEGORIES, Paper, checked_id, clean_text, quoted
+from papersearch.corpus.paper import (
+    CONTROL_CATEGORIES,
+    MAX_ABSTRACT_CHARS,
+    MAX_NAME_CHARS,
+    MAX_NAMES,
+    MAX_TITLE_CHARS,
+    MAX_URL_CHARS,
+    Paper,
+    checked_id,
+    clean_text,
+    quoted,
+)
 from papersearch.index.query import Examples, Explanation, Mode, SearchFilter, StageRank
 from papersearch.pipeline.query import (
     InvalidQuery,
@@ -27,11 +38,6 @@ from papersearch.settings import RecommendStrategy, SearchSettings
 # Limits the proto documents and servers enforce (the query's is search.max_query_chars).
 MAX_DELETE_IDS = 10_000
 MAX_UPSERT_ERRORS = 100
-MAX_TITLE_CHARS = 1_000
-MAX_ABSTRACT_CHARS = 20_000
-MAX_NAMES = 100  # authors or categories, of a paper or of a search filter
-MAX_NAME_CHARS = 256  # one author or category
-MAX_URL_CHARS = 2_048
 # Trailing metadata of a failed UpsertPapers (the proto documents them): papers committed, and
 # how many of the stream's first messages are done (written or skipped as invalid).
 COMMITTED_KEY = "papersearch-committed"

@@ -17,7 +17,7 @@ from papersearch.corpus.jsonl import (
     scalar_extras,
     text_field,
 )
-from papersearch.corpus.paper import Paper, Skipped
+from papersearch.corpus.paper import Paper, Skipped, within_limits
 
 CORPUS_FILE = "corpus.jsonl"
 
@@ -32,10 +32,10 @@ def paper_from_beir(record: Mapping[str, Any]) -> Paper:
     metadata = record.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise RecordError("'metadata' must be an object")
-    return Paper(
+    return within_limits(Paper(
         id=record_id(record, "_id"),
         title=text_field(record, "title"),
         abstract=text_field(record, "text"),
         url=text_field(metadata, "url") or None,
         extra=scalar_extras(metadata, frozenset({"url"})),
-    )
+    ))

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from papersearch.corpus.paper import Paper, Skipped, checked_id, clean_text
+from papersearch.corpus.paper import Paper, Skipped, checked_id, clean_text, within_limits
 
 _KNOWN = frozenset({"id", "title", "abstract", "authors", "published", "categories", "url"})
 
@@ -55,8 +55,9 @@ def _parse_line(
 
 
 def paper_from_json(record: Mapping[str, Any]) -> Paper:
-    """Map one JSON object to a paper; raises ValueError when it cannot be one."""
-    return Paper(
+    """Map one JSON object to a paper; raises ValueError when it cannot be one (also past a
+    limit the API enforces)."""
+    return within_limits(Paper(
         id=record_id(record, "id"),
         title=text_field(record, "title"),
         abstract=text_field(record, "abstract"),
@@ -65,7 +66,7 @@ def paper_from_json(record: Mapping[str, Any]) -> Paper:
         categories=_names(record, "categories", r"[,\s]"),
         url=text_field(record, "url") or None,
         extra=scalar_extras(record, _KNOWN),
-    )
+    ))
 
 
 def record_id(record: Mapping[str, Any], key: str) -> str:

@@ -47,6 +47,12 @@ class Paper:
 QUOTE_CHARS = 64  # the most of a client's value an error message repeats
 MAX_PAPER_ID_BYTES = 256  # UTF-8, after NFC normalisation
 CONTROL_CATEGORIES = frozenset({"Cc", "Cf"})  # NUL, control characters, bidi overrides, ZW*
+# A paper's limits, the proto's (UpsertPapers refuses past them, ingest skips the record)
+MAX_TITLE_CHARS = 1_000
+MAX_ABSTRACT_CHARS = 20_000
+MAX_NAMES = 100  # authors or categories, of a paper or of a search filter
+MAX_NAME_CHARS = 256  # one author or category
+MAX_URL_CHARS = 2_048
 
 
 def quoted(value: str, limit: int = QUOTE_CHARS) -> str:
@@ -73,6 +79,24 @@ def checked_id(value: str, field_name: str = "paper id") -> str:
         raise ValueError(f"{field_name} contains the control character U+{ord(bad):04X}: "
                          f"{quoted(text)}")
     return text
+
+
+def within_limits(paper: Paper) -> Paper:
+    """``paper`` if its fields are within the limits UpsertPapers enforces, else ValueError
+    naming the first one past its limit: ingest stored what the API refuses."""
+    for name, text, limit in (("title", paper.title, MAX_TITLE_CHARS),
+                              ("abstract", paper.abstract, MAX_ABSTRACT_CHARS),
+                              ("url", paper.url or "", MAX_URL_CHARS)):
+        if len(text) > limit:
+            raise ValueError(f"{name} is {len(text)} characters; the limit is {limit}")
+    for name, names in (("authors", paper.authors), ("categories", paper.categories)):
+        if len(names) > MAX_NAMES:
+            raise ValueError(f"{len(names)} {name}; the limit is {MAX_NAMES}")
+        longest = max(names, key=len, default="")
+        if len(longest) > MAX_NAME_CHARS:
+            raise ValueError(f"one of the {name} is {len(longest)} characters; the limit is "
+                             f"{MAX_NAME_CHARS}")
+    return paper
 
 
 @lru_cache(maxsize=1 << 16)
