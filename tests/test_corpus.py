@@ -312,6 +312,10 @@ def test_detect_format(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "beir") is CorpusFormat.BEIR
     assert detect_format(tmp_path / "beir.jsonl") is CorpusFormat.BEIR
     assert detect_format(tmp_path / "papers.jsonl") is CorpusFormat.JSONL
+    # a database export: its own _id beside the paper's id (was read as BEIR: id and
+    # abstract lost)
+    write(tmp_path, "export.jsonl", json.dumps({"_id": "m1", **GOOD}) + "\n")
+    assert detect_format(tmp_path / "export.jsonl") is CorpusFormat.JSONL
     with pytest.raises(ValueError, match="cannot tell"):
         detect_format(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no such corpus file or folder: .*missing$"):

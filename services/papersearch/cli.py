@@ -42,8 +42,8 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 # A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
 LOADTEST_MODULES = ("prometheus_client", "matplotlib")  # the loadtest extra's
-USER_ERRORS = (ValueError, FileNotFoundError, TimeoutError, StoreError, ModelSourceError,
-               RemoteError, ProviderUnavailable)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError,
+               StoreError, ModelSourceError, RemoteError, ProviderUnavailable)
 
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:

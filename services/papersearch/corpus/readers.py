@@ -124,7 +124,7 @@ def detect_format(path: Path) -> CorpusFormat:
     """Which reader suits the path.
 
     A directory holding ``corpus.jsonl`` is BEIR, one of ``.txt`` pages Daily Papers; a ``.jsonl``
-    file is BEIR when its records have ``_id``, JSON Lines papers otherwise.
+    file is BEIR when its records have ``_id`` and no ``id``, JSON Lines papers otherwise.
     """
     if not path.exists():
         raise FileNotFoundError(f"no such corpus file or folder: {path}")
@@ -133,7 +133,8 @@ def detect_format(path: Path) -> CorpusFormat:
     if (path.is_dir() and any(path.glob("*.txt"))) or path.suffix == ".txt":
         return CorpusFormat.DAILY_PAPERS
     if path.suffix == ".jsonl":
-        return CorpusFormat.BEIR if "_id" in _first_object(path) else CorpusFormat.JSONL
+        first = _first_object(path)  # a database export may carry its own _id beside ours
+        return CorpusFormat.BEIR if "_id" in first and "id" not in first else CorpusFormat.JSONL
     raise ValueError(f"cannot tell the corpus format of {path}")
 
 
