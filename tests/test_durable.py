@@ -67,3 +67,17 @@ def test_a_second_holder_of_the_lock_waits_and_says_so(
     thread.join()
     assert order == ["first done", "second in"]
     assert "waiting for another process" in caplog.text
+
+
+def test_a_dead_writers_staging_directory_is_removed_under_the_lock(tmp_path: Path) -> None:
+    """Staging names are unique now, so a build killed mid-way (SIGKILL) is no longer wiped by
+    the next build of the same name: writers that share a lock remove such leftovers first."""
+    from papersearch.durable import remove_stale
+
+    stale = tmp_path / ".3.x1y2.partial"
+    (stale / "sub").mkdir(parents=True)
+    (tmp_path / "3").mkdir()
+    (tmp_path / ".export.lock").touch()
+    remove_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "3"]
+    remove_stale(tmp_path / "absent")  # nothing there yet: nothing to do

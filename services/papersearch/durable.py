@@ -86,6 +86,16 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
         raise
 
 
+def remove_stale(folder: Path) -> None:
+    """Remove the staging directories ``staged`` left in ``folder`` when their writer died (a
+    SIGKILL mid-build). Only under the lock that all of ``folder``'s writers take: a live
+    writer's staging directory looks the same."""
+    for staging in folder.glob(".*.partial"):
+        if staging.is_dir():
+            log.info("removing an unfinished build", extra={"path": str(staging)})
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 @contextmanager
 def exclusive(lock_file: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_file`` (made if absent) for the block; ``what`` names

