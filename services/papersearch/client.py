@@ -73,22 +73,28 @@ def _trailing_int(error: grpc.RpcError, key: str) -> int | None:
     return None
 
 
+def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``api_key``: stripped (a key read from a file ends in a
+    newline); one that is not printable ASCII, which gRPC metadata cannot carry, is refused."""
+    if not api_key or not (api_key := api_key.strip()):
+        return ()
+    if not (api_key.isascii() and api_key.isprintable()):
+        raise ValueError("the API key is not printable ASCII (gRPC metadata cannot carry it): "
+                         "check the key you were given")
+    return ((API_KEY_HEADER, api_key),)
+
+
 class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
-        if api_key is not None:  # a key read from a file ends in a newline
-            api_key = api_key.strip()
-            if not (api_key.isascii() and api_key.isprintable()):
-                raise ValueError("the API key is not printable ASCII (gRPC metadata cannot "
-                                 "carry it): check the key you were given")
+        self.metadata = key_metadata(api_key)  # first: a bad key opens no channel
         options = channel_options(retry, wait_for_ready)
         self.channel = (grpc.insecure_channel(target, options) if tls is None
                         else grpc.secure_channel(target, tls.credentials(), options))
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.index_stub = pb_grpc.IndexServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        self.metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
         self.timeout_s = timeout_s
 
     def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
@@ -171,17 +177,12 @@ class AsyncSearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
-        if api_key is not None:  # a key read from a file ends in a newline
-            api_key = api_key.strip()
-            if not (api_key.isascii() and api_key.isprintable()):
-                raise ValueError("the API key is not printable ASCII (gRPC metadata cannot "
-                                 "carry it): check the key you were given")
+        self.metadata = key_metadata(api_key)  # first: a bad key opens no channel
         options = channel_options(retry, wait_for_ready)
         self.channel = (grpc.aio.insecure_channel(target, options) if tls is None
                         else grpc.aio.secure_channel(target, tls.credentials(), options))
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        self.metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
         self.timeout_s = timeout_s
 
     async def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:

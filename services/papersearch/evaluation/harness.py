@@ -54,8 +54,9 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     the collection's name carries it, since its documents' weights depend on it, and the
     encoder's numerics (fp32, int8 one text per call or in batches), since its vectors do."""
     title_weight = settings.index.bm25_title_weight
-    avg_len = round(mean_words(dataset.papers(), title_weight), 1)
-    name = index_name(dataset.name, corpus_digest(dataset.papers()), encoder.sha256,
+    papers = list(dataset.papers())  # read once: its mean, its digest and the ingest
+    avg_len = round(mean_words(papers, title_weight), 1)
+    name = index_name(dataset.name, corpus_digest(papers), encoder.sha256,
                       encoder.numerics, avg_len, title_weight)
     place = ({"data_dir": settings.eval_dir / name, "collection": "papers"}
              if settings.index.backend == "embedded" else {"collection": f"eval-{name}"})
@@ -63,7 +64,7 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     store = open_store(index)
     ingester = Ingester(store, encoder, settings.models.batch_size)
     try:
-        written, present = ingester.ingest(dataset.papers(), progress=True)
+        written, present = ingester.ingest(papers, progress=True)
     except BaseException as error:
         store.close()
         if isinstance(error, KeyboardInterrupt):
