@@ -318,6 +318,10 @@ def test_detect_format(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "export.jsonl") is CorpusFormat.JSONL
     with pytest.raises(ValueError, match="cannot tell"):
         detect_format(tmp_path / "empty")
+    # pages and JSON Lines in one folder: the pages' reader passed over the .jsonl papers
+    write(tmp_path / "pages", "extra.jsonl", json.dumps(GOOD) + "\n")
+    with pytest.raises(ValueError, match=r"pages \(\.txt\) and JSON Lines files \(extra\.jsonl\)"):
+        detect_format(tmp_path / "pages")
     with pytest.raises(FileNotFoundError, match="no such corpus file or folder: .*missing$"):
         detect_format(tmp_path / "missing")
 

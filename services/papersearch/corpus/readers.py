@@ -124,13 +124,23 @@ def detect_format(path: Path) -> CorpusFormat:
     """Which reader suits the path.
 
     A directory holding ``corpus.jsonl`` is BEIR, one of ``.txt`` pages Daily Papers; a ``.jsonl``
-    file is BEIR when its records have ``_id`` and no ``id``, JSON Lines papers otherwise.
+    file is BEIR when its records have ``_id`` and no ``id``, JSON Lines papers otherwise. A
+    folder of pages that also holds ``.jsonl`` files is refused: it is read in one format, and
+    the pages' reader would pass over their papers without a word.
     """
     if not path.exists():
         raise FileNotFoundError(f"no such corpus file or folder: {path}")
     if path.is_dir() and (path / CORPUS_FILE).is_file():
         return CorpusFormat.BEIR
-    if (path.is_dir() and any(path.glob("*.txt"))) or path.suffix == ".txt":
+    if path.is_dir() and any(path.glob("*.txt")):
+        others = sorted(p.name for p in path.glob("*.jsonl"))
+        if others:
+            raise ValueError(f"{path} holds Daily Papers pages (.txt) and JSON Lines files "
+                             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): "
+                             "a folder is read in one format; give the .jsonl files as corpus "
+                             "paths of their own")
+        return CorpusFormat.DAILY_PAPERS
+    if path.suffix == ".txt":
         return CorpusFormat.DAILY_PAPERS
     if path.suffix == ".jsonl":
         first = _first_object(path)  # a database export may carry its own _id beside ours
