@@ -17,7 +17,7 @@ from papersearch.api import convert
 from papersearch.api import generate as gen
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.corpus.paper import Paper, quoted
+from papersearch.corpus.paper import Paper, clean_text, quoted
 from papersearch.index.query import Examples, Explanation, SearchFilter, StageRank
 from papersearch.pipeline.query import (
     InvalidQuery,
@@ -445,6 +445,17 @@ def test_control_characters_in_identifiers_are_rejected(field: str, char: str) -
                                            rf"U\+{ord(char):04X}") as info:
         convert.paper_from_proto(message)
     assert char not in str(info.value)  # escaped, as repr does
+
+
+def test_names_collapse_spaces_as_ingest_stores_them() -> None:
+    # "Jane  Doe" (two spaces, or a no-break space) is the "Jane Doe" ingest stores and filters
+    # name: UpsertPapers kept it as sent, so a filter or a re-ingest missed it
+    paper = convert.paper_from_proto(_paper(authors=[" Jane  Doe ", "Li\u00a0Wei"],
+                                            categories=["cs.CL  "]))
+    assert paper.authors == ("Jane Doe", "Li Wei") and paper.categories == ("cs.CL",)
+    assert clean_text("Li\u00a0Wei") == "Li Wei"
+    names = convert.filter_from_proto(pb.Filter(authors=["Jane   Doe"]))
+    assert names.authors == ("Jane Doe",)
 
 
 def test_ids_are_nfc_normalised_everywhere() -> None:

@@ -115,15 +115,18 @@ def mode_from_proto(value: int) -> Mode:
 
 
 def identifier(value: str, field_name: str, max_chars: int) -> str:
-    """An identifier (author, category, url): stripped and NFC-normalised; more than
-    ``max_chars`` characters or a control character (Cc/Cf) raises InvalidQuery."""
+    """An identifier (author, category, url): NFC-normalised, runs of spaces made one and the
+    ends stripped, as ingest stores names (corpus/paper.clean_text: "Jane  Doe" written by
+    UpsertPapers was not the "Jane Doe" a filter or an ingested copy names); more than
+    ``max_chars`` characters or a control character (Cc/Cf: a tab too) raises InvalidQuery."""
     text = unicodedata.normalize("NFC", value.strip())
-    if len(text) > max_chars:
-        raise InvalidQuery(f"{field_name} is {len(text)} characters; the limit is {max_chars}")
     bad = next((c for c in text if unicodedata.category(c) in CONTROL_CATEGORIES), None)
     if bad is not None:
         raise InvalidQuery(
             f"{field_name} contains the control character U+{ord(bad):04X}: {quoted(text)}")
+    text = " ".join(text.split())
+    if len(text) > max_chars:
+        raise InvalidQuery(f"{field_name} is {len(text)} characters; the limit is {max_chars}")
     return text
 
 
