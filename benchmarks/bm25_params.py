@@ -1,4 +1,4 @@
-"""Would other BM25 constants rank better? k1 and b (issue 17)
+"""Would other BM25 constants rank better? k1, b and the unit of the mean length (issue 17)
 
     python benchmarks/bm25_params.py > docs/tune/bm25_params.json
 
@@ -13,9 +13,17 @@ weight). At 1.2 / 0.75 this must reproduce the engine's own BM25 list and hybrid
 ``reproduces_engine`` in the output says how closely, and the script refuses to go on if
 nDCG@10 differs by more than 0.002 on any set.
 
-The choice is made on the tuning sets alone (settings tune_sets): the pair with the best mean
-hybrid nDCG@10, among those no worse than 1.2 / 0.75 on any of them. The held-out sets and the
-known-item set then judge it: per query wins, losses, ties and a paired permutation test.
+The mean length BM25 normalises by (``index.bm25_avg_len``, evaluation/harness.mean_words)
+counts whitespace words, stopwords included; the engine measures each document in its own
+tokens (stopwords dropped). Each pair is therefore scored twice: with the mean in words (what
+the index does) and with the mean in the engine's tokens (``engine_length``: the length the
+engine used for each document, read back from its weights), so the documents' lengths and the
+mean are in one unit. ``unit`` in the output judges that change alone at 1.2 / 0.75.
+
+The choice is made on the tuning sets alone (settings tune_sets): the (k1, b, unit) with the best
+mean hybrid nDCG@10, among those no worse than 1.2 / 0.75 / words on any of them. The held-out
+sets and the known-item set then judge it: per query wins, losses, ties and a paired
+permutation test.
 """
 
 from __future__ import annotations
@@ -41,7 +49,11 @@ from papersearch.settings import Settings
 
 K1 = (0.6, 0.9, 1.2, 1.5, 2.0)
 B = (0.3, 0.5, 0.75, 0.9, 1.0)
-DEFAULT = (1.2, 0.75)
+UNITS = ("words", "tokens")
+Point = tuple[float, float, str]  # k1, b, the unit of the mean length
+DEFAULT: Point = (1.2, 0.75, "words")
+TOKENS: Point = (1.2, 0.75, "tokens")
+REFERENCE = qe.Bm25(qe.Bm25Config(k=1.2, b=0.0))  # no length normalisation
 RESULTS = 100
 REPRODUCTION_TOLERANCE = 0.002
 
@@ -82,8 +94,25 @@ class Postings:
         return [(self.ids[n], float(scores[n])) for n in top]
 
 
-def sparse_lists(dataset: EvalDataset, k1: float, b: float, depth: int) -> dict[str, Ranked]:
-    postings = Postings.build(dataset, k1, b, round(mean_words(dataset.papers()), 1))
+def engine_length(text: str) -> float:
+    """The length the engine gives ``text``: its tokens, stopwords dropped, read back from the
+    weights of REFERENCE. Without length normalisation (b 0) a term said tf times weighs
+    (k1 + 1) tf / (tf + k1), so tf = k1 w / (k1 + 1 - w), and the length is their sum."""
+    weights = np.asarray(REFERENCE.embed_document(text).values, dtype=np.float64)
+    return float(np.sum(1.2 * weights / (2.2 - weights)))
+
+
+def mean_length(dataset: EvalDataset, unit: str) -> float:
+    if unit == "words":
+        return round(mean_words(dataset.papers()), 1)
+    lengths = [engine_length(document_text(p)) for p in dataset.papers()]
+    return round(sum(lengths) / len(lengths), 1)
+
+
+def sparse_lists(dataset: EvalDataset, k1: float, b: float, unit: str, depth: int) -> (
+    dict[str, Ranked]
+):
+    postings = Postings.build(dataset, k1, b, mean_length(dataset, unit))
     query_model = qe.Bm25(qe.Bm25Config())
     return {q: postings.search([int(t) for t in query_model.embed_query(text).indices], depth)
             for q, text in dataset.queries.items()}
@@ -96,9 +125,9 @@ def hybrid(lists: Lists, sparse: Mapping[str, Ranked], weight: float, depth: int
                        (weight, 1.0 - weight), depth)
 
 
-def reports(dataset: EvalDataset, lists: Lists, k1: float, b: float, weight: float,
+def reports(dataset: EvalDataset, lists: Lists, point: Point, weight: float,
             depth: int) -> dict[str, Report]:
-    sparse = sparse_lists(dataset, k1, b, depth)
+    sparse = sparse_lists(dataset, *point, depth)
     return {"sparse": evaluate({q: [i for i, _ in r][:RESULTS] for q, r in sparse.items()},
                                dataset.qrels),
             "hybrid": evaluate(hybrid(lists, sparse, weight, depth), dataset.qrels)}
@@ -136,11 +165,11 @@ def main() -> int:
                   f"gives {engine_hybrid:.4f}", file=sys.stderr)
             return 1
 
-    grid = [(k1, b) for k1 in K1 for b in B]
-    by_pair = {pair: {n: reports(sets[n], lists[n], *pair, weight, depth) for n in tuning_names}
+    grid: list[Point] = [(k1, b, unit) for unit in UNITS for k1 in K1 for b in B]
+    by_pair = {pair: {n: reports(sets[n], lists[n], pair, weight, depth) for n in tuning_names}
                for pair in grid}
 
-    def mean(pair: tuple[float, float]) -> float:
+    def mean(pair: Point) -> float:
         return sum(by_pair[pair][n]["hybrid"].ndcg_at_10 for n in tuning_names) / len(tuning_names)
 
     eligible = [p for p in grid if p != DEFAULT and mean(p) > mean(DEFAULT)
@@ -148,28 +177,35 @@ def main() -> int:
                         >= by_pair[DEFAULT][n]["hybrid"].ndcg_at_10 for n in tuning_names)]
     chosen = max(eligible, key=mean, default=None)
     judged = chosen if chosen is not None else max((p for p in grid if p != DEFAULT), key=mean)
-    for pair in (DEFAULT, judged):
-        by_pair[pair].update({n: reports(sets[n], lists[n], *pair, weight, depth)
+    for pair in {DEFAULT, TOKENS, judged}:
+        by_pair[pair].update({n: reports(sets[n], lists[n], pair, weight, depth)
                               for n in sets if n not in tuning_names})
 
-    versus = against(by_pair[DEFAULT], by_pair[judged], list(sets), ("sparse", "hybrid"),
-                     ("default", "judged"))
-    held_out_agree = all(versus[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
+    def judge(pair: Point, chosen: bool) -> dict[str, object]:
+        versus = against(by_pair[DEFAULT], by_pair[pair], list(sets), ("sparse", "hybrid"),
+                         ("default", "judged"))
+        agree = all(versus[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
+        return {"k1": pair[0], "b": pair[1], "unit": pair[2], "chosen_on_tuning_sets": chosen,
+                "against_default": versus, "held_out_agree": agree, "adopt": chosen and agree}
+
     print(json.dumps({
         "fusion_dense_weight": weight, "prefetch_limit": depth,
         "tuning_sets": tuning_names, "held_out_sets": held_names,
         "known_item_set": judged_data.known_item,
         "reproduces_engine": reproduction,
-        "grid": [{"k1": k1, "b": b,
-                  "sparse ndcg@10": {n: round(by_pair[(k1, b)][n]["sparse"].ndcg_at_10, 4)
+        "mean_length": {n: {u: mean_length(d, u) for u in UNITS} for n, d in sets.items()},
+        "grid": [{"k1": k1, "b": b, "unit": unit,
+                  "sparse ndcg@10": {n: round(by_pair[(k1, b, unit)][n]["sparse"].ndcg_at_10, 4)
                                      for n in tuning_names},
-                  "hybrid ndcg@10": {n: round(by_pair[(k1, b)][n]["hybrid"].ndcg_at_10, 4)
+                  "hybrid ndcg@10": {n: round(by_pair[(k1, b, unit)][n]["hybrid"].ndcg_at_10, 4)
                                      for n in tuning_names},
-                  "tuning_mean_hybrid": round(mean((k1, b)), 4),
-                  "eligible": (k1, b) == DEFAULT or (k1, b) in eligible} for k1, b in grid],
-        "judged": {"k1": judged[0], "b": judged[1], "chosen_on_tuning_sets": chosen is not None,
-                   "against_default": versus, "held_out_agree": held_out_agree,
-                   "adopt": chosen is not None and held_out_agree},
+                  "tuning_mean_hybrid": round(mean((k1, b, unit)), 4),
+                  "eligible": (k1, b, unit) == DEFAULT or (k1, b, unit) in eligible}
+                 for k1, b, unit in grid],
+        "judged": judge(judged, chosen is not None),
+        "unit": judge(TOKENS, mean(TOKENS) > mean(DEFAULT) and all(
+            by_pair[TOKENS][n]["hybrid"].ndcg_at_10 >= by_pair[DEFAULT][n]["hybrid"].ndcg_at_10
+            for n in tuning_names)),
     }, indent=2))
     return 0
 

@@ -3,7 +3,10 @@ query-term saturation and title weight, and the eval harness's per-dataset mean 
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Generator, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -160,3 +163,17 @@ def test_a_decomposed_accent_in_a_query_matches_the_stored_text() -> None:
     for k3 in (0.0, 1.5):
         query = Bm25Encoder(avg_len=10.0, query_k3=k3).query(unicodedata.normalize("NFD", text))
         assert set(query.indices) == stored
+
+
+def test_bm25_params_reads_the_engines_own_document_length() -> None:
+    # benchmarks/bm25_params.py compares the mean length in whitespace words (what
+    # index.bm25_avg_len counts) with the engine's tokens: stopwords dropped, repeats counted
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bm25_params.py"
+    spec = importlib.util.spec_from_file_location("bm25_params", path)
+    assert spec is not None and spec.loader is not None
+    bm25_params = importlib.util.module_from_spec(spec)
+    sys.modules["bm25_params"] = bm25_params  # dataclasses look their module up there
+    spec.loader.exec_module(bm25_params)
+    assert bm25_params.engine_length(TEXT) == pytest.approx(5.0)  # "of", "for" dropped
+    assert bm25_params.engine_length("retrieval retrieval") == pytest.approx(2.0)  # tf 2 only
+    assert bm25_params.engine_length("") == 0.0
