@@ -302,8 +302,9 @@ def test_hub_matches_many_watches_at_once_and_ends_a_slow_watcher() -> None:
     assert [len(w.pending) for w in watches[:4] if w] == [1, 1, 1, 0]
     slow = watches[0]
     assert slow is not None
-    hub.publish(papers[:1], vectors[:1])
-    hub.publish(papers[:1], vectors[:1])  # a third match waiting: over the queue of 2
+    hub.publish(papers[:1], vectors[:1])  # two waiting: the queue of 2 is full
+    assert slow.ended is None
+    hub.publish(papers[:1], vectors[:1])  # a batch finds it still 2 behind
     assert slow.ended is not None and slow.ended[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert not slow.pending and watches[1] is not None and watches[1].ended is None
     # its handler may still wait for the client to take what flow control holds (a watcher
@@ -313,6 +314,23 @@ def test_hub_matches_many_watches_at_once_and_ends_a_slow_watcher() -> None:
     hub.close()
     assert all(w is not None and w.ended is not None for w in watches)
     assert hub.add(vectors[0], 0.0, SearchFilter()) is None
+
+
+def test_one_batch_never_ends_a_watcher_that_kept_up() -> None:
+    # a bulk ingest can match a broad watch more often in one poll than serve.watch_queue
+    # allows: a watcher with nothing waiting takes the whole batch (it was ended, unread)
+    hub = WatchHub(max_watches=2, queue=2)
+    watch = hub.add(np.array([1.0, 0.0], dtype=np.float32), 0.5, SearchFilter())
+    assert watch is not None
+    papers = [Paper(id=f"p{i}", title=f"paper {i}", abstract="") for i in range(5)]
+    dense = np.tile(np.array([1.0, 0.0], dtype=np.float32), (5, 1))
+    assert hub.publish(papers, dense) == 5
+    assert watch.ended is None and [m.paper.id for m in watch.pending] == [p.id for p in papers]
+    watch.pending.clear()  # it reads them all
+    assert hub.publish(papers[:1], dense[:1]) == 1 and watch.ended is None
+    hub.publish(papers, dense)  # one waiting, under the queue of 2: queued
+    hub.publish(papers[:1], dense[:1])  # six waiting: this batch ends it
+    assert watch.ended is not None and watch.ended[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Moving:

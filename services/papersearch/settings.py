@@ -435,9 +435,11 @@ class ServeSettings(Section):
                                 "one fails at once with RESOURCE_EXHAUSTED.",
     )
     watch_queue: int = Field(
-        1000, ge=1, description="Matches waiting to be sent to one watcher; past it (a watcher "
-                                "reading too slowly) its stream ends with RESOURCE_EXHAUSTED, "
-                                "so upserts never wait for watchers.",
+        1000, ge=1, description="Matches waiting to be sent to one watcher; a new batch of "
+                                "matches that finds that many still waiting (a watcher reading "
+                                "too slowly) ends its stream with RESOURCE_EXHAUSTED, so "
+                                "upserts never wait for watchers. One batch alone never ends "
+                                "it: a queue holds at most this plus one poll's matches.",
     )
     watch_min_relevance: float = Field(
         0.25, ge=-1.0, le=1.0, description="A watch's min_relevance (dense cosine) when the "

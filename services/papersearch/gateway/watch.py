@@ -18,9 +18,11 @@ cosines (every vector is L2-normalised), compared with each watch's min_relevanc
 pairs above it are checked against the watch's filter, in Python. No search runs
 per watch or per paper, and nothing is encoded again.
 
-Each watcher has a bounded queue of matches; ``publish`` never waits for a watcher. One that
-falls ``serve.watch_queue`` matches behind (it reads too slowly) is ended with
-RESOURCE_EXHAUSTED; a drain ends every watch with UNAVAILABLE (``close``).
+Each watcher has a bounded queue of matches; ``publish`` never waits for a watcher. One that a
+batch finds still ``serve.watch_queue`` matches behind (it reads too slowly) is ended with
+RESOURCE_EXHAUSTED; a batch alone never ends it (a bulk ingest can match a broad watch
+thousands of times in one poll, before any watcher could read), so a queue holds at most
+``watch_queue`` plus one batch's matches. A drain ends every watch with UNAVAILABLE (``close``).
 """
 
 from __future__ import annotations
@@ -85,8 +87,10 @@ class Watch:
     ended: tuple[grpc.StatusCode, str] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def offer(self, match: Match) -> None:
-        if self.ended is not None:
+    def offer(self, matches: Sequence[Match]) -> None:
+        """Queue one batch's matches, or end the watch if the batch finds it still
+        ``capacity`` matches behind."""
+        if self.ended is not None or not matches:
             return
         if len(self.pending) >= self.capacity:
             self.pending.clear()
@@ -94,7 +98,7 @@ class Watch:
                      f"this watcher fell {self.capacity} matches behind (serve.watch_queue): "
                      "the watch ended; reconnect, with replay_since to catch up")
             return
-        self.pending.append(match)
+        self.pending.extend(matches)
         self.wake.set()
 
     def end(self, code: grpc.StatusCode, message: str) -> None:
@@ -164,13 +168,14 @@ class WatchHub:
                         extra={"papers": vectors.shape, "watches": self._matrix.shape})
             return 0
         cosines = self._matrix @ vectors.T  # watches x papers
-        count = 0
+        batches: dict[int, list[Match]] = {}
         for row, column in zip(*np.nonzero(cosines >= self._thresholds[:, None]), strict=True):
             watch, paper = self._rows[row], papers[column]
             if matches_filter(watch.filter, paper):
-                watch.offer(Match(paper, float(cosines[row, column])))
-                count += 1
-        return count
+                batches.setdefault(row, []).append(Match(paper, float(cosines[row, column])))
+        for row, matches in batches.items():
+            self._rows[row].offer(matches)
+        return sum(map(len, batches.values()))
 
     def retarget(self, embedder: str) -> None:
         """End the watches whose query vector another embedder made: new papers are encoded
