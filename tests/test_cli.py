@@ -48,8 +48,49 @@ def test_top_k_defaults_to_the_settings_default() -> None:
     settings = Settings(search=SearchSettings(default_top_k=5, max_top_k=5))
     for command in (["search", "q"], ["similar", "p1"]):
         args = build_parser().parse_args(command)
-        assert _top_k(args, settings) == 5
-    assert _top_k(build_parser().parse_args(["search", "q", "--top-k", "3"]), settings) == 3
+        assert _top_k(args, settings, remote=False) == 5
+        assert _top_k(args, settings, remote=True) == 0  # a gateway's own default
+    args = build_parser().parse_args(["search", "q", "--top-k", "3"])
+    assert _top_k(args, settings, remote=False) == _top_k(args, settings, remote=True) == 3
+
+
+class Searches(pb_grpc.SearchServiceServicer):
+    """A gateway whose limits are not this machine's: it records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[Any] = []
+
+    def Search(self, request: pb.SearchRequest,  # noqa: N802
+               context: grpc.ServicerContext) -> pb.SearchResponse:
+        self.asked.append(request)
+        return pb.SearchResponse()
+
+    def SimilarPapers(self, request: pb.SimilarPapersRequest,  # noqa: N802
+                      context: grpc.ServicerContext) -> pb.SearchResponse:
+        self.asked.append(request)
+        return pb.SearchResponse()
+
+
+def test_a_gateway_judges_a_query_by_its_own_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --target the query was refused by this machine's settings (max_top_k 100,
+    max_query_chars 2,048) before the gateway, whose limits may be larger, saw it; and an unset
+    --top-k sent this machine's default, not the gateway's."""
+    searches = Searches()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_SearchServiceServicer_to_server(searches, server)
+    target = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(target)
+    server.start()
+    monkeypatch.setenv("PAPERSEARCH_SEARCH__DEFAULT_TOP_K", "7")
+    try:
+        assert main(["search", "q" * 3000, "--top-k", "150", "--target", target]) == 0
+        assert main(["search", "q", "--target", target]) == 0
+        assert main(["similar", "p1", "--top-k", "150", "--target", target]) == 0
+        assert main(["similar", "p1", "--target", target]) == 0
+    finally:
+        server.stop(0)
+    assert [(len(getattr(r, "query", "")), r.top_k) for r in searches.asked] == [
+        (3000, 150), (1, 0), (0, 150), (0, 0)]
 
 
 def test_a_mistyped_reranker_source_fails_before_the_embedders_export(

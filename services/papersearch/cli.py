@@ -195,15 +195,17 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 def _search(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.pipeline.query import SearchQuery
 
+    remote = _remote(args)
     query = SearchQuery(
-        text=args.query, top_k=_top_k(args, settings), mode=args.mode,
+        text=args.query, top_k=_top_k(args, settings, remote), mode=args.mode,
         rerank=not args.no_rerank,
         filter=_filter(args), min_relevance=args.min_relevance, explain=args.explain,
         feedback=args.feedback,
-    ).validate(settings.search)  # a bad query is reported before any model or index is loaded
-    if _remote(args):
+    )
+    if remote:  # the gateway checks it against its own limits, not this machine's settings
         result = _ask_gateway(args, lambda client: client.search(query))
     else:
+        query.validate(settings.search)  # reported before any model or index is loaded
         from papersearch.pipeline.factory import build_pipeline
 
         pipeline, store = build_pipeline(settings)
@@ -213,8 +215,12 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _top_k(args: argparse.Namespace, settings: Settings) -> int:
-    return settings.search.default_top_k if args.top_k is None else args.top_k
+def _top_k(args: argparse.Namespace, settings: Settings, remote: bool) -> int:
+    """--top-k, else the default: this machine's ``search.default_top_k``, or for a gateway 0
+    (the API's "its default")."""
+    if args.top_k is not None:
+        return int(args.top_k)
+    return 0 if remote else settings.search.default_top_k
 
 
 def _similar(settings: Settings, args: argparse.Namespace) -> int:
@@ -222,17 +228,18 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.api import convert
     from papersearch.index.query import Examples
 
+    remote = _remote(args)
     query = convert.SimilarQuery(Examples(tuple(args.paper_ids), tuple(args.unlike),
-                                          args.strategy), _top_k(args, settings),
+                                          args.strategy), _top_k(args, settings, remote),
                                  _filter(args))
-    # checked as the gateway checks it, before any model or index is loaded
-    query = convert.similar_query_from_proto(convert.similar_query_to_proto(query),
-                                             settings.search)
     started = time.perf_counter()
-    if _remote(args):
+    if remote:  # the gateway checks it against its own limits
         result = _ask_gateway(args, lambda client: client.similar(
             query.examples, query.top_k, query.filter))
     else:
+        # checked as the gateway checks it, before any model or index is loaded
+        query = convert.similar_query_from_proto(convert.similar_query_to_proto(query),
+                                                 settings.search)
         from papersearch.pipeline.factory import open_live
         from papersearch.pipeline.query import SearchHit, SearchResult, StageScores
 
