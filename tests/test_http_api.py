@@ -187,12 +187,35 @@ def test_a_body_that_stops_arriving_is_refused_in_time(
     servers.start(backend, http_port=port, http_body_timeout_s=0.5)
     for path, content_type in ((SEARCH, "application/json"), (UPSERT, openapi.NDJSON)):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-            connection.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            connection.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
                                f"{content_type}\r\nContent-Length: 1000\r\n\r\n".encode()
                                + b'{"query": ')
             answer = connection.recv(65536).decode()
         assert answer.startswith("HTTP/1.1 408"), answer[:200]
         assert "serve.http_body_timeout_s" in answer
+
+
+def test_without_keys_only_loopback_names_are_answered(
+    scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """DNS rebinding: a page the developer visits points its host name at 127.0.0.1, and the
+    browser, taking this keyless server (``make run``) for that page's origin, sends it JSON
+    POSTs (DeletePapers) with that name in Host; they were answered."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    base = f"http://127.0.0.1:{port}"
+    delete = "/papersearch.v1.IndexService/DeletePapers"
+    status, body = call(base + delete, {"paper_ids": ["http-1"]}, key=None,
+                        headers={"Host": f"rebound.example:{port}"})
+    assert status == 403 and body["error"]["status"] == "PERMISSION_DENIED"
+    assert "not a loopback name" in body["error"]["message"]
+    assert call(base + "/readyz", method="GET", key=None, headers={"Host": "rebound.example"}
+                )[0] == 403
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "app.localhost"):
+        status, body = call(base + SEARCH, {"query": "gateway", "top_k": 1}, key=None,
+                            headers={"Host": host})
+        assert status == 200 and body["hits"][0]["paper"]["paper_id"] == "http-1", host  # kept
 
 
 def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,7 @@ from papersearch.gateway import page
 from papersearch.gateway.auth import Keys
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
-from papersearch.settings import ServeSettings
+from papersearch.settings import ServeSettings, is_loopback
 from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class HttpFront:
         app = web.Application(client_max_size=serve.max_receive_bytes)
         app.middlewares.extend([_cors(app, serve.http_cors_origins),
                                 _errors_as_json(serve.max_receive_bytes)])
+        if self.keys is None and is_loopback(serve.grpc_host):
+            app.middlewares.append(_loopback_names_only)
         for service in pb.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 app.router.add_post(openapi.http_path(method), self._route(method))
@@ -423,6 +425,32 @@ def _cors(app: web.Application, origins: Sequence[str]) -> Any:
 
     app.on_response_prepare.append(on_prepare)
     return preflight
+
+
+@web.middleware
+async def _loopback_names_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Without keys, on a loopback address (``make run``): only requests addressed to a loopback
+    name. A web page the developer visits can point its own host name at 127.0.0.1 (DNS
+    rebinding); the browser then takes this server for that page's origin, and its JSON POSTs
+    (DeletePapers) would need no key. Such requests name that page's host in ``Host``."""
+    host = request.headers.get("Host")
+    if host is None or _loopback_name(host):
+        return await handler(request)
+    raise HttpError("PERMISSION_DENIED", f"Host {quoted(host)} is not a loopback name: without "
+                    "API keys this server answers only requests to localhost, 127.0.0.1 or "
+                    "[::1] (a guard against DNS rebinding); configure serve.api_keys to serve "
+                    "other names")
+
+
+def _loopback_name(host: str) -> bool:
+    """Whether a ``Host`` header (name or address, with or without a port) is loopback."""
+    if host.startswith("["):  # [::1]:8000
+        name = host[1:host.find("]")]
+    elif host.count(":") == 1:  # 127.0.0.1:8000, localhost:8000
+        name = host.rpartition(":")[0]
+    else:
+        name = host
+    return is_loopback(name) or name.casefold().endswith(".localhost")
 
 
 def _errors_as_json(max_bytes: int) -> Any:
