@@ -20,6 +20,9 @@ def test_a_staged_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         assert not target.exists()  # nothing under the final name while it is built
     assert (target / "sub" / "weights.bin").read_bytes() == b"w"
     assert [p.name for p in target.parent.iterdir()] == ["model"]
+    # readable by other users (mkdtemp makes 0700: the image's UID 10001 could not enter
+    # the model versions that root copied in)
+    assert target.stat().st_mode & 0o777 == 0o755
 
     with pytest.raises(RuntimeError), staged(tmp_path / "failed") as staging:
         (staging / "half").write_text("x")

@@ -65,11 +65,14 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
     and the parent after it; an error in the block removes it and leaves ``target`` as it was.
     ``replace`` swaps out an existing ``target`` (the old one is removed just before the
     rename); otherwise an existing non-empty ``target`` fails the rename (FileExistsError).
+    ``target`` gets a directory's usual mode, 0755 (mkdtemp's 0700 kept every other user out:
+    the container image runs as UID 10001 and copied the folders as root's).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
                                     dir=target.parent))
     try:
+        staging.chmod(0o755)
         yield staging
         sync_tree(staging)
         if replace:
