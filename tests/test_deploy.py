@@ -347,3 +347,16 @@ def test_the_image_model_build_has_the_default_training_corpora() -> None:
               for path in TrainingSettings().corpora if path.as_posix().startswith("../shared/")}
     missing = {w for w in wanted if not any(w == c or w.startswith(c + "/") for c in copied)}
     assert wanted and not missing, missing
+
+
+def test_the_image_installs_the_lock() -> None:
+    """The image resolved every range afresh (newest ray, grpcio-tools, onnxruntime), not the
+    locked versions the tests ran: each install of papersearch, and the stubs' build, is
+    constrained by requirements/constraints.txt, which the build context includes."""
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    installs = re.findall(r"pip (?:install|wheel) [^\n]*papersearch[^\n]*|pip wheel [^\n]*",
+                          dockerfile)
+    assert len(installs) >= 3 and all("constraint" in line or "-c " in line
+                                      for line in installs), installs
+    assert "COPY requirements/constraints.txt /constraints.txt" in dockerfile
+    assert "!requirements/constraints.txt" in (ROOT / ".dockerignore").read_text().splitlines()
