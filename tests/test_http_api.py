@@ -218,6 +218,30 @@ def test_without_keys_only_loopback_names_are_answered(
         assert status == 200 and body["hits"][0]["paper"]["paper_id"] == "http-1", host  # kept
 
 
+def test_health_without_its_grpc_server_says_unknown(tmp_path: Path) -> None:
+    """/readyz answered a failed hop with an error object (the page showed "not ready
+    (undefined)") whose message named the gateway's private unix socket."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from papersearch.gateway.http_api import HttpFront
+    from papersearch.settings import ServeSettings
+
+    socket = tmp_path / "no-such.sock"
+
+    async def probe() -> list[tuple[int, str]]:
+        front = HttpFront(ServeSettings(http_port=free_port()), f"unix:{socket}")
+        try:
+            async with TestClient(TestServer(front.runner.app)) as client:
+                return [(r.status, await r.text())
+                        for r in [await client.get(p) for p in ("/readyz", "/healthz")]]
+        finally:
+            await front.channel.close()
+
+    for status, body in asyncio.run(probe()):
+        assert status == 503 and json.loads(body) == {"status": "UNKNOWN"}
+        assert str(socket) not in body
+
+
 def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lines of a body that arrives in pieces, line ends at and inside piece edges."""
     from papersearch.gateway import http_api

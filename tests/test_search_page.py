@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -109,7 +110,8 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 def wait_for(chrome: webdriver.Chrome, condition: Callable[[], Any], what: str,
              timeout: float = 60.0) -> Any:
-    return WebDriverWait(chrome, timeout, poll_frequency=0.1).until(
+    return WebDriverWait(chrome, timeout, poll_frequency=0.1,  # re-rendered meanwhile: again
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda _: condition(), message=what)
 
 
@@ -323,3 +325,79 @@ def test_page_asks_for_the_api_key_the_server_wants(browser: webdriver.Chrome,
     assert chrome.execute_script(
         "return sessionStorage.getItem('papersearch-api-key')") == KEY
     assert KEY not in chrome.current_url
+
+
+# Slows the page's own API calls by path (window.slow: path -> ms) and records the calls a
+# newer search aborted (window.aborted): late answers on demand, as on a loaded server.
+SLOW_FETCH = """
+window.slow = {}; window.aborted = 0;
+const fetched = window.fetch.bind(window);
+window.fetch = async (path, options = {}) => {
+  let answered = false;
+  if (options.signal) {
+    options.signal.addEventListener("abort", () => { if (!answered) window.aborted += 1; });
+  }
+  try {
+    const wait = window.slow[path] || 0;
+    if (wait) await new Promise((done) => setTimeout(done, wait));
+    return await fetched(path, options);
+  } finally {
+    answered = true;
+  }
+};
+"""
+
+
+@needs_browser
+def test_page_history_late_answers_and_a_bad_key(browser: webdriver.Chrome,
+                                                 scratch: tuple[Servers, LocalBackend]) -> None:
+    """Each search is a history entry that Back runs again (the address was replaced: Back
+    left the page, and "explain" was not kept); a "Similar papers" answer that arrives after
+    a newer search no longer overwrites its status line; a superseded search is aborted; a key
+    the browser cannot send is reported as such (it was "the service could not be reached")."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    chrome = browser
+    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee+swarms&explain=1")
+    wait_for(chrome, lambda: result_ids(chrome), "the search in the address ran")
+    assert result_ids(chrome)[0] == "page-bees"
+    assert chrome.find_element(By.ID, "explain").is_selected()
+    query = chrome.find_element(By.ID, "query")
+    query.clear()
+    query.send_keys("bm25 keyword baseline")
+    submit(chrome)
+    assert result_ids(chrome)[0] == "page-bm25" and "q=bm25" in chrome.current_url
+    chrome.back()
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "Back ran the first search")
+    assert query.get_attribute("value") == "honeybee swarms" and "explain=1" in chrome.current_url
+    chrome.forward()
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bm25"], "Forward ran it again")
+
+    chrome.execute_script(SLOW_FETCH + "window.slow['/papersearch.v1.SearchService/"
+                          "SimilarPapers'] = 1500;")
+    chrome.find_element(By.CSS_SELECTOR, "#results > li:first-child .similar-button").click()
+    query.clear()
+    query.send_keys("protein folding attention")
+    status = submit(chrome)
+    assert status.startswith(f"{len(PAPERS)} results for \u201cprotein folding"), status
+    chrome.execute_script("return new Promise((done) => setTimeout(done, 2500));")
+    assert chrome.find_element(By.ID, "status").text == status  # the late similar: not shown
+    assert not chrome.find_element(By.ID, "error").is_displayed()
+
+    chrome.execute_script("window.slow['/papersearch.v1.SearchService/Search'] = 1000;")
+    query.send_keys(Keys.ENTER)
+    query.send_keys(" again", Keys.ENTER)
+    wait_for(chrome, lambda: chrome.execute_script("return window.aborted") == 1,
+             "the first of two searches aborted")
+    wait_for(chrome, lambda: chrome.find_element(By.ID, "status").text.startswith(
+        f"{len(PAPERS)} results for \u201cprotein folding attention again"), "the second answered")
+    assert chrome.execute_script("return window.aborted") == 1
+
+    chrome.find_element(By.ID, "key-box").click()
+    chrome.find_element(By.ID, "api-key").send_keys("key\u2019s")
+    query.send_keys(Keys.ENTER)
+    error = chrome.find_element(By.ID, "error")
+    wait_for(chrome, error.is_displayed, "the key refused")
+    assert "other than printable ASCII" in error.text
+    chrome.execute_script("sessionStorage.clear();")

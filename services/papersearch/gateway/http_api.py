@@ -182,8 +182,12 @@ class HttpFront:
             try:
                 answer = await self.health.Check(
                     health_pb2.HealthCheckRequest(service=service), timeout=5.0)
-            except grpc.aio.AioRpcError as error:
-                raise _from_rpc(error) from None
+            except grpc.aio.AioRpcError as error:  # the details name the private socket
+                log.warning("http health: the gRPC server did not answer", extra={
+                    "service": service, "code": error.code().name,
+                    "reason": (error.details() or "")[:200]})
+                return web.json_response({"status": "UNKNOWN"},
+                                         status=openapi.HTTP_STATUS[error.code().name])
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
             return web.json_response({"status": status},
                                      status=200 if status == "SERVING" else 503)

@@ -18,6 +18,12 @@ const $ = (id) => document.getElementById(id);
 let searchSerial = 0;
 let similarSerial = 0;
 let recommendSerial = 0;
+// The status line and the error box belong to the latest action (a search, similar papers,
+// recommendations): an earlier one that answers late must not overwrite them.
+let statusSerial = 0;
+const owns = (claim) => claim === statusSerial;
+// A search superseded by a newer one is aborted: the server stops its work (rerank, feedback).
+let searchAbort = null;
 // Examples for recommendations: paper id -> title, chosen with "More like this" / "Less like this".
 const examples = {positive: new Map(), negative: new Map()};
 
@@ -42,14 +48,20 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
-async function call(path, body) {
+async function call(path, body, signal = undefined) {
   const headers = {"Content-Type": "application/json", "x-timeout-ms": String(TIMEOUT_MS)};
   const key = $("api-key").value.trim();
+  // a header value the browser cannot send (a pasted curly quote) fails before any request
+  if (key && !/^[\x20-\x7e]+$/.test(key)) {
+    throw new ApiError("UNAUTHENTICATED",
+                       "the API key has a character other than printable ASCII (keys are ASCII)");
+  }
   if (key) headers["x-api-key"] = key;
   let response;
   try {
-    response = await fetch(path, {method: "POST", headers, body: JSON.stringify(body)});
+    response = await fetch(path, {method: "POST", headers, body: JSON.stringify(body), signal});
   } catch (error) {
+    if (error.name === "AbortError") throw new ApiError("CANCELLED", "superseded");
     throw new ApiError("UNAVAILABLE", "the service could not be reached");
   }
   let answer = null;
@@ -228,6 +240,7 @@ function renderExamples() {
 
 async function recommend() {
   const serial = ++recommendSerial;
+  const claim = ++statusSerial;
   clearError();
   $("status").textContent = "Finding recommendations…";
   try {
@@ -238,10 +251,11 @@ async function recommend() {
     const hits = answer.hits || [];
     $("recommendations").replaceChildren(
       ...hits.map((hit, index) => renderHit(hit, index + 1, 3, `recommended-${serial}`)));
+    if (!owns(claim)) return;
     $("status").textContent = `${hits.length} recommendation${hits.length === 1 ? "" : "s"}.`;
     $("recommendations-heading").focus();
   } catch (error) {
-    if (serial !== recommendSerial) return;
+    if (serial !== recommendSerial || !owns(claim)) return;
     $("status").textContent = "";
     showError(error);
   }
@@ -264,6 +278,7 @@ async function toggleSimilar(paper, button, section, level) {
   button.setAttribute("aria-expanded", "true");
   button.disabled = true;
   const serial = ++similarSerial;
+  const claim = ++statusSerial;
   clearError();
   $("status").textContent = `Finding papers similar to \u201c${paper.title || paper.paper_id}\u201d\u2026`;
   try {
@@ -279,10 +294,12 @@ async function toggleSimilar(paper, button, section, level) {
     section.replaceChildren(heading, hits.length ? list
                                                  : element("p", {}, "No similar papers found."));
     section.hidden = false;
+    if (!owns(claim) || !section.isConnected) return;  // a newer action, or new results
     $("status").textContent = `${hits.length} similar paper${hits.length === 1 ? "" : "s"}.`;
     heading.focus();
   } catch (error) {
     button.setAttribute("aria-expanded", "false");
+    if (!owns(claim) || !section.isConnected) return;
     $("status").textContent = "";
     showError(error);
   } finally {
@@ -302,12 +319,15 @@ async function search(event) {
   // Query feedback: the server's default until the box is changed (or the address says).
   if ($("feedback").dataset.asked) request.feedback = $("feedback").checked;
   const serial = ++searchSerial;
+  const claim = ++statusSerial;
+  if (searchAbort) searchAbort.abort();
+  searchAbort = new AbortController();
   remember();
   clearError();
   $("status").textContent = "Searching\u2026";
   $("search-form").setAttribute("aria-busy", "true");
   try {
-    const answer = await call(SEARCH, request);
+    const answer = await call(SEARCH, request, searchAbort.signal);
     if (serial !== searchSerial) return;  // a newer search is under way
     const hits = answer.hits || [];
     const list = $("results");
@@ -324,22 +344,30 @@ async function search(event) {
     if (!$("feedback").dataset.asked) $("feedback").checked = Boolean(answer.feedback);
     if (total !== undefined) details.push(`${Math.round(total)} ms`);
     if (answer.below_min_relevance) details.push(`${answer.below_min_relevance} below cut-off`);
+    if (!owns(claim)) return;  // similar papers or recommendations asked for since
     $("status").textContent = hits.length
       ? `${hits.length} result${hits.length === 1 ? "" : "s"} for \u201c${query}\u201d (${details.join(", ")}).`
       : `No results for \u201c${query}\u201d with these filters.`;
   } catch (error) {
     if (serial !== searchSerial) return;
     $("results").replaceChildren();
+    if (!owns(claim)) return;
     $("status").textContent = "";
     showError(error);
   } finally {
-    if (serial === searchSerial) $("search-form").removeAttribute("aria-busy");
+    if (serial === searchSerial) {
+      $("search-form").removeAttribute("aria-busy");
+      searchAbort = null;  // answered: nothing left to abort
+    }
   }
 }
 
-// The form's state in the address (shareable, back/forward), restored on load.
+// The form's state in the address: shareable, and each distinct search one history entry
+// that Back and Forward run again; restored on load. Fields the address lacks get their
+// defaults (the page's own markup).
 const FIELDS = [["q", "query"], ["mode", "mode"], ["from", "published-from"],
                 ["to", "published-to"], ["cat", "categories"], ["k", "top-k"]];
+const DEFAULTS = new Map(FIELDS.map(([, id]) => [id, $(id).defaultValue ?? $(id).value]));
 
 function remember() {
   const params = new URLSearchParams();
@@ -347,21 +375,40 @@ function remember() {
     if ($(id).value) params.set(name, $(id).value);
   }
   if (!$("rerank").checked) params.set("rerank", "0");
+  if ($("explain").checked) params.set("explain", "1");
   if ($("feedback").dataset.asked) params.set("fb", $("feedback").checked ? "1" : "0");
-  history.replaceState(null, "", `${location.pathname}?${params}`);
+  const address = `${location.pathname}?${params}`;
+  if (address !== `${location.pathname}${location.search}`) history.pushState(null, "", address);
 }
 
 function restore() {
   const params = new URLSearchParams(location.search);
   for (const [name, id] of FIELDS) {
-    if (params.has(name)) $(id).value = params.get(name);
+    $(id).value = params.has(name) ? params.get(name) : DEFAULTS.get(id);
   }
-  if (params.get("rerank") === "0") $("rerank").checked = false;
+  if ($("mode").selectedIndex < 0) $("mode").selectedIndex = 0;  // an unknown mode
+  $("rerank").checked = params.get("rerank") !== "0";
+  $("explain").checked = params.get("explain") === "1";
   if (["0", "1"].includes(params.get("fb"))) {
     $("feedback").checked = params.get("fb") === "1";
     $("feedback").dataset.asked = "yes";
+  } else {
+    delete $("feedback").dataset.asked;
   }
   return params.has("q");
+}
+
+// Back / Forward: the search that address holds, or the empty page.
+function navigated() {
+  if (restore()) {
+    search();
+    return;
+  }
+  ++searchSerial;
+  if (searchAbort) searchAbort.abort();
+  $("results").replaceChildren();
+  $("status").textContent = "";
+  clearError();
 }
 
 async function health() {
@@ -371,8 +418,9 @@ async function health() {
   try {
     const response = await fetch("/readyz", {cache: "no-store"});
     const answer = await response.json();
-    state = answer.status === "SERVING" ? "ready" : "not-ready";
-    text = state === "ready" ? "Service: ready" : `Service: not ready (${answer.status})`;
+    const status = answer.status || (answer.error && answer.error.status) || response.status;
+    state = status === "SERVING" ? "ready" : "not-ready";
+    text = state === "ready" ? "Service: ready" : `Service: not ready (${status})`;
   } catch (error) {
     // unreachable, as set above
   }
@@ -393,6 +441,7 @@ function start() {
   $("recommend-button").addEventListener("click", recommend);
   $("clear-examples").addEventListener("click", clearExamples);
   $("feedback").addEventListener("change", () => { $("feedback").dataset.asked = "yes"; });
+  window.addEventListener("popstate", navigated);
   health();
   setInterval(health, HEALTH_EVERY_MS);
   if (restore()) search();
