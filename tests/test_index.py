@@ -547,11 +547,48 @@ def test_explain_gives_each_stage_the_fusion_and_the_matched_terms(
     assert why.dense == StageRank(1, dense_only[0].score)
 
 
+def record_creation(store: Store) -> list[dict[str, Any]]:
+    """The create_collection requests a server store sends from now on (local mode keeps no
+    layout to read back); an embedded store's layout is its edge_config.json instead."""
+    created: list[dict[str, Any]] = []
+    if isinstance(store, ServerStore):
+        create = store.client.create_collection
+
+        def recorded(*args: Any, **kwargs: Any) -> bool:
+            created.append(kwargs)
+            return create(*args, **kwargs)
+
+        store.client.create_collection = recorded  # type: ignore[method-assign]
+    return created
+
+
+def dense_layout(store: Store, created: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the engine was told of the dense vectors: int8 type, on-disk vectors and payload."""
+    if isinstance(store, EdgeStore):
+        config = json.loads((store.path / "edge_config.json").read_text())
+        scalar = (config.get("quantization_config") or {}).get("scalar") or {}
+        return {"int8": scalar.get("type") == "int8", "on_disk": config["vectors"]["dense"][
+            "on_disk"], "on_disk_payload": config["on_disk_payload"]}
+    (request_,) = created
+    vectors = request_["vectors_config"][DENSE_NAME]
+    quantization = vectors.quantization_config
+    return {"int8": quantization is not None and quantization.scalar.type == "int8",
+            "on_disk": vectors.on_disk, "on_disk_payload": request_["on_disk_payload"]}
+
+
 def test_int8_quantization(factory: Factory) -> None:
+    """The setting reaches the engine (with 30 points no quantized segment is built, so the
+    answer alone could not tell), and searches answer."""
     s = factory(quantization="int8")
+    created = record_creation(s)
     s.ensure_collection(DIM, SHA)
     s.upsert(PAPERS, DENSE, SPARSE)
+    assert dense_layout(s, created)["int8"]
     assert ids(s.query(request("dense", 11, limit=1))) == [PAPERS[11].id]
+    plain = factory(collection="plain")
+    created = record_creation(plain)
+    plain.ensure_collection(DIM, SHA)
+    assert not dense_layout(plain, created)["int8"]
 
 
 def test_the_scale_layout_is_built_and_searched(factory: Factory, tmp_path: Path) -> None:
@@ -560,23 +597,10 @@ def test_the_scale_layout_is_built_and_searched(factory: Factory, tmp_path: Path
     layout = {"quantization": "int8", "quantization_oversampling": 3.0,
               "on_disk_vectors": True, "on_disk_payload": True}
     s = factory(**layout)
-    created: list[dict[str, Any]] = []
-    if isinstance(s, ServerStore):  # local mode keeps no on_disk flags: read the request
-        create = s.client.create_collection
-
-        def recorded(*args: Any, **kwargs: Any) -> bool:
-            created.append(kwargs)
-            return create(*args, **kwargs)
-
-        s.client.create_collection = recorded  # type: ignore[method-assign]
+    created = record_creation(s)
     s.ensure_collection(DIM, SHA)
     s.upsert(PAPERS, DENSE, SPARSE)
-    if isinstance(s, EdgeStore):
-        config = json.loads((s.path / "edge_config.json").read_text())
-        assert config["on_disk_payload"] and config["vectors"]["dense"]["on_disk"]
-    else:
-        (request_,) = created
-        assert request_["on_disk_payload"] and request_["vectors_config"][DENSE_NAME].on_disk
+    assert dense_layout(s, created) == {"int8": True, "on_disk": True, "on_disk_payload": True}
     s.close()
     again = factory(**layout)
     again.ensure_collection(DIM, SHA, create=False)
