@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 from typing import Any
 
@@ -138,16 +137,6 @@ def test_a_calibrated_step_load_scales_once_each_way_at_any_machine_speed(
     band = Band()
     assert decisions(capacity_qps, lambda busy, _, n: band.replicas(busy, n)) == [
         (0.8, 1, 2), (0.15, 2, 1)]
-
-
-def test_an_in_flight_target_depends_on_machine_speed() -> None:
-    """Serve's default policy (in flight / target, here the 0.3 this project used) at the same
-    fractions: right on one machine, a scale-up in the low step on a faster one."""
-    def default(_: float, in_flight: float, __: int) -> int:
-        return max(1, math.ceil(in_flight / 0.3))
-
-    assert decisions(220.0, default) == [(0.8, 1, 2), (0.15, 2, 1)]
-    assert decisions(3000.0, default)[0] == (0.15, 1, 2)
 
 
 def context(current: int, utilization: dict[int, float] | None,
