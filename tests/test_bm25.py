@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Generator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from papersearch.corpus.paper import Paper
 from papersearch.evaluation.harness import corpus_digest, index_name, mean_words
+from papersearch.index.edge import EdgeStore
+from papersearch.index.query import SearchRequest
 from papersearch.index.sparse import Bm25Encoder, SparseVector, document_text
-from papersearch.index.store import Store
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings
 
@@ -97,27 +95,32 @@ def test_title_weight_repeats_the_title_for_bm25() -> None:
         document_text(PAPER, 0)
 
 
-def test_the_retriever_stores_title_weighted_vectors() -> None:
-    """Ingestion and the gateway write through Retriever.upsert_program: its BM25 vectors
-    follow index.bm25_title_weight (queries do not)."""
-    written: list[Sequence[SparseVector]] = []
-
-    def upsert_program(papers: Sequence[Paper], dense: np.ndarray,
-                       sparse: Sequence[SparseVector]) -> Generator[Any, Any, int]:
-        written.append(sparse)
-        return len(papers)
-        yield  # a program that runs no engine step
-
+def test_the_retriever_stores_title_weighted_vectors(tmp_path: Path) -> None:
+    """Ingestion and the gateway write through Retriever.upsert_program: the BM25 vectors the
+    embedded index then holds follow index.bm25_title_weight (queries do not)."""
+    vector = np.zeros((1, 4), dtype=np.float32)
+    vector[0, 0] = 1.0
+    stored = []
     for weight in (1, 3):
-        settings = IndexSettings(bm25_avg_len=12.0, bm25_title_weight=weight)
-        store = cast(Store, SimpleNamespace(settings=settings, upsert_program=upsert_program))
-        retriever = Retriever(store)
-        program = retriever.upsert_program([PAPER], np.zeros((1, 4), dtype=np.float32))
-        with pytest.raises(StopIteration):
-            next(program)
-        assert written[-1] == Bm25Encoder(12.0, title_weight=weight).papers([PAPER])
+        settings = IndexSettings(data_dir=tmp_path / f"title{weight}", bm25_avg_len=12.0,
+                                 bm25_title_weight=weight)
+        store = EdgeStore(settings)
+        try:
+            store.ensure_collection(4, "e" * 64)
+            retriever = Retriever(store)
+            assert retriever.upsert([PAPER], vector) == 1
+            (record,) = store.execute(store.feedback_program(
+                SearchRequest(mode="hybrid", dense=vector[0],
+                              sparse=retriever.bm25.query(PAPER.title), limit=1)))
+        finally:
+            store.close()
+        assert record.sparse is not None
+        (expected,) = Bm25Encoder(12.0, title_weight=weight).papers([PAPER])
+        assert dict(zip(record.sparse.indices, record.sparse.values, strict=True)) == \
+            pytest.approx(dict(zip(expected.indices, expected.values, strict=True)))
         assert retriever.bm25.query(PAPER.title) == Bm25Encoder(12.0).query(PAPER.title)
-    assert written[0] != written[1]
+        stored.append(record.sparse)
+    assert stored[0] != stored[1]
 
 
 def test_mean_words_counts_the_repeated_title() -> None:
