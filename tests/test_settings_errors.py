@@ -62,14 +62,69 @@ def test_an_invalid_environment_variable_is_named(
 def test_every_invalid_value_of_a_settings_file_is_named(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    settings_file(monkeypatch, tmp_path / "settings.yaml",
-                  "index:\n  fusion: nope\n  prefetch_limit: 0\n")
+    path = settings_file(monkeypatch, tmp_path / "settings.yaml",
+                         "index:\n  fusion: nope\n  prefetch_limit: 0\n")
+    monkeypatch.setenv("PAPERSEARCH_INDEX__PREFETCH_LIMIT", "-1")  # the variable wins
     line = error_line(capsys)
     assert line.startswith("papersearch: error: invalid settings: ")
-    assert "index.fusion (PAPERSEARCH_INDEX__FUSION): Input should be 'rrf', 'dbsf' or " \
+    # named where it was set: the file (not a variable nobody set), or the variable
+    assert f"index.fusion (settings file {path}): Input should be 'rrf', 'dbsf' or " \
            "'convex' (given 'nope')" in line
     assert "index.prefetch_limit (PAPERSEARCH_INDEX__PREFETCH_LIMIT): Input should be greater " \
-           "than or equal to 1 (given 0)" in line
+           "than or equal to 1 (given '-1')" in line
+
+
+def test_a_settings_file_says_each_thing_once(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A second ``serve:`` section dropped the first without a word; a section whose keys
+    are all commented out was "Input should be a valid dictionary"; a file in another
+    encoding was a bare UnicodeDecodeError."""
+    twice = settings_file(monkeypatch, tmp_path / "twice.yaml",
+                          "serve:\n  grpc_port: 1234\nserve:\n  http_port: 8001\n")
+    line = error_line(capsys)
+    assert line.startswith(f"papersearch: error: settings file {twice} ") \
+        and "'serve' is given twice" in line
+    settings_file(monkeypatch, tmp_path / "empty.yaml",
+                  "serve:\n#  grpc_port: 1\nindex:\n  prefetch_limit: 50\n")
+    assert load_settings().index.prefetch_limit == 50
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("serve:\n  grpc_host: caf\xe9\n".encode("latin-1"))
+    monkeypatch.setenv(CONFIG_ENV, str(latin))
+    assert "not UTF-8 text" in error_line(capsys)
+
+
+@pytest.mark.parametrize(("variables", "problem"), [
+    ({"PAPERSEARCH_LOG_LEVEL": "verbose"},
+     "log_level (PAPERSEARCH_LOG_LEVEL): Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or "
+     "'CRITICAL' (given 'VERBOSE')"),  # was a traceback from logging, in every replica too
+    ({"PAPERSEARCH_SERVE__HEALTH_PORT": "50051"},  # the kernel shared its connections
+     "serve (PAPERSEARCH_SERVE): Value error, serve.grpc_port and serve.health_port are both "
+     "50051: each server needs a port of its own"),
+    ({"PAPERSEARCH_TRAINING__MINING_DEPTH": "3"},  # minutes of mining, then "no examples"
+     "training (PAPERSEARCH_TRAINING): Value error, training.mining_depth=3 must exceed "
+     "training.negatives_per_query=3"),
+    ({"PAPERSEARCH_TRAINING__MAX_PAIRS": "-1"},
+     "training.max_pairs (PAPERSEARCH_TRAINING__MAX_PAIRS): Input should be greater than or "
+     "equal to 1 (given '-1')"),
+    ({"PAPERSEARCH_TRAINING__MAX_LENGTH": "1024"},  # BERT has 512 positions: a crash mid-run
+     "training.max_length (PAPERSEARCH_TRAINING__MAX_LENGTH): Input should be less than or "
+     "equal to 512 (given '1024')"),
+    ({"PAPERSEARCH_SERVE__WATCH_POLL_S": "30"},  # polls would skip what the lookback misses
+     "serve (PAPERSEARCH_SERVE): Value error, serve.watch_poll_s=30 must be at most half "
+     "serve.watch_lookback_s=10"),
+])
+def test_settings_that_would_fail_later_are_refused_at_load(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        variables: dict[str, str], problem: str) -> None:
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    assert error_line(capsys) == f"papersearch: error: invalid settings: {problem}"
+
+
+def test_a_log_level_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAPERSEARCH_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
 
 
 def test_a_settings_file_that_is_not_yaml_or_not_there(
@@ -94,3 +149,20 @@ def test_valid_settings_load_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("PAPERSEARCH_TRAINING__TIME_BUDGET_S", "null")
     settings = load_settings()
     assert settings.index.prefetch_limit == 50 and settings.training.time_budget_s is None
+
+
+def test_the_serve_app_pins_every_relative_path(tmp_path: Path) -> None:
+    """Serve replicas may start in another working directory: the gateway's TLS files and
+    drain file were left relative (only models, index and corpus were pinned)."""
+    from papersearch.serving.app import settings_from_args
+
+    settings = settings_from_args({"base_dir": str(tmp_path), "settings": {"serve": {
+        "tls_cert_file": "certs/tls.crt", "tls_key_file": "certs/tls.key",
+        "tls_client_ca_file": "certs/ca.pem", "drain_file": "run/drain"}}})
+    serve = settings.serve
+    for path in (serve.tls_cert_file, serve.tls_key_file, serve.tls_client_ca_file,
+                 serve.drain_file, settings.models.repository, settings.index.data_dir,
+                 settings.corpus_dir):
+        assert path is not None and path.is_absolute() and path.is_relative_to(
+            tmp_path.resolve().parent), path
+    assert serve.drain_file == (tmp_path / "run" / "drain").resolve()

@@ -30,10 +30,10 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    YamlConfigSettingsSource,
 )
 
 CONFIG_ENV = "PAPERSEARCH_CONFIG"
@@ -141,9 +141,11 @@ class TrainingSettings(Section):
     batch_size: int = Field(16, ge=2, description="Pairs per step (groups of 1 + negatives).")
     learning_rate: float = 5e-5
     head_learning_rate_factor: float = Field(20.0, gt=0, description="Fresh head's LR multiple.")
-    max_length: int = Field(160, ge=16)
+    max_length: int = Field(160, ge=16, le=512,
+                            description="Tokens per (query, passage) pair in training; BERT-size "
+                                        "models have 512 positions.")
     max_pairs: int | None = Field(
-        None, description="Cap on papers read per corpus (for quick trials)."
+        None, ge=1, description="Cap on papers read per corpus (for quick trials)."
     )
     torch_threads: int = Field(2, ge=1)
     time_budget_s: float | None = Field(
@@ -157,6 +159,16 @@ class TrainingSettings(Section):
     checkpoint_every_s: float = Field(
         300.0, ge=0, description="Save a resumable checkpoint this often (0: after every step)."
     )
+
+    @model_validator(mode="after")
+    def _negatives_fit_the_candidates(self) -> TrainingSettings:
+        """A query needs its negatives among the candidates other than its own paper: with
+        mining_depth <= negatives_per_query none qualifies, and minutes of mining end in "no
+        training examples"."""
+        if self.mining_depth <= self.negatives_per_query:
+            raise ValueError(f"training.mining_depth={self.mining_depth} must exceed "
+                             f"training.negatives_per_query={self.negatives_per_query}")
+        return self
 
 
 class IndexSettings(Section):
@@ -518,6 +530,29 @@ class ServeSettings(Section):
         return keys
 
     @model_validator(mode="after")
+    def _ports_differ(self) -> ServeSettings:
+        """Two of the gateway's servers on one port: gRPC lets both bind it and the kernel then
+        shares connections between them (health-only calls to the API: UNIMPLEMENTED)."""
+        ports = [(name, port) for name, port in (
+            ("grpc_port", self.grpc_port), ("health_port", self.health_port),
+            ("http_port", self.http_port), ("metrics_port", self.metrics_port)) if port is not None]
+        for i, (name, port) in enumerate(ports):
+            for other, same in ports[i + 1:]:
+                if port == same:
+                    raise ValueError(f"serve.{name} and serve.{other} are both {port}: each "
+                                     "server needs a port of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _polls_within_the_lookback(self) -> ServeSettings:
+        """A poll reads back watch_lookback_s: polls further apart miss what was written
+        between them."""
+        if self.watch_poll_s > self.watch_lookback_s / 2:
+            raise ValueError(f"serve.watch_poll_s={self.watch_poll_s:g} must be at most half "
+                             f"serve.watch_lookback_s={self.watch_lookback_s:g}")
+        return self
+
+    @model_validator(mode="after")
     def _tls_files_together(self) -> ServeSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("serve.tls_cert_file and serve.tls_key_file go together")
@@ -554,7 +589,7 @@ class Settings(BaseSettings):
         env_parse_none_str="null",  # PAPERSEARCH_SERVE__HTTP_PORT=null: no HTTP port
     )
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "text"
     corpus_dir: Path = Path("../shared/corpus/daily-papers")
     eval_dir: Path = Field(Path("data/eval"), description="Evaluation collections (one each).")
@@ -573,6 +608,11 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -589,20 +629,42 @@ class Settings(BaseSettings):
             where = f"settings file {config_file} (--config or {CONFIG_ENV})"
             if not path.is_file():
                 raise FileNotFoundError(f"{where}: no such file")
-            content = yaml.safe_load(path.read_text())
+            try:
+                content = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (safe)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{where}: not UTF-8 text ({error.reason} at byte "
+                                 f"{error.start})") from None
             if content is not None and not isinstance(content, dict):
                 raise ValueError(f"{where}: expected sections (serve:, index:, ...), got a "
                                  f"YAML {type(content).__name__}")
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+            # a section whose keys are all commented out is an empty one, not a null value
+            sections = {name: {} if value is None else value
+                        for name, value in (content or {}).items()}
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=sections))
         return tuple(sources)
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key said twice in one mapping (PyYAML keeps the last: a
+    second ``serve:`` section silently dropped the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build settings, optionally from a YAML file given on the command line. ValueError, in
     one line, where a value does not validate (each invalid setting named) or the file is not
     YAML."""
-    if config_file is not None:
-        os.environ[CONFIG_ENV] = str(config_file)
+    if config_file is not None:  # absolute: Serve replicas may start in another directory
+        os.environ[CONFIG_ENV] = str(config_file.resolve())
     try:
         return Settings(**overrides)
     except ValidationError as error:
@@ -636,8 +698,14 @@ def invalid_settings(error: ValidationError) -> str:
             word in part.lower() for part in where for word in SECRET_WORDS)
         value = f" (given {given!r})" if isinstance(given, str | int | float | bool) \
             and not secret else ""
-        found.append(f"{'.'.join(where)} ({prefix}{'__'.join(map(str, names)).upper()}): "
-                     f"{problem['msg']}{value}")
+        variable = f"{prefix}{'__'.join(map(str, names)).upper()}"
+        # set by neither that variable nor its section's: the settings file's (if any)
+        in_environment = any(
+            name.upper() == variable or variable.startswith(name.upper() + "__")
+            or name.upper().startswith(variable + "__") for name in os.environ)
+        source = variable if in_environment or not os.environ.get(CONFIG_ENV) \
+            else f"settings file {os.environ[CONFIG_ENV]}"
+        found.append(f"{'.'.join(where)} ({source}): {problem['msg']}{value}")
     return "invalid settings: " + "; ".join(found)
 
 

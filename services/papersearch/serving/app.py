@@ -37,7 +37,11 @@ def absolute_paths(settings: Settings, base: Path) -> Settings:
                 "cache_dir": fix(settings.models.cache_dir)}
     )
     index = settings.index.model_copy(update={"data_dir": fix(settings.index.data_dir)})
-    return settings.model_copy(update={"models": models, "index": index,
+    serve = settings.serve.model_copy(update={  # the gateway replica reads these
+        name: fix(path) for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file",
+                                     "drain_file")
+        if (path := getattr(settings.serve, name)) is not None})
+    return settings.model_copy(update={"models": models, "index": index, "serve": serve,
                                        "corpus_dir": fix(settings.corpus_dir)})
 
 
