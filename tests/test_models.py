@@ -121,6 +121,95 @@ def test_a_file_changed_after_the_export_is_refused(embedder_dir: Path, tmp_path
         Encoder(version, RuntimeOptions("fp32"))
 
 
+def test_a_damaged_latest_export_is_exported_again(embedder_dir: Path, tmp_path: Path) -> None:
+    """"export the model again" found the damaged version identical by its fingerprint and
+    reused it: the error stayed."""
+    from papersearch.models.manifest import latest_if_fingerprint
+
+    version = tmp_path / "minilm" / "1"
+    shutil.copytree(embedder_dir, version)
+    fingerprint = read_manifest(version).fingerprint
+    assert latest_if_fingerprint(tmp_path, "minilm", fingerprint) == version
+    (version / "tokenizer.json").write_text((version / "tokenizer.json").read_text() + " ")
+    assert latest_if_fingerprint(tmp_path, "minilm", fingerprint) is None
+
+
+def test_pooling_is_read_for_every_source_and_refused_where_unbuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hub id's pooling was read from a local folder of its name (none: mean for every hub
+    model, CLS ones included); a max or last-token pooling was exported as mean."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from papersearch.modelbuild.export import ExportSpec, _fingerprint, _pooling
+    from papersearch.modelbuild.sources import ResolvedSource
+
+    def folder(name: str, modes: dict[str, bool] | None, normalize: bool = True) -> Path:
+        root = tmp_path / name
+        (root / "1_Pooling").mkdir(parents=True)
+        (root / "config.json").write_text("{}")
+        if modes is not None:
+            (root / "1_Pooling" / "config.json").write_text(json.dumps(modes))
+        modules = [{"type": "sentence_transformers.models.Pooling"}] + (
+            [{"type": "sentence_transformers.models.Normalize"}] if normalize else [])
+        (root / "modules.json").write_text(json.dumps(modules))
+        return root
+
+    def local(root: Path) -> ResolvedSource:
+        return ResolvedSource(str(root), str(root), True)
+
+    mean = folder("mean", {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False})
+    cls = folder("cls", {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
+                 normalize=False)
+    assert _pooling(local(mean)) == ("mean", True) and _pooling(local(cls)) == ("cls", False)
+    assert _pooling(local(folder("bare", None))) == ("mean", True)
+    for modes in ({"pooling_mode_max_tokens": True}, {"pooling_mode_lasttoken": True},
+                  {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}):
+        with pytest.raises(ValueError, match="is not one this export builds"):
+            _pooling(local(folder(f"bad{len(list(tmp_path.iterdir()))}", modes)))
+    # the pooling is part of an export's identity (mean + L2 exports keep their fingerprints)
+    spec = ExportSpec("e", "embedder", local(mean), 256)
+    assert _fingerprint(spec) != _fingerprint(ExportSpec("e", "embedder", local(cls), 256))
+
+    fetched: list[tuple[str, str]] = []
+
+    def hub_download(repo: str, name: str) -> str:  # the hub, as its cache would hold it
+        fetched.append((repo, name))
+        if not (cls / name).is_file():
+            raise EntryNotFoundError(name)
+        return str(cls / name)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_download)
+    assert _pooling(ResolvedSource("BAAI/bge-small", "BAAI/bge-small", False)) == ("cls", False)
+    assert ("BAAI/bge-small", "1_Pooling/config.json") in fetched
+    (cls / "modules.json").unlink()
+    assert _pooling(ResolvedSource("BAAI/bge-small", "BAAI/bge-small", False)) == ("cls", True)
+
+
+def test_a_two_label_cross_encoder_scores_its_relevant_label(tmp_path: Path) -> None:
+    """A cross-encoder with labels (not relevant, relevant) was exported as its first logit:
+    its ranking reversed."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from papersearch.modelbuild.export import CrossEncoderGraph
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, num_labels=2)
+    classifier = BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 100, (3, 7))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        logits = classifier(**inputs).logits
+        scores = CrossEncoderGraph(classifier, 2)(**inputs)
+    torch.testing.assert_close(scores, logits[:, 1] - logits[:, 0])
+    with pytest.raises(ValueError, match="this one has 3"):
+        CrossEncoderGraph(classifier, 3)
+
+
 def test_damaged_int8_graph_falls_back_to_fp32(embedder_dir: Path, fp32: Encoder,
                                                tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
@@ -260,7 +349,10 @@ def test_int8_scheme_can_leave_the_feed_forward_outputs_fp32(embedder_dir: Path,
     from papersearch.modelbuild.sources import ResolvedSource
     from papersearch.models.manifest import FP32_FILE, MANIFEST, TOKENIZER_FILE
 
-    spec = ExportSpec("e", "embedder", ResolvedSource("hub/id", "hub/id", False), 256)
+    folder = tmp_path / "source"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    spec = ExportSpec("e", "embedder", ResolvedSource(str(folder), str(folder), True), 256)
     other = replace(spec, int8_scheme="u8s8-reduce-range-ffn-out-fp32")
     assert _fingerprint(other) != _fingerprint(spec) == _fingerprint(replace(spec))
 
@@ -362,6 +454,27 @@ def test_reranker_input_errors(reranker_dir: Path) -> None:
     # A query longer than the model's max_length (CISI's paragraph queries): cut, not an error.
     paragraph = reranker.score("information retrieval systems " * 200, ["a passage", "another"])
     assert paragraph.shape == (2,) and np.isfinite(paragraph).all()
+
+
+def test_a_long_reranker_query_is_cut_as_in_training(reranker_dir: Path) -> None:
+    """Training cuts a query to query_tokens(max_length) and then only the passage; serving cut
+    both evenly (longest_first), so a long query was scored on inputs it never learnt."""
+    from papersearch.models.runtime import query_tokens
+
+    reranker = Reranker(reranker_dir)
+    limit = reranker.manifest.max_length
+    query, passage = "information retrieval systems " * 200, "dense passage retrieval " * 200
+
+    def parts(pair: tuple[str, str]) -> tuple[int, int]:
+        (encoding,) = reranker.tokenize([pair])
+        assert len(encoding.ids) <= limit
+        passage_tokens = sum(encoding.type_ids)  # [SEP]-ended second segment
+        return len(encoding.ids) - passage_tokens - 2, passage_tokens - 1
+
+    assert parts((query, passage)) == (query_tokens(limit), limit - 3 - query_tokens(limit))
+    short = " ".join(query.split()[:30])  # 30 words: kept whole, the passage fills the rest
+    kept, filled = parts((short, passage))
+    assert kept == len(reranker.tokenize([(short, "x")])[0].ids) - 4 and kept + filled == limit - 3
 
 
 def test_int8_rerank_scores_do_not_depend_on_the_other_passages(reranker_dir: Path) -> None:

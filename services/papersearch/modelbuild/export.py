@@ -114,9 +114,12 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
 
 def _fingerprint(spec: ExportSpec) -> str:
     digest = hashlib.sha256()
-    options = [spec.kind, spec.max_length, spec.query_prefix, spec.document_prefix, EXPORT_FORMAT]
+    options: list[object] = [spec.kind, spec.max_length, spec.query_prefix, spec.document_prefix,
+                             EXPORT_FORMAT]
     if spec.int8_scheme != DEFAULT_INT8_SCHEME:  # the default's exports keep their fingerprints
         options.append(spec.int8_scheme)
+    if spec.kind == "embedder" and (pooling := _pooling(spec.source)) != DEFAULT_POOLING:
+        options.append(f"{pooling[0]}-{'l2' if pooling[1] else 'raw'}")  # mean + L2 keep theirs
     digest.update(json.dumps([spec.source.spec, *options]).encode())
     if spec.source.is_local:
         root = Path(spec.source.location)
@@ -126,19 +129,45 @@ def _fingerprint(spec: ExportSpec) -> str:
     return digest.hexdigest()
 
 
-def _pooling(location: str) -> tuple[str, bool]:
-    """Pooling mode and normalisation from a sentence-transformers folder (mean + L2 default)."""
-    root = Path(location)
+DEFAULT_POOLING = ("mean", True)
+_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+def _pooling(source: ResolvedSource) -> tuple[str, bool]:
+    """Pooling mode and normalisation from a sentence-transformers model's files (mean + L2
+    where it has none); a hub id's are fetched (its folder name was read as a local path:
+    every hub model got mean pooling). A mode the graph does not build (max, last token,
+    weighted mean) is refused rather than exported as mean."""
+    config, modules = _sentence_transformers_file(source, "1_Pooling/config.json"), \
+        _sentence_transformers_file(source, "modules.json")
     pooling = "mean"
-    config = root / "1_Pooling" / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("pooling_mode_cls_token"):
-        pooling = "cls"
-    modules = root / "modules.json"
+    if config is not None:
+        chosen = [key for key, on in json.loads(config.read_text()).items()
+                  if key.startswith("pooling_mode_") and on is True]
+        unknown = [key for key in chosen if key not in _POOLING_MODES]
+        if unknown or len(chosen) > 1:
+            raise ValueError(f"{source.spec}: pooling {', '.join(chosen)} is not one this export "
+                             f"builds ({', '.join(_POOLING_MODES)}, one of them)")
+        pooling = _POOLING_MODES[chosen[0]] if chosen else "mean"
     normalize = True
-    if modules.is_file():
+    if modules is not None:
         types = [m.get("type", "") for m in json.loads(modules.read_text())]
         normalize = any(t.endswith("Normalize") for t in types)
     return pooling, normalize
+
+
+def _sentence_transformers_file(source: ResolvedSource, name: str) -> Path | None:
+    """``name`` of the model's folder, or of its hub repository (fetched); None if it has none."""
+    if source.is_local:
+        path = Path(source.location) / name
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(source.location, name))
+    except EntryNotFoundError:
+        return None
 
 
 def _check_max_length(spec: ExportSpec) -> None:
@@ -161,12 +190,12 @@ def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
     kwargs["attn_implementation"] = "eager"  # the attention pattern onnxruntime's fusion knows
     if spec.kind == "embedder":
         backbone = AutoModel.from_pretrained(spec.source.location, **kwargs)
-        model: torch.nn.Module = EmbedderGraph(backbone, *_pooling(spec.source.location))
+        model: torch.nn.Module = EmbedderGraph(backbone, *_pooling(spec.source))
     else:
         classifier = AutoModelForSequenceClassification.from_pretrained(
             spec.source.location, **kwargs
         )
-        model = CrossEncoderGraph(classifier)
+        model = CrossEncoderGraph(classifier, classifier.config.num_labels)
     return model.eval(), tokenizer
 
 
@@ -194,11 +223,16 @@ class EmbedderGraph(torch.nn.Module):
 
 
 class CrossEncoderGraph(torch.nn.Module):
-    """Sequence classifier reduced to one relevance logit per (query, passage) pair."""
+    """Sequence classifier reduced to one relevance score per (query, passage) pair: its logit,
+    or for a two-label classifier (not relevant, relevant) the second logit minus the first
+    (the first alone ranked such a model's pairs in reverse)."""
 
-    def __init__(self, classifier: torch.nn.Module) -> None:
+    def __init__(self, classifier: torch.nn.Module, labels: int = 1) -> None:
         super().__init__()
-        self.classifier = classifier
+        if labels not in (1, 2):
+            raise ValueError(f"a cross-encoder has one relevance logit or two labels (not "
+                             f"relevant, relevant); this one has {labels}")
+        self.classifier, self.labels = classifier, labels
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
@@ -206,7 +240,7 @@ class CrossEncoderGraph(torch.nn.Module):
         logits = self.classifier(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).logits
-        return logits[:, 0]
+        return logits[:, 0] if self.labels == 1 else logits[:, 1] - logits[:, 0]
 
 
 def _parity_inputs(spec: ExportSpec, texts: Sequence[str]) -> list[Any]:
@@ -247,7 +281,7 @@ def _export_into(
     _fuse(target / FP32_FILE, model)
     quantize(target / FP32_FILE, target / INT8_FILE, spec.int8_scheme)
     embedder = spec.kind == "embedder"
-    pooling, normalize = _pooling(spec.source.location) if embedder else (None, False)
+    pooling, normalize = _pooling(spec.source) if embedder else (None, False)
     dim = int(model(**{n: example[n] for n in names}).shape[-1]) if embedder else None
     draft = Manifest(
         name=spec.name, version=version, kind=spec.kind, source=spec.source.spec,

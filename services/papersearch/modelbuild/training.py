@@ -42,6 +42,7 @@ from transformers import (
 from papersearch.durable import staged
 from papersearch.interrupts import Interrupted
 from papersearch.modelbuild.mining import TrainingExample
+from papersearch.models.runtime import query_tokens
 from papersearch.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -363,7 +364,7 @@ def _step(
 ) -> torch.Tensor:
     queries, passages = [], []
     for example in group:
-        query = _fit(tokenizer, example.query, max(cfg.max_length // 2, cfg.max_length - 32))
+        query = _fit(tokenizer, example.query, query_tokens(cfg.max_length))
         for passage in (example.positive, *example.negatives):
             queries.append(query)
             passages.append(passage)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ INT8_FILE = "model.int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
 ModelKind = Literal["embedder", "reranker"]
+
+log = logging.getLogger(__name__)
 
 
 class ModelNotFound(FileNotFoundError):
@@ -149,13 +152,25 @@ class ModelRef:
 
 
 def latest_if_fingerprint(repository: Path, name: str, fingerprint: str) -> Path | None:
-    """The latest version of ``name`` if it is the export ``fingerprint`` names. Only the
-    latest: an older identical one is not what a runtime loads by name (it loads the latest)."""
+    """The latest version of ``name`` if it is the export ``fingerprint`` names and its files
+    are the manifest's. Only the latest: an older identical one is not what a runtime loads by
+    name (it loads the latest). A damaged one is not reused: exported again, the next version
+    replaces it (reused, "export the model again" changed nothing)."""
     found = versions(repository, name)
     if not found:
         return None
     path = repository / name / str(found[-1])
-    return path if read_manifest(path).fingerprint == fingerprint else None
+    manifest = read_manifest(path)
+    if manifest.fingerprint != fingerprint:
+        return None
+    try:
+        for file in manifest.files:
+            checked_file(path, manifest, file)
+    except ModelCorrupt as error:
+        log.warning("the latest export is damaged: exporting it again", extra={
+            "model": name, "reason": str(error)})
+        return None
+    return path
 
 
 def next_version_dir(repository: Path, name: str) -> Path:

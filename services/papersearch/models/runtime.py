@@ -67,12 +67,20 @@ class OnnxModel:
         self.manifest: Manifest = read_manifest(version_dir)
         self.options = options
         self.version_dir = version_dir
-        self.tokenizer = Tokenizer.from_file(
-            str(checked_file(version_dir, self.manifest, TOKENIZER_FILE)))
+        tokenizer_file = str(checked_file(version_dir, self.manifest, TOKENIZER_FILE))
+        self.tokenizer = Tokenizer.from_file(tokenizer_file)
         self.tokenizer.no_padding()
-        # longest_first: a reranker's passage is cut first, as with only_second, but a query
-        # longer than max_length (CISI's paragraphs) is cut too instead of failing the batch.
-        self.tokenizer.enable_truncation(self.manifest.max_length, strategy="longest_first")
+        # A reranker's (query, passage) pairs are cut as in its training (modelbuild/
+        # training.py): the query to query_tokens(max_length), then only the passage (cutting
+        # both evenly, longest_first scored long queries on other inputs than it learnt on).
+        self._queries: Tokenizer | None = None  # a reranker's query, measured uncut
+        if self.manifest.kind == "reranker":
+            self._queries = Tokenizer.from_file(tokenizer_file)
+            self._queries.no_padding()
+            self._queries.no_truncation()
+        self.tokenizer.enable_truncation(
+            self.manifest.max_length,
+            strategy="only_second" if self._queries is not None else "longest_first")
         self.precision: Precision = options.precision
         self.int8_agreement: float | None = None  # the self-check's result on this CPU
         self._open(options.precision)
@@ -144,8 +152,24 @@ class OnnxModel:
         """Raw graph outputs, one row per input (texts, or (query, passage) pairs), as given:
         no prefixes added. What the parity checks and the self-check compare."""
         width = self.manifest.dim or 1
-        encodings = self.tokenizer.encode_batch(list(inputs))
-        return self.run_sorted(encodings, width, lambda x: x.reshape(len(x), width))
+        return self.run_sorted(self.tokenize(inputs), width, lambda x: x.reshape(len(x), width))
+
+    def tokenize(self, inputs: Sequence[ModelInput]) -> list[Encoding]:
+        """Token ids of texts, or of (query, passage) pairs with the query cut first to
+        ``query_tokens`` of max_length: the passage alone is cut to fit."""
+        if self._queries is None:
+            return self.tokenizer.encode_batch(list(inputs))
+        pairs = [(self._fit(pair[0]), pair[1]) for pair in inputs
+                 if isinstance(pair, tuple | list) and len(pair) == 2]
+        if len(pairs) != len(inputs):
+            raise InvalidInput("a reranker scores (query, passage) pairs, not single texts")
+        return self.tokenizer.encode_batch(pairs)
+
+    def _fit(self, query: str) -> str:
+        assert self._queries is not None
+        tokens = query_tokens(self.manifest.max_length)
+        offsets = self._queries.encode(query, add_special_tokens=False).offsets
+        return query if len(offsets) <= tokens else query[:offsets[tokens - 1][1]]
 
     def _feeds(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
         return {k: v for k, v in padded_feeds(encodings).items() if k in self._input_names}
@@ -169,6 +193,12 @@ class OnnxModel:
             (result,) = self.session.run(None, self._feeds([encodings[i] for i in rows]))
             out[rows] = post(np.asarray(result, dtype=np.float32)).reshape(len(rows), width)
         return out
+
+
+def query_tokens(max_length: int) -> int:
+    """A reranker query's share of a pair's ``max_length`` tokens, in training and serving:
+    all but 32 (half where that is more), so that the passage keeps room."""
+    return max(max_length // 2, max_length - 32)
 
 
 def padded_feeds(encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:

@@ -37,5 +37,4 @@ class Reranker(OnnxModel):
             check_texts([query, passage], f"pairs[{i}]")
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(list(pairs))
-        return self.run_sorted(encodings, 1, lambda x: x.reshape(-1, 1)).reshape(-1)
+        return self.run_sorted(self.tokenize(pairs), 1, lambda x: x.reshape(-1, 1)).reshape(-1)
