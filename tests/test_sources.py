@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from papersearch.models.manifest import (
     latest_if_fingerprint,
     model_dir,
     next_version_dir,
+    sha256_file,
     write_manifest,
 )
 
@@ -111,7 +113,9 @@ def test_repository_versions(tmp_path: Path) -> None:
     write_manifest(first, _manifest(1, "f1"))
     second = next_version_dir(tmp_path, "m")
     second.mkdir()
-    write_manifest(second, _manifest(2, "f2"))
+    (second / "model.onnx").write_bytes(b"graph")  # the file the manifest lists, as listed
+    write_manifest(second, replace(_manifest(2, "f2"), files={
+        "model.onnx": sha256_file(second / "model.onnx")}))
     assert model_dir(tmp_path, "m") == second
     assert model_dir(tmp_path, "m", 1) == first
     assert latest_if_fingerprint(tmp_path, "m", "f2") == second
