@@ -34,8 +34,8 @@ from tokenizers import Tokenizer
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
-from papersearch.evaluation.fusion_tuning import Lists, convex_runs, judged_sets
-from papersearch.evaluation.metrics import Report, evaluate
+from papersearch.evaluation.fusion_tuning import dense_and_hybrid, judged_sets
+from papersearch.evaluation.metrics import Report
 from papersearch.evaluation.paired import against
 from papersearch.index.fusion import Ranked
 from papersearch.models.manifest import TOKENIZER_FILE
@@ -44,7 +44,6 @@ from papersearch.settings import Settings
 WINDOW = 128  # tokens per passage, [CLS] and [SEP] included: what MiniLM was trained on
 STRIDE = 64  # a new window every this many tokens: each token in two windows
 VARIANTS = ("whole", "maxp", "max(whole, maxp)")
-RESULTS = 100
 
 
 def passages(tokenizer: Tokenizer, text: str) -> list[str]:
@@ -103,15 +102,6 @@ def dense_variants(dataset: EvalDataset, encoder: Encoder, tokenizer: Tokenizer,
              "passages_encode_s": round(windows_s, 1)})
 
 
-def reports(dataset: EvalDataset, lists: Lists, dense: Mapping[str, Ranked], weight: float,
-            depth: int) -> dict[str, Report]:
-    fused = convex_runs({q: (dense[q], lists.sparse[q]) for q in dense},
-                        (weight, 1.0 - weight), depth)
-    return {"dense": evaluate({q: [i for i, _ in r][:RESULTS] for q, r in dense.items()},
-                              dataset.qrels),
-            "hybrid": evaluate(fused, dataset.qrels)}
-
-
 def main() -> int:
     try:
         judged_data = judged_sets(Settings())
@@ -131,8 +121,8 @@ def main() -> int:
     for name, dataset in sets.items():
         dense, cost[name] = dense_variants(dataset, encoder, tokenizer, depth)
         for variant in VARIANTS:
-            by_variant[variant][name] = reports(dataset, lists[name], dense[variant], weight,
-                                                depth)
+            by_variant[variant][name] = dense_and_hybrid(dataset, lists[name], dense[variant],
+                                                         weight, depth)
         print(f"dense_passages: {name}: " + ", ".join(
             f"{v} {by_variant[v][name]['hybrid'].ndcg_at_10:.4f}" for v in VARIANTS),
             file=sys.stderr)

@@ -24,11 +24,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
-from papersearch.evaluation.fusion_tuning import Lists, convex_runs, cosine_lists, judged_sets
+from papersearch.evaluation.fusion_tuning import cosine_lists, dense_and_hybrid, judged_sets
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import against
 from papersearch.index.fusion import Ranked
@@ -36,7 +35,6 @@ from papersearch.models.manifest import model_dir, read_manifest
 from papersearch.settings import Settings
 
 LENGTHS = (128, 256, 384, 512)
-RESULTS = 100
 
 
 def dense_lists(dataset: EvalDataset, encoder: Encoder, depth: int) -> tuple[
@@ -51,15 +49,6 @@ def dense_lists(dataset: EvalDataset, encoder: Encoder, depth: int) -> tuple[
     ids = list(dataset.queries)
     queries = encoder.encode_queries([dataset.queries[q] for q in ids])
     return cosine_lists(ids, queries, [p.id for p in papers], documents, depth), spent
-
-
-def reports(dataset: EvalDataset, lists: Lists, dense: Mapping[str, Ranked], weight: float,
-            depth: int) -> dict[str, Report]:
-    fused = convex_runs({q: (dense[q], lists.sparse[q]) for q in dense},
-                        (weight, 1.0 - weight), depth)
-    return {"dense": evaluate({q: [i for i, _ in r][:RESULTS] for q, r in dense.items()},
-                              dataset.qrels),
-            "hybrid": evaluate(fused, dataset.qrels)}
 
 
 def main() -> int:
@@ -88,7 +77,8 @@ def main() -> int:
             by_length[length], encode_s[length] = {}, {}
             for name, dataset in sets.items():
                 dense, spent = dense_lists(dataset, encoder, depth)
-                by_length[length][name] = reports(dataset, lists[name], dense, weight, depth)
+                by_length[length][name] = dense_and_hybrid(dataset, lists[name], dense, weight,
+                                                           depth)
                 encode_s[length][name] = round(spent, 1)
                 print(f"dense_truncation: {name} at {length} tokens: hybrid nDCG@10 "
                       f"{by_length[length][name]['hybrid'].ndcg_at_10:.4f}", file=sys.stderr)

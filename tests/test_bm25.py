@@ -3,8 +3,6 @@ query-term saturation and title weight, and the eval harness's per-dataset mean 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from papersearch.index.query import SearchRequest
 from papersearch.index.sparse import Bm25Encoder, SparseVector, document_text
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings
+from tests.conftest import benchmark
 
 TEXT = "retrieval of retrieval systems for information retrieval"
 
@@ -171,12 +170,7 @@ def test_a_decomposed_accent_in_a_query_matches_the_stored_text() -> None:
 def test_bm25_params_reads_the_engines_own_document_length() -> None:
     # benchmarks/bm25_params.py compares the mean length in whitespace words (what
     # index.bm25_avg_len counts) with the engine's tokens: stopwords dropped, repeats counted
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bm25_params.py"
-    spec = importlib.util.spec_from_file_location("bm25_params", path)
-    assert spec is not None and spec.loader is not None
-    bm25_params = importlib.util.module_from_spec(spec)
-    sys.modules["bm25_params"] = bm25_params  # dataclasses look their module up there
-    spec.loader.exec_module(bm25_params)
+    bm25_params = benchmark("bm25_params")
     assert bm25_params.engine_length(TEXT) == pytest.approx(5.0)  # "of", "for" dropped
     assert bm25_params.engine_length("retrieval retrieval") == pytest.approx(2.0)  # tf 2 only
     assert bm25_params.engine_length("") == 0.0

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "faults.py"
-spec = importlib.util.spec_from_file_location("faults", PATH)
-assert spec is not None and spec.loader is not None
-faults = importlib.util.module_from_spec(spec)
-sys.modules["faults"] = faults  # dataclasses look their module up there
-spec.loader.exec_module(faults)
+from tests.conftest import benchmark
+
+faults = benchmark("faults")
 Request = faults.Request
 
 

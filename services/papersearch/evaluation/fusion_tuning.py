@@ -148,6 +148,17 @@ def convex_runs(parts: Mapping[str, Sequence[Ranked]], weights: Sequence[float],
             for q, lists in parts.items()}
 
 
+def dense_and_hybrid(dataset: EvalDataset, lists: Lists, dense: Mapping[str, Ranked],
+                     weight: float, depth: int) -> dict[str, Report]:
+    """Reports of another dense list per query (``dense``: a candidate encoding's) alone and
+    fused with the set's BM25 list as the Store fuses (convex, dense ``weight``)."""
+    fused = convex_runs({q: (dense[q], lists.sparse[q]) for q in dense},
+                        (weight, 1.0 - weight), depth)
+    return {"dense": evaluate({q: [i for i, _ in r][:RESULTS] for q, r in dense.items()},
+                              dataset.qrels),
+            "hybrid": evaluate(fused, dataset.qrels)}
+
+
 def fetch_lists(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> Lists:
     store = open_dataset_index(dataset, settings, encoder)
     try:
