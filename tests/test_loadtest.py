@@ -249,7 +249,10 @@ def test_calibrate_reads_rates_as_fractions(tmp_path: Path,
     rated = test.with_rates(220.0)
     assert rated.profile.describe() == "33:30,176:60,33:90" and rated.calibration is None
     assert len(rated.schedule.offsets) == 33 * 30 + 176 * 60 + 33 * 90
-    assert scaled(LoadProfile.parse_steps("0.5:1"), 3.333).describe() == "1.67:1"
+    assert scaled(LoadProfile.parse_steps("0.5:1"), 3.333).describe() == "1.667:1"
+    # a small saturation rate keeps its steps: was 0.17 for 0.174, and 0.15 x 0.03 a pause
+    assert scaled(LoadProfile.parse_steps("0.15:30,0.7:60"), 1.16).describe() == "0.174:30,0.812:60"
+    assert scaled(LoadProfile.parse_steps("0.15:30"), 0.03).describe() == "0.0045:30"
     assert main([*args, "--steps", "20:30,200:60"]) == 2
     assert "with --calibrate a step's rate is a fraction of the measured saturation QPS " \
         "(at most 1.5); step 1 asks for 20" in capsys.readouterr().err
@@ -375,6 +378,21 @@ def test_runner_accounting_adds_up() -> None:
     assert sum(r.cancelled for r in rows) == 2 and rows[-1].in_flight == 0
     assert sum(sum(r.errors.values()) for r in rows) == 2
     assert rows[0].in_flight == 2  # the two hanging requests
+
+
+def test_the_runner_runs_to_the_end_of_the_profile() -> None:
+    """A trailing pause (--steps 10:1,0:3, to watch a scale-down) ended at the last send: the
+    replica monitor stopped 3 s early while the report counted the whole window."""
+    async def go() -> tuple[float, list[RequestRecord]]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        runner = Runner(FakeSearcher(), ["ok"], SearchOptions(), 1.0, 8,
+                        lambda: loop.time() - start)
+        records = await runner.run([0.0, 0.05], until=0.6)
+        return loop.time() - start, records
+
+    took, records = asyncio.run(go())
+    assert took >= 0.6 and all(r.outcome is Outcome.COMPLETED for r in records)
 
 
 def test_summary_refuses_records_that_do_not_add_up() -> None:

@@ -92,8 +92,9 @@ def fractions(profile: LoadProfile) -> LoadProfile:
 
 
 def scaled(profile: LoadProfile, qps: float) -> LoadProfile:
-    """``profile`` with each fraction turned into a rate (QPS, 0.01 resolution)."""
-    return LoadProfile(tuple(Step(round(step.rate_qps * qps, 2), step.duration_s)
+    """``profile`` with each fraction turned into a rate (QPS, 4 significant digits: 0.01
+    resolution cut rerank rates near 1 QPS by 2 %, and made a step under 0.005 a pause)."""
+    return LoadProfile(tuple(Step(float(f"{step.rate_qps * qps:.4g}"), step.duration_s)
                              for step in profile.steps))
 
 

@@ -81,8 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "time), then read the rates as fractions of it, e.g. "
                              "--calibrate --steps 0.15:30,0.8:60,0.15:90")
     parser.add_argument("--calibrate-in-flight", type=int, metavar="N",
-                        help="requests kept in flight during the burst (default 64; 1 with "
-                             "--rerank: its reading needs rerank calls that do not queue)")
+                        help="requests kept in flight during the burst (default 1, as --rerank "
+                             "is the default: its reading needs rerank calls that do not "
+                             "queue; 64 with --no-rerank)")
     parser.add_argument("--calibrate-s", type=float, default=6.0, metavar="S",
                         help="the burst's length, 1 s warm-up included; short, so the "
                              "replicas running before it are what it measures (default "
@@ -223,7 +224,7 @@ async def execute(test: LoadTest) -> LoadTestReport:
         try:
             runner = Runner(client, test.queries, test.options, test.deadline_s,
                             test.max_in_flight, clock)
-            records = await runner.run(test.schedule.offsets)
+            records = await runner.run(test.schedule.offsets, test.schedule.duration_s)
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)

@@ -71,9 +71,10 @@ class Runner:
         self.clock = clock
         self._client_errors = 0
 
-    async def run(self, offsets: Sequence[float]) -> list[RequestRecord]:
-        """Send everything, wait for answers at most the deadline (plus a grace second) after
-        the last send, cancel what is left; one record per offset, in order."""
+    async def run(self, offsets: Sequence[float], until: float = 0.0) -> list[RequestRecord]:
+        """Send everything, keep running until ``until`` on the clock (the profile's end: a
+        trailing pause is watched, not skipped), wait for answers at most the deadline (plus a
+        grace second) after that, cancel what is left; one record per offset, in order."""
         records: list[RequestRecord | None] = [None] * len(offsets)
         pending: set[asyncio.Task[None]] = set()
         for i, offset in enumerate(offsets):
@@ -86,6 +87,8 @@ class Runner:
             task = asyncio.create_task(self._send(records, i, offset))
             pending.add(task)
             task.add_done_callback(pending.discard)
+        if (rest := until - self.clock()) > 0:
+            await asyncio.sleep(rest)
         if pending:
             _, late = await asyncio.wait(set(pending), timeout=self.deadline_s + DRAIN_GRACE_S)
             for task in late:
