@@ -4,6 +4,9 @@ provider where the cluster has GPUs, and a clear refusal of GPUs the cluster doe
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from papersearch.ingest.distributed import EncoderPool, NoGpu, encoder_pool
@@ -37,3 +40,26 @@ def test_gpu_actors_run_fp32_on_cuda_and_cpu_actors_keep_the_settings() -> None:
 def test_gpus_asked_of_a_cluster_without_any_are_refused() -> None:
     with pytest.raises(NoGpu, match=r"is 1.0 but the Ray cluster has no GPU \(set it to 0"):
         encoder_pool(IngestSettings(ray_gpus_per_encoder=1.0), {"CPU": 16.0})
+
+
+def test_actors_load_the_embedder_the_collection_was_built_with(
+    embedder_dir: Path, tmp_path: Path,
+) -> None:
+    """After a migration the live collection is another embedder's (its pointer names it):
+    the actors loaded models.embedder_name's latest all the same, and wrote its vectors."""
+    import numpy as np
+
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.index.errors import EmbedderMismatch
+    from papersearch.ingest.distributed import EncodeActor
+
+    other = tmp_path / "other" / "1"
+    shutil.copytree(embedder_dir, other)
+    live = Encoder(other)
+    models = ModelSettings(repository=tmp_path, embedder_name="minilm-l6", precision="fp32")
+    actor = EncodeActor(models, (CPU_PROVIDER,), "other@1", live.sha256)
+    assert actor.encoder.version_dir == other
+    out = actor({"rows": np.array([[0, 1]]), "texts": np.array([["a text", "another"]])})
+    assert list(out["row"]) == [0, 1] and out["dense"].shape == (2, live.dim)
+    with pytest.raises(EmbedderMismatch, match="not the model the collection was built with"):
+        EncodeActor(models, (CPU_PROVIDER,), "other@1", "f" * 64)

@@ -498,6 +498,14 @@ def test_user_errors_are_reported_before_any_work(
     assert done.returncode == 2
     assert done.stderr.strip() == f"papersearch: error: no such corpus file or folder: {missing}"
     assert not data_dir.exists()
+    # a file of no known format, after a good one: refused before either is read (the index
+    # was created and the first corpus written, with no summary)
+    notes = tmp_path / "notes.csv"
+    notes.write_text("a,b\n")
+    good = write_jsonl(tmp_path / "good.jsonl", make_records(2))
+    done = run_cli(env, "ingest", good, notes, "--quiet")
+    assert done.returncode == 2 and "cannot tell the corpus format" in done.stderr
+    assert not data_dir.exists()
 
     # Validated before the reranker (enabled here, never exported) or the index is needed.
     rerank_env = env | {"PAPERSEARCH_SEARCH__RERANK_ENABLED": "true"}
@@ -543,3 +551,35 @@ def test_an_ingest_stops_when_a_migration_moves_the_index(
                                              "this job wrote to papers: run it again"):
             ingester.ingest(corpus(), progress=False)
         assert ingester.written == 2 and store.count() == 2
+
+
+def test_a_stop_just_after_a_write_counts_it(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C in the check after a batch's write: the batch is stored, and the message counted
+    one batch fewer than the index holds; after --update, "run again to resume" re-wrote all."""
+    from papersearch.ingest.pipeline import Ingester, ingest_paths
+    from papersearch.interrupts import Interrupted
+    from papersearch.pipeline.factory import open_live
+
+    settings = model_settings.model_copy(
+        update={"index": IndexSettings(data_dir=tmp_path / "index")})
+    encoder, store = open_live(settings, create=True)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(6))
+    calls = 0
+
+    def check() -> None:  # before and after each write: Ctrl-C after the second batch's
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise KeyboardInterrupt
+
+    with store:
+        for update in (False, True):
+            calls = 0
+            ingester = Ingester(store, encoder, batch_size=2, check=check)
+            with pytest.raises(Interrupted) as stopped:
+                ingest_paths([corpus], store, ingester, update=update, progress=False)
+            assert ingester.written == 4 and store.count() == 4
+            assert str(stopped.value).startswith("ingest: 4 papers written by this run; ")
+        assert "run again without it to add what is missing" in str(stopped.value)

@@ -165,6 +165,7 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from papersearch.corpus.readers import detect_format
     from papersearch.ingest.pipeline import Ingester, Ingests, ingest_paths
     from papersearch.pipeline.factory import LiveCheck, open_live
 
@@ -172,9 +173,8 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     if args.ray and Path(args.ray).exists():
         raise ValueError(f"--ray {args.ray}: that is a corpus path, not a Ray address; write "
                          "corpus paths before --ray, or --ray=ADDRESS")
-    for path in paths:  # before the index is created: a typo must not leave an empty one
-        if not path.exists():
-            raise FileNotFoundError(f"no such corpus file or folder: {path}")
+    for path in paths:  # before the index is created: a typo must not leave an empty one,
+        detect_format(path)  # nor one path's format error stop the run after the others
     encoder, store = open_live(settings, create=True)
     live = LiveCheck(settings, store)  # a migration's swap meanwhile stops the run
     with store, contextlib.closing(live):

@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
+from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import checked_write, unstored
-from papersearch.models.manifest import ProviderUnavailable
+from papersearch.models.manifest import ProviderUnavailable, model_dir
 from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER
 from papersearch.retriever.retriever import Retriever
 from papersearch.serving.launcher import LOCAL_RAY_ENV
@@ -45,8 +46,16 @@ class EncodeActor:
     texts), cut by the driver as the one-process path cuts them: int8 activations are scaled
     per batch, so the same batches give the same vectors. Output: a row per paper."""
 
-    def __init__(self, models: ModelSettings, providers: tuple[str, ...]) -> None:
-        self.encoder = Encoder.from_settings(models, providers)
+    def __init__(self, models: ModelSettings, providers: tuple[str, ...], embedder: str,
+                 sha256: str) -> None:
+        # the embedder the driver checked the collection against (after a migration the one
+        # its pointer names, not models.embedder_name's latest), from the same repository
+        name, _, version = embedder.partition("@")
+        path = model_dir(models.repository, name, int(version))
+        self.encoder = Encoder(path, Encoder.runtime_options(models, providers))
+        if self.encoder.sha256 != sha256:
+            raise EmbedderMismatch(f"the Ray worker's {path} is not the model the collection "
+                                   f"was built with (sha256 {sha256[:12]})")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [np.asarray(r, dtype=np.int64) for r in batch["rows"]]
@@ -160,7 +169,10 @@ class RayIngester:
         self.retriever = Retriever(store)
         self.check = check  # as Ingester's
         self.written = 0
-        store.ensure_collection(encoder.dim, encoder.sha256)  # the embedder the actors load
+        store.ensure_collection(encoder.dim, encoder.sha256)
+        # what the actors load: this encoder's model (by name and version), checked by digest
+        self.embedder = (f"{encoder.manifest.name}@{encoder.manifest.version}",
+                         encoder.sha256)
 
     def ingest(self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True
                ) -> tuple[int, int]:
@@ -173,9 +185,7 @@ class RayIngester:
                       disable=not progress) as bar:
                 for rows, dense in self._encoded(fresh):
                     batch = [fresh[int(row)] for row in rows]
-                    written += checked_write(self.check,
-                                             partial(self.retriever.upsert, batch, dense))
-                    self.written += len(batch)
+                    written += checked_write(self, partial(self.retriever.upsert, batch, dense))
                     bar.update(len(batch))
         self.store.optimize()
         return written, len(listed) - len(fresh)
@@ -198,8 +208,10 @@ class RayIngester:
              "texts": [p.text for p in papers[start : start + size]]}
             for start in range(0, len(papers), size)]
         dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * pool.actors))
+        del items  # Ray holds its copy: the driver need not keep a second one for the run
         encoded = dataset.map_batches(
-            EncodeActor, fn_constructor_args=(pool.models(models), pool.providers), batch_size=1,
+            EncodeActor, fn_constructor_args=(pool.models(models), pool.providers, *self.embedder),
+            batch_size=1,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool.actors),
             num_cpus=pool.cpus, num_gpus=pool.gpus or None)
         for out in encoded.iter_batches(batch_size=self.settings.index.upsert_batch_size,

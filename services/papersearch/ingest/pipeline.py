@@ -62,9 +62,7 @@ class Ingester:
         if not papers:
             return 0
         dense = self.encoder.encode_documents([p.text for p in papers])
-        written = checked_write(self.check, partial(self.retriever.upsert, papers, dense))
-        self.written += written
-        return written
+        return checked_write(self, partial(self.retriever.upsert, papers, dense))
 
     def ingest(
         self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True
@@ -73,22 +71,31 @@ class Ingester:
         written = present = 0
         with tqdm(desc="ingest", unit="paper", disable=not progress) as bar:
             for batch in _batches(papers, self.batch_size):
-                bar.update(len(batch))
-                if not update:
-                    fresh = unstored(self.store, batch)
-                    present += len(batch) - len(fresh)
-                    batch = fresh
-                written += self.upsert(batch)
+                fresh = batch if update else unstored(self.store, batch)
+                present += len(batch) - len(fresh)
+                written += self.upsert(fresh)
+                bar.update(len(batch))  # read and done: written or already there
+                bar.set_postfix(written=written, present=present, refresh=False)
         self.store.optimize()
         return written, present
 
 
-def checked_write(check: Callable[[], None], write: Callable[[], int]) -> int:
-    """``write`` between two calls of ``check``: a batch written while the index moved (an
-    embedder migration's swap) stops the job too, and the rerun writes it again."""
-    check()
+class Checked(Protocol):
+    """A write job: its check (LiveCheck: raises once the index moved) and its count."""
+
+    written: int
+
+    def check(self) -> None: ...
+
+
+def checked_write(job: Checked, write: Callable[[], int]) -> int:
+    """``write`` between two calls of the job's ``check``: a batch written while the index
+    moved (an embedder migration's swap) stops the job too, and the rerun writes it again.
+    Counted in ``job.written`` before the second check, so a stop there still counts it."""
+    job.check()
     written = write()
-    check()
+    job.written += written
+    job.check()
     return written
 
 
@@ -120,8 +127,10 @@ def ingest_paths(
     try:
         _ingest_each(paths, ingester, summary, update=update, progress=progress)
     except KeyboardInterrupt:
-        raise Interrupted(f"ingest: {ingester.written:,} papers written by this run; run again "
-                          "to resume") from None
+        again = ("run again to resume" if not update else "--update writes every paper: run "
+                 "again without it to add what is missing, or with it to update them all again")
+        raise Interrupted(f"ingest: {ingester.written:,} papers written by this run; {again}") \
+            from None
     summary.collection_size = store.count()
     return summary
 
