@@ -434,10 +434,10 @@ def loadgen_child(records_path: Path, argv: list[str]) -> int:
     original_run, original_summarize = runner.Runner.run, stats.summarize
     origin: dict[str, float] = {}
 
-    async def run(self: Any, offsets: Sequence[float]) -> Any:
+    async def run(self: Any, offsets: Sequence[float], until: float = 0.0) -> Any:
         origin["wall"] = time.time() - self.clock()
         records_path.with_suffix(".start").write_text(str(origin["wall"]))
-        return await original_run(self, offsets)
+        return await original_run(self, offsets, until)
 
     def summarize(records: Sequence[Any], duration_s: float) -> Any:
         rows = [[r.scheduled_s, str(r.outcome), r.started_s, r.ended_s, r.code, r.reranked]
