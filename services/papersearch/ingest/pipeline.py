@@ -74,8 +74,8 @@ class Ingester:
                 fresh = batch if update else unstored(self.store, batch)
                 present += len(batch) - len(fresh)
                 written += self.upsert(fresh)
-                bar.update(len(batch))  # read and done: written or already there
                 bar.set_postfix(written=written, present=present, refresh=False)
+                bar.update(len(batch))  # read and done: written or already there
         self.store.optimize()
         return written, present
 
