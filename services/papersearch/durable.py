@@ -18,17 +18,26 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write atomically: a reader sees the old file or the new one, never a torn one."""
+    with replaced(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+@contextmanager
+def replaced(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """A file to write ``path``'s new content to: a temporary file beside it, fsynced and
+    renamed over ``path`` when the block ends (the directory fsynced after), removed if the
+    block fails. A reader sees the old file or the new one, never a torn one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

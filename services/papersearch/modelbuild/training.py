@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import sys
@@ -39,7 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from papersearch.durable import staged
+from papersearch.durable import replaced, staged
 from papersearch.interrupts import Interrupted
 from papersearch.modelbuild.mining import TrainingExample
 from papersearch.models.runtime import query_tokens
@@ -319,17 +318,12 @@ def _duration(seconds: float) -> str:
 
 
 def _save_checkpoint(resume_dir: Path, state: dict[str, Any]) -> None:
-    """Replace the resume checkpoint atomically: a temp file, fsync, rename."""
+    """Replace the resume checkpoint atomically (durable.replaced)."""
     resume_dir.mkdir(parents=True, exist_ok=True)
-    tmp = resume_dir / (CHECKPOINT_FILE + ".tmp")
     try:
-        with tmp.open("wb") as f:
+        with replaced(resume_dir / CHECKPOINT_FILE) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, resume_dir / CHECKPOINT_FILE)
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
         if isinstance(error.__context__, KeyboardInterrupt):  # torch.save's writer, closing
             raise error.__context__ from None  # after Ctrl-C, raises a RuntimeError instead
         raise
