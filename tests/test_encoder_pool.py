@@ -52,14 +52,15 @@ def test_actors_load_the_embedder_the_collection_was_built_with(
     from papersearch.encoder.runtime import Encoder
     from papersearch.index.errors import EmbedderMismatch
     from papersearch.ingest.distributed import EncodeActor
+    from papersearch.models.manifest import ModelRef
 
     other = tmp_path / "other" / "1"
     shutil.copytree(embedder_dir, other)
     live = Encoder(other)
     models = ModelSettings(repository=tmp_path, embedder_name="minilm-l6", precision="fp32")
-    actor = EncodeActor(models, (CPU_PROVIDER,), "other@1", live.sha256)
+    actor = EncodeActor(models, (CPU_PROVIDER,), ModelRef("other", 1), live.sha256)
     assert actor.encoder.version_dir == other
     out = actor({"rows": np.array([[0, 1]]), "texts": np.array([["a text", "another"]])})
     assert list(out["row"]) == [0, 1] and out["dense"].shape == (2, live.dim)
     with pytest.raises(EmbedderMismatch, match="not the model the collection was built with"):
-        EncodeActor(models, (CPU_PROVIDER,), "other@1", "f" * 64)
+        EncodeActor(models, (CPU_PROVIDER,), ModelRef("other", 1), "f" * 64)

@@ -32,7 +32,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import checked_write, unstored
-from papersearch.models.manifest import ProviderUnavailable, model_dir
+from papersearch.models.manifest import ModelRef, ProviderUnavailable
 from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER
 from papersearch.retriever.retriever import Retriever
 from papersearch.serving.launcher import LOCAL_RAY_ENV
@@ -46,12 +46,11 @@ class EncodeActor:
     texts), cut by the driver as the one-process path cuts them: int8 activations are scaled
     per batch, so the same batches give the same vectors. Output: a row per paper."""
 
-    def __init__(self, models: ModelSettings, providers: tuple[str, ...], embedder: str,
+    def __init__(self, models: ModelSettings, providers: tuple[str, ...], embedder: ModelRef,
                  sha256: str) -> None:
         # the embedder the driver checked the collection against (after a migration the one
         # its pointer names, not models.embedder_name's latest), from the same repository
-        name, _, version = embedder.partition("@")
-        path = model_dir(models.repository, name, int(version))
+        path = embedder.path(models.repository)
         self.encoder = Encoder(path, Encoder.runtime_options(models, providers))
         if self.encoder.sha256 != sha256:
             raise EmbedderMismatch(f"the Ray worker's {path} is not the model the collection "
@@ -171,8 +170,7 @@ class RayIngester:
         self.written = 0
         store.ensure_collection(encoder.dim, encoder.sha256)
         # what the actors load: this encoder's model (by name and version), checked by digest
-        self.embedder = (f"{encoder.manifest.name}@{encoder.manifest.version}",
-                         encoder.sha256)
+        self.embedder = ModelRef(encoder.manifest.name, encoder.manifest.version), encoder.sha256
 
     def ingest(self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True
                ) -> tuple[int, int]:
