@@ -14,7 +14,6 @@ from datetime import date
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import (
-    CONTROL_CATEGORIES,
     MAX_ABSTRACT_CHARS,
     MAX_NAME_CHARS,
     MAX_NAMES,
@@ -24,6 +23,7 @@ from papersearch.corpus.paper import (
     checked_id,
     clean_text,
     quoted,
+    without_controls,
 )
 from papersearch.index.query import Examples, Explanation, Mode, SearchFilter, StageRank
 from papersearch.pipeline.query import (
@@ -119,11 +119,10 @@ def identifier(value: str, field_name: str, max_chars: int) -> str:
     ends stripped, as ingest stores names (corpus/paper.clean_text: "Jane  Doe" written by
     UpsertPapers was not the "Jane Doe" a filter or an ingested copy names); more than
     ``max_chars`` characters or a control character (Cc/Cf: a tab too) raises InvalidQuery."""
-    text = unicodedata.normalize("NFC", value.strip())
-    bad = next((c for c in text if unicodedata.category(c) in CONTROL_CATEGORIES), None)
-    if bad is not None:
-        raise InvalidQuery(
-            f"{field_name} contains the control character U+{ord(bad):04X}: {quoted(text)}")
+    try:
+        text = without_controls(unicodedata.normalize("NFC", value.strip()), field_name)
+    except ValueError as error:
+        raise InvalidQuery(str(error)) from None
     text = " ".join(text.split())
     if len(text) > max_chars:
         raise InvalidQuery(f"{field_name} is {len(text)} characters; the limit is {max_chars}")

@@ -74,6 +74,12 @@ def checked_id(value: str, field_name: str = "paper id") -> str:
     if size > MAX_PAPER_ID_BYTES:
         raise ValueError(f"{field_name} is {size} bytes in UTF-8; the limit is "
                          f"{MAX_PAPER_ID_BYTES}")
+    return without_controls(text, field_name)
+
+
+def without_controls(text: str, field_name: str) -> str:
+    """``text`` if it holds no control or format character (Cc/Cf: NUL, ESC, tabs, zero-width
+    and bidi override characters), else ValueError naming the first one."""
     bad = next((c for c in text if unicodedata.category(c) in CONTROL_CATEGORIES), None)
     if bad is not None:
         raise ValueError(f"{field_name} contains the control character U+{ord(bad):04X}: "
@@ -118,7 +124,8 @@ def normalise_title(title: str) -> str:
 def clean_text(text: str) -> str:
     """NFC-normalise, drop control and zero-width characters, collapse whitespace."""
     text = unicodedata.normalize("NFC", text)
-    kept = "".join(c for c in text if c.isspace() or unicodedata.category(c) not in {"Cc", "Cf"})
+    kept = "".join(c for c in text
+                   if c.isspace() or unicodedata.category(c) not in CONTROL_CATEGORIES)
     return " ".join(kept.split())
 
 
