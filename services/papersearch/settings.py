@@ -634,6 +634,9 @@ class Settings(BaseSettings):
             except UnicodeDecodeError as error:
                 raise ValueError(f"{where}: not UTF-8 text ({error.reason} at byte "
                                  f"{error.start})") from None
+            except yaml.YAMLError as error:
+                raise ValueError(f"{where}: not valid YAML: {' '.join(str(error).split())}") \
+                    from None
             if content is not None and not isinstance(content, dict):
                 raise ValueError(f"{where}: expected sections (serve:, index:, ...), got a "
                                  f"YAML {type(content).__name__}")
@@ -673,10 +676,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         unparsable = unparsable_variables(os.environ)
         raise ValueError("invalid settings: " + "; ".join(unparsable) if unparsable
                          else str(error)) from None
-    except yaml.YAMLError as error:
-        where = os.environ.get(CONFIG_ENV)
-        raise ValueError(f"settings file {where} (--config or {CONFIG_ENV}): not valid YAML: "
-                         f"{' '.join(str(error).split())}") from None
 
 
 SECRET_WORDS = ("key", "secret", "token", "password")
