@@ -84,3 +84,15 @@ def test_a_dead_writers_staging_directory_is_removed_under_the_lock(tmp_path: Pa
     remove_stale(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "3"]
     remove_stale(tmp_path / "absent")  # nothing there yet: nothing to do
+
+
+def test_stale_staging_of_one_target_leaves_the_others(tmp_path: Path) -> None:
+    """Writers that lock one target each (SPLADE exports, model variants) remove only their
+    own target's leftovers: another target's staging directory may be a live writer's."""
+    from papersearch.durable import remove_stale
+
+    for name in (".splade-a.x1.partial", ".splade-ab.y2.partial", ".splade-b.z3.partial"):
+        (tmp_path / name).mkdir()
+    remove_stale(tmp_path, "splade-a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".splade-ab.y2.partial",
+                                                          ".splade-b.z3.partial"]

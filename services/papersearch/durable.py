@@ -10,6 +10,7 @@ the second then finds the first's result instead of building it again.
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -98,11 +99,11 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
         raise
 
 
-def remove_stale(folder: Path) -> None:
+def remove_stale(folder: Path, target: str | None = None) -> None:
     """Remove the staging directories ``staged`` left in ``folder`` when their writer died (a
-    SIGKILL mid-build). Only under the lock that all of ``folder``'s writers take: a live
-    writer's staging directory looks the same."""
-    for staging in folder.glob(".*.partial"):
+    SIGKILL mid-build): all of them, or ``target``'s only. Only under the lock that all of
+    their writers take: a live writer's staging directory looks the same."""
+    for staging in folder.glob(f".{glob.escape(target)}.*.partial" if target else ".*.partial"):
         if staging.is_dir():
             log.info("removing an unfinished build", extra={"path": str(staging)})
             shutil.rmtree(staging, ignore_errors=True)

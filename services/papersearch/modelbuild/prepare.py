@@ -15,7 +15,7 @@ from pathlib import Path
 
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import read_corpus
-from papersearch.durable import staged
+from papersearch.durable import exclusive, remove_stale, staged
 from papersearch.encoder.runtime import Encoder
 from papersearch.modelbuild.export import ExportSpec, export
 from papersearch.modelbuild.mining import TrainingExample, mine, sample
@@ -59,12 +59,14 @@ def export_cls_variant(settings: Settings, name: str) -> Path:
     models = settings.models
     source = resolve_source(models.embedder_source, models.cache_dir)
     folder = models.cache_dir / "variants" / f"{name}-cls"
-    if not folder.is_dir():
-        with staged(folder) as staging:
-            shutil.copytree(source.location, staging, dirs_exist_ok=True)
-            (staging / "1_Pooling").mkdir(exist_ok=True)
-            (staging / "1_Pooling" / "config.json").write_text(json.dumps(
-                {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    with exclusive(folder.parent / f".{folder.name}.lock", f"variant {folder.name}"):
+        remove_stale(folder.parent, folder.name)  # a copy killed mid-way
+        if not folder.is_dir():  # not made by the lock's previous holder
+            with staged(folder) as staging:
+                shutil.copytree(source.location, staging, dirs_exist_ok=True)
+                (staging / "1_Pooling").mkdir(exist_ok=True)
+                (staging / "1_Pooling" / "config.json").write_text(json.dumps(
+                    {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
     variant = models.model_copy(update={"embedder_name": name, "embedder_source": str(folder)})
     return export_embedder(settings.model_copy(update={"models": variant}))
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from papersearch.durable import exclusive, staged
+from papersearch.durable import exclusive, remove_stale, staged
 from papersearch.encoder.splade import GRAPH_FILE, META_FILE, TOKENIZER_FILE, SpladeEncoder
 from papersearch.modelbuild.export import FP32_MAX_ABS_DIFF, OPSET, ParityError
 from papersearch.modelbuild.sources import ResolvedSource
@@ -64,6 +64,7 @@ def export_splade(
     if len(parity_texts) < 2:
         raise ValueError("the parity check needs at least 2 texts")
     with exclusive(exports / f".{target.name}.lock", f"export of {target.name}"):
+        remove_stale(exports, target.name)  # an export of it killed mid-way
         if not (target / META_FILE).is_file():  # not made by the lock's previous holder
             with staged(target, replace=True) as staging:
                 _export_into(source, staging, max_length, fingerprint, parity_texts)
