@@ -175,6 +175,40 @@ def test_a_client_deadline_is_cut_to_max_deadline(scratch: tuple[Any, LocalBacke
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
 
 
+def test_health_watch_streams_are_bounded(scratch: tuple[Any, LocalBackend]) -> None:
+    """Health needs no key and a Watch stays open until its client leaves: past
+    serve.health_max_watches a new one is RESOURCE_EXHAUSTED, Check still answers, and a
+    closed stream frees its place."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    servers, backend = scratch
+    target = servers.start(backend, health_max_watches=2)
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="liveness")
+        open_ = [stub.Watch(request, timeout=30) for _ in range(2)]
+        assert [next(w).status for w in open_] == [health_pb2.HealthCheckResponse.SERVING] * 2
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.Watch(request, timeout=30))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert "serve.health_max_watches" in refused.value.details()  # type: ignore[attr-defined]
+        assert stub.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        open_.pop().cancel()
+        deadline = time.monotonic() + 10
+        while True:  # the server sees the cancel a moment later
+            again = stub.Watch(request, timeout=30)
+            try:
+                assert next(again).status == health_pb2.HealthCheckResponse.SERVING
+                open_.append(again)
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        for watch in open_:
+            watch.cancel()
+
+
 def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     scratch: tuple[Any, LocalBackend], tmp_path: Path,
 ) -> None:

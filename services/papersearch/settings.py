@@ -446,6 +446,11 @@ class ServeSettings(Section):
         1000, ge=1, description="WatchSearch streams open at once in a gateway; past it a new "
                                 "one fails at once with RESOURCE_EXHAUSTED.",
     )
+    health_max_watches: int = Field(
+        100, ge=1, description="grpc.health.v1 Watch streams open at once in a gateway (open "
+                               "without a key; probes use Check); past it a new one fails at "
+                               "once with RESOURCE_EXHAUSTED.",
+    )
     watch_queue: int = Field(
         1000, ge=1, description="Matches waiting to be sent to one watcher; a new batch of "
                                 "matches that finds that many still waiting (a watcher reading "

@@ -76,6 +76,29 @@ def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
     ]
 
 
+class Health(health.aio.HealthServicer):
+    """grpc.health.v1 with a bound on open Watch streams: health needs no key, and each Watch
+    stays open until its client leaves, so without one any caller could hold unbounded streams
+    (and their buffers) open."""
+
+    def __init__(self, max_watches: int) -> None:
+        super().__init__()
+        self.max_watches = max_watches
+        self.watching = 0
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest,  # noqa: N802 (gRPC's name)
+                    context: grpc.aio.ServicerContext) -> None:
+        if self.watching >= self.max_watches:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.max_watches} health Watch streams are open on this "
+                                "gateway (serve.health_max_watches); use Check, or retry later")
+        self.watching += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watching -= 1
+
+
 class Gateway:
     """The gRPC front end; health and draining as in the module's note."""
 
@@ -100,7 +123,7 @@ class Gateway:
         pb_grpc.add_SearchServiceServicer_to_server(self.search, self.server)
         pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings, self.watches),
                                                    self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = Health(settings.serve.health_max_watches)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
