@@ -20,7 +20,7 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.encoder.runtime import Encoder
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
-from papersearch.settings import Settings
+from papersearch.settings import ServeSettings, Settings
 from tests.gateway_helpers import LoopThread, Servers
 
 pytestmark = pytest.mark.slow
@@ -168,6 +168,24 @@ def test_authentication_comes_before_decoding(targets: dict[str, str]) -> None:
     with grpc.insecure_channel(targets["auth"]) as channel:
         error = call_raw(channel, SEARCH + "Search", b"\xff\xff\xff")
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("method", ["Search", "WatchSearch"])
+def test_a_caller_without_a_key_is_refused_before_its_request_is_received(
+    targets: dict[str, str], method: str,
+) -> None:
+    """A unary request is received whole before its handler runs: past serve.max_receive_bytes
+    gRPC itself answers RESOURCE_EXHAUSTED, so that answer means the gateway took in up to
+    that much per stream from a caller without a key. The refusal comes first instead."""
+    data = b"\xff" * (ServeSettings().max_receive_bytes + 1)
+    with grpc.insecure_channel(targets["auth"]) as channel:
+        if method == "Search":
+            error = call_raw(channel, SEARCH + method, data)
+        else:
+            with pytest.raises(grpc.RpcError) as info:
+                next(iter(channel.unary_stream(SEARCH + method)(data, timeout=60)))
+            error = info.value
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error  # type: ignore[attr-defined]
 
 
 def test_a_huge_id_is_refused_without_being_echoed(channel: grpc.Channel) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 
-from papersearch.gateway.method_handlers import with_behavior
 from papersearch.settings import ServeSettings
 
 API_KEY_HEADER = "x-api-key"
@@ -71,7 +70,14 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 def _deny(
     handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler | None:
+    """A handler that refuses the call without reading its request: served as a
+    request-streaming method (the same bytes on the wire), so gRPC does not first receive a
+    unary request whole (up to serve.max_receive_bytes, per stream) for a caller without a key."""
     async def abort(_: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
-    return handler if handler is None else with_behavior(handler, abort)
+    if handler is None:
+        return None
+    refuse = grpc.stream_stream_rpc_method_handler if handler.response_streaming \
+        else grpc.stream_unary_rpc_method_handler
+    return refuse(abort, response_serializer=handler.response_serializer)

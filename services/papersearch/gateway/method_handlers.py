@@ -23,11 +23,12 @@ _SAME: Any = object()
 
 def api_behavior(handler: grpc.RpcMethodHandler | None, method: str) -> Behavior | None:
     """The behaviour of an API method's handler (unary or client-streamed requests, a unary
-    response; or a unary request and a response stream written with ``context.write``, as
-    WatchSearch is), or None for any other handler."""
+    response; or a response stream written with ``context.write``, as WatchSearch is, or its
+    refusal, gateway/auth.py), or None for any other handler."""
     if handler is None or not method.startswith(API_PREFIX):
         return None
-    return handler.unary_unary or handler.stream_unary or handler.unary_stream
+    return (handler.unary_unary or handler.stream_unary or handler.unary_stream
+            or handler.stream_stream)
 
 
 def with_behavior(
