@@ -4,6 +4,8 @@ requests, the watch limit, draining, a slow watcher, and the HTTP NDJSON mapping
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -21,6 +23,7 @@ import pytest
 
 from papersearch.api.convert import WatchQuery
 from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.client import SearchClient, WatchEvent, Watching
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
@@ -29,6 +32,7 @@ from papersearch.index.query import SearchFilter
 from papersearch.index.store import Indexed
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.settings import Settings
+from papersearch.telemetry import Metrics
 from tests.gateway_helpers import Servers, scratch_gateways
 from tests.ports import free_port
 
@@ -296,6 +300,75 @@ def test_watch_limit_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
     assert "replay_since" in first.error.details()
 
 
+def test_a_watcher_that_stops_reading_holds_neither_its_place_nor_a_drain(
+    scratch: tuple[Servers, LocalBackend], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that stops reading leaves a write waiting on flow control forever: the watch
+    ended (here by overflow, then by the drain) must still leave the gateway's watches at
+    once, and the drain must not wait out its grace for it."""
+    servers, backend = scratch
+    address = servers.start(backend, watch_max_watches=1, watch_queue=5)
+    gateway = servers.gateways[-1]
+    channel = grpc.insecure_channel(address)
+    stuck = pb_grpc.SearchServiceStub(channel).WatchSearch(
+        pb.WatchSearchRequest(query=QUERY), timeout=120)
+    assert next(stuck).caught_up  # and never read again
+    [watch] = gateway.watches.watches
+    big = [Paper(id=f"big-{i}", title=f"Big paper {i}", abstract="x" * 19_000)
+           for i in range(40)]
+
+    async def flood() -> None:  # batches of matches until overflow ends the watch
+        for _ in range(50):
+            gateway.watches.publish(big, np.stack([watch.vector] * len(big)))
+            await asyncio.sleep(0.02)
+
+    servers.loop.run(flood())
+    assert watch.ended is not None and watch.ended[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    deadline = time.monotonic() + 10
+    while gateway.watches.watches and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.watches.watches == []  # its place is free although a write still waits
+    stuck.cancel()  # gRPC cannot send that call's status now: an ordinary end, not an ERROR
+    time.sleep(1.0)
+    assert not [r for r in caplog.records
+                if r.name.startswith("grpc") and r.levelno >= logging.ERROR]
+    second = pb_grpc.SearchServiceStub(channel).WatchSearch(  # its place: admitted
+        pb.WatchSearchRequest(query=QUERY), timeout=120)
+    assert next(second).caught_up  # and never read again either
+    [live] = gateway.watches.watches
+    many = [dataclasses.replace(p, id=f"{p.id}-{i}") for i in range(10) for p in big]
+
+    async def fill() -> None:  # one batch (never ends a watch) larger than flow control lets by
+        gateway.watches.publish(many, np.stack([live.vector] * len(many)))
+        await asyncio.sleep(1.0)
+
+    servers.loop.run(fill())
+    assert live.ended is None and live.pending  # its handler waits on a write
+    started = time.monotonic()
+    servers.loop.run(gateway.drain(30.0))
+    assert time.monotonic() - started < 20  # not the grace: the stuck write was dropped
+    assert live.ended is not None and live.ended[0] == grpc.StatusCode.UNAVAILABLE
+    second.cancel()
+    channel.close()
+
+
+def test_a_watch_ended_by_its_deadline_is_counted_as_expired(
+    target: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC cancels the handler when the deadline passes (a few ms early): the request metric
+    says DEADLINE_EXCEEDED, as the client sees it, not CANCELLED."""
+    counted: list[tuple[str, str]] = []
+    monkeypatch.setattr(Metrics, "request",
+                        lambda self, method, code, latency_s: counted.append((method, code)))
+    with SearchClient(target, timeout_s=60) as client, pytest.raises(grpc.RpcError) as error:
+        list(client.watch(WatchQuery(QUERY), timeout_s=1.5))
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 10
+    while not counted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted == [("WatchSearch", "DEADLINE_EXCEEDED")]
+
+
 def test_hub_matches_many_watches_at_once_and_ends_a_slow_watcher() -> None:
     rng = np.random.default_rng(0)
     hub = WatchHub(max_watches=500, queue=2)
@@ -314,9 +387,10 @@ def test_hub_matches_many_watches_at_once_and_ends_a_slow_watcher() -> None:
     hub.publish(papers[:1], vectors[:1])  # a batch finds it still 2 behind
     assert slow.ended is not None and slow.ended[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert not slow.pending and watches[1] is not None and watches[1].ended is None
-    # its handler may still wait for the client to take what flow control holds (a watcher
-    # that stopped reading): it stays listed until its call ends, but no longer holds a place
-    assert slow in hub.watches and hub.open == 499
+    # its place is held until its handler ends, at once even when a write waits (a watcher
+    # that stopped reading: test_a_watcher_that_stops_reading_...)
+    assert slow in hub.watches and hub.open == 500
+    hub.remove(slow)
     assert hub.add(vectors[0], 0.0, SearchFilter()) is not None
     hub.close()
     assert all(w is not None and w.ended is not None for w in watches)
@@ -609,8 +683,16 @@ def test_cli_keeps_reconnecting_while_the_gateway_is_not_back(
             return Stream(streams[len(opened) - 1])
 
     pauses: list[float] = []
+    sleep = time.sleep
+
+    def pause(seconds: float) -> None:  # the command's; other threads (gRPC's) sleep as ever
+        if threading.current_thread() is threading.main_thread():
+            pauses.append(seconds)
+        else:
+            sleep(seconds)
+
     monkeypatch.setattr(client, "SearchClient", FakeClient)
-    monkeypatch.setattr(cli.time, "sleep", pauses.append)
+    monkeypatch.setattr(cli.time, "sleep", pause)
     handlers, level = logging.root.handlers[:], logging.root.level
     try:
         assert cli.main(["watch", QUERY, "--target", "127.0.0.1:1", "--timeout-s", "60"]) == 0

@@ -59,6 +59,22 @@ DRAIN_FILE_POLL_S = 0.5
 STOP_GRACE_S = 1.0  # once idle: for a call that slipped in as the gate closed
 
 
+class _ClientGone(logging.Filter):
+    """gRPC logs an ERROR with a traceback (ExecuteBatchError) when it cannot send a call's
+    last message or status because the client has gone (cancelled, disconnected, or a stream
+    it stopped reading cut by a drain): an ordinary end of a call, logged at DEBUG here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[0] if record.exc_info else None
+        if error is None or error.__name__ != "ExecuteBatchError":
+            return True
+        log.debug("a call ended after its client left", extra={"grpc": record.getMessage()})
+        return False
+
+
+CLIENT_GONE = _ClientGone()
+
+
 def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
     """gRPC core channel arguments for the gateway's limits (README, Server limits)."""
 
@@ -113,6 +129,7 @@ class Gateway:
                         extra={"host": settings.serve.grpc_host})
         # Outermost first: metrics see every call, auth turns callers away before their bytes
         # are read, decoding (INVALID_ARGUMENT for a message protobuf cannot parse) is last.
+        logging.getLogger("grpc._cython.cygrpc").addFilter(CLIENT_GONE)  # once per process
         self.gate = DrainGate()
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), self.gate, *auth,
                                                     DecodeInterceptor()],

@@ -18,7 +18,7 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.corpus.paper import Paper
 from papersearch.gateway.errors import to_status
-from papersearch.gateway.watch import DRAINING, Match, WatchHub
+from papersearch.gateway.watch import DRAINING, Match, Watch, WatchHub
 from papersearch.index.query import Hit
 from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.search import SearchPipeline
@@ -146,25 +146,31 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                     await _fail(context, error)
                 for hit in hits:
                     replayed.add(hit.paper.id)
-                    await context.write(pb.WatchEvent(hit=_watch_hit(hit.paper, hit.dense_score),
-                                                      replayed=True))
-            await context.write(pb.WatchEvent(caught_up=True))
+                    await _send(context, watch, pb.WatchEvent(
+                        hit=_watch_hit(hit.paper, hit.dense_score), replayed=True))
+            await _send(context, watch, pb.WatchEvent(caught_up=True))
             during_replay = len(watch.pending)  # may repeat a replayed paper: skipped once
-            while True:
+            while watch.ended is None:
                 while watch.pending and watch.ended is None:
                     match: Match = watch.pending.popleft()
                     if during_replay > 0:
                         during_replay -= 1
                         if match.paper.id in replayed:
                             continue
-                    await context.write(pb.WatchEvent(hit=_watch_hit(match.paper,
-                                                                     match.cosine)))
-                if watch.ended is not None:
-                    await context.abort(*watch.ended)
+                    await _send(context, watch, pb.WatchEvent(hit=_watch_hit(match.paper,
+                                                                             match.cosine)))
                 watch.wake.clear()
-                await watch.wake.wait()
+                if watch.ended is None:
+                    await watch.wake.wait()
+        except _WatchEnded:
+            pass
         finally:
             self.watches.remove(watch)
+        # Not context.abort: it sends the status at once, behind any event the client has
+        # not taken; set here, it goes when the call ends, and the handler is done now.
+        assert watch.ended is not None
+        context.set_code(watch.ended[0])
+        context.set_details(watch.ended[1])
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> None:
         """Refuse a new watch past the gateway's limit, or while it drains."""
@@ -189,6 +195,27 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         found = await backend.retrieve(query.text, vector, "dense", query.replay_limit,
                                        dataclasses.replace(flt, published_from=start))
         return [h for h in found.hits if h.dense_score is not None and h.dense_score >= threshold]
+
+
+class _WatchEnded(Exception):
+    """The watch ended while one of its events waited to be written."""
+
+
+async def _send(context: grpc.aio.ServicerContext, watch: Watch, event: pb.WatchEvent) -> None:
+    """Write ``event``, unless the watch ends first (a drain, overflow, a migration): a
+    watcher that stopped reading holds a write forever (flow control), and with it a drain and
+    a place among the gateway's watches. Then the write is dropped and _WatchEnded raised."""
+    write = asyncio.ensure_future(context.write(event))
+    over = asyncio.ensure_future(watch.over.wait())
+    try:
+        await asyncio.wait((write, over), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        over.cancel()
+        if not write.done():  # the watch ended, or this call was cancelled
+            write.cancel()
+    if not write.done():
+        raise _WatchEnded
+    write.result()  # a failed write fails the call
 
 
 def _watch_hit(paper: Paper, cosine: float | None) -> pb.Hit:

@@ -86,6 +86,7 @@ class Watch:
     pending: deque[Match] = field(default_factory=deque)
     ended: tuple[grpc.StatusCode, str] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    over: asyncio.Event = field(default_factory=asyncio.Event)  # set once: ``ended`` is set
 
     def offer(self, matches: Sequence[Match]) -> None:
         """Queue one batch's matches, or end the watch if the batch finds it still
@@ -104,6 +105,7 @@ class Watch:
     def end(self, code: grpc.StatusCode, message: str) -> None:
         if self.ended is None:
             self.ended = (code, message)
+        self.over.set()
         self.wake.set()
 
 
@@ -138,10 +140,9 @@ class WatchHub:
 
     @property
     def open(self) -> int:
-        """Watches not ended: what the limit counts. An ended watch whose handler still waits
-        for its client to take a buffered event (flow control: a watcher that stopped
-        reading) no longer holds a place; it leaves ``watches`` when its call ends."""
-        return sum(1 for w in self.watches if w.ended is None)
+        """Watches whose handler runs: what the limit counts. An ended watch leaves at once,
+        also when its handler was waiting to write (a watcher that stopped reading)."""
+        return len(self.watches)
 
     def remove(self, watch: Watch) -> None:
         if watch in self.watches:
