@@ -286,11 +286,30 @@ def test_recommendation_requests() -> None:
         (pb.SimilarPapersRequest(paper_id="a", negative_ids=["a"]), "both a positive and"),
         (pb.SimilarPapersRequest(paper_id="a", strategy=9), "unknown strategy 9"),
         (pb.SimilarPapersRequest(paper_id="a", positive_ids=[" "]), r"positive_ids\[0\]"),
+        (pb.SimilarPapersRequest(paper_id="a", negative_ids=["x", " ", "y", " "]),
+         r"negative_ids\[1\]"),  # a repeated bad id: named by its first position
         (pb.SimilarPapersRequest(paper_id="a", negative_ids=[f"n{i}" for i in range(16)]),
          "17 example papers .* limit is 16"),
     ]:
         with pytest.raises(InvalidQuery, match=match):
             convert.similar_query_from_proto(bad, LIMITS)
+
+
+def test_a_repeated_example_id_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request may repeat an id a million times within its byte limit (the limit counts
+    distinct ids): each distinct one is checked once, not each copy on the event loop."""
+    checked: list[str] = []
+
+    def counting(value: str, field_name: str) -> str:
+        checked.append(value)
+        return value.strip()
+
+    monkeypatch.setattr(convert, "checked_id", counting)
+    request = pb.SimilarPapersRequest(paper_id="a", positive_ids=["b"] * 100_000,
+                                      negative_ids=["c"] * 100_000)
+    assert convert.similar_query_from_proto(request, LIMITS).examples == \
+        Examples(("a", "b"), ("c",))
+    assert sorted(checked) == ["a", "b", "c"]
 
 
 def test_similar_papers_request() -> None:

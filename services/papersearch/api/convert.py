@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -252,12 +252,10 @@ def similar_query_from_proto(
         raise InvalidQuery(f"{given} example papers (paper_id, positive_ids, negative_ids); "
                            f"the limit is {settings.max_similar_ids} (search.max_similar_ids)")
     positive = [paper_id_from_proto(request.paper_id)] if request.paper_id else []
-    positive += [paper_id_from_proto(v, f"positive_ids[{i}]")
-                 for i, v in enumerate(request.positive_ids)]
+    positive += _distinct_ids(request.positive_ids, "positive_ids")
     if not positive:
         raise InvalidQuery("paper_id must not be empty (or give positive_ids)")
-    negative = [paper_id_from_proto(v, f"negative_ids[{i}]")
-                for i, v in enumerate(request.negative_ids)]
+    negative = _distinct_ids(request.negative_ids, "negative_ids")
     strategy: RecommendStrategy | None = None  # unspecified: the index's default
     if request.strategy in _STRATEGIES:
         strategy = _STRATEGIES[request.strategy]
@@ -270,6 +268,19 @@ def similar_query_from_proto(
         raise InvalidQuery(str(error)) from None
     return SimilarQuery(examples, top_k_from_proto(request.top_k, settings),
                         filter_from_proto(request.filter))
+
+
+def _distinct_ids(values: Sequence[str], field_name: str) -> list[str]:
+    """Each distinct id of ``values`` checked once (a request may repeat one a million times
+    within its byte limit); an invalid one is named by its first position."""
+    ids = []
+    for value in dict.fromkeys(values):
+        try:
+            ids.append(checked_id(value, field_name))
+        except ValueError:  # checked again to name its first position: raises InvalidQuery
+            paper_id_from_proto(value, f"{field_name}[{list(values).index(value)}]")
+            raise
+    return ids
 
 
 def similar_query_to_proto(query: SimilarQuery) -> pb.SimilarPapersRequest:
