@@ -19,6 +19,7 @@ from papersearch.gateway.method_handlers import API_PREFIX, with_behavior
 from papersearch.pipeline.query import InvalidQuery
 
 _MAX_DEPTH = 32  # nesting the walker follows; the API's requests nest two levels
+_MAX_FIELDS = 20_000  # fields it reads: twice a valid request's most (10,000 ids to delete)
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):
@@ -102,53 +103,61 @@ def describe(data: bytes, descriptor: Descriptor) -> str:
 
 def invalid_utf8_field(data: bytes, descriptor: Descriptor) -> str | None:
     """The first string field of ``data`` (a serialized ``descriptor`` message) that holds
-    invalid UTF-8, as "SearchRequest.filter.authors[1]"; None if there is none or the wire
-    format breaks before one is found."""
+    invalid UTF-8, as "SearchRequest.filter.authors[1]"; None if there is none, the wire
+    format breaks before one is found, or it is not among the first _MAX_FIELDS fields (the
+    walk is Python on the event loop: a 4 MiB message holds a million fields)."""
     try:
-        return _walk(data, descriptor, descriptor.name, 0)
+        return _Walk().message(data, descriptor, descriptor.name, 0)
     except (IndexError, ValueError):
         return None
 
 
-def _walk(data: bytes, descriptor: Descriptor, path: str, depth: int) -> str | None:
-    pos, seen = 0, dict[int, int]()
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            chunk, pos = data[pos:pos + length], pos + length
-            if len(chunk) < length:
+class _Walk:
+    def __init__(self) -> None:
+        self.fields_left = _MAX_FIELDS
+
+    def message(self, data: bytes, descriptor: Descriptor, path: str, depth: int) -> str | None:
+        pos, seen = 0, dict[int, int]()
+        while pos < len(data):
+            self.fields_left -= 1
+            if self.fields_left < 0:
                 return None
-            found = _check(chunk, descriptor.fields_by_number.get(number), path, seen, depth)
-            if found is not None:
-                return found
-        else:  # groups and invalid wire types: nothing the API sends
-            return None
-    return None
-
-
-def _check(chunk: bytes, field: FieldDescriptor | None, path: str, seen: dict[int, int],
-           depth: int) -> str | None:
-    if field is None:  # an unknown field: not ours to judge
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            elif wire == 2:
+                length, pos = _varint(data, pos)
+                chunk, pos = data[pos:pos + length], pos + length
+                if len(chunk) < length:
+                    return None
+                found = self.field(chunk, descriptor.fields_by_number.get(number), path, seen,
+                                   depth)
+                if found is not None:
+                    return found
+            else:  # groups and invalid wire types: nothing the API sends
+                return None
         return None
-    name = f"{path}.{field.name}"
-    if field.is_repeated:
-        index = seen.get(field.number, 0)
-        seen[field.number] = index + 1
-        name = f"{name}[{index}]"
-    if field.type == FieldDescriptor.TYPE_STRING:
-        try:
-            chunk.decode("utf-8")
-        except UnicodeDecodeError:
-            return name
-    elif field.type == FieldDescriptor.TYPE_MESSAGE and depth < _MAX_DEPTH:
-        return _walk(chunk, field.message_type, name, depth + 1)
-    return None
+
+    def field(self, chunk: bytes, field: FieldDescriptor | None, path: str,
+              seen: dict[int, int], depth: int) -> str | None:
+        if field is None:  # an unknown field: not ours to judge
+            return None
+        name = f"{path}.{field.name}"
+        if field.is_repeated:
+            index = seen.get(field.number, 0)
+            seen[field.number] = index + 1
+            name = f"{name}[{index}]"
+        if field.type == FieldDescriptor.TYPE_STRING:
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError:
+                return name
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and depth < _MAX_DEPTH:
+            return self.message(chunk, field.message_type, name, depth + 1)
+        return None
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
