@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -14,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient
-from qdrant_client.http.exceptions import ResponseHandlingException
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from papersearch.corpus.paper import Paper, point_id
 from papersearch.index import (
@@ -29,6 +31,7 @@ from papersearch.index import (
     SearchFilter,
     SearchRequest,
     Store,
+    StoreError,
     StoreUnavailable,
     open_store,
 )
@@ -781,6 +784,55 @@ def test_server_retry_stays_within_the_timeout() -> None:
     store.close()
 
 
+class NotFound(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """What a Qdrant server answers over gRPC for a collection that is not there."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.NOT_FOUND
+
+    def details(self) -> str:
+        return "Not found: Collection `papers` doesn't exist!"
+
+    def initial_metadata(self) -> None: ...
+    def trailing_metadata(self) -> None: ...
+    def is_active(self) -> bool: return False
+    def time_remaining(self) -> None: ...
+    def cancel(self) -> bool: return False
+    def add_callback(self, callback: Any) -> bool: return False
+
+
+@pytest.mark.parametrize("answer", ["grpc", "rest"])
+def test_a_server_collection_deleted_while_open_is_missing(answer: str) -> None:
+    """As with the embedded engine: readiness says the collection is gone (the gateway answers
+    FAILED_PRECONDITION), not an INTERNAL error with a traceback."""
+    store, flaky = flaky_store()
+    gone: Exception = NotFound() if answer == "grpc" else UnexpectedResponse(
+        404, "Not Found", b'{"status": {"error": "Collection `papers` doesn\'t exist!"}}',
+        httpx.Headers())
+
+    def count(*_: Any, **__: Any) -> int:
+        raise gone
+
+    flaky.client.count = count  # type: ignore[method-assign]
+    with pytest.raises(CollectionMissing, match="exist"):
+        store.probe()
+    store.close()
+
+
+def test_unreadable_server_collection_identity_is_a_store_error() -> None:
+    """Damaged metadata is reported as the index's (the opener then closes its client), not a
+    bare KeyError."""
+    client = QdrantClient(":memory:")
+    client.create_collection(
+        "papers", vectors_config={DENSE_NAME: models.VectorParams(
+            size=DIM, distance=models.Distance.COSINE)},
+        metadata={"papersearch": {"schema": 1, "dim": DIM}})
+    store = ServerStore(IndexSettings(), client=client)
+    with pytest.raises(StoreError, match="unreadable embedder identity"):
+        store.ensure_collection(DIM, SHA)
+    store.close()
+
+
 def test_open_store_default_is_embedded(tmp_path: Path) -> None:
     store = open_store(Settings(index=IndexSettings(data_dir=tmp_path)))
     assert isinstance(store, EdgeStore) and store.path == tmp_path / "papers"
@@ -874,6 +926,56 @@ def test_edge_access_check_holds_briefly_and_repeats_while_failing(
     allowed["ok"] = True
     store._check_access()
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize("wiped", ["directory", "shard config"])
+def test_edge_writes_to_a_collection_deleted_while_open_are_refused(
+        tmp_path: Path, wiped: str) -> None:
+    """The open shard would take them into files that are gone: acknowledged, then lost."""
+    import shutil
+
+    from papersearch.index import edge
+
+    store = EdgeStore(IndexSettings(data_dir=tmp_path, collection="c"))
+    store.ensure_collection(DIM, SHA)
+    try:
+        store.upsert(PAPERS[:1], DENSE[:1], SPARSE[:1])
+        if wiped == "directory":
+            shutil.rmtree(store.path)
+        else:
+            (store.path / "edge_config.json").unlink()
+        time.sleep(edge.ACCESS_CHECK_S)  # past the last passed access check
+        with pytest.raises(CollectionMissing, match="gone"):
+            store.upsert(PAPERS[1:2], DENSE[1:2], SPARSE[1:2])
+    finally:
+        with contextlib.suppress(StoreError):  # a flush into a deleted directory may fail
+            store.close()
+
+
+def test_edge_close_releases_the_shard_when_its_flush_fails(tmp_path: Path) -> None:
+    """A failed flush (a disk error) is raised, and the shard is still closed: its lock held,
+    nothing else (a restarted gateway, an ingest) could open the index again."""
+    settings = IndexSettings(data_dir=tmp_path, collection="c")
+    store = EdgeStore(settings)
+    store.ensure_collection(DIM, SHA)
+    shard = store._shard
+    assert shard is not None
+
+    class FailingFlush:
+        def flush(self) -> None:
+            raise OSError("EIO: disk error")
+
+        def close(self) -> None:
+            shard.close()
+
+    store._shard = FailingFlush()  # type: ignore[assignment]
+    with pytest.raises(StoreError, match="EIO"):
+        store.close()
+    with pytest.raises(StoreError, match="not open"):  # not a store that looks open
+        store.count()
+    with EdgeStore(settings) as again:
+        again.ensure_collection(DIM, SHA)
+        assert again.count() == 0
 
 
 @pytest.mark.parametrize("dense", [[], [0.1, float("nan")], [float("inf"), 0.2], [1e39, 0.0]])

@@ -104,7 +104,7 @@ class EdgeStore(Store):
     def probe_program(self) -> Program[int]:
         if not (self.path / _SHARD_CONFIG).is_file():
             self._check_access()
-            raise CollectionMissing(f"index {self.path} is gone (deleted since it was opened)")
+            raise self._gone()
         return (yield from super().probe_program())
 
     def optimize(self) -> None:
@@ -208,8 +208,10 @@ class EdgeStore(Store):
         shard, self._shard = self._shard, None
         if shard is not None:
             with _engine("close"):
-                shard.flush()
-                shard.close()
+                try:
+                    shard.flush()
+                finally:  # its files and lock are let go even if the flush failed
+                    shard.close()
             logger.info("index closed", extra={"collection": str(self.path)})
 
     # -- helpers -----------------------------------------------------------------------------
@@ -227,7 +229,9 @@ class EdgeStore(Store):
         wrote would not persist; so nothing is served until access is back. A check that
         passed holds for ACCESS_CHECK_S (four system calls per engine call were a tenth of the
         gateway's CPU under load); a failing one is repeated on every call. Root passes
-        permission checks whatever the mode bits say."""
+        permission checks whatever the mode bits say. An open index whose directory (or shard
+        config) was deleted is CollectionMissing: the shard would take writes into files that
+        are gone."""
         now = time.monotonic()
         if now - self._access_checked < ACCESS_CHECK_S:
             return
@@ -235,14 +239,21 @@ class EdgeStore(Store):
             try:
                 directory.stat()
             except FileNotFoundError:
-                return  # missing: _open creates it or says CollectionMissing
+                if self._shard is not None:
+                    raise self._gone() from None
+                return  # not opened yet: _open creates it or says CollectionMissing
             except OSError as exc:
                 raise StoreUnavailable(f"index directory {directory} is not reachable: {exc}"
                                        ) from exc
             if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
                 raise StoreUnavailable(
                     f"index directory {directory} is not readable and writable by this process")
+        if self._shard is not None and not (self.path / _SHARD_CONFIG).is_file():
+            raise self._gone()
         self._access_checked = now
+
+    def _gone(self) -> CollectionMissing:
+        return CollectionMissing(f"index {self.path} is gone (deleted since it was opened)")
 
     def _load(self, dim: int) -> qe.EdgeShard:
         # Giving only the vector layout makes the engine check it against the segments (the

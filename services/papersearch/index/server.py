@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import grpc
@@ -274,12 +275,17 @@ def retry_budget(deadline: float, operation: str, collection: str, error: StoreU
 
 def _identity(metadata: Mapping[str, Any] | None) -> EmbedderIdentity | None:
     entry = (metadata or {}).get(METADATA_KEY)
-    return EmbedderIdentity.from_json(entry) if entry else None
+    try:
+        return EmbedderIdentity.from_json(entry) if entry else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"unreadable embedder identity in the collection's metadata "
+                         f"({METADATA_KEY}): {exc!r}") from exc
 
 
 @contextmanager
 def errors(operation: str) -> Iterator[None]:
-    """Unreachable server: StoreUnavailable; anything else the server refuses: StoreError."""
+    """Unreachable server: StoreUnavailable; the collection not found (deleted since it was
+    opened): CollectionMissing; anything else the server refuses: StoreError."""
     try:
         yield
     except StoreError:
@@ -288,10 +294,14 @@ def errors(operation: str) -> Iterator[None]:
         code = exc.code() if isinstance(exc, grpc.Call | AioRpcError) else None
         if code in _UNAVAILABLE:
             raise StoreUnavailable(f"qdrant {operation}: {code}: {exc.details()}") from exc
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise CollectionMissing(f"qdrant {operation}: {exc.details()}") from exc
         raise StoreError(f"qdrant {operation} failed: {exc}") from exc
     except ResponseHandlingException as exc:
         raise StoreUnavailable(f"qdrant {operation}: {exc}") from exc
     except UnexpectedResponse as exc:
+        if exc.status_code == HTTPStatus.NOT_FOUND:
+            raise CollectionMissing(f"qdrant {operation}: {exc}") from exc
         raise StoreError(f"qdrant {operation} failed: {exc}") from exc
 
 

@@ -124,9 +124,12 @@ class Store(ABC):
         return str(key)
 
     def close(self) -> None:
-        """Persist everything acknowledged and release the engine; safe to call twice."""
-        self._close()
-        self._identity = None
+        """Persist everything acknowledged and release the engine; safe to call twice. The
+        engine is released even when persisting fails (the error is raised)."""
+        try:
+            self._close()
+        finally:
+            self._identity = None
 
     def __enter__(self) -> Store:
         return self
