@@ -185,6 +185,9 @@ BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
                 "readOnlyRootFilesystem must be true"),
     "dangling selector": (lambda o: _first(o, "PodMonitor")["spec"]["selector"].update(
         matchLabels={"app": "nothing"}), "selects no pod"),
+    "no serve port": (lambda o: _first(o, "RayService")["spec"]["rayClusterConfig"]
+                      ["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"].pop(),
+                      "needs a port named serve"),
     "unknown kind": (lambda o: o.append({"apiVersion": "example.com/v1", "kind": "Widget",
                                          "metadata": {"name": "w"}}), "no schema"),
 }

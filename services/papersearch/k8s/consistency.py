@@ -241,6 +241,12 @@ def check_selectors(rendered: Rendered) -> list[str]:
                         errors.append(f"PodMonitor/{name}: {pod.owner} has no port "
                                       f"{endpoint['port']}")
     ray_pods = [p for p in pods if p.group is not None]
+    for service in rendered.find("RayService"):  # KubeRay refuses to reconcile without it
+        head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+        named = {p.get("name") for p in head["containers"][0].get("ports", [])}
+        if "serve" not in named and "serveService" not in service["spec"]:
+            errors.append(f"RayService/{service['metadata']['name']}: the head container needs "
+                          "a port named serve (or spec.serveService)")
     monitors = [o for o in rendered.objects if o["kind"] == "PodMonitor"]
     for pod in ray_pods:
         if not any(matches(m["spec"]["selector"], pod.labels) for m in monitors):
