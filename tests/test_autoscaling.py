@@ -94,7 +94,8 @@ def test_a_cancelled_call_stays_busy_until_its_thread_ends() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("values", [(0.6, 0.5, 0.55), (0.1, 0.4, 0.3), (0.3, 0.3, 0.9)])
+@pytest.mark.parametrize("values", [(0.6, 0.5, 0.55), (0.1, 0.4, 0.3), (0.3, 0.3, 0.9),
+                                    (1.0, 0.5, 0.3)])  # a share is at most 1: never above 1
 def test_band_refuses_values_that_would_undo_each_other(values: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="scale_down_below <= target < scale_up_above"):
         Band(*values)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from papersearch.autoscaling import UTILIZATION
 from papersearch.encoder import deployment
 from papersearch.encoder.runtime import Encoder
 from papersearch.settings import Settings
@@ -42,3 +43,22 @@ def test_a_load_outlives_the_callers_cancelled_while_it_runs(
     assert len(loads) == 1 and (dim, sha) == (replica._encoders[replica.default].dim,
                                               replica._encoders[replica.default].sha256)
     assert not replica._loads
+
+
+def test_the_busy_share_starts_when_the_model_is_loaded(
+    model_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The meter measured from before the load: a new replica's first report spread its busy
+    time over the load's seconds too and read nearly idle for ~3 s (the smoothing window)."""
+    loading = deployment.Encoder.from_settings
+
+    def slow_load(*args: Any, **kwargs: Any) -> Encoder:
+        time.sleep(2.0)  # a slow disk or a large model
+        return loading(*args, **kwargs)
+
+    monkeypatch.setattr(deployment.Encoder, "from_settings", slow_load)
+    replica = deployment.QueryEncoderDeployment.func_or_class(model_settings)
+    with replica.meter.busy():
+        time.sleep(0.3)  # saturated from its first request
+    report = asyncio.run(replica.record_autoscaling_stats())
+    assert report[UTILIZATION] > 0.5  # 0.3 s of 2.3 s read 0.13

@@ -116,9 +116,10 @@ class Band:
     scale_down_below: float = 0.3
 
     def __post_init__(self) -> None:
-        if not 0 < self.scale_down_below <= self.target < self.scale_up_above <= 1:
+        # below 1: a replica's share is at most 1 and the band asks for more only above it
+        if not 0 < self.scale_down_below <= self.target < self.scale_up_above < 1:
             raise ValueError(
-                "autoscaling band: need 0 < scale_down_below <= target < scale_up_above <= 1, "
+                "autoscaling band: need 0 < scale_down_below <= target < scale_up_above < 1, "
                 f"got {self.scale_down_below}, {self.target}, {self.scale_up_above}")
 
     def replicas(self, total: float, current: int) -> int:

@@ -32,13 +32,13 @@ class QueryEncoderDeployment:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_format)  # the precision line shows
         self.settings = settings
-        self.meter = BusyMeter()
         default = Encoder.from_settings(settings.models)
         self.default = str(ModelRef(default.manifest.name, default.manifest.version))
         self._encoders: dict[str, Encoder] = {self.default: default}
         self._batches: dict[str, Coalescer[list[str], np.ndarray]] = {}
         self._loads: dict[str, asyncio.Future[None]] = {}  # an embedder being loaded
         metrics().model_loaded("QueryEncoder", default)
+        self.meter = BusyMeter()  # from now: the load's seconds are not idle serving time
 
     async def encode(self, texts: list[str], embedder: str | None = None) -> np.ndarray:
         """The queries a gateway coalesced into one call."""

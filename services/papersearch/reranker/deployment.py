@@ -31,7 +31,6 @@ class RerankerDeployment:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_format)
         self.loader = RerankerLoader(settings.models)
-        self.meter = BusyMeter()
         # serve.batch adds these setters to the method; its type hints do not show them
         self._score_batch.set_max_batch_size(  # type: ignore[attr-defined]
             settings.serve.reranker_batch_size)
@@ -39,9 +38,10 @@ class RerankerDeployment:
             settings.serve.reranker_batch_wait_s)
         if not settings.search.rerank_enabled:
             log.info("rerank stage off (search.rerank_enabled=false): no reranker loaded")
-            return
-        with contextlib.suppress(ModelNotFound):  # the loader said so; the replica starts
-            metrics().model_loaded("Reranker", self.loader.get())
+        else:
+            with contextlib.suppress(ModelNotFound):  # the loader said so; the replica starts
+                metrics().model_loaded("Reranker", self.loader.get())
+        self.meter = BusyMeter()  # from now: the load's seconds are not idle serving time
 
     async def _model(self) -> Reranker:
         """The model, loaded if it (or a newer version) has appeared: in a thread, ~1 s, when
