@@ -60,9 +60,9 @@ def target(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
     # A deliberately small encoder queue, fixed at one replica, so overload can be provoked.
     small_queue = {"QueryEncoder": {"max_ongoing_requests": 2, "max_queued_requests": 2,
                                     "autoscaling_config": None, "num_replicas": 1}}
-    launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides,
-                   deployment_options=small_queue)
     try:
+        launcher.start(settings, num_cpus=4, temp_dir=temp_dir, overrides=overrides,
+                       deployment_options=small_queue)
         yield Target(f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}",
                      settings.serve.metrics_port, repository)
     finally:
@@ -279,3 +279,40 @@ def test_reranker_scales_up_under_load(client: SearchClient) -> None:
         for worker in workers:
             worker.result()  # no failed request while scaling
     assert replicas() >= 2, "no Reranker replica added under sustained load"
+
+
+def test_a_failed_start_takes_down_the_ray_instance_it_started(
+    sample_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deploy that fails (or times out) left the Ray instance start() had begun running:
+    its processes, ports and temp dir, and a later start() in the process reused it. Ray's
+    start and Serve's are stood in for: what is checked is the launcher's own cleanup."""
+    import ray
+    from ray.serve._private import api as serve_api
+
+    from papersearch.serving import launcher
+
+    running = {"ray": False, "stopped": 0}
+
+    def init(**_: Any) -> None:
+        running["ray"] = True
+
+    def shutdown() -> None:
+        running["ray"], running["stopped"] = False, running["stopped"] + 1
+
+    def serve_start(**_: Any) -> None:
+        raise RuntimeError("the Serve controller did not start")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: running["ray"])
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    monkeypatch.setattr(launcher, "init_keeping_signals", init)
+    monkeypatch.setattr(serve_api, "serve_start", serve_start)
+    settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
+        update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml"})})
+    with pytest.raises(RuntimeError, match="did not start"):
+        launcher.start(settings)
+    assert running == {"ray": False, "stopped": 1}
+    running["ray"] = True  # one already running (a test's, a driver's) is not ours to stop
+    with pytest.raises(RuntimeError, match="did not start"):
+        launcher.start(settings)
+    assert running == {"ray": True, "stopped": 1}

@@ -79,7 +79,8 @@ def start(
 
     config = load_config(settings.serve.serve_config, Path.cwd(), overrides, deployment_options,
                          config_overrides)
-    if not ray.is_initialized():
+    started_ray = not ray.is_initialized()
+    if started_ray:
         # The dashboard serves Serve's status API (replica counts for the load test); the
         # metrics port exports Prometheus metrics (papersearch.telemetry).
         init_keeping_signals(num_cpus=num_cpus, namespace="serve", _node_ip_address="127.0.0.1",
@@ -88,22 +89,27 @@ def start(
                              dashboard_port=settings.serve.dashboard_port,
                              _metrics_export_port=settings.serve.metrics_port,
                              _temp_dir=str(temp_dir) if temp_dir else None)
-    client = serve_api.serve_start(
-        http_options=config.http_options.model_dump(),
-        proxy_location=config.proxy_location,
-        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
-    )
-    client.deploy_apps(config)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = serve.status().applications.get(settings.serve.app_name)
-        if status is not None and status.status == "RUNNING":
-            log.info("serve app running", extra={"app": settings.serve.app_name})
-            return
-        if status is not None and status.status == "DEPLOY_FAILED":
-            raise RuntimeError(f"Serve app failed to deploy: {status.message}")
-        time.sleep(1.0)
-    raise TimeoutError(f"Serve app not RUNNING after {timeout_s:.0f} s")
+    try:
+        client = serve_api.serve_start(
+            http_options=config.http_options.model_dump(),
+            proxy_location=config.proxy_location,
+            grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+        )
+        client.deploy_apps(config)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = serve.status().applications.get(settings.serve.app_name)
+            if status is not None and status.status == "RUNNING":
+                log.info("serve app running", extra={"app": settings.serve.app_name})
+                return
+            if status is not None and status.status == "DEPLOY_FAILED":
+                raise RuntimeError(f"Serve app failed to deploy: {status.message}")
+            time.sleep(1.0)
+        raise TimeoutError(f"Serve app not RUNNING after {timeout_s:.0f} s")
+    except BaseException:
+        if started_ray:  # not left running (its ports, processes, temp dir) for a later start
+            stop()
+        raise
 
 
 def drain(settings: Settings) -> None:
