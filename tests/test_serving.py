@@ -281,38 +281,60 @@ def test_reranker_scales_up_under_load(client: SearchClient) -> None:
     assert replicas() >= 2, "no Reranker replica added under sustained load"
 
 
+class FakeRay:
+    """Ray's and Serve's starts stood in for: what is checked is the launcher's own logic."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import ray
+        from ray.serve._private import api as serve_api
+
+        from papersearch.serving import launcher
+
+        self.running, self.stopped, self.options = False, 0, dict[str, Any]()
+        monkeypatch.setattr(ray, "is_initialized", lambda: self.running)
+        monkeypatch.setattr(ray, "shutdown", self.shutdown)
+        monkeypatch.setattr(launcher, "init_keeping_signals", self.init)
+        monkeypatch.setattr(serve_api, "serve_start", self.serve_start)
+
+    def init(self, **options: Any) -> None:
+        self.running, self.options = True, options
+
+    def shutdown(self) -> None:
+        self.running, self.stopped = False, self.stopped + 1
+
+    def serve_start(self, **_: Any) -> None:
+        raise RuntimeError("the Serve controller did not start")
+
+
+def _launch(settings: Settings, **serve: Any) -> None:
+    from papersearch.serving import launcher
+
+    launcher.start(settings.model_copy(update={"serve": settings.serve.model_copy(
+        update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml", **serve})}))
+
+
 def test_a_failed_start_takes_down_the_ray_instance_it_started(
     sample_settings: Settings, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A deploy that fails (or times out) left the Ray instance start() had begun running:
-    its processes, ports and temp dir, and a later start() in the process reused it. Ray's
-    start and Serve's are stood in for: what is checked is the launcher's own cleanup."""
-    import ray
-    from ray.serve._private import api as serve_api
-
-    from papersearch.serving import launcher
-
-    running = {"ray": False, "stopped": 0}
-
-    def init(**_: Any) -> None:
-        running["ray"] = True
-
-    def shutdown() -> None:
-        running["ray"], running["stopped"] = False, running["stopped"] + 1
-
-    def serve_start(**_: Any) -> None:
-        raise RuntimeError("the Serve controller did not start")
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: running["ray"])
-    monkeypatch.setattr(ray, "shutdown", shutdown)
-    monkeypatch.setattr(launcher, "init_keeping_signals", init)
-    monkeypatch.setattr(serve_api, "serve_start", serve_start)
-    settings = sample_settings.model_copy(update={"serve": sample_settings.serve.model_copy(
-        update={"serve_config": ROOT / "deploy" / "serve" / "papersearch.yaml"})})
+    its processes, ports and temp dir, and a later start() in the process reused it."""
+    ray = FakeRay(monkeypatch)
     with pytest.raises(RuntimeError, match="did not start"):
-        launcher.start(settings)
-    assert running == {"ray": False, "stopped": 1}
-    running["ray"] = True  # one already running (a test's, a driver's) is not ours to stop
+        _launch(sample_settings)
+    assert (ray.running, ray.stopped) == (False, 1)
+    ray.running = True  # one already running (a test's, a driver's) is not ours to stop
     with pytest.raises(RuntimeError, match="did not start"):
-        launcher.start(settings)
-    assert running == {"ray": True, "stopped": 1}
+        _launch(sample_settings)
+    assert (ray.running, ray.stopped) == (True, 1)
+
+
+def test_ray_binds_loopback_unless_told_to_pick_the_hosts_address(
+    sample_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray exports metrics on loopback when its node address is: a container (the image sets
+    serve.ray_node_ip empty) could not publish metrics_port."""
+    ray = FakeRay(monkeypatch)
+    for node_ip, given in [("127.0.0.1", "127.0.0.1"), ("", None)]:
+        with pytest.raises(RuntimeError, match="did not start"):
+            _launch(sample_settings, ray_node_ip=node_ip)
+        assert ray.options["_node_ip_address"] == given

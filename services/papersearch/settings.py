@@ -502,6 +502,14 @@ class ServeSettings(Section):
         description="Ray's metrics export port: Prometheus /metrics of every process on a node.",
     )
     dashboard_host: str = Field("127.0.0.1", description="Ray dashboard (Serve's status API).")
+    ray_node_ip: str = Field(
+        "127.0.0.1",
+        description="The address of the Ray instance `papersearch serve` starts: loopback by "
+                    "default (Ray's ports stay on this machine, and Ray binds its metrics "
+                    "export port to loopback too); empty: Ray picks this host's address and "
+                    "exports metrics on every interface (a container publishing metrics_port: "
+                    "the image sets it).",
+    )
     dashboard_port: int = Field(8265, ge=1, le=65535)
     control_loop_interval_s: float = Field(
         0.5, gt=0, le=10,

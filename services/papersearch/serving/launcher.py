@@ -83,7 +83,8 @@ def start(
     if started_ray:
         # The dashboard serves Serve's status API (replica counts for the load test); the
         # metrics port exports Prometheus metrics (papersearch.telemetry).
-        init_keeping_signals(num_cpus=num_cpus, namespace="serve", _node_ip_address="127.0.0.1",
+        init_keeping_signals(num_cpus=num_cpus, namespace="serve",
+                             _node_ip_address=settings.serve.ray_node_ip or None,
                              include_dashboard=True,
                              dashboard_host=settings.serve.dashboard_host,
                              dashboard_port=settings.serve.dashboard_port,
