@@ -269,11 +269,13 @@ DRAIN_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] =
                       "PAPERSEARCH_SERVE__DRAIN_FILE"),
     "serve kills a draining gateway": (lambda o: _ray_service(o)["spec"].update(
         serveConfigV2=_ray_service(o)["spec"]["serveConfigV2"].replace(
-            "graceful_shutdown_timeout_s: 45", "graceful_shutdown_timeout_s: 20")),
-        "Gateway graceful_shutdown_timeout_s 20 < 45"),
+            "graceful_shutdown_timeout_s: 55", "graceful_shutdown_timeout_s: 20")),
+        "Gateway graceful_shutdown_timeout_s 20 < 52"),
     "grace shorter than the drain": (lambda o: _prod_env(o).update(
         PAPERSEARCH_SERVE__DRAIN_GRACE_S="58", PAPERSEARCH_SERVE__MAX_DEADLINE_S="50"),
-        "terminationGracePeriodSeconds 60 < 78"),
+        "terminationGracePeriodSeconds 70 < 85"),
+    "refusing while still an endpoint": (lambda o: _prod_env(o).update(
+        PAPERSEARCH_SERVE__DRAIN_NOTICE_S="5"), "drain_notice_s 5 < 12"),
 }
 
 

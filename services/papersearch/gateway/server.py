@@ -12,7 +12,7 @@ Health has two meanings, as separate grpc.health.v1 service names:
 
 Draining (``drain``, on SIGTERM of ``papersearch serve`` or when ``serve.drain_file`` appears):
 readiness NOT_SERVING, ``serve.drain_notice_s`` more of taking calls (while load balancers
-notice; 0 locally, 5 s in Kubernetes), then new calls refused with UNAVAILABLE before anything
+notice; 0 locally, 12 s in Kubernetes), then new calls refused with UNAVAILABLE before anything
 is done (gateway/gate.py; health still answers), calls in flight finish within
 ``serve.drain_grace_s`` (longer than the largest deadline a call can have,
 ``serve.max_deadline_s``), then the server stops (GOAWAY: clients reconnect elsewhere).

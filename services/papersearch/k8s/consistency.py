@@ -126,6 +126,7 @@ def check_gateway_placement(rendered: Rendered) -> list[str]:
 PROBE_SERVICES = {"startupProbe": "liveness", "livenessProbe": "liveness",
                   "readinessProbe": "readiness"}
 RAY_STOP_S = 10.0  # after preStop, SIGTERM: `ray start --block` stops the node
+ENDPOINTS_S = 2.0  # a pod turned unready leaves its Services' endpoints (and kube-proxy's rules)
 
 
 def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str],
@@ -147,6 +148,14 @@ def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str],
     command = ray.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
     if command != ["papersearch", "drain"]:
         errors.append("gateway pods need preStop `papersearch drain` (finish calls in flight)")
+    readiness = ray.get("readinessProbe", {})
+    unready_s = readiness.get("periodSeconds", 10) * readiness.get("failureThreshold", 3)
+    if serve.drain_notice_s < unready_s + ENDPOINTS_S:
+        errors.append(f"gateway drain_notice_s {serve.drain_notice_s:g} < "
+                      f"{unready_s + ENDPOINTS_S:g}: readiness fails after up to {unready_s:g} s "
+                      "(period x failureThreshold), "
+                      f"then the endpoints update (~{ENDPOINTS_S:g} s); calls refused before "
+                      "that still reach the pod (a Gateway replica Serve replaces in place)")
     drain = serve.drain_notice_s + serve.drain_grace_s
     serve_wait = float(gateway.get("graceful_shutdown_timeout_s", 20))
     if serve_wait < drain + MARGIN_S:
