@@ -382,3 +382,19 @@ def test_the_image_installs_the_lock() -> None:
                                       for line in installs), installs
     assert "COPY requirements/constraints.txt /constraints.txt" in dockerfile
     assert "!requirements/constraints.txt" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+@pytest.mark.parametrize(("resources", "cpus"), [
+    ({"limits": {"cpu": "4"}, "requests": {"cpu": "2"}}, 4.0),
+    ({"limits": {"cpu": "1500m"}}, 2.0),  # KubeRay's Quantity.Value() rounds up
+    ({"requests": {"cpu": "3"}}, 3.0),  # no limit: the request
+    ({}, 0.0),
+])
+def test_ray_cpus_of_a_pod_are_what_kuberay_starts_it_with(
+    resources: dict[str, Any], cpus: float,
+) -> None:
+    from papersearch.k8s.pods import ray_resources
+
+    assert ray_resources({}, {"resources": resources}) == {"CPU": cpus}
+    assert ray_resources({"rayStartParams": {"num-cpus": "0"}},
+                         {"resources": resources}) == {"CPU": 0.0}

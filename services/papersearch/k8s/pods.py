@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -118,14 +119,16 @@ def autoscaler_container(cluster: Mapping[str, Any], ray: Mapping[str, Any]) -> 
 
 
 def ray_resources(group: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, float]:
-    """The Ray resources a group's pods advertise: CPU (num-cpus, else the CPU limit) + custom."""
+    """The Ray resources a group's pods advertise: CPU (num-cpus, else the CPU limit, else the
+    request, rounded up as KubeRay's Quantity.Value() does: 1500m is 2) + custom."""
     params = group.get("rayStartParams", {})
     resources: dict[str, float] = {}
     if "num-cpus" in params:
         resources["CPU"] = float(params["num-cpus"])
     else:
-        limit = container.get("resources", {}).get("limits", {}).get("cpu")
-        resources["CPU"] = float(int(cpu_quantity(limit))) if limit is not None else 0.0
+        given = container.get("resources", {})
+        cpu = given.get("limits", {}).get("cpu") or given.get("requests", {}).get("cpu")
+        resources["CPU"] = float(math.ceil(cpu_quantity(cpu))) if cpu is not None else 0.0
     if "resources" in params:
         resources.update(json.loads(str(params["resources"]).strip("'\"` ")))
     return resources
