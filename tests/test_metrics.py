@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,17 @@ def test_loaders_read_beir_files(tmp_path: Path) -> None:
     root = write_dataset(tmp_path, queries, qrels, split="dev")
     assert load_queries(root) == {"1": "first query", "2": "second"}
     assert load_qrels(root, split="dev") == {"1": {"d1": 2, "d2": 0}, "2": {"d1": 1}}
+
+
+def test_qrels_ids_are_normalised_as_the_corpus_and_query_ids_are(tmp_path: Path) -> None:
+    """An NFD id (café as e + U+0301) in all three files: the corpus and the queries store it
+    NFC, so qrels kept verbatim judged nothing, and a perfect run scored 0."""
+    cafe = "cafe\u0301-1"
+    root = write_dataset(tmp_path, json.dumps({"_id": cafe, "text": "coffee"}),
+                         f"{cafe}\t{cafe}\t1\n")
+    nfc = unicodedata.normalize("NFC", cafe)
+    assert nfc != cafe and load_queries(root) == {nfc: "coffee"}
+    assert load_qrels(root) == {nfc: {nfc: 1}}
 
 
 def test_qrels_header_is_optional(tmp_path: Path) -> None:

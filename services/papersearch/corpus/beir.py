@@ -1,7 +1,8 @@
 """Reader for a BEIR ``corpus.jsonl``: ``_id``, ``title``, ``text`` and optional ``metadata``.
 
-Ids are kept verbatim so qrels still match. ``text`` becomes the abstract; either it or the title
-may be empty, not both. Scalar metadata goes to :attr:`Paper.extra`, except ``url``.
+Ids are normalised as the API's are (corpus/paper.checked_id: stripped, NFC), and so are the
+qrels' (evaluation/beir), so judgments still match. ``text`` becomes the abstract; either it or
+the title may be empty, not both. Scalar metadata goes to :attr:`Paper.extra`, except ``url``.
 """
 
 from __future__ import annotations

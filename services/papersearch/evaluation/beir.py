@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from papersearch.corpus.jsonl import record_id
+from papersearch.corpus.paper import checked_id
 
 QUERIES_FILE = "queries.jsonl"
 QRELS_DIR = "qrels"
@@ -91,6 +92,10 @@ def _parse_judgment(source: str, fields: tuple[str, ...]) -> tuple[str, str, int
         raise ValueError(f"{source}: expected 'query-id<TAB>corpus-id<TAB>score', got {fields}")
     query_id, doc_id, score = fields
     try:
-        return query_id, doc_id, int(score)
+        grade = int(score)
     except ValueError:
         raise ValueError(f"{source}: score must be an integer, got {score!r}") from None
+    try:  # normalised as the queries' and the corpus' ids are, or a judgment would match none
+        return checked_id(query_id, "query-id"), checked_id(doc_id, "corpus-id"), grade
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
