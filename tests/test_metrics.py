@@ -197,6 +197,9 @@ def test_judgments_must_name_the_queries_they_judge(
     assert dict(dataset.qrels) == {"q1": {"d1": 1}, "q2": {"d1": 0}}
     assert "judgments of unknown queries left out" in caplog.text
     assert judged_queries(dataset) == 1  # q2 has no relevant judgment: run, not scored
+    (root / "queries.jsonl").write_text("\n")  # a StopIteration traceback
+    with pytest.raises(ValueError, match="queries.jsonl holds no queries"):
+        load_dataset(root)
     (root / "queries.jsonl").rename(root / "topics.jsonl")
     with pytest.raises(FileNotFoundError, match="has qrels/ but no queries.jsonl"):
         load_dataset(root)  # was read as a known-item set without a word

@@ -50,6 +50,8 @@ def _of_known_queries(qrels: dict[str, dict[str, int]], queries: Mapping[str, st
                       ) -> dict[str, dict[str, int]]:
     """The judgments of queries in queries.jsonl. Judgments of other ids would score 0 each
     (their queries never run); none known at all is an id mismatch between the two files."""
+    if not queries:
+        raise ValueError(f"{path}: {QUERIES_FILE} holds no queries")
     unknown = sorted(q for q in qrels if q not in queries)
     if unknown and len(unknown) == len(qrels):
         raise ValueError(f"{path}: none of the {len(qrels)} query ids judged in {QRELS_DIR}/ is "
