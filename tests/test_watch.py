@@ -640,64 +640,83 @@ class FakeRpcError(grpc.RpcError):
         return "connection refused" if self._code == grpc.StatusCode.UNAVAILABLE else "done"
 
 
+class FakeWatches:
+    """The CLI's SearchClient stood in for: each watch() call plays the next list of events
+    (an exception ends the stream with it); the command's pauses are recorded, not slept."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, streams: list[list[Any]]) -> None:
+        from papersearch import cli, client
+
+        self.streams, self.opened, self.pauses = streams, list[WatchQuery](), list[float]()
+        sleep = time.sleep
+
+        def pause(seconds: float) -> None:  # the command's; other threads (gRPC's) sleep
+            if threading.current_thread() is threading.main_thread():
+                self.pauses.append(seconds)
+            else:
+                sleep(seconds)
+
+        monkeypatch.setattr(client, "SearchClient", lambda *_, **__: self)
+        monkeypatch.setattr(cli.time, "sleep", pause)
+
+    def __enter__(self) -> FakeWatches:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        pass
+
+    def watch(self, query: WatchQuery, timeout_s: float | None = None) -> Iterator[Any]:
+        self.opened.append(query)
+        events = self.streams[len(self.opened) - 1]
+
+        class Stream:
+            def __iter__(self) -> Iterator[Any]:
+                for event in events:
+                    if isinstance(event, Exception):
+                        raise event
+                    yield event
+
+            def cancel(self) -> None:
+                pass
+
+        return Stream()  # type: ignore[return-value]
+
+    def run(self, *args: str) -> int:
+        from papersearch import cli
+
+        handlers, level = logging.root.handlers[:], logging.root.level
+        try:
+            return cli.main(["watch", QUERY, "--target", "127.0.0.1:1", *args])
+        finally:
+            logging.root.handlers[:], logging.root.level = handlers, level
+
+
 def test_cli_keeps_reconnecting_while_the_gateway_is_not_back(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A watch live once, then its gateway restarting: the first reconnect found nothing
     listening yet and the command exited 2 (only a stream that had caught up counted)."""
-    from papersearch import cli, client
-
-    streams: list[list[Any]] = [
+    fake = FakeWatches(monkeypatch, [
         [WatchEvent(None, caught_up=True), FakeRpcError(grpc.StatusCode.UNAVAILABLE)],
         [FakeRpcError(grpc.StatusCode.UNAVAILABLE)],  # not back yet
         [FakeRpcError(grpc.StatusCode.UNAVAILABLE)],
         [WatchEvent(None, caught_up=True), FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED)],
-    ]
-    opened: list[Any] = []
-
-    class Stream:
-        def __init__(self, events: list[Any]) -> None:
-            self.events = events
-
-        def __iter__(self) -> Iterator[Any]:
-            for event in self.events:
-                if isinstance(event, Exception):
-                    raise event
-                yield event
-
-        def cancel(self) -> None:
-            pass
-
-    class FakeClient:
-        def __init__(self, *_: Any, **__: Any) -> None:
-            pass
-
-        def __enter__(self) -> FakeClient:
-            return self
-
-        def __exit__(self, *_: Any) -> None:
-            pass
-
-        def watch(self, query: WatchQuery, timeout_s: float | None = None) -> Stream:
-            opened.append(query)
-            return Stream(streams[len(opened) - 1])
-
-    pauses: list[float] = []
-    sleep = time.sleep
-
-    def pause(seconds: float) -> None:  # the command's; other threads (gRPC's) sleep as ever
-        if threading.current_thread() is threading.main_thread():
-            pauses.append(seconds)
-        else:
-            sleep(seconds)
-
-    monkeypatch.setattr(client, "SearchClient", FakeClient)
-    monkeypatch.setattr(cli.time, "sleep", pause)
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        assert cli.main(["watch", QUERY, "--target", "127.0.0.1:1", "--timeout-s", "60"]) == 0
-    finally:
-        logging.root.handlers[:], logging.root.level = handlers, level
-    assert len(opened) == 4 and pauses == [0.5, 1.0, 2.0]
-    assert opened[1].replay_since is not None  # the reconnects replay from the day it ended
+    ])
+    assert fake.run("--timeout-s", "60") == 0
+    assert len(fake.opened) == 4 and fake.pauses == [0.5, 1.0, 2.0]
+    assert fake.opened[1].replay_since is not None  # the reconnects replay from the day it ended
     assert capsys.readouterr().err.count("reconnecting") == 3
+
+
+def test_cli_a_watch_stream_that_ends_without_a_status_is_not_reopened_forever(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stream that ended OK (a proxy's, another server's; a gateway's never does) was opened
+    again every pause, --no-reconnect or not, and silently."""
+    fake = FakeWatches(monkeypatch, [[]])
+    assert fake.run("--no-reconnect") == 2
+    assert len(fake.opened) == 1 and "ended without a status" in capsys.readouterr().err
+    fake = FakeWatches(monkeypatch, [[WatchEvent(None, caught_up=True)], [
+        WatchEvent(None, caught_up=True), FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED)]])
+    assert fake.run("--timeout-s", "0.2") == 0  # live once: reopened, within the time left
+    assert len(fake.opened) == 2 and fake.pauses and fake.pauses[0] <= 0.2

@@ -334,9 +334,15 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
                         from None
                 print(f"the watch ended ({code.name}: {error.details()}); reconnecting in "
                       f"{pause:g} s", file=sys.stderr, flush=True)
+            else:  # a gateway's watch never ends OK: a proxy's or another server's did
+                if not (args.reconnect and live):
+                    raise RemoteError(f"{args.target}: the watch stream ended without a status")
+                print(f"the watch stream ended; reconnecting in {pause:g} s", file=sys.stderr,
+                      flush=True)
             finally:
                 watching.cancel()
-            time.sleep(pause)
+            left = None if ends is None else ends - time.monotonic()
+            time.sleep(pause if left is None else max(0.0, min(pause, left)))
             pause = min(2 * pause, _RECONNECT_PAUSE_S[1])
             ended_on = datetime.now(UTC).date()
             since = ended_on if query.replay_since is None else min(query.replay_since,
