@@ -223,9 +223,8 @@ def test_filters_through_the_pipeline(sample_settings: Settings, embedder_dir: P
             assert ids(SearchFilter(date(2030, 1, 1))) == set()
 
 
-def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
-                                                   embedder_dir: Path, reranker_dir: Path,
-                                                   tmp_path: Path) -> None:
+def mini_beir(root: Path) -> Path:
+    """Five topics, three judged queries: each query's one relevant document is plain."""
     topics = {
         "d1": "Photosynthesis converts light energy into chemical energy in plant chloroplasts.",
         "d2": "Volcanic eruptions eject ash and lava; magma chambers drive the activity.",
@@ -235,8 +234,13 @@ def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
     }
     queries = {"q1": "how do plants turn sunlight into chemical energy",
                "q2": "monetary policy and inflation", "q3": "translation with transformers"}
-    dataset_dir = write_beir(tmp_path / "mini", topics, queries,
-                             [("q1", "d1", 1), ("q2", "d4", 1), ("q3", "d3", 1)])
+    return write_beir(root, topics, queries, [("q1", "d1", 1), ("q2", "d4", 1), ("q3", "d3", 1)])
+
+
+def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
+                                                   embedder_dir: Path, reranker_dir: Path,
+                                                   tmp_path: Path) -> None:
+    dataset_dir = mini_beir(tmp_path / "mini")
     settings = sample_settings.model_copy(update={"eval_dir": tmp_path / "eval"})
     dataset = load_dataset(dataset_dir)
     reports = run_eval(dataset, EVAL_MODES, settings, Encoder(embedder_dir),
@@ -266,6 +270,36 @@ def test_eval_harness_on_a_small_judged_collection(sample_settings: Settings,
             assert [h.paper.id for h in hits] == [h.paper.id for h in asked]
     finally:
         store.close()
+
+
+def test_eval_without_modes_leaves_out_rerank_where_no_reranker_is_exported(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`papersearch eval --dataset X`, as the README shows it, failed on `make run`'s models
+    (no reranker: the rerank stage is off by default); named with --mode it still must."""
+    import json
+    import logging
+
+    from papersearch import cli
+
+    for name, value in {"MODELS__REPOSITORY": model_settings.models.repository,
+                        "MODELS__CACHE_DIR": model_settings.models.cache_dir,
+                        "MODELS__RERANKER_NAME": "no-such-reranker",
+                        "EVAL_DIR": tmp_path / "eval"}.items():
+        monkeypatch.setenv(f"PAPERSEARCH_{name}", str(value))
+    dataset = mini_beir(tmp_path / "mini")
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        assert cli.main(["eval", "--dataset", str(dataset), "--json"]) == 0
+        printed = capsys.readouterr()
+        assert cli.main(["eval", "--dataset", str(dataset), "--mode", "hybrid+rerank"]) == 2
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
+    modes = json.loads(printed.out)["modes"]
+    assert set(modes) == {m for m in EVAL_MODES if not m.endswith("+rerank")}
+    assert "+rerank modes are left out" in printed.err
+    assert "no-such-reranker" in capsys.readouterr().err
 
 
 def test_known_item_dataset_from_the_sample_corpus() -> None:
