@@ -12,6 +12,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.evaluation.harness import corpus_digest, index_name, mean_words
 from papersearch.index.edge import EdgeStore
 from papersearch.index.query import SearchRequest
+from papersearch.index.schema import CollectionSpec
 from papersearch.index.sparse import Bm25Encoder, SparseVector, document_text
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings
@@ -141,6 +142,20 @@ def test_eval_index_name_carries_numerics_and_title_weight() -> None:
     assert len({index_name("cacm", corpus, sha, "int8", 53.3, w) for w in (1, 2, 3)}) == 3
     assert len({index_name("cacm", corpus, sha, n, 53.3)
                 for n in ("fp32", "int8", "int8-batched")}) == 3
+
+
+def test_eval_index_name_carries_a_layout_other_than_the_default() -> None:
+    """An existing shard keeps the layout it was built with: `eval` with int8 quantization
+    asked for reused the float32 collection and measured float32."""
+    sha, corpus = "c0a025ec412e" + "0" * 52, "9f86d081" + "0" * 56
+    plain = index_name("cacm", corpus, sha, "int8", 53.3)
+    default = CollectionSpec.of(IndexSettings(), 384)
+    assert index_name("cacm", corpus, sha, "int8", 53.3, layout=default) == plain
+    int8 = CollectionSpec.of(IndexSettings(quantization="int8"), 384)
+    assert index_name("cacm", corpus, sha, "int8", 53.3, layout=int8) == plain + "-int8-m16-ef100"
+    wider = CollectionSpec.of(IndexSettings(hnsw_m=32, on_disk_vectors=True), 384)
+    assert index_name("cacm", corpus, sha, "int8", 53.3, layout=wider).endswith(
+        "-none-m32-ef100-diskvectors")
 
 
 def test_an_edited_corpus_gets_another_eval_collection() -> None:

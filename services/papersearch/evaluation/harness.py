@@ -25,6 +25,7 @@ from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.modes import EvalMode, FirstStageMode, first_stage_of, search_of
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode
+from papersearch.index.schema import CollectionSpec
 from papersearch.index.sparse import document_text
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import Ingester
@@ -32,7 +33,7 @@ from papersearch.interrupts import Interrupted
 from papersearch.pipeline.search import rerank_hits
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
-from papersearch.settings import SearchSettings, Settings
+from papersearch.settings import IndexSettings, SearchSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     papers = list(dataset.papers())  # read once: its mean, its digest and the ingest
     avg_len = round(mean_words(papers, title_weight), 1)
     name = index_name(dataset.name, corpus_digest(papers), encoder.sha256,
-                      encoder.numerics, avg_len, title_weight)
+                      encoder.numerics, avg_len, title_weight,
+                      CollectionSpec.of(settings.index, encoder.dim))
     place = ({"data_dir": settings.eval_dir / name, "collection": "papers"}
              if settings.index.backend == "embedded" else {"collection": f"eval-{name}"})
     index = settings.index.model_copy(update={**place, "bm25_avg_len": avg_len})
@@ -77,13 +79,21 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
 
 
 def index_name(dataset: str, corpus: str, encoder_sha256: str, numerics: str, avg_len: float,
-               title_weight: int = 1) -> str:
+               title_weight: int = 1, layout: CollectionSpec | None = None) -> str:
     """A dataset's eval collection: one per corpus content (``corpus_digest``: ingest adds
     missing ids only, so an edited or shortened corpus would keep its old texts and its
-    removed papers), encoder, its numerics (OnnxModel.numerics) and set of document BM25
-    weights. The title weight is named only when it is not 1."""
+    removed papers), encoder, its numerics (OnnxModel.numerics), set of document BM25
+    weights and collection layout (an existing shard keeps the layout it was built with: int8
+    quantization asked for later would measure float32). The title weight and the layout
+    are named only where they are not the defaults."""
     name = f"{dataset}-{corpus[:8]}-{encoder_sha256[:12]}-{numerics}-bm25len{avg_len:g}"
-    return name if title_weight == 1 else f"{name}-title{title_weight}"
+    if title_weight != 1:
+        name += f"-title{title_weight}"
+    if layout is not None and layout != CollectionSpec.of(IndexSettings(), layout.dim):
+        name += (f"-{layout.quantization}-m{layout.hnsw_m}-ef{layout.hnsw_ef_construct}"
+                 + "-diskvectors" * layout.on_disk_vectors
+                 + "-diskpayload" * layout.on_disk_payload)
+    return name
 
 
 def corpus_digest(papers: Iterable[Paper]) -> str:
