@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
 from papersearch.cli import main
+from papersearch.corpus.paper import Paper
 from papersearch.index.errors import StoreError, StoreUnavailable
 from papersearch.index.pointer import EdgePointers, Pointer, Pointers, ServerPointers
 from papersearch.index.server import ServerStore
 from papersearch.models.manifest import MANIFEST, ModelNotFound, ModelRef
-from papersearch.pipeline.collections import Collections
+from papersearch.pipeline.collections import Bound, Collections, View
+from papersearch.pipeline.migration import MigrationFailed, MigrationRefused, Migrator
 from papersearch.settings import IndexSettings, Settings
 
 MOVED = Pointer("papers-bbbbbbbbbbbb", "new@2", "papers", "old@1")
@@ -185,28 +189,124 @@ def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> No
     asyncio.run(resolves())
 
 
-def test_a_cancelled_swap_returns_only_once_its_pointer_is_written(tmp_path: Path) -> None:
-    """The write goes on in its thread when the step is cancelled; the cleanup after the
-    cancel reads the pointer, and read the old one while the new was being written: it dropped
-    the collection the finished write then named live."""
+class FakeIndex:
+    """A collection's stand-in for the migration's own logic (the real one: test_migration)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Paper] = {}
+
+    async def upsert(self, papers: list[Paper], dense: np.ndarray) -> int:
+        self.data.update((p.point_id, p) for p in papers)
+        return len(papers)
+
+    async def delete(self, ids: list[str]) -> int:
+        return 0
+
+    async def papers(self, point_ids: list[str]) -> list[Paper]:
+        return [self.data[p] for p in point_ids if p in self.data]
+
+    async def point_ids(self) -> list[str]:
+        return list(self.data)
+
+    async def ready(self) -> int:
+        return len(self.data)
+
+    async def close(self) -> None:
+        pass
+
+
+class Flaky(Unreachable):
+    """A pointer store whose write lands, then reports a failure (a rename whose directory
+    fsync failed, a server whose answer was lost), and whose reads fail ``unreadable`` times."""
+
+    def __init__(self, settings: IndexSettings, pointer: Pointer, unreadable: int = 0,
+                 write_s: float = 0.0) -> None:
+        super().__init__(settings)
+        self.pointer, self.unreadable, self.write_s = pointer, unreadable, write_s
+        self.dropped: list[str] = []
+
+    def read(self) -> Pointer | None:
+        if self.unreadable > 0:
+            self.unreadable -= 1
+            raise StoreUnavailable("qdrant: deadline exceeded")
+        return self.pointer
+
+    def write(self, pointer: Pointer) -> None:
+        time.sleep(self.write_s)
+        self.pointer = pointer
+        if not self.write_s:
+            raise StoreUnavailable("qdrant: deadline exceeded")
+
+    def drop(self, collection: str) -> None:
+        self.dropped.append(collection)
+
+
+def swapped_gateway(pointers_of: Callable[[Pointer], Flaky]) -> tuple[Migrator, Flaky]:
+    """A gateway mid-migration: live papers-new (embedder b), other papers (a), mirrored."""
     from papersearch.pipeline.migration import Migrator
 
-    class Slow(Unreachable):
-        written: Pointer | None = None
+    new = Bound(View("papers-new", ModelRef("b", 1), "shaB", 4), FakeIndex())  # type: ignore[arg-type]
+    old = Bound(View("papers", ModelRef("a", 1), "shaA", 4), FakeIndex())  # type: ignore[arg-type]
+    swapped = Pointer("papers-new", "b@1", "papers", "a@1")
+    pointers = pointers_of(swapped)
+    collections = Collections(Settings(), make_pointers=lambda _: pointers)
+    collections.switch(new, old, swapped)
 
-        def write(self, pointer: Pointer) -> None:
-            time.sleep(0.3)
-            self.written = pointer
+    async def encode(_: ModelRef, texts: Sequence[str]) -> np.ndarray:
+        return np.zeros((len(texts), 4), np.float32)
 
-    settings = Settings()
-    pointers = Slow(settings.index)
-    migrator = Migrator(Collections(settings, make_pointers=lambda _: pointers),
-                        encode=None, batch=1)  # type: ignore[arg-type]
-    swapped = Pointer("papers-new", "minilm@2", "papers", "minilm@1")
+    return Migrator(collections, encode, batch=8), pointers
 
-    async def cancelled() -> None:
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(migrator._write_pointer(swapped), 0.05)
-        assert pointers.written == swapped  # written before the cancel reached the caller
 
-    asyncio.run(cancelled())
+def test_a_pointer_write_that_failed_but_went_through_stands() -> None:
+    """The gateway kept its old view while the pointer named the new one: ingest jobs (and a
+    restarted gateway) then wrote where it did not search."""
+    migrator, pointers = swapped_gateway(lambda p: Flaky(IndexSettings(), p))
+    report = asyncio.run(migrator.rollback())
+    assert pointers.pointer.live == "papers" == migrator.collections.current.view.collection
+    assert report.warning is not None and "reads back as written" in report.warning
+
+
+def test_an_unknown_commit_keeps_both_collections_written_and_is_settled_next() -> None:
+    """A write that failed and a pointer that could not be read back: mirroring was turned
+    off and the gateway kept writing to one collection while the pointer may name the other.
+    Now both keep getting every write, and the next step follows the pointer, then stops."""
+    migrator, pointers = swapped_gateway(lambda p: Flaky(IndexSettings(), p, unreadable=1))
+
+    async def steps() -> None:
+        with pytest.raises(MigrationFailed, match="unknown"):
+            await migrator.rollback()
+        live = migrator.collections.current
+        assert live is not None and live.view.collection == "papers-new"  # not switched
+        paper = Paper(id="acked", title="A write meanwhile", abstract="lands in both")
+        assert migrator.mirror is not None
+        await migrator.mirror.upsert(live, [paper], np.zeros((1, 4), np.float32))
+        other = migrator.collections.other
+        assert other is not None
+        assert paper.point_id in live.index.data and paper.point_id in other.index.data  # type: ignore[attr-defined]
+        with pytest.raises(MigrationRefused, match="had taken effect after all"):
+            await migrator.finish()  # what the operator runs next: it settles, then stops
+        assert migrator.collections.current.view.collection == "papers" == pointers.pointer.live
+        assert pointers.dropped == []  # nothing else done
+
+    asyncio.run(steps())
+
+
+def test_a_cancelled_swap_returns_only_once_its_pointer_is_written() -> None:
+    """The write goes on in its thread when the step is cancelled, a second time too (a
+    client's cancel, then a shutdown's): the cleanup after the cancel must see the outcome;
+    one that read the old pointer dropped the collection the finished write then named."""
+    migrator, pointers = swapped_gateway(lambda p: Flaky(IndexSettings(), p, write_s=0.3))
+    back = Pointer("papers", "a@1", "papers-new", "b@1")
+    switched: list[Pointer] = []
+
+    async def cancelled_twice() -> None:
+        step = asyncio.ensure_future(migrator._commit(back, lambda: switched.append(back)))
+        for _ in range(2):
+            await asyncio.sleep(0.05)
+            step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        assert pointers.pointer == back and switched == [back]  # written, then switched
+
+    asyncio.run(cancelled_twice())

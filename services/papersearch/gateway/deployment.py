@@ -50,7 +50,8 @@ class GatewayDeployment:
     async def migrate(self, action: str, embedder: str | None = None) -> dict[str, object]:
         """``papersearch index migrate`` (pipeline/migration.py): ``start`` (to ``embedder``,
         ``name`` or ``name@version``), ``rollback`` or ``finish``. Returns the step's report,
-        or ``{"error": ...}`` when it was refused or failed (nothing changed then)."""
+        or ``{"error": ...}`` when it was refused or failed (nothing changed then, unless the
+        message says the outcome is unknown)."""
         migrator = self.backend.migrator
         try:
             if action == "start":

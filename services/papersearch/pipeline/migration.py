@@ -197,6 +197,16 @@ class Report:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class _Unsettled:
+    """A step whose pointer write failed and could not be read back (Migrator._commit)."""
+
+    pointer: Pointer
+    switch: Callable[[], None]
+    abandon: Callable[[], Awaitable[None]] | None
+    note: str
+
+
 class Migrator:
     """``start``, ``rollback`` and ``finish`` on one gateway's collections (one at a time)."""
 
@@ -206,6 +216,7 @@ class Migrator:
         self.batch = batch
         self.mirror: Mirror | None = None
         self._running = asyncio.Lock()
+        self._unsettled: _Unsettled | None = None  # a step whose commit had no known outcome
 
     async def resume(self) -> None:
         """After a restart in the middle of a swapped migration, mirror writes again."""
@@ -219,6 +230,7 @@ class Migrator:
 
     async def start(self, embedder: ModelRef) -> Report:
         async with self._exclusive("start"):
+            await self._settle()
             started, since = time.monotonic(), now_ms()
             source = await self.collections.live()
             if self.collections.other is not None:
@@ -235,13 +247,13 @@ class Migrator:
             pointers = await self.collections.pointers()
             await asyncio.to_thread(pointers.drop, view.collection)  # a run that was cut short
             target = await self.collections.bind(view)
-            await target.index.create()
             mirror = self.mirror = Mirror((source, target), self.encode, self.collections,
                                           copying=True)
-            log.info("migration started: writes mirrored",
-                     extra={"source": source.view.collection, "target": view.collection,
-                            "embedder": str(embedder)})
             try:
+                await target.index.create()
+                log.info("migration started: writes mirrored",
+                         extra={"source": source.view.collection, "target": view.collection,
+                                "embedder": str(embedder)})
                 copied, skipped = await self._copy(mirror, source, target)
                 async with mirror.paused():
                     reconciling = now_ms()
@@ -253,10 +265,17 @@ class Migrator:
                             f"{counts[0]}, {view.collection} {counts[1]} (another writer?)")
                     pointer = Pointer(view.collection, str(embedder), source.view.collection,
                                       str(source.view.embedder))
-                    await self._write_pointer(pointer)
-                    self.collections.switch(target, source, pointer)
-                    mirror.copying, mirror.dirty = False, set()
-                    warning = await self._late_writes(source, target, reconciling)
+
+                    def swapped() -> None:
+                        self.collections.switch(target, source, pointer)
+                        mirror.copying, mirror.dirty = False, set()
+
+                    async def abandoned() -> None:
+                        await self._abandon(pointers, source, target, mirror)
+
+                    committed = await self._commit(pointer, swapped, abandoned)
+                    late = await self._late_writes(source, target, reconciling)
+                    warning = "; ".join(w for w in (committed, late) if w) or None
             except BaseException:
                 await self._abandon(pointers, source, target, mirror)
                 raise
@@ -288,19 +307,12 @@ class Migrator:
 
     async def _abandon(self, pointers: Pointers, source: Bound, target: Bound,
                        mirror: Mirror) -> None:
-        """A start that failed or was cancelled: unless its pointer write got through (then
-        the swap stands), drop the partial copy; the live collection was never touched."""
-        try:
-            current = await asyncio.to_thread(pointers.read)
-        except Exception as error:  # noqa: BLE001 (cannot tell: keep the copy, say so)
-            log.error("migration failed and the pointer cannot be read: the new collection "
-                      "is kept", extra={"collection": target.view.collection,
-                                        "reason": repr(error)[:300]})
-            self.mirror = None
-            return
-        if current is not None and current.live == target.view.collection:
-            self.collections.switch(target, source, current)
-            mirror.copying, mirror.dirty = False, set()
+        """A start that failed or was cancelled: unless its pointer write got through (the
+        gateway switched: the swap stands) or may have (unsettled: the next step decides,
+        writes mirrored both ways meanwhile), drop the partial copy; the live collection was
+        never touched."""
+        live = self.collections.current
+        if (live is not None and live.view == target.view) or self._unsettled is not None:
             return
         self.mirror = None
         # each step on its own: a close that fails must not keep the partial copy on disk;
@@ -319,6 +331,7 @@ class Migrator:
 
     async def rollback(self) -> Report:
         async with self._exclusive("rollback"):
+            await self._settle()
             pointer, live, other = await self._swapped("rollback")
             back = pointer.swapped()
             mirror = self._current()
@@ -328,34 +341,39 @@ class Migrator:
                 await self._resync(mirror.missed_by(live.view.collection), other, live)
                 await self._match(live, other, mirror.missed_by(other.view.collection))
                 mirror.pending.clear()
-                await self._write_pointer(back)
-                self.collections.switch(other, live, back)
+                warning = await self._commit(
+                    back, lambda: self.collections.switch(other, live, back))
             log.info("migration rolled back", extra={"live": back.live})
             return Report("rollback", back.live, back.embedder, back.previous,
                           back.previous_embedder, await other.index.ready(),
-                          await live.index.ready())
+                          await live.index.ready(), warning=warning)
 
     async def finish(self) -> Report:
         """Stop mirroring and drop the previous collection. A call still pinned to it gets
         UNAVAILABLE and is sent again by its client."""
         async with self._exclusive("finish"):
+            await self._settle()
             pointer, live, other = await self._swapped("finish")
             done = pointer.finished()
             mirror = self._current()
+
+            def finished() -> None:
+                self.collections.switch(live, None, done)
+                self.mirror = None
+
             async with mirror.paused():
                 # writes pinned to the other collection whose mirror into the live one failed
                 await self._resync(mirror.missed_by(live.view.collection), other, live)
-                await self._write_pointer(done)
-                self.collections.switch(live, None, done)
-                self.mirror = None
-            warning = None
+                warning = await self._commit(done, finished, note=(
+                    f"{other.view.collection} was not dropped: delete it by hand"))
             try:
                 await other.index.close()
                 await asyncio.to_thread((await self.collections.pointers()).drop,
                                         other.view.collection)
             except Exception as error:  # noqa: BLE001 (finished; only the drop is left)
-                warning = (f"finished, but {other.view.collection} could not be deleted "
-                           f"({error}): delete it by hand")
+                warning = "; ".join(w for w in (
+                    warning, f"finished, but {other.view.collection} could not be deleted "
+                             f"({error}): delete it by hand") if w)
                 log.warning("migration finished, old collection not dropped",
                             extra={"collection": other.view.collection, "reason": str(error)})
             log.info("migration finished", extra={"live": done.live,
@@ -363,17 +381,74 @@ class Migrator:
             return Report("finish", done.live, done.embedder, None, None,
                           await live.index.ready(), None, warning=warning)
 
-    async def _write_pointer(self, pointer: Pointer) -> None:
-        """The swap's commit point: finished even if the step is cancelled meanwhile."""
+    async def _commit(self, pointer: Pointer, switch: Callable[[], None],
+                      abandon: Callable[[], Awaitable[None]] | None = None,
+                      note: str = "") -> str | None:
+        """The step's commit point: write ``pointer``, then ``switch`` the gateway to it.
+
+        Finished even if the step is cancelled meanwhile, once or more (the cleanup after a
+        cancel must see the outcome: one that read the old pointer dropped the collection the
+        finished write then named). A write that failed may still have been applied (a rename
+        whose directory fsync failed, a server whose answer was lost), so the pointer is read
+        back: written, the switch is made and a warning returned; not written, the error goes
+        on (nothing changed); unreadable, the step stays unsettled, writes still mirrored
+        both ways, and the next step follows whatever the pointer then says (``_settle``:
+        ``switch``, else ``abandon``; ``note`` is logged where it switches)."""
         pointers = await self.collections.pointers()
         write = asyncio.ensure_future(asyncio.to_thread(pointers.write, pointer))
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            # the cleanup that follows a cancel reads the pointer: it must read this one
-            # (an abandon that read the old one dropped the collection this write then named)
-            await write
-            raise
+        cancelled = False
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                cancelled = True
+            except Exception:  # noqa: BLE001 (the write's own failure: looked at below)
+                break
+        warning = None
+        error = write.exception()
+        if error is not None:
+            try:
+                current = await asyncio.to_thread(pointers.read)
+            except Exception as unreadable:  # noqa: BLE001 (cannot tell: settled later)
+                self._unsettled = _Unsettled(pointer, switch, abandon, note)
+                raise MigrationFailed(
+                    f"writing the collection pointer failed ({error}) and it cannot be read "
+                    f"back ({unreadable}): whether the step took effect is unknown; writes "
+                    "go to both collections meanwhile; the next migrate command (any step) "
+                    "finds out, follows the pointer and stops there") from error
+            if current != pointer:
+                raise error
+            warning = (f"writing the collection pointer reported {error!r}, but it reads "
+                       "back as written: the step took effect")
+            log.warning("migration pointer written despite an error", extra={
+                "live": pointer.live, "reason": repr(error)[:300]})
+        switch()
+        if cancelled:
+            raise asyncio.CancelledError
+        return warning
+
+    async def _settle(self) -> None:
+        """An earlier step whose pointer write had an unknown outcome: follow the pointer now
+        and refuse this step, saying what the earlier one came to (StoreError while the
+        pointer still cannot be read). A step asked for again then starts from a known state."""
+        unsettled = self._unsettled
+        if unsettled is None:
+            return
+        current = await asyncio.to_thread((await self.collections.pointers()).read)
+        self._unsettled = None
+        if current == unsettled.pointer:
+            unsettled.switch()
+            log.warning("migration: an earlier step's pointer write had gone through",
+                        extra={"live": current.live, "note": unsettled.note})
+            raise MigrationRefused(
+                f"the previous step had taken effect after all (live: {current.live}"
+                + (f"; {unsettled.note}" if unsettled.note else "") + "): nothing else done")
+        if unsettled.abandon is not None:
+            await unsettled.abandon()
+        log.warning("migration: an earlier step's pointer write had not gone through",
+                    extra={"live": None if current is None else current.live})
+        raise MigrationRefused("the previous step had not taken effect: nothing changed; "
+                               "run the step again")
 
     async def _copy(self, mirror: Mirror, source: Bound, target: Bound) -> tuple[int, int]:
         """Every paper of ``source`` not written since the start, re-encoded into ``target``."""
