@@ -8,8 +8,10 @@ nothing). Instead, each search takes the deepest window of a ladder (``rerank_to
 rate: a call of d pairs sent while this gateway has q pairs in flight waits for about
 (q + d) pairs' time. The time per pair is an exponentially weighted mean over this gateway's
 recent calls of their wall time / (q + d) at their sending (a call cut by the budget counts as
-taking all of it), and the prediction for a new call is that time x (pairs now in flight + d).
-So a burst shrinks the windows at once, before slow answers come back. At depth 0 no call
+taking all of it), and the prediction for a new call is that time x (pairs now in flight, or
+chosen by searches still in their first stage, + d). So a burst shrinks the windows at once,
+before slow answers come back (and before its first stages end: a window is counted from the
+moment it is chosen). At depth 0 no call
 measures the reranker any more, so one search per ``PROBE_S`` takes the smallest window to
 look again. ``search.rerank_adaptive=false`` keeps the
 fixed window.
@@ -37,29 +39,42 @@ class RerankDepth:
         self.clock = clock
         self.pair_s: float | None = None  # None: nothing measured yet
         self.in_flight = 0  # pairs this gateway has sent and not heard back about
+        self.chosen = 0  # pairs of windows chosen by searches not at their rerank yet
         self._last_seen = -float("inf")
 
     def choose(self) -> int:
-        """The window for the next search (0: do not rerank it)."""
+        """The window for the next search (0: do not rerank it), counted as chosen until the
+        search sends it (``sent``) or gives it up (``dropped``)."""
+        depth = self._depth(self.in_flight + self.chosen)
+        self.chosen += depth
+        return depth
+
+    def _depth(self, queued: int) -> int:
         if not self.adaptive or self.pair_s is None:
             return self.ladder[0]
         for depth in self.ladder:
-            if (self.in_flight + depth) * self.pair_s <= self.target_s:
+            if (queued + depth) * self.pair_s <= self.target_s:
                 return depth
         if self.clock() - self._last_seen >= PROBE_S:
             self._last_seen = self.clock()  # this search is the probe; no other for PROBE_S
             return self.ladder[-1]
         return 0
 
-    def sent(self, depth: int) -> int:
-        """A call of ``depth`` pairs goes out; returns the pairs in flight ahead of it."""
+    def sent(self, chosen: int, pairs: int) -> int:
+        """A call of ``pairs`` (at most the ``chosen`` window: fewer candidates) goes out;
+        returns the pairs in flight ahead of it."""
+        self.chosen = max(0, self.chosen - chosen)
         ahead = self.in_flight
-        self.in_flight += depth
+        self.in_flight += pairs
         return ahead
 
-    def dropped(self, depth: int) -> None:
-        """A call of ``depth`` pairs was given up (the search was cancelled): no measure."""
-        self.in_flight = max(0, self.in_flight - depth)
+    def dropped(self, chosen: int) -> None:
+        """A chosen window is not sent (no candidates, or the search was cancelled)."""
+        self.chosen = max(0, self.chosen - chosen)
+
+    def cancelled(self, pairs: int) -> None:
+        """A call of ``pairs`` was given up (the search was cancelled): no measure."""
+        self.in_flight = max(0, self.in_flight - pairs)
 
     def observe(self, depth: int, seconds: float, ahead: int = 0) -> None:
         """A call of ``depth`` pairs, sent with ``ahead`` in flight, took ``seconds`` (the

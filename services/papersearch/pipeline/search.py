@@ -76,21 +76,26 @@ class SearchPipeline:
             vector = await backend.encode_query(query.text)
         timings["encode"] = _ms_since(started)
         rerank = query.rerank and self.settings.rerank_enabled and self.backend.has_reranker
-        window = self.rerank_depth.choose() if rerank else 0
+        window = self.rerank_depth.choose() if rerank else 0  # counted from now
         depth = max(query.top_k, self.settings.rerank_top_n) if rerank else query.top_k
         mark = time.perf_counter()
-        retrieved = await backend.retrieve(
-            query.text, vector, query.mode, depth, query.filter, query.explain,
-            self._feedback_of(query)
-        )
+        try:
+            retrieved = await backend.retrieve(
+                query.text, vector, query.mode, depth, query.filter, query.explain,
+                self._feedback_of(query)
+            )
+        except BaseException:
+            self.rerank_depth.dropped(window)
+            raise
         candidates = retrieved.hits
         timings["retrieve"] = _ms_since(mark)
         reranked = None
         if window and candidates:
             mark = time.perf_counter()
-            reranked = await self._rerank(query, candidates[:window], candidates,
-                                          retrieved.mode)
+            reranked = await self._rerank(query, window, candidates, retrieved.mode)
             timings["rerank"] = _ms_since(mark)
+        else:
+            self.rerank_depth.dropped(window)
         ranked = reranked or [_first_stage_hit(h, retrieved.mode)
                               for h in candidates[: query.top_k]]
         hits, dropped = cut_below(tuple(ranked), query.min_relevance)
@@ -98,16 +103,17 @@ class SearchPipeline:
         return SearchResult(hits, reranked is not None, timings, dropped,
                             min(window, len(candidates)) if reranked else 0, retrieved.feedback)
 
-    async def _rerank(self, query: SearchQuery, window: Sequence[Hit],
-                      candidates: Sequence[Hit], mode: Mode) -> list[SearchHit] | None:
+    async def _rerank(self, query: SearchQuery, chosen: int, candidates: Sequence[Hit],
+                      mode: Mode) -> list[SearchHit] | None:
         started = time.perf_counter()
-        ahead = self.rerank_depth.sent(len(window))
+        window = candidates[:chosen]
+        ahead = self.rerank_depth.sent(chosen, len(window))
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can drop the caller's cancel.
             async with asyncio.timeout(self.rerank_timeout_s):
                 scores = await self.backend.rerank(query.text, [h.paper.text for h in window])
         except asyncio.CancelledError:
-            self.rerank_depth.dropped(len(window))
+            self.rerank_depth.cancelled(len(window))
             raise
         except Exception as error:  # overload, timeout, replica failure: degrade, don't fail
             taken = time.perf_counter() - started
