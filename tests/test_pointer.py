@@ -130,8 +130,13 @@ def test_an_unreadable_pointer_is_asked_again_only_after_retry_s() -> None:
 def test_migrate_without_a_ray_cluster_is_one_line(capsys: pytest.CaptureFixture[str],
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
+    from ray._private import services
+
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no cluster's address file there
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # nor any other Ray on this machine: "auto" joins whatever GCS `ps` shows (another test's
+    # cluster still shutting down, a `make run`), and hung connecting to a dying one
+    monkeypatch.setattr(services, "find_gcs_addresses", frozenset)
     assert main(["index", "migrate", "--finish"]) == 2
     assert "no Ray cluster at 'auto'" in capsys.readouterr().err
 
