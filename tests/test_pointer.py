@@ -136,7 +136,8 @@ def test_migrate_without_a_ray_cluster_is_one_line(capsys: pytest.CaptureFixture
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     # nor any other Ray on this machine: "auto" joins whatever GCS `ps` shows (another test's
     # cluster still shutting down, a `make run`), and hung connecting to a dying one
-    monkeypatch.setattr(services, "find_gcs_addresses", frozenset)
+    monkeypatch.setattr(services, "_find_address_from_flag", lambda flag: [])
+    services.find_gcs_addresses.cache_clear()  # type: ignore[attr-defined]
     assert main(["index", "migrate", "--finish"]) == 2
     assert "no Ray cluster at 'auto'" in capsys.readouterr().err
 
