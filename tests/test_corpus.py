@@ -359,3 +359,73 @@ def test_a_record_past_the_apis_limits_is_skipped(tmp_path: Path) -> None:
         "101 authors; the limit is 100",
         "one of the authors is 257 characters; the limit is 256",
         "url is 2062 characters; the limit is 2048"]
+
+
+def test_lone_surrogates_are_dropped_not_passed_to_the_index(tmp_path: Path) -> None:
+    """JSON can spell a lone surrogate ("\\ud800"): the reader passed it on, then BM25 and the
+    tokenizer failed to encode it and the whole ingest stopped (its batch's good papers lost).
+    It has no UTF-8 form: dropped from text as control characters are, refused in an id."""
+    records = [{"id": "s", "title": "T \ud800 x", "authors": ["\udc80", "Ada"]},
+               {"id": "bad\udfffid", "title": "Id"}, {"id": "ok", "title": "Fine"}]
+    path = write(tmp_path, "papers.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    reader = read_corpus(path)
+    found = list(reader)
+    assert [(p.id, p.title, p.authors) for p in found] == [("s", "T x", ("Ada",)),
+                                                            ("ok", "Fine", ())]
+    assert "U+DFFF" in reader.skipped[0].reason
+    assert all(p.text.encode() for p in found)
+
+
+def test_an_integer_id_is_checked_as_a_string_id_is(tmp_path: Path) -> None:
+    path = write(tmp_path, "papers.jsonl", "".join(json.dumps(r) + "\n" for r in (
+        {"id": int("1" * 300), "title": "Long"}, {"id": 42, "title": "Int"},
+        {"id": 1.5, "title": "Float"})))
+    reader = read_corpus(path)
+    assert [p.id for p in reader] == ["42"]
+    assert [s.reason for s in reader.skipped] == [
+        "'id' is 300 bytes in UTF-8; the limit is 256",
+        "'id' must be a string or an integer, got float"]
+
+
+def test_a_jsonl_line_of_nul_bytes_is_named_as_not_utf8_json(tmp_path: Path) -> None:
+    """Given bytes, json guessed UTF-32 from leading NULs and said so."""
+    path = tmp_path / "papers.jsonl"
+    path.write_bytes(b"\x00\x00\x00{}\n" + json.dumps(GOOD).encode() + b"\n")
+    results = list(read_jsonl(path))
+    assert isinstance(results[0], Skipped) and "utf-32" not in results[0].reason
+    assert isinstance(results[1], Paper)
+
+
+def test_daily_lines_that_are_not_utf8_are_skipped_by_name(tmp_path: Path) -> None:
+    """A page saved as cp1252 was decoded with replacement characters: "Poincaré" became
+    "Poincar\ufffd", another id than the UTF-8 page's copy, the paper stored twice."""
+    text = page(("Poincar\u00e9 ResNet", ABSTRACT_A), ("Beta Set", ABSTRACT_B))
+    write(tmp_path, "000.txt", text)
+    legacy = tmp_path / "001.txt"
+    legacy.write_bytes(text.encode("cp1252"))
+    reader = read_corpus(tmp_path)
+    assert [p.title for p in reader] == ["Poincar\u00e9 ResNet", "Beta Set"]
+    assert reader.duplicates == 1  # Beta Set, ASCII on both pages
+    assert [(s.source, s.reason) for s in reader.skipped][:2] == [
+        (f"{legacy}:13", "not valid UTF-8 (save the page as UTF-8)"),
+        (f"{legacy}:15", "abstract without a title")]
+
+
+def test_daily_entries_past_the_apis_limits_are_skipped(tmp_path: Path) -> None:
+    """A glitched page whose lines ran together: one 25,000-character abstract was stored,
+    a paper UpsertPapers would refuse."""
+    path = write(tmp_path, "000.txt", page(("Merged Lines", "Words here. " * 2100),
+                                           ("Beta Set", ABSTRACT_B)))
+    results = list(read_daily_papers(tmp_path))
+    assert [p.title for p in papers(results)] == ["Beta Set"]
+    assert skipped(results) == [Skipped(f"{path}:13",
+                                        "abstract is 25199 characters; the limit is 20000")]
+
+
+def test_daily_duplicates_keep_the_first_date_found(tmp_path: Path) -> None:
+    """The fullest abstract's copy was taken whole: its undated page lost the other's date."""
+    write(tmp_path, "000.txt", page(("Alpha", ABSTRACT_A[:40] + "...")).replace(
+        "Aug 6", "Aug 6, 2025"))
+    write(tmp_path, "001.txt", page(("Alpha", ABSTRACT_A)))
+    [paper] = papers(list(read_daily_papers(tmp_path)))
+    assert paper.abstract == ABSTRACT_A and paper.published == date(2025, 8, 6)

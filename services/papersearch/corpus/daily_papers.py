@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from papersearch.corpus.paper import (
     Skipped,
     clean_text,
     normalise_title,
+    within_limits,
 )
 
 ID_PREFIX = "dp-"
@@ -86,8 +87,10 @@ def read_daily_papers(path: Path) -> Iterator[ReadResult]:
     for item in items:
         if isinstance(item, Entry):
             kept = best.setdefault(item.paper_id, item)
-            if len(item.abstract) > len(kept.abstract):
-                best[item.paper_id] = item
+            if len(item.abstract) > len(kept.abstract):  # the fullest abstract, the first date
+                best[item.paper_id] = replace(item, published=kept.published or item.published)
+            elif kept.published is None and item.published is not None:
+                best[item.paper_id] = replace(kept, published=item.published)
     yielded: set[str] = set()
     for item in items:
         if isinstance(item, Skipped):
@@ -100,12 +103,15 @@ def read_daily_papers(path: Path) -> Iterator[ReadResult]:
 
 
 def parse_page(path: Path) -> Iterator[Entry | Skipped]:
-    """Pair each title line with the abstract line that follows it."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    """Pair each title line with the abstract line that follows it. A line that is not
+    UTF-8 is skipped, named (decoded with replacement characters it would have given its
+    paper another id than a UTF-8 copy of the same page)."""
     published: date | None = None
     pending: tuple[int, str] | None = None  # (line number, title) waiting for its abstract
-    for lineno, line in _content_lines(text.split("\n")):
-        if (header := _DATE.fullmatch(line)) is not None:
+    for lineno, line in _content_lines(_decoded(path.read_bytes())):
+        if line is None:
+            yield Skipped(f"{path}:{lineno}", "not valid UTF-8 (save the page as UTF-8)")
+        elif (header := _DATE.fullmatch(line)) is not None:
             published = _page_date(header)
         elif _looks_like_title(line) and not (pending is not None and _short_abstract(line)):
             if pending is not None:
@@ -120,10 +126,23 @@ def parse_page(path: Path) -> Iterator[Entry | Skipped]:
         yield Skipped(f"{path}:{pending[0]}", "title without an abstract")
 
 
-def _content_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
-    """Numbered, cleaned lines that are neither blank, page chrome nor listing metadata."""
+def _decoded(data: bytes) -> Iterator[str | None]:
+    """The page's lines as text (a byte order mark dropped); None for one that is not UTF-8."""
+    for raw in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield None
+
+
+def _content_lines(lines: Iterable[str | None]) -> Iterator[tuple[int, str | None]]:
+    """Numbered, cleaned lines that are neither blank, page chrome nor listing metadata
+    (None, a line that is not UTF-8, passes through)."""
     in_header = True
     for lineno, raw in enumerate(lines, start=1):
+        if raw is None:
+            yield lineno, None
+            continue
         line = clean_text(raw)
         if in_header:
             line = _GLUED_SUBSCRIBE.sub("", line)
@@ -155,10 +174,11 @@ def _short_abstract(line: str) -> bool:
     return line.endswith((".", "\u2026")) and len(line.split()) >= _MIN_SENTENCE_WORDS
 
 
-def _to_paper(entry: Entry) -> Paper:
-    return Paper(
-        id=entry.paper_id,
-        title=entry.title,
-        abstract=entry.abstract,
-        published=entry.published,
-    )
+def _to_paper(entry: Entry) -> Paper | Skipped:
+    """The entry's paper, or Skipped past a limit the API enforces (a glitched page whose
+    lines ran together into one giant abstract)."""
+    try:
+        return within_limits(Paper(id=entry.paper_id, title=entry.title,
+                                   abstract=entry.abstract, published=entry.published))
+    except ValueError as error:
+        return Skipped(entry.source, str(error))

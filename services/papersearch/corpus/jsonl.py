@@ -35,14 +35,19 @@ def read_json_lines(
     with path.open("rb") as lines:
         for lineno, line in enumerate(lines, start=1):
             if line.strip():
-                yield _parse_line(f"{path}:{lineno}", line, to_paper)
+                yield _parse_line(f"{path}:{lineno}", line, to_paper, first=lineno == 1)
 
 
 def _parse_line(
-    source: str, line: bytes, to_paper: Callable[[Mapping[str, Any]], Paper]
+    source: str, line: bytes, to_paper: Callable[[Mapping[str, Any]], Paper], first: bool
 ) -> Paper | Skipped:
     try:
-        record = json.loads(line)
+        # decoded here: given bytes, json guesses UTF-16 or UTF-32 from leading NULs
+        text = line.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        return Skipped(source, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+    try:
+        record = json.loads(text)
         if not isinstance(record, dict):
             raise RecordError(f"expected a JSON object, got {type(record).__name__}")
         return to_paper(record)
@@ -75,9 +80,11 @@ def record_id(record: Mapping[str, Any], key: str) -> str:
     paper)."""
     value = record.get(key)
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str) or not value.strip():
+        value = str(value)  # checked too: 300 digits are past the API's id limit
+    if value is None or value == "":
         raise RecordError(f"missing or empty {key!r}")
+    if not isinstance(value, str):
+        raise RecordError(f"{key!r} must be a string or an integer, got {type(value).__name__}")
     try:
         return checked_id(value, repr(key))
     except ValueError as error:

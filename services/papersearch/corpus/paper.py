@@ -46,7 +46,9 @@ class Paper:
 
 QUOTE_CHARS = 64  # the most of a client's value an error message repeats
 MAX_PAPER_ID_BYTES = 256  # UTF-8, after NFC normalisation
-CONTROL_CATEGORIES = frozenset({"Cc", "Cf"})  # NUL, control characters, bidi overrides, ZW*
+# NUL, control characters, bidi overrides, ZW*; lone surrogates (JSON's "\ud800": no UTF-8
+# form, so the tokenizer and the index failed on them)
+CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 # A paper's limits, the proto's (UpsertPapers refuses past them, ingest skips the record)
 MAX_TITLE_CHARS = 1_000
 MAX_ABSTRACT_CHARS = 20_000
@@ -67,14 +69,14 @@ def checked_id(value: str, field_name: str = "paper id") -> str:
     id are one paper); blank, over MAX_PAPER_ID_BYTES in UTF-8 or holding a control or format
     character (Cc/Cf) raises ValueError. The gateway's UpsertPapers and DeletePapers and the
     corpus readers of `papersearch ingest` share it."""
-    text = unicodedata.normalize("NFC", value.strip())
+    text = without_controls(unicodedata.normalize("NFC", value.strip()), field_name)
     if not text:
         raise ValueError(f"{field_name} must not be empty")
-    size = len(text.encode("utf-8"))
+    size = len(text.encode("utf-8"))  # no lone surrogate left: it has a UTF-8 form
     if size > MAX_PAPER_ID_BYTES:
         raise ValueError(f"{field_name} is {size} bytes in UTF-8; the limit is "
                          f"{MAX_PAPER_ID_BYTES}")
-    return without_controls(text, field_name)
+    return text
 
 
 def without_controls(text: str, field_name: str) -> str:
