@@ -354,7 +354,10 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     async def DeletePapers(  # noqa: N802
         self, request: pb.DeletePapersRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeletePapersResponse:
-        async with self._limited(context, "DeletePapers"):
+        try:  # before a slot: a request that can never succeed is not RESOURCE_EXHAUSTED
             ids = convert.paper_ids_from_proto(request.paper_ids)
+        except Exception as error:
+            await _fail(context, error)
+        async with self._limited(context, "DeletePapers"):
             deleted = await self.backend.delete(ids)
         return pb.DeletePapersResponse(deleted=deleted)
