@@ -312,6 +312,35 @@ def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
         call(http + "/healthz", method="GET")
 
 
+def test_watches_do_not_take_the_streams_other_http_calls_need(
+    scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """Every HTTP call shared one connection to the gRPC server, which takes
+    serve.max_concurrent_streams calls per connection: with that many watches open a search
+    waited for ever (no deadline) and /readyz timed out."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port, max_concurrent_streams=2, watch_max_watches=4)
+    http = f"http://127.0.0.1:{port}"
+    watches = []
+    try:
+        for _ in range(4):  # the limit: two connections' worth of watches
+            request = urllib.request.Request(
+                http + "/papersearch.v1.SearchService/WatchSearch",
+                json.dumps({"query": "graph networks"}).encode(),
+                headers={"Content-Type": "application/json"})
+            watch = urllib.request.urlopen(request, timeout=60)
+            assert json.loads(watch.readline())["caught_up"]  # open, and held open
+            watches.append(watch)
+        assert len(servers.gateways[-1].watches.watches) == 4
+        status, body = call(http + SEARCH, {"query": "graph networks", "top_k": 2}, key=None)
+        assert status == 200 and body["hits"]
+        assert call(http + "/readyz", method="GET", key=None) == (200, {"status": "SERVING"})
+    finally:
+        for watch in watches:
+            watch.close()
+
+
 def test_openapi_document_is_valid_and_covers_the_proto() -> None:
     document = openapi.document()
     validate(document)

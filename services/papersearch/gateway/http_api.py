@@ -15,8 +15,10 @@ are the error statuses, whose HTTP codes follow google.rpc.Code (api/openapi.py)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,7 +36,7 @@ from papersearch.api import openapi
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import QUOTE_CHARS, quoted
 from papersearch.gateway import page
-from papersearch.gateway.auth import Keys
+from papersearch.gateway.auth import WRITE_PREFIXES, Keys
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
 from papersearch.settings import ServeSettings, is_loopback
@@ -81,10 +83,18 @@ class HttpFront:
         self.serve = serve
         self.keys = Keys.of(serve)
         self.address = f"{serve.grpc_host}:{serve.http_port}"
-        self.channel = grpc.aio.insecure_channel(unix_target, options=[
-            ("grpc.max_send_message_length", serve.max_receive_bytes),
-            ("grpc.max_receive_message_length", serve.max_send_bytes),
-        ])
+        # Connections of their own (a local subchannel pool each): the gRPC server takes
+        # serve.max_concurrent_streams calls per connection, and watches, open for hours,
+        # filled the one connection every HTTP call shared (past it calls waited, with no
+        # deadline, and /readyz timed out). Watches get enough connections for
+        # serve.watch_max_watches; every other call and the health checks one of their own.
+        options = [("grpc.max_send_message_length", serve.max_receive_bytes),
+                   ("grpc.max_receive_message_length", serve.max_send_bytes),
+                   ("grpc.use_local_subchannel_pool", 1)]
+        self.channel = grpc.aio.insecure_channel(unix_target, options=options)
+        self.watch_channels = [
+            grpc.aio.insecure_channel(unix_target, options=options)
+            for _ in range(math.ceil(serve.watch_max_watches / serve.max_concurrent_streams))]
         self.health = health_pb2_grpc.HealthStub(self.channel)
         app = web.Application(client_max_size=serve.max_receive_bytes)
         app.middlewares.extend([_cors(app, serve.http_cors_origins),
@@ -112,21 +122,26 @@ class HttpFront:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
-        await self.channel.close()
+        for channel in (self.channel, *self.watch_channels):
+            await channel.close()
 
     def _route(self, method: MethodDescriptor) -> Handler:
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
         path = openapi.http_path(method)
+        # without x-timeout-ms, the deadline the gateway gives a gRPC call that sets none
+        deadline_s = (self.serve.index_call_timeout_s if path.startswith(WRITE_PREFIXES)
+                      else self.serve.default_deadline_s)
         if method.server_streaming:  # WatchSearch: the responses as NDJSON lines
-            responses = self.channel.unary_stream(
+            spread = itertools.cycle([channel.unary_stream(
                 path, request_serializer=request_type.SerializeToString,
                 response_deserializer=response_type.FromString)
+                for channel in self.watch_channels])
 
             async def streaming(request: web.Request) -> web.StreamResponse:
-                options = self._admitted(request, path, JSON)
+                options = self._admitted(request, path, JSON, None)  # no deadline unless set
                 message = _parse(await self._json_body(request), request_type, "request")
-                return await _lines_out(request, responses(message, **options))
+                return await _lines_out(request, next(spread)(message, **options))
 
             return _measured(path, streaming)
         if method.client_streaming:
@@ -135,7 +150,7 @@ class HttpFront:
                 response_deserializer=response_type.FromString)
 
             async def streamed(request: web.Request) -> web.StreamResponse:
-                options = self._admitted(request, path, openapi.NDJSON)
+                options = self._admitted(request, path, openapi.NDJSON, deadline_s)
                 messages = _Lines(request, request_type, self.serve.max_receive_bytes,
                                   self.serve.http_body_timeout_s)
                 call = stream(messages.messages(), **options)
@@ -146,19 +161,20 @@ class HttpFront:
                                          response_deserializer=response_type.FromString)
 
         async def single(request: web.Request) -> web.StreamResponse:
-            options = self._admitted(request, path, JSON)
+            options = self._admitted(request, path, JSON, deadline_s)
             message = _parse(await self._json_body(request), request_type, "request")
             return _json(await _answer(unary(message, **options)))
 
         return _measured(path, single)
 
-    def _admitted(self, request: web.Request, path: str, content_type: str) -> dict[str, Any]:
+    def _admitted(self, request: web.Request, path: str, content_type: str,
+                  deadline_s: float | None) -> dict[str, Any]:
         """The call options of a request that may send its body: of the right type, with a
-        key that may call ``path`` (checked again by the gRPC side). The key is checked before
-        the body is read: a caller without one must not get the server to read and parse up
-        to max_receive_bytes for it."""
+        key that may call ``path`` (checked again by the gRPC side), its x-timeout-ms or
+        ``deadline_s``. The key is checked before the body is read: a caller without one must
+        not get the server to read and parse up to max_receive_bytes for it."""
         _require_type(request, content_type)
-        options = _call_options(request)
+        options = _call_options(request, deadline_s)
         refused = None if self.keys is None else self.keys.refusal(
             path, [key for _, key in options["metadata"]])
         if refused is not None:
@@ -186,8 +202,7 @@ class HttpFront:
                 log.warning("http health: the gRPC server did not answer", extra={
                     "service": service, "code": error.code().name,
                     "reason": (error.details() or "")[:200]})
-                return web.json_response({"status": "UNKNOWN"},
-                                         status=openapi.HTTP_STATUS[error.code().name])
+                return web.json_response({"status": "UNKNOWN"}, status=503)
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
             return web.json_response({"status": status},
                                      status=200 if status == "SERVING" else 503)
@@ -274,12 +289,13 @@ def _from_rpc(error: grpc.aio.AioRpcError) -> HttpError:
     return HttpError(code.name, error.details() or code.name, metadata)
 
 
-def _call_options(request: web.Request) -> dict[str, Any]:
+def _call_options(request: web.Request, deadline_s: float | None) -> dict[str, Any]:
     keys = request.headers.getall(openapi.API_KEY_HEADER, [])
     if not all(key.isascii() and key.isprintable() for key in keys):  # gRPC metadata cannot
         raise HttpError("UNAUTHENTICATED", f"{openapi.API_KEY_HEADER}: not a valid key "
                         "(keys are printable ASCII)")
-    options: dict[str, Any] = {"metadata": tuple((openapi.API_KEY_HEADER, key) for key in keys)}
+    options: dict[str, Any] = {"metadata": tuple((openapi.API_KEY_HEADER, key) for key in keys),
+                               "timeout": deadline_s}
     timeout = request.headers.get(openapi.TIMEOUT_HEADER)
     if timeout is not None:  # up to 9 digits (11 days; the gateway caps it lower)
         if not re.fullmatch(r"[0-9]{1,9}", timeout) or int(timeout) == 0:
