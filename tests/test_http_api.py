@@ -355,6 +355,11 @@ def test_openapi_document_is_valid_and_covers_the_proto() -> None:
     assert list(upsert) == [openapi.NDJSON]
     assert document["components"]["schemas"]["UpsertSummary"]["properties"]["received"][
         "format"] == "int64"
+    # several statuses share an HTTP code: each is named (one overwrote the others)
+    errors = search["responses"]
+    assert errors["400"]["description"] == "FAILED_PRECONDITION, INVALID_ARGUMENT, OUT_OF_RANGE"
+    assert errors["500"]["description"] == "DATA_LOSS, INTERNAL, UNKNOWN"
+    assert {"405", "408", "413", "415"} <= set(errors)  # the HTTP front's own
 
 
 def test_cors_only_for_the_configured_origins(gateway: tuple[str, str]) -> None:

@@ -96,7 +96,10 @@ def document() -> dict[str, Any]:
                 "The gRPC API of proto/papersearch/v1/papersearch.proto over HTTP: POST the "
                 "request message as protobuf JSON to the method's gRPC path. Errors carry the "
                 "gRPC status name and message; streams are newline-delimited JSON. Generated "
-                "from the proto."),
+                "from the proto. The schemas name fields as the proto does (snake_case) and "
+                "enum values by name, the form responses use; requests may also use "
+                "protobuf JSON's lowerCamelCase names and enum numbers, which these schemas "
+                "do not list."),
         },
         "paths": paths,
         "components": {
@@ -133,13 +136,29 @@ _ERROR = {
 }
 
 
+def _error_statuses() -> dict[int, list[str]]:
+    """HTTP code -> the statuses an error answer with it may carry: google.rpc.Code's mapping
+    (several statuses share a code), and what the HTTP front itself answers before any call
+    (a body too slow, too large, of another Content-Type; a method not allowed)."""
+    by_code: dict[int, list[str]] = {}
+    for status, code in sorted(HTTP_STATUS.items()):
+        if code != 200:
+            by_code.setdefault(code, []).append(status)
+    for code, status in ((405, "UNIMPLEMENTED"), (408, "DEADLINE_EXCEEDED"),
+                         (413, "RESOURCE_EXHAUSTED"), (415, "INVALID_ARGUMENT")):
+        by_code.setdefault(code, []).append(status)
+    return by_code
+
+
+_ERROR_STATUSES = _error_statuses()
+
+
 def _operation(method: MethodDescriptor, notes: dict[str, str]) -> dict[str, Any]:
     request = _body(method.input_type, method.client_streaming, "request")
     response = _body(method.output_type, method.server_streaming, "response")
-    errors = {str(code): {"description": status, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Error"}}}}
-        for status, code in sorted(HTTP_STATUS.items(), key=lambda item: item[1])
-        if code != 200}
+    errors = {str(code): {"description": ", ".join(statuses), "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for code, statuses in sorted(_ERROR_STATUSES.items())}
     return {
         "operationId": f"{method.containing_service.name}.{method.name}",
         "tags": [method.containing_service.name],
@@ -156,8 +175,14 @@ def _body(message: Descriptor, streaming: bool, what: str) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{message.name}"}
     if not streaming:
         return {"application/json": {"schema": ref}}
-    return {NDJSON: {"schema": {**ref, "description": f"A stream: one {message.name} JSON "
-                                                      f"object per line of the {what}."}}}
+    if what == "request":
+        return {NDJSON: {"schema": {**ref, "description": f"A stream: one {message.name} JSON "
+                                                          "object per line of the request."}}}
+    return {NDJSON: {"schema": {
+        "oneOf": [ref, {"$ref": "#/components/schemas/Error"}],
+        "description": f"A stream: one {message.name} JSON object per line of the response; "
+                       "the last line is an Error object when the stream ends with one (a "
+                       "drain, the deadline)."}}}
 
 
 def _messages(messages: Any) -> Iterator[Descriptor]:
