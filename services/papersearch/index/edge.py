@@ -305,7 +305,8 @@ def _engine(operation: str) -> Iterator[None]:
     except Exception as exc:
         if "WouldBlock" in str(exc):
             raise StoreUnavailable(
-                f"qdrant-edge {operation}: index is open in another process ({exc})"
+                f"qdrant-edge {operation}: index is open in another process, one process at "
+                f"a time (a running `papersearch serve`? query it with --target) ({exc})"
             ) from exc
         raise StoreError(f"qdrant-edge {operation} failed: {exc}") from exc
 

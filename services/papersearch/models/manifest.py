@@ -118,8 +118,10 @@ def model_dir(repository: Path, name: str, version: int | None = None) -> Path:
     available = versions(repository, name)
     if not available:
         raise ModelNotFound(
-            f"no exported model {name!r} in {repository}: run `papersearch models export` (the "
-            "default reranker: `papersearch models train-reranker`)"
+            f"no exported model {name!r} in {repository}: `papersearch models export` makes "
+            "the configured embedder (another one: set models.embedder_name and "
+            "models.embedder_source first), `papersearch models export --all` the reranker "
+            "too (the default one is trained: `papersearch models train-reranker`)"
         )
     chosen = available[-1] if version is None else version
     if chosen not in available:
