@@ -192,9 +192,11 @@ def serve_forever(settings: Settings) -> None:
         running = True
         target = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
         serve = settings.serve
+        web = ("" if serve.http_port is None else
+               f"HTTP/JSON and the search page: http://{serve.grpc_host}:{serve.http_port}/\n")
         print(f"papersearch is serving gRPC on {target} (Ctrl-C stops it). Try:\n"
               f'  papersearch search "graph neural networks" --target {target}\n'
-              f"  papersearch loadtest --target {target} --rate 5 --duration 30\n"
+              f"  papersearch loadtest --target {target} --rate 5 --duration 30\n{web}"
               f"Metrics: http://127.0.0.1:{serve.metrics_port}/metrics  Serve status: "
               f"http://{serve.dashboard_host}:{serve.dashboard_port}/api/serve/applications/",
               flush=True)
