@@ -159,3 +159,22 @@ def test_gateway_options_without_a_gateway_are_refused(
     """They were ignored: the search ran in-process, on whatever index was local."""
     assert main(command) == 2
     assert message in capsys.readouterr().err
+
+
+def test_printed_results_label_the_expanded_query_and_omit_absent_timings() -> None:
+    """With query feedback the explanation's dense and BM25 stages are the expanded query's:
+    printed unlabelled beside the hit's own dense score they read as a contradiction. A
+    SimilarPapers answer has no timings: it printed "0.0 ms"."""
+    from papersearch.cli import format_result
+    from papersearch.index.query import Explanation, StageRank
+    from papersearch.pipeline.query import SearchHit, SearchResult, StageScores
+
+    why = Explanation(dense=StageRank(1, 0.6234), sparse=StageRank(2, 7.5),
+                      fused=StageRank(1, 0.9))
+    hit = SearchHit(Paper(id="p", title="A paper", abstract=""), 0.9, StageScores(dense=0.3725),
+                    why)
+    fed = format_result(SearchResult((hit,), False, {"total": 12.0}, feedback=True))
+    assert "dense (expanded query) #1 (0.6234), sparse (expanded query) #2" in fed
+    assert fed.endswith("feedback=True, 12.0 ms")
+    plain = format_result(SearchResult((hit,), False, {}))
+    assert "dense #1 (0.6234)" in plain and plain.endswith("feedback=False")

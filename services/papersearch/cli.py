@@ -114,19 +114,27 @@ def format_result(result: SearchResult) -> str:
         lines.append(f"{i:>3}. {h.score:8.4f}  {h.paper.title or h.paper.abstract[:80]}  "
                      f"[{h.paper.id}]")
         if h.explanation is not None:
-            lines += ["       " + line for line in _format_explanation(h.explanation)]
-    total = result.timings_ms.get("total", 0.0)
+            lines += ["       " + line
+                      for line in _format_explanation(h.explanation, bool(result.feedback))]
+    total = result.timings_ms.get("total")  # SimilarPapers answers without timings
     dropped = result.below_min_relevance
     cut = f", {dropped} below --min-relevance" if dropped else ""
     depth = f" (top {result.rerank_depth})" if result.reranked else ""
+    took = "" if total is None else f", {total:.1f} ms"
     lines.append(f"{len(result.hits)} hits{cut}, reranked={result.reranked}{depth}, "
-                 f"feedback={result.feedback}, {total:.1f} ms")
+                 f"feedback={result.feedback}{took}")
     return "\n".join(lines)
 
 
-def _format_explanation(explanation: Explanation) -> list[str]:
+def _format_explanation(explanation: Explanation, expanded: bool = False) -> list[str]:
+    """``expanded``: the search ran query feedback; its dense and BM25 stages are the
+    expanded query's (what was fused), not the hit's stage scores for the query as typed."""
+    def label(name: str) -> str:
+        return f"{name} (expanded query)" if expanded and name in ("dense", "sparse") else name
+
     stages = ", ".join(
-        f"{name} #{stage.rank or '-'} ({'-' if stage.score is None else f'{stage.score:.4f}'})"
+        f"{label(name)} #{stage.rank or '-'} "
+        f"({'-' if stage.score is None else f'{stage.score:.4f}'})"
         for name in ("dense", "sparse", "fused", "rerank")
         if (stage := getattr(explanation, name)) is not None)
     lines = [stages]
