@@ -438,18 +438,16 @@ def test_index_writes_past_the_cap_are_resource_exhausted(targets: dict[str, str
                 except grpc.RpcError as error:
                     refused = error
                 time.sleep(0.05)
-        except BaseException:
+            assert refused is not None, "a write past serve.max_index_calls was let through"
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            details = refused.details()  # type: ignore[attr-defined]
+            assert "serve.max_index_calls" in details and "retry DeletePapers later" in details
+            with pytest.raises(grpc.RpcError) as invalid:  # while the slot is taken still
+                stub.DeletePapers(pb.DeletePapersRequest(paper_ids=[]), timeout=10)
+            # it can never succeed: told so, not RESOURCE_EXHAUSTED (which clients retry)
+            assert code_of(invalid) == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
             release.set()
-            raise
-        assert refused is not None, "a write past serve.max_index_calls was let through"
-        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-        details = refused.details()  # type: ignore[attr-defined]
-        assert "serve.max_index_calls" in details and "retry DeletePapers later" in details
-        with pytest.raises(grpc.RpcError) as invalid:  # while the slot is taken still
-            stub.DeletePapers(pb.DeletePapersRequest(paper_ids=[]), timeout=10)
-        # it can never succeed: told so, not RESOURCE_EXHAUSTED (which clients retry)
-        assert code_of(invalid) == grpc.StatusCode.INVALID_ARGUMENT
-        release.set()
         summary = held.result(timeout=60)
         assert (summary.received, summary.upserted, summary.skipped) == (1, 0, 1)
         # the slot is free again

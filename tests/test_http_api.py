@@ -235,7 +235,8 @@ def test_health_without_its_grpc_server_says_unknown(tmp_path: Path) -> None:
                 return [(r.status, await r.text())
                         for r in [await client.get(p) for p in ("/readyz", "/healthz")]]
         finally:
-            await front.channel.close()
+            for channel in (front.channel, *front.watch_channels):
+                await channel.close()
 
     for status, body in asyncio.run(probe()):
         assert status == 503 and json.loads(body) == {"status": "UNKNOWN"}

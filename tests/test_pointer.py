@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -226,22 +227,31 @@ class Flaky(Unreachable):
     fsync failed, a server whose answer was lost), and whose reads fail ``unreadable`` times."""
 
     def __init__(self, settings: IndexSettings, pointer: Pointer, unreadable: int = 0,
-                 write_s: float = 0.0) -> None:
+                 held: bool = False) -> None:
         super().__init__(settings)
-        self.pointer, self.unreadable, self.write_s = pointer, unreadable, write_s
+        self.pointer, self.unreadable, self.held = pointer, unreadable, held
         self.dropped: list[str] = []
+        self.entered, self.proceed = threading.Event(), threading.Event()
 
     def read(self) -> Pointer | None:
         if self.unreadable > 0:
             self.unreadable -= 1
             raise StoreUnavailable("qdrant: deadline exceeded")
+        if self.held:  # the read-back after a failed write: held as the write is
+            self.entered.set()
+            assert self.proceed.wait(10)
         return self.pointer
 
     def write(self, pointer: Pointer) -> None:
-        time.sleep(self.write_s)
+        """Lands, then reports a failure; ``held``: waits for ``proceed`` first, and lands
+        without one."""
+        if self.held:
+            self.entered.set()
+            assert self.proceed.wait(10)
+            self.pointer = pointer
+            return
         self.pointer = pointer
-        if not self.write_s:
-            raise StoreUnavailable("qdrant: deadline exceeded")
+        raise StoreUnavailable("qdrant: deadline exceeded")
 
     def drop(self, collection: str) -> None:
         self.dropped.append(collection)
@@ -302,17 +312,64 @@ def test_a_cancelled_swap_returns_only_once_its_pointer_is_written() -> None:
     """The write goes on in its thread when the step is cancelled, a second time too (a
     client's cancel, then a shutdown's): the cleanup after the cancel must see the outcome;
     one that read the old pointer dropped the collection the finished write then named."""
-    migrator, pointers = swapped_gateway(lambda p: Flaky(IndexSettings(), p, write_s=0.3))
+    migrator, pointers = swapped_gateway(lambda p: Flaky(IndexSettings(), p, held=True))
     back = Pointer("papers", "a@1", "papers-new", "b@1")
     switched: list[Pointer] = []
 
     async def cancelled_twice() -> None:
         step = asyncio.ensure_future(migrator._commit(back, lambda: switched.append(back)))
+        assert await asyncio.to_thread(pointers.entered.wait, 10)  # the write is running
         for _ in range(2):
-            await asyncio.sleep(0.05)
             step.cancel()
+            await asyncio.sleep(0.05)
+            assert not step.done()  # waits for the write, cancelled once or twice
+        pointers.proceed.set()
         with pytest.raises(asyncio.CancelledError):
             await step
         assert pointers.pointer == back and switched == [back]  # written, then switched
 
     asyncio.run(cancelled_twice())
+
+
+def test_a_cancel_during_the_read_back_still_switches_to_a_written_pointer() -> None:
+    """The read-back after a failed write was not shielded: a cancel there left the gateway
+    on the old view (and a start's cleanup dropped the collection the pointer named)."""
+    class ReadHeld(Flaky):
+        def write(self, pointer: Pointer) -> None:
+            self.held = True  # the write lands and fails at once; the read-back is held
+            self.pointer = pointer
+            raise StoreUnavailable("qdrant: deadline exceeded")
+
+    migrator, pointers = swapped_gateway(lambda p: ReadHeld(IndexSettings(), p))
+    back = Pointer("papers", "a@1", "papers-new", "b@1")
+    switched: list[Pointer] = []
+
+    async def cancelled_in_the_read() -> None:
+        step = asyncio.ensure_future(migrator._commit(back, lambda: switched.append(back)))
+        assert await asyncio.to_thread(pointers.entered.wait, 10)  # reading back
+        step.cancel()
+        await asyncio.sleep(0.05)
+        assert not step.done()
+        pointers.proceed.set()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        assert switched == [back]  # it read back as written: switched, then the cancel
+
+    asyncio.run(cancelled_in_the_read())
+
+
+def test_a_finish_settled_later_also_drops_the_collection_it_left() -> None:
+    """Settled as taken effect, a finish switched and stopped mirroring, but the collection
+    it left stayed open and on disk with nothing to drop it."""
+    migrator, pointers = swapped_gateway(lambda p: Flaky(IndexSettings(), p, unreadable=1))
+
+    async def steps() -> None:
+        with pytest.raises(MigrationFailed, match="unknown"):
+            await migrator.finish()
+        assert pointers.dropped == [] and migrator.mirror is not None  # both still written
+        with pytest.raises(MigrationRefused, match="had taken effect after all"):
+            await migrator.rollback()
+        assert pointers.dropped == ["papers"] and migrator.mirror is None
+        assert migrator.collections.other is None
+
+    asyncio.run(steps())

@@ -46,7 +46,7 @@ def test_a_load_outlives_the_callers_cancelled_while_it_runs(
 
 
 def test_the_busy_share_starts_when_the_model_is_loaded(
-    model_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    model_settings: Settings, embedder_dir: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The meter measured from before the load: a new replica's first report spread its busy
     time over the load's seconds too and read nearly idle for ~3 s (the smoothing window)."""
@@ -57,6 +57,7 @@ def test_the_busy_share_starts_when_the_model_is_loaded(
         return loading(*args, **kwargs)
 
     monkeypatch.setattr(deployment.Encoder, "from_settings", slow_load)
+    monkeypatch.setattr(deployment, "configure_logging", lambda *_: None)  # the suite's stays
     replica = deployment.QueryEncoderDeployment.func_or_class(model_settings)
     with replica.meter.busy():
         time.sleep(0.3)  # saturated from its first request

@@ -170,6 +170,30 @@ def test_a_refused_rerank_does_not_deepen_the_window(backend: LocalBackend,
     assert depth.choose() in (0, 10)  # was 30: five refusals read as 0.1 ms
 
 
+def test_every_chosen_rerank_window_is_given_back(backend: LocalBackend,
+                                                 sample_settings: Settings) -> None:
+    """A window counts from when it is chosen (a burst shrinks the next ones): one that is
+    never sent (nothing retrieved, a first stage that failed) or whose pairs were fewer must
+    not stay counted, or every later search gets a smaller window for ever."""
+    class Failing(LocalBackend):
+        async def retrieve(self, *args: object, **kwargs: object) -> object:
+            raise RuntimeError("the index went away")
+
+    search = sample_settings.search.model_copy(update={"rerank_enabled": True})
+    pipeline = SearchPipeline(backend, search, rerank_timeout_s=600)  # no CPU here misses it
+    depth = pipeline.rerank_depth
+    nowhere = SearchFilter(published_from=date(2999, 1, 1))  # retrieves nothing
+    assert not Sync(pipeline).search(SearchQuery("diffusion", filter=nowhere)).hits
+    assert (depth.chosen, depth.in_flight) == (0, 0)
+    result = Sync(pipeline).search(SearchQuery("diffusion"))
+    assert result.reranked and (depth.chosen, depth.in_flight) == (0, 0)
+    failing = SearchPipeline(Failing(backend.encoder, backend.store, backend.reranker), search,
+                             rerank_timeout_s=600)
+    with pytest.raises(RuntimeError, match="went away"):
+        Sync(failing).search(SearchQuery("diffusion"))
+    assert (failing.rerank_depth.chosen, failing.rerank_depth.in_flight) == (0, 0)
+
+
 def test_default_feedback_is_shed_while_searches_queue(backend: LocalBackend,
                                                        sample_settings: Settings) -> None:
     """Query feedback on by default (index.prf_enabled) and search.feedback_max_in_flight 2: a

@@ -291,6 +291,8 @@ class FakeRay:
         from papersearch.serving import launcher
 
         self.running, self.stopped, self.options = False, 0, dict[str, Any]()
+        for name in (*launcher.LOCAL_RAY_ENV, launcher.CONTROL_LOOP_ENV):  # start() sets them
+            monkeypatch.delenv(name, raising=False)  # restored afterwards, as they were
         monkeypatch.setattr(ray, "is_initialized", lambda: self.running)
         monkeypatch.setattr(ray, "shutdown", self.shutdown)
         monkeypatch.setattr(launcher, "init_keeping_signals", self.init)

@@ -309,7 +309,12 @@ def test_a_watcher_that_stops_reading_holds_neither_its_place_nor_a_drain(
     servers, backend = scratch
     address = servers.start(backend, watch_max_watches=1, watch_queue=5)
     gateway = servers.gateways[-1]
-    channel = grpc.insecure_channel(address)
+    with grpc.insecure_channel(address) as channel:
+        _stuck_watchers(servers, gateway, channel, caplog)
+
+
+def _stuck_watchers(servers: Servers, gateway: Any, channel: grpc.Channel,
+                    caplog: pytest.LogCaptureFixture) -> None:
     stuck = pb_grpc.SearchServiceStub(channel).WatchSearch(
         pb.WatchSearchRequest(query=QUERY), timeout=120)
     assert next(stuck).caught_up  # and never read again
@@ -349,7 +354,23 @@ def test_a_watcher_that_stops_reading_holds_neither_its_place_nor_a_drain(
     assert time.monotonic() - started < 20  # not the grace: the stuck write was dropped
     assert live.ended is not None and live.ended[0] == grpc.StatusCode.UNAVAILABLE
     second.cancel()
-    channel.close()
+
+
+def test_grpc_s_traceback_for_a_departed_client_is_not_an_error() -> None:
+    """What gRPC logs when it cannot send a status to a client that left (ExecuteBatchError)
+    is an ordinary end of a call; any other record passes."""
+    from papersearch.gateway.server import CLIENT_GONE
+
+    class ExecuteBatchError(Exception):
+        pass
+
+    def record(error: type[BaseException] | None) -> logging.LogRecord:
+        info = None if error is None else (error, error(), None)
+        return logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, "f", 1,
+                                 "raised by servicer method", None, info)
+
+    assert not CLIENT_GONE.filter(record(ExecuteBatchError))
+    assert CLIENT_GONE.filter(record(RuntimeError)) and CLIENT_GONE.filter(record(None))
 
 
 def test_a_watch_ended_by_its_deadline_is_counted_as_expired(
@@ -364,9 +385,9 @@ def test_a_watch_ended_by_its_deadline_is_counted_as_expired(
         list(client.watch(WatchQuery(QUERY), timeout_s=1.5))
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     deadline = time.monotonic() + 10
-    while not counted and time.monotonic() < deadline:
+    while not [c for c in counted if c[0] == "WatchSearch"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert counted == [("WatchSearch", "DEADLINE_EXCEEDED")]
+    assert [c for c in counted if c[0] == "WatchSearch"] == [("WatchSearch", "DEADLINE_EXCEEDED")]
 
 
 def test_hub_matches_many_watches_at_once_and_ends_a_slow_watcher() -> None:
@@ -718,5 +739,5 @@ def test_cli_a_watch_stream_that_ends_without_a_status_is_not_reopened_forever(
     assert len(fake.opened) == 1 and "ended without a status" in capsys.readouterr().err
     fake = FakeWatches(monkeypatch, [[WatchEvent(None, caught_up=True)], [
         WatchEvent(None, caught_up=True), FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED)]])
-    assert fake.run("--timeout-s", "0.2") == 0  # live once: reopened, within the time left
-    assert len(fake.opened) == 2 and fake.pauses and fake.pauses[0] <= 0.2
+    assert fake.run("--timeout-s", "0.45") == 0  # live once: reopened, within the time left
+    assert len(fake.opened) == 2 and fake.pauses and fake.pauses[0] <= 0.45

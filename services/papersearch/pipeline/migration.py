@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -199,12 +200,14 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class _Unsettled:
-    """A step whose pointer write failed and could not be read back (Migrator._commit)."""
+    """A step whose pointer write failed and could not be read back (Migrator._commit): what
+    it does if the pointer turns out written (``switch``, then ``complete``: the rest of the
+    step, its warning) and if not (``abandon``)."""
 
     pointer: Pointer
     switch: Callable[[], None]
+    complete: Callable[[], Awaitable[str | None]] | None
     abandon: Callable[[], Awaitable[None]] | None
-    note: str
 
 
 class Migrator:
@@ -270,11 +273,15 @@ class Migrator:
                         self.collections.switch(target, source, pointer)
                         mirror.copying, mirror.dirty = False, set()
 
+                    async def late_writes() -> str | None:
+                        return await self._late_writes(source, target, reconciling)
+
                     async def abandoned() -> None:
                         await self._abandon(pointers, source, target, mirror)
 
-                    committed = await self._commit(pointer, swapped, abandoned)
-                    late = await self._late_writes(source, target, reconciling)
+                    committed = await self._commit(pointer, swapped, complete=late_writes,
+                                                   abandon=abandoned)
+                    late = await late_writes()
                     warning = "; ".join(w for w in (committed, late) if w) or None
             except BaseException:
                 await self._abandon(pointers, source, target, mirror)
@@ -361,62 +368,64 @@ class Migrator:
                 self.collections.switch(live, None, done)
                 self.mirror = None
 
+            async def drop_previous() -> str | None:
+                return await self._drop_previous(other)
+
             async with mirror.paused():
                 # writes pinned to the other collection whose mirror into the live one failed
                 await self._resync(mirror.missed_by(live.view.collection), other, live)
-                warning = await self._commit(done, finished, note=(
-                    f"{other.view.collection} was not dropped: delete it by hand"))
-            try:
-                await other.index.close()
-                await asyncio.to_thread((await self.collections.pointers()).drop,
-                                        other.view.collection)
-            except Exception as error:  # noqa: BLE001 (finished; only the drop is left)
-                warning = "; ".join(w for w in (
-                    warning, f"finished, but {other.view.collection} could not be deleted "
-                             f"({error}): delete it by hand") if w)
-                log.warning("migration finished, old collection not dropped",
-                            extra={"collection": other.view.collection, "reason": str(error)})
+                committed = await self._commit(done, finished, complete=drop_previous)
+            dropped = await drop_previous()
             log.info("migration finished", extra={"live": done.live,
                                                   "dropped": other.view.collection})
             return Report("finish", done.live, done.embedder, None, None,
-                          await live.index.ready(), None, warning=warning)
+                          await live.index.ready(), None,
+                          warning="; ".join(w for w in (committed, dropped) if w) or None)
 
-    async def _commit(self, pointer: Pointer, switch: Callable[[], None],
-                      abandon: Callable[[], Awaitable[None]] | None = None,
-                      note: str = "") -> str | None:
+    async def _drop_previous(self, other: Bound) -> str | None:
+        """After a finish: the collection left behind closed and deleted; a warning where it
+        could not be (the finish stands)."""
+        try:
+            await other.index.close()
+            await asyncio.to_thread((await self.collections.pointers()).drop,
+                                    other.view.collection)
+        except Exception as error:  # noqa: BLE001 (finished; only the drop is left)
+            log.warning("migration finished, old collection not dropped",
+                        extra={"collection": other.view.collection, "reason": str(error)})
+            return (f"finished, but {other.view.collection} could not be deleted ({error}): "
+                    "delete it by hand")
+        return None
+
+    async def _commit(self, pointer: Pointer, switch: Callable[[], None], *,
+                      complete: Callable[[], Awaitable[str | None]] | None = None,
+                      abandon: Callable[[], Awaitable[None]] | None = None) -> str | None:
         """The step's commit point: write ``pointer``, then ``switch`` the gateway to it.
 
         Finished even if the step is cancelled meanwhile, once or more (the cleanup after a
         cancel must see the outcome: one that read the old pointer dropped the collection the
-        finished write then named). A write that failed may still have been applied (a rename
-        whose directory fsync failed, a server whose answer was lost), so the pointer is read
-        back: written, the switch is made and a warning returned; not written, the error goes
-        on (nothing changed); unreadable, the step stays unsettled, writes still mirrored
-        both ways, and the next step follows whatever the pointer then says (``_settle``:
-        ``switch``, else ``abandon``; ``note`` is logged where it switches)."""
+        finished write then named); the cancel is raised after. A write that failed may still
+        have been applied (a rename whose directory fsync failed, a server whose answer was
+        lost), so the pointer is read back: written, the switch is made and a warning
+        returned; not written, the error goes on (nothing changed); unreadable, the step stays
+        unsettled, writes still mirrored both ways, and the next step follows whatever the
+        pointer then says (``_settle``: ``switch`` and ``complete``, else ``abandon``)."""
         pointers = await self.collections.pointers()
         write = asyncio.ensure_future(asyncio.to_thread(pointers.write, pointer))
-        cancelled = False
-        while not write.done():
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                cancelled = True
-            except Exception:  # noqa: BLE001 (the write's own failure: looked at below)
-                break
+        cancelled = await _outlasting_cancels(write)
         warning = None
         error = write.exception()
         if error is not None:
-            try:
-                current = await asyncio.to_thread(pointers.read)
-            except Exception as unreadable:  # noqa: BLE001 (cannot tell: settled later)
-                self._unsettled = _Unsettled(pointer, switch, abandon, note)
+            read = asyncio.ensure_future(asyncio.to_thread(pointers.read))
+            cancelled = await _outlasting_cancels(read) or cancelled
+            unreadable = read.exception()
+            if unreadable is not None:  # cannot tell: settled by the next step
+                self._unsettled = _Unsettled(pointer, switch, complete, abandon)
                 raise MigrationFailed(
                     f"writing the collection pointer failed ({error}) and it cannot be read "
                     f"back ({unreadable}): whether the step took effect is unknown; writes "
                     "go to both collections meanwhile; the next migrate command (any step) "
                     "finds out, follows the pointer and stops there") from error
-            if current != pointer:
+            if read.result() != pointer:
                 raise error
             warning = (f"writing the collection pointer reported {error!r}, but it reads "
                        "back as written: the step took effect")
@@ -429,8 +438,9 @@ class Migrator:
 
     async def _settle(self) -> None:
         """An earlier step whose pointer write had an unknown outcome: follow the pointer now
-        and refuse this step, saying what the earlier one came to (StoreError while the
-        pointer still cannot be read). A step asked for again then starts from a known state."""
+        (and finish or undo that step) and refuse this one, saying what the earlier one came
+        to (StoreError while the pointer still cannot be read). A step asked for again then
+        starts from a known state."""
         unsettled = self._unsettled
         if unsettled is None:
             return
@@ -438,11 +448,12 @@ class Migrator:
         self._unsettled = None
         if current == unsettled.pointer:
             unsettled.switch()
+            warning = None if unsettled.complete is None else await unsettled.complete()
             log.warning("migration: an earlier step's pointer write had gone through",
-                        extra={"live": current.live, "note": unsettled.note})
+                        extra={"live": current.live, "warning": warning})
             raise MigrationRefused(
                 f"the previous step had taken effect after all (live: {current.live}"
-                + (f"; {unsettled.note}" if unsettled.note else "") + "): nothing else done")
+                + (f"; {warning}" if warning else "") + "): nothing else done")
         if unsettled.abandon is not None:
             await unsettled.abandon()
         log.warning("migration: an earlier step's pointer write had not gone through",
@@ -519,6 +530,18 @@ class Migrator:
         if self._running.locked():
             raise MigrationRefused(f"{action}: another migration step is running")
         return self._running
+
+
+async def _outlasting_cancels(future: asyncio.Future[Any]) -> bool:
+    """Wait until ``future`` is done, however often this task is cancelled meanwhile (work in
+    a thread cannot be stopped, and what it did must be known); whether it was."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
