@@ -394,8 +394,10 @@ def test_a_jsonl_line_of_nul_bytes_is_named_as_not_utf8_json(tmp_path: Path) -> 
     results = list(read_jsonl(path))
     assert isinstance(results[0], Skipped) and results[0].reason.startswith("invalid JSON")
     assert isinstance(results[1], Paper)
-    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")  # a byte order mark
-    assert [type(r) for r in read_jsonl(path)] == [Paper]
+    bom = b"\xef\xbb\xbf"  # files joined with cat keep each one's byte order mark
+    path.write_bytes(bom + json.dumps(GOOD).encode() + b"\n" + bom
+                     + json.dumps({**GOOD, "id": "2"}).encode() + b"\n")
+    assert [type(r) for r in read_jsonl(path)] == [Paper, Paper]
 
 
 def test_daily_lines_that_are_not_utf8_are_skipped_by_name(tmp_path: Path) -> None:
@@ -405,12 +407,18 @@ def test_daily_lines_that_are_not_utf8_are_skipped_by_name(tmp_path: Path) -> No
     write(tmp_path, "000.txt", text)
     legacy = tmp_path / "001.txt"
     legacy.write_bytes(text.encode("cp1252"))
+    late = tmp_path / "002.txt"  # a readable title, its abstract not: neither is paired
+    late.write_bytes(page(("Gamma Net", "Caf\u00e9 au lait results."),
+                          ("A Much Longer Next Line", ABSTRACT_B)).encode("cp1252"))
     reader = read_corpus(tmp_path)
-    assert [p.title for p in reader] == ["Poincar\u00e9 ResNet", "Beta Set"]
+    assert [p.title for p in reader] == ["Poincar\u00e9 ResNet", "Beta Set",
+                                         "A Much Longer Next Line"]
     assert reader.duplicates == 1  # Beta Set, ASCII on both pages
-    assert [(s.source, s.reason) for s in reader.skipped][:2] == [
+    assert [(s.source, s.reason) for s in reader.skipped] == [
         (f"{legacy}:13", "not valid UTF-8 (save the page as UTF-8)"),
-        (f"{legacy}:15", "abstract without a title")]
+        (f"{legacy}:15", "abstract without a title"),
+        (f"{late}:15", "not valid UTF-8 (save the page as UTF-8)"),
+        (f"{late}:13", "its abstract is not valid UTF-8")]
 
 
 def test_daily_entries_past_the_apis_limits_are_skipped(tmp_path: Path) -> None:
@@ -431,3 +439,21 @@ def test_daily_duplicates_keep_the_first_date_found(tmp_path: Path) -> None:
     write(tmp_path, "001.txt", page(("Alpha", ABSTRACT_A)))
     [paper] = papers(list(read_daily_papers(tmp_path)))
     assert paper.abstract == ABSTRACT_A and paper.published == date(2025, 8, 6)
+
+
+def test_an_id_past_its_limit_is_refused_before_its_characters_are_scanned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scan for control characters is a Python loop (0.5 s for a 4 MiB id on the
+    gateway's event loop): the size, checked in C, comes first."""
+    from papersearch.corpus import paper
+
+    scanned: list[int] = []
+    real = paper.without_controls
+    monkeypatch.setattr(paper, "without_controls",
+                        lambda text, name: scanned.append(len(text)) or real(text, name))
+    with pytest.raises(ValueError, match="is 4000000 bytes"):
+        paper.checked_id("x" * 4_000_000)
+    with pytest.raises(ValueError, match="control character U\\+D800"):
+        paper.checked_id("a\ud800b")  # sized as a surrogate would be, then refused
+    assert scanned == [3]

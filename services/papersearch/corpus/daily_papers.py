@@ -111,6 +111,9 @@ def parse_page(path: Path) -> Iterator[Entry | Skipped]:
     for lineno, line in _content_lines(_decoded(path.read_bytes())):
         if line is None:
             yield Skipped(f"{path}:{lineno}", "not valid UTF-8 (save the page as UTF-8)")
+            if pending is not None:  # the title's abstract, unreadable: not the next line
+                yield Skipped(f"{path}:{pending[0]}", "its abstract is not valid UTF-8")
+                pending = None
         elif (header := _DATE.fullmatch(line)) is not None:
             published = _page_date(header)
         elif _looks_like_title(line) and not (pending is not None and _short_abstract(line)):

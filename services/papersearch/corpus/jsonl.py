@@ -35,15 +35,16 @@ def read_json_lines(
     with path.open("rb") as lines:
         for lineno, line in enumerate(lines, start=1):
             if line.strip():
-                yield _parse_line(f"{path}:{lineno}", line, to_paper, first=lineno == 1)
+                yield _parse_line(f"{path}:{lineno}", line, to_paper)
 
 
 def _parse_line(
-    source: str, line: bytes, to_paper: Callable[[Mapping[str, Any]], Paper], first: bool
+    source: str, line: bytes, to_paper: Callable[[Mapping[str, Any]], Paper]
 ) -> Paper | Skipped:
     try:
-        # decoded here: given bytes, json guesses UTF-16 or UTF-32 from leading NULs
-        text = line.decode("utf-8-sig" if first else "utf-8")
+        # decoded here (given bytes, json guesses UTF-16 or UTF-32 from leading NULs); a
+        # byte order mark on any line: files joined with cat keep each one's
+        text = line.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return Skipped(source, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
     try:

@@ -69,14 +69,16 @@ def checked_id(value: str, field_name: str = "paper id") -> str:
     id are one paper); blank, over MAX_PAPER_ID_BYTES in UTF-8 or holding a control or format
     character (Cc/Cf) raises ValueError. The gateway's UpsertPapers and DeletePapers and the
     corpus readers of `papersearch ingest` share it."""
-    text = without_controls(unicodedata.normalize("NFC", value.strip()), field_name)
+    text = unicodedata.normalize("NFC", value.strip())
     if not text:
         raise ValueError(f"{field_name} must not be empty")
-    size = len(text.encode("utf-8"))  # no lone surrogate left: it has a UTF-8 form
+    # the size first (in C: a 4 MiB id costs no scan); a lone surrogate, which has no UTF-8
+    # form, is sized as one would be and refused by the scan that follows
+    size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_PAPER_ID_BYTES:
         raise ValueError(f"{field_name} is {size} bytes in UTF-8; the limit is "
                          f"{MAX_PAPER_ID_BYTES}")
-    return text
+    return without_controls(text, field_name)
 
 
 def without_controls(text: str, field_name: str) -> str:

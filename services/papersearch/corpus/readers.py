@@ -152,8 +152,8 @@ def _first_object(path: Path) -> dict[str, object]:
     """The first line of a JSON Lines file that parses as an object; {} when there is none."""
     with path.open("rb") as lines:
         for line in lines:
-            try:
-                record = json.loads(line)
+            try:  # decoded as the readers decode a line (corpus/jsonl.py)
+                record = json.loads(line.decode("utf-8-sig"))
             except (ValueError, RecursionError):
                 continue
             if isinstance(record, dict):
