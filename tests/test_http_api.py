@@ -334,6 +334,8 @@ def test_watches_do_not_take_the_streams_other_http_calls_need(
             assert json.loads(watch.readline())["caught_up"]  # open, and held open
             watches.append(watch)
         assert len(servers.gateways[-1].watches.watches) == 4
+        http_front = servers.gateways[-1].http
+        assert http_front is not None and http_front.watching == [2, 2]  # least used first
         status, body = call(http + SEARCH, {"query": "graph networks", "top_k": 2}, key=None)
         assert status == 200 and body["hits"]
         assert call(http + "/readyz", method="GET", key=None) == (200, {"status": "SERVING"})

@@ -15,7 +15,6 @@ are the error statuses, whose HTTP codes follow google.rpc.Code (api/openapi.py)
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import math
@@ -95,6 +94,7 @@ class HttpFront:
         self.watch_channels = [
             grpc.aio.insecure_channel(unix_target, options=options)
             for _ in range(math.ceil(serve.watch_max_watches / serve.max_concurrent_streams))]
+        self.watching = [0] * len(self.watch_channels)  # HTTP watches open on each
         self.health = health_pb2_grpc.HealthStub(self.channel)
         app = web.Application(client_max_size=serve.max_receive_bytes)
         app.middlewares.extend([_cors(app, serve.http_cors_origins),
@@ -129,19 +129,25 @@ class HttpFront:
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
         path = openapi.http_path(method)
-        # without x-timeout-ms, the deadline the gateway gives a gRPC call that sets none
-        deadline_s = (self.serve.index_call_timeout_s if path.startswith(WRITE_PREFIXES)
+        # without x-timeout-ms: a search the deadline the gateway gives a gRPC call that sets
+        # none; an index write none (the gateway's serve.index_call_timeout_s applies, and a
+        # deadline sent here would read as the caller's own)
+        deadline_s = (None if path.startswith(WRITE_PREFIXES)
                       else self.serve.default_deadline_s)
         if method.server_streaming:  # WatchSearch: the responses as NDJSON lines
-            spread = itertools.cycle([channel.unary_stream(
-                path, request_serializer=request_type.SerializeToString,
-                response_deserializer=response_type.FromString)
-                for channel in self.watch_channels])
+            calls = [channel.unary_stream(path, request_serializer=request_type.SerializeToString,
+                                          response_deserializer=response_type.FromString)
+                     for channel in self.watch_channels]
 
             async def streaming(request: web.Request) -> web.StreamResponse:
                 options = self._admitted(request, path, JSON, None)  # no deadline unless set
                 message = _parse(await self._json_body(request), request_type, "request")
-                return await _lines_out(request, next(spread)(message, **options))
+                least = min(range(len(calls)), key=self.watching.__getitem__)  # by open watches
+                self.watching[least] += 1
+                try:
+                    return await _lines_out(request, calls[least](message, **options))
+                finally:
+                    self.watching[least] -= 1
 
             return _measured(path, streaming)
         if method.client_streaming:
