@@ -296,3 +296,33 @@ def test_calls_queued_when_the_collection_closes_are_not_ready(tmp_path: Path) -
 
     busy, queued = asyncio.run(close_while_queued())
     assert busy is None and isinstance(queued, NotReady), queued
+
+
+def test_a_collection_deleted_while_open_is_let_go_and_made_again_by_a_write(
+    tmp_path: Path,
+) -> None:
+    """The gateway kept the store of a deleted collection: every call failed until a restart
+    (UpsertPapers too, which makes a missing collection), and once the directory was made
+    again the old shard took writes into the deleted files."""
+    import shutil
+
+    from papersearch.index import CollectionMissing, edge
+
+    settings = IndexSettings(data_dir=tmp_path)
+    index = IndexAccess(CollectionOpener(Settings(index=settings), DIM, SHA, retry_s=0))
+
+    async def calls() -> tuple[int, int]:
+        assert await index.upsert(PAPERS[:3], DENSE[:3]) == 3
+        shutil.rmtree(tmp_path / settings.collection)  # a wiped volume
+        await asyncio.sleep(edge.ACCESS_CHECK_S)  # past the last passed access check
+        with pytest.raises(CollectionMissing):
+            await index.ready()  # readiness sees it (NOT_SERVING)
+        with pytest.raises(CollectionMissing):
+            await index.ready()  # a read never makes it
+        written = await index.upsert(PAPERS[3:5], DENSE[3:5])  # a write makes it again
+        return written, await index.ready()
+
+    assert run(index, calls) == (2, 2)
+    with EdgeStore(settings) as reopened:  # what was written is on disk, in the new files
+        reopened.ensure_collection(DIM, SHA, create=False)
+        assert reopened.count() == 2

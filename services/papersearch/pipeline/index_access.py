@@ -20,6 +20,7 @@ Query-side BM25 terms are computed here too (Retriever), where the store is quer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -29,7 +30,7 @@ from qdrant_client import AsyncQdrantClient
 
 from papersearch.corpus.paper import Paper
 from papersearch.errors import NotReady
-from papersearch.index.errors import StoreError
+from papersearch.index.errors import CollectionMissing, StoreError
 from papersearch.index.plan import Program
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.server_async import AsyncServerEngine, connect_async
@@ -111,12 +112,31 @@ class IndexAccess:
         if self._closed:
             raise self._closed_error()
         retriever = self._retriever or await self._open(create)
-        if retriever.store.backend == "embedded":
-            return await self._in_thread(lambda: retriever.store.execute(program(retriever)))
-        if self._engine is None:  # made here: its channels belong to this event loop
-            settings = retriever.store.settings
-            self._engine = AsyncServerEngine(settings, self.make_client(settings))
-        return await self._engine.execute(program(retriever))
+        try:
+            if retriever.store.backend == "embedded":
+                return await self._in_thread(lambda: retriever.store.execute(program(retriever)))
+            if self._engine is None:  # made here: its channels belong to this event loop
+                settings = retriever.store.settings
+                self._engine = AsyncServerEngine(settings, self.make_client(settings))
+            return await self._engine.execute(program(retriever))
+        except CollectionMissing:
+            await self._let_go(retriever)
+            raise
+
+    async def _let_go(self, retriever: Retriever) -> None:
+        """The collection was deleted since it was opened: its store is let go, so the next
+        call opens it afresh (a read finds it missing until it is made again; a write, or an
+        ingest, makes it). Kept, the store failed every call until a restart, and an embedded
+        shard took writes into the deleted files once the directory was made again."""
+        if self._retriever is not retriever:
+            return  # another call let it go already
+        self._retriever = None
+
+        def close() -> None:
+            with contextlib.suppress(StoreError):  # a flush into a deleted directory fails
+                self.opener.close()
+
+        await self._in_thread(close)
 
     async def _open(self, create: bool) -> Retriever:
         """The store opened in the worker thread: one attempt at a time (the opener spaces
