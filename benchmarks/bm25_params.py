@@ -42,7 +42,7 @@ from papersearch.evaluation.datasets import EvalDataset
 from papersearch.evaluation.fusion_tuning import Lists, convex_runs, judged_sets
 from papersearch.evaluation.harness import mean_words
 from papersearch.evaluation.metrics import Report, evaluate
-from papersearch.evaluation.paired import against
+from papersearch.evaluation.paired import against, choose_on_tuning, tuning_mean
 from papersearch.index.fusion import Ranked
 from papersearch.index.sparse import document_text
 from papersearch.settings import Settings
@@ -169,14 +169,8 @@ def main() -> int:
     by_pair = {pair: {n: reports(sets[n], lists[n], pair, weight, depth) for n in tuning_names}
                for pair in grid}
 
-    def mean(pair: Point) -> float:
-        return sum(by_pair[pair][n]["hybrid"].ndcg_at_10 for n in tuning_names) / len(tuning_names)
-
-    eligible = [p for p in grid if p != DEFAULT and mean(p) > mean(DEFAULT)
-                and all(by_pair[p][n]["hybrid"].ndcg_at_10
-                        >= by_pair[DEFAULT][n]["hybrid"].ndcg_at_10 for n in tuning_names)]
-    chosen = max(eligible, key=mean, default=None)
-    judged = chosen if chosen is not None else max((p for p in grid if p != DEFAULT), key=mean)
+    choice = choose_on_tuning(by_pair, DEFAULT, tuning_names)
+    chosen, judged = choice.chosen, choice.judged
     for pair in {DEFAULT, TOKENS, judged}:
         by_pair[pair].update({n: reports(sets[n], lists[n], pair, weight, depth)
                               for n in sets if n not in tuning_names})
@@ -199,13 +193,12 @@ def main() -> int:
                                      for n in tuning_names},
                   "hybrid ndcg@10": {n: round(by_pair[(k1, b, unit)][n]["hybrid"].ndcg_at_10, 4)
                                      for n in tuning_names},
-                  "tuning_mean_hybrid": round(mean((k1, b, unit)), 4),
-                  "eligible": (k1, b, unit) == DEFAULT or (k1, b, unit) in eligible}
+                  "tuning_mean_hybrid": round(tuning_mean(by_pair[(k1, b, unit)], tuning_names),
+                                              4),
+                  "eligible": (k1, b, unit) == DEFAULT or (k1, b, unit) in choice.eligible}
                  for k1, b, unit in grid],
         "judged": judge(judged, chosen is not None),
-        "unit": judge(TOKENS, mean(TOKENS) > mean(DEFAULT) and all(
-            by_pair[TOKENS][n]["hybrid"].ndcg_at_10 >= by_pair[DEFAULT][n]["hybrid"].ndcg_at_10
-            for n in tuning_names)),
+        "unit": judge(TOKENS, TOKENS in choice.eligible),
     }, indent=2))
     return 0
 

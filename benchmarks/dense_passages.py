@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -36,7 +36,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
 from papersearch.evaluation.fusion_tuning import dense_and_hybrid, judged_sets
 from papersearch.evaluation.metrics import Report
-from papersearch.evaluation.paired import against
+from papersearch.evaluation.paired import against, choose_on_tuning, tuning_mean
 from papersearch.index.fusion import Ranked
 from papersearch.models.manifest import TOKENIZER_FILE
 from papersearch.settings import Settings
@@ -127,16 +127,8 @@ def main() -> int:
             f"{v} {by_variant[v][name]['hybrid'].ndcg_at_10:.4f}" for v in VARIANTS),
             file=sys.stderr)
 
-    def mean(variant: str) -> float:
-        return (sum(by_variant[variant][n]["hybrid"].ndcg_at_10 for n in tuning_names)
-                / len(tuning_names))
-
-    no_worse: Callable[[str], bool] = lambda v: all(  # noqa: E731
-        by_variant[v][n]["hybrid"].ndcg_at_10 >= by_variant["whole"][n]["hybrid"].ndcg_at_10
-        for n in tuning_names)
-    eligible = [v for v in VARIANTS[1:] if mean(v) > mean("whole") and no_worse(v)]
-    chosen = max(eligible, key=mean, default=None)
-    judged = chosen if chosen is not None else max(VARIANTS[1:], key=mean)
+    choice = choose_on_tuning(by_variant, "whole", tuning_names)
+    chosen, judged = choice.chosen, choice.judged
     versus = against(by_variant["whole"], by_variant[judged], list(sets), ("dense", "hybrid"),
                      ("whole", judged))
     held_out_agree = all(versus[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
@@ -149,7 +141,8 @@ def main() -> int:
                                         for s in sets},
                       "hybrid ndcg@10": {s: round(by_variant[v][s]["hybrid"].ndcg_at_10, 4)
                                          for s in sets},
-                      "tuning_mean_hybrid": round(mean(v), 4)} for v in VARIANTS],
+                      "tuning_mean_hybrid": round(tuning_mean(by_variant[v], tuning_names), 4)}
+                     for v in VARIANTS],
         "judged": {"variant": judged, "chosen_on_tuning_sets": chosen is not None,
                    "against_whole": versus, "held_out_agree": held_out_agree,
                    "adopt": chosen is not None and held_out_agree},

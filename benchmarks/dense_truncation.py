@@ -29,7 +29,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
 from papersearch.evaluation.fusion_tuning import cosine_lists, dense_and_hybrid, judged_sets
 from papersearch.evaluation.metrics import Report, evaluate
-from papersearch.evaluation.paired import against
+from papersearch.evaluation.paired import against, choose_on_tuning, tuning_mean
 from papersearch.index.fusion import Ranked
 from papersearch.models.manifest import model_dir, read_manifest
 from papersearch.settings import Settings
@@ -85,16 +85,8 @@ def main() -> int:
     finally:
         encoder.tokenizer.enable_truncation(configured, strategy="longest_first")
 
-    def mean(length: int) -> float:
-        return (sum(by_length[length][n]["hybrid"].ndcg_at_10 for n in tuning_names)
-                / len(tuning_names))
-
-    eligible = [n for n in LENGTHS if n != configured and mean(n) > mean(configured)
-                and all(by_length[n][s]["hybrid"].ndcg_at_10
-                        >= by_length[configured][s]["hybrid"].ndcg_at_10 for s in tuning_names)]
-    chosen = max(eligible, key=mean, default=None)
-    judged = chosen if chosen is not None else max((n for n in LENGTHS if n != configured),
-                                                   key=mean)
+    choice = choose_on_tuning(by_length, configured, tuning_names)
+    chosen, judged = choice.chosen, choice.judged
     versus = against(by_length[configured], by_length[judged], list(sets), ("dense", "hybrid"),
                      (str(configured), str(judged)))
     held_out_agree = all(versus[n]["hybrid"]["mean_difference"] > 0 for n in held_names)
@@ -109,7 +101,7 @@ def main() -> int:
                                        for s in sets},
                      "hybrid ndcg@10": {s: round(by_length[n][s]["hybrid"].ndcg_at_10, 4)
                                         for s in sets},
-                     "tuning_mean_hybrid": round(mean(n), 4),
+                     "tuning_mean_hybrid": round(tuning_mean(by_length[n], tuning_names), 4),
                      "papers_encode_s": encode_s[n]} for n in LENGTHS],
         "judged": {"max_length": judged, "chosen_on_tuning_sets": chosen is not None,
                    "against_configured": versus, "held_out_agree": held_out_agree,

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset, load_dataset
 from papersearch.evaluation.fusion_tuning import fetch_lists
 from papersearch.evaluation.metrics import Report, evaluate
-from papersearch.evaluation.paired import against
+from papersearch.evaluation.paired import against, choose_on_tuning, tuning_mean
 from papersearch.settings import Settings
 
 WEIGHTS = (1, 2, 3, 4)
@@ -44,10 +44,6 @@ def run(dataset: EvalDataset, settings: Settings, encoder: Encoder, weight: int)
     sparse = {q: [i for i, _ in ranked][:RESULTS] for q, ranked in lists.sparse.items()}
     return {"sparse": evaluate(sparse, dataset.qrels),
             "hybrid": evaluate(lists.baseline, dataset.qrels)}
-
-
-def hybrid_mean(by_set: Mapping[str, Mapping[str, Report]], among: Sequence[str]) -> float:
-    return sum(by_set[n]["hybrid"].ndcg_at_10 for n in among) / len(among)
 
 
 def ndcg(by_set: Mapping[str, Mapping[str, Report]], mode: str) -> dict[str, float]:
@@ -70,14 +66,8 @@ def main() -> int:
 
     # weight -> set -> mode -> report; tuning sets at every weight
     reports = {w: {d.name: run(d, settings, encoder, w) for d in tuning} for w in WEIGHTS}
-    base = hybrid_mean(reports[1], tuning_names)
-    eligible = [w for w in WEIGHTS[1:]
-                if all(reports[w][n]["hybrid"].ndcg_at_10 >= reports[1][n]["hybrid"].ndcg_at_10
-                       for n in tuning_names)
-                and hybrid_mean(reports[w], tuning_names) > base]
-    chosen = max(eligible, key=lambda w: hybrid_mean(reports[w], tuning_names), default=None)
-    judged = chosen if chosen is not None else max(
-        WEIGHTS[1:], key=lambda w: hybrid_mean(reports[w], tuning_names))
+    choice = choose_on_tuning(reports, 1, tuning_names)
+    chosen, judged = choice.chosen, choice.judged
     for w in (1, judged):
         reports[w].update({d.name: run(d, settings, encoder, w) for d in judging})
 
@@ -92,8 +82,8 @@ def main() -> int:
         "titled_share": {d.name: titled(d) for d in [*tuning, *judging]},
         "weights": [{"title_weight": w, "sparse ndcg@10": ndcg(reports[w], "sparse"),
                      "hybrid ndcg@10": ndcg(reports[w], "hybrid"),
-                     "tuning_mean_hybrid": round(hybrid_mean(reports[w], tuning_names), 4),
-                     "eligible": w == 1 or w in eligible} for w in WEIGHTS],
+                     "tuning_mean_hybrid": round(tuning_mean(reports[w], tuning_names), 4),
+                     "eligible": w == 1 or w in choice.eligible} for w in WEIGHTS],
         "judged": {"title_weight": judged, "chosen_on_tuning_sets": chosen is not None,
                    "against_weight_1": versus, "held_out_agree": held_out_agree,
                    "adopt": chosen is not None and held_out_agree},

@@ -19,7 +19,7 @@ from papersearch.evaluation.fusion_tuning import (
 )
 from papersearch.evaluation.harness import run_eval
 from papersearch.evaluation.metrics import Report
-from papersearch.evaluation.paired import against, paired
+from papersearch.evaluation.paired import against, choose_on_tuning, paired
 from papersearch.settings import Settings
 from tests.beir_helpers import write_beir
 
@@ -46,6 +46,23 @@ def test_choose_the_best_tuning_mean_that_loses_no_tuning_set() -> None:
                     baseline, ["a", "b"])
     assert chosen is not None and chosen.name == "wins both"
     assert choose(pool("higher mean, loses b"), reports, baseline, ["a", "b"]) is None
+
+
+def test_the_tuning_sets_choose_a_gain_on_their_mean_that_loses_none_of_them() -> None:
+    """The benchmarks' rule (dense_passages, dense_truncation, bm25_params, title_weight)."""
+    def runs(a: float, b: float) -> dict[str, dict[str, Report]]:
+        return {"a": {"hybrid": report(a)}, "b": {"hybrid": report(b)}}
+
+    candidates = {"base": runs(0.5, 0.4), "loses b": runs(0.7, 0.39),
+                  "wins both": runs(0.55, 0.42), "ties both": runs(0.5, 0.4),
+                  "wins more": runs(0.6, 0.41)}
+    choice = choose_on_tuning(candidates, "base", ["a", "b"])
+    assert choice.eligible == ["wins both", "wins more"]  # "ties both": no gain on the mean
+    assert choice.chosen == choice.judged == "wins more"
+    none = choose_on_tuning({k: candidates[k] for k in ("base", "loses b", "ties both")},
+                            "base", ["a", "b"])
+    assert none.eligible == [] and none.chosen is None
+    assert none.judged == "loses b"  # still judged: the best tuning mean
 
 
 def test_candidates_cover_rrf_and_the_convex_fusion_the_store_runs() -> None:

@@ -7,13 +7,16 @@ least as large as the one seen (two-sided).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from papersearch.evaluation.metrics import Report
+
+K = TypeVar("K", bound=Hashable)
+Runs = Mapping[str, Mapping[str, Report]]  # set name -> mode -> report
 
 TIE = 1e-9
 PERMUTATIONS = 20_000
@@ -65,3 +68,35 @@ def against(before: Mapping[str, Mapping[str, Report]], after: Mapping[str, Mapp
                 labels[0]: round(a.ndcg_at_10, 4), labels[1]: round(b.ndcg_at_10, 4),
                 **paired(a.per_query_ndcg_at_10, b.per_query_ndcg_at_10).to_dict()}
     return table
+
+
+def tuning_mean(runs: Runs, tuning: Sequence[str], mode: str = "hybrid") -> float:
+    """Mean ``mode`` nDCG@10 over the tuning sets."""
+    return sum(runs[n][mode].ndcg_at_10 for n in tuning) / len(tuning)
+
+
+@dataclass(frozen=True, slots=True)
+class TuningChoice(Generic[K]):
+    """``eligible``: the candidates better than the baseline on the tuning sets' mean and no
+    worse on any one of them (in the order given); ``chosen``: the best of those by that mean
+    (None: none is); ``judged``: the one to judge on the held-out sets (the chosen one, else
+    the best candidate by the mean)."""
+
+    eligible: list[K]
+    chosen: K | None
+    judged: K
+
+
+def choose_on_tuning(candidates: Mapping[K, Runs], baseline: K, tuning: Sequence[str],
+                     mode: str = "hybrid") -> TuningChoice[K]:
+    """What the tuning sets choose among ``candidates`` (the baseline among them) over
+    ``baseline``: the held-out sets then judge it (``against``)."""
+    def mean(key: K) -> float:
+        return tuning_mean(candidates[key], tuning, mode)
+
+    base = candidates[baseline]
+    others = [k for k in candidates if k != baseline]
+    eligible = [k for k in others if mean(k) > mean(baseline) and all(
+        candidates[k][n][mode].ndcg_at_10 >= base[n][mode].ndcg_at_10 for n in tuning)]
+    chosen = max(eligible, key=mean, default=None)
+    return TuningChoice(eligible, chosen, chosen if chosen is not None else max(others, key=mean))
