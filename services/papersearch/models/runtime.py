@@ -159,11 +159,12 @@ class OnnxModel:
         ``query_tokens`` of max_length: the passage alone is cut to fit."""
         if self._queries is None:
             return self.tokenizer.encode_batch(list(inputs))
-        pairs = [(self._fit(pair[0]), pair[1]) for pair in inputs
-                 if isinstance(pair, tuple | list) and len(pair) == 2]
+        pairs = [pair for pair in inputs if isinstance(pair, tuple | list) and len(pair) == 2]
         if len(pairs) != len(inputs):
             raise InvalidInput("a reranker scores (query, passage) pairs, not single texts")
-        return self.tokenizer.encode_batch(pairs)
+        # each query cut once: a search's pairs share one (its window of up to 30 passages)
+        fitted = {query: self._fit(query) for query, _ in pairs}
+        return self.tokenizer.encode_batch([(fitted[query], passage) for query, passage in pairs])
 
     def _fit(self, query: str) -> str:
         assert self._queries is not None
