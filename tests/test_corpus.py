@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from datetime import date
@@ -11,7 +12,7 @@ import pytest
 
 from papersearch.corpus.beir import read_beir
 from papersearch.corpus.daily_papers import CHROME, paper_id, read_daily_papers
-from papersearch.corpus.jsonl import read_jsonl
+from papersearch.corpus.jsonl import MAX_LINE_BYTES, bounded_lines, read_jsonl
 from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped
 from papersearch.corpus.readers import CorpusFormat, ReadStats, detect_format, read_corpus
 
@@ -238,6 +239,27 @@ def test_jsonl_bad_utf8_is_skipped(tmp_path: Path) -> None:
     results = list(read_jsonl(path))
     assert isinstance(results[0], Skipped) and results[0].source == f"{path}:1"
     assert isinstance(results[1], Paper)
+
+
+def test_jsonl_line_past_the_limit_is_skipped_unread(tmp_path: Path) -> None:
+    """A line longer than MAX_LINE_BYTES is skipped by number and read past in pieces (not
+    held whole), and the lines after it are read; one exactly at the limit is read."""
+    at_limit = json.dumps({**GOOD, "id": "at-limit"})
+    at_limit = at_limit[:-1] + " " * (MAX_LINE_BYTES - len(at_limit)) + "}"
+    path = write(tmp_path, "papers.jsonl", "\n".join(
+        [json.dumps({**GOOD, "extra": "x" * (3 * MAX_LINE_BYTES)}), at_limit, json.dumps(GOOD)]))
+    results = list(read_jsonl(path))
+    assert [type(r) for r in results] == [Skipped, Paper, Paper]
+    assert results[0] == Skipped(f"{path}:1", f"line longer than {MAX_LINE_BYTES} bytes")
+    assert [r.id for r in results[1:] if isinstance(r, Paper)] == ["at-limit", GOOD["id"]]
+
+
+@pytest.mark.parametrize("limit", [1, 4, 5, 6, 64])
+def test_bounded_lines_splits_as_readline_does_below_the_limit(limit: int) -> None:
+    data = b"abc\nabcd\n\nabcdef\nabcde"
+    expected = [line if len(line.rstrip(b"\n")) <= limit else None
+                for line in io.BytesIO(data).readlines()]
+    assert list(bounded_lines(io.BytesIO(data), limit)) == expected
 
 
 def test_jsonl_ids_are_the_ids_the_api_takes(tmp_path: Path) -> None:

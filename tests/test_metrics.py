@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from papersearch.corpus.jsonl import MAX_LINE_BYTES
 from papersearch.evaluation.beir import load_qrels, load_queries
 from papersearch.evaluation.datasets import judged_queries, load_dataset
 from papersearch.evaluation.metrics import (
@@ -244,6 +245,14 @@ def test_invalid_utf8_names_the_line(tmp_path: Path) -> None:
     (root / "qrels" / "test.tsv").write_bytes(b"1\td1\t1\n1\td\xff\t1\n")
     with pytest.raises(ValueError, match=r"test\.tsv:2: invalid UTF-8"):
         load_qrels(root)
+
+
+def test_a_line_past_the_limit_is_refused_by_number(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path, '{"_id": "1", "text": "a"}\n', "")
+    with (root / "queries.jsonl").open("a") as queries:
+        queries.write(json.dumps({"_id": "2", "text": "x" * MAX_LINE_BYTES}) + "\n")
+    with pytest.raises(ValueError, match=rf"queries\.jsonl:2: line longer than {MAX_LINE_BYTES}"):
+        load_queries(root)
 
 
 def test_missing_files_name_the_path(tmp_path: Path) -> None:

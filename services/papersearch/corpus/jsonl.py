@@ -12,11 +12,14 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from papersearch.corpus.paper import Paper, Skipped, checked_id, clean_text, within_limits
 
 _KNOWN = frozenset({"id", "title", "abstract", "authors", "published", "categories", "url"})
+# The longest line read: a paper at every limit of within_limits, each character written as a
+# \uXXXX escape, is ~0.45 MiB; past this a line is skipped unread, not held whole in memory
+MAX_LINE_BYTES = 1 << 20
 
 
 class RecordError(ValueError):
@@ -32,10 +35,25 @@ def read_json_lines(
     path: Path, to_paper: Callable[[Mapping[str, Any]], Paper]
 ) -> Iterator[Paper | Skipped]:
     """Turn each non-blank line into a paper; a line that fails comes out as Skipped."""
-    with path.open("rb") as lines:
-        for lineno, line in enumerate(lines, start=1):
-            if line.strip():
-                yield _parse_line(f"{path}:{lineno}", line, to_paper)
+    with path.open("rb") as handle:
+        for lineno, line in enumerate(bounded_lines(handle), start=1):
+            source = f"{path}:{lineno}"
+            if line is None:
+                yield Skipped(source, f"line longer than {MAX_LINE_BYTES} bytes")
+            elif line.strip():
+                yield _parse_line(source, line, to_paper)
+
+
+def bounded_lines(handle: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of a binary file, each at most ``limit`` bytes; None in place of a longer one,
+    whose bytes are read past in pieces of ``limit``, never held whole."""
+    while line := handle.readline(limit + 1):
+        if line.endswith(b"\n") or len(line) <= limit:  # limit bytes and its line ending
+            yield line
+            continue
+        while not line.endswith(b"\n") and (line := handle.readline(limit)):
+            pass
+        yield None
 
 
 def _parse_line(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from papersearch.corpus.beir import CORPUS_FILE, read_beir
 from papersearch.corpus.daily_papers import read_daily_papers
-from papersearch.corpus.jsonl import read_jsonl
+from papersearch.corpus.jsonl import bounded_lines, read_jsonl
 from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped
 
 __all__ = [
@@ -150,8 +150,10 @@ def detect_format(path: Path) -> CorpusFormat:
 
 def _first_object(path: Path) -> dict[str, object]:
     """The first line of a JSON Lines file that parses as an object; {} when there is none."""
-    with path.open("rb") as lines:
-        for line in lines:
+    with path.open("rb") as handle:
+        for line in bounded_lines(handle):
+            if line is None:
+                continue
             try:  # decoded as the readers decode a line (corpus/jsonl.py)
                 record = json.loads(line.decode("utf-8-sig"))
             except (ValueError, RecursionError):

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from papersearch.corpus.jsonl import record_id
+from papersearch.corpus.jsonl import MAX_LINE_BYTES, bounded_lines, record_id
 from papersearch.corpus.paper import checked_id
 
 QUERIES_FILE = "queries.jsonl"
@@ -51,9 +51,11 @@ def _lines(path: Path) -> Iterator[tuple[str, str]]:
     """Non-blank lines (without the line ending) with their ``file:line``."""
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    with path.open("rb") as lines:
-        for lineno, raw in enumerate(lines, start=1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(bounded_lines(handle), start=1):
             source = f"{path}:{lineno}"
+            if raw is None:
+                raise ValueError(f"{source}: line longer than {MAX_LINE_BYTES} bytes")
             try:
                 # a byte order mark (files saved by Excel or Notepad) is not part of line 1
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
