@@ -276,7 +276,19 @@ DRAIN_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] =
         "terminationGracePeriodSeconds 70 < 85"),
     "refusing while still an endpoint": (lambda o: _prod_env(o).update(
         PAPERSEARCH_SERVE__DRAIN_NOTICE_S="5"), "drain_notice_s 5 < 12"),
+    "workers stop with their replicas": (lambda o: _worker_container(o).pop("lifecycle"),
+                                         "group workers needs preStop `papersearch drain "
+                                         "--ray-node`"),
+    "worker grace shorter than its drain": (lambda o: _prod_env(o).update(
+        PAPERSEARCH_SERVE__NODE_DRAIN_S="50"),
+        "group workers terminationGracePeriodSeconds 60 < 65: node_drain_s 50"),
 }
+
+
+def _worker_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    group = next(g for g in _ray_service(objects)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+                 if g["groupName"] == "workers")
+    return group["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("breakage", sorted(DRAIN_BREAKAGES))

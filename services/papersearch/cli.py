@@ -25,6 +25,7 @@ from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.models.manifest import ProviderUnavailable
+from papersearch.serving.node_drain import NodeDrainError
 from papersearch.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ Command = Callable[[Settings, argparse.Namespace], int]
 # A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
 LOADTEST_MODULES = ("prometheus_client", "matplotlib")  # the loadtest extra's
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError,
-               StoreError, ModelSourceError, RemoteError, ProviderUnavailable)
+               StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError)
 
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -377,6 +378,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _drain(settings: Settings, args: argparse.Namespace) -> int:
+    if args.ray_node:
+        from papersearch.serving.node_drain import drain_ray_node
+
+        drained = drain_ray_node(settings.serve.node_drain_s)
+        print(f"papersearch: {drained.replicas} Serve replicas moved off Ray node "
+              f"{drained.node_id} in {drained.seconds:.1f} s")
+        return 0
     from papersearch.serving.drain import request_drain
 
     seconds = request_drain(settings.serve)
@@ -638,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     drain = commands.add_parser(
         "drain", help="make the local gateway drain (creates serve.drain_file) and wait until "
                       "its calls in flight have finished (Kubernetes preStop)")
+    drain.add_argument("--ray-node", action="store_true",
+                       help="instead: move the Serve replicas on this Ray node to other nodes "
+                            "and wait (serve.node_drain_s at most; a model worker pod's preStop)")
     drain.set_defaults(handler=_drain)
 
     loadtest = commands.add_parser(

@@ -408,6 +408,11 @@ class ServeSettings(Section):
         None, description="Drain when this file appears (Kubernetes: the preStop hook's "
                           "`papersearch drain` creates it); polled twice a second.",
     )
+    node_drain_s: float = Field(
+        40.0, gt=0, description="`papersearch drain --ray-node` (a model worker pod's preStop): "
+                                "how long Serve gets to move the node's replicas elsewhere "
+                                "before the pod stops anyway.",
+    )
     upsert_batch_size: int = Field(64, ge=1, description="Streamed papers per encode+upsert.")
     # Server limits (README, Server limits): what one client can hold of a gateway.
     max_receive_bytes: int = Field(

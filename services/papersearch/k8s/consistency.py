@@ -170,6 +170,35 @@ def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str],
     return errors
 
 
+def check_worker_drain(rendered: Rendered) -> list[str]:
+    """Model worker pods (every Ray worker group but the gateways') move their replicas off
+    before they stop: preStop `papersearch drain --ray-node`, within the termination grace."""
+    from papersearch.serving.drain import MARGIN_S
+
+    gateway = deployments(rendered)[GATEWAY_DEPLOYMENT]
+    errors: list[str] = []
+    for group in _ray_groups(rendered):
+        spec, ray = group.group or {}, group.containers[0]
+        offers = ray_resources(spec, ray)
+        if "groupName" not in spec or any(k in offers for k in _needs(gateway) if k != "CPU"):
+            continue  # the head, or the gateways' group (check_gateway_placement)
+        command = ray.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+        if command != ["papersearch", "drain", "--ray-node"]:
+            errors.append(f"{group.owner} needs preStop `papersearch drain --ray-node` (move "
+                          "its Serve replicas before Ray stops)")
+        try:
+            serve = settings_from_env(_env(rendered, ray)).serve
+        except ValueError:  # check_settings reports it
+            continue
+        needed = serve.node_drain_s + MARGIN_S + RAY_STOP_S
+        grace = float(group.spec.get("terminationGracePeriodSeconds", 30))
+        if grace < needed:
+            errors.append(f"{group.owner} terminationGracePeriodSeconds {grace:g} < {needed:g}: "
+                          f"node_drain_s {serve.node_drain_s:g} + {MARGIN_S:g} + Ray's stop "
+                          f"{RAY_STOP_S:g}")
+    return errors
+
+
 def _gateway_tls_errors(rendered: Rendered, host: PodTemplate,
                         env: Mapping[str, str]) -> list[str]:
     """A TLS gateway: plaintext probes need serve.health_port, and the cert and key files lie
@@ -438,6 +467,7 @@ def check_qdrant(rendered: Rendered) -> list[str]:
 CHECKS: dict[str, Callable[[Rendered], list[str]]] = {
     "gateway placement": check_gateway_placement,
     "replicas fit": check_replicas_fit,
+    "worker drain": check_worker_drain,
     "selectors and ports": check_selectors,
     "pod hardening": check_pod_hardening,
     "secrets": check_secrets,

@@ -1,0 +1,99 @@
+"""`papersearch drain --ray-node` on a real local Ray cluster of three nodes (head + two
+workers): the drained node's Serve replica moves to the other worker while calls keep being
+answered, and a replica with nowhere to go is named when the deadline passes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from papersearch.serving.launcher import LOCAL_RAY_ENV
+from papersearch.serving.node_drain import drain_ray_node, replicas_on
+
+pytestmark = pytest.mark.slow
+
+REPLICA = "ServeReplica:drained:Echo"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[Any, str, str]]:
+    """A head with no CPUs and two one-CPU workers; an app of one one-CPU replica."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    saved = {key: os.environ.get(key) for key in LOCAL_RAY_ENV}
+    os.environ.update(LOCAL_RAY_ENV)
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: socket paths are length-limited
+    nodes = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "temp_dir": str(temp_dir), "include_dashboard": True})
+    workers = [nodes.add_node(num_cpus=1) for _ in range(2)]
+    try:
+        nodes.wait_for_nodes()
+        ray.init(address=nodes.address, log_to_driver=False)
+        serve.start(proxy_location="Disabled")
+
+        @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1},
+                          graceful_shutdown_timeout_s=2)
+        class Echo:
+            def __call__(self, value: int) -> int:
+                return value
+
+        handle = serve.run(Echo.bind(), name="drained", route_prefix=None)
+        yield handle, workers[0].node_id, workers[1].node_id
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        nodes.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_a_drained_node_hands_its_replica_over_while_calls_go_on(
+    cluster: tuple[Any, str, str],
+) -> None:
+    handle, first, second = cluster
+    holder, other = (first, second) if replicas_on(first) else (second, first)
+    assert replicas_on(holder) == [REPLICA] and replicas_on(other) == []
+    answered, failed, stop = [], [], threading.Event()
+
+    def call_meanwhile() -> None:
+        while not stop.is_set():
+            try:
+                answered.append(handle.remote(len(answered)).result(timeout_s=30))
+            except Exception as error:  # noqa: BLE001 - every failure is the finding
+                failed.append(error)
+
+    caller = threading.Thread(target=call_meanwhile)
+    caller.start()
+    try:
+        drained = drain_ray_node(60, node_id=holder, poll_s=0.2)
+    finally:
+        stop.set()
+        caller.join(timeout=60)
+    assert drained.node_id == holder and drained.replicas == 1
+    assert replicas_on(holder) == [] and replicas_on(other) == [REPLICA]
+    assert failed == [] and len(answered) > 0
+    assert handle.remote(7).result(timeout_s=30) == 7
+
+
+def test_a_replica_with_nowhere_to_go_is_named_at_the_deadline(
+    cluster: tuple[Any, str, str],
+) -> None:
+    """After the test above the replica's node is the last one with a free CPU (the drained
+    node takes nothing new): draining it cannot finish, and the error says what is left."""
+    _, first, second = cluster
+    holder = first if replicas_on(first) else second
+    with pytest.raises(TimeoutError, match=rf"still on Ray node {holder} 3 s .*: {REPLICA}"):
+        drain_ray_node(3, node_id=holder, poll_s=0.2)
