@@ -51,6 +51,10 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_SERVE", "x",
      "serve (PAPERSEARCH_SERVE): a section is set as JSON, e.g. "
      "PAPERSEARCH_SERVE='{\"key\": \"value\"}'"),
+    # a key in both scopes has write access: refused, without its value
+    ("PAPERSEARCH_SERVE", '{"api_keys": ["w-key", "both-key"], "read_api_keys": ["both-key"]}',
+     "serve (PAPERSEARCH_SERVE): Value error, a key is in both serve.api_keys and "
+     "serve.read_api_keys: give each key one scope (its value is not repeated here)"),
 ])
 def test_an_invalid_environment_variable_is_named(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, variable: str,
@@ -133,7 +137,16 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
     where = f"(--config or {CONFIG_ENV})"
     broken = settings_file(monkeypatch, tmp_path / "broken.yaml", "index: [unclosed\n")
     assert error_line(capsys).startswith(
-        f"papersearch: error: settings file {broken} {where}: not valid YAML: while parsing")
+        f"papersearch: error: settings file {broken} {where}: not valid YAML at line 2, column "
+        "1: while parsing")
+    # PyYAML's message quotes the line, and the line may hold a key
+    for text, problem in (('index:\n  api_key: "sk-live-9f8e\n', "line 3, column 1: while "
+                           "scanning a quoted scalar; found unexpected end of stream"),
+                          ("index:\n  api_key: sk-live-9f8e\n  api_key: sk-live-9f8e\n",
+                           "line 3, column 3: 'api_key' is given twice")):
+        leaky = settings_file(monkeypatch, tmp_path / "leaky.yaml", text)
+        assert error_line(capsys) == (
+            f"papersearch: error: settings file {leaky} {where}: not valid YAML at {problem}")
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
     assert error_line(capsys) == (
         f"papersearch: error: settings file {tmp_path / 'missing.yaml'} {where}: no such file")

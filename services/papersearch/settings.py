@@ -548,6 +548,16 @@ class ServeSettings(Section):
         return keys
 
     @model_validator(mode="after")
+    def _scopes_apart(self) -> ServeSettings:
+        """A key in both lists has write access (a full key's scope wins): a key demoted by
+        adding it to read_api_keys, and left in api_keys, could still delete papers."""
+        full = {key.get_secret_value() for key in self.api_keys}
+        if any(key.get_secret_value() in full for key in self.read_api_keys):
+            raise ValueError("a key is in both serve.api_keys and serve.read_api_keys: give each "
+                             "key one scope (its value is not repeated here)")
+        return self
+
+    @model_validator(mode="after")
     def _ports_differ(self) -> ServeSettings:
         """Two of the gateway's servers on one port: gRPC lets both bind it and the kernel then
         shares connections between them (health-only calls to the API: UNIMPLEMENTED)."""
@@ -653,8 +663,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{where}: not UTF-8 text ({error.reason} at byte "
                                  f"{error.start})") from None
             except yaml.YAMLError as error:
-                raise ValueError(f"{where}: not valid YAML: {' '.join(str(error).split())}") \
-                    from None
+                raise ValueError(f"{where}: not valid YAML{_yaml_problem(error)}") from None
             if content is not None and not isinstance(content, dict):
                 raise ValueError(f"{where}: expected sections (serve:, index:, ...), got a "
                                  f"YAML {type(content).__name__}")
@@ -663,6 +672,16 @@ class Settings(BaseSettings):
                         for name, value in (content or {}).items()}
             sources.append(InitSettingsSource(settings_cls, init_kwargs=sections))
         return tuple(sources)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's quote of the line: that line may hold a key."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return ""
+    mark = error.problem_mark or error.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    what = "; ".join(part for part in (error.context, error.problem) if part)
+    return f"{where}: {what}" if what else where
 
 
 class _UniqueKeys(yaml.SafeLoader):
