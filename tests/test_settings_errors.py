@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from papersearch.cli import main
-from papersearch.settings import CONFIG_ENV, load_settings
+from papersearch.settings import CONFIG_ENV, ServeSettings, load_settings
 
 
 def settings_file(monkeypatch: pytest.MonkeyPatch, path: Path, text: str) -> Path:
@@ -200,3 +200,22 @@ def test_the_serve_app_pins_every_relative_path(tmp_path: Path) -> None:
         assert path is not None and path.is_absolute() and path.is_relative_to(
             tmp_path.resolve().parent), path
     assert serve.drain_file == (tmp_path / "run" / "drain").resolve()
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("https://App.Example.org/", "https://app.example.org"),  # as a browser's Origin has it
+    ("https://app.example.org:443", "https://app.example.org"),
+    ("http://localhost:3000", "http://localhost:3000"),
+    ("http://[::1]:8080", "http://[::1]:8080"),
+    ("*", "*"),
+])
+def test_cors_origins_are_kept_as_browsers_send_them(given: str, kept: str) -> None:
+    assert ServeSettings(http_cors_origins=[given]).http_cors_origins == [kept]
+
+
+@pytest.mark.parametrize("given", ["app.example.org", "", "https://app.example.org/app",
+                                   "ftp://app.example.org", "https://app.example.org:99999",
+                                   "https://app.example.org/?x=1"])
+def test_what_is_not_a_web_origin_is_refused(given: str) -> None:
+    with pytest.raises(ValueError, match="is not a web origin"):
+        ServeSettings(http_cors_origins=[given])

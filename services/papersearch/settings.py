@@ -565,6 +565,14 @@ class ServeSettings(Section):
                              "let the longest search finish")
         return self
 
+    @field_validator("http_cors_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, origins: list[str]) -> list[str]:
+        """Each origin as a browser's Origin header has it (lower case, no path, no default
+        port), since they are compared as strings: "https://app.example.org/" matched no
+        browser, and its pages were refused without a word."""
+        return [origin if origin == "*" else _origin(origin) for origin in origins]
+
     @field_validator("api_keys", "read_api_keys")
     @classmethod
     def _keys_are_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
@@ -717,6 +725,25 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     what = "; ".join(part for part in (error.context, error.problem) if part)
     return f"{where}: {what}" if what else where
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(text: str) -> str:
+    """``scheme://host[:port]`` in the form browsers send; ValueError for anything else."""
+    problem = f"serve.http_cors_origins: {text[:64]!r} is not a web origin (https://host[:port])"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(problem) from None
+    if (parts.scheme.lower() not in DEFAULT_PORTS or not parts.hostname or parts.username
+            or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ValueError(problem)
+    scheme = parts.scheme.lower()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, DEFAULT_PORTS[scheme]) else "")
 
 
 class _UniqueKeys(yaml.SafeLoader):
