@@ -96,7 +96,14 @@ def checked_file(version_dir: Path, manifest: Manifest, name: str) -> Path:
 
 
 def read_manifest(version_dir: Path) -> Manifest:
-    return Manifest.from_dict(json.loads((version_dir / MANIFEST).read_text()))
+    """The manifest of an exported version; ModelCorrupt naming the file when it cannot be
+    read or is not one (a bare JSON message, and `models export`, the fix, failed on it)."""
+    path = version_dir / MANIFEST
+    try:
+        return Manifest.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:  # JSON, UTF-8, fields, not an object
+        raise ModelCorrupt(f"{path}: not a readable manifest ({' '.join(str(error).split())}):"
+                           " export the model again") from None
 
 
 def write_manifest(version_dir: Path, manifest: Manifest) -> None:
@@ -162,10 +169,10 @@ def latest_if_fingerprint(repository: Path, name: str, fingerprint: str) -> Path
     if not found:
         return None
     path = repository / name / str(found[-1])
-    manifest = read_manifest(path)
-    if manifest.fingerprint != fingerprint:
-        return None
     try:
+        manifest = read_manifest(path)
+        if manifest.fingerprint != fingerprint:
+            return None
         for file in manifest.files:
             checked_file(path, manifest, file)
     except ModelCorrupt as error:
