@@ -69,7 +69,9 @@ INT8_SCHEMES: dict[Int8Scheme, dict[str, Any]] = {
                                        "fp32_after": ("Gelu", "BiasGelu", "FastGelu")},
 }
 EXPORT_LOCK = ".export.lock"  # beside the versions of the name it guards
-_WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json")
+# What a local source's export depends on: weights (sharded too), configs (a pooling folder's
+# included), tokenizer files
+_SOURCE_SUFFIXES = frozenset({".json", ".safetensors", ".bin", ".txt", ".model"})
 
 
 class ParityError(RuntimeError):
@@ -122,10 +124,17 @@ def _fingerprint(spec: ExportSpec) -> str:
         options.append(f"{pooling[0]}-{'l2' if pooling[1] else 'raw'}")  # mean + L2 keep theirs
     digest.update(json.dumps([spec.source.spec, *options]).encode())
     if spec.source.is_local:
-        root = Path(spec.source.location)
-        for name in _WEIGHT_FILES:
-            if (root / name).is_file():
-                digest.update(sha256_file(root / name).encode())
+        digest.update(source_digest(Path(spec.source.location)).encode())
+    return digest.hexdigest()
+
+
+def source_digest(root: Path) -> str:
+    """Digest of a local model folder's weight, config and tokenizer files, names included: a
+    shard, vocab.txt or pooling config changed in place is another export, not "cached"."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*")
+                       if p.suffix in _SOURCE_SUFFIXES and p.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 

@@ -23,9 +23,8 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from papersearch.durable import exclusive, remove_stale, staged
 from papersearch.encoder.splade import GRAPH_FILE, META_FILE, TOKENIZER_FILE, SpladeEncoder
-from papersearch.modelbuild.export import FP32_MAX_ABS_DIFF, OPSET, ParityError
+from papersearch.modelbuild.export import FP32_MAX_ABS_DIFF, OPSET, ParityError, source_digest
 from papersearch.modelbuild.sources import ResolvedSource
-from papersearch.models.manifest import sha256_file
 
 EXPORT_FORMAT = 1  # bump when the graph changes: invalidates cached exports
 _NAMES = ["input_ids", "attention_mask", "token_type_ids"]
@@ -92,10 +91,7 @@ def torch_weights(
 
 def _fingerprint(source: ResolvedSource, max_length: int) -> str:
     digest = hashlib.sha256(json.dumps([source.spec, max_length, OPSET, EXPORT_FORMAT]).encode())
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json"):
-        path = Path(source.location) / name
-        if path.is_file():
-            digest.update(sha256_file(path).encode())
+    digest.update(source_digest(Path(source.location)).encode())
     return digest.hexdigest()
 
 
@@ -119,7 +115,7 @@ def _export_into(source: ResolvedSource, target: Path, max_length: int, fingerpr
     reference = torch_weights(graph, tokenizer, texts, max_length)
     exported = SpladeEncoder(target).weights(texts)
     max_diff = float(np.abs(exported - reference).max())
-    if max_diff > FP32_MAX_ABS_DIFF:  # the caller removes the unfinished directory
+    if not max_diff <= FP32_MAX_ABS_DIFF:  # NaN too; the caller removes the unfinished dir
         raise ParityError(f"{source.spec}: SPLADE ONNX vs torch max |diff| {max_diff:.2e}")
     meta["parity"] = {"fp32_max_abs_diff": max_diff, "texts": len(texts)}
     (target / META_FILE).write_text(json.dumps(meta, indent=2))
