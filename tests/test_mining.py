@@ -115,6 +115,16 @@ def test_mine_round_trip_filter_negatives_and_teacher_scores() -> None:
         assert example.teacher[0] == max(example.teacher)  # round trip: its paper came first
 
 
+@pytest.mark.parametrize("count", [0, 1])
+def test_a_corpus_without_two_usable_papers_gives_no_examples(count: int) -> None:
+    """Not BM25's "avg_len nan" from an empty corpus, nor a paper without negatives: one
+    corpus among training.corpora with nothing to mine no longer stops the training."""
+    short = [Paper(id="s", title="Too short", abstract="Two words.")]
+    papers = [paper(n) for n in range(count)] + short
+    assert mine(papers, WordEncoder(), negatives=2, depth=10,  # type: ignore[arg-type]
+                duplicate_cosine=0.999, seed=5) == []
+
+
 def test_sample_is_a_seeded_prefix_of_a_shuffle() -> None:
     examples = [TrainingExample(str(n), "p", ("n",)) for n in range(10)]
     chosen = sample(examples, 4, seed=1)

@@ -18,7 +18,7 @@ from papersearch.corpus.readers import read_corpus
 from papersearch.durable import exclusive, remove_stale, staged
 from papersearch.encoder.runtime import Encoder
 from papersearch.modelbuild.export import ExportSpec, export
-from papersearch.modelbuild.mining import TrainingExample, mine, sample
+from papersearch.modelbuild.mining import MIN_ABSTRACT_WORDS, TrainingExample, mine, sample
 from papersearch.modelbuild.sources import resolve_source
 from papersearch.modelbuild.training import train
 from papersearch.models.runtime import RuntimeOptions
@@ -99,8 +99,9 @@ def training_examples(settings: Settings) -> list[TrainingExample]:
     cfg = settings.training
     encoder = Encoder(export_embedder(settings), RuntimeOptions("fp32", 0, cfg.batch_size))
     examples: list[TrainingExample] = []
-    for n, papers in enumerate(training_corpora(settings)):
-        examples += mine(
+    for n, (corpus, papers) in enumerate(zip(cfg.corpora, training_corpora(settings),
+                                             strict=True)):
+        mined = mine(
             papers,
             encoder,
             negatives=cfg.negatives_per_query,
@@ -111,6 +112,11 @@ def training_examples(settings: Settings) -> list[TrainingExample]:
             dense_weight=settings.index.fusion_dense_weight,
             roundtrip_top_n=cfg.roundtrip_top_n,
         )
+        if not mined:
+            log.warning("training corpus gave no examples (fewer than two papers with a title "
+                        f"and an abstract of {MIN_ABSTRACT_WORDS}+ words)",
+                        extra={"path": str(corpus)})
+        examples += mined
     chosen = sample(examples, cfg.max_examples, cfg.seed)
     log.info("training examples mined", extra={"mined": len(examples), "chosen": len(chosen)})
     return chosen
