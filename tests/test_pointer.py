@@ -144,13 +144,12 @@ def test_migrate_without_a_ray_cluster_is_one_line(capsys: pytest.CaptureFixture
 
 
 class Opened:
-    """An index access that counts its opens and closes."""
+    """An index access that counts its opens and closes: each one is added to ``opened``, a
+    list of the test's own (a list on the class kept the opens of an earlier run)."""
 
-    opened: list[Opened] = []
-
-    def __init__(self) -> None:
+    def __init__(self, opened: list[Opened]) -> None:
         self.closed = False
-        Opened.opened.append(self)
+        opened.append(self)
 
     async def close(self) -> None:
         self.closed = True
@@ -175,23 +174,25 @@ def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> No
         def read(self) -> Pointer | None:
             return None
 
+    opened: list[Opened] = []
+
     def slow_open(_: Settings, __: object) -> Opened:
         time.sleep(0.2)
-        return Opened()
+        return Opened(opened)
 
     async def resolves() -> None:
-        collections = Collections(settings, make_access=lambda s, v: Opened(),  # type: ignore[arg-type,return-value]
+        collections = Collections(settings, make_access=lambda s, v: Opened(opened),  # type: ignore[arg-type,return-value]
                                   make_pointers=lambda _: Swapped(settings.index), retry_s=0)
         for _ in range(3):
             with pytest.raises(ModelNotFound, match="deleted"):
                 await collections.live()
-        assert len(Opened.opened) == 3 and all(a.closed for a in Opened.opened)
-        Opened.opened.clear()
+        assert len(opened) == 3 and all(a.closed for a in opened)
+        opened.clear()
         cancelled = Collections(settings, make_access=slow_open,  # type: ignore[arg-type]
                                 make_pointers=lambda _: Unmigrated(settings.index))
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(cancelled.live(), 0.05)
-        assert len(Opened.opened) == 1 and Opened.opened[0].closed
+        assert len(opened) == 1 and opened[0].closed
 
     asyncio.run(resolves())
 
