@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from papersearch.cli import main
-from papersearch.settings import CONFIG_ENV, ServeSettings, load_settings
+from papersearch.settings import CONFIG_ENV, ServeSettings, load_settings, unread_variables
 
 
 def settings_file(monkeypatch: pytest.MonkeyPatch, path: Path, text: str) -> Path:
@@ -219,3 +219,19 @@ def test_cors_origins_are_kept_as_browsers_send_them(given: str, kept: str) -> N
 def test_what_is_not_a_web_origin_is_refused(given: str) -> None:
     with pytest.raises(ValueError, match="is not a web origin"):
         ServeSettings(http_cors_origins=[given])
+
+
+def test_a_variable_that_names_no_setting_is_warned_about(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One underscore where two belong, or a misspelt top-level setting: loading cannot refuse
+    them (any PAPERSEARCH_ variable may be set), and they were silently not read."""
+    environ = {"PAPERSEARCH_SERVE_GRPC_PORT": "6000", "PAPERSEARCH_LOG_LEVLE": "DEBUG",
+               "PAPERSEARCH_SERVE__GRPC_PORT": "6001", "PAPERSEARCH_SERVE": "{}",
+               "PAPERSEARCH_LOG_LEVEL": "INFO", "PAPERSEARCH_API_KEY": "client-key",
+               CONFIG_ENV: "", "HOME": "/root"}
+    assert unread_variables(environ) == ["PAPERSEARCH_LOG_LEVLE", "PAPERSEARCH_SERVE_GRPC_PORT"]
+    monkeypatch.setenv("PAPERSEARCH_SERVE_GRPC_PORT", "6000")
+    assert main(["drain"]) == 2  # no drain file: fails at once, after the warning
+    warning, error = capsys.readouterr().err.splitlines()
+    assert "names no setting" in warning and "PAPERSEARCH_SERVE_GRPC_PORT" in warning
+    assert error.startswith("papersearch: error: serve.drain_file is not set")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -26,7 +27,7 @@ from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.models.manifest import ProviderUnavailable
 from papersearch.serving.node_drain import NodeDrainError
-from papersearch.settings import Settings, load_settings
+from papersearch.settings import Settings, load_settings, unread_variables
 
 if TYPE_CHECKING:
     from papersearch.client import SearchClient
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from papersearch.pipeline.query import SearchResult
 
 T = TypeVar("T")
+
+
+log = logging.getLogger(__name__)
 
 
 class RemoteError(RuntimeError):
@@ -683,6 +687,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"papersearch: error: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    for variable in unread_variables(os.environ):
+        log.warning("environment variable names no setting: not read (sections and their "
+                    "keys are joined by two underscores, PAPERSEARCH_SERVE__GRPC_PORT)",
+                    extra={"variable": variable})
     handler: Command = args.handler
     interrupts.catch_sigint()
     try:

@@ -823,6 +823,23 @@ def setting_field(variable: str) -> FieldInfo | None:
     return field
 
 
+# PAPERSEARCH_ variables that are no setting but are read: the settings file, the client's key,
+# docker-compose's keys and image, the page tests' switches
+OTHER_VARIABLES = frozenset({CONFIG_ENV, "PAPERSEARCH_API_KEY", "PAPERSEARCH_API_KEYS",
+                             "PAPERSEARCH_IMAGE", "PAPERSEARCH_PAGE_SCREENSHOT",
+                             "PAPERSEARCH_REQUIRE_BROWSER"})
+
+
+def unread_variables(environ: Mapping[str, str]) -> list[str]:
+    """PAPERSEARCH_ variables that set nothing: ``PAPERSEARCH_SERVE_GRPC_PORT`` (one
+    underscore) or ``PAPERSEARCH_LOG_LEVLE`` is not refused by loading (a section's own typo,
+    ``PAPERSEARCH_SERVE__GRPC_PROT``, is) and was silently ignored."""
+    prefix = str(Settings.model_config.get("env_prefix", "")).upper()
+    return sorted(name for name in environ
+                  if name.upper().startswith(prefix) and name.upper() not in OTHER_VARIABLES
+                  and setting_field(name) is None)
+
+
 def _section(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
         else None
