@@ -723,12 +723,13 @@ def test_unreachable_server_is_unavailable() -> None:
 
 class FlakyClient:
     """A local-mode client whose ``methods`` fail like an unreachable server, ``failures`` times
-    in all, each failure after ``delay_s``; every call is counted."""
+    in all, each failure after ``delay_s``; every call is counted, with the timeout it got."""
 
     def __init__(self, methods: set[str], failures: int, delay_s: float = 0.0) -> None:
         self.client = QdrantClient(":memory:")
         self.methods, self.failures, self.delay_s = methods, failures, delay_s
         self.calls: list[str] = []
+        self.timeouts: list[int | None] = []
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.client, name)
@@ -737,6 +738,7 @@ class FlakyClient:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls.append(name)
+            self.timeouts.append(kwargs.get("timeout"))
             if self.failures > 0:
                 self.failures -= 1
                 time.sleep(self.delay_s)
@@ -774,13 +776,22 @@ def test_server_requests_are_retried_once(method: str) -> None:
     store.close()
 
 
-def test_server_retry_stays_within_the_timeout() -> None:
-    """A first try that used most of ``timeout_s`` is not followed by a second."""
-    store, flaky = flaky_store(timeout_s=1)
-    flaky.methods, flaky.failures, flaky.delay_s = {"count"}, 1, 0.5
-    with pytest.raises(StoreUnavailable):
-        store.count()
-    assert flaky.calls == ["count"]
+@pytest.mark.parametrize("delay_s", [0.0, 2.5])
+def test_server_retry_stays_within_the_timeout(delay_s: float) -> None:
+    """The retry gets what is left of the one ``timeout_s`` (3 s here) after the first try and
+    the pause, in whole seconds: 2 after a first try that failed at once; after one that took
+    2.5 s less than a second is left, so there is no retry at all. (A deadline counted afresh
+    for the retry, or from after the first try, would give it 2 or 3 s: 5 s and more in all.)"""
+    store, flaky = flaky_store(timeout_s=3)
+    flaky.methods, flaky.failures, flaky.delay_s = {"count"}, 1, delay_s
+    if delay_s == 0.0:
+        assert store.count() == 5  # the retry answers
+        assert flaky.calls == ["count", "count"]
+        assert flaky.timeouts[1] == 2  # int(3 - 0.1 pause - the first try's few ms)
+    else:
+        with pytest.raises(StoreUnavailable, match="connection refused"):
+            store.count()
+        assert flaky.calls == ["count"]
     store.close()
 
 
