@@ -35,6 +35,7 @@ from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER, RuntimeOptio
 from papersearch.retriever.retriever import Retriever
 from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.settings import IndexSettings, Settings
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -505,6 +506,13 @@ def test_user_errors_are_reported_before_any_work(
     good = write_jsonl(tmp_path / "good.jsonl", make_records(2))
     done = run_cli(env, "ingest", good, notes, "--quiet")
     assert done.returncode == 2 and "cannot tell the corpus format" in done.stderr
+    assert not data_dir.exists()
+    # a Ray address where nothing listens: at once (Ray's own connect retried ~14 minutes,
+    # the index created and held meanwhile)
+    port = free_port()
+    done = run_cli(env, "ingest", good, f"--ray=127.0.0.1:{port}", "--quiet")
+    assert done.returncode == 2 and done.stderr.strip().startswith(
+        f"papersearch: error: no Ray cluster at '127.0.0.1:{port}' to join (nothing answers")
     assert not data_dir.exists()
 
     # Validated before the reranker (enabled here, never exported) or the index is needed.

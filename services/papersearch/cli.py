@@ -179,6 +179,7 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.corpus.readers import detect_format
+    from papersearch.ingest.distributed import RayIngester, ray_cluster
     from papersearch.ingest.pipeline import Ingester, Ingests, ingest_paths
     from papersearch.pipeline.factory import LiveCheck, open_live
 
@@ -188,19 +189,18 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                          "corpus paths before --ray, or --ray=ADDRESS")
     for path in paths:  # before the index is created: a typo must not leave an empty one,
         detect_format(path)  # nor one path's format error stop the run after the others
-    encoder, store = open_live(settings, create=True)
-    live = LiveCheck(settings, store)  # a migration's swap meanwhile stops the run
-    with store, contextlib.closing(live):
-        if args.ray is None:
-            ingester: Ingests = Ingester(store, encoder, settings.models.batch_size, live)
+    # Ray first: a cluster that is not there must not leave an index created (or held)
+    with contextlib.nullcontext() if args.ray is None else ray_cluster(args.ray or None):
+        encoder, store = open_live(settings, create=True)
+        live = LiveCheck(settings, store)  # a migration's swap meanwhile stops the run
+        with store, contextlib.closing(live):
+            ingester: Ingests
+            if args.ray is None:
+                ingester = Ingester(store, encoder, settings.models.batch_size, live)
+            else:
+                ingester = RayIngester(store, encoder, settings, live)
             summary = ingest_paths(paths, store, ingester, update=args.update,
                                    progress=not args.quiet)
-        else:
-            from papersearch.ingest.distributed import RayIngester, ray_cluster
-
-            with ray_cluster(args.ray or None):
-                summary = ingest_paths(paths, store, RayIngester(store, encoder, settings, live),
-                                       update=args.update, progress=not args.quiet)
     print(json.dumps(summary.to_dict(), indent=2))
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -76,22 +77,43 @@ def ray_cluster(address: str | None) -> Iterator[None]:
         yield
         return
     temp_dir = None
-    if address is None:
-        temp_dir = tempfile.mkdtemp(prefix="ps-ingest-")  # short: socket paths are limited
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
-    else:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as error:
-            raise NoRayCluster(f"no Ray cluster at {address!r} to join ({error}): start the "
-                               "service or cluster first, or pass its address") from None
     try:
+        if address is None:  # Ray counts the CPUs, a container's limit included
+            temp_dir = tempfile.mkdtemp(prefix="ps-ingest-")  # short: socket paths are limited
+            try:
+                ray.init(include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
+            except OSError as error:
+                raise NoRayCluster(f"could not start a local Ray instance: {error}") from None
+        else:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except ConnectionError as error:
+                raise NoRayCluster(f"no Ray cluster at {address!r} to join ({error}): start "
+                                   "the service or cluster first, or pass its address") from None
         yield
     finally:
         ray.shutdown()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str) -> None:
+    """NoRayCluster at once if nothing answers at a ``host:port`` (or ``ray://host:port``)
+    address: Ray's own connect retries its GCS for about 14 minutes first, silently."""
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():
+        return  # "auto": Ray finds the address, or says at once that there is none
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise NoRayCluster(f"no Ray cluster at {address!r} to join (nothing answers at "
+                           f"{host}:{port}: {error.strerror or error}): start the service or "
+                           "cluster first, or pass its address") from None
 
 
 class NoRayCluster(ValueError):
