@@ -59,8 +59,12 @@ class ReadStats:
     duplicates: int = 0
 
 
+MAX_SKIPPED_KEPT = 100  # records kept for the summary; every one is logged and counted
+
+
 class CorpusReader:
-    """Iterating yields each paper once; ``stats`` and ``skipped`` are complete once it ends.
+    """Iterating yields each paper once; ``stats`` is complete once it ends, and ``skipped``
+    holds the first MAX_SKIPPED_KEPT skipped records (a file of bad lines is not held whole).
 
     Each iteration starts afresh, so a second pass re-reads the files and recounts.
     """
@@ -71,6 +75,7 @@ class CorpusReader:
         self.format = corpus_format
         self.earlier = earlier  # ids read before, from other corpora of the same run
         self.skipped: list[Skipped] = []
+        self.skips = 0
         self.duplicates = 0
         self._seen: set[str] = set()
 
@@ -81,10 +86,10 @@ class CorpusReader:
 
     @property
     def stats(self) -> ReadStats:
-        return ReadStats(len(self._seen), len(self.skipped), self.duplicates)
+        return ReadStats(len(self._seen), self.skips, self.duplicates)
 
     def __iter__(self) -> Iterator[Paper]:
-        self.skipped, self.duplicates, self._seen = [], 0, set()
+        self.skipped, self.skips, self.duplicates, self._seen = [], 0, 0, set()
         for result in _READERS[self.format](self.path):
             if isinstance(result, Skipped):
                 self._skip(result)
@@ -101,7 +106,9 @@ class CorpusReader:
         )
 
     def _skip(self, skipped: Skipped) -> None:
-        self.skipped.append(skipped)
+        self.skips += 1
+        if len(self.skipped) < MAX_SKIPPED_KEPT:
+            self.skipped.append(skipped)
         logger.warning(
             "skipped corpus record", extra={"source": skipped.source, "reason": skipped.reason}
         )

@@ -19,7 +19,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from papersearch.corpus.paper import Paper
-from papersearch.corpus.readers import Skipped, read_corpus
+from papersearch.corpus.readers import MAX_SKIPPED_KEPT, Skipped, read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.store import Store
 from papersearch.interrupts import Interrupted
@@ -36,7 +36,7 @@ class IngestSummary:
     already_present: int = 0
     upserted: int = 0
     collection_size: int = 0
-    skipped_records: list[Skipped] = field(default_factory=list)
+    skipped_records: list[Skipped] = field(default_factory=list)  # the first MAX_SKIPPED_KEPT
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -127,12 +127,19 @@ def ingest_paths(
     try:
         _ingest_each(paths, ingester, summary, update=update, progress=progress)
     except KeyboardInterrupt:
-        again = ("run again to resume" if not update else "--update writes every paper: run "
-                 "again without it to add what is missing, or with it to update them all again")
-        raise Interrupted(f"ingest: {ingester.written:,} papers written by this run; {again}") \
-            from None
+        raise Interrupted(f"ingest: {ingester.written:,} papers written by this run; "
+                          f"{_again(update)}") from None
+    except Exception:  # a failed write, an unreachable server: the error line says what
+        log.warning(f"ingest stopped: {ingester.written:,} papers written by this run; "
+                    f"{_again(update)}", extra={"written": ingester.written})
+        raise
     summary.collection_size = store.count()
     return summary
+
+
+def _again(update: bool) -> str:
+    return ("run again to resume" if not update else "--update writes every paper: run again "
+            "without it to add what is missing, or with it to update them all again")
 
 
 def _ingest_each(
@@ -148,7 +155,8 @@ def _ingest_each(
         summary.read += stats.read
         summary.skipped += stats.skipped
         summary.duplicates += stats.duplicates
-        summary.skipped_records.extend(reader.skipped)
+        room = MAX_SKIPPED_KEPT - len(summary.skipped_records)  # the first of the run's
+        summary.skipped_records.extend(reader.skipped[:max(0, room)])
         summary.upserted += written
         summary.already_present += present
         log.info("ingested", extra={"path": str(path), "upserted": written, "present": present,
