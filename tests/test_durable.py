@@ -1,8 +1,11 @@
-"""Directories built whole and published by rename, and the lock two writers share (fast)."""
+"""Directories built whole and published by rename, and the lock two writers share, also two
+processes (fast)."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -70,6 +73,67 @@ def test_a_second_holder_of_the_lock_waits_and_says_so(
     thread.join()
     assert order == ["first done", "second in"]
     assert "waiting for another process" in caplog.text
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from papersearch.durable import exclusive
+
+lock, held, release, done = map(Path, sys.argv[1:])
+with exclusive(lock, "holding"):
+    held.touch()
+    deadline = time.monotonic() + 60
+    while not release.exists():
+        if time.monotonic() > deadline:
+            sys.exit(3)  # never released: the test process did not wait on the lock
+        time.sleep(0.01)
+    done.touch()  # the last thing done under the lock
+"""
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[bytes], within_s: float = 60.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not path.exists():
+        assert process.poll() is None, f"the other process exited {process.returncode}"
+        assert time.monotonic() < deadline, f"no {path.name} after {within_s:g} s"
+        time.sleep(0.01)
+
+
+def test_the_lock_keeps_out_another_process_until_it_lets_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another process (as two commands sharing a cache are) holds the lock; this one waits,
+    says so, and gets in only after the other has finished its work and let go. No sleep
+    orders the two: the other lets go when this one says it waits (its log line makes the
+    ``release`` file), and marks ``done`` just before; a lock that kept out only threads of
+    its own process would let this one in at once, ``done`` not yet there."""
+    lock = tmp_path / "cache" / ".lock"
+    held, release, done = tmp_path / "held", tmp_path / "release", tmp_path / "done"
+
+    class ReleaseWhenWaiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "waiting for another process":
+                release.touch()
+
+    paths = [str(path) for path in (lock, held, release, done)]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, *paths])
+    handler = ReleaseWhenWaiting()
+    durable_log = logging.getLogger("papersearch.durable")
+    try:
+        wait_for_file(held, holder)
+        durable_log.addHandler(handler)
+        with caplog.at_level(logging.INFO, logger="papersearch.durable"):
+            with exclusive(lock, "unpacking"):
+                finished_first = done.exists()
+        assert release.exists(), "this process never waited for the lock"
+        assert finished_first, "this process got the lock while the other held it"
+        assert holder.wait(timeout=60) == 0
+    finally:
+        durable_log.removeHandler(handler)
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
 
 
 def test_a_dead_writers_staging_directory_is_removed_under_the_lock(tmp_path: Path) -> None:

