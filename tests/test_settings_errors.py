@@ -72,6 +72,9 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_SERVE__GRPC_HOST", "",  # gRPC failed to bind after Ray had started
      "serve.grpc_host (PAPERSEARCH_SERVE__GRPC_HOST): String should have at least 1 character "
      "(given '')"),
+    # the rerank window sized past the budget: adaptive depth never shrank it in time
+    ("PAPERSEARCH_SEARCH__RERANK_TARGET_S", "5",
+     "Value error, search.rerank_target_s=5 must be below serve.rerank_timeout_s=2"),
     # a key in both scopes has write access: refused, without its value
     ("PAPERSEARCH_SERVE", '{"api_keys": ["w-key", "both-key"], "read_api_keys": ["both-key"]}',
      "serve (PAPERSEARCH_SERVE): Value error, a key is in both serve.api_keys and "
@@ -235,3 +238,19 @@ def test_a_variable_that_names_no_setting_is_warned_about(
     warning, error = capsys.readouterr().err.splitlines()
     assert "names no setting" in warning and "PAPERSEARCH_SERVE_GRPC_PORT" in warning
     assert error.startswith("papersearch: error: serve.drain_file is not set")
+
+
+def test_a_value_from_the_file_is_not_blamed_on_a_variable_never_set(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Any PAPERSEARCH_SERVE__* variable made a file's bad serve value "PAPERSEARCH_SERVE__
+    GRPC_PORT"'s, a variable nobody had set."""
+    path = settings_file(monkeypatch, tmp_path / "settings.yaml", "serve:\n  grpc_port: 0\n")
+    problem = "Input should be greater than or equal to 1 (given 0)"
+    monkeypatch.setenv("PAPERSEARCH_SERVE__HTTP_PORT", "9001")
+    assert error_line(capsys) == ("papersearch: error: invalid settings: serve.grpc_port "
+                                  f"(settings file {path}): {problem}")
+    monkeypatch.setenv("PAPERSEARCH_SERVE", '{"health_port": 9002}')  # it could be in here
+    assert error_line(capsys) == ("papersearch: error: invalid settings: serve.grpc_port "
+                                  f"(PAPERSEARCH_SERVE__GRPC_PORT or settings file {path}): "
+                                  f"{problem}")

@@ -674,6 +674,17 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
+    @model_validator(mode="after")
+    def _rerank_target_within_budget(self) -> Settings:
+        """The rerank window is sized to finish within search.rerank_target_s, and the call is
+        given up after serve.rerank_timeout_s: a target past the budget and adaptive depth
+        never shrank the window before searches fell back to fused results."""
+        target, timeout = self.search.rerank_target_s, self.serve.rerank_timeout_s
+        if target is not None and target >= timeout:
+            raise ValueError(f"search.rerank_target_s={target:g} must be below "
+                             f"serve.rerank_timeout_s={timeout:g}")
+        return self
+
     @field_validator("corpus_dir", "eval_dir", mode="before")
     @classmethod
     def _path_not_blank(cls, value: Any, info: ValidationInfo) -> Any:
@@ -796,15 +807,26 @@ def invalid_settings(error: ValidationError) -> str:
             word in part.lower() for part in where for word in SECRET_WORDS)
         value = f" (given {given!r})" if isinstance(given, str | int | float | bool) \
             and not secret else ""
-        variable = f"{prefix}{'__'.join(map(str, names)).upper()}"
-        # set by neither that variable nor its section's: the settings file's (if any)
-        in_environment = any(
-            name.upper() == variable or variable.startswith(name.upper() + "__")
-            or name.upper().startswith(variable + "__") for name in os.environ)
-        source = variable if in_environment or not os.environ.get(CONFIG_ENV) \
-            else f"settings file {os.environ[CONFIG_ENV]}"
-        found.append(f"{'.'.join(where)} ({source}): {problem['msg']}{value}")
+        if not names:  # settings that do not fit together: the message names them
+            found.append(f"{problem['msg']}{value}")
+            continue
+        found.append(f"{'.'.join(where)} ({_source(prefix, names)}): {problem['msg']}{value}")
     return "invalid settings: " + "; ".join(found)
+
+
+def _source(prefix: str, names: list[str | int]) -> str:
+    """Where a setting's value came from: its variable if set (or no settings file is in
+    use), the settings file if no variable of its section is set, else either of them (a
+    section's JSON variable, or the file, may have set it)."""
+    variable = f"{prefix}{'__'.join(map(str, names)).upper()}"
+    file = os.environ.get(CONFIG_ENV)
+    set_here = {name.upper() for name in os.environ}
+    if variable in set_here or not file:
+        return variable
+    if any(variable.startswith(name + "__") or name.startswith(variable + "__")
+           for name in set_here):
+        return f"{variable} or settings file {file}"
+    return f"settings file {file}"
 
 
 def setting_field(variable: str) -> FieldInfo | None:
