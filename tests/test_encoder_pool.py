@@ -42,6 +42,7 @@ def test_gpus_asked_of_a_cluster_without_any_are_refused() -> None:
         encoder_pool(IngestSettings(ray_gpus_per_encoder=1.0), {"CPU": 16.0})
 
 
+@pytest.mark.slow
 def test_actors_load_the_embedder_the_collection_was_built_with(
     embedder_dir: Path, tmp_path: Path,
 ) -> None:

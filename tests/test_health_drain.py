@@ -55,6 +55,7 @@ def wait_for(client: SearchClient, service: str, wanted: str, within_s: float = 
 # --- health ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_liveness_holds_through_an_outage_and_readiness_recovers(
     scratch: tuple[Any, LocalBackend],
 ) -> None:
@@ -71,6 +72,7 @@ def test_liveness_holds_through_an_outage_and_readiness_recovers(
         assert client.search(SearchQuery("draining gateways", rerank=False)).hits
 
 
+@pytest.mark.slow
 def test_serving_never_creates_the_collection(
     sample_settings: Settings, embedder_dir: Path, tmp_path: Path,
 ) -> None:
@@ -95,6 +97,7 @@ def test_serving_never_creates_the_collection(
     opener.close()
 
 
+@pytest.mark.slow
 def test_a_collection_deleted_while_open_is_missing(
     sample_settings: Settings, embedder_dir: Path, tmp_path: Path,
 ) -> None:
@@ -165,6 +168,7 @@ def test_drain_must_outlast_the_longest_deadline() -> None:
         ServeSettings(default_deadline_s=60, max_deadline_s=30)
 
 
+@pytest.mark.slow
 def test_a_client_deadline_is_cut_to_max_deadline(scratch: tuple[Any, LocalBackend]) -> None:
     servers, backend = scratch
     slow = Switchable(backend)
@@ -175,6 +179,7 @@ def test_a_client_deadline_is_cut_to_max_deadline(scratch: tuple[Any, LocalBacke
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_health_watch_streams_are_bounded(scratch: tuple[Any, LocalBackend]) -> None:
     """Health needs no key and a Watch stays open until its client leaves: past
     serve.health_max_watches a new one is RESOURCE_EXHAUSTED, Check still answers, and a
@@ -209,6 +214,7 @@ def test_health_watch_streams_are_bounded(scratch: tuple[Any, LocalBackend]) -> 
             watch.cancel()
 
 
+@pytest.mark.slow
 def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     scratch: tuple[Any, LocalBackend], tmp_path: Path,
 ) -> None:
@@ -242,6 +248,7 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     assert not accepting("127.0.0.1", int(target.rsplit(":", 1)[1]))
 
 
+@pytest.mark.slow
 def test_drain_stops_the_readiness_watcher_whenever_it_lands(
     scratch: tuple[Any, LocalBackend],
 ) -> None:
@@ -275,6 +282,7 @@ def test_drain_without_a_drain_file_is_a_clear_error() -> None:
         request_drain(ServeSettings())
 
 
+@pytest.mark.slow
 def test_drain_is_shared_by_concurrent_callers(scratch: tuple[Any, LocalBackend]) -> None:
     servers, backend = scratch
     target = servers.start(Switchable(backend))

@@ -72,6 +72,7 @@ def call(url: str, body: bytes | dict[str, Any] | None = None, *, key: str | Non
         return error.code, json.load(error)
 
 
+@pytest.mark.slow
 def test_search_over_http_matches_grpc(gateway: tuple[str, str]) -> None:
     target, http = gateway
     with SearchClient(target, api_key=READ, timeout_s=60) as client:
@@ -101,6 +102,7 @@ def test_search_over_http_matches_grpc(gateway: tuple[str, str]) -> None:
     assert status == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
 
 
+@pytest.mark.slow
 def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
     _, http = gateway
     cases = [
@@ -159,6 +161,7 @@ def test_a_fault_in_the_http_front_is_a_json_500_with_an_incident() -> None:
     assert body["error"]["message"].startswith("internal error (incident ")
 
 
+@pytest.mark.slow
 def test_keys_and_scopes_are_the_grpc_ones(gateway: tuple[str, str]) -> None:
     _, http = gateway
     delete = http + "/papersearch.v1.IndexService/DeletePapers"
@@ -175,6 +178,7 @@ def test_keys_and_scopes_are_the_grpc_ones(gateway: tuple[str, str]) -> None:
     assert call(http + "/openapi.json", method="GET", key=None)[1]["openapi"] == "3.1.0"
 
 
+@pytest.mark.slow
 def test_a_body_that_stops_arriving_is_refused_in_time(
     scratch: tuple[Servers, LocalBackend],
 ) -> None:
@@ -195,6 +199,7 @@ def test_a_body_that_stops_arriving_is_refused_in_time(
         assert "serve.http_body_timeout_s" in answer
 
 
+@pytest.mark.slow
 def test_without_keys_only_loopback_names_are_answered(
     scratch: tuple[Servers, LocalBackend],
 ) -> None:
@@ -267,6 +272,7 @@ def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> No
     assert asyncio.run(read()) == [b'{"a": 1}', b'{"b": 2}', b"", b'{"c": 3}', b'{"d": 4}']
 
 
+@pytest.mark.slow
 def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) -> None:
     target, http = gateway
     lines = [json.dumps({"paper_id": f"nd-{i}", "title": f"Streamed paper {i}"})
@@ -300,6 +306,7 @@ def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) 
     assert "paper 2 (no id)" in summary["errors"][0]
 
 
+@pytest.mark.slow
 def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
     servers, backend = scratch
     port = free_port()
@@ -313,6 +320,7 @@ def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
         call(http + "/healthz", method="GET")
 
 
+@pytest.mark.slow
 def test_watches_do_not_take_the_streams_other_http_calls_need(
     scratch: tuple[Servers, LocalBackend],
 ) -> None:
@@ -365,6 +373,7 @@ def test_openapi_document_is_valid_and_covers_the_proto() -> None:
     assert {"405", "408", "413", "415"} <= set(errors)  # the HTTP front's own
 
 
+@pytest.mark.slow
 def test_cors_only_for_the_configured_origins(gateway: tuple[str, str]) -> None:
     _, http = gateway
 

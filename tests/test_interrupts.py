@@ -208,6 +208,28 @@ def test_the_learning_rate_plan_warms_up_then_decays_also_when_a_refit_cut_it() 
     assert [plan.factor(s) for s in (6, 7)] == [0.7, 0.8]
 
 
+def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) -> None:
+    """How often a run checkpoints has no effect on its weights, so it keeps the key: a run
+    resumes under another interval, and keys from before the setting existed stay valid."""
+    from papersearch.modelbuild.mining import TrainingExample
+    from papersearch.modelbuild.training import checkpoint_key
+
+    (tmp_path / "config.json").write_text("{}")
+    examples = [TrainingExample("q", "positive", ("negative",))]
+    often, rarely = TrainingSettings(checkpoint_every_s=0), TrainingSettings(checkpoint_every_s=1e6)
+    assert checkpoint_key(tmp_path, examples, often) == checkpoint_key(tmp_path, examples, rarely)
+    assert checkpoint_key(tmp_path, examples, often) != checkpoint_key(
+        tmp_path, examples, TrainingSettings(checkpoint_every_s=0, epochs=2))
+    # a time budget changes the weights (fewer steps); none keeps the keys from before it
+    budgets = {checkpoint_key(tmp_path, examples, TrainingSettings(time_budget_s=s))
+               for s in (None, 1800, 3600)}
+    assert len(budgets) == 3
+
+
+# -- a time budget, for real: trains the model (slow) ---------------------------------------------
+
+
+@pytest.mark.slow
 def test_a_time_budget_trains_what_fits_for_real(model_settings: Settings, embedder_dir: Path,
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,24 +269,6 @@ def test_a_time_budget_trains_what_fits_for_real(model_settings: Settings, embed
     with pytest.raises(ValueError, match=r"not enough for one training step .* raise it"):
         training.train(base, examples, cfg.model_copy(update={"seed": 14}), tmp_path,
                        deadline=time.monotonic() + 60.0)
-
-
-def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) -> None:
-    """How often a run checkpoints has no effect on its weights, so it keeps the key: a run
-    resumes under another interval, and keys from before the setting existed stay valid."""
-    from papersearch.modelbuild.mining import TrainingExample
-    from papersearch.modelbuild.training import checkpoint_key
-
-    (tmp_path / "config.json").write_text("{}")
-    examples = [TrainingExample("q", "positive", ("negative",))]
-    often, rarely = TrainingSettings(checkpoint_every_s=0), TrainingSettings(checkpoint_every_s=1e6)
-    assert checkpoint_key(tmp_path, examples, often) == checkpoint_key(tmp_path, examples, rarely)
-    assert checkpoint_key(tmp_path, examples, often) != checkpoint_key(
-        tmp_path, examples, TrainingSettings(checkpoint_every_s=0, epochs=2))
-    # a time budget changes the weights (fewer steps); none keeps the keys from before it
-    budgets = {checkpoint_key(tmp_path, examples, TrainingSettings(time_budget_s=s))
-               for s in (None, 1800, 3600)}
-    assert len(budgets) == 3
 
 
 # -- ingest and eval: whole batches only, a rerun completes ------------------------------------

@@ -14,6 +14,8 @@ from papersearch.encoder import deployment
 from papersearch.encoder.runtime import Encoder
 from papersearch.settings import Settings
 
+pytestmark = pytest.mark.slow  # both load the exported embedder (embedder_dir)
+
 
 def test_a_load_outlives_the_callers_cancelled_while_it_runs(
     model_settings: Settings, embedder_dir: Path, monkeypatch: pytest.MonkeyPatch,

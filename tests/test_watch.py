@@ -300,6 +300,7 @@ def test_watch_limit_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
     assert "replay_since" in first.error.details()
 
 
+@pytest.mark.slow
 def test_a_watcher_that_stops_reading_holds_neither_its_place_nor_a_drain(
     scratch: tuple[Servers, LocalBackend], caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -373,6 +374,7 @@ def test_grpc_s_traceback_for_a_departed_client_is_not_an_error() -> None:
     assert CLIENT_GONE.filter(record(RuntimeError)) and CLIENT_GONE.filter(record(None))
 
 
+@pytest.mark.slow
 def test_a_watch_ended_by_its_deadline_is_counted_as_expired(
     target: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -554,6 +556,7 @@ def test_http_streams_ndjson(scratch: tuple[Servers, LocalBackend]) -> None:
     assert error.value.code == 400 and "query" in json.load(error.value)["error"]["message"]
 
 
+@pytest.mark.slow
 def test_an_http_watch_ends_when_its_client_goes(scratch: tuple[Servers, LocalBackend]) -> None:
     """A watch whose HTTP client disconnects ends then, freeing its place under
     serve.watch_max_watches, not at its next match (which may never come)."""
