@@ -288,6 +288,8 @@ def _export_into(
             dynamo=False,
         )
     _fuse(target / FP32_FILE, model)
+    if spec.kind == "embedder":
+        _record_encoding(target / FP32_FILE, spec)
     quantize(target / FP32_FILE, target / INT8_FILE, spec.int8_scheme)
     embedder = spec.kind == "embedder"
     pooling, normalize = _pooling(spec.source) if embedder else (None, False)
@@ -305,6 +307,28 @@ def _export_into(
     quantization = {"scheme": spec.int8_scheme, **INT8_SCHEMES[spec.int8_scheme]}
     return Manifest(**{**_as_dict(draft), "parity": parity, "quantization": quantization,
                        "selfcheck": check.to_dict()})
+
+
+# How texts are fed to an embedder's graph (cut, prefixed): not in the graph's computation
+DEFAULT_ENCODING = {"max_length": 256, "query_prefix": "", "document_prefix": ""}
+ENCODING_KEY = "papersearch.encoding"
+
+
+def _record_encoding(graph: Path, spec: ExportSpec) -> None:
+    """Write a non-default encoding into the fp32 graph's metadata. The graph's digest is the
+    embedder's identity for the index, and the graph alone is the same whatever the token
+    limit or prefixes: an export with other ones passed as the model that built a collection
+    (queries fed otherwise than its papers, no error) and `index migrate` refused to move to
+    it ("the same model"). The default keeps the bytes, and the identity, it always had."""
+    import onnx
+
+    encoding = {"max_length": spec.max_length, "query_prefix": spec.query_prefix,
+                "document_prefix": spec.document_prefix}
+    if encoding == DEFAULT_ENCODING:
+        return
+    model = onnx.load(str(graph))
+    onnx.helper.set_model_props(model, {ENCODING_KEY: json.dumps(encoding, sort_keys=True)})
+    onnx.save(model, str(graph))
 
 
 def _as_dict(manifest: Manifest) -> dict[str, Any]:
