@@ -591,3 +591,27 @@ def test_a_stop_just_after_a_write_counts_it(
             assert ingester.written == 4 and store.count() == 4
             assert str(stopped.value).startswith("ingest: 4 papers written by this run; ")
         assert "run again without it to add what is missing" in str(stopped.value)
+
+
+def test_ray_workers_without_the_collections_embedder_stop_the_run_in_one_line(
+    embedder_dir: Path,
+) -> None:
+    """Checked by one task placed as an actor, before any actor starts: an actor's own failed
+    check had ended the run after ~30 s in a Ray traceback (exit 1)."""
+    from papersearch.index.errors import EmbedderMismatch
+    from papersearch.ingest.distributed import EncoderPool, check_worker_embedder, ray_cluster
+    from papersearch.models.manifest import ModelRef
+    from papersearch.settings import ModelSettings
+
+    ref = ModelRef(embedder_dir.parent.name, int(embedder_dir.name))
+    models = ModelSettings(repository=embedder_dir.parents[1])
+    pool = EncoderPool(1, 1.0, 0.0)
+    sha = read_manifest(embedder_dir).sha256
+    with ray_cluster(None):
+        check_worker_embedder(pool, models, ref, sha)  # the same model: passes
+        with pytest.raises(EmbedderMismatch, match=rf"{embedder_dir} \(sha256 {sha[:12]}\) is "
+                                                   r"not the model .* \(sha256 ffffffffffff\)"):
+            check_worker_embedder(pool, models, ref, "f" * 64)
+        with pytest.raises(EmbedderMismatch, match=r"cannot load minilm-l6@99 from .*no "
+                                                   r"version 99"):
+            check_worker_embedder(pool, models, ModelRef(ref.name, 99), sha)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,13 +34,44 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import checked_write, unstored
-from papersearch.models.manifest import ModelRef, ProviderUnavailable
+from papersearch.models.manifest import FP32_FILE, ModelRef, ProviderUnavailable
 from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER
 from papersearch.retriever.retriever import Retriever
 from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.settings import IngestSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
+
+
+def worker_embedder(repository: str, embedder: ModelRef) -> tuple[str, str]:
+    """On a Ray worker: the path of ``embedder`` in its repository and that model's digest as
+    the fp32 graph's bytes give it (a file changed after its export is not that model)."""
+    from papersearch.models.manifest import checked_file, read_manifest
+
+    path = embedder.path(Path(repository))
+    manifest = read_manifest(path)
+    checked_file(path, manifest, FP32_FILE)
+    return str(path), manifest.sha256
+
+
+def check_worker_embedder(pool: EncoderPool, models: ModelSettings, embedder: ModelRef,
+                          sha256: str) -> None:
+    """Before any actor starts: a task placed as an encoder actor finds the collection's
+    embedder in its models.repository (the workers' may differ from the driver's), else one
+    line says which model it found or what is missing (an actor's failed check had ended the
+    run in a Ray traceback)."""
+    import ray
+
+    probe = ray.remote(num_cpus=pool.cpus, num_gpus=pool.gpus)(worker_embedder)
+    try:
+        path, found = ray.get(probe.remote(str(models.repository), embedder))
+    except ray.exceptions.RayTaskError as error:
+        cause = error.cause if isinstance(error.cause, Exception) else error
+        raise EmbedderMismatch(f"the Ray workers cannot load {embedder} from "
+                               f"{models.repository}: {cause}") from None
+    if found != sha256:
+        raise EmbedderMismatch(f"the Ray worker's {path} (sha256 {found[:12]}) is not the model "
+                               f"the collection was built with (sha256 {sha256[:12]})")
 
 
 class EncodeActor:
@@ -220,6 +252,7 @@ class RayIngester:
         pool = encoder_pool(self.settings.ingest, ray.cluster_resources())
         if pool.gpus:
             check_gpu_workers(pool)
+        check_worker_embedder(pool, models, *self.embedder)
         log.info("ray ingest", extra={"papers": len(papers), "encoders": pool.actors,
                                       "gpus_per_encoder": pool.gpus, "batch": models.batch_size})
         size = models.batch_size
