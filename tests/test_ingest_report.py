@@ -4,6 +4,8 @@ no model, no index)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -14,7 +16,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import MAX_SKIPPED_KEPT, read_corpus
 from papersearch.index.errors import StoreError
 from papersearch.index.store import Store
-from papersearch.ingest.pipeline import ingest_paths
+from papersearch.ingest.pipeline import checked_write, ingest_paths
 
 
 class FailingIngester:
@@ -50,3 +52,25 @@ def test_a_corpus_of_bad_lines_keeps_the_first_and_counts_them_all(tmp_path: Pat
     assert reader.stats.skipped == MAX_SKIPPED_KEPT + 50
     kept: list[Any] = reader.skipped
     assert len(kept) == MAX_SKIPPED_KEPT and kept[0].source == f"{corpus}:1"
+
+
+class Job:
+    written = 0
+
+    def check(self) -> None:
+        pass
+
+
+def test_ctrl_c_during_a_write_stops_after_it_is_counted() -> None:
+    """SIGINT lands as the engine's write returns: the batch was stored but not counted, and
+    "N papers written by this run" said fewer than the index held."""
+    job = Job()
+
+    def write() -> int:
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at once: inside the write
+        return 5
+
+    with pytest.raises(KeyboardInterrupt):
+        checked_write(job, write)
+    assert job.written == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

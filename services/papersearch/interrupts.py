@@ -4,6 +4,9 @@ says in one line what it kept."""
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXIT_STATUS = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 
@@ -23,3 +26,22 @@ def catch_sigint() -> None:
 def message(interrupt: KeyboardInterrupt) -> str:
     detail = str(interrupt) if isinstance(interrupt, Interrupted) else ""
     return f"papersearch: interrupted ({detail})" if detail else "papersearch: interrupted"
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Ctrl-C waits for the block to end, then raises KeyboardInterrupt: a write and its
+    count go together (a SIGINT landing as the engine's write returned left it uncounted).
+    Only in the main thread, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None
+                      else signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt

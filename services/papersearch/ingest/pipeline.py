@@ -18,6 +18,7 @@ from typing import Protocol
 
 from tqdm import tqdm
 
+from papersearch import interrupts
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import MAX_SKIPPED_KEPT, Skipped, read_corpus
 from papersearch.encoder.runtime import Encoder
@@ -91,10 +92,12 @@ class Checked(Protocol):
 def checked_write(job: Checked, write: Callable[[], int]) -> int:
     """``write`` between two calls of the job's ``check``: a batch written while the index
     moved (an embedder migration's swap) stops the job too, and the rerun writes it again.
-    Counted in ``job.written`` before the second check, so a stop there still counts it."""
+    Counted in ``job.written`` before the second check, so a stop there still counts it, and
+    Ctrl-C during the write is held until it is counted."""
     job.check()
-    written = write()
-    job.written += written
+    with interrupts.held():  # Ctrl-C meanwhile: after the count
+        written = write()
+        job.written += written
     job.check()
     return written
 
