@@ -1,5 +1,6 @@
-"""An embedder exported with another token limit or prefixes is another model to the index:
-its fp32 graph (whose digest is the identity a collection records) carries the encoding."""
+"""What an export records: an embedder with another token limit or prefixes is another model
+to the index (its fp32 graph, whose digest a collection records, carries the encoding), and
+the int8 verdict it reports is the one a runtime on the same CPU reaches."""
 
 from __future__ import annotations
 
@@ -36,3 +37,14 @@ def test_another_token_limit_is_another_identity(model_settings: Settings, embed
     with pytest.raises(EmbedderMismatch):  # a collection the default built refuses it
         EmbedderIdentity(manifest.sha256, 384).require(
             EmbedderIdentity(default.sha256, 384), "index")
+
+
+def test_the_exports_int8_verdict_is_the_runtimes(embedder_dir: Path) -> None:
+    """The export judged int8 over all its parity inputs and the runtime over the self-check's
+    few: an export could report agreement where its runtimes served fp32, or the reverse."""
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.models.runtime import RuntimeOptions
+
+    recorded = read_manifest(embedder_dir).parity["int8_self_check"]
+    runtime = Encoder(embedder_dir, RuntimeOptions("int8"))
+    assert runtime.int8_agreement == pytest.approx(recorded, abs=1e-3)  # threads may differ
