@@ -224,7 +224,8 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     drain_file.touch()  # stale, from an earlier drain: removed at start, not obeyed
     target = servers.start(slow, health_port=health_port, drain_file=drain_file,
                            drain_grace_s=20.0)
-    serve = servers.gateways[-1].settings.serve
+    gateway = servers.gateways[-1]
+    serve = gateway.settings.serve
     with SearchClient(target, timeout_s=30.0) as client, \
             SearchClient(f"127.0.0.1:{health_port}", timeout_s=5.0) as probe:
         assert wait_for(probe, "readiness", "SERVING") == "SERVING"
@@ -234,7 +235,10 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
             in_flight = [pool.submit(client.search, SearchQuery("draining gateways",
                                                                 rerank=False))
                          for _ in range(3)]
-            time.sleep(0.5)  # the three are in the gateway now
+            deadline = time.monotonic() + 10.0
+            while gateway.gate.running < 3:  # the three are in the gateway, 1.5 s each
+                assert time.monotonic() < deadline, f"{gateway.gate.running} of 3 in flight"
+                time.sleep(0.01)
             drained = pool.submit(request_drain, serve)  # what Kubernetes' preStop runs
             assert wait_for(probe, "readiness", "NOT_SERVING", 5.0) == "NOT_SERVING"
             assert probe.health("liveness") == "SERVING"
