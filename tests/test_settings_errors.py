@@ -75,6 +75,10 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     # the rerank window sized past the budget: adaptive depth never shrank it in time
     ("PAPERSEARCH_SEARCH__RERANK_TARGET_S", "5",
      "Value error, search.rerank_target_s=5 must be below serve.rerank_timeout_s=2"),
+    # found only by torch minutes into a training run, without the setting's name
+    ("PAPERSEARCH_TRAINING__LEARNING_RATE", "-1",
+     "training.learning_rate (PAPERSEARCH_TRAINING__LEARNING_RATE): Input should be greater "
+     "than 0 (given '-1')"),
     # a key in both scopes has write access: refused, without its value
     ("PAPERSEARCH_SERVE", '{"api_keys": ["w-key", "both-key"], "read_api_keys": ["both-key"]}',
      "serve (PAPERSEARCH_SERVE): Value error, a key is in both serve.api_keys and "

@@ -141,7 +141,8 @@ class TrainingSettings(Section):
                               "from.",
     )
     duplicate_cosine: float = Field(
-        0.92, description="Mined negatives at least this close to the positive are skipped."
+        0.92, gt=-1.0, le=1.0,
+        description="Mined negatives at least this close to the positive are skipped.",
     )
     # 1,000 of the ~10,300 mined: 250 steps, what fits in time_budget_s on a fast 2-core CPU;
     # a slower one trains fewer (README, The default reranker).
@@ -159,7 +160,7 @@ class TrainingSettings(Section):
     )
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=2, description="Pairs per step (groups of 1 + negatives).")
-    learning_rate: float = 5e-5
+    learning_rate: float = Field(5e-5, gt=0)
     head_learning_rate_factor: float = Field(20.0, gt=0, description="Fresh head's LR multiple.")
     max_length: int = Field(160, ge=16, le=512,
                             description="Tokens per (query, passage) pair in training; BERT-size "
