@@ -167,11 +167,14 @@ def test_streaming_upsert_then_search(client: SearchClient) -> None:
         abstract="We record the buzzing inside beehives and learn audio embeddings that detect "
                  "swarming and queen loss days in advance, using contrastive pretraining.",
     )
-    summary = client.upsert([paper])
-    assert (summary.received, summary.upserted, summary.skipped) == (1, 1, 0)
-    found = client.search(SearchQuery("detect swarming from beehive sounds", top_k=3))
-    assert found.hits[0].paper.id == "serve-test-bees"
-    assert client.delete(["serve-test-bees"]) == 1
+    try:  # the index is the session's sample index: the paper leaves it whatever happens here
+        summary = client.upsert([paper])
+        assert (summary.received, summary.upserted, summary.skipped) == (1, 1, 0)
+        found = client.search(SearchQuery("detect swarming from beehive sounds", top_k=3))
+        assert found.hits[0].paper.id == "serve-test-bees"
+    finally:
+        deleted = client.delete(["serve-test-bees"])
+    assert deleted == 1
 
 
 def test_full_queues_give_resource_exhausted(client: SearchClient) -> None:
