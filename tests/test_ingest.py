@@ -346,7 +346,7 @@ def test_malformed_records_are_skipped_with_their_line(
         assert store.get(["broken", "bad-date", "empty"]) == []
 
 
-def test_update_reembeds_changed_papers(
+def test_a_rerun_rewrites_changed_papers_and_update_rewrites_all(
     model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path
 ) -> None:
     records = make_records(6)
@@ -357,21 +357,24 @@ def test_update_reembeds_changed_papers(
 
     changed = [dict(r) for r in records]
     changed[2]["abstract"] = "A rewritten abstract about zymurgy, the chemistry of fermentation."
+    changed[4]["categories"] = ["cs.DL"]  # metadata only: written again too
     write_jsonl(corpus, changed)
 
+    # a plain rerun writes what changed (it kept the old text and vectors before)
     plain = ingest(env, corpus)
-    assert plain["upserted"] == 0 and plain["already_present"] == 6
-    with opened(data_dir, identity) as store:
-        assert_stored_exactly(store, records)  # old text kept
-        assert Retriever(store).search("zymurgy", None, mode="sparse") == []
-
-    updated = ingest(env, corpus, "--update")
-    assert updated["upserted"] == 6 and updated["already_present"] == 0
-    assert updated["collection_size"] == 6
+    assert (plain["upserted"], plain["changed"], plain["already_present"]) == (2, 2, 4)
     with opened(data_dir, identity) as store:
         assert_stored_exactly(store, changed)
         hits = Retriever(store).search("zymurgy", None, mode="sparse")  # BM25 re-encoded too
         assert [h.paper.id for h in hits] == [changed[2]["id"]]
+    again = ingest(env, corpus)
+    assert (again["upserted"], again["changed"], again["already_present"]) == (0, 0, 6)
+
+    updated = ingest(env, corpus, "--update")  # every paper, changed or not
+    assert updated["upserted"] == 6 and updated["already_present"] == 0
+    assert updated["collection_size"] == 6
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, changed)
 
 
 def test_ingest_refuses_an_index_built_by_another_embedder(

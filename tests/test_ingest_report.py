@@ -23,6 +23,7 @@ class FailingIngester:
     """Writes its first batch of three, then the store fails (a full disk, say)."""
 
     written = 0
+    changed = 0
 
     def ingest(self, papers: Iterable[Paper], *, update: bool = False,
                progress: bool = True) -> tuple[int, int]:

@@ -222,6 +222,7 @@ class RayIngester:
         self.retriever = Retriever(store)
         self.check = check  # as Ingester's
         self.written = 0
+        self.changed = 0
         store.ensure_collection(encoder.dim, encoder.sha256)
         # what the actors load: this encoder's model (by name and version), checked by digest
         self.embedder = ModelRef(encoder.manifest.name, encoder.manifest.version), encoder.sha256
@@ -230,7 +231,8 @@ class RayIngester:
                ) -> tuple[int, int]:
         """Write every paper not yet stored (all of them with ``update``); (written, present)."""
         listed = list(papers)
-        fresh = listed if update else unstored(self.store, listed)
+        fresh, changed = (listed, 0) if update else unstored(self.store, listed)
+        self.changed += changed
         written = 0
         if fresh:
             with tqdm(desc="ingest (ray)", unit="paper", total=len(fresh),

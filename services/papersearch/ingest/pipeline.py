@@ -36,6 +36,7 @@ class IngestSummary:
     duplicates: int = 0
     already_present: int = 0
     upserted: int = 0
+    changed: int = 0  # of the upserted, papers stored before with other content
     collection_size: int = 0
     skipped_records: list[Skipped] = field(default_factory=list)  # the first MAX_SKIPPED_KEPT
 
@@ -56,6 +57,7 @@ class Ingester:
         self.batch_size = batch_size
         self.check = check  # before and after each write: raises to stop (LiveCheck)
         self.written = 0  # papers written by this Ingester, all calls together
+        self.changed = 0  # of them, papers stored before with other content
         store.ensure_collection(encoder.dim, encoder.sha256)
 
     def upsert(self, papers: Sequence[Paper]) -> int:
@@ -72,8 +74,9 @@ class Ingester:
         written = present = 0
         with tqdm(desc="ingest", unit="paper", disable=not progress) as bar:
             for batch in _batches(papers, self.batch_size):
-                fresh = batch if update else unstored(self.store, batch)
+                fresh, changed = (batch, 0) if update else unstored(self.store, batch)
                 present += len(batch) - len(fresh)
+                self.changed += changed
                 written += self.upsert(fresh)
                 bar.set_postfix(written=written, present=present, refresh=False)
                 bar.update(len(batch))  # read and done: written or already there
@@ -102,17 +105,22 @@ def checked_write(job: Checked, write: Callable[[], int]) -> int:
     return written
 
 
-def unstored(store: Store, papers: Sequence[Paper]) -> list[Paper]:
-    """The papers not in the index yet (by point id), in their order: what a resumed run
-    still has to write."""
-    stored = store.existing_ids(p.point_id for p in papers)
-    return [p for p in papers if p.point_id not in stored]
+def unstored(store: Store, papers: Sequence[Paper]) -> tuple[list[Paper], int]:
+    """The papers the index does not hold as they are here, in their order, and how many of
+    those it holds otherwise: absent (what a resumed run still has to write) or stored with
+    another title, abstract, authors, date, categories or url (the corpus changed since; a
+    rerun kept the old text and vectors before, unless --update rewrote every paper)."""
+    stored = {paper.point_id: paper
+              for paper in store.execute(store.papers_program([p.point_id for p in papers]))}
+    fresh = [p for p in papers if stored.get(p.point_id) != p]
+    return fresh, sum(p.point_id in stored for p in fresh)
 
 
 class Ingests(Protocol):
     """What ingest_paths drives: this module's Ingester, or ingest/distributed.RayIngester."""
 
     written: int
+    changed: int
 
     def ingest(self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True
                ) -> tuple[int, int]: ...
@@ -162,6 +170,7 @@ def _ingest_each(
         summary.skipped_records.extend(reader.skipped[:max(0, room)])
         summary.upserted += written
         summary.already_present += present
+        summary.changed = ingester.changed
         log.info("ingested", extra={"path": str(path), "upserted": written, "present": present,
                                     "skipped": stats.skipped, "duplicates": stats.duplicates})
 
