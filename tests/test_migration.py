@@ -552,6 +552,8 @@ def test_migration_through_the_service(sample_settings: Settings, sample_index: 
     stop = threading.Event()
     answers: list[tuple[int, tuple[str, ...]]] = []
     failures: list[str] = []
+    write_failures: list[str] = []
+    written: list[int] = []  # the upserts acknowledged, by batch number
     kept: set[str] = set()
     try:
         with SearchClient(f"127.0.0.1:{port}", timeout_s=60) as client:
@@ -575,22 +577,31 @@ def test_migration_through_the_service(sample_settings: Settings, sample_index: 
                         failures.append(f"{error.code().name}: {error.details()}")
                     n += 1
 
-            def writing() -> None:
+            def writing() -> None:  # a failure is reported, not the end of the thread
                 n = 0
                 while not stop.is_set():
                     batch = [bread(n), bread(n + 1)]
-                    client.upsert(batch)
-                    kept.update(p.id for p in batch)
-                    if n % 8 == 0:
-                        client.delete([batch[0].id])
-                        kept.discard(batch[0].id)
+                    try:
+                        client.upsert(batch)
+                        kept.update(p.id for p in batch)
+                        written.append(n)
+                        if n % 8 == 0:
+                            client.delete([batch[0].id])
+                            kept.discard(batch[0].id)
+                    except grpc.RpcError as error:
+                        write_failures.append(f"{error.code().name}: {error.details()}")
+                    except Exception as error:  # noqa: BLE001 (asserted below)
+                        write_failures.append(repr(error))
+                        return
                     n += 2
 
             before = [ask(i) for i in range(PROBES)]
             threads = [threading.Thread(target=f) for f in (searching, searching, writing)]
             for thread in threads:
                 thread.start()
+            written_before = len(written)
             started = _cli("--embedder", NEW, "--ray", address, settings_env=env)
+            written_during = len(written) - written_before
             time.sleep(1.0)
             stop.set()
             for thread in threads:
@@ -615,6 +626,8 @@ def test_migration_through_the_service(sample_settings: Settings, sample_index: 
         launcher.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert failures == []
+    assert write_failures == []
+    assert written_during > 0  # papers were written while the migration ran
     assert sum(b != a for b, a in zip(before, after, strict=True)) >= PROBES // 2
     assert {answer in (before[p], after[p]) for p, answer in answers} == {True}
     assert {answer == after[p] for p, answer in answers} == {True, False}  # both seen
