@@ -75,3 +75,13 @@ def test_ctrl_c_during_a_write_stops_after_it_is_counted() -> None:
         checked_write(job, write)
     assert job.written == 5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_ctrl_c_during_a_write_that_then_fails_is_still_an_interrupt() -> None:
+    def write() -> int:
+        os.kill(os.getpid(), signal.SIGINT)
+        raise OSError("write failed")
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        checked_write(Job(), write)
+    assert isinstance(stopped.value.__cause__, OSError)  # exit 130, the failure kept as cause

@@ -30,16 +30,22 @@ def message(interrupt: KeyboardInterrupt) -> str:
 
 @contextmanager
 def held() -> Iterator[None]:
-    """Ctrl-C waits for the block to end, then raises KeyboardInterrupt: a write and its
-    count go together (a SIGINT landing as the engine's write returned left it uncounted).
-    Only in the main thread, where Python runs signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
+    """Ctrl-C waits for the block to end, then raises KeyboardInterrupt (also when the block
+    then fails): a write and its count go together (a SIGINT landing as the engine's write
+    returned left it uncounted). Only in the main thread, where Python runs signal handlers,
+    and not where SIGINT is ignored."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):  # nothing to hold
         yield
         return
     caught: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, _: caught.append(signum))
     try:
         yield
+    except Exception as error:  # the block failed after Ctrl-C: still an interrupt (exit 130)
+        if caught:
+            raise KeyboardInterrupt from error
+        raise
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None
                       else signal.default_int_handler)
