@@ -1,6 +1,7 @@
 """`papersearch drain --ray-node` on a real local Ray cluster of three nodes (head + two
 workers): the drained node's Serve replica moves to the other worker while calls keep being
-answered, and a replica with nowhere to go is named when the deadline passes."""
+answered, and a replica with nowhere to go is named when the deadline passes; and (fast) the
+drain is asked for whatever Ray's state API does."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from typing import Any
 
 import pytest
 
+from papersearch.serving import node_drain
 from papersearch.serving.launcher import LOCAL_RAY_ENV
-from papersearch.serving.node_drain import drain_ray_node, replicas_on
-
-pytestmark = pytest.mark.slow
+from papersearch.serving.node_drain import ListingFailed, drain_ray_node, replicas_on
 
 REPLICA = "ServeReplica:drained:Echo"
 
@@ -46,7 +46,8 @@ def cluster() -> Iterator[tuple[Any, str, str]]:
             def __call__(self, value: int) -> int:
                 return value
 
-        handle = serve.run(Echo.bind(), name="drained", route_prefix=None)
+        handle = serve.run(Echo.bind(), name="drained",  # type: ignore[attr-defined]
+                           route_prefix=None)
         yield handle, workers[0].node_id, workers[1].node_id
     finally:
         serve.shutdown()
@@ -60,13 +61,16 @@ def cluster() -> Iterator[tuple[Any, str, str]]:
                 os.environ[key] = value
 
 
+@pytest.mark.slow
 def test_a_drained_node_hands_its_replica_over_while_calls_go_on(
     cluster: tuple[Any, str, str],
 ) -> None:
     handle, first, second = cluster
     holder, other = (first, second) if replicas_on(first) else (second, first)
     assert replicas_on(holder) == [REPLICA] and replicas_on(other) == []
-    answered, failed, stop = [], [], threading.Event()
+    answered: list[int] = []
+    failed: list[Exception] = []
+    stop = threading.Event()
 
     def call_meanwhile() -> None:
         while not stop.is_set():
@@ -88,6 +92,7 @@ def test_a_drained_node_hands_its_replica_over_while_calls_go_on(
     assert handle.remote(7).result(timeout_s=30) == 7
 
 
+@pytest.mark.slow
 def test_a_replica_with_nowhere_to_go_is_named_at_the_deadline(
     cluster: tuple[Any, str, str],
 ) -> None:
@@ -97,3 +102,39 @@ def test_a_replica_with_nowhere_to_go_is_named_at_the_deadline(
     holder = first if replicas_on(first) else second
     with pytest.raises(TimeoutError, match=rf"still on Ray node {holder} 3 s .*: {REPLICA}"):
         drain_ray_node(3, node_id=holder, poll_s=0.2)
+
+
+def listing(*answers: list[str] | Exception) -> Any:
+    """A replicas_on that gives ``answers`` in turn (an exception is raised), then the last."""
+    given = list(answers)
+
+    def replicas(node: str, timeout_s: float) -> list[str]:
+        answer = given.pop(0) if len(given) > 1 else given[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return replicas
+
+
+def test_the_drain_is_asked_for_first_and_a_failed_listing_is_waited_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The replicas were counted through the head's dashboard before the drain was asked for:
+    a dashboard that did not answer ended the hook in a traceback with no drain asked, and one
+    failing mid-way ended it at once while Serve was still moving replicas."""
+    asked: list[str] = []
+    monkeypatch.setattr(node_drain, "request_drain", lambda gcs, node, until: asked.append(node))
+    monkeypatch.setattr(node_drain, "replicas_on", listing(
+        ListingFailed("dashboard down"), [REPLICA], ListingFailed("timed out"), []))
+    drained = node_drain._drain("n1", "gcs", 30, 0.0)
+    assert asked == ["n1"] and drained.replicas == 1
+
+
+def test_a_state_api_that_never_answers_waits_out_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(node_drain, "request_drain", lambda gcs, node, until: None)
+    monkeypatch.setattr(node_drain, "replicas_on", listing(ListingFailed("dashboard down")))
+    with pytest.raises(TimeoutError, match=r"0.2 s after the drain was asked for: unknown"):
+        node_drain._drain("n1", "gcs", 0.2, 0.05)

@@ -37,7 +37,7 @@ class NodeDrainError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class NodeDrained:
     node_id: str
-    replicas: int  # Serve replicas on the node when the drain was asked for
+    replicas: int  # Serve replicas on the node when first listed, after the drain was asked
     seconds: float
 
 
@@ -64,44 +64,74 @@ def drain_ray_node(deadline_s: float, *, address: str | None = None,
 
 
 def _drain(node: str, gcs: str, deadline_s: float, poll_s: float) -> NodeDrained:
+    """The drain asked for first (the state API that counts replicas lives on the head and may
+    not answer), then the node's replicas listed until none is left or the deadline passes;
+    a listing that fails is retried, not taken for an empty node."""
     started = time.monotonic()
-    replicas = len(replicas_on(node))
-    request_drain(gcs, node, deadline_s)
-    log.info("ray node draining", extra={"node_id": node, "replicas": replicas,
-                                         "deadline_s": deadline_s})
-    while left := replicas_on(node):
-        if time.monotonic() - started > deadline_s:
+    until = started + deadline_s
+    request_drain(gcs, node, until)
+    log.info("ray node draining", extra={"node_id": node, "deadline_s": deadline_s})
+    first: int | None = None
+    left: list[str] | None = None
+    while True:
+        remaining = until - time.monotonic()
+        try:
+            left = replicas_on(node, max(1.0, remaining))
+        except ListingFailed as error:
+            log.warning("cannot list the node's replicas: waiting", extra={
+                "node_id": node, "reason": str(error)})
+        else:
+            first = len(left) if first is None else first
+            if not left:
+                break
+        if remaining <= 0:
+            what = ", ".join(left) if left else "unknown (the state API did not answer)"
             raise TimeoutError(f"Serve replicas still on Ray node {node} {deadline_s:g} s after "
-                               f"the drain was asked for: {', '.join(left)}")
-        time.sleep(poll_s)
-    drained = NodeDrained(node, replicas, time.monotonic() - started)
-    log.info("ray node drained", extra={"node_id": node, "replicas": replicas,
+                               f"the drain was asked for: {what}")
+        time.sleep(min(poll_s, remaining))
+    drained = NodeDrained(node, first or 0, time.monotonic() - started)
+    log.info("ray node drained", extra={"node_id": node, "replicas": drained.replicas,
                                         "seconds": round(drained.seconds, 3)})
     return drained
 
 
-def request_drain(gcs_address: str, node_id: str, deadline_s: float) -> None:
-    """Ray's CLI request (its GCS client is not public API): a preemption is always accepted,
-    so Serve moves replicas off the node, and the scheduler places nothing new there."""
+def request_drain(gcs_address: str, node_id: str, until: float) -> None:
+    """Ray's CLI request (its GCS client is not public API), with what is left until ``until``
+    (monotonic) as the deadline: a preemption is always accepted, so Serve moves replicas off
+    the node, and the scheduler places nothing new there."""
+    remaining = until - time.monotonic()
     command = [sys.executable, "-m", "ray.scripts.scripts", "drain-node",
                "--address", gcs_address, "--node-id", node_id,
                "--reason", "DRAIN_NODE_REASON_PREEMPTION",
                "--reason-message", "papersearch drain --ray-node (pod terminating)",
-               "--deadline-remaining-seconds", str(max(1, round(deadline_s)))]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S,
-                          check=False)
+               "--deadline-remaining-seconds", str(max(1, int(remaining)))]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False,
+                              timeout=max(1.0, min(REQUEST_TIMEOUT_S, remaining)))
+    except subprocess.TimeoutExpired:
+        raise NodeDrainError(f"ray drain-node did not answer within {remaining:.0f} s") from None
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         raise NodeDrainError(f"ray drain-node failed (exit {done.returncode}): "
-                           f"{lines[-1] if lines else 'no output'}")
+                             f"{lines[-1] if lines else 'no output'}")
 
 
-def replicas_on(node_id: str) -> list[str]:
-    """Names of the Serve replicas alive on a node (Ray's state API, through the dashboard)."""
+class ListingFailed(RuntimeError):
+    """Ray's state API did not list the node's actors (the dashboard down or slow)."""
+
+
+def replicas_on(node_id: str, timeout_s: float = REQUEST_TIMEOUT_S) -> list[str]:
+    """Names of the Serve replicas alive on a node (Ray's state API, through the dashboard);
+    ListingFailed when it does not answer."""
     from ray.util.state import list_actors
+    from ray.util.state.exception import RayStateApiException
 
-    actors = list_actors(filters=[("node_id", "=", node_id), ("state", "=", "ALIVE")],
-                         limit=10_000, raise_on_missing_output=False)
+    try:
+        actors = list_actors(filters=[("node_id", "=", node_id), ("state", "=", "ALIVE")],
+                             limit=10_000, timeout=max(1, int(timeout_s)),
+                             raise_on_missing_output=False)
+    except (RayStateApiException, OSError) as error:  # requests' errors are OSErrors
+        raise ListingFailed(str(error)) from error
     return sorted(a.class_name for a in actors
                   if a.class_name.startswith(REPLICA_CLASS_PREFIX))
 
