@@ -168,7 +168,11 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
         f"papersearch: error: settings file {broken} {where}: not valid YAML at line 2, column "
         "1: while parsing")
     # PyYAML's message quotes the line, and the line may hold a key
-    for text, problem in (('index:\n  api_key: "sk-live-9f8e\n', "line 3, column 1: while "
+    for text, problem in (('index:\n  api_key: "sk\x1b"\n', "character 21: special "
+                           "characters are not allowed (U+001B)"),
+                          ("? [a]\n: 1\n", "line 1, column 3: a key that is a list or a "
+                           "mapping"),  # was a TypeError traceback
+                          ('index:\n  api_key: "sk-live-9f8e\n', "line 3, column 1: while "
                            "scanning a quoted scalar; found unexpected end of stream"),
                           ("index:\n  api_key: sk-live-9f8e\n  api_key: sk-live-9f8e\n",
                            "line 3, column 3: 'api_key' is given twice")):
@@ -214,6 +218,8 @@ def test_the_serve_app_pins_every_relative_path(tmp_path: Path) -> None:
     ("https://app.example.org:443", "https://app.example.org"),
     ("http://localhost:3000", "http://localhost:3000"),
     ("http://[::1]:8080", "http://[::1]:8080"),
+    ("https://bücher.example", "https://xn--bcher-kva.example"),  # browsers send punycode
+    ("chrome-extension://abcdefghij", "chrome-extension://abcdefghij"),
     ("*", "*"),
 ])
 def test_cors_origins_are_kept_as_browsers_send_them(given: str, kept: str) -> None:
@@ -221,11 +227,17 @@ def test_cors_origins_are_kept_as_browsers_send_them(given: str, kept: str) -> N
 
 
 @pytest.mark.parametrize("given", ["app.example.org", "", "https://app.example.org/app",
-                                   "ftp://app.example.org", "https://app.example.org:99999",
-                                   "https://app.example.org/?x=1"])
+                                   "https://app.example.org:99999", "https://*.example.org",
+                                   "https://app.example.org/?x=1", "https://u:p@example.org"])
 def test_what_is_not_a_web_origin_is_refused(given: str) -> None:
     with pytest.raises(ValueError, match="is not a web origin"):
         ServeSettings(http_cors_origins=[given])
+
+
+def test_the_null_origin_is_refused() -> None:
+    """Sandboxed frames and local files send "null": allowing it allows any page."""
+    with pytest.raises(ValueError, match="'null' is the origin any sandboxed frame"):
+        ServeSettings(http_cors_origins=["null"])
 
 
 def test_a_variable_that_names_no_setting_is_warned_about(
@@ -237,6 +249,11 @@ def test_a_variable_that_names_no_setting_is_warned_about(
                "PAPERSEARCH_LOG_LEVEL": "INFO", "PAPERSEARCH_API_KEY": "client-key",
                CONFIG_ENV: "", "HOME": "/root"}
     assert unread_variables(environ) == ["PAPERSEARCH_LOG_LEVLE", "PAPERSEARCH_SERVE_GRPC_PORT"]
+    # Kubernetes' links to Service papersearch-grpc are no settings, and no typos
+    links = {"PAPERSEARCH_GRPC_SERVICE_HOST": "10.0.0.7", "PAPERSEARCH_GRPC_SERVICE_PORT": "50051",
+             "PAPERSEARCH_GRPC_SERVICE_PORT_GRPC": "50051", "PAPERSEARCH_GRPC_PORT": "tcp://x",
+             "PAPERSEARCH_GRPC_PORT_50051_TCP_ADDR": "10.0.0.7"}
+    assert unread_variables(environ | links) == unread_variables(environ)
     monkeypatch.setenv("PAPERSEARCH_SERVE_GRPC_PORT", "6000")
     assert main(["drain"]) == 2  # no drain file: fails at once, after the warning
     warning, error = capsys.readouterr().err.splitlines()

@@ -13,7 +13,8 @@ import ipaddress
 import itertools
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
@@ -731,6 +732,10 @@ class Settings(BaseSettings):
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """Where and what, without PyYAML's quote of the line: that line may hold a key."""
+    if isinstance(error, yaml.reader.ReaderError):  # a character YAML does not allow
+        code = error.character
+        shown = f"U+{code:04X}" if isinstance(code, int) else repr(code)
+        return f" at character {error.position}: {error.reason} ({shown})"
     if not isinstance(error, yaml.MarkedYAMLError):
         return ""
     mark = error.problem_mark or error.context_mark
@@ -743,19 +748,26 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _origin(text: str) -> str:
-    """``scheme://host[:port]`` in the form browsers send; ValueError for anything else."""
+    """``scheme://host[:port]`` in the form browsers send (lower case, the host in its ASCII
+    form, no default port); ValueError for anything else."""
     problem = f"serve.http_cors_origins: {text[:64]!r} is not a web origin (https://host[:port])"
+    if text.strip() == "null":  # sandboxed frames and local files: any page can send it
+        raise ValueError("serve.http_cors_origins: 'null' is the origin any sandboxed frame or "
+                         "local file sends: not allowed")
     try:
         parts = urlsplit(text.strip())
         port = parts.port
-    except ValueError:
+        host = (parts.hostname or "").encode("idna").decode("ascii")  # browsers send punycode
+    except (ValueError, UnicodeError):
         raise ValueError(problem) from None
-    if (parts.scheme.lower() not in DEFAULT_PORTS or not parts.hostname or parts.username
-            or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment):
-        raise ValueError(problem)
     scheme = parts.scheme.lower()
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{scheme}://{host}" + (f":{port}" if port not in (None, DEFAULT_PORTS[scheme]) else "")
+    if (not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) or not host or "*" in host
+            or parts.username or parts.password or parts.path not in ("", "/") or parts.query
+            or parts.fragment):
+        raise ValueError(problem)
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, DEFAULT_PORTS.get(scheme))
+                                   else "")
 
 
 class _UniqueKeys(yaml.SafeLoader):
@@ -766,6 +778,9 @@ class _UniqueKeys(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # "? [a]": a list as a key
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key that is a list or a mapping", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"{key!r} is given twice", key_node.start_mark)
@@ -858,8 +873,14 @@ def unread_variables(environ: Mapping[str, str]) -> list[str]:
     underscore) or ``PAPERSEARCH_LOG_LEVLE`` is not refused by loading (a section's own typo,
     ``PAPERSEARCH_SERVE__GRPC_PROT``, is) and was silently ignored."""
     prefix = str(Settings.model_config.get("env_prefix", "")).upper()
+    # Kubernetes' service links: <SERVICE>_SERVICE_HOST and its kin for each Service of the
+    # namespace (papersearch-grpc: PAPERSEARCH_GRPC_PORT, ...)
+    services = tuple(name.removesuffix("_SERVICE_HOST") for name in environ
+                     if name.endswith("_SERVICE_HOST"))
     return sorted(name for name in environ
                   if name.upper().startswith(prefix) and name.upper() not in OTHER_VARIABLES
+                  and not name.startswith(tuple(f"{s}_SERVICE_" for s in services))
+                  and not name.startswith(tuple(f"{s}_PORT" for s in services))
                   and setting_field(name) is None)
 
 
