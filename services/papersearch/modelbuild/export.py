@@ -68,6 +68,9 @@ INT8_SCHEMES: dict[Int8Scheme, dict[str, Any]] = {
     "u8s8-reduce-range-ffn-out-fp32": {"weight_type": "QInt8", "reduce_range": True,
                                        "fp32_after": ("Gelu", "BiasGelu", "FastGelu")},
 }
+# How texts are fed to an embedder's graph (cut, prefixed): not in the graph's computation
+DEFAULT_ENCODING = {"max_length": 256, "query_prefix": "", "document_prefix": ""}
+ENCODING_KEY = "papersearch.encoding"
 EXPORT_LOCK = ".export.lock"  # beside the versions of the name it guards
 # What a local source's export depends on: weights (sharded too), configs (a pooling folder's
 # included), tokenizer files
@@ -122,6 +125,8 @@ def _fingerprint(spec: ExportSpec) -> str:
         options.append(spec.int8_scheme)
     if spec.kind == "embedder" and (pooling := _pooling(spec.source)) != DEFAULT_POOLING:
         options.append(f"{pooling[0]}-{'l2' if pooling[1] else 'raw'}")  # mean + L2 keep theirs
+    if spec.kind == "embedder" and _encoding(spec) != DEFAULT_ENCODING:
+        options.append("encoding-in-graph")  # an export from before _record_encoding: redone
     digest.update(json.dumps([spec.source.spec, *options]).encode())
     if spec.source.is_local:
         digest.update(source_digest(Path(spec.source.location)).encode())
@@ -309,9 +314,9 @@ def _export_into(
                        "selfcheck": check.to_dict()})
 
 
-# How texts are fed to an embedder's graph (cut, prefixed): not in the graph's computation
-DEFAULT_ENCODING = {"max_length": 256, "query_prefix": "", "document_prefix": ""}
-ENCODING_KEY = "papersearch.encoding"
+def _encoding(spec: ExportSpec) -> dict[str, Any]:
+    return {"max_length": spec.max_length, "query_prefix": spec.query_prefix,
+            "document_prefix": spec.document_prefix}
 
 
 def _record_encoding(graph: Path, spec: ExportSpec) -> None:
@@ -322,8 +327,7 @@ def _record_encoding(graph: Path, spec: ExportSpec) -> None:
     it ("the same model"). The default keeps the bytes, and the identity, it always had."""
     import onnx
 
-    encoding = {"max_length": spec.max_length, "query_prefix": spec.query_prefix,
-                "document_prefix": spec.document_prefix}
+    encoding = _encoding(spec)
     if encoding == DEFAULT_ENCODING:
         return
     model = onnx.load(str(graph))
