@@ -206,3 +206,12 @@ def test_policy_holds_without_reports() -> None:
     policy = UtilizationPolicy()
     assert policy(context(2, None, target=2))[0] == 2
     assert policy(context(1, {}, target=1))[0] == 1
+
+
+def test_a_report_that_is_no_number_is_left_out() -> None:
+    """NaN or None raised inside Serve's controller, which then skipped the application's
+    update for as long as the report stayed in the look-back window."""
+    policy = UtilizationPolicy()
+    assert policy(context(2, {0: float("nan"), 1: 0.05}, target=2))[0] == 1  # the other's
+    nothing: dict[int, Any] = {0: None, 1: float("inf")}
+    assert policy(context(2, nothing, target=2))[0] == 2  # no number at all: the count stays

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,9 +86,9 @@ def test_parse_steps() -> None:
     ("2", "item 1 '2': expected RATE:SECONDS"),
     ("2:30,,", "item 2 '': expected RATE:SECONDS"),
     ("fast:30", "item 1 'fast:30': could not convert"),
-    ("2:0", "item 1 '2:0': a step's duration must be > 0 seconds"),
-    ("-1:5", "a step's rate must be a number >= 0"),
-    ("inf:5", "a step's rate must be a number >= 0"),
+    ("2:0", "item 1 '2:0': a step's duration must be > 0 and at most 14400 seconds"),
+    ("-1:5", "a step's rate must be a number from 0 to 10000 QPS"),
+    ("inf:5", "a step's rate must be a number from 0 to 10000 QPS"),
 ])
 def test_parse_steps_errors(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -706,3 +707,57 @@ def test_flapping_counts_turns_within_a_step() -> None:
     events = scale_events(_samples([1, 2, 1, 2, 1]), [0.0])
     assert direction_changes(events) == {"Reranker": 3}
     assert direction_changes(scale_events(_samples([1, 2, 2, 1]), [0.0, 2.0])) == {"Reranker": 0}
+
+
+@pytest.mark.parametrize(("spec", "problem"), [
+    ("0:1e9", "at most 14400 seconds"), ("1e300:30", "from 0 to 10000 QPS"),
+    ("1:10000,1:10000", "lasts at most 14400 s"),
+])
+def test_a_profile_past_the_bounds_is_refused(spec: str, problem: str) -> None:
+    """A load test stops by itself: 0:1e9 watched a pause for 1e9 s, 1e308 QPS overflowed."""
+    with pytest.raises(ValueError, match=problem):
+        LoadProfile.parse_steps(spec)
+
+
+def test_a_count_cut_does_not_watch_a_following_pause() -> None:
+    cut = schedule(LoadProfile.parse_steps("10:30,0:600,10:30"), 300)
+    assert len(cut.offsets) == 300 and cut.duration_s == 30.0  # was 630 s
+    assert schedule(LoadProfile.parse_steps("10:30,10:30"), 350).duration_s == 35.0
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    (["--status-url", "http://192.0.2.1:8265"], "refusing to poll --status-url"),
+    (["--metrics-url", "http://192.0.2.1:8080/metrics"], "refusing to poll --metrics-url"),
+    (["--sample-s", "1e-9"], "--sample-s must be within 0.1..60"),
+    (["--deadline-s", "1e9"], "--deadline-s must be within 0..600"),
+    (["--metrics-settle-s", "1e9"], "--metrics-settle-s must be within 0..600"),
+    (["--calibrate", "--calibrate-s", "86400"], "--calibrate-s must be > the 1 s warm-up and at "
+                                                "most 300"),
+    (["--calibrate", "--calibrate-in-flight", "100000"], "--calibrate-in-flight must be within "
+                                                         "1..1024"),
+])
+def test_options_past_their_bounds_are_refused(tmp_path: Path, extra: list[str],
+                                               problem: str) -> None:
+    """Each ran unbounded (a 24 h burst, a 1e9 s deadline) or polled any host at any rate."""
+    args = ["loadtest", "--target", "localhost:50051", "--steps", "0.5:10", "--queries",
+            str(_queries_file(tmp_path)), *extra]
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        build(Settings(), build_parser().parse_args(args))
+
+
+def test_a_calibration_burst_stops_at_the_request_cap() -> None:
+    """Closed loop for burst_s whatever --requests said: 372,328 requests in 1.5 s against an
+    instant searcher."""
+    class Instant:
+        sent = 0
+
+        async def search(self, query: Any, timeout_s: float) -> Any:
+            self.sent += 1
+            await asyncio.sleep(0)
+            raise RuntimeError("not a search")
+
+    searcher = Instant()
+    asyncio.run(burst(searcher, ["q"], SearchOptions(rerank=False), 1.0,  # type: ignore[arg-type]
+                      CalibrationOptions(in_flight=8, burst_s=1.5, max_requests=50),
+                      time.monotonic))
+    assert searcher.sent == 50

@@ -145,9 +145,13 @@ class UtilizationPolicy:
         started) counts as idle; with no report at all the count stays."""
         current = ctx.current_num_replicas
         reported = (ctx.aggregated_metrics or {}).get(UTILIZATION) or {}
-        if current == 0 or not reported:
+        # a report that is no number (NaN, None) is left out: the band's arithmetic raised on
+        # it inside Serve's controller, which then skipped the application's update
+        shares = [float(v) for v in reported.values()
+                  if isinstance(v, int | float) and math.isfinite(v)]
+        if current == 0 or not shares:
             return ctx.target_num_replicas, {}
-        total = float(sum(reported.values()))
+        total = sum(shares)
         # against the replicas asked for, started or not: Serve compares the answer with its
         # target, so "stay" answered with the running count dropped a replica still starting
         asked = self.band.replicas(total, max(current, ctx.target_num_replicas))

@@ -40,6 +40,9 @@ from papersearch.pipeline.query import SearchQuery
 WARMUP_S = 1.0
 MAX_FRACTION = 1.5  # a calibrated step above this is a typo, not a load test
 IN_FLIGHT = 64  # a burst's searches in flight, unless told
+MAX_IN_FLIGHT = 1024
+MAX_BURST_S = 300.0
+MAX_SETTLE_S = 600.0
 RERANK_IN_FLIGHT = 1  # the same with --rerank (see above)
 
 
@@ -49,15 +52,20 @@ class CalibrationOptions:
     burst_s: float = 6.0  # warm-up included
     settle_s: float = 20.0  # idle after the burst, before the profile
     rerank_window: int = 0  # > 0: count reranked pairs, this many to a search (see above)
+    max_requests: int = 100_000  # the burst stops here too (--requests): bounded in count
 
     def __post_init__(self) -> None:
-        if self.in_flight < 1:
-            raise ValueError(f"--calibrate-in-flight must be >= 1, got {self.in_flight}")
-        if not self.burst_s > WARMUP_S:
-            raise ValueError(f"--calibrate-s must be > the {WARMUP_S:g} s warm-up, "
-                             f"got {self.burst_s}")
-        if self.settle_s < 0:
-            raise ValueError(f"--calibrate-settle-s must be >= 0, got {self.settle_s}")
+        if not 1 <= self.in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(f"--calibrate-in-flight must be within 1..{MAX_IN_FLIGHT}, got "
+                             f"{self.in_flight}")
+        if not WARMUP_S < self.burst_s <= MAX_BURST_S:
+            raise ValueError(f"--calibrate-s must be > the {WARMUP_S:g} s warm-up and at most "
+                             f"{MAX_BURST_S:g}, got {self.burst_s}")
+        if not 0 <= self.settle_s <= MAX_SETTLE_S:
+            raise ValueError(f"--calibrate-settle-s must be within 0..{MAX_SETTLE_S:g}, got "
+                             f"{self.settle_s}")
+        if self.max_requests < 1:
+            raise ValueError(f"--requests must be >= 1, got {self.max_requests}")
         if self.rerank_window < 0:
             raise ValueError(f"the rerank window must be >= 0, got {self.rerank_window}")
 
@@ -111,8 +119,8 @@ async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptio
 
     async def worker() -> None:
         nonlocal ok, reranked, pairs, rerank_s
-        while clock() < end:
-            text = queries[next(serial) % len(queries)]
+        while clock() < end and (n := next(serial)) < calibration.max_requests:
+            text = queries[n % len(queries)]
             query = SearchQuery(text, options.top_k, options.mode, options.rerank)
             sent = clock()
             try:

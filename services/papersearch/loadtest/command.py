@@ -14,10 +14,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from papersearch.client_retry import add_retry_argument
 from papersearch.client_tls import Tls, add_tls_arguments, tls_from_args
 from papersearch.index.query import MODES
+from papersearch.settings import is_loopback as host_is_loopback
 
 if TYPE_CHECKING:
     from papersearch.client import AsyncSearchClient
@@ -55,10 +57,12 @@ def split_target(target: str) -> tuple[str, int]:
 
 def is_loopback(target: str) -> bool:
     """localhost, 127.0.0.0/8 or ::1."""
-    from papersearch.settings import is_loopback as host_is_loopback
-
     host, _ = split_target(target)
     return host_is_loopback(host)
+
+
+MAX_WAIT_S = 600.0  # --deadline-s, --metrics-settle-s: a load test stops by itself
+MIN_SAMPLE_S = 0.1  # the replica and metrics poll: not a load of its own on the dashboard
 
 
 def check_target(target: str, allow_remote: bool) -> None:
@@ -318,12 +322,18 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
         if in_flight is None:
             in_flight = RERANK_IN_FLIGHT if args.rerank else IN_FLIGHT
         calibration = CalibrationOptions(in_flight, args.calibrate_s, args.calibrate_settle_s,
-                                         window)
-    for name in ("deadline_s", "sample_s"):
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0")
-    if args.metrics_settle_s < 0:
-        raise ValueError("--metrics-settle-s must be >= 0")
+                                         window, args.requests)
+    for name, low, high in (("deadline_s", 0.0, MAX_WAIT_S), ("metrics_settle_s", 0.0, MAX_WAIT_S),
+                            ("sample_s", MIN_SAMPLE_S, 60.0)):
+        value = getattr(args, name)
+        if not low <= value <= high or (name == "deadline_s" and value == 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be within {low:g}..{high:g} "
+                             f"seconds{' (and > 0)' if name == 'deadline_s' else ''}, got {value}")
+    for flag, url in (("--status-url", args.status_url), ("--metrics-url", args.metrics_url)):
+        host = urlsplit(url).hostname if url else None
+        if url and not args.allow_remote and not (host and host_is_loopback(host)):
+            raise ValueError(f"refusing to poll {flag} {url}: not a loopback address "
+                             "(localhost, 127.0.0.0/8, ::1); pass --allow-remote if you mean it")
     if args.max_in_flight < 1:
         raise ValueError(f"--max-in-flight must be >= 1, got {args.max_in_flight}")
     queries = load_queries(args.queries, settings.corpus_dir, args.seed)

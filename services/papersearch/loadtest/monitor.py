@@ -92,8 +92,8 @@ class ReplicaMonitor:
         try:
             payload = json.loads(await asyncio.to_thread(fetch, self.url))
             return ReplicaSample(t_s, deployment_states(payload, self.app))
-        except (OSError, ValueError, LookupError, AttributeError) as error:
-            return ReplicaSample(t_s, {}, str(error))
+        except (OSError, ValueError, LookupError, AttributeError, TypeError) as error:
+            return ReplicaSample(t_s, {}, str(error))  # a payload of another shape too
 
 
 # --- Prometheus metrics ---------------------------------------------------------------------

@@ -8,6 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate, islice, takewhile
 
+# A load test stops by itself: past these a profile is a typo (1e9 seconds, 1e300 QPS)
+MAX_RATE_QPS = 10_000.0
+MAX_PROFILE_S = 4 * 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -17,10 +21,12 @@ class Step:
     duration_s: float
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.rate_qps) or self.rate_qps < 0:
-            raise ValueError(f"a step's rate must be a number >= 0, got {self.rate_qps}")
-        if not math.isfinite(self.duration_s) or self.duration_s <= 0:
-            raise ValueError(f"a step's duration must be > 0 seconds, got {self.duration_s}")
+        if not (math.isfinite(self.rate_qps) and 0 <= self.rate_qps <= MAX_RATE_QPS):
+            raise ValueError(f"a step's rate must be a number from 0 to {MAX_RATE_QPS:g} QPS, "
+                             f"got {self.rate_qps}")
+        if not (math.isfinite(self.duration_s) and 0 < self.duration_s <= MAX_PROFILE_S):
+            raise ValueError(f"a step's duration must be > 0 and at most {MAX_PROFILE_S:g} "
+                             f"seconds, got {self.duration_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,9 @@ class LoadProfile:
     def __post_init__(self) -> None:
         if not self.steps:
             raise ValueError("a load profile needs at least one step")
+        if self.duration_s > MAX_PROFILE_S:
+            raise ValueError(f"a load profile lasts at most {MAX_PROFILE_S:g} s, this one "
+                             f"{self.duration_s:g} s")
 
     @classmethod
     def constant(cls, rate_qps: float, duration_s: float) -> LoadProfile:
@@ -92,7 +101,7 @@ def schedule(profile: LoadProfile, max_requests: int, max_duration_s: float | No
              poisson: bool = False, seed: int = 0) -> Schedule:
     """The profile's send offsets cut at ``max_requests`` or ``max_duration_s`` (default: the
     profile's length), whichever comes first. Cut by the count, the window ends where the next
-    request would have gone."""
+    request would have gone, or at the end of the last request's step if that comes first."""
     if max_requests < 1:
         raise ValueError(f"--requests must be >= 1, got {max_requests}")
     window = profile.duration_s if max_duration_s is None else max_duration_s
@@ -102,4 +111,9 @@ def schedule(profile: LoadProfile, max_requests: int, max_duration_s: float | No
     offsets = takewhile(lambda t: t < window, profile.offsets(poisson, seed))
     kept = list(islice(offsets, max_requests))
     following = next(offsets, None)
-    return Schedule(kept, window if following is None else following)
+    if following is None:
+        return Schedule(kept, window)
+    # cut by the count: no later than the end of the last request's step (not across a pause)
+    step_end = next(end for end in accumulate(s.duration_s for s in profile.steps)
+                    if end > kept[-1])
+    return Schedule(kept, min(following, step_end))
