@@ -45,3 +45,20 @@ def test_the_flusher_hands_counts_over_by_itself(monkeypatch: Any) -> None:
     while not counter.records and time.monotonic() < deadline:
         time.sleep(0.01)
     assert counter.records == [(3.0, {"deployment": "Reranker"})]
+
+
+class RefusingCounter(RecordingCounter):
+    def inc(self, value: float, tags: dict[str, str]) -> None:
+        raise ValueError("refused")
+
+
+def test_one_refused_series_does_not_stop_the_others() -> None:
+    """Ray's ValueError on one increment (0 was one) ended the flusher thread: every count
+    after it piled up in the process and never reached Ray."""
+    metrics = Metrics()
+    good, bad = RecordingCounter(), RefusingCounter()
+    metrics._count(cast(Counter, good), 0.0, {"n": "zero"})  # not even sent: Ray refuses 0
+    metrics._count(cast(Counter, bad), 1.0, {"n": "bad"})
+    metrics._count(cast(Counter, good), 2.0, {"n": "good"})
+    metrics.flush()
+    assert good.records == [(2.0, {"n": "good"})]

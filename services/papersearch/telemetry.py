@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ from ray.util.metrics import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from papersearch.models.runtime import OnnxModel
+
+log = logging.getLogger(__name__)
 
 LATENCY_MS_BOUNDS: list[float] = [
     1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
@@ -121,6 +124,8 @@ class Metrics:
         self._flusher: threading.Thread | None = None
 
     def _count(self, counter: Counter, value: float, tags: dict[str, str]) -> None:
+        if not value > 0:  # Ray refuses an increment of 0 (or NaN): it stopped the flusher
+            return
         key = (counter, tuple(tags.items()))
         with self._counts_lock:
             self._counts[key] = self._counts.get(key, 0.0) + value
@@ -135,12 +140,18 @@ class Metrics:
         with self._counts_lock:
             counts, self._counts = self._counts, {}
         for (counter, tags), value in counts.items():
-            counter.inc(value, tags=dict(tags))
+            try:
+                counter.inc(value, tags=dict(tags))
+            except Exception:  # one series Ray refuses must not drop the others
+                log.exception("metric increment refused", extra={"tags": dict(tags)})
 
     def _flush_forever(self) -> None:
-        while True:
+        while True:  # the thread outlives any one failed flush: it alone hands counts over
             time.sleep(COUNTER_FLUSH_S)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:
+                log.exception("metrics flush failed")
 
     def request(self, method: str, code: str, latency_s: float) -> None:
         tags = {"method": method, "code": code}
