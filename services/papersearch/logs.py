@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -17,10 +19,25 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings (JSON has no such numbers: a strict parser
+    refused the whole line) and numpy scalars as numbers (``default=str`` quoted them)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        value = value.item()  # a numpy scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            # UTC to the millisecond: lines of one second ordered, and matched across machines
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -28,12 +45,21 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+        return json.dumps(_finite(payload), default=str, allow_nan=False)
+
+
+def _text_value(value: Any) -> str:
+    """A value as logfmt writes it: quoted, with escapes, where it holds a blank, a quote, an
+    equals sign or a line break (a value with a newline forged a log line of its own)."""
+    text = str(value)
+    if text and not any(c.isspace() or c in '"=' for c in text):
+        return text
+    return json.dumps(text)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        fields = " ".join(f"{k}={_text_value(v)}" for k, v in _extras(record).items())
         line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: "
         line += record.getMessage() + (f" {fields}" if fields else "")
         if record.exc_info:
