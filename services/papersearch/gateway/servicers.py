@@ -66,8 +66,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             )
         except Exception as error:
             await _fail(context, error)
-        metrics().search(result.reranked, result.rerank_depth, result.feedback)
-        return await self._within_send_limit(convert.search_response_to_proto(result), context)
+        response = await self._within_send_limit(convert.search_response_to_proto(result),
+                                                  context)
+        metrics().search(result.reranked, result.rerank_depth, result.feedback)  # answered
+        return response
 
     async def SimilarPapers(  # noqa: N802
         self, request: pb.SimilarPapersRequest, context: grpc.aio.ServicerContext
