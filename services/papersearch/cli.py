@@ -545,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="*", type=Path,
                         help="corpus files/folders (default: corpus_dir, the sample corpus)")
     ingest.add_argument("--update", action="store_true",
-                        help="re-embed papers already stored (default: skip them, i.e. resume)")
+                        help="re-embed every paper (default: skip papers stored as the corpus "
+                             "has them, write the rest: a resume, or the corpus's changes)")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.add_argument(
         "--ray", nargs="?", const="", metavar="ADDRESS",

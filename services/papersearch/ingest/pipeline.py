@@ -1,8 +1,9 @@
 """Read corpora, embed papers in batches, upsert them into the index: resumable and idempotent.
 
 Point ids are UUIDv5 of the paper id, so a repeated run overwrites rather than duplicates. A run
-killed half-way resumes: papers already stored are skipped (unless ``update`` asks to re-embed
-them), and each batch is written only after it is fully encoded, so no paper is half-written.
+killed half-way resumes: papers already stored as the corpus has them are skipped, those stored
+otherwise written again (``update`` re-embeds them all), and each batch is written only after
+it is fully encoded, so no paper is half-written.
 Ctrl-C stops between engine calls: the batches written stay, a rerun does the rest.
 """
 
