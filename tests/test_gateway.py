@@ -368,7 +368,8 @@ def test_upsert_stream_search_and_delete(targets: dict[str, str]) -> None:
 
 def test_server_options_name_grpc_core_channel_args() -> None:
     options = dict(server_options(ServeSettings()))
-    assert options["grpc.max_receive_message_length"] == 4 * 1024 * 1024
+    # gRPC's own limit lies above serve.max_receive_bytes: the gateway refuses past its own
+    assert options["grpc.max_receive_message_length"] == 8 * 1024 * 1024
     assert options["grpc.max_send_message_length"] == 16 * 1024 * 1024
     assert options["grpc.max_concurrent_streams"] == 1024
     assert options["grpc.keepalive_time_ms"] == 60_000
@@ -395,8 +396,29 @@ def test_message_at_the_receive_limit_is_read_one_byte_more_is_resource_exhauste
         assert code_of(info) == grpc.StatusCode.INVALID_ARGUMENT  # read, then validated
         with pytest.raises(grpc.RpcError) as info:
             stub.Search(search_request_of(SMALL_RECEIVE_BYTES + 1), timeout=30)
-        assert code_of(info) == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own limit
-        assert str(SMALL_RECEIVE_BYTES) in details_of(info)
+        assert code_of(info) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details_of(info) == (f"the request message is {SMALL_RECEIVE_BYTES + 1} bytes, "
+                                    f"past the server's limit of {SMALL_RECEIVE_BYTES} bytes "
+                                    "(serve.max_receive_bytes)")
+
+
+def test_an_upsert_message_past_the_limit_fails_the_stream_with_what_it_committed(
+    targets: dict[str, str],
+) -> None:
+    """Past gRPC's own limit a client stream just ended: the gateway committed the papers it
+    held, answered into a call gRPC had already failed (the client saw RESOURCE_EXHAUSTED
+    without what was committed) and counted it OK."""
+    small = [pb.Paper(paper_id=f"big-{i}", title=f"Paper {i}") for i in (1, 2)]
+    huge = pb.Paper(paper_id="big-3", title="t", abstract="a" * (SMALL_RECEIVE_BYTES + 100))
+    with grpc.insecure_channel(targets["small"]) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.IndexServiceStub(channel).UpsertPapers(iter([*small, huge]), timeout=60)
+    assert code_of(info) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details_of(info).startswith(f"message 3 of the stream is {huge.ByteSize()} bytes, "
+                                       f"past the server's limit of {SMALL_RECEIVE_BYTES} bytes")
+    assert committed_of(info.value) == 0 and committed_messages_of(info.value) == 0
+    with SearchClient(targets["small"], timeout_s=60.0) as client:
+        assert client.delete(["big-1", "big-2"]) == 0  # nothing written behind the client
 
 
 def test_results_past_the_send_limit_are_out_of_range_not_retried(

@@ -1,5 +1,6 @@
-"""What the serving backend raises when its deployments cannot take a call; gateway/errors.py
-maps them to status codes (RESOURCE_EXHAUSTED, UNAVAILABLE)."""
+"""What the serving backend raises when its deployments cannot take a call, or the gateway for
+a request past its size limit; gateway/errors.py maps them to status codes
+(RESOURCE_EXHAUSTED, UNAVAILABLE)."""
 
 from __future__ import annotations
 
@@ -11,3 +12,7 @@ class Overloaded(Exception):
 class NotReady(Exception):
     """A deployment has no running replica, or the replica serving a call died or became
     unreachable mid-call: the call can be sent again (UNAVAILABLE)."""
+
+
+class MessageTooLarge(Exception):
+    """A request message past serve.max_receive_bytes (RESOURCE_EXHAUSTED, as gRPC's own)."""

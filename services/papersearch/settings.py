@@ -448,8 +448,8 @@ class ServeSettings(Section):
     # Server limits (README, Server limits): what one client can hold of a gateway.
     max_receive_bytes: int = Field(
         4 * 1024 * 1024, ge=1024,
-        description="Largest request message accepted (grpc.max_receive_message_length); "
-                    "larger: RESOURCE_EXHAUSTED from gRPC.",
+        description="Largest request message accepted; larger: RESOURCE_EXHAUSTED (gRPC's own "
+                    "limit lies 4 MiB above, so the refusal is the call's own status).",
     )
     max_send_bytes: int = Field(
         16 * 1024 * 1024, ge=1024,

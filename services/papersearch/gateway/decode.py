@@ -1,8 +1,15 @@
-"""Request decoding in one place: a message protobuf cannot parse is INVALID_ARGUMENT.
+"""Request decoding in one place: a message protobuf cannot parse is INVALID_ARGUMENT, one
+past ``serve.max_receive_bytes`` RESOURCE_EXHAUSTED.
 
 gRPC's own deserializer raises before any handler runs, so the client would see UNKNOWN and the
 log a traceback. Here the papersearch handlers receive raw bytes and decode them inside the
 call; a failure names the string field that holds invalid UTF-8 where one does, else the type.
+
+The size limit is enforced here too, with gRPC's own set RECEIVE_MARGIN_BYTES above it
+(server.server_options): past gRPC's limit a client stream just ends, so UpsertPapers committed
+its last batch, answered into a call already failed, and was counted OK; a unary request was
+refused before any interceptor, and counted nowhere. Here the refusal is the call's own status
+(an upsert's with what it committed), and the request metrics see it.
 """
 
 from __future__ import annotations
@@ -15,15 +22,20 @@ import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from papersearch.errors import MessageTooLarge
 from papersearch.gateway.method_handlers import API_PREFIX, with_behavior
 from papersearch.pipeline.query import InvalidQuery
 
 _MAX_DEPTH = 32  # nesting the walker follows; the API's requests nest two levels
 _MAX_FIELDS = 20_000  # fields it reads: twice a valid request's most (10,000 ids to delete)
+RECEIVE_MARGIN_BYTES = 4 * 1024 * 1024  # gRPC's own limit lies this far above ours
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):
     """Innermost interceptor: authentication turns callers away before their bytes are read."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes  # serve.max_receive_bytes
 
     async def intercept_service(
         self,
@@ -39,11 +51,11 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
         # The request argument: a message (unary) or an iterator of them (client stream).
         behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
         if handler.unary_unary is not None:
-            behavior = _unary(handler.unary_unary, decode, descriptor)
+            behavior = _unary(handler.unary_unary, decode, descriptor, self.max_bytes)
         elif handler.stream_unary is not None:
-            behavior = _stream(handler.stream_unary, decode, descriptor)
+            behavior = _stream(handler.stream_unary, decode, descriptor, self.max_bytes)
         elif handler.unary_stream is not None:  # WatchSearch: written with context.write
-            behavior = _unary(handler.unary_stream, decode, descriptor)
+            behavior = _unary(handler.unary_stream, decode, descriptor, self.max_bytes)
         else:  # bidirectional streams: the API has none
             return handler
         return with_behavior(handler, behavior, request_deserializer=None)
@@ -56,11 +68,19 @@ def _input_type(method: str) -> Descriptor:
     return descriptor_pool.Default().FindMethodByName(name).input_type
 
 
+def too_large(size: int, max_bytes: int, what: str = "the request message") -> str:
+    return (f"{what} is {size} bytes, past the server's limit of {max_bytes} bytes "
+            "(serve.max_receive_bytes)")
+
+
 def _unary(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    decode: Callable[[bytes], Any], descriptor: Descriptor,
+    decode: Callable[[bytes], Any], descriptor: Descriptor, max_bytes: int,
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        if len(raw) > max_bytes:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                too_large(len(raw), max_bytes))
         try:
             request = decode(raw)
         except Exception:  # noqa: BLE001 (DecodeError, or anything else the parser raises)
@@ -72,12 +92,15 @@ def _unary(
 
 def _stream(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    decode: Callable[[bytes], Any], descriptor: Descriptor,
+    decode: Callable[[bytes], Any], descriptor: Descriptor, max_bytes: int,
 ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[Any]]:
     async def messages(raw: AsyncIterator[bytes]) -> AsyncIterator[Any]:
         number = 0
         async for chunk in raw:
             number += 1
+            if len(chunk) > max_bytes:  # the servicer answers with what it committed
+                raise MessageTooLarge(too_large(len(chunk), max_bytes,
+                                                f"message {number} of the stream"))
             try:
                 message = decode(chunk)
             except Exception:  # noqa: BLE001

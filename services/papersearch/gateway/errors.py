@@ -9,7 +9,7 @@ import uuid
 import grpc
 
 from papersearch.corpus.paper import quoted
-from papersearch.errors import NotReady, Overloaded
+from papersearch.errors import MessageTooLarge, NotReady, Overloaded
 from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
@@ -43,6 +43,8 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call finished"
     if isinstance(error, Overloaded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: queues are full, retry later"
+    if isinstance(error, MessageTooLarge):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     # The index's own words name its addresses, paths and OS errors: they go to the log under
     # an incident id, the client gets what they mean.
     if isinstance(error, StoreUnavailable):

@@ -38,7 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.gateway.auth import ApiKeyInterceptor, Keys
-from papersearch.gateway.decode import DecodeInterceptor
+from papersearch.gateway.decode import RECEIVE_MARGIN_BYTES, DecodeInterceptor
 from papersearch.gateway.gate import DrainGate
 from papersearch.gateway.http_api import HttpFront, socket_target
 from papersearch.gateway.instrument import MetricsInterceptor
@@ -82,7 +82,8 @@ def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
         return max(1, round(seconds * 1000))
 
     return [
-        ("grpc.max_receive_message_length", serve.max_receive_bytes),
+        # above ours: DecodeInterceptor refuses past ours with the call's own status
+        ("grpc.max_receive_message_length", serve.max_receive_bytes + RECEIVE_MARGIN_BYTES),
         ("grpc.max_send_message_length", serve.max_send_bytes),
         ("grpc.max_concurrent_streams", serve.max_concurrent_streams),
         ("grpc.keepalive_time_ms", ms(serve.keepalive_time_s)),
@@ -131,8 +132,9 @@ class Gateway:
         # are read, decoding (INVALID_ARGUMENT for a message protobuf cannot parse) is last.
         logging.getLogger("grpc._cython.cygrpc").addFilter(CLIENT_GONE)  # once per process
         self.gate = DrainGate()
+        decode = DecodeInterceptor(settings.serve.max_receive_bytes)
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), self.gate, *auth,
-                                                    DecodeInterceptor()],
+                                                    decode],
                                       options=server_options(settings.serve))
         self.watches = WatchHub(settings.serve.watch_max_watches, settings.serve.watch_queue)
         self.feed = WatchFeed(self.watches, backend, settings.serve)
