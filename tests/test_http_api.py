@@ -272,6 +272,33 @@ def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> No
     assert asyncio.run(read()) == [b'{"a": 1}', b'{"b": 2}', b"", b'{"c": 3}', b'{"d": 4}']
 
 
+
+def test_an_ndjson_line_past_the_limit_is_refused_where_it_ends_in_one_piece() -> None:
+    """Only the unfinished rest of a piece was measured: a long line whose end came in the same
+    piece was passed on, and the gRPC channel refused it with its own words (the papers before
+    it written, the client not told)."""
+    from papersearch.gateway import http_api
+
+    class Body:
+        def __init__(self) -> None:
+            self.left = [b'{"paper_id": "p1"}\n' + b"x" * 100 + b'\n{"paper_id": "p3"}\n']
+
+        async def read(self, _: int) -> bytes:
+            return self.left.pop(0) if self.left else b""
+
+    class Request:
+        content = Body()
+
+    lines = http_api._Lines(Request(), pb.Paper, 64, 5.0)  # type: ignore[arg-type]
+
+    async def read() -> list[bytes]:
+        return [line async for line in lines.messages()]  # type: ignore[misc]
+
+    assert len(asyncio.run(read())) == 1  # the first, then the refusal
+    assert lines.error is not None and lines.error.http == 413
+    assert "line 2 is longer than the server's limit of 64 bytes" in str(lines.error)
+
+
 @pytest.mark.slow
 def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) -> None:
     target, http = gateway

@@ -5,8 +5,8 @@ gRPC's own deserializer raises before any handler runs, so the client would see 
 log a traceback. Here the papersearch handlers receive raw bytes and decode them inside the
 call; a failure names the string field that holds invalid UTF-8 where one does, else the type.
 
-The size limit is enforced here too, with gRPC's own set RECEIVE_MARGIN_BYTES above it
-(server.server_options): past gRPC's limit a client stream just ends, so UpsertPapers committed
+The size limit is enforced here too, with gRPC's own set above it (grpc_receive_limit,
+server.server_options): past gRPC's limit a client stream just ends, so UpsertPapers committed
 its last batch, answered into a call already failed, and was counted OK; a unary request was
 refused before any interceptor, and counted nowhere. Here the refusal is the call's own status
 (an upsert's with what it committed), and the request metrics see it.
@@ -28,7 +28,16 @@ from papersearch.pipeline.query import InvalidQuery
 
 _MAX_DEPTH = 32  # nesting the walker follows; the API's requests nest two levels
 _MAX_FIELDS = 20_000  # fields it reads: twice a valid request's most (10,000 ids to delete)
-RECEIVE_MARGIN_BYTES = 4 * 1024 * 1024  # gRPC's own limit lies this far above ours
+RECEIVE_MARGIN_BYTES = 4 * 1024 * 1024  # gRPC's own limit lies up to this far above ours
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC core's largest limit (a C int)
+
+
+def grpc_receive_limit(max_bytes: int) -> int:
+    """gRPC's own limit for the API's messages: above ``max_bytes`` (ours) by its size, at most
+    RECEIVE_MARGIN_BYTES, so a message past ours reaches DecodeInterceptor and a lowered limit
+    still bounds what gRPC buffers. Past this one gRPC refuses a message itself: a client
+    stream then just ends (what an UpsertPapers committed is not told)."""
+    return min(max_bytes + min(max_bytes, RECEIVE_MARGIN_BYTES), GRPC_MAX_MESSAGE_BYTES)
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):

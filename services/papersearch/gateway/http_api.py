@@ -36,6 +36,7 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import QUOTE_CHARS, quoted
 from papersearch.gateway import page
 from papersearch.gateway.auth import WRITE_PREFIXES, Keys
+from papersearch.gateway.decode import grpc_receive_limit
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
 from papersearch.settings import ServeSettings, is_loopback
@@ -87,7 +88,9 @@ class HttpFront:
         # filled the one connection every HTTP call shared (past it calls waited, with no
         # deadline, and /readyz timed out). Watches get enough connections for
         # serve.watch_max_watches; every other call and the health checks one of their own.
-        options = [("grpc.max_send_message_length", serve.max_receive_bytes),
+        # sent up to what the gateway's gRPC server takes in: the gateway's own check (decode.py)
+        # answers a message past serve.max_receive_bytes, with what an upsert committed
+        options = [("grpc.max_send_message_length", grpc_receive_limit(serve.max_receive_bytes)),
                    ("grpc.max_receive_message_length", serve.max_send_bytes),
                    ("grpc.use_local_subchannel_pool", 1)]
         self.channel = grpc.aio.insecure_channel(unix_target, options=options)
@@ -249,14 +252,18 @@ class _Lines:
             pending += chunk
             start, end = 0, pending.find(b"\n", searched)
             while end >= 0:
+                self._within_limit(end - start)  # a line ended in the chunk that brought it
                 yield bytes(pending[start:end])
                 start, end = end + 1, pending.find(b"\n", end + 1)
             del pending[:start]
-            if len(pending) > self.max_bytes:
-                self.line += 1  # the one too long, after those read
-                raise HttpError("RESOURCE_EXHAUSTED", f"line {self.line} is longer than the "
-                                f"server's limit of {self.max_bytes} bytes", http=413)
+            self._within_limit(len(pending))
         yield bytes(pending)
+
+    def _within_limit(self, size: int) -> None:
+        if size > self.max_bytes:
+            self.line += 1  # the one too long, after those read
+            raise HttpError("RESOURCE_EXHAUSTED", f"line {self.line} is longer than the "
+                            f"server's limit of {self.max_bytes} bytes", http=413)
 
     async def _chunk(self) -> bytes:
         try:

@@ -38,7 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.gateway.auth import ApiKeyInterceptor, Keys
-from papersearch.gateway.decode import RECEIVE_MARGIN_BYTES, DecodeInterceptor
+from papersearch.gateway.decode import DecodeInterceptor, grpc_receive_limit
 from papersearch.gateway.gate import DrainGate
 from papersearch.gateway.http_api import HttpFront, socket_target
 from papersearch.gateway.instrument import MetricsInterceptor
@@ -75,15 +75,18 @@ class _ClientGone(logging.Filter):
 CLIENT_GONE = _ClientGone()
 
 
-def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
-    """gRPC core channel arguments for the gateway's limits (README, Server limits)."""
+def server_options(serve: ServeSettings, *, checked: bool = True) -> list[tuple[str, int]]:
+    """gRPC core channel arguments for the gateway's limits (README, Server limits).
+    ``checked``: the server's API calls pass DecodeInterceptor, which refuses a message past
+    serve.max_receive_bytes itself, so gRPC's own limit lies above it; the plaintext health
+    server's calls do not, and get the limit as it is."""
 
     def ms(seconds: float) -> int:
         return max(1, round(seconds * 1000))
 
     return [
-        # above ours: DecodeInterceptor refuses past ours with the call's own status
-        ("grpc.max_receive_message_length", serve.max_receive_bytes + RECEIVE_MARGIN_BYTES),
+        ("grpc.max_receive_message_length",
+         grpc_receive_limit(serve.max_receive_bytes) if checked else serve.max_receive_bytes),
         ("grpc.max_send_message_length", serve.max_send_bytes),
         ("grpc.max_concurrent_streams", serve.max_concurrent_streams),
         ("grpc.keepalive_time_ms", ms(serve.keepalive_time_s)),
@@ -155,7 +158,8 @@ class Gateway:
         self.health_server: grpc.aio.Server | None = None
         self.health_address: str | None = None
         if settings.serve.health_port is not None:
-            self.health_server = grpc.aio.server(options=server_options(settings.serve))
+            self.health_server = grpc.aio.server(options=server_options(settings.serve,
+                                                                        checked=False))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_address = f"{settings.serve.grpc_host}:{settings.serve.health_port}"
         self._tasks: list[asyncio.Task[None]] = []
