@@ -745,19 +745,35 @@ def test_options_past_their_bounds_are_refused(tmp_path: Path, extra: list[str],
         build(Settings(), build_parser().parse_args(args))
 
 
-def test_a_calibration_burst_stops_at_the_request_cap() -> None:
-    """Closed loop for burst_s whatever --requests said: 372,328 requests in 1.5 s against an
-    instant searcher."""
-    class Instant:
-        sent = 0
+def test_a_calibration_burst_stops_at_the_request_cap_and_measures_up_to_it() -> None:
+    """Closed loop for burst_s whatever --requests said (372,328 requests in 1.5 s against an
+    instant searcher); capped, its rate must still be the service's: over the time up to the
+    cap, not the whole burst (600 of a 3 s burst's read 108 QPS of a 400 QPS service)."""
+
+    class Paced:
+        """400 answers per second of a fake clock, whoever waits for them."""
+
+        def __init__(self) -> None:
+            self.now, self.sent = 0.0, 0
+
+        def clock(self) -> float:
+            return self.now
 
         async def search(self, query: Any, timeout_s: float) -> Any:
             self.sent += 1
             await asyncio.sleep(0)
-            raise RuntimeError("not a search")
+            self.now += 1 / 400
+            return SearchResult((), False, {})
 
-    searcher = Instant()
-    asyncio.run(burst(searcher, ["q"], SearchOptions(rerank=False), 1.0,  # type: ignore[arg-type]
-                      CalibrationOptions(in_flight=8, burst_s=1.5, max_requests=50),
-                      time.monotonic))
-    assert searcher.sent == 50
+    def measured(cap: int) -> tuple[int, float]:
+        searcher = Paced()
+        done = asyncio.run(burst(
+            searcher, ["q"], SearchOptions(rerank=False), 1.0,  # type: ignore[arg-type]
+            CalibrationOptions(in_flight=4, burst_s=3.0, max_requests=cap), searcher.clock))
+        return searcher.sent, done.qps
+
+    assert measured(100_000)[1] == pytest.approx(400, rel=0.01)  # the whole burst
+    sent, qps = measured(600)
+    assert sent == 600 and qps == pytest.approx(400, rel=0.02)
+    with pytest.raises(ValueError, match="all sent in the burst's 1 s warm-up"):
+        measured(300)

@@ -109,19 +109,23 @@ def scaled(profile: LoadProfile, qps: float) -> LoadProfile:
 async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptions,
                 deadline_s: float, calibration: CalibrationOptions,
                 clock: Callable[[], float]) -> Burst:
-    """Keep ``calibration.in_flight`` searches in flight for ``calibration.burst_s`` seconds."""
+    """Keep ``calibration.in_flight`` searches in flight for ``calibration.burst_s`` seconds,
+    or until ``calibration.max_requests`` are sent: then the window ends where the cap came
+    (the rate over the whole burst counted the idle rest too)."""
     start = clock()
     window_start, end = start + WARMUP_S, start + calibration.burst_s
     serial = count()
-    ok = reranked = pairs = 0
-    rerank_s = 0.0
+    capped_at: list[float] = []  # when the first worker found the cap reached
+    answers: list[tuple[float, float, int, float]] = []  # OK: arrived, sent, depth, rerank s
     errors: dict[str, int] = {}
 
     async def worker() -> None:
-        nonlocal ok, reranked, pairs, rerank_s
-        while clock() < end and (n := next(serial)) < calibration.max_requests:
-            text = queries[n % len(queries)]
-            query = SearchQuery(text, options.top_k, options.mode, options.rerank)
+        while clock() < end:
+            if (n := next(serial)) >= calibration.max_requests:
+                capped_at.append(clock())
+                return
+            query = SearchQuery(queries[n % len(queries)], options.top_k, options.mode,
+                                options.rerank)
             sent = clock()
             try:
                 result = await searcher.search(query, timeout_s=deadline_s)
@@ -130,18 +134,21 @@ async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptio
             except Exception:  # noqa: BLE001 (counted like the runner does)
                 code = CLIENT_ERROR
             else:
-                if window_start <= clock() <= end:
-                    ok += 1
-                    if result.rerank_depth > 0 and sent >= window_start:
-                        reranked += 1
-                        pairs += result.rerank_depth
-                        rerank_s += result.timings_ms.get("rerank", 0.0) / 1000
+                answers.append((clock(), sent, result.rerank_depth,
+                                result.timings_ms.get("rerank", 0.0) / 1000))
                 continue
             errors[code] = errors.get(code, 0) + 1
 
     await asyncio.gather(*(worker() for _ in range(calibration.in_flight)))
-    return Burst(end - window_start, ok, dict(sorted(errors.items())),
-                 calibration.rerank_window, reranked, pairs, rerank_s)
+    cut = min([end, *capped_at])
+    if cut <= window_start:
+        raise ValueError(f"--requests {calibration.max_requests} were all sent in the burst's "
+                         f"{WARMUP_S:g} s warm-up: raise --requests")
+    counted = [a for a in answers if window_start <= a[0] <= cut]
+    reranked = [a for a in counted if a[2] > 0 and a[1] >= window_start]
+    return Burst(cut - window_start, len(counted), dict(sorted(errors.items())),
+                 calibration.rerank_window, len(reranked), sum(a[2] for a in reranked),
+                 sum(a[3] for a in reranked))
 
 
 async def settle(read: Callable[[], Awaitable[dict[str, int] | str]], before: dict[str, int] | str,
