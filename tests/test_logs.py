@@ -31,10 +31,10 @@ def test_json_lines_hold_no_nan_and_keep_numpy_numbers() -> None:
     """NaN and Infinity (a diverged training run's final_loss) made the line invalid JSON."""
     line = strict(JsonFormatter().format(record(
         final_loss=float("nan"), worst=float("-inf"), agreement=np.float32(0.5),
-        parity={"cosine": float("inf")}, counts=[np.int64(3)])))
+        parity={"cosine": float("inf")}, counts=[np.int64(3)], by={float("nan"): 1})))
     assert line["final_loss"] == "nan" and line["worst"] == "-inf"
     assert line["agreement"] == 0.5 and line["parity"] == {"cosine": "inf"}
-    assert line["counts"] == [3]
+    assert line["counts"] == [3] and line["by"] == {"nan": 1}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["ts"])  # UTC, ms
 
 

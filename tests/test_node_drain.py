@@ -138,3 +138,25 @@ def test_a_state_api_that_never_answers_waits_out_the_deadline(
     monkeypatch.setattr(node_drain, "replicas_on", listing(ListingFailed("dashboard down")))
     with pytest.raises(TimeoutError, match=r"0.2 s after the drain was asked for: unknown"):
         node_drain._drain("n1", "gcs", 0.2, 0.05)
+
+
+def test_a_listing_that_takes_the_rest_of_the_deadline_ends_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The time left was read before the listing: one that used it all was followed by a poll's
+    sleep and one more listing, past the deadline the pod's grace was sized for."""
+    now = [0.0]
+    monkeypatch.setattr(node_drain.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(node_drain.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    monkeypatch.setattr(node_drain, "request_drain", lambda gcs, node, until: None)
+    calls: list[float] = []
+
+    def slow(node: str, timeout_s: float) -> list[str]:
+        calls.append(now[0])
+        now[0] += timeout_s  # the dashboard hangs for the whole timeout
+        raise ListingFailed("timed out")
+
+    monkeypatch.setattr(node_drain, "replicas_on", slow)
+    with pytest.raises(TimeoutError):
+        node_drain._drain("n1", "gcs", 3.0, 1.0)
+    assert calls == [0.0] and now[0] == 3.0

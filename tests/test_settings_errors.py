@@ -218,7 +218,7 @@ def test_the_serve_app_pins_every_relative_path(tmp_path: Path) -> None:
     ("https://app.example.org:443", "https://app.example.org"),
     ("http://localhost:3000", "http://localhost:3000"),
     ("http://[::1]:8080", "http://[::1]:8080"),
-    ("https://bücher.example", "https://xn--bcher-kva.example"),  # browsers send punycode
+    ("https://xn--bcher-kva.example", "https://xn--bcher-kva.example"),  # bücher, as sent
     ("chrome-extension://abcdefghij", "chrome-extension://abcdefghij"),
     ("*", "*"),
 ])
@@ -232,6 +232,12 @@ def test_cors_origins_are_kept_as_browsers_send_them(given: str, kept: str) -> N
 def test_what_is_not_a_web_origin_is_refused(given: str) -> None:
     with pytest.raises(ValueError, match="is not a web origin"):
         ServeSettings(http_cors_origins=[given])
+
+
+def test_a_host_not_in_ascii_is_refused_not_converted() -> None:
+    """Python's IDNA 2003 codec turned https://faß.de into https://fass.de: another domain."""
+    with pytest.raises(ValueError, match="ASCII \\(punycode\\) form"):
+        ServeSettings(http_cors_origins=["https://faß.de"])
 
 
 def test_the_null_origin_is_refused() -> None:

@@ -22,8 +22,8 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 def _finite(value: Any) -> Any:
     """``value`` with NaN and infinities as strings (JSON has no such numbers: a strict parser
     refused the whole line) and numpy scalars as numbers (``default=str`` quoted them)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, dict):  # keys too: json.dumps writes a float key as its number
+        return {str(k) if isinstance(k, float) else k: _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():

@@ -748,8 +748,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _origin(text: str) -> str:
-    """``scheme://host[:port]`` in the form browsers send (lower case, the host in its ASCII
-    form, no default port); ValueError for anything else."""
+    """``scheme://host[:port]`` in the form browsers send (lower case, no default port); ValueError
+    for anything else, a host not written in ASCII (punycode) included."""
     problem = f"serve.http_cors_origins: {text[:64]!r} is not a web origin (https://host[:port])"
     if text.strip() == "null":  # sandboxed frames and local files: any page can send it
         raise ValueError("serve.http_cors_origins: 'null' is the origin any sandboxed frame or "
@@ -757,9 +757,12 @@ def _origin(text: str) -> str:
     try:
         parts = urlsplit(text.strip())
         port = parts.port
-        host = (parts.hostname or "").encode("idna").decode("ascii")  # browsers send punycode
-    except (ValueError, UnicodeError):
+    except ValueError:
         raise ValueError(problem) from None
+    host = parts.hostname or ""
+    if not host.isascii():  # browsers send its punycode; Python's IDNA 2003 made faß.de fass.de
+        raise ValueError(f"serve.http_cors_origins: write the host of {text[:64]!r} in its "
+                         "ASCII (punycode) form, as browsers send it: xn--...")
     scheme = parts.scheme.lower()
     if (not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) or not host or "*" in host
             or parts.username or parts.password or parts.path not in ("", "/") or parts.query

@@ -74,9 +74,8 @@ def _drain(node: str, gcs: str, deadline_s: float, poll_s: float) -> NodeDrained
     first: int | None = None
     left: list[str] | None = None
     while True:
-        remaining = until - time.monotonic()
         try:
-            left = replicas_on(node, max(1.0, remaining))
+            left = replicas_on(node, max(1.0, until - time.monotonic()))
         except ListingFailed as error:
             log.warning("cannot list the node's replicas: waiting", extra={
                 "node_id": node, "reason": str(error)})
@@ -84,6 +83,7 @@ def _drain(node: str, gcs: str, deadline_s: float, poll_s: float) -> NodeDrained
             first = len(left) if first is None else first
             if not left:
                 break
+        remaining = until - time.monotonic()  # after the listing, which may have taken it all
         if remaining <= 0:
             what = ", ".join(left) if left else "unknown (the state API did not answer)"
             raise TimeoutError(f"Serve replicas still on Ray node {node} {deadline_s:g} s after "
