@@ -145,8 +145,7 @@ def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str],
         return errors
     if serve.drain_file is None:
         errors.append("gateway pods need PAPERSEARCH_SERVE__DRAIN_FILE (preStop drains through it)")
-    command = ray.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
-    if command != ["papersearch", "drain"]:
+    if _pre_stop(ray) != ["papersearch", "drain"]:
         errors.append("gateway pods need preStop `papersearch drain` (finish calls in flight)")
     readiness = ray.get("readinessProbe", {})
     unready_s = readiness.get("periodSeconds", 10) * readiness.get("failureThreshold", 3)
@@ -161,13 +160,22 @@ def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str],
     if serve_wait < drain + MARGIN_S:
         errors.append(f"Gateway graceful_shutdown_timeout_s {serve_wait:g} < {drain + MARGIN_S:g}:"
                       " Serve would kill a draining replica")
-    needed = drain + MARGIN_S + RAY_STOP_S
-    grace = float(host.spec.get("terminationGracePeriodSeconds", 30))
-    if grace < needed:
-        errors.append(f"gateway terminationGracePeriodSeconds {grace:g} < {needed:g}: drain "
-                      f"notice {serve.drain_notice_s:g} + grace {serve.drain_grace_s:g} + "
-                      f"{MARGIN_S:g} + Ray's stop {RAY_STOP_S:g}")
+    errors += _grace_errors(host, "gateway", drain + MARGIN_S + RAY_STOP_S,
+                            f"drain notice {serve.drain_notice_s:g} + grace "
+                            f"{serve.drain_grace_s:g} + {MARGIN_S:g} + Ray's stop "
+                            f"{RAY_STOP_S:g}")
     return errors
+
+
+def _pre_stop(container: Mapping[str, Any]) -> Any:
+    return container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+
+
+def _grace_errors(pod: PodTemplate, who: str, needed: float, parts: str) -> list[str]:
+    """The pod's termination grace covers its preStop hook and Ray's stop (``parts``)."""
+    grace = float(pod.spec.get("terminationGracePeriodSeconds", 30))
+    return [] if grace >= needed else [
+        f"{who} terminationGracePeriodSeconds {grace:g} < {needed:g}: {parts}"]
 
 
 def check_worker_drain(rendered: Rendered) -> list[str]:
@@ -182,20 +190,16 @@ def check_worker_drain(rendered: Rendered) -> list[str]:
         offers = ray_resources(spec, ray)
         if "groupName" not in spec or any(k in offers for k in _needs(gateway) if k != "CPU"):
             continue  # the head, or the gateways' group (check_gateway_placement)
-        command = ray.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
-        if command != ["papersearch", "drain", "--ray-node"]:
+        if _pre_stop(ray) != ["papersearch", "drain", "--ray-node"]:
             errors.append(f"{group.owner} needs preStop `papersearch drain --ray-node` (move "
                           "its Serve replicas before Ray stops)")
         try:
             serve = settings_from_env(_env(rendered, ray)).serve
         except ValueError:  # check_settings reports it
             continue
-        needed = serve.node_drain_s + MARGIN_S + RAY_STOP_S
-        grace = float(group.spec.get("terminationGracePeriodSeconds", 30))
-        if grace < needed:
-            errors.append(f"{group.owner} terminationGracePeriodSeconds {grace:g} < {needed:g}: "
-                          f"node_drain_s {serve.node_drain_s:g} + {MARGIN_S:g} + Ray's stop "
-                          f"{RAY_STOP_S:g}")
+        errors += _grace_errors(group, group.owner, serve.node_drain_s + MARGIN_S + RAY_STOP_S,
+                                f"node_drain_s {serve.node_drain_s:g} + {MARGIN_S:g} + Ray's "
+                                f"stop {RAY_STOP_S:g}")
     return errors
 
 
