@@ -4,7 +4,9 @@ Buckets are whole seconds from the start. A request counts as offered in the sec
 scheduled for; its answer (achieved QPS, latency, error) in the second it came back. Latency runs
 from the actual send to the answer, and its percentiles are over OK answers only (an error's
 latency says how fast it failed); the send lag (actual - scheduled send time) shows whether the
-generator itself kept up.
+generator itself kept up, and the latency from the scheduled send (OK answers) is what a client
+arriving on schedule waited, a lag included: the open-loop reading without coordinated
+omission.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ class Summary:
     achieved_qps: float  # OK answers / duration
     latency_ms: dict[str, float | None]  # p50, p95, p99, max of OK answers
     send_lag_ms: dict[str, float | None]  # p50, p95, p99, max of sent - scheduled time
+    # p50, p95, p99, max of OK answers from their scheduled send: what a client arriving then
+    # waited, a generator that fell behind (or its in-flight cap) included
+    from_schedule_ms: dict[str, float | None]
     reranked_ratio: float | None  # of OK answers
     rerank_depths: dict[str, int]  # OK answers by the rerank window they used (0: not reranked)
 
@@ -164,6 +169,8 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
         )
     latencies = _ok_latencies(records)
     lags = [r.started_s - r.scheduled_s for r in records if r.started_s is not None]
+    waits = [r.ended_s - r.scheduled_s for r in records
+             if r.code == OK and r.ended_s is not None]
     reranked = [r.reranked for r in records if r.code == OK]
     return Summary(
         scheduled=len(records), sent=sent, ok=ok, errors=errors, not_sent=not_sent,
@@ -172,6 +179,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
         offered_qps=len(records) / duration_s, achieved_qps=ok / duration_s,
         latency_ms={**latency_ms(latencies), "max": max(latencies) * 1000 if latencies else None},
         send_lag_ms={**latency_ms(lags), "max": max(lags) * 1000 if lags else None},
+        from_schedule_ms={**latency_ms(waits), "max": max(waits) * 1000 if waits else None},
         reranked_ratio=sum(1 for r in reranked if r) / len(reranked) if reranked else None,
         rerank_depths={str(d): n for d, n in sorted(Counter(
             r.rerank_depth for r in records if r.code == OK and r.rerank_depth is not None
