@@ -176,6 +176,14 @@ def test_keys_and_scopes_are_the_grpc_ones(gateway: tuple[str, str]) -> None:
     assert call(http + "/healthz", method="GET", key=None) == (200, {"status": "SERVING"})
     assert call(http + "/readyz", method="GET", key=None) == (200, {"status": "SERVING"})
     assert call(http + "/openapi.json", method="GET", key=None)[1]["openapi"] == "3.1.0"
+    # every answer says not to sniff its type, errors and JSON too (only the page's files did)
+    for path in ("/openapi.json", "/page/%3Csvg%20onload%3Dalert(1)%3E"):
+        try:
+            with urllib.request.urlopen(http + path, timeout=30) as answer:
+                headers = answer.headers
+        except urllib.error.HTTPError as error:
+            headers = error.headers
+        assert headers["X-Content-Type-Options"] == "nosniff", path
 
 
 @pytest.mark.slow

@@ -401,3 +401,30 @@ def test_page_history_late_answers_and_a_bad_key(browser: webdriver.Chrome,
     wait_for(chrome, error.is_displayed, "the key refused")
     assert "other than printable ASCII" in error.text
     chrome.execute_script("sessionStorage.clear();")
+
+
+def test_page_after_back_during_a_search_and_an_answer_that_is_not_json(
+    browser: webdriver.Chrome, scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """Back to the empty page while a search was in flight left the form aria-busy for good;
+    a 200 answer that is not JSON (a proxy's page) showed "undefined: Cannot read properties of
+    null" instead of saying what was wrong."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    chrome = browser
+    chrome.get(f"http://127.0.0.1:{port}/")
+    form = chrome.find_element(By.ID, "search-form")
+    # searches that never answer: the one in flight when Back comes
+    chrome.execute_script("window.fetch = () => new Promise(() => {});")
+    chrome.find_element(By.ID, "query").send_keys("honeybee swarms", Keys.ENTER)
+    wait_for(chrome, lambda: form.get_attribute("aria-busy") == "true", "the search in flight")
+    chrome.back()
+    wait_for(chrome, lambda: form.get_attribute("aria-busy") is None, "not busy after Back")
+    assert chrome.find_element(By.ID, "status").text == ""
+    chrome.execute_script(
+        "window.fetch = async () => new Response('<html>portal</html>', {status: 200});")
+    chrome.find_element(By.ID, "query").send_keys("honeybee swarms", Keys.ENTER)
+    error = chrome.find_element(By.ID, "error")
+    wait_for(chrome, error.is_displayed, "the error shown")
+    assert error.text == "UNKNOWN: the server's answer was not JSON"

@@ -102,6 +102,7 @@ class HttpFront:
         app = web.Application(client_max_size=serve.max_receive_bytes)
         app.middlewares.extend([_cors(app, serve.http_cors_origins),
                                 _errors_as_json(serve.max_receive_bytes)])
+        app.on_response_prepare.append(_not_sniffed)
         if self.keys is None and is_loopback(serve.grpc_host):
             app.middlewares.append(_loopback_names_only)
         for service in pb.DESCRIPTOR.services_by_name.values():
@@ -458,6 +459,12 @@ def _cors(app: web.Application, origins: Sequence[str]) -> Any:
 
     app.on_response_prepare.append(on_prepare)
     return preflight
+
+
+async def _not_sniffed(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer, errors and JSON included, not only the page's files: a browser takes it as
+    the type it says (a JSON error echoing a path is never run as HTML)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 @web.middleware

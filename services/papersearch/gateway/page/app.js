@@ -75,6 +75,9 @@ async function call(path, body, signal = undefined) {
     throw new ApiError(failure.status || String(response.status),
                        failure.message || response.statusText || "request failed");
   }
+  if (answer === null) {  // a proxy's page, say: not the service's JSON
+    throw new ApiError("UNKNOWN", "the server's answer was not JSON");
+  }
   return answer;
 }
 
@@ -96,7 +99,7 @@ function topK() {
 
 function showError(error) {
   const box = $("error");
-  box.textContent = `${error.status}: ${error.message}`;
+  box.textContent = `${error.status || "ERROR"}: ${error.message}`;
   box.hidden = false;
   if (error.status === "UNAUTHENTICATED" || error.status === "PERMISSION_DENIED") {
     $("key-box").open = true;
@@ -250,7 +253,7 @@ async function recommend() {
     if (serial !== recommendSerial) return;
     const hits = answer.hits || [];
     $("recommendations").replaceChildren(
-      ...hits.map((hit, index) => renderHit(hit, index + 1, 3, `recommended-${serial}`)));
+      ...hits.map((hit, index) => renderHit(hit, index + 1, 4, `recommended-${serial}`)));
     if (!owns(claim)) return;
     $("status").textContent = `${hits.length} recommendation${hits.length === 1 ? "" : "s"}.`;
     $("recommendations-heading").focus();
@@ -262,6 +265,8 @@ async function recommend() {
 }
 
 function clearExamples() {
+  ++recommendSerial;  // an answer still on its way is for the examples cleared
+  ++statusSerial;
   examples.positive.clear();
   examples.negative.clear();
   $("recommendations").replaceChildren();
@@ -303,7 +308,9 @@ async function toggleSimilar(paper, button, section, level) {
     $("status").textContent = "";
     showError(error);
   } finally {
+    const refocus = document.activeElement === document.body;  // disabling dropped it there
     button.disabled = false;
+    if (refocus && button.isConnected) button.focus();
   }
 }
 
@@ -405,7 +412,10 @@ function navigated() {
     return;
   }
   ++searchSerial;
+  ++statusSerial;  // a late answer of another action does not write over the empty page
   if (searchAbort) searchAbort.abort();
+  searchAbort = null;
+  $("search-form").removeAttribute("aria-busy");
   $("results").replaceChildren();
   $("status").textContent = "";
   clearError();
