@@ -111,10 +111,9 @@ def unstored(store: Store, papers: Sequence[Paper]) -> tuple[list[Paper], int]:
     those it holds otherwise: absent (what a resumed run still has to write) or stored with
     another title, abstract, authors, date, categories or url (the corpus changed since; a
     rerun kept the old text and vectors before, unless --update rewrote every paper)."""
-    stored = {paper.point_id: paper
-              for paper in store.execute(store.papers_program([p.point_id for p in papers]))}
-    fresh = [p for p in papers if stored.get(p.point_id) != p]
-    return fresh, sum(p.point_id in stored for p in fresh)
+    stored = {paper.id: paper for paper in store.get([p.id for p in papers])}
+    fresh = [p for p in papers if stored.get(p.id) != p]
+    return fresh, sum(p.id in stored for p in fresh)
 
 
 class Ingests(Protocol):
