@@ -3,7 +3,8 @@
 The page (``page/``, package data: an installed wheel carries it) is plain HTML, CSS and one
 script that calls the HTTP/JSON API of the same origin (Search, SimilarPapers, ``/readyz``); it
 needs no build step and loads nothing from elsewhere. The files are read once, when the app is
-made; the responses forbid anything not from this origin and inline scripts (CSP).
+made; the responses forbid anything not from this origin and inline scripts (CSP), and, as
+every answer of the HTTP front (http_api), type sniffing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ TYPES = {
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'self'; "
                                "frame-ancestors 'none'; object-src 'none'",
-    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
