@@ -878,13 +878,11 @@ def unread_variables(environ: Mapping[str, str]) -> list[str]:
     prefix = str(Settings.model_config.get("env_prefix", "")).upper()
     # Kubernetes' service links: <SERVICE>_SERVICE_HOST and its kin for each Service of the
     # namespace (papersearch-grpc: PAPERSEARCH_GRPC_PORT, ...)
-    services = tuple(name.removesuffix("_SERVICE_HOST") for name in environ
-                     if name.endswith("_SERVICE_HOST"))
+    links = tuple(f"{name.removesuffix('_SERVICE_HOST')}_{kin}" for name in environ
+                  if name.endswith("_SERVICE_HOST") for kin in ("SERVICE_", "PORT"))
     return sorted(name for name in environ
                   if name.upper().startswith(prefix) and name.upper() not in OTHER_VARIABLES
-                  and not name.startswith(tuple(f"{s}_SERVICE_" for s in services))
-                  and not name.startswith(tuple(f"{s}_PORT" for s in services))
-                  and setting_field(name) is None)
+                  and not name.startswith(links) and setting_field(name) is None)
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:

@@ -65,6 +65,14 @@ MAX_WAIT_S = 600.0  # --deadline-s, --metrics-settle-s: a load test stops by its
 MIN_SAMPLE_S = 0.1  # the replica and metrics poll: not a load of its own on the dashboard
 
 
+def _within(flag: str, value: float, low: float, high: float, *,
+            above_low: bool = False) -> None:
+    """``value`` within low..high seconds (NaN is not); ``above_low``: and not low itself."""
+    if not low <= value <= high or (above_low and value == low):
+        raise ValueError(f"{flag} must be within {low:g}..{high:g} seconds"
+                         f"{f' (and > {low:g})' if above_low else ''}, got {value}")
+
+
 def check_target(target: str, allow_remote: bool) -> None:
     if not allow_remote and not is_loopback(target):
         raise ValueError(f"refusing to load-test {target}: not a loopback address "
@@ -323,12 +331,9 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
             in_flight = RERANK_IN_FLIGHT if args.rerank else IN_FLIGHT
         calibration = CalibrationOptions(in_flight, args.calibrate_s, args.calibrate_settle_s,
                                          window, args.requests)
-    for name, low, high in (("deadline_s", 0.0, MAX_WAIT_S), ("metrics_settle_s", 0.0, MAX_WAIT_S),
-                            ("sample_s", MIN_SAMPLE_S, 60.0)):
-        value = getattr(args, name)
-        if not low <= value <= high or (name == "deadline_s" and value == 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be within {low:g}..{high:g} "
-                             f"seconds{' (and > 0)' if name == 'deadline_s' else ''}, got {value}")
+    _within("--deadline-s", args.deadline_s, 0.0, MAX_WAIT_S, above_low=True)
+    _within("--metrics-settle-s", args.metrics_settle_s, 0.0, MAX_WAIT_S)
+    _within("--sample-s", args.sample_s, MIN_SAMPLE_S, 60.0)
     for flag, url in (("--status-url", args.status_url), ("--metrics-url", args.metrics_url)):
         host = urlsplit(url).hostname if url else None
         if url and not args.allow_remote and not (host and host_is_loopback(host)):

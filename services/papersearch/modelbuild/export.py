@@ -293,10 +293,10 @@ def _export_into(
             dynamo=False,
         )
     _fuse(target / FP32_FILE, model)
-    if spec.kind == "embedder":
+    embedder = spec.kind == "embedder"
+    if embedder:
         _record_encoding(target / FP32_FILE, spec)
     quantize(target / FP32_FILE, target / INT8_FILE, spec.int8_scheme)
-    embedder = spec.kind == "embedder"
     pooling, normalize = _pooling(spec.source) if embedder else (None, False)
     dim = int(model(**{n: example[n] for n in names}).shape[-1]) if embedder else None
     draft = Manifest(

@@ -134,4 +134,3 @@ def replicas_on(node_id: str, timeout_s: float = REQUEST_TIMEOUT_S) -> list[str]
         raise ListingFailed(str(error)) from error
     return sorted(a.class_name for a in actors
                   if a.class_name.startswith(REPLICA_CLASS_PREFIX))
-
