@@ -428,3 +428,50 @@ def test_page_after_back_during_a_search_and_an_answer_that_is_not_json(
     error = chrome.find_element(By.ID, "error")
     wait_for(chrome, error.is_displayed, "the error shown")
     assert error.text == "UNKNOWN: the server's answer was not JSON"
+
+
+@needs_browser
+def test_page_sent_before_its_script_ran_and_recommendations_superseded(
+    browser: webdriver.Chrome, scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """A form sent as a plain GET (before app.js ran) lost an unticked "Rerank": the address
+    had no rerank parameter, which the page reads as ticked; the page now rewrites such an
+    address as its own (one history entry). A second "Recommend" (or Clear) while one is in
+    flight aborts it, as a newer search does."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    chrome = browser
+    chrome.get(f"http://127.0.0.1:{port}/")
+    chrome.find_element(By.ID, "query").send_keys("honeybee swarms")
+    chrome.find_element(By.ID, "rerank").click()
+    chrome.find_element(By.ID, "feedback").click()
+    assert not chrome.find_element(By.ID, "rerank").is_selected()
+    chrome.execute_script("document.getElementById('search-form').submit();")  # no script
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "the plain GET's search")
+    assert not chrome.find_element(By.ID, "rerank").is_selected()
+    assert chrome.find_element(By.ID, "feedback").is_selected()
+    address = chrome.current_url
+    assert address.endswith("/?q=honeybee+swarms&mode=MODE_HYBRID&k=10&rerank=0&fb=1"), address
+    chrome.find_element(By.ID, "rerank").click()
+    chrome.execute_script("document.getElementById('search-form').submit();")
+    wait_for(chrome, lambda: "rerank" not in chrome.current_url, "the ticked box's address")
+    assert chrome.find_element(By.ID, "rerank").is_selected()
+
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "results to choose from")
+    chrome.execute_script(SLOW_FETCH + "window.slow['/papersearch.v1.SearchService/"
+                          "SimilarPapers'] = 1000;")
+    chrome.find_element(
+        By.CSS_SELECTOR, '#results .example-button[data-kind="positive"]'
+                         '[data-paper-id="page-bees"]').click()
+    recommend = chrome.find_element(By.ID, "recommend-button")
+    recommend.click()
+    recommend.click()
+    wait_for(chrome, lambda: chrome.execute_script("return window.aborted") == 1,
+             "the first of two recommendations aborted")
+    wait_for(chrome, lambda: result_ids(chrome, "#recommendations > li"), "the second answered")
+    recommend.click()
+    chrome.find_element(By.ID, "clear-examples").click()
+    wait_for(chrome, lambda: chrome.execute_script("return window.aborted") == 2,
+             "Clear aborted the recommendation in flight")
+    assert result_ids(chrome, "#recommendations > li") == []

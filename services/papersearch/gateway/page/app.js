@@ -24,6 +24,8 @@ let statusSerial = 0;
 const owns = (claim) => claim === statusSerial;
 // A search superseded by a newer one is aborted: the server stops its work (rerank, feedback).
 let searchAbort = null;
+// Likewise a recommendation superseded by a newer one or by Clear.
+let recommendAbort = null;
 // Examples for recommendations: paper id -> title, chosen with "More like this" / "Less like this".
 const examples = {positive: new Map(), negative: new Map()};
 
@@ -246,10 +248,13 @@ async function recommend() {
   const claim = ++statusSerial;
   clearError();
   $("status").textContent = "Finding recommendations…";
+  if (recommendAbort) recommendAbort.abort();
+  recommendAbort = new AbortController();
   try {
     const answer = await call(SIMILAR, {positive_ids: [...examples.positive.keys()],
                                         negative_ids: [...examples.negative.keys()],
-                                        top_k: topK(), filter: filterFromForm()});
+                                        top_k: topK(), filter: filterFromForm()},
+                              recommendAbort.signal);
     if (serial !== recommendSerial) return;
     const hits = answer.hits || [];
     $("recommendations").replaceChildren(
@@ -261,12 +266,16 @@ async function recommend() {
     if (serial !== recommendSerial || !owns(claim)) return;
     $("status").textContent = "";
     showError(error);
+  } finally {
+    if (serial === recommendSerial) recommendAbort = null;
   }
 }
 
 function clearExamples() {
   ++recommendSerial;  // an answer still on its way is for the examples cleared
   ++statusSerial;
+  if (recommendAbort) recommendAbort.abort();
+  recommendAbort = null;
   examples.positive.clear();
   examples.negative.clear();
   $("recommendations").replaceChildren();
@@ -376,7 +385,7 @@ const FIELDS = [["q", "query"], ["mode", "mode"], ["from", "published-from"],
                 ["to", "published-to"], ["cat", "categories"], ["k", "top-k"]];
 const DEFAULTS = new Map(FIELDS.map(([, id]) => [id, $(id).defaultValue ?? $(id).value]));
 
-function remember() {
+function address() {
   const params = new URLSearchParams();
   for (const [name, id] of FIELDS) {
     if ($(id).value) params.set(name, $(id).value);
@@ -384,8 +393,12 @@ function remember() {
   if (!$("rerank").checked) params.set("rerank", "0");
   if ($("explain").checked) params.set("explain", "1");
   if ($("feedback").dataset.asked) params.set("fb", $("feedback").checked ? "1" : "0");
-  const address = `${location.pathname}?${params}`;
-  if (address !== `${location.pathname}${location.search}`) history.pushState(null, "", address);
+  return `${location.pathname}?${params}`;
+}
+
+function remember() {
+  const next = address();
+  if (next !== `${location.pathname}${location.search}`) history.pushState(null, "", next);
 }
 
 function restore() {
@@ -394,7 +407,9 @@ function restore() {
     $(id).value = params.has(name) ? params.get(name) : DEFAULTS.get(id);
   }
   if ($("mode").selectedIndex < 0) $("mode").selectedIndex = 0;  // an unknown mode
-  $("rerank").checked = params.get("rerank") !== "0";
+  // the page writes rerank=0 when unticked; a form sent before this script ran writes its
+  // hidden rerank=0, then rerank=1 when ticked: the last value counts
+  $("rerank").checked = params.getAll("rerank").at(-1) !== "0";
   $("explain").checked = params.get("explain") === "1";
   if (["0", "1"].includes(params.get("fb"))) {
     $("feedback").checked = params.get("fb") === "1";
@@ -454,8 +469,14 @@ function start() {
   window.addEventListener("popstate", navigated);
   health();
   setInterval(health, HEALTH_EVERY_MS);
-  if (restore()) search();
-  else $("query").focus();
+  if (restore()) {
+    // the address as this page writes it, in place of the one it came with (a plain GET of
+    // the form, say): the same search, one history entry
+    history.replaceState(null, "", address());
+    search();
+  } else {
+    $("query").focus();
+  }
 }
 
 start();
