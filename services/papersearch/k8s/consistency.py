@@ -71,11 +71,17 @@ def _ray_groups(rendered: Rendered) -> list[PodTemplate]:
     return [t for t in templates(rendered.objects) if t.group is not None]
 
 
+def _gateway_resources(rendered: Rendered) -> set[str]:
+    """The custom resources the Gateway asks for: what marks its own worker group."""
+    gateway = deployments(rendered)[GATEWAY_DEPLOYMENT]
+    return {k for k in _needs(gateway) if k != "CPU"}
+
+
 def check_gateway_placement(rendered: Rendered) -> list[str]:
     """Each Gateway replica has a gateway pod of its own, and those pods serve and probe gRPC."""
     errors: list[str] = []
     gateway = deployments(rendered)[GATEWAY_DEPLOYMENT]
-    wanted = {k for k in _needs(gateway) if k != "CPU"}
+    wanted = _gateway_resources(rendered)
     if len(wanted) != 1:
         return ["Gateway must ask for exactly one custom resource (its own worker group)"]
     resource = wanted.pop()
@@ -183,12 +189,11 @@ def check_worker_drain(rendered: Rendered) -> list[str]:
     before they stop: preStop `papersearch drain --ray-node`, within the termination grace."""
     from papersearch.serving.drain import MARGIN_S
 
-    gateway = deployments(rendered)[GATEWAY_DEPLOYMENT]
+    gateway = _gateway_resources(rendered)
     errors: list[str] = []
     for group in _ray_groups(rendered):
         spec, ray = group.group or {}, group.containers[0]
-        offers = ray_resources(spec, ray)
-        if "groupName" not in spec or any(k in offers for k in _needs(gateway) if k != "CPU"):
+        if "groupName" not in spec or gateway & set(ray_resources(spec, ray)):
             continue  # the head, or the gateways' group (check_gateway_placement)
         if _pre_stop(ray) != ["papersearch", "drain", "--ray-node"]:
             errors.append(f"{group.owner} needs preStop `papersearch drain --ray-node` (move "
