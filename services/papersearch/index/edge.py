@@ -388,9 +388,10 @@ def _filter(plan: Plan) -> qe.Filter | None:
 
 
 def _params(plan: Plan) -> qe.SearchParams:
+    # rescored always: an int8 collection's scores are then the originals' cosines (what
+    # min_relevance cuts and SimilarPapers reports), not the int8 copy's
     quantization = (qe.QuantizationSearchParams(ignore=True) if plan.exact
-                    else qe.QuantizationSearchParams(rescore=True, oversampling=plan.oversampling)
-                    if plan.oversampling else None)
+                    else qe.QuantizationSearchParams(rescore=True, oversampling=plan.oversampling))
     return qe.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=quantization)
 
 

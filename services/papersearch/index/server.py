@@ -379,10 +379,10 @@ def _filter(plan: Plan) -> models.Filter | None:
 
 
 def _params(plan: Plan) -> models.SearchParams:
+    # rescored always, as the embedded engine's (edge.py _params)
     quantization = (models.QuantizationSearchParams(ignore=True) if plan.exact
                     else models.QuantizationSearchParams(rescore=True,
-                                                         oversampling=plan.oversampling)
-                    if plan.oversampling else None)
+                                                         oversampling=plan.oversampling))
     return models.SearchParams(hnsw_ef=plan.hnsw_ef, exact=plan.exact, quantization=quantization)
 
 

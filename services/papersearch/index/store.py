@@ -377,31 +377,27 @@ class Store(ABC):
         """``top`` (engine id key, fused score) as hits, each with its payload (one fetch) and
         its score per stage.
 
-        A stage's score is taken from its prefetch list where that list holds it exactly: BM25
-        scores always; dense ones unless int8 vectors scored them without rescoring (the
-        engine's default for a quantized collection: ``index.quantization`` int8 and no
-        ``quantization_oversampling``). A list shorter than its window holds every match, so
-        a hit absent from it has none (BM25: no query term in the paper). Only hits whose
-        score a list could not give are scored again, by a query restricted to their ids, as
-        ``_with_components`` scores every hit of an engine-fused search.
+        A stage's score is taken from its prefetch list, which holds it exactly (BM25 scores;
+        dense cosines, of the original vectors also in an int8 collection: searches rescore).
+        A list shorter than its window holds every match, so a hit absent from it has none
+        (BM25: no query term in the paper). Only hits whose score a list could not give are
+        scored again, by a query restricted to their ids, as ``_with_components`` scores every
+        hit of an engine-fused search.
         """
         if not top:
             return []
         ids = [self.point_id_of(key) for key, _ in top]
         depth = self._depth(request)
-        exact_dense = (request.exact or self.settings.quantization == "none"
-                       or self._oversampling is not None)
         scores: list[dict[str, float]] = []
         stages: list[tuple[dict[str, float], Plan]] = []
         vectors: tuple[tuple[str, tuple[float, ...] | SparseVector], ...] = (
             (DENSE, request.dense_vector()), (SPARSE, request.sparse_vector()))
-        for (using, vector), ranked, exact in zip(vectors, lists, (exact_dense, True),
-                                                  strict=True):
-            listed = dict(ranked) if exact else {}
+        for (using, vector), ranked in zip(vectors, lists, strict=True):
+            listed = dict(ranked)
             known = {i: listed[key] for i, (key, _) in zip(ids, top, strict=True)
                      if key in listed}
             scores.append(known)
-            if exact and len(ranked) < depth:
+            if len(ranked) < depth:
                 continue
             lacking = frozenset(i for i in ids if i not in known)
             if lacking:
