@@ -289,6 +289,34 @@ def test_a_failed_write_is_pending_for_the_other_collection() -> None:
     assert mirror.missed_by("papers-a") == [] and cast(_Lost, other.index).calls == 0
 
 
+def test_an_embedded_collection_that_cannot_be_deleted_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drop on a read-only volume (migration's --finish) said nothing and left the whole
+    collection on disk, so the finish never warned "delete it by hand"; a missing one is no
+    error."""
+    import errno
+    import os
+
+    from papersearch.index.errors import StoreError
+
+    (tmp_path / "papers-old" / "segments").mkdir(parents=True)
+    (tmp_path / "papers-old" / "segments" / "0.dat").write_bytes(b"x")
+    pointers = EdgePointers(Settings(index={"data_dir": tmp_path}).index)
+
+    def read_only(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "unlink", read_only)
+        with pytest.raises(StoreError, match="could not delete collection .*papers-old"):
+            pointers.drop("papers-old")
+    assert (tmp_path / "papers-old").exists()
+    pointers.drop("papers-old")
+    pointers.drop("papers-old")  # gone: no error
+    assert not (tmp_path / "papers-old").exists()
+
+
 @pytest.mark.parametrize("backend", ["edge", "server"])
 def test_migration_under_searches_and_writes(backend: str, sample_settings: Settings,
                                              embedder_dir: Path, cls_embedder: Path,

@@ -108,7 +108,13 @@ class EdgePointers(Pointers):
         write_json(self.path, pointer.to_json())
 
     def drop(self, collection: str) -> None:
-        shutil.rmtree(self.settings.data_dir / collection, ignore_errors=True)
+        path = self.settings.data_dir / collection
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            return
+        except OSError as error:  # a read-only or failing volume: said, not passed over
+            raise StoreError(f"could not delete collection {path}: {error}") from error
 
 
 class ServerPointers(Pointers):
