@@ -657,6 +657,30 @@ def test_edge_reopen_keeps_data(tmp_path: Path) -> None:
         assert ids(s.query(request("hybrid", 5, limit=2)))[:2] == [PAPERS[RARE_AT].id, PAPERS[5].id]
 
 
+
+def test_an_embedded_manifest_that_cannot_be_written_is_store_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk when a new collection's manifest is written escaped as a bare OSError
+    (an internal error at the gateway, no retry spacing at the opener); it is StoreUnavailable,
+    and the next open, with room again, writes the manifest and goes on."""
+    import errno
+
+    import papersearch.index.edge as edge
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    settings = IndexSettings(data_dir=tmp_path)
+    with monkeypatch.context() as patched:
+        patched.setattr(edge, "write_json", full)
+        with pytest.raises(StoreUnavailable, match="cannot write index manifest.*No space"):
+            EdgeStore(settings).ensure_collection(DIM, SHA)
+    with EdgeStore(settings) as s:
+        s.ensure_collection(DIM, SHA)
+        s.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
+    assert (tmp_path / "papers" / MANIFEST).is_file()
+
 KILLED_WRITER = """
 import sys
 from pathlib import Path

@@ -285,12 +285,17 @@ def read_manifest(path: Path) -> EmbedderIdentity | None:
         return None
     try:
         return EmbedderIdentity.from_json(json.loads(path.read_text()))
+    except OSError as exc:  # permissions, a failing disk: the index cannot be opened now
+        raise StoreUnavailable(f"cannot read index manifest {path}: {exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"unreadable index manifest {path}: {exc}") from exc
 
 
 def write_manifest(path: Path, identity: EmbedderIdentity) -> None:
-    write_json(path, identity.to_json())
+    try:
+        write_json(path, identity.to_json())
+    except OSError as exc:  # a full disk, say: the next open writes it again
+        raise StoreUnavailable(f"cannot write index manifest {path}: {exc}") from exc
 
 
 @contextmanager
