@@ -301,6 +301,32 @@ def test_watch_limit_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
 
 
 @pytest.mark.slow
+def test_watches_hear_of_papers_written_during_the_drain_notice(
+    scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """Through serve.drain_notice_s the gateway still takes writes and watches, but its watch
+    feed was stopped when the drain began: a match written then reached no watch, and
+    replay_since (by publication date) need not bring it back after the reconnect."""
+    servers, backend = scratch
+    address = servers.start(backend, watch_poll_s=60.0, drain_notice_s=3.0)
+    first = watching(address, WatchQuery(QUERY, min_relevance=0.5))
+    drained = asyncio.run_coroutine_threadsafe(servers.gateways[-1].drain(10.0),
+                                               servers.loop.loop)
+    time.sleep(0.5)
+    opened = watching(address, WatchQuery(QUERY, min_relevance=0.5))  # in the notice
+    with SearchClient(address, timeout_s=30) as client:
+        client.upsert([Paper(id="notice-gnn", title="Graph neural networks for molecules",
+                             abstract="Message passing networks predict molecular "
+                                      "properties.")])
+    drained.result(60)
+    for collector in (first, opened):
+        collector.thread.join(10)
+        assert collector.ids() == ["notice-gnn"]
+        assert collector.error is not None
+        assert collector.error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.slow
 def test_a_watcher_that_stops_reading_holds_neither_its_place_nor_a_drain(
     scratch: tuple[Servers, LocalBackend], caplog: pytest.LogCaptureFixture,
 ) -> None:

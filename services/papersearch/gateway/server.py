@@ -163,6 +163,9 @@ class Gateway:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_address = f"{settings.serve.grpc_host}:{settings.serve.health_port}"
         self._tasks: list[asyncio.Task[None]] = []
+        # the watch feed runs until the watches close: through a drain's notice, while
+        # calls (and writes that watches should hear of) are still taken
+        self._feed_task: asyncio.Task[None] | None = None
         self.http: HttpFront | None = None
         self._socket_dir: Path | None = None
 
@@ -194,7 +197,7 @@ class Gateway:
             await self.http.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_backend()))
-        self._tasks.append(loop.create_task(self.feed.run()))
+        self._feed_task = loop.create_task(self.feed.run())
         if self.settings.serve.drain_file is not None:
             self._tasks.append(loop.create_task(self._watch_drain_file()))
         log.info("gateway listening", extra={"address": self.address,
@@ -225,6 +228,9 @@ class Gateway:
         await asyncio.sleep(self.settings.serve.drain_notice_s)
         self.gate.close()
         self.watches.close()  # watches never finish by themselves: UNAVAILABLE, reconnect
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            await asyncio.gather(self._feed_task, return_exceptions=True)
         finished = await self.gate.wait_idle(grace_s)
         if not finished:
             log.warning("drain grace over: cancelling the calls still running",
