@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent import futures
 from datetime import date
 from pathlib import Path
@@ -639,3 +640,32 @@ def test_a_watch_is_checked_against_the_servers_top_k_limits() -> None:
     settings = SearchSettings(default_top_k=5, max_top_k=5)
     query = convert.watch_query_from_proto(pb.WatchSearchRequest(query="x"), settings, 0.25)
     assert query.text == "x" and query.replay_limit == 5
+
+
+@pytest.mark.parametrize("field", ["authors", "categories", "url", "title", "abstract"])
+def test_a_value_far_past_its_limit_is_refused_before_it_is_cleaned(
+    field: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 4 MiB author, category, url, title or abstract was NFC-normalised and scanned per
+    character in Python (~0.4 s of the gateway's event loop) before its length was checked;
+    such a value is now refused without that work, while spaces that cleaning collapses
+    (a value past its limit only before cleaning) still pass."""
+    def not_huge(clean: Callable[..., str]) -> Callable[..., str]:
+        def checked(text: str, *args: str) -> str:
+            assert len(text) < 1 << 20, "the huge value was cleaned"
+            return clean(text, *args)
+        return checked
+
+    monkeypatch.setattr(convert, "without_controls", not_huge(convert.without_controls))
+    monkeypatch.setattr(convert, "clean_text", not_huge(convert.clean_text))
+    huge = "a" * (4 << 20)
+    message = _paper(**{field: [huge] if field in ("authors", "categories") else huge})
+    name = f"{field}[0]" if field in ("authors", "categories") else field
+    with pytest.raises(InvalidQuery, match=rf"{re.escape(name)} is {len(huge)} characters "
+                                           "before cleaning; the limit is"):
+        convert.paper_from_proto(message)
+    with pytest.raises(InvalidQuery, match=r"authors\[0\] is .* before cleaning"):
+        convert.filter_from_proto(pb.Filter(authors=[huge]))
+    monkeypatch.undo()
+    spaced = "Jane" + " " * 5000 + "Doe"
+    assert convert.paper_from_proto(_paper(authors=[spaced])).authors == ("Jane Doe",)
