@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -458,3 +459,32 @@ def test_a_call_its_client_left_is_not_counted_as_a_server_error(
         with pytest.raises((asyncio.CancelledError, RuntimeError)):
             asyncio.run(http_api._measured(SEARCH, handler)(make_mocked_request("POST", SEARCH)))
     assert recorded == [http_api.CLIENT_CLOSED, 500]
+
+
+@pytest.mark.slow
+def test_a_large_body_is_parsed_off_the_event_loop(
+    scratch: tuple[Servers, LocalBackend], gateway: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """protobuf's JSON parser is Python: a 4 MiB body of short names held the gateway's event
+    loop (every other call, the health checks) for ~0.9 s. A body past 64 KiB is parsed in a
+    worker thread, with the same answers; a small one still on the loop."""
+    from google.protobuf import json_format
+
+    servers, _ = scratch
+    _, http = gateway
+    parsed_in: list[threading.Thread] = []
+    parse = json_format.ParseDict
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        parsed_in.append(threading.current_thread())
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(json_format, "ParseDict", recording)
+    assert call(http + SEARCH, {"query": "honeybee acoustics"})[0] == 200
+    padded = {"query": "honeybee acoustics", "filter": {"authors": ["a"] * 40_000}}
+    answer = call(http + SEARCH, padded)
+    assert answer[0] == 400 and "authors has 40000 entries" in answer[1]["error"]["message"]
+    deep = call(http + SEARCH, b"[" * 100_000 + b"]" * 100_000)
+    assert deep[1]["error"]["message"] == "request body is nested too deeply"
+    assert [thread is servers.loop.thread for thread in parsed_in] == [True, False]
