@@ -198,6 +198,16 @@ def test_judgments_must_name_the_queries_they_judge(
     assert dict(dataset.qrels) == {"q1": {"d1": 1}, "q2": {"d1": 0}}
     assert "judgments of unknown queries left out" in caplog.text
     assert judged_queries(dataset) == 1  # q2 has no relevant judgment: run, not scored
+    # no relevant judgment at all: every metric 0, every candidate a tie (eval printed 0.0000)
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t0\n")
+    with pytest.raises(ValueError, match="no query has a relevant judgment"):
+        load_dataset(root)
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    with pytest.raises(ValueError, match="no query has a relevant judgment"):
+        load_dataset(root)
+    # the set's corpus.jsonl named instead of its folder: its titles were the known items
+    with pytest.raises(ValueError, match="is a BEIR set's file: give its folder"):
+        load_dataset(root / "corpus.jsonl")
     (root / "queries.jsonl").write_text("\n")  # a StopIteration traceback
     with pytest.raises(ValueError, match="queries.jsonl holds no queries"):
         load_dataset(root)

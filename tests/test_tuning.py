@@ -46,6 +46,9 @@ def test_choose_the_best_tuning_mean_that_loses_no_tuning_set() -> None:
                     baseline, ["a", "b"])
     assert chosen is not None and chosen.name == "wins both"
     assert choose(pool("higher mean, loses b"), reports, baseline, ["a", "b"]) is None
+    # a tie (the configured fusion is in the grid) is no choice: it left it to the held-out sets
+    assert choose(pool("ties both", "higher mean, loses b"), reports, baseline,
+                  ["a", "b"]) is None
 
 
 def test_the_tuning_sets_choose_a_gain_on_their_mean_that_loses_none_of_them() -> None:
@@ -161,14 +164,21 @@ def test_a_gain_is_more_than_round_off() -> None:
     assert gains({"s": paired(baseline, {"1": 0.7, "2": 0.7, "3": 0.2})}, ["s"])
 
 
-def test_tune_rerank_warns_when_given_a_held_out_set(
+def test_a_held_out_set_cannot_be_tuned_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """tune ran with MED and CISI as its tuning sets (held_out_sets named them) without a word,
+    and tune-rerank only warned: both refuse, before any model is loaded."""
     from papersearch.cli import main
 
     held = write_beir(tmp_path / "held", {"d1": "a text"}, {"q1": "text"}, [("q1", "d1", 1)])
+    other = write_beir(tmp_path / "other", {"d1": "a text"}, {"q1": "text"}, [("q1", "d1", 1)])
     monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps([str(held)]))
     monkeypatch.setenv("PAPERSEARCH_MODELS__REPOSITORY", str(tmp_path / "no-models"))
-    assert main(["tune-rerank", "--dataset", str(held)]) == 2  # then: no exported model
-    err = capsys.readouterr().err
-    assert "is a held-out set (held_out_sets)" in err and "no exported model" in err
+    for command in (["tune-rerank", "--dataset", str(held)],
+                    ["tune", "--tune", str(other), "--tune", str(held / "."),
+                     "--held-out", str(other)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "is a held-out set (held_out_sets)" in err, command
+        assert "no exported model" not in err

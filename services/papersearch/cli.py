@@ -445,16 +445,24 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_held_out(settings: Settings, tuning: list[Path]) -> None:
+    """A set named in held_out_sets judges choices: it may not make one."""
+    held = {p.resolve() for p in settings.held_out_sets}
+    for path in tuning:
+        if path.resolve() in held:
+            raise ValueError(f"{path} is a held-out set (held_out_sets): it judges what the "
+                             "tuning sets choose and cannot choose; tune on another set, or "
+                             "take it out of held_out_sets")
+
+
 def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
     from papersearch.evaluation.datasets import load_dataset
     from papersearch.evaluation.tuning import tune_rerank
     from papersearch.reranker.runtime import Reranker
 
+    _not_held_out(settings, [args.dataset])
     dataset = load_dataset(args.dataset)
-    if args.dataset.resolve() in {p.resolve() for p in settings.held_out_sets}:
-        print(f"papersearch: warning: {args.dataset} is a held-out set (held_out_sets): a "
-              "weight chosen on it cannot be judged on it afterwards", file=sys.stderr)
     grid = tune_rerank(dataset, settings, Encoder.from_settings(settings.models),
                        Reranker.from_settings(settings.models))
     baseline = next(p for p in grid if p.weight == 0.0)
@@ -473,6 +481,7 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.evaluation.datasets import load_dataset
     from papersearch.evaluation.fusion_tuning import tune_fusion
 
+    _not_held_out(settings, args.tune or settings.tune_sets)
     tuning = [load_dataset(p) for p in args.tune or settings.tune_sets]
     held_out = [load_dataset(p) for p in args.held_out or settings.held_out_sets]
     out = tune_fusion(tuning, held_out, settings, Encoder.from_settings(settings.models))

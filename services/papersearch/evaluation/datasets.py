@@ -26,7 +26,11 @@ class EvalDataset:
 def load_dataset(path: Path) -> EvalDataset:
     """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) or, for any other corpus,
     its known-item set."""
-    if detect_format(path) == CorpusFormat.BEIR and (path / QUERIES_FILE).is_file():
+    beir = detect_format(path) == CorpusFormat.BEIR
+    if beir and path.is_file():  # its corpus.jsonl: the titles were taken as known items
+        raise ValueError(f"{path} is a BEIR set's file: give its folder "
+                         f"({path.parent}), which holds {QUERIES_FILE} and {QRELS_DIR}/")
+    if beir and (path / QUERIES_FILE).is_file():
         queries = load_queries(path)
         return EvalDataset(
             name=path.resolve().name,
@@ -60,7 +64,12 @@ def _of_known_queries(qrels: dict[str, dict[str, int]], queries: Mapping[str, st
     if unknown:
         log.warning("judgments of unknown queries left out", extra={
             "dataset": str(path), "queries": len(unknown), "first": unknown[:5]})
-    return {q: judgments for q, judgments in qrels.items() if q in queries}
+    known = {q: judgments for q, judgments in qrels.items() if q in queries}
+    if not any(score > 0 for judgments in known.values() for score in judgments.values()):
+        # every metric would be 0 (a header-only file, scores all 0): nothing could gain
+        raise ValueError(f"{path}: no query has a relevant judgment (score > 0) in "
+                         f"{QRELS_DIR}/, so no ranking can be scored")
+    return known
 
 
 def known_item(path: Path) -> EvalDataset:

@@ -253,10 +253,13 @@ def tune_fusion(
 def choose(pool: Sequence[Candidate], reports: Mapping[str, Mapping[str, Report]],
            baseline: Mapping[str, Report], tuning: Sequence[str]) -> Candidate | None:
     """The candidate the Store runs with the best mean nDCG@10 over the ``tuning`` sets, among
-    those no worse than the baseline on any of them; None if there is none."""
+    those above the baseline's mean and no worse than it on any of them; None if there is
+    none. (One that only ties it, the configured fusion itself, say, left the choice to the
+    held-out sets.)"""
+    floor = _mean(baseline, tuning) + TIE
     eligible = [
         c for c in pool
-        if c.settings is not None
+        if c.settings is not None and _mean(reports[c.name], tuning) > floor
         and all(reports[c.name][n].ndcg_at_10 >= baseline[n].ndcg_at_10 for n in tuning)
     ]
     return max(eligible, key=lambda c: _mean(reports[c.name], tuning), default=None)
