@@ -4,7 +4,9 @@ server that answers UNAVAILABLE before it answers OK."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -41,7 +43,9 @@ def test_options_hold_the_policy_for_the_reads_only() -> None:
     assert (policy["initialBackoff"], policy["maxBackoff"]) == ("0.1s", "1s")
     assert policy["backoffMultiplier"] == 2
     assert "waitForReady" not in method_config  # by default a read fails fast when unreachable
-    assert channel_options(retry=False) == []
+    assert [k for k, _ in channel_options(retry=False)] == [
+        "grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.http2.ping_timeout_ms",
+        "grpc.http2.max_pings_without_data"]  # no policy, the pings still
     (waiting,) = service_config(wait_for_ready=True)["methodConfig"]
     assert waiting["waitForReady"] is True and waiting["retryPolicy"] == policy
 
@@ -155,3 +159,63 @@ def test_cli_search_retry_flag(flaky: tuple[str, FlakySearch],
     servicer.arm(failures=1)
     assert main(["search", "graph neural networks", "--target", target, "--no-retry"]) == 2
     assert capsys.readouterr().err.startswith(f"papersearch: error: {target}: UNAVAILABLE: ")
+
+
+class QuietWatch(pb_grpc.SearchServiceServicer):
+    """A watch that catches up, then hears nothing."""
+
+    def WatchSearch(self, request: pb.WatchSearchRequest,
+                    context: grpc.ServicerContext) -> Iterator[pb.WatchEvent]:
+        yield pb.WatchEvent(caught_up=True)
+        while context.is_active():
+            time.sleep(0.1)
+
+
+class FrozenRelay:
+    """A TCP relay to ``port`` that, once frozen, forwards nothing and closes nothing: a host
+    gone without a FIN or a RST."""
+
+    def __init__(self, port: int) -> None:
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.upstream = port
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if self.frozen.is_set():
+                    return  # dropped, and the sockets stay open
+                sink.sendall(data)
+
+
+def test_a_quiet_watch_learns_that_its_gateway_vanished() -> None:
+    """Without keepalive pings a watch on a gateway gone without closing its connection waited
+    silently for ever (`papersearch watch --reconnect` never reconnected); the client's
+    channels ping, with a ping timeout of their own (gRPC's is a minute otherwise), and the
+    watch ends UNAVAILABLE. Short intervals here; the clients' default is 30 s + 10 s."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SearchServiceServicer_to_server(QuietWatch(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    relay = FrozenRelay(port)
+    options = channel_options(keepalive_s=1.0, keepalive_timeout_s=1.0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{relay.port}", options) as channel:
+            watch = pb_grpc.SearchServiceStub(channel).WatchSearch(
+                pb.WatchSearchRequest(query="q"), timeout=60)
+            assert next(watch).caught_up
+            relay.frozen.set()
+            with pytest.raises(grpc.RpcError) as ended:
+                next(watch)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE  # not the 60 s deadline
+    finally:
+        server.stop(0)

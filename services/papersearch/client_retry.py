@@ -14,6 +14,13 @@ channel: UpsertPapers is a client stream gRPC cannot replay, and DeletePapers is
 caller like it; both are idempotent, so the caller may resend them whole. No retryThrottling: 3
 attempts bound the extra load at 3x, and throttling would turn retries off exactly when a
 replica's death fails a coalesced batch.
+
+Every client channel pings the gateway while a call is open and the connection is quiet
+(``KEEPALIVE_S``, then ``KEEPALIVE_TIMEOUT_S`` for the answer): a watch that hears nothing
+learns this way of a gateway that vanished without closing its connection (a lost node, a
+dropped flow), with UNAVAILABLE, on which `papersearch watch --reconnect` reconnects; without
+pings it waited silently for ever. The interval stays above the gateway's
+serve.min_client_ping_interval_s (10 s), under which pings count as abuse.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import json
 from typing import Any
 
 MAX_ATTEMPTS = 3
+KEEPALIVE_S = 30.0
+KEEPALIVE_TIMEOUT_S = 10.0
 RETRYABLE_CODES = ("UNAVAILABLE",)
 RETRIED_METHODS = (
     ("papersearch.v1.SearchService", "Search"),
@@ -49,14 +58,23 @@ def service_config(retry: bool = True, wait_for_ready: bool = False) -> dict[str
     return {"methodConfig": [config]}
 
 
-def channel_options(retry: bool = True,
-                    wait_for_ready: bool = False) -> list[tuple[str, str | int]]:
-    """Options for ``grpc.*_channel``; with neither, none: gRPC's defaults, as a client that
-    configured no policy gets (only gRPC's transparent retries of calls that never left the
-    client)."""
+def channel_options(retry: bool = True, wait_for_ready: bool = False,
+                    keepalive_s: float = KEEPALIVE_S,
+                    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+                    ) -> list[tuple[str, str | int]]:
+    """Options for ``grpc.*_channel``: the keepalive pings, and the read policy; with neither
+    retry nor wait_for_ready no policy: gRPC's defaults, as a client that configured none
+    gets (only gRPC's transparent retries of calls that never left the client)."""
+    timeout_ms = round(keepalive_timeout_s * 1000)
+    pings: list[tuple[str, str | int]] = [
+        ("grpc.keepalive_time_ms", round(keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.http2.ping_timeout_ms", timeout_ms),  # else a minute, whatever the above says
+        ("grpc.http2.max_pings_without_data", 0),  # else 2, then none on a quiet stream
+    ]
     if not retry and not wait_for_ready:
-        return []
-    return [("grpc.enable_retries", int(retry)),
+        return pings
+    return [*pings, ("grpc.enable_retries", int(retry)),
             ("grpc.service_config", json.dumps(service_config(retry, wait_for_ready)))]
 
 
