@@ -46,7 +46,8 @@ METHODS = ("async", "sync", "thread", "serve_batch", "coalesced")
 
 def serve_config_env(settings: Settings) -> dict[str, str]:
     """The request-path environment the Serve config gives the papersearch application."""
-    config = load_config(settings.serve.serve_config, Path.cwd())
+    config = load_config(settings.serve.serve_config, Path.cwd(),
+                         app_name=settings.serve.app_name)
     app = next(a for a in config.applications if a.name == settings.serve.app_name)
     return dict(app.runtime_env.get("env_vars", {}))
 

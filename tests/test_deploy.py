@@ -410,3 +410,28 @@ def test_ray_cpus_of_a_pod_are_what_kuberay_starts_it_with(
     assert ray_resources({}, {"resources": resources}) == {"CPU": cpus}
     assert ray_resources({"rayStartParams": {"num-cpus": "0"}},
                          {"resources": resources}) == {"CPU": 0.0}
+
+
+def test_the_serve_config_is_deployed_under_serve_app_name_with_overrides_merged(
+    tmp_path: Path,
+) -> None:
+    """`papersearch serve` deployed the YAML's own app name and then waited for
+    serve.app_name (300 s, then stopped the app that ran); drain, migrate and the load test
+    look it up by that name too. Settings overrides replaced a section of the file's
+    args.settings whole (an override of serve.http_port dropped serve.api_keys)."""
+    from papersearch.serving.launcher import load_config
+
+    source = yaml.safe_load((ROOT / "deploy" / "serve" / "papersearch.yaml").read_text())
+    (app,) = source["applications"]
+    app["args"] = {"settings": {"serve": {"grpc_port": 6000, "api_keys": ["k1"]}}}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(source))
+    config = load_config(path, tmp_path, {"serve": {"http_port": None}}, app_name="search-prod")
+    (deployed,) = config.applications
+    assert deployed.name == "search-prod"
+    assert deployed.args["settings"] == {
+        "serve": {"grpc_port": 6000, "api_keys": ["k1"], "http_port": None}}
+    source["applications"].append({**app, "name": "other", "route_prefix": "/other"})
+    path.write_text(yaml.safe_dump(source))
+    with pytest.raises(ValueError, match="no application named 'search-prod'"):
+        load_config(path, tmp_path, app_name="search-prod")

@@ -38,22 +38,42 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     deployment_options: dict[str, dict[str, Any]] | None = None,
     config_overrides: dict[str, Any] | None = None,
+    app_name: str | None = None,
 ) -> Any:
-    """The Serve config with ``args.base_dir`` (and optional settings overrides) filled in,
-    per-deployment options (by deployment name) and top-level keys laid over the file's."""
+    """The Serve config with ``args.base_dir`` (and optional settings overrides, merged key by
+    key into the file's) filled in, per-deployment options (by deployment name) and top-level
+    keys laid over the file's; its one application named ``app_name`` (serve.app_name, which
+    drain, migrate and the load test look it up by), or, of several, one must be."""
     from ray.serve.schema import ServeDeploySchema
 
     if not path.is_file():
         raise FileNotFoundError(f"Serve config {path} does not exist")
     config = yaml.safe_load(path.read_text()) | (config_overrides or {})
-    for app in config.get("applications", []):
+    apps = config.get("applications", [])
+    if app_name is not None and len(apps) == 1:
+        apps[0]["name"] = app_name
+    elif app_name is not None and all(app.get("name") != app_name for app in apps):
+        raise ValueError(f"Serve config {path} has no application named {app_name!r} "
+                         "(serve.app_name)")
+    for app in apps:
         args = app.setdefault("args", {})
         args["base_dir"] = str(base_dir.resolve())
         if overrides:
-            args["settings"] = {**args.get("settings", {}), **overrides}
+            args["settings"] = merged(args.get("settings", {}), overrides)
         for deployment in app.get("deployments", []):
             deployment.update((deployment_options or {}).get(deployment["name"], {}))
     return ServeDeploySchema.model_validate(config)
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base`` key by key, into nested mappings: an override of one
+    setting (serve.http_port) keeps the others of its section (serve.api_keys)."""
+    out = dict(base)
+    for key, value in over.items():
+        inner = out.get(key)
+        out[key] = (merged(inner, value) if isinstance(inner, dict) and isinstance(value, dict)
+                    else value)
+    return out
 
 
 def start(
@@ -78,7 +98,7 @@ def start(
     from ray.serve.config import gRPCOptions
 
     config = load_config(settings.serve.serve_config, Path.cwd(), overrides, deployment_options,
-                         config_overrides)
+                         config_overrides, settings.serve.app_name)
     started_ray = not ray.is_initialized()
     if started_ray:
         # The dashboard serves Serve's status API (replica counts for the load test); the
