@@ -47,6 +47,32 @@ def test_a_load_outlives_the_callers_cancelled_while_it_runs(
     assert not replica._loads
 
 
+def test_the_first_calls_for_another_embedder_share_one_batcher(
+    model_settings: Settings, embedder_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls that arrived while another embedder loaded each made a batcher, the last kept:
+    two ONNX batches ran at once on one replica (max_in_flight 1 is per batcher)."""
+    replica = deployment.QueryEncoderDeployment.func_or_class(model_settings)
+
+    class SlowToLoad(Encoder):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            time.sleep(0.3)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(deployment, "Encoder", SlowToLoad)
+    other = model_settings.models.embedder_name
+
+    async def first_calls() -> list[Any]:
+        batchers = await asyncio.gather(*(replica._coalescer(other) for _ in range(3)))
+        vectors = await asyncio.gather(*(replica.encode([f"query {i}"], other)
+                                         for i in range(3)))
+        assert all(v.shape == (1, replica._encoders[replica.default].dim) for v in vectors)
+        return batchers
+
+    batchers = asyncio.run(first_calls())
+    assert all(b is replica._batches[other] for b in batchers)
+
+
 def test_the_busy_share_starts_when_the_model_is_loaded(
     model_settings: Settings, embedder_dir: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

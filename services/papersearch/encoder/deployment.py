@@ -100,6 +100,8 @@ class QueryEncoderDeployment:
                 return np.split(vectors, np.cumsum([len(call) for call in calls[:-1]]))
 
             # Serve's max_ongoing_requests bounds the calls waiting; this bound is a backstop.
-            self._batches[key] = Coalescer("QueryEncoder", run, max_batch=serve.encoder_batch_size,
-                                           max_in_flight=1, max_pending=serve.coalesce_max_pending)
+            # The first made while the embedder loaded is kept: one batch at a time per replica.
+            return self._batches.setdefault(key, Coalescer(
+                "QueryEncoder", run, max_batch=serve.encoder_batch_size, max_in_flight=1,
+                max_pending=serve.coalesce_max_pending))
         return self._batches[key]
