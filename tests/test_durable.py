@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from papersearch.durable import exclusive, staged
+from papersearch.durable import exclusive, staged, write_json
 
 
 def test_a_staged_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
@@ -33,6 +33,18 @@ def test_a_staged_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert not (tmp_path / "failed").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bundles"]  # no staging left behind
 
+
+
+def test_a_replaced_file_is_readable_by_others_or_keeps_its_mode(tmp_path: Path) -> None:
+    """write_json (the collection pointer, the index manifest) made every file 0600, mkstemp's
+    mode, also over a 0644 one: a reader running as another user was refused."""
+    pointer = tmp_path / "papers.live.json"
+    write_json(pointer, {"collection": "a"})
+    assert pointer.stat().st_mode & 0o777 == 0o644
+    pointer.chmod(0o640)  # an operator's choice stays
+    write_json(pointer, {"collection": "b"})
+    assert pointer.stat().st_mode & 0o777 == 0o640
+    assert pointer.read_text().count('"b"') == 1
 
 def test_two_writers_of_one_target_never_share_a_staging_directory(tmp_path: Path) -> None:
     """Each build has its own staging directory: the second cannot wipe the first's files

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,9 +35,12 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 def replaced(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """A file to write ``path``'s new content to: a temporary file beside it, fsynced and
     renamed over ``path`` when the block ends (the directory fsynced after), removed if the
-    block fails. A reader sees the old file or the new one, never a torn one."""
+    block fails. A reader sees the old file or the new one, never a torn one. The file keeps
+    the mode of the one it replaces, or is 0644 (mkstemp's 0600 locked out readers running as
+    another user, as staged directories' 0755 does not)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
