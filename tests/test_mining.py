@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -153,3 +155,24 @@ def test_a_long_query_is_cut_at_a_word_boundary_to_leave_the_passage_room() -> N
 
     assert _fit(Words(), "a short query", 8) == "a short query"
     assert _fit(Words(), "one two three four five six", 4) == "one two three four"
+
+
+def test_publishing_a_trained_reranker_removes_a_killed_publish_s_copy(tmp_path: Path) -> None:
+    """A publish killed mid-way (OOM, SIGKILL) left its staging copy, a whole model's size, and
+    every such crash one more: the next publish of the checkpoint removes them."""
+    pytest.importorskip("torch")
+    from papersearch.modelbuild.training import DONE_MARKER, _publish
+
+    class Saved:
+        def save_pretrained(self, folder: Path) -> None:
+            (Path(folder) / "weights.bin").write_bytes(b"w")
+
+    target = tmp_path / "reranker-checkpoints" / "abc123"
+    stale = target.parent / ".abc123.x1y2z3.partial"
+    stale.mkdir(parents=True)
+    (stale / "weights.bin").write_bytes(b"half")
+    other = target.parent / ".def456.q7r8s9.partial"  # another checkpoint's: not this one's
+    other.mkdir()
+    _publish(target, cast(Any, Saved()), cast(Any, Saved()), {"steps": 1})
+    assert (target / DONE_MARKER).is_file() and (target / "weights.bin").read_bytes() == b"w"
+    assert not stale.exists() and other.exists()

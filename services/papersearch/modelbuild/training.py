@@ -38,7 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from papersearch.durable import replaced, staged
+from papersearch.durable import exclusive, remove_stale, replaced, staged
 from papersearch.interrupts import Interrupted
 from papersearch.modelbuild.mining import TrainingExample
 from papersearch.models.runtime import query_tokens
@@ -199,11 +199,14 @@ def _publish(
     target: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     summary: dict[str, Any],
 ) -> None:
-    """Write the trained model beside ``target`` and rename it into place: all or nothing."""
-    with staged(target, replace=True) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / DONE_MARKER).write_text(json.dumps(summary, indent=2, default=str))
+    """Write the trained model beside ``target`` and rename it into place: all or nothing.
+    A copy left by a publish killed mid-way (a whole model's size) is removed first."""
+    with exclusive(target.parent / f".{target.name}.lock", f"publishing {target.name}"):
+        remove_stale(target.parent, target.name)
+        with staged(target, replace=True) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / DONE_MARKER).write_text(json.dumps(summary, indent=2, default=str))
 
 
 def _interruptible(grad: torch.Tensor) -> None:
