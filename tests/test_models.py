@@ -330,7 +330,10 @@ def test_int8_batched_calls_stay_close_to_alone(embedder_dir: Path, int8: Encode
     batched = Encoder(embedder_dir, RuntimeOptions("int8", int8_alone=False))
     if batched.precision != "int8":
         pytest.skip("int8 failed its self-check on this CPU: both run fp32")
-    assert batched.numerics == "int8-batched" != int8.numerics
+    assert batched.numerics == "int8-batched32" != int8.numerics
+    # another batch size gives other vectors: an eval index keyed without it was reused
+    other = Encoder(embedder_dir, RuntimeOptions("int8", batch_size=8, int8_alone=False))
+    assert other.numerics == "int8-batched8"
     texts = ["short", "a much longer text " * 30, "medium length text here"]
     alone = np.vstack([int8.encode([t]) for t in texts])
     assert np.all(np.sum(batched.encode(texts) * alone, axis=1) >= INT8_MIN_AGREEMENT)

@@ -97,12 +97,14 @@ class OnnxModel:
     @property
     def numerics(self) -> str:
         """How this runtime computes outputs beyond the graph's identity (the manifest's digest):
-        ``fp32``, ``int8`` (one row per call) or ``int8-batched`` (a row's output moves with its
-        batch-mates: run_sorted), with the int8 scheme's name after it where the export used
-        another than the default. Stored vectors made one way are not the other ways'."""
+        ``fp32``, ``int8`` (one row per call) or ``int8-batched<batch size>`` (a row's output
+        moves with its batch-mates, so with how many there are: run_sorted), with the int8
+        scheme's name after it where the export used another than the default. Stored vectors
+        made one way are not the other ways'."""
         if self.precision == "fp32":
             return "fp32"
-        calls = "int8" if self.options.int8_alone else "int8-batched"
+        calls = ("int8" if self.options.int8_alone
+                 else f"int8-batched{self.options.batch_size}")
         scheme = self.manifest.quantization.get("scheme", DEFAULT_INT8_SCHEME)
         return calls if scheme == DEFAULT_INT8_SCHEME else f"{calls}-{scheme}"
 
