@@ -68,6 +68,10 @@ def test_the_inverted_softmax_demotes_a_hub_for_a_query_whose_top_is_the_hub() -
     bank = QueryBank(np.array([unit(1, 0.1, 0), unit(1, -0.1, 0), unit(1, 0, 0.1)]),
                      (None, None, None), beta=20.0)
     assert bank.activation_set(DOCS, DOC_VECTORS) == frozenset({"hub"})
+    # a bank query whose only candidate is its own source names no document (argmax of a row
+    # of -inf named the first: "hub")
+    alone = QueryBank(np.array([unit(1, 0, 0)]), ("left",), beta=20.0)
+    assert alone.activation_set(["left"], DOC_VECTORS[1:2]) == frozenset()
     penalties = dict(zip(DOCS, bank.penalties(DOCS, DOC_VECTORS).tolist(), strict=True))
     assert penalties["hub"] > penalties["left"] and penalties["hub"] > penalties["right"]
 

@@ -119,9 +119,11 @@ class QueryBank:
 
     def activation_set(self, doc_ids: Sequence[str], doc_vectors: np.ndarray) -> frozenset[str]:
         """The documents that are some bank query's top 1 among ``doc_ids`` (a bank query's own
-        source document excluded: it would trivially be its top 1)."""
+        source document excluded: it would trivially be its top 1; a bank query with no other
+        candidate has none)."""
         sims = self._masked(self.similarities(doc_vectors), doc_ids)
-        return frozenset(doc_ids[int(n)] for n in sims.argmax(axis=1))
+        return frozenset(doc_ids[int(n)] for n, row in zip(sims.argmax(axis=1), sims,
+                                                           strict=True) if row.max() > -np.inf)
 
     def penalties(self, doc_ids: Sequence[str], doc_vectors: np.ndarray) -> np.ndarray:
         """Per document: ``(lse_b(beta s(b, d)) - log |B|) / beta``, the amount the inverted
