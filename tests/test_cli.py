@@ -152,6 +152,8 @@ def test_an_api_key_read_from_a_file_loses_its_newline() -> None:
     (["search", "q", "--target", " "], "--target is empty"),
     (["watch", "q", "--target", "127.0.0.1:1", "--timeout-s", "0"],
      "--timeout-s must be a positive number of seconds, got 0"),
+    (["index", "migrate", "--finish", "--timeout-s", "-1"],
+     "--timeout-s must be a positive number of seconds, got -1"),
 ])
 def test_gateway_options_without_a_gateway_are_refused(
     command: list[str], message: str, capsys: pytest.CaptureFixture[str],

@@ -266,10 +266,16 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"--timeout-s must be a positive number of seconds, got {timeout_s:g}")
+
+
 def _index_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.ingest.distributed import ray_cluster
     from papersearch.serving import launcher
 
+    _positive_timeout(args.timeout_s)  # 0 reported a timeout while the migration went on
     action = "rollback" if args.rollback else "finish" if args.finish else "start"
     with ray_cluster(args.ray):
         report = launcher.migrate(settings, action, args.embedder, args.timeout_s)
@@ -313,9 +319,7 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.client import SearchClient
     from papersearch.client_tls import tls_from_args
 
-    if args.timeout_s is not None and not args.timeout_s > 0:
-        raise ValueError(f"--timeout-s must be a positive number of seconds, got "
-                         f"{args.timeout_s:g}")
+    _positive_timeout(args.timeout_s)
     query = WatchQuery(args.query, _filter(args), args.min_relevance, args.since,
                        args.replay_limit)
     ends = None if args.timeout_s is None else time.monotonic() + args.timeout_s
@@ -354,10 +358,10 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
                       flush=True)
             finally:
                 watching.cancel()
+            ended_on = datetime.now(UTC).date()  # before the pause, which may pass midnight
             left = None if ends is None else ends - time.monotonic()
             time.sleep(pause if left is None else max(0.0, min(pause, left)))
             pause = min(2 * pause, _RECONNECT_PAUSE_S[1])
-            ended_on = datetime.now(UTC).date()
             since = ended_on if query.replay_since is None else min(query.replay_since,
                                                                    ended_on)
             query = dataclasses.replace(query, replay_since=since)
