@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from papersearch.serving.launcher import merged
+
 SOURCE = Path("deploy/serve/papersearch.yaml")
 K8S = Path("deploy/k8s")
 OVERRIDES = "serve-overrides.yaml"
@@ -68,19 +70,9 @@ def load_overrides(paths: Sequence[Path]) -> Overrides:
         ):
             raise ServeConfigError(f"{path}: expected deployment name -> options")
         for name, options in data.items():
-            chained[name] = _merge_keeping_nulls(chained.get(name, {}), options)
+            # merged keeping a later file's null: it deletes a key of the Serve config
+            chained[name] = merged(chained.get(name, {}), options)
     return chained
-
-
-def _merge_keeping_nulls(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    # Chaining files must keep a later file's null: it deletes a key of the Serve config.
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge_keeping_nulls(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: Overrides) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,15 @@ def load_config(
     return ServeDeploySchema.model_validate(config)
 
 
-def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` laid over ``base`` key by key, into nested mappings: an override of one
-    setting (serve.http_port) keeps the others of its section (serve.api_keys)."""
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base`` key by key, into nested mappings (a None is a value): an
+    override of one setting (serve.http_port) keeps the others of its section
+    (serve.api_keys)."""
     out = dict(base)
     for key, value in over.items():
         inner = out.get(key)
-        out[key] = (merged(inner, value) if isinstance(inner, dict) and isinstance(value, dict)
-                    else value)
+        out[key] = (merged(inner, value) if isinstance(inner, Mapping)
+                    and isinstance(value, Mapping) else value)
     return out
 
 
