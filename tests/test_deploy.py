@@ -279,6 +279,8 @@ DRAIN_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] =
     "workers stop with their replicas": (lambda o: _worker_container(o).pop("lifecycle"),
                                          "group workers needs preStop `papersearch drain "
                                          "--ray-node`"),
+    "drain looks for another app": (lambda o: _prod_env(o).update(
+        PAPERSEARCH_SERVE__APP_NAME="search"), "serve.app_name 'search' names no application"),
     "worker grace shorter than its drain": (lambda o: _prod_env(o).update(
         PAPERSEARCH_SERVE__NODE_DRAIN_S="50"),
         "group workers terminationGracePeriodSeconds 60 < 65: node_drain_s 50"),

@@ -409,6 +409,7 @@ def check_settings(rendered: Rendered) -> list[str]:
     errors: list[str] = []
     qdrant = {s["metadata"]["name"]: s for s in rendered.find("Service")}
     peers = sum(s["spec"]["replicas"] for s in rendered.find("StatefulSet", "qdrant"))
+    apps = {app.get("name") for app in serve_config(rendered)["applications"]}
     for pod in templates(rendered.objects):
         for container in pod.containers:
             env = _env(rendered, container)
@@ -441,6 +442,9 @@ def check_settings(rendered: Rendered) -> list[str]:
                 checks += [
                     (settings.serve.grpc_host == "0.0.0.0", "serve.grpc_host must be 0.0.0.0"),
                     (bool(settings.serve.api_keys), "serve.api_keys must come from the Secret"),
+                    # drain, migrate and the load test find the app by it
+                    (settings.serve.app_name in apps, f"serve.app_name "
+                     f"{settings.serve.app_name!r} names no application of serveConfigV2"),
                 ]
             errors += [f"{where}: {message}" for ok, message in checks if not ok]
             if pod.labels.get("papersearch.io/qdrant-client") != "true":
