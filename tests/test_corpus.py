@@ -212,6 +212,16 @@ def test_jsonl_maps_every_field(tmp_path: Path) -> None:
     assert paper.extra == {"venue": "ACL"}
 
 
+def test_jsonl_dates_of_a_year_or_a_month_are_its_first_day(tmp_path: Path) -> None:
+    """"2024" and "2024-03" (ISO 8601's reduced precision, common in exports) cost the whole
+    paper: skipped as "not an ISO date"."""
+    lines = [json.dumps({**GOOD, "id": f"p{i}", "published": value})
+             for i, value in enumerate(("2024", "2024-03", "2024-03-05"))]
+    found = [p.published for p in read_jsonl(write(tmp_path, "papers.jsonl",
+                                                   "\n".join(lines) + "\n"))]
+    assert found == [date(2024, 1, 1), date(2024, 3, 1), date(2024, 3, 5)]
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
@@ -220,6 +230,7 @@ def test_jsonl_maps_every_field(tmp_path: Path) -> None:
         (json.dumps({**GOOD, "id": ""}), "missing or empty 'id'"),
         (json.dumps({**GOOD, "title": "", "abstract": " "}), "neither title nor abstract"),
         (json.dumps({**GOOD, "published": "02/01/2024"}), "not an ISO date"),
+        (json.dumps({**GOOD, "published": "2024-13"}), "not an ISO date"),
         (json.dumps({**GOOD, "authors": [1, 2]}), "'authors' must be"),
     ],
 )
@@ -344,6 +355,11 @@ def test_detect_format(tmp_path: Path) -> None:
     write(tmp_path / "pages", "extra.jsonl", json.dumps(GOOD) + "\n")
     with pytest.raises(ValueError, match=r"pages \(\.txt\) and JSON Lines files \(extra\.jsonl\)"):
         detect_format(tmp_path / "pages")
+    # and the other way round: a BEIR folder read its corpus.jsonl, the pages beside it unread
+    write(tmp_path / "beir", "000.txt", HEADER)
+    with pytest.raises(ValueError, match=r"a BEIR corpus\.jsonl and Daily Papers pages "
+                                         r"\(000\.txt\)"):
+        detect_format(tmp_path / "beir")
     with pytest.raises(FileNotFoundError, match="no such corpus file or folder: .*missing$"):
         detect_format(tmp_path / "missing")
 
@@ -452,6 +468,31 @@ def test_daily_entries_past_the_apis_limits_are_skipped(tmp_path: Path) -> None:
     assert [p.title for p in papers(results)] == ["Beta Set"]
     assert skipped(results) == [Skipped(f"{path}:13",
                                         "abstract is 25199 characters; the limit is 20000")]
+
+
+def test_daily_a_glitched_copy_is_not_chosen_over_a_good_one(tmp_path: Path) -> None:
+    """The longest copy was kept and only then held to the limits: a glitched copy (lines run
+    together) past them lost the paper, its good copy counted as a duplicate of nothing."""
+    write(tmp_path, "000.txt", page(("Alpha: A Model", ABSTRACT_A)))
+    glitched = write(tmp_path, "001.txt", page(("Alpha: A Model", "Words here. " * 2100)))
+    results = list(read_daily_papers(tmp_path))
+    assert [(p.title, p.abstract) for p in papers(results)] == [("Alpha: A Model", ABSTRACT_A)]
+    assert skipped(results) == [Skipped(f"{glitched}:13",
+                                        "abstract is 25199 characters; the limit is 20000")]
+    assert not [r for r in results if isinstance(r, Duplicate)]
+
+
+@pytest.mark.parametrize("metadata", ["Submitted by\n\nakhaliq", "42 upvotes", "1.2k",
+                                      "Published on 6 Aug 2025", "on 6 Aug"])
+def test_daily_metadata_lines_are_not_titles(tmp_path: Path, metadata: str) -> None:
+    """These listing lines read as titles: the real title was skipped "without an abstract",
+    and two papers submitted by one user were merged under the user's name."""
+    text = page(("Alpha: A Model", ABSTRACT_A), ("Beta Set", ABSTRACT_B))
+    for title in ("Alpha: A Model", "Beta Set"):
+        text = text.replace(f"{title}\n", f"{title}\n\n{metadata}\n")
+    results = list(read_daily_papers(write(tmp_path, "000.txt", text)))
+    assert [p.title for p in papers(results)] == ["Alpha: A Model", "Beta Set"]
+    assert skipped(results) == []
 
 
 def test_daily_duplicates_keep_the_first_date_found(tmp_path: Path) -> None:

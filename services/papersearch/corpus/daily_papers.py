@@ -38,17 +38,22 @@ CHROME = frozenset(
         "get trending papers in your email inbox once a day!",
     }
 )
-_MONTH = (
-    r"(?P<month>Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
-    r"|Sep(?:t|tember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+_MONTHS = (
+    r"Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
+    r"|Sep(?:t|tember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?"
 )
+_MONTH = rf"(?P<month>{_MONTHS})"
 _DATE = re.compile(_MONTH + r" (?P<day>\d{1,2})(?:, (?P<year>\d{4}))?")
-# Listing metadata: upvote counts, author counts, "Submitted by user", "Published on Aug 6".
+# Listing metadata: upvote counts ("42", "1.2k", "42 upvotes"), author counts, "Submitted by
+# user" (or "Submitted by" with the user on the next line: SUBMITTED_BY), "Published on Aug 6"
+# or "on 6 Aug 2025".
 _METADATA = re.compile(
-    rf"\d+|·|upvotes?(?: \d+)?|(?:· )?\d+ authors?|submitted by \S+"
-    rf"|(?:published )?on {_DATE.pattern}",
+    rf"\d+(?:\.\d+)?k?|·|upvotes?(?: \d+)?|\d+ upvotes?|(?:· )?\d+ authors?"
+    rf"|submitted by(?: \S+)?"
+    rf"|(?:published )?on (?:{_DATE.pattern}|\d{{1,2}} (?:{_MONTHS})(?: \d{{4}})?)",
     re.IGNORECASE,
 )
+SUBMITTED_BY = "submitted by"
 # "Subscribe" glued to the first title, as in "SubscribeHierarchical multi-class ..." or
 # "SubscribevLLM: ..." (not "Subscribers ...").
 _GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?=[A-Z0-9]|[a-z]+[A-Z])")
@@ -83,23 +88,27 @@ def read_daily_papers(path: Path) -> Iterator[ReadResult]:
     """Read a directory of ``*.txt`` pages (in name order) or a single page."""
     pages = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     items = [item for page in pages for item in parse_page(page)]
-    best: dict[str, Entry] = {}
-    for item in items:
-        if isinstance(item, Entry):
-            kept = best.setdefault(item.paper_id, item)
-            if len(item.abstract) > len(kept.abstract):  # the fullest abstract, the first date
-                best[item.paper_id] = replace(item, published=kept.published or item.published)
-            elif kept.published is None and item.published is not None:
-                best[item.paper_id] = replace(kept, published=item.published)
+    # Each listing is held to the API's limits first: a glitched copy (lines run together into
+    # one giant abstract) is skipped where it stands and never chosen over a good copy (it was,
+    # as the longest, and the paper was lost with its good copies counted as duplicates).
+    checked = [_to_paper(item) if isinstance(item, Entry) else item for item in items]
+    best: dict[str, Paper] = {}
+    for paper in checked:
+        if isinstance(paper, Paper):
+            kept = best.setdefault(paper.id, paper)
+            if len(paper.abstract) > len(kept.abstract):  # the fullest abstract, the first date
+                best[paper.id] = replace(paper, published=kept.published or paper.published)
+            elif kept.published is None and paper.published is not None:
+                best[paper.id] = replace(kept, published=paper.published)
     yielded: set[str] = set()
-    for item in items:
-        if isinstance(item, Skipped):
-            yield item
-        elif item.paper_id in yielded:
-            yield Duplicate(item.source, item.paper_id)
+    for item, paper in zip(items, checked, strict=True):
+        if isinstance(paper, Skipped):
+            yield paper
+        elif paper.id in yielded:
+            yield Duplicate(item.source, paper.id)
         else:
-            yielded.add(item.paper_id)
-            yield _to_paper(best[item.paper_id])
+            yielded.add(paper.id)
+            yield best[paper.id]
 
 
 def parse_page(path: Path) -> Iterator[Entry | Skipped]:
@@ -142,6 +151,7 @@ def _content_lines(lines: Iterable[str | None]) -> Iterator[tuple[int, str | Non
     """Numbered, cleaned lines that are neither blank, page chrome nor listing metadata
     (None, a line that is not UTF-8, passes through)."""
     in_header = True
+    submitter = False  # a bare "Submitted by" came: the next line names the user
     for lineno, raw in enumerate(lines, start=1):
         if raw is None:
             yield lineno, None
@@ -150,6 +160,10 @@ def _content_lines(lines: Iterable[str | None]) -> Iterator[tuple[int, str | Non
         if in_header:
             line = _GLUED_SUBSCRIBE.sub("", line)
         if not line or line.casefold() in CHROME or _METADATA.fullmatch(line):
+            submitter = line.casefold() == SUBMITTED_BY or (submitter and not line)
+            continue
+        if submitter:
+            submitter = False
             continue
         in_header = False
         yield lineno, line

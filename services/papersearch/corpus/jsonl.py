@@ -20,6 +20,8 @@ _KNOWN = frozenset({"id", "title", "abstract", "authors", "published", "categori
 # The longest line read: a paper at every limit of within_limits, each character written as a
 # \uXXXX escape, is ~0.45 MiB; past this a line is skipped unread, not held whole in memory
 MAX_LINE_BYTES = 1 << 20
+# ISO 8601's reduced precision, common in metadata exports: a year, or a year and month
+_REDUCED_DATE = re.compile(r"\d{4}(?:-\d{2})?")
 
 
 class RecordError(ValueError):
@@ -145,7 +147,11 @@ def _published(value: Any) -> date | None:
         return None
     if not isinstance(value, str):
         raise RecordError(f"'published' must be an ISO date string, got {type(value).__name__}")
+    text = value.strip()
+    if _REDUCED_DATE.fullmatch(text):  # "2024" or "2024-03": the period's first day
+        text += "-01-01" if len(text) == 4 else "-01"
     try:
-        return datetime.fromisoformat(value.strip()).date()
+        return datetime.fromisoformat(text).date()
     except ValueError:
-        raise RecordError(f"'published' is not an ISO date: {value!r}") from None
+        raise RecordError(f"'published' is not an ISO date (YYYY-MM-DD, YYYY-MM or YYYY): "
+                          f"{value!r}") from None

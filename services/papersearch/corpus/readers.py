@@ -132,12 +132,18 @@ def detect_format(path: Path) -> CorpusFormat:
 
     A directory holding ``corpus.jsonl`` is BEIR, one of ``.txt`` pages Daily Papers; a ``.jsonl``
     file is BEIR when its records have ``_id`` and no ``id``, JSON Lines papers otherwise. A
-    folder of pages that also holds ``.jsonl`` files is refused: it is read in one format, and
-    the pages' reader would pass over their papers without a word.
+    folder of pages that also holds ``.jsonl`` files is refused, either way round: it is read
+    in one format, and the other files' papers would be passed over without a word.
     """
     if not path.exists():
         raise FileNotFoundError(f"no such corpus file or folder: {path}")
     if path.is_dir() and (path / CORPUS_FILE).is_file():
+        pages = sorted(p.name for p in path.glob("*.txt"))
+        if pages:  # the BEIR reader reads corpus.jsonl only: the pages would go unread
+            raise ValueError(f"{path} holds a BEIR {CORPUS_FILE} and Daily Papers pages "
+                             f"({', '.join(pages[:3])}{', ...' if len(pages) > 3 else ''}): a "
+                             "folder is read in one format; give the pages a folder of their "
+                             "own")
         return CorpusFormat.BEIR
     if path.is_dir() and any(path.glob("*.txt")):
         others = sorted(p.name for p in path.glob("*.jsonl"))
