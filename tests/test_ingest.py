@@ -372,6 +372,7 @@ def test_a_rerun_rewrites_changed_papers_and_update_rewrites_all(
 
     updated = ingest(env, corpus, "--update")  # every paper, changed or not
     assert updated["upserted"] == 6 and updated["already_present"] == 0
+    assert updated["changed"] is None  # not compared (it said 0: none changed)
     assert updated["collection_size"] == 6
     with opened(data_dir, identity) as store:
         assert_stored_exactly(store, changed)

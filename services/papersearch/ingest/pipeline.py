@@ -37,7 +37,9 @@ class IngestSummary:
     duplicates: int = 0
     already_present: int = 0
     upserted: int = 0
-    changed: int = 0  # of the upserted, papers stored before with other content
+    # of the upserted, papers stored before with other content; None with --update, which
+    # writes every paper without comparing (0 read as "none changed")
+    changed: int | None = 0
     collection_size: int = 0
     skipped_records: list[Skipped] = field(default_factory=list)  # the first MAX_SKIPPED_KEPT
 
@@ -170,7 +172,7 @@ def _ingest_each(
         summary.skipped_records.extend(reader.skipped[:max(0, room)])
         summary.upserted += written
         summary.already_present += present
-        summary.changed = ingester.changed
+        summary.changed = None if update else ingester.changed
         log.info("ingested", extra={"path": str(path), "upserted": written, "present": present,
                                     "skipped": stats.skipped, "duplicates": stats.duplicates})
 
