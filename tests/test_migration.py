@@ -289,6 +289,25 @@ def test_a_failed_write_is_pending_for_the_other_collection() -> None:
     assert mirror.missed_by("papers-a") == [] and cast(_Lost, other.index).calls == 0
 
 
+def test_a_failed_write_pinned_to_the_old_view_after_the_swap_is_pending_for_the_old() -> None:
+    """After the swap a write pinned to the old view (encoded before it) failed there: its ids
+    were marked pending for the live collection, and --finish or --rollback then copied the
+    old collection's stale paper over the live one's acknowledged version."""
+    from papersearch.pipeline.collections import Bound
+    from papersearch.pipeline.migration import Mirror
+
+    ref = ModelRef("minilm-l6", 1)
+    old, live = (Bound(View(name, ref, "sha", 4), cast(IndexAccess, _Lost()))
+                 for name in ("papers-a", "papers-b"))
+    mirror = Mirror((old, live), cast(Any, None), cast(Any, SimpleNamespace(current=live)),
+                    copying=False)
+    paper = Paper(id="pinned-1", title="A write that waited through the swap", abstract="")
+    with pytest.raises(RuntimeError, match="answer was lost"):
+        asyncio.run(mirror.upsert(old, [paper], np.zeros((1, 4), np.float32)))
+    assert mirror.missed_by("papers-a") == [paper.point_id]  # made what the live one holds
+    assert mirror.missed_by("papers-b") == []
+
+
 def test_an_embedded_collection_that_cannot_be_deleted_is_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -88,7 +88,7 @@ class Mirror:
             ids = [p.point_id for p in papers]
             self._touch(ids)
             other = self.other(bound)
-            written = await self._primary(ids, other, bound.index.upsert(papers, dense))
+            written = await self._primary(ids, bound, other, bound.index.upsert(papers, dense))
             if other is not None:
                 await self._mirrored(ids, other, lambda: self._upsert(other, papers))
             return written
@@ -98,7 +98,7 @@ class Mirror:
             ids = [point_id(pid) for pid in paper_ids]
             self._touch(ids)
             other = self.other(bound)
-            deleted = await self._primary(ids, other, bound.index.delete(paper_ids))
+            deleted = await self._primary(ids, bound, other, bound.index.delete(paper_ids))
             if other is not None:
                 await self._mirrored(ids, other, lambda: other.index.delete(paper_ids))
             return deleted
@@ -140,16 +140,22 @@ class Mirror:
         vectors = await self.encode(other.view.embedder, [p.text for p in papers])
         return await other.index.upsert(papers, vectors)
 
-    async def _primary(self, ids: list[str], other: Bound | None,
+    async def _primary(self, ids: list[str], bound: Bound, other: Bound | None,
                        write: Awaitable[int]) -> int:
         """The write to the caller's collection. If it fails it may still have been applied (a
         chunk of it, or all of it with the answer lost): the ids become pending for ``other``,
-        so the next reconcile or re-sync makes them there what they are here."""
+        so the next reconcile or re-sync makes them there what they are here. Unless ``other``
+        is the live collection (a write pinned to the old view through the swap): the live
+        one holds the last acknowledged writes, so the caller's collection is made what it
+        is there (the other way round copied a stale or half-written paper over the live
+        collection's acknowledged one)."""
         try:
             return await write
         except BaseException:
             if other is not None:
-                self.pending.update(dict.fromkeys(ids, other.view.collection))
+                live = self.collections.current
+                behind = bound if live is not None and live.view == other.view else other
+                self.pending.update(dict.fromkeys(ids, behind.view.collection))
             raise
 
     async def _mirrored(self, ids: list[str], other: Bound,
