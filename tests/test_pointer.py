@@ -332,6 +332,25 @@ def test_a_cancelled_swap_returns_only_once_its_pointer_is_written() -> None:
     asyncio.run(cancelled_twice())
 
 
+def test_a_finish_cancelled_at_its_commit_still_drops_the_collection_it_left() -> None:
+    """A finish cancelled while its pointer was written switched the gateway, but its caller
+    never ran the drop: the collection the pointer no longer names stayed open and on disk,
+    and nothing would drop it later."""
+    migrator, pointers = swapped_gateway(lambda p: Flaky(IndexSettings(), p, held=True))
+
+    async def cancelled_finish() -> None:
+        step = asyncio.ensure_future(migrator.finish())
+        assert await asyncio.to_thread(pointers.entered.wait, 10)  # the write is running
+        step.cancel()
+        await asyncio.sleep(0.05)
+        pointers.proceed.set()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        assert pointers.pointer.previous is None and pointers.dropped == ["papers"]
+
+    asyncio.run(cancelled_finish())
+
+
 def test_a_cancel_during_the_read_back_still_switches_to_a_written_pointer() -> None:
     """The read-back after a failed write was not shielded: a cancel there left the gateway
     on the old view (and a start's cleanup dropped the collection the pointer named)."""

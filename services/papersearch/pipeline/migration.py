@@ -409,7 +409,8 @@ class Migrator:
 
         Finished even if the step is cancelled meanwhile, once or more (the cleanup after a
         cancel must see the outcome: one that read the old pointer dropped the collection the
-        finished write then named); the cancel is raised after. A write that failed may still
+        finished write then named), ``complete`` too after the switch; the cancel is raised
+        after. A write that failed may still
         have been applied (a rename whose directory fsync failed, a server whose answer was
         lost), so the pointer is read back: written, the switch is made and a warning
         returned; not written, the error goes on (nothing changed); unreadable, the step stays
@@ -439,6 +440,14 @@ class Migrator:
                 "live": pointer.live, "reason": repr(error)[:300]})
         switch()
         if cancelled:
+            if complete is not None:  # what follows the commit (the drop after a finish, a
+                # start's late writes): the step's caller, cancelled, would not run it, and
+                # the pointer no longer names what it was for
+                following = asyncio.ensure_future(complete())
+                await _outlasting_cancels(following)
+                if following.exception() is not None:
+                    log.warning("migration: the step after a cancelled commit failed", extra={
+                        "live": pointer.live, "reason": repr(following.exception())[:300]})
             raise asyncio.CancelledError
         return warning
 
