@@ -30,6 +30,7 @@ from papersearch.gateway.server import server_options
 from papersearch.index.errors import CollectionMissing, EmbedderMismatch, StoreUnavailable
 from papersearch.index.factory import open_store
 from papersearch.index.query import Mode, SearchFilter
+from papersearch.models.manifest import ModelNotFound
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.pipeline.query import SearchQuery
@@ -644,6 +645,9 @@ def test_index_refusals_tell_the_client_what_and_the_log_where(
          grpc.StatusCode.FAILED_PRECONDITION, "the index was built by another embedder"),
         (StoreUnavailable("qdrant-edge upsert: /srv/secret/papers: No space left on device"),
          grpc.StatusCode.UNAVAILABLE, "service unavailable: the index is unavailable"),
+        # a migration's previous embedder, no longer exported: INTERNAL with a traceback
+        (ModelNotFound("no exported version of minilm-l6 in /srv/secret/models"),
+         grpc.StatusCode.FAILED_PRECONDITION, "a model the index was built with is missing"),
     ]:
         caplog.clear()
         assert to_status(error)[0] == code

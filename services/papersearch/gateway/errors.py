@@ -17,6 +17,7 @@ from papersearch.index.errors import (
     PaperNotFound,
     StoreUnavailable,
 )
+from papersearch.models.manifest import ModelNotFound
 from papersearch.models.runtime import InvalidInput
 from papersearch.pipeline.query import InvalidQuery
 
@@ -57,6 +58,11 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
         incident = _incident(error, "index missing", logging.WARNING)
         return (grpc.StatusCode.FAILED_PRECONDITION, "the index has not been created yet "
                 f"(papersearch ingest creates it; incident {incident})")
+    if isinstance(error, ModelNotFound):  # an embedder a collection (or the previous one of
+        # a migration) was built with is not exported here: every call needs the pointer's views
+        incident = _incident(error, "model missing", logging.ERROR)
+        return (grpc.StatusCode.FAILED_PRECONDITION, "a model the index was built with is "
+                f"missing or damaged in this service's model repository (incident {incident})")
     if isinstance(error, EmbedderMismatch):
         incident = _incident(error, "embedder mismatch", logging.ERROR)
         return (grpc.StatusCode.FAILED_PRECONDITION, "the index was built by another embedder "
