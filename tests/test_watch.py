@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -605,6 +606,44 @@ def test_an_http_watch_ends_when_its_client_goes(scratch: tuple[Servers, LocalBa
             break
         time.sleep(0.2)
     assert codes[-1] == grpc.StatusCode.DEADLINE_EXCEEDED, codes  # freed, with no match sent
+
+
+@pytest.mark.slow
+def test_an_http_watcher_that_stops_reading_is_let_go(
+    scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """An HTTP client that stops reading (its connection open) held the front's handler in a
+    write for ever, long after the watch behind it had ended; a line not taken within
+    serve.http_body_timeout_s drops the connection."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port, watch_queue=5, http_body_timeout_s=1.0)
+    gateway = servers.gateways[-1]
+    body = json.dumps({"query": QUERY}).encode()
+    with socket.socket() as reader:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+        reader.settimeout(30)
+        reader.connect(("127.0.0.1", port))
+        reader.sendall(b"POST /papersearch.v1.SearchService/WatchSearch HTTP/1.1\r\n"
+                       b"Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = b""
+        while b"caught_up" not in head:
+            head += reader.recv(4096)  # then never read again
+        [watch] = gateway.watches.watches
+        big = [Paper(id=f"big-{i}", title=f"Big paper {i}", abstract="x" * 19_000)
+               for i in range(40)]
+
+        async def flood() -> None:
+            for _ in range(50):
+                gateway.watches.publish(big, np.stack([watch.vector] * len(big)))
+                await asyncio.sleep(0.02)
+
+        servers.loop.run(flood())
+        deadline = time.monotonic() + 30
+        while sum(gateway.http.watching) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sum(gateway.http.watching) == 0  # the handler let go of the stalled client
 
 
 @pytest.mark.slow

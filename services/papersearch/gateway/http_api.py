@@ -151,7 +151,8 @@ class HttpFront:
                 least = min(range(len(calls)), key=self.watching.__getitem__)  # by open watches
                 self.watching[least] += 1
                 try:
-                    return await _lines_out(request, calls[least](message, **options))
+                    return await _lines_out(request, calls[least](message, **options),
+                                            self.serve.http_body_timeout_s)
                 finally:
                     self.watching[least] -= 1
 
@@ -390,11 +391,24 @@ def _dict(message: Message) -> dict[str, Any]:
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
-async def _lines_out(request: web.Request, call: Any) -> web.StreamResponse:
+async def _lines_out(request: web.Request, call: Any, stall_s: float) -> web.StreamResponse:
     """A server stream as NDJSON, each message on its line as it comes. An error before the
     first message is a plain HTTP error (its status code); one after it, once the 200 is sent,
     ends the body with a last line {"error": {...}} (code, status, message). The gRPC call is
-    cancelled when the HTTP client goes away."""
+    cancelled when the HTTP client goes away, or stops reading for ``stall_s``
+    (serve.http_body_timeout_s): a line it does not take in that long drops the connection
+    (the handler waited on it for ever, long after the watch behind it had ended)."""
+    async def write(data: bytes) -> None:
+        try:
+            async with asyncio.timeout(stall_s):
+                await response.write(data)
+        except TimeoutError:
+            log.info("http stream: the client stopped reading; connection dropped",
+                     extra={"path": request.path, "stall_s": stall_s})
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError from None  # as for a client gone: quietly, 499
+
     try:
         try:
             message = await call.read()
@@ -404,13 +418,13 @@ async def _lines_out(request: web.Request, call: Any) -> web.StreamResponse:
         response.content_type = openapi.NDJSON
         await response.prepare(request)
         while message is not grpc.aio.EOF:
-            await response.write(json.dumps(_dict(message)).encode() + b"\n")
+            await write(json.dumps(_dict(message)).encode() + b"\n")
             try:
                 message = await call.read()
             except grpc.aio.AioRpcError as error:
                 failed = _from_rpc(error)
                 body = {"code": failed.http, "status": failed.status, "message": failed.message}
-                await response.write(json.dumps({"error": body}).encode() + b"\n")
+                await write(json.dumps({"error": body}).encode() + b"\n")
                 break
         await response.write_eof()
         return response
