@@ -657,7 +657,6 @@ def test_edge_reopen_keeps_data(tmp_path: Path) -> None:
         assert ids(s.query(request("hybrid", 5, limit=2)))[:2] == [PAPERS[RARE_AT].id, PAPERS[5].id]
 
 
-
 def test_an_embedded_manifest_that_cannot_be_written_is_store_unavailable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -680,6 +679,7 @@ def test_an_embedded_manifest_that_cannot_be_written_is_store_unavailable(
         s.ensure_collection(DIM, SHA)
         s.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
     assert (tmp_path / "papers" / MANIFEST).is_file()
+
 
 KILLED_WRITER = """
 import sys

@@ -208,6 +208,11 @@ def test_judgments_must_name_the_queries_they_judge(
     # the set's corpus.jsonl named instead of its folder: its titles were the known items
     with pytest.raises(ValueError, match="is a BEIR set's file: give its folder"):
         load_dataset(root / "corpus.jsonl")
+    # a BEIR-format file of its own, nothing judged beside it: its known-item set, as before
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "papers.jsonl").write_text((root / "corpus.jsonl").read_text())
+    assert load_dataset(alone / "papers.jsonl").name.endswith("known-item")
     (root / "queries.jsonl").write_text("\n")  # a StopIteration traceback
     with pytest.raises(ValueError, match="queries.jsonl holds no queries"):
         load_dataset(root)

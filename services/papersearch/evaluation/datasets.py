@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from papersearch.corpus.beir import CORPUS_FILE
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import CorpusFormat, detect_format, read_corpus
 from papersearch.evaluation.beir import QRELS_DIR, QUERIES_FILE, load_qrels, load_queries
@@ -27,7 +28,9 @@ def load_dataset(path: Path) -> EvalDataset:
     """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) or, for any other corpus,
     its known-item set."""
     beir = detect_format(path) == CorpusFormat.BEIR
-    if beir and path.is_file():  # its corpus.jsonl: the titles were taken as known items
+    if beir and path.is_file() and (path.name == CORPUS_FILE
+                                    or (path.parent / QUERIES_FILE).is_file()):
+        # a judged set's corpus.jsonl: its titles were taken as known items
         raise ValueError(f"{path} is a BEIR set's file: give its folder "
                          f"({path.parent}), which holds {QUERIES_FILE} and {QRELS_DIR}/")
     if beir and (path / QUERIES_FILE).is_file():
