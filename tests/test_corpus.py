@@ -495,6 +495,15 @@ def test_daily_metadata_lines_are_not_titles(tmp_path: Path, metadata: str) -> N
     assert skipped(results) == []
 
 
+def test_daily_a_bare_submitted_by_drops_a_user_name_not_a_title(tmp_path: Path) -> None:
+    """The line after a bare "Submitted by" is the user's name only when it is one word: a
+    card without the name line lost the next paper's title."""
+    text = page(("Alpha: A Model", ABSTRACT_A), ("Beta Set", ABSTRACT_B))
+    text = text.replace("Alpha: A Model\n", "Alpha: A Model\n\nSubmitted by\n")
+    results = list(read_daily_papers(write(tmp_path, "000.txt", text)))
+    assert [p.title for p in papers(results)] == ["Alpha: A Model", "Beta Set"]
+
+
 def test_daily_duplicates_keep_the_first_date_found(tmp_path: Path) -> None:
     """The fullest abstract's copy was taken whole: its undated page lost the other's date."""
     write(tmp_path, "000.txt", page(("Alpha", ABSTRACT_A[:40] + "...")).replace(

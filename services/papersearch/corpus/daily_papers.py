@@ -151,19 +151,23 @@ def _content_lines(lines: Iterable[str | None]) -> Iterator[tuple[int, str | Non
     """Numbered, cleaned lines that are neither blank, page chrome nor listing metadata
     (None, a line that is not UTF-8, passes through)."""
     in_header = True
-    submitter = False  # a bare "Submitted by" came: the next line names the user
+    submitter = False  # a bare "Submitted by" came: the next line may name the user
     for lineno, raw in enumerate(lines, start=1):
         if raw is None:
+            submitter = False
             yield lineno, None
             continue
         line = clean_text(raw)
         if in_header:
             line = _GLUED_SUBSCRIBE.sub("", line)
-        if not line or line.casefold() in CHROME or _METADATA.fullmatch(line):
-            submitter = line.casefold() == SUBMITTED_BY or (submitter and not line)
+        if not line:
             continue
-        if submitter:
-            submitter = False
+        if line.casefold() in CHROME or _METADATA.fullmatch(line):
+            submitter = line.casefold() == SUBMITTED_BY
+            continue
+        named = submitter and " " not in line  # a user name is one word; a title is not
+        submitter = False
+        if named:
             continue
         in_header = False
         yield lineno, line
