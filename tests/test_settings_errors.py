@@ -79,6 +79,10 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_TRAINING__LEARNING_RATE", "-1",
      "training.learning_rate (PAPERSEARCH_TRAINING__LEARNING_RATE): Input should be greater "
      "than 0 (given '-1')"),
+    # at the clients' keepalive interval their quiet watches got GOAWAY every few pings
+    ("PAPERSEARCH_SERVE__MIN_CLIENT_PING_INTERVAL_S", "60",
+     "serve.min_client_ping_interval_s (PAPERSEARCH_SERVE__MIN_CLIENT_PING_INTERVAL_S): Input "
+     "should be less than 30 (given '60')"),
     # a key in both scopes has write access: refused, without its value
     ("PAPERSEARCH_SERVE", '{"api_keys": ["w-key", "both-key"], "read_api_keys": ["both-key"]}',
      "serve (PAPERSEARCH_SERVE): Value error, a key is in both serve.api_keys and "

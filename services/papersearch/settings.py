@@ -39,6 +39,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from papersearch.client_retry import KEEPALIVE_S
+
 CONFIG_ENV = "PAPERSEARCH_CONFIG"
 
 # Pseudo-queries the reranker is trained on (papersearch.modelbuild.mining).
@@ -523,9 +525,11 @@ class ServeSettings(Section):
                                  "(grpc.max_connection_idle_ms); clients reconnect.",
     )
     min_client_ping_interval_s: float = Field(
-        10.0, gt=0,
+        10.0, gt=0, lt=KEEPALIVE_S,
         description="Clients' keepalive pings closer than this count as abuse; a few and the "
-                    "connection is closed (grpc.http2.min_ping_interval_without_data_ms).",
+                    "connection is closed (grpc.http2.min_ping_interval_without_data_ms). "
+                    "Below the papersearch clients' own interval (client_retry.KEEPALIVE_S, "
+                    "30 s), or their quiet watches are disconnected every few pings.",
     )
     health_poll_s: float = Field(5.0, gt=0)
     num_cpus: int | None = Field(
