@@ -450,13 +450,14 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _not_held_out(settings: Settings, tuning: list[Path]) -> None:
-    """A set named in held_out_sets judges choices: it may not make one."""
+    """A set the settings hold out (held_out_sets) is kept to judge choices, in every run
+    (--held-out names only this run's judges): it may not make one."""
     held = {p.resolve() for p in settings.held_out_sets}
     for path in tuning:
         if path.resolve() in held:
-            raise ValueError(f"{path} is a held-out set (held_out_sets): it judges what the "
-                             "tuning sets choose and cannot choose; tune on another set, or "
-                             "take it out of held_out_sets")
+            raise ValueError(f"{path} is a held-out set (held_out_sets): a set kept to judge "
+                             "choices cannot make one; tune on another set, or take it out of "
+                             "held_out_sets")
 
 
 def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
