@@ -89,6 +89,12 @@ def test_generator_writes_importable_package(generated: Path, tmp_path: Path) ->
     assert pb.DESCRIPTOR.serialized_pb == out.read_bytes(), (
         "services/papersearch/api/v1 stubs are stale: run `make proto`"
     )
+    # and the proto copy the OpenAPI text is read from: comments are not in the descriptors
+    from papersearch.api import openapi
+
+    assert openapi.PROTO.read_bytes() == (
+        PROTO_ROOT / "papersearch" / "v1" / "papersearch.proto").read_bytes(), (
+        "services/papersearch/api/v1/papersearch.proto is stale: run `make proto`")
 
 
 def test_generator_is_idempotent(generated: Path) -> None:
@@ -283,6 +289,9 @@ def test_recommendation_requests() -> None:
     assert convert.similar_query_to_proto(only_positive_ids).strategy == 0
     repeated = pb.SimilarPapersRequest(paper_id="a", positive_ids=["a"] * 20)  # limit 16
     assert convert.similar_query_from_proto(repeated, LIMITS).examples == Examples(("a",))
+    # 16 papers, one of them also written with a space: 16, not 17 (it was refused)
+    spelled = pb.SimilarPapersRequest(positive_ids=[f"x{i}" for i in range(16)] + [" x0"])
+    assert len(convert.similar_query_from_proto(spelled, LIMITS).examples.positive) == 16
     for bad, match in [
         (pb.SimilarPapersRequest(paper_id="a", negative_ids=["a"]), "both a positive and"),
         (pb.SimilarPapersRequest(paper_id="a", strategy=9), "unknown strategy 9"),
@@ -291,6 +300,8 @@ def test_recommendation_requests() -> None:
          r"negative_ids\[1\]"),  # a repeated bad id: named by its first position
         (pb.SimilarPapersRequest(paper_id="a", negative_ids=[f"n{i}" for i in range(16)]),
          "17 example papers .* limit is 16"),
+        (pb.SimilarPapersRequest(paper_id="a", negative_ids=[f"n{i}" for i in range(99)]),
+         "100 example papers .* limit is 16"),  # past 4 x the limit: before normalising
     ]:
         with pytest.raises(InvalidQuery, match=match):
             convert.similar_query_from_proto(bad, LIMITS)

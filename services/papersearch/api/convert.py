@@ -114,6 +114,9 @@ def mode_from_proto(value: int) -> Mode:
         raise InvalidQuery(f"unknown mode {value}; use one of {_MODE_NAMES}") from None
 
 
+# Example ids past this many times search.max_similar_ids are refused before they are
+# normalised (the limit counts distinct papers, two spellings of one id as one).
+SIMILAR_IDS_SLACK = 4
 # Cleaning (NFC, dropped control characters, collapsed spaces) shortens a text by less than
 # this factor in practice: a value longer, spaces collapsed, than its limit times it is
 # refused before the per-character work (a 4 MiB author name held the gateway's event loop
@@ -264,15 +267,21 @@ def similar_query_from_proto(
     examples (at least one), negative_ids the negative ones, at most
     settings.max_similar_ids in all; an unset strategy is the index's recommend_strategy.
     Raises InvalidQuery."""
+    def too_many(given: int) -> InvalidQuery:
+        return InvalidQuery(f"{given} example papers (paper_id, positive_ids, negative_ids); "
+                            f"the limit is {settings.max_similar_ids} (search.max_similar_ids)")
+
     given = len({request.paper_id, *request.positive_ids, *request.negative_ids} - {""})
-    if given > settings.max_similar_ids:  # distinct ids: a repeated one counts once
-        raise InvalidQuery(f"{given} example papers (paper_id, positive_ids, negative_ids); "
-                           f"the limit is {settings.max_similar_ids} (search.max_similar_ids)")
+    if given > SIMILAR_IDS_SLACK * settings.max_similar_ids:  # a flood: not normalised first
+        raise too_many(given)
     positive = [paper_id_from_proto(request.paper_id)] if request.paper_id else []
     positive += _distinct_ids(request.positive_ids, "positive_ids")
     if not positive:
         raise InvalidQuery("paper_id must not be empty (or give positive_ids)")
     negative = _distinct_ids(request.negative_ids, "negative_ids")
+    # distinct papers: a repeated id counts once, also written another way (" x", NFD)
+    if (distinct := len({*positive, *negative})) > settings.max_similar_ids:
+        raise too_many(distinct)
     strategy: RecommendStrategy | None = None  # unspecified: the index's default
     if request.strategy in _STRATEGIES:
         strategy = _STRATEGIES[request.strategy]

@@ -4,7 +4,8 @@ Paths, schemas and descriptions all come from the compiled descriptors of
 ``papersearch.api.v1`` and the comments of the .proto copy beside them (api/generate.py puts it
 there), so the document changes only when the proto does. The JSON mapping is protobuf's own
 (``google.protobuf.json_format``): proto field names, enum values by name, 64-bit integers as
-decimal strings; the gateway writes every field, set or not (gateway/http_api.py).
+decimal strings; the gateway writes every field without presence, set or not (an ``optional``
+field or a message field only when set: gateway/http_api.py).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ _ERROR = {
     "properties": {"error": {"type": "object", "required": ["code", "status", "message"],
                              "properties": {
                                  "code": {"type": "integer", "description": "HTTP status."},
-                                 "status": {"type": "string", "enum": sorted(HTTP_STATUS)},
+                                 "status": {"type": "string", "enum": sorted(
+                                     s for s in HTTP_STATUS if s != "OK")},
                                  "message": {"type": "string"},
                                  "metadata": {"type": "object",
                                               "additionalProperties": {"type": "string"},
