@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from pydantic import SecretStr
 
@@ -86,6 +87,10 @@ def test_search_over_http_matches_grpc(gateway: tuple[str, str]) -> None:
     assert first["paper"]["paper_id"] == "http-1" and first["paper"]["categories"] == ["cs.NI"]
     assert first["score"] == pytest.approx(expected.hits[0].score, rel=1e-6)
     assert body["reranked"] is False and body["below_min_relevance"] == 0  # defaults written
+    # the answer is what the OpenAPI document describes, required fields included
+    document = openapi.document()
+    Draft202012Validator({**document, "$ref": "#/components/schemas/SearchResponse"}).validate(
+        body)
     # lowerCamelCase names and enum numbers parse too (protobuf JSON); filters apply
     status, body = call(http + SEARCH, {"query": "gateway", "topK": 5, "mode": 2, "filter": {
         "published_from": "2024-01-01"}})
@@ -402,6 +407,13 @@ def test_openapi_document_is_valid_and_covers_the_proto() -> None:
     assert list(upsert) == [openapi.NDJSON]
     assert document["components"]["schemas"]["UpsertSummary"]["properties"]["received"][
         "format"] == "int64"
+    # what the gateway always writes is required in answers (a generated client typed every
+    # field optional); nothing a request holds is (Paper is both)
+    schemas = document["components"]["schemas"]
+    assert {"hits", "reranked", "below_min_relevance"} <= set(schemas["SearchResponse"][
+        "required"])
+    assert schemas["Hit"]["required"] == ["score"]  # paper, stages: messages, when set
+    assert "required" not in schemas["Paper"] and "required" not in schemas["SearchRequest"]
     # several statuses share an HTTP code: each is named (one overwrote the others)
     errors = search["responses"]
     assert errors["400"]["description"] == "FAILED_PRECONDITION, INVALID_ARGUMENT, OUT_OF_RANGE"

@@ -11,7 +11,7 @@ field or a message field only when set: gateway/http_api.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -83,9 +83,12 @@ def document() -> dict[str, Any]:
     for service in pb.DESCRIPTOR.services_by_name.values():
         for method in service.methods:
             paths[http_path(method)] = {"post": _operation(method, notes)}
+    methods = [m for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods]
+    answers = (_held(m.output_type for m in methods)  # messages only ever sent back
+               - _held(m.input_type for m in methods))
     schemas: dict[str, Any] = {"Error": _ERROR}
     for message in _messages(pb.DESCRIPTOR.message_types_by_name.values()):
-        schemas[message.name] = _message_schema(message, notes)
+        schemas[message.name] = _message_schema(message, notes, message.full_name in answers)
     for enum in pb.DESCRIPTOR.enum_types_by_name.values():
         schemas[enum.name] = _enum_schema(enum, notes)
     return {
@@ -195,15 +198,32 @@ def _messages(messages: Any) -> Iterator[Descriptor]:
         yield from _messages(message.nested_types)
 
 
-def _message_schema(message: Descriptor, notes: dict[str, str]) -> dict[str, Any]:
+def _held(messages: Iterable[Descriptor]) -> set[str]:
+    """The full names of ``messages`` and of every message their fields hold."""
+    seen: set[str] = set()
+    stack = list(messages)
+    while stack:
+        message = stack.pop()
+        if message.full_name not in seen:
+            seen.add(message.full_name)
+            stack.extend(f.message_type for f in message.fields if f.message_type is not None)
+    return seen
+
+
+def _message_schema(message: Descriptor, notes: dict[str, str],
+                    answer: bool) -> dict[str, Any]:
+    """``answer``: a message only ever sent back, whose fields without presence the gateway
+    always writes (required for clients generated from the document; a request's are not)."""
     properties = {}
     for field in message.fields:
         schema = _field_schema(field)
         if field.full_name in notes:
             schema = {**schema, "description": notes[field.full_name]}
         properties[field.name] = schema
+    required = [f.name for f in message.fields if answer and not f.has_presence]
     return {"type": "object", "description": notes.get(message.full_name, ""),
-            "properties": properties, "additionalProperties": False}
+            "properties": properties, "additionalProperties": False,
+            **({"required": required} if required else {})}
 
 
 def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
