@@ -307,6 +307,21 @@ def test_serve_schema_rejects_invalid_values() -> None:
     assert serve_config_errors("applications: 3")
 
 
+def test_compose_gives_qdrant_its_volumes_before_it_starts() -> None:
+    """Docker makes a new named volume root's (the qdrant image has no storage folders to
+    copy ownership from), and Qdrant runs as 10001: it could not write its storage. A
+    one-off service with only CAP_CHOWN hands each of its volumes to that user first."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    qdrant, init = services["qdrant"], services["qdrant-volumes"]
+    assert qdrant["depends_on"]["qdrant-volumes"] == {
+        "condition": "service_completed_successfully"}
+    assert init["volumes"] == qdrant["volumes"] and init["image"] == qdrant["image"]
+    owner, *paths = init["entrypoint"][1:]
+    assert init["entrypoint"][0] == "chown" and owner == qdrant["user"]
+    assert sorted(paths) == sorted(v.split(":")[1] for v in qdrant["volumes"])
+    assert (init["cap_drop"], init["cap_add"]) == (["ALL"], ["CHOWN"])
+
+
 def test_compose_environment_builds_server_settings() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     samples = {"QDRANT_API_KEY": "k", "PAPERSEARCH_API_KEYS": '["a", "b"]'}
