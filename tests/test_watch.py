@@ -302,6 +302,40 @@ def test_watch_limit_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
 
 
 @pytest.mark.slow
+def test_a_paper_written_again_during_the_replay_is_sent_again(
+    scratch: tuple[Servers, LocalBackend], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A match queued while the replay ran is skipped when the replay sent that paper, but
+    only as the replay sent it: a copy written again meanwhile (the replay may have read the
+    one before) was skipped too, and the watcher kept the old text."""
+    servers, backend = scratch
+    address = servers.start(backend)
+    gateway = servers.gateways[-1]
+    replay = gateway.search._replay
+
+    async def replay_with_writes(*args: Any) -> Any:
+        hits = await replay(*args)
+        [watch] = gateway.watches.watches
+        sent = next(h.paper for h in hits if h.paper.id == "old-gnn-2024")
+        again = dataclasses.replace(sent, abstract="Rewritten: equivariant message passing.")
+        for paper in (sent, again):  # the write the replay read, then a rewrite
+            gateway.watches.publish([paper], watch.vector[None, :], watch.embedder)
+        return hits
+
+    monkeypatch.setattr(gateway.search, "_replay", replay_with_writes)
+    collector = watching(address, WatchQuery(QUERY, min_relevance=0.3,
+                                             replay_since=date(2024, 1, 1)))
+    deadline = time.monotonic() + 10
+    while not collector.ids(replayed=False) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    collector.stop()
+    live = [e.hit.paper for _, e in collector.events if e.hit is not None and not e.replayed]
+    assert [(p.id, p.abstract) for p in live] == [
+        ("old-gnn-2024", "Rewritten: equivariant message passing.")]
+    assert collector.ids(replayed=True).count("old-gnn-2024") == 1
+
+
+@pytest.mark.slow
 def test_watches_hear_of_papers_written_during_the_drain_notice(
     scratch: tuple[Servers, LocalBackend],
 ) -> None:

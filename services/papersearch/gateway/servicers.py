@@ -139,7 +139,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             await self._admit(context)
             return
         try:
-            replayed: set[str] = set()
+            replayed: dict[str, Paper] = {}  # as sent
             if query.replay_since is not None:
                 try:
                     hits = await within_deadline(
@@ -147,17 +147,19 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 except Exception as error:
                     await _fail(context, error)
                 for hit in hits:
-                    replayed.add(hit.paper.id)
+                    replayed[hit.paper.id] = hit.paper
                     await _send(context, watch, pb.WatchEvent(
                         hit=_watch_hit(hit.paper, hit.dense_score), replayed=True))
             await _send(context, watch, pb.WatchEvent(caught_up=True))
-            during_replay = len(watch.pending)  # may repeat a replayed paper: skipped once
+            # may repeat a replayed paper: skipped once, unless written again since (the
+            # replay may have sent the copy before)
+            during_replay = len(watch.pending)
             while watch.ended is None:
                 while watch.pending and watch.ended is None:
                     match: Match = watch.pending.popleft()
                     if during_replay > 0:
                         during_replay -= 1
-                        if match.paper.id in replayed:
+                        if replayed.get(match.paper.id) == match.paper:
                             continue
                     await _send(context, watch, pb.WatchEvent(hit=_watch_hit(match.paper,
                                                                              match.cosine)))
