@@ -220,6 +220,10 @@ def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) ->
     assert checkpoint_key(tmp_path, examples, often) == checkpoint_key(tmp_path, examples, rarely)
     assert checkpoint_key(tmp_path, examples, often) != checkpoint_key(
         tmp_path, examples, TrainingSettings(checkpoint_every_s=0, epochs=2))
+    # the thread count changes the weights (the order of float sums): a resume with another
+    # one did not end on the uninterrupted run's weights, and a finished run served both
+    assert checkpoint_key(tmp_path, examples, TrainingSettings(torch_threads=1)) != \
+        checkpoint_key(tmp_path, examples, TrainingSettings(torch_threads=2))
     # a time budget changes the weights (fewer steps); none keeps the keys from before it
     budgets = {checkpoint_key(tmp_path, examples, TrainingSettings(time_budget_s=s))
                for s in (None, 1800, 3600)}

@@ -145,16 +145,25 @@ def test_distillation_is_zero_when_the_reranker_agrees_with_the_first_stage() ->
     assert float(_distillation(agree.flip(1), group, 0.05)) > 1.0
 
 
-def test_a_long_query_is_cut_at_a_word_boundary_to_leave_the_passage_room() -> None:
-    pytest.importorskip("torch")
+def test_training_cuts_a_long_query_as_the_served_reranker_does(embedder_dir: Path) -> None:
+    """Training cut a long query at a word boundary, serving at a token's end: one query in
+    ten reached the model as other text than it learnt on."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
     from papersearch.modelbuild.training import _fit
+    from papersearch.models.runtime import cut_query
 
-    class Words:
-        def tokenize(self, text: str) -> list[str]:
-            return text.split()
-
-    assert _fit(Words(), "a short query", 8) == "a short query"
-    assert _fit(Words(), "one two three four five six", 4) == "one two three four"
+    hf = transformers.AutoTokenizer.from_pretrained(embedder_dir, local_files_only=True)
+    served = Tokenizer.from_file(str(embedder_dir / "tokenizer.json"))
+    served.no_truncation()
+    query = "video diffusion model (latent, 3D-aware) for text-to-video synthesis " * 6
+    for tokens in (5, 12, 13, 40, 500):
+        offsets = served.encode(query, add_special_tokens=False).offsets
+        assert _fit(hf, query, tokens) == cut_query(query, offsets, tokens), tokens
+    assert _fit(hf, "a short query", 8) == "a short query"
+    cut = _fit(hf, query, 12)
+    assert len(hf(cut, add_special_tokens=False)["input_ids"]) <= 12 < len(hf(query)["input_ids"])
 
 
 def test_publishing_a_trained_reranker_removes_a_killed_publish_s_copy(tmp_path: Path) -> None:

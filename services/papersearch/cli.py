@@ -449,24 +449,13 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_held_out(settings: Settings, tuning: list[Path]) -> None:
-    """A set the settings hold out (held_out_sets) is kept to judge choices, in every run
-    (--held-out names only this run's judges): it may not make one."""
-    held = {p.resolve() for p in settings.held_out_sets}
-    for path in tuning:
-        if path.resolve() in held:
-            raise ValueError(f"{path} is a held-out set (held_out_sets): a set kept to judge "
-                             "choices cannot make one; tune on another set, or take it out of "
-                             "held_out_sets")
-
-
 def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
     from papersearch.evaluation.datasets import load_dataset
     from papersearch.evaluation.tuning import tune_rerank
     from papersearch.reranker.runtime import Reranker
 
-    _not_held_out(settings, [args.dataset])
+    settings.check_not_held_out([args.dataset], "tuning")
     dataset = load_dataset(args.dataset)
     grid = tune_rerank(dataset, settings, Encoder.from_settings(settings.models),
                        Reranker.from_settings(settings.models))
@@ -486,7 +475,7 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.evaluation.datasets import load_dataset
     from papersearch.evaluation.fusion_tuning import tune_fusion
 
-    _not_held_out(settings, args.tune or settings.tune_sets)
+    settings.check_not_held_out(args.tune or settings.tune_sets, "tuning")
     tuning = [load_dataset(p) for p in args.tune or settings.tune_sets]
     held_out = [load_dataset(p) for p in args.held_out or settings.held_out_sets]
     out = tune_fusion(tuning, held_out, settings, Encoder.from_settings(settings.models))

@@ -691,6 +691,17 @@ class Settings(BaseSettings):
                              f"serve.rerank_timeout_s={timeout:g}")
         return self
 
+    def check_not_held_out(self, paths: list[Path], use: str) -> None:
+        """ValueError if one of ``paths`` is a set held out (held_out_sets) to judge choices,
+        in every run (tune's --held-out names only that run's judges): ``use`` (tuning,
+        training) may not read it."""
+        held = {p.resolve() for p in self.held_out_sets}
+        for path in paths:
+            if path.resolve() in held:
+                raise ValueError(f"{path} is a held-out set (held_out_sets): a set kept to "
+                                 f"judge choices cannot be used for {use}; use another set, or "
+                                 "take it out of held_out_sets")
+
     @field_validator("corpus_dir", "eval_dir", mode="before")
     @classmethod
     def _path_not_blank(cls, value: Any, info: ValidationInfo) -> Any:

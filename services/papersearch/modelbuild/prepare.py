@@ -71,13 +71,15 @@ def export_cls_variant(settings: Settings, name: str) -> Path:
     return export_embedder(settings.model_copy(update={"models": variant}))
 
 
-def export_reranker(settings: Settings, source: str) -> Path:
+def export_reranker(settings: Settings, source: str, max_length: int | None = None) -> Path:
+    """``source`` exported as the reranker, its pairs cut to ``max_length`` tokens (default
+    models.reranker_max_length; one trained here: the length it was trained at)."""
     models = settings.models
     spec = ExportSpec(
         name=models.reranker_name,
         kind="reranker",
         source=resolve_source(source, models.cache_dir),
-        max_length=models.reranker_max_length,
+        max_length=max_length or models.reranker_max_length,
         int8_scheme=models.int8_scheme,
     )
     return export(spec, models.repository, parity_texts(settings))
@@ -125,13 +127,16 @@ def training_examples(settings: Settings) -> list[TrainingExample]:
 def train_reranker(settings: Settings) -> Path:
     """Mine examples, fine-tune from the embedder's base weights (cached, resumable), export
     the result; ``training.time_budget_s`` counts from here."""
+    settings.check_not_held_out(settings.training.corpora, "training")
     budget = settings.training.time_budget_s
     deadline = time.monotonic() + budget if budget is not None else None
     examples = training_examples(settings)
     base = Path(resolve_source(settings.models.embedder_source, settings.models.cache_dir).location)
     checkpoint = train(base, examples, settings.training, settings.models.cache_dir,
                        deadline=deadline)
-    return export_reranker(settings, str(checkpoint))
+    # served as trained: pairs cut to the length it learnt on (256 at serve time against 160
+    # in training changed its rankings)
+    return export_reranker(settings, str(checkpoint), settings.training.max_length)
 
 
 def prepare(settings: Settings, *, everything: bool = False) -> dict[str, Path]:

@@ -41,7 +41,7 @@ from transformers import (
 from papersearch.durable import exclusive, remove_stale, replaced, staged
 from papersearch.interrupts import Interrupted
 from papersearch.modelbuild.mining import TrainingExample
-from papersearch.models.runtime import query_tokens
+from papersearch.models.runtime import cut_query, query_tokens
 from papersearch.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 DONE_MARKER = "training.json"
 RESUME_SUFFIX = ".resume"  # <key>.resume/ holds the latest checkpoint of an unfinished run
 CHECKPOINT_FILE = "checkpoint.pt"
+# How a long query is cut to leave the passage room (_fit): in the key, as it changes the inputs
+QUERY_CUT = "token-end"
 HEAD_PREFIXES = ("classifier", "bert.pooler")
 LOSS_WINDOW = 50  # steps in the running loss shown and recorded
 PROBE_PASSES = 2  # throw-away passes timed before training; the first also warms up
@@ -75,7 +77,10 @@ def checkpoint_key(
 ) -> str:
     digest = hashlib.sha256()
     digest.update((base_dir / "config.json").read_bytes())
-    ignored = {"corpora", "torch_threads", "checkpoint_every_s"}  # no effect on the weights
+    digest.update(QUERY_CUT.encode())
+    # no effect on the weights (torch_threads has: its sums run in another order, so a resume
+    # with another count would not end on the uninterrupted run's weights)
+    ignored = {"corpora", "checkpoint_every_s"}
     if cfg.time_budget_s is None:  # keys from before the setting existed stay valid
         ignored.add("time_budget_s")
     digest.update(cfg.model_dump_json(exclude=ignored).encode())
@@ -378,12 +383,13 @@ def _step(
 
 
 def _fit(tokenizer: object, query: str, tokens: int) -> str:
-    """``query`` cut at a word boundary to at most ``tokens`` tokens, so that the passage keeps
-    room (truncation cuts only the passage; a claim can be long for a small ``max_length``)."""
-    words = query.split()
-    while len(words) > 1 and len(tokenizer.tokenize(" ".join(words))) > tokens:  # type: ignore[attr-defined]
-        words.pop()
-    return " ".join(words) if len(words) < len(query.split()) else query
+    """``query`` cut to at most ``tokens`` tokens, so that the passage keeps room (truncation
+    cuts only the passage; a claim can be long for a small ``max_length``): at a token's
+    end, as the served reranker cuts it (models/runtime.py, cut_query). A cut at a word
+    boundary kept other text than serving did for one query in ten."""
+    offsets = tokenizer(query, add_special_tokens=False,  # type: ignore[operator]
+                        return_offsets_mapping=True)["offset_mapping"]
+    return cut_query(query, offsets, tokens)
 
 
 def _distillation(

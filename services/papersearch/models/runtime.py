@@ -170,9 +170,8 @@ class OnnxModel:
 
     def _fit(self, query: str) -> str:
         assert self._queries is not None
-        tokens = query_tokens(self.manifest.max_length)
         offsets = self._queries.encode(query, add_special_tokens=False).offsets
-        return query if len(offsets) <= tokens else query[:offsets[tokens - 1][1]]
+        return cut_query(query, offsets, query_tokens(self.manifest.max_length))
 
     def _feeds(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
         return {k: v for k, v in padded_feeds(encodings).items() if k in self._input_names}
@@ -196,6 +195,12 @@ class OnnxModel:
             (result,) = self.session.run(None, self._feeds([encodings[i] for i in rows]))
             out[rows] = post(np.asarray(result, dtype=np.float32)).reshape(len(rows), width)
         return out
+
+
+def cut_query(query: str, offsets: Sequence[tuple[int, int]], tokens: int) -> str:
+    """``query`` up to the end of its ``tokens``-th token (``offsets``: its tokens' character
+    spans, without special tokens): how training and serving cut a reranker's query."""
+    return query if len(offsets) <= tokens else query[:offsets[tokens - 1][1]]
 
 
 def query_tokens(max_length: int) -> int:
