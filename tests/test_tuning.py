@@ -175,9 +175,11 @@ def test_a_held_out_set_cannot_be_tuned_on(
     other = write_beir(tmp_path / "other", {"d1": "a text"}, {"q1": "text"}, [("q1", "d1", 1)])
     monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps([str(held)]))
     monkeypatch.setenv("PAPERSEARCH_MODELS__REPOSITORY", str(tmp_path / "no-models"))
+    monkeypatch.setenv("PAPERSEARCH_TRAINING__CORPORA", json.dumps([str(other), str(held)]))
     for command in (["tune-rerank", "--dataset", str(held)],
                     ["tune", "--tune", str(other), "--tune", str(held / "."),
-                     "--held-out", str(other)]):
+                     "--held-out", str(other)],
+                    ["models", "train-reranker"]):  # its documents were mined, unchecked
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "is a held-out set (held_out_sets)" in err, command
