@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -180,3 +181,21 @@ def test_printed_results_label_the_expanded_query_and_omit_absent_timings() -> N
     assert fed.endswith("feedback=True, 12.0 ms")
     plain = format_result(SearchResult((hit,), False, {}))
     assert "dense #1 (0.6234)" in plain and plain.endswith("feedback=False")
+
+
+def test_a_newcomers_mistakes_get_one_line(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    """A query typed in a terminal of another encoding crashed in the encoder with a
+    traceback; `--target localhost` went to port 443; a bad date said "invalid fromisoformat
+    value"; an unknown corpus format did not say what is read."""
+    assert main(["search", "Schr\udcf6dinger bridge"]) == 2  # argv's undecodable byte
+    err = capsys.readouterr().err
+    assert "argument 2 (b'Schr\\xf6dinger bridge') is not valid UTF-8" in err
+    assert main(["search", "x", "--target", "localhost"]) == 2
+    assert "--target must be HOST:PORT, got 'localhost'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["search", "x", "--from", "2024-13-01"])
+    assert "--from: expected a date YYYY-MM-DD, got '2024-13-01'" in capsys.readouterr().err
+    (tmp_path / "papers.csv").write_text("id,title\n")
+    assert main(["ingest", str(tmp_path / "papers.csv")]) == 2
+    assert "expected a .jsonl file" in capsys.readouterr().err

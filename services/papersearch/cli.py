@@ -23,6 +23,7 @@ from papersearch.evaluation.modes import EVAL_MODES
 from papersearch.index.errors import StoreError
 from papersearch.index.query import MODES, RECOMMEND_STRATEGIES
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
+from papersearch.loadtest.command import split_target
 from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.models.manifest import ProviderUnavailable
@@ -51,10 +52,17 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError
                StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError)
 
 
+def _iso_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:  # argparse showed "invalid fromisoformat value"
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {value!r}") from None
+
+
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="published_from", type=date.fromisoformat,
+    parser.add_argument("--from", dest="published_from", type=_iso_date,
                         help="only papers published on or after (YYYY-MM-DD)")
-    parser.add_argument("--to", dest="published_to", type=date.fromisoformat,
+    parser.add_argument("--to", dest="published_to", type=_iso_date,
                         help="only papers published on or before (YYYY-MM-DD)")
     parser.add_argument("--category", action="append", default=[],
                         help="only papers in this category (repeatable: any of them)")
@@ -77,6 +85,8 @@ def _remote(args: argparse.Namespace) -> bool:
     without one is a mistake, not something to ignore."""
     if args.target is not None and not args.target.strip():
         raise ValueError("--target is empty: give HOST:PORT, or leave it out to run in-process")
+    if args.target is not None:
+        split_target(args.target)  # "localhost" alone went to port 443
     if args.target is None:
         given = [flag for flag, value in (("--tls", args.tls), ("--ca", args.ca),
                                           ("--cert", args.cert), ("--key", args.key),
@@ -320,6 +330,7 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.client_tls import tls_from_args
 
     _positive_timeout(args.timeout_s)
+    split_target(args.target)
     query = WatchQuery(args.query, _filter(args), args.min_relevance, args.since,
                        args.replay_limit)
     ends = None if args.timeout_s is None else time.monotonic() + args.timeout_s
@@ -619,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--min-relevance", type=float, metavar="COSINE",
                        help="least dense cosine to the query (-1 to 1; default: the server's "
                             "serve.watch_min_relevance, 0.25)")
-    watch.add_argument("--since", type=date.fromisoformat, metavar="YYYY-MM-DD",
+    watch.add_argument("--since", type=_iso_date, metavar="YYYY-MM-DD",
                        help="first replay the best matches published since this date")
     watch.add_argument("--replay-limit", type=int, default=0,
                        help="most papers replayed, with --since and after a reconnect "
@@ -684,7 +695,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    for n, argument in enumerate(arguments, start=1):
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes: a crash deep in the encoder or index
+            raw = argument.encode("utf-8", "surrogateescape")
+            print(f"papersearch: error: argument {n} ({raw!r}) is not valid UTF-8: check the "
+                  "terminal's encoding (LANG)", file=sys.stderr)
+            return 2
+    args = build_parser().parse_args(arguments)
     try:
         settings = load_settings(args.config)
     except (ValueError, FileNotFoundError) as error:  # a setting invalid, the file missing

@@ -153,12 +153,15 @@ def detect_format(path: Path) -> CorpusFormat:
                              "a folder is read in one format; give the .jsonl files as corpus "
                              "paths of their own")
         return CorpusFormat.DAILY_PAPERS
-    if path.suffix == ".txt":
+    if path.suffix.lower() == ".txt":
         return CorpusFormat.DAILY_PAPERS
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         first = _first_object(path)  # a database export may carry its own _id beside ours
         return CorpusFormat.BEIR if "_id" in first and "id" not in first else CorpusFormat.JSONL
-    raise ValueError(f"cannot tell the corpus format of {path}")
+    raise ValueError(f"cannot tell the corpus format of {path}: expected a .jsonl file (JSON "
+                     "Lines papers, or BEIR), a .txt Daily Papers page, a folder of such pages, "
+                     "or a BEIR folder holding corpus.jsonl (give .jsonl files in a folder one "
+                     "by one)")
 
 
 def _first_object(path: Path) -> dict[str, object]:
