@@ -345,6 +345,13 @@ def test_malformed_records_are_skipped_with_their_line(
         assert_stored_exactly(store, good)  # the first occurrence of the duplicate wins
         assert store.get(["broken", "bad-date", "empty"]) == []
 
+    # nothing readable at all: an error, not a success (`ingest && search` went on)
+    broken = write_jsonl(tmp_path / "broken.jsonl", ['{"id": "broken",', "[1]"])
+    done = run_cli(cli_env(model_settings, data_dir), "ingest", broken, "--quiet")
+    assert done.returncode == 2 and json.loads(done.stdout)["read"] == 0
+    assert (f"no paper read from {broken} (2 records skipped; the first: {broken}:1: "
+            "invalid JSON") in done.stderr
+
 
 def test_a_rerun_rewrites_changed_papers_and_update_rewrites_all(
     model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path

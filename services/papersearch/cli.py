@@ -212,6 +212,12 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
             summary = ingest_paths(paths, store, ingester, update=args.update,
                                    progress=not args.quiet)
     print(json.dumps(summary.to_dict(), indent=2))
+    if summary.read == 0:  # `ingest && search` went on with nothing indexed
+        first = summary.skipped_records[:1]
+        print(f"papersearch: error: no paper read from {', '.join(map(str, paths))}"
+              + (f" ({summary.skipped} records skipped; the first: {first[0].source}: "
+                 f"{first[0].reason})" if first else ": the corpus is empty"), file=sys.stderr)
+        return 2
     return 0
 
 
