@@ -211,8 +211,11 @@ def test_judgments_must_name_the_queries_they_judge(
     # a BEIR-format file of its own, nothing judged beside it: its known-item set, as before
     alone = tmp_path / "alone"
     alone.mkdir()
-    (alone / "papers.jsonl").write_text((root / "corpus.jsonl").read_text())
+    (alone / "papers.jsonl").write_text('{"_id": "d1", "title": "A title", "text": "x"}\n')
     assert load_dataset(alone / "papers.jsonl").name.endswith("known-item")
+    (alone / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no paper with both a title and an abstract"):
+        load_dataset(alone / "empty.jsonl")
     (root / "queries.jsonl").write_text("\n")  # a StopIteration traceback
     with pytest.raises(ValueError, match="queries.jsonl holds no queries"):
         load_dataset(root)

@@ -77,6 +77,9 @@ def _of_known_queries(qrels: dict[str, dict[str, int]], queries: Mapping[str, st
 
 def known_item(path: Path) -> EvalDataset:
     papers = [p for p in read_corpus(path) if p.title.strip() and p.abstract.strip()]
+    if not papers:  # was "an empty corpus has no mean length", after the models loaded
+        raise ValueError(f"{path}: no paper with both a title and an abstract, so no "
+                         "known-item query (title -> its abstract) to run")
     return EvalDataset(
         name=f"{path.resolve().name}-known-item",
         papers=lambda: [replace(p, title="") for p in papers],
