@@ -268,18 +268,25 @@ class _Lost:
         raise RuntimeError("qdrant delete: the answer was lost")
 
 
+def _lost_pair(*, live: str, copying: bool) -> tuple[Any, Any, Any]:
+    """Collections papers-a and papers-b, mirrored, whose every write fails with its answer
+    lost (_Lost), ``live`` the live one; no repository needed: nothing is encoded."""
+    from papersearch.pipeline.collections import Bound
+    from papersearch.pipeline.migration import Mirror
+
+    ref = ModelRef("minilm-l6", 1)
+    a, b = (Bound(View(name, ref, "sha", 4), cast(IndexAccess, _Lost()))
+            for name in ("papers-a", "papers-b"))
+    current = a if live == "papers-a" else b
+    return a, b, Mirror((a, b), cast(Any, None), cast(Any, SimpleNamespace(current=current)),
+                        copying=copying)
+
+
 def test_a_failed_write_is_pending_for_the_other_collection() -> None:
     """A write that fails in the caller's collection may still have landed there: its ids are
     pending for the other one, whose reconcile or re-sync then copies their state across
     (as for a failed mirror write); the mirror is not written, the error reaches the client."""
-    from papersearch.pipeline.collections import Bound
-    from papersearch.pipeline.migration import Mirror
-
-    ref = ModelRef("minilm-l6", 1)  # no repository needed: nothing is encoded
-    live, other = (Bound(View(name, ref, "sha", 4), cast(IndexAccess, _Lost()))
-                   for name in ("papers-a", "papers-b"))
-    mirror = Mirror((live, other), cast(Any, None), cast(Any, SimpleNamespace(current=live)),
-                    copying=True)
+    live, other, mirror = _lost_pair(live="papers-a", copying=True)
     paper = Paper(id="lost-1", title="A write whose answer was lost", abstract="")
     with pytest.raises(RuntimeError, match="answer was lost"):
         asyncio.run(mirror.upsert(live, [paper], np.zeros((1, 4), np.float32)))
@@ -293,14 +300,7 @@ def test_a_failed_write_pinned_to_the_old_view_after_the_swap_is_pending_for_the
     """After the swap a write pinned to the old view (encoded before it) failed there: its ids
     were marked pending for the live collection, and --finish or --rollback then copied the
     old collection's stale paper over the live one's acknowledged version."""
-    from papersearch.pipeline.collections import Bound
-    from papersearch.pipeline.migration import Mirror
-
-    ref = ModelRef("minilm-l6", 1)
-    old, live = (Bound(View(name, ref, "sha", 4), cast(IndexAccess, _Lost()))
-                 for name in ("papers-a", "papers-b"))
-    mirror = Mirror((old, live), cast(Any, None), cast(Any, SimpleNamespace(current=live)),
-                    copying=False)
+    old, _, mirror = _lost_pair(live="papers-b", copying=False)
     paper = Paper(id="pinned-1", title="A write that waited through the swap", abstract="")
     with pytest.raises(RuntimeError, match="answer was lost"):
         asyncio.run(mirror.upsert(old, [paper], np.zeros((1, 4), np.float32)))
