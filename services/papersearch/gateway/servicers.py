@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -151,15 +152,19 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                     await _send(context, watch, pb.WatchEvent(
                         hit=_watch_hit(hit.paper, hit.dense_score), replayed=True))
             await _send(context, watch, pb.WatchEvent(caught_up=True))
-            # may repeat a replayed paper: skipped once, unless written again since (the
-            # replay may have sent the copy before)
+            # Matches queued while the replay ran may repeat a replayed paper: of a replayed
+            # paper's copies queued then only the last counts (the replay may have read an
+            # earlier or a later one), sent only if the replay did not send it as it is.
             during_replay = len(watch.pending)
+            last = {m.paper.id: m for m in itertools.islice(watch.pending, during_replay)}
             while watch.ended is None:
                 while watch.pending and watch.ended is None:
                     match: Match = watch.pending.popleft()
                     if during_replay > 0:
                         during_replay -= 1
-                        if replayed.get(match.paper.id) == match.paper:
+                        sent = replayed.get(match.paper.id)
+                        if sent is not None and (match is not last[match.paper.id]
+                                                 or match.paper == sent):
                             continue
                     await _send(context, watch, pb.WatchEvent(hit=_watch_hit(match.paper,
                                                                              match.cosine)))
