@@ -500,3 +500,60 @@ def test_a_large_body_is_parsed_off_the_event_loop(
     deep = call(http + SEARCH, b"[" * 100_000 + b"]" * 100_000)
     assert deep[1]["error"]["message"] == "request body is nested too deeply"
     assert [thread is servers.loop.thread for thread in parsed_in] == [True, False]
+
+
+def test_an_http_stream_to_a_client_that_stopped_reading_ends_at_its_last_line_too() -> None:
+    """Each line's write was bounded, but the end of the body (write_eof, which waits for the
+    client to take what is buffered) was not: a watch that ended while its client had
+    stopped reading held the handler, the gRPC call and its place until the client left."""
+    import socket
+
+    import grpc
+    from aiohttp import web
+
+    from papersearch.gateway.http_api import _lines_out
+
+    ended = asyncio.Event()
+
+    class StallingClientCall:  # a watch that ends once the client stops reading
+        def __init__(self, request: web.Request) -> None:
+            self.request, self.cancelled = request, False
+
+        async def read(self) -> Any:
+            await asyncio.sleep(0)
+            if self.request.protocol is not None and self.request.protocol._paused:
+                return grpc.aio.EOF
+            return pb.WatchEvent(hit=pb.Hit(paper=pb.Paper(paper_id="p", title="t",
+                                                           abstract="x" * 1000)))
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            return await _lines_out(request, StallingClientCall(request), 0.5)
+        finally:
+            ended.set()
+
+    async def run() -> bool:
+        app = web.Application()
+        app.router.add_post("/watch", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect(("127.0.0.1", port))
+        reader.sendall(b"POST /watch HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        try:  # and never read
+            await asyncio.wait_for(ended.wait(), 30)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            reader.close()
+            await runner.cleanup()
+
+    assert asyncio.run(run())  # let go, not held until the client left

@@ -398,10 +398,10 @@ async def _lines_out(request: web.Request, call: Any, stall_s: float) -> web.Str
     cancelled when the HTTP client goes away, or stops reading for ``stall_s``
     (serve.http_body_timeout_s): a line it does not take in that long drops the connection
     (the handler waited on it for ever, long after the watch behind it had ended)."""
-    async def write(data: bytes) -> None:
+    async def bounded(sending: Awaitable[None]) -> None:
         try:
             async with asyncio.timeout(stall_s):
-                await response.write(data)
+                await sending
         except TimeoutError:
             log.info("http stream: the client stopped reading; connection dropped",
                      extra={"path": request.path, "stall_s": stall_s})
@@ -418,15 +418,15 @@ async def _lines_out(request: web.Request, call: Any, stall_s: float) -> web.Str
         response.content_type = openapi.NDJSON
         await response.prepare(request)
         while message is not grpc.aio.EOF:
-            await write(json.dumps(_dict(message)).encode() + b"\n")
+            await bounded(response.write(json.dumps(_dict(message)).encode() + b"\n"))
             try:
                 message = await call.read()
             except grpc.aio.AioRpcError as error:
                 failed = _from_rpc(error)
                 body = {"code": failed.http, "status": failed.status, "message": failed.message}
-                await write(json.dumps({"error": body}).encode() + b"\n")
+                await bounded(response.write(json.dumps({"error": body}).encode() + b"\n"))
                 break
-        await response.write_eof()
+        await bounded(response.write_eof())  # it waits for the client to take the rest
         return response
     finally:
         call.cancel()
