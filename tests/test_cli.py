@@ -15,7 +15,7 @@ import pytest
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.cli import build_parser, main
+from papersearch.cli import _not_utf8, build_parser, main
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.settings import SearchSettings, Settings
@@ -190,9 +190,14 @@ def test_a_newcomers_mistakes_get_one_line(capsys: pytest.CaptureFixture[str],
     value"; an unknown corpus format did not say what is read."""
     assert main(["search", "Schr\udcf6dinger bridge"]) == 2  # argv's undecodable byte
     err = capsys.readouterr().err
-    assert "argument 2 (b'Schr\\xf6dinger bridge') is not valid UTF-8" in err
+    assert "query (b'Schr\\xf6dinger bridge') is not valid UTF-8" in err
+    parsed = build_parser().parse_args(["ingest", str(tmp_path / "caf\udce9.jsonl")])
+    assert _not_utf8(parsed) is None  # a path may be any bytes: not refused
     assert main(["search", "x", "--target", "localhost"]) == 2
     assert "--target must be HOST:PORT, got 'localhost'" in capsys.readouterr().err
+    for target in ("unix:/nonexistent/gateway.sock", "dns:///127.0.0.1:1"):  # gRPC's names
+        assert main(["search", "x", "--target", target]) == 2
+        assert "UNAVAILABLE" in capsys.readouterr().err, target
     with pytest.raises(SystemExit):
         main(["search", "x", "--from", "2024-13-01"])
     assert "--from: expected a date YYYY-MM-DD, got '2024-13-01'" in capsys.readouterr().err

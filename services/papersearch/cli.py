@@ -48,6 +48,7 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 # A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
 LOADTEST_MODULES = ("prometheus_client", "matplotlib")  # the loadtest extra's
+GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError,
                StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError)
 
@@ -86,7 +87,7 @@ def _remote(args: argparse.Namespace) -> bool:
     if args.target is not None and not args.target.strip():
         raise ValueError("--target is empty: give HOST:PORT, or leave it out to run in-process")
     if args.target is not None:
-        split_target(args.target)  # "localhost" alone went to port 443
+        _check_target(args.target, args.tls or args.ca is not None)
     if args.target is None:
         given = [flag for flag, value in (("--tls", args.tls), ("--ca", args.ca),
                                           ("--cert", args.cert), ("--key", args.key),
@@ -95,6 +96,14 @@ def _remote(args: argparse.Namespace) -> bool:
             raise ValueError(f"{', '.join(given)} only with --target (without it the search "
                              "runs in-process)")
     return args.target is not None
+
+
+def _check_target(target: str, tls: bool) -> None:
+    """HOST:PORT ([v6]:PORT), or a gRPC target name (dns:, ipv4:, ipv6:, unix:); a bare host
+    only with TLS (port 443): without, "localhost" went to 443 where no gateway listens."""
+    if target.startswith(GRPC_TARGET_SCHEMES) or (tls and ":" not in target):
+        return
+    split_target(target)
 
 
 def _filter(args: argparse.Namespace) -> SearchFilter:
@@ -336,7 +345,7 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.client_tls import tls_from_args
 
     _positive_timeout(args.timeout_s)
-    split_target(args.target)
+    _check_target(args.target, args.tls or args.ca is not None)
     query = WatchQuery(args.query, _filter(args), args.min_relevance, args.since,
                        args.replay_limit)
     ends = None if args.timeout_s is None else time.monotonic() + args.timeout_s
@@ -700,17 +709,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """What says that a text argument (a query, a name, an id; not a path, which may be
+    any bytes) holds bytes that are not UTF-8, as a terminal in another encoding sends them:
+    they crashed deep in the encoder or the index."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not _encodes(text):
+                raw = text.encode("utf-8", "surrogateescape")
+                return (f"{name} ({raw!r}) is not valid UTF-8: check the terminal's encoding "
+                        "(LANG)")
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else list(argv)
-    for n, argument in enumerate(arguments, start=1):
-        try:
-            argument.encode("utf-8")
-        except UnicodeEncodeError:  # undecodable bytes: a crash deep in the encoder or index
-            raw = argument.encode("utf-8", "surrogateescape")
-            print(f"papersearch: error: argument {n} ({raw!r}) is not valid UTF-8: check the "
-                  "terminal's encoding (LANG)", file=sys.stderr)
-            return 2
-    args = build_parser().parse_args(arguments)
+    args = build_parser().parse_args(argv)
+    if (undecodable := _not_utf8(args)) is not None:
+        print(f"papersearch: error: {undecodable}", file=sys.stderr)
+        return 2
     try:
         settings = load_settings(args.config)
     except (ValueError, FileNotFoundError) as error:  # a setting invalid, the file missing
