@@ -175,7 +175,8 @@ def test_a_held_out_set_cannot_be_tuned_on(
     other = write_beir(tmp_path / "other", {"d1": "a text"}, {"q1": "text"}, [("q1", "d1", 1)])
     monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps([str(held)]))
     monkeypatch.setenv("PAPERSEARCH_MODELS__REPOSITORY", str(tmp_path / "no-models"))
-    monkeypatch.setenv("PAPERSEARCH_TRAINING__CORPORA", json.dumps([str(other), str(held)]))
+    monkeypatch.setenv("PAPERSEARCH_TRAINING__CORPORA",
+                       json.dumps([str(other), str(held / "corpus.jsonl")]))  # a file in it
     for command in (["tune-rerank", "--dataset", str(held)],
                     ["tune", "--tune", str(other), "--tune", str(held / "."),
                      "--held-out", str(other)],

@@ -284,9 +284,9 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
         with store:
             started = time.perf_counter()  # the search's time, as `search` reports it
             hits = store.similar(query.examples, query.top_k, query.filter)
+            total_ms = (time.perf_counter() - started) * 1000
         result = SearchResult(tuple(SearchHit(h.paper, h.score, StageScores(dense=h.dense_score))
-                                    for h in hits), False,
-                              {"total": (time.perf_counter() - started) * 1000})
+                                    for h in hits), False, {"total": total_ms})
     print(json.dumps(result_to_dict(result), indent=2) if args.json else format_result(result))
     return 0
 

@@ -696,8 +696,8 @@ class Settings(BaseSettings):
         in every run (tune's --held-out names only that run's judges): ``use`` (tuning,
         training) may not read it."""
         held = {p.resolve() for p in self.held_out_sets}
-        for path in paths:
-            if path.resolve() in held:
+        for path in paths:  # the set's folder, or a file in it (its corpus.jsonl)
+            if held & {path.resolve(), *path.resolve().parents}:
                 raise ValueError(f"{path} is a held-out set (held_out_sets): a set kept to "
                                  f"judge choices cannot be used for {use}; use another set, or "
                                  "take it out of held_out_sets")
