@@ -210,7 +210,7 @@ def test_the_learning_rate_plan_warms_up_then_decays_also_when_a_refit_cut_it() 
 
 def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) -> None:
     """How often a run checkpoints has no effect on its weights, so it keeps the key: a run
-    resumes under another interval, and keys from before the setting existed stay valid."""
+    resumes under another interval."""
     from papersearch.modelbuild.mining import TrainingExample
     from papersearch.modelbuild.training import checkpoint_key
 
@@ -224,7 +224,7 @@ def test_checkpoint_settings_do_not_change_the_checkpoint_key(tmp_path: Path) ->
     # one did not end on the uninterrupted run's weights, and a finished run served both
     assert checkpoint_key(tmp_path, examples, TrainingSettings(torch_threads=1)) != \
         checkpoint_key(tmp_path, examples, TrainingSettings(torch_threads=2))
-    # a time budget changes the weights (fewer steps); none keeps the keys from before it
+    # a time budget changes the weights (fewer steps)
     budgets = {checkpoint_key(tmp_path, examples, TrainingSettings(time_budget_s=s))
                for s in (None, 1800, 3600)}
     assert len(budgets) == 3

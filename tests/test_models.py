@@ -496,6 +496,9 @@ def test_training_and_export_are_cached(model_settings: Settings, reranker_dir: 
     summary = json.loads(next(Path(model_settings.models.cache_dir).glob(
         "reranker-checkpoints/*/training.json")).read_text())
     assert summary["steps"] > 0
+    # served with the pair length it was trained at (it was models.reranker_max_length, 256)
+    assert read_manifest(reranker_dir).max_length == model_settings.training.max_length == \
+        summary["max_length"] != model_settings.models.reranker_max_length
 
 
 def test_any_hf_cross_encoder_exports_through_the_same_path(

@@ -20,7 +20,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.modelbuild.export import ExportSpec, export
 from papersearch.modelbuild.mining import MIN_ABSTRACT_WORDS, TrainingExample, mine, sample
 from papersearch.modelbuild.sources import resolve_source
-from papersearch.modelbuild.training import train
+from papersearch.modelbuild.training import DONE_MARKER, train
 from papersearch.models.runtime import RuntimeOptions
 from papersearch.settings import Settings
 
@@ -71,15 +71,20 @@ def export_cls_variant(settings: Settings, name: str) -> Path:
     return export_embedder(settings.model_copy(update={"models": variant}))
 
 
-def export_reranker(settings: Settings, source: str, max_length: int | None = None) -> Path:
-    """``source`` exported as the reranker, its pairs cut to ``max_length`` tokens (default
-    models.reranker_max_length; one trained here: the length it was trained at)."""
+def export_reranker(settings: Settings, source: str) -> Path:
+    """``source`` exported as the reranker, its pairs cut to models.reranker_max_length tokens,
+    or, for a checkpoint trained here (its training.json), to the length it was trained at:
+    served at 256 against 160 in training, its rankings moved."""
     models = settings.models
+    resolved = resolve_source(source, models.cache_dir)
+    trained = Path(resolved.location) / DONE_MARKER
+    max_length = (int(json.loads(trained.read_text())["max_length"]) if trained.is_file()
+                  else models.reranker_max_length)
     spec = ExportSpec(
         name=models.reranker_name,
         kind="reranker",
-        source=resolve_source(source, models.cache_dir),
-        max_length=max_length or models.reranker_max_length,
+        source=resolved,
+        max_length=max_length,
         int8_scheme=models.int8_scheme,
     )
     return export(spec, models.repository, parity_texts(settings))
@@ -134,9 +139,7 @@ def train_reranker(settings: Settings) -> Path:
     base = Path(resolve_source(settings.models.embedder_source, settings.models.cache_dir).location)
     checkpoint = train(base, examples, settings.training, settings.models.cache_dir,
                        deadline=deadline)
-    # served as trained: pairs cut to the length it learnt on (256 at serve time against 160
-    # in training changed its rankings)
-    return export_reranker(settings, str(checkpoint), settings.training.max_length)
+    return export_reranker(settings, str(checkpoint))  # at the length it was trained at
 
 
 def prepare(settings: Settings, *, everything: bool = False) -> dict[str, Path]:

@@ -81,8 +81,6 @@ def checkpoint_key(
     # no effect on the weights (torch_threads has: its sums run in another order, so a resume
     # with another count would not end on the uninterrupted run's weights)
     ignored = {"corpora", "checkpoint_every_s"}
-    if cfg.time_budget_s is None:  # keys from before the setting existed stay valid
-        ignored.add("time_budget_s")
     digest.update(cfg.model_dump_json(exclude=ignored).encode())
     for example in examples:
         digest.update(json.dumps(asdict(example)).encode())
