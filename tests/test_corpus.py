@@ -362,6 +362,9 @@ def test_detect_format(tmp_path: Path) -> None:
         detect_format(tmp_path / "beir")
     with pytest.raises(FileNotFoundError, match="no such corpus file or folder: .*missing$"):
         detect_format(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"missing \(/.+/missing: paths are relative to "
+                                                "the current directory"):
+        detect_format(Path("missing"))
 
 
 def test_read_corpus_counts_duplicates_and_logs_skips(

@@ -681,6 +681,20 @@ def test_an_embedded_manifest_that_cannot_be_written_is_store_unavailable(
     assert (tmp_path / "papers" / MANIFEST).is_file()
 
 
+
+def test_where_an_index_is_not_is_said_plainly(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index.data_dir that is a file was "not readable and writable"; a relative one was
+    named as written, so a command run from another folder pointed at the wrong place."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(StoreUnavailable, match="afile is a file, not a folder"):
+        EdgeStore(IndexSettings(data_dir=afile)).ensure_collection(DIM, SHA)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CollectionMissing, match=rf"no index at rel/papers \({tmp_path}/rel/"
+                                                "papers\\): papersearch ingest creates it"):
+        EdgeStore(IndexSettings(data_dir=Path("rel"))).ensure_collection(DIM, SHA, create=False)
+
 KILLED_WRITER = """
 import sys
 from pathlib import Path

@@ -136,7 +136,9 @@ def detect_format(path: Path) -> CorpusFormat:
     in one format, and the other files' papers would be passed over without a word.
     """
     if not path.exists():
-        raise FileNotFoundError(f"no such corpus file or folder: {path}")
+        where = "" if path.is_absolute() else f" ({path.resolve()}: paths are relative to the " \
+            "current directory)"
+        raise FileNotFoundError(f"no such corpus file or folder: {path}{where}")
     if path.is_dir() and (path / CORPUS_FILE).is_file():
         pages = sorted(p.name for p in path.glob("*.txt"))
         if pages:  # the BEIR reader reads corpus.jsonl only: the pages would go unread

@@ -124,7 +124,8 @@ class EdgeStore(Store):
         if (self.path / _SHARD_CONFIG).is_file():
             shard = self._load(identity.dim)
         elif not create:
-            raise CollectionMissing(f"no index at {self.path}: papersearch ingest creates it")
+            raise CollectionMissing(f"no index at {_shown(self.path)}: papersearch ingest "
+                                    "creates it")
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             with _engine("create"):
@@ -245,6 +246,9 @@ class EdgeStore(Store):
             except OSError as exc:
                 raise StoreUnavailable(f"index directory {directory} is not reachable: {exc}"
                                        ) from exc
+            if not directory.is_dir():  # was "not readable and writable", misleading
+                raise StoreUnavailable(f"index directory {directory} is a file, not a folder "
+                                       "(index.data_dir)")
             if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
                 raise StoreUnavailable(
                     f"index directory {directory} is not readable and writable by this process")
@@ -311,9 +315,16 @@ def _engine(operation: str) -> Iterator[None]:
         if "WouldBlock" in str(exc):
             raise StoreUnavailable(
                 f"qdrant-edge {operation}: index is open in another process, one process at "
-                f"a time (a running `papersearch serve`? query it with --target) ({exc})"
+                "a time (a running `papersearch serve` or ingest? let it finish or stop it; a "
+                "service takes searches with --target and papers through UpsertPapers)"
             ) from exc
         raise StoreError(f"qdrant-edge {operation} failed: {exc}") from exc
+
+
+def _shown(path: Path) -> str:
+    """``path``, and where it is when relative (to the current directory: a command run from
+    elsewhere looked for the index, or was told to make one, in the wrong place)."""
+    return str(path) if path.is_absolute() else f"{path} ({path.resolve()})"
 
 
 def _config(settings: IndexSettings, dim: int) -> qe.EdgeConfig:
