@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from papersearch import interrupts
 from papersearch.index.schema import EmbedderIdentity
 from papersearch.modelbuild.export import EXPORT_LOCK
 from papersearch.models.manifest import read_manifest
@@ -599,3 +601,55 @@ def test_starting_ray_keeps_the_serve_commands_signal_handlers(
         assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C in the second or so the command's modules take to load printed a traceback, and
+    an onnxruntime import it cut short (an ImportError raised from the KeyboardInterrupt)
+    read as a broken install with exit 1; now both are the one line and status 130."""
+    import builtins
+
+    from papersearch import console
+
+    real = builtins.__import__
+
+    def loading(failure: Callable[[], None]) -> Callable[..., Any]:
+        def imported(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "papersearch.cli":
+                failure()
+            return real(name, *args, **kwargs)
+        return imported
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    def cut_short() -> None:
+        try:
+            ctrl_c()
+        except KeyboardInterrupt as interrupt:
+            raise ImportError("initialization failed") from interrupt
+
+    def missing() -> None:
+        raise ImportError("No module named 'onnxruntime'")
+
+    for failure in (ctrl_c, cut_short):
+        monkeypatch.setattr(builtins, "__import__", loading(failure))
+        assert console.main() == interrupts.EXIT_STATUS
+        assert capsys.readouterr().err == ("papersearch: interrupted (before it started: "
+                                           "nothing was done)\n")
+    monkeypatch.setattr(builtins, "__import__", loading(missing))
+    with pytest.raises(ImportError, match="onnxruntime"):  # a real one stays itself
+        console.main()
+    monkeypatch.setattr(builtins, "__import__", real)
+    # and an import a command makes later, cut short the same way
+    from papersearch import cli
+
+    def importing(*args: Any) -> int:
+        cut_short()
+        return 0
+
+    monkeypatch.setattr(cli, "_search", importing)
+    assert cli.main(["search", "x"]) == interrupts.EXIT_STATUS
+    assert capsys.readouterr().err.endswith("papersearch: interrupted\n")

@@ -758,6 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `... --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
+    except Exception as error:  # an import a command makes late, cut short by Ctrl-C
+        if not interrupts.interrupted_by(error):
+            raise
+        print("papersearch: interrupted", file=sys.stderr, flush=True)
+        return interrupts.EXIT_STATUS
 
 
 if __name__ == "__main__":

@@ -23,6 +23,19 @@ def catch_sigint() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def interrupted_by(error: BaseException) -> bool:
+    """Whether ``error`` is Ctrl-C, or was caused by it (an import it cut short fails with an
+    ImportError raised from the KeyboardInterrupt)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def message(interrupt: KeyboardInterrupt) -> str:
     detail = str(interrupt) if isinstance(interrupt, Interrupted) else ""
     return f"papersearch: interrupted ({detail})" if detail else "papersearch: interrupted"

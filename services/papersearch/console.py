@@ -1,0 +1,21 @@
+"""The `papersearch` command's entry point. Ctrl-C while the command's modules load (numpy,
+gRPC, onnxruntime: a second or so) ends in the same one line and status as Ctrl-C later: it
+printed a traceback, and an import it cut short (onnxruntime's ImportError, a class body's
+RuntimeError) read as a broken install, exit 1."""
+
+from __future__ import annotations
+
+import sys
+
+from papersearch.interrupts import EXIT_STATUS, interrupted_by
+
+
+def main() -> int:
+    try:
+        from papersearch.cli import main as run
+    except (KeyboardInterrupt, Exception) as error:  # wrapped too: ImportError, RuntimeError
+        if not interrupted_by(error):
+            raise
+        print("papersearch: interrupted (before it started: nothing was done)", file=sys.stderr)
+        return EXIT_STATUS
+    return run()
