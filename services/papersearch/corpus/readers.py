@@ -143,17 +143,15 @@ def detect_format(path: Path) -> CorpusFormat:
         pages = sorted(p.name for p in path.glob("*.txt"))
         if pages:  # the BEIR reader reads corpus.jsonl only: the pages would go unread
             raise ValueError(f"{path} holds a BEIR {CORPUS_FILE} and Daily Papers pages "
-                             f"({', '.join(pages[:3])}{', ...' if len(pages) > 3 else ''}): a "
-                             "folder is read in one format; give the pages a folder of their "
-                             "own")
+                             f"({_few(pages)}): a folder is read in one format; give the pages "
+                             "a folder of their own")
         return CorpusFormat.BEIR
     if path.is_dir() and any(path.glob("*.txt")):
         others = sorted(p.name for p in path.glob("*.jsonl"))
         if others:
             raise ValueError(f"{path} holds Daily Papers pages (.txt) and JSON Lines files "
-                             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): "
-                             "a folder is read in one format; give the .jsonl files as corpus "
-                             "paths of their own")
+                             f"({_few(others)}): a folder is read in one format; give the "
+                             ".jsonl files as corpus paths of their own")
         return CorpusFormat.DAILY_PAPERS
     if path.suffix.lower() == ".txt":
         return CorpusFormat.DAILY_PAPERS
@@ -164,6 +162,11 @@ def detect_format(path: Path) -> CorpusFormat:
                      "Lines papers, or BEIR), a .txt Daily Papers page, a folder of such pages, "
                      "or a BEIR folder holding corpus.jsonl (give .jsonl files in a folder one "
                      "by one)")
+
+
+def _few(names: list[str]) -> str:
+    """The first three of ``names``, and "..." where there are more."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _first_object(path: Path) -> dict[str, object]:
