@@ -697,7 +697,8 @@ class Settings(BaseSettings):
         training) may not read it."""
         held = {p.resolve() for p in self.held_out_sets}
         for path in paths:  # the set's folder, or a file in it (its corpus.jsonl)
-            if held & {path.resolve(), *path.resolve().parents}:
+            resolved = path.resolve()
+            if held & {resolved, *resolved.parents}:
                 raise ValueError(f"{path} is a held-out set (held_out_sets): a set kept to "
                                  f"judge choices cannot be used for {use}; use another set, or "
                                  "take it out of held_out_sets")
