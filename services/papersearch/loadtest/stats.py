@@ -44,6 +44,11 @@ def latency_ms(latencies_s: Sequence[float]) -> dict[str, float | None]:
             for q in PERCENTILES}
 
 
+def _with_max(seconds: Sequence[float]) -> dict[str, float | None]:
+    """latency_ms's percentiles and the largest, in milliseconds (None when there is none)."""
+    return {**latency_ms(seconds), "max": max(seconds) * 1000 if seconds else None}
+
+
 def _ok_latencies(records: Sequence[RequestRecord]) -> list[float]:
     return [r.latency_s for r in records if r.code == OK and r.latency_s is not None]
 
@@ -177,9 +182,8 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
         cancelled=cancelled, duration_s=duration_s,
         elapsed_s=max([duration_s, *(r.ended_s for r in records if r.ended_s is not None)]),
         offered_qps=len(records) / duration_s, achieved_qps=ok / duration_s,
-        latency_ms={**latency_ms(latencies), "max": max(latencies) * 1000 if latencies else None},
-        send_lag_ms={**latency_ms(lags), "max": max(lags) * 1000 if lags else None},
-        from_schedule_ms={**latency_ms(waits), "max": max(waits) * 1000 if waits else None},
+        latency_ms=_with_max(latencies), send_lag_ms=_with_max(lags),
+        from_schedule_ms=_with_max(waits),
         reranked_ratio=sum(1 for r in reranked if r) / len(reranked) if reranked else None,
         rerank_depths={str(d): n for d, n in sorted(Counter(
             r.rerank_depth for r in records if r.code == OK and r.rerank_depth is not None
