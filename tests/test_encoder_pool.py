@@ -65,3 +65,20 @@ def test_actors_load_the_embedder_the_collection_was_built_with(
     assert list(out["row"]) == [0, 1] and out["dense"].shape == (2, live.dim)
     with pytest.raises(EmbedderMismatch, match="not the model the collection was built with"):
         EncodeActor(models, (CPU_PROVIDER,), ModelRef("other", 1), "f" * 64)
+
+
+def test_a_local_ray_that_does_not_start_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray gives its raylet a fixed 30 s to register and then raises a bare Exception: on a
+    busy machine `ingest --ray` ended in a Ray traceback."""
+    import ray
+
+    from papersearch.ingest.distributed import NoRayCluster, ray_cluster
+
+    def timed_out(**_: object) -> None:
+        raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    with pytest.raises(NoRayCluster, match=r"could not start a local Ray instance: The current "
+                                           r"node timed out during startup\. \(on a busy"):
+        with ray_cluster(None):
+            pass

@@ -42,14 +42,15 @@ pytestmark = pytest.mark.slow
 BATCH_SIZE = 8
 CLI_TIMEOUT_S = 300
 UPSERT_WAIT_S = 120
-# Holds a one-CPU, one-GPU local Ray instance until its stdin closes; prints its address.
-GPU_CLUSTER = """
+# Holds a one-CPU local Ray instance (with argv[1] GPUs declared) until its stdin closes;
+# prints its address.
+HELD_CLUSTER = """
 import shutil, sys, tempfile
 import ray
-temp_dir = tempfile.mkdtemp(prefix="ps-gpu-")  # short: Ray's socket paths are limited
+temp_dir = tempfile.mkdtemp(prefix="ps-ray-")  # short: Ray's socket paths are limited
 try:
-    context = ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
-                       _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
+    context = ray.init(num_cpus=1, num_gpus=int(sys.argv[1]), include_dashboard=False,
+                       log_to_driver=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
     print(context.address_info["gcs_address"], flush=True)
     sys.stdin.read()
     ray.shutdown(wait_for_processes=True)
@@ -176,20 +177,21 @@ def ingest(env: dict[str, str], *args: str | Path) -> dict[str, Any]:
 
 
 @contextmanager
-def gpu_cluster(env: dict[str, str]) -> Iterator[str]:
-    """A local Ray instance that declares one GPU, held by a process of its own for the block;
-    its GCS address. Started in pytest's own process, ``ray.init`` twice timed out in CI with
-    the raylet never started (not a line of its log): Ray forks its daemons with a
-    ``preexec_fn``, which can hang in the child of a process with many threads."""
+def held_cluster(env: dict[str, str], gpus: int = 0) -> Iterator[str]:
+    """A one-CPU local Ray instance declaring ``gpus`` GPUs, held by a process of its own for
+    the block; its GCS address. Started in pytest's own process, ``ray.init`` timed out in CI
+    three times with the raylet never registered ("The current node timed out during
+    startup"): Ray forks its daemons with a ``preexec_fn``, which can hang in the child of a
+    process with many threads. Connecting a driver to it forks nothing."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", GPU_CLUSTER], env=LOCAL_RAY_ENV | env, text=True,
+        [sys.executable, "-c", HELD_CLUSTER, str(gpus)], env=LOCAL_RAY_ENV | env, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert holder.stdout is not None
     try:
         address = holder.stdout.readline().strip()
         if not address:
-            pytest.fail(f"the GPU Ray instance did not start: {holder.communicate(timeout=60)[1]}")
+            pytest.fail(f"the held Ray instance did not start: {holder.communicate(timeout=60)[1]}")
         yield address
     finally:
         try:
@@ -480,7 +482,7 @@ def test_gpu_encoders_need_the_cuda_provider_and_fail_before_any_write(
     onnxruntime-gpu, exit 2, nothing written."""
     corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(20))
     env = cli_env(model_settings, tmp_path / "gpu")
-    with gpu_cluster(env) as address:
+    with held_cluster(env, gpus=1) as address:
         done = run_cli(env, "ingest", corpus, f"--ray={address}", "--quiet")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
@@ -618,7 +620,7 @@ def test_ray_workers_without_the_collections_embedder_stop_the_run_in_one_line(
     models = ModelSettings(repository=embedder_dir.parents[1])
     pool = EncoderPool(1, 1.0, 0.0)
     sha = read_manifest(embedder_dir).sha256
-    with ray_cluster(None):
+    with held_cluster(dict(os.environ)) as address, ray_cluster(address):
         check_worker_embedder(pool, models, ref, sha)  # the same model: passes
         with pytest.raises(EmbedderMismatch, match=rf"{embedder_dir} \(sha256 {sha[:12]}\) is "
                                                    r"not the model .* \(sha256 ffffffffffff\)"):
