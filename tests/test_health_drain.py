@@ -286,6 +286,14 @@ def test_drain_without_a_drain_file_is_a_clear_error() -> None:
         request_drain(ServeSettings())
 
 
+def test_drain_with_no_gateway_says_so_and_leaves_no_file(tmp_path: Path) -> None:
+    """It reported "gateway drained in 0.0 s" and left the drain file behind."""
+    drain_file = tmp_path / "drain"
+    serve = ServeSettings(grpc_host="127.0.0.1", grpc_port=free_port(), drain_file=drain_file)
+    assert request_drain(serve) is None
+    assert not drain_file.exists()
+
+
 @pytest.mark.slow
 def test_drain_is_shared_by_concurrent_callers(scratch: tuple[Any, LocalBackend]) -> None:
     servers, backend = scratch

@@ -422,7 +422,11 @@ def _drain(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.serving.drain import request_drain
 
     seconds = request_drain(settings.serve)
-    print(f"papersearch: gateway drained in {seconds:.1f} s")
+    if seconds is None:
+        print(f"papersearch: no gateway accepts calls on port {settings.serve.grpc_port}: "
+              "nothing to drain")
+    else:
+        print(f"papersearch: gateway drained in {seconds:.1f} s")
     return 0
 
 

@@ -31,12 +31,16 @@ def accepting(host: str, port: int) -> bool:
         return False
 
 
-def request_drain(serve: ServeSettings) -> float:
-    """Create the drain file and wait for the gateway to stop; seconds it took."""
+def request_drain(serve: ServeSettings) -> float | None:
+    """Create the drain file and wait for the gateway to stop; seconds it took, or None when no
+    gateway was listening (nothing to drain, no file left behind)."""
     path = serve.drain_file
     if path is None:
         raise ValueError("serve.drain_file is not set: the gateway watches no file to drain on "
                          "(set PAPERSEARCH_SERVE__DRAIN_FILE for the gateway and this command)")
+    if not accepting(serve.grpc_host, serve.grpc_port):
+        log.info("no gateway to drain", extra={"port": serve.grpc_port})
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     started = time.monotonic()
