@@ -204,3 +204,26 @@ def test_a_newcomers_mistakes_get_one_line(capsys: pytest.CaptureFixture[str],
     (tmp_path / "papers.csv").write_text("id,title\n")
     assert main(["ingest", str(tmp_path / "papers.csv")]) == 2
     assert "expected a .jsonl file" in capsys.readouterr().err
+
+
+def test_one_shot_answers_log_warnings_only_unless_a_level_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three INFO lines (model checked, index opened, closed) stood above every `search`."""
+    from papersearch.cli import _log_level
+    from papersearch.settings import load_settings
+
+    monkeypatch.delenv("PAPERSEARCH_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("PAPERSEARCH_CONFIG", raising=False)
+    parser = build_parser()
+    search, similar = parser.parse_args(["search", "q"]), parser.parse_args(["similar", "x"])
+    ingest = parser.parse_args(["ingest", "papers.jsonl"])
+    assert [_log_level(load_settings(), a) for a in (search, similar, ingest)] == [
+        "WARNING", "WARNING", "INFO"]
+    monkeypatch.setenv("PAPERSEARCH_LOG_LEVEL", "info")
+    assert _log_level(load_settings(), search) == "INFO"
+    monkeypatch.delenv("PAPERSEARCH_LOG_LEVEL")
+    config = tmp_path / "settings.yaml"
+    config.write_text("log_level: DEBUG\n")
+    monkeypatch.setenv("PAPERSEARCH_CONFIG", str(config))  # what --config does, undone after
+    assert _log_level(load_settings(), search) == "DEBUG"

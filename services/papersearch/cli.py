@@ -607,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="give up waiting after this long (the gateway goes on)")
     migrate.set_defaults(handler=_index_migrate)
 
-    search = commands.add_parser("search", help="search the index in-process")
+    search = commands.add_parser(
+        "search", help="search the index: in-process, or a running gateway with --target")
     search.add_argument("query")
     search.add_argument("--top-k", type=int, help="default: search.default_top_k (10)")
     search.add_argument("--mode", default="hybrid", choices=MODES)
@@ -626,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "feedback)")
     search.add_argument("--json", action="store_true")
     _add_gateway_arguments(search)
-    search.set_defaults(handler=_search)
+    search.set_defaults(handler=_search, answer_only=True)
 
     similar = commands.add_parser(
         "similar", help="papers like the given ones (and unlike --unlike ones): recommendations")
@@ -640,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filter_arguments(similar)
     similar.add_argument("--json", action="store_true")
     _add_gateway_arguments(similar)
-    similar.set_defaults(handler=_similar)
+    similar.set_defaults(handler=_similar, answer_only=True)
 
     watch = commands.add_parser(
         "watch", help="a saved search: print new matching papers as a gateway indexes them")
@@ -734,6 +735,15 @@ def _encodes(text: str) -> bool:
     return True
 
 
+def _log_level(settings: Settings, args: argparse.Namespace) -> str:
+    """settings.log_level, except that a one-shot answer (search, similar) logs only warnings
+    unless log_level was set: its INFO lines (model checked, index opened and closed) would
+    stand above every answer."""
+    if getattr(args, "answer_only", False) and "log_level" not in settings.model_fields_set:
+        return "WARNING"
+    return settings.log_level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (undecodable := _not_utf8(args)) is not None:
@@ -744,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # a setting invalid, the file missing
         print(f"papersearch: error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(_log_level(settings, args), settings.log_format)
     for variable in unread_variables(os.environ):
         log.warning("environment variable names no setting: not read (sections and their "
                     "keys are joined by two underscores, PAPERSEARCH_SERVE__GRPC_PORT)",
