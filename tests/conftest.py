@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,15 @@ from types import ModuleType
 
 import pytest
 
+from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.settings import Settings
+
+# Ray's C++ side reads its configuration (token auth among it) once, when Ray is first imported:
+# the commands set these before they import Ray, and so does this process before any test
+# module does (two test modules import Ray when collected). Set later, this process's drivers
+# kept token auth and hung connecting to a Ray instance started without it.
+for _key, _value in LOCAL_RAY_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
