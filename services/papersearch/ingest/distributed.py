@@ -117,8 +117,7 @@ def ray_cluster(address: str | None) -> Iterator[None]:
                          _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
             except Exception as error:  # Ray's start timeout is a bare Exception
                 raise NoRayCluster(f"could not start a local Ray instance: {error} (on a busy "
-                                   "machine, run again; or start one with `ray start --head` "
-                                   "and pass --ray=auto)") from None
+                                   "machine, run again)") from None
         else:
             _check_reachable(address)
             try:
