@@ -3,6 +3,7 @@ reported before slow work (fast; a local gRPC server where a call is needed)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -227,3 +228,6 @@ def test_one_shot_answers_log_warnings_only_unless_a_level_is_set(
     config.write_text("log_level: DEBUG\n")
     monkeypatch.setenv("PAPERSEARCH_CONFIG", str(config))  # what --config does, undone after
     assert _log_level(load_settings(), search) == "DEBUG"
+    monkeypatch.delenv("PAPERSEARCH_CONFIG")
+    assert main(["search", " "]) == 2  # refused before any work, after logging is set up
+    assert logging.getLogger().level == logging.WARNING

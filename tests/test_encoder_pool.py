@@ -82,3 +82,10 @@ def test_a_local_ray_that_does_not_start_is_one_line(monkeypatch: pytest.MonkeyP
                                            r"node timed out during startup\. \(on a busy"):
         with ray_cluster(None):
             pass
+
+    def cut_short(**_: object) -> None:  # an import inside ray.init cut short by Ctrl-C
+        raise ImportError("cannot import name 'x'") from KeyboardInterrupt()
+
+    monkeypatch.setattr(ray, "init", cut_short)
+    with pytest.raises(ImportError), ray_cluster(None):  # the CLI's "interrupted" line, exit 130
+        pass

@@ -115,7 +115,12 @@ def ray_cluster(address: str | None) -> Iterator[None]:
             try:
                 ray.init(include_dashboard=False, log_to_driver=False,
                          _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
-            except Exception as error:  # Ray's start timeout is a bare Exception
+            except OSError as error:
+                raise NoRayCluster(f"could not start a local Ray instance: {error}") from None
+            except Exception as error:
+                if type(error) is not Exception:  # a bug, or an import cut short by Ctrl-C
+                    raise
+                # Ray's own start failures, its fixed 30 s for the raylet to register among them
                 raise NoRayCluster(f"could not start a local Ray instance: {error} (on a busy "
                                    "machine, run again)") from None
         else:
