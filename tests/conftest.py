@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,35 @@ from papersearch.settings import Settings
 # Ray's C++ side reads its configuration (token auth among it) once, when Ray is first imported:
 # the commands set these before they import Ray, and so does this process before any test
 # module does (two test modules import Ray when collected). Set later, this process's drivers
-# kept token auth and hung connecting to a Ray instance started without it.
-for _key, _value in LOCAL_RAY_ENV.items():
-    os.environ.setdefault(_key, _value)
+# kept token auth and hung connecting to a Ray instance started without it. Forced, not
+# defaulted: the suite's Ray instances are its own whatever the host's shell exports (a
+# RAY_ADDRESS would send every local start to the host's cluster).
+os.environ.update(LOCAL_RAY_ENV)
+os.environ.pop("RAY_ADDRESS", None)
+# Every server a test starts is on loopback: never through a proxy the host may export.
+for _name in ("no_proxy", "NO_PROXY"):
+    os.environ[_name] = ",".join(filter(None, (os.environ.get(_name), "127.0.0.1,localhost")))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SAMPLE_CORPUS = SHARED / "corpus" / "daily-papers"
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored() -> Iterator[None]:
+    """What an in-process ``papersearch`` command changes for the whole process, put back
+    after each test: the root logger (its handler writes to that test's captured stderr,
+    closed after it) and the SIGINT and SIGTERM handlers (``serve`` leaves both ignored, and
+    every process started later inherited an ignored SIGTERM)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    handled = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for signum, handler in handled.items():
+        if handler is not None:  # None: set outside Python, left alone
+            signal.signal(signum, handler)
 
 
 def benchmark(name: str) -> ModuleType:

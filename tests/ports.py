@@ -16,9 +16,11 @@ def free_port() -> int:
     once one took the metrics port handed to its dashboard agent, whose failure stopped the
     raylet ("The current node timed out during startup")."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    # an ephemeral range from (nearly) 1024 leaves nothing below it: any unprivileged port
+    first, end = (max(1024, low - 12_000), low) if low >= 3024 else (1024, 65536)
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(max(1024, low - 12_000), low)
+        port = rng.randrange(first, end)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as sock:

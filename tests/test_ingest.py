@@ -12,6 +12,7 @@ import os
 import queue
 import random
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.slow
 
 BATCH_SIZE = 8
 CLI_TIMEOUT_S = 300
+HOLDER_START_S = 180.0  # Ray's own start gives up after 30 s for the raylet (+ the GCS's)
 UPSERT_WAIT_S = 120
 # Holds a one-CPU local Ray instance (with argv[1] GPUs declared) until its stdin closes;
 # prints its address.
@@ -191,9 +193,12 @@ def held_cluster(env: dict[str, str], gpus: int = 0) -> Iterator[str]:
     )
     assert holder.stdout is not None
     try:
-        address = holder.stdout.readline().strip()
-        if not address:
-            pytest.fail(f"the held Ray instance did not start: {holder.communicate(timeout=60)[1]}")
+        started, _, _ = select.select([holder.stdout], [], [], HOLDER_START_S)
+        address = holder.stdout.readline().strip() if started else ""
+        if not address:  # a hung start ends the test, not CI
+            holder.kill()
+            pytest.fail(f"the held Ray instance did not start within {HOLDER_START_S:g} s: "
+                        f"{holder.communicate(timeout=60)[1]}")
         yield address
     finally:
         try:

@@ -437,7 +437,8 @@ def test_ctrl_c_stops_train_reranker_and_a_rerun_resumes_to_the_same_weights(
 
 
 def _session_processes(sid: int) -> list[str]:
-    """Processes still in the session the command led (Ray's included): pid and name."""
+    """Processes still in the session the command led (Ray's included): pid and name. Not
+    zombies: they have exited (an orphan's waits for a PID 1 that may never reap it)."""
     left = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -446,7 +447,7 @@ def _session_processes(sid: int) -> list[str]:
             continue
         name_end = text.rindex(")")
         fields = text[name_end + 2 :].split()
-        if int(fields[3]) == sid:  # state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":  # state ppid pgrp session ...
             left.append(f"{stat.parent.name} {text[text.index('(') + 1 : name_end]}")
     return left
 

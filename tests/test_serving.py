@@ -102,9 +102,15 @@ def test_the_serve_controller_runs_at_the_configured_interval(target: Target) ->
 
     from papersearch.serving.launcher import CONTROL_LOOP_ENV
 
+    def command_line(process: psutil.Process) -> str:  # "" for one that exits meanwhile
+        try:
+            return " ".join(process.cmdline())
+        except psutil.Error:
+            return ""
+
     # the local Ray instance's processes are this one's descendants (ray.init started them)
     controllers = [p for p in psutil.Process().children(recursive=True)
-                   if "ray::ServeController" in " ".join(p.cmdline())]
+                   if "ray::ServeController" in command_line(p)]
     assert len(controllers) == 1
     expected = str(Settings().serve.control_loop_interval_s)
     assert all(p.environ().get(CONTROL_LOOP_ENV) == expected for p in controllers)
