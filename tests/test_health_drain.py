@@ -5,6 +5,8 @@ a real embedded index."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -284,6 +286,29 @@ def test_drain_stops_the_readiness_watcher_whenever_it_lands(
 def test_drain_without_a_drain_file_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="drain_file"):
         request_drain(ServeSettings())
+
+
+def test_a_listener_too_busy_to_answer_still_counts_as_accepting() -> None:
+    """Its backlog full, a busy gateway's port drops a connect unanswered: `drain` took that
+    for no gateway and skipped the drain."""
+    overflow = Path("/proc/sys/net/ipv4/tcp_abort_on_overflow")
+    if overflow.exists() and overflow.read_text().strip() != "0":
+        pytest.skip("this kernel refuses (resets) a connect past a full backlog")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(4)]
+        try:
+            for client in queued:  # more than the backlog holds, never accepted
+                client.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    client.connect(("127.0.0.1", port))
+            assert accepting("127.0.0.1", port)
+        finally:
+            for client in queued:
+                client.close()
+    assert not accepting("127.0.0.1", port)  # closed: refused
 
 
 def test_drain_with_no_gateway_says_so_and_leaves_no_file(tmp_path: Path) -> None:
