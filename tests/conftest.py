@@ -13,8 +13,17 @@ from types import ModuleType
 
 import pytest
 
-from papersearch.serving.launcher import LOCAL_RAY_ENV
-from papersearch.settings import Settings
+# Before gRPC is first used in this process. Ray forks its daemons with a preexec_fn (fork, then
+# exec); while another thread of this process was inside gRPC, gRPC's fork handlers skipped
+# themselves ("Other threads are currently calling into gRPC, skipping fork() handlers") and
+# the child aborted before its exec: CI lost a Serve test module's Ray to a dashboard that
+# died with SIGABRT. Measured here with three threads making calls: 7 of 200 such forks
+# aborted, none with the handlers off, the setting gRPC documents for a fork always followed
+# by exec.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
+from papersearch.serving.launcher import LOCAL_RAY_ENV  # noqa: E402
+from papersearch.settings import Settings  # noqa: E402
 
 # Ray's C++ side reads its configuration (token auth among it) once, when Ray is first imported:
 # the commands set these before they import Ray, and so does this process before any test

@@ -183,10 +183,10 @@ def held_cluster(env: dict[str, str], gpus: int = 0) -> Iterator[str]:
     """A one-CPU local Ray instance declaring ``gpus`` GPUs, held by a process of its own for
     the block; its GCS address. Started in pytest's own process, ``ray.init`` timed out in CI
     with the raylet never registered ("The current node timed out during startup"), three
-    times in two tests: Ray forks its daemons with a ``preexec_fn``, which can hang in the
-    child of a process with many threads, and before conftest set Ray's environment first,
-    pytest's process could hold token auth its Ray's daemons lacked. Connecting a driver
-    forks nothing."""
+    times in two tests: Ray forks its daemons with a ``preexec_fn``, whose child can abort
+    before its exec while another thread is inside gRPC (conftest turns gRPC's fork handlers
+    off), and before conftest set Ray's environment first, pytest's process could hold token
+    auth its Ray's daemons lacked. Connecting a driver forks nothing."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HELD_CLUSTER, str(gpus)], env=LOCAL_RAY_ENV | env, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
