@@ -21,6 +21,7 @@ from papersearch.corpus.beir import CORPUS_FILE, read_beir
 from papersearch.corpus.daily_papers import read_daily_papers
 from papersearch.corpus.jsonl import bounded_lines, read_jsonl
 from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped
+from papersearch.paths import shown
 
 __all__ = [
     "CorpusFormat",
@@ -136,9 +137,8 @@ def detect_format(path: Path) -> CorpusFormat:
     in one format, and the other files' papers would be passed over without a word.
     """
     if not path.exists():
-        where = "" if path.is_absolute() else f" ({path.resolve()}: paths are relative to the " \
-            "current directory)"
-        raise FileNotFoundError(f"no such corpus file or folder: {path}{where}")
+        where = shown(path, ": paths are relative to the current directory")
+        raise FileNotFoundError(f"no such corpus file or folder: {where}")
     if path.is_dir() and (path / CORPUS_FILE).is_file():
         pages = sorted(p.name for p in path.glob("*.txt"))
         if pages:  # the BEIR reader reads corpus.jsonl only: the pages would go unread

@@ -73,6 +73,7 @@ from papersearch.index.schema import (
 )
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
+from papersearch.paths import shown
 from papersearch.settings import IndexSettings
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class EdgeStore(Store):
         if (self.path / _SHARD_CONFIG).is_file():
             shard = self._load(identity.dim)
         elif not create:
-            raise CollectionMissing(f"no index at {_shown(self.path)}: papersearch ingest "
+            raise CollectionMissing(f"no index at {shown(self.path)}: papersearch ingest "
                                     "creates it")
         else:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -319,12 +320,6 @@ def _engine(operation: str) -> Iterator[None]:
                 "service takes searches with --target and papers through UpsertPapers)"
             ) from exc
         raise StoreError(f"qdrant-edge {operation} failed: {exc}") from exc
-
-
-def _shown(path: Path) -> str:
-    """``path``, and where it is when relative (to the current directory: a command run from
-    elsewhere looked for the index, or was told to make one, in the wrong place)."""
-    return str(path) if path.is_absolute() else f"{path} ({path.resolve()})"
 
 
 def _config(settings: IndexSettings, dim: int) -> qe.EdgeConfig:
