@@ -34,7 +34,6 @@ from papersearch.index.schema import EmbedderIdentity
 from papersearch.models.manifest import ProviderUnavailable, read_manifest
 from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER, RuntimeOptions
 from papersearch.retriever.retriever import Retriever
-from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.settings import IndexSettings, Settings
 from tests.ports import free_port
 
@@ -180,15 +179,16 @@ def ingest(env: dict[str, str], *args: str | Path) -> dict[str, Any]:
 
 @contextmanager
 def held_cluster(env: dict[str, str], gpus: int = 0) -> Iterator[str]:
-    """A one-CPU local Ray instance declaring ``gpus`` GPUs, held by a process of its own for
-    the block; its GCS address. Started in pytest's own process, ``ray.init`` timed out in CI
+    """A one-CPU local Ray instance declaring ``gpus`` GPUs, held by a process of its own (with
+    ``env``, made from this process's: Ray's local environment is conftest's) for the block;
+    its GCS address. Started in pytest's own process, ``ray.init`` timed out in CI
     with the raylet never registered ("The current node timed out during startup"), three
     times in two tests: Ray forks its daemons with a ``preexec_fn``, whose child can abort
     before its exec while another thread is inside gRPC (conftest turns gRPC's fork handlers
     off), and before conftest set Ray's environment first, pytest's process could hold token
     auth its Ray's daemons lacked. Connecting a driver forks nothing."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HELD_CLUSTER, str(gpus)], env=LOCAL_RAY_ENV | env, text=True,
+        [sys.executable, "-c", HELD_CLUSTER, str(gpus)], env=env, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert holder.stdout is not None

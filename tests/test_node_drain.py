@@ -5,7 +5,6 @@ drain is asked for whatever Ray's state API does."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 
 from papersearch.serving import node_drain
-from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.serving.node_drain import ListingFailed, drain_ray_node, replicas_on
 
 REPLICA = "ServeReplica:drained:Echo"
@@ -24,13 +22,12 @@ REPLICA = "ServeReplica:drained:Echo"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[Any, str, str]]:
-    """A head with no CPUs and two one-CPU workers; an app of one one-CPU replica."""
+    """A head with no CPUs and two one-CPU workers; an app of one one-CPU replica (Ray's
+    local environment is the suite's: conftest)."""
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    saved = {key: os.environ.get(key) for key in LOCAL_RAY_ENV}
-    os.environ.update(LOCAL_RAY_ENV)
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: socket paths are length-limited
     nodes = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "temp_dir": str(temp_dir), "include_dashboard": True})
@@ -54,11 +51,6 @@ def cluster() -> Iterator[tuple[Any, str, str]]:
         ray.shutdown()
         nodes.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.mark.slow
