@@ -231,3 +231,35 @@ def test_one_shot_answers_log_warnings_only_unless_a_level_is_set(
     monkeypatch.delenv("PAPERSEARCH_CONFIG")
     assert main(["search", " "]) == 2  # refused before any work, after logging is set up
     assert logging.getLogger().level == logging.WARNING
+
+
+def test_an_in_process_search_cleans_and_checks_its_filter_as_the_gateway_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`search --author "A.  Author"` found nothing where `similar` and the gateway find "A.
+    Author"; an empty --category filtered everything out; a tab in a name was not refused."""
+    import papersearch.pipeline.factory as factory
+    from papersearch.pipeline.query import SearchQuery, SearchResult
+
+    asked: list[SearchQuery] = []
+
+    class Recorded:
+        async def search(self, query: SearchQuery) -> SearchResult:
+            asked.append(query)
+            return SearchResult((), False, {})
+
+    class Closed:
+        def __enter__(self) -> Closed:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(factory, "build_pipeline", lambda settings: (Recorded(), Closed()))
+    assert main(["search", "graph", "--author", " A.  Author", "--category", "",
+                 "--category", "cs.LG"]) == 0
+    assert [(q.filter.authors, q.filter.categories) for q in asked] == [
+        (("A. Author",), ("cs.LG",))]
+    assert main(["search", "graph", "--author", "A.\tAuthor"]) == 2
+    assert "filter.authors[0] contains the control character U+0009" in capsys.readouterr().err
+    assert len(asked) == 1

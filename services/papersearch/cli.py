@@ -243,7 +243,12 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     if remote:  # the gateway checks it against its own limits, not this machine's settings
         result = _ask_gateway(args, lambda client: client.search(query))
     else:
-        query.validate(settings.search)  # reported before any model or index is loaded
+        from papersearch.api import convert
+
+        # checked and cleaned as the gateway does it ("Jane  Doe" is "Jane Doe"), before any
+        # model or index is loaded
+        query = convert.search_query_from_proto(convert.search_query_to_proto(query),
+                                                settings.search)
         from papersearch.pipeline.factory import build_pipeline
 
         pipeline, store = build_pipeline(settings)
