@@ -82,6 +82,21 @@ def test_daily_page_without_blank_lines_and_glued_subscribe(tmp_path: Path) -> N
     ]
 
 
+def test_a_folders_pages_are_found_whatever_the_case_of_their_suffix(tmp_path: Path) -> None:
+    """A folder's "b.TXT" was passed over without a word (a folder was globbed for "*.txt"),
+    though the same file given by name was read; a folder named like a page is no page."""
+    write(tmp_path / "pages", "a.txt", page(("Alpha: A Model", ABSTRACT_A)))
+    write(tmp_path / "pages", "b.TXT", page(("Beta Set", ABSTRACT_B)))
+    (tmp_path / "pages" / "old.txt").mkdir()
+    assert [p.title for p in papers(list(read_daily_papers(tmp_path / "pages")))] == [
+        "Alpha: A Model", "Beta Set"]
+    write(tmp_path / "upper", "A.TXT", page(("Alpha: A Model", ABSTRACT_A)))
+    assert detect_format(tmp_path / "upper") is CorpusFormat.DAILY_PAPERS
+    write(tmp_path / "upper", "more.JSONL", json.dumps(GOOD) + "\n")
+    with pytest.raises(ValueError, match=r"JSON Lines files \(more\.JSONL\)"):
+        detect_format(tmp_path / "upper")
+
+
 def test_daily_duplicates_across_and_within_pages_yield_once(tmp_path: Path) -> None:
     truncated = ABSTRACT_A[:30] + "..."
     write(tmp_path, "000.txt", page(("Alpha: A Model", truncated), ("Beta Set", ABSTRACT_B)))

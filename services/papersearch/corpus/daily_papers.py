@@ -25,6 +25,7 @@ from papersearch.corpus.paper import (
     normalise_title,
     within_limits,
 )
+from papersearch.paths import files_ending
 
 ID_PREFIX = "dp-"
 
@@ -86,7 +87,7 @@ def paper_id(title: str) -> str:
 
 def read_daily_papers(path: Path) -> Iterator[ReadResult]:
     """Read a directory of ``*.txt`` pages (in name order) or a single page."""
-    pages = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    pages = files_ending(path, ".txt") if path.is_dir() else [path]
     items = [item for page in pages for item in parse_page(page)]
     # Each listing is held to the API's limits first: a glitched copy (lines run together into
     # one giant abstract) is skipped where it stands and never chosen over a good copy (it was,

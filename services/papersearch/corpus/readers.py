@@ -21,7 +21,7 @@ from papersearch.corpus.beir import CORPUS_FILE, read_beir
 from papersearch.corpus.daily_papers import read_daily_papers
 from papersearch.corpus.jsonl import bounded_lines, read_jsonl
 from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped
-from papersearch.paths import shown
+from papersearch.paths import files_ending, shown
 
 __all__ = [
     "CorpusFormat",
@@ -140,14 +140,14 @@ def detect_format(path: Path) -> CorpusFormat:
         where = shown(path, ": paths are relative to the current directory")
         raise FileNotFoundError(f"no such corpus file or folder: {where}")
     if path.is_dir() and (path / CORPUS_FILE).is_file():
-        pages = sorted(p.name for p in path.glob("*.txt"))
+        pages = [p.name for p in files_ending(path, ".txt")]
         if pages:  # the BEIR reader reads corpus.jsonl only: the pages would go unread
             raise ValueError(f"{path} holds a BEIR {CORPUS_FILE} and Daily Papers pages "
                              f"({_few(pages)}): a folder is read in one format; give the pages "
                              "a folder of their own")
         return CorpusFormat.BEIR
-    if path.is_dir() and any(path.glob("*.txt")):
-        others = sorted(p.name for p in path.glob("*.jsonl"))
+    if path.is_dir() and files_ending(path, ".txt"):
+        others = [p.name for p in files_ending(path, ".jsonl")]
         if others:
             raise ValueError(f"{path} holds Daily Papers pages (.txt) and JSON Lines files "
                              f"({_few(others)}): a folder is read in one format; give the "
