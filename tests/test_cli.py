@@ -195,7 +195,8 @@ def test_a_newcomers_mistakes_get_one_line(capsys: pytest.CaptureFixture[str],
     parsed = build_parser().parse_args(["ingest", str(tmp_path / "caf\udce9.jsonl")])
     assert _not_utf8(parsed) is None  # a path may be any bytes: not refused
     assert main(["search", "x", "--target", "localhost"]) == 2
-    assert "--target must be HOST:PORT, got 'localhost'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--target must be HOST:PORT ([v6]:PORT for IPv6), got 'localhost'" in err
     for target in ("unix:/nonexistent/gateway.sock", "dns:///127.0.0.1:1"):  # gRPC's names
         assert main(["search", "x", "--target", target]) == 2
         assert "UNAVAILABLE" in capsys.readouterr().err, target

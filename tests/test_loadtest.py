@@ -19,7 +19,7 @@ import pytest
 from papersearch.cli import build_parser, main
 from papersearch.encoder.runtime import Encoder
 from papersearch.loadtest.calibrate import CalibrationOptions, burst, scaled, settle
-from papersearch.loadtest.command import build, check_target, is_loopback
+from papersearch.loadtest.command import build, check_target, is_loopback, split_target
 from papersearch.loadtest.monitor import (
     DeploymentState,
     ReplicaMonitor,
@@ -180,10 +180,21 @@ def test_remote_targets_need_allow_remote(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", ["localhost", ":50051", "host:http", "127.0.0.1:0",
-                                    "127.0.0.1:70000"])
+                                    "127.0.0.1:70000", "[::1]", "[::1]50051", "[]:50051"])
 def test_malformed_targets(target: str) -> None:
     with pytest.raises(ValueError, match="--target must be HOST:PORT"):
         is_loopback(target)
+
+
+def test_a_url_or_an_unbracketed_v6_target_is_told_what_to_write() -> None:
+    """`--target http://127.0.0.1:8000` (the curl examples' form) was told to put
+    "http://127.0.0.1" in IPv6 brackets; `[::1]` (no port) got "[[:]:1]"."""
+    with pytest.raises(ValueError, match=r"gRPC HOST:PORT without a scheme .*'http://127"):
+        is_loopback("http://127.0.0.1:8000")
+    with pytest.raises(ValueError, match=r"in brackets, \[::1\]:50051$"):
+        is_loopback("::1:50051")
+    assert split_target("[::1]:50051") == ("::1", 50051)
+    assert split_target("localhost:1") == ("localhost", 1)
 
 
 def test_cli_refuses_a_remote_target(capsys: pytest.CaptureFixture[str]) -> None:

@@ -45,13 +45,18 @@ class CalibrationFailed(ValueError):
 
 def split_target(target: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port)."""
-    host, sep, port = target.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:  # "::1:50051": gRPC reads it otherwise, the loopback check so
-        raise ValueError(f"--target: write an IPv6 address in brackets, [{host}]:{port}")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--target must be HOST:PORT, got {target!r}")
+    if "://" in target:  # a URL, as curl takes the HTTP front's
+        raise ValueError(f"--target is the gateway's gRPC HOST:PORT without a scheme (such as "
+                         f"127.0.0.1:50051), got {target!r}")
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        sep, port = rest[:1], rest[1:]
+    else:
+        host, sep, port = target.rpartition(":")
+        if ":" in host:  # "::1:50051": gRPC reads it otherwise, the loopback check so
+            raise ValueError(f"--target: write an IPv6 address in brackets, [{host}]:{port}")
+    if sep != ":" or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--target must be HOST:PORT ([v6]:PORT for IPv6), got {target!r}")
     return host, int(port)
 
 
