@@ -229,12 +229,12 @@ def test_jsonl_maps_every_field(tmp_path: Path) -> None:
 
 def test_jsonl_dates_of_a_year_or_a_month_are_its_first_day(tmp_path: Path) -> None:
     """"2024" and "2024-03" (ISO 8601's reduced precision, common in exports) cost the whole
-    paper: skipped as "not an ISO date"."""
+    paper: skipped as "not an ISO date"; so did a year written as a number."""
     lines = [json.dumps({**GOOD, "id": f"p{i}", "published": value})
-             for i, value in enumerate(("2024", "2024-03", "2024-03-05"))]
+             for i, value in enumerate(("2024", "2024-03", "2024-03-05", 2024))]
     found = [p.published for p in read_jsonl(write(tmp_path, "papers.jsonl",
                                                    "\n".join(lines) + "\n"))]
-    assert found == [date(2024, 1, 1), date(2024, 3, 1), date(2024, 3, 5)]
+    assert found == [date(2024, 1, 1), date(2024, 3, 1), date(2024, 3, 5), date(2024, 1, 1)]
 
 
 @pytest.mark.parametrize(
@@ -246,6 +246,8 @@ def test_jsonl_dates_of_a_year_or_a_month_are_its_first_day(tmp_path: Path) -> N
         (json.dumps({**GOOD, "title": "", "abstract": " "}), "neither title nor abstract"),
         (json.dumps({**GOOD, "published": "02/01/2024"}), "not an ISO date"),
         (json.dumps({**GOOD, "published": "2024-13"}), "not an ISO date"),
+        (json.dumps({**GOOD, "published": 20240305}), "ISO date string or a year, got int"),
+        (json.dumps({**GOOD, "published": True}), "ISO date string or a year, got bool"),
         (json.dumps({**GOOD, "authors": [1, 2]}), "'authors' must be"),
     ],
 )

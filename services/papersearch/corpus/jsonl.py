@@ -145,8 +145,11 @@ def _names(record: Mapping[str, Any], key: str, separator: str) -> tuple[str, ..
 def _published(value: Any) -> date | None:
     if value is None or value == "":
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and 1000 <= value <= 9999:
+        value = str(value)  # a year as a number, as metadata exports often write it
     if not isinstance(value, str):
-        raise RecordError(f"'published' must be an ISO date string, got {type(value).__name__}")
+        raise RecordError(f"'published' must be an ISO date string or a year, got "
+                          f"{type(value).__name__} {value!r}")
     text = value.strip()
     if _REDUCED_DATE.fullmatch(text):  # "2024" or "2024-03": the period's first day
         text += "-01-01" if len(text) == 4 else "-01"
