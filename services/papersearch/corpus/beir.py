@@ -2,7 +2,9 @@
 
 Ids are normalised as the API's are (corpus/paper.checked_id: stripped, NFC), and so are the
 qrels' (evaluation/beir), so judgments still match. ``text`` becomes the abstract; either it or
-the title may be empty, not both. Scalar metadata goes to :attr:`Paper.extra`, except ``url``.
+the title may be empty, not both. The metadata's ``url``, ``authors``, ``published`` and
+``categories`` are read as a JSON Lines paper's fields are (corpus/jsonl), so that filters match
+them; other scalar metadata goes to :attr:`Paper.extra`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from papersearch.corpus.jsonl import (
     RecordError,
+    filtered_fields,
     read_json_lines,
     record_id,
     scalar_extras,
@@ -21,6 +24,7 @@ from papersearch.corpus.jsonl import (
 from papersearch.corpus.paper import Paper, Skipped, within_limits
 
 CORPUS_FILE = "corpus.jsonl"
+_READ = frozenset({"url", "authors", "published", "categories"})  # metadata the paper has
 
 
 def read_beir(path: Path) -> Iterator[Paper | Skipped]:
@@ -38,5 +42,6 @@ def paper_from_beir(record: Mapping[str, Any]) -> Paper:
         title=text_field(record, "title"),
         abstract=text_field(record, "text"),
         url=text_field(metadata, "url") or None,
-        extra=scalar_extras(metadata, frozenset({"url"})),
+        extra=scalar_extras(metadata, _READ),
+        **filtered_fields(metadata),
     ))

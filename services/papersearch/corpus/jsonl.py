@@ -87,12 +87,19 @@ def paper_from_json(record: Mapping[str, Any]) -> Paper:
         id=record_id(record, "id"),
         title=text_field(record, "title"),
         abstract=text_field(record, "abstract"),
-        authors=_names(record, "authors", r","),
-        published=_published(record.get("published")),
-        categories=_names(record, "categories", r"[,\s]"),
         url=text_field(record, "url") or None,
         extra=scalar_extras(record, _KNOWN),
+        **filtered_fields(record),
     ))
+
+
+def filtered_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields search filters match, as Paper's keyword arguments: ``authors`` (a list, or
+    one "a, b" string), ``published`` (an ISO date, or a year) and ``categories`` (a list, or
+    one comma- or space-separated string); absent ones are empty."""
+    return {"authors": _names(record, "authors", r","),
+            "published": _published(record.get("published")),
+            "categories": _names(record, "categories", r"[,\s]")}
 
 
 def record_id(record: Mapping[str, Any], key: str) -> str:
