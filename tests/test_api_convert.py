@@ -363,11 +363,11 @@ def test_paper_round_trip() -> None:
 
 
 def test_minimal_paper_round_trip() -> None:
-    paper = Paper(id="p1", title="", abstract="Only an abstract.", extra={"source": "x"})
+    paper = Paper(id="p1", title="", abstract="Only an abstract.")
     message = convert.paper_to_proto(paper)
     assert message.published == "" and message.url == "" and not message.title
     back = convert.paper_from_proto(message)
-    assert back == paper and back.published is None and back.url is None and back.extra == {}
+    assert back == paper and back.published is None and back.url is None
 
 
 @pytest.mark.parametrize("paper", [PAPER, Paper(id="p1", title="", abstract="Only an abstract.")])

@@ -224,7 +224,6 @@ def test_jsonl_maps_every_field(tmp_path: Path) -> None:
         categories=("cs.CL", "cs.IR"),
         url="https://arxiv.org/abs/2401.00001",
     )
-    assert paper.extra == {"venue": "ACL"}
 
 
 def test_jsonl_dates_of_a_year_or_a_month_are_its_first_day(tmp_path: Path) -> None:
@@ -330,8 +329,8 @@ def test_a_paper_in_two_corpora_of_one_run_is_a_duplicate(tmp_path: Path) -> Non
 
 
 def test_beir_reads_ids_verbatim_and_metadata(tmp_path: Path) -> None:
-    """The metadata's authors, published and categories went to Paper.extra, which the index
-    does not store: filters found no BEIR paper, though the README said they would."""
+    """The metadata's authors, published and categories were kept aside where the index never
+    stored them: filters found no BEIR paper, though the README said they would."""
     metadata = {"authors": "Perlis, A. J.", "published": "1958-12", "categories": ["cs.PL"],
                 "cacm_id": "CA581203"}
     records = [
@@ -344,8 +343,8 @@ def test_beir_reads_ids_verbatim_and_metadata(tmp_path: Path) -> None:
     results = list(read_beir(tmp_path))
     assert [p.id for p in papers(results)] == ["7", "8"]
     paper = papers(results)[1]
-    assert (paper.authors, paper.published, paper.categories, paper.extra) == (
-        ("Perlis", "A. J."), date(1958, 12, 1), ("cs.PL",), {"cacm_id": "CA581203"})
+    assert (paper.authors, paper.published, paper.categories) == (
+        ("Perlis", "A. J."), date(1958, 12, 1), ("cs.PL",))
     assert [(s.source, s.reason[:30]) for s in skipped(results)] == [
         (f"{path}:3", "paper '9' has neither title no"),
         (f"{path}:4", "'published' is not an ISO date")]

@@ -354,7 +354,7 @@ def watch_query_to_proto(query: WatchQuery) -> pb.WatchSearchRequest:
 
 
 def paper_to_proto(paper: Paper) -> pb.Paper:
-    """Paper -> pb.Paper. Paper.extra has no field in the API and is dropped."""
+    """Paper -> pb.Paper."""
     return pb.Paper(
         paper_id=paper.id,
         title=paper.title,

@@ -4,7 +4,7 @@ Ids are normalised as the API's are (corpus/paper.checked_id: stripped, NFC), an
 qrels' (evaluation/beir), so judgments still match. ``text`` becomes the abstract; either it or
 the title may be empty, not both. The metadata's ``url``, ``authors``, ``published`` and
 ``categories`` are read as a JSON Lines paper's fields are (corpus/jsonl), so that filters match
-them; other scalar metadata goes to :attr:`Paper.extra`.
+them; other metadata is not read.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from papersearch.corpus.jsonl import (
     filtered_fields,
     read_json_lines,
     record_id,
-    scalar_extras,
     text_field,
 )
 from papersearch.corpus.paper import Paper, Skipped, within_limits
 
 CORPUS_FILE = "corpus.jsonl"
-_READ = frozenset({"url", "authors", "published", "categories"})  # metadata the paper has
 
 
 def read_beir(path: Path) -> Iterator[Paper | Skipped]:
@@ -42,6 +40,5 @@ def paper_from_beir(record: Mapping[str, Any]) -> Paper:
         title=text_field(record, "title"),
         abstract=text_field(record, "text"),
         url=text_field(metadata, "url") or None,
-        extra=scalar_extras(metadata, _READ),
         **filtered_fields(metadata),
     ))

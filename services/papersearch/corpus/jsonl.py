@@ -2,7 +2,7 @@
 
 One object a line: ``id`` and ``title`` or ``abstract`` are required; ``authors`` is a list or a
 "a, b" string, ``published`` an ISO date, ``categories`` a list (or a comma- or space-separated
-string), ``url`` a string. Other scalar fields are kept in :attr:`Paper.extra`.
+string), ``url`` a string. Other fields are not read.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, BinaryIO
 
 from papersearch.corpus.paper import Paper, Skipped, checked_id, clean_text, within_limits
 
-_KNOWN = frozenset({"id", "title", "abstract", "authors", "published", "categories", "url"})
 # The longest line read: a paper at every limit of within_limits, each character written as a
 # \uXXXX escape, is ~0.45 MiB; past this a line is skipped unread, not held whole in memory
 MAX_LINE_BYTES = 1 << 20
@@ -88,7 +87,6 @@ def paper_from_json(record: Mapping[str, Any]) -> Paper:
         title=text_field(record, "title"),
         abstract=text_field(record, "abstract"),
         url=text_field(record, "url") or None,
-        extra=scalar_extras(record, _KNOWN),
         **filtered_fields(record),
     ))
 
@@ -127,15 +125,6 @@ def text_field(record: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise RecordError(f"{key!r} must be a string, got {type(value).__name__}")
     return clean_text(value)
-
-
-def scalar_extras(record: Mapping[str, Any], known: frozenset[str]) -> dict[str, str]:
-    """Other non-empty scalar fields, as strings."""
-    return {
-        key: clean_text(str(value))
-        for key, value in record.items()
-        if key not in known and isinstance(value, str | int | float) and str(value).strip()
-    }
 
 
 def _names(record: Mapping[str, Any], key: str, separator: str) -> tuple[str, ...]:
