@@ -25,8 +25,10 @@ METHODS = ("Search", "SimilarPapers", "GetPaper", "UpsertPapers", "DeletePapers"
            "WatchSearch")
 WATCH_MS = "1000"  # a valid watch stays open: read this long, its end a DEADLINE_EXCEEDED line
 KINDS = ("structured", "wrong_type", "truncated", "random")
-WRONG_VALUES: list[Any] = [None, True, -1, 10**40, 1.5e308, "x", [], [[[[[]]]]], {}, {"a": 1},
-                           "\u202e", ["\x00"] * 3]
+# 10**400: past a float's range (protobuf raised OverflowError, a 500); "\ud800": a lone
+# surrogate where protobuf looks a name up (SystemError, a 500)
+WRONG_VALUES: list[Any] = [None, True, -1, 10**40, 10**400, 1.5e308, "x", [], [[[[[]]]]], {},
+                           {"a": 1}, "\u202e", "\ud800", ["\x00"] * 3]
 
 
 def _path(method: str) -> str:
@@ -37,7 +39,8 @@ def _wrong_type(document: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     if document and rng.random() < 0.7:
         document[rng.choice(sorted(document))] = rng.choice(WRONG_VALUES)
     else:
-        document[rng.choice(["colour", "paperId ", "", "__proto__"])] = rng.choice(WRONG_VALUES)
+        key = rng.choice(["colour", "paperId ", "", "__proto__", "\ud800"])
+        document[key] = rng.choice(WRONG_VALUES)
     return document
 
 

@@ -152,6 +152,26 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
         assert answer[0] == 401 and answer[1]["error"]["status"] == "UNAUTHENTICATED", key
 
 
+@pytest.mark.parametrize(("body", "named"), [
+    ('{"query": "x", "min_relevance": 1' + "0" * 400 + "}", "too large"),
+    ('{"query": "x", "mode": 1e999}', "float infinity"),
+    ('{"query": "x", "mode": "\\ud800"}', "unpaired surrogate"),
+    ('{"query": "x", "filter": "\\ud800"}', "unpaired surrogate"),
+    ('{"query": "x", "\\ud800": 1}', "unpaired surrogate"),
+    ('{"query": "x", "top_k": 1' + "1" * 200 + "}", "top_k"),
+])
+def test_a_body_protobuf_cannot_take_is_invalid_argument(body: str, named: str) -> None:
+    """A number out of a float's range, or a lone surrogate where protobuf wants a name, came
+    out of its parser as OverflowError or SystemError: a 500 with a traceback in the log (and
+    a dropped connection in an NDJSON stream); a 200-digit top_k was repeated whole."""
+    from papersearch.gateway.http_api import HttpError, _loads, _parse
+
+    with pytest.raises(HttpError) as raised:
+        _parse(_loads(body.encode(), "request"), pb.SearchRequest, "request")
+    assert raised.value.status == "INVALID_ARGUMENT" and named in raised.value.message
+    assert not re.search(r"\d{65}", raised.value.message), raised.value.message
+
+
 def test_a_fault_in_the_http_front_is_a_json_500_with_an_incident() -> None:
     from aiohttp.test_utils import make_mocked_request
 
@@ -345,6 +365,15 @@ def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) 
     summary = body["error"]["summary"]
     assert (summary["received"], summary["upserted"], summary["skipped"]) == ("2", "1", "1")
     assert "paper 2 (no id)" in summary["errors"][0]
+    # a key protobuf cannot take (a lone surrogate): the connection was dropped, the line
+    # before it lost, and the call counted as one the client left (499)
+    surrogate = [json.dumps({"paper_id": "nd-7", "title": "Kept"}), '{"\\ud800": 1}', lines[1]]
+    status, body = call(http + UPSERT, "\n".join(surrogate).encode(), key=WRITE,
+                        content_type=openapi.NDJSON)
+    assert status == 400 and "line 2" in body["error"]["message"], body
+    assert body["error"]["metadata"]["papersearch-committed"] == "1"
+    with SearchClient(target, api_key=READ, timeout_s=60) as client:
+        assert client.get("nd-7").title == "Kept"
 
 
 @pytest.mark.slow

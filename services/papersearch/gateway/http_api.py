@@ -358,14 +358,20 @@ def _parse(value: Any, message_type: type[Message], what: str) -> Message:
         raise HttpError("INVALID_ARGUMENT", f"{what}: expected a JSON object ({name})")
     try:
         return json_format.ParseDict(value, message_type())
-    except json_format.ParseError as error:
+    # past ParseError, protobuf lets a number out of range (10**400 for a float, 1e999 for an
+    # enum) out as the error its conversion met
+    except (json_format.ParseError, OverflowError, TypeError, ValueError) as error:
         raise HttpError("INVALID_ARGUMENT", f"{what}: not a valid {name}: "
                         f"{_cut_values(str(error), value)[:300]}") from None
+    except SystemError:  # its name lookup, given a key or enum name "\ud800" (not UTF-8)
+        raise HttpError("INVALID_ARGUMENT", f"{what}: not a valid {name}: a field name or "
+                        "value holds an unpaired surrogate (not valid Unicode)") from None
 
 
 def _cut_values(message: str, body: Any) -> str:
-    """``message`` with each string of ``body`` it repeats (protobuf's parse errors quote the
-    offending value or key whole) cut to QUOTE_CHARS, as every error message cuts them."""
+    """``message`` with each string or number of ``body`` it repeats (protobuf's parse errors
+    quote the offending value or key whole) cut to QUOTE_CHARS, as every error message cuts
+    them."""
     long: set[str] = set()
     stack = [body]
     while stack:
@@ -377,6 +383,8 @@ def _cut_values(message: str, body: Any) -> str:
             stack.extend(item)
         elif isinstance(item, str) and len(item) > QUOTE_CHARS:
             long.add(item)
+        elif isinstance(item, int | float) and len(number := str(item)) > QUOTE_CHARS:
+            long.add(number)  # a 200-digit top_k
     for text in sorted(long, key=len, reverse=True):
         message = message.replace(text, f"{text[:QUOTE_CHARS]}... ({len(text)} characters)")
     return message
