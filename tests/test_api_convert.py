@@ -215,6 +215,7 @@ def _search(**fields: object) -> pb.SearchRequest:
     [
         (pb.SearchRequest(), "query must not be empty"),
         (_search(query=" \n\t"), "query must not be empty"),
+        (_search(query="\u200b\x00 \u2060\ufeff"), "query must not be empty: it holds only"),
         (_search(query="x" * 2049), "query is 2049 characters; the limit is 2048"),
         (_search(top_k=-1), r"top_k must be between 1 and 100 \(0 means the default, 10\), got -1"),
         (_search(top_k=101), r"top_k must be between 1 and 100 .*got 101"),

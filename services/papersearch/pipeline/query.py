@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import get_args
 
-from papersearch.corpus.paper import Paper
+from papersearch.corpus.paper import Paper, clean_text
 from papersearch.index.query import Explanation, Mode, SearchFilter
 from papersearch.settings import SearchSettings
 
@@ -34,6 +34,9 @@ class SearchQuery:
         """Return self if acceptable, else raise InvalidQuery saying what is wrong."""
         if not isinstance(self.text, str) or not self.text.strip():
             raise InvalidQuery("query must not be empty")
+        if not clean_text(self.text):  # "\u200b", "\x00": searched as an empty text was
+            raise InvalidQuery("query must not be empty: it holds only control or zero-width "
+                               "characters")
         if len(self.text) > limits.max_query_chars:
             raise InvalidQuery(
                 f"query is {len(self.text)} characters; the limit is {limits.max_query_chars}"
