@@ -156,7 +156,7 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
     ('{"query": "x", "min_relevance": 1' + "0" * 400 + "}", "too large"),
     ('{"query": "x", "mode": 1e999}', "float infinity"),
     ('{"query": "x", "mode": "\\ud800"}', "unpaired surrogate"),
-    ('{"query": "x", "filter": "\\ud800"}', "unpaired surrogate"),
+    ('{"query": "x", "filter": {"\\ud800": 1}}', "unpaired surrogate"),
     ('{"query": "x", "\\ud800": 1}', "unpaired surrogate"),
     ('{"query": "x", "top_k": 1' + "1" * 200 + "}", "top_k"),
 ])
@@ -170,6 +170,32 @@ def test_a_body_protobuf_cannot_take_is_invalid_argument(body: str, named: str) 
         _parse(_loads(body.encode(), "request"), pb.SearchRequest, "request")
     assert raised.value.status == "INVALID_ARGUMENT" and named in raised.value.message
     assert not re.search(r"\d{65}", raised.value.message), raised.value.message
+
+
+@pytest.mark.parametrize(("message_type", "body", "said"), [
+    (pb.SearchRequest, {"query": "x", "mode": True},
+     "mode must be an enum name or number, got the boolean true"),
+    (pb.SearchRequest, {"query": "x", "minRelevance": True},
+     "min_relevance must be a number, got the boolean true"),
+    (pb.SearchRequest, {"query": "x", "filter": ""}, "filter must be a JSON object, got a string"),
+    (pb.SearchRequest, {"query": "x", "filter": []}, "filter must be a JSON object, got a list"),
+    (pb.SimilarPapersRequest, {"paper_id": "p", "strategy": False},
+     "strategy must be an enum name or number, got the boolean false"),
+])
+def test_json_protobuf_would_read_as_another_value_is_refused(
+    message_type: Any, body: dict[str, Any], said: str,
+) -> None:
+    """protobuf's parser read true as 1 for an enum or a double ("min_relevance": true cut
+    every hit) and "" or [] as an empty filter: 200 for a request that was not the message."""
+    from papersearch.gateway.http_api import HttpError, _parse
+
+    with pytest.raises(HttpError, match=re.escape(said)) as raised:
+        _parse(body, message_type, "request")
+    assert raised.value.status == "INVALID_ARGUMENT"
+    fine = {"query": "x", "mode": "MODE_DENSE", "minRelevance": 0.2, "filter": None,
+            "top_k": 3}
+    assert _parse(fine, pb.SearchRequest, "request") == pb.SearchRequest(
+        query="x", mode=pb.MODE_DENSE, min_relevance=0.2, top_k=3)
 
 
 def test_a_fault_in_the_http_front_is_a_json_500_with_an_incident() -> None:

@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from papersearch.api import openapi
+from papersearch.api.json_types import check_types
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import QUOTE_CHARS, quoted
 from papersearch.gateway import page
@@ -357,9 +358,10 @@ def _parse(value: Any, message_type: type[Message], what: str) -> Message:
     if not isinstance(value, dict):
         raise HttpError("INVALID_ARGUMENT", f"{what}: expected a JSON object ({name})")
     try:
+        check_types(value, message_type.DESCRIPTOR)
         return json_format.ParseDict(value, message_type())
-    # past ParseError, protobuf lets a number out of range (10**400 for a float, 1e999 for an
-    # enum) out as the error its conversion met
+    # check_types' ValueError; past ParseError, protobuf lets a number out of range (10**400
+    # for a float, 1e999 for an enum) out as the error its conversion met
     except (json_format.ParseError, OverflowError, TypeError, ValueError) as error:
         raise HttpError("INVALID_ARGUMENT", f"{what}: not a valid {name}: "
                         f"{_cut_values(str(error), value)[:300]}") from None
