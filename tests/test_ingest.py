@@ -360,6 +360,13 @@ def test_malformed_records_are_skipped_with_their_line(
     assert done.returncode == 2 and json.loads(done.stdout)["read"] == 0
     assert (f"no paper read from {broken} (2 records skipped; the first: {broken}:1: "
             "invalid JSON") in done.stderr
+    with opened(data_dir, identity) as store:  # the index it found stays as it was
+        assert store.count() == 4
+    # into no index: none is left behind (`search` answered "0 hits", not "no index at")
+    fresh = tmp_path / "fresh"
+    assert run_cli(cli_env(model_settings, fresh), "ingest", broken, "--quiet").returncode == 2
+    done = run_cli(cli_env(model_settings, fresh), "search", "anything")
+    assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
 
 
 def test_a_rerun_rewrites_changed_papers_and_update_rewrites_all(

@@ -200,7 +200,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.corpus.readers import detect_format
     from papersearch.ingest.distributed import RayIngester, ray_cluster
     from papersearch.ingest.pipeline import Ingester, Ingests, ingest_paths
-    from papersearch.pipeline.factory import LiveCheck, open_live
+    from papersearch.pipeline.factory import LiveCheck, drop_collection, open_live
 
     paths = args.paths or [settings.corpus_dir]
     if args.ray and Path(args.ray).exists():
@@ -220,6 +220,8 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                 ingester = RayIngester(store, encoder, settings, live)
             summary = ingest_paths(paths, store, ingester, update=args.update,
                                    progress=not args.quiet)
+        if summary.read == 0 and store.created:  # `search` then says there is no index,
+            drop_collection(settings.index, store.settings.collection)  # not "0 hits"
     print(json.dumps(summary.to_dict(), indent=2))
     if summary.read == 0:  # `ingest && search` went on with nothing indexed
         first = summary.skipped_records[:1]

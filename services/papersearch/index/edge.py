@@ -131,6 +131,7 @@ class EdgeStore(Store):
             self.path.mkdir(parents=True, exist_ok=True)
             with _engine("create"):
                 shard = qe.EdgeShard.create(str(self.path), _config(self.settings, identity.dim))
+            self.created = True
             logger.info("index created", extra={"collection": str(self.path), "dim": identity.dim})
         self._shard = shard
         try:

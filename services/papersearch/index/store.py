@@ -85,6 +85,7 @@ class Store(ABC):
     def __init__(self, settings: IndexSettings) -> None:
         self.settings = settings
         self._identity: EmbedderIdentity | None = None
+        self.created = False  # ensure_collection created the collection
 
     # -- lifecycle ---------------------------------------------------------------------------
 
