@@ -198,6 +198,18 @@ def test_json_protobuf_would_read_as_another_value_is_refused(
         query="x", mode=pb.MODE_DENSE, min_relevance=0.2, top_k=3)
 
 
+def test_a_body_without_a_content_type_is_told_it_has_none() -> None:
+    """It was told it had sent 'application/octet-stream', aiohttp's default."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from papersearch.gateway.http_api import HttpError, _require_type
+
+    for headers, said in (({}, "got none"), ({"Content-Type": "text/plain"}, "got 'text/plain'")):
+        with pytest.raises(HttpError, match=f"must be application/json, {said}$") as raised:
+            _require_type(make_mocked_request("POST", SEARCH, headers=headers), "application/json")
+        assert raised.value.http == 415
+
+
 def test_a_fault_in_the_http_front_is_a_json_500_with_an_incident() -> None:
     from aiohttp.test_utils import make_mocked_request
 

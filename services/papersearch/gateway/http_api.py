@@ -325,9 +325,10 @@ def _call_options(request: web.Request, deadline_s: float | None) -> dict[str, A
 
 
 def _require_type(request: web.Request, content_type: str) -> None:
-    if request.content_type != content_type:
+    if request.content_type != content_type:  # aiohttp's default when the header is absent
+        given = quoted(request.content_type) if "Content-Type" in request.headers else "none"
         raise HttpError("INVALID_ARGUMENT", f"Content-Type must be {content_type}, got "
-                        f"{quoted(request.content_type)}", http=415)
+                        f"{given}", http=415)
 
 
 def _loads(data: bytes, what: str) -> Any:
