@@ -179,6 +179,9 @@ def test_a_byte_order_mark_and_another_header_naming_are_read(tmp_path: Path) ->
     assert load_queries(root) == {"1": "a"} and load_qrels(root) == {"1": {"d1": 1}}
     root = write_dataset(tmp_path / "named", "", "query_id\tdoc_id\trelevance\n1\td1\t1\n")
     assert load_qrels(root) == {"1": {"d1": 1}}
+    # after a blank line (it failed: "score must be an integer, got 'score'")
+    root = write_dataset(tmp_path / "blank", "", "\nquery-id\tcorpus-id\tscore\n1\td1\t1\n")
+    assert load_qrels(root) == {"1": {"d1": 1}}
 
 
 def test_judgments_must_name_the_queries_they_judge(
@@ -231,7 +234,7 @@ def test_judgments_must_name_the_queries_they_judge(
         ("1\td1\t1\textra\n", r"test\.tsv:1: expected"),
         ("1 d1 1\n", r"test\.tsv:1: expected"),
         ("1\t\t1\n", r"test\.tsv:1: expected"),
-        ("\n1\td1\thigh\n", r"test\.tsv:2: score must be an integer"),
+        ("1\td1\t1\n1\td2\thigh\n", r"test\.tsv:2: score must be an integer"),
         ("1\td1\t1\nquery-id\tcorpus-id\tscore\n", r"test\.tsv:2: score must be an integer"),
         ("1\td1\t1\n1\td1\t2\n", r"test\.tsv:2: conflicting score"),
     ],

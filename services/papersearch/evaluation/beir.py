@@ -31,13 +31,13 @@ def load_queries(dataset_dir: Path) -> dict[str, str]:
 
 def load_qrels(dataset_dir: Path, split: str = "test") -> dict[str, dict[str, int]]:
     """Query id → corpus id → graded score, from ``qrels/<split>.tsv`` (tab separated; a first
-    line of the file whose score is not an integer is a header: BEIR's ``query-id corpus-id
+    non-blank line whose score is not an integer is a header: BEIR's ``query-id corpus-id
     score`` or another naming)."""
     path = dataset_dir / QRELS_DIR / f"{split}.tsv"
     qrels: dict[str, dict[str, int]] = {}
-    for source, line in _lines(path):
+    for number, (source, line) in enumerate(_lines(path)):
         fields = tuple(field.strip() for field in line.split("\t"))
-        if source == f"{path}:1" and len(fields) == 3 and not _integer(fields[2]):
+        if number == 0 and len(fields) == 3 and not _integer(fields[2]):
             continue  # BEIR's header, or another naming of its three columns
         query_id, doc_id, score = _parse_judgment(source, fields)
         judgments = qrels.setdefault(query_id, {})
