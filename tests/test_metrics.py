@@ -11,7 +11,12 @@ import pytest
 
 from papersearch.corpus.jsonl import MAX_LINE_BYTES
 from papersearch.evaluation.beir import load_qrels, load_queries
-from papersearch.evaluation.datasets import judged_queries, load_dataset
+from papersearch.evaluation.datasets import (
+    EvalDataset,
+    check_judged_documents,
+    judged_queries,
+    load_dataset,
+)
 from papersearch.evaluation.metrics import (
     Report,
     evaluate,
@@ -182,6 +187,33 @@ def test_a_byte_order_mark_and_another_header_naming_are_read(tmp_path: Path) ->
     # after a blank line (it failed: "score must be an integer, got 'score'")
     root = write_dataset(tmp_path / "blank", "", "\nquery-id\tcorpus-id\tscore\n1\td1\t1\n")
     assert load_qrels(root) == {"1": {"d1": 1}}
+
+
+def test_judgments_must_name_documents_of_the_corpus(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, embedder_dir: Path,
+) -> None:
+    """qrels naming 'MED-13' against a corpus of '13' gave 0.0000 for every mode, exit 0 and
+    no word; one judged id missing lowered every figure as quietly."""
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.evaluation.harness import open_dataset_index
+    from papersearch.settings import Settings
+
+    dataset = EvalDataset("set", list, {"q1": "a", "q2": "b"},
+                          {"q1": {"d1": 1, "d9": 2, "d8": 0}, "q2": {"d2": 1}})
+    with caplog.at_level(logging.WARNING, logger="papersearch.evaluation.datasets"):
+        check_judged_documents(dataset, {"d1", "d2"})
+    (record,) = caplog.records
+    assert "score as misses" in record.message and (record.documents, record.of) == (1, 3)
+    with pytest.raises(ValueError, match=r"set: none of the 3 documents judged relevant is in "
+                                         r"its corpus \(e.g. 'd1' against '13'\)"):
+        check_judged_documents(dataset, {"13", "14"})
+    # every command that opens a set's index checks it, before anything is ingested
+    root = write_dataset(tmp_path / "med", '{"_id": "1", "text": "a"}\n', "1\tMED-13\t1\n")
+    (root / "corpus.jsonl").write_text('{"_id": "13", "title": "T", "text": "x"}\n')
+    settings = Settings(eval_dir=tmp_path / "eval")
+    with pytest.raises(ValueError, match="none of the 1 documents judged relevant"):
+        open_dataset_index(load_dataset(root), settings, Encoder(embedder_dir))
+    assert not (tmp_path / "eval").exists()
 
 
 def test_judgments_must_name_the_queries_they_judge(

@@ -75,6 +75,24 @@ def _of_known_queries(qrels: dict[str, dict[str, int]], queries: Mapping[str, st
     return known
 
 
+def check_judged_documents(dataset: EvalDataset, paper_ids: set[str]) -> None:
+    """Documents judged relevant that the corpus lacks (ids written otherwise in the two
+    files, or records the reader skipped) score as misses in every metric: none there at all
+    is an error (every figure would be 0), some a warning with their count."""
+    judged = {doc for judgments in dataset.qrels.values()
+              for doc, score in judgments.items() if score > 0}
+    missing = sorted(judged - paper_ids)
+    if missing and len(missing) == len(judged):
+        against = f" against {min(paper_ids)!r}" if paper_ids else ""
+        raise ValueError(f"{dataset.name}: none of the {len(judged)} documents judged relevant "
+                         f"is in its corpus (e.g. {missing[0]!r}{against}): the qrels and "
+                         f"{CORPUS_FILE} must use the same ids")
+    if missing:
+        log.warning("documents judged relevant are not in the corpus: they score as misses",
+                    extra={"dataset": dataset.name, "documents": len(missing),
+                           "of": len(judged), "first": missing[:5]})
+
+
 def known_item(path: Path) -> EvalDataset:
     papers = [p for p in read_corpus(path) if p.title.strip() and p.abstract.strip()]
     if not papers:  # was "an empty corpus has no mean length", after the models loaded

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
-from papersearch.evaluation.datasets import EvalDataset
+from papersearch.evaluation.datasets import EvalDataset, check_judged_documents
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.modes import EvalMode, FirstStageMode, first_stage_of, search_of
 from papersearch.index.factory import open_store
@@ -56,6 +56,7 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     encoder's numerics (fp32, int8 one text per call or in batches), since its vectors do."""
     title_weight = settings.index.bm25_title_weight
     papers = list(dataset.papers())  # read once: its mean, its digest and the ingest
+    check_judged_documents(dataset, {paper.id for paper in papers})
     avg_len = round(mean_words(papers, title_weight), 1)
     name = index_name(dataset.name, corpus_digest(papers), encoder.sha256,
                       encoder.numerics, avg_len, title_weight,
