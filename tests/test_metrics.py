@@ -267,6 +267,7 @@ def test_judgments_must_name_the_queries_they_judge(
         ("1 d1 1\n", r"test\.tsv:1: expected"),
         ("1\t\t1\n", r"test\.tsv:1: expected"),
         ("1\td1\t1\n1\td2\thigh\n", r"test\.tsv:2: score must be an integer"),
+        ("\n1\td1\t1.0\n", r"test\.tsv:2: score must be an integer, got '1\.0'"),
         ("1\td1\t1\nquery-id\tcorpus-id\tscore\n", r"test\.tsv:2: score must be an integer"),
         ("1\td1\t1\n1\td1\t2\n", r"test\.tsv:2: conflicting score"),
     ],

@@ -31,14 +31,15 @@ def load_queries(dataset_dir: Path) -> dict[str, str]:
 
 def load_qrels(dataset_dir: Path, split: str = "test") -> dict[str, dict[str, int]]:
     """Query id → corpus id → graded score, from ``qrels/<split>.tsv`` (tab separated; a first
-    non-blank line whose score is not an integer is a header: BEIR's ``query-id corpus-id
+    non-blank line whose score is not a number is a header: BEIR's ``query-id corpus-id
     score`` or another naming)."""
     path = dataset_dir / QRELS_DIR / f"{split}.tsv"
     qrels: dict[str, dict[str, int]] = {}
     for number, (source, line) in enumerate(_lines(path)):
         fields = tuple(field.strip() for field in line.split("\t"))
-        if number == 0 and len(fields) == 3 and not _integer(fields[2]):
-            continue  # BEIR's header, or another naming of its three columns
+        if number == 0 and len(fields) == 3 and not _number(fields[2]):
+            continue  # BEIR's header, or another naming of its three columns (a score of
+            # "1.0" is a judgment, refused below, not a header that left none)
         query_id, doc_id, score = _parse_judgment(source, fields)
         judgments = qrels.setdefault(query_id, {})
         if judgments.get(doc_id, score) != score:
@@ -81,9 +82,9 @@ def _parse_query(source: str, line: str) -> tuple[str, str]:
         raise ValueError(f"{source}: {exc}") from None
 
 
-def _integer(text: str) -> bool:
+def _number(text: str) -> bool:
     try:
-        int(text)
+        float(text)
     except ValueError:
         return False
     return True
