@@ -185,3 +185,12 @@ def test_a_held_out_set_cannot_be_tuned_on(
         err = capsys.readouterr().err
         assert "is a held-out set (held_out_sets)" in err, command
         assert "no exported model" not in err
+    # run from another directory, where the relative default paths resolve elsewhere: the
+    # set is still known by its folder name (MED was tuned on from /tmp)
+    copy = write_beir(tmp_path / "elsewhere" / "med", {"d1": "a"}, {"q1": "a"}, [("q1", "d1", 1)])
+    monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps(["../shared/eval/med"]))
+    monkeypatch.setenv("PAPERSEARCH_TRAINING__CORPORA", json.dumps([str(copy)]))
+    monkeypatch.chdir(tmp_path)
+    for command in (["tune-rerank", "--dataset", str(copy)], ["models", "train-reranker"]):
+        assert main(command) == 2
+        assert "is a held-out set (held_out_sets)" in capsys.readouterr().err, command

@@ -694,11 +694,14 @@ class Settings(BaseSettings):
     def check_not_held_out(self, paths: list[Path], use: str) -> None:
         """ValueError if one of ``paths`` is a set held out (held_out_sets) to judge choices,
         in every run (tune's --held-out names only that run's judges): ``use`` (tuning,
-        training) may not read it."""
+        training) may not read it. Sets are known by their folder names, as tune knows them:
+        the default paths are relative, and from another directory resolve elsewhere."""
         held = {p.resolve() for p in self.held_out_sets}
+        names = {p.name for p in held}
         for path in paths:  # the set's folder, or a file in it (its corpus.jsonl)
             resolved = path.resolve()
-            if held & {resolved, *resolved.parents}:
+            folder = resolved.parent if resolved.is_file() else resolved
+            if held & {resolved, *resolved.parents} or folder.name in names:
                 raise ValueError(f"{path} is a held-out set (held_out_sets): a set kept to "
                                  f"judge choices cannot be used for {use}; use another set, or "
                                  "take it out of held_out_sets")
