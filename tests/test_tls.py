@@ -182,3 +182,13 @@ def test_tls_settings_go_together(pki: Path) -> None:
         ServeSettings(tls_cert_file=pki / "server.pem")
     with pytest.raises(ValidationError, match="needs serve.tls_cert_file"):
         ServeSettings(tls_client_ca_file=pki / "ca.pem")
+
+
+def test_a_client_certificate_without_its_key_is_refused_not_aborted() -> None:
+    """SearchClient(tls=Tls(cert_file=...)) without key_file (or the other way round) killed
+    the Python process in gRPC's C core (SIGABRT); a str path raised AttributeError."""
+    for half in ({"cert_file": Path("client.pem")}, {"key_file": "client.key"}):
+        with pytest.raises(ValueError, match="cert_file and key_file go together"):
+            Tls(**half)  # type: ignore[arg-type]
+    assert Tls("ca.pem", "client.pem", "client.key") == Tls(
+        Path("ca.pem"), Path("client.pem"), Path("client.key"))

@@ -17,15 +17,25 @@ class Tls:
     """Connect with TLS: the server's CA (None: the system's roots), and a client certificate
     and key for a gateway that requires mutual TLS."""
 
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: Path | str | None = None
+    cert_file: Path | str | None = None
+    key_file: Path | str | None = None
+
+    def __post_init__(self) -> None:
+        """Paths as given (str too); a certificate without its key, or a key without its
+        certificate, is refused here: gRPC's C core aborted the whole process on it."""
+        for name in ("ca_file", "cert_file", "key_file"):
+            if (value := getattr(self, name)) is not None:
+                object.__setattr__(self, name, Path(value))
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("Tls: cert_file and key_file go together (a client certificate "
+                             "and its key, for mutual TLS)")
 
     def credentials(self) -> grpc.ChannelCredentials:
         import grpc
 
-        def read(path: Path | None) -> bytes | None:
-            return path.read_bytes() if path else None
+        def read(path: Path | str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
 
         return grpc.ssl_channel_credentials(
             root_certificates=read(self.ca_file), private_key=read(self.key_file),
