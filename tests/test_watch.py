@@ -757,8 +757,11 @@ def test_cli_reconnects_after_a_drain(sample_settings: Settings, embedder_dir: P
 
 
 class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
+    """``early``: a DEADLINE_EXCEEDED the server ended the call with before the client's own
+    deadline (which, without it, has passed: FakeWatches' clock moves to it)."""
+
+    def __init__(self, code: grpc.StatusCode, early: bool = False) -> None:
+        self._code, self.early = code, early
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -769,13 +772,15 @@ class FakeRpcError(grpc.RpcError):
 
 class FakeWatches:
     """The CLI's SearchClient stood in for: each watch() call plays the next list of events
-    (an exception ends the stream with it); the command's pauses are recorded, not slept."""
+    (an exception ends the stream with it); the command's pauses are recorded, not slept, and
+    a stream's DEADLINE_EXCEEDED moves the clock to its deadline (forward only)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, streams: list[list[Any]]) -> None:
         from papersearch import cli, client
 
         self.streams, self.opened, self.pauses = streams, list[WatchQuery](), list[float]()
-        sleep = time.sleep
+        self.ahead = 0.0
+        sleep, monotonic = time.sleep, time.monotonic
 
         def pause(seconds: float) -> None:  # the command's; other threads (gRPC's) sleep
             if threading.current_thread() is threading.main_thread():
@@ -785,6 +790,7 @@ class FakeWatches:
 
         monkeypatch.setattr(client, "SearchClient", lambda *_, **__: self)
         monkeypatch.setattr(cli.time, "sleep", pause)
+        monkeypatch.setattr(cli.time, "monotonic", lambda: monotonic() + self.ahead)
 
     def __enter__(self) -> FakeWatches:
         return self
@@ -795,10 +801,14 @@ class FakeWatches:
     def watch(self, query: WatchQuery, timeout_s: float | None = None) -> Iterator[Any]:
         self.opened.append(query)
         events = self.streams[len(self.opened) - 1]
+        watches = self
 
         class Stream:
             def __iter__(self) -> Iterator[Any]:
                 for event in events:
+                    if isinstance(event, FakeRpcError) and not event.early and (
+                            event.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+                        watches.ahead += timeout_s or 0.0  # the client's deadline passed
                     if isinstance(event, Exception):
                         raise event
                     yield event
@@ -833,6 +843,20 @@ def test_cli_keeps_reconnecting_while_the_gateway_is_not_back(
     assert len(fake.opened) == 4 and fake.pauses == [0.5, 1.0, 2.0]
     assert fake.opened[1].replay_since is not None  # the reconnects replay from the day it ended
     assert capsys.readouterr().err.count("reconnecting") == 3
+
+
+def test_cli_a_gateways_deadline_before_the_timeout_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`watch --timeout-s 60` exited 0 without a word when the gateway ended the call with
+    DEADLINE_EXCEEDED after 1.5 s (its encode past serve.max_deadline_s): only the client's
+    own deadline is the watch running its course."""
+    fake = FakeWatches(monkeypatch, [[FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                   early=True)]])
+    assert fake.run("--timeout-s", "60") == 2
+    assert "DEADLINE_EXCEEDED" in capsys.readouterr().err
+    fake = FakeWatches(monkeypatch, [[FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED)]])
+    assert fake.run("--timeout-s", "60") == 0
 
 
 def test_cli_a_watch_stream_that_ends_without_a_status_is_not_reopened_forever(

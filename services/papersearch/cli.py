@@ -336,6 +336,7 @@ def _ask_gateway(args: argparse.Namespace, call: Callable[[SearchClient], T]) ->
 # gateway drained or restarted (UNAVAILABLE), or this watcher fell behind (RESOURCE_EXHAUSTED).
 _RECONNECT_ON = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 _RECONNECT_PAUSE_S = (0.5, 10.0)  # first pause, then doubled up to this
+_DEADLINE_SLACK_S = 0.5  # gRPC may end a call at its deadline a little early
 
 
 def _watch(settings: Settings, args: argparse.Namespace) -> int:
@@ -377,8 +378,10 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
                               flush=True)
             except grpc.RpcError as error:
                 code = error.code()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED and ends is not None:
-                    return 0  # --timeout-s: the watch ran its course
+                if (code == grpc.StatusCode.DEADLINE_EXCEEDED and ends is not None
+                        and time.monotonic() >= ends - _DEADLINE_SLACK_S):
+                    return 0  # --timeout-s: the watch ran its course (not the gateway's
+                    # deadline for its start: its encode or replay past serve.max_deadline_s)
                 if not (args.reconnect and live and code.name in _RECONNECT_ON):
                     raise RemoteError(f"{args.target}: {code.name}: {error.details()}") \
                         from None
