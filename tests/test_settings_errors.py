@@ -149,6 +149,16 @@ def test_a_settings_file_says_each_thing_once(
     ({"PAPERSEARCH_SERVE__WATCH_POLL_S": "30"},  # polls would skip what the lookback misses
      "serve (PAPERSEARCH_SERVE): Value error, serve.watch_poll_s=30 must be at most half "
      "serve.watch_lookback_s=10"),
+    # gRPC's channel arguments are C ints: the gateway failed at start with an OverflowError
+    ({"PAPERSEARCH_SERVE__MAX_CONNECTION_IDLE_S": "2592000"},
+     "serve.max_connection_idle_s (PAPERSEARCH_SERVE__MAX_CONNECTION_IDLE_S): Input should be "
+     "less than or equal to 2147483 (given '2592000')"),
+    ({"PAPERSEARCH_SERVE__KEEPALIVE_TIMEOUT_S": "inf"},
+     "serve.keepalive_timeout_s (PAPERSEARCH_SERVE__KEEPALIVE_TIMEOUT_S): Input should be "
+     "less than or equal to 2147483 (given 'inf')"),
+    ({"PAPERSEARCH_SERVE__MAX_SEND_BYTES": "3000000000"},
+     "serve.max_send_bytes (PAPERSEARCH_SERVE__MAX_SEND_BYTES): Input should be less than or "
+     "equal to 2147483647 (given '3000000000')"),
 ])
 def test_settings_that_would_fail_later_are_refused_at_load(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

@@ -55,6 +55,10 @@ Int8Scheme = Literal["u8s8", "u8s8-reduce-range", "u8u8", "u8s8-reduce-range-ffn
 DEFAULT_INT8_SCHEME: Int8Scheme = "u8s8-reduce-range"
 # A model's folder in models.repository: one path segment
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# gRPC core's channel arguments are C ints: a larger limit, or a time past this many ms,
+# failed the gateway's start with an OverflowError that named no setting
+GRPC_INT_MAX = 2**31 - 1
+GRPC_MS_MAX_S = GRPC_INT_MAX // 1000
 
 
 def _path_not_blank(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -449,12 +453,12 @@ class ServeSettings(Section):
     upsert_batch_size: int = Field(64, ge=1, description="Streamed papers per encode+upsert.")
     # Server limits (README, Server limits): what one client can hold of a gateway.
     max_receive_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024,
+        4 * 1024 * 1024, ge=1024, le=GRPC_INT_MAX,
         description="Largest request message accepted; larger: RESOURCE_EXHAUSTED (gRPC's own "
                     "limit lies 4 MiB above, so the refusal is the call's own status).",
     )
     max_send_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024,
+        16 * 1024 * 1024, ge=1024, le=GRPC_INT_MAX,
         description="Largest response message sent (grpc.max_send_message_length).",
     )
     # Well above what one client keeps in flight (the load test's cap is 256): at the limit
@@ -462,8 +466,9 @@ class ServeSettings(Section):
     # the call fails UNAVAILABLE. Overload is bounded by coalesce_max_pending instead, which
     # answers RESOURCE_EXHAUSTED.
     max_concurrent_streams: int = Field(
-        1024, ge=1, description="Calls at once on one client connection (HTTP/2 streams, "
-                                "grpc.max_concurrent_streams).",
+        1024, ge=1, le=GRPC_INT_MAX,
+        description="Calls at once on one client connection (HTTP/2 streams, "
+                    "grpc.max_concurrent_streams).",
     )
     max_index_calls: int = Field(
         4, ge=1, description="UpsertPapers and DeletePapers calls at once in a gateway; past "
@@ -513,16 +518,19 @@ class ServeSettings(Section):
                     "lags the gateway's, by up to half of this is still delivered.",
     )
     keepalive_time_s: float = Field(
-        60.0, gt=0, description="Ping a client whose connection has been silent this long "
-                                "(grpc.keepalive_time_ms).",
+        60.0, gt=0, le=GRPC_MS_MAX_S,
+        description="Ping a client whose connection has been silent this long "
+                    "(grpc.keepalive_time_ms).",
     )
     keepalive_timeout_s: float = Field(
-        20.0, gt=0, description="Close the connection if the ping is not answered within "
-                                "this (grpc.keepalive_timeout_ms).",
+        20.0, gt=0, le=GRPC_MS_MAX_S,
+        description="Close the connection if the ping is not answered within "
+                    "this (grpc.keepalive_timeout_ms).",
     )
     max_connection_idle_s: float = Field(
-        300.0, gt=0, description="Close (GOAWAY) a connection without calls for this long "
-                                 "(grpc.max_connection_idle_ms); clients reconnect.",
+        300.0, gt=0, le=GRPC_MS_MAX_S,
+        description="Close (GOAWAY) a connection without calls for this long "
+                    "(grpc.max_connection_idle_ms); clients reconnect.",
     )
     min_client_ping_interval_s: float = Field(
         10.0, gt=0, lt=KEEPALIVE_S,

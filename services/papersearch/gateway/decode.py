@@ -25,11 +25,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from papersearch.errors import MessageTooLarge
 from papersearch.gateway.method_handlers import API_PREFIX, with_behavior
 from papersearch.pipeline.query import InvalidQuery
+from papersearch.settings import GRPC_INT_MAX
 
 _MAX_DEPTH = 32  # nesting the walker follows; the API's requests nest two levels
 _MAX_FIELDS = 20_000  # fields it reads: twice a valid request's most (10,000 ids to delete)
 RECEIVE_MARGIN_BYTES = 4 * 1024 * 1024  # gRPC's own limit lies up to this far above ours
-GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC core's largest limit (a C int)
+GRPC_MAX_MESSAGE_BYTES = GRPC_INT_MAX  # gRPC core's largest limit (a C int)
 
 
 def grpc_receive_limit(max_bytes: int) -> int:
