@@ -264,3 +264,58 @@ def test_an_in_process_search_cleans_and_checks_its_filter_as_the_gateway_does(
     assert main(["search", "graph", "--author", "A.\tAuthor"]) == 2
     assert "filter.authors[0] contains the control character U+0009" in capsys.readouterr().err
     assert len(asked) == 1
+
+
+class Deadlines(pb_grpc.SearchServiceServicer, pb_grpc.IndexServiceServicer):
+    """A gateway that records how long each call was given."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, float] = {}
+
+    def _seen(self, name: str, context: grpc.ServicerContext) -> None:
+        self.left[name] = context.time_remaining() or 0.0
+
+    def GetPaper(self, request: Any, context: grpc.ServicerContext) -> pb.Paper:  # noqa: N802
+        self._seen("get", context)
+        return pb.Paper(paper_id="p1", title="t")
+
+    def SimilarPapers(self, request: Any,  # noqa: N802
+                      context: grpc.ServicerContext) -> pb.SearchResponse:
+        self._seen("similar", context)
+        return pb.SearchResponse()
+
+    def UpsertPapers(self, requests: Any,  # noqa: N802
+                     context: grpc.ServicerContext) -> pb.UpsertSummary:
+        self._seen("upsert", context)
+        return pb.UpsertSummary(received=sum(1 for _ in requests))
+
+    def DeletePapers(self, request: Any,  # noqa: N802
+                     context: grpc.ServicerContext) -> pb.DeletePapersResponse:
+        self._seen("delete", context)
+        return pb.DeletePapersResponse()
+
+
+def test_every_client_call_takes_a_deadline_of_its_own() -> None:
+    """Only search and watch took timeout_s: an UpsertPapers stream longer than the client's
+    30 s failed with nothing committed, and no call could be given less."""
+    deadlines = Deadlines()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_SearchServiceServicer_to_server(deadlines, server)
+    pb_grpc.add_IndexServiceServicer_to_server(deadlines, server)
+    target = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(target)
+    server.start()
+    try:
+        with SearchClient(target, timeout_s=30) as client:
+            client.get("p1", timeout_s=5)
+            client.similar("p1", timeout_s=6)
+            client.upsert([Paper(id="p1", title="t", abstract="")], timeout_s=500)
+            client.delete(["p1"], timeout_s=7)
+            given = dict(deadlines.left)
+            client.get("p1")
+    finally:
+        server.stop(0)
+    asked = {"get": 5, "similar": 6, "upsert": 500, "delete": 7}
+    assert given.keys() == asked.keys()  # gRPC sends a deadline in whole units, rounded up
+    assert all(asked[name] - 1 < given[name] <= asked[name] + 1 for name in asked), given
+    assert 29 < deadlines.left["get"] <= 31  # the client's, when a call gives none

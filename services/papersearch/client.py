@@ -97,27 +97,33 @@ class SearchClient:
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout_s = timeout_s
 
+    def _deadline(self, timeout_s: float | None) -> float:
+        """A call's deadline in seconds: its own ``timeout_s``, else the client's."""
+        return self.timeout_s if timeout_s is None else timeout_s
+
     def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         response = self.search_stub.Search(
             convert.search_query_to_proto(query), metadata=self.metadata,
-            timeout=self.timeout_s if timeout_s is None else timeout_s,
+            timeout=self._deadline(timeout_s),
         )
         return convert.search_result_from_proto(response)
 
     def similar(self, paper_id: str | Examples, top_k: int = 10,
-                flt: SearchFilter | None = None) -> SearchResult:
+                flt: SearchFilter | None = None, timeout_s: float | None = None
+                ) -> SearchResult:
         """Papers like one paper, or recommendations from ``Examples`` (several positive and
         negative ids)."""
         examples = paper_id if isinstance(paper_id, Examples) else Examples((paper_id,))
         request = convert.similar_query_to_proto(
             convert.SimilarQuery(examples, top_k, flt or SearchFilter()))
         response = self.search_stub.SimilarPapers(request, metadata=self.metadata,
-                                                  timeout=self.timeout_s)
+                                                  timeout=self._deadline(timeout_s))
         return convert.search_result_from_proto(response)
 
-    def get(self, paper_id: str) -> Paper:
+    def get(self, paper_id: str, timeout_s: float | None = None) -> Paper:
         message = self.search_stub.GetPaper(pb.GetPaperRequest(paper_id=paper_id),
-                                            metadata=self.metadata, timeout=self.timeout_s)
+                                            metadata=self.metadata,
+                                            timeout=self._deadline(timeout_s))
         return convert.stored_paper_from_proto(message)
 
     def watch(self, query: convert.WatchQuery, timeout_s: float | None = None) -> Watching:
@@ -127,9 +133,13 @@ class SearchClient:
                                             metadata=self.metadata, timeout=timeout_s)
         return Watching(call)
 
-    def upsert(self, papers: Iterable[Paper]) -> pb.UpsertSummary:
+    def upsert(self, papers: Iterable[Paper], timeout_s: float | None = None
+               ) -> pb.UpsertSummary:
         """Stream ``papers``; a failure raises grpc.RpcError, and ``committed_of(error)`` says
-        how many were committed before it (``committed_messages_of``: where to resend from)."""
+        how many were committed before it (``committed_messages_of``: where to resend from).
+        The deadline (``timeout_s``, else the client's, 30 s by default) bounds the whole
+        stream: give a long one more (the gateway's own bound is serve.index_call_timeout_s,
+        600 s)."""
         failed: list[Exception] = []
 
         def stream() -> Iterator[pb.Paper]:
@@ -142,22 +152,22 @@ class SearchClient:
 
         try:
             return self.index_stub.UpsertPapers(stream(), metadata=self.metadata,
-                                                timeout=self.timeout_s)
+                                                timeout=self._deadline(timeout_s))
         except grpc.RpcError:
             if failed:
                 raise failed[0] from None
             raise
 
-    def delete(self, paper_ids: Sequence[str]) -> int:
+    def delete(self, paper_ids: Sequence[str], timeout_s: float | None = None) -> int:
         response = self.index_stub.DeletePapers(
             pb.DeletePapersRequest(paper_ids=list(paper_ids)), metadata=self.metadata,
-            timeout=self.timeout_s,
+            timeout=self._deadline(timeout_s),
         )
         return response.deleted
 
-    def health(self, service: str = "") -> str:
+    def health(self, service: str = "", timeout_s: float | None = None) -> str:
         response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service),
-                                          timeout=self.timeout_s)
+                                          timeout=self._deadline(timeout_s))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def close(self) -> None:
