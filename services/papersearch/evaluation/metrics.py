@@ -65,8 +65,9 @@ def evaluate(run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, 
     """Score a run (query id → ranked doc ids) against qrels (query id → doc id → score).
 
     Every query in ``qrels`` with a relevant document is evaluated; one the run lacks scores 0.
-    Queries without a relevant document are skipped, and run queries absent from ``qrels`` ignored.
-    Means over no queries are 0.
+    The others, of ``qrels`` or of the run, have no relevant document: they are counted as
+    skipped (as `eval` says "without a relevant judgment"), not scored. Means over no queries
+    are 0.
     """
     judged = {query: judgments for query, judgments in qrels.items() if _relevant(judgments)}
     rankings = {query: run.get(query, ()) for query in judged}
@@ -76,7 +77,7 @@ def evaluate(run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, 
         recall_at_100=_mean(recall_at_k(rankings[q], judged[q]) for q in judged),
         mrr_at_10=_mean(mrr_at_k(rankings[q], judged[q]) for q in judged),
         queries=len(judged),
-        skipped_queries=len(qrels) - len(judged),
+        skipped_queries=len(qrels.keys() | run.keys()) - len(judged),
         per_query_ndcg_at_10=per_query,
     )
 
