@@ -571,11 +571,17 @@ def test_two_exports_of_one_model_at_once_make_one_version(
     spec = export_module.ExportSpec("m", "embedder", ResolvedSource(
         "w", str(tmp_path / "weights"), True), 8)
     made: list[Path] = []
-    threads = [threading.Thread(target=lambda: made.append(
-        export_module.export(spec, tmp_path / "repo", ["a", "b", "c", "d"]))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: made.append(export_module.export(
+        spec, tmp_path / "repo", lambda: ["a", "b", "c", "d"]))) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert made == [tmp_path / "repo" / "m" / "1"] * 2
+
+    def no_corpus() -> list[str]:  # run elsewhere, ../shared is not there
+        raise FileNotFoundError("no such corpus file or folder")
+
+    # an identical export is there: no corpus is read (the command failed without one)
+    assert export_module.export(spec, tmp_path / "repo", no_corpus) == made[0]
     assert sorted(p.name for p in (tmp_path / "repo" / "m").iterdir()) == [".export.lock", "1"]

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +92,11 @@ class ExportSpec:
     int8_scheme: Int8Scheme = DEFAULT_INT8_SCHEME
 
 
-def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> Path:
+def export(spec: ExportSpec, repository: Path,
+           parity_texts: Callable[[], Sequence[str]]) -> Path:
     """Export ``spec`` unless the latest version is an identical export; return the version
-    directory (the latest, which runtimes load by name)."""
+    directory (the latest, which runtimes load by name). ``parity_texts`` are read only for
+    an export: a cached one needs no corpus."""
     fingerprint = _fingerprint(spec)
     # one export of a name at a time: a second one started meanwhile waits, then finds the
     # first's version (the same fingerprint) instead of numbering another
@@ -104,14 +106,15 @@ def export(spec: ExportSpec, repository: Path, parity_texts: Sequence[str]) -> P
         if existing is not None:
             log.info("export cached", extra={"model": spec.name, "path": str(existing)})
             return existing
-        if len(parity_texts) < 4:
+        texts = parity_texts()
+        if len(texts) < 4:
             raise ValueError("parity check needs at least 4 real texts")
         _check_max_length(spec)
         target = next_version_dir(repository, spec.name)
         # renamed into place whole: a running service looking for a new model
         # (reranker/loader.py) never sees a half-made version, nor after a crash
         with staged(target) as staging:
-            manifest = _export_into(spec, staging, int(target.name), fingerprint, parity_texts)
+            manifest = _export_into(spec, staging, int(target.name), fingerprint, texts)
             write_manifest(staging, manifest)
     log.info("exported", extra={"model": spec.name, "path": str(target), **manifest.parity})
     return target

@@ -30,11 +30,12 @@ PARITY_TEXTS = 64
 
 
 def parity_texts(settings: Settings) -> list[str]:
-    """Real abstracts from the sample corpus for the parity checks."""
+    """Real abstracts from the sample corpus (corpus_dir) for an export's parity checks."""
     papers = itertools.islice(read_corpus(settings.corpus_dir), PARITY_TEXTS)
     texts = [p.text for p in papers]
     if len(texts) < 4:
-        raise ValueError(f"{settings.corpus_dir}: too few papers for the parity check")
+        raise ValueError(f"{settings.corpus_dir}: {len(texts)} papers; an export's parity "
+                         "check needs at least 4 from corpus_dir")
     return texts
 
 
@@ -49,7 +50,7 @@ def export_embedder(settings: Settings) -> Path:
         document_prefix=models.document_prefix,
         int8_scheme=models.int8_scheme,
     )
-    return export(spec, models.repository, parity_texts(settings))
+    return export(spec, models.repository, lambda: parity_texts(settings))
 
 
 def export_cls_variant(settings: Settings, name: str) -> Path:
@@ -87,7 +88,7 @@ def export_reranker(settings: Settings, source: str) -> Path:
         max_length=max_length,
         int8_scheme=models.int8_scheme,
     )
-    return export(spec, models.repository, parity_texts(settings))
+    return export(spec, models.repository, lambda: parity_texts(settings))
 
 
 def training_corpora(settings: Settings) -> list[list[Paper]]:
