@@ -194,3 +194,29 @@ def test_a_held_out_set_cannot_be_tuned_on(
     for command in (["tune-rerank", "--dataset", str(copy)], ["models", "train-reranker"]):
         assert main(command) == 2
         assert "is a held-out set (held_out_sets)" in capsys.readouterr().err, command
+
+
+def test_tunes_table_names_each_set_whole(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    """Set names were cut to 10 characters: "medsample-train" and "medsample-test" both
+    headed their columns "medsample-", and sets are known only by their names."""
+    import papersearch.encoder.runtime as runtime
+    import papersearch.evaluation.datasets as datasets
+    import papersearch.evaluation.fusion_tuning as fusion_tuning
+    from papersearch.cli import main
+
+    names = ["medsample-train", "medsample-test"]
+    row = {"ndcg@10": {"medsample-train": 0.5, "medsample-test": 0.25},
+           "tuning_mean": 0.5, "held_out_mean": 0.25}
+    out = {"tuning_sets": names[:1], "held_out_sets": names[1:], "baseline": row,
+           "feedback": {**row, "settings": {}, "against_baseline": {},
+                        "tuning_sets_agree": True, "held_out_sets_agree": True},
+           "candidates": [], "chosen": None}
+    monkeypatch.setattr(datasets, "load_dataset", lambda path: path)
+    monkeypatch.setattr(runtime.Encoder, "from_settings", staticmethod(lambda models: None))
+    monkeypatch.setattr(fusion_tuning, "tune_fusion", lambda *args: out)
+    assert main(["tune", "--tune", str(tmp_path / "a"), "--held-out", str(tmp_path / "b")]) == 0
+    header, baseline = capsys.readouterr().out.splitlines()[:2]
+    assert header.split() == ["nDCG@10", *names, "tuning", "held-out"]
+    assert baseline.split()[-4:] == ["0.5000", "0.2500", "0.5000", "0.2500"]

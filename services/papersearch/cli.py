@@ -523,13 +523,14 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     names = [*out["tuning_sets"], *out["held_out_sets"]]
-    print(f"{'nDCG@10':<30}" + "".join(f"{n[:10]:>11}" for n in names)
+    width = {n: max(11, len(n) + 1) for n in names}  # a set is known by its whole name
+    print(f"{'nDCG@10':<30}" + "".join(f"{n:>{width[n]}}" for n in names)
           + f"{'tuning':>9}{'held-out':>9}")
     for label, row in [("baseline (configured, Qdrant)", out["baseline"]),
                        ("baseline + query feedback", out["feedback"]),
                        *((c["name"] + ("" if c["runs_in_store"] else " *"), c)
                          for c in out["candidates"])]:
-        print(f"{label:<30}" + "".join(f"{row['ndcg@10'][n]:>11.4f}" for n in names)
+        print(f"{label:<30}" + "".join(f"{row['ndcg@10'][n]:>{width[n]}.4f}" for n in names)
               + f"{row['tuning_mean']:>9.4f}{row['held_out_mean']:>9.4f}")
     print("* shown for reference: the Store does not run it")
     chosen = out["chosen"]
