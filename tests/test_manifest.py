@@ -10,7 +10,9 @@ from papersearch.models.manifest import (
     MANIFEST,
     Manifest,
     ModelCorrupt,
+    ModelNotFound,
     latest_if_fingerprint,
+    model_dir,
     read_manifest,
     write_manifest,
 )
@@ -39,3 +41,16 @@ def test_a_damaged_manifest_is_named_and_exported_again(tmp_path: Path, text: st
                                            rf"\(.*{problem}.*\): export the model again"):
         read_manifest(version)
     assert latest_if_fingerprint(tmp_path, "tiny", "f") is None  # `models export` goes on
+
+
+def test_a_missing_model_is_told_how_its_kind_is_made(tmp_path: Path) -> None:
+    """A missing reranker led with how to export the embedder (`papersearch models export`,
+    which makes no reranker)."""
+    from papersearch.reranker.runtime import Reranker
+    from papersearch.settings import ModelSettings
+
+    with pytest.raises(ModelNotFound, match=r"'minilm-l6-reranker' in .+: the default reranker "
+                                            r"is trained: `papersearch models train-reranker`"):
+        Reranker.from_settings(ModelSettings(repository=tmp_path))
+    with pytest.raises(ModelNotFound, match=r"`papersearch models export` makes the configured"):
+        model_dir(tmp_path, "minilm-l6")

@@ -120,16 +120,21 @@ def versions(repository: Path, name: str) -> list[int]:
     return sorted(int(p.name) for p in found)
 
 
-def model_dir(repository: Path, name: str, version: int | None = None) -> Path:
-    """The directory of ``version`` (default: the latest finished one)."""
+_HOW_TO_MAKE: dict[ModelKind, str] = {
+    "embedder": "`papersearch models export` makes the configured embedder (another one: set "
+                "models.embedder_name and models.embedder_source first)",
+    "reranker": "the default reranker is trained: `papersearch models train-reranker` (or "
+                "`papersearch models export --reranker SOURCE` exports another)",
+}
+
+
+def model_dir(repository: Path, name: str, version: int | None = None,
+              kind: ModelKind = "embedder") -> Path:
+    """The directory of ``version`` (default: the latest finished one); missing, the error
+    says how a model of ``kind`` (embedder, reranker) is made."""
     available = versions(repository, name)
     if not available:
-        raise ModelNotFound(
-            f"no exported model {name!r} in {repository}: `papersearch models export` makes "
-            "the configured embedder (another one: set models.embedder_name and "
-            "models.embedder_source first), `papersearch models export --all` the reranker "
-            "too (the default one is trained: `papersearch models train-reranker`)"
-        )
+        raise ModelNotFound(f"no exported model {name!r} in {repository}: {_HOW_TO_MAKE[kind]}")
     chosen = available[-1] if version is None else version
     if chosen not in available:
         raise ModelNotFound(f"model {name!r} has no version {chosen} (have {available})")

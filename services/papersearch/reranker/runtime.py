@@ -22,7 +22,7 @@ class Reranker(OnnxModel):
 
     @classmethod
     def from_settings(cls, models: ModelSettings) -> Reranker:
-        path = model_dir(models.repository, models.reranker_name)
+        path = model_dir(models.repository, models.reranker_name, kind="reranker")
         return cls(path, cls.runtime_options(models))
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
