@@ -46,14 +46,14 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
      "training.corpora.0 (PAPERSEARCH_TRAINING__CORPORA): Input is not a valid path for "
      "<class 'pathlib.Path'> (given 5)"),
     ("PAPERSEARCH_SEARCH__MAX_TOP_K", "5",  # below default_top_k: every plain Search refused
-     "search (PAPERSEARCH_SEARCH): Value error, search.default_top_k (10) is past "
+     "search (PAPERSEARCH_SEARCH__MAX_TOP_K): Value error, search.default_top_k (10) is past "
      "search.max_top_k (5): every request leaving top_k unset would be refused"),
     ("PAPERSEARCH_SERVE", "x",
      "serve (PAPERSEARCH_SERVE): a section is set as JSON, e.g. "
      "PAPERSEARCH_SERVE='{\"key\": \"value\"}'"),
     # a server's URL with the embedded backend: ingest filled a local shard, the server empty
     ("PAPERSEARCH_INDEX__URL", "http://qdrant:6333",
-     "index (PAPERSEARCH_INDEX): Value error, index.url and index.api_key are for a Qdrant "
+     "index (PAPERSEARCH_INDEX__URL): Value error, index.url and index.api_key are for a Qdrant "
      "server: set index.backend=server (PAPERSEARCH_INDEX__BACKEND=server) too, or leave them "
      "unset for the embedded index"),
     ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "qdrant:6333"}',
@@ -135,10 +135,12 @@ def test_a_settings_file_says_each_thing_once(
      "log_level (PAPERSEARCH_LOG_LEVEL): Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or "
      "'CRITICAL' (given 'VERBOSE')"),  # was a traceback from logging, in every replica too
     ({"PAPERSEARCH_SERVE__HEALTH_PORT": "50051"},  # the kernel shared its connections
-     "serve (PAPERSEARCH_SERVE): Value error, serve.grpc_port and serve.health_port are both "
+     "serve (PAPERSEARCH_SERVE__HEALTH_PORT): Value error, serve.grpc_port and serve.health_port "
+     "are both "
      "50051: each server needs a port of its own"),
     ({"PAPERSEARCH_TRAINING__MINING_DEPTH": "3"},  # minutes of mining, then "no examples"
-     "training (PAPERSEARCH_TRAINING): Value error, training.mining_depth=3 must exceed "
+     "training (PAPERSEARCH_TRAINING__MINING_DEPTH): Value error, training.mining_depth=3 must "
+     "exceed "
      "training.negatives_per_query=3"),
     ({"PAPERSEARCH_TRAINING__MAX_PAIRS": "-1"},
      "training.max_pairs (PAPERSEARCH_TRAINING__MAX_PAIRS): Input should be greater than or "
@@ -147,7 +149,8 @@ def test_a_settings_file_says_each_thing_once(
      "training.max_length (PAPERSEARCH_TRAINING__MAX_LENGTH): Input should be less than or "
      "equal to 512 (given '1024')"),
     ({"PAPERSEARCH_SERVE__WATCH_POLL_S": "30"},  # polls would skip what the lookback misses
-     "serve (PAPERSEARCH_SERVE): Value error, serve.watch_poll_s=30 must be at most half "
+     "serve (PAPERSEARCH_SERVE__WATCH_POLL_S): Value error, serve.watch_poll_s=30 must be at "
+     "most half "
      "serve.watch_lookback_s=10"),
     # gRPC's channel arguments are C ints: the gateway failed at start with an OverflowError
     ({"PAPERSEARCH_SERVE__MAX_CONNECTION_IDLE_S": "2592000"},
@@ -293,5 +296,11 @@ def test_a_value_from_the_file_is_not_blamed_on_a_variable_never_set(
                                   f"(settings file {path}): {problem}")
     monkeypatch.setenv("PAPERSEARCH_SERVE", '{"health_port": 9002}')  # it could be in here
     assert error_line(capsys) == ("papersearch: error: invalid settings: serve.grpc_port "
-                                  f"(PAPERSEARCH_SERVE__GRPC_PORT or settings file {path}): "
-                                  f"{problem}")
+                                  f"(PAPERSEARCH_SERVE or settings file {path}): {problem}")
+    # a check of the whole section names the variables set in it, not the section's own
+    # (PAPERSEARCH_SERVE, never set); a typo under a setting is named as written
+    monkeypatch.delenv("PAPERSEARCH_SERVE")
+    monkeypatch.delenv(CONFIG_ENV)
+    monkeypatch.setenv("PAPERSEARCH_SERVE__GRPC_PORT__X", "5")
+    assert error_line(capsys).startswith("papersearch: error: invalid settings: serve.grpc_port "
+                                         "(PAPERSEARCH_SERVE__GRPC_PORT__X): ")

@@ -861,18 +861,19 @@ def invalid_settings(error: ValidationError) -> str:
 
 
 def _source(prefix: str, names: list[str | int]) -> str:
-    """Where a setting's value came from: its variable if set (or no settings file is in
-    use), the settings file if no variable of its section is set, else either of them (a
-    section's JSON variable, or the file, may have set it)."""
+    """Where a setting's (or a section's) value came from: its variable if set; else the
+    variables set within it (``PAPERSEARCH_SERVE__HEALTH_PORT`` for a check of the whole serve
+    section: ``PAPERSEARCH_SERVE`` named a variable never set) or a section's JSON variable
+    above it, and the settings file if one is in use (either may have set it)."""
     variable = f"{prefix}{'__'.join(map(str, names)).upper()}"
     file = os.environ.get(CONFIG_ENV)
     set_here = {name.upper() for name in os.environ}
-    if variable in set_here or not file:
+    if variable in set_here:
         return variable
-    if any(variable.startswith(name + "__") or name.startswith(variable + "__")
-           for name in set_here):
-        return f"{variable} or settings file {file}"
-    return f"settings file {file}"
+    given = sorted(name for name in set_here if variable.startswith(name + "__")
+                   or name.startswith(variable + "__"))
+    named = ", ".join(given) or ("" if file else variable)
+    return " or ".join(part for part in (named, file and f"settings file {file}") if part)
 
 
 def setting_field(variable: str) -> FieldInfo | None:
