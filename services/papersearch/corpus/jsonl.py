@@ -14,7 +14,14 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from papersearch.corpus.paper import Paper, Skipped, checked_id, clean_text, within_limits
+from papersearch.corpus.paper import (
+    Paper,
+    Skipped,
+    checked_id,
+    clean_text,
+    quoted,
+    within_limits,
+)
 
 # The longest line read: a paper at every limit of within_limits, each character written as a
 # \uXXXX escape, is ~0.45 MiB; past this a line is skipped unread, not held whole in memory
@@ -145,7 +152,7 @@ def _published(value: Any) -> date | None:
         value = str(value)  # a year as a number, as metadata exports often write it
     if not isinstance(value, str):
         raise RecordError(f"'published' must be an ISO date string or a year, got "
-                          f"{type(value).__name__} {value!r}")
+                          f"{type(value).__name__} {quoted(json.dumps(value))}")
     text = value.strip()
     if _REDUCED_DATE.fullmatch(text):  # "2024" or "2024-03": the period's first day
         text += "-01-01" if len(text) == 4 else "-01"
