@@ -9,6 +9,7 @@ screenshot there (otherwise it goes to the test's tmp_path only)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import urllib.error
@@ -475,3 +476,72 @@ def test_page_sent_before_its_script_ran_and_recommendations_superseded(
     wait_for(chrome, lambda: chrome.execute_script("return window.aborted") == 2,
              "Clear aborted the recommendation in flight")
     assert result_ids(chrome, "#recommendations > li") == []
+    assert chrome.execute_script("return document.activeElement.id") == "results-heading"
+
+
+SENT_BODIES = """
+window.sent = [];
+const sending = window.fetch;
+window.fetch = (path, options = {}) => {
+  window.sent.push([path, JSON.parse(options.body || "null")]);
+  return sending(path, options);
+};
+"""
+
+
+@needs_browser
+def test_page_status_filters_blank_query_and_long_abstracts(
+    browser: webdriver.Chrome, scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """"Similar papers" asked under the filter typed in the form since, not the one of the
+    results on screen; the status line named the mode picked after a search was sent; a
+    "Similar papers" clicked on old results while a search ran left the status line stuck on
+    "Finding papers similar to ..."; a query of spaces did nothing; a long abstract was cut to
+    three lines with no way to read the rest."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    chrome = browser
+    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee+swarms&from=2023-01-01")
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "the filtered search")
+    chrome.execute_script(SENT_BODIES)
+    chrome.find_element(By.ID, "published-from").clear()  # typed, not searched
+    chrome.find_element(By.CSS_SELECTOR, "#results > li:first-child .similar-button").click()
+    wait_for(chrome, lambda: chrome.find_elements(By.CSS_SELECTOR, SIMILAR), "similar papers")
+    (path, body), = chrome.execute_script("return window.sent")
+    assert path.endswith("/SimilarPapers") and body["filter"] == {"published_from": "2023-01-01"}
+
+    chrome.execute_script(SLOW_FETCH + "window.slow['/papersearch.v1.SearchService/Search'] = 1500;"
+                          "window.slow['/papersearch.v1.SearchService/SimilarPapers'] = 3000;")
+    query = chrome.find_element(By.ID, "query")
+    query.clear()
+    query.send_keys("protein folding attention", Keys.ENTER)
+    chrome.find_element(By.CSS_SELECTOR, "#mode option[value='MODE_SPARSE']").click()
+    chrome.find_element(By.CSS_SELECTOR, "#results > li:nth-child(2) .similar-button").click()
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-proteins"], "the new results")
+    wait_for(chrome, lambda: "results for \u201cprotein folding attention\u201d (Hybrid" in
+             chrome.find_element(By.ID, "status").text, "the search's own status line")
+    chrome.execute_script("return new Promise((done) => setTimeout(done, 3500));")
+    assert "results for \u201cprotein folding" in chrome.find_element(By.ID, "status").text
+
+    query.clear()
+    query.send_keys("   ", Keys.ENTER)
+    error = chrome.find_element(By.ID, "error")
+    wait_for(chrome, error.is_displayed, "the blank query refused")
+    assert error.text == "INVALID_ARGUMENT: the query is blank: type what to search for"
+
+    long = "A sentence about bees that goes on for a while. " * 12
+    answer = {"hits": [{"paper": {"paper_id": "long", "title": "Long", "abstract": long},
+                        "score": 0.5, "stages": {}}]}
+    chrome.execute_script("window.fetch = async () => new Response(arguments[0], "
+                          "{status: 200});", json.dumps(answer))
+    query.clear()
+    query.send_keys("bees", Keys.ENTER)
+    toggle = wait_for(chrome, lambda: chrome.find_elements(By.CSS_SELECTOR, ".abstract-toggle"),
+                      "the long abstract's toggle")[0]
+    hidden = "const p = document.getElementById('hit-1-abstract');" \
+             "return p.scrollHeight - p.clientHeight;"  # the clamped lines' height
+    assert chrome.execute_script(hidden) > 0
+    toggle.send_keys(Keys.ENTER)
+    assert toggle.get_attribute("aria-expanded") == "true"
+    assert chrome.execute_script(hidden) == 0

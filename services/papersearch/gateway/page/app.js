@@ -22,6 +22,14 @@ let recommendSerial = 0;
 // recommendations): an earlier one that answers late must not overwrite them.
 let statusSerial = 0;
 const owns = (claim) => claim === statusSerial;
+// The "Similar papers" section whose action owns the status line, if one does: once new
+// results (or none) replace it, its answer has no place, and the search that replaced it
+// takes the status line back.
+let statusSection = null;
+// The filter of the results on screen: "Similar papers" and recommendations ask under it,
+// not under what the form holds since.
+let shownFilter = {};
+const ABSTRACT_SHOWN_CHARS = 240;  // past this an abstract is clamped, with a toggle
 // A search superseded by a newer one is aborted: the server stops its work (rerank, feedback).
 let searchAbort = null;
 // Likewise a recommendation superseded by a newer one or by Clear.
@@ -107,6 +115,16 @@ function showError(error) {
     $("key-box").open = true;
     box.append(" (enter an API key below the search box)");
   }
+}
+
+// Whether an action that claimed the status line may still write it: its own, or taken back
+// from similar papers of results it replaced.
+function mayWrite(claim) {
+  if (owns(claim)) return true;
+  if (statusSection === null || statusSection.isConnected) return false;
+  statusSection = null;
+  ++statusSerial;
+  return true;
 }
 
 function clearError() {
@@ -203,11 +221,25 @@ function renderHit(hit, rank, level, prefix, expanded = false) {
                           element("span", {class: "rank", "aria-hidden": "true"}, rank),
                           heading, meta,
                           paper.categories && paper.categories.length ? categories : null,
-                          paper.abstract ? element("p", {class: "abstract"}, paper.abstract)
-                                         : null,
+                          ...(paper.abstract ? renderAbstract(paper.abstract, id) : []),
                           renderScores(hit), renderExplanation(hit.explanation, expanded), actions,
                           similar);
   return element("li", {"data-paper-id": paper.paper_id}, article);
+}
+
+// The abstract, clamped to three lines when long, with a button that shows the rest.
+function renderAbstract(text, id) {
+  const paragraph = element("p", {class: "abstract", id: `${id}-abstract`}, text);
+  if (text.length <= ABSTRACT_SHOWN_CHARS) return [paragraph];
+  const toggle = element("button", {type: "button", class: "abstract-toggle secondary",
+                                    "aria-expanded": "false", "aria-controls": paragraph.id},
+                         "Whole abstract");
+  toggle.addEventListener("click", () => {
+    const open = paragraph.classList.toggle("open");
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.textContent = open ? "Shorter abstract" : "Whole abstract";
+  });
+  return [paragraph, toggle];
 }
 
 // A toggle that adds the paper to (or removes it from) the positive or negative examples.
@@ -246,6 +278,7 @@ function renderExamples() {
 async function recommend() {
   const serial = ++recommendSerial;
   const claim = ++statusSerial;
+  statusSection = null;
   clearError();
   $("status").textContent = "Finding recommendations…";
   if (recommendAbort) recommendAbort.abort();
@@ -253,7 +286,7 @@ async function recommend() {
   try {
     const answer = await call(SIMILAR, {positive_ids: [...examples.positive.keys()],
                                         negative_ids: [...examples.negative.keys()],
-                                        top_k: topK(), filter: filterFromForm()},
+                                        top_k: topK(), filter: shownFilter},
                               recommendAbort.signal);
     if (serial !== recommendSerial) return;
     const hits = answer.hits || [];
@@ -274,12 +307,14 @@ async function recommend() {
 function clearExamples() {
   ++recommendSerial;  // an answer still on its way is for the examples cleared
   ++statusSerial;
+  statusSection = null;
   if (recommendAbort) recommendAbort.abort();
   recommendAbort = null;
   examples.positive.clear();
   examples.negative.clear();
   $("recommendations").replaceChildren();
   renderExamples();
+  $("results-heading").focus();  // the focused Clear button is hidden with its panel
 }
 
 async function toggleSimilar(paper, button, section, level) {
@@ -293,11 +328,12 @@ async function toggleSimilar(paper, button, section, level) {
   button.disabled = true;
   const serial = ++similarSerial;
   const claim = ++statusSerial;
+  statusSection = section;
   clearError();
   $("status").textContent = `Finding papers similar to \u201c${paper.title || paper.paper_id}\u201d\u2026`;
   try {
     const answer = await call(SIMILAR, {paper_id: paper.paper_id, top_k: Math.min(topK(), 5),
-                                        filter: filterFromForm()});
+                                        filter: shownFilter});
     const hits = answer.hits || [];
     const headingId = `${section.id}-heading`;
     const heading = element(`h${Math.min(level, 6)}`, {id: headingId, tabindex: "-1"},
@@ -326,7 +362,8 @@ async function toggleSimilar(paper, button, section, level) {
 async function search(event) {
   if (event) event.preventDefault();
   const query = $("query").value.trim();
-  if (!query) {
+  if (!query) {  // spaces only: the box's "required" let it through
+    showError(new ApiError("INVALID_ARGUMENT", "the query is blank: type what to search for"));
     $("query").focus();
     return;
   }
@@ -336,6 +373,7 @@ async function search(event) {
   if ($("feedback").dataset.asked) request.feedback = $("feedback").checked;
   const serial = ++searchSerial;
   const claim = ++statusSerial;
+  statusSection = null;
   if (searchAbort) searchAbort.abort();
   searchAbort = new AbortController();
   remember();
@@ -350,9 +388,11 @@ async function search(event) {
     const expanded = Boolean(answer.feedback);
     list.replaceChildren(...hits.map((hit, index) => renderHit(hit, index + 1, 3, "hit",
                                                                expanded)));
+    shownFilter = request.filter;
     const total = (answer.timings_ms || {}).total;
+    const mode = [...$("mode").options].find((option) => option.value === request.mode);
     const details = [
-      $("mode").selectedOptions[0].textContent,
+      mode ? mode.textContent : request.mode,  // the mode asked for, not the one picked since
       answer.reranked ? "reranked" : "not reranked",
     ];
     if (answer.feedback) details.push("query feedback");
@@ -360,14 +400,15 @@ async function search(event) {
     if (!$("feedback").dataset.asked) $("feedback").checked = Boolean(answer.feedback);
     if (total !== undefined) details.push(`${Math.round(total)} ms`);
     if (answer.below_min_relevance) details.push(`${answer.below_min_relevance} below cut-off`);
-    if (!owns(claim)) return;  // similar papers or recommendations asked for since
+    if (!mayWrite(claim)) return;  // similar papers or recommendations asked for since
     $("status").textContent = hits.length
       ? `${hits.length} result${hits.length === 1 ? "" : "s"} for \u201c${query}\u201d (${details.join(", ")}).`
       : `No results for \u201c${query}\u201d with these filters.`;
   } catch (error) {
     if (serial !== searchSerial) return;
     $("results").replaceChildren();
-    if (!owns(claim)) return;
+    shownFilter = {};
+    if (!mayWrite(claim)) return;
     $("status").textContent = "";
     showError(error);
   } finally {
@@ -428,6 +469,8 @@ function navigated() {
   }
   ++searchSerial;
   ++statusSerial;  // a late answer of another action does not write over the empty page
+  statusSection = null;
+  shownFilter = {};
   if (searchAbort) searchAbort.abort();
   searchAbort = null;
   $("search-form").removeAttribute("aria-busy");
