@@ -545,3 +545,11 @@ def test_page_status_filters_blank_query_and_long_abstracts(
     toggle.send_keys(Keys.ENTER)
     assert toggle.get_attribute("aria-expanded") == "true"
     assert chrome.execute_script(hidden) == 0
+
+    # a shared address with values the form cannot take: said, not dropped without a word
+    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee+swarms&from=2024-1-5&mode=MODE_BOGUS&k=10")
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "the search, unfiltered")
+    assert chrome.find_element(By.ID, "error").text == (
+        "INVALID_ARGUMENT: the address's mode=MODE_BOGUS, from=2024-1-5 are not a value this "
+        "form takes: left out (the defaults apply)")
+    assert "from=" not in chrome.current_url and "mode=MODE_HYBRID" in chrome.current_url

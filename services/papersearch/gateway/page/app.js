@@ -30,6 +30,9 @@ let statusSection = null;
 // not under what the form holds since.
 let shownFilter = {};
 const ABSTRACT_SHOWN_CHARS = 240;  // past this an abstract is clamped, with a toggle
+// Values of the address the form could not take (a date written otherwise, an unknown mode):
+// said by the search that follows, not dropped without a word.
+let addressNotice = "";
 // A search superseded by a newer one is aborted: the server stops its work (rerank, feedback).
 let searchAbort = null;
 // Likewise a recommendation superseded by a newer one or by Clear.
@@ -378,6 +381,8 @@ async function search(event) {
   searchAbort = new AbortController();
   remember();
   clearError();
+  if (addressNotice) showError(new ApiError("INVALID_ARGUMENT", addressNotice));
+  addressNotice = "";
   $("status").textContent = "Searching\u2026";
   $("search-form").setAttribute("aria-busy", "true");
   try {
@@ -444,10 +449,18 @@ function remember() {
 
 function restore() {
   const params = new URLSearchParams(location.search);
+  const ignored = [];
   for (const [name, id] of FIELDS) {
     $(id).value = params.has(name) ? params.get(name) : DEFAULTS.get(id);
+    if ($(id).selectedIndex < 0) $(id).selectedIndex = 0;  // an unknown mode
+    if (params.has(name) && $(id).value !== params.get(name)) {
+      ignored.push(`${name}=${params.get(name)}`);
+    }
   }
-  if ($("mode").selectedIndex < 0) $("mode").selectedIndex = 0;  // an unknown mode
+  addressNotice = ignored.length
+    ? `the address's ${ignored.join(", ")} ${ignored.length === 1 ? "is" : "are"} not a ` +
+      "value this form takes: left out (the defaults apply)"
+    : "";
   // the page writes rerank=0 when unticked; a form sent before this script ran writes its
   // hidden rerank=0, then rerank=1 when ticked: the last value counts
   $("rerank").checked = params.getAll("rerank").at(-1) !== "0";
