@@ -497,7 +497,8 @@ def test_page_status_filters_blank_query_and_long_abstracts(
     results on screen; the status line named the mode picked after a search was sent; a
     "Similar papers" clicked on old results while a search ran left the status line stuck on
     "Finding papers similar to ..."; a query of spaces did nothing; a long abstract was cut to
-    three lines with no way to read the rest."""
+    three lines with no way to read the rest; an address's values the form could not take
+    were replaced by its defaults without a word."""
     servers, backend = scratch
     port = free_port()
     servers.start(backend, http_port=port)
