@@ -657,6 +657,28 @@ def test_edge_reopen_keeps_data(tmp_path: Path) -> None:
         assert ids(s.query(request("hybrid", 5, limit=2)))[:2] == [PAPERS[RARE_AT].id, PAPERS[5].id]
 
 
+def test_only_a_collection_made_where_nothing_was_is_the_stores_own(
+    tmp_path: Path, factory: Factory,
+) -> None:
+    """`ingest` removes a collection it made for a corpus that held no paper: a directory
+    that held files before (or a server's collection, which another writer may share the
+    moment it exists) is never taken for the store's own."""
+    with EdgeStore(IndexSettings(data_dir=tmp_path / "new")) as made:
+        made.ensure_collection(DIM, SHA)
+        assert made.created
+    with EdgeStore(IndexSettings(data_dir=tmp_path / "new")) as again:
+        again.ensure_collection(DIM, SHA)
+        assert not again.created
+    (tmp_path / "kept" / "papers").mkdir(parents=True)
+    (tmp_path / "kept" / "papers" / "notes.txt").write_text("someone's")
+    with EdgeStore(IndexSettings(data_dir=tmp_path / "kept")) as found:
+        found.ensure_collection(DIM, SHA)
+        assert not found.created
+    server = factory()
+    server.ensure_collection(DIM, SHA)
+    assert not server.created or isinstance(server, EdgeStore)
+
+
 def test_an_embedded_manifest_that_cannot_be_written_is_store_unavailable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -220,8 +220,9 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                 ingester = RayIngester(store, encoder, settings, live)
             summary = ingest_paths(paths, store, ingester, update=args.update,
                                    progress=not args.quiet)
-        if summary.read == 0 and store.created:  # `search` then says there is no index,
-            drop_collection(settings.index, store.settings.collection)  # not "0 hits"
+            made_for_nothing = summary.read == 0 and store.created and store.count() == 0
+        if made_for_nothing:  # `search` then says there is no index, not "0 hits"
+            drop_collection(settings.index, store.settings.collection)
     print(json.dumps(summary.to_dict(), indent=2))
     if summary.read == 0:  # `ingest && search` went on with nothing indexed
         first = summary.skipped_records[:1]

@@ -128,10 +128,11 @@ class EdgeStore(Store):
             raise CollectionMissing(f"no index at {shown(self.path)}: papersearch ingest "
                                     "creates it")
         else:
+            fresh = not self.path.exists() or not any(self.path.iterdir())
             self.path.mkdir(parents=True, exist_ok=True)
             with _engine("create"):
                 shard = qe.EdgeShard.create(str(self.path), _config(self.settings, identity.dim))
-            self.created = True
+            self.created = fresh
             logger.info("index created", extra={"collection": str(self.path), "dim": identity.dim})
         self._shard = shard
         try:

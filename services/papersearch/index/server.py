@@ -124,7 +124,6 @@ class ServerStore(Store):
                     raise CollectionMissing(
                         f"{where} does not exist: papersearch ingest creates it")
                 self._create(CollectionSpec.of(self.settings, identity.dim), identity)
-                self.created = True
             info = self.client.get_collection(self.name)
             stored = _identity(info.config.metadata)
             if stored is None:

@@ -85,7 +85,10 @@ class Store(ABC):
     def __init__(self, settings: IndexSettings) -> None:
         self.settings = settings
         self._identity: EmbedderIdentity | None = None
-        self.created = False  # ensure_collection created the collection
+        # ensure_collection made the collection where nothing was (the embedded engine, its
+        # directory new or empty: no other process writes there; a server's collection may be
+        # another writer's as soon as it exists, so it is never taken for this store's own)
+        self.created = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
