@@ -34,13 +34,13 @@ class SearchQuery:
         """Return self if acceptable, else raise InvalidQuery saying what is wrong."""
         if not isinstance(self.text, str) or not self.text.strip():
             raise InvalidQuery("query must not be empty")
-        if not clean_text(self.text):  # "\u200b", "\x00": searched as an empty text was
-            raise InvalidQuery("query must not be empty: it holds only control or zero-width "
-                               "characters")
-        if len(self.text) > limits.max_query_chars:
+        if len(self.text) > limits.max_query_chars:  # first: clean_text is a Python loop
             raise InvalidQuery(
                 f"query is {len(self.text)} characters; the limit is {limits.max_query_chars}"
             )
+        if not clean_text(self.text):  # "\u200b", "\x00": searched as an empty text was
+            raise InvalidQuery("query must not be empty: it holds only control or zero-width "
+                               "characters")
         if not 1 <= self.top_k <= limits.max_top_k:
             raise InvalidQuery(f"top_k must be between 1 and {limits.max_top_k}, got {self.top_k}")
         if self.mode not in get_args(Mode):
