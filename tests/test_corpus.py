@@ -338,13 +338,17 @@ def test_beir_reads_ids_verbatim_and_metadata(tmp_path: Path) -> None:
         {"_id": "8", "title": "A Title Only", "text": "", "metadata": metadata},
         {"_id": "9", "title": "", "text": ""},
         {"_id": "10", "title": "T", "metadata": {"published": "December, 1958"}},
+        {"_id": "11", "title": "Two", "metadata": {"authors": ["Sugai, I.", "Perlis, A. J."]}},
     ]
     path = write(tmp_path, "corpus.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     results = list(read_beir(tmp_path))
-    assert [p.id for p in papers(results)] == ["7", "8"]
+    assert [p.id for p in papers(results)] == ["7", "8", "11"]
     paper = papers(results)[1]
+    # a string is one name: BEIR sets write "Surname, Initials" (split at the comma, the
+    # filter "Sugai, I." matched nothing and "I." matched strangers)
     assert (paper.authors, paper.published, paper.categories) == (
-        ("Perlis", "A. J."), date(1958, 12, 1), ("cs.PL",))
+        ("Perlis, A. J.",), date(1958, 12, 1), ("cs.PL",))
+    assert papers(results)[2].authors == ("Sugai, I.", "Perlis, A. J.")
     assert [(s.source, s.reason[:30]) for s in skipped(results)] == [
         (f"{path}:3", "paper '9' has neither title no"),
         (f"{path}:4", "'published' is not an ISO date")]

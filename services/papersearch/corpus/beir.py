@@ -4,7 +4,8 @@ Ids are normalised as the API's are (corpus/paper.checked_id: stripped, NFC), an
 qrels' (evaluation/beir), so judgments still match. ``text`` becomes the abstract; either it or
 the title may be empty, not both. The metadata's ``url``, ``authors``, ``published`` and
 ``categories`` are read as a JSON Lines paper's fields are (corpus/jsonl), so that filters match
-them; other metadata is not read.
+them, except that an authors string is one name (BEIR sets write "Surname, Initials"); other
+metadata is not read.
 """
 
 from __future__ import annotations
@@ -40,5 +41,6 @@ def paper_from_beir(record: Mapping[str, Any]) -> Paper:
         title=text_field(record, "title"),
         abstract=text_field(record, "text"),
         url=text_field(metadata, "url") or None,
-        **filtered_fields(metadata),
+        # "Surname, Initials" (CACM, CISI, Cranfield): a string is one name, a list names each
+        **filtered_fields(metadata, split_authors=False),
     ))

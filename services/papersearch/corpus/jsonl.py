@@ -98,11 +98,13 @@ def paper_from_json(record: Mapping[str, Any]) -> Paper:
     ))
 
 
-def filtered_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+def filtered_fields(record: Mapping[str, Any], *, split_authors: bool = True
+                    ) -> dict[str, Any]:
     """The fields search filters match, as Paper's keyword arguments: ``authors`` (a list, or
-    one "a, b" string), ``published`` (an ISO date, or a year) and ``categories`` (a list, or
-    one comma- or space-separated string); absent ones are empty."""
-    return {"authors": _names(record, "authors", r","),
+    one "a, b" string; with ``split_authors`` off, a string is one name), ``published`` (an
+    ISO date, or a year) and ``categories`` (a list, or one comma- or space-separated string);
+    absent ones are empty."""
+    return {"authors": _names(record, "authors", r"," if split_authors else None),
             "published": _published(record.get("published")),
             "categories": _names(record, "categories", r"[,\s]")}
 
@@ -134,12 +136,13 @@ def text_field(record: Mapping[str, Any], key: str) -> str:
     return clean_text(value)
 
 
-def _names(record: Mapping[str, Any], key: str, separator: str) -> tuple[str, ...]:
+def _names(record: Mapping[str, Any], key: str, separator: str | None
+           ) -> tuple[str, ...]:
     value = record.get(key)
     if value is None:
         return ()
     if isinstance(value, str):
-        value = re.split(separator, value)
+        value = re.split(separator, value) if separator else [value]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise RecordError(f"{key!r} must be a list of strings or a string")
     return tuple(name for item in value if (name := clean_text(item)))
