@@ -554,3 +554,6 @@ def test_page_status_filters_blank_query_and_long_abstracts(
         "INVALID_ARGUMENT: the address's mode=MODE_BOGUS, from=2024-1-5 are not a value this "
         "form takes: left out (the defaults apply)")
     assert "from=" not in chrome.current_url and "mode=MODE_HYBRID" in chrome.current_url
+    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee%0Aswarms")  # a box drops line breaks
+    wait_for(chrome, lambda: result_ids(chrome), "the search of what the box kept")
+    assert not chrome.find_element(By.ID, "error").is_displayed()

@@ -194,6 +194,12 @@ def test_a_held_out_set_cannot_be_tuned_on(
     for command in (["tune-rerank", "--dataset", str(copy)], ["models", "train-reranker"]):
         assert main(command) == 2
         assert "is a held-out set (held_out_sets)" in capsys.readouterr().err, command
+    # held_out_sets naming a set's corpus.jsonl: the set is still known by its folder's name
+    monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps([str(copy / "corpus.jsonl")]))
+    other = write_beir(tmp_path / "other-copy" / "med", {"d1": "a"}, {"q1": "a"},
+                       [("q1", "d1", 1)])
+    assert main(["tune-rerank", "--dataset", str(other)]) == 2
+    assert "is a held-out set (held_out_sets)" in capsys.readouterr().err
 
 
 def test_tunes_table_names_each_set_whole(

@@ -705,7 +705,7 @@ class Settings(BaseSettings):
         training) may not read it. Sets are known by their folder names, as tune knows them:
         the default paths are relative, and from another directory resolve elsewhere."""
         held = {p.resolve() for p in self.held_out_sets}
-        names = {p.name for p in held}
+        names = {p.parent.name if p.is_file() else p.name for p in held}  # a set's corpus.jsonl
         for path in paths:  # the set's folder, or a file in it (its corpus.jsonl)
             resolved = path.resolve()
             folder = resolved.parent if resolved.is_file() else resolved

@@ -40,4 +40,5 @@ def check_types(value: dict[str, Any], descriptor: Descriptor, where: str = "") 
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
-    return {str: "a string", list: "a list", int: "a number", float: "a number"}[type(value)]
+    return {str: "a string", list: "a list", int: "a number", float: "a number",
+            type(None): "null"}[type(value)]

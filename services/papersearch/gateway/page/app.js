@@ -453,7 +453,8 @@ function restore() {
   for (const [name, id] of FIELDS) {
     $(id).value = params.has(name) ? params.get(name) : DEFAULTS.get(id);
     if ($(id).selectedIndex < 0) $(id).selectedIndex = 0;  // an unknown mode
-    if (params.has(name) && $(id).value !== params.get(name)) {
+    // a text box drops line breaks, and searches what is left: that is no value left out
+    if (params.has(name) && $(id).value !== params.get(name).replace(/[\r\n]/g, "")) {
       ignored.push(`${name}=${params.get(name)}`);
     }
   }
