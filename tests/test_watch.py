@@ -780,17 +780,23 @@ class FakeWatches:
 
         self.streams, self.opened, self.pauses = streams, list[WatchQuery](), list[float]()
         self.ahead = 0.0
-        sleep, monotonic = time.sleep, time.monotonic
+        watches = self
 
-        def pause(seconds: float) -> None:  # the command's; other threads (gRPC's) sleep
-            if threading.current_thread() is threading.main_thread():
-                self.pauses.append(seconds)
-            else:
-                sleep(seconds)
+        class CommandTime:
+            """The command's own `time` (cli.time): the time module for everything else, so
+            other threads' sleeps and clocks (gRPC's, the gateways' event loops) are untouched."""
+
+            def sleep(self, seconds: float) -> None:
+                watches.pauses.append(seconds)
+
+            def monotonic(self) -> float:
+                return time.monotonic() + watches.ahead
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(time, name)
 
         monkeypatch.setattr(client, "SearchClient", lambda *_, **__: self)
-        monkeypatch.setattr(cli.time, "sleep", pause)
-        monkeypatch.setattr(cli.time, "monotonic", lambda: monotonic() + self.ahead)
+        monkeypatch.setattr(cli, "time", CommandTime())
 
     def __enter__(self) -> FakeWatches:
         return self
