@@ -8,6 +8,7 @@ is the 400 INVALID_ARGUMENT any other value of the wrong type is.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -20,8 +21,7 @@ def check_types(value: dict[str, Any], descriptor: Descriptor, where: str = "") 
     """ValueError naming the first field of ``value`` (a JSON object for ``descriptor``) whose
     value is a boolean where a number or enum is wanted, or not an object where a message is;
     other mistakes are left to protobuf's parser, which names them."""
-    fields = {name: field for field in descriptor.fields
-              for name in (field.name, field.json_name)}
+    fields = _fields_by_key(descriptor)
     for key, item in value.items():
         field = fields.get(key)
         if field is None or item is None:
@@ -35,6 +35,13 @@ def check_types(value: dict[str, Any], descriptor: Descriptor, where: str = "") 
                 check_types(one, message, f"{name}.")
             elif field.type in _NUMBERS and isinstance(one, bool):
                 raise ValueError(f"{name} must be {_NUMBERS[field.type]}, got {_kind(one)}")
+
+
+@cache
+def _fields_by_key(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    """A message's fields by the keys JSON may give them: the proto name and the json_name
+    (once per message type, not per request)."""
+    return {name: field for field in descriptor.fields for name in (field.name, field.json_name)}
 
 
 def _kind(value: Any) -> str:
