@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from papersearch.index.schema import DENSE as DENSE_NAME
 from papersearch.index.server import ServerStore
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
+from tests.module_stand_in import ModuleStandIn
 from tests.ports import free_port
 
 pytestmark = [  # qdrant-client local mode: no payload indexes, always exact search
@@ -989,8 +991,8 @@ def test_edge_access_check_holds_briefly_and_repeats_while_failing(
         return allowed["ok"]
 
     clock = {"now": 1000.0}
-    monkeypatch.setattr(edge.os, "access", access)
-    monkeypatch.setattr(edge.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(edge, "os", ModuleStandIn(os, access=access))
+    monkeypatch.setattr(edge, "time", ModuleStandIn(time, monotonic=lambda: clock["now"]))
     store._check_access()
     assert len(calls) == 2  # the data directory and the index directory
     allowed["ok"] = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from papersearch.serving import node_drain
 from papersearch.serving.node_drain import ListingFailed, drain_ray_node, replicas_on
+from tests.module_stand_in import ModuleStandIn
 
 REPLICA = "ServeReplica:drained:Echo"
 
@@ -138,8 +140,8 @@ def test_a_listing_that_takes_the_rest_of_the_deadline_ends_the_wait(
     """The time left was read before the listing: one that used it all was followed by a poll's
     sleep and one more listing, past the deadline the pod's grace was sized for."""
     now = [0.0]
-    monkeypatch.setattr(node_drain.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(node_drain.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    monkeypatch.setattr(node_drain, "time", ModuleStandIn(
+        time, monotonic=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s)))
     monkeypatch.setattr(node_drain, "request_drain", lambda gcs, node, until: None)
     calls: list[float] = []
 

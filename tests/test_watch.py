@@ -35,6 +35,7 @@ from papersearch.pipeline.backend import LocalBackend
 from papersearch.settings import Settings
 from papersearch.telemetry import Metrics
 from tests.gateway_helpers import Servers, scratch_gateways
+from tests.module_stand_in import ModuleStandIn
 from tests.ports import free_port
 
 QUERY = "graph neural networks for predicting molecular properties"
@@ -782,21 +783,11 @@ class FakeWatches:
         self.ahead = 0.0
         watches = self
 
-        class CommandTime:
-            """The command's own `time` (cli.time): the time module for everything else, so
-            other threads' sleeps and clocks (gRPC's, the gateways' event loops) are untouched."""
-
-            def sleep(self, seconds: float) -> None:
-                watches.pauses.append(seconds)
-
-            def monotonic(self) -> float:
-                return time.monotonic() + watches.ahead
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(time, name)
-
         monkeypatch.setattr(client, "SearchClient", lambda *_, **__: self)
-        monkeypatch.setattr(cli, "time", CommandTime())
+        # the command's own `time` (cli.time): other threads' sleeps and clocks are untouched
+        monkeypatch.setattr(cli, "time", ModuleStandIn(
+            time, sleep=watches.pauses.append,
+            monotonic=lambda: time.monotonic() + watches.ahead))
 
     def __enter__(self) -> FakeWatches:
         return self
