@@ -73,6 +73,11 @@ def _trailing_int(error: grpc.RpcError, key: str) -> int | None:
     return None
 
 
+def _deadline(call_s: float | None, client_s: float) -> float:
+    """A call's deadline in seconds: its own ``timeout_s``, else the client's."""
+    return client_s if call_s is None else call_s
+
+
 def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     """The call metadata that carries ``api_key``: stripped (a key read from a file ends in a
     newline); one that is not printable ASCII, which gRPC metadata cannot carry, is refused."""
@@ -97,14 +102,10 @@ class SearchClient:
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout_s = timeout_s
 
-    def _deadline(self, timeout_s: float | None) -> float:
-        """A call's deadline in seconds: its own ``timeout_s``, else the client's."""
-        return self.timeout_s if timeout_s is None else timeout_s
-
     def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         response = self.search_stub.Search(
             convert.search_query_to_proto(query), metadata=self.metadata,
-            timeout=self._deadline(timeout_s),
+            timeout=_deadline(timeout_s, self.timeout_s),
         )
         return convert.search_result_from_proto(response)
 
@@ -117,13 +118,13 @@ class SearchClient:
         request = convert.similar_query_to_proto(
             convert.SimilarQuery(examples, top_k, flt or SearchFilter()))
         response = self.search_stub.SimilarPapers(request, metadata=self.metadata,
-                                                  timeout=self._deadline(timeout_s))
+                                                  timeout=_deadline(timeout_s, self.timeout_s))
         return convert.search_result_from_proto(response)
 
     def get(self, paper_id: str, timeout_s: float | None = None) -> Paper:
         message = self.search_stub.GetPaper(pb.GetPaperRequest(paper_id=paper_id),
                                             metadata=self.metadata,
-                                            timeout=self._deadline(timeout_s))
+                                            timeout=_deadline(timeout_s, self.timeout_s))
         return convert.stored_paper_from_proto(message)
 
     def watch(self, query: convert.WatchQuery, timeout_s: float | None = None) -> Watching:
@@ -152,7 +153,7 @@ class SearchClient:
 
         try:
             return self.index_stub.UpsertPapers(stream(), metadata=self.metadata,
-                                                timeout=self._deadline(timeout_s))
+                                                timeout=_deadline(timeout_s, self.timeout_s))
         except grpc.RpcError:
             if failed:
                 raise failed[0] from None
@@ -161,13 +162,13 @@ class SearchClient:
     def delete(self, paper_ids: Sequence[str], timeout_s: float | None = None) -> int:
         response = self.index_stub.DeletePapers(
             pb.DeletePapersRequest(paper_ids=list(paper_ids)), metadata=self.metadata,
-            timeout=self._deadline(timeout_s),
+            timeout=_deadline(timeout_s, self.timeout_s),
         )
         return response.deleted
 
     def health(self, service: str = "", timeout_s: float | None = None) -> str:
         response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service),
-                                          timeout=self._deadline(timeout_s))
+                                          timeout=_deadline(timeout_s, self.timeout_s))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def close(self) -> None:
@@ -198,13 +199,13 @@ class AsyncSearchClient:
     async def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         response = await self.search_stub.Search(
             convert.search_query_to_proto(query), metadata=self.metadata,
-            timeout=self.timeout_s if timeout_s is None else timeout_s,
+            timeout=_deadline(timeout_s, self.timeout_s),
         )
         return convert.search_result_from_proto(response)
 
-    async def health(self, service: str = "") -> str:
+    async def health(self, service: str = "", timeout_s: float | None = None) -> str:
         response = await self.health_stub.Check(health_pb2.HealthCheckRequest(service=service),
-                                                timeout=self.timeout_s)
+                                                timeout=_deadline(timeout_s, self.timeout_s))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def close(self) -> None:

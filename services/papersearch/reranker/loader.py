@@ -66,10 +66,10 @@ class RerankerLoader:
                                 extra={"version": self.reranker.manifest.version,
                                        "reason": str(missing)})
                 else:
+                    # the reason says how one is made (model_dir) or why it did not load
                     log.warning("no usable reranker model: searches return first-stage "
-                                "results (reranked=false) until `papersearch models "
-                                "train-reranker` or `models export --reranker SOURCE` makes "
-                                f"one; looking again every {self.models.reload_poll_s:g} s",
+                                "results (reranked=false) until there is one; looking again "
+                                f"every {self.models.reload_poll_s:g} s",
                                 extra={"reason": str(missing)})
             self._missing = missing
             return
