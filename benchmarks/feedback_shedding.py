@@ -57,16 +57,18 @@ FIXED = {"num_replicas": 1, "autoscaling_config": None, "max_queued_requests": -
 async def run_level(target: str, queries: Sequence[str], feedback: bool | None,
                     concurrency: int, warmup_s: float, seconds: float) -> dict[str, Any]:
     """``concurrency`` callers search back to back; what completes in the window after the
-    warm-up counts."""
+    warm-up counts, and every error."""
     begin = time.monotonic() + warmup_s
     end = begin + seconds
     latencies: list[float] = []
     counts = {"ok": 0, "errors": 0, "feedback": 0}
 
     def record(result: SearchResult | None, started: float, now: float) -> None:
-        if begin <= now <= end:
-            counts["ok" if result is not None else "errors"] += 1
-            counts["feedback"] += int(result is not None and result.feedback)
+        if result is None:  # an error counts wherever it falls: warm-up, window or drain
+            counts["errors"] += 1
+        elif begin <= now <= end:
+            counts["ok"] += 1
+            counts["feedback"] += int(result.feedback)
             latencies.append((now - started) * 1000)
 
     async with AsyncSearchClient(target, timeout_s=60.0) as client:

@@ -279,8 +279,8 @@ def process_name(argv: Sequence[str]) -> str:
 def saturate(target: str, metrics_url: str, queries: Sequence[str], rerank: bool,
              concurrency: int, window: Window, meter: CpuMeter) -> dict[str, Any]:
     """Closed loop: ``concurrency`` callers search back to back; count what completes in the
-    measured window (after the warm-up), and every error; ``meter`` reads CPU over the window
-    and at each of its intervals' ends. The callers are coroutines on one asyncio channel: the
+    measured window (after the warm-up), and every error, the warm-up's and the last calls'
+    included; ``meter`` reads CPU over the window and at each of its intervals' ends. The callers are coroutines on one asyncio channel: the
     load generator shares the cores with the served path, and a thread per caller (hundreds at
     the top levels) cost it more CPU."""
     return asyncio.run(_saturate(target, metrics_url, queries, rerank, concurrency, window,
@@ -296,11 +296,12 @@ async def _saturate(target: str, metrics_url: str, queries: Sequence[str], reran
     completed = [0] * parts  # searches completed in each interval of the window
 
     def record(result: SearchResult | None, _: float, now: float) -> None:
-        if begin <= now <= end:
-            ok = result is not None
-            counts["ok" if ok else "errors"] += 1
-            counts["reranked"] += int(result is not None and result.reranked)
-            completed[min(int((now - begin) * parts / seconds), parts - 1)] += int(ok)
+        if result is None:  # an error counts wherever it falls: warm-up, window or drain
+            counts["errors"] += 1
+        elif begin <= now <= end:
+            counts["ok"] += 1
+            counts["reranked"] += int(result.reranked)
+            completed[min(int((now - begin) * parts / seconds), parts - 1)] += 1
 
     snapshots: list[MetricsSnapshot] = []
 

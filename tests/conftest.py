@@ -61,7 +61,11 @@ def _process_state_restored() -> Iterator[None]:
 
 def benchmark(name: str) -> ModuleType:
     """The script ``benchmarks/<name>.py`` as a module (benchmarks are not a package), for
-    tests of its pure functions."""
+    tests of its pure functions; its folder is on the path, as when the script is run (they
+    share ``common.py``)."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.append(folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,0 +1,76 @@
+"""The closed-loop benchmarks (throughput.py, feedback_shedding.py) count every failed search,
+including those of the warm-up and the calls that end after the window: only answers are
+confined to the measured window."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from papersearch.pipeline.query import SearchResult
+from tests.conftest import benchmark
+
+throughput = benchmark("throughput")
+feedback_shedding = benchmark("feedback_shedding")
+
+FAILING_S = 0.3  # the searches fail this long (a service still coming up), then answer
+
+
+class Client:
+    """An AsyncSearchClient whose searches fail for FAILING_S after it was made."""
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        self.made = time.monotonic()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        pass
+
+    async def search(self, *_: Any, **__: Any) -> SearchResult:
+        await asyncio.sleep(0.01)
+        if time.monotonic() - self.made < FAILING_S:
+            raise RuntimeError("UNAVAILABLE")
+        return SearchResult((), False, {}, 0, 0, False)
+
+
+class Meter:
+    marks = [0.0]
+
+    def start(self) -> None:
+        self.marks = [0.0]
+
+    def mark(self) -> None:
+        self.marks.append(0.0)
+
+    def stop(self) -> None:
+        self.mark()
+
+    def per_search_ms(self, _: int) -> dict[str, float]:
+        return {}
+
+    def ray_per_search_ms(self, _: int) -> dict[str, float]:
+        return {}
+
+
+def unreadable(url: str) -> None:
+    raise OSError(f"{url}: no metrics here")
+
+
+def test_throughput_counts_the_warm_ups_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(throughput, "AsyncSearchClient", Client)
+    monkeypatch.setattr(throughput, "read_metrics", unreadable)
+    level = throughput.saturate("127.0.0.1:1", "http://127.0.0.1:1/metrics", ["q"], False, 4,
+                                throughput.Window(FAILING_S, 0.3, 2), Meter())
+    assert level["errors"] > 0 and level["completed"] > 0
+
+
+def test_feedback_shedding_counts_the_warm_ups_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feedback_shedding, "AsyncSearchClient", Client)
+    level = asyncio.run(feedback_shedding.run_level("127.0.0.1:1", ["q"], None, 4,
+                                                    warmup_s=FAILING_S, seconds=0.3))
+    assert level["errors"] > 0 and level["qps"] > 0
