@@ -280,9 +280,9 @@ def saturate(target: str, metrics_url: str, queries: Sequence[str], rerank: bool
              concurrency: int, window: Window, meter: CpuMeter) -> dict[str, Any]:
     """Closed loop: ``concurrency`` callers search back to back; count what completes in the
     measured window (after the warm-up), and every error, the warm-up's and the last calls'
-    included; ``meter`` reads CPU over the window and at each of its intervals' ends. The callers are coroutines on one asyncio channel: the
-    load generator shares the cores with the served path, and a thread per caller (hundreds at
-    the top levels) cost it more CPU."""
+    included; ``meter`` reads CPU over the window and at each of its intervals' ends. The
+    callers are coroutines on one asyncio channel: the load generator shares the cores with the
+    served path, and a thread per caller (hundreds at the top levels) cost it more CPU."""
     return asyncio.run(_saturate(target, metrics_url, queries, rerank, concurrency, window,
                                  meter))
 
