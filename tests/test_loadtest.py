@@ -42,6 +42,7 @@ from papersearch.reranker.runtime import Reranker
 from papersearch.settings import Settings
 from tests.conftest import SAMPLE_CORPUS
 from tests.gateway_helpers import LoopThread, Servers
+from tests.module_stand_in import ModuleStandIn
 from tests.ports import free_port
 
 # --- percentiles -----------------------------------------------------------------------------
@@ -265,11 +266,18 @@ def test_calibrate_reads_rates_as_fractions(tmp_path: Path,
     # a small saturation rate keeps its steps: was 0.17 for 0.174, and 0.15 x 0.03 a pause
     assert scaled(LoadProfile.parse_steps("0.15:30,0.7:60"), 1.16).describe() == "0.174:30,0.812:60"
     assert scaled(LoadProfile.parse_steps("0.15:30"), 0.03).describe() == "0.0045:30"
+    with pytest.raises(ValueError, match=r"calibrated at 8000 QPS, step 2 \(1.5 of it\) asks "
+                       r"for 12000 QPS, past the load generator's 10000"):
+        scaled(LoadProfile.parse_steps("0.1:30,1.5:60"), 8000.0)
     assert main([*args, "--steps", "20:30,200:60"]) == 2
     assert "with --calibrate a step's rate is a fraction of the measured saturation QPS " \
         "(at most 1.5); step 1 asks for 20" in capsys.readouterr().err
     assert main([*args, "--rate", "0.5", "--calibrate-s", "1"]) == 2
     assert "--calibrate-s must be > the 1 s warm-up" in capsys.readouterr().err
+    plain = [a for a in args if a != "--calibrate"]
+    assert main([*plain, "--rate", "5", "--calibrate-s", "3", "--calibrate-in-flight", "2"]) == 2
+    assert "--calibrate-in-flight, --calibrate-s shape the calibration burst: add --calibrate" \
+        in capsys.readouterr().err
 
 
 def test_a_calibration_burst_counts_answers_in_its_window() -> None:
@@ -515,6 +523,36 @@ def test_deployment_states_from_serve_status() -> None:
         deployment_states(SERVE_STATUS, "other")
     with pytest.raises(LookupError, match="running: none"):
         deployment_states({"applications": {}}, "papersearch")
+
+
+def test_monitor_skips_the_ticks_a_slow_poll_overran(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One poll taking 3.5 samples' time is followed by the next tick, not by the ticks it
+    overran back to back (on a fake clock)."""
+    from papersearch.loadtest import monitor as monitor_module
+
+    now = [0.0]
+    started: list[float] = []
+
+    class Enough(Exception):
+        pass
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    monitor = ReplicaMonitor("http://127.0.0.1:1", "papersearch", 0.1, lambda: now[0])
+
+    async def sample() -> ReplicaSample:
+        if len(started) == 6:
+            raise Enough
+        started.append(now[0])
+        now[0] += 0.35 if len(started) == 2 else 0.01
+        return ReplicaSample(started[-1], {})
+
+    monkeypatch.setattr(monitor_module, "asyncio", ModuleStandIn(asyncio, sleep=sleep))
+    monkeypatch.setattr(monitor, "sample", sample)
+    with pytest.raises(Enough):
+        asyncio.run(monitor.run())
+    assert started == pytest.approx([0.0, 0.1, 0.5, 0.6, 0.7, 0.8])
 
 
 def test_monitor_records_an_unreachable_status_api() -> None:

@@ -33,7 +33,7 @@ from itertools import count
 
 import grpc
 
-from papersearch.loadtest.profile import LoadProfile, Step
+from papersearch.loadtest.profile import MAX_RATE_QPS, LoadProfile, Step
 from papersearch.loadtest.runner import CLIENT_ERROR, Searcher, SearchOptions
 from papersearch.pipeline.query import SearchQuery
 
@@ -49,9 +49,9 @@ RERANK_IN_FLIGHT = 1  # the same with --rerank (see above)
 @dataclass(frozen=True, slots=True)
 class CalibrationOptions:
     in_flight: int = IN_FLIGHT
-    burst_s: float = 6.0  # warm-up included
-    settle_s: float = 20.0  # idle after the burst, before the profile
-    rerank_window: int = 0  # > 0: count reranked pairs, this many to a search (see above)
+    burst_s: float = 6.0  # warm-up included (--calibrate-s's help says the default)
+    settle_s: float = 20.0  # idle after the burst, before the profile (the same)
+    rerank_window: int = 0  # > 0: a rerank burst, read by rerank time (see above); reported
     max_requests: int = 100_000  # the burst stops here too (--requests): bounded in count
 
     def __post_init__(self) -> None:
@@ -102,8 +102,14 @@ def fractions(profile: LoadProfile) -> LoadProfile:
 def scaled(profile: LoadProfile, qps: float) -> LoadProfile:
     """``profile`` with each fraction turned into a rate (QPS, 4 significant digits: 0.01
     resolution cut rerank rates near 1 QPS by 2 %, and made a step under 0.005 a pause)."""
-    return LoadProfile(tuple(Step(float(f"{step.rate_qps * qps:.4g}"), step.duration_s)
-                             for step in profile.steps))
+    rates = [float(f"{step.rate_qps * qps:.4g}") for step in profile.steps]
+    for i, (step, rate) in enumerate(zip(profile.steps, rates, strict=True), 1):
+        if rate > MAX_RATE_QPS:
+            raise ValueError(f"calibrated at {qps:g} QPS, step {i} ({step.rate_qps:g} of it) "
+                             f"asks for {rate:g} QPS, past the load generator's "
+                             f"{MAX_RATE_QPS:g}: give it a smaller fraction")
+    return LoadProfile(tuple(Step(rate, step.duration_s)
+                             for step, rate in zip(profile.steps, rates, strict=True)))
 
 
 async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptions,

@@ -101,15 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests kept in flight during the burst (default 1, as --rerank "
                              "is the default: its reading needs rerank calls that do not "
                              "queue; 64 with --no-rerank)")
-    parser.add_argument("--calibrate-s", type=float, default=6.0, metavar="S",
+    parser.add_argument("--calibrate-s", type=float, metavar="S",
                         help="the burst's length, 1 s warm-up included; short, so the "
-                             "replicas running before it are what it measures (default "
-                             "%(default)s)")
-    parser.add_argument("--calibrate-settle-s", type=float, default=20.0, metavar="S",
+                             "replicas running before it are what it measures (default 6)")
+    parser.add_argument("--calibrate-settle-s", type=float, metavar="S",
                         help="idle after the burst, so it leaves the autoscaler's look-back "
                              "window before the profile starts; longer if the replica counts "
                              f"are not back to the burst's (at most {SETTLE_LIMIT_S:g} s "
-                             "more; default %(default)s)")
+                             "more; default 20)")
     parser.add_argument("--duration", type=float, metavar="S",
                         help=f"stop after S seconds (default: the steps' length; with --rate "
                              f"{DEFAULT_RATE_DURATION_S:g})")
@@ -328,14 +327,22 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
     else:
         profile = LoadProfile.parse_steps(args.steps)
     calibration = None
+    burst_options = {"--calibrate-in-flight": args.calibrate_in_flight,
+                     "--calibrate-s": args.calibrate_s,
+                     "--calibrate-settle-s": args.calibrate_settle_s}
+    if not args.calibrate and (given := [f for f, v in burst_options.items() if v is not None]):
+        raise ValueError(f"{', '.join(given)} shape the calibration burst: add --calibrate")
     if args.calibrate:
         profile = fractions(profile)
         window = settings.search.rerank_top_n if args.rerank else 0
         in_flight = args.calibrate_in_flight
         if in_flight is None:
             in_flight = RERANK_IN_FLIGHT if args.rerank else IN_FLIGHT
-        calibration = CalibrationOptions(in_flight, args.calibrate_s, args.calibrate_settle_s,
-                                         window, args.requests)
+        given_s = {name: value for name, value in (("burst_s", args.calibrate_s),
+                                                   ("settle_s", args.calibrate_settle_s))
+                   if value is not None}
+        calibration = CalibrationOptions(in_flight=in_flight, rerank_window=window,
+                                         max_requests=args.requests, **given_s)
     _within("--deadline-s", args.deadline_s, 0.0, MAX_WAIT_S, above_low=True)
     _within("--metrics-settle-s", args.metrics_settle_s, 0.0, MAX_WAIT_S)
     _within("--sample-s", args.sample_s, MIN_SAMPLE_S, 60.0)
