@@ -216,6 +216,91 @@ def test_health_watch_streams_are_bounded(scratch: tuple[Any, LocalBackend]) -> 
             watch.cancel()
 
 
+def test_a_health_watcher_that_never_takes_its_update_holds_no_status_change() -> None:
+    """A Watch whose write never completes (its client grants no flow-control window) leaves
+    setting statuses, and the other watchers, free: grpc_health's own servicer wrote while it
+    held the lock every set() takes, and one such client froze readiness and every drain."""
+    from grpc_health.v1 import health_pb2
+
+    from papersearch.gateway.health import Health
+
+    serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                            health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    class Stream:
+        def __init__(self, stalled: bool) -> None:
+            self.stalled, self.sent = stalled, list[int]()
+
+        async def write(self, response: health_pb2.HealthCheckResponse) -> None:
+            self.sent.append(response.status)
+            if self.stalled:
+                await asyncio.Event().wait()
+
+    async def go() -> tuple[Stream, Stream, dict[str, int]]:
+        health = Health(max_watches=4)
+        await health.set("readiness", serving)
+        request = health_pb2.HealthCheckRequest(service="readiness")
+        stalled, reading = Stream(stalled=True), Stream(stalled=False)
+        watches = [asyncio.create_task(health.Watch(request, stream))  # type: ignore[arg-type]
+                   for stream in (stalled, reading)]
+        await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            await health.set("readiness", not_serving)
+            await health.set("readiness", serving)
+            await health.enter_graceful_shutdown()
+        await asyncio.sleep(0.01)
+        listed = await health.List(health_pb2.HealthListRequest(), None)  # type: ignore[arg-type]
+        for watch in watches:
+            watch.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
+        assert health.watching == 0
+        return stalled, reading, {name: s.status for name, s in listed.statuses.items()}
+
+    stalled, reading, listed = asyncio.run(go())
+    assert stalled.sent == [serving]
+    assert reading.sent[0] == serving and reading.sent[-1] == not_serving  # the latest status
+    assert listed == {"readiness": not_serving}
+
+
+@pytest.mark.slow
+def test_a_health_client_granting_no_window_cannot_freeze_readiness_or_a_drain(
+    scratch: tuple[Any, LocalBackend],
+) -> None:
+    """A raw HTTP/2 client opens Watch(readiness) with a stream window of 0 and reads nothing;
+    the backend goes down: readiness still turns NOT_SERVING, and a drain still finishes."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+    from grpc_health.v1 import health_pb2
+
+    servers, backend = scratch
+    switchable = Switchable(backend)
+    target = servers.start(switchable)
+    gateway = servers.gateways[-1]
+    host, port = target.rsplit(":", 1)
+    with SearchClient(target, timeout_s=10.0) as client, \
+            socket.create_connection((host, int(port)), timeout=5) as raw:
+        assert wait_for(client, "readiness", "SERVING") == "SERVING"
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        h2c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        stream = h2c.get_next_available_stream_id()
+        h2c.send_headers(stream, [(":method", "POST"), (":scheme", "http"),
+                                  (":path", "/grpc.health.v1.Health/Watch"),
+                                  (":authority", target), ("content-type", "application/grpc"),
+                                  ("te", "trailers")])
+        body = health_pb2.HealthCheckRequest(service="readiness").SerializeToString()
+        h2c.send_data(stream, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
+        raw.sendall(h2c.data_to_send())
+        deadline = time.monotonic() + 10
+        while gateway.health.watching == 0:  # the server has the stream: never read from here
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        switchable.down = True
+        assert wait_for(client, "readiness", "NOT_SERVING") == "NOT_SERVING"
+        servers.loop.run(gateway.drain(0.5), timeout=30.0)
+
+
 @pytest.mark.slow
 def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     scratch: tuple[Any, LocalBackend], tmp_path: Path,

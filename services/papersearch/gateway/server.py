@@ -40,6 +40,7 @@ from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.gateway.auth import ApiKeyInterceptor, Keys
 from papersearch.gateway.decode import DecodeInterceptor, grpc_receive_limit
 from papersearch.gateway.gate import DrainGate
+from papersearch.gateway.health import Health
 from papersearch.gateway.http_api import HttpFront, socket_target
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
@@ -94,29 +95,6 @@ def server_options(serve: ServeSettings, *, checked: bool = True) -> list[tuple[
         ("grpc.max_connection_idle_ms", ms(serve.max_connection_idle_s)),
         ("grpc.http2.min_ping_interval_without_data_ms", ms(serve.min_client_ping_interval_s)),
     ]
-
-
-class Health(health.aio.HealthServicer):
-    """grpc.health.v1 with a bound on open Watch streams: health needs no key, and each Watch
-    stays open until its client leaves, so without one any caller could hold unbounded streams
-    (and their buffers) open."""
-
-    def __init__(self, max_watches: int) -> None:
-        super().__init__()
-        self.max_watches = max_watches
-        self.watching = 0
-
-    async def Watch(self, request: health_pb2.HealthCheckRequest,  # noqa: N802 (gRPC's name)
-                    context: grpc.aio.ServicerContext) -> None:
-        if self.watching >= self.max_watches:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{self.max_watches} health Watch streams are open on this "
-                                "gateway (serve.health_max_watches); use Check, or retry later")
-        self.watching += 1
-        try:
-            await super().Watch(request, context)
-        finally:
-            self.watching -= 1
 
 
 class Gateway:
