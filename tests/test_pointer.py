@@ -48,6 +48,26 @@ def test_edge_pointer_round_trip_and_swaps(tmp_path: Path) -> None:
         pointers.read()
 
 
+@pytest.mark.parametrize("names", [{"previous": "../victim"}, {"previous": ""},
+                                   {"live": "papers/../.."}, {"previous": 7}])
+def test_a_pointer_naming_no_collection_is_refused_and_nothing_is_dropped(
+        tmp_path: Path, names: dict[str, object]) -> None:
+    """An embedded collection is a folder that --finish deletes: a pointer edited to name a
+    path (or nothing) is refused as it is read, and drop() never leaves data_dir."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    data_dir = tmp_path / "index"
+    pointers = EdgePointers(IndexSettings(data_dir=data_dir))
+    pointers.write(MOVED)
+    (data_dir / "papers.live.json").write_text(json.dumps(MOVED.to_json() | names))
+    with pytest.raises(StoreError, match="is no collection name"):
+        pointers.read()
+    for name in ("../victim", "", "."):
+        with pytest.raises(StoreError, match="refusing to delete"):
+            pointers.drop(name)
+    assert victim.is_dir() and data_dir.is_dir()
+
+
 def test_server_pointer_is_an_alias_and_keeps_the_identity(tmp_path: Path) -> None:
     client = QdrantClient(":memory:")
     settings = IndexSettings(backend="server", url="http://qdrant:6333")  # not dialled

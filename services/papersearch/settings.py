@@ -55,6 +55,7 @@ Int8Scheme = Literal["u8s8", "u8s8-reduce-range", "u8u8", "u8s8-reduce-range-ffn
 DEFAULT_INT8_SCHEME: Int8Scheme = "u8s8-reduce-range"
 # A model's folder in models.repository: one path segment
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+COLLECTION_NAME = r"^[A-Za-z0-9_-]+$"  # embedded: also its folder's name in index.data_dir
 # gRPC core's channel arguments are C ints: a larger limit, or a time past this many ms,
 # failed the gateway's start with an OverflowError that named no setting
 GRPC_INT_MAX = 2**31 - 1
@@ -204,7 +205,7 @@ class IndexSettings(Section):
 
     backend: Literal["embedded", "server"] = "embedded"
     data_dir: Path = Field(Path("data/index"), description="Embedded backend: shard root.")
-    collection: str = Field("papers", pattern=r"^[A-Za-z0-9_-]+$")
+    collection: str = Field("papers", pattern=COLLECTION_NAME)
     url: str | None = Field(None, description="Server backend: e.g. http://qdrant:6333.")
     api_key: SecretStr | None = None
     grpc_port: int = Field(6334, ge=1, le=65535)

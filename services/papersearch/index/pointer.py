@@ -19,6 +19,7 @@ gateway's pipeline/collections.py); a process holding a collection open keeps th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ from typing import Any
 
 from papersearch.durable import write_json
 from papersearch.index.errors import StoreError
-from papersearch.settings import IndexSettings
+from papersearch.settings import COLLECTION_NAME, IndexSettings
 
 POINTER_SUFFIX = ".live"
 METADATA_KEY = "papersearch_pointer"
@@ -55,11 +56,24 @@ class Pointer:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pointer:
+        """The pointer ``to_json`` wrote; its collection names are checked like
+        ``index.collection``, since an embedded one is a folder that ``--finish`` deletes (a
+        pointer edited by hand to ``../x`` or ``""`` had it delete outside the index)."""
         try:
-            return cls(str(data["live"]), str(data["embedder"]), data.get("previous"),
-                       data.get("previous_embedder"))
+            pointer = cls(str(data["live"]), str(data["embedder"]), data.get("previous"),
+                          data.get("previous_embedder"))
         except (KeyError, TypeError) as error:
             raise StoreError(f"unreadable collection pointer {data!r}: {error}") from error
+        for field, name in (("live", pointer.live), ("previous", pointer.previous)):
+            if name is not None and not (isinstance(name, str) and valid_collection(name)):
+                raise StoreError(f"collection pointer {data!r}: {field} {name!r} is no "
+                                 "collection name (letters, digits, '_' and '-')")
+        return pointer
+
+
+def valid_collection(name: str) -> bool:
+    """Whether ``name`` can name a collection (and, embedded, its folder in data_dir)."""
+    return re.fullmatch(COLLECTION_NAME, name) is not None
 
 
 def physical_name(collection: str, embedder_sha: str) -> str:
@@ -108,6 +122,8 @@ class EdgePointers(Pointers):
         write_json(self.path, pointer.to_json())
 
     def drop(self, collection: str) -> None:
+        if not valid_collection(collection):  # never a path out of data_dir, nor data_dir
+            raise StoreError(f"refusing to delete {collection!r}: no collection name")
         path = self.settings.data_dir / collection
         try:
             shutil.rmtree(path)
