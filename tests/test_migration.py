@@ -534,6 +534,43 @@ def test_refusals_leave_the_live_collection_alone(sample_settings: Settings, emb
     assert EdgePointers(settings.index).read() is None
 
 
+def test_the_new_collection_is_optimized_and_on_disk_before_a_pointer_names_it(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy is built as an ingest leaves an index (optimized: unbuilt, every dense search
+    was exhaustive, for good), and each collection a pointer comes to name is flushed first:
+    the copied points were in the write-ahead log only when --finish deleted the old copy."""
+    settings, collections, handles = _refusing_copy(sample_settings, embedder_dir, papers,
+                                                    tmp_path)
+    events: list[tuple[str, str]] = []
+    optimize, flush, write = EdgeStore.optimize, EdgeStore.flush, EdgePointers.write
+
+    def spied(name: str, method: Callable[..., None]) -> Callable[..., None]:
+        def call(self: Any, *args: Any) -> None:
+            method(self, *args)
+            events.append((name, args[0].live if args else self.path.name))
+        return call
+
+    monkeypatch.setattr(EdgeStore, "optimize", spied("optimize", optimize))
+    monkeypatch.setattr(EdgeStore, "flush", spied("flush", flush))
+    monkeypatch.setattr(EdgePointers, "write", spied("pointer", write))
+    target = physical_name("papers", Encoder(cls_embedder).sha256)
+
+    async def migrate() -> None:
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        events.append(("swapped", ""))
+        await handles.migrator.rollback()
+        events.append(("rolled back", ""))
+        await handles.migrator.finish()
+        await collections.close()
+
+    asyncio.run(migrate())
+    assert events == [("optimize", target), ("flush", target), ("pointer", target),
+                      ("swapped", ""), ("flush", "papers"), ("pointer", "papers"),
+                      ("rolled back", ""), ("flush", "papers"), ("pointer", "papers")]
+    assert not (tmp_path / target).exists()
+
+
 def test_a_failed_close_still_drops_the_partial_copy(
         sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

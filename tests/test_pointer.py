@@ -239,6 +239,9 @@ class FakeIndex:
     async def ready(self) -> int:
         return len(self.data)
 
+    async def flush(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 

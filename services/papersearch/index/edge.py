@@ -114,6 +114,10 @@ class EdgeStore(Store):
             self._live().flush()
         logger.info("index optimized", extra={"collection": str(self.path), "changed": changed})
 
+    def flush(self) -> None:
+        with _engine("flush"):
+            self._live().flush()
+
     # -- engine primitives -------------------------------------------------------------------
 
     def _open(self, identity: EmbedderIdentity, create: bool) -> None:

@@ -122,6 +122,9 @@ class Store(ABC):
     def optimize(self) -> None:  # noqa: B027 (a default, not an abstract hook)
         """Bring indexes up to date after bulk writes (a no-op where the engine does it itself)."""
 
+    def flush(self) -> None:  # noqa: B027 (a default, not an abstract hook)
+        """Persist every acknowledged write now (a no-op where the engine does it per write)."""
+
     def point_id_of(self, key: Hashable) -> str:
         """A ``keyed`` Batch's key as its point id (index/plan.Keyed); a backend whose keys are
         not their ids' strings says how."""

@@ -34,7 +34,7 @@ from papersearch.index.errors import CollectionMissing, StoreError
 from papersearch.index.plan import Program
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.server_async import AsyncServerEngine, connect_async
-from papersearch.index.store import Indexed
+from papersearch.index.store import Indexed, Store
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retrieved, Retriever
 from papersearch.settings import IndexSettings
@@ -89,6 +89,23 @@ class IndexAccess:
     async def indexed_since(self, since_ms: int, known: Mapping[str, int] | None
                             ) -> Indexed:
         return await self._execute(lambda r: r.store.indexed_since_program(since_ms, known))
+
+    async def optimize(self) -> None:
+        """After bulk writes (a migration's copy): the embedded shard's indexes built and
+        persisted, as ``papersearch ingest`` does at its end (unbuilt, every dense search was
+        exhaustive); a server does this itself."""
+        await self._maintain(lambda store: store.optimize())
+
+    async def flush(self) -> None:
+        """Every acknowledged write persisted now (embedded; a server persists each write)."""
+        await self._maintain(lambda store: store.flush())
+
+    async def _maintain(self, work: Callable[[Store], None]) -> None:
+        if self._closed:
+            raise self._closed_error()
+        retriever = self._retriever or await self._open(create=False)
+        if retriever.store.backend == "embedded":
+            await self._in_thread(lambda: work(retriever.store))
 
     async def ready(self) -> int:
         """Readiness: the collection open, reachable and ours; its point count."""

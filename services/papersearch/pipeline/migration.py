@@ -264,9 +264,11 @@ class Migrator:
                          extra={"source": source.view.collection, "target": view.collection,
                                 "embedder": str(embedder)})
                 copied, skipped = await self._copy(mirror, source, target)
+                await target.index.optimize()  # built as an ingest leaves it, writes going on
                 async with mirror.paused():
                     reconciling = now_ms()
                     reconciled = await self._reconcile(mirror, source, target, since)
+                    await target.index.flush()  # on disk before the pointer names it
                     counts = await source.index.ready(), await target.index.ready()
                     if counts[0] != counts[1]:
                         raise MigrationFailed(
@@ -354,6 +356,7 @@ class Migrator:
                 await self._resync(mirror.missed_by(live.view.collection), other, live)
                 await self._match(live, other, mirror.missed_by(other.view.collection))
                 mirror.pending.clear()
+                await other.index.flush()  # on disk before the pointer names it again
                 warning = await self._commit(
                     back, lambda: self.collections.switch(other, live, back))
             log.info("migration rolled back", extra={"live": back.live})
@@ -380,6 +383,7 @@ class Migrator:
             async with mirror.paused():
                 # writes pinned to the other collection whose mirror into the live one failed
                 await self._resync(mirror.missed_by(live.view.collection), other, live)
+                await live.index.flush()  # on disk before the other copy is deleted
                 committed = await self._commit(done, finished, complete=drop_previous)
             dropped = await drop_previous()
             log.info("migration finished", extra={"live": done.live,
