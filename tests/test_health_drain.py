@@ -302,6 +302,17 @@ def test_a_health_client_granting_no_window_cannot_freeze_readiness_or_a_drain(
 
 
 @pytest.mark.slow
+def test_a_second_gateway_on_a_taken_port_is_refused(scratch: tuple[Any, LocalBackend]) -> None:
+    """gRPC's SO_REUSEPORT let a second gateway (another `papersearch serve`) bind the port too,
+    and the kernel split clients between the two: now the second one fails to start."""
+    servers, backend = scratch
+    port = int(servers.start(backend).rsplit(":", 1)[1])
+    with pytest.raises(OSError, match=rf"cannot bind the gRPC gateway to 127.0.0.1:{port} "
+                                      r"\(Failed to bind"):
+        servers.start(backend, grpc_port=port)
+
+
+@pytest.mark.slow
 def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     scratch: tuple[Any, LocalBackend], tmp_path: Path,
 ) -> None:

@@ -29,6 +29,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -86,6 +87,9 @@ def server_options(serve: ServeSettings, *, checked: bool = True) -> list[tuple[
         return max(1, round(seconds * 1000))
 
     return [
+        # off: another server on the port (a second `papersearch serve`) is refused at bind,
+        # never sharing it (the kernel had split clients between the two)
+        ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length",
          grpc_receive_limit(serve.max_receive_bytes) if checked else serve.max_receive_bytes),
         ("grpc.max_send_message_length", serve.max_send_bytes),
@@ -95,6 +99,19 @@ def server_options(serve: ServeSettings, *, checked: bool = True) -> list[tuple[
         ("grpc.max_connection_idle_ms", ms(serve.max_connection_idle_s)),
         ("grpc.http2.min_ping_interval_without_data_ms", ms(serve.min_client_ping_interval_s)),
     ]
+
+
+def _bind(what: str, address: str, add_port: Callable[[], int]) -> None:
+    """``add_port()``, whose failure gRPC reports as a RuntimeError or a port of 0, as an
+    OSError naming ``what`` and ``address``."""
+    try:
+        if add_port() != 0:
+            return
+        reason = "gRPC could not bind it"
+    except RuntimeError as error:
+        reason = str(error).split(";")[0]
+    raise OSError(f"cannot bind {what} to {address} ({reason}: another process listening "
+                  "there, a `papersearch serve` still running?)")
 
 
 class Gateway:
@@ -149,18 +166,17 @@ class Gateway:
 
     async def start(self) -> None:
         credentials = server_credentials(self.settings.serve)
-        port = (self.server.add_insecure_port(self.address) if credentials is None
-                else self.server.add_secure_port(self.address, credentials))
-        if port == 0:
-            raise OSError(f"cannot bind the gRPC gateway to {self.address}")
-        if self.health_server is not None and self.health_address is not None and (
-                self.health_server.add_insecure_port(self.health_address) == 0):
-            raise OSError(f"cannot bind the gateway's health port to {self.health_address}")
+        _bind("the gRPC gateway", self.address,
+              lambda: (self.server.add_insecure_port(self.address) if credentials is None
+                       else self.server.add_secure_port(self.address, credentials)))
+        if self.health_server is not None and self.health_address is not None:
+            health_server, health_address = self.health_server, self.health_address
+            _bind("the gateway's health port", health_address,
+                  lambda: health_server.add_insecure_port(health_address))
         if self.settings.serve.http_port is not None:  # HTTP calls reach gRPC on a unix socket
             self._socket_dir = Path(tempfile.mkdtemp(prefix="papersearch-gateway-"))
             target = socket_target(self._socket_dir)
-            if self.server.add_insecure_port(target) == 0:
-                raise OSError(f"cannot bind the gateway's HTTP hop to {target}")
+            _bind("the gateway's HTTP hop", target, lambda: self.server.add_insecure_port(target))
             self.http = HttpFront(self.settings.serve, target)
         drain_file = self.settings.serve.drain_file
         if drain_file is not None and drain_file.exists():  # left by a drained predecessor
