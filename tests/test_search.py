@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -126,6 +127,34 @@ def test_failing_reranker_degrades_to_fused_results(backend: LocalBackend,
     pipeline = Sync(SearchPipeline(slow, sample_settings.search, rerank_timeout_s=0.2))
     result = pipeline.search(SearchQuery("diffusion"))
     assert not result.reranked and len(result.hits) == 10 and cancelled == [True]
+
+
+def test_the_rerank_stage_ends_within_the_callers_deadline(backend: LocalBackend,
+                                                           sample_settings: Settings) -> None:
+    """A caller with less time than the rerank budget (30 s here) gets the first stage when the
+    reranker is slow: the stage ends before the caller's deadline, and its time is measured
+    (a search cut by the deadline measured nothing, so the windows never shrank). With no time
+    left after the first stage, no rerank is sent."""
+    calls: list[int] = []
+
+    class Stuck(LocalBackend):
+        async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
+            calls.append(len(passages))
+            await asyncio.sleep(60)
+            raise AssertionError("the deadline never cut the rerank")
+
+    stuck = Stuck(backend.encoder, backend.store, backend.reranker)
+    pipeline = SearchPipeline(stuck, sample_settings.search, rerank_timeout_s=30.0)
+
+    async def within(seconds: float) -> SearchResult:
+        async with asyncio.timeout(seconds):
+            return await pipeline.search(SearchQuery("diffusion"), time.monotonic() + seconds)
+
+    result = asyncio.run(within(5.0))
+    assert not result.reranked and len(result.hits) == 10 and len(calls) == 1
+    assert pipeline.rerank_depth.pair_s is not None  # measured: the next windows can shrink
+    result = asyncio.run(pipeline.search(SearchQuery("diffusion"), time.monotonic()))
+    assert not result.reranked and len(result.hits) == 10 and len(calls) == 1
 
 
 def test_rerank_window_shrinks_when_the_reranker_is_slow(backend: LocalBackend,

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -30,16 +31,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def within_deadline(
-    work: Awaitable[T], context: grpc.aio.ServicerContext, serve: ServeSettings
-) -> T:
-    """Await ``work`` until the client's deadline (``serve.default_deadline_s`` if it set none,
-    at most ``serve.max_deadline_s``); on expiry it is cancelled downstream. (In this task:
-    ``asyncio.wait_for`` would start another one, a loop turn more per call.)"""
+def time_left_s(context: grpc.aio.ServicerContext, serve: ServeSettings) -> float:
+    """The call's time: the client's deadline (``serve.default_deadline_s`` if it set none),
+    at most ``serve.max_deadline_s``."""
     remaining = context.time_remaining()
-    limit = serve.default_deadline_s if remaining is None else min(remaining,
-                                                                   serve.max_deadline_s)
-    async with asyncio.timeout(limit):
+    return serve.default_deadline_s if remaining is None else min(remaining,
+                                                                  serve.max_deadline_s)
+
+
+async def within_deadline(
+    work: Awaitable[T], context: grpc.aio.ServicerContext, serve: ServeSettings,
+    limit_s: float | None = None,
+) -> T:
+    """Await ``work`` for the call's time (``limit_s`` if given, else ``time_left_s``); on
+    expiry it is cancelled downstream. (In this task: ``asyncio.wait_for`` would start another
+    one, a loop turn more per call.)"""
+    async with asyncio.timeout(time_left_s(context, serve) if limit_s is None else limit_s):
         return await work
 
 
@@ -62,9 +69,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     ) -> pb.SearchResponse:
         try:
             query = convert.search_query_from_proto(request, self.settings.search)
+            limit = time_left_s(context, self.settings.serve)
             result = await within_deadline(
-                self.pipeline.search(query), context, self.settings.serve
-            )
+                self.pipeline.search(query, time.monotonic() + limit), context,
+                self.settings.serve, limit)
         except Exception as error:
             await _fail(context, error)
         response = await self._within_send_limit(convert.search_response_to_proto(result),

@@ -39,6 +39,8 @@ from papersearch.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
+ANSWER_MARGIN_S = 0.05  # of a caller's deadline, left after the rerank stage for the answer
+
 
 class SearchPipeline:
     def __init__(
@@ -50,11 +52,13 @@ class SearchPipeline:
         self.rerank_depth = RerankDepth(settings, rerank_timeout_s)
         self.in_flight = 0  # searches begun and not yet answered
 
-    async def search(self, query: SearchQuery) -> SearchResult:
+    async def search(self, query: SearchQuery, deadline: float | None = None) -> SearchResult:
+        """``deadline``: the ``time.monotonic()`` by which the caller needs the answer (its
+        client's deadline); the rerank stage then ends in time to answer without it."""
         query.validate(self.settings)
         self.in_flight += 1
         try:
-            return await self._search(query)
+            return await self._search(query, deadline)
         finally:
             self.in_flight -= 1
 
@@ -67,7 +71,7 @@ class SearchPipeline:
             return False
         return query.feedback
 
-    async def _search(self, query: SearchQuery) -> SearchResult:
+    async def _search(self, query: SearchQuery, deadline: float | None) -> SearchResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         backend = self.backend.pinned()  # one embedder for the query and the collection
@@ -90,9 +94,10 @@ class SearchPipeline:
         candidates = retrieved.hits
         timings["retrieve"] = _ms_since(mark)
         reranked = None
-        if window and candidates:
+        budget = self._rerank_budget(deadline)
+        if window and candidates and budget > 0:
             mark = time.perf_counter()
-            reranked = await self._rerank(query, window, candidates, retrieved.mode)
+            reranked = await self._rerank(query, window, candidates, retrieved.mode, budget)
             timings["rerank"] = _ms_since(mark)
         else:
             self.rerank_depth.dropped(window)
@@ -103,14 +108,23 @@ class SearchPipeline:
         return SearchResult(hits, reranked is not None, timings, dropped,
                             min(window, len(candidates)) if reranked else 0, retrieved.feedback)
 
+    def _rerank_budget(self, deadline: float | None) -> float:
+        """The rerank stage's time: ``rerank_timeout_s``, cut to what the caller's deadline
+        leaves after ``ANSWER_MARGIN_S``. A deadline shorter than the budget had failed the
+        whole search when the reranker was slow, where a timed-out rerank answers unreranked;
+        and a search cut by its deadline measured nothing, so the windows never shrank."""
+        if deadline is None:
+            return self.rerank_timeout_s
+        return min(self.rerank_timeout_s, deadline - time.monotonic() - ANSWER_MARGIN_S)
+
     async def _rerank(self, query: SearchQuery, chosen: int, candidates: Sequence[Hit],
-                      mode: Mode) -> list[SearchHit] | None:
+                      mode: Mode, budget_s: float) -> list[SearchHit] | None:
         started = time.perf_counter()
         window = candidates[:chosen]
         ahead = self.rerank_depth.sent(chosen, len(window))
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can drop the caller's cancel.
-            async with asyncio.timeout(self.rerank_timeout_s):
+            async with asyncio.timeout(budget_s):
                 scores = await self.backend.rerank(query.text, [h.paper.text for h in window])
         except asyncio.CancelledError:
             self.rerank_depth.cancelled(len(window))
