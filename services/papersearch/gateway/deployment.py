@@ -74,9 +74,12 @@ class GatewayDeployment:
         return report.to_json()
 
     async def drain(self) -> None:
-        """Drain this replica's gateway (gateway/server.py): `papersearch serve` calls it on
-        SIGTERM before taking Ray down; returns when the calls in flight have finished."""
+        """Drain this replica's gateway (gateway/server.py), then close the index (the embedded
+        shard flushed): `papersearch serve` calls it on SIGTERM before taking Ray down, which
+        skips Serve's shutdown and so ``__del__``; returns when the calls in flight have
+        finished and the index is closed."""
         await self.gateway.drain()
+        await self.collections.close()
 
     async def check_health(self) -> None:
         """Serve restarts the replica if the server failed to start (e.g. port taken)."""

@@ -114,7 +114,10 @@ class IndexAccess:
     async def close(self) -> None:
         """Close the clients (the embedded store flushed, after its thread's calls in progress).
         Calls in flight on the asyncio client are not waited for: the gateway drains first.
-        Calls made later get NotReady (UNAVAILABLE: their client sends them again)."""
+        Calls made later get NotReady (UNAVAILABLE: their client sends them again). A second
+        close does nothing (a drained gateway's replica closes it again as Serve stops it)."""
+        if self._closed:
+            return
         self._closed = True
         if self._engine is not None:
             await self._engine.close()
