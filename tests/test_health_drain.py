@@ -313,6 +313,37 @@ def test_a_second_gateway_on_a_taken_port_is_refused(scratch: tuple[Any, LocalBa
 
 
 @pytest.mark.slow
+def test_a_drain_asked_for_while_the_gateway_starts_undoes_all_of_the_start(
+    scratch: tuple[Any, LocalBackend],
+) -> None:
+    """Serve may stop a replica moments after making it: a drain that began while start() was
+    still running had cancelled only the tasks that existed then, so the readiness poller
+    started afterwards ran on (readiness SERVING again) and the server could be stopped before
+    it had started."""
+    from grpc_health.v1 import health_pb2
+
+    servers, backend = scratch
+    settings = servers.base.model_copy(update={"serve": servers.base.serve.model_copy(update={
+        "grpc_host": "127.0.0.1", "grpc_port": free_port(), "http_port": None,
+        "health_poll_s": 0.05})})
+
+    async def start_and_drain() -> tuple[Gateway, list[asyncio.Task[None]]]:
+        gateway = Gateway(backend, settings)
+        starting = asyncio.create_task(gateway.start())
+        await asyncio.sleep(0)  # the start is under way
+        await gateway.drain(0.5)
+        await starting
+        await asyncio.sleep(0.2)  # a poller left running would have set readiness by now
+        return gateway, [t for t in gateway._tasks if not t.done()]
+
+    gateway, running = servers.loop.run(start_and_drain())
+    assert running == []
+    statuses = gateway.health._statuses
+    assert statuses["readiness"] == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert statuses["liveness"] == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.mark.slow
 def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     scratch: tuple[Any, LocalBackend], tmp_path: Path,
 ) -> None:

@@ -147,6 +147,7 @@ class Gateway:
         )
         self.draining = False
         self._drained: asyncio.Task[None] | None = None
+        self._started: asyncio.Event | None = None  # set when start() has returned or failed
         self.address = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
         # Plaintext health only (no reflection, no papersearch services) for probes that cannot
         # speak TLS; the same HealthServicer, so both ports report the same statuses.
@@ -165,6 +166,15 @@ class Gateway:
         self._socket_dir: Path | None = None
 
     async def start(self) -> None:
+        """Bind, start the servers and the background tasks. A drain asked for meanwhile (Serve
+        stopping a replica it just made) waits for this to end, then undoes all of it."""
+        self._started = asyncio.Event()
+        try:
+            await self._start()
+        finally:
+            self._started.set()
+
+    async def _start(self) -> None:
         credentials = server_credentials(self.settings.serve)
         _bind("the gRPC gateway", self.address,
               lambda: (self.server.add_insecure_port(self.address) if credentials is None
@@ -212,6 +222,8 @@ class Gateway:
 
     async def _drain(self, grace_s: float) -> None:
         self.draining = True
+        if self._started is not None:  # a start still running: its tasks are cancelled below
+            await self._started.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
