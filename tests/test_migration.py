@@ -571,6 +571,37 @@ def test_the_new_collection_is_optimized_and_on_disk_before_a_pointer_names_it(
     assert not (tmp_path / target).exists()
 
 
+def test_a_rollback_carries_back_what_another_writer_updated_after_the_swap(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path) -> None:
+    """An ingest re-run after the swap writes to the live collection only (it follows the
+    pointer; no mirror): a rollback had re-synced ids, not updates, so the paper it revised
+    went back to its old version in silence."""
+    settings, collections, handles = _refusing_copy(sample_settings, embedder_dir, papers,
+                                                    tmp_path)
+    revised = Paper(id=papers[3].id, title=papers[3].title + " (revised edition)",
+                    abstract=papers[3].abstract)
+    added = Paper(id="added-after-the-swap", title="A paper only the other writer added",
+                  abstract="Written straight into the live collection after the swap.")
+    new = Encoder(cls_embedder)
+
+    async def migrate_update_roll_back() -> list[Paper]:
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        live = await collections.live()
+        assert live.view.collection == physical_name("papers", new.sha256)
+        await live.index.upsert([revised, added],
+                                new.encode_documents([revised.text, added.text]))
+        await handles.migrator.rollback()
+        back = await collections.live()
+        assert back.view.collection == "papers"
+        held = await back.index.papers([revised.point_id, added.point_id])
+        await collections.close()
+        return held
+
+    held = asyncio.run(migrate_update_roll_back())
+    assert sorted(p.title for p in held) == sorted([revised.title, added.title])
+
+
 def test_a_failed_close_still_drops_the_partial_copy(
         sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

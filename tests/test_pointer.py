@@ -40,6 +40,13 @@ def test_edge_pointer_round_trip_and_swaps(tmp_path: Path) -> None:
     assert MOVED.finished() == Pointer("papers-bbbbbbbbbbbb", "new@2")
     with pytest.raises(ValueError, match="no previous"):
         MOVED.finished().swapped()
+    pointers.write(MOVED.swapped(1_764_000_000_000))
+    assert pointers.read() == Pointer("papers", "old@1", "papers-bbbbbbbbbbbb", "new@2",
+                                      1_764_000_000_000)
+    (tmp_path / "papers.live.json").write_text(json.dumps(MOVED.to_json() | {
+        "swapped_at_ms": "yesterday"}))
+    with pytest.raises(StoreError, match="swapped_at_ms 'yesterday' is no time in ms"):
+        pointers.read()
     (tmp_path / "papers.live.json").write_text("{not json")
     with pytest.raises(StoreError, match="unreadable collection pointer"):
         pointers.read()

@@ -36,17 +36,20 @@ METADATA_KEY = "papersearch_pointer"
 @dataclass(frozen=True, slots=True)
 class Pointer:
     """The live collection and its embedder (a ModelRef, ``name@version``); the collection it
-    replaced and that one's embedder while both are kept in step (None after ``--finish``)."""
+    replaced and that one's embedder while both are kept in step (None after ``--finish``);
+    when the pointer swapped to it (``indexed_at``'s clock: what other writers, which write
+    to the live collection only, wrote since is re-synced by a rollback)."""
 
     live: str
     embedder: str
     previous: str | None = None
     previous_embedder: str | None = None
+    swapped_at_ms: int | None = None
 
-    def swapped(self) -> Pointer:
+    def swapped(self, at_ms: int | None = None) -> Pointer:
         if self.previous is None or self.previous_embedder is None:
             raise ValueError("no previous collection to swap back to")
-        return Pointer(self.previous, self.previous_embedder, self.live, self.embedder)
+        return Pointer(self.previous, self.previous_embedder, self.live, self.embedder, at_ms)
 
     def finished(self) -> Pointer:
         return Pointer(self.live, self.embedder)
@@ -61,9 +64,12 @@ class Pointer:
         pointer edited by hand to ``../x`` or ``""`` had it delete outside the index)."""
         try:
             pointer = cls(str(data["live"]), str(data["embedder"]), data.get("previous"),
-                          data.get("previous_embedder"))
+                          data.get("previous_embedder"), data.get("swapped_at_ms"))
         except (KeyError, TypeError) as error:
             raise StoreError(f"unreadable collection pointer {data!r}: {error}") from error
+        if not (pointer.swapped_at_ms is None or type(pointer.swapped_at_ms) is int):
+            raise StoreError(f"collection pointer {data!r}: swapped_at_ms "
+                             f"{pointer.swapped_at_ms!r} is no time in ms")
         for field, name in (("live", pointer.live), ("previous", pointer.previous)):
             if name is not None and not (isinstance(name, str) and valid_collection(name)):
                 raise StoreError(f"collection pointer {data!r}: {field} {name!r} is no "

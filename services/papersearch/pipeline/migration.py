@@ -275,7 +275,7 @@ class Migrator:
                             f"counts differ after the copy: {source.view.collection} "
                             f"{counts[0]}, {view.collection} {counts[1]} (another writer?)")
                     pointer = Pointer(view.collection, str(embedder), source.view.collection,
-                                      str(source.view.embedder))
+                                      str(source.view.embedder), now_ms())
 
                     def swapped() -> None:
                         self.collections.switch(target, source, pointer)
@@ -348,13 +348,15 @@ class Migrator:
         async with self._exclusive("rollback"):
             await self._settle()
             pointer, live, other = await self._swapped("rollback")
-            back = pointer.swapped()
+            back = pointer.swapped(now_ms())
             mirror = self._current()
             async with mirror.paused():
                 # the current live collection is the truth: writes pinned to the other one
-                # whose mirror failed first, then the other made equal to it, deletes included
+                # whose mirror failed first, then the other made equal to it, deletes included,
+                # and the papers other writers updated in it since the swap
                 await self._resync(mirror.missed_by(live.view.collection), other, live)
-                await self._match(live, other, mirror.missed_by(other.view.collection))
+                await self._match(live, other, mirror.missed_by(other.view.collection)
+                                  + await self._written_since_swap(pointer, live, other))
                 mirror.pending.clear()
                 await other.index.flush()  # on disk before the pointer names it again
                 warning = await self._commit(
@@ -506,6 +508,20 @@ class Migrator:
                                     mirror.missed_by(target.view.collection) + sorted(external))
         mirror.pending.clear()
         return touched
+
+    async def _written_since_swap(self, pointer: Pointer, live: Bound, other: Bound
+                                  ) -> list[str]:
+        """The papers written to ``live`` since the pointer swapped to it that ``other`` holds
+        an older write of: another writer's (an ingest follows the pointer and writes to the
+        live collection only; the gateway's own writes are mirrored after, so newer there)."""
+        if pointer.swapped_at_ms is None:  # a pointer written before the time was recorded
+            log.warning("rollback: the swap's time is not recorded; papers other writers "
+                        "updated since it are not re-synced (ids are)")
+            return []
+        since = pointer.swapped_at_ms - WRITER_SKEW_MS
+        ours = (await live.index.indexed_since(since, None)).window
+        theirs = (await other.index.indexed_since(since, None)).window
+        return sorted(pid for pid, stamp in ours.items() if theirs.get(pid, -1) < stamp)
 
     async def _match(self, source: Bound, target: Bound, again: Sequence[str]) -> int:
         """Make ``target`` hold exactly ``source``'s ids, copying ``again`` and the ids only
