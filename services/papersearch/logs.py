@@ -22,8 +22,10 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 def _finite(value: Any) -> Any:
     """``value`` with NaN and infinities as strings (JSON has no such numbers: a strict parser
     refused the whole line) and numpy scalars as numbers (``default=str`` quoted them)."""
-    if isinstance(value, dict):  # keys too: json.dumps writes a float key as its number
-        return {str(k) if isinstance(k, float) else k: _finite(v) for k, v in value.items()}
+    if isinstance(value, dict):  # keys as strings, but for those json.dumps writes as is (a
+        # float key it wrote as its number, NaN included; a tuple key failed the whole record)
+        return {k if isinstance(k, str | int | bool) or k is None else str(k): _finite(v)
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
@@ -61,7 +63,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(f"{k}={_text_value(v)}" for k, v in _extras(record).items())
         line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: "
-        line += record.getMessage() + (f" {fields}" if fields else "")
+        # a line break in the message (an argument's text) would start a forged line
+        message = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
+        line += message + (f" {fields}" if fields else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
