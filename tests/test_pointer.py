@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -182,20 +183,25 @@ class Opened:
         self.closed = True
 
 
-def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> None:
-    """A pointer naming a previous embedder whose export is gone: the live collection was
-    opened, dropped unclosed, and opened again on every call (5 calls, 5 opens, 0 closes). A
-    call cancelled while the collection opens in its thread closes what the thread opened."""
+def _one_embedder(tmp_path: Path) -> Settings:
+    """Settings whose model repository holds one embedder, minilm@1 (its manifest only)."""
     repository = tmp_path / "models"
     (repository / "minilm" / "1").mkdir(parents=True)
     (repository / "minilm" / "1" / MANIFEST).write_text(json.dumps(
         {"name": "minilm", "version": 1, "kind": "embedder", "source": "s", "fingerprint": "f",
          "max_length": 8, "dim": 4, "files": {"model.onnx": "a" * 64}}))
-    settings = Settings(models={"repository": repository, "embedder_name": "minilm"})
+    return Settings(models={"repository": repository, "embedder_name": "minilm"})
+
+
+def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> None:
+    """The previous collection failing to open: the live collection was opened, dropped
+    unclosed, and opened again on every call (5 calls, 5 opens, 0 closes). A call cancelled
+    while the collection opens in its thread closes what the thread opened."""
+    settings = _one_embedder(tmp_path)
 
     class Swapped(Unreachable):
         def read(self) -> Pointer | None:
-            return Pointer("papers-new", "minilm@1", "papers", "deleted@1")
+            return Pointer("papers-new", "minilm@1", "papers", "minilm@1")
 
     class Unmigrated(Unreachable):
         def read(self) -> Pointer | None:
@@ -203,15 +209,20 @@ def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> No
 
     opened: list[Opened] = []
 
+    def live_only(_: Settings, view: View) -> Opened:
+        if view.collection == "papers":
+            raise StoreUnavailable("the previous collection is not reachable")
+        return Opened(opened)
+
     def slow_open(_: Settings, __: object) -> Opened:
         time.sleep(0.2)
         return Opened(opened)
 
     async def resolves() -> None:
-        collections = Collections(settings, make_access=lambda s, v: Opened(opened),  # type: ignore[arg-type,return-value]
+        collections = Collections(settings, make_access=live_only,  # type: ignore[arg-type]
                                   make_pointers=lambda _: Swapped(settings.index), retry_s=0)
         for _ in range(3):
-            with pytest.raises(ModelNotFound, match="deleted"):
+            with pytest.raises(StoreUnavailable, match="previous collection"):
                 await collections.live()
         assert len(opened) == 3 and all(a.closed for a in opened)
         opened.clear()
@@ -222,6 +233,69 @@ def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> No
         assert len(opened) == 1 and opened[0].closed
 
     asyncio.run(resolves())
+
+
+def test_a_missing_previous_embedder_leaves_the_live_collection_served(tmp_path: Path) -> None:
+    """A restart with only the new model exported (an image that dropped the old one) made
+    every call, searches of the live collection and --finish included, fail with
+    ModelNotFound. Now the live collection is served; --rollback and a new start are refused
+    saying why; --finish deletes the previous collection; an export of the model brings the
+    migration's other collection back."""
+    settings = _one_embedder(tmp_path)
+    swapped = Pointer("papers-new", "minilm@1", "papers", "old@1")
+
+    class Recorded(Unreachable):
+        def __init__(self, settings: IndexSettings) -> None:
+            super().__init__(settings)
+            self.pointer: Pointer | None = swapped
+            self.dropped: list[str] = []
+
+        def read(self) -> Pointer | None:
+            return self.pointer
+
+        def write(self, pointer: Pointer) -> None:
+            self.pointer = pointer
+
+        def drop(self, collection: str) -> None:
+            self.dropped.append(collection)
+
+    pointers = Recorded(settings.index)
+    indexes: dict[str, FakeIndex] = {}
+
+    def access(_: Settings, view: View) -> FakeIndex:
+        return indexes.setdefault(view.collection, FakeIndex())
+
+    async def encode(_: ModelRef, texts: Sequence[str]) -> np.ndarray:
+        return np.zeros((len(texts), 4), np.float32)
+
+    def migrator() -> Migrator:
+        collections = Collections(settings, make_access=access,  # type: ignore[arg-type]
+                                  make_pointers=lambda _: pointers)
+        return Migrator(collections, encode, batch=8)
+
+    async def steps() -> None:
+        first = migrator()
+        live = await first.collections.live()
+        assert live.view.collection == "papers-new" and first.collections.other is None
+        assert list(indexes) == ["papers-new"]  # the previous one is not opened
+        with pytest.raises(MigrationRefused, match=r"--rollback: the previous embedder old@1 "
+                                                   r"of papers is not exported here"):
+            await first.rollback()
+        with pytest.raises(MigrationRefused, match="swapped but not finished"):
+            await first.start(ModelRef.parse("minilm", settings.models.repository))
+        # exported again: the other collection is bound, and a rollback could run
+        shutil.copytree(settings.models.repository / "minilm",
+                        settings.models.repository / "old")
+        again = migrator()
+        await again.resume()
+        assert again.collections.other is not None and again.mirror is not None
+        shutil.rmtree(settings.models.repository / "old")
+        report = await migrator().finish()
+        assert report.live_collection == "papers-new" and report.warning is None
+        assert pointers.pointer == Pointer("papers-new", "minilm@1")
+        assert pointers.dropped == ["papers"]
+
+    asyncio.run(steps())
 
 
 class FakeIndex:

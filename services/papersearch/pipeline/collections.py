@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ import numpy as np
 
 from papersearch.index.errors import StoreError
 from papersearch.index.pointer import Pointer, Pointers, pointers_for
-from papersearch.models.manifest import ModelRef, read_manifest
+from papersearch.models.manifest import ModelNotFound, ModelRef, read_manifest
 from papersearch.pipeline.index_access import IndexAccess
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Documents encoded by one embedder: (embedder, texts) -> vectors.
 EncodeDocuments = Callable[[ModelRef, Sequence[str]], Awaitable[np.ndarray]]
@@ -101,6 +104,9 @@ class Collections:
         self.retry_s, self.clock = retry_s, clock
         self._failure: StoreError | None = None  # the last failed resolution, and when
         self._failed_at = float("-inf")
+        # a swapped migration whose previous embedder is not in the model repository: why
+        # (the live collection is served, writes are not mirrored, --rollback is refused)
+        self.previous_missing: str | None = None
 
     async def live(self) -> Bound:
         if self._live is None:
@@ -118,6 +124,8 @@ class Collections:
     def switch(self, live: Bound, other: Bound | None, pointer: Pointer | None) -> None:
         """Make ``live`` the view new searches and writes take (one step on the loop)."""
         self._live, self.other, self.pointer = live, other, pointer
+        if pointer is None or pointer.previous is None:
+            self.previous_missing = None
 
     async def bind(self, view: View) -> Bound:
         opening = asyncio.ensure_future(asyncio.to_thread(self.make_access, self.settings, view))
@@ -155,9 +163,35 @@ class Collections:
         self._failure = None
         live = await self.bind(live_view(self.settings, pointer))
         try:  # the next call opens it again: this one must not stay open beside it
-            previous = None if pointer is None else previous_view(self.settings, pointer)
+            previous = None if pointer is None else self._previous(pointer)
             other = None if previous is None else await self.bind(previous)
         except BaseException:
             await live.index.close()
             raise
         self.switch(live, other, pointer)
+
+    async def look_for_previous(self) -> None:
+        """A previous embedder found missing is looked for again (exported since): bound, the
+        migration's other collection is back (and mirrored again once it resumes)."""
+        live, pointer = self._live, self.pointer
+        if self.previous_missing is None or live is None or pointer is None:
+            return
+        previous = self._previous(pointer)
+        if previous is not None:
+            self.switch(live, await self.bind(previous), pointer)
+
+    def _previous(self, pointer: Pointer) -> View | None:
+        """The migration's other view; None, said once, if its embedder's export is gone (an
+        image holding only the new model): the live collection is still served."""
+        self.previous_missing = None
+        try:
+            return previous_view(self.settings, pointer)
+        except ModelNotFound as error:
+            self.previous_missing = (f"the previous embedder {pointer.previous_embedder} of "
+                                     f"{pointer.previous} is not exported here ({error})")
+            log.error("migration swapped, its previous embedder missing: the live collection "
+                      "is served, writes are not mirrored into the previous one; --rollback "
+                      "needs the model back, --finish deletes the previous collection",
+                      extra={"previous": pointer.previous,
+                             "embedder": pointer.previous_embedder})
+            return None

@@ -230,6 +230,7 @@ class Migrator:
     async def resume(self) -> None:
         """After a restart in the middle of a swapped migration, mirror writes again."""
         live = await self.collections.live()
+        await self.collections.look_for_previous()
         other = self.collections.other
         if other is not None and self.mirror is None:
             self.mirror = Mirror((live, other), self.encode, self.collections, copying=False)
@@ -242,7 +243,8 @@ class Migrator:
             await self._settle()
             started, since = time.monotonic(), now_ms()
             source = await self.collections.live()
-            if self.collections.other is not None:
+            await self.collections.look_for_previous()
+            if self.collections.other is not None or self.collections.previous_missing:
                 raise MigrationRefused(
                     f"a migration to {source.view.embedder} is swapped but not finished: run "
                     "`papersearch index migrate --finish` (or --rollback) first")
@@ -371,6 +373,10 @@ class Migrator:
         UNAVAILABLE and is sent again by its client."""
         async with self._exclusive("finish"):
             await self._settle()
+            await self.collections.live()
+            await self.collections.look_for_previous()
+            if self.collections.previous_missing and self.collections.other is None:
+                return await self._finish_without_previous()
             pointer, live, other = await self._swapped("finish")
             done = pointer.finished()
             mirror = self._current()
@@ -394,19 +400,46 @@ class Migrator:
                           await live.index.ready(), None,
                           warning="; ".join(w for w in (committed, dropped) if w) or None)
 
+    async def _finish_without_previous(self) -> Report:
+        """``--finish`` while the previous embedder's export is gone: the previous collection
+        was never opened nor kept in step, so there is nothing to re-sync; it is deleted by
+        name once the pointer no longer names it."""
+        pointer, live = self.collections.pointer, await self.collections.live()
+        assert pointer is not None and pointer.previous is not None
+        done, previous = pointer.finished(), pointer.previous
+
+        async def drop_previous() -> str | None:
+            return await self._drop(previous)
+
+        await live.index.flush()
+        committed = await self._commit(
+            done, lambda: self.collections.switch(live, None, done), complete=drop_previous)
+        dropped = await drop_previous()
+        log.info("migration finished", extra={"live": done.live, "dropped": previous})
+        return Report("finish", done.live, done.embedder, None, None, await live.index.ready(),
+                      None, warning="; ".join(w for w in (committed, dropped) if w) or None)
+
     async def _drop_previous(self, other: Bound) -> str | None:
         """After a finish: the collection left behind closed and deleted; a warning where it
         could not be (the finish stands)."""
         try:
             await other.index.close()
-            await asyncio.to_thread((await self.collections.pointers()).drop,
-                                    other.view.collection)
         except Exception as error:  # noqa: BLE001 (finished; only the drop is left)
-            log.warning("migration finished, old collection not dropped",
-                        extra={"collection": other.view.collection, "reason": str(error)})
-            return (f"finished, but {other.view.collection} could not be deleted ({error}): "
-                    "delete it by hand")
+            return self._not_dropped(other.view.collection, error)
+        return await self._drop(other.view.collection)
+
+    async def _drop(self, collection: str) -> str | None:
+        try:
+            await asyncio.to_thread((await self.collections.pointers()).drop, collection)
+        except Exception as error:  # noqa: BLE001 (finished; only the drop is left)
+            return self._not_dropped(collection, error)
         return None
+
+    @staticmethod
+    def _not_dropped(collection: str, error: Exception) -> str:
+        log.warning("migration finished, old collection not dropped",
+                    extra={"collection": collection, "reason": str(error)})
+        return f"finished, but {collection} could not be deleted ({error}): delete it by hand"
 
     async def _commit(self, pointer: Pointer, switch: Callable[[], None], *,
                       complete: Callable[[], Awaitable[str | None]] | None = None,
@@ -552,6 +585,11 @@ class Migrator:
         await self.resume()
         pointer, live, other = (self.collections.pointer, await self.collections.live(),
                                 self.collections.other)
+        if pointer is not None and other is None and self.collections.previous_missing:
+            raise MigrationRefused(f"--{action}: {self.collections.previous_missing}; the "
+                                   "other collection is not kept in step without it. Export "
+                                   "that model again to roll back, or --finish to delete the "
+                                   "previous collection")
         if pointer is None or other is None:
             raise MigrationRefused(f"--{action}: no migration is waiting to be finished or "
                                    "rolled back")
