@@ -93,6 +93,16 @@ def test_invalid_query_is_rejected_before_any_work(pipeline: Sync) -> None:
         pipeline.search(SearchQuery("   "))
 
 
+def test_a_query_is_cleaned_as_papers_are(pipeline: Sync) -> None:
+    """A soft hyphen or zero-width joiner inside a word (text pasted from a PDF or a web
+    page) made a BM25 term no paper holds: papers' text is cleaned, the query was not."""
+    plain = pipeline.search(SearchQuery("diffusion models", mode="sparse", rerank=False))
+    for pasted in ("diffu\u00adsion  models", "diffu\u200dsion\nmodels"):
+        result = pipeline.search(SearchQuery(pasted, mode="sparse", rerank=False))
+        assert [h.paper.id for h in result.hits] == [h.paper.id for h in plain.hits]
+    assert plain.hits
+
+
 def test_similar_and_get(pipeline: Sync, backend: LocalBackend) -> None:
     first = pipeline.search(SearchQuery("layer normalization", top_k=1, rerank=False)).hits[0]
     similar = backend.retriever.similar(Examples((first.paper.id,)), limit=5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import get_args
 
 from papersearch.corpus.paper import Paper, clean_text
@@ -31,14 +31,17 @@ class SearchQuery:
     feedback: bool | None = None
 
     def validate(self, limits: SearchSettings) -> SearchQuery:
-        """Return self if acceptable, else raise InvalidQuery saying what is wrong."""
+        """The query with its text cleaned as papers' are (``clean_text``: a soft hyphen or a
+        zero-width joiner inside a word had made a BM25 term no paper holds), if acceptable;
+        else raise InvalidQuery saying what is wrong."""
         if not isinstance(self.text, str) or not self.text.strip():
             raise InvalidQuery("query must not be empty")
         if len(self.text) > limits.max_query_chars:  # first: clean_text is a Python loop
             raise InvalidQuery(
                 f"query is {len(self.text)} characters; the limit is {limits.max_query_chars}"
             )
-        if not clean_text(self.text):  # "\u200b", "\x00": searched as an empty text was
+        cleaned = clean_text(self.text)
+        if not cleaned:  # "\u200b", "\x00": searched as an empty text was
             raise InvalidQuery("query must not be empty: it holds only control or zero-width "
                                "characters")
         if not 1 <= self.top_k <= limits.max_top_k:
@@ -47,7 +50,7 @@ class SearchQuery:
             raise InvalidQuery(f"unknown mode {self.mode!r}; use one of {get_args(Mode)}")
         if self.min_relevance is not None:
             self._validate_min_relevance(self.min_relevance)
-        return self
+        return self if cleaned == self.text else replace(self, text=cleaned)
 
     def _validate_min_relevance(self, value: float) -> None:
         if not -1.0 <= value <= 1.0:  # NaN fails every comparison

@@ -55,7 +55,7 @@ class SearchPipeline:
     async def search(self, query: SearchQuery, deadline: float | None = None) -> SearchResult:
         """``deadline``: the ``time.monotonic()`` by which the caller needs the answer (its
         client's deadline); the rerank stage then ends in time to answer without it."""
-        query.validate(self.settings)
+        query = query.validate(self.settings)
         self.in_flight += 1
         try:
             return await self._search(query, deadline)
