@@ -83,7 +83,12 @@ def test_normalisations_by_hand() -> None:
     assert normalise(scores, "minmax").tolist() == pytest.approx([1.0, 1 / 3, 0.0])
     low, high = scores.mean() - 3 * scores.std(), scores.mean() + 3 * scores.std()
     assert normalise(scores, "dbsf").tolist() == pytest.approx(list((scores - low) / (high - low)))
-    assert normalise(np.array([-0.2, -0.5]), "max").tolist() == [-0.2, -0.5]  # no positive top
+    # a negative cosine is no evidence: 0, whatever the top (divided by a top near 0 it had
+    # swamped the other list, and the ranking flipped as the top crossed 0)
+    assert normalise(np.array([-0.2, -0.5]), "max").tolist() == [0.0, 0.0]
+    assert normalise(np.array([0.0005, -0.05]), "max").tolist() == [1.0, 0.0]
+    fused = convex([[("a", 0.0005), ("b", -0.05)], [("b", 9.0), ("a", 1.0)]], [0.6, 0.4], 2)
+    assert fused == [("a", pytest.approx(0.6 + 0.4 / 9)), ("b", pytest.approx(0.4))]  # b: -59.6
     assert normalise(np.array([3.0, 3.0]), "minmax").tolist() == [1.0, 1.0]
 
 

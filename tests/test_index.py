@@ -548,7 +548,7 @@ def test_explain_gives_each_stage_the_fusion_and_the_matched_terms(
             w = inputs["dense_weight"]
             assert w * inputs["dense_normalised"] + (1 - w) * inputs["bm25_normalised"] \
                 == pytest.approx(hit.score, abs=1e-6)
-            assert why.fusion.startswith("convex: 0.6 x dense")
+            assert why.fusion.startswith("convex: 0.6 x max(dense, 0)")
         else:
             assert why.fusion.startswith("rrf:") and inputs["rrf_k"] == settings.rrf_k
     assert explained[0].paper.id == PAPERS[RARE_AT].id

@@ -203,7 +203,7 @@ def test_search_filter_and_similar_in_a_browser(browser: webdriver.Chrome,
     # the server's default ran query feedback: the stages fused were the expanded query's
     assert why.find_element(By.CSS_SELECTOR, '[data-stage="dense"]').text.startswith(
         "Dense (expanded query): #")
-    assert why.find_element(By.CLASS_NAME, "fusion").text.startswith("convex: 0.6 x dense")
+    assert why.find_element(By.CLASS_NAME, "fusion").text.startswith("convex: 0.6 x max(dense, 0)")
     terms = why.find_element(By.CLASS_NAME, "terms").text
     assert terms.startswith("BM25 terms: ") and "honeybee" in terms, terms
     chrome.find_element(By.ID, "explain").click()  # off again for the rest

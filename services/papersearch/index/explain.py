@@ -62,7 +62,8 @@ def explain_hit(hit: Hit, rank: int, request: SearchRequest, settings: IndexSett
             stage = lists[using]
             inputs[f"{name}_max"] = stage.top
             inputs[f"{name}_normalised"] = stage.normalised.get(pid, stage.fill)
-        formula = (f"convex: {weight:g} x dense / dense_max + {1 - weight:g} x bm25 / bm25_max"
+        formula = (f"convex: {weight:g} x max(dense, 0) / dense_max + {1 - weight:g} x "
+                   "bm25 / bm25_max"
                    f" = {weight:g} x {inputs['dense_normalised']:.4f} + {1 - weight:g} x "
                    f"{inputs['bm25_normalised']:.4f}")
     elif method == "rrf":

@@ -22,15 +22,18 @@ Normalisation = Literal["max", "minmax", "dbsf"]
 
 
 def normalise(scores: np.ndarray, how: Normalisation) -> np.ndarray:
-    """``max``: divided by the top score (kept as is when it is not positive); ``minmax``: onto
+    """``max``: below 0 taken as 0 (a negative cosine is no evidence), then divided by the top
+    score when it is positive (negative cosines divided by a top near 0 had swamped the other
+    list, and the ranking flipped as the top crossed 0); ``minmax``: onto
     [0, 1]; ``dbsf``: distribution-based scaling, mean +- 3 std onto [0, 1], as Qdrant's but
     with the population std and 1 for a constant list (Qdrant: the sample std and 0.5; only
     `papersearch tune` compares it, the Store runs Qdrant's own)."""
     if len(scores) == 0:
         return scores
     if how == "max":
-        top = scores.max()
-        return scores / top if top > 0 else scores
+        kept = np.maximum(scores, 0.0)
+        top = kept.max()
+        return kept / top if top > 0 else kept
     low, high = (
         (scores.min(), scores.max()) if how == "minmax"
         else (scores.mean() - 3 * scores.std(), scores.mean() + 3 * scores.std())
