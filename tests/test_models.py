@@ -168,6 +168,15 @@ def test_pooling_is_read_for_every_source_and_refused_where_unbuilt(
                   {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}):
         with pytest.raises(ValueError, match="is not one this export builds"):
             _pooling(local(folder(f"bad{len(list(tmp_path.iterdir()))}", modes)))
+    dense = folder("dense", {"pooling_mode_mean_tokens": True})  # LaBSE's, distiluse's shape
+    (dense / "modules.json").write_text(json.dumps([
+        {"type": "sentence_transformers.models.Transformer"},
+        {"type": "sentence_transformers.models.Pooling"},
+        {"type": "sentence_transformers.models.Dense"},
+        {"type": "sentence_transformers.models.Normalize"}]))
+    with pytest.raises(ValueError, match=r"module sentence_transformers.models.Dense is not one "
+                                         r"this export builds"):
+        _pooling(local(dense))
     # the pooling is part of an export's identity (mean + L2 exports keep their fingerprints)
     spec = ExportSpec("e", "embedder", local(mean), 256)
     assert _fingerprint(spec) != _fingerprint(ExportSpec("e", "embedder", local(cls), 256))

@@ -148,6 +148,7 @@ def source_digest(root: Path) -> str:
 
 DEFAULT_POOLING = ("mean", True)
 _POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+_BUILT_MODULES = ("Transformer", "Pooling", "Normalize")  # sentence-transformers modules
 
 
 def _pooling(source: ResolvedSource) -> tuple[str, bool]:
@@ -170,6 +171,12 @@ def _pooling(source: ResolvedSource) -> tuple[str, bool]:
     if modules is not None:
         types = [m.get("type", "") for m in json.loads(modules.read_text())]
         normalize = any(t.endswith("Normalize") for t in types)
+        # a Dense projection (LaBSE, distiluse) left out gave vectors of another size and
+        # meaning, and the parity check, against the same graph, passed
+        others = [t for t in types if t.rsplit(".", 1)[-1] not in _BUILT_MODULES]
+        if others:
+            raise ValueError(f"{source.spec}: module {', '.join(others)} is not one this "
+                             f"export builds (only {', '.join(_BUILT_MODULES)})")
     return pooling, normalize
 
 
