@@ -594,3 +594,14 @@ def test_two_exports_of_one_model_at_once_make_one_version(
     # an identical export is there: no corpus is read (the command failed without one)
     assert export_module.export(spec, tmp_path / "repo", no_corpus) == made[0]
     assert sorted(p.name for p in (tmp_path / "repo" / "m").iterdir()) == [".export.lock", "1"]
+
+
+def test_train_reranker_from_a_hub_id_is_refused_before_mining(tmp_path: Path) -> None:
+    """Training loads local weights only: a hub id as the embedder's source failed with a
+    relative path's FileNotFoundError after the minutes of mining."""
+    from papersearch.modelbuild.prepare import train_reranker
+
+    settings = Settings(models={"embedder_source": "sentence-transformers/all-MiniLM-L6-v2",
+                                "cache_dir": tmp_path})
+    with pytest.raises(ValueError, match="is a hub id: give a local folder or a pypi: source"):
+        train_reranker(settings)

