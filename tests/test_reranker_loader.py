@@ -99,6 +99,9 @@ def test_a_newer_version_replaces_the_one_in_use_at_the_next_look(
     _break(broken)
     clock.now += 10.0
     assert loader.get() is second  # the broken newer one did not replace it
+    # a replica starting now takes the newest version that loads, as the running ones hold
+    started_later = _loader(model_settings, tmp_path, clock)
+    assert started_later.get().manifest.version == second.manifest.version
 
 
 def test_present_model_loads_at_once(model_settings: Settings, reranker_dir: Path) -> None:
@@ -111,7 +114,8 @@ def test_a_model_that_will_not_load_is_looked_at_again_later_not_at_every_search
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A broken latest version (here its graph unreadable) answers like a missing one: first-
-    stage results, one log line, one load attempt per reload_poll_s (each costs ~1 s)."""
+    stage results, one log line, and one load attempt (each costs ~1 s): it is not tried
+    again at later looks, only a newer version is."""
     from papersearch.reranker import loader as loader_module
 
     _publish(reranker_dir, tmp_path)
@@ -119,11 +123,11 @@ def test_a_model_that_will_not_load_is_looked_at_again_later_not_at_every_search
     attempts = []
     load = loader_module.Reranker.from_settings
     monkeypatch.setattr(loader_module.Reranker, "from_settings",
-                        lambda models: attempts.append(1) or load(models))
+                        lambda models, version=None: attempts.append(1) or load(models, version))
     clock = Clock()
     loader = _loader(model_settings, tmp_path, clock)
     with caplog.at_level(logging.INFO, logger="papersearch.reranker.loader"):
         _refused(loader, "could not be loaded")
         clock.now += 10.0
         _refused(loader, "could not be loaded", times=1)
-    assert len(attempts) == 2 and caplog.text.count("no usable reranker model") == 1
+    assert len(attempts) == 1 and caplog.text.count("no usable reranker model") == 1

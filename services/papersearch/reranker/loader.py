@@ -5,7 +5,8 @@ Until the model is there, ``get`` raises ModelNotFound (the search pipeline turn
 first-stage results, ``reranked=false``). The model repository is looked at again at most every
 ``models.reload_poll_s``: a newer version is loaded and replaces the one in use (every replica
 within that interval, so that replicas do not keep different rerankers), a newer one that does
-not load leaves the one in use. A missing or broken model is logged once.
+not load leaves the one in use, and is not tried again (a newer one is needed); a replica that
+starts meanwhile takes the newest version that loads. A missing or broken model is logged once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class RerankerLoader:
         self.reranker: Reranker | None = None
         self._missing: ModelNotFound | None = None
         self._next_look = float("-inf")
+        self._failed: set[int] = set()  # versions that did not load
         self._lock = threading.Lock()  # one load at a time
 
     def get(self) -> Reranker:
@@ -51,28 +53,40 @@ class RerankerLoader:
     def _look(self) -> None:
         self._next_look = self.clock() + self.models.reload_poll_s
         found = versions(self.models.repository, self.models.reranker_name)
-        if self.reranker is None or (found and found[-1] > self.reranker.manifest.version):
-            self._load()
-
-    def _load(self) -> None:
-        try:
-            loaded = Reranker.from_settings(self.models)
-        except Exception as error:  # noqa: BLE001 (missing or unloadable: looked at again later)
-            missing = error if isinstance(error, ModelNotFound) else ModelNotFound(
-                f"the reranker model could not be loaded: {error}")
-            if str(missing) != str(self._missing):  # said once, not at every look
+        in_use = self.reranker.manifest.version if self.reranker is not None else 0
+        # newest first, down to the one in use; a version that failed is not tried again (a
+        # load is up to ~1 s on the request path): a newer one is needed
+        tried: list[int | None] = [v for v in reversed(found)
+                                   if v > in_use and v not in self._failed]
+        if not found and self.reranker is None:
+            tried = [None]  # the latest: model_dir's error says how one is made
+        for version in tried:
+            try:
+                loaded = Reranker.from_settings(self.models, version)
+            except Exception as error:  # noqa: BLE001 (missing or unloadable)
+                if version is not None:
+                    self._failed.add(version)
+                self._fail(version, error)
                 if self.reranker is not None:
-                    log.warning("a newer reranker model did not load: the one in use stays",
-                                extra={"version": self.reranker.manifest.version,
-                                       "reason": str(missing)})
-                else:
-                    # the reason says how one is made (model_dir) or why it did not load
-                    log.warning("no usable reranker model: searches return first-stage "
-                                "results (reranked=false) until there is one; looking again "
-                                f"every {self.models.reload_poll_s:g} s",
-                                extra={"reason": str(missing)})
-            self._missing = missing
+                    return  # the one in use stays, as on the replicas that hold it
+                continue  # a replica starting now: the newest version that loads
+            log.info("reranker model loaded", extra={
+                "model": loaded.manifest.name, "version": loaded.manifest.version})
+            self.reranker, self._missing = loaded, None
             return
-        log.info("reranker model loaded", extra={
-            "model": loaded.manifest.name, "version": loaded.manifest.version})
-        self.reranker, self._missing = loaded, None
+
+    def _fail(self, version: int | None, error: Exception) -> None:
+        missing = error if isinstance(error, ModelNotFound) else ModelNotFound(
+            f"the reranker model could not be loaded: {error}")
+        if str(missing) != str(self._missing):  # said once, not at every look
+            if self.reranker is not None:
+                log.warning("a newer reranker model did not load: the one in use stays",
+                            extra={"version": self.reranker.manifest.version, "tried": version,
+                                   "reason": str(missing)})
+            else:
+                # the reason says how one is made (model_dir) or why it did not load
+                log.warning("no usable reranker model: searches return first-stage "
+                            "results (reranked=false) until there is one; looking again "
+                            f"every {self.models.reload_poll_s:g} s",
+                            extra={"tried": version, "reason": str(missing)})
+        self._missing = missing

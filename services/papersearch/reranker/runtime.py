@@ -21,8 +21,9 @@ class Reranker(OnnxModel):
             raise ValueError(f"{version_dir} is not a reranker export")
 
     @classmethod
-    def from_settings(cls, models: ModelSettings) -> Reranker:
-        path = model_dir(models.repository, models.reranker_name, kind="reranker")
+    def from_settings(cls, models: ModelSettings, version: int | None = None) -> Reranker:
+        """The configured reranker's ``version`` (default: the latest)."""
+        path = model_dir(models.repository, models.reranker_name, version, kind="reranker")
         return cls(path, cls.runtime_options(models))
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
