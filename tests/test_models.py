@@ -605,3 +605,16 @@ def test_train_reranker_from_a_hub_id_is_refused_before_mining(tmp_path: Path) -
                                 "cache_dir": tmp_path})
     with pytest.raises(ValueError, match="is a hub id: give a local folder or a pypi: source"):
         train_reranker(settings)
+
+
+def test_models_info_reports_a_model_it_cannot_use_and_goes_on(embedder_dir: Path) -> None:
+    """A reranker name that holds an embedder export ("not a reranker export") failed the
+    whole `models info`; it is reported, and the embedder still is."""
+    from papersearch.modelbuild.info import describe
+
+    settings = Settings(models={"repository": embedder_dir.parents[1],
+                                "embedder_name": embedder_dir.parent.name,
+                                "reranker_name": embedder_dir.parent.name})
+    report = describe(settings)
+    assert "is not a reranker export" in report["reranker"]["unusable"]
+    assert report["embedder"]["name"] == embedder_dir.parent.name

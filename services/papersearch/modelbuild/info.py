@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from papersearch.encoder.runtime import Encoder
-from papersearch.models.manifest import ModelNotFound
+from papersearch.models.manifest import ModelNotFound, ProviderUnavailable
 from papersearch.models.parity import SelfCheck, cpu_int8_flags
 from papersearch.models.runtime import OnnxModel
 from papersearch.reranker.runtime import Reranker
@@ -27,6 +27,9 @@ def describe(settings: Settings) -> dict[str, Any]:
             model: OnnxModel = load(settings.models)
         except ModelNotFound as error:
             report[kind] = {"missing": str(error)}
+            continue
+        except (ValueError, ProviderUnavailable) as error:  # there, but not usable here
+            report[kind] = {"unusable": str(error)}
             continue
         manifest = model.manifest
         threshold = (SelfCheck.from_dict(manifest.selfcheck).threshold
