@@ -102,6 +102,15 @@ def test_loopback_needs_no_keys(host: str) -> None:
     ServeSettings(grpc_host=host).check_access()
 
 
+def test_any_origin_without_keys_is_refused() -> None:
+    """With no keys, http_cors_origins ['*'] let any web page a user opened delete papers from
+    a gateway on 127.0.0.1: it needed no rebound name, its Host header is a loopback one."""
+    with pytest.raises(ValueError, match=r"'\*' without serve.api_keys"):
+        ServeSettings(http_cors_origins=["*"]).check_access()
+    ServeSettings(http_cors_origins=["*"], api_keys=[SecretStr("k")]).check_access()
+    ServeSettings(http_cors_origins=["https://app.example.org"]).check_access()
+
+
 def test_serve_refuses_to_start_open_on_a_public_address(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

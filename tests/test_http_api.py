@@ -272,6 +272,31 @@ def test_a_body_that_stops_arriving_is_refused_in_time(
 
 
 @pytest.mark.slow
+def test_idle_connections_are_closed_and_unparsable_requests_not_logged_as_errors(
+    scratch: tuple[Servers, LocalBackend], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiohttp kept a connection that sent nothing, or unfinished headers, for an hour (its
+    keep-alive default), and logged every request it could not parse at ERROR with a
+    traceback: any caller, with no key, could hold connections or fill the log."""
+    import logging
+    import socket
+
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port, http_body_timeout_s=0.5)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as idle, \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as unfinished:
+        unfinished.sendall(b"POST /papersearch.v1.SearchService/Search HTTP/1.1\r\nHost: x")
+        assert idle.recv(1) == b"" and unfinished.recv(1) == b""  # closed by the server
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"), \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as bad:
+        bad.sendall(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: x\r\n\r\n")
+        assert b" 400 Bad Request" in bad.recv(65536)
+    assert not [r for r in caplog.records if r.name == "aiohttp.server"
+                and r.levelno >= logging.ERROR]
+
+
+@pytest.mark.slow
 def test_without_keys_only_loopback_names_are_answered(
     scratch: tuple[Servers, LocalBackend],
 ) -> None:
@@ -343,6 +368,90 @@ def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> No
 
     assert asyncio.run(read()) == [b'{"a": 1}', b'{"b": 2}', b"", b'{"c": 3}', b'{"d": 4}']
 
+
+
+def test_a_body_of_blank_lines_lets_the_event_loop_run() -> None:
+    """Buffered bytes are read without a pause, and blank lines are skipped without one: a
+    body of newlines held the loop that also runs gRPC and health (64 MiB gzipped: 27 s)."""
+    from papersearch.gateway import http_api
+
+    class Body:
+        def __init__(self) -> None:
+            self.left = 50
+
+        async def read(self, _: int) -> bytes:  # already buffered: no pause
+            self.left -= 1
+            return b"\n" * 1024 if self.left >= 0 else b""
+
+    class Request:
+        content = Body()
+
+    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0)  # type: ignore[arg-type]
+    turns = [0]
+
+    async def meanwhile() -> None:
+        while True:
+            turns[0] += 1
+            await asyncio.sleep(0)
+
+    async def read() -> list[Any]:
+        other = asyncio.create_task(meanwhile())
+        await asyncio.sleep(0)
+        started = turns[0]
+        messages = [m async for m in lines.messages()]  # type: ignore[misc]
+        other.cancel()
+        turns[0] -= started
+        return messages
+
+    assert asyncio.run(read()) == [] and lines.error is None
+    assert turns[0] >= 50  # a turn for the rest of the loop at every piece of the body
+
+
+def test_a_malformed_body_is_invalid_argument() -> None:
+    """aiohttp's RequestPayloadError (a corrupt chunked body) was a 500 with a traceback for a
+    unary call, and cancelled an NDJSON upload without any answer."""
+    from aiohttp import web
+
+    from papersearch.gateway import http_api
+
+    class Body:
+        async def read(self, *_: int) -> bytes:
+            raise web.RequestPayloadError("Not enough data to satisfy transfer length header.")
+
+    class Request:
+        content = Body()
+
+        async def read(self) -> bytes:
+            return await self.content.read()
+
+    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0)  # type: ignore[arg-type]
+
+    async def read() -> list[Any]:
+        return [m async for m in lines.messages()]  # type: ignore[misc]
+
+    assert asyncio.run(read()) == []
+    assert lines.error is not None and lines.error.http == 400
+    assert "line 1: the request body is malformed" in str(lines.error)
+    front = http_api.HttpFront.__new__(http_api.HttpFront)
+    front.serve = Settings().serve
+    with pytest.raises(http_api.HttpError, match="the request body is malformed") as raised:
+        asyncio.run(front._body(Request()))  # type: ignore[arg-type]
+    assert raised.value.http == 400
+
+
+def test_a_compressed_body_is_refused() -> None:
+    """No compressed body is offered: aiohttp inflated one on the event loop (a gzip bomb,
+    refused for its missing key, was still inflated while read to its end)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from papersearch.gateway.http_api import HttpError, _require_type
+
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    with pytest.raises(HttpError, match="Content-Encoding 'gzip' is not accepted") as raised:
+        _require_type(make_mocked_request("POST", SEARCH, headers=headers), "application/json")
+    assert raised.value.http == 415
+    headers["Content-Encoding"] = "identity"
+    _require_type(make_mocked_request("POST", SEARCH, headers=headers), "application/json")
 
 
 def test_an_ndjson_line_past_the_limit_is_refused_where_it_ends_in_one_piece() -> None:

@@ -390,7 +390,9 @@ class ServeSettings(Section):
     )
     http_body_timeout_s: float = Field(
         30.0, gt=0, description="HTTP/JSON: the longest a request body may take to arrive (an "
-                                "NDJSON upload: the longest pause in it); past it 408.")
+                                "NDJSON upload: the longest pause in it); past it 408. A "
+                                "connection idle, or its request's headers unfinished, this "
+                                "long is closed.")
     http_cors_origins: list[str] = Field(
         default_factory=list,
         description="Web origins (https://app.example.org, or *) whose pages may call the "
@@ -650,6 +652,11 @@ class ServeSettings(Section):
                 f"serve.grpc_host={self.grpc_host} is not a loopback address and no "
                 "serve.api_keys / serve.read_api_keys are set: set keys, or "
                 "serve.allow_unauthenticated=true to serve without authentication on purpose")
+        if not keys and "*" in self.http_cors_origins:  # a page need not even rebind a name
+            raise ValueError(
+                "serve.http_cors_origins: '*' without serve.api_keys / serve.read_api_keys "
+                "lets any web page a user opens read and change the index: set keys, or name "
+                "the origins")
 
 
 def is_loopback(host: str) -> bool:
