@@ -602,6 +602,48 @@ def test_a_rollback_carries_back_what_another_writer_updated_after_the_swap(
     assert sorted(p.title for p in held) == sorted([revised.title, added.title])
 
 
+def test_writes_go_on_while_the_new_collection_is_optimized(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build takes the new collection's one worker thread: a write's mirror into it waited
+    for the whole build (minutes on a large index). It is left to the reconcile now: the write
+    is answered during the build, and the new collection holds it after the swap."""
+    settings, collections, handles = _refusing_copy(sample_settings, embedder_dir, papers,
+                                                    tmp_path)
+    target = physical_name("papers", Encoder(cls_embedder).sha256)
+    building, written = threading.Event(), threading.Event()
+    answered_during_the_build: list[bool] = []
+    optimize = EdgeStore.optimize
+
+    def slow_build(self: EdgeStore) -> None:
+        if self.path.name == target:
+            building.set()  # the write, answered meanwhile, ends the build
+            answered_during_the_build.append(written.wait(20))
+        optimize(self)
+
+    monkeypatch.setattr(EdgeStore, "optimize", slow_build)
+    paper = Paper(id="during-the-build", title="A paper written while the index is built",
+                  abstract="Its write is answered before the build ends.")
+
+    async def write_during_the_build() -> None:
+        while not building.is_set():
+            await asyncio.sleep(0.01)
+        backend = handles.pinned()
+        await backend.upsert([paper], await backend.encode_documents([paper.text]))
+        written.set()
+
+    async def migrate() -> list[Paper]:
+        writer = asyncio.create_task(write_during_the_build())
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        await writer
+        held = await (await collections.live()).index.papers([paper.point_id])
+        await collections.close()
+        return held
+
+    held = asyncio.run(migrate())
+    assert answered_during_the_build == [True] and [p.title for p in held] == [paper.title]
+
+
 def test_a_failed_close_still_drops_the_partial_copy(
         sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

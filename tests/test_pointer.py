@@ -235,7 +235,8 @@ def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> No
     asyncio.run(resolves())
 
 
-def test_a_missing_previous_embedder_leaves_the_live_collection_served(tmp_path: Path) -> None:
+def test_a_missing_previous_embedder_leaves_the_live_collection_served(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A restart with only the new model exported (an image that dropped the old one) made
     every call, searches of the live collection and --finish included, fail with
     ModelNotFound. Now the live collection is served; --rollback and a new start are refused
@@ -281,8 +282,12 @@ def test_a_missing_previous_embedder_leaves_the_live_collection_served(tmp_path:
         with pytest.raises(MigrationRefused, match=r"--rollback: the previous embedder old@1 "
                                                    r"of papers is not exported here"):
             await first.rollback()
-        with pytest.raises(MigrationRefused, match="swapped but not finished"):
+        with pytest.raises(MigrationRefused, match=r"run `papersearch index migrate --finish` "
+                                                   r"first"):
             await first.start(ModelRef.parse("minilm", settings.models.repository))
+        for _ in range(5):  # what every request does: said once, not at each
+            await first.resume()
+        assert caplog.text.count("its previous embedder missing") == 1
         # exported again: the other collection is bound, and a rollback could run
         shutil.copytree(settings.models.repository / "minilm",
                         settings.models.repository / "old")

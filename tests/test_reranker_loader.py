@@ -114,8 +114,8 @@ def test_a_model_that_will_not_load_is_looked_at_again_later_not_at_every_search
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A broken latest version (here its graph unreadable) answers like a missing one: first-
-    stage results, one log line, and one load attempt (each costs ~1 s): it is not tried
-    again at later looks, only a newer version is."""
+    stage results, one log line, and one load attempt (each costs ~1 s) until
+    RETRY_FAILED_LOOKS looks later."""
     from papersearch.reranker import loader as loader_module
 
     _publish(reranker_dir, tmp_path)
@@ -131,3 +131,6 @@ def test_a_model_that_will_not_load_is_looked_at_again_later_not_at_every_search
         clock.now += 10.0
         _refused(loader, "could not be loaded", times=1)
     assert len(attempts) == 1 and caplog.text.count("no usable reranker model") == 1
+    clock.now += loader_module.RETRY_FAILED_LOOKS * 10.0  # a passing failure is not for good
+    _refused(loader, "could not be loaded", times=1)
+    assert len(attempts) == 2 and caplog.text.count("no usable reranker model") == 1

@@ -172,7 +172,8 @@ class Collections:
 
     async def look_for_previous(self) -> None:
         """A previous embedder found missing is looked for again (exported since): bound, the
-        migration's other collection is back (and mirrored again once it resumes)."""
+        migration's other collection is back (and mirrored again once it resumes). The
+        migration's steps call it, one at a time; requests do not."""
         live, pointer = self._live, self.pointer
         if self.previous_missing is None or live is None or pointer is None:
             return
@@ -183,15 +184,18 @@ class Collections:
     def _previous(self, pointer: Pointer) -> View | None:
         """The migration's other view; None, said once, if its embedder's export is gone (an
         image holding only the new model): the live collection is still served."""
-        self.previous_missing = None
         try:
-            return previous_view(self.settings, pointer)
+            view = previous_view(self.settings, pointer)
         except ModelNotFound as error:
-            self.previous_missing = (f"the previous embedder {pointer.previous_embedder} of "
-                                     f"{pointer.previous} is not exported here ({error})")
-            log.error("migration swapped, its previous embedder missing: the live collection "
-                      "is served, writes are not mirrored into the previous one; --rollback "
-                      "needs the model back, --finish deletes the previous collection",
-                      extra={"previous": pointer.previous,
-                             "embedder": pointer.previous_embedder})
+            missing = (f"the previous embedder {pointer.previous_embedder} of "
+                       f"{pointer.previous} is not exported here ({error})")
+            if missing != self.previous_missing:
+                log.error("migration swapped, its previous embedder missing: the live "
+                          "collection is served, writes are not mirrored into the previous "
+                          "one; --rollback needs the model back, --finish deletes the "
+                          "previous collection", extra={"previous": pointer.previous,
+                                                        "embedder": pointer.previous_embedder})
+            self.previous_missing = missing
             return None
+        self.previous_missing = None
+        return view

@@ -71,6 +71,8 @@ class Mirror:
         # point id -> the collection its mirror write failed to reach (which then lacks it)
         self.pending: dict[str, str] = {}
         self.lock = asyncio.Lock()  # the mirror side's writes: copies and mirror writes
+        # a collection whose mirror writes are not made but left pending (for the reconcile)
+        self.deferred: str | None = None
         self._writes = 0  # writes in progress (primary and mirror)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -165,8 +167,11 @@ class Mirror:
         acknowledged; its client sends it again) when ``other`` is the live collection: a
         write pinned to the old view that waited through the swap. Otherwise only a
         cancellation does: the ids are re-synced before the next swap."""
-        done = False
         live = self.collections.current
+        if other.view.collection == self.deferred and (live is None or live.view != other.view):
+            self.pending.update(dict.fromkeys(ids, other.view.collection))
+            return
+        done = False
         try:
             async with self.lock:
                 await write()
@@ -230,7 +235,6 @@ class Migrator:
     async def resume(self) -> None:
         """After a restart in the middle of a swapped migration, mirror writes again."""
         live = await self.collections.live()
-        await self.collections.look_for_previous()
         other = self.collections.other
         if other is not None and self.mirror is None:
             self.mirror = Mirror((live, other), self.encode, self.collections, copying=False)
@@ -245,9 +249,10 @@ class Migrator:
             source = await self.collections.live()
             await self.collections.look_for_previous()
             if self.collections.other is not None or self.collections.previous_missing:
+                rollback = "" if self.collections.previous_missing else " (or --rollback)"
                 raise MigrationRefused(
                     f"a migration to {source.view.embedder} is swapped but not finished: run "
-                    "`papersearch index migrate --finish` (or --rollback) first")
+                    f"`papersearch index migrate --finish`{rollback} first")
             settings = self.collections.settings
             manifest = read_manifest(embedder.path(settings.models.repository))
             view = View(physical_name(settings.index.collection, manifest.sha256), embedder,
@@ -266,7 +271,13 @@ class Migrator:
                          extra={"source": source.view.collection, "target": view.collection,
                                 "embedder": str(embedder)})
                 copied, skipped = await self._copy(mirror, source, target)
-                await target.index.optimize()  # built as an ingest leaves it, writes going on
+                # built as an ingest leaves it; the build takes the target's one thread, so its
+                # mirror writes wait for the reconcile rather than for the build
+                mirror.deferred = view.collection
+                try:
+                    await target.index.optimize()
+                finally:
+                    mirror.deferred = None
                 async with mirror.paused():
                     reconciling = now_ms()
                     reconciled = await self._reconcile(mirror, source, target, since)
@@ -582,6 +593,8 @@ class Migrator:
                 await target.index.delete([p.id for p in gone])
 
     async def _swapped(self, action: str) -> tuple[Pointer, Bound, Bound]:
+        await self.collections.live()
+        await self.collections.look_for_previous()  # exported again since: found here
         await self.resume()
         pointer, live, other = (self.collections.pointer, await self.collections.live(),
                                 self.collections.other)

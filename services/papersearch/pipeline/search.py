@@ -131,9 +131,11 @@ class SearchPipeline:
             raise
         except Exception as error:  # overload, timeout, replica failure: degrade, don't fail
             taken = time.perf_counter() - started
-            if isinstance(error, Overloaded | NotReady):
+            if isinstance(error, Overloaded | NotReady) or (
+                    isinstance(error, TimeoutError) and budget_s < self.rerank_timeout_s):
                 # refused at once: the reranker has no room, it was not fast (read as a quick
-                # call, a refusal made the next windows the deepest)
+                # call, a refusal made the next windows the deepest); or cut by the caller's
+                # deadline before the budget: the time it would have taken is unknown
                 taken = max(taken, self.rerank_timeout_s)
             self.rerank_depth.observe(len(window), taken, ahead)
             log.warning("rerank skipped", extra={"reason": type(error).__name__})

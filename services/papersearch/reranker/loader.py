@@ -5,8 +5,9 @@ Until the model is there, ``get`` raises ModelNotFound (the search pipeline turn
 first-stage results, ``reranked=false``). The model repository is looked at again at most every
 ``models.reload_poll_s``: a newer version is loaded and replaces the one in use (every replica
 within that interval, so that replicas do not keep different rerankers), a newer one that does
-not load leaves the one in use, and is not tried again (a newer one is needed); a replica that
-starts meanwhile takes the newest version that loads. A missing or broken model is logged once.
+not load leaves the one in use and is tried again only every ``RETRY_FAILED_LOOKS`` looks; a
+replica that starts meanwhile takes the newest version that loads. A missing or broken model
+is logged once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from papersearch.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
+RETRY_FAILED_LOOKS = 30  # a version that did not load is tried again this many looks later
+
 
 class RerankerLoader:
     def __init__(
@@ -32,7 +35,7 @@ class RerankerLoader:
         self.reranker: Reranker | None = None
         self._missing: ModelNotFound | None = None
         self._next_look = float("-inf")
-        self._failed: set[int] = set()  # versions that did not load
+        self._failed: dict[int, float] = {}  # a version that did not load: when to try again
         self._lock = threading.Lock()  # one load at a time
 
     def get(self) -> Reranker:
@@ -54,10 +57,11 @@ class RerankerLoader:
         self._next_look = self.clock() + self.models.reload_poll_s
         found = versions(self.models.repository, self.models.reranker_name)
         in_use = self.reranker.manifest.version if self.reranker is not None else 0
-        # newest first, down to the one in use; a version that failed is not tried again (a
-        # load is up to ~1 s on the request path): a newer one is needed
+        # newest first, down to the one in use; a version that failed is tried again only
+        # every RETRY_FAILED_LOOKS looks (a load is up to ~1 s on the request path)
+        now = self.clock()
         tried: list[int | None] = [v for v in reversed(found)
-                                   if v > in_use and v not in self._failed]
+                                   if v > in_use and self._failed.get(v, now) <= now]
         if not found and self.reranker is None:
             tried = [None]  # the latest: model_dir's error says how one is made
         for version in tried:
@@ -65,7 +69,7 @@ class RerankerLoader:
                 loaded = Reranker.from_settings(self.models, version)
             except Exception as error:  # noqa: BLE001 (missing or unloadable)
                 if version is not None:
-                    self._failed.add(version)
+                    self._failed[version] = now + RETRY_FAILED_LOOKS * self.models.reload_poll_s
                 self._fail(version, error)
                 if self.reranker is not None:
                     return  # the one in use stays, as on the replicas that hold it

@@ -31,6 +31,9 @@ LOCAL_RAY_ENV = {
     "RAY_ENABLE_AUTO_CONNECT": "0",
 }
 CONTROL_LOOP_ENV = "RAY_SERVE_CONTROL_LOOP_INTERVAL_S"  # serve.control_loop_interval_s
+# a drain's wait past its notice and grace: the HTTP front's stop (up to 5 s), the gRPC
+# server's, and the index's close (the embedded shard flushed)
+DRAIN_CLOSE_S = 15.0
 
 
 def load_config(
@@ -143,8 +146,9 @@ def drain(settings: Settings) -> None:
     started = time.monotonic()
     handle = serve.get_deployment_handle("Gateway", settings.serve.app_name)
     try:
-        handle.drain.remote().result(
-            timeout_s=settings.serve.drain_notice_s + settings.serve.drain_grace_s + 5.0)
+        handle.drain.remote().result(  # then the HTTP front's stop and the index's close
+            timeout_s=settings.serve.drain_notice_s + settings.serve.drain_grace_s
+            + DRAIN_CLOSE_S)
     except Exception as error:  # noqa: BLE001 (shutting down regardless)
         log.warning("drain did not finish cleanly", extra={"reason": repr(error)[:300]})
     else:
