@@ -144,7 +144,8 @@ def test_the_rerank_stage_ends_within_the_callers_deadline(backend: LocalBackend
     """A caller with less time than the rerank budget (30 s here) gets the first stage when the
     reranker is slow: the stage ends before the caller's deadline, and its time is measured
     (a search cut by the deadline measured nothing, so the windows never shrank). With no time
-    left after the first stage, no rerank is sent."""
+    left after the first stage, or less than the window is predicted to take, no rerank is
+    sent."""
     calls: list[int] = []
 
     class Stuck(LocalBackend):
@@ -167,6 +168,9 @@ def test_the_rerank_stage_ends_within_the_callers_deadline(backend: LocalBackend
     depth = pipeline.rerank_depth
     assert depth.pair_s is not None and depth.pair_s * calls[0] >= 30.0
     result = asyncio.run(pipeline.search(SearchQuery("diffusion"), time.monotonic()))
+    assert not result.reranked and len(result.hits) == 10 and len(calls) == 1
+    # a window predicted past the time the caller has is not sent either
+    result = asyncio.run(within(5.0))
     assert not result.reranked and len(result.hits) == 10 and len(calls) == 1
 
 

@@ -95,7 +95,7 @@ class SearchPipeline:
         timings["retrieve"] = _ms_since(mark)
         reranked = None
         budget = self._rerank_budget(deadline)
-        if window and candidates and budget > 0:
+        if window and candidates and self._fits(window, budget):
             mark = time.perf_counter()
             reranked = await self._rerank(query, window, candidates, retrieved.mode, budget)
             timings["rerank"] = _ms_since(mark)
@@ -116,6 +116,15 @@ class SearchPipeline:
         if deadline is None:
             return self.rerank_timeout_s
         return min(self.rerank_timeout_s, deadline - time.monotonic() - ANSWER_MARGIN_S)
+
+    def _fits(self, window: int, budget_s: float) -> bool:
+        """Whether a rerank can end within ``budget_s``: some time left, and, where the caller's
+        deadline cut the budget, the window's predicted time within it (sent anyway, it would
+        be cut, and a cut there says nothing of the reranker's speed)."""
+        if budget_s <= 0:
+            return False
+        pair_s = self.rerank_depth.pair_s
+        return budget_s >= self.rerank_timeout_s or pair_s is None or window * pair_s <= budget_s
 
     async def _rerank(self, query: SearchQuery, chosen: int, candidates: Sequence[Hit],
                       mode: Mode, budget_s: float) -> list[SearchHit] | None:
