@@ -171,11 +171,11 @@ class Collections:
         self.switch(live, other, pointer)
 
     async def look_for_previous(self) -> None:
-        """A previous embedder found missing is looked for again (exported since): bound, the
-        migration's other collection is back (and mirrored again once it resumes). The
-        migration's steps call it, one at a time; requests do not."""
-        live, pointer = self._live, self.pointer
-        if self.previous_missing is None or live is None or pointer is None:
+        """The live view resolved, and a previous embedder found missing looked for again
+        (exported since): bound, the migration's other collection is back (and mirrored again
+        once it resumes). The migration's steps call it, one at a time; requests do not."""
+        live, pointer = await self.live(), self.pointer
+        if self.previous_missing is None or pointer is None:
             return
         previous = self._previous(pointer)
         if previous is not None:

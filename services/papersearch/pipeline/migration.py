@@ -246,8 +246,8 @@ class Migrator:
         async with self._exclusive("start"):
             await self._settle()
             started, since = time.monotonic(), now_ms()
-            source = await self.collections.live()
             await self.collections.look_for_previous()
+            source = await self.collections.live()
             if self.collections.other is not None or self.collections.previous_missing:
                 rollback = "" if self.collections.previous_missing else " (or --rollback)"
                 raise MigrationRefused(
@@ -384,7 +384,6 @@ class Migrator:
         UNAVAILABLE and is sent again by its client."""
         async with self._exclusive("finish"):
             await self._settle()
-            await self.collections.live()
             await self.collections.look_for_previous()
             if self.collections.previous_missing and self.collections.other is None:
                 return await self._finish_without_previous()
@@ -593,7 +592,6 @@ class Migrator:
                 await target.index.delete([p.id for p in gone])
 
     async def _swapped(self, action: str) -> tuple[Pointer, Bound, Bound]:
-        await self.collections.live()
         await self.collections.look_for_previous()  # exported again since: found here
         await self.resume()
         pointer, live, other = (self.collections.pointer, await self.collections.live(),
