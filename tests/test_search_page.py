@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
@@ -385,8 +386,10 @@ def test_page_history_late_answers_and_a_bad_key(browser: webdriver.Chrome,
     chrome.execute_script("return new Promise((done) => setTimeout(done, 2500));")
     assert chrome.find_element(By.ID, "status").text == status  # the late similar: not shown
     assert not chrome.find_element(By.ID, "error").is_displayed()
+    assert chrome.execute_script("return window.aborted") == 1  # the new search aborted it
 
-    chrome.execute_script("window.slow['/papersearch.v1.SearchService/Search'] = 1000;")
+    chrome.execute_script("window.aborted = 0;"
+                          "window.slow['/papersearch.v1.SearchService/Search'] = 1000;")
     query.send_keys(Keys.ENTER)
     query.send_keys(" again", Keys.ENTER)
     wait_for(chrome, lambda: chrome.execute_script("return window.aborted") == 1,
@@ -404,6 +407,7 @@ def test_page_history_late_answers_and_a_bad_key(browser: webdriver.Chrome,
     chrome.execute_script("sessionStorage.clear();")
 
 
+@needs_browser
 def test_page_after_back_during_a_search_and_an_answer_that_is_not_json(
     browser: webdriver.Chrome, scratch: tuple[Servers, LocalBackend],
 ) -> None:
@@ -557,3 +561,97 @@ def test_page_status_filters_blank_query_and_long_abstracts(
     chrome.get(f"http://127.0.0.1:{port}/?q=honeybee%0Aswarms")  # a box drops line breaks
     wait_for(chrome, lambda: result_ids(chrome), "the search of what the box kept")
     assert not chrome.find_element(By.ID, "error").is_displayed()
+
+
+# Recommendations, similar papers and searches that never answer unless aborted; the browser's
+# own time limit shortened to 0.3 s.
+HANGING_FETCH = """
+window.aborted = 0;
+const timeout = AbortSignal.timeout;
+AbortSignal.timeout = () => timeout.call(AbortSignal, 300);
+window.fetch = (path, options = {}) => new Promise((_, fail) => {
+  options.signal.addEventListener("abort", () => { window.aborted += 1;
+                                                   fail(options.signal.reason); });
+});
+"""
+
+
+@needs_browser
+def test_page_skip_link_focus_short_abstracts_and_answers_that_never_come(
+    browser: webdriver.Chrome, scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """"Skip to results" ran the search again and reset the form (following a link within the
+    page is a history move); an answer to "Similar papers" or "Recommend" that came while the
+    user typed a new query moved the focus to its heading, so keys were lost; an abstract under
+    240 characters could be cut to three lines in a narrow window with no toggle; recommendations
+    stayed on screen for examples since changed; a request whose answer never came left the
+    page waiting for good, and "Similar papers" of replaced results went on."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    chrome = browser
+    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee+swarms")
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "the search ran")
+    chrome.execute_script(SENT_BODIES)
+    query = chrome.find_element(By.ID, "query")
+    query.send_keys(" edited")
+    chrome.find_element(By.ID, "explain").click()
+    skip = chrome.find_element(By.CSS_SELECTOR, "a.skip")
+    chrome.execute_script("arguments[0].focus();", skip)
+    skip.send_keys(Keys.ENTER)
+    wait_for(chrome, lambda: chrome.current_url.endswith("#results-heading"), "skipped")
+    chrome.execute_script("return new Promise((done) => setTimeout(done, 500));")
+    assert chrome.execute_script("return window.sent") == []  # no search ran again
+    assert query.get_attribute("value") == "honeybee swarms edited"
+    assert chrome.find_element(By.ID, "explain").is_selected()
+
+    chrome.execute_script(SLOW_FETCH + "window.slow['/papersearch.v1.SearchService/"
+                          "SimilarPapers'] = 1000;")
+    chrome.find_element(By.CSS_SELECTOR, "#results > li:first-child .similar-button").click()
+    query.click()  # the user goes on typing while the answer is on its way
+    ActionChains(chrome).send_keys(" more").perform()
+    wait_for(chrome, lambda: chrome.find_elements(By.CSS_SELECTOR, SIMILAR), "similar papers")
+    ActionChains(chrome).send_keys(" words").perform()
+    assert chrome.switch_to.active_element == query
+    assert query.get_attribute("value") == "honeybee swarms edited more words"
+
+    chrome.find_element(
+        By.CSS_SELECTOR, '#results > li:first-child .example-button[data-kind="positive"]').click()
+    chrome.find_element(By.ID, "recommend-button").click()
+    wait_for(chrome, lambda: result_ids(chrome, "#recommendations > li"), "recommendations")
+    assert chrome.find_element(By.ID, "status").text.endswith("recommendations.")
+    chrome.find_element(
+        By.CSS_SELECTOR, '#results > li:nth-child(2) .example-button[data-kind="positive"]').click()
+    assert result_ids(chrome, "#recommendations > li") == []  # asked for other examples
+    assert chrome.find_element(By.ID, "status").text == ""
+
+    short = "Bees buzz before they swarm, and the buzz rises for days. " * 3  # < 240 chars
+    answer = {"hits": [{"paper": {"paper_id": "short", "title": "Short", "abstract": short},
+                        "score": 0.5, "stages": {}}]}
+    chrome.execute_script("window.fetch = async () => new Response(arguments[0], "
+                          "{status: 200});", json.dumps(answer))
+    chrome.set_window_size(400, 1000)
+    try:
+        query.clear()
+        query.send_keys("bees", Keys.ENTER)
+        toggle = wait_for(chrome, lambda: [t for t in chrome.find_elements(
+            By.CSS_SELECTOR, ".abstract-toggle") if t.is_displayed()], "the toggle, 400 px")[0]
+        hidden = "const p = document.getElementById('hit-1-abstract');" \
+                 "return p.scrollHeight - p.clientHeight;"
+        assert chrome.execute_script(hidden) > 0
+        toggle.send_keys(Keys.ENTER)
+        assert chrome.execute_script(hidden) == 0 and toggle.is_displayed()
+        toggle.send_keys(Keys.ENTER)
+    finally:
+        chrome.set_window_size(1100, 1000)
+    wait_for(chrome, lambda: not toggle.is_displayed(), "no toggle where nothing is cut")
+
+    chrome.execute_script(HANGING_FETCH)
+    chrome.find_element(By.CSS_SELECTOR, "#results > li:first-child .similar-button").click()
+    query.send_keys(Keys.ENTER)  # a new search aborts "Similar papers" of the old results
+    wait_for(chrome, lambda: chrome.execute_script("return window.aborted") == 1,
+             "the similar papers aborted")
+    error = chrome.find_element(By.ID, "error")
+    wait_for(chrome, error.is_displayed, "the search given up")
+    assert error.text == "DEADLINE_EXCEEDED: no answer within 35 s: try again"
+    assert chrome.find_element(By.ID, "search-form").get_attribute("aria-busy") is None

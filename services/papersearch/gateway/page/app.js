@@ -5,6 +5,9 @@
 const SEARCH = "/papersearch.v1.SearchService/Search";
 const SIMILAR = "/papersearch.v1.SearchService/SimilarPapers";
 const TIMEOUT_MS = 30000;
+// Past the server's own deadline by this much, the browser gives up on an answer (a proxy
+// that holds the connection open would otherwise leave "Searching…" on screen for good).
+const GIVE_UP_AFTER_MS = TIMEOUT_MS + 5000;
 const HEALTH_EVERY_MS = 15000;
 const KEY_STORAGE = "papersearch-api-key";
 const STAGES = [
@@ -29,14 +32,20 @@ let statusSection = null;
 // The filter of the results on screen: "Similar papers" and recommendations ask under it,
 // not under what the form holds since.
 let shownFilter = {};
-const ABSTRACT_SHOWN_CHARS = 240;  // past this an abstract is clamped, with a toggle
 // Values of the address the form could not take (a date written otherwise, an unknown mode):
 // said by the search that follows, not dropped without a word.
 let addressNotice = "";
 // A search superseded by a newer one is aborted: the server stops its work (rerank, feedback).
 let searchAbort = null;
-// Likewise a recommendation superseded by a newer one or by Clear.
+// Likewise a recommendation superseded by a newer one, by Clear or by other examples.
 let recommendAbort = null;
+// The status line's claim of the latest recommendation: other examples take its count back.
+let recommendClaim = 0;
+// "Similar papers" in flight: a new search or Back aborts them (their results are replaced).
+const similarAborts = new Set();
+// The address (its query part) the form and results were last set from: a change of the
+// hash alone (the "Skip to results" link) is no new search.
+let appliedSearch = null;
 // Examples for recommendations: paper id -> title, chosen with "More like this" / "Less like this".
 const examples = {positive: new Map(), negative: new Map()};
 
@@ -70,17 +79,29 @@ async function call(path, body, signal = undefined) {
                        "the API key has a character other than printable ASCII (keys are ASCII)");
   }
   if (key) headers["x-api-key"] = key;
+  const giveUp = AbortSignal.timeout(GIVE_UP_AFTER_MS);
+  const stop = signal ? AbortSignal.any([signal, giveUp]) : giveUp;
+  const failed = (error) => {
+    if (giveUp.aborted) {
+      return new ApiError("DEADLINE_EXCEEDED",
+                          `no answer within ${GIVE_UP_AFTER_MS / 1000} s: try again`);
+    }
+    if (error.name === "AbortError") return new ApiError("CANCELLED", "superseded");
+    return null;
+  };
   let response;
   try {
-    response = await fetch(path, {method: "POST", headers, body: JSON.stringify(body), signal});
+    response = await fetch(path, {method: "POST", headers, body: JSON.stringify(body),
+                                  signal: stop});
   } catch (error) {
-    if (error.name === "AbortError") throw new ApiError("CANCELLED", "superseded");
-    throw new ApiError("UNAVAILABLE", "the service could not be reached");
+    throw failed(error) || new ApiError("UNAVAILABLE", "the service could not be reached");
   }
   let answer = null;
   try {
     answer = await response.json();
   } catch (error) {
+    const stopped = failed(error);  // given up or superseded while the body came
+    if (stopped) throw stopped;
     answer = null;
   }
   if (!response.ok) {
@@ -230,13 +251,28 @@ function renderHit(hit, rank, level, prefix, expanded = false) {
   return element("li", {"data-paper-id": paper.paper_id}, article);
 }
 
-// The abstract, clamped to three lines when long, with a button that shows the rest.
+// Shows an abstract's toggle while the three-line clamp hides some of it (how much fits
+// depends on the window's width and zoom, so it is measured, on screen and on each resize)
+// or while it is open.
+const clamped = new ResizeObserver((entries) => {
+  for (const {target} of entries) {
+    if (!target.isConnected) {  // replaced by other results
+      clamped.unobserve(target);
+      continue;
+    }
+    const open = target.classList.contains("open");
+    target.nextElementSibling.hidden = !open && target.scrollHeight <= target.clientHeight;
+  }
+});
+
+// The abstract, clamped to three lines, with a button that shows the rest when it is cut.
 function renderAbstract(text, id) {
   const paragraph = element("p", {class: "abstract", id: `${id}-abstract`}, text);
-  if (text.length <= ABSTRACT_SHOWN_CHARS) return [paragraph];
   const toggle = element("button", {type: "button", class: "abstract-toggle secondary",
-                                    "aria-expanded": "false", "aria-controls": paragraph.id},
+                                    "aria-expanded": "false", "aria-controls": paragraph.id,
+                                    hidden: true},
                          "Whole abstract");
+  clamped.observe(paragraph);
   toggle.addEventListener("click", () => {
     const open = paragraph.classList.toggle("open");
     toggle.setAttribute("aria-expanded", String(open));
@@ -260,8 +296,26 @@ function exampleButton(paper, title, kind, label) {
       examples[other].delete(paper.paper_id);
     }
     renderExamples();
+    forgetRecommendations();
   });
   return button;
+}
+
+// Recommendations are for the examples they were asked with: other examples make them (and
+// one still on its way) out of date.
+function forgetRecommendations() {
+  ++recommendSerial;
+  if (recommendAbort) recommendAbort.abort();
+  recommendAbort = null;
+  $("recommendations").replaceChildren();
+  if (owns(recommendClaim)) $("status").textContent = "";
+}
+
+// Whether an answer may move the focus to what it shows: not while the user has gone on to
+// something else (typing a new query, say), only from the control that asked, or from nowhere.
+function focusIsFree(control) {
+  const active = document.activeElement;
+  return active === null || active === document.body || active === control;
 }
 
 function renderExamples() {
@@ -281,6 +335,7 @@ function renderExamples() {
 async function recommend() {
   const serial = ++recommendSerial;
   const claim = ++statusSerial;
+  recommendClaim = claim;
   statusSection = null;
   clearError();
   $("status").textContent = "Finding recommendations…";
@@ -297,7 +352,7 @@ async function recommend() {
       ...hits.map((hit, index) => renderHit(hit, index + 1, 4, `recommended-${serial}`)));
     if (!owns(claim)) return;
     $("status").textContent = `${hits.length} recommendation${hits.length === 1 ? "" : "s"}.`;
-    $("recommendations-heading").focus();
+    if (focusIsFree($("recommend-button"))) $("recommendations-heading").focus();
   } catch (error) {
     if (serial !== recommendSerial || !owns(claim)) return;
     $("status").textContent = "";
@@ -334,9 +389,11 @@ async function toggleSimilar(paper, button, section, level) {
   statusSection = section;
   clearError();
   $("status").textContent = `Finding papers similar to \u201c${paper.title || paper.paper_id}\u201d\u2026`;
+  const abort = new AbortController();
+  similarAborts.add(abort);
   try {
     const answer = await call(SIMILAR, {paper_id: paper.paper_id, top_k: Math.min(topK(), 5),
-                                        filter: shownFilter});
+                                        filter: shownFilter}, abort.signal);
     const hits = answer.hits || [];
     const headingId = `${section.id}-heading`;
     const heading = element(`h${Math.min(level, 6)}`, {id: headingId, tabindex: "-1"},
@@ -349,13 +406,14 @@ async function toggleSimilar(paper, button, section, level) {
     section.hidden = false;
     if (!owns(claim) || !section.isConnected) return;  // a newer action, or new results
     $("status").textContent = `${hits.length} similar paper${hits.length === 1 ? "" : "s"}.`;
-    heading.focus();
+    if (focusIsFree(button)) heading.focus();
   } catch (error) {
     button.setAttribute("aria-expanded", "false");
     if (!owns(claim) || !section.isConnected) return;
     $("status").textContent = "";
     showError(error);
   } finally {
+    similarAborts.delete(abort);
     const refocus = document.activeElement === document.body;  // disabling dropped it there
     button.disabled = false;
     if (refocus && button.isConnected) button.focus();
@@ -379,6 +437,7 @@ async function search(event) {
   statusSection = null;
   if (searchAbort) searchAbort.abort();
   searchAbort = new AbortController();
+  abortSimilar();
   remember();
   clearError();
   if (addressNotice) showError(new ApiError("INVALID_ARGUMENT", addressNotice));
@@ -445,9 +504,17 @@ function address() {
 function remember() {
   const next = address();
   if (next !== `${location.pathname}${location.search}`) history.pushState(null, "", next);
+  appliedSearch = location.search;
+}
+
+// "Similar papers" of results about to be replaced: the server stops their work.
+function abortSimilar() {
+  for (const abort of similarAborts) abort.abort();
+  similarAborts.clear();
 }
 
 function restore() {
+  appliedSearch = location.search;
   const params = new URLSearchParams(location.search);
   const ignored = [];
   for (const [name, id] of FIELDS) {
@@ -475,8 +542,10 @@ function restore() {
   return params.has("q");
 }
 
-// Back / Forward: the search that address holds, or the empty page.
+// Back / Forward: the search that address holds, or the empty page. A move within the page
+// (the "Skip to results" link, Back from it) keeps the form and the results as they are.
 function navigated() {
+  if (location.search === appliedSearch) return;
   if (restore()) {
     search();
     return;
@@ -487,6 +556,7 @@ function navigated() {
   shownFilter = {};
   if (searchAbort) searchAbort.abort();
   searchAbort = null;
+  abortSimilar();
   $("search-form").removeAttribute("aria-busy");
   $("results").replaceChildren();
   $("status").textContent = "";
@@ -530,6 +600,7 @@ function start() {
     // the address as this page writes it, in place of the one it came with (a plain GET of
     // the form, say): the same search, one history entry
     history.replaceState(null, "", address());
+    appliedSearch = location.search;
     search();
   } else {
     $("query").focus();
