@@ -131,9 +131,11 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
     assert call(http + SEARCH, method="GET")[0] == 405
     too_big = call(http + SEARCH, {"query": "x" * (5 * 1024 * 1024)})
     assert too_big[0] == 413 and too_big[1]["error"]["status"] == "RESOURCE_EXHAUSTED"
-    for timeout in ("soon", "\u00b2", "0", "10000000000000"):  # "²" passes str.isdigit()
+    longest = openapi.MAX_TIMEOUT_MS  # the OpenAPI document's maximum: accepted, not past it
+    for timeout in ("soon", "\u00b2", "0", "10000000000000", str(longest + 1)):  # "²": isdigit
         answer = call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": timeout})
         assert answer[0] == 400 and "x-timeout-ms" in answer[1]["error"]["message"], timeout
+    assert call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": str(longest)})[0] == 200
     huge = call(http + SEARCH, b'{"query": "x", "top_k": ' + b"9" * 5000 + b"}")
     assert huge[0] == 400 and "not valid JSON" in huge[1]["error"]["message"]  # was a 500
     deep = call(http + SEARCH, b"[" * 100_000 + b"]" * 100_000)
@@ -595,6 +597,10 @@ def test_openapi_document_is_valid_and_covers_the_proto() -> None:
     assert errors["400"]["description"] == "FAILED_PRECONDITION, INVALID_ARGUMENT, OUT_OF_RANGE"
     assert errors["500"]["description"] == "DATA_LOSS, INTERNAL, UNKNOWN"
     assert {"405", "408", "413", "415"} <= set(errors)  # the HTTP front's own
+    timeout = document["components"]["parameters"]["timeout"]
+    assert timeout["schema"]["maximum"] == openapi.MAX_TIMEOUT_MS
+    assert "IndexService call serve.index_call_timeout_s, WatchSearch none" in (
+        timeout["description"])
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ PROTO = Path(pb.__file__).with_name("papersearch.proto")
 NDJSON = "application/x-ndjson"
 API_KEY_HEADER = "x-api-key"
 TIMEOUT_HEADER = "x-timeout-ms"
+MAX_TIMEOUT_MS = 999_999_999  # nine digits: 11.6 days, far past any cap the gateway sets
 # gRPC status -> HTTP status (google.rpc.Code's documented HTTP mapping).
 HTTP_STATUS = {
     "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
@@ -112,9 +113,12 @@ def document() -> dict[str, Any]:
                                            "name": API_KEY_HEADER}},
             "parameters": {"timeout": {
                 "name": TIMEOUT_HEADER, "in": "header", "required": False,
-                "description": "The call's deadline in milliseconds (the server caps it at "
-                               "serve.max_deadline_s; default serve.default_deadline_s).",
-                "schema": {"type": "integer", "minimum": 1}}},
+                "description": "The call's deadline in milliseconds. Without it: a search "
+                               "gets serve.default_deadline_s, an IndexService call "
+                               "serve.index_call_timeout_s, WatchSearch none. Searches are "
+                               "capped at serve.max_deadline_s and IndexService calls at "
+                               "serve.index_call_timeout_s; WatchSearch is not capped.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS}}},
         },
         "security": [{}, {"apiKey": []}],
     }

@@ -349,10 +349,12 @@ def _call_options(request: web.Request, deadline_s: float | None) -> dict[str, A
     options: dict[str, Any] = {"metadata": tuple((openapi.API_KEY_HEADER, key) for key in keys),
                                "timeout": deadline_s}
     timeout = request.headers.get(openapi.TIMEOUT_HEADER)
-    if timeout is not None:  # up to 9 digits (11 days; the gateway caps it lower)
-        if not re.fullmatch(r"[0-9]{1,9}", timeout) or int(timeout) == 0:
+    if timeout is not None:
+        digits = re.fullmatch(r"[0-9]{1,16}", timeout)
+        if not digits or not 0 < int(timeout) <= openapi.MAX_TIMEOUT_MS:
             raise HttpError("INVALID_ARGUMENT", f"{openapi.TIMEOUT_HEADER}: expected a whole "
-                            f"number of milliseconds from 1 to 999999999, got {timeout[:64]!r}")
+                            f"number of milliseconds from 1 to {openapi.MAX_TIMEOUT_MS}, got "
+                            f"{timeout[:64]!r}")
         options["timeout"] = int(timeout) / 1000.0
     return options
 
