@@ -63,6 +63,42 @@ def test_two_writers_of_one_target_never_share_a_staging_directory(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["3"]
 
 
+def test_a_replace_cut_short_leaves_the_old_tree_or_the_new_one_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replacing removed the old tree in place, then renamed the new one in: a Ctrl-C or a
+    kill during that removal left the target half deleted with its "done" marker (a trained
+    checkpoint's training.json) still there, and the new build was dropped. Now the old tree
+    is renamed aside first and removed after; what a death left aside goes at the next
+    ``remove_stale``."""
+    import shutil
+
+    from papersearch import durable
+    from tests.module_stand_in import ModuleStandIn
+
+    target = tmp_path / "model"
+    with staged(target) as first:
+        for name in ("a.bin", "b.bin", "training.json"):
+            (first / name).write_text("old")
+
+    def cut_short(path: Path, ignore_errors: bool = False) -> None:
+        if Path(path).name.endswith(".partial"):  # the staging directory of a failed block
+            shutil.rmtree(path, ignore_errors=ignore_errors)
+            return
+        (Path(path) / "a.bin").unlink()  # one file gone, then the interrupt
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(durable, "shutil", ModuleStandIn(shutil, rmtree=cut_short))
+    with pytest.raises(KeyboardInterrupt), staged(target, replace=True) as second:
+        for name in ("a.bin", "b.bin", "training.json"):
+            (second / name).write_text("new")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {
+        "a.bin": "new", "b.bin": "new", "training.json": "new"}
+    monkeypatch.undo()
+    durable.remove_stale(tmp_path, "model")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
 def test_a_second_holder_of_the_lock_waits_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -14,6 +14,7 @@ import glob
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -77,8 +78,11 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
     The staging directory's name is this call's own (two writers never share one) and hidden
     (a leading dot: no version number, no bundle name). Its tree is fsynced before the rename
     and the parent after it; an error in the block removes it and leaves ``target`` as it was.
-    ``replace`` swaps out an existing ``target`` (the old one is removed just before the
-    rename); otherwise an existing non-empty ``target`` fails the rename (FileExistsError).
+    ``replace`` swaps out an existing ``target``: the old one is renamed aside (hidden, as
+    ``.<name>.<random>.old``) just before the rename and removed after it, so ``target`` is
+    the old tree or the new one whole, also when the process dies meanwhile (``remove_stale``
+    removes what such a death left aside). Otherwise an existing non-empty ``target`` fails the
+    rename (FileExistsError).
     ``target`` gets a directory's usual mode, 0755 (mkdtemp's 0700 kept every other user out:
     the container image runs as UID 10001 and copied the folders as root's).
     """
@@ -89,11 +93,12 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
         staging.chmod(0o755)
         yield staging
         sync_tree(staging)
-        if replace:
-            shutil.rmtree(target, ignore_errors=True)
+        aside = _set_aside(target) if replace else None
         try:
             staging.rename(target)
         except OSError as error:
+            if aside is not None:  # the old tree back in its place
+                aside.rename(target)
             if target.is_dir():
                 raise FileExistsError(f"{target} was made meanwhile") from error
             raise
@@ -101,16 +106,31 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _set_aside(target: Path) -> Path | None:
+    """Rename ``target`` (if there is one) to a hidden name of its own beside it."""
+    aside = target.parent / f".{target.name}.{secrets.token_hex(6)}.old"
+    try:
+        target.rename(aside)
+    except FileNotFoundError:
+        return None
+    return aside
 
 
 def remove_stale(folder: Path, target: str | None = None) -> None:
     """Remove the staging directories ``staged`` left in ``folder`` when their writer died (a
-    SIGKILL mid-build): all of them, or ``target``'s only. Only under the lock that all of
-    their writers take: a live writer's staging directory looks the same."""
-    for staging in folder.glob(f".{glob.escape(target)}.*.partial" if target else ".*.partial"):
-        if staging.is_dir():
-            log.info("removing an unfinished build", extra={"path": str(staging)})
-            shutil.rmtree(staging, ignore_errors=True)
+    SIGKILL mid-build), and the replaced trees set aside and not yet removed: all of them, or
+    ``target``'s only. Only under the lock that all of their writers take: a live writer's
+    staging directory looks the same."""
+    prefix = f".{glob.escape(target)}.*" if target else ".*"
+    for suffix, what in ((".partial", "an unfinished build"), (".old", "a replaced build")):
+        for left in folder.glob(prefix + suffix):
+            if left.is_dir():
+                log.info(f"removing {what}", extra={"path": str(left)})
+                shutil.rmtree(left, ignore_errors=True)
 
 
 @contextmanager
