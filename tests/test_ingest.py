@@ -30,6 +30,7 @@ import pytest
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.edge import MANIFEST, EdgeStore
+from papersearch.index.errors import StoreError
 from papersearch.index.schema import EmbedderIdentity
 from papersearch.models.manifest import ProviderUnavailable, read_manifest
 from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER, RuntimeOptions
@@ -365,6 +366,34 @@ def test_malformed_records_are_skipped_with_their_line(
     # into no index: none is left behind (`search` answered "0 hits", not "no index at")
     fresh = tmp_path / "fresh"
     assert run_cli(cli_env(model_settings, fresh), "ingest", broken, "--quiet").returncode == 2
+    done = run_cli(cli_env(model_settings, fresh), "search", "anything")
+    assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, StoreError], ids=["ctrl-c", "write-failed"])
+def test_a_first_ingest_cut_short_before_any_write_leaves_no_index(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    stop: type[BaseException],
+) -> None:
+    """A first ingest stopped before its first write (Ctrl-C, a failed write) left the index
+    it had created empty; `search` then answered "0 hits" instead of "no index at"."""
+    from papersearch import cli, interrupts
+    from papersearch.ingest.pipeline import Ingester
+
+    fresh = tmp_path / "fresh"
+    for name, value in cli_env(model_settings, fresh).items():
+        if name.startswith("PAPERSEARCH_"):
+            monkeypatch.setenv(name, value)
+
+    def cut_short(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        raise stop("the write failed")
+
+    monkeypatch.setattr(Ingester, "ingest", cut_short)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(3))
+    status = cli.main(["ingest", str(corpus), "--quiet"])
+    assert status == (interrupts.EXIT_STATUS if stop is KeyboardInterrupt else 2)
+    assert "0 papers written by this run" in capsys.readouterr().err
     done = run_cli(cli_env(model_settings, fresh), "search", "anything")
     assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
 

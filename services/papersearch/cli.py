@@ -33,6 +33,7 @@ from papersearch.settings import Settings, load_settings, unread_variables
 if TYPE_CHECKING:
     from papersearch.client import SearchClient
     from papersearch.index.query import Explanation, SearchFilter
+    from papersearch.index.store import Store
     from papersearch.pipeline.query import SearchResult
 
 T = TypeVar("T")
@@ -212,17 +213,22 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     with contextlib.nullcontext() if args.ray is None else ray_cluster(args.ray or None):
         encoder, store = open_live(settings, create=True)
         live = LiveCheck(settings, store)  # a migration's swap meanwhile stops the run
-        with store, contextlib.closing(live):
-            ingester: Ingests
-            if args.ray is None:
-                ingester = Ingester(store, encoder, settings.models.batch_size, live)
-            else:
-                ingester = RayIngester(store, encoder, settings, live)
-            summary = ingest_paths(paths, store, ingester, update=args.update,
-                                   progress=not args.quiet)
-            made_for_nothing = summary.read == 0 and store.created and store.count() == 0
-        if made_for_nothing:  # `search` then says there is no index, not "0 hits"
-            drop_collection(settings.index, store.settings.collection)
+        made_for_nothing = False
+        try:
+            with store, contextlib.closing(live):
+                ingester: Ingests
+                if args.ray is None:
+                    ingester = Ingester(store, encoder, settings.models.batch_size, live)
+                else:
+                    ingester = RayIngester(store, encoder, settings, live)
+                try:
+                    summary = ingest_paths(paths, store, ingester, update=args.update,
+                                           progress=not args.quiet)
+                finally:  # also when cut short (Ctrl-C, a failed write) before any write
+                    made_for_nothing = store.created and _holds_nothing(store)
+        finally:
+            if made_for_nothing:  # `search` then says there is no index, not "0 hits"
+                drop_collection(settings.index, store.settings.collection)
     print(json.dumps(summary.to_dict(), indent=2))
     if summary.read == 0:  # `ingest && search` went on with nothing indexed
         first = summary.skipped_records[:1]
@@ -231,6 +237,14 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                  f"{first[0].reason})" if first else ": the corpus is empty"), file=sys.stderr)
         return 2
     return 0
+
+
+def _holds_nothing(store: Store) -> bool:
+    """Whether ``store`` is empty; False when that cannot be told (the server went away)."""
+    try:
+        return store.count() == 0
+    except Exception:  # noqa: BLE001 (the run's own error is the one to report)
+        return False
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
