@@ -313,16 +313,27 @@ def test_jsonl_ids_are_the_ids_the_api_takes(tmp_path: Path) -> None:
     assert reasons[2] == "invalid JSON: nested too deeply"
 
 
-def test_a_paper_in_two_corpora_of_one_run_is_a_duplicate(tmp_path: Path) -> None:
+def test_a_paper_in_two_corpora_of_one_run_is_a_duplicate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
     """Each corpus had its own ids: the repeat was 'already present' (or, with --update, the
-    later copy replaced the first), where within one corpus the first copy is kept."""
-    first = write(tmp_path, "a.jsonl", json.dumps({"id": "A", "title": "First"}) + "\n")
+    later copy replaced the first), where within one corpus the first copy is kept. Another
+    paper under an id read before (two BEIR sets both number theirs from 1) was dropped with
+    no more than a DEBUG line: it is counted as a conflict and said in a warning."""
+    first = write(tmp_path, "a.jsonl", json.dumps({"id": "A", "title": "First"}) + "\n"
+                  + json.dumps({"id": "C", "title": "Same"}) + "\n"
+                  + json.dumps({"id": "C", "title": "Same"}) + "\n")
     second = write(tmp_path, "b.jsonl", json.dumps({"id": "A", "title": "Second"}) + "\n"
-                   + json.dumps({"id": "B", "title": "Other"}) + "\n")
+                   + json.dumps({"id": "B", "title": "Other"}) + "\n"
+                   + json.dumps({"id": "C", "title": "Same"}) + "\n")
     reader = read_corpus(first)
-    assert [p.title for p in reader] == ["First"]
+    assert [p.title for p in reader] == ["First", "Same"]
+    assert reader.stats == ReadStats(2, 0, 1, 0) and "conflict" not in caplog.text
     then = read_corpus(second, earlier=reader.ids)
-    assert [p.id for p in then] == ["B"] and then.stats == ReadStats(1, 0, 1)
+    assert [p.id for p in then] == ["B"] and then.stats == ReadStats(1, 0, 2, 1)
+    warning, = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "with another title or abstract: dropped" in warning.getMessage()
+    assert warning.paper_ids == ["A"] and warning.conflicts == 1  # type: ignore[attr-defined]
 
 
 # BEIR
@@ -405,9 +416,10 @@ def test_read_corpus_counts_duplicates_and_logs_skips(
     with caplog.at_level(logging.WARNING, logger="papersearch.corpus.readers"):
         found = list(corpus)
     assert [p.title for p in found] == ["Alpha: A Model"]
-    assert corpus.stats == ReadStats(read=1, skipped=2, duplicates=1)
+    assert corpus.stats == ReadStats(read=1, skipped=2, duplicates=1, conflicts=1)
     assert [s.source for s in corpus.skipped] == [f"{path}:3", f"{path}:4"]
-    assert [r.__dict__["source"] for r in caplog.records] == [f"{path}:3", f"{path}:4"]
+    skips = [r for r in caplog.records if "source" in r.__dict__]
+    assert [r.__dict__["source"] for r in skips] == [f"{path}:3", f"{path}:4"]
     assert list(corpus) == found and corpus.stats.duplicates == 1  # a second pass recounts
 
 

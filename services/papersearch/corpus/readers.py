@@ -3,7 +3,7 @@
     corpus = read_corpus(Path("../shared/corpus/daily-papers"))
     for paper in corpus:
         ...
-    corpus.stats     # ReadStats(read=..., skipped=..., duplicates=...)
+    corpus.stats     # ReadStats(read=..., skipped=..., duplicates=..., conflicts=...)
     corpus.skipped   # [Skipped(source="file:line", reason=...), ...]
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -53,14 +52,22 @@ _READERS: dict[CorpusFormat, Callable[[Path], Iterator[ReadResult]]] = {
 
 @dataclass(frozen=True, slots=True)
 class ReadStats:
-    """Outcome of one pass: papers yielded, records skipped, repeated papers dropped."""
+    """Outcome of one pass: papers yielded, records skipped, repeated papers dropped, and of
+    those, the conflicts: another paper (another title or abstract) under an id read before."""
 
     read: int = 0
     skipped: int = 0
     duplicates: int = 0
+    conflicts: int = 0
 
 
 MAX_SKIPPED_KEPT = 100  # records kept for the summary; every one is logged and counted
+CONFLICTS_NAMED = 5  # ids a conflict warning names; all are counted
+
+
+def content_key(paper: Paper) -> int:
+    """What tells two papers under one id apart (within one process: ``hash`` is salted)."""
+    return hash((paper.title, paper.abstract))
 
 
 class CorpusReader:
@@ -71,35 +78,49 @@ class CorpusReader:
     """
 
     def __init__(self, path: Path, corpus_format: CorpusFormat,
-                 earlier: AbstractSet[str] = frozenset()) -> None:
+                 earlier: Mapping[str, int] | None = None) -> None:
         self.path = path
         self.format = corpus_format
-        self.earlier = earlier  # ids read before, from other corpora of the same run
+        # ids read before, from other corpora of the same run, with their content_key
+        self.earlier: Mapping[str, int] = earlier or {}
         self.skipped: list[Skipped] = []
         self.skips = 0
         self.duplicates = 0
-        self._seen: set[str] = set()
+        self.conflicted: list[str] = []  # the first CONFLICTS_NAMED conflicts' ids
+        self.conflicts = 0
+        self._seen: dict[str, int] = {}
 
     @property
-    def ids(self) -> AbstractSet[str]:
-        """The ids this reader yielded (complete once it ends)."""
+    def ids(self) -> Mapping[str, int]:
+        """The ids this reader yielded, with their content_key (complete once it ends)."""
         return self._seen
 
     @property
     def stats(self) -> ReadStats:
-        return ReadStats(len(self._seen), self.skips, self.duplicates)
+        return ReadStats(len(self._seen), self.skips, self.duplicates, self.conflicts)
 
     def __iter__(self) -> Iterator[Paper]:
-        self.skipped, self.skips, self.duplicates, self._seen = [], 0, 0, set()
+        self.skipped, self.skips, self.duplicates, self._seen = [], 0, 0, {}
+        self.conflicted, self.conflicts = [], 0
         for result in _READERS[self.format](self.path):
             if isinstance(result, Skipped):
                 self._skip(result)
-            elif isinstance(result, Duplicate) or result.id in self._seen \
-                    or result.id in self.earlier:
-                self._duplicate(result)
+            elif isinstance(result, Duplicate):
+                self._duplicate(result.paper_id)
+            elif (first := self._seen.get(result.id, self.earlier.get(result.id))) is not None:
+                self._duplicate(result.id)
+                if first != content_key(result):
+                    self._conflict(result.id)
             else:
-                self._seen.add(result.id)
+                self._seen[result.id] = content_key(result)
                 yield result
+        if self.conflicts:
+            logger.warning(
+                "papers under an id read before, with another title or abstract: dropped (the "
+                "first paper under an id is kept; ids are one namespace across the corpora of "
+                "one ingest: give such papers ids of their own)",
+                extra={"path": str(self.path), "conflicts": self.conflicts,
+                       "paper_ids": self.conflicted})
         logger.info(
             "corpus read",
             extra={"path": str(self.path), "corpus_format": str(self.format)}
@@ -114,14 +135,18 @@ class CorpusReader:
             "skipped corpus record", extra={"source": skipped.source, "reason": skipped.reason}
         )
 
-    def _duplicate(self, result: Paper | Duplicate) -> None:
+    def _duplicate(self, paper_id: str) -> None:
         self.duplicates += 1
-        paper_id = result.paper_id if isinstance(result, Duplicate) else result.id
         logger.debug("duplicate paper", extra={"paper_id": paper_id, "path": str(self.path)})
+
+    def _conflict(self, paper_id: str) -> None:
+        self.conflicts += 1
+        if len(self.conflicted) < CONFLICTS_NAMED:
+            self.conflicted.append(paper_id)
 
 
 def read_corpus(path: Path, corpus_format: CorpusFormat | None = None,
-                earlier: AbstractSet[str] = frozenset()) -> CorpusReader:
+                earlier: Mapping[str, int] | None = None) -> CorpusReader:
     """Open a corpus for reading; its format is detected from the path unless given. A paper
     whose id is in ``earlier`` (read from another corpus before) is a duplicate: the first
     copy is kept, across corpora as within one."""

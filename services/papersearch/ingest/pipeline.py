@@ -35,6 +35,7 @@ class IngestSummary:
     read: int = 0
     skipped: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # of the duplicates, other papers under an id read before: dropped
     already_present: int = 0
     upserted: int = 0
     # of the upserted, papers stored before with other content; None with --update, which
@@ -159,7 +160,7 @@ def _ingest_each(
     paths: Sequence[Path], ingester: Ingests, summary: IngestSummary, *, update: bool,
     progress: bool,
 ) -> None:
-    earlier: set[str] = set()  # a paper in two of the corpora is one paper: its first copy
+    earlier: dict[str, int] = {}  # a paper in two of the corpora is one paper: its first copy
     for path in paths:
         reader = read_corpus(path, earlier=earlier)
         written, present = ingester.ingest(reader, update=update, progress=progress)
@@ -168,13 +169,15 @@ def _ingest_each(
         summary.read += stats.read
         summary.skipped += stats.skipped
         summary.duplicates += stats.duplicates
+        summary.conflicts += stats.conflicts
         room = MAX_SKIPPED_KEPT - len(summary.skipped_records)  # the first of the run's
         summary.skipped_records.extend(reader.skipped[:max(0, room)])
         summary.upserted += written
         summary.already_present += present
         summary.changed = None if update else ingester.changed
         log.info("ingested", extra={"path": str(path), "upserted": written, "present": present,
-                                    "skipped": stats.skipped, "duplicates": stats.duplicates})
+                                    "skipped": stats.skipped, "duplicates": stats.duplicates,
+                                    "conflicts": stats.conflicts})
 
 
 def _batches(papers: Iterable[Paper], size: int) -> Iterator[list[Paper]]:
