@@ -23,6 +23,10 @@ LOCK_VENV := build/lock-venv
 # $(call check_lock,python,lock): fail if that venv holds a package or version the lock lacks.
 check_lock = if $(1) -m pip freeze --all --exclude-editable | grep -vxFf $(2); then \
 	echo "^ not in $(2): a dependency changed; run make lock"; exit 1; fi
+# $(call prune_venv,python,lock): uninstall what that venv holds and the lock lacks (a package a
+# new lock dropped, another version), pip aside; the install that follows adds the lock's own.
+prune_venv = $(1) -m pip freeze --all --exclude-editable | grep -vxFf $(2) | grep -v '^pip==' \
+	| sed 's/[ =].*//' | xargs -r $(1) -m pip uninstall --quiet -y
 # $(call write_lock,python,lock): the lock is a header and that venv's pip freeze.
 write_lock = { echo "\# Written by make lock on $$(date -u +%F), Python $$($(1) -c 'import platform; \
 	print(platform.python_version(), platform.machine())'): pip freeze of a fresh venv after an"; \
@@ -37,6 +41,7 @@ MODELS ?= build
 # of the editable install (setuptools, grpcio-tools: pip >= 26.2 applies no -c there).
 $(STAMP): pyproject.toml Makefile setup.py $(LOCK) $(PROTOS) $(PROTO_GEN)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(call prune_venv,$(PY),$(LOCK))
 	$(PY) -m pip install --quiet -c $(LOCK) pip setuptools
 	$(PY) -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK) -e '.[export,dev,loadtest,distributed]'
 	@$(call check_lock,$(PY),$(LOCK))
@@ -64,6 +69,7 @@ test: install checkov kubectl chromium
 
 $(CHECKOV_STAMP): Makefile $(CHECKOV_LOCK)
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(call prune_venv,$(CHECKOV_VENV)/bin/python,$(CHECKOV_LOCK))
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -c $(CHECKOV_LOCK) pip setuptools
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -c $(CHECKOV_LOCK) \
 		--build-constraint $(CHECKOV_LOCK) checkov==$(CHECKOV_VERSION)

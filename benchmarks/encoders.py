@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -220,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts = {b: args.texts or DEFAULT_TEXTS.get(b, DEFAULT_TEXTS_OTHERWISE)
              for b in args.batch_sizes}
     papers = load_papers(settings.corpus_dir, max(texts.values()))
+    models = {kind: bench_model(kind, settings, papers, texts, threads) for kind in KINDS}
     report = {
         "threads": threads,
         "order": ORDER,
@@ -228,9 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "onnxruntime": ort.__version__, "transformers": transformers.__version__},
         "corpus": str(settings.corpus_dir),
-        "models": {kind: bench_model(kind, settings, papers, texts, threads) for kind in KINDS},
+        "models": models,
     }
     print(json.dumps(report, indent=2))
+    if all("skipped" in model for model in models.values()):  # nothing measured
+        print("encoders.py: error: no model to measure: `papersearch models export` makes the "
+              "embedder, `papersearch models train-reranker` the reranker", file=sys.stderr)
+        return 2
     return 0
 
 
