@@ -159,6 +159,22 @@ def test_daily_titles_with_abbreviations_or_a_lowercase_start(tmp_path: Path) ->
     assert not skipped(results)
 
 
+@pytest.mark.parametrize(("line", "title"), [
+    ("Subscribepix2pix-zero: Zero-shot Editing", "pix2pix-zero: Zero-shot Editing"),
+    ("Subscribes1: Simple Test-time Scaling", "s1: Simple Test-time Scaling"),
+    ("Subscribek-means for Streams", "k-means for Streams"),
+    ("Subscribed Users Matter", "Subscribed Users Matter"),
+    ("Subscriber Churn Models", "Subscriber Churn Models"),
+])
+def test_daily_subscribe_glued_to_a_lowercase_title(tmp_path: Path, line: str, title: str,
+                                                    ) -> None:
+    """ "Subscribe" glued to a first title in lowercase with no capital after it stayed in the
+    title: a wrong title, and an id other than the same paper's on another page."""
+    write(tmp_path, "000.txt", f"Get trending papers in your email inbox!\n{line}\n"
+          f"{ABSTRACT_A}\n")
+    assert [p.title for p in papers(list(read_daily_papers(tmp_path)))] == [title]
+
+
 def test_daily_a_short_one_sentence_abstract_is_an_abstract(tmp_path: Path) -> None:
     """A line short enough for a title that ends a sentence, after a title, is its abstract;
     a title after a title is still one (the first had none)."""

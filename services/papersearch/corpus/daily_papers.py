@@ -55,9 +55,9 @@ _METADATA = re.compile(
     re.IGNORECASE,
 )
 SUBMITTED_BY = "submitted by"
-# "Subscribe" glued to the first title, as in "SubscribeHierarchical multi-class ..." or
-# "SubscribevLLM: ..." (not "Subscribers ...").
-_GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?=[A-Z0-9]|[a-z]+[A-Z])")
+# "Subscribe" glued to the first title, as in "SubscribeHierarchical multi-class ...",
+# "SubscribevLLM: ..." or "Subscribes1: ..." (not "Subscribers ...", "Subscribed ...").
+_GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?!(?:rs?|d|s)\b)(?=\S)")
 # A full stop after a lowercase word, then a capital: prose, not a title ("U.S. Census" is not,
 # nor "RL vs. SFT" or "et al." and the like).
 _SENTENCE_BREAK = re.compile(r"[a-z0-9)]{2}(?<!\bvs)(?<!\bal)(?<!\bcf)(?<!\betc)\.\s+[A-Z(]")
