@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import textwrap
 from datetime import date
 from pathlib import Path
 
@@ -199,6 +200,23 @@ def test_ids_ignore_case_accents_and_punctuation_but_not_letters() -> None:
     assert paper_id("\u03b1-Flow: Generative Models") != paper_id("\u03b2-Flow: Generative Models")
     assert paper_id("GPT-4 \u6280\u672f\u62a5\u544a") != paper_id("GPT-4 \u8bc4\u6d4b\u57fa\u51c6")
     assert paper_id("Alpha: A Model") == "dp-b14a31910a4288b2"
+
+
+def test_a_page_with_its_lines_wrapped_is_refused_whole(tmp_path: Path) -> None:
+    """A sample page saved with its lines wrapped at 100 columns (`fold -s -w 100`) gave 410
+    "papers" made of fragments of abstracts, e.g. the title "responsible for conversion of RAW
+    sensor image data to RGB images with", and the run went on as a success."""
+    page = sorted((SHARED / "corpus" / "daily-papers").glob("*.txt"))[-1]
+    wrapped = "\n".join(textwrap.fill(line, 100, break_long_words=False) if line else line
+                        for line in page.read_text(encoding="utf-8").split("\n"))
+    write(tmp_path, "000.txt", wrapped)
+    write(tmp_path, "001.txt", f"Aug 6, 2025\nAlpha: A Model\n{ABSTRACT_A}\n")
+    results = list(read_daily_papers(tmp_path))
+    assert [p.title for p in papers(results)] == ["Alpha: A Model"]  # the other page is read
+    refused, = skipped(results)
+    assert refused.source == str(tmp_path / "000.txt")
+    assert refused.reason.startswith("not laid out as a Daily Papers page: ")
+    assert "(its lines wrapped?)" in refused.reason
 
 
 def test_real_daily_papers_corpus() -> None:

@@ -62,6 +62,13 @@ _GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?!(?:rs?|d|s)\b)(?=\S)")
 # nor "RL vs. SFT" or "et al." and the like).
 _SENTENCE_BREAK = re.compile(r"[a-z0-9)]{2}(?<!\bvs)(?<!\bal)(?<!\bcf)(?<!\betc)\.\s+[A-Z(]")
 _MAX_TITLE_CHARS = 250
+_TITLE_ALONE = "title without an abstract"
+_ABSTRACT_ALONE = "abstract without a title"
+_UNPAIRED = (_TITLE_ALONE, _ABSTRACT_ALONE)
+# A page where at least this many listings, and this share of them, are a title or an
+# abstract alone is not read (the sample's pages have none; a wrapped copy of one, over half)
+_UNPAIRED_AT_LEAST = 5
+_UNPAIRED_SHARE = 0.25
 _MIN_SENTENCE_WORDS = 6
 
 
@@ -88,7 +95,7 @@ def paper_id(title: str) -> str:
 def read_daily_papers(path: Path) -> Iterator[ReadResult]:
     """Read a directory of ``*.txt`` pages (in name order) or a single page."""
     pages = files_ending(path, ".txt") if path.is_dir() else [path]
-    items = [item for page in pages for item in parse_page(page)]
+    items = [item for page in pages for item in _laid_out(page, list(parse_page(page)))]
     # Each listing is held to the API's limits first: a glitched copy (lines run together into
     # one giant abstract) is skipped where it stands and never chosen over a good copy (it was,
     # as the longest, and the paper was lost with its good copies counted as duplicates).
@@ -112,6 +119,19 @@ def read_daily_papers(path: Path) -> Iterator[ReadResult]:
             yield best[paper.id]
 
 
+def _laid_out(page: Path, items: list[Entry | Skipped]) -> list[Entry | Skipped]:
+    """A page's items, or one Skipped for the whole page where many of its lines do not pair
+    as a title and then its abstract: a page saved another way (its lines wrapped, say)
+    would otherwise give hundreds of papers made of fragments."""
+    unpaired = sum(isinstance(item, Skipped) and item.reason in _UNPAIRED for item in items)
+    if unpaired < _UNPAIRED_AT_LEAST or unpaired < _UNPAIRED_SHARE * len(items):
+        return items
+    return [Skipped(str(page), f"not laid out as a Daily Papers page: {unpaired} of its "
+                               f"{len(items)} listings are a title or an abstract alone (its "
+                               "lines wrapped?): none of its papers is read; save the page "
+                               "again with one line per title and per abstract")]
+
+
 def parse_page(path: Path) -> Iterator[Entry | Skipped]:
     """Pair each title line with the abstract line that follows it. A line that is not
     UTF-8 is skipped, named (decoded with replacement characters it would have given its
@@ -128,15 +148,15 @@ def parse_page(path: Path) -> Iterator[Entry | Skipped]:
             published = _page_date(header)
         elif _looks_like_title(line) and not (pending is not None and _short_abstract(line)):
             if pending is not None:
-                yield Skipped(f"{path}:{pending[0]}", "title without an abstract")
+                yield Skipped(f"{path}:{pending[0]}", _TITLE_ALONE)
             pending = (lineno, line)
         elif pending is None:
-            yield Skipped(f"{path}:{lineno}", "abstract without a title")
+            yield Skipped(f"{path}:{lineno}", _ABSTRACT_ALONE)
         else:
             yield Entry(f"{path}:{pending[0]}", pending[1], line, published)
             pending = None
     if pending is not None:
-        yield Skipped(f"{path}:{pending[0]}", "title without an abstract")
+        yield Skipped(f"{path}:{pending[0]}", _TITLE_ALONE)
 
 
 def _decoded(data: bytes) -> Iterator[str | None]:
