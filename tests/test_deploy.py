@@ -86,6 +86,21 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     assert serve_config.main(["--check", "--root", str(tmp_path)]) == 0
 
 
+def test_a_patch_left_without_overrides_is_regenerated(tmp_path: Path) -> None:
+    """An overlay whose serve-overrides.yaml is gone keeps its patch (its kustomization names
+    it), which must then carry the base's result: --check and regenerating see it too."""
+    for part in ("deploy/serve", "deploy/k8s"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    dev = tmp_path / serve_config.K8S / "overlays" / "dev"
+    (dev / serve_config.OVERRIDES).unlink()
+    assert serve_config.main(["--check", "--root", str(tmp_path)]) == 1
+    assert serve_config.main(["--root", str(tmp_path)]) == 0
+    assert serve_config.main(["--check", "--root", str(tmp_path)]) == 0
+    base = tmp_path / serve_config.K8S / "base" / serve_config.GENERATED
+    assert (yaml.safe_load((dev / serve_config.GENERATED).read_text())
+            == yaml.safe_load(base.read_text()))
+
+
 @pytest.mark.parametrize("name", [k.name for k in KUSTOMIZATIONS])
 def test_rendered_serve_config_is_the_derived_text(rendered: dict[str, Rendered],
                                                    name: str) -> None:
@@ -165,6 +180,8 @@ BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
                           "max_queue_requests: unknown key"),
     "serve autoscaling key": (lambda o: _edit_serve(o, "upscale_delay_s", "upscale_delays"),
                               "upscale_delays: unknown key"),
+    "serve policy kwarg": (lambda o: _edit_serve(o, "scale_up_above: 0.5", "scale_up_abov: 0.5"),
+                           "unexpected keyword argument 'scale_up_abov'"),
     "serve drift": (lambda o: _edit_serve(o, "max_ongoing_requests: 64",
                                           "max_ongoing_requests: 32"),
                     "serveConfigV2 differs"),
@@ -174,6 +191,19 @@ BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
                       .pop("readinessProbe"), "gRPC readinessProbe"),
     "real secret": (lambda o: _first(o, "Secret")["stringData"].update({"api-key": "hunter2"}),
                     "not a CHANGE-ME placeholder"),
+    "index key in the manifest": (lambda o: _set_env(_gateway_container(o), {
+        "name": "PAPERSEARCH_INDEX__API_KEY", "value": "CHANGE-ME-qdrant-api-key"}),
+        "PAPERSEARCH_INDEX__API_KEY must come from a Secret"),
+    "read keys in the manifest": (lambda o: _set_env(_worker_container(o), {
+        "name": "PAPERSEARCH_SERVE__READ_API_KEYS", "value": '["CHANGE-ME-read-key"]'}),
+        "PAPERSEARCH_SERVE__READ_API_KEYS must come from a Secret"),
+    "gateway keys in a ConfigMap": (lambda o: _first(o, "ConfigMap")["data"].update(
+        PAPERSEARCH_SERVE__API_KEYS='["CHANGE-ME-gateway-api-key"]'),
+        "PAPERSEARCH_SERVE__API_KEYS is a key: put it in a Secret"),
+    "index key not Qdrant's": (lambda o: _set_env(_gateway_container(o), {
+        "name": "PAPERSEARCH_INDEX__API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "papersearch-gateway", "key": "api-keys"}}}),
+        "Qdrant's from papersearch-qdrant/api-key"),
     "setting typo": (lambda o: _first(o, "ConfigMap")["data"].update(
         PAPERSEARCH_INDEX__SHARDS="2"), "PAPERSEARCH_INDEX__SHARDS is no setting"),
     "setting value": (lambda o: _first(o, "ConfigMap")["data"].update(
@@ -202,6 +232,66 @@ def test_validation_catches(rendered: dict[str, Rendered], breakage: str) -> Non
 
 def _gateway_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return _gateway_group(objects)["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def _set_env(container: dict[str, Any], env: dict[str, Any]) -> None:
+    """``env`` in place of the container's variable of that name (or added)."""
+    container["env"] = [e for e in container.get("env", []) if e["name"] != env["name"]] + [env]
+
+
+# Input the checks raised on (a traceback from make k8s-check): an error line each now, or
+# nothing where Serve and Kubernetes accept it. overlay -> edit, expected ("": no error).
+UNFORESEEN: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None], str]] = {
+    "num_replicas auto": ("dev", lambda o: _edit_serve(o, "num_replicas: 1", "num_replicas: auto"),
+                          "autoscaling maxima need 100 papersearch_gateway"),
+    "no max_replicas": ("dev", lambda o: _edit_serve(o, "max_replicas: 1 ", "# "),
+                        "serveConfigV2 differs"),
+    "key the checks have no sample of": ("prod", lambda o: _set_env(_gateway_container(o), {
+        "name": "PAPERSEARCH_SERVE__READ_API_KEYS",
+        "valueFrom": {"secretKeyRef": {"name": "papersearch-gateway", "key": "read-api-keys"}}}),
+        "refers to a missing secret key papersearch-gateway/read-api-keys"),
+    "env ConfigMap from elsewhere": ("dev", lambda o: _gateway_container(o)["envFrom"].append(
+        {"configMapRef": {"name": "papersearch-extra"}}),
+        "envFrom ConfigMap papersearch-extra is not in this overlay"),
+    "optional env ConfigMap": ("dev", lambda o: _gateway_container(o)["envFrom"].append(
+        {"configMapRef": {"name": "papersearch-extra", "optional": True}}), ""),
+    "serveConfigV2 no YAML": ("dev", lambda o: _set_serve(o, "applications: [\n"),
+                              "replicas fit: not checked: serveConfigV2 is no Serve config"),
+    "Gateway renamed": ("dev", lambda o: _edit_serve(o, "name: Gateway", "name: Front"),
+                        "serveConfigV2 has no deployment Gateway"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNFORESEEN))
+def test_validation_reports_what_it_once_raised_on(rendered: dict[str, Rendered],
+                                                    case: str) -> None:
+    overlay, edit, expected = UNFORESEEN[case]
+    result = check.validate(_broken(rendered[overlay], edit), ROOT)
+    if expected:
+        assert any(expected in error for error in result.errors), result.errors
+    else:
+        assert result.errors == []
+
+
+@pytest.mark.parametrize(("deployment", "most"), [
+    ({}, 1),
+    ({"num_replicas": 3}, 3),
+    ({"autoscaling_config": {"min_replicas": 1}}, 1),  # Serve's default max_replicas
+    ({"num_replicas": "auto"}, 100),  # Serve's default for "auto"
+    ({"num_replicas": "auto", "autoscaling_config": {"max_replicas": 7}}, 7),
+])
+def test_max_replicas_has_serves_defaults(deployment: dict[str, Any], most: int) -> None:
+    assert consistency.max_replicas(deployment) == most
+
+
+def test_a_check_that_raises_is_an_error_line(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    def raises(rendered: Rendered) -> list[str]:
+        raise KeyError("spec")
+
+    monkeypatch.setattr(consistency, "CHECKS", {"gaps": raises})
+    assert check.main(["--no-policy", "--root", str(ROOT)]) == 1
+    assert "ERROR gaps: KeyError: 'spec'" in capsys.readouterr().out
 
 
 def test_prod_gateways_serve_tls_with_plaintext_probes(rendered: dict[str, Rendered]) -> None:
@@ -242,6 +332,10 @@ TLS_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
     "cert not mounted": (lambda o: _gateway_container(o).update(volumeMounts=[
         m for m in _gateway_container(o)["volumeMounts"] if m["name"] != "gateway-tls"]),
         "no Secret volume mounted at /etc/papersearch/tls"),
+    "TLS on the gateway container only": (lambda o: _gateway_container(o)["env"].extend(
+        {"name": k, "value": _prod_env(o).pop(k)} for k in list(_prod_env(o)) if "TLS" in k),
+        "group gateway: PAPERSEARCH_SERVE__TLS_CERT_FILE is '/etc/papersearch/tls/tls.crt', "
+        "on the head unset"),
     "cert key name": (lambda o: _prod_env(o).update(
         PAPERSEARCH_SERVE__TLS_CERT_FILE="/etc/papersearch/tls/cert.pem"), "has no key cert.pem"),
 }
@@ -343,14 +437,17 @@ def test_load_objects_skips_empty_documents() -> None:
 # -- the policy scan -----------------------------------------------------------------------
 
 def test_exceptions_reconcile() -> None:
-    accepted = policy.Exception_("CKV_1", ("dev: Pod.*.a",), "because")
+    """Each pattern of an exception must still accept a failure: an unused one is stale even
+    where another pattern of the same exception is in use."""
+    accepted = policy.Exception_("CKV_1", ("dev: Pod.*.a", "prod: Pod.*.a"), "because")
     stale = policy.Exception_("CKV_2", ("*",), "no longer true")
     findings = [policy.Finding("CKV_1", "dev: Pod.ns.a", "x"),
                 policy.Finding("CKV_3", "dev: Pod.ns.a", "y")]
     report = policy.reconcile(findings, [accepted, stale])
     assert [f.check for f, _ in report.accepted] == ["CKV_1"]
     assert [f.check for f in report.unexplained] == ["CKV_3"]
-    assert report.stale == [stale] and not report.ok
+    assert report.stale == [(accepted, "prod: Pod.*.a"), (stale, "*")] and not report.ok
+    assert "STALE exception CKV_1 'prod: Pod.*.a'" in report.summary()
 
 
 def test_every_exception_has_a_reason() -> None:

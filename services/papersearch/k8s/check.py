@@ -73,7 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rendered = render(args.root, kustomization)
         if kustomization != K8S / "base":
             rendered_overlays.append(rendered)
-        result = validate(rendered, args.root)
+        try:
+            result = validate(rendered, args.root)
+        except consistency.CheckFailed as failed_check:  # last resort: no traceback
+            result = Result(rendered.overlay, errors=[f"{failed_check} (input the check does not "
+                                                      "handle: fix papersearch.k8s.consistency)"])
         print(result.summary())
         for error in result.errors:
             print(f"  ERROR {error}")

@@ -1,6 +1,7 @@
 """Checks across the objects of one rendered overlay: what no schema can see.
 
-Each check returns a list of error strings (empty when it holds).
+Each check returns a list of error strings (empty when it holds). A check that cannot read
+what it checks raises Unreadable, whose message is then its one error.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlparse
 
 import yaml
@@ -22,7 +23,8 @@ from papersearch.k8s.pods import (
     templates,
 )
 from papersearch.k8s.render import Rendered
-from papersearch.k8s.serve_config import expected_serve_config
+from papersearch.k8s.serve_config import ServeConfigError, expected_serve_config
+from papersearch.k8s.serve_schema import parse
 
 GATEWAY_DEPLOYMENT = "Gateway"
 PLACEHOLDER = "CHANGE-ME"
@@ -31,38 +33,77 @@ EXTERNAL_SECRETS = {"papersearch-qdrant": {"api-key"}, "papersearch-gateway": {"
                     "papersearch-gateway-tls": {"tls.crt", "tls.key"}}
 # Stand-ins for their values when checking settings (the real ones never reach the repo).
 SAMPLE_SECRET_VALUES = {"api-key": "sample-key", "api-keys": '["sample-key"]'}
+INDEX_KEY_ENV = "PAPERSEARCH_INDEX__API_KEY"
+QDRANT_KEY_ENV = "QDRANT__SERVICE__API_KEY"
 SERVE_DEFAULT_CPUS = 1.0  # a replica without ray_actor_options.num_cpus reserves one CPU
 
 
+class Unreadable(ValueError):
+    """What a check reads is broken or missing: it cannot run (the message says why)."""
+
+
+class CheckFailed(RuntimeError):
+    """A check raised what it does not foresee: a gap of the check, not of the manifests."""
+
+
 def serve_config(rendered: Rendered) -> dict[str, Any]:
-    return yaml.safe_load(rendered.one("RayService")["spec"]["serveConfigV2"])
+    try:
+        return parse(rendered.one("RayService")["spec"].get("serveConfigV2", ""))
+    except ValueError as error:
+        raise Unreadable("not checked: serveConfigV2 is no Serve config Serve accepts (its "
+                         "serveConfigV2 error says why)") from error
 
 
 def deployments(rendered: Rendered) -> dict[str, dict[str, Any]]:
     config = serve_config(rendered)
-    return {d["name"]: d for app in config["applications"] for d in app.get("deployments", [])}
+    return {d["name"]: d for app in config.get("applications", [])
+            for d in app.get("deployments", [])}
+
+
+def _gateway(rendered: Rendered) -> dict[str, Any]:
+    gateway = deployments(rendered).get(GATEWAY_DEPLOYMENT)
+    if gateway is None:
+        raise Unreadable(f"serveConfigV2 has no deployment {GATEWAY_DEPLOYMENT} (the name "
+                         "gateway/deployment.py gives it): nothing would serve the gateway pods")
+    return gateway
 
 
 def check_serve_config_derived(rendered: Rendered, root: Path) -> list[str]:
     """serveConfigV2 is exactly what deploy/serve/papersearch.yaml + overrides derive to."""
     actual = rendered.one("RayService")["spec"].get("serveConfigV2")
-    expected = expected_serve_config(root, rendered.overlay)
+    try:
+        expected = expected_serve_config(root, rendered.overlay)
+    except (ServeConfigError, yaml.YAMLError) as error:
+        return [f"cannot derive serveConfigV2 from deploy/serve/papersearch.yaml + "
+                f"serve-overrides.yaml: {error}"]
     if actual != expected:
         return ["RayService serveConfigV2 differs from deploy/serve/papersearch.yaml + "
                 "serve-overrides.yaml: run `make k8s-serve-config`"]
     return []
 
 
-def _max_replicas(deployment: Mapping[str, Any]) -> int:
+def max_replicas(deployment: Mapping[str, Any]) -> int:
+    """The most replicas Serve runs of a deployment: autoscaling_config's max_replicas (Serve's
+    default: 1, or 100 under num_replicas "auto"), else num_replicas (default 1)."""
+    from ray.serve.config import AutoscalingConfig
+
     autoscaling = deployment.get("autoscaling_config")
-    if autoscaling:
-        return int(autoscaling["max_replicas"])
-    return int(deployment.get("num_replicas", 1))
+    if deployment.get("num_replicas") == "auto":
+        autoscaling = {"max_replicas": AutoscalingConfig.default().max_replicas,
+                       **(autoscaling or {})}
+    if not autoscaling:
+        return int(deployment.get("num_replicas", 1))
+    try:
+        return AutoscalingConfig.model_validate(autoscaling).max_replicas
+    except ValueError as error:  # pydantic's ValidationError
+        raise Unreadable(f"not checked: {deployment.get('name')}'s autoscaling_config is no "
+                         "AutoscalingConfig (its serveConfigV2 error says why)") from error
 
 
 def _needs(deployment: Mapping[str, Any]) -> dict[str, float]:
     options = deployment.get("ray_actor_options", {})
-    needs = {"CPU": float(options.get("num_cpus", SERVE_DEFAULT_CPUS))}
+    cpus = options.get("num_cpus")  # null: Serve's default too
+    needs = {"CPU": SERVE_DEFAULT_CPUS if cpus is None else float(cpus)}
     needs.update({k: float(v) for k, v in options.get("resources", {}).items()})
     return needs
 
@@ -73,14 +114,13 @@ def _ray_groups(rendered: Rendered) -> list[PodTemplate]:
 
 def _gateway_resources(rendered: Rendered) -> set[str]:
     """The custom resources the Gateway asks for: what marks its own worker group."""
-    gateway = deployments(rendered)[GATEWAY_DEPLOYMENT]
-    return {k for k in _needs(gateway) if k != "CPU"}
+    return {k for k in _needs(_gateway(rendered)) if k != "CPU"}
 
 
 def check_gateway_placement(rendered: Rendered) -> list[str]:
     """Each Gateway replica has a gateway pod of its own, and those pods serve and probe gRPC."""
     errors: list[str] = []
-    gateway = deployments(rendered)[GATEWAY_DEPLOYMENT]
+    gateway = _gateway(rendered)
     wanted = _gateway_resources(rendered)
     if len(wanted) != 1:
         return ["Gateway must ask for exactly one custom resource (its own worker group)"]
@@ -248,7 +288,7 @@ def check_replicas_fit(rendered: Rendered) -> list[str]:
         if not fits:
             errors.append(f"no Ray group can host a {name} replica (needs {needs})")
         for key, value in needs.items():
-            demand[key] = demand.get(key, 0.0) + value * _max_replicas(deployment)
+            demand[key] = demand.get(key, 0.0) + value * max_replicas(deployment)
     for key, total in demand.items():
         capacity = sum(offer.get(key, 0.0) * int((t.group or {}).get("maxReplicas", 1))
                        for t, offer in groups)
@@ -356,21 +396,86 @@ def check_secrets(rendered: Rendered) -> list[str]:
     return errors
 
 
+def check_references(rendered: Rendered) -> list[str]:
+    """Every ConfigMap a container takes its environment from is part of the overlay (or
+    optional): the pods would not start without it, and nothing could check its variables."""
+    present = {c["metadata"]["name"] for c in rendered.find("ConfigMap")}
+    return [f"{pod.owner} container {container['name']}: envFrom ConfigMap {ref.get('name')} is "
+            "not in this overlay: add it (configMapGenerator), or mark it optional: true"
+            for pod in templates(rendered.objects) for container in pod.containers
+            for ref in (s.get("configMapRef") for s in container.get("envFrom", []))
+            if ref and ref.get("name") not in present and not ref.get("optional")]
+
+
+def secret_setting(name: str) -> bool:
+    """True if a PAPERSEARCH_* variable sets a secret (a SecretStr field: an API key)."""
+    from pydantic import SecretStr
+
+    from papersearch.settings import setting_field
+
+    field = setting_field(name)
+    return field is not None and _mentions(field.annotation, SecretStr)
+
+
+def _mentions(annotation: Any, wanted: type) -> bool:
+    """``annotation`` is ``wanted`` or made of it (``list[SecretStr]``, ``SecretStr | None``)."""
+    return annotation is wanted or any(_mentions(a, wanted) for a in get_args(annotation))
+
+
+def check_keys_from_secrets(rendered: Rendered) -> list[str]:
+    """API keys (secret settings) reach the pods from Secrets only, never from the manifest or
+    a ConfigMap; papersearch's Qdrant key is the very Secret key Qdrant's own comes from."""
+    errors = [f"ConfigMap/{c['metadata']['name']}: {key} is a key: put it in a Secret, taken "
+              "with env valueFrom.secretKeyRef" for c in rendered.find("ConfigMap")
+              for key in c.get("data", {}) if secret_setting(key)]
+    qdrant = _qdrant_key(rendered)
+    for pod in templates(rendered.objects):
+        for container in pod.containers:
+            where = f"{pod.owner} container {container['name']}"
+            for env in container.get("env", []):
+                if not secret_setting(env["name"]):
+                    continue
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref is None:
+                    errors.append(f"{where}: {env['name']} must come from a Secret "
+                                  "(valueFrom.secretKeyRef), not from the manifest")
+                elif env["name"] == INDEX_KEY_ENV and qdrant and (
+                        (ref.get("name"), ref.get("key")) != qdrant):
+                    errors.append(f"{where}: {INDEX_KEY_ENV} comes from Secret key "
+                                  f"{ref.get('name')}/{ref.get('key')}, Qdrant's from "
+                                  f"{'/'.join(qdrant)}: Qdrant would refuse every call")
+    return errors
+
+
+def _qdrant_key(rendered: Rendered) -> tuple[str, str] | None:
+    """The Secret and key Qdrant's own API key comes from (None: not from a Secret)."""
+    for sts in rendered.find("StatefulSet", "qdrant"):
+        for env in sts["spec"]["template"]["spec"]["containers"][0].get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if env["name"] == QDRANT_KEY_ENV and ref:
+                return ref.get("name"), ref.get("key")
+    return None
+
+
 def _env(rendered: Rendered, container: Mapping[str, Any]) -> dict[str, str]:
-    """A container's environment as the kubelet builds it (secrets: placeholders/samples)."""
+    """A container's environment as the kubelet builds it (secrets: placeholders/samples). What
+    a reference the overlay cannot resolve would set is left out (check_secrets and
+    check_references report it)."""
     out: dict[str, str] = {}
+    config_maps = {c["metadata"]["name"]: c.get("data", {}) for c in rendered.find("ConfigMap")}
     for source in container.get("envFrom", []):
-        ref = source.get("configMapRef", {}).get("name")
-        if ref:
-            out.update({str(k): str(v) for k, v in rendered.one("ConfigMap", ref)["data"].items()})
+        data = config_maps.get(source.get("configMapRef", {}).get("name"), {})
+        out.update({f"{source.get('prefix', '')}{k}": str(v) for k, v in data.items()})
     secrets = {s["metadata"]["name"]: {**s.get("stringData", {})} for s in rendered.find("Secret")}
     for env in container.get("env", []):
         if "value" in env:
             out[env["name"]] = str(env["value"])
         ref = env.get("valueFrom", {}).get("secretKeyRef")
         if ref:
-            value = secrets.get(ref["name"], {}).get(ref["key"])
-            out[env["name"]] = value if value is not None else SAMPLE_SECRET_VALUES[ref["key"]]
+            sample = SAMPLE_SECRET_VALUES.get(ref["key"])
+            value = secrets.get(ref["name"], {}).get(ref["key"], sample)
+            if value is not None:
+                out[env["name"]] = value
     return out
 
 
@@ -409,7 +514,10 @@ def check_settings(rendered: Rendered) -> list[str]:
     errors: list[str] = []
     qdrant = {s["metadata"]["name"]: s for s in rendered.find("Service")}
     peers = sum(s["spec"]["replicas"] for s in rendered.find("StatefulSet", "qdrant"))
-    apps = {app.get("name") for app in serve_config(rendered)["applications"]}
+    try:
+        apps: set[str] | None = {app.get("name") for app in serve_config(rendered)["applications"]}
+    except Unreadable:  # its own error says why
+        apps = None
     for pod in templates(rendered.objects):
         for container in pod.containers:
             env = _env(rendered, container)
@@ -443,7 +551,7 @@ def check_settings(rendered: Rendered) -> list[str]:
                     (settings.serve.grpc_host == "0.0.0.0", "serve.grpc_host must be 0.0.0.0"),
                     (bool(settings.serve.api_keys), "serve.api_keys must come from the Secret"),
                     # drain, migrate and the load test find the app by it
-                    (settings.serve.app_name in apps, f"serve.app_name "
+                    (apps is None or settings.serve.app_name in apps, f"serve.app_name "
                      f"{settings.serve.app_name!r} names no application of serveConfigV2"),
                 ]
             errors += [f"{where}: {message}" for ok, message in checks if not ok]
@@ -451,6 +559,35 @@ def check_settings(rendered: Rendered) -> list[str]:
                 errors.append(f"{where}: talks to Qdrant but lacks the label the Qdrant "
                               "NetworkPolicy admits (papersearch.io/qdrant-client)")
     return errors
+
+
+def check_ray_pods_agree(rendered: Rendered) -> list[str]:
+    """Every Ray pod sees the head's PAPERSEARCH_* values: Serve builds the app, settings
+    included, on whichever pod runs the build (the head, as a rule), while the TLS, health and
+    drain checks read a gateway pod's own."""
+    pods = [(t, _settings_env(rendered, t.containers[0])) for t in _ray_groups(rendered)]
+    head = next((env for t, env in pods if "groupName" not in (t.group or {})), None)
+    if head is None:
+        return []
+    return [f"{pod.owner}: {name} is {_shown(env.get(name))}, on the head "
+            f"{_shown(head.get(name))}: every Ray pod needs the same (the env ConfigMap's, or "
+            "the same Secret key)"
+            for pod, env in pods for name in sorted(set(env) | set(head))
+            if env.get(name) != head.get(name)]
+
+
+def _settings_env(rendered: Rendered, container: Mapping[str, Any]) -> dict[str, str]:
+    """A container's PAPERSEARCH_* variables; a Secret's shown as the key it comes from."""
+    env = {k: v for k, v in _env(rendered, container).items() if k.startswith("PAPERSEARCH_")}
+    for entry in container.get("env", []):
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref and entry["name"].startswith("PAPERSEARCH_"):
+            env[entry["name"]] = f"Secret {ref.get('name')}/{ref.get('key')}"
+    return env
+
+
+def _shown(value: str | None) -> str:
+    return "unset" if value is None else repr(value)
 
 
 def check_qdrant(rendered: Rendered) -> list[str]:
@@ -470,9 +607,7 @@ def check_qdrant(rendered: Rendered) -> list[str]:
                        if "initialize.sh" in c.get("data", {})), "")
     if f"{sts['metadata']['name']}-0.{spec['serviceName']}:6335" not in script:
         errors.append("initialize.sh must bootstrap from peer 0 through the headless Service")
-    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0].get("env", [])}
-    key = env.get("QDRANT__SERVICE__API_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
-    if key != {"name": "papersearch-qdrant", "key": "api-key"}:
+    if _qdrant_key(rendered) != ("papersearch-qdrant", "api-key"):
         errors.append("Qdrant's API key must come from Secret papersearch-qdrant/api-key")
     return errors
 
@@ -484,7 +619,10 @@ CHECKS: dict[str, Callable[[Rendered], list[str]]] = {
     "selectors and ports": check_selectors,
     "pod hardening": check_pod_hardening,
     "secrets": check_secrets,
+    "references": check_references,
+    "keys from secrets": check_keys_from_secrets,
     "settings from env": check_settings,
+    "same settings on every Ray pod": check_ray_pods_agree,
     "qdrant cluster": check_qdrant,
 }
 
@@ -492,6 +630,11 @@ CHECKS: dict[str, Callable[[Rendered], list[str]]] = {
 def all_errors(rendered: Rendered, root: Path) -> list[str]:
     errors = [f"serve config: {e}" for e in check_serve_config_derived(rendered, root)]
     for name, check in CHECKS.items():
-        errors += [f"{name}: {e}" for e in check(rendered)]
+        try:
+            errors += [f"{name}: {e}" for e in check(rendered)]
+        except Unreadable as error:
+            errors.append(f"{name}: {error}")
+        except Exception as error:
+            raise CheckFailed(f"{name}: {type(error).__name__}: {error}") from error
     return errors
 

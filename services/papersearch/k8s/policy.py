@@ -6,8 +6,8 @@ no network. checkov does not know RayService, so the pods KubeRay will make from
 as plain Pods (pods.py), the autoscaler sidecar included.
 
 A failed check is accepted only if deploy/k8s/policy-exceptions.yaml lists it for that resource,
-with a reason. Anything else fails the scan, and so does an exception that no longer matches any
-failure (a stale justification hides the next real finding).
+with a reason. Anything else fails the scan, and so does each resource pattern of an exception
+that no longer matches any failure (a stale justification hides the next real finding).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ class Exception_:
     resources: tuple[str, ...]  # fnmatch patterns on "<target>: <checkov resource>"
     reason: str
 
-    def covers(self, finding: Finding) -> bool:
-        return finding.check == self.check and any(
-            fnmatch.fnmatchcase(finding.resource, p) for p in self.resources)
+    def patterns_for(self, finding: Finding) -> list[str]:
+        """The resource patterns that accept ``finding`` (none: this exception does not)."""
+        if finding.check != self.check:
+            return []
+        return [p for p in self.resources if fnmatch.fnmatchcase(finding.resource, p)]
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Report:
     skipped: int = 0
     accepted: list[tuple[Finding, Exception_]] = field(default_factory=list)
     unexplained: list[Finding] = field(default_factory=list)
-    stale: list[Exception_] = field(default_factory=list)
+    stale: list[tuple[Exception_, str]] = field(default_factory=list)  # and its unused pattern
 
     @property
     def ok(self) -> bool:
@@ -67,8 +69,8 @@ class Report:
         lines = [f"checkov: {self.passed} passed, {len(self.failed)} failed "
                  f"({len(self.accepted)} accepted in {EXCEPTIONS}), {self.skipped} skipped"]
         lines += [f"  UNEXPLAINED {f.check} {f.resource}: {f.name}" for f in self.unexplained]
-        lines += [f"  STALE exception {e.check} {list(e.resources)}: matches no failure"
-                  for e in self.stale]
+        lines += [f"  STALE exception {e.check} {pattern!r}: matches no failure (remove it)"
+                  for e, pattern in self.stale]
         return "\n".join(lines)
 
 
@@ -84,17 +86,21 @@ def load_exceptions(path: Path) -> list[Exception_]:
 
 
 def reconcile(findings: Sequence[Finding], exceptions: Sequence[Exception_]) -> Report:
-    """Sort failures into accepted and unexplained; find exceptions that match nothing."""
+    """Sort failures into accepted (by the first exception with a pattern for them) and
+    unexplained; find the exceptions' patterns that accept nothing."""
     report = Report(failed=list(findings))
-    used: set[int] = set()
+    used: set[tuple[int, str]] = set()
     for finding in findings:
-        match = next(((i, e) for i, e in enumerate(exceptions) if e.covers(finding)), None)
+        match = next(((i, e, patterns) for i, e in enumerate(exceptions)
+                      if (patterns := e.patterns_for(finding))), None)
         if match is None:
             report.unexplained.append(finding)
-        else:
-            used.add(match[0])
-            report.accepted.append((finding, match[1]))
-    report.stale = [e for i, e in enumerate(exceptions) if i not in used]
+            continue
+        i, exception, patterns = match
+        used.update((i, p) for p in patterns)
+        report.accepted.append((finding, exception))
+    report.stale = [(e, p) for i, e in enumerate(exceptions) for p in e.resources
+                    if (i, p) not in used]
     return report
 
 

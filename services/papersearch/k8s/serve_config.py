@@ -9,7 +9,8 @@ every byte the overrides do not touch, comments included, stays as it is; withou
 result is the file itself, byte for byte.
 
 Each kustomization with overrides carries the result as ``serve-config.generated.yaml``, a patch
-that sets the RayService's ``spec.serveConfigV2``; overlays chain onto the base's overrides.
+that sets the RayService's ``spec.serveConfigV2``; overlays chain onto the base's overrides (an
+overlay that carries the patch without overrides of its own gets the base's result).
 ``python -m papersearch.k8s.serve_config`` rewrites them, ``--check`` fails on drift.
 """
 
@@ -184,12 +185,13 @@ def chain_for(root: Path, kustomization: Path) -> tuple[Path, ...]:
 
 
 def targets(root: Path) -> list[Target]:
-    """The base and every overlay that has overrides of its own (the others inherit the base's)."""
+    """The base and every overlay that has overrides of its own or carries a generated patch
+    (the others inherit the base's)."""
     found = [Target(K8S / "base", chain_for(root, K8S / "base"))]
     overlays = root / K8S / "overlays"
     for overlay in sorted(p for p in overlays.iterdir() if p.is_dir()) if overlays.is_dir() else []:
         relative = overlay.relative_to(root)
-        if (overlay / OVERRIDES).is_file():
+        if (overlay / OVERRIDES).is_file() or (overlay / GENERATED).is_file():
             found.append(Target(relative, chain_for(root, relative)))
     return found
 
