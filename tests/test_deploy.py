@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from papersearch.k8s import check, consistency, policy, serve_config
+from papersearch.k8s import check, consistency, network, policy, serve_config
+from papersearch.k8s.pods import PodTemplate
 from papersearch.k8s.render import Rendered, load_objects, overlays, render
 from papersearch.k8s.serve_schema import serve_config_errors
 from tests.conftest import ROOT
@@ -167,6 +168,24 @@ def _gateway_group(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return _first(objects, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
 
 
+def _ingress(objects: list[dict[str, Any]], policy: str) -> list[dict[str, Any]]:
+    return next(o for o in objects if o["kind"] == "NetworkPolicy"  # type: ignore[no-any-return]
+                and o["metadata"]["name"] == policy)["spec"]["ingress"]
+
+
+def _close(objects: list[dict[str, Any]], policy: str, rule: int, port: int) -> None:
+    entries = _ingress(objects, policy)[rule]["ports"]
+    assert any(e["port"] == port for e in entries)
+    entries[:] = [e for e in entries if e["port"] != port]
+
+
+def _move_http_port(objects: list[dict[str, Any]]) -> None:
+    """The gateways serve HTTP on 8081 (settings and container port): the policy opens 8000."""
+    _prod_env(objects)["PAPERSEARCH_SERVE__HTTP_PORT"] = "8081"
+    next(p for p in _gateway_container(objects)["ports"] if p["name"] == "http").update(
+        containerPort=8081)
+
+
 BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
     "core schema": (lambda o: _first(o, "StatefulSet")["spec"].update(replica=3),
                     "'replica' was unexpected"),
@@ -215,6 +234,22 @@ BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
                 "readOnlyRootFilesystem must be true"),
     "dangling selector": (lambda o: _first(o, "PodMonitor")["spec"]["selector"].update(
         matchLabels={"app": "nothing"}), "selects no pod"),
+    "gateway HTTP port moved": (_move_http_port,
+                                "serve.http_port 8081 from other namespaces is not admitted"),
+    "gateway gRPC port closed": (lambda o: _close(o, "papersearch-ray", 1, 50051),
+                                 "serve.grpc_port 50051 from other namespaces is not admitted"),
+    "qdrant p2p closed": (lambda o: _close(o, "qdrant", 1, 6335),
+                          "port 6335 from the other Qdrant peers is not admitted"),
+    "qdrant clients shut out": (lambda o: _ingress(o, "qdrant")[0]["from"][0].update(
+        podSelector={"matchLabels": {"papersearch.io/qdrant-client": "yes"}}),
+        "port 6334 from Job/papersearch-ingest is not admitted"),
+    "ray ports restricted": (lambda o: _ingress(o, "papersearch-ray")[0].update(
+        ports=[{"protocol": "TCP", "port": 6379}]),
+        "traffic on every port from RayService/papersearch group workers"),
+    "metrics closed": (lambda o: _ingress(o, "papersearch-ray").pop(2),
+                       "metrics port 8080 (PodMonitor/papersearch-ray) from other namespaces"),
+    "dashboard closed": (lambda o: _ingress(o, "papersearch-ray").pop(3),
+                         "head: the dashboard 8265 from other namespaces is not admitted"),
     "no serve port": (lambda o: _first(o, "RayService")["spec"]["rayClusterConfig"]
                       ["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"].pop(),
                       "needs a port named serve"),
@@ -282,6 +317,35 @@ def test_validation_reports_what_it_once_raised_on(rendered: dict[str, Rendered]
 ])
 def test_max_replicas_has_serves_defaults(deployment: dict[str, Any], most: int) -> None:
     assert consistency.max_replicas(deployment) == most
+
+
+
+_SERVER = PodTemplate("Deployment/a", "ns", "a", {"app": "a"},
+                      {"containers": [{"ports": [{"name": "grpc", "containerPort": 50051}]}]})
+_CLIENT = PodTemplate("Deployment/b", "ns", "b", {"app": "b"}, {})
+
+
+@pytest.mark.parametrize(("rule", "port", "source", "admitted"), [
+    ({"ports": [{"port": "grpc"}]}, 50051, network.OUTSIDE, True),  # named on the destination
+    ({"ports": [{"port": 50000, "endPort": 50100}]}, 50051, network.OUTSIDE, True),
+    ({"ports": [{"protocol": "UDP", "port": 50051}]}, 50051, network.OUTSIDE, False),
+    ({"ports": [{"port": 50051}]}, None, _CLIENT, False),  # not every port
+    ({"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}, None, _CLIENT, True),
+    ({"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}, 1, network.OUTSIDE, False),
+    ({"from": [{"podSelector": {"matchLabels": {"app": "c"}}}]}, 1, _CLIENT, False),
+    ({"from": [{"namespaceSelector": {}}], "ports": [{"port": 1}]}, 1, network.OUTSIDE, True),
+])
+def test_network_policies_admit_as_kubernetes_does(rule: dict[str, Any], port: int | None,
+                                                   source: network.Source,
+                                                   admitted: bool) -> None:
+    policy = {"metadata": {"name": "p", "namespace": "ns"},
+              "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [rule]}}
+    assert network.admits([policy], _SERVER, port, source) is admitted
+    egress_only = copy.deepcopy(policy)
+    egress_only["spec"]["policyTypes"] = ["Egress"]
+    elsewhere = copy.deepcopy(policy)
+    elsewhere["metadata"]["namespace"] = "other"
+    assert network.admits([egress_only, elsewhere], _SERVER, port, source)  # not isolated
 
 
 def test_a_check_that_raises_is_an_error_line(monkeypatch: pytest.MonkeyPatch,

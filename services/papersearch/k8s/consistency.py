@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlparse
 
 import yaml
 
+from papersearch.k8s.network import OUTSIDE, Source, admits, container_port, isolating
 from papersearch.k8s.pods import (
     PodTemplate,
     cpu_quantity,
@@ -341,6 +343,104 @@ def check_selectors(rendered: Rendered) -> list[str]:
     return errors
 
 
+QDRANT_CLIENT_LABEL = "papersearch.io/qdrant-client"
+QDRANT_CLIENT_PORTS = (6333, 6334)  # REST, gRPC (qdrant/production.yaml)
+QDRANT_PEER_PORTS = (6333, 6334, 6335)  # and p2p; snapshot shard transfers go over REST
+RAY_DASHBOARD_PORT = 8265  # KubeRay's default where the head names no `dashboard` port
+
+
+@dataclass(frozen=True)
+class _Need:
+    """Traffic a pod must admit: from any of ``sources`` on ``port`` (None: on every port)."""
+
+    pod: PodTemplate
+    port: int | None
+    sources: list[Source]
+    what: str
+    fix: str
+
+
+def check_network_policies(rendered: Rendered) -> list[str]:
+    """The NetworkPolicies admit what the pods are there for (Kubernetes' semantics: network.py):
+    each Service's target ports, the gateways' ports from clients, Qdrant's from its clients and
+    peers, every port between Ray pods, the dashboard and the scraped ports from elsewhere."""
+    policies = rendered.find("NetworkPolicy")
+    pods = list(templates(rendered.objects))
+    needs = [*_service_needs(rendered, pods), *_gateway_needs(rendered), *_qdrant_needs(pods),
+             *_ray_needs(rendered), *_monitor_needs(rendered, pods)]
+    return [f"{n.pod.owner}: {n.what} is not admitted (NetworkPolicy "
+            f"{', '.join(p['metadata']['name'] for p in isolating(policies, n.pod))}): {n.fix}"
+            for n in needs if not any(admits(policies, n.pod, n.port, s) for s in n.sources)]
+
+
+def _service_needs(rendered: Rendered, pods: list[PodTemplate]) -> Iterator[_Need]:
+    """Each Service's target ports, from anywhere (check_selectors reports a port not there)."""
+    for service in rendered.find("Service"):
+        for pod in (p for p in pods if matches(service["spec"].get("selector"), p.labels)):
+            for entry in service["spec"].get("ports", []):
+                port = container_port(pod, entry.get("targetPort", entry["port"]))
+                if port is not None:
+                    yield _Need(pod, port, [OUTSIDE, *pods], f"port {port} (Service/"
+                                f"{service['metadata']['name']} port {entry['port']}) from "
+                                "anywhere", "open it in an ingress rule, or nothing that "
+                                "dials the Service gets an answer")
+
+
+def _gateway_needs(rendered: Rendered) -> Iterator[_Need]:
+    """The gateways' gRPC and HTTP ports, from clients in other namespaces. Not the health port:
+    the kubelet probes it from the pod's node, which policies never block."""
+    wanted = _gateway_resources(rendered)
+    for pod in _ray_groups(rendered):
+        if not wanted & set(ray_resources(pod.group or {}, pod.containers[0])):
+            continue
+        try:
+            serve = settings_from_env(_env(rendered, pod.containers[0])).serve
+        except ValueError:  # pydantic's ValidationError: check_settings reports what is wrong
+            continue
+        for setting, port in (("grpc_port", serve.grpc_port), ("http_port", serve.http_port)):
+            if port is not None:
+                yield _Need(pod, port, [OUTSIDE], f"serve.{setting} {port} from other "
+                            "namespaces", "clients could not connect; open it in the rule for "
+                            "the gateways' clients (no `from`)")
+
+
+def _qdrant_needs(pods: list[PodTemplate]) -> Iterator[_Need]:
+    """Qdrant's client ports from every pod labelled a client; its ports from its peers."""
+    clients = [p for p in pods if p.labels.get(QDRANT_CLIENT_LABEL) == "true"]
+    for pod in (p for p in pods if p.owner == "StatefulSet/qdrant"):
+        for port in QDRANT_PEER_PORTS:  # the peers share the pod's template
+            yield _Need(pod, port, [pod], f"port {port} from the other Qdrant peers",
+                        "admit the Qdrant pods on 6333-6335 (without p2p 6335 no cluster forms)")
+        yield from (_Need(pod, port, [client], f"port {port} from {client.owner}",
+                          f"admit pods labelled {QDRANT_CLIENT_LABEL}: \"true\" on 6333 and 6334")
+                    for client in clients for port in QDRANT_CLIENT_PORTS)
+
+
+def _ray_needs(rendered: Rendered) -> Iterator[_Need]:
+    """Every port between Ray pods; the head's dashboard from the KubeRay operator (elsewhere)."""
+    ray = _ray_groups(rendered)
+    for pod in ray:
+        yield from (_Need(pod, None, [other], f"traffic on every port from {other.owner}",
+                          "Ray's own traffic (GCS, raylets, object transfers, workers) uses any "
+                          "port; admit the Ray pods with no `ports`") for other in ray)
+        if "groupName" not in (pod.group or {}):
+            port = container_port(pod, "dashboard") or RAY_DASHBOARD_PORT
+            yield _Need(pod, port, [OUTSIDE], f"the dashboard {port} from other namespaces",
+                        "KubeRay's operator deploys the Serve config through it; admit it")
+
+
+def _monitor_needs(rendered: Rendered, pods: list[PodTemplate]) -> Iterator[_Need]:
+    """Each port a PodMonitor scrapes, from other namespaces (Prometheus's)."""
+    for monitor in rendered.find("PodMonitor"):
+        for pod in (p for p in pods if matches(monitor["spec"].get("selector"), p.labels)):
+            for endpoint in monitor["spec"].get("podMetricsEndpoints", []):
+                port = container_port(pod, endpoint["port"])
+                if port is not None:
+                    yield _Need(pod, port, [OUTSIDE], f"metrics port {port} (PodMonitor/"
+                                f"{monitor['metadata']['name']}) from other namespaces",
+                                "Prometheus could not scrape it; admit it from its namespace")
+
+
 def check_pod_hardening(rendered: Rendered) -> list[str]:
     """Requests and limits everywhere; non-root, no privilege escalation, read-only root fs."""
     errors: list[str] = []
@@ -555,7 +655,7 @@ def check_settings(rendered: Rendered) -> list[str]:
                      f"{settings.serve.app_name!r} names no application of serveConfigV2"),
                 ]
             errors += [f"{where}: {message}" for ok, message in checks if not ok]
-            if pod.labels.get("papersearch.io/qdrant-client") != "true":
+            if pod.labels.get(QDRANT_CLIENT_LABEL) != "true":
                 errors.append(f"{where}: talks to Qdrant but lacks the label the Qdrant "
                               "NetworkPolicy admits (papersearch.io/qdrant-client)")
     return errors
@@ -617,6 +717,7 @@ CHECKS: dict[str, Callable[[Rendered], list[str]]] = {
     "replicas fit": check_replicas_fit,
     "worker drain": check_worker_drain,
     "selectors and ports": check_selectors,
+    "network policies": check_network_policies,
     "pod hardening": check_pod_hardening,
     "secrets": check_secrets,
     "references": check_references,
