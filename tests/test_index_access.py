@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -22,7 +23,7 @@ import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 
-from papersearch.errors import NotReady
+from papersearch.errors import NotReady, Overloaded
 from papersearch.index import PaperNotFound, SearchFilter, Store, StoreUnavailable
 from papersearch.index.edge import EdgeStore
 from papersearch.index.query import Examples
@@ -332,6 +333,78 @@ def test_calls_queued_when_the_collection_closes_are_not_ready(tmp_path: Path) -
 
     busy, queued = asyncio.run(close_while_queued())
     assert busy is None and isinstance(queued, NotReady), queued
+
+
+def test_index_calls_past_the_limit_are_refused_and_readiness_does_not_queue(
+    tmp_path: Path,
+) -> None:
+    """Nothing bounded the calls waiting for the embedded shard's thread: a flood of sparse
+    searches (which skip the encoder's bounded queue) waited out their deadlines, and the
+    readiness probe queued behind them and turned a busy gateway NOT_SERVING. Past
+    serve.max_index_queue a call is now refused at once (Overloaded: RESOURCE_EXHAUSTED),
+    and readiness takes a call that answered within the last poll as its proof."""
+    settings = IndexSettings(data_dir=tmp_path)
+    store = EdgeStore(settings)
+    store.ensure_collection(DIM, SHA)
+    store.upsert(PAPERS, DENSE, SPARSE)
+    index = IndexAccess(CollectionOpener(
+        Settings(index=settings, serve={"max_index_queue": 3}), DIM, SHA,
+        make_store=lambda _: store))
+    release = threading.Event()
+
+    async def flood() -> tuple[list[Any], float]:
+        proof = await index.retrieve(RARE, None, "sparse", 3, SearchFilter())  # answered
+        held = asyncio.ensure_future(index._in_thread(release.wait))  # the thread held
+        searches = [asyncio.ensure_future(index.retrieve(RARE, None, "sparse", 3,
+                                                         SearchFilter())) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await asyncio.wait_for(index.reachable(), 2.0)  # not queued behind the searches
+        waited = time.monotonic() - started
+        release.set()
+        await held
+        return [proof, *await asyncio.gather(*searches, return_exceptions=True)], waited
+
+    try:
+        (proof, *answers), waited = asyncio.run(flood())
+    finally:
+        release.set()
+    refused = [a for a in answers if isinstance(a, Overloaded)]
+    assert len(refused) == 2 and "3 index operations running or waiting" in str(refused[0])
+    assert [ids(a.hits) for a in answers if a not in refused] == [ids(proof.hits)] * 3
+    assert waited < 1.0
+    assert asyncio.run(index.ready()) == len(PAPERS)  # a probe: not counted, never refused
+
+
+def test_a_close_while_the_collection_opens_leaves_no_client_open(tmp_path: Path) -> None:
+    """A call that was opening the collection when the gateway closed it went on: it made the
+    asyncio client after the close (nothing closed it) and sent its query."""
+    settings = IndexSettings(data_dir=tmp_path)
+    store = ServerStore(settings, client=QdrantClient(":memory:"))
+    store.ensure_collection(DIM, SHA)
+    made: list[IndexSettings] = []
+
+    def slow_store(_: Any) -> Store:
+        time.sleep(0.3)
+        return store
+
+    def client(settings: IndexSettings) -> AsyncQdrantClient:
+        made.append(settings)
+        return async_twin(store.client)
+
+    opener = CollectionOpener(Settings(index=settings), DIM, SHA, make_store=slow_store)
+    # every open slow (the opener keeps what it opened: a first open that failed, say)
+    opener.open = lambda create=False: slow_store(None)  # type: ignore[method-assign]
+    index = IndexAccess(opener, make_client=client)
+
+    async def close_while_opening() -> Any:
+        call = asyncio.ensure_future(index.get(PAPERS[0].id))
+        await asyncio.sleep(0.1)
+        await index.close()
+        return (await asyncio.gather(call, return_exceptions=True))[0]
+
+    assert isinstance(asyncio.run(close_while_opening()), NotReady)
+    assert made == []
 
 
 def test_a_collection_deleted_while_open_is_let_go_and_made_again_by_a_write(

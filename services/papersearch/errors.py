@@ -6,7 +6,8 @@ from __future__ import annotations
 
 
 class Overloaded(Exception):
-    """A deployment's queue is full (Serve's max_queued_requests)."""
+    """A queue is full: a deployment's (Serve's max_queued_requests), a gateway's coalescer's
+    or its index calls' (serve.max_index_queue)."""
 
 
 class NotReady(Exception):

@@ -466,8 +466,8 @@ class ServeSettings(Section):
     )
     # Well above what one client keeps in flight (the load test's cap is 256): at the limit
     # gRPC's client does not always wait; the server refuses the stream (REFUSED_STREAM) and
-    # the call fails UNAVAILABLE. Overload is bounded by coalesce_max_pending instead, which
-    # answers RESOURCE_EXHAUSTED.
+    # the call fails UNAVAILABLE. Overload is bounded by coalesce_max_pending and
+    # max_index_queue instead, which answer RESOURCE_EXHAUSTED.
     max_concurrent_streams: int = Field(
         1024, ge=1, le=GRPC_INT_MAX,
         description="Calls at once on one client connection (HTTP/2 streams, "
@@ -476,6 +476,12 @@ class ServeSettings(Section):
     max_index_calls: int = Field(
         4, ge=1, description="UpsertPapers and DeletePapers calls at once in a gateway; past "
                              "it a new one fails at once with RESOURCE_EXHAUSTED.",
+    )
+    max_index_queue: int = Field(
+        512, ge=1, description="Operations on the index (a search's, GetPaper's, "
+                               "SimilarPapers', a write batch's) running or waiting at once in a "
+                               "gateway; past it one fails at once with RESOURCE_EXHAUSTED (the "
+                               "embedded shard runs them one at a time).",
     )
     index_call_timeout_s: float = Field(
         600.0, gt=0,

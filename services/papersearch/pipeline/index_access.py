@@ -14,6 +14,10 @@ program (index/plan.py) without ever blocking the gRPC front's event loop:
   waiting on it one timeout, not one each. Only opening the collection, once, takes the worker
   thread (the blocking client).
 
+Either way at most ``serve.max_index_queue`` calls run or wait at once; past it a call is
+refused at once (RESOURCE_EXHAUSTED), not queued behind the others until its deadline. While
+calls succeed, readiness takes them as its proof instead of queueing a probe behind them.
+
 Query-side BM25 terms are computed here too (Retriever), where the store is queried.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -29,7 +34,7 @@ import numpy as np
 from qdrant_client import AsyncQdrantClient
 
 from papersearch.corpus.paper import Paper
-from papersearch.errors import NotReady
+from papersearch.errors import NotReady, Overloaded
 from papersearch.index.errors import CollectionMissing, StoreError
 from papersearch.index.plan import Program
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
@@ -53,6 +58,8 @@ class IndexAccess:
         self._retriever: Retriever | None = None
         self._engine: AsyncServerEngine | None = None
         self._closed = False
+        self._in_flight = 0  # calls running or queued (readiness probes aside)
+        self._succeeded_at = float("-inf")  # when a call last answered (monotonic)
         try:
             self.opener.open()
         except StoreError:  # logged by the opener; reads retry, readiness reports it
@@ -109,7 +116,16 @@ class IndexAccess:
 
     async def ready(self) -> int:
         """Readiness: the collection open, reachable and ours; its point count."""
-        return await self._execute(lambda r: r.store.probe_program())
+        return await self._execute(lambda r: r.store.probe_program(), admit=False)
+
+    async def reachable(self) -> None:
+        """Readiness as the health poll asks it: a call that answered within the last poll
+        while others run proves it (a probe would queue behind them, and under load time out
+        and turn a busy gateway NOT_SERVING); otherwise ``ready``'s probe."""
+        poll_s = self.opener.settings.serve.health_poll_s
+        if self._in_flight and time.monotonic() - self._succeeded_at < poll_s:
+            return
+        await self.ready()
 
     async def close(self) -> None:
         """Close the clients (the embedded store flushed, after its thread's calls in progress).
@@ -128,10 +144,26 @@ class IndexAccess:
         self.opener.close()
 
     async def _execute(self, program: Callable[[Retriever], Program[T]], *,
-                       create: bool = False) -> T:
+                       create: bool = False, admit: bool = True) -> T:
+        """``admit``: counted against serve.max_index_queue (a readiness probe is not)."""
         if self._closed:
             raise self._closed_error()
+        limit = self.opener.settings.serve.max_index_queue
+        if admit and self._in_flight >= limit:
+            raise Overloaded(f"{limit} index operations running or waiting in this gateway "
+                             "(serve.max_index_queue)")
+        self._in_flight += int(admit)
+        try:
+            answer = await self._run(program, create)
+        finally:
+            self._in_flight -= int(admit)
+        self._succeeded_at = time.monotonic()
+        return answer
+
+    async def _run(self, program: Callable[[Retriever], Program[T]], create: bool) -> T:
         retriever = self._retriever or await self._open(create)
+        if self._closed:  # closed while it opened: its engine would never be closed
+            raise self._closed_error()
         try:
             if retriever.store.backend == "embedded":
                 return await self._in_thread(lambda: retriever.store.execute(program(retriever)))

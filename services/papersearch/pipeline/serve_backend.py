@@ -187,5 +187,5 @@ class HandleBackend:
             raise EmbedderMismatch(
                 f"the QueryEncoder's {bound.view.embedder} is {sha[:12]} (dim {dim}), the model "
                 f"repository's {bound.view.sha256[:12]} (dim {bound.view.dim})")
-        await bound.index.ready()
+        await bound.index.reachable()
         return True
