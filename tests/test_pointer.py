@@ -196,7 +196,10 @@ def _one_embedder(tmp_path: Path) -> Settings:
 def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> None:
     """The previous collection failing to open: the live collection was opened, dropped
     unclosed, and opened again on every call (5 calls, 5 opens, 0 closes). A call cancelled
-    while the collection opens in its thread closes what the thread opened."""
+    while the collection opens in its thread leaves the open to the next call, which takes it
+    over: the open had been closed and begun again at every call, so an open longer than the
+    health poll's timeout never let readiness come. Closing the collections closes an open
+    nobody took over."""
     settings = _one_embedder(tmp_path)
 
     class Swapped(Unreachable):
@@ -228,8 +231,19 @@ def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> No
         opened.clear()
         cancelled = Collections(settings, make_access=slow_open,  # type: ignore[arg-type]
                                 make_pointers=lambda _: Unmigrated(settings.index))
+        for _ in range(3):  # polls shorter than the open
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(cancelled.live(), 0.05)
+        live = await asyncio.wait_for(cancelled.live(), 1.0)
+        assert len(opened) == 1 and live.index is opened[0] and not opened[0].closed
+        await cancelled.close()
+        assert opened[0].closed
+        opened.clear()
+        left = Collections(settings, make_access=slow_open,  # type: ignore[arg-type]
+                           make_pointers=lambda _: Unmigrated(settings.index))
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(cancelled.live(), 0.05)
+            await asyncio.wait_for(left.live(), 0.05)
+        await left.close()  # waits for the open in its thread, then closes it
         assert len(opened) == 1 and opened[0].closed
 
     asyncio.run(resolves())

@@ -100,6 +100,8 @@ class Collections:
         self.other: Bound | None = None  # the migration's other collection, if one runs
         self._live: Bound | None = None
         self._pointers: Pointers | None = None
+        # opens their caller left (cancelled: its deadline, the health poll's), for the next
+        self._opening: dict[View, asyncio.Future[IndexAccess]] = {}
         self._resolving = asyncio.Lock()
         self.retry_s, self.clock = retry_s, clock
         self._failure: StoreError | None = None  # the last failed resolution, and when
@@ -128,13 +130,32 @@ class Collections:
             self.previous_missing = None
 
     async def bind(self, view: View) -> Bound:
-        opening = asyncio.ensure_future(asyncio.to_thread(self.make_access, self.settings, view))
-        try:
-            return Bound(view, await asyncio.shield(opening))
-        except asyncio.CancelledError:  # the open goes on in its thread: close what it opens
-            with contextlib.suppress(Exception):
-                await (await opening).close()
-            raise
+        """``view``'s collection opened (in a thread). A caller cancelled meanwhile leaves the
+        open going, and the next bind of the view takes it over: an open longer than the
+        health poll's timeout began again at every poll, and readiness never came."""
+        while True:
+            opening = self._opening.get(view)
+            if opening is None:
+                opening = self._opening[view] = asyncio.ensure_future(
+                    asyncio.to_thread(self.make_access, self.settings, view))
+            try:
+                access = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # failed: the next bind opens it again
+                if self._opening.get(view) is opening:
+                    del self._opening[view]
+                raise
+            if self._opening.get(view) is opening:  # taken over here, not by another bind
+                del self._opening[view]
+                return Bound(view, access)
+
+    def _park(self, bound: Bound) -> None:
+        """An open collection whose resolution was cancelled, kept for the next bind (none
+        is kept for its view: one resolution runs at a time, and its bind took it over)."""
+        parked: asyncio.Future[IndexAccess] = asyncio.get_running_loop().create_future()
+        parked.set_result(bound.index)
+        self._opening[bound.view] = parked
 
     async def pointers(self) -> Pointers:
         if self._pointers is None:
@@ -145,6 +166,10 @@ class Collections:
         for bound in (self._live, self.other):
             if bound is not None:
                 await bound.index.close()
+        for opening in self._opening.values():  # left by cancelled callers: closed once open
+            with contextlib.suppress(Exception):
+                await (await asyncio.shield(opening)).close()
+        self._opening.clear()
         if self._pointers is not None:
             await asyncio.to_thread(self._pointers.close)
 
@@ -165,6 +190,9 @@ class Collections:
         try:  # the next call opens it again: this one must not stay open beside it
             previous = None if pointer is None else self._previous(pointer)
             other = None if previous is None else await self.bind(previous)
+        except asyncio.CancelledError:  # the next call takes it over (the open may be slow)
+            self._park(live)
+            raise
         except BaseException:
             await live.index.close()
             raise
