@@ -270,12 +270,22 @@ def test_jsonl_dates_of_a_year_or_a_month_are_its_first_day(tmp_path: Path) -> N
     assert found == [date(2024, 1, 1), date(2024, 3, 1), date(2024, 3, 5), date(2024, 1, 1)]
 
 
+def test_jsonl_takes_the_apis_paper_id(tmp_path: Path) -> None:
+    """A line written as the API writes a paper (``paper_id``, as UpsertPapers' NDJSON takes
+    it) was skipped: "missing or empty 'id'"."""
+    line = {k: v for k, v in GOOD.items() if k != "id"} | {"paper_id": GOOD["id"]}
+    found, = read_jsonl(write(tmp_path, "papers.jsonl", json.dumps(line) + "\n"))
+    assert found == next(iter(read_jsonl(write(tmp_path, "id.jsonl", json.dumps(GOOD) + "\n"))))
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
         ("{not json", "invalid JSON"),
         ("[1, 2]", "expected a JSON object"),
         (json.dumps({**GOOD, "id": ""}), "missing or empty 'id'"),
+        (json.dumps({**GOOD, "paper_id": "x"}), "both 'id' and 'paper_id': give one"),
+        (json.dumps({"paper_id": " ", "title": "T"}), "'paper_id' "),
         (json.dumps({**GOOD, "title": "", "abstract": " "}), "neither title nor abstract"),
         (json.dumps({**GOOD, "published": "02/01/2024"}), "not an ISO date"),
         (json.dumps({**GOOD, "published": "2024-13"}), "not an ISO date"),

@@ -1,7 +1,8 @@
 """Reader for JSON Lines papers, and the line-by-line machinery the BEIR reader shares.
 
-One object a line: ``id`` and ``title`` or ``abstract`` are required; ``authors`` is a list or a
-"a, b" string, ``published`` an ISO date, ``categories`` a list (or a comma- or space-separated
+One object a line: ``id`` (or ``paper_id``, the API's name for it: a file of the API's papers
+reads as it is) and ``title`` or ``abstract`` are required; ``authors`` is a list or a "a, b"
+string, ``published`` an ISO date, ``categories`` a list (or a comma- or space-separated
 string), ``url`` a string. Other fields are not read.
 """
 
@@ -89,8 +90,10 @@ def _parse_line(
 def paper_from_json(record: Mapping[str, Any]) -> Paper:
     """Map one JSON object to a paper; raises ValueError when it cannot be one (also past a
     limit the API enforces)."""
+    if "id" in record and "paper_id" in record:
+        raise RecordError("both 'id' and 'paper_id': give one")
     return within_limits(Paper(
-        id=record_id(record, "id"),
+        id=record_id(record, "paper_id" if "paper_id" in record else "id"),
         title=text_field(record, "title"),
         abstract=text_field(record, "abstract"),
         url=text_field(record, "url") or None,
