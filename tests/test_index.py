@@ -629,8 +629,9 @@ def test_embedder_mismatch(factory: Factory) -> None:
     first.ensure_collection(DIM, SHA)
     first.upsert(PAPERS[:3], DENSE[:3], SPARSE[:3])
     first.ensure_collection(DIM, SHA)  # same identity again: fine
-    with pytest.raises(EmbedderMismatch, match="bbbbbbbbbbbb"):
+    with pytest.raises(EmbedderMismatch, match="bbbbbbbbbbbb") as mismatch:
         first.ensure_collection(DIM, "b" * 64)
+    assert "`papersearch index migrate --embedder NAME`" in str(mismatch.value)  # the remedies
     first.close()
     with pytest.raises(EmbedderMismatch, match="dim 16"):
         factory().ensure_collection(DIM + 1, SHA)

@@ -285,6 +285,7 @@ def test_models_info_reports_the_precision_in_use(
     report = json.loads(capsys.readouterr().out)
     embedder = report["embedder"]
     assert embedder["version"] == read_manifest(embedder_dir).version
+    assert embedder["sha256"] == read_manifest(embedder_dir).sha256[:12]  # as an index names it
     agreement = embedder["int8_agreement_here"]
     assert embedder["precision"] == ("int8" if agreement >= INT8_MIN_AGREEMENT else "fp32")
     assert "train-reranker" in report["reranker"]["missing"]

@@ -70,8 +70,10 @@ class EmbedderIdentity:
         if stored != self:
             raise EmbedderMismatch(
                 f"{where} was built by embedder {stored.sha256[:12]} (dim {stored.dim}) but "
-                f"embedder {self.sha256[:12]} (dim {self.dim}) is in use: re-index or switch "
-                "the embedder back"
+                f"embedder {self.sha256[:12]} (dim {self.dim}) is in use (`papersearch models "
+                "info` shows the configured one's): switch the embedder back, move the index to "
+                "this one (`papersearch index migrate --embedder NAME`, on a running gateway), "
+                "or ingest into another index.data_dir or index.collection"
             )
 
 

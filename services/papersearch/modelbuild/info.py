@@ -35,7 +35,9 @@ def describe(settings: Settings) -> dict[str, Any]:
         threshold = (SelfCheck.from_dict(manifest.selfcheck).threshold
                      if manifest.selfcheck else None)
         report[kind] = {
-            "name": manifest.name, "version": manifest.version, "path": str(model.version_dir),
+            "name": manifest.name, "version": manifest.version,
+            "sha256": manifest.sha256[:12],  # as an index built by another embedder names it
+            "path": str(model.version_dir),
             "source": manifest.source, "created": manifest.created,
             "quantization": manifest.quantization, "export_parity": manifest.parity,
             "precision": model.precision, "int8_agreement_here": model.int8_agreement,
