@@ -319,3 +319,19 @@ def test_every_client_call_takes_a_deadline_of_its_own() -> None:
     assert given.keys() == asked.keys()  # gRPC sends a deadline in whole units, rounded up
     assert all(asked[name] - 1 < given[name] <= asked[name] + 1 for name in asked), given
     assert 29 < deadlines.left["get"] <= 31  # the client's, when a call gives none
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", "top.yaml", "search", "q"], ["search", "q", "--config", "top.yaml"],
+    ["models", "info", "--config", "top.yaml"], ["index", "migrate", "--finish", "--config",
+                                                  "top.yaml"],
+])
+def test_config_is_taken_before_or_after_the_command(argv: list[str]) -> None:
+    """`papersearch search q --config f.yaml` was refused: "unrecognized arguments"."""
+    assert build_parser().parse_args(argv).config == Path("top.yaml")
+
+
+def test_config_after_the_command_wins() -> None:
+    args = build_parser().parse_args(["--config", "a.yaml", "search", "q", "--config", "b.yaml"])
+    assert args.config == Path("b.yaml")
+    assert build_parser().parse_args(["search", "q"]).config is None

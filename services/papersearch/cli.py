@@ -737,7 +737,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--dataset", type=Path, required=True)
     tune.set_defaults(handler=_tune_rerank)
+    _config_after_commands(parser)
     return parser
+
+
+def _config_after_commands(parser: argparse.ArgumentParser) -> None:
+    """--config after a command too (`papersearch search q --config f.yaml`): it was refused
+    there as an unrecognized argument. Unset there, the one before the command stands."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for command in dict.fromkeys(action.choices.values()):  # type: ignore[union-attr]
+            command.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                                 help="YAML settings file (also PAPERSEARCH_CONFIG)")
+            _config_after_commands(command)
 
 
 def _not_utf8(args: argparse.Namespace) -> str | None:
