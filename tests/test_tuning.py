@@ -215,14 +215,25 @@ def test_tunes_table_names_each_set_whole(
     names = ["medsample-train", "medsample-test"]
     row = {"ndcg@10": {"medsample-train": 0.5, "medsample-test": 0.25},
            "tuning_mean": 0.5, "held_out_mean": 0.25}
-    out = {"tuning_sets": names[:1], "held_out_sets": names[1:], "baseline": row,
+    out = {"tuning_sets": names[:1], "held_out_sets": names[1:],
+           "baseline": {**row, "settings": {"index.fusion": "convex",
+                                            "index.fusion_dense_weight": 0.6}},
            "feedback": {**row, "settings": {}, "against_baseline": {},
                         "tuning_sets_agree": True, "held_out_sets_agree": True},
-           "candidates": [], "chosen": None}
+           "candidates": [], "chosen": {"name": "rrf k=60", "adopt": False,
+                                        "settings": {"index.fusion": "rrf", "index.rrf_k": 60},
+                                        "against_baseline": {}}}
     monkeypatch.setattr(datasets, "load_dataset", lambda path: path)
     monkeypatch.setattr(runtime.Encoder, "from_settings", staticmethod(lambda models: None))
     monkeypatch.setattr(fusion_tuning, "tune_fusion", lambda *args: out)
     assert main(["tune", "--tune", str(tmp_path / "a"), "--held-out", str(tmp_path / "b")]) == 0
-    header, baseline = capsys.readouterr().out.splitlines()[:2]
+    printed = capsys.readouterr().out.splitlines()
+    header, baseline = printed[:2]
     assert header.split() == ["nDCG@10", *names, "tuning", "held-out"]
     assert baseline.split()[-4:] == ["0.5000", "0.2500", "0.5000", "0.2500"]
+    # settings as the variables that set them (a Python dict was printed), the baseline's too
+    assert baseline.startswith("baseline (as configured)")  # it said "Qdrant" for any backend
+    assert "the baseline: PAPERSEARCH_INDEX__FUSION=convex " \
+           "PAPERSEARCH_INDEX__FUSION_DENSE_WEIGHT=0.6" in printed
+    assert "chosen on the tuning sets: rrf k=60: PAPERSEARCH_INDEX__FUSION=rrf " \
+           "PAPERSEARCH_INDEX__RRF_K=60" in printed

@@ -541,18 +541,19 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     width = {n: max(11, len(n) + 1) for n in names}  # a set is known by its whole name
     print(f"{'nDCG@10':<30}" + "".join(f"{n:>{width[n]}}" for n in names)
           + f"{'tuning':>9}{'held-out':>9}")
-    for label, row in [("baseline (configured, Qdrant)", out["baseline"]),
+    for label, row in [("baseline (as configured)", out["baseline"]),
                        ("baseline + query feedback", out["feedback"]),
                        *((c["name"] + ("" if c["runs_in_store"] else " *"), c)
                          for c in out["candidates"])]:
         print(f"{label:<30}" + "".join(f"{row['ndcg@10'][n]:>{width[n]}.4f}" for n in names)
               + f"{row['tuning_mean']:>9.4f}{row['held_out_mean']:>9.4f}")
     print("* shown for reference: the Store does not run it")
+    print(f"the baseline: {_variables(out['baseline']['settings'])}")
     chosen = out["chosen"]
     if chosen is None:
         print("no candidate the Store runs beats the baseline on every tuning set: keep it")
     else:
-        print(f"chosen on the tuning sets: {chosen['name']} ({chosen['settings']})")
+        print(f"chosen on the tuning sets: {chosen['name']}: {_variables(chosen['settings'])}")
         _print_verdicts(chosen["against_baseline"])
         print("held-out sets agree: adopt it" if chosen["adopt"]
               else "held-out sets do not all agree: keep the baseline")
@@ -568,6 +569,12 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("the tuning sets do not all gain: consider index.prf_enabled=false")
     return 0
+
+
+def _variables(settings: dict[str, Any]) -> str:
+    """Dotted settings (``index.rrf_k``) as the environment variables that set them."""
+    return " ".join(f"PAPERSEARCH_{name.replace('.', '__').upper()}={value}"
+                    for name, value in settings.items())
 
 
 def _print_verdicts(verdicts: dict[str, Any]) -> None:
