@@ -72,9 +72,6 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_SERVE__GRPC_HOST", "",  # gRPC failed to bind after Ray had started
      "serve.grpc_host (PAPERSEARCH_SERVE__GRPC_HOST): String should have at least 1 character "
      "(given '')"),
-    # the rerank window sized past the budget: adaptive depth never shrank it in time
-    ("PAPERSEARCH_SEARCH__RERANK_TARGET_S", "5",
-     "Value error, search.rerank_target_s=5 must be below serve.rerank_timeout_s=2"),
     # found only by torch minutes into a training run, without the setting's name
     ("PAPERSEARCH_TRAINING__LEARNING_RATE", "-1",
      "training.learning_rate (PAPERSEARCH_TRAINING__LEARNING_RATE): Input should be greater "
@@ -83,6 +80,12 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_SERVE__MIN_CLIENT_PING_INTERVAL_S", "60",
      "serve.min_client_ping_interval_s (PAPERSEARCH_SERVE__MIN_CLIENT_PING_INTERVAL_S): Input "
      "should be less than 30 (given '60')"),
+    # the rerank window sized past the budget: adaptive depth never shrank it in time; a check
+    # across sections names each setting's variable (it named neither)
+    ("PAPERSEARCH_SEARCH__RERANK_TARGET_S", "5",
+     "Value error, search.rerank_target_s=5 must be below serve.rerank_timeout_s=2 "
+     "(search.rerank_target_s: PAPERSEARCH_SEARCH__RERANK_TARGET_S; serve.rerank_timeout_s: "
+     "PAPERSEARCH_SERVE__RERANK_TIMEOUT_S)"),
     # a key in both scopes has write access: refused, without its value
     ("PAPERSEARCH_SERVE", '{"api_keys": ["w-key", "both-key"], "read_api_keys": ["both-key"]}',
      "serve (PAPERSEARCH_SERVE): Value error, a key is in both serve.api_keys and "

@@ -868,10 +868,19 @@ def invalid_settings(error: ValidationError) -> str:
         value = f" (given {given!r})" if isinstance(given, str | int | float | bool) \
             and not secret else ""
         if not names:  # settings that do not fit together: the message names them
-            found.append(f"{problem['msg']}{value}")
+            found.append(f"{problem['msg']}{value}{_sources_named(prefix, problem['msg'])}")
             continue
         found.append(f"{'.'.join(where)} ({_source(prefix, names)}): {problem['msg']}{value}")
     return "invalid settings: " + "; ".join(found)
+
+
+def _sources_named(prefix: str, message: str) -> str:
+    """Where each setting a message names (``search.rerank_target_s``) is set, as _source
+    says it: a check across sections named the settings but not their variables or file."""
+    named = dict.fromkeys(re.findall(r"\b([a-z_]+)\.([a-z0-9_]+)\b", message))
+    sources = [f"{section}.{key}: {_source(prefix, [section, key])}" for section, key in named
+               if setting_field(f"{prefix}{section}__{key}".upper()) is not None]
+    return f" ({'; '.join(sources)})" if sources else ""
 
 
 def _source(prefix: str, names: list[str | int]) -> str:
