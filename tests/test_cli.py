@@ -335,3 +335,12 @@ def test_config_after_the_command_wins() -> None:
     args = build_parser().parse_args(["--config", "a.yaml", "search", "q", "--config", "b.yaml"])
     assert args.config == Path("b.yaml")
     assert build_parser().parse_args(["search", "q"]).config is None
+
+
+def test_a_date_no_calendar_holds_is_said_as_such(capsys: pytest.CaptureFixture[str]) -> None:
+    """--from 2024-02-30 was refused as "expected a date YYYY-MM-DD": the format it had."""
+    for value, said in [("2024-02-30", "'2024-02-30' is no date (day is out of range for month)"),
+                        ("2024-2-3", "expected a date YYYY-MM-DD, got '2024-2-3'")]:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["search", "q", "--from", value])
+        assert capsys.readouterr().err.rstrip().endswith(f"argument --from: {said}")

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -55,10 +56,14 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError
 
 
 def _iso_date(value: str) -> date:
+    """A YYYY-MM-DD date; one written so that is no day of the calendar (2024-02-30) is said
+    as such, not as a format error."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {value!r}")
     try:
         return date.fromisoformat(value)
-    except ValueError:  # argparse showed "invalid fromisoformat value"
-        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {value!r}") from None
+    except ValueError as error:  # argparse showed "invalid fromisoformat value"
+        raise argparse.ArgumentTypeError(f"{value!r} is no date ({error})") from None
 
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
