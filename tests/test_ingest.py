@@ -617,6 +617,25 @@ def test_an_ingest_stops_when_a_migration_moves_the_index(
         assert ingester.written == 2 and store.count() == 2
 
 
+def test_no_progress_bar_where_stderr_is_no_terminal(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Into a log (stderr not a terminal) the progress bar of ingest, and of eval's and tune's
+    index builds, wrote its every redraw: one line of carriage returns, 10 KB long."""
+    from papersearch.ingest.pipeline import Ingester, ingest_paths
+    from papersearch.pipeline.factory import open_live
+
+    settings = model_settings.model_copy(
+        update={"index": IndexSettings(data_dir=tmp_path / "index")})
+    encoder, store = open_live(settings, create=True)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(4))
+    with store:
+        ingest_paths([corpus], store, Ingester(store, encoder, batch_size=2), progress=True)
+        assert store.count() == 4
+    assert "paper/s" not in capfd.readouterr().err
+
+
 def test_a_stop_just_after_a_write_counts_it(
     model_settings: Settings, embedder_dir: Path, tmp_path: Path
 ) -> None:

@@ -171,7 +171,7 @@ def fetch_lists(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> L
         baseline: dict[str, list[str]] = {}
         feedback: dict[str, list[str]] = {}
         for qid, vector in tqdm(zip(ids, vectors, strict=True), total=len(ids),
-                                desc=f"{dataset.name} lists", unit="query"):
+                                desc=f"{dataset.name} lists", unit="query", disable=None):
             text = dataset.queries[qid]
             dense[qid] = _ranked(retriever.search(text, vector, mode="dense", limit=depth))
             sparse[qid] = _ranked(retriever.search(text, vector, mode="sparse", limit=depth))

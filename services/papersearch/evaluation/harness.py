@@ -129,7 +129,8 @@ def first_stage(
     return {
         qid: retriever.search(text, vector, mode=mode, limit=DEPTH, feedback=feedback)
         for qid, text, vector in tqdm(zip(ids, texts, vectors, strict=True), total=len(ids),
-                                      desc=f"{dataset.name} {stage}", unit="query")
+                                      desc=f"{dataset.name} {stage}", unit="query",
+                                      disable=None)
     }
 
 
@@ -139,7 +140,8 @@ def score_windows(
     return {
         qid: reranker.score(dataset.queries[qid], [h.paper.text for h in hits[:top_n]])
         if hits else np.zeros(0, dtype=np.float32)
-        for qid, hits in tqdm(candidates.items(), desc=f"{dataset.name} rerank", unit="query")
+        for qid, hits in tqdm(candidates.items(), desc=f"{dataset.name} rerank", unit="query",
+                              disable=None)
     }
 
 

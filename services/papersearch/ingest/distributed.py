@@ -242,7 +242,7 @@ class RayIngester:
         written = 0
         if fresh:
             with tqdm(desc="ingest (ray)", unit="paper", total=len(fresh),
-                      disable=not progress) as bar:
+                      disable=None if progress else True) as bar:
                 for rows, dense in self._encoded(fresh):
                     batch = [fresh[int(row)] for row in rows]
                     written += checked_write(self, partial(self.retriever.upsert, batch, dense))

@@ -76,7 +76,7 @@ class Ingester:
     ) -> tuple[int, int]:
         """Write every paper not yet stored (all of them with ``update``); (written, present)."""
         written = present = 0
-        with tqdm(desc="ingest", unit="paper", disable=not progress) as bar:
+        with tqdm(desc="ingest", unit="paper", disable=None if progress else True) as bar:
             for batch in _batches(papers, self.batch_size):
                 fresh, changed = (batch, 0) if update else unstored(self.store, batch)
                 present += len(batch) - len(fresh)
