@@ -176,7 +176,11 @@ class TrainingSettings(Section):
     max_pairs: int | None = Field(
         None, ge=1, description="Cap on papers read per corpus (for quick trials)."
     )
-    torch_threads: int = Field(2, ge=1)
+    torch_threads: int = Field(
+        2, ge=1, description="torch's threads in training (the shipped weights' count; it "
+                             "changes the order of float sums, so the weights): 1 where other "
+                             "jobs load the cores (README, The default reranker).",
+    )
     time_budget_s: float | None = Field(
         1800.0, gt=0, description="Train only as many of the steps as fit, by the timed probe "
                                   "and the first steps' pace, between the end of mining and "
