@@ -495,6 +495,7 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     reports = run_eval(dataset, modes, settings, Encoder.from_settings(settings.models), reranker)
     judged = judged_queries(dataset)
     out = {"dataset": dataset.name, "queries": len(dataset.queries), "judged_queries": judged,
+           "index.prf_enabled": settings.index.prf_enabled,  # what hybrid ran (see below)
            "modes": {m: r.to_dict() for m, r in reports.items()}}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -506,6 +507,10 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
         for mode, report in reports.items():
             print(f"{mode:<16}{report.ndcg_at_10:>10.4f}{report.recall_at_100:>10.4f}"
                   f"{report.mrr_at_10:>10.4f}{report.ms_per_query or 0:>10.1f}")
+        if settings.index.prf_enabled and {"hybrid", "hybrid+rerank"} & set(reports):
+            print("note: hybrid searches run as configured: with query feedback "
+                  "(index.prf_enabled, the default), as hybrid+feedback does; "
+                  "PAPERSEARCH_INDEX__PRF_ENABLED=false measures them without")
     return 0
 
 
