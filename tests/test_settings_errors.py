@@ -307,3 +307,13 @@ def test_a_value_from_the_file_is_not_blamed_on_a_variable_never_set(
     monkeypatch.setenv("PAPERSEARCH_SERVE__GRPC_PORT__X", "5")
     assert error_line(capsys).startswith("papersearch: error: invalid settings: serve.grpc_port "
                                          "(PAPERSEARCH_SERVE__GRPC_PORT__X): ")
+
+
+def test_a_check_of_a_section_names_the_variables_it_is_about(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """index.url without index.backend=server named every PAPERSEARCH_INDEX__* variable set
+    (PAPERSEARCH_INDEX__DATA_DIR too), not the one at fault."""
+    monkeypatch.setenv("PAPERSEARCH_INDEX__PREFETCH_LIMIT", "50")
+    monkeypatch.setenv("PAPERSEARCH_INDEX__URL", "http://qdrant:6333")
+    assert error_line(capsys).startswith("papersearch: error: invalid settings: index "
+                                         "(PAPERSEARCH_INDEX__URL): Value error, index.url ")

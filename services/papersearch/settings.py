@@ -874,17 +874,33 @@ def invalid_settings(error: ValidationError) -> str:
         if not names:  # settings that do not fit together: the message names them
             found.append(f"{problem['msg']}{value}{_sources_named(prefix, problem['msg'])}")
             continue
-        found.append(f"{'.'.join(where)} ({_source(prefix, names)}): {problem['msg']}{value}")
+        source = (_set_among(prefix, problem["msg"]) if len(names) == 1 else "") \
+            or _source(prefix, names)  # a section's check: the variables it names, if set
+        found.append(f"{'.'.join(where)} ({source}): {problem['msg']}{value}")
     return "invalid settings: " + "; ".join(found)
 
 
+def _named_settings(message: str) -> list[tuple[str, str]]:
+    """The settings a message names (``search.rerank_target_s``), in order, once each."""
+    found = dict.fromkeys(re.findall(r"\b([a-z_]+)\.([a-z0-9_]+)\b", message))
+    return [(section, key) for section, key in found
+            if setting_field(f"PAPERSEARCH_{section}__{key}".upper()) is not None]
+
+
 def _sources_named(prefix: str, message: str) -> str:
-    """Where each setting a message names (``search.rerank_target_s``) is set, as _source
-    says it: a check across sections named the settings but not their variables or file."""
-    named = dict.fromkeys(re.findall(r"\b([a-z_]+)\.([a-z0-9_]+)\b", message))
-    sources = [f"{section}.{key}: {_source(prefix, [section, key])}" for section, key in named
-               if setting_field(f"{prefix}{section}__{key}".upper()) is not None]
+    """Where each setting a message names is set, as _source says it: a check across
+    sections named the settings but not their variables or file."""
+    sources = [f"{section}.{key}: {_source(prefix, [section, key])}"
+               for section, key in _named_settings(message)]
     return f" ({'; '.join(sources)})" if sources else ""
+
+
+def _set_among(prefix: str, message: str) -> str:
+    """The variables set of the settings a message names ("" if none is set): a check of a
+    whole section named every variable set in it, related or not."""
+    set_here = {name.upper() for name in os.environ}
+    return ", ".join(variable for section, key in _named_settings(message)
+                     if (variable := f"{prefix}{section}__{key}".upper()) in set_here)
 
 
 def _source(prefix: str, names: list[str | int]) -> str:
