@@ -202,7 +202,7 @@ def test_a_newcomers_mistakes_get_one_line(capsys: pytest.CaptureFixture[str],
         assert "UNAVAILABLE" in capsys.readouterr().err, target
     with pytest.raises(SystemExit):
         main(["search", "x", "--from", "2024-13-01"])
-    assert "--from: expected a date YYYY-MM-DD, got '2024-13-01'" in capsys.readouterr().err
+    assert "--from: '2024-13-01' is no date (month must be in 1..12)" in capsys.readouterr().err
     (tmp_path / "papers.csv").write_text("id,title\n")
     assert main(["ingest", str(tmp_path / "papers.csv")]) == 2
     assert "expected a .jsonl file" in capsys.readouterr().err
