@@ -363,7 +363,8 @@ def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> No
     class Request:
         content = Body()
 
-    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0)  # type: ignore[arg-type]
+    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0,  # type: ignore[arg-type]
+                            http_api.Parsers())
 
     async def read() -> list[bytes]:
         return [line async for line in lines._lines()]
@@ -388,7 +389,8 @@ def test_a_body_of_blank_lines_lets_the_event_loop_run() -> None:
     class Request:
         content = Body()
 
-    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0)  # type: ignore[arg-type]
+    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0,  # type: ignore[arg-type]
+                            http_api.Parsers())
     turns = [0]
 
     async def meanwhile() -> None:
@@ -426,7 +428,8 @@ def test_a_malformed_body_is_invalid_argument() -> None:
         async def read(self) -> bytes:
             return await self.content.read()
 
-    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0)  # type: ignore[arg-type]
+    lines = http_api._Lines(Request(), pb.Paper, 1 << 20, 5.0,  # type: ignore[arg-type]
+                            http_api.Parsers())
 
     async def read() -> list[Any]:
         return [m async for m in lines.messages()]  # type: ignore[misc]
@@ -472,7 +475,8 @@ def test_an_ndjson_line_past_the_limit_is_refused_where_it_ends_in_one_piece() -
     class Request:
         content = Body()
 
-    lines = http_api._Lines(Request(), pb.Paper, 64, 5.0)  # type: ignore[arg-type]
+    lines = http_api._Lines(Request(), pb.Paper, 64, 5.0,  # type: ignore[arg-type]
+                            http_api.Parsers())
 
     async def read() -> list[bytes]:
         return [line async for line in lines.messages()]  # type: ignore[misc]
@@ -739,3 +743,41 @@ def test_an_http_stream_to_a_client_that_stopped_reading_ends_at_its_last_line_t
             await runner.cleanup()
 
     assert asyncio.run(run())  # let go, not held until the client left
+
+
+def test_large_bodies_are_parsed_a_few_at_a_time_and_refused_past_them() -> None:
+    """Every large body was parsed in the default executor at once: protobuf's parser holds
+    the GIL (8 bodies of 3.4 MiB stalled the event loop 268 ms), the parses queued behind the
+    index's opens, and one whose client had gone went on. Now PARSE_THREADS run, PARSE_WAITING
+    wait, another is refused at once, and a waiting one whose caller left is never run."""
+    from papersearch.gateway.http_api import PARSE_THREADS, PARSE_WAITING, HttpError, Parsers
+
+    release, ran = threading.Event(), []
+
+    def parse(name: str) -> Any:
+        def run() -> Any:
+            release.wait(10)
+            ran.append(name)
+            return name
+        return run
+
+    async def flood() -> tuple[list[Any], HttpError]:
+        parsers = Parsers()
+        try:
+            held = [asyncio.ensure_future(parsers.run(parse(f"p{i}")))
+                    for i in range(PARSE_THREADS + PARSE_WAITING)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(HttpError) as refused:
+                await parsers.run(parse("one too many"))
+            held[-1].cancel()  # its caller went away while it waited
+            await asyncio.sleep(0.05)
+            release.set()
+            return await asyncio.gather(*held, return_exceptions=True), refused.value
+        finally:
+            parsers.close()
+
+    answers, refused = asyncio.run(flood())
+    assert refused.status == "RESOURCE_EXHAUSTED" and refused.http == 429
+    assert answers[:-1] == [f"p{i}" for i in range(PARSE_THREADS + PARSE_WAITING - 1)]
+    assert isinstance(answers[-1], asyncio.CancelledError)
+    assert sorted(ran) == answers[:-1]  # the cancelled one never ran

@@ -21,6 +21,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,11 @@ JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHUNK_BYTES = 64 * 1024
 PARSE_INLINE_BYTES = 64 * 1024  # a larger JSON body is parsed off the event loop
+# ... in PARSE_THREADS threads of the front's own, with at most PARSE_WAITING more waiting:
+# protobuf's parser holds the GIL, so parses at once only stalled the loop more (8 bodies of
+# 3.4 MiB: 268 ms), and in the default executor they queued behind the index's opens
+PARSE_THREADS = 1
+PARSE_WAITING = 3
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status recorded, none sent
 FORWARDED_METADATA = ("papersearch-",)  # trailing metadata an error body carries
 
@@ -77,6 +83,29 @@ class HttpError(Exception):
         return web.json_response({"error": error}, status=self.http)
 
 
+class Parsers:
+    """Large JSON bodies parsed off the event loop, a few at a time. Past PARSE_WAITING
+    waiting, another is refused (RESOURCE_EXHAUSTED: the client retries) instead of queued;
+    one whose caller went away (cancelled) before its turn is never parsed."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="http-parse")
+        self._held = 0  # parses running or waiting
+
+    async def run(self, parse: Callable[[], Message]) -> Message:
+        if self._held >= PARSE_THREADS + PARSE_WAITING:
+            raise HttpError("RESOURCE_EXHAUSTED", f"{self._held} large request bodies are "
+                            "being read: send it again shortly")
+        self._held += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, parse)
+        finally:
+            self._held -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class HttpFront:
     """The HTTP server and its channel to the gateway's gRPC server (``unix_target``)."""
 
@@ -102,6 +131,7 @@ class HttpFront:
             for _ in range(math.ceil(serve.watch_max_watches / serve.max_concurrent_streams))]
         self.watching = [0] * len(self.watch_channels)  # HTTP watches open on each
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.parsers = Parsers()
         logging.getLogger("aiohttp.server").addFilter(BAD_REQUESTS)  # once per process
         app = web.Application(client_max_size=serve.max_receive_bytes)
         app.middlewares.extend([_cors(app, serve.http_cors_origins),
@@ -134,6 +164,7 @@ class HttpFront:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+        self.parsers.close()
         for channel in (self.channel, *self.watch_channels):
             await channel.close()
 
@@ -153,8 +184,8 @@ class HttpFront:
 
             async def streaming(request: web.Request) -> web.StreamResponse:
                 options = self._admitted(request, path, JSON, None)  # no deadline unless set
-                message = await _message(await self._body(request), request_type, "request",
-                                         "request body")
+                message = await _message(self.parsers, await self._body(request), request_type,
+                                         "request", "request body")
                 least = min(range(len(calls)), key=self.watching.__getitem__)  # by open watches
                 self.watching[least] += 1
                 try:
@@ -172,7 +203,7 @@ class HttpFront:
             async def streamed(request: web.Request) -> web.StreamResponse:
                 options = self._admitted(request, path, openapi.NDJSON, deadline_s)
                 messages = _Lines(request, request_type, self.serve.max_receive_bytes,
-                                  self.serve.http_body_timeout_s)
+                                  self.serve.http_body_timeout_s, self.parsers)
                 call = stream(messages.messages(), **options)
                 return _json(await _answer(call, messages))
 
@@ -182,8 +213,8 @@ class HttpFront:
 
         async def single(request: web.Request) -> web.StreamResponse:
             options = self._admitted(request, path, JSON, deadline_s)
-            message = await _message(await self._body(request), request_type, "request",
-                                     "request body")
+            message = await _message(self.parsers, await self._body(request), request_type,
+                                     "request", "request body")
             return _json(await _answer(unary(message, **options)))
 
         return _measured(path, single)
@@ -256,8 +287,9 @@ class _Lines:
     message ends the stream there (what came before is sent and committed) and is reported."""
 
     def __init__(self, request: web.Request, message_type: type[Message], max_bytes: int,
-                 stall_s: float) -> None:
+                 stall_s: float, parsers: Parsers) -> None:
         self.request = request
+        self.parsers = parsers
         self.message_type = message_type
         self.max_bytes = max_bytes
         self.stall_s = stall_s  # the longest wait for the body's next bytes
@@ -271,7 +303,7 @@ class _Lines:
                 self.line += 1
                 if line.strip():
                     where = f"line {self.line}"
-                    message = await _message(line, self.message_type, where)
+                    message = await _message(self.parsers, line, self.message_type, where)
                     self.sent += 1
                     yield message
         except HttpError as error:
@@ -381,16 +413,16 @@ def _loads(data: bytes, what: str) -> Any:
         raise HttpError("INVALID_ARGUMENT", f"{what} is not valid JSON: {error}") from None
 
 
-async def _message(data: bytes, message_type: type[Message], what: str,
+async def _message(parsers: Parsers, data: bytes, message_type: type[Message], what: str,
                    text: str | None = None) -> Message:
     """``data`` (one JSON object, called ``text`` in errors about its JSON, default ``what``)
     as a ``message_type``. protobuf's JSON parser is Python (~0.2 s for a MiB of short
-    strings): past PARSE_INLINE_BYTES it runs in a worker thread, where the event loop (every
-    other call, the health checks) still gets its turns."""
+    strings): past PARSE_INLINE_BYTES it runs in one of ``parsers``' threads, where the event
+    loop (every other call, the health checks) still gets its turns."""
     def parse() -> Message:
         return _parse(_loads(data, text or what), message_type, what)
 
-    return parse() if len(data) <= PARSE_INLINE_BYTES else await asyncio.to_thread(parse)
+    return parse() if len(data) <= PARSE_INLINE_BYTES else await parsers.run(parse)
 
 
 def _parse(value: Any, message_type: type[Message], what: str) -> Message:
