@@ -131,6 +131,17 @@ def submit(chrome: webdriver.Chrome) -> str:
     return str(status)
 
 
+def page_at(browser: webdriver.Chrome, scratch: tuple[Servers, LocalBackend],
+            address: str) -> tuple[webdriver.Chrome, int]:
+    """The browser on the page at ``address`` of a gateway just started over ``scratch``'s
+    backend, and that gateway's HTTP port."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port)
+    browser.get(f"http://127.0.0.1:{port}{address}")
+    return browser, port
+
+
 def stage(hit: WebElement, name: str) -> str:
     return hit.find_element(By.CSS_SELECTOR, f'[data-stage="{name}"] dd').text
 
@@ -357,11 +368,7 @@ def test_page_history_late_answers_and_a_bad_key(browser: webdriver.Chrome,
     left the page, and "explain" was not kept); a "Similar papers" answer that arrives after
     a newer search no longer overwrites its status line; a superseded search is aborted; a key
     the browser cannot send is reported as such (it was "the service could not be reached")."""
-    servers, backend = scratch
-    port = free_port()
-    servers.start(backend, http_port=port)
-    chrome = browser
-    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee+swarms&explain=1")
+    chrome, port = page_at(browser, scratch, "/?q=honeybee+swarms&explain=1")
     wait_for(chrome, lambda: result_ids(chrome), "the search in the address ran")
     assert result_ids(chrome)[0] == "page-bees"
     assert chrome.find_element(By.ID, "explain").is_selected()
@@ -414,11 +421,7 @@ def test_page_after_back_during_a_search_and_an_answer_that_is_not_json(
     """Back to the empty page while a search was in flight left the form aria-busy for good;
     a 200 answer that is not JSON (a proxy's page) showed "undefined: Cannot read properties of
     null" instead of saying what was wrong."""
-    servers, backend = scratch
-    port = free_port()
-    servers.start(backend, http_port=port)
-    chrome = browser
-    chrome.get(f"http://127.0.0.1:{port}/")
+    chrome, port = page_at(browser, scratch, "/")
     form = chrome.find_element(By.ID, "search-form")
     # searches that never answer: the one in flight when Back comes
     chrome.execute_script("window.fetch = () => new Promise(() => {});")
@@ -443,11 +446,7 @@ def test_page_sent_before_its_script_ran_and_recommendations_superseded(
     had no rerank parameter, which the page reads as ticked; the page now rewrites such an
     address as its own (one history entry). A second "Recommend" (or Clear) while one is in
     flight aborts it, as a newer search does."""
-    servers, backend = scratch
-    port = free_port()
-    servers.start(backend, http_port=port)
-    chrome = browser
-    chrome.get(f"http://127.0.0.1:{port}/")
+    chrome, port = page_at(browser, scratch, "/")
     chrome.find_element(By.ID, "query").send_keys("honeybee swarms")
     chrome.find_element(By.ID, "rerank").click()
     chrome.find_element(By.ID, "feedback").click()
@@ -503,11 +502,7 @@ def test_page_status_filters_blank_query_and_long_abstracts(
     "Finding papers similar to ..."; a query of spaces did nothing; a long abstract was cut to
     three lines with no way to read the rest; an address's values the form could not take
     were replaced by its defaults without a word."""
-    servers, backend = scratch
-    port = free_port()
-    servers.start(backend, http_port=port)
-    chrome = browser
-    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee+swarms&from=2023-01-01")
+    chrome, port = page_at(browser, scratch, "/?q=honeybee+swarms&from=2023-01-01")
     wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "the filtered search")
     chrome.execute_script(SENT_BODIES)
     chrome.find_element(By.ID, "published-from").clear()  # typed, not searched
@@ -586,11 +581,7 @@ def test_page_skip_link_focus_short_abstracts_and_answers_that_never_come(
     240 characters could be cut to three lines in a narrow window with no toggle; recommendations
     stayed on screen for examples since changed; a request whose answer never came left the
     page waiting for good, and "Similar papers" of replaced results went on."""
-    servers, backend = scratch
-    port = free_port()
-    servers.start(backend, http_port=port)
-    chrome = browser
-    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee+swarms")
+    chrome, port = page_at(browser, scratch, "/?q=honeybee+swarms")
     wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "the search ran")
     chrome.execute_script(SENT_BODIES)
     query = chrome.find_element(By.ID, "query")
