@@ -1070,3 +1070,28 @@ def test_search_request_holds_its_vector_as_float32_values() -> None:
     request = SearchRequest(mode="dense", dense=np.array([[0.1, 0.2]], dtype=np.float64))
     assert request.dense == (float(np.float32(0.1)), float(np.float32(0.2)))
     assert all(type(x) is float for x in request.dense_vector())
+
+
+def test_server_writes_carry_the_configured_write_ordering() -> None:
+    """Upserts and deletes went with Qdrant's default, weak ordering: two writes of one paper
+    at once could land in either order on each replica, which then differed for good."""
+    sent: dict[str, Any] = {}
+
+    class Recording(QdrantClient):  # the local engine, each write's options kept
+        def upsert(self, collection_name: str, *args: Any, **kwargs: Any) -> Any:
+            sent["upsert"] = kwargs.get("ordering")
+            return super().upsert(collection_name, *args, **kwargs)
+
+        def delete(self, collection_name: str, *args: Any, **kwargs: Any) -> Any:
+            sent["delete"] = kwargs.get("ordering")
+            return super().delete(collection_name, *args, **kwargs)
+
+    assert IndexSettings().write_ordering == "medium"
+    for ordering in ("medium", "strong"):
+        store = ServerStore(IndexSettings(write_ordering=ordering), client=Recording(":memory:"))
+        store.ensure_collection(DIM, SHA)
+        store.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
+        store.delete([PAPERS[0].id])
+        assert sent == {"upsert": models.WriteOrdering(ordering),
+                        "delete": models.WriteOrdering(ordering)}
+        store.close()

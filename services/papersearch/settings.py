@@ -282,6 +282,12 @@ class IndexSettings(Section):
     upsert_batch_size: int = Field(256, ge=1, description="Points per engine write operation.")
     shard_number: int = Field(1, ge=1, description="Server backend: shards at creation.")
     replication_factor: int = Field(1, ge=1, description="Server backend: replicas at creation.")
+    write_ordering: Literal["weak", "medium", "strong"] = Field(
+        "medium", description="Server backend: Qdrant's write ordering for upserts and deletes. "
+                              "Under weak (Qdrant's default) two writes of one paper at once "
+                              "may land in either order on each replica, which then differ "
+                              "for good; medium sends them through a leader.",
+    )
 
     @model_validator(mode="after")
     def _server_needs_url(self) -> IndexSettings:

@@ -146,7 +146,7 @@ class ServerStore(Store):
     def _do(self, step: Step) -> Any:
         """Sent once more on StoreUnavailable while a whole second of the ``timeout_s`` budget
         is left (the retry gets what is left)."""
-        call = call_for(step, self.name)
+        call = call_for(step, self.name, self.settings.write_ordering)
         deadline = time.monotonic() + self.settings.timeout_s
         try:
             with errors(call.operation):
@@ -229,8 +229,9 @@ class Call:
     result: Callable[[Any], Any] = lambda response: response
 
 
-def call_for(step: Step, collection: str) -> Call:
-    """The request that carries out ``step`` on ``collection`` (writes wait until applied)."""
+def call_for(step: Step, collection: str, ordering: str) -> Call:
+    """The request that carries out ``step`` on ``collection`` (writes wait until applied, in
+    Qdrant's write ``ordering``)."""
     match step:
         case Batch(plans, keyed):
             requests = [_request(p) for p in plans]
@@ -252,11 +253,13 @@ def call_for(step: Step, collection: str) -> Call:
             batch = [models.PointStruct(id=p.point_id, vector=_vectors(p), payload=p.payload)
                      for p in points]
             return Call("upsert", lambda c, t: c.upsert(
-                collection, points=batch, wait=True, timeout=t), _nothing)
+                collection, points=batch, wait=True, ordering=models.WriteOrdering(ordering),
+                timeout=t), _nothing)
         case Remove(point_ids):
             selector = models.PointIdsList(points=list(point_ids))
             return Call("delete", lambda c, t: c.delete(
-                collection, points_selector=selector, wait=True, timeout=t), _nothing)
+                collection, points_selector=selector, wait=True,
+                ordering=models.WriteOrdering(ordering), timeout=t), _nothing)
         case Count():
             return Call("count", lambda c, t: c.count(collection, exact=True, timeout=t),
                         lambda counted: counted.count)

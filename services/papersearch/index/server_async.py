@@ -56,7 +56,7 @@ class AsyncServerEngine:
 
     async def _do(self, step: Step) -> object:
         """As ServerStore._do: sent once more on StoreUnavailable, within ``timeout_s`` in all."""
-        call = call_for(step, self.name)
+        call = call_for(step, self.name, self.settings.write_ordering)
         deadline = time.monotonic() + self.settings.timeout_s
         try:
             with errors(call.operation):
