@@ -44,8 +44,9 @@ def test_options_hold_the_policy_for_the_reads_only() -> None:
     assert policy["backoffMultiplier"] == 2
     assert "waitForReady" not in method_config  # by default a read fails fast when unreachable
     assert [k for k, _ in channel_options(retry=False)] == [
-        "grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.http2.ping_timeout_ms",
-        "grpc.http2.max_pings_without_data"]  # no policy, the pings still
+        "grpc.max_receive_message_length", "grpc.keepalive_time_ms",
+        "grpc.keepalive_timeout_ms", "grpc.http2.ping_timeout_ms",
+        "grpc.http2.max_pings_without_data"]  # no policy, the pings and the size still
     (waiting,) = service_config(wait_for_ready=True)["methodConfig"]
     assert waiting["waitForReady"] is True and waiting["retryPolicy"] == policy
 
@@ -219,3 +220,33 @@ def test_a_quiet_watch_learns_that_its_gateway_vanished() -> None:
             assert ended.value.code() == grpc.StatusCode.UNAVAILABLE  # not the 60 s deadline
     finally:
         server.stop(0)
+
+
+class LargeAnswers(pb_grpc.SearchServiceServicer):
+    """Answers each Search with ``hits`` papers of a 60 KB abstract each (~5 MiB in all)."""
+
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> (  # noqa: N802
+        pb.SearchResponse
+    ):
+        paper = pb.Paper(paper_id="p", title="t", abstract="\u6587" * 20_000)  # 60 KB UTF-8
+        return pb.SearchResponse(hits=[pb.Hit(paper=paper, score=1.0) for _ in range(90)])
+
+
+def test_the_clients_take_answers_up_to_the_gateways_own_limit() -> None:
+    """An answer past gRPC's default 4 MiB (the gateway sends up to serve.max_send_bytes, 16
+    MiB) failed in the clients and the CLI with RESOURCE_EXHAUSTED, which a retry repeats."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_SearchServiceServicer_to_server(LargeAnswers(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with SearchClient(f"127.0.0.1:{port}", timeout_s=30) as client:
+            assert len(client.search(QUERY).hits) == 90
+
+        async def searched() -> int:
+            async with AsyncSearchClient(f"127.0.0.1:{port}", timeout_s=30) as client:
+                return len((await client.search(QUERY)).hits)
+
+        assert asyncio.run(searched()) == 90
+    finally:
+        server.stop(None)

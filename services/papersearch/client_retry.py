@@ -62,11 +62,15 @@ def channel_options(retry: bool = True, wait_for_ready: bool = False,
                     keepalive_s: float = KEEPALIVE_S,
                     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
                     ) -> list[tuple[str, str | int]]:
-    """Options for ``grpc.*_channel``: the keepalive pings, and the read policy; with neither
-    retry nor wait_for_ready no policy: gRPC's defaults, as a client that configured none
-    gets (only gRPC's transparent retries of calls that never left the client)."""
+    """Options for ``grpc.*_channel``: the keepalive pings, any answer's size, and the read
+    policy; with neither retry nor wait_for_ready no policy: gRPC's defaults, as a client that
+    configured none gets (only gRPC's transparent retries of calls that never left the
+    client)."""
     timeout_ms = round(keepalive_timeout_s * 1000)
     pings: list[tuple[str, str | int]] = [
+        # the gateway bounds answers (serve.max_send_bytes, 16 MiB: OUT_OF_RANGE past it);
+        # gRPC's own 4 MiB made a larger one RESOURCE_EXHAUSTED here, which a retry repeats
+        ("grpc.max_receive_message_length", -1),
         ("grpc.keepalive_time_ms", round(keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", timeout_ms),
         ("grpc.http2.ping_timeout_ms", timeout_ms),  # else a minute, whatever the above says
