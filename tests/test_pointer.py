@@ -137,6 +137,20 @@ class Unreachable(Pointers):
         raise AssertionError("not dropped")
 
 
+def test_a_pointer_the_process_cannot_read_is_the_index_unavailable(tmp_path: Path) -> None:
+    """A data dir or pointer file the gateway could not read (its permissions; here a name too
+    long for the file system) raised the OSError itself: INTERNAL to every caller, never
+    retried, where the index says UNAVAILABLE for the same data dir."""
+    from papersearch.gateway.errors import to_status
+
+    pointers = EdgePointers(IndexSettings(data_dir=tmp_path / ("x" * 300)))
+    collections = Collections(Settings(), make_pointers=lambda _: pointers)
+    with pytest.raises(StoreUnavailable, match="cannot read collection pointer") as unread:
+        asyncio.run(collections.live())
+    code, message = to_status(unread.value)
+    assert code.name == "UNAVAILABLE" and "the index is unavailable" in message
+
+
 def test_an_unreadable_pointer_is_asked_again_only_after_retry_s() -> None:
     now = [0.0]
     pointers = Unreachable(IndexSettings())

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from papersearch.durable import write_json
-from papersearch.index.errors import StoreError
+from papersearch.index.errors import StoreError, StoreUnavailable
 from papersearch.settings import COLLECTION_NAME, IndexSettings
 
 POINTER_SUFFIX = ".live"
@@ -116,10 +116,18 @@ class EdgePointers(Pointers):
         self.path = settings.data_dir / f"{self.name}.json"
 
     def read(self) -> Pointer | None:
-        if not self.path.is_file():
-            return None
+        """The pointer; None if there is none. A data dir or file this process cannot read
+        is StoreUnavailable, as the index itself says it (it was a raw PermissionError: an
+        internal error to the gateway's callers)."""
         try:
-            return Pointer.from_json(json.loads(self.path.read_text()))
+            if not self.path.is_file():
+                return None
+            text = self.path.read_text()
+        except OSError as error:
+            raise StoreUnavailable(f"cannot read collection pointer {self.path}: "
+                                   f"{error.strerror or error}") from error
+        try:
+            return Pointer.from_json(json.loads(text))
         except ValueError as error:
             raise StoreError(f"unreadable collection pointer {self.path}: {error}") from error
 
