@@ -144,6 +144,21 @@ def test_a_lost_replica_is_unavailable_never_internal(lost: Exception) -> None:
     assert code == grpc.StatusCode.UNAVAILABLE and "replica lost" in message
 
 
+def test_a_deployment_that_failed_to_deploy_is_said_plainly() -> None:
+    """Ray's DeploymentUnavailableError has no message of its own: callers were told
+    "service unavailable: Deployment(name='QueryEncoder', app='papersearch')"."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    failed = DeploymentUnavailableError(DeploymentID(name="QueryEncoder", app_name="papersearch"))
+    with pytest.raises(NotReady) as info:
+        asyncio.run(call(Response(failed)))  # type: ignore[arg-type]
+    code, message = to_status(info.value)
+    assert code == grpc.StatusCode.UNAVAILABLE and "Deployment(" not in message
+    assert message == ("service unavailable: a model deployment has no replica running (it "
+                       "failed to deploy)")
+
+
 def test_a_read_is_sent_once_more_after_a_lost_replica() -> None:
     sent: list[Response] = []
 

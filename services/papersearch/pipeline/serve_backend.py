@@ -62,8 +62,10 @@ async def call(sent: Sent) -> Any:
         raise
     except BackPressureError as error:
         raise Overloaded(str(error)) from None
-    except DeploymentUnavailableError as error:
-        raise NotReady(str(error)) from None
+    except DeploymentUnavailableError as error:  # its str() is the deployment's id alone
+        log.warning("deployment unavailable", extra={"reason": error.message})
+        raise NotReady("a model deployment has no replica running (it failed to deploy)") \
+            from None
     except LOST as error:
         raise NotReady(f"replica lost mid-call ({type(error).__name__})") from None
 
