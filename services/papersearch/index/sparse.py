@@ -8,7 +8,8 @@ counts (Qdrant: once; ``index.bm25_query_k3``). Documents get BM25 term-frequenc
 computed from ``document_text``: the paper's text with its title said ``index.bm25_title_weight``
 times (1: ``Paper.text`` as is); queries and the dense encoder's text are unaffected.
 IDF is not in the vectors: the collection's sparse vector has Qdrant's IDF modifier, so the
-engine applies it at search time from live statistics.
+engine applies it at search time from its own statistics (the embedded engine's count deleted
+papers until they are vacuumed: README, Indexing and search).
 """
 
 from __future__ import annotations
