@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from papersearch.errors import NotReady
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import Gateway
 from papersearch.index.edge import EdgeStore
-from papersearch.index.errors import CollectionMissing
+from papersearch.index.errors import CollectionMissing, PaperNotFound
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.query import SearchQuery
 from papersearch.pipeline.serve_backend import call, read
@@ -394,6 +395,54 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     assert "draining" in refused.value.details()  # type: ignore[attr-defined]
     assert not accepting("127.0.0.1", int(target.rsplit(":", 1)[1]))
+
+
+@pytest.mark.slow
+def test_a_drain_ends_an_upsert_stream_saying_what_it_committed(
+    scratch: tuple[Any, LocalBackend],
+) -> None:
+    """An UpsertPapers stream still open when the drain's grace ended was cut by the server's
+    stop: UNAVAILABLE "Cancelling all calls", with no committed count (papers were stored).
+    Now the stream ends at the drain after its batch in progress, UNAVAILABLE with the
+    trailer, and the batch not yet written is left to be sent again."""
+    from papersearch.client import committed_messages_of, committed_of
+
+    servers, backend = scratch
+    target = servers.start(backend, upsert_batch_size=2)
+    gateway = servers.gateways[-1]
+    papers = [Paper(id=f"drained-{i}", title=f"Drained paper {i}", abstract="Cut at a drain.")
+              for i in range(5)]
+    held = threading.Event()
+
+    def slow() -> Iterator[Paper]:
+        yield from papers  # two batches written, the fifth paper pending
+        held.wait(30)  # the client goes on sending, later
+
+    def stored(paper_id: str) -> bool:
+        try:
+            servers.loop.run(backend.get(paper_id), timeout=30)
+        except PaperNotFound:
+            return False
+        return True
+
+    with SearchClient(target, timeout_s=60.0) as client, ThreadPoolExecutor(1) as pool:
+        upload = pool.submit(client.upsert, slow())
+        deadline = time.monotonic() + 30
+        while not stored("drained-3"):  # the second batch written
+            assert time.monotonic() < deadline, "the first four papers were not written"
+            time.sleep(0.05)
+        started = time.monotonic()
+        servers.loop.run(gateway.drain(20.0), timeout=60)
+        drained_s = time.monotonic() - started
+        with pytest.raises(grpc.RpcError) as ended:
+            upload.result(30)
+        held.set()
+    error = ended.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert "draining" in error.details()  # type: ignore[attr-defined]
+    assert (committed_of(error), committed_messages_of(error)) == (4, 4)
+    assert drained_s < 10.0  # not the 20 s grace: the stream ended at the drain
+    assert [stored(p.id) for p in papers] == [True, True, True, True, False]
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ class DrainGate(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         self.running = 0
         self.closed = False
+        self.closing = asyncio.Event()  # set by close(): streams that write end at it
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -36,8 +37,10 @@ class DrainGate(grpc.aio.ServerInterceptor):
         return with_behavior(handler, self._gated(behavior))
 
     def close(self) -> None:
-        """Refuse every call from now on; those running go on."""
+        """Refuse every call from now on; those running go on (an UpsertPapers stream to the
+        end of its batch in progress: ``closing``)."""
         self.closed = True
+        self.closing.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Whether the running calls all finished within ``timeout_s``."""

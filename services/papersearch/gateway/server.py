@@ -138,8 +138,8 @@ class Gateway:
         self.feed = WatchFeed(self.watches, backend, settings.serve)
         self.search = SearchServicer(backend, settings, self.watches)
         pb_grpc.add_SearchServiceServicer_to_server(self.search, self.server)
-        pb_grpc.add_IndexServiceServicer_to_server(IndexServicer(backend, settings, self.watches),
-                                                   self.server)
+        pb_grpc.add_IndexServiceServicer_to_server(
+            IndexServicer(backend, settings, self.watches, self.gate.closing), self.server)
         self.health = Health(settings.serve.health_max_watches)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -19,6 +19,7 @@ from papersearch.api import convert
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.corpus.paper import Paper
+from papersearch.errors import NotReady
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.watch import DRAINING, Match, Watch, WatchHub
 from papersearch.index.query import Hit
@@ -277,15 +278,19 @@ class UpsertProgress:
 class IndexServicer(pb_grpc.IndexServiceServicer):
     """Writes, within the gateway's limits: at most ``serve.max_index_calls`` at once (past it
     RESOURCE_EXHAUSTED at once, not queued) and ``serve.index_call_timeout_s`` each. A failed
-    UpsertPapers says what it committed: trailing metadata and status message (the proto)."""
+    UpsertPapers says what it committed: trailing metadata and status message (the proto).
+    Once the gateway drains (``closing``), an UpsertPapers stream ends after the batch it is
+    writing, UNAVAILABLE with what it committed: the drain's end cut it with neither."""
 
     def __init__(self, backend: Backend, settings: Settings,
-                 watches: WatchHub | None = None) -> None:
+                 watches: WatchHub | None = None, closing: asyncio.Event | None = None,
+                 ) -> None:
         self.backend = backend
         self.batch_size = settings.serve.upsert_batch_size
         self.serve = settings.serve
         self.calls = 0
         self.watches = watches  # nudged after every batch written (WatchSearch)
+        self.closing = closing or asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def _limited(
@@ -341,7 +346,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         errors = ErrorLines(self.serve.upsert_max_errors)
         batch: list[Paper] = []
         async with self._limited(context, "UpsertPapers", progress):
-            async for message in request_iterator:
+            async for message in self._until_closing(request_iterator):
                 progress.received += 1
                 try:
                     batch.append(convert.paper_from_proto(message))
@@ -356,6 +361,30 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             progress.settled = progress.received
         return convert.upsert_summary_to_proto(
             progress.received, progress.committed, errors.lines, errors.count)
+
+    async def _until_closing(self, messages: AsyncIterator[pb.Paper]
+                             ) -> AsyncIterator[pb.Paper]:
+        """``messages`` as they come, until the gateway drains: then NotReady (UNAVAILABLE;
+        the batch not yet written is left, to be sent again)."""
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            while not self.closing.is_set():
+                message = asyncio.ensure_future(anext(messages))
+                try:
+                    await asyncio.wait((message, closing), return_when=asyncio.FIRST_COMPLETED)
+                finally:  # the drain, or the call ended (its deadline): the read goes with it
+                    if not message.done():
+                        message.cancel()
+                if message.cancelled() or not message.done():
+                    break
+                try:
+                    yield message.result()
+                except StopAsyncIteration:
+                    return
+            raise NotReady("this gateway is draining (shutting down): the stream was ended "
+                           "there")
+        finally:
+            closing.cancel()
 
     async def _write(self, papers: list[Paper]) -> int:
         if not papers:
