@@ -17,6 +17,7 @@ from qdrant_client import QdrantClient
 
 from papersearch.cli import main
 from papersearch.corpus.paper import Paper
+from papersearch.errors import NotReady
 from papersearch.index.errors import StoreError, StoreUnavailable
 from papersearch.index.pointer import EdgePointers, Pointer, Pointers, ServerPointers
 from papersearch.index.server import ServerStore
@@ -258,6 +259,18 @@ def test_a_failed_or_cancelled_resolve_leaves_nothing_open(tmp_path: Path) -> No
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(left.live(), 0.05)
         await left.close()  # waits for the open in its thread, then closes it
+        assert len(opened) == 1 and opened[0].closed
+        opened.clear()
+        # closed while a caller waits on the open, and closed twice at once (the drain, then
+        # the replica's own close): the loop over the opens had failed "dictionary changed
+        # size during iteration"; the caller is told, and nothing is opened after the close
+        racing = Collections(settings, make_access=slow_open,  # type: ignore[arg-type]
+                             make_pointers=lambda _: Unmigrated(settings.index))
+        waiting = asyncio.ensure_future(racing.live())
+        await asyncio.sleep(0.05)
+        await asyncio.gather(racing.close(), racing.close())
+        with pytest.raises(NotReady, match="collections are closed"):
+            await waiting
         assert len(opened) == 1 and opened[0].closed
 
     asyncio.run(resolves())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from papersearch.errors import NotReady
 from papersearch.index.errors import StoreError
 from papersearch.index.pointer import Pointer, Pointers, pointers_for
 from papersearch.models.manifest import ModelNotFound, ModelRef, read_manifest
@@ -102,6 +103,7 @@ class Collections:
         self._pointers: Pointers | None = None
         # opens their caller left (cancelled: its deadline, the health poll's), for the next
         self._opening: dict[View, asyncio.Future[IndexAccess]] = {}
+        self._closed = False
         self._resolving = asyncio.Lock()
         self.retry_s, self.clock = retry_s, clock
         self._failure: StoreError | None = None  # the last failed resolution, and when
@@ -134,6 +136,8 @@ class Collections:
         open going, and the next bind of the view takes it over: an open longer than the
         health poll's timeout began again at every poll, and readiness never came."""
         while True:
+            if self._closed:  # what it would open, nothing would close
+                raise NotReady("the gateway's collections are closed (it is stopping)")
             opening = self._opening.get(view)
             if opening is None:
                 opening = self._opening[view] = asyncio.ensure_future(
@@ -166,10 +170,11 @@ class Collections:
         for bound in (self._live, self.other):
             if bound is not None:
                 await bound.index.close()
-        for opening in self._opening.values():  # left by cancelled callers: closed once open
+        self._closed = True
+        openings, self._opening = list(self._opening.values()), {}
+        for opening in openings:  # left by cancelled callers: closed once open
             with contextlib.suppress(Exception):
                 await (await asyncio.shield(opening)).close()
-        self._opening.clear()
         if self._pointers is not None:
             await asyncio.to_thread(self._pointers.close)
 
