@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,6 +97,26 @@ def test_a_replace_cut_short_leaves_the_old_tree_or_the_new_one_whole(
         "a.bin": "new", "b.bin": "new", "training.json": "new"}
     monkeypatch.undo()
     durable.remove_stale(tmp_path, "model")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+    # cut between the two renames: the old tree is put back, not lost with the new one
+    real_rename = Path.rename
+
+    def interrupted(self: Path, target: Any) -> Any:
+        if self.name.endswith(".partial"):
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt), staged(target, replace=True) as third:
+        (third / "a.bin").write_text("third")
+    monkeypatch.undo()
+    assert (target / "a.bin").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    # a death there (nothing ran the handler): the next remove_stale puts the old tree back
+    target.rename(tmp_path / ".model.0a1b2c.old")
+    durable.remove_stale(tmp_path, "model")
+    assert (target / "a.bin").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 

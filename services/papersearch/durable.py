@@ -80,15 +80,16 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
     and the parent after it; an error in the block removes it and leaves ``target`` as it was.
     ``replace`` swaps out an existing ``target``: the old one is renamed aside (hidden, as
     ``.<name>.<random>.old``) just before the rename and removed after it, so ``target`` is
-    the old tree or the new one whole, also when the process dies meanwhile (``remove_stale``
-    removes what such a death left aside). Otherwise an existing non-empty ``target`` fails the
-    rename (FileExistsError).
+    the old tree or the new one whole, also when the process is interrupted meanwhile (a
+    death between the two renames leaves the old tree aside: ``remove_stale`` puts it back).
+    Otherwise an existing non-empty ``target`` fails the rename (FileExistsError).
     ``target`` gets a directory's usual mode, 0755 (mkdtemp's 0700 kept every other user out:
     the container image runs as UID 10001 and copied the folders as root's).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
                                     dir=target.parent))
+    aside: Path | None = None
     try:
         staging.chmod(0o755)
         yield staging
@@ -97,13 +98,13 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
         try:
             staging.rename(target)
         except OSError as error:
-            if aside is not None:  # the old tree back in its place
-                aside.rename(target)
             if target.is_dir():
                 raise FileExistsError(f"{target} was made meanwhile") from error
             raise
         sync_directory(target.parent)
     except BaseException:
+        if aside is not None and not target.exists():  # cut between the renames: the old back
+            aside.rename(target)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if aside is not None:
@@ -122,10 +123,16 @@ def _set_aside(target: Path) -> Path | None:
 
 def remove_stale(folder: Path, target: str | None = None) -> None:
     """Remove the staging directories ``staged`` left in ``folder`` when their writer died (a
-    SIGKILL mid-build), and the replaced trees set aside and not yet removed: all of them, or
+    SIGKILL mid-build), and the replaced trees set aside and not yet removed (one whose target
+    is missing, a death between a replace's renames, is put back instead): all of them, or
     ``target``'s only. Only under the lock that all of their writers take: a live writer's
     staging directory looks the same."""
     prefix = f".{glob.escape(target)}.*" if target else ".*"
+    for left in folder.glob(prefix + ".old"):  # a death between a replace's two renames
+        replaced = folder / left.name[1:].rsplit(".", 2)[0]  # ".<name>.<hex>.old"
+        if left.is_dir() and not replaced.exists():
+            log.info("restoring a replaced build", extra={"path": str(replaced)})
+            left.rename(replaced)
     for suffix, what in ((".partial", "an unfinished build"), (".old", "a replaced build")):
         for left in folder.glob(prefix + suffix):
             if left.is_dir():
