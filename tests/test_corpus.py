@@ -276,6 +276,8 @@ def test_jsonl_takes_the_apis_paper_id(tmp_path: Path) -> None:
     line = {k: v for k, v in GOOD.items() if k != "id"} | {"paper_id": GOOD["id"]}
     found, = read_jsonl(write(tmp_path, "papers.jsonl", json.dumps(line) + "\n"))
     assert found == next(iter(read_jsonl(write(tmp_path, "id.jsonl", json.dumps(GOOD) + "\n"))))
+    both = {**GOOD, "paper_id": f" {GOOD['id']} "}  # the same id twice, as written: read
+    assert list(read_jsonl(write(tmp_path, "both.jsonl", json.dumps(both) + "\n"))) == [found]
 
 
 @pytest.mark.parametrize(
@@ -284,7 +286,7 @@ def test_jsonl_takes_the_apis_paper_id(tmp_path: Path) -> None:
         ("{not json", "invalid JSON"),
         ("[1, 2]", "expected a JSON object"),
         (json.dumps({**GOOD, "id": ""}), "missing or empty 'id'"),
-        (json.dumps({**GOOD, "paper_id": "x"}), "both 'id' and 'paper_id': give one"),
+        (json.dumps({**GOOD, "paper_id": "x"}), "'id' and 'paper_id' name two papers"),
         (json.dumps({"paper_id": " ", "title": "T"}), "'paper_id' "),
         (json.dumps({**GOOD, "title": "", "abstract": " "}), "neither title nor abstract"),
         (json.dumps({**GOOD, "published": "02/01/2024"}), "not an ISO date"),

@@ -90,10 +90,12 @@ def _parse_line(
 def paper_from_json(record: Mapping[str, Any]) -> Paper:
     """Map one JSON object to a paper; raises ValueError when it cannot be one (also past a
     limit the API enforces)."""
-    if "id" in record and "paper_id" in record:
-        raise RecordError("both 'id' and 'paper_id': give one")
+    key = "id" if "id" in record or "paper_id" not in record else "paper_id"
+    paper_id = record_id(record, key)
+    if key == "id" and "paper_id" in record and record_id(record, "paper_id") != paper_id:
+        raise RecordError("'id' and 'paper_id' name two papers: give one")
     return within_limits(Paper(
-        id=record_id(record, "paper_id" if "paper_id" in record else "id"),
+        id=paper_id,
         title=text_field(record, "title"),
         abstract=text_field(record, "abstract"),
         url=text_field(record, "url") or None,
