@@ -127,6 +127,12 @@ def test_a_hub_id_that_cannot_be_fetched_is_one_line(tmp_path: Path) -> None:
     assert error.startswith("papersearch: error: no-such-org/no-such-model: not fetched from "
                             "the Hugging Face hub (")
     assert "Traceback" not in done.stderr
+    # the file system's own error is not blamed on the hub (a repository it cannot make)
+    env["PAPERSEARCH_MODELS__REPOSITORY"] = "/proc/no-such-dir/models"
+    done = subprocess.run([sys.executable, "-m", "papersearch.cli", "models", "export"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Hugging Face" not in done.stderr, done.stderr
+    assert "/proc/no-such-dir" in done.stderr
 
 
 def test_repository_versions(tmp_path: Path) -> None:

@@ -97,11 +97,12 @@ def export(spec: ExportSpec, repository: Path,
     """Export ``spec`` unless the latest version is an identical export; return the version
     directory (the latest, which runtimes load by name). ``parity_texts`` are read only for
     an export: a cached one needs no corpus. A hub id that cannot be fetched (no network: the
-    hub's client raises OSError) is a ModelSourceError, said in one line."""
+    hub's client raises an OSError of its own, with no errno) is a ModelSourceError, said in
+    one line; the file system's errors (a full disk, a path refused) stay themselves."""
     try:
         return _export(spec, repository, parity_texts)
     except OSError as error:
-        if spec.source.is_local:
+        if spec.source.is_local or error.errno is not None:  # a file system's own error
             raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelSourceError(f"{spec.source.spec}: not fetched from the Hugging Face hub "
