@@ -317,3 +317,15 @@ def test_a_check_of_a_section_names_the_variables_it_is_about(
     monkeypatch.setenv("PAPERSEARCH_INDEX__URL", "http://qdrant:6333")
     assert error_line(capsys).startswith("papersearch: error: invalid settings: index "
                                          "(PAPERSEARCH_INDEX__URL): Value error, index.url ")
+
+
+def test_a_check_of_a_section_still_names_the_settings_file(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Naming the variables it is about dropped the file, which may hold the value at fault."""
+    path = settings_file(monkeypatch, tmp_path / "settings.yaml",
+                         "index:\n  url: http://qdrant:6333\n")
+    monkeypatch.setenv("PAPERSEARCH_INDEX__BACKEND", "embedded")
+    assert error_line(capsys).startswith(
+        "papersearch: error: invalid settings: index (PAPERSEARCH_INDEX__BACKEND or settings "
+        f"file {path}): Value error, index.url ")

@@ -905,8 +905,10 @@ def _set_among(prefix: str, message: str) -> str:
     """The variables set of the settings a message names ("" if none is set): a check of a
     whole section named every variable set in it, related or not."""
     set_here = {name.upper() for name in os.environ}
-    return ", ".join(variable for section, key in _named_settings(message)
-                     if (variable := f"{prefix}{section}__{key}".upper()) in set_here)
+    named = ", ".join(variable for section, key in _named_settings(message)
+                      if (variable := f"{prefix}{section}__{key}".upper()) in set_here)
+    file = os.environ.get(CONFIG_ENV)  # the file may have set the others
+    return f"{named} or settings file {file}" if named and file else named
 
 
 def _source(prefix: str, names: list[str | int]) -> str:

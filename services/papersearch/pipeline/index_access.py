@@ -119,11 +119,12 @@ class IndexAccess:
         return await self._execute(lambda r: r.store.probe_program(), admit=False)
 
     async def reachable(self) -> None:
-        """Readiness as the health poll asks it: a call that answered within the last poll
-        while others run proves it (a probe would queue behind them, and under load time out
-        and turn a busy gateway NOT_SERVING); otherwise ``ready``'s probe."""
+        """Readiness as the health poll asks it: while calls run, one that answered within
+        two polls' time (a poll waits ``health_poll_s`` after the last one ended) proves it (a
+        probe would queue behind them, and under load time out and turn a busy gateway
+        NOT_SERVING); otherwise ``ready``'s probe."""
         poll_s = self.opener.settings.serve.health_poll_s
-        if self._in_flight and time.monotonic() - self._succeeded_at < poll_s:
+        if self._in_flight and time.monotonic() - self._succeeded_at < 2 * poll_s:
             return
         await self.ready()
 
