@@ -70,6 +70,18 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
+// A signal that aborts when either does, with its reason: AbortSignal.any where the browser
+// has it (not Firefox before 124, Safari before 17.4), else a controller of our own.
+function eitherSignal(first, second) {
+  if (typeof AbortSignal.any === "function") return AbortSignal.any([first, second]);
+  const both = new AbortController();
+  for (const signal of [first, second]) {
+    if (signal.aborted) both.abort(signal.reason);
+    else signal.addEventListener("abort", () => both.abort(signal.reason), {once: true});
+  }
+  return both.signal;
+}
+
 async function call(path, body, signal = undefined) {
   const headers = {"Content-Type": "application/json", "x-timeout-ms": String(TIMEOUT_MS)};
   const key = $("api-key").value.trim();
@@ -80,7 +92,7 @@ async function call(path, body, signal = undefined) {
   }
   if (key) headers["x-api-key"] = key;
   const giveUp = AbortSignal.timeout(GIVE_UP_AFTER_MS);
-  const stop = signal ? AbortSignal.any([signal, giveUp]) : giveUp;
+  const stop = signal ? eitherSignal(signal, giveUp) : giveUp;
   const failed = (error) => {
     if (giveUp.aborted) {
       return new ApiError("DEADLINE_EXCEEDED",
