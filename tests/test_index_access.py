@@ -383,24 +383,29 @@ def test_a_close_while_the_collection_opens_leaves_no_client_open(tmp_path: Path
     store = ServerStore(settings, client=QdrantClient(":memory:"))
     store.ensure_collection(DIM, SHA)
     made: list[IndexSettings] = []
+    opening, release = threading.Event(), threading.Event()
 
-    def slow_store(_: Any) -> Store:
-        time.sleep(0.3)
+    def held_open(create: bool = False) -> Store:  # the call's open: held until the close
+        opening.set()
+        release.wait(30)
         return store
 
     def client(settings: IndexSettings) -> AsyncQdrantClient:
         made.append(settings)
         return async_twin(store.client)
 
-    opener = CollectionOpener(Settings(index=settings), DIM, SHA, make_store=slow_store)
-    # every open slow (the opener keeps what it opened: a first open that failed, say)
-    opener.open = lambda create=False: slow_store(None)  # type: ignore[method-assign]
-    index = IndexAccess(opener, make_client=client)
+    opener = CollectionOpener(Settings(index=settings), DIM, SHA, make_store=lambda _: store)
+    index = IndexAccess(opener, make_client=client)  # its first open, at once
+    opener.open = held_open  # type: ignore[method-assign]
 
     async def close_while_opening() -> Any:
         call = asyncio.ensure_future(index.get(PAPERS[0].id))
-        await asyncio.sleep(0.1)
-        await index.close()
+        while not opening.is_set():
+            await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(index.close())
+        await asyncio.sleep(0)  # the close has begun (it waits on the open's thread)
+        release.set()
+        await closing
         return (await asyncio.gather(call, return_exceptions=True))[0]
 
     assert isinstance(asyncio.run(close_while_opening()), NotReady)
