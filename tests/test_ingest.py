@@ -30,7 +30,7 @@ import pytest
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.edge import MANIFEST, EdgeStore
-from papersearch.index.errors import StoreError
+from papersearch.index.errors import CollectionMissing, StoreError
 from papersearch.index.schema import EmbedderIdentity
 from papersearch.models.manifest import ProviderUnavailable, read_manifest
 from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER, RuntimeOptions
@@ -522,7 +522,8 @@ def test_gpu_encoders_need_the_cuda_provider_and_fail_before_any_write(
     """`ingest --ray=ADDRESS` against a Ray cluster that offers a GPU (declared: this machine
     has none) whose workers have the CPU build of onnxruntime: by default the encoders go to
     the GPU, a probe finds no CUDA provider there, and the command stops with one line naming
-    onnxruntime-gpu, exit 2, nothing written."""
+    onnxruntime-gpu, exit 2, nothing written (and no empty index left: `search` says there is
+    none)."""
     corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(20))
     env = cli_env(model_settings, tmp_path / "gpu")
     with held_cluster(env, gpus=1) as address:
@@ -531,8 +532,8 @@ def test_gpu_encoders_need_the_cuda_provider_and_fail_before_any_write(
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert "has no CUDAExecutionProvider" in done.stderr
     assert "install onnxruntime-gpu" in done.stderr
-    with opened(tmp_path / "gpu", identity) as store:
-        assert store.count() == 0
+    with pytest.raises(CollectionMissing), opened(tmp_path / "gpu", identity):
+        pass
 
 
 def test_a_provider_this_onnxruntime_lacks_is_refused_by_name(embedder_dir: Path) -> None:
