@@ -886,18 +886,18 @@ def invalid_settings(error: ValidationError) -> str:
     return "invalid settings: " + "; ".join(found)
 
 
-def _named_settings(message: str) -> list[tuple[str, str]]:
+def _named_settings(prefix: str, message: str) -> list[tuple[str, str]]:
     """The settings a message names (``search.rerank_target_s``), in order, once each."""
     found = dict.fromkeys(re.findall(r"\b([a-z_]+)\.([a-z0-9_]+)\b", message))
     return [(section, key) for section, key in found
-            if setting_field(f"PAPERSEARCH_{section}__{key}".upper()) is not None]
+            if setting_field(f"{prefix}{section}__{key}".upper()) is not None]
 
 
 def _sources_named(prefix: str, message: str) -> str:
     """Where each setting a message names is set, as _source says it: a check across
     sections named the settings but not their variables or file."""
     sources = [f"{section}.{key}: {_source(prefix, [section, key])}"
-               for section, key in _named_settings(message)]
+               for section, key in _named_settings(prefix, message)]
     return f" ({'; '.join(sources)})" if sources else ""
 
 
@@ -905,7 +905,7 @@ def _set_among(prefix: str, message: str) -> str:
     """The variables set of the settings a message names ("" if none is set): a check of a
     whole section named every variable set in it, related or not."""
     set_here = {name.upper() for name in os.environ}
-    named = ", ".join(variable for section, key in _named_settings(message)
+    named = ", ".join(variable for section, key in _named_settings(prefix, message)
                       if (variable := f"{prefix}{section}__{key}".upper()) in set_here)
     file = os.environ.get(CONFIG_ENV)  # the file may have set the others
     return f"{named} or settings file {file}" if named and file else named

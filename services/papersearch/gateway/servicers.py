@@ -375,7 +375,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                 finally:  # the drain, or the call ended (its deadline): the read goes with it
                     if not message.done():
                         message.cancel()
-                if message.cancelled() or not message.done():
+                if not message.done():  # the drain came first
                     break
                 try:
                     yield message.result()

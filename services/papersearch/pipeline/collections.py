@@ -144,9 +144,7 @@ class Collections:
                     asyncio.to_thread(self.make_access, self.settings, view))
             try:
                 access = await asyncio.shield(opening)
-            except asyncio.CancelledError:
-                raise
-            except BaseException:  # failed: the next bind opens it again
+            except Exception:  # failed (not cancelled): the next bind opens it again
                 if self._opening.get(view) is opening:
                     del self._opening[view]
                 raise

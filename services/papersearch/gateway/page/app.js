@@ -375,14 +375,11 @@ async function recommend() {
 }
 
 function clearExamples() {
-  ++recommendSerial;  // an answer still on its way is for the examples cleared
+  forgetRecommendations();  // an answer still on its way is for the examples cleared
   ++statusSerial;
   statusSection = null;
-  if (recommendAbort) recommendAbort.abort();
-  recommendAbort = null;
   examples.positive.clear();
   examples.negative.clear();
-  $("recommendations").replaceChildren();
   renderExamples();
   $("results-heading").focus();  // the focused Clear button is hidden with its panel
 }
