@@ -111,14 +111,22 @@ def staged(target: Path, *, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+_ASIDE = ".old"  # a replaced tree's suffix: ".<name>.<random hex>.old"
+
+
 def _set_aside(target: Path) -> Path | None:
     """Rename ``target`` (if there is one) to a hidden name of its own beside it."""
-    aside = target.parent / f".{target.name}.{secrets.token_hex(6)}.old"
+    aside = target.parent / f".{target.name}.{secrets.token_hex(6)}{_ASIDE}"
     try:
         target.rename(aside)
     except FileNotFoundError:
         return None
     return aside
+
+
+def _replaced_by(aside: Path) -> Path:
+    """The target a tree ``_set_aside`` renamed was set aside from."""
+    return aside.with_name(aside.name[1:].rsplit(".", 2)[0])
 
 
 def remove_stale(folder: Path, target: str | None = None) -> None:
@@ -128,12 +136,12 @@ def remove_stale(folder: Path, target: str | None = None) -> None:
     ``target``'s only. Only under the lock that all of their writers take: a live writer's
     staging directory looks the same."""
     prefix = f".{glob.escape(target)}.*" if target else ".*"
-    for left in folder.glob(prefix + ".old"):  # a death between a replace's two renames
-        replaced = folder / left.name[1:].rsplit(".", 2)[0]  # ".<name>.<hex>.old"
+    for left in folder.glob(prefix + _ASIDE):  # a death between a replace's two renames
+        replaced = _replaced_by(left)
         if left.is_dir() and not replaced.exists():
             log.info("restoring a replaced build", extra={"path": str(replaced)})
             left.rename(replaced)
-    for suffix, what in ((".partial", "an unfinished build"), (".old", "a replaced build")):
+    for suffix, what in ((".partial", "an unfinished build"), (_ASIDE, "a replaced build")):
         for left in folder.glob(prefix + suffix):
             if left.is_dir():
                 log.info(f"removing {what}", extra={"path": str(left)})
