@@ -13,7 +13,8 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -653,10 +654,56 @@ def test_a_call_its_client_left_is_not_counted_as_a_server_error(
     async def broken(_: Any) -> Any:
         raise RuntimeError("a bug")
 
+    front = cast(Any, SimpleNamespace(stopping=False))
     for handler in (left, broken):
         with pytest.raises((asyncio.CancelledError, RuntimeError)):
-            asyncio.run(http_api._measured(SEARCH, handler)(make_mocked_request("POST", SEARCH)))
+            asyncio.run(http_api._measured(SEARCH, handler, front)(
+                make_mocked_request("POST", SEARCH)))
     assert recorded == [http_api.CLIENT_CLOSED, 500]
+
+
+def test_calls_a_drain_cut_and_streams_ended_by_an_error_count_as_what_the_client_got(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A handler the front's stop cancelled (the drain's grace over) was counted 499, "the
+    client went", though the server cut it; a watch that ended with an error line (drained,
+    its deadline) was counted 200, the status sent before its first line."""
+    import grpc
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from papersearch.gateway import http_api
+    from papersearch.telemetry import Metrics
+
+    recorded: list[int] = []
+    monkeypatch.setattr(Metrics, "http_request",
+                        lambda self, method, status, latency_s: recorded.append(status))
+
+    async def cut(_: Any) -> Any:
+        raise asyncio.CancelledError
+
+    class Expiring:  # a watch's gRPC call: one match, then its deadline
+        def __init__(self) -> None:
+            self.sent = [pb.WatchEvent()]
+
+        async def read(self) -> Any:
+            if self.sent:
+                return self.sent.pop()
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                                       grpc.aio.Metadata(), details="deadline exceeded")
+
+        def cancel(self) -> None:
+            pass
+
+    async def ended(request: web.Request) -> web.StreamResponse:
+        return await http_api._lines_out(request, Expiring(), 5.0)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(http_api._measured(SEARCH, cut, cast(Any, SimpleNamespace(stopping=True)))(
+            make_mocked_request("POST", SEARCH)))
+    asyncio.run(http_api._measured(SEARCH, ended, cast(Any, SimpleNamespace(stopping=False)))(
+        make_mocked_request("POST", SEARCH)))
+    assert recorded == [503, 504]
 
 
 @pytest.mark.slow

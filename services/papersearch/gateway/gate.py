@@ -22,6 +22,9 @@ class DrainGate(grpc.aio.ServerInterceptor):
         self.running = 0
         self.closed = False
         self.closing = asyncio.Event()  # set by close(): streams that write end at it
+        # set when the drain's grace is over: the calls still running are cancelled by the
+        # server (their callers get UNAVAILABLE), not by callers that went away
+        self.cutting = False
         self._idle = asyncio.Event()
         self._idle.set()
 

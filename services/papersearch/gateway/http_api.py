@@ -57,6 +57,8 @@ PARSE_INLINE_BYTES = 64 * 1024  # a larger JSON body is parsed off the event loo
 PARSE_THREADS = 1
 PARSE_WAITING = 3
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status recorded, none sent
+# a stream that ended with an error after its 200 was sent: that error's HTTP status, recorded
+ENDED_WITH = web.RequestKey("ended_with", int)
 FORWARDED_METADATA = ("papersearch-",)  # trailing metadata an error body carries
 
 
@@ -132,6 +134,7 @@ class HttpFront:
         self.watching = [0] * len(self.watch_channels)  # HTTP watches open on each
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.parsers = Parsers()
+        self.stopping = False  # stop() began: the calls it cancels count as 503
         logging.getLogger("aiohttp.server").addFilter(BAD_REQUESTS)  # once per process
         app = web.Application(client_max_size=serve.max_receive_bytes)
         app.middlewares.extend([_cors(app, serve.http_cors_origins),
@@ -163,6 +166,7 @@ class HttpFront:
         log.info("http listening", extra={"address": self.address})
 
     async def stop(self) -> None:
+        self.stopping = True
         await self.runner.cleanup()
         self.parsers.close()
         for channel in (self.channel, *self.watch_channels):
@@ -194,7 +198,7 @@ class HttpFront:
                 finally:
                     self.watching[least] -= 1
 
-            return _measured(path, streaming)
+            return _measured(path, streaming, self)
         if method.client_streaming:
             stream = self.channel.stream_unary(
                 path, request_serializer=request_type.SerializeToString,
@@ -207,7 +211,7 @@ class HttpFront:
                 call = stream(messages.messages(), **options)
                 return _json(await _answer(call, messages))
 
-            return _measured(path, streamed)
+            return _measured(path, streamed, self)
         unary = self.channel.unary_unary(path, request_serializer=request_type.SerializeToString,
                                          response_deserializer=response_type.FromString)
 
@@ -217,7 +221,7 @@ class HttpFront:
                                      "request", "request body")
             return _json(await _answer(unary(message, **options)))
 
-        return _measured(path, single)
+        return _measured(path, single, self)
 
     def _admitted(self, request: web.Request, path: str, content_type: str,
                   deadline_s: float | None) -> dict[str, Any]:
@@ -505,6 +509,7 @@ async def _lines_out(request: web.Request, call: Any, stall_s: float) -> web.Str
                 message = await call.read()
             except grpc.aio.AioRpcError as error:
                 failed = _from_rpc(error)
+                request[ENDED_WITH] = failed.http
                 body = {"code": failed.http, "status": failed.status, "message": failed.message}
                 await bounded(response.write(json.dumps({"error": body}).encode() + b"\n"))
                 break
@@ -518,7 +523,10 @@ async def _openapi(_: web.Request) -> web.StreamResponse:
     return web.json_response(openapi.document())
 
 
-def _measured(path: str, handler: Handler) -> Handler:
+def _measured(path: str, handler: Handler, front: HttpFront) -> Handler:
+    """``handler`` counted by its HTTP status: a stream's in-body error's (ENDED_WITH) once
+    its 200 went out; a call cut by the front's stop (a drain's grace over) as 503, what the
+    gRPC side records for it, not as a client gone."""
     method = path.rsplit("/", 1)[-1]
 
     async def measured(request: web.Request) -> web.StreamResponse:
@@ -526,7 +534,7 @@ def _measured(path: str, handler: Handler) -> Handler:
         status = 500
         try:
             response = await handler(request)
-            status = response.status
+            status = request.get(ENDED_WITH, response.status)
             return response
         except HttpError as error:
             status = error.http
@@ -535,7 +543,8 @@ def _measured(path: str, handler: Handler) -> Handler:
             status = error.status
             raise
         except (asyncio.CancelledError, ConnectionResetError):
-            status = CLIENT_CLOSED  # the client went (a timeout, a watch it closed): not a 500
+            # the client went (a timeout, a watch it closed): not a 500
+            status = openapi.HTTP_STATUS["UNAVAILABLE"] if front.stopping else CLIENT_CLOSED
             raise
         finally:
             metrics().http_request(method, status, time.perf_counter() - started)

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from papersearch.gateway.gate import DrainGate
 from papersearch.gateway.method_handlers import Behavior, api_behavior, with_behavior
 from papersearch.telemetry import metrics
 
@@ -19,7 +20,11 @@ DEADLINE_SLACK_S = 0.25
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Outermost interceptor: it also sees calls that authentication turned away."""
+    """Outermost interceptor: it also sees calls that authentication turned away. A call that
+    ``gate``'s drain cut (its grace over) counts as UNAVAILABLE, what its caller got."""
+
+    def __init__(self, gate: DrainGate) -> None:
+        self.gate = gate
 
     async def intercept_service(
         self,
@@ -31,10 +36,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if behavior is None:
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        return with_behavior(handler, _measured(method, behavior))
+        return with_behavior(handler, _measured(method, behavior, self.gate))
 
 
-def _measured(method: str, behavior: Behavior) -> Behavior:
+def _measured(method: str, behavior: Behavior, gate: DrainGate) -> Behavior:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
@@ -42,10 +47,14 @@ def _measured(method: str, behavior: Behavior) -> Behavior:
             response = await behavior(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response
-        except asyncio.CancelledError:  # by gRPC: the client left, or its deadline passed
-            left = context.time_remaining()
-            code = (grpc.StatusCode.DEADLINE_EXCEEDED
-                    if left is not None and left <= DEADLINE_SLACK_S else grpc.StatusCode.CANCELLED)
+        except asyncio.CancelledError:  # by gRPC: the client left, its deadline passed, or
+            left = context.time_remaining()  # a drain stopped the server
+            if gate.cutting:
+                code = grpc.StatusCode.UNAVAILABLE
+            elif left is not None and left <= DEADLINE_SLACK_S:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+            else:
+                code = grpc.StatusCode.CANCELLED
             raise
         except BaseException:
             code = context.code() or grpc.StatusCode.UNKNOWN

@@ -131,8 +131,8 @@ class Gateway:
         logging.getLogger("grpc._cython.cygrpc").addFilter(CLIENT_GONE)  # once per process
         self.gate = DrainGate()
         decode = DecodeInterceptor(settings.serve.max_receive_bytes)
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(), self.gate, *auth,
-                                                    decode],
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.gate), self.gate,
+                                                    *auth, decode],
                                       options=server_options(settings.serve))
         self.watches = WatchHub(settings.serve.watch_max_watches, settings.serve.watch_queue)
         self.feed = WatchFeed(self.watches, backend, settings.serve)
@@ -241,6 +241,7 @@ class Gateway:
         if not finished:
             log.warning("drain grace over: cancelling the calls still running",
                         extra={"running": self.gate.running})
+            self.gate.cutting = True
         if self.http is not None:  # first: an HTTP call after the gRPC server stopped got
             await self.http.stop()  # the hop's own error, naming its socket's path
         await self.server.stop(STOP_GRACE_S if finished else 0)
