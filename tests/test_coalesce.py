@@ -127,7 +127,7 @@ def test_a_failing_item_fails_alone() -> None:
 
 def test_a_failing_call_fails_every_request_in_it() -> None:
     async def broken(items: list[int]) -> Sequence[int]:
-        raise Overloaded("queue full")
+        raise Overloaded("queue full", "serve.coalesce_max_pending")
 
     async def main() -> list[int | BaseException]:
         batcher = coalescer(broken, max_pending=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import pickle
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from papersearch.pipeline.query import SearchQuery
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retrieved, Retriever
 from papersearch.settings import ServeSettings, Settings
+from papersearch.telemetry import Metrics
 from tests.gateway_helpers import LoopThread, Servers, scratch_gateways
 from tests.ports import free_port
 
@@ -71,7 +73,7 @@ class Faulty(LocalBackend):
                 self.cancelled.set()
                 raise
         if self.fault == "overloaded":
-            raise Overloaded("Encoder queue is full (max_queued_requests=8)")
+            raise Overloaded("Encoder queue is full (max_queued_requests=8)", "max_queued_requests")
         if self.fault == "internal":
             raise RuntimeError("secret internals")
         return await super().encode_query(text)
@@ -597,13 +599,25 @@ def test_deadline_cancels_the_server_side_work(fault: tuple[Faulty, SearchClient
     assert backend.cancelled.wait(60), "the server kept encoding after the deadline"
 
 
-def test_overload_is_resource_exhausted(fault: tuple[Faulty, SearchClient]) -> None:
+def test_overload_is_resource_exhausted_naming_the_full_queue(
+    fault: tuple[Faulty, SearchClient], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every queue's refusal read "server overloaded: queues are full" and counted only as
+    RESOURCE_EXHAUSTED: an operator could not tell Serve's queue (add replicas) from the
+    gateway's index queue (Qdrant) or a limit to raise. The message keeps the reason, and
+    papersearch_refused counts it by its bound, also when it crossed Ray's pickling."""
+    refused: list[str] = []
+    monkeypatch.setattr(Metrics, "refused", lambda self, limit: refused.append(limit))
     backend, client = fault
     backend.fault = "overloaded"
     with pytest.raises(grpc.RpcError) as info:
         client.search(SearchQuery("graph neural networks"))
     assert code_of(info) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "overloaded" in details_of(info) and "retry" in details_of(info)
+    assert "max_queued_requests=8" in details_of(info)
+    assert refused == ["max_queued_requests"]
+    again = pickle.loads(pickle.dumps(Overloaded("full", "serve.max_index_queue")))
+    assert (str(again), again.limit) == ("full", "serve.max_index_queue")
 
 
 def test_store_unavailable_is_unavailable(fault: tuple[Faulty, SearchClient]) -> None:

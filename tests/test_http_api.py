@@ -792,12 +792,19 @@ def test_an_http_stream_to_a_client_that_stopped_reading_ends_at_its_last_line_t
     assert asyncio.run(run())  # let go, not held until the client left
 
 
-def test_large_bodies_are_parsed_a_few_at_a_time_and_refused_past_them() -> None:
+def test_large_bodies_are_parsed_a_few_at_a_time_and_refused_past_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Every large body was parsed in the default executor at once: protobuf's parser holds
     the GIL (8 bodies of 3.4 MiB stalled the event loop 268 ms), the parses queued behind the
     index's opens, and one whose client had gone went on. Now PARSE_THREADS run, PARSE_WAITING
-    wait, another is refused at once, and a waiting one whose caller left is never run."""
+    wait, another is refused at once (counted in papersearch_refused), and a waiting one whose
+    caller left is never run."""
     from papersearch.gateway.http_api import PARSE_THREADS, PARSE_WAITING, HttpError, Parsers
+    from papersearch.telemetry import Metrics
+
+    limits: list[str] = []
+    monkeypatch.setattr(Metrics, "refused", lambda self, limit: limits.append(limit))
 
     release, ran = threading.Event(), []
 
@@ -828,3 +835,4 @@ def test_large_bodies_are_parsed_a_few_at_a_time_and_refused_past_them() -> None
     assert answers[:-1] == [f"p{i}" for i in range(PARSE_THREADS + PARSE_WAITING - 1)]
     assert isinstance(answers[-1], asyncio.CancelledError)
     assert sorted(ran) == answers[:-1]  # the cancelled one never ran
+    assert limits == ["http_parse_queue"]

@@ -201,7 +201,7 @@ def test_a_refused_rerank_does_not_deepen_the_window(backend: LocalBackend,
     when the reranker had no room. A refusal counts as the whole budget spent."""
     class Refusing(LocalBackend):
         async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
-            raise Overloaded("reranker queue full")
+            raise Overloaded("reranker queue full", "max_queued_requests")
 
     refusing = Refusing(backend.encoder, backend.store, backend.reranker)
     settings = sample_settings.search.model_copy(update={

@@ -60,7 +60,8 @@ class Coalescer(Generic[I, O]):
         if not self._queue and self.in_flight < self.max_in_flight:
             return await self._call_alone(item)
         if len(self._queue) >= self.max_pending:
-            raise Overloaded(f"{self.name}: {len(self._queue)} requests queued in the gateway")
+            raise Overloaded(f"{self.name}: {len(self._queue)} requests queued",
+                             "serve.coalesce_max_pending")
         future: asyncio.Future[O] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._dispatch()

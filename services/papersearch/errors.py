@@ -7,7 +7,15 @@ from __future__ import annotations
 
 class Overloaded(Exception):
     """A queue is full: a deployment's (Serve's max_queued_requests), a gateway's coalescer's
-    or its index calls' (serve.max_index_queue)."""
+    or its index calls' (serve.max_index_queue). ``limit`` names the bound (the refusal
+    metric's label); both travel in ``args``, so the error pickles across Ray whole."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message, limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class NotReady(Exception):

@@ -19,6 +19,12 @@ no-op, so the same code runs everywhere.
 - ``papersearch_model_precision{deployment,model,precision}``: 1 for the precision a replica's
   model actually runs (int8 falls back to fp32 where its self-check fails on that CPU);
 - ``papersearch_int8_agreement{deployment,model}``: that self-check's agreement with fp32;
+- ``papersearch_refused_total{limit}``: calls refused at once (RESOURCE_EXHAUSTED, HTTP 429
+  or 413) or watches ended, by the bound they met: the setting (``serve.max_index_queue``,
+  ``serve.coalesce_max_pending``, ``serve.max_index_calls``, ``serve.watch_max_watches``,
+  ``serve.watch_queue``, ``serve.health_max_watches``, ``serve.max_receive_bytes``), Serve's
+  ``max_queued_requests`` or the HTTP front's ``http_parse_queue``; which to raise, or where
+  to add replicas;
 - ``papersearch_reads_retried_total{deployment}``: gateway reads sent a second time because no
   replica answered the first (one died mid-call, or none was running);
 - ``papersearch_mirror_failed_total``: papers whose mirror write failed during an embedder
@@ -45,10 +51,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# to serve.index_call_timeout_s's default (an UpsertPapers stream may run 600 s); a watch,
+# open for hours, lands past the last
 LATENCY_MS_BOUNDS: list[float] = [
-    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 120000,
+    300000, 600000,
 ]
-BATCH_SIZE_BOUNDS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+# a QueryEncoder replica batches up to encoder_batch_size gateway calls of up to
+# coalesce_max_batch queries each: 32 x 32 by default
+BATCH_SIZE_BOUNDS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 # Counters are summed here and handed to Ray this often: a Ray metric record costs tens of
 # microseconds, a tenth of the gateway's CPU per search when every request made two. Ray
 # exports every few seconds anyway; what a process had not handed over when it exits is lost.
@@ -69,8 +80,9 @@ class Metrics:
         )
         self.http_requests = Counter(
             "papersearch_http_requests",
-            description="HTTP/JSON API calls by method and HTTP status (each also counts in "
-                        "papersearch_requests: it is made on the gateway's gRPC server).",
+            description="HTTP/JSON API calls by method and HTTP status (each that reached "
+                        "the gateway's gRPC server also counts in papersearch_requests; the "
+                        "front's own refusals, 400-415 and 429, do not).",
             tag_keys=("method", "status"),
         )
         self.http_latency = Histogram(
@@ -109,6 +121,11 @@ class Metrics:
             "papersearch_reads_retried",
             description="Gateway reads sent again after no replica answered the first try.",
             tag_keys=("deployment",),
+        )
+        self.refusals = Counter(
+            "papersearch_refused",
+            description="Calls refused at once (or watches ended) by the bound they met.",
+            tag_keys=("limit",),
         )
         self.mirror_failures = Counter(
             "papersearch_mirror_failed",
@@ -170,6 +187,10 @@ class Metrics:
 
     def read_retried(self, deployment: str) -> None:
         self._count(self.reads_retried, 1.0, {"deployment": deployment})
+
+    def refused(self, limit: str) -> None:
+        """``limit``: a fixed name (the setting), never anything a caller sent."""
+        self._count(self.refusals, 1.0, {"limit": limit})
 
     def mirror_failed(self, papers: int) -> None:
         self._count(self.mirror_failures, float(papers), {})

@@ -47,8 +47,9 @@ class QueryEncoderDeployment:
 
     async def encode_documents(self, texts: Sequence[str], embedder: str | None = None
                                ) -> np.ndarray:
-        encoder = await self._encoder(embedder)
-        return await self.meter.in_thread(encoder.encode_documents, texts)
+        with metrics().inside("QueryEncoder"):
+            encoder = await self._encoder(embedder)
+            return await self.meter.in_thread(encoder.encode_documents, texts)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve asks every few hundred ms: the autoscaling policy's input (a coroutine: on

@@ -26,6 +26,7 @@ from papersearch.errors import MessageTooLarge
 from papersearch.gateway.method_handlers import API_PREFIX, with_behavior
 from papersearch.pipeline.query import InvalidQuery
 from papersearch.settings import GRPC_INT_MAX
+from papersearch.telemetry import metrics
 
 _MAX_DEPTH = 32  # nesting the walker follows; the API's requests nest two levels
 _MAX_FIELDS = 20_000  # fields it reads: twice a valid request's most (10,000 ids to delete)
@@ -89,6 +90,7 @@ def _unary(
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         if len(raw) > max_bytes:
+            metrics().refused("serve.max_receive_bytes")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 too_large(len(raw), max_bytes))
         try:

@@ -20,6 +20,7 @@ from papersearch.index.errors import (
 from papersearch.models.manifest import ModelNotFound
 from papersearch.models.runtime import InvalidInput
 from papersearch.pipeline.query import InvalidQuery
+from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call finished"
     if isinstance(error, Overloaded):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: queues are full, retry later"
+        metrics().refused(error.limit)
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"server overloaded: {error}; retry later"
     if isinstance(error, MessageTooLarge):
+        metrics().refused("serve.max_receive_bytes")
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     # The index's own words name its addresses, paths and OS errors: they go to the log under
     # an incident id, the client gets what they mean.

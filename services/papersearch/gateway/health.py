@@ -15,6 +15,8 @@ from typing import TypeAlias
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from papersearch.telemetry import metrics
+
 ServingStatus: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -68,6 +70,7 @@ class Health(health_pb2_grpc.HealthServicer):
         """The current status, then each change (an unknown service: SERVICE_UNKNOWN until it
         has one); intermediate statuses may be skipped, the latest is always sent."""
         if self.watching >= self.max_watches:
+            metrics().refused("serve.health_max_watches")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.max_watches} health Watch streams are open on this "
                                 "gateway (serve.health_max_watches); use Check, or retry later")

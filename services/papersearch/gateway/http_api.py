@@ -96,6 +96,7 @@ class Parsers:
 
     async def run(self, parse: Callable[[], Message]) -> Message:
         if self._held >= PARSE_THREADS + PARSE_WAITING:
+            metrics().refused("http_parse_queue")
             raise HttpError("RESOURCE_EXHAUSTED", f"{self._held} large request bodies are "
                             "being read: send it again shortly")
         self._held += 1
@@ -332,6 +333,7 @@ class _Lines:
 
     def _within_limit(self, size: int) -> None:
         if size > self.max_bytes:
+            metrics().refused("serve.max_receive_bytes")
             self.line += 1  # the one too long, after those read
             raise HttpError("RESOURCE_EXHAUSTED", f"line {self.line} is longer than the "
                             f"server's limit of {self.max_bytes} bytes", http=413)
@@ -640,6 +642,7 @@ def _from_http(error: web.HTTPException, request: web.Request, max_bytes: int) -
         return HttpError("UNIMPLEMENTED", f"{request.method} is not allowed on "
                          f"{request.path[:64]!r}", http=405)
     if error.status == 413:
+        metrics().refused("serve.max_receive_bytes")
         return HttpError("RESOURCE_EXHAUSTED", f"request body over the server's limit of "
                          f"{max_bytes} bytes", http=413)
     status = "INVALID_ARGUMENT" if error.status < 500 else "INTERNAL"

@@ -195,6 +195,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         if self.watches.closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
         if self.watches.open >= self.watches.max_watches:
+            metrics().refused("serve.watch_max_watches")
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.watches.open} watches are open on this gateway, its limit "
@@ -299,6 +300,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     ) -> AsyncIterator[None]:
         """One IndexService call: a slot, the server-side deadline, errors -> status codes."""
         if self.calls >= self.serve.max_index_calls:
+            metrics().refused("serve.max_index_calls")
             await self._abort(
                 context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.calls} index writes are in progress on this gateway, its limit "

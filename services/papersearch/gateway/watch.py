@@ -43,6 +43,7 @@ from papersearch.index.query import SearchFilter
 from papersearch.index.store import now_ms
 from papersearch.pipeline.backend import Backend
 from papersearch.settings import ServeSettings
+from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Watch:
         if self.ended is not None or not matches:
             return
         if len(self.pending) >= self.capacity:
+            metrics().refused("serve.watch_queue")
             self.pending.clear()
             self.end(grpc.StatusCode.RESOURCE_EXHAUSTED,
                      f"this watcher fell {self.capacity} matches behind (serve.watch_queue): "

@@ -152,7 +152,7 @@ class IndexAccess:
         limit = self.opener.settings.serve.max_index_queue
         if admit and self._in_flight >= limit:
             raise Overloaded(f"{limit} index operations running or waiting in this gateway "
-                             "(serve.max_index_queue)")
+                             "(serve.max_index_queue)", "serve.max_index_queue")
         self._in_flight += int(admit)
         try:
             answer = await self._run(program, create)

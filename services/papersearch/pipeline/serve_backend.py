@@ -61,7 +61,8 @@ async def call(sent: Sent) -> Any:
         response.cancel()
         raise
     except BackPressureError as error:
-        raise Overloaded(str(error)) from None
+        raise Overloaded(f"a model deployment's queue is full ({error})",
+                         "max_queued_requests") from None
     except DeploymentUnavailableError as error:  # its str() is the deployment's id alone
         log.warning("deployment unavailable", extra={"reason": error.message})
         raise NotReady("a model deployment has no replica running (it failed to deploy)") \
