@@ -112,6 +112,33 @@ def test_plaintext_or_an_unknown_ca_cannot_talk_to_a_tls_gateway(
     assert _search(targets["tls"], Tls(pki / "other-ca.pem")) == grpc.StatusCode.UNAVAILABLE
 
 
+def test_the_name_the_certificate_must_hold_can_be_set(targets: dict[str, str],
+                                                        pki: Path) -> None:
+    """A gateway reached by an address its certificate does not name (a port-forward, an IP)
+    could not be verified: no setting took the name. The certificate names 127.0.0.1 and
+    localhost; another name asked for fails the check, so the override reaches the channel."""
+    assert _search(targets["tls"], Tls(pki / "ca.pem", server_name="localhost")) == (
+        grpc.StatusCode.OK)
+    assert _search(targets["tls"], Tls(pki / "ca.pem", server_name="gateway.example")) == (
+        grpc.StatusCode.UNAVAILABLE)
+
+
+def test_a_file_holding_no_pem_certificate_or_key_is_refused_by_name(
+    pki: Path, tmp_path: Path
+) -> None:
+    """A CA file that was no PEM, a damaged key or one of another certificate failed only at
+    the first call: UNAVAILABLE "Failed to create security handshaker" (DEADLINE_EXCEEDED
+    after the whole deadline with wait_for_ready), the cause in gRPC's own log alone."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [(Tls(garbage), "not a PEM CA certificate"),
+             (Tls(pki / "ca.pem", pki / "client.pem", garbage), "not a PEM certificate"),
+             (Tls(pki / "ca.pem", pki / "client.pem", pki / "server.key"), "matching")]
+    for tls, said in cases:
+        with pytest.raises(ValueError, match=said):
+            SearchClient("127.0.0.1:1", tls=tls, wait_for_ready=True)
+
+
 def test_mutual_tls_needs_a_client_certificate(targets: dict[str, str], pki: Path) -> None:
     assert _search(targets["mtls"], Tls(pki / "ca.pem")) == grpc.StatusCode.UNAVAILABLE
     signed = Tls(pki / "ca.pem", pki / "client.pem", pki / "client.key")
@@ -144,6 +171,11 @@ def test_cli_search_over_tls(targets: dict[str, str], pki: Path,
     assert main(["search", "transport security", "--no-rerank", "--json",
                  "--target", targets["tls"], "--ca", str(pki / "ca.pem")]) == 0
     assert '"reranked": false' in capsys.readouterr().out
+    assert main(["search", "transport security", "--no-rerank", "--json", "--target",
+                 targets["tls"], "--ca", str(pki / "ca.pem"), "--server-name", "localhost"]) == 0
+    assert '"reranked": false' in capsys.readouterr().out
+    assert main(["search", "q", "--server-name", "localhost"]) == 2
+    assert "--server-name only with --target" in capsys.readouterr().err
     assert main(["search", "q", "--target", targets["tls"], "--cert", str(pki / "client.pem")]) == 2
     assert "--cert and --key go together" in capsys.readouterr().err
 

@@ -93,10 +93,11 @@ def _remote(args: argparse.Namespace) -> bool:
     if args.target is not None and not args.target.strip():
         raise ValueError("--target is empty: give HOST:PORT, or leave it out to run in-process")
     if args.target is not None:
-        _check_target(args.target, args.tls or args.ca is not None)
+        _check_target(args.target, _tls_asked(args))
     if args.target is None:
         given = [flag for flag, value in (("--tls", args.tls), ("--ca", args.ca),
                                           ("--cert", args.cert), ("--key", args.key),
+                                          ("--server-name", args.server_name),
                                           ("--wait-for-ready", args.wait_for_ready)) if value]
         if given:
             raise ValueError(f"{', '.join(given)} only with --target (without it the search "
@@ -110,6 +111,10 @@ def _check_target(target: str, tls: bool) -> None:
     if target.startswith(GRPC_TARGET_SCHEMES) or (tls and ":" not in target):
         return
     split_target(target)
+
+
+def _tls_asked(args: argparse.Namespace) -> bool:
+    return bool(args.tls or args.ca is not None or args.server_name)
 
 
 def _filter(args: argparse.Namespace) -> SearchFilter:
@@ -373,7 +378,7 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.client_tls import tls_from_args
 
     _positive_timeout(args.timeout_s)
-    _check_target(args.target, args.tls or args.ca is not None)
+    _check_target(args.target, _tls_asked(args))
     query = WatchQuery(args.query, _filter(args), args.min_relevance, args.since,
                        args.replay_limit)
     ends = None if args.timeout_s is None else time.monotonic() + args.timeout_s

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,6 +21,9 @@ from papersearch.corpus.paper import Paper
 from papersearch.gateway.auth import API_KEY_HEADER
 from papersearch.index.query import Examples, SearchFilter
 from papersearch.pipeline.query import SearchHit, SearchQuery, SearchResult
+from papersearch.settings import is_loopback
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,22 +38,34 @@ class WatchEvent:
 
 class Watching:
     """A WatchSearch stream: iterate it for its events (blocking); ``cancel`` ends it (from
-    any thread; the iteration then raises grpc.RpcError CANCELLED)."""
+    any thread; the iteration then raises grpc.RpcError CANCELLED). Leaving the loop (break,
+    an error) or the ``with`` block ends it too: an abandoned watch held one of the gateway's
+    serve.watch_max_watches places until garbage collection."""
 
     def __init__(self, call: Any) -> None:
         self.call = call
 
     def __iter__(self) -> Iterator[WatchEvent]:
-        for message in self.call:
-            hit = None
-            if message.HasField("hit"):
-                hit = SearchHit(convert.stored_paper_from_proto(message.hit.paper),
-                                message.hit.score,
-                                convert.stage_scores_from_proto(message.hit.stages))
-            yield WatchEvent(hit, message.replayed, message.caught_up)
+        try:
+            for message in self.call:
+                hit = None
+                if message.HasField("hit"):
+                    hit = SearchHit(convert.stored_paper_from_proto(message.hit.paper),
+                                    message.hit.score,
+                                    convert.stage_scores_from_proto(message.hit.stages))
+                yield WatchEvent(hit, message.replayed, message.caught_up)
+        finally:
+            self.call.cancel()  # a no-op once the stream has ended
 
     def cancel(self) -> None:
         self.call.cancel()
+
+    def __enter__(self) -> Watching:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cancel()
 
 
 def committed_of(error: grpc.RpcError) -> int | None:
@@ -89,14 +105,45 @@ def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return ((API_KEY_HEADER, api_key),)
 
 
+def target_host(target: str) -> str | None:
+    """The host a gRPC target names (HOST:PORT, [v6]:PORT, dns:, ipv4:, ipv6:; the first
+    address of a list); None for a Unix socket."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return None
+    if target.startswith("dns:"):
+        target = target[len("dns:"):]
+        if target.startswith("//"):  # dns://resolver/host:port
+            target = target[2:].partition("/")[2]
+    elif target.startswith(("ipv4:", "ipv6:")):
+        target = target[len("ipv4:"):].split(",")[0]
+    if target.startswith("["):
+        return target[1:].partition("]")[0]
+    host, sep, port = target.rpartition(":")
+    return host if sep and port.isdigit() else target
+
+
+def _warn_if_key_in_clear(target: str, tls: Tls | None,
+                          metadata: tuple[tuple[str, str], ...]) -> None:
+    """A key sent without TLS beyond this machine can be read on the way. Said, not refused:
+    base and dev deployments serve plaintext inside the cluster, whose network may be trusted
+    (or encrypted by a mesh)."""
+    host = target_host(target)
+    if metadata and tls is None and host is not None and not is_loopback(host):
+        log.warning("the API key goes to this gateway unencrypted (no TLS): anyone on the "
+                    "network path can read it; use TLS (Tls, --tls) outside a network you "
+                    "trust", extra={"target": target})
+
+
 class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
         self.metadata = key_metadata(api_key)  # first: a bad key opens no channel
+        _warn_if_key_in_clear(target, tls, self.metadata)
         options = channel_options(retry, wait_for_ready)
         self.channel = (grpc.insecure_channel(target, options) if tls is None
-                        else grpc.secure_channel(target, tls.credentials(), options))
+                        else grpc.secure_channel(target, tls.credentials(),
+                                                 options + tls.channel_options()))
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.index_stub = pb_grpc.IndexServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
@@ -138,9 +185,11 @@ class SearchClient:
                ) -> pb.UpsertSummary:
         """Stream ``papers``; a failure raises grpc.RpcError, and ``committed_of(error)`` says
         how many were committed before it (``committed_messages_of``: where to resend from).
-        The deadline (``timeout_s``, else the client's, 30 s by default) bounds the whole
-        stream: give a long one more (the gateway's own bound is serve.index_call_timeout_s,
-        600 s)."""
+        gRPC reads ``papers`` on a thread of its own: an iterator tied to the calling thread
+        (a sqlite3 cursor) must be read into a list, or fed through a queue, first; an error
+        it raises is raised here as it was (the call is cancelled). The deadline
+        (``timeout_s``, else the client's, 30 s by default) bounds the whole stream: give a
+        long one more (the gateway's own bound is serve.index_call_timeout_s, 600 s)."""
         failed: list[Exception] = []
 
         def stream() -> Iterator[pb.Paper]:
@@ -160,6 +209,11 @@ class SearchClient:
             raise
 
     def delete(self, paper_ids: Sequence[str], timeout_s: float | None = None) -> int:
+        """Delete the papers of ``paper_ids`` (a list: a str alone would be read as its
+        characters, each an id); the number that were stored."""
+        if isinstance(paper_ids, str):
+            raise TypeError(f"delete takes a list of paper ids, got the str {paper_ids!r}: "
+                            f"write delete([{paper_ids!r}])")
         response = self.index_stub.DeletePapers(
             pb.DeletePapersRequest(paper_ids=list(paper_ids)), metadata=self.metadata,
             timeout=_deadline(timeout_s, self.timeout_s),
@@ -183,15 +237,19 @@ class SearchClient:
 
 
 class AsyncSearchClient:
-    """asyncio client over one grpc.aio channel; create it inside the event loop that uses it."""
+    """asyncio client over one grpc.aio channel, with the load test's calls (search, health);
+    create it inside the event loop that uses it. Other calls from asyncio: SearchClient in a
+    thread (asyncio.to_thread)."""
 
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
         self.metadata = key_metadata(api_key)  # first: a bad key opens no channel
+        _warn_if_key_in_clear(target, tls, self.metadata)
         options = channel_options(retry, wait_for_ready)
         self.channel = (grpc.aio.insecure_channel(target, options) if tls is None
-                        else grpc.aio.secure_channel(target, tls.credentials(), options))
+                        else grpc.aio.secure_channel(target, tls.credentials(),
+                                                     options + tls.channel_options()))
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout_s = timeout_s

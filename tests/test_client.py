@@ -1,0 +1,68 @@
+"""The Python client's own checks and its watch's lifetime (no gateway needed)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from papersearch.api.v1 import papersearch_pb2 as pb
+from papersearch.client import SearchClient, Watching, target_host
+
+
+def test_delete_refuses_a_lone_id() -> None:
+    """A str is a Sequence[str]: delete("paper-123") sent one id per character, deleting any
+    papers with those one-character ids and keeping the one meant, and looked successful."""
+    with SearchClient("127.0.0.1:1") as client, pytest.raises(TypeError, match="list of"):
+        client.delete("paper-123")
+
+
+@pytest.mark.parametrize(("target", "host"), [
+    ("gateway:50051", "gateway"), ("10.0.0.7:50051", "10.0.0.7"), ("[::1]:50051", "::1"),
+    ("localhost", "localhost"), ("dns:///gateway.svc:50051", "gateway.svc"),
+    ("dns://8.8.8.8/gateway.svc:443", "gateway.svc"), ("ipv4:127.0.0.1:1,10.0.0.2:2", "127.0.0.1"),
+    ("ipv6:[::1]:50051", "::1"), ("unix:/tmp/gateway.sock", None),
+])
+def test_the_host_a_target_names(target: str, host: str | None) -> None:
+    assert target_host(target) == host
+
+
+def test_a_key_sent_in_clear_beyond_this_machine_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SearchClient(remote, api_key=...) without TLS sent the key in plaintext, silently."""
+    caplog.set_level(logging.WARNING, logger="papersearch.client")
+    for target in ("127.0.0.1:50051", "localhost:50051", "unix:/tmp/g.sock", "192.0.2.2:50051"):
+        SearchClient(target).close()  # no key: nothing to say
+        SearchClient(target, api_key="a-key").close()
+    warned = [record for record in caplog.records if "unencrypted" in record.getMessage()]
+    assert [record.__dict__["target"] for record in warned] == ["192.0.2.2:50051"]
+    assert all("a-key" not in record.getMessage() for record in caplog.records)
+
+
+class Call:
+    """A WatchSearch call: events until cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    def __iter__(self) -> Iterator[pb.WatchEvent]:
+        while not self.cancelled:
+            yield pb.WatchEvent(caught_up=True)
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+def test_leaving_a_watch_ends_its_stream() -> None:
+    """A loop left with break kept the server's watch open (one of its
+    serve.watch_max_watches places) until the call was garbage collected."""
+    call = Call()
+    for event in Watching(call):
+        assert event.caught_up
+        break
+    assert call.cancelled == 1
+    with Watching(call := Call()) as watching:
+        next(iter(watching))
+    assert call.cancelled >= 1
