@@ -191,6 +191,22 @@ def test_a_byte_order_mark_and_another_header_naming_are_read(tmp_path: Path) ->
     assert load_qrels(root) == {"1": {"d1": 1}}
 
 
+def test_a_byte_order_mark_is_read_past_on_any_line(tmp_path: Path) -> None:
+    """Files joined with cat keep each one's BOM: line 2 failed as "invalid JSON: Unexpected
+    UTF-8 BOM", and a qrels line's query id kept it (judging a query that is not there)."""
+    root = write_dataset(tmp_path, '{"_id": "1", "text": "a"}\n\ufeff{"_id": "2", "text": "b"}\n',
+                         "query-id\tcorpus-id\tscore\n1\td1\t1\n\ufeff2\td2\t1\n")
+    assert load_queries(root) == {"1": "a", "2": "b"}
+    assert load_qrels(root) == {"1": {"d1": 1}, "2": {"d2": 1}}
+
+
+@pytest.mark.parametrize("header", ["query-id\tcorpus-id\tscore", "Query-ID\tCorpus-ID\tScore",
+                                    "qid\tdocno\tlabel", "query id\tdoc id\tgrade"])
+def test_a_header_names_the_columns(tmp_path: Path, header: str) -> None:
+    root = write_dataset(tmp_path, "", f"{header}\n1\td1\t1\n")
+    assert load_qrels(root) == {"1": {"d1": 1}}
+
+
 def test_judgments_must_name_documents_of_the_corpus(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, embedder_dir: Path,
 ) -> None:
@@ -272,6 +288,15 @@ def test_judgments_must_name_the_queries_they_judge(
         ("\n1\td1\t1.0\n", r"test\.tsv:2: score must be an integer, got '1\.0'"),
         ("1\td1\t1\nquery-id\tcorpus-id\tscore\n", r"test\.tsv:2: score must be an integer"),
         ("1\td1\t1\n1\td1\t2\n", r"test\.tsv:2: conflicting score"),
+        # int() took these: 10 and 3
+        ("1\td1\t1_0\n", r"test\.tsv:1: score must be an integer, got '1_0'"),
+        ("1\td1\t\u0663\n", r"test\.tsv:1: score must be an integer, got '\u0663'"),
+        ("1\td1\t+\n", r"test\.tsv:1: score must be an integer"),
+        # a first judgment with a mistyped grade was skipped as a header, without a word
+        ("q1\td1\thigh\nq1\td2\t1\n",
+         r"test\.tsv:1: score must be an integer, got 'high' \(a header line names the columns"),
+        ("query-id\td1\thigh\n", r"test\.tsv:1: score must be an integer, got 'high'"),
+        ("\nq1\td1\t1.0\n", r"test\.tsv:2: score must be an integer, got '1\.0' \(a header"),
     ],
 )
 def test_malformed_qrels(tmp_path: Path, qrels: str, message: str) -> None:

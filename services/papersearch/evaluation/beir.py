@@ -7,6 +7,7 @@ ValueError naming ``file:line``; a missing file raises FileNotFoundError naming 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from papersearch.corpus.paper import checked_id
 
 QUERIES_FILE = "queries.jsonl"
 QRELS_DIR = "qrels"
+
+# A grade: ASCII digits, an optional sign. int() alone also takes "1_0" (10) and other scripts'
+# digits ("\u0663": 3), which no qrels writer means as a grade.
+_GRADE = re.compile(r"[+-]?[0-9]+")
+# A header's column names, case-folded with "-", "_" and spaces dropped: BEIR's query-id,
+# corpus-id and score, and the common other namings of those columns.
+_HEADER_NAMES = (
+    frozenset({"queryid", "query", "qid", "topicid", "topic"}),
+    frozenset({"corpusid", "docid", "doc", "documentid", "document", "docno", "pid"}),
+    frozenset({"score", "relevance", "rel", "grade", "label", "judgment", "judgement"}),
+)
 
 
 def load_queries(dataset_dir: Path) -> dict[str, str]:
@@ -31,16 +43,15 @@ def load_queries(dataset_dir: Path) -> dict[str, str]:
 
 def load_qrels(dataset_dir: Path, split: str = "test") -> dict[str, dict[str, int]]:
     """Query id → corpus id → graded score, from ``qrels/<split>.tsv`` (tab separated; a first
-    non-blank line whose score is not a number is a header: BEIR's ``query-id corpus-id
-    score`` or another naming)."""
+    non-blank line naming the columns is a header: BEIR's ``query-id corpus-id score`` or
+    another naming of them, such as ``query_id doc_id relevance``)."""
     path = dataset_dir / QRELS_DIR / f"{split}.tsv"
     qrels: dict[str, dict[str, int]] = {}
     for number, (source, line) in enumerate(_lines(path)):
         fields = tuple(field.strip() for field in line.split("\t"))
-        if number == 0 and len(fields) == 3 and not _number(fields[2]):
-            continue  # BEIR's header, or another naming of its three columns (a score of
-            # "1.0" is a judgment, refused below, not a header that left none)
-        query_id, doc_id, score = _parse_judgment(source, fields)
+        if number == 0 and _header(fields):
+            continue
+        query_id, doc_id, score = _parse_judgment(source, fields, first=number == 0)
         judgments = qrels.setdefault(query_id, {})
         if judgments.get(doc_id, score) != score:
             raise ValueError(f"{source}: conflicting score for {query_id!r}, {doc_id!r}")
@@ -58,8 +69,9 @@ def _lines(path: Path) -> Iterator[tuple[str, str]]:
             if raw is None:
                 raise ValueError(f"{source}: line longer than {MAX_LINE_BYTES} bytes")
             try:
-                # a byte order mark (files saved by Excel or Notepad) is not part of line 1
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
+                # a byte order mark (files saved by Excel or Notepad) is no part of a line, on
+                # any line: files joined with cat keep each one's (as corpus/jsonl.py reads)
+                line = raw.decode("utf-8-sig").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{source}: invalid UTF-8: {exc.reason}") from None
             if line.strip():
@@ -82,22 +94,26 @@ def _parse_query(source: str, line: str) -> tuple[str, str]:
         raise ValueError(f"{source}: {exc}") from None
 
 
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
+def _header(fields: tuple[str, ...]) -> bool:
+    """Whether a first line is a header: three columns, no integer score, each column one of
+    the usual names. A judgment with a mistyped grade ("q1<TAB>d1<TAB>high") is not one:
+    skipped as a header, it vanished without a word."""
+    if len(fields) != 3 or _GRADE.fullmatch(fields[2]):
         return False
-    return True
+    names = [re.sub(r"[-_ ]", "", field.casefold()) for field in fields]
+    return all(name in known for name, known in zip(names, _HEADER_NAMES, strict=True))
 
 
-def _parse_judgment(source: str, fields: tuple[str, ...]) -> tuple[str, str, int]:
+def _parse_judgment(source: str, fields: tuple[str, ...], first: bool = False
+                    ) -> tuple[str, str, int]:
     if len(fields) != 3 or not all(fields):
         raise ValueError(f"{source}: expected 'query-id<TAB>corpus-id<TAB>score', got {fields}")
     query_id, doc_id, score = fields
-    try:
-        grade = int(score)
-    except ValueError:
-        raise ValueError(f"{source}: score must be an integer, got {score!r}") from None
+    if not _GRADE.fullmatch(score):
+        hint = " (a header line names the columns, e.g. query-id, corpus-id, score)"
+        raise ValueError(f"{source}: score must be an integer, got {score!r}"
+                         f"{hint if first else ''}")
+    grade = int(score)
     try:  # normalised as the queries' and the corpus' ids are, or a judgment would match none
         return checked_id(query_id, "query-id"), checked_id(doc_id, "corpus-id"), grade
     except ValueError as exc:

@@ -1,7 +1,14 @@
-"""Ranking-quality metrics over graded relevance judgments (qrels), as trec_eval and BEIR compute.
+"""Ranking-quality metrics over graded relevance judgments (qrels): per query, nDCG@k (linear
+gain), Recall@k and MRR@k equal trec_eval's ``ndcg_cut.k``, ``recall.k`` and ``recip_rank`` (of
+the top k) for the same ranking, checked in tests/test_metrics_trec_eval.py; :func:`evaluate`'s
+means differ from trec_eval's and BEIR's in which queries they count (see there).
 
-A document is relevant when its judged score is above zero; unjudged documents score zero. A ranked
-list is deduplicated (first occurrence wins) before it is cut at ``k``.
+A document is relevant when its judged score is above zero; zero, negative and unjudged
+documents give no gain. A ranked list is deduplicated (first occurrence wins) before it is cut
+at ``k``. Ties: a ranking is taken in the order given, scores are never seen here. The harness's
+rankings order equal scores by the order ids were first met in (index/fusion.py); trec_eval
+re-sorts by score and breaks ties by document id (descending), so where a run has tied scores
+its figures can differ from ours.
 """
 
 from __future__ import annotations
@@ -64,10 +71,17 @@ def mrr_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> fl
 def evaluate(run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]]) -> Report:
     """Score a run (query id → ranked doc ids) against qrels (query id → doc id → score).
 
-    Every query in ``qrels`` with a relevant document is evaluated; one the run lacks scores 0.
-    The others, of ``qrels`` or of the run, have no relevant document: they are counted as
-    skipped (as `eval` says "without a relevant judgment"), not scored. Means over no queries
-    are 0.
+    The means are over the queries of ``qrels`` with a relevant (score > 0) judgment; one the
+    run lacks scores 0 there. The others, of ``qrels`` (all judgments <= 0) or of the run only,
+    are counted in ``skipped_queries`` (as `eval` says "without a relevant judgment"), not
+    scored. Means over no queries are 0.
+
+    trec_eval (pytrec_eval; BEIR's EvaluateRetrieval averages what it returns) scores the
+    queries in both the run and the qrels instead: a query whose judgments are all <= 0 scores
+    0 there (lowering its mean, not ours), and a judged query the run lacks is left out there
+    (lowering our mean, not its). A run that answers every judged query, over qrels where each
+    query has a relevant judgment (the four sets of shared/eval), gets the same means from both,
+    ties apart (see the module's docstring).
     """
     judged = {query: judgments for query, judgments in qrels.items() if _relevant(judgments)}
     rankings = {query: run.get(query, ()) for query in judged}

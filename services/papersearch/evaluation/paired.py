@@ -37,11 +37,14 @@ class Paired:
 
 
 def paired(a: Mapping[str, float], b: Mapping[str, float]) -> Paired:
-    """``b`` against ``a``, per query (the queries both have)."""
+    """``b`` against ``a``, per query (the queries both have); ValueError when they share none
+    (runs of two different sets, say), which came back as 0 wins, 0 losses and p = 1: read as
+    "no difference" where nothing was compared."""
     queries = sorted(a.keys() & b.keys())
+    if not queries:
+        raise ValueError(f"paired: the runs share no query ({len(a)} and {len(b)} queries): "
+                         "nothing to compare")
     diff = np.array([b[q] - a[q] for q in queries], dtype=np.float64)
-    if len(diff) == 0:
-        return Paired(0.0, 0, 0, 0, 1.0)
     observed = abs(diff.mean())
     signs = np.random.default_rng(SEED).choice((-1.0, 1.0), size=(PERMUTATIONS, len(diff)))
     extreme = int((np.abs((signs * diff).mean(axis=1)) >= observed - TIE).sum())
@@ -90,12 +93,17 @@ class TuningChoice(Generic[K]):
 def choose_on_tuning(candidates: Mapping[K, Runs], baseline: K, tuning: Sequence[str],
                      mode: str = "hybrid") -> TuningChoice[K]:
     """What the tuning sets choose among ``candidates`` (the baseline among them) over
-    ``baseline``: the held-out sets then judge it (``against``)."""
+    ``baseline``: the held-out sets then judge it (``against``). ValueError when there is no
+    candidate but the baseline: the callers judge ``judged`` against the baseline, and the
+    baseline against itself judges nothing."""
     def mean(key: K) -> float:
         return tuning_mean(candidates[key], tuning, mode)
 
     base = candidates[baseline]
     others = [k for k in candidates if k != baseline]
+    if not others:
+        raise ValueError(f"choose_on_tuning: no candidate besides the baseline {baseline!r}: "
+                         "nothing to choose")
     eligible = [k for k in others if mean(k) > mean(baseline) and all(
         candidates[k][n][mode].ndcg_at_10 >= base[n][mode].ndcg_at_10 for n in tuning)]
     chosen = max(eligible, key=mean, default=None)
