@@ -193,11 +193,17 @@ def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: 
 class CpuMeter:
     """CPU seconds of this process and every process under it (Ray's, the replicas') between
     ``start`` and ``stop``, summed by role; ``mark`` in between adds up the served path's (all
-    but this process) since ``start``, for the window's intervals."""
+    but this process) since ``start``, for the window's intervals. The processes are listed
+    again at each mark and at ``stop``: one that began in the window counts from 0, one that
+    ended keeps its last reading (what it used after that, at most an interval's, is lost).
+    Listed at ``start`` only, a replica started or restarted meanwhile went uncounted, which
+    only lowered the served path's CPU."""
 
     def __init__(self, app: str) -> None:
         self.prefix = f"ray::ServeReplica:{app}:"
         self.before: dict[psutil.Process, float] = {}
+        self.last: dict[psutil.Process, float] = {}  # each process's latest reading
+        self.roles: dict[psutil.Process, tuple[str, str]] = {}  # named when first seen
         self.used: dict[tuple[str, str], float] = {}  # (role, process name): CPU seconds
         self.marks: list[float] = []  # the served path's CPU seconds since start, at each mark
 
@@ -224,25 +230,39 @@ class CpuMeter:
             return None
         return float(times.user + times.system)
 
-    def start(self) -> None:
+    def _read(self, *, newcomers_from_zero: bool = True) -> None:
         me = psutil.Process()
-        self.before = {p: cpu for p in (me, *me.children(recursive=True))
-                       if (cpu := self._cpu(p)) is not None}
+        for process in (me, *me.children(recursive=True)):
+            if (cpu := self._cpu(process)) is None:
+                continue
+            if process not in self.before:
+                self.before[process] = 0.0 if newcomers_from_zero else cpu
+                self.roles[process] = self.role(process)
+            self.last[process] = cpu
+
+    def start(self) -> None:
+        self.before, self.last, self.roles = {}, {}, {}
+        self._read(newcomers_from_zero=False)
         self.marks = [0.0]
 
     def mark(self) -> None:
+        self._read()
         me = os.getpid()
-        self.marks.append(sum(after - before for process, before in self.before.items()
-                              if process.pid != me and (after := self._cpu(process)) is not None))
+        self.marks.append(sum(self.last[process] - before
+                              for process, before in self.before.items() if process.pid != me))
 
     def stop(self) -> None:
         self.mark()
         self.used = {}
         for process, before in self.before.items():
-            after = self._cpu(process)
-            if after is not None:
-                key = self.role(process)
-                self.used[key] = self.used.get(key, 0.0) + after - before
+            key = self.roles[process]
+            self.used[key] = self.used.get(key, 0.0) + self.last[process] - before
+
+    def missing(self, roles: Sequence[str]) -> list[str]:
+        """Those of ``roles`` (deployments) no process was measured for: a run without them
+        would report the served path's CPU without its replicas."""
+        seen = {role for role, _ in self.used}
+        return [role for role in roles if role not in seen]
 
     def per_search_ms(self, searches: int) -> dict[str, float]:
         by_role: dict[str, float] = {}
@@ -320,6 +340,9 @@ async def _saturate(target: str, metrics_url: str, queries: Sequence[str], reran
     async with AsyncSearchClient(target, timeout_s=RERANK_BUDGET_S) as client:
         await closed_loop(client, queries, concurrency, end,
                           lambda text: SearchQuery(text, rerank=rerank), record)
+    if missing := meter.missing(("Gateway", "QueryEncoder", *(("Reranker",) if rerank else ()))):
+        raise SystemExit(f"throughput: no process of {', '.join(missing)} was measured (its "
+                         "replicas' process titles changed?): the served CPU would leave it out")
     return {"qps": round(counts["ok"] / seconds, 3), "completed": counts["ok"],
             "reranked": counts["reranked"], "errors": counts["errors"],
             "concurrency": concurrency, "seconds": seconds,

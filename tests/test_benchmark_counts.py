@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -54,6 +55,9 @@ class Meter:
     def per_search_ms(self, _: int) -> dict[str, float]:
         return {}
 
+    def missing(self, _: Sequence[str]) -> list[str]:
+        return []
+
     def ray_per_search_ms(self, _: int) -> dict[str, float]:
         return {}
 
@@ -75,3 +79,42 @@ def test_feedback_shedding_counts_the_warm_ups_errors(monkeypatch: pytest.Monkey
     level = asyncio.run(feedback_shedding.run_level("127.0.0.1:1", ["q"], None, 4,
                                                     warmup_s=FAILING_S, seconds=MEASURED_S))
     assert level["errors"] > 0 and level["qps"] > 0
+
+
+BURN = ("import sys, time\nstart = time.process_time()\n"
+        "while time.process_time() - start < 0.4:\n    pass\nprint('burnt', flush=True)\n"
+        "time.sleep(60)\n")
+
+
+def test_the_cpu_meter_counts_processes_that_start_during_the_window() -> None:
+    """The meter listed the processes once, at the window's start: a replica started (or
+    restarted) in it went uncounted, and the served path's CPU per search read low, towards
+    the target. Two children burn 0.4 s of CPU each in the window, one started after it
+    began: both count (CPU time, whatever the machine's speed)."""
+    import subprocess
+    import sys
+
+    def burner() -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(0.5)\n" + BURN],
+                                stdout=subprocess.PIPE, text=True)
+
+    early = burner()
+    meter = throughput.CpuMeter("papersearch")
+    try:
+        time.sleep(0.2)  # started, not yet burning
+        meter.start()
+        late = burner()
+        try:
+            for child in (early, late):
+                assert child.stdout is not None and child.stdout.readline() == "burnt\n"
+            meter.mark()
+            meter.stop()
+        finally:
+            late.kill()
+            late.wait()
+    finally:
+        early.kill()
+        early.wait()
+    served = sum(seconds for (role, _), seconds in meter.used.items() if role != "load_generator")
+    assert served >= 0.75, meter.used
+    assert meter.missing(("Gateway",)) == ["Gateway"]

@@ -18,7 +18,7 @@ import pytest
 
 from papersearch.cli import build_parser, main
 from papersearch.encoder.runtime import Encoder
-from papersearch.loadtest.calibrate import CalibrationOptions, burst, scaled, settle
+from papersearch.loadtest.calibrate import CalibrationOptions, burst, grown, scaled, settle
 from papersearch.loadtest.command import build, check_target, is_loopback, split_target
 from papersearch.loadtest.monitor import (
     DeploymentState,
@@ -280,6 +280,15 @@ def test_calibrate_reads_rates_as_fractions(tmp_path: Path,
         in capsys.readouterr().err
 
 
+def test_a_replica_that_came_up_during_the_burst_is_found() -> None:
+    """A second replica running by the burst's end was only written to the report: its QPS
+    (two replicas' for part of it) then sized every step as one replica's."""
+    one = {"Gateway": 1, "QueryEncoder": 1}
+    assert grown(one, {"Gateway": 1, "QueryEncoder": 2}) == {"QueryEncoder": [1, 2]}
+    assert grown(one, one) == {} and grown(one, {"Gateway": 1, "QueryEncoder": 0}) == {}
+    assert grown("status API unreachable", one) == {} and grown(one, "timed out") == {}
+
+
 def test_a_calibration_burst_counts_answers_in_its_window() -> None:
     async def go(queries: list[str]) -> Any:
         loop = asyncio.get_running_loop()
@@ -431,6 +440,22 @@ def test_per_step_rates_of_a_run_cut_short() -> None:
     assert [(r.start_s, r.offered, r.ok) for r in rows] == [(0.0, 300, 300), (30.0, 400, 400)]
     assert [r.achieved_qps for r in rows] == pytest.approx([10.0, 40.0])
     assert len(per_step(records, profile)) == 3  # the whole profile, as without a cut
+
+
+def test_a_step_the_service_fell_behind_in_says_so() -> None:
+    """A service that answers 50 a second, offered 60 for 10 s: every request answered in the
+    end, so achieved_qps read 60 and the step's p95 (from each send) stayed low while the
+    backlog grew. completed_qps counts answers within the step; p95_from_schedule the wait."""
+    profile = LoadProfile.parse_steps("60:10")
+    records, free = [], 0.0
+    for t in schedule(profile, max_requests=100_000, max_duration_s=None).offsets:
+        started = max(t, free - 0.01)  # the client sends on time, the service queues
+        free = max(t, free) + 0.02  # FIFO, 20 ms each
+        records.append(RequestRecord(t, Outcome.COMPLETED, started, free, "OK"))
+    [row] = per_step(records, profile)
+    assert row.achieved_qps == pytest.approx(60.0)
+    assert row.completed_qps == pytest.approx(50.0, abs=0.5)
+    assert row.p95_from_schedule_ms is not None and row.p95_from_schedule_ms > 1000
 
 
 def test_per_second_buckets_by_schedule_and_by_completion() -> None:
@@ -749,7 +774,17 @@ def test_scale_events_are_placed_on_the_steps() -> None:
     events = scale_events(_samples([1, 1, 1, 2, 2, 2, 1, 1], error_at=4), [0.0, 2.0, 5.0])
     assert [(e.t_s, e.before, e.after, e.step, e.since_step_s) for e in events] == [
         (3.0, 1, 2, 2, 1.0), (6.0, 2, 1, 3, 1.0)]
+    assert [(e.previous_s, e.step_uncertain) for e in events] == [(2.0, False), (5.0, False)]
     assert direction_changes(events) == {"Reranker": 0}
+
+
+def test_an_event_that_may_belong_to_an_earlier_step_says_so() -> None:
+    """A scale-up late in a low step whose next samples failed was read as one in the high
+    step, and a "none before the high step" check passed on it."""
+    late = scale_events(_samples([1, 1, 1, 2, 2], error_at=2), [0.0, 2.0])
+    assert [(e.step, e.previous_s, e.step_uncertain) for e in late] == [(2, 1.0, True)]
+    across = scale_events(_samples([1, 1, 2, 2]), [0.0, 2.0])  # sample 1 in step 1, 2 in 2
+    assert [(e.step, e.step_uncertain) for e in across] == [(2, True)]
 
 
 def test_flapping_counts_turns_within_a_step() -> None:

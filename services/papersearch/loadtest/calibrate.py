@@ -157,6 +157,16 @@ async def burst(searcher: Searcher, queries: Sequence[str], options: SearchOptio
                  sum(a[3] for a in reranked))
 
 
+def grown(before: dict[str, int] | str, after: dict[str, int] | str) -> dict[str, list[int]]:
+    """Deployments with more replicas running after the burst than before it ([before,
+    after]): one that came up during the burst served part of it, and the measured QPS is no
+    longer one replica's. Unknown (a count unreadable, an error's text) is not growth."""
+    if isinstance(before, str) or isinstance(after, str):
+        return {}
+    return {name: [before.get(name, 0), running] for name, running in after.items()
+            if running > before.get(name, 0)}
+
+
 async def settle(read: Callable[[], Awaitable[dict[str, int] | str]], before: dict[str, int] | str,
                  pause_s: float, limit_s: float, poll_s: float) -> dict[str, int] | str:
     """Wait ``pause_s``, then until ``read()`` gives the counts ``before`` the burst again (at

@@ -264,7 +264,7 @@ async def calibrate(test: LoadTest, client: AsyncSearchClient) -> tuple[LoadTest
     """The burst (replica counts read before and after), the pause (until the counts are
     those before the burst again), and the test with its rates; raises CalibrationFailed when
     the burst got errors or no answer."""
-    from papersearch.loadtest.calibrate import burst, settle
+    from papersearch.loadtest.calibrate import burst, grown, settle
     from papersearch.loadtest.monitor import ReplicaMonitor
 
     assert test.calibration is not None
@@ -286,6 +286,11 @@ async def calibrate(test: LoadTest, client: AsyncSearchClient) -> tuple[LoadTest
             f"calibration burst ({test.calibration.in_flight} in flight): {measured.ok} OK, "
             f"errors {measured.errors or 'none'}; the saturation QPS would mean nothing "
             "(a smaller --calibrate-in-flight or a longer --deadline-s may help)")
+    if more := grown(before, after):
+        raise CalibrationFailed(
+            f"replicas came up during the calibration burst ({more}, before and after): the "
+            "saturation QPS would not be one replica's (a shorter --calibrate-s, or a longer "
+            "upscale delay in the autoscaling policy, keeps the burst to one)")
     if measured.rerank_window and measured.qps == 0:
         raise CalibrationFailed(
             f"calibration burst ({test.calibration.in_flight} in flight): {measured.ok} OK, "

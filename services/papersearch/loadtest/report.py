@@ -133,17 +133,21 @@ def format_summary(report: LoadTestReport, files: list[Path]) -> str:
         f"reranked {_ratio(s.reranked_ratio)}",
     ]
     if len(report.steps) > 1:
-        lines.append("steps     start_s  rate  offered     ok  errors  achieved  p95_ms")
+        lines.append("steps     start_s  rate  offered     ok  errors  achieved  completed  "
+                     "p95_ms")
         lines += [f"          {r.start_s:7g} {r.rate_qps:5g} {r.offered:8d} {r.ok:6d} "
-                  f"{r.errors:7d} {r.achieved_qps:9.2f} {_ms(r.p95_ms):>7}" for r in report.steps]
+                  f"{r.errors:7d} {r.achieved_qps:9.2f} {r.completed_qps:10.2f} "
+                  f"{_ms(r.p95_ms):>7}" for r in report.steps]
     ranges = replica_ranges(report.samples)
     failed = [x for x in report.samples if x.error is not None]
     if ranges:
         lines.append("replicas  " + "  ".join(
             f"{name} {low}-{high} (last {last})" for name, (low, high, last) in ranges.items()))
     for event in report.scale_events:
+        earlier = f"; or earlier, since {event.previous_s:.0f} s" if event.step_uncertain else ""
         lines.append(f"scaled    {event.deployment} {event.before}->{event.after} at "
-                     f"{event.t_s:.0f} s (step {event.step} + {event.since_step_s:.0f} s)")
+                     f"{event.t_s:.0f} s (step {event.step} + {event.since_step_s:.0f} s"
+                     f"{earlier})")
     if failed or not ranges:
         reason = failed[0].error if failed else "no sample"
         lines.append(f"replicas  {len(failed)}/{len(report.samples)} samples unreadable: {reason}")

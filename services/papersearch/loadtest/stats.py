@@ -116,8 +116,16 @@ class StepRow:
     offered: int
     ok: int
     errors: int  # error answers plus requests not sent or cancelled
-    achieved_qps: float  # OK answers to this step's requests / its duration
-    p95_ms: float | None
+    # OK answers to this step's requests / its duration, whenever they came: equals the rate
+    # also when a backlog carried them past the step (see completed_qps)
+    achieved_qps: float
+    p95_ms: float | None  # of this step's OK answers, from their send
+    # OK answers that arrived within the step (whichever step sent them) / its duration: what
+    # the service got through; below the rate, a backlog grew
+    completed_qps: float
+    # p95 of this step's OK answers from their scheduled send: a generator behind its schedule
+    # (or at its in-flight cap) included, which p95_ms leaves out
+    p95_from_schedule_ms: float | None
 
 
 def per_step(records: Sequence[RequestRecord], profile: LoadProfile,
@@ -132,8 +140,13 @@ def per_step(records: Sequence[RequestRecord], profile: LoadProfile,
         end = min(start + step.duration_s, window)
         mine = [r for r in records if start <= r.scheduled_s < end]
         ok = sum(1 for r in mine if r.code == OK)
+        completed = sum(1 for r in records if r.code == OK and r.ended_s is not None
+                        and start <= r.ended_s < end)
+        waits = [r.ended_s - r.scheduled_s for r in mine
+                 if r.code == OK and r.ended_s is not None]
         rows.append(StepRow(start, step.rate_qps, len(mine), ok, len(mine) - ok,
-                            ok / (end - start), latency_ms(_ok_latencies(mine))["p95"]))
+                            ok / (end - start), latency_ms(_ok_latencies(mine))["p95"],
+                            completed / (end - start), latency_ms(waits)["p95"]))
         start += step.duration_s
     return rows
 
