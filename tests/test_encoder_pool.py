@@ -17,7 +17,6 @@ from papersearch.settings import IngestSettings, ModelSettings
 @pytest.mark.parametrize(("ingest", "resources", "expected"), [
     ({}, {"CPU": 16.0}, EncoderPool(16, 1.0, 0.0)),
     ({"ray_cpus_per_encoder": 2.0}, {"CPU": 7.0}, EncoderPool(3, 2.0, 0.0)),
-    ({"ray_cpus_per_encoder": 4.0}, {"CPU": 2.0}, EncoderPool(1, 4.0, 0.0)),  # at least one
     ({}, {"CPU": 16.0, "GPU": 2.0}, EncoderPool(2, 1.0, 1.0)),  # GPUs there: used
     ({"ray_gpus_per_encoder": 0.25}, {"CPU": 16.0, "GPU": 2.0}, EncoderPool(8, 1.0, 0.25)),
     ({"ray_gpus_per_encoder": 0}, {"CPU": 16.0, "GPU": 2.0}, EncoderPool(16, 1.0, 0.0)),
@@ -26,7 +25,14 @@ from papersearch.settings import IngestSettings, ModelSettings
 ])
 def test_actors_follow_the_cluster(ingest: dict[str, float], resources: dict[str, float],
                                    expected: EncoderPool) -> None:
-    assert encoder_pool(IngestSettings(**ingest), resources) == expected
+    """One node, all of it free."""
+    assert encoder_pool(IngestSettings(**ingest), resources, [resources]) == expected
+
+
+def test_one_actor_waits_for_room_others_hold() -> None:
+    """Only 2 of the node's 8 CPUs free, 4 asked per encoder: one, placed when room frees."""
+    assert encoder_pool(IngestSettings(ray_cpus_per_encoder=4.0), {"CPU": 2.0},
+                        [{"CPU": 8.0}]) == EncoderPool(1, 4.0, 0.0)
 
 
 def test_gpu_actors_run_fp32_on_cuda_and_cpu_actors_keep_the_settings() -> None:
@@ -39,7 +45,7 @@ def test_gpu_actors_run_fp32_on_cuda_and_cpu_actors_keep_the_settings() -> None:
 
 def test_gpus_asked_of_a_cluster_without_any_are_refused() -> None:
     with pytest.raises(NoGpu, match=r"is 1.0 but the Ray cluster has no GPU \(set it to 0"):
-        encoder_pool(IngestSettings(ray_gpus_per_encoder=1.0), {"CPU": 16.0})
+        encoder_pool(IngestSettings(ray_gpus_per_encoder=1.0), {"CPU": 16.0}, [{"CPU": 16.0}])
 
 
 @pytest.mark.slow

@@ -691,3 +691,145 @@ def test_ray_workers_without_the_collections_embedder_stop_the_run_in_one_line(
         with pytest.raises(EmbedderMismatch, match=r"cannot load minilm-l6@99 from .*no "
                                                    r"version 99"):
             check_worker_embedder(pool, models, ModelRef(ref.name, 99), sha)
+
+
+def test_ray_encoders_are_counted_node_by_node_from_what_is_free() -> None:
+    """The pool was sized from ray.cluster_resources(): the cluster's total, so 3 nodes of 3
+    CPUs gave 4 actors of 2 CPUs where 3 fit, and CPUs Serve replicas hold counted as free."""
+    from papersearch.ingest.distributed import EncoderPool, encoder_pool
+    from papersearch.settings import IngestSettings
+
+    nodes = [{"CPU": 3.0}] * 3
+    two = IngestSettings(ray_cpus_per_encoder=2.0)
+    assert encoder_pool(two, {"CPU": 9.0}, nodes) == EncoderPool(3, 2.0, 0.0)
+    assert encoder_pool(IngestSettings(), {"CPU": 2.0}, nodes).actors == 2  # 7 held by others
+    # all held: one, which waits for room (the probes say if none frees)
+    assert encoder_pool(two, {"memory": 1e9}, nodes) == EncoderPool(1, 2.0, 0.0)
+    # a GPU actor reserves its CPUs too; GPUs all held are still GPUs: the pool goes there
+    gpu_nodes = [{"CPU": 2.0, "GPU": 4.0}, {"CPU": 8.0}]
+    assert encoder_pool(IngestSettings(), {"CPU": 10.0, "GPU": 4.0}, gpu_nodes) == EncoderPool(
+        2, 1.0, 1.0)
+    assert encoder_pool(IngestSettings(), {"CPU": 10.0}, gpu_nodes) == EncoderPool(1, 1.0, 1.0)
+    assert encoder_pool(IngestSettings(ray_cpus_per_encoder=0.1), {"CPU": 3.0},
+                        [{"CPU": 3.0}]).actors == 30
+
+
+def test_an_encoder_no_ray_node_can_hold_is_refused_up_front() -> None:
+    """Asked for more CPUs (or GPUs) per encoder than any alive node has, the probes waited for
+    such a node forever, silently, and the pool counted max(1, 0) = 1 actor all the same."""
+    from papersearch.ingest.distributed import NoNodeFits, encoder_pool
+    from papersearch.settings import IngestSettings
+
+    with pytest.raises(NoNodeFits, match=r"^no Ray node can hold an encoder: each asks for CPU "
+                                         r"2 \(ingest.ray_cpus_per_encoder\) and the alive "
+                                         r"nodes have 2 x \(CPU 1\), 1 x \(CPU 0\): ask for"):
+        encoder_pool(IngestSettings(ray_cpus_per_encoder=2.0, ray_encoders=4), {"CPU": 2.0},
+                     [{"CPU": 1.0}, {"CPU": 0.0}, {"CPU": 1.0}])
+    nodes = [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 16.0}]  # the GPU's node lacks the CPUs
+    for ingest in (IngestSettings(ray_cpus_per_encoder=2.0),
+                   IngestSettings(ray_gpus_per_encoder=2.0)):
+        with pytest.raises(NoNodeFits, match=r"ray_gpus_per_encoder\) and the alive nodes "
+                                             r"have 1 x \(CPU 1, GPU 1\), 1 x \(CPU 16\)"):
+            encoder_pool(ingest, {"CPU": 17.0, "GPU": 1.0}, nodes)
+
+
+def test_ray_workers_check_the_files_their_precision_loads(
+    embedder_dir: Path, tmp_path: Path
+) -> None:
+    """The workers' probe checked the fp32 graph alone: a damaged tokenizer.json, or on CPUs
+    model.int8.onnx, ended the run in an actor's traceback instead of the probe's one line."""
+    from papersearch.ingest.distributed import worker_embedder
+    from papersearch.models.manifest import INT8_FILE, TOKENIZER_FILE, ModelCorrupt, ModelRef
+
+    ref = ModelRef(embedder_dir.parent.name, int(embedder_dir.name))
+    for damaged, checked_by in ((TOKENIZER_FILE, ("fp32", "int8")), (INT8_FILE, ("int8",))):
+        repository = tmp_path / damaged
+        version = repository / ref.name / str(ref.version)
+        version.mkdir(parents=True)
+        for file in embedder_dir.iterdir():
+            if file.name == damaged:
+                (version / damaged).write_bytes(file.read_bytes()[:-1])
+            else:
+                (version / file.name).symlink_to(file)
+        for precision in ("fp32", "int8"):
+            if precision not in checked_by:
+                assert worker_embedder(str(repository), ref, precision)[0] == str(version)
+                continue
+            with pytest.raises(ModelCorrupt, match=rf"{ref}: {damaged} has sha256 \w+ where "):
+                worker_embedder(str(repository), ref, precision)
+
+
+def test_ray_encoders_that_keep_dying_stop_the_run_in_one_line(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An encoder actor killed on every batch (out of memory, say) was restarted by Ray Data
+    for as long as the run was left (20 times in 90 s, no paper written, no word said): now
+    ACTOR_RESTARTS times, then one line, exit 2."""
+    from papersearch import cli
+    from papersearch.ingest import distributed
+
+    inits = tmp_path / "inits"
+
+    class Killed:  # defined here: Ray sends it by value
+        def __init__(self, *args: object) -> None:
+            with inits.open("a") as out:
+                out.write(f"{os.getpid()}\n")
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            os.kill(os.getpid(), signal.SIGKILL)
+            return batch
+
+    env = cli_env(model_settings, tmp_path / "index")
+    for name, value in env.items():
+        if name.startswith("PAPERSEARCH_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "EncodeActor", Killed)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(20))
+    with held_cluster(env) as address:
+        status = cli.main(["ingest", str(corpus), f"--ray={address}", "--quiet"])
+    assert status == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"papersearch: error: a Ray encoder actor's worker process died "
+        f"{distributed.ACTOR_RESTARTS + 1} times (killed out of memory, most likely): set "
+        "models.batch_size lower, or give each encoder more memory (a larger "
+        "ingest.ray_cpus_per_encoder puts fewer on a node); the workers' Ray logs say more")
+    assert len(inits.read_text().splitlines()) == distributed.ACTOR_RESTARTS + 1
+
+
+def test_ray_probes_that_find_no_room_say_so(
+    embedder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probes placed as encoders waited, silently and for ever, while other work (Serve
+    replicas) held the resources an encoder asks for."""
+    import ray
+
+    from papersearch.ingest import distributed
+    from papersearch.ingest.distributed import (
+        EncoderPool,
+        NoRoom,
+        check_worker_embedder,
+        ray_cluster,
+    )
+    from papersearch.models.manifest import ModelRef
+    from papersearch.settings import ModelSettings
+
+    @ray.remote(num_cpus=1)
+    class Holder:  # the cluster's one CPU, held
+        def ready(self) -> bool:
+            return True
+
+    ref = ModelRef(embedder_dir.parent.name, int(embedder_dir.name))
+    models = ModelSettings(repository=embedder_dir.parents[1])
+    sha, pool = read_manifest(embedder_dir).sha256, EncoderPool(1, 1.0, 0.0)
+    monkeypatch.setattr(distributed, "PROBE_TIMEOUT_S", 3.0)
+    with held_cluster(dict(os.environ)) as address, ray_cluster(address):
+        holder = Holder.remote()  # type: ignore[attr-defined]
+        assert ray.get(holder.ready.remote(), timeout=60)
+        with pytest.raises(NoRoom, match=r"^no Ray node freed the resources of an encoder "
+                                         r"\(CPU 1\) within 3 s \(free now: CPU 0\): other "
+                                         r"work holds them \(Serve replicas, say\)"):
+            check_worker_embedder(pool, models, ref, sha)
+        ray.kill(holder)
+        monkeypatch.setattr(distributed, "PROBE_TIMEOUT_S", 60.0)
+        check_worker_embedder(pool, models, ref, sha)  # room again: passes
