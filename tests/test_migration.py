@@ -663,6 +663,263 @@ def test_a_failed_close_still_drops_the_partial_copy(
     assert "closing the partial collection failed" in caplog.text
 
 
+def _in_place(sample_settings: Settings, embedder_dir: Path, papers: list[Paper],
+              data_dir: Path, models: LocalModels | None = None
+              ) -> tuple[Settings, Collections, HandleBackend]:
+    """20 papers indexed by the old embedder in ``data_dir``, behind a backend whose models run
+    in this process (``models``: LocalModels by default)."""
+    settings = sample_settings.model_copy(update={"index": sample_settings.index.model_copy(
+        update={"data_dir": data_dir})})
+    collections, inspect = _collections(settings, None)
+    with inspect("papers") as source:
+        _fill(source, Encoder(embedder_dir), papers[:20])
+    handles = HandleBackend(models or LocalModels(settings.models.repository), None,
+                            collections, settings)  # type: ignore[arg-type]
+    return settings, collections, handles
+
+
+async def _write(handles: HandleBackend, paper: Paper) -> None:
+    """``paper`` upserted through the gateway (mirrored while a migration runs)."""
+    backend = handles.pinned()
+    await backend.upsert([paper], await backend.encode_documents([paper.text]))
+
+
+async def _write_around(handles: HandleBackend, collections: Collections, paper: Paper) -> None:
+    """``paper`` upserted into the live collection alone, as another writer (an ingest job)
+    does: no mirror."""
+    live = await collections.live()
+    await live.index.upsert([paper], await handles.encode_documents_by(live.view.embedder,
+                                                                       [paper.text]))
+
+
+def _edition(paper: Paper, edition: str) -> Paper:
+    return Paper(id=paper.id, title=f"{paper.title} ({edition})", abstract=paper.abstract)
+
+
+def test_an_update_another_writer_makes_to_a_paper_the_gateway_wrote_reaches_the_new_collection(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A paper written through the gateway during the copy (mirrored), then updated by an
+    ingest in the old collection only, longer than WRITER_SKEW_MS before the reconcile (0
+    here): the reconcile skipped every id the gateway had written, and the new live collection
+    kept the gateway's older version (the ingest's dropped at --finish)."""
+    from papersearch.pipeline import migration
+
+    monkeypatch.setattr(migration, "WRITER_SKEW_MS", 0)
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    ours, theirs = _edition(papers[5], "gateway edit"), _edition(papers[5], "ingest --update")
+    copy = migration.Migrator._copy
+
+    async def written_during_the_copy(self: Any, *args: Any) -> tuple[int, int]:
+        await _write(handles, ours)  # dirty: the copy skips it, its mirror write carries it
+        await asyncio.sleep(0.01)  # stamped later than the mirror write
+        await _write_around(handles, collections, theirs)
+        return await copy(self, *args)
+
+    monkeypatch.setattr(migration.Migrator, "_copy", written_during_the_copy)
+
+    async def migrate() -> list[Paper]:
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        held = await (await collections.live()).index.papers([theirs.point_id])
+        await collections.close()
+        return held
+
+    assert [p.title for p in asyncio.run(migrate())] == [theirs.title]
+
+
+@pytest.mark.parametrize("retried", [True, False])
+@pytest.mark.parametrize("step", ["finish", "rollback"])
+def test_a_failed_mirror_write_never_undoes_a_later_update(
+        step: str, retried: bool, sample_settings: Settings, embedder_dir: Path,
+        cls_embedder: Path, papers: list[Paper], tmp_path: Path) -> None:
+    """After the swap, a write pinned to the old view whose mirror into the live collection
+    failed (not acknowledged), sent again by its client (both writes made) or not, then an
+    ingest's update of the same paper in the live collection: --finish and --rollback copied
+    the old collection's version over the live one's, the ingest's update lost. The retry
+    settles the failed write; without it the live collection's later stamp keeps the update."""
+    models = LocalModels(sample_settings.models.repository, fail_for="[mirror fails]")
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path,
+                                               models)
+    failing = _edition(papers[3], "[mirror fails]")
+    update = _edition(papers[3], "ingest --update")
+
+    async def migrate_write_update() -> list[Paper]:
+        pinned_old = handles.pinned()
+        await pinned_old.bound()  # took the old view before the swap
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        with pytest.raises(RuntimeError, match="unavailable"):
+            await pinned_old.upsert([failing], await pinned_old.encode_documents(
+                [failing.text]))
+        mirror = handles.migrator.mirror
+        assert mirror is not None and mirror.missed_by(mirror.pair[1].view.collection) == [
+            failing.point_id]
+        if retried:  # the client sends it again: the live collection, then the old one
+            await _write(handles, failing)
+            assert mirror.pending == {}
+        await asyncio.sleep(0.01)  # the update is stamped later
+        await _write_around(handles, collections, update)
+        await getattr(handles.migrator, step)()
+        held = await (await collections.live()).index.papers([update.point_id])
+        await collections.close()
+        return held
+
+    assert [p.title for p in asyncio.run(migrate_write_update())] == [update.title]
+
+
+def test_settling_an_earlier_start_holds_writes_back(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start whose pointer write reported an error and could not be read back is settled by
+    the next step: its pointer turns out written, so the gateway switches and copies the late
+    writes. That copy ran while writes went on: a write answered between its read of the old
+    collection and its write of the new live one was undone by the older copy."""
+    from papersearch.index.errors import StoreUnavailable
+    from papersearch.pipeline.migration import MigrationFailed
+
+    armed: list[tuple[Paper, Paper]] = []  # the paper the settle copies, the one written then
+    writes: list[asyncio.Task[None]] = []
+    models = LocalModels(sample_settings.models.repository)
+    documents = models._documents
+
+    async def racing(texts: list[str], key: str) -> np.ndarray:
+        if armed and key.startswith(NEW) and armed[0][0].text in texts:  # the settle's copy
+            _, acknowledged = armed.pop()
+            writes.append(asyncio.create_task(_write(handles, acknowledged)))
+            await asyncio.sleep(0.3)  # the write goes through meanwhile, unless held back
+        return await documents(texts, key)
+
+    models.encode_documents = _Remote(racing)
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path,
+                                               models)
+    write, read = EdgePointers.write, EdgePointers.read
+    failures = {"write": 1, "read": 0}
+
+    def written_then_failed(self: EdgePointers, pointer: Any) -> None:
+        write(self, pointer)
+        if failures["write"]:
+            failures["write"], failures["read"] = 0, 1
+            raise OSError("fsync of the directory failed")
+
+    def unreadable_once(self: EdgePointers) -> Any:
+        if failures["read"]:
+            failures["read"] = 0
+            raise StoreUnavailable("cannot read the collection pointer")
+        return read(self)
+
+    monkeypatch.setattr(EdgePointers, "write", written_then_failed)
+    monkeypatch.setattr(EdgePointers, "read", unreadable_once)
+    before, after = _edition(papers[5], "first"), _edition(papers[5], "second")
+
+    async def scenario() -> list[Paper]:
+        with pytest.raises(MigrationFailed, match="cannot be read back"):
+            await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        await _write(handles, before)  # mirrored both ways while unsettled
+        armed.append((before, after))
+        with pytest.raises(MigrationRefused, match="taken effect after all"):
+            await handles.migrator.finish()
+        await asyncio.gather(*writes)
+        live = await collections.live()
+        assert live.view.collection != "papers" and not armed
+        held = await live.index.papers([after.point_id])
+        await collections.close()
+        return held
+
+    assert [p.title for p in asyncio.run(scenario())] == [after.title]
+
+
+@pytest.mark.parametrize("adds", ["once", "always"])
+def test_a_paper_another_writer_adds_after_the_reconcile_is_matched_again(
+        adds: str, sample_settings: Settings, embedder_dir: Path, cls_embedder: Path,
+        papers: list[Paper], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ingest adding a paper between the reconcile's id scans and the count check failed
+    the whole start (the copy dropped); it is matched again now, and only a writer that keeps
+    adding past MATCH_TRIES matches fails it, saying so."""
+    from papersearch.pipeline import migration
+
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    match = migration.Migrator._match
+    added: list[Paper] = []
+
+    async def then_added(self: Any, *args: Any) -> int:
+        touched = await match(self, *args)
+        if adds == "always" or not added:
+            added.append(bread(len(added)))
+            await _write_around(handles, collections, added[-1])
+        return touched
+
+    monkeypatch.setattr(migration.Migrator, "_match", then_added)
+
+    async def migrate() -> tuple[str, list[Paper]]:
+        try:
+            await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        except migration.MigrationFailed as error:
+            assert adds == "always" and f"matched {migration.MATCH_TRIES} times" in str(error)
+        live = await collections.live()
+        held = await live.index.papers([p.point_id for p in added])
+        await collections.close()
+        return live.view.collection, held
+
+    live, held = asyncio.run(migrate())
+    assert [p.id for p in held] == [p.id for p in added]
+    if adds == "once":
+        assert live == physical_name("papers", Encoder(cls_embedder).sha256)
+    else:
+        assert live == "papers" and len(added) == migration.MATCH_TRIES
+        assert not any(p.name.startswith("papers-") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("first_poll", ["answers", "overloaded"])
+def test_the_watch_feed_after_a_swap_publishes_new_papers_and_not_the_copy(
+        first_poll: str, sample_settings: Settings, embedder_dir: Path, cls_embedder: Path,
+        papers: list[Paper], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feed learns the new collection's window afresh after a swap (the copy stamped every
+    paper). A paper written just after the swap, within that first look, was never published;
+    and if that look failed (overloaded), the next one published the whole copy to every
+    watch of the new embedder."""
+    from papersearch.errors import Overloaded
+    from papersearch.gateway.watch import WatchFeed, WatchHub
+    from papersearch.index.query import SearchFilter
+    from papersearch.pipeline import migration
+
+    # the late writes the swap copies again (stamped after it: sent) are those of the last
+    # WRITER_SKEW_MS before the reconcile: the papers here were all indexed just now
+    monkeypatch.setattr(migration, "WRITER_SKEW_MS", 0)
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    hub = WatchHub(max_watches=4, queue=100)
+    feed = WatchFeed(hub, handles, settings.serve)
+    indexed_since = IndexAccess.indexed_since
+    refusals = {"answers": 0, "overloaded": 1}[first_poll]
+
+    async def overloaded(self: IndexAccess, *args: Any) -> Any:
+        nonlocal refusals
+        if self.opener.settings.index.collection != "papers" and refusals:
+            refusals -= 1
+            raise Overloaded("512 index operations running or waiting", "max_index_queue")
+        return await indexed_since(self, *args)
+
+    monkeypatch.setattr(IndexAccess, "indexed_since", overloaded)
+    fresh = Paper(id="written-after-the-swap", title="A paper written just after the swap",
+                  abstract="The first paper the new collection's watches should hear of.")
+
+    async def scenario() -> list[str]:
+        await feed.poll()
+        await feed.poll()  # the old collection's window known
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        if first_poll == "overloaded":
+            assert await feed.poll() == 0
+        backend = handles.pinned()
+        watch = hub.add(await backend.encode_query("anything"), -1.0, SearchFilter(),
+                        await backend.embedder_sha())  # every paper matches
+        assert watch is not None
+        await _write(handles, fresh)
+        for _ in range(3):
+            await feed.poll()
+        await collections.close()
+        return [m.paper.id for m in watch.pending]
+
+    assert asyncio.run(scenario()) == [fresh.id]
+
+
 # -- through the service: Ray Serve, gRPC, the CLI ---------------------------------------------
 
 

@@ -510,9 +510,13 @@ class Moving:
     def __init__(self) -> None:
         self.embedder = "old-sha"
         self.window: dict[str, tuple[int, Paper]] = {}
+        self.swapped: int | None = None  # the pointer's swap time, None: not recorded
 
     def pinned(self) -> Moving:
         return self
+
+    def swapped_at_ms(self) -> int | None:
+        return self.swapped
 
     async def embedder_sha(self) -> str:
         return self.embedder

@@ -202,7 +202,10 @@ class WatchFeed:
     write visible that late, or stamped by a clock that much slow, is still among them); every
     half look-back window one poll sweeps the whole window for later stragglers. A poll costs
     the index about 11 us per id read (benchmarks/watch_feed.py), so this keeps a busy window
-    from being read in full twice a second."""
+    from being read in full twice a second.
+
+    After a migration's swap the new collection's window is learnt afresh (its copy stamped
+    every paper moments before), but what was written since the swap is still published."""
 
     RECENT_MS = 1_000
 
@@ -215,6 +218,8 @@ class WatchFeed:
         self._sweep_at = 0  # now_ms() from which the next poll reads the whole window
         self._failing = False
         self._embedder: str | None = None  # whose vectors the last poll read
+        # a migration's swap (pointer time) whose collection's window is still to be learnt
+        self._swapped_at: int | None = None
 
     async def run(self) -> None:
         """Poll until cancelled (the gateway's drain)."""
@@ -241,7 +246,7 @@ class WatchFeed:
         if embedder != self._embedder:
             if self._embedder is not None:  # another collection: learn its window afresh
                 log.info("watch feed: the index moved to another embedder")
-                self._known = None
+                self._known, self._swapped_at = None, index.swapped_at_ms()
             self._embedder = embedder
         self.hub.retarget(embedder)
         now = now_ms()
@@ -254,12 +259,15 @@ class WatchFeed:
             found = await index.indexed_since(
                 since, known if known is not None and self.hub.watches else None)
         except Exception as error:  # noqa: BLE001 (the index may be down or not created yet)
-            if not self._failing and not isinstance(error, CollectionMissing):
+            missing = isinstance(error, CollectionMissing)
+            if not self._failing and not missing:
                 log.warning("watch feed: the index did not answer", extra={
                     "reason": repr(error)[:200]})
                 self._failing = True
-            if self._known is None:
-                self._known = {}  # nothing learnt: what the window holds later is new
+            if self._known is None and missing:
+                self._known = {}  # no collection yet: what its window holds later is new
+            # any other failure leaves the window to learn: the collection may hold a whole
+            # corpus stamped moments ago (a migration's copy), which is no news to a watch
             return 0
         if self._failing:
             log.info("watch feed: the index answers again")
@@ -270,4 +278,11 @@ class WatchFeed:
         else:
             self._known = {pid: stamp for pid, stamp in (known or {}).items()
                            if stamp >= window_start} | found.window
+        if known is None and self._swapped_at is not None:
+            # the window learnt after a swap: the papers written since it are left unknown,
+            # so the next poll publishes them (the copy's are stamped before the swap)
+            swapped_at, self._swapped_at = self._swapped_at, None
+            self._known = {pid: stamp for pid, stamp in self._known.items()
+                           if stamp <= swapped_at}
         return self.hub.publish(found.papers, found.dense, embedder) if found.papers else 0
+

@@ -54,6 +54,11 @@ class Backend(Protocol):
     async def indexed_since(self, since_ms: int, known: Mapping[str, int] | None
                             ) -> Indexed: ...
 
+    def swapped_at_ms(self) -> int | None:
+        """When an embedder migration last swapped the live collection (indexed_since's
+        clock); None where none did, or the backend follows no collection pointer."""
+        ...
+
     async def ready(self) -> bool: ...
 
 
@@ -114,6 +119,9 @@ class LocalBackend:
                             ) -> Indexed:
         async with self._store_lock:
             return self.store.indexed_since(since_ms, known)
+
+    def swapped_at_ms(self) -> int | None:
+        return None  # one collection, opened as it is: no migration swaps it
 
     async def ready(self) -> bool:
         async with self._store_lock:

@@ -20,14 +20,17 @@
 
 A mirror write that fails (the other embedder's encoder unavailable) leaves its papers in the
 *pending* set: the client got its acknowledgement from the primary write, and the pending ids
-are copied again before a swap. Several gateway replicas would each need to mirror: the command
-refuses to run unless the Gateway deployment has exactly one replica.
+are copied again before a swap. A later write of the same paper that reaches both collections
+settles it (it is newer on both sides than the one that failed). Several gateway replicas
+would each need to mirror: the command refuses to run unless the Gateway deployment has
+exactly one replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -48,6 +51,12 @@ log = logging.getLogger(__name__)
 # Another writer's clock may run this far behind the gateway's: its writes stamped up to this
 # long before the start are copied again at the reconcile (NTP keeps clocks far closer).
 WRITER_SKEW_MS = 5_000
+# Times the two collections' ids are matched before a swap while their counts still differ:
+# another writer may add or delete a paper between a match's scans and the count.
+MATCH_TRIES = 3
+# A swapped migration's stamps since the swap, point id -> indexed_at: the live collection's,
+# the other one's.
+_Stamps = tuple[dict[str, int], dict[str, int]]
 
 
 class MigrationRefused(ValueError):
@@ -68,8 +77,10 @@ class Mirror:
         self.collections = collections
         self.copying = copying  # until the swap: dirty ids are tracked for the copy
         self.dirty: set[str] = set()  # point ids written through the gateway since the start
-        # point id -> the collection its mirror write failed to reach (which then lacks it)
-        self.pending: dict[str, str] = {}
+        # point id -> the collection a write of it failed to reach (which then lacks it) and
+        # when, in ``_ticks``: a later write of it that began after that reaches both settles it
+        self.pending: dict[str, tuple[str, int]] = {}
+        self._ticks = itertools.count()  # orders writes' starts and their failures (one loop)
         self.lock = asyncio.Lock()  # the mirror side's writes: copies and mirror writes
         # a collection whose mirror writes are not made but left pending (for the reconcile)
         self.deferred: str | None = None
@@ -87,22 +98,24 @@ class Mirror:
 
     async def upsert(self, bound: Bound, papers: Sequence[Paper], dense: np.ndarray) -> int:
         async with self._writing():
-            ids = [p.point_id for p in papers]
+            ids, began = [p.point_id for p in papers], next(self._ticks)
             self._touch(ids)
             other = self.other(bound)
             written = await self._primary(ids, bound, other, bound.index.upsert(papers, dense))
-            if other is not None:
-                await self._mirrored(ids, other, lambda: self._upsert(other, papers))
+            if other is not None and await self._mirrored(
+                    ids, other, lambda: self._upsert(other, papers)):
+                self._caught_up(ids, began)
             return written
 
     async def delete(self, bound: Bound, paper_ids: Sequence[str]) -> int:
         async with self._writing():
-            ids = [point_id(pid) for pid in paper_ids]
+            ids, began = [point_id(pid) for pid in paper_ids], next(self._ticks)
             self._touch(ids)
             other = self.other(bound)
             deleted = await self._primary(ids, bound, other, bound.index.delete(paper_ids))
-            if other is not None:
-                await self._mirrored(ids, other, lambda: other.index.delete(paper_ids))
+            if other is not None and await self._mirrored(
+                    ids, other, lambda: other.index.delete(paper_ids)):
+                self._caught_up(ids, began)
             return deleted
 
     @contextlib.asynccontextmanager
@@ -119,7 +132,7 @@ class Mirror:
 
     def missed_by(self, collection: str) -> list[str]:
         """The pending ids ``collection`` lacks the last write of."""
-        return sorted(pid for pid, where in self.pending.items() if where == collection)
+        return sorted(pid for pid, (where, _) in self.pending.items() if where == collection)
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
@@ -137,6 +150,21 @@ class Mirror:
     def _touch(self, ids: list[str]) -> None:
         if self.copying:
             self.dirty.update(ids)
+
+    def _pend(self, ids: Sequence[str], collection: str) -> None:
+        failed = next(self._ticks)
+        self.pending.update(dict.fromkeys(ids, (collection, failed)))
+
+    def _caught_up(self, ids: Sequence[str], began: int) -> None:
+        """A write of ``ids`` that began at tick ``began`` reached both collections: the
+        pending entries made before it began are settled (the write that failed was over by
+        then, so this one landed after it on both sides); kept, a re-sync would copy one
+        side's older state over what another writer wrote since. An entry made meanwhile (a
+        concurrent write of the paper failed) stays."""
+        for pid in ids:
+            entry = self.pending.get(pid)
+            if entry is not None and entry[1] < began:
+                del self.pending[pid]
 
     async def _upsert(self, other: Bound, papers: Sequence[Paper]) -> int:
         vectors = await self.encode(other.view.embedder, [p.text for p in papers])
@@ -157,20 +185,21 @@ class Mirror:
             if other is not None:
                 live = self.collections.current
                 behind = bound if live is not None and live.view == other.view else other
-                self.pending.update(dict.fromkeys(ids, behind.view.collection))
+                self._pend(ids, behind.view.collection)
             raise
 
     async def _mirrored(self, ids: list[str], other: Bound,
-                        write: Callable[[], Awaitable[int]]) -> None:
-        """Run the mirror write under the lock; on failure (or cancellation: the primary write
-        is done) the ids become pending for ``other``. The failure propagates (the call is not
-        acknowledged; its client sends it again) when ``other`` is the live collection: a
-        write pinned to the old view that waited through the swap. Otherwise only a
-        cancellation does: the ids are re-synced before the next swap."""
+                        write: Callable[[], Awaitable[int]]) -> bool:
+        """Run the mirror write under the lock; whether it was made. On failure (or
+        cancellation: the primary write is done) the ids become pending for ``other``. The
+        failure propagates (the call is not acknowledged; its client sends it again) when
+        ``other`` is the live collection: a write pinned to the old view that waited through
+        the swap. Otherwise only a cancellation does: the ids are re-synced before the next
+        swap."""
         live = self.collections.current
         if other.view.collection == self.deferred and (live is None or live.view != other.view):
-            self.pending.update(dict.fromkeys(ids, other.view.collection))
-            return
+            self._pend(ids, other.view.collection)
+            return False
         done = False
         try:
             async with self.lock:
@@ -184,8 +213,9 @@ class Mirror:
                 raise
         finally:
             if not done:
-                self.pending.update(dict.fromkeys(ids, other.view.collection))
+                self._pend(ids, other.view.collection)
                 metrics().mirror_failed(len(ids))
+        return done
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,12 +311,9 @@ class Migrator:
                 async with mirror.paused():
                     reconciling = now_ms()
                     reconciled = await self._reconcile(mirror, source, target, since)
+                    counts, rematched = await self._counted(source, target)
+                    reconciled += rematched
                     await target.index.flush()  # on disk before the pointer names it
-                    counts = await source.index.ready(), await target.index.ready()
-                    if counts[0] != counts[1]:
-                        raise MigrationFailed(
-                            f"counts differ after the copy: {source.view.collection} "
-                            f"{counts[0]}, {view.collection} {counts[1]} (another writer?)")
                     pointer = Pointer(view.collection, str(embedder), source.view.collection,
                                       str(source.view.embedder), now_ms())
 
@@ -311,6 +338,24 @@ class Migrator:
             return Report("start", view.collection, str(embedder), source.view.collection,
                           str(source.view.embedder), counts[1], counts[0], copied, skipped,
                           reconciled, round(time.monotonic() - started, 3), warning=warning)
+
+    async def _counted(self, source: Bound, target: Bound) -> tuple[tuple[int, int], int]:
+        """Under the mirror lock, after the reconcile: the two counts, once equal, and how many
+        papers matching them again touched. A paper another writer (an ingest) added or deleted
+        after the match's scans is matched again, up to MATCH_TRIES times in all (its update
+        is caught up after the swap, by ``_late_writes``); counts that still differ then fail
+        the start."""
+        touched = 0
+        for tries in range(1, MATCH_TRIES + 1):
+            counts = await source.index.ready(), await target.index.ready()
+            if counts[0] == counts[1]:
+                return counts, touched
+            if tries < MATCH_TRIES:
+                touched += await self._match(source, target, ())
+        raise MigrationFailed(
+            f"counts differ after the copy: {source.view.collection} {counts[0]}, "
+            f"{target.view.collection} {counts[1]}, matched {MATCH_TRIES} times (another "
+            "writer still writing?)")
 
     async def _late_writes(self, source: Bound, target: Bound, since: int) -> str | None:
         """After the swap, still paused: what another writer (an ingest job) wrote to
@@ -367,9 +412,14 @@ class Migrator:
                 # the current live collection is the truth: writes pinned to the other one
                 # whose mirror failed first, then the other made equal to it, deletes included,
                 # and the papers other writers updated in it since the swap
-                await self._resync(mirror.missed_by(live.view.collection), other, live)
+                stamps = await self._since_swap(pointer, live, other)
+                if stamps is None:
+                    log.warning("rollback: the swap's time is not recorded; papers other "
+                                "writers updated since it are not re-synced (ids are)")
+                await self._resync(_behind(mirror.missed_by(live.view.collection), stamps),
+                                   other, live)
                 await self._match(live, other, mirror.missed_by(other.view.collection)
-                                  + await self._written_since_swap(pointer, live, other))
+                                  + _updated(stamps))
                 mirror.pending.clear()
                 await other.index.flush()  # on disk before the pointer names it again
                 warning = await self._commit(
@@ -400,7 +450,10 @@ class Migrator:
 
             async with mirror.paused():
                 # writes pinned to the other collection whose mirror into the live one failed
-                await self._resync(mirror.missed_by(live.view.collection), other, live)
+                missed = mirror.missed_by(live.view.collection)
+                if missed:
+                    missed = _behind(missed, await self._since_swap(pointer, live, other))
+                await self._resync(missed, other, live)
                 await live.index.flush()  # on disk before the other copy is deleted
                 committed = await self._commit(done, finished, complete=drop_previous)
             dropped = await drop_previous()
@@ -511,15 +564,18 @@ class Migrator:
         current = await asyncio.to_thread((await self.collections.pointers()).read)
         self._unsettled = None
         if current == unsettled.pointer:
-            unsettled.switch()
-            warning = None if unsettled.complete is None else await unsettled.complete()
+            async with self._paused():  # as the step itself ran them: its re-syncs read one
+                # collection and write the other, a write landing in between would be undone
+                unsettled.switch()
+                warning = None if unsettled.complete is None else await unsettled.complete()
             log.warning("migration: an earlier step's pointer write had gone through",
                         extra={"live": current.live, "warning": warning})
             raise MigrationRefused(
                 f"the previous step had taken effect after all (live: {current.live}"
                 + (f"; {warning}" if warning else "") + "): nothing else done")
         if unsettled.abandon is not None:
-            await unsettled.abandon()
+            async with self._paused():
+                await unsettled.abandon()
         log.warning("migration: an earlier step's pointer write had not gone through",
                     extra={"live": None if current is None else current.live})
         raise MigrationRefused("the previous step had not taken effect: nothing changed; "
@@ -545,26 +601,38 @@ class Migrator:
         """Under the mirror lock: make ``target`` hold exactly ``source``'s ids, re-copying the
         pending ones and those another writer wrote since ``since`` (less WRITER_SKEW_MS); how
         many it touched."""
-        stamped = await source.index.indexed_since(since - WRITER_SKEW_MS, None)
-        external = set(stamped.window) - mirror.dirty
+        stamped = (await source.index.indexed_since(since - WRITER_SKEW_MS, None)).window
+        external = await self._written_by_others(stamped, mirror.dirty, target)
         touched = await self._match(source, target,
-                                    mirror.missed_by(target.view.collection) + sorted(external))
+                                    mirror.missed_by(target.view.collection) + external)
         mirror.pending.clear()
         return touched
 
-    async def _written_since_swap(self, pointer: Pointer, live: Bound, other: Bound
-                                  ) -> list[str]:
-        """The papers written to ``live`` since the pointer swapped to it that ``other`` holds
-        an older write of: another writer's (an ingest follows the pointer and writes to the
-        live collection only; the gateway's own writes are mirrored after, so newer there)."""
-        if pointer.swapped_at_ms is None:  # a pointer written before the time was recorded
-            log.warning("rollback: the swap's time is not recorded; papers other writers "
-                        "updated since it are not re-synced (ids are)")
-            return []
+    @staticmethod
+    async def _written_by_others(stamped: dict[str, int], dirty: set[str], target: Bound
+                                 ) -> list[str]:
+        """Of the papers written to the source since the start (``stamped``: point id ->
+        indexed_at), those another writer wrote: every one the gateway did not write, and each
+        it did that ``target`` holds an older write of (its mirror write lands after its
+        write to the source, so it is newer there unless another writer, such as an ingest,
+        updated the paper in the source since)."""
+        ours = {pid: stamp for pid, stamp in stamped.items() if pid in dirty}
+        external = set(stamped) - set(ours)
+        if ours:
+            theirs = (await target.index.indexed_since(min(ours.values()), None)).window
+            external.update(pid for pid, stamp in ours.items() if theirs.get(pid, -1) < stamp)
+        return sorted(external)
+
+    @staticmethod
+    async def _since_swap(pointer: Pointer, live: Bound, other: Bound) -> _Stamps | None:
+        """``live``'s and ``other``'s ``indexed_at`` stamps since the pointer swapped to
+        ``live`` (less WRITER_SKEW_MS); None for a pointer written before that time was
+        recorded."""
+        if pointer.swapped_at_ms is None:
+            return None
         since = pointer.swapped_at_ms - WRITER_SKEW_MS
-        ours = (await live.index.indexed_since(since, None)).window
-        theirs = (await other.index.indexed_since(since, None)).window
-        return sorted(pid for pid, stamp in ours.items() if theirs.get(pid, -1) < stamp)
+        return ((await live.index.indexed_since(since, None)).window,
+                (await other.index.indexed_since(since, None)).window)
 
     async def _match(self, source: Bound, target: Bound, again: Sequence[str]) -> int:
         """Make ``target`` hold exactly ``source``'s ids, copying ``again`` and the ids only
@@ -606,6 +674,10 @@ class Migrator:
                                    "rolled back")
         return pointer, live, other
 
+    def _paused(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The mirror's writes held back (``Mirror.paused``), if a migration mirrors them."""
+        return contextlib.nullcontext() if self.mirror is None else self.mirror.paused()
+
     def _current(self) -> Mirror:
         assert self.mirror is not None  # _swapped resumed it
         return self.mirror
@@ -626,6 +698,28 @@ async def _outlasting_cancels(future: asyncio.Future[Any]) -> bool:
         except asyncio.CancelledError:
             cancelled = True
     return cancelled
+
+
+def _updated(stamps: _Stamps | None) -> list[str]:
+    """The papers written to the live collection since the swap that the other one holds an
+    older write of: another writer's (an ingest follows the pointer and writes to the live
+    collection only; the gateway's own writes are mirrored after, so newer there)."""
+    if stamps is None:
+        return []
+    ours, theirs = stamps
+    return sorted(pid for pid, stamp in ours.items() if theirs.get(pid, -1) < stamp)
+
+
+def _behind(pending: Sequence[str], stamps: _Stamps | None) -> list[str]:
+    """Of the ``pending`` ids the live collection lacks the last write of (a write pinned to
+    the other one whose mirror failed), those to copy from the other collection: not one both
+    hold and the live one holds a later write of, another writer's (an ingest writes the live
+    collection only), which the copy would undo. A paper the other one lacks (a delete) is
+    still deleted."""
+    if stamps is None:
+        return list(pending)
+    ours, theirs = stamps
+    return [pid for pid in pending if not (pid in theirs and theirs[pid] < ours.get(pid, -1))]
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

@@ -180,6 +180,10 @@ class HandleBackend:
                             ) -> Indexed:
         return await (await self.bound()).index.indexed_since(since_ms, known)
 
+    def swapped_at_ms(self) -> int | None:
+        pointer = self.collections.pointer
+        return None if pointer is None else pointer.swapped_at_ms
+
     async def ready(self) -> bool:
         """Models loaded, index reachable, the collection there and built by the live
         embedder, which the QueryEncoder runs (CollectionMissing, StoreUnavailable or
