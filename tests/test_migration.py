@@ -727,6 +727,46 @@ def test_an_update_another_writer_makes_to_a_paper_the_gateway_wrote_reaches_the
     assert [p.title for p in asyncio.run(migrate())] == [theirs.title]
 
 
+def test_an_update_another_writer_makes_while_the_mirror_write_waits_reaches_the_new_collection(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest's update lands in the old collection after the gateway's write there but
+    before that write's mirror (which encodes with the other model and waits for the lock):
+    the mirror's stamp is the later one, and the reconcile, comparing the two, kept the
+    gateway's older version. The time the gateway's write had landed tells them apart."""
+    from papersearch.pipeline import migration
+
+    monkeypatch.setattr(migration, "WRITER_SKEW_MS", 0)
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    ours, theirs = _edition(papers[5], "gateway edit"), _edition(papers[5], "ingest --update")
+    copy, mirror_upsert = migration.Migrator._copy, migration.Mirror._upsert
+    armed: list[bool] = []
+
+    async def slow_mirror(self: Any, other: Any, batch: Any) -> int:
+        if armed:
+            armed.pop()
+            await asyncio.sleep(0.01)
+            await _write_around(handles, collections, theirs)  # after ours landed
+            await asyncio.sleep(0.01)  # the mirror write still encoding
+        return await mirror_upsert(self, other, batch)  # type: ignore[no-any-return]
+
+    async def written_during_the_copy(self: Any, *args: Any) -> tuple[int, int]:
+        armed.append(True)
+        await _write(handles, ours)
+        return await copy(self, *args)
+
+    monkeypatch.setattr(migration.Mirror, "_upsert", slow_mirror)
+    monkeypatch.setattr(migration.Migrator, "_copy", written_during_the_copy)
+
+    async def migrate() -> list[Paper]:
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        held = await (await collections.live()).index.papers([theirs.point_id])
+        await collections.close()
+        return held
+
+    assert [p.title for p in asyncio.run(migrate())] == [theirs.title]
+
+
 @pytest.mark.parametrize("retried", [True, False])
 @pytest.mark.parametrize("step", ["finish", "rollback"])
 def test_a_failed_mirror_write_never_undoes_a_later_update(

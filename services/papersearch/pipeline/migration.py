@@ -77,6 +77,10 @@ class Mirror:
         self.collections = collections
         self.copying = copying  # until the swap: dirty ids are tracked for the copy
         self.dirty: set[str] = set()  # point ids written through the gateway since the start
+        # point id -> when the gateway's latest write of it to its own collection had landed
+        # (now_ms() as it returned), since the start and again since the swap: a later stamp
+        # there is another writer's (an ingest's), whatever its mirror write's stamp says
+        self.landed: dict[str, int] = {}
         # point id -> the collection a write of it failed to reach (which then lacks it) and
         # when, in ``_ticks``: a later write of it that began after that reaches both settles it
         self.pending: dict[str, tuple[str, int]] = {}
@@ -102,6 +106,7 @@ class Mirror:
             self._touch(ids)
             other = self.other(bound)
             written = await self._primary(ids, bound, other, bound.index.upsert(papers, dense))
+            self._landed(ids)
             if other is not None and await self._mirrored(
                     ids, other, lambda: self._upsert(other, papers)):
                 self._caught_up(ids, began)
@@ -113,6 +118,7 @@ class Mirror:
             self._touch(ids)
             other = self.other(bound)
             deleted = await self._primary(ids, bound, other, bound.index.delete(paper_ids))
+            self._landed(ids)
             if other is not None and await self._mirrored(
                     ids, other, lambda: other.index.delete(paper_ids)):
                 self._caught_up(ids, began)
@@ -150,6 +156,10 @@ class Mirror:
     def _touch(self, ids: list[str]) -> None:
         if self.copying:
             self.dirty.update(ids)
+
+    def _landed(self, ids: list[str]) -> None:
+        landed = now_ms()
+        self.landed.update({pid: max(landed, self.landed.get(pid, 0)) for pid in ids})
 
     def _pend(self, ids: Sequence[str], collection: str) -> None:
         failed = next(self._ticks)
@@ -319,7 +329,7 @@ class Migrator:
 
                     def swapped() -> None:
                         self.collections.switch(target, source, pointer)
-                        mirror.copying, mirror.dirty = False, set()
+                        mirror.copying, mirror.dirty, mirror.landed = False, set(), {}
 
                     async def late_writes() -> str | None:
                         return await self._late_writes(source, target, reconciling)
@@ -419,7 +429,7 @@ class Migrator:
                 await self._resync(_behind(mirror.missed_by(live.view.collection), stamps),
                                    other, live)
                 await self._match(live, other, mirror.missed_by(other.view.collection)
-                                  + _updated(stamps))
+                                  + _updated(stamps, mirror.landed))
                 mirror.pending.clear()
                 await other.index.flush()  # on disk before the pointer names it again
                 warning = await self._commit(
@@ -602,22 +612,26 @@ class Migrator:
         pending ones and those another writer wrote since ``since`` (less WRITER_SKEW_MS); how
         many it touched."""
         stamped = (await source.index.indexed_since(since - WRITER_SKEW_MS, None)).window
-        external = await self._written_by_others(stamped, mirror.dirty, target)
+        external = await self._written_by_others(stamped, mirror, target)
         touched = await self._match(source, target,
                                     mirror.missed_by(target.view.collection) + external)
         mirror.pending.clear()
         return touched
 
     @staticmethod
-    async def _written_by_others(stamped: dict[str, int], dirty: set[str], target: Bound
+    async def _written_by_others(stamped: dict[str, int], mirror: Mirror, target: Bound
                                  ) -> list[str]:
         """Of the papers written to the source since the start (``stamped``: point id ->
         indexed_at), those another writer wrote: every one the gateway did not write, and each
-        it did that ``target`` holds an older write of (its mirror write lands after its
-        write to the source, so it is newer there unless another writer, such as an ingest,
-        updated the paper in the source since)."""
-        ours = {pid: stamp for pid, stamp in stamped.items() if pid in dirty}
+        it did that was stamped in the source after the gateway's write there had landed
+        (``mirror.landed``: an ingest's update made while the mirror write encoded or waited
+        for the lock, which the mirror write's later stamp hid) or that ``target`` holds an
+        older write of (its mirror write lands after its write to the source, so it is newer
+        there unless another writer updated the paper in the source since)."""
+        ours = {pid: stamp for pid, stamp in stamped.items() if pid in mirror.dirty}
         external = set(stamped) - set(ours)
+        external.update(pid for pid, stamp in ours.items()
+                        if stamp > mirror.landed.get(pid, stamp))
         if ours:
             theirs = (await target.index.indexed_since(min(ours.values()), None)).window
             external.update(pid for pid, stamp in ours.items() if theirs.get(pid, -1) < stamp)
@@ -700,14 +714,17 @@ async def _outlasting_cancels(future: asyncio.Future[Any]) -> bool:
     return cancelled
 
 
-def _updated(stamps: _Stamps | None) -> list[str]:
-    """The papers written to the live collection since the swap that the other one holds an
-    older write of: another writer's (an ingest follows the pointer and writes to the live
-    collection only; the gateway's own writes are mirrored after, so newer there)."""
+def _updated(stamps: _Stamps | None, landed: dict[str, int]) -> list[str]:
+    """The papers written to the live collection since the swap by another writer (an ingest
+    follows the pointer and writes to the live collection only): those the other collection
+    holds an older write of (the gateway's own writes are mirrored after, so newer there), and
+    those stamped after the gateway's own write of them there had landed (``landed``: an
+    update made while that write's mirror encoded, whose later stamp hid it)."""
     if stamps is None:
         return []
     ours, theirs = stamps
-    return sorted(pid for pid, stamp in ours.items() if theirs.get(pid, -1) < stamp)
+    return sorted(pid for pid, stamp in ours.items()
+                  if theirs.get(pid, -1) < stamp or stamp > landed.get(pid, stamp))
 
 
 def _behind(pending: Sequence[str], stamps: _Stamps | None) -> list[str]:
