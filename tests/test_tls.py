@@ -137,6 +137,25 @@ def test_a_file_holding_no_pem_certificate_or_key_is_refused_by_name(
     for tls, said in cases:
         with pytest.raises(ValueError, match=said):
             SearchClient("127.0.0.1:1", tls=tls, wait_for_ready=True)
+    # what gRPC takes though OpenSSL's default security level refuses it: a 1024-bit RSA key
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "legacy")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "legacy.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "legacy.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    SearchClient("127.0.0.1:1", tls=Tls(tmp_path / "legacy.pem", tmp_path / "legacy.pem",
+                                        tmp_path / "legacy.key")).close()
 
 
 def test_mutual_tls_needs_a_client_certificate(targets: dict[str, str], pki: Path) -> None:

@@ -114,7 +114,8 @@ def _check_target(target: str, tls: bool) -> None:
 
 
 def _tls_asked(args: argparse.Namespace) -> bool:
-    return bool(args.tls or args.ca is not None or args.server_name)
+    """Whether the flags ask for TLS, as tls_from_args reads them."""
+    return bool(args.tls or args.ca is not None or args.cert is not None or args.server_name)
 
 
 def _filter(args: argparse.Namespace) -> SearchFilter:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -108,14 +109,18 @@ def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
 def target_host(target: str) -> str | None:
     """The host a gRPC target names (HOST:PORT, [v6]:PORT, dns:, ipv4:, ipv6:; the first
     address of a list); None for a Unix socket."""
-    if target.startswith(("unix:", "unix-abstract:")):
+    scheme, colon, rest = target.partition(":")
+    scheme = scheme.casefold() if colon else ""
+    if scheme in ("unix", "unix-abstract"):
         return None
-    if target.startswith("dns:"):
-        target = target[len("dns:"):]
-        if target.startswith("//"):  # dns://resolver/host:port
-            target = target[2:].partition("/")[2]
-    elif target.startswith(("ipv4:", "ipv6:")):
-        target = target[len("ipv4:"):].split(",")[0]
+    if scheme == "dns":
+        target = rest[2:].partition("/")[2] if rest.startswith("//") else rest  # dns://resolver/
+    elif scheme in ("ipv4", "ipv6"):
+        target = rest.split(",")[0]
+    try:  # a bare address, "::1" (no port) included
+        return str(ipaddress.ip_address(target))
+    except ValueError:
+        pass
     if target.startswith("["):
         return target[1:].partition("]")[0]
     host, sep, port = target.rpartition(":")
