@@ -203,7 +203,9 @@ class CpuMeter:
         self.prefix = f"ray::ServeReplica:{app}:"
         self.before: dict[psutil.Process, float] = {}
         self.last: dict[psutil.Process, float] = {}  # each process's latest reading
-        self.roles: dict[psutil.Process, tuple[str, str]] = {}  # named when first seen
+        # named when first seen, and again at each reading while Ray's own (an idle worker
+        # may become a replica, retitling itself)
+        self.roles: dict[psutil.Process, tuple[str, str]] = {}
         self.used: dict[tuple[str, str], float] = {}  # (role, process name): CPU seconds
         self.marks: list[float] = []  # the served path's CPU seconds since start, at each mark
 
@@ -237,7 +239,9 @@ class CpuMeter:
                 continue
             if process not in self.before:
                 self.before[process] = 0.0 if newcomers_from_zero else cpu
-                self.roles[process] = self.role(process)
+            if self.roles.get(process, ("ray", ""))[0] == "ray":
+                if (role := self.role(process)) != ("ray", "gone") or process not in self.roles:
+                    self.roles[process] = role
             self.last[process] = cpu
 
     def start(self) -> None:

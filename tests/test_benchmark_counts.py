@@ -118,3 +118,27 @@ def test_the_cpu_meter_counts_processes_that_start_during_the_window() -> None:
     served = sum(seconds for (role, _), seconds in meter.used.items() if role != "load_generator")
     assert served >= 0.75, meter.used
     assert meter.missing(("Gateway",)) == ["Gateway"]
+
+
+def test_the_cpu_meter_names_an_idle_ray_worker_again_once_it_is_a_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray may hand an idle worker (ray::IDLE) a replica, which then retitles itself: named
+    once, at first sight, its CPU stayed under "ray" in the per-role figures."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(60)"])
+    try:
+        meter = throughput.CpuMeter("papersearch")
+        titles = iter([("ray", "ray::IDLE"), ("QueryEncoder", "QueryEncoder")])
+        named = meter.role
+        monkeypatch.setattr(meter, "role", lambda process: next(titles, ("QueryEncoder",
+                            "QueryEncoder")) if process.pid == child.pid else named(process))
+        meter.start()
+        meter.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert [role for (role, _) in meter.used if role == "QueryEncoder"] == ["QueryEncoder"]
+    assert meter.missing(("QueryEncoder",)) == []
