@@ -692,6 +692,13 @@ async def _write_around(handles: HandleBackend, collections: Collections, paper:
                                                                        [paper.text]))
 
 
+async def _live_titles(collections: Collections, paper: Paper) -> list[str]:
+    """The titles the live collection holds ``paper`` under; the collections closed after."""
+    held = await (await collections.live()).index.papers([paper.point_id])
+    await collections.close()
+    return [p.title for p in held]
+
+
 def _edition(paper: Paper, edition: str) -> Paper:
     return Paper(id=paper.id, title=f"{paper.title} ({edition})", abstract=paper.abstract)
 
@@ -718,13 +725,11 @@ def test_an_update_another_writer_makes_to_a_paper_the_gateway_wrote_reaches_the
 
     monkeypatch.setattr(migration.Migrator, "_copy", written_during_the_copy)
 
-    async def migrate() -> list[Paper]:
+    async def migrate() -> list[str]:
         await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
-        held = await (await collections.live()).index.papers([theirs.point_id])
-        await collections.close()
-        return held
+        return await _live_titles(collections, theirs)
 
-    assert [p.title for p in asyncio.run(migrate())] == [theirs.title]
+    assert asyncio.run(migrate()) == [theirs.title]
 
 
 def test_an_update_another_writer_makes_while_the_mirror_write_waits_reaches_the_new_collection(
@@ -758,13 +763,11 @@ def test_an_update_another_writer_makes_while_the_mirror_write_waits_reaches_the
     monkeypatch.setattr(migration.Mirror, "_upsert", slow_mirror)
     monkeypatch.setattr(migration.Migrator, "_copy", written_during_the_copy)
 
-    async def migrate() -> list[Paper]:
+    async def migrate() -> list[str]:
         await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
-        held = await (await collections.live()).index.papers([theirs.point_id])
-        await collections.close()
-        return held
+        return await _live_titles(collections, theirs)
 
-    assert [p.title for p in asyncio.run(migrate())] == [theirs.title]
+    assert asyncio.run(migrate()) == [theirs.title]
 
 
 @pytest.mark.parametrize("retried", [True, False])
@@ -783,7 +786,7 @@ def test_a_failed_mirror_write_never_undoes_a_later_update(
     failing = _edition(papers[3], "[mirror fails]")
     update = _edition(papers[3], "ingest --update")
 
-    async def migrate_write_update() -> list[Paper]:
+    async def migrate_write_update() -> list[str]:
         pinned_old = handles.pinned()
         await pinned_old.bound()  # took the old view before the swap
         await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
@@ -799,11 +802,9 @@ def test_a_failed_mirror_write_never_undoes_a_later_update(
         await asyncio.sleep(0.01)  # the update is stamped later
         await _write_around(handles, collections, update)
         await getattr(handles.migrator, step)()
-        held = await (await collections.live()).index.papers([update.point_id])
-        await collections.close()
-        return held
+        return await _live_titles(collections, update)
 
-    assert [p.title for p in asyncio.run(migrate_write_update())] == [update.title]
+    assert asyncio.run(migrate_write_update()) == [update.title]
 
 
 def test_settling_an_earlier_start_holds_writes_back(
