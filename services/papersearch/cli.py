@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from papersearch import interrupts
 from papersearch.client_retry import add_retry_argument
-from papersearch.client_tls import add_tls_arguments
+from papersearch.client_tls import add_tls_arguments, tls_asked
 from papersearch.evaluation.modes import EVAL_MODES
 from papersearch.index.errors import StoreError
 from papersearch.index.query import MODES, RECOMMEND_STRATEGIES
@@ -93,7 +93,7 @@ def _remote(args: argparse.Namespace) -> bool:
     if args.target is not None and not args.target.strip():
         raise ValueError("--target is empty: give HOST:PORT, or leave it out to run in-process")
     if args.target is not None:
-        _check_target(args.target, _tls_asked(args))
+        _check_target(args.target, tls_asked(args))
     if args.target is None:
         given = [flag for flag, value in (("--tls", args.tls), ("--ca", args.ca),
                                           ("--cert", args.cert), ("--key", args.key),
@@ -111,11 +111,6 @@ def _check_target(target: str, tls: bool) -> None:
     if target.startswith(GRPC_TARGET_SCHEMES) or (tls and ":" not in target):
         return
     split_target(target)
-
-
-def _tls_asked(args: argparse.Namespace) -> bool:
-    """Whether the flags ask for TLS, as tls_from_args reads them."""
-    return bool(args.tls or args.ca is not None or args.cert is not None or args.server_name)
 
 
 def _filter(args: argparse.Namespace) -> SearchFilter:
@@ -379,7 +374,7 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.client_tls import tls_from_args
 
     _positive_timeout(args.timeout_s)
-    _check_target(args.target, _tls_asked(args))
+    _check_target(args.target, tls_asked(args))
     query = WatchQuery(args.query, _filter(args), args.min_relevance, args.since,
                        args.replay_limit)
     ends = None if args.timeout_s is None else time.monotonic() + args.timeout_s

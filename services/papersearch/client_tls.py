@@ -89,10 +89,15 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
                              "another (an address, a port-forward); implies --tls")
 
 
+def tls_asked(args: argparse.Namespace) -> bool:
+    """Whether the flags ask for TLS: --tls, or one that only TLS uses."""
+    return bool(args.tls or args.ca is not None or args.cert is not None or args.server_name)
+
+
 def tls_from_args(args: argparse.Namespace) -> Tls | None:
     if (args.cert is None) != (args.key is None):
         raise ValueError("--cert and --key go together")
-    if not (args.tls or args.ca or args.cert or args.server_name):
+    if not tls_asked(args):
         return None
     for path in (args.ca, args.cert, args.key):
         if path is not None and not path.is_file():
