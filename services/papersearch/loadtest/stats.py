@@ -53,6 +53,11 @@ def _ok_latencies(records: Sequence[RequestRecord]) -> list[float]:
     return [r.latency_s for r in records if r.code == OK and r.latency_s is not None]
 
 
+def _ok_waits(records: Sequence[RequestRecord]) -> list[float]:
+    """OK answers' time from their scheduled send (the generator's lag included)."""
+    return [r.ended_s - r.scheduled_s for r in records if r.code == OK and r.ended_s is not None]
+
+
 def _errors(records: Sequence[RequestRecord]) -> dict[str, int]:
     counts = Counter(r.code for r in records
                      if r.outcome is Outcome.COMPLETED and r.code and r.code != OK)
@@ -142,11 +147,9 @@ def per_step(records: Sequence[RequestRecord], profile: LoadProfile,
         ok = sum(1 for r in mine if r.code == OK)
         completed = sum(1 for r in records if r.code == OK and r.ended_s is not None
                         and start <= r.ended_s < end)
-        waits = [r.ended_s - r.scheduled_s for r in mine
-                 if r.code == OK and r.ended_s is not None]
         rows.append(StepRow(start, step.rate_qps, len(mine), ok, len(mine) - ok,
                             ok / (end - start), latency_ms(_ok_latencies(mine))["p95"],
-                            completed / (end - start), latency_ms(waits)["p95"]))
+                            completed / (end - start), latency_ms(_ok_waits(mine))["p95"]))
         start += step.duration_s
     return rows
 
@@ -187,8 +190,6 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
         )
     latencies = _ok_latencies(records)
     lags = [r.started_s - r.scheduled_s for r in records if r.started_s is not None]
-    waits = [r.ended_s - r.scheduled_s for r in records
-             if r.code == OK and r.ended_s is not None]
     reranked = [r.reranked for r in records if r.code == OK]
     return Summary(
         scheduled=len(records), sent=sent, ok=ok, errors=errors, not_sent=not_sent,
@@ -196,7 +197,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> Summary:
         elapsed_s=max([duration_s, *(r.ended_s for r in records if r.ended_s is not None)]),
         offered_qps=len(records) / duration_s, achieved_qps=ok / duration_s,
         latency_ms=_with_max(latencies), send_lag_ms=_with_max(lags),
-        from_schedule_ms=_with_max(waits),
+        from_schedule_ms=_with_max(_ok_waits(records)),
         reranked_ratio=sum(1 for r in reranked if r) / len(reranked) if reranked else None,
         rerank_depths={str(d): n for d, n in sorted(Counter(
             r.rerank_depth for r in records if r.code == OK and r.rerank_depth is not None

@@ -629,13 +629,10 @@ class Migrator:
         older write of (its mirror write lands after its write to the source, so it is newer
         there unless another writer updated the paper in the source since)."""
         ours = {pid: stamp for pid, stamp in stamped.items() if pid in mirror.dirty}
-        external = set(stamped) - set(ours)
-        external.update(pid for pid, stamp in ours.items()
-                        if stamp > mirror.landed.get(pid, stamp))
+        theirs: dict[str, int] = {}
         if ours:
             theirs = (await target.index.indexed_since(min(ours.values()), None)).window
-            external.update(pid for pid, stamp in ours.items() if theirs.get(pid, -1) < stamp)
-        return sorted(external)
+        return sorted((set(stamped) - set(ours)) | set(_updated((ours, theirs), mirror.landed)))
 
     @staticmethod
     async def _since_swap(pointer: Pointer, live: Bound, other: Bound) -> _Stamps | None:
@@ -715,11 +712,12 @@ async def _outlasting_cancels(future: asyncio.Future[Any]) -> bool:
 
 
 def _updated(stamps: _Stamps | None, landed: dict[str, int]) -> list[str]:
-    """The papers written to the live collection since the swap by another writer (an ingest
-    follows the pointer and writes to the live collection only): those the other collection
-    holds an older write of (the gateway's own writes are mirrored after, so newer there), and
-    those stamped after the gateway's own write of them there had landed (``landed``: an
-    update made while that write's mirror encoded, whose later stamp hid it)."""
+    """Of the papers ``stamps`` holds written to the collection the gateway writes first (the
+    live one since the swap, the source before it), those another writer wrote last (an
+    ingest follows the pointer and writes to that collection only): those the other
+    collection holds an older write of (the gateway's own writes are mirrored after, so newer
+    there), and those stamped after the gateway's own write of them there had landed
+    (``landed``: an update made while that write's mirror encoded, whose later stamp hid it)."""
     if stamps is None:
         return []
     ours, theirs = stamps
