@@ -7,7 +7,7 @@ import ipaddress
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
 import grpc
@@ -139,16 +139,25 @@ def _warn_if_key_in_clear(target: str, tls: Tls | None,
                     "trust", extra={"target": target})
 
 
+def _open(channels: ModuleType, target: str, api_key: str | None, tls: Tls | None,
+          retry: bool, wait_for_ready: bool) -> tuple[tuple[tuple[str, str], ...], Any]:
+    """The call metadata and the channel, from ``channels`` (grpc or grpc.aio), that both
+    clients open: the key checked first (a bad key opens no channel), a key sent in the clear
+    said, TLS's channel options added to the retry ones."""
+    metadata = key_metadata(api_key)
+    _warn_if_key_in_clear(target, tls, metadata)
+    options = channel_options(retry, wait_for_ready)
+    if tls is None:
+        return metadata, channels.insecure_channel(target, options)
+    return metadata, channels.secure_channel(target, tls.credentials(),
+                                             options + tls.channel_options())
+
+
 class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
-        self.metadata = key_metadata(api_key)  # first: a bad key opens no channel
-        _warn_if_key_in_clear(target, tls, self.metadata)
-        options = channel_options(retry, wait_for_ready)
-        self.channel = (grpc.insecure_channel(target, options) if tls is None
-                        else grpc.secure_channel(target, tls.credentials(),
-                                                 options + tls.channel_options()))
+        self.metadata, self.channel = _open(grpc, target, api_key, tls, retry, wait_for_ready)
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.index_stub = pb_grpc.IndexServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
@@ -249,12 +258,8 @@ class AsyncSearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
-        self.metadata = key_metadata(api_key)  # first: a bad key opens no channel
-        _warn_if_key_in_clear(target, tls, self.metadata)
-        options = channel_options(retry, wait_for_ready)
-        self.channel = (grpc.aio.insecure_channel(target, options) if tls is None
-                        else grpc.aio.secure_channel(target, tls.credentials(),
-                                                     options + tls.channel_options()))
+        self.metadata, self.channel = _open(grpc.aio, target, api_key, tls, retry,
+                                            wait_for_ready)
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout_s = timeout_s
