@@ -487,6 +487,27 @@ def test_index_writes_past_the_cap_are_resource_exhausted(targets: dict[str, str
         stub.DeletePapers(pb.DeletePapersRequest(paper_ids=["never"]), timeout=10)
 
 
+def test_papers_that_fail_midway_end_the_stream_with_those_before_written(
+    targets: dict[str, str],
+) -> None:
+    """The caller's iterable raising (a bad line of its corpus) cancelled the call: the papers
+    before it, still in the gateway's unwritten batch, were dropped and the count lost."""
+    def papers() -> Iterator[Paper]:
+        yield Paper(id="midway-1", title="Glacier calving seen by seismometers",
+                    abstract="Icequakes at the terminus time each calving event.")
+        yield Paper(id="midway-2", title="Seed dispersal by fruit bats",
+                    abstract="Bats carry seeds kilometres across fragmented forest.")
+        raise ValueError("corpus.jsonl:3: not JSON")
+
+    with SearchClient(targets["scratch"], timeout_s=60.0) as client:
+        with pytest.raises(ValueError, match="corpus.jsonl:3") as info:
+            client.upsert(papers())
+        assert info.value.__notes__ == [
+            "the 2 papers before it were sent: 2 committed, 0 skipped"]
+        assert client.get("midway-2").title == "Seed dispersal by fruit bats"
+        assert client.delete(["midway-1", "midway-2"]) == 2
+
+
 @pytest.mark.parametrize(("client_s", "whose"), [
     (60.0, "(2 s, serve.index_call_timeout_s)"),  # the client's deadline only a hang guard
     # the client's deadline the sooner: the answer still says what was committed

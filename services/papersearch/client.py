@@ -200,8 +200,9 @@ class SearchClient:
         """Stream ``papers``; a failure raises grpc.RpcError, and ``committed_of(error)`` says
         how many were committed before it (``committed_messages_of``: where to resend from).
         gRPC reads ``papers`` on a thread of its own: an iterator tied to the calling thread
-        (a sqlite3 cursor) must be read into a list, or fed through a queue, first; an error
-        it raises is raised here as it was (the call is cancelled). The deadline
+        (a sqlite3 cursor) must be read into a list, or fed through a queue, first. An error
+        ``papers`` raises ends the stream there: the papers before it are written, and the
+        error is raised here as it was, with a note of what was committed. The deadline
         (``timeout_s``, else the client's, 30 s by default) bounds the whole stream: give a
         long one more (the gateway's own bound is serve.index_call_timeout_s, 600 s)."""
         failed: list[Exception] = []
@@ -210,17 +211,26 @@ class SearchClient:
             try:
                 for paper in papers:
                     yield convert.paper_to_proto(paper)
-            except Exception as error:  # gRPC would report it as UNKNOWN "Exception iterating
-                failed.append(error)  # requests!": the caller's own error is raised instead
-                raise
+            except Exception as error:  # raised to gRPC it cancels the call: what the stream
+                failed.append(error)  # committed would be lost with it (UNKNOWN "Exception
+                # iterating requests!"); ended here, the gateway answers with its summary
 
         try:
-            return self.index_stub.UpsertPapers(stream(), metadata=self.metadata,
-                                                timeout=_deadline(timeout_s, self.timeout_s))
-        except grpc.RpcError:
-            if failed:
-                raise failed[0] from None
-            raise
+            summary = self.index_stub.UpsertPapers(stream(), metadata=self.metadata,
+                                                   timeout=_deadline(timeout_s, self.timeout_s))
+        except grpc.RpcError as error:
+            if not failed:
+                raise
+            committed = committed_of(error)
+            failed[0].add_note(f"the stream then failed too ({error.code().name}): "
+                               + ("what it committed is unknown" if committed is None
+                                  else f"{committed} papers were committed"))
+            raise failed[0] from None
+        if failed:
+            failed[0].add_note(f"the {summary.received} papers before it were sent: "
+                               f"{summary.upserted} committed, {summary.skipped} skipped")
+            raise failed[0]
+        return summary
 
     def delete(self, paper_ids: Sequence[str], timeout_s: float | None = None) -> int:
         """Delete the papers of ``paper_ids`` (a list: a str alone would be read as its
