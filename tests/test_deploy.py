@@ -428,7 +428,13 @@ DRAIN_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] =
     "serve kills a draining gateway": (lambda o: _ray_service(o)["spec"].update(
         serveConfigV2=_ray_service(o)["spec"]["serveConfigV2"].replace(
             "graceful_shutdown_timeout_s: 55", "graceful_shutdown_timeout_s: 20")),
-        "Gateway graceful_shutdown_timeout_s 20 < 52"),
+        "Gateway graceful_shutdown_timeout_s 20 < 54"),
+    # Serve sleeps a wait loop (2 s) before it calls the drain: 52 s (notice, grace, margin)
+    # was let through, and Serve's kill came before the drain's end
+    "serve's wait loop left out": (lambda o: _ray_service(o)["spec"].update(
+        serveConfigV2=_ray_service(o)["spec"]["serveConfigV2"].replace(
+            "graceful_shutdown_timeout_s: 55", "graceful_shutdown_timeout_s: 53")),
+        "Gateway graceful_shutdown_timeout_s 53 < 54 (Serve's wait loop 2"),
     "grace shorter than the drain": (lambda o: _prod_env(o).update(
         PAPERSEARCH_SERVE__DRAIN_GRACE_S="58", PAPERSEARCH_SERVE__MAX_DEADLINE_S="50"),
         "terminationGracePeriodSeconds 70 < 85"),

@@ -662,6 +662,54 @@ def test_a_call_its_client_left_is_not_counted_as_a_server_error(
     assert recorded == [http_api.CLIENT_CLOSED, 500]
 
 
+def test_the_fronts_stop_with_a_call_still_running_stays_within_the_drains_allowance(
+    tmp_path: Path,
+) -> None:
+    """A call still running when the drain's grace ended held the front's stop 10 s (aiohttp
+    waits its shutdown timeout twice), past what preStop, Serve and the launcher allow after
+    the grace (serving/drain.py's MARGIN_S)."""
+    import time
+
+    import aiohttp
+    import grpc
+
+    from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+    from papersearch.gateway.http_api import HTTP_STOP_S, HttpFront, socket_target
+    from papersearch.gateway.server import STOP_GRACE_S
+    from papersearch.serving.drain import MARGIN_S, POLL_S
+    from papersearch.settings import ServeSettings
+
+    assert 2 * HTTP_STOP_S + STOP_GRACE_S + POLL_S < MARGIN_S
+
+    class Hanging(pb_grpc.SearchServiceServicer):
+        async def Search(self, request: Any, context: Any) -> Any:  # noqa: N802
+            await asyncio.sleep(60)
+
+    async def stop_with_a_call_running() -> float:
+        target = socket_target(tmp_path)
+        server = grpc.aio.server()
+        pb_grpc.add_SearchServiceServicer_to_server(Hanging(), server)
+        server.add_insecure_port(target)
+        await server.start()
+        front = HttpFront(ServeSettings(http_port=free_port()), target)
+        await front.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                call = asyncio.ensure_future(session.post(
+                    f"http://{front.address}{SEARCH}", json={"query": "x"}))
+                await asyncio.sleep(0.5)  # the call reached the hanging servicer
+                started = time.monotonic()
+                await front.stop()
+                took = time.monotonic() - started
+                with pytest.raises(aiohttp.ServerDisconnectedError):  # cut: sent again
+                    await call
+                return took
+        finally:
+            await server.stop(0)
+
+    assert asyncio.run(stop_with_a_call_running()) <= 2 * HTTP_STOP_S + 1.0
+
+
 def test_calls_a_drain_cut_and_streams_ended_by_an_error_count_as_what_the_client_got(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -46,6 +46,11 @@ from papersearch.settings import ServeSettings, is_loopback
 from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
+# aiohttp's stop waits this long for a handler still running, then as long again for it to
+# end once cancelled: the front's stop takes at most twice this. The drain has waited for the
+# calls already (gateway/server.py); what is left is a response being written or a body still
+# arriving (5 s had made the stop 10 s with one call left, past the drain's own allowances).
+HTTP_STOP_S = 1.0
 
 JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -155,7 +160,7 @@ class HttpFront:
         # bodies are not decompressed (none is offered: a gzip bomb, refused for its missing
         # key, was still inflated on the event loop while aiohttp read it to the end); a
         # connection idle or with unfinished headers is closed after http_body_timeout_s
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0,
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_STOP_S,
                                     handler_cancellation=True, auto_decompress=False,
                                     keepalive_timeout=serve.http_body_timeout_s)
 

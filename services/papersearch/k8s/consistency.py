@@ -174,6 +174,7 @@ def check_gateway_placement(rendered: Rendered) -> list[str]:
 PROBE_SERVICES = {"startupProbe": "liveness", "livenessProbe": "liveness",
                   "readinessProbe": "readiness"}
 RAY_STOP_S = 10.0  # after preStop, SIGTERM: `ray start --block` stops the node
+SERVE_WAIT_LOOP_S = 2.0  # Serve's graceful_shutdown_wait_loop_s default
 ENDPOINTS_S = 2.0  # a pod turned unready leaves its Services' endpoints (and kube-proxy's rules)
 
 
@@ -205,9 +206,13 @@ def _gateway_drain_errors(host: PodTemplate, env: Mapping[str, str],
                       "that still reach the pod (a Gateway replica Serve replaces in place)")
     drain = serve.drain_notice_s + serve.drain_grace_s
     serve_wait = float(gateway.get("graceful_shutdown_timeout_s", 20))
-    if serve_wait < drain + MARGIN_S:
-        errors.append(f"Gateway graceful_shutdown_timeout_s {serve_wait:g} < {drain + MARGIN_S:g}:"
-                      " Serve would kill a draining replica")
+    # Serve's replica sleeps one wait loop before it calls __del__ (the drain), on its clock
+    wait_loop = float(gateway.get("graceful_shutdown_wait_loop_s", SERVE_WAIT_LOOP_S))
+    if serve_wait < wait_loop + drain + MARGIN_S:
+        errors.append(f"Gateway graceful_shutdown_timeout_s {serve_wait:g} < "
+                      f"{wait_loop + drain + MARGIN_S:g} (Serve's wait loop {wait_loop:g} + "
+                      f"drain notice + grace {drain:g} + {MARGIN_S:g}): Serve would kill a "
+                      "draining replica")
     errors += _grace_errors(host, "gateway", drain + MARGIN_S + RAY_STOP_S,
                             f"drain notice {serve.drain_notice_s:g} + grace "
                             f"{serve.drain_grace_s:g} + {MARGIN_S:g} + Ray's stop "

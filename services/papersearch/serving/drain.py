@@ -17,6 +17,8 @@ from papersearch.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
+# past the drain's notice and grace: the HTTP front's stop (at most 2 x HTTP_STOP_S), the gRPC
+# server's (STOP_GRACE_S) and this command's poll, with room to spare
 MARGIN_S = 5.0
 POLL_S = 0.5
 

@@ -31,8 +31,8 @@ LOCAL_RAY_ENV = {
     "RAY_ENABLE_AUTO_CONNECT": "0",
 }
 CONTROL_LOOP_ENV = "RAY_SERVE_CONTROL_LOOP_INTERVAL_S"  # serve.control_loop_interval_s
-# a drain's wait past its notice and grace: the HTTP front's stop (up to 5 s), the gRPC
-# server's, and the index's close (the embedded shard flushed)
+# a drain's wait past its notice and grace: the HTTP front's stop (at most 2 s), the gRPC
+# server's (1 s), and the index's close (the embedded shard flushed)
 DRAIN_CLOSE_S = 15.0
 
 
