@@ -155,6 +155,7 @@ class AsyncFlaky:
     def __init__(self, client: AsyncQdrantClient) -> None:
         self.client, self.methods, self.failures = client, set[str](), 0
         self.calls: list[str] = []
+        self.then_hang = False  # after the failures: no answer, whatever timeout it was given
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.client, name)
@@ -166,6 +167,8 @@ class AsyncFlaky:
             if self.failures > 0:
                 self.failures -= 1
                 raise ResponseHandlingException(ConnectionRefusedError("connection refused"))
+            if self.then_hang:
+                await asyncio.sleep(3600)
             return await method(*args, **kwargs)
 
         return call
@@ -196,6 +199,29 @@ def test_async_requests_are_retried_once(method: str) -> None:
         assert flaky.calls == [method, method]
 
     asyncio.run(twice())
+    store.close()
+
+
+@pytest.mark.parametrize("method", ["upsert", "delete"])
+def test_an_async_write_retry_ends_within_the_timeout(method: str) -> None:
+    """qdrant-client gives an upsert or a delete its whole client timeout, whatever timeout it
+    is asked for: a retry the server did not answer took a second index.timeout_s."""
+    store = ServerStore(IndexSettings(timeout_s=2), client=QdrantClient(":memory:"))
+    store.ensure_collection(DIM, SHA)
+    flaky = AsyncFlaky(async_twin(store.client))
+    engine = AsyncServerEngine(store.settings, flaky)  # type: ignore[arg-type]
+    programs = {"upsert": lambda: store.upsert_program(PAPERS[:2], DENSE[:2], SPARSE[:2]),
+                "delete": lambda: store.delete_program([PAPERS[0].id])}
+    flaky.methods, flaky.failures, flaky.then_hang = {method}, 1, True
+
+    async def retried() -> None:
+        # 1 s left for the retry (2 s, less the pause, in whole seconds); 30 s: it hung
+        await asyncio.wait_for(engine.execute(programs[method]()), 30)
+
+    with pytest.raises(StoreUnavailable, match=f"qdrant {method}: the retry had no answer in "
+                                                "the 1 s left of index.timeout_s"):
+        asyncio.run(retried())
+    assert flaky.calls == [method, method]
     store.close()
 
 

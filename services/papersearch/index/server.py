@@ -15,7 +15,10 @@ Retries: each request (query, retrieve, count, upsert, delete) that fails StoreU
 (connection refused or reset, UNAVAILABLE, DEADLINE_EXCEEDED) is sent once more, after
 ``RETRY_PAUSE_S``, if at least a second (the smallest deadline Qdrant takes) of its
 ``index.timeout_s`` budget is left; the retry gets what is left, so one operation never takes
-longer than ``timeout_s``: a server that stops answering costs one timeout, not two. Writes are
+longer than ``timeout_s``: a server that stops answering costs one timeout, not two. (Except a
+write on this blocking client: qdrant-client 1.20 gives an upsert or a delete its whole client
+timeout whatever it is asked, so a retried one can take up to twice ``timeout_s``; the gateway's
+asyncio client, index/server_async.py, bounds the retry itself.) Writes are
 retried too: an upsert (``wait=True``) of fixed point ids and a delete by ids are idempotent,
 so applying one twice leaves what applying it once does. (A write retried after a concurrent
 write of the same paper could put the older version back: the window is the retry pause, and

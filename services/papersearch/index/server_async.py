@@ -3,8 +3,9 @@
 One ``AsyncQdrantClient`` per gateway replica, made on the gateway's event loop when first
 needed. Its gRPC channels are reused by every request, and searches in flight at once go out at
 once, with no worker thread per search and no pool size to tune: the gateway's own admission
-limits them. Each request gets the blocking client's deadline and single retry (index/server.py):
-a server that stops answering costs the requests waiting on it one ``index.timeout_s``.
+limits them. Each request gets the blocking client's deadline and single retry (index/server.py),
+the retry bounded here by what is left of ``index.timeout_s`` (writes included): a server that
+stops answering costs the requests waiting on it one ``index.timeout_s``.
 
 What is sent is decided by the Store's own programs (index/plan.py) and the server backend's
 step-to-request table (``call_for``), so a search sends the same request whichever client sends
@@ -64,5 +65,10 @@ class AsyncServerEngine:
         except StoreUnavailable as error:
             left = retry_budget(deadline, call.operation, self.name, error)
             await asyncio.sleep(RETRY_PAUSE_S)
-            with errors(call.operation):
-                return call.result(await call.send(self.client, left))
+            try:  # bounded here: qdrant-client gives an upsert or a delete its whole client
+                async with asyncio.timeout(left):  # timeout whatever it is asked
+                    with errors(call.operation):
+                        return call.result(await call.send(self.client, left))
+            except TimeoutError as late:
+                raise StoreUnavailable(f"qdrant {call.operation}: the retry had no answer in "
+                                       f"the {left} s left of index.timeout_s") from late
