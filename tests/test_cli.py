@@ -108,6 +108,44 @@ def test_a_mistyped_reranker_source_fails_before_the_embedders_export(
     assert "not a model directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("command", "module", "extra"), [
+    (["models", "export"], "torch", "export"),
+    (["models", "train-reranker"], "transformers", "export"),
+    (["loadtest", "--target", "127.0.0.1:1", "--rate", "1"], "matplotlib", "loadtest"),
+])
+def test_a_command_without_its_extra_says_which_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str],
+    module: str, extra: str,
+) -> None:
+    """`models export` and `models train-reranker` without the export extra were a
+    ModuleNotFoundError's traceback (loadtest alone said what to install)."""
+    from papersearch.loadtest import command as loadtest
+    from papersearch.modelbuild import prepare
+
+    def missing(*_: Any, **__: Any) -> Any:
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    for owner, name in ((prepare, "prepare"), (prepare, "train_reranker"), (loadtest, "run")):
+        monkeypatch.setattr(owner, name, missing)
+    assert main(command) == 2
+    assert capsys.readouterr().err == (
+        f"papersearch: error: {module} is not installed: install the {extra} extra (pip "
+        f"install 'papersearch[{extra}]'; make install has it)\n")
+
+
+def test_a_module_missing_from_no_extra_is_not_blamed_on_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from papersearch.modelbuild import prepare
+
+    def missing(*_: Any, **__: Any) -> Any:
+        raise ModuleNotFoundError("No module named 'papersearch.gone'", name="papersearch.gone")
+
+    monkeypatch.setattr(prepare, "prepare", missing)
+    with pytest.raises(ModuleNotFoundError, match="papersearch.gone"):
+        main(["models", "export"])
+
+
 class Upserts(pb_grpc.IndexServiceServicer):
     def UpsertPapers(self, request_iterator: Iterator[pb.Paper],  # noqa: N802
                      context: grpc.ServicerContext) -> pb.UpsertSummary:
@@ -156,6 +194,11 @@ def test_an_api_key_read_from_a_file_loses_its_newline() -> None:
      "--timeout-s must be a positive number of seconds, got 0"),
     (["index", "migrate", "--finish", "--timeout-s", "-1"],
      "--timeout-s must be a positive number of seconds, got -1"),
+    # gRPC took these for a deadline already past: DEADLINE_EXCEEDED at once
+    (["watch", "q", "--target", "127.0.0.1:1", "--timeout-s", "inf"],
+     "--timeout-s must be at most 31536000 seconds (a year), got inf"),
+    (["index", "migrate", "--finish", "--timeout-s", "1e10"],
+     "--timeout-s must be at most 31536000 seconds (a year), got 1e+10"),
 ])
 def test_gateway_options_without_a_gateway_are_refused(
     command: list[str], message: str, capsys: pytest.CaptureFixture[str],

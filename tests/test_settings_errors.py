@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from papersearch.cli import main
-from papersearch.settings import CONFIG_ENV, ServeSettings, load_settings, unread_variables
+from papersearch.settings import (
+    CONFIG_ENV,
+    ServeSettings,
+    _UniqueKeys,
+    load_settings,
+    unread_variables,
+)
 
 
 def settings_file(monkeypatch: pytest.MonkeyPatch, path: Path, text: str) -> Path:
@@ -59,6 +69,17 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "qdrant:6333"}',
      "index (PAPERSEARCH_INDEX): Value error, index.url must be an http:// or https:// URL, "
      "got 'qdrant:6333'"),
+    # no host, or no port: both failed only at the first call, deep in urllib3
+    ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "http://"}',
+     "index (PAPERSEARCH_INDEX): Value error, index.url names no host (http://qdrant:6333), "
+     "got 'http://'"),
+    ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "https://qdrant:x"}',
+     "index (PAPERSEARCH_INDEX): Value error, index.url's host or port is not valid "
+     "(http://qdrant:6333), got 'https://qdrant:x'"),
+    # quoted without its password
+    ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "ftp://admin:s3cret@qdrant"}',
+     "index (PAPERSEARCH_INDEX): Value error, index.url must be an http:// or https:// URL, "
+     "got 'ftp://qdrant'"),
     # an empty path is the current directory: a template's unset variable moved the index
     ("PAPERSEARCH_INDEX__DATA_DIR", "",
      "index.data_dir (PAPERSEARCH_INDEX__DATA_DIR): Value error, an empty path is the current "
@@ -66,6 +87,16 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_CORPUS_DIR", " ",
      "corpus_dir (PAPERSEARCH_CORPUS_DIR): Value error, an empty path is the current "
      "directory: give a path (given ' ')"),
+    # in a list too: held_out_sets=[""] was ".", and held out every set
+    ("PAPERSEARCH_HELD_OUT_SETS", '["../shared/eval/med", ""]',
+     "held_out_sets (PAPERSEARCH_HELD_OUT_SETS): Value error, an empty path is the current "
+     "directory: give a path"),
+    ("PAPERSEARCH_TUNE_SETS", '[""]',
+     "tune_sets (PAPERSEARCH_TUNE_SETS): Value error, an empty path is the current "
+     "directory: give a path"),
+    ("PAPERSEARCH_TRAINING__CORPORA", '[" "]',
+     "training.corpora (PAPERSEARCH_TRAINING__CORPORA): Value error, an empty path is the "
+     "current directory: give a path"),
     ("PAPERSEARCH_MODELS__RERANKER_NAME", "../elsewhere",  # one folder of models.repository
      "models.reranker_name (PAPERSEARCH_MODELS__RERANKER_NAME): String should match pattern "
      "'^[A-Za-z0-9][A-Za-z0-9._-]*$' (given '../elsewhere')"),
@@ -207,6 +238,65 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
     assert error_line(capsys) == (
         f"papersearch: error: settings file {scalar} {where}: expected sections (serve:, "
         "index:, ...), got a YAML str")
+
+
+def test_a_settings_file_that_cannot_be_read_or_is_named_empty(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A file without read permission was a PermissionError's traceback; an empty
+    PAPERSEARCH_CONFIG (a template's unset ``${X:-}``) was silently no file at all."""
+    path = settings_file(monkeypatch, tmp_path / "settings.yaml", "serve: {}\n")
+    read_text = Path.read_text
+
+    def unreadable(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == path:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    assert error_line(capsys) == (f"papersearch: error: settings file {path} (--config or "
+                                  f"{CONFIG_ENV}): cannot be read (Permission denied)")
+    for empty in ("", " "):
+        monkeypatch.setenv(CONFIG_ENV, empty)
+        assert error_line(capsys) == (
+            f"papersearch: error: settings file ({CONFIG_ENV}): an empty path is the current "
+            f"directory: give a path, or unset {CONFIG_ENV}")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("yes: 1\n", "line 1, column 1: the key 'yes' is read as a YAML bool, not a name"),
+    ("null: 1\n", "line 1, column 1: the key 'null' is read as a YAML null, not a name"),
+    ("serve: {}\n1: 2\n", "line 2, column 1: the key '1' is read as a YAML int, not a name"),
+    ("serve:\n  off: 1\n", "line 2, column 3: the key 'off' is read as a YAML bool, not a name"),
+])
+def test_a_key_yaml_reads_as_no_name_is_named_with_its_line(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        text: str, problem: str) -> None:
+    """``yes:``, ``null:`` or ``1:`` at the top was an AttributeError's traceback ('bool' object
+    has no attribute 'lower')."""
+    path = settings_file(monkeypatch, tmp_path / "settings.yaml", text)
+    assert error_line(capsys) == (f"papersearch: error: settings file {path} (--config or "
+                                  f"{CONFIG_ENV}): not valid YAML at {problem}")
+
+
+def test_yaml_merge_keys_merge(capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``<<: *defaults`` was refused as not valid YAML (no constructor for the merge tag). A
+    key merged in and given again is overridden, as YAML has it; a key of the mapping's own
+    said twice is still refused."""
+    settings_file(monkeypatch, tmp_path / "merged.yaml",
+                  "serve:\n  <<: &ports {grpc_port: 7000, http_port: 8001}\n  grpc_port: 7001\n"
+                  "index:\n  <<: [{prefetch_limit: 40}, {hnsw_ef: 64}]\n")
+    settings = load_settings()
+    assert (settings.serve.grpc_port, settings.serve.http_port) == (7001, 8001)
+    assert (settings.index.prefetch_limit, settings.index.hnsw_ef) == (40, 64)
+    aliased = "base: &base {a: 1, b: 2}\nmine:\n  <<: *base\n  b: 3\n"
+    assert yaml.load(aliased, Loader=_UniqueKeys)["mine"] == {"a": 1, "b": 3}  # noqa: S506
+    twice = settings_file(monkeypatch, tmp_path / "twice.yaml",
+                          "serve:\n  <<: {grpc_port: 1}\n  http_port: 2\n  http_port: 3\n")
+    assert error_line(capsys) == (f"papersearch: error: settings file {twice} (--config or "
+                                  f"{CONFIG_ENV}): not valid YAML at line 4, column 3: "
+                                  "'http_port' is given twice")
 
 
 def test_valid_settings_load_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -49,7 +49,11 @@ class RemoteError(RuntimeError):
 Command = Callable[[Settings, argparse.Namespace], int]
 
 # A user's mistake or a missing prerequisite: one line on stderr, exit 2, no traceback.
-LOADTEST_MODULES = ("prometheus_client", "matplotlib")  # the loadtest extra's
+EXTRA_MODULES = {  # what pyproject.toml's extras install, as imported
+    "export": ("torch", "transformers", "onnx", "onnxscript", "packaging"),
+    "loadtest": ("prometheus_client", "matplotlib"),
+}
+TIMEOUT_MAX_S = 365 * 24 * 3600  # --timeout-s; gRPC took ~290 years or more for a past deadline
 GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError,
                StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError)
@@ -174,6 +178,22 @@ def _format_explanation(explanation: Explanation, expanded: bool = False) -> lis
     if explanation.terms:
         lines.append("BM25 terms: " + ", ".join(f"{t} {s:.3f}" for t, s in explanation.terms))
     return lines
+
+
+def _needs_extra(extra: str, command: Command) -> Command:
+    """``command``, where a module of the extra it needs is not installed: one line saying
+    which extra to install, exit 2 (it was a ModuleNotFoundError's traceback)."""
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        try:
+            return command(settings, args)
+        except ModuleNotFoundError as error:
+            if error.name not in EXTRA_MODULES[extra]:
+                raise
+            print(f"papersearch: error: {error.name} is not installed: install the {extra} "
+                  f"extra (pip install 'papersearch[{extra}]'; make install has it)",
+                  file=sys.stderr)
+            return 2
+    return run
 
 
 def _models_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -320,8 +340,13 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _positive_timeout(timeout_s: float | None) -> None:
+    """--timeout-s, a gRPC deadline or a wait, is positive and at most a year: inf or 1e10
+    made gRPC's deadline one already past (DEADLINE_EXCEEDED at once)."""
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"--timeout-s must be a positive number of seconds, got {timeout_s:g}")
+    if timeout_s is not None and not timeout_s <= TIMEOUT_MAX_S:
+        raise ValueError(f"--timeout-s must be at most {TIMEOUT_MAX_S} seconds (a year), got "
+                         f"{timeout_s:g}")
 
 
 def _index_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -464,14 +489,7 @@ def _drain(settings: Settings, args: argparse.Namespace) -> int:
 def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.loadtest.command import run
 
-    try:
-        return run(settings, args)
-    except ModuleNotFoundError as error:
-        if error.name not in LOADTEST_MODULES:
-            raise
-        print(f"papersearch: error: loadtest needs {error.name}: install the loadtest extra "
-              "(pip install 'papersearch[loadtest]'; make install has it)", file=sys.stderr)
-        return 2
+    return run(settings, args)
 
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -609,14 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--all", action="store_true",
                         help="also the reranker when the stage is off: reranker_source if set, "
                              "else train the default (slow)")
-    export.set_defaults(handler=_models_export)
+    export.set_defaults(handler=_needs_extra("export", _models_export))
     info = models_commands.add_parser(
         "info", help="the models in the repository and the precision each runs on this CPU")
     info.set_defaults(handler=_models_info)
     trainer = models_commands.add_parser(
         "train-reranker", help="fine-tune and export the default cross-encoder (cached)"
     )
-    trainer.set_defaults(handler=_models_train_reranker)
+    trainer.set_defaults(handler=_needs_extra("export", _models_train_reranker))
 
     ingest = commands.add_parser("ingest", help="embed papers and upsert them into the index")
     ingest.add_argument("paths", nargs="*", type=Path,
@@ -738,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
         "loadtest", help="drive a running gateway at a rate or in steps; JSON + PNG + summary"
     )
     add_loadtest_arguments(loadtest)
-    loadtest.set_defaults(handler=_loadtest)
+    loadtest.set_defaults(handler=_needs_extra("loadtest", _loadtest))
 
     fusion = commands.add_parser(
         "tune", help="compare hybrid fusions on judged sets: choose on tuning sets, judge on "

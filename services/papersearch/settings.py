@@ -64,10 +64,12 @@ GRPC_MS_MAX_S = GRPC_INT_MAX // 1000
 
 def _path_not_blank(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
     """An empty path is the current directory to pathlib: a variable rendered from an unset
-    value (``${X:-}``) moved the index, the models or the corpus there without a word."""
+    value (``${X:-}``) moved the index, the models or the corpus there without a word. A list
+    of paths too: ``held_out_sets=[""]`` held out every set."""
     field = model.model_fields.get(info.field_name or "")
+    paths = value if isinstance(value, list) else [value]
     if (field is not None and Path in (field.annotation, *get_args(field.annotation))
-            and isinstance(value, str) and not value.strip()):
+            and any(isinstance(path, str) and not path.strip() for path in paths)):
         raise ValueError("an empty path is the current directory: give a path")
     return value
 
@@ -298,10 +300,28 @@ class IndexSettings(Section):
             raise ValueError("index.url and index.api_key are for a Qdrant server: set "
                              "index.backend=server (PAPERSEARCH_INDEX__BACKEND=server) too, "
                              "or leave them unset for the embedded index")
-        if self.url is not None and urlsplit(self.url).scheme not in ("http", "https"):
-            raise ValueError(f"index.url must be an http:// or https:// URL, got "
-                             f"{self.url[:64]!r}")
+        if self.url is not None:
+            _check_server_url(self.url)
         return self
+
+
+def _check_server_url(url: str) -> None:
+    """ValueError unless ``url`` is http(s) with a host and a port that is one: ``http://`` or
+    ``https://qdrant:x`` failed only at the first call, deep in urllib3, naming no setting. The
+    URL is quoted without its user and password."""
+    shown = repr(re.sub(r"(?<=//)[^/?#]*@", "", url)[:64])
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # "https://qdrant:x": no port; "http://[::1": no IPv6 address
+        raise ValueError(f"index.url's host or port is not valid (http://qdrant:6333), got "
+                         f"{shown}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"index.url must be an http:// or https:// URL, got {shown}")
+    if not parts.hostname:
+        raise ValueError(f"index.url names no host (http://qdrant:6333), got {shown}")
+    if port == 0:
+        raise ValueError(f"index.url's port must be 1-65535, got {shown}")
 
 
 class IngestSettings(Section):
@@ -738,7 +758,7 @@ class Settings(BaseSettings):
                                  f"judge choices cannot be used for {use}; use another set, or "
                                  "take it out of held_out_sets")
 
-    @field_validator("corpus_dir", "eval_dir", mode="before")
+    @field_validator("corpus_dir", "eval_dir", "tune_sets", "held_out_sets", mode="before")
     @classmethod
     def _path_not_blank(cls, value: Any, info: ValidationInfo) -> Any:
         return _path_not_blank(cls, value, info)
@@ -759,26 +779,36 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get(CONFIG_ENV)
-        if config_file:
-            path = Path(config_file)
-            where = f"settings file {config_file} (--config or {CONFIG_ENV})"
-            if not path.is_file():
-                raise FileNotFoundError(f"{where}: no such file")
-            try:
-                content = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (safe)
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{where}: not UTF-8 text ({error.reason} at byte "
-                                 f"{error.start})") from None
-            except yaml.YAMLError as error:
-                raise ValueError(f"{where}: not valid YAML{_yaml_problem(error)}") from None
-            if content is not None and not isinstance(content, dict):
-                raise ValueError(f"{where}: expected sections (serve:, index:, ...), got a "
-                                 f"YAML {type(content).__name__}")
-            # a section whose keys are all commented out is an empty one, not a null value
-            sections = {name: {} if value is None else value
-                        for name, value in (content or {}).items()}
+        if config_file is not None:
+            sections = _settings_file(config_file)
             sources.append(InitSettingsSource(settings_cls, init_kwargs=sections))
         return tuple(sources)
+
+
+def _settings_file(config_file: str) -> dict[str, Any]:
+    """The sections of the YAML settings file ``config_file``; ValueError, in one line naming
+    the file, where it cannot be read or is no settings YAML (FileNotFoundError: not there)."""
+    if not config_file.strip():  # a template's unset ${X:-}: was silently no file
+        raise ValueError(f"settings file ({CONFIG_ENV}): an empty path is the current "
+                         f"directory: give a path, or unset {CONFIG_ENV}")
+    path = Path(config_file)
+    where = f"settings file {config_file} (--config or {CONFIG_ENV})"
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no such file")
+    try:
+        content = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (safe)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{where}: not UTF-8 text ({error.reason} at byte "
+                         f"{error.start})") from None
+    except OSError as error:  # not ours to read: was a traceback
+        raise ValueError(f"{where}: cannot be read ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{where}: not valid YAML{_yaml_problem(error)}") from None
+    if content is not None and not isinstance(content, dict):
+        raise ValueError(f"{where}: expected sections (serve:, index:, ...), got a "
+                         f"YAML {type(content).__name__}")
+    # a section whose keys are all commented out is an empty one, not a null value
+    return {name: {} if value is None else value for name, value in (content or {}).items()}
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -824,21 +854,33 @@ def _origin(text: str) -> str:
                                    else "")
 
 
+YAML_MERGE = "tag:yaml.org,2002:merge"  # the tag of "<<", YAML's merge key
+
+
 class _UniqueKeys(yaml.SafeLoader):
     """YAML's safe loader, refusing a key said twice in one mapping (PyYAML keeps the last: a
-    second ``serve:`` section silently dropped the first)."""
+    second ``serve:`` section silently dropped the first) and a key that is no name."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # a key merged in (<<: *defaults) and given again is overridden, as YAML has it: only
+        # the mapping's own keys may not repeat
+        own = {id(key_node) for key_node, _ in node.value if key_node.tag != YAML_MERGE}
+        self.flatten_mapping(node)  # the merged keys first, then its own
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, Hashable):  # "? [a]": a list as a key
                 raise yaml.constructor.ConstructorError(
                     None, None, "a key that is a list or a mapping", key_node.start_mark)
-            if key in seen:
+            if not isinstance(key, str):  # yes:, null:, 1: (pydantic-settings: AttributeError)
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is given twice", key_node.start_mark)
-            seen.add(key)
+                    None, None, f"the key {key_node.value!r} is read as a YAML "
+                    f"{key_node.tag.rpartition(':')[2]}, not a name", key_node.start_mark)
+            if id(key_node) in own:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice", key_node.start_mark)
+                seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
