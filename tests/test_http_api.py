@@ -130,6 +130,9 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
     assert call(http + "/papersearch.v1.SearchService/Nope", {})[1]["error"]["status"] == (
         "NOT_FOUND")
     assert call(http + SEARCH, method="GET")[0] == 405
+    with pytest.raises(urllib.error.HTTPError) as not_allowed:  # RFC 9110: a 405 names them
+        urllib.request.urlopen(urllib.request.Request(http + SEARCH, method="GET"), timeout=60)
+    assert not_allowed.value.code == 405 and not_allowed.value.headers["Allow"] == "POST"
     too_big = call(http + SEARCH, {"query": "x" * (5 * 1024 * 1024)})
     assert too_big[0] == 413 and too_big[1]["error"]["status"] == "RESOURCE_EXHAUSTED"
     longest = openapi.MAX_TIMEOUT_MS  # the OpenAPI document's maximum: accepted, not past it
@@ -153,6 +156,20 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
     for key in ("\u00e9", "caf\u00e9-key"):  # not a gRPC metadata value: refused, as a key
         answer = call(http + SEARCH, {"query": "x"}, key=key)
         assert answer[0] == 401 and answer[1]["error"]["status"] == "UNAUTHENTICATED", key
+
+
+def test_refusals_to_send_again_say_when_and_a_503_lets_its_connection_go() -> None:
+    """A 503 (a draining gateway) kept its connection, so a client's next call came back to
+    the same gateway; neither a 503 nor a 429 said when to send it again."""
+    from papersearch.gateway.http_api import RETRY_AFTER_S, HttpError
+
+    for status, http in (("UNAVAILABLE", 503), ("RESOURCE_EXHAUSTED", 429)):
+        response = HttpError(status, "send it again").response()
+        assert response.status == http
+        assert response.headers["Retry-After"] == str(RETRY_AFTER_S)
+        assert (response.keep_alive is False) is (http == 503)
+    too_large = HttpError("RESOURCE_EXHAUSTED", "too large", http=413).response()
+    assert "Retry-After" not in too_large.headers and too_large.keep_alive is not False
 
 
 @pytest.mark.parametrize(("body", "named"), [
@@ -272,6 +289,34 @@ def test_a_body_that_stops_arriving_is_refused_in_time(
             answer = connection.recv(65536).decode()
         assert answer.startswith("HTTP/1.1 408"), answer[:200]
         assert "serve.http_body_timeout_s" in answer
+
+
+@pytest.mark.slow
+def test_an_upsert_the_deadline_ends_while_its_body_arrives_is_answered_cleanly(
+    gateway: tuple[str, str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The call's end left gRPC's read of the body waiting; aiohttp, reading the rest of the
+    body itself after the answer, failed on it with an ERROR and a traceback ("readany()
+    called while another coroutine is already waiting")."""
+    import logging
+    import socket
+    import time
+
+    port = int(gateway[1].rpartition(":")[2])
+    lines = b'{"paper_id": "stalled-1", "title": "Stalled uploads"}\n'
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"), \
+            socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"POST {UPSERT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                           f"{openapi.NDJSON}\r\nx-api-key: {WRITE}\r\nx-timeout-ms: 1000\r\n"
+                           "Transfer-Encoding: chunked\r\n\r\n".encode()
+                           + f"{len(lines):x}\r\n".encode() + lines + b"\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            answer += connection.recv(65536)  # the body stalls; the deadline ends the call
+        time.sleep(0.5)  # aiohttp has read on after the answer
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+    assert not [r for r in caplog.records if r.name == "aiohttp.server"
+                and r.levelno >= logging.ERROR]
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ PARSE_INLINE_BYTES = 64 * 1024  # a larger JSON body is parsed off the event loo
 # 3.4 MiB: 268 ms), and in the default executor they queued behind the index's opens
 PARSE_THREADS = 1
 PARSE_WAITING = 3
+RETRY_AFTER_S = 1  # a 429 or 503's Retry-After: the gateway's refusals are short-lived
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status recorded, none sent
 # a stream that ended with an error after its 200 was sent: that error's HTTP status, recorded
 ENDED_WITH = web.RequestKey("ended_with", int)
@@ -72,13 +73,15 @@ class HttpError(Exception):
 
     def __init__(self, status: str, message: str,
                  metadata: dict[str, str] | None = None, http: int | None = None,
-                 summary: dict[str, Any] | None = None) -> None:
+                 summary: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.metadata = metadata or {}
         self.http = http if http is not None else openapi.HTTP_STATUS[status]
         self.summary = summary  # a streamed call's response for what came before the error
+        self.headers = headers or {}
 
     def response(self) -> web.Response:
         error: dict[str, Any] = {"code": self.http, "status": self.status,
@@ -87,7 +90,12 @@ class HttpError(Exception):
             error["metadata"] = self.metadata
         if self.summary is not None:
             error["summary"] = self.summary
-        return web.json_response({"error": error}, status=self.http)
+        response = web.json_response({"error": error}, status=self.http, headers=self.headers)
+        if self.http in (429, 503):  # sent again: HTTP clients' retry policies read the header
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        if self.http == 503:  # this gateway cannot serve it (draining, say): a new connection
+            response.force_close()  # may reach another, where a kept-alive one comes back here
+        return response
 
 
 class Parsers:
@@ -215,7 +223,10 @@ class HttpFront:
                 messages = _Lines(request, request_type, self.serve.max_receive_bytes,
                                   self.serve.http_body_timeout_s, self.parsers)
                 call = stream(messages.messages(), **options)
-                return _json(await _answer(call, messages))
+                try:
+                    return _json(await _answer(call, messages))
+                finally:
+                    await messages.close()
 
             return _measured(path, streamed, self)
         unary = self.channel.unary_unary(path, request_serializer=request_type.SerializeToString,
@@ -306,6 +317,8 @@ class _Lines:
         self.sent = 0  # messages
         self.line = 0  # the body's lines read, blank ones included: the one being read
         self.error: HttpError | None = None
+        self.closed = False
+        self._reading: asyncio.Future[bytes] | None = None  # the read of the next chunk
 
     async def messages(self) -> AsyncIterator[Message]:
         try:
@@ -343,10 +356,23 @@ class _Lines:
             raise HttpError("RESOURCE_EXHAUSTED", f"line {self.line} is longer than the "
                             f"server's limit of {self.max_bytes} bytes", http=413)
 
+    async def close(self) -> None:
+        """Stop reading the body: the call ended before it did (its deadline, a drain). gRPC
+        leaves the read waiting, and aiohttp, reading the rest of the body itself once the
+        handler returns, failed on it: "readany() called while another coroutine is already
+        waiting", an ERROR with a traceback, and the read's task left pending."""
+        self.closed = True
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+            await asyncio.wait([self._reading])
+
     async def _chunk(self) -> bytes:
+        if self.closed:
+            return b""
         try:
             async with asyncio.timeout(self.stall_s):
-                return await self.request.content.read(CHUNK_BYTES)
+                self._reading = asyncio.ensure_future(self.request.content.read(CHUNK_BYTES))
+                return await self._reading
         except TimeoutError:
             self.line += 1
             raise HttpError("DEADLINE_EXCEEDED", f"line {self.line}: the body stopped for "
@@ -645,7 +671,8 @@ def _from_http(error: web.HTTPException, request: web.Request, max_bytes: int) -
         return HttpError("NOT_FOUND", f"no such path: {request.path[:64]!r}", http=404)
     if error.status == 405:
         return HttpError("UNIMPLEMENTED", f"{request.method} is not allowed on "
-                         f"{request.path[:64]!r}", http=405)
+                         f"{request.path[:64]!r}", http=405,
+                         headers={"Allow": error.headers.get("Allow", "")})
     if error.status == 413:
         metrics().refused("serve.max_receive_bytes")
         return HttpError("RESOURCE_EXHAUSTED", f"request body over the server's limit of "
