@@ -755,6 +755,53 @@ def test_the_fronts_stop_with_a_call_still_running_stays_within_the_drains_allow
     assert asyncio.run(stop_with_a_call_running()) <= 2 * HTTP_STOP_S + 1.0
 
 
+def test_a_watchs_connection_is_probed_when_silent(tmp_path: Path) -> None:
+    """A watch without matches sends nothing: a client gone without a FIN (asleep, its NAT
+    entry dropped) held its watch for the kernel's keepalive default, over two hours."""
+    import socket
+
+    import aiohttp
+    import grpc
+
+    from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+    from papersearch.gateway.http_api import TCP_KEEPALIVE_PROBES, HttpFront, socket_target
+    from papersearch.settings import ServeSettings
+
+    class Quiet(pb_grpc.SearchServiceServicer):
+        async def WatchSearch(self, request: Any, context: Any) -> Any:  # noqa: N802
+            await asyncio.sleep(60)
+            yield pb.WatchEvent()
+
+    async def watch_options() -> list[int]:
+        target = socket_target(tmp_path)
+        server = grpc.aio.server()
+        pb_grpc.add_SearchServiceServicer_to_server(Quiet(), server)
+        server.add_insecure_port(target)
+        await server.start()
+        front = HttpFront(ServeSettings(http_port=free_port(), keepalive_time_s=45,
+                                        keepalive_timeout_s=10), target)
+        await front.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                watch = asyncio.ensure_future(session.post(
+                    f"http://{front.address}/papersearch.v1.SearchService/WatchSearch",
+                    json={"query": {"query": "x"}}))
+                await asyncio.sleep(0.5)  # the watch is open, with nothing to send
+                [handler] = front.runner.server.connections  # type: ignore[union-attr]
+                sock = handler.transport.get_extra_info("socket")  # type: ignore[union-attr]
+                options = [sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                           *(sock.getsockopt(socket.IPPROTO_TCP, option) for option in (
+                               socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT))]
+                watch.cancel()
+                return options
+        finally:
+            await front.stop()
+            await server.stop(0)
+
+    # probed after 45 s of silence, every 4 s (10 s over 3 probes), dropped after 3 unanswered
+    assert asyncio.run(watch_options()) == [1, 45, 4, TCP_KEEPALIVE_PROBES]
+
+
 def test_calls_a_drain_cut_and_streams_ended_by_an_error_count_as_what_the_client_got(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,8 @@ PARSE_INLINE_BYTES = 64 * 1024  # a larger JSON body is parsed off the event loo
 # 3.4 MiB: 268 ms), and in the default executor they queued behind the index's opens
 PARSE_THREADS = 1
 PARSE_WAITING = 3
+TCP_KEEPALIVE_PROBES = 3  # a watch's connection: unanswered probes before it is dropped
+TCP_KEEPIDLE_MAX_S = 32767  # Linux's bound on the idle and interval options
 RETRY_AFTER_S = 1  # a 429 or 503's Retry-After: the gateway's refusals are short-lived
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status recorded, none sent
 # a stream that ended with an error after its 200 was sent: that error's HTTP status, recorded
@@ -202,6 +205,7 @@ class HttpFront:
 
             async def streaming(request: web.Request) -> web.StreamResponse:
                 options = self._admitted(request, path, JSON, None)  # no deadline unless set
+                _probe_when_silent(request, self.serve)
                 message = await _message(self.parsers, await self._body(request), request_type,
                                          "request", "request body")
                 least = min(range(len(calls)), key=self.watching.__getitem__)  # by open watches
@@ -508,6 +512,25 @@ def _json(message: Message) -> web.Response:
 def _dict(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def _probe_when_silent(request: web.Request, serve: ServeSettings) -> None:
+    """TCP keepalive on a watch's connection, as gRPC pings its clients: probes after
+    ``keepalive_time_s`` of silence, the connection dropped (and the watch with it) when
+    ``keepalive_timeout_s`` of them go unanswered. A watch without matches sends nothing, so a
+    client gone without a word (a laptop asleep, a NAT's entry dropped) held its watch for the
+    kernel's default, over two hours."""
+    sock = None if request.transport is None else request.transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) \
+            or not hasattr(socket, "TCP_KEEPIDLE"):  # Linux's options (and macOS's since 3.10)
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE,
+                    min(TCP_KEEPIDLE_MAX_S, max(1, round(serve.keepalive_time_s))))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL,
+                    min(TCP_KEEPIDLE_MAX_S, max(1, math.ceil(serve.keepalive_timeout_s
+                                                             / TCP_KEEPALIVE_PROBES))))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPALIVE_PROBES)
 
 
 async def _lines_out(request: web.Request, call: Any, stall_s: float) -> web.StreamResponse:
