@@ -8,7 +8,8 @@ import dataclasses
 import pickle
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,12 @@ from pydantic import SecretStr
 from papersearch.api import convert
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.client import SearchClient, committed_messages_of, committed_of
+from papersearch.client import (
+    AsyncSearchClient,
+    SearchClient,
+    committed_messages_of,
+    committed_of,
+)
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.errors import Overloaded
@@ -506,6 +512,47 @@ def test_papers_that_fail_midway_end_the_stream_with_those_before_written(
             "the 2 papers before it were sent: 2 committed, 0 skipped"]
         assert client.get("midway-2").title == "Seed dispersal by fruit bats"
         assert client.delete(["midway-1", "midway-2"]) == 2
+
+
+def test_the_asyncio_client_makes_every_call(targets: dict[str, str]) -> None:
+    """AsyncSearchClient had the load test's calls only (search, health): an asyncio
+    application wrote, read and watched through SearchClient in threads."""
+    papers = [Paper(id="aio-1", title="Event loops for sensor networks",
+                    abstract="Motes schedule radio work on a cooperative event loop.",
+                    published=date(2031, 5, 1)),
+              Paper(id="aio-2", title="Cooperative scheduling on microcontrollers",
+                    abstract="Tasks yield at every radio wait.", published=date(2031, 5, 2))]
+
+    async def feed() -> AsyncIterator[Paper]:
+        for paper in papers:
+            yield paper
+        raise ValueError("feed.jsonl:3: not JSON")
+
+    async def calls() -> None:
+        async with AsyncSearchClient(targets["scratch"], timeout_s=60.0) as client:
+            with pytest.raises(ValueError, match="feed.jsonl:3") as failed:
+                await client.upsert(feed())
+            assert failed.value.__notes__ == [
+                "the 2 papers before it were sent: 2 committed, 0 skipped"]
+            assert (await client.upsert(papers[:1])).upserted == 1  # a plain iterable too
+            assert (await client.get("aio-2")).title == papers[1].title
+            similar = await client.similar("aio-1", top_k=5)
+            assert similar.hits and "aio-1" not in [hit.paper.id for hit in similar.hits]
+            query = convert.WatchQuery("sensor network event loops", min_relevance=-1.0,
+                                       replay_since=date(2031, 1, 1))
+            async with client.watch(query, timeout_s=60.0) as watching:
+                events = []
+                async for event in watching:
+                    events.append(event)
+                    if event.caught_up:
+                        break
+            assert {e.hit.paper.id for e in events if e.hit} == {"aio-1", "aio-2"}
+            assert all(e.replayed for e in events if e.hit)
+            with pytest.raises(TypeError, match="write delete"):
+                await client.delete("aio-1")
+            assert await client.delete(["aio-1", "aio-2"]) == 2
+
+    asyncio.run(calls())
 
 
 @pytest.mark.parametrize(("client_s", "whose"), [

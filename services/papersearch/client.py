@@ -1,11 +1,12 @@
 """Small Python clients for the papersearch gRPC API: synchronous (CLI, tests) and asyncio
-(load test). Both retry reads that fail UNAVAILABLE unless ``retry=False`` (client_retry.py)."""
+(load test, asyncio applications), with the same calls. Both retry reads that fail
+UNAVAILABLE unless ``retry=False`` (client_retry.py)."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import Any
@@ -49,12 +50,7 @@ class Watching:
     def __iter__(self) -> Iterator[WatchEvent]:
         try:
             for message in self.call:
-                hit = None
-                if message.HasField("hit"):
-                    hit = SearchHit(convert.stored_paper_from_proto(message.hit.paper),
-                                    message.hit.score,
-                                    convert.stage_scores_from_proto(message.hit.stages))
-                yield WatchEvent(hit, message.replayed, message.caught_up)
+                yield _event(message)
         finally:
             self.call.cancel()  # a no-op once the stream has ended
 
@@ -67,6 +63,39 @@ class Watching:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.cancel()
+
+
+class AsyncWatching:
+    """A WatchSearch stream on asyncio: ``async for`` its events; ``cancel`` ends it. Leaving
+    the loop or the ``async with`` block ends it too, as for Watching."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    async def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        try:
+            async for message in self.call:
+                yield _event(message)
+        finally:
+            self.call.cancel()
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+    async def __aenter__(self) -> AsyncWatching:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.cancel()
+
+
+def _event(message: pb.WatchEvent) -> WatchEvent:
+    hit = None
+    if message.HasField("hit"):
+        hit = SearchHit(convert.stored_paper_from_proto(message.hit.paper), message.hit.score,
+                        convert.stage_scores_from_proto(message.hit.stages))
+    return WatchEvent(hit, message.replayed, message.caught_up)
 
 
 def committed_of(error: grpc.RpcError) -> int | None:
@@ -153,6 +182,35 @@ def _open(channels: ModuleType, target: str, api_key: str | None, tls: Tls | Non
                                              options + tls.channel_options())
 
 
+def _similar_request(paper_id: str | Examples, top_k: int, flt: SearchFilter | None
+                     ) -> pb.SimilarPapersRequest:
+    examples = paper_id if isinstance(paper_id, Examples) else Examples((paper_id,))
+    return convert.similar_query_to_proto(
+        convert.SimilarQuery(examples, top_k, flt or SearchFilter()))
+
+
+def _delete_request(paper_ids: Sequence[str]) -> pb.DeletePapersRequest:
+    if isinstance(paper_ids, str):
+        raise TypeError(f"delete takes a list of paper ids, got the str {paper_ids!r}: "
+                        f"write delete([{paper_ids!r}])")
+    return pb.DeletePapersRequest(paper_ids=list(paper_ids))
+
+
+def _papers_failed(error: Exception, summary: pb.UpsertSummary | None,
+                   failed_too: grpc.RpcError | None = None) -> Exception:
+    """The caller's own error, raised by its papers, noted with what the stream committed
+    before it (the stream was ended there, so the gateway answers with its summary)."""
+    if failed_too is not None:
+        committed = committed_of(failed_too)
+        error.add_note(f"the stream then failed too ({failed_too.code().name}): "
+                       + ("what it committed is unknown" if committed is None
+                          else f"{committed} papers were committed"))
+    elif summary is not None:
+        error.add_note(f"the {summary.received} papers before it were sent: "
+                       f"{summary.upserted} committed, {summary.skipped} skipped")
+    return error
+
+
 class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
@@ -175,10 +233,8 @@ class SearchClient:
                 ) -> SearchResult:
         """Papers like one paper, or recommendations from ``Examples`` (several positive and
         negative ids)."""
-        examples = paper_id if isinstance(paper_id, Examples) else Examples((paper_id,))
-        request = convert.similar_query_to_proto(
-            convert.SimilarQuery(examples, top_k, flt or SearchFilter()))
-        response = self.search_stub.SimilarPapers(request, metadata=self.metadata,
+        response = self.search_stub.SimilarPapers(_similar_request(paper_id, top_k, flt),
+                                                  metadata=self.metadata,
                                                   timeout=_deadline(timeout_s, self.timeout_s))
         return convert.search_result_from_proto(response)
 
@@ -221,27 +277,17 @@ class SearchClient:
         except grpc.RpcError as error:
             if not failed:
                 raise
-            committed = committed_of(error)
-            failed[0].add_note(f"the stream then failed too ({error.code().name}): "
-                               + ("what it committed is unknown" if committed is None
-                                  else f"{committed} papers were committed"))
-            raise failed[0] from None
+            raise _papers_failed(failed[0], None, error) from None
         if failed:
-            failed[0].add_note(f"the {summary.received} papers before it were sent: "
-                               f"{summary.upserted} committed, {summary.skipped} skipped")
-            raise failed[0]
+            raise _papers_failed(failed[0], summary)
         return summary
 
     def delete(self, paper_ids: Sequence[str], timeout_s: float | None = None) -> int:
         """Delete the papers of ``paper_ids`` (a list: a str alone would be read as its
         characters, each an id); the number that were stored."""
-        if isinstance(paper_ids, str):
-            raise TypeError(f"delete takes a list of paper ids, got the str {paper_ids!r}: "
-                            f"write delete([{paper_ids!r}])")
-        response = self.index_stub.DeletePapers(
-            pb.DeletePapersRequest(paper_ids=list(paper_ids)), metadata=self.metadata,
-            timeout=_deadline(timeout_s, self.timeout_s),
-        )
+        response = self.index_stub.DeletePapers(_delete_request(paper_ids),
+                                                metadata=self.metadata,
+                                                timeout=_deadline(timeout_s, self.timeout_s))
         return response.deleted
 
     def health(self, service: str = "", timeout_s: float | None = None) -> str:
@@ -261,9 +307,8 @@ class SearchClient:
 
 
 class AsyncSearchClient:
-    """asyncio client over one grpc.aio channel, with the load test's calls (search, health);
-    create it inside the event loop that uses it. Other calls from asyncio: SearchClient in a
-    thread (asyncio.to_thread)."""
+    """SearchClient's calls on asyncio, over one grpc.aio channel; create it inside the event
+    loop that uses it."""
 
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
@@ -271,6 +316,7 @@ class AsyncSearchClient:
         self.metadata, self.channel = _open(grpc.aio, target, api_key, tls, retry,
                                             wait_for_ready)
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
+        self.index_stub = pb_grpc.IndexServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -280,6 +326,60 @@ class AsyncSearchClient:
             timeout=_deadline(timeout_s, self.timeout_s),
         )
         return convert.search_result_from_proto(response)
+
+    async def similar(self, paper_id: str | Examples, top_k: int = 10,
+                      flt: SearchFilter | None = None, timeout_s: float | None = None
+                      ) -> SearchResult:
+        """As SearchClient.similar."""
+        response = await self.search_stub.SimilarPapers(
+            _similar_request(paper_id, top_k, flt), metadata=self.metadata,
+            timeout=_deadline(timeout_s, self.timeout_s))
+        return convert.search_result_from_proto(response)
+
+    async def get(self, paper_id: str, timeout_s: float | None = None) -> Paper:
+        message = await self.search_stub.GetPaper(pb.GetPaperRequest(paper_id=paper_id),
+                                                  metadata=self.metadata,
+                                                  timeout=_deadline(timeout_s, self.timeout_s))
+        return convert.stored_paper_from_proto(message)
+
+    def watch(self, query: convert.WatchQuery, timeout_s: float | None = None) -> AsyncWatching:
+        """As SearchClient.watch: ``async for event in client.watch(query)``."""
+        return AsyncWatching(self.search_stub.WatchSearch(
+            convert.watch_query_to_proto(query), metadata=self.metadata, timeout=timeout_s))
+
+    async def upsert(self, papers: Iterable[Paper] | AsyncIterable[Paper],
+                     timeout_s: float | None = None) -> pb.UpsertSummary:
+        """As SearchClient.upsert; ``papers`` may be an async iterable, read on this loop."""
+        failed: list[Exception] = []
+
+        async def stream() -> AsyncIterator[pb.Paper]:
+            try:
+                if isinstance(papers, AsyncIterable):
+                    async for paper in papers:
+                        yield convert.paper_to_proto(paper)
+                else:
+                    for paper in papers:
+                        yield convert.paper_to_proto(paper)
+            except Exception as error:  # the stream ends here, as in SearchClient.upsert
+                failed.append(error)
+
+        try:
+            summary = await self.index_stub.UpsertPapers(
+                stream(), metadata=self.metadata, timeout=_deadline(timeout_s, self.timeout_s))
+        except grpc.RpcError as error:
+            if not failed:
+                raise
+            raise _papers_failed(failed[0], None, error) from None
+        if failed:
+            raise _papers_failed(failed[0], summary)
+        return summary
+
+    async def delete(self, paper_ids: Sequence[str], timeout_s: float | None = None) -> int:
+        """As SearchClient.delete."""
+        response = await self.index_stub.DeletePapers(
+            _delete_request(paper_ids), metadata=self.metadata,
+            timeout=_deadline(timeout_s, self.timeout_s))
+        return response.deleted
 
     async def health(self, service: str = "", timeout_s: float | None = None) -> str:
         response = await self.health_stub.Check(health_pb2.HealthCheckRequest(service=service),
