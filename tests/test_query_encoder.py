@@ -91,3 +91,40 @@ def test_the_busy_share_starts_when_the_model_is_loaded(
         time.sleep(0.3)  # saturated from its first request
     report = asyncio.run(replica.record_autoscaling_stats())
     assert report[UTILIZATION] > 0.5  # 0.3 s of 2.3 s read 0.13
+
+
+def test_document_calls_run_one_at_a_time(
+    model_settings: Settings, embedder_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each document call (an upsert stream's batch, a migration's) ran at once on a thread of
+    its own: six concurrent upserts were six ONNX runs on a replica that reserves one CPU,
+    and its queries waited behind them."""
+    import threading
+
+    replica = deployment.QueryEncoderDeployment.func_or_class(model_settings)
+    encoder = replica._encoders[replica.default]
+    running, most = 0, 0
+    lock = threading.Lock()
+    encode_documents = encoder.encode_documents
+
+    def counted(texts: Any) -> Any:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)
+            return encode_documents(texts)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(encoder, "encode_documents", counted)
+
+    async def upserts() -> list[Any]:
+        return await asyncio.gather(*(replica.encode_documents([f"paper {i}"])
+                                      for i in range(6)))
+
+    vectors = asyncio.run(upserts())
+    assert [v.shape for v in vectors] == [(1, encoder.dim)] * 6
+    assert most == 1

@@ -3,7 +3,8 @@
 Batching is the gateway's Coalescer again, one ONNX call at a time: a call that finds the model
 idle runs at once from its own coroutine (no batch task to wake: serve.batch cost 0.2-0.4 ms
 per lone call here, benchmarks/hops.py), and calls arriving while a batch runs (from several
-gateways, or one gateway's other call slots) make the next batch together.
+gateways, or one gateway's other call slots) make the next batch together. Documents (an
+upsert's, a migration's) are encoded one call at a time too, beside the queries' batches.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class QueryEncoderDeployment:
         self._encoders: dict[str, Encoder] = {self.default: default}
         self._batches: dict[str, Coalescer[list[str], np.ndarray]] = {}
         self._loads: dict[str, asyncio.Future[None]] = {}  # an embedder being loaded
+        # one document batch at a time, whatever the embedder: each had run at once on a
+        # thread of its own (concurrent upsert streams, a migration's copy), six ONNX runs on
+        # a replica that reserves one CPU, and queries waited behind them all
+        self._documents = asyncio.Semaphore(1)
         metrics().model_loaded("QueryEncoder", default)
         self.meter = BusyMeter()  # from now: the load's seconds are not idle serving time
 
@@ -49,7 +54,8 @@ class QueryEncoderDeployment:
                                ) -> np.ndarray:
         with metrics().inside("QueryEncoder"):
             encoder = await self._encoder(embedder)
-            return await self.meter.in_thread(encoder.encode_documents, texts)
+            async with self._documents:
+                return await self.meter.in_thread(encoder.encode_documents, texts)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve asks every few hundred ms: the autoscaling policy's input (a coroutine: on
