@@ -75,7 +75,7 @@ def real_papers(settings: Settings, eval_dir: Path) -> list[Paper]:
     for paper in read_corpus(settings.corpus_dir):
         papers.setdefault(paper.id, paper)
     for name in COLLECTIONS:
-        for item in read_beir(eval_dir / name / "corpus.jsonl"):
+        for _, item in read_beir(eval_dir / name / "corpus.jsonl"):
             if isinstance(item, Paper) and item.abstract:
                 papers.setdefault(f"{name}:{item.id}", Paper(
                     id=f"{name}:{item.id}", title=item.title, abstract=item.abstract))

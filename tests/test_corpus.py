@@ -6,8 +6,11 @@ import io
 import json
 import logging
 import textwrap
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -16,6 +19,7 @@ from papersearch.corpus.daily_papers import CHROME, paper_id, read_daily_papers
 from papersearch.corpus.jsonl import MAX_LINE_BYTES, bounded_lines, read_jsonl
 from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped
 from papersearch.corpus.readers import CorpusFormat, ReadStats, detect_format, read_corpus
+from papersearch.ingest.pipeline import ingest_paths
 
 SHARED = Path(__file__).parents[1] / ".." / "shared"
 
@@ -34,6 +38,11 @@ Aug 6
 """
 ABSTRACT_A = "We propose Alpha. It beats every baseline on five benchmarks by a wide margin."
 ABSTRACT_B = "Beta is a dataset of things. We describe how it was collected and cleaned."
+
+
+def unlocated(located: Iterable[tuple[str, ReadResult]]) -> list[ReadResult]:
+    """A reader's results without the "file:line" each comes after."""
+    return [result for _, result in located]
 
 
 def papers(results: list[ReadResult]) -> list[Paper]:
@@ -248,7 +257,7 @@ GOOD = {
 
 def test_jsonl_maps_every_field(tmp_path: Path) -> None:
     path = write(tmp_path, "papers.jsonl", json.dumps(GOOD) + "\n")
-    (paper,) = list(read_jsonl(path))
+    (paper,) = unlocated(read_jsonl(path))
     assert paper == Paper(
         id="2401.00001",
         title="Alpha: A Model",
@@ -265,7 +274,7 @@ def test_jsonl_dates_of_a_year_or_a_month_are_its_first_day(tmp_path: Path) -> N
     paper: skipped as "not an ISO date"; so did a year written as a number."""
     lines = [json.dumps({**GOOD, "id": f"p{i}", "published": value})
              for i, value in enumerate(("2024", "2024-03", "2024-03-05", 2024))]
-    found = [p.published for p in read_jsonl(write(tmp_path, "papers.jsonl",
+    found = [p.published for _, p in read_jsonl(write(tmp_path, "papers.jsonl",
                                                    "\n".join(lines) + "\n"))]
     assert found == [date(2024, 1, 1), date(2024, 3, 1), date(2024, 3, 5), date(2024, 1, 1)]
 
@@ -274,10 +283,23 @@ def test_jsonl_takes_the_apis_paper_id(tmp_path: Path) -> None:
     """A line written as the API writes a paper (``paper_id``, as UpsertPapers' NDJSON takes
     it) was skipped: "missing or empty 'id'"."""
     line = {k: v for k, v in GOOD.items() if k != "id"} | {"paper_id": GOOD["id"]}
-    found, = read_jsonl(write(tmp_path, "papers.jsonl", json.dumps(line) + "\n"))
-    assert found == next(iter(read_jsonl(write(tmp_path, "id.jsonl", json.dumps(GOOD) + "\n"))))
+    found, = unlocated(read_jsonl(write(tmp_path, "papers.jsonl", json.dumps(line) + "\n")))
+    assert [found] == unlocated(read_jsonl(write(tmp_path, "id.jsonl", json.dumps(GOOD) + "\n")))
     both = {**GOOD, "paper_id": f" {GOOD['id']} "}  # the same id twice, as written: read
-    assert list(read_jsonl(write(tmp_path, "both.jsonl", json.dumps(both) + "\n"))) == [found]
+    assert unlocated(read_jsonl(write(tmp_path, "both.jsonl", json.dumps(both) + "\n"))) == [found]
+
+
+def test_jsonl_a_null_or_blank_id_beside_a_paper_id_is_absent(tmp_path: Path) -> None:
+    """A dataframe export writes both columns, ``id`` empty: the line was skipped as "missing
+    or empty 'id'" though its ``paper_id`` was good."""
+    lines = [{"id": empty, "paper_id": f"2401.{n}", "title": "T"}
+             for n, empty in enumerate((None, "", " \t"))]
+    lines.append({"id": "2401.9", "paper_id": "2402.9", "title": "T"})  # which one: refused
+    path = write(tmp_path, "export.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+    results: list[ReadResult] = unlocated(read_jsonl(path))
+    assert [r.id for r in papers(results)] == ["2401.0", "2401.1", "2401.2"]
+    assert [s.reason for s in skipped(results)] == [
+        "'id' and 'paper_id' name two papers: give one"]
 
 
 @pytest.mark.parametrize(
@@ -287,7 +309,8 @@ def test_jsonl_takes_the_apis_paper_id(tmp_path: Path) -> None:
         ("[1, 2]", "expected a JSON object"),
         (json.dumps({**GOOD, "id": ""}), "missing or empty 'id'"),
         (json.dumps({**GOOD, "paper_id": "x"}), "'id' and 'paper_id' name two papers"),
-        (json.dumps({"paper_id": " ", "title": "T"}), "'paper_id' "),
+        (json.dumps({"paper_id": " ", "title": "T"}), "missing or empty 'id' and 'paper_id'"),
+        (json.dumps({"id": None, "paper_id": None, "title": "T"}), "missing or empty 'id' and"),
         (json.dumps({**GOOD, "title": "", "abstract": " "}), "neither title nor abstract"),
         (json.dumps({**GOOD, "published": "02/01/2024"}), "not an ISO date"),
         (json.dumps({**GOOD, "published": "2024-13"}), "not an ISO date"),
@@ -300,7 +323,7 @@ def test_jsonl_malformed_line_is_skipped_with_file_and_line(
     tmp_path: Path, line: str, reason: str
 ) -> None:
     path = write(tmp_path, "papers.jsonl", f"{json.dumps(GOOD)}\n\n{line}\n")
-    results = list(read_jsonl(path))
+    results = unlocated(read_jsonl(path))
     assert [type(r) for r in results] == [Paper, Skipped]
     assert results[1].source == f"{path}:3"
     assert reason in results[1].reason
@@ -309,7 +332,7 @@ def test_jsonl_malformed_line_is_skipped_with_file_and_line(
 def test_jsonl_bad_utf8_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "papers.jsonl"
     path.write_bytes(b'{"id": "1", "title": "\xff"}\n' + json.dumps(GOOD).encode() + b"\n")
-    results = list(read_jsonl(path))
+    results = unlocated(read_jsonl(path))
     assert isinstance(results[0], Skipped) and results[0].source == f"{path}:1"
     assert isinstance(results[1], Paper)
 
@@ -321,7 +344,7 @@ def test_jsonl_line_past_the_limit_is_skipped_unread(tmp_path: Path) -> None:
     at_limit = at_limit[:-1] + " " * (MAX_LINE_BYTES - len(at_limit)) + "}"
     path = write(tmp_path, "papers.jsonl", "\n".join(
         [json.dumps({**GOOD, "extra": "x" * (3 * MAX_LINE_BYTES)}), at_limit, json.dumps(GOOD)]))
-    results = list(read_jsonl(path))
+    results = unlocated(read_jsonl(path))
     assert [type(r) for r in results] == [Skipped, Paper, Paper]
     assert results[0] == Skipped(f"{path}:1", f"line longer than {MAX_LINE_BYTES} bytes")
     assert [r.id for r in results[1:] if isinstance(r, Paper)] == ["at-limit", GOOD["id"]]
@@ -354,9 +377,10 @@ def test_jsonl_ids_are_the_ids_the_api_takes(tmp_path: Path) -> None:
     assert found[0].id == paper_id_from_proto(nfd) and found[0].title == "One"
     assert found[1].published == date(2024, 1, 5)
     reasons = [s.reason for s in reader.skipped]
-    assert "'id' is 300 bytes in UTF-8; the limit is 256" in reasons[0]
-    assert "'id' contains the control character U+200B" in reasons[1]
-    assert reasons[2] == "invalid JSON: nested too deeply"
+    assert reasons[0].startswith(f"id {nfc!r} already read at {path}:1 with another title")
+    assert "'id' is 300 bytes in UTF-8; the limit is 256" in reasons[1]
+    assert "'id' contains the control character U+200B" in reasons[2]
+    assert reasons[3] == "invalid JSON: nested too deeply"
 
 
 def test_a_paper_in_two_corpora_of_one_run_is_a_duplicate(
@@ -380,6 +404,33 @@ def test_a_paper_in_two_corpora_of_one_run_is_a_duplicate(
     warning, = [r for r in caplog.records if r.levelname == "WARNING"]
     assert "with another title or abstract: dropped" in warning.getMessage()
     assert warning.paper_ids == ["A"] and warning.conflicts == 1  # type: ignore[attr-defined]
+    assert then.skipped == [Skipped(f"{second}:1", "id 'A' already read from an earlier corpus "
+                                    "of this ingest with another title or abstract: this one "
+                                    "is skipped, the first kept")]
+
+
+def test_a_conflict_is_listed_with_both_places(tmp_path: Path) -> None:
+    """A file that appends corrections: the corrected copy was dropped (counted, its id in a
+    warning) with no line named, and so was passed over on every ingest without a trace of
+    where. It is listed in the ingest's ``skipped_records`` with both places, the first kept."""
+    path = write(tmp_path, "f.jsonl", "".join(json.dumps(r) + "\n" for r in [
+        {"id": "a", "title": "First"}, {"id": "b", "title": "Other"},
+        {"id": "a", "title": "Corrected"}]))
+
+    class Ingester:
+        written = changed = 0
+
+        def ingest(self, papers: Iterable[Paper], *, update: bool = False,
+                   progress: bool = True) -> tuple[int, int]:
+            self.written += sum(1 for _ in papers)
+            return self.written, 0
+
+    store = cast(Any, SimpleNamespace(count=lambda: 2))  # all ingest_paths asks of it
+    summary = ingest_paths([path], store, Ingester(), progress=False)
+    assert (summary.read, summary.skipped, summary.duplicates, summary.conflicts) == (2, 0, 1, 1)
+    assert summary.to_dict()["skipped_records"] == [
+        f"{path}:3: id 'a' already read at {path}:1 with another title or abstract: this one is "
+        "skipped, the first kept"]
 
 
 # BEIR
@@ -398,7 +449,7 @@ def test_beir_reads_ids_verbatim_and_metadata(tmp_path: Path) -> None:
         {"_id": "11", "title": "Two", "metadata": {"authors": ["Sugai, I.", "Perlis, A. J."]}},
     ]
     path = write(tmp_path, "corpus.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    results = list(read_beir(tmp_path))
+    results = unlocated(read_beir(tmp_path))
     assert [p.id for p in papers(results)] == ["7", "8", "11"]
     paper = papers(results)[1]
     # a string is one name: BEIR sets write "Surname, Initials" (split at the comma, the
@@ -453,6 +504,25 @@ def test_detect_format(tmp_path: Path) -> None:
         detect_format(Path("missing"))
 
 
+def test_an_api_export_with_a_database_id_reads_as_json_lines(tmp_path: Path) -> None:
+    """Papers as the API writes them (``paper_id``, ``abstract``), exported with a database's
+    own ``_id``: read as BEIR, under the database's ids, every abstract, author, date,
+    category and url lost, nothing skipped or said."""
+    api = {k: v for k, v in GOOD.items() if k != "id"}
+    lines = [{"_id": "65a1f0c2e4b0a1b2c3d4e5f6", "paper_id": "2401.00001", **api},
+             {"_id": "65a1f0c2e4b0a1b2c3d4e5f7", "paper_id": "2401.00002", **api}]
+    path = write(tmp_path, "api.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+    assert detect_format(path) is CorpusFormat.JSONL
+    reader = read_corpus(path)
+    found = list(reader)
+    assert [p.id for p in found] == ["2401.00001", "2401.00002"] and reader.stats.skipped == 0
+    assert found[:1] == unlocated(read_jsonl(write(tmp_path, "id.jsonl",
+                                                   json.dumps(GOOD) + "\n")))
+    # an abstract but no id of ours: skipped line by line, not read as BEIR without abstracts
+    write(tmp_path, "no-id.jsonl", json.dumps({"_id": "m1", **api}) + "\n")
+    assert detect_format(tmp_path / "no-id.jsonl") is CorpusFormat.JSONL
+
+
 def test_read_corpus_counts_duplicates_and_logs_skips(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -463,7 +533,7 @@ def test_read_corpus_counts_duplicates_and_logs_skips(
         found = list(corpus)
     assert [p.title for p in found] == ["Alpha: A Model"]
     assert corpus.stats == ReadStats(read=1, skipped=2, duplicates=1, conflicts=1)
-    assert [s.source for s in corpus.skipped] == [f"{path}:3", f"{path}:4"]
+    assert [s.source for s in corpus.skipped] == [f"{path}:2", f"{path}:3", f"{path}:4"]
     skips = [r for r in caplog.records if "source" in r.__dict__]
     assert [r.__dict__["source"] for r in skips] == [f"{path}:3", f"{path}:4"]
     assert list(corpus) == found and corpus.stats.duplicates == 1  # a second pass recounts
@@ -519,13 +589,13 @@ def test_a_jsonl_line_of_nul_bytes_is_named_as_not_utf8_json(tmp_path: Path) -> 
     """Given bytes, json guessed UTF-32 from leading NULs and said so."""
     path = tmp_path / "papers.jsonl"
     path.write_bytes(b"\x00\x00\x00{}\n" + json.dumps(GOOD).encode() + b"\n")
-    results = list(read_jsonl(path))
+    results = unlocated(read_jsonl(path))
     assert isinstance(results[0], Skipped) and results[0].reason.startswith("invalid JSON")
     assert isinstance(results[1], Paper)
     bom = b"\xef\xbb\xbf"  # files joined with cat keep each one's byte order mark
     path.write_bytes(bom + json.dumps(GOOD).encode() + b"\n" + bom
                      + json.dumps({**GOOD, "id": "2"}).encode() + b"\n")
-    assert [type(r) for r in read_jsonl(path)] == [Paper, Paper]
+    assert [type(r) for _, r in read_jsonl(path)] == [Paper, Paper]
 
 
 def test_daily_lines_that_are_not_utf8_are_skipped_by_name(tmp_path: Path) -> None:

@@ -26,8 +26,9 @@ from papersearch.corpus.paper import Paper, Skipped, within_limits
 CORPUS_FILE = "corpus.jsonl"
 
 
-def read_beir(path: Path) -> Iterator[Paper | Skipped]:
-    """Read a BEIR dataset directory (its ``corpus.jsonl``) or the corpus file itself."""
+def read_beir(path: Path) -> Iterator[tuple[str, Paper | Skipped]]:
+    """Read a BEIR dataset directory (its ``corpus.jsonl``) or the corpus file itself (each
+    result after its "file:line")."""
     return read_json_lines(path / CORPUS_FILE if path.is_dir() else path, paper_from_beir)
 
 

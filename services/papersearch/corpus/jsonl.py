@@ -1,9 +1,9 @@
 """Reader for JSON Lines papers, and the line-by-line machinery the BEIR reader shares.
 
 One object a line: ``id`` (or ``paper_id``, the API's name for it: a file of the API's papers
-reads as it is) and ``title`` or ``abstract`` are required; ``authors`` is a list or a "a, b"
-string, ``published`` an ISO date, ``categories`` a list (or a comma- or space-separated
-string), ``url`` a string. Other fields are not read.
+reads as it is; a null or blank one of the two is absent) and ``title`` or ``abstract`` are
+required; ``authors`` is a list or a "a, b" string, ``published`` an ISO date, ``categories``
+a list (or a comma- or space-separated string), ``url`` a string. Other fields are not read.
 """
 
 from __future__ import annotations
@@ -29,28 +29,32 @@ from papersearch.corpus.paper import (
 MAX_LINE_BYTES = 1 << 20
 # ISO 8601's reduced precision, common in metadata exports: a year, or a year and month
 _REDUCED_DATE = re.compile(r"\d{4}(?:-\d{2})?")
+# A JSON Lines paper's id, by either name (paper_id: the API's)
+_ID_KEYS = ("id", "paper_id")
 
 
 class RecordError(ValueError):
     """A JSON object that cannot become a paper; the message says why."""
 
 
-def read_jsonl(path: Path) -> Iterator[Paper | Skipped]:
-    """Read a JSON Lines file of papers."""
+def read_jsonl(path: Path) -> Iterator[tuple[str, Paper | Skipped]]:
+    """Read a JSON Lines file of papers (each result after its "file:line")."""
     return read_json_lines(path, paper_from_json)
 
 
 def read_json_lines(
     path: Path, to_paper: Callable[[Mapping[str, Any]], Paper]
-) -> Iterator[Paper | Skipped]:
-    """Turn each non-blank line into a paper; a line that fails comes out as Skipped."""
+) -> Iterator[tuple[str, Paper | Skipped]]:
+    """Turn each non-blank line into a paper; a line that fails comes out as Skipped. Each
+    comes after its "file:line": a paper does not carry where it was read, and a later paper
+    under its id is reported with both places."""
     with path.open("rb") as handle:
         for lineno, line in enumerate(bounded_lines(handle), start=1):
             source = f"{path}:{lineno}"
             if line is None:
-                yield Skipped(source, f"line longer than {MAX_LINE_BYTES} bytes")
+                yield source, Skipped(source, f"line longer than {MAX_LINE_BYTES} bytes")
             elif line.strip():
-                yield _parse_line(source, line, to_paper)
+                yield source, _parse_line(source, line, to_paper)
 
 
 def bounded_lines(handle: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
@@ -90,17 +94,32 @@ def _parse_line(
 def paper_from_json(record: Mapping[str, Any]) -> Paper:
     """Map one JSON object to a paper; raises ValueError when it cannot be one (also past a
     limit the API enforces)."""
-    key = "id" if "id" in record or "paper_id" not in record else "paper_id"
-    paper_id = record_id(record, key)
-    if key == "id" and "paper_id" in record and record_id(record, "paper_id") != paper_id:
-        raise RecordError("'id' and 'paper_id' name two papers: give one")
     return within_limits(Paper(
-        id=paper_id,
+        id=_paper_id(record),
         title=text_field(record, "title"),
         abstract=text_field(record, "abstract"),
         url=text_field(record, "url") or None,
         **filtered_fields(record),
     ))
+
+
+def _paper_id(record: Mapping[str, Any]) -> str:
+    """The paper's id: ``id``, or ``paper_id`` (the API's name for it). A null or blank one is
+    taken as absent: a dataframe export writes both columns, one of them empty. Two that
+    differ are refused, not one of them chosen: which paper the line means cannot be told,
+    and either choice would file its text under the other paper's id without a word."""
+    given = [key for key in _ID_KEYS if not _blank(record.get(key))]
+    if not given:
+        also = " and 'paper_id'" if "paper_id" in record else ""
+        raise RecordError(f"missing or empty 'id'{also}")
+    ids = {record_id(record, key) for key in given}
+    if len(ids) > 1:
+        raise RecordError("'id' and 'paper_id' name two papers: give one")
+    return ids.pop()
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def filtered_fields(record: Mapping[str, Any], *, split_authors: bool = True

@@ -19,7 +19,7 @@ from pathlib import Path
 from papersearch.corpus.beir import CORPUS_FILE, read_beir
 from papersearch.corpus.daily_papers import read_daily_papers
 from papersearch.corpus.jsonl import bounded_lines, read_jsonl
-from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped
+from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped, quoted
 from papersearch.paths import files_ending, shown
 
 __all__ = [
@@ -43,8 +43,19 @@ class CorpusFormat(StrEnum):
     JSONL = "jsonl"
 
 
-_READERS: dict[CorpusFormat, Callable[[Path], Iterator[ReadResult]]] = {
-    CorpusFormat.DAILY_PAPERS: read_daily_papers,
+Located = tuple[str, ReadResult]  # a reader's result after its "file:line"
+
+
+def _located_daily_papers(path: Path) -> Iterator[Located]:
+    """The Daily Papers reader's results, each paper placed at ``path``: that reader yields an
+    id once (a repeat comes out as a Duplicate, with its own place), so its papers conflict
+    only with another corpus's, and which page a paper's copy came from is not known here."""
+    for result in read_daily_papers(path):
+        yield (str(path) if isinstance(result, Paper) else result.source), result
+
+
+_READERS: dict[CorpusFormat, Callable[[Path], Iterator[Located]]] = {
+    CorpusFormat.DAILY_PAPERS: _located_daily_papers,
     CorpusFormat.BEIR: read_beir,
     CorpusFormat.JSONL: read_jsonl,
 }
@@ -72,7 +83,9 @@ def content_key(paper: Paper) -> int:
 
 class CorpusReader:
     """Iterating yields each paper once; ``stats`` is complete once it ends, and ``skipped``
-    holds the first MAX_SKIPPED_KEPT skipped records (a file of bad lines is not held whole).
+    holds the first MAX_SKIPPED_KEPT skipped records (a file of bad lines is not held whole)
+    and conflicts: another paper under an id read before, passed over (counted in
+    ``duplicates`` and ``conflicts``, not ``skipped``), said with where its id was read first.
 
     Each iteration starts afresh, so a second pass re-reads the files and recounts.
     """
@@ -89,6 +102,7 @@ class CorpusReader:
         self.conflicted: list[str] = []  # the first CONFLICTS_NAMED conflicts' ids
         self.conflicts = 0
         self._seen: dict[str, int] = {}
+        self._sources: dict[str, str] = {}  # where each id of _seen was read ("file:line")
 
     @property
     def ids(self) -> Mapping[str, int]:
@@ -100,23 +114,26 @@ class CorpusReader:
         return ReadStats(len(self._seen), self.skips, self.duplicates, self.conflicts)
 
     def __iter__(self) -> Iterator[Paper]:
-        self.skipped, self.skips, self.duplicates, self._seen = [], 0, 0, {}
+        self.skipped, self.skips, self.duplicates = [], 0, 0
+        self._seen, self._sources = {}, {}
         self.conflicted, self.conflicts = [], 0
-        for result in _READERS[self.format](self.path):
+        for source, result in _READERS[self.format](self.path):
             if isinstance(result, Skipped):
                 self._skip(result)
             elif isinstance(result, Duplicate):
-                self._duplicate(result.paper_id)
+                self._duplicate(result.paper_id, source)
             elif (first := self._seen.get(result.id, self.earlier.get(result.id))) is not None:
-                self._duplicate(result.id)
+                self._duplicate(result.id, source)
                 if first != content_key(result):
-                    self._conflict(result.id)
+                    self._conflict(result.id, source)
             else:
                 self._seen[result.id] = content_key(result)
+                self._sources[result.id] = source
                 yield result
         if self.conflicts:
             logger.warning(
-                "papers under an id read before, with another title or abstract: dropped (the "
+                "papers under an id read before, with another title or abstract: dropped, each "
+                "listed among the skipped records with where its id was read first (the "
                 "first paper under an id is kept; ids are one namespace across the corpora of "
                 "one ingest: give such papers ids of their own)",
                 extra={"path": str(self.path), "conflicts": self.conflicts,
@@ -129,20 +146,29 @@ class CorpusReader:
 
     def _skip(self, skipped: Skipped) -> None:
         self.skips += 1
-        if len(self.skipped) < MAX_SKIPPED_KEPT:
-            self.skipped.append(skipped)
+        self._keep(skipped)
         logger.warning(
             "skipped corpus record", extra={"source": skipped.source, "reason": skipped.reason}
         )
 
-    def _duplicate(self, paper_id: str) -> None:
-        self.duplicates += 1
-        logger.debug("duplicate paper", extra={"paper_id": paper_id, "path": str(self.path)})
+    def _keep(self, skipped: Skipped) -> None:
+        if len(self.skipped) < MAX_SKIPPED_KEPT:
+            self.skipped.append(skipped)
 
-    def _conflict(self, paper_id: str) -> None:
+    def _duplicate(self, paper_id: str, source: str) -> None:
+        self.duplicates += 1
+        logger.debug("duplicate paper", extra={"paper_id": paper_id, "source": source})
+
+    def _conflict(self, paper_id: str, source: str) -> None:
+        """Count the conflict and list it with both places: a file that appends corrections
+        had them passed over with no line named (the first copy is kept, as in the README)."""
         self.conflicts += 1
         if len(self.conflicted) < CONFLICTS_NAMED:
             self.conflicted.append(paper_id)
+        first = self._sources.get(paper_id)  # None: read from another corpus of the ingest
+        where = f"at {first}" if first else "from an earlier corpus of this ingest"
+        self._keep(Skipped(source, f"id {quoted(paper_id)} already read {where} with another "
+                                   "title or abstract: this one is skipped, the first kept"))
 
 
 def read_corpus(path: Path, corpus_format: CorpusFormat | None = None,
@@ -157,7 +183,7 @@ def detect_format(path: Path) -> CorpusFormat:
     """Which reader suits the path.
 
     A directory holding ``corpus.jsonl`` is BEIR, one of ``.txt`` pages Daily Papers; a ``.jsonl``
-    file is BEIR when its records have ``_id`` and no ``id``, JSON Lines papers otherwise. A
+    file is BEIR when its first record is BEIR's (:func:`_is_beir`), JSON Lines papers otherwise. A
     folder of pages that also holds ``.jsonl`` files is refused, either way round: it is read
     in one format, and the other files' papers would be passed over without a word.
     """
@@ -181,12 +207,20 @@ def detect_format(path: Path) -> CorpusFormat:
     if path.suffix.lower() == ".txt":
         return CorpusFormat.DAILY_PAPERS
     if path.suffix.lower() == ".jsonl":
-        first = _first_object(path)  # a database export may carry its own _id beside ours
-        return CorpusFormat.BEIR if "_id" in first and "id" not in first else CorpusFormat.JSONL
+        return CorpusFormat.BEIR if _is_beir(_first_object(path)) else CorpusFormat.JSONL
     raise ValueError(f"cannot tell the corpus format of {path}: expected a .jsonl file (JSON "
                      "Lines papers, or BEIR), a .txt Daily Papers page, a folder of such pages, "
                      "or a BEIR folder holding corpus.jsonl (give .jsonl files in a folder one "
                      "by one)")
+
+
+def _is_beir(record: Mapping[str, object]) -> bool:
+    """Whether a record is BEIR's: ``_id`` its only id, and no ``abstract`` (BEIR's is
+    ``text``). A database export may carry its own ``_id`` beside a paper's ``id`` or
+    ``paper_id`` (the API's): read as BEIR, its ids were the database's and every abstract
+    was lost without a word; one with ``_id`` and an abstract but no id of ours is refused
+    line by line ("missing or empty 'id'") rather than read without its abstracts."""
+    return "_id" in record and not record.keys() & {"id", "paper_id", "abstract"}
 
 
 def _few(names: list[str]) -> str:
