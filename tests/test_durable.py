@@ -4,6 +4,7 @@ processes (fast)."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -35,7 +36,6 @@ def test_a_staged_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["bundles"]  # no staging left behind
 
 
-
 def test_a_replaced_file_is_readable_by_others_or_keeps_its_mode(tmp_path: Path) -> None:
     """write_json (the collection pointer, the index manifest) made every file 0600, mkstemp's
     mode, also over a 0644 one: a reader running as another user was refused."""
@@ -46,6 +46,30 @@ def test_a_replaced_file_is_readable_by_others_or_keeps_its_mode(tmp_path: Path)
     write_json(pointer, {"collection": "b"})
     assert pointer.stat().st_mode & 0o777 == 0o640
     assert pointer.read_text().count('"b"') == 1
+
+
+def test_a_replace_that_cannot_set_the_mode_closes_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing chmod (or stat: the file removed meanwhile) removed the temporary file but
+    left its descriptor open: one leaked per failed write."""
+    pointer = tmp_path / "papers.live.json"
+    write_json(pointer, {"collection": "a"})
+    chmodded: list[int] = []
+
+    def refuse(fd: int, mode: int) -> None:
+        chmodded.append(fd)
+        raise PermissionError("chmod refused")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    with pytest.raises(PermissionError, match="chmod refused"):
+        write_json(pointer, {"collection": "b"})
+    (fd,) = chmodded
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
+    assert [p.name for p in tmp_path.iterdir()] == [pointer.name]  # no temporary file left
+    assert pointer.read_text().count('"a"') == 1
+
 
 def test_two_writers_of_one_target_never_share_a_staging_directory(tmp_path: Path) -> None:
     """Each build has its own staging directory: the second cannot wipe the first's files

@@ -38,7 +38,7 @@ from papersearch.index import (
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
 from papersearch.index.errors import InvalidExamples
-from papersearch.index.query import Examples, StageRank
+from papersearch.index.query import MAX_COUNT, MIN_NORM, Examples, StageRank
 from papersearch.index.schema import DENSE as DENSE_NAME
 from papersearch.index.server import ServerStore
 from papersearch.retriever.retriever import Retriever
@@ -214,6 +214,8 @@ def test_upsert_rejects_bad_input_without_writing(factory: Factory) -> None:
         s.upsert(PAPERS[:2], DENSE[:2], SPARSE[:1])
     with pytest.raises(ValueError, match="duplicate"):
         s.upsert([PAPERS[0], PAPERS[0]], DENSE[:2], SPARSE[:2])
+    with pytest.raises(ValueError, match="norm of at least"):  # stored as is by Qdrant
+        s.upsert(PAPERS[:2], np.vstack([DENSE[0], DENSE[1] * 1e-5]), SPARSE[:2])
     assert s.count() == 0
 
 
@@ -462,6 +464,25 @@ def test_similar_excludes_itself(loaded: Store) -> None:
     assert only_cv and all("cs.CV" in h.paper.categories for h in only_cv)
     with pytest.raises(PaperNotFound, match="nope"):
         loaded.similar(Examples((PAPERS[1].id, "nope")))
+
+
+@pytest.mark.parametrize("limit", [0, -1, MAX_COUNT + 1, 2**64])
+def test_a_limit_no_search_can_mean_is_refused_in_our_words(loaded: Store, limit: int) -> None:
+    """The engines refused these each in its own words, or not at all: the embedded one
+    answered limit 0 with no hits and failed -1 and 2**64 as a StoreError ("can't convert
+    negative int to unsigned", "int too big"); local mode said "limit value 0 is invalid"."""
+    with pytest.raises(ValueError, match=f"limit must be between 1 and {MAX_COUNT}, got"):
+        loaded.similar(Examples((PAPERS[2].id,)), limit=limit)
+    with pytest.raises(ValueError, match=f"limit must be between 1 and {MAX_COUNT}, got"):
+        request("dense", 2, limit=limit)
+    with pytest.raises(ValueError, match=f"hnsw_ef must be between 1 and {MAX_COUNT}, got"):
+        request("dense", 2, hnsw_ef=limit)
+
+
+def test_the_largest_limit_is_every_paper(loaded: Store) -> None:
+    assert len(loaded.similar(Examples((PAPERS[2].id,)), limit=MAX_COUNT)) == len(PAPERS) - 1
+    assert len(loaded.query(request("hybrid", 2, limit=MAX_COUNT,
+                                    prefetch_limit=MAX_COUNT))) == len(PAPERS)
 
 
 @pytest.mark.parametrize("strategy", ["average_vector", "best_score", "sum_scores"])
@@ -1064,6 +1085,25 @@ def test_search_request_refuses_empty_or_non_finite_vectors(dense: list[float]) 
     """1e39 overflows float32, the precision the engine searches in."""
     with pytest.raises(ValueError, match="non-empty and finite"):
         SearchRequest(mode="dense", dense=dense)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1e-5, 0.99 * MIN_NORM])
+def test_a_dense_query_without_a_direction_is_refused(scale: float) -> None:
+    """A zero vector scored 0.0 against every paper, the hits in each engine's own order; one
+    shorter than MIN_NORM Qdrant does not normalize: cosines ~1e-5 on the embedded engine and
+    up to 1.0 in local mode."""
+    with pytest.raises(ValueError, match="dense query vector must have a norm of at least"):
+        SearchRequest(mode="dense", dense=DENSE[3] * scale)
+
+
+def test_the_shortest_dense_query_scores_cosines_on_every_engine(loaded: Store) -> None:
+    """Just past MIN_NORM both engines normalize the query: the paper's own vector scores 1."""
+    hits = loaded.query(request("dense", 3, exact=True, limit=1))
+    short = loaded.query(SearchRequest(mode="dense", dense=DENSE[3] * 1.01 * MIN_NORM,
+                                       exact=True, limit=1))
+    assert [(h.paper.id, h.score) for h in short] == [
+        (h.paper.id, pytest.approx(h.score, abs=1e-5)) for h in hits]
+    assert short[0].score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_search_request_holds_its_vector_as_float32_values() -> None:

@@ -41,8 +41,10 @@ def replaced(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     another user, as staged directories' 0755 does not)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
+        # the file object owns fd from here: a failing chmod or stat (``path`` removed
+        # meanwhile) closes it with the block instead of leaking it
         with os.fdopen(fd, mode) as f:
+            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
             yield f
             f.flush()
             os.fsync(f.fileno())

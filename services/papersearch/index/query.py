@@ -17,6 +17,26 @@ Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 FusionMethod = Literal["rrf", "dbsf", "convex"]
 RECOMMEND_STRATEGIES: tuple[RecommendStrategy, ...] = get_args(RecommendStrategy)
+# The largest count a search may ask for (limit, prefetch_limit, rrf_k, hnsw_ef): far past any
+# real search and within every engine's integers (the embedded engine failed past 2**64 - 1
+# with "int too big to convert"; a Qdrant server's RRF k is a uint32).
+MAX_COUNT = 2**31 - 1
+# The shortest dense vector with a direction the engines agree on. Qdrant normalizes a vector
+# for cosine only where its squared norm is at least float32's epsilon, qdrant-client's local
+# mode any non-zero one: a shorter one scored ~0 against every paper on the embedded engine and
+# a true cosine in local mode (a zero one: 0.0 everywhere, the hits in each engine's own order).
+MIN_NORM = float(np.sqrt(np.finfo(np.float32).eps))
+
+
+def check_count(name: str, value: int) -> None:
+    """Refuse a count no search can mean, in words of our own rather than each engine's."""
+    if not 1 <= value <= MAX_COUNT:
+        raise ValueError(f"{name} must be between 1 and {MAX_COUNT}, got {value}")
+
+
+def too_short(vectors: np.ndarray) -> np.ndarray:
+    """Whether each vector (along the last axis) has a norm below MIN_NORM: no direction."""
+    return np.asarray(np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=-1) < MIN_NORM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +130,9 @@ class SearchRequest:
                 values = np.asarray(self.dense, dtype=np.float32).ravel()
             if not values.size or not np.isfinite(values).all():
                 raise ValueError("dense query vector must be non-empty and finite")
+            if too_short(values):
+                raise ValueError(f"dense query vector must have a norm of at least "
+                                 f"{MIN_NORM:.1e}: a zero vector has no direction to search")
             object.__setattr__(self, "dense", tuple(values.tolist()))
         if self.sparse is not None:
             object.__setattr__(self, "sparse", SparseVector.of(self.sparse))
@@ -121,8 +144,8 @@ class SearchRequest:
             raise ValueError(f"dense_weight must be in [0, 1], got {self.dense_weight}")
         for name in ("limit", "prefetch_limit", "rrf_k", "hnsw_ef"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+            if value is not None:
+                check_count(name, value)
 
     def dense_vector(self) -> tuple[float, ...]:
         if self.dense is None:

@@ -42,7 +42,15 @@ from papersearch.index.plan import (
     Step,
     Write,
 )
-from papersearch.index.query import Examples, Hit, SearchFilter, SearchRequest
+from papersearch.index.query import (
+    MIN_NORM,
+    Examples,
+    Hit,
+    SearchFilter,
+    SearchRequest,
+    check_count,
+    too_short,
+)
 from papersearch.index.schema import (
     DENSE,
     INDEXED_AT,
@@ -424,13 +432,15 @@ class Store(ABC):
     ) -> list[Hit]:
         """Papers like ``examples.positive`` and unlike ``examples.negative`` by their stored
         dense vectors; the examples themselves are never hits. One positive and no negative:
-        its nearest neighbours (score: cosine). PaperNotFound names an example not indexed."""
+        its nearest neighbours (score: cosine). PaperNotFound names an example not indexed;
+        a ``limit`` outside 1..MAX_COUNT is a ValueError (the engines' errors named none)."""
         return self.execute(self.similar_program(examples, limit, filter))
 
     def similar_program(
         self, examples: Examples, limit: int = 10, filter: SearchFilter | None = None
     ) -> Program[list[Hit]]:
         self._require_open()
+        check_count("limit", limit)
         wanted = [point_id(pid) for pid in examples.ids]
         records: list[Record] = yield Fetch(tuple(wanted), payload=False, dense=True)
         vectors = {r.point_id: r.dense for r in records if r.dense is not None}
@@ -448,7 +458,7 @@ class Store(ABC):
             mean = np.mean(np.asarray(positives, dtype=np.float64), axis=0)
             combined = 2 * mean - (np.mean(np.asarray(negatives, dtype=np.float64), axis=0)
                                    if negatives else 0)
-            if not np.linalg.norm(combined) > 1e-9:
+            if too_short(combined):
                 raise InvalidExamples("the negative examples cancel the positive ones out: "
                                       "no direction is left to search (try strategy "
                                       "best_score)")
@@ -494,8 +504,9 @@ class Store(ABC):
             raise ValueError(
                 f"{len(papers)} papers, {len(vectors)} dense and {len(sparse)} sparse vectors"
             )
-        if not np.isfinite(vectors).all() or (np.linalg.norm(vectors, axis=1) == 0).any():
-            raise ValueError("dense vectors must be finite and non-zero")
+        if not np.isfinite(vectors).all() or too_short(vectors).any():
+            raise ValueError(f"dense vectors must be finite, with a norm of at least "
+                             f"{MIN_NORM:.1e}")
         if len({p.id for p in papers}) != len(papers):
             raise ValueError("duplicate paper ids in one upsert")
         return vectors
