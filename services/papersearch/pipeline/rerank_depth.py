@@ -13,8 +13,9 @@ chosen by searches still in their first stage, + d). So a burst shrinks the wind
 before slow answers come back (and before its first stages end: a window is counted from the
 moment it is chosen). At depth 0 no call
 measures the reranker any more, so one search per ``PROBE_S`` takes the smallest window to
-look again. ``search.rerank_adaptive=false`` keeps the
-fixed window.
+look again (and, where a caller's deadline leaves less than a window is predicted to take, one
+per ``PROBE_S`` sends it anyway: ``SearchPipeline._fits``). ``search.rerank_adaptive=false``
+keeps the fixed window.
 """
 
 from __future__ import annotations
@@ -55,10 +56,16 @@ class RerankDepth:
         for depth in self.ladder:
             if (queued + depth) * self.pair_s <= self.target_s:
                 return depth
-        if self.clock() - self._last_seen >= PROBE_S:
-            self._last_seen = self.clock()  # this search is the probe; no other for PROBE_S
-            return self.ladder[-1]
-        return 0
+        return self.ladder[-1] if self.probe() else 0
+
+    def probe(self) -> bool:
+        """Whether this search is to look at the reranker again: no call has measured it for
+        ``PROBE_S`` (none was sent: every window predicted too slow). It is marked as the
+        probe; no other for PROBE_S."""
+        if self.clock() - self._last_seen < PROBE_S:
+            return False
+        self._last_seen = self.clock()
+        return True
 
     def sent(self, chosen: int, pairs: int) -> int:
         """A call of ``pairs`` (at most the ``chosen`` window: fewer candidates) goes out;

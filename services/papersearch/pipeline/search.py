@@ -120,11 +120,14 @@ class SearchPipeline:
     def _fits(self, window: int, budget_s: float) -> bool:
         """Whether a rerank can end within ``budget_s``: some time left, and, where the caller's
         deadline cut the budget, the window's predicted time within it (sent anyway, it would
-        be cut, and a cut there says nothing of the reranker's speed)."""
+        likely be cut), or the reranker unmeasured for PROBE_S: a window never sent is never
+        measured, and after one slow or refused call the callers with short deadlines had no
+        rerank again."""
         if budget_s <= 0:
             return False
         pair_s = self.rerank_depth.pair_s
-        return budget_s >= self.rerank_timeout_s or pair_s is None or window * pair_s <= budget_s
+        return (budget_s >= self.rerank_timeout_s or pair_s is None
+                or window * pair_s <= budget_s or self.rerank_depth.probe())
 
     async def _rerank(self, query: SearchQuery, chosen: int, candidates: Sequence[Hit],
                       mode: Mode, budget_s: float) -> list[SearchHit] | None:
@@ -140,12 +143,13 @@ class SearchPipeline:
             raise
         except Exception as error:  # overload, timeout, replica failure: degrade, don't fail
             taken = time.perf_counter() - started
-            if isinstance(error, Overloaded | NotReady) or (
-                    isinstance(error, TimeoutError) and budget_s < self.rerank_timeout_s):
+            if isinstance(error, Overloaded | NotReady | TimeoutError):
                 # refused at once: the reranker has no room, it was not fast (read as a quick
-                # call, a refusal made the next windows the deepest); or cut by the caller's
-                # deadline before the budget: the time it would have taken is unknown
-                taken = max(taken, self.rerank_timeout_s)
+                # call, a refusal made the next windows the deepest); or cut by the budget: it
+                # would have taken longer. Both count as the budget the call had, what is
+                # known of them (the whole rerank_timeout_s, for a budget the caller's
+                # deadline cut, made a short deadline's windows look too slow for long)
+                taken = max(taken, budget_s)
             self.rerank_depth.observe(len(window), taken, ahead)
             log.warning("rerank skipped", extra={"reason": type(error).__name__})
             return None
