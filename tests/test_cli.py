@@ -3,6 +3,7 @@ reported before slow work (fast; a local gRPC server where a call is needed)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -147,9 +148,17 @@ def test_a_module_missing_from_no_extra_is_not_blamed_on_one(
 
 
 class Upserts(pb_grpc.IndexServiceServicer):
+    """An IndexService that counts: papers received, and stored ids among those deleted."""
+
+    stored = {"p1", "p2"}
+
     def UpsertPapers(self, request_iterator: Iterator[pb.Paper],  # noqa: N802
                      context: grpc.ServicerContext) -> pb.UpsertSummary:
         return pb.UpsertSummary(received=sum(1 for _ in request_iterator))
+
+    def DeletePapers(self, request: pb.DeletePapersRequest,  # noqa: N802
+                     context: grpc.ServicerContext) -> pb.DeletePapersResponse:
+        return pb.DeletePapersResponse(deleted=len(self.stored & set(request.paper_ids)))
 
 
 @pytest.fixture
@@ -161,6 +170,19 @@ def index_server() -> Iterator[str]:
     server.start()
     yield target
     server.stop(0)
+
+
+def test_index_delete_asks_the_gateway(index_server: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI had no delete: a paper removed from a corpus stayed searchable unless the user
+    wrote Python."""
+    assert main(["index", "delete", "p1", "p9", "p1", "--target", index_server]) == 0
+    assert capsys.readouterr().out == (
+        "deleted 1 of 2 papers (the others were not in the index)\n")
+    assert main(["index", "delete", "p2", "--json", "--target", index_server]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": 1, "asked": 1}
+    assert main(["index", "delete", "p1"]) == 2
+    assert "index delete needs --target" in capsys.readouterr().err
 
 
 def test_an_error_of_the_callers_papers_is_raised_as_itself(index_server: str) -> None:

@@ -361,6 +361,20 @@ def _index_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_delete(settings: Settings, args: argparse.Namespace) -> int:
+    """DeletePapers on a running gateway: it deletes from every collection an embedder
+    migration keeps in step (in-process, a delete would miss the collection being built, and
+    the embedded shard is the running gateway's anyway)."""
+    if not _remote(args):
+        raise ValueError("index delete needs --target HOST:PORT: the running gateway deletes "
+                         "(from every collection an embedder migration keeps in step)")
+    asked = len(set(args.paper_ids))
+    deleted = _ask_gateway(args, lambda client: client.delete(args.paper_ids))
+    print(json.dumps({"deleted": deleted, "asked": asked}) if args.json
+          else f"deleted {deleted} of {asked} papers (the others were not in the index)")
+    return 0
+
+
 def _ask_gateway(args: argparse.Namespace, call: Callable[[SearchClient], T]) -> T:
     """``call`` on a client for ``--target`` (with its key, TLS and retry options); an error
     status becomes RemoteError."""
@@ -668,6 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--timeout-s", type=float, default=3600.0,
                          help="give up waiting after this long (the gateway goes on)")
     migrate.set_defaults(handler=_index_migrate)
+    delete = index_commands.add_parser(
+        "delete", help="delete papers by id through a running gateway (--target)")
+    delete.add_argument("paper_ids", nargs="+", metavar="PAPER_ID")
+    delete.add_argument("--json", action="store_true")
+    _add_gateway_arguments(delete)
+    delete.set_defaults(handler=_index_delete)
 
     search = commands.add_parser(
         "search", help="search the index: in-process, or a running gateway with --target")
