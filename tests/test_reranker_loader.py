@@ -6,13 +6,14 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from papersearch.models.manifest import ModelNotFound, sha256_file
+from papersearch.models.manifest import ModelCorrupt, ModelNotFound, model_dir, sha256_file
 from papersearch.reranker.loader import RerankerLoader
-from papersearch.settings import Settings
+from papersearch.settings import ModelSettings, Settings
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +135,58 @@ def test_a_model_that_will_not_load_is_looked_at_again_later_not_at_every_search
     clock.now += loader_module.RETRY_FAILED_LOOKS * 10.0  # a passing failure is not for good
     _refused(loader, "could not be loaded", times=1)
     assert len(attempts) == 2 and caplog.text.count("no usable reranker model") == 1
+
+
+class FakeReranker:
+    """What the loader reads of a reranker (its folder, manifest version and files), loaded as
+    Reranker.from_settings finds it: refused when missing or when its graph is not a graph."""
+
+    def __init__(self, version_dir: Path) -> None:
+        if (version_dir / "model.onnx").read_text() != "graph":
+            raise ModelCorrupt(f"{version_dir}: model.onnx changed after the export")
+        self.version_dir = version_dir
+        self.manifest = SimpleNamespace(name="r", version=int(version_dir.name),
+                                        files={"model.onnx": "digest"})
+
+    @classmethod
+    def from_settings(cls, models: ModelSettings, version: int | None = None) -> FakeReranker:
+        return cls(model_dir(models.repository, models.reranker_name, version, "reranker"))
+
+
+@pytest.mark.parametrize("withdrawn", ["removed", "damaged"])
+def test_a_withdrawn_version_in_use_gives_way_to_the_newest_that_loads_even_older(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, withdrawn: str,
+) -> None:
+    """An operator rolling back deletes a bad newest version (or its files get damaged): the
+    running replicas move to the version a replica starting now loads, older than theirs, and
+    to none when none loads, rather than keep serving theirs from memory."""
+    from papersearch.reranker import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "Reranker", FakeReranker)
+    models = ModelSettings(repository=tmp_path, reload_poll_s=10.0)
+    root = tmp_path / models.reranker_name
+    for version in (1, 2, 3):
+        (root / str(version)).mkdir(parents=True)
+        (root / str(version) / "manifest.json").write_text("{}")
+        (root / str(version) / "model.onnx").write_text("graph")
+
+    def withdraw(version: int) -> None:
+        if withdrawn == "removed":
+            shutil.rmtree(root / str(version))
+        else:
+            (root / str(version) / "model.onnx").write_text("not a graph")
+
+    clock = Clock()
+    running = RerankerLoader(models, clock)
+    assert running.get().manifest.version == 3
+    withdraw(3)
+    clock.now += 10.0
+    assert running.get().manifest.version == 2
+    assert RerankerLoader(models, clock).get().manifest.version == 2  # as one starting now
+    clock.now += 10.0
+    assert running.get().manifest.version == 2  # stays
+    withdraw(2)
+    withdraw(1)
+    clock.now += 10.0
+    _refused(running, "no other version loads" if withdrawn == "removed"
+             else "changed after the export")
