@@ -5,14 +5,16 @@ the int8 verdict it reports is the one a runtime on the same CPU reaches."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.schema import EmbedderIdentity
-from papersearch.modelbuild.export import ENCODING_KEY
+from papersearch.modelbuild.export import ENCODING_KEY, ExportSpec
 from papersearch.modelbuild.prepare import export_embedder
+from papersearch.modelbuild.sources import ResolvedSource
 from papersearch.models.manifest import FP32_FILE, read_manifest
 from papersearch.settings import Settings
 
@@ -48,3 +50,48 @@ def test_the_exports_int8_verdict_is_the_runtimes(embedder_dir: Path) -> None:
     recorded = read_manifest(embedder_dir).parity["int8_self_check"]
     runtime = Encoder(embedder_dir, RuntimeOptions("int8"))
     assert runtime.int8_agreement == pytest.approx(recorded, abs=1e-3)  # threads may differ
+
+
+def _sentence_transformers_folder(root: Path, lowercase: bool,
+                                  sentence_bert: dict[str, object]) -> ResolvedSource:
+    """A tiny random BERT whose tokenizer lowercases or not, with a sentence_bert_config.json."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root.mkdir()
+    (root / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ngraph\nneural\n")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt"),
+                      do_lower_case=lowercase).save_pretrained(root)
+    BertModel(BertConfig(vocab_size=7, hidden_size=8, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=16)).save_pretrained(root)
+    (root / "sentence_bert_config.json").write_text(json.dumps(sentence_bert))
+    return ResolvedSource(str(root), str(root), True)
+
+
+def test_do_lower_case_is_refused_where_the_tokenizer_does_not_lowercase(tmp_path: Path) -> None:
+    """A model trained on lowercased texts was served cased ones, and the parity check, fed
+    alike on both sides, passed; a tokenizer that lowercases itself is served as it is."""
+    from papersearch.modelbuild.export import _load_torch
+
+    cased = _sentence_transformers_folder(tmp_path / "cased", False, {"do_lower_case": True})
+    with pytest.raises(ValueError, match="do_lower_case"):
+        _load_torch(ExportSpec("m", "embedder", cased, 256))
+    for name, lowercase, asked in (("uncased", True, True), ("plain", False, False)):
+        source = _sentence_transformers_folder(tmp_path / name, lowercase,
+                                               {"do_lower_case": asked})
+        _load_torch(ExportSpec("m", "embedder", source, 256))
+
+
+def test_a_max_length_past_the_models_max_seq_length_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A model trained at 128 tokens was exported at the settings' 256 without a word."""
+    from papersearch.modelbuild.export import _load_torch
+
+    source = _sentence_transformers_folder(tmp_path / "short", True, {"max_seq_length": 128})
+    with caplog.at_level(logging.WARNING, logger="papersearch.modelbuild.export"):
+        _load_torch(ExportSpec("m", "embedder", source, 128))
+        assert not caplog.records
+        _load_torch(ExportSpec("m", "embedder", source, 256))
+    (record,) = caplog.records
+    assert "max_seq_length" in record.getMessage()
+    assert (record.__dict__["max_length"], record.__dict__["max_seq_length"]) == (256, 128)

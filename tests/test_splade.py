@@ -65,3 +65,33 @@ def test_exported_runtime_matches_torch(tmp_path: Path) -> None:
         assert set(vector.indices.tolist()) >= set(np.nonzero(row > 1e-3)[0].tolist())
     words = {encoder.tokenizer.id_to_token(int(i)) for i in vectors[1].indices}
     assert {"insulin", "glucose"} <= words
+
+
+@pytest.mark.slow
+def test_a_model_without_token_types_exports_and_runs(tmp_path: Path) -> None:
+    """A DistilBERT-based SPLADE model's graph has no token_type_ids input (the exporter drops
+    an input the model does not use): the runtime feeds the graph's own inputs only
+    (onnxruntime refused the export's parity check with "Invalid input name")."""
+    torch = pytest.importorskip("torch")
+    from transformers import DistilBertConfig, DistilBertForMaskedLM, DistilBertTokenizerFast
+
+    from papersearch.modelbuild.sources import ResolvedSource
+    from papersearch.modelbuild.splade_export import export_splade, load_torch, torch_weights
+
+    model = tmp_path / "tiny-distilbert"
+    model.mkdir()
+    words = sorted({w.strip(".,").lower() for w in " ".join(TEXTS).split()})
+    (model / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+                                                *words]) + "\n")
+    tokenizer = DistilBertTokenizerFast(vocab_file=str(model / "vocab.txt"))
+    tokenizer.save_pretrained(model)
+    torch.manual_seed(0)
+    DistilBertForMaskedLM(DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=16, hidden_dim=32, n_layers=1, n_heads=2,
+        max_position_embeddings=64)).save_pretrained(model)
+    encoder = SpladeEncoder(export_splade(ResolvedSource(str(model), str(model), True),
+                                          tmp_path / "exports", 32, TEXTS))
+    assert "token_type_ids" not in {i.name for i in encoder.session.get_inputs()}
+    graph, hf_tokenizer = load_torch(str(model))
+    reference = torch_weights(graph, hf_tokenizer, TEXTS, 32)
+    assert np.abs(encoder.weights(TEXTS) - reference).max() < 1e-4

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from tokenizers import Tokenizer
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -209,6 +210,41 @@ def _sentence_transformers_file(source: ResolvedSource, name: str) -> Path | Non
         return None
 
 
+def _check_sentence_bert(spec: ExportSpec, tokenizer: Tokenizer) -> None:
+    """What a sentence-transformers model's sentence_bert_config.json asks of its inputs, which
+    the parity check cannot see (torch and the graph are fed alike). ``do_lower_case`` where
+    ``tokenizer`` does not lowercase is refused: serving cased texts to a model that learnt on
+    lowercased ones degrades it silently. A ``max_seq_length`` below ``spec.max_length`` is
+    logged, not applied: the configured limit stays the one the settings, the manifest and the
+    index's identity show (a limit changed behind them surprised more than a warning), and an
+    operator who wants the model's, as sentence-transformers cuts, lowers the setting."""
+    path = _sentence_transformers_file(spec.source, "sentence_bert_config.json")
+    if path is None:
+        return
+    config = json.loads(path.read_text())
+    if config.get("do_lower_case") is True and not _lowercases(
+            json.loads(tokenizer.to_str()).get("normalizer")):
+        raise ValueError(f"{spec.source.spec}: sentence_bert_config.json asks for lowercased "
+                         "input (do_lower_case) and the tokenizer does not lowercase: this "
+                         "export does not apply it")
+    limit = config.get("max_seq_length")
+    if isinstance(limit, int) and spec.max_length > limit:
+        log.warning("max_length is past the model's max_seq_length: texts are cut later than "
+                    "sentence-transformers cuts them", extra={
+                        "model": spec.name, "max_length": spec.max_length,
+                        "max_seq_length": limit})
+
+
+def _lowercases(normalizer: dict[str, Any] | None) -> bool:
+    """Whether a tokenizer.json normalizer (a sequence of them included) lowercases."""
+    if not normalizer:
+        return False
+    if normalizer.get("type") == "Sequence":
+        return any(_lowercases(n) for n in normalizer.get("normalizers", []))
+    return normalizer.get("type") == "Lowercase" or (
+        normalizer.get("type") == "BertNormalizer" and normalizer.get("lowercase") is True)
+
+
 def _check_max_length(spec: ExportSpec) -> None:
     """A max_length past the model's positions would export (the parity texts are short) and
     fail on the first long text at ingest."""
@@ -226,6 +262,7 @@ def _check_max_length(spec: ExportSpec) -> None:
 def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
     kwargs: dict[str, Any] = {"local_files_only": spec.source.is_local}
     tokenizer = AutoTokenizer.from_pretrained(spec.source.location, **kwargs)
+    _check_sentence_bert(spec, tokenizer.backend_tokenizer)  # before the weights load
     kwargs["attn_implementation"] = "eager"  # the attention pattern onnxruntime's fusion knows
     if spec.kind == "embedder":
         backbone = AutoModel.from_pretrained(spec.source.location, **kwargs)
