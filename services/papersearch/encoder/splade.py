@@ -63,8 +63,8 @@ class SpladeEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(export_dir / GRAPH_FILE), sess_options=options,
                                             providers=["CPUExecutionProvider"])
-        # the graph's own inputs, as OnnxModel._feeds: a DistilBERT-based model's has no
-        # token_type_ids (the exporter drops an unused input) and refused a feed of them
+        # the graph's own inputs: a DistilBERT-based model's has no token_type_ids (the
+        # exporter drops an unused input) and refused a feed of them
         self._input_names = {i.name for i in self.session.get_inputs()}
 
     def weights(self, texts: Sequence[str]) -> np.ndarray:
@@ -75,9 +75,8 @@ class SpladeEncoder:
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            feeds = padded_feeds([encodings[i] for i in rows])
             (result,) = self.session.run(
-                None, {k: v for k, v in feeds.items() if k in self._input_names})
+                None, padded_feeds([encodings[i] for i in rows], self._input_names))
             out[rows] = np.asarray(result, dtype=np.float32)
         return out
 

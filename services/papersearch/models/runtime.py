@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -173,8 +173,6 @@ class OnnxModel:
         offsets = self._queries.encode(query, add_special_tokens=False).offsets
         return cut_query(query, offsets, query_tokens(self.manifest.max_length))
 
-    def _feeds(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-        return {k: v for k, v in padded_feeds(encodings).items() if k in self._input_names}
 
     def run_sorted(
         self, encodings: Sequence[Encoding], width: int, post: Callable[[np.ndarray], np.ndarray]
@@ -192,7 +190,8 @@ class OnnxModel:
         step = 1 if alone else self.options.batch_size
         for start in range(0, len(order), step):
             rows = order[start : start + step]
-            (result,) = self.session.run(None, self._feeds([encodings[i] for i in rows]))
+            (result,) = self.session.run(
+                None, padded_feeds([encodings[i] for i in rows], self._input_names))
             out[rows] = post(np.asarray(result, dtype=np.float32)).reshape(len(rows), width)
         return out
 
@@ -209,9 +208,10 @@ def query_tokens(max_length: int) -> int:
     return max(max_length // 2, max_length - 32)
 
 
-def padded_feeds(encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-    """A BERT-style graph's inputs for a batch: ids, attention mask and token types, padded
-    with zeros to the longest encoding."""
+def padded_feeds(encodings: Sequence[Encoding], inputs: Container[str]) -> dict[str, np.ndarray]:
+    """A BERT-style graph's inputs for a batch, those of ``inputs`` (the graph's: a
+    DistilBERT-based one takes no token types) among ids, attention mask and token types,
+    padded with zeros to the longest encoding."""
     shape = (len(encodings), max(len(e.ids) for e in encodings))
     ids = np.zeros(shape, dtype=np.int64)
     mask = np.zeros(shape, dtype=np.int64)
@@ -221,4 +221,5 @@ def padded_feeds(encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
         ids[row, :n] = encoding.ids
         mask[row, :n] = 1
         types[row, :n] = encoding.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: feed for name, feed in feeds.items() if name in inputs}
