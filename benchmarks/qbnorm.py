@@ -26,6 +26,7 @@ Outcome (docs/tune/qbnorm.json): no candidate qualified, so QB-Norm is not a sea
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import random
@@ -192,7 +193,8 @@ def qb_lists(dense: Mapping[str, Ranked], penalties: Mapping[str, float],
     return {q: dis_rescore(ranked, penalties, activation) for q, ranked in dense.items()}
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     settings = Settings()
     settings = settings.model_copy(update={"index": settings.index.model_copy(
         update={"prf_enabled": False})})

@@ -21,9 +21,10 @@ choice against the other strategies with per-query wins, losses and a paired per
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from papersearch.encoder.runtime import Encoder
@@ -74,7 +75,8 @@ def runs(dataset: EvalDataset, settings: Settings, encoder: Encoder) -> (
         store.close()
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     settings = Settings()
     encoder = Encoder.from_settings(settings.models)
     tuning = [load_dataset(p) for p in settings.tune_sets]

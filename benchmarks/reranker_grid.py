@@ -13,11 +13,12 @@ depth (scored again at that depth, one query at a time as `papersearch eval` doe
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,8 @@ def judge(dataset: EvalDataset, stage: FirstStage, settings: Settings, choice: C
     }
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     settings = Settings()
     encoder = Encoder.from_settings(settings.models)
     reranker = Reranker.from_settings(settings.models)

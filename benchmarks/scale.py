@@ -15,16 +15,18 @@ and the JSON says so (``data``):
 
 The same collection grows from one size to the next (one embedded qdrant-edge shard per
 quantization setting, in a temporary directory), and at each size it reports: papers/s written
-(upsert of the increment, then optimize: the HNSW build), hybrid search p50/p99 through the
-Retriever as in-process serving runs it (with and without a publication-date filter), recall@10
-of the ANN answer against the exact one (dense alone, and hybrid), RSS growth of this process
-(the engine is in-process) and disk, per paper. Queries: real query texts of the four judged
-collections, encoded by the real embedder. Settings are the usual PAPERSEARCH_* ones
-(index.hnsw_m, hnsw_ef_construct, hnsw_ef...); ``--ef`` measures the searches at each of
-several search-time ``index.hnsw_ef`` values against the same build. With
-``PAPERSEARCH_INDEX__BACKEND=server`` the same runs go to that Qdrant server, into new
-collections ``scale-none`` / ``scale-int8`` (left there; memory and disk are then the server's,
-not measured here).
+(upsert of the increment, then optimize: the HNSW build; ``increment_build_s`` its seconds,
+``total_build_s`` those from empty to this size; ``build_s`` in older JSON: the increment's),
+hybrid search p50/p99 through the Retriever as in-process serving runs it (with and without a
+publication-date filter), recall@10 of the ANN answer against the exact one (dense alone, and
+hybrid; the exact searches' own p50/p99 in ``exact_search_dense`` and ``exact_search_hybrid``;
+``exact_search`` in older JSON: both together), RSS growth of this process (the engine is
+in-process) and disk, per paper. Queries: real query texts of the four judged collections,
+encoded by the real embedder. Settings are the usual PAPERSEARCH_* ones (index.hnsw_m,
+hnsw_ef_construct, hnsw_ef...); ``--ef`` measures the searches at each of several search-time
+``index.hnsw_ef`` values against the same build. With ``PAPERSEARCH_INDEX__BACKEND=server``
+the same runs go to that Qdrant server, into new collections ``scale-none`` / ``scale-int8``
+(left there; memory and disk are then the server's, not measured here).
 
 The write rate here is one process's, for already-encoded papers; the real encoder's own rate
 is reported beside it (``encode_papers_per_s``), and benchmarks/ingest.py compares the
@@ -160,7 +162,9 @@ def per_paper(total: str, each: str, mb: float | None, papers: int) -> dict[str,
     return {total: round(mb, 1), each: round(mb * 2**20 / papers)}
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float]:
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p99_ms": None}
     p50, p99 = np.percentile(np.asarray(values), [50, 99])
     return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
 
@@ -177,7 +181,7 @@ def measure_search(store: Store, queries: Sequence[str], vectors: np.ndarray) ->
         retriever.search(text, vector)
     plain: list[float] = []
     filtered: list[float] = []
-    exact_ms: list[float] = []
+    exact_ms: dict[Mode, list[float]] = {"dense": [], "hybrid": []}
     recall: dict[Mode, list[float]] = {"dense": [], "hybrid": []}
     for text, vector in zip(queries, vectors, strict=True):
         ms, _ = timed(lambda t=text, v=vector: retriever.search(t, v))
@@ -192,7 +196,7 @@ def measure_search(store: Store, queries: Sequence[str], vectors: np.ndarray) ->
                                     sparse=sparse if mode == "hybrid" else None, limit=10)
             ann = {h.paper.id for h in store.query(request)}
             ms, exact = timed(lambda r=request: store.query(replace(r, exact=True)))
-            exact_ms.append(ms)
+            exact_ms[mode].append(ms)
             truth = {h.paper.id for h in exact}
             recalls.append(len(ann & truth) / max(1, len(truth)))
     return {
@@ -201,7 +205,8 @@ def measure_search(store: Store, queries: Sequence[str], vectors: np.ndarray) ->
         "recall_at_10": {"dense": round(float(np.mean(recall["dense"])), 4),
                          "hybrid": round(float(np.mean(recall["hybrid"])), 4),
                          "dense_min": round(float(np.min(recall["dense"])), 2)},
-        "exact_search": percentiles(exact_ms),
+        "exact_search_dense": percentiles(exact_ms["dense"]),
+        "exact_search_hybrid": percentiles(exact_ms["hybrid"]),
     }
 
 
@@ -250,10 +255,11 @@ def run_variant(settings: Settings, quantization: str, sizes: Sequence[int], efs
     store = build(settings, data_dir, quantization, encoder.dim, encoder.sha256)
     generator = Generator(real, real_vectors, seed)
     try:
-        have = 0
+        have, built_s = 0, 0.0
         for size in sizes:
             log(f"{quantization}: growing to {size}")
             seconds = grow(store, generator, real, real_vectors, have, size)
+            built_s += seconds
             written = size - have
             have = size
             # The engine's memory and disk are this process's only with the embedded engine
@@ -266,7 +272,8 @@ def run_variant(settings: Settings, quantization: str, sizes: Sequence[int], efs
                     "quantization": quantization, "papers": size, "count": count,
                     "real_papers": min(size, len(real)),
                     "generated_papers": max(0, size - len(real)),
-                    "build_s": round(seconds, 1),
+                    "increment_build_s": round(seconds, 1),  # from the last size to this one
+                    "total_build_s": round(built_s, 1),  # from empty to this size
                     "write_papers_per_s": round(written / seconds, 1),
                     "hnsw_ef": ef,
                     **measure_search(store, queries, query_vectors),

@@ -19,6 +19,7 @@ same papers in this run, SPLADE ms per query (one at a time), non-zero weights p
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -149,7 +150,9 @@ def score(fuse: Fuse, runs: SetRuns, qrels: Mapping[str, Mapping[str, int]]) -> 
                      for q in lists.dense}, qrels)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                            epilog=f"Prints the JSON and writes {OUTPUT} too.").parse_args(argv)
     settings = Settings()
     settings = settings.model_copy(update={"index": settings.index.model_copy(
         update={"prf_enabled": False})})  # fusions of one pass, as `papersearch tune`

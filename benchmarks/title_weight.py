@@ -19,9 +19,10 @@ the same, for the record, and marked as not chosen.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset, load_dataset
@@ -56,7 +57,8 @@ def titled(dataset: EvalDataset) -> float:
     return round(sum(1 for p in papers if p.title.strip()) / len(papers), 4)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     settings = Settings()
     encoder = Encoder.from_settings(settings.models)
     tuning = [load_dataset(p) for p in settings.tune_sets]

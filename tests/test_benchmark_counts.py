@@ -1,6 +1,7 @@
 """The closed-loop benchmarks (throughput.py, feedback_shedding.py) count every failed search,
 including those of the warm-up and the calls that end after the window: only answers are
-confined to the measured window."""
+confined to the measured window. Their callers ask what the JSON says they ask, and take turns
+(engine_thread.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from papersearch.pipeline.query import SearchResult
+from papersearch.pipeline.query import SearchQuery, SearchResult
 from tests.conftest import benchmark
 
 throughput = benchmark("throughput")
@@ -79,6 +80,39 @@ def test_feedback_shedding_counts_the_warm_ups_errors(monkeypatch: pytest.Monkey
     level = asyncio.run(feedback_shedding.run_level("127.0.0.1:1", ["q"], None, 4,
                                                     warmup_s=FAILING_S, seconds=MEASURED_S))
     assert level["errors"] > 0 and level["qps"] > 0
+
+
+def test_feedback_shedding_asks_what_its_json_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its JSON says rerank false; the requests had SearchQuery's default, rerank true."""
+    asked: list[SearchQuery] = []
+
+    class Asking(Client):
+        async def search(self, query: SearchQuery, *_: Any, **__: Any) -> SearchResult:
+            asked.append(query)
+            await asyncio.sleep(0.001)
+            return SearchResult((), False, {}, 0, 0, False)
+
+    monkeypatch.setattr(feedback_shedding, "AsyncSearchClient", Asking)
+    asyncio.run(feedback_shedding.run_level("127.0.0.1:1", ["q"], None, 2, warmup_s=0.0,
+                                            seconds=0.05))
+    assert asked and {q.rerank for q in asked} == {feedback_shedding.RERANK} == {False}
+
+
+def test_engine_threads_loop_callers_take_turns() -> None:
+    """engine_thread.py's ``loop`` way: a search that never awaits (the engine on the event
+    loop) had the first caller run every search and the other seven none."""
+    engine_thread = benchmark("engine_thread")
+
+    async def on_loop(*_: Any) -> list[Any]:
+        end = time.perf_counter() + 0.0005
+        while time.perf_counter() < end:
+            pass
+        return []
+
+    result = asyncio.run(engine_thread.measure(on_loop, [("q", None)] * 80, 8))
+    assert result["searches_per_worker"] == [10] * 8
+    lag = result["loop_lag_ms"]
+    assert lag["samples"] < engine_thread.MIN_LAG_SAMPLES and lag["p99"] is None
 
 
 BURN = ("import sys, time\nstart = time.process_time()\n"
