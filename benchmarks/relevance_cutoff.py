@@ -19,6 +19,11 @@ a hit's dense cosine to the query.
   settings.eval_dir): per threshold nDCG@10 with the cut, the share of judged queries answered
   empty, and the share of the relevant papers in the uncut top 10 that the cut removes.
 
+The recommended threshold is chosen on the tuning sets (settings.tune_sets), the known-item
+titles and the off-topic queries alone: the highest at which no tuning or known-item query is
+answered empty and at most ``MAX_REMOVED`` of a tuning set's relevant top-10 papers go. The
+held-out sets (settings.held_out_sets) only report what it costs them.
+
 Prints one JSON document.
 """
 
@@ -43,6 +48,7 @@ from papersearch.settings import Settings
 
 TOP_K = 10
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(13))  # 0.0 to 0.6
+MAX_REMOVED = 0.01  # of a tuning set's relevant papers in the uncut top 10, at the choice
 HERE = Path(__file__).parent
 Hits = Mapping[str, tuple[SearchHit, ...]]
 
@@ -51,8 +57,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, help="default: settings.corpus_dir")
     parser.add_argument("--off-topic", type=Path, default=HERE / "data" / "off_topic_queries.txt")
-    parser.add_argument("--judged", type=Path, nargs="*", default=[
-        Path("../shared/eval") / name for name in ("cacm", "cranfield", "med", "cisi")])
     return parser.parse_args(argv)
 
 
@@ -116,6 +120,17 @@ def judged_queries(dataset: EvalDataset) -> dict[str, str]:
             if any(grade > 0 for grade in dataset.qrels.get(qid, {}).values())}
 
 
+def recommended(on_topic: Hits, known: EvalDataset, tuning: Sequence[tuple[EvalDataset, Hits]]
+                ) -> float:
+    """The highest threshold that answers no tuning or known-item query empty and removes at
+    most MAX_REMOVED of a tuning set's relevant top-10 papers (0.0 if none past it does)."""
+    sets = [(known, on_topic), *tuning]
+    fitting = [t for t in THRESHOLDS if all(
+        cost["answered_empty"] == 0 and cost["relevant_removed"] <= MAX_REMOVED
+        for cost in (judged_cost(hits, dataset.qrels, t) for dataset, hits in sets))]
+    return max(fitting, default=0.0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings()
@@ -129,9 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             private, encoder)
     on = {q: h for q, h in sample_hits.items() if q in sample.queries}
     off = {q: h for q, h in sample_hits.items() if q not in sample.queries}
-    judged = {dataset.name: (dataset, run_queries(dataset, judged_queries(dataset), settings,
-                                                  encoder))
-              for dataset in map(load_dataset, args.judged)}
+    roles = {**{path: "tuning" for path in settings.tune_sets},
+             **{path: "held_out" for path in settings.held_out_sets}}
+    judged = {dataset.name: (roles[path], dataset,
+                             run_queries(dataset, judged_queries(dataset), settings, encoder))
+              for path, dataset in ((path, load_dataset(path)) for path in roles)}
+    choice = recommended(on, sample, [(dataset, hits) for role, dataset, hits in judged.values()
+                                      if role == "tuning"])
     report: dict[str, Any] = {
         "mode": "hybrid", "top_k": TOP_K, "rerank": False,
         "index": settings.index.model_dump(mode="json", exclude={"api_key", "data_dir"}),
@@ -147,9 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
         },
         "judged": {
-            name: {"queries": len(hits), "by_threshold": [
+            name: {"role": role, "queries": len(hits), "by_threshold": [
                 {"min_relevance": t, **judged_cost(hits, dataset.qrels, t)} for t in THRESHOLDS]}
-            for name, (dataset, hits) in judged.items()
+            for name, (role, dataset, hits) in judged.items()
+        },
+        "recommended": {
+            "min_relevance": choice,
+            "rule": "the highest threshold answering no tuning-set or known-item query empty, "
+                    f"removing at most {MAX_REMOVED:.0%} of a tuning set's relevant top-10 "
+                    "papers; held-out sets only judged",
+            "off_topic_answered_empty": round(empty_share(off, choice), 4),
+            "held_out": {name: judged_cost(hits, dataset.qrels, choice)
+                         for name, (role, dataset, hits) in judged.items() if role == "held_out"},
         },
     }
     print(json.dumps(report, indent=2))
