@@ -380,13 +380,11 @@ def test_server_options_name_grpc_core_channel_args() -> None:
     # gRPC's own limit lies above serve.max_receive_bytes: the gateway refuses past its own
     assert options["grpc.max_receive_message_length"] == 8 * 1024 * 1024
     # ... by at most its size (a lowered limit still bounds what gRPC buffers), within gRPC's
-    # int; the health-only server, which has no check of its own, gets it as it is
+    # int
     assert dict(server_options(ServeSettings(max_receive_bytes=1024)))[
         "grpc.max_receive_message_length"] == 2048
     assert dict(server_options(ServeSettings(max_receive_bytes=2**31 - 1)))[
         "grpc.max_receive_message_length"] == 2**31 - 1
-    assert dict(server_options(ServeSettings(), checked=False))[
-        "grpc.max_receive_message_length"] == 4 * 1024 * 1024
     assert options["grpc.max_send_message_length"] == 16 * 1024 * 1024
     assert options["grpc.max_concurrent_streams"] == 1024
     assert options["grpc.keepalive_time_ms"] == 60_000

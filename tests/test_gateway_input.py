@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from papersearch.api.v1 import papersearch_pb2 as pb
@@ -22,6 +23,7 @@ from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.factory import open_index
 from papersearch.settings import ServeSettings, Settings
 from tests.gateway_helpers import LoopThread, Servers
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +43,14 @@ def targets(sample_settings: Settings, sample_index: Path, embedder_dir: Path,
     scratch = open_index(scratch_settings, encoder, create=True)
     loop = LoopThread()
     servers = Servers(loop, sample_settings)
+    health_port = free_port()  # main's plaintext health port
     try:
         yield {
-            "main": servers.start(LocalBackend(encoder, store, None)),
+            "main": servers.start(LocalBackend(encoder, store, None), health_port=health_port),
             "auth": servers.start(LocalBackend(encoder, store, None), api_keys=[SecretStr("k")]),
             "scratch": servers.start(LocalBackend(encoder, scratch, None)),
             "batch1": servers.start(LocalBackend(encoder, scratch, None), upsert_batch_size=1),
+            "health": f"127.0.0.1:{health_port}",
         }
     finally:
         servers.stop()
@@ -162,6 +166,22 @@ def test_bytes_that_are_no_message_are_invalid_argument(
     head, _, committed = details.partition("; committed before the failure: ")
     assert head.endswith(f"request is not a valid {name}")
     assert committed.startswith("0 papers") if method == "UpsertPapers" else committed == ""
+
+
+@pytest.mark.parametrize("port", ["main", "health"])
+def test_health_requests_are_decoded_as_the_apis_are(targets: dict[str, str], port: str) -> None:
+    """Health needs no key: bytes it could not parse were UNKNOWN in gRPC's words, with an
+    ERROR traceback in the log for anyone who sent them (on the plaintext health port too);
+    an unknown service's name came back whole (megabytes: the answer itself failed)."""
+    with grpc.insecure_channel(targets[port]) as channel:
+        for data in (b"\n\x02\xff\xfe", b"\n\x05ab"):  # invalid UTF-8; cut short
+            details = invalid_argument(call_raw(channel, "/grpc.health.v1.Health/Check", data))
+            assert "HealthCheckRequest" in details  # the field with bad UTF-8, or the type
+        with pytest.raises(grpc.RpcError) as info:
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="s" * 100_000), timeout=60)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert len(info.value.details()) < 200  # type: ignore[attr-defined]
 
 
 def test_authentication_comes_before_decoding(targets: dict[str, str]) -> None:

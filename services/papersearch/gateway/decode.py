@@ -23,7 +23,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from papersearch.errors import MessageTooLarge
-from papersearch.gateway.method_handlers import API_PREFIX, with_behavior
+from papersearch.gateway.method_handlers import API_PREFIX, HEALTH_PREFIX, with_behavior
 from papersearch.pipeline.query import InvalidQuery
 from papersearch.settings import GRPC_INT_MAX
 from papersearch.telemetry import metrics
@@ -43,7 +43,10 @@ def grpc_receive_limit(max_bytes: int) -> int:
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):
-    """Innermost interceptor: authentication turns callers away before their bytes are read."""
+    """Innermost interceptor: authentication turns callers away before their bytes are read.
+    Health's methods too, on both ports: health needs no key, and bytes it could not parse were
+    UNKNOWN with gRPC's words and an ERROR traceback in the log for anyone who sent them.
+    (Reflection's one method streams both ways, which this does not take: gRPC decodes it.)"""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes  # serve.max_receive_bytes
@@ -55,7 +58,7 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if (handler is None or handler.request_deserializer is None
-                or not details.method.startswith(API_PREFIX)):
+                or not details.method.startswith((API_PREFIX, HEALTH_PREFIX))):
             return handler
         descriptor = _input_type(details.method)
         decode = handler.request_deserializer

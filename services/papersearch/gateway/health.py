@@ -15,6 +15,7 @@ from typing import TypeAlias
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from papersearch.corpus.paper import quoted
 from papersearch.telemetry import metrics
 
 ServingStatus: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus
@@ -55,8 +56,8 @@ class Health(health_pb2_grpc.HealthServicer):
                     context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
         status = self._statuses.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no health status for service {request.service!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND,  # quoted: at most 64 characters
+                                f"no health status for service {quoted(request.service)}")
         return health_pb2.HealthCheckResponse(status=status)
 
     async def List(self, request: health_pb2.HealthListRequest,  # noqa: N802 (gRPC's name)

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 API_PREFIX = "/papersearch."  # the API's methods; health and reflection are not among them
+HEALTH_PREFIX = "/grpc.health.v1."  # health's methods: no key, decoded as the API's are
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 _FACTORIES = {  # (request streaming, response streaming) -> handler factory

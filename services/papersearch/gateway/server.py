@@ -77,11 +77,10 @@ class _ClientGone(logging.Filter):
 CLIENT_GONE = _ClientGone()
 
 
-def server_options(serve: ServeSettings, *, checked: bool = True) -> list[tuple[str, int]]:
-    """gRPC core channel arguments for the gateway's limits (README, Server limits).
-    ``checked``: the server's API calls pass DecodeInterceptor, which refuses a message past
-    serve.max_receive_bytes itself, so gRPC's own limit lies above it; the plaintext health
-    server's calls do not, and get the limit as it is."""
+def server_options(serve: ServeSettings) -> list[tuple[str, int]]:
+    """gRPC core channel arguments for the gateway's limits (README, Server limits). Both
+    servers' calls pass DecodeInterceptor, which refuses a message past serve.max_receive_bytes
+    itself, so gRPC's own limit lies above it."""
 
     def ms(seconds: float) -> int:
         return max(1, round(seconds * 1000))
@@ -90,8 +89,7 @@ def server_options(serve: ServeSettings, *, checked: bool = True) -> list[tuple[
         # off: another server on the port (a second `papersearch serve`) is refused at bind,
         # never sharing it (the kernel had split clients between the two)
         ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length",
-         grpc_receive_limit(serve.max_receive_bytes) if checked else serve.max_receive_bytes),
+        ("grpc.max_receive_message_length", grpc_receive_limit(serve.max_receive_bytes)),
         ("grpc.max_send_message_length", serve.max_send_bytes),
         ("grpc.max_concurrent_streams", serve.max_concurrent_streams),
         ("grpc.keepalive_time_ms", ms(serve.keepalive_time_s)),
@@ -154,8 +152,9 @@ class Gateway:
         self.health_server: grpc.aio.Server | None = None
         self.health_address: str | None = None
         if settings.serve.health_port is not None:
-            self.health_server = grpc.aio.server(options=server_options(settings.serve,
-                                                                        checked=False))
+            self.health_server = grpc.aio.server(
+                interceptors=[DecodeInterceptor(settings.serve.max_receive_bytes)],
+                options=server_options(settings.serve))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_address = f"{settings.serve.grpc_host}:{settings.serve.health_port}"
         self._tasks: list[asyncio.Task[None]] = []
