@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -196,19 +196,52 @@ def _delete_request(paper_ids: Sequence[str]) -> pb.DeletePapersRequest:
     return pb.DeletePapersRequest(paper_ids=list(paper_ids))
 
 
-def _papers_failed(error: Exception, summary: pb.UpsertSummary | None,
-                   failed_too: grpc.RpcError | None = None) -> Exception:
-    """The caller's own error, raised by its papers, noted with what the stream committed
-    before it (the stream was ended there, so the gateway answers with its summary)."""
-    if failed_too is not None:
-        committed = committed_of(failed_too)
-        error.add_note(f"the stream then failed too ({failed_too.code().name}): "
-                       + ("what it committed is unknown" if committed is None
-                          else f"{committed} papers were committed"))
-    elif summary is not None:
-        error.add_note(f"the {summary.received} papers before it were sent: "
-                       f"{summary.upserted} committed, {summary.skipped} skipped")
-    return error
+class _UpsertStream:
+    """The caller's papers as an UpsertPapers stream. An error they raise ends the stream there
+    instead of going to gRPC, which would cancel the call (UNKNOWN "Exception iterating
+    requests!") and lose what it committed: the gateway answers with its summary, and the
+    caller's own error is raised with a note of what was committed before it."""
+
+    def __init__(self) -> None:
+        self.failed: Exception | None = None
+
+    def messages(self, papers: Iterable[Paper]) -> Iterator[pb.Paper]:
+        try:
+            for paper in papers:
+                yield convert.paper_to_proto(paper)
+        except Exception as error:  # the caller's: raised by settled() or failed_with()
+            self.failed = error
+
+    async def async_messages(self, papers: Iterable[Paper] | AsyncIterable[Paper]
+                             ) -> AsyncIterator[pb.Paper]:
+        try:
+            if isinstance(papers, AsyncIterable):
+                async for paper in papers:
+                    yield convert.paper_to_proto(paper)
+            else:
+                for paper in papers:
+                    yield convert.paper_to_proto(paper)
+        except Exception as error:  # the caller's: raised by settled() or failed_with()
+            self.failed = error
+
+    def settled(self, summary: pb.UpsertSummary) -> pb.UpsertSummary:
+        """The call's summary; or the caller's error, noted with what was committed."""
+        if self.failed is None:
+            return summary
+        self.failed.add_note(f"the {summary.received} papers before it were sent: "
+                             f"{summary.upserted} committed, {summary.skipped} skipped")
+        raise self.failed
+
+    def failed_with(self, error: grpc.RpcError) -> NoReturn:
+        """The call's ``error``; or, where the caller's papers failed first, the caller's
+        error noted with what the trailing metadata says was committed."""
+        if self.failed is None:
+            raise error
+        committed = committed_of(error)
+        self.failed.add_note(f"the stream then failed too ({error.code().name}): "
+                             + ("what it committed is unknown" if committed is None
+                                else f"{committed} papers were committed"))
+        raise self.failed from None
 
 
 class SearchClient:
@@ -261,26 +294,13 @@ class SearchClient:
         error is raised here as it was, with a note of what was committed. The deadline
         (``timeout_s``, else the client's, 30 s by default) bounds the whole stream: give a
         long one more (the gateway's own bound is serve.index_call_timeout_s, 600 s)."""
-        failed: list[Exception] = []
-
-        def stream() -> Iterator[pb.Paper]:
-            try:
-                for paper in papers:
-                    yield convert.paper_to_proto(paper)
-            except Exception as error:  # raised to gRPC it cancels the call: what the stream
-                failed.append(error)  # committed would be lost with it (UNKNOWN "Exception
-                # iterating requests!"); ended here, the gateway answers with its summary
-
+        stream = _UpsertStream()
         try:
-            summary = self.index_stub.UpsertPapers(stream(), metadata=self.metadata,
+            summary = self.index_stub.UpsertPapers(stream.messages(papers), metadata=self.metadata,
                                                    timeout=_deadline(timeout_s, self.timeout_s))
         except grpc.RpcError as error:
-            if not failed:
-                raise
-            raise _papers_failed(failed[0], None, error) from None
-        if failed:
-            raise _papers_failed(failed[0], summary)
-        return summary
+            stream.failed_with(error)
+        return stream.settled(summary)
 
     def delete(self, paper_ids: Sequence[str], timeout_s: float | None = None) -> int:
         """Delete the papers of ``paper_ids`` (a list: a str alone would be read as its
@@ -350,29 +370,14 @@ class AsyncSearchClient:
     async def upsert(self, papers: Iterable[Paper] | AsyncIterable[Paper],
                      timeout_s: float | None = None) -> pb.UpsertSummary:
         """As SearchClient.upsert; ``papers`` may be an async iterable, read on this loop."""
-        failed: list[Exception] = []
-
-        async def stream() -> AsyncIterator[pb.Paper]:
-            try:
-                if isinstance(papers, AsyncIterable):
-                    async for paper in papers:
-                        yield convert.paper_to_proto(paper)
-                else:
-                    for paper in papers:
-                        yield convert.paper_to_proto(paper)
-            except Exception as error:  # the stream ends here, as in SearchClient.upsert
-                failed.append(error)
-
+        stream = _UpsertStream()
         try:
             summary = await self.index_stub.UpsertPapers(
-                stream(), metadata=self.metadata, timeout=_deadline(timeout_s, self.timeout_s))
+                stream.async_messages(papers), metadata=self.metadata,
+                timeout=_deadline(timeout_s, self.timeout_s))
         except grpc.RpcError as error:
-            if not failed:
-                raise
-            raise _papers_failed(failed[0], None, error) from None
-        if failed:
-            raise _papers_failed(failed[0], summary)
-        return summary
+            stream.failed_with(error)
+        return stream.settled(summary)
 
     async def delete(self, paper_ids: Sequence[str], timeout_s: float | None = None) -> int:
         """As SearchClient.delete."""
