@@ -47,11 +47,6 @@ from papersearch.settings import ServeSettings, is_loopback
 from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
-# aiohttp's stop waits this long for a handler still running, then as long again for it to
-# end once cancelled: the front's stop takes at most twice this. The drain has waited for the
-# calls already (gateway/server.py); what is left is a response being written or a body still
-# arriving (5 s had made the stop 10 s with one call left, past the drain's own allowances).
-HTTP_STOP_S = 1.0
 
 JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,6 +57,11 @@ PARSE_INLINE_BYTES = 64 * 1024  # a larger JSON body is parsed off the event loo
 # 3.4 MiB: 268 ms), and in the default executor they queued behind the index's opens
 PARSE_THREADS = 1
 PARSE_WAITING = 3
+# aiohttp's stop waits this long for a handler still running, then as long again for it to
+# end once cancelled: the front's stop takes at most twice this. The drain has waited for the
+# calls already (gateway/server.py); what is left is a response being written or a body still
+# arriving (5 s had made the stop 10 s with one call left, past the drain's own allowances).
+HTTP_STOP_S = 1.0
 TCP_KEEPALIVE_PROBES = 3  # a watch's connection: unanswered probes before it is dropped
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's bound on the idle and interval options
 RETRY_AFTER_S = 1  # a 429 or 503's Retry-After: the gateway's refusals are short-lived
