@@ -343,10 +343,10 @@ def test_malformed_records_are_skipped_with_their_line(
     assert summary["duplicates"] == 1
     assert summary["skipped"] == 5
     assert summary["collection_size"] == 4
-    skipped = summary["skipped_records"]
-    assert len(skipped) == 5
+    skipped = summary["skipped_records"]  # the conflict too, with where its id was read
+    assert len(skipped) == 6
     expected = {2: "invalid JSON", 3: "'id'", 4: "not an ISO date", 7: "JSON object",
-                10: "neither title nor abstract"}
+                9: f"already read at {corpus}:1", 10: "neither title nor abstract"}
     for (line, reason), note in zip(expected.items(), skipped, strict=True):
         assert note.startswith(f"{corpus}:{line}: "), note
         assert reason in note

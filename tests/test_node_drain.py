@@ -31,28 +31,34 @@ def cluster() -> Iterator[tuple[Any, str, str]]:
     from ray.cluster_utils import Cluster
 
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: socket paths are length-limited
-    nodes = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "temp_dir": str(temp_dir), "include_dashboard": True})
-    workers = [nodes.add_node(num_cpus=1) for _ in range(2)]
-    try:
-        nodes.wait_for_nodes()
-        ray.init(address=nodes.address, log_to_driver=False)
-        serve.start(proxy_location="Disabled")
+    # Cluster writes the head's address to <RAY_TMPDIR or /tmp>/ray/ray_current_cluster
+    # without making the folder: on a machine where Ray never ran, /tmp/ray did not exist and
+    # the fixture failed (FileNotFoundError). Here it is the test's own folder.
+    (temp_dir / "ray").mkdir()
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("RAY_TMPDIR", str(temp_dir))
+        nodes = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "temp_dir": str(temp_dir), "include_dashboard": True})
+        workers = [nodes.add_node(num_cpus=1) for _ in range(2)]
+        try:
+            nodes.wait_for_nodes()
+            ray.init(address=nodes.address, log_to_driver=False)
+            serve.start(proxy_location="Disabled")
 
-        @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1},
-                          graceful_shutdown_timeout_s=2)
-        class Echo:
-            def __call__(self, value: int) -> int:
-                return value
+            @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1},
+                              graceful_shutdown_timeout_s=2)
+            class Echo:
+                def __call__(self, value: int) -> int:
+                    return value
 
-        handle = serve.run(Echo.bind(), name="drained",  # type: ignore[attr-defined]
-                           route_prefix=None)
-        yield handle, workers[0].node_id, workers[1].node_id
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        nodes.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            handle = serve.run(Echo.bind(), name="drained",  # type: ignore[attr-defined]
+                               route_prefix=None)
+            yield handle, workers[0].node_id, workers[1].node_id
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            nodes.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
