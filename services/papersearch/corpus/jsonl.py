@@ -30,7 +30,7 @@ MAX_LINE_BYTES = 1 << 20
 # ISO 8601's reduced precision, common in metadata exports: a year, or a year and month
 _REDUCED_DATE = re.compile(r"\d{4}(?:-\d{2})?")
 # A JSON Lines paper's id, by either name (paper_id: the API's)
-_ID_KEYS = ("id", "paper_id")
+ID_KEYS = ("id", "paper_id")
 
 
 class RecordError(ValueError):
@@ -108,7 +108,7 @@ def _paper_id(record: Mapping[str, Any]) -> str:
     taken as absent: a dataframe export writes both columns, one of them empty. Two that
     differ are refused, not one of them chosen: which paper the line means cannot be told,
     and either choice would file its text under the other paper's id without a word."""
-    given = [key for key in _ID_KEYS if not _blank(record.get(key))]
+    given = [key for key in ID_KEYS if not _blank(record.get(key))]
     if not given:
         also = " and 'paper_id'" if "paper_id" in record else ""
         raise RecordError(f"missing or empty 'id'{also}")

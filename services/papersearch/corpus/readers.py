@@ -18,7 +18,7 @@ from pathlib import Path
 
 from papersearch.corpus.beir import CORPUS_FILE, read_beir
 from papersearch.corpus.daily_papers import read_daily_papers
-from papersearch.corpus.jsonl import bounded_lines, read_jsonl
+from papersearch.corpus.jsonl import ID_KEYS, bounded_lines, read_jsonl
 from papersearch.corpus.paper import Duplicate, Paper, ReadResult, Skipped, quoted
 from papersearch.paths import files_ending, shown
 
@@ -220,7 +220,7 @@ def _is_beir(record: Mapping[str, object]) -> bool:
     ``paper_id`` (the API's): read as BEIR, its ids were the database's and every abstract
     was lost without a word; one with ``_id`` and an abstract but no id of ours is refused
     line by line ("missing or empty 'id'") rather than read without its abstracts."""
-    return "_id" in record and not record.keys() & {"id", "paper_id", "abstract"}
+    return "_id" in record and not record.keys() & {*ID_KEYS, "abstract"}
 
 
 def _few(names: list[str]) -> str:
