@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       if role == "tuning"])
     report: dict[str, Any] = {
         "mode": "hybrid", "top_k": TOP_K, "rerank": False,
-        "index": settings.index.model_dump(mode="json", exclude={"api_key", "data_dir"}),
+        "index": settings.index.model_dump(mode="json", exclude={"api_key", "data_dir", "url"}),
         "sample": {
             "corpus": sample.name, "off_topic_queries": len(off), "on_topic_queries": len(on),
             "best_cosine_quartiles": {"off_topic": quartiles(off), "on_topic": quartiles(on)},

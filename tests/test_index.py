@@ -940,6 +940,15 @@ def test_open_store_default_is_embedded(tmp_path: Path) -> None:
     assert isinstance(store, EdgeStore) and store.path == tmp_path / "papers"
 
 
+def test_server_store_names_its_collection_without_the_url_credentials() -> None:
+    """describe() goes into log lines and error messages: user and password stay out."""
+    settings = IndexSettings(backend="server", url="https://reader:s3cret@qdrant.example:6333",
+                             collection="papers")
+    store = ServerStore(settings, client=QdrantClient(":memory:"))
+    assert store.describe() == "https://qdrant.example:6333/papers"
+    store.close()
+
+
 def test_settings_need_url_for_server() -> None:
     with pytest.raises(ValueError, match="index.url"):
         IndexSettings(backend="server")

@@ -305,11 +305,17 @@ class IndexSettings(Section):
         return self
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` without the user and password it may carry (``https://user:pw@host``), as
+    messages and logs show it."""
+    return re.sub(r"(?<=//)[^/?#]*@", "", url)
+
+
 def _check_server_url(url: str) -> None:
     """ValueError unless ``url`` is http(s) with a host and a port that is one: ``http://`` or
     ``https://qdrant:x`` failed only at the first call, deep in urllib3, naming no setting. The
     URL is quoted without its user and password."""
-    shown = repr(re.sub(r"(?<=//)[^/?#]*@", "", url)[:64])
+    shown = repr(without_userinfo(url)[:64])
     try:
         parts = urlsplit(url)
         port = parts.port

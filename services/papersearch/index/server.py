@@ -73,7 +73,7 @@ from papersearch.index.schema import (
 )
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
-from papersearch.settings import IndexSettings
+from papersearch.settings import IndexSettings, without_userinfo
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ServerStore(Store):
         self.name = settings.collection
 
     def describe(self) -> str:
-        return f"{self.settings.url or 'qdrant'}/{self.name}"
+        return f"{without_userinfo(self.settings.url or 'qdrant')}/{self.name}"
 
     # -- engine primitives -------------------------------------------------------------------
 
