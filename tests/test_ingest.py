@@ -430,6 +430,37 @@ def test_a_rerun_rewrites_changed_papers_and_update_rewrites_all(
         assert_stored_exactly(store, changed)
 
 
+def test_prune_deletes_the_papers_no_corpus_of_the_run_holds(
+    model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path
+) -> None:
+    """A paper removed from a corpus stayed in the index for good; --prune deletes it, keeps
+    what any of the run's corpora holds, and deletes nothing when a record was skipped."""
+    records = make_records(6)
+    env = cli_env(model_settings, data_dir)
+    ingest(env, write_jsonl(tmp_path / "all.jsonl", records))
+    plain = ingest(env, write_jsonl(tmp_path / "first.jsonl", records[:2]))
+    assert plain["pruned"] is None and plain["collection_size"] == 6  # without --prune: kept
+
+    second = write_jsonl(tmp_path / "second.jsonl", records[2:4])
+    pruned = ingest(env, tmp_path / "first.jsonl", second, "--prune")
+    assert pruned["pruned"] == 2 and pruned["collection_size"] == 4
+    assert sorted(pruned["pruned_ids"]) == sorted(r["id"] for r in records[4:])
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, records[:4])
+    assert ingest(env, tmp_path / "first.jsonl", second, "--prune")["pruned"] == 0
+
+    # a record it could not read may be a stored paper: nothing is deleted, the rest ingested
+    broken = json.dumps(records[3])[:40]  # a stored paper's line, cut short
+    messy = write_jsonl(tmp_path / "messy.jsonl", [*records[:2], broken, records[4]])
+    done = run_cli(env, "ingest", messy, "--prune", "--quiet")
+    assert done.returncode == 2, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["upserted"], summary["pruned"], summary["collection_size"]) == (1, None, 5)
+    assert "--prune: not pruned: 1 records were skipped" in done.stderr
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, [*records[:4], records[4]])
+
+
 def test_ingest_refuses_an_index_built_by_another_embedder(
     model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path
 ) -> None:

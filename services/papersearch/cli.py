@@ -226,7 +226,7 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.corpus.readers import detect_format
     from papersearch.ingest.distributed import RayIngester, ray_cluster
-    from papersearch.ingest.pipeline import Ingester, Ingests, ingest_paths
+    from papersearch.ingest.pipeline import Ingester, Ingests, PruneRefused, ingest_paths
     from papersearch.pipeline.factory import LiveCheck, drop_collection, open_live
 
     paths = args.paths or [settings.corpus_dir]
@@ -247,15 +247,21 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                     ingester = Ingester(store, encoder, settings.models.batch_size, live)
                 else:
                     ingester = RayIngester(store, encoder, settings, live)
+                refused: PruneRefused | None = None
                 try:
                     summary = ingest_paths(paths, store, ingester, update=args.update,
-                                           progress=not args.quiet)
+                                           progress=not args.quiet, prune=args.prune)
+                except PruneRefused as error:  # the papers were ingested: say so, then why
+                    summary, refused = error.summary, error
                 finally:  # also when cut short (Ctrl-C, a failed write) before any write
                     made_for_nothing = store.created and _holds_nothing(store)
         finally:
             if made_for_nothing:  # `search` then says there is no index, not "0 hits"
                 drop_collection(settings.index, store.settings.collection)
     print(json.dumps(summary.to_dict(), indent=2))
+    if refused is not None and summary.read:
+        print(f"papersearch: error: {refused}", file=sys.stderr)
+        return 2
     if summary.read == 0:  # `ingest && search` went on with nothing indexed
         first = summary.skipped_records[:1]
         print(f"papersearch: error: no paper read from {', '.join(map(str, paths))}"
@@ -656,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--update", action="store_true",
                         help="re-embed every paper (default: skip papers stored as the corpus "
                              "has them, write the rest: a resume, or the corpus's changes)")
+    ingest.add_argument(
+        "--prune", action="store_true",
+        help="then delete the stored papers none of these corpora holds (removed from them, or "
+             "retitled Daily Papers papers); refused if a record was skipped")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.add_argument(
         "--ray", nargs="?", const="", metavar="ADDRESS",

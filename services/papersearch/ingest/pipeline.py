@@ -5,22 +5,24 @@ killed half-way resumes: papers already stored as the corpus has them are skippe
 otherwise written again (``update`` re-embeds them all), and each batch is written only after
 it is fully encoded, so no paper is half-written.
 Ctrl-C stops between engine calls: the batches written stay, a rerun does the rest.
+With ``prune``, a run that read its corpora whole then deletes the stored papers none of them
+holds (removed from a corpus, or a Daily Papers paper retitled: a new title is a new id).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from tqdm import tqdm
 
 from papersearch import interrupts
-from papersearch.corpus.paper import Paper
+from papersearch.corpus.paper import Paper, point_id
 from papersearch.corpus.readers import MAX_SKIPPED_KEPT, Skipped, read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.store import Store
@@ -28,6 +30,10 @@ from papersearch.interrupts import Interrupted
 from papersearch.retriever.retriever import Retriever
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_PRUNED_NAMED = 100  # pruned papers the summary names; all are counted
+_PRUNE_BATCH = 256  # papers per delete call
 
 
 @dataclass(slots=True)
@@ -43,6 +49,8 @@ class IngestSummary:
     changed: int | None = 0
     collection_size: int = 0
     skipped_records: list[Skipped] = field(default_factory=list)  # the first MAX_SKIPPED_KEPT
+    pruned: int | None = None  # with prune: stored papers no corpus of the run holds, deleted
+    pruned_ids: list[str] = field(default_factory=list)  # the first MAX_PRUNED_NAMED of them
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -119,11 +127,22 @@ def unstored(store: Store, papers: Sequence[Paper]) -> tuple[list[Paper], int]:
     return fresh, sum(p.id in stored for p in fresh)
 
 
+class PruneRefused(Exception):
+    """``prune`` deleted nothing: the run cannot tell which stored papers its corpora lack.
+    Its papers were ingested; ``summary`` says what it did."""
+
+    def __init__(self, reason: str, summary: IngestSummary) -> None:
+        super().__init__(reason)
+        self.summary = summary
+
+
 class Ingests(Protocol):
     """What ingest_paths drives: this module's Ingester, or ingest/distributed.RayIngester."""
 
     written: int
     changed: int
+
+    def check(self) -> None: ...
 
     def ingest(self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True
                ) -> tuple[int, int]: ...
@@ -131,18 +150,26 @@ class Ingests(Protocol):
 
 def ingest_paths(
     paths: Sequence[Path], store: Store, ingester: Ingests, *, update: bool = False,
-    progress: bool = True,
+    progress: bool = True, prune: bool = False,
 ) -> IngestSummary:
-    """Ingest each corpus path (any supported format) and summarise the run.
+    """Ingest each corpus path (any supported format) and summarise the run; with ``prune``,
+    then delete the stored papers none of the paths holds (PruneRefused where that cannot be
+    told).
 
     Ctrl-C raises ``Interrupted``, saying how many papers this run wrote (they stay).
     """
     summary = IngestSummary()
     try:
-        _ingest_each(paths, ingester, summary, update=update, progress=progress)
+        read = _ingest_each(paths, ingester, summary, update=update, progress=progress)
+        if prune:
+            _prune(store, ingester, summary, read)
     except KeyboardInterrupt:
-        raise Interrupted(f"ingest: {ingester.written:,} papers written by this run; "
+        pruned = "" if summary.pruned is None else f" and {summary.pruned:,} pruned"
+        raise Interrupted(f"ingest: {ingester.written:,} papers written{pruned} by this run; "
                           f"{_again(update)}") from None
+    except PruneRefused:
+        summary.collection_size = store.count()
+        raise
     except Exception:  # a failed write, an unreachable server: the error line says what
         log.warning(f"ingest stopped: {ingester.written:,} papers written by this run; "
                     f"{_again(update)}", extra={"written": ingester.written})
@@ -159,7 +186,8 @@ def _again(update: bool) -> str:
 def _ingest_each(
     paths: Sequence[Path], ingester: Ingests, summary: IngestSummary, *, update: bool,
     progress: bool,
-) -> None:
+) -> Mapping[str, int]:
+    """The paper ids read, with their content keys."""
     earlier: dict[str, int] = {}  # a paper in two of the corpora is one paper: its first copy
     for path in paths:
         reader = read_corpus(path, earlier=earlier)
@@ -178,9 +206,38 @@ def _ingest_each(
         log.info("ingested", extra={"path": str(path), "upserted": written, "present": present,
                                     "skipped": stats.skipped, "duplicates": stats.duplicates,
                                     "conflicts": stats.conflicts})
+    return earlier
 
 
-def _batches(papers: Iterable[Paper], size: int) -> Iterator[list[Paper]]:
-    iterator = iter(papers)
+def _prune(store: Store, ingester: Ingests, summary: IngestSummary, read: Mapping[str, int]
+           ) -> None:
+    """Delete the stored papers whose ids are not in ``read``, in batches, each between two
+    of the ingester's checks (as its writes: an embedder migration's swap stops it). Refused
+    when the run read nothing (it would empty the index) or skipped a record (a record it
+    could not read may be a paper the index holds)."""
+    if summary.read == 0:
+        raise PruneRefused("--prune: not pruned: no paper was read, so every stored paper "
+                           "would go", summary)
+    if summary.skipped:
+        raise PruneRefused(
+            f"--prune: not pruned: {summary.skipped:,} records were skipped (skipped_records), "
+            "and a record that could not be read may be a paper the index holds; mend or "
+            "remove them and run again", summary)
+    kept = {point_id(paper_id) for paper_id in read}
+    stale = [pid for pid in store.execute(store.point_ids_program()) if pid not in kept]
+    summary.pruned = 0
+    for batch in _batches(stale, _PRUNE_BATCH):
+        papers = store.execute(store.papers_program(batch))
+        ingester.check()
+        with interrupts.held():  # Ctrl-C meanwhile: after the count
+            store.delete([p.id for p in papers])
+            summary.pruned += len(papers)
+            room = MAX_PRUNED_NAMED - len(summary.pruned_ids)
+            summary.pruned_ids.extend(p.id for p in papers[:max(0, room)])
+    log.info("pruned", extra={"pruned": summary.pruned})
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
