@@ -179,8 +179,10 @@ def test_index_delete_asks_the_gateway(index_server: str,
     assert main(["index", "delete", "p1", "p9", "p1", "--target", index_server]) == 0
     assert capsys.readouterr().out == (
         "deleted 1 of 2 papers (the others were not in the index)\n")
-    assert main(["index", "delete", "p2", "--json", "--target", index_server]) == 0
-    assert json.loads(capsys.readouterr().out) == {"deleted": 1, "asked": 1}
+    assert main(["index", "delete", "p2", " p2", "--json", "--target", index_server]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": 1, "asked": 1}  # one id, cleaned
+    assert main(["index", "delete", "p2", "p\x01", "--target", index_server]) == 2
+    assert "paper_ids[1]" in capsys.readouterr().err  # refused before the call
     assert main(["index", "delete", "p1"]) == 2
     assert "index delete needs --target" in capsys.readouterr().err
 

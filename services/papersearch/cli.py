@@ -374,7 +374,11 @@ def _index_delete(settings: Settings, args: argparse.Namespace) -> int:
     if not _remote(args):
         raise ValueError("index delete needs --target HOST:PORT: the running gateway deletes "
                          "(from every collection an embedder migration keeps in step)")
-    asked = len(set(args.paper_ids))
+    from papersearch.api.convert import paper_ids_from_proto
+
+    # the ids as the gateway counts them: cleaned (" p1" and "p1" are one) and each once; a
+    # bad one is refused here, before the call
+    asked = len(paper_ids_from_proto(args.paper_ids))
     deleted = _ask_gateway(args, lambda client: client.delete(args.paper_ids))
     print(json.dumps({"deleted": deleted, "asked": asked}) if args.json
           else f"deleted {deleted} of {asked} papers (the others were not in the index)")
