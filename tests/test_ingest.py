@@ -700,6 +700,37 @@ def test_a_stop_just_after_a_write_counts_it(
         assert "run again without it to add what is missing" in str(stopped.value)
 
 
+def test_a_failed_write_counts_the_writes_of_its_batch_before_it(
+    model_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch larger than one engine write (models.batch_size > index.upsert_batch_size) was
+    counted only when all of it was written: a failed third write said "0 papers written"
+    where the index held 4."""
+    from papersearch.ingest.pipeline import Ingester, ingest_paths
+    from papersearch.pipeline.factory import open_live
+
+    settings = model_settings.model_copy(
+        update={"index": IndexSettings(data_dir=tmp_path / "index", upsert_batch_size=2)})
+    encoder, store = open_live(settings, create=True)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(6))
+    writes = 0
+    write = store._write
+
+    def failing_third(points: Any) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            raise StoreError("the write failed")
+        write(points)
+
+    monkeypatch.setattr(store, "_write", failing_third)
+    with store:
+        ingester = Ingester(store, encoder, batch_size=6)
+        with pytest.raises(StoreError):
+            ingest_paths([corpus], store, ingester, progress=False)
+        assert ingester.written == 4 == store.count()
+
+
 def test_ray_workers_without_the_collections_embedder_stop_the_run_in_one_line(
     embedder_dir: Path,
 ) -> None:

@@ -28,7 +28,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,7 +38,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.store import Store
-from papersearch.ingest.pipeline import checked_write, unstored
+from papersearch.ingest.pipeline import unstored, write_encoded
 from papersearch.models.manifest import (
     FP32_FILE,
     INT8_FILE,
@@ -350,7 +349,7 @@ class RayIngester:
                       disable=None if progress else True) as bar:
                 for rows, dense in self._encoded(fresh):
                     batch = [fresh[int(row)] for row in rows]
-                    written += checked_write(self, partial(self.retriever.upsert, batch, dense))
+                    written += write_encoded(self, self.retriever, batch, dense)
                     bar.update(len(batch))
         self.store.optimize()
         return written, len(listed) - len(fresh)

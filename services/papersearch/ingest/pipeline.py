@@ -19,6 +19,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import numpy as np
 from tqdm import tqdm
 
 from papersearch import interrupts
@@ -77,7 +78,7 @@ class Ingester:
         if not papers:
             return 0
         dense = self.encoder.encode_documents([p.text for p in papers])
-        return checked_write(self, partial(self.retriever.upsert, papers, dense))
+        return write_encoded(self, self.retriever, papers, dense)
 
     def ingest(
         self, papers: Iterable[Paper], *, update: bool = False, progress: bool = True
@@ -115,6 +116,17 @@ def checked_write(job: Checked, write: Callable[[], int]) -> int:
         job.written += written
     job.check()
     return written
+
+
+def write_encoded(job: Checked, retriever: Retriever, papers: Sequence[Paper],
+                  dense: np.ndarray) -> int:
+    """Write encoded papers one engine write (``index.upsert_batch_size`` papers) at a time,
+    each through ``checked_write``: when one fails, the writes before it are counted (a batch
+    larger than one write, written whole, was counted only when all of it was)."""
+    size = retriever.store.settings.upsert_batch_size
+    return sum(checked_write(job, partial(retriever.upsert, papers[start:start + size],
+                                          dense[start:start + size]))
+               for start in range(0, len(papers), size))
 
 
 def unstored(store: Store, papers: Sequence[Paper]) -> tuple[list[Paper], int]:
@@ -211,8 +223,9 @@ def _ingest_each(
 
 def _prune(store: Store, ingester: Ingests, summary: IngestSummary, read: Mapping[str, int]
            ) -> None:
-    """Delete the stored papers whose ids are not in ``read``, in batches, each between two
-    of the ingester's checks (as its writes: an embedder migration's swap stops it). Refused
+    """Delete the stored papers whose ids are not in ``read``, in batches, with the ingester's
+    check before each and after the last (as its writes: an embedder migration's swap stops
+    it). Refused
     when the run read nothing (it would empty the index) or skipped a record (a record it
     could not read may be a paper the index holds)."""
     if summary.read == 0:
@@ -234,6 +247,7 @@ def _prune(store: Store, ingester: Ingests, summary: IngestSummary, read: Mappin
             summary.pruned += len(papers)
             room = MAX_PRUNED_NAMED - len(summary.pruned_ids)
             summary.pruned_ids.extend(p.id for p in papers[:max(0, room)])
+    ingester.check()  # a swap during the last delete: the run says so, as after a write
     log.info("pruned", extra={"pruned": summary.pruned})
 
 
