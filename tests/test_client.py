@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from papersearch.api.convert import WatchQuery
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.client import SearchClient, Watching, target_host
 
@@ -16,6 +17,19 @@ def test_delete_refuses_a_lone_id() -> None:
     papers with those one-character ids and keeping the one meant, and looked successful."""
     with SearchClient("127.0.0.1:1") as client, pytest.raises(TypeError, match="list of"):
         client.delete("paper-123")
+
+
+@pytest.mark.parametrize("timeout_s", [float("inf"), 1e10, 0.0, -1.0, float("nan")])
+def test_a_timeout_grpc_cannot_keep_is_refused_before_the_call(timeout_s: float) -> None:
+    """gRPC read a deadline past ~7.4e9 s (or inf) as already past: every call failed at once
+    with DEADLINE_EXCEEDED, as if the gateway were unreachable."""
+    with pytest.raises(ValueError, match="timeout_s must be a positive number of seconds"):
+        SearchClient("127.0.0.1:1", timeout_s=timeout_s)
+    with SearchClient("127.0.0.1:1") as client:
+        with pytest.raises(ValueError, match=r"at most 31536000 \(a year\)"):
+            client.health(timeout_s=timeout_s)
+        with pytest.raises(ValueError, match="timeout_s must be"):
+            client.watch(WatchQuery("graph neural networks"), timeout_s=timeout_s)
 
 
 @pytest.mark.parametrize(("target", "host"), [

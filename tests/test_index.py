@@ -954,6 +954,13 @@ def test_settings_need_url_for_server() -> None:
         IndexSettings(backend="server")
 
 
+def test_a_server_timeout_grpc_cannot_keep_is_refused() -> None:
+    """index.timeout_s=1e10 passed: every call to the server then failed at once with
+    DEADLINE_EXCEEDED (gRPC read the deadline as past), as if Qdrant were down."""
+    with pytest.raises(ValueError, match="less than or equal to 31536000"):
+        IndexSettings(backend="server", url="http://qdrant:6333", timeout_s=10_000_000_000)
+
+
 # -- the two engines agree ------------------------------------------------------------------------
 
 

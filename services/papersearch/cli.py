@@ -29,7 +29,7 @@ from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.models.manifest import ProviderUnavailable
 from papersearch.serving.node_drain import NodeDrainError
-from papersearch.settings import Settings, load_settings, unread_variables
+from papersearch.settings import DEADLINE_MAX_S, Settings, load_settings, unread_variables
 
 if TYPE_CHECKING:
     from papersearch.client import SearchClient
@@ -53,7 +53,6 @@ EXTRA_MODULES = {  # what pyproject.toml's extras install, as imported
     "export": ("torch", "transformers", "onnx", "onnxscript", "packaging"),
     "loadtest": ("prometheus_client", "matplotlib"),
 }
-TIMEOUT_MAX_S = 365 * 24 * 3600  # --timeout-s; gRPC took ~290 years or more for a past deadline
 GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError,
                StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError)
@@ -350,8 +349,8 @@ def _positive_timeout(timeout_s: float | None) -> None:
     made gRPC's deadline one already past (DEADLINE_EXCEEDED at once)."""
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"--timeout-s must be a positive number of seconds, got {timeout_s:g}")
-    if timeout_s is not None and not timeout_s <= TIMEOUT_MAX_S:
-        raise ValueError(f"--timeout-s must be at most {TIMEOUT_MAX_S} seconds (a year), got "
+    if timeout_s is not None and not timeout_s <= DEADLINE_MAX_S:
+        raise ValueError(f"--timeout-s must be at most {DEADLINE_MAX_S} seconds (a year), got "
                          f"{timeout_s:g}")
 
 

@@ -23,7 +23,7 @@ from papersearch.corpus.paper import Paper
 from papersearch.gateway.auth import API_KEY_HEADER
 from papersearch.index.query import Examples, SearchFilter
 from papersearch.pipeline.query import SearchHit, SearchQuery, SearchResult
-from papersearch.settings import is_loopback
+from papersearch.settings import DEADLINE_MAX_S, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,21 @@ def _trailing_int(error: grpc.RpcError, key: str) -> int | None:
 
 def _deadline(call_s: float | None, client_s: float) -> float:
     """A call's deadline in seconds: its own ``timeout_s``, else the client's."""
-    return client_s if call_s is None else call_s
+    return client_s if call_s is None else checked_timeout(call_s)
+
+
+def _stream_deadline(timeout_s: float | None) -> float | None:
+    """A watch's deadline: none unless the caller gives one."""
+    return None if timeout_s is None else checked_timeout(timeout_s)
+
+
+def checked_timeout(timeout_s: float, name: str = "timeout_s") -> float:
+    """``timeout_s`` if it is a positive number of seconds, at most DEADLINE_MAX_S (a year);
+    else ValueError: gRPC took inf, or a deadline centuries away, as one already past."""
+    if not 0 < timeout_s <= DEADLINE_MAX_S:
+        raise ValueError(f"{name} must be a positive number of seconds, at most "
+                         f"{DEADLINE_MAX_S} (a year), got {timeout_s:g}")
+    return timeout_s
 
 
 def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
@@ -248,11 +262,11 @@ class SearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
+        self.timeout_s = checked_timeout(timeout_s)  # before the channel: nothing to close
         self.metadata, self.channel = _open(grpc, target, api_key, tls, retry, wait_for_ready)
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.index_stub = pb_grpc.IndexServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        self.timeout_s = timeout_s
 
     def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         response = self.search_stub.Search(
@@ -281,7 +295,8 @@ class SearchClient:
         """A saved search: matches as papers are indexed, after any replay (WatchSearch).
         No deadline unless ``timeout_s`` (the stream is meant to stay open)."""
         call = self.search_stub.WatchSearch(convert.watch_query_to_proto(query),
-                                            metadata=self.metadata, timeout=timeout_s)
+                                            metadata=self.metadata,
+                                            timeout=_stream_deadline(timeout_s))
         return Watching(call)
 
     def upsert(self, papers: Iterable[Paper], timeout_s: float | None = None
@@ -333,12 +348,12 @@ class AsyncSearchClient:
     def __init__(self, target: str, api_key: str | None = None, timeout_s: float = 30.0,
                  tls: Tls | None = None, retry: bool = True,
                  wait_for_ready: bool = False) -> None:
+        self.timeout_s = checked_timeout(timeout_s)
         self.metadata, self.channel = _open(grpc.aio, target, api_key, tls, retry,
                                             wait_for_ready)
         self.search_stub = pb_grpc.SearchServiceStub(self.channel)
         self.index_stub = pb_grpc.IndexServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        self.timeout_s = timeout_s
 
     async def search(self, query: SearchQuery, timeout_s: float | None = None) -> SearchResult:
         response = await self.search_stub.Search(
@@ -365,7 +380,8 @@ class AsyncSearchClient:
     def watch(self, query: convert.WatchQuery, timeout_s: float | None = None) -> AsyncWatching:
         """As SearchClient.watch: ``async for event in client.watch(query)``."""
         return AsyncWatching(self.search_stub.WatchSearch(
-            convert.watch_query_to_proto(query), metadata=self.metadata, timeout=timeout_s))
+            convert.watch_query_to_proto(query), metadata=self.metadata,
+            timeout=_stream_deadline(timeout_s)))
 
     async def upsert(self, papers: Iterable[Paper] | AsyncIterable[Paper],
                      timeout_s: float | None = None) -> pb.UpsertSummary:

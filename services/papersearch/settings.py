@@ -60,6 +60,9 @@ COLLECTION_NAME = r"^[A-Za-z0-9_-]+$"  # embedded: also its folder's name in ind
 # failed the gateway's start with an OverflowError that named no setting
 GRPC_INT_MAX = 2**31 - 1
 GRPC_MS_MAX_S = GRPC_INT_MAX // 1000
+# The longest gRPC deadline taken: gRPC Python reads one past ~7.4e9 s (236 years) as already
+# past, so every call failed at once with DEADLINE_EXCEEDED (a huge value meant "no timeout")
+DEADLINE_MAX_S = 365 * 24 * 3600
 
 
 def _path_not_blank(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -215,7 +218,8 @@ class IndexSettings(Section):
     url: str | None = Field(None, description="Server backend: e.g. http://qdrant:6333.")
     api_key: SecretStr | None = None
     grpc_port: int = Field(6334, ge=1, le=65535)
-    timeout_s: int = Field(10, ge=1, description="Server backend: per-request timeout.")
+    timeout_s: int = Field(10, ge=1, le=DEADLINE_MAX_S,
+                           description="Server backend: per-request timeout (at most a year).")
     hnsw_m: int = Field(16, ge=4)
     hnsw_ef_construct: int = Field(100, ge=4)
     hnsw_ef: int = Field(128, ge=1, description="Default search-time HNSW ef.")
