@@ -580,6 +580,32 @@ def test_explain_gives_each_stage_the_fusion_and_the_matched_terms(
     assert why.dense == StageRank(1, dense_only[0].score)
 
 
+def test_a_long_query_itemises_a_bounded_number_of_terms(
+        loaded: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every BM25 term of a query was one engine query more (a 2,048-character query: ~500,
+    16x a search's index time). Past the bound the terms the hits hold most are itemised and
+    each hit's part from the others comes last, whole: the parts still add up."""
+    import papersearch.index.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_EXPLAINED_TERMS", 4)
+    text = " ".join([*WORDS, RARE, "chocolate", "cake"])  # 23 terms, two held by no paper
+    hits = Retriever(loaded).search(text, DENSE[RARE_AT], mode="hybrid", limit=8,
+                                    explain=True, feedback=False)
+    itemised: set[str] = set()
+    for hit in hits:
+        why = hit.explanation
+        assert why is not None and hit.sparse_score is not None
+        named = [(t, score) for t, score in why.terms if not t.startswith("(")]
+        itemised |= {t for t, _ in named}
+        held = set(f"{hit.paper.title} {hit.paper.abstract}".split()) & set(text.split())
+        others = len(held - {t for t, _ in named})
+        assert why.terms[len(named):] == ((
+            (f"({others} other terms)", pytest.approx(hit.sparse_score - sum(
+                score for _, score in named), abs=1e-5)),) if others else ())
+        assert sum(score for _, score in why.terms) == pytest.approx(hit.sparse_score, rel=1e-4)
+    assert len(itemised) <= 4 and not itemised & {"chocolate", "cake"}
+
+
 def record_creation(store: Store) -> list[dict[str, Any]]:
     """The create_collection requests a server store sends from now on (local mode keeps no
     layout to read back); an embedded store's layout is its edge_config.json instead."""

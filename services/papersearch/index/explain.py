@@ -1,8 +1,8 @@
 """Explained rankings (``explain``): one hit's stage ranks, fusion inputs and matched BM25 terms.
 
 ``Store.explain_program`` fetches what this needs in one batch after the search (each stage's
-list as the search saw it, and every BM25 query term's score for every hit), so a search
-without ``explain`` costs nothing more.
+list as the search saw it, and each BM25 query term's score for every hit, up to
+MAX_EXPLAINED_TERMS terms), so a search without ``explain`` costs nothing more.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from papersearch.index.plan import Scored
 from papersearch.index.query import Explanation, Hit, SearchRequest, StageRank
 from papersearch.index.schema import DENSE, SPARSE
 from papersearch.settings import IndexSettings
+
+OTHER_TERMS = "({} other terms)"  # the label of a hit's BM25 part from terms not itemised
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +42,12 @@ class StageList:
 
 def explain_hit(hit: Hit, rank: int, request: SearchRequest, settings: IndexSettings,
                 lists: Mapping[str, StageList],
-                terms: Sequence[tuple[str, Mapping[str, float]]]) -> Explanation:
+                terms: Sequence[tuple[str, Mapping[str, float]]], others: int = 0
+                ) -> Explanation:
     """``hit``, ranked ``rank`` (from 1) in ``request``'s answer: ``lists`` are the stages'
-    lists by vector name, ``terms`` each BM25 query term's label and scores by point id."""
+    lists by vector name, ``terms`` each BM25 query term's label and scores by point id;
+    ``others`` the query terms the hit holds that were not itemised (Store's
+    MAX_EXPLAINED_TERMS), whose part of its BM25 score comes last, as OTHER_TERMS."""
     pid = hit.paper.point_id
     positions = {using: stage.ranks.get(pid) for using, stage in lists.items()}
     dense = StageRank(positions[DENSE], hit.dense_score) if DENSE in lists else None
@@ -50,6 +55,9 @@ def explain_hit(hit: Hit, rank: int, request: SearchRequest, settings: IndexSett
     matched = tuple(sorted(((label, round(score, 6)) for label, scores in terms
                             if (score := scores.get(pid, 0.0)) > 0),
                            key=lambda term: -term[1]))
+    if others and hit.sparse_score is not None:
+        rest = hit.sparse_score - sum(score for _, score in matched)
+        matched += ((OTHER_TERMS.format(others), round(max(rest, 0.0), 6)),)
     if request.mode != "hybrid":
         return Explanation(dense, sparse, terms=matched)
     method = request.fusion or settings.fusion

@@ -65,6 +65,11 @@ from papersearch.settings import IndexSettings
 logger = logging.getLogger(__name__)
 
 _RETRIEVE_CHUNK = 1024
+# BM25 query terms an explained search itemises, each one more engine query: a 2,048-character
+# query holds ~500, and explaining all of them took 16x a search's index time (131 ms at top
+# 100). Past it, the terms no hit holds are dropped (exactly: they add nothing), then those
+# the fewest hits hold; a hit's share of the rest is given whole (explain.OTHER_TERMS).
+MAX_EXPLAINED_TERMS = 32
 _SCAN_PAGE = 1024
 T = TypeVar("T")
 
@@ -313,6 +318,9 @@ class Store(ABC):
             sparse = request.sparse_vector()
             stages.append((SPARSE, sparse))
             terms = list(zip(sparse.indices, sparse.values, strict=True))
+        others: dict[str, int] = {}  # point id -> query terms it holds, not itemised
+        if len(terms) > MAX_EXPLAINED_TERMS:
+            terms, others = yield from self._itemised_terms(terms, ids)
         plans = [Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
                       exact=request.exact, oversampling=self._oversampling, with_payload=False)
                  for using, vector in stages]
@@ -323,9 +331,27 @@ class Store(ABC):
                  for (using, _), ranked in zip(stages, results, strict=False)}
         per_term = [(labels.get(index, f"#{index}"), {s.point_id: s.score for s in scored})
                     for (index, _), scored in zip(terms, results[len(stages):], strict=True)]
-        return [replace(hit, explanation=explain_hit(hit, rank, request, self.settings, lists,
-                                                     per_term))
+        return [replace(hit, explanation=explain_hit(
+                    hit, rank, request, self.settings, lists, per_term,
+                    others.get(hit.paper.point_id, 0)))
                 for rank, hit in enumerate(hits, start=1)]
+
+    def _itemised_terms(self, terms: Sequence[tuple[int, float]], ids: frozenset[str]
+                        ) -> Program[tuple[list[tuple[int, float]], dict[str, int]]]:
+        """The MAX_EXPLAINED_TERMS of ``terms`` held by the most of the hits ``ids`` (read
+        from their stored BM25 vectors), in query order; and per hit, how many of the other
+        query terms it holds."""
+        records: list[Record] = yield Fetch(tuple(ids), payload=False, dense=False, sparse=True)
+        held = {r.point_id: set(r.sparse.indices) if r.sparse is not None else set()
+                for r in records}
+        holders = {index: sum(index in indices for indices in held.values())
+                   for index, _ in terms}
+        ranked = sorted((n for n, (index, _) in enumerate(terms) if holders[index]),
+                        key=lambda n: -holders[terms[n][0]])
+        kept = sorted(ranked[:MAX_EXPLAINED_TERMS])
+        itemised = {terms[n][0] for n in kept}
+        others = {pid: len(indices & (set(holders) - itemised)) for pid, indices in held.items()}
+        return [terms[n] for n in kept], others
 
     def feedback_program(self, request: SearchRequest) -> Program[list[Record]]:
         """The top ``limit`` papers of a hybrid search, with their dense and stored BM25
