@@ -642,6 +642,50 @@ def test_daily_a_glitched_copy_is_not_chosen_over_a_good_one(tmp_path: Path) -> 
     assert not [r for r in results if isinstance(r, Duplicate)]
 
 
+def test_daily_lines_past_the_bound_are_skipped_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page was read whole and every line cleaned, however long: a 96 MB line took 13.6 s
+    and 1.3 GB before within_limits refused it. A line past the bound is skipped by line
+    number, never held whole, and the title before it with it (not paired with the line
+    after)."""
+    from papersearch.corpus import daily_papers
+
+    monkeypatch.setattr(daily_papers, "MAX_PAGE_LINE_BYTES", 1000)
+    cleaned: list[int] = []
+    real = daily_papers.clean_text
+    monkeypatch.setattr(daily_papers, "clean_text",
+                        lambda text: cleaned.append(len(text)) or real(text))
+    long = "Words here. " * 400  # 4,800 bytes; an abstract within the API's limits too
+    path = write(tmp_path, "000.txt", page(("Merged Lines", f"{long}\n\n{ABSTRACT_A}"),
+                                           ("Beta Set", f"{ABSTRACT_B}\n\n{long}")))
+    results = list(read_daily_papers(tmp_path))
+    assert [p.title for p in papers(results)] == ["Beta Set"]
+    too_long = ("line longer than 1000 bytes, not read: an abstract within the API's limit "
+                "is far shorter (is the file a Daily Papers page?)")
+    assert skipped(results) == [
+        Skipped(f"{path}:15", too_long),
+        Skipped(f"{path}:13", "its abstract is a line longer than 1000 bytes"),
+        Skipped(f"{path}:17", "abstract without a title"),
+        Skipped(f"{path}:23", too_long)]
+    assert cleaned and max(cleaned) < 1000
+
+
+def test_daily_the_line_bound_is_inclusive(tmp_path: Path) -> None:
+    """A line of MAX_PAGE_LINE_BYTES is read (and held to the API's limits), a byte more not."""
+    from papersearch.corpus.daily_papers import MAX_PAGE_LINE_BYTES
+
+    at_bound = ("x " * MAX_PAGE_LINE_BYTES)[:MAX_PAGE_LINE_BYTES]
+    path = write(tmp_path, "000.txt", page(("Alpha", at_bound), ("Beta", at_bound + "y")))
+    assert skipped(list(read_daily_papers(tmp_path))) == [
+        Skipped(f"{path}:13", f"abstract is {MAX_PAGE_LINE_BYTES - 1} characters; the "
+                              "limit is 20000"),  # its last space dropped
+        Skipped(f"{path}:19", f"line longer than {MAX_PAGE_LINE_BYTES} bytes, not read: an "
+                              "abstract within the API's limit is far shorter (is the file a "
+                              "Daily Papers page?)"),
+        Skipped(f"{path}:17", f"its abstract is a line longer than {MAX_PAGE_LINE_BYTES} bytes")]
+
+
 @pytest.mark.parametrize("metadata", ["Submitted by\n\nakhaliq", "42 upvotes", "1.2k",
                                       "Published on 6 Aug 2025", "on 6 Aug"])
 def test_daily_metadata_lines_are_not_titles(tmp_path: Path, metadata: str) -> None:

@@ -3,7 +3,8 @@
 Pages come in two layouts, with or without blank lines between paragraphs, so the unit is one
 non-blank line. Page chrome (the header, a date like "Aug 6") and listing metadata (upvote counts,
 "Submitted by ...") are dropped. A title with no abstract after it, or an abstract with no title
-before it, is reported as skipped. A paper listed more than once is yielded once, with the longest
+before it, is reported as skipped, and so is a line too long to be an abstract, unread (with
+the title before it). A paper listed more than once is yielded once, with the longest
 abstract seen, at its first position; its other listings come out as :class:`Duplicate`.
 """
 
@@ -15,8 +16,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
+from typing import BinaryIO
 
+from papersearch.corpus.jsonl import bounded_lines
 from papersearch.corpus.paper import (
+    MAX_ABSTRACT_CHARS,
     Duplicate,
     Paper,
     ReadResult,
@@ -28,6 +32,12 @@ from papersearch.corpus.paper import (
 from papersearch.paths import files_ending
 
 ID_PREFIX = "dp-"
+# The longest page line read: an abstract at the API's limit is at most 4 bytes a character in
+# UTF-8 (80,000 bytes), and this is four times that, room for the whitespace and control
+# characters clean_text drops. A longer line is a glitch (pages run together, a stray .txt),
+# skipped unread: read whole, a 96 MB line took 1.3 GB and 13.6 s to be refused by within_limits
+MAX_PAGE_LINE_BYTES = 16 * MAX_ABSTRACT_CHARS
+_BOM = b"\xef\xbb\xbf"
 
 CHROME = frozenset(
     {
@@ -73,6 +83,14 @@ _MIN_SENTENCE_WORDS = 6
 
 
 @dataclass(frozen=True, slots=True)
+class _Unread:
+    """A line not read as text: why it is skipped, and why the title before it is."""
+
+    reason: str
+    as_abstract: str
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One listing on one page, before deduplication."""
 
@@ -95,28 +113,36 @@ def paper_id(title: str) -> str:
 def read_daily_papers(path: Path) -> Iterator[ReadResult]:
     """Read a directory of ``*.txt`` pages (in name order) or a single page."""
     pages = files_ending(path, ".txt") if path.is_dir() else [path]
-    items = [item for page in pages for item in _laid_out(page, list(parse_page(page)))]
-    # Each listing is held to the API's limits first: a glitched copy (lines run together into
-    # one giant abstract) is skipped where it stands and never chosen over a good copy (it was,
-    # as the longest, and the paper was lost with its good copies counted as duplicates).
-    checked = [_to_paper(item) if isinstance(item, Entry) else item for item in items]
+    # Every page is read before a paper comes out (a later page may hold a fuller abstract);
+    # of each listing, only its place and paper id are kept, or its Skipped: the papers
+    # themselves, one an id, are in best
+    listings: list[tuple[str, str] | Skipped] = []
     best: dict[str, Paper] = {}
-    for paper in checked:
-        if isinstance(paper, Paper):
+    for page in pages:
+        for item in _laid_out(page, list(parse_page(page))):
+            # Each listing is held to the API's limits first: a glitched copy (lines run
+            # together into one giant abstract) is skipped where it stands and never chosen
+            # over a good copy (it was, as the longest, and the paper was lost with its good
+            # copies counted as duplicates).
+            paper = _to_paper(item) if isinstance(item, Entry) else item
+            if isinstance(paper, Skipped):
+                listings.append(paper)
+                continue
+            listings.append((item.source, paper.id))
             kept = best.setdefault(paper.id, paper)
             if len(paper.abstract) > len(kept.abstract):  # the fullest abstract, the first date
                 best[paper.id] = replace(paper, published=kept.published or paper.published)
             elif kept.published is None and paper.published is not None:
                 best[paper.id] = replace(kept, published=paper.published)
     yielded: set[str] = set()
-    for item, paper in zip(items, checked, strict=True):
-        if isinstance(paper, Skipped):
-            yield paper
-        elif paper.id in yielded:
-            yield Duplicate(item.source, paper.id)
+    for listing in listings:
+        if isinstance(listing, Skipped):
+            yield listing
+        elif (listed := listing[1]) in yielded:
+            yield Duplicate(*listing)
         else:
-            yielded.add(paper.id)
-            yield best[paper.id]
+            yielded.add(listed)
+            yield best[listed]
 
 
 def _laid_out(page: Path, items: list[Entry | Skipped]) -> list[Entry | Skipped]:
@@ -135,48 +161,62 @@ def _laid_out(page: Path, items: list[Entry | Skipped]) -> list[Entry | Skipped]
 def parse_page(path: Path) -> Iterator[Entry | Skipped]:
     """Pair each title line with the abstract line that follows it. A line that is not
     UTF-8 is skipped, named (decoded with replacement characters it would have given its
-    paper another id than a UTF-8 copy of the same page)."""
+    paper another id than a UTF-8 copy of the same page), and so is one longer than
+    MAX_PAGE_LINE_BYTES, unread; a title before either is skipped with it, not paired with
+    the line after. The page is read a line at a time."""
     published: date | None = None
     pending: tuple[int, str] | None = None  # (line number, title) waiting for its abstract
-    for lineno, line in _content_lines(_decoded(path.read_bytes())):
-        if line is None:
-            yield Skipped(f"{path}:{lineno}", "not valid UTF-8 (save the page as UTF-8)")
-            if pending is not None:  # the title's abstract, unreadable: not the next line
-                yield Skipped(f"{path}:{pending[0]}", "its abstract is not valid UTF-8")
+    with path.open("rb") as handle:
+        for lineno, line in _content_lines(_decoded(handle)):
+            if isinstance(line, _Unread):
+                yield Skipped(f"{path}:{lineno}", line.reason)
+                if pending is not None:  # the title's abstract, unread: not the next line
+                    yield Skipped(f"{path}:{pending[0]}", line.as_abstract)
+                    pending = None
+            elif (header := _DATE.fullmatch(line)) is not None:
+                published = _page_date(header)
+            elif _looks_like_title(line) and not (pending is not None
+                                                  and _short_abstract(line)):
+                if pending is not None:
+                    yield Skipped(f"{path}:{pending[0]}", _TITLE_ALONE)
+                pending = (lineno, line)
+            elif pending is None:
+                yield Skipped(f"{path}:{lineno}", _ABSTRACT_ALONE)
+            else:
+                yield Entry(f"{path}:{pending[0]}", pending[1], line, published)
                 pending = None
-        elif (header := _DATE.fullmatch(line)) is not None:
-            published = _page_date(header)
-        elif _looks_like_title(line) and not (pending is not None and _short_abstract(line)):
-            if pending is not None:
-                yield Skipped(f"{path}:{pending[0]}", _TITLE_ALONE)
-            pending = (lineno, line)
-        elif pending is None:
-            yield Skipped(f"{path}:{lineno}", _ABSTRACT_ALONE)
-        else:
-            yield Entry(f"{path}:{pending[0]}", pending[1], line, published)
-            pending = None
     if pending is not None:
         yield Skipped(f"{path}:{pending[0]}", _TITLE_ALONE)
 
 
-def _decoded(data: bytes) -> Iterator[str | None]:
-    """The page's lines as text (a byte order mark dropped); None for one that is not UTF-8."""
-    for raw in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"):
+def _decoded(handle: BinaryIO) -> Iterator[str | _Unread]:
+    """The page's lines as text (a byte order mark dropped), or why one is not read: longer
+    than MAX_PAGE_LINE_BYTES (read past in pieces, never held whole) or not UTF-8."""
+    limit = MAX_PAGE_LINE_BYTES
+    too_long = _Unread(f"line longer than {limit} bytes, not read: an abstract within the "
+                       "API's limit is far shorter (is the file a Daily Papers page?)",
+                       f"its abstract is a line longer than {limit} bytes")
+    not_utf8 = _Unread("not valid UTF-8 (save the page as UTF-8)",
+                       "its abstract is not valid UTF-8")
+    for number, raw in enumerate(bounded_lines(handle, limit)):
+        if raw is None:
+            yield too_long
+            continue
         try:
-            yield raw.decode("utf-8")
+            yield (raw.removeprefix(_BOM) if number == 0 else raw).decode("utf-8")
         except UnicodeDecodeError:
-            yield None
+            yield not_utf8
 
 
-def _content_lines(lines: Iterable[str | None]) -> Iterator[tuple[int, str | None]]:
+def _content_lines(lines: Iterable[str | _Unread]) -> Iterator[tuple[int, str | _Unread]]:
     """Numbered, cleaned lines that are neither blank, page chrome nor listing metadata
-    (None, a line that is not UTF-8, passes through)."""
+    (a line not read, _Unread, passes through)."""
     in_header = True
     submitter = False  # a bare "Submitted by" came: the next line may name the user
     for lineno, raw in enumerate(lines, start=1):
-        if raw is None:
+        if isinstance(raw, _Unread):
             submitter = False
-            yield lineno, None
+            yield lineno, raw
             continue
         line = clean_text(raw)
         if in_header:
