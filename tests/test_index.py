@@ -40,7 +40,8 @@ from papersearch.index.edge import MANIFEST, EdgeStore
 from papersearch.index.errors import InvalidExamples
 from papersearch.index.query import MAX_COUNT, MIN_NORM, Examples, StageRank
 from papersearch.index.schema import DENSE as DENSE_NAME
-from papersearch.index.server import ServerStore
+from papersearch.index.schema import SCHEMA_VERSION, EmbedderIdentity
+from papersearch.index.server import METADATA_KEY, ServerStore
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
 from tests.module_stand_in import ModuleStandIn
@@ -959,6 +960,25 @@ def test_unreadable_server_collection_identity_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="unreadable embedder identity"):
         store.ensure_collection(DIM, SHA)
     store.close()
+
+
+def test_an_index_a_newer_version_wrote_is_refused(factory: Factory) -> None:
+    """The identity's schema was written and never read: a layout a later release wrote
+    (schema 2) opened as if it were this one's."""
+    store = factory()
+    store.ensure_collection(DIM, SHA)
+    store.close()
+    newer = {**EmbedderIdentity(SHA, DIM).to_json(), "schema": SCHEMA_VERSION + 1}
+    again = factory()
+    if isinstance(again, EdgeStore):
+        (again.path / MANIFEST).write_text(json.dumps(newer))
+    else:
+        assert isinstance(again, ServerStore)
+        again.client.update_collection("papers", metadata={METADATA_KEY: newer})
+    with pytest.raises(StoreError, match=r"written by a newer papersearch \(index schema 2; "
+                                         r"this one reads up to 1\): upgrade"):
+        again.ensure_collection(DIM, SHA)
+    again.close()
 
 
 def test_open_store_default_is_embedded(tmp_path: Path) -> None:

@@ -63,6 +63,15 @@ class EmbedderIdentity:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EmbedderIdentity:
+        """The identity a collection records; ValueError for one a newer papersearch wrote
+        (its ``schema`` past SCHEMA_VERSION: a layout this version cannot know; read as 1,
+        it was opened as if it were one)."""
+        schema = data.get("schema", 1)
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+            raise ValueError(f"schema {schema!r} is not a version number")
+        if schema > SCHEMA_VERSION:
+            raise ValueError(f"written by a newer papersearch (index schema {schema}; this one "
+                             f"reads up to {SCHEMA_VERSION}): upgrade papersearch to use it")
         return cls(str(data["embedder_sha256"]), int(data["dim"]))
 
     def require(self, stored: EmbedderIdentity, where: str) -> None:
