@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -180,6 +181,14 @@ def test_pooling_is_read_for_every_source_and_refused_where_unbuilt(
     # the pooling is part of an export's identity (mean + L2 exports keep their fingerprints)
     spec = ExportSpec("e", "embedder", local(mean), 256)
     assert _fingerprint(spec) != _fingerprint(ExportSpec("e", "embedder", local(cls), 256))
+    # a default embedder's fingerprint is as before; a reranker's is not: exported before a
+    # two-label model scored its relevant label, it ranked in reverse, and was reused
+    hub = ResolvedSource("org/model", "org/model", False)
+    before = [hashlib.sha256(json.dumps([hub.spec, kind, 256, "", "", 3]).encode()).hexdigest()
+              for kind in ("embedder", "reranker")]
+    monkeypatch.setattr("papersearch.modelbuild.export._pooling", lambda source: ("mean", True))
+    assert _fingerprint(ExportSpec("m", "embedder", hub, 256)) == before[0]
+    assert _fingerprint(ExportSpec("m", "reranker", hub, 256)) != before[1]
 
     fetched: list[tuple[str, str]] = []
 

@@ -146,6 +146,8 @@ def _fingerprint(spec: ExportSpec) -> str:
         options.append(f"{pooling[0]}-{'l2' if pooling[1] else 'raw'}")  # mean + L2 keep theirs
     if spec.kind == "embedder" and _encoding(spec) != DEFAULT_ENCODING:
         options.append("encoding-in-graph")  # an export from before _record_encoding: redone
+    if spec.kind == "reranker":  # one from before a two-label model scored its relevant label
+        options.append("relevant-label")  # (its first logit: the ranking reversed) is redone
     digest.update(json.dumps([spec.source.spec, *options]).encode())
     if spec.source.is_local:
         digest.update(source_digest(Path(spec.source.location)).encode())
