@@ -114,18 +114,29 @@ def test_band_has_hysteresis() -> None:
 
 
 STEPS = (0.15, 0.15, 0.8, 0.8, 0.8, 0.15, 0.15, 0.15)  # fractions of one replica's capacity
-BATCH_WAIT_S = 0.004  # time a query waits in a replica beside its compute (serve.batch)
 
 
-def decisions(capacity_qps: float, decide: Any) -> list[tuple[float, int, int]]:
-    """A model replica pool at the calibrated steps: each query holds a replica for
-    1/capacity of compute plus the batch wait; ``decide(busy, in_flight, replicas)``."""
+def measured_busy(rate_qps: float, capacity_qps: float, window_s: float = 2.0) -> float:
+    """What one replica's BusyMeter reads over ``window_s`` of queries arriving evenly at
+    ``rate_qps``, each busy for its compute, 1/capacity (on a fake clock; a query arriving
+    while the last computes waits for it)."""
+    clock = Clock()
+    start, meter = clock.now, BusyMeter(clock, smooth_s=0)
+    for arrival in range(round(rate_qps * window_s)):
+        clock.now = max(clock.now, start + arrival / rate_qps)
+        with meter.busy():
+            clock.now += 1 / capacity_qps
+    clock.now = max(clock.now, start + window_s)
+    return meter.read().share
+
+
+def decisions(capacity_qps: float, band: Band) -> list[tuple[float, int, int]]:
+    """The band's decisions for a replica pool at the calibrated steps, on the utilisation
+    each replica's meter reads (the step's load split evenly), summed."""
     replicas, changes = 1, []
     for fraction in STEPS:
-        rate = fraction * capacity_qps
-        busy = min(float(replicas), rate / capacity_qps)  # compute share, summed
-        in_flight = rate * (1 / capacity_qps + BATCH_WAIT_S)  # Little's law, summed
-        decided = min(2, decide(busy, in_flight, replicas))
+        busy = replicas * measured_busy(fraction * capacity_qps / replicas, capacity_qps)
+        decided = min(2, band.replicas(busy, replicas))
         if decided != replicas:
             changes.append((fraction, replicas, decided))
         replicas = decided
@@ -135,9 +146,10 @@ def decisions(capacity_qps: float, decide: Any) -> list[tuple[float, int, int]]:
 @pytest.mark.parametrize("capacity_qps", [40.0, 220.0, 3000.0])
 def test_a_calibrated_step_load_scales_once_each_way_at_any_machine_speed(
         capacity_qps: float) -> None:
-    band = Band()
-    assert decisions(capacity_qps, lambda busy, _, n: band.replicas(busy, n)) == [
-        (0.8, 1, 2), (0.15, 2, 1)]
+    """Steps sized as fractions of the measured capacity read the same utilisation on a slow
+    and a fast machine, so the band decides the same: up in the high step, down after it."""
+    assert measured_busy(0.8 * capacity_qps, capacity_qps) == pytest.approx(0.8)
+    assert decisions(capacity_qps, Band()) == [(0.8, 1, 2), (0.15, 2, 1)]
 
 
 def context(current: int, utilization: dict[int, float] | None,
