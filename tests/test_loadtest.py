@@ -734,7 +734,7 @@ def test_a_calibrated_run_against_a_real_gateway(gateway: str, tmp_path: Path) -
     steps = [step.split(":") for step in report["run"]["profile"].split(",")]
     assert [seconds for _, seconds in steps] == ["1", "1"]
     assert [float(rate) for rate, _ in steps] == [
-        pytest.approx(fraction * qps, rel=5e-4) for fraction in (0.02, 0.05)]
+        pytest.approx(fraction * qps, rel=1e-3) for fraction in (0.02, 0.05)]
     assert report["summary"]["errors"] == {} and report["summary"]["ok"] > 0
 
 
