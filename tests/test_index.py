@@ -962,6 +962,27 @@ def test_unreadable_server_collection_identity_is_a_store_error() -> None:
     store.close()
 
 
+def test_writes_with_another_bm25_weighting_are_refused(factory: Factory) -> None:
+    """index.bm25_avg_len changed (its default went 256 -> 200) and an ingest weighed the new
+    papers one way and kept the old ones another, unseen. The collection records its
+    weighting; searches still run, writes with another are refused, the recorded one works."""
+    first = factory(bm25_avg_len=100.0)
+    first.ensure_collection(DIM, SHA)
+    first.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
+    first.close()
+    other = factory(bm25_avg_len=150.0)
+    other.ensure_collection(DIM, SHA)
+    assert other.count() == 2 and Retriever(other).search("graph", None, mode="sparse")
+    with pytest.raises(StoreError, match=r"bm25_avg_len=100 and index.bm25_title_weight=1, "
+                                         r"and this process has 150 and 1"):
+        other.upsert(PAPERS[2:3], DENSE[2:3], SPARSE[2:3])
+    assert other.count() == 2
+    other.close()
+    same = factory(bm25_avg_len=100.0)
+    same.ensure_collection(DIM, SHA)
+    assert same.upsert(PAPERS[2:3], DENSE[2:3], SPARSE[2:3]) == 1
+
+
 def test_an_index_a_newer_version_wrote_is_refused(factory: Factory) -> None:
     """The identity's schema was written and never read: a layout a later release wrote
     (schema 2) opened as if it were this one's."""

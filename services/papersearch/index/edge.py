@@ -120,7 +120,7 @@ class EdgeStore(Store):
 
     # -- engine primitives -------------------------------------------------------------------
 
-    def _open(self, identity: EmbedderIdentity, create: bool) -> None:
+    def _open(self, identity: EmbedderIdentity, create: bool) -> EmbedderIdentity:
         self._check_access()
         manifest = self.path / MANIFEST
         stored = read_manifest(manifest)
@@ -148,6 +148,7 @@ class EdgeStore(Store):
         except BaseException:
             self._close()
             raise
+        return identity if stored is None else stored
 
     def _do(self, step: Step) -> Any:
         match step:

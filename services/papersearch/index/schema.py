@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
 
 from papersearch.corpus.paper import Paper
-from papersearch.index.errors import EmbedderMismatch
+from papersearch.index.errors import EmbedderMismatch, StoreError
 from papersearch.settings import IndexSettings
 
 DENSE = "dense"  # cosine, HNSW, optional int8 scalar quantization
@@ -46,11 +46,38 @@ class CollectionSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Bm25Weighting:
+    """How the stored papers' BM25 weights were computed (index/sparse.py, the document side):
+    papers written with another would be weighed two ways in one collection, unseen."""
+
+    avg_len: float
+    title_weight: int
+
+    @classmethod
+    def of(cls, settings: IndexSettings) -> Bm25Weighting:
+        return cls(settings.bm25_avg_len, settings.bm25_title_weight)
+
+    def require(self, recorded: Bm25Weighting | None, where: str) -> None:
+        """StoreError unless papers written now are weighed as ``recorded`` says the stored
+        ones were (None: a collection from before it was recorded, taken as it is)."""
+        if recorded is not None and recorded != self:
+            raise StoreError(
+                f"{where} holds papers whose BM25 weights were computed with index."
+                f"bm25_avg_len={recorded.avg_len:g} and index.bm25_title_weight="
+                f"{recorded.title_weight}, and this process has {self.avg_len:g} and "
+                f"{self.title_weight}: writing would weigh papers two ways in one collection. "
+                "Set them back, or ingest into another index.collection")
+
+
+@dataclass(frozen=True, slots=True)
 class EmbedderIdentity:
-    """Which embedder built the dense vectors: its manifest sha256 and output dimension."""
+    """Which embedder built the dense vectors: its manifest sha256 and output dimension; with
+    how the BM25 weights were computed where the collection records it (not part of the
+    identity's equality: an embedder's collection, whatever its weighting)."""
 
     sha256: str
     dim: int
+    bm25: Bm25Weighting | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.sha256:
@@ -59,7 +86,11 @@ class EmbedderIdentity:
             raise ValueError(f"embedder dim must be positive, got {self.dim}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "embedder_sha256": self.sha256, "dim": self.dim}
+        data: dict[str, Any] = {"schema": SCHEMA_VERSION, "embedder_sha256": self.sha256,
+                                "dim": self.dim}
+        if self.bm25 is not None:
+            data["bm25"] = {"avg_len": self.bm25.avg_len, "title_weight": self.bm25.title_weight}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EmbedderIdentity:
@@ -72,7 +103,10 @@ class EmbedderIdentity:
         if schema > SCHEMA_VERSION:
             raise ValueError(f"written by a newer papersearch (index schema {schema}; this one "
                              f"reads up to {SCHEMA_VERSION}): upgrade papersearch to use it")
-        return cls(str(data["embedder_sha256"]), int(data["dim"]))
+        bm25 = data.get("bm25")
+        return cls(str(data["embedder_sha256"]), int(data["dim"]),
+                   None if bm25 is None else Bm25Weighting(float(bm25["avg_len"]),
+                                                           int(bm25["title_weight"])))
 
     def require(self, stored: EmbedderIdentity, where: str) -> None:
         """Raise EmbedderMismatch unless ``stored`` (the collection's) is this identity."""

@@ -119,7 +119,7 @@ class ServerStore(Store):
 
     # -- engine primitives -------------------------------------------------------------------
 
-    def _open(self, identity: EmbedderIdentity, create: bool) -> None:
+    def _open(self, identity: EmbedderIdentity, create: bool) -> EmbedderIdentity:
         where = f"collection {self.describe()}"
         with errors("open"):
             if not self.client.collection_exists(self.name):
@@ -145,6 +145,7 @@ class ServerStore(Store):
                     self.client.create_payload_index(
                         self.name, name, field_schema=_INDEX_TYPES[kind], wait=True
                     )
+        return identity if stored is None else stored
 
     def _do(self, step: Step) -> Any:
         """Sent once more on StoreUnavailable while a whole second of the ``timeout_s`` budget

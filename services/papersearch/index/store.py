@@ -55,6 +55,7 @@ from papersearch.index.schema import (
     DENSE,
     INDEXED_AT,
     SPARSE,
+    Bm25Weighting,
     EmbedderIdentity,
     from_payload,
     to_payload,
@@ -98,6 +99,7 @@ class Store(ABC):
     def __init__(self, settings: IndexSettings) -> None:
         self.settings = settings
         self._identity: EmbedderIdentity | None = None
+        self._weighting: Bm25Weighting | None = None  # as the collection records it
         # ensure_collection made the collection where nothing was (the embedded engine, its
         # directory new or empty: no other process writes there; a server's collection may be
         # another writer's as soon as it exists, so it is never taken for this store's own)
@@ -111,11 +113,11 @@ class Store(ABC):
         Raises EmbedderMismatch if it was built by another embedder (sha or dim),
         CollectionMissing if absent and ``create`` is false, StoreUnavailable if unreachable.
         """
-        identity = EmbedderIdentity(embedder_sha, dim)
+        identity = EmbedderIdentity(embedder_sha, dim, Bm25Weighting.of(self.settings))
         if self._identity is not None:
             identity.require(self._identity, self.describe())
             return
-        self._open(identity, create)
+        self._weighting = self._open(identity, create).bm25
         self._identity = identity
         logger.info(
             "index open",
@@ -180,6 +182,7 @@ class Store(ABC):
         self, papers: Sequence[Paper], dense: np.ndarray, sparse: Sequence[SparseLike]
     ) -> Program[int]:
         vectors = self._check_vectors(papers, dense, sparse)
+        Bm25Weighting.of(self.settings).require(self._weighting, f"index {self.describe()}")
         points = [
             PointData(paper.point_id, vector.tolist(), SparseVector.of(terms), to_payload(paper))
             for paper, vector, terms in zip(papers, vectors, sparse, strict=True)
@@ -599,8 +602,9 @@ class Store(ABC):
     # -- engine primitives -------------------------------------------------------------------
 
     @abstractmethod
-    def _open(self, identity: EmbedderIdentity, create: bool) -> None:
-        """Open or create the collection; raise EmbedderMismatch if built by another one."""
+    def _open(self, identity: EmbedderIdentity, create: bool) -> EmbedderIdentity:
+        """Open or create the collection; raise EmbedderMismatch if built by another one.
+        Returns the identity the collection records (``identity`` where it recorded none)."""
 
     @abstractmethod
     def _do(self, step: Step) -> Any:
