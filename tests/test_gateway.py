@@ -34,7 +34,12 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.errors import Overloaded
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import server_options
-from papersearch.index.errors import CollectionMissing, EmbedderMismatch, StoreUnavailable
+from papersearch.index.errors import (
+    CollectionMissing,
+    EmbedderMismatch,
+    StoreUnavailable,
+    WeightingMismatch,
+)
 from papersearch.index.factory import open_store
 from papersearch.index.query import Mode, SearchFilter
 from papersearch.models.manifest import ModelNotFound
@@ -728,6 +733,8 @@ def test_index_refusals_tell_the_client_what_and_the_log_where(
         # a migration's previous embedder, no longer exported: INTERNAL with a traceback
         (ModelNotFound("no exported version of minilm-l6 in /srv/secret/models"),
          grpc.StatusCode.FAILED_PRECONDITION, "a model the index was built with is missing"),
+        (WeightingMismatch("index /srv/secret/papers holds papers whose BM25 weights ..."),
+         grpc.StatusCode.FAILED_PRECONDITION, "the index records another BM25 weighting"),
     ]:
         caplog.clear()
         assert to_status(error)[0] == code

@@ -37,7 +37,7 @@ from papersearch.index import (
     open_store,
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
-from papersearch.index.errors import InvalidExamples
+from papersearch.index.errors import InvalidExamples, WeightingMismatch
 from papersearch.index.query import MAX_COUNT, MIN_NORM, Examples, StageRank
 from papersearch.index.schema import DENSE as DENSE_NAME
 from papersearch.index.schema import SCHEMA_VERSION, EmbedderIdentity
@@ -973,7 +973,7 @@ def test_writes_with_another_bm25_weighting_are_refused(factory: Factory) -> Non
     other = factory(bm25_avg_len=150.0)
     other.ensure_collection(DIM, SHA)
     assert other.count() == 2 and Retriever(other).search("graph", None, mode="sparse")
-    with pytest.raises(StoreError, match=r"bm25_avg_len=100 and index.bm25_title_weight=1, "
+    with pytest.raises(WeightingMismatch, match=r"bm25_avg_len=100 and index.bm25_title_weight=1, "
                                          r"and this process has 150 and 1"):
         other.upsert(PAPERS[2:3], DENSE[2:3], SPARSE[2:3])
     assert other.count() == 2

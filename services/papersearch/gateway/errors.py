@@ -16,6 +16,7 @@ from papersearch.index.errors import (
     InvalidExamples,
     PaperNotFound,
     StoreUnavailable,
+    WeightingMismatch,
 )
 from papersearch.models.manifest import ModelNotFound
 from papersearch.models.runtime import InvalidInput
@@ -70,6 +71,11 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
         incident = _incident(error, "embedder mismatch", logging.ERROR)
         return (grpc.StatusCode.FAILED_PRECONDITION, "the index was built by another embedder "
                 f"than this service runs (incident {incident})")
+    if isinstance(error, WeightingMismatch):
+        incident = _incident(error, "bm25 weighting mismatch", logging.ERROR)
+        return (grpc.StatusCode.FAILED_PRECONDITION, "the index records another BM25 weighting "
+                "(index.bm25_avg_len, index.bm25_title_weight) than this service's settings: "
+                f"writes are refused (incident {incident})")
     incident = _incident(error, "internal error", logging.ERROR, traceback=True)
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
 

@@ -19,6 +19,10 @@ class EmbedderMismatch(StoreError):
     """The collection was built by a different embedder than the one in use."""
 
 
+class WeightingMismatch(StoreError):
+    """Papers would be written with another BM25 weighting than the collection records."""
+
+
 class PaperNotFound(StoreError, KeyError):
     """No stored paper has this id."""
 

@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any, Literal
 
 from papersearch.corpus.paper import Paper
-from papersearch.index.errors import EmbedderMismatch, StoreError
+from papersearch.index.errors import EmbedderMismatch, WeightingMismatch
 from papersearch.settings import IndexSettings
 
 DENSE = "dense"  # cosine, HNSW, optional int8 scalar quantization
@@ -58,10 +58,10 @@ class Bm25Weighting:
         return cls(settings.bm25_avg_len, settings.bm25_title_weight)
 
     def require(self, recorded: Bm25Weighting | None, where: str) -> None:
-        """StoreError unless papers written now are weighed as ``recorded`` says the stored
-        ones were (None: a collection from before it was recorded, taken as it is)."""
+        """WeightingMismatch unless papers written now are weighed as ``recorded`` says the
+        stored ones were (None: a collection from before it was recorded, taken as it is)."""
         if recorded is not None and recorded != self:
-            raise StoreError(
+            raise WeightingMismatch(
                 f"{where} holds papers whose BM25 weights were computed with index."
                 f"bm25_avg_len={recorded.avg_len:g} and index.bm25_title_weight="
                 f"{recorded.title_weight}, and this process has {self.avg_len:g} and "
