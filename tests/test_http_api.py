@@ -158,6 +158,34 @@ def test_errors_carry_the_grpc_status(gateway: tuple[str, str]) -> None:
         assert answer[0] == 401 and answer[1]["error"]["status"] == "UNAUTHENTICATED", key
 
 
+@pytest.mark.slow
+def test_a_request_grpc_takes_is_taken_over_http_though_its_json_is_longer(
+    gateway: tuple[str, str],
+) -> None:
+    """The body was held to serve.max_receive_bytes in JSON bytes, which gRPC counts in
+    protobuf bytes: 10,000 ids of 254 bytes of UTF-8 (2.57 MB of protobuf, 5.07 MB of JSON,
+    each character escaped as \\uXXXX) were deleted over gRPC and refused over HTTP with 413."""
+    _, http = gateway
+    limit = 4 * 1024 * 1024  # serve.max_receive_bytes' default
+    delete = http + "/papersearch.v1.IndexService/DeletePapers"
+    ids = [f"{i:05d}" + "\u8ad6" * 83 for i in range(10_000)]
+    body = json.dumps({"paper_ids": ids}).encode()
+    assert pb.DeletePapersRequest(paper_ids=ids).ByteSize() < limit < len(body)
+    assert call(delete, body, key=WRITE) == (200, {"deleted": "0"})
+    # the limit holds for the message parsed from it: a 413 naming it (the gRPC side's
+    # RESOURCE_EXHAUSTED came back as a 429 to retry, or past gRPC's own limit in its words)
+    query = "x" * (5 * 1024 * 1024)
+    assert call(http + SEARCH, {"query": query}) == (413, {"error": {
+        "code": 413, "status": "RESOURCE_EXHAUSTED", "message": "request: its protobuf "
+        f"encoding is {pb.SearchRequest(query=query).ByteSize()} bytes, past the server's "
+        f"limit of {limit} bytes (serve.max_receive_bytes)"}})
+    # and the body to three times it, in bytes of JSON
+    assert call(http + SEARCH, b'{"query": "' + b"x" * (3 * limit) + b'"}') == (413, {"error": {
+        "code": 413, "status": "RESOURCE_EXHAUSTED", "message": "request body over the "
+        f"server's limit of {3 * limit} bytes of JSON (3 x serve.max_receive_bytes, {limit}, "
+        "which counts the message's protobuf bytes)"}})
+
+
 def test_refusals_to_send_again_say_when_and_a_503_lets_its_connection_go() -> None:
     """A 503 (a draining gateway) kept its connection, so a client's next call came back to
     the same gateway; neither a 503 nor a 429 said when to send it again."""
@@ -190,6 +218,28 @@ def test_a_body_protobuf_cannot_take_is_invalid_argument(body: str, named: str) 
         _parse(_loads(body.encode(), "request"), pb.SearchRequest, "request")
     assert raised.value.status == "INVALID_ARGUMENT" and named in raised.value.message
     assert not re.search(r"\d{65}", raised.value.message), raised.value.message
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ({"query": "x", "mode": "M\u202eX\nY\x1b[31m"},
+     "Invalid enum value 'M\\u202eX\\nY\\x1b[31m' for enum type papersearch.v1.Mode"),
+    ({"query": "x", "k\u202e\n": 1}, "has no field named 'k\\u202e\\n' at"),
+    ({"query": "x", "filter": {"\x1b[2J" + "K" * 100: 1}},
+     "has no field named '\\x1b[2J" + "K" * 60 + "'... (104 characters) at"),
+    ({"query": "x", "mode": "\u202e" * 100}, "'" + "\\u202e" * 64 + "'... (100 characters)"),
+])
+def test_a_parse_error_repeats_a_clients_value_escaped(body: dict[str, Any], said: str) -> None:
+    """protobuf's parse errors repeat the offending value or key raw: a bidi override, a
+    newline or ANSI escapes went into the error message (and the client's log or terminal)
+    as they came. The API's messages repeat a client's value escaped (quoted(), as the gRPC
+    side's) and at most 64 characters of it."""
+    from papersearch.gateway.http_api import HttpError, _parse
+
+    with pytest.raises(HttpError) as raised:
+        _parse(body, pb.SearchRequest, "request")
+    message = raised.value.message
+    assert raised.value.status == "INVALID_ARGUMENT" and said in message, message
+    assert message.isprintable(), message  # no newline, ESC or bidi override left
 
 
 @pytest.mark.parametrize(("message_type", "body", "said"), [
@@ -512,8 +562,8 @@ def test_an_ndjson_line_past_the_limit_is_refused_where_it_ends_in_one_piece() -
     from papersearch.gateway import http_api
 
     class Body:
-        def __init__(self) -> None:
-            self.left = [b'{"paper_id": "p1"}\n' + b"x" * 100 + b'\n{"paper_id": "p3"}\n']
+        def __init__(self) -> None:  # past 3 x 64 bytes of JSON
+            self.left = [b'{"paper_id": "p1"}\n' + b"x" * 200 + b'\n{"paper_id": "p3"}\n']
 
         async def read(self, _: int) -> bytes:
             return self.left.pop(0) if self.left else b""
@@ -529,7 +579,49 @@ def test_an_ndjson_line_past_the_limit_is_refused_where_it_ends_in_one_piece() -
 
     assert len(asyncio.run(read())) == 1  # the first, then the refusal
     assert lines.error is not None and lines.error.http == 413
-    assert "line 2 is longer than the server's limit of 64 bytes" in str(lines.error)
+    assert ("line 2 is longer than the server's limit of 192 bytes of JSON (3 x "
+            "serve.max_receive_bytes, 64, which counts the message's protobuf bytes)"
+            in str(lines.error))
+
+
+def test_an_ndjson_lines_limit_counts_its_message_and_leaves_room_for_json_escapes() -> None:
+    """A line was held to serve.max_receive_bytes in JSON bytes, which gRPC counts in protobuf
+    bytes: a paper gRPC takes was refused (JSON escapes a character of 2 or 4 UTF-8 bytes
+    three times as long). Its JSON may be JSON_BYTES_PER_BYTE times the limit; the message
+    parsed from it is held to the limit itself, with a 413 that says so."""
+    from papersearch.gateway import http_api
+    from papersearch.telemetry import Metrics
+
+    escaped = json.dumps({"paper_id": "p1", "title": "\u00e9" * 20})  # 151 bytes, 46 in protobuf
+    assert len(escaped) > 64 and pb.Paper(paper_id="p1", title="\u00e9" * 20).ByteSize() <= 64
+    grown = json.dumps({"paper_id": "p2", "title": "x" * 100})  # 131 bytes, 106 in protobuf
+
+    class Body:
+        def __init__(self) -> None:
+            self.left = [f"{escaped}\n{grown}\n".encode()]
+
+        async def read(self, _: int) -> bytes:
+            return self.left.pop(0) if self.left else b""
+
+    class Request:
+        content = Body()
+
+    limits: list[str] = []
+    lines = http_api._Lines(Request(), pb.Paper, 64, 5.0,  # type: ignore[arg-type]
+                            http_api.Parsers())
+
+    async def read() -> list[Any]:
+        return [line async for line in lines.messages()]  # type: ignore[misc]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Metrics, "refused", lambda self, limit: limits.append(limit))
+        sent = asyncio.run(read())
+    assert [message.paper_id for message in sent] == ["p1"]  # the escaped one, then the refusal
+    assert lines.error is not None and lines.error.http == 413
+    assert lines.error.status == "RESOURCE_EXHAUSTED" and lines.error.message == (
+        "line 2: its protobuf encoding is 106 bytes, past the server's limit of 64 bytes "
+        "(serve.max_receive_bytes)")
+    assert limits == ["serve.max_receive_bytes"]
 
 
 @pytest.mark.slow
@@ -564,6 +656,9 @@ def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) 
     summary = body["error"]["summary"]
     assert (summary["received"], summary["upserted"], summary["skipped"]) == ("2", "1", "1")
     assert "paper 2 (no id)" in summary["errors"][0]
+    document = openapi.document()  # the 400 is what the document describes
+    error = document["paths"][UPSERT]["post"]["responses"]["400"]["content"]["application/json"]
+    Draft202012Validator({**document, **error["schema"]}).validate(body)
     # a key protobuf cannot take (a lone surrogate): the connection was dropped, the line
     # before it lost, and the call counted as one the client left (499)
     surrogate = [json.dumps({"paper_id": "nd-7", "title": "Kept"}), '{"\\ud800": 1}', lines[1]]
@@ -576,15 +671,52 @@ def test_ndjson_upsert_commits_lines_before_a_bad_one(gateway: tuple[str, str]) 
 
 
 @pytest.mark.slow
-def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend]) -> None:
+def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search still running when the drain's grace ends is answered 503 UNAVAILABLE, as a
+    gRPC caller's gets UNAVAILABLE (its connection was dropped with no answer, and counted
+    503)."""
+    import time
+
+    from papersearch.gateway.http_api import CUT, RETRY_AFTER_S
+    from papersearch.telemetry import Metrics
+
     servers, backend = scratch
     port = free_port()
-    servers.start(Switchable(backend, delay_s=1.0), http_port=port)
+    servers.start(Switchable(backend, delay_s=3.0), http_port=port)
     http = f"http://127.0.0.1:{port}"
     late = call(http + SEARCH, {"query": "x"}, headers={"x-timeout-ms": "100"})
     assert late[0] == 504 and late[1]["error"]["status"] == "DEADLINE_EXCEEDED"
     gateway = servers.gateways[-1]
-    servers.loop.run(gateway.drain(0.5))
+    recorded: list[tuple[str, int]] = []
+    monkeypatch.setattr(Metrics, "http_request", lambda self, method, status, latency_s:
+                        recorded.append((method, status)))
+    answers: list[Any] = []
+
+    def search() -> None:
+        request = urllib.request.Request(http + SEARCH, json.dumps({"query": "x"}).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "x-timeout-ms": "20000"})
+        try:
+            urllib.request.urlopen(request, timeout=60)
+        except urllib.error.HTTPError as error:
+            answers.append((error.code, error.headers["Retry-After"], json.load(error)))
+
+    def running(calls: int) -> None:
+        waited = time.monotonic() + 30
+        while gateway.gate.running != calls and time.monotonic() < waited:
+            time.sleep(0.01)
+        assert gateway.gate.running == calls
+
+    running(0)  # the late one ended
+    searching = threading.Thread(target=search)
+    searching.start()
+    running(1)
+    servers.loop.run(gateway.drain(0.2))
+    searching.join(30)
+    assert answers == [(503, str(RETRY_AFTER_S), {
+        "error": {"code": 503, "status": "UNAVAILABLE", "message": CUT}})]
+    assert recorded == [("Search", 503)]
     with pytest.raises(urllib.error.URLError):  # stopped: nothing listens any more
         call(http + "/healthz", method="GET")
 
@@ -653,6 +785,34 @@ def test_openapi_document_is_valid_and_covers_the_proto() -> None:
         timeout["description"])
 
 
+def test_the_document_says_what_an_http_upsert_does_after_a_bad_line() -> None:
+    """UpsertPapers' description was only the proto's: a bad message ends the stream and "the
+    unfinished batch is not written", and a failed stream "has no summary". Over HTTP a bad
+    line ends the gRPC stream normally: every line before it is written, and the 400 carries
+    their UpsertSummary (summary) and the committed metadata, which the Error schema left an
+    untyped object."""
+    document = openapi.document()
+    described = document["paths"][UPSERT]["post"]["description"]
+    http = described[described.index("Over HTTP: "):]  # after the proto's, of gRPC
+    assert "every paper of the lines before it is written, the unfinished batch too" in http
+    assert "error object carries summary, the UpsertSummary of those lines" in http
+    assert "papersearch-committed and papersearch-committed-messages" in http
+    schemas = document["components"]["schemas"]
+    assert "Over HTTP" in schemas["UpsertSummary"]["description"]
+    assert "Over HTTP" not in document["paths"][SEARCH]["post"]["description"]
+    assert set(openapi.HTTP_NOTES) <= set(openapi.comments())  # names the proto has
+    error = document["paths"][UPSERT]["post"]["responses"]["400"]["content"]["application/json"]
+    validator = Draft202012Validator({**document, **error["schema"]})
+    answer = {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "line 2 ...",
+                        "metadata": {"papersearch-committed": "1",
+                                     "papersearch-committed-messages": "1"},
+                        "summary": {"received": "1", "upserted": "1", "skipped": "0",
+                                    "errors": []}}}
+    validator.validate(answer)
+    answer["error"]["summary"] = {"received": 1.5, "upserted": "1"}  # not an UpsertSummary
+    assert not validator.is_valid(answer)
+
+
 @pytest.mark.slow
 def test_cors_only_for_the_configured_origins(gateway: tuple[str, str]) -> None:
     _, http = gateway
@@ -712,14 +872,22 @@ def test_the_fronts_stop_with_a_call_still_running_stays_within_the_drains_allow
 ) -> None:
     """A call still running when the drain's grace ended held the front's stop 10 s (aiohttp
     waits its shutdown timeout twice), past what preStop, Serve and the launcher allow after
-    the grace (serving/drain.py's MARGIN_S)."""
+    the grace (serving/drain.py's MARGIN_S); and its client got no answer, the connection
+    dropped (aiohttp cancelled the handler), where a gRPC client gets UNAVAILABLE: now a 503
+    to send again elsewhere, as the front's other 503s."""
     import time
 
     import aiohttp
     import grpc
 
     from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-    from papersearch.gateway.http_api import HTTP_STOP_S, HttpFront, socket_target
+    from papersearch.gateway.http_api import (
+        CUT,
+        HTTP_STOP_S,
+        RETRY_AFTER_S,
+        HttpFront,
+        socket_target,
+    )
     from papersearch.gateway.server import STOP_GRACE_S
     from papersearch.serving.drain import MARGIN_S, POLL_S
     from papersearch.settings import ServeSettings
@@ -730,7 +898,7 @@ def test_the_fronts_stop_with_a_call_still_running_stays_within_the_drains_allow
         async def Search(self, request: Any, context: Any) -> Any:  # noqa: N802
             await asyncio.sleep(60)
 
-    async def stop_with_a_call_running() -> float:
+    async def stop_with_a_call_running() -> tuple[float, Any]:
         target = socket_target(tmp_path)
         server = grpc.aio.server()
         pb_grpc.add_SearchServiceServicer_to_server(Hanging(), server)
@@ -746,13 +914,58 @@ def test_the_fronts_stop_with_a_call_still_running_stays_within_the_drains_allow
                 started = time.monotonic()
                 await front.stop()
                 took = time.monotonic() - started
-                with pytest.raises(aiohttp.ServerDisconnectedError):  # cut: sent again
-                    await call
-                return took
+                response = await call  # answered before its connection was closed
+                headers = {name: response.headers.get(name)
+                           for name in ("Retry-After", "Connection")}
+                return took, (response.status, headers, await response.json())
         finally:
             await server.stop(0)
 
-    assert asyncio.run(stop_with_a_call_running()) <= 2 * HTTP_STOP_S + 1.0
+    took, answer = asyncio.run(stop_with_a_call_running())
+    assert took <= 2 * HTTP_STOP_S + 1.0
+    assert answer == (503, {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"}, {
+        "error": {"code": 503, "status": "UNAVAILABLE", "message": CUT}})
+
+
+def test_a_watch_the_fronts_stop_cuts_ends_with_an_error_line(tmp_path: Path) -> None:
+    """A watch still open when the front stopped (a drain's grace over) had its body cut off
+    mid-stream (aiohttp cancelled the handler); now it ends as a watch's other errors do, with
+    a last line saying UNAVAILABLE."""
+    import aiohttp
+    import grpc
+
+    from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+    from papersearch.gateway.http_api import CUT, HttpFront, socket_target
+    from papersearch.settings import ServeSettings
+
+    class OneMatch(pb_grpc.SearchServiceServicer):
+        async def WatchSearch(self, request: Any, context: Any) -> Any:  # noqa: N802
+            yield pb.WatchEvent(caught_up=True)
+            await asyncio.sleep(60)
+
+    async def cut_watch() -> list[Any]:
+        target = socket_target(tmp_path)
+        server = grpc.aio.server()
+        pb_grpc.add_SearchServiceServicer_to_server(OneMatch(), server)
+        server.add_insecure_port(target)
+        await server.start()
+        front = HttpFront(ServeSettings(http_port=free_port()), target)
+        await front.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                watch = await session.post(
+                    f"http://{front.address}/papersearch.v1.SearchService/WatchSearch",
+                    json={"query": "x"})
+                first = json.loads(await watch.content.readline())
+                stopping = asyncio.ensure_future(front.stop())
+                rest = [json.loads(line) for line in (await watch.read()).splitlines()]
+                await stopping
+                return [watch.status, first["caught_up"], *rest]
+        finally:
+            await server.stop(0)
+
+    assert asyncio.run(cut_watch()) == [200, True, {"error": {
+        "code": 503, "status": "UNAVAILABLE", "message": CUT}}]
 
 
 def test_a_watchs_connection_is_probed_when_silent(tmp_path: Path) -> None:
@@ -836,7 +1049,7 @@ def test_calls_a_drain_cut_and_streams_ended_by_an_error_count_as_what_the_clien
             pass
 
     async def ended(request: web.Request) -> web.StreamResponse:
-        return await http_api._lines_out(request, Expiring(), 5.0)
+        return await http_api._lines_out(request, Expiring(), 5.0, lambda: None)
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(http_api._measured(SEARCH, cut, cast(Any, SimpleNamespace(stopping=True)))(
@@ -904,7 +1117,7 @@ def test_an_http_stream_to_a_client_that_stopped_reading_ends_at_its_last_line_t
 
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
-            return await _lines_out(request, StallingClientCall(request), 0.5)
+            return await _lines_out(request, StallingClientCall(request), 0.5, lambda: None)
         finally:
             ended.set()
 

@@ -2,7 +2,8 @@
 
 Paths, schemas and descriptions all come from the compiled descriptors of
 ``papersearch.api.v1`` and the comments of the .proto copy beside them (api/generate.py puts it
-there), so the document changes only when the proto does. The JSON mapping is protobuf's own
+there), so the document follows the proto; only what HTTP does otherwise than gRPC is added to
+a description here (HTTP_NOTES). The JSON mapping is protobuf's own
 (``google.protobuf.json_format``): proto field names, enum values by name, 64-bit integers as
 decimal strings; the gateway writes every field without presence, set or not (an ``optional``
 field or a message field only when set: gateway/http_api.py).
@@ -32,6 +33,27 @@ HTTP_STATUS = {
     "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
     "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
     "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+}
+
+# What differs over HTTP from the proto's comment of a method or message (by full name): its
+# text after the proto's. UpsertPapers' body is NDJSON parsed by the gateway, so it never sends
+# gRPC a message that is not valid protobuf: a bad line ends the gRPC stream normally instead,
+# and what came before it is written (gateway/http_api.py, _Lines).
+HTTP_NOTES = {
+    "papersearch.v1.IndexService.UpsertPapers": (
+        "Over HTTP: the request body is NDJSON, one Paper JSON object per line, blank lines "
+        "skipped. A line that is not a valid Paper (not JSON, an unknown field, a value of the "
+        "wrong type: 400 INVALID_ARGUMENT; past the size limit: 413; a body that stops "
+        "arriving for serve.http_body_timeout_s: 408) ends the stream before it, unlike the "
+        "invalid message above: every paper of the lines before it is written, "
+        "the unfinished batch too, and the error object carries summary, the UpsertSummary of "
+        "those lines (papers skipped as invalid, and why), and metadata "
+        "papersearch-committed and papersearch-committed-messages; its message names the line "
+        "of the body to resend from (blank lines count). Other failures (the deadline, a "
+        "drain, the index) carry metadata as over gRPC, and no summary."),
+    "papersearch.v1.UpsertSummary": (
+        "Over HTTP, an UpsertPapers whose NDJSON body held a line that is not a valid Paper "
+        "also answers one, in its error object's summary: the lines before that line."),
 }
 
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32,
@@ -138,7 +160,7 @@ _ERROR = {
                                               "additionalProperties": {"type": "string"},
                                               "description": "The call's trailing metadata "
                                                              "(e.g. papersearch-committed)."},
-                                 "summary": {"type": "object",
+                                 "summary": {"$ref": "#/components/schemas/UpsertSummary",
                                              "description": "UpsertPapers cut short by a bad "
                                                             "NDJSON line: the UpsertSummary of "
                                                             "the lines before it."}}}},
@@ -172,12 +194,17 @@ def _operation(method: MethodDescriptor, notes: dict[str, str]) -> dict[str, Any
         "operationId": f"{method.containing_service.name}.{method.name}",
         "tags": [method.containing_service.name],
         "summary": method.name,
-        "description": notes.get(method.full_name, ""),
+        "description": _described(method.full_name, notes),
         "parameters": [{"$ref": "#/components/parameters/timeout"}],
         "requestBody": {"required": True, "content": request},
         "responses": {"200": {"description": method.output_type.name, "content": response},
                       **errors},
     }
+
+
+def _described(name: str, notes: dict[str, str]) -> str:
+    """The proto's comment of ``name``, then what differs over HTTP (HTTP_NOTES)."""
+    return " ".join(filter(None, [notes.get(name, ""), HTTP_NOTES.get(name, "")]))
 
 
 def _body(message: Descriptor, streaming: bool, what: str) -> dict[str, Any]:
@@ -225,7 +252,7 @@ def _message_schema(message: Descriptor, notes: dict[str, str],
             schema = {**schema, "description": notes[field.full_name]}
         properties[field.name] = schema
     required = [f.name for f in message.fields if answer and not f.has_presence]
-    return {"type": "object", "description": notes.get(message.full_name, ""),
+    return {"type": "object", "description": _described(message.full_name, notes),
             "properties": properties, "additionalProperties": False,
             **({"required": required} if required else {})}
 

@@ -15,13 +15,14 @@ are the error statuses, whose HTTP codes follow google.rpc.Code (api/openapi.py)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import QUOTE_CHARS, quoted
 from papersearch.gateway import page
 from papersearch.gateway.auth import WRITE_PREFIXES, Keys
-from papersearch.gateway.decode import grpc_receive_limit
+from papersearch.gateway.decode import grpc_receive_limit, too_large
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
 from papersearch.settings import ServeSettings, is_loopback
@@ -65,10 +66,24 @@ HTTP_STOP_S = 1.0
 TCP_KEEPALIVE_PROBES = 3  # a watch's connection: unanswered probes before it is dropped
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's bound on the idle and interval options
 RETRY_AFTER_S = 1  # a 429 or 503's Retry-After: the gateway's refusals are short-lived
+# A body (an NDJSON line) may hold this many bytes of JSON per byte of serve.max_receive_bytes,
+# which counts the message's protobuf bytes, as gRPC's calls do: JSON escapes a character of 2
+# or 3 UTF-8 bytes as \uXXXX (6 bytes) and one of 4 as a surrogate pair (12), and quotes every
+# string, so a request gRPC takes was refused here (10,000 ids of 254 bytes: 2.57 MB of
+# protobuf, 5.07 MB of JSON). The message parsed from it is held to the limit itself
+# (_message: 413, as the gRPC side's refusal, gateway/decode.py).
+JSON_BYTES_PER_BYTE = 3
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status recorded, none sent
+# the 503 of a call the front's stop cut (a drain's grace over), the gRPC side's UNAVAILABLE
+CUT = ("this gateway is draining (shutting down) and its grace for calls in flight is over: "
+       "the call was cut short, send it again (an index write may be partly done; resending "
+       "is idempotent)")
 # a stream that ended with an error after its 200 was sent: that error's HTTP status, recorded
 ENDED_WITH = web.RequestKey("ended_with", int)
 FORWARDED_METADATA = ("papersearch-",)  # trailing metadata an error body carries
+# the most of protobuf's JSON parse error a message repeats: its words and a client's value,
+# QUOTE_CHARS characters escaped (up to 10 characters each, "\U000e0001")
+PARSE_ERROR_CHARS = 1_000
 
 
 class HttpError(Exception):
@@ -152,8 +167,9 @@ class HttpFront:
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.parsers = Parsers()
         self.stopping = False  # stop() began: the calls it cancels count as 503
+        self.calls: set[grpc.aio.Call] = set()  # the gRPC calls running, which stop() cuts
         logging.getLogger("aiohttp.server").addFilter(BAD_REQUESTS)  # once per process
-        app = web.Application(client_max_size=serve.max_receive_bytes)
+        app = web.Application(client_max_size=json_limit(serve.max_receive_bytes))
         app.middlewares.extend([_cors(app, serve.http_cors_origins),
                                 _errors_as_json(serve.max_receive_bytes)])
         app.on_response_prepare.append(_not_sniffed)
@@ -183,7 +199,14 @@ class HttpFront:
         log.info("http listening", extra={"address": self.address})
 
     async def stop(self) -> None:
+        """Stop serving. The gRPC calls still running (a drain's grace over) are cancelled
+        first, and their handlers answer 503 UNAVAILABLE (CUT, with Retry-After, the connection
+        closed) as the gRPC side's callers get UNAVAILABLE; aiohttp's stop then waits for those
+        answers (HTTP_STOP_S at most) before it closes the connections. It had cancelled the
+        handlers with nothing written: the client saw its connection dropped."""
         self.stopping = True
+        for call in list(self.calls):
+            call.cancel()
         await self.runner.cleanup()
         self.parsers.close()
         for channel in (self.channel, *self.watch_channels):
@@ -207,12 +230,14 @@ class HttpFront:
                 options = self._admitted(request, path, JSON, None)  # no deadline unless set
                 _probe_when_silent(request, self.serve)
                 message = await _message(self.parsers, await self._body(request), request_type,
-                                         "request", "request body")
+                                         "request", self.serve.max_receive_bytes, "request body")
                 least = min(range(len(calls)), key=self.watching.__getitem__)  # by open watches
                 self.watching[least] += 1
                 try:
-                    return await _lines_out(request, calls[least](message, **options),
-                                            self.serve.http_body_timeout_s)
+                    call = calls[least](message, **options)
+                    with self._running(call) as cut:
+                        return await _lines_out(request, call, self.serve.http_body_timeout_s,
+                                                cut)
                 finally:
                     self.watching[least] -= 1
 
@@ -228,7 +253,8 @@ class HttpFront:
                                   self.serve.http_body_timeout_s, self.parsers)
                 call = stream(messages.messages(), **options)
                 try:
-                    return _json(await _answer(call, messages))
+                    with self._running(call) as cut:
+                        return _json(await _answer(call, cut, messages))
                 finally:
                     await messages.close()
 
@@ -239,10 +265,31 @@ class HttpFront:
         async def single(request: web.Request) -> web.StreamResponse:
             options = self._admitted(request, path, JSON, deadline_s)
             message = await _message(self.parsers, await self._body(request), request_type,
-                                     "request", "request body")
-            return _json(await _answer(unary(message, **options)))
+                                     "request", self.serve.max_receive_bytes, "request body")
+            call = unary(message, **options)
+            with self._running(call) as cut:
+                return _json(await _answer(call, cut))
 
         return _measured(path, single, self)
+
+    @contextlib.contextmanager
+    def _running(self, call: grpc.aio.Call) -> Iterator[Callable[[], HttpError | None]]:
+        """``call`` among those stop() cuts, while it runs; gives what says whether it did."""
+        self.calls.add(call)
+        if self.stopping:  # made as the front stops (in a drain the gate refuses it anyway)
+            call.cancel()
+        try:
+            yield lambda: self._cut(call)
+        finally:
+            self.calls.discard(call)
+
+    def _cut(self, call: grpc.aio.Call) -> HttpError | None:
+        """The answer for ``call``, whose wait just ended cancelled: 503 if stop() cancelled
+        it; None if the handler itself was (its client left, or aiohttp's stop gave up)."""
+        task = asyncio.current_task()
+        if not (self.stopping and call.cancelled()) or (task is not None and task.cancelling()):
+            return None
+        return HttpError("UNAVAILABLE", CUT)
 
     def _admitted(self, request: web.Request, path: str, content_type: str,
                   deadline_s: float | None) -> dict[str, Any]:
@@ -330,7 +377,8 @@ class _Lines:
                 self.line += 1
                 if line.strip():
                     where = f"line {self.line}"
-                    message = await _message(self.parsers, line, self.message_type, where)
+                    message = await _message(self.parsers, line, self.message_type, where,
+                                             self.max_bytes)
                     self.sent += 1
                     yield message
         except HttpError as error:
@@ -354,11 +402,11 @@ class _Lines:
         yield bytes(pending)
 
     def _within_limit(self, size: int) -> None:
-        if size > self.max_bytes:
+        if size > json_limit(self.max_bytes):
             metrics().refused("serve.max_receive_bytes")
             self.line += 1  # the one too long, after those read
-            raise HttpError("RESOURCE_EXHAUSTED", f"line {self.line} is longer than the "
-                            f"server's limit of {self.max_bytes} bytes", http=413)
+            raise HttpError("RESOURCE_EXHAUSTED", f"line {self.line} is longer than "
+                            f"{json_too_long(self.max_bytes)}", http=413)
 
     async def close(self) -> None:
         """Stop reading the body: the call ended before it did (its deadline, a drain). gRPC
@@ -387,14 +435,20 @@ class _Lines:
                             f"malformed: {error}") from None
 
 
-async def _answer(call: Awaitable[Message], lines: _Lines | None = None) -> Message:
-    """The call's response; its error status as an HttpError. A stream cut short by a bad line
-    still ends normally on the gRPC side (what came before is committed): the caller gets the
-    line's error with the gRPC method's progress metadata."""
+async def _answer(call: Awaitable[Message], cut: Callable[[], HttpError | None],
+                  lines: _Lines | None = None) -> Message:
+    """The call's response; its error status as an HttpError, and ``cut()``'s if the call was
+    cancelled (HttpFront._cut). A stream cut short by a bad line still ends normally on the
+    gRPC side (what came before is committed): the caller gets the line's error with the gRPC
+    method's progress metadata."""
     try:
         response = await call
     except grpc.aio.AioRpcError as error:
         raise _from_rpc(error) from None
+    except asyncio.CancelledError:
+        if (failed := cut()) is None:
+            raise
+        raise failed from None
     if lines is not None and lines.error is not None:
         committed = getattr(response, "upserted", None)
         progress = {"papersearch-committed-messages": str(lines.sent)}
@@ -455,13 +509,22 @@ def _loads(data: bytes, what: str) -> Any:
 
 
 async def _message(parsers: Parsers, data: bytes, message_type: type[Message], what: str,
-                   text: str | None = None) -> Message:
+                   max_bytes: int, text: str | None = None) -> Message:
     """``data`` (one JSON object, called ``text`` in errors about its JSON, default ``what``)
-    as a ``message_type``. protobuf's JSON parser is Python (~0.2 s for a MiB of short
-    strings): past PARSE_INLINE_BYTES it runs in one of ``parsers``' threads, where the event
-    loop (every other call, the health checks) still gets its turns."""
+    as a ``message_type`` of at most ``max_bytes`` (serve.max_receive_bytes: its protobuf
+    bytes, what the gRPC side measures; past it 413, where the gRPC side's RESOURCE_EXHAUSTED
+    would be a 429 to retry, or past gRPC's own limit the channel's words). protobuf's JSON
+    parser is Python (~0.2 s for a MiB of short strings): past PARSE_INLINE_BYTES it runs in
+    one of ``parsers``' threads, where the event loop (every other call, the health checks)
+    still gets its turns."""
     def parse() -> Message:
-        return _parse(_loads(data, text or what), message_type, what)
+        message = _parse(_loads(data, text or what), message_type, what)
+        size = message.ByteSize()
+        if size > max_bytes:
+            metrics().refused("serve.max_receive_bytes")
+            raise HttpError("RESOURCE_EXHAUSTED", f"{what}: " + too_large(
+                size, max_bytes, "its protobuf encoding"), http=413)
+        return message
 
     return parse() if len(data) <= PARSE_INLINE_BYTES else await parsers.run(parse)
 
@@ -477,32 +540,43 @@ def _parse(value: Any, message_type: type[Message], what: str) -> Message:
     # for a float, 1e999 for an enum) out as the error its conversion met
     except (json_format.ParseError, OverflowError, TypeError, ValueError) as error:
         raise HttpError("INVALID_ARGUMENT", f"{what}: not a valid {name}: "
-                        f"{_cut_values(str(error), value)[:300]}") from None
+                        f"{_quote_values(str(error), value)}") from None
     except SystemError:  # its name lookup, given a key or enum name "\ud800" (not UTF-8)
         raise HttpError("INVALID_ARGUMENT", f"{what}: not a valid {name}: a field name or "
                         "value holds an unpaired surrogate (not valid Unicode)") from None
 
 
-def _cut_values(message: str, body: Any) -> str:
-    """``message`` with each string or number of ``body`` it repeats (protobuf's parse errors
-    quote the offending value or key whole) cut to QUOTE_CHARS, as every error message cuts
-    them."""
-    long: set[str] = set()
+def _quote_values(message: str, body: Any, limit: int = PARSE_ERROR_CHARS) -> str:
+    """``message`` (its first ``limit`` characters) with each string of ``body``, key or value,
+    that it repeats as ``quoted`` gives it, as the gRPC side's messages repeat a client's value:
+    escaped, at most QUOTE_CHARS of it. protobuf's parse errors repeat the offending value or
+    key whole and raw (a newline, ANSI escapes, a bidi override: into a log line, a terminal).
+    Only a string that is long or holds a character to escape is looked for (a short plain one,
+    "x", would be found in protobuf's own words); a long number is cut, and any unprintable
+    character left (protobuf's own newline) is escaped too."""
+    strings: set[str] = set()
+    numbers: set[str] = set()
     stack = [body]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             stack.extend(item.values())
-            long.update(k for k in item if isinstance(k, str) and len(k) > QUOTE_CHARS)
+            strings.update(k for k in item if isinstance(k, str) and _to_quote(k))
         elif isinstance(item, list):
             stack.extend(item)
-        elif isinstance(item, str) and len(item) > QUOTE_CHARS:
-            long.add(item)
+        elif isinstance(item, str) and _to_quote(item):
+            strings.add(item)
         elif isinstance(item, int | float) and len(number := str(item)) > QUOTE_CHARS:
-            long.add(number)  # a 200-digit top_k
-    for text in sorted(long, key=len, reverse=True):
-        message = message.replace(text, f"{text[:QUOTE_CHARS]}... ({len(text)} characters)")
-    return message
+            numbers.add(number)  # a 200-digit top_k
+    for text in sorted(strings, key=len, reverse=True):  # quoted() leaves nothing unprintable
+        message = message.replace(f'"{text}"', quoted(text)).replace(text, quoted(text))
+    for number in sorted(numbers, key=len, reverse=True):
+        message = message.replace(number, f"{number[:QUOTE_CHARS]}... ({len(number)} characters)")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message[:limit])
+
+
+def _to_quote(text: str) -> bool:
+    return len(text) > QUOTE_CHARS or not text.isprintable()
 
 
 def _json(message: Message) -> web.Response:
@@ -533,10 +607,12 @@ def _probe_when_silent(request: web.Request, serve: ServeSettings) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPALIVE_PROBES)
 
 
-async def _lines_out(request: web.Request, call: Any, stall_s: float) -> web.StreamResponse:
+async def _lines_out(request: web.Request, call: Any, stall_s: float,
+                     cut: Callable[[], HttpError | None]) -> web.StreamResponse:
     """A server stream as NDJSON, each message on its line as it comes. An error before the
     first message is a plain HTTP error (its status code); one after it, once the 200 is sent,
-    ends the body with a last line {"error": {...}} (code, status, message). The gRPC call is
+    ends the body with a last line {"error": {...}} (code, status, message), also ``cut()``'s
+    for a call the front's stop cancelled (HttpFront._cut). The gRPC call is
     cancelled when the HTTP client goes away, or stops reading for ``stall_s``
     (serve.http_body_timeout_s): a line it does not take in that long drops the connection
     (the handler waited on it for ever, long after the watch behind it had ended)."""
@@ -556,6 +632,10 @@ async def _lines_out(request: web.Request, call: Any, stall_s: float) -> web.Str
             message = await call.read()
         except grpc.aio.AioRpcError as error:
             raise _from_rpc(error) from None
+        except asyncio.CancelledError:
+            if (first := cut()) is None:
+                raise
+            raise first from None
         response = web.StreamResponse()
         response.content_type = openapi.NDJSON
         await response.prepare(request)
@@ -563,8 +643,11 @@ async def _lines_out(request: web.Request, call: Any, stall_s: float) -> web.Str
             await bounded(response.write(json.dumps(_dict(message)).encode() + b"\n"))
             try:
                 message = await call.read()
-            except grpc.aio.AioRpcError as error:
-                failed = _from_rpc(error)
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                failed = (_from_rpc(error) if isinstance(error, grpc.aio.AioRpcError)
+                          else cut())
+                if failed is None:
+                    raise
                 request[ENDED_WITH] = failed.http
                 body = {"code": failed.http, "status": failed.status, "message": failed.message}
                 await bounded(response.write(json.dumps({"error": body}).encode() + b"\n"))
@@ -669,6 +752,18 @@ def _loopback_name(host: str) -> bool:
     return is_loopback(name) or name.casefold().endswith(".localhost")
 
 
+def json_limit(max_bytes: int) -> int:
+    """The most bytes of JSON a body (an NDJSON line) may hold: JSON_BYTES_PER_BYTE times
+    ``max_bytes`` (serve.max_receive_bytes, which counts protobuf bytes)."""
+    return JSON_BYTES_PER_BYTE * max_bytes
+
+
+def json_too_long(max_bytes: int) -> str:
+    return (f"the server's limit of {json_limit(max_bytes)} bytes of JSON "
+            f"({JSON_BYTES_PER_BYTE} x serve.max_receive_bytes, {max_bytes}, which counts "
+            "the message's protobuf bytes)")
+
+
 def _errors_as_json(max_bytes: int) -> Any:
     """Errors as the API's JSON error object, also aiohttp's own (404, 405, 413)."""
 
@@ -698,8 +793,8 @@ def _from_http(error: web.HTTPException, request: web.Request, max_bytes: int) -
                          headers={"Allow": error.headers.get("Allow", "")})
     if error.status == 413:
         metrics().refused("serve.max_receive_bytes")
-        return HttpError("RESOURCE_EXHAUSTED", f"request body over the server's limit of "
-                         f"{max_bytes} bytes", http=413)
+        return HttpError("RESOURCE_EXHAUSTED", f"request body over "
+                         f"{json_too_long(max_bytes)}", http=413)
     status = "INVALID_ARGUMENT" if error.status < 500 else "INTERNAL"
     return HttpError(status, error.reason, http=error.status)
 
