@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -266,6 +268,22 @@ def test_json_protobuf_would_read_as_another_value_is_refused(
             "top_k": 3}
     assert _parse(fine, pb.SearchRequest, "request") == pb.SearchRequest(
         query="x", mode=pb.MODE_DENSE, min_relevance=0.2, top_k=3)
+
+
+@pytest.mark.parametrize("tail", [b"\x01", b"\r", b" \x00"])
+def test_a_header_aiohttp_cannot_parse_is_logged_without_its_value(
+        gateway: tuple[str, str], tail: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's parse error quotes the bad header line, and it went into the log whole: a
+    key read from a file ending in CR was logged."""
+    caplog.set_level(logging.DEBUG, logger="papersearch.gateway.http_api")
+    port = int(gateway[1].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST " + SEARCH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"x-api-key: " + WRITE.encode() + tail + b"\r\nContent-Length: 2\r\n\r\n{}")
+        assert b" 400 Bad Request" in sock.recv(64)
+    refused = [r for r in caplog.records if r.getMessage().startswith("an HTTP request that")]
+    assert refused and all(WRITE not in str(r.__dict__) for r in caplog.records)
+    assert refused[-1].reason.startswith("400: ")
 
 
 def test_a_body_without_a_content_type_is_told_it_has_none() -> None:

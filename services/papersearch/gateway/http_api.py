@@ -340,15 +340,23 @@ class HttpFront:
 class _BadRequests(logging.Filter):
     """aiohttp logs each request it cannot parse (a bad header, a bad Content-Length) at ERROR
     with a traceback, and answers 400 itself: any caller, no key needed, could fill the log
-    with them. They are logged at DEBUG here."""
+    with them. They are logged at DEBUG here, by what was wrong only: aiohttp's words quote
+    the bad line, an x-api-key header with its key (one read from a file ending in CR)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if not isinstance(error, HttpProcessingError):
             return True
         log.debug("an HTTP request that could not be parsed was refused",
-                  extra={"reason": str(error)[:200]})
+                  extra={"reason": f"{error.code}: {_unquoted(error.message)}"})
         return False
+
+
+def _unquoted(message: str) -> str:
+    """aiohttp's parse error without the request bytes it quotes ("Invalid header value
+    char:\n\n    b'x-api-key: ...'", "Missing expected LF after header value: b'...'")."""
+    words = re.split(r"\bb['\"]|\n", message, maxsplit=1)[0]
+    return words.rstrip(" :")[:QUOTE_CHARS]
 
 
 BAD_REQUESTS = _BadRequests()
