@@ -28,9 +28,17 @@ from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.client import SearchClient, WatchEvent, Watching
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
-from papersearch.gateway.watch import WatchHub, matches_filter
+from papersearch.gateway import watch as watch_module
+from papersearch.gateway.watch import (
+    STEP_PAIRS,
+    STEP_WAKES,
+    Match,
+    WatchFeed,
+    WatchHub,
+    matches_filter,
+)
 from papersearch.index.query import SearchFilter
-from papersearch.index.store import Indexed
+from papersearch.index.store import Indexed, now_ms
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.settings import Settings
 from papersearch.telemetry import Metrics
@@ -568,6 +576,123 @@ def test_papers_are_matched_only_against_watches_of_their_embedder() -> None:
     # a poll that read embedder a's collection while a watch of b was added: b's is skipped
     assert hub.publish([paper], np.ones((1, 2), dtype=np.float32) / np.sqrt(2), "a") == 1
     assert len(flat.pending) == 1 and not other.pending
+
+
+def test_a_poll_of_many_papers_lets_the_loop_run_between_its_steps() -> None:
+    """A bulk ingest's papers, every one matching every watch: the feed matches them in steps,
+    another task runs between any two (at most STEP_PAIRS pairs and STEP_WAKES watchers woken
+    a step), and the poll is still one batch: in order, none lost, no watcher ended by it (a
+    queue of 10, 1,000 matches each), one that leaves between steps let go."""
+    backend = Moving()
+    hub = WatchHub(max_watches=300, queue=10)
+    feed = WatchFeed(hub, backend, Settings().serve)  # type: ignore[arg-type]
+    papers = [Paper(id=f"p{i}", title=f"paper {i}", abstract="") for i in range(1000)]
+    vector = np.ones(2, dtype=np.float32) / np.sqrt(2)
+
+    async def scenario() -> None:
+        await feed.poll()  # learns the (empty) window
+        watches = [hub.add(vector, -1.0, SearchFilter()) for _ in range(300)]  # filter only
+        assert all(watches)
+        leaving = watches[0]
+        assert leaving is not None
+        stamp = now_ms()
+        backend.window = {p.point_id: (stamp, p) for p in papers}
+        seen: list[tuple[int, int]] = []  # at each turn of the other task: matches, woken
+
+        async def other() -> None:
+            while True:
+                seen.append((sum(len(w.pending) for w in watches if w),
+                             sum(bool(w.pending) for w in watches if w)))
+                if leaving.pending and leaving in hub.watches:  # its client went
+                    hub.remove(leaving)
+                    leaving.end(grpc.StatusCode.CANCELLED, "gone")
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        queued = await feed.poll()
+        task.cancel()
+        ids = [p.id for p in papers]
+        for watch in watches[1:]:
+            assert watch is not None and watch.ended is None
+            assert [m.paper.id for m in watch.pending] == ids
+        kept = len(leaving.pending)
+        assert 0 < kept < 1000 and queued == 299 * 1000 + kept
+        steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(seen, seen[1:], strict=False)]
+        assert len([s for s in steps if s[0]]) > 299 * 1000 // STEP_PAIRS
+        assert max(pairs for pairs, _ in steps) <= STEP_PAIRS
+        assert max(woken for _, woken in steps) <= STEP_WAKES
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_ends_a_watcher_still_behind_without_building_its_matches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[Match] = []
+
+    class Counted(Match):
+        __slots__ = ()
+
+        def __init__(self, paper: Paper, cosine: float) -> None:
+            super().__init__(paper, cosine)
+            built.append(self)
+
+    monkeypatch.setattr(watch_module, "Match", Counted)
+    hub = WatchHub(max_watches=2, queue=3)
+    vector = np.array([1.0, 0.0], dtype=np.float32)
+    behind, keeping_up = hub.add(vector, 0.5, SearchFilter()), hub.add(vector, 0.5, SearchFilter())
+    assert behind is not None and keeping_up is not None
+    papers = [Paper(id=f"p{i}", title=f"paper {i}", abstract="") for i in range(500)]
+    dense = np.tile(vector, (500, 1))
+    hub.publish(papers[:3], dense[:3])
+    keeping_up.pending.clear()  # it read them; the other did not
+    built.clear()
+    assert hub.publish(papers, dense) == 500  # queued: the one that kept up's
+    assert behind.ended is not None and behind.ended[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(built) == 500 and all(m.paper is p for m, p in zip(built, papers, strict=True))
+    assert list(keeping_up.pending) == built and keeping_up.ended is None
+
+
+def test_matches_are_those_of_each_pair_and_filter_one_by_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the plain rule (every pair's cosine against its watch's threshold, then its
+    filter), in one go and in steps alike; a filter is asked once per paper, however many
+    watches share it, and a watch without one never asks."""
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(120, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    dense = rng.normal(size=(700, 16)).astype(np.float32)
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    papers = [Paper(id=f"p{i}", title="t", abstract="", categories=(("cs.LG",), ("math.CO",),
+                                                                     ())[i % 3],
+                    authors=("A",) if i % 5 else ("B",),
+                    published=None if i % 7 == 0 else date(2024, 1 + i % 12, 1))
+              for i in range(700)]
+    filters = [SearchFilter(), SearchFilter(categories=("cs.LG",)),
+               SearchFilter(authors=("B",), categories=("cs.LG", "math.CO")),
+               SearchFilter(published_from=date(2024, 6, 1))]
+    thresholds = rng.uniform(-0.3, 0.4, size=120)
+    cosines = vectors @ dense.T
+    expected = [[(papers[j].id, pytest.approx(float(cosines[i, j]), abs=1e-5))
+                 for j in range(700) if cosines[i, j] >= thresholds[i]
+                 and matches_filter(filters[i % 4], papers[j])] for i in range(120)]
+    asked: list[tuple[SearchFilter, str]] = []
+
+    def counted(flt: SearchFilter, paper: Paper) -> bool:
+        asked.append((flt, paper.id))
+        return matches_filter(flt, paper)
+
+    monkeypatch.setattr(watch_module, "matches_filter", counted)
+    for stepwise in (False, True):
+        hub = WatchHub(max_watches=120, queue=1000)
+        watches = [hub.add(v, float(t), filters[i % 4])
+                   for i, (v, t) in enumerate(zip(vectors, thresholds, strict=True))]
+        asked.clear()
+        queued = asyncio.run(hub.publish_in_steps(papers, dense)) if stepwise \
+            else hub.publish(papers, dense)
+        got = [[(m.paper.id, m.cosine) for m in w.pending] for w in watches if w]
+        assert got == expected and queued == sum(map(len, expected))
+        assert len(asked) == len(set(asked)) and all(flt != SearchFilter() for flt, _ in asked)
 
 
 def test_filter_matching_agrees_with_the_index_rules() -> None:
