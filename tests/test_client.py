@@ -9,7 +9,7 @@ import pytest
 
 from papersearch.api.convert import WatchQuery
 from papersearch.api.v1 import papersearch_pb2 as pb
-from papersearch.client import SearchClient, Watching, target_host
+from papersearch.client import SearchClient, Watching, target_hosts
 
 
 def test_delete_refuses_a_lone_id() -> None:
@@ -32,15 +32,17 @@ def test_a_timeout_grpc_cannot_keep_is_refused_before_the_call(timeout_s: float)
             client.watch(WatchQuery("graph neural networks"), timeout_s=timeout_s)
 
 
-@pytest.mark.parametrize(("target", "host"), [
-    ("gateway:50051", "gateway"), ("10.0.0.7:50051", "10.0.0.7"), ("[::1]:50051", "::1"),
-    ("localhost", "localhost"), ("dns:///gateway.svc:50051", "gateway.svc"),
-    ("dns://8.8.8.8/gateway.svc:443", "gateway.svc"), ("ipv4:127.0.0.1:1,10.0.0.2:2", "127.0.0.1"),
-    ("ipv6:[::1]:50051", "::1"), ("unix:/tmp/gateway.sock", None), ("::1", "::1"),
-    ("ipv6:::1", "::1"), ("DNS:///gateway.svc:50051", "gateway.svc"),
+@pytest.mark.parametrize(("target", "hosts"), [
+    ("gateway:50051", ("gateway",)), ("10.0.0.7:50051", ("10.0.0.7",)),
+    ("[::1]:50051", ("::1",)), ("localhost", ("localhost",)),
+    ("dns:///gateway.svc:50051", ("gateway.svc",)),
+    ("dns://8.8.8.8/gateway.svc:443", ("gateway.svc",)),
+    ("ipv4:127.0.0.1:1,10.0.0.2:2", ("127.0.0.1", "10.0.0.2")),  # each: the next when one's down
+    ("ipv6:[::1]:50051", ("::1",)), ("unix:/tmp/gateway.sock", ()), ("::1", ("::1",)),
+    ("ipv6:::1", ("::1",)), ("DNS:///gateway.svc:50051", ("gateway.svc",)),
 ])
-def test_the_host_a_target_names(target: str, host: str | None) -> None:
-    assert target_host(target) == host
+def test_the_hosts_a_target_names(target: str, hosts: tuple[str, ...]) -> None:
+    assert target_hosts(target) == hosts
 
 
 def test_a_key_sent_in_clear_beyond_this_machine_is_warned_of(
@@ -48,11 +50,13 @@ def test_a_key_sent_in_clear_beyond_this_machine_is_warned_of(
 ) -> None:
     """SearchClient(remote, api_key=...) without TLS sent the key in plaintext, silently."""
     caplog.set_level(logging.WARNING, logger="papersearch.client")
-    for target in ("127.0.0.1:50051", "localhost:50051", "unix:/tmp/g.sock", "192.0.2.2:50051"):
+    remote = ("192.0.2.2:50051", "ipv4:127.0.0.1:50051,192.0.2.2:50051")  # a list: its second
+    for target in ("127.0.0.1:50051", "localhost:50051", "unix:/tmp/g.sock",
+                   "ipv4:127.0.0.1:1,127.0.0.2:2", *remote):
         SearchClient(target).close()  # no key: nothing to say
         SearchClient(target, api_key="a-key").close()
     warned = [record for record in caplog.records if "unencrypted" in record.getMessage()]
-    assert [record.__dict__["target"] for record in warned] == ["192.0.2.2:50051"]
+    assert tuple(record.__dict__["target"] for record in warned) == remote
     assert all("a-key" not in record.getMessage() for record in caplog.records)
 
 

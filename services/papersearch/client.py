@@ -149,17 +149,22 @@ def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return ((API_KEY_HEADER, api_key),)
 
 
-def target_host(target: str) -> str | None:
-    """The host a gRPC target names (HOST:PORT, [v6]:PORT, dns:, ipv4:, ipv6:; the first
-    address of a list); None for a Unix socket."""
+def target_hosts(target: str) -> tuple[str, ...]:
+    """The hosts a gRPC target names (HOST:PORT, [v6]:PORT, dns:, ipv4:, ipv6:; each address
+    of a list: the channel goes on to the next when one is down); none for a Unix socket."""
     scheme, colon, rest = target.partition(":")
     scheme = scheme.casefold() if colon else ""
     if scheme in ("unix", "unix-abstract"):
-        return None
+        return ()
+    if scheme in ("ipv4", "ipv6"):
+        return tuple(_host(address) for address in rest.split(","))
     if scheme == "dns":
         target = rest[2:].partition("/")[2] if rest.startswith("//") else rest  # dns://resolver/
-    elif scheme in ("ipv4", "ipv6"):
-        target = rest.split(",")[0]
+    return (_host(target),)
+
+
+def _host(target: str) -> str:
+    """The host of one HOST:PORT, [v6]:PORT or bare address."""
     try:  # a bare address, "::1" (no port) included
         return str(ipaddress.ip_address(target))
     except ValueError:
@@ -175,8 +180,7 @@ def _warn_if_key_in_clear(target: str, tls: Tls | None,
     """A key sent without TLS beyond this machine can be read on the way. Said, not refused:
     base and dev deployments serve plaintext inside the cluster, whose network may be trusted
     (or encrypted by a mesh)."""
-    host = target_host(target)
-    if metadata and tls is None and host is not None and not is_loopback(host):
+    if metadata and tls is None and not all(map(is_loopback, target_hosts(target))):
         log.warning("the API key goes to this gateway unencrypted (no TLS): anyone on the "
                     "network path can read it; use TLS (Tls, --tls) outside a network you "
                     "trust", extra={"target": target})
