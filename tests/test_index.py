@@ -38,6 +38,7 @@ from papersearch.index import (
 )
 from papersearch.index.edge import MANIFEST, EdgeStore
 from papersearch.index.errors import InvalidExamples, WeightingMismatch
+from papersearch.index.plan import PointData, Program, Write
 from papersearch.index.query import MAX_COUNT, MIN_NORM, Examples, StageRank
 from papersearch.index.schema import DENSE as DENSE_NAME
 from papersearch.index.schema import SCHEMA_VERSION, EmbedderIdentity
@@ -960,6 +961,19 @@ def test_unreadable_server_collection_identity_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="unreadable embedder identity"):
         store.ensure_collection(DIM, SHA)
     store.close()
+
+
+def test_a_point_without_its_paper_id_is_a_damaged_index(store: Store) -> None:
+    """A shard once reopened with every payload empty: each read of a paper then failed with
+    a bare KeyError 'paper_id', deep in whatever read it (an ingest's unstored)."""
+    paper = PAPERS[0]
+
+    def blank() -> Program[None]:
+        yield Write((PointData(paper.point_id, DENSE[0].tolist(), SPARSE[0], {}),))
+
+    store.execute(blank())
+    with pytest.raises(StoreError, match="has no paper_id: the index is damaged"):
+        store.get([paper.id])
 
 
 def test_writes_with_another_bm25_weighting_are_refused(factory: Factory) -> None:

@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any, Literal
 
 from papersearch.corpus.paper import Paper
-from papersearch.index.errors import EmbedderMismatch, WeightingMismatch
+from papersearch.index.errors import EmbedderMismatch, StoreError, WeightingMismatch
 from papersearch.settings import IndexSettings
 
 DENSE = "dense"  # cosine, HNSW, optional int8 scalar quantization
@@ -136,6 +136,12 @@ def to_payload(paper: Paper) -> dict[str, Any]:
 
 
 def from_payload(payload: Mapping[str, Any]) -> Paper:
+    """The paper a point's payload holds; StoreError for one without its id (a damaged index:
+    it was a bare KeyError 'paper_id' from wherever a paper was read)."""
+    if "paper_id" not in payload:
+        raise StoreError("a stored point's payload has no paper_id: the index is damaged "
+                         "(its payloads lost); ingest again into a fresh index.data_dir or "
+                         "index.collection")
     published = payload.get("published")
     return Paper(
         id=payload["paper_id"],
