@@ -963,6 +963,26 @@ def test_unreadable_server_collection_identity_is_a_store_error() -> None:
     store.close()
 
 
+def test_an_index_whose_making_was_cut_short_is_not_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as the first ingest made the index left a shard without identity, which `search`
+    read as an empty index ("0 hits", not "no index at")."""
+    import papersearch.index.edge as edge
+
+    def cut(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edge, "write_manifest", cut)
+    store = EdgeStore(IndexSettings(data_dir=tmp_path / "index"))
+    with pytest.raises(KeyboardInterrupt):
+        store.ensure_collection(DIM, SHA)
+    assert not store.path.exists() and not store.created
+    monkeypatch.undo()
+    with pytest.raises(CollectionMissing):
+        EdgeStore(IndexSettings(data_dir=tmp_path / "index")).ensure_collection(
+            DIM, SHA, create=False)
+
+
 def test_a_point_without_its_paper_id_is_a_damaged_index(store: Store) -> None:
     """A shard once reopened with every payload empty: each read of a paper then failed with
     a bare KeyError 'paper_id', deep in whatever read it (an ingest's unstored)."""

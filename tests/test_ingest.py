@@ -398,6 +398,46 @@ def test_a_first_ingest_cut_short_before_any_write_leaves_no_index(
     assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
 
 
+def test_a_stop_after_the_run_still_prints_what_it_did(
+    model_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C as the run closed its index (after a prune, say) said only "interrupted": the
+    summary, with the ids it deleted, was lost."""
+    from papersearch import cli, interrupts
+
+    for name, value in cli_env(model_settings, tmp_path / "index").items():
+        if name.startswith("PAPERSEARCH_"):
+            monkeypatch.setenv(name, value)
+
+    def stopped(store: Any) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_holds_nothing", stopped)
+    corpus = write_jsonl(tmp_path / "papers.jsonl", make_records(3))
+    assert cli.main(["ingest", str(corpus), "--quiet"]) == interrupts.EXIT_STATUS
+    out, err = capsys.readouterr()
+    assert json.loads(out)["upserted"] == 3
+    assert "interrupted (ingest: stopped after the run, as the index was closed: the summary " \
+        "above says what it did)" in err
+
+
+def test_a_failed_ingest_into_a_closed_pipe_keeps_its_status(
+    model_settings: Settings, data_dir: Path, tmp_path: Path
+) -> None:
+    """`ingest ... | true`: printing the summary hit a closed pipe, and the command exited 0
+    with its error line unsaid."""
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    proc = subprocess.Popen(command("ingest", empty, "--quiet"),
+                            env=cli_env(model_settings, data_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is printed
+    err = proc.stderr.read()
+    assert proc.wait(timeout=CLI_TIMEOUT_S) == 2, err
+    assert "papersearch: error: no paper read from" in err and "Traceback" not in err
+
+
 def test_a_rerun_rewrites_changed_papers_and_update_rewrites_all(
     model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -100,10 +100,12 @@ def wait_until(proc: subprocess.Popen[bytes], chunks: list[str],
         time.sleep(0.05)
 
 
-def interrupt(proc: subprocess.Popen[bytes], chunks: list[str], name: str) -> Stopped:
-    """SIGINT to the command's whole process group, as Ctrl-C in a terminal sends it."""
+def interrupt(proc: subprocess.Popen[bytes], chunks: list[str], name: str,
+              signum: int = signal.SIGINT) -> Stopped:
+    """SIGINT to the command's whole process group, as Ctrl-C in a terminal sends it (or
+    ``signum``: SIGTERM, as ``timeout`` or ``docker stop`` send it)."""
     started = time.monotonic()
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signum)
     try:
         proc.wait(timeout=EXIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -118,13 +120,15 @@ def interrupt(proc: subprocess.Popen[bytes], chunks: list[str], name: str) -> St
 
 
 def run_and_interrupt(name: str, args: list[str], env: dict[str, str],
-                      ready: Callable[[str], bool], what: str, delay_s: float = 0.0) -> Stopped:
-    """Start the command, SIGINT its group once ``ready(stderr so far)`` (and ``delay_s``)."""
+                      ready: Callable[[str], bool], what: str, delay_s: float = 0.0,
+                      signum: int = signal.SIGINT) -> Stopped:
+    """Start the command, SIGINT (``signum``) its group once ``ready(stderr so far)`` (and
+    ``delay_s``)."""
     proc, chunks = start(args, env)
     try:
         wait_until(proc, chunks, ready, what)
         time.sleep(delay_s)
-        return interrupt(proc, chunks, name)
+        return interrupt(proc, chunks, name, signum)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -165,6 +169,28 @@ def test_the_message_says_what_was_kept() -> None:
     assert message(KeyboardInterrupt()) == "papersearch: interrupted"
     assert message(Interrupted("ingest: 320 papers written by this run; run again to resume")) \
         == "papersearch: interrupted (ingest: 320 papers written by this run; run again to resume)"
+
+
+def test_sigterm_is_held_as_ctrl_c_is() -> None:
+    """A SIGTERM inside held() waits for the block, then stops the command as Ctrl-C does."""
+    from papersearch.interrupts import catch_sigint, held
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        catch_sigint()
+        done = False
+        with pytest.raises(KeyboardInterrupt):
+            with held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                done = True
+        assert done
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def test_the_training_estimate_line() -> None:
@@ -281,9 +307,11 @@ def test_a_time_budget_trains_what_fits_for_real(model_settings: Settings, embed
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_ingest_and_a_rerun_completes(
-    model_settings: Settings, identity: EmbedderIdentity, tmp_path: Path
+    model_settings: Settings, identity: EmbedderIdentity, tmp_path: Path, signum: int
 ) -> None:
+    """SIGTERM (timeout, docker stop, a Job deleted) killed it at once, with no line."""
     records = make_records(600)
     corpus = write_jsonl(tmp_path / "papers.jsonl", records)
     data_dir = tmp_path / "index"
@@ -291,7 +319,7 @@ def test_ctrl_c_stops_ingest_and_a_rerun_completes(
 
     stopped = run_and_interrupt("ingest", command("ingest", corpus),
                                 env | {"PAPERSEARCH_LOG_LEVEL": "DEBUG"}, upserted,
-                                "a batch was written")
+                                "a batch was written", signum=signum)
     found = assert_interrupted(
         stopped, r"ingest: ([\d,]+) papers written by this run; run again to resume")
     written = int(found.group(1).replace(",", ""))

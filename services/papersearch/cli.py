@@ -225,7 +225,13 @@ def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
 def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.corpus.readers import detect_format
     from papersearch.ingest.distributed import RayIngester, ray_cluster
-    from papersearch.ingest.pipeline import Ingester, Ingests, PruneRefused, ingest_paths
+    from papersearch.ingest.pipeline import (
+        Ingester,
+        Ingests,
+        IngestSummary,
+        PruneRefused,
+        ingest_paths,
+    )
     from papersearch.pipeline.factory import LiveCheck, drop_collection, open_live
 
     paths = args.paths or [settings.corpus_dir]
@@ -234,30 +240,40 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                          "corpus paths before --ray, or --ray=ADDRESS")
     for path in paths:  # before the index is created: a typo must not leave an empty one,
         detect_format(path)  # nor one path's format error stop the run after the others
-    # Ray first: a cluster that is not there must not leave an index created (or held)
-    with contextlib.nullcontext() if args.ray is None else ray_cluster(args.ray or None):
-        encoder, store = open_live(settings, create=True)
-        live = LiveCheck(settings, store)  # a migration's swap meanwhile stops the run
-        made_for_nothing = False
-        try:
-            with store, contextlib.closing(live):
-                ingester: Ingests
-                if args.ray is None:
-                    ingester = Ingester(store, encoder, settings.models.batch_size, live)
-                else:
-                    ingester = RayIngester(store, encoder, settings, live)
-                refused: PruneRefused | None = None
-                try:
-                    summary = ingest_paths(paths, store, ingester, update=args.update,
-                                           progress=not args.quiet, prune=args.prune)
-                except PruneRefused as error:  # the papers were ingested: say so, then why
-                    summary, refused = error.summary, error
-                finally:  # also when cut short (Ctrl-C, a failed write) before any write
-                    made_for_nothing = store.created and _holds_nothing(store)
-        finally:
-            if made_for_nothing:  # `search` then says there is no index, not "0 hits"
-                drop_collection(settings.index, store.settings.collection)
-    print(json.dumps(summary.to_dict(), indent=2))
+    summary: IngestSummary | None = None
+    refused: PruneRefused | None = None
+    try:
+        # Ray first: a cluster that is not there must not leave an index created (or held)
+        with contextlib.nullcontext() if args.ray is None else ray_cluster(args.ray or None):
+            encoder, store = open_live(settings, create=True)
+            live = LiveCheck(settings, store)  # a migration's swap meanwhile stops the run
+            made_for_nothing = False
+            try:
+                with store, contextlib.closing(live):
+                    ingester: Ingests
+                    if args.ray is None:
+                        ingester = Ingester(store, encoder, settings.models.batch_size, live)
+                    else:
+                        ingester = RayIngester(store, encoder, settings, live)
+                    try:
+                        summary = ingest_paths(paths, store, ingester, update=args.update,
+                                               progress=not args.quiet, prune=args.prune)
+                    except PruneRefused as error:  # the papers were ingested: say so, and why
+                        summary, refused = error.summary, error
+                    finally:  # also when cut short (Ctrl-C, a failed write) before any write;
+                        with interrupts.held():  # a second Ctrl-C must not keep it either
+                            made_for_nothing = store.created and _holds_nothing(store)
+            finally:
+                if made_for_nothing:  # `search` then says there is no index, not "0 hits"
+                    with interrupts.held():
+                        drop_collection(settings.index, store.settings.collection)
+    except KeyboardInterrupt as interrupt:
+        if summary is None or isinstance(interrupt, interrupts.Interrupted):
+            raise
+        _emit(json.dumps(summary.to_dict(), indent=2))  # the run was done: what it did
+        raise interrupts.Interrupted("ingest: stopped after the run, as the index was closed: "
+                                     "the summary above says what it did") from None
+    _emit(json.dumps(summary.to_dict(), indent=2))
     if refused is not None and summary.read:
         print(f"papersearch: error: {refused}", file=sys.stderr)
         return 2
@@ -268,6 +284,21 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                  f"{first[0].reason})" if first else ": the corpus is empty"), file=sys.stderr)
         return 2
     return 0
+
+
+def _emit(text: str) -> None:
+    """``text`` on stdout. A reader gone (`... | head`) is no failure of the command: its own
+    status stands (a failed ingest's summary into a closed pipe had made it exit 0, its error
+    line unsaid)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null: Python's flush at exit would fail on the closed pipe too."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _holds_nothing(store: Store) -> bool:
@@ -876,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(interrupts.message(interrupt), file=sys.stderr, flush=True)
         return interrupts.EXIT_STATUS
     except BrokenPipeError:  # `... --json | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        _stdout_gone()
         return 0
     except Exception as error:  # an import a command makes late, cut short by Ctrl-C
         if not interrupts.interrupted_by(error):

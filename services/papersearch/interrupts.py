@@ -1,5 +1,6 @@
 """Ctrl-C for long commands: SIGINT always raises KeyboardInterrupt, and an interrupted command
-says in one line what it kept."""
+says in one line what it kept. SIGTERM (``timeout``, ``docker stop``, a Kubernetes Job deleted)
+is taken as Ctrl-C: it killed the command at once, with no line and no cleanup."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ class Interrupted(KeyboardInterrupt):
     written; run again to resume"."""
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops a command as Ctrl-C does
+
+
 def catch_sigint() -> None:
-    """Make SIGINT raise KeyboardInterrupt, also where the process started with it ignored: a
-    background job of a non-interactive shell inherits SIGINT ignored, and Python then installs
-    no handler, so Ctrl-C on its process group did nothing."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt, SIGINT also where the process started
+    with it ignored: a background job of a non-interactive shell inherits SIGINT ignored, and
+    Python then installs no handler, so Ctrl-C on its process group did nothing."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.default_int_handler)
 
 
 def interrupted_by(error: BaseException) -> bool:
@@ -43,16 +48,16 @@ def message(interrupt: KeyboardInterrupt) -> str:
 
 @contextmanager
 def held() -> Iterator[None]:
-    """Ctrl-C waits for the block to end, then raises KeyboardInterrupt (also when the block
-    then fails): a write and its count go together (a SIGINT landing as the engine's write
-    returned left it uncounted). Only in the main thread, where Python runs signal handlers,
-    and not where SIGINT is ignored."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):  # nothing to hold
+    """Ctrl-C (or SIGTERM) waits for the block to end, then raises KeyboardInterrupt (also when
+    the block then fails): a write and its count go together (a SIGINT landing as the engine's
+    write returned left it uncounted). Only in the main thread, where Python runs signal
+    handlers, and not for a signal the process ignores."""
+    if threading.current_thread() is not threading.main_thread():  # nothing to hold
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _: caught.append(signum))
+    previous = {signum: signal.signal(signum, lambda signum, _: caught.append(signum))
+                for signum in SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     except Exception as error:  # the block failed after Ctrl-C: still an interrupt (exit 130)
@@ -60,7 +65,7 @@ def held() -> Iterator[None]:
             raise KeyboardInterrupt from error
         raise
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None
-                      else signal.default_int_handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.default_int_handler)
     if caught:
         raise KeyboardInterrupt

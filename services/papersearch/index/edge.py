@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Hashable, Iterator, Sequence
@@ -39,6 +40,7 @@ from typing import Any, cast
 
 import qdrant_edge as qe
 
+from papersearch import interrupts
 from papersearch.durable import write_json
 from papersearch.index.errors import (
     CollectionMissing,
@@ -134,8 +136,13 @@ class EdgeStore(Store):
         else:
             fresh = not self.path.exists() or not any(self.path.iterdir())
             self.path.mkdir(parents=True, exist_ok=True)
-            with _engine("create"):
-                shard = qe.EdgeShard.create(str(self.path), _config(self.settings, identity.dim))
+            try:
+                with _engine("create"):
+                    shard = qe.EdgeShard.create(str(self.path),
+                                                _config(self.settings, identity.dim))
+            except BaseException:
+                self._unmake(fresh)
+                raise
             self.created = fresh
             logger.info("index created", extra={"collection": str(self.path), "dim": identity.dim})
         self._shard = shard
@@ -147,8 +154,18 @@ class EdgeStore(Store):
                 write_manifest(manifest, identity)
         except BaseException:
             self._close()
+            self._unmake(self.created)
             raise
         return identity if stored is None else stored
+
+    def _unmake(self, made: bool) -> None:
+        """Remove the index directory this open made (``made``: it was absent or empty), its
+        making cut short (Ctrl-C, a full disk): left, it read as an empty index, "0 hits"
+        where `search` says there is none."""
+        if made:
+            with interrupts.held():
+                shutil.rmtree(self.path, ignore_errors=True)
+            self.created = False
 
     def _do(self, step: Step) -> Any:
         match step:

@@ -175,6 +175,7 @@ def ingest_paths(
         read = _ingest_each(paths, ingester, summary, update=update, progress=progress)
         if prune:
             _prune(store, ingester, summary, read)
+        summary.collection_size = store.count()
     except KeyboardInterrupt:
         pruned = "" if summary.pruned is None else f" and {summary.pruned:,} pruned"
         raise Interrupted(f"ingest: {ingester.written:,} papers written{pruned} by this run; "
@@ -186,7 +187,6 @@ def ingest_paths(
         log.warning(f"ingest stopped: {ingester.written:,} papers written by this run; "
                     f"{_again(update)}", extra={"written": ingester.written})
         raise
-    summary.collection_size = store.count()
     return summary
 
 
@@ -248,7 +248,7 @@ def _prune(store: Store, ingester: Ingests, summary: IngestSummary, read: Mappin
             room = MAX_PRUNED_NAMED - len(summary.pruned_ids)
             summary.pruned_ids.extend(p.id for p in papers[:max(0, room)])
     ingester.check()  # a swap during the last delete: the run says so, as after a write
-    log.info("pruned", extra={"pruned": summary.pruned})
+    log.info("pruned", extra={"pruned": summary.pruned, "paper_ids": summary.pruned_ids})
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
