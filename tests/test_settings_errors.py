@@ -117,6 +117,14 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
      "Value error, search.rerank_target_s=5 must be below serve.rerank_timeout_s=2 "
      "(search.rerank_target_s: PAPERSEARCH_SEARCH__RERANK_TARGET_S; serve.rerank_timeout_s: "
      "PAPERSEARCH_SERVE__RERANK_TIMEOUT_S)"),
+    # a held-out set among the sets that choose: read unchecked by the benchmarks that tune
+    ("PAPERSEARCH_TUNE_SETS", '["../shared/eval/cacm", "../shared/eval/med"]',
+     "Value error, ../shared/eval/med is a held-out set (held_out_sets): a set kept to judge "
+     "choices cannot be used for tuning (tune_sets); use another set, or take it out of "
+     "held_out_sets"),
+    ("PAPERSEARCH_TUNE_SETS", '["/elsewhere/cacm", "../shared/eval/cacm"]',
+     "Value error, tune_sets and held_out_sets give two sets named cacm: sets are known by "
+     "their folder names, one set a name"),
     # a key in both scopes has write access: refused, without its value
     ("PAPERSEARCH_SERVE", '{"api_keys": ["w-key", "both-key"], "read_api_keys": ["both-key"]}',
      "serve (PAPERSEARCH_SERVE): Value error, a key is in both serve.api_keys and "

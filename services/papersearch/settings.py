@@ -309,6 +309,12 @@ class IndexSettings(Section):
         return self
 
 
+def _set_name(path: Path) -> str:
+    """A judged set's name: its folder's (the folder, or a file in it: its corpus.jsonl)."""
+    resolved = path.resolve()
+    return (resolved.parent if resolved.is_file() else resolved).name
+
+
 def without_userinfo(url: str) -> str:
     """``url`` without the user and password it may carry (``https://user:pw@host``), as
     messages and logs show it."""
@@ -753,17 +759,28 @@ class Settings(BaseSettings):
                              f"serve.rerank_timeout_s={timeout:g}")
         return self
 
+    @model_validator(mode="after")
+    def _tuning_sets_apart(self) -> Settings:
+        """tune_sets choose and held_out_sets judge: no set does both, and no two have one
+        folder name (sets are known by it). Checked here for every reader of the two lists:
+        benchmarks/reranker_grid.py chose the rerank depth on MED given in both, unchecked."""
+        self.check_not_held_out(self.tune_sets, "tuning (tune_sets)")
+        names = [_set_name(path) for path in [*self.tune_sets, *self.held_out_sets]]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"tune_sets and held_out_sets give two sets named {', '.join(twice)}: "
+                             "sets are known by their folder names, one set a name")
+        return self
+
     def check_not_held_out(self, paths: list[Path], use: str) -> None:
         """ValueError if one of ``paths`` is a set held out (held_out_sets) to judge choices,
         in every run (tune's --held-out names only that run's judges): ``use`` (tuning,
         training) may not read it. Sets are known by their folder names, as tune knows them:
         the default paths are relative, and from another directory resolve elsewhere."""
         held = {p.resolve() for p in self.held_out_sets}
-        names = {p.parent.name if p.is_file() else p.name for p in held}  # a set's corpus.jsonl
+        names = {_set_name(p) for p in held}
         for path in paths:  # the set's folder, or a file in it (its corpus.jsonl)
             resolved = path.resolve()
-            folder = resolved.parent if resolved.is_file() else resolved
-            if held & {resolved, *resolved.parents} or folder.name in names:
+            if held & {resolved, *resolved.parents} or _set_name(resolved) in names:
                 raise ValueError(f"{path} is a held-out set (held_out_sets): a set kept to "
                                  f"judge choices cannot be used for {use}; use another set, or "
                                  "take it out of held_out_sets")
