@@ -303,6 +303,51 @@ def test_a_time_budget_trains_what_fits_for_real(model_settings: Settings, embed
                        deadline=time.monotonic() + 60.0)
 
 
+@pytest.mark.slow
+def test_a_budgeted_run_stopped_early_ends_on_the_uninterrupted_runs_weights(
+        model_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint saved before a budgeted run refitted its step count held the probe's count:
+    the resumed run trained 8 steps where the uninterrupted one trained 12, to other weights."""
+    from papersearch.interrupts import Interrupted
+    from papersearch.modelbuild import training
+    from papersearch.modelbuild.mining import TrainingExample
+    from papersearch.modelbuild.sources import resolve_source
+
+    examples = [TrainingExample(f"query about topic {n}", f"a passage about topic {n}",
+                                (f"unrelated text {n}",)) for n in range(12)]
+    cfg = TrainingSettings.model_validate({**TRAINING, "max_length": 32, "epochs": 2,
+                                           "time_budget_s": 1.0, "checkpoint_every_s": 0})
+    base = Path(resolve_source(model_settings.models.embedder_source,
+                               model_settings.models.cache_dir).location)
+    monkeypatch.setattr(training, "_probe", lambda *args: 10.0)  # 8 steps by the probe
+    real_step, steps = training._step, 0
+
+    def step(*args: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        if steps == 3:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    def trained(cache: Path) -> tuple[int, dict[str, torch.Tensor]]:
+        threads = torch.get_num_threads()
+        try:
+            path = training.train(base, examples, cfg, cache, probe=False,
+                                  deadline=time.monotonic() + training.export_reserve(10.0) + 85)
+        finally:
+            torch.set_num_threads(threads)
+        return (json.loads((path / training.DONE_MARKER).read_text())["steps"],
+                load_file(path / "model.safetensors"))
+
+    reference = trained(tmp_path / "uninterrupted")
+    monkeypatch.setattr(training, "_step", step)
+    with pytest.raises(Interrupted, match="no checkpoint yet; run again to start over"):
+        trained(tmp_path / "stopped")
+    resumed = trained(tmp_path / "stopped")
+    assert resumed[0] == reference[0] == 12  # its own pace: all fit
+    assert all(torch.equal(resumed[1][name], weights) for name, weights in reference[1].items())
+
+
 # -- ingest and eval: whole batches only, a rerun completes ------------------------------------
 
 

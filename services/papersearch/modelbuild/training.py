@@ -174,7 +174,11 @@ def train(
                 if pace is not None and (refit := pace.after(step, plan.steps)) != plan.steps:
                     plan.steps = bar.total = refit  # the warm-up stays as begun
                     bar.refresh()
-                if step < plan.steps and time.monotonic() - last_save >= cfg.checkpoint_every_s:
+                # a budgeted run's plan is final once its own pace refitted it: a checkpoint
+                # before that held the probe's count, and a resumed run (which keeps its
+                # checkpoint's plan) trained another number of steps, to other weights
+                if (step < plan.steps and (pace is None or step >= 1 + PACED_STEPS)
+                        and time.monotonic() - last_save >= cfg.checkpoint_every_s):
                     _save_checkpoint(resume_dir, {
                         "step": step, **asdict(plan), "order": order, "rng": rng.getstate(),
                         "torch_rng": torch.get_rng_state(), "losses": losses,
