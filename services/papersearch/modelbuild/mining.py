@@ -200,13 +200,14 @@ def mine(
     roundtrip_top_n: int = 0,
 ) -> list[TrainingExample]:
     """Examples from one corpus (searched as one collection), deterministically for ``seed``;
-    none from a corpus of fewer than two usable papers. ``roundtrip_top_n`` 0 keeps every
-    query."""
+    none from a corpus of fewer than ``negatives`` + 1 usable papers (a query's negatives are
+    other papers), and none where the round trip keeps no query. ``roundtrip_top_n`` 0 keeps
+    every query."""
     papers = usable(papers)
     rng = random.Random(seed)
     queries, passages = pseudo_queries(papers, query_kinds, rng)
-    if len(papers) < 2 or not queries:  # no query, or no other paper to be its negative
-        return []
+    if len(papers) < negatives + 1 or not queries:  # no query, or too few papers for its
+        return []  # negatives
     texts = [p.text for p in papers]
     docs = encoder.encode_documents(texts)
     query_texts = [q.text for q in queries]

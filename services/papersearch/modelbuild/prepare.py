@@ -121,8 +121,10 @@ def training_examples(settings: Settings) -> list[TrainingExample]:
             roundtrip_top_n=cfg.roundtrip_top_n,
         )
         if not mined:
-            log.warning("training corpus gave no examples (fewer than two papers with a title "
-                        f"and an abstract of {MIN_ABSTRACT_WORDS}+ words)",
+            log.warning("training corpus gave no examples: it needs training."
+                        f"negatives_per_query + 1 ({cfg.negatives_per_query + 1}) papers with "
+                        f"a title and an abstract of {MIN_ABSTRACT_WORDS}+ words, and queries "
+                        "the first stage finds their papers for (training.roundtrip_top_n)",
                         extra={"path": str(corpus)})
         examples += mined
     chosen = sample(examples, cfg.max_examples, cfg.seed)
