@@ -10,6 +10,7 @@ import logging
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -244,6 +245,22 @@ def test_a_parse_error_repeats_a_clients_value_escaped(body: dict[str, Any], sai
     assert message.isprintable(), message  # no newline, ESC or bidi override left
 
 
+def test_a_parse_error_looks_for_a_bounded_number_of_the_bodys_values(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every string of the body was quoted and looked for in the message, the numbers last:
+    760,000 short categories beside a 4,299-digit top_k took 8 s of the parse thread."""
+    from papersearch.gateway import http_api
+
+    quoted: list[str] = []
+    monkeypatch.setattr(http_api, "quoted", lambda text: quoted.append(text) or repr(text))
+    body = {"query": "x", "topK": int("9" * 4299),
+            "filter": {"categories": [f"\x01{n}" for n in range(20_000)]}}
+    with pytest.raises(http_api.HttpError) as raised:
+        http_api._parse(body, pb.SearchRequest, "request")
+    assert "9" * 65 not in raised.value.message and "(4299 characters)" in raised.value.message
+    assert len(quoted) <= 2 * http_api.QUOTED_MAX
+
+
 @pytest.mark.parametrize(("message_type", "body", "said"), [
     (pb.SearchRequest, {"query": "x", "mode": True},
      "mode must be an enum name or number, got the boolean true"),
@@ -368,7 +385,6 @@ def test_an_upsert_the_deadline_ends_while_its_body_arrives_is_answered_cleanly(
     called while another coroutine is already waiting")."""
     import logging
     import socket
-    import time
 
     port = int(gateway[1].rpartition(":")[2])
     lines = b'{"paper_id": "stalled-1", "title": "Stalled uploads"}\n'
@@ -694,7 +710,6 @@ def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend],
     """A search still running when the drain's grace ends is answered 503 UNAVAILABLE, as a
     gRPC caller's gets UNAVAILABLE (its connection was dropped with no answer, and counted
     503)."""
-    import time
 
     from papersearch.gateway.http_api import CUT, RETRY_AFTER_S
     from papersearch.telemetry import Metrics
@@ -737,6 +752,37 @@ def test_deadline_and_drain(scratch: tuple[Servers, LocalBackend],
     assert recorded == [("Search", 503)]
     with pytest.raises(urllib.error.URLError):  # stopped: nothing listens any more
         call(http + "/healthz", method="GET")
+
+
+@pytest.mark.slow
+def test_calls_done_within_the_drains_grace_are_answered_as_they_ended(
+        scratch: tuple[Servers, LocalBackend]) -> None:
+    """The front's stop cancelled every call it still held, though the gRPC side was done: a
+    search that ended within the grace was a 503 "cut short", and a watch lost the drain's
+    "reconnect, with replay_since"."""
+    from papersearch.gateway.watch import DRAINING
+
+    servers, backend = scratch
+    port = free_port()
+    servers.start(Switchable(backend, delay_s=1.0), http_port=port)
+    http = f"http://127.0.0.1:{port}"
+    gateway = servers.gateways[-1]
+    watch = urllib.request.urlopen(urllib.request.Request(
+        http + "/papersearch.v1.SearchService/WatchSearch", json.dumps({"query": "bees"}).encode(),
+        headers={"Content-Type": "application/json"}), timeout=60)
+    assert json.loads(watch.readline())["caught_up"] is True
+    answers: list[tuple[int, Any]] = []
+    searching = threading.Thread(target=lambda: answers.append(call(http + SEARCH,
+                                                                    {"query": "bees"}, key=None)))
+    searching.start()
+    waited = time.monotonic() + 30
+    while gateway.gate.running < 2 and time.monotonic() < waited:  # the watch and the search
+        time.sleep(0.01)
+    servers.loop.run(gateway.drain(10.0))
+    searching.join(30)
+    assert [code for code, _ in answers] == [200]
+    last = json.loads([line for line in watch if line.strip()][-1])
+    assert last["error"]["status"] == "UNAVAILABLE" and last["error"]["message"] == DRAINING
 
 
 @pytest.mark.slow
@@ -893,7 +939,6 @@ def test_the_fronts_stop_with_a_call_still_running_stays_within_the_drains_allow
     the grace (serving/drain.py's MARGIN_S); and its client got no answer, the connection
     dropped (aiohttp cancelled the handler), where a gRPC client gets UNAVAILABLE: now a 503
     to send again elsewhere, as the front's other 503s."""
-    import time
 
     import aiohttp
     import grpc

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import math
@@ -84,6 +85,7 @@ FORWARDED_METADATA = ("papersearch-",)  # trailing metadata an error body carrie
 # the most of protobuf's JSON parse error a message repeats: its words and a client's value,
 # QUOTE_CHARS characters escaped (up to 10 characters each, "\U000e0001")
 PARSE_ERROR_CHARS = 1_000
+QUOTED_MAX = 256  # a body's strings a parse error is searched for (the longest)
 
 
 class HttpError(Exception):
@@ -167,6 +169,7 @@ class HttpFront:
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.parsers = Parsers()
         self.stopping = False  # stop() began: the calls it cancels count as 503
+        self.cutting = False  # stop() cuts the calls still running (a drain's grace over)
         self.calls: set[grpc.aio.Call] = set()  # the gRPC calls running, which stop() cuts
         logging.getLogger("aiohttp.server").addFilter(BAD_REQUESTS)  # once per process
         app = web.Application(client_max_size=json_limit(serve.max_receive_bytes))
@@ -198,15 +201,18 @@ class HttpFront:
         await site.start()
         log.info("http listening", extra={"address": self.address})
 
-    async def stop(self) -> None:
-        """Stop serving. The gRPC calls still running (a drain's grace over) are cancelled
-        first, and their handlers answer 503 UNAVAILABLE (CUT, with Retry-After, the connection
-        closed) as the gRPC side's callers get UNAVAILABLE; aiohttp's stop then waits for those
-        answers (HTTP_STOP_S at most) before it closes the connections. It had cancelled the
-        handlers with nothing written: the client saw its connection dropped."""
-        self.stopping = True
-        for call in list(self.calls):
-            call.cancel()
+    async def stop(self, cut: bool = True) -> None:
+        """Stop serving; aiohttp waits for the handlers (HTTP_STOP_S at most) before it closes
+        the connections. With ``cut`` (a drain's grace over), the gRPC calls still running are
+        cancelled first, and their handlers answer 503 UNAVAILABLE (CUT, with Retry-After, the
+        connection closed) as the gRPC side's callers get UNAVAILABLE: aiohttp had cancelled
+        them with nothing written, the client's connection dropped. Without it, the calls'
+        answers, on their way (a handler that returned is not yet its caller's answer: a
+        watch's DRAINING, a search's hits), are delivered: cut, they were 503s."""
+        self.stopping, self.cutting = True, cut
+        if cut:
+            for call in list(self.calls):
+                call.cancel()
         await self.runner.cleanup()
         self.parsers.close()
         for channel in (self.channel, *self.watch_channels):
@@ -276,7 +282,7 @@ class HttpFront:
     def _running(self, call: grpc.aio.Call) -> Iterator[Callable[[], HttpError | None]]:
         """``call`` among those stop() cuts, while it runs; gives what says whether it did."""
         self.calls.add(call)
-        if self.stopping:  # made as the front stops (in a drain the gate refuses it anyway)
+        if self.cutting:  # made as the front cuts (in a drain the gate refuses it anyway)
             call.cancel()
         try:
             yield lambda: self._cut(call)
@@ -287,7 +293,7 @@ class HttpFront:
         """The answer for ``call``, whose wait just ended cancelled: 503 if stop() cancelled
         it; None if the handler itself was (its client left, or aiohttp's stop gave up)."""
         task = asyncio.current_task()
-        if not (self.stopping and call.cancelled()) or (task is not None and task.cancelling()):
+        if not (self.cutting and call.cancelled()) or (task is not None and task.cancelling()):
             return None
         return HttpError("UNAVAILABLE", CUT)
 
@@ -576,10 +582,13 @@ def _quote_values(message: str, body: Any, limit: int = PARSE_ERROR_CHARS) -> st
             strings.add(item)
         elif isinstance(item, int | float) and len(number := str(item)) > QUOTE_CHARS:
             numbers.add(number)  # a 200-digit top_k
-    for text in sorted(strings, key=len, reverse=True):  # quoted() leaves nothing unprintable
-        message = message.replace(f'"{text}"', quoted(text)).replace(text, quoted(text))
-    for number in sorted(numbers, key=len, reverse=True):
+    for number in sorted(numbers, key=len, reverse=True):  # first: the message gets short
         message = message.replace(number, f"{number[:QUOTE_CHARS]}... ({len(number)} characters)")
+    # the longest QUOTED_MAX only: each is a scan of the message (760,000 short ones took 8 s
+    # of the parse thread); one not among them is still escaped below, within ``limit``
+    for text in heapq.nlargest(QUOTED_MAX, strings, key=len):
+        if text in message:  # quoted() leaves nothing unprintable
+            message = message.replace(f'"{text}"', quoted(text)).replace(text, quoted(text))
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message[:limit])
 
 

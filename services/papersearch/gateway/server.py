@@ -242,7 +242,7 @@ class Gateway:
                         extra={"running": self.gate.running})
             self.gate.cutting = True
         if self.http is not None:  # first: an HTTP call after the gRPC server stopped got
-            await self.http.stop()  # the hop's own error, naming its socket's path
+            await self.http.stop(cut=not finished)  # the hop's own error, naming its socket
         await self.server.stop(STOP_GRACE_S if finished else 0)
         log.info("drained", extra={"seconds": round(asyncio.get_running_loop().time() - started,
                                                     3), "complete": finished})
