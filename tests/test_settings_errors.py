@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,12 @@ def test_valid_settings_load_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("PAPERSEARCH_TRAINING__TIME_BUDGET_S", "null")
     settings = load_settings()
     assert settings.index.prefetch_limit == 50 and settings.training.time_budget_s is None
+    # two known-item sets in one folder are two sets (the folder's name named both: refused)
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text('{"id": "1", "title": "t", "abstract": "a"}\n')
+    monkeypatch.setenv("PAPERSEARCH_TUNE_SETS", json.dumps([str(tmp_path / "a.jsonl")]))
+    monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps([str(tmp_path / "b.jsonl")]))
+    assert load_settings().held_out_sets == [tmp_path / "b.jsonl"]
 
 
 def test_the_serve_app_pins_every_relative_path(tmp_path: Path) -> None:

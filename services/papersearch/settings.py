@@ -310,9 +310,11 @@ class IndexSettings(Section):
 
 
 def _set_name(path: Path) -> str:
-    """A judged set's name: its folder's (the folder, or a file in it: its corpus.jsonl)."""
+    """A judged set's name, as evaluation's load_dataset knows it: a BEIR folder's, also given
+    by its corpus.jsonl (corpus/beir.CORPUS_FILE); any other corpus file's own (a known-item
+    set: two in one folder are two sets)."""
     resolved = path.resolve()
-    return (resolved.parent if resolved.is_file() else resolved).name
+    return resolved.parent.name if resolved.name == "corpus.jsonl" else resolved.name
 
 
 def without_userinfo(url: str) -> str:
