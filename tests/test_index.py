@@ -963,6 +963,43 @@ def test_unreadable_server_collection_identity_is_a_store_error() -> None:
     store.close()
 
 
+def _make_at_once(data_dir: str, barrier: Any, results: Any) -> None:
+    """One of two processes making one embedded index at the same moment."""
+    store = EdgeStore(IndexSettings(data_dir=Path(data_dir)))
+    barrier.wait()
+    try:
+        store.ensure_collection(DIM, SHA)
+        results.put(("opened", ""))
+        time.sleep(2.0)  # held open while the other gives up
+        store.close()
+    except StoreError as error:
+        results.put((type(error).__name__, str(error)))
+
+
+@pytest.mark.slow
+def test_two_processes_making_one_index_at_once_leave_one_index(tmp_path: Path) -> None:
+    """The one the engine turned away removed the other's directory as a making of its own
+    cut short: both failed, and no index was left."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for trial in range(3):
+        data_dir = tmp_path / str(trial)
+        barrier, results = context.Barrier(2), context.Queue()
+        workers = [context.Process(target=_make_at_once, args=(str(data_dir), barrier, results))
+                   for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        outcomes = sorted(results.get(timeout=10) for _ in workers)
+        assert [kind for kind, _ in outcomes] == ["StoreUnavailable", "opened"], outcomes
+        assert "open in another process" in outcomes[0][1]
+        with EdgeStore(IndexSettings(data_dir=data_dir)) as store:
+            store.ensure_collection(DIM, SHA, create=False)
+            assert store.count() == 0
+
+
 def test_an_index_whose_making_was_cut_short_is_not_left(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C as the first ingest made the index left a shard without identity, which `search`

@@ -128,6 +128,7 @@ class EdgeStore(Store):
         stored = read_manifest(manifest)
         if stored is not None:
             identity.require(stored, f"index {self.path}")
+        made = False  # this open made the directory (its mkdir, not another process's)
         if (self.path / _SHARD_CONFIG).is_file():
             shard = self._load(identity.dim)
         elif not create:
@@ -135,14 +136,11 @@ class EdgeStore(Store):
                                     "creates it")
         else:
             fresh = not self.path.exists() or not any(self.path.iterdir())
-            self.path.mkdir(parents=True, exist_ok=True)
-            try:
-                with _engine("create"):
-                    shard = qe.EdgeShard.create(str(self.path),
-                                                _config(self.settings, identity.dim))
-            except BaseException:
-                self._unmake(fresh)
-                raise
+            made = self._make_directory()
+            # a failed create is left as it is: it may be another process's making at once
+            # (the one the engine turns away, "File exists" or "open in another process")
+            with _engine("create"):
+                shard = qe.EdgeShard.create(str(self.path), _config(self.settings, identity.dim))
             self.created = fresh
             logger.info("index created", extra={"collection": str(self.path), "dim": identity.dim})
         self._shard = shard
@@ -154,18 +152,37 @@ class EdgeStore(Store):
                 write_manifest(manifest, identity)
         except BaseException:
             self._close()
-            self._unmake(self.created)
+            self._unmake(made, self.created)
             raise
         return identity if stored is None else stored
 
-    def _unmake(self, made: bool) -> None:
-        """Remove the index directory this open made (``made``: it was absent or empty), its
-        making cut short (Ctrl-C, a full disk): left, it read as an empty index, "0 hits"
-        where `search` says there is none."""
-        if made:
-            with interrupts.held():
+    def _make_directory(self) -> bool:
+        """Make the index directory; whether this call made it (another process may have)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir()
+        except FileExistsError:
+            return False
+        return True
+
+    def _unmake(self, made: bool, fresh: bool) -> None:
+        """Undo a making cut short after the shard was made (Ctrl-C, a full disk), which left
+        an empty index ("0 hits" where `search` says there is none): the directory this open
+        made, or what it wrote in one that was empty (``fresh``). Only this open's shard: two
+        ingests making one index at once, the one the engine turned away had removed the
+        other's."""
+        if not fresh:
+            return
+        with interrupts.held():
+            if made:
                 shutil.rmtree(self.path, ignore_errors=True)
-            self.created = False
+            else:
+                for child in self.path.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+        self.created = False
 
     def _do(self, step: Step) -> Any:
         match step:
@@ -337,7 +354,7 @@ def _engine(operation: str) -> Iterator[None]:
     except PermissionError as exc:
         raise StoreUnavailable(f"qdrant-edge {operation}: {exc}") from exc
     except Exception as exc:
-        if "WouldBlock" in str(exc):
+        if "WouldBlock" in str(exc) or (operation == "create" and "File exists" in str(exc)):
             raise StoreUnavailable(
                 f"qdrant-edge {operation}: index is open in another process, one process at "
                 "a time (a running `papersearch serve` or ingest? let it finish or stop it; a "
