@@ -677,6 +677,29 @@ def test_starting_ray_keeps_the_serve_commands_signal_handlers(
         signal.signal(signal.SIGTERM, before)
 
 
+def test_an_ingest_on_ray_keeps_its_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ray.init's SIGTERM handler replaced the one that stops a command as Ctrl-C does: a
+    SIGTERM during `ingest --ray` was exit 15, with no line saying what was written."""
+    import sys
+
+    import ray
+
+    from papersearch.ingest.distributed import ray_cluster
+
+    def ray_init(**_: object) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+    monkeypatch.setattr(ray, "init", ray_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with ray_cluster(None):
+            assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_ctrl_c_while_the_command_loads_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -28,6 +28,19 @@ def catch_sigint() -> None:
         signal.signal(signum, signal.default_int_handler)
 
 
+@contextmanager
+def handlers_kept() -> Iterator[None]:
+    """The block's changes to the SIGINT and SIGTERM handlers undone: ``ray.init`` installs a
+    SIGTERM handler that exits at once (exit 15, no line, no cleanup). Main thread only."""
+    main = threading.current_thread() is threading.main_thread()
+    kept = {signum: signal.getsignal(signum) for signum in SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        for signum, handler in kept.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 def interrupted_by(error: BaseException) -> bool:
     """Whether ``error`` is Ctrl-C, or was caused by it (an import it cut short fails with an
     ImportError raised from the KeyboardInterrupt)."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from papersearch import interrupts
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.errors import EmbedderMismatch
@@ -141,8 +142,9 @@ def ray_cluster(address: str | None) -> Iterator[None]:
         if address is None:  # Ray counts the CPUs, a container's limit included
             temp_dir = tempfile.mkdtemp(prefix="ps-ingest-")  # short: socket paths are limited
             try:
-                ray.init(include_dashboard=False, log_to_driver=False,
-                         _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
+                with interrupts.handlers_kept():  # SIGTERM: the run's line, not exit 15
+                    ray.init(include_dashboard=False, log_to_driver=False,
+                             _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
             except OSError as error:
                 raise NoRayCluster(f"could not start a local Ray instance: {error}") from None
             except Exception as error:
@@ -154,7 +156,8 @@ def ray_cluster(address: str | None) -> Iterator[None]:
         else:
             _check_reachable(address)
             try:
-                ray.init(address=address, log_to_driver=False)
+                with interrupts.handlers_kept():
+                    ray.init(address=address, log_to_driver=False)
             except ConnectionError as error:
                 raise NoRayCluster(f"no Ray cluster at {address!r} to join ({error}): start "
                                    "the service or cluster first, or pass its address") from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from papersearch import interrupts
 from papersearch.interrupts import Interrupted
 from papersearch.settings import Settings
 
@@ -185,14 +185,8 @@ def init_keeping_signals(**options: Any) -> None:
     `serve`'s drain."""
     import ray
 
-    signals = (signal.SIGINT, signal.SIGTERM)
-    main = threading.current_thread() is threading.main_thread()
-    kept = [signal.getsignal(signum) for signum in signals] if main else []
-    try:
+    with interrupts.handlers_kept():
         ray.init(**options)
-    finally:
-        for signum, handler in zip(signals, kept, strict=False):
-            signal.signal(signum, handler)
 
 
 def stop() -> None:
