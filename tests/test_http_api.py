@@ -5,6 +5,7 @@ OpenAPI document generated from the proto."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -13,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -63,6 +64,29 @@ def gateway(scratch: tuple[Servers, LocalBackend]) -> tuple[str, str]:
     target = servers.start(backend, http_port=port, api_keys=[SecretStr(WRITE)],
                            read_api_keys=[SecretStr(READ)], http_cors_origins=[APP])
     return target, f"http://127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def front_over(servicer: Any, tmp_path: Path) -> AsyncIterator[Any]:
+    """An HTTP front (started; the caller stops it) over a gRPC server of ``servicer`` alone,
+    which is stopped at the end."""
+    import grpc
+
+    from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
+    from papersearch.gateway.http_api import HttpFront, socket_target
+    from papersearch.settings import ServeSettings
+
+    target = socket_target(tmp_path)
+    server = grpc.aio.server()
+    pb_grpc.add_SearchServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(target)
+    await server.start()
+    front = HttpFront(ServeSettings(http_port=free_port()), target)
+    await front.start()
+    try:
+        yield front
+    finally:
+        await server.stop(0)
 
 
 def call(url: str, body: bytes | dict[str, Any] | None = None, *, key: str | None = READ,
@@ -941,19 +965,15 @@ def test_the_fronts_stop_with_a_call_still_running_stays_within_the_drains_allow
     to send again elsewhere, as the front's other 503s."""
 
     import aiohttp
-    import grpc
 
     from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
     from papersearch.gateway.http_api import (
         CUT,
         HTTP_STOP_S,
         RETRY_AFTER_S,
-        HttpFront,
-        socket_target,
     )
     from papersearch.gateway.server import STOP_GRACE_S
     from papersearch.serving.drain import MARGIN_S, POLL_S
-    from papersearch.settings import ServeSettings
 
     assert 2 * HTTP_STOP_S + STOP_GRACE_S + POLL_S < MARGIN_S
 
@@ -962,27 +982,17 @@ def test_the_fronts_stop_with_a_call_still_running_stays_within_the_drains_allow
             await asyncio.sleep(60)
 
     async def stop_with_a_call_running() -> tuple[float, Any]:
-        target = socket_target(tmp_path)
-        server = grpc.aio.server()
-        pb_grpc.add_SearchServiceServicer_to_server(Hanging(), server)
-        server.add_insecure_port(target)
-        await server.start()
-        front = HttpFront(ServeSettings(http_port=free_port()), target)
-        await front.start()
-        try:
-            async with aiohttp.ClientSession() as session:
-                call = asyncio.ensure_future(session.post(
-                    f"http://{front.address}{SEARCH}", json={"query": "x"}))
-                await asyncio.sleep(0.5)  # the call reached the hanging servicer
-                started = time.monotonic()
-                await front.stop()
-                took = time.monotonic() - started
-                response = await call  # answered before its connection was closed
-                headers = {name: response.headers.get(name)
-                           for name in ("Retry-After", "Connection")}
-                return took, (response.status, headers, await response.json())
-        finally:
-            await server.stop(0)
+        async with front_over(Hanging(), tmp_path) as front, aiohttp.ClientSession() as session:
+            call = asyncio.ensure_future(session.post(
+                f"http://{front.address}{SEARCH}", json={"query": "x"}))
+            await asyncio.sleep(0.5)  # the call reached the hanging servicer
+            started = time.monotonic()
+            await front.stop()
+            took = time.monotonic() - started
+            response = await call  # answered before its connection was closed
+            headers = {name: response.headers.get(name)
+                       for name in ("Retry-After", "Connection")}
+            return took, (response.status, headers, await response.json())
 
     took, answer = asyncio.run(stop_with_a_call_running())
     assert took <= 2 * HTTP_STOP_S + 1.0
@@ -995,11 +1005,9 @@ def test_a_watch_the_fronts_stop_cuts_ends_with_an_error_line(tmp_path: Path) ->
     mid-stream (aiohttp cancelled the handler); now it ends as a watch's other errors do, with
     a last line saying UNAVAILABLE."""
     import aiohttp
-    import grpc
 
     from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-    from papersearch.gateway.http_api import CUT, HttpFront, socket_target
-    from papersearch.settings import ServeSettings
+    from papersearch.gateway.http_api import CUT
 
     class OneMatch(pb_grpc.SearchServiceServicer):
         async def WatchSearch(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -1007,25 +1015,15 @@ def test_a_watch_the_fronts_stop_cuts_ends_with_an_error_line(tmp_path: Path) ->
             await asyncio.sleep(60)
 
     async def cut_watch() -> list[Any]:
-        target = socket_target(tmp_path)
-        server = grpc.aio.server()
-        pb_grpc.add_SearchServiceServicer_to_server(OneMatch(), server)
-        server.add_insecure_port(target)
-        await server.start()
-        front = HttpFront(ServeSettings(http_port=free_port()), target)
-        await front.start()
-        try:
-            async with aiohttp.ClientSession() as session:
-                watch = await session.post(
-                    f"http://{front.address}/papersearch.v1.SearchService/WatchSearch",
-                    json={"query": "x"})
-                first = json.loads(await watch.content.readline())
-                stopping = asyncio.ensure_future(front.stop())
-                rest = [json.loads(line) for line in (await watch.read()).splitlines()]
-                await stopping
-                return [watch.status, first["caught_up"], *rest]
-        finally:
-            await server.stop(0)
+        async with front_over(OneMatch(), tmp_path) as front, aiohttp.ClientSession() as session:
+            watch = await session.post(
+                f"http://{front.address}/papersearch.v1.SearchService/WatchSearch",
+                json={"query": "x"})
+            first = json.loads(await watch.content.readline())
+            stopping = asyncio.ensure_future(front.stop())
+            rest = [json.loads(line) for line in (await watch.read()).splitlines()]
+            await stopping
+            return [watch.status, first["caught_up"], *rest]
 
     assert asyncio.run(cut_watch()) == [200, True, {"error": {
         "code": 503, "status": "UNAVAILABLE", "message": CUT}}]
