@@ -284,6 +284,14 @@ def test_a_parse_error_looks_for_a_bounded_number_of_the_bodys_values(
     assert "9" * 65 not in raised.value.message and "(4299 characters)" in raised.value.message
     assert len(quoted) <= 2 * http_api.QUOTED_MAX
 
+    # the value named, not among those looked for, is escaped within the message's limit
+    body = {"query": "x", "mode": "\U000e0001" * 999,
+            "filter": {"categories": ["A" * 1000 + str(n) for n in range(300)]}}
+    with pytest.raises(http_api.HttpError) as raised:
+        http_api._parse(body, pb.SearchRequest, "request")
+    message = raised.value.message
+    assert message.isprintable() and len(message) <= http_api.PARSE_ERROR_CHARS + 80, len(message)
+
 
 @pytest.mark.parametrize(("message_type", "body", "said"), [
     (pb.SearchRequest, {"query": "x", "mode": True},

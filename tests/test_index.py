@@ -963,6 +963,34 @@ def test_unreadable_server_collection_identity_is_a_store_error() -> None:
     store.close()
 
 
+def test_ctrl_c_as_the_shard_is_made_leaves_no_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing as the engine's create returned left a shard without identity, which
+    the next open took for an empty index ("0 hits")."""
+    import papersearch.index.edge as edge
+
+    real = edge.qe.EdgeShard
+
+    class Interrupted:
+        load = real.load
+
+        @staticmethod
+        def create(*args: Any) -> Any:
+            shard = real.create(*args)
+            os.kill(os.getpid(), signal.SIGINT)  # as it returns
+            return shard
+
+    monkeypatch.setattr(edge.qe, "EdgeShard", Interrupted)
+    store = EdgeStore(IndexSettings(data_dir=tmp_path / "index"))
+    with pytest.raises(KeyboardInterrupt):
+        store.ensure_collection(DIM, SHA)
+    assert not store.path.exists()
+    monkeypatch.undo()
+    with pytest.raises(CollectionMissing):
+        EdgeStore(IndexSettings(data_dir=tmp_path / "index")).ensure_collection(
+            DIM, SHA, create=False)
+
+
 def _make_at_once(data_dir: str, barrier: Any, results: Any) -> None:
     """One of two processes making one embedded index at the same moment."""
     store = EdgeStore(IndexSettings(data_dir=Path(data_dir)))

@@ -319,6 +319,11 @@ def test_valid_settings_load_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("PAPERSEARCH_TUNE_SETS", json.dumps([str(tmp_path / "a.jsonl")]))
     monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps([str(tmp_path / "b.jsonl")]))
     assert load_settings().held_out_sets == [tmp_path / "b.jsonl"]
+    # one page of a folder held out: the folder may not tune (it holds the page's queries)
+    monkeypatch.setenv("PAPERSEARCH_TUNE_SETS", json.dumps([str(tmp_path)]))
+    monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", json.dumps([str(tmp_path / "b.jsonl")]))
+    with pytest.raises(ValueError, match="is a held-out set"):
+        load_settings()
 
 
 def test_the_serve_app_pins_every_relative_path(tmp_path: Path) -> None:

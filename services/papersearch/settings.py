@@ -782,7 +782,8 @@ class Settings(BaseSettings):
         names = {_set_name(p) for p in held}
         for path in paths:  # the set's folder, or a file in it (its corpus.jsonl)
             resolved = path.resolve()
-            if held & {resolved, *resolved.parents} or _set_name(resolved) in names:
+            if (held & {resolved, *resolved.parents} or _set_name(resolved) in names
+                    or any(resolved in h.parents for h in held)):  # one page of a folder
                 raise ValueError(f"{path} is a held-out set (held_out_sets): a set kept to "
                                  f"judge choices cannot be used for {use}; use another set, or "
                                  "take it out of held_out_sets")

@@ -589,7 +589,21 @@ def _quote_values(message: str, body: Any, limit: int = PARSE_ERROR_CHARS) -> st
     for text in heapq.nlargest(QUOTED_MAX, strings, key=len):
         if text in message:  # quoted() leaves nothing unprintable
             message = message.replace(f'"{text}"', quoted(text)).replace(text, quoted(text))
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message[:limit])
+    return _escaped(message, limit)
+
+
+def _escaped(text: str, limit: int) -> str:
+    """``text`` with each unprintable character escaped, cut to ``limit`` characters after the
+    escaping (cut before it, a run of them made a message ten times the limit)."""
+    pieces: list[str] = []
+    size = 0
+    for char in text:
+        piece = char if char.isprintable() else repr(char)[1:-1]
+        if size + len(piece) > limit:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces)
 
 
 def _to_quote(text: str) -> bool:

@@ -138,9 +138,19 @@ class EdgeStore(Store):
             fresh = not self.path.exists() or not any(self.path.iterdir())
             made = self._make_directory()
             # a failed create is left as it is: it may be another process's making at once
-            # (the one the engine turns away, "File exists" or "open in another process")
-            with _engine("create"):
-                shard = qe.EdgeShard.create(str(self.path), _config(self.settings, identity.dim))
+            # (the one the engine turns away, "File exists" or "open in another process"); a
+            # Ctrl-C as it returns waits for the shard, which is this open's own: undone
+            made_shard: qe.EdgeShard | None = None
+            try:
+                with interrupts.held(), _engine("create"):
+                    made_shard = qe.EdgeShard.create(str(self.path),
+                                                     _config(self.settings, identity.dim))
+            except KeyboardInterrupt:
+                if made_shard is not None:
+                    made_shard.close()
+                    self._unmake(made, fresh)
+                raise
+            shard = made_shard
             self.created = fresh
             logger.info("index created", extra={"collection": str(self.path), "dim": identity.dim})
         self._shard = shard
