@@ -37,7 +37,6 @@ ID_PREFIX = "dp-"
 # characters clean_text drops. A longer line is a glitch (pages run together, a stray .txt),
 # skipped unread: read whole, a 96 MB line took 1.3 GB and 13.6 s to be refused by within_limits
 MAX_PAGE_LINE_BYTES = 16 * MAX_ABSTRACT_CHARS
-_BOM = b"\xef\xbb\xbf"
 
 CHROME = frozenset(
     {
@@ -203,7 +202,7 @@ def _decoded(handle: BinaryIO) -> Iterator[str | _Unread]:
             yield too_long
             continue
         try:
-            yield (raw.removeprefix(_BOM) if number == 0 else raw).decode("utf-8")
+            yield raw.decode("utf-8-sig" if number == 0 else "utf-8")  # a BOM dropped
         except UnicodeDecodeError:
             yield not_utf8
 

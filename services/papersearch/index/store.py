@@ -352,8 +352,8 @@ class Store(ABC):
         ranked = sorted((n for n, (index, _) in enumerate(terms) if holders[index]),
                         key=lambda n: -holders[terms[n][0]])
         kept = sorted(ranked[:MAX_EXPLAINED_TERMS])
-        itemised = {terms[n][0] for n in kept}
-        others = {pid: len(indices & (set(holders) - itemised)) for pid, indices in held.items()}
+        rest = set(holders) - {terms[n][0] for n in kept}
+        others = {pid: len(indices & rest) for pid, indices in held.items()}
         return [terms[n] for n in kept], others
 
     def feedback_program(self, request: SearchRequest) -> Program[list[Record]]:

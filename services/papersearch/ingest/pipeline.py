@@ -225,9 +225,8 @@ def _prune(store: Store, ingester: Ingests, summary: IngestSummary, read: Mappin
            ) -> None:
     """Delete the stored papers whose ids are not in ``read``, in batches, with the ingester's
     check before each and after the last (as its writes: an embedder migration's swap stops
-    it). Refused
-    when the run read nothing (it would empty the index) or skipped a record (a record it
-    could not read may be a paper the index holds)."""
+    it). Refused when the run read nothing (it would empty the index) or skipped a record (a
+    record it could not read may be a paper the index holds)."""
     if summary.read == 0:
         raise PruneRefused("--prune: not pruned: no paper was read, so every stored paper "
                            "would go", summary)
