@@ -17,7 +17,7 @@ class Clock:
 
 
 def policy(clock: Clock, **settings: object) -> RerankDepth:
-    return RerankDepth(SearchSettings(rerank_top_n=30, rerank_depth_steps=[20, 10, 45, 0],
+    return RerankDepth(SearchSettings(rerank_top_n=30, rerank_depth_steps=[10, 20],
                                       **settings), budget_s=2.0, clock=clock)  # type: ignore[arg-type]
 
 
@@ -30,7 +30,7 @@ def peek(depth: RerankDepth) -> int:
 
 def test_ladder_and_target() -> None:
     depth = policy(Clock())
-    assert depth.ladder == (30, 20, 10)  # steps above rerank_top_n or not positive dropped
+    assert depth.ladder == (30, 20, 10)  # deepest first
     assert depth.target_s == 1.0  # half the budget
     assert policy(Clock(), rerank_target_s=0.3).target_s == 0.3
 

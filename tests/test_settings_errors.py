@@ -14,6 +14,7 @@ import yaml
 from papersearch.cli import main
 from papersearch.settings import (
     CONFIG_ENV,
+    MAX_COUNT,
     ServeSettings,
     _UniqueKeys,
     load_settings,
@@ -205,6 +206,16 @@ def test_a_settings_file_says_each_thing_once(
     ({"PAPERSEARCH_SERVE__MAX_SEND_BYTES": "3000000000"},
      "serve.max_send_bytes (PAPERSEARCH_SERVE__MAX_SEND_BYTES): Input should be less than or "
      "equal to 2147483647 (given '3000000000')"),
+    # steps outside 1..rerank_top_n - 1 were dropped without a word: the ladder became (30,)
+    ({"PAPERSEARCH_SEARCH__RERANK_DEPTH_STEPS": "[40, 0, -5]"},
+     "search (PAPERSEARCH_SEARCH__RERANK_DEPTH_STEPS): Value error, "
+     "search.rerank_depth_steps=[40, 0, -5] must be windows below search.rerank_top_n=30 "
+     "(1 to 29): give smaller steps, or [] for none"),
+    ({"PAPERSEARCH_SEARCH__RERANK_TOP_N": "15",
+      "PAPERSEARCH_SEARCH__RERANK_DEPTH_STEPS": "[20, 5]"},
+     "search (PAPERSEARCH_SEARCH__RERANK_DEPTH_STEPS, PAPERSEARCH_SEARCH__RERANK_TOP_N): Value "
+     "error, search.rerank_depth_steps=[20, 5] must be windows below search.rerank_top_n=15 "
+     "(1 to 14; not 20): give smaller steps, or [] for none"),
 ])
 def test_settings_that_would_fail_later_are_refused_at_load(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -212,6 +223,32 @@ def test_settings_that_would_fail_later_are_refused_at_load(
     for variable, value in variables.items():
         monkeypatch.setenv(variable, value)
     assert error_line(capsys) == f"papersearch: error: invalid settings: {problem}"
+
+
+@pytest.mark.parametrize("name", ["hnsw_m", "hnsw_ef_construct", "hnsw_ef", "rrf_k",
+                                  "prefetch_limit"])
+def test_an_index_count_no_engine_takes_is_refused_at_load(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Past 2**64 - 1 the embedded engine failed every search (hnsw_m, hnsw_ef_construct: the
+    collection's creation) with "int too big to convert", naming no setting. Held to the bound
+    of a request's own counts, which a Qdrant server takes too (its RRF k is a uint32)."""
+    variable = f"PAPERSEARCH_INDEX__{name.upper()}"
+    monkeypatch.setenv(variable, str(2**64))
+    assert error_line(capsys) == (
+        f"papersearch: error: invalid settings: index.{name} ({variable}): Input should be less "
+        f"than or equal to {MAX_COUNT} (given '{2**64}')")
+    monkeypatch.setenv(variable, str(MAX_COUNT))
+    assert getattr(load_settings().index, name) == MAX_COUNT
+
+
+def test_rerank_steps_below_a_lowered_window_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps given must be below rerank_top_n; the default steps (20, 10) below a lowered
+    rerank_top_n are left out of the ladder, as the settings reference says."""
+    monkeypatch.setenv("PAPERSEARCH_SEARCH__RERANK_TOP_N", "10")
+    assert load_settings().search.rerank_depth_steps == [20, 10]
+    for steps, kept in (("[5, 2]", [5, 2]), ("[9]", [9]), ("[]", [])):
+        monkeypatch.setenv("PAPERSEARCH_SEARCH__RERANK_DEPTH_STEPS", steps)
+        assert load_settings().search.rerank_depth_steps == kept
 
 
 def test_a_log_level_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,6 +378,46 @@ def test_the_serve_app_pins_every_relative_path(tmp_path: Path) -> None:
         assert path is not None and path.is_absolute() and path.is_relative_to(
             tmp_path.resolve().parent), path
     assert serve.drain_file == (tmp_path / "run" / "drain").resolve()
+
+
+def test_the_serve_app_names_an_invalid_setting_without_its_value(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_app built Settings itself: pydantic's own message repeated the values given (a
+    key's first characters, a Qdrant key in index.url) and named no variable."""
+    from papersearch.serving.app import settings_from_args
+
+    keys = ["9f" * 24, "3c" * 24 + " "]  # a blank after a key: never matches what clients send
+    monkeypatch.setenv("PAPERSEARCH_SERVE__API_KEYS", json.dumps(keys))
+    with pytest.raises(ValueError) as raised:
+        settings_from_args({})
+    assert str(raised.value) == (
+        "invalid settings: serve.api_keys (PAPERSEARCH_SERVE__API_KEYS): Value error, a key "
+        "must not be empty or begin or end with a blank (its value is not repeated here)")
+    monkeypatch.delenv("PAPERSEARCH_SERVE__API_KEYS")
+    for overrides, problem in (
+            ({"serve": {"read_api_keys": keys}}, "serve.read_api_keys "
+             "(PAPERSEARCH_SERVE__READ_API_KEYS): Value error, a key must not be empty"),
+            ({"index": {"backend": "server", "url": f"http://reader:{keys[0]}@qdrant:x"}},
+             "index (PAPERSEARCH_INDEX): Value error, index.url's host or port is not valid "
+             "(http://qdrant:6333), got 'http://qdrant:x'")):
+        with pytest.raises(ValueError) as raised:
+            settings_from_args({"settings": overrides})
+        assert str(raised.value).startswith(f"invalid settings: {problem}")
+        assert "9f9f" not in str(raised.value) and "3c3c" not in str(raised.value)
+
+
+def test_the_serve_app_overrides_the_environment_and_the_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from papersearch.serving.app import settings_from_args
+
+    settings_file(monkeypatch, tmp_path / "settings.yaml",
+                  "index:\n  prefetch_limit: 40\n  rrf_k: 7\n")
+    monkeypatch.setenv("PAPERSEARCH_INDEX__PREFETCH_LIMIT", "50")
+    monkeypatch.setenv("PAPERSEARCH_INDEX__HNSW_EF", "64")
+    index = settings_from_args({"settings": {"index": {"prefetch_limit": 60}}}).index
+    assert (index.prefetch_limit, index.hnsw_ef, index.rrf_k) == (60, 64, 7)
+    with pytest.raises(ValueError, match="config_file .*Extra inputs are not permitted"):
+        settings_from_args({"settings": {"config_file": str(tmp_path / "settings.yaml")}})
 
 
 @pytest.mark.parametrize(("given", "kept"), [

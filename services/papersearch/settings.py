@@ -63,6 +63,11 @@ GRPC_MS_MAX_S = GRPC_INT_MAX // 1000
 # The longest gRPC deadline taken: gRPC Python reads one past ~7.4e9 s (236 years) as already
 # past, so every call failed at once with DEADLINE_EXCEEDED (a huge value meant "no timeout")
 DEADLINE_MAX_S = 365 * 24 * 3600
+# The largest count a search may ask for (limit, prefetch_limit, rrf_k, hnsw_ef) and an index
+# setting may hold (those, hnsw_m, hnsw_ef_construct): far past any real search and within every
+# engine's integers. Past 2**64 - 1 the embedded engine failed every search (or the collection's
+# creation) with "int too big to convert", naming no setting; a Qdrant server's RRF k is a uint32.
+MAX_COUNT = 2**31 - 1
 
 
 def _path_not_blank(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -220,9 +225,9 @@ class IndexSettings(Section):
     grpc_port: int = Field(6334, ge=1, le=65535)
     timeout_s: int = Field(10, ge=1, le=DEADLINE_MAX_S,
                            description="Server backend: per-request timeout (at most a year).")
-    hnsw_m: int = Field(16, ge=4)
-    hnsw_ef_construct: int = Field(100, ge=4)
-    hnsw_ef: int = Field(128, ge=1, description="Default search-time HNSW ef.")
+    hnsw_m: int = Field(16, ge=4, le=MAX_COUNT)
+    hnsw_ef_construct: int = Field(100, ge=4, le=MAX_COUNT)
+    hnsw_ef: int = Field(128, ge=1, le=MAX_COUNT, description="Default search-time HNSW ef.")
     # Layout at scale (README, Results: Scale; benchmarks/scale.py). These three apply to
     # collections created from then on; oversampling to every search.
     quantization: Literal["none", "int8"] = Field(
@@ -249,12 +254,14 @@ class IndexSettings(Section):
                               "(index/fusion.py: each list divided by its top score, weighted).",
     )
     rrf_k: int = Field(
-        60, ge=1, description="Qdrant's RRF k: score = sum 1/(k + rank), rank from 0 (Qdrant: 2)."
+        60, ge=1, le=MAX_COUNT,
+        description="Qdrant's RRF k: score = sum 1/(k + rank), rank from 0 (Qdrant: 2).",
     )
     fusion_dense_weight: float = Field(
         0.6, ge=0.0, le=1.0, description="convex fusion: the dense list's weight (1 - it: BM25's).",
     )
-    prefetch_limit: int = Field(100, ge=1, description="Candidates per hybrid prefetch.")
+    prefetch_limit: int = Field(100, ge=1, le=MAX_COUNT,
+                                description="Candidates per hybrid prefetch.")
     # BM25 (index/sparse.py, README: Indexing and search). avg_len and title_weight change how
     # papers written from then on are weighted: re-ingest into a new collection to apply them.
     bm25_avg_len: float = Field(
@@ -386,7 +393,8 @@ class SearchSettings(Section):
                           "false: always rerank_top_n, all or nothing within the budget.")
     rerank_depth_steps: list[int] = Field(
         default_factory=lambda: [20, 10],
-        description="Smaller rerank windows to fall back to, below rerank_top_n.")
+        description="Smaller rerank windows to fall back to, each below rerank_top_n ([]: "
+                    "none; from rerank_top_n straight to 0).")
     rerank_target_s: float | None = Field(
         None, gt=0, description="Time a search's rerank call should take; unset: half of "
                                 "serve.rerank_timeout_s.")
@@ -403,6 +411,22 @@ class SearchSettings(Section):
             raise ValueError(f"search.default_top_k ({self.default_top_k}) is past "
                              f"search.max_top_k ({self.max_top_k}): every request leaving "
                              "top_k unset would be refused")
+        return self
+
+    @model_validator(mode="after")
+    def _steps_below_the_window(self) -> SearchSettings:
+        """Steps given are smaller windows than rerank_top_n: pipeline/rerank_depth.py keeps
+        only those from 1 to rerank_top_n - 1, so [40, 0, -5] became no step at all without a
+        word. The default steps (20, 10) below a lowered rerank_top_n are left out as before."""
+        top, steps = self.rerank_top_n, self.rerank_depth_steps
+        if "rerank_depth_steps" not in self.model_fields_set:
+            return self
+        if outside := [step for step in steps if not 0 < step < top]:
+            allowed = f"1 to {top - 1}" if top > 1 else "none is smaller"
+            not_these = f"; not {', '.join(map(str, outside))}" if outside != steps else ""
+            raise ValueError(f"search.rerank_depth_steps={steps} must be windows below "
+                             f"search.rerank_top_n={top} ({allowed}{not_these}): give "
+                             "smaller steps, or [] for none")
         return self
 
 
@@ -914,9 +938,10 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings, optionally from a YAML file given on the command line. ValueError, in
-    one line, where a value does not validate (each invalid setting named) or the file is not
+def load_settings(config_file: Path | None = None, /, **overrides: Any) -> Settings:
+    """Build settings, optionally from a YAML file given on the command line; ``overrides``
+    (sections or top-level settings) win over everything else. ValueError, in one line, where
+    a value does not validate (each invalid setting named, no key repeated) or the file is not
     YAML."""
     if config_file is not None:  # absolute: Serve replicas may start in another directory
         os.environ[CONFIG_ENV] = str(config_file.resolve())

@@ -11,16 +11,12 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper, quoted
 from papersearch.index.sparse import SparseLike, SparseVector
-from papersearch.settings import RecommendStrategy
+from papersearch.settings import MAX_COUNT, RecommendStrategy
 
 Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 FusionMethod = Literal["rrf", "dbsf", "convex"]
 RECOMMEND_STRATEGIES: tuple[RecommendStrategy, ...] = get_args(RecommendStrategy)
-# The largest count a search may ask for (limit, prefetch_limit, rrf_k, hnsw_ef): far past any
-# real search and within every engine's integers (the embedded engine failed past 2**64 - 1
-# with "int too big to convert"; a Qdrant server's RRF k is a uint32).
-MAX_COUNT = 2**31 - 1
 # The shortest dense vector with a direction the engines agree on. Qdrant normalizes a vector
 # for cosine only where its squared norm is at least float32's epsilon, qdrant-client's local
 # mode any non-zero one: a shorter one scored ~0 against every paper on the embedded engine and

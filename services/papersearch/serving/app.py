@@ -17,11 +17,14 @@ from ray.serve import Application
 from papersearch.encoder.deployment import QueryEncoderDeployment
 from papersearch.gateway.deployment import GatewayDeployment
 from papersearch.reranker.deployment import RerankerDeployment
-from papersearch.settings import Settings
+from papersearch.settings import Settings, load_settings
 
 
 def settings_from_args(args: dict[str, Any]) -> Settings:
-    settings = Settings(**args.get("settings", {}))
+    """``args.settings`` over the environment and PAPERSEARCH_CONFIG; ValueError in one line
+    naming each invalid setting, as the CLI's (pydantic's own message repeated the values given,
+    API keys among them, and named no variable)."""
+    settings = load_settings(**args.get("settings", {}))
     base = args.get("base_dir")
     return absolute_paths(settings, Path(base)) if base else settings
 
