@@ -189,3 +189,15 @@ def test_bm25_params_reads_the_engines_own_document_length() -> None:
     assert bm25_params.engine_length(TEXT) == pytest.approx(5.0)  # "of", "for" dropped
     assert bm25_params.engine_length("retrieval retrieval") == pytest.approx(2.0)  # tf 2 only
     assert bm25_params.engine_length("") == 0.0
+
+
+@pytest.mark.parametrize(("stored", "typed"), [
+    ("E\ufb03cient \ufb01ne-tuning", "efficient fine-tuning"),  # ligatures from PDF text
+    ("\uff22\uff25\uff32\uff34 pretraining", "BERT pretraining"),  # full-width letters
+])
+def test_compatibility_characters_match_what_a_user_types(stored: str, typed: str) -> None:
+    """Documents and queries are read in their NFKC form (corpus/paper.model_text): a stored
+    ligature or full-width word made BM25 terms no typed query holds."""
+    encoder = Bm25Encoder(avg_len=10.0)
+    assert set(encoder.query(typed).indices) == set(encoder.document(stored).indices)
+    assert set(encoder.query(stored).indices) == set(encoder.document(typed).indices)

@@ -215,9 +215,9 @@ def test_a_huge_id_is_refused_without_being_echoed(channel: grpc.Channel) -> Non
 
 
 def test_control_characters_are_refused_escaped(channel: grpc.Channel) -> None:
-    request = pb.SearchRequest(query="graphs", filter=pb.Filter(authors=["Eve\u202eevE"]))
-    details = invalid_argument(call_raw(channel, SEARCH + "Search", request.SerializeToString()))
-    assert "filter.authors[0] contains the control character U+202E" in details
+    request = pb.GetPaperRequest(paper_id="Eve\u202eevE")
+    details = invalid_argument(call_raw(channel, SEARCH + "GetPaper", request.SerializeToString()))
+    assert "paper_id contains the control character U+202E" in details
     assert "\u202e" not in details
 
 

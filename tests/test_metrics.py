@@ -161,6 +161,19 @@ def test_loaders_read_beir_files(tmp_path: Path) -> None:
     assert load_qrels(root, split="dev") == {"1": {"d1": 2, "d2": 0}, "2": {"d1": 1}}
 
 
+def test_query_texts_are_cleaned_as_the_service_cleans_a_query(tmp_path: Path) -> None:
+    """eval and tune searched a query's text as read: a soft hyphen or a zero-width space in
+    it made BM25 terms the served query (SearchQuery.validate: clean_text) does not have."""
+    queries = json.dumps({"_id": "1", "text": "hyphen\u00adation of trans\u00adformer "
+                                              "at\u200btention\n"}) + "\n" + json.dumps(
+        {"_id": "2", "text": "\u200b\u00ad"})
+    root = write_dataset(tmp_path, queries, "1\td1\t1\n")
+    with pytest.raises(ValueError, match=r"queries\.jsonl:2: missing or empty 'text'"):
+        load_queries(root)
+    (root / "queries.jsonl").write_text(queries.splitlines()[0], encoding="utf-8")
+    assert load_queries(root) == {"1": "hyphenation of transformer attention"}
+
+
 def test_qrels_ids_are_normalised_as_the_corpus_and_query_ids_are(tmp_path: Path) -> None:
     """An NFD id (café as e + U+0301) in all three files: the corpus and the queries store it
     NFC, so qrels kept verbatim judged nothing, and a perfect run scored 0."""

@@ -425,6 +425,19 @@ def test_tokenizer_edge_cases(int8: Encoder) -> None:
     np.testing.assert_allclose(long_vec, truncated, atol=1e-5)  # both cut at 256 tokens
 
 
+def test_compatibility_characters_read_as_what_a_user_types(fp32: Encoder,
+                                                            reranker_dir: Path) -> None:
+    """The models' tokenizers read texts in their NFKC form, as BM25 does: a ligature or a
+    full-width word was one [UNK] token, and its meaning lost from the vector."""
+    stored = ["E\ufb03cient \ufb01ne-tuning of \uff22\uff25\uff32\uff34"]
+    typed = ["Efficient fine-tuning of BERT"]
+    assert fp32.tokenizer.encode(stored[0]).ids == fp32.tokenizer.encode(typed[0]).ids
+    np.testing.assert_allclose(fp32.encode(stored), fp32.encode(typed), atol=1e-6)
+    reranker = Reranker(reranker_dir, RuntimeOptions("fp32"))
+    np.testing.assert_allclose(reranker.score(typed[0], stored), reranker.score(typed[0], typed),
+                               atol=1e-6)
+
+
 def test_query_and_document_modes_use_manifest_prefixes(
     embedder_dir: Path, fp32: Encoder, tmp_path: Path,
 ) -> None:

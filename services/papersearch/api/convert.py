@@ -7,7 +7,6 @@ names the field; servers map it to INVALID_ARGUMENT. Nothing here does I/O or ne
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,7 +22,6 @@ from papersearch.corpus.paper import (
     checked_id,
     clean_text,
     quoted,
-    without_controls,
 )
 from papersearch.index.query import Examples, Explanation, Mode, SearchFilter, StageRank
 from papersearch.pipeline.query import (
@@ -134,16 +132,13 @@ def _not_far_past(value: str, field_name: str, max_chars: int) -> None:
 
 
 def identifier(value: str, field_name: str, max_chars: int) -> str:
-    """An identifier (author, category, url): NFC-normalised, runs of spaces made one and the
-    ends stripped, as ingest stores names (corpus/paper.clean_text: "Jane  Doe" written by
-    UpsertPapers was not the "Jane Doe" a filter or an ingested copy names); more than
-    ``max_chars`` characters or a control character (Cc/Cf: a tab too) raises InvalidQuery."""
+    """A name (author, category) or url, cleaned as ingest stores names and as titles are
+    (corpus/paper.clean_text: control and format characters dropped, a tab a space, runs of
+    spaces one, NFC). A name the readers of `papersearch ingest` stored cleaned had the whole
+    paper refused here, and a filter for a name copied with a bidi mark (U+200E) was refused
+    where it can match. More than ``max_chars`` characters raises InvalidQuery."""
     _not_far_past(value, field_name, max_chars)
-    try:
-        text = without_controls(unicodedata.normalize("NFC", value.strip()), field_name)
-    except ValueError as error:
-        raise InvalidQuery(str(error)) from None
-    text = " ".join(text.split())
+    text = clean_text(value)
     if len(text) > max_chars:
         raise InvalidQuery(f"{field_name} is {len(text)} characters; the limit is {max_chars}")
     return text

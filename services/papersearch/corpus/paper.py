@@ -125,11 +125,20 @@ def normalise_title(title: str) -> str:
 
 
 def clean_text(text: str) -> str:
-    """NFC-normalise, drop control and zero-width characters, collapse whitespace."""
-    text = unicodedata.normalize("NFC", text)
+    """Drop control and zero-width characters, then NFC-normalise and collapse whitespace (in
+    that order: a soft hyphen or zero-width space between a letter and its combining accent,
+    "e\u00ad\u0301", blocked the composition and left a stored text no NFC query matches)."""
     kept = "".join(c for c in text
                    if c.isspace() or unicodedata.category(c) not in CONTROL_CATEGORIES)
-    return " ".join(kept.split())
+    return " ".join(unicodedata.normalize("NFC", kept).split())
+
+
+def model_text(text: str) -> str:
+    """What BM25 and the models see of a clean text: its NFKC form. Stored and shown texts
+    keep their NFC form; their compatibility characters (ligatures such as "\ufb03" from PDF
+    text, full-width letters from CJK input methods) are folded here for matching, where they
+    had made BM25 terms no typed query holds and the models' tokenizers read them as [UNK]."""
+    return unicodedata.normalize("NFKC", text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
-from papersearch.models.runtime import check_texts, padded_feeds
+from papersearch.models.runtime import check_texts, padded_feeds, read_tokenizer
 
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -54,8 +53,7 @@ class SpladeEncoder:
         # A (batch, tokens, vocabulary) float tensor lives inside the graph before pooling:
         # 8 x 256 x 30522 floats are 250 MB, hence a small default batch.
         self.batch_size = batch_size
-        self.tokenizer = Tokenizer.from_file(str(export_dir / TOKENIZER_FILE))
-        self.tokenizer.no_padding()
+        self.tokenizer = read_tokenizer(str(export_dir / TOKENIZER_FILE))
         self.tokenizer.enable_truncation(self.max_length)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

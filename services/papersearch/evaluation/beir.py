@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from papersearch.corpus.jsonl import MAX_LINE_BYTES, bounded_lines, record_id
-from papersearch.corpus.paper import checked_id
+from papersearch.corpus.paper import checked_id, clean_text
 
 QUERIES_FILE = "queries.jsonl"
 QRELS_DIR = "qrels"
@@ -86,10 +86,13 @@ def _parse_query(source: str, line: str) -> tuple[str, str]:
     if not isinstance(record, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(record).__name__}")
     text = record.get("text")
-    if not isinstance(text, str) or not text.strip():
+    # cleaned as the service cleans a query (pipeline/query.SearchQuery.validate): a soft
+    # hyphen or zero-width space left in made BM25 terms the served query does not have
+    cleaned = clean_text(text) if isinstance(text, str) else ""
+    if not cleaned:
         raise ValueError(f"{source}: missing or empty 'text'")
     try:
-        return record_id(record, "_id"), text.strip()
+        return record_id(record, "_id"), cleaned
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
 

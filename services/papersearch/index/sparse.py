@@ -14,7 +14,6 @@ papers until they are vacuumed: README, Indexing and search).
 
 from __future__ import annotations
 
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Protocol
 
 import qdrant_edge
 
-from papersearch.corpus.paper import Paper
+from papersearch.corpus.paper import Paper, model_text
 
 
 class SparseLike(Protocol):
@@ -84,7 +83,7 @@ class Bm25Encoder:
         self.title_weight = title_weight
 
     def document(self, text: str) -> SparseVector:
-        return SparseVector.of(self._model.embed_document(text))
+        return SparseVector.of(self._model.embed_document(model_text(text)))
 
     def documents(self, texts: Iterable[str]) -> list[SparseVector]:
         return [self.document(text) for text in texts]
@@ -97,9 +96,9 @@ class Bm25Encoder:
     def query(self, text: str) -> SparseVector:
         """Each term once (weight 1), or with query_k3 > 0 its count f in the query saturated
         as (k3 + 1) f / (k3 + f): words are tokenized one by one and their terms counted.
-        NFC-normalised first, as stored texts are (corpus/paper.clean_text): a decomposed
+        NFKC-normalised first, as documents are (corpus/paper.model_text): a decomposed
         accent (text pasted from macOS) made other terms than the papers' and matched none."""
-        text = unicodedata.normalize("NFC", text)
+        text = model_text(text)
         if self.query_k3 == 0:
             return SparseVector.of(self._model.embed_query(text))
         counts: Counter[int] = Counter()

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding, Tokenizer, normalizers
 
 from papersearch.models.manifest import (
     FP32_FILE,
@@ -54,6 +54,19 @@ def check_texts(texts: Sequence[str], what: str) -> None:
             raise InvalidInput(f"{what}[{i}] is empty")
 
 
+def read_tokenizer(path: str) -> Tokenizer:
+    """An export's tokenizer, unpadded, reading texts in their NFKC form first (as BM25 does:
+    corpus/paper.model_text): its own normaliser left ligatures and full-width letters as
+    [UNK]. Texts without compatibility characters, every judged set's and the sample's, give
+    the same tokens."""
+    tokenizer = Tokenizer.from_file(path)
+    tokenizer.no_padding()
+    own = tokenizer.normalizer
+    tokenizer.normalizer = (normalizers.NFKC() if own is None
+                            else normalizers.Sequence([normalizers.NFKC(), own]))
+    return tokenizer
+
+
 class OnnxModel:
     """An exported model version: ONNX session, tokenizer and manifest.
 
@@ -68,15 +81,13 @@ class OnnxModel:
         self.options = options
         self.version_dir = version_dir
         tokenizer_file = str(checked_file(version_dir, self.manifest, TOKENIZER_FILE))
-        self.tokenizer = Tokenizer.from_file(tokenizer_file)
-        self.tokenizer.no_padding()
+        self.tokenizer = read_tokenizer(tokenizer_file)
         # A reranker's (query, passage) pairs are cut as in its training (modelbuild/
         # training.py): the query to query_tokens(max_length), then only the passage (cutting
         # both evenly, longest_first scored long queries on other inputs than it learnt on).
         self._queries: Tokenizer | None = None  # a reranker's query, measured uncut
         if self.manifest.kind == "reranker":
-            self._queries = Tokenizer.from_file(tokenizer_file)
-            self._queries.no_padding()
+            self._queries = read_tokenizer(tokenizer_file)
             self._queries.no_truncation()
         self.tokenizer.enable_truncation(
             self.manifest.max_length,
