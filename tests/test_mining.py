@@ -3,6 +3,8 @@ filters them and picks their negatives, and the distillation term (fast: no mode
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import random
 import re
 from collections.abc import Sequence
@@ -185,3 +187,47 @@ def test_publishing_a_trained_reranker_removes_a_killed_publish_s_copy(tmp_path:
     _publish(target, cast(Any, Saved()), cast(Any, Saved()), {"steps": 1})
     assert (target / DONE_MARKER).is_file() and (target / "weights.bin").read_bytes() == b"w"
     assert not stale.exists() and other.exists()
+
+
+def test_training_removes_other_keys_resume_folders_unless_their_run_is_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A resume folder (the whole training state, ~260 MB) went only with a later run of its
+    own key: with the corpus grown or a setting changed (as the divergence error advises) it
+    stayed for good. A run removes those of other keys before it trains, but not one whose
+    run trains now (its lock held), its own, nor finished checkpoints (the cache)."""
+    pytest.importorskip("torch")
+    from papersearch.modelbuild import training
+    from papersearch.settings import TrainingSettings
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    examples = [TrainingExample("q", "positive", ("negative",))]
+    cfg = TrainingSettings(checkpoint_every_s=0)
+    folder = tmp_path / "reranker-checkpoints"
+    own = folder / (training.checkpoint_key(base, examples, cfg) + training.RESUME_SUFFIX)
+    stale, live = folder / "0123456789abcdef.resume", folder / "fedcba9876543210.resume"
+    finished = folder / "00000000ffffffff"
+    for made in (own, stale, live, finished):
+        made.mkdir(parents=True)
+        (made / training.CHECKPOINT_FILE).write_bytes(b"state" * 100)
+    (finished / training.DONE_MARKER).write_text("{}")
+
+    class Loaded(Exception):
+        """The run got to loading the model: the training would follow."""
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        raise Loaded
+
+    monkeypatch.setattr(training.AutoTokenizer, "from_pretrained", load)
+    with (live / ".lock").open("a") as running:  # a run of that key, training now
+        fcntl.flock(running, fcntl.LOCK_SH)
+        with caplog.at_level(logging.INFO, logger="papersearch.modelbuild.training"), \
+                pytest.raises(Loaded):
+            training.train(base, examples, cfg, tmp_path, probe=False)
+    assert not stale.exists()
+    for kept in (own, live, finished):
+        assert (kept / training.CHECKPOINT_FILE).is_file(), kept
+    assert [(getattr(r, "path", None), getattr(r, "bytes", None)) for r in caplog.records
+            if r.getMessage() == "another key's resume checkpoint removed"] == [(str(stale), 500)]

@@ -11,19 +11,24 @@ checkpoint is cached under the model cache keyed by everything that affects it.
 Resumable: every ``checkpoint_every_s`` the whole training state (weights, optimizer, schedule,
 RNG states, step, the epoch's order) replaces ``<key>.resume/checkpoint.pt`` atomically, and a
 run with the same key continues from it to the same weights as an uninterrupted run. Ctrl-C
-stops within a fraction of a step; what was checkpointed stays.
+stops within a fraction of a step; what was checkpointed stays. A run holds its resume
+folder's lock while it trains and removes the resume folders of other keys whose lock it can
+take: left by runs whose settings or examples have changed since, never resumed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 DONE_MARKER = "training.json"
 RESUME_SUFFIX = ".resume"  # <key>.resume/ holds the latest checkpoint of an unfinished run
 CHECKPOINT_FILE = "checkpoint.pt"
+RESUME_LOCK = ".lock"  # in <key>.resume/: held by the runs training that key
 # How a long query is cut to leave the passage room (_fit): in the key, as it changes the inputs
 QUERY_CUT = "token-end"
 HEAD_PREFIXES = ("classifier", "bert.pooler")
@@ -108,6 +114,17 @@ def train(
         shutil.rmtree(resume_dir, ignore_errors=True)
         log.info("reranker checkpoint cached", extra={"path": str(target)})
         return target
+    with _training(resume_dir):
+        _remove_other_resumes(resume_dir)
+        return _train(base_dir, examples, cfg, target, resume_dir, probe=probe,
+                      deadline=deadline)
+
+
+def _train(
+    base_dir: Path, examples: Sequence[TrainingExample], cfg: TrainingSettings, target: Path,
+    resume_dir: Path, *, probe: bool, deadline: float | None,
+) -> Path:
+    """``train``'s run, its resume folder's lock held."""
     _seed_everything(cfg.seed, cfg.torch_threads)
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -200,6 +217,61 @@ def train(
     log.info("reranker trained", extra={"path": str(target), "steps": plan.steps,
                                         "final_loss": round(summary["final_loss"], 4)})
     return target
+
+
+@contextmanager
+def _training(resume_dir: Path) -> Iterator[None]:
+    """Hold ``resume_dir``'s lock (made if absent; shared: runs of one key ran side by side
+    before it and still do) while this run trains: a run of another key removes only the
+    resume folders whose lock it can take. Taken again where the folder was removed between
+    the lock file's open and the lock."""
+    lock = resume_dir / RESUME_LOCK
+    while True:
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = lock.open("a")
+        except FileNotFoundError:  # removed meanwhile by another key's run
+            continue
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            if _is_file(handle.fileno(), lock):
+                yield
+                return
+
+
+def _remove_other_resumes(resume_dir: Path) -> None:
+    """Remove the resume folders of keys other than ``resume_dir``'s that no run trains now
+    (their lock free): a change of settings or examples gives another key, so they were never
+    resumed and stayed for good (the whole training state, ~260 MB each)."""
+    for other in sorted(resume_dir.parent.glob("*" + RESUME_SUFFIX)):
+        if other == resume_dir or not other.is_dir():
+            continue
+        lock = other / RESUME_LOCK
+        try:
+            handle = lock.open("a")
+        except OSError:  # removed meanwhile, or not this user's to remove
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # its run is training now
+                continue
+            if not _is_file(handle.fileno(), lock):  # removed and made again meanwhile
+                continue
+            size = sum(f.stat().st_size for f in other.rglob("*") if f.is_file())
+            shutil.rmtree(other, ignore_errors=True)
+        log.info("another key's resume checkpoint removed",
+                 extra={"path": str(other), "bytes": size})
+
+
+def _is_file(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` is still the file open as ``descriptor`` (not removed meanwhile)."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _publish(
