@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import grpc
 import pytest
@@ -33,7 +38,7 @@ from papersearch.pipeline.serve_backend import call, read
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.serving.drain import accepting, request_drain
 from papersearch.settings import ServeSettings, Settings
-from tests.gateway_helpers import Switchable, scratch_gateways
+from tests.gateway_helpers import LoopThread, Switchable, scratch_gateways
 from tests.ports import free_port
 
 PAPERS = [Paper(id=f"drain-{i}", title=f"Draining gateways {i}",
@@ -500,6 +505,117 @@ def test_a_listener_too_busy_to_answer_still_counts_as_accepting() -> None:
             for client in queued:
                 client.close()
     assert not accepting("127.0.0.1", port)  # closed: refused
+
+
+@pytest.fixture
+def temp_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temporary directory of the test's own for the gateways' socket folders (short: a unix
+    socket's path has at most 107 bytes)."""
+    root = Path(tempfile.mkdtemp(prefix="gw-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def stub_gateway_settings(http_port: int) -> Settings:
+    base = Settings()
+    return base.model_copy(update={"serve": base.serve.model_copy(update={
+        "grpc_host": "127.0.0.1", "grpc_port": free_port(), "http_port": http_port,
+        "health_poll_s": 0.2})})
+
+
+def stub_backend() -> Any:
+    backend = mock.MagicMock()
+    backend.ready = mock.AsyncMock(return_value=True)
+    return backend
+
+
+def test_a_start_that_fails_stops_its_grpc_server_and_removes_its_socket_folder(
+    temp_root: Path,
+) -> None:
+    """The HTTP port taken, start() raised with the gRPC server it had started still listening
+    (liveness SERVING) and its socket folder left in the temporary directory."""
+    from grpc_health.v1 import health_pb2
+
+    loop = LoopThread()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            settings = stub_gateway_settings(taken.getsockname()[1])
+
+            async def start() -> Gateway:
+                gateway = Gateway(stub_backend(), settings)
+                with pytest.raises(OSError, match="address already in use"):
+                    await gateway.start()
+                return gateway
+
+            gateway = loop.run(start())
+        assert list(temp_root.iterdir()) == []
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", settings.serve.grpc_port)) != 0
+        assert gateway.health._statuses["liveness"] == health_pb2.HealthCheckResponse.NOT_SERVING
+        loop.run(gateway.drain(0.1))  # a drain after it (Serve stopping the replica) still ends
+    finally:
+        loop.close()
+
+
+def stale_socket_folder(root: Path, name: str, *, age_s: float, listening: bool = False,
+                        sock: bool = True) -> tuple[Path, socket.socket | None]:
+    """A gateway's socket folder: its socket bound and closed (the process gone), or still
+    ``listening``; folder and socket ``age_s`` old."""
+    folder = root / f"papersearch-gateway-{name}"
+    folder.mkdir()
+    server = None
+    if sock:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(folder / "grpc.sock"))
+        if listening:
+            server.listen()
+        else:
+            server.close()
+            server = None
+    then = time.time() - age_s
+    for path in (folder / "grpc.sock", folder):
+        if path.exists():
+            os.utime(path, (then, then), follow_symlinks=False)
+    return folder, server
+
+
+def test_a_gateway_start_removes_socket_folders_that_gone_gateways_left(
+    temp_root: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gateway that never drained (ray.shutdown kills replicas) left its socket folder in the
+    temporary directory for good. A later start removes those nothing listens on, once they are
+    a minute old: never a live gateway's, nor one starting at the same moment."""
+    stale, _ = stale_socket_folder(temp_root, "stale", age_s=3600)
+    fresh, _ = stale_socket_folder(temp_root, "fresh", age_s=0)  # may not listen yet
+    unbound, _ = stale_socket_folder(temp_root, "nosock", age_s=3600, sock=False)
+    live, listener = stale_socket_folder(temp_root, "live", age_s=3600, listening=True)
+    assert listener is not None
+    other = temp_root / "unrelated"
+    other.mkdir()
+    loop = LoopThread()
+    try:
+        async def start() -> Gateway:
+            gateway = Gateway(stub_backend(), stub_gateway_settings(free_port()))
+            await gateway.start()
+            return gateway
+
+        with caplog.at_level(logging.INFO, logger="papersearch.gateway.server"):
+            gateway = loop.run(start())
+        assert not stale.exists()
+        assert fresh.exists() and unbound.exists() and live.exists() and other.exists()
+        assert [getattr(r, "path", None) for r in caplog.records
+                if r.getMessage() == "stale gateway socket folder removed"] == [str(stale)]
+        (own,) = set(temp_root.glob("papersearch-gateway-*")) - {fresh, unbound, live}
+        loop.run(gateway.drain(0.1))
+        assert not own.exists()
+    finally:
+        listener.close()
+        loop.close()
 
 
 def test_drain_with_no_gateway_says_so_and_leaves_no_file(tmp_path: Path) -> None:

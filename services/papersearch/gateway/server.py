@@ -26,9 +26,12 @@ committed stays).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +62,12 @@ LIVENESS = "liveness"
 READINESS = ("", "readiness", *SERVICES)
 DRAIN_FILE_POLL_S = 0.5
 STOP_GRACE_S = 1.0  # once idle: for a call that slipped in as the gate closed
+# The folder of the HTTP front's unix socket to gRPC, in the temporary directory; one of a
+# process that never drained (its replica killed) is removed by a later gateway's start once
+# nothing listens on its socket and it is older than STALE_SOCKET_AGE_S (a gateway starting at
+# the same moment has bound its socket but may not listen yet).
+SOCKET_DIR_PREFIX = "papersearch-gateway-"
+STALE_SOCKET_AGE_S = 60.0
 
 
 class _ClientGone(logging.Filter):
@@ -110,6 +119,38 @@ def _bind(what: str, address: str, add_port: Callable[[], int]) -> None:
         reason = str(error).split(";")[0]
     raise OSError(f"cannot bind {what} to {address} ({reason}: another process listening "
                   "there, a `papersearch serve` still running?)")
+
+
+def remove_stale_socket_dirs(root: Path | None = None,
+                             min_age_s: float = STALE_SOCKET_AGE_S) -> list[Path]:
+    """Remove the HTTP hop's socket folders (``SOCKET_DIR_PREFIX`` in ``root``, the temporary
+    directory by default) that gateways gone without a drain left: the folder and its socket
+    older than ``min_age_s``, and nothing listening there (a connection refused). Returns
+    those removed."""
+    removed = []
+    now = time.time()
+    for folder in Path(root or tempfile.gettempdir()).glob(SOCKET_DIR_PREFIX + "*"):
+        sock = folder / "grpc.sock"
+        try:
+            if now - max(folder.lstat().st_mtime, sock.lstat().st_mtime) < min_age_s:
+                continue
+        except OSError:  # no socket (yet), or not ours to look into
+            continue
+        if not _refused(sock):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            log.info("stale gateway socket folder removed", extra={"path": str(folder)})
+            removed.append(folder)
+    return removed
+
+
+def _refused(sock: Path) -> bool:
+    """Whether nothing listens on the unix socket ``sock`` (without waiting: a listener whose
+    backlog is full counts as listening)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        return probe.connect_ex(str(sock)) == errno.ECONNREFUSED
 
 
 class Gateway:
@@ -170,6 +211,12 @@ class Gateway:
         self._started = asyncio.Event()
         try:
             await self._start()
+        except BaseException:
+            try:
+                await self._undo_start()
+            except Exception:  # noqa: BLE001 (the start's own error is the one to raise)
+                log.exception("undoing a failed gateway start failed")
+            raise
         finally:
             self._started.set()
 
@@ -183,7 +230,8 @@ class Gateway:
             _bind("the gateway's health port", health_address,
                   lambda: health_server.add_insecure_port(health_address))
         if self.settings.serve.http_port is not None:  # HTTP calls reach gRPC on a unix socket
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="papersearch-gateway-"))
+            await asyncio.to_thread(remove_stale_socket_dirs)
+            self._socket_dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))
             target = socket_target(self._socket_dir)
             _bind("the gateway's HTTP hop", target, lambda: self.server.add_insecure_port(target))
             self.http = HttpFront(self.settings.serve, target)
@@ -207,6 +255,28 @@ class Gateway:
                                              "tls": credentials is not None,
                                              "health_address": self.health_address,
                                              "http_address": self.http and self.http.address})
+
+    async def _undo_start(self) -> None:
+        """Stop what a start that failed (the HTTP port taken, say) had started, and remove
+        its socket folder: its gRPC server had stayed listening, liveness SERVING."""
+        tasks = [*self._tasks, *([self._feed_task] if self._feed_task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._feed_task = [], None
+        await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            http, self.http = self.http, None
+            await http.stop()
+        await self.server.stop(0)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+        self._remove_socket_dir()
+
+    def _remove_socket_dir(self) -> None:
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Readiness NOT_SERVING, refuse new calls, let those in flight finish (``grace_s``,
@@ -249,8 +319,7 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         if self.health_server is not None:
             await self.health_server.stop(0)
-        if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._remove_socket_dir()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
