@@ -1048,6 +1048,35 @@ def test_an_index_whose_making_was_cut_short_is_not_left(
             DIM, SHA, create=False)
 
 
+def test_ctrl_c_after_the_index_is_made_leaves_no_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in ensure_collection's count for its "index open" line, after the engine had
+    made the index, left it empty on disk: `search` then said "0 hits", not "no index at".
+    An index that was there before stays."""
+
+    def cut(self: Store) -> int:
+        raise KeyboardInterrupt
+
+    kept = EdgeStore(IndexSettings(data_dir=tmp_path / "kept"))
+    kept.ensure_collection(DIM, SHA)
+    kept.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
+    kept.close()
+    monkeypatch.setattr(EdgeStore, "count", cut)
+    store = EdgeStore(IndexSettings(data_dir=tmp_path / "index"))
+    with pytest.raises(KeyboardInterrupt):
+        store.ensure_collection(DIM, SHA)
+    assert not store.path.exists() and not store.created
+    with pytest.raises(KeyboardInterrupt):
+        EdgeStore(IndexSettings(data_dir=tmp_path / "kept")).ensure_collection(DIM, SHA)
+    monkeypatch.undo()
+    with pytest.raises(CollectionMissing):
+        EdgeStore(IndexSettings(data_dir=tmp_path / "index")).ensure_collection(
+            DIM, SHA, create=False)
+    with EdgeStore(IndexSettings(data_dir=tmp_path / "kept")) as again:
+        again.ensure_collection(DIM, SHA, create=False)
+        assert again.count() == 2
+
+
 def test_a_point_without_its_paper_id_is_a_damaged_index(store: Store) -> None:
     """A shard once reopened with every payload empty: each read of a paper then failed with
     a bare KeyError 'paper_id', deep in whatever read it (an ingest's unstored)."""

@@ -100,6 +100,7 @@ class EdgeStore(Store):
         self.path = settings.data_dir / settings.collection
         self._shard: qe.EdgeShard | None = None
         self._access_checked = -math.inf  # monotonic time of the last check that passed
+        self._made_directory = False  # the last _open made self.path (its mkdir)
 
     def describe(self) -> str:
         return str(self.path)
@@ -164,6 +165,7 @@ class EdgeStore(Store):
             self._close()
             self._unmake(made, self.created)
             raise
+        self._made_directory = made
         return identity if stored is None else stored
 
     def _make_directory(self) -> bool:
@@ -193,6 +195,9 @@ class EdgeStore(Store):
                     else:
                         child.unlink(missing_ok=True)
         self.created = False
+
+    def _unmake_created(self) -> None:
+        self._unmake(self._made_directory, self.created)
 
     def _do(self, step: Step) -> Any:
         match step:

@@ -9,6 +9,7 @@ and the gateway's asyncio Qdrant client runs the very same program (index/server
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -119,10 +120,21 @@ class Store(ABC):
             return
         self._weighting = self._open(identity, create).bm25
         self._identity = identity
-        logger.info(
-            "index open",
-            extra={"backend": self.backend, "collection": self.describe(), "points": self.count()},
-        )
+        try:
+            logger.info("index open", extra={"backend": self.backend,
+                                             "collection": self.describe(), "points": self.count()})
+        except BaseException:
+            # Ctrl-C or an error before the caller has the store: a collection this open made
+            # would stay behind empty (`search` then said "0 hits", not "no index at")
+            with contextlib.suppress(Exception):  # the first error is the one to tell
+                self.close()
+            self._unmake_created()
+            raise
+
+    def _unmake_created(self) -> None:  # noqa: B027 (a default, not an abstract hook)
+        """Remove the collection ``ensure_collection`` made (``created``) when it was cut short
+        after ``_open``; a no-op where nothing was made (and a server's collection is never
+        this store's own)."""
 
     @property
     def _oversampling(self) -> float | None:
