@@ -567,6 +567,61 @@ def test_the_feed_ends_watches_when_the_index_moves_to_another_embedder() -> Non
     asyncio.run(scenario())
 
 
+class Reading(Moving):
+    """A feed's backend that reads as the index does: the ids stamped since the time asked,
+    and the papers among those the feed did not know."""
+
+    async def indexed_since(self, since_ms: int, known: dict[str, int] | None) -> Indexed:
+        window = {pid: stamp for pid, (stamp, _) in self.window.items() if stamp >= since_ms}
+        new = [] if known is None else [self.window[pid][1] for pid, stamp in window.items()
+                                        if known.get(pid) != stamp]
+        return Indexed(window, new, np.ones((len(new), 2), dtype=np.float32) / np.sqrt(2))
+
+
+def test_a_step_back_of_the_gateways_clock_does_not_put_the_sweeps_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's clock 8 s fast at a sweep, then stepped back to the right time (an NTP
+    correction); a busy writer stamps a paper every poll, another one whose clock lags 3 s
+    writes "late". The next sweep was due on the wall clock at the fast clock's time, 8 s
+    later than meant: by then the look-back window had passed "late", which was never sent.
+    Sweeps are timed on the monotonic clock: the next one comes half the window after the
+    last, and delivers it."""
+    true = {"ms": 1_700_000_000_000}
+    fast = {"ms": 8_000}
+    monkeypatch.setattr(watch_module, "now_ms", lambda: true["ms"] + fast["ms"])
+    monkeypatch.setattr(watch_module, "time", ModuleStandIn(
+        time, monotonic=lambda: true["ms"] / 1000))
+    serve = Settings().serve
+    assert serve.watch_lookback_s == 10  # a sweep every 5 s, reading back 10 s
+    backend = Reading()
+    hub = WatchHub(max_watches=4, queue=1_000)
+    feed = WatchFeed(hub, backend, serve)  # type: ignore[arg-type]
+    start = true["ms"]
+    late = Paper(id="late", title="written by a writer whose clock lags 3 s", abstract="")
+
+    def busy(tick: int) -> None:
+        true["ms"] = start + 500 * tick
+        paper = Paper(id=f"busy-{tick}", title="written by a writer on time", abstract="")
+        backend.window[paper.point_id] = (true["ms"], paper)
+
+    async def scenario() -> int | None:
+        busy(0)
+        await feed.poll()  # a sweep: learns the window
+        watch = hub.add(np.ones(2, dtype=np.float32) / np.sqrt(2), -1.0, SearchFilter())
+        assert watch is not None
+        fast["ms"] = 0  # stepped back after the sweep
+        for tick in range(1, 31):  # 15 s of polls, every 0.5 s
+            busy(tick)
+            if tick == 2:
+                backend.window[late.point_id] = (true["ms"] - 3_000, late)
+            await feed.poll()
+            if late.id in [m.paper.id for m in watch.pending]:
+                return true["ms"] - start
+        return None
+
+    assert asyncio.run(scenario()) == 5_000  # at the first sweep after the step
+
+
 def test_papers_are_matched_only_against_watches_of_their_embedder() -> None:
     hub = WatchHub(max_watches=4, queue=10)
     flat = hub.add(np.ones(2, dtype=np.float32) / np.sqrt(2), 0.0, SearchFilter(), "a")

@@ -8,9 +8,10 @@ lately (one filtered scroll on a range index, ids and stamps only). While watche
 fetches, with their stored dense vectors, the papers among them it has not seen before, and
 matches those. Every half ``serve.watch_lookback_s`` a poll reads the whole look-back window,
 which delivers a write that became visible late, or whose writer's clock lags, by up to half
-of it; the first look after the gateway starts only learns what is there. A watch gets what the
-gateway finds after the watch began (and may so get a paper written up to one poll before
-it); a paper written again is sent again; deletions are not sent.
+of it (that half is timed on the monotonic clock: a step of the gateway's wall clock does not
+put the sweeps off); the first look after the gateway starts only learns what is there. A
+watch gets what the gateway finds after the watch began (and may so get a paper written up to
+one poll before it); a paper written again is sent again; deletions are not sent.
 
 Each watch keeps its query's vector (encoded once, when it starts) in one matrix per gateway.
 A batch of new papers is matched against all watches with one matrix product: watches x papers
@@ -36,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -295,7 +298,9 @@ class WatchFeed:
         self.poll_s = serve.watch_poll_s
         self.lookback_ms = round(serve.watch_lookback_s * 1000)
         self._known: dict[str, int] | None = None  # the window: point id -> indexed_at
-        self._sweep_at = 0  # now_ms() from which the next poll reads the whole window
+        # time.monotonic() from which the next poll reads the whole window: on the wall clock,
+        # a step back of the gateway's clock by D suspended the sweeps for D more
+        self._sweep_at = -math.inf
         self._failing = False
         self._embedder: str | None = None  # whose vectors the last poll read
         # a migration's swap (pointer time) whose collection's window is still to be learnt
@@ -329,11 +334,11 @@ class WatchFeed:
                 self._known, self._swapped_at = None, index.swapped_at_ms()
             self._embedder = embedder
         self.hub.retarget(embedder)
-        now = now_ms()
+        now, tick = now_ms(), time.monotonic()  # stamps are compared on the wall clock
         window_start = now - self.lookback_ms
         known = self._known
         since = window_start
-        if known and now < self._sweep_at:
+        if known and tick < self._sweep_at:
             since = max(window_start, min(max(known.values()), now) - self.RECENT_MS)
         try:
             found = await index.indexed_since(
@@ -353,7 +358,7 @@ class WatchFeed:
             log.info("watch feed: the index answers again")
         self._failing = False
         if since == window_start:
-            self._sweep_at = now + self.lookback_ms // 2
+            self._sweep_at = tick + self.lookback_ms / 2000
             self._known = found.window
         else:
             self._known = {pid: stamp for pid, stamp in (known or {}).items()
