@@ -279,6 +279,31 @@ def test_jsonl_dates_of_a_year_or_a_month_are_its_first_day(tmp_path: Path) -> N
     assert found == [date(2024, 1, 1), date(2024, 3, 1), date(2024, 3, 5), date(2024, 1, 1)]
 
 
+BLANK_DATES = ("", "   ", "\t", " \n", None)
+
+
+def test_jsonl_a_blank_published_is_no_date(tmp_path: Path) -> None:
+    """A whitespace-only ``published`` (an export's padded empty column) was parsed, "not an
+    ISO date", and the whole paper skipped; the API reads a blank date as none."""
+    lines = [json.dumps({**GOOD, "id": f"p{i}", "published": value})
+             for i, value in enumerate(BLANK_DATES)]
+    results = unlocated(read_jsonl(write(tmp_path, "papers.jsonl", "\n".join(lines) + "\n")))
+    assert not skipped(results)
+    assert [(p.id, p.published) for p in papers(results)] == [
+        (f"p{i}", None) for i in range(len(BLANK_DATES))]
+
+
+def test_beir_a_blank_published_is_no_date(tmp_path: Path) -> None:
+    """As a JSON Lines paper's: a BEIR record whose metadata's date is blank is read, undated."""
+    records = [{"_id": str(i), "title": "T", "metadata": {"published": value}}
+               for i, value in enumerate(BLANK_DATES)]
+    write(tmp_path, "corpus.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    results = unlocated(read_beir(tmp_path))
+    assert not skipped(results)
+    assert [(p.id, p.published) for p in papers(results)] == [
+        (str(i), None) for i in range(len(BLANK_DATES))]
+
+
 def test_jsonl_takes_the_apis_paper_id(tmp_path: Path) -> None:
     """A line written as the API writes a paper (``paper_id``, as UpsertPapers' NDJSON takes
     it) was skipped: "missing or empty 'id'"."""

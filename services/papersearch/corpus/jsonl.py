@@ -173,7 +173,9 @@ def _names(record: Mapping[str, Any], key: str, separator: str | None
 
 
 def _published(value: Any) -> date | None:
-    if value is None or value == "":
+    """An ISO date, a year or a month; absent, null or blank (whitespace only) is no date, as
+    the API reads a blank date (api/convert.date_from_proto)."""
+    if _blank(value):
         return None
     if isinstance(value, int) and not isinstance(value, bool) and 1000 <= value <= 9999:
         value = str(value)  # a year as a number, as metadata exports often write it
