@@ -961,6 +961,51 @@ def test_the_watch_feed_after_a_swap_publishes_new_papers_and_not_the_copy(
     assert asyncio.run(scenario()) == [fresh.id]
 
 
+def test_a_rollbacks_copies_are_stamped_before_its_swap_and_not_published_as_new(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path) -> None:
+    """A rollback took its swap time before it re-synced the papers another writer updated or
+    added after the swap into the collection that becomes live again: those copies were
+    stamped after the pointer's ``swapped_at_ms``, and the watch feed, which takes what is
+    stamped after a swap for new writes, published them to every watch of the old embedder.
+    The swap time is taken inside the pause, after the copies are written, as start's is."""
+    from papersearch.gateway.watch import WatchFeed, WatchHub
+    from papersearch.index.query import SearchFilter
+
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    hub = WatchHub(max_watches=4, queue=100)
+    feed = WatchFeed(hub, handles, settings.serve)
+    revised = _edition(papers[3], "revised after the swap")
+    added = Paper(id="added-after-the-swap", title="A paper only the other writer added",
+                  abstract="Written straight into the live collection after the swap.")
+
+    async def scenario() -> tuple[dict[str, int], int | None, list[str]]:
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        await feed.poll()  # the new collection's window learnt
+        for paper in (revised, added):
+            await _write_around(handles, collections, paper)
+        await feed.poll()
+        await handles.migrator.rollback()
+        back = await collections.live()
+        assert back.view.collection == "papers"
+        stamps = (await back.index.indexed_since(0, None)).window
+        pointer = collections.pointer
+        assert pointer is not None
+        backend = handles.pinned()
+        watch = hub.add(await backend.encode_query("anything"), -1.0, SearchFilter(),
+                        await backend.embedder_sha())  # every paper matches
+        assert watch is not None
+        for _ in range(3):
+            await feed.poll()
+        await collections.close()
+        copies = {pid: stamps[pid] for pid in (revised.point_id, added.point_id)}
+        return copies, pointer.swapped_at_ms, [m.paper.id for m in watch.pending]
+
+    copies, swapped_at, published = asyncio.run(scenario())
+    assert published == []
+    assert swapped_at is not None and max(copies.values()) <= swapped_at, (copies, swapped_at)
+
+
 # -- through the service: Ray Serve, gRPC, the CLI ---------------------------------------------
 
 

@@ -416,7 +416,6 @@ class Migrator:
         async with self._exclusive("rollback"):
             await self._settle()
             pointer, live, other = await self._swapped("rollback")
-            back = pointer.swapped(now_ms())
             mirror = self._current()
             async with mirror.paused():
                 # the current live collection is the truth: writes pinned to the other one
@@ -432,6 +431,9 @@ class Migrator:
                                   + _updated(stamps, mirror.landed))
                 mirror.pending.clear()
                 await other.index.flush()  # on disk before the pointer names it again
+                # the swap's time, as start's: after the copies above, which the watch feed
+                # would take, stamped later, for papers written since the swap
+                back = pointer.swapped(now_ms())
                 warning = await self._commit(
                     back, lambda: self.collections.switch(other, live, back))
             log.info("migration rolled back", extra={"live": back.live})
