@@ -122,6 +122,17 @@ def test_convex_top_is_the_head_of_the_whole_order_with_any_hashable_ids() -> No
         assert convex([dense, sparse], [0.5, 0.5], depth=4, top=top) == whole[:top]
 
 
+def test_convex_ties_go_by_id_whatever_order_the_lists_came_in() -> None:
+    """The Store's convex fusion orders equal fused scores by key (as the point ids order):
+    in the order first met, papers only BM25 found, tied there, came in the engine's storage
+    order, so two indexes of one corpus answered differently."""
+    dense = [("d1", 0.9), ("d2", 0.8)]
+    tied = [("t3", 2.0), ("t1", 2.0), ("t2", 2.0), ("t0", 1.0)]
+    for sparse in (tied, [tied[2], tied[0], tied[1], tied[3]]):
+        fused = convex([dense, sparse], [0.6, 0.4], depth=2, top=4, ties_by_id=True)
+        assert [i for i, _ in fused] == ["t1", "t2", "t3", "d1"]
+
+
 def test_weighted_rrf_by_hand() -> None:
     fused = dict(rrf([[("a", 9.0), ("b", 1.0)], [("b", 3.0)]], [0.5, 1.5], k=10))
     assert fused == pytest.approx({"a": 0.5 / 11, "b": 0.5 / 12 + 1.5 / 11})

@@ -1346,3 +1346,37 @@ def test_server_writes_carry_the_configured_write_ordering() -> None:
         assert sent == {"upsert": models.WriteOrdering(ordering),
                         "delete": models.WriteOrdering(ordering)}
         store.close()
+
+
+def test_equal_scores_rank_by_point_id_however_the_index_was_written(factory: Factory) -> None:
+    """Papers of one text tie in BM25. The engine ranks ties in its storage order, which
+    follows how the index was written, and its rrf and dbsf fusions by chance (the same search
+    gave other orders call after call): ties now go by point id, so an index written in other
+    batches or another order answers the same, and a search the same every time."""
+    twins = [Paper(id=f"twin-{n}", title="lattice galaxy", abstract="kernel sensor battery")
+             for n in range(8)]
+    papers = twins + PAPERS[:6]
+    dense = DENSE[: len(papers)]
+    sparse = BM25.documents(p.text for p in papers)
+    answers = []
+    for name, order, batch in (("forward", range(len(papers)), len(papers)),
+                               ("reversed", range(len(papers) - 1, -1, -1), 1)):
+        store = factory(collection=name)
+        store.ensure_collection(DIM, SHA)
+        rows = list(order)
+        for start in range(0, len(rows), batch):
+            part = rows[start:start + batch]
+            store.upsert([papers[i] for i in part], dense[part], [sparse[i] for i in part])
+        found = {}
+        for mode, fusion in (("sparse", None), ("hybrid", "convex"), ("hybrid", "rrf"),
+                             ("hybrid", "dbsf")):
+            request = SearchRequest(mode=mode, dense=tuple(DENSE[-1]),  # type: ignore[arg-type]
+                                    sparse=BM25.query("lattice galaxy kernel"), limit=5,
+                                    exact=True, fusion=fusion)  # type: ignore[arg-type]
+            calls = {tuple(h.paper.id for h in store.query(request)) for _ in range(5)}
+            assert len(calls) == 1, (name, mode, fusion, calls)  # the same call after call
+            (found[mode, fusion],) = calls
+        answers.append(found)
+    assert answers[0]["sparse", None] == answers[1]["sparse", None] == tuple(
+        p.id for p in sorted(twins, key=lambda p: p.point_id)[:5])
+

@@ -12,7 +12,7 @@ term in the paper).
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -51,10 +51,14 @@ def normalised(ranked: Sequence[tuple[K, float]], depth: int, how: Normalisation
 
 
 def convex(lists: Sequence[Sequence[tuple[K, float]]], weights: Sequence[float], depth: int,
-           how: Normalisation = "max", top: int | None = None) -> list[tuple[K, float]]:
+           how: Normalisation = "max", top: int | None = None,
+           ties_by_id: bool = False) -> list[tuple[K, float]]:
     """Every id of ``lists`` (each at most ``depth`` long; any hashable ids), by the weighted
-    sum of its normalised scores, best first (ties: the order ids were first met in); with
-    ``top``, only the first ``top`` of them."""
+    sum of its normalised scores, best first; with ``top``, only the first ``top`` of them.
+    Ties go by id with ``ties_by_id`` (ids then comparable), else in the order ids were first
+    met in: for an engine's lists its storage order, which depends on how the index happened
+    to be written (in batches of which size, in which order), so two indexes of one corpus
+    answered a query differently."""
     ids = list(dict.fromkeys(i for ranked in lists for i, _ in ranked))
     position = {i: n for n, i in enumerate(ids)}
     fused = np.zeros(len(ids))
@@ -63,8 +67,32 @@ def convex(lists: Sequence[Sequence[tuple[K, float]]], weights: Sequence[float],
         column = np.full(len(ids), fill)
         column[[position[i] for i, _ in ranked]] = scores
         fused += weight * column
-    order = np.argsort(-fused, kind="stable")[:top]
-    return [(ids[n], float(fused[n])) for n in order]
+    order = np.argsort(-fused, kind="stable")
+    if ties_by_id:
+        order = _ties_by_id(order, fused, ids, top)
+    return [(ids[n], float(fused[n])) for n in order[:top]]
+
+
+def _ties_by_id(order: np.ndarray, fused: np.ndarray, ids: Sequence[Any], top: int | None
+                ) -> np.ndarray:
+    """``order`` with each run of equal scores that reaches into the first ``top`` sorted by
+    id (the run across the cut whole, so which ids make the cut is settled too)."""
+    scores = fused[order]
+    end = len(order) if top is None else min(top, len(order))
+    while 0 < end < len(order) and scores[end] == scores[end - 1]:
+        end += 1
+    if not np.any(scores[1:end] == scores[: max(end - 1, 0)]):
+        return order  # no tie: the usual case, at C speed
+    settled = order.copy()
+    start = 0
+    while start < end:
+        stop = start + 1
+        while stop < end and scores[stop] == scores[start]:
+            stop += 1
+        if stop - start > 1:
+            settled[start:stop] = sorted(order[start:stop], key=lambda n: ids[n])
+        start = stop
+    return settled
 
 
 def rrf(lists: Sequence[Ranked], weights: Sequence[float], k: float) -> list[tuple[str, float]]:

@@ -88,8 +88,10 @@ class Record:
 
 
 # A point of a ``keyed`` Batch: (key, score). The key is the cheapest hashable the engine
-# gives for the point's id, equal for the same point in every list of the batch; the backend's
-# Store.point_id_of turns it into the point id. A plain tuple: a search makes ~200 of them.
+# gives for the point's id, equal for the same point in every list of the batch and ordered as
+# the point ids are (the convex fusion's ties go by it; the embedded engine's UUID.int orders as
+# the UUID's text); the backend's Store.point_id_of turns it into the point id. A plain tuple: a
+# search makes ~200 of them.
 Keyed = tuple[Hashable, float]
 
 

@@ -62,7 +62,7 @@ from papersearch.index.schema import (
     to_payload,
 )
 from papersearch.index.sparse import SparseLike, SparseVector
-from papersearch.settings import IndexSettings
+from papersearch.settings import MAX_COUNT, IndexSettings
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ _RETRIEVE_CHUNK = 1024
 # the fewest hits hold; a hit's share of the rest is given whole (explain.OTHER_TERMS).
 MAX_EXPLAINED_TERMS = 32
 _SCAN_PAGE = 1024
+# An engine-ranked search (dense, sparse, an rrf or dbsf hybrid) asks the engine for this many
+# times its limit: equal scores are then ordered by point id and cut here (``_settled``).
+TIE_MARGIN = 2
 T = TypeVar("T")
 
 
@@ -308,7 +311,7 @@ class Store(ABC):
             return (yield from self._convex_program(request))
         plan = self._plan(request)
         ranked: list[list[Scored]] = yield Batch((plan,))
-        (results,) = ranked
+        results = _settled(ranked[0], request.limit)
         if request.mode == "dense":
             return [_hit(s, dense=s.score) for s in results]
         if request.mode == "sparse":
@@ -377,7 +380,7 @@ class Store(ABC):
         else:
             results: list[list[Scored]] = yield Batch((replace(self._plan(request),
                                                                with_payload=False),))
-            ranked = results[0]
+            ranked = _settled(results[0], request.limit)
         ids = [s.point_id for s in ranked]
         records: list[Record] = yield Fetch(tuple(ids), payload=False, dense=True, sparse=True)
         by_id = {r.point_id: r for r in records}
@@ -423,7 +426,8 @@ class Store(ABC):
         """The top ``limit`` of the convex fusion of ``lists``, by engine id keys."""
         weight = (self.settings.fusion_dense_weight if request.dense_weight is None
                   else request.dense_weight)
-        return convex(lists, (weight, 1.0 - weight), self._depth(request), top=request.limit)
+        return convex(lists, (weight, 1.0 - weight), self._depth(request), top=request.limit,
+                      ties_by_id=True)  # keys order as their point ids (index/plan.Keyed)
 
     def _depth(self, request: SearchRequest) -> int:
         return max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
@@ -558,12 +562,15 @@ class Store(ABC):
             raise ValueError(f"dense query has dim {len(request.dense)}, collection {dim}")
 
     def _plan(self, request: SearchRequest) -> Plan:
+        """The engine's ranking of ``request``, deeper than its limit by TIE_MARGIN: see
+        ``_settled``."""
         self._check_dim(request)
+        limit = min(request.limit * TIE_MARGIN, MAX_COUNT)
         query: Nearest | Fused
         if request.mode == "dense":
-            query = Nearest(DENSE, request.dense_vector(), request.limit)
+            query = Nearest(DENSE, request.dense_vector(), limit)
         elif request.mode == "sparse":
-            query = Nearest(SPARSE, request.sparse_vector(), request.limit)
+            query = Nearest(SPARSE, request.sparse_vector(), limit)
         else:
             depth = max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
             query = Fused(
@@ -573,7 +580,7 @@ class Store(ABC):
                 ),
                 request.fusion or self.settings.fusion,
                 request.rrf_k or self.settings.rrf_k,
-                request.limit,
+                limit,
             )
         return Plan(
             query,
@@ -632,6 +639,14 @@ def _scoring(using: str, vector: tuple[float, ...] | SparseVector, ids: frozense
     on the named vector: a stage's scores for known hits, not a search."""
     return Plan(Nearest(using, vector, len(ids)), only_ids=ids, exact=True,
                 with_payload=with_payload)
+
+
+def _settled(ranked: Sequence[Scored], limit: int) -> list[Scored]:
+    """The first ``limit`` of an engine's ranking, equal scores ordered by point id. The
+    engine orders them by its storage order, which depends on how the index was written (two
+    indexes of one corpus answered a query differently), or, for its rrf and dbsf fusions, by
+    chance: the same search gave other orders (and papers) call after call."""
+    return sorted(ranked, key=lambda s: (-s.score, s.point_id))[:limit]
 
 
 def _hit(scored: Scored, dense: float | None = None, sparse: float | None = None) -> Hit:
