@@ -496,6 +496,7 @@ class Store(ABC):
         positives = [vectors[pid] for pid in wanted[:split]]
         negatives = [vectors[pid] for pid in wanted[split:]]
         strategy = examples.strategy or self.settings.recommend_strategy
+        deeper = min(limit * TIE_MARGIN, MAX_COUNT)  # ties settled here: _settled
         if strategy == "auto":
             strategy = "best_score" if negatives else "average_vector"
         query: Nearest | Recommend
@@ -507,14 +508,14 @@ class Store(ABC):
                 raise InvalidExamples("the negative examples cancel the positive ones out: "
                                       "no direction is left to search (try strategy "
                                       "best_score)")
-            query = Nearest(DENSE, tuple(float(x) for x in combined), limit)
+            query = Nearest(DENSE, tuple(float(x) for x in combined), deeper)
         else:
             query = Recommend(DENSE, tuple(map(tuple, positives)), tuple(map(tuple, negatives)),
-                              strategy, limit)
+                              strategy, deeper)
         plan = Plan(query, filter or SearchFilter(), exclude_ids=frozenset(wanted),
                     hnsw_ef=self.settings.hnsw_ef, oversampling=self._oversampling)
         ranked: list[list[Scored]] = yield Batch((plan,))
-        (results,) = ranked
+        results = _settled(ranked[0], limit)
         cosine = strategy == "average_vector"  # a cosine to one vector
         return [_hit(s, dense=s.score if cosine else None) for s in results]
 
