@@ -1068,6 +1068,9 @@ def test_ctrl_c_after_the_index_is_made_leaves_no_index(
     assert not store.path.exists() and not store.created
     with pytest.raises(KeyboardInterrupt):
         EdgeStore(IndexSettings(data_dir=tmp_path / "kept")).ensure_collection(DIM, SHA)
+    with pytest.raises(KeyboardInterrupt):  # reopened by the store that made it: still kept
+        kept.ensure_collection(DIM, SHA)
+    assert not kept.created
     monkeypatch.undo()
     with pytest.raises(CollectionMissing):
         EdgeStore(IndexSettings(data_dir=tmp_path / "index")).ensure_collection(
@@ -1354,9 +1357,9 @@ def test_equal_scores_rank_by_point_id_however_the_index_was_written(factory: Fa
     gave other orders call after call): ties now go by point id, so an index written in other
     batches or another order answers the same, and a search the same every time."""
     twins = [Paper(id=f"twin-{n}", title="lattice galaxy", abstract="kernel sensor battery")
-             for n in range(8)]
+             for n in range(24)]  # past twice the limit: the run is followed deeper
     papers = twins + PAPERS[:6]
-    dense = DENSE[: len(papers)]
+    dense = unit_vectors(len(papers), seed=11)
     sparse = BM25.documents(p.text for p in papers)
     answers = []
     for name, order, batch in (("forward", range(len(papers)), len(papers)),
@@ -1379,6 +1382,12 @@ def test_equal_scores_rank_by_point_id_however_the_index_was_written(factory: Fa
         answers.append(found)
     by_id = tuple(p.id for p in sorted(twins, key=lambda p: p.point_id))
     assert answers[0]["sparse", None] == answers[1]["sparse", None] == by_id[:5]
+    # an explanation gives a tied hit the stage rank it has in the answer
+    explained = Retriever(store).search("lattice galaxy kernel", None, mode="sparse", limit=5,
+                                        explain=True)
+    assert [h.paper.id for h in explained] == list(by_id[:5])
+    assert [h.explanation and h.explanation.sparse and h.explanation.sparse.rank
+            for h in explained] == [1, 2, 3, 4, 5]
 
 
 def test_similar_papers_of_equal_score_rank_by_point_id(factory: Factory) -> None:

@@ -130,6 +130,9 @@ class EdgeStore(Store):
         if stored is not None:
             identity.require(stored, f"index {self.path}")
         made = False  # this open made the directory (its mkdir, not another process's)
+        # this open's making only: a store reopened after a close kept the first open's flags,
+        # and an undo of a cut-short reopen emptied the populated index
+        self.created = self._made_directory = False
         if (self.path / _SHARD_CONFIG).is_file():
             shard = self._load(identity.dim)
         elif not create:

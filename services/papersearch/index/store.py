@@ -73,9 +73,13 @@ _RETRIEVE_CHUNK = 1024
 # the fewest hits hold; a hit's share of the rest is given whole (explain.OTHER_TERMS).
 MAX_EXPLAINED_TERMS = 32
 _SCAN_PAGE = 1024
-# An engine-ranked search (dense, sparse, an rrf or dbsf hybrid) asks the engine for this many
-# times its limit: equal scores are then ordered by point id and cut here (``_settled``).
+# An engine-ranked search (dense, sparse, an rrf or dbsf hybrid, SimilarPapers) asks the engine
+# for this many times its limit, and TIE_GROWTH times more while the papers tied at the cut run
+# past what came back, up to TIE_DEPTH_MAX: equal scores are then ordered by point id and cut
+# here (``_engine_ranked``).
 TIE_MARGIN = 2
+TIE_GROWTH = 4
+TIE_DEPTH_MAX = 4096
 T = TypeVar("T")
 
 
@@ -309,9 +313,7 @@ class Store(ABC):
     def query_program(self, request: SearchRequest) -> Program[list[Hit]]:
         if request.mode == "hybrid" and (request.fusion or self.settings.fusion) == "convex":
             return (yield from self._convex_program(request))
-        plan = self._plan(request)
-        ranked: list[list[Scored]] = yield Batch((plan,))
-        results = _settled(ranked[0], request.limit)
+        results = yield from _engine_ranked(self._plan(request), request.limit)
         if request.mode == "dense":
             return [_hit(s, dense=s.score) for s in results]
         if request.mode == "sparse":
@@ -345,7 +347,8 @@ class Store(ABC):
         plans += [_scoring(SPARSE, SparseVector((index,), (weight,)), ids)
                   for index, weight in terms]
         results: list[list[Scored]] = yield Batch(tuple(plans))
-        lists = {using: StageList.of(ranked, depth)
+        # ties ranked by point id, as the search ranked them (_settled, index/fusion.convex)
+        lists = {using: StageList.of(_settled(ranked, len(ranked)), depth)
                  for (using, _), ranked in zip(stages, results, strict=False)}
         per_term = [(labels.get(index, f"#{index}"), {s.point_id: s.score for s in scored})
                     for (index, _), scored in zip(terms, results[len(stages):], strict=True)]
@@ -378,9 +381,8 @@ class Store(ABC):
         if (request.fusion or self.settings.fusion) == "convex":
             ranked: list[Scored] = yield from self._convex_ranked(request)
         else:
-            results: list[list[Scored]] = yield Batch((replace(self._plan(request),
-                                                               with_payload=False),))
-            ranked = _settled(results[0], request.limit)
+            ranked = yield from _engine_ranked(replace(self._plan(request), with_payload=False),
+                                               request.limit)
         ids = [s.point_id for s in ranked]
         records: list[Record] = yield Fetch(tuple(ids), payload=False, dense=True, sparse=True)
         by_id = {r.point_id: r for r in records}
@@ -496,7 +498,6 @@ class Store(ABC):
         positives = [vectors[pid] for pid in wanted[:split]]
         negatives = [vectors[pid] for pid in wanted[split:]]
         strategy = examples.strategy or self.settings.recommend_strategy
-        deeper = min(limit * TIE_MARGIN, MAX_COUNT)  # ties settled here: _settled
         if strategy == "auto":
             strategy = "best_score" if negatives else "average_vector"
         query: Nearest | Recommend
@@ -508,14 +509,13 @@ class Store(ABC):
                 raise InvalidExamples("the negative examples cancel the positive ones out: "
                                       "no direction is left to search (try strategy "
                                       "best_score)")
-            query = Nearest(DENSE, tuple(float(x) for x in combined), deeper)
+            query = Nearest(DENSE, tuple(float(x) for x in combined), limit)
         else:
             query = Recommend(DENSE, tuple(map(tuple, positives)), tuple(map(tuple, negatives)),
-                              strategy, deeper)
+                              strategy, limit)
         plan = Plan(query, filter or SearchFilter(), exclude_ids=frozenset(wanted),
                     hnsw_ef=self.settings.hnsw_ef, oversampling=self._oversampling)
-        ranked: list[list[Scored]] = yield Batch((plan,))
-        results = _settled(ranked[0], limit)
+        results = yield from _engine_ranked(plan, limit)
         cosine = strategy == "average_vector"  # a cosine to one vector
         return [_hit(s, dense=s.score if cosine else None) for s in results]
 
@@ -563,10 +563,8 @@ class Store(ABC):
             raise ValueError(f"dense query has dim {len(request.dense)}, collection {dim}")
 
     def _plan(self, request: SearchRequest) -> Plan:
-        """The engine's ranking of ``request``, deeper than its limit by TIE_MARGIN: see
-        ``_settled``."""
         self._check_dim(request)
-        limit = min(request.limit * TIE_MARGIN, MAX_COUNT)
+        limit = request.limit
         query: Nearest | Fused
         if request.mode == "dense":
             query = Nearest(DENSE, request.dense_vector(), limit)
@@ -640,6 +638,23 @@ def _scoring(using: str, vector: tuple[float, ...] | SparseVector, ids: frozense
     on the named vector: a stage's scores for known hits, not a search."""
     return Plan(Nearest(using, vector, len(ids)), only_ids=ids, exact=True,
                 with_payload=with_payload)
+
+
+def _engine_ranked(plan: Plan, limit: int) -> Program[list[Scored]]:
+    """The first ``limit`` of the engine's ranking for ``plan`` (whose query asks for
+    ``limit``), equal scores ordered by point id (``_settled``): asked TIE_MARGIN times deeper,
+    and deeper again while the run of scores equal to the one at the cut reaches the end of
+    what came back (a one-word BM25 query ties many papers), up to TIE_DEPTH_MAX; past that
+    the engine's order still decides which of them make the cut."""
+    asked = min(max(limit * TIE_MARGIN, limit + 1), MAX_COUNT)
+    while True:
+        query = replace(plan.query, limit=asked)
+        ranked: list[list[Scored]] = yield Batch((replace(plan, query=query),))
+        found = ranked[0]
+        if (len(found) < asked or len(found) <= limit or asked >= min(TIE_DEPTH_MAX, MAX_COUNT)
+                or found[-1].score != found[limit - 1].score):
+            return _settled(found, limit)
+        asked = min(asked * TIE_GROWTH, TIE_DEPTH_MAX, MAX_COUNT)
 
 
 def _settled(ranked: Sequence[Scored], limit: int) -> list[Scored]:
