@@ -532,11 +532,13 @@ def stub_backend() -> Any:
     return backend
 
 
+@pytest.mark.parametrize("port", ["http_port", "health_port"])
 def test_a_start_that_fails_stops_its_grpc_server_and_removes_its_socket_folder(
-    temp_root: Path,
+    temp_root: Path, port: str,
 ) -> None:
     """The HTTP port taken, start() raised with the gRPC server it had started still listening
-    (liveness SERVING) and its socket folder left in the temporary directory."""
+    (liveness SERVING) and its socket folder left in the temporary directory; the health port
+    taken, before the gRPC server started, its port stayed bound and accepting."""
     from grpc_health.v1 import health_pb2
 
     loop = LoopThread()
@@ -544,11 +546,14 @@ def test_a_start_that_fails_stops_its_grpc_server_and_removes_its_socket_folder(
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
-            settings = stub_gateway_settings(taken.getsockname()[1])
+            settings = stub_gateway_settings(taken.getsockname()[1] if port == "http_port"
+                                             else free_port())
+            if port == "health_port":
+                settings.serve.health_port = taken.getsockname()[1]
 
             async def start() -> Gateway:
                 gateway = Gateway(stub_backend(), settings)
-                with pytest.raises(OSError, match="address already in use"):
+                with pytest.raises(OSError, match="address already in use|cannot bind"):
                     await gateway.start()
                 return gateway
 
@@ -556,7 +561,8 @@ def test_a_start_that_fails_stops_its_grpc_server_and_removes_its_socket_folder(
         assert list(temp_root.iterdir()) == []
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", settings.serve.grpc_port)) != 0
-        assert gateway.health._statuses["liveness"] == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert gateway.health._statuses.get("liveness", health_pb2.HealthCheckResponse.NOT_SERVING
+                                            ) == health_pb2.HealthCheckResponse.NOT_SERVING
         loop.run(gateway.drain(0.1))  # a drain after it (Serve stopping the replica) still ends
     finally:
         loop.close()

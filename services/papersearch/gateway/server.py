@@ -26,6 +26,7 @@ committed stays).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import shutil
@@ -204,6 +205,7 @@ class Gateway:
         self._feed_task: asyncio.Task[None] | None = None
         self.http: HttpFront | None = None
         self._socket_dir: Path | None = None
+        self._servers_started = False  # both gRPC servers (a failed start's undo: _undo_start)
 
     async def start(self) -> None:
         """Bind, start the servers and the background tasks. A drain asked for meanwhile (Serve
@@ -244,6 +246,7 @@ class Gateway:
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
+        self._servers_started = True
         if self.http is not None:
             await self.http.start()
         loop = asyncio.get_running_loop()
@@ -268,9 +271,15 @@ class Gateway:
         if self.http is not None:
             http, self.http = self.http, None
             await http.stop()
-        await self.server.stop(0)
-        if self.health_server is not None:
-            await self.health_server.stop(0)
+        for server in (self.server, self.health_server):
+            if server is None:
+                continue
+            if not self._servers_started:
+                # a port added to a server never started stays bound and accepting for the
+                # process's life (stop alone keeps it): started for a moment, then stopped
+                with contextlib.suppress(Exception):  # the one that failed to start
+                    await server.start()
+            await server.stop(0)
         self._remove_socket_dir()
 
     def _remove_socket_dir(self) -> None:
