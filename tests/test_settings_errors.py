@@ -396,10 +396,10 @@ def test_the_serve_app_names_an_invalid_setting_without_its_value(
     monkeypatch.delenv("PAPERSEARCH_SERVE__API_KEYS")
     for overrides, problem in (
             ({"serve": {"read_api_keys": keys}}, "serve.read_api_keys "
-             "(PAPERSEARCH_SERVE__READ_API_KEYS): Value error, a key must not be empty"),
+             "(the app's args.settings): Value error, a key must not be empty"),
             ({"index": {"backend": "server", "url": f"http://reader:{keys[0]}@qdrant:x"}},
-             "index (PAPERSEARCH_INDEX): Value error, index.url's host or port is not valid "
-             "(http://qdrant:6333), got 'http://qdrant:x'")):
+             "index (the app's args.settings): Value error, index.url's host or port is not "
+             "valid (http://qdrant:6333), got 'http://qdrant:x'")):
         with pytest.raises(ValueError) as raised:
             settings_from_args({"settings": overrides})
         assert str(raised.value).startswith(f"invalid settings: {problem}")
@@ -418,6 +418,52 @@ def test_the_serve_app_overrides_the_environment_and_the_file(
     assert (index.prefetch_limit, index.hnsw_ef, index.rrf_k) == (60, 64, 7)
     with pytest.raises(ValueError, match="config_file .*Extra inputs are not permitted"):
         settings_from_args({"settings": {"config_file": str(tmp_path / "settings.yaml")}})
+
+
+def test_a_bad_value_the_serve_app_gives_is_named_as_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value of the app's args.settings that did not validate was blamed on its variable,
+    set to a valid value or not set at all: the operator looked in the wrong place."""
+    from papersearch.serving.app import settings_from_args
+
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.setenv("PAPERSEARCH_INDEX__HNSW_M", "16")
+    problem = "Input should be less than or equal to 2147483647 (given 1099511627776)"
+    for load in (lambda: load_settings(index={"hnsw_m": 2**40}),
+                 lambda: settings_from_args({"settings": {"index": {"hnsw_m": 2**40}}})):
+        with pytest.raises(ValueError) as raised:
+            load()
+        assert str(raised.value) == (
+            f"invalid settings: index.hnsw_m (the app's args.settings): {problem}")
+    # a top-level setting and a key that is no setting, given there, are theirs too
+    with pytest.raises(ValueError) as raised:
+        load_settings(log_level="loud", index={"hnsw_mm": 16})
+    assert str(raised.value) == (
+        "invalid settings: log_level (the app's args.settings): Input should be 'DEBUG', "
+        "'INFO', 'WARNING', 'ERROR' or 'CRITICAL' (given 'LOUD'); index.hnsw_mm (the app's "
+        "args.settings): Extra inputs are not permitted")
+    # a check of a section: the settings it names, each from where it is set
+    monkeypatch.setenv("PAPERSEARCH_SEARCH__MAX_TOP_K", "20")
+    with pytest.raises(ValueError) as raised:
+        load_settings(search={"default_top_k": 30})
+    assert str(raised.value).startswith(
+        "invalid settings: search (the app's args.settings, PAPERSEARCH_SEARCH__MAX_TOP_K): "
+        "Value error, search.default_top_k (30) is past search.max_top_k (20)")
+    monkeypatch.setenv("PAPERSEARCH_SERVE__RERANK_TIMEOUT_S", "5")
+    with pytest.raises(ValueError) as raised:
+        load_settings(search={"rerank_target_s": 9})
+    assert str(raised.value) == (
+        "invalid settings: Value error, search.rerank_target_s=9 must be below "
+        "serve.rerank_timeout_s=5 (search.rerank_target_s: the app's args.settings; "
+        "serve.rerank_timeout_s: PAPERSEARCH_SERVE__RERANK_TIMEOUT_S)")
+    # without overrides (the commands), the variable is named as before
+    monkeypatch.setenv("PAPERSEARCH_INDEX__HNSW_M", "2")
+    monkeypatch.delenv("PAPERSEARCH_SEARCH__MAX_TOP_K")
+    monkeypatch.delenv("PAPERSEARCH_SERVE__RERANK_TIMEOUT_S")
+    with pytest.raises(ValueError) as raised:
+        load_settings()
+    assert str(raised.value) == ("invalid settings: index.hnsw_m (PAPERSEARCH_INDEX__HNSW_M): "
+                                 "Input should be greater than or equal to 4 (given '2')")
 
 
 @pytest.mark.parametrize(("given", "kept"), [

@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
@@ -941,14 +941,14 @@ class _UniqueKeys(yaml.SafeLoader):
 def load_settings(config_file: Path | None = None, /, **overrides: Any) -> Settings:
     """Build settings, optionally from a YAML file given on the command line; ``overrides``
     (sections or top-level settings) win over everything else. ValueError, in one line, where
-    a value does not validate (each invalid setting named, no key repeated) or the file is not
-    YAML."""
+    a value does not validate (each invalid setting named, no key repeated; one the overrides
+    hold by them, OVERRIDES, not by its variable) or the file is not YAML."""
     if config_file is not None:  # absolute: Serve replicas may start in another directory
         os.environ[CONFIG_ENV] = str(config_file.resolve())
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        raise ValueError(invalid_settings(error)) from None
+        raise ValueError(invalid_settings(error, overrides)) from None
     except SettingsError as error:  # a variable that should hold JSON does not
         unparsable = unparsable_variables(os.environ)
         raise ValueError("invalid settings: " + "; ".join(unparsable) if unparsable
@@ -956,11 +956,14 @@ def load_settings(config_file: Path | None = None, /, **overrides: Any) -> Setti
 
 
 SECRET_WORDS = ("key", "secret", "token", "password")
+# where load_settings' overrides come from: serving/app.py passes the Serve app's args.settings
+OVERRIDES = "the app's args.settings"
 
 
-def invalid_settings(error: ValidationError) -> str:
-    """Each invalid setting by its dotted name and environment variable, what is wrong with it
-    and the value given (where it is one value)."""
+def invalid_settings(error: ValidationError, overrides: Mapping[str, Any] | None = None) -> str:
+    """Each invalid setting by its dotted name and environment variable (OVERRIDES where
+    load_settings' ``overrides`` hold its value: they win over the variable, set or not), what
+    is wrong with it and the value given (where it is one value)."""
     prefix = str(Settings.model_config.get("env_prefix", ""))
     found = []
     for problem in error.errors():
@@ -975,10 +978,19 @@ def invalid_settings(error: ValidationError) -> str:
         value = f" (given {given!r})" if isinstance(given, str | int | float | bool) \
             and not secret else ""
         if not names:  # settings that do not fit together: the message names them
-            found.append(f"{problem['msg']}{value}{_sources_named(prefix, problem['msg'])}")
+            found.append(f"{problem['msg']}{value}"
+                         f"{_sources_named(prefix, problem['msg'], overrides or {})}")
             continue
-        source = (_set_among(prefix, problem["msg"]) if len(names) == 1 else "") \
-            or _source(prefix, names)  # a section's check: the variables it names, if set
+        given = overrides or {}
+        # a section's check: the variables set of those it names, else the section's
+        named_here = _set_among(prefix, problem["msg"]) if len(names) == 1 else ""
+        if _overridden(given, names):
+            source = OVERRIDES
+        elif len(names) == 1 and any(_overridden(given, pair)
+                                     for pair in _named_settings(prefix, problem["msg"])):
+            source = f"{OVERRIDES}, {named_here}" if named_here else OVERRIDES
+        else:
+            source = named_here or _source(prefix, names)
         found.append(f"{'.'.join(where)} ({source}): {problem['msg']}{value}")
     return "invalid settings: " + "; ".join(found)
 
@@ -990,10 +1002,22 @@ def _named_settings(prefix: str, message: str) -> list[tuple[str, str]]:
             if setting_field(f"{prefix}{section}__{key}".upper()) is not None]
 
 
-def _sources_named(prefix: str, message: str) -> str:
+def _overridden(overrides: Mapping[str, Any], names: Sequence[str | int]) -> bool:
+    """Whether ``overrides`` hold a value (not a section) at ``names``, or a key there that
+    is no setting."""
+    value: Any = overrides
+    for name in names:
+        if not isinstance(value, Mapping) or name not in value:
+            return False
+        value = value[name]
+    return not isinstance(value, Mapping)
+
+
+def _sources_named(prefix: str, message: str, overrides: Mapping[str, Any]) -> str:
     """Where each setting a message names is set, as _source says it: a check across
     sections named the settings but not their variables or file."""
-    sources = [f"{section}.{key}: {_source(prefix, [section, key])}"
+    sources = [f"{section}.{key}: " + (OVERRIDES if _overridden(overrides, (section, key))
+                                       else _source(prefix, [section, key]))
                for section, key in _named_settings(prefix, message)]
     return f" ({'; '.join(sources)})" if sources else ""
 
