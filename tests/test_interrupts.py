@@ -450,7 +450,7 @@ def test_ctrl_c_stops_train_reranker_and_a_rerun_resumes_to_the_same_weights(
 ) -> None:
     from papersearch.modelbuild.prepare import training_examples
     from papersearch.modelbuild.sources import resolve_source
-    from papersearch.modelbuild.training import CHECKPOINT_FILE, DONE_MARKER, train
+    from papersearch.modelbuild.training import CHECKPOINT_FILE, DONE_MARKER, RESUME_LOCK, train
 
     cache = _private_cache(model_settings, tmp_path)
     repository = _private_repository(model_settings, embedder_dir, tmp_path)
@@ -474,7 +474,8 @@ def test_ctrl_c_stops_train_reranker_and_a_rerun_resumes_to_the_same_weights(
     assert probe, stopped.stderr[-3000:]
     print(probe.group(0))
     (resume,) = checkpoints.glob("*.resume")
-    assert [p.name for p in resume.iterdir()] == [CHECKPOINT_FILE]  # no temp file left
+    # no temp file left: the checkpoint and the lock of the runs of its key
+    assert sorted(p.name for p in resume.iterdir()) == sorted([CHECKPOINT_FILE, RESUME_LOCK])
     assert not (checkpoints / resume.name.removesuffix(".resume")).exists()
 
     rerun_env = env | {"PAPERSEARCH_TRAINING__CHECKPOINT_EVERY_S": "3600"}

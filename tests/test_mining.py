@@ -231,3 +231,50 @@ def test_training_removes_other_keys_resume_folders_unless_their_run_is_live(
         assert (kept / training.CHECKPOINT_FILE).is_file(), kept
     assert [(getattr(r, "path", None), getattr(r, "bytes", None)) for r in caplog.records
             if r.getMessage() == "another key's resume checkpoint removed"] == [(str(stale), 500)]
+
+
+def test_a_resume_folder_stays_while_another_run_of_its_key_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs of one key share its resume folder, each holding its lock shared. The first to
+    finish removed the folder, lock file included, while the other still trained: its next
+    checkpoint made the folder again with no lock held, and a run of another key removed it
+    mid-training. The folder now goes with the last of them to finish."""
+    torch = pytest.importorskip("torch")
+    from papersearch.modelbuild import training
+    from papersearch.settings import TrainingSettings
+
+    class Tiny(torch.nn.Linear):
+        """The model and its tokenizer: published as Hugging Face's would be."""
+
+        def save_pretrained(self, folder: Path) -> None:
+            (Path(folder) / "weights.bin").write_bytes(b"w")
+
+    tiny = Tiny(1, 1)
+    monkeypatch.setattr(training.AutoTokenizer, "from_pretrained", lambda *a, **k: tiny)
+    monkeypatch.setattr(training.AutoModelForSequenceClassification, "from_pretrained",
+                        lambda *a, **k: tiny)
+    monkeypatch.setattr(training, "_step", lambda model, *_: (model.weight ** 2).sum())
+    monkeypatch.setattr(training, "_seed_everything", lambda *_: None)  # process-wide
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    examples = [TrainingExample(f"q{n}", "positive", ("negative",)) for n in range(12)]
+    cfg = TrainingSettings(checkpoint_every_s=0)  # 3 steps, a checkpoint after each but the last
+    folder = tmp_path / "reranker-checkpoints"
+    key = training.checkpoint_key(base, examples, cfg)
+    own, other = folder / (key + training.RESUME_SUFFIX), folder / "0123456789abcdef.resume"
+    with training._training(own):  # a run of the key, training
+        lock = (own / training.RESUME_LOCK).stat().st_ino
+        # another run of the key trains side by side and finishes first
+        assert training.train(base, examples, cfg, tmp_path, probe=False) == folder / key
+        assert (folder / key / training.DONE_MARKER).is_file()
+        assert (own / training.CHECKPOINT_FILE).is_file()  # its last checkpoint
+        assert (own / training.RESUME_LOCK).stat().st_ino == lock  # the lock still held
+        # a run of another key cannot take it, nor one of this key finding the model cached
+        with training._training(other):
+            training._remove_other_resumes(other)
+        assert training.train(base, examples, cfg, tmp_path, probe=False) == folder / key
+        assert (own / training.RESUME_LOCK).stat().st_ino == lock
+    assert not own.exists()  # the last run of the key to finish removed it
+    assert not other.exists()

@@ -12,8 +12,10 @@ Resumable: every ``checkpoint_every_s`` the whole training state (weights, optim
 RNG states, step, the epoch's order) replaces ``<key>.resume/checkpoint.pt`` atomically, and a
 run with the same key continues from it to the same weights as an uninterrupted run. Ctrl-C
 stops within a fraction of a step; what was checkpointed stays. A run holds its resume
-folder's lock while it trains and removes the resume folders of other keys whose lock it can
-take: left by runs whose settings or examples have changed since, never resumed.
+folder's lock (shared) while it trains and removes the resume folders of other keys whose lock
+it can take: left by runs whose settings or examples have changed since, never resumed. A
+resume folder goes only under its lock taken exclusively: a run that finishes removes its own
+only where no other run of its key still trains (that one removes it when it finishes).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -111,7 +113,7 @@ def train(
     target = cache_dir / "reranker-checkpoints" / checkpoint_key(base_dir, examples, cfg)
     resume_dir = target.with_name(target.name + RESUME_SUFFIX)
     if (target / DONE_MARKER).is_file():
-        shutil.rmtree(resume_dir, ignore_errors=True)
+        _remove_resume(resume_dir)  # unless a run of this key still trains (it removes it)
         log.info("reranker checkpoint cached", extra={"path": str(target)})
         return target
     with _training(resume_dir):
@@ -212,8 +214,7 @@ def _train(
             hook.remove()
     summary = {"examples": len(examples), "steps": plan.steps, "steps_without_budget": all_steps,
                "final_loss": float(np.mean(losses)), **cfg.model_dump(mode="json")}
-    _publish(target, model, tokenizer, summary)
-    shutil.rmtree(resume_dir, ignore_errors=True)
+    _publish(target, model, tokenizer, summary)  # _training then removes resume_dir
     log.info("reranker trained", extra={"path": str(target), "steps": plan.steps,
                                         "final_loss": round(summary["final_loss"], 4)})
     return target
@@ -222,9 +223,13 @@ def _train(
 @contextmanager
 def _training(resume_dir: Path) -> Iterator[None]:
     """Hold ``resume_dir``'s lock (made if absent; shared: runs of one key ran side by side
-    before it and still do) while this run trains: a run of another key removes only the
-    resume folders whose lock it can take. Taken again where the folder was removed between
-    the lock file's open and the lock."""
+    before it and still do) while this run trains: a resume folder is removed only under its
+    lock taken exclusively (_remove_locked), so it stays while this run holds it. Taken again
+    where the folder was removed between the lock file's open and the lock. A run that
+    finishes (the block ends without an exception; one that fails keeps its checkpoint to
+    resume from) removes the folder, unless another run of the key still trains: that run
+    removes it when it finishes (the first of two same-key runs to finish removed it, lock
+    file included, and another key's run then removed the second's checkpoint mid-training)."""
     lock = resume_dir / RESUME_LOCK
     while True:
         resume_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +241,10 @@ def _training(resume_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_SH)
             if _is_file(handle.fileno(), lock):
                 yield
+                # the lock held shared converted to exclusive, without waiting: no deadlock
+                # with another run doing the same, and as a refused conversion drops this
+                # run's shared lock, of two runs finishing at once the later removes it
+                _remove_locked(resume_dir, handle)
                 return
 
 
@@ -246,22 +255,37 @@ def _remove_other_resumes(resume_dir: Path) -> None:
     for other in sorted(resume_dir.parent.glob("*" + RESUME_SUFFIX)):
         if other == resume_dir or not other.is_dir():
             continue
-        lock = other / RESUME_LOCK
-        try:
-            handle = lock.open("a")
-        except OSError:  # removed meanwhile, or not this user's to remove
-            continue
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # its run is training now
-                continue
-            if not _is_file(handle.fileno(), lock):  # removed and made again meanwhile
-                continue
-            size = sum(f.stat().st_size for f in other.rglob("*") if f.is_file())
-            shutil.rmtree(other, ignore_errors=True)
-        log.info("another key's resume checkpoint removed",
-                 extra={"path": str(other), "bytes": size})
+        size = _remove_resume(other)
+        if size is not None:
+            log.info("another key's resume checkpoint removed",
+                     extra={"path": str(other), "bytes": size})
+
+
+def _remove_resume(resume_dir: Path) -> int | None:
+    """Remove ``resume_dir`` unless a run of its key trains now (holds its lock): its size in
+    bytes, None where it stays (or is not there, or not this user's to remove)."""
+    try:
+        handle = (resume_dir / RESUME_LOCK).open("a")
+    except OSError:  # not there (removed meanwhile), or not this user's
+        return None
+    with handle:
+        return _remove_locked(resume_dir, handle)
+
+
+def _remove_locked(resume_dir: Path, handle: IO[str]) -> int | None:
+    """Remove ``resume_dir`` if ``handle`` (its lock file, open) takes the lock exclusively
+    without waiting, and is still the folder's lock file: its size in bytes; else None.
+    Where ``handle`` holds the lock shared, flock converts it; on Linux a conversion refused
+    (another run holds it shared) drops the shared lock too, so call it only when done."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a run of its key trains now
+        return None
+    if not _is_file(handle.fileno(), resume_dir / RESUME_LOCK):  # removed (and made again)
+        return None
+    size = sum(f.stat().st_size for f in resume_dir.rglob("*") if f.is_file())
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return size
 
 
 def _is_file(descriptor: int, path: Path) -> bool:
@@ -400,8 +424,10 @@ def _duration(seconds: float) -> str:
 
 
 def _save_checkpoint(resume_dir: Path, state: dict[str, Any]) -> None:
-    """Replace the resume checkpoint atomically (durable.replaced)."""
-    resume_dir.mkdir(parents=True, exist_ok=True)
+    """Replace the resume checkpoint atomically (durable.replaced). The folder is not made
+    here: _training made it and holds its lock, and a resume folder goes only under its lock
+    taken exclusively (_remove_locked), so it cannot vanish while this run trains. Made again
+    here, it would have held no lock, and another key's run could remove it mid-training."""
     try:
         with replaced(resume_dir / CHECKPOINT_FILE) as f:
             torch.save(state, f)
