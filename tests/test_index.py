@@ -1351,7 +1351,8 @@ def test_server_writes_carry_the_configured_write_ordering() -> None:
         store.close()
 
 
-def test_equal_scores_rank_by_point_id_however_the_index_was_written(factory: Factory) -> None:
+def test_equal_scores_rank_by_point_id_however_the_index_was_written(
+        factory: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Papers of one text tie in BM25. The engine ranks ties in its storage order, which
     follows how the index was written, and its rrf and dbsf fusions by chance (the same search
     gave other orders call after call): ties now go by point id, so an index written in other
@@ -1364,7 +1365,7 @@ def test_equal_scores_rank_by_point_id_however_the_index_was_written(factory: Fa
     answers = []
     for name, order, batch in (("forward", range(len(papers)), len(papers)),
                                ("reversed", range(len(papers) - 1, -1, -1), 1)):
-        store = factory(collection=name)
+        store = factory(collection=name, prefetch_limit=10)  # the run of ties past it
         store.ensure_collection(DIM, SHA)
         rows = list(order)
         for start in range(0, len(rows), batch):
@@ -1388,6 +1389,15 @@ def test_equal_scores_rank_by_point_id_however_the_index_was_written(factory: Fa
     assert [h.paper.id for h in explained] == list(by_id[:5])
     assert [h.explanation and h.explanation.sparse and h.explanation.sparse.rank
             for h in explained] == [1, 2, 3, 4, 5]
+    # rrf fused the engine's order of its lists' ties: the ranks shown are those it used
+    k = store.settings.rrf_k
+    monkeypatch.setattr(store.settings, "fusion", "rrf")
+    for hit in Retriever(store).search("lattice galaxy kernel", DENSE[-1], mode="hybrid",
+                                       limit=5, explain=True, feedback=False):
+        why = hit.explanation
+        assert why is not None and why.dense is not None and why.sparse is not None
+        ranks = [r for r in (why.dense.rank, why.sparse.rank) if r is not None]
+        assert sum(1 / (k + r - 1) for r in ranks) == pytest.approx(hit.score, rel=1e-5)
 
 
 def test_similar_papers_of_equal_score_rank_by_point_id(factory: Factory) -> None:

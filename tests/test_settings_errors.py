@@ -456,6 +456,14 @@ def test_a_bad_value_the_serve_app_gives_is_named_as_its_own(
         "invalid settings: Value error, search.rerank_target_s=9 must be below "
         "serve.rerank_timeout_s=5 (search.rerank_target_s: the app's args.settings; "
         "serve.rerank_timeout_s: PAPERSEARCH_SERVE__RERANK_TIMEOUT_S)")
+    # a variable the overrides win over is not named for a section's check either
+    monkeypatch.setenv("PAPERSEARCH_SERVE__HTTP_PORT", "9000")
+    with pytest.raises(ValueError) as raised:
+        load_settings(serve={"http_port": 50051})
+    assert str(raised.value).startswith(
+        "invalid settings: serve (the app's args.settings): Value error, serve.grpc_port and "
+        "serve.http_port are both 50051")
+    monkeypatch.delenv("PAPERSEARCH_SERVE__HTTP_PORT")
     # without overrides (the commands), the variable is named as before
     monkeypatch.setenv("PAPERSEARCH_INDEX__HNSW_M", "2")
     monkeypatch.delenv("PAPERSEARCH_SEARCH__MAX_TOP_K")

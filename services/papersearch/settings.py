@@ -983,7 +983,7 @@ def invalid_settings(error: ValidationError, overrides: Mapping[str, Any] | None
             continue
         given = overrides or {}
         # a section's check: the variables set of those it names, else the section's
-        named_here = _set_among(prefix, problem["msg"]) if len(names) == 1 else ""
+        named_here = _set_among(prefix, problem["msg"], given) if len(names) == 1 else ""
         if _overridden(given, names):
             source = OVERRIDES
         elif len(names) == 1 and any(_overridden(given, pair)
@@ -1022,12 +1022,14 @@ def _sources_named(prefix: str, message: str, overrides: Mapping[str, Any]) -> s
     return f" ({'; '.join(sources)})" if sources else ""
 
 
-def _set_among(prefix: str, message: str) -> str:
-    """The variables set of the settings a message names ("" if none is set): a check of a
-    whole section named every variable set in it, related or not."""
+def _set_among(prefix: str, message: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """The variables set of the settings a message names ("" if none is set), but those
+    ``overrides`` win over: a check of a whole section named every variable set in it,
+    related or not."""
     set_here = {name.upper() for name in os.environ}
     named = ", ".join(variable for section, key in _named_settings(prefix, message)
-                      if (variable := f"{prefix}{section}__{key}".upper()) in set_here)
+                      if (variable := f"{prefix}{section}__{key}".upper()) in set_here
+                      and not _overridden(overrides or {}, (section, key)))
     file = os.environ.get(CONFIG_ENV)  # the file may have set the others
     return f"{named} or settings file {file}" if named and file else named
 

@@ -50,6 +50,8 @@ def explain_hit(hit: Hit, rank: int, request: SearchRequest, settings: IndexSett
     MAX_EXPLAINED_TERMS), whose part of its BM25 score comes last, as OTHER_TERMS."""
     pid = hit.paper.point_id
     positions = {using: stage.ranks.get(pid) for using, stage in lists.items()}
+    if request.mode != "hybrid":  # the answer is its one stage's ranking, ties settled deeper
+        positions[DENSE if request.mode == "dense" else SPARSE] = rank
     dense = StageRank(positions[DENSE], hit.dense_score) if DENSE in lists else None
     sparse = StageRank(positions[SPARSE], hit.sparse_score) if SPARSE in lists else None
     matched = tuple(sorted(((label, round(score, 6)) for label, scores in terms

@@ -347,8 +347,11 @@ class Store(ABC):
         plans += [_scoring(SPARSE, SparseVector((index,), (weight,)), ids)
                   for index, weight in terms]
         results: list[list[Scored]] = yield Batch(tuple(plans))
-        # ties ranked by point id, as the search ranked them (_settled, index/fusion.convex)
-        lists = {using: StageList.of(_settled(ranked, len(ranked)), depth)
+        # a convex fusion's lists with their ties by point id, as it ranked them; rrf and dbsf
+        # fused the engine's order, so their ranks are read in it (a single stage's ranks are
+        # the answer's: explain_hit)
+        settled = (request.fusion or self.settings.fusion) == "convex"
+        lists = {using: StageList.of(_settled(ranked, len(ranked)) if settled else ranked, depth)
                  for (using, _), ranked in zip(stages, results, strict=False)}
         per_term = [(labels.get(index, f"#{index}"), {s.point_id: s.score for s in scored})
                     for (index, _), scored in zip(terms, results[len(stages):], strict=True)]
@@ -647,14 +650,23 @@ def _engine_ranked(plan: Plan, limit: int) -> Program[list[Scored]]:
     what came back (a one-word BM25 query ties many papers), up to TIE_DEPTH_MAX; past that
     the engine's order still decides which of them make the cut."""
     asked = min(max(limit * TIE_MARGIN, limit + 1), MAX_COUNT)
+    asking = plan
     while True:
         query = replace(plan.query, limit=asked)
-        ranked: list[list[Scored]] = yield Batch((replace(plan, query=query),))
+        ranked: list[list[Scored]] = yield Batch((replace(asking, query=query),))
         found = ranked[0]
         if (len(found) < asked or len(found) <= limit or asked >= min(TIE_DEPTH_MAX, MAX_COUNT)
                 or found[-1].score != found[limit - 1].score):
-            return _settled(found, limit)
+            break
         asked = min(asked * TIE_GROWTH, TIE_DEPTH_MAX, MAX_COUNT)
+        asking = replace(plan, with_payload=False)  # deeper without payloads: fetched below
+    top = _settled(found, limit)
+    if asking is plan or not plan.with_payload:
+        return top
+    records: list[Record] = yield Fetch(tuple(s.point_id for s in top), payload=True,
+                                        dense=False)
+    payloads = {r.point_id: r.payload for r in records}
+    return [replace(s, payload=payloads[s.point_id]) for s in top if s.point_id in payloads]
 
 
 def _settled(ranked: Sequence[Scored], limit: int) -> list[Scored]:
