@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -420,58 +421,55 @@ def test_the_serve_app_overrides_the_environment_and_the_file(
         settings_from_args({"settings": {"config_file": str(tmp_path / "settings.yaml")}})
 
 
+def refused(**overrides: Any) -> str:
+    """load_settings' one-line error for ``overrides``."""
+    with pytest.raises(ValueError) as raised:
+        load_settings(**overrides)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize(("env", "overrides", "expected"), [
+    ({"PAPERSEARCH_INDEX__HNSW_M": "16"}, {"index": {"hnsw_m": 2**40}},
+     "index.hnsw_m (the app's args.settings): Input should be less than or equal to "
+     "2147483647 (given 1099511627776)"),
+    # a top-level setting and a key that is no setting, given there, are theirs too
+    ({}, {"log_level": "loud", "index": {"hnsw_mm": 16}},
+     "log_level (the app's args.settings): Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' "
+     "or 'CRITICAL' (given 'LOUD'); index.hnsw_mm (the app's args.settings): Extra inputs "
+     "are not permitted"),
+    # a check of a section: the settings it names, each from where it is set
+    ({"PAPERSEARCH_SEARCH__MAX_TOP_K": "20"}, {"search": {"default_top_k": 30}},
+     "search (the app's args.settings, PAPERSEARCH_SEARCH__MAX_TOP_K): Value error, "
+     "search.default_top_k (30) is past search.max_top_k (20)"),
+    ({"PAPERSEARCH_SERVE__RERANK_TIMEOUT_S": "5"}, {"search": {"rerank_target_s": 9}},
+     "Value error, search.rerank_target_s=9 must be below serve.rerank_timeout_s=5 "
+     "(search.rerank_target_s: the app's args.settings; serve.rerank_timeout_s: "
+     "PAPERSEARCH_SERVE__RERANK_TIMEOUT_S)"),
+    # a variable the overrides win over is not named for a section's check either
+    ({"PAPERSEARCH_SERVE__HTTP_PORT": "9000"}, {"serve": {"http_port": 50051}},
+     "serve (the app's args.settings): Value error, serve.grpc_port and serve.http_port are "
+     "both 50051"),
+    # without overrides (the commands), the variable is named as before
+    ({"PAPERSEARCH_INDEX__HNSW_M": "2"}, {},
+     "index.hnsw_m (PAPERSEARCH_INDEX__HNSW_M): Input should be greater than or equal to 4 "
+     "(given '2')"),
+])
 def test_a_bad_value_the_serve_app_gives_is_named_as_its_own(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], overrides: dict[str, Any],
+        expected: str) -> None:
     """A value of the app's args.settings that did not validate was blamed on its variable,
     set to a valid value or not set at all: the operator looked in the wrong place."""
     from papersearch.serving.app import settings_from_args
 
     monkeypatch.delenv(CONFIG_ENV, raising=False)
-    monkeypatch.setenv("PAPERSEARCH_INDEX__HNSW_M", "16")
-    problem = "Input should be less than or equal to 2147483647 (given 1099511627776)"
-    for load in (lambda: load_settings(index={"hnsw_m": 2**40}),
-                 lambda: settings_from_args({"settings": {"index": {"hnsw_m": 2**40}}})):
-        with pytest.raises(ValueError) as raised:
-            load()
-        assert str(raised.value) == (
-            f"invalid settings: index.hnsw_m (the app's args.settings): {problem}")
-    # a top-level setting and a key that is no setting, given there, are theirs too
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(ValueError) as raised:
-        load_settings(log_level="loud", index={"hnsw_mm": 16})
-    assert str(raised.value) == (
-        "invalid settings: log_level (the app's args.settings): Input should be 'DEBUG', "
-        "'INFO', 'WARNING', 'ERROR' or 'CRITICAL' (given 'LOUD'); index.hnsw_mm (the app's "
-        "args.settings): Extra inputs are not permitted")
-    # a check of a section: the settings it names, each from where it is set
-    monkeypatch.setenv("PAPERSEARCH_SEARCH__MAX_TOP_K", "20")
-    with pytest.raises(ValueError) as raised:
-        load_settings(search={"default_top_k": 30})
-    assert str(raised.value).startswith(
-        "invalid settings: search (the app's args.settings, PAPERSEARCH_SEARCH__MAX_TOP_K): "
-        "Value error, search.default_top_k (30) is past search.max_top_k (20)")
-    monkeypatch.setenv("PAPERSEARCH_SERVE__RERANK_TIMEOUT_S", "5")
-    with pytest.raises(ValueError) as raised:
-        load_settings(search={"rerank_target_s": 9})
-    assert str(raised.value) == (
-        "invalid settings: Value error, search.rerank_target_s=9 must be below "
-        "serve.rerank_timeout_s=5 (search.rerank_target_s: the app's args.settings; "
-        "serve.rerank_timeout_s: PAPERSEARCH_SERVE__RERANK_TIMEOUT_S)")
-    # a variable the overrides win over is not named for a section's check either
-    monkeypatch.setenv("PAPERSEARCH_SERVE__HTTP_PORT", "9000")
-    with pytest.raises(ValueError) as raised:
-        load_settings(serve={"http_port": 50051})
-    assert str(raised.value).startswith(
-        "invalid settings: serve (the app's args.settings): Value error, serve.grpc_port and "
-        "serve.http_port are both 50051")
-    monkeypatch.delenv("PAPERSEARCH_SERVE__HTTP_PORT")
-    # without overrides (the commands), the variable is named as before
-    monkeypatch.setenv("PAPERSEARCH_INDEX__HNSW_M", "2")
-    monkeypatch.delenv("PAPERSEARCH_SEARCH__MAX_TOP_K")
-    monkeypatch.delenv("PAPERSEARCH_SERVE__RERANK_TIMEOUT_S")
-    with pytest.raises(ValueError) as raised:
-        load_settings()
-    assert str(raised.value) == ("invalid settings: index.hnsw_m (PAPERSEARCH_INDEX__HNSW_M): "
-                                 "Input should be greater than or equal to 4 (given '2')")
+        load_settings(**overrides)
+    assert str(raised.value).startswith(f"invalid settings: {expected}")
+    if overrides:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            settings_from_args({"settings": overrides})
 
 
 @pytest.mark.parametrize(("given", "kept"), [
