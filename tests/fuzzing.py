@@ -61,7 +61,7 @@ PAPER_BREAKERS: list[Callable[[pb.Paper, random.Random], None]] = [
     lambda p, r: setattr(p, "abstract", "a" * r.randint(20_001, 60_000)),
     lambda p, r: setattr(p, "published", r.choice(HOSTILE_DATES[3:])),
     lambda p, r: p.authors.extend(f"author {i}" for i in range(r.randint(101, 400))),
-    lambda p, r: p.categories.extend(["cs.LG\x07"]),
+    lambda p, r: p.categories.extend(["c" * r.randint(257, 1000)]),  # a control one: cleaned
     lambda p, r: setattr(p, "url", "u" * r.randint(2049, 9000)),
 ]
 
