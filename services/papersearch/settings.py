@@ -965,6 +965,7 @@ def invalid_settings(error: ValidationError, overrides: Mapping[str, Any] | None
     load_settings' ``overrides`` hold its value: they win over the variable, set or not), what
     is wrong with it and the value given (where it is one value)."""
     prefix = str(Settings.model_config.get("env_prefix", ""))
+    by_app = overrides or {}
     found = []
     for problem in error.errors():
         where = [str(part) for part in problem["loc"]]
@@ -978,15 +979,13 @@ def invalid_settings(error: ValidationError, overrides: Mapping[str, Any] | None
         value = f" (given {given!r})" if isinstance(given, str | int | float | bool) \
             and not secret else ""
         if not names:  # settings that do not fit together: the message names them
-            found.append(f"{problem['msg']}{value}"
-                         f"{_sources_named(prefix, problem['msg'], overrides or {})}")
+            found.append(f"{problem['msg']}{value}{_sources_named(prefix, problem['msg'], by_app)}")
             continue
-        given = overrides or {}
         # a section's check: the variables set of those it names, else the section's
-        named_here = _set_among(prefix, problem["msg"], given) if len(names) == 1 else ""
-        if _overridden(given, names):
+        named_here = _set_among(prefix, problem["msg"], by_app) if len(names) == 1 else ""
+        if _overridden(by_app, names):
             source = OVERRIDES
-        elif len(names) == 1 and any(_overridden(given, pair)
+        elif len(names) == 1 and any(_overridden(by_app, pair)
                                      for pair in _named_settings(prefix, problem["msg"])):
             source = f"{OVERRIDES}, {named_here}" if named_here else OVERRIDES
         else:
@@ -1022,14 +1021,14 @@ def _sources_named(prefix: str, message: str, overrides: Mapping[str, Any]) -> s
     return f" ({'; '.join(sources)})" if sources else ""
 
 
-def _set_among(prefix: str, message: str, overrides: Mapping[str, Any] | None = None) -> str:
+def _set_among(prefix: str, message: str, overrides: Mapping[str, Any]) -> str:
     """The variables set of the settings a message names ("" if none is set), but those
     ``overrides`` win over: a check of a whole section named every variable set in it,
     related or not."""
     set_here = {name.upper() for name in os.environ}
     named = ", ".join(variable for section, key in _named_settings(prefix, message)
                       if (variable := f"{prefix}{section}__{key}".upper()) in set_here
-                      and not _overridden(overrides or {}, (section, key)))
+                      and not _overridden(overrides, (section, key)))
     file = os.environ.get(CONFIG_ENV)  # the file may have set the others
     return f"{named} or settings file {file}" if named and file else named
 

@@ -567,12 +567,11 @@ class Store(ABC):
 
     def _plan(self, request: SearchRequest) -> Plan:
         self._check_dim(request)
-        limit = request.limit
         query: Nearest | Fused
         if request.mode == "dense":
-            query = Nearest(DENSE, request.dense_vector(), limit)
+            query = Nearest(DENSE, request.dense_vector(), request.limit)
         elif request.mode == "sparse":
-            query = Nearest(SPARSE, request.sparse_vector(), limit)
+            query = Nearest(SPARSE, request.sparse_vector(), request.limit)
         else:
             depth = max(request.prefetch_limit or self.settings.prefetch_limit, request.limit)
             query = Fused(
@@ -582,7 +581,7 @@ class Store(ABC):
                 ),
                 request.fusion or self.settings.fusion,
                 request.rrf_k or self.settings.rrf_k,
-                limit,
+                request.limit,
             )
         return Plan(
             query,
@@ -655,10 +654,10 @@ def _engine_ranked(plan: Plan, limit: int) -> Program[list[Scored]]:
         query = replace(plan.query, limit=asked)
         ranked: list[list[Scored]] = yield Batch((replace(asking, query=query),))
         found = ranked[0]
-        if (len(found) < asked or len(found) <= limit or asked >= min(TIE_DEPTH_MAX, MAX_COUNT)
+        if (len(found) < asked or len(found) <= limit or asked >= TIE_DEPTH_MAX
                 or found[-1].score != found[limit - 1].score):
             break
-        asked = min(asked * TIE_GROWTH, TIE_DEPTH_MAX, MAX_COUNT)
+        asked = min(asked * TIE_GROWTH, TIE_DEPTH_MAX)
         asking = replace(plan, with_payload=False)  # deeper without payloads: fetched below
     top = _settled(found, limit)
     if asking is plan or not plan.with_payload:
