@@ -36,14 +36,20 @@ write_lock = { echo "\# Written by make lock on $$(date -u +%F), Python $$($(1) 
 IMAGE ?= papersearch:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 MODELS ?= build
 
+# torch's CPU build 2.13.0+cpu is not on PyPI: pip's config here finds it on local disk
+# (find-links); elsewhere `make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX_URL ?=
+TORCH_INDEX = $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+
 # Installs exactly $(LOCK): pip first, then the project; -c pins its dependencies (torch to
-# the CPU build 2.13.0+cpu on this machine's disk), --build-constraint the isolated build env
-# of the editable install (setuptools, grpcio-tools: pip >= 26.2 applies no -c there).
+# the CPU build, above), --build-constraint the isolated build env of the editable install
+# (setuptools, grpcio-tools: pip >= 26.2 applies no -c there).
 $(STAMP): pyproject.toml Makefile setup.py $(LOCK) $(PROTOS) $(PROTO_GEN)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call prune_venv,$(PY),$(LOCK))
 	$(PY) -m pip install --quiet -c $(LOCK) pip setuptools
-	$(PY) -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK) -e '.[export,dev,loadtest,distributed]'
+	$(PY) -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK) $(TORCH_INDEX) \
+		-e '.[export,dev,loadtest,distributed]'
 	@$(call check_lock,$(PY),$(LOCK))
 	# gRPC stubs (pip's build_py made them too; this uses .venv's grpcio-tools, matching its grpcio).
 	$(PY) -m papersearch.api.generate
@@ -103,7 +109,7 @@ lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
 	# torch 2.13.0 first: the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
-	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(TORCH_INDEX) torch==2.13.0
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[export,dev,loadtest,distributed]' $(KUBECTL_PKG)
 	mkdir -p requirements && $(call write_lock,$(LOCK_VENV)/bin/python,$(LOCK))
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)

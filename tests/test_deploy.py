@@ -619,3 +619,20 @@ def test_the_serve_config_is_deployed_under_serve_app_name_with_overrides_merged
     path.write_text(yaml.safe_dump(source))
     with pytest.raises(ValueError, match="no application named 'search-prod'"):
         load_config(path, tmp_path, app_name="search-prod")
+
+
+def test_missing_serve_config_names_the_setting_and_where_it_was_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A relative serve.serve_config is read from the working directory: an installed
+    papersearch started outside the repository was told only that the file did not exist."""
+    from papersearch.serving.launcher import load_config
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as relative:
+        load_config(Path("deploy/serve/papersearch.yaml"), tmp_path)
+    assert f"relative to the working directory {tmp_path}" in str(relative.value)
+    assert "PAPERSEARCH_SERVE__SERVE_CONFIG" in str(relative.value)
+    with pytest.raises(FileNotFoundError) as absolute:
+        load_config(tmp_path / "missing.yaml", tmp_path)
+    assert "working directory" not in str(absolute.value)

@@ -51,7 +51,11 @@ def load_config(
     from ray.serve.schema import ServeDeploySchema
 
     if not path.is_file():
-        raise FileNotFoundError(f"Serve config {path} does not exist")
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise FileNotFoundError(
+            f"Serve config {path} does not exist{where}: serve.serve_config names it "
+            "(PAPERSEARCH_SERVE__SERVE_CONFIG); the default is the repository's "
+            "deploy/serve/papersearch.yaml, read from the repository root")
     config = yaml.safe_load(path.read_text()) | (config_overrides or {})
     apps = config.get("applications", [])
     if app_name is not None and len(apps) == 1:
