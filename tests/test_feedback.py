@@ -132,6 +132,28 @@ def test_feedback_asked_per_search(loaded: Store) -> None:  # noqa: F811
         loaded.settings = saved
 
 
+def test_feedback_that_adds_nothing_is_not_said_to_have_run(loaded: Store) -> None:  # noqa: F811
+    """Top papers with no BM25 term and no dense side: the expansion changes nothing, so the
+    search is the plain one and does not say feedback ran (it did, and paid a second pass)."""
+    text, vector = f"graph protein {RARE}", DENSE[RARE_AT]
+    saved = loaded.settings
+    try:
+        loaded.settings = saved.model_copy(update={**FEEDBACK, "prf_enabled": False})
+        plain = loaded.execute(Retriever(loaded).retrieve_program(text, vector, limit=5))
+        loaded.settings = saved.model_copy(update={**FEEDBACK, "prf_dense_docs": 0})
+        retriever = Retriever(loaded)
+        request = SearchRequest(mode="hybrid", dense=vector, sparse=retriever.bm25.query(text),
+                                limit=5)
+        stripped = [replace(record, sparse=None) for record in loaded.execute(
+            loaded.feedback_program(replace(request, limit=3)))]
+        assert stripped and retriever.feedback.expand(request, stripped) is request
+        assert retriever.feedback.expand(request, []) is request
+        ran = loaded.execute(retriever.retrieve_program(text, vector, limit=5))
+        assert ran.feedback is True and ran.hits != plain.hits  # the BM25 side adds terms
+    finally:
+        loaded.settings = saved
+
+
 def test_feedback_respects_the_filter(loaded: Store) -> None:  # noqa: F811
     saved = loaded.settings
     try:
@@ -153,5 +175,9 @@ def test_feedback_settings() -> None:
     assert feedback.docs == 10
     assert replace(feedback, dense_docs=0, sparse_docs=0).docs == 0
     assert replace(feedback, enabled=False).docs == 0
+    # a side with a weight of 0 adds nothing: its papers are not fetched for it
+    assert replace(feedback, sparse_weight=0.0).docs == 3
+    assert replace(feedback, dense_weight=0.0).docs == 10
+    assert replace(feedback, dense_weight=0.0, sparse_weight=0.0).docs == 0
     assert Feedback.from_settings(IndexSettings()).docs == 10  # on by default
     assert Feedback.from_settings(IndexSettings(prf_enabled=False)).docs == 0

@@ -42,22 +42,28 @@ class Feedback:
 
     @property
     def docs(self) -> int:
-        """Papers the first pass must return; 0: feedback off."""
-        return max(self.dense_docs, self.sparse_docs) if self.enabled else 0
+        """Papers the first pass must return; 0: feedback off, asked off or a no-op (a side
+        with no papers or a weight of 0 adds nothing: the first pass would be paid for
+        nothing, and the search said feedback had run)."""
+        dense = self.dense_docs if self.dense_weight > 0 else 0
+        sparse = self.sparse_docs if self.sparse_weight > 0 else 0
+        return max(dense, sparse) if self.enabled else 0
 
     def expand(self, request: SearchRequest, top: Sequence[Record]) -> SearchRequest:
         """``request`` with its vectors expanded from the first pass's ``top`` papers;
-        ``request`` itself when there are none (nothing matched: nothing to expand)."""
-        if not top:
-            return request
+        ``request`` itself when they change neither (nothing matched, or the papers hold
+        nothing a side with a weight could add)."""
+        dense, query = request.dense_vector(), request.sparse_vector()
         vectors = [r.dense for r in top[: self.dense_docs] if r.dense is not None]
-        dense = request.dense_vector()
-        if vectors:
+        dense_added = bool(vectors) and self.dense_weight > 0
+        if dense_added:
             dense = expand_dense(dense, vectors, self.dense_weight)
         docs = [r.sparse or SparseVector((), ()) for r in top[: self.sparse_docs]]
-        sparse = request.sparse_vector()
-        if docs:  # their BM25 vectors as stored (a paper with no BM25 term: empty)
-            sparse = expand_sparse(sparse, docs, self.sparse_terms, self.sparse_weight)
+        # their BM25 vectors as stored (a paper with no BM25 term: empty); the query itself
+        # back where they hold no term or the weight is 0
+        sparse = expand_sparse(query, docs, self.sparse_terms, self.sparse_weight)
+        if not dense_added and sparse is query:
+            return request
         return replace(request, dense=dense, sparse=sparse)
 
 
