@@ -201,9 +201,20 @@ def test_a_settings_file_says_each_thing_once(
     ({"PAPERSEARCH_SERVE__MAX_CONNECTION_IDLE_S": "2592000"},
      "serve.max_connection_idle_s (PAPERSEARCH_SERVE__MAX_CONNECTION_IDLE_S): Input should be "
      "less than or equal to 2147483 (given '2592000')"),
-    ({"PAPERSEARCH_SERVE__KEEPALIVE_TIMEOUT_S": "inf"},
+    ({"PAPERSEARCH_SERVE__KEEPALIVE_TIMEOUT_S": "3e9"},
      "serve.keepalive_timeout_s (PAPERSEARCH_SERVE__KEEPALIVE_TIMEOUT_S): Input should be "
-     "less than or equal to 2147483 (given 'inf')"),
+     "less than or equal to 2147483 (given '3e9')"),
+    # an infinite feedback weight gave NaN scores (the sparse one) or failed every hybrid
+    # search (the dense one); an infinite k3 made every query term NaN: nothing matched
+    ({"PAPERSEARCH_INDEX__PRF_SPARSE_WEIGHT": "inf"},
+     "index.prf_sparse_weight (PAPERSEARCH_INDEX__PRF_SPARSE_WEIGHT): Input should be a finite "
+     "number (given 'inf')"),
+    ({"PAPERSEARCH_INDEX__BM25_QUERY_K3": "Infinity"},
+     "index.bm25_query_k3 (PAPERSEARCH_INDEX__BM25_QUERY_K3): Input should be a finite "
+     "number (given 'Infinity')"),
+    ({"PAPERSEARCH_INDEX__PRF_DENSE_WEIGHT": "1e308"},  # the expanded vector's norm overflowed
+     "index.prf_dense_weight (PAPERSEARCH_INDEX__PRF_DENSE_WEIGHT): Input should be less than "
+     "or equal to 100 (given '1e308')"),
     ({"PAPERSEARCH_SERVE__MAX_SEND_BYTES": "3000000000"},
      "serve.max_send_bytes (PAPERSEARCH_SERVE__MAX_SEND_BYTES): Input should be less than or "
      "equal to 2147483647 (given '3000000000')"),

@@ -84,9 +84,9 @@ def _path_not_blank(model: type[BaseModel], value: Any, info: ValidationInfo) ->
 
 class Section(BaseModel):
     """A section of the settings: an unknown key in it (a typo) is refused, as at the top; so
-    is an empty path."""
+    are an empty path and an infinite number (an infinite weight gave NaN scores)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -270,7 +270,7 @@ class IndexSettings(Section):
                                  "uses each dataset's own mean.",
     )
     bm25_query_k3: float = Field(
-        0.0, ge=0, description="BM25 query-term saturation: a term said f times in the query "
+        0.0, ge=0, le=MAX_COUNT, description="BM25 query-term saturation: a term said f times in the query "
                                "weighs (k3 + 1) f / (k3 + f); 0 counts each term once, large "
                                "values count every repeat (for long, paragraph-like queries).",
     )
@@ -286,12 +286,13 @@ class IndexSettings(Section):
                               "search; a request's own feedback field overrides it.")
     prf_dense_docs: int = Field(3, ge=0, description="Top papers whose vectors join the query "
                                                      "vector (0: no dense feedback).")
-    prf_dense_weight: float = Field(0.6, ge=0, description="Their mean vector's weight.")
+    prf_dense_weight: float = Field(0.6, ge=0, le=100,
+                                    description="Their mean vector's weight (the query's: 1).")
     prf_sparse_docs: int = Field(10, ge=0, description="Top papers whose BM25 terms expand the "
                                                        "query (0: no BM25 feedback).")
     prf_sparse_terms: int = Field(20, ge=1, description="Expansion terms taken from them.")
-    prf_sparse_weight: float = Field(0.5, ge=0, description="The heaviest expansion term's "
-                                                            "weight (a query term weighs 1).")
+    prf_sparse_weight: float = Field(0.5, ge=0, le=100, description="The heaviest expansion "
+                                     "term's weight (a query term weighs 1).")
     upsert_batch_size: int = Field(256, ge=1, description="Points per engine write operation.")
     shard_number: int = Field(1, ge=1, description="Server backend: shards at creation.")
     replication_factor: int = Field(1, ge=1, description="Server backend: replicas at creation.")
@@ -403,7 +404,8 @@ class SearchSettings(Section):
     rerank_weight: float = Field(
         0.1, ge=0.0, le=1.0, description="Reranker's share in the rank fusion (1: reranker only)."
     )
-    rerank_rrf_k: float = Field(5.0, gt=0, description="k of the rerank rank fusion.")
+    rerank_rrf_k: float = Field(5.0, gt=0, le=MAX_COUNT,
+                                description="k of the rerank rank fusion.")
 
     @model_validator(mode="after")
     def _default_within_max(self) -> SearchSettings:
