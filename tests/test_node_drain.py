@@ -6,6 +6,7 @@ drain is asked for whatever Ray's state API does."""
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -35,6 +36,10 @@ def cluster() -> Iterator[tuple[Any, str, str]]:
     # without making the folder: on a machine where Ray never ran, /tmp/ray did not exist and
     # the fixture failed (FileNotFoundError). Here it is the test's own folder.
     (temp_dir / "ray").mkdir()
+    # Each Node of the Cluster (and ray.init) installs a SIGTERM handler that cleans up and
+    # exits; left behind, a SIGTERM to pytest later ran it on a cluster long gone. Put back
+    # at the end (conftest's guard runs per test, after this fixture: it kept Ray's).
+    handled = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     with pytest.MonkeyPatch.context() as environment:
         environment.setenv("RAY_TMPDIR", str(temp_dir))
         nodes = Cluster(initialize_head=True, head_node_args={
@@ -57,8 +62,16 @@ def cluster() -> Iterator[tuple[Any, str, str]]:
         finally:
             serve.shutdown()
             ray.shutdown()
+            # The Cluster's own state client stayed connected to the GCS that shutdown kills
+            # first; a client still calling a GCS gone past Ray's reconnect timeout ends the
+            # process natively (exit 1, no pytest summary: a likely cause of the one CI run
+            # that ended so here, not reproduced).
+            nodes.global_state.disconnect()
             nodes.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
+            for signum, handler in handled.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
 
 
 @pytest.mark.slow

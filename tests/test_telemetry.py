@@ -19,7 +19,10 @@ class RecordingCounter:
         self.records.append((value, tags))
 
 
-def test_counter_increments_are_summed_per_series_until_flushed() -> None:
+def test_counter_increments_are_summed_per_series_until_flushed(monkeypatch: Any) -> None:
+    import papersearch.telemetry as telemetry
+
+    monkeypatch.setattr(telemetry, "COUNTER_FLUSH_S", 3600)  # only the flushes asked for here
     metrics = Metrics()
     counter = RecordingCounter()
     as_counter = cast(Counter, counter)
@@ -52,9 +55,12 @@ class RefusingCounter(RecordingCounter):
         raise ValueError("refused")
 
 
-def test_one_refused_series_does_not_stop_the_others() -> None:
+def test_one_refused_series_does_not_stop_the_others(monkeypatch: Any) -> None:
     """Ray's ValueError on one increment (0 was one) ended the flusher thread: every count
     after it piled up in the process and never reached Ray."""
+    import papersearch.telemetry as telemetry
+
+    monkeypatch.setattr(telemetry, "COUNTER_FLUSH_S", 3600)  # only the flush asked for here
     metrics = Metrics()
     good, bad = RecordingCounter(), RefusingCounter()
     metrics._count(cast(Counter, good), 0.0, {"n": "zero"})  # not even sent: Ray refuses 0
