@@ -270,9 +270,10 @@ class IndexSettings(Section):
                                  "uses each dataset's own mean.",
     )
     bm25_query_k3: float = Field(
-        0.0, ge=0, le=MAX_COUNT, description="BM25 query-term saturation: a term said f times in the query "
-                               "weighs (k3 + 1) f / (k3 + f); 0 counts each term once, large "
-                               "values count every repeat (for long, paragraph-like queries).",
+        0.0, ge=0, le=MAX_COUNT,
+        description="BM25 query-term saturation: a term said f times in the query weighs "
+                    "(k3 + 1) f / (k3 + f); 0 counts each term once, large values count every "
+                    "repeat (for long, paragraph-like queries).",
     )
     bm25_title_weight: int = Field(
         1, ge=1, le=10, description="BM25 documents: the title is said this many times before "
