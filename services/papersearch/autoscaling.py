@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+from papersearch.tasks import forget
+
 T = TypeVar("T")
 
 UTILIZATION = "utilization"  # the custom metric a replica reports (record_autoscaling_stats)
@@ -82,6 +84,7 @@ class BusyMeter:
             try:
                 return await asyncio.shield(running)
             except asyncio.CancelledError:
+                forget(running)  # its failure has no caller left to tell
                 await asyncio.wait([running])
                 raise
 

@@ -26,6 +26,7 @@ from papersearch.index.query import Hit
 from papersearch.pipeline.backend import Backend
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.settings import ServeSettings, Settings
+from papersearch.tasks import forget
 from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ async def _send(context: grpc.aio.ServicerContext, watch: Watch, event: pb.Watch
         await asyncio.wait((write, over), return_when=asyncio.FIRST_COMPLETED)
     finally:
         over.cancel()
+        forget(write)  # this call cancelled as its write failed: nobody reads the failure
         if not write.done():  # the watch ended, or this call was cancelled
             write.cancel()
     if not write.done():
@@ -372,6 +374,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         try:
             while not self.closing.is_set():
                 message = asyncio.ensure_future(anext(messages))
+                forget(message)  # the call cancelled as the stream ended: the end unread
                 try:
                     await asyncio.wait((message, closing), return_when=asyncio.FIRST_COMPLETED)
                 finally:  # the drain, or the call ended (its deadline): the read goes with it

@@ -24,6 +24,7 @@ from papersearch.models.manifest import ModelNotFound, ModelRef, read_manifest
 from papersearch.pipeline.index_access import IndexAccess
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.settings import Settings
+from papersearch.tasks import forget
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ class Collections:
                     asyncio.to_thread(self.make_access, self.settings, view))
             try:
                 access = await asyncio.shield(opening)
+            except asyncio.CancelledError:  # the open goes on: a failure no bind may read
+                forget(opening)
+                raise
             except Exception:  # failed (not cancelled): the next bind opens it again
                 if self._opening.get(view) is opening:
                     del self._opening[view]
