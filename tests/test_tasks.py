@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -72,7 +72,7 @@ def test_an_upsert_stream_that_ends_as_its_call_is_cancelled() -> None:
         call.cancel()
         await asyncio.wait([call])
         assert call.cancelled()
-        await reading.aclose()
+        await cast(AsyncGenerator[Any, None], reading).aclose()
 
     assert unread_failures(scenario) == []
 
