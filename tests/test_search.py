@@ -80,6 +80,16 @@ def test_rerank_stage_reports_scores_and_timings(pipeline: Sync) -> None:
     assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
 
 
+def test_fewer_candidates_than_the_window_are_said_and_the_window_kept(
+        pipeline: Sync, sample_settings: Settings) -> None:
+    """A one-word BM25 search finds fewer papers than the window: the response says how many
+    were reranked; the metrics label the window (a few values), not that count (any of 0 to
+    rerank_top_n: one series each)."""
+    result = pipeline.search(SearchQuery("FedWon", top_k=5, mode="sparse"))
+    assert result.reranked
+    assert 0 < result.rerank_depth < result.rerank_window == sample_settings.search.rerank_top_n
+
+
 def test_stopword_query_falls_back_to_dense(pipeline: Sync) -> None:
     hits = pipeline.search(SearchQuery("the of and", rerank=False)).hits
     assert len(hits) == 10

@@ -180,9 +180,9 @@ class Metrics:
         self._count(self.http_requests, 1.0, tags)
         self.http_latency.observe(latency_s * 1000.0, tags=tags)
 
-    def search(self, reranked: bool, rerank_depth: int, feedback: bool) -> None:
+    def search(self, reranked: bool, rerank_window: int, feedback: bool) -> None:
         self._count(self.searches, 1.0, {"reranked": "true" if reranked else "false",
-                                         "rerank_depth": str(rerank_depth),
+                                         "rerank_depth": str(rerank_window),
                                          "feedback": "true" if feedback else "false"})
 
     def read_retried(self, deployment: str) -> None:

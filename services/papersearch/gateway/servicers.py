@@ -79,7 +79,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             await _fail(context, error)
         response = await self._within_send_limit(convert.search_response_to_proto(result),
                                                   context)
-        metrics().search(result.reranked, result.rerank_depth, result.feedback)  # answered
+        # answered; labelled by the ladder's window (a few values), not the count reranked
+        metrics().search(result.reranked, result.rerank_window, result.feedback)
         return response
 
     async def SimilarPapers(  # noqa: N802

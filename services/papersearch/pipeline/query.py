@@ -83,7 +83,9 @@ class SearchResult:
     """``below_min_relevance``: hits of the requested top_k that the query's min_relevance
     dropped (0 without one); ``rerank_depth``: the candidates the reranker scored (0 when not
     reranked; pipeline/rerank_depth.py); ``feedback``: query feedback expanded the query
-    (retriever/feedback.py)."""
+    (retriever/feedback.py); ``rerank_window``: the ladder's window the search was given (0:
+    none), which ``rerank_depth`` is unless fewer candidates came (the gateway's own: not in
+    the response, not compared)."""
 
     hits: tuple[SearchHit, ...]
     reranked: bool
@@ -91,6 +93,7 @@ class SearchResult:
     below_min_relevance: int = 0
     rerank_depth: int = 0
     feedback: bool = False
+    rerank_window: int = field(default=0, compare=False)
 
 
 def cut_below(

@@ -106,7 +106,8 @@ class SearchPipeline:
         hits, dropped = cut_below(tuple(ranked), query.min_relevance)
         timings["total"] = _ms_since(started)
         return SearchResult(hits, reranked is not None, timings, dropped,
-                            min(window, len(candidates)) if reranked else 0, retrieved.feedback)
+                            min(window, len(candidates)) if reranked else 0, retrieved.feedback,
+                            window if reranked else 0)
 
     def _rerank_budget(self, deadline: float | None) -> float:
         """The rerank stage's time: ``rerank_timeout_s``, cut to what the caller's deadline
