@@ -97,18 +97,20 @@ def scratch_gateways(
 
 class Switchable(LocalBackend):
     """The real in-process backend (no reranker); ``down`` makes readiness fail, ``delay_s``
-    slows every query's encoding."""
+    slows every query's encoding; ``polls`` counts readiness asked."""
 
     def __init__(self, backend: LocalBackend, delay_s: float = 0.0) -> None:
         super().__init__(backend.encoder, backend.store, None)
         self.down = False
         self.delay_s = delay_s
+        self.polls = 0
 
     async def encode_query(self, text: str) -> np.ndarray:
         await asyncio.sleep(self.delay_s)
         return await super().encode_query(text)
 
     async def ready(self) -> bool:
+        self.polls += 1
         if self.down:
             raise StoreUnavailable("index not reachable")
         return await super().ready()

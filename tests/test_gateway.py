@@ -745,6 +745,19 @@ def test_index_refusals_tell_the_client_what_and_the_log_where(
                    for r in caplog.records)
 
 
+def test_one_failure_met_by_many_calls_is_one_incident(caplog: pytest.LogCaptureFixture) -> None:
+    """The collection opener hands every call within its retry interval the one failure it
+    met: each call logged it again under a new id (500 lines in 1.7 s of searches)."""
+    met = StoreUnavailable("qdrant-edge open: /srv/secret/papers: Permission denied")
+    told = {to_status(met)[1] for _ in range(50)}
+    assert len(told) == 1
+    logged = [r for r in caplog.records if r.getMessage() == "index unavailable"]
+    assert len(logged) == 1 and f"incident {logged[0].incident})" in told.pop()
+    again = StoreUnavailable("qdrant-edge open: /srv/secret/papers: Permission denied")
+    assert to_status(again) != to_status(met)  # a failure met again: a new incident
+    assert len([r for r in caplog.records if r.getMessage() == "index unavailable"]) == 2
+
+
 def test_unexpected_error_is_internal_without_details(fault: tuple[Faulty, SearchClient]) -> None:
     backend, client = fault
     backend.fault = "internal"

@@ -25,6 +25,8 @@ from papersearch.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
+INCIDENT_ATTRIBUTE = "papersearch_incident"  # the id an error was logged under (_incident)
+
 
 def root_cause(error: BaseException) -> BaseException:
     """Ray wraps a replica's exception; its ``cause`` is the original one, message intact."""
@@ -81,8 +83,18 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def _incident(error: BaseException, what: str, level: int, *, traceback: bool = False) -> str:
-    """Log ``error`` under a new incident id, the one its client is told."""
+    """Log ``error`` under a new incident id, the one its client is told; an error already
+    logged keeps its id and is not logged again. The collection opener gives every call
+    within its retry interval the one failure it met: during an outage each search wrote the
+    same line again (500 in 1.7 s), where one failure is one incident."""
+    incident = getattr(error, INCIDENT_ATTRIBUTE, None)
+    if isinstance(incident, str):
+        return incident
     incident = uuid.uuid4().hex[:12]
     log.log(level, what, extra={"incident": incident, "detail": str(error)},
             exc_info=error if traceback else None)
+    try:
+        setattr(error, INCIDENT_ATTRIBUTE, incident)
+    except AttributeError:  # an exception type with slots: logged each time, as before
+        pass
     return incident

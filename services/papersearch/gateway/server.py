@@ -348,7 +348,10 @@ class Gateway:
         self._start_drain()  # not awaited: the drain cancels this watcher
 
     async def _watch_backend(self) -> None:
+        """Readiness from the backend, every health poll; a failure's reason is logged when it
+        changes, not at every poll (17,280 identical lines a day at the default 5 s)."""
         serving: bool | None = None
+        reason: str | None = None
         while True:
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
@@ -358,8 +361,12 @@ class Gateway:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 (any failure means not ready)
-                log.warning("backend not ready", extra={"reason": repr(error)[:200]})
+                if repr(error)[:200] != reason:
+                    reason = repr(error)[:200]
+                    log.warning("backend not ready", extra={"reason": reason})
                 ok = False
+            else:
+                reason = None
             if ok != serving:
                 serving = ok
                 await self._set_ready(ok)
