@@ -128,3 +128,30 @@ def test_document_calls_run_one_at_a_time(
     vectors = asyncio.run(upserts())
     assert [v.shape for v in vectors] == [(1, encoder.dim)] * 6
     assert most == 1
+
+
+def test_a_replica_keeps_at_most_two_other_embedders_loaded(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path,
+) -> None:
+    """Each embedder a call named stayed loaded until the replica restarted: every finished
+    migration left its old model in memory. The least recently used other one goes first;
+    the configured one stays; a call naming an unloaded one loads it again."""
+    name = model_settings.models.embedder_name
+    for version in (1, 2, 3, 4):  # four versions of one export, as a migrated repository
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / str(version)).symlink_to(embedder_dir)
+    settings = model_settings.model_copy(update={"models": model_settings.models.model_copy(
+        update={"repository": tmp_path})})
+    replica = deployment.QueryEncoderDeployment.func_or_class(settings)
+    assert deployment.EXTRA_EMBEDDERS == 2 and replica.default == f"{name}@1"  # the manifest's
+
+    async def calls() -> None:
+        for version in (2, 3, 2, 4):  # 3 is the least recently used when 4 comes
+            assert (await replica.encode(["a query"], f"{name}@{version}")).shape[0] == 1
+        assert list(replica._encoders) == [f"{name}@1", f"{name}@2", f"{name}@4"]
+        assert set(replica._batches) == {f"{name}@2", f"{name}@4"}
+        assert (await replica.encode(["a query"], f"{name}@3")).shape[0] == 1  # loaded again
+        assert list(replica._encoders) == [f"{name}@1", f"{name}@4", f"{name}@3"]
+        assert (await replica.encode(["a query"])).shape[0] == 1  # the configured one
+
+    asyncio.run(calls())

@@ -10,6 +10,8 @@ upsert's, a migration's) are encoded one call at a time too, beside the queries'
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,19 +25,26 @@ from papersearch.models.manifest import ModelRef
 from papersearch.settings import Settings
 from papersearch.telemetry import metrics
 
+log = logging.getLogger(__name__)
+
+# Embedders a replica keeps loaded besides its configured one (a migration's two); one more
+# unloads the least recently used. Each finished migration left its old model loaded in every
+# replica until it restarted (~45 MB an int8 MiniLM, more for a larger model).
+EXTRA_EMBEDDERS = 2
+
 
 @serve.deployment(name="QueryEncoder")
 class QueryEncoderDeployment:
     """Runs the configured embedder, and any other exported one a call names (``name@version``
     in the model repository, loaded on first use: an embedder migration's new model), each
-    with its own batches."""
+    with its own batches; at most EXTRA_EMBEDDERS such others at a time."""
 
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.log_level, settings.log_format)  # the precision line shows
         self.settings = settings
         default = Encoder.from_settings(settings.models)
         self.default = str(ModelRef(default.manifest.name, default.manifest.version))
-        self._encoders: dict[str, Encoder] = {self.default: default}
+        self._encoders: OrderedDict[str, Encoder] = OrderedDict({self.default: default})
         self._batches: dict[str, Coalescer[list[str], np.ndarray]] = {}
         self._loads: dict[str, asyncio.Future[None]] = {}  # an embedder being loaded
         # one document batch at a time, whatever the embedder: each had run at once on a
@@ -73,12 +82,13 @@ class QueryEncoderDeployment:
         one load, and a caller cancelled meanwhile (its deadline) leaves it running for the
         others and the next: the load was lost with it and began again for the next call."""
         key = embedder or self.default
-        if key not in self._encoders:
+        while key not in self._encoders:  # again if others' loads unloaded it meanwhile
             load = self._loads.get(key)
             if load is None:
                 load = self._loads[key] = asyncio.ensure_future(self._load(key))
                 load.add_done_callback(lambda done: self._loaded(key, done))
             await asyncio.shield(load)
+        self._encoders.move_to_end(key)
         return self._encoders[key]
 
     async def _load(self, key: str) -> None:
@@ -87,6 +97,12 @@ class QueryEncoderDeployment:
         self._encoders[key] = await asyncio.to_thread(Encoder, path,
                                                       Encoder.runtime_options(models))
         metrics().model_loaded("QueryEncoder", self._encoders[key])
+        others = [k for k in self._encoders if k != self.default]  # least recently used first
+        for unused in others[: max(0, len(others) - EXTRA_EMBEDDERS)]:
+            # calls running on it keep it until they end; the next one loads it again
+            del self._encoders[unused]
+            self._batches.pop(unused, None)
+            log.info("embedder unloaded", extra={"embedder": unused, "loaded": key})
 
     def _loaded(self, key: str, load: asyncio.Future[None]) -> None:
         """A finished load: the next call after a failed one tries again."""
@@ -96,8 +112,8 @@ class QueryEncoderDeployment:
 
     async def _coalescer(self, embedder: str | None) -> Coalescer[list[str], np.ndarray]:
         key = embedder or self.default
+        encoder = await self._encoder(key)  # loaded, and the most recently used
         if key not in self._batches:
-            encoder = await self._encoder(key)
             serve = self.settings.serve
 
             async def run(calls: list[list[str]]) -> list[np.ndarray]:
