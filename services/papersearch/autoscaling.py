@@ -24,8 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
-from papersearch.tasks import forget
-
 T = TypeVar("T")
 
 UTILIZATION = "utilization"  # the custom metric a replica reports (record_autoscaling_stats)
@@ -84,7 +82,9 @@ class BusyMeter:
             try:
                 return await asyncio.shield(running)
             except asyncio.CancelledError:
-                forget(running)  # its failure has no caller left to tell
+                # its failure has no caller left to tell: taken as seen (papersearch.tasks.
+                # forget; Serve's controller takes this module alone, without the package)
+                running.add_done_callback(lambda done: done.cancelled() or done.exception())
                 await asyncio.wait([running])
                 raise
 
