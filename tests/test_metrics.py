@@ -14,6 +14,7 @@ from papersearch.evaluation.beir import load_qrels, load_queries
 from papersearch.evaluation.datasets import (
     EvalDataset,
     check_judged_documents,
+    check_servable,
     judged_queries,
     load_dataset,
 )
@@ -245,6 +246,28 @@ def test_judgments_must_name_documents_of_the_corpus(
     with pytest.raises(ValueError, match="none of the 1 documents judged relevant"):
         open_dataset_index(load_dataset(root), settings, Encoder(embedder_dir))
     assert not (tmp_path / "eval").exists()
+
+
+def test_queries_the_service_refuses_are_not_measured(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """eval scored a query longer than search.max_query_chars, which the gateway and
+    `papersearch search` refuse (INVALID_ARGUMENT): a figure for answers nobody gets."""
+    from papersearch import cli
+    from papersearch.settings import SearchSettings
+
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "x"}\n')
+    long = "graph neural networks " * 100  # 2,200 characters, cleaned to 2,199
+    queries = (json.dumps({"_id": "q1", "text": long}) + "\n"
+               + json.dumps({"_id": "q2", "text": "graphs"}) + "\n")
+    dataset = load_dataset(write_dataset(tmp_path, queries, "q1\td1\t1\nq2\td1\t1\n"))
+    with pytest.raises(ValueError, match=r"1 of its queries are longer than search.max_query_"
+                                         r"chars=2048, which the service refuses: 'q1' \(2199 "):
+        check_servable(dataset, SearchSettings())
+    check_servable(dataset, SearchSettings(max_query_chars=2199))
+    for command in (["eval", "--dataset", str(tmp_path)],
+                    ["tune-rerank", "--dataset", str(tmp_path)]):
+        assert cli.main(command) == 2  # before any model or index is opened
+        assert "longer than search.max_query_chars=2048" in capsys.readouterr().err
 
 
 def test_judgments_must_name_the_queries_they_judge(

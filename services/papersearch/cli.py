@@ -548,12 +548,13 @@ def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
-    from papersearch.evaluation.datasets import judged_queries, load_dataset
+    from papersearch.evaluation.datasets import check_servable, judged_queries, load_dataset
     from papersearch.evaluation.harness import run_eval
     from papersearch.models.manifest import ModelNotFound
     from papersearch.reranker.runtime import Reranker
 
     dataset = load_dataset(args.dataset)  # before the models load: a typo fails at once
+    check_servable(dataset, settings.search)
     modes = args.mode or list(EVAL_MODES)
     reranker = None  # measured even where serving has the stage switched off
     if any(m.endswith("+rerank") for m in modes):
@@ -589,12 +590,13 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
 
 def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
-    from papersearch.evaluation.datasets import load_dataset
+    from papersearch.evaluation.datasets import check_servable, load_dataset
     from papersearch.evaluation.tuning import tune_rerank
     from papersearch.reranker.runtime import Reranker
 
     settings.check_not_held_out([args.dataset], "tuning")
     dataset = load_dataset(args.dataset)
+    check_servable(dataset, settings.search)
     grid = tune_rerank(dataset, settings, Encoder.from_settings(settings.models),
                        Reranker.from_settings(settings.models))
     baseline = next(p for p in grid if p.weight == 0.0)
@@ -610,12 +612,14 @@ def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
 
 def _tune(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
-    from papersearch.evaluation.datasets import load_dataset
+    from papersearch.evaluation.datasets import check_servable, load_dataset
     from papersearch.evaluation.fusion_tuning import tune_fusion
 
     settings.check_not_held_out(args.tune or settings.tune_sets, "tuning")
     tuning = [load_dataset(p) for p in args.tune or settings.tune_sets]
     held_out = [load_dataset(p) for p in args.held_out or settings.held_out_sets]
+    for dataset in (*tuning, *held_out):
+        check_servable(dataset, settings.search)
     out = tune_fusion(tuning, held_out, settings, Encoder.from_settings(settings.models))
     if args.json:
         print(json.dumps(out, indent=2))

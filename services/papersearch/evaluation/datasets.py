@@ -12,6 +12,7 @@ from papersearch.corpus.beir import CORPUS_FILE
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import CorpusFormat, detect_format, read_corpus
 from papersearch.evaluation.beir import QRELS_DIR, QUERIES_FILE, load_qrels, load_queries
+from papersearch.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,21 @@ def load_dataset(path: Path) -> EvalDataset:
         raise FileNotFoundError(f"{path} has {QRELS_DIR}/ but no {QUERIES_FILE}: a judged "
                                 "set needs its queries")
     return known_item(path)
+
+
+def check_servable(dataset: EvalDataset, limits: SearchSettings) -> None:
+    """ValueError naming the queries the service refuses (longer than
+    search.max_query_chars): they were measured here, and a user sending them gets
+    INVALID_ARGUMENT."""
+    over = [(q, len(text)) for q, text in dataset.queries.items()
+            if len(text) > limits.max_query_chars]
+    if over:
+        named = ", ".join(f"{q!r} ({chars} characters)" for q, chars in over[:5])
+        raise ValueError(
+            f"{dataset.name}: {len(over)} of its queries are longer than "
+            f"search.max_query_chars={limits.max_query_chars}, which the service refuses: "
+            f"{named}{', ...' if len(over) > 5 else ''}; raise the limit "
+            "(PAPERSEARCH_SEARCH__MAX_QUERY_CHARS) to measure them as served")
 
 
 def judged_queries(dataset: EvalDataset) -> int:
