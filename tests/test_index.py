@@ -991,17 +991,22 @@ def test_ctrl_c_as_the_shard_is_made_leaves_no_index(
             DIM, SHA, create=False)
 
 
-def _make_at_once(data_dir: str, barrier: Any, results: Any) -> None:
-    """One of two processes making one embedded index at the same moment."""
+def _make_at_once(data_dir: str, barrier: Any, attempted: Any, results: Any) -> None:
+    """One of two processes making one embedded index at the same moment. Each passes
+    ``attempted`` once its own making is over (the one turned away has undone what it would),
+    so the one that opened the index holds it open until the other has given up, however
+    slowly that runs; the wait's timeout is a hang guard."""
     store = EdgeStore(IndexSettings(data_dir=Path(data_dir)))
     barrier.wait()
     try:
         store.ensure_collection(DIM, SHA)
-        results.put(("opened", ""))
-        time.sleep(2.0)  # held open while the other gives up
-        store.close()
     except StoreError as error:
         results.put((type(error).__name__, str(error)))
+        attempted.wait(60)
+        return
+    results.put(("opened", ""))
+    attempted.wait(60)  # held open while the other gives up
+    store.close()
 
 
 @pytest.mark.slow
@@ -1013,8 +1018,9 @@ def test_two_processes_making_one_index_at_once_leave_one_index(tmp_path: Path) 
     context = multiprocessing.get_context("spawn")
     for trial in range(3):
         data_dir = tmp_path / str(trial)
-        barrier, results = context.Barrier(2), context.Queue()
-        workers = [context.Process(target=_make_at_once, args=(str(data_dir), barrier, results))
+        barrier, attempted, results = context.Barrier(2), context.Barrier(2), context.Queue()
+        workers = [context.Process(target=_make_at_once,
+                                   args=(str(data_dir), barrier, attempted, results))
                    for _ in range(2)]
         for worker in workers:
             worker.start()

@@ -378,27 +378,26 @@ def test_index_calls_past_the_limit_are_refused_and_readiness_does_not_queue(
         make_store=lambda _: store))
     release = threading.Event()
 
-    async def flood() -> tuple[list[Any], float]:
+    async def flood() -> list[Any]:
         proof = await index.retrieve(RARE, None, "sparse", 3, SearchFilter())  # answered
         held = asyncio.ensure_future(index._in_thread(release.wait))  # the thread held
         searches = [asyncio.ensure_future(index.retrieve(RARE, None, "sparse", 3,
                                                          SearchFilter())) for _ in range(5)]
         await asyncio.sleep(0.05)
-        started = time.monotonic()
-        await asyncio.wait_for(index.reachable(), 2.0)  # not queued behind the searches
-        waited = time.monotonic() - started
+        # not queued behind the searches: the thread is held until this returns, so a
+        # readiness that queued could never answer and the wait's timeout fails the test
+        await asyncio.wait_for(index.reachable(), 2.0)
         release.set()
         await held
-        return [proof, *await asyncio.gather(*searches, return_exceptions=True)], waited
+        return [proof, *await asyncio.gather(*searches, return_exceptions=True)]
 
     try:
-        (proof, *answers), waited = asyncio.run(flood())
+        proof, *answers = asyncio.run(flood())
     finally:
         release.set()
     refused = [a for a in answers if isinstance(a, Overloaded)]
     assert len(refused) == 2 and "3 index operations running or waiting" in str(refused[0])
     assert [ids(a.hits) for a in answers if a not in refused] == [ids(proof.hits)] * 3
-    assert waited < 1.0
     assert asyncio.run(index.ready()) == len(PAPERS)  # a probe: not counted, never refused
 
 
