@@ -256,14 +256,16 @@ def test_queries_the_service_refuses_are_not_measured(
     from papersearch.settings import SearchSettings
 
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "x"}\n')
-    long = "graph neural networks " * 100  # 2,200 characters, cleaned to 2,199
+    long = "graph neural networks " * 100  # 2,200 characters as written, 2,199 cleaned
     queries = (json.dumps({"_id": "q1", "text": long}) + "\n"
                + json.dumps({"_id": "q2", "text": "graphs"}) + "\n")
     dataset = load_dataset(write_dataset(tmp_path, queries, "q1\td1\t1\nq2\td1\t1\n"))
     with pytest.raises(ValueError, match=r"1 of its queries are longer than search.max_query_"
-                                         r"chars=2048, which the service refuses: 'q1' \(2199 "):
+                                         r"chars=2048, which the service refuses: 'q1' \(2200 "):
         check_servable(dataset, SearchSettings())
-    check_servable(dataset, SearchSettings(max_query_chars=2199))
+    check_servable(dataset, SearchSettings(max_query_chars=2200))
+    with pytest.raises(ValueError, match=r"'q1' \(2200 characters\)"):  # as written
+        check_servable(dataset, SearchSettings(max_query_chars=2199))
     for command in (["eval", "--dataset", str(tmp_path)],
                     ["tune-rerank", "--dataset", str(tmp_path)]):
         assert cli.main(command) == 2  # before any model or index is opened

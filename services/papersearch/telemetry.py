@@ -215,6 +215,12 @@ class Metrics:
             self.int8_agreement.set(model.int8_agreement,
                                     tags={"deployment": deployment, "model": name})
 
+    def model_unloaded(self, deployment: str, name: str) -> None:
+        """No precision of model ``name`` runs in this replica any more."""
+        for precision in ("fp32", "int8"):
+            self.precision.set(0.0, tags={"deployment": deployment, "model": name,
+                                          "precision": precision})
+
     @contextmanager
     def inside(self, deployment: str) -> Iterator[None]:
         """Count a request as in flight in this replica while the block runs."""

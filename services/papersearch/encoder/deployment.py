@@ -100,8 +100,10 @@ class QueryEncoderDeployment:
         others = [k for k in self._encoders if k != self.default]  # least recently used first
         for unused in others[: max(0, len(others) - EXTRA_EMBEDDERS)]:
             # calls running on it keep it until they end; the next one loads it again
-            del self._encoders[unused]
+            name = self._encoders.pop(unused).manifest.name
             self._batches.pop(unused, None)
+            if all(e.manifest.name != name for e in self._encoders.values()):
+                metrics().model_unloaded("QueryEncoder", name)
             log.info("embedder unloaded", extra={"embedder": unused, "loaded": key})
 
     def _loaded(self, key: str, load: asyncio.Future[None]) -> None:

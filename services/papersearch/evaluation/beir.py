@@ -31,13 +31,19 @@ _HEADER_NAMES = (
 
 def load_queries(dataset_dir: Path) -> dict[str, str]:
     """Query id → query text, from ``queries.jsonl`` (``_id`` and ``text`` per line)."""
+    return {query_id: text for query_id, (text, _) in read_queries(dataset_dir).items()}
+
+
+def read_queries(dataset_dir: Path) -> dict[str, tuple[str, int]]:
+    """Query id → (query text, its length as written: the service limits a query's length
+    before it cleans it)."""
     path = dataset_dir / QUERIES_FILE
-    queries: dict[str, str] = {}
+    queries: dict[str, tuple[str, int]] = {}
     for source, line in _lines(path):
-        query_id, text = _parse_query(source, line)
+        query_id, text, written = _parse_query(source, line)
         if query_id in queries:
             raise ValueError(f"{source}: duplicate query id {query_id!r}")
-        queries[query_id] = text
+        queries[query_id] = text, written
     return queries
 
 
@@ -78,7 +84,7 @@ def _lines(path: Path) -> Iterator[tuple[str, str]]:
                 yield source, line
 
 
-def _parse_query(source: str, line: str) -> tuple[str, str]:
+def _parse_query(source: str, line: str) -> tuple[str, str, int]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -88,11 +94,10 @@ def _parse_query(source: str, line: str) -> tuple[str, str]:
     text = record.get("text")
     # cleaned as the service cleans a query (pipeline/query.SearchQuery.validate): a soft
     # hyphen or zero-width space left in made BM25 terms the served query does not have
-    cleaned = clean_text(text) if isinstance(text, str) else ""
-    if not cleaned:
+    if not isinstance(text, str) or not (cleaned := clean_text(text)):
         raise ValueError(f"{source}: missing or empty 'text'")
     try:
-        return record_id(record, "_id"), cleaned
+        return record_id(record, "_id"), cleaned, len(text)
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from papersearch.corpus.beir import CORPUS_FILE
 from papersearch.corpus.paper import Paper
 from papersearch.corpus.readers import CorpusFormat, detect_format, read_corpus
-from papersearch.evaluation.beir import QRELS_DIR, QUERIES_FILE, load_qrels, load_queries
+from papersearch.evaluation.beir import QRELS_DIR, QUERIES_FILE, load_qrels, read_queries
 from papersearch.settings import SearchSettings
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,8 @@ class EvalDataset:
     papers: Callable[[], Iterable[Paper]]
     queries: Mapping[str, str]
     qrels: Mapping[str, Mapping[str, int]]
+    # a query's length as written, where cleaning shortened it (check_servable)
+    written_chars: Mapping[str, int] = field(default_factory=dict)
 
 
 def load_dataset(path: Path) -> EvalDataset:
@@ -35,12 +37,15 @@ def load_dataset(path: Path) -> EvalDataset:
         raise ValueError(f"{path} is a BEIR set's file: give its folder "
                          f"({path.parent}), which holds {QUERIES_FILE} and {QRELS_DIR}/")
     if beir and (path / QUERIES_FILE).is_file():
-        queries = load_queries(path)
+        read = read_queries(path)
+        queries = {query_id: text for query_id, (text, _) in read.items()}
         return EvalDataset(
             name=path.resolve().name,
             papers=lambda: read_corpus(path),
             queries=queries,
             qrels=_of_known_queries(load_qrels(path), queries, path),
+            written_chars={query_id: written for query_id, (text, written) in read.items()
+                           if written != len(text)},
         )
     if (path / QRELS_DIR).is_dir():  # judged, but its queries are not where BEIR puts them
         raise FileNotFoundError(f"{path} has {QRELS_DIR}/ but no {QUERIES_FILE}: a judged "
@@ -50,10 +55,10 @@ def load_dataset(path: Path) -> EvalDataset:
 
 def check_servable(dataset: EvalDataset, limits: SearchSettings) -> None:
     """ValueError naming the queries the service refuses (longer than
-    search.max_query_chars): they were measured here, and a user sending them gets
-    INVALID_ARGUMENT."""
-    over = [(q, len(text)) for q, text in dataset.queries.items()
-            if len(text) > limits.max_query_chars]
+    search.max_query_chars as written, before the cleaning): they were measured here, and a
+    user sending them gets INVALID_ARGUMENT."""
+    written = ((q, dataset.written_chars.get(q, len(text))) for q, text in dataset.queries.items())
+    over = [(q, chars) for q, chars in written if chars > limits.max_query_chars]
     if over:
         named = ", ".join(f"{q!r} ({chars} characters)" for q, chars in over[:5])
         raise ValueError(
