@@ -224,6 +224,7 @@ def test_tunes_table_names_each_set_whole(
                                         "settings": {"index.fusion": "rrf", "index.rrf_k": 60},
                                         "against_baseline": {}}}
     monkeypatch.setattr(datasets, "load_dataset", lambda path: path)
+    monkeypatch.setattr(datasets, "check_servable", lambda dataset, limits: None)
     monkeypatch.setattr(runtime.Encoder, "from_settings", staticmethod(lambda models: None))
     monkeypatch.setattr(fusion_tuning, "tune_fusion", lambda *args: out)
     assert main(["tune", "--tune", str(tmp_path / "a"), "--held-out", str(tmp_path / "b")]) == 0
