@@ -159,12 +159,18 @@ def test_a_lost_replica_is_unavailable_never_internal(lost: Exception) -> None:
     assert code == grpc.StatusCode.UNAVAILABLE and "replica lost" in message
 
 
-def test_a_deployment_that_failed_to_deploy_is_said_plainly() -> None:
+def test_a_deployment_that_failed_to_deploy_is_said_plainly(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray's DeploymentUnavailableError has no message of its own: callers were told
-    "service unavailable: Deployment(name='QueryEncoder', app='papersearch')"."""
+    "service unavailable: Deployment(name='QueryEncoder', app='papersearch')". Its reason is
+    logged once, not at every call and health poll; a read is not sent again (no replica
+    would take it)."""
     from ray.serve._private.common import DeploymentID
     from ray.serve.exceptions import DeploymentUnavailableError
 
+    from papersearch.pipeline import serve_backend
+
+    monkeypatch.setattr(serve_backend, "_unavailable", serve_backend._Unavailable())
     failed = DeploymentUnavailableError(DeploymentID(name="QueryEncoder", app_name="papersearch"))
     with pytest.raises(NotReady) as info:
         asyncio.run(call(Response(failed)))  # type: ignore[arg-type]
@@ -172,6 +178,19 @@ def test_a_deployment_that_failed_to_deploy_is_said_plainly() -> None:
     assert code == grpc.StatusCode.UNAVAILABLE and "Deployment(" not in message
     assert message == ("service unavailable: a model deployment has no replica running (it "
                        "failed to deploy)")
+    sent: list[Response] = []
+
+    def again() -> Any:
+        sent.append(Response(failed))
+        return sent[-1]
+
+    for _ in range(3):
+        with pytest.raises(NotReady):
+            asyncio.run(read("QueryEncoder", again))
+    assert len(sent) == 3  # each read sent once
+    said = [r for r in caplog.records if r.getMessage() == "deployment unavailable"
+            and r.levelname == "WARNING"]
+    assert len(said) == 1  # four calls, one reason
 
 
 def test_a_read_is_sent_once_more_after_a_lost_replica() -> None:
@@ -191,6 +210,30 @@ def test_a_read_is_sent_once_more_after_a_lost_replica() -> None:
 
 
 # --- deadlines and draining ------------------------------------------------------------------
+
+
+def test_a_deadline_the_server_set_is_logged_and_the_clients_own_is_not(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A search past serve.default_deadline_s (the client set none) left no trace in the
+    log: the service too slow for its own limit, unseen."""
+    from papersearch.gateway.servicers import within_deadline
+
+    class Context:
+        def __init__(self, remaining: float | None) -> None:
+            self.remaining = remaining
+
+        def time_remaining(self) -> float | None:
+            return self.remaining
+
+    serve = ServeSettings(default_deadline_s=0.05)
+    for remaining in (None, 0.05, 1e6):  # none, the client's own, one past max_deadline_s
+        caplog.clear()
+        with pytest.raises(TimeoutError):
+            asyncio.run(within_deadline(asyncio.sleep(3600), Context(remaining),  # type: ignore[arg-type]
+                                        serve, None if remaining != 1e6 else 0.05))
+        said = [r.setting for r in caplog.records if r.getMessage() == "call deadline"]
+        assert said == {None: ["serve.default_deadline_s"], 0.05: [],
+                        1e6: ["serve.max_deadline_s"]}[remaining]
 
 
 def test_drain_must_outlast_the_longest_deadline() -> None:

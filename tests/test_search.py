@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from datetime import date
@@ -123,8 +124,13 @@ def test_similar_and_get(pipeline: Sync, backend: LocalBackend) -> None:
         backend.retriever.get("no-such-paper")
 
 
+def skipped(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.levelname for r in caplog.records if r.getMessage() == "rerank skipped"]
+
+
 def test_failing_reranker_degrades_to_fused_results(backend: LocalBackend,
-                                                   sample_settings: Settings) -> None:
+                                                   sample_settings: Settings,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     class Broken(LocalBackend):
         async def rerank(self, query: str, passages: object) -> object:
             raise RuntimeError("replica died")
@@ -148,15 +154,18 @@ def test_failing_reranker_degrades_to_fused_results(backend: LocalBackend,
     pipeline = Sync(SearchPipeline(slow, sample_settings.search, rerank_timeout_s=0.2))
     result = pipeline.search(SearchQuery("diffusion"))
     assert not result.reranked and len(result.hits) == 10 and cancelled == [True]
+    assert skipped(caplog) == ["WARNING", "WARNING"]  # a failure, the whole budget spent
 
 
-def test_the_rerank_stage_ends_within_the_callers_deadline(backend: LocalBackend,
-                                                           sample_settings: Settings) -> None:
+def test_the_rerank_stage_ends_within_the_callers_deadline(
+        backend: LocalBackend, sample_settings: Settings,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A caller with less time than the rerank budget (30 s here) gets the first stage when the
     reranker is slow: the stage ends before the caller's deadline, and its time is measured
     (a search cut by the deadline measured nothing, so the windows never shrank). With no time
     left after the first stage, or less than the window is predicted to take, no rerank is
     sent."""
+    caplog.set_level(logging.DEBUG, logger="papersearch.pipeline.search")
     calls: list[int] = []
 
     class Stuck(LocalBackend):
@@ -174,6 +183,8 @@ def test_the_rerank_stage_ends_within_the_callers_deadline(backend: LocalBackend
 
     result = asyncio.run(within(5.0))
     assert not result.reranked and len(result.hits) == 10 and len(calls) == 1
+    # the caller's deadline cut the budget: its doing, no WARNING of a reranker fault
+    assert skipped(caplog) == ["DEBUG"]
     # measured as the budget the deadline left it (a cut says only "longer"): the next
     # windows shrink
     depth = pipeline.rerank_depth

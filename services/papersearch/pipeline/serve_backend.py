@@ -53,6 +53,27 @@ LOST = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, NodeDiedErro
 Sent = DeploymentResponse | DeploymentResponseGenerator
 
 
+class ReplicaLost(NotReady):
+    """The replica serving a call died or became unreachable mid-call: a read may be sent
+    again (Serve routes it to a live replica); a deployment with no replica at all, not."""
+
+
+class _Unavailable:
+    """Why a deployment has no replica, logged when that changes: every health poll and
+    every call met it, each a WARNING (17,280 lines a day from the poll alone)."""
+
+    def __init__(self) -> None:
+        self.said: str | None = None
+
+    def log(self, reason: str) -> None:
+        level = logging.DEBUG if reason == self.said else logging.WARNING
+        self.said = reason
+        log.log(level, "deployment unavailable", extra={"reason": reason})
+
+
+_unavailable = _Unavailable()
+
+
 async def call(sent: Sent) -> Any:
     response = cast(DeploymentResponse, sent)  # no stream=True handle: see Sent
     try:
@@ -64,20 +85,22 @@ async def call(sent: Sent) -> Any:
         raise Overloaded(f"a model deployment's queue is full ({error})",
                          "max_queued_requests") from None
     except DeploymentUnavailableError as error:  # its str() is the deployment's id alone
-        log.warning("deployment unavailable", extra={"reason": error.message})
+        _unavailable.log(error.message)
         raise NotReady("a model deployment has no replica running (it failed to deploy)") \
             from None
-    except LOST as error:
-        raise NotReady(f"replica lost mid-call ({type(error).__name__})") from None
+    except LOST as error:  # a write is not sent again: the gateway's log says why it failed
+        log.warning("replica lost", extra={"reason": type(error).__name__})
+        raise ReplicaLost(f"replica lost mid-call ({type(error).__name__})") from None
 
 
 async def read(deployment: str, send: Callable[[], Sent]) -> Any:
-    """An idempotent read: sent once more if no replica answered it (see the module's note).
-    The caller's deadline bounds both tries (a cancellation cancels the one in flight)."""
+    """An idempotent read: sent once more if its replica was lost (see the module's note); a
+    deployment with no replica would refuse it again. The caller's deadline bounds both tries
+    (a cancellation cancels the one in flight)."""
     try:
         return await call(send())
-    except NotReady as error:
-        log.warning("read retried", extra={"deployment": deployment, "reason": str(error)})
+    except ReplicaLost as error:
+        log.debug("read retried", extra={"deployment": deployment, "reason": str(error)})
         metrics().read_retried(deployment)
         return await call(send())
 
