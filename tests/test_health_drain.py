@@ -32,6 +32,7 @@ from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import Gateway
 from papersearch.index.edge import EdgeStore
 from papersearch.index.errors import CollectionMissing, PaperNotFound
+from papersearch.logs import OnChange
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.query import SearchQuery
 from papersearch.pipeline.serve_backend import call, read
@@ -170,7 +171,8 @@ def test_a_deployment_that_failed_to_deploy_is_said_plainly(
 
     from papersearch.pipeline import serve_backend
 
-    monkeypatch.setattr(serve_backend, "_unavailable", serve_backend._Unavailable())
+    monkeypatch.setattr(serve_backend, "_unavailable",
+                        OnChange(serve_backend.log, "deployment unavailable"))
     failed = DeploymentUnavailableError(DeploymentID(name="QueryEncoder", app_name="papersearch"))
     with pytest.raises(NotReady) as info:
         asyncio.run(call(Response(failed)))  # type: ignore[arg-type]
@@ -225,12 +227,12 @@ def test_a_deadline_the_server_set_is_logged_and_the_clients_own_is_not(
         def time_remaining(self) -> float | None:
             return self.remaining
 
-    serve = ServeSettings(default_deadline_s=0.05)
+    serve = ServeSettings(default_deadline_s=0.05, max_deadline_s=0.1)
     for remaining in (None, 0.05, 1e6):  # none, the client's own, one past max_deadline_s
         caplog.clear()
         with pytest.raises(TimeoutError):
             asyncio.run(within_deadline(asyncio.sleep(3600), Context(remaining),  # type: ignore[arg-type]
-                                        serve, None if remaining != 1e6 else 0.05))
+                                        serve))
         said = [r.setting for r in caplog.records if r.getMessage() == "call deadline"]
         assert said == {None: ["serve.default_deadline_s"], 0.05: [],
                         1e6: ["serve.max_deadline_s"]}[remaining]

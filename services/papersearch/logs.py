@@ -77,3 +77,22 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class OnChange:
+    """A condition met again and again (at every health poll, every call) logged once per
+    reason in a row: ``said(reason)`` logs ``message`` with it when it differs from the last
+    one logged; ``clear()`` once the condition is over, so that its return is logged again."""
+
+    def __init__(self, logger: logging.Logger, message: str, level: int = logging.WARNING
+                 ) -> None:
+        self.logger, self.message, self.level = logger, message, level
+        self.last: str | None = None
+
+    def said(self, reason: str) -> None:
+        if reason != self.last:
+            self.last = reason
+            self.logger.log(self.level, self.message, extra={"reason": reason})
+
+    def clear(self) -> None:
+        self.last = None

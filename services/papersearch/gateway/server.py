@@ -51,6 +51,7 @@ from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
 from papersearch.gateway.tls import server_credentials
 from papersearch.gateway.watch import WatchFeed, WatchHub
+from papersearch.logs import OnChange
 from papersearch.pipeline.backend import Backend
 from papersearch.settings import ServeSettings, Settings, is_loopback
 from papersearch.telemetry import metrics
@@ -351,7 +352,7 @@ class Gateway:
         """Readiness from the backend, every health poll; a failure's reason is logged when it
         changes, not at every poll (17,280 identical lines a day at the default 5 s)."""
         serving: bool | None = None
-        reason: str | None = None
+        not_ready = OnChange(log, "backend not ready")
         while True:
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
@@ -361,12 +362,10 @@ class Gateway:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 (any failure means not ready)
-                if repr(error)[:200] != reason:
-                    reason = repr(error)[:200]
-                    log.warning("backend not ready", extra={"reason": reason})
+                not_ready.said(repr(error)[:200])
                 ok = False
             else:
-                reason = None
+                not_ready.clear()
             if ok != serving:
                 serving = ok
                 await self._set_ready(ok)

@@ -35,33 +35,34 @@ T = TypeVar("T")
 SERVER_LIMIT = "serve.index_call_timeout_s"  # an index call's own time, when the client's is longer
 
 
-def time_left_s(context: grpc.aio.ServicerContext, serve: ServeSettings) -> float:
+def call_time(context: grpc.aio.ServicerContext, serve: ServeSettings
+              ) -> tuple[float, str | None]:
     """The call's time: the client's deadline (``serve.default_deadline_s`` if it set none),
-    at most ``serve.max_deadline_s``."""
+    at most ``serve.max_deadline_s``; with the setting that set it where the server did."""
     remaining = context.time_remaining()
-    return serve.default_deadline_s if remaining is None else min(remaining,
-                                                                  serve.max_deadline_s)
+    if remaining is None:
+        return serve.default_deadline_s, "serve.default_deadline_s"
+    if remaining > serve.max_deadline_s:
+        return serve.max_deadline_s, "serve.max_deadline_s"
+    return remaining, None
 
 
 async def within_deadline(
     work: Awaitable[T], context: grpc.aio.ServicerContext, serve: ServeSettings,
-    limit_s: float | None = None,
+    time_s: tuple[float, str | None] | None = None,
 ) -> T:
-    """Await ``work`` for the call's time (``limit_s`` if given, else ``time_left_s``); on
+    """Await ``work`` for the call's time (``time_s`` if given, else ``call_time``'s); on
     expiry it is cancelled downstream. (In this task: ``asyncio.wait_for`` would start another
-    one, a loop turn more per call.) A time the server set (the client set none, or one past
-    serve.max_deadline_s) that runs out is logged: the service was too slow, where a client's
-    own deadline is the client's business (nothing was logged either way)."""
-    client_s = context.time_remaining()
-    limit = time_left_s(context, serve) if limit_s is None else limit_s
+    one, a loop turn more per call.) A time the server set that runs out is logged: the
+    service was too slow, where a client's own deadline is the client's business (nothing was
+    logged either way)."""
+    limit, setting = call_time(context, serve) if time_s is None else time_s
     try:
         async with asyncio.timeout(limit):
             return await work
     except TimeoutError:
-        if client_s is None or client_s > serve.max_deadline_s:
-            log.warning("call deadline", extra={
-                "limit_s": round(limit, 3), "setting": "serve.default_deadline_s"
-                if client_s is None else "serve.max_deadline_s"})
+        if setting is not None:
+            log.warning("call deadline", extra={"limit_s": round(limit, 3), "setting": setting})
         raise
 
 
@@ -84,9 +85,9 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     ) -> pb.SearchResponse:
         try:
             query = convert.search_query_from_proto(request, self.settings.search)
-            limit = time_left_s(context, self.settings.serve)
+            limit = call_time(context, self.settings.serve)
             result = await within_deadline(
-                self.pipeline.search(query, time.monotonic() + limit), context,
+                self.pipeline.search(query, time.monotonic() + limit[0]), context,
                 self.settings.serve, limit)
         except Exception as error:
             await _fail(context, error)

@@ -33,6 +33,7 @@ from papersearch.errors import NotReady, Overloaded
 from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.store import Indexed
+from papersearch.logs import OnChange
 from papersearch.models.manifest import ModelRef
 from papersearch.pipeline.collections import Bound, Collections
 from papersearch.pipeline.migration import Migrator
@@ -58,20 +59,9 @@ class ReplicaLost(NotReady):
     again (Serve routes it to a live replica); a deployment with no replica at all, not."""
 
 
-class _Unavailable:
-    """Why a deployment has no replica, logged when that changes: every health poll and
-    every call met it, each a WARNING (17,280 lines a day from the poll alone)."""
-
-    def __init__(self) -> None:
-        self.said: str | None = None
-
-    def log(self, reason: str) -> None:
-        level = logging.DEBUG if reason == self.said else logging.WARNING
-        self.said = reason
-        log.log(level, "deployment unavailable", extra={"reason": reason})
-
-
-_unavailable = _Unavailable()
+# Why a deployment has no replica, logged when that changes: every health poll and every call
+# met it, each a WARNING (17,280 lines a day from the poll alone).
+_unavailable = OnChange(log, "deployment unavailable")
 
 
 async def call(sent: Sent) -> Any:
@@ -85,7 +75,7 @@ async def call(sent: Sent) -> Any:
         raise Overloaded(f"a model deployment's queue is full ({error})",
                          "max_queued_requests") from None
     except DeploymentUnavailableError as error:  # its str() is the deployment's id alone
-        _unavailable.log(error.message)
+        _unavailable.said(error.message)
         raise NotReady("a model deployment has no replica running (it failed to deploy)") \
             from None
     except LOST as error:  # a write is not sent again: the gateway's log says why it failed
