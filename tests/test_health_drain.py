@@ -32,7 +32,6 @@ from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import Gateway
 from papersearch.index.edge import EdgeStore
 from papersearch.index.errors import CollectionMissing, PaperNotFound
-from papersearch.logs import OnChange
 from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.query import SearchQuery
 from papersearch.pipeline.serve_backend import call, read
@@ -155,7 +154,7 @@ class Response:
                          ids=["actor-died", "replica-unavailable"])
 def test_a_lost_replica_is_unavailable_never_internal(lost: Exception) -> None:
     with pytest.raises(NotReady) as info:
-        asyncio.run(call(Response(lost)))  # type: ignore[arg-type]
+        asyncio.run(call("QueryEncoder", Response(lost)))  # type: ignore[arg-type]
     code, message = to_status(info.value)
     assert code == grpc.StatusCode.UNAVAILABLE and "replica lost" in message
 
@@ -164,18 +163,19 @@ def test_a_deployment_that_failed_to_deploy_is_said_plainly(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray's DeploymentUnavailableError has no message of its own: callers were told
     "service unavailable: Deployment(name='QueryEncoder', app='papersearch')". Its reason is
-    logged once, not at every call and health poll; a read is not sent again (no replica
-    would take it)."""
+    logged once per deployment, not at every call and health poll; a read is not sent again
+    (no replica would take it). A call that then succeeds ends it: the next failure is logged
+    again, and one deployment's successes do not hide another's failures."""
     from ray.serve._private.common import DeploymentID
     from ray.serve.exceptions import DeploymentUnavailableError
 
     from papersearch.pipeline import serve_backend
 
-    monkeypatch.setattr(serve_backend, "_unavailable",
-                        OnChange(serve_backend.log, "deployment unavailable"))
+    monkeypatch.setattr(serve_backend, "_unavailable", {})
+    caplog.set_level(logging.INFO, logger=serve_backend.log.name)
     failed = DeploymentUnavailableError(DeploymentID(name="QueryEncoder", app_name="papersearch"))
     with pytest.raises(NotReady) as info:
-        asyncio.run(call(Response(failed)))  # type: ignore[arg-type]
+        asyncio.run(call("QueryEncoder", Response(failed)))  # type: ignore[arg-type]
     code, message = to_status(info.value)
     assert code == grpc.StatusCode.UNAVAILABLE and "Deployment(" not in message
     assert message == ("service unavailable: a model deployment has no replica running (it "
@@ -189,10 +189,19 @@ def test_a_deployment_that_failed_to_deploy_is_said_plainly(
     for _ in range(3):
         with pytest.raises(NotReady):
             asyncio.run(read("QueryEncoder", again))
+        assert asyncio.run(call("Reranker", Response("scores"))) == "scores"
     assert len(sent) == 3  # each read sent once
-    said = [r for r in caplog.records if r.getMessage() == "deployment unavailable"
-            and r.levelname == "WARNING"]
-    assert len(said) == 1  # four calls, one reason
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage() in ("deployment unavailable", "deployment available")]
+
+    assert said() == ["deployment unavailable"]  # four calls, one reason
+    assert asyncio.run(call("QueryEncoder", Response("vectors"))) == "vectors"
+    with pytest.raises(NotReady):
+        asyncio.run(call("QueryEncoder", Response(failed)))  # type: ignore[arg-type]
+    assert said() == ["deployment unavailable", "deployment available",
+                      "deployment unavailable"]
 
 
 def test_a_read_is_sent_once_more_after_a_lost_replica() -> None:

@@ -82,7 +82,8 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
 class OnChange:
     """A condition met again and again (at every health poll, every call) logged once per
     reason in a row: ``said(reason)`` logs ``message`` with it when it differs from the last
-    one logged; ``clear()`` once the condition is over, so that its return is logged again."""
+    one logged; ``clear()`` once the condition is over (true if it was on), so that its return
+    is logged again."""
 
     def __init__(self, logger: logging.Logger, message: str, level: int = logging.WARNING
                  ) -> None:
@@ -94,5 +95,6 @@ class OnChange:
             self.last = reason
             self.logger.log(self.level, self.message, extra={"reason": reason})
 
-    def clear(self) -> None:
-        self.last = None
+    def clear(self) -> bool:
+        was_on, self.last = self.last is not None, None
+        return was_on

@@ -59,15 +59,18 @@ class ReplicaLost(NotReady):
     again (Serve routes it to a live replica); a deployment with no replica at all, not."""
 
 
-# Why a deployment has no replica, logged when that changes: every health poll and every call
-# met it, each a WARNING (17,280 lines a day from the poll alone).
-_unavailable = OnChange(log, "deployment unavailable")
+# Why a deployment has no replica, logged per deployment when that changes: every health poll
+# and every call met it, each a WARNING (17,280 lines a day from the poll alone). A call that
+# then succeeds ends it, so that the deployment's next failure is logged again.
+_unavailable: dict[str, OnChange] = {}
 
 
-async def call(sent: Sent) -> Any:
+async def call(deployment: str, sent: Sent) -> Any:
+    """Await one handle call to ``deployment`` (its name, for the log), Serve's errors as
+    the gateway's."""
     response = cast(DeploymentResponse, sent)  # no stream=True handle: see Sent
     try:
-        return await response
+        answer = await response
     except asyncio.CancelledError:
         response.cancel()
         raise
@@ -75,12 +78,19 @@ async def call(sent: Sent) -> Any:
         raise Overloaded(f"a model deployment's queue is full ({error})",
                          "max_queued_requests") from None
     except DeploymentUnavailableError as error:  # its str() is the deployment's id alone
-        _unavailable.said(error.message)
+        if deployment not in _unavailable:
+            _unavailable[deployment] = OnChange(log, "deployment unavailable")
+        _unavailable[deployment].said(error.message)
         raise NotReady("a model deployment has no replica running (it failed to deploy)") \
             from None
     except LOST as error:  # a write is not sent again: the gateway's log says why it failed
-        log.warning("replica lost", extra={"reason": type(error).__name__})
+        log.warning("replica lost", extra={"deployment": deployment,
+                                           "reason": type(error).__name__})
         raise ReplicaLost(f"replica lost mid-call ({type(error).__name__})") from None
+    said = _unavailable.get(deployment)
+    if said is not None and said.clear():
+        log.info("deployment available", extra={"deployment": deployment})
+    return answer
 
 
 async def read(deployment: str, send: Callable[[], Sent]) -> Any:
@@ -88,11 +98,11 @@ async def read(deployment: str, send: Callable[[], Sent]) -> Any:
     deployment with no replica would refuse it again. The caller's deadline bounds both tries
     (a cancellation cancels the one in flight)."""
     try:
-        return await call(send())
+        return await call(deployment, send())
     except ReplicaLost as error:
         log.debug("read retried", extra={"deployment": deployment, "reason": str(error)})
         metrics().read_retried(deployment)
-        return await call(send())
+        return await call(deployment, send())
 
 
 class HandleBackend:
@@ -150,10 +160,11 @@ class HandleBackend:
         return await coalescer.submit(text)
 
     async def encode_documents_by(self, embedder: ModelRef, texts: Sequence[str]) -> np.ndarray:
-        return await call(self.encoder.encode_documents.remote(list(texts), str(embedder)))
+        return await call("QueryEncoder",
+                          self.encoder.encode_documents.remote(list(texts), str(embedder)))
 
     async def rerank(self, query: str, passages: Sequence[str]) -> np.ndarray:
-        return await call(self.reranker.score.remote((query, list(passages))))
+        return await call("Reranker", self.reranker.score.remote((query, list(passages))))
 
     async def embedder_sha(self) -> str:
         return (await self.bound()).view.sha256
@@ -202,7 +213,8 @@ class HandleBackend:
         embedder, which the QueryEncoder runs (CollectionMissing, StoreUnavailable or
         EmbedderMismatch otherwise)."""
         bound = await self.bound()
-        dim, sha = await call(self.encoder.identity.remote(str(bound.view.embedder)))
+        dim, sha = await call("QueryEncoder",
+                              self.encoder.identity.remote(str(bound.view.embedder)))
         if (dim, sha) != (bound.view.dim, bound.view.sha256):
             raise EmbedderMismatch(
                 f"the QueryEncoder's {bound.view.embedder} is {sha[:12]} (dim {dim}), the model "
