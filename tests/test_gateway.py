@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import pickle
 import threading
 import time
@@ -32,6 +33,7 @@ from papersearch.client import (
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.errors import Overloaded
+from papersearch.gateway import errors as gateway_errors
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.server import server_options
 from papersearch.index.errors import (
@@ -755,17 +757,33 @@ def test_index_refusals_tell_the_client_what_and_the_log_where(
                    for r in caplog.records)
 
 
-def test_one_failure_met_by_many_calls_is_one_incident(caplog: pytest.LogCaptureFixture) -> None:
+def test_one_failure_met_by_many_calls_is_one_incident(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The collection opener hands every call within its retry interval the one failure it
-    met: each call logged it again under a new id (500 lines in 1.7 s of searches)."""
+    met: each call logged it again under a new id (500 lines in 1.7 s of searches). A Qdrant
+    server down fails each call with its own error: the same failure within
+    INCIDENT_REPEAT_S is the same incident too, logged again after it with the calls that met
+    it meanwhile; another failure is its own incident at once."""
+    now = [0.0]
+    monkeypatch.setattr(gateway_errors, "_incidents",
+                        gateway_errors.Incidents(clock=lambda: now[0]))
+
+    def logged() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "index unavailable"]
+
     met = StoreUnavailable("qdrant-edge open: /srv/secret/papers: Permission denied")
     told = {to_status(met)[1] for _ in range(50)}
     assert len(told) == 1
-    logged = [r for r in caplog.records if r.getMessage() == "index unavailable"]
-    assert len(logged) == 1 and f"incident {logged[0].incident})" in told.pop()
-    again = StoreUnavailable("qdrant-edge open: /srv/secret/papers: Permission denied")
-    assert to_status(again) != to_status(met)  # a failure met again: a new incident
-    assert len([r for r in caplog.records if r.getMessage() == "index unavailable"]) == 2
+    assert len(logged()) == 1 and f"incident {logged()[0].incident})" in told.pop()
+    down = "qdrant search: UNAVAILABLE: failed to connect to all addresses"
+    now[0] = 5.0
+    first = {to_status(StoreUnavailable(down))[1] for _ in range(30)}
+    other = to_status(StoreUnavailable("qdrant upsert: INTERNAL: disk full"))[1]
+    assert len(first) == 1 and other not in first and len(logged()) == 3
+    now[0] = 5.0 + gateway_errors.INCIDENT_REPEAT_S
+    later = to_status(StoreUnavailable(down))[1]
+    assert later not in first and len(logged()) == 4
+    assert logged()[-1].repeats == 29  # type: ignore[attr-defined]
 
 
 def test_unexpected_error_is_internal_without_details(fault: tuple[Faulty, SearchClient]) -> None:

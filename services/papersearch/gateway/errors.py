@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -26,6 +29,11 @@ from papersearch.telemetry import metrics
 log = logging.getLogger(__name__)
 
 INCIDENT_ATTRIBUTE = "papersearch_incident"  # the id an error was logged under (_incident)
+# The same failure (kind and words) met again within this many seconds of being logged is the
+# same incident: during a Qdrant server outage every call raises its own error, and each
+# wrote its own WARNING (one line per search, hundreds a second under load).
+INCIDENT_REPEAT_S = 10.0
+INCIDENTS_KEPT = 256  # distinct failures remembered; past it, the oldest are forgotten
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -82,19 +90,53 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
 
 
+@dataclass
+class _Logged:
+    incident: str
+    at: float
+    repeats: int = 0  # calls that met it since, not logged
+
+
+@dataclass
+class Incidents:
+    """Failures logged in the last ``repeat_s``, by what they are and what they say."""
+
+    repeat_s: float = INCIDENT_REPEAT_S
+    clock: Callable[[], float] = time.monotonic
+    logged: dict[tuple[str, str, str], _Logged] = field(default_factory=dict)
+
+    def incident(self, error: BaseException, what: str, level: int, traceback: bool) -> str:
+        key, now = (what, type(error).__name__, str(error)), self.clock()
+        seen = self.logged.get(key)
+        if seen is not None and now - seen.at < self.repeat_s:
+            seen.repeats += 1
+            return seen.incident
+        incident = uuid.uuid4().hex[:12]
+        log.log(level, what, extra={"incident": incident, "detail": str(error),
+                                    "repeats": 0 if seen is None else seen.repeats},
+                exc_info=error if traceback else None)
+        self.logged.pop(key, None)  # re-inserted last: the dict's order is the log's
+        self.logged[key] = _Logged(incident, now)
+        while len(self.logged) > INCIDENTS_KEPT:
+            del self.logged[next(iter(self.logged))]
+        return incident
+
+
+_incidents = Incidents()
+
+
 def _incident(error: BaseException, what: str, level: int, *, traceback: bool = False) -> str:
-    """Log ``error`` under a new incident id, the one its client is told; an error already
-    logged keeps its id and is not logged again. The collection opener gives every call
-    within its retry interval the one failure it met: during an outage each search wrote the
-    same line again (500 in 1.7 s), where one failure is one incident."""
+    """The incident id ``error`` is logged under, the one its client is told. An error object
+    already logged keeps its id (the collection opener gives every call within its retry
+    interval the one failure it met: 500 lines in 1.7 s of searches), and so does the same
+    failure met again within INCIDENT_REPEAT_S; when it is logged again after that, its line
+    counts the calls that met it meanwhile (``repeats``)."""
     incident = getattr(error, INCIDENT_ATTRIBUTE, None)
     if isinstance(incident, str):
         return incident
-    incident = uuid.uuid4().hex[:12]
-    log.log(level, what, extra={"incident": incident, "detail": str(error)},
-            exc_info=error if traceback else None)
+    incident = _incidents.incident(error, what, level, traceback)
     try:
         setattr(error, INCIDENT_ATTRIBUTE, incident)
-    except AttributeError:  # an exception type with slots: logged each time, as before
+    except AttributeError:  # an exception type with slots: looked up by its words each time
         pass
     return incident
