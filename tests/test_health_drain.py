@@ -436,7 +436,7 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
     health_port, drain_file = free_port(), tmp_path / "drain"
     drain_file.touch()  # stale, from an earlier drain: removed at start, not obeyed
     target = servers.start(slow, health_port=health_port, drain_file=drain_file,
-                           drain_grace_s=20.0)
+                           drain_grace_s=DRAIN_GRACE_S)
     gateway = servers.gateways[-1]
     serve = gateway.settings.serve
     with SearchClient(target, timeout_s=30.0) as client, \
@@ -459,7 +459,8 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
             with pytest.raises(grpc.RpcError) as refused:
                 client.search(SearchQuery("draining gateways", rerank=False), timeout_s=5.0)
             assert [f.result(30).hits for f in in_flight]  # every one answered OK
-            assert drained.result(30) < serve.drain_grace_s
+            # stopped once they had (DRAIN_GRACE_S is past this guard), not by the grace
+            assert drained.result(60) is not None
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     assert "draining" in refused.value.details()  # type: ignore[attr-defined]
     assert not accepting("127.0.0.1", int(target.rsplit(":", 1)[1]))
