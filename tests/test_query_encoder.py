@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from papersearch.autoscaling import UTILIZATION
 from papersearch.encoder import deployment
 from papersearch.encoder.runtime import Encoder
 from papersearch.settings import Settings
+from papersearch.telemetry import metrics
 
 pytestmark = pytest.mark.slow  # both load the exported embedder (embedder_dir)
 
@@ -132,6 +134,7 @@ def test_document_calls_run_one_at_a_time(
 
 def test_a_replica_keeps_at_most_two_other_embedders_loaded(
     model_settings: Settings, embedder_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each embedder a call named stayed loaded until the replica restarted: every finished
     migration left its old model in memory. The least recently used other one goes first;
@@ -144,6 +147,8 @@ def test_a_replica_keeps_at_most_two_other_embedders_loaded(
         update={"repository": tmp_path})})
     replica = deployment.QueryEncoderDeployment.func_or_class(settings)
     assert deployment.EXTRA_EMBEDDERS == 2 and replica.default == f"{name}@1"  # the manifest's
+    unloaded: list[str] = []
+    monkeypatch.setattr(metrics(), "model_unloaded", lambda _, model: unloaded.append(model))
 
     async def calls() -> None:
         for version in (2, 3, 2, 4):  # 3 is the least recently used when 4 comes
@@ -155,3 +160,39 @@ def test_a_replica_keeps_at_most_two_other_embedders_loaded(
         assert (await replica.encode(["a query"])).shape[0] == 1  # the configured one
 
     asyncio.run(calls())
+    assert unloaded == []  # each unloaded version's name still runs (@1): its gauge stays
+
+
+def test_an_unloaded_embedder_s_precision_gauge_goes_to_zero(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An embedder unloaded for another no longer runs in the replica: its precision gauge
+    reads 0 (it read 1 until the replica restarted); while another version of its name is
+    still loaded, the gauge (by model name) stays."""
+    name = model_settings.models.embedder_name
+    for other in ("other-a", "other-b", "other-c"):  # as exports of other names would be
+        (tmp_path / other / "1").mkdir(parents=True)
+        for part in embedder_dir.iterdir():
+            if part.name != "manifest.json":
+                (tmp_path / other / "1" / part.name).symlink_to(part)
+        manifest = json.loads((embedder_dir / "manifest.json").read_text())
+        (tmp_path / other / "1" / "manifest.json").write_text(
+            json.dumps(manifest | {"name": other}))
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "1").symlink_to(embedder_dir)
+    settings = model_settings.model_copy(update={"models": model_settings.models.model_copy(
+        update={"repository": tmp_path})})
+    unloaded: list[tuple[str, str]] = []
+    meter = metrics()
+    replica = deployment.QueryEncoderDeployment.func_or_class(settings)
+    monkeypatch.setattr(meter, "model_unloaded",
+                        lambda deployment_name, model: unloaded.append((deployment_name, model)))
+
+    async def calls() -> None:
+        for other in ("other-a", "other-b", "other-c"):
+            assert (await replica.encode(["a query"], f"{other}@1")).shape[0] == 1
+
+    asyncio.run(calls())
+    assert list(replica._encoders) == [f"{name}@1", "other-b@1", "other-c@1"]
+    assert unloaded == [("QueryEncoder", "other-a")]
