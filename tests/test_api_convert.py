@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable
 from concurrent import futures
 from datetime import date
@@ -18,7 +19,14 @@ from papersearch.api import convert
 from papersearch.api import generate as gen
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.corpus.paper import Paper, clean_text, quoted
+from papersearch.corpus.paper import (
+    GRAPHEME_JOINER,
+    MAX_NON_STARTERS,
+    Paper,
+    clean_text,
+    quoted,
+    stream_safe,
+)
 from papersearch.index.query import Examples, Explanation, SearchFilter, StageRank
 from papersearch.pipeline.query import (
     InvalidQuery,
@@ -217,6 +225,9 @@ def _search(**fields: object) -> pb.SearchRequest:
         (_search(query=" \n\t"), "query must not be empty"),
         (_search(query="\u200b\x00 \u2060\ufeff"), "query must not be empty: it holds only"),
         (_search(query="x" * 2049), "query is 2049 characters; the limit is 2048"),
+        # within the limit as sent, three times it once NFC decomposes each (U+FB2C)
+        (_search(query="\ufb2c" * 2048),
+         r"query is 6144 characters once normalised \(NFC\); the limit is 2048"),
         (_search(top_k=-1), r"top_k must be between 1 and 100 \(0 means the default, 10\), got -1"),
         (_search(top_k=101), r"top_k must be between 1 and 100 .*got 101"),
         (
@@ -452,6 +463,9 @@ def _paper(**fields: object) -> pb.Paper:
 @pytest.mark.parametrize(("fields", "error"), [
     ({"paper_id": "x" * 257}, "paper_id is 257 bytes in UTF-8; the limit is 256"),
     ({"paper_id": "\u00e9" * 129}, "paper_id is 258 bytes in UTF-8; the limit is 256"),
+    # refused by its length before NFC: its run of marks made that cost seconds
+    ({"paper_id": "a" + "\u0301" * 40_000},
+     "paper_id is 40001 characters; the limit is 256 bytes in UTF-8"),
     ({"title": "x" * 1001}, "title is 1001 characters; the limit is 1000"),
     ({"abstract": "x" * 20_001}, "abstract is 20001 characters; the limit is 20000"),
     ({"authors": ["a"] * 101}, "authors has 101 entries; the limit is 100"),
@@ -459,8 +473,9 @@ def _paper(**fields: object) -> pb.Paper:
     ({"authors": ["a", "x" * 257]}, r"authors\[1\] is 257 characters; the limit is 256"),
     ({"categories": ["x" * 257]}, r"categories\[0\] is 257 characters; the limit is 256"),
     ({"url": "h" * 2049}, "url is 2049 characters; the limit is 2048"),
-], ids=["id-257", "id-258-bytes-129-chars", "title-1001", "abstract-20001", "authors-101",
-        "categories-101", "author-257", "category-257", "url-2049"])
+], ids=["id-257", "id-258-bytes-129-chars", "id-40001-chars-unnormalised", "title-1001",
+        "abstract-20001", "authors-101", "categories-101", "author-257", "category-257",
+        "url-2049"])
 def test_paper_fields_just_past_their_limits(fields: dict[str, object], error: str) -> None:
     with pytest.raises(InvalidQuery, match=error):
         convert.paper_from_proto(_paper(**fields))
@@ -516,6 +531,28 @@ def test_a_name_is_composed_after_its_invisible_characters_go() -> None:
     assert paper.authors == ("Jos\u00e9 Garc\u00eda",) and paper.title == "Caf\u00e9"
     found = convert.filter_from_proto(pb.Filter(authors=["Jos\u00e9 Garc\u00eda"]))
     assert found.authors == paper.authors
+
+
+def test_long_runs_of_combining_marks_are_split_before_normalising() -> None:
+    """NFC sorts a run of combining marks by insertion: an abstract of "a" and 40,000 marks
+    sorted against their order held the gateway's loop 6.6 s (quadratic in the run). Runs
+    past MAX_NON_STARTERS get a grapheme joiner every that many marks (UAX #15's stream-safe
+    form), normal text is left as it was, and the split is idempotent."""
+    marks = sorted((chr(c) for c in range(0x300, 0x370) if unicodedata.combining(chr(c))),
+                   key=lambda c: -unicodedata.combining(c))
+    run = "".join(marks[i % len(marks)] for i in range(10 * MAX_NON_STARTERS + 5))
+    safe = stream_safe("a" + run)
+    assert safe.replace(GRAPHEME_JOINER, "") == "a" + run and safe.count(GRAPHEME_JOINER) == 10
+    assert max(len(part) for part in safe[1:].split(GRAPHEME_JOINER)) == MAX_NON_STARTERS
+    cleaned = clean_text("a" + run + " b")  # NFC makes two marks of a few (U+0344)
+    runs = [len(part) for part in re.findall(r"[\u0300-\u034e\u0350-\u036f]+", cleaned)]
+    assert max(runs) <= MAX_NON_STARTERS and cleaned.count(GRAPHEME_JOINER) >= 10
+    assert cleaned.endswith(" b") and clean_text(cleaned) == cleaned
+    assert stream_safe("a" + marks[0] * MAX_NON_STARTERS) == "a" + marks[0] * MAX_NON_STARTERS
+    written = "Sch\u00f6nheit 1\u0302\u0323 \u0915\u094d\u0937 caf\u0065\u0301"
+    assert stream_safe(written) == written
+    paper = convert.paper_from_proto(_paper(abstract="a" + run))
+    assert GRAPHEME_JOINER in paper.abstract
 
 
 def test_names_collapse_spaces_as_ingest_stores_them() -> None:

@@ -753,7 +753,7 @@ def test_an_id_past_its_limit_is_refused_before_its_characters_are_scanned(
     real = paper.without_controls
     monkeypatch.setattr(paper, "without_controls",
                         lambda text, name: scanned.append(len(text)) or real(text, name))
-    with pytest.raises(ValueError, match="is 4000000 bytes"):
+    with pytest.raises(ValueError, match="is 4000000 characters"):
         paper.checked_id("x" * 4_000_000)
     with pytest.raises(ValueError, match="control character U\\+D800"):
         paper.checked_id("a\ud800b")  # sized as a surrogate would be, then refused

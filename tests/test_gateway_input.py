@@ -211,7 +211,7 @@ def test_a_caller_without_a_key_is_refused_before_its_request_is_received(
 def test_a_huge_id_is_refused_without_being_echoed(channel: grpc.Channel) -> None:
     request = pb.GetPaperRequest(paper_id="x" * 1_000_000)
     details = invalid_argument(call_raw(channel, SEARCH + "GetPaper", request.SerializeToString()))
-    assert details == "paper_id is 1000000 bytes in UTF-8; the limit is 256"
+    assert details == "paper_id is 1000000 characters; the limit is 256 bytes in UTF-8"
 
 
 def test_control_characters_are_refused_escaped(channel: grpc.Channel) -> None:

@@ -52,6 +52,13 @@ CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 MAX_TITLE_CHARS = 1_000
 MAX_ABSTRACT_CHARS = 20_000
 MAX_NAMES = 100  # authors or categories, of a paper or of a search filter
+# Unicode's Stream-Safe Text Format (UAX #15): at most this many non-starters (combining
+# marks) in a row, U+034F COMBINING GRAPHEME JOINER put between longer runs. Normalisation
+# sorts a run by insertion: its cost grew with the square of the run's length (one id or
+# abstract of "a" and 40,000 marks held the gateway's event loop 6.6 s before its limit
+# refused it).
+MAX_NON_STARTERS = 30
+GRAPHEME_JOINER = "\u034f"
 MAX_NAME_CHARS = 256  # one author or category
 MAX_URL_CHARS = 2_048
 
@@ -68,11 +75,17 @@ def checked_id(value: str, field_name: str = "paper id") -> str:
     id are one paper); blank, over MAX_PAPER_ID_BYTES in UTF-8 or holding a control or format
     character (Cc/Cf) raises ValueError. The gateway's UpsertPapers and DeletePapers and the
     corpus readers of `papersearch ingest` share it."""
-    text = unicodedata.normalize("NFC", value.strip())
+    stripped = value.strip()
+    # the size first (len() costs no scan): NFC leaves at least a third of the characters
+    # (three Hangul jamo make one syllable), each at least one byte
+    if len(stripped) > 3 * MAX_PAPER_ID_BYTES:
+        raise ValueError(f"{field_name} is {len(stripped)} characters; the limit is "
+                         f"{MAX_PAPER_ID_BYTES} bytes in UTF-8")
+    text = unicodedata.normalize("NFC", stream_safe(stripped))
     if not text:
         raise ValueError(f"{field_name} must not be empty")
-    # the size first (in C: a 4 MiB id costs no scan); a lone surrogate, which has no UTF-8
-    # form, is sized as one would be and refused by the scan that follows
+    # a lone surrogate, which has no UTF-8 form, is sized as one would be and refused by the
+    # scan that follows
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_PAPER_ID_BYTES:
         raise ValueError(f"{field_name} is {size} bytes in UTF-8; the limit is "
@@ -127,10 +140,42 @@ def normalise_title(title: str) -> str:
 def clean_text(text: str) -> str:
     """Drop control and zero-width characters, then NFC-normalise and collapse whitespace (in
     that order: a soft hyphen or zero-width space between a letter and its combining accent,
-    "e\u00ad\u0301", blocked the composition and left a stored text no NFC query matches)."""
+    "e\u00ad\u0301", blocked the composition and left a stored text no NFC query matches).
+    Runs of combining marks past MAX_NON_STARTERS are split (stream_safe) before, and again
+    after (NFC makes two marks of a few, U+0344): a clean text is its own clean text."""
     kept = "".join(c for c in text
                    if c.isspace() or unicodedata.category(c) not in CONTROL_CATEGORIES)
-    return " ".join(unicodedata.normalize("NFC", kept).split())
+    return " ".join(stream_safe(unicodedata.normalize("NFC", stream_safe(kept))).split())
+
+
+def stream_safe(text: str) -> str:
+    """``text`` with a GRAPHEME_JOINER after every MAX_NON_STARTERS combining marks in a row
+    (UAX #15's Stream-Safe Text Format): normalising it, now or later (NFKC for BM25 and the
+    models, NFKD for titles), then costs time in proportion to its length. Text a person
+    writes has no such run; nothing changes in it."""
+    return _long_runs().sub(_joined, text)
+
+
+def _joined(run: re.Match[str]) -> str:
+    marks = run.group()
+    return GRAPHEME_JOINER.join(marks[i:i + MAX_NON_STARTERS]
+                                for i in range(0, len(marks), MAX_NON_STARTERS))
+
+
+@lru_cache(maxsize=1)
+def _long_runs() -> re.Pattern[str]:
+    """Runs of more than MAX_NON_STARTERS characters of non-zero canonical combining class,
+    as this Python's Unicode database has them (built on first use, ~0.2 s)."""
+    ranges: list[str] = []
+    start: int | None = None
+    for code in range(0x110001):
+        combining = code <= 0x10FFFF and unicodedata.combining(chr(code)) != 0
+        if combining and start is None:
+            start = code
+        elif not combining and start is not None:
+            ranges.append(f"\\U{start:08x}-\\U{code - 1:08x}")
+            start = None
+    return re.compile(f"[{''.join(ranges)}]{{{MAX_NON_STARTERS + 1},}}")
 
 
 def model_text(text: str) -> str:

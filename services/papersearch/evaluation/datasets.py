@@ -55,9 +55,10 @@ def load_dataset(path: Path) -> EvalDataset:
 
 def check_servable(dataset: EvalDataset, limits: SearchSettings) -> None:
     """ValueError naming the queries the service refuses (longer than
-    search.max_query_chars as written, before the cleaning): they were measured here, and a
-    user sending them gets INVALID_ARGUMENT."""
-    written = ((q, dataset.written_chars.get(q, len(text))) for q, text in dataset.queries.items())
+    search.max_query_chars as written, before the cleaning, or once cleaned: NFC lengthens
+    some): they were measured here, and a user sending them gets INVALID_ARGUMENT."""
+    written = ((q, max(dataset.written_chars.get(q, 0), len(text)))
+               for q, text in dataset.queries.items())
     over = [(q, chars) for q, chars in written if chars > limits.max_query_chars]
     if over:
         named = ", ".join(f"{q!r} ({chars} characters)" for q, chars in over[:5])

@@ -44,6 +44,9 @@ class SearchQuery:
         if not cleaned:  # "\u200b", "\x00": searched as an empty text was
             raise InvalidQuery("query must not be empty: it holds only control or zero-width "
                                "characters")
+        if len(cleaned) > limits.max_query_chars:  # NFC expands some: "\ufb2c" is three
+            raise InvalidQuery(f"query is {len(cleaned)} characters once normalised (NFC); "
+                               f"the limit is {limits.max_query_chars}")
         if not 1 <= self.top_k <= limits.max_top_k:
             raise InvalidQuery(f"top_k must be between 1 and {limits.max_top_k}, got {self.top_k}")
         if self.mode not in get_args(Mode):
