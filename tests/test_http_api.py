@@ -294,6 +294,29 @@ def test_a_parse_error_looks_for_a_bounded_number_of_the_bodys_values(
 
 
 @pytest.mark.parametrize(("message_type", "body", "said"), [
+    (pb.DeletePapersRequest, '{"paper_ids": ["dp-1", "dp-2"], "paperIds": ["dp-3"]}',
+     "paper_ids is given twice, as 'paper_ids' and 'paperIds'"),
+    (pb.SearchRequest, '{"query": "x", "top_k": 5, "topK": 7}',
+     "top_k is given twice, as 'top_k' and 'topK'"),
+    (pb.SearchRequest, '{"query": "x", "filter": {"publishedFrom": "2025-01-01", '
+     '"published_from": "2024-01-01"}}', "filter.published_from is given twice"),
+    (pb.SearchRequest, '{"query": "x", "filter": {"published_from": "2025-01-01"}, '
+     '"filter": {"categories": ["cs.CV"]}}', "request gives the key 'filter' more than once"),
+    (pb.SearchRequest, '{"query": "x", "filter": {"categories": ["a"], "categories": ["b"]}}',
+     "request gives the key 'categories' more than once"),
+])
+def test_a_field_given_twice_is_refused(message_type: Any, body: str, said: str) -> None:
+    """json.loads kept the last of a repeated key, and protobuf's ParseDict the last of a
+    field's two names: part of the request (ids to delete, a filter's date bound) was
+    dropped with a 200. protobuf's own JSON parser refuses a repeated key."""
+    from papersearch.gateway.http_api import HttpError, _loads, _parse
+
+    with pytest.raises(HttpError, match=re.escape(said)) as raised:
+        _parse(_loads(body.encode(), "request"), message_type, "request")
+    assert raised.value.status == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize(("message_type", "body", "said"), [
     (pb.SearchRequest, {"query": "x", "mode": True},
      "mode must be an enum name or number, got the boolean true"),
     (pb.SearchRequest, {"query": "x", "minRelevance": True},

@@ -20,13 +20,21 @@ _NUMBERS = {FieldDescriptor.TYPE_ENUM: "an enum name or number",
 def check_types(value: dict[str, Any], descriptor: Descriptor, where: str = "") -> None:
     """ValueError naming the first field of ``value`` (a JSON object for ``descriptor``) whose
     value is a boolean where a number or enum is wanted, or not an object where a message is;
-    other mistakes are left to protobuf's parser, which names them."""
+    other mistakes are left to protobuf's parser, which names them. A field given under both
+    its names (``paper_ids`` and ``paperIds``) is refused: protobuf's ParseDict kept the last
+    one given, silently."""
     fields = _fields_by_key(descriptor)
+    given: dict[str, str] = {}  # field name -> the key it came as
     for key, item in value.items():
         field = fields.get(key)
-        if field is None or item is None:
+        if field is None:
             continue
         name = f"{where}{field.name}"
+        if field.name in given:
+            raise ValueError(f"{name} is given twice, as {given[field.name]!r} and {key!r}")
+        given[field.name] = key
+        if item is None:
+            continue
         for one in item if field.is_repeated and isinstance(item, list) else [item]:
             message = field.message_type
             if message is not None and not message.GetOptions().map_entry:

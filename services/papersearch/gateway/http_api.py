@@ -511,9 +511,32 @@ def _require_type(request: web.Request, content_type: str) -> None:
                         "accepted: send the body uncompressed", http=415)
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object that gives one key twice: json.loads kept the last, silently (a
+    filter's date bound, ids to delete), where protobuf's own JSON parser refuses it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    made = dict(pairs)
+    if len(made) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return made
+
+
 def _loads(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=_object)
+    except _RepeatedKey as error:
+        raise HttpError("INVALID_ARGUMENT", f"{what} gives the key {quoted(error.key)} more "
+                        "than once") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HttpError("INVALID_ARGUMENT", f"{what} is not valid JSON: {error}") from None
     except RecursionError:
