@@ -78,11 +78,16 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
      "got 'http://'"),
     ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "https://qdrant:x"}',
      "index (PAPERSEARCH_INDEX): Value error, index.url's host or port is not valid "
-     "(http://qdrant:6333), got 'https://qdrant:x'"),
-    # quoted without its password
+     "(http://qdrant:6333; a user or password holding / ? # @ is percent-encoded), got "
+     "'https://qdrant:x'"),
+    # quoted without its password, one that does not parse too (it was shown whole)
     ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "ftp://admin:s3cret@qdrant"}',
      "index (PAPERSEARCH_INDEX): Value error, index.url must be an http:// or https:// URL, "
      "got 'ftp://qdrant'"),
+    ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "https://admin:se#cr/t?@qdrant:6333"}',
+     "index (PAPERSEARCH_INDEX): Value error, index.url's host or port is not valid "
+     "(http://qdrant:6333; a user or password holding / ? # @ is percent-encoded), got "
+     "'https://qdrant:6333'"),
     # an empty path is the current directory: a template's unset variable moved the index
     ("PAPERSEARCH_INDEX__DATA_DIR", "",
      "index.data_dir (PAPERSEARCH_INDEX__DATA_DIR): Value error, an empty path is the current "
@@ -411,7 +416,8 @@ def test_the_serve_app_names_an_invalid_setting_without_its_value(
              "(the app's args.settings): Value error, a key must not be empty"),
             ({"index": {"backend": "server", "url": f"http://reader:{keys[0]}@qdrant:x"}},
              "index (the app's args.settings): Value error, index.url's host or port is not "
-             "valid (http://qdrant:6333), got 'http://qdrant:x'")):
+             "valid (http://qdrant:6333; a user or password holding / ? # @ is "
+             "percent-encoded), got 'http://qdrant:x'")):
         with pytest.raises(ValueError) as raised:
             settings_from_args({"settings": overrides})
         assert str(raised.value).startswith(f"invalid settings: {problem}")

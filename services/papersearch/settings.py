@@ -328,8 +328,9 @@ def _set_name(path: Path) -> str:
 
 def without_userinfo(url: str) -> str:
     """``url`` without the user and password it may carry (``https://user:pw@host``), as
-    messages and logs show it."""
-    return re.sub(r"(?<=//)[^/?#]*@", "", url)
+    messages and logs show it: all up to its last "@", so that a password holding "/", "?"
+    or "#" (not percent-encoded: the URL does not parse) is cut too."""
+    return re.sub(r"(?<=//).*@", "", url, count=1, flags=re.DOTALL)
 
 
 def _check_server_url(url: str) -> None:
@@ -341,7 +342,8 @@ def _check_server_url(url: str) -> None:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:  # "https://qdrant:x": no port; "http://[::1": no IPv6 address
-        raise ValueError(f"index.url's host or port is not valid (http://qdrant:6333), got "
+        raise ValueError(f"index.url's host or port is not valid (http://qdrant:6333; a user "
+                         "or password holding / ? # @ is percent-encoded), got "
                          f"{shown}") from None
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"index.url must be an http:// or https:// URL, got {shown}")
