@@ -55,6 +55,10 @@ def test_top_k_defaults_to_the_settings_default() -> None:
         assert _top_k(args, settings, remote=True) == 0  # a gateway's own default
     args = build_parser().parse_args(["search", "q", "--top-k", "3"])
     assert _top_k(args, settings, remote=False) == _top_k(args, settings, remote=True) == 3
+    for value in ("3000000000", "-5"):  # past int32: protobuf's "Value out of range" was all
+        args = build_parser().parse_args(["similar", "p1", "--top-k", value])
+        with pytest.raises(ValueError, match=f"--top-k must be a positive number .*got {value}"):
+            _top_k(args, settings, remote=True)
 
 
 class Searches(pb_grpc.SearchServiceServicer):

@@ -29,7 +29,13 @@ from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.models.manifest import ProviderUnavailable
 from papersearch.serving.node_drain import NodeDrainError
-from papersearch.settings import DEADLINE_MAX_S, Settings, load_settings, unread_variables
+from papersearch.settings import (
+    DEADLINE_MAX_S,
+    MAX_COUNT,
+    Settings,
+    load_settings,
+    unread_variables,
+)
 
 if TYPE_CHECKING:
     from papersearch.client import SearchClient
@@ -339,8 +345,12 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
 
 def _top_k(args: argparse.Namespace, settings: Settings, remote: bool) -> int:
     """--top-k, else the default: this machine's ``search.default_top_k``, or for a gateway 0
-    (the API's "its default")."""
+    (the API's "its default"). Past the proto's int32 the request could not be built: the
+    error was protobuf's "Value out of range", naming no option."""
     if args.top_k is not None:
+        if not 0 <= args.top_k <= MAX_COUNT:
+            raise ValueError(f"--top-k must be a positive number (at most the server's "
+                             f"search.max_top_k), got {args.top_k}")
         return int(args.top_k)
     return 0 if remote else settings.search.default_top_k
 
