@@ -1054,6 +1054,53 @@ def test_an_index_whose_making_was_cut_short_is_not_left(
             DIM, SHA, create=False)
 
 
+def test_an_index_deleted_mid_way_is_never_left_half_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index ingest made for nothing was deleted in place (rmtree, in listing order): a
+    kill after its shard config had gone and before its segments left a folder `search` read
+    as no index and ingest could not make ("path already contains segment data"), stuck until
+    deleted by hand. It is renamed aside before it is deleted; what a death leaves aside goes
+    at the next open. A folder left half deleted anyway (by an older version) is said plainly."""
+    import shutil
+
+    from papersearch import durable
+    from papersearch.index.pointer import EdgePointers
+
+    settings = IndexSettings(data_dir=tmp_path / "index")
+    store = EdgeStore(settings)
+    store.ensure_collection(DIM, SHA)
+    store.close()
+
+    def killed(path: Path, ignore_errors: bool = False) -> None:
+        for child in sorted(Path(path).iterdir()):  # some of it deleted, then the death
+            if child.is_dir() and child.name != "segments":
+                shutil.rmtree(child)
+            elif child.is_file():
+                child.unlink()
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(durable, "shutil", ModuleStandIn(shutil, rmtree=killed))
+    with pytest.raises(SystemExit):
+        EdgePointers(settings).drop(store.path.name)
+    monkeypatch.undo()
+    assert not store.path.exists()
+    [aside] = [p for p in settings.data_dir.iterdir() if p.name.endswith(".removing")]
+    assert (aside / "segments").is_dir()
+    with pytest.raises(CollectionMissing):  # no index, as before
+        EdgeStore(settings).ensure_collection(DIM, SHA, create=False)
+    assert not aside.exists()  # cleared by that open
+    again = EdgeStore(settings)
+    again.ensure_collection(DIM, SHA)  # ingest makes it anew
+    again.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
+    assert again.count() == 2
+    again.close()
+
+    (store.path / "edge_config.json").unlink()  # as an in-place deletion left it
+    (store.path / "papersearch.json").unlink()
+    with pytest.raises(StoreError, match="its deletion was cut short .* Delete the folder"):
+        EdgeStore(settings).ensure_collection(DIM, SHA)
+
+
 def test_ctrl_c_after_the_index_is_made_leaves_no_index(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C in ensure_collection's count for its "index open" line, after the engine had

@@ -131,6 +131,37 @@ def _replaced_by(aside: Path) -> Path:
     return aside.with_name(aside.name[1:].rsplit(".", 2)[0])
 
 
+_REMOVING = ".removing"  # a tree being deleted: ".<name>.<random hex>.removing"
+
+
+def remove_tree(path: Path) -> bool:
+    """Delete the directory ``path`` as one step: renamed to a hidden name of its own beside
+    it, the parent fsynced, then removed. A death meanwhile leaves that hidden tree whole,
+    never a part of ``path`` (rmtree deletes in listing order: an index killed mid-way kept its
+    segments without its shard config, which no open could use and no create replace);
+    ``clear_removals`` deletes it later. False if there was no ``path``; OSError if it could
+    not be renamed or deleted."""
+    aside = path.parent / f".{path.name}.{secrets.token_hex(6)}{_REMOVING}"
+    try:
+        path.rename(aside)
+    except FileNotFoundError:
+        return False
+    sync_directory(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)  # a concurrent clear_removals may share it
+    if aside.exists():
+        raise OSError(f"could not delete {aside} (renamed from {path.name})")
+    return True
+
+
+def clear_removals(folder: Path) -> None:
+    """Delete the trees in ``folder`` whose ``remove_tree`` was cut short. Safe at any time:
+    nothing reads a tree once it is set aside for removal."""
+    for left in folder.glob(f".*{_REMOVING}"):
+        if left.is_dir() and not left.is_symlink():
+            log.info("removing a tree whose deletion was cut short", extra={"path": str(left)})
+            shutil.rmtree(left, ignore_errors=True)
+
+
 def remove_stale(folder: Path, target: str | None = None) -> None:
     """Remove the staging directories ``staged`` left in ``folder`` when their writer died (a
     SIGKILL mid-build), and the replaced trees set aside and not yet removed (one whose target

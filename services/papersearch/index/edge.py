@@ -34,14 +34,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
 
 import qdrant_edge as qe
 
 from papersearch import interrupts
-from papersearch.durable import write_json
+from papersearch.durable import clear_removals, remove_tree, write_json
 from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
@@ -83,6 +83,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "papersearch.json"
 ACCESS_CHECK_S = 0.5  # how long a passed access check of the index directory holds
 _SHARD_CONFIG = "edge_config.json"  # written by EdgeShard.create
+_SEGMENTS = "segments"  # the shard's data, beside it
 _INDEX_TYPES = {
     "datetime": qe.PayloadSchemaType.Datetime,
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -125,6 +126,7 @@ class EdgeStore(Store):
 
     def _open(self, identity: EmbedderIdentity, create: bool) -> EmbedderIdentity:
         self._check_access()
+        clear_removals(self.path.parent)  # an index deleted (durable.remove_tree) mid-way
         manifest = self.path / MANIFEST
         stored = read_manifest(manifest)
         if stored is not None:
@@ -139,6 +141,12 @@ class EdgeStore(Store):
             raise CollectionMissing(f"no index at {shown(self.path)}: papersearch ingest "
                                     "creates it")
         else:
+            if (self.path / _SEGMENTS).exists():  # the engine would refuse with "path already
+                # contains segment data", which says neither why nor what to do
+                raise StoreError(
+                    f"index {shown(self.path)} holds a shard's segments but not its "
+                    f"{_SHARD_CONFIG}: its deletion was cut short (a process killed while it "
+                    "removed the index). Delete the folder, then run papersearch ingest again")
             fresh = not self.path.exists() or not any(self.path.iterdir())
             made = self._make_directory()
             # a failed create is left as it is: it may be another process's making at once
@@ -190,8 +198,9 @@ class EdgeStore(Store):
             return
         with interrupts.held():
             if made:
-                shutil.rmtree(self.path, ignore_errors=True)
-            else:
+                with suppress(OSError):
+                    remove_tree(self.path)
+            else:  # a folder given empty (a volume's mount point): its contents only
                 for child in self.path.iterdir():
                     if child.is_dir() and not child.is_symlink():
                         shutil.rmtree(child, ignore_errors=True)

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from papersearch.durable import write_json
+from papersearch.durable import remove_tree, write_json
 from papersearch.index.errors import StoreError, StoreUnavailable
 from papersearch.settings import COLLECTION_NAME, IndexSettings
 
@@ -140,9 +139,7 @@ class EdgePointers(Pointers):
             raise StoreError(f"refusing to delete {collection!r}: no collection name")
         path = self.settings.data_dir / collection
         try:
-            shutil.rmtree(path)
-        except FileNotFoundError:
-            return
+            remove_tree(path)
         except OSError as error:  # a read-only or failing volume: said, not passed over
             raise StoreError(f"could not delete collection {path}: {error}") from error
 
