@@ -555,6 +555,16 @@ def test_long_runs_of_combining_marks_are_split_before_normalising() -> None:
     assert GRAPHEME_JOINER in paper.abstract
 
 
+def test_the_runs_split_are_of_every_combining_mark_and_only_those() -> None:
+    """stream_safe's pattern is built from planes 0, 1 and 14 (fast, at first use): this
+    Python's Unicode database has no combining mark elsewhere."""
+    from papersearch.corpus.paper import _long_runs
+
+    run = re.compile(_long_runs().pattern.replace(f"{{{MAX_NON_STARTERS + 1},}}", ""))
+    marks = {c for c in range(0x110000) if unicodedata.combining(chr(c))}
+    assert marks and {c for c in range(0x110000) if run.fullmatch(chr(c))} == marks
+
+
 def test_names_collapse_spaces_as_ingest_stores_them() -> None:
     # "Jane  Doe" (two spaces, or a no-break space) is the "Jane Doe" ingest stores and filters
     # name: UpsertPapers kept it as sent, so a filter or a re-ingest missed it
