@@ -32,10 +32,10 @@ from papersearch.gateway import watch as watch_module
 from papersearch.gateway.watch import (
     STEP_PAIRS,
     STEP_WAKES,
+    FilterRule,
     Match,
     WatchFeed,
     WatchHub,
-    matches_filter,
 )
 from papersearch.index.query import SearchFilter
 from papersearch.index.store import Indexed, now_ms
@@ -753,6 +753,10 @@ def test_a_batch_ends_a_watcher_still_behind_without_building_its_matches(
     assert list(keeping_up.pending) == built and keeping_up.ended is None
 
 
+def matches_filter(flt: SearchFilter, paper: Paper) -> bool:
+    return FilterRule.of(flt).admits(paper)
+
+
 def test_matches_are_those_of_each_pair_and_filter_one_by_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Against the plain rule (every pair's cosine against its watch's threshold, then its
@@ -777,12 +781,13 @@ def test_matches_are_those_of_each_pair_and_filter_one_by_one(
                  for j in range(700) if cosines[i, j] >= thresholds[i]
                  and matches_filter(filters[i % 4], papers[j])] for i in range(120)]
     asked: list[tuple[SearchFilter, str]] = []
+    admits = FilterRule.admits
 
-    def counted(flt: SearchFilter, paper: Paper) -> bool:
-        asked.append((flt, paper.id))
-        return matches_filter(flt, paper)
+    def counted(rule: FilterRule, paper: Paper) -> bool:
+        asked.append((rule.filter, paper.id))
+        return admits(rule, paper)
 
-    monkeypatch.setattr(watch_module, "matches_filter", counted)
+    monkeypatch.setattr(FilterRule, "admits", counted)
     for stepwise in (False, True):
         hub = WatchHub(max_watches=120, queue=1000)
         watches = [hub.add(v, float(t), filters[i % 4])
