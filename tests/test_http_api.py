@@ -558,6 +558,36 @@ def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 
+def test_a_large_answer_is_written_as_json_off_the_event_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search answer near serve.max_send_bytes was turned into JSON on the event loop
+    (~150 ms for 16 MB): past PARSE_INLINE_BYTES of protobuf it is written in the front's
+    parse thread; a small one stays inline. The body is the same either way."""
+    import threading
+
+    from papersearch.gateway import http_api
+
+    where: list[str] = []
+    real = http_api._json_body
+
+    def traced(message: Any) -> bytes:
+        where.append(threading.current_thread().name)
+        return real(message)
+
+    monkeypatch.setattr(http_api, "_json_body", traced)
+    small = pb.SearchResponse(hits=[pb.Hit(paper=pb.Paper(paper_id="p", title="t"))])
+    large = pb.SearchResponse(hits=[pb.Hit(paper=pb.Paper(paper_id=f"p{i}", abstract="a" * 20_000))
+                                    for i in range(10)])
+    assert large.ByteSize() > http_api.PARSE_INLINE_BYTES >= small.ByteSize()
+    parsers = http_api.Parsers()
+    try:
+        bodies = [asyncio.run(parsers.json_body(m)) for m in (small, large)]
+    finally:
+        parsers.close()
+    assert where[0] == threading.current_thread().name and where[1].startswith("http-parse")
+    assert [json.loads(b)["hits"][0]["paper"]["paper_id"] for b in bodies] == ["p", "p0"]
+
+
 def test_a_body_of_blank_lines_lets_the_event_loop_run() -> None:
     """Buffered bytes are read without a pause, and blank lines are skipped without one: a
     body of newlines held the loop that also runs gRPC and health (64 MiB gzipped: 27 s)."""

@@ -121,7 +121,8 @@ class HttpError(Exception):
 class Parsers:
     """Large JSON bodies parsed off the event loop, a few at a time. Past PARSE_WAITING
     waiting, another is refused (RESOURCE_EXHAUSTED: the client retries) instead of queued;
-    one whose caller went away (cancelled) before its turn is never parsed."""
+    one whose caller went away (cancelled) before its turn is never parsed. Large answers are
+    written as JSON in the same threads (``json_body``)."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="http-parse")
@@ -137,6 +138,14 @@ class Parsers:
             return await asyncio.get_running_loop().run_in_executor(self._pool, parse)
         finally:
             self._held -= 1
+
+    async def json_body(self, message: Message) -> bytes:
+        """``message`` as a JSON body; past PARSE_INLINE_BYTES of protobuf, in one of the
+        threads (a search answer near serve.max_send_bytes held the loop ~150 ms). Never
+        refused: the answer is there already, and its size is bounded."""
+        if message.ByteSize() <= PARSE_INLINE_BYTES:
+            return _json_body(message)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, _json_body, message)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -260,7 +269,7 @@ class HttpFront:
                 call = stream(messages.messages(), **options)
                 try:
                     with self._running(call) as cut:
-                        return _json(await _answer(call, cut, messages))
+                        return await self._json(await _answer(call, cut, messages))
                 finally:
                     await messages.close()
 
@@ -274,9 +283,13 @@ class HttpFront:
                                      "request", self.serve.max_receive_bytes, "request body")
             call = unary(message, **options)
             with self._running(call) as cut:
-                return _json(await _answer(call, cut))
+                return await self._json(await _answer(call, cut))
 
         return _measured(path, single, self)
+
+    async def _json(self, message: Message) -> web.Response:
+        return web.Response(body=await self.parsers.json_body(message), content_type=JSON,
+                            charset="utf-8")
 
     @contextlib.contextmanager
     def _running(self, call: grpc.aio.Call) -> Iterator[Callable[[], HttpError | None]]:
@@ -633,8 +646,8 @@ def _to_quote(text: str) -> bool:
     return len(text) > QUOTE_CHARS or not text.isprintable()
 
 
-def _json(message: Message) -> web.Response:
-    return web.json_response(_dict(message))
+def _json_body(message: Message) -> bytes:
+    return json.dumps(_dict(message)).encode()
 
 
 def _dict(message: Message) -> dict[str, Any]:
