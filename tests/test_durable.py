@@ -253,3 +253,23 @@ def test_stale_staging_of_one_target_leaves_the_others(tmp_path: Path) -> None:
     remove_stale(tmp_path, "splade-a")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".splade-ab.y2.partial",
                                                           ".splade-b.z3.partial"]
+
+
+def test_a_symlinked_tree_is_not_hidden_by_its_removal(tmp_path: Path) -> None:
+    """Renamed aside, a symlink was hidden (.<name>.<hex>.removing) with its target's data
+    kept, and nothing ever deleted either. It is refused in place, as rmtree refuses it."""
+    from papersearch.durable import clear_removals, remove_tree
+
+    (tmp_path / "elsewhere" / "segments").mkdir(parents=True)
+    link = tmp_path / "data" / "papers-v1"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        remove_tree(link)
+    clear_removals(link.parent)
+    assert [p.name for p in link.parent.iterdir()] == ["papers-v1"] and link.is_symlink()
+    assert (tmp_path / "elsewhere" / "segments").is_dir()
+    plain = tmp_path / "data" / "papers-v2"
+    (plain / "segments").mkdir(parents=True)
+    assert remove_tree(plain) and not remove_tree(plain)
+    assert [p.name for p in link.parent.iterdir()] == ["papers-v1"]

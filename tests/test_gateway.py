@@ -786,6 +786,31 @@ def test_one_failure_met_by_many_calls_is_one_incident(
     assert logged()[-1].repeats == 29  # type: ignore[attr-defined]
 
 
+def test_two_bugs_saying_the_same_words_are_two_incidents(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An INTERNAL incident is logged with its traceback: another bug raising the same words
+    elsewhere within INCIDENT_REPEAT_S was told the first one's incident, its own traceback
+    never logged. The same bug met again is still one incident."""
+    monkeypatch.setattr(gateway_errors, "_incidents", gateway_errors.Incidents())
+
+    def one() -> None:
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    def another() -> None:
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    told = []
+    for bug in (one, another, one):
+        try:
+            bug()
+        except TypeError as error:
+            told.append(to_status(error)[1])
+    assert told[0] == told[2] != told[1]
+    logged = [r for r in caplog.records if r.getMessage() == "internal error"]
+    assert [r.exc_info[2].tb_next.tb_frame.f_code.co_name for r in logged  # type: ignore[index,union-attr]
+            ] == ["one", "another"]
+
+
 def test_unexpected_error_is_internal_without_details(fault: tuple[Faulty, SearchClient]) -> None:
     backend, client = fault
     backend.fault = "internal"

@@ -24,7 +24,7 @@ from qdrant_client import AsyncQdrantClient, QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 
 from papersearch.errors import NotReady, Overloaded
-from papersearch.index import PaperNotFound, SearchFilter, Store, StoreUnavailable
+from papersearch.index import PaperNotFound, SearchFilter, Store, StoreUnavailable, server_async
 from papersearch.index.edge import EdgeStore
 from papersearch.index.query import Examples
 from papersearch.index.server import ServerStore, connect
@@ -199,6 +199,38 @@ def test_async_requests_are_retried_once(method: str) -> None:
         assert flaky.calls == [method, method]
 
     asyncio.run(twice())
+    store.close()
+
+
+def test_an_outage_s_retries_are_logged_once_per_reason(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call's failed first try was a WARNING ("retrying once"): with the server down, one
+    line per search beside the incident. Now once while the reason holds, and again after a
+    call has answered at its first try."""
+    from papersearch.index import server
+
+    monkeypatch.setattr(server, "retrying", server.OnChange(server.logger, "qdrant retrying"))
+    monkeypatch.setattr(server_async, "retrying", server.retrying)
+    store = ServerStore(IndexSettings(), client=QdrantClient(":memory:"))
+    store.ensure_collection(DIM, SHA)
+    store.upsert(PAPERS[:5], DENSE[:5], SPARSE[:5])
+    flaky = AsyncFlaky(async_twin(store.client))
+    engine = AsyncServerEngine(store.settings, flaky)  # type: ignore[arg-type]
+
+    async def searches(outage: int) -> None:
+        flaky.methods, flaky.failures = {"query_batch_points"}, 2 * outage
+        for _ in range(outage):
+            with pytest.raises(StoreUnavailable):
+                await engine.execute(store.query_program(request("dense", limit=3)))
+        await engine.execute(store.query_program(request("dense", limit=3)))  # back
+
+    def said() -> int:
+        return len([r for r in caplog.records if r.getMessage() == "qdrant retrying"])
+
+    asyncio.run(searches(20))
+    assert said() == 1
+    asyncio.run(searches(3))  # another outage: said again
+    assert said() == 2
     store.close()
 
 

@@ -84,6 +84,12 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "ftp://admin:s3cret@qdrant"}',
      "index (PAPERSEARCH_INDEX): Value error, index.url must be an http:// or https:// URL, "
      "got 'ftp://qdrant'"),
+    ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "https:admin:s3cret@qdrant:6333"}',
+     "index (PAPERSEARCH_INDEX): Value error, index.url names no host (http://qdrant:6333), "
+     "got 'qdrant:6333'"),
+    ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "admin:s3cret@qdrant:6333"}',
+     "index (PAPERSEARCH_INDEX): Value error, index.url must be an http:// or https:// URL, "
+     "got 'qdrant:6333'"),
     ("PAPERSEARCH_INDEX", '{"backend": "server", "url": "https://admin:se#cr/t?@qdrant:6333"}',
      "index (PAPERSEARCH_INDEX): Value error, index.url's host or port is not valid "
      "(http://qdrant:6333; a user or password holding / ? # @ is percent-encoded), got "

@@ -328,9 +328,13 @@ def _set_name(path: Path) -> str:
 
 def without_userinfo(url: str) -> str:
     """``url`` without the user and password it may carry (``https://user:pw@host``), as
-    messages and logs show it: all up to its last "@", so that a password holding "/", "?"
-    or "#" (not percent-encoded: the URL does not parse) is cut too."""
-    return re.sub(r"(?<=//).*@", "", url, count=1, flags=re.DOTALL)
+    messages and logs show it: all up to its last "@" but a leading ``scheme://``, so that a
+    password holding "/", "?" or "#" (not percent-encoded: the URL does not parse), or one in
+    a URL without "//" (``https:user:pw@host``), is cut too."""
+    if "@" not in url:
+        return url
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
+    return (scheme.group() if scheme else "") + url.rpartition("@")[2]
 
 
 def _check_server_url(url: str) -> None:

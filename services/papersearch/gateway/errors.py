@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback as traceback_module
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,7 +107,10 @@ class Incidents:
     logged: dict[tuple[str, str, str], _Logged] = field(default_factory=dict)
 
     def incident(self, error: BaseException, what: str, level: int, traceback: bool) -> str:
-        key, now = (what, type(error).__name__, str(error)), self.clock()
+        # with a traceback, where it was raised too: two bugs saying the same words ("'NoneType'
+        # object is not subscriptable") are two incidents, each with its own traceback
+        where = _raised_at(error) if traceback else ""
+        key, now = (what, type(error).__name__, f"{error}{where}"), self.clock()
         seen = self.logged.get(key)
         if seen is not None and now - seen.at < self.repeat_s:
             seen.repeats += 1
@@ -120,6 +124,11 @@ class Incidents:
         while len(self.logged) > INCIDENTS_KEPT:
             del self.logged[next(iter(self.logged))]
         return incident
+
+
+def _raised_at(error: BaseException) -> str:
+    frames = traceback_module.extract_tb(error.__traceback__, limit=None)
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 _incidents = Incidents()

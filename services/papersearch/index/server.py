@@ -73,9 +73,13 @@ from papersearch.index.schema import (
 )
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
+from papersearch.logs import OnChange
 from papersearch.settings import IndexSettings, without_userinfo
 
 logger = logging.getLogger(__name__)
+# A call's failed first try, logged when its reason changes and again once a call has
+# answered at its first try: in an outage every call retried, each with its WARNING.
+retrying = OnChange(logger, "qdrant unavailable, retrying once")
 
 METADATA_KEY = "papersearch"
 _INDEX_TYPES = {
@@ -154,12 +158,14 @@ class ServerStore(Store):
         deadline = time.monotonic() + self.settings.timeout_s
         try:
             with errors(call.operation):
-                return call.result(call.send(self.client, None))
+                answer = call.result(call.send(self.client, None))
         except StoreUnavailable as error:
             left = retry_budget(deadline, call.operation, self.name, error)
             time.sleep(RETRY_PAUSE_S)
             with errors(call.operation):
                 return call.result(call.send(self.client, left))
+        retrying.clear()
+        return answer
 
     def _count(self) -> int:
         count: int = self._do(Count())
@@ -275,8 +281,7 @@ def retry_budget(deadline: float, operation: str, collection: str, error: StoreU
     left = int(deadline - time.monotonic() - RETRY_PAUSE_S)
     if left < 1:
         raise error
-    logger.warning("qdrant %s unavailable, retrying once: %s", operation, error,
-                   extra={"collection": collection, "timeout_s": left})
+    retrying.said(f"{error} (collection {collection})")
     return left
 
 

@@ -23,7 +23,14 @@ from qdrant_client import AsyncQdrantClient
 
 from papersearch.index.errors import StoreUnavailable
 from papersearch.index.plan import Program, Step
-from papersearch.index.server import RETRY_PAUSE_S, call_for, client_options, errors, retry_budget
+from papersearch.index.server import (
+    RETRY_PAUSE_S,
+    call_for,
+    client_options,
+    errors,
+    retry_budget,
+    retrying,
+)
 from papersearch.settings import IndexSettings
 
 T = TypeVar("T")
@@ -61,7 +68,7 @@ class AsyncServerEngine:
         deadline = time.monotonic() + self.settings.timeout_s
         try:
             with errors(call.operation):
-                return call.result(await call.send(self.client, None))
+                answer = call.result(await call.send(self.client, None))
         except StoreUnavailable as error:
             left = retry_budget(deadline, call.operation, self.name, error)
             await asyncio.sleep(RETRY_PAUSE_S)
@@ -72,3 +79,5 @@ class AsyncServerEngine:
             except TimeoutError as late:
                 raise StoreUnavailable(f"qdrant {call.operation}: the retry had no answer in "
                                        f"the {left} s left of index.timeout_s") from late
+        retrying.clear()
+        return answer
