@@ -257,14 +257,15 @@ def test_stale_staging_of_one_target_leaves_the_others(tmp_path: Path) -> None:
 
 def test_a_symlinked_tree_is_not_hidden_by_its_removal(tmp_path: Path) -> None:
     """Renamed aside, a symlink was hidden (.<name>.<hex>.removing) with its target's data
-    kept, and nothing ever deleted either. It is refused in place, as rmtree refuses it."""
+    kept, and nothing ever deleted either. It is refused, nothing deleted (so is a mount
+    point, which cannot be renamed: emptied in place, a kill could leave it half deleted)."""
     from papersearch.durable import clear_removals, remove_tree
 
     (tmp_path / "elsewhere" / "segments").mkdir(parents=True)
     link = tmp_path / "data" / "papers-v1"
     link.parent.mkdir()
     link.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="is a symbolic link: not deleted"):
         remove_tree(link)
     clear_removals(link.parent)
     assert [p.name for p in link.parent.iterdir()] == ["papers-v1"] and link.is_symlink()

@@ -34,7 +34,18 @@ from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
 from tests.ports import free_port
-from tests.test_index import DENSE, DIM, PAPERS, RARE, RARE_AT, SHA, SPARSE, ids, request
+from tests.test_index import (
+    DENSE,
+    DIM,
+    PAPERS,
+    RARE,
+    RARE_AT,
+    SHA,
+    SPARSE,
+    flaky_store,
+    ids,
+    request,
+)
 
 pytestmark = [  # qdrant-client local mode: no payload indexes, always exact search
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
@@ -231,6 +242,16 @@ def test_an_outage_s_retries_are_logged_once_per_reason(
     assert said() == 1
     asyncio.run(searches(3))  # another outage: said again
     assert said() == 2
+    store.close()
+
+    store, client = flaky_store()  # the same through the synchronous client
+    for outage in (20, 3):
+        client.methods, client.failures = {"query_batch_points"}, 2 * outage
+        for _ in range(outage):
+            with pytest.raises(StoreUnavailable):
+                store.execute(store.query_program(request("dense", limit=3)))
+        store.execute(store.query_program(request("dense", limit=3)))
+    assert said() == 4
     store.close()
 
 

@@ -140,12 +140,12 @@ def remove_tree(path: Path) -> bool:
     never a part of ``path`` (rmtree deletes in listing order: an index killed mid-way kept its
     segments without its shard config, which no open could use and no create replace);
     ``clear_removals`` deletes it later. False if there was no ``path``; OSError if it could
-    not be renamed or deleted. A symlink or a mount point is not renamed (the link would be
-    hidden with its target's data kept; a mount point cannot be): deleted in place, as
-    rmtree does (which refuses a symlink, and leaves a mount point emptied)."""
+    not be renamed or deleted. A symlink or a mount point is refused, nothing deleted
+    (renamed, a link was hidden with its target's data kept; a mount point cannot be
+    renamed, and emptying it in place was the deletion a kill leaves half done)."""
     if path.is_symlink() or path.is_mount():
-        shutil.rmtree(path)
-        return True
+        kind = "a symbolic link" if path.is_symlink() else "a mount point"
+        raise OSError(f"{path} is {kind}: not deleted (delete what it holds by hand)")
     aside = path.parent / f".{path.name}.{secrets.token_hex(6)}{_REMOVING}"
     try:
         path.rename(aside)
