@@ -274,3 +274,18 @@ def test_a_symlinked_tree_is_not_hidden_by_its_removal(tmp_path: Path) -> None:
     (plain / "segments").mkdir(parents=True)
     assert remove_tree(plain) and not remove_tree(plain)
     assert [p.name for p in link.parent.iterdir()] == ["papers-v1"]
+
+
+def test_a_mounted_tree_is_refused_with_its_contents_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount point cannot be renamed: emptied in place, then refused by the kernel (busy),
+    a dropped collection's data was gone while the caller was told it was not deleted."""
+    from papersearch.durable import remove_tree
+
+    mounted = tmp_path / "papers-v3"
+    (mounted / "segments").mkdir(parents=True)
+    (mounted / "edge_config.json").write_text("{}")
+    monkeypatch.setattr(Path, "is_mount", lambda self: self == mounted)
+    with pytest.raises(OSError, match="is a mount point: not deleted"):
+        remove_tree(mounted)
+    assert sorted(p.name for p in mounted.iterdir()) == ["edge_config.json", "segments"]

@@ -379,6 +379,31 @@ def test_upsert_stream_search_and_delete(targets: dict[str, str]) -> None:
         assert "paper_ids must not be empty" in details_of(info)
 
 
+def test_many_ids_to_delete_are_read_off_the_event_loop(
+        targets: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 ids built to be slow to normalise held the gateway's loop ~0.8 s: past
+    IDS_INLINE they are read in a worker thread, a few inline; a bad one is refused as
+    before."""
+    from papersearch.gateway import servicers
+
+    read_in: list[str] = []
+    real = convert.paper_ids_from_proto
+
+    def traced(values: Sequence[str]) -> tuple[str, ...]:
+        read_in.append(threading.current_thread().name)
+        return real(values)
+
+    monkeypatch.setattr(servicers.convert, "paper_ids_from_proto", traced)
+    many = [f"never-indexed-{i}" for i in range(servicers.IDS_INLINE + 1)]
+    with SearchClient(targets["scratch"], timeout_s=60.0) as client:
+        assert client.delete(many[:2]) == 0 and client.delete(many) == 0
+        with pytest.raises(grpc.RpcError) as info:
+            client.delete([*many, " "])
+    assert code_of(info) == grpc.StatusCode.INVALID_ARGUMENT
+    loop_thread, *workers = read_in
+    assert len(workers) == 2 and all(w != loop_thread for w in workers)
+
+
 # --- server limits ---------------------------------------------------------------------------
 
 

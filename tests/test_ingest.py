@@ -398,6 +398,26 @@ def test_a_first_ingest_cut_short_before_any_write_leaves_no_index(
     assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
 
 
+def test_an_index_made_for_nothing_that_cannot_be_removed_is_said_not_raised(
+    model_settings: Settings, embedder_dir: Path, tmp_path: Path,
+) -> None:
+    """Into a collection folder given as a symbolic link (to an empty folder elsewhere), an
+    ingest that read nothing could not remove the index it made: that error replaced the
+    run's own (no summary, no "no paper read"). Now it is a warning beside them."""
+    elsewhere = tmp_path / "volume"
+    elsewhere.mkdir()
+    data_dir = tmp_path / "index"
+    data_dir.mkdir()
+    (data_dir / "papers").symlink_to(elsewhere)
+    broken = write_jsonl(tmp_path / "broken.jsonl", ['{"id": "broken",'])
+    done = run_cli(cli_env(model_settings, data_dir), "ingest", broken, "--quiet")
+    assert done.returncode == 2 and done.stdout, done.stderr
+    assert json.loads(done.stdout)["read"] == 0
+    assert f"no paper read from {broken}" in done.stderr and "Traceback" not in done.stderr
+    assert "was not removed" in done.stderr and "is a symbolic link" in done.stderr
+    assert (data_dir / "papers").is_symlink()
+
+
 def test_a_stop_after_the_run_still_prints_what_it_did(
     model_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

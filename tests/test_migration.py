@@ -326,8 +326,9 @@ def test_an_embedded_collection_that_cannot_be_deleted_is_an_error(
     def read_only(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    with monkeypatch.context() as patched:
+    with monkeypatch.context() as patched:  # a read-only volume refuses renames too
         patched.setattr(os, "unlink", read_only)
+        patched.setattr(os, "rename", read_only)
         with pytest.raises(StoreError, match="could not delete collection .*papers-old"):
             pointers.drop("papers-old")
     assert (tmp_path / "papers-old").exists()
