@@ -398,12 +398,14 @@ def test_a_first_ingest_cut_short_before_any_write_leaves_no_index(
     assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
 
 
-def test_an_index_made_for_nothing_that_cannot_be_removed_is_said_not_raised(
+def test_an_index_made_for_nothing_in_a_folder_given_empty_is_emptied_not_removed(
     model_settings: Settings, embedder_dir: Path, tmp_path: Path,
 ) -> None:
-    """Into a collection folder given as a symbolic link (to an empty folder elsewhere), an
-    ingest that read nothing could not remove the index it made: that error replaced the
-    run's own (no summary, no "no paper read"). Now it is a warning beside them."""
+    """Into a collection folder given empty as a symbolic link (or a volume's mount point),
+    an ingest that read nothing removed the index it made by deleting the folder, which a
+    link or a mount point refuses: that error replaced the run's own (no summary, no "no
+    paper read") and the empty index stayed ("0 hits"). What the run wrote there is removed,
+    the folder kept, as a cut-short open does."""
     elsewhere = tmp_path / "volume"
     elsewhere.mkdir()
     data_dir = tmp_path / "index"
@@ -414,8 +416,9 @@ def test_an_index_made_for_nothing_that_cannot_be_removed_is_said_not_raised(
     assert done.returncode == 2 and done.stdout, done.stderr
     assert json.loads(done.stdout)["read"] == 0
     assert f"no paper read from {broken}" in done.stderr and "Traceback" not in done.stderr
-    assert "was not removed" in done.stderr and "is a symbolic link" in done.stderr
-    assert (data_dir / "papers").is_symlink()
+    assert (data_dir / "papers").is_symlink() and list(elsewhere.iterdir()) == []
+    done = run_cli(cli_env(model_settings, data_dir), "search", "anything")
+    assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
 
 
 def test_a_stop_after_the_run_still_prints_what_it_did(

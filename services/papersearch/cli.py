@@ -270,9 +270,9 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                         with interrupts.held():  # a second Ctrl-C must not keep it either
                             made_for_nothing = store.created and _holds_nothing(store)
             finally:
-                if made_for_nothing:  # `search` then says there is no index, not "0 hits"
-                    with interrupts.held():
-                        _drop_made(settings, store.settings.collection)
+                if made_for_nothing:  # the folder it made, or what it wrote in an empty one
+                    with interrupts.held():  # it was given (a volume's mount point, a link)
+                        store.remove_if_made()
     except KeyboardInterrupt as interrupt:
         if summary is None or isinstance(interrupt, interrupts.Interrupted):
             raise
@@ -290,20 +290,6 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
                  f"{first[0].reason})" if first else ": the corpus is empty"), file=sys.stderr)
         return 2
     return 0
-
-
-def _drop_made(settings: Settings, collection: str) -> None:
-    """Remove the collection an ingest made and stored nothing in. One that cannot be removed
-    (a symlinked or mounted folder, a read-only volume) is said, not raised: the run's own
-    outcome (its summary, why nothing was read, a Ctrl-C) is what the command reports."""
-    from papersearch.index.errors import StoreError
-    from papersearch.pipeline.factory import drop_collection
-
-    try:
-        drop_collection(settings.index, collection)
-    except StoreError as error:
-        log.warning("the index this run made holds nothing, and was not removed",
-                    extra={"reason": str(error)})
 
 
 def _emit(text: str) -> None:

@@ -138,6 +138,12 @@ class Store(ABC):
             self._unmake_created()
             raise
 
+    def remove_if_made(self) -> None:
+        """After ``close``: remove the collection this store's open made, as a cut-short open
+        does (``_unmake_created``): an ingest that stored nothing leaves no empty index
+        (`search` then says there is none, not "0 hits")."""
+        self._unmake_created()
+
     def _unmake_created(self) -> None:  # noqa: B027 (a default, not an abstract hook)
         """Remove the collection ``ensure_collection`` made (``created``) when it was cut short
         after ``_open``; a no-op where nothing was made (and a server's collection is never

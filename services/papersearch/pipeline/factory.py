@@ -13,7 +13,7 @@ from papersearch.pipeline.backend import LocalBackend
 from papersearch.pipeline.collections import live_view, settings_for
 from papersearch.pipeline.search import SearchPipeline
 from papersearch.reranker.runtime import Reranker
-from papersearch.settings import IndexSettings, Settings
+from papersearch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +59,6 @@ class LiveCheck:
 
     def close(self) -> None:
         self.pointers.close()
-
-
-def drop_collection(settings: IndexSettings, collection: str) -> None:
-    """Delete one physical collection of ``settings``' backend (closed by its store first)."""
-    pointers = pointers_for(settings)
-    try:
-        pointers.drop(collection)
-    finally:
-        pointers.close()
 
 
 def open_index(settings: Settings, encoder: Encoder, *, create: bool = False) -> Store:
