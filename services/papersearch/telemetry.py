@@ -208,18 +208,20 @@ class Metrics:
 
     def model_loaded(self, deployment: str, model: OnnxModel) -> None:
         name = model.manifest.name
-        for precision in ("fp32", "int8"):
-            self.precision.set(float(precision == model.precision), tags={
-                "deployment": deployment, "model": name, "precision": precision})
+        self._running(deployment, name, model.precision)
         if model.int8_agreement is not None:
             self.int8_agreement.set(model.int8_agreement,
                                     tags={"deployment": deployment, "model": name})
 
     def model_unloaded(self, deployment: str, name: str) -> None:
         """No precision of model ``name`` runs in this replica any more."""
-        for precision in ("fp32", "int8"):
-            self.precision.set(0.0, tags={"deployment": deployment, "model": name,
-                                          "precision": precision})
+        self._running(deployment, name, None)
+
+    def _running(self, deployment: str, name: str, precision: str | None) -> None:
+        """The precision gauge of model ``name``: 1 for the precision it runs at, else 0."""
+        for each in ("fp32", "int8"):
+            self.precision.set(float(each == precision), tags={
+                "deployment": deployment, "model": name, "precision": each})
 
     @contextmanager
     def inside(self, deployment: str) -> Iterator[None]:

@@ -208,7 +208,7 @@ class EdgeStore(Store):
                         child.unlink(missing_ok=True)
         self.created = False
 
-    def _unmake_created(self) -> None:
+    def remove_if_made(self) -> None:
         self._unmake(self._made_directory, self.created)
 
     def _do(self, step: Step) -> Any:

@@ -160,7 +160,7 @@ class ServerStore(Store):
             with errors(call.operation):
                 answer = call.result(call.send(self.client, None))
         except StoreUnavailable as error:
-            left = retry_budget(deadline, call.operation, self.name, error)
+            left = retry_budget(deadline, self.name, error)
             time.sleep(RETRY_PAUSE_S)
             with errors(call.operation):
                 return call.result(call.send(self.client, left))
@@ -275,8 +275,8 @@ def call_for(step: Step, collection: str, ordering: str) -> Call:
                         lambda counted: counted.count)
 
 
-def retry_budget(deadline: float, operation: str, collection: str, error: StoreUnavailable) -> int:
-    """Whole seconds the one retry of ``operation`` gets; re-raises ``error`` if less than one
+def retry_budget(deadline: float, collection: str, error: StoreUnavailable) -> int:
+    """Whole seconds a call's one retry gets; re-raises ``error`` if less than one
     would be left after the pause."""
     left = int(deadline - time.monotonic() - RETRY_PAUSE_S)
     if left < 1:

@@ -70,7 +70,7 @@ class AsyncServerEngine:
             with errors(call.operation):
                 answer = call.result(await call.send(self.client, None))
         except StoreUnavailable as error:
-            left = retry_budget(deadline, call.operation, self.name, error)
+            left = retry_budget(deadline, self.name, error)
             await asyncio.sleep(RETRY_PAUSE_S)
             try:  # bounded here: qdrant-client gives an upsert or a delete its whole client
                 async with asyncio.timeout(left):  # timeout whatever it is asked

@@ -135,19 +135,14 @@ class Store(ABC):
             # would stay behind empty (`search` then said "0 hits", not "no index at")
             with contextlib.suppress(Exception):  # the first error is the one to tell
                 self.close()
-            self._unmake_created()
+            self.remove_if_made()
             raise
 
-    def remove_if_made(self) -> None:
-        """After ``close``: remove the collection this store's open made, as a cut-short open
-        does (``_unmake_created``): an ingest that stored nothing leaves no empty index
-        (`search` then says there is none, not "0 hits")."""
-        self._unmake_created()
-
-    def _unmake_created(self) -> None:  # noqa: B027 (a default, not an abstract hook)
-        """Remove the collection ``ensure_collection`` made (``created``) when it was cut short
-        after ``_open``; a no-op where nothing was made (and a server's collection is never
-        this store's own)."""
+    def remove_if_made(self) -> None:  # noqa: B027 (a default, not an abstract hook)
+        """Remove the collection ``ensure_collection`` made (``created``), when it was cut
+        short after ``_open`` or (after ``close``) an ingest stored nothing in it: `search`
+        then says there is no index, not "0 hits". A no-op where nothing was made (and a
+        server's collection is never this store's own)."""
 
     @property
     def _oversampling(self) -> float | None:
