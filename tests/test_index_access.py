@@ -29,6 +29,7 @@ from papersearch.index.edge import EdgeStore
 from papersearch.index.query import Examples
 from papersearch.index.server import ServerStore, connect
 from papersearch.index.server_async import AsyncServerEngine, connect_async
+from papersearch.index.sparse import Bm25Encoder
 from papersearch.pipeline.index_access import IndexAccess
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retriever
@@ -140,6 +141,42 @@ def test_writes_reach_the_store(access: tuple[IndexAccess, Store]) -> None:
     assert (written, deleted, ready) == (2, 1, len(PAPERS))  # one added, one deleted
     assert seen == (len(PAPERS) if isinstance(store, ServerStore) else None)
     assert added == extra and isinstance(gone, PaperNotFound)
+
+
+def test_a_server_write_s_own_work_is_done_off_the_event_loop(
+    access: tuple[IndexAccess, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a server, a write's BM25 vectors (~80 ms for 64 long abstracts) and its requests are
+    built in a worker thread, a search's query terms on the loop (no thread hop per search);
+    embedded, the collection's thread does both."""
+    index, store = access
+    threads: dict[str, set[int]] = {"papers": set(), "query": set(), "requests": set()}
+
+    def recorded(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            threads[name].add(threading.get_ident())
+            return method(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(Bm25Encoder, "papers", recorded("papers", Bm25Encoder.papers))
+    monkeypatch.setattr(Bm25Encoder, "query", recorded("query", Bm25Encoder.query))
+    monkeypatch.setattr(server_async, "call_for", recorded("requests", server_async.call_for))
+    extra = replace(PAPERS[0], id="2401.77777", title="an added paper")
+
+    async def calls() -> tuple[int, int, int]:
+        loop = threading.get_ident()
+        written = await index.upsert([extra], DENSE[:1])
+        await index.retrieve(RARE, DENSE[0], "hybrid", 3, SearchFilter(), feedback=False)
+        return loop, written, await index.delete([extra.id])
+
+    loop, written, deleted = run(index, calls)
+    assert (written, deleted) == (1, 1)
+    assert len(threads["papers"]) == 1 and loop not in threads["papers"]
+    if isinstance(store, ServerStore):
+        assert threads["query"] == {loop}
+        assert loop in threads["requests"] and len(threads["requests"]) > 1  # the search's
+    else:
+        assert loop not in threads["query"] and not threads["requests"]
 
 
 def test_indexed_since_through_the_gateway_clients(access: tuple[IndexAccess, Store]) -> None:
