@@ -148,6 +148,7 @@ class HandleBackend:
     async def encode_query_by(self, embedder: ModelRef, text: str) -> np.ndarray:
         coalescer = self._coalescers.get(embedder)
         if coalescer is None:
+            self._forget_idle_coalescers()
             serve = self.settings.serve
 
             async def send(texts: list[str]) -> list[np.ndarray]:
@@ -158,6 +159,14 @@ class HandleBackend:
                 "QueryEncoder", send, max_batch=serve.coalesce_max_batch,
                 max_in_flight=serve.coalesce_in_flight, max_pending=serve.coalesce_max_pending)
         return await coalescer.submit(text)
+
+    def _forget_idle_coalescers(self) -> None:
+        """As another embedder's first search comes (a migration's swap), the coalescers with
+        nothing queued or in flight go: kept, each migration left one behind for good. A call
+        that needs one again makes it again."""
+        for embedder, coalescer in list(self._coalescers.items()):
+            if not coalescer.in_flight and not coalescer.pending:
+                del self._coalescers[embedder]
 
     async def encode_documents_by(self, embedder: ModelRef, texts: Sequence[str]) -> np.ndarray:
         return await call("QueryEncoder",
