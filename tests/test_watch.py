@@ -356,6 +356,40 @@ def test_a_paper_written_again_during_the_replay_ends_on_its_last_copy(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lookback_s", [60.0, 0.001])
+def test_the_write_a_replay_read_is_not_sent_again_when_the_feed_finds_it(
+    scratch: tuple[Servers, LocalBackend], lookback_s: float,
+) -> None:
+    """Another writer's paper, written after this gateway's last poll, is replayed, then found
+    by the feed's next poll as it was replayed: not sent again within serve.watch_lookback_s
+    (it came as a replay, then as new); a changed copy is. Past the window, a copy written
+    again is sent as any paper's is."""
+    servers, backend = scratch
+    address = servers.start(backend, watch_lookback_s=lookback_s)
+    gateway = servers.gateways[-1]
+    collector = watching(address, WatchQuery(QUERY, min_relevance=0.3,
+                                             replay_since=date(2024, 1, 1)))
+    [sent] = [e.hit.paper for _, e in collector.events
+              if e.hit is not None and e.hit.paper.id == "old-gnn-2024"]
+    changed = dataclasses.replace(sent, abstract="Rewritten: equivariant message passing.")
+    last = last_match(f"replay-{lookback_s}")
+    time.sleep(lookback_s if lookback_s < 1 else 0)  # past the window, when it is the test
+
+    async def feed_finds(papers: list[Paper]) -> None:
+        [watch] = gateway.watches.watches
+        for paper in papers:  # the feed's matches, as its next polls would bring them
+            gateway.watches.publish([paper], watch.vector[None, :], watch.embedder)
+
+    servers.loop.run(feed_finds([sent, changed, last]), timeout=30)
+    collector.wait_for(last.id)
+    collector.stop()
+    live = [(e.hit.paper.id, e.hit.paper.abstract) for _, e in collector.events
+            if e.hit is not None and not e.replayed]
+    again = [(sent.id, sent.abstract)] if lookback_s < 1 else []
+    assert live == [*again, (changed.id, changed.abstract), (last.id, last.abstract)]
+
+
+@pytest.mark.slow
 def test_watches_hear_of_papers_written_during_the_drain_notice(
     scratch: tuple[Servers, LocalBackend],
 ) -> None:

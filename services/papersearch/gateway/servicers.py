@@ -180,20 +180,28 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                     await _send(context, watch, pb.WatchEvent(
                         hit=_watch_hit(hit.paper, hit.dense_score), replayed=True))
             await _send(context, watch, pb.WatchEvent(caught_up=True))
-            # Matches queued while the replay ran may repeat a replayed paper: of a replayed
-            # paper's copies queued then only the last counts (the replay may have read an
-            # earlier or a later one), sent only if the replay did not send it as it is.
+            # The feed may bring a replayed paper again: a copy queued while the replay ran
+            # (of those only the last counts: the replay may have read an earlier or a later
+            # one), or the write the replay read, found by a poll after it (another writer's,
+            # written since this gateway's last poll). A copy as the replay sent it is not sent
+            # again for serve.watch_lookback_s, within which the feed finds any write that
+            # came before the replay; a changed one is, and ends the paper's replayed copy.
             during_replay = len(watch.pending)
             last = {m.paper.id: m for m in itertools.islice(watch.pending, during_replay)}
+            replay_kept_until = time.monotonic() + serve.watch_lookback_s
             while watch.ended is None:
                 while watch.pending and watch.ended is None:
                     match: Match = watch.pending.popleft()
-                    if during_replay > 0:
-                        during_replay -= 1
-                        sent = replayed.get(match.paper.id)
-                        if sent is not None and (match is not last[match.paper.id]
-                                                 or match.paper == sent):
+                    queued_in_replay = during_replay > 0
+                    during_replay -= queued_in_replay
+                    if replayed and time.monotonic() > replay_kept_until:
+                        replayed.clear()
+                    sent = replayed.get(match.paper.id)
+                    if sent is not None:
+                        if match.paper == sent or (queued_in_replay
+                                                   and match is not last[match.paper.id]):
                             continue
+                        del replayed[match.paper.id]
                     await _send(context, watch, pb.WatchEvent(hit=_watch_hit(match.paper,
                                                                              match.cosine)))
                 watch.wake.clear()
