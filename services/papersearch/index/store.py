@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter, itemgetter
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -342,17 +343,23 @@ class Store(ABC):
         others: dict[str, int] = {}  # point id -> query terms it holds, not itemised
         if len(terms) > MAX_EXPLAINED_TERMS:
             terms, others = yield from self._itemised_terms(terms, ids)
-        plans = [Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
-                      exact=request.exact, oversampling=self._oversampling, with_payload=False)
-                 for using, vector in stages]
-        plans += [_scoring(SPARSE, SparseVector((index,), (weight,)), ids)
-                  for index, weight in terms]
-        results: list[list[Scored]] = yield Batch(tuple(plans))
-        # a convex fusion's lists with their ties by point id, as it ranked them; rrf and dbsf
-        # fused the engine's order, so their ranks are read in it (a single stage's ranks are
-        # the answer's: explain_hit)
+        plans = tuple(Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
+                           exact=request.exact, oversampling=self._oversampling,
+                           with_payload=False) for using, vector in stages)
+        scoring = tuple(_scoring(SPARSE, SparseVector((index,), (weight,)), ids)
+                        for index, weight in terms)
+        # a convex fusion's lists as it had them (``_to_depth``), their ties by point id; rrf
+        # and dbsf fused the engine's order, so their ranks are read in it (a single stage's
+        # ranks are the answer's: explain_hit)
         settled = (request.fusion or self.settings.fusion) == "convex"
-        lists = {using: StageList.of(_settled(ranked, len(ranked)) if settled else ranked, depth)
+        results: list[list[Scored]]
+        if settled:
+            results = [_settled(ranked, len(ranked))
+                       for ranked in (yield from _to_depth(plans, depth, keyed=False))]
+            results += (yield Batch(scoring)) if scoring else []
+        else:
+            results = yield Batch(plans + scoring)
+        lists = {using: StageList.of(ranked, depth)
                  for (using, _), ranked in zip(stages, results, strict=False)}
         per_term = [(labels.get(index, f"#{index}"), {s.point_id: s.score for s in scored})
                     for (index, _), scored in zip(terms, results[len(stages):], strict=True)]
@@ -418,12 +425,12 @@ class Store(ABC):
     def _convex_lists(self, request: SearchRequest) -> Program[list[list[Keyed]]]:
         self._check_dim(request)
         depth, hnsw_ef = self._depth(request), request.hnsw_ef or self.settings.hnsw_ef
-        lists: list[list[Keyed]] = yield Batch(tuple(
+        lists: list[list[Keyed]] = yield from _to_depth(tuple(
             Plan(Nearest(using, vector, depth), request.filter, hnsw_ef=hnsw_ef,
                  exact=request.exact, oversampling=self._oversampling, with_payload=False)
             for using, vector in ((DENSE, request.dense_vector()),
                                   (SPARSE, request.sparse_vector()))
-        ), keyed=True)
+        ), depth, keyed=True)
         return lists
 
     def _fused(self, request: SearchRequest, lists: Sequence[Sequence[Keyed]]) -> (
@@ -667,6 +674,34 @@ def _engine_ranked(plan: Plan, limit: int) -> Program[list[Scored]]:
                                         dense=False)
     payloads = {r.point_id: r.payload for r in records}
     return [replace(s, payload=payloads[s.point_id]) for s in top if s.point_id in payloads]
+
+
+def _to_depth(plans: tuple[Plan, ...], depth: int, keyed: bool) -> Program[list[list[Any]]]:
+    """Each plan's first ``depth`` results (its query asks for ``depth``; ``keyed``: as
+    Batch's keyed lists), which of the papers tied at the cut make it settled by point id as
+    ``_engine_ranked`` settles them: asked one deeper, and TIE_GROWTH times deeper again while
+    a list's scores still tie at its end, up to TIE_DEPTH_MAX. Cut at ``depth`` in the
+    engine's order, more papers than that tied at the cut came in by storage order: two
+    indexes of one corpus fused other papers (a convex fusion's lists, and its explanation)."""
+    score = itemgetter(1) if keyed else attrgetter("score")
+    ident = itemgetter(0) if keyed else attrgetter("point_id")
+    asked = [min(depth + 1, MAX_COUNT)] * len(plans)
+    lists: list[list[Any]] = [[] for _ in plans]
+    todo = list(range(len(plans)))
+    while todo:
+        found: list[list[Any]] = yield Batch(tuple(
+            replace(plans[i], query=replace(plans[i].query, limit=asked[i])) for i in todo
+        ), keyed=keyed)
+        again = []
+        for i, got in zip(todo, found, strict=True):
+            lists[i] = got
+            if (len(got) == asked[i] > depth and asked[i] < TIE_DEPTH_MAX
+                    and score(got[-1]) == score(got[depth - 1])):
+                asked[i] = min(asked[i] * TIE_GROWTH, TIE_DEPTH_MAX)
+                again.append(i)
+        todo = again
+    return [got[:depth] if len(got) <= depth or score(got[depth]) != score(got[depth - 1])
+            else sorted(got, key=lambda r: (-score(r), ident(r)))[:depth] for got in lists]
 
 
 def _settled(ranked: Sequence[Scored], limit: int) -> list[Scored]:
