@@ -28,6 +28,7 @@ from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.client import SearchClient, WatchEvent, Watching
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
+from papersearch.gateway import servicers
 from papersearch.gateway import watch as watch_module
 from papersearch.gateway.watch import (
     STEP_PAIRS,
@@ -387,6 +388,48 @@ def test_the_write_a_replay_read_is_not_sent_again_when_the_feed_finds_it(
             if e.hit is not None and not e.replayed]
     again = [(sent.id, sent.abstract)] if lookback_s < 1 else []
     assert live == [*again, (changed.id, changed.abstract), (last.id, last.abstract)]
+
+
+@pytest.mark.slow
+def test_copies_queued_during_the_replay_are_judged_so_however_late_they_are_read(
+    scratch: tuple[Servers, LocalBackend], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The replay's copies rule holds for a copy queued while the replay ran even when the
+    watcher reads it past serve.watch_lookback_s: judged by when it was queued, not read (a
+    slow reader got the older copy and the replayed one again once the window ran out)."""
+    servers, backend = scratch
+    address = servers.start(backend, watch_lookback_s=0.05)
+    gateway = servers.gateways[-1]
+    replay, send = gateway.search._replay, servicers._send
+
+    async def slow_send(context: Any, watch: Any, event: pb.WatchEvent) -> None:
+        if event.HasField("hit") and not event.replayed:
+            await asyncio.sleep(0.2)  # each live event past the window
+        await send(context, watch, event)
+
+    async def replay_with_writes(*args: Any) -> Any:
+        hits = await replay(*args)
+        [watch] = gateway.watches.watches
+        sent = next(h.paper for h in hits if h.paper.id == "old-gnn-2024")
+        other = dataclasses.replace(sent, abstract="Rewritten: equivariant message passing.")
+        for paper in (MATCHING[0], other, sent):  # queued while the replay ran
+            gateway.watches.publish([paper], watch.vector[None, :], watch.embedder)
+        return hits
+
+    monkeypatch.setattr(servicers, "_send", slow_send)
+    monkeypatch.setattr(gateway.search, "_replay", replay_with_writes)
+    collector = watching(address, WatchQuery(QUERY, min_relevance=0.3,
+                                             replay_since=date(2024, 1, 1)))
+    last = last_match("slow-reader")
+
+    async def feed_finds(paper: Paper) -> None:
+        [watch] = gateway.watches.watches
+        gateway.watches.publish([paper], watch.vector[None, :], watch.embedder)
+
+    servers.loop.run(feed_finds(last), timeout=30)
+    collector.wait_for(last.id)
+    collector.stop()
+    assert collector.ids(replayed=False) == [MATCHING[0].id, last.id]
 
 
 @pytest.mark.slow

@@ -167,6 +167,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         if watch is None:  # the limit or a drain was reached while the query was encoded
             await self._admit(context)
             return
+        expiry: asyncio.TimerHandle | None = None
         try:
             replayed: dict[str, Paper] = {}  # as sent
             if query.replay_since is not None:
@@ -184,21 +185,23 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             # (of those only the last counts: the replay may have read an earlier or a later
             # one), or the write the replay read, found by a poll after it (another writer's,
             # written since this gateway's last poll). A copy as the replay sent it is not sent
-            # again for serve.watch_lookback_s, within which the feed finds any write that
-            # came before the replay; a changed one is, and ends the paper's replayed copy.
+            # again if the feed queued it within serve.watch_lookback_s of caught_up, within
+            # which it finds any write that came before the replay (however slowly the watcher
+            # then reads); a changed one is, and ends the paper's replayed copy.
             during_replay = len(watch.pending)
             last = {m.paper.id: m for m in itertools.islice(watch.pending, during_replay)}
-            replay_kept_until = time.monotonic() + serve.watch_lookback_s
+            window: list[int] = []  # how many matches were queued when the window ran out
+            expiry = asyncio.get_running_loop().call_later(
+                serve.watch_lookback_s, lambda: window.append(watch.offered))
             while watch.ended is None:
                 while watch.pending and watch.ended is None:
+                    index = watch.offered - len(watch.pending)  # queued as the watch's nth
                     match: Match = watch.pending.popleft()
-                    queued_in_replay = during_replay > 0
-                    during_replay -= queued_in_replay
-                    if replayed and time.monotonic() > replay_kept_until:
-                        replayed.clear()
+                    if replayed and window and index >= window[0]:
+                        replayed.clear()  # queued after the window: sent as any paper is
                     sent = replayed.get(match.paper.id)
                     if sent is not None:
-                        if match.paper == sent or (queued_in_replay
+                        if match.paper == sent or (index < during_replay
                                                    and match is not last[match.paper.id]):
                             continue
                         del replayed[match.paper.id]
@@ -210,6 +213,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         except _WatchEnded:
             pass
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self.watches.remove(watch)
         # Not context.abort: it sends the status at once, behind any event the client has
         # not taken; set here, it goes when the call ends, and the handler is done now.

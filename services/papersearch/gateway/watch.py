@@ -117,6 +117,7 @@ class Watch:
     capacity: int
     embedder: str | None = None  # sha of the embedder that made ``vector`` (None: unknown)
     pending: deque[Match] = field(default_factory=deque)
+    offered: int = 0  # matches queued so far: pending's first is match offered - len(pending)
     ended: tuple[grpc.StatusCode, str] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     over: asyncio.Event = field(default_factory=asyncio.Event)  # set once: ``ended`` is set
@@ -140,6 +141,7 @@ class Watch:
             self.overflow()
             return
         self.pending.extend(matches)
+        self.offered += len(matches)
         self.wake.set()
 
     def overflow(self) -> None:
