@@ -27,32 +27,30 @@ class QueryEncoderHandle:
         return asyncio.ensure_future(self._answer(texts, embedder))
 
     async def _answer(self, texts: list[str], embedder: str) -> list[np.ndarray]:
-        if embedder == self.slow:
+        if embedder == self.slow and not self.release.is_set():
             self.started.set()
             await self.release.wait()
         return [np.full(4, len(embedder), dtype=np.float32) for _ in texts]
 
 
-def test_a_swapped_embedder_s_idle_coalescer_goes_and_a_busy_one_stays() -> None:
-    old, new, third = (ModelRef("minilm-l6", 1), ModelRef("minilm-l6", 2),
-                       ModelRef("minilm-cls", 1))
-    handle = QueryEncoderHandle(slow=str(new))
+def test_a_swapped_embedder_s_coalescer_goes_once_idle() -> None:
+    """After a migration's swap the old embedder's coalescer goes at the first search that
+    finds it idle; while a call is in flight on it, it stays (and answers that call)."""
+    old, new = ModelRef("minilm-l6", 1), ModelRef("minilm-cls", 1)
+    handle = QueryEncoderHandle(slow=str(old))
     backend = HandleBackend(handle, None, None, Settings())  # type: ignore[arg-type]
 
-    async def searches() -> tuple[set[ModelRef], set[ModelRef], set[ModelRef], float]:
-        await backend.encode_query_by(old, "graph neural networks")
-        busy = asyncio.ensure_future(backend.encode_query_by(new, "a search mid-swap"))
+    async def searches() -> tuple[set[ModelRef], set[ModelRef], float]:
+        busy = asyncio.ensure_future(backend.encode_query_by(old, "a search mid-swap"))
         await handle.started.wait()
-        after_swap = set(backend._coalescers)  # old was idle: gone as new's first search came
-        await backend.encode_query_by(third, "another")
-        with_one_busy = set(backend._coalescers)  # new's call is still in flight: kept
+        await backend.encode_query_by(new, "the new embedder's first search")
+        at_the_swap = set(backend._coalescers)
         handle.release.set()
         vector = await busy
-        await backend.encode_query_by(old, "old again")  # made again; the idle ones go
-        return after_swap, with_one_busy, set(backend._coalescers), float(vector[0])
+        await backend.encode_query_by(new, "a later search")
+        return at_the_swap, set(backend._coalescers), float(vector[0])
 
-    after_swap, with_one_busy, at_the_end, answer = asyncio.run(searches())
-    assert after_swap == {new}
-    assert with_one_busy == {new, third}
-    assert at_the_end == {old}
-    assert answer == len(str(new))  # the call in flight was answered by its own coalescer
+    at_the_swap, later, answer = asyncio.run(searches())
+    assert at_the_swap == {old, new}
+    assert later == {new}
+    assert answer == len(str(old))  # the call in flight was answered by its own coalescer

@@ -147,8 +147,9 @@ class HandleBackend:
 
     async def encode_query_by(self, embedder: ModelRef, text: str) -> np.ndarray:
         coalescer = self._coalescers.get(embedder)
+        if len(self._coalescers) > (coalescer is not None):
+            self._forget_idle_coalescers(embedder)
         if coalescer is None:
-            self._forget_idle_coalescers()
             serve = self.settings.serve
 
             async def send(texts: list[str]) -> list[np.ndarray]:
@@ -160,12 +161,12 @@ class HandleBackend:
                 max_in_flight=serve.coalesce_in_flight, max_pending=serve.coalesce_max_pending)
         return await coalescer.submit(text)
 
-    def _forget_idle_coalescers(self) -> None:
-        """As another embedder's first search comes (a migration's swap), the coalescers with
-        nothing queued or in flight go: kept, each migration left one behind for good. A call
+    def _forget_idle_coalescers(self, used: ModelRef) -> None:
+        """Other embedders' coalescers (a migration's swap left the old one) go once nothing
+        is queued or in flight on them: kept, each migration left one behind for good. A call
         that needs one again makes it again."""
         for embedder, coalescer in list(self._coalescers.items()):
-            if not coalescer.in_flight and not coalescer.pending:
+            if embedder != used and not coalescer.in_flight and not coalescer.pending:
                 del self._coalescers[embedder]
 
     async def encode_documents_by(self, embedder: ModelRef, texts: Sequence[str]) -> np.ndarray:
