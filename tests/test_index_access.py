@@ -179,6 +179,40 @@ def test_a_server_write_s_own_work_is_done_off_the_event_loop(
         assert loop not in threads["query"] and not threads["requests"]
 
 
+def test_a_write_the_collection_closes_under_is_not_ready(
+    access: tuple[IndexAccess, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close (the gateway stopping, a migration's end) while a server write's own work runs
+    in its worker thread: the write meets a closed store and is NotReady (UNAVAILABLE: send it
+    again), not the store's internal error. Embedded, the close waits for the write."""
+    index, store = access
+    working, go_on = threading.Event(), threading.Event()
+    papers = Bm25Encoder.papers
+
+    def slow(self: Bm25Encoder, batch: Any) -> Any:
+        working.set()
+        go_on.wait(30)
+        return papers(self, batch)
+
+    monkeypatch.setattr(Bm25Encoder, "papers", slow)
+    extra = [replace(PAPERS[0], id=f"2402.{n:05d}") for n in range(3)]
+
+    async def calls() -> Any:
+        write = asyncio.ensure_future(index.upsert(extra, DENSE[:3]))
+        await asyncio.to_thread(working.wait, 30)
+        closing = asyncio.ensure_future(index.close())
+        await asyncio.sleep(0.1)  # the close runs up to what it waits for
+        go_on.set()
+        await closing
+        return (await asyncio.gather(write, return_exceptions=True))[0]
+
+    answer = asyncio.run(calls())
+    if isinstance(store, ServerStore):
+        assert isinstance(answer, NotReady), repr(answer)
+    else:
+        assert answer == len(extra)
+
+
 def test_indexed_since_through_the_gateway_clients(access: tuple[IndexAccess, Store]) -> None:
     """Saved searches' poll (gateway/watch.py) through each backend's gateway client: what the
     blocking store wrote is scanned, and only what is new is fetched."""

@@ -36,7 +36,7 @@ from qdrant_client import AsyncQdrantClient
 
 from papersearch.corpus.paper import Paper
 from papersearch.errors import NotReady, Overloaded
-from papersearch.index.errors import CollectionMissing, StoreError
+from papersearch.index.errors import CollectionMissing, PaperNotFound, StoreError
 from papersearch.index.plan import Program
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter
 from papersearch.index.server_async import AsyncServerEngine, connect_async
@@ -178,6 +178,10 @@ class IndexAccess:
             return await self._engine.execute(program(retriever), off_loop=write)
         except CollectionMissing:
             await self._let_go(retriever)
+            raise
+        except StoreError as error:  # closed under the call: a server write's own work runs
+            if self._closed and not isinstance(error, PaperNotFound):  # in a worker thread
+                raise self._closed_error() from error  # and met the store closed meanwhile
             raise
 
     async def _let_go(self, retriever: Retriever) -> None:
