@@ -907,7 +907,12 @@ def test_openapi_document_is_valid_and_covers_the_proto() -> None:
     validate(document)
     methods = {f"/{s.full_name}/{m.name}" for s in pb.DESCRIPTOR.services_by_name.values()
                for m in s.methods}
-    assert set(document["paths"]) == methods
+    # and the HTTP front's own GETs, which need no key
+    probes = {"/healthz", "/readyz", "/openapi.json"}
+    assert set(document["paths"]) == methods | probes
+    assert all(document["paths"][p]["get"]["security"] == [] for p in probes)
+    health = Draft202012Validator({**document, "$ref": "#/components/schemas/HealthStatus"})
+    assert health.is_valid({"status": "NOT_SERVING"}) and not health.is_valid({"status": "ok"})
     search = document["paths"][SEARCH]["post"]
     assert "Ranks papers for a free-text query" in search["description"]  # proto comments
     query = document["components"]["schemas"]["SearchRequest"]["properties"]["query"]
@@ -928,6 +933,9 @@ def test_openapi_document_is_valid_and_covers_the_proto() -> None:
     assert errors["400"]["description"] == "FAILED_PRECONDITION, INVALID_ARGUMENT, OUT_OF_RANGE"
     assert errors["500"]["description"] == "DATA_LOSS, INTERNAL, UNKNOWN"
     assert {"405", "408", "413", "415"} <= set(errors)  # the HTTP front's own
+    # the headers sent with them: Retry-After (429, 503), Allow (405)
+    assert {code: set(errors[code].get("headers", {})) for code in ("429", "503", "405", "400")
+            } == {"429": {"Retry-After"}, "503": {"Retry-After"}, "405": {"Allow"}, "400": set()}
     timeout = document["components"]["parameters"]["timeout"]
     assert timeout["schema"]["maximum"] == openapi.MAX_TIMEOUT_MS
     assert "IndexService call serve.index_call_timeout_s, WatchSearch none" in (

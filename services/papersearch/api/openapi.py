@@ -100,16 +100,18 @@ def comments() -> dict[str, str]:
 
 
 def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every papersearch service method."""
+    """The OpenAPI 3.1 document of every papersearch service method, and of the HTTP front's
+    probes."""
     notes = comments()
     paths: dict[str, Any] = {}
     for service in pb.DESCRIPTOR.services_by_name.values():
         for method in service.methods:
             paths[http_path(method)] = {"post": _operation(method, notes)}
+    paths |= _http_only_paths()
     methods = [m for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods]
     answers = (_held(m.output_type for m in methods)  # messages only ever sent back
                - _held(m.input_type for m in methods))
-    schemas: dict[str, Any] = {"Error": _ERROR}
+    schemas: dict[str, Any] = {"Error": _ERROR, "HealthStatus": _HEALTH}
     for message in _messages(pb.DESCRIPTOR.message_types_by_name.values()):
         schemas[message.name] = _message_schema(message, notes, message.full_name in answers)
     for enum in pb.DESCRIPTOR.enum_types_by_name.values():
@@ -124,9 +126,10 @@ def document() -> dict[str, Any]:
                 "request message as protobuf JSON to the method's gRPC path. Errors carry the "
                 "gRPC status name and message; streams are newline-delimited JSON. Generated "
                 "from the proto. The schemas name fields as the proto does (snake_case) and "
-                "enum values by name, the form responses use; requests may also use "
-                "protobuf JSON's lowerCamelCase names and enum numbers, which these schemas "
-                "do not list."),
+                "enum values by name, the form responses use; requests may also use what "
+                "protobuf's JSON parser also reads, which these schemas do not list: "
+                "lowerCamelCase names, enum numbers, numbers written as strings (\"3\"), "
+                "and null for a field left unset."),
         },
         "paths": paths,
         "components": {
@@ -167,6 +170,53 @@ _ERROR = {
 }
 
 
+_HEALTH = {
+    "type": "object",
+    "description": "The gateway's gRPC health status of one service (grpc.health.v1).",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "enum": [
+        "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]}},
+    "additionalProperties": False,
+}
+# Sent with every 429 and 503 (gateway/http_api.py: HTTP clients' retry policies read it), and
+# with a 405 the methods the path takes.
+_HEADERS = {
+    "Retry-After": {"description": "Seconds to wait before sending the call again.",
+                    "schema": {"type": "integer", "minimum": 0}},
+    "Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}},
+}
+_HEADERS_BY_CODE = {429: ["Retry-After"], 503: ["Retry-After"], 405: ["Allow"]}
+
+
+def _http_only_paths() -> dict[str, Any]:
+    """What the HTTP front serves besides the methods: probes and this document (the search
+    page at / and /page/ is for browsers, not clients, and is left out). No key needed."""
+    def probe(what: str) -> dict[str, Any]:
+        answer = {"application/json": {"schema": {"$ref": "#/components/schemas/HealthStatus"}}}
+        return {"get": {
+            "operationId": f"HTTP.{what}", "tags": ["HTTP"], "summary": what,
+            "description": f"The gateway's {what.lower()} (its gRPC health service): 200 "
+                           "while SERVING, 503 otherwise (UNKNOWN: the check got no answer).",
+            "security": [],
+            "responses": {"200": {"description": "SERVING", "content": answer},
+                          "503": {"description": "NOT_SERVING or UNKNOWN", "content": answer,
+                                  "headers": _headers(503)}}}}
+
+    return {
+        "/healthz": probe("Liveness"),
+        "/readyz": probe("Readiness"),
+        "/openapi.json": {"get": {
+            "operationId": "HTTP.OpenAPI", "tags": ["HTTP"], "summary": "OpenAPI",
+            "description": "This document.", "security": [],
+            "responses": {"200": {"description": "The OpenAPI 3.1 document", "content": {
+                "application/json": {"schema": {"type": "object"}}}}}}},
+    }
+
+
+def _headers(code: int) -> dict[str, Any]:
+    return {name: _HEADERS[name] for name in _HEADERS_BY_CODE.get(code, [])}
+
+
 def _error_statuses() -> dict[int, list[str]]:
     """HTTP code -> the statuses an error answer with it may carry: google.rpc.Code's mapping
     (several statuses share a code), and what the HTTP front itself answers before any call
@@ -188,7 +238,8 @@ def _operation(method: MethodDescriptor, notes: dict[str, str]) -> dict[str, Any
     request = _body(method.input_type, method.client_streaming, "request")
     response = _body(method.output_type, method.server_streaming, "response")
     errors = {str(code): {"description": ", ".join(statuses), "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        **({"headers": _headers(code)} if code in _HEADERS_BY_CODE else {})}
         for code, statuses in sorted(_ERROR_STATUSES.items())}
     return {
         "operationId": f"{method.containing_service.name}.{method.name}",
