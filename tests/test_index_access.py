@@ -179,22 +179,30 @@ def test_a_server_write_s_own_work_is_done_off_the_event_loop(
         assert loop not in threads["query"] and not threads["requests"]
 
 
+@pytest.mark.parametrize("during", ["its BM25", "its request's building"])
 def test_a_write_the_collection_closes_under_is_not_ready(
-    access: tuple[IndexAccess, Store], monkeypatch: pytest.MonkeyPatch
+    access: tuple[IndexAccess, Store], monkeypatch: pytest.MonkeyPatch, during: str
 ) -> None:
     """A close (the gateway stopping, a migration's end) while a server write's own work runs
-    in its worker thread: the write meets a closed store and is NotReady (UNAVAILABLE: send it
-    again), not the store's internal error. Embedded, the close waits for the write."""
+    in its worker thread: the write meets a closed store or client and is NotReady
+    (UNAVAILABLE: send it again), not an internal error. Embedded, the close waits for the
+    write (which builds no requests: the engine takes its steps)."""
     index, store = access
+    if during != "its BM25" and not isinstance(store, ServerStore):
+        pytest.skip("the embedded engine builds no requests")
     working, go_on = threading.Event(), threading.Event()
-    papers = Bm25Encoder.papers
 
-    def slow(self: Bm25Encoder, batch: Any) -> Any:
-        working.set()
-        go_on.wait(30)
-        return papers(self, batch)
+    def paused(work: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            working.set()
+            go_on.wait(30)
+            return work(*args)
+        return call
 
-    monkeypatch.setattr(Bm25Encoder, "papers", slow)
+    if during == "its BM25":
+        monkeypatch.setattr(Bm25Encoder, "papers", paused(Bm25Encoder.papers))
+    else:
+        monkeypatch.setattr(server_async, "call_for", paused(server_async.call_for))
     extra = [replace(PAPERS[0], id=f"2402.{n:05d}") for n in range(3)]
 
     async def calls() -> Any:

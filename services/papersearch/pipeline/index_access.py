@@ -179,9 +179,9 @@ class IndexAccess:
         except CollectionMissing:
             await self._let_go(retriever)
             raise
-        except StoreError as error:  # closed under the call: a server write's own work runs
-            if self._closed and not isinstance(error, PaperNotFound):  # in a worker thread
-                raise self._closed_error() from error  # and met the store closed meanwhile
+        except Exception as error:  # closed under the call: a server write's own work runs
+            if self._closed and not isinstance(error, PaperNotFound):  # in a worker thread,
+                raise self._closed_error() from error  # and met the store or client closed
             raise
 
     async def _let_go(self, retriever: Retriever) -> None:
