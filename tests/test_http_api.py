@@ -517,19 +517,23 @@ def test_health_without_its_grpc_server_says_unknown(tmp_path: Path) -> None:
 
     socket = tmp_path / "no-such.sock"
 
-    async def probe() -> list[tuple[int, str]]:
+    async def probe() -> list[tuple[int, str, str | None]]:
         front = HttpFront(ServeSettings(http_port=free_port()), f"unix:{socket}")
         try:
             async with TestClient(TestServer(front.runner.app)) as client:
-                return [(r.status, await r.text())
+                return [(r.status, await r.text(), r.headers.get("Retry-After"))
                         for r in [await client.get(p) for p in ("/readyz", "/healthz")]]
         finally:
             for channel in (front.channel, *front.watch_channels):
                 await channel.close()
 
-    for status, body in asyncio.run(probe()):
+    document = openapi.document()
+    for status, body, retry_after in asyncio.run(probe()):
         assert status == 503 and json.loads(body) == {"status": "UNKNOWN"}
         assert str(socket) not in body
+        assert retry_after == "1"  # as the document says of every 503
+    assert all("Retry-After" in document["paths"][p]["get"]["responses"]["503"]["headers"]
+               for p in ("/readyz", "/healthz"))
 
 
 def test_ndjson_lines_split_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -186,6 +186,11 @@ _HEADERS = {
     "Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}},
 }
 _HEADERS_BY_CODE = {429: ["Retry-After"], 503: ["Retry-After"], 405: ["Allow"]}
+# A gateway without keys on a loopback address answers only requests for a loopback name
+# (gateway/http_api.py: a DNS-rebinding page cannot reach it), on every path.
+_NOT_THIS_HOST = {"description": "PERMISSION_DENIED: a Host that is not a loopback name, on a "
+                                 "gateway without keys", "content": {"application/json": {
+                                     "schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 def _http_only_paths() -> dict[str, Any]:
@@ -200,7 +205,8 @@ def _http_only_paths() -> dict[str, Any]:
             "security": [],
             "responses": {"200": {"description": "SERVING", "content": answer},
                           "503": {"description": "NOT_SERVING or UNKNOWN", "content": answer,
-                                  "headers": _headers(503)}}}}
+                                  "headers": _headers(503)},
+                          "403": _NOT_THIS_HOST}}}
 
     return {
         "/healthz": probe("Liveness"),
@@ -209,7 +215,7 @@ def _http_only_paths() -> dict[str, Any]:
             "operationId": "HTTP.OpenAPI", "tags": ["HTTP"], "summary": "OpenAPI",
             "description": "This document.", "security": [],
             "responses": {"200": {"description": "The OpenAPI 3.1 document", "content": {
-                "application/json": {"schema": {"type": "object"}}}}}}},
+                "application/json": {"schema": {"type": "object"}}}}, "403": _NOT_THIS_HOST}}},
     }
 
 

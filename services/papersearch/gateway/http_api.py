@@ -348,12 +348,19 @@ class HttpFront:
                 log.warning("http health: the gRPC server did not answer", extra={
                     "service": service, "code": error.code().name,
                     "reason": (error.details() or "")[:200]})
-                return web.json_response({"status": "UNKNOWN"}, status=503)
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-            return web.json_response({"status": status},
-                                     status=200 if status == "SERVING" else 503)
+                return _probe_answer("UNKNOWN")
+            return _probe_answer(health_pb2.HealthCheckResponse.ServingStatus.Name(
+                answer.status))
 
         return check
+
+
+def _probe_answer(status: str) -> web.Response:
+    """200 while SERVING, else 503 with Retry-After, as every 503 of the front has."""
+    if status == "SERVING":
+        return web.json_response({"status": status})
+    return web.json_response({"status": status}, status=503,
+                             headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 class _BadRequests(logging.Filter):
