@@ -10,11 +10,13 @@ import pytest
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import load_dataset
 from papersearch.evaluation.fusion_tuning import (
+    MIN_JUDGED_QUERIES,
     Candidate,
     candidates,
     check_roles,
     choose,
     gains,
+    too_few,
     tune_fusion,
 )
 from papersearch.evaluation.harness import run_eval
@@ -134,7 +136,9 @@ def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_d
     assert "index.prf_enabled" not in feedback["settings"]
     verdict = feedback["against_baseline"]["mini"]
     assert verdict["wins"] + verdict["losses"] + verdict["ties"] == len(queries)
-    assert feedback["tuning_sets_agree"] == (verdict["mean_difference"] > 0)
+    # too few judged queries (fewer than MIN_JUDGED_QUERIES) to say any set gains
+    assert len(queries) < MIN_JUDGED_QUERIES and not feedback["tuning_sets_agree"]
+    assert feedback["too_few_queries"] == {"mini": len(queries), "held": 2}  # q1, q2 judged
     convex = plain.model_copy(update={"index": plain.index.model_copy(
         update={"fusion": "convex", "fusion_dense_weight": 0.3})})
     stored = run_eval(dataset, ("hybrid",), convex, encoder, None)["hybrid"]
@@ -160,8 +164,17 @@ def test_a_set_cannot_both_choose_and_judge(tmp_path: Path) -> None:
 def test_a_gain_is_more_than_round_off() -> None:
     baseline = {"1": 0.6, "2": 0.7, "3": 0.2}
     cancelling = paired(baseline, {"1": 0.5, "2": 0.5, "3": 0.5})  # -0.1 -0.2 +0.3
-    assert cancelling.mean_difference > 0 and not gains({"s": cancelling}, ["s"])  # 1.85e-17
-    assert gains({"s": paired(baseline, {"1": 0.7, "2": 0.7, "3": 0.2})}, ["s"])
+    assert cancelling.mean_difference > 0 and not gains({"s": cancelling}, ["s"], 1)  # 1.85e-17
+    assert gains({"s": paired(baseline, {"1": 0.7, "2": 0.7, "3": 0.2})}, ["s"], 1)
+
+
+def test_a_gain_on_too_few_judged_queries_is_no_verdict() -> None:
+    """One query's gain said "held-out sets agree: adopt it" (p = 1)."""
+    better = paired({"1": 0.2}, {"1": 0.9})
+    assert not gains({"s": better}, ["s"]) and too_few({"s": better}, ["s"]) == {"s": 1}
+    many = {str(n): 0.2 for n in range(MIN_JUDGED_QUERIES)}
+    enough = paired(many, {q: 0.9 for q in many})
+    assert gains({"s": enough}, ["s"]) and too_few({"s": enough}, ["s"]) == {}
 
 
 def test_a_held_out_set_cannot_be_tuned_on(
@@ -219,8 +232,10 @@ def test_tunes_table_names_each_set_whole(
            "baseline": {**row, "settings": {"index.fusion": "convex",
                                             "index.fusion_dense_weight": 0.6}},
            "feedback": {**row, "settings": {}, "against_baseline": {},
-                        "tuning_sets_agree": True, "held_out_sets_agree": True},
+                        "tuning_sets_agree": True, "held_out_sets_agree": True,
+                        "too_few_queries": {}},
            "candidates": [], "chosen": {"name": "rrf k=60", "adopt": False,
+                                        "too_few_queries": {},
                                         "settings": {"index.fusion": "rrf", "index.rrf_k": 60},
                                         "against_baseline": {}}}
     monkeypatch.setattr(datasets, "load_dataset", lambda path: path)

@@ -623,7 +623,7 @@ def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
 def _tune(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
     from papersearch.evaluation.datasets import check_servable, load_dataset
-    from papersearch.evaluation.fusion_tuning import tune_fusion
+    from papersearch.evaluation.fusion_tuning import MIN_JUDGED_QUERIES, tune_fusion
 
     settings.check_not_held_out(args.tune or settings.tune_sets, "tuning")
     tuning = [load_dataset(p) for p in args.tune or settings.tune_sets]
@@ -652,13 +652,20 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"chosen on the tuning sets: {chosen['name']}: {_variables(chosen['settings'])}")
         _print_verdicts(chosen["against_baseline"])
-        print("held-out sets agree: adopt it" if chosen["adopt"]
-              else "held-out sets do not all agree: keep the baseline")
+        if chosen["too_few_queries"]:
+            print(f"too few judged queries to judge on {_counted(chosen['too_few_queries'])} "
+                  f"(a set needs {MIN_JUDGED_QUERIES}): keep the baseline")
+        else:
+            print("held-out sets agree: adopt it" if chosen["adopt"]
+                  else "held-out sets do not all agree: keep the baseline")
     feedback = out["feedback"]
     print("query feedback against the baseline (its settings: "
           f"{', '.join(f'{k}={v}' for k, v in feedback['settings'].items())}):")
     _print_verdicts(feedback["against_baseline"])
-    if feedback["tuning_sets_agree"] and feedback["held_out_sets_agree"]:
+    if feedback["too_few_queries"]:
+        print(f"too few judged queries to judge on {_counted(feedback['too_few_queries'])} "
+              f"(a set needs {MIN_JUDGED_QUERIES}): keep index.prf_enabled as it is")
+    elif feedback["tuning_sets_agree"] and feedback["held_out_sets_agree"]:
         print("every set gains: keep index.prf_enabled=true (the default)")
     elif feedback["tuning_sets_agree"]:
         print("the tuning sets gain, the held-out sets do not all agree: weigh its cost "
@@ -666,6 +673,10 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("the tuning sets do not all gain: consider index.prf_enabled=false")
     return 0
+
+
+def _counted(sets: dict[str, int]) -> str:
+    return ", ".join(f"{name} ({count})" for name, count in sets.items())
 
 
 def _variables(settings: dict[str, Any]) -> str:

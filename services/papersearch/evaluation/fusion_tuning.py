@@ -36,6 +36,9 @@ from papersearch.settings import IndexSettings, Settings
 RRF_KS = (10, 30, 60, 100)
 DENSE_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 RESULTS = 100  # ranked ids per query: enough for Recall@100
+# Judged queries a set needs before its mean gain says "adopt it" (or "every set gains"): one
+# query did. The judged sets here have 30 (MED) to 225 (Cranfield).
+MIN_JUDGED_QUERIES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +103,20 @@ def check_roles(tuning: Sequence[EvalDataset], held_out: Sequence[EvalDataset]) 
                          "is given twice (a set cannot both choose and judge)")
 
 
-def gains(judged: Mapping[str, Paired], among: Sequence[str]) -> bool:
+def gains(judged: Mapping[str, Paired], among: Sequence[str],
+          minimum: int = MIN_JUDGED_QUERIES) -> bool:
     """Whether every set of ``among`` gains on its mean: by more than round-off (a candidate
-    whose differences cancel out exactly is not adopted on a 1e-17)."""
-    return all(judged[n].mean_difference > TIE for n in among)
+    whose differences cancel out exactly is not adopted on a 1e-17), on at least ``minimum``
+    judged queries (one query's gain said "adopt it")."""
+    return not too_few(judged, among, minimum) and all(
+        judged[n].mean_difference > TIE for n in among)
+
+
+def too_few(judged: Mapping[str, Paired], among: Sequence[str],
+            minimum: int = MIN_JUDGED_QUERIES) -> dict[str, int]:
+    """The sets of ``among`` with fewer than ``minimum`` judged queries: how many each has."""
+    counted = {n: judged[n].wins + judged[n].losses + judged[n].ties for n in among}
+    return {n: count for n, count in counted.items() if count < minimum}
 
 
 def candidates(depth: int) -> list[Candidate]:
@@ -229,6 +242,7 @@ def tune_fusion(
             "settings": {f"index.{k}": v for k, v in (chosen.settings or {}).items()},
             "against_baseline": {n: p.to_dict() for n, p in judged.items()},
             "adopt": gains(judged, held_names),
+            "too_few_queries": too_few(judged, held_names),
         }
     return {
         "tuning_sets": tuning_names,
@@ -242,6 +256,7 @@ def tune_fusion(
             "against_baseline": {n: p.to_dict() for n, p in feedback_judged.items()},
             "tuning_sets_agree": gains(feedback_judged, tuning_names),
             "held_out_sets_agree": gains(feedback_judged, held_names),
+            "too_few_queries": too_few(feedback_judged, names),
         },
         "candidates": sorted(
             ({"name": c.name, "runs_in_store": c.settings is not None, **row(reports[c.name])}
