@@ -111,6 +111,14 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_TRAINING__CORPORA", '[" "]',
      "training.corpora (PAPERSEARCH_TRAINING__CORPORA): Value error, an empty path is the "
      "current directory: give a path"),
+    # nothing expands a variable in a setting: "$HOME/idx" was a folder named "$HOME" here
+    ("PAPERSEARCH_INDEX__DATA_DIR", "$HOME/idx",
+     "index.data_dir (PAPERSEARCH_INDEX__DATA_DIR): Value error, $HOME is not expanded in a "
+     "path setting (only a shell does that): write the path itself, or set it from the shell "
+     "(given '$HOME/idx')"),
+    ("PAPERSEARCH_HELD_OUT_SETS", '["${EVAL}/med"]',
+     "held_out_sets (PAPERSEARCH_HELD_OUT_SETS): Value error, ${EVAL} is not expanded in a "
+     "path setting (only a shell does that): write the path itself, or set it from the shell"),
     ("PAPERSEARCH_MODELS__RERANKER_NAME", "../elsewhere",  # one folder of models.repository
      "models.reranker_name (PAPERSEARCH_MODELS__RERANKER_NAME): String should match pattern "
      "'^[A-Za-z0-9][A-Za-z0-9._-]*$' (given '../elsewhere')"),
@@ -274,6 +282,16 @@ def test_rerank_steps_below_a_lowered_window_load(monkeypatch: pytest.MonkeyPatc
         assert load_settings().search.rerank_depth_steps == kept
 
 
+def test_a_home_folder_path_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``~/idx`` was a folder named "~" made in the current directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PAPERSEARCH_INDEX__DATA_DIR", "~/idx")
+    monkeypatch.setenv("PAPERSEARCH_HELD_OUT_SETS", '["~/med", "rel/cisi"]')
+    settings = load_settings()
+    assert settings.index.data_dir == tmp_path / "idx"
+    assert settings.held_out_sets == [tmp_path / "med", Path("rel/cisi")]
+
+
 def test_a_log_level_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAPERSEARCH_LOG_LEVEL", "debug")
     assert load_settings().log_level == "DEBUG"
@@ -302,6 +320,9 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
     assert error_line(capsys) == (
         f"papersearch: error: settings file {tmp_path / 'missing.yaml'} {where}: no such file")
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path))  # it is there: "no such file" misled
+    assert error_line(capsys) == (
+        f"papersearch: error: settings file {tmp_path} {where}: is a folder, not a YAML file")
     # a YAML scalar (the wrong file given): was "dictionary update sequence element #0 ..."
     scalar = settings_file(monkeypatch, tmp_path / "hostname", "buildhost\n")
     assert error_line(capsys) == (

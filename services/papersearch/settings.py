@@ -70,16 +70,34 @@ DEADLINE_MAX_S = 365 * 24 * 3600
 MAX_COUNT = 2**31 - 1
 
 
-def _path_not_blank(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    """An empty path is the current directory to pathlib: a variable rendered from an unset
-    value (``${X:-}``) moved the index, the models or the corpus there without a word. A list
-    of paths too: ``held_out_sets=[""]`` held out every set."""
+def _checked_paths(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A path setting (or a list of them) as given, with a leading ``~`` made the home folder.
+    An empty path is the current directory to pathlib: a variable rendered from an unset
+    value (``${X:-}``) moved the index, the models or the corpus there without a word
+    (``held_out_sets=[""]`` held out every set). A ``~`` or ``$HOME`` was a folder of that
+    name made in the current directory: ``~`` is expanded, a variable is refused (nothing
+    expands it: a shell does, before it reaches a setting)."""
     field = model.model_fields.get(info.field_name or "")
+    if field is None or Path not in (field.annotation, *get_args(field.annotation)):
+        return value
     paths = value if isinstance(value, list) else [value]
-    if (field is not None and Path in (field.annotation, *get_args(field.annotation))
-            and any(isinstance(path, str) and not path.strip() for path in paths)):
+    texts = [path for path in paths if isinstance(path, str)]
+    if any(not path.strip() for path in texts):
         raise ValueError("an empty path is the current directory: give a path")
-    return value
+    variable = next((m.group() for path in texts if (m := _VARIABLE.search(path))), None)
+    if variable is not None:
+        raise ValueError(f"{variable} is not expanded in a path setting (only a shell does "
+                         "that): write the path itself, or set it from the shell")
+    try:
+        expanded = [str(Path(path).expanduser()) if isinstance(path, str)
+                    and path.startswith("~") else path for path in paths]
+    except RuntimeError as error:  # no HOME, and no passwd entry (a container's user)
+        raise ValueError(f"~ cannot be expanded here ({error}): write the path itself") \
+            from None
+    return expanded if isinstance(value, list) else expanded[0]
+
+
+_VARIABLE = re.compile(r"\$(\{[^}]*\}?|[A-Za-z_][A-Za-z0-9_]*)")
 
 
 class Section(BaseModel):
@@ -90,8 +108,8 @@ class Section(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _path_not_blank(cls, value: Any, info: ValidationInfo) -> Any:
-        return _path_not_blank(cls, value, info)
+    def _checked_paths(cls, value: Any, info: ValidationInfo) -> Any:
+        return _checked_paths(cls, value, info)
 
 
 class ModelSettings(Section):
@@ -823,8 +841,8 @@ class Settings(BaseSettings):
 
     @field_validator("corpus_dir", "eval_dir", "tune_sets", "held_out_sets", mode="before")
     @classmethod
-    def _path_not_blank(cls, value: Any, info: ValidationInfo) -> Any:
-        return _path_not_blank(cls, value, info)
+    def _checked_paths(cls, value: Any, info: ValidationInfo) -> Any:
+        return _checked_paths(cls, value, info)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -856,6 +874,8 @@ def _settings_file(config_file: str) -> dict[str, Any]:
                          f"directory: give a path, or unset {CONFIG_ENV}")
     path = Path(config_file)
     where = f"settings file {config_file} (--config or {CONFIG_ENV})"
+    if path.is_dir():
+        raise ValueError(f"{where}: is a folder, not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"{where}: no such file")
     try:
