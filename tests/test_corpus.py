@@ -506,7 +506,13 @@ def test_detect_format(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "pages") is CorpusFormat.DAILY_PAPERS
     assert detect_format(tmp_path / "beir") is CorpusFormat.BEIR
     assert detect_format(tmp_path / "beir.jsonl") is CorpusFormat.BEIR
+    assert detect_format(tmp_path / "beir" / "corpus.jsonl") is CorpusFormat.BEIR
     assert detect_format(tmp_path / "papers.jsonl") is CorpusFormat.JSONL
+    # a BEIR set's queries: ingested as title-less papers without a word
+    write(tmp_path / "beir", "queries.jsonl", json.dumps({"_id": "q1", "text": "a query"}) + "\n")
+    with pytest.raises(ValueError, match=r"queries\.jsonl is another file of the BEIR set "
+                                         r"beside .*corpus\.jsonl \(its queries\?\)"):
+        detect_format(tmp_path / "beir" / "queries.jsonl")
     # a database export: its own _id beside the paper's id (was read as BEIR: id and
     # abstract lost)
     write(tmp_path, "export.jsonl", json.dumps({"_id": "m1", **GOOD}) + "\n")

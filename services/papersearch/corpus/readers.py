@@ -207,7 +207,15 @@ def detect_format(path: Path) -> CorpusFormat:
     if path.suffix.lower() == ".txt":
         return CorpusFormat.DAILY_PAPERS
     if path.suffix.lower() == ".jsonl":
-        return CorpusFormat.BEIR if _is_beir(_first_object(path)) else CorpusFormat.JSONL
+        if not _is_beir(_first_object(path)):
+            return CorpusFormat.JSONL
+        if path.name != CORPUS_FILE and (path.parent / CORPUS_FILE).is_file():
+            # a BEIR set's queries.jsonl (a tab-completion away): its queries were indexed
+            # as title-less papers without a word
+            raise ValueError(f"{path} is another file of the BEIR set beside "
+                             f"{path.parent / CORPUS_FILE} (its queries?), not its papers: give "
+                             "the set's folder")
+        return CorpusFormat.BEIR
     raise ValueError(f"cannot tell the corpus format of {path}: expected a .jsonl file (JSON "
                      "Lines papers, or BEIR), a .txt Daily Papers page, a folder of such pages, "
                      "or a BEIR folder holding corpus.jsonl (give .jsonl files in a folder one "
