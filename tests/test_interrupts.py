@@ -169,6 +169,15 @@ def test_the_message_says_what_was_kept() -> None:
     assert message(KeyboardInterrupt()) == "papersearch: interrupted"
     assert message(Interrupted("ingest: 320 papers written by this run; run again to resume")) \
         == "papersearch: interrupted (ingest: 320 papers written by this run; run again to resume)"
+    # a second Ctrl-C while the first's cleanup ran: the line kept what the first one said
+    try:
+        try:
+            raise Interrupted("ingest: 96 papers written by this run; run again to resume")
+        finally:
+            raise KeyboardInterrupt  # noqa: B012 (as a signal lands in a finally block)
+    except KeyboardInterrupt as second:
+        assert message(second) == ("papersearch: interrupted (ingest: 96 papers written by "
+                                   "this run; run again to resume)")
 
 
 def test_sigterm_is_held_as_ctrl_c_is() -> None:
@@ -188,6 +197,29 @@ def test_sigterm_is_held_as_ctrl_c_is() -> None:
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_once_the_command_is_over_ctrl_c_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second, impatient Ctrl-C after the command's cleanup cut its one line, or the
+    interpreter's exit, short with a traceback (threading's shutdown, logging's handlers
+    closing): run from the console entry point, a command that returned or raised leaves
+    SIGINT and SIGTERM ignored before its last line; called as a library, nothing changes."""
+    import papersearch.cli as cli
+    from papersearch.interrupts import SIGNALS
+
+    def interrupted(settings: Any, args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_models_info", interrupted)
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    try:
+        assert cli.main(["models", "info"]) == 130
+        assert not any(signal.getsignal(s) is signal.SIG_IGN for s in SIGNALS)
+        assert cli.main(["models", "info"], own_process=True) == 130
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in SIGNALS)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

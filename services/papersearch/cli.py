@@ -906,7 +906,11 @@ def _log_level(settings: Settings, args: argparse.Namespace) -> str:
     return settings.log_level
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, own_process: bool = False) -> int:
+    """``own_process``: the process ends with the command (the console entry point); once the
+    command is over, SIGINT and SIGTERM are ignored: a second, impatient Ctrl-C cut its one
+    line short, or the interpreter's exit, with a traceback (threading's shutdown, logging's
+    handlers closing)."""
     args = build_parser().parse_args(argv)
     if (undecodable := _not_utf8(args)) is not None:
         print(f"papersearch: error: {undecodable}", file=sys.stderr)
@@ -924,7 +928,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     interrupts.catch_sigint()
     try:
-        return handler(settings, args)
+        try:
+            return handler(settings, args)
+        finally:
+            if own_process:
+                interrupts.ignore()
     except USER_ERRORS as error:
         print(f"papersearch: error: {error}", file=sys.stderr)
         return 2

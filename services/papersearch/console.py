@@ -18,4 +18,4 @@ def main() -> int:
             raise
         print("papersearch: interrupted (before it started: nothing was done)", file=sys.stderr)
         return EXIT_STATUS
-    return run()
+    return run(own_process=True)

@@ -28,6 +28,12 @@ def catch_sigint() -> None:
         signal.signal(signum, signal.default_int_handler)
 
 
+def ignore() -> None:
+    """SIGINT and SIGTERM ignored from now on: for a process that is ending (main thread)."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @contextmanager
 def handlers_kept() -> Iterator[None]:
     """The block's changes to the SIGINT and SIGTERM handlers undone: ``ray.init`` installs a
@@ -55,7 +61,14 @@ def interrupted_by(error: BaseException) -> bool:
 
 
 def message(interrupt: KeyboardInterrupt) -> str:
-    detail = str(interrupt) if isinstance(interrupt, Interrupted) else ""
+    """The one line; what the interrupted work kept, also when a second Ctrl-C came while it
+    cleaned up (its KeyboardInterrupt holds the first's Interrupted as its context)."""
+    seen: set[int] = set()
+    cause: BaseException | None = interrupt
+    while cause is not None and not isinstance(cause, Interrupted) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__context__
+    detail = str(cause) if isinstance(cause, Interrupted) else ""
     return f"papersearch: interrupted ({detail})" if detail else "papersearch: interrupted"
 
 
