@@ -415,3 +415,19 @@ def test_a_date_no_calendar_holds_is_said_as_such(capsys: pytest.CaptureFixture[
         with pytest.raises(SystemExit):
             build_parser().parse_args(["search", "q", "--from", value])
         assert capsys.readouterr().err.rstrip().endswith(f"argument --from: {said}")
+
+
+def test_a_target_that_is_no_grpc_server_gets_a_hint() -> None:
+    """gRPC's own words for the HTTP front's port, or a plain one asked for TLS, named no
+    cause; the hint says what to try."""
+    from papersearch.cli import _remote_error
+
+    http2 = ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:8000: "
+             "Failed parsing HTTP/2 (Expected SETTINGS frame as the first frame, got frame "
+             "type 79)")
+    assert _remote_error("127.0.0.1:8000", "UNAVAILABLE", http2).endswith(
+        "(it does not speak gRPC: the HTTP front's port? the gateway's gRPC port is "
+        "serve.grpc_port, 50051 by default)")
+    assert _remote_error("h:1", "UNAVAILABLE", "... Tls handshake failed (TSI_PROTOCOL_FAILURE)"
+                         ).endswith("(it does not speak TLS: drop --tls, or check the port)")
+    assert _remote_error("h:1", "NOT_FOUND", "no paper 'x'") == "h:1: NOT_FOUND: no paper 'x'"

@@ -438,8 +438,19 @@ def _ask_gateway(args: argparse.Namespace, call: Callable[[SearchClient], T]) ->
         try:
             return call(client)
         except grpc.RpcError as error:
-            raise RemoteError(f"{args.target}: {error.code().name}: {error.details()}") \
-                from None
+            raise RemoteError(_remote_error(args.target, error.code().name,
+                                            error.details() or "")) from None
+
+
+# What gRPC says of a target that is no gRPC server as this client reaches it, and what to do.
+_NOT_GRPC = (("Failed parsing HTTP/2", "it does not speak gRPC: the HTTP front's port? "
+              "the gateway's gRPC port is serve.grpc_port, 50051 by default"),
+             ("Tls handshake failed", "it does not speak TLS: drop --tls, or check the port"))
+
+
+def _remote_error(target: str, status: str, details: str) -> str:
+    hint = next((what for said, what in _NOT_GRPC if said in details), None)
+    return f"{target}: {status}: {details}" + (f" ({hint})" if hint else "")
 
 
 # A watch that ended with one of these after it was live is opened again (--reconnect): the
@@ -493,7 +504,8 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
                     return 0  # --timeout-s: the watch ran its course (not the gateway's
                     # deadline for its start: its encode or replay past serve.max_deadline_s)
                 if not (args.reconnect and live and code.name in _RECONNECT_ON):
-                    raise RemoteError(f"{args.target}: {code.name}: {error.details()}") \
+                    raise RemoteError(_remote_error(args.target, code.name,
+                                                    error.details() or "")) \
                         from None
                 print(f"the watch ended ({code.name}: {error.details()}); reconnecting in "
                       f"{pause:g} s", file=sys.stderr, flush=True)

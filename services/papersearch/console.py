@@ -5,12 +5,16 @@ RuntimeError) read as a broken install, exit 1."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from papersearch.interrupts import EXIT_STATUS, interrupted_by
 
 
 def main() -> int:
+    # gRPC's C core logs at INFO to stderr otherwise: a TLS handshake to a plain port printed
+    # its own line above the command's one-line error
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         from papersearch.cli import main as run
     except (KeyboardInterrupt, Exception) as error:  # wrapped too: ImportError, RuntimeError
