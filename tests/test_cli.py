@@ -431,3 +431,21 @@ def test_a_target_that_is_no_grpc_server_gets_a_hint() -> None:
     assert _remote_error("h:1", "UNAVAILABLE", "... Tls handshake failed (TSI_PROTOCOL_FAILURE)"
                          ).endswith("(it does not speak TLS: drop --tls, or check the port)")
     assert _remote_error("h:1", "NOT_FOUND", "no paper 'x'") == "h:1: NOT_FOUND: no paper 'x'"
+
+
+def test_a_missing_path_from_a_setting_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Run from elsewhere, the relative defaults are not there: "no such corpus file or
+    folder: ../shared/eval/med" named a path the user never typed, and neither the setting
+    nor the fix."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("PAPERSEARCH_CORPUS_DIR", "PAPERSEARCH_TUNE_SETS", "PAPERSEARCH_HELD_OUT_SETS"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["ingest"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "papersearch: error: no such file or folder: ../shared/corpus/daily-papers (")
+    assert main(["tune", "--tune", str(tmp_path)]) == 2
+    said = capsys.readouterr().err
+    assert "from the held_out_sets setting (PAPERSEARCH_HELD_OUT_SETS; its default is " \
+           "relative to the repository root): give --held-out" in said

@@ -28,6 +28,7 @@ from papersearch.loadtest.command import split_target
 from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.models.manifest import ProviderUnavailable
+from papersearch.paths import shown
 from papersearch.serving.node_drain import NodeDrainError
 from papersearch.settings import (
     DEADLINE_MAX_S,
@@ -240,7 +241,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     )
     from papersearch.pipeline.factory import LiveCheck, open_live
 
-    paths = args.paths or [settings.corpus_dir]
+    paths = args.paths or _set_paths([settings.corpus_dir], "corpus_dir", "corpus paths")
     if args.ray and Path(args.ray).exists():
         raise ValueError(f"--ray {args.ray}: that is a corpus path, not a Ray address; write "
                          "corpus paths before --ray, or --ray=ADDRESS")
@@ -637,9 +638,12 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.evaluation.datasets import check_servable, load_dataset
     from papersearch.evaluation.fusion_tuning import MIN_JUDGED_QUERIES, tune_fusion
 
-    settings.check_not_held_out(args.tune or settings.tune_sets, "tuning")
-    tuning = [load_dataset(p) for p in args.tune or settings.tune_sets]
-    held_out = [load_dataset(p) for p in args.held_out or settings.held_out_sets]
+    tune_sets = args.tune or _set_paths(settings.tune_sets, "tune_sets", "--tune")
+    held_out_sets = args.held_out or _set_paths(settings.held_out_sets, "held_out_sets",
+                                                "--held-out")
+    settings.check_not_held_out(tune_sets, "tuning")
+    tuning = [load_dataset(p) for p in tune_sets]
+    held_out = [load_dataset(p) for p in held_out_sets]
     for dataset in (*tuning, *held_out):
         check_servable(dataset, settings.search)
     out = tune_fusion(tuning, held_out, settings, Encoder.from_settings(settings.models))
@@ -685,6 +689,19 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("the tuning sets do not all gain: consider index.prf_enabled=false")
     return 0
+
+
+def _set_paths(paths: list[Path], setting: str, given_by: str) -> list[Path]:
+    """Paths a setting gave, the command line none: one that is not there is said as the
+    setting's (the user typed no such path: "no such corpus file or folder:
+    ../shared/eval/med" named neither the setting nor the fix)."""
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no such file or folder: {shown(path)}, from the {setting} setting "
+                f"(PAPERSEARCH_{setting.upper()}; its default is relative to the repository "
+                f"root): give {given_by}, set {setting}, or run from the repository root")
+    return paths
 
 
 def _counted(sets: dict[str, int]) -> str:
