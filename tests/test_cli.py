@@ -17,7 +17,7 @@ import pytest
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.cli import _not_utf8, build_parser, main
+from papersearch.cli import _filter, _not_utf8, build_parser, main
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.settings import SearchSettings, Settings
@@ -59,6 +59,24 @@ def test_top_k_defaults_to_the_settings_default() -> None:
         args = build_parser().parse_args(["similar", "p1", "--top-k", value])
         with pytest.raises(ValueError, match=f"--top-k must be a positive number .*got {value}"):
             _top_k(args, settings, remote=True)
+    # in-process, this machine's limit names the option (it said "top_k must be between")
+    for value in ("6", "0", "-1"):
+        args = build_parser().parse_args(["search", "q", "--top-k", value])
+        with pytest.raises(ValueError, match=rf"--top-k must be between 1 and 5 "
+                                             rf"\(search.max_top_k\), got {value}"):
+            _top_k(args, settings, remote=False)
+    # and --from after --to too (it said "published_from is after published_to")
+    args = build_parser().parse_args(["search", "q", "--from", "2025-02-01", "--to", "2024-01-01"])
+    with pytest.raises(ValueError, match="--from 2025-02-01 is after --to 2024-01-01"):
+        _filter(args)
+
+
+def test_an_empty_paper_id_is_said_in_the_command_s_words(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (["similar", ""], ["similar", "2401.00001", "--unlike", " "]):
+        assert main(command) == 2
+        assert capsys.readouterr().err.strip() == (
+            "papersearch: error: an empty PAPER_ID (or --unlike) names no paper")
 
 
 class Searches(pb_grpc.SearchServiceServicer):

@@ -126,6 +126,8 @@ def _check_target(target: str, tls: bool) -> None:
 def _filter(args: argparse.Namespace) -> SearchFilter:
     from papersearch.index.query import SearchFilter
 
+    if args.published_from and args.published_to and args.published_from > args.published_to:
+        raise ValueError(f"--from {args.published_from} is after --to {args.published_to}")
     return SearchFilter(args.published_from, args.published_to, tuple(args.category),
                         tuple(args.author))
 
@@ -349,6 +351,9 @@ def _top_k(args: argparse.Namespace, settings: Settings, remote: bool) -> int:
     (the API's "its default"). Past the proto's int32 the request could not be built: the
     error was protobuf's "Value out of range", naming no option."""
     if args.top_k is not None:
+        if not remote and not 1 <= args.top_k <= settings.search.max_top_k:
+            raise ValueError(f"--top-k must be between 1 and {settings.search.max_top_k} "
+                             f"(search.max_top_k), got {args.top_k}")
         if not 0 <= args.top_k <= MAX_COUNT:
             raise ValueError(f"--top-k must be a positive number (at most the server's "
                              f"search.max_top_k), got {args.top_k}")
@@ -362,6 +367,9 @@ def _similar(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.index.query import Examples
 
     remote = _remote(args)
+    if any(not paper_id.strip() for paper_id in (*args.paper_ids, *args.unlike)):
+        # said in the API's names: "paper_id must not be empty (or give positive_ids)"
+        raise ValueError("an empty PAPER_ID (or --unlike) names no paper")
     query = convert.SimilarQuery(Examples(tuple(args.paper_ids), tuple(args.unlike),
                                           args.strategy), _top_k(args, settings, remote),
                                  _filter(args))
