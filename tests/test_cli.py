@@ -467,3 +467,13 @@ def test_a_missing_path_from_a_setting_names_the_setting(
     said = capsys.readouterr().err
     assert "from the held_out_sets setting (PAPERSEARCH_HELD_OUT_SETS; its default is " \
            "relative to the repository root): give --held-out" in said
+
+
+def test_a_query_s_words_need_no_quotes() -> None:
+    """``search efficient attention`` was "unrecognized arguments: attention" under the
+    top-level usage."""
+    args = build_parser().parse_args(["search", "efficient", "attention", "--top-k", "3"])
+    assert args.query == "efficient attention" and args.top_k == 3
+    assert build_parser().parse_args(["search", "one  query"]).query == "one  query"
+    assert build_parser().parse_args(["watch", "diffusion", "models", "--target", "h:1"]).query == (
+        "diffusion models")

@@ -728,13 +728,23 @@ def _print_verdicts(verdicts: dict[str, Any]) -> None:
               f"{verdict['losses']} losses, {verdict['ties']} ties, p={verdict['p_value']:.3f}")
 
 
+class _Words(argparse.Action):
+    """A query's words as one string: ``search efficient attention`` was "unrecognized
+    arguments: attention" under the top-level usage."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, " ".join(values))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="papersearch", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML settings file (also PAPERSEARCH_CONFIG)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     models = commands.add_parser("models", help="build the ONNX model repository")
-    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_commands = models.add_subparsers(dest="models_command", required=True,
+                                            metavar="COMMAND")
     export = models_commands.add_parser(
         "export", help="export the models the configuration serves: the embedder, and the "
                        "reranker_source if the rerank stage is on")
@@ -770,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=_ingest)
 
     index = commands.add_parser("index", help="manage the served index")
-    index_commands = index.add_subparsers(dest="index_command", required=True)
+    index_commands = index.add_subparsers(dest="index_command", required=True,
+                                          metavar="COMMAND")
     migrate = index_commands.add_parser(
         "migrate", help="re-embed the served index with another embedder without downtime: "
                         "build beside it, mirror writes, swap (README, Embedder migration)")
@@ -797,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser(
         "search", help="search the index: in-process, or a running gateway with --target")
-    search.add_argument("query")
+    search.add_argument("query", nargs="+", type=str, action=_Words,
+                        help="the query; its words need no quotes")
     search.add_argument("--top-k", type=int, help="default: search.default_top_k (10)")
     search.add_argument("--mode", default="hybrid", choices=MODES)
     search.add_argument("--no-rerank", action="store_true")
@@ -833,7 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser(
         "watch", help="a saved search: print new matching papers as a gateway indexes them")
-    watch.add_argument("query")
+    watch.add_argument("query", nargs="+", type=str, action=_Words,
+                       help="the saved search's query; its words need no quotes")
     watch.add_argument("--target", metavar="HOST:PORT", required=True, help="the gateway")
     watch.add_argument("--min-relevance", type=float, metavar="COSINE",
                        help="least dense cosine to the query (-1 to 1; default: the server's "
