@@ -510,9 +510,12 @@ def test_detect_format(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "papers.jsonl") is CorpusFormat.JSONL
     # a BEIR set's queries: ingested as title-less papers without a word
     write(tmp_path / "beir", "queries.jsonl", json.dumps({"_id": "q1", "text": "a query"}) + "\n")
-    with pytest.raises(ValueError, match=r"queries\.jsonl is another file of the BEIR set "
-                                         r"beside .*corpus\.jsonl \(its queries\?\)"):
+    with pytest.raises(ValueError, match=r"queries\.jsonl holds queries of the BEIR set beside "
+                                         r"it \(_id and text, no title\), not papers"):
         detect_format(tmp_path / "beir" / "queries.jsonl")
+    # another part of the corpus beside it reads as before
+    write(tmp_path / "beir", "corpus-2025.jsonl", json.dumps({"_id": "2", "title": "U"}) + "\n")
+    assert detect_format(tmp_path / "beir" / "corpus-2025.jsonl") is CorpusFormat.BEIR
     # a database export: its own _id beside the paper's id (was read as BEIR: id and
     # abstract lost)
     write(tmp_path, "export.jsonl", json.dumps({"_id": "m1", **GOOD}) + "\n")

@@ -207,14 +207,15 @@ def detect_format(path: Path) -> CorpusFormat:
     if path.suffix.lower() == ".txt":
         return CorpusFormat.DAILY_PAPERS
     if path.suffix.lower() == ".jsonl":
-        if not _is_beir(_first_object(path)):
+        first = _first_object(path)
+        if not _is_beir(first):
             return CorpusFormat.JSONL
-        if path.name != CORPUS_FILE and (path.parent / CORPUS_FILE).is_file():
-            # a BEIR set's queries.jsonl (a tab-completion away): its queries were indexed
-            # as title-less papers without a word
-            raise ValueError(f"{path} is another file of the BEIR set beside "
-                             f"{path.parent / CORPUS_FILE} (its queries?), not its papers: give "
-                             "the set's folder")
+        if "title" not in first and (path.parent / CORPUS_FILE).is_file():
+            # a BEIR set's queries.jsonl (a tab-completion away; a BEIR paper always has a
+            # title, a query never): its queries were indexed as title-less papers
+            raise ValueError(f"{path} holds queries of the BEIR set beside it (_id and text, "
+                             "no title), not papers: give the set's folder, or its "
+                             f"{CORPUS_FILE}")
         return CorpusFormat.BEIR
     raise ValueError(f"cannot tell the corpus format of {path}: expected a .jsonl file (JSON "
                      "Lines papers, or BEIR), a .txt Daily Papers page, a folder of such pages, "
