@@ -446,8 +446,13 @@ def test_a_target_that_is_no_grpc_server_gets_a_hint() -> None:
     assert _remote_error("127.0.0.1:8000", "UNAVAILABLE", http2).endswith(
         "(it does not speak gRPC: the HTTP front's port? the gateway's gRPC port is "
         "serve.grpc_port, 50051 by default)")
-    assert _remote_error("h:1", "UNAVAILABLE", "... Tls handshake failed (TSI_PROTOCOL_FAILURE)"
+    tls = "... Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:...:"
+    assert _remote_error("h:1", "UNAVAILABLE", tls + "WRONG_VERSION_NUMBER: ..."
                          ).endswith("(it does not speak TLS: drop --tls, or check the port)")
+    # a TLS server whose certificate is not trusted: dropping --tls was the wrong advice
+    assert _remote_error("h:1", "UNAVAILABLE", tls + "CERTIFICATE_VERIFY_FAILED: self signed"
+                         ).endswith("(its certificate is not trusted here: give --ca with the "
+                                    "CA that signed it)")
     assert _remote_error("h:1", "NOT_FOUND", "no paper 'x'") == "h:1: NOT_FOUND: no paper 'x'"
 
 

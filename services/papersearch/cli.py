@@ -454,7 +454,9 @@ def _ask_gateway(args: argparse.Namespace, call: Callable[[SearchClient], T]) ->
 # What gRPC says of a target that is no gRPC server as this client reaches it, and what to do.
 _NOT_GRPC = (("Failed parsing HTTP/2", "it does not speak gRPC: the HTTP front's port? "
               "the gateway's gRPC port is serve.grpc_port, 50051 by default"),
-             ("Tls handshake failed", "it does not speak TLS: drop --tls, or check the port"))
+             ("WRONG_VERSION_NUMBER", "it does not speak TLS: drop --tls, or check the port"),
+             ("CERTIFICATE_VERIFY_FAILED", "its certificate is not trusted here: give --ca with "
+              "the CA that signed it"))
 
 
 def _remote_error(target: str, status: str, details: str) -> str:
