@@ -320,6 +320,16 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
     assert error_line(capsys) == (
         f"papersearch: error: settings file {tmp_path / 'missing.yaml'} {where}: no such file")
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~ as in path settings; $HOME refused
+    monkeypatch.setenv(CONFIG_ENV, "~/missing.yaml")
+    assert error_line(capsys).endswith(f"{where}: no such file")
+    (tmp_path / "home.yaml").write_text("index:\n  prefetch_limit: 50\n")
+    monkeypatch.setenv(CONFIG_ENV, "~/home.yaml")
+    assert load_settings().index.prefetch_limit == 50
+    monkeypatch.setenv(CONFIG_ENV, "$HOME/home.yaml")
+    assert error_line(capsys) == (f"papersearch: error: settings file $HOME/home.yaml {where}: "
+                                  "$HOME is not expanded (only a shell does that): write the "
+                                  "path itself")
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path))  # it is there: "no such file" misled
     assert error_line(capsys) == (
         f"papersearch: error: settings file {tmp_path} {where}: is a folder, not a YAML file")

@@ -872,8 +872,15 @@ def _settings_file(config_file: str) -> dict[str, Any]:
     if not config_file.strip():  # a template's unset ${X:-}: was silently no file
         raise ValueError(f"settings file ({CONFIG_ENV}): an empty path is the current "
                          f"directory: give a path, or unset {CONFIG_ENV}")
-    path = Path(config_file)
     where = f"settings file {config_file} (--config or {CONFIG_ENV})"
+    variable = _VARIABLE.search(config_file)
+    if variable is not None:
+        raise ValueError(f"{where}: {variable.group()} is not expanded (only a shell does "
+                         "that): write the path itself")
+    try:
+        path = Path(config_file).expanduser()  # as every path setting's
+    except RuntimeError as error:  # no HOME, and no passwd entry (a container's user)
+        raise ValueError(f"{where}: ~ cannot be expanded here ({error})") from None
     if path.is_dir():
         raise ValueError(f"{where}: is a folder, not a YAML file")
     if not path.is_file():
