@@ -768,6 +768,15 @@ def test_where_an_index_is_not_is_said_plainly(tmp_path: Path,
     with pytest.raises(CollectionMissing, match=rf"no index at rel/papers \({tmp_path}/rel/"
                                                 "papers\\): papersearch ingest creates it"):
         EdgeStore(IndexSettings(data_dir=Path("rel"))).ensure_collection(DIM, SHA, create=False)
+    # a folder this process may not write in: the setting is named (it was the bare "[Errno
+    # 13] Permission denied: ..."); monkeypatched, since root (the CI) passes every check
+    def refused(self: Path, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(StoreError, match=r"index directory .*ro/papers cannot be made: "
+                                         r"permission denied for .*ro.* \(index.data_dir"):
+        EdgeStore(IndexSettings(data_dir=tmp_path / "ro")).ensure_collection(DIM, SHA)
 
 KILLED_WRITER = """
 import sys

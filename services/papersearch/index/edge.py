@@ -181,11 +181,15 @@ class EdgeStore(Store):
 
     def _make_directory(self) -> bool:
         """Make the index directory; whether this call made it (another process may have)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.mkdir()
         except FileExistsError:
             return False
+        except PermissionError as error:  # was the bare "[Errno 13] Permission denied: ..."
+            raise StoreError(f"index directory {self.path} cannot be made: permission denied "
+                             f"for {error.filename} (index.data_dir: a folder this process "
+                             "may write)") from None
         return True
 
     def _unmake(self, made: bool, fresh: bool) -> None:
