@@ -513,6 +513,9 @@ def test_detect_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"queries\.jsonl holds queries of the BEIR set beside "
                                          r"it \(_id and text, no title\), not papers"):
         detect_format(tmp_path / "beir" / "queries.jsonl")
+    # a corpus.jsonl without titles (BEIR's title is optional) is its papers all the same
+    write(tmp_path / "untitled", "corpus.jsonl", json.dumps({"_id": "1", "text": "x"}) + "\n")
+    assert detect_format(tmp_path / "untitled" / "corpus.jsonl") is CorpusFormat.BEIR
     # another part of the corpus beside it reads as before
     write(tmp_path / "beir", "corpus-2025.jsonl", json.dumps({"_id": "2", "title": "U"}) + "\n")
     assert detect_format(tmp_path / "beir" / "corpus-2025.jsonl") is CorpusFormat.BEIR

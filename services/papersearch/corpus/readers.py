@@ -210,7 +210,8 @@ def detect_format(path: Path) -> CorpusFormat:
         first = _first_object(path)
         if not _is_beir(first):
             return CorpusFormat.JSONL
-        if "title" not in first and (path.parent / CORPUS_FILE).is_file():
+        if (path.name != CORPUS_FILE and "title" not in first
+                and (path.parent / CORPUS_FILE).is_file()):
             # a BEIR set's queries.jsonl (a tab-completion away; a BEIR paper always has a
             # title, a query never): its queries were indexed as title-less papers
             raise ValueError(f"{path} holds queries of the BEIR set beside it (_id and text, "
