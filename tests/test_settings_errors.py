@@ -326,6 +326,10 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
     (tmp_path / "home.yaml").write_text("index:\n  prefetch_limit: 50\n")
     monkeypatch.setenv(CONFIG_ENV, "~/home.yaml")
     assert load_settings().index.prefetch_limit == 50
+    # --config too: it was resolved under the current directory before the ~ was looked at
+    assert load_settings(Path("~/home.yaml")).index.prefetch_limit == 50
+    with pytest.raises(ValueError, match=r"settings file \$HOME/home.yaml .*: \$HOME is not "):
+        load_settings(Path("$HOME/home.yaml"))
     monkeypatch.setenv(CONFIG_ENV, "$HOME/home.yaml")
     assert error_line(capsys) == (f"papersearch: error: settings file $HOME/home.yaml {where}: "
                                   "$HOME is not expanded (only a shell does that): write the "

@@ -866,6 +866,20 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _config_path(config_file: str) -> Path:
+    """The settings file's path as a path setting's: a leading ~ expanded, a $VARIABLE
+    refused (--config '~/ps.yaml' was resolved under the current directory first)."""
+    where = f"settings file {config_file} (--config or {CONFIG_ENV})"
+    variable = _VARIABLE.search(config_file)
+    if variable is not None:
+        raise ValueError(f"{where}: {variable.group()} is not expanded (only a shell does "
+                         "that): write the path itself")
+    try:
+        return Path(config_file).expanduser()
+    except RuntimeError as error:  # no HOME, and no passwd entry (a container's user)
+        raise ValueError(f"{where}: ~ cannot be expanded here ({error})") from None
+
+
 def _settings_file(config_file: str) -> dict[str, Any]:
     """The sections of the YAML settings file ``config_file``; ValueError, in one line naming
     the file, where it cannot be read or is no settings YAML (FileNotFoundError: not there)."""
@@ -873,14 +887,7 @@ def _settings_file(config_file: str) -> dict[str, Any]:
         raise ValueError(f"settings file ({CONFIG_ENV}): an empty path is the current "
                          f"directory: give a path, or unset {CONFIG_ENV}")
     where = f"settings file {config_file} (--config or {CONFIG_ENV})"
-    variable = _VARIABLE.search(config_file)
-    if variable is not None:
-        raise ValueError(f"{where}: {variable.group()} is not expanded (only a shell does "
-                         "that): write the path itself")
-    try:
-        path = Path(config_file).expanduser()  # as every path setting's
-    except RuntimeError as error:  # no HOME, and no passwd entry (a container's user)
-        raise ValueError(f"{where}: ~ cannot be expanded here ({error})") from None
+    path = _config_path(config_file)
     if path.is_dir():
         raise ValueError(f"{where}: is a folder, not a YAML file")
     if not path.is_file():
@@ -980,7 +987,7 @@ def load_settings(config_file: Path | None = None, /, **overrides: Any) -> Setti
     a value does not validate (each invalid setting named, no key repeated; one the overrides
     hold by them, OVERRIDES, not by its variable) or the file is not YAML."""
     if config_file is not None:  # absolute: Serve replicas may start in another directory
-        os.environ[CONFIG_ENV] = str(config_file.resolve())
+        os.environ[CONFIG_ENV] = str(_config_path(str(config_file)).resolve())
     try:
         return Settings(**overrides)
     except ValidationError as error:
