@@ -17,7 +17,7 @@ import pytest
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.cli import _filter, _not_utf8, build_parser, main
+from papersearch.cli import _filter, _not_utf8, build_parser, main, parse_args
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.settings import SearchSettings, Settings
@@ -60,11 +60,13 @@ def test_top_k_defaults_to_the_settings_default() -> None:
         with pytest.raises(ValueError, match=f"--top-k must be a positive number .*got {value}"):
             _top_k(args, settings, remote=True)
     # in-process, this machine's limit names the option (it said "top_k must be between")
-    for value in ("6", "0", "-1"):
+    for value in ("6", "-1"):
         args = build_parser().parse_args(["search", "q", "--top-k", value])
         with pytest.raises(ValueError, match=rf"--top-k must be between 1 and 5 "
-                                             rf"\(search.max_top_k\), got {value}"):
+                                             rf"\(search.max_top_k; 0: the default\), got {value}"):
             _top_k(args, settings, remote=False)
+    args = build_parser().parse_args(["search", "q", "--top-k", "0"])  # the default, as remote
+    assert _top_k(args, settings, remote=False) == 5 and _top_k(args, settings, remote=True) == 0
     # and --from after --to too (it said "published_from is after published_to")
     args = build_parser().parse_args(["search", "q", "--from", "2025-02-01", "--to", "2024-01-01"])
     with pytest.raises(ValueError, match="--from 2025-02-01 is after --to 2024-01-01"):
@@ -479,6 +481,11 @@ def test_a_query_s_words_need_no_quotes() -> None:
     top-level usage."""
     args = build_parser().parse_args(["search", "efficient", "attention", "--top-k", "3"])
     assert args.query == "efficient attention" and args.top_k == 3
+    # and around options, in their order (argparse takes a positional's words in one run)
+    args = parse_args(["search", "efficient", "--top-k", "3", "attention", "--json", "now"])
+    assert args.query == "efficient attention now" and args.top_k == 3 and args.json
+    with pytest.raises(SystemExit):  # a typo'd option is still one
+        parse_args(["search", "efficient", "--topk", "3"])
     assert build_parser().parse_args(["search", "one  query"]).query == "one  query"
     assert build_parser().parse_args(["watch", "diffusion", "models", "--target", "h:1"]).query == (
         "diffusion models")

@@ -351,9 +351,11 @@ def _top_k(args: argparse.Namespace, settings: Settings, remote: bool) -> int:
     (the API's "its default"). Past the proto's int32 the request could not be built: the
     error was protobuf's "Value out of range", naming no option."""
     if args.top_k is not None:
-        if not remote and not 1 <= args.top_k <= settings.search.max_top_k:
+        if not remote and not 0 <= args.top_k <= settings.search.max_top_k:
             raise ValueError(f"--top-k must be between 1 and {settings.search.max_top_k} "
-                             f"(search.max_top_k), got {args.top_k}")
+                             f"(search.max_top_k; 0: the default), got {args.top_k}")
+        if args.top_k == 0 and not remote:  # as over the API, and with --target
+            return settings.search.default_top_k
         if not 0 <= args.top_k <= MAX_COUNT:
             raise ValueError(f"--top-k must be a positive number (at most the server's "
                              f"search.max_top_k), got {args.top_k}")
@@ -730,6 +732,20 @@ def _print_verdicts(verdicts: dict[str, Any]) -> None:
               f"{verdict['losses']} losses, {verdict['ties']} ties, p={verdict['p_value']:.3f}")
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; a search's or watch's words after an option are its query's too
+    (``search efficient --top-k 3 attention``: argparse takes a positional's words in one
+    run, and said "unrecognized arguments: attention" under the top-level usage)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "query", None), str) \
+            and not any(word.startswith("-") for word in extra):
+        args.query = " ".join([args.query, *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 class _Words(argparse.Action):
     """A query's words as one string: ``search efficient attention`` was "unrecognized
     arguments: attention" under the top-level usage."""
@@ -963,7 +979,7 @@ def main(argv: Sequence[str] | None = None, own_process: bool = False) -> int:
     command is over, SIGINT and SIGTERM are ignored: a second, impatient Ctrl-C cut its one
     line short, or the interpreter's exit, with a traceback (threading's shutdown, logging's
     handlers closing)."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if (undecodable := _not_utf8(args)) is not None:
         print(f"papersearch: error: {undecodable}", file=sys.stderr)
         return 2
