@@ -773,6 +773,12 @@ def test_where_an_index_is_not_is_said_plainly(tmp_path: Path,
     def refused(self: Path, *args: Any, **kwargs: Any) -> None:
         raise PermissionError(13, "Permission denied", str(self))
 
+    # and a data_dir that is a link to nothing (a volume not mounted) is said as such: it was
+    # "open in another process" (the engine's failure to create there)
+    (tmp_path / "dangling").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(StoreError, match=r"dangling is there but not a folder \(index.data_dir; "
+                                         r"a link to a volume not mounted\?\)"):
+        EdgeStore(IndexSettings(data_dir=tmp_path / "dangling")).ensure_collection(DIM, SHA)
     monkeypatch.setattr(Path, "mkdir", refused)
     with pytest.raises(StoreError, match=r"index directory .*ro/papers cannot be made: "
                                          r"permission denied for .*ro.* \(index.data_dir"):

@@ -182,10 +182,16 @@ class EdgeStore(Store):
     def _make_directory(self) -> bool:
         """Make the index directory; whether this call made it (another process may have)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.mkdir()
-        except FileExistsError:
-            return False
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as error:  # a dangling link, say
+                raise StoreError(f"index directory {self.path} cannot be made: "
+                                 f"{error.filename} is there but not a folder (index.data_dir; "
+                                 "a link to a volume not mounted?)") from None
+            try:
+                self.path.mkdir()
+            except FileExistsError:
+                return False
         except PermissionError as error:  # was the bare "[Errno 13] Permission denied: ..."
             raise StoreError(f"index directory {self.path} cannot be made: permission denied "
                              f"for {error.filename} (index.data_dir: a folder this process "
