@@ -401,6 +401,9 @@ def test_copies_queued_during_the_replay_are_judged_so_however_late_they_are_rea
     address = servers.start(backend, watch_lookback_s=0.05)
     gateway = servers.gateways[-1]
     replay, send = gateway.search._replay, servicers._send
+    # a match of no replay: not in the index (the module's earlier tests wrote MATCHING there,
+    # which the replay then sent, so its queued copy was rightly skipped)
+    elsewhere = dataclasses.replace(MATCHING[0], id="queued-during-the-replay")
 
     async def slow_send(context: Any, watch: Any, event: pb.WatchEvent) -> None:
         if event.HasField("hit") and not event.replayed:
@@ -412,7 +415,7 @@ def test_copies_queued_during_the_replay_are_judged_so_however_late_they_are_rea
         [watch] = gateway.watches.watches
         sent = next(h.paper for h in hits if h.paper.id == "old-gnn-2024")
         other = dataclasses.replace(sent, abstract="Rewritten: equivariant message passing.")
-        for paper in (MATCHING[0], other, sent):  # queued while the replay ran
+        for paper in (elsewhere, other, sent):  # queued while the replay ran
             gateway.watches.publish([paper], watch.vector[None, :], watch.embedder)
         return hits
 
@@ -429,7 +432,7 @@ def test_copies_queued_during_the_replay_are_judged_so_however_late_they_are_rea
     servers.loop.run(feed_finds(last), timeout=30)
     collector.wait_for(last.id)
     collector.stop()
-    assert collector.ids(replayed=False) == [MATCHING[0].id, last.id]
+    assert collector.ids(replayed=False) == [elsewhere.id, last.id]
 
 
 @pytest.mark.slow
