@@ -50,26 +50,25 @@ def handlers_kept() -> Iterator[None]:
 def interrupted_by(error: BaseException) -> bool:
     """Whether ``error`` is Ctrl-C, or was caused by it (an import it cut short fails with an
     ImportError raised from the KeyboardInterrupt)."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error))
 
 
 def message(interrupt: KeyboardInterrupt) -> str:
     """The one line; what the interrupted work kept, also when a second Ctrl-C came while it
     cleaned up (its KeyboardInterrupt holds the first's Interrupted as its context)."""
-    seen: set[int] = set()
-    cause: BaseException | None = interrupt
-    while cause is not None and not isinstance(cause, Interrupted) and id(cause) not in seen:
-        seen.add(id(cause))
-        cause = cause.__context__
-    detail = str(cause) if isinstance(cause, Interrupted) else ""
+    detail = next((str(cause) for cause in _chain(interrupt)
+                   if isinstance(cause, Interrupted)), "")
     return f"papersearch: interrupted ({detail})" if detail else "papersearch: interrupted"
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it was raised from or while handling, each once."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        yield cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
 
 
 @contextmanager
