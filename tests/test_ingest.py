@@ -363,9 +363,11 @@ def test_malformed_records_are_skipped_with_their_line(
             "invalid JSON") in done.stderr
     with opened(data_dir, identity) as store:  # the index it found stays as it was
         assert store.count() == 4
-    # into no index: none is left behind (`search` answered "0 hits", not "no index at")
-    fresh = tmp_path / "fresh"
+    # into no index: none is left behind (`search` answered "0 hits", not "no index at"),
+    # nor the folders made for it (the data_dir and its parents, left empty)
+    fresh = tmp_path / "new" / "fresh"
     assert run_cli(cli_env(model_settings, fresh), "ingest", broken, "--quiet").returncode == 2
+    assert not (tmp_path / "new").exists()
     done = run_cli(cli_env(model_settings, fresh), "search", "anything")
     assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
 

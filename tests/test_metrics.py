@@ -248,6 +248,31 @@ def test_judgments_must_name_documents_of_the_corpus(
     assert not (tmp_path / "eval").exists()
 
 
+def test_an_eval_dir_that_cannot_be_made_names_its_setting(
+    tmp_path: Path, embedder_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An eval_dir this process may not write in was said as index.data_dir's (the index's
+    own message), a setting eval does not use."""
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.evaluation import harness
+    from papersearch.index.errors import StoreError
+    from papersearch.settings import Settings
+
+    root = write_dataset(tmp_path / "med", '{"_id": "1", "text": "a"}\n', "1\t13\t1\n")
+    (root / "corpus.jsonl").write_text('{"_id": "13", "title": "T", "text": "x"}\n')
+    dataset, encoder = load_dataset(root), Encoder(embedder_dir)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match=r"file is there but not a folder \(eval_dir, "
+                                         r"PAPERSEARCH_EVAL_DIR; "):
+        harness.open_dataset_index(dataset, Settings(eval_dir=tmp_path / "file" / "eval"),
+                                   encoder)
+    # root (the CI) passes every permission check: refused as an unprivileged user is
+    monkeypatch.setattr(harness.os, "access", lambda *args: False)
+    with pytest.raises(StoreError, match=r"eval collections' folder .*eval is not this "
+                                         r"process's to write in \(eval_dir, "):
+        harness.open_dataset_index(dataset, Settings(eval_dir=tmp_path / "eval"), encoder)
+
+
 def test_queries_the_service_refuses_are_not_measured(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """eval scored a query longer than search.max_query_chars, which the gateway and

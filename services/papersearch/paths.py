@@ -1,4 +1,5 @@
-"""Paths the user gave: how one is named in a message, and the files of a folder."""
+"""Paths the user gave: how one is named in a message, the files of a folder, and the folders
+a setting names, made."""
 
 from __future__ import annotations
 
@@ -15,3 +16,26 @@ def files_ending(folder: Path, suffix: str) -> list[Path]:
     """The files in ``folder`` whose names end in ``suffix`` in any case (".txt" takes
     "b.TXT", as a single file given by name is), in name order."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() == suffix and p.is_file())
+
+
+class FolderRefused(Exception):
+    """A folder a setting names that cannot be made; the message names the setting."""
+
+
+def make_folders(folder: Path, setting: str) -> tuple[Path, ...]:
+    """Make ``folder`` and its missing parents; the folders this call made, outermost first
+    (for an undo). One that cannot be made is FolderRefused naming ``setting``: the bare
+    "[Errno 13] Permission denied: ..." named neither it nor the fix."""
+    chain = (*folder.parents[::-1], folder)
+    missing = tuple(each for each in chain if not each.exists())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:  # a file, a dangling link
+        there = next((each for each in chain if each.is_symlink() and not each.exists()
+                      or each.exists() and not each.is_dir()), error.filename)
+        raise FolderRefused(f"{there} is there but not a folder ({setting}; a link to a "
+                            "volume not mounted?)") from None
+    except PermissionError as error:
+        raise FolderRefused(f"permission denied for {error.filename} ({setting}: a folder this "
+                            "process may write)") from None
+    return missing

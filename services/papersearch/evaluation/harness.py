@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -23,6 +25,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import EvalDataset, check_judged_documents
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.modes import EvalMode, FirstStageMode, first_stage_of, search_of
+from papersearch.index.errors import StoreError
 from papersearch.index.factory import open_store
 from papersearch.index.query import Hit, Mode
 from papersearch.index.schema import CollectionSpec
@@ -30,6 +33,7 @@ from papersearch.index.sparse import document_text
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import Ingester
 from papersearch.interrupts import Interrupted
+from papersearch.paths import FolderRefused, make_folders
 from papersearch.pipeline.search import rerank_hits
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
@@ -61,7 +65,7 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     name = index_name(dataset.name, corpus_digest(papers), encoder.sha256,
                       encoder.numerics, avg_len, title_weight,
                       CollectionSpec.of(settings.index, encoder.dim))
-    place = ({"data_dir": settings.eval_dir / name, "collection": "papers"}
+    place = ({"data_dir": _eval_root(settings) / name, "collection": "papers"}
              if settings.index.backend == "embedded" else {"collection": f"eval-{name}"})
     index = settings.index.model_copy(update={**place, "bm25_avg_len": avg_len})
     store = open_store(index)
@@ -77,6 +81,21 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     log.info("eval index ready", extra={"dataset": dataset.name, "upserted": written,
                                         "present": present, "points": store.count()})
     return store
+
+
+def _eval_root(settings: Settings) -> Path:
+    """``settings.eval_dir``, made: one this process may not write in is said as that
+    setting's (the index's own message named index.data_dir, which eval does not use)."""
+    setting = "eval_dir, PAPERSEARCH_EVAL_DIR"
+    try:
+        make_folders(settings.eval_dir, setting)
+    except FolderRefused as error:
+        raise StoreError(f"eval collections' folder {settings.eval_dir} cannot be made: "
+                         f"{error}") from None
+    if not os.access(settings.eval_dir, os.W_OK | os.X_OK):
+        raise StoreError(f"eval collections' folder {settings.eval_dir} is not this process's "
+                         f"to write in ({setting}: a folder this process may write)")
+    return settings.eval_dir
 
 
 def index_name(dataset: str, corpus: str, encoder_sha256: str, numerics: str, avg_len: float,

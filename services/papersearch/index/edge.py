@@ -75,7 +75,7 @@ from papersearch.index.schema import (
 )
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
-from papersearch.paths import shown
+from papersearch.paths import FolderRefused, make_folders, shown
 from papersearch.settings import IndexSettings
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ class EdgeStore(Store):
         self.path = settings.data_dir / settings.collection
         self._shard: qe.EdgeShard | None = None
         self._access_checked = -math.inf  # monotonic time of the last check that passed
-        self._made_directory = False  # the last _open made self.path (its mkdir)
+        # the folders the last _open made (its mkdirs), outermost first: self.path last
+        self._made_directory: tuple[Path, ...] = ()
 
     def describe(self) -> str:
         return str(self.path)
@@ -131,10 +132,10 @@ class EdgeStore(Store):
         stored = read_manifest(manifest)
         if stored is not None:
             identity.require(stored, f"index {self.path}")
-        made = False  # this open made the directory (its mkdir, not another process's)
+        made: tuple[Path, ...] = ()  # the folders this open made (not another process's)
         # this open's making only: a store reopened after a close kept the first open's flags,
         # and an undo of a cut-short reopen emptied the populated index
-        self.created = self._made_directory = False
+        self.created, self._made_directory = False, ()
         if (self.path / _SHARD_CONFIG).is_file():
             shard = self._load(identity.dim)
         elif not create:
@@ -179,37 +180,38 @@ class EdgeStore(Store):
         self._made_directory = made
         return identity if stored is None else stored
 
-    def _make_directory(self) -> bool:
-        """Make the index directory; whether this call made it (another process may have)."""
+    def _make_directory(self) -> tuple[Path, ...]:
+        """Make the index directory and the data_dir above it; the folders this call made,
+        outermost first (none where another process made the index directory)."""
         try:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError) as error:  # a dangling link, say
-                raise StoreError(f"index directory {self.path} cannot be made: "
-                                 f"{error.filename} is there but not a folder (index.data_dir; "
-                                 "a link to a volume not mounted?)") from None
-            try:
-                self.path.mkdir()
-            except FileExistsError:
-                return False
-        except PermissionError as error:  # was the bare "[Errno 13] Permission denied: ..."
+            made = make_folders(self.path.parent, "index.data_dir")
+            self.path.mkdir()
+        except FileExistsError:
+            return ()
+        except PermissionError as error:  # data_dir there, not this process's to write in
             raise StoreError(f"index directory {self.path} cannot be made: permission denied "
-                             f"for {error.filename} (index.data_dir: a folder this process "
-                             "may write)") from None
-        return True
+                             f"for {error.filename} (index.data_dir: a folder "
+                             "this process may write)") from None
+        except FolderRefused as error:
+            raise StoreError(f"index directory {self.path} cannot be made: {error}") from None
+        return (*made, self.path)
 
-    def _unmake(self, made: bool, fresh: bool) -> None:
+    def _unmake(self, made: tuple[Path, ...], fresh: bool) -> None:
         """Undo a making cut short after the shard was made (Ctrl-C, a full disk), which left
         an empty index ("0 hits" where `search` says there is none): the directory this open
-        made, or what it wrote in one that was empty (``fresh``). Only this open's shard: two
-        ingests making one index at once, the one the engine turned away had removed the
-        other's."""
+        made and the folders it made above it (an ingest that read nothing left the data_dir
+        it had made, empty), or what it wrote in one that was empty (``fresh``). Only this
+        open's shard: two ingests making one index at once, the one the engine turned away
+        had removed the other's."""
         if not fresh:
             return
         with interrupts.held():
             if made:
                 with suppress(OSError):
                     remove_tree(self.path)
+                for folder in reversed(made[:-1]):
+                    with suppress(OSError):  # not empty: another index made there meanwhile
+                        folder.rmdir()
             else:  # a folder given empty (a volume's mount point): its contents only
                 for child in self.path.iterdir():
                     if child.is_dir() and not child.is_symlink():
