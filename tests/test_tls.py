@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime
 import http.client
 import ipaddress
+import os
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +25,7 @@ from papersearch.client import SearchClient
 from papersearch.client_tls import Tls
 from papersearch.encoder.runtime import Encoder
 from papersearch.pipeline.query import SearchQuery
+from papersearch.serving import healthcheck
 from papersearch.settings import ServeSettings, Settings
 from tests.gateway_helpers import Servers, scratch_gateways
 from tests.ports import free_port
@@ -221,11 +225,25 @@ def test_plaintext_health_port_for_probes(running: tuple[Servers, dict[str, str]
     # One HealthServicer behind both ports: a status set once shows on the health port.
     gateway = next(g for g in servers.gateways if g.address == targets["probed"])
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    # the image's HEALTHCHECK asks that port (it asked plaintext 50051 whatever the settings)
+    tls = {"tls_cert_file": pki / "server.pem", "tls_key_file": pki / "server.key"}
+    health_port = int(targets["health"].rsplit(":", 1)[1])
+    probe = healthcheck.health_target(ServeSettings(**tls, health_port=health_port))
+    assert probe == targets["health"] and healthcheck.check(probe) is None
+    env = {**os.environ, "PAPERSEARCH_SERVE__HEALTH_PORT": str(health_port)}
+    done = subprocess.run([sys.executable, "-m", "papersearch.serving.healthcheck"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(ValueError, match="serves TLS and serve.health_port is not set"):
+        healthcheck.health_target(ServeSettings(**tls))
     servers.loop.run(gateway.health.set("", not_serving))
     try:
         assert _health(targets["health"]) == not_serving
+        assert healthcheck.check(probe) == f"{probe}: NOT_SERVING"
     finally:
         servers.loop.run(gateway.health.set("", serving))
+    assert healthcheck.check(f"127.0.0.1:{free_port()}", timeout_s=2).startswith(
+        "127.0.0.1:")  # nothing there: UNAVAILABLE, said in one line
 
 
 def test_tls_settings_go_together(pki: Path) -> None:

@@ -23,13 +23,17 @@ MARGIN_S = 5.0
 POLL_S = 0.5
 
 
+def local_host(host: str) -> str:
+    """Where this machine reaches a server bound to ``host``: a wildcard bind on loopback."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+
+
 def accepting(host: str, port: int) -> bool:
     """Whether something listens on host:port (a wildcard bind is reached on loopback). A
     connect that times out counts: a listener whose backlog is full under load drops it
     unanswered, where a closed port refuses it at once."""
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     try:
-        with socket.create_connection((target, port), timeout=1.0):
+        with socket.create_connection((local_host(host), port), timeout=1.0):
             return True
     except TimeoutError:
         return True
