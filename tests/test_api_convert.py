@@ -336,6 +336,15 @@ def test_a_repeated_example_id_is_checked_once(monkeypatch: pytest.MonkeyPatch) 
     assert sorted(checked) == ["a", "b", "c"]
 
 
+def test_examples_given_one_str_are_refused_not_split_into_characters() -> None:
+    """Examples("p1") (the client's similar(Examples(...))) was the papers 'p' and '1':
+    NOT_FOUND for 'p', or recommendations seeded by other papers where such ids exist."""
+    for given in ({"positive": "p1"}, {"positive": ("p1",), "negative": "p2"}):
+        with pytest.raises(TypeError, match=r"paper ids \(a tuple\), not one str: \('p"):
+            Examples(**given)  # type: ignore[arg-type]
+    assert Examples(["p1", "p1"], ["p2"]).positive == ("p1",)  # any sequence of ids
+
+
 def test_a_flood_of_ids_is_refused_by_its_count() -> None:
     """600,000 distinct example ids (4 MiB) took 0.2 s on the event loop to tell apart before
     being refused; DeletePapers and filters copied theirs first. Now the lengths decide."""

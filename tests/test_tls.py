@@ -253,11 +253,14 @@ def test_tls_settings_go_together(pki: Path) -> None:
         ServeSettings(tls_client_ca_file=pki / "ca.pem")
 
 
-def test_a_client_certificate_without_its_key_is_refused_not_aborted() -> None:
+def test_a_client_certificate_without_its_key_is_refused_not_aborted(pki: Path) -> None:
     """SearchClient(tls=Tls(cert_file=...)) without key_file (or the other way round) killed
-    the Python process in gRPC's C core (SIGABRT); a str path raised AttributeError."""
+    the Python process in gRPC's C core (SIGABRT); a str path raised AttributeError; a path
+    that is not there was a FileNotFoundError without a name (which of three files?)."""
     for half in ({"cert_file": Path("client.pem")}, {"key_file": "client.key"}):
         with pytest.raises(ValueError, match="cert_file and key_file go together"):
             Tls(**half)  # type: ignore[arg-type]
-    assert Tls("ca.pem", "client.pem", "client.key") == Tls(
-        Path("ca.pem"), Path("client.pem"), Path("client.key"))
+    files = [pki / "ca.pem", pki / "client.pem", pki / "client.key"]
+    assert Tls(*map(str, files)) == Tls(*files)
+    with pytest.raises(FileNotFoundError, match=r"Tls key_file: no such file: .*client.kee$"):
+        Tls(files[0], files[1], pki / "client.kee")

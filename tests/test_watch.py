@@ -25,7 +25,7 @@ import pytest
 from papersearch.api.convert import WatchQuery
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
-from papersearch.client import SearchClient, WatchEvent, Watching
+from papersearch.client import AsyncSearchClient, AsyncWatching, SearchClient, WatchEvent, Watching
 from papersearch.corpus.paper import Paper
 from papersearch.encoder.runtime import Encoder
 from papersearch.gateway import servicers
@@ -253,6 +253,45 @@ def test_replay_since_a_date_then_live(target: str) -> None:
         time.sleep(0.01)
     collector.stop()
     assert collector.ids(replayed=False) == ["live-gnn"]
+
+
+def test_an_asyncio_watch_ended_by_cancel_or_close_raises_cancelled_as_the_sync_one(
+        target: str) -> None:
+    """On asyncio, cancel() (or the client's close) made the iteration raise grpc.aio's
+    asyncio.CancelledError: ``except grpc.RpcError`` missed it and the consumer task read as
+    cancelled itself. It is grpc.RpcError CANCELLED, as Watching's; a consumer task that is
+    cancelled still gets its CancelledError."""
+
+    async def consume(watch: AsyncWatching, caught_up: asyncio.Event) -> str:
+        try:
+            async for event in watch:
+                if event.caught_up:
+                    caught_up.set()
+        except grpc.RpcError as error:
+            return str(error.code().name)
+        return "ended"
+
+    async def scenario() -> None:
+        for how in ("cancel", "close", "task"):
+            client = AsyncSearchClient(target, timeout_s=60)
+            watch = client.watch(WatchQuery(QUERY, min_relevance=0.3))
+            caught_up = asyncio.Event()
+            task = asyncio.create_task(consume(watch, caught_up))
+            await asyncio.wait_for(caught_up.wait(), 30)
+            if how == "cancel":
+                watch.cancel()
+            elif how == "close":
+                await client.close()
+            else:
+                task.cancel()
+            if how == "task":
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                assert await asyncio.wait_for(task, 30) == "CANCELLED", how
+            await client.close()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ UNAVAILABLE unless ``retry=False`` (client_retry.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
@@ -66,8 +67,11 @@ class Watching:
 
 
 class AsyncWatching:
-    """A WatchSearch stream on asyncio: ``async for`` its events; ``cancel`` ends it. Leaving
-    the loop or the ``async with`` block ends it too, as for Watching."""
+    """A WatchSearch stream on asyncio: ``async for`` its events; ``cancel`` (or the client's
+    ``close``) ends it, the iteration then raising grpc.RpcError CANCELLED as Watching's does
+    (grpc.aio's own asyncio.CancelledError passed ``except grpc.RpcError`` and read as the
+    consumer task's cancellation). Leaving the loop or the ``async with`` block ends it too,
+    as for Watching; a cancelled consumer task still gets its CancelledError."""
 
     def __init__(self, call: Any) -> None:
         self.call = call
@@ -76,6 +80,13 @@ class AsyncWatching:
         try:
             async for message in self.call:
                 yield _event(message)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self.call.cancelled() or task is not None and task.cancelling():
+                raise
+            raise grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(),
+                                       grpc.aio.Metadata(), "the watch was cancelled"
+                                       ) from None
         finally:
             self.call.cancel()
 

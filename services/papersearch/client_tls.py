@@ -25,14 +25,18 @@ class Tls:
     server_name: str | None = None
 
     def __post_init__(self) -> None:
-        """Paths as given (str too); a certificate without its key, or a key without its
-        certificate, is refused here: gRPC's C core aborted the whole process on it."""
+        """Paths as given (str too); a file that is not there is refused by its field (a bare
+        FileNotFoundError, no name, left three paths to suspect), and a certificate without
+        its key, or a key without its certificate: gRPC's C core aborted the process on it."""
         for name in ("ca_file", "cert_file", "key_file"):
             if (value := getattr(self, name)) is not None:
                 object.__setattr__(self, name, Path(value))
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("Tls: cert_file and key_file go together (a client certificate "
                              "and its key, for mutual TLS)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            if (path := getattr(self, name)) is not None and not path.is_file():
+                raise FileNotFoundError(f"Tls {name}: no such file: {path}")
 
     def credentials(self) -> grpc.ChannelCredentials:
         """The channel's credentials; a file that holds no PEM certificate (or no key that

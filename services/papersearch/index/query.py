@@ -48,6 +48,10 @@ class Examples:
     strategy: RecommendStrategy | None = None  # None: index.recommend_strategy
 
     def __post_init__(self) -> None:
+        for name in ("positive", "negative"):  # a str was taken one id per character
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"Examples {name}: paper ids (a tuple), not one str: "
+                                f"({getattr(self, name)!r},)")
         object.__setattr__(self, "positive", tuple(dict.fromkeys(self.positive)))
         object.__setattr__(self, "negative", tuple(dict.fromkeys(self.negative)))
         if not self.positive:
