@@ -479,13 +479,13 @@ def test_a_missing_path_from_a_setting_names_the_setting(
 def test_a_query_s_words_need_no_quotes() -> None:
     """``search efficient attention`` was "unrecognized arguments: attention" under the
     top-level usage."""
-    args = build_parser().parse_args(["search", "efficient", "attention", "--top-k", "3"])
+    args = parse_args(["search", "efficient", "attention", "--top-k", "3"])
     assert args.query == "efficient attention" and args.top_k == 3
     # and around options, in their order (argparse takes a positional's words in one run)
     args = parse_args(["search", "efficient", "--top-k", "3", "attention", "--json", "now"])
     assert args.query == "efficient attention now" and args.top_k == 3 and args.json
     with pytest.raises(SystemExit):  # a typo'd option is still one
         parse_args(["search", "efficient", "--topk", "3"])
-    assert build_parser().parse_args(["search", "one  query"]).query == "one  query"
-    assert build_parser().parse_args(["watch", "diffusion", "models", "--target", "h:1"]).query == (
+    assert parse_args(["search", "one  query"]).query == "one  query"
+    assert parse_args(["watch", "diffusion", "models", "--target", "h:1"]).query == (
         "diffusion models")

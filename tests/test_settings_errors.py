@@ -354,8 +354,9 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
         load_settings(Path("$HOME/home.yaml"))
     monkeypatch.setenv(CONFIG_ENV, "$HOME/home.yaml")
     assert error_line(capsys) == (f"papersearch: error: settings file $HOME/home.yaml {where}: "
-                                  "$HOME is not expanded (only a shell does that): write the "
-                                  "path itself")
+                                  "$HOME is not expanded in a path setting (only a shell "
+                                  "does that): write the path itself, or set it from the "
+                                  "shell")
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path))  # it is there: "no such file" misled
     assert error_line(capsys) == (
         f"papersearch: error: settings file {tmp_path} {where}: is a folder, not a YAML file")

@@ -733,26 +733,18 @@ def _print_verdicts(verdicts: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line; a search's or watch's words after an option are its query's too
-    (``search efficient --top-k 3 attention``: argparse takes a positional's words in one
-    run, and said "unrecognized arguments: attention" under the top-level usage)."""
+    """The command line; a search's or watch's words are its query, one string, those after
+    an option too (``search efficient --top-k 3 attention``: argparse takes a positional's
+    words in one run; unquoted words were "unrecognized arguments: attention" under the
+    top-level usage)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "query", None), str) \
-            and not any(word.startswith("-") for word in extra):
-        args.query = " ".join([args.query, *extra])
+    words = getattr(args, "query", None)
+    if isinstance(words, list) and not any(word.startswith("-") for word in extra):
+        args.query = " ".join([*words, *extra])
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
-
-
-class _Words(argparse.Action):
-    """A query's words as one string: ``search efficient attention`` was "unrecognized
-    arguments: attention" under the top-level usage."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, " ".join(values))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -826,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser(
         "search", help="search the index: in-process, or a running gateway with --target")
-    search.add_argument("query", nargs="+", type=str, action=_Words,
+    search.add_argument("query", nargs="+", type=str,
                         help="the query; its words need no quotes")
     search.add_argument("--top-k", type=int, help="default: search.default_top_k (10)")
     search.add_argument("--mode", default="hybrid", choices=MODES)
@@ -863,7 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser(
         "watch", help="a saved search: print new matching papers as a gateway indexes them")
-    watch.add_argument("query", nargs="+", type=str, action=_Words,
+    watch.add_argument("query", nargs="+", type=str,
                        help="the saved search's query; its words need no quotes")
     watch.add_argument("--target", metavar="HOST:PORT", required=True, help="the gateway")
     watch.add_argument("--min-relevance", type=float, metavar="COSINE",

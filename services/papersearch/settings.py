@@ -88,20 +88,26 @@ def _checked_paths(model: type[BaseModel], value: Any, info: ValidationInfo) -> 
     texts = [path for path in paths if isinstance(path, str)]
     if any(not path.strip() for path in texts):
         raise ValueError("an empty path is the current directory: give a path")
-    variable = next((m.group() for path in texts if (m := _VARIABLE.search(path))), None)
-    if variable is not None:
-        raise ValueError(f"{variable} is not expanded in a path setting (only a shell does "
-                         "that): write the path itself, or set it from the shell")
-    try:
-        expanded = [str(Path(path).expanduser()) if isinstance(path, str)
-                    and path.startswith("~") else path for path in paths]
-    except RuntimeError as error:  # no HOME, and no passwd entry (a container's user)
-        raise ValueError(f"~ cannot be expanded here ({error}): write the path itself") \
-            from None
+    expanded = [str(_path_as_written(path)) if isinstance(path, str) else path
+                for path in paths]
     return expanded if isinstance(value, list) else expanded[0]
 
 
 _VARIABLE = re.compile(r"\$(\{[^}]*\}?|[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _path_as_written(text: str) -> Path:
+    """A path as a setting (or --config) gives it: a leading ``~`` the home folder, a
+    $VARIABLE refused (nothing expands it: a shell does, before it reaches a setting)."""
+    variable = _VARIABLE.search(text)
+    if variable is not None:
+        raise ValueError(f"{variable.group()} is not expanded in a path setting (only a shell "
+                         "does that): write the path itself, or set it from the shell")
+    try:
+        return Path(text).expanduser() if text.startswith("~") else Path(text)
+    except RuntimeError as error:  # no HOME, and no passwd entry (a container's user)
+        raise ValueError(f"~ cannot be expanded here ({error}): write the path itself") \
+            from None
 
 
 class Section(BaseModel):
@@ -879,15 +885,11 @@ class Settings(BaseSettings):
 def _config_path(config_file: str) -> Path:
     """The settings file's path as a path setting's: a leading ~ expanded, a $VARIABLE
     refused (--config '~/ps.yaml' was resolved under the current directory first)."""
-    where = f"settings file {config_file} (--config or {CONFIG_ENV})"
-    variable = _VARIABLE.search(config_file)
-    if variable is not None:
-        raise ValueError(f"{where}: {variable.group()} is not expanded (only a shell does "
-                         "that): write the path itself")
     try:
-        return Path(config_file).expanduser()
-    except RuntimeError as error:  # no HOME, and no passwd entry (a container's user)
-        raise ValueError(f"{where}: ~ cannot be expanded here ({error})") from None
+        return _path_as_written(config_file)
+    except ValueError as error:
+        raise ValueError(f"settings file {config_file} (--config or {CONFIG_ENV}): {error}"
+                         ) from None
 
 
 def _settings_file(config_file: str) -> dict[str, Any]:
