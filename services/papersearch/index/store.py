@@ -354,8 +354,7 @@ class Store(ABC):
         settled = (request.fusion or self.settings.fusion) == "convex"
         results: list[list[Scored]]
         if settled:
-            results = [_settled(ranked, len(ranked))
-                       for ranked in (yield from _to_depth(plans, depth, keyed=False))]
+            results = yield from _to_depth(plans, depth, keyed=False)
             results += (yield Batch(scoring)) if scoring else []
         else:
             results = yield Batch(plans + scoring)
@@ -652,45 +651,35 @@ def _scoring(using: str, vector: tuple[float, ...] | SparseVector, ids: frozense
 
 def _engine_ranked(plan: Plan, limit: int) -> Program[list[Scored]]:
     """The first ``limit`` of the engine's ranking for ``plan`` (whose query asks for
-    ``limit``), equal scores ordered by point id (``_settled``): asked TIE_MARGIN times deeper,
-    and deeper again while the run of scores equal to the one at the cut reaches the end of
-    what came back (a one-word BM25 query ties many papers), up to TIE_DEPTH_MAX; past that
-    the engine's order still decides which of them make the cut."""
-    asked = min(max(limit * TIE_MARGIN, limit + 1), MAX_COUNT)
-    asking = plan
-    while True:
-        query = replace(plan.query, limit=asked)
-        ranked: list[list[Scored]] = yield Batch((replace(asking, query=query),))
-        found = ranked[0]
-        if (len(found) < asked or len(found) <= limit or asked >= TIE_DEPTH_MAX
-                or found[-1].score != found[limit - 1].score):
-            break
-        asked = min(asked * TIE_GROWTH, TIE_DEPTH_MAX)
-        asking = replace(plan, with_payload=False)  # deeper without payloads: fetched below
-    top = _settled(found, limit)
-    if asking is plan or not plan.with_payload:
-        return top
-    records: list[Record] = yield Fetch(tuple(s.point_id for s in top), payload=True,
-                                        dense=False)
-    payloads = {r.point_id: r.payload for r in records}
-    return [replace(s, payload=payloads[s.point_id]) for s in top if s.point_id in payloads]
+    ``limit``), equal scores ordered by point id: asked TIE_MARGIN times deeper (one round
+    trip for most searches), then as ``_to_depth`` asks (a one-word BM25 query ties many
+    papers)."""
+    first = min(max(limit * TIE_MARGIN, limit + 1), MAX_COUNT)
+    (top,) = yield from _to_depth((plan,), limit, keyed=False, first=first)
+    return top
 
 
-def _to_depth(plans: tuple[Plan, ...], depth: int, keyed: bool) -> Program[list[list[Any]]]:
+def _to_depth(plans: tuple[Plan, ...], depth: int, keyed: bool, first: int | None = None
+              ) -> Program[list[list[Any]]]:
     """Each plan's first ``depth`` results (its query asks for ``depth``; ``keyed``: as
-    Batch's keyed lists), which of the papers tied at the cut make it settled by point id as
-    ``_engine_ranked`` settles them: asked one deeper, and TIE_GROWTH times deeper again while
-    a list's scores still tie at its end, up to TIE_DEPTH_MAX. Cut at ``depth`` in the
-    engine's order, more papers than that tied at the cut came in by storage order: two
-    indexes of one corpus fused other papers (a convex fusion's lists, and its explanation)."""
+    Batch's keyed lists), equal scores ordered by point id (the engine orders them by its
+    storage order, which depends on how the index was written, or, for its rrf and dbsf
+    fusions, by chance: the same search gave other orders call after call): asked ``first``
+    deep (default one deeper), and TIE_GROWTH times deeper again while a list's scores still
+    tie at its end, up to TIE_DEPTH_MAX (past that the engine's order still decides which of
+    them make the cut); the deeper asks without payloads, fetched for what made it. Cut at
+    ``depth`` in the engine's order, more papers than that tied at the cut came in by storage
+    order: two indexes of one corpus answered a search (a convex fusion's lists, an engine-
+    ranked search) with other papers."""
     score = itemgetter(1) if keyed else attrgetter("score")
     ident = itemgetter(0) if keyed else attrgetter("point_id")
-    asked = [min(depth + 1, MAX_COUNT)] * len(plans)
+    asked = [min(first or depth + 1, MAX_COUNT)] * len(plans)
+    asking = list(plans)
     lists: list[list[Any]] = [[] for _ in plans]
     todo = list(range(len(plans)))
     while todo:
         found: list[list[Any]] = yield Batch(tuple(
-            replace(plans[i], query=replace(plans[i].query, limit=asked[i])) for i in todo
+            replace(asking[i], query=replace(plans[i].query, limit=asked[i])) for i in todo
         ), keyed=keyed)
         again = []
         for i, got in zip(todo, found, strict=True):
@@ -698,18 +687,20 @@ def _to_depth(plans: tuple[Plan, ...], depth: int, keyed: bool) -> Program[list[
             if (len(got) == asked[i] > depth and asked[i] < TIE_DEPTH_MAX
                     and score(got[-1]) == score(got[depth - 1])):
                 asked[i] = min(asked[i] * TIE_GROWTH, TIE_DEPTH_MAX)
+                asking[i] = replace(plans[i], with_payload=False)
                 again.append(i)
         todo = again
-    return [got[:depth] if len(got) <= depth or score(got[depth]) != score(got[depth - 1])
-            else sorted(got, key=lambda r: (-score(r), ident(r)))[:depth] for got in lists]
-
-
-def _settled(ranked: Sequence[Scored], limit: int) -> list[Scored]:
-    """The first ``limit`` of an engine's ranking, equal scores ordered by point id. The
-    engine orders them by its storage order, which depends on how the index was written (two
-    indexes of one corpus answered a query differently), or, for its rrf and dbsf fusions, by
-    chance: the same search gave other orders (and papers) call after call."""
-    return sorted(ranked, key=lambda s: (-s.score, s.point_id))[:limit]
+    tops = [sorted(got, key=lambda r: (-score(r), ident(r)))[:depth] for got in lists]
+    unpaid = [i for i, plan in enumerate(plans) if plan.with_payload and asking[i] is not plan]
+    if not unpaid:
+        return tops
+    records: list[Record] = yield Fetch(tuple(s.point_id for i in unpaid for s in tops[i]),
+                                        payload=True, dense=False)
+    payloads = {r.point_id: r.payload for r in records}
+    for i in unpaid:  # a paper deleted meanwhile is dropped
+        tops[i] = [replace(s, payload=payloads[s.point_id]) for s in tops[i]
+                   if s.point_id in payloads]
+    return tops
 
 
 def _hit(scored: Scored, dense: float | None = None, sparse: float | None = None) -> Hit:
