@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
@@ -152,6 +153,55 @@ def loaded(
 
 def ids(hits: list[Hit]) -> list[str]:
     return [h.paper.id for h in hits]
+
+
+def test_a_large_index_is_built_in_a_child_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine holds the GIL through an optimize: a 32,000-paper build (15-26 s) froze the
+    gateway's event loop for its length (a migration's), and `papersearch ingest` took Ctrl-C
+    only at its end. From BUILD_APART_POINTS up it runs in a child process (here every size):
+    the index answers as before; a failed build is said, the index still open; Ctrl-C
+    ends it at once, the shard loaded again and what the build left removed."""
+    from papersearch.index import edge
+
+    monkeypatch.setattr(edge, "BUILD_APART_POINTS", 0)
+    s = EdgeStore(IndexSettings(data_dir=tmp_path))
+    s.ensure_collection(DIM, SHA)
+    s.upsert(PAPERS, DENSE, SPARSE)
+    before = exact_scores(s, request("hybrid"))
+    real = subprocess.Popen
+    children: list[subprocess.Popen[str]] = []
+
+    def running(instead: list[str] | None) -> None:
+        def spawn(command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+            children.append(real(instead or command, **kwargs))
+            return children[-1]
+
+        monkeypatch.setattr(edge.subprocess, "Popen", spawn)
+
+    try:
+        running(None)
+        s.optimize()
+        assert children[-1].args[1:3] == ["-m", "papersearch.index.build"]
+        assert exact_scores(s, request("hybrid")) == before and s.count() == len(PAPERS)
+        running([sys.executable, "-c", "import sys; sys.exit('the engine said no')"])
+        with pytest.raises(StoreError, match=r"its build \(a child process\) failed: the "
+                                             r"engine said no"):
+            s.optimize()
+        assert s.count() == len(PAPERS)
+        running([sys.executable, "-c", "import time; time.sleep(300)"])
+        leftover = s.path / "temp_segments" / "segment_builder_cut"
+        leftover.mkdir(parents=True)
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            s.optimize()
+        assert time.monotonic() - started < 60 and children[-1].poll() is not None
+        assert not leftover.exists()
+        assert exact_scores(s, request("hybrid")) == before
+    finally:
+        s.close()
 
 
 def exact_scores(store: Store, req: SearchRequest) -> dict[str, float]:

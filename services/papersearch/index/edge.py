@@ -31,6 +31,8 @@ import logging
 import math
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Hashable, Iterator, Sequence
@@ -84,6 +86,11 @@ MANIFEST = "papersearch.json"
 ACCESS_CHECK_S = 0.5  # how long a passed access check of the index directory holds
 _SHARD_CONFIG = "edge_config.json"  # written by EdgeShard.create
 _SEGMENTS = "segments"  # the shard's data, beside it
+_TEMP_SEGMENTS = "temp_segments"  # an optimize's segments in the making
+# From this many points an optimize runs in a child process (index/build.py); below it the
+# engine's optimize has no HNSW to build (its indexing threshold: ~6,500 vectors of 384
+# floats) and returns in milliseconds, less than a child's start
+BUILD_APART_POINTS = 4096
 _INDEX_TYPES = {
     "datetime": qe.PayloadSchemaType.Datetime,
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -114,10 +121,42 @@ class EdgeStore(Store):
         return (yield from super().probe_program())
 
     def optimize(self) -> None:
-        with _engine("optimize"):
-            changed = self._live().optimize()
-            self._live().flush()
+        """The shard's indexes built (HNSW) and persisted: in this process for a small index,
+        in a child process from BUILD_APART_POINTS up (index/build.py: the engine holds the
+        GIL through the build, seconds per 10,000 papers)."""
+        if self._count() < BUILD_APART_POINTS:
+            with _engine("optimize"):
+                changed = self._live().optimize()
+                self._live().flush()
+        else:
+            changed = self._optimize_apart()
         logger.info("index optimized", extra={"collection": str(self.path), "changed": changed})
+
+    def _optimize_apart(self) -> bool:
+        """optimize() in a child process: the shard closed here (its WAL lock let go), built
+        there, loaded again here whatever happened (a Ctrl-C or SIGTERM kills the child: the
+        build's leftovers go at the load)."""
+        dim = self.identity.dim
+        self._close()
+        command = [sys.executable, "-m", "papersearch.index.build", str(self.path), str(dim),
+                   "disk" if self.settings.on_disk_vectors else "ram"]
+        try:
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) as child:
+                try:
+                    out, err = child.communicate()
+                except BaseException:
+                    child.kill()
+                    child.wait()
+                    raise
+        finally:
+            with interrupts.held():
+                self._shard = self._load(dim)
+        if child.returncode != 0:
+            said = err.strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+            raise StoreError(f"index {self.path}: its build (a child process) failed: "
+                             f"{said[0]}")
+        return out.strip() == "changed"
 
     def flush(self) -> None:
         with _engine("flush"):
@@ -341,19 +380,21 @@ class EdgeStore(Store):
         return CollectionMissing(f"index {self.path} is gone (deleted since it was opened)")
 
     def _load(self, dim: int) -> qe.EdgeShard:
-        # Giving only the vector layout makes the engine check it against the segments (the
-        # dense dim is ground truth, whatever the manifest says) and keep all other settings.
-        layout = qe.EdgeConfig(vectors=_dense_params(dim, self.settings.on_disk_vectors),
-                               sparse_vectors=_sparse_params())
         try:
             with _engine("load"):
-                return qe.EdgeShard.load(str(self.path), layout)
+                shard = qe.EdgeShard.load(str(self.path),
+                                          _layout(dim, self.settings.on_disk_vectors))
         except StoreError as exc:
             if "incompatible" not in str(exc):
                 raise
             raise EmbedderMismatch(
                 f"index {self.path} does not hold dim {dim} vectors: {exc}"
             ) from exc
+        # loaded, the shard is this process's alone (its WAL lock): what a build cut short
+        # (a process killed in optimize) left among its temporary segments is no one's
+        for leftover in (self.path / _TEMP_SEGMENTS).glob("*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        return shard
 
     def _ensure_payload_indexes(self) -> None:
         with _engine("payload index"):
@@ -518,3 +559,24 @@ def _request(plan: Plan) -> qe.QueryRequest:
         filter=flt,
         with_payload=plan.with_payload,
     )
+
+
+def _layout(dim: int, on_disk: bool) -> qe.EdgeConfig:
+    """A load's config: giving only the vector layout makes the engine check it against the
+    segments (the dense dim is ground truth, whatever the manifest says) and keep all other
+    settings."""
+    return qe.EdgeConfig(vectors=_dense_params(dim, on_disk), sparse_vectors=_sparse_params())
+
+
+def build_apart_here(path: Path, dim: int, on_disk: bool) -> bool:
+    """index/build.py's work, in the child: load the shard at ``path``, optimize, flush,
+    close; whether the optimize changed it."""
+    with _engine("load"):
+        shard = qe.EdgeShard.load(str(path), _layout(dim, on_disk))
+    try:
+        with _engine("optimize"):
+            changed = bool(shard.optimize())
+            shard.flush()
+    finally:
+        shard.close()
+    return changed
