@@ -157,3 +157,12 @@ class Count:
 Step = Batch | Fetch | Scan | Write | Remove | Count
 T = TypeVar("T")
 Program = Generator[Step, Any, T]
+
+
+def advance(program: Program[Any], sent: object) -> tuple[bool, Any]:
+    """The program's next step (False, step), or its end (True, result): a StopIteration
+    cannot cross from a worker thread into an asyncio future."""
+    try:
+        return False, program.send(sent)
+    except StopIteration as done:
+        return True, done.value

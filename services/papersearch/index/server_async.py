@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 from qdrant_client import AsyncQdrantClient
 
 from papersearch.index.errors import StoreUnavailable
-from papersearch.index.plan import Program, Step
+from papersearch.index.plan import Program, Step, advance
 from papersearch.index.server import (
     RETRY_PAUSE_S,
     call_for,
@@ -46,15 +46,6 @@ Runner = Callable[..., Any]  # asyncio.to_thread, or _here: runs a function, awa
 
 async def _here(work: Callable[..., T], *args: Any) -> T:
     return work(*args)
-
-
-def _advance(program: Program[Any], sent: object) -> tuple[bool, Any]:
-    """The program's next step (False, step), or its end (True, result): a StopIteration
-    cannot cross from a worker thread into an asyncio future."""
-    try:
-        return False, program.send(sent)
-    except StopIteration as done:
-        return True, done.value
 
 
 def connect_async(settings: IndexSettings) -> AsyncQdrantClient:
@@ -74,9 +65,9 @@ class AsyncServerEngine:
         """Run a program (``Store.query_program`` and the like) to its result; ``off_loop``:
         its steps and requests built in a worker thread (writes)."""
         run = asyncio.to_thread if off_loop else _here
-        finished, value = await run(_advance, program, None)
+        finished, value = await run(advance, program, None)
         while not finished:
-            finished, value = await run(_advance, program, await self._do(value, run))
+            finished, value = await run(advance, program, await self._do(value, run))
         return cast(T, value)
 
     async def close(self) -> None:

@@ -539,6 +539,10 @@ class Store(ABC):
             result: T = done.value
             return result
 
+    def run_step(self, step: Step) -> Any:
+        """One step of a program, for a caller that drives it (pipeline/index_access.py)."""
+        return self._do(step)
+
     def describe(self) -> str:
         return f"{self.backend}:{self.settings.collection}"
 
