@@ -192,16 +192,35 @@ def test_a_large_index_is_built_in_a_child_process(
         running([sys.executable, "-c", "import time; time.sleep(300)"])
         leftover = s.path / "temp_segments" / "segment_builder_cut"
         leftover.mkdir(parents=True)
-        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+        # while the child builds, the engine's lock is the child's, but the index stays this
+        # store's: another open (`papersearch search`, a second ingest) is refused, as before
+        refused: list[Exception] = []
+
+        def open_another() -> None:
+            try:
+                EdgeStore(IndexSettings(data_dir=tmp_path)).ensure_collection(DIM, SHA)
+            except StoreError as error:
+                refused.append(error)
+
+        opener = threading.Timer(0.5, open_another)
+        opener.start()
+        timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
         timer.start()
         started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             s.optimize()
+        opener.join()
         assert time.monotonic() - started < 60 and children[-1].poll() is not None
+        assert len(refused) == 1 and "open in another process" in str(refused[0])
         assert not leftover.exists()
         assert exact_scores(s, request("hybrid")) == before
     finally:
         s.close()
+    # the child ends with its parent: one whose parent is already gone does not start
+    monkeypatch.setattr(subprocess, "Popen", real)
+    done = subprocess.run([sys.executable, "-m", "papersearch.index.build", str(s.path),
+                           str(DIM), "ram", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "its parent process 1 is gone" in done.stderr
 
 
 def exact_scores(store: Store, req: SearchRequest) -> dict[str, float]:

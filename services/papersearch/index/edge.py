@@ -26,6 +26,7 @@ build the HNSW graph (until then search is exact brute force, correct but slower
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -87,6 +88,11 @@ ACCESS_CHECK_S = 0.5  # how long a passed access check of the index directory ho
 _SHARD_CONFIG = "edge_config.json"  # written by EdgeShard.create
 _SEGMENTS = "segments"  # the shard's data, beside it
 _TEMP_SEGMENTS = "temp_segments"  # an optimize's segments in the making
+_LOCK_FILE = ".papersearch.lock"  # EdgeStore._hold_lock
+_ELSEWHERE = ("index is open in another process, one process at a time (a running "
+              "`papersearch serve` or ingest, or its index build, python -m "
+              "papersearch.index.build? let it finish or stop it; a service takes searches "
+              "with --target and papers through UpsertPapers)")
 # From this many points an optimize runs in a child process (index/build.py); below it the
 # engine's optimize has no HNSW to build (its indexing threshold: ~6,500 vectors of 384
 # floats) and returns in milliseconds, less than a child's start
@@ -110,6 +116,8 @@ class EdgeStore(Store):
         self._access_checked = -math.inf  # monotonic time of the last check that passed
         # the folders the last _open made (its mkdirs), outermost first: self.path last
         self._made_directory: tuple[Path, ...] = ()
+        self._lock: int | None = None  # the descriptor holding _LOCK_FILE's flock
+        self._written = False  # a write or delete since the open or the last optimize
 
     def describe(self) -> str:
         return str(self.path)
@@ -124,22 +132,33 @@ class EdgeStore(Store):
         """The shard's indexes built (HNSW) and persisted: in this process for a small index,
         in a child process from BUILD_APART_POINTS up (index/build.py: the engine holds the
         GIL through the build, seconds per 10,000 papers)."""
-        if self._count() < BUILD_APART_POINTS:
+        if self._count() < BUILD_APART_POINTS or not self._written and self._built():
             with _engine("optimize"):
                 changed = self._live().optimize()
                 self._live().flush()
         else:
             changed = self._optimize_apart()
+        self._written = False
         logger.info("index optimized", extra={"collection": str(self.path), "changed": changed})
 
+    def _built(self) -> bool:
+        """Whether every point's dense vector is in a built index (a sparse vector always
+        is: a built shard counts two per point): an optimize then has nothing to build and
+        returns in milliseconds, where a child's start and the shard's two loads took 0.6-1.3
+        s (a rerun of ingest that wrote nothing)."""
+        with _engine("info"):
+            info = self._live().info()
+        return bool(info.indexed_vectors_count >= 2 * info.points_count)
+
     def _optimize_apart(self) -> bool:
-        """optimize() in a child process: the shard closed here (its WAL lock let go), built
+        """optimize() in a child process: the shard closed here (its WAL lock let go; this
+        store's own lock kept, so no other papersearch process takes it meanwhile), built
         there, loaded again here whatever happened (a Ctrl-C or SIGTERM kills the child: the
         build's leftovers go at the load)."""
         dim = self.identity.dim
-        self._close()
+        self._close_shard()
         command = [sys.executable, "-m", "papersearch.index.build", str(self.path), str(dim),
-                   "disk" if self.settings.on_disk_vectors else "ram"]
+                   "disk" if self.settings.on_disk_vectors else "ram", str(os.getpid())]
         try:
             with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) as child:
@@ -176,7 +195,12 @@ class EdgeStore(Store):
         # and an undo of a cut-short reopen emptied the populated index
         self.created, self._made_directory = False, ()
         if (self.path / _SHARD_CONFIG).is_file():
-            shard = self._load(identity.dim)
+            self._hold_lock()
+            try:
+                shard = self._load(identity.dim)
+            except BaseException:
+                self._release_lock()
+                raise
         elif not create:
             raise CollectionMissing(f"no index at {shown(self.path)}: papersearch ingest "
                                     "creates it")
@@ -194,18 +218,20 @@ class EdgeStore(Store):
             # Ctrl-C as it returns waits for the shard, which is this open's own: undone
             made_shard: qe.EdgeShard | None = None
             try:
+                self._hold_lock()
                 with interrupts.held(), _engine("create"):
                     made_shard = qe.EdgeShard.create(str(self.path),
                                                      _config(self.settings, identity.dim))
-            except KeyboardInterrupt:
-                if made_shard is not None:
+            except BaseException as error:
+                self._release_lock()
+                if made_shard is not None and isinstance(error, KeyboardInterrupt):
                     made_shard.close()
                     self._unmake(made, fresh)
                 raise
             shard = made_shard
             self.created = fresh
             logger.info("index created", extra={"collection": str(self.path), "dim": identity.dim})
-        self._shard = shard
+        self._shard, self._written = shard, False
         try:
             self._ensure_payload_indexes()
             if stored is None:
@@ -284,6 +310,7 @@ class EdgeStore(Store):
 
     def _write(self, points: Sequence[PointData]) -> None:
         batch = [qe.Point(p.point_id, _vectors(p), p.payload) for p in points]
+        self._written = True
         with _engine("upsert"):
             self._live().update(qe.UpdateOperation.upsert_points(batch))
 
@@ -309,6 +336,7 @@ class EdgeStore(Store):
                         None if next_offset is None else str(next_offset))
 
     def _delete(self, point_ids: Sequence[str]) -> None:
+        self._written = True
         with _engine("delete"):
             self._live().update(qe.UpdateOperation.delete_points(list(point_ids)))
 
@@ -326,6 +354,12 @@ class EdgeStore(Store):
         return [[Scored(str(p.id), p.score, p.payload) for p in points] for points in results]
 
     def _close(self) -> None:
+        try:
+            self._close_shard()
+        finally:
+            self._release_lock()
+
+    def _close_shard(self) -> None:
         shard, self._shard = self._shard, None
         if shard is not None:
             with _engine("close"):
@@ -334,6 +368,32 @@ class EdgeStore(Store):
                 finally:  # its files and lock are let go even if the flush failed
                     shard.close()
             logger.info("index closed", extra={"collection": str(self.path)})
+
+    def _hold_lock(self) -> None:
+        """Take the index's own lock (an flock on _LOCK_FILE in its directory) for as long
+        as this store has it open. The engine's WAL lock is let go while a child process
+        builds the index (optimize): with it alone, another process (`papersearch search`,
+        a second ingest) took the shard in that gap, and the build and this store's reload
+        failed."""
+        if self._lock is not None:
+            return
+        try:
+            descriptor = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                 0o644)
+        except OSError as error:
+            raise StoreUnavailable(f"index {self.path}: its lock file cannot be made: "
+                                   f"{error.strerror or error}") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise StoreUnavailable(f"qdrant-edge open: {_ELSEWHERE}") from None
+        self._lock = descriptor
+
+    def _release_lock(self) -> None:
+        descriptor, self._lock = self._lock, None
+        if descriptor is not None:
+            os.close(descriptor)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -435,11 +495,7 @@ def _engine(operation: str) -> Iterator[None]:
         raise StoreUnavailable(f"qdrant-edge {operation}: {exc}") from exc
     except Exception as exc:
         if "WouldBlock" in str(exc) or (operation == "create" and "File exists" in str(exc)):
-            raise StoreUnavailable(
-                f"qdrant-edge {operation}: index is open in another process, one process at "
-                "a time (a running `papersearch serve` or ingest? let it finish or stop it; a "
-                "service takes searches with --target and papers through UpsertPapers)"
-            ) from exc
+            raise StoreUnavailable(f"qdrant-edge {operation}: {_ELSEWHERE}") from exc
         raise StoreError(f"qdrant-edge {operation} failed: {exc}") from exc
 
 

@@ -4,7 +4,9 @@ the gateway's grpc.health.v1 status on this machine, asked where the settings pu
 The check used to ask plaintext 127.0.0.1:50051 whatever ``serve.grpc_port`` said, and a TLS
 gateway's port could not answer it: either container was unhealthy for good once its start
 period passed. It asks ``serve.health_port`` (plaintext health only, for this) where set, else
-``serve.grpc_port``; a TLS gateway without a health port is said as such.
+``serve.grpc_port``; a TLS gateway without a health port is said as such. It reads the
+environment (PAPERSEARCH_CONFIG included): a ``--config`` on the server's command line is not
+seen here.
 
 Run as ``python -m papersearch.serving.healthcheck``: exit 0 when SERVING, 1 otherwise, with
 the reason on stderr (docker keeps it in the container's health log).
