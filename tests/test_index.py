@@ -159,12 +159,12 @@ def test_a_large_index_is_built_in_a_child_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine holds the GIL through an optimize: a 32,000-paper build (15-26 s) froze the
     gateway's event loop for its length (a migration's), and `papersearch ingest` took Ctrl-C
-    only at its end. From BUILD_APART_POINTS up it runs in a child process (here every size):
+    only at its end. From BUILD_APART_BYTES up it runs in a child process (here every size):
     the index answers as before; a failed build is said, the index still open; Ctrl-C
     ends it at once, the shard loaded again and what the build left removed."""
     from papersearch.index import edge
 
-    monkeypatch.setattr(edge, "BUILD_APART_POINTS", 0)
+    monkeypatch.setattr(edge, "BUILD_APART_BYTES", 0)
     s = EdgeStore(IndexSettings(data_dir=tmp_path))
     s.ensure_collection(DIM, SHA)
     s.upsert(PAPERS, DENSE, SPARSE)
@@ -184,12 +184,20 @@ def test_a_large_index_is_built_in_a_child_process(
         s.optimize()
         assert children[-1].args[1:3] == ["-m", "papersearch.index.build"]
         assert exact_scores(s, request("hybrid")) == before and s.count() == len(PAPERS)
+        s.optimize()  # built by this store, nothing written since: in this process
+        assert len(children) == 1
+
+        def write_again() -> None:  # a paper written again as it was: the store has a write
+            s.upsert(PAPERS[:1], DENSE[:1], SPARSE[:1])
+
+        write_again()
         running([sys.executable, "-c", "import sys; sys.exit('the engine said no')"])
         with pytest.raises(StoreError, match=r"its build \(a child process\) failed: the "
                                              r"engine said no"):
             s.optimize()
         assert s.count() == len(PAPERS)
         running([sys.executable, "-c", "import time; time.sleep(300)"])
+        write_again()
         leftover = s.path / "temp_segments" / "segment_builder_cut"
         leftover.mkdir(parents=True)
         # while the child builds, the engine's lock is the child's, but the index stays this
@@ -216,6 +224,15 @@ def test_a_large_index_is_built_in_a_child_process(
         assert exact_scores(s, request("hybrid")) == before
     finally:
         s.close()
+    # a file system that takes no locks (NFS without its lock daemon): said, nothing held
+    def no_locks(*args: Any) -> None:
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(edge.fcntl, "flock", no_locks)
+    other = EdgeStore(IndexSettings(data_dir=tmp_path))
+    with pytest.raises(StoreError, match="its lock file cannot be locked: No locks available"):
+        other.ensure_collection(DIM, SHA)
+    assert other._lock is None
     # the child ends with its parent: one whose parent is already gone does not start
     monkeypatch.setattr(subprocess, "Popen", real)
     done = subprocess.run([sys.executable, "-m", "papersearch.index.build", str(s.path),

@@ -93,10 +93,11 @@ _ELSEWHERE = ("index is open in another process, one process at a time (a runnin
               "`papersearch serve` or ingest, or its index build, python -m "
               "papersearch.index.build? let it finish or stop it; a service takes searches "
               "with --target and papers through UpsertPapers)")
-# From this many points an optimize runs in a child process (index/build.py); below it the
-# engine's optimize has no HNSW to build (its indexing threshold: ~6,500 vectors of 384
-# floats) and returns in milliseconds, less than a child's start
-BUILD_APART_POINTS = 4096
+# From this many bytes of dense vectors (points x dim x 4) an optimize runs in a child process
+# (index/build.py); below it the engine's optimize has no HNSW to build (its indexing
+# threshold is 10,000 KB of vectors: ~6,500 of 384 floats, ~3,300 of 768) and returns in
+# milliseconds, less than a child's start
+BUILD_APART_BYTES = 6_000_000
 _INDEX_TYPES = {
     "datetime": qe.PayloadSchemaType.Datetime,
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -117,7 +118,7 @@ class EdgeStore(Store):
         # the folders the last _open made (its mkdirs), outermost first: self.path last
         self._made_directory: tuple[Path, ...] = ()
         self._lock: int | None = None  # the descriptor holding _LOCK_FILE's flock
-        self._written = False  # a write or delete since the open or the last optimize
+        self._optimized = False  # optimized by this store, nothing written or deleted since
 
     def describe(self) -> str:
         return str(self.path)
@@ -129,26 +130,19 @@ class EdgeStore(Store):
         return (yield from super().probe_program())
 
     def optimize(self) -> None:
-        """The shard's indexes built (HNSW) and persisted: in this process for a small index,
-        in a child process from BUILD_APART_POINTS up (index/build.py: the engine holds the
-        GIL through the build, seconds per 10,000 papers)."""
-        if self._count() < BUILD_APART_POINTS or not self._written and self._built():
+        """The shard's indexes built (HNSW) and persisted: in this process for a small index
+        or one this store optimized and has not written since (nothing to build), else in a
+        child process (index/build.py: the engine holds the GIL through the build, seconds
+        per 10,000 papers). Whether an index opened as it is still has vectors to build is
+        not told by the engine's counts (a paper rewritten counts twice until a build)."""
+        if self._optimized or self._count() * self.identity.dim * 4 < BUILD_APART_BYTES:
             with _engine("optimize"):
                 changed = self._live().optimize()
                 self._live().flush()
         else:
             changed = self._optimize_apart()
-        self._written = False
+        self._optimized = True
         logger.info("index optimized", extra={"collection": str(self.path), "changed": changed})
-
-    def _built(self) -> bool:
-        """Whether every point's dense vector is in a built index (a sparse vector always
-        is: a built shard counts two per point): an optimize then has nothing to build and
-        returns in milliseconds, where a child's start and the shard's two loads took 0.6-1.3
-        s (a rerun of ingest that wrote nothing)."""
-        with _engine("info"):
-            info = self._live().info()
-        return bool(info.indexed_vectors_count >= 2 * info.points_count)
 
     def _optimize_apart(self) -> bool:
         """optimize() in a child process: the shard closed here (its WAL lock let go; this
@@ -231,7 +225,7 @@ class EdgeStore(Store):
             shard = made_shard
             self.created = fresh
             logger.info("index created", extra={"collection": str(self.path), "dim": identity.dim})
-        self._shard, self._written = shard, False
+        self._shard, self._optimized = shard, False
         try:
             self._ensure_payload_indexes()
             if stored is None:
@@ -310,7 +304,7 @@ class EdgeStore(Store):
 
     def _write(self, points: Sequence[PointData]) -> None:
         batch = [qe.Point(p.point_id, _vectors(p), p.payload) for p in points]
-        self._written = True
+        self._optimized = False
         with _engine("upsert"):
             self._live().update(qe.UpdateOperation.upsert_points(batch))
 
@@ -336,7 +330,7 @@ class EdgeStore(Store):
                         None if next_offset is None else str(next_offset))
 
     def _delete(self, point_ids: Sequence[str]) -> None:
-        self._written = True
+        self._optimized = False
         with _engine("delete"):
             self._live().update(qe.UpdateOperation.delete_points(list(point_ids)))
 
@@ -385,9 +379,12 @@ class EdgeStore(Store):
                                    f"{error.strerror or error}") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as error:  # held elsewhere; or no locks here (NFS without lockd)
             os.close(descriptor)
-            raise StoreUnavailable(f"qdrant-edge open: {_ELSEWHERE}") from None
+            if isinstance(error, BlockingIOError):
+                raise StoreUnavailable(f"qdrant-edge open: {_ELSEWHERE}") from None
+            raise StoreUnavailable(f"index {self.path}: its lock file cannot be locked: "
+                                   f"{error.strerror or error}") from None
         self._lock = descriptor
 
     def _release_lock(self) -> None:
