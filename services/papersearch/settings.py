@@ -1062,12 +1062,21 @@ def _named_settings(prefix: str, message: str) -> list[tuple[str, ...]]:
 def _overridden(overrides: Mapping[str, Any], names: Sequence[str | int]) -> bool:
     """Whether ``overrides`` hold a value (not a section) at ``names``, or a key there that
     is no setting."""
-    value: Any = overrides
+    value = _at(overrides, names)
+    return value is not _ABSENT and not isinstance(value, Mapping)
+
+
+_ABSENT = object()
+
+
+def _at(sections: Mapping[str, Any], names: Sequence[str | int]) -> Any:
+    """What nested ``sections`` hold at ``names`` (a value or a section), or _ABSENT."""
+    value: Any = sections
     for name in names:
         if not isinstance(value, Mapping) or name not in value:
-            return False
+            return _ABSENT
         value = value[name]
-    return not isinstance(value, Mapping)
+    return value
 
 
 def _sources_named(prefix: str, message: str, overrides: Mapping[str, Any]) -> str:
@@ -1105,22 +1114,17 @@ def _source(prefix: str, names: list[str | int]) -> str:
     given = sorted(name for name in set_here if variable.startswith(name + "__")
                    or name.startswith(variable + "__"))
     in_file = file is not None and _file_holds(file, names)
-    parts = [*given, *([f"settings file {file}"] if in_file else [])]
-    return " or ".join(parts) if parts else variable
+    parts = [", ".join(given)] if given else []
+    return " or ".join([*parts, f"settings file {file}"] if in_file else parts) or variable
 
 
 def _file_holds(file: str, names: Sequence[str | int]) -> bool:
     """Whether the settings file holds the setting at ``names`` (a file that cannot be read
     again may: said as such)."""
     try:
-        value: Any = _settings_file(file)
+        return _at(_settings_file(file), names) is not _ABSENT
     except (OSError, ValueError):
         return True
-    for name in names:
-        if not isinstance(value, Mapping) or name not in value:
-            return False
-        value = value[name]
-    return True
 
 
 def setting_field(variable: str) -> FieldInfo | None:
