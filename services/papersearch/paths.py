@@ -36,6 +36,11 @@ def make_folders(folder: Path, setting: str) -> tuple[Path, ...]:
         raise FolderRefused(f"{there} is there but not a folder ({setting}; a link to a "
                             "volume not mounted?)") from None
     except PermissionError as error:
-        raise FolderRefused(f"permission denied for {error.filename} ({setting}: a folder this "
-                            "process may write)") from None
+        raise denied(error, setting) from None
     return missing
+
+
+def denied(error: PermissionError, setting: str) -> FolderRefused:
+    """A folder this process may not make, named with the ``setting`` that put it there."""
+    return FolderRefused(f"permission denied for {error.filename} ({setting}: a folder this "
+                         "process may write)")

@@ -78,7 +78,7 @@ from papersearch.index.schema import (
 )
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
-from papersearch.paths import FolderRefused, make_folders, shown
+from papersearch.paths import FolderRefused, denied, make_folders, shown
 from papersearch.settings import IndexSettings
 
 logger = logging.getLogger(__name__)
@@ -244,13 +244,12 @@ class EdgeStore(Store):
         outermost first (none where another process made the index directory)."""
         try:
             made = make_folders(self.path.parent, "index.data_dir")
-            self.path.mkdir()
+            try:
+                self.path.mkdir()
+            except PermissionError as error:  # data_dir there, not this process's to write in
+                raise denied(error, "index.data_dir") from None
         except FileExistsError:
             return ()
-        except PermissionError as error:  # data_dir there, not this process's to write in
-            raise StoreError(f"index directory {self.path} cannot be made: permission denied "
-                             f"for {error.filename} (index.data_dir: a folder "
-                             "this process may write)") from None
         except FolderRefused as error:
             raise StoreError(f"index directory {self.path} cannot be made: {error}") from None
         return (*made, self.path)
