@@ -873,23 +873,32 @@ def test_settling_an_earlier_start_holds_writes_back(
 def test_a_paper_another_writer_adds_after_the_reconcile_is_matched_again(
         adds: str, sample_settings: Settings, embedder_dir: Path, cls_embedder: Path,
         papers: list[Paper], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An ingest adding a paper between the reconcile's id scans and the count check failed
-    the whole start (the copy dropped); it is matched again now, and only a writer that keeps
-    adding past MATCH_TRIES matches fails it, saying so."""
+    """An ingest adding a paper after the reconcile read the stamps and before the count check
+    failed the whole start (the copy dropped); it is matched again now, and only a writer that
+    keeps adding past MATCH_TRIES matches fails it, saying so."""
     from papersearch.pipeline import migration
 
     settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
-    match = migration.Migrator._match
+    reconcile, match = migration.Migrator._reconcile, migration.Migrator._match
     added: list[Paper] = []
 
-    async def then_added(self: Any, *args: Any) -> int:
-        touched = await match(self, *args)
-        if adds == "always" or not added:
-            added.append(bread(len(added)))
-            await _write_around(handles, collections, added[-1])
+    async def add() -> None:
+        added.append(bread(len(added)))
+        await _write_around(handles, collections, added[-1])
+
+    async def reconciled_then_added(self: Any, *args: Any) -> int:
+        touched = await reconcile(self, *args)
+        await add()
         return touched
 
-    monkeypatch.setattr(migration.Migrator, "_match", then_added)
+    async def matched_then_added(self: Any, *args: Any) -> int:
+        touched = await match(self, *args)
+        if adds == "always":
+            await add()
+        return touched
+
+    monkeypatch.setattr(migration.Migrator, "_reconcile", reconciled_then_added)
+    monkeypatch.setattr(migration.Migrator, "_match", matched_then_added)
 
     async def migrate() -> tuple[str, list[Paper]]:
         try:
@@ -905,9 +914,59 @@ def test_a_paper_another_writer_adds_after_the_reconcile_is_matched_again(
     assert [p.id for p in held] == [p.id for p in added]
     if adds == "once":
         assert live == physical_name("papers", Encoder(cls_embedder).sha256)
+        assert len(added) == 1
     else:
         assert live == "papers" and len(added) == migration.MATCH_TRIES
         assert not any(p.name.startswith("papers-") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("another_writer", ["idle", "deletes"])
+def test_the_write_pause_reads_no_id_list_unless_the_counts_differ(
+        another_writer: str, sample_settings: Settings, embedder_dir: Path, cls_embedder: Path,
+        papers: list[Paper], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both collections' ids are compared with writes going on (the prematch), so the pause's
+    work grows with the writes made since, not with the index: no id list is read under it
+    when the counts agree. A paper another writer deletes after the prematch's scans leaves
+    no stamp: the new collection then holds one paper more, the count check compares the ids
+    again under the pause, and the paper is not carried into the new live collection."""
+    from papersearch.pipeline import migration
+
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    prematch, point_ids = migration.Migrator._prematch, IndexAccess.point_ids
+    paused: list[bool] = []  # per id scan: whether writes were held back
+    doomed = papers[5]
+
+    async def scanned(self: IndexAccess) -> list[str]:
+        mirror = handles.migrator.mirror
+        paused.append(mirror is not None and not mirror._open.is_set())
+        return await point_ids(self)
+
+    async def then_deleted(self: Any, *args: Any) -> int:
+        touched = await prematch(self, *args)
+        if another_writer == "deletes":
+            await (await collections.live()).index.delete([doomed.id])
+        return touched
+
+    monkeypatch.setattr(IndexAccess, "point_ids", scanned)
+    monkeypatch.setattr(migration.Migrator, "_prematch", then_deleted)
+
+    async def migrate() -> tuple[list[Paper], int, int]:
+        await _write(handles, bread(1))
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        live = await collections.live()
+        assert live.view.collection != "papers"
+        held = await live.index.papers([doomed.point_id])
+        count = await live.index.ready()
+        await collections.close()
+        return held, count, len(paused)
+
+    held, count, scans = asyncio.run(migrate())
+    if another_writer == "idle":
+        assert paused == [False] * 3  # the copy's scan and the prematch's two
+        assert [p.id for p in held] == [doomed.id] and count == 21
+    else:
+        assert paused[:3] == [False] * 3 and paused[3:] == [True, True]
+        assert held == [] and count == 20
 
 
 @pytest.mark.parametrize("first_poll", ["answers", "overloaded"])

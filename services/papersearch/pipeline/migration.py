@@ -10,9 +10,10 @@
    gateway since the start (a *dirty* id) is never copied: its mirror write carries it. The copy
    checks the dirty set and writes under the mirror lock, which mirror writes take too, so a
    stale copy can only land before the mirror write of the same paper, never after it;
-3. reconcile under the lock: papers whose mirror write failed, papers written since the start
-   by another writer (an ingest job: their ``indexed_at`` stamps), and any id only one side
-   holds; then compare the two counts;
+3. reconcile: papers whose mirror write failed, papers written since the start by another
+   writer (an ingest job: their ``indexed_at`` stamps), and any id only one side holds, with
+   writes going on (each re-copy under the lock); then, writes paused, the same for what was
+   written since, and compare the two counts (the ids in full again only if they differ);
 4. swap: write the pointer (index/pointer.py), then switch the gateway's live view. Searches
    that started before the swap finish on the old collection with the old embedder;
 5. keep the old collection in step (mirroring goes on) until ``--finish`` drops it; until then
@@ -161,7 +162,8 @@ class Mirror:
         landed = now_ms()
         self.landed.update({pid: max(landed, self.landed.get(pid, 0)) for pid in ids})
 
-    def _pend(self, ids: Sequence[str], collection: str) -> None:
+    def pend(self, ids: Sequence[str], collection: str) -> None:
+        """``collection`` lacks the last write of these ids: re-synced before the next swap."""
         failed = next(self._ticks)
         self.pending.update(dict.fromkeys(ids, (collection, failed)))
 
@@ -195,7 +197,7 @@ class Mirror:
             if other is not None:
                 live = self.collections.current
                 behind = bound if live is not None and live.view == other.view else other
-                self._pend(ids, behind.view.collection)
+                self.pend(ids, behind.view.collection)
             raise
 
     async def _mirrored(self, ids: list[str], other: Bound,
@@ -208,7 +210,7 @@ class Mirror:
         swap."""
         live = self.collections.current
         if other.view.collection == self.deferred and (live is None or live.view != other.view):
-            self._pend(ids, other.view.collection)
+            self.pend(ids, other.view.collection)
             return False
         done = False
         try:
@@ -223,7 +225,7 @@ class Mirror:
                 raise
         finally:
             if not done:
-                self._pend(ids, other.view.collection)
+                self.pend(ids, other.view.collection)
                 metrics().mirror_failed(len(ids))
         return done
 
@@ -318,9 +320,11 @@ class Migrator:
                     await target.index.optimize()
                 finally:
                     mirror.deferred = None
+                matching = now_ms()
+                reconciled = await self._prematch(mirror, source, target, since)
                 async with mirror.paused():
                     reconciling = now_ms()
-                    reconciled = await self._reconcile(mirror, source, target, since)
+                    reconciled += await self._reconcile(mirror, source, target, matching)
                     counts, rematched = await self._counted(source, target)
                     reconciled += rematched
                     await target.index.flush()  # on disk before the pointer names it
@@ -350,10 +354,11 @@ class Migrator:
                           reconciled, round(time.monotonic() - started, 3), warning=warning)
 
     async def _counted(self, source: Bound, target: Bound) -> tuple[tuple[int, int], int]:
-        """Under the mirror lock, after the reconcile: the two counts, once equal, and how many
-        papers matching them again touched. A paper another writer (an ingest) added or deleted
-        after the match's scans is matched again, up to MATCH_TRIES times in all (its update
-        is caught up after the swap, by ``_late_writes``); counts that still differ then fail
+        """Under the pause, after the reconcile: the two counts, once equal, and how many
+        papers matching them again touched. A paper another writer (an ingest) deleted after
+        the prematch's scans, or added after the reconcile read the stamps, is matched again
+        (both collections' ids compared), up to MATCH_TRIES times in all (its update is
+        caught up after the swap, by ``_late_writes``); counts that still differ then fail
         the start."""
         touched = 0
         for tries in range(1, MATCH_TRIES + 1):
@@ -608,17 +613,47 @@ class Migrator:
             skipped += len(chunk) - len(keep)
         return copied, skipped
 
-    async def _reconcile(self, mirror: Mirror, source: Bound, target: Bound,
-                         since: int) -> int:
-        """Under the mirror lock: make ``target`` hold exactly ``source``'s ids, re-copying the
-        pending ones and those another writer wrote since ``since`` (less WRITER_SKEW_MS); how
-        many it touched."""
+    async def _prematch(self, mirror: Mirror, source: Bound, target: Bound, since: int) -> int:
+        """Writes going on: make ``target`` hold ``source``'s ids, re-copying the pending ones
+        and those another writer wrote since ``since`` (less WRITER_SKEW_MS); how many it
+        touched. The bulk of the reconcile, so that what the pause does grows with the writes
+        made since, not with the index. Each chunk is re-synced under the mirror lock (a
+        mirror write waits for one chunk, not for the id scans): it reads ``source`` as it is
+        then, so an id a write changed after the scans is at worst copied again. A chunk that
+        fails (its encoder unavailable) is left pending for the reconcile under the pause,
+        which tries it again. The pending entries read here are settled unless a write of the
+        paper failed again since."""
+        missed = {pid: mirror.pending[pid] for pid in mirror.missed_by(target.view.collection)}
         stamped = (await source.index.indexed_since(since - WRITER_SKEW_MS, None)).window
         external = await self._written_by_others(stamped, mirror, target)
-        touched = await self._match(source, target,
-                                    mirror.missed_by(target.view.collection) + external)
+        ours, theirs = set(await source.index.point_ids()), set(await target.index.point_ids())
+        again = sorted(set(missed) | set(external) | (ours ^ theirs))
+        for chunk in _chunks(again, self.batch):
+            try:
+                async with mirror.lock:
+                    await self._resync(chunk, source, target)
+            except Exception as error:  # noqa: BLE001 (tried again under the pause)
+                log.warning("migration: a re-sync before the pause failed, tried again under it",
+                            extra={"papers": len(chunk), "reason": repr(error)[:300]})
+                mirror.pend(chunk, target.view.collection)
+        for pid, entry in missed.items():
+            if mirror.pending.get(pid) == entry:
+                del mirror.pending[pid]
+        return len(again)
+
+    async def _reconcile(self, mirror: Mirror, source: Bound, target: Bound,
+                         since: int) -> int:
+        """Under the pause, after ``_prematch`` began at ``since``: re-copy the pending ids and
+        those another writer wrote since then (less WRITER_SKEW_MS); how many. No id scan: the
+        prematch left ``target`` holding every paper of ``source`` not written since, and a
+        paper another writer deleted since (no stamp tells it) leaves ``target`` one paper
+        more, which ``_counted`` sees and matches in full."""
+        stamped = (await source.index.indexed_since(since - WRITER_SKEW_MS, None)).window
+        again = sorted(set(mirror.missed_by(target.view.collection))
+                       | set(await self._written_by_others(stamped, mirror, target)))
+        await self._resync(again, source, target)
         mirror.pending.clear()
-        return touched
+        return len(again)
 
     @staticmethod
     async def _written_by_others(stamped: dict[str, int], mirror: Mirror, target: Bound
