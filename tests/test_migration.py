@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -967,6 +967,99 @@ def test_the_write_pause_reads_no_id_list_unless_the_counts_differ(
     else:
         assert paused[:3] == [False] * 3 and paused[3:] == [True, True]
         assert held == [] and count == 20
+
+
+def test_a_delete_and_an_add_by_another_writer_that_keep_the_counts_equal_are_matched(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer deletes a paper after the prematch's scans (no stamp) and adds one after
+    the reconcile read the stamps: the counts agree, yet the new collection held the deleted
+    paper, which the swap would have made live again. The added paper's stamp sends the ids
+    to be matched in full."""
+    from papersearch.pipeline import migration
+
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    doomed, added = papers[5], bread(7)
+    prematch, reconcile = migration.Migrator._prematch, migration.Migrator._reconcile
+
+    async def then_deleted(self: Any, *args: Any) -> int:
+        touched = await prematch(self, *args)
+        await (await collections.live()).index.delete([doomed.id])
+        return touched
+
+    async def then_added(self: Any, *args: Any) -> tuple[int, set[str]]:
+        reconciled = await reconcile(self, *args)
+        await _write_around(handles, collections, added)
+        return reconciled
+
+    monkeypatch.setattr(migration.Migrator, "_prematch", then_deleted)
+    monkeypatch.setattr(migration.Migrator, "_reconcile", then_added)
+
+    async def migrate() -> tuple[str, list[str], int]:
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        live = await collections.live()
+        held = await live.index.papers([doomed.point_id, added.point_id])
+        count = await live.index.ready()
+        await collections.close()
+        return live.view.collection, [p.id for p in held], count
+
+    live, held, count = asyncio.run(migrate())
+    assert live != "papers" and held == [added.id] and count == 20
+
+
+def test_a_pending_paper_whose_write_is_in_progress_at_the_prematch_is_re_synced_under_the_pause(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two overlapping gateway writes of one paper: W lands in the source first and answers
+    late; W0 lands after it, its mirror write deferred by the build (pending). The prematch
+    re-synced the paper (W0's version), then W's mirror write landed W's older version in the
+    new collection; the prematch had settled the pending entry all the same, so the swap made
+    the older version live. The entry is kept now while a write of the paper is in progress,
+    and the reconcile under the pause re-syncs it."""
+    from papersearch.pipeline import migration
+
+    monkeypatch.setattr(migration, "WRITER_SKEW_MS", 0)  # no late-write catch-up to hide it
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    w, w0 = _edition(papers[5], "W, answered late"), _edition(papers[5], "W0")
+    upsert, optimize = IndexAccess.upsert, IndexAccess.optimize
+    resync = migration.Migrator._resync
+    landed, answer = asyncio.Event(), asyncio.Event()
+    late: list[asyncio.Task[None]] = []
+
+    async def answered_late(self: IndexAccess, batch: list[Paper], dense: np.ndarray) -> int:
+        written = await upsert(self, batch, dense)
+        if any(p.title == w.title for p in batch) and not landed.is_set():
+            landed.set()
+            await answer.wait()
+        return written
+
+    async def built_with_writes(self: IndexAccess) -> None:
+        await optimize(self)
+        if not late:  # the new collection's build: W, then W0, whose mirror is deferred
+            late.append(asyncio.ensure_future(_write(handles, w)))
+            await landed.wait()
+            await _write(handles, w0)
+
+    async def resynced(self: Any, ids: Sequence[str], *args: Any) -> None:
+        await resync(self, ids, *args)
+        if papers[5].point_id in ids:
+            answer.set()  # W's mirror write lands after the prematch's re-sync
+
+    monkeypatch.setattr(IndexAccess, "upsert", answered_late)
+    monkeypatch.setattr(IndexAccess, "optimize", built_with_writes)
+    monkeypatch.setattr(migration.Migrator, "_resync", resynced)
+
+    async def migrate() -> tuple[list[str], list[str]]:
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        await late[0]
+        live, other = await collections.live(), collections.other
+        assert other is not None
+        titles = ([p.title for p in await live.index.papers([papers[5].point_id])],
+                  [p.title for p in await other.index.papers([papers[5].point_id])])
+        await collections.close()
+        return titles
+
+    assert asyncio.run(migrate()) == ([w0.title], [w0.title])
 
 
 @pytest.mark.parametrize("first_poll", ["answers", "overloaded"])

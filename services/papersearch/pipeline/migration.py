@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -90,6 +91,7 @@ class Mirror:
         # a collection whose mirror writes are not made but left pending (for the reconcile)
         self.deferred: str | None = None
         self._writes = 0  # writes in progress (primary and mirror)
+        self._in_flight: Counter[str] = Counter()  # their point ids
         self._idle = asyncio.Event()
         self._idle.set()
         self._open = asyncio.Event()  # cleared while a swap holds writes back
@@ -102,8 +104,9 @@ class Mirror:
         return first if bound.view == second.view else None
 
     async def upsert(self, bound: Bound, papers: Sequence[Paper], dense: np.ndarray) -> int:
-        async with self._writing():
-            ids, began = [p.point_id for p in papers], next(self._ticks)
+        ids = [p.point_id for p in papers]
+        async with self._writing(ids):
+            began = next(self._ticks)
             self._touch(ids)
             other = self.other(bound)
             written = await self._primary(ids, bound, other, bound.index.upsert(papers, dense))
@@ -114,8 +117,9 @@ class Mirror:
             return written
 
     async def delete(self, bound: Bound, paper_ids: Sequence[str]) -> int:
-        async with self._writing():
-            ids, began = [point_id(pid) for pid in paper_ids], next(self._ticks)
+        ids = [point_id(pid) for pid in paper_ids]
+        async with self._writing(ids):
+            began = next(self._ticks)
             self._touch(ids)
             other = self.other(bound)
             deleted = await self._primary(ids, bound, other, bound.index.delete(paper_ids))
@@ -141,16 +145,22 @@ class Mirror:
         """The pending ids ``collection`` lacks the last write of."""
         return sorted(pid for pid, (where, _) in self.pending.items() if where == collection)
 
+    def writing(self, pid: str) -> bool:
+        """Whether a write of this paper is in progress (its mirror write may still land)."""
+        return self._in_flight[pid] > 0
+
     @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[None]:
+    async def _writing(self, ids: list[str]) -> AsyncIterator[None]:
         while not self._open.is_set():  # another pause may begin before this writer runs
             await self._open.wait()
         self._writes += 1
+        self._in_flight.update(ids)
         self._idle.clear()
         try:
             yield
         finally:
             self._writes -= 1
+            self._in_flight -= Counter(ids)
             if not self._writes:
                 self._idle.set()
 
@@ -324,9 +334,9 @@ class Migrator:
                 reconciled = await self._prematch(mirror, source, target, since)
                 async with mirror.paused():
                     reconciling = now_ms()
-                    reconciled += await self._reconcile(mirror, source, target, matching)
-                    counts, rematched = await self._counted(source, target)
-                    reconciled += rematched
+                    touched, known = await self._reconcile(mirror, source, target, matching)
+                    counts, rematched = await self._counted(source, target, matching, known)
+                    reconciled += touched + rematched
                     await target.index.flush()  # on disk before the pointer names it
                     pointer = Pointer(view.collection, str(embedder), source.view.collection,
                                       str(source.view.embedder), now_ms())
@@ -353,24 +363,31 @@ class Migrator:
                           str(source.view.embedder), counts[1], counts[0], copied, skipped,
                           reconciled, round(time.monotonic() - started, 3), warning=warning)
 
-    async def _counted(self, source: Bound, target: Bound) -> tuple[tuple[int, int], int]:
-        """Under the pause, after the reconcile: the two counts, once equal, and how many
-        papers matching them again touched. A paper another writer (an ingest) deleted after
-        the prematch's scans, or added after the reconcile read the stamps, is matched again
-        (both collections' ids compared), up to MATCH_TRIES times in all (its update is
-        caught up after the swap, by ``_late_writes``); counts that still differ then fail
-        the start."""
+    async def _counted(self, source: Bound, target: Bound, since: int, known: set[str]
+                       ) -> tuple[tuple[int, int], int]:
+        """Under the pause, after the reconcile: the two counts, once they agree and no paper
+        but those ``known`` (the reconcile's, or the last match's, ids) was stamped in
+        ``source`` since ``since`` (less WRITER_SKEW_MS); and how many papers matching again
+        touched. Another writer (an ingest) may still write under the pause: a paper it
+        deleted after the prematch's scans leaves no stamp, only a count one lower, which a
+        paper it added after the stamps were read can make up; so either sends both
+        collections' ids to be compared again, in full, up to MATCH_TRIES times in all (an
+        update is caught up after the swap, by ``_late_writes``). Collections still unsettled
+        then fail the start."""
         touched = 0
         for tries in range(1, MATCH_TRIES + 1):
             counts = await source.index.ready(), await target.index.ready()
-            if counts[0] == counts[1]:
+            stamped = (await source.index.indexed_since(since - WRITER_SKEW_MS, None)).window
+            if counts[0] == counts[1] and stamped.keys() <= known:
                 return counts, touched
             if tries < MATCH_TRIES:
-                touched += await self._match(source, target, ())
+                since = now_ms()
+                matched, known = await self._match(source, target, ())
+                touched += matched
         raise MigrationFailed(
-            f"counts differ after the copy: {source.view.collection} {counts[0]}, "
-            f"{target.view.collection} {counts[1]}, matched {MATCH_TRIES} times (another "
-            "writer still writing?)")
+            f"the collections differ after the copy: {source.view.collection} {counts[0]} "
+            f"papers, {target.view.collection} {counts[1]}, matched {MATCH_TRIES} times while "
+            "another writer wrote (an ingest still running? pause it for the migration)")
 
     async def _late_writes(self, source: Bound, target: Bound, since: int) -> str | None:
         """After the swap, still paused: what another writer (an ingest job) wrote to
@@ -621,8 +638,10 @@ class Migrator:
         mirror write waits for one chunk, not for the id scans): it reads ``source`` as it is
         then, so an id a write changed after the scans is at worst copied again. A chunk that
         fails (its encoder unavailable) is left pending for the reconcile under the pause,
-        which tries it again. The pending entries read here are settled unless a write of the
-        paper failed again since."""
+        which tries it again. A pending entry read here is settled by its chunk unless a write
+        of the paper was in progress then (its mirror write, landing after the re-copy, could
+        carry an older version than the source's: the reconcile under the pause re-syncs it)
+        or failed again since."""
         missed = {pid: mirror.pending[pid] for pid in mirror.missed_by(target.view.collection)}
         stamped = (await source.index.indexed_since(since - WRITER_SKEW_MS, None)).window
         external = await self._written_by_others(stamped, mirror, target)
@@ -631,29 +650,31 @@ class Migrator:
         for chunk in _chunks(again, self.batch):
             try:
                 async with mirror.lock:
+                    settled = [pid for pid in chunk if pid in missed and not mirror.writing(pid)]
                     await self._resync(chunk, source, target)
             except Exception as error:  # noqa: BLE001 (tried again under the pause)
                 log.warning("migration: a re-sync before the pause failed, tried again under it",
                             extra={"papers": len(chunk), "reason": repr(error)[:300]})
                 mirror.pend(chunk, target.view.collection)
-        for pid, entry in missed.items():
-            if mirror.pending.get(pid) == entry:
-                del mirror.pending[pid]
+                continue
+            for pid in settled:
+                if mirror.pending.get(pid) == missed[pid]:
+                    del mirror.pending[pid]
         return len(again)
 
     async def _reconcile(self, mirror: Mirror, source: Bound, target: Bound,
-                         since: int) -> int:
+                         since: int) -> tuple[int, set[str]]:
         """Under the pause, after ``_prematch`` began at ``since``: re-copy the pending ids and
-        those another writer wrote since then (less WRITER_SKEW_MS); how many. No id scan: the
-        prematch left ``target`` holding every paper of ``source`` not written since, and a
-        paper another writer deleted since (no stamp tells it) leaves ``target`` one paper
-        more, which ``_counted`` sees and matches in full."""
+        those another writer wrote since then (less WRITER_SKEW_MS); how many, and the ids
+        stamped since. No id scan: the prematch left ``target`` holding every paper of
+        ``source`` not written since; what another writer changed since without a stamp (a
+        delete) ``_counted`` finds."""
         stamped = (await source.index.indexed_since(since - WRITER_SKEW_MS, None)).window
         again = sorted(set(mirror.missed_by(target.view.collection))
                        | set(await self._written_by_others(stamped, mirror, target)))
         await self._resync(again, source, target)
         mirror.pending.clear()
-        return len(again)
+        return len(again), set(stamped)
 
     @staticmethod
     async def _written_by_others(stamped: dict[str, int], mirror: Mirror, target: Bound
@@ -682,9 +703,11 @@ class Migrator:
         return ((await live.index.indexed_since(since, None)).window,
                 (await other.index.indexed_since(since, None)).window)
 
-    async def _match(self, source: Bound, target: Bound, again: Sequence[str]) -> int:
+    async def _match(self, source: Bound, target: Bound, again: Sequence[str]
+                     ) -> tuple[int, set[str]]:
         """Make ``target`` hold exactly ``source``'s ids, copying ``again`` and the ids only
-        ``source`` holds, deleting those only ``target`` holds; how many it touched."""
+        ``source`` holds, deleting those only ``target`` holds; how many it touched, and the
+        ids ``source`` held."""
         ours = set(await source.index.point_ids())
         theirs = set(await target.index.point_ids())
         copy = sorted((set(again) | (ours - theirs)) & ours)
@@ -692,7 +715,7 @@ class Migrator:
         extra = await target.index.papers(sorted(theirs - ours))
         if extra:
             await target.index.delete([p.id for p in extra])
-        return len(copy) + len(extra)
+        return len(copy) + len(extra), ours
 
     async def _resync(self, point_ids: Sequence[str], source: Bound, target: Bound) -> None:
         """Make these papers in ``target`` what they are in ``source`` now: copied, or deleted
