@@ -3,6 +3,7 @@ reported before slow work (fast; a local gRPC server where a call is needed)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import subprocess
@@ -41,6 +42,32 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
     process.stdout.close()  # as head does
     err = process.stderr.read().decode()
     assert process.wait(60) == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("raised", "code"), [
+    (OSError(errno.ENOSPC, "No space left on device", "models/minilm-l6/2/model.onnx"), 1),
+    (OSError(errno.EMFILE, "Too many open files"), 1),
+    (OSError(errno.EIO, "Input/output error"), None),
+])
+def test_a_spent_resource_is_one_line(raised: OSError, code: int | None,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk under `models export`, or no descriptors left for ingest's build child,
+    ended in a 30-line traceback: one line naming the cause now (exit 1, the machine's state,
+    not the user's mistake); another OSError is still a bug's traceback."""
+    import papersearch.cli as cli
+
+    def spent(settings: Settings, args: Any) -> int:
+        raise raised
+
+    monkeypatch.setattr(cli, "_search", spent)
+    if code is None:
+        with pytest.raises(OSError, match="Input/output"):
+            main(["search", "q"])
+        return
+    assert main(["search", "q"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("papersearch: error: [Errno") and err.count("\n") == 1, err
 
 
 def test_top_k_defaults_to_the_settings_default() -> None:

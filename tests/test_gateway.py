@@ -39,6 +39,7 @@ from papersearch.gateway.server import server_options
 from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
+    StorageExhausted,
     StoreUnavailable,
     WeightingMismatch,
 )
@@ -765,8 +766,11 @@ def test_index_refusals_tell_the_client_what_and_the_log_where(
          grpc.StatusCode.FAILED_PRECONDITION, "the index has not been created yet"),
         (EmbedderMismatch("index /srv/secret/papers was built by embedder 0123abcd"),
          grpc.StatusCode.FAILED_PRECONDITION, "the index was built by another embedder"),
-        (StoreUnavailable("qdrant-edge upsert: /srv/secret/papers: No space left on device"),
+        (StoreUnavailable("qdrant-edge upsert: /srv/secret/papers: connection reset"),
          grpc.StatusCode.UNAVAILABLE, "service unavailable: the index is unavailable"),
+        (StorageExhausted("index volume of /srv/secret/papers has 3.0 MiB free, less than"
+                          " index.min_free_mib (64)"),
+         grpc.StatusCode.UNAVAILABLE, "service unavailable: the index's storage is full"),
         # a migration's previous embedder, no longer exported: INTERNAL with a traceback
         (ModelNotFound("no exported version of minilm-l6 in /srv/secret/models"),
          grpc.StatusCode.FAILED_PRECONDITION, "a model the index was built with is missing"),

@@ -32,6 +32,7 @@ from papersearch.index import (
     PaperNotFound,
     SearchFilter,
     SearchRequest,
+    StorageExhausted,
     Store,
     StoreError,
     StoreUnavailable,
@@ -195,6 +196,15 @@ def test_a_large_index_is_built_in_a_child_process(
         with pytest.raises(StoreError, match=r"its build \(a child process\) failed: the "
                                              r"engine said no"):
             s.optimize()
+        assert s.count() == len(PAPERS)
+
+        def no_descriptors(command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(edge.subprocess, "Popen", no_descriptors)
+        with pytest.raises(StoreUnavailable, match="its build could not start a child "
+                                                   "process: .*Too many open files"):
+            s.optimize()  # was the bare OSError (a traceback at the end of an ingest)
         assert s.count() == len(PAPERS)
         running([sys.executable, "-c", "import time; time.sleep(300)"])
         write_again()
@@ -840,6 +850,79 @@ def test_an_embedded_manifest_that_cannot_be_written_is_store_unavailable(
         s.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
     assert (tmp_path / "papers" / MANIFEST).is_file()
 
+
+
+def test_embedded_writes_are_refused_below_the_free_space_margin(tmp_path: Path) -> None:
+    """On a full disk the engine's write into a memory-mapped file killed the process
+    (SIGBUS, exit 135: an ingest, the gateway mid-UpsertPapers). Below index.min_free_mib of
+    free space, a new index, a write and a delete are refused (StorageExhausted, UNAVAILABLE
+    at the gateway), nothing is written, and reads go on; 0 turns the check off."""
+    import os
+
+    stats = os.statvfs(tmp_path)
+    free_mib = stats.f_bavail * stats.f_frsize >> 20
+    if free_mib + 64 > 1 << 20:
+        pytest.skip("this volume has more free space than index.min_free_mib can ask for")
+    roomy = IndexSettings(data_dir=tmp_path)
+    with EdgeStore(roomy) as s:
+        s.ensure_collection(DIM, SHA, create=True)
+        s.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
+    full = IndexSettings(data_dir=tmp_path, min_free_mib=free_mib + 64)
+    with EdgeStore(full) as s:
+        s.ensure_collection(DIM, SHA)
+        with pytest.raises(StorageExhausted, match=r"MiB free, less than index.min_free_mib"):
+            s.upsert(PAPERS[2:4], DENSE[2:4], SPARSE[2:4])
+        with pytest.raises(StorageExhausted):
+            s.delete([PAPERS[0].id])
+        assert s.count() == 2 and [p.id for p in s.get([PAPERS[0].id])] == [PAPERS[0].id]
+    with pytest.raises(StorageExhausted):
+        EdgeStore(IndexSettings(data_dir=tmp_path / "new", min_free_mib=free_mib + 64)
+                  ).ensure_collection(DIM, SHA, create=True)
+    assert not (tmp_path / "new").exists()
+    with EdgeStore(IndexSettings(data_dir=tmp_path, min_free_mib=0)) as s:
+        s.ensure_collection(DIM, SHA)
+        s.upsert(PAPERS[2:4], DENSE[2:4], SPARSE[2:4])
+        assert s.count() == 4
+
+
+@pytest.mark.parametrize(("said", "code"), [
+    ('Service internal error: Failed to save structure on disk: No space left on device (os '
+     'error 28) at path "/srv/secret/papers/.atomicwriteAbC123"', "No space left on device"),
+    ("Service internal error: TooManyOpenFiles", "Too many open files"),
+    ("Not enough space available for optimization, needed: 29.22 MiB, available: 498.00 KiB",
+     "No space left on device"),
+])
+def test_the_engines_spent_resources_are_storage_exhausted(said: str, code: str) -> None:
+    """A full disk or spent descriptors in the engine were a plain StoreError (the gateway's
+    INTERNAL, a traceback per call, its random temporary file name in each message, so no
+    two were one incident): StorageExhausted, in words without the engine's paths."""
+    from papersearch.index.edge import _engine
+
+    with pytest.raises(StorageExhausted) as raised, _engine("upsert"):
+        raise Exception(said)  # noqa: TRY002 (the engine raises bare Exceptions)
+    assert str(raised.value) == f"qdrant-edge upsert: {code} (index volume or file descriptors)"
+
+
+def test_a_create_cut_short_whose_close_fails_too_says_the_first_error_and_leaves_no_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new index whose making failed after the shard was made (a full disk) was closed,
+    and that close's flush failed too: its error replaced the first one and the empty index
+    stayed, read later as 0 papers instead of "no index"."""
+    import papersearch.index.edge as edge
+
+    def fails(self: EdgeStore) -> None:
+        raise StoreError("qdrant-edge payload index failed: No space left on device")
+
+    def close_fails(self: EdgeStore) -> None:
+        self._shard = None
+        raise StoreError("qdrant-edge close failed: No space left on device")
+
+    monkeypatch.setattr(edge.EdgeStore, "_ensure_payload_indexes", fails)
+    monkeypatch.setattr(edge.EdgeStore, "_close_shard", close_fails)
+    with pytest.raises(StoreError, match="payload index failed"):
+        EdgeStore(IndexSettings(data_dir=tmp_path / "data")).ensure_collection(DIM, SHA,
+                                                                              create=True)
+    assert not (tmp_path / "data").exists()
 
 
 def test_where_an_index_is_not_is_said_plainly(tmp_path: Path,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -61,6 +62,9 @@ EXTRA_MODULES = {  # what pyproject.toml's extras install, as imported
     "loadtest": ("prometheus_client", "matplotlib"),
 }
 GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+# Spent resources (space, quota, descriptors, memory): not a user's mistake, exit 1.
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE,
+                             errno.ENFILE, errno.ENOMEM})
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError,
                StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError)
 
@@ -1002,6 +1006,11 @@ def main(argv: Sequence[str] | None = None, own_process: bool = False) -> int:
     except BrokenPipeError:  # `... --json | head`: the reader has what it wanted
         _stdout_gone()
         return 0
+    except OSError as error:  # a full disk, no descriptors: the machine's state, one line
+        if error.errno not in RESOURCE_ERRNOS:
+            raise
+        print(f"papersearch: error: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # an import a command makes late, cut short by Ctrl-C
         if not interrupts.interrupted_by(error):
             raise

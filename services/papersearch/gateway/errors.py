@@ -19,6 +19,7 @@ from papersearch.index.errors import (
     EmbedderMismatch,
     InvalidExamples,
     PaperNotFound,
+    StorageExhausted,
     StoreUnavailable,
     WeightingMismatch,
 )
@@ -63,6 +64,10 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     # The index's own words name its addresses, paths and OS errors: they go to the log under
     # an incident id, the client gets what they mean.
+    if isinstance(error, StorageExhausted):
+        incident = _incident(error, "index storage exhausted", logging.ERROR)
+        return (grpc.StatusCode.UNAVAILABLE, "service unavailable: the index's storage is "
+                f"full, writes are refused until there is room (incident {incident})")
     if isinstance(error, StoreUnavailable):
         incident = _incident(error, "index unavailable", logging.WARNING)
         return (grpc.StatusCode.UNAVAILABLE,

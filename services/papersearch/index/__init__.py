@@ -4,6 +4,7 @@ from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
     PaperNotFound,
+    StorageExhausted,
     StoreError,
     StoreUnavailable,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "SparseVector",
     "Store",
     "StoreError",
+    "StorageExhausted",
     "StoreUnavailable",
     "open_store",
 ]

@@ -26,6 +26,7 @@ build the HNSW graph (until then search is exact brute force, correct but slower
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -48,6 +49,7 @@ from papersearch.durable import clear_removals, remove_tree, write_json
 from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
+    StorageExhausted,
     StoreError,
     StoreUnavailable,
 )
@@ -154,8 +156,13 @@ class EdgeStore(Store):
         command = [sys.executable, "-m", "papersearch.index.build", str(self.path), str(dim),
                    "disk" if self.settings.on_disk_vectors else "ram", str(os.getpid())]
         try:
-            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) as child:
+            try:
+                child = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+            except OSError as exc:  # no descriptors, no memory for the child
+                raise StoreUnavailable(f"index {self.path}: its build could not start a child "
+                                       f"process: {exc}") from exc
+            with child:
                 try:
                     out, err = child.communicate()
                 except BaseException:
@@ -206,6 +213,7 @@ class EdgeStore(Store):
                     f"{_SHARD_CONFIG}: its deletion was cut short (a process killed while it "
                     "removed the index). Delete the folder, then run papersearch ingest again")
             fresh = not self.path.exists() or not any(self.path.iterdir())
+            self._check_space()
             made = self._make_directory()
             # a failed create is left as it is: it may be another process's making at once
             # (the one the engine turns away, "File exists" or "open in another process"); a
@@ -233,7 +241,9 @@ class EdgeStore(Store):
                     raise EmbedderMismatch(f"index {self.path} has points but no {MANIFEST}")
                 write_manifest(manifest, identity)
         except BaseException:
-            self._close()
+            with suppress(Exception):  # its flush fails too on a full disk: the first error
+                # is the one to say, and the empty index must not stay behind
+                self._close()
             self._unmake(made, self.created)
             raise
         self._made_directory = made
@@ -303,6 +313,7 @@ class EdgeStore(Store):
 
     def _write(self, points: Sequence[PointData]) -> None:
         batch = [qe.Point(p.point_id, _vectors(p), p.payload) for p in points]
+        self._check_space()
         self._optimized = False
         with _engine("upsert"):
             self._live().update(qe.UpdateOperation.upsert_points(batch))
@@ -329,6 +340,7 @@ class EdgeStore(Store):
                         None if next_offset is None else str(next_offset))
 
     def _delete(self, point_ids: Sequence[str]) -> None:
+        self._check_space()
         self._optimized = False
         with _engine("delete"):
             self._live().update(qe.UpdateOperation.delete_points(list(point_ids)))
@@ -432,6 +444,25 @@ class EdgeStore(Store):
             raise self._gone()
         self._access_checked = now
 
+    def _check_space(self) -> None:
+        """StorageExhausted while the index's volume has less free space than
+        index.min_free_mib: the engine writes points through memory-mapped files, and a write
+        that finds no free block kills the process (SIGBUS) rather than failing. One statvfs
+        call, before each write, delete and create."""
+        margin = self.settings.min_free_mib
+        if not margin:
+            return
+        folder = next((f for f in (self.path, *self.path.parents) if f.is_dir()), Path("."))
+        try:
+            stats = os.statvfs(folder)
+        except OSError as exc:
+            raise StoreUnavailable(f"index directory {folder} is not reachable: {exc}") from exc
+        free = stats.f_bavail * stats.f_frsize
+        if free < margin << 20:
+            raise StorageExhausted(
+                f"index volume of {folder} has {free / (1 << 20):.1f} MiB free, less than "
+                f"index.min_free_mib ({margin}): writes are refused until space is freed")
+
     def _gone(self) -> CollectionMissing:
         return CollectionMissing(f"index {self.path} is gone (deleted since it was opened)")
 
@@ -480,6 +511,13 @@ def write_manifest(path: Path, identity: EmbedderIdentity) -> None:
         raise StoreUnavailable(f"cannot write index manifest {path}: {exc}") from exc
 
 
+# How the engine's errors say that a resource is spent (no space, no quota, a file too large,
+# no descriptors), and the OS error each means.
+_EXHAUSTED = {**{f"(os error {code})": code for code in (
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE, errno.ENFILE)},
+    "TooManyOpenFiles": errno.EMFILE, "Not enough space available": errno.ENOSPC}
+
+
 @contextmanager
 def _engine(operation: str) -> Iterator[None]:
     """qdrant-edge raises bare Exceptions: name them StoreError / StoreUnavailable."""
@@ -490,6 +528,10 @@ def _engine(operation: str) -> Iterator[None]:
     except PermissionError as exc:
         raise StoreUnavailable(f"qdrant-edge {operation}: {exc}") from exc
     except Exception as exc:
+        exhausted = next((code for said, code in _EXHAUSTED.items() if said in str(exc)), None)
+        if exhausted is not None:  # the engine's words name a temporary file: left out
+            raise StorageExhausted(f"qdrant-edge {operation}: {os.strerror(exhausted)} (index "
+                                   "volume or file descriptors)") from exc
         if "WouldBlock" in str(exc) or (operation == "create" and "File exists" in str(exc)):
             raise StoreUnavailable(f"qdrant-edge {operation}: {_ELSEWHERE}") from exc
         raise StoreError(f"qdrant-edge {operation} failed: {exc}") from exc

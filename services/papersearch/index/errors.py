@@ -11,6 +11,11 @@ class StoreUnavailable(StoreError):
     """The engine cannot be reached (server down, shard locked by another process)."""
 
 
+class StorageExhausted(StoreUnavailable):
+    """The index's volume is full (or its quota, or the process's file descriptors, spent):
+    writes are refused until there is room again."""
+
+
 class CollectionMissing(StoreError):
     """The collection does not exist and was not to be created."""
 
