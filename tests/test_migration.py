@@ -1062,6 +1062,53 @@ def test_a_pending_paper_whose_write_is_in_progress_at_the_prematch_is_re_synced
     assert asyncio.run(migrate()) == ([w0.title], [w0.title])
 
 
+def test_overlapping_writes_of_a_paper_answered_out_of_order_are_re_synced(
+        sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two overlapping gateway writes of one paper (a Qdrant server may answer them out of
+    order): W lands in the source first and answers late, W0 lands after it and is mirrored
+    at once; W's mirror then landed W's older version in the new collection, both mirror
+    writes succeeded, nothing was pending, and the swap served the older version. An id two
+    writes of which overlap is pending for the other collection now, re-synced before the
+    swap."""
+    from papersearch.pipeline import migration
+
+    monkeypatch.setattr(migration, "WRITER_SKEW_MS", 0)  # no late-write catch-up to hide it
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    w, w0 = _edition(papers[5], "W, answered late"), _edition(papers[5], "W0")
+    upsert, prematch = IndexAccess.upsert, migration.Migrator._prematch
+    landed, answer = asyncio.Event(), asyncio.Event()
+
+    async def answered_late(self: IndexAccess, batch: list[Paper], dense: np.ndarray) -> int:
+        written = await upsert(self, batch, dense)
+        if any(p.title == w.title for p in batch) and not landed.is_set():
+            landed.set()
+            await answer.wait()
+        return written
+
+    async def after_two_writes(self: Any, *args: Any) -> int:
+        late = asyncio.ensure_future(_write(handles, w))
+        await landed.wait()
+        await _write(handles, w0)  # lands after W in the source, mirrored at once
+        answer.set()
+        await late  # W's mirror write lands after W0's
+        return await prematch(self, *args)
+
+    monkeypatch.setattr(IndexAccess, "upsert", answered_late)
+    monkeypatch.setattr(migration.Migrator, "_prematch", after_two_writes)
+
+    async def migrate() -> tuple[list[str], list[str]]:
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        live, other = await collections.live(), collections.other
+        assert other is not None
+        titles = ([p.title for p in await live.index.papers([papers[5].point_id])],
+                  [p.title for p in await other.index.papers([papers[5].point_id])])
+        await collections.close()
+        return titles
+
+    assert asyncio.run(migrate()) == ([w0.title], [w0.title])
+
+
 @pytest.mark.parametrize("first_poll", ["answers", "overloaded"])
 def test_the_watch_feed_after_a_swap_publishes_new_papers_and_not_the_copy(
         first_poll: str, sample_settings: Settings, embedder_dir: Path, cls_embedder: Path,

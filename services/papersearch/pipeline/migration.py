@@ -92,6 +92,9 @@ class Mirror:
         self.deferred: str | None = None
         self._writes = 0  # writes in progress (primary and mirror)
         self._in_flight: Counter[str] = Counter()  # their point ids
+        # ids two writes of which overlapped: their mirror writes may land in another order
+        # than their primary writes did (answers returned out of order)
+        self._contended: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._open = asyncio.Event()  # cleared while a swap holds writes back
@@ -113,7 +116,7 @@ class Mirror:
             self._landed(ids)
             if other is not None and await self._mirrored(
                     ids, other, lambda: self._upsert(other, papers)):
-                self._caught_up(ids, began)
+                self._settled(ids, began, other)
             return written
 
     async def delete(self, bound: Bound, paper_ids: Sequence[str]) -> int:
@@ -126,7 +129,7 @@ class Mirror:
             self._landed(ids)
             if other is not None and await self._mirrored(
                     ids, other, lambda: other.index.delete(paper_ids)):
-                self._caught_up(ids, began)
+                self._settled(ids, began, other)
             return deleted
 
     @contextlib.asynccontextmanager
@@ -154,6 +157,7 @@ class Mirror:
         while not self._open.is_set():  # another pause may begin before this writer runs
             await self._open.wait()
         self._writes += 1
+        self._contended.update(pid for pid in ids if self._in_flight[pid])
         self._in_flight.update(ids)
         self._idle.clear()
         try:
@@ -161,6 +165,7 @@ class Mirror:
         finally:
             self._writes -= 1
             self._in_flight -= Counter(ids)
+            self._contended.difference_update(pid for pid in ids if not self._in_flight[pid])
             if not self._writes:
                 self._idle.set()
 
@@ -176,6 +181,18 @@ class Mirror:
         """``collection`` lacks the last write of these ids: re-synced before the next swap."""
         failed = next(self._ticks)
         self.pending.update(dict.fromkeys(ids, (collection, failed)))
+
+    def _settled(self, ids: list[str], began: int, other: Bound) -> None:
+        """A write of ``ids`` that began at tick ``began`` reached both collections: their
+        pending entries made before it are settled (``_caught_up``), except for the ids
+        another write of which overlapped it. Two such writes' mirror writes follow their
+        answers, which may come back in another order than the writes landed (a Qdrant
+        server): ``other`` may then hold the older one, so those ids become pending for it,
+        made what the first collection holds before the next swap."""
+        contended = [pid for pid in ids if pid in self._contended]
+        if contended:
+            self.pend(contended, other.view.collection)
+        self._caught_up([pid for pid in ids if pid not in self._contended], began)
 
     def _caught_up(self, ids: Sequence[str], began: int) -> None:
         """A write of ``ids`` that began at tick ``began`` reached both collections: the
