@@ -21,6 +21,7 @@ from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.cli import _filter, _not_utf8, build_parser, main, parse_args
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
+from papersearch.index.errors import StorageExhausted
 from papersearch.settings import SearchSettings, Settings
 from tests.ports import free_port
 
@@ -47,14 +48,17 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
 @pytest.mark.parametrize(("raised", "code"), [
     (OSError(errno.ENOSPC, "No space left on device", "models/minilm-l6/2/model.onnx"), 1),
     (OSError(errno.EMFILE, "Too many open files"), 1),
+    (StorageExhausted("index volume of data/index/papers has 3.0 MiB free, less than "
+                      "index.min_free_mib (64): writes are refused until space is freed"), 1),
     (OSError(errno.EIO, "Input/output error"), None),
 ])
-def test_a_spent_resource_is_one_line(raised: OSError, code: int | None,
+def test_a_spent_resource_is_one_line(raised: Exception, code: int | None,
                                       monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A full disk under `models export`, or no descriptors left for ingest's build child,
     ended in a 30-line traceback: one line naming the cause now (exit 1, the machine's state,
-    not the user's mistake); another OSError is still a bug's traceback."""
+    not the user's mistake, as the index's own refusal to write on a full disk); another
+    OSError is still a bug's traceback."""
     import papersearch.cli as cli
 
     def spent(settings: Settings, args: Any) -> int:
@@ -67,7 +71,7 @@ def test_a_spent_resource_is_one_line(raised: OSError, code: int | None,
         return
     assert main(["search", "q"]) == code
     err = capsys.readouterr().err
-    assert err.startswith("papersearch: error: [Errno") and err.count("\n") == 1, err
+    assert err.startswith(f"papersearch: error: {raised}") and err.count("\n") == 1, err
 
 
 def test_top_k_defaults_to_the_settings_default() -> None:

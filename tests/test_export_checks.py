@@ -95,3 +95,21 @@ def test_a_max_length_past_the_models_max_seq_length_is_logged(
     (record,) = caplog.records
     assert "max_seq_length" in record.getMessage()
     assert (record.__dict__["max_length"], record.__dict__["max_seq_length"]) == (256, 128)
+
+
+def test_quantizing_without_room_is_a_full_disk_not_a_corrupt_graph(tmp_path: Path) -> None:
+    """onnxruntime's quantizer writes a copy of the graph through onnx's C++ shape inference,
+    which truncated it silently on a full disk: the export then failed with "Wire format was
+    corrupt" in a 30-line traceback. Too little room is said before it starts (ENOSPC: one
+    line from the command)."""
+    import errno
+    import os
+
+    from papersearch.modelbuild.export import _need_room
+
+    stats = os.statvfs(tmp_path)
+    free = stats.f_bavail * stats.f_frsize
+    with pytest.raises(OSError, match=r"MiB needed to quantize, \d+ MiB free") as raised:
+        _need_room(tmp_path, free + (1 << 40), "to quantize")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path)
+    _need_room(tmp_path, 1, "to quantize")

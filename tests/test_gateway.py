@@ -770,7 +770,8 @@ def test_index_refusals_tell_the_client_what_and_the_log_where(
          grpc.StatusCode.UNAVAILABLE, "service unavailable: the index is unavailable"),
         (StorageExhausted("index volume of /srv/secret/papers has 3.0 MiB free, less than"
                           " index.min_free_mib (64)"),
-         grpc.StatusCode.UNAVAILABLE, "service unavailable: the index's storage is full"),
+         grpc.StatusCode.UNAVAILABLE,
+         "service unavailable: the index has run out of disk space or file descriptors"),
         # a migration's previous embedder, no longer exported: INTERNAL with a traceback
         (ModelNotFound("no exported version of minilm-l6 in /srv/secret/models"),
          grpc.StatusCode.FAILED_PRECONDITION, "a model the index was built with is missing"),

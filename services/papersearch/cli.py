@@ -22,7 +22,7 @@ from papersearch import interrupts
 from papersearch.client_retry import add_retry_argument
 from papersearch.client_tls import add_tls_arguments, tls_asked
 from papersearch.evaluation.modes import EVAL_MODES
-from papersearch.index.errors import StoreError
+from papersearch.index.errors import StorageExhausted, StoreError
 from papersearch.index.query import MODES, RECOMMEND_STRATEGIES
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.loadtest.command import split_target
@@ -997,6 +997,9 @@ def main(argv: Sequence[str] | None = None, own_process: bool = False) -> int:
         finally:
             if own_process:
                 interrupts.ignore()
+    except StorageExhausted as error:  # the machine's state, as a spent OSError below
+        print(f"papersearch: error: {error}", file=sys.stderr)
+        return 1
     except USER_ERRORS as error:
         print(f"papersearch: error: {error}", file=sys.stderr)
         return 2

@@ -66,8 +66,8 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
     # an incident id, the client gets what they mean.
     if isinstance(error, StorageExhausted):
         incident = _incident(error, "index storage exhausted", logging.ERROR)
-        return (grpc.StatusCode.UNAVAILABLE, "service unavailable: the index's storage is "
-                f"full, writes are refused until there is room (incident {incident})")
+        return (grpc.StatusCode.UNAVAILABLE, "service unavailable: the index has run out of "
+                f"disk space or file descriptors (incident {incident})")
     if isinstance(error, StoreUnavailable):
         incident = _incident(error, "index unavailable", logging.WARNING)
         return (grpc.StatusCode.UNAVAILABLE,

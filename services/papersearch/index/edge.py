@@ -174,8 +174,9 @@ class EdgeStore(Store):
                 self._shard = self._load(dim)
         if child.returncode != 0:
             said = err.strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
-            raise StoreError(f"index {self.path}: its build (a child process) failed: "
-                             f"{said[0]}")
+            failed = (StorageExhausted if said[0].startswith(f"{StorageExhausted.__name__}:")
+                      else StoreError)
+            raise failed(f"index {self.path}: its build (a child process) failed: {said[0]}")
         return out.strip() == "changed"
 
     def flush(self) -> None:
@@ -515,7 +516,9 @@ def write_manifest(path: Path, identity: EmbedderIdentity) -> None:
 # no descriptors), and the OS error each means.
 _EXHAUSTED = {**{f"(os error {code})": code for code in (
     errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE, errno.ENFILE)},
-    "TooManyOpenFiles": errno.EMFILE, "Not enough space available": errno.ENOSPC}
+    "TooManyOpenFiles": errno.EMFILE}
+# The engine's refusal to build without room: its words (how much it needs) are kept.
+_NO_ROOM_TO_BUILD = "Not enough space available"
 
 
 @contextmanager
@@ -528,6 +531,9 @@ def _engine(operation: str) -> Iterator[None]:
     except PermissionError as exc:
         raise StoreUnavailable(f"qdrant-edge {operation}: {exc}") from exc
     except Exception as exc:
+        if _NO_ROOM_TO_BUILD in str(exc):
+            said = str(exc)[str(exc).index(_NO_ROOM_TO_BUILD):].splitlines()[0]
+            raise StorageExhausted(f"qdrant-edge {operation}: {said}") from exc
         exhausted = next((code for said, code in _EXHAUSTED.items() if said in str(exc)), None)
         if exhausted is not None:  # the engine's words name a temporary file: left out
             raise StorageExhausted(f"qdrant-edge {operation}: {os.strerror(exhausted)} (index "

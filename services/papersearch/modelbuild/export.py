@@ -12,9 +12,11 @@ Only the ``models`` CLI commands import this module: serving never imports torch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -424,6 +426,7 @@ def quantize(fp32: Path, int8: Path, scheme: Int8Scheme = DEFAULT_INT8_SCHEME) -
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     options = INT8_SCHEMES[scheme]
+    _need_room(int8.parent, 2 * fp32.stat().st_size, "to quantize")
     kept = _matmuls_after(fp32, options["fp32_after"]) if "fp32_after" in options else []
     root = logging.getLogger()
     level = root.level
@@ -438,6 +441,17 @@ def quantize(fp32: Path, int8: Path, scheme: Int8Scheme = DEFAULT_INT8_SCHEME) -
         )
     finally:
         root.setLevel(level)
+
+
+def _need_room(folder: Path, needed: int, purpose: str) -> None:
+    """OSError ENOSPC unless ``folder``'s volume has ``needed`` bytes free: onnxruntime's
+    quantizer writes a copy of the graph beside it through onnx's C++ shape inference, which
+    truncates it silently on a full disk (the failure then reads "Wire format was corrupt")."""
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device: {needed / (1 << 20):.0f} MiB "
+                      f"needed {purpose}, {free / (1 << 20):.0f} MiB free", str(folder))
 
 
 def _matmuls_after(graph_file: Path, op_types: Sequence[str]) -> list[str]:
