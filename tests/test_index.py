@@ -207,7 +207,7 @@ def test_a_large_index_is_built_in_a_child_process(
             raise OSError(24, "Too many open files")
 
         monkeypatch.setattr(edge.subprocess, "Popen", no_descriptors)
-        with pytest.raises(StoreUnavailable, match="its build could not start a child "
+        with pytest.raises(StorageExhausted, match="its build could not start a child "
                                                    "process: .*Too many open files"):
             s.optimize()  # was the bare OSError (a traceback at the end of an ingest)
         assert s.count() == len(PAPERS)

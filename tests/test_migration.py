@@ -1109,6 +1109,47 @@ def test_overlapping_writes_of_a_paper_answered_out_of_order_are_re_synced(
     assert asyncio.run(migrate()) == ([w0.title], [w0.title])
 
 
+@pytest.mark.parametrize("step", ["finish", "rollback"])
+def test_overlapping_writes_pinned_to_the_old_view_leave_the_live_collection_as_served(
+        step: str, sample_settings: Settings, embedder_dir: Path, cls_embedder: Path,
+        papers: list[Paper], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the swap, a delete and an upsert of one paper, both pinned to the old view,
+    whose answers come back out of order: the old collection holds the paper, the live one
+    (what searches served after both acknowledgements) does not. The overlap is re-synced
+    from the live collection, so neither --finish nor --rollback brings the paper back."""
+    settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
+    paper, upserted = papers[5], _edition(papers[5], "upserted")
+    delete = IndexAccess.delete
+    landed, answer = asyncio.Event(), asyncio.Event()
+
+    async def answered_late(self: IndexAccess, paper_ids: Sequence[str]) -> int:
+        deleted = await delete(self, paper_ids)
+        if not landed.is_set():  # the delete's write to the old collection
+            landed.set()
+            await answer.wait()
+        return deleted
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        removing, writing = handles.pinned(), handles.pinned()
+        await removing.bound()
+        await writing.bound()  # both took the old view before the swap
+        vectors = await writing.encode_documents([upserted.text])
+        await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
+        monkeypatch.setattr(IndexAccess, "delete", answered_late)
+        late = asyncio.ensure_future(removing.delete([paper.id]))
+        await landed.wait()
+        await writing.upsert([upserted], vectors)  # mirrored into the live one at once
+        answer.set()
+        await late  # the delete's mirror write lands last: the live collection lacks it
+        served = await (await collections.live()).index.papers([paper.point_id])
+        await getattr(handles.migrator, step)()
+        after = await (await collections.live()).index.papers([paper.point_id])
+        await collections.close()
+        return [p.title for p in served], [p.title for p in after]
+
+    assert asyncio.run(scenario()) == ([], [])
+
+
 @pytest.mark.parametrize("first_poll", ["answers", "overloaded"])
 def test_the_watch_feed_after_a_swap_publishes_new_papers_and_not_the_copy(
         first_poll: str, sample_settings: Settings, embedder_dir: Path, cls_embedder: Path,

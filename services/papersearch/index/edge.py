@@ -160,8 +160,11 @@ class EdgeStore(Store):
                 child = subprocess.Popen(command, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True)
             except OSError as exc:  # no descriptors, no memory for the child
-                raise StoreUnavailable(f"index {self.path}: its build could not start a child "
-                                       f"process: {exc}") from exc
+                failed: type[StoreError] = (
+                    StorageExhausted if exc.errno in (errno.EMFILE, errno.ENFILE)
+                    else StoreUnavailable)
+                raise failed(f"index {self.path}: its build could not start a child "
+                             f"process: {exc}") from exc
             with child:
                 try:
                     out, err = child.communicate()

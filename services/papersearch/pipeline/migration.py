@@ -116,7 +116,7 @@ class Mirror:
             self._landed(ids)
             if other is not None and await self._mirrored(
                     ids, other, lambda: self._upsert(other, papers)):
-                self._settled(ids, began, other)
+                self._settled(ids, began, bound, other)
             return written
 
     async def delete(self, bound: Bound, paper_ids: Sequence[str]) -> int:
@@ -129,7 +129,7 @@ class Mirror:
             self._landed(ids)
             if other is not None and await self._mirrored(
                     ids, other, lambda: other.index.delete(paper_ids)):
-                self._settled(ids, began, other)
+                self._settled(ids, began, bound, other)
             return deleted
 
     @contextlib.asynccontextmanager
@@ -182,16 +182,17 @@ class Mirror:
         failed = next(self._ticks)
         self.pending.update(dict.fromkeys(ids, (collection, failed)))
 
-    def _settled(self, ids: list[str], began: int, other: Bound) -> None:
+    def _settled(self, ids: list[str], began: int, bound: Bound, other: Bound) -> None:
         """A write of ``ids`` that began at tick ``began`` reached both collections: their
         pending entries made before it are settled (``_caught_up``), except for the ids
         another write of which overlapped it. Two such writes' mirror writes follow their
         answers, which may come back in another order than the writes landed (a Qdrant
-        server): ``other`` may then hold the older one, so those ids become pending for it,
-        made what the first collection holds before the next swap."""
+        server): the two collections may then hold different versions, so those ids become
+        pending for the one that is not live (``_follower``), made what the live one holds
+        (what searches served) at the next reconcile, rollback or finish."""
         contended = [pid for pid in ids if pid in self._contended]
         if contended:
-            self.pend(contended, other.view.collection)
+            self.pend(contended, self._follower(bound, other).view.collection)
         self._caught_up([pid for pid in ids if pid not in self._contended], began)
 
     def _caught_up(self, ids: Sequence[str], began: int) -> None:
@@ -222,10 +223,15 @@ class Mirror:
             return await write
         except BaseException:
             if other is not None:
-                live = self.collections.current
-                behind = bound if live is not None and live.view == other.view else other
-                self.pend(ids, behind.view.collection)
+                self.pend(ids, self._follower(bound, other).view.collection)
             raise
+
+    def _follower(self, bound: Bound, other: Bound) -> Bound:
+        """Of a write's two collections, the one made what the other holds when they may
+        differ: ``other``, unless it is the live collection (a write pinned to the old view
+        through the swap), which holds the acknowledged writes searches served."""
+        live = self.collections.current
+        return bound if live is not None and live.view == other.view else other
 
     async def _mirrored(self, ids: list[str], other: Bound,
                         write: Callable[[], Awaitable[int]]) -> bool:
