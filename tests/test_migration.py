@@ -1007,6 +1007,33 @@ def test_a_delete_and_an_add_by_another_writer_that_keep_the_counts_equal_are_ma
     assert live != "papers" and held == [added.id] and count == 20
 
 
+def _answered_late(title: str, landed: asyncio.Event, answer: asyncio.Event
+                   ) -> Callable[[IndexAccess, list[Paper], np.ndarray], Awaitable[int]]:
+    """An IndexAccess.upsert whose first write of a paper titled ``title`` lands, sets
+    ``landed`` and answers only once ``answer`` is set (a Qdrant server's late answer)."""
+    upsert = IndexAccess.upsert
+
+    async def answered_late(self: IndexAccess, batch: list[Paper], dense: np.ndarray) -> int:
+        written = await upsert(self, batch, dense)
+        if any(p.title == title for p in batch) and not landed.is_set():
+            landed.set()
+            await answer.wait()
+        return written
+
+    return answered_late
+
+
+async def _titles_on_both_sides(collections: Collections, paper: Paper
+                                ) -> tuple[list[str], list[str]]:
+    """The titles the live collection and the other one hold ``paper`` under; closed after."""
+    live, other = await collections.live(), collections.other
+    assert other is not None
+    titles = ([p.title for p in await live.index.papers([paper.point_id])],
+              [p.title for p in await other.index.papers([paper.point_id])])
+    await collections.close()
+    return titles
+
+
 def test_a_pending_paper_whose_write_is_in_progress_at_the_prematch_is_re_synced_under_the_pause(
         sample_settings: Settings, embedder_dir: Path, cls_embedder: Path, papers: list[Paper],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1021,18 +1048,9 @@ def test_a_pending_paper_whose_write_is_in_progress_at_the_prematch_is_re_synced
     monkeypatch.setattr(migration, "WRITER_SKEW_MS", 0)  # no late-write catch-up to hide it
     settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
     w, w0 = _edition(papers[5], "W, answered late"), _edition(papers[5], "W0")
-    upsert, optimize = IndexAccess.upsert, IndexAccess.optimize
-    resync = migration.Migrator._resync
+    optimize, resync = IndexAccess.optimize, migration.Migrator._resync
     landed, answer = asyncio.Event(), asyncio.Event()
     late: list[asyncio.Task[None]] = []
-
-    async def answered_late(self: IndexAccess, batch: list[Paper], dense: np.ndarray) -> int:
-        written = await upsert(self, batch, dense)
-        if any(p.title == w.title for p in batch) and not landed.is_set():
-            landed.set()
-            await answer.wait()
-        return written
-
     async def built_with_writes(self: IndexAccess) -> None:
         await optimize(self)
         if not late:  # the new collection's build: W, then W0, whose mirror is deferred
@@ -1045,19 +1063,14 @@ def test_a_pending_paper_whose_write_is_in_progress_at_the_prematch_is_re_synced
         if papers[5].point_id in ids:
             answer.set()  # W's mirror write lands after the prematch's re-sync
 
-    monkeypatch.setattr(IndexAccess, "upsert", answered_late)
+    monkeypatch.setattr(IndexAccess, "upsert", _answered_late(w.title, landed, answer))
     monkeypatch.setattr(IndexAccess, "optimize", built_with_writes)
     monkeypatch.setattr(migration.Migrator, "_resync", resynced)
 
     async def migrate() -> tuple[list[str], list[str]]:
         await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
         await late[0]
-        live, other = await collections.live(), collections.other
-        assert other is not None
-        titles = ([p.title for p in await live.index.papers([papers[5].point_id])],
-                  [p.title for p in await other.index.papers([papers[5].point_id])])
-        await collections.close()
-        return titles
+        return await _titles_on_both_sides(collections, papers[5])
 
     assert asyncio.run(migrate()) == ([w0.title], [w0.title])
 
@@ -1076,16 +1089,8 @@ def test_overlapping_writes_of_a_paper_answered_out_of_order_are_re_synced(
     monkeypatch.setattr(migration, "WRITER_SKEW_MS", 0)  # no late-write catch-up to hide it
     settings, collections, handles = _in_place(sample_settings, embedder_dir, papers, tmp_path)
     w, w0 = _edition(papers[5], "W, answered late"), _edition(papers[5], "W0")
-    upsert, prematch = IndexAccess.upsert, migration.Migrator._prematch
+    prematch = migration.Migrator._prematch
     landed, answer = asyncio.Event(), asyncio.Event()
-
-    async def answered_late(self: IndexAccess, batch: list[Paper], dense: np.ndarray) -> int:
-        written = await upsert(self, batch, dense)
-        if any(p.title == w.title for p in batch) and not landed.is_set():
-            landed.set()
-            await answer.wait()
-        return written
-
     async def after_two_writes(self: Any, *args: Any) -> int:
         late = asyncio.ensure_future(_write(handles, w))
         await landed.wait()
@@ -1094,17 +1099,12 @@ def test_overlapping_writes_of_a_paper_answered_out_of_order_are_re_synced(
         await late  # W's mirror write lands after W0's
         return await prematch(self, *args)
 
-    monkeypatch.setattr(IndexAccess, "upsert", answered_late)
+    monkeypatch.setattr(IndexAccess, "upsert", _answered_late(w.title, landed, answer))
     monkeypatch.setattr(migration.Migrator, "_prematch", after_two_writes)
 
     async def migrate() -> tuple[list[str], list[str]]:
         await handles.migrator.start(ModelRef.parse(NEW, settings.models.repository))
-        live, other = await collections.live(), collections.other
-        assert other is not None
-        titles = ([p.title for p in await live.index.papers([papers[5].point_id])],
-                  [p.title for p in await other.index.papers([papers[5].point_id])])
-        await collections.close()
-        return titles
+        return await _titles_on_both_sides(collections, papers[5])
 
     assert asyncio.run(migrate()) == ([w0.title], [w0.title])
 
