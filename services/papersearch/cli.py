@@ -22,7 +22,7 @@ from papersearch import interrupts
 from papersearch.client_retry import add_retry_argument
 from papersearch.client_tls import add_tls_arguments, tls_asked
 from papersearch.evaluation.modes import EVAL_MODES
-from papersearch.index.errors import StorageExhausted, StoreError
+from papersearch.index.errors import SPENT_ERRNOS, StorageExhausted, StoreError
 from papersearch.index.query import MODES, RECOMMEND_STRATEGIES
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.loadtest.command import split_target
@@ -63,8 +63,7 @@ EXTRA_MODULES = {  # what pyproject.toml's extras install, as imported
 }
 GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 # Spent resources (space, quota, descriptors, memory): not a user's mistake, exit 1.
-RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE,
-                             errno.ENFILE, errno.ENOMEM})
+RESOURCE_ERRNOS = SPENT_ERRNOS | {errno.ENOMEM}
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError,
                StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError)
 

@@ -1,8 +1,9 @@
-"""Paths the user gave: how one is named in a message, the files of a folder, and the folders
-a setting names, made."""
+"""Paths the user gave: how one is named in a message, the files of a folder, the folders a
+setting names, made, and the room left where they are."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -10,6 +11,13 @@ def shown(path: Path, note: str = "") -> str:
     """``path``, and where it is when relative (to the current directory: a command run from
     elsewhere looked in the wrong place), followed there by ``note``."""
     return str(path) if path.is_absolute() else f"{path} ({path.resolve()}{note})"
+
+
+def free_bytes(folder: Path) -> int:
+    """The bytes a process without privileges may still write on ``folder``'s volume (OSError
+    where it cannot be asked)."""
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
 
 
 def files_ending(folder: Path, suffix: str) -> list[Path]:

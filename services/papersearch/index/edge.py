@@ -47,6 +47,7 @@ import qdrant_edge as qe
 from papersearch import interrupts
 from papersearch.durable import clear_removals, remove_tree, write_json
 from papersearch.index.errors import (
+    SPENT_ERRNOS,
     CollectionMissing,
     EmbedderMismatch,
     StorageExhausted,
@@ -80,7 +81,7 @@ from papersearch.index.schema import (
 )
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
-from papersearch.paths import FolderRefused, denied, make_folders, shown
+from papersearch.paths import FolderRefused, denied, free_bytes, make_folders, shown
 from papersearch.settings import IndexSettings
 
 logger = logging.getLogger(__name__)
@@ -458,10 +459,9 @@ class EdgeStore(Store):
             return
         folder = next((f for f in (self.path, *self.path.parents) if f.is_dir()), Path("."))
         try:
-            stats = os.statvfs(folder)
+            free = free_bytes(folder)
         except OSError as exc:
             raise StoreUnavailable(f"index directory {folder} is not reachable: {exc}") from exc
-        free = stats.f_bavail * stats.f_frsize
         if free < margin << 20:
             raise StorageExhausted(
                 f"index volume of {folder} has {free / (1 << 20):.1f} MiB free, less than "
@@ -517,9 +517,8 @@ def write_manifest(path: Path, identity: EmbedderIdentity) -> None:
 
 # How the engine's errors say that a resource is spent (no space, no quota, a file too large,
 # no descriptors), and the OS error each means.
-_EXHAUSTED = {**{f"(os error {code})": code for code in (
-    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE, errno.ENFILE)},
-    "TooManyOpenFiles": errno.EMFILE}
+_EXHAUSTED = {**{f"(os error {code})": code for code in SPENT_ERRNOS},
+              "TooManyOpenFiles": errno.EMFILE}
 # The engine's refusal to build without room: its words (how much it needs) are kept.
 _NO_ROOM_TO_BUILD = "Not enough space available"
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
+# The OS errors that say a resource is spent (no space, no quota, a file too large, no
+# descriptors): StorageExhausted where the index meets them.
+SPENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE, errno.ENFILE})
+
 
 class StoreError(RuntimeError):
     """The index could not do what was asked."""

@@ -16,7 +16,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -50,6 +49,7 @@ from papersearch.models.manifest import (
 )
 from papersearch.models.parity import SelfCheck, agreement, self_check_inputs
 from papersearch.models.runtime import OnnxModel, Precision, RuntimeOptions
+from papersearch.paths import free_bytes
 from papersearch.settings import DEFAULT_INT8_SCHEME, Int8Scheme
 
 log = logging.getLogger(__name__)
@@ -447,8 +447,7 @@ def _need_room(folder: Path, needed: int, purpose: str) -> None:
     """OSError ENOSPC unless ``folder``'s volume has ``needed`` bytes free: onnxruntime's
     quantizer writes a copy of the graph beside it through onnx's C++ shape inference, which
     truncates it silently on a full disk (the failure then reads "Wire format was corrupt")."""
-    stats = os.statvfs(folder)
-    free = stats.f_bavail * stats.f_frsize
+    free = free_bytes(folder)
     if free < needed:
         raise OSError(errno.ENOSPC, f"No space left on device: {needed / (1 << 20):.0f} MiB "
                       f"needed {purpose}, {free / (1 << 20):.0f} MiB free", str(folder))
