@@ -250,8 +250,9 @@ def test_a_large_index_is_built_in_a_child_process(
     assert other._lock is None
     # the child ends with its parent: one whose parent is already gone does not start
     monkeypatch.setattr(subprocess, "Popen", real)
-    done = subprocess.run([sys.executable, "-m", "papersearch.index.build", str(s.path),
-                           str(DIM), "ram", "1"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "papersearch.index.build", "build",
+                           str(s.path), str(DIM), "ram", "1"],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "its parent process 1 is gone" in done.stderr
 
 
@@ -888,6 +889,99 @@ def test_embedded_writes_are_refused_below_the_free_space_margin(tmp_path: Path)
         s.ensure_collection(DIM, SHA)
         s.upsert(PAPERS[2:4], DENSE[2:4], SPARSE[2:4])
         assert s.count() == 4
+
+
+def test_a_memory_backed_volume_is_told_by_the_deepest_mount_above_the_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tmpfs is told by the mount table: the deepest mount point above the folder (a name's
+    space written as \\040), the later of two mounts at one point (the one in use)."""
+    from papersearch import paths
+
+    table = tmp_path / "mountinfo"
+    monkeypatch.setattr(paths, "MOUNT_TABLE", table)
+    table.write_text(
+        "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n"
+        "30 22 0:26 / /srv/ram\\040disk rw shared:5 - tmpfs tmpfs rw,size=102400k\n"
+        "31 22 0:27 / /srv/ramdisk rw - tmpfs tmpfs rw\n"
+        "32 31 8:2 / /srv/ramdisk rw - ext4 /dev/sdb1 rw\n")
+    assert paths.memory_backed(Path("/srv/ram disk/papers"))
+    assert paths.memory_backed(Path("/srv/ram disk"))
+    assert not paths.memory_backed(Path("/srv/ram diskette"))  # a prefix, not a parent
+    assert not paths.memory_backed(Path("/srv/ramdisk/papers"))  # ext4 mounted over it
+    assert not paths.memory_backed(Path("/var/lib"))
+    monkeypatch.setattr(paths, "MOUNT_TABLE", tmp_path / "none")
+    assert not paths.memory_backed(Path("/srv/ram disk"))
+
+
+def test_a_load_on_a_memory_backed_volume_meets_a_full_volume_in_a_child_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On tmpfs a load fills the holes of the shard's mapped files, and a page the volume has
+    no room for killed the process that touched it (SIGBUS, a serving gateway included). The
+    shard is loaded in a child first: killed by SIGBUS there, the open is StorageExhausted;
+    any other failure there is left to the load here; on disk, or with index.min_free_mib 0,
+    no child."""
+    from papersearch.index import edge
+
+    with EdgeStore(IndexSettings(data_dir=tmp_path)) as s:
+        s.ensure_collection(DIM, SHA, create=True)
+        s.upsert(PAPERS[:2], DENSE[:2], SPARSE[:2])
+    real = subprocess.Popen
+    children: list[list[str]] = []
+
+    def running(instead: str | None) -> None:
+        def spawn(command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+            children.append(command)
+            return real([sys.executable, "-c", instead] if instead else command, **kwargs)
+
+        monkeypatch.setattr(edge.subprocess, "Popen", spawn)
+
+    def reopened(**settings: Any) -> int:
+        with EdgeStore(IndexSettings(data_dir=tmp_path, **settings)) as again:
+            again.ensure_collection(DIM, SHA)
+            return again.count()
+
+    running(None)
+    assert reopened() == 2 and children == []  # tmp_path is on disk
+    monkeypatch.setattr(edge, "memory_backed", lambda folder: True)
+    assert reopened() == 2
+    assert children[-1][1:4] == ["-m", "papersearch.index.build", "load"]
+    running("import os, signal; os.kill(os.getpid(), signal.SIGBUS)")
+    with pytest.raises(StorageExhausted, match=r"memory-backed \(tmpfs\) and ran out of room"):
+        reopened()
+    assert reopened(min_free_mib=0) == 2 and len(children) == 2
+    running("import sys; sys.exit('the engine said no')")
+    assert reopened() == 2
+
+
+def test_a_full_tmpfs_volume_refuses_the_open_and_the_process_goes_on(tmp_path: Path) -> None:
+    """The real thing: an index on a 100 MiB tmpfs, the volume then filled to 20 MiB free.
+    Reopening the index killed the process (SIGBUS: ~50 MiB of holes read in). It is
+    StorageExhausted now, the index whole once the room is back. Needs mount(2) (root)."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(volume)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    settings = IndexSettings(data_dir=volume, min_free_mib=8)  # the writes' margin, not the load's
+    try:
+        with EdgeStore(settings) as s:
+            s.ensure_collection(DIM, SHA, create=True)
+            s.upsert(PAPERS, DENSE, SPARSE)
+        filler = volume / "filler"
+        stats = os.statvfs(volume)
+        with filler.open("wb") as out:
+            os.posix_fallocate(out.fileno(), 0, stats.f_bavail * stats.f_frsize - (20 << 20))
+        with pytest.raises(StorageExhausted, match="memory-backed"), \
+                EdgeStore(settings) as s:
+            s.ensure_collection(DIM, SHA)
+        filler.unlink()
+        with EdgeStore(settings) as s:
+            s.ensure_collection(DIM, SHA)
+            assert s.count() == len(PAPERS)
+            assert exact_scores(s, request("hybrid"))
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], check=False)
 
 
 @pytest.mark.parametrize(("said", "code"), [

@@ -4,7 +4,11 @@ setting names, made, and the room left where they are."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+MOUNT_TABLE = Path("/proc/self/mountinfo")
+MEMORY_FILE_SYSTEMS = frozenset({"tmpfs"})  # volumes held in memory, with a size limit
 
 
 def shown(path: Path, note: str = "") -> str:
@@ -18,6 +22,27 @@ def free_bytes(folder: Path) -> int:
     where it cannot be asked)."""
     stats = os.statvfs(folder)
     return stats.f_bavail * stats.f_frsize
+
+
+def memory_backed(folder: Path) -> bool:
+    """Whether ``folder`` lies on a volume held in memory (tmpfs: /dev/shm, a Kubernetes
+    emptyDir with medium Memory), by this process's mount table: the deepest mount point
+    above it, the last mounted where two are one (False where there is no table)."""
+    try:
+        table = MOUNT_TABLE.read_text()
+    except OSError:
+        return False
+    where, kind, depth = os.path.realpath(folder), "", -1
+    for line in table.splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda code: chr(int(code[1], 8)), parts[4])
+        if ((where == point or where.startswith(point.rstrip("/") + "/"))
+                and len(point) >= depth):
+            kind, depth = rest.split()[0], len(point)
+    return kind in MEMORY_FILE_SYSTEMS
 
 
 def files_ending(folder: Path, suffix: str) -> list[Path]:

@@ -275,8 +275,9 @@ class IndexSettings(Section):
         64, ge=0, le=1 << 20,
         description="Embedded backend: writes, deletes and a new index are refused "
                     "(UNAVAILABLE) while the index's volume has less free space than this, "
-                    "in MiB (0: not checked). The engine writes through memory-mapped files: "
-                    "on a full disk a write killed the process (SIGBUS) instead of failing.")
+                    "in MiB (0: not checked, nor is a load's room on a memory-backed volume). "
+                    "The engine writes through memory-mapped files: on a full disk a write "
+                    "killed the process (SIGBUS) instead of failing.")
     # auto: average_vector for positives only, best_score with negatives, as measured on the
     # judged sets (README, Results: Recommendations; benchmarks/recommend_eval.py).
     recommend_strategy: Literal["auto"] | RecommendStrategy = Field(

@@ -1,5 +1,7 @@
-"""A shard's indexes built in a process of their own: ``python -m papersearch.index.build PATH
-DIM {ram,disk} PARENT_PID``, run by EdgeStore.optimize for a large index.
+"""A shard's indexes built, or its files read in, in a process of their own: ``python -m
+papersearch.index.build {build,load} PATH DIM {ram,disk} PARENT_PID``, run by EdgeStore.optimize
+for a large index (build), and before each load on a memory-backed volume (load: a page tmpfs
+has no room for kills the process that touches it, so the child meets it first).
 
 qdrant-edge holds the GIL through its calls, and an optimize's HNSW build takes seconds per
 10,000 papers (26 s at 32,000 on 2 cores): in the process that serves, it stopped the gateway's
@@ -7,8 +9,8 @@ event loop (searches, health, deadlines) for a migration's build; in ``papersear
 Ctrl-C and SIGTERM waited for its end. Here it holds only this process, which its parent
 waits on (signals taken) and kills if stopped; the shard's WAL lock keeps it to one process at
 a time. It dies with its parent (Linux): a parent killed outright (SIGKILL, an OOM kill) left
-it building, the index locked, for the build's length. Prints ``changed`` or ``unchanged``; a
-failure is one line on stderr, exit 1.
+it building, the index locked, for the build's length. Prints ``changed`` or ``unchanged``
+(build) or ``loaded``; a failure is one line on stderr, exit 1.
 """
 
 from __future__ import annotations
@@ -32,16 +34,17 @@ def die_with(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from papersearch.index.edge import build_apart_here
+    from papersearch.index.edge import work_apart_here
 
     try:
-        path, dim, vectors, parent = Path(argv[0]), int(argv[1]), argv[2], int(argv[3])
+        job, path, dim, vectors, parent = (argv[0], Path(argv[1]), int(argv[2]), argv[3],
+                                           int(argv[4]))
         die_with(parent)
-        changed = build_apart_here(path, dim, on_disk=vectors == "disk")
+        said = work_apart_here(job, path, dim, on_disk=vectors == "disk")
     except Exception as error:  # noqa: BLE001 (said to the parent, which raises StoreError)
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    print("changed" if changed else "unchanged")
+    print(said)
     return 0
 
 

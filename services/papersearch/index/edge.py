@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,7 +82,14 @@ from papersearch.index.schema import (
 )
 from papersearch.index.sparse import SparseVector
 from papersearch.index.store import Store
-from papersearch.paths import FolderRefused, denied, free_bytes, make_folders, shown
+from papersearch.paths import (
+    FolderRefused,
+    denied,
+    free_bytes,
+    make_folders,
+    memory_backed,
+    shown,
+)
 from papersearch.settings import IndexSettings
 
 logger = logging.getLogger(__name__)
@@ -154,34 +162,42 @@ class EdgeStore(Store):
         build's leftovers go at the load)."""
         dim = self.identity.dim
         self._close_shard()
-        command = [sys.executable, "-m", "papersearch.index.build", str(self.path), str(dim),
-                   "disk" if self.settings.on_disk_vectors else "ram", str(os.getpid())]
         try:
-            try:
-                child = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
-            except OSError as exc:  # no descriptors, no memory for the child
-                failed: type[StoreError] = (
-                    StorageExhausted if exc.errno in (errno.EMFILE, errno.ENFILE)
-                    else StoreUnavailable)
-                raise failed(f"index {self.path}: its build could not start a child "
-                             f"process: {exc}") from exc
-            with child:
-                try:
-                    out, err = child.communicate()
-                except BaseException:
-                    child.kill()
-                    child.wait()
-                    raise
+            status, out, err = self._run_apart("build", dim)
         finally:
             with interrupts.held():
                 self._shard = self._load(dim)
-        if child.returncode != 0:
-            said = err.strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+        if status != 0:
+            said = err.strip().splitlines()[-1:] or [f"exit status {status}"]
             failed = (StorageExhausted if said[0].startswith(f"{StorageExhausted.__name__}:")
                       else StoreError)
             raise failed(f"index {self.path}: its build (a child process) failed: {said[0]}")
         return out.strip() == "changed"
+
+    def _run_apart(self, job: str, dim: int) -> tuple[int, str, str]:
+        """``python -m papersearch.index.build`` doing ``job`` on the shard, which is not
+        open here meanwhile; its exit status, stdout and stderr. A Ctrl-C or SIGTERM here
+        kills it."""
+        command = [sys.executable, "-m", "papersearch.index.build", job, str(self.path),
+                   str(dim), "disk" if self.settings.on_disk_vectors else "ram",
+                   str(os.getpid())]
+        try:
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        except OSError as exc:  # no descriptors, no memory for the child
+            failed: type[StoreError] = (
+                StorageExhausted if exc.errno in (errno.EMFILE, errno.ENFILE)
+                else StoreUnavailable)
+            raise failed(f"index {self.path}: its {job} could not start a child process: "
+                         f"{exc}") from exc
+        with child:
+            try:
+                out, err = child.communicate()
+            except BaseException:
+                child.kill()
+                child.wait()
+                raise
+        return child.returncode, out, err
 
     def flush(self) -> None:
         with _engine("flush"):
@@ -467,10 +483,29 @@ class EdgeStore(Store):
                 f"index volume of {folder} has {free / (1 << 20):.1f} MiB free, less than "
                 f"index.min_free_mib ({margin}): writes are refused until space is freed")
 
+    def _fill_apart(self, dim: int) -> None:
+        """On a memory-backed volume, the shard loaded once in a child process before it is
+        loaded here. A load reads the shard's mapped files in, and tmpfs gives each page so
+        touched memory, holes included (~50 MiB at the sample's first open, ~90 MiB for a
+        copy made sparse): a page it has no room for kills the process (SIGBUS), a serving
+        gateway included. The pages the child filled stay (they are the files'), so the
+        load here finds them; a child killed by SIGBUS is StorageExhausted. Whatever else
+        the child met, the load here meets and says. On disk, reading a hole takes no room:
+        no child. index.min_free_mib 0 turns this off with the other checks of space."""
+        if not self.settings.min_free_mib or not memory_backed(self.path):
+            return
+        status, _, _ = self._run_apart("load", dim)
+        if status == -signal.SIGBUS:
+            raise StorageExhausted(
+                f"index volume of {self.path} is memory-backed (tmpfs) and ran out of room "
+                "while the index was loaded (its files' holes take memory as they are read): "
+                "free space on it, or make it larger, then open the index again")
+
     def _gone(self) -> CollectionMissing:
         return CollectionMissing(f"index {self.path} is gone (deleted since it was opened)")
 
     def _load(self, dim: int) -> qe.EdgeShard:
+        self._fill_apart(dim)
         try:
             with _engine("load"):
                 shard = qe.EdgeShard.load(str(self.path),
@@ -670,15 +705,20 @@ def _layout(dim: int, on_disk: bool) -> qe.EdgeConfig:
     return qe.EdgeConfig(vectors=_dense_params(dim, on_disk), sparse_vectors=_sparse_params())
 
 
-def build_apart_here(path: Path, dim: int, on_disk: bool) -> bool:
-    """index/build.py's work, in the child: load the shard at ``path``, optimize, flush,
-    close; whether the optimize changed it."""
+def work_apart_here(job: str, path: Path, dim: int, on_disk: bool) -> str:
+    """index/build.py's work, in the child: load the shard at ``path`` (for "load", only
+    that), for "build" optimize and flush, close; what the child prints: "loaded", or
+    whether the build changed the shard."""
+    if job not in ("build", "load"):
+        raise ValueError(f"no such job {job!r}: build or load")
     with _engine("load"):
         shard = qe.EdgeShard.load(str(path), _layout(dim, on_disk))
     try:
+        if job == "load":
+            return "loaded"
         with _engine("optimize"):
             changed = bool(shard.optimize())
             shard.flush()
     finally:
         shard.close()
-    return changed
+    return "changed" if changed else "unchanged"
