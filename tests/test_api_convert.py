@@ -345,6 +345,26 @@ def test_examples_given_one_str_are_refused_not_split_into_characters() -> None:
     assert Examples(["p1", "p1"], ["p2"]).positive == ("p1",)  # any sequence of ids
 
 
+def test_a_filter_given_one_str_or_a_datetime_is_refused_not_misread() -> None:
+    """SearchFilter(categories="cs.LG") was five one-letter categories (no hits, no error);
+    a datetime (a date to the type checker) moved the inclusive range by its hours in
+    process and was refused by the gateway in a format the user never wrote; a str date
+    failed inside the client with an AttributeError."""
+    from datetime import datetime
+
+    for given, said in (({"categories": "cs.LG"}, r"categories: names \(a tuple\), not one "
+                                                  r"str: \('cs.LG',\)"),
+                        ({"authors": ("Ada", None)}, "authors: names are str, got None"),
+                        ({"published_from": datetime(2024, 5, 5, 12)},
+                         r"published_from: a datetime.date \(a day\), got datetime"),
+                        ({"published_to": "2024-05-05"}, "published_to: .* got str")):
+        with pytest.raises(TypeError, match=said):
+            SearchFilter(**given)  # type: ignore[arg-type]
+    assert SearchFilter(categories=["cs.LG"]).categories == ("cs.LG",)  # any sequence
+    assert SearchFilter(date(2024, 5, 5), date(2024, 5, 5)).published_range() == (
+        "2024-05-05", "2024-05-06")
+
+
 def test_a_flood_of_ids_is_refused_by_its_count() -> None:
     """600,000 distinct example ids (4 MiB) took 0.2 s on the event loop to tell apart before
     being refused; DeletePapers and filters copied theirs first. Now the lengths decide."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Literal, get_args
 
 import numpy as np
@@ -81,8 +81,21 @@ class SearchFilter:
     authors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "categories", tuple(self.categories))
-        object.__setattr__(self, "authors", tuple(self.authors))
+        for name in ("categories", "authors"):  # a str was taken one name per character
+            names = getattr(self, name)
+            if isinstance(names, str):
+                raise TypeError(f"SearchFilter {name}: names (a tuple), not one str: "
+                                f"({names!r},)")
+            object.__setattr__(self, name, tuple(names))
+            odd = [each for each in getattr(self, name) if not isinstance(each, str)]
+            if odd:
+                raise TypeError(f"SearchFilter {name}: names are str, got {odd[0]!r}")
+        for name in ("published_from", "published_to"):  # a datetime is a date: its time
+            bound = getattr(self, name)  # moved the inclusive range by hours
+            if bound is not None and (isinstance(bound, datetime) or
+                                      not isinstance(bound, date)):
+                raise TypeError(f"SearchFilter {name}: a datetime.date (a day), got "
+                                f"{type(bound).__name__} {bound!r}")
         if self.published_from and self.published_to and self.published_from > self.published_to:
             raise ValueError("published_from is after published_to")
 
