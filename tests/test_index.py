@@ -1384,6 +1384,63 @@ def test_an_index_deleted_mid_way_is_never_left_half_there(
     (store.path / "papersearch.json").unlink()
     with pytest.raises(StoreError, match="its deletion was cut short .* Delete the folder"):
         EdgeStore(settings).ensure_collection(DIM, SHA)
+    with pytest.raises(StoreError, match="its deletion was cut short .* Delete the folder"):
+        EdgeStore(settings).ensure_collection(DIM, SHA, create=False)  # was "no index at"
+
+
+def test_a_damaged_index_is_refused_with_its_papers_kept_and_the_way_back_said(
+        tmp_path: Path) -> None:
+    """A segment that lost its version.info (a lost file, an incomplete copy) was deleted by
+    the engine as it loaded: the search after it answered from the papers left in the WAL,
+    exit 0, and most of the index was gone for good. Such a segment, a missing segments
+    folder and files the engine cannot read are refused, nothing deleted, with the way back."""
+    import shutil
+
+    settings = IndexSettings(data_dir=tmp_path / "index")
+    with EdgeStore(settings) as s:
+        s.ensure_collection(DIM, SHA)
+        s.upsert(PAPERS, DENSE, SPARSE)
+    path = settings.data_dir / settings.collection
+    copy = tmp_path / "copy"
+    shutil.copytree(settings.data_dir, copy)
+    [written] = [p for p in (path / "segments").iterdir()
+                 if (p / "mutable_id_tracker.mappings").is_file()]
+    (written / "version.info").unlink()
+    way_back = "restore the index's folder from a copy, or run papersearch ingest into a fresh"
+    with pytest.raises(StoreError, match=f"segment {written.name} holds papers but no "
+                                         f"version.info .*: {way_back}"):
+        EdgeStore(settings).ensure_collection(DIM, SHA, create=False)
+    assert (written / "mutable_id_tracker.mappings").is_file()  # still there to restore
+    shutil.rmtree(path / "segments")
+    with pytest.raises(StoreError, match="has no segments folder"):
+        EdgeStore(settings).ensure_collection(DIM, SHA)
+    shutil.rmtree(settings.data_dir)
+    shutil.copytree(copy, settings.data_dir)
+    (path / "wal" / "open-1").write_bytes(b"")
+    with pytest.raises(StoreError, match=r"could not be read \(damaged or incomplete files\?\)"
+                                         rf": .*\. {way_back[0].upper()}{way_back[1:]}"):
+        EdgeStore(settings).ensure_collection(DIM, SHA)
+    shutil.rmtree(settings.data_dir)
+    shutil.copytree(copy, settings.data_dir)  # the way back
+    with EdgeStore(settings) as s:
+        s.ensure_collection(DIM, SHA, create=False)
+        assert s.count() == len(PAPERS)
+
+
+@pytest.mark.parametrize("made_on_disk", [True, False])
+def test_an_index_keeps_the_vector_layout_it_was_made_with(tmp_path: Path,
+                                                          made_on_disk: bool) -> None:
+    """index.on_disk_vectors applies to indexes made from then on, as it says: a load was
+    given the setting, so a search without it moved an index made on disk into RAM (its
+    edge_config.json rewritten), and the build child was told the setting too."""
+    with EdgeStore(IndexSettings(data_dir=tmp_path, on_disk_vectors=made_on_disk)) as s:
+        s.ensure_collection(DIM, SHA)
+        s.upsert(PAPERS, DENSE, SPARSE)
+    config = tmp_path / "papers" / "edge_config.json"
+    with EdgeStore(IndexSettings(data_dir=tmp_path, on_disk_vectors=not made_on_disk)) as s:
+        s.ensure_collection(DIM, SHA, create=False)
+        assert ids(s.query(request("dense", 11, limit=1))) == [PAPERS[11].id]
+    assert json.loads(config.read_text())["vectors"]["dense"]["on_disk"] is made_on_disk
 
 
 def test_ctrl_c_after_the_index_is_made_leaves_no_index(

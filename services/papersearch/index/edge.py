@@ -104,6 +104,8 @@ _ELSEWHERE = ("index is open in another process, one process at a time (a runnin
               "`papersearch serve` or ingest, or its index build, python -m "
               "papersearch.index.build? let it finish or stop it; a service takes searches "
               "with --target and papers through UpsertPapers)")
+_RESTORE = ("restore the index's folder from a copy, or run papersearch ingest into a fresh "
+            "index.data_dir (papers written through UpsertPapers only are in the copy alone)")
 # From this many bytes of dense vectors (points x dim x 4) an optimize runs in a child process
 # (index/build.py); below it the engine's optimize has no HNSW to build (its indexing
 # threshold is 10,000 KB of vectors: ~6,500 of 384 floats, ~3,300 of 768) and returns in
@@ -179,8 +181,7 @@ class EdgeStore(Store):
         open here meanwhile; its exit status, stdout and stderr. A Ctrl-C or SIGTERM here
         kills it."""
         command = [sys.executable, "-m", "papersearch.index.build", job, str(self.path),
-                   str(dim), "disk" if self.settings.on_disk_vectors else "ram",
-                   str(os.getpid())]
+                   str(dim), "disk" if self._on_disk() else "ram", str(os.getpid())]
         try:
             child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
@@ -223,16 +224,18 @@ class EdgeStore(Store):
             except BaseException:
                 self._release_lock()
                 raise
+        elif (self.path / _SEGMENTS).exists():  # the engine would refuse with "path already
+            # contains segment data", which says neither why nor what to do; a search said
+            # "no index" where an ingest said this
+            raise StoreError(
+                f"index {shown(self.path)} holds a shard's segments but not its "
+                f"{_SHARD_CONFIG}: its deletion was cut short (a process killed while it "
+                "removed the index), or it is a damaged copy. Delete the folder, then run "
+                f"papersearch ingest again, or {_RESTORE}")
         elif not create:
             raise CollectionMissing(f"no index at {shown(self.path)}: papersearch ingest "
                                     "creates it")
         else:
-            if (self.path / _SEGMENTS).exists():  # the engine would refuse with "path already
-                # contains segment data", which says neither why nor what to do
-                raise StoreError(
-                    f"index {shown(self.path)} holds a shard's segments but not its "
-                    f"{_SHARD_CONFIG}: its deletion was cut short (a process killed while it "
-                    "removed the index). Delete the folder, then run papersearch ingest again")
             fresh = not self.path.exists() or not any(self.path.iterdir())
             self._check_space()
             made = self._make_directory()
@@ -259,7 +262,8 @@ class EdgeStore(Store):
             self._ensure_payload_indexes()
             if stored is None:
                 if self._count():
-                    raise EmbedderMismatch(f"index {self.path} has points but no {MANIFEST}")
+                    raise EmbedderMismatch(f"index {self.path} has points but no {MANIFEST} "
+                                           f"(which embedder built them): {_RESTORE}")
                 write_manifest(manifest, identity)
         except BaseException:
             with suppress(Exception):  # its flush fails too on a full disk: the first error
@@ -501,21 +505,36 @@ class EdgeStore(Store):
                 "while the index was loaded (its files' holes take memory as they are read): "
                 "free space on it, or make it larger, then open the index again")
 
+    def _on_disk(self) -> bool:
+        """Whether the shard keeps its dense vectors on disk, as it was created (its
+        edge_config.json; the setting where that does not say). A load takes the layout it is
+        given: given the setting, a search without it moved an index made on disk into RAM,
+        though the setting applies to indexes created from then on."""
+        try:
+            config = json.loads((self.path / _SHARD_CONFIG).read_text())
+            said = config["vectors"][DENSE]["on_disk"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.settings.on_disk_vectors
+        return said if isinstance(said, bool) else self.settings.on_disk_vectors
+
     def _gone(self) -> CollectionMissing:
         return CollectionMissing(f"index {self.path} is gone (deleted since it was opened)")
 
     def _load(self, dim: int) -> qe.EdgeShard:
+        _check_segments(self.path)
         self._fill_apart(dim)
         try:
             with _engine("load"):
-                shard = qe.EdgeShard.load(str(self.path),
-                                          _layout(dim, self.settings.on_disk_vectors))
+                shard = qe.EdgeShard.load(str(self.path), _layout(dim, self._on_disk()))
         except StoreError as exc:
-            if "incompatible" not in str(exc):
-                raise
-            raise EmbedderMismatch(
-                f"index {self.path} does not hold dim {dim} vectors: {exc}"
-            ) from exc
+            if "incompatible" in str(exc):
+                raise EmbedderMismatch(
+                    f"index {self.path} does not hold dim {dim} vectors: {exc}") from exc
+            if type(exc) is StoreError:  # not a spent resource, not another process's lock
+                raise StoreError(f"index {self.path} could not be read (damaged or incomplete "
+                                 f"files?): {exc}. {_RESTORE[0].upper()}{_RESTORE[1:]}"
+                                 ) from exc
+            raise
         # loaded, the shard is this process's alone (its WAL lock): what a build cut short
         # (a process killed in optimize) left among its temporary segments is no one's
         for leftover in (self.path / _TEMP_SEGMENTS).glob("*"):
@@ -578,6 +597,26 @@ def _engine(operation: str) -> Iterator[None]:
         if "WouldBlock" in str(exc) or (operation == "create" and "File exists" in str(exc)):
             raise StoreUnavailable(f"qdrant-edge {operation}: {_ELSEWHERE}") from exc
         raise StoreError(f"qdrant-edge {operation} failed: {exc}") from exc
+
+
+def _check_segments(path: Path) -> None:
+    """StoreError for a segment of the shard at ``path`` that holds papers (an id tracker's
+    mappings) but no version.info. The engine takes a segment without one for a build cut
+    short and deletes it as it loads: a lost file or an incomplete copy of the index was then
+    most of its papers gone for good, the search after it answering from the rest (its own
+    cut-short builds write version.info before the segment is moved into place, and the
+    segment it makes for new papers holds none until written)."""
+    segments = path / _SEGMENTS
+    if not segments.is_dir():
+        raise StoreError(f"index {path} has no {_SEGMENTS} folder (damaged, or an incomplete "
+                         f"copy): {_RESTORE}")
+    for segment in segments.iterdir():
+        if segment.is_dir() and not (segment / "version.info").exists() and any(
+                (segment / name).is_file() and (segment / name).stat().st_size
+                for name in ("id_tracker.mappings", "mutable_id_tracker.mappings")):
+            raise StoreError(
+                f"index {path}: its segment {segment.name} holds papers but no version.info "
+                f"(damaged, or an incomplete copy), and the engine would delete it: {_RESTORE}")
 
 
 def _config(settings: IndexSettings, dim: int) -> qe.EdgeConfig:
