@@ -142,6 +142,26 @@ def test_ray_version_matches_the_package_pin(rendered: dict[str, Rendered]) -> N
         assert item.one("RayService")["spec"]["rayClusterConfig"]["rayVersion"] in pin
 
 
+@pytest.mark.parametrize("overlay", [k.name for k in KUSTOMIZATIONS[1:]])
+def test_an_overlays_image_entry_names_every_papersearch_image(tmp_path: Path,
+                                                               overlay: str) -> None:
+    """deploy/README's release step (a new tag, a digest in the overlay's `images:` entry)
+    changed nothing: the base had renamed the image first, so the overlay's `name:
+    papersearch` matched none, and an upgrade ran the old image."""
+    shutil.copytree(ROOT / "deploy/k8s", tmp_path / "deploy/k8s")
+    kustomization = tmp_path / serve_config.K8S / "overlays" / overlay / "kustomization.yaml"
+    spec = yaml.safe_load(kustomization.read_text())
+    [entry] = [e for e in spec["images"] if e["name"] == "papersearch"]
+    pinned = f"registry.test/papersearch@sha256:{'0' * 64}"
+    entry.pop("newTag")
+    entry.update(newName="registry.test/papersearch", digest=f"sha256:{'0' * 64}")
+    kustomization.write_text(yaml.safe_dump(spec))
+    images = re.findall(r"image: (\S+)", render(tmp_path, kustomization.parent.relative_to(
+        tmp_path)).text)
+    assert sorted(set(images)) == ["docker.io/qdrant/qdrant:v1.20.0", pinned]
+    assert images.count(pinned) == 4  # the head, gateway and worker groups, the ingest Job
+
+
 # -- the validators fail on broken objects --------------------------------------------------
 
 def _broken(item: Rendered, edit: Callable[[list[dict[str, Any]]], None]) -> Rendered:
@@ -283,8 +303,8 @@ UNFORESEEN: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None], str]] =
                         "serveConfigV2 differs"),
     "key the checks have no sample of": ("prod", lambda o: _set_env(_gateway_container(o), {
         "name": "PAPERSEARCH_SERVE__READ_API_KEYS",
-        "valueFrom": {"secretKeyRef": {"name": "papersearch-gateway", "key": "read-api-keys"}}}),
-        "refers to a missing secret key papersearch-gateway/read-api-keys"),
+        "valueFrom": {"secretKeyRef": {"name": "papersearch-gateway", "key": "search-keys"}}}),
+        "refers to a missing secret key papersearch-gateway/search-keys"),
     "env ConfigMap from elsewhere": ("dev", lambda o: _gateway_container(o)["envFrom"].append(
         {"configMapRef": {"name": "papersearch-extra"}}),
         "envFrom ConfigMap papersearch-extra is not in this overlay"),

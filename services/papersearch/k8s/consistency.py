@@ -31,10 +31,12 @@ from papersearch.k8s.serve_schema import parse
 GATEWAY_DEPLOYMENT = "Gateway"
 PLACEHOLDER = "CHANGE-ME"
 # Secrets an overlay may leave out (created out of band, deploy/README.md): name -> keys.
-EXTERNAL_SECRETS = {"papersearch-qdrant": {"api-key"}, "papersearch-gateway": {"api-keys"},
+EXTERNAL_SECRETS = {"papersearch-qdrant": {"api-key"},
+                    "papersearch-gateway": {"api-keys", "read-api-keys"},
                     "papersearch-gateway-tls": {"tls.crt", "tls.key"}}
 # Stand-ins for their values when checking settings (the real ones never reach the repo).
-SAMPLE_SECRET_VALUES = {"api-key": "sample-key", "api-keys": '["sample-key"]'}
+SAMPLE_SECRET_VALUES = {"api-key": "sample-key", "api-keys": '["sample-key"]',
+                        "read-api-keys": '["sample-read-key"]'}
 INDEX_KEY_ENV = "PAPERSEARCH_INDEX__API_KEY"
 QDRANT_KEY_ENV = "QDRANT__SERVICE__API_KEY"
 SERVE_DEFAULT_CPUS = 1.0  # a replica without ray_actor_options.num_cpus reserves one CPU
