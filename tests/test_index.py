@@ -894,7 +894,8 @@ def test_embedded_writes_are_refused_below_the_free_space_margin(tmp_path: Path)
 def test_a_memory_backed_volume_is_told_by_the_deepest_mount_above_the_index(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """tmpfs is told by the mount table: the deepest mount point above the folder (a name's
-    space written as \\040), the later of two mounts at one point (the one in use)."""
+    space written as \\040), the later of two mounts at one point (the one in use), and an
+    overlay by its upper layer's mount (an overlay's files were read as on disk)."""
     from papersearch import paths
 
     table = tmp_path / "mountinfo"
@@ -903,12 +904,21 @@ def test_a_memory_backed_volume_is_told_by_the_deepest_mount_above_the_index(
         "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n"
         "30 22 0:26 / /srv/ram\\040disk rw shared:5 - tmpfs tmpfs rw,size=102400k\n"
         "31 22 0:27 / /srv/ramdisk rw - tmpfs tmpfs rw\n"
-        "32 31 8:2 / /srv/ramdisk rw - ext4 /dev/sdb1 rw\n")
+        "32 31 8:2 / /srv/ramdisk rw - ext4 /dev/sdb1 rw\n"
+        "40 22 0:41 / /srv/layered rw - overlay overlay rw,lowerdir=/srv/lower,"
+        "upperdir=/srv/ram\\040disk/upper,workdir=/srv/ram\\040disk/work\n"
+        "41 22 0:42 / /srv/on-disk rw - overlay overlay rw,lowerdir=/a,upperdir=/var/u,"
+        "workdir=/var/w\n")
     assert paths.memory_backed(Path("/srv/ram disk/papers"))
     assert paths.memory_backed(Path("/srv/ram disk"))
     assert not paths.memory_backed(Path("/srv/ram diskette"))  # a prefix, not a parent
     assert not paths.memory_backed(Path("/srv/ramdisk/papers"))  # ext4 mounted over it
     assert not paths.memory_backed(Path("/var/lib"))
+    assert paths.memory_backed(Path("/srv/layered/papers"))  # its upper layer on tmpfs
+    assert not paths.memory_backed(Path("/srv/on-disk/papers"))
+    # a container's root: its upper layer is the host's path, not mounted here
+    table.write_text("1 0 0:43 / / rw - overlay overlay rw,lowerdir=/l,upperdir=/host/diff\n")
+    assert not paths.memory_backed(Path("/data/papers"))
     monkeypatch.setattr(paths, "MOUNT_TABLE", tmp_path / "none")
     assert not paths.memory_backed(Path("/srv/ram disk"))
 
@@ -954,12 +964,14 @@ def test_a_load_on_a_memory_backed_volume_meets_a_full_volume_in_a_child_first(
 
 
 def test_a_full_tmpfs_volume_refuses_the_open_and_the_process_goes_on(tmp_path: Path) -> None:
-    """The real thing: an index on a 100 MiB tmpfs, the volume then filled to 20 MiB free.
+    """The real thing: an index on a 160 MiB tmpfs, the volume then filled to 20 MiB free.
     Reopening the index killed the process (SIGBUS: ~50 MiB of holes read in). It is
-    StorageExhausted now, the index whole once the room is back. Needs mount(2) (root)."""
+    StorageExhausted now, the index whole once the room is back. So is a new index there
+    with less room than it takes at once (42 MiB), whatever index.min_free_mib allows.
+    Needs mount(2) (root)."""
     volume = tmp_path / "volume"
     volume.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(volume)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(volume)],
                              capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
@@ -975,6 +987,16 @@ def test_a_full_tmpfs_volume_refuses_the_open_and_the_process_goes_on(tmp_path: 
         with pytest.raises(StorageExhausted, match="memory-backed"), \
                 EdgeStore(settings) as s:
             s.ensure_collection(DIM, SHA)
+        filler.unlink()
+        with EdgeStore(settings) as s:
+            s.ensure_collection(DIM, SHA)  # the pages the child filled: the open takes none
+        stats = os.statvfs(volume)
+        with filler.open("wb") as out:
+            os.posix_fallocate(out.fileno(), 0, stats.f_bavail * stats.f_frsize - (30 << 20))
+        with pytest.raises(StorageExhausted, match="less than the 48 MiB a new index takes"):
+            EdgeStore(IndexSettings(data_dir=volume / "new", min_free_mib=8)
+                      ).ensure_collection(DIM, SHA, create=True)
+        assert not (volume / "new").exists()
         filler.unlink()
         with EdgeStore(settings) as s:
             s.ensure_collection(DIM, SHA)

@@ -26,23 +26,44 @@ def free_bytes(folder: Path) -> int:
 
 def memory_backed(folder: Path) -> bool:
     """Whether ``folder`` lies on a volume held in memory (tmpfs: /dev/shm, a Kubernetes
-    emptyDir with medium Memory), by this process's mount table: the deepest mount point
-    above it, the last mounted where two are one (False where there is no table)."""
+    emptyDir with medium Memory; an overlay whose upper layer is one, as a container's
+    writable layer may be), by this process's mount table (False where there is none)."""
     try:
         table = MOUNT_TABLE.read_text()
     except OSError:
         return False
-    where, kind, depth = os.path.realpath(folder), "", -1
+    kind, options = _mount_of(os.path.realpath(folder), table)
+    if kind == "overlay":  # its files are the upper layer's once written
+        upper = next((option.removeprefix("upperdir=") for option in options.split(",")
+                      if option.startswith("upperdir=")), None)
+        if upper is None:
+            return False
+        # once, not again: an upper layer outside this mount namespace (a container's root
+        # overlay names the host's path) finds the overlay itself
+        kind, _ = _mount_of(os.path.realpath(_unescaped(upper)), table)
+    return kind in MEMORY_FILE_SYSTEMS
+
+
+def _mount_of(where: str, table: str) -> tuple[str, str]:
+    """The file system type and super options of the mount holding ``where``: the deepest
+    mount point above it, the last mounted where two are one."""
+    found, depth = ("", ""), -1
     for line in table.splitlines():
         fields, _, rest = line.partition(" - ")
-        parts = fields.split()
-        if len(parts) < 5 or not rest:
+        parts, source = fields.split(), rest.split()
+        if len(parts) < 5 or not source:
             continue
-        point = re.sub(r"\\([0-7]{3})", lambda code: chr(int(code[1], 8)), parts[4])
+        point = _unescaped(parts[4])
         if ((where == point or where.startswith(point.rstrip("/") + "/"))
                 and len(point) >= depth):
-            kind, depth = rest.split()[0], len(point)
-    return kind in MEMORY_FILE_SYSTEMS
+            found, depth = (source[0], source[-1] if len(source) > 2 else ""), len(point)
+    return found
+
+
+def _unescaped(field: str) -> str:
+    """A mount table's field as the path it names (space, tab, newline and backslash are
+    written as octal escapes there)."""
+    return re.sub(r"\\([0-7]{3})", lambda code: chr(int(code[1], 8)), field)
 
 
 def files_ending(folder: Path, suffix: str) -> list[Path]:
