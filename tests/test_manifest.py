@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from papersearch.models.manifest import (
+    FP32_FILE,
     MANIFEST,
     Manifest,
     ModelCorrupt,
@@ -14,6 +15,7 @@ from papersearch.models.manifest import (
     latest_if_fingerprint,
     model_dir,
     read_manifest,
+    sha256_file,
     write_manifest,
 )
 
@@ -21,8 +23,10 @@ from papersearch.models.manifest import (
 def exported(repository: Path) -> Path:
     version = repository / "tiny" / "1"
     version.mkdir(parents=True)
+    (version / FP32_FILE).write_bytes(b"graph")
     write_manifest(version, Manifest(name="tiny", version=1, kind="embedder", source="here",
-                                     fingerprint="f", max_length=8))
+                                     fingerprint="f", max_length=8,
+                                     files={FP32_FILE: sha256_file(version / FP32_FILE)}))
     return version
 
 
@@ -41,6 +45,33 @@ def test_a_damaged_manifest_is_named_and_exported_again(tmp_path: Path, text: st
                                            rf"\(.*{problem}.*\): export the model again"):
         read_manifest(version)
     assert latest_if_fingerprint(tmp_path, "tiny", "f") is None  # `models export` goes on
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ({"dim": "384"}, 'dim is "384", not int or null'),
+    ({"files": None}, "files is null, not dict"),
+    ({"max_length": "256"}, 'max_length is "256", not int'),
+    ({"max_length": True}, "max_length is true, not int"),
+    ({"query_prefix": None}, "query_prefix is null, not str"),
+    ({"kind": "tokenizer"}, "kind is 'tokenizer', not embedder or reranker"),
+    ({"dim": 0}, "max_length and dim are counts of at least 1"),
+    ({"files": {"model.int8.onnx": "ab"}}, "files lists no sha256 of model.onnx"),
+    ({"selfcheck": {"threshold": "0.98"}}, 'selfcheck.threshold is "0.98", not a number'),
+    ({"version": 2}, r"it is version 2's, in the folder of version 1 \(copied from another"),
+])
+def test_a_manifest_with_values_no_export_writes_is_named(tmp_path: Path, edit: dict[str, object],
+                                                          said: str) -> None:
+    """A manifest edited or damaged to values no export writes failed deep in a search (a
+    TypeError traceback, "cannot reshape"), and one copied with its folder named the other
+    version in every error: each is ModelCorrupt naming the file, and exported again."""
+    import json
+
+    version = exported(tmp_path)
+    data = json.loads((version / MANIFEST).read_text())
+    (version / MANIFEST).write_text(json.dumps({**data, **edit}))
+    with pytest.raises(ModelCorrupt, match=rf"{version / MANIFEST}: {said}"):
+        read_manifest(version)
+    assert latest_if_fingerprint(tmp_path, "tiny", "f") is None
 
 
 def test_a_missing_model_is_told_how_its_kind_is_made(tmp_path: Path) -> None:

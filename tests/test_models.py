@@ -122,6 +122,21 @@ def test_a_file_changed_after_the_export_is_refused(embedder_dir: Path, tmp_path
         Encoder(version, RuntimeOptions("fp32"))
 
 
+def test_a_manifest_whose_dim_is_not_the_graphs_is_named(embedder_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """A manifest's dim edited away from its graph's width failed each search with "cannot
+    reshape array of size 384 into shape (1,256)", naming no file."""
+    import json
+
+    version = tmp_path / "minilm" / "1"
+    shutil.copytree(embedder_dir, version)
+    manifest = json.loads((version / "manifest.json").read_text())
+    (version / "manifest.json").write_text(json.dumps({**manifest, "dim": 256}))
+    with pytest.raises(ModelCorrupt, match=rf"{version}/manifest.json: dim 256, where "
+                                           r"model.onnx gives 384 numbers a text"):
+        Encoder(version, RuntimeOptions("fp32"))
+
+
 def test_a_damaged_latest_export_is_exported_again(embedder_dir: Path, tmp_path: Path) -> None:
     """"export the model again" found the damaged version identical by its fingerprint and
     reused it: the error stayed."""
@@ -671,3 +686,26 @@ def test_models_info_reports_a_model_it_cannot_use_and_goes_on(embedder_dir: Pat
     report = describe(settings)
     assert "is not a reranker export" in report["reranker"]["unusable"]
     assert report["embedder"]["name"] == embedder_dir.parent.name
+
+
+def test_models_info_says_a_damaged_export_apart_and_fails(
+        embedder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A damaged export was reported as "missing" with exit 0, and the fp32 graph an int8
+    runtime falls back to was not checked at all: "damaged", exit 1."""
+    import json
+
+    from papersearch.cli import main
+
+    version = tmp_path / embedder_dir.parent.name / "1"
+    shutil.copytree(embedder_dir, version)
+    for name, value in (("REPOSITORY", tmp_path), ("EMBEDDER_NAME", embedder_dir.parent.name),
+                        ("PRECISION", "int8")):
+        monkeypatch.setenv(f"PAPERSEARCH_MODELS__{name}", str(value))
+    assert main(["models", "info"]) == 0
+    assert "missing" in json.loads(capsys.readouterr().out)["reranker"]  # none exported
+    with (version / "model.onnx").open("r+b") as graph:
+        graph.truncate(1000)
+    assert main(["models", "info"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert "model.onnx has sha256" in report["embedder"]["damaged"]

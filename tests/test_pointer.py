@@ -543,3 +543,30 @@ def test_a_finish_settled_later_also_drops_the_collection_it_left() -> None:
         assert migrator.collections.other is None
 
     asyncio.run(steps())
+
+
+def test_a_version_the_pointer_names_missing_or_damaged_says_to_restore_it(
+        embedder_dir: Path, tmp_path: Path) -> None:
+    """After a migration the pointer names the embedder's exact version. That version damaged
+    or deleted, the error said "export the model again", which made a new version the pointer
+    does not name: the index stayed down. It says which version to restore."""
+    from papersearch.models.manifest import ModelCorrupt
+    from papersearch.pipeline.collections import live_view, previous_view
+    from papersearch.settings import Settings
+
+    name = embedder_dir.parent.name
+    shutil.copytree(embedder_dir, tmp_path / name / "1")
+    shutil.copytree(embedder_dir, tmp_path / name / "2")
+    manifest = json.loads((tmp_path / name / "2" / MANIFEST).read_text())
+    (tmp_path / name / "2" / MANIFEST).write_text(json.dumps({**manifest, "version": 2}))
+    settings = Settings(models={"repository": tmp_path, "embedder_name": name})
+    pointer = Pointer("papers-b", f"{name}@2", "papers-a", f"{name}@1")
+    assert live_view(settings, pointer).embedder == ModelRef(name, 2)
+    (tmp_path / name / "2" / MANIFEST).write_text("{")
+    with pytest.raises(ModelCorrupt, match=rf"collection papers-b was built by {name}@2, which "
+                                           "the migration pointer names: restore that"):
+        live_view(settings, pointer)
+    shutil.rmtree(tmp_path / name / "1")
+    with pytest.raises(ModelNotFound, match=rf"has no version 1 .* \(collection papers-a was "
+                                            rf"built by {name}@1"):
+        previous_view(settings, pointer)

@@ -223,8 +223,10 @@ def _models_export(settings: Settings, args: argparse.Namespace) -> int:
 def _models_info(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.modelbuild.info import describe
 
-    print(json.dumps(describe(settings), indent=2))
-    return 0
+    report = describe(settings)
+    print(json.dumps(report, indent=2))
+    return 1 if any(isinstance(each, dict) and "damaged" in each
+                    for each in report.values()) else 0
 
 
 def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,7 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from papersearch.encoder.runtime import Encoder
-from papersearch.models.manifest import ModelNotFound, ProviderUnavailable
+from papersearch.models.manifest import (
+    ModelCorrupt,
+    ModelNotFound,
+    ProviderUnavailable,
+    checked_file,
+)
 from papersearch.models.parity import SelfCheck, cpu_int8_flags
 from papersearch.models.runtime import OnnxModel
 from papersearch.reranker.runtime import Reranker
@@ -18,6 +23,8 @@ from papersearch.settings import ModelSettings, Settings
 
 
 def describe(settings: Settings) -> dict[str, Any]:
+    """The report; a model whose export is damaged (any file not the one its manifest lists)
+    is "damaged", one not exported "missing"."""
     report: dict[str, Any] = {"cpu_int8_flags": list(cpu_int8_flags()),
                               "requested_precision": settings.models.precision}
     loaders: dict[str, Callable[[ModelSettings], OnnxModel]] = {
@@ -25,6 +32,11 @@ def describe(settings: Settings) -> dict[str, Any]:
     for kind, load in loaders.items():
         try:
             model: OnnxModel = load(settings.models)
+            for file in model.manifest.files:  # the ones this precision does not load too
+                checked_file(model.version_dir, model.manifest, file)
+        except ModelCorrupt as error:  # there, but not as exported: said apart from missing
+            report[kind] = {"damaged": str(error)}
+            continue
         except ModelNotFound as error:
             report[kind] = {"missing": str(error)}
             continue

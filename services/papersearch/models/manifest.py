@@ -97,13 +97,58 @@ def checked_file(version_dir: Path, manifest: Manifest, name: str) -> Path:
 
 def read_manifest(version_dir: Path) -> Manifest:
     """The manifest of an exported version; ModelCorrupt naming the file when it cannot be
-    read or is not one (a bare JSON message, and `models export`, the fix, failed on it)."""
+    read or is not one (a bare JSON message, and `models export`, the fix, failed on it), when
+    a field has a value no export writes (a str for a number, a null list: tracebacks deep in
+    a search), or when it is another version's (a folder copied: errors named the other)."""
     path = version_dir / MANIFEST
     try:
-        return Manifest.from_dict(json.loads(path.read_text()))
+        manifest = Manifest.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as error:  # JSON, UTF-8, fields, not an object
         raise ModelCorrupt(f"{path}: not a readable manifest ({' '.join(str(error).split())}):"
                            " export the model again") from None
+    wrong = _wrong_field(manifest) or _elsewhere(manifest, version_dir)
+    if wrong:
+        raise ModelCorrupt(f"{path}: {wrong}: export the model again")
+    return manifest
+
+
+# What each field of a manifest holds as exports write it (a bool is no int here)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "version": (int,), "kind": (str,), "source": (str,), "fingerprint": (str,),
+    "max_length": (int,), "pooling": (str, type(None)), "normalize": (bool,),
+    "query_prefix": (str,), "document_prefix": (str,), "dim": (int, type(None)),
+    "files": (dict,), "parity": (dict,), "quantization": (dict,), "selfcheck": (dict,),
+    "created": (str,)}
+
+
+def _wrong_field(manifest: Manifest) -> str | None:
+    """What in ``manifest`` no export writes, or None."""
+    for name, types in _FIELD_TYPES.items():
+        value = getattr(manifest, name)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return (f"{name} is {json.dumps(value)[:40]}, not "
+                    f"{' or '.join('null' if t is type(None) else t.__name__ for t in types)}")
+    if manifest.kind not in ("embedder", "reranker"):
+        return f"kind is {manifest.kind!r}, not embedder or reranker"
+    if manifest.max_length < 1 or (manifest.dim is not None and manifest.dim < 1):
+        return "max_length and dim are counts of at least 1"
+    if FP32_FILE not in manifest.files or not all(
+            isinstance(digest, str) for digest in manifest.files.values()):
+        return f"files lists no sha256 of {FP32_FILE}, or one that is not a str"
+    threshold = manifest.selfcheck.get("threshold", 0.0)
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+        return f"selfcheck.threshold is {json.dumps(threshold)[:40]}, not a number"
+    return None
+
+
+def _elsewhere(manifest: Manifest, version_dir: Path) -> str | None:
+    """Where ``manifest`` is another version's than its folder's (a version folder copied to
+    make another: every error then named the one copied), which it is. A folder renamed to
+    another model name is left alone: the sha256 is the identity."""
+    if not version_dir.name.isdigit() or str(manifest.version) == version_dir.name:
+        return None
+    return (f"it is version {manifest.version}'s, in the folder of version {version_dir.name} "
+            "(copied from another version?)")
 
 
 def write_manifest(version_dir: Path, manifest: Manifest) -> None:

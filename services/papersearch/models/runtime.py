@@ -15,8 +15,10 @@ from tokenizers import Encoding, Tokenizer, normalizers
 from papersearch.models.manifest import (
     FP32_FILE,
     INT8_FILE,
+    MANIFEST,
     TOKENIZER_FILE,
     Manifest,
+    ModelCorrupt,
     ProviderUnavailable,
     checked_file,
     read_manifest,
@@ -139,6 +141,12 @@ class OnnxModel:
             raise ProviderUnavailable(
                 f"onnxruntime could not start {wanted} for {graph.name} (the session got "
                 f"{', '.join(self.session.get_providers())}); its log above says why")
+        width = self.session.get_outputs()[0].shape[-1]
+        if self.manifest.dim is not None and isinstance(width, int) and width != self.manifest.dim:
+            raise ModelCorrupt(  # was "cannot reshape array", naming no file
+                f"{self.version_dir / MANIFEST}: dim {self.manifest.dim}, where {graph.name} "
+                f"gives {width} numbers a text (the manifest edited?): delete "
+                f"{self.version_dir} and export the model again")
         self._input_names = {i.name for i in self.session.get_inputs()}
         self.precision = precision
 

@@ -54,15 +54,27 @@ def live_view(settings: Settings, pointer: Pointer | None) -> View:
     if pointer is None:
         return View.of(settings.index.collection,
                        ModelRef.parse(settings.models.embedder_name, repository), settings)
-    return View.of(pointer.live, ModelRef.parse(pointer.embedder, repository), settings)
+    return _pinned(pointer.live, pointer.embedder, settings)
 
 
 def previous_view(settings: Settings, pointer: Pointer) -> View | None:
     if pointer.previous is None or pointer.previous_embedder is None:
         return None
-    return View.of(pointer.previous,
-                   ModelRef.parse(pointer.previous_embedder, settings.models.repository),
-                   settings)
+    return _pinned(pointer.previous, pointer.previous_embedder, settings)
+
+
+def _pinned(collection: str, embedder: str, settings: Settings) -> View:
+    """The view of a collection the migration pointer names with the exact version that built
+    it. That version missing or damaged, the error says so: its own advice, "export the model
+    again", made a new version, which the pointer does not name, and the index stayed down."""
+    try:
+        return View.of(collection, ModelRef.parse(embedder, settings.models.repository),
+                       settings)
+    except ModelNotFound as error:
+        raise type(error)(
+            f"{error} (collection {collection} was built by {embedder}, which the migration "
+            "pointer names: restore that version's folder in the model repository from a "
+            "copy; a new export is a new version)") from error
 
 
 def settings_for(settings: Settings, collection: str) -> Settings:
