@@ -12,10 +12,10 @@ import pytest
 
 from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.schema import EmbedderIdentity
-from papersearch.modelbuild.export import ENCODING_KEY, ExportSpec
+from papersearch.modelbuild.export import ExportSpec
 from papersearch.modelbuild.prepare import export_embedder
 from papersearch.modelbuild.sources import ResolvedSource
-from papersearch.models.manifest import FP32_FILE, read_manifest
+from papersearch.models.manifest import ENCODING_KEY, FP32_FILE, read_manifest
 from papersearch.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,10 @@ import pytest
 
 from papersearch.encoder.runtime import Encoder
 from papersearch.models.manifest import (
+    DEFAULT_ENCODING,
+    ENCODING_KEY,
     INT8_FILE,
+    Manifest,
     ModelCorrupt,
     ModelNotFound,
     read_manifest,
@@ -135,6 +138,28 @@ def test_a_manifest_whose_dim_is_not_the_graphs_is_named(embedder_dir: Path,
     with pytest.raises(ModelCorrupt, match=rf"{version}/manifest.json: dim 256, where "
                                            r"model.onnx gives 384 numbers a text"):
         Encoder(version, RuntimeOptions("fp32"))
+
+
+@pytest.mark.parametrize("edit", [{"query_prefix": "query: "}, {"max_length": 4}])
+def test_a_manifest_whose_encoding_is_not_the_graphs_is_named(
+        embedder_dir: Path, tmp_path: Path, edit: dict[str, object]) -> None:
+    """A manifest's prefixes or token limit edited fed queries otherwise than the stored
+    papers with no error (max_length 4 was blamed on the CPU's int8). The graph records the
+    encoding it was exported with (none: the default), and the manifest must say the same;
+    an export from before encodings were recorded is taken as it says."""
+    import json
+
+    version = tmp_path / "minilm" / "1"
+    shutil.copytree(embedder_dir, version)
+    manifest = json.loads((version / "manifest.json").read_text())
+    (version / "manifest.json").write_text(json.dumps({**manifest, **edit}))
+    for precision in ("fp32", "int8"):
+        with pytest.raises(ModelCorrupt, match=r"manifest.json: encoding .* where model.*onnx "
+                                               r"was exported with \{'max_length': 256"):
+            Encoder(version, RuntimeOptions(precision))  # type: ignore[arg-type]
+    (version / "manifest.json").write_text(json.dumps(
+        {**manifest, **edit, "created": "2026-12-01T09:00:00Z"}))
+    assert Encoder(version, RuntimeOptions("fp32")).manifest.encoding != DEFAULT_ENCODING
 
 
 def test_a_damaged_latest_export_is_exported_again(embedder_dir: Path, tmp_path: Path) -> None:
@@ -463,13 +488,19 @@ def test_query_and_document_modes_use_manifest_prefixes(
     exported = read_manifest(embedder_dir)
     assert exported.query_prefix == exported.document_prefix == ""
     np.testing.assert_array_equal(fp32.encode_queries(["x y"]), fp32.encode_documents(["x y"]))
+    import onnx
+
     version = tmp_path / "minilm" / "1"
     version.mkdir(parents=True)
-    for file in embedder_dir.iterdir():  # the graphs and tokenizer as exported (hashed at load)
-        if file.name != "manifest.json":
+    for file in embedder_dir.iterdir():  # the int8 graph and tokenizer as exported
+        if file.name not in ("manifest.json", "model.onnx"):
             (version / file.name).symlink_to(file)
     manifest = json.loads((embedder_dir / "manifest.json").read_text())
     manifest.update(query_prefix="query: ", document_prefix="passage: ")
+    graph = onnx.load(str(embedder_dir / "model.onnx"))  # as an export with them records them
+    onnx.helper.set_model_props(graph, {ENCODING_KEY: json.dumps(Manifest(**manifest).encoding)})
+    onnx.save(graph, str(version / "model.onnx"))
+    manifest["files"]["model.onnx"] = sha256_file(version / "model.onnx")
     (version / "manifest.json").write_text(json.dumps(manifest))
     prefixed = Encoder(version, RuntimeOptions("fp32"))
     texts = ["t", "graph neural networks"]

@@ -37,6 +37,8 @@ from transformers import (
 from papersearch.durable import exclusive, remove_stale, staged
 from papersearch.modelbuild.sources import ModelSourceError, ResolvedSource
 from papersearch.models.manifest import (
+    DEFAULT_ENCODING,
+    ENCODING_KEY,
     FP32_FILE,
     INT8_FILE,
     TOKENIZER_FILE,
@@ -71,9 +73,6 @@ INT8_SCHEMES: dict[Int8Scheme, dict[str, Any]] = {
     "u8s8-reduce-range-ffn-out-fp32": {"weight_type": "QInt8", "reduce_range": True,
                                        "fp32_after": ("Gelu", "BiasGelu", "FastGelu")},
 }
-# How texts are fed to an embedder's graph (cut, prefixed): not in the graph's computation
-DEFAULT_ENCODING = {"max_length": 256, "query_prefix": "", "document_prefix": ""}
-ENCODING_KEY = "papersearch.encoding"
 EXPORT_LOCK = ".export.lock"  # beside the versions of the name it guards
 # What a local source's export depends on: weights (sharded too), configs (a pooling folder's
 # included), tokenizer files

@@ -21,6 +21,13 @@ INT8_FILE = "model.int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
 ModelKind = Literal["embedder", "reranker"]
+# How texts are fed to an embedder's graph (cut, prefixed): not in the graph's computation, so
+# an export other than the default writes it into the graph's metadata under ENCODING_KEY
+# (modelbuild/export.py; the int8 graph made from it keeps it), and exports since
+# ENCODING_RECORDED_SINCE always have
+DEFAULT_ENCODING = {"max_length": 256, "query_prefix": "", "document_prefix": ""}
+ENCODING_KEY = "papersearch.encoding"
+ENCODING_RECORDED_SINCE = "2026-12-05T10:46:00Z"
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,12 @@ class Manifest:
     def sha256(self) -> str:
         """Identity of this model: the fp32 graph's digest."""
         return self.files[FP32_FILE]
+
+    @property
+    def encoding(self) -> dict[str, Any]:
+        """How texts are fed to the graph, as DEFAULT_ENCODING names it."""
+        return {"max_length": self.max_length, "query_prefix": self.query_prefix,
+                "document_prefix": self.document_prefix}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

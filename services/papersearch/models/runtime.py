@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,9 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer, normalizers
 
 from papersearch.models.manifest import (
+    DEFAULT_ENCODING,
+    ENCODING_KEY,
+    ENCODING_RECORDED_SINCE,
     FP32_FILE,
     INT8_FILE,
     MANIFEST,
@@ -147,8 +151,28 @@ class OnnxModel:
                 f"{self.version_dir / MANIFEST}: dim {self.manifest.dim}, where {graph.name} "
                 f"gives {width} numbers a text (the manifest edited?): delete "
                 f"{self.version_dir} and export the model again")
+        if self.manifest.kind == "embedder":
+            self._check_encoding(graph)
         self._input_names = {i.name for i in self.session.get_inputs()}
         self.precision = precision
+
+    def _check_encoding(self, graph: Path) -> None:
+        """ModelCorrupt where the manifest's token limit or prefixes are not the ones the
+        graph was exported with (its metadata; none recorded: the default, for an export
+        since encodings were recorded): an edited manifest fed queries otherwise than the
+        stored papers, with no error, and `models export` found it current."""
+        recorded = self.session.get_modelmeta().custom_metadata_map.get(ENCODING_KEY)
+        if recorded is None and self.manifest.created < ENCODING_RECORDED_SINCE:
+            return  # exported before: a non-default encoding was not recorded then
+        try:
+            exported = DEFAULT_ENCODING if recorded is None else json.loads(recorded)
+        except ValueError:
+            exported = {"unreadable": recorded}
+        if exported != self.manifest.encoding:
+            raise ModelCorrupt(
+                f"{self.version_dir / MANIFEST}: encoding {self.manifest.encoding} where "
+                f"{graph.name} was exported with {exported} (the manifest edited?): delete "
+                f"{self.version_dir} and export the model again")
 
     def _verify_int8(self) -> None:
         """Serve int8 only if it agrees with the stored fp32 outputs on this CPU."""
