@@ -1433,6 +1433,17 @@ def test_a_damaged_index_is_refused_with_its_papers_kept_and_the_way_back_said(
                                          f"version.info .*: {way_back}"):
         EdgeStore(settings).ensure_collection(DIM, SHA, create=False)
     assert (written / "mutable_id_tracker.mappings").is_file()  # still there to restore
+    # a replaced segment whose removal by the engine was cut short (a build child killed
+    # after an optimize): renamed *.deleted, version.info gone first; the load finishes it
+    shutil.copytree(copy, tmp_path / "replaced")
+    kept = tmp_path / "replaced" / settings.collection / "segments"
+    [segment] = [p for p in kept.iterdir() if p.name == written.name]
+    shutil.copytree(segment, kept / f"{segment.name}AbCdEf.deleted",
+                    ignore=shutil.ignore_patterns("version.info"))
+    with EdgeStore(IndexSettings(data_dir=tmp_path / "replaced")) as s:
+        s.ensure_collection(DIM, SHA, create=False)
+        assert s.count() == len(PAPERS)
+    assert not (kept / f"{segment.name}AbCdEf.deleted").exists()
     shutil.rmtree(path / "segments")
     with pytest.raises(StoreError, match="has no segments folder"):
         EdgeStore(settings).ensure_collection(DIM, SHA)

@@ -620,6 +620,8 @@ def _check_segments(path: Path) -> None:
         raise StoreError(f"index {path} has no {_SEGMENTS} folder (damaged, or an incomplete "
                          f"copy): {_RESTORE}")
     for segment in segments.iterdir():
+        if segment.suffix == ".deleted":  # the engine's own removal of a replaced segment,
+            continue  # cut short (version.info goes first): it finishes it at the load
         if segment.is_dir() and not (segment / "version.info").exists() and any(
                 (segment / name).is_file() and (segment / name).stat().st_size
                 for name in ("id_tracker.mappings", "mutable_id_tracker.mappings")):
