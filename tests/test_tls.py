@@ -253,6 +253,41 @@ def test_tls_settings_go_together(pki: Path) -> None:
         ServeSettings(tls_client_ca_file=pki / "ca.pem")
 
 
+def test_gateway_tls_files_that_cannot_serve_are_refused_by_setting_and_file(
+        pki: Path, tmp_path: Path) -> None:
+    """A key not the certificate's, a file that is no PEM, an encrypted key: gRPC took the
+    bytes and failed at its bind, reported as "another process listening there"; an empty
+    client CA file started a gateway that turned every client away. Refused before binding,
+    naming the setting and the file (check_tls runs in `papersearch serve` before Ray and in
+    the gateway replica)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from papersearch.gateway.tls import TlsRefused, check_tls
+
+    good = {"tls_cert_file": pki / "server.pem", "tls_key_file": pki / "server.key"}
+    check_tls(ServeSettings(**good, tls_client_ca_file=pki / "ca.pem"))  # fine
+    (tmp_path / "empty.pem").write_text("")
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    key = serialization.load_pem_private_key((pki / "server.key").read_bytes(), None)
+    (tmp_path / "locked.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    for settings, said in (
+        ({**good, "tls_key_file": pki / "client.key"},
+         r"serve.tls_cert_file .*server.pem with serve.tls_key_file .*client.key: "
+         r"KEY_VALUES_MISMATCH"),
+        ({**good, "tls_cert_file": tmp_path / "garbage.pem"}, r"garbage.pem with .*: \w+"),
+        ({**good, "tls_key_file": tmp_path / "locked.key"}, r"locked.key: .*unencrypted\)"),
+        ({**good, "tls_key_file": tmp_path / "gone.key"}, "gone.key: No such file"),
+        ({**good, "tls_client_ca_file": tmp_path / "empty.pem"},
+         r"serve.tls_client_ca_file .*empty.pem: NO_CERTIFICATE_OR_CRL_FOUND"),
+        ({**good, "tls_client_ca_file": tmp_path / "garbage.pem"},
+         r"serve.tls_client_ca_file .*garbage.pem: \w+"),
+    ):
+        with pytest.raises(TlsRefused, match=said):
+            check_tls(ServeSettings(**settings))
+
+
 def test_a_client_certificate_without_its_key_is_refused_not_aborted(pki: Path) -> None:
     """SearchClient(tls=Tls(cert_file=...)) without key_file (or the other way round) killed
     the Python process in gRPC's C core (SIGABRT); a str path raised AttributeError; a path

@@ -49,7 +49,7 @@ from papersearch.gateway.health import Health
 from papersearch.gateway.http_api import HttpFront, socket_target
 from papersearch.gateway.instrument import MetricsInterceptor
 from papersearch.gateway.servicers import IndexServicer, SearchServicer
-from papersearch.gateway.tls import server_credentials
+from papersearch.gateway.tls import check_tls, server_credentials
 from papersearch.gateway.watch import WatchFeed, WatchHub
 from papersearch.logs import OnChange
 from papersearch.pipeline.backend import Backend
@@ -162,6 +162,7 @@ class Gateway:
         self.backend = backend
         self.settings = settings
         settings.serve.check_access()
+        check_tls(settings.serve)
         keys = Keys.of(settings.serve)
         auth = [] if keys is None else [ApiKeyInterceptor(keys)]
         if not auth and not is_loopback(settings.serve.grpc_host):  # allow_unauthenticated

@@ -23,13 +23,45 @@ def server_credentials(serve: ServeSettings) -> grpc.ServerCredentials | None:
     )
 
 
+class TlsRefused(ValueError):
+    """The gateway's TLS files cannot serve; the message names the setting and the file."""
+
+
+def check_tls(serve: ServeSettings) -> None:
+    """TlsRefused where the TLS files cannot serve both ports, before anything binds: gRPC
+    took any bytes and failed at its bind, reported as another process on the port; the
+    HTTP port raised a bare SSLError naming no file, and only when it was on (so a key too
+    weak for it served gRPC alone); an empty client CA file started a gateway that turned
+    every client away."""
+    http_ssl_context(serve)
+
+
 def http_ssl_context(serve: ServeSettings) -> ssl.SSLContext | None:
-    """The same certificate, key and client CA for the HTTP/JSON port; None for plaintext."""
-    if serve.tls_cert_file is None or serve.tls_key_file is None:
+    """The same certificate, key and client CA for the HTTP/JSON port; None for plaintext.
+    TlsRefused, naming the setting and file, where they cannot be used."""
+    cert, key, client_ca = serve.tls_cert_file, serve.tls_key_file, serve.tls_client_ca_file
+    if cert is None or key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(serve.tls_cert_file, serve.tls_key_file)
-    if serve.tls_client_ca_file is not None:
-        context.load_verify_locations(serve.tls_client_ca_file)
+    try:  # an encrypted key is asked no password (OpenSSL would prompt on a terminal)
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as error:
+        raise TlsRefused(
+            f"serve.tls_cert_file {cert} with serve.tls_key_file {key}: {_reason(error)} (PEM "
+            "files: the certificate, its chain after it, and its own key, unencrypted)"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(client_ca)
+        except (ssl.SSLError, OSError) as error:
+            raise TlsRefused(f"serve.tls_client_ca_file {client_ca}: {_reason(error)} (PEM "
+                             "certificates of the CAs that sign client certificates)") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _reason(error: ssl.SSLError | OSError) -> str:
+    """OpenSSL's reason (KEY_VALUES_MISMATCH, EE_KEY_TOO_SMALL, ...) or the OS's words."""
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return error.reason
+    return error.strerror or str(error)

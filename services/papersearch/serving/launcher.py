@@ -96,7 +96,10 @@ def start(
     ``overrides`` (a JSON-able nested mapping of settings) reach every replica through the
     config's ``args.settings``; otherwise replicas read the same PAPERSEARCH_* environment.
     """
+    from papersearch.gateway.tls import check_tls
+
     settings.serve.check_access()  # before Ray starts: the gateway replica would refuse too
+    check_tls(settings.serve)
     for key, value in LOCAL_RAY_ENV.items():  # read when Ray is imported: set them first
         os.environ.setdefault(key, value)
     # the Serve controller (a process of the Ray instance started below) reads it at import
