@@ -223,6 +223,21 @@ def test_cli_needs_a_reachable_target(capsys: pytest.CaptureFixture[str],
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_refuses_an_out_folder_holding_a_run(capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    """The README's command wrote over the recorded run in docs/loadtest/encoder/1 (its
+    summary.txt left beside a JSON it no longer matched): a folder holding a run is refused
+    before anything is sent."""
+    recorded = tmp_path / "encoder" / "1"
+    recorded.mkdir(parents=True)
+    (recorded / "loadtest.json").write_text("{}")
+    args = ["loadtest", "--target", f"127.0.0.1:{free_port()}", "--rate", "1", "--duration",
+            "1", "--queries", str(_queries_file(tmp_path)), "--out", str(recorded)]
+    assert main(args) == 2
+    assert f"--out {recorded} already holds a run" in capsys.readouterr().err
+    assert (recorded / "loadtest.json").read_text() == "{}"
+
+
 def test_options_default_from_settings(tmp_path: Path) -> None:
     settings = Settings(serve={"dashboard_host": "127.0.0.2", "dashboard_port": 18265,
                                "metrics_port": 18080, "app_name": "ps"})

@@ -144,7 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-s", type=float, default=1.0,
                         help="replica sampling period (default %(default)s)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="results folder (default: loadtest-results/<UTC timestamp>)")
+                        help="results folder, new or without a run in it (default: "
+                             "loadtest-results/<UTC timestamp>)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow a target that is not a loopback address")
     parser.add_argument("--json", action="store_true", help="print the JSON report")
@@ -358,6 +359,10 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
                              "(localhost, 127.0.0.0/8, ::1); pass --allow-remote if you mean it")
     if args.max_in_flight < 1:
         raise ValueError(f"--max-in-flight must be >= 1, got {args.max_in_flight}")
+    if args.out is not None and (args.out / "loadtest.json").exists():  # a recorded run, as
+        # the README's docs/loadtest/... were: written over, its summary.txt left beside it
+        raise ValueError(f"--out {args.out} already holds a run (loadtest.json): give a new "
+                         "folder, or move that run away first")
     queries = load_queries(args.queries, settings.corpus_dir, args.seed)
     options = SearchOptions(args.top_k, args.mode, args.rerank)
     for text in queries:  # what the gateway would refuse is a mistake in the options or file
