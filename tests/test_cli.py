@@ -483,9 +483,15 @@ def test_a_target_that_is_no_grpc_server_gets_a_hint() -> None:
     assert _remote_error("h:1", "UNAVAILABLE", tls + "WRONG_VERSION_NUMBER: ..."
                          ).endswith("(it does not speak TLS: drop --tls, or check the port)")
     # a TLS server whose certificate is not trusted: dropping --tls was the wrong advice
-    assert _remote_error("h:1", "UNAVAILABLE", tls + "CERTIFICATE_VERIFY_FAILED: self signed"
-                         ).endswith("(its certificate is not trusted here: give --ca with the "
-                                    "CA that signed it)")
+    assert "(its certificate is not trusted here: give --ca with the CA that signed it" in (
+        _remote_error("h:1", "UNAVAILABLE", tls + "CERTIFICATE_VERIFY_FAILED: self signed"))
+    # --ca given and right, the certificate expired: "give --ca" was the advice there too
+    assert _remote_error("h:1", "UNAVAILABLE", tls + "CERTIFICATE_VERIFY_FAILED: certificate "
+                         "has expired").endswith("(the gateway's certificate has expired: "
+                                                 "renew it there (serve.tls_cert_file); no "
+                                                 "client option mends it)")
+    assert "(it does not speak gRPC: the HTTP front's port?" in _remote_error(
+        "h:8000", "UNAVAILABLE", "Cannot check peer: missing selected ALPN property.")
     assert _remote_error("h:1", "NOT_FOUND", "no paper 'x'") == "h:1: NOT_FOUND: no paper 'x'"
 
 

@@ -299,3 +299,18 @@ def test_a_client_certificate_without_its_key_is_refused_not_aborted(pki: Path) 
     assert Tls(*map(str, files)) == Tls(*files)
     with pytest.raises(FileNotFoundError, match=r"Tls key_file: no such file: .*client.kee$"):
         Tls(files[0], files[1], pki / "client.kee")
+
+
+def test_the_serve_banner_gives_commands_that_work_over_tls(pki: Path) -> None:
+    """`papersearch serve` printed plaintext commands and an http:// page for a TLS gateway:
+    the first commands an operator copied failed with "Socket closed"."""
+    from papersearch.serving.launcher import banner
+
+    plain = banner(ServeSettings())
+    assert "--target 127.0.0.1:50051\n" in plain and "http://127.0.0.1:8000/" in plain
+    mutual = banner(ServeSettings(tls_cert_file=pki / "server.pem",
+                                  tls_key_file=pki / "server.key",
+                                  tls_client_ca_file=pki / "ca.pem"))
+    assert ('search "graph neural networks" --target 127.0.0.1:50051 --ca CA.pem --cert '
+            "CLIENT.pem --key CLIENT.key\n") in mutual
+    assert "https://127.0.0.1:8000/" in mutual and "http://127.0.0.1:8000/" not in mutual

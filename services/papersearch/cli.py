@@ -459,11 +459,19 @@ def _ask_gateway(args: argparse.Namespace, call: Callable[[SearchClient], T]) ->
 
 
 # What gRPC says of a target that is no gRPC server as this client reaches it, and what to do.
-_NOT_GRPC = (("Failed parsing HTTP/2", "it does not speak gRPC: the HTTP front's port? "
-              "the gateway's gRPC port is serve.grpc_port, 50051 by default"),
+_HTTP_PORT = ("it does not speak gRPC: the HTTP front's port? the gateway's gRPC port is "
+              "serve.grpc_port, 50051 by default")
+_NOT_GRPC = (("Failed parsing HTTP/2", _HTTP_PORT),
+             ("missing selected ALPN", _HTTP_PORT),  # the same, over TLS
              ("WRONG_VERSION_NUMBER", "it does not speak TLS: drop --tls, or check the port"),
+             # the verify failures by their reason: "give --ca" was the advice for them all
+             ("certificate has expired", "the gateway's certificate has expired: renew it there "
+              "(serve.tls_cert_file); no client option mends it"),
+             ("certificate is not yet valid", "the gateway's certificate is not valid yet: its "
+              "start date is ahead of this machine's clock"),
              ("CERTIFICATE_VERIFY_FAILED", "its certificate is not trusted here: give --ca with "
-              "the CA that signed it"))
+              "the CA that signed it (trusted already: the gateway's file may lack the "
+              "intermediate certificates after its own)"))
 
 
 def _remote_error(target: str, status: str, details: str) -> str:

@@ -19,7 +19,7 @@ import yaml
 
 from papersearch import interrupts
 from papersearch.interrupts import Interrupted
-from papersearch.settings import Settings
+from papersearch.settings import ServeSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,26 @@ def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = (merged(inner, value) if isinstance(inner, Mapping)
                     and isinstance(value, Mapping) else value)
     return out
+
+
+def banner(serve: ServeSettings) -> str:
+    """What a started service says: where it serves and commands to try, over TLS where it
+    serves TLS (the plaintext ones failed there with "Socket closed", no hint)."""
+    target = f"{serve.grpc_host}:{serve.grpc_port}"
+    tls = ("" if serve.tls_cert_file is None else " --ca CA.pem"
+           + (" --cert CLIENT.pem --key CLIENT.key" if serve.tls_client_ca_file else ""))
+    scheme = "http" if serve.tls_cert_file is None else "https"
+    web = ("" if serve.http_port is None else
+           f"HTTP/JSON and the search page: {scheme}://{serve.grpc_host}:{serve.http_port}/\n")
+    about_tls = ("" if not tls else "(CA.pem: the CA that signed serve.tls_cert_file, or --tls "
+                 "alone for a public one" + (", and a client certificate it accepts" if
+                                              serve.tls_client_ca_file else "") + ")\n")
+    return (f"papersearch is serving gRPC on {target} (Ctrl-C stops it). Try:\n"
+            f'  papersearch search "graph neural networks" --target {target}{tls}\n'
+            f"  papersearch loadtest --target {target}{tls} --rate 5 --duration 30\n"
+            f"{about_tls}{web}"
+            f"Metrics: http://127.0.0.1:{serve.metrics_port}/metrics  Serve status: "
+            f"http://{serve.dashboard_host}:{serve.dashboard_port}/api/serve/applications/")
 
 
 def start(
@@ -217,16 +237,7 @@ def serve_forever(settings: Settings) -> None:
     try:
         start(settings, num_cpus=settings.serve.num_cpus)
         running = True
-        target = f"{settings.serve.grpc_host}:{settings.serve.grpc_port}"
-        serve = settings.serve
-        web = ("" if serve.http_port is None else
-               f"HTTP/JSON and the search page: http://{serve.grpc_host}:{serve.http_port}/\n")
-        print(f"papersearch is serving gRPC on {target} (Ctrl-C stops it). Try:\n"
-              f'  papersearch search "graph neural networks" --target {target}\n'
-              f"  papersearch loadtest --target {target} --rate 5 --duration 30\n{web}"
-              f"Metrics: http://127.0.0.1:{serve.metrics_port}/metrics  Serve status: "
-              f"http://{serve.dashboard_host}:{serve.dashboard_port}/api/serve/applications/",
-              flush=True)
+        print(banner(settings.serve), flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
