@@ -693,6 +693,13 @@ def test_two_exports_of_one_model_at_once_make_one_version(
     # an identical export is there: no corpus is read (the command failed without one)
     assert export_module.export(spec, tmp_path / "repo", no_corpus) == made[0]
     assert sorted(p.name for p in (tmp_path / "repo" / "m").iterdir()) == [".export.lock", "1"]
+    # its manifest edited to another encoding (which every runtime refuses): exported again,
+    # where "export cached" had answered
+    manifest = made[0] / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"query_prefix": ""',
+                                                     '"query_prefix": "q: "'))
+    again = export_module.export(spec, tmp_path / "repo", lambda: ["a", "b", "c", "d"])
+    assert again == tmp_path / "repo" / "m" / "2"
 
 
 def test_train_reranker_from_a_hub_id_is_refused_before_mining(tmp_path: Path) -> None:

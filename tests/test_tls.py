@@ -286,6 +286,37 @@ def test_gateway_tls_files_that_cannot_serve_are_refused_by_setting_and_file(
     ):
         with pytest.raises(TlsRefused, match=said):
             check_tls(ServeSettings(**settings))
+    # a 1024-bit key: too weak for the HTTP port, which refuses it, but gRPC alone took it
+    # (as before); a key type gRPC's TLS does not take is refused though OpenSSL reads it
+    weak, odd = _self_signed(tmp_path, "weak", "rsa1024"), _self_signed(tmp_path, "odd", "ed448")
+    with pytest.raises(TlsRefused, match="EE_KEY_TOO_SMALL"):
+        check_tls(ServeSettings(**weak))
+    check_tls(ServeSettings(**weak, http_port=None))
+    with pytest.raises(TlsRefused, match="odd.key: gRPC's TLS cannot use them"):
+        check_tls(ServeSettings(**odd, http_port=None))
+
+
+def _self_signed(folder: Path, name: str, kind: str) -> dict[str, Path]:
+    """A self-signed certificate and key of ``kind`` (rsa1024, ed448) as gateway settings."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed448, rsa
+    from cryptography.x509.oid import NameOID
+
+    key = (rsa.generate_private_key(65537, 1024) if kind == "rsa1024"
+           else ed448.Ed448PrivateKey.generate())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, None if kind == "ed448" else hashes.SHA256()))
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return {"tls_cert_file": folder / f"{name}.pem", "tls_key_file": folder / f"{name}.key"}
 
 
 def test_a_client_certificate_without_its_key_is_refused_not_aborted(pki: Path) -> None:

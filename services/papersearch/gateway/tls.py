@@ -5,6 +5,7 @@ binds."""
 from __future__ import annotations
 
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -28,21 +29,43 @@ class TlsRefused(ValueError):
 
 
 def check_tls(serve: ServeSettings) -> None:
-    """TlsRefused where the TLS files cannot serve both ports, before anything binds: gRPC
-    took any bytes and failed at its bind, reported as another process on the port; the
-    HTTP port raised a bare SSLError naming no file, and only when it was on (so a key too
-    weak for it served gRPC alone); an empty client CA file started a gateway that turned
-    every client away."""
-    http_ssl_context(serve)
+    """TlsRefused where the TLS files cannot serve the ports the gateway opens, before
+    anything binds: gRPC took any bytes and failed at its bind, reported as another process
+    on the port; the HTTP port raised a bare SSLError naming no file; an empty client CA file
+    started a gateway that turned every client away. Read as the HTTP port reads them, at
+    OpenSSL's default security level where that port is on (a 1024-bit key, a SHA-1
+    signature refused) and at none where gRPC serves alone (which takes them); then given to
+    gRPC on a port of the system's choosing, never started: a key type gRPC's TLS does not
+    take (RSA-PSS, Ed448, secp256k1) passed OpenSSL's reading."""
+    if _context(serve, strict=serve.http_port is not None) is None:
+        return
+    probe = grpc.server(ThreadPoolExecutor(max_workers=1))
+    try:
+        bound = probe.add_secure_port("127.0.0.1:0", server_credentials(serve))
+    except RuntimeError:
+        bound = 0
+    finally:
+        probe.stop(None)
+    if not bound:
+        raise TlsRefused(
+            f"serve.tls_cert_file {serve.tls_cert_file} with serve.tls_key_file "
+            f"{serve.tls_key_file}: gRPC's TLS cannot use them (a key type it does not take, "
+            "such as RSA-PSS, Ed448 or secp256k1? its log line above says)")
 
 
 def http_ssl_context(serve: ServeSettings) -> ssl.SSLContext | None:
     """The same certificate, key and client CA for the HTTP/JSON port; None for plaintext.
     TlsRefused, naming the setting and file, where they cannot be used."""
+    return _context(serve, strict=True)
+
+
+def _context(serve: ServeSettings, strict: bool) -> ssl.SSLContext | None:
     cert, key, client_ca = serve.tls_cert_file, serve.tls_key_file, serve.tls_client_ca_file
     if cert is None or key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if not strict:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
     try:  # an encrypted key is asked no password (OpenSSL would prompt on a terminal)
         context.load_cert_chain(cert, key, password=lambda: b"")
     except (ssl.SSLError, OSError) as error:

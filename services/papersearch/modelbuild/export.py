@@ -46,6 +46,7 @@ from papersearch.models.manifest import (
     ModelKind,
     latest_if_fingerprint,
     next_version_dir,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
@@ -120,6 +121,12 @@ def _export(spec: ExportSpec, repository: Path,
     with exclusive(repository / spec.name / EXPORT_LOCK, f"export of {spec.name}"):
         remove_stale(repository / spec.name)
         existing = latest_if_fingerprint(repository, spec.name, fingerprint)
+        if (existing is not None and spec.kind == "embedder"
+                and read_manifest(existing).encoding != _encoding(spec)):
+            # the manifest edited after the export: every runtime refuses it (models/runtime.py)
+            log.warning("the latest export's manifest says another encoding than its export: "
+                        "exporting it again", extra={"model": spec.name, "path": str(existing)})
+            existing = None
         if existing is not None:
             log.info("export cached", extra={"model": spec.name, "path": str(existing)})
             return existing
