@@ -140,23 +140,28 @@ def test_a_replica_keeps_at_most_two_other_embedders_loaded(
     migration left its old model in memory. The least recently used other one goes first;
     the configured one stays; a call naming an unloaded one loads it again."""
     name = model_settings.models.embedder_name
+    manifest = json.loads((embedder_dir / "manifest.json").read_text())
     for version in (1, 2, 3, 4):  # four versions of one export, as a migrated repository
-        (tmp_path / name).mkdir(exist_ok=True)
-        (tmp_path / name / str(version)).symlink_to(embedder_dir)
+        folder = tmp_path / name / str(version)
+        folder.mkdir(parents=True)
+        for file in embedder_dir.iterdir():  # each version's manifest its own (a copied one
+            if file.name != "manifest.json":  # naming another version is refused)
+                (folder / file.name).symlink_to(file)
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
     settings = model_settings.model_copy(update={"models": model_settings.models.model_copy(
         update={"repository": tmp_path})})
     replica = deployment.QueryEncoderDeployment.func_or_class(settings)
-    assert deployment.EXTRA_EMBEDDERS == 2 and replica.default == f"{name}@1"  # the manifest's
+    assert deployment.EXTRA_EMBEDDERS == 2 and replica.default == f"{name}@4"  # the latest
     unloaded: list[str] = []
     monkeypatch.setattr(metrics(), "model_unloaded", lambda _, model: unloaded.append(model))
 
     async def calls() -> None:
-        for version in (2, 3, 2, 4):  # 3 is the least recently used when 4 comes
+        for version in (1, 2, 1, 3):  # 2 is the least recently used when 3 comes
             assert (await replica.encode(["a query"], f"{name}@{version}")).shape[0] == 1
-        assert list(replica._encoders) == [f"{name}@1", f"{name}@2", f"{name}@4"]
-        assert set(replica._batches) == {f"{name}@2", f"{name}@4"}
-        assert (await replica.encode(["a query"], f"{name}@3")).shape[0] == 1  # loaded again
-        assert list(replica._encoders) == [f"{name}@1", f"{name}@4", f"{name}@3"]
+        assert list(replica._encoders) == [f"{name}@4", f"{name}@1", f"{name}@3"]
+        assert set(replica._batches) == {f"{name}@1", f"{name}@3"}
+        assert (await replica.encode(["a query"], f"{name}@2")).shape[0] == 1  # loaded again
+        assert list(replica._encoders) == [f"{name}@4", f"{name}@3", f"{name}@2"]
         assert (await replica.encode(["a query"])).shape[0] == 1  # the configured one
 
     asyncio.run(calls())
