@@ -323,6 +323,7 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
     )
     from papersearch.loadtest.profile import LoadProfile, schedule
     from papersearch.loadtest.queries import load_queries
+    from papersearch.loadtest.report import REPORT_FILE
     from papersearch.loadtest.runner import SearchOptions
     from papersearch.pipeline.query import SearchQuery
 
@@ -359,9 +360,9 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
                              "(localhost, 127.0.0.0/8, ::1); pass --allow-remote if you mean it")
     if args.max_in_flight < 1:
         raise ValueError(f"--max-in-flight must be >= 1, got {args.max_in_flight}")
-    if args.out is not None and (args.out / "loadtest.json").exists():  # a recorded run, as
-        # the README's docs/loadtest/... were: written over, its summary.txt left beside it
-        raise ValueError(f"--out {args.out} already holds a run (loadtest.json): give a new "
+    if args.out is not None and (args.out / REPORT_FILE).exists():  # a recorded run, as the
+        # README's docs/loadtest/... were: written over, its summary.txt left beside it
+        raise ValueError(f"--out {args.out} already holds a run ({REPORT_FILE}): give a new "
                          "folder, or move that run away first")
     queries = load_queries(args.queries, settings.corpus_dir, args.seed)
     options = SearchOptions(args.top_k, args.mode, args.rerank)
@@ -386,7 +387,7 @@ def build(settings: Settings, args: argparse.Namespace) -> LoadTest:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.interrupts import Interrupted
     from papersearch.loadtest.plot import plot_run
-    from papersearch.loadtest.report import format_summary
+    from papersearch.loadtest.report import REPORT_FILE, format_summary
 
     test = build(settings, args)
     out = args.out or Path("loadtest-results") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -394,7 +395,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         report = asyncio.run(execute(test))
     except KeyboardInterrupt:
         raise Interrupted("loadtest: stopped sending; no report written") from None
-    json_path = out / "loadtest.json"
+    json_path = out / REPORT_FILE
     png_path = out / "loadtest.png"
     title = f"papersearch loadtest {test.target}: {report.run['profile']} (QPS:s)"
     try:

@@ -11,6 +11,8 @@ from papersearch.loadtest.monitor import MetricKey, ReplicaSample, metric_name
 from papersearch.loadtest.scaling import ScaleEvent, direction_changes, scale_events
 from papersearch.loadtest.stats import SecondRow, StepRow, Summary
 
+REPORT_FILE = "loadtest.json"  # in the run's --out folder, beside its plot
+
 REQUESTS_METRIC = "ray_papersearch_requests_total"
 SEARCHES_METRIC = "ray_papersearch_searches_total"
 
@@ -54,7 +56,7 @@ class LoadTestReport:
 
     def write(self, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "loadtest.json"
+        path = out_dir / REPORT_FILE
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
         return path
 
