@@ -239,12 +239,40 @@ def test_a_deadline_the_server_set_is_logged_and_the_clients_own_is_not(
     serve = ServeSettings(default_deadline_s=0.05, max_deadline_s=0.1)
     for remaining in (None, 0.05, 1e6):  # none, the client's own, one past max_deadline_s
         caplog.clear()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError) as raised:
             asyncio.run(within_deadline(asyncio.sleep(3600), Context(remaining),  # type: ignore[arg-type]
                                         serve))
         said = [r.setting for r in caplog.records if r.getMessage() == "call deadline"]
         assert said == {None: ["serve.default_deadline_s"], 0.05: [],
                         1e6: ["serve.max_deadline_s"]}[remaining]
+        # the client is told which limit cut it: one past max_deadline_s had read "deadline
+        # exceeded" with no word of the server's own limit
+        code, message = to_status(raised.value)
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert message == {
+            None: "the server's time limit for this call (serve.default_deadline_s, 0.05 s) "
+                  "ran out before it finished",
+            0.05: "deadline exceeded before the call finished",
+            1e6: "the server's time limit for this call (serve.max_deadline_s, 0.1 s) ran out "
+                 "before it finished"}[remaining]
+
+
+def test_a_timeout_of_the_work_itself_is_not_read_as_the_servers_limit(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Only the call's own limit running out is the server's deadline: a timeout the work
+    raised by itself (a stage's own limit) keeps its status and is not logged as one."""
+    from papersearch.gateway.servicers import within_deadline
+
+    class Context:
+        def time_remaining(self) -> None:
+            return None
+
+    async def times_out() -> None:
+        raise TimeoutError("the stage's own")
+
+    with pytest.raises(TimeoutError, match="the stage's own"):
+        asyncio.run(within_deadline(times_out(), Context(), ServeSettings()))  # type: ignore[arg-type]
+    assert not [r for r in caplog.records if r.getMessage() == "call deadline"]
 
 
 def test_drain_must_outlast_the_longest_deadline() -> None:

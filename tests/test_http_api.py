@@ -432,6 +432,39 @@ def test_a_body_that_stops_arriving_is_refused_in_time(
 
 
 @pytest.mark.slow
+def test_x_timeout_ms_counts_from_the_request_and_the_servers_own_limit_is_named(
+        scratch: tuple[Servers, LocalBackend], caplog: pytest.LogCaptureFixture) -> None:
+    """x-timeout-ms started after the body had arrived and been parsed (1 s answered 200 after
+    a 1.5 s upload), where a gRPC deadline counts the transfer; and a search with no header
+    was sent serve.default_deadline_s as the caller's own, so a gateway too slow for its own
+    limit was neither logged nor named to the caller."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(Switchable(backend, delay_s=1.0), http_port=port, default_deadline_s=0.3)
+    body = json.dumps({"query": "graph neural networks"}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"POST {SEARCH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                           f"application/json\r\nx-timeout-ms: 1000\r\nContent-Length: "
+                           f"{len(body)}\r\nConnection: close\r\n\r\n".encode())
+        time.sleep(1.5)
+        connection.sendall(body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
+    assert b"x-timeout-ms ran out before the request body had been read" in answer
+
+    with caplog.at_level(logging.WARNING, logger="papersearch.gateway.servicers"):
+        late = call(f"http://127.0.0.1:{port}" + SEARCH, {"query": "x"})
+    assert late[0] == 504, late
+    assert late[1]["error"]["message"] == ("the server's time limit for this call "
+                                           "(serve.default_deadline_s, 0.3 s) ran out before "
+                                           "it finished")
+    assert [r.setting for r in caplog.records if r.getMessage() == "call deadline"] == [
+        "serve.default_deadline_s"]
+
+
+@pytest.mark.slow
 def test_an_upsert_the_deadline_ends_while_its_body_arrives_is_answered_cleanly(
     gateway: tuple[str, str], caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -138,7 +138,9 @@ def document() -> dict[str, Any]:
                                            "name": API_KEY_HEADER}},
             "parameters": {"timeout": {
                 "name": TIMEOUT_HEADER, "in": "header", "required": False,
-                "description": "The call's deadline in milliseconds. Without it: a search "
+                "description": "The call's deadline in milliseconds, counted from the "
+                               "request's arrival (its body's transfer included, as a gRPC "
+                               "deadline). Without it: a search "
                                "gets serve.default_deadline_s, an IndexService call "
                                "serve.index_call_timeout_s, WatchSearch none. Searches are "
                                "capped at serve.max_deadline_s and IndexService calls at "

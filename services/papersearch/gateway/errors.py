@@ -38,6 +38,16 @@ INCIDENT_REPEAT_S = 10.0
 INCIDENTS_KEPT = 256  # distinct failures remembered; past it, the oldest are forgotten
 
 
+class ServerDeadline(TimeoutError):
+    """A call's time the server set (the client's deadline was none, or past the longest
+    allowed) ran out."""
+
+    def __init__(self, limit_s: float, setting: str) -> None:
+        super().__init__(f"{setting} ({limit_s:.3g} s) ran out")
+        self.limit_s = limit_s
+        self.setting = setting
+
+
 def root_cause(error: BaseException) -> BaseException:
     """Ray wraps a replica's exception; its ``cause`` is the original one, message intact."""
     seen = 0
@@ -54,6 +64,9 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, PaperNotFound):
         return grpc.StatusCode.NOT_FOUND, f"paper {quoted(error.paper_id)} is not in the index"
+    if isinstance(error, ServerDeadline):
+        return (grpc.StatusCode.DEADLINE_EXCEEDED, f"the server's time limit for this call "
+                f"({error.setting}, {error.limit_s:.3g} s) ran out before it finished")
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call finished"
     if isinstance(error, Overloaded):

@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from papersearch.api.json_types import check_types
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import QUOTE_CHARS, quoted
 from papersearch.gateway import page
-from papersearch.gateway.auth import WRITE_PREFIXES, Keys
+from papersearch.gateway.auth import Keys
 from papersearch.gateway.decode import grpc_receive_limit, too_large
 from papersearch.gateway.errors import to_status
 from papersearch.gateway.tls import http_ssl_context
@@ -231,25 +232,20 @@ class HttpFront:
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
         path = openapi.http_path(method)
-        # without x-timeout-ms: a search the deadline the gateway gives a gRPC call that sets
-        # none; an index write none (the gateway's serve.index_call_timeout_s applies, and a
-        # deadline sent here would read as the caller's own)
-        deadline_s = (None if path.startswith(WRITE_PREFIXES)
-                      else self.serve.default_deadline_s)
         if method.server_streaming:  # WatchSearch: the responses as NDJSON lines
             calls = [channel.unary_stream(path, request_serializer=request_type.SerializeToString,
                                           response_deserializer=response_type.FromString)
                      for channel in self.watch_channels]
 
             async def streaming(request: web.Request) -> web.StreamResponse:
-                options = self._admitted(request, path, JSON, None)  # no deadline unless set
+                options = self._admitted(request, path, JSON)
                 _probe_when_silent(request, self.serve)
                 message = await _message(self.parsers, await self._body(request), request_type,
                                          "request", self.serve.max_receive_bytes, "request body")
                 least = min(range(len(calls)), key=self.watching.__getitem__)  # by open watches
                 self.watching[least] += 1
                 try:
-                    call = calls[least](message, **options)
+                    call = calls[least](message, **options.now())
                     with self._running(call) as cut:
                         return await _lines_out(request, call, self.serve.http_body_timeout_s,
                                                 cut)
@@ -263,10 +259,10 @@ class HttpFront:
                 response_deserializer=response_type.FromString)
 
             async def streamed(request: web.Request) -> web.StreamResponse:
-                options = self._admitted(request, path, openapi.NDJSON, deadline_s)
+                options = self._admitted(request, path, openapi.NDJSON)
                 messages = _Lines(request, request_type, self.serve.max_receive_bytes,
                                   self.serve.http_body_timeout_s, self.parsers)
-                call = stream(messages.messages(), **options)
+                call = stream(messages.messages(), **options.now())
                 try:
                     with self._running(call) as cut:
                         return await self._json(await _answer(call, cut, messages))
@@ -278,10 +274,10 @@ class HttpFront:
                                          response_deserializer=response_type.FromString)
 
         async def single(request: web.Request) -> web.StreamResponse:
-            options = self._admitted(request, path, JSON, deadline_s)
+            options = self._admitted(request, path, JSON)
             message = await _message(self.parsers, await self._body(request), request_type,
                                      "request", self.serve.max_receive_bytes, "request body")
-            call = unary(message, **options)
+            call = unary(message, **options.now())
             with self._running(call) as cut:
                 return await self._json(await _answer(call, cut))
 
@@ -310,16 +306,18 @@ class HttpFront:
             return None
         return HttpError("UNAVAILABLE", CUT)
 
-    def _admitted(self, request: web.Request, path: str, content_type: str,
-                  deadline_s: float | None) -> dict[str, Any]:
+    def _admitted(self, request: web.Request, path: str, content_type: str
+                  ) -> CallOptions:
         """The call options of a request that may send its body: of the right type, with a
-        key that may call ``path`` (checked again by the gRPC side), its x-timeout-ms or
-        ``deadline_s``. The key is checked before the body is read: a caller without one must
-        not get the server to read and parse up to max_receive_bytes for it."""
+        key that may call ``path`` (checked again by the gRPC side) and its x-timeout-ms, if
+        any (without, the gateway's own limits apply, as to a gRPC call that sets none, and
+        are logged as the server's when they cut it). The key is checked before the body is
+        read: a caller without one must not get the server to read and parse up to
+        max_receive_bytes for it."""
         _require_type(request, content_type)
-        options = _call_options(request, deadline_s)
+        options = _call_options(request)
         refused = None if self.keys is None else self.keys.refusal(
-            path, [key for _, key in options["metadata"]])
+            path, [key for _, key in options.metadata])
         if refused is not None:
             raise HttpError(refused[0].name, refused[1])
         return options
@@ -502,13 +500,33 @@ def _from_rpc(error: grpc.aio.AioRpcError) -> HttpError:
     return HttpError(code.name, error.details() or code.name, metadata)
 
 
-def _call_options(request: web.Request, deadline_s: float | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CallOptions:
+    """A request's keys and x-timeout-ms, for its gRPC call."""
+
+    metadata: tuple[tuple[str, str], ...]
+    timeout_s: float | None
+    admitted: float  # time.monotonic() as the request was admitted
+
+    def now(self) -> dict[str, Any]:
+        """The options of a call made now, x-timeout-ms counted from the admission, as a gRPC
+        deadline counts the call's transfer: reading and parsing the body had been free (a
+        1 s timeout answered 200 after 2.8 s of a slow upload)."""
+        if self.timeout_s is None:
+            return {"metadata": self.metadata, "timeout": None}
+        left = self.timeout_s - (time.monotonic() - self.admitted)
+        if left <= 0:
+            raise HttpError("DEADLINE_EXCEEDED", f"{openapi.TIMEOUT_HEADER} ran out before "
+                            "the request body had been read")
+        return {"metadata": self.metadata, "timeout": left}
+
+
+def _call_options(request: web.Request) -> CallOptions:
     keys = request.headers.getall(openapi.API_KEY_HEADER, [])
     if not all(key.isascii() and key.isprintable() for key in keys):  # gRPC metadata cannot
         raise HttpError("UNAUTHENTICATED", f"{openapi.API_KEY_HEADER}: not a valid key "
                         "(keys are printable ASCII)")
-    options: dict[str, Any] = {"metadata": tuple((openapi.API_KEY_HEADER, key) for key in keys),
-                               "timeout": deadline_s}
+    admitted, timeout_s = time.monotonic(), None
     timeout = request.headers.get(openapi.TIMEOUT_HEADER)
     if timeout is not None:
         digits = re.fullmatch(r"[0-9]{1,16}", timeout)
@@ -516,8 +534,10 @@ def _call_options(request: web.Request, deadline_s: float | None) -> dict[str, A
             raise HttpError("INVALID_ARGUMENT", f"{openapi.TIMEOUT_HEADER}: expected a whole "
                             f"number of milliseconds from 1 to {openapi.MAX_TIMEOUT_MS}, got "
                             f"{timeout[:64]!r}")
-        options["timeout"] = int(timeout) / 1000.0
-    return options
+        timeout_s = int(timeout) / 1000.0
+    return CallOptions(tuple((openapi.API_KEY_HEADER, key) for key in keys), timeout_s,
+                       admitted)
+
 
 
 def _require_type(request: web.Request, content_type: str) -> None:

@@ -20,7 +20,7 @@ from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.corpus.paper import Paper
 from papersearch.errors import NotReady
-from papersearch.gateway.errors import to_status
+from papersearch.gateway.errors import ServerDeadline, to_status
 from papersearch.gateway.watch import DRAINING, Match, Watch, WatchHub
 from papersearch.index.query import Hit
 from papersearch.pipeline.backend import Backend
@@ -58,15 +58,17 @@ async def within_deadline(
     expiry it is cancelled downstream. (In this task: ``asyncio.wait_for`` would start another
     one, a loop turn more per call.) A time the server set that runs out is logged: the
     service was too slow, where a client's own deadline is the client's business (nothing was
-    logged either way)."""
+    logged either way), and the client is told which setting cut its call (it had read "deadline
+    exceeded" after a second with a deadline of a minute)."""
     limit, setting = call_time(context, serve) if time_s is None else time_s
     try:
-        async with asyncio.timeout(limit):
+        async with asyncio.timeout(limit) as scope:
             return await work
-    except TimeoutError:
-        if setting is not None:
-            log.warning("call deadline", extra={"limit_s": round(limit, 3), "setting": setting})
-        raise
+    except TimeoutError as error:
+        if setting is None or not scope.expired():  # the client's, or the work's own timeout
+            raise
+        log.warning("call deadline", extra={"limit_s": round(limit, 3), "setting": setting})
+        raise ServerDeadline(limit, setting) from error
 
 
 async def _fail(context: grpc.aio.ServicerContext, error: BaseException) -> None:
