@@ -294,6 +294,38 @@ def test_an_index_count_no_engine_takes_is_refused_at_load(
     assert getattr(load_settings().index, name) == MAX_COUNT
 
 
+@pytest.mark.parametrize(("variable", "value", "bound"), [
+    ("PAPERSEARCH_MODELS__INTRA_OP_THREADS", "100000", "less than or equal to 1024"),
+    ("PAPERSEARCH_TRAINING__TORCH_THREADS", str(2**31), "less than or equal to 1024"),
+    ("PAPERSEARCH_TRAINING__SEED", "-1", "greater than or equal to 0"),
+    ("PAPERSEARCH_TRAINING__SEED", str(2**32), f"less than or equal to {2**32 - 1}"),
+    ("PAPERSEARCH_TRAINING__MAX_PAIRS", str(2**63), f"less than or equal to {MAX_COUNT}"),
+    ("PAPERSEARCH_INDEX__PRF_DENSE_DOCS", str(2**31), f"less than or equal to {MAX_COUNT}"),
+    ("PAPERSEARCH_INDEX__PRF_SPARSE_DOCS", str(2**31), f"less than or equal to {MAX_COUNT}"),
+    ("PAPERSEARCH_INDEX__BM25_AVG_LEN", "1e-300", "greater than or equal to 1"),
+])
+def test_a_number_that_fails_deep_or_silently_is_refused_at_load(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, variable: str,
+        value: str, bound: str) -> None:
+    """These loaded and then: 100,000 onnxruntime threads spawned for ten minutes in a search
+    (2**31: a binding's TypeError traceback); a seed numpy refuses failed training after
+    minutes of mining; a feedback count past 2**31 - 1 failed every hybrid search naming no
+    setting; a mean paper length of 1e-300 words gave every BM25 search 0 hits."""
+    monkeypatch.setenv(variable, value)
+    name = variable.removeprefix("PAPERSEARCH_").replace("__", ".").lower()
+    assert error_line(capsys) == (f"papersearch: error: invalid settings: {name} ({variable}): "
+                                  f"Input should be {bound} (given '{value}')")
+
+
+def test_an_empty_model_source_is_refused_at_load(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty embedder source was read as the current directory: "papersearch: error: :
+    directory has no config.json"."""
+    monkeypatch.setenv("PAPERSEARCH_MODELS__EMBEDDER_SOURCE", "")
+    assert "models.embedder_source (PAPERSEARCH_MODELS__EMBEDDER_SOURCE): String should " \
+        "have at least 1 character" in error_line(capsys)
+
+
 def test_rerank_steps_below_a_lowered_window_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """Steps given must be below rerank_top_n; the default steps (20, 10) below a lowered
     rerank_top_n are left out of the ladder, as the settings reference says."""
@@ -406,6 +438,36 @@ def test_a_key_yaml_reads_as_no_name_is_named_with_its_line(
                                   f"{CONFIG_ENV}): not valid YAML at {problem}")
 
 
+@pytest.mark.parametrize(("text", "twice"), [
+    ("index: {hnsw_ef: 12}\nIndex: {hnsw_ef: 50}\n", "Index"),
+    ("log_level: debug\nLOG_LEVEL: error\n", "LOG_LEVEL"),
+])
+def test_a_key_given_twice_in_another_case_is_refused(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        text: str, twice: str) -> None:
+    """Sections and top-level settings are read case-blind, and the second of ``index:`` and
+    ``Index:`` was dropped without a word."""
+    path = settings_file(monkeypatch, tmp_path / "settings.yaml", text)
+    assert error_line(capsys) == (f"papersearch: error: settings file {path} (--config or "
+                                  f"{CONFIG_ENV}): not valid YAML at line 2, column 1: "
+                                  f"{twice!r} is given twice")
+
+
+@pytest.mark.parametrize("section", ["- backend: server\n  - url: http://qdrant:6333", "5"])
+def test_a_section_that_is_no_mapping_is_refused_whatever_the_variables_set(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        section: str) -> None:
+    """With a variable setting one key of the section, the environment's mapping replaced the
+    file's list in the merge: the file's backend: server was dropped and the search ran on the
+    embedded index, exit 0."""
+    path = settings_file(monkeypatch, tmp_path / "settings.yaml", f"index:\n  {section}\n")
+    monkeypatch.setenv("PAPERSEARCH_INDEX__DATA_DIR", str(tmp_path / "index"))
+    kind = "list" if section.startswith("-") else "int"
+    assert error_line(capsys) == (f"papersearch: error: settings file {path} (--config or "
+                                  f"{CONFIG_ENV}): index: expected a section (its settings as "
+                                  f"keys), got a YAML {kind}")
+
+
 def test_yaml_merge_keys_merge(capsys: pytest.CaptureFixture[str],
                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``<<: *defaults`` was refused as not valid YAML (no constructor for the merge tag). A
@@ -507,6 +569,18 @@ def refused(**overrides: Any) -> str:
     with pytest.raises(ValueError) as raised:
         load_settings(**overrides)
     return str(raised.value)
+
+
+def test_the_serve_app_warns_of_a_variable_that_names_no_setting(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Only the CLI warned: serve run/deploy and the RayService, which build the app
+    themselves, read PAPERSEARCH_SERVE_DRAIN_NOTICE_S (one underscore) as nothing, unsaid."""
+    from papersearch.serving.app import settings_from_args
+
+    monkeypatch.setenv("PAPERSEARCH_SERVE_DRAIN_NOTICE_S", "12")
+    assert settings_from_args({}).serve.drain_notice_s == 0.0
+    assert [r.variable for r in caplog.records  # type: ignore[attr-defined]
+            if "names no setting" in r.getMessage()] == ["PAPERSEARCH_SERVE_DRAIN_NOTICE_S"]
 
 
 @pytest.mark.parametrize(("env", "overrides", "expected"), [

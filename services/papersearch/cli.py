@@ -36,7 +36,7 @@ from papersearch.settings import (
     MAX_COUNT,
     Settings,
     load_settings,
-    unread_variables,
+    warn_unread_variables,
 )
 
 if TYPE_CHECKING:
@@ -994,10 +994,7 @@ def main(argv: Sequence[str] | None = None, own_process: bool = False) -> int:
         print(f"papersearch: error: {error}", file=sys.stderr)
         return 2
     configure_logging(_log_level(settings, args), settings.log_format)
-    for variable in unread_variables(os.environ):
-        log.warning("environment variable names no setting: not read (sections and their "
-                    "keys are joined by two underscores, PAPERSEARCH_SERVE__GRPC_PORT)",
-                    extra={"variable": variable})
+    warn_unread_variables(os.environ)
     handler: Command = args.handler
     interrupts.catch_sigint()
     try:

