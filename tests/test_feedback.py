@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from papersearch.index import SearchFilter, Store
-from papersearch.index.query import SearchRequest
+from papersearch.index.query import SearchFilter, SearchRequest
 from papersearch.index.sparse import SparseVector
+from papersearch.index.store import Store
 from papersearch.retriever.feedback import Feedback, expand_dense, expand_sparse
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings

@@ -24,27 +24,33 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from papersearch.corpus.paper import Paper, point_id
-from papersearch.index import (
-    Bm25Encoder,
+from papersearch.index.edge import MANIFEST, EdgeStore
+from papersearch.index.errors import (
     CollectionMissing,
     EmbedderMismatch,
-    Hit,
+    InvalidExamples,
     PaperNotFound,
-    SearchFilter,
-    SearchRequest,
     StorageExhausted,
-    Store,
     StoreError,
     StoreUnavailable,
-    open_store,
+    WeightingMismatch,
 )
-from papersearch.index.edge import MANIFEST, EdgeStore
-from papersearch.index.errors import InvalidExamples, WeightingMismatch
+from papersearch.index.factory import open_store
 from papersearch.index.plan import PointData, Program, Write
-from papersearch.index.query import MAX_COUNT, MIN_NORM, Examples, StageRank
+from papersearch.index.query import (
+    MAX_COUNT,
+    MIN_NORM,
+    Examples,
+    Hit,
+    SearchFilter,
+    SearchRequest,
+    StageRank,
+)
 from papersearch.index.schema import DENSE as DENSE_NAME
 from papersearch.index.schema import SCHEMA_VERSION, EmbedderIdentity
 from papersearch.index.server import METADATA_KEY, ServerStore
+from papersearch.index.sparse import Bm25Encoder
+from papersearch.index.store import Store
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
 from tests.module_stand_in import ModuleStandIn

@@ -24,12 +24,14 @@ from qdrant_client import AsyncQdrantClient, QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 
 from papersearch.errors import NotReady, Overloaded
-from papersearch.index import PaperNotFound, SearchFilter, Store, StoreUnavailable, server_async
+from papersearch.index import server_async
 from papersearch.index.edge import EdgeStore
-from papersearch.index.query import Examples
+from papersearch.index.errors import PaperNotFound, StoreUnavailable
+from papersearch.index.query import Examples, SearchFilter
 from papersearch.index.server import ServerStore, connect
 from papersearch.index.server_async import AsyncServerEngine, connect_async
 from papersearch.index.sparse import Bm25Encoder
+from papersearch.index.store import Store
 from papersearch.pipeline.index_access import IndexAccess
 from papersearch.retriever.opener import CollectionOpener
 from papersearch.retriever.retriever import Retriever
@@ -612,7 +614,8 @@ def test_a_collection_deleted_while_open_is_let_go_and_made_again_by_a_write(
     again the old shard took writes into the deleted files."""
     import shutil
 
-    from papersearch.index import CollectionMissing, edge
+    from papersearch.index import edge
+    from papersearch.index.errors import CollectionMissing
 
     settings = IndexSettings(data_dir=tmp_path)
     index = IndexAccess(CollectionOpener(Settings(index=settings), DIM, SHA, retry_s=0))

@@ -126,3 +126,21 @@ def test_the_autoscaling_policy_stands_alone() -> None:
     ours, others = _imports("papersearch.autoscaling")
     assert not ours and others <= {"__future__", "asyncio", "logging", "math", "time",
                                    "collections", "contextlib", "dataclasses", "typing"}
+
+
+def test_the_grpc_client_loads_no_server_side() -> None:
+    """`import papersearch.client` loaded the gateway (for the x-api-key header's name) and the
+    storage engine (through index/__init__'s re-exports): ~1.2 s, and a client's process
+    holding qdrant_edge."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, papersearch.client; print(*sorted(sys.modules))"],
+        capture_output=True, text=True, check=True, timeout=120).stdout.split()
+    server_side = {"ray", "qdrant_edge", "qdrant_client", "onnxruntime", "tokenizers",
+                   "aiohttp", "torch"}
+    assert not {m for m in loaded if m.split(".")[0] in server_side}
+    assert not {m for m in loaded if any(_in(m, room) for room in
+                                         ("gateway", "serving", "retriever", "encoder",
+                                          "reranker", "models"))}

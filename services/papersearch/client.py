@@ -16,12 +16,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from papersearch.api import convert
+from papersearch.api.openapi import API_KEY_HEADER
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.api.v1 import papersearch_pb2_grpc as pb_grpc
 from papersearch.client_retry import channel_options
 from papersearch.client_tls import Tls
 from papersearch.corpus.paper import Paper
-from papersearch.gateway.auth import API_KEY_HEADER
 from papersearch.index.query import Examples, SearchFilter
 from papersearch.pipeline.query import SearchHit, SearchQuery, SearchResult
 from papersearch.settings import DEADLINE_MAX_S, is_loopback

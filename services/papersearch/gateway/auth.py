@@ -11,9 +11,9 @@ from typing import Any
 
 import grpc
 
+from papersearch.api.openapi import API_KEY_HEADER
 from papersearch.settings import ServeSettings
 
-API_KEY_HEADER = "x-api-key"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 WRITE_PREFIXES = ("/papersearch.v1.IndexService/",)
 

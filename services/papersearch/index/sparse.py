@@ -19,8 +19,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import qdrant_edge
-
 from papersearch.corpus.paper import Paper, model_text
 
 
@@ -78,6 +76,9 @@ class Bm25Encoder:
         if not avg_len > 0 or query_k3 < 0 or title_weight < 1:
             raise ValueError(f"BM25 needs avg_len > 0, query_k3 >= 0 and title_weight >= 1, "
                              f"got {avg_len}, {query_k3}, {title_weight}")
+        import qdrant_edge  # here: the request types (index/query.py) and the gRPC client that
+        # uses them import this module, and must not load the storage engine (~1 s)
+
         self._model = qdrant_edge.Bm25(qdrant_edge.Bm25Config(avg_len=avg_len))
         self.query_k3 = query_k3
         self.title_weight = title_weight
