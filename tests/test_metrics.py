@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from papersearch.corpus.jsonl import MAX_LINE_BYTES
-from papersearch.evaluation.beir import load_qrels, load_queries
+from papersearch.evaluation.beir import load_qrels, read_queries
 from papersearch.evaluation.datasets import (
     EvalDataset,
     check_judged_documents,
@@ -31,6 +31,10 @@ EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 
 RANKED = ["d3", "d1", "d7", "d2"]
 QRELS = {"d1": 2, "d2": 1, "d9": 1}
+
+
+def query_texts(dataset_dir: Path) -> dict[str, str]:
+    return {query_id: text for query_id, (text, _) in read_queries(dataset_dir).items()}
 
 
 def test_ndcg_hand_computed() -> None:
@@ -158,7 +162,7 @@ def test_loaders_read_beir_files(tmp_path: Path) -> None:
     # The last line has no newline; blank lines and CRLF are tolerated.
     qrels = "query-id\tcorpus-id\tscore\n1\td1\t2\n1\td2\t0\r\n\n2\td1\t1\n"
     root = write_dataset(tmp_path, queries, qrels, split="dev")
-    assert load_queries(root) == {"1": "first query", "2": "second"}
+    assert query_texts(root) == {"1": "first query", "2": "second"}
     assert load_qrels(root, split="dev") == {"1": {"d1": 2, "d2": 0}, "2": {"d1": 1}}
 
 
@@ -170,9 +174,9 @@ def test_query_texts_are_cleaned_as_the_service_cleans_a_query(tmp_path: Path) -
         {"_id": "2", "text": "\u200b\u00ad"})
     root = write_dataset(tmp_path, queries, "1\td1\t1\n")
     with pytest.raises(ValueError, match=r"queries\.jsonl:2: missing or empty 'text'"):
-        load_queries(root)
+        query_texts(root)
     (root / "queries.jsonl").write_text(queries.splitlines()[0], encoding="utf-8")
-    assert load_queries(root) == {"1": "hyphenation of transformer attention"}
+    assert query_texts(root) == {"1": "hyphenation of transformer attention"}
 
 
 def test_qrels_ids_are_normalised_as_the_corpus_and_query_ids_are(tmp_path: Path) -> None:
@@ -182,7 +186,7 @@ def test_qrels_ids_are_normalised_as_the_corpus_and_query_ids_are(tmp_path: Path
     root = write_dataset(tmp_path, json.dumps({"_id": cafe, "text": "coffee"}),
                          f"{cafe}\t{cafe}\t1\n")
     nfc = unicodedata.normalize("NFC", cafe)
-    assert nfc != cafe and load_queries(root) == {nfc: "coffee"}
+    assert nfc != cafe and query_texts(root) == {nfc: "coffee"}
     assert load_qrels(root) == {nfc: {nfc: 1}}
 
 
@@ -197,7 +201,7 @@ def test_a_byte_order_mark_and_another_header_naming_are_read(tmp_path: Path) ->
     refused the same way."""
     root = write_dataset(tmp_path / "bom", '\ufeff{"_id": "1", "text": "a"}\n',
                          "\ufeffquery-id\tcorpus-id\tscore\n1\td1\t1\n")
-    assert load_queries(root) == {"1": "a"} and load_qrels(root) == {"1": {"d1": 1}}
+    assert query_texts(root) == {"1": "a"} and load_qrels(root) == {"1": {"d1": 1}}
     root = write_dataset(tmp_path / "named", "", "query_id\tdoc_id\trelevance\n1\td1\t1\n")
     assert load_qrels(root) == {"1": {"d1": 1}}
     # after a blank line (it failed: "score must be an integer, got 'score'")
@@ -210,7 +214,7 @@ def test_a_byte_order_mark_is_read_past_on_any_line(tmp_path: Path) -> None:
     UTF-8 BOM", and a qrels line's query id kept it (judging a query that is not there)."""
     root = write_dataset(tmp_path, '{"_id": "1", "text": "a"}\n\ufeff{"_id": "2", "text": "b"}\n',
                          "query-id\tcorpus-id\tscore\n1\td1\t1\n\ufeff2\td2\t1\n")
-    assert load_queries(root) == {"1": "a", "2": "b"}
+    assert query_texts(root) == {"1": "a", "2": "b"}
     assert load_qrels(root) == {"1": {"d1": 1}, "2": {"d2": 1}}
 
 
@@ -381,7 +385,7 @@ def test_malformed_qrels(tmp_path: Path, qrels: str, message: str) -> None:
 def test_malformed_queries(tmp_path: Path, queries: str, message: str) -> None:
     root = write_dataset(tmp_path, queries, "")
     with pytest.raises(ValueError, match=message):
-        load_queries(root)
+        query_texts(root)
 
 
 def test_invalid_utf8_names_the_line(tmp_path: Path) -> None:
@@ -396,12 +400,12 @@ def test_a_line_past_the_limit_is_refused_by_number(tmp_path: Path) -> None:
     with (root / "queries.jsonl").open("a") as queries:
         queries.write(json.dumps({"_id": "2", "text": "x" * MAX_LINE_BYTES}) + "\n")
     with pytest.raises(ValueError, match=rf"queries\.jsonl:2: line longer than {MAX_LINE_BYTES}"):
-        load_queries(root)
+        query_texts(root)
 
 
 def test_missing_files_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="queries.jsonl"):
-        load_queries(tmp_path)
+        query_texts(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"qrels/train\.tsv"):
         load_qrels(tmp_path, split="train")
 
@@ -414,7 +418,7 @@ def test_real_datasets(name: str, queries: int, judged: int, judgments: int) -> 
     dataset = EVAL / name
     if not dataset.is_dir():
         pytest.skip(f"{dataset} is not available")
-    topics = load_queries(dataset)
+    topics = query_texts(dataset)
     qrels = load_qrels(dataset)
     assert len(topics) == queries
     assert len(qrels) == judged

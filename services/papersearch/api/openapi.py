@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
+from grpc_health.v1 import health_pb2
 
 from papersearch.api.v1 import papersearch_pb2 as pb
 
@@ -176,8 +177,8 @@ _HEALTH = {
     "type": "object",
     "description": "The gateway's gRPC health status of one service (grpc.health.v1).",
     "required": ["status"],
-    "properties": {"status": {"type": "string", "enum": [
-        "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]}},
+    "properties": {"status": {"type": "string", "enum": list(
+        health_pb2.HealthCheckResponse.ServingStatus.keys())}},
     "additionalProperties": False,
 }
 # Sent with every 429 and 503 (gateway/http_api.py: HTTP clients' retry policies read it), and

@@ -29,11 +29,6 @@ _HEADER_NAMES = (
 )
 
 
-def load_queries(dataset_dir: Path) -> dict[str, str]:
-    """Query id → query text, from ``queries.jsonl`` (``_id`` and ``text`` per line)."""
-    return {query_id: text for query_id, (text, _) in read_queries(dataset_dir).items()}
-
-
 def read_queries(dataset_dir: Path) -> dict[str, tuple[str, int]]:
     """Query id → (query text, its length as written: the service limits a query's length
     before it cleans it)."""

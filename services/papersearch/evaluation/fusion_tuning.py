@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from tqdm import tqdm
@@ -134,7 +134,7 @@ def candidates(depth: int) -> list[Candidate]:
              for k in RRF_KS]
     found += [Candidate(f"weighted rrf k=60 dense={w}", rrf_of(60, w), None)
               for w in DENSE_WEIGHTS if w != 0.5]
-    for how in ("max", "minmax", "dbsf"):
+    for how in get_args(Normalisation):
         found += [
             Candidate(f"convex {how} dense={w}", convex_of(how, w),
                       {"fusion": "convex", "fusion_dense_weight": w} if how == "max" else None)

@@ -11,11 +11,10 @@ import numpy as np
 
 from papersearch.corpus.paper import Paper, quoted
 from papersearch.index.sparse import SparseLike, SparseVector
-from papersearch.settings import MAX_COUNT, RecommendStrategy
+from papersearch.settings import MAX_COUNT, FusionMethod, RecommendStrategy
 
 Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
-FusionMethod = Literal["rrf", "dbsf", "convex"]
 RECOMMEND_STRATEGIES: tuple[RecommendStrategy, ...] = get_args(RecommendStrategy)
 # The shortest dense vector with a direction the engines agree on. Qdrant normalizes a vector
 # for cosine only where its squared norm is at least float32's epsilon, qdrant-client's local

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from papersearch.corpus.paper import Paper
 from papersearch.index.errors import EmbedderMismatch, StoreError, WeightingMismatch
-from papersearch.settings import IndexSettings
+from papersearch.settings import IndexSettings, Quantization
 
 DENSE = "dense"  # cosine, HNSW, optional int8 scalar quantization
 SPARSE = "bm25"  # BM25 term weights, IDF modifier applied by the engine
@@ -35,7 +35,7 @@ class CollectionSpec:
     dim: int
     hnsw_m: int
     hnsw_ef_construct: int
-    quantization: Literal["none", "int8"]
+    quantization: Quantization
     on_disk_vectors: bool = False
     on_disk_payload: bool = False
 

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 MANIFEST = "manifest.json"
 FP32_FILE = "model.onnx"
@@ -141,7 +141,7 @@ def _wrong_field(manifest: Manifest) -> str | None:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             return (f"{name} is {json.dumps(value)[:40]}, not "
                     f"{' or '.join('null' if t is type(None) else t.__name__ for t in types)}")
-    if manifest.kind not in ("embedder", "reranker"):
+    if manifest.kind not in get_args(ModelKind):
         return f"kind is {manifest.kind!r}, not embedder or reranker"
     if manifest.max_length < 1 or (manifest.dim is not None and manifest.dim < 1):
         return "max_length and dim are counts of at least 1"

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -28,11 +27,10 @@ from papersearch.models.manifest import (
     read_manifest,
 )
 from papersearch.models.parity import ModelInput, SelfCheck, agreement, cpu_int8_flags
-from papersearch.settings import DEFAULT_INT8_SCHEME, ModelSettings
+from papersearch.settings import DEFAULT_INT8_SCHEME, ModelSettings, Precision
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "int8"]
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
