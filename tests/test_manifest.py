@@ -80,8 +80,16 @@ def test_a_missing_model_is_told_how_its_kind_is_made(tmp_path: Path) -> None:
     from papersearch.reranker.runtime import Reranker
     from papersearch.settings import ModelSettings
 
-    with pytest.raises(ModelNotFound, match=r"'minilm-l6-reranker' in .+: the default reranker "
+    with pytest.raises(ModelNotFound, match=r"'minilm-l6-reranker' under models.repository = "
+                                            r".+: the default reranker "
                                             r"is trained: `papersearch models train-reranker`"):
         Reranker.from_settings(ModelSettings(repository=tmp_path))
     with pytest.raises(ModelNotFound, match=r"`papersearch models export` makes the configured"):
         model_dir(tmp_path, "minilm-l6")
+    # relative, it is named with where it resolved: run from another folder, the message had
+    # said "in models" and its advice exported a second repository there
+    with pytest.raises(ModelNotFound) as raised:
+        model_dir(Path("no-such-models"), "minilm-l6")
+    assert str(raised.value).startswith(
+        f"no exported model 'minilm-l6' under models.repository = no-such-models "
+        f"({Path('no-such-models').resolve()}): ")

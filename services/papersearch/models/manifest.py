@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from papersearch.paths import shown
+
 MANIFEST = "manifest.json"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -192,7 +194,8 @@ def model_dir(repository: Path, name: str, version: int | None = None,
     says how a model of ``kind`` (embedder, reranker) is made."""
     available = versions(repository, name)
     if not available:
-        raise ModelNotFound(f"no exported model {name!r} in {repository}: {_HOW_TO_MAKE[kind]}")
+        raise ModelNotFound(f"no exported model {name!r} under models.repository = "
+                            f"{shown(repository)}: {_HOW_TO_MAKE[kind]}")
     chosen = available[-1] if version is None else version
     if chosen not in available:
         raise ModelNotFound(f"model {name!r} has no version {chosen} (have {available})")
