@@ -136,3 +136,16 @@ def test_convex_ties_go_by_id_whatever_order_the_lists_came_in() -> None:
 def test_weighted_rrf_by_hand() -> None:
     fused = dict(rrf([[("a", 9.0), ("b", 1.0)], [("b", 3.0)]], [0.5, 1.5], k=10))
     assert fused == pytest.approx({"a": 0.5 / 11, "b": 0.5 / 12 + 1.5 / 11})
+
+
+def test_a_hit_below_the_rerank_window_is_explained_as_not_ranked_by_it() -> None:
+    """Its explanation had no rerank stage at all, which the API reads as "the stage did not
+    run": rank 0 (not among the reranked) is what it is."""
+    from papersearch.index.query import Explanation, StageRank
+
+    candidates = [Hit(h.paper, h.score, explanation=Explanation(fused=StageRank(i + 1, h.score)))
+                  for i, h in enumerate(_hit(i) for i in range(4))]
+    hits = rerank_hits(candidates, [0.0, 1.0], "hybrid", 4, SearchSettings())
+    ranks = [h.explanation.rerank for h in hits if h.explanation is not None]
+    assert sorted(ranks[:2], key=lambda r: r.rank or 0) == [StageRank(1, 1.0), StageRank(2, 0.0)]
+    assert ranks[2:] == [StageRank(None, None), StageRank(None, None)]

@@ -431,6 +431,18 @@ def test_a_body_that_stops_arriving_is_refused_in_time(
         assert "serve.http_body_timeout_s" in answer
 
 
+def test_the_document_carries_the_protos_conventions() -> None:
+    """The proto's header (dates, limits, cleaning, which errors to retry, OUT_OF_RANGE past
+    the response limit) sits before no declaration, and the document had none of it."""
+    described = openapi.document()["info"]["description"]
+    conventions = described.split("\n\nConventions:\n", 1)[1].splitlines()
+    assert len(conventions) == 6 and all(line.startswith("- ") for line in conventions)
+    for rule in ("retry with backoff", "OUT_OF_RANGE: ask for fewer", "(case-sensitive)",
+                 "Dates from 0001-01-01 to 9999-12-31", "Surrounding whitespace is ignored",
+                 "at most 64 characters of a client's value"):
+        assert rule in described, rule
+
+
 @pytest.mark.slow
 def test_x_timeout_ms_counts_from_the_request_and_the_servers_own_limit_is_named(
         scratch: tuple[Servers, LocalBackend], caplog: pytest.LogCaptureFixture) -> None:

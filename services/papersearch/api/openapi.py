@@ -100,6 +100,25 @@ def comments() -> dict[str, str]:
     return found
 
 
+@cache
+def conventions() -> str:
+    """The proto header's "Conventions:" list as Markdown: the rules every method follows
+    (dates, limits, cleaning, statuses and what to retry), which no declaration repeats: the
+    document had none of them."""
+    header = []
+    for line in PROTO.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("//"):
+            break
+        header.append(line[2:].strip())
+    items: list[str] = []
+    for text in header[header.index("Conventions:") + 1:]:
+        if text.startswith("- "):
+            items.append(text)
+        elif items and text:
+            items[-1] += " " + text
+    return "\n".join(items)
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of every papersearch service method, and of the HTTP front's
     probes."""
@@ -130,7 +149,7 @@ def document() -> dict[str, Any]:
                 "enum values by name, the form responses use; requests may also use what "
                 "protobuf's JSON parser also reads, which these schemas do not list: "
                 "lowerCamelCase names, enum numbers, numbers written as strings (\"3\"), "
-                "and null for a field left unset."),
+                "and null for a field left unset.\n\nConventions:\n" + conventions()),
         },
         "paths": paths,
         "components": {

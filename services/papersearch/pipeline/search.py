@@ -190,8 +190,8 @@ def rerank_hits(
 def _below_the_window(hit: Hit, mode: str, rank: int, k: float) -> SearchHit:
     score = 1.0 / (k + rank)
     explanation = hit.explanation
-    if explanation is not None:
-        explanation = replace(explanation, fusion=_then(
+    if explanation is not None:  # the stage ran, and did not rank it (unset: did not run)
+        explanation = replace(explanation, rerank=StageRank(None, None), fusion=_then(
             explanation.fusion,
             f"below the rerank window: 1 / ({k:g} + first-stage rank {rank}) = {score:.4f}"))
     return SearchHit(hit.paper, score, _stages(hit, mode), explanation)
