@@ -230,13 +230,31 @@ def test_a_deadline_the_server_set_is_logged_and_the_clients_own_is_not(
     from papersearch.gateway.servicers import within_deadline
 
     class Context:
-        def __init__(self, remaining: float | None) -> None:
+        def __init__(self, remaining: float | None, metadata: tuple[tuple[str, str], ...] = ()
+                     ) -> None:
             self.remaining = remaining
+            self.metadata = metadata
 
         def time_remaining(self) -> float | None:
             return self.remaining
 
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return self.metadata
+
     serve = ServeSettings(default_deadline_s=0.05, max_deadline_s=0.1)
+    # the HTTP front's call for a request without x-timeout-ms: serve.default_deadline_s from
+    # the request's arrival, and the gateway told that it is its own
+    from papersearch.gateway.servicers import (
+        DEFAULT_DEADLINE_KEY,
+        DEFAULT_DEADLINE_MARGIN_S,
+        call_time,
+    )
+    flagged = ((DEFAULT_DEADLINE_KEY, "1"),)
+    limit, setting = call_time(Context(0.04 + DEFAULT_DEADLINE_MARGIN_S, flagged),  # type: ignore[arg-type]
+                               serve)
+    assert limit == pytest.approx(0.04) and setting == "serve.default_deadline_s"
+    # the mark only ever shortens a call to the server's default: no way past max_deadline_s
+    assert call_time(Context(1e6, flagged), serve) == (0.05, "serve.default_deadline_s")  # type: ignore[arg-type]
     for remaining in (None, 0.05, 1e6):  # none, the client's own, one past max_deadline_s
         caplog.clear()
         with pytest.raises(TimeoutError) as raised:

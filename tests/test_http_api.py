@@ -469,9 +469,11 @@ def test_x_timeout_ms_counts_from_the_request_and_the_servers_own_limit_is_named
     with caplog.at_level(logging.WARNING, logger="papersearch.gateway.servicers"):
         late = call(f"http://127.0.0.1:{port}" + SEARCH, {"query": "x"})
     assert late[0] == 504, late
-    assert late[1]["error"]["message"] == ("the server's time limit for this call "
-                                           "(serve.default_deadline_s, 0.3 s) ran out before "
-                                           "it finished")
+    # the front's channel gives the gateway a margin to answer in (at the same instant, it won
+    # the race with a bare "Deadline Exceeded"); the time is what was left on arrival
+    assert re.fullmatch(r"the server's time limit for this call \(serve\.default_deadline_s, "
+                        r"0\.[23]\d* s\) ran out before it finished",
+                        late[1]["error"]["message"]), late
     assert [r.setting for r in caplog.records if r.getMessage() == "call deadline"] == [
         "serve.default_deadline_s"]
 

@@ -149,7 +149,7 @@ class ModelSettings(Section):
     reranker_name: str = Field("minilm-l6-reranker", pattern=MODEL_NAME,
                                max_length=NAME_MAX_CHARS)
     reranker_source: str | None = Field(
-        None, min_length=1,
+        None,
         description="A cross-encoder to export (HF id, directory or pypi: spec). None: train the "
         "default with `papersearch models train-reranker`.",
     )
@@ -172,6 +172,12 @@ class ModelSettings(Section):
     reload_poll_s: float = Field(
         10.0, gt=0, description="Serving without a reranker model: how often to look for one.",
     )
+
+    @field_validator("reranker_source", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        """An empty source (a template's unset ${RERANKER_SOURCE:-}) is none, as it was read."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class TrainingSettings(Section):
@@ -1198,9 +1204,10 @@ def warn_unread_variables(environ: Mapping[str, str]) -> None:
     """A warning for each of ``unread_variables``: by the CLI, and where the Serve app is built
     (serve run/deploy, the RayService), whose typos had gone unsaid."""
     for variable in unread_variables(environ):
-        log.warning("environment variable names no setting: not read (sections and their "
+        # named in the words too: where the Serve app is built no handler prints extra fields
+        log.warning("environment variable %s names no setting: not read (sections and their "
                     "keys are joined by two underscores, PAPERSEARCH_SERVE__GRPC_PORT)",
-                    extra={"variable": variable})
+                    variable, extra={"variable": variable})
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:

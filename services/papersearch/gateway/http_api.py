@@ -42,9 +42,10 @@ from papersearch.api.json_types import check_types
 from papersearch.api.v1 import papersearch_pb2 as pb
 from papersearch.corpus.paper import QUOTE_CHARS, quoted
 from papersearch.gateway import page
-from papersearch.gateway.auth import Keys
+from papersearch.gateway.auth import WRITE_PREFIXES, Keys
 from papersearch.gateway.decode import grpc_receive_limit, too_large
 from papersearch.gateway.errors import to_status
+from papersearch.gateway.servicers import DEFAULT_DEADLINE_KEY, DEFAULT_DEADLINE_MARGIN_S
 from papersearch.gateway.tls import http_ssl_context
 from papersearch.settings import ServeSettings, is_loopback
 from papersearch.telemetry import metrics
@@ -232,6 +233,11 @@ class HttpFront:
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
         path = openapi.http_path(method)
+        # without x-timeout-ms: a search gets serve.default_deadline_s from its arrival (the
+        # gateway told that it is its own limit: servicers.DEFAULT_DEADLINE_KEY); a write the
+        # gateway's index_call_timeout_s, and a watch none
+        default_s = (None if path.startswith(WRITE_PREFIXES) or method.server_streaming
+                     else self.serve.default_deadline_s)
         if method.server_streaming:  # WatchSearch: the responses as NDJSON lines
             calls = [channel.unary_stream(path, request_serializer=request_type.SerializeToString,
                                           response_deserializer=response_type.FromString)
@@ -259,7 +265,7 @@ class HttpFront:
                 response_deserializer=response_type.FromString)
 
             async def streamed(request: web.Request) -> web.StreamResponse:
-                options = self._admitted(request, path, openapi.NDJSON)
+                options = self._admitted(request, path, openapi.NDJSON, default_s)
                 messages = _Lines(request, request_type, self.serve.max_receive_bytes,
                                   self.serve.http_body_timeout_s, self.parsers)
                 call = stream(messages.messages(), **options.now())
@@ -274,7 +280,7 @@ class HttpFront:
                                          response_deserializer=response_type.FromString)
 
         async def single(request: web.Request) -> web.StreamResponse:
-            options = self._admitted(request, path, JSON)
+            options = self._admitted(request, path, JSON, default_s)
             message = await _message(self.parsers, await self._body(request), request_type,
                                      "request", self.serve.max_receive_bytes, "request body")
             call = unary(message, **options.now())
@@ -306,18 +312,17 @@ class HttpFront:
             return None
         return HttpError("UNAVAILABLE", CUT)
 
-    def _admitted(self, request: web.Request, path: str, content_type: str
-                  ) -> CallOptions:
+    def _admitted(self, request: web.Request, path: str, content_type: str,
+                  default_s: float | None = None) -> CallOptions:
         """The call options of a request that may send its body: of the right type, with a
-        key that may call ``path`` (checked again by the gRPC side) and its x-timeout-ms, if
-        any (without, the gateway's own limits apply, as to a gRPC call that sets none, and
-        are logged as the server's when they cut it). The key is checked before the body is
+        key that may call ``path`` (checked again by the gRPC side) and its x-timeout-ms, else
+        ``default_s`` (the server's, and said to be). The key is checked before the body is
         read: a caller without one must not get the server to read and parse up to
         max_receive_bytes for it."""
         _require_type(request, content_type)
-        options = _call_options(request)
+        options = _call_options(request, default_s)
         refused = None if self.keys is None else self.keys.refusal(
-            path, [key for _, key in options.metadata])
+            path, [key for name, key in options.metadata if name == openapi.API_KEY_HEADER])
         if refused is not None:
             raise HttpError(refused[0].name, refused[1])
         return options
@@ -521,13 +526,17 @@ class CallOptions:
         return {"metadata": self.metadata, "timeout": left}
 
 
-def _call_options(request: web.Request) -> CallOptions:
+def _call_options(request: web.Request, default_s: float | None) -> CallOptions:
     keys = request.headers.getall(openapi.API_KEY_HEADER, [])
     if not all(key.isascii() and key.isprintable() for key in keys):  # gRPC metadata cannot
         raise HttpError("UNAUTHENTICATED", f"{openapi.API_KEY_HEADER}: not a valid key "
                         "(keys are printable ASCII)")
-    admitted, timeout_s = time.monotonic(), None
+    admitted, timeout_s = time.monotonic(), default_s
+    metadata = tuple((openapi.API_KEY_HEADER, key) for key in keys)
     timeout = request.headers.get(openapi.TIMEOUT_HEADER)
+    if timeout is None and default_s is not None:
+        metadata += ((DEFAULT_DEADLINE_KEY, "1"),)
+        timeout_s = default_s + DEFAULT_DEADLINE_MARGIN_S
     if timeout is not None:
         digits = re.fullmatch(r"[0-9]{1,16}", timeout)
         if not digits or not 0 < int(timeout) <= openapi.MAX_TIMEOUT_MS:
@@ -535,8 +544,7 @@ def _call_options(request: web.Request) -> CallOptions:
                             f"number of milliseconds from 1 to {openapi.MAX_TIMEOUT_MS}, got "
                             f"{timeout[:64]!r}")
         timeout_s = int(timeout) / 1000.0
-    return CallOptions(tuple((openapi.API_KEY_HEADER, key) for key in keys), timeout_s,
-                       admitted)
+    return CallOptions(metadata, timeout_s, admitted)
 
 
 

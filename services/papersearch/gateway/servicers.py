@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVER_LIMIT = "serve.index_call_timeout_s"  # an index call's own time, when the client's is longer
+# Metadata of a call whose deadline the HTTP front set to serve.default_deadline_s plus
+# DEFAULT_DEADLINE_MARGIN_S (its caller gave no x-timeout-ms): the gateway's own limit ends it
+# the margin earlier, counted from the HTTP request's arrival (queueing for the connection
+# included), logged and named as the server's; at the same instant the front's gRPC channel
+# won the race with a bare "Deadline Exceeded"
+DEFAULT_DEADLINE_KEY = "papersearch-default-deadline"
+DEFAULT_DEADLINE_MARGIN_S = 0.25
 # DeletePapers' ids past this many are read (stripped, normalised, checked) in a worker
 # thread: 10,000 ids of 170 characters built to be slow to normalise took ~0.8 s of the loop
 IDS_INLINE = 256
@@ -45,6 +52,9 @@ def call_time(context: grpc.aio.ServicerContext, serve: ServeSettings
     remaining = context.time_remaining()
     if remaining is None:
         return serve.default_deadline_s, "serve.default_deadline_s"
+    if any(key == DEFAULT_DEADLINE_KEY for key, _ in context.invocation_metadata() or ()):
+        return (max(0.0, min(remaining - DEFAULT_DEADLINE_MARGIN_S, serve.default_deadline_s)),
+                "serve.default_deadline_s")
     if remaining > serve.max_deadline_s:
         return serve.max_deadline_s, "serve.max_deadline_s"
     return remaining, None
