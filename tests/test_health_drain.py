@@ -230,16 +230,20 @@ def test_a_deadline_the_server_set_is_logged_and_the_clients_own_is_not(
     from papersearch.gateway.servicers import within_deadline
 
     class Context:
-        def __init__(self, remaining: float | None, metadata: tuple[tuple[str, str], ...] = ()
-                     ) -> None:
+        def __init__(self, remaining: float | None, metadata: tuple[tuple[str, str], ...] = (),
+                     peer: str = "unix:") -> None:
             self.remaining = remaining
             self.metadata = metadata
+            self.address = peer
 
         def time_remaining(self) -> float | None:
             return self.remaining
 
         def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
             return self.metadata
+
+        def peer(self) -> str:
+            return self.address
 
     serve = ServeSettings(default_deadline_s=0.05, max_deadline_s=0.1)
     # the HTTP front's call for a request without x-timeout-ms: serve.default_deadline_s from
@@ -255,6 +259,8 @@ def test_a_deadline_the_server_set_is_logged_and_the_clients_own_is_not(
     assert limit == pytest.approx(0.04) and setting == "serve.default_deadline_s"
     # the mark only ever shortens a call to the server's default: no way past max_deadline_s
     assert call_time(Context(1e6, flagged), serve) == (0.05, "serve.default_deadline_s")  # type: ignore[arg-type]
+    # and is the front's alone: a client's own deadline does not read as the server's
+    assert call_time(Context(0.04, flagged, "ipv4:127.0.0.1:5000"), serve) == (0.04, None)  # type: ignore[arg-type]
     for remaining in (None, 0.05, 1e6):  # none, the client's own, one past max_deadline_s
         caplog.clear()
         with pytest.raises(TimeoutError) as raised:

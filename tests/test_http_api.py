@@ -465,6 +465,18 @@ def test_x_timeout_ms_counts_from_the_request_and_the_servers_own_limit_is_named
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
     assert b"x-timeout-ms ran out before the request body had been read" in answer
+    # without the header, the server's default counts from the arrival too, and is named
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"POST {SEARCH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                           f"application/json\r\nContent-Length: {len(body)}\r\n"
+                           "Connection: close\r\n\r\n".encode())
+        time.sleep(1.0)
+        connection.sendall(body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
+    assert b"serve.default_deadline_s ran out before the request body had been read" in answer
 
     with caplog.at_level(logging.WARNING, logger="papersearch.gateway.servicers"):
         late = call(f"http://127.0.0.1:{port}" + SEARCH, {"query": "x"})

@@ -507,11 +507,13 @@ def _from_rpc(error: grpc.aio.AioRpcError) -> HttpError:
 
 @dataclass(frozen=True)
 class CallOptions:
-    """A request's keys and x-timeout-ms, for its gRPC call."""
+    """A request's keys and deadline (its x-timeout-ms, or the server's default), for its gRPC
+    call."""
 
     metadata: tuple[tuple[str, str], ...]
     timeout_s: float | None
     admitted: float  # time.monotonic() as the request was admitted
+    limit: str = openapi.TIMEOUT_HEADER  # what set timeout_s
 
     def now(self) -> dict[str, Any]:
         """The options of a call made now, x-timeout-ms counted from the admission, as a gRPC
@@ -521,8 +523,8 @@ class CallOptions:
             return {"metadata": self.metadata, "timeout": None}
         left = self.timeout_s - (time.monotonic() - self.admitted)
         if left <= 0:
-            raise HttpError("DEADLINE_EXCEEDED", f"{openapi.TIMEOUT_HEADER} ran out before "
-                            "the request body had been read")
+            raise HttpError("DEADLINE_EXCEEDED", f"{self.limit} ran out before the request "
+                            "body had been read")
         return {"metadata": self.metadata, "timeout": left}
 
 
@@ -531,12 +533,13 @@ def _call_options(request: web.Request, default_s: float | None) -> CallOptions:
     if not all(key.isascii() and key.isprintable() for key in keys):  # gRPC metadata cannot
         raise HttpError("UNAUTHENTICATED", f"{openapi.API_KEY_HEADER}: not a valid key "
                         "(keys are printable ASCII)")
-    admitted, timeout_s = time.monotonic(), default_s
+    admitted, timeout_s = time.monotonic(), None
     metadata = tuple((openapi.API_KEY_HEADER, key) for key in keys)
     timeout = request.headers.get(openapi.TIMEOUT_HEADER)
     if timeout is None and default_s is not None:
         metadata += ((DEFAULT_DEADLINE_KEY, "1"),)
-        timeout_s = default_s + DEFAULT_DEADLINE_MARGIN_S
+        return CallOptions(metadata, default_s + DEFAULT_DEADLINE_MARGIN_S, admitted,
+                           "serve.default_deadline_s")
     if timeout is not None:
         digits = re.fullmatch(r"[0-9]{1,16}", timeout)
         if not digits or not 0 < int(timeout) <= openapi.MAX_TIMEOUT_MS:

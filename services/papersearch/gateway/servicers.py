@@ -37,7 +37,8 @@ SERVER_LIMIT = "serve.index_call_timeout_s"  # an index call's own time, when th
 # DEFAULT_DEADLINE_MARGIN_S (its caller gave no x-timeout-ms): the gateway's own limit ends it
 # the margin earlier, counted from the HTTP request's arrival (queueing for the connection
 # included), logged and named as the server's; at the same instant the front's gRPC channel
-# won the race with a bare "Deadline Exceeded"
+# won the race with a bare "Deadline Exceeded". Taken only on the front's own unix socket: a
+# client's deadline must not read (and be logged) as the server's
 DEFAULT_DEADLINE_KEY = "papersearch-default-deadline"
 DEFAULT_DEADLINE_MARGIN_S = 0.25
 # DeletePapers' ids past this many are read (stripped, normalised, checked) in a worker
@@ -52,7 +53,8 @@ def call_time(context: grpc.aio.ServicerContext, serve: ServeSettings
     remaining = context.time_remaining()
     if remaining is None:
         return serve.default_deadline_s, "serve.default_deadline_s"
-    if any(key == DEFAULT_DEADLINE_KEY for key, _ in context.invocation_metadata() or ()):
+    if context.peer().startswith("unix:") and any(
+            key == DEFAULT_DEADLINE_KEY for key, _ in context.invocation_metadata() or ()):
         return (max(0.0, min(remaining - DEFAULT_DEADLINE_MARGIN_S, serve.default_deadline_s)),
                 "serve.default_deadline_s")
     if remaining > serve.max_deadline_s:
@@ -78,7 +80,10 @@ async def within_deadline(
         if setting is None or not scope.expired():  # the client's, or the work's own timeout
             raise
         log.warning("call deadline", extra={"limit_s": round(limit, 3), "setting": setting})
-        raise ServerDeadline(limit, setting) from error
+        # the setting's value: what was left of it as the call came (an HTTP request's, after
+        # its body) had read "0 s"
+        raise ServerDeadline(getattr(serve, setting.removeprefix("serve."), limit),
+                             setting) from error
 
 
 async def _fail(context: grpc.aio.ServicerContext, error: BaseException) -> None:
