@@ -443,6 +443,21 @@ def test_the_document_carries_the_protos_conventions() -> None:
         assert rule in described, rule
 
 
+def _late_body(port: int, headers: str, delay_s: float) -> bytes:
+    """The answer to a search whose body follows its headers after ``delay_s``."""
+    body = json.dumps({"query": "graph neural networks"}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"POST {SEARCH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                           f"application/json\r\n{headers}Content-Length: {len(body)}\r\n"
+                           "Connection: close\r\n\r\n".encode())
+        time.sleep(delay_s)
+        connection.sendall(body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
 @pytest.mark.slow
 def test_x_timeout_ms_counts_from_the_request_and_the_servers_own_limit_is_named(
         scratch: tuple[Servers, LocalBackend], caplog: pytest.LogCaptureFixture) -> None:
@@ -453,30 +468,13 @@ def test_x_timeout_ms_counts_from_the_request_and_the_servers_own_limit_is_named
     servers, backend = scratch
     port = free_port()
     servers.start(Switchable(backend, delay_s=1.0), http_port=port, default_deadline_s=0.3)
-    body = json.dumps({"query": "graph neural networks"}).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(f"POST {SEARCH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
-                           f"application/json\r\nx-timeout-ms: 1000\r\nContent-Length: "
-                           f"{len(body)}\r\nConnection: close\r\n\r\n".encode())
-        time.sleep(1.5)
-        connection.sendall(body)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
-    assert b"x-timeout-ms ran out before the request body had been read" in answer
+    late_body = _late_body(port, "x-timeout-ms: 1000\r\n", 1.5)
+    assert late_body.startswith(b"HTTP/1.1 504"), late_body[:300]
+    assert b"x-timeout-ms ran out before the request body had been read" in late_body
     # without the header, the server's default counts from the arrival too, and is named
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(f"POST {SEARCH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
-                           f"application/json\r\nContent-Length: {len(body)}\r\n"
-                           "Connection: close\r\n\r\n".encode())
-        time.sleep(1.0)
-        connection.sendall(body)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 504"), answer[:300]
-    assert b"serve.default_deadline_s ran out before the request body had been read" in answer
+    late_body = _late_body(port, "", 1.0)
+    assert late_body.startswith(b"HTTP/1.1 504"), late_body[:300]
+    assert b"serve.default_deadline_s ran out before the request body had been read" in late_body
 
     with caplog.at_level(logging.WARNING, logger="papersearch.gateway.servicers"):
         late = call(f"http://127.0.0.1:{port}" + SEARCH, {"query": "x"})
