@@ -235,9 +235,8 @@ class HttpFront:
         path = openapi.http_path(method)
         # without x-timeout-ms: a search gets serve.default_deadline_s from its arrival (the
         # gateway told that it is its own limit: servicers.DEFAULT_DEADLINE_KEY); a write the
-        # gateway's index_call_timeout_s, and a watch none
-        default_s = (None if path.startswith(WRITE_PREFIXES) or method.server_streaming
-                     else self.serve.default_deadline_s)
+        # gateway's index_call_timeout_s, and a watch none (its handler takes no default)
+        default_s = None if path.startswith(WRITE_PREFIXES) else self.serve.default_deadline_s
         if method.server_streaming:  # WatchSearch: the responses as NDJSON lines
             calls = [channel.unary_stream(path, request_serializer=request_type.SerializeToString,
                                           response_deserializer=response_type.FromString)
