@@ -973,7 +973,7 @@ def scenario_upsert_kill(ctx: Context) -> dict[str, Any]:
         service.start()
         service.wait_serving()
         rss_start = service.rss()
-        # the kill with its recovery (~15 s here), then the resend and "after"
+        # the kill with its recovery, then the resend and "after"
         duration = a.before_s + a.window_s + UPSERT_RECOVERY_ALLOWANCE_S + a.after_s
         load = ctx.load(service, "load", duration)
         client = SearchClient(service.target, timeout_s=300)

@@ -137,7 +137,7 @@ def floor_qps(settings: Settings, queries: Sequence[str], workers: int, rerank: 
                  for _ in range(workers)]
     store = open_index(settings, encoders[0])
     retriever = Retriever(store)
-    lock = threading.Lock()  # one embedded shard handle; retrieval is ~1 ms of the work
+    lock = threading.Lock()  # one embedded shard handle; retrieval is a small part of the work
     depth = settings.search.rerank_top_n if rerank else settings.search.default_top_k
     chunks = [list(queries[i:i + FLOOR_BATCH]) for i in range(0, len(queries), FLOOR_BATCH)]
     stage_s = dict.fromkeys(("encode", "rerank"), 0.0)  # their threads' CPU, all passes

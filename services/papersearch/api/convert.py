@@ -119,8 +119,8 @@ SIMILAR_IDS_SLACK = 4
 MAX_EXAMPLE_IDS = 10_000  # ids a SimilarPapers request lists, repeats included
 # Cleaning (NFC, dropped control characters, collapsed spaces) shortens a text by less than
 # this factor in practice: a value longer, spaces collapsed, than its limit times it is
-# refused before the per-character work (a 4 MiB author name held the gateway's event loop
-# for ~0.4 s, every other call waiting).
+# refused before the per-character work (a huge author name held the gateway's event loop,
+# every other call waiting: README, Results, Figures behind the limits).
 CLEANING_SLACK = 4
 
 
@@ -269,7 +269,7 @@ def similar_query_from_proto(
                             f"the limit is {settings.max_similar_ids} (search.max_similar_ids)")
 
     listed = bool(request.paper_id) + len(request.positive_ids) + len(request.negative_ids)
-    if listed > MAX_EXAMPLE_IDS:  # counted, not read: 600,000 ids took 0.2 s to tell apart
+    if listed > MAX_EXAMPLE_IDS:  # counted, not read: telling a flood of ids apart is slow
         raise InvalidQuery(f"{listed} example ids (paper_id, positive_ids, negative_ids); at "
                            f"most {MAX_EXAMPLE_IDS} per request, repeats included")
     given = len({request.paper_id, *request.positive_ids, *request.negative_ids} - {""})

@@ -35,7 +35,7 @@ ID_PREFIX = "dp-"
 # The longest page line read: an abstract at the API's limit is at most 4 bytes a character in
 # UTF-8 (80,000 bytes), and this is four times that, room for the whitespace and control
 # characters clean_text drops. A longer line is a glitch (pages run together, a stray .txt),
-# skipped unread: read whole, a 96 MB line took 1.3 GB and 13.6 s to be refused by within_limits
+# skipped unread, not held whole in memory first (README: Results, Figures behind the limits)
 MAX_PAGE_LINE_BYTES = 16 * MAX_ABSTRACT_CHARS
 
 CHROME = frozenset(

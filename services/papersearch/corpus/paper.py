@@ -54,9 +54,9 @@ MAX_ABSTRACT_CHARS = 20_000
 MAX_NAMES = 100  # authors or categories, of a paper or of a search filter
 # Unicode's Stream-Safe Text Format (UAX #15): at most this many non-starters (combining
 # marks) in a row, U+034F COMBINING GRAPHEME JOINER put between longer runs. Normalisation
-# sorts a run by insertion: its cost grew with the square of the run's length (one id or
-# abstract of "a" and 40,000 marks held the gateway's event loop 6.6 s before its limit
-# refused it).
+# sorts a run by insertion: its cost grows with the square of the run's length, and a long
+# run held the gateway's event loop for seconds before its limit refused it (README: Results,
+# Figures behind the limits).
 MAX_NON_STARTERS = 30
 GRAPHEME_JOINER = "\u034f"
 MAX_NAME_CHARS = 256  # one author or category
@@ -157,7 +157,7 @@ def stream_safe(text: str) -> str:
     (UAX #15's Stream-Safe Text Format): normalising it, now or later (NFKC for BM25 and the
     models, NFKD for titles), then costs time in proportion to its length. Text a person
     writes has no such run; nothing changes in it."""
-    if text.isascii():  # no combining mark (the pattern's class costs ~0.12 us a character)
+    if text.isascii():  # no combining mark: the pattern's class costs time per character
         return text
     return _non_starter_runs().sub(_joined, text)
 
@@ -188,7 +188,7 @@ def _non_starter_runs() -> re.Pattern[str]:
                 ranges.append([code, code])
     marks = "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last in ranges)
     # every run whole, once (possessive): "[...]{31,}" tried again at each mark of a run
-    # of 30, ~1.2 us a character (DeletePapers of 10,000 such ids: 0.6 s of the loop)
+    # of 30, a cost per character that adds up over a request of many such ids
     return re.compile(f"[{marks}]++")
 
 

@@ -57,14 +57,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHUNK_BYTES = 64 * 1024
 PARSE_INLINE_BYTES = 64 * 1024  # a larger JSON body is parsed off the event loop
 # ... in PARSE_THREADS threads of the front's own, with at most PARSE_WAITING more waiting:
-# protobuf's parser holds the GIL, so parses at once only stalled the loop more (8 bodies of
-# 3.4 MiB: 268 ms), and in the default executor they queued behind the index's opens
+# protobuf's parser holds the GIL, so parses at once only stalled the loop more (README:
+# Results, Figures behind the limits), and in the default executor they queued behind the
+# index's opens
 PARSE_THREADS = 1
 PARSE_WAITING = 3
 # aiohttp's stop waits this long for a handler still running, then as long again for it to
 # end once cancelled: the front's stop takes at most twice this. The drain has waited for the
 # calls already (gateway/server.py); what is left is a response being written or a body still
-# arriving (5 s had made the stop 10 s with one call left, past the drain's own allowances).
+# arriving (a longer wait made the stop outlast the drain's own allowances).
 HTTP_STOP_S = 1.0
 TCP_KEEPALIVE_PROBES = 3  # a watch's connection: unanswered probes before it is dropped
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's bound on the idle and interval options
@@ -72,9 +73,9 @@ RETRY_AFTER_S = 1  # a 429 or 503's Retry-After: the gateway's refusals are shor
 # A body (an NDJSON line) may hold this many bytes of JSON per byte of serve.max_receive_bytes,
 # which counts the message's protobuf bytes, as gRPC's calls do: JSON escapes a character of 2
 # or 3 UTF-8 bytes as \uXXXX (6 bytes) and one of 4 as a surrogate pair (12), and quotes every
-# string, so a request gRPC takes was refused here (10,000 ids of 254 bytes: 2.57 MB of
-# protobuf, 5.07 MB of JSON). The message parsed from it is held to the limit itself
-# (_message: 413, as the gRPC side's refusal, gateway/decode.py).
+# string, so a request gRPC takes, written as JSON, may be about twice its protobuf bytes
+# (README: Results, Figures behind the limits). The message parsed from it is held to the
+# limit itself (_message: 413, as the gRPC side's refusal, gateway/decode.py).
 JSON_BYTES_PER_BYTE = 3
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status recorded, none sent
 # the 503 of a call the front's stop cut (a drain's grace over), the gRPC side's UNAVAILABLE
@@ -424,7 +425,7 @@ class _Lines:
         pending = bytearray()
         while chunk := await self._chunk():
             # a read of buffered bytes does not yield to the event loop, nor does a run of
-            # blank lines: 16 MiB of newlines held the loop (gRPC, health) for 0.4 s
+            # blank lines: a body of newlines alone held the loop (gRPC, health)
             await asyncio.sleep(0)
             searched = len(pending)  # the bytes before hold no line end: not searched again
             pending += chunk
@@ -657,8 +658,8 @@ def _quote_values(message: str, body: Any, limit: int = PARSE_ERROR_CHARS) -> st
             numbers.add(number)  # a 200-digit top_k
     for number in sorted(numbers, key=len, reverse=True):  # first: the message gets short
         message = message.replace(number, f"{number[:QUOTE_CHARS]}... ({len(number)} characters)")
-    # the longest QUOTED_MAX only: each is a scan of the message (760,000 short ones took 8 s
-    # of the parse thread); one not among them is still escaped below, within ``limit``
+    # the longest QUOTED_MAX only: each is a scan of the message (a flood of short ones held
+    # the parse thread for seconds); one not among them is still escaped below, within ``limit``
     for text in heapq.nlargest(QUOTED_MAX, strings, key=len):
         if text in message:  # quoted() leaves nothing unprintable
             message = message.replace(f'"{text}"', quoted(text)).replace(text, quoted(text))

@@ -13,8 +13,8 @@ from papersearch.gateway.gate import DrainGate
 from papersearch.gateway.method_handlers import Behavior, api_behavior, with_behavior
 from papersearch.telemetry import metrics
 
-# gRPC cancels a call whose deadline passed a few ms before time_remaining() reaches 0 (6 ms
-# measured; more on a loaded machine); a client that cancels itself that close to its
+# gRPC cancels a call whose deadline passed a few ms before time_remaining() reaches 0 (more
+# on a loaded machine); a client that cancels itself that close to its
 # deadline is counted as expired.
 DEADLINE_SLACK_S = 0.25
 

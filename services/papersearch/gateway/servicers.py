@@ -42,7 +42,8 @@ SERVER_LIMIT = "serve.index_call_timeout_s"  # an index call's own time, when th
 DEFAULT_DEADLINE_KEY = "papersearch-default-deadline"
 DEFAULT_DEADLINE_MARGIN_S = 0.25
 # DeletePapers' ids past this many are read (stripped, normalised, checked) in a worker
-# thread: 10,000 ids of 170 characters built to be slow to normalise took ~0.8 s of the loop
+# thread: many ids built to be slow to normalise held the event loop (README: Results,
+# Figures behind the limits)
 IDS_INLINE = 256
 
 

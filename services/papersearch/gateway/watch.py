@@ -57,11 +57,11 @@ from papersearch.telemetry import metrics
 log = logging.getLogger(__name__)
 
 # One step of the feed's matching, between two turns of the event loop: at most STEP_PAIRS
-# (watch, paper) pairs, ~1 us each when all match (a Match built and queued: ~30 ms a step,
-# more when a full garbage collection of the queued matches falls in it: 126 ms among a
-# million); and the first matches of at most STEP_WAKES watches, as each wakes its watcher's
-# handler, whose next turn (its first write) takes the loop 0.2-0.4 ms: a thousand woken at
-# once held it 0.2-0.45 s.
+# (watch, paper) pairs, each a Match built and queued when all match (more when a full
+# garbage collection of the queued matches falls in the step); and the first matches of at
+# most STEP_WAKES watches, as each wakes its watcher's handler, whose next turn (its first
+# write) also takes the loop: a thousand woken at once held it for a noticeable time
+# (README: Results, Figures behind the limits).
 STEP_PAIRS = 32_768
 STEP_WAKES = 64
 

@@ -106,8 +106,8 @@ _ELSEWHERE = ("index is open in another process, one process at a time (a runnin
               "with --target and papers through UpsertPapers)")
 _RESTORE = ("restore the index's folder from a copy, or run papersearch ingest into a fresh "
             "index.data_dir (papers written through UpsertPapers only are in the copy alone)")
-# What a new index takes on a memory-backed volume as it is made (42.2 MiB measured on tmpfs,
-# qdrant-edge 0.9, whatever the dim): its WAL's first segment and the first segment's files
+# What a new index takes on a memory-backed volume as it is made, whatever the dim (README:
+# Results, Figures behind the limits): its WAL's first segment and the first segment's files
 CREATE_IN_MEMORY_MIB = 48
 # From this many bytes of dense vectors (points x dim x 4) an optimize runs in a child process
 # (index/build.py); below it the engine's optimize has no HNSW to build (its indexing

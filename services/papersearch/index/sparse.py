@@ -77,7 +77,7 @@ class Bm25Encoder:
             raise ValueError(f"BM25 needs avg_len > 0, query_k3 >= 0 and title_weight >= 1, "
                              f"got {avg_len}, {query_k3}, {title_weight}")
         import qdrant_edge  # here: the request types (index/query.py) and the gRPC client that
-        # uses them import this module, and must not load the storage engine (~1 s)
+        # uses them import this module, and must not load the storage engine (slow to import)
 
         self._model = qdrant_edge.Bm25(qdrant_edge.Bm25Config(avg_len=avg_len))
         self.query_k3 = query_k3

@@ -68,10 +68,11 @@ from papersearch.settings import MAX_COUNT, IndexSettings
 logger = logging.getLogger(__name__)
 
 _RETRIEVE_CHUNK = 1024
-# BM25 query terms an explained search itemises, each one more engine query: a 2,048-character
-# query holds ~500, and explaining all of them took 16x a search's index time (131 ms at top
-# 100). Past it, the terms no hit holds are dropped (exactly: they add nothing), then those
-# the fewest hits hold; a hit's share of the rest is given whole (explain.OTHER_TERMS).
+# BM25 query terms an explained search itemises, each one more engine query: a long query
+# holds hundreds, and explaining all of them took many times a search's index time (README:
+# Results, Figures behind the limits). Past it, the terms no hit holds are dropped (exactly:
+# they add nothing), then those the fewest hits hold; a hit's share of the rest is given
+# whole (explain.OTHER_TERMS).
 MAX_EXPLAINED_TERMS = 32
 _SCAN_PAGE = 1024
 # An engine-ranked search (dense, sparse, an rrf or dbsf hybrid, SimilarPapers) asks the engine

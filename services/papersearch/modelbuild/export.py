@@ -62,7 +62,7 @@ OPSET = 17
 EXPORT_FORMAT = 3  # bump when the graph layout or manifest changes: invalidates cached exports
 # Dynamic int8 schemes (activations quantized per batch at run time, weights per channel).
 # On x86 CPUs without VNNI onnxruntime multiplies u8 x s8 with VPMADDUBSW, whose int16 pair
-# sums saturate at full 8-bit range (agreement with fp32 fell to 0.97 / 0.87 on such a CPU);
+# sums saturate at full 8-bit range (agreement with fp32 fell on such a CPU: README, Models);
 # 7-bit weights (reduce_range) cannot saturate, u8 x u8 uses another kernel. Measured side by
 # side by benchmarks/quantization.py (README, Models): reduce_range keeps u8s8's speed.
 INT8_SCHEMES: dict[Int8Scheme, dict[str, Any]] = {

@@ -66,7 +66,7 @@ PROBE_PASSES = 2  # throw-away passes timed before training; the first also warm
 # ONNX export, its int8 copy and their checks (the manifest's parity.export_seconds; README, The
 # default reranker): EXPORT_RESERVE_S, or the time of EXPORT_RESERVE_STEPS training steps where
 # that is longer. The export runs the same torch and onnxruntime work a step does, so it slows
-# down with the CPU as the steps do (16.8 s here, 11 steps' time).
+# down with the CPU as the steps do.
 EXPORT_RESERVE_S = 90.0
 EXPORT_RESERVE_STEPS = 15
 # A budget-fitted run fits its step count again on the pace of its own steps 2 to 1 + this (the

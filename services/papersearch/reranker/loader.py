@@ -67,7 +67,7 @@ class RerankerLoader:
                         extra={"version": self.reranker.manifest.version})
         # newest first, down to the one in use while it stands, past it when it does not (a
         # replica starting now would not load it); a version that failed is tried again only
-        # every RETRY_FAILED_LOOKS looks (a load is up to ~1 s on the request path)
+        # every RETRY_FAILED_LOOKS looks (a load is slow, and on the request path)
         now = self.clock()
         tried: list[int | None] = [v for v in reversed(found)
                                    if (held is None or v > held)
