@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -40,7 +39,8 @@ import numpy as np
 from common import log
 
 from papersearch.coalesce import Coalescer
-from papersearch.serving.launcher import LOCAL_RAY_ENV, load_config
+from papersearch.local_ray import use_local_ray_env
+from papersearch.serving.launcher import load_config
 from papersearch.settings import Settings
 
 TRANSPORTS = {"grpc": "1", "actor": "0"}  # RAY_SERVE_USE_GRPC_BY_DEFAULT; Ray's default "0"
@@ -139,8 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="measured calls per variant")
     parser.add_argument("--warmup", type=int, default=30, help="warm-up calls per variant")
     args = parser.parse_args(argv)
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    use_local_ray_env()
     import ray
     from ray import serve
 

@@ -22,7 +22,7 @@ import pytest
 # by exec.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
-from papersearch.serving.launcher import LOCAL_RAY_ENV  # noqa: E402
+from papersearch.local_ray import LOCAL_RAY_ENV  # noqa: E402
 from papersearch.settings import Settings  # noqa: E402
 
 # Ray's C++ side reads its configuration (token auth among it) once, when Ray is first imported:

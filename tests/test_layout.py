@@ -110,6 +110,19 @@ def test_only_the_cli_imports_modelbuild() -> None:
     assert importers <= {"papersearch.cli"}
 
 
+# The rooms that do the work, and the entry points above them (the front ends, the Serve app,
+# the commands): a working room that reached up into one loaded it, and all it imports, with it.
+WORKING = ("corpus", "ingest", "pipeline", "index", "retriever", "encoder", "reranker", "models",
+           "evaluation", "api", "loadtest", "modelbuild")
+ENTRY_POINTS = ("serving", "gateway", "cli", "console")
+
+
+def test_no_working_room_imports_an_entry_point() -> None:
+    upward = {f"{m} imports {i}" for m in MODULES if any(_in(m, room) for room in WORKING)
+              for i in _imports(m)[0] if any(_in(i, room) for room in ENTRY_POINTS)}
+    assert not upward
+
+
 # pyproject's `loadtest` and `dev` extras: tooling the serving image does not install
 TOOLING_EXTRAS = {"matplotlib", "prometheus_client", "kubernetes_validate", "jsonschema",
                   "ruamel", "psutil"}

@@ -20,6 +20,7 @@ import pytest
 from papersearch.client import SearchClient
 from papersearch.corpus.paper import Paper
 from papersearch.loadtest.monitor import MetricsSnapshot, fetch, parse_metrics
+from papersearch.local_ray import LOCAL_RAY_ENV
 from papersearch.pipeline.query import SearchQuery
 from papersearch.settings import Settings
 from tests.conftest import ROOT
@@ -300,7 +301,7 @@ class FakeRay:
         from papersearch.serving import launcher
 
         self.running, self.stopped, self.options = False, 0, dict[str, Any]()
-        for name in (*launcher.LOCAL_RAY_ENV, launcher.CONTROL_LOOP_ENV):  # start() sets them
+        for name in (*LOCAL_RAY_ENV, launcher.CONTROL_LOOP_ENV):  # start() sets them
             monkeypatch.delenv(name, raising=False)  # restored afterwards, as they were
         monkeypatch.setattr(ray, "is_initialized", lambda: self.running)
         monkeypatch.setattr(ray, "shutdown", self.shutdown)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import socket
 import tempfile
@@ -40,6 +39,7 @@ from papersearch.encoder.runtime import Encoder
 from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import unstored, write_encoded
+from papersearch.local_ray import use_local_ray_env
 from papersearch.models.manifest import (
     FP32_FILE,
     INT8_FILE,
@@ -49,7 +49,6 @@ from papersearch.models.manifest import (
 )
 from papersearch.models.runtime import CPU_PROVIDER, CUDA_PROVIDER
 from papersearch.retriever.retriever import Retriever
-from papersearch.serving.launcher import LOCAL_RAY_ENV
 from papersearch.settings import IngestSettings, ModelSettings, Settings
 
 if TYPE_CHECKING:
@@ -130,8 +129,7 @@ def ray_cluster(address: str | None) -> Iterator[None]:
     """Connected to Ray for the block: ``address`` (e.g. ``auto``, ``ray://head:10001``), or
     a local instance of this machine's CPUs started (and stopped) here. A Ray already
     initialised in this process (a test's) is used as it is."""
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    use_local_ray_env()
     import ray
 
     if ray.is_initialized():

@@ -19,17 +19,11 @@ import yaml
 
 from papersearch import interrupts
 from papersearch.interrupts import Interrupted
+from papersearch.local_ray import use_local_ray_env
 from papersearch.settings import ServeSettings, Settings
 
 log = logging.getLogger(__name__)
 
-# Local single-machine defaults (see DEVELOPERS notes): bind 127.0.0.1, no token auth, and no
-# stray cluster started by a driver after shutdown. An operator's own values win.
-LOCAL_RAY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_AUTO_CONNECT": "0",
-}
 CONTROL_LOOP_ENV = "RAY_SERVE_CONTROL_LOOP_INTERVAL_S"  # serve.control_loop_interval_s
 # a drain's wait past its notice and grace: the HTTP front's stop (at most 2 s), the gRPC
 # server's (1 s), and the index's close (the embedded shard flushed)
@@ -120,8 +114,7 @@ def start(
 
     settings.serve.check_access()  # before Ray starts: the gateway replica would refuse too
     check_tls(settings.serve)
-    for key, value in LOCAL_RAY_ENV.items():  # read when Ray is imported: set them first
-        os.environ.setdefault(key, value)
+    use_local_ray_env()  # read when Ray is imported: set first
     # the Serve controller (a process of the Ray instance started below) reads it at import
     os.environ[CONTROL_LOOP_ENV] = str(settings.serve.control_loop_interval_s)
     import ray
