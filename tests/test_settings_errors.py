@@ -396,6 +396,15 @@ def test_a_settings_file_that_is_not_yaml_or_not_there(
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path))  # it is there: "no such file" misled
     assert error_line(capsys) == (
         f"papersearch: error: settings file {tmp_path} {where}: is a folder, not a YAML file")
+    # a shell's <(...): its /dev/fd link resolves to "pipe:[...]", which had read "no such
+    # file"; and the file is read again by every process that loads the settings
+    fifo = tmp_path / "settings.fifo"
+    os.mkfifo(fifo)
+    for given in ([], ["--config", str(fifo)]):
+        monkeypatch.setenv(CONFIG_ENV, str(fifo))
+        assert error_line(capsys, *given) == (
+            f"papersearch: error: settings file {fifo} {where}: not a regular file (a pipe or a "
+            "device): give a YAML file, which every process that loads the settings reads again")
     # a YAML scalar (the wrong file given): was "dictionary update sequence element #0 ..."
     scalar = settings_file(monkeypatch, tmp_path / "hostname", "buildhost\n")
     assert error_line(capsys) == (

@@ -910,12 +910,17 @@ class Settings(BaseSettings):
 
 def _config_path(config_file: str) -> Path:
     """The settings file's path as a path setting's: a leading ~ expanded, a $VARIABLE
-    refused (--config '~/ps.yaml' was resolved under the current directory first)."""
+    refused (--config '~/ps.yaml' was resolved under the current directory first); a pipe
+    refused (a shell's <(...) had read "no such file": its link resolves to none)."""
+    where = f"settings file {config_file} (--config or {CONFIG_ENV})"
     try:
-        return _path_as_written(config_file)
+        path = _path_as_written(config_file)
     except ValueError as error:
-        raise ValueError(f"settings file {config_file} (--config or {CONFIG_ENV}): {error}"
-                         ) from None
+        raise ValueError(f"{where}: {error}") from None
+    if path.exists() and not (path.is_file() or path.is_dir()):  # a shell's <(...), /dev/stdin
+        raise ValueError(f"{where}: not a regular file (a pipe or a device): give a YAML file, "
+                         "which every process that loads the settings reads again")
+    return path
 
 
 def _settings_file(config_file: str) -> dict[str, Any]:
