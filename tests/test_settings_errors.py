@@ -224,6 +224,18 @@ def test_a_settings_file_says_each_thing_once(
      "serve (PAPERSEARCH_SERVE__HEALTH_PORT): Value error, serve.grpc_port and serve.health_port "
      "are both "
      "50051: each server needs a port of its own"),
+    ({"PAPERSEARCH_SERVE__DASHBOARD_PORT": "50051"},  # Ray's dashboard, on the gRPC port
+     "serve (PAPERSEARCH_SERVE__DASHBOARD_PORT): Value error, serve.grpc_port and "
+     "serve.dashboard_port are both 50051: each server needs a port of its own"),
+    ({"PAPERSEARCH_TRAINING__BATCH_SIZE": "3"},  # had trained groups of 4 anyway
+     "training (PAPERSEARCH_TRAINING__BATCH_SIZE): Value error, training.batch_size=3 must hold "
+     "one group of a positive and training.negatives_per_query=3 negatives (at least 4)"),
+    ({"PAPERSEARCH_SERVE__NODE_DRAIN_S": "1e300"},
+     "serve.node_drain_s (PAPERSEARCH_SERVE__NODE_DRAIN_S): Input should be less than or equal "
+     "to 31536000 (given '1e300')"),
+    ({"PAPERSEARCH_INDEX__SHARD_NUMBER": "4294967296"},  # past the request's uint32
+     "index.shard_number (PAPERSEARCH_INDEX__SHARD_NUMBER): Input should be less than or equal "
+     "to 2147483647 (given '4294967296')"),
     ({"PAPERSEARCH_TRAINING__MINING_DEPTH": "3"},  # minutes of mining, then "no examples"
      "training (PAPERSEARCH_TRAINING__MINING_DEPTH): Value error, training.mining_depth=3 must "
      "exceed "

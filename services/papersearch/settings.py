@@ -223,7 +223,10 @@ class TrainingSettings(Section):
                                 "lie in [0, 1]).",
     )
     epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=2, description="Pairs per step (groups of 1 + negatives).")
+    batch_size: int = Field(16, ge=2, le=MAX_COUNT,
+                            description="Pairs per step, in whole groups of 1 + negatives (a "
+                                        "remainder is dropped); also the embedder's batch while "
+                                        "mining.")
     learning_rate: float = Field(5e-5, gt=0)
     head_learning_rate_factor: float = Field(20.0, gt=0, description="Fresh head's LR multiple.")
     max_length: int = Field(160, ge=16, le=512,
@@ -258,6 +261,13 @@ class TrainingSettings(Section):
         if self.mining_depth <= self.negatives_per_query:
             raise ValueError(f"training.mining_depth={self.mining_depth} must exceed "
                              f"training.negatives_per_query={self.negatives_per_query}")
+        # a step holds whole groups (a query's positive and its negatives): below one group, a
+        # step had trained one group anyway, larger than the batch asked for
+        if self.batch_size < self.negatives_per_query + 1:
+            raise ValueError(f"training.batch_size={self.batch_size} must hold one group of a "
+                             f"positive and training.negatives_per_query="
+                             f"{self.negatives_per_query} negatives (at least "
+                             f"{self.negatives_per_query + 1})")
         return self
 
 
@@ -351,8 +361,10 @@ class IndexSettings(Section):
     prf_sparse_weight: float = Field(0.5, ge=0, le=100, description="The heaviest expansion "
                                      "term's weight (a query term weighs 1).")
     upsert_batch_size: int = Field(256, ge=1, description="Points per engine write operation.")
-    shard_number: int = Field(1, ge=1, description="Server backend: shards at creation.")
-    replication_factor: int = Field(1, ge=1, description="Server backend: replicas at creation.")
+    shard_number: int = Field(1, ge=1, le=MAX_COUNT,
+                              description="Server backend: shards at creation.")
+    replication_factor: int = Field(1, ge=1, le=MAX_COUNT,
+                                    description="Server backend: replicas at creation.")
     write_ordering: Literal["weak", "medium", "strong"] = Field(
         "medium", description="Server backend: Qdrant's write ordering for upserts and deletes. "
                               "Under weak (Qdrant's default) two writes of one paper at once "
@@ -581,18 +593,20 @@ class ServeSettings(Section):
                     "longer than max_deadline_s, so every search can.",
     )
     drain_notice_s: float = Field(
-        0.0, ge=0, description="On drain, keep taking calls this long after readiness turns "
-                               "NOT_SERVING, while load balancers (Kubernetes endpoints) "
-                               "stop sending new ones; then refuse new calls.",
+        0.0, ge=0, le=DEADLINE_MAX_S,
+        description="On drain, keep taking calls this long after readiness turns NOT_SERVING, "
+                    "while load balancers (Kubernetes endpoints) stop sending new ones; then "
+                    "refuse new calls.",
     )
     drain_file: Path | None = Field(
         None, description="Drain when this file appears (Kubernetes: the preStop hook's "
                           "`papersearch drain` creates it); polled twice a second.",
     )
     node_drain_s: float = Field(
-        40.0, gt=0, description="`papersearch drain --ray-node` (a model worker pod's preStop): "
-                                "how long Serve gets to move the node's replicas elsewhere "
-                                "before the pod stops anyway.",
+        40.0, gt=0, le=DEADLINE_MAX_S,
+        description="`papersearch drain --ray-node` (a model worker pod's preStop): how long "
+                    "Serve gets to move the node's replicas elsewhere before the pod stops "
+                    "anyway.",
     )
     upsert_batch_size: int = Field(64, ge=1, description="Streamed papers per encode+upsert.")
     # Server limits (README, Server limits): what one client can hold of a gateway.
@@ -765,7 +779,8 @@ class ServeSettings(Section):
         shares connections between them (health-only calls to the API: UNIMPLEMENTED)."""
         ports = [(name, port) for name, port in (
             ("grpc_port", self.grpc_port), ("health_port", self.health_port),
-            ("http_port", self.http_port), ("metrics_port", self.metrics_port)) if port is not None]
+            ("http_port", self.http_port), ("metrics_port", self.metrics_port),
+            ("dashboard_port", self.dashboard_port)) if port is not None]
         for i, (name, port) in enumerate(ports):
             for other, same in ports[i + 1:]:
                 if port == same:
