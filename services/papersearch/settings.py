@@ -192,7 +192,9 @@ class ModelSettings(Section):
         "quantization would otherwise make a vector depend on the texts batched with it. No "
         "slower on CPU (benchmarks/batch_independence.py); false: batch_size per call.")
     reload_poll_s: float = Field(
-        10.0, gt=0, description="Serving without a reranker model: how often to look for one.",
+        10.0, gt=0, description="How often a serving replica looks in the repository for a "
+                                "reranker: one to load where it has none, a newer version, or "
+                                "a move off one removed or changed.",
     )
 
     @field_validator("reranker_source", mode="before")
@@ -518,9 +520,9 @@ class SearchSettings(Section):
     max_similar_ids: int = Field(
         16, ge=1, le=256, description="Example papers (positive and negative) one SimilarPapers "
                                       "request may give.")
-    # Off by default in serving: the trained default reranker, fused as tuned on CACM and
-    # Cranfield, does not lift nDCG@10 on the held-out sets for its cost per search (README,
-    # Results); `eval --mode hybrid+rerank`, or this setting, turns it on.
+    # Off by default in serving: the trained default reranker does not lift nDCG@10 on the
+    # held-out sets for its cost per search, fused as served or as a grid on CACM and
+    # Cranfield chose (README, Results); `eval --mode hybrid+rerank`, or this, turns it on.
     rerank_enabled: bool = Field(
         False,
         description="Rerank each search's first-stage candidates with the cross-encoder (a "
@@ -546,7 +548,8 @@ class SearchSettings(Section):
         None, gt=0, description="Time a search's rerank call should take; unset: half of "
                                 "serve.rerank_timeout_s.")
     # A small share: the reranker breaks ties in the first-stage order more than it reorders
-    # it (README, Results: why CACM-tuned larger weights are not used).
+    # it (chosen on CACM; the CACM + Cranfield grid's choice, depth 20, weight 0.2, k 60, lost
+    # on the held-out sets: README, Results).
     rerank_weight: float = Field(
         0.1, ge=0.0, le=1.0, description="Reranker's share in the rank fusion (1: reranker only)."
     )

@@ -57,10 +57,10 @@ from papersearch.telemetry import metrics
 log = logging.getLogger(__name__)
 
 # One step of the feed's matching, between two turns of the event loop: at most STEP_PAIRS
-# (watch, paper) pairs, each a Match built and queued when all match (more when a full
-# garbage collection of the queued matches falls in the step); and the first matches of at
+# (watch, paper) pairs, where each match builds and queues a Match (a step takes longer when
+# a full garbage collection of the queued matches falls in it); and the first matches of at
 # most STEP_WAKES watches, as each wakes its watcher's handler, whose next turn (its first
-# write) also takes the loop: a thousand woken at once held it for a noticeable time
+# write) also takes the loop: a thousand woken at once held it far longer than one step
 # (README: Results, Figures behind the limits).
 STEP_PAIRS = 32_768
 STEP_WAKES = 64

@@ -1,7 +1,7 @@
 """Explained rankings (``explain``): one hit's stage ranks, fusion inputs and matched BM25 terms.
 
-``Store.explain_program`` fetches what this needs in one batch after the search (each stage's
-list as the search saw it, and each BM25 query term's score for every hit, up to
+``Store.explain_program`` fetches what this needs after the search, in one or two batches
+(each stage's list as the search saw it, and each BM25 query term's score for every hit, up to
 MAX_EXPLAINED_TERMS terms), so a search without ``explain`` costs nothing more.
 """
 

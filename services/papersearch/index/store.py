@@ -325,9 +325,10 @@ class Store(ABC):
 
     def explain_program(self, request: SearchRequest, hits: Sequence[Hit],
                         labels: Mapping[int, str]) -> Program[list[Hit]]:
-        """``hits`` (``request``'s answer) with their Explanation: one batch holding each
-        stage's list as the search saw it (ranks, the normalisation inputs) and, per BM25
-        query term, its score for every hit (``labels``: term index -> the query word)."""
+        """``hits`` (``request``'s answer) with their Explanation: each stage's list as the
+        search saw it (ranks, the normalisation inputs) and, per BM25 query term, its score for
+        every hit (``labels``: term index -> the query word); one batch, or two under convex
+        fusion (its lists read to depth first), and a fetch first past MAX_EXPLAINED_TERMS."""
         if not hits:
             return []
         ids = frozenset(h.paper.point_id for h in hits)

@@ -1,7 +1,8 @@
 """``papersearch loadtest``: options, the loopback guard, and one run from start to files.
 
-Only argparse, the standard library and the light client_tls are imported at module level, so
-``papersearch --help`` stays fast; the run's modules load when it starts.
+Imported at module level: argparse, the standard library, the settings, the client's TLS and
+retry options and the search modes; the run's modules (the client, the generator, the
+monitor, plotting) load when it starts.
 """
 
 from __future__ import annotations

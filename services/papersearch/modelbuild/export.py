@@ -4,8 +4,9 @@ The graph takes ``input_ids``/``attention_mask``/``token_type_ids`` with dynamic
 sequence axes, and is rewritten with onnxruntime's transformer fusions before quantization.
 Embedders get pooling and L2 normalisation inside the graph; cross-encoders output one
 relevance logit per pair. fp32 and per-channel dynamic int8 graphs are written,
-checked for parity, and only then is the manifest written: a failed check is an error and
-leaves no finished version behind.
+checked for parity, and only then is the manifest written: an fp32 graph that disagrees with
+torch, or outputs that are not finite, are an error and leave no finished version behind; an
+int8 graph that disagrees with fp32 on this CPU is logged, and runtimes here serve fp32.
 
 Only the ``models`` CLI commands import this module: serving never imports torch.
 """
