@@ -482,6 +482,68 @@ def test_page_sent_before_its_script_ran_and_recommendations_superseded(
     assert chrome.execute_script("return document.activeElement.id") == "results-heading"
 
 
+# Records the headers of the page's own API calls (window.headers), after SLOW_FETCH.
+SENT_HEADERS = """
+window.headers = [];
+const slowed = window.fetch;
+window.fetch = (path, options = {}) => {
+  window.headers.push(Object.keys(options.headers || {}).map((name) => name.toLowerCase()));
+  return slowed(path, options);
+};
+"""
+
+
+@needs_browser
+def test_page_gives_the_status_line_back_and_sends_no_deadline(
+    browser: webdriver.Chrome, scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """Clear while a search ran took the status line from it for good ("Searching…" stayed
+    after its answer; a failed one showed nothing); marking a recommended paper dropped the
+    focus to the page's body with the button pressed; the page sent x-timeout-ms 30000, so the
+    server's serve.default_deadline_s never applied to it. The page now sends none, and gives
+    up on an answer past the server's serve.max_deadline_s, which the page it serves states."""
+    servers, backend = scratch
+    port = free_port()
+    servers.start(backend, http_port=port, max_deadline_s=12.0)
+    chrome = browser
+    chrome.get(f"http://127.0.0.1:{port}/?q=honeybee+swarms")
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "the first search")
+    assert chrome.execute_script(
+        "return document.documentElement.dataset.maxDeadlineMs") == "12000"
+    chrome.execute_script(SLOW_FETCH + SENT_HEADERS
+                          + "window.slow['/papersearch.v1.SearchService/Search'] = 1500;")
+    chrome.find_element(
+        By.CSS_SELECTOR, '#results .example-button[data-kind="positive"]'
+                         '[data-paper-id="page-bees"]').click()
+    query = chrome.find_element(By.ID, "query")
+    query.clear()
+    query.send_keys("bm25 keyword baseline", Keys.ENTER)  # answers in 1.5 s
+    status = chrome.find_element(By.ID, "status")
+    wait_for(chrome, lambda: status.text == "Searching\u2026", "the search in flight")
+    chrome.find_element(By.ID, "recommend-button").click()
+    wait_for(chrome, lambda: status.text.endswith("recommendations."), "the recommendations")
+    chrome.find_element(By.ID, "clear-examples").click()  # the search has not answered yet
+    wait_for(chrome, lambda: status.text.startswith(
+        f"{len(PAPERS)} results for \u201cbm25 keyword baseline"), "the search's own line")
+    assert result_ids(chrome)[0] == "page-bm25"
+
+    chrome.execute_script("window.slow = {};")
+    chrome.find_element(
+        By.CSS_SELECTOR, '#results .example-button[data-kind="positive"]'
+                         '[data-paper-id="page-bm25"]').click()
+    chrome.find_element(By.ID, "recommend-button").click()
+    wait_for(chrome, lambda: result_ids(chrome, "#recommendations > li"), "recommendations")
+    chrome.find_element(
+        By.CSS_SELECTOR, '#recommendations > li:first-child .example-button[data-kind="positive"]'
+    ).send_keys(Keys.ENTER)
+    assert result_ids(chrome, "#recommendations > li") == []  # for the examples before
+    assert chrome.execute_script("return document.activeElement.id") == "recommend-button"
+    assert status.text.startswith(f"{len(PAPERS)} results for \u201cbm25 keyword baseline")
+    sent = chrome.execute_script("return window.headers")
+    assert len(sent) == 3 and all("x-timeout-ms" not in names for names in sent), sent
+    chrome.find_element(By.ID, "clear-examples").click()
+
+
 SENT_BODIES = """
 window.sent = [];
 const sending = window.fetch;
@@ -618,7 +680,8 @@ def test_page_skip_link_focus_short_abstracts_and_answers_that_never_come(
     chrome.find_element(
         By.CSS_SELECTOR, '#results > li:nth-child(2) .example-button[data-kind="positive"]').click()
     assert result_ids(chrome, "#recommendations > li") == []  # asked for other examples
-    assert chrome.find_element(By.ID, "status").text == ""
+    # the status line back to the similar papers it was taken from, still on screen
+    assert chrome.find_element(By.ID, "status").text == "5 similar papers."
 
     short = "Bees buzz before they swarm, and the buzz rises for days. " * 3  # < 240 chars
     answer = {"hits": [{"paper": {"paper_id": "short", "title": "Short", "abstract": short},

@@ -196,7 +196,7 @@ class HttpFront:
         app.router.add_get("/openapi.json", _openapi)
         app.router.add_get("/healthz", self._health("liveness"))
         app.router.add_get("/readyz", self._health("readiness"))
-        page.add_routes(app)  # the search page: GET / and /page/<file>
+        page.add_routes(app, serve.max_deadline_s)  # the search page: GET / and /page/<file>
         # a client that goes away cancels its handler: a watch (or a search) ends with it, not
         # at its next message or its deadline
         # bodies are not decompressed (none is offered: a gzip bomb, refused for its missing

@@ -3,8 +3,10 @@
 The page (``page/``, package data: an installed wheel carries it) is plain HTML, CSS and one
 script that calls the HTTP/JSON API of the same origin (Search, SimilarPapers, ``/readyz``); it
 needs no build step and loads nothing from elsewhere. The files are read once, when the app is
-made; the responses forbid anything not from this origin and inline scripts (CSP), and, as
-every answer of the HTTP front (http_api), type sniffing.
+made, and the page's root element told the server's longest call (``data-max-deadline-ms``):
+the page sends no deadline of its own, so the server's default applies, and gives up on an
+answer a little past that longest. The responses forbid anything not from this origin and
+inline scripts (CSP), and, as every answer of the HTTP front (http_api), type sniffing.
 """
 
 from __future__ import annotations
@@ -27,10 +29,19 @@ HEADERS = {
 }
 
 
-def add_routes(app: web.Application) -> None:
-    """``GET /`` (index.html) and ``GET /page/<file>`` for the page's files; other names 404."""
+ROOT_TAG = b'<html lang="en">'
+
+
+def add_routes(app: web.Application, max_deadline_s: float) -> None:
+    """``GET /`` (index.html) and ``GET /page/<file>`` for the page's files; other names 404.
+    ``max_deadline_s``: serve.max_deadline_s, the longest a search may take here."""
     folder = resources.files("papersearch.gateway").joinpath("page")
     files = {name: (folder.joinpath(name).read_bytes(), kind) for name, kind in TYPES.items()}
+    html, kind = files["index.html"]
+    if html.count(ROOT_TAG) != 1:
+        raise RuntimeError(f"page/index.html: expected one {ROOT_TAG.decode()}")
+    told = f'<html lang="en" data-max-deadline-ms="{round(max_deadline_s * 1000)}">'
+    files["index.html"] = (html.replace(ROOT_TAG, told.encode()), kind)
 
     def respond(name: str) -> web.Response:
         body, kind = files[name]

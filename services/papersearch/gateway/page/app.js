@@ -4,11 +4,15 @@
 
 const SEARCH = "/papersearch.v1.SearchService/Search";
 const SIMILAR = "/papersearch.v1.SearchService/SimilarPapers";
-const TIMEOUT_MS = 30000;
-// Past the server's own deadline by this much, the browser gives up on an answer (a proxy
-// that holds the connection open would otherwise leave "Searching…" on screen for good).
-const GIVE_UP_AFTER_MS = TIMEOUT_MS + 5000;
+// No deadline is sent: the server's own applies (serve.default_deadline_s). Past its longest
+// (serve.max_deadline_s, which the server writes into the page) by this much, the browser
+// gives up on an answer (a proxy that holds the connection open would otherwise leave
+// "Searching…" on screen for good).
+const GIVE_UP_MARGIN_MS = 5000;
+const GIVE_UP_AFTER_MS = Number(document.documentElement.dataset.maxDeadlineMs || 30000)
+  + GIVE_UP_MARGIN_MS;
 const HEALTH_EVERY_MS = 15000;
+const HEALTH_TIMEOUT_MS = 5000;  // a /readyz that hangs reads as a service that does not answer
 const KEY_STORAGE = "papersearch-api-key";
 const STAGES = [
   ["dense", "Dense"],
@@ -23,8 +27,13 @@ let similarSerial = 0;
 let recommendSerial = 0;
 // The status line and the error box belong to the latest action (a search, similar papers,
 // recommendations): an earlier one that answers late must not overwrite them.
-let statusSerial = 0;
-const owns = (claim) => claim === statusSerial;
+let statusOwner = null;
+const owns = (claim) => claim === statusOwner;
+function claimStatus(section = null) {
+  statusOwner = {};
+  statusSection = section;
+  return statusOwner;
+}
 // The "Similar papers" section whose action owns the status line, if one does: once new
 // results (or none) replace it, its answer has no place, and the search that replaced it
 // takes the status line back.
@@ -39,8 +48,14 @@ let addressNotice = "";
 let searchAbort = null;
 // Likewise a recommendation superseded by a newer one, by Clear or by other examples.
 let recommendAbort = null;
-// The status line's claim of the latest recommendation: other examples take its count back.
-let recommendClaim = 0;
+// The status line's claim of the latest recommendation, and what it took the line from (the
+// owner, its section, the line and the error shown): a recommendation forgotten (other
+// examples, Clear), answered or not, gives the line back, with what its owner said meanwhile
+// (heldBack): a search still running, or one that ended, says its own words again.
+let recommendClaim = null;
+let recommendTookFrom = null;
+// What an action said while a recommendation held the status line: {claim, text, error}.
+let heldBack = null;
 // "Similar papers" in flight: a new search or Back aborts them (their results are replaced).
 const similarAborts = new Set();
 // The address (its query part) the form and results were last set from: a change of the
@@ -83,7 +98,7 @@ function eitherSignal(first, second) {
 }
 
 async function call(path, body, signal = undefined) {
-  const headers = {"Content-Type": "application/json", "x-timeout-ms": String(TIMEOUT_MS)};
+  const headers = {"Content-Type": "application/json"};
   const key = $("api-key").value.trim();
   // a header value the browser cannot send (a pasted curly quote) fails before any request
   if (key && !/^[\x20-\x7e]+$/.test(key)) {
@@ -158,8 +173,20 @@ function showError(error) {
 function mayWrite(claim) {
   if (owns(claim)) return true;
   if (statusSection === null || statusSection.isConnected) return false;
-  statusSection = null;
-  ++statusSerial;
+  claimStatus();
+  statusOwner = claim;
+  return true;
+}
+
+// The status line (and any error) of an action that may no longer own it: written where it
+// may, else kept for when a recommendation that took the line gives it back.
+function conclude(claim, text, error = null) {
+  if (!mayWrite(claim)) {
+    if (recommendTookFrom && recommendTookFrom.claim === claim) heldBack = {claim, text, error};
+    return false;
+  }
+  $("status").textContent = text;
+  if (error) showError(error);
   return true;
 }
 
@@ -302,6 +329,9 @@ function exampleButton(paper, title, kind, label) {
                          element("span", {class: "visually-hidden"}, `: “${title}”`));
   button.addEventListener("click", () => {
     const other = kind === "positive" ? "negative" : "positive";
+    // a recommended paper's button goes with the recommendations it is in: the focus moves
+    // to Recommend (for the new examples), or Clear where no example is positive
+    const recommended = button.closest("#recommendations") !== null;
     if (examples[kind].has(paper.paper_id)) examples[kind].delete(paper.paper_id);
     else {
       examples[kind].set(paper.paper_id, title);
@@ -309,6 +339,9 @@ function exampleButton(paper, title, kind, label) {
     }
     renderExamples();
     forgetRecommendations();
+    if (recommended) {
+      ($("recommend-button").disabled ? $("clear-examples") : $("recommend-button")).focus();
+    }
   });
   return button;
 }
@@ -320,7 +353,22 @@ function forgetRecommendations() {
   if (recommendAbort) recommendAbort.abort();
   recommendAbort = null;
   $("recommendations").replaceChildren();
-  if (owns(recommendClaim)) $("status").textContent = "";
+  if (owns(recommendClaim) && recommendTookFrom) {  // back to the action it was taken from
+    const took = recommendTookFrom;
+    const said = heldBack && heldBack.claim === took.claim ? heldBack : null;
+    statusOwner = took.claim;
+    statusSection = took.section;
+    clearError();
+    $("status").textContent = said ? said.text : took.text;
+    if (said && said.error) showError(said.error);
+    else if (!said && took.error !== null) {
+      $("error").textContent = took.error;
+      $("error").hidden = false;
+    }
+  }
+  recommendClaim = null;
+  recommendTookFrom = null;
+  heldBack = null;
 }
 
 // Whether an answer may move the focus to what it shows: not while the user has gone on to
@@ -346,9 +394,14 @@ function renderExamples() {
 
 async function recommend() {
   const serial = ++recommendSerial;
-  const claim = ++statusSerial;
+  if (!owns(recommendClaim)) {  // a second Recommend keeps what the first took the line from
+    recommendTookFrom = {claim: statusOwner, section: statusSection,
+                         text: $("status").textContent,
+                         error: $("error").hidden ? null : $("error").textContent};
+    heldBack = null;
+  }
+  const claim = claimStatus();
   recommendClaim = claim;
-  statusSection = null;
   clearError();
   $("status").textContent = "Finding recommendations…";
   if (recommendAbort) recommendAbort.abort();
@@ -376,8 +429,6 @@ async function recommend() {
 
 function clearExamples() {
   forgetRecommendations();  // an answer still on its way is for the examples cleared
-  ++statusSerial;
-  statusSection = null;
   examples.positive.clear();
   examples.negative.clear();
   renderExamples();
@@ -394,8 +445,7 @@ async function toggleSimilar(paper, button, section, level) {
   button.setAttribute("aria-expanded", "true");
   button.disabled = true;
   const serial = ++similarSerial;
-  const claim = ++statusSerial;
-  statusSection = section;
+  const claim = claimStatus(section);
   clearError();
   $("status").textContent = `Finding papers similar to \u201c${paper.title || paper.paper_id}\u201d\u2026`;
   const abort = new AbortController();
@@ -413,14 +463,15 @@ async function toggleSimilar(paper, button, section, level) {
     section.replaceChildren(heading, hits.length ? list
                                                  : element("p", {}, "No similar papers found."));
     section.hidden = false;
-    if (!owns(claim) || !section.isConnected) return;  // a newer action, or new results
-    $("status").textContent = `${hits.length} similar paper${hits.length === 1 ? "" : "s"}.`;
+    if (!section.isConnected) return;  // new results replaced the ones it was for
+    if (!conclude(claim, `${hits.length} similar paper${hits.length === 1 ? "" : "s"}.`)) {
+      return;  // a newer action
+    }
     if (focusIsFree(button)) heading.focus();
   } catch (error) {
     button.setAttribute("aria-expanded", "false");
-    if (!owns(claim) || !section.isConnected) return;
-    $("status").textContent = "";
-    showError(error);
+    if (!section.isConnected) return;
+    conclude(claim, "", error);
   } finally {
     similarAborts.delete(abort);
     const refocus = document.activeElement === document.body;  // disabling dropped it there
@@ -442,8 +493,7 @@ async function search(event) {
   // Query feedback: the server's default until the box is changed (or the address says).
   if ($("feedback").dataset.asked) request.feedback = $("feedback").checked;
   const serial = ++searchSerial;
-  const claim = ++statusSerial;
-  statusSection = null;
+  const claim = claimStatus();
   if (searchAbort) searchAbort.abort();
   searchAbort = new AbortController();
   abortSimilar();
@@ -459,6 +509,7 @@ async function search(event) {
     const hits = answer.hits || [];
     const list = $("results");
     const expanded = Boolean(answer.feedback);
+    abortSimilar();  // asked, since this search began, for the results it now replaces
     list.replaceChildren(...hits.map((hit, index) => renderHit(hit, index + 1, 3, "hit",
                                                                expanded)));
     shownFilter = request.filter;
@@ -473,17 +524,17 @@ async function search(event) {
     if (!$("feedback").dataset.asked) $("feedback").checked = Boolean(answer.feedback);
     if (total !== undefined) details.push(`${Math.round(total)} ms`);
     if (answer.below_min_relevance) details.push(`${answer.below_min_relevance} below cut-off`);
-    if (!mayWrite(claim)) return;  // similar papers or recommendations asked for since
-    $("status").textContent = hits.length
+    const filtered = Object.keys(request.filter).length > 0;
+    // unless similar papers or recommendations were asked for since
+    conclude(claim, hits.length
       ? `${hits.length} result${hits.length === 1 ? "" : "s"} for \u201c${query}\u201d (${details.join(", ")}).`
-      : `No results for \u201c${query}\u201d with these filters.`;
+      : `No results for \u201c${query}\u201d${filtered ? " with these filters" : ""} (${details.join(", ")}).`);
   } catch (error) {
     if (serial !== searchSerial) return;
+    abortSimilar();
     $("results").replaceChildren();
     shownFilter = {};
-    if (!mayWrite(claim)) return;
-    $("status").textContent = "";
-    showError(error);
+    conclude(claim, "", error);
   } finally {
     if (serial === searchSerial) {
       $("search-form").removeAttribute("aria-busy");
@@ -560,8 +611,7 @@ function navigated() {
     return;
   }
   ++searchSerial;
-  ++statusSerial;  // a late answer of another action does not write over the empty page
-  statusSection = null;
+  claimStatus();  // a late answer of another action does not write over the empty page
   shownFilter = {};
   if (searchAbort) searchAbort.abort();
   searchAbort = null;
@@ -577,7 +627,8 @@ async function health() {
   let state = "down";
   let text = "Service: unreachable";
   try {
-    const response = await fetch("/readyz", {cache: "no-store"});
+    const response = await fetch("/readyz", {cache: "no-store",
+                                             signal: AbortSignal.timeout(HEALTH_TIMEOUT_MS)});
     const answer = await response.json();
     const status = answer.status || (answer.error && answer.error.status) || response.status;
     state = status === "SERVING" ? "ready" : "not-ready";
