@@ -25,7 +25,8 @@ from papersearch.corpus.paper import (
 )
 
 # The longest line read: a paper at every limit of within_limits, each character written as a
-# \uXXXX escape, is ~0.45 MiB; past this a line is skipped unread, not held whole in memory
+# \uXXXX escape, is under half a MiB; past this a line is skipped unread, not held whole in
+# memory
 MAX_LINE_BYTES = 1 << 20
 # ISO 8601's reduced precision, common in metadata exports: a year, or a year and month
 _REDUCED_DATE = re.compile(r"\d{4}(?:-\d{2})?")

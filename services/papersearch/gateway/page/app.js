@@ -57,7 +57,7 @@ let recommendTookFrom = null;
 // What an action said while a recommendation held the status line: {claim, text, error}.
 let heldBack = null;
 // "Similar papers" in flight: a new search or Back aborts them (their results are replaced).
-const similarAborts = new Set();
+const similarAborts = new Map();  // abort controller -> the section it fills
 // The address (its query part) the form and results were last set from: a change of the
 // hash alone (the "Skip to results" link) is no new search.
 let appliedSearch = null;
@@ -182,7 +182,14 @@ function mayWrite(claim) {
 // may, else kept for when a recommendation that took the line gives it back.
 function conclude(claim, text, error = null) {
   if (!mayWrite(claim)) {
-    if (recommendTookFrom && recommendTookFrom.claim === claim) heldBack = {claim, text, error};
+    // the line as it would stand without the recommendation: this action's where it owned
+    // the line, or took it back from similar papers of results since replaced
+    const took = owns(recommendClaim) ? recommendTookFrom : null;
+    if (took && (took.claim === claim
+                 || (took.section !== null && !took.section.isConnected))) {
+      if (took.claim !== claim) Object.assign(took, {claim, section: null, error: null});
+      heldBack = {claim, text, error};
+    }
     return false;
   }
   $("status").textContent = text;
@@ -356,12 +363,14 @@ function forgetRecommendations() {
   if (owns(recommendClaim) && recommendTookFrom) {  // back to the action it was taken from
     const took = recommendTookFrom;
     const said = heldBack && heldBack.claim === took.claim ? heldBack : null;
-    statusOwner = took.claim;
-    statusSection = took.section;
+    // similar papers whose section is gone (new results, new recommendations) say nothing
+    const gone = !said && took.section !== null && !took.section.isConnected;
+    statusOwner = gone ? null : took.claim;
+    statusSection = gone ? null : took.section;
     clearError();
-    $("status").textContent = said ? said.text : took.text;
+    $("status").textContent = said ? said.text : gone ? "" : took.text;
     if (said && said.error) showError(said.error);
-    else if (!said && took.error !== null) {
+    else if (!gone && took.error !== null) {  // what was on screen, a search's notice say
       $("error").textContent = took.error;
       $("error").hidden = false;
     }
@@ -449,7 +458,7 @@ async function toggleSimilar(paper, button, section, level) {
   clearError();
   $("status").textContent = `Finding papers similar to \u201c${paper.title || paper.paper_id}\u201d\u2026`;
   const abort = new AbortController();
-  similarAborts.add(abort);
+  similarAborts.set(abort, section);
   try {
     const answer = await call(SIMILAR, {paper_id: paper.paper_id, top_k: Math.min(topK(), 5),
                                         filter: shownFilter}, abort.signal);
@@ -509,7 +518,7 @@ async function search(event) {
     const hits = answer.hits || [];
     const list = $("results");
     const expanded = Boolean(answer.feedback);
-    abortSimilar();  // asked, since this search began, for the results it now replaces
+    abortSimilar(list);  // asked, since this search began, for the results it now replaces
     list.replaceChildren(...hits.map((hit, index) => renderHit(hit, index + 1, 3, "hit",
                                                                expanded)));
     shownFilter = request.filter;
@@ -531,7 +540,7 @@ async function search(event) {
       : `No results for \u201c${query}\u201d${filtered ? " with these filters" : ""} (${details.join(", ")}).`);
   } catch (error) {
     if (serial !== searchSerial) return;
-    abortSimilar();
+    abortSimilar($("results"));
     $("results").replaceChildren();
     shownFilter = {};
     conclude(claim, "", error);
@@ -568,9 +577,13 @@ function remember() {
 }
 
 // "Similar papers" of results about to be replaced: the server stops their work.
-function abortSimilar() {
-  for (const abort of similarAborts) abort.abort();
-  similarAborts.clear();
+// Every "Similar papers" in flight, or only those in ``within`` (results about to be replaced).
+function abortSimilar(within = null) {
+  for (const [abort, section] of similarAborts) {
+    if (within !== null && !within.contains(section)) continue;
+    abort.abort();
+    similarAborts.delete(abort);
+  }
 }
 
 function restore() {
