@@ -76,7 +76,8 @@ def main() -> int:
     index = settings.index
     texts = load_queries(settings.corpus_dir, args.queries, seed=0)
     vectors = Encoder.from_settings(settings.models).encode_queries(texts)
-    bm25 = Bm25Encoder(index.bm25_avg_len, index.bm25_query_k3, index.bm25_title_weight)
+    bm25 = Bm25Encoder(index.bm25_avg_len, index.bm25_query_k3, index.bm25_title_weight,
+                       index.bm25_tokenizer)
     batches = []
     for text, vector in zip(texts, vectors, strict=True):
         terms = bm25.query(text)

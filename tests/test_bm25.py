@@ -4,6 +4,7 @@ query-term saturation and title weight, and the eval harness's per-dataset mean 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from papersearch.index.query import SearchRequest
 from papersearch.index.schema import CollectionSpec
 from papersearch.index.sparse import Bm25Encoder, SparseVector, document_text
 from papersearch.retriever.retriever import Retriever
-from papersearch.settings import IndexSettings
+from papersearch.settings import Bm25Tokenizer, IndexSettings
 from tests.conftest import benchmark
 
 TEXT = "retrieval of retrieval systems for information retrieval"
@@ -201,3 +202,31 @@ def test_compatibility_characters_match_what_a_user_types(stored: str, typed: st
     encoder = Bm25Encoder(avg_len=10.0)
     assert set(encoder.query(typed).indices) == set(encoder.document(stored).indices)
     assert set(encoder.query(stored).indices) == set(encoder.document(typed).indices)
+
+
+def test_eval_index_name_carries_a_tokenizer_other_than_word() -> None:
+    sha, corpus = "c0a025ec412e" + "0" * 52, "9f86d081" + "0" * 56
+    plain = index_name("cacm", corpus, sha, "int8", 53.3)
+    assert index_name("cacm", corpus, sha, "int8", 53.3, tokenizer="word") == plain
+    assert index_name("cacm", corpus, sha, "int8", 53.3, tokenizer="folded") == plain + "-folded"
+
+
+def _shared(tokenizer: Bm25Tokenizer, query: str, document: str) -> int:
+    encoder = Bm25Encoder(tokenizer=tokenizer)
+    return len(set(encoder.query(query).indices) & set(encoder.document(document).indices))
+
+
+def test_the_tokenizers_words() -> None:
+    """word: a query spells a word as the paper does, accents included, and a run of Chinese
+    is one word; folded: accents and ligatures folded; multilingual: folded, and Chinese
+    split into words. English words (stemmed, stopwords dropped) the same in all three."""
+    for tokenizer in get_args(Bm25Tokenizer):
+        assert _shared(tokenizer, "transformers retrieval", "Transformer-based retrieving") == 2
+        assert not Bm25Encoder(tokenizer=tokenizer).query("the of and").indices
+    assert _shared("word", "naive Schrodinger", "A naïve Schrödinger solver") == 0
+    for tokenizer in ("folded", "multilingual"):
+        assert _shared(tokenizer, "naive Schrodinger", "A naïve Schrödinger solver") == 2
+        assert _shared(tokenizer, "STRASSEN iklim", "Straßen und İklim") == 2
+    title = "基于注意力机制的神经机器翻译"  # neural machine translation based on attention
+    assert _shared("word", "注意力机制", title) == _shared("folded", "注意力机制", title) == 0
+    assert _shared("multilingual", "注意力机制", title) >= 2

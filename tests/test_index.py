@@ -47,7 +47,7 @@ from papersearch.index.query import (
     StageRank,
 )
 from papersearch.index.schema import DENSE as DENSE_NAME
-from papersearch.index.schema import SCHEMA_VERSION, EmbedderIdentity
+from papersearch.index.schema import SCHEMA_VERSION, Bm25Weighting, EmbedderIdentity
 from papersearch.index.server import METADATA_KEY, ServerStore
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
@@ -1538,14 +1538,40 @@ def test_writes_with_another_bm25_weighting_are_refused(factory: Factory) -> Non
     other = factory(bm25_avg_len=150.0)
     other.ensure_collection(DIM, SHA)
     assert other.count() == 2 and Retriever(other).search("graph", None, mode="sparse")
-    with pytest.raises(WeightingMismatch, match=r"bm25_avg_len=100 and index.bm25_title_weight=1, "
-                                         r"and this process has 150 and 1"):
+    with pytest.raises(WeightingMismatch, match=r"bm25_avg_len=100, index.bm25_title_weight=1 "
+                                         r"and index.bm25_tokenizer=word, and this process has "
+                                         r"150, 1 and word"):
         other.upsert(PAPERS[2:3], DENSE[2:3], SPARSE[2:3])
     assert other.count() == 2
     other.close()
     same = factory(bm25_avg_len=100.0)
     same.ensure_collection(DIM, SHA)
     assert same.upsert(PAPERS[2:3], DENSE[2:3], SPARSE[2:3]) == 1
+
+
+def test_a_collection_is_searched_with_the_bm25_words_it_was_built_with(
+        factory: Factory) -> None:
+    """index.bm25_tokenizer makes the words of papers and of queries: a collection built with
+    one and opened with another is refused, searches too (an accented or unspaced query word
+    would match none of the papers', unseen); the record keeps a word collection's as it was."""
+    folded = factory(bm25_tokenizer="folded")
+    folded.ensure_collection(DIM, SHA)
+    bm25 = Bm25Encoder(tokenizer="folded")
+    paper = Paper(id="accents", title="Naïve Bayes for Schrödinger surrogates", abstract="")
+    folded.upsert([paper], DENSE[:1], bm25.papers([paper]))
+    folded.close()
+    plain = factory()
+    with pytest.raises(WeightingMismatch, match=r"made with index.bm25_tokenizer=folded, and "
+                                                r"this process has word: its queries' words"):
+        plain.ensure_collection(DIM, SHA)
+    plain.close()
+    again = factory(bm25_tokenizer="folded")
+    again.ensure_collection(DIM, SHA)
+    hits = Retriever(again).search("naive schrodinger", None, mode="sparse")
+    assert [hit.paper.id for hit in hits] == ["accents"]
+    again.close()
+    assert EmbedderIdentity(SHA, DIM, Bm25Weighting(200.0, 1)).to_json()["bm25"] == {
+        "avg_len": 200.0, "title_weight": 1}  # as before the tokenizer was recorded
 
 
 def test_an_index_a_newer_version_wrote_is_refused(factory: Factory) -> None:

@@ -52,6 +52,7 @@ RecommendStrategy = Literal["average_vector", "best_score", "sum_scores"]
 # Defined here, the bottom of the package, for the settings and the code alike:
 Precision = Literal["fp32", "int8"]  # an ONNX graph's (models/runtime.py)
 FusionMethod = Literal["rrf", "dbsf", "convex"]  # a hybrid search's (index/query.py)
+Bm25Tokenizer = Literal["word", "folded", "multilingual"]  # BM25's (index/sparse.py)
 Quantization = Literal["none", "int8"]  # the stored dense vectors' (index/schema.py)
 DEFAULT_QUERY_KINDS: tuple[QueryKind, ...] = ("title", "claim", "keywords")
 
@@ -403,6 +404,14 @@ class IndexSettings(Section):
         1, ge=1, le=10, description="BM25 documents: the title is said this many times before "
                                     "the abstract (1: title + abstract once, as the dense encoder "
                                     "sees it); bm25_avg_len counts the repeats. Queries unchanged.",
+    )
+    # Recorded in the collection as the two above are, and the same for its queries: a
+    # collection built with another is refused (README: Indexing and search).
+    bm25_tokenizer: Bm25Tokenizer = Field(
+        "word",
+        description="BM25's words: word (Qdrant's, split at spaces and punctuation); folded "
+                    "(the same, accents and ligatures folded: naïve = naive, Straße = Strasse); "
+                    "multilingual (folded, and Chinese, Japanese and Thai text split into words).",
     )
     # Pseudo-relevance feedback (retriever/feedback.py; README, Results: Query feedback): the
     # hybrid search runs twice, the second time with the query expanded from the first's top.

@@ -37,7 +37,7 @@ from papersearch.paths import FolderRefused, make_folders
 from papersearch.pipeline.search import rerank_hits
 from papersearch.reranker.runtime import Reranker
 from papersearch.retriever.retriever import Retriever
-from papersearch.settings import IndexSettings, SearchSettings, Settings
+from papersearch.settings import Bm25Tokenizer, IndexSettings, SearchSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def open_dataset_index(dataset: EvalDataset, settings: Settings, encoder: Encode
     avg_len = round(mean_words(papers, title_weight), 1)
     name = index_name(dataset.name, corpus_digest(papers), encoder.sha256,
                       encoder.numerics, avg_len, title_weight,
-                      CollectionSpec.of(settings.index, encoder.dim))
+                      CollectionSpec.of(settings.index, encoder.dim),
+                      settings.index.bm25_tokenizer)
     place = ({"data_dir": _eval_root(settings) / name, "collection": "papers"}
              if settings.index.backend == "embedded" else {"collection": f"eval-{name}"})
     index = settings.index.model_copy(update={**place, "bm25_avg_len": avg_len})
@@ -99,16 +100,19 @@ def _eval_root(settings: Settings) -> Path:
 
 
 def index_name(dataset: str, corpus: str, encoder_sha256: str, numerics: str, avg_len: float,
-               title_weight: int = 1, layout: CollectionSpec | None = None) -> str:
+               title_weight: int = 1, layout: CollectionSpec | None = None,
+               tokenizer: Bm25Tokenizer = "word") -> str:
     """A dataset's eval collection: one per corpus content (``corpus_digest``: ingest adds
     missing ids only, so an edited or shortened corpus would keep its old texts and its
     removed papers), encoder, its numerics (OnnxModel.numerics), set of document BM25
     weights and collection layout (an existing shard keeps the layout it was built with: int8
-    quantization asked for later would measure float32). The title weight and the layout
-    are named only where they are not the defaults."""
+    quantization asked for later would measure float32). The title weight, the BM25 tokenizer
+    and the layout are named only where they are not the defaults."""
     name = f"{dataset}-{corpus[:8]}-{encoder_sha256[:12]}-{numerics}-bm25len{avg_len:g}"
     if title_weight != 1:
         name += f"-title{title_weight}"
+    if tokenizer != "word":
+        name += f"-{tokenizer}"
     if layout is not None and layout != CollectionSpec.of(IndexSettings(), layout.dim):
         name += (f"-{layout.quantization}-m{layout.hnsw_m}-ef{layout.hnsw_ef_construct}"
                  + "-diskvectors" * layout.on_disk_vectors

@@ -103,8 +103,9 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, WeightingMismatch):
         incident = _incident(error, "bm25 weighting mismatch", logging.ERROR)
         return (grpc.StatusCode.FAILED_PRECONDITION, "the index records another BM25 weighting "
-                "(index.bm25_avg_len, index.bm25_title_weight) than this service's settings: "
-                f"writes are refused (incident {incident})")
+                "(index.bm25_avg_len, index.bm25_title_weight, index.bm25_tokenizer) than this "
+                "service's settings: writes are refused, and searches too where the tokenizer "
+                f"differs (incident {incident})")
     incident = _incident(error, "internal error", logging.ERROR, traceback=True)
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
 

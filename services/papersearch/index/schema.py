@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from papersearch.corpus.paper import Paper
 from papersearch.index.errors import EmbedderMismatch, StoreError, WeightingMismatch
-from papersearch.settings import IndexSettings, Quantization
+from papersearch.settings import Bm25Tokenizer, IndexSettings, Quantization
 
 DENSE = "dense"  # cosine, HNSW, optional int8 scalar quantization
 SPARSE = "bm25"  # BM25 term weights, IDF modifier applied by the engine
@@ -48,14 +48,30 @@ class CollectionSpec:
 @dataclass(frozen=True, slots=True)
 class Bm25Weighting:
     """How the stored papers' BM25 weights were computed (index/sparse.py, the document side):
-    papers written with another would be weighed two ways in one collection, unseen."""
+    papers written with another would be weighed two ways in one collection, unseen. The
+    tokenizer makes the words of queries too: a collection's own is required to search it."""
 
     avg_len: float
     title_weight: int
+    tokenizer: Bm25Tokenizer = "word"  # collections recorded before it had the word tokenizer
 
     @classmethod
     def of(cls, settings: IndexSettings) -> Bm25Weighting:
-        return cls(settings.bm25_avg_len, settings.bm25_title_weight)
+        return cls(settings.bm25_avg_len, settings.bm25_title_weight, settings.bm25_tokenizer)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"avg_len": self.avg_len, "title_weight": self.title_weight}
+        if self.tokenizer != "word":  # a word collection's record as before it was a setting
+            data["tokenizer"] = self.tokenizer
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Bm25Weighting:
+        tokenizer = data.get("tokenizer", "word")
+        if tokenizer not in get_args(Bm25Tokenizer):
+            raise ValueError(f"BM25 tokenizer {tokenizer!r} is not one this papersearch knows "
+                             f"({', '.join(get_args(Bm25Tokenizer))})")
+        return cls(float(data["avg_len"]), int(data["title_weight"]), tokenizer)
 
     def require(self, recorded: Bm25Weighting | None, where: str) -> None:
         """WeightingMismatch unless papers written now are weighed as ``recorded`` says the
@@ -63,10 +79,22 @@ class Bm25Weighting:
         if recorded is not None and recorded != self:
             raise WeightingMismatch(
                 f"{where} holds papers whose BM25 weights were computed with index."
-                f"bm25_avg_len={recorded.avg_len:g} and index.bm25_title_weight="
-                f"{recorded.title_weight}, and this process has {self.avg_len:g} and "
-                f"{self.title_weight}: writing would weigh papers two ways in one collection. "
-                "Set them back, or ingest into another index.collection")
+                f"bm25_avg_len={recorded.avg_len:g}, index.bm25_title_weight="
+                f"{recorded.title_weight} and index.bm25_tokenizer={recorded.tokenizer}, and "
+                f"this process has {self.avg_len:g}, {self.title_weight} and {self.tokenizer}: "
+                "writing would weigh papers two ways in one collection. Set them back, or "
+                "ingest into another index.collection")
+
+    def require_words(self, recorded: Bm25Weighting | None, where: str) -> None:
+        """WeightingMismatch unless queries made now have the words ``recorded`` says the
+        stored papers have (another tokenizer: a query's accented or unspaced words would
+        match none of theirs, unseen)."""
+        if recorded is not None and recorded.tokenizer != self.tokenizer:
+            raise WeightingMismatch(
+                f"{where} holds papers whose BM25 words were made with index.bm25_tokenizer="
+                f"{recorded.tokenizer}, and this process has {self.tokenizer}: its queries' "
+                "words would not be the papers'. Set it back, or ingest into another "
+                "index.collection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +117,7 @@ class EmbedderIdentity:
         data: dict[str, Any] = {"schema": SCHEMA_VERSION, "embedder_sha256": self.sha256,
                                 "dim": self.dim}
         if self.bm25 is not None:
-            data["bm25"] = {"avg_len": self.bm25.avg_len, "title_weight": self.bm25.title_weight}
+            data["bm25"] = self.bm25.to_json()
         return data
 
     @classmethod
@@ -105,8 +133,7 @@ class EmbedderIdentity:
                              f"reads up to {SCHEMA_VERSION}): upgrade papersearch to use it")
         bm25 = data.get("bm25")
         return cls(str(data["embedder_sha256"]), int(data["dim"]),
-                   None if bm25 is None else Bm25Weighting(float(bm25["avg_len"]),
-                                                           int(bm25["title_weight"])))
+                   None if bm25 is None else Bm25Weighting.from_json(bm25))
 
     def require(self, stored: EmbedderIdentity, where: str) -> None:
         """Raise EmbedderMismatch unless ``stored`` (the collection's) is this identity."""

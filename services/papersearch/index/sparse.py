@@ -1,12 +1,15 @@
 """BM25 sparse vectors from Qdrant's own model, the same for every backend.
 
 ``qdrant_edge.Bm25`` (k=1.2, b=0.75, English word tokenizer, stopwords and Snowball stemmer) is
-the model the Qdrant server runs for ``Document(model="qdrant/bm25")``, with two of its fixed
-choices made settings: the mean document length its length normalisation assumes (Qdrant's 256
-words; ``index.bm25_avg_len``, the corpus's own mean) and how a query term said several times
-counts (Qdrant: once; ``index.bm25_query_k3``). Documents get BM25 term-frequency weights,
-computed from ``document_text``: the paper's text with its title said ``index.bm25_title_weight``
-times (1: ``Paper.text`` as is); queries and the dense encoder's text are unaffected.
+the model the Qdrant server runs for ``Document(model="qdrant/bm25")``, with three of its fixed
+choices made settings: how text becomes words (``index.bm25_tokenizer``: the word tokenizer,
+as Qdrant's; the same with accents folded; or its multilingual tokenizer, which also splits
+Chinese, Japanese and Thai, folded too), the mean document length its length normalisation
+assumes (Qdrant's 256 words; ``index.bm25_avg_len``, the corpus's own mean) and how a query
+term said several times counts (Qdrant: once; ``index.bm25_query_k3``). Documents get BM25
+term-frequency weights, computed from ``document_text``: the paper's text with its title said
+``index.bm25_title_weight`` times (1: ``Paper.text`` as is); queries and the dense encoder's
+text are unaffected.
 IDF is not in the vectors: the collection's sparse vector has Qdrant's IDF modifier, so the
 engine applies it at search time from its own statistics (the embedded engine's count deleted
 papers until they are vacuumed: README, Indexing and search).
@@ -17,9 +20,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from papersearch.corpus.paper import Paper, model_text
+
+if TYPE_CHECKING:
+    from papersearch.settings import Bm25Tokenizer
 
 
 class SparseLike(Protocol):
@@ -72,14 +78,18 @@ class Bm25Encoder:
     """Turns papers, texts and queries into BM25 sparse vectors."""
 
     def __init__(self, avg_len: float = DEFAULT_AVG_LEN, query_k3: float = 0.0,
-                 title_weight: int = 1) -> None:
+                 title_weight: int = 1, tokenizer: Bm25Tokenizer = "word") -> None:
         if not avg_len > 0 or query_k3 < 0 or title_weight < 1:
             raise ValueError(f"BM25 needs avg_len > 0, query_k3 >= 0 and title_weight >= 1, "
                              f"got {avg_len}, {query_k3}, {title_weight}")
         import qdrant_edge  # here: the request types (index/query.py) and the gRPC client that
         # uses them import this module, and must not load the storage engine (slow to import)
 
-        self._model = qdrant_edge.Bm25(qdrant_edge.Bm25Config(avg_len=avg_len))
+        config = qdrant_edge.Bm25Config(avg_len=avg_len, ascii_folding=tokenizer != "word")
+        if tokenizer == "multilingual":
+            config = qdrant_edge.Bm25Config(avg_len=avg_len, ascii_folding=True,
+                                            tokenizer=qdrant_edge.TokenizerType.Multilingual)
+        self._model = qdrant_edge.Bm25(config)
         self.query_k3 = query_k3
         self.title_weight = title_weight
 

@@ -37,7 +37,8 @@ class Retriever:
     def __init__(self, store: Store) -> None:
         self.store = store
         index = store.settings
-        self.bm25 = Bm25Encoder(index.bm25_avg_len, index.bm25_query_k3, index.bm25_title_weight)
+        self.bm25 = Bm25Encoder(index.bm25_avg_len, index.bm25_query_k3, index.bm25_title_weight,
+                                index.bm25_tokenizer)
         self.feedback = Feedback.from_settings(store.settings)
 
     def search(
