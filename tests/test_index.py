@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import httpx
@@ -24,6 +25,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from papersearch.corpus.paper import Paper, point_id
+from papersearch.encoder.runtime import Encoder
 from papersearch.index.edge import MANIFEST, EdgeStore
 from papersearch.index.errors import (
     CollectionMissing,
@@ -51,6 +53,7 @@ from papersearch.index.schema import SCHEMA_VERSION, Bm25Weighting, EmbedderIden
 from papersearch.index.server import METADATA_KEY, ServerStore
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
+from papersearch.pipeline.factory import open_index
 from papersearch.retriever.retriever import Retriever
 from papersearch.settings import IndexSettings, Settings
 from tests.module_stand_in import ModuleStandIn
@@ -1570,8 +1573,32 @@ def test_a_collection_is_searched_with_the_bm25_words_it_was_built_with(
     hits = Retriever(again).search("naive schrodinger", None, mode="sparse")
     assert [hit.paper.id for hit in hits] == ["accents"]
     again.close()
-    assert EmbedderIdentity(SHA, DIM, Bm25Weighting(200.0, 1)).to_json()["bm25"] == {
-        "avg_len": 200.0, "title_weight": 1}  # as before the tokenizer was recorded
+    # a word collection's record as before the tokenizer was recorded (schema 1, which earlier
+    # releases read alike); another tokenizer's is schema 2, which they refuse
+    word = EmbedderIdentity(SHA, DIM, Bm25Weighting(200.0, 1)).to_json()
+    assert word["schema"] == 1 and word["bm25"] == {"avg_len": 200.0, "title_weight": 1}
+    assert EmbedderIdentity(SHA, DIM, Bm25Weighting(200.0, 1, "folded")).to_json()[
+        "schema"] == SCHEMA_VERSION == 2
+    # a collection recording no weighting (written before 2026-12-06) has word's words
+    assert EmbedderIdentity.from_json({"embedder_sha256": SHA, "dim": DIM}).bm25 is None
+    with pytest.raises(WeightingMismatch, match="made with index.bm25_tokenizer=word"):
+        Bm25Weighting(200.0, 1, "folded").require_words(None, "index x")
+    Bm25Weighting(200.0, 1).require_words(None, "index x")
+
+
+def test_an_index_refused_for_its_tokenizer_is_not_loaded_nor_left_locked(
+        tmp_path: Path) -> None:
+    """The tokenizer was checked after the whole index had been loaded and locked, and
+    open_index left it locked when refused: the setting set right, the next open in the
+    process read "open in another process"."""
+    settings = Settings(index=IndexSettings(data_dir=tmp_path / "index"))
+    encoder = cast(Encoder, SimpleNamespace(dim=DIM, sha256=SHA))  # all an open reads of it
+    open_index(settings, encoder, create=True).close()
+    folded = settings.model_copy(update={"index": settings.index.model_copy(
+        update={"bm25_tokenizer": "folded"})})
+    with pytest.raises(WeightingMismatch):
+        open_index(folded, encoder)
+    open_index(settings, encoder).close()
 
 
 def test_an_index_a_newer_version_wrote_is_refused(factory: Factory) -> None:
@@ -1587,8 +1614,9 @@ def test_an_index_a_newer_version_wrote_is_refused(factory: Factory) -> None:
     else:
         assert isinstance(again, ServerStore)
         again.client.update_collection("papers", metadata={METADATA_KEY: newer})
-    with pytest.raises(StoreError, match=r"written by a newer papersearch \(index schema 2; "
-                                         r"this one reads up to 1\): upgrade"):
+    with pytest.raises(StoreError, match=rf"written by a newer papersearch \(index schema "
+                                         rf"{SCHEMA_VERSION + 1}; this one reads up to "
+                                         rf"{SCHEMA_VERSION}\): upgrade"):
         again.ensure_collection(DIM, SHA)
     again.close()
 

@@ -411,7 +411,8 @@ class IndexSettings(Section):
         "word",
         description="BM25's words: word (Qdrant's, split at spaces and punctuation); folded "
                     "(the same, accents and ligatures folded: naïve = naive, Straße = Strasse); "
-                    "multilingual (folded, and Chinese, Japanese and Thai text split into words).",
+                    "multilingual (folded, and Chinese split into words; Japanese and Thai only "
+                    "in part).",
     )
     # Pseudo-relevance feedback (retriever/feedback.py; README, Results: Query feedback): the
     # hybrid search runs twice, the second time with the query expanded from the first's top.

@@ -13,7 +13,9 @@ from papersearch.settings import Bm25Tokenizer, IndexSettings, Quantization
 
 DENSE = "dense"  # cosine, HNSW, optional int8 scalar quantization
 SPARSE = "bm25"  # BM25 term weights, IDF modifier applied by the engine
-SCHEMA_VERSION = 1
+# The newest identity layout read and written: 2 records a BM25 tokenizer other than word
+# (a word collection is still written as 1, which releases before 2 read alike)
+SCHEMA_VERSION = 2
 
 # When a point was last written: milliseconds since the epoch on the writer's clock, stamped
 # by Store.upsert. Saved searches find what was indexed lately with it (Store.indexed_since).
@@ -88,13 +90,14 @@ class Bm25Weighting:
     def require_words(self, recorded: Bm25Weighting | None, where: str) -> None:
         """WeightingMismatch unless queries made now have the words ``recorded`` says the
         stored papers have (another tokenizer: a query's accented or unspaced words would
-        match none of theirs, unseen)."""
-        if recorded is not None and recorded.tokenizer != self.tokenizer:
+        match none of theirs, unseen). A collection that records no weighting was written
+        before there was another tokenizer than word."""
+        words = "word" if recorded is None else recorded.tokenizer
+        if words != self.tokenizer:
             raise WeightingMismatch(
                 f"{where} holds papers whose BM25 words were made with index.bm25_tokenizer="
-                f"{recorded.tokenizer}, and this process has {self.tokenizer}: its queries' "
-                "words would not be the papers'. Set it back, or ingest into another "
-                "index.collection")
+                f"{words}, and this process has {self.tokenizer}: its queries' words would "
+                "not be the papers'. Set it back, or ingest into another index.collection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,11 @@ class EmbedderIdentity:
             raise ValueError(f"embedder dim must be positive, got {self.dim}")
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"schema": SCHEMA_VERSION, "embedder_sha256": self.sha256,
+        # schema 2 only for what a release before it would misread (another tokenizer than
+        # word: it would search and write the collection with word's), so that it refuses it
+        words = self.bm25 is not None and self.bm25.tokenizer != "word"
+        data: dict[str, Any] = {"schema": SCHEMA_VERSION if words else 1,
+                                "embedder_sha256": self.sha256,
                                 "dim": self.dim}
         if self.bm25 is not None:
             data["bm25"] = self.bm25.to_json()
@@ -136,7 +143,9 @@ class EmbedderIdentity:
                    None if bm25 is None else Bm25Weighting.from_json(bm25))
 
     def require(self, stored: EmbedderIdentity, where: str) -> None:
-        """Raise EmbedderMismatch unless ``stored`` (the collection's) is this identity."""
+        """Raise EmbedderMismatch unless ``stored`` (the collection's) is this identity, and
+        WeightingMismatch unless its BM25 words are this one's (both before the index is
+        loaded)."""
         if stored != self:
             raise EmbedderMismatch(
                 f"{where} was built by embedder {stored.sha256[:12]} (dim {stored.dim}) but "
@@ -145,6 +154,8 @@ class EmbedderIdentity:
                 "this one (`papersearch index migrate --embedder NAME`, on a running gateway), "
                 "or ingest into another index.data_dir or index.collection"
             )
+        if self.bm25 is not None:
+            self.bm25.require_words(stored.bm25, where)
 
 
 def to_payload(paper: Paper) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 the model the Qdrant server runs for ``Document(model="qdrant/bm25")``, with three of its fixed
 choices made settings: how text becomes words (``index.bm25_tokenizer``: the word tokenizer,
 as Qdrant's; the same with accents folded; or its multilingual tokenizer, which also splits
-Chinese, Japanese and Thai, folded too), the mean document length its length normalisation
+Chinese (Japanese and Thai in part), folded too), the mean document length its length normalisation
 assumes (Qdrant's 256 words; ``index.bm25_avg_len``, the corpus's own mean) and how a query
 term said several times counts (Qdrant: once; ``index.bm25_query_k3``). Documents get BM25
 term-frequency weights, computed from ``document_text``: the paper's text with its title said

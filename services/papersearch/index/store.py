@@ -127,9 +127,7 @@ class Store(ABC):
         if self._identity is not None:
             identity.require(self._identity, self.describe())
             return
-        recorded = self._open(identity, create).bm25
-        Bm25Weighting.of(self.settings).require_words(recorded, f"index {self.describe()}")
-        self._weighting = recorded
+        self._weighting = self._open(identity, create).bm25
         self._identity = identity
         try:
             logger.info("index open", extra={"backend": self.backend,

@@ -76,7 +76,11 @@ def live_collection(collection: str, pointer: Pointer | None) -> str:
 
 def _checked(settings: Settings, encoder: Encoder, create: bool) -> Store:
     store = open_store(settings)
-    store.ensure_collection(encoder.dim, encoder.sha256, create=create)
+    try:
+        store.ensure_collection(encoder.dim, encoder.sha256, create=create)
+    except BaseException:  # refused (another embedder or tokenizer): its lock not kept
+        store.close()
+        raise
     return store
 
 
