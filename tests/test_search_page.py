@@ -544,6 +544,72 @@ def test_page_gives_the_status_line_back_and_sends_no_deadline(
     chrome.find_element(By.ID, "clear-examples").click()
 
 
+# /readyz calls that never answer unless their signal aborts them (a frozen server).
+HUNG_READYZ = """
+const answering = window.fetch;
+window.fetch = (path, options = {}) => path !== "/readyz" ? answering(path, options)
+  : new Promise((_, reject) => options.signal.addEventListener(
+      "abort", () => reject(options.signal.reason), {once: true}));
+"""
+
+
+@needs_browser
+def test_page_aborts_similar_papers_of_replaced_results_and_a_hung_health_check(
+    browser: webdriver.Chrome, scratch: tuple[Servers, LocalBackend],
+) -> None:
+    """"Similar papers" asked for on results that a search in flight then replaced kept
+    running on the server; those of a recommended paper (not replaced) must not be aborted;
+    a /readyz that never answered left the badge at "ready"; zero results said "with these
+    filters" when there were none."""
+    chrome, port = page_at(browser, scratch, "/?q=honeybee+swarms")
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bees"], "the first search")
+    chrome.find_element(
+        By.CSS_SELECTOR, '#results .example-button[data-kind="positive"]'
+                         '[data-paper-id="page-bees"]').click()
+    chrome.find_element(By.ID, "recommend-button").click()
+    wait_for(chrome, lambda: result_ids(chrome, "#recommendations > li"), "recommendations")
+    chrome.execute_script(SLOW_FETCH + "window.slow['/papersearch.v1.SearchService/Search'] = "
+                          "1500; window.slow['/papersearch.v1.SearchService/SimilarPapers'] = "
+                          "3000;")
+    query = chrome.find_element(By.ID, "query")
+    query.clear()
+    query.send_keys("bm25 keyword baseline", Keys.ENTER)
+    chrome.find_element(By.CSS_SELECTOR, "#results > li:first-child .similar-button").click()
+    chrome.find_element(By.CSS_SELECTOR,
+                        "#recommendations > li:first-child .similar-button").click()
+    wait_for(chrome, lambda: result_ids(chrome)[:1] == ["page-bm25"], "the search's answer")
+    assert chrome.execute_script("return window.aborted") == 1  # the replaced result's only
+    recommended = "#recommendations > li:first-child .similar ol.hits > li"
+    wait_for(chrome, lambda: chrome.find_elements(By.CSS_SELECTOR, recommended),
+             "the recommended paper's similar papers")
+    assert chrome.execute_script("return window.aborted") == 1
+    chrome.find_element(By.ID, "clear-examples").click()
+
+    chrome.execute_script("window.slow = {};")
+    query.clear()
+    query.send_keys("honeybee", Keys.ENTER)
+    wait_for(chrome, lambda: result_ids(chrome), "an answer")
+    chrome.execute_script("document.getElementById('published-to').value = '2000-01-01';")
+    status = submit(chrome)
+    assert status.startswith("No results for \u201choneybee\u201d with these filters ("), status
+    chrome.execute_script("document.getElementById('published-to').value = '';"
+                          "document.getElementById('categories').value = 'no.such';")
+    assert submit(chrome).startswith("No results for \u201choneybee\u201d with these filters")
+    chrome.execute_script("document.getElementById('categories').value = '';"
+                          "document.getElementById('mode').value = 'MODE_SPARSE';")
+    query.clear()
+    query.send_keys("zzqxv")  # no BM25 term of the index: no hit, and no filter set
+    assert submit(chrome).startswith("No results for \u201czzqxv\u201d (BM25 only, ")
+    chrome.execute_script("document.getElementById('mode').value = 'MODE_HYBRID';")
+
+    badge = chrome.find_element(By.ID, "health")
+    assert badge.get_attribute("data-state") == "ready"
+    chrome.execute_script(HUNG_READYZ + "health();")
+    wait_for(chrome, lambda: badge.get_attribute("data-state") == "down",
+             "the hung check given up", timeout=15.0)
+    assert badge.text == "Service: unreachable"
+
+
 SENT_BODIES = """
 window.sent = [];
 const sending = window.fetch;
