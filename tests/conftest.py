@@ -42,6 +42,18 @@ SHARED = ROOT.parent / "shared"
 SAMPLE_CORPUS = SHARED / "corpus" / "daily-papers"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Fatal signals still dump the Python stacks after pytest's summary: its faulthandler
+    plugin turns the handler off as it ends, and a CI run once died of SIGSEGV at interpreter
+    exit, after every test had passed, with nothing said of where. The descriptor is a copy
+    of stderr's, left open until the process ends."""
+    import faulthandler
+
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=os.dup(sys.__stderr__.fileno() if sys.__stderr__ else 2))
+
+
 @pytest.fixture(autouse=True)
 def _process_state_restored() -> Iterator[None]:
     """What an in-process ``papersearch`` command changes for the whole process, put back
