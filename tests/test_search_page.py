@@ -781,3 +781,41 @@ def test_page_skip_link_focus_short_abstracts_and_answers_that_never_come(
     assert error.text == "DEADLINE_EXCEEDED: no answer within 35 s: try again"
     assert chrome.find_element(By.ID, "search-form").get_attribute("aria-busy") is None
     assert chrome.execute_script("return window.aborted") == 1  # the time limit: not counted
+
+
+@needs_browser
+def test_page_relevance_cut_off(browser: webdriver.Chrome,
+                                scratch: tuple[Servers, LocalBackend]) -> None:
+    """The page had no control for SearchRequest.min_relevance: a query about something the
+    index does not hold listed every paper, and the status line's count of hits the cut-off
+    hid never showed. It is a field of the form, kept in the address as min=."""
+    chrome, _ = page_at(browser, scratch, "/?q=chocolate+cake+recipe&min=0.25")
+    status = wait_for(chrome, lambda: "No results" in (
+        text := chrome.find_element(By.ID, "status").text) and text, "the cut-off search")
+    assert result_ids(chrome) == []
+    assert status.startswith("No results for \u201cchocolate cake recipe\u201d (Hybrid")
+    assert status.endswith(f", {len(PAPERS)} hidden by the relevance cut-off).")
+    assert chrome.find_element(By.ID, "min-relevance").get_attribute("value") == "0.25"
+
+    chrome.execute_script(SENT_BODIES)
+    cutoff = chrome.find_element(By.ID, "min-relevance")
+    cutoff.clear()  # blank: off
+    assert "hidden" not in submit(chrome)
+    assert len(result_ids(chrome)) == len(PAPERS)
+    query = chrome.find_element(By.ID, "query")
+    query.clear()
+    query.send_keys("honeybee swarms")
+    cutoff.send_keys("0.3")
+    status = submit(chrome)
+    kept = result_ids(chrome)
+    assert kept[0] == "page-bees" and "page-grpc" not in kept
+    assert status.endswith(f", {len(PAPERS) - len(kept)} hidden by the relevance cut-off).")
+    assert "min=0.3" in chrome.current_url
+    bodies = [body for _, body in chrome.execute_script("return window.sent")]
+    assert "min_relevance" not in bodies[0] and bodies[1]["min_relevance"] == 0.3
+
+    chrome.find_element(By.CSS_SELECTOR, "#mode option[value='MODE_SPARSE']").click()
+    query.send_keys(Keys.ENTER)  # the server's refusal, said
+    error = chrome.find_element(By.ID, "error")
+    wait_for(chrome, error.is_displayed, "the cut-off refused with BM25 only")
+    assert error.text.startswith("INVALID_ARGUMENT: min_relevance needs mode dense or hybrid")

@@ -501,6 +501,8 @@ async function search(event) {
                    explain: $("explain").checked, filter: filterFromForm()};
   // Query feedback: the server's default until the box is changed (or the address says).
   if ($("feedback").dataset.asked) request.feedback = $("feedback").checked;
+  // blank: no cut-off; the server says what it refuses (out of -1..1, or BM25 only)
+  if ($("min-relevance").value !== "") request.min_relevance = Number($("min-relevance").value);
   const serial = ++searchSerial;
   const claim = claimStatus();
   if (searchAbort) searchAbort.abort();
@@ -532,7 +534,9 @@ async function search(event) {
     // untouched, the box shows what the server's default did (on, unless shed under load)
     if (!$("feedback").dataset.asked) $("feedback").checked = Boolean(answer.feedback);
     if (total !== undefined) details.push(`${Math.round(total)} ms`);
-    if (answer.below_min_relevance) details.push(`${answer.below_min_relevance} below cut-off`);
+    if (answer.below_min_relevance) {
+      details.push(`${answer.below_min_relevance} hidden by the relevance cut-off`);
+    }
     const filtered = Object.keys(request.filter).length > 0;
     // unless similar papers or recommendations were asked for since
     conclude(claim, hits.length
@@ -556,7 +560,8 @@ async function search(event) {
 // that Back and Forward run again; restored on load. Fields the address lacks get their
 // defaults (the page's own markup).
 const FIELDS = [["q", "query"], ["mode", "mode"], ["from", "published-from"],
-                ["to", "published-to"], ["cat", "categories"], ["k", "top-k"]];
+                ["to", "published-to"], ["cat", "categories"], ["k", "top-k"],
+                ["min", "min-relevance"]];
 const DEFAULTS = new Map(FIELDS.map(([, id]) => [id, $(id).defaultValue ?? $(id).value]));
 
 function address() {
