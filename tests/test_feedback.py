@@ -154,6 +154,30 @@ def test_feedback_that_adds_nothing_is_not_said_to_have_run(loaded: Store) -> No
         loaded.settings = saved
 
 
+def test_no_feedback_from_papers_that_hold_no_word_of_the_query(loaded: Store) -> None:  # noqa: F811
+    """A query whose BM25 terms none of the first pass's top papers holds (a misspelt name, a
+    word the corpus lacks: the first pass was the dense side's) is searched as asked: the
+    expansion had put those papers' terms in place of the words typed."""
+    vector = DENSE[RARE_AT]
+    saved = loaded.settings
+    try:
+        loaded.settings = saved.model_copy(update={**FEEDBACK, "prf_enabled": False})
+        plain = loaded.execute(Retriever(loaded).retrieve_program("zqxjvw", vector, limit=5))
+        loaded.settings = saved.model_copy(update=FEEDBACK)
+        retriever = Retriever(loaded)
+        ran = loaded.execute(retriever.retrieve_program("zqxjvw", vector, limit=5))
+        assert ran.mode == "hybrid" and ran.hits  # the word has a term; no paper holds it
+        assert ran.feedback is False and ran.hits == plain.hits
+        request = SearchRequest(mode="hybrid", dense=vector, sparse=retriever.bm25.query(RARE),
+                                limit=5)
+        top = loaded.execute(loaded.feedback_program(replace(request, limit=3)))
+        assert retriever.feedback.expand(request, top) is not request  # they hold RARE
+        elsewhere = replace(request, sparse=retriever.bm25.query("zqxjvw"))
+        assert retriever.feedback.expand(elsewhere, top) is elsewhere
+    finally:
+        loaded.settings = saved
+
+
 def test_feedback_respects_the_filter(loaded: Store) -> None:  # noqa: F811
     saved = loaded.settings
     try:

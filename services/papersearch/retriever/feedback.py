@@ -52,8 +52,13 @@ class Feedback:
     def expand(self, request: SearchRequest, top: Sequence[Record]) -> SearchRequest:
         """``request`` with its vectors expanded from the first pass's ``top`` papers;
         ``request`` itself when they change neither (nothing matched, or the papers hold
-        nothing a side with a weight could add)."""
+        nothing a side with a weight could add), or when none of them holds a BM25 term of the
+        query: its words are in no paper it would learn from (a misspelt name, a word the
+        corpus lacks; the first pass was the dense side's), and expanding put those papers'
+        terms in place of the words the user typed (README, Results: Query feedback)."""
         dense, query = request.dense_vector(), request.sparse_vector()
+        if not _share_a_term(query, top):
+            return request
         vectors = [r.dense for r in top[: self.dense_docs] if r.dense is not None]
         dense_added = bool(vectors) and self.dense_weight > 0
         if dense_added:
@@ -65,6 +70,12 @@ class Feedback:
         if not dense_added and sparse is query:
             return request
         return replace(request, dense=dense, sparse=sparse)
+
+
+def _share_a_term(query: SparseVector, top: Sequence[Record]) -> bool:
+    """Whether any of ``top`` holds one of the query's BM25 terms (stored vectors)."""
+    terms = set(query.indices)
+    return any(r.sparse is not None and not terms.isdisjoint(r.sparse.indices) for r in top)
 
 
 def expand_dense(query: Sequence[float], docs: Sequence[Sequence[float]], weight: float) -> (

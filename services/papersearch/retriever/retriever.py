@@ -20,7 +20,8 @@ from papersearch.retriever.feedback import Feedback
 @dataclass(frozen=True, slots=True)
 class Retrieved:
     """A search's hits, and whether query feedback expanded its query (retriever/feedback.py):
-    asked for or on by default, it runs only on hybrid searches with BM25 terms."""
+    asked for or on by default, it runs only on hybrid searches with BM25 terms, and expands
+    only from top papers that hold one of them (retriever/feedback.py)."""
 
     hits: list[Hit]
     feedback: bool
