@@ -526,3 +526,24 @@ def test_a_query_s_words_need_no_quotes() -> None:
     assert parse_args(["search", "one  query"]).query == "one  query"
     assert parse_args(["watch", "diffusion", "models", "--target", "h:1"]).query == (
         "diffusion models")
+
+
+def test_a_query_word_with_a_leading_minus_is_told_to_go_after_dashes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``search transformers -vision`` said only "unrecognized arguments: -vision" under the
+    top-level usage, and ``search -3D`` "the following arguments are required: query"."""
+    for argv, dashed in ((["search", "transformers", "-vision"], "-vision"),
+                         (["search", "-3D"], "-3D"),
+                         (["watch", "gpt", "-vision", "--target", "h:1"], "-vision")):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        said = capsys.readouterr().err
+        assert f"unrecognized arguments: {dashed} (a query's words that begin with '-' go " \
+               "after '--'" in said and "a minus excludes nothing" in said
+    assert parse_args(["search", "--top-k", "3", "--", "transformers", "-vision"]).query == (
+        "transformers -vision")
+    assert parse_args(["search", "gpt", "-4"]).query == "gpt -4"  # a number: a word already
+    with pytest.raises(SystemExit):
+        parse_args(["search"])
+    assert "search: the following arguments are required: query" in capsys.readouterr().err

@@ -753,7 +753,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     words = getattr(args, "query", None)
-    if isinstance(words, list) and not any(word.startswith("-") for word in extra):
+    dashed = [word for word in extra if word.startswith("-")]
+    if isinstance(words, list) and dashed and not any(w.startswith("--") for w in dashed):
+        # "-vision", "-3D": query words argparse read as unknown options (a "--topk" is a
+        # mistyped option, said plainly below)
+        parser.error(f"unrecognized arguments: {' '.join(dashed)} (a query's words that begin "
+                     f"with '-' go after '--', its options before: papersearch {args.command} "
+                     f"[OPTIONS] -- {' '.join([*words, *extra])}; a minus excludes nothing, it "
+                     f"searches for the word: README, Indexing and search)")
+    if isinstance(words, list) and not words and not extra:
+        parser.error(f"{args.command}: the following arguments are required: query")
+    if isinstance(words, list) and not dashed:
         args.query = " ".join([*words, *extra])
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -831,7 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser(
         "search", help="search the index: in-process, or a running gateway with --target")
-    search.add_argument("query", nargs="+", type=str,
+    # "*", not "+": a query's word that begins with "-" is left to parse_args, which says
+    # what to do (argparse said only "the following arguments are required: query")
+    search.add_argument("query", nargs="*", type=str,
                         help="the query; its words need no quotes")
     search.add_argument("--top-k", type=int, help="default: search.default_top_k (10)")
     search.add_argument("--mode", default="hybrid", choices=MODES)
@@ -868,7 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser(
         "watch", help="a saved search: print new matching papers as a gateway indexes them")
-    watch.add_argument("query", nargs="+", type=str,
+    watch.add_argument("query", nargs="*", type=str,  # as search's
                        help="the saved search's query; its words need no quotes")
     watch.add_argument("--target", metavar="HOST:PORT", required=True, help="the gateway")
     watch.add_argument("--min-relevance", type=float, metavar="COSINE",
