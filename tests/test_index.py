@@ -693,6 +693,17 @@ def test_explain_gives_each_stage_the_fusion_and_the_matched_terms(
     assert why.dense == StageRank(1, dense_only[0].score)
 
 
+def test_each_term_of_a_word_is_labelled_with_its_own_part(loaded: Store) -> None:
+    """Every term of "GPT-4" had been labelled "GPT-4": a paper holding only "4" was said to
+    match GPT-4, twice, and one holding "title" to match "title:Layer"."""
+    retriever = Retriever(loaded)
+    labels = retriever.term_labels("GPT-4 title:Layer snake_case, models")
+    by_label = {label: index for index, label in labels.items()}
+    assert set(by_label) == {"GPT", "4", "title", "Layer", "snake", "case", "models"}
+    for part, index in by_label.items():
+        assert retriever.bm25.query(part).indices == (index,)
+
+
 def test_a_long_query_itemises_a_bounded_number_of_terms(
         loaded: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every BM25 term of a query was one engine query more (a 2,048-character query: ~500,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +16,10 @@ from papersearch.index.query import Examples, Hit, Mode, SearchFilter, SearchReq
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
 from papersearch.retriever.feedback import Feedback
+
+# Runs of letters and digits: the pieces of a word that BM25's tokenizers split apart
+# ("GPT-4", "title:Layer", "snake_case"), to label each of its terms with its own piece.
+_PARTS = re.compile(r"[^\W_]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +102,16 @@ class Retriever:
         return Retrieved(hits, request is not asked, mode)
 
     def term_labels(self, text: str) -> dict[int, str]:
-        """BM25 term index -> the query word it came from (the first, if several do); terms
-        that feedback added have none."""
+        """BM25 term index -> the part of a query word it came from (the first, if several
+        do): "GPT-4" gives "GPT" and "4", "title:Layer" "title" and "Layer" (each of the
+        word's terms had been labelled with the whole word: a paper holding "4" was said to
+        match "GPT-4", twice); the word where its parts give other terms than it (a script
+        the multilingual tokenizer splits). Terms that feedback added have none."""
         labels: dict[int, str] = {}
         for word in text.split():
+            for part in _PARTS.findall(word):
+                for index in self.bm25.query(part).indices:
+                    labels.setdefault(int(index), part)
             for index in self.bm25.query(word).indices:
                 labels.setdefault(int(index), word.strip(string.punctuation) or word)
         return labels
