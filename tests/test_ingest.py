@@ -423,6 +423,7 @@ def test_an_index_made_for_nothing_in_a_folder_given_empty_is_emptied_not_remove
     assert done.returncode == 2 and "no index at" in done.stderr, done.stderr
 
 
+@pytest.mark.usefixtures("embedder_dir")
 def test_a_stop_after_the_run_still_prints_what_it_did(
     model_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -447,6 +448,7 @@ def test_a_stop_after_the_run_still_prints_what_it_did(
         "above says what it did)" in err
 
 
+@pytest.mark.usefixtures("embedder_dir")
 def test_a_failed_ingest_into_a_closed_pipe_keeps_its_status(
     model_settings: Settings, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -556,6 +558,7 @@ def test_ingest_refuses_an_index_built_by_another_embedder(
         store.close()
 
 
+@pytest.mark.usefixtures("embedder_dir")
 def test_search_cli_finds_a_paraphrased_title(
     model_settings: Settings, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -572,6 +575,8 @@ def test_search_cli_finds_a_paraphrased_title(
     assert hits[0]["paper_id"] == TARGET["id"], [h["title"] for h in hits]
     assert hits[0]["title"] == TARGET["title"]
     assert hits[0]["published"] == TARGET["published"]
+    assert (hits[0]["abstract"], hits[0]["authors"], hits[0]["categories"], hits[0]["url"]) == (
+        TARGET["abstract"], TARGET["authors"], TARGET["categories"], None)
     assert hits[0]["stages"]["dense"] is not None and hits[0]["stages"]["rerank"] is None
     assert len({h["paper_id"] for h in hits}) == 5
 
@@ -765,6 +770,7 @@ def test_a_stop_just_after_a_write_counts_it(
         assert "run again without it to add what is missing" in str(stopped.value)
 
 
+@pytest.mark.usefixtures("embedder_dir")
 def test_a_failed_write_counts_the_writes_of_its_batch_before_it(
     model_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -136,6 +136,8 @@ def _filter(args: argparse.Namespace) -> SearchFilter:
 
 
 def result_to_dict(result: SearchResult) -> dict[str, Any]:
+    """A result as ``--json`` prints it: each hit with its paper's fields (the title and date
+    alone had come, so a script had to ask GetPaper for the abstract, authors and link)."""
     return {
         "reranked": result.reranked,
         "rerank_depth": result.rerank_depth,
@@ -146,6 +148,8 @@ def result_to_dict(result: SearchResult) -> dict[str, Any]:
             {
                 "paper_id": h.paper.id, "title": h.paper.title, "score": h.score,
                 "published": h.paper.published.isoformat() if h.paper.published else None,
+                "authors": list(h.paper.authors), "categories": list(h.paper.categories),
+                "url": h.paper.url, "abstract": h.paper.abstract,
                 "stages": {k: getattr(h.stages, k) for k in ("dense", "sparse", "fused", "rerank")},
                 **({"explanation": dataclasses.asdict(h.explanation)} if h.explanation else {}),
             }
