@@ -295,7 +295,7 @@ def test_jsonl_a_blank_published_is_no_date(tmp_path: Path) -> None:
 
 def test_beir_a_blank_published_is_no_date(tmp_path: Path) -> None:
     """As a JSON Lines paper's: a BEIR record whose metadata's date is blank is read, undated."""
-    records = [{"_id": str(i), "title": "T", "metadata": {"published": value}}
+    records = [{"_id": str(i), "title": "T", "text": "", "metadata": {"published": value}}
                for i, value in enumerate(BLANK_DATES)]
     write(tmp_path, "corpus.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     results = unlocated(read_beir(tmp_path))
@@ -470,8 +470,9 @@ def test_beir_reads_ids_verbatim_and_metadata(tmp_path: Path) -> None:
         {"_id": "7", "title": "", "text": "correlation between maternal glucose levels ."},
         {"_id": "8", "title": "A Title Only", "text": "", "metadata": metadata},
         {"_id": "9", "title": "", "text": ""},
-        {"_id": "10", "title": "T", "metadata": {"published": "December, 1958"}},
-        {"_id": "11", "title": "Two", "metadata": {"authors": ["Sugai, I.", "Perlis, A. J."]}},
+        {"_id": "10", "title": "T", "text": "", "metadata": {"published": "December, 1958"}},
+        {"_id": "11", "title": "Two", "text": "",
+         "metadata": {"authors": ["Sugai, I.", "Perlis, A. J."]}},
     ]
     path = write(tmp_path, "corpus.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     results = unlocated(read_beir(tmp_path))
@@ -485,6 +486,22 @@ def test_beir_reads_ids_verbatim_and_metadata(tmp_path: Path) -> None:
     assert [(s.source, s.reason[:30]) for s in skipped(results)] == [
         (f"{path}:3", "paper '9' has neither title no"),
         (f"{path}:4", "'published' is not an ISO date")]
+
+
+def test_a_beir_record_without_text_is_skipped(tmp_path: Path) -> None:
+    """A corpus.jsonl with its abstracts under "abstract" (a JSON Lines paper's key) was read
+    as titles alone: eval and ingest exited 0, and search found papers by their titles only."""
+    records = [{"_id": "1", "title": "T", "abstract": "An abstract."},
+               {"_id": "2", "title": "U"},
+               {"_id": "3", "title": "V", "text": None}]  # null: no abstract, as before
+    path = write(tmp_path, "corpus.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    results = unlocated(read_beir(tmp_path))
+    assert [(p.id, p.abstract) for p in papers(results)] == [("3", "")]
+    assert [(s.source, s.reason) for s in skipped(results)] == [
+        (f"{path}:1", "no 'text': BEIR puts the abstract under 'text', not 'abstract' (a JSON "
+                      "Lines paper's key): rename it"),
+        (f"{path}:2", """no 'text': BEIR puts the abstract under 'text' ("" where a paper """
+                      "has none)")]
 
 
 @pytest.mark.parametrize(("dataset", "count"), [("cacm", 3204), ("med", 1033)])

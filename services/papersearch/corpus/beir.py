@@ -1,11 +1,11 @@
 """Reader for a BEIR ``corpus.jsonl``: ``_id``, ``title``, ``text`` and optional ``metadata``.
 
 Ids are normalised as the API's are (corpus/paper.checked_id: stripped, NFC), and so are the
-qrels' (evaluation/beir), so judgments still match. ``text`` becomes the abstract; either it or
-the title may be empty, not both. The metadata's ``url``, ``authors``, ``published`` and
-``categories`` are read as a JSON Lines paper's fields are (corpus/jsonl), so that filters match
-them, except that an authors string is one name (BEIR sets write "Surname, Initials"); other
-metadata is not read.
+qrels' (evaluation/beir), so judgments still match. ``text`` becomes the abstract; a record
+without it is skipped, and either it or the title may be empty, not both. The metadata's
+``url``, ``authors``, ``published`` and ``categories`` are read as a JSON Lines paper's fields
+are (corpus/jsonl), so that filters match them, except that an authors string is one name (BEIR
+sets write "Surname, Initials"); other metadata is not read.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ def paper_from_beir(record: Mapping[str, Any]) -> Paper:
     metadata = record.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise RecordError("'metadata' must be an object")
+    if "text" not in record:  # read as a title alone, abstracts under another key went unread
+        named = (", not 'abstract' (a JSON Lines paper's key): rename it"
+                 if "abstract" in record else ' ("" where a paper has none)')
+        raise RecordError(f"no 'text': BEIR puts the abstract under 'text'{named}")
     return within_limits(Paper(
         id=record_id(record, "_id"),
         title=text_field(record, "title"),
