@@ -218,8 +218,12 @@ def test_a_byte_order_mark_is_read_past_on_any_line(tmp_path: Path) -> None:
     assert load_qrels(root) == {"1": {"d1": 1}, "2": {"d2": 1}}
 
 
+# any naming: "query-id passage-id score" (MS MARCO's) failed as "score must be an integer,
+# got 'score'", though the README said a header could name the columns as it would
 @pytest.mark.parametrize("header", ["query-id\tcorpus-id\tscore", "Query-ID\tCorpus-ID\tScore",
-                                    "qid\tdocno\tlabel", "query id\tdoc id\tgrade"])
+                                    "qid\tdocno\tlabel", "query id\tdoc id\tgrade",
+                                    "query-id\tpassage-id\tscore", "topic\tpaper\trelevant?",
+                                    "query-id\td1\thigh"])
 def test_a_header_names_the_columns(tmp_path: Path, header: str) -> None:
     root = write_dataset(tmp_path, "", f"{header}\n1\td1\t1\n")
     assert load_qrels(root) == {"1": {"d1": 1}}
@@ -362,8 +366,12 @@ def test_judgments_must_name_the_queries_they_judge(
         # a first judgment with a mistyped grade was skipped as a header, without a word
         ("q1\td1\thigh\nq1\td2\t1\n",
          r"test\.tsv:1: score must be an integer, got 'high' \(a header line names the columns"),
-        ("query-id\td1\thigh\n", r"test\.tsv:1: score must be an integer, got 'high'"),
         ("\nq1\td1\t1.0\n", r"test\.tsv:2: score must be an integer, got '1\.0' \(a header"),
+        # a number is a judgment's score, whatever its form: not taken as a header
+        ("q1\td1\t1e0\nq1\td2\t1\n", r"test\.tsv:1: score must be an integer, got '1e0'"),
+        # a file with CR line endings reads as one line: cut, not echoed whole
+        ("q1\td1\t1\r" * 2000, r"test\.tsv:1: expected 'query-id<TAB>corpus-id<TAB>score', "
+                               r"got 'q1\\td1\\t1\\rq1[^.]+'\.\.\. \(15999 characters\)$"),
     ],
 )
 def test_malformed_qrels(tmp_path: Path, qrels: str, message: str) -> None:
@@ -408,6 +416,13 @@ def test_missing_files_name_the_path(tmp_path: Path) -> None:
         query_texts(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"qrels/train\.tsv"):
         load_qrels(tmp_path, split="train")
+    # other splits there: named, and the one read said ("no such file: .../test.tsv" alone)
+    write_dataset(tmp_path, "", "1\td1\t1\n", split="dev")
+    (tmp_path / "qrels" / "train.tsv").write_text("1\td1\t1\n")
+    with pytest.raises(FileNotFoundError, match=r"qrels/test\.tsv \(the split read: `papersearch "
+                                                r"eval` and `tune` judge on test\.tsv\); .+/qrels "
+                                                r"holds dev\.tsv, train\.tsv: copy or rename"):
+        load_qrels(tmp_path)
 
 
 @pytest.mark.parametrize(
