@@ -100,10 +100,13 @@ _SHARD_CONFIG = "edge_config.json"  # written by EdgeShard.create
 _SEGMENTS = "segments"  # the shard's data, beside it
 _TEMP_SEGMENTS = "temp_segments"  # an optimize's segments in the making
 _LOCK_FILE = ".papersearch.lock"  # EdgeStore._hold_lock
+# eval and tune hold a judged set's own index (under eval_dir) as they run: a second run of
+# one set was told of serve and ingest alone
 _ELSEWHERE = ("index is open in another process, one process at a time (a running "
               "`papersearch serve` or ingest, or its index build, python -m "
-              "papersearch.index.build? let it finish or stop it; a service takes searches "
-              "with --target and papers through UpsertPapers)")
+              "papersearch.index.build, or, for a judged set's index, another eval or tune "
+              "run of the set? let it finish or stop it; a service takes searches with "
+              "--target and papers through UpsertPapers)")
 _RESTORE = ("restore the index's folder from a copy, or run papersearch ingest into a fresh "
             "index.data_dir (papers written through UpsertPapers only are in the copy alone)")
 # What a new index takes on a memory-backed volume as it is made, whatever the dim (README:
