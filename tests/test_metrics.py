@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from papersearch.corpus.jsonl import MAX_LINE_BYTES
+from papersearch.corpus.readers import CorpusFormat, CorpusReader
 from papersearch.evaluation.beir import load_qrels, read_queries
 from papersearch.evaluation.datasets import (
     EvalDataset,
@@ -17,6 +18,7 @@ from papersearch.evaluation.datasets import (
     check_servable,
     judged_queries,
     load_dataset,
+    skipped_records,
 )
 from papersearch.evaluation.metrics import (
     Report,
@@ -239,7 +241,8 @@ def test_judgments_must_name_documents_of_the_corpus(
     from papersearch.settings import Settings
 
     dataset = EvalDataset("set", list, {"q1": "a", "q2": "b"},
-                          {"q1": {"d1": 1, "d9": 2, "d8": 0}, "q2": {"d2": 1}})
+                          {"q1": {"d1": 1, "d9": 2, "d8": 0}, "q2": {"d2": 1}},
+                          CorpusReader(tmp_path, CorpusFormat.BEIR))
     with caplog.at_level(logging.WARNING, logger="papersearch.evaluation.datasets"):
         check_judged_documents(dataset, {"d1", "d2"})
     (record,) = caplog.records
@@ -254,6 +257,60 @@ def test_judgments_must_name_documents_of_the_corpus(
     with pytest.raises(ValueError, match="none of the 1 documents judged relevant"):
         open_dataset_index(load_dataset(root), settings, Encoder(embedder_dir))
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_corpus_that_yields_no_papers_is_said_as_such(
+    tmp_path: Path, embedder_dir: Path,
+) -> None:
+    """An empty corpus.jsonl, or one whose every record was skipped, was blamed on the ids:
+    "none of the 1 documents judged relevant is in its corpus ... must use the same ids"."""
+    from papersearch.encoder.runtime import Encoder
+    from papersearch.evaluation.harness import open_dataset_index
+    from papersearch.settings import Settings
+
+    root = write_dataset(tmp_path / "set", '{"_id": "1", "text": "a"}\n', "1\td1\t1\n")
+    settings, encoder = Settings(eval_dir=tmp_path / "eval"), Encoder(embedder_dir)
+    for corpus in ("", "\n  \n"):
+        (root / "corpus.jsonl").write_text(corpus)
+        with pytest.raises(ValueError, match=r"^set: its corpus yielded no papers \(it holds no "
+                                             r"records\)$"):
+            open_dataset_index(load_dataset(root), settings, encoder)
+    (root / "corpus.jsonl").write_text('{"_id": "d1", "title": "T", "abstract": "x"}\n'
+                                       '{"_id": "d2", "title": "T", "metadata": []}\n')
+    with pytest.raises(ValueError, match=r"^set: its corpus yielded no papers \(2 records "
+                                         r"skipped; the first: .+/corpus\.jsonl:1: no 'text'"):
+        open_dataset_index(load_dataset(root), settings, encoder)
+    # papers, but not the judged one, which was skipped: the skip is said beside the ids
+    (root / "corpus.jsonl").write_text('{"_id": "d1", "title": "T", "abstract": "x"}\n'
+                                       '{"_id": "d2", "title": "T", "text": "y"}\n')
+    with pytest.raises(ValueError, match=r"must use the same ids \(1 records skipped; the "
+                                         r"first: .+/corpus\.jsonl:1: no 'text'"):
+        open_dataset_index(load_dataset(root), settings, encoder)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_skipped_records_are_listed_the_first_few_then_counted(tmp_path: Path) -> None:
+    """eval listed no skipped record: a paper with a non-ISO date vanished from the metrics
+    with a log line, and a conflicting repeat's warning pointed to a list eval never showed."""
+    records = [{"_id": f"d{n}", "title": "T", "text": "x", "metadata": {"published": "1958"}}
+               for n in range(3)]
+    records += [{"_id": f"d{n}", "title": "T", "text": "x", "metadata": {"published": "Dec"}}
+                for n in range(3, 9)]
+    records.append({"_id": "d0", "title": "Another", "text": "x"})  # a conflict, line 10
+    root = write_dataset(tmp_path / "set", '{"_id": "1", "text": "a"}\n', "1\td0\t1\n")
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    dataset = load_dataset(root)
+    assert skipped_records(dataset) == []  # nothing read yet
+    assert [p.id for p in dataset.papers()] == ["d0", "d1", "d2"]
+    listed = skipped_records(dataset, shown=3)
+    assert listed[0] == (f"{root}/corpus.jsonl:4: 'published' is not an ISO date (YYYY-MM-DD, "
+                         "YYYY-MM or YYYY): 'Dec'")
+    assert [line.split(": ")[0] for line in listed[:3]] == [
+        f"{root}/corpus.jsonl:{n}" for n in (4, 5, 6)]
+    assert listed[3:] == ["... and 4 more"]  # 6 skipped and 1 conflict in all
+    assert skipped_records(dataset)[-2:] == [
+        f"{root}/corpus.jsonl:8: 'published' is not an ISO date (YYYY-MM-DD, YYYY-MM or YYYY): "
+        "'Dec'", "... and 2 more"]
 
 
 def test_an_eval_dir_that_cannot_be_made_names_its_setting(
@@ -340,6 +397,10 @@ def test_judgments_must_name_the_queries_they_judge(
     (alone / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="no paper with both a title and an abstract"):
         load_dataset(alone / "empty.jsonl")
+    (alone / "bad.jsonl").write_text('{"_id": "d1", "title": "A title", "metadata": 1}\n')
+    with pytest.raises(ValueError, match=r"no paper with both .+ to run \(1 records skipped; the "
+                                         r"first: .+bad\.jsonl:1: 'metadata' must be an object"):
+        load_dataset(alone / "bad.jsonl")
     (root / "queries.jsonl").write_text("\n")  # a StopIteration traceback
     with pytest.raises(ValueError, match="queries.jsonl holds no queries"):
         load_dataset(root)

@@ -415,6 +415,11 @@ def test_eval_without_modes_leaves_out_rerank_where_no_reranker_is_exported(
                         "EVAL_DIR": tmp_path / "eval"}.items():
         monkeypatch.setenv(f"PAPERSEARCH_{name}", str(value))
     dataset = mini_beir(tmp_path / "mini")
+    # a record skipped (a date that is not ISO) and a repeat with another text: each paper
+    # vanished from the figures, said only by a log line per record
+    with (dataset / "corpus.jsonl").open("a") as corpus:
+        corpus.write('{"_id": "d6", "title": "", "text": "y", "metadata": {"published": "May"}}\n'
+                     '{"_id": "d1", "title": "", "text": "another text"}\n')
     handlers, level = logging.root.handlers[:], logging.root.level
     try:
         assert cli.main(["eval", "--dataset", str(dataset), "--json"]) == 0
@@ -432,6 +437,15 @@ def test_eval_without_modes_leaves_out_rerank_where_no_reranker_is_exported(
     assert answer["index.prf_enabled"] is True
     assert "+rerank modes are left out" in printed.err
     assert "note: hybrid searches run as configured: with query feedback" in table
+    assert answer["corpus"] == {"read": 5, "skipped": 1, "duplicates": 1, "conflicts": 1}
+    assert ("mini corpus: 5 papers read, 1 records skipped, 1 repeats dropped (1 with another "
+            "title or abstract) (listed on stderr)\n") in table
+    listed = printed.err[printed.err.index("papersearch: mini: corpus records skipped"):]
+    assert listed.splitlines()[1:3] == [
+        f"  {dataset}/corpus.jsonl:6: 'published' is not an ISO date (YYYY-MM-DD, YYYY-MM or "
+        "YYYY): 'May'",
+        f"  {dataset}/corpus.jsonl:7: id 'd1' already read at {dataset}/corpus.jsonl:1 with "
+        "another title or abstract: this one is skipped, the first kept"]
 
 
 def test_known_item_dataset_from_the_sample_corpus() -> None:

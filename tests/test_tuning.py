@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from papersearch.corpus.readers import CorpusFormat, CorpusReader
 from papersearch.encoder.runtime import Encoder
 from papersearch.evaluation.datasets import load_dataset
 from papersearch.evaluation.fusion_tuning import (
@@ -123,6 +125,9 @@ def test_tune_on_a_small_judged_collection(sample_settings: Settings, embedder_d
 
     out = tune_fusion([dataset], [held], settings, encoder)
 
+    # each set's corpus read, as eval reports it (tune listed none of its skipped records)
+    read = {"read": len(docs), "skipped": 0, "duplicates": 0, "conflicts": 0}
+    assert out["corpora"] == {"mini": read, "held": read}
     names = {c.name for c in candidates(settings.index.prefetch_limit)}
     assert {c["name"] for c in out["candidates"]} == names
     assert all(set(c["ndcg@10"]) == {"mini", "held"} for c in out["candidates"])
@@ -237,8 +242,11 @@ def test_tunes_table_names_each_set_whole(
            "candidates": [], "chosen": {"name": "rrf k=60", "adopt": False,
                                         "too_few_queries": {},
                                         "settings": {"index.fusion": "rrf", "index.rrf_k": 60},
-                                        "against_baseline": {}}}
-    monkeypatch.setattr(datasets, "load_dataset", lambda path: path)
+                                        "against_baseline": {}},
+           "corpora": {n: {"read": 10, "skipped": 0, "duplicates": 0, "conflicts": 0}
+                       for n in names}}
+    monkeypatch.setattr(datasets, "load_dataset", lambda path: SimpleNamespace(
+        name=path.name, corpus=CorpusReader(path, CorpusFormat.BEIR)))  # not read: no skips
     monkeypatch.setattr(datasets, "check_servable", lambda dataset, limits: None)
     monkeypatch.setattr(runtime.Encoder, "from_settings", staticmethod(lambda models: None))
     monkeypatch.setattr(fusion_tuning, "tune_fusion", lambda *args: out)
@@ -253,3 +261,6 @@ def test_tunes_table_names_each_set_whole(
            "PAPERSEARCH_INDEX__FUSION_DENSE_WEIGHT=0.6" in printed
     assert "chosen on the tuning sets: rrf k=60: PAPERSEARCH_INDEX__FUSION=rrf " \
            "PAPERSEARCH_INDEX__RRF_K=60" in printed
+    # each set's corpus read (a paper skipped vanished from the figures unsaid)
+    assert "medsample-test corpus: 10 papers read, 0 records skipped, 0 repeats dropped" \
+           in printed

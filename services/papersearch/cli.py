@@ -41,6 +41,7 @@ from papersearch.settings import (
 
 if TYPE_CHECKING:
     from papersearch.client import SearchClient
+    from papersearch.evaluation.datasets import EvalDataset
     from papersearch.index.query import Explanation, SearchFilter
     from papersearch.index.store import Store
     from papersearch.pipeline.query import SearchResult
@@ -600,7 +601,12 @@ def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
-    from papersearch.evaluation.datasets import check_servable, judged_queries, load_dataset
+    from papersearch.evaluation.datasets import (
+        check_servable,
+        corpus_counts,
+        judged_queries,
+        load_dataset,
+    )
     from papersearch.evaluation.harness import run_eval
     from papersearch.models.manifest import ModelNotFound
     from papersearch.reranker.runtime import Reranker
@@ -619,8 +625,10 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
             print(f"papersearch: note: the +rerank modes are left out: {error}",
                   file=sys.stderr)
     reports = run_eval(dataset, modes, settings, Encoder.from_settings(settings.models), reranker)
-    judged = judged_queries(dataset)
+    _say_skipped([dataset])
+    judged, corpus = judged_queries(dataset), corpus_counts(dataset)
     out = {"dataset": dataset.name, "queries": len(dataset.queries), "judged_queries": judged,
+           "corpus": corpus,
            "index.prf_enabled": settings.index.prf_enabled,  # what hybrid ran (see below)
            "modes": {m: r.to_dict() for m, r in reports.items()}}
     if args.json:
@@ -629,6 +637,7 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
         unscored = len(dataset.queries) - judged
         print(f"{dataset.name}: {len(dataset.queries)} queries" + (
             f", {judged} scored ({unscored} without a relevant judgment)" if unscored else ""))
+        print(_corpus_line(dataset.name, corpus))
         print(f"{'mode':<16}{'nDCG@10':>10}{'R@100':>10}{'MRR@10':>10}{'ms/query':>10}")
         for mode, report in reports.items():
             print(f"{mode:<16}{report.ndcg_at_10:>10.4f}{report.recall_at_100:>10.4f}"
@@ -642,7 +651,7 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
 
 def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.encoder.runtime import Encoder
-    from papersearch.evaluation.datasets import check_servable, load_dataset
+    from papersearch.evaluation.datasets import check_servable, corpus_counts, load_dataset
     from papersearch.evaluation.tuning import tune_rerank
     from papersearch.reranker.runtime import Reranker
 
@@ -652,8 +661,10 @@ def _tune_rerank(settings: Settings, args: argparse.Namespace) -> int:
     grid = tune_rerank(dataset, settings, Encoder.from_settings(settings.models),
                        Reranker.from_settings(settings.models))
     baseline = next(p for p in grid if p.weight == 0.0)
+    _say_skipped([dataset])
     print(json.dumps({
         "dataset": dataset.name,
+        "corpus": corpus_counts(dataset),
         "rerank_top_n": settings.search.rerank_top_n,
         "first_stage_ndcg@10": baseline.ndcg_at_10,
         "best": {"weight": grid[0].weight, "k": grid[0].k, "ndcg@10": grid[0].ndcg_at_10},
@@ -676,6 +687,7 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     for dataset in (*tuning, *held_out):
         check_servable(dataset, settings.search)
     out = tune_fusion(tuning, held_out, settings, Encoder.from_settings(settings.models))
+    _say_skipped([*tuning, *held_out])
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -690,6 +702,8 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{label:<30}" + "".join(f"{row['ndcg@10'][n]:>{width[n]}.4f}" for n in names)
               + f"{row['tuning_mean']:>9.4f}{row['held_out_mean']:>9.4f}")
     print("* shown for reference: the Store does not run it")
+    for name, counts in out["corpora"].items():
+        print(_corpus_line(name, counts))
     print(f"the baseline: {_variables(out['baseline']['settings'])}")
     chosen = out["chosen"]
     if chosen is None:
@@ -718,6 +732,30 @@ def _tune(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("the tuning sets do not all gain: consider index.prf_enabled=false")
     return 0
+
+
+def _say_skipped(datasets: Sequence[EvalDataset]) -> None:
+    """On stderr, the corpus records each set's read skipped (where, why; the first few): a
+    judged paper skipped, with no other copy read, scores as a miss. Each was a log line
+    alone, and a conflicting repeat's said it was "listed among the skipped records",
+    unlisted."""
+    from papersearch.evaluation.datasets import skipped_records
+
+    for dataset in datasets:
+        if lines := skipped_records(dataset):
+            print(f"papersearch: {dataset.name}: corpus records skipped, each not indexed "
+                  "(where, why):", file=sys.stderr)
+            for line in lines:
+                print(f"  {line}", file=sys.stderr)
+
+
+def _corpus_line(name: str, counts: dict[str, int]) -> str:
+    """A set's corpus read, for a table: ``counts`` as evaluation/datasets.corpus_counts."""
+    conflicts = (f" ({counts['conflicts']:,} with another title or abstract)"
+                 if counts["conflicts"] else "")
+    listed = " (listed on stderr)" if counts["skipped"] or counts["conflicts"] else ""
+    return (f"{name} corpus: {counts['read']:,} papers read, {counts['skipped']:,} records "
+            f"skipped, {counts['duplicates']:,} repeats dropped{conflicts}{listed}")
 
 
 def _set_paths(paths: list[Path], setting: str, given_by: str) -> list[Path]:

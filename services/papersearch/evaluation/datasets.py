@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from papersearch.corpus.beir import CORPUS_FILE
 from papersearch.corpus.paper import Paper
-from papersearch.corpus.readers import CorpusFormat, detect_format, read_corpus
+from papersearch.corpus.readers import CorpusFormat, CorpusReader, detect_format, read_corpus
 from papersearch.evaluation.beir import QRELS_DIR, QUERIES_FILE, load_qrels, read_queries
 from papersearch.settings import SearchSettings
 
 log = logging.getLogger(__name__)
+
+SKIPPED_SHOWN = 5  # skipped records eval and tune list; all are counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,9 @@ class EvalDataset:
     papers: Callable[[], Iterable[Paper]]
     queries: Mapping[str, str]
     qrels: Mapping[str, Mapping[str, int]]
+    # its corpus's reader: what the last read of it (papers(), or the known-item set's
+    # making) read, skipped and dropped; a skipped paper vanished from the metrics unsaid
+    corpus: CorpusReader
     # a query's length as written, where cleaning shortened it (check_servable)
     written_chars: Mapping[str, int] = field(default_factory=dict)
 
@@ -39,11 +44,13 @@ def load_dataset(path: Path) -> EvalDataset:
     if beir and (path / QUERIES_FILE).is_file():
         read = read_queries(path)
         queries = {query_id: text for query_id, (text, _) in read.items()}
+        corpus = read_corpus(path)  # read one pass at a time: each pass recounts
         return EvalDataset(
             name=path.resolve().name,
-            papers=lambda: read_corpus(path),
+            papers=lambda: corpus,
             queries=queries,
             qrels=_of_known_queries(load_qrels(path), queries, path),
+            corpus=corpus,
             written_chars={query_id: written for query_id, (text, written) in read.items()
                            if written != len(text)},
         )
@@ -100,29 +107,62 @@ def _of_known_queries(qrels: dict[str, dict[str, int]], queries: Mapping[str, st
 def check_judged_documents(dataset: EvalDataset, paper_ids: set[str]) -> None:
     """Documents judged relevant that the corpus lacks (ids written otherwise in the two
     files, or records the reader skipped) score as misses in every metric: none there at all
-    is an error (every figure would be 0), some a warning with their count."""
+    is an error (every figure would be 0), some a warning with their count. A corpus that
+    yielded no paper is said as such, not blamed on the ids."""
+    if not paper_ids:
+        raise ValueError(f"{dataset.name}: its corpus yielded no papers "
+                         f"({_skips(dataset.corpus) or 'it holds no records'})")
     judged = {doc for judgments in dataset.qrels.values()
               for doc, score in judgments.items() if score > 0}
     missing = sorted(judged - paper_ids)
     if missing and len(missing) == len(judged):
-        against = f" against {min(paper_ids)!r}" if paper_ids else ""
+        skips = _skips(dataset.corpus)
         raise ValueError(f"{dataset.name}: none of the {len(judged)} documents judged relevant "
-                         f"is in its corpus (e.g. {missing[0]!r}{against}): the qrels and "
-                         f"{CORPUS_FILE} must use the same ids")
+                         f"is in its corpus (e.g. {missing[0]!r} against {min(paper_ids)!r}): "
+                         f"the qrels and {CORPUS_FILE} must use the same ids"
+                         + (f" ({skips})" if skips else ""))
     if missing:
         log.warning("documents judged relevant are not in the corpus: they score as misses",
                     extra={"dataset": dataset.name, "documents": len(missing),
                            "of": len(judged), "first": missing[:5]})
 
 
+def corpus_counts(dataset: EvalDataset) -> dict[str, int]:
+    """What its corpus's last read gave: papers read, records skipped, repeats dropped and of
+    those, conflicts (another title or abstract under an id read before)."""
+    return asdict(dataset.corpus.stats)
+
+
+def skipped_records(dataset: EvalDataset, shown: int = SKIPPED_SHOWN) -> list[str]:
+    """The records its corpus's last read skipped, and repeats of an id with another title or
+    abstract it passed over ("file:line: reason"): the first ``shown``, then how many more."""
+    stats = dataset.corpus.stats
+    lines = [f"{s.source}: {s.reason}" for s in dataset.corpus.skipped[:shown]]
+    more = stats.skipped + stats.conflicts - len(lines)
+    return lines + ([f"... and {more:,} more"] if more > 0 else [])
+
+
+def _skips(corpus: CorpusReader) -> str:
+    """How many records a read skipped, and the first with its reason; "" where none."""
+    if not corpus.skipped:
+        return ""
+    first, stats = corpus.skipped[0], corpus.stats
+    return (f"{stats.skipped + stats.conflicts:,} records skipped; the first: {first.source}: "
+            f"{first.reason}")
+
+
 def known_item(path: Path) -> EvalDataset:
-    papers = [p for p in read_corpus(path) if p.title.strip() and p.abstract.strip()]
+    corpus = read_corpus(path)
+    papers = [p for p in corpus if p.title.strip() and p.abstract.strip()]
     if not papers:  # was "an empty corpus has no mean length", after the models loaded
+        skips = _skips(corpus)
         raise ValueError(f"{path}: no paper with both a title and an abstract, so no "
-                         "known-item query (title -> its abstract) to run")
+                         "known-item query (title -> its abstract) to run"
+                         + (f" ({skips})" if skips else ""))
     return EvalDataset(
         name=f"{path.resolve().name}-known-item",
         papers=lambda: [replace(p, title="") for p in papers],
         queries={p.id: p.title for p in papers},
         qrels={p.id: {p.id: 1} for p in papers},
+        corpus=corpus,
     )

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from papersearch.encoder.runtime import Encoder
-from papersearch.evaluation.datasets import EvalDataset, load_dataset
+from papersearch.evaluation.datasets import EvalDataset, corpus_counts, load_dataset
 from papersearch.evaluation.harness import open_dataset_index
 from papersearch.evaluation.metrics import Report, evaluate
 from papersearch.evaluation.paired import TIE, Paired, paired
@@ -262,6 +262,7 @@ def tune_fusion(
             ({"name": c.name, "runs_in_store": c.settings is not None, **row(reports[c.name])}
              for c in pool), key=lambda r: -float(r["tuning_mean"])),
         "chosen": verdict,
+        "corpora": {d.name: corpus_counts(d) for d in sets},  # each read by fetch_lists
     }
 
 
