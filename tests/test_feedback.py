@@ -154,10 +154,12 @@ def test_feedback_that_adds_nothing_is_not_said_to_have_run(loaded: Store) -> No
         loaded.settings = saved
 
 
-def test_no_feedback_from_papers_that_hold_no_word_of_the_query(loaded: Store) -> None:  # noqa: F811
-    """A query whose BM25 terms none of the first pass's top papers holds (a misspelt name, a
-    word the corpus lacks: the first pass was the dense side's) is searched as asked: the
-    expansion had put those papers' terms in place of the words typed."""
+def test_no_feedback_for_a_query_whose_words_no_paper_holds(
+        loaded: Store, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A query whose BM25 terms no paper holds (a misspelt name, a word the corpus lacks: the
+    first pass was the dense side's) is searched as asked: the expansion had put the top
+    papers' terms in place of the words typed. One that some paper holds is expanded even
+    where the top papers do not hold it (a fusion may rank that paper below them: dbsf)."""
     vector = DENSE[RARE_AT]
     saved = loaded.settings
     try:
@@ -168,12 +170,18 @@ def test_no_feedback_from_papers_that_hold_no_word_of_the_query(loaded: Store) -
         ran = loaded.execute(retriever.retrieve_program("zqxjvw", vector, limit=5))
         assert ran.mode == "hybrid" and ran.hits  # the word has a term; no paper holds it
         assert ran.feedback is False and ran.hits == plain.hits
-        request = SearchRequest(mode="hybrid", dense=vector, sparse=retriever.bm25.query(RARE),
-                                limit=5)
-        top = loaded.execute(loaded.feedback_program(replace(request, limit=3)))
-        assert retriever.feedback.expand(request, top) is not request  # they hold RARE
-        elsewhere = replace(request, sparse=retriever.bm25.query("zqxjvw"))
-        assert retriever.feedback.expand(elsewhere, top) is elsewhere
+
+        def asked(text: str, flt: SearchFilter | None = None) -> bool:
+            return loaded.execute(loaded.any_match_program(SearchRequest(
+                dense=vector, sparse=retriever.bm25.query(text), filter=flt or SearchFilter())))
+
+        assert asked(RARE) and not asked("zqxjvw")
+        assert not asked(RARE, SearchFilter(categories=("no.SUCH",)))
+        first_pass = loaded.feedback_program  # top papers without the query's term
+        monkeypatch.setattr(loaded, "feedback_program", lambda request: [
+            replace(r, sparse=None) for r in (yield from first_pass(request))])
+        assert loaded.execute(retriever.retrieve_program(RARE, vector, limit=5)).feedback
+        assert not loaded.execute(retriever.retrieve_program("zqxjvw", vector, limit=5)).feedback
     finally:
         loaded.settings = saved
 

@@ -400,6 +400,14 @@ class Store(ABC):
         by_id = {r.point_id: r for r in records}
         return [by_id[i] for i in ids if i in by_id]
 
+    def any_match_program(self, request: SearchRequest) -> Program[bool]:
+        """Whether any paper the request's filter passes holds one of its BM25 terms: one
+        sparse query for a single point, without payload."""
+        plan = Plan(Nearest(SPARSE, request.sparse_vector(), 1), request.filter,
+                    with_payload=False)
+        found: list[list[Scored]] = yield Batch((plan,))
+        return bool(found[0])
+
     def cosines_program(self, vector: Sequence[float], hits: Sequence[Hit]) -> (
         Program[list[Hit]]
     ):

@@ -9,7 +9,9 @@ search runs again with it (README, Results: Query feedback).
 
 The first pass is the same hybrid search, filters included, without per-stage scores: one
 batch for its lists and one fetch of its top papers' vectors (no payloads), the BM25 ones as
-stored (Store.feedback_program), so no paper is tokenised again.
+stored (Store.feedback_program), so no paper is tokenised again. A query whose BM25 terms no
+paper holds is not expanded (the Retriever decides; where the top papers hold none, one more
+sparse query, for one point, asks the index).
 """
 
 from __future__ import annotations
@@ -52,13 +54,8 @@ class Feedback:
     def expand(self, request: SearchRequest, top: Sequence[Record]) -> SearchRequest:
         """``request`` with its vectors expanded from the first pass's ``top`` papers;
         ``request`` itself when they change neither (nothing matched, or the papers hold
-        nothing a side with a weight could add), or when none of them holds a BM25 term of the
-        query: its words are in no paper it would learn from (a misspelt name, a word the
-        corpus lacks; the first pass was the dense side's), and expanding put those papers'
-        terms in place of the words the user typed (README, Results: Query feedback)."""
+        nothing a side with a weight could add)."""
         dense, query = request.dense_vector(), request.sparse_vector()
-        if not _share_a_term(query, top):
-            return request
         vectors = [r.dense for r in top[: self.dense_docs] if r.dense is not None]
         dense_added = bool(vectors) and self.dense_weight > 0
         if dense_added:
@@ -72,7 +69,7 @@ class Feedback:
         return replace(request, dense=dense, sparse=sparse)
 
 
-def _share_a_term(query: SparseVector, top: Sequence[Record]) -> bool:
+def hold_a_term(query: SparseVector, top: Sequence[Record]) -> bool:
     """Whether any of ``top`` holds one of the query's BM25 terms (stored vectors)."""
     terms = set(query.indices)
     return any(r.sparse is not None and not terms.isdisjoint(r.sparse.indices) for r in top)

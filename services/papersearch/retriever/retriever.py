@@ -15,7 +15,7 @@ from papersearch.index.plan import Program
 from papersearch.index.query import Examples, Hit, Mode, SearchFilter, SearchRequest
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
-from papersearch.retriever.feedback import Feedback
+from papersearch.retriever.feedback import Feedback, hold_a_term
 
 # Runs of letters and digits: the pieces of a word that BM25's tokenizers split apart
 # ("GPT-4", "title:Layer", "snake_case"), to label each of its terms with its own piece.
@@ -25,8 +25,8 @@ _PARTS = re.compile(r"[^\W_]+")
 @dataclass(frozen=True, slots=True)
 class Retrieved:
     """A search's hits, and whether query feedback expanded its query (retriever/feedback.py):
-    asked for or on by default, it runs only on hybrid searches with BM25 terms, and expands
-    only from top papers that hold one of them (retriever/feedback.py)."""
+    asked for or on by default, it runs only on hybrid searches with BM25 terms that some
+    paper holds (retriever/feedback.py)."""
 
     hits: list[Hit]
     feedback: bool
@@ -93,7 +93,14 @@ class Retriever:
                                                                    enabled=feedback)
         if mode == "hybrid" and expansion.docs:
             top = yield from self.store.feedback_program(replace(request, limit=expansion.docs))
-            request = expansion.expand(request, top)
+            # No paper holds a word of the query (a misspelt name, a word the corpus lacks):
+            # the first pass was the dense side's, and expanding put its papers' terms in
+            # place of the words typed (README, Results: Query feedback). The top papers
+            # answer at once where they hold one; a fusion may rank a paper that does below
+            # them (dbsf, a heavy dense weight), so the index is asked where they do not.
+            if hold_a_term(request.sparse_vector(), top) or (
+                    yield from self.store.any_match_program(request)):
+                request = expansion.expand(request, top)
         hits = yield from self.store.query_program(request)
         if explain:  # the stages as searched: the expanded query's, with feedback
             hits = yield from self.store.explain_program(request, hits, self.term_labels(text))
