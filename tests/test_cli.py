@@ -532,18 +532,30 @@ def test_a_query_word_with_a_leading_minus_is_told_to_go_after_dashes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``search transformers -vision`` said only "unrecognized arguments: -vision" under the
-    top-level usage, and ``search -3D`` "the following arguments are required: query"."""
+    top-level usage, ``search -3D`` "the following arguments are required: query", and
+    ``search multi -hop`` "argument -h/--help: ignored explicit argument 'op'"."""
     for argv, dashed in ((["search", "transformers", "-vision"], "-vision"),
                          (["search", "-3D"], "-3D"),
+                         (["search", "multi", "-hop", "reasoning"], "-hop"),
+                         (["--config", "c.yaml", "search", "ad", "-hoc"], "-hoc"),
                          (["watch", "gpt", "-vision", "--target", "h:1"], "-vision")):
         with pytest.raises(SystemExit):
             parse_args(argv)
         said = capsys.readouterr().err
-        assert f"unrecognized arguments: {dashed} (a query's words that begin with '-' go " \
-               "after '--'" in said and "a minus excludes nothing" in said
+        command = "watch" if "watch" in argv else "search"
+        assert f"papersearch {command}: error: unrecognized arguments: {dashed} (a query's " \
+               "words that begin with '-' go after '--', its options before it" in said, said
+        assert "a minus excludes nothing" in said
     assert parse_args(["search", "--top-k", "3", "--", "transformers", "-vision"]).query == (
         "transformers -vision")
+    args = parse_args(["search", "transformers", "--top-k", "3", "--", "-vision", "-hop"])
+    assert args.query == "transformers -vision -hop" and args.top_k == 3
     assert parse_args(["search", "gpt", "-4"]).query == "gpt -4"  # a number: a word already
     with pytest.raises(SystemExit):
         parse_args(["search"])
-    assert "search: the following arguments are required: query" in capsys.readouterr().err
+    assert "papersearch search: error: the following arguments are required: query" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a mistyped option: said plainly, with its value
+        parse_args(["search", "q", "--topk", "3"])
+    assert "papersearch search: error: unrecognized arguments: --topk 3\n" in \
+        capsys.readouterr().err

@@ -791,25 +791,56 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; a search's or watch's words are its query, one string, those after
     an option too (``search efficient --top-k 3 attention``: argparse takes a positional's
     words in one run; unquoted words were "unrecognized arguments: attention" under the
-    top-level usage)."""
+    top-level usage), and those after ``--`` wherever it stands."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    command = _query_command(parser, argv)
+    if command is not None:
+        # "-hop": argparse reads "-h" given "op", and stops at "ignored explicit argument"
+        hyphened = [w for w in argv[: _dashes(argv)] if re.fullmatch(r"-h[^-].*", w)]
+        if hyphened:
+            command.error(_minus_hint(hyphened, command))
     args, extra = parser.parse_known_args(argv)
     words = getattr(args, "query", None)
+    if command is None or not isinstance(words, list):
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+    after = extra[_dashes(extra) + 1:]  # words, options, then "--" and more words
+    extra = extra[: _dashes(extra)]
     dashed = [word for word in extra if word.startswith("-")]
-    if isinstance(words, list) and dashed and not any(w.startswith("--") for w in dashed):
-        # "-vision", "-3D": query words argparse read as unknown options (a "--topk" is a
-        # mistyped option, said plainly below)
-        parser.error(f"unrecognized arguments: {' '.join(dashed)} (a query's words that begin "
-                     f"with '-' go after '--', its options before: papersearch {args.command} "
-                     f"[OPTIONS] -- {' '.join([*words, *extra])}; a minus excludes nothing, it "
-                     f"searches for the word: README, Indexing and search)")
-    if isinstance(words, list) and not words and not extra:
-        parser.error(f"{args.command}: the following arguments are required: query")
-    if isinstance(words, list) and not dashed:
-        args.query = " ".join([*words, *extra])
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if any(word.startswith("--") for word in dashed):  # a mistyped option ("--topk")
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    if dashed:  # "-vision", "-3D": query words argparse read as unknown options
+        command.error(_minus_hint(dashed, command))
+    args.query = " ".join([*words, *extra, *after])
+    if not args.query:
+        command.error("the following arguments are required: query")
     return args
+
+
+def _query_command(parser: argparse.ArgumentParser, argv: Sequence[str]
+                   ) -> argparse.ArgumentParser | None:
+    """The parser of the command ``argv`` runs where it takes a query (search, watch)."""
+    options = iter(argv)
+    for word in options:
+        if word == "--config":
+            next(options, None)
+        elif not word.startswith("-"):
+            query_parsers: dict[str, argparse.ArgumentParser] = parser.get_default("queries")
+            return query_parsers.get(word)
+    return None
+
+
+def _dashes(words: Sequence[str]) -> int:
+    """Where ``--`` stands in ``words`` (their length where it does not)."""
+    return words.index("--") if "--" in words else len(words)
+
+
+def _minus_hint(words: Sequence[str], command: argparse.ArgumentParser) -> str:
+    return (f"unrecognized arguments: {' '.join(words)} (a query's words that begin with '-' "
+            f"go after '--', its options before it: {command.prog} [OPTIONS] -- WORDS; a "
+            f"minus excludes nothing, it searches for the word: README, Indexing and search)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -886,7 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     # "*", not "+": a query's word that begins with "-" is left to parse_args, which says
     # what to do (argparse said only "the following arguments are required: query")
     search.add_argument("query", nargs="*", type=str,
-                        help="the query; its words need no quotes")
+                        help="the query (required); its words need no quotes")
     search.add_argument("--top-k", type=int, help="default: search.default_top_k (10)")
     search.add_argument("--mode", default="hybrid", choices=MODES)
     search.add_argument("--no-rerank", action="store_true")
@@ -923,7 +954,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch", help="a saved search: print new matching papers as a gateway indexes them")
     watch.add_argument("query", nargs="*", type=str,  # as search's
-                       help="the saved search's query; its words need no quotes")
+                       help="the saved search's query (required); its words need no quotes")
     watch.add_argument("--target", metavar="HOST:PORT", required=True, help="the gateway")
     watch.add_argument("--min-relevance", type=float, metavar="COSINE",
                        help="least dense cosine to the query (-1 to 1; default: the server's "
@@ -943,6 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="x-api-key (default: $PAPERSEARCH_API_KEY)")
     add_tls_arguments(watch)
     watch.set_defaults(handler=_watch)
+    parser.set_defaults(queries={"search": search, "watch": watch})  # parse_args's errors
 
     evaluation = commands.add_parser("eval", help="ranking quality on a judged dataset")
     evaluation.add_argument("--dataset", type=Path, required=True,
