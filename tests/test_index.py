@@ -54,7 +54,7 @@ from papersearch.index.server import METADATA_KEY, ServerStore
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
 from papersearch.pipeline.factory import open_index
-from papersearch.retriever.retriever import Retriever
+from papersearch.retriever.retriever import Retriever, word_parts
 from papersearch.settings import IndexSettings, Settings
 from tests.module_stand_in import ModuleStandIn
 from tests.ports import free_port
@@ -702,6 +702,11 @@ def test_each_term_of_a_word_is_labelled_with_its_own_part(loaded: Store) -> Non
     assert set(by_label) == {"GPT", "4", "title", "Layer", "snake", "case", "models"}
     for part, index in by_label.items():
         assert retriever.bm25.query(part).indices == (index,)
+    # vowels and tones that Thai writes as combining marks stay in their word ("\\w" cut
+    # it at them, and a term of the multilingual tokenizer was labelled with a fragment)
+    assert word_parts("\u0e01\u0e32\u0e23\u0e40\u0e23\u0e35\u0e22\u0e19\u0e23\u0e39\u0e49") == [
+        "\u0e01\u0e32\u0e23\u0e40\u0e23\u0e35\u0e22\u0e19\u0e23\u0e39\u0e49"]
+    assert word_parts("nai\u0308ve-bayes") == ["nai\u0308ve", "bayes"]
 
 
 def test_a_long_query_itemises_a_bounded_number_of_terms(

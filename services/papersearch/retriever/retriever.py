@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import string
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import groupby
 
 import numpy as np
 
@@ -16,10 +17,6 @@ from papersearch.index.query import Examples, Hit, Mode, SearchFilter, SearchReq
 from papersearch.index.sparse import Bm25Encoder
 from papersearch.index.store import Store
 from papersearch.retriever.feedback import Feedback, hold_a_term
-
-# Runs of letters and digits: the pieces of a word that BM25's tokenizers split apart
-# ("GPT-4", "title:Layer", "snake_case"), to label each of its terms with its own piece.
-_PARTS = re.compile(r"[^\W_]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +113,7 @@ class Retriever:
         the multilingual tokenizer splits). Terms that feedback added have none."""
         labels: dict[int, str] = {}
         for word in text.split():
-            for part in _PARTS.findall(word):
+            for part in word_parts(word):
                 for index in self.bm25.query(part).indices:
                     labels.setdefault(int(index), part)
             for index in self.bm25.query(word).indices:
@@ -154,3 +151,11 @@ class Retriever:
         if not papers:
             raise PaperNotFound(paper_id)
         return papers[0]
+
+
+def word_parts(word: str) -> list[str]:
+    """The runs of letters, marks and digits in ``word``: the pieces BM25's tokenizers split a
+    word into ("GPT-4", "title:Layer", "snake_case"). Marks too: Thai writes its vowels and
+    tones as combining marks, and a word cut at them gave a label no term came from."""
+    return ["".join(run) for inside, run in groupby(
+        word, lambda c: unicodedata.category(c)[0] in "LMN") if inside]
