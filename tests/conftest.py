@@ -116,7 +116,8 @@ def embedder_dir(model_settings: Settings) -> Path:
 
 @pytest.fixture(scope="session")
 def reranker_dir(model_settings: Settings, embedder_dir: Path) -> Path:
-    """A reranker trained end to end on a slice of the sample corpus (tiny, seconds)."""
+    """A reranker trained end to end on a slice of the sample corpus (tiny settings: seconds
+    on the faster CPU class, minutes on the slower one)."""
     from papersearch.modelbuild.prepare import train_reranker
 
     return train_reranker(model_settings)
