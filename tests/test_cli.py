@@ -555,6 +555,7 @@ def test_a_query_word_with_a_leading_minus_is_told_to_go_after_dashes(
         parse_args(["search"])
     assert "papersearch search: error: the following arguments are required: query" in \
         capsys.readouterr().err
+    assert parse_args(["search", ""]).query == ""  # given, blank: the search says what is wrong
     with pytest.raises(SystemExit):  # a mistyped option: said plainly, with its value
         parse_args(["search", "q", "--topk", "3"])
     assert "papersearch search: error: unrecognized arguments: --topk 3\n" in \

@@ -813,9 +813,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     if dashed:  # "-vision", "-3D": query words argparse read as unknown options
         command.error(_minus_hint(dashed, command))
-    args.query = " ".join([*words, *extra, *after])
-    if not args.query:
+    if not [*words, *extra, *after]:  # none given; a blank one is the search's to refuse
         command.error("the following arguments are required: query")
+    args.query = " ".join([*words, *extra, *after])
     return args
 
 
