@@ -103,7 +103,7 @@ def measure(target: str, queries: Sequence[str], args: argparse.Namespace) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--max-in-flight", type=int, default=8,
                         help="search.feedback_max_in_flight for the run")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64, 256])

@@ -54,7 +54,7 @@ Hits = Mapping[str, tuple[SearchHit, ...]]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--corpus", type=Path, help="default: settings.corpus_dir")
     parser.add_argument("--off-topic", type=Path, default=HERE / "data" / "off_topic_queries.txt")
     return parser.parse_args(argv)

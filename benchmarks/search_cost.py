@@ -29,7 +29,7 @@ from papersearch.settings import Settings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2, help="Passes over the queries.")
     parser.add_argument("--top-k", type=int, default=10)

@@ -197,7 +197,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--requests", type=int, default=200, help="measured queries per mode")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up queries per mode")
     parser.add_argument("--seed", type=int, default=7, help="query shuffle seed")

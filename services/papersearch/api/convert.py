@@ -116,7 +116,9 @@ def mode_from_proto(value: int) -> Mode:
 # Example ids past this many times search.max_similar_ids are refused before they are
 # normalised (the limit counts distinct papers, two spellings of one id as one).
 SIMILAR_IDS_SLACK = 4
-MAX_EXAMPLE_IDS = 10_000  # ids a SimilarPapers request lists, repeats included
+# Ids a SimilarPapers request lists, repeats included: they are told apart on the event loop
+# (README: Results, Figures behind the limits).
+MAX_EXAMPLE_IDS = 10_000
 # Cleaning (NFC, dropped control characters, collapsed spaces) shortens a text by less than
 # this factor in practice: a value longer, spaces collapsed, than its limit times it is
 # refused before the per-character work (a huge author name held the gateway's event loop,

@@ -188,7 +188,8 @@ def _non_starter_runs() -> re.Pattern[str]:
                 ranges.append([code, code])
     marks = "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last in ranges)
     # every run whole, once (possessive): "[...]{31,}" tried again at each mark of a run
-    # of 30, a cost per character that adds up over a request of many such ids
+    # of 30, a cost per character that adds up over a request of many such ids (README:
+    # Results, Figures behind the limits)
     return re.compile(f"[{marks}]++")
 
 

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # Embedders a replica keeps loaded besides its configured one (a migration's two); one more
 # unloads the least recently used. Each finished migration left its old model loaded in every
-# replica until it restarted (an int8 MiniLM's weights, more for a larger model).
+# replica until it restarted (an int8 MiniLM's weights, more for a larger model: README,
+# Results, Figures behind the limits).
 EXTRA_EMBEDDERS = 2
 
 

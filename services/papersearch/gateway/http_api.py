@@ -65,7 +65,8 @@ PARSE_WAITING = 3
 # aiohttp's stop waits this long for a handler still running, then as long again for it to
 # end once cancelled: the front's stop takes at most twice this. The drain has waited for the
 # calls already (gateway/server.py); what is left is a response being written or a body still
-# arriving (a longer wait made the stop outlast the drain's own allowances).
+# arriving (a longer wait made the stop outlast the drain's own allowances: README, Results,
+# Figures behind the limits).
 HTTP_STOP_S = 1.0
 TCP_KEEPALIVE_PROBES = 3  # a watch's connection: unanswered probes before it is dropped
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's bound on the idle and interval options
@@ -88,7 +89,9 @@ FORWARDED_METADATA = ("papersearch-",)  # trailing metadata an error body carrie
 # the most of protobuf's JSON parse error a message repeats: its words and a client's value,
 # QUOTE_CHARS characters escaped (up to 10 characters each, "\U000e0001")
 PARSE_ERROR_CHARS = 1_000
-QUOTED_MAX = 256  # a body's strings a parse error is searched for (the longest)
+# A body's strings a parse error is searched for (the longest): searching every one of a body
+# of short strings held the parse thread for seconds (README: Results, Figures behind the limits).
+QUOTED_MAX = 256
 
 
 class HttpError(Exception):
@@ -425,7 +428,8 @@ class _Lines:
         pending = bytearray()
         while chunk := await self._chunk():
             # a read of buffered bytes does not yield to the event loop, nor does a run of
-            # blank lines: a body of newlines alone held the loop (gRPC, health)
+            # blank lines: a body of newlines alone held the loop (gRPC, health; README:
+            # Results, Figures behind the limits)
             await asyncio.sleep(0)
             searched = len(pending)  # the bytes before hold no line end: not searched again
             pending += chunk

@@ -14,8 +14,8 @@ from papersearch.gateway.method_handlers import Behavior, api_behavior, with_beh
 from papersearch.telemetry import metrics
 
 # gRPC cancels a call whose deadline passed a few ms before time_remaining() reaches 0 (more
-# on a loaded machine); a client that cancels itself that close to its
-# deadline is counted as expired.
+# on a loaded machine; README: Results, Figures behind the limits); a client that cancels
+# itself that close to its deadline is counted as expired.
 DEADLINE_SLACK_S = 0.25
 
 

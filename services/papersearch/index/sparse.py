@@ -83,7 +83,8 @@ class Bm25Encoder:
             raise ValueError(f"BM25 needs avg_len > 0, query_k3 >= 0 and title_weight >= 1, "
                              f"got {avg_len}, {query_k3}, {title_weight}")
         import qdrant_edge  # here: the request types (index/query.py) and the gRPC client that
-        # uses them import this module, and must not load the storage engine (slow to import)
+        # uses them import this module, and must not load the storage engine (slow to import:
+        # README, Results, Figures behind the limits)
 
         config = qdrant_edge.Bm25Config(avg_len=avg_len, ascii_folding=tokenizer != "word")
         if tokenizer == "multilingual":

@@ -44,7 +44,8 @@ class SpladeGraph(torch.nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).logits
         # log(1 + relu(x)) is monotone: pooling the logits first gives the same weights with
-        # one pass over the (batch, tokens, vocabulary) tensor instead of four.
+        # one pass over the (batch, tokens, vocabulary) tensor instead of four (README:
+        # Results, Figures behind the limits).
         padding = attention_mask.unsqueeze(-1) == 0
         pooled = logits.masked_fill(padding, float("-inf")).amax(dim=1)
         return torch.log1p(torch.relu(pooled))

@@ -25,7 +25,9 @@ from papersearch.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
-RETRY_FAILED_LOOKS = 30  # a version that did not load is tried again this many looks later
+# A version that did not load is tried again this many looks later: each try is a load on
+# the request path (README: Results, Figures behind the limits).
+RETRY_FAILED_LOOKS = 30
 Stamp = tuple[tuple[str, int, int] | None, ...]  # a version's files as stat sees them
 
 
