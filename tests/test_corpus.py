@@ -107,6 +107,21 @@ def test_a_folders_pages_are_found_whatever_the_case_of_their_suffix(tmp_path: P
         detect_format(tmp_path / "upper")
 
 
+def test_a_folder_of_pages_with_subfolders_of_pages_is_refused(tmp_path: Path) -> None:
+    """A subfolder's pages (pages/2025/*.txt) went unread without a word, and an ingest with
+    --prune deleted their papers. Each folder is a corpus path of its own; a hidden subfolder
+    (a notebook's checkpoints) is no corpus."""
+    write(tmp_path / "pages", "000.txt", page(("Alpha: A Model", ABSTRACT_A)))
+    write(tmp_path / "pages" / ".ipynb_checkpoints", "000-checkpoint.txt", HEADER)
+    (tmp_path / "pages" / "notes").mkdir()
+    assert detect_format(tmp_path / "pages") is CorpusFormat.DAILY_PAPERS
+    write(tmp_path / "pages" / "2025", "001.txt", page(("Beta Set", ABSTRACT_B)))
+    with pytest.raises(ValueError, match=r"pages holds Daily Papers pages and subfolders of "
+                                         r"pages \(2025\): a folder's own pages are read"):
+        detect_format(tmp_path / "pages")
+    assert detect_format(tmp_path / "pages" / "2025") is CorpusFormat.DAILY_PAPERS
+
+
 def test_daily_duplicates_across_and_within_pages_yield_once(tmp_path: Path) -> None:
     truncated = ABSTRACT_A[:30] + "..."
     write(tmp_path, "000.txt", page(("Alpha: A Model", truncated), ("Beta Set", ABSTRACT_B)))
@@ -427,11 +442,36 @@ def test_a_paper_in_two_corpora_of_one_run_is_a_duplicate(
     then = read_corpus(second, earlier=reader.ids)
     assert [p.id for p in then] == ["B"] and then.stats == ReadStats(1, 0, 2, 1)
     warning, = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert "with another title or abstract: dropped" in warning.getMessage()
+    assert "differing from its first copy: dropped" in warning.getMessage()
     assert warning.paper_ids == ["A"] and warning.conflicts == 1  # type: ignore[attr-defined]
-    assert then.skipped == [Skipped(f"{second}:1", "id 'A' already read from an earlier corpus "
-                                    "of this ingest with another title or abstract: this one "
-                                    "is skipped, the first kept")]
+    assert then.skipped == [Skipped(f"{second}:1", f"id 'A' already read at {first}:1 with "
+                                    "another title or abstract: this one is skipped, the "
+                                    "first kept")]
+
+
+def test_a_repeat_with_other_metadata_is_a_conflict(tmp_path: Path) -> None:
+    """A correction of a paper's date, authors, categories or url under the same id, in the
+    same file or a later one of the run, was counted a plain duplicate and dropped without a
+    word (only a title or abstract told copies apart); a repeat the same in every field is
+    none."""
+    first = {"id": "x1", "title": "T", "abstract": "A", "published": "2023-05-01",
+             "authors": ["A. One"], "categories": ["cs.LG"]}
+    corrections = [{**first, "published": "2023-06-01"}, {**first, "authors": ["A. One", "B"]},
+                   {**first, "categories": ["cs.CL"]}, {**first, "url": "https://x.org/1"},
+                   first]
+    path = write(tmp_path, "f.jsonl", "".join(json.dumps(r) + "\n"
+                                              for r in [first, *corrections]))
+    reader = read_corpus(path)
+    assert [p.published for p in reader] == [date(2023, 5, 1)]
+    assert reader.stats == ReadStats(1, 0, 5, 4)
+    assert [s.source for s in reader.skipped] == [f"{path}:{n}" for n in (2, 3, 4, 5)]
+    assert reader.skipped[0].reason == (
+        f"id 'x1' already read at {path}:1 with the same title and abstract but another date, "
+        "authors, categories or url: this one is skipped, the first kept")
+    later = write(tmp_path, "g.jsonl", json.dumps(corrections[0]) + "\n")
+    then = read_corpus(later, earlier=reader.ids)
+    assert list(then) == [] and then.stats == ReadStats(0, 0, 1, 1)
+    assert then.skipped[0].reason.startswith(f"id 'x1' already read at {path}:1 with the same")
 
 
 def test_a_conflict_is_listed_with_both_places(tmp_path: Path) -> None:

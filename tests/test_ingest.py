@@ -527,6 +527,21 @@ def test_prune_deletes_the_papers_no_corpus_of_the_run_holds(
     with opened(data_dir, identity) as store:
         assert_stored_exactly(store, [*records[:4], records[4]])
 
+    # a corpus emptied (a failed copy) among others: its stored papers stay, and the run fails
+    second.write_text("")
+    done = run_cli(env, "ingest", tmp_path / "first.jsonl", second, "--prune", "--quiet")
+    assert done.returncode == 2, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["read"], summary["pruned"], summary["collection_size"]) == (2, None, 5)
+    assert summary["unread_corpora"] == [f"{second}: the corpus is empty"]
+    assert (f"--prune: not pruned: no paper was read from {second}: the corpus is empty"
+            in done.stderr)
+    with opened(data_dir, identity) as store:
+        assert_stored_exactly(store, [*records[:4], records[4]])
+    done = run_cli(env, "ingest", tmp_path / "first.jsonl", second, "--quiet")  # no prune
+    assert done.returncode == 2 and json.loads(done.stdout)["already_present"] == 2
+    assert f"error: no paper read from {second}: the corpus is empty (the other" in done.stderr
+
 
 def test_ingest_refuses_an_index_built_by_another_embedder(
     model_settings: Settings, identity: EmbedderIdentity, data_dir: Path, tmp_path: Path

@@ -302,6 +302,10 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
               + (f" ({summary.skipped} records skipped; the first: {first[0].source}: "
                  f"{first[0].reason})" if first else ": the corpus is empty"), file=sys.stderr)
         return 2
+    if summary.unread_corpora:  # the others' papers are in: a corpus given is one read
+        print(f"papersearch: error: no paper read from {'; '.join(summary.unread_corpora)} "
+              "(the other corpora's papers were ingested: the summary above)", file=sys.stderr)
+        return 2
     return 0
 
 

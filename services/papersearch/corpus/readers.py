@@ -26,6 +26,7 @@ __all__ = [
     "CorpusFormat",
     "CorpusReader",
     "Duplicate",
+    "FirstCopy",
     "ReadStats",
     "Skipped",
     "detect_format",
@@ -64,7 +65,8 @@ _READERS: dict[CorpusFormat, Callable[[Path], Iterator[Located]]] = {
 @dataclass(frozen=True, slots=True)
 class ReadStats:
     """Outcome of one pass: papers yielded, records skipped, repeated papers dropped, and of
-    those, the conflicts: another paper (another title or abstract) under an id read before."""
+    those, the conflicts: a copy under an id read before that differs from it in a stored field
+    (title, abstract, date, authors, categories or url)."""
 
     read: int = 0
     skipped: int = 0
@@ -76,37 +78,56 @@ MAX_SKIPPED_KEPT = 100  # records kept for the summary; every one is logged and 
 CONFLICTS_NAMED = 5  # ids a conflict warning names; all are counted
 
 
-def content_key(paper: Paper) -> int:
-    """What tells two papers under one id apart (within one process: ``hash`` is salted)."""
-    return hash((paper.title, paper.abstract))
+@dataclass(frozen=True, slots=True)
+class FirstCopy:
+    """An id's first copy in a run: where it was read ("file:line", or a Daily Papers corpus's
+    path) and what tells another copy apart (``hash`` is salted: within one process only)."""
+
+    source: str
+    text: int  # title and abstract
+    metadata: int  # date, authors, categories and url
+
+    @classmethod
+    def of(cls, paper: Paper, source: str) -> FirstCopy:
+        return cls(source, hash((paper.title, paper.abstract)),
+                   hash((paper.published, paper.authors, paper.categories, paper.url)))
+
+    def differs(self, paper: Paper) -> str | None:
+        """How ``paper`` differs from this copy, said for a conflict; None: the same paper."""
+        other = FirstCopy.of(paper, self.source)
+        if other.text != self.text:
+            return "another title or abstract"
+        if other.metadata != self.metadata:
+            return "the same title and abstract but another date, authors, categories or url"
+        return None
 
 
 class CorpusReader:
     """Iterating yields each paper once; ``stats`` is complete once it ends, and ``skipped``
     holds the first MAX_SKIPPED_KEPT skipped records (a file of bad lines is not held whole)
-    and conflicts: another paper under an id read before, passed over (counted in
-    ``duplicates`` and ``conflicts``, not ``skipped``), said with where its id was read first.
+    and conflicts: a copy under an id read before that differs from it, passed over (counted
+    in ``duplicates`` and ``conflicts``, not ``skipped``), said with where its id was read
+    first and how it differs.
 
     Each iteration starts afresh, so a second pass re-reads the files and recounts.
     """
 
     def __init__(self, path: Path, corpus_format: CorpusFormat,
-                 earlier: Mapping[str, int] | None = None) -> None:
+                 earlier: Mapping[str, FirstCopy] | None = None) -> None:
         self.path = path
         self.format = corpus_format
-        # ids read before, from other corpora of the same run, with their content_key
-        self.earlier: Mapping[str, int] = earlier or {}
+        # ids read before, from other corpora of the same run
+        self.earlier: Mapping[str, FirstCopy] = earlier or {}
         self.skipped: list[Skipped] = []
         self.skips = 0
         self.duplicates = 0
         self.conflicted: list[str] = []  # the first CONFLICTS_NAMED conflicts' ids
         self.conflicts = 0
-        self._seen: dict[str, int] = {}
-        self._sources: dict[str, str] = {}  # where each id of _seen was read ("file:line")
+        self._seen: dict[str, FirstCopy] = {}
 
     @property
-    def ids(self) -> Mapping[str, int]:
-        """The ids this reader yielded, with their content_key (complete once it ends)."""
+    def ids(self) -> Mapping[str, FirstCopy]:
+        """The ids this reader yielded, with their copies (complete once it ends)."""
         return self._seen
 
     @property
@@ -115,7 +136,7 @@ class CorpusReader:
 
     def __iter__(self) -> Iterator[Paper]:
         self.skipped, self.skips, self.duplicates = [], 0, 0
-        self._seen, self._sources = {}, {}
+        self._seen = {}
         self.conflicted, self.conflicts = [], 0
         for source, result in _READERS[self.format](self.path):
             if isinstance(result, Skipped):
@@ -124,18 +145,18 @@ class CorpusReader:
                 self._duplicate(result.paper_id, source)
             elif (first := self._seen.get(result.id, self.earlier.get(result.id))) is not None:
                 self._duplicate(result.id, source)
-                if first != content_key(result):
-                    self._conflict(result.id, source)
+                if (difference := first.differs(result)) is not None:
+                    self._conflict(result.id, source, first.source, difference)
             else:
-                self._seen[result.id] = content_key(result)
-                self._sources[result.id] = source
+                self._seen[result.id] = FirstCopy.of(result, source)
                 yield result
         if self.conflicts:
             logger.warning(
-                "papers under an id read before, with another title or abstract: dropped, each "
+                "papers under an id read before, differing from its first copy: dropped, each "
                 "listed among the skipped records with where its id was read first (the "
-                "first paper under an id is kept; ids are one namespace across the corpora of "
-                "one ingest: give such papers ids of their own)",
+                "first copy under an id is kept; ids are one namespace across the corpora of "
+                "one ingest: give other papers ids of their own, and a correction in place of "
+                "the copy it corrects)",
                 extra={"path": str(self.path), "conflicts": self.conflicts,
                        "paper_ids": self.conflicted})
         logger.info(
@@ -159,20 +180,18 @@ class CorpusReader:
         self.duplicates += 1
         logger.debug("duplicate paper", extra={"paper_id": paper_id, "source": source})
 
-    def _conflict(self, paper_id: str, source: str) -> None:
+    def _conflict(self, paper_id: str, source: str, first: str, difference: str) -> None:
         """Count the conflict and list it with both places: a file that appends corrections
         had them passed over with no line named (the first copy is kept, as in the README)."""
         self.conflicts += 1
         if len(self.conflicted) < CONFLICTS_NAMED:
             self.conflicted.append(paper_id)
-        first = self._sources.get(paper_id)  # None: read from another corpus of the ingest
-        where = f"at {first}" if first else "from an earlier corpus of this ingest"
-        self._keep(Skipped(source, f"id {quoted(paper_id)} already read {where} with another "
-                                   "title or abstract: this one is skipped, the first kept"))
+        self._keep(Skipped(source, f"id {quoted(paper_id)} already read at {first} with "
+                                   f"{difference}: this one is skipped, the first kept"))
 
 
 def read_corpus(path: Path, corpus_format: CorpusFormat | None = None,
-                earlier: Mapping[str, int] | None = None) -> CorpusReader:
+                earlier: Mapping[str, FirstCopy] | None = None) -> CorpusReader:
     """Open a corpus for reading; its format is detected from the path unless given. A paper
     whose id is in ``earlier`` (read from another corpus before) is a duplicate: the first
     copy is kept, across corpora as within one."""
@@ -185,7 +204,8 @@ def detect_format(path: Path) -> CorpusFormat:
     A directory holding ``corpus.jsonl`` is BEIR, one of ``.txt`` pages Daily Papers; a ``.jsonl``
     file is BEIR when its first record is BEIR's (:func:`_is_beir`), JSON Lines papers otherwise. A
     folder of pages that also holds ``.jsonl`` files is refused, either way round: it is read
-    in one format, and the other files' papers would be passed over without a word.
+    in one format, and the other files' papers would be passed over without a word; so is one
+    with subfolders of pages (not hidden ones: a notebook's checkpoints), which are not read.
     """
     if not path.exists():
         where = shown(path, ": paths are relative to the current directory")
@@ -203,6 +223,12 @@ def detect_format(path: Path) -> CorpusFormat:
             raise ValueError(f"{path} holds Daily Papers pages (.txt) and JSON Lines files "
                              f"({_few(others)}): a folder is read in one format; give the "
                              ".jsonl files as corpus paths of their own")
+        nested = [sub.name for sub in sorted(path.iterdir()) if sub.is_dir()
+                  and not sub.name.startswith(".") and _holds_pages(sub)]
+        if nested:  # their pages would go unread (and pruned, with --prune)
+            raise ValueError(f"{path} holds Daily Papers pages and subfolders of pages "
+                             f"({_few(nested)}): a folder's own pages are read, not its "
+                             "subfolders'; give each folder as a corpus path of its own")
         return CorpusFormat.DAILY_PAPERS
     if path.suffix.lower() == ".txt":
         return CorpusFormat.DAILY_PAPERS
@@ -231,6 +257,14 @@ def _is_beir(record: Mapping[str, object]) -> bool:
     was lost without a word; one with ``_id`` and an abstract but no id of ours is refused
     line by line ("missing or empty 'id'") rather than read without its abstracts."""
     return "_id" in record and not record.keys() & {*ID_KEYS, "abstract"}
+
+
+def _holds_pages(folder: Path) -> bool:
+    """Whether ``folder`` holds ``.txt`` files; False where it cannot be listed."""
+    try:
+        return bool(files_ending(folder, ".txt"))
+    except OSError:
+        return False
 
 
 def _few(names: list[str]) -> str:

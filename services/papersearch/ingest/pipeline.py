@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from papersearch import interrupts
 from papersearch.corpus.paper import Paper, point_id
-from papersearch.corpus.readers import MAX_SKIPPED_KEPT, Skipped, read_corpus
+from papersearch.corpus.readers import MAX_SKIPPED_KEPT, FirstCopy, Skipped, read_corpus
 from papersearch.encoder.runtime import Encoder
 from papersearch.index.store import Store
 from papersearch.interrupts import Interrupted
@@ -52,6 +52,9 @@ class IngestSummary:
     skipped_records: list[Skipped] = field(default_factory=list)  # the first MAX_SKIPPED_KEPT
     pruned: int | None = None  # with prune: stored papers no corpus of the run holds, deleted
     pruned_ids: list[str] = field(default_factory=list)  # the first MAX_PRUNED_NAMED of them
+    # corpora of the run that gave no paper, nor a repeat of one read before: "path: why"
+    # (one among several had its papers pruned without a word: a file emptied by a failed copy)
+    unread_corpora: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -198,9 +201,9 @@ def _again(update: bool) -> str:
 def _ingest_each(
     paths: Sequence[Path], ingester: Ingests, summary: IngestSummary, *, update: bool,
     progress: bool,
-) -> Mapping[str, int]:
-    """The paper ids read, with their content keys."""
-    earlier: dict[str, int] = {}  # a paper in two of the corpora is one paper: its first copy
+) -> Mapping[str, FirstCopy]:
+    """The paper ids read, with their first copies."""
+    earlier: dict[str, FirstCopy] = {}  # a paper in two of the corpora is one paper: its first
     for path in paths:
         reader = read_corpus(path, earlier=earlier)
         written, present = ingester.ingest(reader, update=update, progress=progress)
@@ -215,21 +218,31 @@ def _ingest_each(
         summary.upserted += written
         summary.already_present += present
         summary.changed = None if update else ingester.changed
+        if stats.read == stats.duplicates == 0:
+            why = f"{stats.skipped:,} records skipped" if stats.skipped else "the corpus is empty"
+            summary.unread_corpora.append(f"{path}: {why}")
+            log.warning("no paper read from a corpus", extra={"path": str(path), "why": why})
         log.info("ingested", extra={"path": str(path), "upserted": written, "present": present,
                                     "skipped": stats.skipped, "duplicates": stats.duplicates,
                                     "conflicts": stats.conflicts})
     return earlier
 
 
-def _prune(store: Store, ingester: Ingests, summary: IngestSummary, read: Mapping[str, int]
-           ) -> None:
+def _prune(store: Store, ingester: Ingests, summary: IngestSummary,
+           read: Mapping[str, FirstCopy]) -> None:
     """Delete the stored papers whose ids are not in ``read``, in batches, with the ingester's
     check before each and after the last (as its writes: an embedder migration's swap stops
-    it). Refused when the run read nothing (it would empty the index) or skipped a record (a
-    record it could not read may be a paper the index holds)."""
+    it). Refused when the run read nothing (it would empty the index), a corpus gave no paper
+    (an emptied file: its papers would go) or a record was skipped (a record it could not read
+    may be a paper the index holds)."""
     if summary.read == 0:
         raise PruneRefused("--prune: not pruned: no paper was read, so every stored paper "
                            "would go", summary)
+    if summary.unread_corpora:
+        raise PruneRefused(
+            f"--prune: not pruned: no paper was read from {summary.unread_corpora[0]}, so "
+            "the papers the index holds from it would go; mend or leave out that corpus and "
+            "run again", summary)
     if summary.skipped:
         raise PruneRefused(
             f"--prune: not pruned: {summary.skipped:,} records were skipped (skipped_records), "
