@@ -102,6 +102,54 @@ def test_a_patch_left_without_overrides_is_regenerated(tmp_path: Path) -> None:
             == yaml.safe_load(base.read_text()))
 
 
+def _overlay(root: Path, name: str, kustomization: str, overrides: str | None) -> Path:
+    """A new overlay in a copy of deploy/ (``root``), generated patches rewritten."""
+    overlay = root / serve_config.K8S / "overlays" / name
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n" + kustomization)
+    if overrides is not None:
+        (overlay / serve_config.OVERRIDES).write_text(overrides)
+    assert serve_config.main(["--root", str(root)]) == 0
+    return overlay.relative_to(root)
+
+
+def _copy_deploy(root: Path) -> None:
+    for part in ("deploy/serve", "deploy/k8s"):
+        shutil.copytree(ROOT / part, root / part)
+
+
+def _bounds(item: Rendered) -> dict[str, Any]:
+    return {name: d.get("num_replicas") or (d["autoscaling_config"]["min_replicas"],
+                                            d["autoscaling_config"]["max_replicas"])
+            for name, d in consistency.deployments(item).items()}
+
+
+def test_an_overlay_of_an_overlay_keeps_the_lower_overlays_overrides(tmp_path: Path) -> None:
+    """An overlay built on prod (`resources: [../prod]`) got base + its own overrides only:
+    prod's QueryEncoder bounds (2..16) went back to the Serve config's, and the check, which
+    derived the same chain, passed. The chain follows the resources: base, prod, prod-eu."""
+    _copy_deploy(tmp_path)
+    prod_eu = _overlay(tmp_path, "prod-eu", "resources:\n  - ../prod\npatches:\n"
+                       "  - path: serve-config.generated.yaml\n",
+                       "Reranker:\n  autoscaling_config: {min_replicas: 1, max_replicas: 6}\n")
+    overlays = serve_config.K8S / "overlays"
+    assert serve_config.chain_for(tmp_path, prod_eu) == tuple(
+        p / serve_config.OVERRIDES for p in (serve_config.K8S / "base", overlays / "prod",
+                                             prod_eu))
+    header = (tmp_path / prod_eu / serve_config.GENERATED).read_text().splitlines()[:5]
+    assert "#    + deploy/k8s/overlays/prod/serve-overrides.yaml" in header
+    item = render(tmp_path, prod_eu)
+    assert _bounds(item) == {"Gateway": 3, "QueryEncoder": (2, 16), "Reranker": (1, 6)}
+    assert consistency.check_serve_config_derived(item, tmp_path) == []
+    # built on two overlays at once: whose overrides apply is unclear, so it is refused
+    (tmp_path / prod_eu / "kustomization.yaml").write_text(
+        "resources:\n  - ../prod\n  - ../dev\n")
+    assert serve_config.main(["--check", "--root", str(tmp_path)]) == 1
+    with pytest.raises(serve_config.ServeConfigError, match="through 2 of its resources"):
+        serve_config.chain_for(tmp_path, prod_eu)
+
+
 @pytest.mark.parametrize("name", [k.name for k in KUSTOMIZATIONS])
 def test_rendered_serve_config_is_the_derived_text(rendered: dict[str, Rendered],
                                                    name: str) -> None:

@@ -9,8 +9,10 @@ every byte the overrides do not touch, comments included, stays as it is; withou
 result is the file itself, byte for byte.
 
 Each kustomization with overrides carries the result as ``serve-config.generated.yaml``, a patch
-that sets the RayService's ``spec.serveConfigV2``; overlays chain onto the base's overrides (an
-overlay that carries the patch without overrides of its own gets the base's result).
+that sets the RayService's ``spec.serveConfigV2``. A kustomization's overrides are laid over
+those of every layer it is built on, as its ``resources`` lead down to the base (base -> prod ->
+prod-eu: an overlay of an overlay keeps the lower overlay's options); one that carries the patch
+without overrides of its own gets the result of the layer below.
 ``python -m papersearch.k8s.serve_config`` rewrites them, ``--check`` fails on drift.
 """
 
@@ -20,6 +22,7 @@ import argparse
 import copy
 import difflib
 import io
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ SOURCE = Path("deploy/serve/papersearch.yaml")
 K8S = Path("deploy/k8s")
 OVERRIDES = "serve-overrides.yaml"
 GENERATED = "serve-config.generated.yaml"
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 RAYSERVICE_NAME = "papersearch"
 
 Overrides = dict[str, dict[str, Any]]
@@ -174,19 +178,75 @@ class Target:
         return self.directory / GENERATED
 
 
-def chain_for(root: Path, kustomization: Path) -> tuple[Path, ...]:
-    """Override files that apply to a kustomization directory: the base's, then its own."""
+def kustomization_file(root: Path, directory: Path) -> Path | None:
+    """The kustomization file of a directory (relative to ``root``), None if it has none."""
+    return next((root / directory / name for name in KUSTOMIZATION_FILES
+                 if (root / directory / name).is_file()), None)
+
+
+def _read_kustomization(root: Path, directory: Path) -> dict[str, Any]:
+    path = kustomization_file(root, directory)
+    if path is None:
+        raise ServeConfigError(f"{directory} has no kustomization.yaml")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, Mapping):
+        raise ServeConfigError(f"{path.relative_to(root)}: expected a Kustomization mapping")
+    return dict(spec)
+
+
+def _built_on(root: Path, kustomization: Path) -> list[Path]:
+    """The local kustomization directories among a kustomization's ``resources`` (and the old
+    ``bases``), relative to ``root``; files and remote targets are no layers of ours."""
+    spec = _read_kustomization(root, kustomization)
+    entries = [*(spec.get("resources") or []), *(spec.get("bases") or [])]
+    found: list[Path] = []
+    for entry in (str(e) for e in entries):
+        if "://" in entry or entry.startswith(("github.com/", "git@")):
+            continue
+        directory = Path(os.path.normpath(kustomization / entry))
+        if kustomization_file(root, directory) is not None:
+            found.append(directory)
+    return found
+
+
+def _path_to_base(root: Path, kustomization: Path,
+                  seen: frozenset[Path]) -> tuple[Path, ...] | None:
     base = K8S / "base"
-    chain = [base / OVERRIDES] if (root / base / OVERRIDES).is_file() else []
-    own = kustomization / OVERRIDES
-    if kustomization != base and (root / own).is_file():
-        chain.append(own)
-    return tuple(chain)
+    if kustomization == base:
+        return (base,)
+    if kustomization in seen:  # a cycle: kustomize refuses it with its own message
+        return None
+    below = [p for p in (_path_to_base(root, d, seen | {kustomization})
+                         for d in _built_on(root, kustomization)) if p is not None]
+    if len(below) > 1:
+        raise ServeConfigError(
+            f"{kustomization} is built on the base through {len(below)} of its resources "
+            f"({', '.join(str(p[-1]) for p in below)}): whose serve-overrides.yaml apply is "
+            "unclear; build it on one of them")
+    return (*below[0], kustomization) if below else None
+
+
+def layers(root: Path, kustomization: Path) -> tuple[Path, ...]:
+    """The kustomizations from the base up to ``kustomization``, each built on the one before
+    through its ``resources`` (base, prod, prod-eu for an overlay of the prod overlay)."""
+    found = _path_to_base(root, kustomization, frozenset())
+    if found is None:
+        raise ServeConfigError(
+            f"{kustomization} is not built on {K8S / 'base'} (its resources lead to no "
+            "kustomization that is): no serveConfigV2 can be derived for it")
+    return found
+
+
+def chain_for(root: Path, kustomization: Path) -> tuple[Path, ...]:
+    """Override files that apply to a kustomization directory: each layer's, from the base's
+    up to its own (a layer without serve-overrides.yaml adds nothing)."""
+    return tuple(layer / OVERRIDES for layer in layers(root, kustomization)
+                 if (root / layer / OVERRIDES).is_file())
 
 
 def targets(root: Path) -> list[Target]:
     """The base and every overlay that has overrides of its own or carries a generated patch
-    (the others inherit the base's)."""
+    (the others inherit the result of the layer they are built on)."""
     found = [Target(K8S / "base", chain_for(root, K8S / "base"))]
     overlays = root / K8S / "overlays"
     for overlay in sorted(p for p in overlays.iterdir() if p.is_dir()) if overlays.is_dir() else []:
@@ -213,14 +273,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write nothing; exit 1 if a generated patch is missing or stale")
     parser.add_argument("--root", type=Path, default=repo_root())
     args = parser.parse_args(argv)
+    try:
+        stale = sync(args.root, check=args.check)
+    except ServeConfigError as error:  # sources it cannot derive from: said, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if stale:
+        print(f"{stale} stale serveConfigV2 patch(es): run `make k8s-serve-config`",
+              file=sys.stderr)
+    return 1 if stale else 0
+
+
+def sync(root: Path, *, check: bool) -> int:
+    """Rewrite each generated patch that differs from its sources (``check``: show the diff,
+    write nothing); the number that differed."""
     stale = 0
-    for target in targets(args.root):
-        wanted = generate(args.root, target)
-        path = args.root / target.output
+    for target in targets(root):
+        wanted = generate(root, target)
+        path = root / target.output
         current = path.read_text() if path.is_file() else ""
         if current == wanted:
             print(f"up to date: {target.output}")
-        elif args.check:
+        elif check:
             stale += 1
             sys.stdout.writelines(difflib.unified_diff(
                 current.splitlines(keepends=True), wanted.splitlines(keepends=True),
@@ -228,10 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             path.write_text(wanted)
             print(f"wrote {target.output}")
-    if stale:
-        print(f"{stale} stale serveConfigV2 patch(es): run `make k8s-serve-config`",
-              file=sys.stderr)
-    return 1 if stale else 0
+    return stale
 
 
 if __name__ == "__main__":
