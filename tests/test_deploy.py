@@ -150,6 +150,33 @@ def test_an_overlay_of_an_overlay_keeps_the_lower_overlays_overrides(tmp_path: P
         serve_config.chain_for(tmp_path, prod_eu)
 
 
+def test_a_generated_patch_the_overlay_does_not_list_is_said_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new overlay with overrides whose kustomization.yaml did not list the generated patch
+    failed the check with "run `make k8s-serve-config`", which said "up to date" and could
+    never mend it. Both now say to add the patch entry; a stale patch still says regenerate."""
+    _copy_deploy(tmp_path)
+    staging = tmp_path / serve_config.K8S / "overlays" / "staging"
+    staging.mkdir()
+    (staging / "kustomization.yaml").write_text("resources:\n  - ../../base\n")
+    (staging / serve_config.OVERRIDES).write_text(
+        "QueryEncoder:\n  autoscaling_config: {min_replicas: 1, max_replicas: 4}\n")
+    entry = "add `- path: serve-config.generated.yaml` under `patches:`"
+    assert serve_config.main(["--root", str(tmp_path)]) == 1
+    assert entry in capsys.readouterr().err
+    assert serve_config.main(["--check", "--root", str(tmp_path)]) == 1
+    relative = staging.relative_to(tmp_path)
+    [error] = consistency.check_serve_config_derived(render(tmp_path, relative), tmp_path)
+    assert f"{entry} in {relative}/kustomization.yaml" in error
+    assert "run `make k8s-serve-config`" not in error
+    prod = serve_config.K8S / "overlays" / "prod"
+    overrides = tmp_path / prod / serve_config.OVERRIDES
+    overrides.write_text(overrides.read_text().replace("max_replicas: 16", "max_replicas: 12"))
+    [error] = consistency.check_serve_config_derived(render(tmp_path, prod), tmp_path)
+    assert error.endswith(f"{prod / serve_config.GENERATED} is missing or stale: run "
+                          "`make k8s-serve-config`")
+
+
 @pytest.mark.parametrize("name", [k.name for k in KUSTOMIZATIONS])
 def test_rendered_serve_config_is_the_derived_text(rendered: dict[str, Rendered],
                                                    name: str) -> None:

@@ -25,7 +25,11 @@ from papersearch.k8s.pods import (
     templates,
 )
 from papersearch.k8s.render import Rendered
-from papersearch.k8s.serve_config import ServeConfigError, expected_serve_config
+from papersearch.k8s.serve_config import (
+    ServeConfigError,
+    expected_serve_config,
+    why_not_derived,
+)
 from papersearch.k8s.serve_schema import parse
 
 GATEWAY_DEPLOYMENT = "Gateway"
@@ -77,12 +81,14 @@ def check_serve_config_derived(rendered: Rendered, root: Path) -> list[str]:
     actual = rendered.one("RayService")["spec"].get("serveConfigV2")
     try:
         expected = expected_serve_config(root, rendered.overlay)
+        # what to do: regenerate, or list the patch (which regenerating cannot do), or ...
+        mend = "" if actual == expected else why_not_derived(root, rendered.overlay)
     except (ServeConfigError, yaml.YAMLError) as error:
         return [f"cannot derive serveConfigV2 from deploy/serve/papersearch.yaml + "
                 f"serve-overrides.yaml: {error}"]
-    if actual != expected:
+    if mend:
         return ["RayService serveConfigV2 differs from deploy/serve/papersearch.yaml + "
-                "serve-overrides.yaml: run `make k8s-serve-config`"]
+                f"serve-overrides.yaml: {mend}"]
     return []
 
 

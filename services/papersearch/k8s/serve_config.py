@@ -13,7 +13,8 @@ that sets the RayService's ``spec.serveConfigV2``. A kustomization's overrides a
 those of every layer it is built on, as its ``resources`` lead down to the base (base -> prod ->
 prod-eu: an overlay of an overlay keeps the lower overlay's options); one that carries the patch
 without overrides of its own gets the result of the layer below.
-``python -m papersearch.k8s.serve_config`` rewrites them, ``--check`` fails on drift.
+``python -m papersearch.k8s.serve_config`` rewrites them, ``--check`` fails on drift; both fail
+where a kustomization does not list its patch under ``patches`` (nothing could apply it).
 """
 
 from __future__ import annotations
@@ -244,6 +245,37 @@ def chain_for(root: Path, kustomization: Path) -> tuple[Path, ...]:
                  if (root / layer / OVERRIDES).is_file())
 
 
+def applies_patch(root: Path, kustomization: Path) -> bool:
+    """The kustomization lists its generated patch (``patches: - path:
+    serve-config.generated.yaml``, or the old ``patchesStrategicMerge``): a file it does not
+    list changes nothing, however current."""
+    spec = _read_kustomization(root, kustomization)
+    listed = [p.get("path") for p in spec.get("patches") or [] if isinstance(p, Mapping)]
+    listed += list(spec.get("patchesStrategicMerge") or [])
+    return any(isinstance(p, str) and os.path.normpath(p) == GENERATED for p in listed)
+
+
+def why_not_derived(root: Path, kustomization: Path) -> str:
+    """What to do where a kustomization renders another serveConfigV2 than its sources derive:
+    the topmost layer that carries a generated patch decides (it overwrites those below)."""
+    for layer in reversed(layers(root, kustomization)):
+        target = Target(layer, chain_for(root, layer))
+        path = root / target.output
+        own = (root / layer / OVERRIDES).is_file()
+        if layer != K8S / "base" and not own and not path.is_file():
+            continue  # carries none: the one of the layer below shows through
+        if not path.is_file() or path.read_text() != generate(root, target):
+            return f"{target.output} is missing or stale: run `make k8s-serve-config`"
+        if not applies_patch(root, layer):
+            return (f"{target.output} is up to date but not applied (regenerating cannot mend "
+                    f"that): add `- path: {GENERATED}` under `patches:` in "
+                    f"{layer}/kustomization.yaml")
+        return (f"{target.output} is up to date and applied, so a patch after it (in "
+                f"{kustomization} or a layer between) sets serveConfigV2: put that change in a "
+                f"{OVERRIDES} instead")
+    return "no layer carries a generated patch: run `make k8s-serve-config`"
+
+
 def targets(root: Path) -> list[Target]:
     """The base and every overlay that has overrides of its own or carries a generated patch
     (the others inherit the result of the layer they are built on)."""
@@ -274,21 +306,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=repo_root())
     args = parser.parse_args(argv)
     try:
-        stale = sync(args.root, check=args.check)
+        stale, unapplied = sync(args.root, check=args.check)
     except ServeConfigError as error:  # sources it cannot derive from: said, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     if stale:
         print(f"{stale} stale serveConfigV2 patch(es): run `make k8s-serve-config`",
               file=sys.stderr)
-    return 1 if stale else 0
+    if unapplied:
+        print(f"{unapplied} generated patch(es) their kustomization.yaml does not apply: list "
+              "each as said above", file=sys.stderr)
+    return 1 if stale or unapplied else 0
 
 
-def sync(root: Path, *, check: bool) -> int:
+def sync(root: Path, *, check: bool) -> tuple[int, int]:
     """Rewrite each generated patch that differs from its sources (``check``: show the diff,
-    write nothing); the number that differed."""
-    stale = 0
+    write nothing); how many differed, and how many their kustomization does not apply."""
+    stale = unapplied = 0
     for target in targets(root):
+        if not applies_patch(root, target.directory):
+            unapplied += 1
+            print(f"not applied: {target.output}: add `- path: {GENERATED}` under `patches:` "
+                  f"in {target.directory}/kustomization.yaml", file=sys.stderr)
         wanted = generate(root, target)
         path = root / target.output
         current = path.read_text() if path.is_file() else ""
@@ -302,7 +341,7 @@ def sync(root: Path, *, check: bool) -> int:
         else:
             path.write_text(wanted)
             print(f"wrote {target.output}")
-    return stale
+    return stale, unapplied
 
 
 if __name__ == "__main__":
