@@ -467,6 +467,33 @@ def test_prod_gateways_serve_tls_with_plaintext_probes(rendered: dict[str, Rende
     assert not check.validate(rendered["prod"], ROOT).errors
 
 
+@pytest.mark.parametrize(("overlay", "host", "expected"), [
+    ("prod", "qdrant", ""),
+    ("prod", "qdrant.papersearch", ""),
+    ("prod", "qdrant.papersearch.svc", ""),
+    # Qdrant's cluster DNS name was refused as "no Service here"
+    ("prod", "qdrant.papersearch.svc.cluster.local", ""),
+    ("prod", "qdrant.papersearch.svc.k8s.example.", ""),  # another cluster domain, rooted
+    ("prod", "qdrant.papersearch-dev.svc.cluster.local",
+     "names namespace papersearch-dev, but Service/qdrant of this overlay is in papersearch"),
+    ("prod", "qdrant.example.com", "index.url host qdrant.example.com is no Service here"),
+    ("prod", "qdrant-db.papersearch.svc", "index.url host qdrant-db.papersearch.svc is no Service"),
+    ("base", "qdrant.papersearch.svc.cluster.local",
+     "names namespace papersearch, but these objects have none"),
+])
+def test_index_url_may_name_qdrant_by_its_cluster_dns_name(
+        rendered: dict[str, Rendered], overlay: str, host: str, expected: str) -> None:
+    def point(objects: list[dict[str, Any]]) -> None:
+        _prod_env(objects)["PAPERSEARCH_INDEX__URL"] = f"http://{host}:6333"
+
+    errors = consistency.check_settings(_broken(rendered[overlay], point))
+    if expected:
+        # each Qdrant client says it (the head, the two groups, the Job), and nothing else
+        assert len(errors) == 4 and all(expected in error for error in errors), errors
+    else:
+        assert errors == []
+
+
 def _env_name(item: Rendered) -> str:
     return next(c["metadata"]["name"] for c in item.find("ConfigMap")
                 if c["metadata"]["name"].startswith("papersearch-env"))

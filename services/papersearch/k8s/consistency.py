@@ -625,7 +625,6 @@ def unknown_setting(name: str) -> bool:
 def check_settings(rendered: Rendered) -> list[str]:
     """Every papersearch container's environment builds the Settings the deployment needs."""
     errors: list[str] = []
-    qdrant = {s["metadata"]["name"]: s for s in rendered.find("Service")}
     peers = sum(s["spec"]["replicas"] for s in rendered.find("StatefulSet", "qdrant"))
     try:
         apps: set[str] | None = {app.get("name") for app in serve_config(rendered)["applications"]}
@@ -646,12 +645,16 @@ def check_settings(rendered: Rendered) -> list[str]:
                 continue
             index = settings.index
             url = urlparse(index.url or "")
-            service = qdrant.get(url.hostname or "")
-            ports = {p["port"] for p in service["spec"]["ports"]} if service else set()
+            service = _service_of_host(rendered, url.hostname or "", pod.namespace)
+            if isinstance(service, str):  # why the host is no Service of this overlay
+                missing, ports = service, set()
+            else:
+                missing, ports = "", {p["port"] for p in service["spec"]["ports"]}
             checks: list[tuple[bool, str]] = [
                 (index.backend == "server", "index.backend must be server"),
-                (service is not None, f"index.url host {url.hostname} is no Service here"),
-                (url.port in ports and index.grpc_port in ports,
+                (not missing, missing),
+                # no Service: that error alone
+                (bool(missing) or url.port in ports and index.grpc_port in ports,
                  f"Qdrant ports {url.port}/{index.grpc_port} not on the Service"),
                 (index.api_key is not None, "index.api_key must come from the Secret"),
                 (index.shard_number >= 2, "index.shard_number must be >= 2"),
@@ -672,6 +675,33 @@ def check_settings(rendered: Rendered) -> list[str]:
                 errors.append(f"{where}: talks to Qdrant but lacks the label the Qdrant "
                               "NetworkPolicy admits (papersearch.io/qdrant-client)")
     return errors
+
+
+def _service_of_host(rendered: Rendered, host: str,
+                     namespace: str | None) -> dict[str, Any] | str:
+    """The Service of this overlay that a pod in ``namespace`` reaches by ``host`` (cluster
+    DNS: <svc>, <svc>.<ns>, <svc>.<ns>.svc, <svc>.<ns>.svc.<cluster domain>), else why none.
+    The overlay's objects share one namespace; a name in another is not this Qdrant (and its
+    NetworkPolicy admits clients of its own namespace only)."""
+    name, _, rest = host.rstrip(".").partition(".")
+    named, _, suffix = rest.partition(".")
+    same = [s for s in rendered.find("Service") if s["metadata"]["name"] == name]
+    if not same or suffix and suffix != "svc" and not suffix.startswith("svc."):
+        return (f"index.url host {host} is no Service here (a Service is reached as <name>, "
+                "<name>.<namespace> or <name>.<namespace>.svc[.<cluster domain>])")
+    wanted = named or namespace
+    service = next((s for s in same if s["metadata"].get("namespace") == wanted), None)
+    if service is not None:
+        return service
+    there = same[0]["metadata"].get("namespace")
+    if not named:
+        return (f"index.url host {host}: Service/{name} is in namespace {there}, these pods "
+                f"in {namespace}: put them in one namespace")
+    if there is None:
+        return (f"index.url host {host} names namespace {named}, but these objects have none "
+                f"(they go where they are applied): use the Service's short name {name}")
+    return (f"index.url host {host} names namespace {named}, but Service/{name} of this "
+            f"overlay is in {there}: use {name}, or {name}.{there}.svc.<cluster domain>")
 
 
 def check_ray_pods_agree(rendered: Rendered) -> list[str]:
