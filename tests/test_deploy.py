@@ -504,6 +504,9 @@ def _prod_env(objects: list[dict[str, Any]]) -> dict[str, str]:
                 and o["metadata"]["name"].startswith("papersearch-env"))["data"]
 
 
+_CLIENT_CA = "/etc/papersearch/client-ca"
+
+
 TLS_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
     "probe on the TLS port": (lambda o: _gateway_container(o)["readinessProbe"]["grpc"].update(
         port=50051), "gRPC readinessProbe on 50052"),
@@ -524,6 +527,14 @@ TLS_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
         "on the head unset"),
     "cert key name": (lambda o: _prod_env(o).update(
         PAPERSEARCH_SERVE__TLS_CERT_FILE="/etc/papersearch/tls/cert.pem"), "has no key cert.pem"),
+    # the client CA file went unchecked: every gateway would stop at start
+    "client CA not in the Secret": (lambda o: _prod_env(o).update(
+        PAPERSEARCH_SERVE__TLS_CLIENT_CA_FILE="/etc/papersearch/tls/ca.crt"),
+        "Secret papersearch-gateway-tls has no key ca.crt (its keys: tls.crt, tls.key): a "
+        "client CA goes in Secret papersearch-gateway-client-ca"),
+    "client CA not mounted": (lambda o: _prod_env(o).update(
+        PAPERSEARCH_SERVE__TLS_CLIENT_CA_FILE=f"{_CLIENT_CA}/ca.crt"),
+        f"{_CLIENT_CA}/ca.crt: no Secret volume mounted at {_CLIENT_CA} in gateway pods"),
 }
 
 
@@ -532,6 +543,17 @@ def test_validation_catches_tls_breakage(rendered: dict[str, Rendered], breakage
     edit, expected = TLS_BREAKAGES[breakage]
     result = check.validate(_broken(rendered["prod"], edit), ROOT)
     assert any(expected in error for error in result.errors), result.errors
+
+
+def test_mutual_tls_as_deploy_readme_gives_it_passes(rendered: dict[str, Rendered]) -> None:
+    def mutual(objects: list[dict[str, Any]]) -> None:
+        _prod_env(objects)["PAPERSEARCH_SERVE__TLS_CLIENT_CA_FILE"] = f"{_CLIENT_CA}/ca.crt"
+        _gateway_group(objects)["template"]["spec"]["volumes"].append(
+            {"name": "client-ca", "secret": {"secretName": "papersearch-gateway-client-ca"}})
+        _gateway_container(objects)["volumeMounts"].append(
+            {"name": "client-ca", "mountPath": _CLIENT_CA, "readOnly": True})
+
+    assert check.validate(_broken(rendered["prod"], mutual), ROOT).errors == []
 
 
 def _ray_service(objects: list[dict[str, Any]]) -> dict[str, Any]:

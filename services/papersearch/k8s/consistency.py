@@ -37,7 +37,12 @@ PLACEHOLDER = "CHANGE-ME"
 # Secrets an overlay may leave out (created out of band, deploy/README.md): name -> keys.
 EXTERNAL_SECRETS = {"papersearch-qdrant": {"api-key"},
                     "papersearch-gateway": {"api-keys", "read-api-keys"},
-                    "papersearch-gateway-tls": {"tls.crt", "tls.key"}}
+                    "papersearch-gateway-tls": {"tls.crt", "tls.key"},
+                    "papersearch-gateway-client-ca": {"ca.crt"}}  # mutual TLS
+# The gateway's TLS files (PAPERSEARCH_SERVE__TLS_<X>_FILE), each read by the gateway replica.
+TLS_FILES = ("CERT", "KEY", "CLIENT_CA")
+CLIENT_CA_HINT = (": a client CA goes in Secret papersearch-gateway-client-ca, key ca.crt, "
+                  "mounted in a directory of its own (deploy/README.md, TLS)")
 # Stand-ins for their values when checking settings (the real ones never reach the repo).
 SAMPLE_SECRET_VALUES = {"api-key": "sample-key", "api-keys": '["sample-key"]',
                         "read-api-keys": '["sample-read-key"]'}
@@ -265,16 +270,19 @@ def check_worker_drain(rendered: Rendered) -> list[str]:
 
 def _gateway_tls_errors(rendered: Rendered, host: PodTemplate,
                         env: Mapping[str, str]) -> list[str]:
-    """A TLS gateway: plaintext probes need serve.health_port, and the cert and key files lie
-    in a Secret volume mounted into the gateway container, under keys that Secret has."""
-    files = [env.get(f"PAPERSEARCH_SERVE__TLS_{k}_FILE") for k in ("CERT", "KEY")]
-    if not any(files):
+    """A TLS gateway: plaintext probes need serve.health_port, and the cert, key and client CA
+    files lie in a Secret volume mounted into the gateway container, under keys that Secret
+    has (a missing CA file stops every gateway at start, as a missing cert does)."""
+    files = [env.get(f"PAPERSEARCH_SERVE__TLS_{k}_FILE") for k in TLS_FILES]
+    if not any(files[:2]):  # no TLS (a CA without a cert: check_settings says so)
         return []
     errors = [] if env.get("PAPERSEARCH_SERVE__HEALTH_PORT") else [
         "a TLS gateway needs PAPERSEARCH_SERVE__HEALTH_PORT: gRPC probes speak plaintext"]
     volumes = {v["name"]: v for v in host.spec.get("volumes", [])}
     mounts = host.containers[0].get("volumeMounts", [])
-    for file in filter(None, files):
+    for kind, file in zip(TLS_FILES, files, strict=True):
+        if not file:
+            continue
         path = Path(file)
         mount = next((m for m in mounts if path.parent == Path(m["mountPath"])), None)
         secret = volumes.get(mount["name"], {}).get("secret") if mount else None
@@ -288,7 +296,9 @@ def _gateway_tls_errors(rendered: Rendered, host: PodTemplate,
         if "items" in secret:
             keys = {i["path"] for i in secret["items"] if i["key"] in keys}
         if path.name not in keys:
-            errors.append(f"{file}: Secret {secret.get('secretName')} has no key {path.name}")
+            errors.append(f"{file}: Secret {name} has no key {path.name} (its keys: "
+                          f"{', '.join(sorted(keys)) or 'none known'})"
+                          + (CLIENT_CA_HINT if kind == "CLIENT_CA" else ""))
     return errors
 
 
