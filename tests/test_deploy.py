@@ -595,6 +595,80 @@ DRAIN_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] =
 }
 
 
+def _budget(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "PodDisruptionBudget"  # type: ignore[no-any-return]
+                and o["metadata"]["name"] == name)["spec"]
+
+
+def _workers_group(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(g for g in _ray_service(objects)["spec"]["rayClusterConfig"]  # type: ignore[no-any-return]
+                ["workerGroupSpecs"] if g["groupName"] == "workers")
+
+
+# A budget whose minAvailable the pods it selects cannot exceed refuses every eviction once
+# they are that few (base/disruption-budgets.yaml: the workers' budget on a minimum of 1 did).
+BUDGET_BREAKAGES: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
+    "gateway budget at the group's size": (lambda o: _budget(o, "papersearch-gateway").update(
+        minAvailable=3), "PodDisruptionBudget/papersearch-gateway: minAvailable 3 is not below "
+        "3, the fewest pods it selects (RayService/papersearch group gateway 3"),
+    "workers' budget on a minimum of 1": (lambda o: _workers_group(o).update(
+        replicas=1, minReplicas=1), "PodDisruptionBudget/papersearch-workers: minAvailable 1 "
+        "is not below 1, the fewest pods it selects (RayService/papersearch group workers 1; "
+        "a Ray group shrinks to its minReplicas when idle)"),
+    "qdrant budget refusing all": (lambda o: _budget(o, "qdrant").update(maxUnavailable=0),
+                                   "PodDisruptionBudget/qdrant: maxUnavailable 0 allows no "
+                                   "eviction of its 3 pods (StatefulSet/qdrant 3)"),
+    "qdrant budget as a percentage": (lambda o: _budget(o, "qdrant").update(
+        maxUnavailable="0%"), "maxUnavailable 0% allows no eviction"),
+    "qdrant minAvailable 100%": (lambda o: _budget(o, "qdrant").update(
+        maxUnavailable=None, minAvailable="100%"), "minAvailable 100% (3 of 3) is not below 3"),
+    "percentage on Ray pods": (lambda o: _budget(o, "papersearch-gateway").update(
+        minAvailable="50%"), "which a RayCluster owns without a scale subresource"),
+    "maxUnavailable on Ray pods": (lambda o: _budget(o, "papersearch-workers").update(
+        minAvailable=None, maxUnavailable=1), "give an integer minAvailable"),
+    "budget of the ingest Job": (lambda o: _budget(o, "qdrant").update(selector={
+        "matchLabels": {"app.kubernetes.io/component": "ingest"}}),
+        "selects pods of Job/papersearch-ingest, whose number is not fixed"),
+    "no count": (lambda o: _budget(o, "qdrant").update(maxUnavailable="one"),
+                 "not checked: PodDisruptionBudget/qdrant: 'one' is no count or percentage"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BUDGET_BREAKAGES))
+def test_validation_catches_budgets_that_block_drains(rendered: dict[str, Rendered],
+                                                      breakage: str) -> None:
+    edit, expected = BUDGET_BREAKAGES[breakage]
+
+    def broken(objects: list[dict[str, Any]]) -> None:
+        edit(objects)
+        for budget in (o["spec"] for o in objects if o["kind"] == "PodDisruptionBudget"):
+            for key in [k for k, v in budget.items() if v is None]:  # None: the key removed
+                del budget[key]
+
+    errors = consistency.all_errors(_broken(rendered["prod"], broken), ROOT)
+    [error] = [e for e in errors if e.startswith("disruption budgets: ")]  # that budget's only
+    assert expected in error
+
+
+@pytest.mark.parametrize(("spec", "allowed"), [
+    ({"maxUnavailable": 1}, True),
+    ({"maxUnavailable": "34%"}, True),  # of 3, rounded up as Kubernetes does: 2
+    ({"minAvailable": 2}, True),
+    ({"minAvailable": "67%"}, False),  # 3 of 3
+    ({"minAvailable": "66%"}, True),  # 2 of 3
+    ({"minAvailable": 0}, True),  # protects nothing, refuses nothing
+])
+def test_budget_percentages_are_rounded_as_kubernetes_does(
+        rendered: dict[str, Rendered], spec: dict[str, Any], allowed: bool) -> None:
+    def budget(objects: list[dict[str, Any]]) -> None:
+        qdrant = _budget(objects, "qdrant")
+        qdrant.pop("maxUnavailable")
+        qdrant.update(spec)
+
+    errors = consistency.check_disruption_budgets(_broken(rendered["prod"], budget))
+    assert (errors == []) is allowed, errors
+
+
 def _worker_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     group = next(g for g in _ray_service(objects)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
                  if g["groupName"] == "workers")

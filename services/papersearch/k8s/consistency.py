@@ -366,6 +366,83 @@ def check_selectors(rendered: Rendered) -> list[str]:
     return errors
 
 
+COUNTED_KINDS = {"StatefulSet", "Deployment", "ReplicaSet"}  # a fixed spec.replicas
+
+
+def check_disruption_budgets(rendered: Rendered) -> list[str]:
+    """Each PodDisruptionBudget lets a node drain evict a pod even when the pods it selects are
+    as few as they get (a Ray group at its minReplicas, where its autoscaler takes an idle group;
+    a StatefulSet at its replicas): a minAvailable at that size, or a maxUnavailable of 0, makes
+    every drain of their nodes wait forever."""
+    pods = list(templates(rendered.objects))
+    errors: list[str] = []
+    for budget in rendered.find("PodDisruptionBudget"):
+        chosen = [p for p in pods if p.namespace == budget["metadata"].get("namespace")
+                  and matches(budget["spec"].get("selector"), p.labels)]
+        if chosen:  # none: check_selectors says so
+            errors += _budget_errors(rendered, budget, chosen)
+    return errors
+
+
+def _budget_errors(rendered: Rendered, budget: Mapping[str, Any],
+                   chosen: list[PodTemplate]) -> list[str]:
+    """Why one budget over the pods of ``chosen`` could refuse every eviction (none: it can't)."""
+    where = f"PodDisruptionBudget/{budget['metadata']['name']}"
+    spec = budget["spec"]
+    least, most = spec.get("minAvailable"), spec.get("maxUnavailable")
+    ray = [p.owner for p in chosen if p.group is not None]
+    if ray and (most is not None or isinstance(least, str)):
+        return [f"{where} selects Ray pods ({', '.join(ray)}), which a RayCluster owns without "
+                "a scale subresource: Kubernetes counts them for an integer minAvailable only, "
+                "and under maxUnavailable or a percentage allows no eviction (every node drain "
+                "waits); give an integer minAvailable"]
+    fewest = {p.owner: _fewest_pods(rendered, p) for p in chosen}
+    unknown = [owner for owner, count in fewest.items() if count is None]
+    if unknown:
+        return [f"{where} selects pods of {', '.join(unknown)}, whose number is not fixed: the "
+                "check cannot tell whether it lets a node drain; budget the pods of a Ray "
+                "group, a StatefulSet or a Deployment only"]
+    total = sum(count or 0 for count in fewest.values())
+    sizes = ", ".join(f"{owner} {count}" for owner, count in fewest.items())
+    if most is not None and _scaled(where, most, total) < 1:
+        return [f"{where}: maxUnavailable {most} allows no eviction of its {total} pods "
+                f"({sizes}): every drain of their nodes waits forever; allow 1 at least"]
+    needed = _scaled(where, least, total) if least is not None else 0
+    if needed > 0 and needed >= total:  # minAvailable 0 never refuses
+        shown = f"{least} ({needed} of {total})" if isinstance(least, str) else str(least)
+        idle = "; a Ray group shrinks to its minReplicas when idle" if ray else ""
+        fix = (f"lower it below {total}, or raise that minimum" if total > 1 else
+               "drop the budget (minAvailable 0 protects nothing), or raise that minimum to 2")
+        return [f"{where}: minAvailable {shown} is not below {total}, the fewest pods it "
+                f"selects ({sizes}{idle}): there no pod may be evicted and every drain of "
+                f"their nodes waits forever; {fix}"]
+    return []
+
+
+def _fewest_pods(rendered: Rendered, pod: PodTemplate) -> int | None:
+    """The fewest pods a template runs while its workload stands: a Ray worker group at its
+    minReplicas (replicas without the autoscaler) x numOfHosts, the head 1, a StatefulSet,
+    Deployment or ReplicaSet its replicas; None where no count is fixed (a Job, a DaemonSet)."""
+    kind, _, rest = pod.owner.partition("/")
+    owner = rendered.one(kind, rest.split(" ")[0])
+    if pod.group is not None:
+        if "groupName" not in pod.group:
+            return 1  # the head
+        autoscaled = owner["spec"]["rayClusterConfig"].get("enableInTreeAutoscaling")
+        size = pod.group.get("minReplicas" if autoscaled else "replicas", 0)  # KubeRay's default
+        return int(size) * int(pod.group.get("numOfHosts", 1))
+    return int(owner["spec"].get("replicas", 1)) if kind in COUNTED_KINDS else None
+
+
+def _scaled(where: str, value: int | str, total: int) -> int:
+    """A budget's count: an integer, or a percentage of ``total`` rounded up (Kubernetes')."""
+    if isinstance(value, int):
+        return value
+    if not (value.endswith("%") and value[:-1].isdigit()):
+        raise Unreadable(f"not checked: {where}: {value!r} is no count or percentage")
+    return -(-int(value[:-1]) * total // 100)
+
+
 QDRANT_CLIENT_LABEL = "papersearch.io/qdrant-client"
 QDRANT_CLIENT_PORTS = (6333, 6334)  # REST, gRPC (qdrant/production.yaml)
 QDRANT_PEER_PORTS = (6333, 6334, 6335)  # and p2p; snapshot shard transfers go over REST
@@ -770,6 +847,7 @@ CHECKS: dict[str, Callable[[Rendered], list[str]]] = {
     "replicas fit": check_replicas_fit,
     "worker drain": check_worker_drain,
     "selectors and ports": check_selectors,
+    "disruption budgets": check_disruption_budgets,
     "network policies": check_network_policies,
     "pod hardening": check_pod_hardening,
     "secrets": check_secrets,
