@@ -113,3 +113,28 @@ def test_quantizing_without_room_is_a_full_disk_not_a_corrupt_graph(tmp_path: Pa
         _need_room(tmp_path, free + (1 << 40), "to quantize")
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path)
     _need_room(tmp_path, 1, "to quantize")
+
+
+def _tiny_bert(root: Path, head: bool) -> ResolvedSource:
+    """A tiny random BERT saved with a sequence classification head or without one."""
+    from transformers import (BertConfig, BertForSequenceClassification, BertModel,
+                              BertTokenizerFast)
+
+    root.mkdir()
+    (root / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ngraph\nneural\n")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root)
+    config = BertConfig(vocab_size=7, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, num_labels=1)
+    (BertForSequenceClassification if head else BertModel)(config).save_pretrained(root)
+    return ResolvedSource(str(root), str(root), True)
+
+
+def test_a_reranker_with_no_classification_head_is_refused(tmp_path: Path) -> None:
+    """A base model exported as a reranker had its head initialised at random, passed the
+    parity check (torch and ONNX shared the random head), and reranked with noise."""
+    from papersearch.modelbuild.export import _load_torch
+
+    base = _tiny_bert(tmp_path / "base", head=False)
+    with pytest.raises(ValueError, match="classifier.weight.*sequence classification"):
+        _load_torch(ExportSpec("r", "reranker", base, 64))
+    _load_torch(ExportSpec("r", "reranker", _tiny_bert(tmp_path / "head", head=True), 64))

@@ -279,11 +279,24 @@ def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
         backbone = AutoModel.from_pretrained(spec.source.location, **kwargs)
         model: torch.nn.Module = EmbedderGraph(backbone, *_pooling(spec.source))
     else:
-        classifier = AutoModelForSequenceClassification.from_pretrained(
-            spec.source.location, **kwargs
+        classifier, loading = AutoModelForSequenceClassification.from_pretrained(
+            spec.source.location, output_loading_info=True, **kwargs
         )
+        _check_head(spec, loading)
         model = CrossEncoderGraph(classifier, classifier.config.num_labels)
     return model.eval(), tokenizer
+
+
+def _check_head(spec: ExportSpec, loading: dict[str, list[str]]) -> None:
+    """A checkpoint with no classification head (a base model, an embedder) loads with the
+    head initialised at random: the parity check passed (torch and ONNX share the random head)
+    and the service reranked with noise."""
+    missing = loading.get("missing_keys") or []
+    if missing:
+        shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
+        raise ValueError(f"{spec.source.spec}: not a cross-encoder: its checkpoint has no "
+                         f"{shown} (transformers would initialise them at random); "
+                         "--reranker needs a sequence classification checkpoint")
 
 
 class EmbedderGraph(torch.nn.Module):
