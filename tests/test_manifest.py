@@ -25,7 +25,7 @@ def exported(repository: Path) -> Path:
     version.mkdir(parents=True)
     (version / FP32_FILE).write_bytes(b"graph")
     write_manifest(version, Manifest(name="tiny", version=1, kind="embedder", source="here",
-                                     fingerprint="f", max_length=8,
+                                     fingerprint="f", max_length=8, dim=2,
                                      files={FP32_FILE: sha256_file(version / FP32_FILE)}))
     return version
 
@@ -58,6 +58,15 @@ def test_a_damaged_manifest_is_named_and_exported_again(tmp_path: Path, text: st
     ({"files": {"model.int8.onnx": "ab"}}, "files lists no sha256 of model.onnx"),
     ({"selfcheck": {"threshold": "0.98"}}, 'selfcheck.threshold is "0.98", not a number'),
     ({"version": 2}, r"it is version 2's, in the folder of version 1 \(copied from another"),
+    ({"dim": None}, "dim is null, where an embedder's is its vector width"),
+    ({"selfcheck": {"reference": [[0.6, 0.8]], "threshold": 0.98}},
+     "selfcheck.inputs is not a list of texts"),
+    ({"selfcheck": {"inputs": ["a", "b"], "reference": [[0.6, 0.8]], "threshold": 0.98}},
+     "selfcheck.reference is not one row of 2 numbers for each of the 2 inputs"),
+    ({"selfcheck": {"inputs": ["a", "b"], "reference": [[0.6], [0.8]]}},
+     "selfcheck.reference is not one row of 2 numbers for each of the 2 inputs"),
+    ({"kind": "reranker", "dim": None, "selfcheck": {"inputs": ["a"], "reference": [[0.5]]}},
+     r"selfcheck.inputs is not a list of \(query, passage\) pairs"),
 ])
 def test_a_manifest_with_values_no_export_writes_is_named(tmp_path: Path, edit: dict[str, object],
                                                           said: str) -> None:
@@ -72,6 +81,22 @@ def test_a_manifest_with_values_no_export_writes_is_named(tmp_path: Path, edit: 
     with pytest.raises(ModelCorrupt, match=rf"{version / MANIFEST}: {said}"):
         read_manifest(version)
     assert latest_if_fingerprint(tmp_path, "tiny", "f") is None
+
+
+@pytest.mark.parametrize("edit", [
+    {"selfcheck": {"inputs": ["a"], "reference": [[0.6, 0.8]], "threshold": 0.98}},
+    {"kind": "reranker", "dim": None,
+     "selfcheck": {"inputs": [["q", "p"], ["q", "o"]], "reference": [[1.5], [-2]]}},
+    {"selfcheck": {}},  # exported before the self-check existed
+])
+def test_a_self_check_as_exports_write_it_is_read(tmp_path: Path,
+                                                  edit: dict[str, object]) -> None:
+    import json
+
+    version = exported(tmp_path)
+    data = json.loads((version / MANIFEST).read_text())
+    (version / MANIFEST).write_text(json.dumps({**data, **edit}))
+    read_manifest(version)
 
 
 def test_a_missing_model_is_told_how_its_kind_is_made(tmp_path: Path) -> None:

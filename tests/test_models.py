@@ -670,7 +670,7 @@ def test_two_exports_of_one_model_at_once_make_one_version(
         (staging / "model.onnx").write_bytes(b"graph")
         time.sleep(0.3)  # the two exports overlap
         return Manifest(name=spec.name, version=version, kind="embedder", source="s",
-                        fingerprint=fingerprint, max_length=8,
+                        fingerprint=fingerprint, max_length=8, dim=2,
                         files={"model.onnx": sha256_file(staging / "model.onnx")})
 
     monkeypatch.setattr(export_module, "_export_into", fake_export)

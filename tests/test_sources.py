@@ -27,7 +27,8 @@ from papersearch.models.manifest import (
 
 def _manifest(version: int, fingerprint: str) -> Manifest:
     return Manifest(name="m", version=version, kind="embedder", source="s",
-                    fingerprint=fingerprint, max_length=8, files={"model.onnx": "ab" * 32})
+                    fingerprint=fingerprint, max_length=8, dim=2,
+                    files={"model.onnx": "ab" * 32})
 
 
 def test_local_directory_source(tmp_path: Path) -> None:

@@ -147,12 +147,38 @@ def _wrong_field(manifest: Manifest) -> str | None:
         return f"kind is {manifest.kind!r}, not embedder or reranker"
     if manifest.max_length < 1 or (manifest.dim is not None and manifest.dim < 1):
         return "max_length and dim are counts of at least 1"
+    if manifest.kind == "embedder" and manifest.dim is None:
+        return "dim is null, where an embedder's is its vector width"
     if FP32_FILE not in manifest.files or not all(
             isinstance(digest, str) for digest in manifest.files.values()):
         return f"files lists no sha256 of {FP32_FILE}, or one that is not a str"
     threshold = manifest.selfcheck.get("threshold", 0.0)
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
         return f"selfcheck.threshold is {json.dumps(threshold)[:40]}, not a number"
+    return _wrong_selfcheck(manifest)
+
+
+def _wrong_selfcheck(manifest: Manifest) -> str | None:
+    """What in the self-check's inputs and reference no export writes, or None: an int8
+    runtime failed on them with a KeyError or numpy's broadcast error, naming no file. No
+    self-check at all is an older export's (its int8 runtime serves fp32)."""
+    if not manifest.selfcheck:
+        return None
+    inputs = manifest.selfcheck.get("inputs")
+    single = manifest.kind == "embedder"  # texts; a reranker's are (query, passage) pairs
+    if not isinstance(inputs, list) or not inputs or not all(
+            isinstance(i, str) if single
+            else isinstance(i, list) and len(i) == 2 and all(isinstance(t, str) for t in i)
+            for i in inputs):
+        return (f"selfcheck.inputs is not a list of "
+                f"{'texts' if single else '(query, passage) pairs'}")
+    reference, width = manifest.selfcheck.get("reference"), manifest.dim or 1
+    if not isinstance(reference, list) or len(reference) != len(inputs) or not all(
+            isinstance(row, list) and len(row) == width and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
+            for row in reference):
+        return (f"selfcheck.reference is not one row of {width} numbers for each of the "
+                f"{len(inputs)} inputs")
     return None
 
 
