@@ -190,3 +190,29 @@ def test_a_withdrawn_version_in_use_gives_way_to_the_newest_that_loads_even_olde
     clock.now += 10.0
     _refused(running, "no other version loads" if withdrawn == "removed"
              else "changed after the export")
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    (ModelNotFound("no exported model 'r'"), "no reranker model"),
+    (ValueError("/m/minilm-l6/1 is not a reranker export"), "did not load"),
+    (ModelCorrupt("r@1: model.onnx is missing"), "no reranker model"),
+])
+def test_an_in_process_search_falls_back_as_serving_does(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: Exception,
+    said: str,
+) -> None:
+    """A reranker that existed but did not load (reranker_name naming the embedder) failed an
+    in-process search, where serving returned first-stage results."""
+    from papersearch.pipeline import factory
+
+    def refuse(models: ModelSettings) -> None:
+        raise error
+
+    monkeypatch.setattr(factory.Reranker, "from_settings", staticmethod(refuse))
+    settings = Settings()
+    settings = settings.model_copy(update={"search": settings.search.model_copy(
+        update={"rerank_enabled": True})})
+    with caplog.at_level(logging.WARNING, logger="papersearch.pipeline.factory"):
+        assert factory.load_reranker(settings) is None
+    (record,) = caplog.records
+    assert said in record.getMessage() and record.__dict__["reason"] == str(error)

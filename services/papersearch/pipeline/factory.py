@@ -85,8 +85,10 @@ def _checked(settings: Settings, encoder: Encoder, create: bool) -> Store:
 
 
 def load_reranker(settings: Settings) -> Reranker | None:
-    """The reranker if the rerank stage is on and its model exists; without one searches
-    return first-stage results (reranked=false), as in serving."""
+    """The reranker if the rerank stage is on and its model loads; without one searches
+    return first-stage results (reranked=false), as in serving (reranker/loader.py), which
+    takes any load error so: a reranker that existed but did not load (reranker_name naming
+    the embedder, a damaged export) failed the search here and not there."""
     if not settings.search.rerank_enabled:
         return None
     try:
@@ -94,7 +96,10 @@ def load_reranker(settings: Settings) -> Reranker | None:
     except ModelNotFound as error:
         log.warning("rerank stage on but no reranker model: first-stage results only",
                     extra={"reason": str(error)})
-        return None
+    except Exception as error:  # noqa: BLE001 (unloadable: as serving takes it)
+        log.warning("rerank stage on but the reranker model did not load: first-stage "
+                    "results only (reranked=false)", extra={"reason": str(error)})
+    return None
 
 
 def build_pipeline(settings: Settings) -> tuple[SearchPipeline, Store]:
