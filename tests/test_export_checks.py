@@ -117,8 +117,7 @@ def test_quantizing_without_room_is_a_full_disk_not_a_corrupt_graph(tmp_path: Pa
 
 def _tiny_bert(root: Path, head: bool) -> ResolvedSource:
     """A tiny random BERT saved with a sequence classification head or without one."""
-    from transformers import (BertConfig, BertForSequenceClassification, BertModel,
-                              BertTokenizerFast)
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
     root.mkdir()
     (root / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ngraph\nneural\n")
