@@ -118,3 +118,38 @@ def test_a_missing_model_is_told_how_its_kind_is_made(tmp_path: Path) -> None:
     assert str(raised.value).startswith(
         f"no exported model 'minilm-l6' under models.repository = no-such-models "
         f"({Path('no-such-models').resolve()}): ")
+
+
+def test_a_latest_export_made_with_other_settings_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A variant exported under the configured name, the settings then switched back (or a
+    prefix set and never exported): the latest export was served with no word, and the index's
+    error said to switch the embedder back although the settings were back."""
+    import logging
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from papersearch.encoder.runtime import unlike_settings, warn_if_not_configured
+    from papersearch.pipeline.factory import _export_hint
+    from papersearch.settings import Settings
+
+    settings = Settings()
+    models = settings.models
+    configured = Manifest(name="minilm-l6", version=2, kind="embedder",
+                          source=models.embedder_source, fingerprint="f",
+                          max_length=models.embedder_max_length, dim=2)
+    variant = replace(configured, source="/variants/cls", query_prefix="query: ",
+                      quantization={"scheme": "u8u8"})
+    assert unlike_settings(configured, models) == []
+    assert unlike_settings(variant, models) == ["embedder_source", "query_prefix", "int8_scheme"]
+    with caplog.at_level(logging.WARNING, logger="papersearch.encoder.runtime"):
+        warn_if_not_configured(configured, models)
+        assert not caplog.records
+        warn_if_not_configured(variant, models)
+    (record,) = caplog.records
+    assert "models.embedder_source, models.query_prefix, models.int8_scheme" in (
+        record.getMessage()) and "`papersearch models export`" in record.getMessage()
+    assert _export_hint(SimpleNamespace(manifest=configured), settings) == ""  # type: ignore[arg-type]
+    assert "minilm-l6@2, was made with other settings" in _export_hint(
+        SimpleNamespace(manifest=variant), settings)  # type: ignore[arg-type]

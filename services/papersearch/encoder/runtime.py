@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from papersearch.models.manifest import model_dir
+from papersearch.models.manifest import Manifest, model_dir
 from papersearch.models.runtime import CPU_PROVIDER, OnnxModel, RuntimeOptions, check_texts
-from papersearch.settings import ModelSettings
+from papersearch.settings import DEFAULT_INT8_SCHEME, ModelSettings
 
 Mode = Literal["query", "document"]
+
+log = logging.getLogger(__name__)
 
 
 class Encoder(OnnxModel):
@@ -32,7 +35,9 @@ class Encoder(OnnxModel):
     def from_settings(cls, models: ModelSettings, providers: tuple[str, ...] = (CPU_PROVIDER,)
                       ) -> Encoder:
         path = model_dir(models.repository, models.embedder_name)
-        return cls(path, cls.runtime_options(models, providers))
+        encoder = cls(path, cls.runtime_options(models, providers))
+        warn_if_not_configured(encoder.manifest, models)
+        return encoder
 
     @property
     def sha256(self) -> str:
@@ -51,3 +56,31 @@ class Encoder(OnnxModel):
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self.encode(texts, "document")
+
+
+def unlike_settings(manifest: Manifest, models: ModelSettings) -> list[str]:
+    """The export options in which ``manifest`` is not what ``models`` configures for the
+    embedder (models.embedder_source, ...): the latest version of a name is loaded whatever
+    settings made it."""
+    configured = {"embedder_source": models.embedder_source,
+                  "embedder_max_length": models.embedder_max_length,
+                  "query_prefix": models.query_prefix, "document_prefix": models.document_prefix,
+                  "int8_scheme": models.int8_scheme}
+    exported = {"embedder_source": manifest.source, "embedder_max_length": manifest.max_length,
+                "query_prefix": manifest.query_prefix,
+                "document_prefix": manifest.document_prefix,
+                "int8_scheme": manifest.quantization.get("scheme", DEFAULT_INT8_SCHEME)}
+    return [key for key, value in configured.items() if exported[key] != value]
+
+
+def warn_if_not_configured(manifest: Manifest, models: ModelSettings) -> None:
+    """Warn where the configured embedder's latest export was made with other settings (a
+    variant exported under the same name, a prefix set and never exported): it was served as
+    it is, with no word, and the index's error said to switch the embedder back although the
+    settings already were."""
+    fields = unlike_settings(manifest, models)
+    if fields:
+        log.warning("the embedder's latest export was made with other settings than the "
+                    f"configured ones ({', '.join(f'models.{f}' for f in fields)}): it is "
+                    "served as exported; `papersearch models export` exports the configured "
+                    "one", extra={"model": f"{manifest.name}@{manifest.version}"})

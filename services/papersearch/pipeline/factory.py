@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from papersearch.encoder.runtime import Encoder
+from papersearch.encoder.runtime import Encoder, unlike_settings, warn_if_not_configured
+from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.factory import open_store
 from papersearch.index.pointer import Pointer, pointers_for
 from papersearch.index.store import Store
@@ -30,10 +31,30 @@ def open_live(settings: Settings, *, create: bool = False) -> tuple[Encoder, Sto
     """The collection ``index.collection`` means now and the encoder of the embedder that
     built it, from one read of the pointer: after an embedder migration the pointer's
     (index/pointer.py), else the collection itself and ``models.embedder_name``."""
-    view = live_view(settings, _pointer(settings))
+    pointer = _pointer(settings)
+    view = live_view(settings, pointer)
     encoder = Encoder(view.embedder.path(settings.models.repository),
                       Encoder.runtime_options(settings.models))
-    return encoder, _checked(settings_for(settings, view.collection), encoder, create)
+    if pointer is not None:  # the version the migration pinned, whatever the settings say
+        return encoder, _checked(settings_for(settings, view.collection), encoder, create)
+    warn_if_not_configured(encoder.manifest, settings.models)
+    try:
+        return encoder, _checked(settings_for(settings, view.collection), encoder, create)
+    except EmbedderMismatch as error:
+        raise EmbedderMismatch(f"{error}{_export_hint(encoder, settings)}") from error
+
+
+def _export_hint(encoder: Encoder, settings: Settings) -> str:
+    """Where the latest export is not what the settings configure, the index may be the
+    configured embedder's: "switch the embedder back" alone was wrong advice when the settings
+    were already back (a variant exported under the same name since)."""
+    fields = unlike_settings(encoder.manifest, settings.models)
+    if not fields:
+        return ""
+    return (f"; the latest export, {encoder.manifest.name}@{encoder.manifest.version}, was made "
+            f"with other settings than the configured ones "
+            f"({', '.join(f'models.{f}' for f in fields)}): where the configured ones built "
+            "the index, `papersearch models export` makes their export the latest again")
 
 
 class IndexMoved(ValueError):
