@@ -62,9 +62,12 @@ def test_a_damaged_manifest_is_named_and_exported_again(tmp_path: Path, text: st
     ({"selfcheck": {"reference": [[0.6, 0.8]], "threshold": 0.98}},
      "selfcheck.inputs is not a list of texts"),
     ({"selfcheck": {"inputs": ["a", "b"], "reference": [[0.6, 0.8]], "threshold": 0.98}},
-     "selfcheck.reference is not one row of 2 numbers for each of the 2 inputs"),
+     "selfcheck.reference is not one row of numbers, all of one width, for each of the 2 "
+     "inputs"),
+    ({"selfcheck": {"inputs": ["a", "b"], "reference": [[0.6, 0.8], [0.6]]}},
+     "selfcheck.reference is not one row of numbers, all of one width"),
     ({"selfcheck": {"inputs": ["a", "b"], "reference": [[0.6], [0.8]]}},
-     "selfcheck.reference is not one row of 2 numbers for each of the 2 inputs"),
+     "dim 2, where selfcheck.reference has 1 numbers an input"),
     ({"kind": "reranker", "dim": None, "selfcheck": {"inputs": ["a"], "reference": [[0.5]]}},
      r"selfcheck.inputs is not a list of \(query, passage\) pairs"),
 ])

@@ -135,6 +135,11 @@ def test_a_manifest_whose_dim_is_not_the_graphs_is_named(embedder_dir: Path,
     shutil.copytree(embedder_dir, version)
     manifest = json.loads((version / "manifest.json").read_text())
     (version / "manifest.json").write_text(json.dumps({**manifest, "dim": 256}))
+    # the self-check's reference is read first (an export older than it: the graph)
+    with pytest.raises(ModelCorrupt, match=rf"{version}/manifest.json: dim 256, where "
+                                           r"selfcheck.reference has 384 numbers an input"):
+        Encoder(version, RuntimeOptions("fp32"))
+    (version / "manifest.json").write_text(json.dumps({**manifest, "dim": 256, "selfcheck": {}}))
     with pytest.raises(ModelCorrupt, match=rf"{version}/manifest.json: dim 256, where "
                                            r"model.onnx gives 384 numbers a text"):
         Encoder(version, RuntimeOptions("fp32"))

@@ -172,13 +172,17 @@ def _wrong_selfcheck(manifest: Manifest) -> str | None:
             for i in inputs):
         return (f"selfcheck.inputs is not a list of "
                 f"{'texts' if single else '(query, passage) pairs'}")
-    reference, width = manifest.selfcheck.get("reference"), manifest.dim or 1
-    if not isinstance(reference, list) or len(reference) != len(inputs) or not all(
+    reference = manifest.selfcheck.get("reference")
+    width = len(reference[0]) if isinstance(reference, list) and reference and isinstance(
+        reference[0], list) else 0
+    if not isinstance(reference, list) or len(reference) != len(inputs) or not width or not all(
             isinstance(row, list) and len(row) == width and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
             for row in reference):
-        return (f"selfcheck.reference is not one row of {width} numbers for each of the "
-                f"{len(inputs)} inputs")
+        return (f"selfcheck.reference is not one row of numbers, all of one width, for each "
+                f"of the {len(inputs)} inputs")
+    if width != (manifest.dim or 1):
+        return f"dim {manifest.dim}, where selfcheck.reference has {width} numbers an input"
     return None
 
 
