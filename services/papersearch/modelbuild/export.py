@@ -279,12 +279,24 @@ def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
         backbone = AutoModel.from_pretrained(spec.source.location, **kwargs)
         model: torch.nn.Module = EmbedderGraph(backbone, *_pooling(spec.source))
     else:
-        classifier, loading = AutoModelForSequenceClassification.from_pretrained(
-            spec.source.location, output_loading_info=True, **kwargs
-        )
+        # its missing weights are said by _check_head, in one line: not in transformers'
+        # table of them first
+        quiet = logging.getLogger("transformers.modeling_utils")
+        quiet.addFilter(_missing_report)
+        try:
+            classifier, loading = AutoModelForSequenceClassification.from_pretrained(
+                spec.source.location, output_loading_info=True, **kwargs
+            )
+        finally:
+            quiet.removeFilter(_missing_report)
         _check_head(spec, loading)
         model = CrossEncoderGraph(classifier, classifier.config.num_labels)
     return model.eval(), tokenizer
+
+
+def _missing_report(record: logging.LogRecord) -> bool:
+    """False for transformers' load report of weights missing from a checkpoint."""
+    return "MISSING" not in record.getMessage()
 
 
 def _check_head(spec: ExportSpec, loading: dict[str, list[str]]) -> None:
