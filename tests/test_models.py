@@ -680,7 +680,11 @@ def test_two_exports_of_one_model_at_once_make_one_version(
 
     monkeypatch.setattr(export_module, "_export_into", fake_export)
     monkeypatch.setattr(export_module, "_check_max_length", lambda spec: None)
+    from safetensors.numpy import save_file
+
     (tmp_path / "weights").mkdir()
+    save_file({"weight": np.zeros(4, dtype=np.float32)},  # weights there, as an export checks
+              str(tmp_path / "weights" / "model.safetensors"))
     spec = export_module.ExportSpec("m", "embedder", ResolvedSource(
         "w", str(tmp_path / "weights"), True), 8)
     made: list[Path] = []

@@ -17,9 +17,12 @@ import errno
 import hashlib
 import json
 import logging
+import pickle
 import time
 import warnings
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from safetensors import SafetensorError
 from tokenizers import Tokenizer
 from transformers import (
     AutoConfig,
@@ -79,6 +83,11 @@ EXPORT_LOCK = ".export.lock"  # beside the versions of the name it guards
 # What a local source's export depends on: weights (sharded too), configs (a pooling folder's
 # included), tokenizer files
 _SOURCE_SUFFIXES = frozenset({".json", ".safetensors", ".bin", ".txt", ".model"})
+# The weight files transformers looks for in a model folder, in the order it takes them (a
+# sharded checkpoint: an index naming its shards in "weight_map")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+LFS_POINTER = b"version https://git-lfs"  # a clone's file whose content git lfs never fetched
 
 
 class ParityError(RuntimeError):
@@ -116,6 +125,8 @@ def export(spec: ExportSpec, repository: Path,
 
 def _export(spec: ExportSpec, repository: Path,
             parity_texts: Callable[[], Sequence[str]]) -> Path:
+    if spec.source.is_local:
+        check_weights(spec.source)
     fingerprint = _fingerprint(spec)
     # one export of a name at a time: a second one started meanwhile waits, then finds the
     # first's version (the same fingerprint) instead of numbering another
@@ -256,11 +267,80 @@ def _lowercases(normalizer: dict[str, Any] | None) -> bool:
         normalizer.get("type") == "BertNormalizer" and normalizer.get("lowercase") is True)
 
 
+def check_weights(source: ResolvedSource) -> None:
+    """ModelSourceError, naming the file, unless a local source's weights are there as
+    transformers loads them: a folder without them, a git-lfs pointer in their place or a
+    safetensors file cut short failed the export with transformers' OSError or safetensors'
+    own error in a traceback, after the export had begun."""
+    folder = Path(source.location)
+    chosen = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if chosen is None:
+        raise ModelSourceError(f"{source.spec}: no weights in {folder}: a model folder needs "
+                               "model.safetensors or pytorch_model.bin (or a sharded index "
+                               "with its shards)")
+    files = [chosen]
+    if chosen.name.endswith(".index.json"):
+        files = [folder / shard for shard in sorted(set(_index_shards(source, chosen)))]
+    for file in files:
+        problem = _weight_file_problem(file)
+        if problem is not None:
+            raise ModelSourceError(f"{source.spec}: {file} {problem}")
+
+
+def _index_shards(source: ResolvedSource, index: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index names."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [str(shard) for shard in weight_map.values()]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ModelSourceError(f"{source.spec}: {index} is not a checkpoint index "
+                               f"({type(error).__name__}: {error}): copy it again") from None
+
+
+def _weight_file_problem(file: Path) -> str | None:
+    """What keeps transformers from loading the weight file ``file``, as far as is seen
+    without loading it (missing, a git-lfs pointer, a safetensors file or a zip cut short),
+    or None."""
+    if not file.is_file():
+        return "is missing: copy it into the model folder"
+    with file.open("rb") as opened:
+        head = opened.read(len(LFS_POINTER))
+    if head == LFS_POINTER:
+        return "is a git-lfs pointer, not the weights: fetch them (git lfs pull) or copy them"
+    if file.suffix == ".safetensors":
+        damage = _safetensors_damage(file)
+        return None if damage is None else f"is damaged ({damage}): copy it again"
+    # torch.save writes a zip; one cut short has no central directory at its end
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(file):
+        return "is damaged (a zip cut short): copy it again"
+    return None
+
+
+def _safetensors_damage(file: Path) -> str | None:
+    """Why the safetensors file ``file`` cannot be read, or None: an 8-byte header length, a
+    JSON header of tensors' byte ranges, then the data, which ends with the file."""
+    size = file.stat().st_size
+    with file.open("rb") as opened:
+        length = int.from_bytes(opened.read(8), "little")
+        if size < 8 or 8 + length > size:
+            return f"{size} bytes, shorter than its header says"
+        try:
+            header = json.loads(opened.read(length))
+            end = max((int(entry["data_offsets"][1]) for key, entry in header.items()
+                       if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return "its header is not a safetensors header"
+    if 8 + length + end != size:
+        return f"{size} bytes where its header says {8 + length + end}"
+    return None
+
+
 def _check_max_length(spec: ExportSpec) -> None:
     """A max_length past the model's positions would export (the parity texts are short) and
     fail on the first long text at ingest."""
-    config = AutoConfig.from_pretrained(spec.source.location,
-                                        local_files_only=spec.source.is_local)
+    with _loading(spec.source):
+        config = AutoConfig.from_pretrained(spec.source.location,
+                                            local_files_only=spec.source.is_local)
     positions = getattr(config, "max_position_embeddings", None)
     # RoBERTa-style models (MPNet too) number positions after the padding index: 2 fewer
     usable = None if positions is None else positions - (
@@ -272,25 +352,27 @@ def _check_max_length(spec: ExportSpec) -> None:
 
 def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
     kwargs: dict[str, Any] = {"local_files_only": spec.source.is_local}
-    tokenizer = AutoTokenizer.from_pretrained(spec.source.location, **kwargs)
+    with _loading(spec.source):
+        tokenizer = AutoTokenizer.from_pretrained(spec.source.location, **kwargs)
     _check_sentence_bert(spec, tokenizer.backend_tokenizer)  # before the weights load
     kwargs["attn_implementation"] = "eager"  # the attention pattern onnxruntime's fusion knows
-    if spec.kind == "embedder":
-        backbone = AutoModel.from_pretrained(spec.source.location, **kwargs)
-        model: torch.nn.Module = EmbedderGraph(backbone, *_pooling(spec.source))
-    else:
-        # its missing weights are said by _check_head, in one line: not in transformers'
-        # table of them first
-        quiet = logging.getLogger("transformers.modeling_utils")
-        quiet.addFilter(_missing_report)
-        try:
-            classifier, loading = AutoModelForSequenceClassification.from_pretrained(
-                spec.source.location, output_loading_info=True, **kwargs
-            )
-        finally:
-            quiet.removeFilter(_missing_report)
-        _check_head(spec, loading)
-        model = CrossEncoderGraph(classifier, classifier.config.num_labels)
+    with _loading(spec.source):
+        if spec.kind == "embedder":
+            backbone = AutoModel.from_pretrained(spec.source.location, **kwargs)
+            model: torch.nn.Module = EmbedderGraph(backbone, *_pooling(spec.source))
+        else:
+            # its missing weights are said by _check_head, in one line: not in transformers'
+            # table of them first
+            quiet = logging.getLogger("transformers.modeling_utils")
+            quiet.addFilter(_missing_report)
+            try:
+                classifier, loading = AutoModelForSequenceClassification.from_pretrained(
+                    spec.source.location, output_loading_info=True, **kwargs
+                )
+            finally:
+                quiet.removeFilter(_missing_report)
+            _check_head(spec, loading)
+            model = CrossEncoderGraph(classifier, classifier.config.num_labels)
     return model.eval(), tokenizer
 
 
@@ -309,6 +391,21 @@ def _check_head(spec: ExportSpec, loading: dict[str, list[str]]) -> None:
         raise ValueError(f"{spec.source.spec}: not a cross-encoder: its checkpoint has no "
                          f"{shown} (transformers would initialise them at random); "
                          "--reranker needs a sequence classification checkpoint")
+
+
+@contextmanager
+def _loading(source: ResolvedSource) -> Iterator[None]:
+    """A local source's files that transformers cannot read (what check_weights does not
+    foresee) as a ModelSourceError naming the folder: transformers' own OSError (no errno),
+    safetensors' or torch's unpickling error ended in a traceback. A hub id's are export's."""
+    try:
+        yield
+    except (OSError, SafetensorError, pickle.UnpicklingError) as error:
+        if not source.is_local or (isinstance(error, OSError) and error.errno is not None):
+            raise
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelSourceError(f"{source.spec}: the model in {source.location} could not be "
+                               f"loaded ({first})") from error
 
 
 class EmbedderGraph(torch.nn.Module):

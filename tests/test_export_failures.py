@@ -1,0 +1,135 @@
+"""An export that cannot be made: what it says (one line naming the cause, not a traceback)
+and what it leaves in the model repository (fast: no model is exported)."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from papersearch.modelbuild.sources import ModelSourceError, ResolvedSource
+
+LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:53aa5117\nsize 90868376\n"
+TEXTS = ["one abstract", "another abstract", "a third abstract", "a fourth abstract"]
+
+
+def _safetensors(path: Path) -> bytes:
+    from safetensors.numpy import save_file
+
+    save_file({"weight": np.zeros((4, 4), dtype=np.float32)}, str(path))
+    return path.read_bytes()
+
+
+def _folder(root: Path) -> ResolvedSource:
+    """A model folder with a config and nothing else."""
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    return ResolvedSource(str(root), str(root), True)
+
+
+def test_weights_missing_or_damaged_are_named(tmp_path: Path) -> None:
+    """A folder without weights, a git-lfs pointer (a clone without `git lfs pull`) or a
+    safetensors file cut short ended in transformers' OSError (no errno) or safetensors' own
+    error, a traceback; each is one ModelSourceError naming the file."""
+    from papersearch.modelbuild.export import check_weights
+
+    source = _folder(tmp_path / "m")
+    folder = tmp_path / "m"
+    with pytest.raises(ModelSourceError,
+                       match=f"no weights in {re.escape(str(folder))}: .*model.safetensors"):
+        check_weights(source)
+    whole = _safetensors(folder / "model.safetensors")
+    check_weights(source)
+    for written, said in ((LFS, "model.safetensors is a git-lfs pointer"),
+                          (whole[:-3], f"is damaged \\({len(whole) - 3} bytes where its header "
+                                       f"says {len(whole)}\\)"),
+                          (whole[:5], "is damaged"), (b"", "is damaged")):
+        (folder / "model.safetensors").write_bytes(written)
+        with pytest.raises(ModelSourceError, match=said):
+            check_weights(source)
+    # transformers takes model.safetensors first: a whole pytorch_model.bin beside it is not
+    # what it loads
+    (folder / "model.safetensors").unlink()
+    with zipfile.ZipFile(folder / "pytorch_model.bin", "w") as archive:
+        archive.writestr("data.pkl", b"x" * 1000)
+    check_weights(source)
+    whole = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(whole[:200])
+    with pytest.raises(ModelSourceError, match="pytorch_model.bin is damaged"):
+        check_weights(source)
+    (folder / "pytorch_model.bin").write_bytes(LFS)
+    with pytest.raises(ModelSourceError, match="pytorch_model.bin is a git-lfs pointer"):
+        check_weights(source)
+
+
+def test_a_sharded_checkpoints_shards_are_checked(tmp_path: Path) -> None:
+    from papersearch.modelbuild.export import check_weights
+
+    source = _folder(tmp_path / "m")
+    folder = tmp_path / "m"
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": shards[0], "b": shards[1], "c": shards[1]}}))
+    _safetensors(folder / shards[0])
+    with pytest.raises(ModelSourceError, match=f"{shards[1]} is missing"):
+        check_weights(source)
+    (folder / shards[1]).write_bytes(LFS)
+    with pytest.raises(ModelSourceError, match=f"{shards[1]} is a git-lfs pointer"):
+        check_weights(source)
+    _safetensors(folder / shards[1])
+    check_weights(source)
+    (folder / "model.safetensors.index.json").write_text("[]")
+    with pytest.raises(ModelSourceError, match="is not a checkpoint index"):
+        check_weights(source)
+
+
+def _export_command(source: Path, repository: Path, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``papersearch models export`` of ``source`` as the embedder "m": exit status, stderr."""
+    from papersearch.cli import main
+
+    for name, value in (("REPOSITORY", repository), ("EMBEDDER_NAME", "m"),
+                        ("EMBEDDER_SOURCE", source)):
+        monkeypatch.setenv(f"PAPERSEARCH_MODELS__{name}", str(value))
+    monkeypatch.setenv("PAPERSEARCH_SEARCH__RERANK_ENABLED", "false")
+    corpus = repository.parent / "corpus.jsonl"  # the parity texts, which an export reads
+    corpus.write_text("".join(json.dumps({"id": f"p{n}", "title": f"Paper {n}", "abstract": text,
+                                          "published": "2020-01-01"}) + "\n"
+                              for n, text in enumerate(TEXTS)))
+    monkeypatch.setenv("PAPERSEARCH_CORPUS_DIR", str(corpus))
+    code = main(["models", "export"])
+    return code, capsys.readouterr().err
+
+
+def test_models_export_of_a_folder_without_usable_weights_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The command ended in a traceback (exit 1) where other bad sources are one line (exit
+    2); nothing is made in the repository. A file transformers cannot read that the check
+    does not foresee (a config that is not JSON) is one line too, naming the folder."""
+    folder = tmp_path / "m"
+    _folder(folder)
+    (folder / "model.safetensors").write_bytes(LFS)
+    code, err = _export_command(folder, tmp_path / "repo", monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("papersearch:")]
+    assert lines == [f"papersearch: error: {folder}: {folder}/model.safetensors is a git-lfs "
+                     "pointer, not the weights: fetch them (git lfs pull) or copy them"]
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_source_file_transformers_cannot_read_is_the_sources_error(tmp_path: Path) -> None:
+    """What check_weights does not foresee (here a config that is not JSON) is said as the
+    folder's, not transformers' OSError without errno in a traceback."""
+    from papersearch.modelbuild.export import ExportSpec, export
+
+    source = _folder(tmp_path / "m")
+    _safetensors(tmp_path / "m" / "model.safetensors")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    loaded = f"the model in {re.escape(str(tmp_path / 'm'))} could not be loaded"
+    with pytest.raises(ModelSourceError, match=loaded + r" \(.*config.json.* not a valid JSON"):
+        export(ExportSpec("m", "embedder", source, 8), tmp_path / "repo", lambda: TEXTS)
