@@ -133,3 +133,119 @@ def test_a_source_file_transformers_cannot_read_is_the_sources_error(tmp_path: P
     loaded = f"the model in {re.escape(str(tmp_path / 'm'))} could not be loaded"
     with pytest.raises(ModelSourceError, match=loaded + r" \(.*config.json.* not a valid JSON"):
         export(ExportSpec("m", "embedder", source, 8), tmp_path / "repo", lambda: TEXTS)
+
+
+def _fake_export(fail: BaseException | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export whose graph-making is a file written (or ``fail`` raised)."""
+    from papersearch.modelbuild import export as export_module
+    from papersearch.models.manifest import Manifest, sha256_file
+
+    def made(spec: export_module.ExportSpec, staging: Path, version: int, fingerprint: str,
+             texts: list[str]) -> Manifest:
+        if fail is not None:
+            raise fail
+        (staging / "model.onnx").write_bytes(b"graph")
+        return Manifest(name=spec.name, version=version, kind="embedder", source="s",
+                        fingerprint=fingerprint, max_length=8,
+                        files={"model.onnx": sha256_file(staging / "model.onnx")})
+
+    monkeypatch.setattr(export_module, "_export_into", made)
+    monkeypatch.setattr(export_module, "_check_max_length", lambda spec: None)
+
+
+@pytest.mark.parametrize("fail", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_first_export_leaves_no_folder(tmp_path: Path, fail: BaseException,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """It left ``<name>/.export.lock`` alone in the name's folder, which the image build's prune
+    refused ("no finished version"); a folder with a version keeps it, and its lock."""
+    from papersearch.modelbuild.export import EXPORT_LOCK, ExportSpec, export
+
+    source = _folder(tmp_path / "m")
+    _safetensors(tmp_path / "m" / "model.safetensors")
+    spec = ExportSpec("m", "embedder", source, 8)
+    repository = tmp_path / "repo"
+    _fake_export(fail, monkeypatch)
+    with pytest.raises(type(fail)):
+        export(spec, repository, lambda: TEXTS)
+    assert list(repository.iterdir()) == []  # the error is the export's, as it was raised
+    _fake_export(None, monkeypatch)
+    assert export(spec, repository, lambda: TEXTS) == repository / "m" / "1"
+    _fake_export(fail, monkeypatch)
+    with pytest.raises(type(fail)):  # another export of the name (other options) fails
+        export(ExportSpec("m", "embedder", source, 16), repository, lambda: TEXTS)
+    assert sorted(p.name for p in (repository / "m").iterdir()) == [EXPORT_LOCK, "1"]
+
+
+def test_a_lock_removed_by_its_holder_is_taken_anew_by_its_waiter(tmp_path: Path) -> None:
+    """A process waiting on a lock file its holder removed (with the folder) would have held
+    the removed file's lock while a third process took a new file's: two holders at once."""
+    import fcntl
+    import logging
+    import threading
+
+    from papersearch.durable import exclusive, remove_lock_folder
+
+    lock = tmp_path / "name" / ".lock"
+    waiting, inside = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            waiting.set()
+
+    def second() -> None:
+        with exclusive(lock, "second"):
+            with lock.open("a") as third:  # another process's try: the lock is held
+                try:
+                    fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    seen.append(False)
+                except BlockingIOError:
+                    seen.append(True)
+        inside.set()
+
+    handler, logger = Waiting(), logging.getLogger("papersearch.durable")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # the line said before it waits
+    try:
+        with exclusive(lock, "first"):
+            thread = threading.Thread(target=second)
+            thread.start()
+            assert waiting.wait(30)  # the second has opened the file and waits for its lock
+            assert remove_lock_folder(lock) and not lock.parent.exists()
+        thread.join(30)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert inside.is_set() and seen == [True]
+    (lock.parent / "1").mkdir()  # a folder holding anything else is left as it is
+    assert not remove_lock_folder(lock) and lock.exists()
+
+
+def test_the_image_prune_skips_a_name_without_any_version(tmp_path: Path) -> None:
+    """A failed first export's lock alone in a name's folder failed the image build's prune:
+    "no finished version (run `papersearch models export`)", advice that could not help."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def prune(repository: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "deploy/docker/latest_models.py"),
+                               str(repository)], capture_output=True, text=True, timeout=60)
+
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / ".export.lock").touch()
+    done = prune(tmp_path)  # nothing to serve
+    assert done.returncode == 1 and "no exported model" in done.stderr, done.stderr
+    for version in ("1", "2"):
+        (tmp_path / "m" / version).mkdir(parents=True)
+        (tmp_path / "m" / version / "manifest.json").write_text("{}")
+    done = prune(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"failed: skipped, no version in {tmp_path / 'failed'} (an export's leftovers)",
+        "m: version 2"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["2"]
+    (tmp_path / "m" / "2" / "manifest.json").unlink()  # a version, unfinished: refused
+    assert prune(tmp_path).returncode == 1

@@ -1,7 +1,9 @@
 """Keep only the latest finished version of each model in a model repository (image build).
 
 The runtime loads the latest version (papersearch.models.manifest.model_dir); older versions and
-unfinished exports (no manifest.json) only make the image bigger.
+unfinished exports (no manifest.json) only make the image bigger. A name without any version
+folder (only the lock of an export that failed) is skipped, left as it is; a repository
+with no finished version of any model is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from pathlib import Path
 
 
 def prune(repository: Path) -> None:
+    kept = 0
     for model in sorted(p for p in repository.iterdir() if p.is_dir()):
+        if not any(v.name.isdigit() for v in model.iterdir()):
+            # a first export that failed or is under way: its lock, a hidden staging folder
+            print(f"{model.name}: skipped, no version in {model} (an export's leftovers)")
+            continue
         finished = sorted(
             (int(v.name), v) for v in model.iterdir()
             if v.name.isdigit() and (v / "manifest.json").is_file()
@@ -24,6 +31,9 @@ def prune(repository: Path) -> None:
             if version != keep:
                 shutil.rmtree(version) if version.is_dir() else version.unlink()
         print(f"{model.name}: version {keep.name}")
+        kept += 1
+    if not kept:  # an image that serves nothing
+        raise SystemExit(f"{repository}: no exported model (run `papersearch models export`)")
 
 
 if __name__ == "__main__":

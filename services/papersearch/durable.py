@@ -190,16 +190,51 @@ def remove_stale(folder: Path, target: str | None = None) -> None:
 def exclusive(lock_file: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_file`` (made if absent) for the block; ``what`` names
     the work in the log line said when another process holds it and this one waits. The lock
-    goes with the process: a crashed holder does not leave it taken."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("a") as handle:
+    goes with the process: a crashed holder does not leave it taken. The holder may remove
+    ``lock_file`` (remove_lock_folder): a process that waited on the removed file takes the
+    lock again on the one at ``lock_file`` then, never holds the removed one's."""
+    while True:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process", extra={"work": what,
-                                                           "lock": str(lock_file)})
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle = lock_file.open("a")
+        except FileNotFoundError:  # its folder removed meanwhile by the lock's holder
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process", extra={"work": what,
+                                                               "lock": str(lock_file)})
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            if not is_open_file(handle.fileno(), lock_file):  # removed by the last holder
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+
+
+def remove_lock_folder(lock_file: Path) -> bool:
+    """Remove ``lock_file`` and its folder where the folder holds nothing else: a lock's
+    holder (exclusive) whose work made nothing there, so that no folder is left holding only
+    a lock. Whether they went; a folder holding anything else is left as it is."""
+    folder = lock_file.parent
+    if any(entry.name != lock_file.name for entry in folder.iterdir()):
+        return False
+    lock_file.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # a process about to wait for the lock made its file meanwhile
+        return False
+    return True
+
+
+def is_open_file(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` is still the file open as ``descriptor`` (not removed meanwhile)."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)

@@ -13,6 +13,7 @@ Only the ``models`` CLI commands import this module: serving never imports torch
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -39,7 +40,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from papersearch.durable import exclusive, remove_stale, staged
+from papersearch.durable import exclusive, remove_lock_folder, remove_stale, staged
 from papersearch.modelbuild.sources import ModelSourceError, ResolvedSource
 from papersearch.models.manifest import (
     DEFAULT_ENCODING,
@@ -128,30 +129,45 @@ def _export(spec: ExportSpec, repository: Path,
     if spec.source.is_local:
         check_weights(spec.source)
     fingerprint = _fingerprint(spec)
+    lock = repository / spec.name / EXPORT_LOCK
     # one export of a name at a time: a second one started meanwhile waits, then finds the
     # first's version (the same fingerprint) instead of numbering another
-    with exclusive(repository / spec.name / EXPORT_LOCK, f"export of {spec.name}"):
-        remove_stale(repository / spec.name)
-        existing = latest_if_fingerprint(repository, spec.name, fingerprint)
-        if (existing is not None and spec.kind == "embedder"
-                and read_manifest(existing).encoding != _encoding(spec)):
-            # the manifest edited after the export: every runtime refuses it (models/runtime.py)
-            log.warning("the latest export's manifest says another encoding than its export: "
-                        "exporting it again", extra={"model": spec.name, "path": str(existing)})
-            existing = None
-        if existing is not None:
-            log.info("export cached", extra={"model": spec.name, "path": str(existing)})
-            return existing
-        texts = parity_texts()
-        if len(texts) < 4:
-            raise ValueError("parity check needs at least 4 real texts")
-        _check_max_length(spec)
-        target = next_version_dir(repository, spec.name)
-        # renamed into place whole: a running service looking for a new model
-        # (reranker/loader.py) never sees a half-made version, nor after a crash
-        with staged(target) as staging:
-            manifest = _export_into(spec, staging, int(target.name), fingerprint, texts)
-            write_manifest(staging, manifest)
+    with exclusive(lock, f"export of {spec.name}"):
+        try:
+            return _export_locked(spec, repository, fingerprint, parity_texts)
+        except BaseException:
+            # a first export that failed (a bad source, a full disk, Ctrl-C) left its lock
+            # alone in the name's folder, which the image build's prune refused as a model
+            # without a finished version; the error that ended it is the one to report
+            with contextlib.suppress(OSError):
+                remove_lock_folder(lock)
+            raise
+
+
+def _export_locked(spec: ExportSpec, repository: Path, fingerprint: str,
+                   parity_texts: Callable[[], Sequence[str]]) -> Path:
+    """``_export``'s work under the name's lock."""
+    remove_stale(repository / spec.name)
+    existing = latest_if_fingerprint(repository, spec.name, fingerprint)
+    if (existing is not None and spec.kind == "embedder"
+            and read_manifest(existing).encoding != _encoding(spec)):
+        # the manifest edited after the export: every runtime refuses it (models/runtime.py)
+        log.warning("the latest export's manifest says another encoding than its export: "
+                    "exporting it again", extra={"model": spec.name, "path": str(existing)})
+        existing = None
+    if existing is not None:
+        log.info("export cached", extra={"model": spec.name, "path": str(existing)})
+        return existing
+    texts = parity_texts()
+    if len(texts) < 4:
+        raise ValueError("parity check needs at least 4 real texts")
+    _check_max_length(spec)
+    target = next_version_dir(repository, spec.name)
+    # renamed into place whole: a running service looking for a new model
+    # (reranker/loader.py) never sees a half-made version, nor after a crash
+    with staged(target) as staging:
+        manifest = _export_into(spec, staging, int(target.name), fingerprint, texts)
+        write_manifest(staging, manifest)
     log.info("exported", extra={"model": spec.name, "path": str(target), **manifest.parity})
     return target
 

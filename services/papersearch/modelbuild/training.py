@@ -24,7 +24,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import sys
@@ -45,7 +44,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from papersearch.durable import exclusive, remove_stale, replaced, staged
+from papersearch.durable import exclusive, is_open_file, remove_stale, replaced, staged
 from papersearch.interrupts import Interrupted
 from papersearch.modelbuild.mining import TrainingExample
 from papersearch.models.runtime import cut_query, query_tokens
@@ -240,7 +239,7 @@ def _training(resume_dir: Path) -> Iterator[None]:
             continue
         with handle:
             fcntl.flock(handle, fcntl.LOCK_SH)
-            if _is_file(handle.fileno(), lock):
+            if is_open_file(handle.fileno(), lock):
                 yield
                 # the lock held shared converted to exclusive, without waiting: no deadlock
                 # with another run doing the same, and as a refused conversion drops this
@@ -282,21 +281,11 @@ def _remove_locked(resume_dir: Path, handle: IO[str]) -> int | None:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # a run of its key trains now
         return None
-    if not _is_file(handle.fileno(), resume_dir / RESUME_LOCK):  # removed (and made again)
+    if not is_open_file(handle.fileno(), resume_dir / RESUME_LOCK):  # removed (and made again)
         return None
     size = sum(f.stat().st_size for f in resume_dir.rglob("*") if f.is_file())
     shutil.rmtree(resume_dir, ignore_errors=True)
     return size
-
-
-def _is_file(descriptor: int, path: Path) -> bool:
-    """Whether ``path`` is still the file open as ``descriptor`` (not removed meanwhile)."""
-    try:
-        named = path.stat()
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _publish(
