@@ -146,7 +146,7 @@ def _fake_export(fail: BaseException | None, monkeypatch: pytest.MonkeyPatch) ->
             raise fail
         (staging / "model.onnx").write_bytes(b"graph")
         return Manifest(name=spec.name, version=version, kind="embedder", source="s",
-                        fingerprint=fingerprint, max_length=8,
+                        fingerprint=fingerprint, max_length=spec.max_length,
                         files={"model.onnx": sha256_file(staging / "model.onnx")})
 
     monkeypatch.setattr(export_module, "_export_into", made)
@@ -249,3 +249,44 @@ def test_the_image_prune_skips_a_name_without_any_version(tmp_path: Path) -> Non
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["2"]
     (tmp_path / "m" / "2" / "manifest.json").unlink()  # a version, unfinished: refused
     assert prune(tmp_path).returncode == 1
+
+
+def test_a_read_only_repository_reuses_its_export_and_refuses_a_new_one_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On a read-only file system (a container's read-only root) even a cached export ended
+    in a traceback: the lock was opened to append first. The cached one needs no lock now; a
+    new one, and a repository path that is a file (NotADirectoryError's traceback), are one
+    line naming models.repository (exit 2)."""
+    import errno
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    from papersearch.modelbuild import export as export_module
+
+    folder = tmp_path / "m"
+    _folder(folder)
+    _safetensors(folder / "model.safetensors")
+    repository = tmp_path / "repo"
+    _fake_export(None, monkeypatch)
+    code, err = _export_command(folder, repository, monkeypatch, capsys)
+    assert code == 0, err
+    code, err = _export_command(folder, tmp_path / "corpus.jsonl", monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.endswith(f"papersearch: error: {tmp_path / 'corpus.jsonl'} is a file, where "
+                        "models.repository needs a folder\n")
+
+    @contextmanager
+    def read_only(lock_file: Path, what: str) -> Iterator[None]:  # as open(lock_file, "a")
+        raise OSError(errno.EROFS, "Read-only file system", str(lock_file))
+        yield
+
+    monkeypatch.setattr(export_module, "exclusive", read_only)
+    code, err = _export_command(folder, repository, monkeypatch, capsys)
+    assert code == 0 and "Traceback" not in err, err
+    monkeypatch.setenv("PAPERSEARCH_MODELS__EMBEDDER_MAX_LENGTH", "16")  # another export
+    code, err = _export_command(folder, repository, monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.endswith(f"papersearch: error: models.repository {repository} is on a read-only "
+                        "file system, and 'm' has no version there that this export can "
+                        "reuse: export where the repository is writable\n")

@@ -29,7 +29,7 @@ from papersearch.loadtest.command import split_target
 from papersearch.logs import configure_logging
 from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.models.manifest import ProviderUnavailable
-from papersearch.paths import shown
+from papersearch.paths import FolderRefused, shown
 from papersearch.serving.node_drain import NodeDrainError
 from papersearch.settings import (
     DEADLINE_MAX_S,
@@ -66,7 +66,8 @@ GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 # Spent resources (space, quota, descriptors, memory): not a user's mistake, exit 1.
 RESOURCE_ERRNOS = SPENT_ERRNOS | {errno.ENOMEM}
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, TimeoutError,
-               StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError)
+               StoreError, ModelSourceError, RemoteError, ProviderUnavailable, NodeDrainError,
+               FolderRefused)
 
 
 def _iso_date(value: str) -> date:

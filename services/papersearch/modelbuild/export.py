@@ -58,7 +58,7 @@ from papersearch.models.manifest import (
 )
 from papersearch.models.parity import SelfCheck, agreement, self_check_inputs
 from papersearch.models.runtime import OnnxModel, Precision, RuntimeOptions
-from papersearch.paths import free_bytes
+from papersearch.paths import FolderRefused, denied, free_bytes
 from papersearch.settings import DEFAULT_INT8_SCHEME, Int8Scheme
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,14 @@ def export(spec: ExportSpec, repository: Path,
     directory (the latest, which runtimes load by name). ``parity_texts`` are read only for
     an export: a cached one needs no corpus. A hub id that cannot be fetched (no network: the
     hub's client raises an OSError of its own, with no errno) is a ModelSourceError, said in
-    one line; the file system's errors (a full disk, a path refused) stay themselves."""
+    one line; the file system's errors (a full disk, a path refused) stay themselves, but for
+    the repository's refusals, said as models.repository's (FolderRefused)."""
     try:
         return _export(spec, repository, parity_texts)
     except OSError as error:
+        refused = _repository_refused(error, repository, spec.name)
+        if refused is not None:
+            raise refused from None
         if spec.source.is_local or error.errno is not None:  # a file system's own error
             raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -124,11 +128,38 @@ def export(spec: ExportSpec, repository: Path,
                                "model folder or a pypi: source") from error
 
 
+def _repository_refused(error: OSError, repository: Path, name: str) -> FolderRefused | None:
+    """The repository's file system refusing an export's writes, as a FolderRefused naming
+    models.repository: a read-only one (a container's read-only root), a file where a folder
+    goes, a folder this process may not write (each was a traceback, or a bare errno line).
+    None for another error, or another path's."""
+    if not error.filename or not Path(error.filename).is_relative_to(repository):
+        return None
+    if error.errno == errno.EROFS:
+        return FolderRefused(f"models.repository {repository} is on a read-only file system, "
+                             f"and {name!r} has no version there that this export can reuse: "
+                             "export where the repository is writable")
+    if error.errno == errno.ENOTDIR:
+        path = Path(error.filename)
+        there = next((each for each in (*path.parents[::-1], path)
+                      if each.exists() and not each.is_dir()), path)
+        return FolderRefused(f"{there} is a file, where models.repository needs a folder")
+    if isinstance(error, PermissionError):
+        return denied(error, "models.repository")
+    return None
+
+
 def _export(spec: ExportSpec, repository: Path,
             parity_texts: Callable[[], Sequence[str]]) -> Path:
     if spec.source.is_local:
         check_weights(spec.source)
     fingerprint = _fingerprint(spec)
+    # An identical export there needs no lock (what it guards: numbering and building a
+    # version, removing a dead one's staging folder): a version appears whole, renamed into
+    # place, and no export changes it after. A read-only repository answers too.
+    cached = _cached(spec, repository, fingerprint, warn=False)
+    if cached is not None:
+        return cached
     lock = repository / spec.name / EXPORT_LOCK
     # one export of a name at a time: a second one started meanwhile waits, then finds the
     # first's version (the same fingerprint) instead of numbering another
@@ -148,15 +179,8 @@ def _export_locked(spec: ExportSpec, repository: Path, fingerprint: str,
                    parity_texts: Callable[[], Sequence[str]]) -> Path:
     """``_export``'s work under the name's lock."""
     remove_stale(repository / spec.name)
-    existing = latest_if_fingerprint(repository, spec.name, fingerprint)
-    if (existing is not None and spec.kind == "embedder"
-            and read_manifest(existing).encoding != _encoding(spec)):
-        # the manifest edited after the export: every runtime refuses it (models/runtime.py)
-        log.warning("the latest export's manifest says another encoding than its export: "
-                    "exporting it again", extra={"model": spec.name, "path": str(existing)})
-        existing = None
+    existing = _cached(spec, repository, fingerprint, warn=True)  # made while this one waited
     if existing is not None:
-        log.info("export cached", extra={"model": spec.name, "path": str(existing)})
         return existing
     texts = parity_texts()
     if len(texts) < 4:
@@ -170,6 +194,22 @@ def _export_locked(spec: ExportSpec, repository: Path, fingerprint: str,
         write_manifest(staging, manifest)
     log.info("exported", extra={"model": spec.name, "path": str(target), **manifest.parity})
     return target
+
+
+def _cached(spec: ExportSpec, repository: Path, fingerprint: str, *, warn: bool) -> Path | None:
+    """The latest version of ``spec.name`` if it is this export, whole, or None; ``warn`` says
+    why a latest version of the same fingerprint is exported again."""
+    existing = latest_if_fingerprint(repository, spec.name, fingerprint, warn=warn)
+    if (existing is not None and spec.kind == "embedder"
+            and read_manifest(existing).encoding != _encoding(spec)):
+        # the manifest edited after the export: every runtime refuses it (models/runtime.py)
+        if warn:
+            log.warning("the latest export's manifest says another encoding than its export: "
+                        "exporting it again", extra={"model": spec.name, "path": str(existing)})
+        return None
+    if existing is not None:
+        log.info("export cached", extra={"model": spec.name, "path": str(existing)})
+    return existing
 
 
 def _fingerprint(spec: ExportSpec) -> str:

@@ -256,11 +256,12 @@ class ModelRef:
         return model_dir(repository, self.name, self.version)
 
 
-def latest_if_fingerprint(repository: Path, name: str, fingerprint: str) -> Path | None:
+def latest_if_fingerprint(repository: Path, name: str, fingerprint: str, *,
+                          warn: bool = True) -> Path | None:
     """The latest version of ``name`` if it is the export ``fingerprint`` names and its files
     are the manifest's. Only the latest: an older identical one is not what a runtime loads by
     name (it loads the latest). A damaged one is not reused: exported again, the next version
-    replaces it (reused, "export the model again" changed nothing)."""
+    replaces it (reused, "export the model again" changed nothing); ``warn`` says so."""
     found = versions(repository, name)
     if not found:
         return None
@@ -272,8 +273,9 @@ def latest_if_fingerprint(repository: Path, name: str, fingerprint: str) -> Path
         for file in manifest.files:
             checked_file(path, manifest, file)
     except ModelCorrupt as error:
-        log.warning("the latest export is damaged: exporting it again", extra={
-            "model": name, "reason": str(error)})
+        if warn:
+            log.warning("the latest export is damaged: exporting it again", extra={
+                "model": name, "reason": str(error)})
         return None
     return path
 
