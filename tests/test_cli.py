@@ -560,3 +560,26 @@ def test_a_query_word_with_a_leading_minus_is_told_to_go_after_dashes(
         parse_args(["search", "q", "--topk", "3"])
     assert "papersearch search: error: unrecognized arguments: --topk 3\n" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("report", "code"), [
+    ({"embedder": {"missing": "no exported model"}, "reranker": {"name": "r"}}, 1),
+    ({"embedder": {"unusable": "not an embedder export"}, "reranker": {"name": "r"}}, 1),
+    ({"embedder": {"name": "e"}, "reranker": {"damaged": "model.onnx has sha256 ..."}}, 1),
+    ({"embedder": {"name": "e"}, "reranker": {"missing": "no exported model"}}, 0),
+    ({"embedder": {"name": "e"}, "reranker": {"unusable": "not a reranker export"}}, 0),
+])
+def test_models_info_fails_without_an_embedder_to_serve(
+    report: dict[str, Any], code: int, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    """Only a damaged export exited 1: with no embedder (a repository path mistyped, a manifest
+    deleted) `models info && papersearch serve` went on to serve nothing. The reranker is
+    optional: without one the service runs."""
+    from papersearch.modelbuild import info
+
+    monkeypatch.setenv("PAPERSEARCH_MODELS__REPOSITORY", str(tmp_path / "no-such-repository"))
+    assert main(["models", "info"]) == 1  # as it is, nothing exported
+    assert "no exported model" in json.loads(capsys.readouterr().out)["embedder"]["missing"]
+    monkeypatch.setattr(info, "describe", lambda settings: report)
+    assert main(["models", "info"]) == code

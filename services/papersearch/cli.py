@@ -227,12 +227,16 @@ def _models_export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _models_info(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 1 where an export is damaged, or the embedder is not there to serve (missing, or
+    not loadable here): `models info && serve` went on to serve nothing. A reranker missing
+    or not loadable is not a failure: the service runs without one."""
     from papersearch.modelbuild.info import describe
 
     report = describe(settings)
     print(json.dumps(report, indent=2))
-    return 1 if any(isinstance(each, dict) and "damaged" in each
-                    for each in report.values()) else 0
+    damaged = any(isinstance(each, dict) and "damaged" in each for each in report.values())
+    unserved = any(key in report["embedder"] for key in ("missing", "unusable"))
+    return 1 if damaged or unserved else 0
 
 
 def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
@@ -866,7 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "else train the default (slow)")
     export.set_defaults(handler=_needs_extra("export", _models_export))
     info = models_commands.add_parser(
-        "info", help="the models in the repository and the precision each runs on this CPU")
+        "info", help="the models in the repository and the precision each runs on this CPU "
+                     "(exit 1: an export damaged, or no embedder to serve)")
     info.set_defaults(handler=_models_info)
     trainer = models_commands.add_parser(
         "train-reranker", help="fine-tune and export the default cross-encoder (cached)"
