@@ -197,7 +197,9 @@ def exclusive(lock_file: Path, what: str) -> Iterator[None]:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         try:
             handle = lock_file.open("a")
-        except FileNotFoundError:  # its folder removed meanwhile by the lock's holder
+        except FileNotFoundError:
+            if lock_file.parent.is_dir():  # not a folder removed meanwhile by the lock's holder
+                raise
             continue
         with handle:
             try:
