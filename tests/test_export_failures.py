@@ -149,7 +149,7 @@ def _fake_export(fail: BaseException | None, monkeypatch: pytest.MonkeyPatch) ->
         if fail is not None:
             raise fail
         (staging / "model.onnx").write_bytes(b"graph")
-        return Manifest(name=spec.name, version=version, kind="embedder", source="s",
+        return Manifest(name=spec.name, version=version, kind="embedder", source="s", dim=2,
                         fingerprint=fingerprint, max_length=spec.max_length,
                         files={"model.onnx": sha256_file(staging / "model.onnx")})
 
