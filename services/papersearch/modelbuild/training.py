@@ -44,6 +44,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from papersearch import interrupts
 from papersearch.durable import exclusive, is_open_file, remove_stale, replaced, staged
 from papersearch.interrupts import Interrupted
 from papersearch.modelbuild.mining import TrainingExample
@@ -198,13 +199,17 @@ def _train(
                 # checkpoint's plan) trained another number of steps, to other weights
                 if (step < plan.steps and (pace is None or step >= 1 + PACED_STEPS)
                         and time.monotonic() - last_save >= cfg.checkpoint_every_s):
-                    _save_checkpoint(resume_dir, {
-                        "step": step, **asdict(plan), "order": order, "rng": rng.getstate(),
-                        "torch_rng": torch.get_rng_state(), "losses": losses,
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                    })
-                    checkpointed, last_save = step, time.monotonic()
+                    # a checkpoint and its count go together: Ctrl-C as the save returned said
+                    # "no checkpoint yet" with one on disk
+                    with interrupts.held():
+                        _save_checkpoint(resume_dir, {
+                            "step": step, **asdict(plan), "order": order,
+                            "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                            "losses": losses, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
+                        })
+                        checkpointed, last_save = step, time.monotonic()
     except KeyboardInterrupt:
         kept = (f"{checkpointed:,} of {plan.steps:,} steps checkpointed; run again to resume"
                 if checkpointed else "no checkpoint yet; run again to start over")
