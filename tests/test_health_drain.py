@@ -519,6 +519,48 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones(
 
 
 @pytest.mark.slow
+def test_clients_calling_on_through_a_drain_are_refused_never_cancelled(
+    scratch: tuple[Any, LocalBackend], tmp_path: Path,
+) -> None:
+    """32 clients that call on until a second into the drain: the server stopped as soon as the
+    calls in flight were done, and the refused clients' retries (their channels resend an
+    UNAVAILABLE read at once) reached it as it stopped: 5 to 11 of ~170 calls a drain ended
+    CANCELLED (which no client retries), 3 drains out of 3. Now the gate refuses until they stop
+    coming; a call sent after the stop finds no server (UNAVAILABLE, nothing done)."""
+    servers, backend = scratch
+    slow = Switchable(backend)
+    target = servers.start(slow, drain_file=tmp_path / "drain", drain_grace_s=DRAIN_GRACE_S)
+    gateway = servers.gateways[-1]
+    outcomes: list[str] = []
+    calling_until = [time.monotonic() + 60.0]
+
+    def call_on(client: SearchClient) -> None:
+        while time.monotonic() < calling_until[0]:
+            try:
+                client.search(SearchQuery("draining gateways", rerank=False))
+                outcomes.append("OK")
+            except grpc.RpcError as error:
+                outcomes.append(f"{error.code().name}: {error.details()}")  # type: ignore[attr-defined]
+            time.sleep(0.02)
+
+    with SearchClient(target, timeout_s=30.0) as client:
+        assert wait_for(client, "readiness", "SERVING") == "SERVING"
+        slow.delay_s = 0.3
+        with ThreadPoolExecutor(33) as pool:
+            callers = [pool.submit(call_on, client) for _ in range(32)]
+            time.sleep(1.0)
+            calling_until[0] = time.monotonic() + 1.0
+            assert pool.submit(request_drain, gateway.settings.serve).result(60) is not None
+            for caller in callers:
+                caller.result(60)
+    failed = [outcome for outcome in outcomes if outcome != "OK"]
+    assert "OK" in outcomes and failed, outcomes  # calls were answered, and refused
+    unexpected = {outcome for outcome in failed if not outcome.startswith("UNAVAILABLE: ")
+                  or not ("draining" in outcome or "failed to connect" in outcome)}
+    assert not unexpected, unexpected
+
+
+@pytest.mark.slow
 def test_a_drain_ends_an_upsert_stream_saying_what_it_committed(
     scratch: tuple[Any, LocalBackend],
 ) -> None:

@@ -2,7 +2,12 @@
 new ones with UNAVAILABLE, so that during a drain every call that reached the gateway is either
 answered in full or refused before anything was done (safe to send again). Stopping the gRPC
 server outright would instead cancel calls that had arrived but not yet started (CANCELLED, seen
-under load), and refuse health checks that Kubernetes still asks during the drain."""
+under load), and refuse health checks that Kubernetes still asks during the drain.
+
+A refused client sends its call again at once (our clients' channels retry UNAVAILABLE reads
+after about 0.1 s, then 0.2 s: client_retry.py). A retry that reaches the server as it stops is
+cancelled by gRPC before the gate sees it (CANCELLED, which clients do not retry; grpc/grpc
+issue 41785), so the drain keeps refusing until calls stop coming (``wait_quiet``)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class DrainGate(grpc.aio.ServerInterceptor):
         self.cutting = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_call = 0.0  # the event loop's time of the last papersearch call's arrival
 
     async def intercept_service(
         self,
@@ -54,8 +60,17 @@ class DrainGate(grpc.aio.ServerInterceptor):
             return False
         return True
 
+    async def wait_quiet(self, quiet_s: float, limit_s: float) -> None:
+        """Until no call has come for ``quiet_s``, or ``limit_s`` is over (clients that go on
+        sending regardless)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while (left := self._last_call + quiet_s - loop.time()) > 0 and loop.time() < end:
+            await asyncio.sleep(min(left, end - loop.time()))
+
     def _gated(self, behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._last_call = asyncio.get_running_loop().time()
             if self.closed:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSED)
             self.running += 1

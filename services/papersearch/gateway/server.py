@@ -15,7 +15,8 @@ readiness NOT_SERVING, ``serve.drain_notice_s`` more of taking calls (while load
 notice; 0 locally, 12 s in Kubernetes), then new calls refused with UNAVAILABLE before anything
 is done (gateway/gate.py; health still answers), calls in flight finish within
 ``serve.drain_grace_s`` (longer than the largest deadline a call can have,
-``serve.max_deadline_s``), then the server stops (GOAWAY: clients reconnect elsewhere).
+``serve.max_deadline_s``), refusals go on until calls stop coming (the refused clients'
+retries, at most ``QUIET_MAX_S``), then the server stops (GOAWAY: clients reconnect elsewhere).
 WatchSearch streams never finish by themselves: they end with UNAVAILABLE as the gate closes
 (gateway/watch.py), and their clients reconnect with a replay.
 IndexService calls may run longer (``serve.index_call_timeout_s``): one still running at the end
@@ -64,6 +65,13 @@ LIVENESS = "liveness"
 READINESS = ("", "readiness", *SERVICES)
 DRAIN_FILE_POLL_S = 0.5
 STOP_GRACE_S = 1.0  # once idle: for a call that slipped in as the gate closed
+# Once idle, refusals go on until no call has come for QUIET_S (longer than the 0.1 s, then
+# 0.2 s, +-20 %, after which a refused client of ours resends), for at most QUIET_MAX_S and
+# never past the grace (gate.py). The cost: a client that goes on calling over this connection
+# is refused that much longer before the stop's GOAWAY sends it elsewhere. Figures behind the
+# limits (README).
+QUIET_S = 0.5
+QUIET_MAX_S = 2.0
 # The folder of the HTTP front's unix socket to gRPC, in the temporary directory; one of a
 # process that never drained (its replica killed) is removed by a later gateway's start once
 # nothing listens on its socket and it is older than STALE_SOCKET_AGE_S (a gateway starting at
@@ -317,8 +325,12 @@ class Gateway:
         if self._feed_task is not None:
             self._feed_task.cancel()
             await asyncio.gather(self._feed_task, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        grace_over = loop.time() + grace_s
         finished = await self.gate.wait_idle(grace_s)
-        if not finished:
+        if finished:  # the refused clients' retries are refused too, not cancelled by the stop
+            await self.gate.wait_quiet(QUIET_S, min(QUIET_MAX_S, grace_over - loop.time()))
+        else:
             log.warning("drain grace over: cancelling the calls still running",
                         extra={"running": self.gate.running})
             self.gate.cutting = True
