@@ -474,6 +474,26 @@ def test_a_repeat_with_other_metadata_is_a_conflict(tmp_path: Path) -> None:
     assert then.skipped[0].reason.startswith(f"id 'x1' already read at {path}:1 with the same")
 
 
+def test_a_paper_listed_in_two_page_folders_on_other_days_is_no_conflict(
+    tmp_path: Path,
+) -> None:
+    """Each page folder given as a corpus (as the nested-folder refusal advises): every paper
+    listed on both days was a conflict, "another date", with a warning to give a correction in
+    its place, and the listings filled ``skipped_records``; in one folder the same two pages
+    give none (a JSON Lines correction of a date is still one: the test above)."""
+    listing = page(("Alpha", ABSTRACT_A))
+    first = write(tmp_path / "jan", "a.txt", listing.replace("Aug 6", "Aug 6, 2025"))
+    second = write(tmp_path / "feb", "b.txt", listing.replace("Aug 6", "Aug 7, 2025"))
+    reader = read_corpus(first.parent)
+    assert [p.published for p in reader] == [date(2025, 8, 6)]
+    then = read_corpus(second.parent, earlier=reader.ids)
+    assert list(then) == [] and then.stats == ReadStats(0, 0, 1, 0) and then.skipped == []
+    together = read_corpus(write(tmp_path / "both", "a.txt", first.read_text()).parent)
+    write(tmp_path / "both", "b.txt", second.read_text())
+    assert [p.published for p in together] == [date(2025, 8, 6)]
+    assert together.stats == ReadStats(1, 0, 1, 0)
+
+
 def test_a_conflict_is_listed_with_both_places(tmp_path: Path) -> None:
     """A file that appends corrections: the corrected copy was dropped (counted, its id in a
     warning) with no line named, and so was passed over on every ingest without a trace of

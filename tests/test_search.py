@@ -438,8 +438,8 @@ def test_eval_without_modes_leaves_out_rerank_where_no_reranker_is_exported(
     assert "+rerank modes are left out" in printed.err
     assert "note: hybrid searches run as configured: with query feedback" in table
     assert answer["corpus"] == {"read": 5, "skipped": 1, "duplicates": 1, "conflicts": 1}
-    assert ("mini corpus: 5 papers read, 1 records skipped, 1 repeats dropped (1 with another "
-            "title or abstract) (listed on stderr)\n") in table
+    assert ("mini corpus: 5 papers read, 1 records skipped, 1 repeats dropped (1 differing "
+            "from the first copy) (listed on stderr)\n") in table
     listed = printed.err[printed.err.index("papersearch: mini: corpus records skipped"):]
     assert listed.splitlines()[1:3] == [
         f"  {dataset}/corpus.jsonl:6: 'published' is not an ISO date (YYYY-MM-DD, YYYY-MM or "

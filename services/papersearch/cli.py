@@ -760,7 +760,7 @@ def _say_skipped(datasets: Sequence[EvalDataset]) -> None:
 
 def _corpus_line(name: str, counts: dict[str, int]) -> str:
     """A set's corpus read, for a table: ``counts`` as evaluation/datasets.corpus_counts."""
-    conflicts = (f" ({counts['conflicts']:,} with another title or abstract)"
+    conflicts = (f" ({counts['conflicts']:,} differing from the first copy)"
                  if counts["conflicts"] else "")
     listed = " (listed on stderr)" if counts["skipped"] or counts["conflicts"] else ""
     return (f"{name} corpus: {counts['read']:,} papers read, {counts['skipped']:,} records "

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 
@@ -66,7 +67,7 @@ _READERS: dict[CorpusFormat, Callable[[Path], Iterator[Located]]] = {
 class ReadStats:
     """Outcome of one pass: papers yielded, records skipped, repeated papers dropped, and of
     those, the conflicts: a copy under an id read before that differs from it in a stored field
-    (title, abstract, date, authors, categories or url)."""
+    (title, abstract, date, authors, categories or url; a Daily Papers listing's date aside)."""
 
     read: int = 0
     skipped: int = 0
@@ -81,23 +82,31 @@ CONFLICTS_NAMED = 5  # ids a conflict warning names; all are counted
 @dataclass(frozen=True, slots=True)
 class FirstCopy:
     """An id's first copy in a run: where it was read ("file:line", or a Daily Papers corpus's
-    path) and what tells another copy apart (``hash`` is salted: within one process only)."""
+    path) and what tells another copy apart (``hash`` is salted: within one process only).
+
+    A Daily Papers date is the day a page listed the paper, not a fact about it: a paper listed
+    in two folders of one ingest is the same paper, whatever the dates (in one folder the
+    reader merges the listings, keeping the first date)."""
 
     source: str
     text: int  # title and abstract
-    metadata: int  # date, authors, categories and url
+    metadata: int  # authors, categories and url
+    published: date | None
+    listed: bool  # read from Daily Papers pages: ``published`` is a listing's day
 
     @classmethod
-    def of(cls, paper: Paper, source: str) -> FirstCopy:
+    def of(cls, paper: Paper, source: str, listed: bool) -> FirstCopy:
         return cls(source, hash((paper.title, paper.abstract)),
-                   hash((paper.published, paper.authors, paper.categories, paper.url)))
+                   hash((paper.authors, paper.categories, paper.url)), paper.published, listed)
 
-    def differs(self, paper: Paper) -> str | None:
-        """How ``paper`` differs from this copy, said for a conflict; None: the same paper."""
-        other = FirstCopy.of(paper, self.source)
+    def differs(self, paper: Paper, listed: bool) -> str | None:
+        """How ``paper`` (``listed``: from Daily Papers pages) differs from this copy, said for
+        a conflict; None: the same paper."""
+        other = FirstCopy.of(paper, self.source, listed)
         if other.text != self.text:
             return "another title or abstract"
-        if other.metadata != self.metadata:
+        if other.metadata != self.metadata or (
+                other.published != self.published and not (listed or self.listed)):
             return "the same title and abstract but another date, authors, categories or url"
         return None
 
@@ -138,6 +147,7 @@ class CorpusReader:
         self.skipped, self.skips, self.duplicates = [], 0, 0
         self._seen = {}
         self.conflicted, self.conflicts = [], 0
+        listed = self.format is CorpusFormat.DAILY_PAPERS
         for source, result in _READERS[self.format](self.path):
             if isinstance(result, Skipped):
                 self._skip(result)
@@ -145,10 +155,10 @@ class CorpusReader:
                 self._duplicate(result.paper_id, source)
             elif (first := self._seen.get(result.id, self.earlier.get(result.id))) is not None:
                 self._duplicate(result.id, source)
-                if (difference := first.differs(result)) is not None:
+                if (difference := first.differs(result, listed)) is not None:
                     self._conflict(result.id, source, first.source, difference)
             else:
-                self._seen[result.id] = FirstCopy.of(result, source)
+                self._seen[result.id] = FirstCopy.of(result, source, listed)
                 yield result
         if self.conflicts:
             logger.warning(

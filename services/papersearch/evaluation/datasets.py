@@ -129,13 +129,13 @@ def check_judged_documents(dataset: EvalDataset, paper_ids: set[str]) -> None:
 
 def corpus_counts(dataset: EvalDataset) -> dict[str, int]:
     """What its corpus's last read gave: papers read, records skipped, repeats dropped and of
-    those, conflicts (another title or abstract under an id read before)."""
+    those, conflicts (a copy under an id read before that differs from it: readers.ReadStats)."""
     return asdict(dataset.corpus.stats)
 
 
 def skipped_records(dataset: EvalDataset, shown: int = SKIPPED_SHOWN) -> list[str]:
-    """The records its corpus's last read skipped, and repeats of an id with another title or
-    abstract it passed over ("file:line: reason"): the first ``shown``, then how many more."""
+    """The records its corpus's last read skipped, and the differing repeats of an id it passed
+    over ("file:line: reason"): the first ``shown``, then how many more."""
     stats = dataset.corpus.stats
     lines = [f"{s.source}: {s.reason}" for s in dataset.corpus.skipped[:shown]]
     more = stats.skipped + stats.conflicts - len(lines)
