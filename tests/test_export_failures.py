@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -228,7 +229,9 @@ def test_a_lock_removed_by_its_holder_is_taken_anew_by_its_waiter(tmp_path: Path
 
 def test_the_image_prune_skips_a_name_without_any_version(tmp_path: Path) -> None:
     """A failed first export's lock alone in a name's folder failed the image build's prune:
-    "no finished version (run `papersearch models export`)", advice that could not help."""
+    "no finished version (run `papersearch models export`)", advice that could not help. Once
+    skipped, an embedder's lock beside a finished reranker built an image that could not
+    serve: a repository without a finished embedder is refused."""
     import subprocess
     import sys
 
@@ -241,10 +244,15 @@ def test_the_image_prune_skips_a_name_without_any_version(tmp_path: Path) -> Non
     (tmp_path / "failed").mkdir()
     (tmp_path / "failed" / ".export.lock").touch()
     done = prune(tmp_path)  # nothing to serve
-    assert done.returncode == 1 and "no exported model" in done.stderr, done.stderr
+    assert done.returncode == 1 and "no exported embedder" in done.stderr, done.stderr
+    (tmp_path / "reranker" / "1").mkdir(parents=True)
+    (tmp_path / "reranker" / "1" / "manifest.json").write_text('{"kind": "reranker"}')
+    done = prune(tmp_path)  # a reranker alone: no query encoder
+    assert done.returncode == 1 and "no exported embedder" in done.stderr, done.stderr
+    shutil.rmtree(tmp_path / "reranker")
     for version in ("1", "2"):
         (tmp_path / "m" / version).mkdir(parents=True)
-        (tmp_path / "m" / version / "manifest.json").write_text("{}")
+        (tmp_path / "m" / version / "manifest.json").write_text('{"kind": "embedder"}')
     done = prune(tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
