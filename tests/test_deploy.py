@@ -87,6 +87,19 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     assert serve_config.main(["--check", "--root", str(tmp_path)]) == 0
 
 
+@pytest.mark.parametrize("source", ["overlays/prod/kustomization.yaml",
+                                    "overlays/prod/serve-overrides.yaml"])
+def test_a_yaml_slip_in_a_source_is_one_line_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str) -> None:
+    _copy_deploy(tmp_path)
+    path = tmp_path / serve_config.K8S / source
+    path.write_text(path.read_text() + "  - path: [unclosed\n")
+    assert serve_config.main(["--check", "--root", str(tmp_path)]) == 1
+    said = capsys.readouterr().err
+    assert said.startswith("error: not YAML: ") and said.count("\n") == 1, said
+    assert f'in "{path}", line' in said, said
+
+
 def test_a_patch_left_without_overrides_is_regenerated(tmp_path: Path) -> None:
     """An overlay whose serve-overrides.yaml is gone keeps its patch (its kustomization names
     it), which must then carry the base's result: --check and regenerating see it too."""

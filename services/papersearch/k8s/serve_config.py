@@ -70,7 +70,7 @@ def load_overrides(paths: Sequence[Path]) -> Overrides:
     """The chain of override files (base first), merged into one mapping by deployment name."""
     chained: dict[str, Any] = {}
     for path in paths:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _parsed(path) or {}
         if not isinstance(data, Mapping) or not all(
             isinstance(v, Mapping) for v in data.values()
         ):
@@ -185,11 +185,20 @@ def kustomization_file(root: Path, directory: Path) -> Path | None:
                  if (root / directory / name).is_file()), None)
 
 
+def _parsed(path: Path) -> Any:
+    """A YAML file's data; a slip in it is a ServeConfigError naming it and the place."""
+    try:
+        with path.open(encoding="utf-8") as stream:  # the error's marks name the file
+            return yaml.safe_load(stream)
+    except yaml.YAMLError as error:
+        raise ServeConfigError(f"not YAML: {' '.join(str(error).split())}") from None
+
+
 def _read_kustomization(root: Path, directory: Path) -> dict[str, Any]:
     path = kustomization_file(root, directory)
     if path is None:
         raise ServeConfigError(f"{directory} has no kustomization.yaml")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = _parsed(path) or {}
     if not isinstance(spec, Mapping):
         raise ServeConfigError(f"{path.relative_to(root)}: expected a Kustomization mapping")
     return dict(spec)
