@@ -87,12 +87,13 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     assert serve_config.main(["--check", "--root", str(tmp_path)]) == 0
 
 
-@pytest.mark.parametrize("source", ["overlays/prod/kustomization.yaml",
-                                    "overlays/prod/serve-overrides.yaml"])
+@pytest.mark.parametrize("source", [serve_config.K8S / "overlays/prod/kustomization.yaml",
+                                    serve_config.K8S / "overlays/prod/serve-overrides.yaml",
+                                    serve_config.SOURCE])
 def test_a_yaml_slip_in_a_source_is_one_line_not_a_traceback(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], source: Path) -> None:
     _copy_deploy(tmp_path)
-    path = tmp_path / serve_config.K8S / source
+    path = tmp_path / source
     path.write_text(path.read_text() + "  - path: [unclosed\n")
     assert serve_config.main(["--check", "--root", str(tmp_path)]) == 1
     said = capsys.readouterr().err

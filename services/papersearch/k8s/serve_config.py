@@ -194,6 +194,16 @@ def _parsed(path: Path) -> Any:
         raise ServeConfigError(f"not YAML: {' '.join(str(error).split())}") from None
 
 
+def _source_text(root: Path) -> str:
+    """The Serve config's text, checked to be YAML: without overrides it is carried as it is,
+    so a slip in it would otherwise reach the cluster."""
+    path = root / SOURCE
+    if not path.is_file():
+        raise ServeConfigError(f"{path} not found: the Serve config every patch derives from")
+    _parsed(path)
+    return path.read_text()
+
+
 def _read_kustomization(root: Path, directory: Path) -> dict[str, Any]:
     path = kustomization_file(root, directory)
     if path is None:
@@ -300,11 +310,11 @@ def targets(root: Path) -> list[Target]:
 def expected_serve_config(root: Path, kustomization: Path) -> str:
     """The serveConfigV2 a rendered kustomization must carry."""
     chain = chain_for(root, kustomization)
-    return derive((root / SOURCE).read_text(), load_overrides([root / p for p in chain]))
+    return derive(_source_text(root), load_overrides([root / p for p in chain]))
 
 
 def generate(root: Path, target: Target) -> str:
-    text = derive((root / SOURCE).read_text(), load_overrides([root / p for p in target.chain]))
+    text = derive(_source_text(root), load_overrides([root / p for p in target.chain]))
     return render_patch(text, [str(SOURCE), *(str(p) for p in target.chain)])
 
 
