@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 import grpc
@@ -72,3 +73,20 @@ def test_clients_that_never_stop_calling_hold_the_wait_only_to_its_limit(limit_s
         return still_calling
 
     assert asyncio.run(scenario())
+
+
+def test_a_quiet_spent_stalled_does_not_count() -> None:
+    """The loop held up (a loaded machine) through the quiet: calls that came meanwhile may be
+    waiting to reach the gate, so the quiet starts again once the loop runs."""
+    async def scenario() -> tuple[float, float]:
+        gate = DrainGate()
+        gate.close()
+        await call(gate)
+        loop = asyncio.get_running_loop()
+        stall = loop.call_later(0.05, time.sleep, 0.5)  # blocks the loop past the quiet
+        await gate.wait_quiet(quiet_s=0.2, limit_s=30.0)
+        stall.cancel()
+        return loop.time(), gate._last_call
+
+    quiet_at, last_call = asyncio.run(scenario())
+    assert quiet_at - last_call >= 0.5 + 0.2 - 0.05  # the stall, then a quiet of its own

@@ -20,6 +20,8 @@ import grpc
 from papersearch.gateway.method_handlers import Behavior, api_behavior, with_behavior
 
 REFUSED = "this gateway is draining (shutting down): nothing was done, send the call again"
+# a wake this late means the loop was held up (a sleep here normally wakes within milliseconds)
+STALL_S = 0.1
 
 
 class DrainGate(grpc.aio.ServerInterceptor):
@@ -62,11 +64,18 @@ class DrainGate(grpc.aio.ServerInterceptor):
 
     async def wait_quiet(self, quiet_s: float, limit_s: float) -> None:
         """Until no call has come for ``quiet_s``, or ``limit_s`` is over (clients that go on
-        sending regardless)."""
+        sending regardless). A quiet counts only while the event loop kept time: after a stall
+        (a loaded machine), calls that arrived meanwhile may not have reached the gate yet, and
+        this wait woke first."""
         loop = asyncio.get_running_loop()
         end = loop.time() + limit_s
-        while (left := self._last_call + quiet_s - loop.time()) > 0 and loop.time() < end:
-            await asyncio.sleep(min(left, end - loop.time()))
+        awake_since = 0.0
+        while ((left := max(self._last_call, awake_since) + quiet_s - loop.time()) > 0
+               and loop.time() < end):
+            wake = loop.time() + min(left, end - loop.time())
+            await asyncio.sleep(wake - loop.time())
+            if loop.time() - wake > STALL_S:
+                awake_since = loop.time()
 
     def _gated(self, behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -318,14 +318,14 @@ class Gateway:
         await self._set_ready(False)
         log.info("draining", extra={"grace_s": grace_s,
                                     "notice_s": self.settings.serve.drain_notice_s})
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         await asyncio.sleep(self.settings.serve.drain_notice_s)
         self.gate.close()
         self.watches.close()  # watches never finish by themselves: UNAVAILABLE, reconnect
         if self._feed_task is not None:
             self._feed_task.cancel()
             await asyncio.gather(self._feed_task, return_exceptions=True)
-        loop = asyncio.get_running_loop()
         grace_over = loop.time() + grace_s
         finished = await self.gate.wait_idle(grace_s)
         if finished:  # the refused clients' retries are refused too, not cancelled by the stop
@@ -337,8 +337,8 @@ class Gateway:
         if self.http is not None:  # first: an HTTP call after the gRPC server stopped got
             await self.http.stop(cut=not finished)  # the hop's own error, naming its socket
         await self.server.stop(STOP_GRACE_S if finished else 0)
-        log.info("drained", extra={"seconds": round(asyncio.get_running_loop().time() - started,
-                                                    3), "complete": finished})
+        log.info("drained", extra={"seconds": round(loop.time() - started, 3),
+                                   "complete": finished})
         await self.health.enter_graceful_shutdown()
         if self.health_server is not None:
             await self.health_server.stop(0)
