@@ -55,7 +55,7 @@ def check(target: str, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
 def main() -> int:
     try:
         problem = check(health_target(load_settings().serve))
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:  # settings: a bad value, no such file
         problem = str(error)
     if problem is not None:
         print(f"papersearch healthcheck: {problem}", file=sys.stderr)
