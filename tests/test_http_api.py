@@ -410,6 +410,47 @@ def test_keys_and_scopes_are_the_grpc_ones(gateway: tuple[str, str]) -> None:
         assert headers["X-Content-Type-Options"] == "nosniff", path
 
 
+def _head(connection: socket.socket) -> str:
+    """The status line and headers of the next answer on ``connection``."""
+    head = b""
+    while b"\r\n\r\n" not in head and (chunk := connection.recv(1)):
+        head += chunk
+    return head.decode("latin-1")
+
+
+@pytest.mark.parametrize(("key", "content_type", "length", "status"), [
+    (None, "application/json", 20_000_000, 401),
+    (READ, "text/plain", 20_000_000, 415),
+    (READ, "application/json", 20_000_000, 413),
+    (READ, "application/json", 17, 200),
+])
+def test_a_body_is_asked_for_only_once_the_checks_passed(
+        gateway: tuple[str, str], key: str | None, content_type: str, length: int,
+        status: int) -> None:
+    """Expect: 100-continue (curl sends it for large uploads) got 100 Continue before the key,
+    type or size was checked, and the client uploaded a body then refused unread; a
+    Content-Length over the JSON limit was read up to the limit (or waited for, until the
+    body timeout) before its 413. Now a refusal comes instead of the 100 (the connection
+    closed: the client may send its body or not), and the 100 only to a call that may go on."""
+    port = int(gateway[1].rsplit(":", 1)[1])
+    headers = (f"POST {SEARCH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {length}\r\nExpect: 100-continue\r\n"
+               + (f"x-api-key: {key}\r\n" if key else ""))
+    for expect in (True, False):
+        request = headers if expect else headers.replace("Expect: 100-continue\r\n", "")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(f"{request}\r\n".encode())
+            if status == 200:
+                if expect:
+                    assert _head(connection).startswith("HTTP/1.1 100 Continue\r\n")
+                connection.sendall(b'{"query": "json"}')
+            head = _head(connection)
+        assert head.startswith(f"HTTP/1.1 {status} "), head
+        # unread, a body the client may yet send is framed only by the connection's end
+        assert ("Connection: close" in head) is (status != 200 and (expect or status == 413)), head
+        assert ('WWW-Authenticate: ApiKey header="x-api-key"' in head) is (status == 401), head
+
+
 @pytest.mark.slow
 def test_a_body_that_stops_arriving_is_refused_in_time(
     scratch: tuple[Servers, LocalBackend],
@@ -1051,6 +1092,8 @@ def test_cors_only_for_the_configured_origins(gateway: tuple[str, str]) -> None:
     assert "x-api-key" in headers["Access-Control-Allow-Headers"]
     status, headers = answer("POST", APP)
     assert status == 200 and headers["Access-Control-Allow-Origin"] == APP
+    # a page reads a 429/503's retry hint only if it is exposed (not a safelisted header)
+    assert headers["Access-Control-Expose-Headers"] == "Retry-After, Allow"
     for method in ("OPTIONS", "POST"):  # another site's page gets no CORS headers
         status, headers = answer(method, "https://elsewhere.example.com")
         assert "Access-Control-Allow-Origin" not in headers

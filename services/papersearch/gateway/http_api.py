@@ -100,7 +100,7 @@ class HttpError(Exception):
     def __init__(self, status: str, message: str,
                  metadata: dict[str, str] | None = None, http: int | None = None,
                  summary: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -108,6 +108,7 @@ class HttpError(Exception):
         self.http = http if http is not None else openapi.HTTP_STATUS[status]
         self.summary = summary  # a streamed call's response for what came before the error
         self.headers = headers or {}
+        self.close = close  # refused with its body unread: the connection is not kept
 
     def response(self) -> web.Response:
         error: dict[str, Any] = {"code": self.http, "status": self.status,
@@ -117,10 +118,12 @@ class HttpError(Exception):
         if self.summary is not None:
             error["summary"] = self.summary
         response = web.json_response({"error": error}, status=self.http, headers=self.headers)
+        if self.http == 401:  # a 401 names its scheme (RFC 9110): the key's header
+            response.headers["WWW-Authenticate"] = f'ApiKey header="{openapi.API_KEY_HEADER}"'
         if self.http in (429, 503):  # sent again: HTTP clients' retry policies read the header
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        if self.http == 503:  # this gateway cannot serve it (draining, say): a new connection
-            response.force_close()  # may reach another, where a kept-alive one comes back here
+        if self.http == 503 or self.close:  # 503: this gateway cannot serve it (draining, say):
+            response.force_close()  # a new connection may reach another, not come back here
         return response
 
 
@@ -195,7 +198,8 @@ class HttpFront:
             app.middlewares.append(_loopback_names_only)
         for service in pb.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
-                app.router.add_post(openapi.http_path(method), self._route(method))
+                app.router.add_post(openapi.http_path(method), self._route(method),
+                                    expect_handler=self._expect(method))
         app.router.add_get("/openapi.json", _openapi)
         app.router.add_get("/healthz", self._health("liveness"))
         app.router.add_get("/readyz", self._health("readiness"))
@@ -236,18 +240,14 @@ class HttpFront:
     def _route(self, method: MethodDescriptor) -> Handler:
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
-        path = openapi.http_path(method)
-        # without x-timeout-ms: a search gets serve.default_deadline_s from its arrival (the
-        # gateway told that it is its own limit: servicers.DEFAULT_DEADLINE_KEY); a write the
-        # gateway's index_call_timeout_s, and a watch none (its handler takes no default)
-        default_s = None if path.startswith(WRITE_PREFIXES) else self.serve.default_deadline_s
+        path, _, default_s = self._admission(method)
         if method.server_streaming:  # WatchSearch: the responses as NDJSON lines
             calls = [channel.unary_stream(path, request_serializer=request_type.SerializeToString,
                                           response_deserializer=response_type.FromString)
                      for channel in self.watch_channels]
 
             async def streaming(request: web.Request) -> web.StreamResponse:
-                options = self._admitted(request, path, JSON)
+                options = self._admitted(request, path, JSON, default_s)
                 _probe_when_silent(request, self.serve)
                 message = await _message(self.parsers, await self._body(request), request_type,
                                          "request", self.serve.max_receive_bytes, "request body")
@@ -315,19 +315,61 @@ class HttpFront:
             return None
         return HttpError("UNAVAILABLE", CUT)
 
+    def _admission(self, method: MethodDescriptor) -> tuple[str, str, float | None]:
+        """A method's path, the Content-Type its body must have, and its deadline without
+        x-timeout-ms: a search gets serve.default_deadline_s from its arrival (the gateway
+        told that it is its own limit: servicers.DEFAULT_DEADLINE_KEY); a write the gateway's
+        index_call_timeout_s, and a watch none (its handler takes no default)."""
+        path = openapi.http_path(method)
+        if method.server_streaming:
+            return path, JSON, None
+        content_type = openapi.NDJSON if method.client_streaming else JSON
+        return path, content_type, (None if path.startswith(WRITE_PREFIXES)
+                                    else self.serve.default_deadline_s)
+
+    def _expect(self, method: MethodDescriptor) -> Callable[[web.Request],
+                                                            Awaitable[web.Response | None]]:
+        """``Expect: 100-continue`` answered after the checks made before a body is read: a
+        refused caller gets its answer at once and never sends the body (aiohttp's own handler
+        said 100 first, and the client uploaded a body that was then refused unread)."""
+        path, content_type, default_s = self._admission(method)
+
+        async def expect(request: web.Request) -> web.Response | None:
+            try:
+                self._admitted(request, path, content_type, default_s)
+                value = request.headers.get("Expect", "")
+                if value.lower() != "100-continue" or request.version < (1, 1):
+                    raise HttpError("INVALID_ARGUMENT", f"Expect {quoted(value)} is not "
+                                    "accepted (only 100-continue, over HTTP/1.1)", http=417)
+            except HttpError as error:  # the client may send its body or not: framed only by
+                error.close = True  # closing the connection
+                return error.response()
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer's own bytes start after it
+            return None
+
+        return expect
+
     def _admitted(self, request: web.Request, path: str, content_type: str,
                   default_s: float | None = None) -> CallOptions:
         """The call options of a request that may send its body: of the right type, with a
         key that may call ``path`` (checked again by the gRPC side) and its x-timeout-ms, else
         ``default_s`` (the server's, and said to be). The key is checked before the body is
         read: a caller without one must not get the server to read and parse up to
-        max_receive_bytes for it."""
+        max_receive_bytes for it. Nor is a JSON body read whose Content-Length is over the
+        limit (NDJSON is held to it line by line)."""
         _require_type(request, content_type)
         options = _call_options(request, default_s)
         refused = None if self.keys is None else self.keys.refusal(
             path, [key for name, key in options.metadata if name == openapi.API_KEY_HEADER])
         if refused is not None:
             raise HttpError(refused[0].name, refused[1])
+        size = request.content_length
+        limit = self.serve.max_receive_bytes
+        if content_type == JSON and size is not None and size > json_limit(limit):
+            metrics().refused("serve.max_receive_bytes")
+            raise HttpError("RESOURCE_EXHAUSTED", f"request body of {size} bytes (its "
+                            f"Content-Length) over {json_too_long(limit)}", http=413, close=True)
         return options
 
     async def _body(self, request: web.Request) -> bytes:
@@ -815,6 +857,8 @@ def _cors(app: web.Application, origins: Sequence[str]) -> Any:
         if origin := allowed_origin(request):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
+            # not safelisted: a page could not read a 429/503's retry hint, a 405's methods
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After, Allow"
 
     @web.middleware
     async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
