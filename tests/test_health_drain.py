@@ -734,6 +734,53 @@ def test_a_start_that_fails_stops_its_grpc_server_and_removes_its_socket_folder(
         loop.close()
 
 
+def test_a_call_reaching_the_gate_behind_the_drains_own_check_begins_the_wait_again(
+    temp_root: Path,
+) -> None:
+    """Under load gRPC held calls it had taken for hundreds of ms before the gate saw them, so
+    the quiet wait ended and the stop cancelled them (CANCELLED). The drain's own health check
+    over the private socket is handed over after such calls: one that reached the gate while
+    the check was on its way begins the wait again; none, and the drain goes on."""
+    loop = LoopThread()
+    waits: list[float] = []
+
+    class Refused(Exception):
+        pass
+
+    class Context:
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise Refused(code)
+
+    async def answered(request: Any, context: Any) -> None:
+        return None
+
+    async def scenario() -> None:
+        settings = stub_gateway_settings(free_port())
+        settings.serve.http_port = None  # the private socket is there without HTTP too
+        gateway = Gateway(stub_backend(), settings)
+        await gateway.start()
+        wait_quiet = gateway.gate.wait_quiet
+
+        async def held_back() -> None:  # a call gRPC handed over only now
+            with contextlib.suppress(Refused):
+                await gateway.gate._gated(answered)(None, Context())
+
+        async def counted(quiet_s: float, limit_s: float) -> None:
+            waits.append(limit_s)
+            await wait_quiet(quiet_s, limit_s)
+            if len(waits) == 1:  # arrives as the check goes out
+                asyncio.get_running_loop().call_soon(asyncio.ensure_future, held_back())
+
+        gateway.gate.wait_quiet = counted  # type: ignore[method-assign]
+        await gateway.drain(30.0)
+
+    try:
+        loop.run(scenario())
+    finally:
+        loop.close()
+    assert len(waits) == 2 and waits[1] < waits[0] <= 2.0, waits  # within the quiet's limit
+
+
 def stale_socket_folder(root: Path, name: str, *, age_s: float, listening: bool = False,
                         sock: bool = True) -> tuple[Path, socket.socket | None]:
     """A gateway's socket folder: its socket bound and closed (the process gone), or still

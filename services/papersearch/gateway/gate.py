@@ -47,6 +47,11 @@ class DrainGate(grpc.aio.ServerInterceptor):
             return handler
         return with_behavior(handler, self._gated(behavior))
 
+    @property
+    def last_call(self) -> float:
+        """The event loop's time of the last papersearch call's arrival at the gate."""
+        return self._last_call
+
     def close(self) -> None:
         """Refuse every call from now on; those running go on (an UpsertPapers stream to the
         end of its batch in progress: ``closing``)."""

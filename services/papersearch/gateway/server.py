@@ -16,7 +16,9 @@ notice; 0 locally, 12 s in Kubernetes), then new calls refused with UNAVAILABLE 
 is done (gateway/gate.py; health still answers), calls in flight finish within
 ``serve.drain_grace_s`` (longer than the largest deadline a call can have,
 ``serve.max_deadline_s``), refusals go on until calls stop coming (the refused clients'
-retries, at most ``QUIET_MAX_S``), then the server stops (GOAWAY: clients reconnect elsewhere).
+retries, at most ``QUIET_MAX_S``; a health check of the gateway's own, through its private
+unix socket, shows none is still held by gRPC short of the gate), then the server stops
+(GOAWAY: clients reconnect elsewhere).
 WatchSearch streams never finish by themselves: they end with UNAVAILABLE as the gate closes
 (gateway/watch.py), and their clients reconnect with a replay.
 IndexService calls may run longer (``serve.index_call_timeout_s``): one still running at the end
@@ -72,6 +74,7 @@ STOP_GRACE_S = 1.0  # once idle: for a call that slipped in as the gate closed
 # limits (README).
 QUIET_S = 0.5
 QUIET_MAX_S = 2.0
+MIN_CHECK_S = 0.05  # the drain's own check near its limit: a timeout gRPC can still keep
 # The folder of the HTTP front's unix socket to gRPC, in the temporary directory; one of a
 # process that never drained (its replica killed) is removed by a later gateway's start once
 # nothing listens on its socket and it is older than STALE_SOCKET_AGE_S (a gateway starting at
@@ -241,11 +244,13 @@ class Gateway:
             health_server, health_address = self.health_server, self.health_address
             _bind("the gateway's health port", health_address,
                   lambda: health_server.add_insecure_port(health_address))
-        if self.settings.serve.http_port is not None:  # HTTP calls reach gRPC on a unix socket
-            await asyncio.to_thread(remove_stale_socket_dirs)
-            self._socket_dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))
-            target = socket_target(self._socket_dir)
-            _bind("the gateway's HTTP hop", target, lambda: self.server.add_insecure_port(target))
+        # a private unix socket: HTTP calls reach gRPC on it, and the drain's own check
+        await asyncio.to_thread(remove_stale_socket_dirs)
+        self._socket_dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))
+        target = socket_target(self._socket_dir)
+        _bind("the gateway's private socket", target,
+              lambda: self.server.add_insecure_port(target))
+        if self.settings.serve.http_port is not None:
             self.http = HttpFront(self.settings.serve, target)
         drain_file = self.settings.serve.drain_file
         if drain_file is not None and drain_file.exists():  # left by a drained predecessor
@@ -329,7 +334,7 @@ class Gateway:
         grace_over = loop.time() + grace_s
         finished = await self.gate.wait_idle(grace_s)
         if finished:  # the refused clients' retries are refused too, not cancelled by the stop
-            await self.gate.wait_quiet(QUIET_S, min(QUIET_MAX_S, grace_over - loop.time()))
+            await self._refuse_until_quiet(min(loop.time() + QUIET_MAX_S, grace_over))
         else:
             log.warning("drain grace over: cancelling the calls still running",
                         extra={"running": self.gate.running})
@@ -343,6 +348,26 @@ class Gateway:
         if self.health_server is not None:
             await self.health_server.stop(0)
         self._remove_socket_dir()
+
+    async def _refuse_until_quiet(self, until: float) -> None:
+        """Refusals go on until calls stop coming (``DrainGate.wait_quiet``), at most to
+        ``until``. Under load gRPC holds calls it has taken for hundreds of ms before they
+        reach the gate, which cannot see them, and the stop cancelled them: a health check of
+        our own over the private socket is handed over after them, so once it is answered,
+        they have reached the gate; if one did, the wait begins again."""
+        loop = asyncio.get_running_loop()
+        if self._socket_dir is None:  # not started: nothing to wait for
+            return
+        async with grpc.aio.insecure_channel(socket_target(self._socket_dir)) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            while (left := until - loop.time()) > 0:
+                await self.gate.wait_quiet(QUIET_S, left)
+                sent = loop.time()
+                with contextlib.suppress(grpc.RpcError):  # that it came back is what counts
+                    await check(health_pb2.HealthCheckRequest(),
+                                timeout=max(until - sent, MIN_CHECK_S))
+                if self.gate.last_call < sent:
+                    return
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
