@@ -370,6 +370,35 @@ def test_a_body_without_a_content_type_is_told_it_has_none() -> None:
         assert raised.value.http == 415
 
 
+def test_headers_are_quoted_as_sent_and_refused_given_twice() -> None:
+    """A Content-Type aiohttp cannot parse was told it was 'application/octet-stream' (aiohttp's
+    fallback); x-timeout-ms or Content-Encoding given twice took the first silently (a body
+    gzipped and said so second was 'not valid JSON'); a 404 named the decoded path, which may
+    be one that exists (Search%2FSearch)."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from papersearch.gateway.http_api import HttpError, _call_options, _from_http, _require_type
+
+    listed = make_mocked_request("POST", SEARCH, headers={
+        "Content-Type": "application/json, text/plain"})
+    with pytest.raises(HttpError, match="got 'application/json, text/plain'$"):
+        _require_type(listed, "application/json")
+    for name, values in (("Content-Encoding", ("identity", "gzip")),
+                         (openapi.TIMEOUT_HEADER, ("1", "60000"))):
+        request = make_mocked_request("POST", SEARCH, headers=CIMultiDict(
+            [("Content-Type", "application/json"), *((name, value) for value in values)]))
+        with pytest.raises(HttpError, match=f"^header {name} given 2 times: give it once$"
+                           ) as raised:
+            _require_type(request, "application/json")
+            _call_options(request, None)
+        assert raised.value.http == 400
+    encoded = make_mocked_request("POST", "/papersearch.v1.SearchService%2FSearch")
+    said = _from_http(web.HTTPNotFound(), encoded, 1).message
+    assert said == "no such path: '/papersearch.v1.SearchService%2FSearch'"
+
+
 def test_a_fault_in_the_http_front_is_a_json_500_with_an_incident() -> None:
     from aiohttp.test_utils import make_mocked_request
 

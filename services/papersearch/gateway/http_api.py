@@ -581,7 +581,7 @@ def _call_options(request: web.Request, default_s: float | None) -> CallOptions:
                         "(keys are printable ASCII)")
     admitted, timeout_s = time.monotonic(), None
     metadata = tuple((openapi.API_KEY_HEADER, key) for key in keys)
-    timeout = request.headers.get(openapi.TIMEOUT_HEADER)
+    timeout = _single(request, openapi.TIMEOUT_HEADER)
     if timeout is None and default_s is not None:
         metadata += ((DEFAULT_DEADLINE_KEY, "1"),)
         return CallOptions(metadata, default_s + DEFAULT_DEADLINE_MARGIN_S, admitted,
@@ -598,14 +598,25 @@ def _call_options(request: web.Request, default_s: float | None) -> CallOptions:
 
 
 def _require_type(request: web.Request, content_type: str) -> None:
-    if request.content_type != content_type:  # aiohttp's default when the header is absent
-        given = quoted(request.content_type) if "Content-Type" in request.headers else "none"
+    given = _single(request, "Content-Type")
+    if request.content_type != content_type:  # aiohttp's default when the header is absent or
+        given = "none" if given is None else quoted(given)  # unparsable: the client's own value
         raise HttpError("INVALID_ARGUMENT", f"Content-Type must be {content_type}, got "
                         f"{given}", http=415)
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    encoding = (_single(request, "Content-Encoding") or "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise HttpError("INVALID_ARGUMENT", f"Content-Encoding {quoted(encoding)} is not "
                         "accepted: send the body uncompressed", http=415)
+
+
+def _single(request: web.Request, name: str) -> str | None:
+    """A header's value; given twice, a 400 (aiohttp's lookup took the first silently, where a
+    JSON key given twice is refused)."""
+    values = request.headers.getall(name, [])
+    if len(values) > 1:
+        raise HttpError("INVALID_ARGUMENT", f"header {name} given {len(values)} times: give it "
+                        "once")
+    return values[0] if values else None
 
 
 class _RepeatedKey(ValueError):
@@ -939,7 +950,8 @@ def _errors_as_json(max_bytes: int) -> Any:
 
 def _from_http(error: web.HTTPException, request: web.Request, max_bytes: int) -> HttpError:
     if error.status == 404:
-        return HttpError("NOT_FOUND", f"no such path: {request.path[:64]!r}", http=404)
+        return HttpError("NOT_FOUND", f"no such path: {request.rel_url.raw_path[:64]!r}",
+                         http=404)  # as sent: its decoded form may be a path that exists
     if error.status == 405:
         return HttpError("UNIMPLEMENTED", f"{request.method} is not allowed on "
                          f"{request.path[:64]!r}", http=405,
