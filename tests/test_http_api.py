@@ -206,11 +206,12 @@ def test_a_request_grpc_takes_is_taken_over_http_though_its_json_is_longer(
         "code": 413, "status": "RESOURCE_EXHAUSTED", "message": "request: its protobuf "
         f"encoding is {pb.SearchRequest(query=query).ByteSize()} bytes, past the server's "
         f"limit of {limit} bytes (serve.max_receive_bytes)"}})
-    # and the body to three times it, in bytes of JSON
-    assert call(http + SEARCH, b'{"query": "' + b"x" * (3 * limit) + b'"}') == (413, {"error": {
-        "code": 413, "status": "RESOURCE_EXHAUSTED", "message": "request body over the "
-        f"server's limit of {3 * limit} bytes of JSON (3 x serve.max_receive_bytes, {limit}, "
-        "which counts the message's protobuf bytes)"}})
+    # and the body to three times it, in bytes of JSON (its Content-Length says so: unread)
+    body = b'{"query": "' + b"x" * (3 * limit) + b'"}'
+    assert call(http + SEARCH, body) == (413, {"error": {
+        "code": 413, "status": "RESOURCE_EXHAUSTED", "message": f"request body of {len(body)} "
+        f"bytes (its Content-Length) over the server's limit of {3 * limit} bytes of JSON (3 x "
+        f"serve.max_receive_bytes, {limit}, which counts the message's protobuf bytes)"}})
 
 
 def test_refusals_to_send_again_say_when_and_a_503_lets_its_connection_go() -> None:
