@@ -492,6 +492,7 @@ def test_ctrl_c_stops_train_reranker_and_a_rerun_resumes_to_the_same_weights(
                   PAPERSEARCH_MODELS__REPOSITORY=str(repository),
                   PAPERSEARCH_MODELS__CACHE_DIR=str(cache),
                   PAPERSEARCH_CORPUS_DIR=str(SAMPLE_CORPUS),
+                  PAPERSEARCH_LOG_LEVEL="INFO",  # the estimate is an INFO record
                   PAPERSEARCH_TRAINING__CHECKPOINT_EVERY_S="0")  # after every step
 
     stopped = run_and_interrupt(

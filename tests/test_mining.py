@@ -233,13 +233,12 @@ def test_training_removes_other_keys_resume_folders_unless_their_run_is_live(
             if r.getMessage() == "another key's resume checkpoint removed"] == [(str(stale), 500)]
 
 
-def test_a_resume_folder_stays_while_another_run_of_its_key_trains(
+def tiny_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Runs of one key share its resume folder, each holding its lock shared. The first to
-    finish removed the folder, lock file included, while the other still trained: its next
-    checkpoint made the folder again with no lock held, and a run of another key removed it
-    mid-training. The folder now goes with the last of them to finish."""
+) -> tuple[Any, Path, list[TrainingExample], Any]:
+    """modelbuild.training, a base folder, 12 examples and settings for a run of 3 steps (a
+    checkpoint after each but the last) of a one-weight model in Hugging Face's place:
+    milliseconds, not a real training."""
     torch = pytest.importorskip("torch")
     from papersearch.modelbuild import training
     from papersearch.settings import TrainingSettings
@@ -260,7 +259,17 @@ def test_a_resume_folder_stays_while_another_run_of_its_key_trains(
     base.mkdir()
     (base / "config.json").write_text("{}")
     examples = [TrainingExample(f"q{n}", "positive", ("negative",)) for n in range(12)]
-    cfg = TrainingSettings(checkpoint_every_s=0)  # 3 steps, a checkpoint after each but the last
+    return training, base, examples, TrainingSettings(checkpoint_every_s=0)
+
+
+def test_a_resume_folder_stays_while_another_run_of_its_key_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs of one key share its resume folder, each holding its lock shared. The first to
+    finish removed the folder, lock file included, while the other still trained: its next
+    checkpoint made the folder again with no lock held, and a run of another key removed it
+    mid-training. The folder now goes with the last of them to finish."""
+    training, base, examples, cfg = tiny_training(tmp_path, monkeypatch)
     folder = tmp_path / "reranker-checkpoints"
     key = training.checkpoint_key(base, examples, cfg)
     own, other = folder / (key + training.RESUME_SUFFIX), folder / "0123456789abcdef.resume"
@@ -278,3 +287,29 @@ def test_a_resume_folder_stays_while_another_run_of_its_key_trains(
         assert (own / training.RESUME_LOCK).stat().st_ino == lock
     assert not own.exists()  # the last run of the key to finish removed it
     assert not other.exists()
+
+
+def test_a_training_logs_its_estimate_and_draws_no_bar_into_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """train-reranker printed its estimate to stderr past the log's format and level (a plain
+    line among JSON ones), and its bar and transformers' ("Loading weights", "Writing model
+    shards") wrote their redraws into a stderr that was a file or a CI's log."""
+    training, base, examples, cfg = tiny_training(tmp_path, monkeypatch)
+    monkeypatch.setattr(training, "_probe", lambda *_: 2.0)  # seconds a step
+    from transformers.utils import logging as transformers_logging
+
+    bars_off: list[bool] = []  # transformers' switch is process-wide: not thrown here
+    monkeypatch.setattr(transformers_logging, "disable_progress_bar",
+                        lambda: bars_off.append(True))
+    with caplog.at_level(logging.INFO, logger=training.log.name):
+        training.train(base, examples, cfg, tmp_path)
+    assert capsys.readouterr().err == ""  # capsys' stderr is no terminal
+    assert bars_off
+    # its own records only: a thread another test left (Ray Data's metrics poller) logs too
+    (estimate,) = [r for r in caplog.records if r.name == training.log.name
+                   and r.getMessage().startswith("train-reranker: 3 steps")]
+    assert "~2.0 s/step here, about 6 s" in estimate.getMessage()
+    assert {k: estimate.__dict__[k] for k in ("step", "steps", "s_per_step", "eta_s")} == {
+        "step": 0, "steps": 3, "s_per_step": 2.0, "eta_s": 6}

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import pickle
+import sys
 import time
 import warnings
 import zipfile
@@ -39,6 +40,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
 )
+from transformers.utils import logging as transformers_logging
 
 from papersearch.durable import exclusive, remove_lock_folder, remove_stale, staged
 from papersearch.modelbuild.sources import PYPI_PREFIX, ModelSourceError, ResolvedSource
@@ -414,7 +416,16 @@ def _check_max_length(spec: ExportSpec) -> None:
                          "positions the model has: lower it")
 
 
+def terminal_bars_only() -> None:
+    """transformers' own progress bars ("Loading weights", "Writing model shards", a hub
+    download's) off where stderr is no terminal, as ours are (tqdm's ``disable=None``): in a
+    log file or a CI's output each of their redraws was a line of its own."""
+    if not sys.stderr.isatty():
+        transformers_logging.disable_progress_bar()
+
+
 def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
+    terminal_bars_only()
     kwargs: dict[str, Any] = {"local_files_only": spec.source.is_local}
     with _loading(spec.source):
         tokenizer = AutoTokenizer.from_pretrained(spec.source.location, **kwargs)

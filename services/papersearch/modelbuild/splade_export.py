@@ -23,7 +23,13 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from papersearch.durable import exclusive, remove_stale, staged
 from papersearch.encoder.splade import GRAPH_FILE, META_FILE, TOKENIZER_FILE, SpladeEncoder
-from papersearch.modelbuild.export import FP32_MAX_ABS_DIFF, OPSET, ParityError, source_digest
+from papersearch.modelbuild.export import (
+    FP32_MAX_ABS_DIFF,
+    OPSET,
+    ParityError,
+    source_digest,
+    terminal_bars_only,
+)
 from papersearch.modelbuild.sources import ResolvedSource
 
 EXPORT_FORMAT = 1  # bump when the graph changes: invalidates cached exports
@@ -73,6 +79,7 @@ def export_splade(
 
 def load_torch(location: str) -> tuple[SpladeGraph, Any]:
     """The torch graph (eval mode, eager attention) and its Hugging Face tokenizer."""
+    terminal_bars_only()
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
     masked_lm = AutoModelForMaskedLM.from_pretrained(
         location, local_files_only=True, attn_implementation="eager"

@@ -26,7 +26,6 @@ import json
 import logging
 import random
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +46,7 @@ from transformers import (
 from papersearch import interrupts
 from papersearch.durable import exclusive, is_open_file, remove_stale, replaced, staged
 from papersearch.interrupts import Interrupted
+from papersearch.modelbuild.export import terminal_bars_only
 from papersearch.modelbuild.mining import TrainingExample
 from papersearch.models.runtime import cut_query, query_tokens
 from papersearch.settings import TrainingSettings
@@ -103,7 +103,7 @@ def train(
     """Train (or reuse) a checkpoint; return its Hugging Face format directory.
 
     Resumes from the last checkpoint of the same key and ends with the same weights as an
-    uninterrupted run. ``probe`` times a throw-away step first and prints the estimate.
+    uninterrupted run. ``probe`` times a throw-away step first and logs the estimate.
     ``deadline`` (``time.monotonic()``; ``training.time_budget_s`` from the command's start):
     a fresh run trains only the steps that fit before it, less the export's reserve, by the
     probe's pace and then again by that of its own first steps (PACED_STEPS); a resumed run
@@ -129,6 +129,7 @@ def _train(
 ) -> Path:
     """``train``'s run, its resume folder's lock held."""
     _seed_everything(cfg.seed, cfg.torch_threads)
+    terminal_bars_only()  # transformers' as the training's own (disable=None below)
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
         base_dir, num_labels=1, local_files_only=True
@@ -151,9 +152,11 @@ def _train(
             per_step = _probe(model, tokenizer, examples[:groups_per_step], cfg)
             if pace is not None:
                 plan = _Plan(pace.first(per_step))
-            if probe:
-                print(_estimate(first, plan.steps, per_step, all_steps), file=sys.stderr,
-                      flush=True)
+            if probe:  # a log record: it was printed, outside the log's format and level
+                log.info(_estimate(first, plan.steps, per_step, all_steps), extra={
+                    "step": first, "steps": plan.steps, "steps_without_budget": all_steps,
+                    "s_per_step": round(per_step, 2),
+                    "eta_s": round((plan.steps - first) * per_step)})
         optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: plan.factor(s))
         order = list(range(len(examples)))
@@ -169,7 +172,7 @@ def _train(
             log.info("reranker training resumed", extra={"path": str(resume_dir), "step": first})
         last_save = time.monotonic()
         with tqdm(total=plan.steps, initial=first, desc="train reranker", unit="step",
-                  bar_format=BAR_FORMAT) as bar:
+                  bar_format=BAR_FORMAT, disable=None) as bar:  # none in a log file
             step = first
             while step < plan.steps:
                 if step % steps_per_epoch == 0:
