@@ -22,6 +22,7 @@ import pytest
 # by exec.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
+from papersearch import logs  # noqa: E402
 from papersearch.local_ray import LOCAL_RAY_ENV  # noqa: E402
 from papersearch.settings import Settings  # noqa: E402
 
@@ -58,14 +59,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _process_state_restored() -> Iterator[None]:
     """What an in-process ``papersearch`` command changes for the whole process, put back
     after each test: the root logger (its handler writes to that test's captured stderr,
-    closed after it) and the SIGINT and SIGTERM handlers (``serve`` leaves both ignored, and
-    every process started later inherited an ignored SIGTERM)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    closed after it), the libraries' loggers it routes there and the capture of warnings
+    (papersearch.logs), and the SIGINT and SIGTERM handlers (``serve`` leaves both ignored,
+    and every process started later inherited an ignored SIGTERM)."""
+    loggers = [logging.getLogger(name) for name in ("", *logs.LIBRARY_LOGGERS)]
+    kept = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    configured = logs._configured
     handled = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    for lg, (handlers, level, propagate) in zip(loggers, kept, strict=True):
+        lg.handlers[:], lg.propagate = handlers, propagate
+        lg.setLevel(level)
+    logs._configured = configured
+    logging.captureWarnings(False)
     for signum, handler in handled.items():
         if handler is not None:  # None: set outside Python, left alone
             signal.signal(signum, handler)

@@ -3,14 +3,17 @@ break into two lines (fast)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import warnings
 from typing import Any
 
 import numpy as np
+import pytest
 
-from papersearch.logs import JsonFormatter, TextFormatter
+from papersearch.logs import JsonFormatter, TextFormatter, configure_logging, route_library_logs
 
 
 def record(**extra: Any) -> logging.LogRecord:
@@ -55,3 +58,70 @@ def test_a_message_argument_cannot_forge_a_line() -> None:
     line = TextFormatter().format(made)
     assert "\n" not in line and "\r" not in line
     assert line.endswith("store said: no\\r\\n12:00:00 ERROR   forged")
+
+
+def library_console(name: str, level: int = logging.INFO) -> io.StringIO:
+    """What Ray and transformers do when imported: a stderr handler of their own on their
+    logger, which does not propagate (here into a buffer, to see what it still printed)."""
+    stream = io.StringIO()
+    lg = logging.getLogger(name)
+    lg.handlers[:] = [logging.StreamHandler(stream)]
+    lg.propagate = False
+    lg.setLevel(level)
+    return stream
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [strict(line) for line in text.splitlines()]
+
+
+def test_library_lines_come_in_our_format_at_our_level(capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """Ray's, Ray Serve's and transformers' own handlers printed their lines in their format
+    (among JSON lines on Kubernetes) and below log_level (Ray's logger is at INFO)."""
+    ray, transformers = library_console("ray"), library_console("transformers", logging.WARNING)
+    configure_logging("WARNING", "json")
+    serve = library_console("ray.serve")  # a library imported after: the CLI imports Ray late
+    route_library_logs()
+    logging.getLogger("ray.util.client").info("Ray's INFO line, below WARNING")
+    logging.getLogger("ray.util.client").warning("Ray's warning")
+    logging.getLogger("ray.serve").warning("Serve's warning")
+    logging.getLogger("ray.serve").warning("an access line", extra={"log_to_stderr": False})
+    logging.getLogger("ray.data").warning("Ray Data's hidden line", extra={"hide": True})
+    logging.getLogger("transformers.modeling_utils").warning("transformers' warning")
+    assert ray.getvalue() == transformers.getvalue() == serve.getvalue() == ""
+    lines = json_lines(capsys.readouterr().err)
+    assert [(line["logger"], line["msg"]) for line in lines] == [
+        ("ray.util.client", "Ray's warning"), ("ray.serve", "Serve's warning"),
+        ("transformers.modeling_utils", "transformers' warning")]
+
+
+def test_a_library_logging_to_files_only_is_left_so() -> None:
+    """Serve with RAY_SERVE_LOG_TO_STDERR=0: its logger writes to files only, and stderr is a
+    stream into that logger; passed on to ours, a line would come back to it forever."""
+    serve = logging.getLogger("ray.serve")
+    files_only = logging.NullHandler()
+    serve.handlers[:], serve.propagate = [files_only], False
+    configure_logging("INFO", "json")
+    assert serve.handlers == [files_only] and serve.propagate is False
+
+
+def test_library_handlers_stay_without_configure_logging() -> None:
+    """A program importing papersearch (a test) keeps the libraries' own console lines."""
+    stream = library_console("ray")
+    route_library_logs()
+    logging.getLogger("ray").info("still Ray's")
+    assert stream.getvalue() == "still Ray's\n"
+
+
+def test_warnings_come_as_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """A library's warnings.warn (Ray Client's UserWarning) was printed raw, on two lines."""
+    warnings.simplefilter("always")
+    configure_logging("INFO", "json")
+    warnings.warn("Ray Client connection timed out", UserWarning, stacklevel=1)
+    (line,) = json_lines(capsys.readouterr().err)
+    assert line["logger"] == "py.warnings" and line["level"] == "WARNING"
+    assert "UserWarning: Ray Client connection timed out" in line["msg"]
+    configure_logging("ERROR", "json")
+    warnings.warn("below ERROR", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == ""

@@ -26,7 +26,7 @@ from papersearch.index.errors import SPENT_ERRNOS, StorageExhausted, StoreError
 from papersearch.index.query import MODES, RECOMMEND_STRATEGIES
 from papersearch.loadtest.command import add_arguments as add_loadtest_arguments
 from papersearch.loadtest.command import split_target
-from papersearch.logs import configure_logging
+from papersearch.logs import configure_logging, route_library_logs
 from papersearch.modelbuild.sources import ModelSourceError
 from papersearch.models.manifest import ProviderUnavailable
 from papersearch.paths import FolderRefused, shown
@@ -217,6 +217,8 @@ def _models_export(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.modelbuild import prepare
     from papersearch.modelbuild.sources import resolve_source
 
+    route_library_logs()  # transformers' console handler, installed at its import
+
     if args.reranker:  # a mistyped source fails before the embedder's export, not after
         resolve_source(args.reranker, settings.models.cache_dir)
     paths = prepare.prepare(settings, everything=args.all)
@@ -241,6 +243,8 @@ def _models_info(settings: Settings, args: argparse.Namespace) -> int:
 
 def _models_train_reranker(settings: Settings, args: argparse.Namespace) -> int:
     from papersearch.modelbuild import prepare
+
+    route_library_logs()  # transformers' console handler, installed at its import
 
     print(json.dumps({"reranker": str(prepare.train_reranker(settings))}))
     return 0

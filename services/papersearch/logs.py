@@ -71,12 +71,60 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# Loggers that a library gives a stderr handler of its own, not propagating, when it is first
+# imported: their lines came in the library's format (not JSON) and at its level, not ours.
+LIBRARY_LOGGERS = ("ray", "ray.serve", "ray.data", "transformers")
+_configured = False  # configure_logging has run in this process
+
+
+def _for_console(record: logging.LogRecord) -> bool:
+    """False for a record its library keeps off the console and in its log files only (Ray
+    Serve's access lines, log_to_stderr=False; Ray Data's hide=True): our handler replaces
+    the library's, which dropped them."""
+    return (getattr(record, "log_to_stderr", None) is not False
+            and getattr(record, "hide", None) is not True)
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return (isinstance(handler, logging.StreamHandler)
+            and not isinstance(handler, logging.FileHandler))
+
+
+def route_library_logs() -> None:
+    """Once configure_logging has run: the LIBRARY_LOGGERS' console handlers removed, their
+    records passed on to the root's handler (their file handlers stay: Ray Serve's replica
+    logs). A library installs its handler when first imported: call this again after importing
+    one (the CLI imports Ray and transformers late, after configure_logging). Without
+    configure_logging (a test, a program importing papersearch) nothing replaces them."""
+    if not _configured:
+        return
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)  # by name: the library need not be imported
+        console = [h for h in logger.handlers if _is_console(h)]
+        if logger.handlers and not console:
+            # to its files only, as asked: Serve with RAY_SERVE_LOG_TO_STDERR=0, whose stderr
+            # is then a stream into this logger (passed on, a line would come back forever)
+            continue
+        for handler in console:
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Every line on stderr in ``fmt`` and at ``level`` at least: ours, the libraries' (a
+    library may keep its logger at a lower level, e.g. Ray's at INFO: the handler's level
+    drops those lines) and Python warnings (a library's UserWarning was printed raw)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setLevel(level.upper())
+    handler.addFilter(_for_console)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    global _configured
+    _configured = True
+    route_library_logs()
+    logging.captureWarnings(True)
 
 
 class OnChange:

@@ -40,6 +40,7 @@ from papersearch.index.errors import EmbedderMismatch
 from papersearch.index.store import Store
 from papersearch.ingest.pipeline import unstored, write_encoded
 from papersearch.local_ray import use_local_ray_env
+from papersearch.logs import route_library_logs
 from papersearch.models.manifest import (
     FP32_FILE,
     INT8_FILE,
@@ -132,6 +133,7 @@ def ray_cluster(address: str | None) -> Iterator[None]:
     use_local_ray_env()
     import ray
 
+    route_library_logs()  # Ray's console handler, installed at its import
     if ray.is_initialized():
         yield
         return
@@ -359,6 +361,7 @@ class RayIngester:
         """(row numbers, their vectors) per written batch, in the order Ray finishes them."""
         import ray.data
 
+        route_library_logs()  # Ray Data's console handler, installed at its import
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours shows the ETA
         models = self.settings.models

@@ -20,6 +20,7 @@ import yaml
 from papersearch import interrupts
 from papersearch.interrupts import Interrupted
 from papersearch.local_ray import use_local_ray_env
+from papersearch.logs import route_library_logs
 from papersearch.settings import ServeSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def start(
     from ray.serve._private import api as serve_api
     from ray.serve.config import gRPCOptions
 
+    route_library_logs()  # Ray's and Serve's console handlers, installed at their import
     config = load_config(settings.serve.serve_config, Path.cwd(), overrides, deployment_options,
                          config_overrides, settings.serve.app_name)
     started_ray = not ray.is_initialized()
@@ -182,6 +184,7 @@ def migrate(settings: Settings, action: str, embedder: str | None,
     gateway, so it runs only while the Gateway deployment has exactly one replica."""
     from ray import serve
 
+    route_library_logs()  # Serve's console handler, installed at its import
     app = serve.status().applications.get(settings.serve.app_name)
     if app is None or "Gateway" not in app.deployments:
         raise ValueError(f"no Serve app {settings.serve.app_name!r} with a Gateway on this Ray "

@@ -23,6 +23,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from papersearch.logs import route_library_logs
+
 log = logging.getLogger(__name__)
 
 REPLICA_CLASS_PREFIX = "ServeReplica:"  # Ray's class name for a replica: ServeReplica:app:name
@@ -48,6 +50,7 @@ def drain_ray_node(deadline_s: float, *, address: str | None = None,
     RAY_ADDRESS, which KubeRay sets in every Ray container) unless already connected."""
     import ray
 
+    route_library_logs()  # Ray's console handler, installed at its import
     connected = ray.is_initialized()
     if not connected:
         try:
