@@ -448,6 +448,7 @@ def _load_torch(spec: ExportSpec) -> tuple[torch.nn.Module, Any]:
                 quiet.removeFilter(_missing_report)
             _check_head(spec, loading)
             model = CrossEncoderGraph(classifier, classifier.config.num_labels)
+    log.info("checkpoint loaded", extra={"model": spec.name, "kind": spec.kind})
     return model.eval(), tokenizer
 
 
