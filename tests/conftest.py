@@ -64,13 +64,15 @@ def _process_state_restored() -> Iterator[None]:
     and every process started later inherited an ignored SIGTERM)."""
     loggers = [logging.getLogger(name) for name in ("", *logs.LIBRARY_LOGGERS)]
     kept = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
-    configured = logs._configured
+    configured, filters = logs._configured, dict(logs._library_filters)
     handled = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield
     for lg, (handlers, level, propagate) in zip(loggers, kept, strict=True):
         lg.handlers[:], lg.propagate = handlers, propagate
         lg.setLevel(level)
     logs._configured = configured
+    logs._library_filters.clear()
+    logs._library_filters.update(filters)
     logging.captureWarnings(False)
     for signum, handler in handled.items():
         if handler is not None:  # None: set outside Python, left alone

@@ -781,6 +781,32 @@ def test_a_call_reaching_the_gate_behind_the_drains_own_check_begins_the_wait_ag
     assert len(waits) == 2 and waits[1] < waits[0] <= 2.0, waits  # within the quiet's limit
 
 
+def test_without_http_a_temporary_directory_too_long_for_a_socket_only_turns_the_check_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The private socket's path has at most 107 bytes: without HTTP (its only other user) a
+    long TMPDIR turns the drain's own check off instead of failing the start."""
+    long = tmp_path / ("t" * 110)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    loop = LoopThread()
+    settings = stub_gateway_settings(free_port())
+    settings.serve.http_port = None
+
+    async def scenario() -> Path | None:
+        gateway = Gateway(stub_backend(), settings)
+        await gateway.start()
+        folder = gateway._socket_dir
+        await gateway.drain(5.0)
+        return folder
+
+    try:
+        assert loop.run(scenario()) is None
+    finally:
+        loop.close()
+    assert list(long.iterdir()) == []
+
+
 def stale_socket_folder(root: Path, name: str, *, age_s: float, listening: bool = False,
                         sock: bool = True) -> tuple[Path, socket.socket | None]:
     """A gateway's socket folder: its socket bound and closed (the process gone), or still

@@ -479,6 +479,12 @@ def test_a_body_is_asked_for_only_once_the_checks_passed(
         # unread, a body the client may yet send is framed only by the connection's end
         assert ("Connection: close" in head) is (status != 200 and (expect or status == 413)), head
         assert ('WWW-Authenticate: ApiKey header="x-api-key"' in head) is (status == 401), head
+    if status == 200:  # an HTTP/1.0 client's expectation is ignored (RFC 9110): no 417
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(f"{headers.replace('HTTP/1.1', 'HTTP/1.0')}\r\n".encode()
+                               + b'{"query": "json"}')
+            head = _head(connection)
+        assert re.match(r"HTTP/1\.[01] 200 ", head), head
 
 
 @pytest.mark.slow

@@ -96,6 +96,23 @@ def test_library_lines_come_in_our_format_at_our_level(capsys: pytest.CaptureFix
         ("transformers.modeling_utils", "transformers' warning")]
 
 
+def test_a_library_handlers_filters_still_apply(capsys: pytest.CaptureFixture[str]) -> None:
+    """Serve's console handler carries the filter that drops access lines when the Serve
+    config turns them off (enable_access_log: false): removed, every model call printed one."""
+    serve = library_console("ray.serve")
+    serve_logger = logging.getLogger("ray.serve")
+    serve_logger.handlers[0].addFilter(
+        lambda record: not getattr(record, "serve_access_log", False))
+    configure_logging("INFO", "json")
+    serve_logger.info("CALL encode OK 3.1ms", extra={"serve_access_log": True})
+    serve_logger.info("a replica started")
+    logging.getLogger("ray.util").info("Ray's own line, not Serve's filter's business",
+                                       extra={"serve_access_log": True})
+    assert serve.getvalue() == ""
+    assert [line["msg"] for line in json_lines(capsys.readouterr().err)] == [
+        "a replica started", "Ray's own line, not Serve's filter's business"]
+
+
 def test_a_library_logging_to_files_only_is_left_so() -> None:
     """Serve with RAY_SERVE_LOG_TO_STDERR=0: its logger writes to files only, and stderr is a
     stream into that logger; passed on to ours, a line would come back to it forever."""

@@ -75,14 +75,24 @@ class TextFormatter(logging.Formatter):
 # imported: their lines came in the library's format (not JSON) and at its level, not ours.
 LIBRARY_LOGGERS = ("ray", "ray.serve", "ray.data", "transformers")
 _configured = False  # configure_logging has run in this process
+# the filters of the library handlers removed, by logger: our handler applies them to that
+# logger's records (Serve's drops its access lines when the Serve config turns them off)
+_library_filters: dict[str, list[Any]] = {}
 
 
 def _for_console(record: logging.LogRecord) -> bool:
     """False for a record its library keeps off the console and in its log files only (Ray
-    Serve's access lines, log_to_stderr=False; Ray Data's hide=True): our handler replaces
-    the library's, which dropped them."""
-    return (getattr(record, "log_to_stderr", None) is not False
-            and getattr(record, "hide", None) is not True)
+    Serve's access lines, log_to_stderr=False or its handler's filter; Ray Data's hide=True):
+    our handler replaces the library's, which dropped them."""
+    if getattr(record, "log_to_stderr", None) is False or getattr(record, "hide", None) is True:
+        return False
+    owners = [name for name in _library_filters
+              if record.name == name or record.name.startswith(name + ".")]
+    if not owners:
+        return True
+    owner = max(owners, key=len)  # the handler that took its records: they stopped there
+    return all(bool(f.filter(record) if hasattr(f, "filter") else f(record))
+               for f in _library_filters[owner])
 
 
 def _is_console(handler: logging.Handler) -> bool:
@@ -106,6 +116,8 @@ def route_library_logs() -> None:
             # is then a stream into this logger (passed on, a line would come back forever)
             continue
         for handler in console:
+            kept = _library_filters.setdefault(name, [])
+            kept.extend(f for f in handler.filters if f not in kept)
             logger.removeHandler(handler)
         logger.propagate = True
 

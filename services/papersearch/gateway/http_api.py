@@ -333,16 +333,24 @@ class HttpFront:
         refused caller gets its answer at once and never sends the body (aiohttp's own handler
         said 100 first, and the client uploaded a body that was then refused unread)."""
         path, content_type, default_s = self._admission(method)
+        guarded = self.keys is None and is_loopback(self.serve.grpc_host)
 
         async def expect(request: web.Request) -> web.Response | None:
+            started = time.perf_counter()
             try:
+                if guarded:  # the middleware's check, which runs only after this
+                    _require_loopback_host(request)
                 self._admitted(request, path, content_type, default_s)
                 value = request.headers.get("Expect", "")
-                if value.lower() != "100-continue" or request.version < (1, 1):
+                if request.version < (1, 1):  # an HTTP/1.0 client's expectation is ignored
+                    return None  # (RFC 9110): it sends its body as it would without
+                if value.lower() != "100-continue":
                     raise HttpError("INVALID_ARGUMENT", f"Expect {quoted(value)} is not "
-                                    "accepted (only 100-continue, over HTTP/1.1)", http=417)
+                                    "accepted (only 100-continue)", http=417)
             except HttpError as error:  # the client may send its body or not: framed only by
                 error.close = True  # closing the connection
+                metrics().http_request(path.rsplit("/", 1)[-1], error.http,
+                                       time.perf_counter() - started)
                 return error.response()
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the answer's own bytes start after it
@@ -896,9 +904,14 @@ async def _loopback_names_only(request: web.Request, handler: Handler) -> web.St
     name. A web page the developer visits can point its own host name at 127.0.0.1 (DNS
     rebinding); the browser then takes this server for that page's origin, and its JSON POSTs
     (DeletePapers) would need no key. Such requests name that page's host in ``Host``."""
+    _require_loopback_host(request)
+    return await handler(request)
+
+
+def _require_loopback_host(request: web.Request) -> None:
     host = request.headers.get("Host")
     if host is None or _loopback_name(host):
-        return await handler(request)
+        return
     raise HttpError("PERMISSION_DENIED", f"Host {quoted(host)} is not a loopback name: without "
                     "API keys this server answers only requests to localhost, 127.0.0.1 or "
                     "[::1] (a guard against DNS rebinding); configure serve.api_keys to serve "
