@@ -194,7 +194,9 @@ class HttpFront:
         app.middlewares.extend([_cors(app, serve.http_cors_origins),
                                 _errors_as_json(serve.max_receive_bytes)])
         app.on_response_prepare.append(_not_sniffed)
-        if self.keys is None and is_loopback(serve.grpc_host):
+        # without keys on a loopback address: the DNS-rebinding guard (_loopback_names_only)
+        self.loopback_only = self.keys is None and is_loopback(serve.grpc_host)
+        if self.loopback_only:
             app.middlewares.append(_loopback_names_only)
         for service in pb.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
@@ -333,12 +335,11 @@ class HttpFront:
         refused caller gets its answer at once and never sends the body (aiohttp's own handler
         said 100 first, and the client uploaded a body that was then refused unread)."""
         path, content_type, default_s = self._admission(method)
-        guarded = self.keys is None and is_loopback(self.serve.grpc_host)
 
         async def expect(request: web.Request) -> web.Response | None:
             started = time.perf_counter()
             try:
-                if guarded:  # the middleware's check, which runs only after this
+                if self.loopback_only:  # the middleware's check, which runs only after this
                     _require_loopback_host(request)
                 self._admitted(request, path, content_type, default_s)
                 value = request.headers.get("Expect", "")
